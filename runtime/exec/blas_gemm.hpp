@@ -1,0 +1,18 @@
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/plugin/troupe_plugin.h"
+
+namespace troupe {
+
+/// The runtime's own FP32 GEMM provider: OpenBLAS sgemm on the CPU. Every linear layer calls
+/// through a troupe_gemm_provider; this is the one used when the topology asks for no other.
+const troupe_gemm_provider* blas_gemm_provider();
+
+/// Checks a GEMM call's operands (2-D, unit inner stride, matching extents, dtype) and writes
+/// m, n, k. Returns false with `error` filled on a mismatch. Shared by every provider.
+bool check_gemm_call(const troupe_gemm_call& call, std::int64_t& m, std::int64_t& n,
+                     std::int64_t& k, troupe_error* error);
+
+}  // namespace troupe

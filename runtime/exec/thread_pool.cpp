@@ -1,0 +1,112 @@
+#include "runtime/exec/thread_pool.hpp"
+
+#include <algorithm>
+
+namespace troupe {
+
+struct thread_pool::job {
+  const std::function<void(std::int64_t, std::int64_t)>* body = nullptr;
+  std::int64_t count = 0;
+  std::int64_t chunk_size = 1;
+  std::int64_t chunks = 0;
+  std::int64_t next_chunk = 0;                 // guarded by the pool's mutex
+  std::atomic<std::int64_t> finished_chunks{0};
+  std::exception_ptr failure;                  // guarded by the pool's mutex
+};
+
+thread_pool::thread_pool(int threads) {
+  const int workers = std::max(threads, 1) - 1;
+  workers_.reserve(static_cast<std::size_t>(workers));
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  abi_.self = this;
+  abi_.num_threads = size();
+  abi_.parallel_for = [](void* self, std::int64_t count, std::int64_t min_chunk, troupe_range_fn fn,
+                         void* arg) {
+    const std::function<void(std::int64_t, std::int64_t)> body =
+        [fn, arg](std::int64_t begin, std::int64_t end) { fn(arg, begin, end); };
+    static_cast<thread_pool*>(self)->parallel_for(count, min_chunk, body);
+  };
+}
+
+thread_pool::~thread_pool() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  work_ready_.notify_all();
+  for (auto& worker : workers_) worker.join();
+}
+
+bool thread_pool::take_chunk(std::unique_lock<std::mutex>&, job*& picked, std::int64_t& chunk) {
+  for (job* candidate : jobs_) {
+    if (candidate->next_chunk < candidate->chunks) {
+      picked = candidate;
+      chunk = candidate->next_chunk++;
+      return true;
+    }
+  }
+  return false;
+}
+
+void thread_pool::run_chunk(job& work, std::int64_t chunk) {
+  const std::int64_t begin = chunk * work.chunk_size;
+  const std::int64_t end = std::min(work.count, begin + work.chunk_size);
+  try {
+    (*work.body)(begin, end);
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    if (!work.failure) work.failure = std::current_exception();
+  }
+  // NOTES: after this increment the owner may return and destroy `work`; touch it no more.
+  if (work.finished_chunks.fetch_add(1) + 1 == work.chunks) {
+    std::lock_guard lock(mutex_);
+    job_finished_.notify_all();
+  }
+}
+
+void thread_pool::worker_loop() {
+  std::unique_lock lock(mutex_);
+  while (true) {
+    job* picked = nullptr;
+    std::int64_t chunk = 0;
+    work_ready_.wait(lock, [&] { return stopping_ || take_chunk(lock, picked, chunk); });
+    if (picked == nullptr) return;  // stopping and no work left
+    lock.unlock();
+    run_chunk(*picked, chunk);
+    lock.lock();
+  }
+}
+
+void thread_pool::parallel_for(std::int64_t count, std::int64_t min_chunk,
+                               const std::function<void(std::int64_t, std::int64_t)>& body) {
+  if (count <= 0) return;
+  min_chunk = std::max<std::int64_t>(min_chunk, 1);
+  // A few chunks per thread balance uneven chunks without much scheduling overhead.
+  const std::int64_t target_chunks = static_cast<std::int64_t>(size()) * 4;
+  const std::int64_t chunk_size = std::max(min_chunk, (count + target_chunks - 1) / target_chunks);
+  const std::int64_t chunks = (count + chunk_size - 1) / chunk_size;
+  if (chunks == 1 || workers_.empty()) {
+    body(0, count);
+    return;
+  }
+  job work;
+  work.body = &body;
+  work.count = count;
+  work.chunk_size = chunk_size;
+  work.chunks = chunks;
+  std::unique_lock lock(mutex_);
+  jobs_.push_back(&work);
+  work_ready_.notify_all();
+  // The caller works on its own job only, so a nested call always makes progress.
+  while (work.next_chunk < work.chunks) {
+    const std::int64_t chunk = work.next_chunk++;
+    lock.unlock();
+    run_chunk(work, chunk);
+    lock.lock();
+  }
+  job_finished_.wait(lock, [&] { return work.finished_chunks.load() == work.chunks; });
+  jobs_.erase(std::find(jobs_.begin(), jobs_.end(), &work));
+  if (work.failure) std::rethrow_exception(work.failure);
+}
+
+}  // namespace troupe

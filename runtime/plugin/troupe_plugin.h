@@ -1,0 +1,277 @@
+/* troupe plugin ABI.
+ *
+ * A plugin is a shared library named libtroupe-NAME.so that exports one C function,
+ * `troupe_plugin_entry`, returning a pointer to a static `troupe_plugin`: a versioned table of
+ * function pointers. The host checks the ABI version and the kind before calling anything else.
+ *
+ * Versioning: a plugin built against ABI major M, minor m loads into a host of major M and minor
+ * >= m. New minors only append fields to the end of structs, and every struct that can grow
+ * starts with its size, so each side knows which fields the other has.
+ *
+ * Tensors cross the ABI as DLPack `DLTensor`s (CPU or CUDA memory). Parameters and gradients are
+ * owned by the runtime: a layer plugin declares them, the runtime allocates, initialises,
+ * checkpoints and optimizes them and binds views of them into the plugin. State that only the
+ * plugin knows (caches, counters) moves between plugin versions through export_state and
+ * import_state when a running job swaps libraries.
+ *
+ * Threads: the host calls one instance from one thread at a time. Different instances may be
+ * called concurrently; a plugin's global state must tolerate that.
+ *
+ * The full reference, with the inputs and outputs of each kind, is docs/plugins.md. */
+#ifndef TROUPE_PLUGIN_H
+#define TROUPE_PLUGIN_H
+
+#include <dlpack/dlpack.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TROUPE_PLUGIN_ABI_MAJOR 1u
+#define TROUPE_PLUGIN_ABI_MINOR 0u
+
+/** The symbol every plugin exports, of type troupe_plugin_entry_fn. */
+#define TROUPE_PLUGIN_ENTRY_SYMBOL "troupe_plugin_entry"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define TROUPE_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define TROUPE_PLUGIN_EXPORT
+#endif
+
+/** What a plugin is for. A topology role accepts exactly one kind. */
+typedef enum troupe_plugin_kind {
+  TROUPE_PLUGIN_KIND_ATTENTION = 1, /**< a layer's attention block (MLA) */
+  TROUPE_PLUGIN_KIND_MOE = 2,       /**< the feed-forward block of MoE layers */
+  TROUPE_PLUGIN_KIND_MTP = 3,       /**< the multi-token-prediction modules */
+  TROUPE_PLUGIN_KIND_GEMM = 4       /**< a GEMM provider every linear layer calls (FP8) */
+} troupe_plugin_kind;
+
+typedef enum troupe_status {
+  TROUPE_STATUS_OK = 0,
+  TROUPE_STATUS_INVALID_ARGUMENT = 1,
+  TROUPE_STATUS_UNSUPPORTED = 2,
+  TROUPE_STATUS_OUT_OF_MEMORY = 3,
+  TROUPE_STATUS_INTERNAL = 4
+} troupe_status;
+
+/** Filled by a plugin whenever it returns a status other than OK: one line, NUL-terminated. */
+typedef struct troupe_error {
+  char message[1024];
+} troupe_error;
+
+typedef enum troupe_log_level {
+  TROUPE_LOG_DEBUG = 0,
+  TROUPE_LOG_INFO = 1,
+  TROUPE_LOG_WARN = 2,
+  TROUPE_LOG_ERROR = 3
+} troupe_log_level;
+
+/** Services the host offers a plugin for its whole life; passed to init(). */
+typedef struct troupe_host {
+  uint32_t struct_size;
+  uint32_t abi_major;
+  uint32_t abi_minor;
+  void* self;
+  void (*log)(void* self, troupe_log_level level, const char* message);
+} troupe_host;
+
+/** fn(arg, begin, end) over one chunk of a parallel range. */
+typedef void (*troupe_range_fn)(void* arg, int64_t begin, int64_t end);
+
+/** The runtime's worker pool. parallel_for splits [0, count) into disjoint chunks of at least
+ *  `min_chunk` items, runs fn on them (the calling thread takes part) and returns when all are
+ *  done. Safe to call from inside fn (nested calls run inline). */
+typedef struct troupe_thread_pool {
+  void* self;
+  int32_t num_threads;
+  void (*parallel_for)(void* self, int64_t count, int64_t min_chunk, troupe_range_fn fn,
+                       void* arg);
+} troupe_thread_pool;
+
+/** Scratch and activation memory on the context's device, 256-byte aligned; NULL on failure. */
+typedef struct troupe_allocator {
+  void* self;
+  void* (*allocate)(void* self, DLDevice device, size_t bytes);
+  void (*release)(void* self, DLDevice device, void* pointer);
+} troupe_allocator;
+
+/** Which training GEMM a call is (the FP8 recipe treats them differently). */
+typedef enum troupe_gemm_pass {
+  TROUPE_GEMM_FPROP = 0, /**< y = x W^T: activations x weights */
+  TROUPE_GEMM_DGRAD = 1, /**< dx = dy W: output gradients x weights */
+  TROUPE_GEMM_WGRAD = 2  /**< dW = dy^T x: output gradients x activations */
+} troupe_gemm_pass;
+
+/** C = alpha * op(A) op(B) + beta * C on 2-D row-major DLTensors; op(X) = X^T when transpose_x.
+ *  strides[0] of each tensor is its leading dimension; strides[1] must be 1. */
+typedef struct troupe_gemm_call {
+  uint32_t struct_size;
+  const DLTensor* a;
+  const DLTensor* b;
+  DLTensor* c;
+  int32_t transpose_a;
+  int32_t transpose_b;
+  float alpha;
+  float beta;
+  troupe_gemm_pass pass;
+  /** Which operand holds weights: 0 neither, 1 a, 2 b. FP8 quantises weights per 128x128 block
+   *  and the other operand per 1x128 tile along the reduction dimension. */
+  int32_t weight_operand;
+} troupe_gemm_call;
+
+struct troupe_exec_context;
+
+/** A GEMM implementation. The runtime always has one (FP32 through BLAS or cuBLASLt); a GEMM
+ *  plugin supplies another. */
+typedef struct troupe_gemm_provider {
+  void* self;
+  const char* name;
+  troupe_status (*gemm)(void* self, const struct troupe_exec_context* context,
+                        const troupe_gemm_call* call, troupe_error* error);
+} troupe_gemm_provider;
+
+/** Everything a compute call may use. CPU and CUDA implementations get the same struct. */
+typedef struct troupe_exec_context {
+  uint32_t struct_size;
+  DLDevice device;
+  void* stream; /**< cudaStream_t on CUDA devices; NULL on the CPU */
+  const troupe_thread_pool* pool;
+  const troupe_gemm_provider* gemm;
+  const troupe_allocator* allocator;
+} troupe_exec_context;
+
+/** How the runtime initialises a parameter before any checkpoint is loaded. */
+typedef enum troupe_param_init {
+  TROUPE_INIT_ZEROS = 0,
+  TROUPE_INIT_ONES = 1,
+  TROUPE_INIT_NORMAL = 2, /**< N(0, init_scale^2) */
+  TROUPE_INIT_UNIFORM = 3 /**< U(-init_scale, init_scale) */
+} troupe_param_init;
+
+/** Parameter flags. A buffer is state the runtime keeps and checkpoints but the optimizer does
+ *  not touch (the MoE router's bias, updated by the balancer). */
+#define TROUPE_PARAM_TRAINABLE 1u
+#define TROUPE_PARAM_BUFFER 2u
+
+#define TROUPE_MAX_DIMS 4
+
+/** A parameter a layer plugin declares. */
+typedef struct troupe_param_spec {
+  const char* name; /**< relative to the layer, in the checkpoint's naming: "self_attn.q_a_proj.weight" */
+  int32_t ndim;
+  int64_t shape[TROUPE_MAX_DIMS];
+  DLDataType dtype;
+  troupe_param_init init;
+  float init_scale;
+  uint32_t flags;
+} troupe_param_spec;
+
+/** Shape and type of one tensor, for output allocation. */
+typedef struct troupe_tensor_spec {
+  int32_t ndim;
+  int64_t shape[TROUPE_MAX_DIMS];
+  DLDataType dtype;
+} troupe_tensor_spec;
+
+/** What create() gets: one instance per model layer (or per GEMM provider). */
+typedef struct troupe_instance_config {
+  uint32_t struct_size;
+  const char* model_config_json; /**< the model's Hugging Face config.json, as text */
+  const char* options_json;      /**< this plugin's options from the topology; "{}" if none */
+  int32_t layer_index;           /**< the layer this instance computes; -1 when not a layer */
+  DLDevice device;
+} troupe_instance_config;
+
+/** An instance, opaque to the host. */
+typedef struct troupe_instance troupe_instance;
+
+/** Bytes a plugin hands the host; the host calls release(data) when done. */
+typedef struct troupe_blob {
+  void* data;
+  size_t size;
+  void (*release)(void* data);
+} troupe_blob;
+
+/** Which part of backward to run. DualPipe-style schedules run the input-gradient part first
+ *  and the weight-gradient part later; BOTH is the two in one call. A WEIGHT call must follow
+ *  an INPUT call of the same micro-batch; BOTH and WEIGHT release the saved activations. */
+typedef enum troupe_backward_part {
+  TROUPE_BACKWARD_BOTH = 0,
+  TROUPE_BACKWARD_INPUT = 1,
+  TROUPE_BACKWARD_WEIGHT = 2
+} troupe_backward_part;
+
+/** The table a plugin exports. Function pointers a kind does not use are NULL: layer kinds
+ *  (attention, moe, mtp) fill parameters..import_state, the gemm kind fills gemm_provider. */
+typedef struct troupe_plugin {
+  uint32_t abi_major; /**< TROUPE_PLUGIN_ABI_MAJOR the plugin was built with */
+  uint32_t abi_minor; /**< TROUPE_PLUGIN_ABI_MINOR the plugin was built with */
+  uint32_t struct_size; /**< sizeof(troupe_plugin) the plugin was built with */
+  troupe_plugin_kind kind;
+  const char* name; /**< "mla", "moe", ...: the NAME of libtroupe-NAME.so */
+  const char* version;
+  const char* description;
+
+  /** Called once per process after loading, before create(). */
+  troupe_status (*init)(const troupe_host* host, troupe_error* error);
+
+  troupe_status (*create)(const troupe_instance_config* config, troupe_instance** instance,
+                          troupe_error* error);
+  void (*destroy)(troupe_instance* instance);
+
+  /* ---- layer kinds ------------------------------------------------------------------------ */
+
+  /** The parameters this instance needs; the array stays valid until destroy(). */
+  troupe_status (*parameters)(troupe_instance* instance, const troupe_param_spec** specs,
+                              int32_t* count, troupe_error* error);
+
+  /** Binds the runtime's parameter and gradient tensors, in the order parameters() gave. The
+   *  tensors stay valid until the next bind() or destroy(). grads[i].data is NULL for buffers. */
+  troupe_status (*bind)(troupe_instance* instance, const DLTensor* params, const DLTensor* grads,
+                        int32_t count, troupe_error* error);
+
+  /** Shapes and types of the outputs forward() writes for these inputs. `*num_outputs` holds the
+   *  capacity of `outputs` on entry and the count on return. */
+  troupe_status (*infer_outputs)(troupe_instance* instance, const DLTensor* inputs,
+                                 int32_t num_inputs, troupe_tensor_spec* outputs,
+                                 int32_t* num_outputs, troupe_error* error);
+
+  /** Computes one micro-batch. What backward needs is saved under `micro_batch`, so several
+   *  micro-batches can be in flight at once. Outputs are preallocated by the host. */
+  troupe_status (*forward)(troupe_instance* instance, const troupe_exec_context* context,
+                           int64_t micro_batch, const DLTensor* inputs, int32_t num_inputs,
+                           DLTensor* outputs, int32_t num_outputs, troupe_error* error);
+
+  /** Backward of one micro-batch. Input gradients and the bound parameter gradients are
+   *  accumulated with += (the host zeroes them), llm.c style. */
+  troupe_status (*backward)(troupe_instance* instance, const troupe_exec_context* context,
+                            int64_t micro_batch, troupe_backward_part part,
+                            const DLTensor* output_grads, int32_t num_output_grads,
+                            DLTensor* input_grads, int32_t num_input_grads, troupe_error* error);
+
+  /** Drops what forward saved for `micro_batch` (evaluation runs, aborted steps). */
+  void (*forget)(troupe_instance* instance, int64_t micro_batch);
+
+  /** Plugin-internal state (not parameters) for a swap or a checkpoint. */
+  troupe_status (*export_state)(troupe_instance* instance, troupe_blob* state,
+                                troupe_error* error);
+  troupe_status (*import_state)(troupe_instance* instance, const void* data, size_t size,
+                                troupe_error* error);
+
+  /* ---- gemm kind -------------------------------------------------------------------------- */
+
+  /** The provider this instance implements; valid until destroy(). */
+  const troupe_gemm_provider* (*gemm_provider)(troupe_instance* instance);
+} troupe_plugin;
+
+/** Type of the entry symbol. It must not fail and must not allocate: it returns a static table. */
+typedef const troupe_plugin* (*troupe_plugin_entry_fn)(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* TROUPE_PLUGIN_H */

@@ -1,0 +1,526 @@
+// TOML -> topology: the schema checks (unknown keys with the nearest valid one, missing keys,
+// value types and choices) and the extraction of values with their positions. Meaning is checked
+// in validate.cpp.
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+
+#include "runtime/core/text.hpp"
+#include "runtime/topology/load.hpp"
+#include "runtime/topology/schema.hpp"
+
+namespace troupe {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+source_position position_of(const toml::source_region& region, const std::string& file) {
+  return {file, static_cast<int>(region.begin.line), static_cast<int>(region.begin.column)};
+}
+
+nlohmann::json to_json(const toml::node& node) {
+  if (const auto* t = node.as_table()) {
+    nlohmann::json out = nlohmann::json::object();
+    for (auto&& [key, value] : *t) out[std::string(key.str())] = to_json(value);
+    return out;
+  }
+  if (const auto* a = node.as_array()) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& value : *a) out.push_back(to_json(value));
+    return out;
+  }
+  if (auto v = node.value_exact<std::string>()) return *v;
+  if (auto v = node.value_exact<std::int64_t>()) return *v;
+  if (auto v = node.value_exact<double>()) return *v;
+  if (auto v = node.value_exact<bool>()) return *v;
+  return nullptr;  // dates and times mean nothing to a model config or a plugin option
+}
+
+/// Reads one file's sections into a topology, collecting diagnostics.
+class topology_parser {
+ public:
+  topology_parser(topology& topo, std::vector<diagnostic>& diagnostics)
+      : topo_(topo), diagnostics_(diagnostics), file_(topo.file.string()) {}
+
+  void parse(const toml::table& root) {
+    check_sections(root);
+    read_job(root);
+    read_model(root);
+    read_plugins(root);
+    read_parallel(root);
+    read_schedule(root);
+    read_hosts(root);
+    read_stages(root);
+    read_expert_shards(root);
+    read_ema(root);
+    read_balancer(root);
+    read_train(root);
+    read_data(root);
+    read_monitoring(root);
+  }
+
+ private:
+  void error(const source_position& where, std::string message) {
+    diagnostics_.push_back({where, diagnostic::severity::error, std::move(message)});
+  }
+
+  // ---- schema checks ---------------------------------------------------------------------
+
+  std::vector<std::string> section_names() const {
+    std::vector<std::string> names;
+    for (const auto& s : topology_schema()) names.emplace_back(s.name);
+    return names;
+  }
+
+  void check_sections(const toml::table& root) {
+    for (auto&& [key, node] : root) {
+      const std::string name(key.str());
+      const section_schema* section = find_section(name);
+      const source_position where = position_of(key.source(), file_);
+      if (section == nullptr) {
+        auto names = section_names();
+        auto suggestion = nearest_word(name, names);
+        error(where, fmt::format("unknown section '{}'{}; sections are: {}", name,
+                                 suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                                 join(names, ", ")));
+        continue;
+      }
+      if (section->array) {
+        const auto* array = node.as_array();
+        if (array == nullptr || !array->is_array_of_tables()) {
+          error(where, fmt::format("'{0}' is a list of tables: write each entry as [[{0}]]", name));
+          continue;
+        }
+        // The list as a whole points at its first entry's header.
+        topo_.positions[name] = array->empty() ? where : position_of(array->get(0)->source(), file_);
+        for (std::size_t i = 0; i < array->size(); ++i) {
+          const auto& entry = *array->get(i)->as_table();
+          const std::string path = fmt::format("{}[{}]", name, i);
+          topo_.positions[path] = position_of(entry.source(), file_);
+          check_keys(*section, entry, path, fmt::format("[[{}]] entry {}", name, i));
+        }
+      } else {
+        const auto* table = node.as_table();
+        if (table == nullptr) {
+          error(where, fmt::format("'{0}' is a table: write it as [{0}]", name));
+          continue;
+        }
+        topo_.positions[name] = position_of(table->source(), file_);
+        check_keys(*section, *table, name, fmt::format("[{}]", name));
+      }
+    }
+    for (const auto& section : topology_schema()) {
+      if (section.required && !root.contains(section.name))
+        error({file_, 1, 1}, fmt::format("missing section [{0}]{1}: every topology needs it ({2})",
+                                         section.name, section.array ? "" : "",
+                                         section.description));
+    }
+  }
+
+  void check_keys(const section_schema& section, const toml::table& table, const std::string& path,
+                  const std::string& label) {
+    for (auto&& [key, node] : table) {
+      const std::string name(key.str());
+      const key_schema* schema = section.find(name);
+      const std::string key_path = path + "." + name;
+      topo_.positions[key_path] = position_of(key.source(), file_);
+      if (schema == nullptr) {
+        auto names = section.key_names();
+        auto suggestion = nearest_word(name, names);
+        error(position_of(key.source(), file_),
+              fmt::format("unknown key '{}' in {}{}; allowed keys: {}", name, label,
+                          suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                          join(names, ", ")));
+        continue;
+      }
+      if (!has_kind(node, schema->kind)) {
+        error(position_of(node.source(), file_),
+              fmt::format("{}.{} must be {}", path, name, troupe::name_of(schema->kind)));
+        continue;
+      }
+      if (!schema->choices.empty()) {
+        const std::string value = node.value_or(std::string());
+        bool allowed = false;
+        for (auto choice : schema->choices) allowed = allowed || value == choice;
+        if (!allowed) {
+          std::vector<std::string> choices(schema->choices.begin(), schema->choices.end());
+          error(position_of(node.source(), file_),
+                fmt::format("{}.{} = \"{}\" is not allowed; use one of: {}", path, name, value,
+                            join(choices, ", ")));
+        }
+      }
+    }
+    for (const auto& key : section.keys) {
+      if (key.required && !table.contains(key.name))
+        error(position_of(table.source(), file_),
+              fmt::format("missing key '{}' in {}: {}", key.name, label, key.description));
+    }
+  }
+
+  static bool has_kind(const toml::node& node, value_kind kind) {
+    switch (kind) {
+      case value_kind::string: return node.is_string();
+      case value_kind::integer: return node.is_integer();
+      case value_kind::number: return node.is_integer() || node.is_floating_point();
+      case value_kind::boolean: return node.is_boolean();
+      case value_kind::table: return node.is_table();
+      case value_kind::string_list: return node.is_array() && node.as_array()->is_homogeneous(toml::node_type::string);
+      case value_kind::index_list:
+        return node.is_string() || (node.is_array() && node.as_array()->is_homogeneous(toml::node_type::integer));
+      case value_kind::device_list:
+        return node.is_string() || (node.is_array() && !node.as_array()->empty() &&
+                                    node.as_array()->is_homogeneous(toml::node_type::string));
+    }
+    return false;
+  }
+
+  // ---- typed reads (types are checked above; a mistyped key keeps its default) ------------
+
+  template <class T>
+  void read(const toml::table* table, std::string_view key, T& out) {
+    if (table == nullptr) return;
+    const toml::node* node = table->get(key);
+    if (node == nullptr) return;
+    if constexpr (std::is_same_v<T, int>) {
+      if (auto v = node->value_exact<std::int64_t>()) out = static_cast<int>(*v);
+    } else if constexpr (std::is_same_v<T, double>) {
+      if (auto v = node->value<double>()) out = *v;
+    } else {
+      if (auto v = node->value_exact<T>()) out = *v;
+    }
+  }
+
+  static const toml::table* section(const toml::table& root, std::string_view name) {
+    const toml::node* node = root.get(name);
+    return node != nullptr ? node->as_table() : nullptr;
+  }
+
+  std::vector<int> read_indices(const toml::node& node, const std::string& path) {
+    if (auto text = node.value_exact<std::string>()) {
+      try {
+        return parse_index_ranges(*text);
+      } catch (const troupe::error& e) {
+        error(position_of(node.source(), file_), fmt::format("{}: {}", path, e.what()));
+        return {};
+      }
+    }
+    std::vector<int> out;
+    if (const auto* array = node.as_array()) {
+      for (const auto& item : *array) {
+        auto v = item.value_exact<std::int64_t>();
+        if (!v || *v < 0 || *v > 1 << 20) {
+          error(position_of(item.source(), file_), fmt::format("{}: indices must be non-negative integers", path));
+          return {};
+        }
+        out.push_back(static_cast<int>(*v));
+      }
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  std::vector<placement> read_placements(const toml::table& table, const std::string& path) {
+    std::string host;
+    read(&table, "host", host);
+    std::vector<placement> out;
+    const toml::node* node = table.get("device");
+    if (node == nullptr) return {placement{host, device::cpu()}};
+    auto parse_one = [&](const toml::node& item) {
+      try {
+        out.push_back({host, parse_device(item.value_or(std::string()))});
+      } catch (const troupe::error& e) {
+        error(position_of(item.source(), file_), fmt::format("{}.device: {}", path, e.what()));
+      }
+    };
+    if (const auto* array = node->as_array()) {
+      for (const auto& item : *array) parse_one(item);
+    } else if (node->is_string()) {
+      parse_one(*node);
+    }
+    return out;
+  }
+
+  // ---- sections -----------------------------------------------------------------------------
+
+  void read_job(const toml::table& root) {
+    const auto* job = section(root, "job");
+    read(job, "name", topo_.name);
+    read(job, "description", topo_.description);
+  }
+
+  void read_model(const toml::table& root) {
+    const auto* model = section(root, "model");
+    if (model == nullptr) return;
+    std::string precision_name = "fp32";
+    read(model, "precision", precision_name);
+    topo_.gemm_precision = precision_name == "fp8" ? precision::fp8 : precision::fp32;
+    const toml::node* config = model->get("config");
+    const toml::node* inline_config = model->get("inline");
+    if ((config == nullptr) == (inline_config == nullptr)) {
+      error(topo_.where("model"), config == nullptr
+                                      ? "[model] needs `config = \"path/to/config.json\"` or a [model.inline] table"
+                                      : "[model] has both `config` and [model.inline]; keep one");
+      return;
+    }
+    try {
+      if (config != nullptr) {
+        const fs::path file(config->value_or(std::string()));
+        topo_.model_config_file = file.is_absolute() ? file : (topo_.file.parent_path() / file).lexically_normal();
+        if (!fs::is_regular_file(topo_.model_config_file)) {
+          error(position_of(config->source(), file_),
+                fmt::format("model.config: no file {} (paths are relative to the topology file)",
+                            topo_.model_config_file.string()));
+          return;
+        }
+        topo_.model = load_model_config(topo_.model_config_file);
+      } else if (const auto* table = inline_config->as_table()) {
+        struct inline_context {
+          const toml::table* table;
+          std::string file;
+        } context{table, file_};
+        auto locate = [](const void* c, const std::string& field) {
+          const auto* ctx = static_cast<const inline_context*>(c);
+          const std::string top = field.substr(0, field.find('.'));
+          if (const toml::node* node = ctx->table->get(top)) return position_of(node->source(), ctx->file);
+          return position_of(ctx->table->source(), ctx->file);
+        };
+        topo_.model = parse_model_config(to_json(*table), file_, locate, &context);
+      }
+    } catch (const model_config_error& e) {
+      error(e.where(), fmt::format("model config field '{}': {}", e.field(), e.problem()));
+    } catch (const troupe::error& e) {
+      error(topo_.where("model.config"), e.what());
+    }
+  }
+
+  void read_plugins(const toml::table& root) {
+    const auto* plugins = section(root, "plugins");
+    for (plugin_kind kind : {plugin_kind::attention, plugin_kind::moe, plugin_kind::mtp, plugin_kind::gemm}) {
+      plugin_choice choice;
+      choice.role = kind;
+      choice.reference = kind == plugin_kind::gemm ? "fp8" : std::string(name_of(kind));
+      if (kind == plugin_kind::attention) choice.reference = "mla";
+      if (plugins != nullptr) {
+        if (const toml::node* node = plugins->get(name_of(kind)); node != nullptr && node->is_string()) {
+          choice.reference = node->value_or(std::string());
+          choice.explicit_choice = true;
+        }
+      }
+      topo_.plugins.push_back(choice);
+    }
+    if (plugins != nullptr) {
+      if (const auto* dirs = plugins->get_as<toml::array>("search_path"))
+        for (const auto& dir : *dirs)
+          if (auto text = dir.value_exact<std::string>()) topo_.plugin_search_path.push_back(*text);
+      if (const auto* options = plugins->get_as<toml::table>("options")) {
+        for (auto&& [key, node] : *options) {
+          auto role = parse_plugin_kind(key.str());
+          if (!role) {
+            error(position_of(key.source(), file_),
+                  fmt::format("plugins.options.{}: no such role; roles are attention, moe, mtp, gemm", key.str()));
+            continue;
+          }
+          if (!node.is_table()) {
+            error(position_of(node.source(), file_),
+                  fmt::format("plugins.options.{} must be a table of options", key.str()));
+            continue;
+          }
+          for (auto& choice : topo_.plugins)
+            if (choice.role == *role) choice.options_json = to_json(node).dump();
+        }
+      }
+    }
+  }
+
+  void read_parallel(const toml::table& root) {
+    const auto* parallel = section(root, "parallel");
+    read(parallel, "pipeline", topo_.pipeline);
+    read(parallel, "expert", topo_.expert);
+    read(parallel, "data", topo_.data);
+    for (const char* key : {"pipeline", "expert", "data", "world"}) {
+      int value = 1;
+      read(parallel, key, value);
+      if (value < 1) error(topo_.where(fmt::format("parallel.{}", key)), fmt::format("parallel.{} must be at least 1, got {}", key, value));
+    }
+    if (parallel != nullptr && parallel->contains("world")) {
+      int world = 0;
+      read(parallel, "world", world);
+      if (world != topo_.pipeline * topo_.data)
+        error(topo_.where("parallel.world"),
+              fmt::format("parallel sizes do not multiply out: world = {} but pipeline × data = {} × {} = {}",
+                          world, topo_.pipeline, topo_.data, topo_.pipeline * topo_.data));
+    }
+  }
+
+  void read_schedule(const toml::table& root) {
+    const auto* schedule = section(root, "schedule");
+    std::string kind = "1f1b";
+    read(schedule, "kind", kind);
+    topo_.schedule.kind = kind == "sequential" ? schedule_kind::sequential
+                          : kind == "dualpipe" ? schedule_kind::dualpipe
+                                               : schedule_kind::one_f_one_b;
+    read(schedule, "micro_batches", topo_.schedule.micro_batches);
+  }
+
+  void read_hosts(const toml::table& root) {
+    const auto* hosts = root.get_as<toml::array>("hosts");
+    if (hosts == nullptr || !hosts->is_array_of_tables()) {
+      topo_.hosts.push_back({"localhost", "127.0.0.1", 0});
+      return;
+    }
+    for (std::size_t i = 0; i < hosts->size(); ++i) {
+      const auto& table = *hosts->get(i)->as_table();
+      host_spec host;
+      read(&table, "name", host.name);
+      read(&table, "address", host.address);
+      read(&table, "gpus", host.gpus);
+      topo_.hosts.push_back(host);
+    }
+  }
+
+  void read_stages(const toml::table& root) {
+    const auto* stages = root.get_as<toml::array>("stages");
+    if (stages == nullptr || !stages->is_array_of_tables()) return;
+    for (std::size_t i = 0; i < stages->size(); ++i) {
+      const auto& table = *stages->get(i)->as_table();
+      const std::string path = fmt::format("stages[{}]", i);
+      stage_spec stage;
+      if (const toml::node* layers = table.get("layers"); layers != nullptr)
+        stage.layers = read_indices(*layers, path + ".layers");
+      stage.replicas = read_placements(table, path);
+      topo_.stages.push_back(std::move(stage));
+    }
+  }
+
+  void read_expert_shards(const toml::table& root) {
+    const auto* shards = root.get_as<toml::array>("expert_shards");
+    if (shards == nullptr || !shards->is_array_of_tables()) return;
+    for (std::size_t i = 0; i < shards->size(); ++i) {
+      const auto& table = *shards->get(i)->as_table();
+      const std::string path = fmt::format("expert_shards[{}]", i);
+      expert_shard_spec shard;
+      if (const toml::node* experts = table.get("experts"); experts != nullptr)
+        shard.experts = read_indices(*experts, path + ".experts");
+      auto places = read_placements(table, path);
+      if (places.size() > 1)
+        error(topo_.where(path + ".device"), fmt::format("{}.device: an expert shard has one device", path));
+      if (!places.empty()) shard.place = places.front();
+      topo_.expert_shards.push_back(std::move(shard));
+    }
+  }
+
+  void read_ema(const toml::table& root) {
+    const auto* ema = section(root, "ema");
+    read(ema, "enabled", topo_.ema.enabled);
+    read(ema, "decay", topo_.ema.decay);
+    read(ema, "every", topo_.ema.every);
+    read(ema, "host", topo_.ema.host);
+  }
+
+  void read_balancer(const toml::table& root) {
+    const auto* balancer = section(root, "balancer");
+    read(balancer, "enabled", topo_.balancer.enabled);
+    read(balancer, "gamma", topo_.balancer.gamma);
+    read(balancer, "recenter", topo_.balancer.recenter);
+    read(balancer, "host", topo_.balancer.host);
+  }
+
+  void read_train(const toml::table& root) {
+    const auto* train = section(root, "train");
+    auto& t = topo_.train;
+    read(train, "steps", t.steps);
+    read(train, "seed", t.seed);
+    read(train, "micro_batch_size", t.micro_batch_size);
+    read(train, "sequence_length", t.sequence_length);
+    read(train, "learning_rate", t.learning_rate);
+    read(train, "min_learning_rate", t.min_learning_rate);
+    read(train, "warmup_steps", t.warmup_steps);
+    read(train, "weight_decay", t.weight_decay);
+    read(train, "beta1", t.beta1);
+    read(train, "beta2", t.beta2);
+    read(train, "epsilon", t.epsilon);
+    read(train, "grad_clip", t.grad_clip);
+    read(train, "mtp_weight", t.mtp_weight);
+    read(train, "balance_loss_alpha", t.balance_loss_alpha);
+    read(train, "checkpoint_every", t.checkpoint_every);
+    read(train, "checkpoint_dir", t.checkpoint_dir);
+  }
+
+  void read_data(const toml::table& root) {
+    const auto* data = section(root, "data");
+    read(data, "corpus", topo_.data_source.corpus);
+    read(data, "tokenizer", topo_.data_source.tokenizer);
+    read(data, "fim_rate", topo_.data_source.fim_rate);
+  }
+
+  void read_monitoring(const toml::table& root) {
+    const auto* monitoring = section(root, "monitoring");
+    read(monitoring, "per_expert_series", topo_.monitoring.per_expert_series);
+    std::string address;
+    read(monitoring, "metrics", address);
+    if (address.empty()) return;
+    const auto colon = address.rfind(':');
+    int port = -1;
+    if (colon != std::string::npos && colon > 0) {
+      const std::string digits = address.substr(colon + 1);
+      if (!digits.empty() && digits.find_first_not_of("0123456789") == std::string::npos && digits.size() <= 5)
+        port = std::stoi(digits);
+    }
+    if (port < 0 || port > 65535) {
+      error(topo_.where("monitoring.metrics"),
+            fmt::format("monitoring.metrics = \"{}\" must be \"HOST:PORT\" with a port from 0 to 65535 "
+                        "(0 picks a free port)", address));
+      return;
+    }
+    topo_.monitoring.metrics_host = address.substr(0, colon);
+    topo_.monitoring.metrics_port = port;
+  }
+
+  topology& topo_;
+  std::vector<diagnostic>& diagnostics_;
+  std::string file_;
+};
+
+}  // namespace
+
+loaded_topology load_topology_text(std::string_view text, const fs::path& file,
+                                   const topology_load_options& options) {
+  loaded_topology result;
+  topology& topo = result.topo;
+  topo.file = file;
+  std::vector<diagnostic> diagnostics;
+  toml::table root;
+  try {
+    root = toml::parse(text, file.string());
+  } catch (const toml::parse_error& e) {
+    throw topology_error({{{file.string(), static_cast<int>(e.source().begin.line),
+                            static_cast<int>(e.source().begin.column)},
+                           diagnostic::severity::error,
+                           fmt::format("not valid TOML: {}", e.description())}});
+  }
+  topology_parser(topo, diagnostics).parse(root);
+  bool has_errors = false;
+  for (const auto& d : diagnostics) has_errors = has_errors || d.level == diagnostic::severity::error;
+  // Meaning is only checked once the file has the right shape; otherwise the errors multiply.
+  if (!has_errors) detail::validate_topology(topo, options, diagnostics);
+  std::vector<diagnostic> errors;
+  for (auto& d : diagnostics) {
+    if (d.level == diagnostic::severity::error) errors.push_back(std::move(d));
+    else result.warnings.push_back(std::move(d));
+  }
+  if (!errors.empty()) throw topology_error(std::move(errors));
+  return result;
+}
+
+loaded_topology load_topology(const fs::path& file, const topology_load_options& options) {
+  std::ifstream in(file);
+  if (!in) fail("{}: cannot read the topology file: {}", file.string(), std::strerror(errno));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return load_topology_text(buffer.str(), file, options);
+}
+
+}  // namespace troupe

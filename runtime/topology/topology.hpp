@@ -1,0 +1,140 @@
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "runtime/device/device.hpp"
+#include "runtime/model/model_config.hpp"
+#include "runtime/plugin/kind.hpp"
+#include "runtime/topology/diagnostic.hpp"
+
+namespace troupe {
+
+enum class schedule_kind { sequential, one_f_one_b, dualpipe };
+
+std::string_view name_of(schedule_kind kind);
+
+struct host_spec {
+  std::string name;
+  std::string address = "127.0.0.1";
+  int gpus = 0;
+};
+
+/// Where an actor runs.
+struct placement {
+  std::string host;
+  device where = device::cpu();
+};
+
+struct stage_spec {
+  std::vector<int> layers;
+  std::vector<placement> replicas;  ///< one per data-parallel replica
+};
+
+struct expert_shard_spec {
+  std::vector<int> experts;  ///< after validation: explicit or from the even split
+  placement place;
+};
+
+/// The plugin chosen for one role.
+struct plugin_choice {
+  plugin_kind role = plugin_kind::attention;
+  std::string reference;     ///< a plugin name or a library path (relative paths resolved)
+  bool explicit_choice = false;
+  std::string options_json = "{}";
+  std::optional<std::filesystem::path> resolved;  ///< the library file, when found
+};
+
+struct schedule_spec {
+  schedule_kind kind = schedule_kind::one_f_one_b;
+  int micro_batches = 4;
+};
+
+struct ema_spec {
+  bool enabled = true;
+  double decay = 0.999;
+  int every = 1;
+  std::string host;
+};
+
+struct balancer_spec {
+  bool enabled = true;
+  double gamma = 0.001;
+  bool recenter = false;
+  std::string host;
+};
+
+struct train_spec {
+  std::int64_t steps = 100;
+  std::int64_t seed = 1234;
+  std::int64_t micro_batch_size = 2;
+  std::int64_t sequence_length = 64;
+  double learning_rate = 3e-4;
+  double min_learning_rate = 3e-5;
+  std::int64_t warmup_steps = 10;
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double epsilon = 1e-8;
+  double grad_clip = 1.0;
+  double mtp_weight = 0.3;
+  double balance_loss_alpha = 1e-4;
+  std::int64_t checkpoint_every = 0;
+  std::string checkpoint_dir = "checkpoints";
+};
+
+struct data_spec {
+  std::string corpus = "builtin";
+  std::string tokenizer = "bytes";
+  double fim_rate = 0.1;
+};
+
+struct monitoring_spec {
+  std::string metrics_host;  ///< empty: no metrics endpoint
+  int metrics_port = 0;
+  bool per_expert_series = true;
+};
+
+enum class precision { fp32, fp8 };
+
+/// A parsed and validated topology file.
+struct topology {
+  std::filesystem::path file;
+  std::string name;
+  std::string description;
+
+  model_config model;
+  std::filesystem::path model_config_file;  ///< empty when the model is inline
+  precision gemm_precision = precision::fp32;
+
+  std::vector<plugin_choice> plugins;  ///< the roles this model uses, in kind order
+  std::vector<std::string> plugin_search_path;
+
+  int pipeline = 1;
+  int expert = 1;
+  int data = 1;
+
+  schedule_spec schedule;
+  std::vector<host_spec> hosts;  ///< never empty after parsing
+  std::vector<stage_spec> stages;
+  std::vector<expert_shard_spec> expert_shards;
+  ema_spec ema;
+  balancer_spec balancer;
+  train_spec train;
+  data_spec data_source;
+  monitoring_spec monitoring;
+
+  /// Position of each key and section by dotted path ("parallel.pipeline", "stages[1].layers",
+  /// "stages[1]"); where diagnostics point.
+  std::map<std::string, source_position> positions;
+
+  /// Position of `path`, or of its closest parent that has one, or the file.
+  source_position where(const std::string& path) const;
+  const plugin_choice* plugin_for(plugin_kind role) const;
+  const host_spec* find_host(const std::string& host_name) const;
+};
+
+}  // namespace troupe

@@ -1,0 +1,374 @@
+// Topology files: the shipped ones validate, and every kind of mistake is reported at its
+// file:line:column with what is wrong and what is allowed.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "runtime/plugin/registry.hpp"
+#include "runtime/topology/load.hpp"
+#include "runtime/topology/plan.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using troupe::diagnostic;
+using troupe::load_topology_text;
+using troupe::topology_error;
+
+fs::path source_dir() {
+  const char* dir = std::getenv("TROUPE_SOURCE_DIR");
+  return dir != nullptr ? fs::path(dir) : fs::current_path();
+}
+
+/// Test topologies sit (virtually) next to the shipped ones, so models/tiny/config.json resolves.
+fs::path virtual_file(const std::string& name = "test.toml") { return source_dir() / "topologies" / name; }
+
+troupe::topology_load_options no_plugins() {
+  troupe::topology_load_options options;
+  options.resolve_plugins = false;
+  return options;
+}
+
+const std::string header = R"([job]
+name = "t"
+
+[model]
+config = "models/tiny/config.json"
+)";
+
+/// The diagnostics of a topology expected to fail.
+std::vector<diagnostic> errors_of(const std::string& text, troupe::topology_load_options options = no_plugins()) {
+  try {
+    load_topology_text(text, virtual_file(), options);
+  } catch (const topology_error& e) {
+    return e.diagnostics();
+  }
+  ADD_FAILURE() << "expected the topology to fail:\n" << text;
+  return {};
+}
+
+/// Finds the diagnostic whose message contains `part` and checks its line and column.
+void expect_error(const std::vector<diagnostic>& diagnostics, const std::string& part, int line, int column = -1) {
+  for (const auto& d : diagnostics) {
+    if (d.message.find(part) == std::string::npos) continue;
+    EXPECT_EQ(d.where.file, virtual_file().string());
+    EXPECT_EQ(d.where.line, line) << d.message;
+    if (column >= 0) {
+      EXPECT_EQ(d.where.column, column) << d.message;
+    }
+    return;
+  }
+  std::string all;
+  for (const auto& d : diagnostics) all += "\n  " + to_string(d);
+  ADD_FAILURE() << "no error containing '" << part << "' among:" << all;
+}
+
+TEST(ShippedTopologies, EveryOneValidatesAndPlans) {
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(source_dir() / "topologies")) {
+    if (entry.path().extension() != ".toml") continue;
+    SCOPED_TRACE(entry.path().string());
+    troupe::loaded_topology loaded;
+    ASSERT_NO_THROW(loaded = troupe::load_topology(entry.path(), no_plugins()));
+    const auto plan = troupe::plan_topology(loaded.topo);
+    EXPECT_EQ(plan.count(troupe::actor_role::coordinator), 1u);
+    EXPECT_EQ(plan.count(troupe::actor_role::stage),
+              static_cast<std::size_t>(loaded.topo.pipeline * loaded.topo.data));
+    EXPECT_FALSE(troupe::to_dot(loaded.topo, plan).empty());
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+}
+
+TEST(ShippedTopologies, TinyIsOneCpuProcessAndTheOthersAreWhatTheySay) {
+  auto tiny = troupe::load_topology(source_dir() / "topologies/tiny.toml", no_plugins());
+  auto plan = troupe::plan_topology(tiny.topo);
+  EXPECT_EQ(plan.processes.size(), 1u);
+  for (const auto& actor : plan.actors) EXPECT_TRUE(actor.place.where.is_cpu()) << actor.name;
+  EXPECT_EQ(tiny.topo.expert_shards[0].experts, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7}));  // even split
+
+  auto pp2 = troupe::load_topology(source_dir() / "topologies/pp2-ep4.toml", no_plugins());
+  EXPECT_EQ(pp2.topo.stages.size(), 2u);
+  EXPECT_EQ(pp2.topo.expert_shards.size(), 4u);
+
+  auto gpu = troupe::load_topology(source_dir() / "topologies/gpu-host-8.toml", no_plugins());
+  auto gpu_plan = troupe::plan_topology(gpu.topo);
+  ASSERT_EQ(gpu.topo.hosts.size(), 1u);
+  EXPECT_EQ(gpu.topo.hosts[0].gpus, 8);
+  std::set<int> devices;
+  for (const auto& actor : gpu_plan.actors)
+    if (actor.role == troupe::actor_role::stage) devices.insert(actor.place.where.index);
+  EXPECT_EQ(devices.size(), 8u);
+  ASSERT_TRUE(gpu.topo.model.yarn.has_value());
+  EXPECT_TRUE(gpu.topo.model.quantization.has_value());
+}
+
+TEST(TopologyErrors, InvalidTomlPointsAtTheSyntaxError) {
+  auto errors = errors_of(header + "[parallel]\npipeline = = 2\n");
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].message.find("not valid TOML"), std::string::npos);
+  EXPECT_EQ(errors[0].where.line, 7);
+}
+
+TEST(TopologyErrors, UnknownKeysAndSectionsSuggestTheNearestValidOne) {
+  auto errors = errors_of(header + "precison = \"fp8\"\n\n[paralel]\npipeline = 1\n");
+  expect_error(errors, "unknown key 'precison' in [model] (did you mean 'precision'?); allowed keys: config, inline, precision", 6, 1);
+  expect_error(errors, "unknown section 'paralel' (did you mean 'parallel'?)", 8, 2);
+}
+
+TEST(TopologyErrors, MissingKeysAndSections) {
+  auto errors = errors_of("[model]\nconfig = \"models/tiny/config.json\"\n\n[[stages]]\ndevice = \"cpu\"\n");
+  expect_error(errors, "missing section [job]", 1, 1);
+  expect_error(errors, "missing key 'layers' in [[stages]] entry 0", 4);
+  auto no_model = errors_of("[job]\nname = \"x\"\n\n[model]\nprecision = \"fp32\"\n\n[[stages]]\nlayers = \"0-3\"\n");
+  expect_error(no_model, "[model] needs `config", 4);
+}
+
+TEST(TopologyErrors, WrongTypesAndChoices) {
+  auto errors = errors_of(header + "\n[parallel]\npipeline = \"two\"\n\n[schedule]\nkind = \"gpipe\"\n");
+  expect_error(errors, "parallel.pipeline must be an integer", 8, 12);
+  expect_error(errors, "schedule.kind = \"gpipe\" is not allowed; use one of: sequential, 1f1b, dualpipe", 11, 8);
+}
+
+TEST(TopologyErrors, ParallelSizesThatDoNotMultiplyOut) {
+  auto errors = errors_of(header + R"(
+[parallel]
+pipeline = 2
+data = 2
+world = 3
+expert = 4
+
+[[stages]]
+layers = "0-3"
+device = ["cpu", "cpu"]
+
+[[expert_shards]]
+[[expert_shards]]
+)");
+  expect_error(errors, "world = 3 but pipeline × data = 2 × 2 = 4", 10);
+  auto sizes = errors_of(header + R"(
+[parallel]
+pipeline = 2
+data = 2
+expert = 4
+
+[[stages]]
+layers = "0-1"
+device = ["cpu", "cpu"]
+
+[[stages]]
+layers = "2-3"
+
+[[expert_shards]]
+[[expert_shards]]
+)");
+  expect_error(sizes, "stage 1 lists 1 device(s) but parallel.data = 2", 16);  // no device key: the entry
+  expect_error(sizes, "parallel.expert = 4 but 2 [[expert_shards]] are listed", 10);
+  auto stages = errors_of(header + "\n[parallel]\npipeline = 3\n\n[[stages]]\nlayers = \"0-3\"\n");
+  expect_error(stages, "parallel.pipeline = 3 but 1 [[stages]] are listed", 8);
+}
+
+TEST(TopologyErrors, LayersCoveredByNoStageOrByTwo) {
+  auto errors = errors_of(header + R"(
+[parallel]
+pipeline = 3
+
+[[stages]]
+layers = "0-1"
+
+[[stages]]
+layers = [1, 2]
+
+[[stages]]
+layers = [5]
+)");
+  expect_error(errors, "layer 1 is covered by two stages: stage 0", 14, 1);
+  expect_error(errors, "layer 5 does not exist: the model has 4 layers (0-3)", 17);
+  expect_error(errors, "layer 3 is covered by no stage", 10, 1);
+  auto order = errors_of(header + "\n[parallel]\npipeline = 2\n\n[[stages]]\nlayers = \"2-3\"\n\n[[stages]]\nlayers = \"0,1\"\n");
+  expect_error(order, "come before stage 0's", 14);
+  auto gap = errors_of(header + "\n[[stages]]\nlayers = \"0-1,3\"\n");
+  expect_error(gap, "not consecutive", 8);
+}
+
+TEST(TopologyErrors, ExpertsCoveredByNoShardOrByTwo) {
+  const std::string stages = "\n[parallel]\nexpert = 2\n\n[[stages]]\nlayers = \"0-3\"\n";
+  auto errors = errors_of(header + stages + R"(
+[[expert_shards]]
+experts = "0-8"
+
+[[expert_shards]]
+experts = "8-13,20"
+)");
+  expect_error(errors, "expert 8 is in two shards, 0 and 1", 17);
+  expect_error(errors, "expert 20 does not exist: the model has 16 routed experts (0-15)", 17);
+  expect_error(errors, "experts 14-15 are covered by no shard", 13, 1);
+  auto uneven = errors_of(header + "\n[parallel]\nexpert = 3\n\n[[stages]]\nlayers = \"0-3\"\n\n[[expert_shards]]\n[[expert_shards]]\n[[expert_shards]]\n");
+  expect_error(uneven, "16 routed experts do not split evenly over 3 shards", 13);
+}
+
+TEST(TopologyErrors, PlacementsOnHostsAndDevicesThatDoNotExist) {
+  auto errors = errors_of(header + R"(
+[[hosts]]
+name = "node0"
+gpus = 2
+
+[[hosts]]
+name = "node1"
+
+[[stages]]
+layers = "0-3"
+host = "node2"
+device = "cuda:0"
+
+[ema]
+host = "node1"
+
+[balancer]
+host = "nod0"
+)");
+  expect_error(errors, "placed on host 'node2', which does not exist (did you mean 'node0'?); hosts are: node0, node1", 16, 1);
+  expect_error(errors, "the balancer actor is placed on host 'nod0'", 23);
+  auto device = errors_of(header + "\n[[hosts]]\nname = \"n\"\ngpus = 2\n\n[[stages]]\nlayers = \"0-3\"\ndevice = \"cuda:2\"\n");
+  expect_error(device, "stage 0 is placed on cuda:2, which does not exist on host 'n': it has gpus = 2 (cuda:0 to cuda:1)", 13);
+  auto cpu_only = errors_of(header + "\n[[stages]]\nlayers = \"0-3\"\ndevice = \"cuda:0\"\n");
+  expect_error(cpu_only, "it has no GPUs", 9);
+  auto bad_device = errors_of(header + "\n[[stages]]\nlayers = \"0-3\"\ndevice = \"gpu0\"\n");
+  expect_error(bad_device, "'gpu0' is not a device", 9, 10);
+  auto ambiguous = errors_of(header + "\n[[hosts]]\nname = \"a\"\n[[hosts]]\nname = \"b\"\n\n[[stages]]\nlayers = \"0-3\"\n");
+  expect_error(ambiguous, "stage 0 needs `host = ...`: the topology has 2 hosts (a, b)", 12);
+}
+
+TEST(TopologyErrors, DualPipeConstraints) {
+  auto errors = errors_of(header + R"(
+[parallel]
+pipeline = 3
+
+[schedule]
+kind = "dualpipe"
+micro_batches = 5
+
+[[stages]]
+layers = "0"
+[[stages]]
+layers = "1-2"
+[[stages]]
+layers = "3"
+)");
+  expect_error(errors, "DualPipe needs an even pipeline size", 11);
+  expect_error(errors, "even number of micro-batches, at least 2 × pipeline = 6; got 5", 12);
+}
+
+TEST(TopologyErrors, ModelConfigErrorsNameTheFieldAndItsPlace) {
+  auto errors = errors_of(R"([job]
+name = "t"
+
+[model.inline]
+hidden_size = 64
+num_hidden_layers = 2
+n_routed_experts = 16
+n_group = 3
+scoring_func = "softmax"
+
+[[stages]]
+layers = "0-1"
+)");
+  ASSERT_EQ(errors.size(), 1u);  // the first bad field stops the model config
+  expect_error(errors, "model config field 'scoring_func': \"softmax\" is not supported", 9, 16);
+
+  const fs::path dir = fs::temp_directory_path() / "troupe-topology-test";
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << "{\n  \"hidden_size\": 64,\n  \"num_hidden_layers\": 2,\n  \"first_k_dense_replace\": 1,\n  \"n_group\": 3\n}\n";
+  try {
+    load_topology_text("[job]\nname = \"t\"\n[model]\nconfig = \"config.json\"\n[[stages]]\nlayers = \"0-1\"\n",
+                       dir / "t.toml", no_plugins());
+    FAIL();
+  } catch (const topology_error& e) {
+    ASSERT_EQ(e.diagnostics().size(), 1u);
+    EXPECT_EQ(e.diagnostics()[0].where.file, (dir / "config.json").string());
+    EXPECT_EQ(e.diagnostics()[0].where.line, 5);
+    EXPECT_NE(e.diagnostics()[0].message.find("3 groups do not divide n_routed_experts = 256"), std::string::npos)
+        << e.diagnostics()[0].message;
+  }
+  auto missing = errors_of("[job]\nname = \"t\"\n[model]\nconfig = \"nope/config.json\"\n[[stages]]\nlayers = \"0\"\n");
+  expect_error(missing, "model.config: no file", 4, 10);
+}
+
+TEST(TopologyErrors, UnknownPluginsSuggestWhatIsAvailable) {
+  setenv("TROUPE_PLUGIN_PATH", std::getenv("TROUPE_TEST_PLUGIN_DIR"), 1);
+  troupe::topology_load_options options;  // resolves plugins
+  auto errors = errors_of(header + "\n[plugins]\nattention = \"test-atention\"\n\n[[stages]]\nlayers = \"0-3\"\n", options);
+  expect_error(errors, "unknown plugin 'test-atention' for role attention (did you mean 'test-attention'?)", 8, 1);
+
+  troupe::plugin_registry registry(troupe::plugin_search_path::standard());
+  options.registry = &registry;
+  auto kind = errors_of(header + "\n[plugins]\nmoe = \"test-attention\"\n\n[[stages]]\nlayers = \"0-3\"\n", options);
+  expect_error(kind, "a moe plugin is needed here", 8);
+  auto broken = errors_of(header + "precision = \"fp8\"\n\n[plugins]\ngemm = \"broken-init-fails\"\n\n[[stages]]\nlayers = \"0-3\"\n", options);
+  expect_error(broken, "init failed", 9);
+  unsetenv("TROUPE_PLUGIN_PATH");
+
+  // An explicitly named plugin that resolves is used; missing defaults are warnings, not errors.
+  setenv("TROUPE_PLUGIN_PATH", std::getenv("TROUPE_TEST_PLUGIN_DIR"), 1);
+  auto good = load_topology_text(header + "\n[plugins]\nattention = \"test-attention\"\n\n[[stages]]\nlayers = \"0-3\"\n",
+                                 virtual_file(), options);
+  unsetenv("TROUPE_PLUGIN_PATH");
+  ASSERT_TRUE(good.topo.plugin_for(troupe::plugin_kind::attention)->resolved.has_value());
+  EXPECT_EQ(good.warnings.size(), 2u);  // moe and mtp defaults are not installed here
+}
+
+TEST(TopologyErrors, ValueRangesInTrainDataAndMonitoring) {
+  auto errors = errors_of(header + R"(
+[[stages]]
+layers = "0-3"
+
+[train]
+learning_rate = -1.0
+beta2 = 1.5
+
+[data]
+fim_rate = 2.0
+corpus = "no/such/corpus.txt"
+
+[monitoring]
+metrics = "127.0.0.1:99999"
+
+[ema]
+decay = 1.0
+)");
+  expect_error(errors, "monitoring.metrics = \"127.0.0.1:99999\" must be \"HOST:PORT\"", 19);
+  // Range errors appear once the shape errors are fixed.
+  auto ranges = errors_of(header + "\n[[stages]]\nlayers = \"0-3\"\n\n[train]\nlearning_rate = -1.0\nbeta2 = 1.5\n\n[data]\nfim_rate = 2.0\ncorpus = \"no/such/corpus.txt\"\n\n[ema]\ndecay = 1.0\n");
+  expect_error(ranges, "train.learning_rate must be positive, got -1", 11);
+  expect_error(ranges, "train.beta2 must be in [0, 1), got 1.5", 12);
+  expect_error(ranges, "data.fim_rate must be in [0, 1], got 2", 15);
+  expect_error(ranges, "data.corpus: no file", 16);
+  expect_error(ranges, "ema.decay must be in (0, 1), got 1", 19);
+}
+
+TEST(TopologyPlan, LinksFollowTheData) {
+  auto loaded = troupe::load_topology(source_dir() / "topologies/pp2-ep4.toml", no_plugins());
+  auto plan = troupe::plan_topology(loaded.topo);
+  auto has_link = [&](const std::string& from, const std::string& to, const std::string& carries) {
+    for (const auto& link : plan.links)
+      if (link.from == from && link.to == to && link.carries == carries) return true;
+    return false;
+  };
+  EXPECT_TRUE(has_link("stage0", "stage1", "activations"));
+  EXPECT_TRUE(has_link("stage1", "stage0", "activation gradients"));
+  EXPECT_TRUE(has_link("stage0", "shard3", "dispatch"));
+  EXPECT_TRUE(has_link("shard3", "stage0", "combine"));
+  EXPECT_TRUE(has_link("stage1", "balancer", "expert counts"));
+  EXPECT_TRUE(has_link("balancer", "stage0", "router biases"));
+  EXPECT_TRUE(has_link("coordinator", "ema", "control"));
+  EXPECT_EQ(plan.find("stage0")->layers, (std::vector<int>{0, 1}));
+  EXPECT_TRUE(plan.find("stage0")->embedding);
+  EXPECT_TRUE(plan.find("stage1")->head);
+  const std::string dot = troupe::to_dot(loaded.topo, plan);
+  EXPECT_NE(dot.find("subgraph \"cluster_node0\""), std::string::npos);
+  EXPECT_NE(dot.find("\"stage0\" -> \"stage1\" [label=\"activations\"]"), std::string::npos);
+}
+
+}  // namespace

@@ -1,0 +1,20 @@
+#pragma once
+
+// Each subcommand of `troupe` adds itself to the CLI11 app and returns the exit code its callback
+// will set. One file per subcommand.
+
+#include <CLI/CLI.hpp>
+
+namespace troupe::cli {
+
+/// Exit codes: 0 success, 1 bad input (a topology, a plugin, an argument), 2 not available.
+inline constexpr int exit_ok = 0;
+inline constexpr int exit_bad_input = 1;
+inline constexpr int exit_unavailable = 2;
+
+void add_version_command(CLI::App& app, int& exit_code);
+void add_plugins_command(CLI::App& app, int& exit_code);
+void add_topo_command(CLI::App& app, int& exit_code);
+void add_train_command(CLI::App& app, int& exit_code);
+
+}  // namespace troupe::cli

@@ -1,0 +1,38 @@
+// troupe: the command line of the troupe runtime.
+#include <cstdio>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "runtime/core/error.hpp"
+#include "tools/troupe/commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"troupe: an actor runtime for training and serving DeepSeek-V3-style MoE models", "troupe"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose, "Log debug messages to stderr");
+
+  int exit_code = troupe::cli::exit_ok;
+  troupe::cli::add_version_command(app, exit_code);
+  troupe::cli::add_plugins_command(app, exit_code);
+  troupe::cli::add_topo_command(app, exit_code);
+  troupe::cli::add_train_command(app, exit_code);
+
+  app.parse_complete_callback([&] {
+    auto logger = spdlog::stderr_color_mt("troupe");
+    spdlog::set_default_logger(logger);
+    spdlog::set_pattern("%^[%l]%$ %v");
+    spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+  });
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const troupe::error& e) {
+    std::fprintf(stderr, "troupe: %s\n", e.what());
+    return troupe::cli::exit_bad_input;
+  }
+  return exit_code;
+}

@@ -1,0 +1,132 @@
+#include <cstdio>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "runtime/plugin/registry.hpp"
+#include "runtime/topology/load.hpp"
+#include "runtime/topology/plan.hpp"
+#include "runtime/topology/schema.hpp"
+#include "tools/troupe/commands.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+struct topo_options {
+  std::string file;
+  std::string output;
+  bool quiet = false;
+};
+
+/// Loads and validates; prints diagnostics to stderr. Returns nullopt on errors.
+std::optional<loaded_topology> load_for_command(const std::string& file, plugin_registry& registry) {
+  topology_load_options options;
+  options.registry = &registry;
+  try {
+    auto loaded = load_topology(file, options);
+    for (const auto& w : loaded.warnings) fmt::print(stderr, "{}\n", to_string(w));
+    return loaded;
+  } catch (const topology_error& e) {
+    for (const auto& d : e.diagnostics()) fmt::print(stderr, "{}\n", to_string(d));
+    fmt::print(stderr, "{}: {} error{}\n", file, e.diagnostics().size(), e.diagnostics().size() == 1 ? "" : "s");
+  } catch (const troupe::error& e) {
+    fmt::print(stderr, "{}\n", e.what());
+  }
+  return std::nullopt;
+}
+
+int check(const topo_options& options) {
+  plugin_registry registry;
+  auto loaded = load_for_command(options.file, registry);
+  if (!loaded) return exit_bad_input;
+  if (!options.quiet) {
+    fmt::print("{}: OK\n", options.file);
+    fmt::print("{}", summarize(loaded->topo, plan_topology(loaded->topo)));
+  }
+  return exit_ok;
+}
+
+int dot(const topo_options& options) {
+  plugin_registry registry;
+  auto loaded = load_for_command(options.file, registry);
+  if (!loaded) return exit_bad_input;
+  const std::string graph = to_dot(loaded->topo, plan_topology(loaded->topo));
+  if (options.output.empty() || options.output == "-") {
+    fmt::print("{}", graph);
+    return exit_ok;
+  }
+  std::ofstream out(options.output);
+  out << graph;
+  if (!out) {
+    fmt::print(stderr, "cannot write {}\n", options.output);
+    return exit_bad_input;
+  }
+  return exit_ok;
+}
+
+std::string_view type_name(value_kind kind) {
+  switch (kind) {
+    case value_kind::string: return "string";
+    case value_kind::integer: return "integer";
+    case value_kind::number: return "number";
+    case value_kind::boolean: return "boolean";
+    case value_kind::string_list: return "array of strings";
+    case value_kind::index_list: return "index list";
+    case value_kind::device_list: return "device or array of devices";
+    case value_kind::table: return "table";
+  }
+  return "value";
+}
+
+/// The reference of every section and key, as Markdown tables (docs/topology.md embeds them).
+int keys() {
+  for (const auto& section : topology_schema()) {
+    fmt::print("## {}{}{}{}\n\n{}{}\n\n", section.array ? "[[" : "[", section.name, section.array ? "]]" : "]",
+               section.required ? " (required)" : "", section.description,
+               section.array ? " Repeat the header once per entry." : "");
+    fmt::print("| key | type | default | meaning |\n|---|---|---|---|\n");
+    for (const auto& key : section.keys) {
+      std::string meaning(key.description);
+      if (!key.choices.empty()) {
+        std::vector<std::string> choices;
+        for (auto c : key.choices) choices.push_back(fmt::format("`{}`", c));
+        meaning += fmt::format(" One of: {}.", fmt::join(choices, ", "));
+      }
+      const std::string default_text = key.required             ? std::string("required")
+                                       : key.default_text.empty() ? std::string("—")
+                                                                  : std::string(key.default_text);
+      fmt::print("| `{}` | {} | {} | {} |\n", key.name, type_name(key.kind), default_text, meaning);
+    }
+    fmt::print("\n");
+  }
+  return exit_ok;
+}
+
+}  // namespace
+
+void add_topo_command(CLI::App& app, int& exit_code) {
+  auto* topo = app.add_subcommand("topo", "Check and draw topology files");
+  topo->require_subcommand(1);
+
+  auto check_options = std::make_shared<topo_options>();
+  auto* check_command = topo->add_subcommand(
+      "check", "Parse and validate a topology (model config, parallel sizes, layer and expert coverage, "
+               "placements, schedule, plugins) and print its plan; errors give file:line:column");
+  check_command->add_option("FILE", check_options->file, "Topology file (TOML)")->required()->check(CLI::ExistingFile);
+  check_command->add_flag("-q,--quiet", check_options->quiet, "Print nothing when the topology is valid");
+  check_command->callback([check_options, &exit_code] { exit_code = check(*check_options); });
+
+  auto dot_options = std::make_shared<topo_options>();
+  auto* dot_command = topo->add_subcommand(
+      "dot", "Print the topology's actors and links as Graphviz DOT (render with: dot -Tsvg)");
+  dot_command->add_option("FILE", dot_options->file, "Topology file (TOML)")->required()->check(CLI::ExistingFile);
+  dot_command->add_option("-o,--output", dot_options->output, "Write to this file instead of stdout");
+  dot_command->callback([dot_options, &exit_code] { exit_code = dot(*dot_options); });
+
+  auto* keys_command = topo->add_subcommand("keys", "Print the reference of every topology section and key (Markdown)");
+  keys_command->callback([&exit_code] { exit_code = keys(); });
+}
+
+}  // namespace troupe::cli

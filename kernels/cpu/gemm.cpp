@@ -2,20 +2,26 @@
 
 #include <cblas.h>
 
+#include "kernels/cpu/blas.hpp"
+
 namespace troupe::kernels::cpu {
 
 void sgemm(const gemm_shape& shape, float alpha, const float* a, const float* b, float beta,
            float* c) {
   if (shape.m == 0 || shape.n == 0) return;
-  cblas_sgemm(CblasRowMajor, shape.transpose_a ? CblasTrans : CblasNoTrans,
-              shape.transpose_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(shape.m),
-              static_cast<blasint>(shape.n), static_cast<blasint>(shape.k), alpha, a,
-              static_cast<blasint>(shape.lda), b, static_cast<blasint>(shape.ldb), beta, c,
-              static_cast<blasint>(shape.ldc));
+  blas().sgemm(CblasRowMajor, shape.transpose_a ? CblasTrans : CblasNoTrans,
+               shape.transpose_b ? CblasTrans : CblasNoTrans, static_cast<int>(shape.m),
+               static_cast<int>(shape.n), static_cast<int>(shape.k), alpha, a, static_cast<int>(shape.lda), b,
+               static_cast<int>(shape.ldb), beta, c, static_cast<int>(shape.ldc));
 }
 
-void set_blas_threads(int threads) { openblas_set_num_threads(threads); }
+void set_blas_threads(int threads) {
+  if (const auto& library = blas(); library.set_threads != nullptr) library.set_threads(threads);
+}
 
-int blas_threads() { return openblas_get_num_threads(); }
+int blas_threads() {
+  const auto& library = blas();
+  return library.get_threads != nullptr ? library.get_threads() : 1;
+}
 
 }  // namespace troupe::kernels::cpu

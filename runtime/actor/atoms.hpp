@@ -1,0 +1,19 @@
+#pragma once
+
+// Every atom troupe's actors use, in one place. CAF 0.17 atoms hold at most 10 characters
+// (caf::atom static_asserts it); TROUPE_ATOM(name) declares `name_atom` and the constant
+// `name_atom_v` for sending.
+
+#include <caf/atom.hpp>
+
+#define TROUPE_ATOM(name)                                              \
+  using name##_atom = ::caf::atom_constant<::caf::atom(#name)>;        \
+  inline constexpr name##_atom name##_atom_v{}
+
+namespace troupe::atoms {
+
+TROUPE_ATOM(ping);
+TROUPE_ATOM(stop);
+TROUPE_ATOM(status);
+
+}  // namespace troupe::atoms

@@ -28,16 +28,20 @@ blas_library load() {
     blas_library library;
     library.file = file;
     library.sgemm = reinterpret_cast<decltype(library.sgemm)>(dlsym(handle, "cblas_sgemm"));
-    library.set_threads = reinterpret_cast<decltype(library.set_threads)>(dlsym(handle, "openblas_set_num_threads"));
-    library.get_threads = reinterpret_cast<decltype(library.get_threads)>(dlsym(handle, "openblas_get_num_threads"));
+    library.set_threads =
+        reinterpret_cast<decltype(library.set_threads)>(dlsym(handle, "openblas_set_num_threads"));
+    library.get_threads =
+        reinterpret_cast<decltype(library.get_threads)>(dlsym(handle, "openblas_get_num_threads"));
     if (library.sgemm == nullptr) {
       failures += "\n  " + file + ": has no cblas_sgemm";
       continue;
     }
     return library;
   }
-  throw std::runtime_error("cannot load a BLAS library (install Debian's libopenblas0, or set TROUPE_BLAS_LIBRARY "
-                           "to a CBLAS shared library):" + failures);
+  throw std::runtime_error(
+      "cannot load a BLAS library (install Debian's libopenblas0, or set TROUPE_BLAS_LIBRARY "
+      "to a CBLAS shared library):" +
+      failures);
 }
 
 }  // namespace

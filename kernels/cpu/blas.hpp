@@ -16,7 +16,8 @@ namespace troupe::kernels::cpu {
 struct blas_library {
   std::string file;  ///< the library that was loaded
   void (*sgemm)(int order, int transpose_a, int transpose_b, int m, int n, int k, float alpha,
-                const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc) = nullptr;
+                const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                int ldc) = nullptr;
   void (*set_threads)(int threads) = nullptr;  ///< null when the library has no such call
   int (*get_threads)() = nullptr;
 };

@@ -11,8 +11,9 @@ void sgemm(const gemm_shape& shape, float alpha, const float* a, const float* b,
   if (shape.m == 0 || shape.n == 0) return;
   blas().sgemm(CblasRowMajor, shape.transpose_a ? CblasTrans : CblasNoTrans,
                shape.transpose_b ? CblasTrans : CblasNoTrans, static_cast<int>(shape.m),
-               static_cast<int>(shape.n), static_cast<int>(shape.k), alpha, a, static_cast<int>(shape.lda), b,
-               static_cast<int>(shape.ldb), beta, c, static_cast<int>(shape.ldc));
+               static_cast<int>(shape.n), static_cast<int>(shape.k), alpha, a,
+               static_cast<int>(shape.lda), b, static_cast<int>(shape.ldb), beta, c,
+               static_cast<int>(shape.ldc));
 }
 
 void set_blas_threads(int threads) {

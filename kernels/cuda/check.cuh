@@ -17,4 +17,5 @@ inline void check_cuda(cudaError_t status, const char* what, const char* file, i
 
 }  // namespace troupe::kernels::cuda
 
-#define TROUPE_CUDA_CHECK(call) ::troupe::kernels::cuda::check_cuda((call), #call, __FILE__, __LINE__)
+#define TROUPE_CUDA_CHECK(call) \
+  ::troupe::kernels::cuda::check_cuda((call), #call, __FILE__, __LINE__)

@@ -26,10 +26,12 @@ runtime_table& runtimes() {
 
 }  // namespace
 
-actor_runtime::actor_runtime(actor_runtime_options options, std::shared_ptr<metrics_registry> metrics)
+actor_runtime::actor_runtime(actor_runtime_options options,
+                             std::shared_ptr<metrics_registry> metrics)
     : config_(std::make_unique<caf::actor_system_config>()), metrics_(std::move(metrics)) {
-  const int threads = options.scheduler_threads > 0 ? options.scheduler_threads
-                                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = options.scheduler_threads > 0
+                          ? options.scheduler_threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   config_->set("scheduler.max-threads", static_cast<std::size_t>(threads));
   register_message_types(*config_);
   if (options.network) config_->load<caf::io::middleman>();
@@ -60,11 +62,14 @@ void actor_runtime::track(std::string_view role, const caf::actor& handle) {
   handle->attach_functor([metrics, label](const caf::error&) { metrics->actor_exited(label); });
 }
 
-std::uint16_t actor_runtime::publish(const caf::actor& actor, const std::string& address, std::uint16_t port) {
+std::uint16_t actor_runtime::publish(const caf::actor& actor, const std::string& address,
+                                     std::uint16_t port) {
   if (!system_->has_middleman())
-    fail("cannot publish an actor on {}:{}: the actor runtime was started without networking", address, port);
+    fail("cannot publish an actor on {}:{}: the actor runtime was started without networking",
+         address, port);
   auto result = system_->middleman().publish(actor, port, address.c_str(), true);
-  if (!result) fail("cannot publish an actor on {}:{}: {}", address, port, system_->render(result.error()));
+  if (!result)
+    fail("cannot publish an actor on {}:{}: {}", address, port, system_->render(result.error()));
   return *result;
 }
 
@@ -72,7 +77,8 @@ caf::actor actor_runtime::connect(const std::string& host, std::uint16_t port) {
   if (!system_->has_middleman())
     fail("cannot reach {}:{}: the actor runtime was started without networking", host, port);
   auto result = system_->middleman().remote_actor(host, port);
-  if (!result) fail("cannot reach the actor at {}:{}: {}", host, port, system_->render(result.error()));
+  if (!result)
+    fail("cannot reach the actor at {}:{}: {}", host, port, system_->render(result.error()));
   return *result;
 }
 

@@ -37,8 +37,9 @@ struct actor_runtime_options {
 /// metrics for spawned and alive actors by role.
 class actor_runtime {
  public:
-  explicit actor_runtime(actor_runtime_options options = {},
-                         std::shared_ptr<metrics_registry> metrics = std::make_shared<metrics_registry>());
+  explicit actor_runtime(
+      actor_runtime_options options = {},
+      std::shared_ptr<metrics_registry> metrics = std::make_shared<metrics_registry>());
   /// Waits for every actor to finish.
   ~actor_runtime();
   actor_runtime(const actor_runtime&) = delete;

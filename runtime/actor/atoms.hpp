@@ -6,9 +6,9 @@
 
 #include <caf/atom.hpp>
 
-#define TROUPE_ATOM(name)                                              \
-  using name##_atom = ::caf::atom_constant<::caf::atom(#name)>;        \
-  inline constexpr name##_atom name##_atom_v{}
+#define TROUPE_ATOM(name)                                       \
+  using name##_atom = ::caf::atom_constant<::caf::atom(#name)>; \
+  inline constexpr name##_atom name##_atom_v {}
 
 namespace troupe::atoms {
 

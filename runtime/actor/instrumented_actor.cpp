@@ -16,13 +16,15 @@ instrumented_actor::instrumented_actor(caf::actor_config& config) : caf::event_b
 }
 
 caf::invoke_message_result instrumented_actor::consume(caf::mailbox_element& element) {
-  if (metrics_ != nullptr) metrics_->message_received(message_type_label(home_system(), element.content()));
+  if (metrics_ != nullptr)
+    metrics_->message_received(message_type_label(home_system(), element.content()));
   return caf::event_based_actor::consume(element);
 }
 
 std::string message_type_label(caf::actor_system& system, const caf::type_erased_tuple& content) {
   if (content.empty()) return "empty";
-  if (content.match_element<caf::atom_value>(0)) return caf::to_string(content.get_as<caf::atom_value>(0));
+  if (content.match_element<caf::atom_value>(0))
+    return caf::to_string(content.get_as<caf::atom_value>(0));
   const auto rtti = content.type(0);
   if (rtti.second != nullptr) {
     auto name = registered_name(*rtti.second);

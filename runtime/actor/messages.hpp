@@ -38,16 +38,18 @@ typename std::enable_if<Inspector::reads_state, typename Inspector::result_type>
     f(caf::meta::type_name("troupe.tensor_message"), description);
     return;
   } else {
-  // Saving: dtype, shape and the bytes of a contiguous host copy.
-  if (!remote_payload_problem(x).empty()) return caf::sec::invalid_argument;
-  std::uint8_t type = x.value.defined() ? static_cast<std::uint8_t>(x.value.type()) + 1 : 0;
-  std::vector<std::int64_t> shape = x.value.defined() ? x.value.shape() : std::vector<std::int64_t>{};
-  std::vector<char> bytes;
-  if (x.value.defined()) {
-    const tensor host = x.value.is_contiguous() ? x.value : x.value.clone();
-    bytes.assign(static_cast<const char*>(host.data()), static_cast<const char*>(host.data()) + host.nbytes());
-  }
-  return f(caf::meta::type_name("troupe.tensor_message"), type, shape, bytes);
+    // Saving: dtype, shape and the bytes of a contiguous host copy.
+    if (!remote_payload_problem(x).empty()) return caf::sec::invalid_argument;
+    std::uint8_t type = x.value.defined() ? static_cast<std::uint8_t>(x.value.type()) + 1 : 0;
+    std::vector<std::int64_t> shape =
+        x.value.defined() ? x.value.shape() : std::vector<std::int64_t>{};
+    std::vector<char> bytes;
+    if (x.value.defined()) {
+      const tensor host = x.value.is_contiguous() ? x.value : x.value.clone();
+      bytes.assign(static_cast<const char*>(host.data()),
+                   static_cast<const char*>(host.data()) + host.nbytes());
+    }
+    return f(caf::meta::type_name("troupe.tensor_message"), type, shape, bytes);
   }
 }
 

@@ -40,15 +40,16 @@ void check_remote_element(const T& value, const std::string& destination) {
   if constexpr (!is_builtin_message_type<T>()) {
     if (registered_name(typeid(T)).empty())
       throw unregistered_message_error(fmt::format(
-          "refusing to send a message of type '{}' to {} in another process: the type is not registered with "
+          "refusing to send a message of type '{}' to {} in another process: the type is not "
+          "registered with "
           "add_message_type, and CAF would deliver it as an empty message. Register it in "
           "runtime/actor/message_types.cpp.",
           display_name(typeid(T)), destination));
   }
   if constexpr (std::is_same_v<T, tensor_message>) {
     if (auto problem = remote_payload_problem(value); !problem.empty())
-      throw unregistered_message_error(
-          fmt::format("refusing to send a tensor message to {} in another process: {}", destination, problem));
+      throw unregistered_message_error(fmt::format(
+          "refusing to send a tensor message to {} in another process: {}", destination, problem));
   }
 }
 

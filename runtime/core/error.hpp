@@ -23,9 +23,9 @@ template <class... Args>
 }  // namespace troupe
 
 /// Precondition check that stays on in release builds (DeepGEMM-style asserts on preconditions).
-#define TROUPE_CHECK(condition, ...)                                                        \
-  do {                                                                                      \
-    if (!(condition))                                                                       \
-      ::troupe::fail("{}:{}: check '{}' failed: {}", __FILE__, __LINE__, #condition,        \
-                     ::fmt::format(__VA_ARGS__));                                           \
+#define TROUPE_CHECK(condition, ...)                                                 \
+  do {                                                                               \
+    if (!(condition))                                                                \
+      ::troupe::fail("{}:{}: check '{}' failed: {}", __FILE__, __LINE__, #condition, \
+                     ::fmt::format(__VA_ARGS__));                                    \
   } while (false)

@@ -10,8 +10,9 @@ namespace troupe {
 /// was built in uses the build tree and the source tree, so `build/troupe` works before install.
 struct install_layout {
   bool in_build_tree = false;
-  std::vector<std::filesystem::path> plugin_dirs;  ///< searched after the topology's and the environment's
-  std::filesystem::path topology_dir;              ///< shipped topologies (tiny.toml is the default)
+  std::vector<std::filesystem::path>
+      plugin_dirs;                     ///< searched after the topology's and the environment's
+  std::filesystem::path topology_dir;  ///< shipped topologies (tiny.toml is the default)
 
   /// The default topology `troupe train` runs.
   std::filesystem::path default_topology() const { return topology_dir / "tiny.toml"; }

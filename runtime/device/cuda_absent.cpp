@@ -11,13 +11,27 @@ constexpr const char* reason =
     "-Dcuda=enabled on a machine with the CUDA toolkit";
 }
 
-bool built_with_cuda() { return false; }
-int device_count() { return 0; }
-std::string unavailable_reason() { return reason; }
-void* allocate(std::size_t, int) { throw error(reason); }
+bool built_with_cuda() {
+  return false;
+}
+int device_count() {
+  return 0;
+}
+std::string unavailable_reason() {
+  return reason;
+}
+void* allocate(std::size_t, int) {
+  throw error(reason);
+}
 void release(void*, int) noexcept {}
-void copy(void*, const void*, std::size_t, copy_kind, int) { throw error(reason); }
-void use_device(int) { throw error(reason); }
-void synchronize(int) { throw error(reason); }
+void copy(void*, const void*, std::size_t, copy_kind, int) {
+  throw error(reason);
+}
+void use_device(int) {
+  throw error(reason);
+}
+void synchronize(int) {
+  throw error(reason);
+}
 
 }  // namespace troupe::cuda

@@ -16,7 +16,9 @@ void check(cudaError_t status, const char* what, int ordinal) {
 
 }  // namespace
 
-bool built_with_cuda() { return true; }
+bool built_with_cuda() {
+  return true;
+}
 
 int device_count() {
   int count = 0;
@@ -58,7 +60,9 @@ void copy(void* destination, const void* source, std::size_t bytes, copy_kind ki
   check(cudaMemcpy(destination, source, bytes, direction), "cudaMemcpy", ordinal);
 }
 
-void use_device(int ordinal) { check(cudaSetDevice(ordinal), "cudaSetDevice", ordinal); }
+void use_device(int ordinal) {
+  check(cudaSetDevice(ordinal), "cudaSetDevice", ordinal);
+}
 
 void synchronize(int ordinal) {
   check(cudaSetDevice(ordinal), "cudaSetDevice", ordinal);

@@ -17,7 +17,8 @@ device parse_device(std::string_view text) {
     std::string_view digits = text.substr(5);
     int ordinal = -1;
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), ordinal);
-    if (ec == std::errc{} && end == digits.data() + digits.size() && ordinal >= 0 && !digits.empty())
+    if (ec == std::errc{} && end == digits.data() + digits.size() && ordinal >= 0 &&
+        !digits.empty())
       return device::cuda(ordinal);
   }
   fail("'{}' is not a device: use \"cpu\", \"cuda\" or \"cuda:N\" with N >= 0", text);
@@ -29,10 +30,13 @@ DLDevice to_dlpack(device where) {
 
 device from_dlpack(DLDevice where) {
   switch (where.device_type) {
-    case kDLCPU: return device::cpu();
-    case kDLCUDA: return device::cuda(where.device_id);
-    default: fail("DLPack device type {} is not supported: troupe holds CPU and CUDA memory",
-                  static_cast<int>(where.device_type));
+    case kDLCPU:
+      return device::cpu();
+    case kDLCUDA:
+      return device::cuda(where.device_id);
+    default:
+      fail("DLPack device type {} is not supported: troupe holds CPU and CUDA memory",
+           static_cast<int>(where.device_type));
   }
 }
 

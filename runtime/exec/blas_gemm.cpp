@@ -31,9 +31,9 @@ troupe_status blas_gemm(void*, const troupe_exec_context* context, const troupe_
                   "the BLAS GEMM provider runs on the CPU; this context is on a CUDA device");
     return TROUPE_STATUS_UNSUPPORTED;
   }
-  kernels::cpu::gemm_shape shape{call->transpose_a != 0, call->transpose_b != 0, m, n, k,
-                                 leading_dimension(call->a), leading_dimension(call->b),
-                                 leading_dimension(call->c)};
+  kernels::cpu::gemm_shape shape{
+      call->transpose_a != 0,     call->transpose_b != 0,    m, n, k, leading_dimension(call->a),
+      leading_dimension(call->b), leading_dimension(call->c)};
   kernels::cpu::sgemm(shape, call->alpha, element_pointer<const float>(call->a),
                       element_pointer<const float>(call->b), call->beta,
                       element_pointer<float>(call->c));
@@ -44,7 +44,9 @@ const troupe_gemm_provider provider{nullptr, "blas-f32", &blas_gemm};
 
 }  // namespace
 
-const troupe_gemm_provider* blas_gemm_provider() { return &provider; }
+const troupe_gemm_provider* blas_gemm_provider() {
+  return &provider;
+}
 
 bool check_gemm_call(const troupe_gemm_call& call, std::int64_t& m, std::int64_t& n,
                      std::int64_t& k, troupe_error* error) {
@@ -60,9 +62,9 @@ bool check_gemm_call(const troupe_gemm_call& call, std::int64_t& m, std::int64_t
   if (k != k_b || call.c->shape[0] != m || call.c->shape[1] != n) {
     std::snprintf(error->message, sizeof(error->message),
                   "GEMM extents disagree: op(A) is %lldx%lld, op(B) is %lldx%lld, C is %lldx%lld",
-                  static_cast<long long>(m), static_cast<long long>(k),
-                  static_cast<long long>(k_b), static_cast<long long>(n),
-                  static_cast<long long>(call.c->shape[0]), static_cast<long long>(call.c->shape[1]));
+                  static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(k_b),
+                  static_cast<long long>(n), static_cast<long long>(call.c->shape[0]),
+                  static_cast<long long>(call.c->shape[1]));
     return false;
   }
   return true;

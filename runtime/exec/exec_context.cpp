@@ -23,15 +23,19 @@ void* allocate(void*, DLDevice where, std::size_t bytes) {
 }
 
 void release(void*, DLDevice where, void* pointer) {
-  if (where.device_type == kDLCUDA) cuda::release(pointer, where.device_id);
-  else std::free(pointer);
+  if (where.device_type == kDLCUDA)
+    cuda::release(pointer, where.device_id);
+  else
+    std::free(pointer);
 }
 
 const troupe_allocator allocator{nullptr, &allocate, &release};
 
 }  // namespace
 
-const troupe_allocator* runtime_allocator() { return &allocator; }
+const troupe_allocator* runtime_allocator() {
+  return &allocator;
+}
 
 exec_context::exec_context(device where, thread_pool& pool, const troupe_gemm_provider* gemm,
                            void* stream)

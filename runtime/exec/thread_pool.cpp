@@ -9,9 +9,9 @@ struct thread_pool::job {
   std::int64_t count = 0;
   std::int64_t chunk_size = 1;
   std::int64_t chunks = 0;
-  std::int64_t next_chunk = 0;                 // guarded by the pool's mutex
+  std::int64_t next_chunk = 0;  // guarded by the pool's mutex
   std::atomic<std::int64_t> finished_chunks{0};
-  std::exception_ptr failure;                  // guarded by the pool's mutex
+  std::exception_ptr failure;  // guarded by the pool's mutex
 };
 
 thread_pool::thread_pool(int threads) {

@@ -29,8 +29,14 @@ struct metrics_registry::families {
 
 metrics_registry::metrics_registry() : registry_(std::make_shared<prometheus::Registry>()) {
   families_ = std::make_unique<families>(families{
-      prometheus::BuildCounter().Name("troupe_actors_spawned_total").Help("Actors spawned, by role").Register(*registry_),
-      prometheus::BuildGauge().Name("troupe_actors_alive").Help("Actors currently alive, by role").Register(*registry_),
+      prometheus::BuildCounter()
+          .Name("troupe_actors_spawned_total")
+          .Help("Actors spawned, by role")
+          .Register(*registry_),
+      prometheus::BuildGauge()
+          .Name("troupe_actors_alive")
+          .Help("Actors currently alive, by role")
+          .Register(*registry_),
       prometheus::BuildCounter()
           .Name("troupe_messages_sent_total")
           .Help("Actor messages sent through troupe's send, by message type")
@@ -39,9 +45,13 @@ metrics_registry::metrics_registry() : registry_(std::make_shared<prometheus::Re
           .Name("troupe_messages_received_total")
           .Help("Actor messages received by troupe actors, by message type")
           .Register(*registry_),
-      prometheus::BuildGauge().Name("troupe_build_info").Help("Constant 1, labelled with the build").Register(*registry_),
+      prometheus::BuildGauge()
+          .Name("troupe_build_info")
+          .Help("Constant 1, labelled with the build")
+          .Register(*registry_),
   });
-  families_->build_info.Add({{"version", TROUPE_VERSION}, {"plugin_abi", host_abi_version()}}).Set(1);
+  families_->build_info.Add({{"version", TROUPE_VERSION}, {"plugin_abi", host_abi_version()}})
+      .Set(1);
 }
 
 metrics_registry::~metrics_registry() = default;
@@ -96,16 +106,21 @@ std::string bind_diagnosis(const std::string& host, int port) {
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   std::string cause = "the HTTP server could not start";
   if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0)
-    cause = errno == EADDRINUSE ? std::string("the port is already in use; choose another port, or 0 for a free one")
-                                : std::string(std::strerror(errno));
+    cause =
+        errno == EADDRINUSE
+            ? std::string("the port is already in use; choose another port, or 0 for a free one")
+            : std::string(std::strerror(errno));
   close(fd);
   return cause;
 }
 
 }  // namespace
 
-metrics_endpoint::metrics_endpoint(const std::string& host, int port, const metrics_registry& metrics) : host_(host) {
-  if (port < 0 || port > 65535) fail("metrics endpoint {}:{}: the port must be 0 to 65535", host, port);
+metrics_endpoint::metrics_endpoint(const std::string& host, int port,
+                                   const metrics_registry& metrics)
+    : host_(host) {
+  if (port < 0 || port > 65535)
+    fail("metrics endpoint {}:{}: the port must be 0 to 65535", host, port);
   // civetweb binds "host:port" and numeric IPv4 only; check the host first for a clear error.
   in_addr parsed{};
   if (inet_pton(AF_INET, host.c_str(), &parsed) != 1)
@@ -122,6 +137,8 @@ metrics_endpoint::metrics_endpoint(const std::string& host, int port, const metr
 
 metrics_endpoint::~metrics_endpoint() = default;
 
-std::string metrics_endpoint::url() const { return fmt::format("http://{}:{}/metrics", host_, port_); }
+std::string metrics_endpoint::url() const {
+  return fmt::format("http://{}:{}/metrics", host_, port_);
+}
 
 }  // namespace troupe

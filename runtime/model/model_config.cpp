@@ -43,10 +43,12 @@ class field_reader {
 
   void integer(const std::string& field, std::int64_t& value, std::int64_t minimum) {
     if (const json* v = find(field)) {
-      if (!v->is_number_integer()) fail_field(field, fmt::format("must be an integer, got {}", v->dump()));
+      if (!v->is_number_integer())
+        fail_field(field, fmt::format("must be an integer, got {}", v->dump()));
       value = v->get<std::int64_t>();
     }
-    if (value < minimum) fail_field(field, fmt::format("must be at least {}, got {}", minimum, value));
+    if (value < minimum)
+      fail_field(field, fmt::format("must be at least {}, got {}", minimum, value));
   }
 
   void number(const std::string& field, double& value, bool positive) {
@@ -54,18 +56,20 @@ class field_reader {
       if (!v->is_number()) fail_field(field, fmt::format("must be a number, got {}", v->dump()));
       value = v->get<double>();
     }
-    if (positive && !(value > 0.0)) fail_field(field, fmt::format("must be positive, got {}", value));
+    if (positive && !(value > 0.0))
+      fail_field(field, fmt::format("must be positive, got {}", value));
   }
 
   void boolean(const std::string& field, bool& value) {
     if (const json* v = find(field)) {
-      if (!v->is_boolean()) fail_field(field, fmt::format("must be true or false, got {}", v->dump()));
+      if (!v->is_boolean())
+        fail_field(field, fmt::format("must be true or false, got {}", v->dump()));
       value = v->get<bool>();
     }
   }
 
-  void choice(const std::string& field, std::string& value, std::initializer_list<const char*> allowed,
-              const std::string& why_only) {
+  void choice(const std::string& field, std::string& value,
+              std::initializer_list<const char*> allowed, const std::string& why_only) {
     if (const json* v = find(field)) {
       if (!v->is_string()) fail_field(field, fmt::format("must be a string, got {}", v->dump()));
       value = v->get<std::string>();
@@ -93,17 +97,20 @@ void read_rope(field_reader& r, const json& source, model_config& c) {
   if (!rope->is_object()) r.fail_field(field, "must be an object or null");
   std::string type = rope->value("rope_type", rope->value("type", std::string("default")));
   if (rope->contains("rope_theta")) {
-    if (!(*rope)["rope_theta"].is_number()) r.fail_field(std::string(field) + ".rope_theta", "must be a number");
+    if (!(*rope)["rope_theta"].is_number())
+      r.fail_field(std::string(field) + ".rope_theta", "must be a number");
     c.rope_theta = (*rope)["rope_theta"].get<double>();
   }
   if (type == "default") return;
   if (type != "yarn")
-    r.fail_field(std::string(field) + ".rope_type",
-                 fmt::format("\"{}\" is not supported: DeepSeek-V3 uses \"yarn\" (or no scaling)", type));
+    r.fail_field(
+        std::string(field) + ".rope_type",
+        fmt::format("\"{}\" is not supported: DeepSeek-V3 uses \"yarn\" (or no scaling)", type));
   yarn_config y;
   auto number = [&](const char* key, double& value) {
     if (!rope->contains(key)) return;
-    if (!(*rope)[key].is_number()) r.fail_field(fmt::format("{}.{}", field, key), "must be a number");
+    if (!(*rope)[key].is_number())
+      r.fail_field(fmt::format("{}.{}", field, key), "must be a number");
     value = (*rope)[key].get<double>();
   };
   number("factor", y.factor);
@@ -114,10 +121,12 @@ void read_rope(field_reader& r, const json& source, model_config& c) {
   if (rope->contains("original_max_position_embeddings")) {
     const json& v = (*rope)["original_max_position_embeddings"];
     if (!v.is_number_integer() || v.get<std::int64_t>() <= 0)
-      r.fail_field(fmt::format("{}.original_max_position_embeddings", field), "must be a positive integer");
+      r.fail_field(fmt::format("{}.original_max_position_embeddings", field),
+                   "must be a positive integer");
     y.original_max_position_embeddings = v.get<std::int64_t>();
   }
-  if (!(y.factor >= 1.0)) r.fail_field(fmt::format("{}.factor", field), fmt::format("must be >= 1, got {}", y.factor));
+  if (!(y.factor >= 1.0))
+    r.fail_field(fmt::format("{}.factor", field), fmt::format("must be >= 1, got {}", y.factor));
   c.yarn = y;
 }
 
@@ -127,15 +136,19 @@ void read_quantization(field_reader& r, model_config& c) {
   if (!q->is_object()) r.fail_field("quantization_config", "must be an object or null");
   std::string method = q->value("quant_method", std::string());
   if (method != "fp8")
-    r.fail_field("quantization_config.quant_method",
-                 fmt::format("\"{}\" is not supported: troupe reads fp8 (block-scaled E4M3) checkpoints", method));
+    r.fail_field(
+        "quantization_config.quant_method",
+        fmt::format("\"{}\" is not supported: troupe reads fp8 (block-scaled E4M3) checkpoints",
+                    method));
   std::string format = q->value("fmt", std::string("e4m3"));
   if (format != "e4m3")
-    r.fail_field("quantization_config.fmt", fmt::format("\"{}\" is not supported: only e4m3", format));
+    r.fail_field("quantization_config.fmt",
+                 fmt::format("\"{}\" is not supported: only e4m3", format));
   fp8_quantization_config f;
   if (q->contains("weight_block_size")) {
     const json& block = (*q)["weight_block_size"];
-    if (!block.is_array() || block.size() != 2 || !block[0].is_number_integer() || !block[1].is_number_integer())
+    if (!block.is_array() || block.size() != 2 || !block[0].is_number_integer() ||
+        !block[1].is_number_integer())
       r.fail_field("quantization_config.weight_block_size", "must be [rows, cols]");
     f.block_rows = block[0].get<std::int64_t>();
     f.block_cols = block[1].get<std::int64_t>();
@@ -153,7 +166,8 @@ void read_quantization(field_reader& r, model_config& c) {
 
 }  // namespace
 
-model_config_error::model_config_error(source_position where, std::string field, std::string problem)
+model_config_error::model_config_error(source_position where, std::string field,
+                                       std::string problem)
     : error(fmt::format("{}: model config field '{}': {}", to_string(where), field, problem)),
       where_(std::move(where)),
       field_(std::move(field)),
@@ -161,27 +175,32 @@ model_config_error::model_config_error(source_position where, std::string field,
 
 std::int64_t model_config::moe_layer_count() const {
   std::int64_t count = 0;
-  for (std::int64_t layer = 0; layer < num_hidden_layers; ++layer) count += is_moe_layer(layer) ? 1 : 0;
+  for (std::int64_t layer = 0; layer < num_hidden_layers; ++layer)
+    count += is_moe_layer(layer) ? 1 : 0;
   return count;
 }
 
 std::int64_t model_config::parameter_count() const {
   const std::int64_t h = hidden_size, heads = num_attention_heads;
   std::int64_t attention = 0;
-  if (q_lora_rank) attention += h * *q_lora_rank + *q_lora_rank + *q_lora_rank * heads * qk_head_dim();
-  else attention += h * heads * qk_head_dim();
+  if (q_lora_rank)
+    attention += h * *q_lora_rank + *q_lora_rank + *q_lora_rank * heads * qk_head_dim();
+  else
+    attention += h * heads * qk_head_dim();
   attention += h * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;
   attention += kv_lora_rank * heads * (qk_nope_head_dim + v_head_dim);
   attention += heads * v_head_dim * h;
   const std::int64_t dense_ffn = 3 * h * intermediate_size;
   const std::int64_t expert = 3 * h * moe_intermediate_size;
-  const std::int64_t moe_ffn = (n_routed_experts + n_shared_experts) * expert + n_routed_experts * h + n_routed_experts;
+  const std::int64_t moe_ffn =
+      (n_routed_experts + n_shared_experts) * expert + n_routed_experts * h + n_routed_experts;
   const std::int64_t norms = 2 * h;
   std::int64_t total = vocab_size * h * (tie_word_embeddings ? 1 : 2) + h;
   for (std::int64_t layer = 0; layer < num_hidden_layers; ++layer)
     total += attention + norms + (is_moe_layer(layer) ? moe_ffn : dense_ffn);
   // Each MTP module: two norms, the projection, one (MoE) block and a final norm.
-  const std::int64_t mtp = 2 * h + 2 * h * h + attention + norms + (n_routed_experts > 0 ? moe_ffn : dense_ffn) + h;
+  const std::int64_t mtp =
+      2 * h + 2 * h * h + attention + norms + (n_routed_experts > 0 ? moe_ffn : dense_ffn) + h;
   return total + num_nextn_predict_layers * mtp;
 }
 
@@ -198,15 +217,20 @@ model_config parse_model_config(const json& source, const std::string& source_na
   r.integer("first_k_dense_replace", c.first_k_dense_replace, 0);
   r.integer("num_attention_heads", c.num_attention_heads, 1);
   if (const json* q = r.find("q_lora_rank")) {
-    if (q->is_null()) c.q_lora_rank.reset();
-    else if (q->is_number_integer() && q->get<std::int64_t>() > 0) c.q_lora_rank = q->get<std::int64_t>();
-    else r.fail_field("q_lora_rank", fmt::format("must be a positive integer or null, got {}", q->dump()));
+    if (q->is_null())
+      c.q_lora_rank.reset();
+    else if (q->is_number_integer() && q->get<std::int64_t>() > 0)
+      c.q_lora_rank = q->get<std::int64_t>();
+    else
+      r.fail_field("q_lora_rank",
+                   fmt::format("must be a positive integer or null, got {}", q->dump()));
   }
   r.integer("kv_lora_rank", c.kv_lora_rank, 1);
   r.integer("qk_nope_head_dim", c.qk_nope_head_dim, 0);
   r.integer("qk_rope_head_dim", c.qk_rope_head_dim, 2);
   if (c.qk_rope_head_dim % 2 != 0)
-    r.fail_field("qk_rope_head_dim", fmt::format("must be even (RoPE rotates pairs), got {}", c.qk_rope_head_dim));
+    r.fail_field("qk_rope_head_dim",
+                 fmt::format("must be even (RoPE rotates pairs), got {}", c.qk_rope_head_dim));
   r.integer("v_head_dim", c.v_head_dim, 1);
   r.integer("n_routed_experts", c.n_routed_experts, 0);
   r.integer("n_shared_experts", c.n_shared_experts, 0);
@@ -230,18 +254,22 @@ model_config parse_model_config(const json& source, const std::string& source_na
   read_quantization(r, c);
 
   if (c.first_k_dense_replace > c.num_hidden_layers)
-    r.fail_field("first_k_dense_replace", fmt::format("{} is more than num_hidden_layers = {}",
-                                                      c.first_k_dense_replace, c.num_hidden_layers));
+    r.fail_field("first_k_dense_replace",
+                 fmt::format("{} is more than num_hidden_layers = {}", c.first_k_dense_replace,
+                             c.num_hidden_layers));
   if (c.n_routed_experts > 0) {
     if (c.n_routed_experts % c.n_group != 0)
-      r.fail_field("n_group", fmt::format("{} groups do not divide n_routed_experts = {}", c.n_group,
-                                          c.n_routed_experts));
+      r.fail_field("n_group", fmt::format("{} groups do not divide n_routed_experts = {}",
+                                          c.n_group, c.n_routed_experts));
     if (c.topk_group > c.n_group)
-      r.fail_field("topk_group", fmt::format("{} is more than n_group = {}", c.topk_group, c.n_group));
+      r.fail_field("topk_group",
+                   fmt::format("{} is more than n_group = {}", c.topk_group, c.n_group));
     const std::int64_t per_group = c.n_routed_experts / c.n_group;
     if (per_group < 2)
-      r.fail_field("n_group", fmt::format("each group needs at least 2 experts (group score = sum of the "
-                                          "top-2), got {} per group", per_group));
+      r.fail_field("n_group",
+                   fmt::format("each group needs at least 2 experts (group score = sum of the "
+                               "top-2), got {} per group",
+                               per_group));
     if (c.num_experts_per_tok > c.topk_group * per_group)
       r.fail_field("num_experts_per_tok",
                    fmt::format("{} is more than the {} experts in topk_group = {} groups",

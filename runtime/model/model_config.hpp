@@ -100,7 +100,8 @@ using field_locator = source_position (*)(const void* context, const std::string
 /// Parses and validates a config. `source_name` and `locate` say where errors point. Throws
 /// model_config_error naming the place and the field for a missing, mistyped or unsupported value.
 model_config parse_model_config(const nlohmann::json& source, const std::string& source_name,
-                                field_locator locate = nullptr, const void* locate_context = nullptr);
+                                field_locator locate = nullptr,
+                                const void* locate_context = nullptr);
 
 /// Reads a config.json file (errors name the file and the line of the field).
 model_config load_model_config(const std::filesystem::path& file);

@@ -6,11 +6,16 @@ namespace {
 
 std::string status_name(troupe_status status) {
   switch (status) {
-    case TROUPE_STATUS_OK: return "ok";
-    case TROUPE_STATUS_INVALID_ARGUMENT: return "invalid argument";
-    case TROUPE_STATUS_UNSUPPORTED: return "unsupported";
-    case TROUPE_STATUS_OUT_OF_MEMORY: return "out of memory";
-    case TROUPE_STATUS_INTERNAL: return "internal error";
+    case TROUPE_STATUS_OK:
+      return "ok";
+    case TROUPE_STATUS_INVALID_ARGUMENT:
+      return "invalid argument";
+    case TROUPE_STATUS_UNSUPPORTED:
+      return "unsupported";
+    case TROUPE_STATUS_OUT_OF_MEMORY:
+      return "out of memory";
+    case TROUPE_STATUS_INTERNAL:
+      return "internal error";
   }
   return fmt::format("status {}", static_cast<int>(status));
 }
@@ -71,9 +76,8 @@ tensor_spec from_abi(const troupe_tensor_spec& spec, const plugin_library& libra
 
 plugin_call_error::plugin_call_error(const plugin_library& library, std::string_view call,
                                      troupe_status status, const troupe_error& detail)
-    : error(fmt::format("plugin '{}' {} ({}): {}() failed ({}): {}", library.name,
-                        library.version, library.file.string(), call, status_name(status),
-                        message_of(detail))),
+    : error(fmt::format("plugin '{}' {} ({}): {}() failed ({}): {}", library.name, library.version,
+                        library.file.string(), call, status_name(status), message_of(detail))),
       status_(status) {}
 
 layer_instance::layer_instance(std::shared_ptr<const plugin_library> library,
@@ -84,7 +88,9 @@ layer_instance::layer_instance(std::shared_ptr<const plugin_library> library,
   instance_ = create_instance(*library_, options);
 }
 
-layer_instance::~layer_instance() { library_->api->destroy(instance_); }
+layer_instance::~layer_instance() {
+  library_->api->destroy(instance_);
+}
 
 std::vector<parameter_spec> layer_instance::parameters() const {
   const troupe_param_spec* specs = nullptr;
@@ -168,8 +174,9 @@ void layer_instance::import_state(std::span<const std::uint8_t> state) {
 gemm_instance::gemm_instance(std::shared_ptr<const plugin_library> library,
                              const instance_options& options)
     : library_(std::move(library)) {
-  TROUPE_CHECK(library_->kind == plugin_kind::gemm, "plugin '{}' is a {} plugin, not a gemm provider",
-               library_->name, name_of(library_->kind));
+  TROUPE_CHECK(library_->kind == plugin_kind::gemm,
+               "plugin '{}' is a {} plugin, not a gemm provider", library_->name,
+               name_of(library_->kind));
   instance_ = create_instance(*library_, options);
   provider_ = library_->api->gemm_provider(instance_);
   if (provider_ == nullptr || provider_->gemm == nullptr) {
@@ -179,7 +186,9 @@ gemm_instance::gemm_instance(std::shared_ptr<const plugin_library> library,
   }
 }
 
-gemm_instance::~gemm_instance() { library_->api->destroy(instance_); }
+gemm_instance::~gemm_instance() {
+  library_->api->destroy(instance_);
+}
 
 void run_gemm(const exec_context& context, const troupe_gemm_call& call) {
   const troupe_gemm_provider* provider = context.gemm_provider();

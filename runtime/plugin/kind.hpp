@@ -20,6 +20,8 @@ troupe_plugin_kind to_abi(plugin_kind kind);
 std::optional<plugin_kind> from_abi(std::uint32_t value);
 
 /// True for kinds that compute a layer (forward, backward, parameters).
-constexpr bool is_layer_kind(plugin_kind kind) { return kind != plugin_kind::gemm; }
+constexpr bool is_layer_kind(plugin_kind kind) {
+  return kind != plugin_kind::gemm;
+}
 
 }  // namespace troupe

@@ -4,13 +4,20 @@ namespace troupe {
 
 std::string_view name_of(plugin_load_failure failure) {
   switch (failure) {
-    case plugin_load_failure::not_found: return "not found";
-    case plugin_load_failure::not_loadable: return "not a loadable library";
-    case plugin_load_failure::missing_entry: return "missing entry symbol";
-    case plugin_load_failure::bad_descriptor: return "invalid plugin table";
-    case plugin_load_failure::abi_mismatch: return "ABI mismatch";
-    case plugin_load_failure::wrong_kind: return "wrong kind";
-    case plugin_load_failure::init_failed: return "init failed";
+    case plugin_load_failure::not_found:
+      return "not found";
+    case plugin_load_failure::not_loadable:
+      return "not a loadable library";
+    case plugin_load_failure::missing_entry:
+      return "missing entry symbol";
+    case plugin_load_failure::bad_descriptor:
+      return "invalid plugin table";
+    case plugin_load_failure::abi_mismatch:
+      return "ABI mismatch";
+    case plugin_load_failure::wrong_kind:
+      return "wrong kind";
+    case plugin_load_failure::init_failed:
+      return "init failed";
   }
   return "unknown";
 }

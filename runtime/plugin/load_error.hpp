@@ -9,13 +9,13 @@ namespace troupe {
 
 /// Why a plugin library could not be used. Each has its own message; all name the file.
 enum class plugin_load_failure {
-  not_found,        ///< no libtroupe-NAME.so on the search path, or the path does not exist
-  not_loadable,     ///< dlopen refused it: not a shared library, wrong architecture, missing deps
-  missing_entry,    ///< the library has no troupe_plugin_entry symbol
-  bad_descriptor,   ///< the entry returned NULL or a table with missing or invalid fields
-  abi_mismatch,     ///< built for another ABI major, or a newer minor than this host
-  wrong_kind,       ///< a plugin of another kind than the role needs
-  init_failed,      ///< the plugin's init() reported an error
+  not_found,       ///< no libtroupe-NAME.so on the search path, or the path does not exist
+  not_loadable,    ///< dlopen refused it: not a shared library, wrong architecture, missing deps
+  missing_entry,   ///< the library has no troupe_plugin_entry symbol
+  bad_descriptor,  ///< the entry returned NULL or a table with missing or invalid fields
+  abi_mismatch,    ///< built for another ABI major, or a newer minor than this host
+  wrong_kind,      ///< a plugin of another kind than the role needs
+  init_failed,     ///< the plugin's init() reported an error
 };
 
 std::string_view name_of(plugin_load_failure failure);
@@ -23,7 +23,8 @@ std::string_view name_of(plugin_load_failure failure);
 /// A plugin library that could not be loaded. The process is unaffected and keeps running.
 class plugin_load_error : public error {
  public:
-  plugin_load_error(plugin_load_failure failure, std::filesystem::path file, const std::string& cause);
+  plugin_load_error(plugin_load_failure failure, std::filesystem::path file,
+                    const std::string& cause);
 
   plugin_load_failure failure() const { return failure_; }
   const std::filesystem::path& file() const { return file_; }

@@ -26,10 +26,18 @@ void log_from_plugin(void* self, troupe_log_level level, const char* message) {
   const auto* slot = static_cast<const host_slot*>(self);
   const char* text = message != nullptr ? message : "";
   switch (level) {
-    case TROUPE_LOG_DEBUG: spdlog::debug("[plugin {}] {}", slot->plugin_name, text); break;
-    case TROUPE_LOG_INFO: spdlog::info("[plugin {}] {}", slot->plugin_name, text); break;
-    case TROUPE_LOG_WARN: spdlog::warn("[plugin {}] {}", slot->plugin_name, text); break;
-    default: spdlog::error("[plugin {}] {}", slot->plugin_name, text); break;
+    case TROUPE_LOG_DEBUG:
+      spdlog::debug("[plugin {}] {}", slot->plugin_name, text);
+      break;
+    case TROUPE_LOG_INFO:
+      spdlog::info("[plugin {}] {}", slot->plugin_name, text);
+      break;
+    case TROUPE_LOG_WARN:
+      spdlog::warn("[plugin {}] {}", slot->plugin_name, text);
+      break;
+    default:
+      spdlog::error("[plugin {}] {}", slot->plugin_name, text);
+      break;
   }
 }
 
@@ -94,7 +102,7 @@ plugin_registry::~plugin_registry() {
 }
 
 std::shared_ptr<const plugin_library> plugin_registry::load(std::string_view reference,
-                                                             plugin_load_options options) {
+                                                            plugin_load_options options) {
   if (plugin_search_path::is_path(reference)) {
     fs::path file(reference);
     std::error_code ec;
@@ -109,7 +117,8 @@ std::shared_ptr<const plugin_library> plugin_registry::load(std::string_view ref
     throw plugin_load_error(
         plugin_load_failure::not_found, plugin_search_path::library_file_name(reference),
         fmt::format("no plugin named '{}' on the search path [{}]; available: {}", reference,
-                    search_path_.describe(), names.empty() ? "none" : fmt::format("{}", fmt::join(names, ", "))));
+                    search_path_.describe(),
+                    names.empty() ? "none" : fmt::format("{}", fmt::join(names, ", "))));
   }
   return load_file(*file, reference, options);
 }
@@ -138,18 +147,17 @@ fs::path plugin_registry::private_copy(const fs::path& file) {
   return copy;
 }
 
-std::shared_ptr<const plugin_library> plugin_registry::load_file(const fs::path& file,
-                                                                 std::string_view requested_name,
-                                                                 const plugin_load_options& options) {
+std::shared_ptr<const plugin_library> plugin_registry::load_file(
+    const fs::path& file, std::string_view requested_name, const plugin_load_options& options) {
   std::lock_guard lock(mutex_);
   std::error_code ec;
   const fs::path canonical = fs::weakly_canonical(file, ec);
   auto check_kind = [&](const plugin_library& library) {
     if (options.expected_kind && library.kind != *options.expected_kind)
-      throw plugin_load_error(plugin_load_failure::wrong_kind, file,
-                              fmt::format("plugin '{}' is a {} plugin, but a {} plugin is needed here",
-                                          library.name, name_of(library.kind),
-                                          name_of(*options.expected_kind)));
+      throw plugin_load_error(
+          plugin_load_failure::wrong_kind, file,
+          fmt::format("plugin '{}' is a {} plugin, but a {} plugin is needed here", library.name,
+                      name_of(library.kind), name_of(*options.expected_kind)));
   };
   if (!options.fresh_copy) {
     for (const auto& library : loaded_) {
@@ -165,7 +173,8 @@ std::shared_ptr<const plugin_library> plugin_registry::load_file(const fs::path&
   // Never dlclose'd: a handle whose checks fail below is simply abandoned, so no code that a
   // static constructor may have started can lose its text.
   void* handle = dlopen(open_path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) throw plugin_load_error(plugin_load_failure::not_loadable, file, dl_error());
+  if (handle == nullptr)
+    throw plugin_load_error(plugin_load_failure::not_loadable, file, dl_error());
   dlerror();
   void* symbol = dlsym(handle, TROUPE_PLUGIN_ENTRY_SYMBOL);
   if (symbol == nullptr)
@@ -189,10 +198,10 @@ std::shared_ptr<const plugin_library> plugin_registry::load_file(const fs::path&
                                         "upgrade troupe or rebuild the plugin",
                                         api->abi_major, api->abi_minor, host_abi_version()));
   if (api->struct_size < abi_1_0_plugin_size)
-    throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
-                            fmt::format("plugin table is {} bytes, ABI {}.0 needs at least {}",
-                                        api->struct_size, TROUPE_PLUGIN_ABI_MAJOR,
-                                        abi_1_0_plugin_size));
+    throw plugin_load_error(
+        plugin_load_failure::bad_descriptor, file,
+        fmt::format("plugin table is {} bytes, ABI {}.0 needs at least {}", api->struct_size,
+                    TROUPE_PLUGIN_ABI_MAJOR, abi_1_0_plugin_size));
   auto kind = from_abi(static_cast<std::uint32_t>(api->kind));
   if (!kind)
     throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
@@ -221,15 +230,16 @@ std::shared_ptr<const plugin_library> plugin_registry::load_file(const fs::path&
   library->api = api;
   check_kind(*library);
   for (const auto& other : loaded_)
-    if (other->name == library->name) library->generation = std::max(library->generation, other->generation + 1);
+    if (other->name == library->name)
+      library->generation = std::max(library->generation, other->generation + 1);
 
   troupe_error init_error{};
   if (api->init(make_host(library->name), &init_error) != TROUPE_STATUS_OK) {
     init_error.message[sizeof(init_error.message) - 1] = '\0';
-    throw plugin_load_error(plugin_load_failure::init_failed, file,
-                            fmt::format("init() of plugin '{}' failed: {}", library->name,
-                                        *init_error.message != '\0' ? init_error.message
-                                                                    : "(no message)"));
+    throw plugin_load_error(
+        plugin_load_failure::init_failed, file,
+        fmt::format("init() of plugin '{}' failed: {}", library->name,
+                    *init_error.message != '\0' ? init_error.message : "(no message)"));
   }
   spdlog::debug("loaded plugin {} {} ({}) from {}", library->name, library->version,
                 name_of(library->kind), open_path.string());

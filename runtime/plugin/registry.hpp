@@ -53,7 +53,8 @@ class plugin_registry {
   /// Loads a plugin by name (searched as libtroupe-NAME.so) or by path (when it contains '/' or
   /// ends in .so). A library already loaded from the same file is returned as it is, unless
   /// `fresh_copy` is set.
-  std::shared_ptr<const plugin_library> load(std::string_view reference, plugin_load_options options = {});
+  std::shared_ptr<const plugin_library> load(std::string_view reference,
+                                             plugin_load_options options = {});
 
   /// Everything loaded so far, in load order.
   std::vector<std::shared_ptr<const plugin_library>> loaded() const;

@@ -87,8 +87,7 @@ typedef void (*troupe_range_fn)(void* arg, int64_t begin, int64_t end);
 typedef struct troupe_thread_pool {
   void* self;
   int32_t num_threads;
-  void (*parallel_for)(void* self, int64_t count, int64_t min_chunk, troupe_range_fn fn,
-                       void* arg);
+  void (*parallel_for)(void* self, int64_t count, int64_t min_chunk, troupe_range_fn fn, void* arg);
 } troupe_thread_pool;
 
 /** Scratch and activation memory on the context's device, 256-byte aligned; NULL on failure. */
@@ -160,7 +159,8 @@ typedef enum troupe_param_init {
 
 /** A parameter a layer plugin declares. */
 typedef struct troupe_param_spec {
-  const char* name; /**< relative to the layer, in the checkpoint's naming: "self_attn.q_a_proj.weight" */
+  const char*
+      name; /**< relative to the layer, in the checkpoint's naming: "self_attn.q_a_proj.weight" */
   int32_t ndim;
   int64_t shape[TROUPE_MAX_DIMS];
   DLDataType dtype;
@@ -207,8 +207,8 @@ typedef enum troupe_backward_part {
 /** The table a plugin exports. Function pointers a kind does not use are NULL: layer kinds
  *  (attention, moe, mtp) fill parameters..import_state, the gemm kind fills gemm_provider. */
 typedef struct troupe_plugin {
-  uint32_t abi_major; /**< TROUPE_PLUGIN_ABI_MAJOR the plugin was built with */
-  uint32_t abi_minor; /**< TROUPE_PLUGIN_ABI_MINOR the plugin was built with */
+  uint32_t abi_major;   /**< TROUPE_PLUGIN_ABI_MAJOR the plugin was built with */
+  uint32_t abi_minor;   /**< TROUPE_PLUGIN_ABI_MINOR the plugin was built with */
   uint32_t struct_size; /**< sizeof(troupe_plugin) the plugin was built with */
   troupe_plugin_kind kind;
   const char* name; /**< "mla", "moe", ...: the NAME of libtroupe-NAME.so */
@@ -256,8 +256,7 @@ typedef struct troupe_plugin {
   void (*forget)(troupe_instance* instance, int64_t micro_batch);
 
   /** Plugin-internal state (not parameters) for a swap or a checkpoint. */
-  troupe_status (*export_state)(troupe_instance* instance, troupe_blob* state,
-                                troupe_error* error);
+  troupe_status (*export_state)(troupe_instance* instance, troupe_blob* state, troupe_error* error);
   troupe_status (*import_state)(troupe_instance* instance, const void* data, size_t size,
                                 troupe_error* error);
 

@@ -21,10 +21,17 @@ void from_f32_cpu(const tensor& source, tensor& out) {
   const float* in = source.data_as<const float>();
   const std::int64_t n = source.numel();
   switch (out.type()) {
-    case dtype::bf16: kernels::cpu::f32_to_bf16(in, out.data_as<std::uint16_t>(), n); return;
-    case dtype::f16: kernels::cpu::f32_to_f16(in, out.data_as<std::uint16_t>(), n); return;
-    case dtype::f8_e4m3: kernels::cpu::f32_to_e4m3(in, out.data_as<std::uint8_t>(), n); return;
-    default: unsupported(source, out.type());
+    case dtype::bf16:
+      kernels::cpu::f32_to_bf16(in, out.data_as<std::uint16_t>(), n);
+      return;
+    case dtype::f16:
+      kernels::cpu::f32_to_f16(in, out.data_as<std::uint16_t>(), n);
+      return;
+    case dtype::f8_e4m3:
+      kernels::cpu::f32_to_e4m3(in, out.data_as<std::uint8_t>(), n);
+      return;
+    default:
+      unsupported(source, out.type());
   }
 }
 
@@ -32,10 +39,17 @@ void to_f32_cpu(const tensor& source, tensor& out) {
   float* o = out.data_as<float>();
   const std::int64_t n = source.numel();
   switch (source.type()) {
-    case dtype::bf16: kernels::cpu::bf16_to_f32(source.data_as<const std::uint16_t>(), o, n); return;
-    case dtype::f16: kernels::cpu::f16_to_f32(source.data_as<const std::uint16_t>(), o, n); return;
-    case dtype::f8_e4m3: kernels::cpu::e4m3_to_f32(source.data_as<const std::uint8_t>(), o, n); return;
-    default: unsupported(source, dtype::f32);
+    case dtype::bf16:
+      kernels::cpu::bf16_to_f32(source.data_as<const std::uint16_t>(), o, n);
+      return;
+    case dtype::f16:
+      kernels::cpu::f16_to_f32(source.data_as<const std::uint16_t>(), o, n);
+      return;
+    case dtype::f8_e4m3:
+      kernels::cpu::e4m3_to_f32(source.data_as<const std::uint8_t>(), o, n);
+      return;
+    default:
+      unsupported(source, dtype::f32);
   }
 }
 
@@ -44,9 +58,14 @@ void from_f32_cuda(const tensor& source, tensor& out) {
   const float* in = source.data_as<const float>();
   const std::int64_t n = source.numel();
   switch (out.type()) {
-    case dtype::bf16: kernels::cuda::f32_to_bf16(in, out.data_as<std::uint16_t>(), n, nullptr); break;
-    case dtype::f8_e4m3: kernels::cuda::f32_to_e4m3(in, out.data_as<std::uint8_t>(), n, nullptr); break;
-    default: unsupported(source, out.type());
+    case dtype::bf16:
+      kernels::cuda::f32_to_bf16(in, out.data_as<std::uint16_t>(), n, nullptr);
+      break;
+    case dtype::f8_e4m3:
+      kernels::cuda::f32_to_e4m3(in, out.data_as<std::uint8_t>(), n, nullptr);
+      break;
+    default:
+      unsupported(source, out.type());
   }
   cuda::synchronize(source.where().index);
 }
@@ -55,9 +74,14 @@ void to_f32_cuda(const tensor& source, tensor& out) {
   float* o = out.data_as<float>();
   const std::int64_t n = source.numel();
   switch (source.type()) {
-    case dtype::bf16: kernels::cuda::bf16_to_f32(source.data_as<const std::uint16_t>(), o, n, nullptr); break;
-    case dtype::f8_e4m3: kernels::cuda::e4m3_to_f32(source.data_as<const std::uint8_t>(), o, n, nullptr); break;
-    default: unsupported(source, dtype::f32);
+    case dtype::bf16:
+      kernels::cuda::bf16_to_f32(source.data_as<const std::uint16_t>(), o, n, nullptr);
+      break;
+    case dtype::f8_e4m3:
+      kernels::cuda::e4m3_to_f32(source.data_as<const std::uint8_t>(), o, n, nullptr);
+      break;
+    default:
+      unsupported(source, dtype::f32);
   }
   cuda::synchronize(source.where().index);
 }

@@ -24,11 +24,15 @@ constexpr std::array<dtype_info, 7> dtype_table{{
     {dtype::u8, "u8", "U8", {kDLUInt, 8, 1}},
 }};
 
-const dtype_info& info(dtype type) { return dtype_table[static_cast<std::size_t>(type)]; }
+const dtype_info& info(dtype type) {
+  return dtype_table[static_cast<std::size_t>(type)];
+}
 
 }  // namespace
 
-std::string_view name_of(dtype type) { return info(type).name; }
+std::string_view name_of(dtype type) {
+  return info(type).name;
+}
 
 std::optional<dtype> parse_dtype(std::string_view name) {
   for (const auto& entry : dtype_table)
@@ -36,7 +40,9 @@ std::optional<dtype> parse_dtype(std::string_view name) {
   return std::nullopt;
 }
 
-DLDataType to_dlpack(dtype type) { return info(type).dl; }
+DLDataType to_dlpack(dtype type) {
+  return info(type).dl;
+}
 
 std::optional<dtype> from_dlpack(DLDataType type) {
   for (const auto& entry : dtype_table)

@@ -19,13 +19,20 @@ inline constexpr std::uint8_t dlpack_float8_e4m3fn_code = 10;
 /// Size of one element in bytes.
 constexpr std::size_t size_of(dtype type) {
   switch (type) {
-    case dtype::f32: return 4;
-    case dtype::bf16: return 2;
-    case dtype::f16: return 2;
-    case dtype::f8_e4m3: return 1;
-    case dtype::i32: return 4;
-    case dtype::i64: return 8;
-    case dtype::u8: return 1;
+    case dtype::f32:
+      return 4;
+    case dtype::bf16:
+      return 2;
+    case dtype::f16:
+      return 2;
+    case dtype::f8_e4m3:
+      return 1;
+    case dtype::i32:
+      return 4;
+    case dtype::i64:
+      return 8;
+    case dtype::u8:
+      return 1;
   }
   return 0;
 }

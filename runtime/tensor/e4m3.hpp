@@ -46,12 +46,12 @@ constexpr std::uint8_t float_to_e4m3(float value) {
     // A result of 8 is the smallest normal number, whose code is exactly 8.
     if ((magnitude >> 23) == 0) return sign;  // float32 zeros and subnormals are far below 2^-10
     const std::uint32_t significand = (magnitude & 0x7FFFFFu) | 0x800000u;
-    return sign | static_cast<std::uint8_t>(
-                      detail::shift_right_round_even(significand, 14 - exponent));
+    return sign |
+           static_cast<std::uint8_t>(detail::shift_right_round_even(significand, 14 - exponent));
   }
   // Normal: keep 3 mantissa bits; a rounding carry moves into the exponent field correctly.
-  const std::uint32_t unrounded = (static_cast<std::uint32_t>(exponent + 7) << 23) |
-                                  (magnitude & 0x7FFFFFu);
+  const std::uint32_t unrounded =
+      (static_cast<std::uint32_t>(exponent + 7) << 23) | (magnitude & 0x7FFFFFu);
   const std::uint32_t code = detail::shift_right_round_even(unrounded, 20);
   return sign | static_cast<std::uint8_t>(code > 0x7Eu ? 0x7Eu : code);
 }

@@ -23,8 +23,8 @@ constexpr std::uint16_t float_to_f16(float value) {
     if ((magnitude >> 23) == 0) return sign;
     const std::uint32_t significand = (magnitude & 0x7FFFFFu) | 0x800000u;
     // Units of the smallest subnormal 2^-24: significand * 2^(exponent - 23 + 24).
-    return sign | static_cast<std::uint16_t>(
-                      detail::shift_right_round_even(significand, -1 - exponent));
+    return sign |
+           static_cast<std::uint16_t>(detail::shift_right_round_even(significand, -1 - exponent));
   }
   const std::uint32_t unrounded =
       (static_cast<std::uint32_t>(exponent + 15) << 23) | (magnitude & 0x7FFFFFu);

@@ -112,8 +112,9 @@ tensor tensor::from_dlpack(DLManagedTensor* managed) {
   result.type_ = *type;
   result.where_ = where;
   result.shape_.assign(dl.shape, dl.shape + dl.ndim);
-  result.strides_ = dl.strides != nullptr ? std::vector<std::int64_t>(dl.strides, dl.strides + dl.ndim)
-                                          : contiguous_strides(result.shape_);
+  result.strides_ = dl.strides != nullptr
+                        ? std::vector<std::int64_t>(dl.strides, dl.strides + dl.ndim)
+                        : contiguous_strides(result.shape_);
   result.data_ = static_cast<char*>(dl.data) + dl.byte_offset;
   result.storage_ = std::make_shared<storage>(result.data_, result.nbytes(), where, release);
   return result;
@@ -157,7 +158,9 @@ std::int64_t tensor::size(std::int64_t axis) const {
   return shape_[static_cast<std::size_t>(axis)];
 }
 
-std::int64_t tensor::numel() const { return checked_numel(shape_); }
+std::int64_t tensor::numel() const {
+  return checked_numel(shape_);
+}
 
 bool tensor::is_contiguous() const {
   std::int64_t expected = 1;
@@ -185,8 +188,8 @@ tensor tensor::narrow(std::int64_t axis, std::int64_t start, std::int64_t length
                "narrow({}, {}, {}) is outside {}", axis, start, length, describe());
   tensor result = *this;
   auto a = static_cast<std::size_t>(axis);
-  result.data_ = static_cast<char*>(data_) +
-                 start * strides_[a] * static_cast<std::int64_t>(size_of(type_));
+  result.data_ =
+      static_cast<char*>(data_) + start * strides_[a] * static_cast<std::int64_t>(size_of(type_));
   result.shape_[a] = length;
   return result;
 }

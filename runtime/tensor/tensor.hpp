@@ -110,12 +110,18 @@ std::vector<std::int64_t> contiguous_strides(std::span<const std::int64_t> shape
 
 template <class T>
 T* tensor::data_as() const {
-  if constexpr (std::is_same_v<std::remove_const_t<T>, float>) check_dtype(dtype::f32, dtype::f32);
-  else if constexpr (std::is_same_v<std::remove_const_t<T>, std::int32_t>) check_dtype(dtype::i32, dtype::i32);
-  else if constexpr (std::is_same_v<std::remove_const_t<T>, std::int64_t>) check_dtype(dtype::i64, dtype::i64);
-  else if constexpr (std::is_same_v<std::remove_const_t<T>, std::uint16_t>) check_dtype(dtype::bf16, dtype::f16);
-  else if constexpr (std::is_same_v<std::remove_const_t<T>, std::uint8_t>) check_dtype(dtype::u8, dtype::f8_e4m3);
-  else static_assert(sizeof(T) == 0, "no troupe dtype for this element type");
+  if constexpr (std::is_same_v<std::remove_const_t<T>, float>)
+    check_dtype(dtype::f32, dtype::f32);
+  else if constexpr (std::is_same_v<std::remove_const_t<T>, std::int32_t>)
+    check_dtype(dtype::i32, dtype::i32);
+  else if constexpr (std::is_same_v<std::remove_const_t<T>, std::int64_t>)
+    check_dtype(dtype::i64, dtype::i64);
+  else if constexpr (std::is_same_v<std::remove_const_t<T>, std::uint16_t>)
+    check_dtype(dtype::bf16, dtype::f16);
+  else if constexpr (std::is_same_v<std::remove_const_t<T>, std::uint8_t>)
+    check_dtype(dtype::u8, dtype::f8_e4m3);
+  else
+    static_assert(sizeof(T) == 0, "no troupe dtype for this element type");
   return static_cast<T*>(data_);
 }
 

@@ -28,7 +28,8 @@ struct loaded_topology {
 
 /// Reads, parses and validates a topology file. Throws topology_error listing every problem with
 /// file:line:column, what is wrong and what is allowed; troupe::error when the file is unreadable.
-loaded_topology load_topology(const std::filesystem::path& file, const topology_load_options& options = {});
+loaded_topology load_topology(const std::filesystem::path& file,
+                              const topology_load_options& options = {});
 
 /// The same for TOML text; `file` names it in diagnostics and anchors relative paths.
 loaded_topology load_topology_text(std::string_view text, const std::filesystem::path& file,

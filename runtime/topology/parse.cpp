@@ -4,8 +4,8 @@
 #include <fstream>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
 #include <toml++/toml.h>
+#include <nlohmann/json.hpp>
 
 #include "runtime/core/text.hpp"
 #include "runtime/topology/load.hpp"
@@ -83,9 +83,10 @@ class topology_parser {
       if (section == nullptr) {
         auto names = section_names();
         auto suggestion = nearest_word(name, names);
-        error(where, fmt::format("unknown section '{}'{}; sections are: {}", name,
-                                 suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                                 join(names, ", ")));
+        error(where, fmt::format(
+                         "unknown section '{}'{}; sections are: {}", name,
+                         suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                         join(names, ", ")));
         continue;
       }
       if (section->array) {
@@ -95,7 +96,8 @@ class topology_parser {
           continue;
         }
         // The list as a whole points at its first entry's header.
-        topo_.positions[name] = array->empty() ? where : position_of(array->get(0)->source(), file_);
+        topo_.positions[name] =
+            array->empty() ? where : position_of(array->get(0)->source(), file_);
         for (std::size_t i = 0; i < array->size(); ++i) {
           const auto& entry = *array->get(i)->as_table();
           const std::string path = fmt::format("{}[{}]", name, i);
@@ -114,9 +116,9 @@ class topology_parser {
     }
     for (const auto& section : topology_schema()) {
       if (section.required && !root.contains(section.name))
-        error({file_, 1, 1}, fmt::format("missing section [{0}]{1}: every topology needs it ({2})",
-                                         section.name, section.array ? "" : "",
-                                         section.description));
+        error({file_, 1, 1},
+              fmt::format("missing section [{0}]{1}: every topology needs it ({2})", section.name,
+                          section.array ? "" : "", section.description));
     }
   }
 
@@ -130,10 +132,11 @@ class topology_parser {
       if (schema == nullptr) {
         auto names = section.key_names();
         auto suggestion = nearest_word(name, names);
-        error(position_of(key.source(), file_),
-              fmt::format("unknown key '{}' in {}{}; allowed keys: {}", name, label,
-                          suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                          join(names, ", ")));
+        error(
+            position_of(key.source(), file_),
+            fmt::format("unknown key '{}' in {}{}; allowed keys: {}", name, label,
+                        suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                        join(names, ", ")));
         continue;
       }
       if (!has_kind(node, schema->kind)) {
@@ -162,14 +165,21 @@ class topology_parser {
 
   static bool has_kind(const toml::node& node, value_kind kind) {
     switch (kind) {
-      case value_kind::string: return node.is_string();
-      case value_kind::integer: return node.is_integer();
-      case value_kind::number: return node.is_integer() || node.is_floating_point();
-      case value_kind::boolean: return node.is_boolean();
-      case value_kind::table: return node.is_table();
-      case value_kind::string_list: return node.is_array() && node.as_array()->is_homogeneous(toml::node_type::string);
+      case value_kind::string:
+        return node.is_string();
+      case value_kind::integer:
+        return node.is_integer();
+      case value_kind::number:
+        return node.is_integer() || node.is_floating_point();
+      case value_kind::boolean:
+        return node.is_boolean();
+      case value_kind::table:
+        return node.is_table();
+      case value_kind::string_list:
+        return node.is_array() && node.as_array()->is_homogeneous(toml::node_type::string);
       case value_kind::index_list:
-        return node.is_string() || (node.is_array() && node.as_array()->is_homogeneous(toml::node_type::integer));
+        return node.is_string() ||
+               (node.is_array() && node.as_array()->is_homogeneous(toml::node_type::integer));
       case value_kind::device_list:
         return node.is_string() || (node.is_array() && !node.as_array()->empty() &&
                                     node.as_array()->is_homogeneous(toml::node_type::string));
@@ -212,7 +222,8 @@ class topology_parser {
       for (const auto& item : *array) {
         auto v = item.value_exact<std::int64_t>();
         if (!v || *v < 0 || *v > 1 << 20) {
-          error(position_of(item.source(), file_), fmt::format("{}: indices must be non-negative integers", path));
+          error(position_of(item.source(), file_),
+                fmt::format("{}: indices must be non-negative integers", path));
           return {};
         }
         out.push_back(static_cast<int>(*v));
@@ -260,15 +271,17 @@ class topology_parser {
     const toml::node* config = model->get("config");
     const toml::node* inline_config = model->get("inline");
     if ((config == nullptr) == (inline_config == nullptr)) {
-      error(topo_.where("model"), config == nullptr
-                                      ? "[model] needs `config = \"path/to/config.json\"` or a [model.inline] table"
-                                      : "[model] has both `config` and [model.inline]; keep one");
+      error(topo_.where("model"),
+            config == nullptr
+                ? "[model] needs `config = \"path/to/config.json\"` or a [model.inline] table"
+                : "[model] has both `config` and [model.inline]; keep one");
       return;
     }
     try {
       if (config != nullptr) {
         const fs::path file(config->value_or(std::string()));
-        topo_.model_config_file = file.is_absolute() ? file : (topo_.file.parent_path() / file).lexically_normal();
+        topo_.model_config_file =
+            file.is_absolute() ? file : (topo_.file.parent_path() / file).lexically_normal();
         if (!fs::is_regular_file(topo_.model_config_file)) {
           error(position_of(config->source(), file_),
                 fmt::format("model.config: no file {} (paths are relative to the topology file)",
@@ -284,7 +297,8 @@ class topology_parser {
         auto locate = [](const void* c, const std::string& field) {
           const auto* ctx = static_cast<const inline_context*>(c);
           const std::string top = field.substr(0, field.find('.'));
-          if (const toml::node* node = ctx->table->get(top)) return position_of(node->source(), ctx->file);
+          if (const toml::node* node = ctx->table->get(top))
+            return position_of(node->source(), ctx->file);
           return position_of(ctx->table->source(), ctx->file);
         };
         topo_.model = parse_model_config(to_json(*table), file_, locate, &context);
@@ -298,13 +312,15 @@ class topology_parser {
 
   void read_plugins(const toml::table& root) {
     const auto* plugins = section(root, "plugins");
-    for (plugin_kind kind : {plugin_kind::attention, plugin_kind::moe, plugin_kind::mtp, plugin_kind::gemm}) {
+    for (plugin_kind kind :
+         {plugin_kind::attention, plugin_kind::moe, plugin_kind::mtp, plugin_kind::gemm}) {
       plugin_choice choice;
       choice.role = kind;
       choice.reference = kind == plugin_kind::gemm ? "fp8" : std::string(name_of(kind));
       if (kind == plugin_kind::attention) choice.reference = "mla";
       if (plugins != nullptr) {
-        if (const toml::node* node = plugins->get(name_of(kind)); node != nullptr && node->is_string()) {
+        if (const toml::node* node = plugins->get(name_of(kind));
+            node != nullptr && node->is_string()) {
           choice.reference = node->value_or(std::string());
           choice.explicit_choice = true;
         }
@@ -319,8 +335,10 @@ class topology_parser {
         for (auto&& [key, node] : *options) {
           auto role = parse_plugin_kind(key.str());
           if (!role) {
-            error(position_of(key.source(), file_),
-                  fmt::format("plugins.options.{}: no such role; roles are attention, moe, mtp, gemm", key.str()));
+            error(
+                position_of(key.source(), file_),
+                fmt::format("plugins.options.{}: no such role; roles are attention, moe, mtp, gemm",
+                            key.str()));
             continue;
           }
           if (!node.is_table()) {
@@ -343,15 +361,19 @@ class topology_parser {
     for (const char* key : {"pipeline", "expert", "data", "world"}) {
       int value = 1;
       read(parallel, key, value);
-      if (value < 1) error(topo_.where(fmt::format("parallel.{}", key)), fmt::format("parallel.{} must be at least 1, got {}", key, value));
+      if (value < 1)
+        error(topo_.where(fmt::format("parallel.{}", key)),
+              fmt::format("parallel.{} must be at least 1, got {}", key, value));
     }
     if (parallel != nullptr && parallel->contains("world")) {
       int world = 0;
       read(parallel, "world", world);
       if (world != topo_.pipeline * topo_.data)
-        error(topo_.where("parallel.world"),
-              fmt::format("parallel sizes do not multiply out: world = {} but pipeline × data = {} × {} = {}",
-                          world, topo_.pipeline, topo_.data, topo_.pipeline * topo_.data));
+        error(
+            topo_.where("parallel.world"),
+            fmt::format(
+                "parallel sizes do not multiply out: world = {} but pipeline × data = {} × {} = {}",
+                world, topo_.pipeline, topo_.data, topo_.pipeline * topo_.data));
     }
   }
 
@@ -406,7 +428,8 @@ class topology_parser {
         shard.experts = read_indices(*experts, path + ".experts");
       auto places = read_placements(table, path);
       if (places.size() > 1)
-        error(topo_.where(path + ".device"), fmt::format("{}.device: an expert shard has one device", path));
+        error(topo_.where(path + ".device"),
+              fmt::format("{}.device: an expert shard has one device", path));
       if (!places.empty()) shard.place = places.front();
       topo_.expert_shards.push_back(std::move(shard));
     }
@@ -466,13 +489,16 @@ class topology_parser {
     int port = -1;
     if (colon != std::string::npos && colon > 0) {
       const std::string digits = address.substr(colon + 1);
-      if (!digits.empty() && digits.find_first_not_of("0123456789") == std::string::npos && digits.size() <= 5)
+      if (!digits.empty() && digits.find_first_not_of("0123456789") == std::string::npos &&
+          digits.size() <= 5)
         port = std::stoi(digits);
     }
     if (port < 0 || port > 65535) {
       error(topo_.where("monitoring.metrics"),
-            fmt::format("monitoring.metrics = \"{}\" must be \"HOST:PORT\" with a port from 0 to 65535 "
-                        "(0 picks a free port)", address));
+            fmt::format(
+                "monitoring.metrics = \"{}\" must be \"HOST:PORT\" with a port from 0 to 65535 "
+                "(0 picks a free port)",
+                address));
       return;
     }
     topo_.monitoring.metrics_host = address.substr(0, colon);
@@ -503,13 +529,16 @@ loaded_topology load_topology_text(std::string_view text, const fs::path& file,
   }
   topology_parser(topo, diagnostics).parse(root);
   bool has_errors = false;
-  for (const auto& d : diagnostics) has_errors = has_errors || d.level == diagnostic::severity::error;
+  for (const auto& d : diagnostics)
+    has_errors = has_errors || d.level == diagnostic::severity::error;
   // Meaning is only checked once the file has the right shape; otherwise the errors multiply.
   if (!has_errors) detail::validate_topology(topo, options, diagnostics);
   std::vector<diagnostic> errors;
   for (auto& d : diagnostics) {
-    if (d.level == diagnostic::severity::error) errors.push_back(std::move(d));
-    else result.warnings.push_back(std::move(d));
+    if (d.level == diagnostic::severity::error)
+      errors.push_back(std::move(d));
+    else
+      result.warnings.push_back(std::move(d));
   }
   if (!errors.empty()) throw topology_error(std::move(errors));
   return result;

@@ -8,12 +8,18 @@ namespace troupe {
 
 std::string_view name_of(actor_role role) {
   switch (role) {
-    case actor_role::coordinator: return "coordinator";
-    case actor_role::data_loader: return "data";
-    case actor_role::stage: return "stage";
-    case actor_role::expert_shard: return "expert_shard";
-    case actor_role::balancer: return "balancer";
-    case actor_role::ema: return "ema";
+    case actor_role::coordinator:
+      return "coordinator";
+    case actor_role::data_loader:
+      return "data";
+    case actor_role::stage:
+      return "stage";
+    case actor_role::expert_shard:
+      return "expert_shard";
+    case actor_role::balancer:
+      return "balancer";
+    case actor_role::ema:
+      return "ema";
   }
   return "?";
 }
@@ -55,13 +61,15 @@ bool has_moe_layers(const topology& topo, const std::vector<int>& layers) {
 topology_plan plan_topology(const topology& topo) {
   topology_plan plan;
   const std::string first_host = topo.hosts.front().name;
-  plan.actors.push_back(make_actor("coordinator", actor_role::coordinator, {first_host, device::cpu()}));
+  plan.actors.push_back(
+      make_actor("coordinator", actor_role::coordinator, {first_host, device::cpu()}));
   plan.actors.push_back(make_actor("data", actor_role::data_loader, {first_host, device::cpu()}));
   const int stages = static_cast<int>(topo.stages.size());
   for (int s = 0; s < stages; ++s) {
     const auto& spec = topo.stages[static_cast<std::size_t>(s)];
     for (int r = 0; r < static_cast<int>(spec.replicas.size()); ++r) {
-      planned_actor actor = make_actor(stage_name(topo, s, r), actor_role::stage, spec.replicas[static_cast<std::size_t>(r)]);
+      planned_actor actor = make_actor(stage_name(topo, s, r), actor_role::stage,
+                                       spec.replicas[static_cast<std::size_t>(r)]);
       actor.stage = s;
       actor.replica = r;
       actor.layers = spec.layers;
@@ -71,30 +79,37 @@ topology_plan plan_topology(const topology& topo) {
     }
   }
   for (std::size_t i = 0; i < topo.expert_shards.size(); ++i) {
-    planned_actor actor = make_actor(fmt::format("shard{}", i), actor_role::expert_shard, topo.expert_shards[i].place);
+    planned_actor actor = make_actor(fmt::format("shard{}", i), actor_role::expert_shard,
+                                     topo.expert_shards[i].place);
     actor.experts = topo.expert_shards[i].experts;
     plan.actors.push_back(std::move(actor));
   }
   const bool moe = topo.model.moe_layer_count() > 0;
   if (topo.balancer.enabled && moe)
-    plan.actors.push_back(make_actor("balancer", actor_role::balancer, {topo.balancer.host, device::cpu()}));
-  if (topo.ema.enabled) plan.actors.push_back(make_actor("ema", actor_role::ema, {topo.ema.host, device::cpu()}));
+    plan.actors.push_back(
+        make_actor("balancer", actor_role::balancer, {topo.balancer.host, device::cpu()}));
+  if (topo.ema.enabled)
+    plan.actors.push_back(make_actor("ema", actor_role::ema, {topo.ema.host, device::cpu()}));
 
   // Links. The coordinator drives every actor; the rest follow the data.
   for (const auto& actor : plan.actors)
-    if (actor.role != actor_role::coordinator) plan.links.push_back({"coordinator", actor.name, "control"});
+    if (actor.role != actor_role::coordinator)
+      plan.links.push_back({"coordinator", actor.name, "control"});
   for (int r = 0; r < topo.data; ++r) {
     plan.links.push_back({"data", stage_name(topo, 0, r), "token batches"});
     if (stages > 1) plan.links.push_back({"data", stage_name(topo, stages - 1, r), "labels"});
     for (int s = 0; s + 1 < stages; ++s) {
       plan.links.push_back({stage_name(topo, s, r), stage_name(topo, s + 1, r), "activations"});
-      plan.links.push_back({stage_name(topo, s + 1, r), stage_name(topo, s, r), "activation gradients"});
+      plan.links.push_back(
+          {stage_name(topo, s + 1, r), stage_name(topo, s, r), "activation gradients"});
     }
   }
-  const std::string dispatch = topo.gemm_precision == precision::fp8 ? "dispatch (fp8 + 1x128 scales)" : "dispatch";
+  const std::string dispatch =
+      topo.gemm_precision == precision::fp8 ? "dispatch (fp8 + 1x128 scales)" : "dispatch";
   for (const auto& actor : std::vector<planned_actor>(plan.actors)) {
     if (actor.role != actor_role::stage) continue;
-    const bool stage_moe = has_moe_layers(topo, actor.layers) || (actor.head && topo.model.num_nextn_predict_layers > 0 && moe);
+    const bool stage_moe = has_moe_layers(topo, actor.layers) ||
+                           (actor.head && topo.model.num_nextn_predict_layers > 0 && moe);
     if (stage_moe) {
       for (const auto& shard : plan.actors) {
         if (shard.role != actor_role::expert_shard) continue;
@@ -106,13 +121,16 @@ topology_plan plan_topology(const topology& topo) {
         plan.links.push_back({"balancer", actor.name, "router biases"});
       }
     }
-    if (plan.find("ema") != nullptr) plan.links.push_back({actor.name, "ema", "parameter snapshots"});
+    if (plan.find("ema") != nullptr)
+      plan.links.push_back({actor.name, "ema", "parameter snapshots"});
     if (topo.data > 1 && actor.replica + 1 < topo.data)
-      plan.links.push_back({actor.name, stage_name(topo, actor.stage, actor.replica + 1), "gradient all-reduce"});
+      plan.links.push_back(
+          {actor.name, stage_name(topo, actor.stage, actor.replica + 1), "gradient all-reduce"});
   }
   if (plan.find("ema") != nullptr) {
     for (const auto& shard : std::vector<planned_actor>(plan.actors))
-      if (shard.role == actor_role::expert_shard) plan.links.push_back({shard.name, "ema", "parameter snapshots"});
+      if (shard.role == actor_role::expert_shard)
+        plan.links.push_back({shard.name, "ema", "parameter snapshots"});
   }
 
   // One process per host that has actors, rank 0 first (it hosts the coordinator).
@@ -127,7 +145,9 @@ topology_plan plan_topology(const topology& topo) {
 
 namespace {
 
-std::string dot_id(const std::string& name) { return "\"" + name + "\""; }
+std::string dot_id(const std::string& name) {
+  return "\"" + name + "\"";
+}
 
 std::string actor_label(const planned_actor& actor) {
   std::string label = actor.name;
@@ -136,37 +156,44 @@ std::string actor_label(const planned_actor& actor) {
     if (actor.embedding) label += "\\n+ embedding";
     if (actor.head) label += "\\n+ head, MTP";
   }
-  if (actor.role == actor_role::expert_shard) label += fmt::format("\\nexperts {}", format_index_ranges(actor.experts));
+  if (actor.role == actor_role::expert_shard)
+    label += fmt::format("\\nexperts {}", format_index_ranges(actor.experts));
   label += "\\n" + to_string(actor.place.where);
   return label;
 }
 
 std::string_view actor_shape(actor_role role) {
   switch (role) {
-    case actor_role::coordinator: return "doubleoctagon";
-    case actor_role::stage: return "box";
-    case actor_role::expert_shard: return "box3d";
-    default: return "ellipse";
+    case actor_role::coordinator:
+      return "doubleoctagon";
+    case actor_role::stage:
+      return "box";
+    case actor_role::expert_shard:
+      return "box3d";
+    default:
+      return "ellipse";
   }
 }
 
 }  // namespace
 
 std::string to_dot(const topology& topo, const topology_plan& plan) {
-  std::string out = fmt::format("digraph \"{}\" {{\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n", topo.name);
+  std::string out = fmt::format(
+      "digraph \"{}\" {{\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n", topo.name);
   for (const auto& process : plan.processes) {
-    out += fmt::format("  subgraph \"cluster_{}\" {{\n    label=\"{} ({}, rank {})\";\n", process.host, process.host,
-                       process.address, process.rank);
+    out += fmt::format("  subgraph \"cluster_{}\" {{\n    label=\"{} ({}, rank {})\";\n",
+                       process.host, process.host, process.address, process.rank);
     for (const auto& name : process.actors) {
       const planned_actor& actor = *plan.find(name);
-      out += fmt::format("    {} [label=\"{}\", shape={}];\n", dot_id(name), actor_label(actor), actor_shape(actor.role));
+      out += fmt::format("    {} [label=\"{}\", shape={}];\n", dot_id(name), actor_label(actor),
+                         actor_shape(actor.role));
     }
     out += "  }\n";
   }
   for (const auto& link : plan.links) {
     const bool control = link.carries == "control";
-    out += fmt::format("  {} -> {} [label=\"{}\"{}];\n", dot_id(link.from), dot_id(link.to), control ? "" : link.carries,
-                       control ? ", style=dotted, color=gray" : "");
+    out += fmt::format("  {} -> {} [label=\"{}\"{}];\n", dot_id(link.from), dot_id(link.to),
+                       control ? "" : link.carries, control ? ", style=dotted, color=gray" : "");
   }
   out += "}\n";
   return out;
@@ -175,25 +202,36 @@ std::string to_dot(const topology& topo, const topology_plan& plan) {
 std::string summarize(const topology& topo, const topology_plan& plan) {
   const auto& m = topo.model;
   std::string out;
-  out += fmt::format("job {}{}\n", topo.name, topo.description.empty() ? "" : " — " + topo.description);
-  out += fmt::format("model: {} layers ({} dense, {} MoE), hidden {}, {} heads, vocab {}, {:.2f}M parameters\n",
-                     m.num_hidden_layers, m.num_hidden_layers - m.moe_layer_count(), m.moe_layer_count(), m.hidden_size,
-                     m.num_attention_heads, m.vocab_size, static_cast<double>(m.parameter_count()) / 1e6);
+  out += fmt::format("job {}{}\n", topo.name,
+                     topo.description.empty() ? "" : " — " + topo.description);
+  out += fmt::format(
+      "model: {} layers ({} dense, {} MoE), hidden {}, {} heads, vocab {}, {:.2f}M parameters\n",
+      m.num_hidden_layers, m.num_hidden_layers - m.moe_layer_count(), m.moe_layer_count(),
+      m.hidden_size, m.num_attention_heads, m.vocab_size,
+      static_cast<double>(m.parameter_count()) / 1e6);
   if (m.n_routed_experts > 0)
-    out += fmt::format("experts: {} routed + {} shared, top-{} of {} groups (keep {}), MTP depth {}\n", m.n_routed_experts,
-                       m.n_shared_experts, m.num_experts_per_tok, m.n_group, m.topk_group, m.num_nextn_predict_layers);
-  out += fmt::format("parallel: pipeline {} × data {} = {} stage ranks, expert {}; schedule {} with {} micro-batches; precision {}\n",
-                     topo.pipeline, topo.data, topo.pipeline * topo.data, topo.expert, name_of(topo.schedule.kind),
-                     topo.schedule.micro_batches, topo.gemm_precision == precision::fp8 ? "fp8" : "fp32");
+    out +=
+        fmt::format("experts: {} routed + {} shared, top-{} of {} groups (keep {}), MTP depth {}\n",
+                    m.n_routed_experts, m.n_shared_experts, m.num_experts_per_tok, m.n_group,
+                    m.topk_group, m.num_nextn_predict_layers);
+  out += fmt::format(
+      "parallel: pipeline {} × data {} = {} stage ranks, expert {}; schedule {} with {} "
+      "micro-batches; precision {}\n",
+      topo.pipeline, topo.data, topo.pipeline * topo.data, topo.expert, name_of(topo.schedule.kind),
+      topo.schedule.micro_batches, topo.gemm_precision == precision::fp8 ? "fp8" : "fp32");
   for (const auto& choice : topo.plugins)
     out += fmt::format("plugin {}: {}{}\n", name_of(choice.role), choice.reference,
-                       choice.resolved ? fmt::format(" ({})", choice.resolved->string()) : std::string(" (not found)"));
-  out += fmt::format("plan: {} actors in {} process{}, {} links\n", plan.actors.size(), plan.processes.size(),
-                     plan.processes.size() == 1 ? "" : "es", plan.links.size());
+                       choice.resolved ? fmt::format(" ({})", choice.resolved->string())
+                                       : std::string(" (not found)"));
+  out +=
+      fmt::format("plan: {} actors in {} process{}, {} links\n", plan.actors.size(),
+                  plan.processes.size(), plan.processes.size() == 1 ? "" : "es", plan.links.size());
   for (const auto& process : plan.processes)
-    out += fmt::format("  rank {} on {} ({}): {}\n", process.rank, process.host, process.address, join(process.actors, ", "));
+    out += fmt::format("  rank {} on {} ({}): {}\n", process.rank, process.host, process.address,
+                       join(process.actors, ", "));
   if (!m.defaulted.empty() && m.defaulted.size() < 12)
-    out += fmt::format("model fields left at transformers' defaults: {}\n", join(m.defaulted, ", "));
+    out +=
+        fmt::format("model fields left at transformers' defaults: {}\n", join(m.defaulted, ", "));
   return out;
 }
 

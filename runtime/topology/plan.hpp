@@ -17,8 +17,8 @@ struct planned_actor {
   std::string name;  ///< unique: "coordinator", "data", "stage1", "stage1.r2", "shard0", ...
   actor_role role = actor_role::coordinator;
   placement place;
-  int stage = -1;    ///< pipeline stage, for stage actors
-  int replica = 0;   ///< data-parallel replica, for stage actors
+  int stage = -1;            ///< pipeline stage, for stage actors
+  int replica = 0;           ///< data-parallel replica, for stage actors
   std::vector<int> layers;   ///< decoder layers (stages)
   std::vector<int> experts;  ///< routed experts (expert shards)
   bool embedding = false;    ///< holds the embedding (first stage)

@@ -10,25 +10,38 @@ using k = value_kind;
 
 const std::vector<section_schema>& sections() {
   static const std::vector<section_schema> schema = {
-      {"job", false, true, "Names the job.",
+      {"job",
+       false,
+       true,
+       "Names the job.",
        {
-           {"name", k::string, true, "", "Job name: a label on every metric and in checkpoint names."},
+           {"name", k::string, true, "",
+            "Job name: a label on every metric and in checkpoint names."},
            {"description", k::string, false, "\"\"", "Free text shown by `troupe topo check`."},
        }},
-      {"model", false, true,
-       "The model: a Hugging Face DeepseekV3 config.json, by path or inline. Exactly one of `config` "
+      {"model",
+       false,
+       true,
+       "The model: a Hugging Face DeepseekV3 config.json, by path or inline. Exactly one of "
+       "`config` "
        "and `inline`.",
        {
-           {"config", k::string, false, "", "Path to a config.json, relative to the topology file."},
+           {"config", k::string, false, "",
+            "Path to a config.json, relative to the topology file."},
            {"inline", k::table, false, "",
             "The config.json fields as a TOML table ([model.inline]); fields left out take "
             "transformers' DeepseekV3Config defaults."},
-           {"precision", k::string, false, "\"fp32\"",
+           {"precision",
+            k::string,
+            false,
+            "\"fp32\"",
             "GEMM precision: fp32 (the runtime's BLAS/cuBLAS provider) or fp8 (the `gemm` role's "
             "plugin, DeepSeek-V3's tile/block-scaled E4M3 recipe).",
             {"fp32", "fp8"}},
        }},
-      {"plugins", false, false,
+      {"plugins",
+       false,
+       false,
        "Which plugin fills each role. A value is a plugin name (found as libtroupe-NAME.so on the "
        "search path) or a path to a library (containing '/' or ending in .so, relative to the "
        "topology file). Roles left out take the default plugin.",
@@ -37,35 +50,48 @@ const std::vector<section_schema>& sections() {
            {"moe", k::string, false, "\"moe\"", "Feed-forward block of the MoE layers."},
            {"mtp", k::string, false, "\"mtp\"",
             "Multi-token-prediction modules (used when num_nextn_predict_layers > 0)."},
-           {"gemm", k::string, false, "\"fp8\"", "GEMM provider used when model.precision = \"fp8\"."},
+           {"gemm", k::string, false, "\"fp8\"",
+            "GEMM provider used when model.precision = \"fp8\"."},
            {"search_path", k::string_list, false, "[]",
             "Extra plugin directories, relative to the topology file, searched before "
             "TROUPE_PLUGIN_PATH and the install dir."},
            {"options", k::table, false, "{}",
             "Per-role options handed to the plugin as JSON: [plugins.options.moe] ..."},
        }},
-      {"parallel", false, false,
+      {"parallel",
+       false,
+       false,
        "Parallel sizes. There are `pipeline` [[stages]] and `expert` [[expert_shards]]; each stage "
        "has `data` replicas.",
        {
-           {"pipeline", k::integer, false, "1", "Pipeline-parallel size: the number of [[stages]]."},
+           {"pipeline", k::integer, false, "1",
+            "Pipeline-parallel size: the number of [[stages]]."},
            {"expert", k::integer, false, "1",
             "Expert-parallel size: the number of [[expert_shards]] (1 with no shards: stages "
             "compute their own experts)."},
            {"data", k::integer, false, "1",
-            "Data-parallel size: replicas of every stage (a stage's `device` lists one per replica)."},
+            "Data-parallel size: replicas of every stage (a stage's `device` lists one per "
+            "replica)."},
            {"world", k::integer, false, "pipeline × data",
             "Number of stage ranks, if stated: must equal pipeline × data."},
        }},
-      {"schedule", false, false, "The pipeline schedule.",
+      {"schedule",
+       false,
+       false,
+       "The pipeline schedule.",
        {
-           {"kind", k::string, false, "\"1f1b\"",
+           {"kind",
+            k::string,
+            false,
+            "\"1f1b\"",
             "sequential (reference), 1f1b, or dualpipe (even pipeline size, an even number of "
             "micro-batches, at least 2 × pipeline).",
             {"sequential", "1f1b", "dualpipe"}},
            {"micro_batches", k::integer, false, "4", "Micro-batches per step."},
        }},
-      {"hosts", true, false,
+      {"hosts",
+       true,
+       false,
        "Machines. Without [[hosts]] there is one: `localhost` at 127.0.0.1 with no GPUs. Each host "
        "runs one process.",
        {
@@ -73,17 +99,24 @@ const std::vector<section_schema>& sections() {
            {"address", k::string, false, "\"127.0.0.1\"", "Address other processes reach it at."},
            {"gpus", k::integer, false, "0", "CUDA devices on the host: cuda:0 … cuda:(gpus-1)."},
        }},
-      {"stages", true, true, "Pipeline stages, in pipeline order. Together they hold every layer once.",
+      {"stages",
+       true,
+       true,
+       "Pipeline stages, in pipeline order. Together they hold every layer once.",
        {
            {"layers", k::index_list, true, "",
             "Consecutive decoder layers of this stage: \"0-3\" or [0, 1, 2, 3]. The embedding goes "
             "with the first stage; the head and the MTP modules with the last."},
-           {"host", k::string, false, "the only host", "Host of this stage (needed with several hosts)."},
+           {"host", k::string, false, "the only host",
+            "Host of this stage (needed with several hosts)."},
            {"device", k::device_list, false, "\"cpu\"",
             "\"cpu\" or \"cuda:N\"; with data > 1 a list of one device per replica."},
        }},
-      {"expert_shards", true, false,
-       "Expert-parallel shards: each owns some routed experts of every MoE layer. Together they hold "
+      {"expert_shards",
+       true,
+       false,
+       "Expert-parallel shards: each owns some routed experts of every MoE layer. Together they "
+       "hold "
        "every expert.",
        {
            {"experts", k::index_list, false, "an even split",
@@ -92,22 +125,31 @@ const std::vector<section_schema>& sections() {
            {"host", k::string, false, "the only host", "Host of this shard."},
            {"device", k::device_list, false, "\"cpu\"", "\"cpu\" or \"cuda:N\"."},
        }},
-      {"ema", false, false, "The CPU EMA updater of the parameters.",
+      {"ema",
+       false,
+       false,
+       "The CPU EMA updater of the parameters.",
        {
            {"enabled", k::boolean, false, "true", "Keep an EMA of the parameters."},
            {"decay", k::number, false, "0.999", "EMA decay, in (0, 1)."},
            {"every", k::integer, false, "1", "Update every N optimizer steps."},
            {"host", k::string, false, "the first host", "Host of the EMA actor."},
        }},
-      {"balancer", false, false,
+      {"balancer",
+       false,
+       false,
        "The auxiliary-loss-free bias balancer: b_i += gamma · sign(mean load − load_i) per step.",
        {
            {"enabled", k::boolean, false, "true", "Update router biases."},
            {"gamma", k::number, false, "0.001", "Bias update speed γ (≥ 0)."},
-           {"recenter", k::boolean, false, "false", "Shift each layer's biases to zero mean after an update."},
+           {"recenter", k::boolean, false, "false",
+            "Shift each layer's biases to zero mean after an update."},
            {"host", k::string, false, "the first host", "Host of the balancer actor."},
        }},
-      {"train", false, false, "Training hyper-parameters (`troupe train`).",
+      {"train",
+       false,
+       false,
+       "Training hyper-parameters (`troupe train`).",
        {
            {"steps", k::integer, false, "100", "Optimizer steps."},
            {"seed", k::integer, false, "1234", "Seed of parameter initialisation and data order."},
@@ -123,19 +165,31 @@ const std::vector<section_schema>& sections() {
            {"grad_clip", k::number, false, "1.0", "Global gradient-norm clip (0 disables)."},
            {"mtp_weight", k::number, false, "0.3", "λ of the MTP loss λ/D · Σ CE_k."},
            {"balance_loss_alpha", k::number, false, "1e-4", "α of the sequence-wise balance loss."},
-           {"checkpoint_every", k::integer, false, "0", "Steps between checkpoints (0: only at the end and on signals)."},
-           {"checkpoint_dir", k::string, false, "\"checkpoints\"", "Where checkpoints go, relative to the working directory."},
+           {"checkpoint_every", k::integer, false, "0",
+            "Steps between checkpoints (0: only at the end and on signals)."},
+           {"checkpoint_dir", k::string, false, "\"checkpoints\"",
+            "Where checkpoints go, relative to the working directory."},
        }},
-      {"data", false, false, "The training data.",
+      {"data",
+       false,
+       false,
+       "The training data.",
        {
-           {"corpus", k::string, false, "\"builtin\"", "\"builtin\" (shipped text) or a path to a text file."},
-           {"tokenizer", k::string, false, "\"bytes\"", "\"bytes\" (byte-level) or a path to a tokenizer.json."},
-           {"fim_rate", k::number, false, "0.1", "Fraction of documents turned into Fill-in-the-Middle (PSM), in [0, 1]."},
+           {"corpus", k::string, false, "\"builtin\"",
+            "\"builtin\" (shipped text) or a path to a text file."},
+           {"tokenizer", k::string, false, "\"bytes\"",
+            "\"bytes\" (byte-level) or a path to a tokenizer.json."},
+           {"fim_rate", k::number, false, "0.1",
+            "Fraction of documents turned into Fill-in-the-Middle (PSM), in [0, 1]."},
        }},
-      {"monitoring", false, false, "Metrics for Prometheus.",
+      {"monitoring",
+       false,
+       false,
+       "Metrics for Prometheus.",
        {
            {"metrics", k::string, false, "\"\" (off)",
-            "Address of the metrics endpoint, \"HOST:PORT\"; port 0 picks a free port (reported at start)."},
+            "Address of the metrics endpoint, \"HOST:PORT\"; port 0 picks a free port (reported at "
+            "start)."},
            {"per_expert_series", k::boolean, false, "true",
             "Export one expert-load series per layer × expert (false: per-layer aggregates only)."},
        }},
@@ -157,7 +211,9 @@ std::vector<std::string> section_schema::key_names() const {
   return names;
 }
 
-std::span<const section_schema> topology_schema() { return sections(); }
+std::span<const section_schema> topology_schema() {
+  return sections();
+}
 
 const section_schema* find_section(std::string_view name) {
   for (const auto& s : sections())
@@ -167,14 +223,22 @@ const section_schema* find_section(std::string_view name) {
 
 std::string_view name_of(value_kind kind) {
   switch (kind) {
-    case value_kind::string: return "a string";
-    case value_kind::integer: return "an integer";
-    case value_kind::number: return "a number";
-    case value_kind::boolean: return "true or false";
-    case value_kind::string_list: return "an array of strings";
-    case value_kind::index_list: return "a range string like \"0-3\" or an array of integers";
-    case value_kind::device_list: return "a device (\"cpu\", \"cuda:N\") or an array of devices";
-    case value_kind::table: return "a table";
+    case value_kind::string:
+      return "a string";
+    case value_kind::integer:
+      return "an integer";
+    case value_kind::number:
+      return "a number";
+    case value_kind::boolean:
+      return "true or false";
+    case value_kind::string_list:
+      return "an array of strings";
+    case value_kind::index_list:
+      return "a range string like \"0-3\" or an array of integers";
+    case value_kind::device_list:
+      return "a device (\"cpu\", \"cuda:N\") or an array of devices";
+    case value_kind::table:
+      return "a table";
   }
   return "a value";
 }

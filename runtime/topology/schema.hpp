@@ -10,7 +10,7 @@ namespace troupe {
 enum class value_kind {
   string,
   integer,
-  number,       ///< integer or float
+  number,  ///< integer or float
   boolean,
   string_list,  ///< array of strings
   index_list,   ///< "0-3,7" or an array of non-negative integers

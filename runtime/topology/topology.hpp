@@ -42,7 +42,7 @@ struct expert_shard_spec {
 /// The plugin chosen for one role.
 struct plugin_choice {
   plugin_kind role = plugin_kind::attention;
-  std::string reference;     ///< a plugin name or a library path (relative paths resolved)
+  std::string reference;  ///< a plugin name or a library path (relative paths resolved)
   bool explicit_choice = false;
   std::string options_json = "{}";
   std::optional<std::filesystem::path> resolved;  ///< the library file, when found

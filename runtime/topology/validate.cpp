@@ -12,9 +12,12 @@ namespace troupe {
 
 std::string_view name_of(schedule_kind kind) {
   switch (kind) {
-    case schedule_kind::sequential: return "sequential";
-    case schedule_kind::one_f_one_b: return "1f1b";
-    case schedule_kind::dualpipe: return "dualpipe";
+    case schedule_kind::sequential:
+      return "sequential";
+    case schedule_kind::one_f_one_b:
+      return "1f1b";
+    case schedule_kind::dualpipe:
+      return "dualpipe";
   }
   return "?";
 }
@@ -50,7 +53,8 @@ namespace fs = std::filesystem;
 
 class topology_validator {
  public:
-  topology_validator(topology& topo, const topology_load_options& options, std::vector<diagnostic>& out)
+  topology_validator(topology& topo, const topology_load_options& options,
+                     std::vector<diagnostic>& out)
       : t_(topo), options_(options), out_(out) {}
 
   void run() {
@@ -83,8 +87,10 @@ class topology_validator {
       const auto& host = t_.hosts[i];
       const std::string path = fmt::format("hosts[{}]", i);
       if (host.name.empty()) error(path + ".name", "a host needs a non-empty name");
-      if (!seen.insert(host.name).second) error(path + ".name", fmt::format("host '{}' is defined twice", host.name));
-      if (host.gpus < 0) error(path + ".gpus", fmt::format("hosts.gpus must be 0 or more, got {}", host.gpus));
+      if (!seen.insert(host.name).second)
+        error(path + ".name", fmt::format("host '{}' is defined twice", host.name));
+      if (host.gpus < 0)
+        error(path + ".gpus", fmt::format("hosts.gpus must be 0 or more, got {}", host.gpus));
       if (host.address.empty()) error(path + ".address", "a host needs an address");
     }
   }
@@ -103,17 +109,21 @@ class topology_validator {
     if (host == nullptr) {
       auto names = host_names();
       auto suggestion = nearest_word(place.host, names);
-      error(path + ".host", fmt::format("{} is placed on host '{}', which does not exist{}; hosts are: {}", what,
-                                        place.host, suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                                        join(names, ", ")));
+      error(path + ".host",
+            fmt::format("{} is placed on host '{}', which does not exist{}; hosts are: {}", what,
+                        place.host,
+                        suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                        join(names, ", ")));
       return;
     }
     if (place.where.is_cuda() && place.where.index >= host->gpus) {
       error(path + ".device",
             fmt::format("{} is placed on {}, which does not exist on host '{}': {}", what,
                         to_string(place.where), host->name,
-                        host->gpus == 0 ? std::string("it has no GPUs (set gpus = N in its [[hosts]] entry)")
-                                        : fmt::format("it has gpus = {} (cuda:0 to cuda:{})", host->gpus, host->gpus - 1)));
+                        host->gpus == 0
+                            ? std::string("it has no GPUs (set gpus = N in its [[hosts]] entry)")
+                            : fmt::format("it has gpus = {} (cuda:0 to cuda:{})", host->gpus,
+                                          host->gpus - 1)));
     }
   }
 
@@ -121,7 +131,8 @@ class topology_validator {
     const int layer_count = static_cast<int>(t_.model.num_hidden_layers);
     if (static_cast<int>(t_.stages.size()) != t_.pipeline)
       error(t_.positions.count("parallel.pipeline") ? "parallel.pipeline" : "stages",
-            fmt::format("parallel sizes do not multiply out: parallel.pipeline = {} but {} [[stages]] are listed; "
+            fmt::format("parallel sizes do not multiply out: parallel.pipeline = {} but {} "
+                        "[[stages]] are listed; "
                         "list one [[stages]] entry per pipeline stage",
                         t_.pipeline, t_.stages.size()));
     std::map<int, int> owner;  // layer -> stage
@@ -130,47 +141,54 @@ class topology_validator {
       auto& stage = t_.stages[i];
       const std::string path = fmt::format("stages[{}]", i);
       if (static_cast<int>(stage.replicas.size()) != t_.data)
-        error(path + ".device",
-              fmt::format("parallel sizes do not multiply out: stage {} lists {} device(s) but parallel.data = {}; "
-                          "give one device per data-parallel replica",
-                          i, stage.replicas.size(), t_.data));
+        error(path + ".device", fmt::format("parallel sizes do not multiply out: stage {} lists {} "
+                                            "device(s) but parallel.data = {}; "
+                                            "give one device per data-parallel replica",
+                                            i, stage.replicas.size(), t_.data));
       for (std::size_t r = 0; r < stage.replicas.size(); ++r)
-        check_placement(stage.replicas[r], path, fmt::format("stage {}{}", i, t_.data > 1 ? fmt::format(" replica {}", r) : ""));
+        check_placement(
+            stage.replicas[r], path,
+            fmt::format("stage {}{}", i, t_.data > 1 ? fmt::format(" replica {}", r) : ""));
       if (stage.layers.empty()) {
         error(path + ".layers", fmt::format("stage {} holds no layers", i));
         continue;
       }
       for (int layer : stage.layers) {
         if (layer >= layer_count) {
-          error(path + ".layers", fmt::format("layer {} does not exist: the model has {} layers (0-{})", layer,
-                                              layer_count, layer_count - 1));
+          error(path + ".layers",
+                fmt::format("layer {} does not exist: the model has {} layers (0-{})", layer,
+                            layer_count, layer_count - 1));
           continue;
         }
         auto [it, inserted] = owner.emplace(layer, static_cast<int>(i));
         if (!inserted)
-          error(path + ".layers", fmt::format("layer {} is covered by two stages: stage {} ({}) and stage {}",
-                                              layer, it->second, to_string(t_.where(fmt::format("stages[{}].layers", it->second))), i));
+          error(path + ".layers",
+                fmt::format("layer {} is covered by two stages: stage {} ({}) and stage {}", layer,
+                            it->second,
+                            to_string(t_.where(fmt::format("stages[{}].layers", it->second))), i));
       }
       for (std::size_t j = 1; j < stage.layers.size(); ++j) {
         if (stage.layers[j] != stage.layers[j - 1] + 1 && stage.layers[j] != stage.layers[j - 1]) {
-          error(path + ".layers", fmt::format("stage {} holds layers {}, which are not consecutive", i,
-                                              format_index_ranges(stage.layers)));
+          error(path + ".layers", fmt::format("stage {} holds layers {}, which are not consecutive",
+                                              i, format_index_ranges(stage.layers)));
           break;
         }
       }
       if (stage.layers.front() < previous_last)
-        error(path + ".layers", fmt::format("stage {} holds layers {} that come before stage {}'s; stages hold "
-                                            "consecutive layers in pipeline order",
-                                            i, format_index_ranges(stage.layers), i - 1));
+        error(path + ".layers",
+              fmt::format("stage {} holds layers {} that come before stage {}'s; stages hold "
+                          "consecutive layers in pipeline order",
+                          i, format_index_ranges(stage.layers), i - 1));
       previous_last = stage.layers.back();
     }
     std::vector<int> missing;
     for (int layer = 0; layer < layer_count; ++layer)
       if (!owner.count(layer)) missing.push_back(layer);
     if (!missing.empty() && !t_.stages.empty())
-      error("stages", fmt::format("layer{} {} {} covered by no stage (the model has {} layers: 0-{})",
-                                  missing.size() > 1 ? "s" : "", format_index_ranges(missing),
-                                  missing.size() > 1 ? "are" : "is", layer_count, layer_count - 1));
+      error("stages",
+            fmt::format("layer{} {} {} covered by no stage (the model has {} layers: 0-{})",
+                        missing.size() > 1 ? "s" : "", format_index_ranges(missing),
+                        missing.size() > 1 ? "are" : "is", layer_count, layer_count - 1));
   }
 
   void check_expert_shards() {
@@ -179,40 +197,50 @@ class topology_validator {
     auto& shards = t_.expert_shards;
     if (!moe) {
       if (!shards.empty())
-        error("expert_shards", "the model has no MoE layers (n_routed_experts = 0 or first_k_dense_replace = "
-                               "num_hidden_layers), so it has no experts to shard");
-      if (t_.expert != 1) error("parallel.expert", "parallel.expert must be 1 for a model without MoE layers");
+        error("expert_shards",
+              "the model has no MoE layers (n_routed_experts = 0 or first_k_dense_replace = "
+              "num_hidden_layers), so it has no experts to shard");
+      if (t_.expert != 1)
+        error("parallel.expert", "parallel.expert must be 1 for a model without MoE layers");
       return;
     }
     if (shards.empty()) {
       if (t_.expert != 1)
-        error("parallel.expert", fmt::format("parallel sizes do not multiply out: parallel.expert = {} but no "
-                                             "[[expert_shards]] are listed", t_.expert));
+        error("parallel.expert",
+              fmt::format("parallel sizes do not multiply out: parallel.expert = {} but no "
+                          "[[expert_shards]] are listed",
+                          t_.expert));
       return;
     }
     if (static_cast<int>(shards.size()) != t_.expert)
       error(t_.positions.count("parallel.expert") ? "parallel.expert" : "expert_shards",
-            fmt::format("parallel sizes do not multiply out: parallel.expert = {} but {} [[expert_shards]] are listed",
+            fmt::format("parallel sizes do not multiply out: parallel.expert = {} but {} "
+                        "[[expert_shards]] are listed",
                         t_.expert, shards.size()));
     for (std::size_t i = 0; i < shards.size(); ++i)
-      check_placement(shards[i].place, fmt::format("expert_shards[{}]", i), fmt::format("expert shard {}", i));
+      check_placement(shards[i].place, fmt::format("expert_shards[{}]", i),
+                      fmt::format("expert shard {}", i));
 
     const auto explicit_count = std::count_if(shards.begin(), shards.end(),
                                               [](const auto& s) { return !s.experts.empty(); });
     if (explicit_count == 0) {
       const int count = static_cast<int>(shards.size());
       if (experts % count != 0) {
-        error("expert_shards", fmt::format("{} routed experts do not split evenly over {} shards; list `experts` "
-                                           "for each shard", experts, count));
+        error("expert_shards",
+              fmt::format("{} routed experts do not split evenly over {} shards; list `experts` "
+                          "for each shard",
+                          experts, count));
         return;
       }
       for (int i = 0; i < count; ++i)
-        for (int e = i * experts / count; e < (i + 1) * experts / count; ++e) shards[static_cast<std::size_t>(i)].experts.push_back(e);
+        for (int e = i * experts / count; e < (i + 1) * experts / count; ++e)
+          shards[static_cast<std::size_t>(i)].experts.push_back(e);
       return;
     }
     if (explicit_count != static_cast<long>(shards.size())) {
-      error("expert_shards", "some [[expert_shards]] list `experts` and some do not: list them on every shard, "
-                             "or on none for an even split");
+      error("expert_shards",
+            "some [[expert_shards]] list `experts` and some do not: list them on every shard, "
+            "or on none for an even split");
       return;
     }
     std::map<int, int> owner;
@@ -220,41 +248,52 @@ class topology_validator {
       const std::string path = fmt::format("expert_shards[{}].experts", i);
       for (int e : shards[i].experts) {
         if (e >= experts) {
-          error(path, fmt::format("expert {} does not exist: the model has {} routed experts (0-{})", e, experts, experts - 1));
+          error(path,
+                fmt::format("expert {} does not exist: the model has {} routed experts (0-{})", e,
+                            experts, experts - 1));
           continue;
         }
         auto [it, inserted] = owner.emplace(e, static_cast<int>(i));
         if (!inserted)
-          error(path, fmt::format("expert {} is in two shards, {} and {}; each expert belongs to one shard", e,
-                                  it->second, i));
+          error(path, fmt::format(
+                          "expert {} is in two shards, {} and {}; each expert belongs to one shard",
+                          e, it->second, i));
       }
     }
     std::vector<int> missing;
     for (int e = 0; e < experts; ++e)
       if (!owner.count(e)) missing.push_back(e);
     if (!missing.empty())
-      error("expert_shards", fmt::format("expert{} {} {} covered by no shard (the model has {} routed experts: 0-{})",
-                                         missing.size() > 1 ? "s" : "", format_index_ranges(missing),
-                                         missing.size() > 1 ? "are" : "is", experts, experts - 1));
+      error(
+          "expert_shards",
+          fmt::format("expert{} {} {} covered by no shard (the model has {} routed experts: 0-{})",
+                      missing.size() > 1 ? "s" : "", format_index_ranges(missing),
+                      missing.size() > 1 ? "are" : "is", experts, experts - 1));
   }
 
   void check_schedule() {
     const auto& s = t_.schedule;
     if (s.micro_batches < 1)
-      error("schedule.micro_batches", fmt::format("schedule.micro_batches must be at least 1, got {}", s.micro_batches));
+      error("schedule.micro_batches",
+            fmt::format("schedule.micro_batches must be at least 1, got {}", s.micro_batches));
     if (s.kind == schedule_kind::dualpipe) {
       if (t_.pipeline % 2 != 0)
-        error("schedule.kind", fmt::format("DualPipe needs an even pipeline size (each rank holds stages r and "
-                                           "PP-1-r); parallel.pipeline = {}", t_.pipeline));
+        error("schedule.kind",
+              fmt::format("DualPipe needs an even pipeline size (each rank holds stages r and "
+                          "PP-1-r); parallel.pipeline = {}",
+                          t_.pipeline));
       if (s.micro_batches % 2 != 0 || s.micro_batches < 2 * t_.pipeline)
         error("schedule.micro_batches",
-              fmt::format("DualPipe needs an even number of micro-batches, at least 2 × pipeline = {}; got {}",
+              fmt::format("DualPipe needs an even number of micro-batches, at least 2 × pipeline = "
+                          "{}; got {}",
                           2 * t_.pipeline, s.micro_batches));
     }
-    if (s.kind == schedule_kind::one_f_one_b && s.micro_batches < t_.pipeline && s.micro_batches >= 1)
+    if (s.kind == schedule_kind::one_f_one_b && s.micro_batches < t_.pipeline &&
+        s.micro_batches >= 1)
       warning("schedule.micro_batches",
-              fmt::format("1F1B with {} micro-batches for {} stages leaves stages idle; use at least {}",
-                          s.micro_batches, t_.pipeline, t_.pipeline));
+              fmt::format(
+                  "1F1B with {} micro-batches for {} stages leaves stages idle; use at least {}",
+                  s.micro_batches, t_.pipeline, t_.pipeline));
   }
 
   void check_actors() {
@@ -263,12 +302,15 @@ class topology_validator {
     t_.ema.host = ema.host;
     if (!(t_.ema.decay > 0.0 && t_.ema.decay < 1.0))
       error("ema.decay", fmt::format("ema.decay must be in (0, 1), got {}", t_.ema.decay));
-    if (t_.ema.every < 1) error("ema.every", fmt::format("ema.every must be at least 1, got {}", t_.ema.every));
-    placement balancer{t_.balancer.host.empty() ? t_.hosts.front().name : t_.balancer.host, device::cpu()};
+    if (t_.ema.every < 1)
+      error("ema.every", fmt::format("ema.every must be at least 1, got {}", t_.ema.every));
+    placement balancer{t_.balancer.host.empty() ? t_.hosts.front().name : t_.balancer.host,
+                       device::cpu()};
     check_placement(balancer, "balancer", "the balancer actor");
     t_.balancer.host = balancer.host;
     if (!(t_.balancer.gamma >= 0.0))
-      error("balancer.gamma", fmt::format("balancer.gamma must be 0 or more, got {}", t_.balancer.gamma));
+      error("balancer.gamma",
+            fmt::format("balancer.gamma must be 0 or more, got {}", t_.balancer.gamma));
   }
 
   void positive(const std::string& path, double value) {
@@ -283,21 +325,26 @@ class topology_validator {
     positive("train.steps", static_cast<double>(tr.steps));
     positive("train.micro_batch_size", static_cast<double>(tr.micro_batch_size));
     if (tr.sequence_length < 2)
-      error("train.sequence_length", fmt::format("train.sequence_length must be at least 2, got {}", tr.sequence_length));
+      error("train.sequence_length",
+            fmt::format("train.sequence_length must be at least 2, got {}", tr.sequence_length));
     positive("train.learning_rate", tr.learning_rate);
     if (!(tr.min_learning_rate >= 0.0 && tr.min_learning_rate <= tr.learning_rate))
-      error("train.min_learning_rate", fmt::format("train.min_learning_rate must be in [0, learning_rate = {}], got {}",
-                                                   tr.learning_rate, tr.min_learning_rate));
+      error("train.min_learning_rate",
+            fmt::format("train.min_learning_rate must be in [0, learning_rate = {}], got {}",
+                        tr.learning_rate, tr.min_learning_rate));
     non_negative("train.warmup_steps", static_cast<double>(tr.warmup_steps));
     non_negative("train.weight_decay", tr.weight_decay);
-    for (auto [path, beta] : {std::pair{"train.beta1", tr.beta1}, std::pair{"train.beta2", tr.beta2}})
-      if (!(beta >= 0.0 && beta < 1.0)) error(path, fmt::format("{} must be in [0, 1), got {}", path, beta));
+    for (auto [path, beta] :
+         {std::pair{"train.beta1", tr.beta1}, std::pair{"train.beta2", tr.beta2}})
+      if (!(beta >= 0.0 && beta < 1.0))
+        error(path, fmt::format("{} must be in [0, 1), got {}", path, beta));
     positive("train.epsilon", tr.epsilon);
     non_negative("train.grad_clip", tr.grad_clip);
     non_negative("train.mtp_weight", tr.mtp_weight);
     non_negative("train.balance_loss_alpha", tr.balance_loss_alpha);
     non_negative("train.checkpoint_every", static_cast<double>(tr.checkpoint_every));
-    if (tr.checkpoint_dir.empty()) error("train.checkpoint_dir", "train.checkpoint_dir must not be empty");
+    if (tr.checkpoint_dir.empty())
+      error("train.checkpoint_dir", "train.checkpoint_dir must not be empty");
     const auto& d = t_.data_source;
     if (!(d.fim_rate >= 0.0 && d.fim_rate <= 1.0))
       error("data.fim_rate", fmt::format("data.fim_rate must be in [0, 1], got {}", d.fim_rate));
@@ -307,8 +354,9 @@ class topology_validator {
       fs::path file(value);
       if (!file.is_absolute()) file = t_.file.parent_path() / file;
       if (!fs::is_regular_file(file))
-        error(path, fmt::format("{}: no file {} (use \"{}\" or a path relative to the topology file)", path,
-                                file.lexically_normal().string(), builtin));
+        error(path,
+              fmt::format("{}: no file {} (use \"{}\" or a path relative to the topology file)",
+                          path, file.lexically_normal().string(), builtin));
     }
   }
 
@@ -318,16 +366,21 @@ class topology_validator {
     const bool uses_gemm = t_.gemm_precision == precision::fp8;
     std::vector<plugin_choice> used;
     for (auto& choice : t_.plugins) {
-      const bool needed = choice.role == plugin_kind::attention || (choice.role == plugin_kind::moe && uses_moe) ||
-                          (choice.role == plugin_kind::mtp && uses_mtp) || (choice.role == plugin_kind::gemm && uses_gemm);
+      const bool needed = choice.role == plugin_kind::attention ||
+                          (choice.role == plugin_kind::moe && uses_moe) ||
+                          (choice.role == plugin_kind::mtp && uses_mtp) ||
+                          (choice.role == plugin_kind::gemm && uses_gemm);
       const std::string path = fmt::format("plugins.{}", name_of(choice.role));
       if (!needed) {
         if (choice.explicit_choice)
-          warning(path, fmt::format("plugins.{} is set but this model does not use the role ({}); it is not loaded",
-                                    name_of(choice.role),
-                                    choice.role == plugin_kind::moe   ? "no MoE layers"
-                                    : choice.role == plugin_kind::mtp ? "num_nextn_predict_layers = 0"
-                                                                      : "model.precision is not fp8"));
+          warning(
+              path,
+              fmt::format(
+                  "plugins.{} is set but this model does not use the role ({}); it is not loaded",
+                  name_of(choice.role),
+                  choice.role == plugin_kind::moe   ? "no MoE layers"
+                  : choice.role == plugin_kind::mtp ? "num_nextn_predict_layers = 0"
+                                                    : "model.precision is not fp8"));
         continue;
       }
       if (options_.resolve_plugins) resolve(choice, path);
@@ -342,7 +395,9 @@ class topology_validator {
       fs::path file(choice.reference);
       if (!file.is_absolute()) file = (t_.file.parent_path() / file).lexically_normal();
       if (!fs::is_regular_file(file)) {
-        error(path, fmt::format("unknown plugin: no library {} (paths are relative to the topology file)", file.string()));
+        error(path,
+              fmt::format("unknown plugin: no library {} (paths are relative to the topology file)",
+                          file.string()));
         return;
       }
       choice.resolved = file;
@@ -352,15 +407,21 @@ class topology_validator {
       std::vector<std::string> available;
       for (const auto& [name, file] : search.available()) available.push_back(name);
       auto suggestion = nearest_word(choice.reference, available);
-      const std::string where = fmt::format(
-          "no {} on the plugin search path [{}]; available: {}", plugin_search_path::library_file_name(choice.reference),
-          search.describe(), available.empty() ? "none" : join(available, ", "));
+      const std::string where =
+          fmt::format("no {} on the plugin search path [{}]; available: {}",
+                      plugin_search_path::library_file_name(choice.reference), search.describe(),
+                      available.empty() ? "none" : join(available, ", "));
       if (choice.explicit_choice)
-        error(path, fmt::format("unknown plugin '{}' for role {}{}: {}", choice.reference, name_of(choice.role),
-                                suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion), where));
+        error(
+            path,
+            fmt::format(
+                "unknown plugin '{}' for role {}{}: {}", choice.reference, name_of(choice.role),
+                suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion), where));
       else
-        warning("plugins", fmt::format("the default {} plugin '{}' is not installed ({}); `troupe train` will need it",
-                                       name_of(choice.role), choice.reference, where));
+        warning("plugins",
+                fmt::format(
+                    "the default {} plugin '{}' is not installed ({}); `troupe train` will need it",
+                    name_of(choice.role), choice.reference, where));
       return;
     }
     if (options_.registry != nullptr) {
@@ -379,7 +440,8 @@ class topology_validator {
 
 }  // namespace
 
-void validate_topology(topology& topo, const topology_load_options& options, std::vector<diagnostic>& diagnostics) {
+void validate_topology(topology& topo, const topology_load_options& options,
+                       std::vector<diagnostic>& diagnostics) {
   topology_validator(topo, options, diagnostics).run();
 }
 

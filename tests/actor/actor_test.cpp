@@ -54,16 +54,17 @@ TEST(ActorRuntime, SpawnsEventBasedAndDetachedActorsAndCountsThemByRole) {
   auto doubler = runtime.spawn("worker", [](troupe::instrumented_actor*) -> caf::behavior {
     return {[](int x) { return 2 * x; }};
   });
-  auto blocking = runtime.spawn_detached("blocking", [](troupe::instrumented_actor* self) -> caf::behavior {
-    return {[self](troupe::atoms::ping_atom) {
-      std::this_thread::sleep_for(20ms);  // would stall a scheduler thread if not detached
-      self->quit();
-      return std::string("pong");
-    }};
-  });
+  auto blocking =
+      runtime.spawn_detached("blocking", [](troupe::instrumented_actor* self) -> caf::behavior {
+        return {[self](troupe::atoms::ping_atom) {
+          std::this_thread::sleep_for(20ms);  // would stall a scheduler thread if not detached
+          self->quit();
+          return std::string("pong");
+        }};
+      });
   caf::scoped_actor self{runtime.system()};
-  self->request(doubler, 5s, 21).receive([](int y) { EXPECT_EQ(y, 42); },
-                                         [](caf::error& e) { FAIL() << caf::to_string(e); });
+  self->request(doubler, 5s, 21)
+      .receive([](int y) { EXPECT_EQ(y, 42); }, [](caf::error& e) { FAIL() << caf::to_string(e); });
   self->request(blocking, 5s, troupe::atoms::ping_atom_v)
       .receive([](const std::string& reply) { EXPECT_EQ(reply, "pong"); },
                [](caf::error& e) { FAIL() << caf::to_string(e); });
@@ -88,8 +89,11 @@ TEST(ActorRuntime, ATensorMessageInOneProcessSharesItsStorage) {
   tensor t = tensor::zeros(troupe::dtype::f32, {1024, 1024});  // 4 MiB: far above the inline limit
   caf::scoped_actor self{runtime.system()};
   troupe::send(self.ptr(), inspector, tensor_message{t});
-  self->receive([&](std::uintptr_t address) { EXPECT_EQ(address, reinterpret_cast<std::uintptr_t>(t.data())); },
-                caf::after(5s) >> [] { FAIL() << "no reply"; });
+  self->receive(
+      [&](std::uintptr_t address) {
+        EXPECT_EQ(address, reinterpret_cast<std::uintptr_t>(t.data()));
+      },
+      caf::after(5s) >> [] { FAIL() << "no reply"; });
   EXPECT_EQ(runtime.metrics().messages_sent_total("troupe.tensor_message"), 1.0);
   EXPECT_EQ(runtime.metrics().messages_received_total("troupe.tensor_message"), 1.0);
   self->send_exit(inspector, caf::exit_reason::user_shutdown);
@@ -97,7 +101,8 @@ TEST(ActorRuntime, ATensorMessageInOneProcessSharesItsStorage) {
 
 TEST(ActorRuntime, PublishErrorsAreClear) {
   troupe::actor_runtime local({1, false});
-  auto actor = local.spawn("x", [](troupe::instrumented_actor*) -> caf::behavior { return {[](int) {}}; });
+  auto actor =
+      local.spawn("x", [](troupe::instrumented_actor*) -> caf::behavior { return {[](int) {}}; });
   EXPECT_THROW(local.publish(actor, "127.0.0.1", 0), troupe::error);
   caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
   troupe::actor_runtime networked({1, true});
@@ -114,7 +119,8 @@ class remote_peer {
  public:
   remote_peer() {
     const char* program = std::getenv("TROUPE_TEST_PEER");
-    if (program == nullptr) throw std::runtime_error("TROUPE_TEST_PEER is not set (run through meson test)");
+    if (program == nullptr)
+      throw std::runtime_error("TROUPE_TEST_PEER is not set (run through meson test)");
     int to_child[2], from_child[2];
     if (pipe(to_child) != 0 || pipe(from_child) != 0) throw std::runtime_error("pipe failed");
     posix_spawn_file_actions_t actions;
@@ -124,7 +130,8 @@ class remote_peer {
     posix_spawn_file_actions_addclose(&actions, to_child[1]);
     posix_spawn_file_actions_addclose(&actions, from_child[0]);
     char* argv[] = {const_cast<char*>(program), nullptr};
-    if (posix_spawn(&pid_, program, &actions, nullptr, argv, environ) != 0) throw std::runtime_error("spawn failed");
+    if (posix_spawn(&pid_, program, &actions, nullptr, argv, environ) != 0)
+      throw std::runtime_error("spawn failed");
     posix_spawn_file_actions_destroy(&actions);
     close(to_child[0]);
     close(from_child[1]);
@@ -159,7 +166,8 @@ TEST(CrossProcess, ATensorMessageCrossesIntactAndAnUnregisteredTypeFailsLoudly) 
   troupe::actor_runtime runtime({2, true});
   caf::actor remote = runtime.connect("127.0.0.1", peer.port());
   caf::scoped_actor self{runtime.system()};
-  ASSERT_NE(remote.node(), runtime.system().node()) << "the echo actor must live in the other process";
+  ASSERT_NE(remote.node(), runtime.system().node())
+      << "the echo actor must live in the other process";
 
   // A registered message with a small tensor crosses and comes back computed on.
   tensor t = tensor::empty(troupe::dtype::f32, {3, 5});
@@ -168,7 +176,8 @@ TEST(CrossProcess, ATensorMessageCrossesIntactAndAnUnregisteredTypeFailsLoudly) 
   self->receive(
       [&](const tensor_message& reply) {
         ASSERT_EQ(reply.value.shape(), t.shape());
-        for (int i = 0; i < 15; ++i) EXPECT_EQ(reply.value.data_as<float>()[i], 2.0f * t.data_as<float>()[i]);
+        for (int i = 0; i < 15; ++i)
+          EXPECT_EQ(reply.value.data_as<float>()[i], 2.0f * t.data_as<float>()[i]);
       },
       caf::after(10s) >> [] { FAIL() << "no reply from the other process"; });
 
@@ -185,7 +194,8 @@ TEST(CrossProcess, ATensorMessageCrossesIntactAndAnUnregisteredTypeFailsLoudly) 
   EXPECT_NO_THROW(troupe::send(self.ptr(), remote, std::string("hello")));
   self->receive([](const std::string& reply) { EXPECT_EQ(reply, "unexpected: a message"); },
                 caf::after(10s) >> [] { FAIL() << "no reply"; });
-  EXPECT_THROW(troupe::send(self.ptr(), remote, std::vector<std::int64_t>{1, 2}), troupe::unregistered_message_error);
+  EXPECT_THROW(troupe::send(self.ptr(), remote, std::vector<std::int64_t>{1, 2}),
+               troupe::unregistered_message_error);
 
   // A tensor over the inline limit must go over the data plane, not through CAF.
   try {

@@ -20,15 +20,18 @@ namespace {
 caf::behavior echo(troupe::instrumented_actor* self) {
   // Anything that is not a tensor message is answered with what arrived, so a test can tell an
   // empty message (what CAF makes of an unregistered type) from a real one.
-  self->set_default_handler([](caf::scheduled_actor*, caf::message_view& view) -> caf::result<caf::message> {
-    return caf::make_message(std::string("unexpected: ") + (view.content().empty() ? "empty message" : "a message"));
-  });
+  self->set_default_handler(
+      [](caf::scheduled_actor*, caf::message_view& view) -> caf::result<caf::message> {
+        return caf::make_message(std::string("unexpected: ") +
+                                 (view.content().empty() ? "empty message" : "a message"));
+      });
   return {
       [](troupe::tensor_message& message) {
         // Double every f32 so the reply proves it was computed here.
         if (message.value.defined() && message.value.type() == troupe::dtype::f32) {
           troupe::tensor_message reply{message.value.clone()};
-          for (std::int64_t i = 0; i < reply.value.numel(); ++i) reply.value.data_as<float>()[i] *= 2.0f;
+          for (std::int64_t i = 0; i < reply.value.numel(); ++i)
+            reply.value.data_as<float>()[i] *= 2.0f;
           return reply;
         }
         return message;
@@ -38,7 +41,6 @@ caf::behavior echo(troupe::instrumented_actor* self) {
 }
 
 }  // namespace
-
 
 int main() {
   troupe::actor_runtime runtime({1, true});

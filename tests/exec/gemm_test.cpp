@@ -40,13 +40,14 @@ TEST(BlasGemm, MatchesAFloat64ReferenceForEveryTranspose) {
       tensor c0 = c.clone();
       DLTensor av = a.dl_view(), bv = b.dl_view(), cv = c.dl_view();
       troupe_gemm_call call{sizeof(troupe_gemm_call), &av, &bv, &cv, ta, tb, 0.5f, 2.0f,
-                            TROUPE_GEMM_FPROP, 0};
+                            TROUPE_GEMM_FPROP,        0};
       troupe::run_gemm(context, call);
       for (std::int64_t i = 0; i < m; ++i) {
         for (std::int64_t j = 0; j < n; ++j) {
           double sum = 0;
           for (std::int64_t p = 0; p < k; ++p)
-            sum += (ta ? element(a, p, i) : element(a, i, p)) * (tb ? element(b, j, p) : element(b, p, j));
+            sum += (ta ? element(a, p, i) : element(a, i, p)) *
+                   (tb ? element(b, j, p) : element(b, p, j));
           double expected = 0.5 * sum + 2.0 * element(c0, i, j);
           EXPECT_NEAR(element(c, i, j), expected, 1e-5 * (1 + std::fabs(expected)))
               << "ta=" << ta << " tb=" << tb << " (" << i << "," << j << ")";
@@ -63,7 +64,7 @@ TEST(BlasGemm, RejectsMismatchedOperandsWithTheShapes) {
   tensor c = tensor::zeros(dtype::f32, {4, 2});
   DLTensor av = a.dl_view(), bv = b.dl_view(), cv = c.dl_view();
   troupe_gemm_call call{sizeof(troupe_gemm_call), &av, &bv, &cv, 0, 0, 1.0f, 0.0f,
-                        TROUPE_GEMM_FPROP, 0};
+                        TROUPE_GEMM_FPROP,        0};
   try {
     troupe::run_gemm(context, call);
     FAIL();

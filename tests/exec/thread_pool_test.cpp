@@ -55,7 +55,8 @@ TEST(ThreadPool, AnExceptionInAChunkReachesTheCaller) {
                                  }),
                std::runtime_error);
   std::atomic<int> after{0};
-  pool.parallel_for(10, 1, [&](std::int64_t b, std::int64_t e) { after += static_cast<int>(e - b); });
+  pool.parallel_for(10, 1,
+                    [&](std::int64_t b, std::int64_t e) { after += static_cast<int>(e - b); });
   EXPECT_EQ(after.load(), 10);
 }
 
@@ -64,12 +65,13 @@ TEST(ThreadPool, TheAbiViewRunsCFunctionPointers) {
   const troupe_thread_pool* abi = pool.abi();
   EXPECT_EQ(abi->num_threads, 2);
   std::atomic<std::int64_t> sum{0};
-  abi->parallel_for(abi->self, 50, 1,
-                    [](void* arg, std::int64_t begin, std::int64_t end) {
-                      auto* s = static_cast<std::atomic<std::int64_t>*>(arg);
-                      for (std::int64_t i = begin; i < end; ++i) *s += i;
-                    },
-                    &sum);
+  abi->parallel_for(
+      abi->self, 50, 1,
+      [](void* arg, std::int64_t begin, std::int64_t end) {
+        auto* s = static_cast<std::atomic<std::int64_t>*>(arg);
+        for (std::int64_t i = begin; i < end; ++i) *s += i;
+      },
+      &sum);
   EXPECT_EQ(sum.load(), 49 * 50 / 2);
 }
 

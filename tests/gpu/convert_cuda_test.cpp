@@ -25,7 +25,8 @@ class CudaConvert : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!troupe::cuda::built_with_cuda()) GTEST_SKIP() << "troupe was built without CUDA";
-    if (troupe::cuda::device_count() == 0) GTEST_SKIP() << "no GPU: " << troupe::cuda::unavailable_reason();
+    if (troupe::cuda::device_count() == 0)
+      GTEST_SKIP() << "no GPU: " << troupe::cuda::unavailable_reason();
   }
 };
 
@@ -42,7 +43,8 @@ std::vector<float> e4m3_probes() {
   for (int code = 0; code < 0x7E; ++code) {
     const float low = troupe::e4m3_to_float(static_cast<std::uint8_t>(code));
     const float high = troupe::e4m3_to_float(static_cast<std::uint8_t>(code + 1));
-    const float mid = static_cast<float>((static_cast<double>(low) + static_cast<double>(high)) / 2.0);
+    const float mid =
+        static_cast<float>((static_cast<double>(low) + static_cast<double>(high)) / 2.0);
     for (float x : {low, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f)}) {
       probes.push_back(x);
       probes.push_back(-x);
@@ -72,31 +74,37 @@ TEST_F(CudaConvert, F32ToE4m3MatchesTheHostCodecBitForBit) {
     for (std::int64_t i = 0; i < codes.numel(); ++i) {
       const float x = probes[static_cast<std::size_t>(i + offset)];
       if (codes.data_as<std::uint8_t>()[i] != troupe::float_to_e4m3(x) && mismatches++ < 10)
-        ADD_FAILURE() << "x = " << x << " (bits " << std::hex << std::bit_cast<std::uint32_t>(x) << "): GPU 0x"
-                      << int(codes.data_as<std::uint8_t>()[i]) << ", host 0x" << int(troupe::float_to_e4m3(x));
+        ADD_FAILURE() << "x = " << x << " (bits " << std::hex << std::bit_cast<std::uint32_t>(x)
+                      << "): GPU 0x" << int(codes.data_as<std::uint8_t>()[i]) << ", host 0x"
+                      << int(troupe::float_to_e4m3(x));
     }
     EXPECT_EQ(mismatches, 0) << "offset " << offset << ", " << codes.numel() << " values";
   }
 }
 
 TEST_F(CudaConvert, NanEncodesToANanCode) {
-  const tensor nan = host_f32({std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN()});
-  const tensor codes = troupe::convert(nan.to(troupe::device::cuda(0)), dtype::f8_e4m3).to(troupe::device::cpu());
+  const tensor nan =
+      host_f32({std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN()});
+  const tensor codes =
+      troupe::convert(nan.to(troupe::device::cuda(0)), dtype::f8_e4m3).to(troupe::device::cpu());
   for (int i = 0; i < 2; ++i) EXPECT_EQ(codes.data_as<std::uint8_t>()[i] & 0x7F, 0x7F);
   EXPECT_EQ(codes.data_as<std::uint8_t>()[0], troupe::e4m3_nan_code);
 }
 
 TEST_F(CudaConvert, E4m3ToF32DecodesEveryCode) {
   tensor codes = tensor::empty(dtype::f8_e4m3, {256 * 3 + 1});  // odd length: a tail too
-  for (std::int64_t i = 0; i < codes.numel(); ++i) codes.data_as<std::uint8_t>()[i] = static_cast<std::uint8_t>(i % 256);
-  const tensor decoded = troupe::convert(codes.to(troupe::device::cuda(0)), dtype::f32).to(troupe::device::cpu());
+  for (std::int64_t i = 0; i < codes.numel(); ++i)
+    codes.data_as<std::uint8_t>()[i] = static_cast<std::uint8_t>(i % 256);
+  const tensor decoded =
+      troupe::convert(codes.to(troupe::device::cuda(0)), dtype::f32).to(troupe::device::cpu());
   for (std::int64_t i = 0; i < codes.numel(); ++i) {
     const float expected = troupe::e4m3_to_float(static_cast<std::uint8_t>(i % 256));
     const float got = decoded.data_as<float>()[i];
     if (std::isnan(expected)) {
       EXPECT_TRUE(std::isnan(got)) << "code " << i % 256;
     } else {
-      EXPECT_EQ(std::bit_cast<std::uint32_t>(got), std::bit_cast<std::uint32_t>(expected)) << "code " << i % 256;
+      EXPECT_EQ(std::bit_cast<std::uint32_t>(got), std::bit_cast<std::uint32_t>(expected))
+          << "code " << i % 256;
     }
   }
 }
@@ -114,7 +122,8 @@ TEST_F(CudaConvert, Bf16BothWaysMatchesTheHostCodec) {
   const tensor host_codes = codes.to(troupe::device::cpu());
   std::int64_t mismatches = 0;
   for (std::size_t i = 0; i < probes.size(); ++i)
-    mismatches += host_codes.data_as<std::uint16_t>()[i] != troupe::float_to_bf16(probes[i]) ? 1 : 0;
+    mismatches +=
+        host_codes.data_as<std::uint16_t>()[i] != troupe::float_to_bf16(probes[i]) ? 1 : 0;
   EXPECT_EQ(mismatches, 0) << probes.size() << " values";
   const tensor back = troupe::convert(codes, dtype::f32).to(troupe::device::cpu());
   for (std::size_t i = 0; i < probes.size(); ++i) {

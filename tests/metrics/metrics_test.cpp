@@ -51,7 +51,8 @@ std::string http_get(int port, const std::string& path) {
   }
   std::string response;
   char buffer[4096];
-  for (ssize_t n; (n = read(fd, buffer, sizeof(buffer))) > 0;) response.append(buffer, static_cast<std::size_t>(n));
+  for (ssize_t n; (n = read(fd, buffer, sizeof(buffer))) > 0;)
+    response.append(buffer, static_cast<std::size_t>(n));
   close(fd);
   return response;
 }
@@ -60,7 +61,8 @@ std::string http_get(int port, const std::string& path) {
 std::set<std::string> exported_names(const std::string& exposition) {
   std::set<std::string> names;
   const std::regex type_line(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) )");
-  for (std::sregex_iterator it(exposition.begin(), exposition.end(), type_line), end; it != end; ++it)
+  for (std::sregex_iterator it(exposition.begin(), exposition.end(), type_line), end; it != end;
+       ++it)
     names.insert((*it)[1]);
   return names;
 }
@@ -105,17 +107,21 @@ TEST(MetricsEndpoint, StartsFromTheTopologyAndServesRuntimeMetrics) {
     self->receive([](troupe::atoms::ping_atom) {}, caf::after(5s) >> [] { FAIL() << "no reply"; });
     const std::string scrape = http_get(endpoint.port(), "/metrics");
     ASSERT_NE(scrape.find("200 OK"), std::string::npos) << scrape;
-    EXPECT_NE(scrape.find("troupe_actors_spawned_total{role=\"stage\"} 1"), std::string::npos) << scrape;
+    EXPECT_NE(scrape.find("troupe_actors_spawned_total{role=\"stage\"} 1"), std::string::npos)
+        << scrape;
     EXPECT_NE(scrape.find("troupe_actors_alive{role=\"stage\"} 1"), std::string::npos) << scrape;
-    EXPECT_NE(scrape.find("troupe_messages_sent_total{type=\"ping\"} 1"), std::string::npos) << scrape;
-    EXPECT_NE(scrape.find("troupe_messages_received_total{type=\"ping\"} 1"), std::string::npos) << scrape;
+    EXPECT_NE(scrape.find("troupe_messages_sent_total{type=\"ping\"} 1"), std::string::npos)
+        << scrape;
+    EXPECT_NE(scrape.find("troupe_messages_received_total{type=\"ping\"} 1"), std::string::npos)
+        << scrape;
     EXPECT_NE(scrape.find("troupe_build_info{"), std::string::npos) << scrape;
 
     const auto [listed, runtime_listed] = catalogue();
     ASSERT_FALSE(runtime_listed.empty()) << "monitoring/METRICS.md lists no runtime metrics";
     const auto exported = exported_names(scrape);
     for (const auto& name : exported)
-      if (name.starts_with("troupe_")) EXPECT_TRUE(listed.count(name)) << name << " is exported but not in METRICS.md";
+      if (name.starts_with("troupe_"))
+        EXPECT_TRUE(listed.count(name)) << name << " is exported but not in METRICS.md";
     for (const auto& name : runtime_listed)
       EXPECT_TRUE(exported.count(name)) << name << " is in METRICS.md but not exported";
     self->send_exit(stage, caf::exit_reason::user_shutdown);
@@ -132,7 +138,8 @@ TEST(MetricsEndpoint, APortInUseIsAClearError) {
     FAIL() << "binding a port in use must fail";
   } catch (const troupe::error& e) {
     const std::string message = e.what();
-    EXPECT_NE(message.find("127.0.0.1:" + std::to_string(first.port())), std::string::npos) << message;
+    EXPECT_NE(message.find("127.0.0.1:" + std::to_string(first.port())), std::string::npos)
+        << message;
     EXPECT_NE(message.find("already in use"), std::string::npos) << message;
   }
   EXPECT_FALSE(http_get(first.port(), "/metrics").empty()) << "the first endpoint keeps serving";
@@ -147,7 +154,8 @@ TEST(MetricsEndpoint, BadAddressesAreClearErrors) {
     EXPECT_NE(std::string(e.what()).find("not an IPv4 address"), std::string::npos) << e.what();
   }
   EXPECT_THROW(troupe::metrics_endpoint("127.0.0.1", 70000, metrics), troupe::error);
-  EXPECT_THROW(troupe::metrics_endpoint("203.0.113.7", 0, metrics), troupe::error);  // not an address of ours
+  EXPECT_THROW(troupe::metrics_endpoint("203.0.113.7", 0, metrics),
+               troupe::error);  // not an address of ours
 }
 
 }  // namespace

@@ -91,7 +91,8 @@ class AttentionPlugin : public ::testing::Test {
     layer_->bind(params_, grads_);
   }
 
-  std::unique_ptr<troupe::layer_instance> make_layer(std::shared_ptr<const troupe::plugin_library> library) {
+  std::unique_ptr<troupe::layer_instance> make_layer(
+      std::shared_ptr<const troupe::plugin_library> library) {
     troupe::instance_options options;
     options.model_config_json = R"({"hidden_size": 8})";
     options.layer_index = 0;
@@ -124,7 +125,8 @@ TEST_F(AttentionPlugin, DeclaresItsParametersForTheRuntimeToOwn) {
   EXPECT_EQ(specs[0].shape, (std::vector<std::int64_t>{hidden, hidden}));
   EXPECT_TRUE(specs[0].trainable());
   EXPECT_EQ(specs[0].init, TROUPE_INIT_NORMAL);
-  auto outputs = layer_->infer_outputs(std::vector<tensor>{tensor::zeros(dtype::f32, {tokens, hidden})});
+  auto outputs =
+      layer_->infer_outputs(std::vector<tensor>{tensor::zeros(dtype::f32, {tokens, hidden})});
   ASSERT_EQ(outputs.size(), 1u);
   EXPECT_EQ(outputs[0].shape, (std::vector<std::int64_t>{tokens, hidden}));
 }
@@ -132,8 +134,10 @@ TEST_F(AttentionPlugin, DeclaresItsParametersForTheRuntimeToOwn) {
 TEST_F(AttentionPlugin, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences) {
   std::mt19937 rng(11);
   // Two micro-batches in flight at once; backward in reverse order, as 1F1B does.
-  tensor x0 = random_tensor({tokens, hidden}, rng, 1.0f), x1 = random_tensor({tokens, hidden}, rng, 1.0f);
-  tensor probe0 = random_tensor({tokens, hidden}, rng, 1.0f), probe1 = random_tensor({tokens, hidden}, rng, 1.0f);
+  tensor x0 = random_tensor({tokens, hidden}, rng, 1.0f),
+         x1 = random_tensor({tokens, hidden}, rng, 1.0f);
+  tensor probe0 = random_tensor({tokens, hidden}, rng, 1.0f),
+         probe1 = random_tensor({tokens, hidden}, rng, 1.0f);
   auto y0 = layer_->forward(context_, 0, std::vector<tensor>{x0});
   auto y1 = layer_->forward(context_, 1, std::vector<tensor>{x1});
   auto w = weights();
@@ -143,10 +147,12 @@ TEST_F(AttentionPlugin, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences
       EXPECT_NEAR(y.data_as<float>()[i], expected[i], 1e-5 * (1.0 + std::fabs(expected[i])));
   }
   tensor dx1 = tensor::zeros(dtype::f32, {tokens, hidden});
-  layer_->backward(context_, 1, TROUPE_BACKWARD_BOTH, std::vector<tensor>{probe1}, std::vector<tensor>{dx1});
+  layer_->backward(context_, 1, TROUPE_BACKWARD_BOTH, std::vector<tensor>{probe1},
+                   std::vector<tensor>{dx1});
   zero_grads();  // keep only micro-batch 0's weight gradients for the check below
   tensor dx0 = tensor::zeros(dtype::f32, {tokens, hidden});
-  layer_->backward(context_, 0, TROUPE_BACKWARD_BOTH, std::vector<tensor>{probe0}, std::vector<tensor>{dx0});
+  layer_->backward(context_, 0, TROUPE_BACKWARD_BOTH, std::vector<tensor>{probe0},
+                   std::vector<tensor>{dx0});
 
   // Central differences of the float64 reference; tolerance 1e-4 relative (float32 compute).
   const double h = 1e-5;
@@ -172,17 +178,20 @@ TEST_F(AttentionPlugin, ForwardMatchesFloat64AndBackwardMatchesFiniteDifferences
 
 TEST_F(AttentionPlugin, SplitBackwardEqualsTheWholeAndGradientsAccumulate) {
   std::mt19937 rng(3);
-  tensor x = random_tensor({tokens, hidden}, rng, 1.0f), dy = random_tensor({tokens, hidden}, rng, 1.0f);
+  tensor x = random_tensor({tokens, hidden}, rng, 1.0f),
+         dy = random_tensor({tokens, hidden}, rng, 1.0f);
   layer_->forward(context_, 5, std::vector<tensor>{x});
   tensor dx_whole = tensor::zeros(dtype::f32, {tokens, hidden});
-  layer_->backward(context_, 5, TROUPE_BACKWARD_BOTH, std::vector<tensor>{dy}, std::vector<tensor>{dx_whole});
+  layer_->backward(context_, 5, TROUPE_BACKWARD_BOTH, std::vector<tensor>{dy},
+                   std::vector<tensor>{dx_whole});
   std::vector<tensor> whole;
   for (auto& g : grads_) whole.push_back(g.clone());
 
   zero_grads();
   layer_->forward(context_, 6, std::vector<tensor>{x});
   tensor dx_split = tensor::zeros(dtype::f32, {tokens, hidden});
-  layer_->backward(context_, 6, TROUPE_BACKWARD_INPUT, std::vector<tensor>{dy}, std::vector<tensor>{dx_split});
+  layer_->backward(context_, 6, TROUPE_BACKWARD_INPUT, std::vector<tensor>{dy},
+                   std::vector<tensor>{dx_split});
   for (auto& g : grads_)  // the input part leaves weight gradients alone
     for (std::int64_t i = 0; i < g.numel(); ++i) EXPECT_EQ(g.data_as<float>()[i], 0.0f);
   layer_->backward(context_, 6, TROUPE_BACKWARD_WEIGHT, {}, {});
@@ -194,16 +203,19 @@ TEST_F(AttentionPlugin, SplitBackwardEqualsTheWholeAndGradientsAccumulate) {
 
   // A second micro-batch accumulates with += into the same gradients.
   layer_->forward(context_, 7, std::vector<tensor>{x});
-  layer_->backward(context_, 7, TROUPE_BACKWARD_BOTH, std::vector<tensor>{dy}, std::vector<tensor>{dx_split});
+  layer_->backward(context_, 7, TROUPE_BACKWARD_BOTH, std::vector<tensor>{dy},
+                   std::vector<tensor>{dx_split});
   for (std::size_t p = 0; p < grads_.size(); ++p)
     for (std::int64_t i = 0; i < grads_[p].numel(); ++i)
       EXPECT_NEAR(grads_[p].data_as<float>()[i], 2.0f * whole[p].data_as<float>()[i], 1e-5f);
 }
 
 TEST_F(AttentionPlugin, MisuseIsReportedWithThePluginAndTheCall) {
-  tensor dy = tensor::zeros(dtype::f32, {tokens, hidden}), dx = tensor::zeros(dtype::f32, {tokens, hidden});
+  tensor dy = tensor::zeros(dtype::f32, {tokens, hidden}),
+         dx = tensor::zeros(dtype::f32, {tokens, hidden});
   try {
-    layer_->backward(context_, 42, TROUPE_BACKWARD_BOTH, std::vector<tensor>{dy}, std::vector<tensor>{dx});
+    layer_->backward(context_, 42, TROUPE_BACKWARD_BOTH, std::vector<tensor>{dy},
+                     std::vector<tensor>{dx});
     FAIL() << "backward without forward must fail";
   } catch (const troupe::plugin_call_error& e) {
     std::string message = e.what();
@@ -211,15 +223,17 @@ TEST_F(AttentionPlugin, MisuseIsReportedWithThePluginAndTheCall) {
     EXPECT_NE(message.find("backward()"), std::string::npos) << message;
     EXPECT_NE(message.find("micro-batch 42"), std::string::npos) << message;
   }
-  EXPECT_THROW(layer_->forward(context_, 0, std::vector<tensor>{tensor::zeros(dtype::f32, {tokens, 3})}),
-               troupe::plugin_call_error);
+  EXPECT_THROW(
+      layer_->forward(context_, 0, std::vector<tensor>{tensor::zeros(dtype::f32, {tokens, 3})}),
+      troupe::plugin_call_error);
   troupe::instance_options bad;
   bad.model_config_json = "{not json";
   EXPECT_THROW(troupe::layer_instance(library_, bad), troupe::plugin_call_error);
   // A forgotten micro-batch cannot be backpropagated.
   layer_->forward(context_, 9, std::vector<tensor>{dy});
   layer_->forget(9);
-  EXPECT_THROW(layer_->backward(context_, 9, TROUPE_BACKWARD_BOTH, std::vector<tensor>{dy}, std::vector<tensor>{dx}),
+  EXPECT_THROW(layer_->backward(context_, 9, TROUPE_BACKWARD_BOTH, std::vector<tensor>{dy},
+                                std::vector<tensor>{dx}),
                troupe::plugin_call_error);
 }
 

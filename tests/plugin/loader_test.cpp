@@ -28,8 +28,7 @@ plugin_registry make_registry() {
 
 /// Loads `reference` expecting failure `expected`; returns the message.
 std::string expect_failure(plugin_registry& registry, const std::string& reference,
-                           plugin_load_failure expected,
-                           troupe::plugin_load_options options = {}) {
+                           plugin_load_failure expected, troupe::plugin_load_options options = {}) {
   try {
     registry.load(reference, options);
   } catch (const plugin_load_error& e) {
@@ -148,7 +147,8 @@ TEST(PluginLoader, WrongKindIncompleteTablesNullTablesAndMisnamedLibraries) {
                              {plugin_kind::moe});
   expect_contains(kind, "attention plugin");
   expect_contains(kind, "moe plugin is needed");
-  auto incomplete = expect_failure(registry, "broken-incomplete", plugin_load_failure::bad_descriptor);
+  auto incomplete =
+      expect_failure(registry, "broken-incomplete", plugin_load_failure::bad_descriptor);
   expect_contains(incomplete, "forward");
   expect_failure(registry, "broken-null-table", plugin_load_failure::bad_descriptor);
   auto misnamed = expect_failure(registry, "broken-misnamed", plugin_load_failure::bad_descriptor);

@@ -33,7 +33,9 @@ static troupe_status plugin_create(const troupe_instance_config* config, troupe_
   return TROUPE_STATUS_INTERNAL;
 }
 
-static void plugin_destroy(troupe_instance* instance) { (void)instance; }
+static void plugin_destroy(troupe_instance* instance) {
+  (void)instance;
+}
 
 static const troupe_gemm_provider* plugin_provider(troupe_instance* instance) {
   (void)instance;
@@ -71,12 +73,16 @@ static const troupe_plugin descriptor = {
 };
 
 #ifdef BROKEN_NO_ENTRY
-TROUPE_PLUGIN_EXPORT const troupe_plugin* not_the_entry_symbol(void) { return &descriptor; }
+TROUPE_PLUGIN_EXPORT const troupe_plugin* not_the_entry_symbol(void) {
+  return &descriptor;
+}
 #elif defined(BROKEN_NULL_TABLE)
 TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) {
   (void)descriptor;
   return NULL;
 }
 #else
-TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) { return &descriptor; }
+TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) {
+  return &descriptor;
+}
 #endif

@@ -1,6 +1,6 @@
 // libtroupe-test-attention.so: a test-only layer plugin that exercises the whole ABI. It is a
-// single-head causal self-attention block, y = softmax(mask(X Wq^T (X Wk^T)^T / sqrt(d))) X Wv^T Wo^T,
-// with a hand-written backward. Every matrix product goes through the host's GEMM provider,
+// single-head causal self-attention block, y = softmax(mask(X Wq^T (X Wk^T)^T / sqrt(d))) X Wv^T
+// Wo^T, with a hand-written backward. Every matrix product goes through the host's GEMM provider,
 // softmax rows run on the host's thread pool, saved activations live in host-allocated memory
 // keyed by micro-batch, and a forward-call counter is the plugin-internal state that
 // export_state/import_state carry across a swap.
@@ -54,7 +54,9 @@ struct instance_state {
   std::uint64_t forward_calls = 0;
 };
 
-instance_state* state_of(troupe_instance* instance) { return reinterpret_cast<instance_state*>(instance); }
+instance_state* state_of(troupe_instance* instance) {
+  return reinterpret_cast<instance_state*>(instance);
+}
 
 troupe_status fail(troupe_error* error, troupe_status status, const std::string& message) {
   std::snprintf(error->message, sizeof(error->message), "%s", message.c_str());
@@ -83,8 +85,16 @@ troupe_status gemm(const troupe_exec_context* context, troupe_gemm_pass pass, bo
   DLTensor ta_t = matrix(const_cast<float*>(a), a_rows, a_cols, sa);
   DLTensor tb_t = matrix(const_cast<float*>(b), b_rows, b_cols, sb);
   DLTensor tc_t = matrix(c, c_rows, c_cols, sc);
-  troupe_gemm_call call{sizeof(troupe_gemm_call), &ta_t, &tb_t, &tc_t, ta ? 1 : 0, tb ? 1 : 0,
-                        1.0f, beta, pass, weight_operand};
+  troupe_gemm_call call{sizeof(troupe_gemm_call),
+                        &ta_t,
+                        &tb_t,
+                        &tc_t,
+                        ta ? 1 : 0,
+                        tb ? 1 : 0,
+                        1.0f,
+                        beta,
+                        pass,
+                        weight_operand};
   return context->gemm->gemm(context->gemm->self, context, &call, error);
 }
 
@@ -143,7 +153,9 @@ troupe_status plugin_create(const troupe_instance_config* config, troupe_instanc
   return TROUPE_STATUS_OK;
 }
 
-void plugin_destroy(troupe_instance* instance) { delete state_of(instance); }
+void plugin_destroy(troupe_instance* instance) {
+  delete state_of(instance);
+}
 
 troupe_status plugin_parameters(troupe_instance* instance, const troupe_param_spec** specs,
                                 std::int32_t* count, troupe_error*) {
@@ -158,7 +170,8 @@ troupe_status plugin_bind(troupe_instance* instance, const DLTensor* params, con
   if (count != 4) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expects 4 parameters");
   for (int i = 0; i < 4; ++i) {
     if (!is_matrix(params[i], state->hidden) || params[i].shape[0] != state->hidden)
-      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "parameter " + state->names[i] + " has the wrong shape");
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                  "parameter " + state->names[i] + " has the wrong shape");
     state->weights[i] = static_cast<const float*>(params[i].data);
     state->grads[i] = static_cast<float*>(grads[i].data);
   }
@@ -170,8 +183,10 @@ troupe_status plugin_infer_outputs(troupe_instance* instance, const DLTensor* in
                                    std::int32_t* num_outputs, troupe_error* error) {
   auto* state = state_of(instance);
   if (num_inputs != 1 || !is_matrix(inputs[0], state->hidden))
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expects one input x of shape [T, hidden_size] f32");
-  if (*num_outputs < 1) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "room for one output needed");
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "expects one input x of shape [T, hidden_size] f32");
+  if (*num_outputs < 1)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "room for one output needed");
   outputs[0] = troupe_tensor_spec{2, {inputs[0].shape[0], state->hidden, 0, 0}, {kDLFloat, 32, 1}};
   *num_outputs = 1;
   return TROUPE_STATUS_OK;
@@ -188,7 +203,8 @@ void causal_softmax_rows(void* arg, std::int64_t begin, std::int64_t end) {
   for (std::int64_t row = begin; row < end; ++row) {
     float* p = job->probs + row * job->tokens;
     float max_logit = -INFINITY;
-    for (std::int64_t col = 0; col <= row; ++col) max_logit = std::fmax(max_logit, p[col] * job->scale);
+    for (std::int64_t col = 0; col <= row; ++col)
+      max_logit = std::fmax(max_logit, p[col] * job->scale);
     float sum = 0.0f;
     for (std::int64_t col = 0; col <= row; ++col) {
       p[col] = std::exp(p[col] * job->scale - max_logit);
@@ -205,7 +221,8 @@ troupe_status plugin_forward(troupe_instance* instance, const troupe_exec_contex
                              troupe_error* error) {
   auto* state = state_of(instance);
   if (num_inputs != 1 || num_outputs != 1 || !is_matrix(inputs[0], state->hidden))
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expects x [T, hidden_size] -> y [T, hidden_size]");
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "expects x [T, hidden_size] -> y [T, hidden_size]");
   if (state->saved.count(micro_batch) != 0)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                 "micro-batch " + std::to_string(micro_batch) + " is already in flight");
@@ -239,11 +256,11 @@ troupe_status plugin_forward(troupe_instance* instance, const troupe_exec_contex
   }
   softmax_job job{s.probs, t, 1.0f / std::sqrt(static_cast<float>(d))};
   context->pool->parallel_for(context->pool->self, t, 1, &causal_softmax_rows, &job);
-  status = gemm(context, TROUPE_GEMM_FPROP, false, false, s.probs, t, t, s.v, t, d, s.context, t,
-                d, 0.0f, 0, error);
+  status = gemm(context, TROUPE_GEMM_FPROP, false, false, s.probs, t, t, s.v, t, d, s.context, t, d,
+                0.0f, 0, error);
   if (status == TROUPE_STATUS_OK)
-    status = gemm(context, TROUPE_GEMM_FPROP, false, true, s.context, t, d, state->weights[3], d,
-                  d, static_cast<float*>(outputs[0].data), t, d, 0.0f, 2, error);
+    status = gemm(context, TROUPE_GEMM_FPROP, false, true, s.context, t, d, state->weights[3], d, d,
+                  static_cast<float*>(outputs[0].data), t, d, 0.0f, 2, error);
   if (status != TROUPE_STATUS_OK) {
     state->saved.erase(micro_batch);
     return status;
@@ -264,7 +281,8 @@ troupe_status backward_input(instance_state* state, saved_activations& s,
   float* d_context = allocate(context, t * d);
   float* d_probs = allocate(context, t * t);
   auto release_temporaries = [&] {
-    if (d_context) context->allocator->release(context->allocator->self, context->device, d_context);
+    if (d_context)
+      context->allocator->release(context->allocator->self, context->device, d_context);
     if (d_probs) context->allocator->release(context->allocator->self, context->device, d_probs);
   };
   if (!s.d_y || !s.d_q || !s.d_k || !s.d_v || !d_context || !d_probs) {
@@ -273,14 +291,14 @@ troupe_status backward_input(instance_state* state, saved_activations& s,
   }
   std::memcpy(s.d_y, d_y, static_cast<std::size_t>(t * d) * sizeof(float));
   troupe_status status =
-      gemm(context, TROUPE_GEMM_DGRAD, false, false, d_y, t, d, state->weights[3], d, d,
-           d_context, t, d, 0.0f, 2, error);  // dC = dY Wo
+      gemm(context, TROUPE_GEMM_DGRAD, false, false, d_y, t, d, state->weights[3], d, d, d_context,
+           t, d, 0.0f, 2, error);  // dC = dY Wo
   if (status == TROUPE_STATUS_OK)  // dP = dC V^T
     status = gemm(context, TROUPE_GEMM_DGRAD, false, true, d_context, t, d, s.v, t, d, d_probs, t,
                   t, 0.0f, 0, error);
   if (status == TROUPE_STATUS_OK)  // dV = P^T dC
-    status = gemm(context, TROUPE_GEMM_DGRAD, true, false, s.probs, t, t, d_context, t, d, s.d_v,
-                  t, d, 0.0f, 0, error);
+    status = gemm(context, TROUPE_GEMM_DGRAD, true, false, s.probs, t, t, d_context, t, d, s.d_v, t,
+                  d, 0.0f, 0, error);
   if (status == TROUPE_STATUS_OK) {
     // Softmax backward, then the score scale: dScores = scale * P (dP - rowsum(dP P)).
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
@@ -289,7 +307,8 @@ troupe_status backward_input(instance_state* state, saved_activations& s,
       const float* p = s.probs + row * t;
       float dot = 0.0f;
       for (std::int64_t col = 0; col <= row; ++col) dot += dp[col] * p[col];
-      for (std::int64_t col = 0; col < t; ++col) dp[col] = col <= row ? scale * p[col] * (dp[col] - dot) : 0.0f;
+      for (std::int64_t col = 0; col < t; ++col)
+        dp[col] = col <= row ? scale * p[col] * (dp[col] - dot) : 0.0f;
     }
     status = gemm(context, TROUPE_GEMM_DGRAD, false, false, d_probs, t, t, s.k, t, d, s.d_q, t, d,
                   0.0f, 0, error);  // dQ = dS K
@@ -337,7 +356,8 @@ troupe_status plugin_backward(troupe_instance* instance, const troupe_exec_conte
     if (num_output_grads != 1 || num_input_grads != 1)
       return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expects dy -> dx");
     if (s.input_part_done)
-      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "input gradients of this micro-batch are done already");
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                  "input gradients of this micro-batch are done already");
     status = backward_input(state, s, context, static_cast<const float*>(output_grads[0].data),
                             static_cast<float*>(input_grads[0].data), error);
   } else if (!s.input_part_done) {
@@ -355,7 +375,8 @@ void plugin_forget(troupe_instance* instance, std::int64_t micro_batch) {
   state_of(instance)->saved.erase(micro_batch);
 }
 
-troupe_status plugin_export_state(troupe_instance* instance, troupe_blob* blob, troupe_error* error) {
+troupe_status plugin_export_state(troupe_instance* instance, troupe_blob* blob,
+                                  troupe_error* error) {
   auto* bytes = static_cast<std::uint64_t*>(std::malloc(sizeof(std::uint64_t)));
   if (bytes == nullptr) return fail(error, TROUPE_STATUS_OUT_OF_MEMORY, "no memory");
   *bytes = state_of(instance)->forward_calls;
@@ -373,14 +394,29 @@ troupe_status plugin_import_state(troupe_instance* instance, const void* data, s
 }
 
 const troupe_plugin descriptor = {
-    TROUPE_PLUGIN_ABI_MAJOR, TROUPE_PLUGIN_ABI_MINOR, sizeof(troupe_plugin),
-    TROUPE_PLUGIN_KIND_ATTENTION, "test-attention", "1.0.0",
+    TROUPE_PLUGIN_ABI_MAJOR,
+    TROUPE_PLUGIN_ABI_MINOR,
+    sizeof(troupe_plugin),
+    TROUPE_PLUGIN_KIND_ATTENTION,
+    "test-attention",
+    "1.0.0",
     "test-only single-head causal attention exercising the plugin ABI",
-    &plugin_init, &plugin_create, &plugin_destroy, &plugin_parameters, &plugin_bind,
-    &plugin_infer_outputs, &plugin_forward, &plugin_backward, &plugin_forget,
-    &plugin_export_state, &plugin_import_state, nullptr,
+    &plugin_init,
+    &plugin_create,
+    &plugin_destroy,
+    &plugin_parameters,
+    &plugin_bind,
+    &plugin_infer_outputs,
+    &plugin_forward,
+    &plugin_backward,
+    &plugin_forget,
+    &plugin_export_state,
+    &plugin_import_state,
+    nullptr,
 };
 
 }  // namespace
 
-extern "C" TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) { return &descriptor; }
+extern "C" TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) {
+  return &descriptor;
+}

@@ -65,7 +65,9 @@ static troupe_status plugin_create(const troupe_instance_config* config, troupe_
   return TROUPE_STATUS_OK;
 }
 
-static void plugin_destroy(troupe_instance* instance) { free(instance); }
+static void plugin_destroy(troupe_instance* instance) {
+  free(instance);
+}
 
 static const troupe_gemm_provider* plugin_provider(troupe_instance* instance) {
   return &instance->provider;
@@ -85,4 +87,6 @@ static const troupe_plugin descriptor = {
     .gemm_provider = plugin_provider,
 };
 
-TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) { return &descriptor; }
+TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) {
+  return &descriptor;
+}

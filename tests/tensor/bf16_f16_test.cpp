@@ -55,19 +55,25 @@ TEST(F16, DecodesEveryCodeLikeFloat16) {
     const _Float16 reference = std::bit_cast<_Float16>(static_cast<std::uint16_t>(code));
     const float expected = static_cast<float>(reference);
     const float value = troupe::f16_to_float(static_cast<std::uint16_t>(code));
-    if (std::isnan(expected)) ASSERT_TRUE(std::isnan(value)) << code;
-    else ASSERT_EQ(std::bit_cast<std::uint32_t>(value), std::bit_cast<std::uint32_t>(expected)) << code;
+    if (std::isnan(expected))
+      ASSERT_TRUE(std::isnan(value)) << code;
+    else
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(value), std::bit_cast<std::uint32_t>(expected))
+          << code;
   }
 }
 
-std::uint16_t reference_f16(float x) { return std::bit_cast<std::uint16_t>(static_cast<_Float16>(x)); }
+std::uint16_t reference_f16(float x) {
+  return std::bit_cast<std::uint16_t>(static_cast<_Float16>(x));
+}
 
 TEST(F16, EncodesLikeFloat16AtEveryBoundary) {
   std::vector<float> probes;
   for (std::uint32_t code = 0; code < 0x7C00; ++code) {
     const float low = troupe::f16_to_float(static_cast<std::uint16_t>(code));
     const float high = troupe::f16_to_float(static_cast<std::uint16_t>(code + 1));
-    const float midpoint = static_cast<float>((static_cast<double>(low) + static_cast<double>(high)) / 2.0);
+    const float midpoint =
+        static_cast<float>((static_cast<double>(low) + static_cast<double>(high)) / 2.0);
     for (float x : {low, midpoint, std::nextafter(midpoint, 0.0f),
                     std::nextafter(midpoint, std::numeric_limits<float>::infinity())}) {
       probes.push_back(x);
@@ -78,7 +84,8 @@ TEST(F16, EncodesLikeFloat16AtEveryBoundary) {
   probes.push_back(std::numeric_limits<float>::max());
   probes.push_back(std::numeric_limits<float>::denorm_min());
   for (float x : probes) ASSERT_EQ(troupe::float_to_f16(x), reference_f16(x)) << "x = " << x;
-  EXPECT_TRUE(std::isnan(troupe::f16_to_float(troupe::float_to_f16(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_TRUE(std::isnan(
+      troupe::f16_to_float(troupe::float_to_f16(std::numeric_limits<float>::quiet_NaN()))));
 }
 
 TEST(Bf16F16, BulkKernelsMatchTheScalarCodecs) {
@@ -94,14 +101,16 @@ TEST(Bf16F16, BulkKernelsMatchTheScalarCodecs) {
   troupe::kernels::cpu::bf16_to_f32(bits.data(), back.data(), n);
   for (std::size_t i = 0; i < input.size(); ++i) {
     ASSERT_EQ(bits[i], troupe::float_to_bf16(input[i])) << std::bit_cast<std::uint32_t>(input[i]);
-    ASSERT_EQ(std::bit_cast<std::uint32_t>(back[i]), std::bit_cast<std::uint32_t>(troupe::bf16_to_float(bits[i])));
+    ASSERT_EQ(std::bit_cast<std::uint32_t>(back[i]),
+              std::bit_cast<std::uint32_t>(troupe::bf16_to_float(bits[i])));
   }
   troupe::kernels::cpu::f32_to_f16(input.data(), bits.data(), n);
   troupe::kernels::cpu::f16_to_f32(bits.data(), back.data(), n);
   for (std::size_t i = 0; i < input.size(); ++i) {
     if (std::isnan(input[i])) continue;  // NaN payloads are implementation-defined in _Float16
     ASSERT_EQ(bits[i], reference_f16(input[i])) << input[i];
-    ASSERT_EQ(std::bit_cast<std::uint32_t>(back[i]), std::bit_cast<std::uint32_t>(troupe::f16_to_float(bits[i])));
+    ASSERT_EQ(std::bit_cast<std::uint32_t>(back[i]),
+              std::bit_cast<std::uint32_t>(troupe::f16_to_float(bits[i])));
   }
 }
 

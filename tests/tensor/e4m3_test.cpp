@@ -17,8 +17,8 @@ namespace {
 double reference_value(int code) {
   const int sign = code >> 7, exponent = (code >> 3) & 0xF, mantissa = code & 0x7;
   if (exponent == 0xF && mantissa == 0x7) return std::numeric_limits<double>::quiet_NaN();
-  const double magnitude = exponent == 0 ? std::ldexp(mantissa, -9)
-                                         : std::ldexp(1.0 + mantissa / 8.0, exponent - 7);
+  const double magnitude =
+      exponent == 0 ? std::ldexp(mantissa, -9) : std::ldexp(1.0 + mantissa / 8.0, exponent - 7);
   return sign ? -magnitude : magnitude;
 }
 
@@ -66,7 +66,8 @@ TEST(E4m3, MidpointsRoundToEvenAndNeighboursRoundToNearest) {
   for (int code = 0; code < 0x7E; ++code) {
     const float low = troupe::e4m3_to_float(static_cast<std::uint8_t>(code));
     const float high = troupe::e4m3_to_float(static_cast<std::uint8_t>(code + 1));
-    const float midpoint = static_cast<float>((static_cast<double>(low) + static_cast<double>(high)) / 2.0);
+    const float midpoint =
+        static_cast<float>((static_cast<double>(low) + static_cast<double>(high)) / 2.0);
     const int even = (code & 1) == 0 ? code : code + 1;
     for (int sign : {0, 0x80}) {
       const float s = sign ? -1.0f : 1.0f;
@@ -114,7 +115,8 @@ TEST(E4m3, RandomFloatsMatchBruteForceNearest) {
 
 TEST(E4m3, BulkKernelsMatchTheScalarCodec) {
   std::vector<float> input;
-  for (int code = 0; code < 256; ++code) input.push_back(troupe::e4m3_to_float(static_cast<std::uint8_t>(code)));
+  for (int code = 0; code < 256; ++code)
+    input.push_back(troupe::e4m3_to_float(static_cast<std::uint8_t>(code)));
   for (float x = -600.0f; x <= 600.0f; x += 0.37f) input.push_back(x);
   // A sweep across every sign, exponent and mantissa region, NaNs and infinities included: the
   // branch-free bulk kernel must agree with the scalar specification on all of them.
@@ -123,21 +125,26 @@ TEST(E4m3, BulkKernelsMatchTheScalarCodec) {
   for (int code = 0; code < 0x7E; ++code) {  // every midpoint and its neighbours
     const float low = troupe::e4m3_to_float(static_cast<std::uint8_t>(code));
     const float high = troupe::e4m3_to_float(static_cast<std::uint8_t>(code + 1));
-    const float mid = static_cast<float>((static_cast<double>(low) + static_cast<double>(high)) / 2.0);
+    const float mid =
+        static_cast<float>((static_cast<double>(low) + static_cast<double>(high)) / 2.0);
     for (float x : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f)}) {
       input.push_back(x);
       input.push_back(-x);
     }
   }
   std::vector<std::uint8_t> codes(input.size());
-  troupe::kernels::cpu::f32_to_e4m3(input.data(), codes.data(), static_cast<std::int64_t>(input.size()));
+  troupe::kernels::cpu::f32_to_e4m3(input.data(), codes.data(),
+                                    static_cast<std::int64_t>(input.size()));
   std::vector<float> decoded(input.size());
-  troupe::kernels::cpu::e4m3_to_f32(codes.data(), decoded.data(), static_cast<std::int64_t>(codes.size()));
+  troupe::kernels::cpu::e4m3_to_f32(codes.data(), decoded.data(),
+                                    static_cast<std::int64_t>(codes.size()));
   for (std::size_t i = 0; i < input.size(); ++i) {
     ASSERT_EQ(codes[i], troupe::float_to_e4m3(input[i])) << input[i];
     const float expected = troupe::e4m3_to_float(codes[i]);
-    if (std::isnan(expected)) ASSERT_TRUE(std::isnan(decoded[i]));
-    else ASSERT_EQ(decoded[i], expected);
+    if (std::isnan(expected))
+      ASSERT_TRUE(std::isnan(decoded[i]));
+    else
+      ASSERT_EQ(decoded[i], expected);
   }
 }
 

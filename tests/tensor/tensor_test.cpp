@@ -14,8 +14,8 @@ using troupe::dtype;
 using troupe::tensor;
 
 TEST(Dtype, NamesSizesAndDlpackCodesRoundTrip) {
-  for (dtype type : {dtype::f32, dtype::bf16, dtype::f16, dtype::f8_e4m3, dtype::i32, dtype::i64,
-                     dtype::u8}) {
+  for (dtype type :
+       {dtype::f32, dtype::bf16, dtype::f16, dtype::f8_e4m3, dtype::i32, dtype::i64, dtype::u8}) {
     EXPECT_EQ(troupe::parse_dtype(troupe::name_of(type)), type);
     EXPECT_EQ(troupe::from_dlpack(troupe::to_dlpack(type)), type);
     EXPECT_EQ(troupe::to_dlpack(type).bits, troupe::size_of(type) * 8);
@@ -72,7 +72,8 @@ TEST(Tensor, ReshapeNarrowAndCloneShareOrCopyAsDocumented) {
 }
 
 TEST(Tensor, CudaTensorsWithoutAGpuFailWithAClearMessage) {
-  if (troupe::cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present: covered by the gpu suite";
+  if (troupe::cuda::device_count() > 0)
+    GTEST_SKIP() << "a GPU is present: covered by the gpu suite";
   try {
     tensor::empty(dtype::f32, {4}, troupe::device::cuda(0));
     FAIL() << "allocating on cuda:0 without a GPU should throw";
@@ -90,8 +91,8 @@ struct probe_capsule {
 
 DLManagedTensor* make_probe(int* deleted, DLDataType type = {kDLFloat, 32, 1}) {
   auto* probe = new probe_capsule{deleted};
-  probe->managed.dl_tensor = DLTensor{probe->data.data(), {kDLCPU, 0}, 2, type,
-                                      probe->shape.data(), nullptr, 0};
+  probe->managed.dl_tensor =
+      DLTensor{probe->data.data(), {kDLCPU, 0}, 2, type, probe->shape.data(), nullptr, 0};
   probe->managed.manager_ctx = probe;
   probe->managed.deleter = [](DLManagedTensor* self) {
     auto* owner = static_cast<probe_capsule*>(self->manager_ctx);

@@ -71,8 +71,10 @@ TEST(ModelConfig, PlainQProjectionWhenQLoraRankIsNull) {
 
 TEST(ModelConfig, YarnInBothSpellings) {
   auto old_style = tiny();
-  old_style["rope_scaling"] = {{"type", "yarn"}, {"factor", 40.0}, {"original_max_position_embeddings", 4096},
-                               {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}};
+  old_style["rope_scaling"] = {
+      {"type", "yarn"},       {"factor", 40.0}, {"original_max_position_embeddings", 4096},
+      {"beta_fast", 32},      {"beta_slow", 1}, {"mscale", 1.0},
+      {"mscale_all_dim", 1.0}};
   auto c = parse_model_config(old_style, "c");
   ASSERT_TRUE(c.yarn.has_value());
   EXPECT_DOUBLE_EQ(c.yarn->factor, 40.0);
@@ -97,7 +99,9 @@ TEST(ModelConfig, YarnInBothSpellings) {
 
 TEST(ModelConfig, Fp8QuantizationConfig) {
   auto source = tiny();
-  source["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
+  source["quantization_config"] = {{"quant_method", "fp8"},
+                                   {"fmt", "e4m3"},
+                                   {"activation_scheme", "dynamic"},
                                    {"weight_block_size", {128, 128}}};
   auto c = parse_model_config(source, "c");
   ASSERT_TRUE(c.quantization.has_value());
@@ -122,23 +126,29 @@ TEST(ModelConfig, UnsupportedValuesNameTheField) {
   expect(with("n_group", 3), "field 'n_group': 3 groups do not divide n_routed_experts = 16");
   expect(with("n_group", 16), "each group needs at least 2 experts");
   expect(with("topk_group", 5), "field 'topk_group': 5 is more than n_group = 4");
-  expect(with("num_experts_per_tok", 9), "field 'num_experts_per_tok': 9 is more than the 8 experts");
+  expect(with("num_experts_per_tok", 9),
+         "field 'num_experts_per_tok': 9 is more than the 8 experts");
   expect(with("qk_rope_head_dim", 7), "field 'qk_rope_head_dim': must be even");
   expect(with("first_k_dense_replace", 5), "field 'first_k_dense_replace'");
   expect(with("q_lora_rank", -1), "field 'q_lora_rank'");
   expect(with("norm_topk_prob", 1), "field 'norm_topk_prob': must be true or false");
-  expect(with("rope_scaling", json{{"type", "linear"}, {"factor", 2.0}}), "field 'rope_scaling.rope_type': \"linear\"");
-  expect(with("rope_scaling", json{{"type", "yarn"}, {"factor", 0.5}}), "field 'rope_scaling.factor'");
-  expect(with("quantization_config", json{{"quant_method", "awq"}}), "field 'quantization_config.quant_method'");
-  expect(with("quantization_config", json{{"quant_method", "fp8"}, {"weight_block_size", {64, 64}}}),
-         "field 'quantization_config.weight_block_size': [64, 64] is not supported");
+  expect(with("rope_scaling", json{{"type", "linear"}, {"factor", 2.0}}),
+         "field 'rope_scaling.rope_type': \"linear\"");
+  expect(with("rope_scaling", json{{"type", "yarn"}, {"factor", 0.5}}),
+         "field 'rope_scaling.factor'");
+  expect(with("quantization_config", json{{"quant_method", "awq"}}),
+         "field 'quantization_config.quant_method'");
+  expect(
+      with("quantization_config", json{{"quant_method", "fp8"}, {"weight_block_size", {64, 64}}}),
+      "field 'quantization_config.weight_block_size': [64, 64] is not supported");
   EXPECT_THROW(parse_model_config(json::array(), "c"), troupe::error);
 }
 
 TEST(ModelConfig, LoadsAFileAndPointsAtTheLineOfABadField) {
   const char* source_dir = std::getenv("TROUPE_SOURCE_DIR");
   ASSERT_NE(source_dir, nullptr);
-  auto c = troupe::load_model_config(std::filesystem::path(source_dir) / "topologies/models/small/config.json");
+  auto c = troupe::load_model_config(std::filesystem::path(source_dir) /
+                                     "topologies/models/small/config.json");
   EXPECT_EQ(c.num_hidden_layers, 16);
   ASSERT_TRUE(c.yarn.has_value());
   EXPECT_GT(c.parameter_count(), 100'000'000);

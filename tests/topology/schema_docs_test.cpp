@@ -17,7 +17,8 @@ namespace {
 /// Section name -> the keys documented in its "## [section]" or "## [[section]]" part.
 std::map<std::string, std::set<std::string>> documented_keys() {
   const char* source_dir = std::getenv("TROUPE_SOURCE_DIR");
-  std::ifstream in(std::filesystem::path(source_dir != nullptr ? source_dir : ".") / "docs/topology.md");
+  std::ifstream in(std::filesystem::path(source_dir != nullptr ? source_dir : ".") /
+                   "docs/topology.md");
   EXPECT_TRUE(in) << "docs/topology.md is missing";
   std::map<std::string, std::set<std::string>> keys;
   const std::regex heading(R"(^## \[\[?([a-z0-9_]+)\]\]?)");
@@ -43,12 +44,15 @@ TEST(TopologyDocs, EveryKeyIsDocumentedAndEveryDocumentedKeyExists) {
     const std::string name(section.name);
     ASSERT_TRUE(docs.count(name)) << "docs/topology.md has no section for [" << name << "]";
     for (const auto& key : section.keys)
-      EXPECT_TRUE(docs[name].count(std::string(key.name))) << "[" << name << "] " << key.name << " is not documented";
+      EXPECT_TRUE(docs[name].count(std::string(key.name)))
+          << "[" << name << "] " << key.name << " is not documented";
     for (const auto& key : docs[name])
-      EXPECT_NE(section.find(key), nullptr) << "docs/topology.md documents [" << name << "] " << key << ", which does not exist";
+      EXPECT_NE(section.find(key), nullptr)
+          << "docs/topology.md documents [" << name << "] " << key << ", which does not exist";
   }
   for (const auto& [name, keys] : docs)
-    EXPECT_NE(troupe::find_section(name), nullptr) << "docs/topology.md documents a section [" << name << "] that does not exist";
+    EXPECT_NE(troupe::find_section(name), nullptr)
+        << "docs/topology.md documents a section [" << name << "] that does not exist";
 }
 
 }  // namespace

@@ -23,7 +23,9 @@ fs::path source_dir() {
 }
 
 /// Test topologies sit (virtually) next to the shipped ones, so models/tiny/config.json resolves.
-fs::path virtual_file(const std::string& name = "test.toml") { return source_dir() / "topologies" / name; }
+fs::path virtual_file(const std::string& name = "test.toml") {
+  return source_dir() / "topologies" / name;
+}
 
 troupe::topology_load_options no_plugins() {
   troupe::topology_load_options options;
@@ -39,7 +41,8 @@ config = "models/tiny/config.json"
 )";
 
 /// The diagnostics of a topology expected to fail.
-std::vector<diagnostic> errors_of(const std::string& text, troupe::topology_load_options options = no_plugins()) {
+std::vector<diagnostic> errors_of(const std::string& text,
+                                  troupe::topology_load_options options = no_plugins()) {
   try {
     load_topology_text(text, virtual_file(), options);
   } catch (const topology_error& e) {
@@ -50,7 +53,8 @@ std::vector<diagnostic> errors_of(const std::string& text, troupe::topology_load
 }
 
 /// Finds the diagnostic whose message contains `part` and checks its line and column.
-void expect_error(const std::vector<diagnostic>& diagnostics, const std::string& part, int line, int column = -1) {
+void expect_error(const std::vector<diagnostic>& diagnostics, const std::string& part, int line,
+                  int column = -1) {
   for (const auto& d : diagnostics) {
     if (d.message.find(part) == std::string::npos) continue;
     EXPECT_EQ(d.where.file, virtual_file().string());
@@ -87,7 +91,8 @@ TEST(ShippedTopologies, TinyIsOneCpuProcessAndTheOthersAreWhatTheySay) {
   auto plan = troupe::plan_topology(tiny.topo);
   EXPECT_EQ(plan.processes.size(), 1u);
   for (const auto& actor : plan.actors) EXPECT_TRUE(actor.place.where.is_cpu()) << actor.name;
-  EXPECT_EQ(tiny.topo.expert_shards[0].experts, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7}));  // even split
+  EXPECT_EQ(tiny.topo.expert_shards[0].experts,
+            (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7}));  // even split
 
   auto pp2 = troupe::load_topology(source_dir() / "topologies/pp2-ep4.toml", no_plugins());
   EXPECT_EQ(pp2.topo.stages.size(), 2u);
@@ -114,22 +119,30 @@ TEST(TopologyErrors, InvalidTomlPointsAtTheSyntaxError) {
 
 TEST(TopologyErrors, UnknownKeysAndSectionsSuggestTheNearestValidOne) {
   auto errors = errors_of(header + "precison = \"fp8\"\n\n[paralel]\npipeline = 1\n");
-  expect_error(errors, "unknown key 'precison' in [model] (did you mean 'precision'?); allowed keys: config, inline, precision", 6, 1);
+  expect_error(errors,
+               "unknown key 'precison' in [model] (did you mean 'precision'?); allowed keys: "
+               "config, inline, precision",
+               6, 1);
   expect_error(errors, "unknown section 'paralel' (did you mean 'parallel'?)", 8, 2);
 }
 
 TEST(TopologyErrors, MissingKeysAndSections) {
-  auto errors = errors_of("[model]\nconfig = \"models/tiny/config.json\"\n\n[[stages]]\ndevice = \"cpu\"\n");
+  auto errors =
+      errors_of("[model]\nconfig = \"models/tiny/config.json\"\n\n[[stages]]\ndevice = \"cpu\"\n");
   expect_error(errors, "missing section [job]", 1, 1);
   expect_error(errors, "missing key 'layers' in [[stages]] entry 0", 4);
-  auto no_model = errors_of("[job]\nname = \"x\"\n\n[model]\nprecision = \"fp32\"\n\n[[stages]]\nlayers = \"0-3\"\n");
+  auto no_model = errors_of(
+      "[job]\nname = \"x\"\n\n[model]\nprecision = \"fp32\"\n\n[[stages]]\nlayers = \"0-3\"\n");
   expect_error(no_model, "[model] needs `config", 4);
 }
 
 TEST(TopologyErrors, WrongTypesAndChoices) {
-  auto errors = errors_of(header + "\n[parallel]\npipeline = \"two\"\n\n[schedule]\nkind = \"gpipe\"\n");
+  auto errors =
+      errors_of(header + "\n[parallel]\npipeline = \"two\"\n\n[schedule]\nkind = \"gpipe\"\n");
   expect_error(errors, "parallel.pipeline must be an integer", 8, 12);
-  expect_error(errors, "schedule.kind = \"gpipe\" is not allowed; use one of: sequential, 1f1b, dualpipe", 11, 8);
+  expect_error(errors,
+               "schedule.kind = \"gpipe\" is not allowed; use one of: sequential, 1f1b, dualpipe",
+               11, 8);
 }
 
 TEST(TopologyErrors, ParallelSizesThatDoNotMultiplyOut) {
@@ -164,7 +177,8 @@ layers = "2-3"
 [[expert_shards]]
 [[expert_shards]]
 )");
-  expect_error(sizes, "stage 1 lists 1 device(s) but parallel.data = 2", 16);  // no device key: the entry
+  expect_error(sizes, "stage 1 lists 1 device(s) but parallel.data = 2",
+               16);  // no device key: the entry
   expect_error(sizes, "parallel.expert = 4 but 2 [[expert_shards]] are listed", 10);
   auto stages = errors_of(header + "\n[parallel]\npipeline = 3\n\n[[stages]]\nlayers = \"0-3\"\n");
   expect_error(stages, "parallel.pipeline = 3 but 1 [[stages]] are listed", 8);
@@ -187,7 +201,9 @@ layers = [5]
   expect_error(errors, "layer 1 is covered by two stages: stage 0", 14, 1);
   expect_error(errors, "layer 5 does not exist: the model has 4 layers (0-3)", 17);
   expect_error(errors, "layer 3 is covered by no stage", 10, 1);
-  auto order = errors_of(header + "\n[parallel]\npipeline = 2\n\n[[stages]]\nlayers = \"2-3\"\n\n[[stages]]\nlayers = \"0,1\"\n");
+  auto order = errors_of(header +
+                         "\n[parallel]\npipeline = 2\n\n[[stages]]\nlayers = "
+                         "\"2-3\"\n\n[[stages]]\nlayers = \"0,1\"\n");
   expect_error(order, "come before stage 0's", 14);
   auto gap = errors_of(header + "\n[[stages]]\nlayers = \"0-1,3\"\n");
   expect_error(gap, "not consecutive", 8);
@@ -205,7 +221,9 @@ experts = "8-13,20"
   expect_error(errors, "expert 8 is in two shards, 0 and 1", 17);
   expect_error(errors, "expert 20 does not exist: the model has 16 routed experts (0-15)", 17);
   expect_error(errors, "experts 14-15 are covered by no shard", 13, 1);
-  auto uneven = errors_of(header + "\n[parallel]\nexpert = 3\n\n[[stages]]\nlayers = \"0-3\"\n\n[[expert_shards]]\n[[expert_shards]]\n[[expert_shards]]\n");
+  auto uneven = errors_of(header +
+                          "\n[parallel]\nexpert = 3\n\n[[stages]]\nlayers = "
+                          "\"0-3\"\n\n[[expert_shards]]\n[[expert_shards]]\n[[expert_shards]]\n");
   expect_error(uneven, "16 routed experts do not split evenly over 3 shards", 13);
 }
 
@@ -229,15 +247,25 @@ host = "node1"
 [balancer]
 host = "nod0"
 )");
-  expect_error(errors, "placed on host 'node2', which does not exist (did you mean 'node0'?); hosts are: node0, node1", 16, 1);
+  expect_error(errors,
+               "placed on host 'node2', which does not exist (did you mean 'node0'?); hosts are: "
+               "node0, node1",
+               16, 1);
   expect_error(errors, "the balancer actor is placed on host 'nod0'", 23);
-  auto device = errors_of(header + "\n[[hosts]]\nname = \"n\"\ngpus = 2\n\n[[stages]]\nlayers = \"0-3\"\ndevice = \"cuda:2\"\n");
-  expect_error(device, "stage 0 is placed on cuda:2, which does not exist on host 'n': it has gpus = 2 (cuda:0 to cuda:1)", 13);
+  auto device = errors_of(
+      header +
+      "\n[[hosts]]\nname = \"n\"\ngpus = 2\n\n[[stages]]\nlayers = \"0-3\"\ndevice = \"cuda:2\"\n");
+  expect_error(device,
+               "stage 0 is placed on cuda:2, which does not exist on host 'n': it has gpus = 2 "
+               "(cuda:0 to cuda:1)",
+               13);
   auto cpu_only = errors_of(header + "\n[[stages]]\nlayers = \"0-3\"\ndevice = \"cuda:0\"\n");
   expect_error(cpu_only, "it has no GPUs", 9);
   auto bad_device = errors_of(header + "\n[[stages]]\nlayers = \"0-3\"\ndevice = \"gpu0\"\n");
   expect_error(bad_device, "'gpu0' is not a device", 9, 10);
-  auto ambiguous = errors_of(header + "\n[[hosts]]\nname = \"a\"\n[[hosts]]\nname = \"b\"\n\n[[stages]]\nlayers = \"0-3\"\n");
+  auto ambiguous = errors_of(
+      header +
+      "\n[[hosts]]\nname = \"a\"\n[[hosts]]\nname = \"b\"\n\n[[stages]]\nlayers = \"0-3\"\n");
   expect_error(ambiguous, "stage 0 needs `host = ...`: the topology has 2 hosts (a, b)", 12);
 }
 
@@ -280,40 +308,53 @@ layers = "0-1"
 
   const fs::path dir = fs::temp_directory_path() / "troupe-topology-test";
   fs::create_directories(dir);
-  std::ofstream(dir / "config.json") << "{\n  \"hidden_size\": 64,\n  \"num_hidden_layers\": 2,\n  \"first_k_dense_replace\": 1,\n  \"n_group\": 3\n}\n";
+  std::ofstream(dir / "config.json") << "{\n  \"hidden_size\": 64,\n  \"num_hidden_layers\": 2,\n  "
+                                        "\"first_k_dense_replace\": 1,\n  \"n_group\": 3\n}\n";
   try {
-    load_topology_text("[job]\nname = \"t\"\n[model]\nconfig = \"config.json\"\n[[stages]]\nlayers = \"0-1\"\n",
-                       dir / "t.toml", no_plugins());
+    load_topology_text(
+        "[job]\nname = \"t\"\n[model]\nconfig = \"config.json\"\n[[stages]]\nlayers = \"0-1\"\n",
+        dir / "t.toml", no_plugins());
     FAIL();
   } catch (const topology_error& e) {
     ASSERT_EQ(e.diagnostics().size(), 1u);
     EXPECT_EQ(e.diagnostics()[0].where.file, (dir / "config.json").string());
     EXPECT_EQ(e.diagnostics()[0].where.line, 5);
-    EXPECT_NE(e.diagnostics()[0].message.find("3 groups do not divide n_routed_experts = 256"), std::string::npos)
+    EXPECT_NE(e.diagnostics()[0].message.find("3 groups do not divide n_routed_experts = 256"),
+              std::string::npos)
         << e.diagnostics()[0].message;
   }
-  auto missing = errors_of("[job]\nname = \"t\"\n[model]\nconfig = \"nope/config.json\"\n[[stages]]\nlayers = \"0\"\n");
+  auto missing = errors_of(
+      "[job]\nname = \"t\"\n[model]\nconfig = \"nope/config.json\"\n[[stages]]\nlayers = \"0\"\n");
   expect_error(missing, "model.config: no file", 4, 10);
 }
 
 TEST(TopologyErrors, UnknownPluginsSuggestWhatIsAvailable) {
   setenv("TROUPE_PLUGIN_PATH", std::getenv("TROUPE_TEST_PLUGIN_DIR"), 1);
   troupe::topology_load_options options;  // resolves plugins
-  auto errors = errors_of(header + "\n[plugins]\nattention = \"test-atention\"\n\n[[stages]]\nlayers = \"0-3\"\n", options);
-  expect_error(errors, "unknown plugin 'test-atention' for role attention (did you mean 'test-attention'?)", 8, 1);
+  auto errors = errors_of(
+      header + "\n[plugins]\nattention = \"test-atention\"\n\n[[stages]]\nlayers = \"0-3\"\n",
+      options);
+  expect_error(errors,
+               "unknown plugin 'test-atention' for role attention (did you mean 'test-attention'?)",
+               8, 1);
 
   troupe::plugin_registry registry(troupe::plugin_search_path::standard());
   options.registry = &registry;
-  auto kind = errors_of(header + "\n[plugins]\nmoe = \"test-attention\"\n\n[[stages]]\nlayers = \"0-3\"\n", options);
+  auto kind = errors_of(
+      header + "\n[plugins]\nmoe = \"test-attention\"\n\n[[stages]]\nlayers = \"0-3\"\n", options);
   expect_error(kind, "a moe plugin is needed here", 8);
-  auto broken = errors_of(header + "precision = \"fp8\"\n\n[plugins]\ngemm = \"broken-init-fails\"\n\n[[stages]]\nlayers = \"0-3\"\n", options);
+  auto broken = errors_of(header +
+                              "precision = \"fp8\"\n\n[plugins]\ngemm = "
+                              "\"broken-init-fails\"\n\n[[stages]]\nlayers = \"0-3\"\n",
+                          options);
   expect_error(broken, "init failed", 9);
   unsetenv("TROUPE_PLUGIN_PATH");
 
   // An explicitly named plugin that resolves is used; missing defaults are warnings, not errors.
   setenv("TROUPE_PLUGIN_PATH", std::getenv("TROUPE_TEST_PLUGIN_DIR"), 1);
-  auto good = load_topology_text(header + "\n[plugins]\nattention = \"test-attention\"\n\n[[stages]]\nlayers = \"0-3\"\n",
-                                 virtual_file(), options);
+  auto good = load_topology_text(
+      header + "\n[plugins]\nattention = \"test-attention\"\n\n[[stages]]\nlayers = \"0-3\"\n",
+      virtual_file(), options);
   unsetenv("TROUPE_PLUGIN_PATH");
   ASSERT_TRUE(good.topo.plugin_for(troupe::plugin_kind::attention)->resolved.has_value());
   EXPECT_EQ(good.warnings.size(), 2u);  // moe and mtp defaults are not installed here
@@ -340,7 +381,10 @@ decay = 1.0
 )");
   expect_error(errors, "monitoring.metrics = \"127.0.0.1:99999\" must be \"HOST:PORT\"", 19);
   // Range errors appear once the shape errors are fixed.
-  auto ranges = errors_of(header + "\n[[stages]]\nlayers = \"0-3\"\n\n[train]\nlearning_rate = -1.0\nbeta2 = 1.5\n\n[data]\nfim_rate = 2.0\ncorpus = \"no/such/corpus.txt\"\n\n[ema]\ndecay = 1.0\n");
+  auto ranges = errors_of(
+      header +
+      "\n[[stages]]\nlayers = \"0-3\"\n\n[train]\nlearning_rate = -1.0\nbeta2 = "
+      "1.5\n\n[data]\nfim_rate = 2.0\ncorpus = \"no/such/corpus.txt\"\n\n[ema]\ndecay = 1.0\n");
   expect_error(ranges, "train.learning_rate must be positive, got -1", 11);
   expect_error(ranges, "train.beta2 must be in [0, 1), got 1.5", 12);
   expect_error(ranges, "data.fim_rate must be in [0, 1], got 2", 15);

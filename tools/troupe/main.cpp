@@ -8,7 +8,8 @@
 #include "tools/troupe/commands.hpp"
 
 int main(int argc, char** argv) {
-  CLI::App app{"troupe: an actor runtime for training and serving DeepSeek-V3-style MoE models", "troupe"};
+  CLI::App app{"troupe: an actor runtime for training and serving DeepSeek-V3-style MoE models",
+               "troupe"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
   bool verbose = false;

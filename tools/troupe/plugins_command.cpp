@@ -21,7 +21,8 @@ int list_plugins(const plugins_list_options& options) {
   plugin_registry registry{plugin_search_path(entries)};
   fmt::print("plugin search path:\n");
   for (const auto& e : registry.search_path().entries())
-    fmt::print("  {} ({}{})\n", e.dir.string(), e.origin, std::filesystem::is_directory(e.dir) ? "" : ", missing");
+    fmt::print("  {} ({}{})\n", e.dir.string(), e.origin,
+               std::filesystem::is_directory(e.dir) ? "" : ", missing");
   const auto available = registry.search_path().available();
   if (available.empty()) {
     fmt::print("no plugins found (libtroupe-NAME.so) on the search path\n");
@@ -32,14 +33,18 @@ int list_plugins(const plugins_list_options& options) {
   for (const auto& [name, file] : available) {
     try {
       auto library = registry.load(file.string());
-      fmt::print("{:<22} {:<10} {:<10} {:<6} {}\n", library->name, name_of(library->kind), library->version,
-                 fmt::format("{}.{}", library->abi_major, library->abi_minor), file.string());
+      fmt::print("{:<22} {:<10} {:<10} {:<6} {}\n", library->name, name_of(library->kind),
+                 library->version, fmt::format("{}.{}", library->abi_major, library->abi_minor),
+                 file.string());
     } catch (const plugin_load_error& e) {
       ++broken;
-      fmt::print("{:<22} {:<10} {:<10} {:<6} {}\n    error: {}\n", name, "-", "-", "-", file.string(), e.what());
+      fmt::print("{:<22} {:<10} {:<10} {:<6} {}\n    error: {}\n", name, "-", "-", "-",
+                 file.string(), e.what());
     }
   }
-  if (broken > 0) fmt::print("{} of {} libraries could not be loaded (see the errors above)\n", broken, available.size());
+  if (broken > 0)
+    fmt::print("{} of {} libraries could not be loaded (see the errors above)\n", broken,
+               available.size());
   return exit_ok;
 }
 
@@ -50,8 +55,9 @@ void add_plugins_command(CLI::App& app, int& exit_code) {
   plugins->require_subcommand(1);
   auto options = std::make_shared<plugins_list_options>();
   auto* list = plugins->add_subcommand(
-      "list", "Load every libtroupe-NAME.so on the search path (TROUPE_PLUGIN_PATH, then the install dir) "
-              "and show its name, kind, version and ABI, or why it cannot be loaded");
+      "list",
+      "Load every libtroupe-NAME.so on the search path (TROUPE_PLUGIN_PATH, then the install dir) "
+      "and show its name, kind, version and ABI, or why it cannot be loaded");
   list->add_option("--dir", options->dirs, "Also search this directory (first; may repeat)");
   list->callback([options, &exit_code] { exit_code = list_plugins(*options); });
 }

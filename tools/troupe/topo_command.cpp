@@ -21,7 +21,8 @@ struct topo_options {
 };
 
 /// Loads and validates; prints diagnostics to stderr. Returns nullopt on errors.
-std::optional<loaded_topology> load_for_command(const std::string& file, plugin_registry& registry) {
+std::optional<loaded_topology> load_for_command(const std::string& file,
+                                                plugin_registry& registry) {
   topology_load_options options;
   options.registry = &registry;
   try {
@@ -30,7 +31,8 @@ std::optional<loaded_topology> load_for_command(const std::string& file, plugin_
     return loaded;
   } catch (const topology_error& e) {
     for (const auto& d : e.diagnostics()) fmt::print(stderr, "{}\n", to_string(d));
-    fmt::print(stderr, "{}: {} error{}\n", file, e.diagnostics().size(), e.diagnostics().size() == 1 ? "" : "s");
+    fmt::print(stderr, "{}: {} error{}\n", file, e.diagnostics().size(),
+               e.diagnostics().size() == 1 ? "" : "s");
   } catch (const troupe::error& e) {
     fmt::print(stderr, "{}\n", e.what());
   }
@@ -68,14 +70,22 @@ int dot(const topo_options& options) {
 
 std::string_view type_name(value_kind kind) {
   switch (kind) {
-    case value_kind::string: return "string";
-    case value_kind::integer: return "integer";
-    case value_kind::number: return "number";
-    case value_kind::boolean: return "boolean";
-    case value_kind::string_list: return "array of strings";
-    case value_kind::index_list: return "index list";
-    case value_kind::device_list: return "device or array of devices";
-    case value_kind::table: return "table";
+    case value_kind::string:
+      return "string";
+    case value_kind::integer:
+      return "integer";
+    case value_kind::number:
+      return "number";
+    case value_kind::boolean:
+      return "boolean";
+    case value_kind::string_list:
+      return "array of strings";
+    case value_kind::index_list:
+      return "index list";
+    case value_kind::device_list:
+      return "device or array of devices";
+    case value_kind::table:
+      return "table";
   }
   return "value";
 }
@@ -83,9 +93,9 @@ std::string_view type_name(value_kind kind) {
 /// The reference of every section and key, as Markdown tables (docs/topology.md embeds them).
 int keys() {
   for (const auto& section : topology_schema()) {
-    fmt::print("## {}{}{}{}\n\n{}{}\n\n", section.array ? "[[" : "[", section.name, section.array ? "]]" : "]",
-               section.required ? " (required)" : "", section.description,
-               section.array ? " Repeat the header once per entry." : "");
+    fmt::print("## {}{}{}{}\n\n{}{}\n\n", section.array ? "[[" : "[", section.name,
+               section.array ? "]]" : "]", section.required ? " (required)" : "",
+               section.description, section.array ? " Repeat the header once per entry." : "");
     fmt::print("| key | type | default | meaning |\n|---|---|---|---|\n");
     for (const auto& key : section.keys) {
       std::string meaning(key.description);
@@ -94,7 +104,7 @@ int keys() {
         for (auto c : key.choices) choices.push_back(fmt::format("`{}`", c));
         meaning += fmt::format(" One of: {}.", fmt::join(choices, ", "));
       }
-      const std::string default_text = key.required             ? std::string("required")
+      const std::string default_text = key.required               ? std::string("required")
                                        : key.default_text.empty() ? std::string("—")
                                                                   : std::string(key.default_text);
       fmt::print("| `{}` | {} | {} | {} |\n", key.name, type_name(key.kind), default_text, meaning);
@@ -112,20 +122,28 @@ void add_topo_command(CLI::App& app, int& exit_code) {
 
   auto check_options = std::make_shared<topo_options>();
   auto* check_command = topo->add_subcommand(
-      "check", "Parse and validate a topology (model config, parallel sizes, layer and expert coverage, "
-               "placements, schedule, plugins) and print its plan; errors give file:line:column");
-  check_command->add_option("FILE", check_options->file, "Topology file (TOML)")->required()->check(CLI::ExistingFile);
-  check_command->add_flag("-q,--quiet", check_options->quiet, "Print nothing when the topology is valid");
+      "check",
+      "Parse and validate a topology (model config, parallel sizes, layer and expert coverage, "
+      "placements, schedule, plugins) and print its plan; errors give file:line:column");
+  check_command->add_option("FILE", check_options->file, "Topology file (TOML)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  check_command->add_flag("-q,--quiet", check_options->quiet,
+                          "Print nothing when the topology is valid");
   check_command->callback([check_options, &exit_code] { exit_code = check(*check_options); });
 
   auto dot_options = std::make_shared<topo_options>();
   auto* dot_command = topo->add_subcommand(
       "dot", "Print the topology's actors and links as Graphviz DOT (render with: dot -Tsvg)");
-  dot_command->add_option("FILE", dot_options->file, "Topology file (TOML)")->required()->check(CLI::ExistingFile);
-  dot_command->add_option("-o,--output", dot_options->output, "Write to this file instead of stdout");
+  dot_command->add_option("FILE", dot_options->file, "Topology file (TOML)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  dot_command->add_option("-o,--output", dot_options->output,
+                          "Write to this file instead of stdout");
   dot_command->callback([dot_options, &exit_code] { exit_code = dot(*dot_options); });
 
-  auto* keys_command = topo->add_subcommand("keys", "Print the reference of every topology section and key (Markdown)");
+  auto* keys_command = topo->add_subcommand(
+      "keys", "Print the reference of every topology section and key (Markdown)");
   keys_command->callback([&exit_code] { exit_code = keys(); });
 }
 

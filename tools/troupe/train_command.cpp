@@ -11,7 +11,8 @@ namespace troupe::cli {
 namespace {
 
 int train(const std::string& file) {
-  const std::string path = file.empty() ? current_install_layout().default_topology().string() : file;
+  const std::string path =
+      file.empty() ? current_install_layout().default_topology().string() : file;
   plugin_registry registry;
   topology_load_options options;
   options.registry = &registry;
@@ -20,7 +21,8 @@ int train(const std::string& file) {
     for (const auto& w : loaded.warnings) fmt::print(stderr, "{}\n", to_string(w));
     const auto plan = plan_topology(loaded.topo);
     fmt::print(stderr,
-               "troupe train: {} is valid ({} actors in {} process(es)), but training is not built into this "
+               "troupe train: {} is valid ({} actors in {} process(es)), but training is not built "
+               "into this "
                "version of troupe yet; nothing was run.\n",
                path, plan.actors.size(), plan.processes.size());
     return exit_unavailable;
@@ -36,8 +38,10 @@ int train(const std::string& file) {
 
 void add_train_command(CLI::App& app, int& exit_code) {
   auto file = std::make_shared<std::string>();
-  auto* command = app.add_subcommand("train", "Train the model of a topology (default: the shipped tiny.toml)");
-  command->add_option("TOPOLOGY", *file, "Topology file (TOML); default: tiny.toml from the install or source tree");
+  auto* command =
+      app.add_subcommand("train", "Train the model of a topology (default: the shipped tiny.toml)");
+  command->add_option("TOPOLOGY", *file,
+                      "Topology file (TOML); default: tiny.toml from the install or source tree");
   command->callback([file, &exit_code] { exit_code = train(*file); });
 }
 

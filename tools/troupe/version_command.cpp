@@ -8,14 +8,16 @@
 namespace troupe::cli {
 
 void add_version_command(CLI::App& app, int& exit_code) {
-  auto* command = app.add_subcommand("version", "Print the version, the plugin ABI and what this build supports");
+  auto* command = app.add_subcommand(
+      "version", "Print the version, the plugin ABI and what this build supports");
   command->callback([&exit_code] {
     fmt::print("troupe {}\n", TROUPE_VERSION);
     fmt::print("plugin ABI {}\n", host_abi_version());
     if (cuda::built_with_cuda()) {
       const int devices = cuda::device_count();
-      fmt::print("CUDA: built in (kernels for sm_90); {}\n",
-                 devices > 0 ? fmt::format("{} device(s) visible", devices) : cuda::unavailable_reason());
+      fmt::print(
+          "CUDA: built in (kernels for sm_90); {}\n",
+          devices > 0 ? fmt::format("{} device(s) visible", devices) : cuda::unavailable_reason());
     } else {
       fmt::print("CUDA: not built in\n");
     }

@@ -119,9 +119,11 @@ TEST(MetricsEndpoint, StartsFromTheTopologyAndServesRuntimeMetrics) {
     const auto [listed, runtime_listed] = catalogue();
     ASSERT_FALSE(runtime_listed.empty()) << "monitoring/METRICS.md lists no runtime metrics";
     const auto exported = exported_names(scrape);
-    for (const auto& name : exported)
-      if (name.starts_with("troupe_"))
+    for (const auto& name : exported) {
+      if (name.starts_with("troupe_")) {
         EXPECT_TRUE(listed.count(name)) << name << " is exported but not in METRICS.md";
+      }
+    }
     for (const auto& name : runtime_listed)
       EXPECT_TRUE(exported.count(name)) << name << " is in METRICS.md but not exported";
     self->send_exit(stage, caf::exit_reason::user_shutdown);

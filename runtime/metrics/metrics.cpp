@@ -12,6 +12,7 @@
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
 
 #include "runtime/core/error.hpp"
 #include "runtime/plugin/registry.hpp"
@@ -133,6 +134,7 @@ metrics_endpoint::metrics_endpoint(const std::string& host, int port,
   exposer_->exposer.RegisterCollectable(metrics.registry());
   const auto ports = exposer_->exposer.GetListeningPorts();
   port_ = ports.empty() ? port : ports.front();
+  spdlog::info("metrics: serving {}", url());
 }
 
 metrics_endpoint::~metrics_endpoint() = default;

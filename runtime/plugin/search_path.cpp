@@ -79,7 +79,7 @@ std::vector<std::pair<std::string, fs::path>> plugin_search_path::available() co
 }
 
 std::string plugin_search_path::describe() const {
-  if (entries_.empty()) return "(empty)";
+  if (entries_.empty()) return "no directories: set TROUPE_PLUGIN_PATH or [plugins] search_path";
   std::string out;
   for (const auto& e : entries_) {
     if (!out.empty()) out += ", ";

@@ -122,8 +122,9 @@ class topology_validator {
                         to_string(place.where), host->name,
                         host->gpus == 0
                             ? std::string("it has no GPUs (set gpus = N in its [[hosts]] entry)")
-                            : fmt::format("it has gpus = {} (cuda:0 to cuda:{})", host->gpus,
-                                          host->gpus - 1)));
+                        : host->gpus == 1 ? std::string("it has gpus = 1 (cuda:0)")
+                                          : fmt::format("it has gpus = {} (cuda:0 to cuda:{})",
+                                                        host->gpus, host->gpus - 1)));
     }
   }
 

@@ -9,16 +9,21 @@
 //  - actors that block (UCX progress, CUDA, NCCL) must run detached (spawn_detached), or they
 //    stall CAF's scheduler threads;
 //  - CAF's middleman (io module) must be loaded before the system starts to talk to other
-//    processes (actor_runtime_options::network).
+//    processes (actor_runtime_options::network);
+//  - spawning a function-based actor with no arguments makes CAF dereference a null pointer to
+//    its empty argument tuple (undefined behaviour that UBSan reports): spawn and
+//    spawn_detached always hand CAF one argument, a spawn_marker, and drop it again.
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/detail/type_traits.hpp>
 #include <caf/spawn_options.hpp>
 
 #include "runtime/metrics/metrics.hpp"
@@ -32,6 +37,25 @@ struct actor_runtime_options {
   /// Load CAF's middleman to publish actors to and reach actors in other processes.
   bool network = false;
 };
+
+namespace detail {
+
+/// The extra spawn argument that keeps CAF 0.17's argument tuple non-empty (see above).
+struct spawn_marker {};
+
+/// `fun` with a spawn_marker accepted after its self pointer and dropped. The signature stays
+/// concrete (no auto parameters) because CAF deduces the actor type from it.
+template <class... Ts, class F>
+auto accepting_marker(F fun) {
+  using arguments = typename caf::detail::get_callable_trait<F>::arg_types;
+  using self_pointer = typename caf::detail::tl_head<arguments>::type;
+  static_assert(std::is_pointer_v<self_pointer>, "an actor function takes its self pointer first");
+  return [fun = std::move(fun)](self_pointer self, spawn_marker, Ts... xs) {
+    return fun(self, std::move(xs)...);
+  };
+}
+
+}  // namespace detail
 
 /// Owns a CAF actor system set up the troupe way: message types registered, scheduler sized,
 /// metrics for spawned and alive actors by role.
@@ -55,7 +79,8 @@ class actor_runtime {
   /// it) first. `role` labels its metrics ("stage", "expert_shard", ...).
   template <class F, class... Ts>
   caf::actor spawn(std::string_view role, F fun, Ts&&... xs) {
-    auto handle = system_->spawn(fun, std::forward<Ts>(xs)...);
+    auto handle = system_->spawn(detail::accepting_marker<std::decay_t<Ts>...>(std::move(fun)),
+                                 detail::spawn_marker{}, std::forward<Ts>(xs)...);
     track(role, handle);
     return handle;
   }
@@ -63,7 +88,9 @@ class actor_runtime {
   /// Spawns an actor on a thread of its own, for actors that block.
   template <class F, class... Ts>
   caf::actor spawn_detached(std::string_view role, F fun, Ts&&... xs) {
-    auto handle = system_->spawn<caf::detached>(fun, std::forward<Ts>(xs)...);
+    auto handle =
+        system_->spawn<caf::detached>(detail::accepting_marker<std::decay_t<Ts>...>(std::move(fun)),
+                                      detail::spawn_marker{}, std::forward<Ts>(xs)...);
     track(role, handle);
     return handle;
   }

@@ -11,8 +11,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <set>
+#include <sstream>
 
 #include <caf/all.hpp>
 
@@ -22,6 +22,7 @@
 #include "runtime/actor/send.hpp"
 #include "runtime/metrics/metrics.hpp"
 #include "runtime/topology/load.hpp"
+#include "tests/support/markdown.hpp"
 
 namespace {
 
@@ -60,10 +61,11 @@ std::string http_get(int port, const std::string& path) {
 /// Names of the metric families in an exposition ("# TYPE name type" lines).
 std::set<std::string> exported_names(const std::string& exposition) {
   std::set<std::string> names;
-  const std::regex type_line(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) )");
-  for (std::sregex_iterator it(exposition.begin(), exposition.end(), type_line), end; it != end;
-       ++it)
-    names.insert((*it)[1]);
+  std::istringstream lines(exposition);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.starts_with("# TYPE ")) continue;
+    names.insert(line.substr(7, line.find(' ', 7) - 7));
+  }
   return names;
 }
 
@@ -72,13 +74,11 @@ std::pair<std::set<std::string>, std::set<std::string>> catalogue() {
   std::ifstream in(source_dir() / "monitoring/METRICS.md");
   std::set<std::string> all, runtime;
   std::string line, section;
-  const std::regex row(R"(^\| `(troupe_[a-z0-9_]+)` \|)");
   while (std::getline(in, line)) {
     if (line.starts_with("## ")) section = line.substr(3);
-    std::smatch m;
-    if (std::regex_search(line, m, row)) {
-      all.insert(m[1]);
-      if (section == "Runtime") runtime.insert(m[1]);
+    if (auto key = troupe::testing::table_key(line); key && key->starts_with("troupe_")) {
+      all.insert(*key);
+      if (section == "Runtime") runtime.insert(*key);
     }
   }
   return {all, runtime};

@@ -6,11 +6,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 
 #include "runtime/topology/schema.hpp"
+#include "tests/support/markdown.hpp"
 
 namespace {
 
@@ -21,18 +21,15 @@ std::map<std::string, std::set<std::string>> documented_keys() {
                    "docs/topology.md");
   EXPECT_TRUE(in) << "docs/topology.md is missing";
   std::map<std::string, std::set<std::string>> keys;
-  const std::regex heading(R"(^## \[\[?([a-z0-9_]+)\]\]?)");
-  const std::regex row(R"(^\| `([a-z0-9_]+)` \|)");
   std::string line, section;
   while (std::getline(in, line)) {
-    std::smatch m;
-    if (std::regex_search(line, m, heading)) {
-      section = m[1];
+    if (auto heading = troupe::testing::section_heading(line)) {
+      section = *heading;
       keys[section];
     } else if (line.starts_with("## ")) {
       section.clear();
-    } else if (!section.empty() && std::regex_search(line, m, row)) {
-      keys[section].insert(m[1]);
+    } else if (auto key = troupe::testing::table_key(line); key && !section.empty()) {
+      keys[section].insert(*key);
     }
   }
   return keys;

@@ -57,8 +57,10 @@ void thread_pool::run_chunk(job& work, std::int64_t chunk) {
     std::lock_guard lock(mutex_);
     if (!work.failure) work.failure = std::current_exception();
   }
-  // NOTES: after this increment the owner may return and destroy `work`; touch it no more.
-  if (work.finished_chunks.fetch_add(1) + 1 == work.chunks) {
+  // NOTES: once the last chunk is counted the owner may return and reuse the memory of `work`
+  // for its next job, so everything needed is read before the increment.
+  const std::int64_t chunks = work.chunks;
+  if (work.finished_chunks.fetch_add(1) + 1 == chunks) {
     std::lock_guard lock(mutex_);
     job_finished_.notify_all();
   }

@@ -171,6 +171,12 @@ void layer_instance::import_state(std::span<const std::uint8_t> state) {
                state.size());
 }
 
+std::string layer_instance::statistics() const {
+  if (library_->api->statistics == nullptr) return "{}";
+  const char* json = library_->api->statistics(instance_);
+  return json != nullptr ? std::string(json) : std::string("{}");
+}
+
 gemm_instance::gemm_instance(std::shared_ptr<const plugin_library> library,
                              const instance_options& options)
     : library_(std::move(library)) {

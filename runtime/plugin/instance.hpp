@@ -75,6 +75,8 @@ class layer_instance {
   void forget(std::int64_t micro_batch);
   std::vector<std::uint8_t> export_state();
   void import_state(std::span<const std::uint8_t> state);
+  /// The plugin's statistics JSON ("{}" when it has none).
+  std::string statistics() const;
 
  private:
   std::shared_ptr<const plugin_library> library_;

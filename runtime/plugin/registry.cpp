@@ -54,7 +54,7 @@ const troupe_host* make_host(const std::string& plugin_name) {
 
 /// The last field of ABI 1.0's troupe_plugin must be inside what the plugin declares.
 constexpr std::size_t abi_1_0_plugin_size =
-    offsetof(troupe_plugin, gemm_provider) + sizeof(troupe_plugin::gemm_provider);
+    offsetof(troupe_plugin, statistics) + sizeof(troupe_plugin::statistics);
 
 /// Names of the entries a kind needs that the table leaves NULL.
 std::vector<std::string> missing_functions(const troupe_plugin& api, plugin_kind kind) {

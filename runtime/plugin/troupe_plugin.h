@@ -240,7 +240,9 @@ typedef struct troupe_plugin {
                                  int32_t* num_outputs, troupe_error* error);
 
   /** Computes one micro-batch. What backward needs is saved under `micro_batch`, so several
-   *  micro-batches can be in flight at once. Outputs are preallocated by the host. */
+   *  micro-batches can be in flight at once. Outputs are preallocated by the host. The inputs
+   *  stay valid and unchanged until backward() (its last part) or forget() of the same
+   *  micro-batch, so a plugin may keep pointers to them instead of copies. */
   troupe_status (*forward)(troupe_instance* instance, const troupe_exec_context* context,
                            int64_t micro_batch, const DLTensor* inputs, int32_t num_inputs,
                            DLTensor* outputs, int32_t num_outputs, troupe_error* error);
@@ -264,6 +266,12 @@ typedef struct troupe_plugin {
 
   /** The provider this instance implements; valid until destroy(). */
   const troupe_gemm_provider* (*gemm_provider)(troupe_instance* instance);
+
+  /* ---- any kind, optional (may be NULL) ---------------------------------------------------- */
+
+  /** A JSON object of the instance's own statistics (activation bytes held, call counts, ...);
+   *  the string stays valid until the next call on the instance. */
+  const char* (*statistics)(troupe_instance* instance);
 } troupe_plugin;
 
 /** Type of the entry symbol. It must not fail and must not allocate: it returns a static table. */

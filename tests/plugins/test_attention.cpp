@@ -412,7 +412,8 @@ const troupe_plugin descriptor = {
     &plugin_forget,
     &plugin_export_state,
     &plugin_import_state,
-    nullptr,
+    nullptr,  // gemm_provider
+    nullptr,  // statistics
 };
 
 }  // namespace

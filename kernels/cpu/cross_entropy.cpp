@@ -1,0 +1,54 @@
+#include "kernels/cpu/cross_entropy.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace troupe::kernels::cpu {
+
+namespace {
+
+/// log(sum(exp(row))) accumulated in double.
+double logsumexp(const float* row, std::int64_t vocab) {
+  float max_logit = -std::numeric_limits<float>::infinity();
+  for (std::int64_t v = 0; v < vocab; ++v) max_logit = std::fmax(max_logit, row[v]);
+  double sum = 0.0;
+  for (std::int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v] - max_logit));
+  return static_cast<double>(max_logit) + std::log(sum);
+}
+
+}  // namespace
+
+double cross_entropy_forward(const float* logits, const std::int32_t* targets, std::int64_t rows,
+                             std::int64_t vocab, float* losses, std::int64_t* labelled) {
+  double total = 0.0;
+  std::int64_t count = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* row = logits + r * vocab;
+    double loss = 0.0;
+    if (targets[r] >= 0) {
+      loss = logsumexp(row, vocab) - static_cast<double>(row[targets[r]]);
+      total += loss;
+      ++count;
+    }
+    if (losses != nullptr) losses[r] = static_cast<float>(loss);
+  }
+  if (labelled != nullptr) *labelled = count;
+  return total;
+}
+
+void cross_entropy_backward(const float* logits, const std::int32_t* targets, std::int64_t rows,
+                            std::int64_t vocab, float scale, float* dlogits) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* row = logits + r * vocab;
+    float* d = dlogits + r * vocab;
+    if (targets[r] < 0) {
+      for (std::int64_t v = 0; v < vocab; ++v) d[v] = 0.0f;
+      continue;
+    }
+    const double lse = logsumexp(row, vocab);
+    for (std::int64_t v = 0; v < vocab; ++v) d[v] = scale * static_cast<float>(std::exp(static_cast<double>(row[v]) - lse));
+    d[targets[r]] -= scale;
+  }
+}
+
+}  // namespace troupe::kernels::cpu

@@ -1,0 +1,95 @@
+#pragma once
+
+// Multi-head Latent Attention (DeepSeek-V2/V3) for one layer, on the host.
+//
+//   q      = q_b(rmsnorm(q_a(x)))            or q_proj(x) when q_lora_rank is null
+//   [c, r] = kv_a_proj_with_mqa(x)           c: kv latent [kv_lora_rank], r: rope key [rope dim]
+//   [k, v] = kv_b(rmsnorm(c))                per head: k_nope [nope dim], v [v dim]
+//   q_rope, r rotated (interleaved pairs; YaRN frequencies); the rope key is shared by all heads
+//   o_h    = softmax(scale * (q_nope_h k_nope_h + q_rope_h r) causal) v_h,  y = o_proj(o)
+//
+// Two forward paths: naive (up-project k and v, as above) and absorbed (fold kv_b into the query
+// and the output: attention runs in the latent space over [c, r], the inference KV-cache layout).
+// Backward keeps only the latents, not the up-projections, and recomputes q, k and v.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "plugins/common/plugin_support.hpp"
+#include "runtime/model/model_config.hpp"
+
+namespace troupe::plugin {
+
+enum class mla_path { naive, absorbed };
+
+class mla_layer {
+ public:
+  mla_layer(const model_config& config, mla_path path);
+
+  const parameter_list& parameters() const { return parameters_; }
+  troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count, troupe_error* error);
+
+  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch, const DLTensor& x,
+                        const DLTensor& y, troupe_error* error);
+  troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch, troupe_backward_part part,
+                         const DLTensor* dy, const DLTensor* dx, troupe_error* error);
+  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
+
+  /// {"saved_activation_bytes": ..., "recomputed_activation_bytes": ..., "micro_batches": ...}
+  const std::string& statistics();
+
+  std::int64_t hidden() const { return hidden_; }
+  float softmax_scale() const { return scale_; }
+
+ private:
+  struct saved_state {
+    const float* x = nullptr;  // the input, kept alive by the host (ABI contract)
+    activation_shape shape;
+    std::vector<float> q_latent;    // [T, q_lora_rank] before its norm (empty without q_lora)
+    std::vector<float> q_rstd;      // [T]
+    std::vector<float> kv_latent;   // [T, kv_lora_rank + rope]: c before its norm, then r unrotated
+    std::vector<float> kv_rstd;     // [T]
+    std::vector<float> attention;   // [T, heads * v_dim]: o before o_proj
+    std::vector<float> lse;         // [batch, heads, length]
+    // Between the input-gradient and the weight-gradient parts of backward:
+    std::vector<float> d_output, d_q, d_q_latent, d_kv, d_kv_latent, q_normed, kv_normed;
+    bool input_part_done = false;
+    std::size_t bytes() const;
+  };
+
+  struct projections {  // recomputed (or, in forward, computed once)
+    std::vector<float> q_normed;   // [T, q_lora_rank]
+    std::vector<float> q;          // [T, heads * qk_dim], rope part rotated
+    std::vector<float> kv_normed;  // [T, kv_lora_rank]
+    std::vector<float> kv;         // [T, heads * (nope + v)] (naive path)
+    std::vector<float> rope_key;   // [T, rope], rotated
+  };
+
+  troupe_status project(const troupe_exec_context* context, saved_state& s, projections& p, bool up_project_kv,
+                        troupe_error* error);
+  void attend_naive(const troupe_exec_context* context, saved_state& s, const projections& p);
+  void attend_absorbed(const troupe_exec_context* context, saved_state& s, const projections& p);
+  troupe_status backward_input(const troupe_exec_context* context, saved_state& s, const float* dy, float* dx,
+                               troupe_error* error);
+  troupe_status backward_weight(const troupe_exec_context* context, saved_state& s, troupe_error* error);
+  void ensure_rope_tables(std::int64_t length);
+
+  // Shape.
+  std::int64_t hidden_, heads_, q_rank_, kv_rank_, nope_, rope_, v_dim_, qk_dim_;
+  float eps_, scale_;
+  mla_path path_;
+  std::vector<float> inverse_frequencies_;
+  std::int64_t table_length_ = 0;
+  std::vector<float> cos_, sin_;
+
+  // Parameters (indices into the bound arrays).
+  parameter_list parameters_;
+  std::size_t q_a_, q_norm_, q_b_, q_proj_, kv_a_, kv_norm_, kv_b_, o_proj_;
+  std::vector<float*> weight_, grad_;
+
+  micro_batches<saved_state> saved_;
+  std::string statistics_;
+};
+
+}  // namespace troupe::plugin

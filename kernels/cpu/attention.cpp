@@ -56,7 +56,7 @@ void causal_attention_backward(const attention_shape& s, const float* q, const f
   // dScores = P * (dP - rowsum(dO * O)), then the scale goes into dQ and dK.
   for (std::int64_t i = 0; i < n; ++i) {
     double dot = 0.0;
-    for (std::int64_t c = 0; c < s.v_dim; ++c) dot += static_cast<double>(d_o[i * s.ldo + c]) * o[i * s.ldo + c];
+    for (std::int64_t c = 0; c < s.v_dim; ++c) dot += static_cast<double>(d_o[i * s.ldo + c]) * static_cast<double>(o[i * s.ldo + c]);
     const auto delta = static_cast<float>(dot);
     float* dp_row = dp + i * n;
     const float* p_row = p + i * n;

@@ -36,6 +36,8 @@ blas_library load() {
       failures += "\n  " + file + ": has no cblas_sgemm";
       continue;
     }
+    // troupe parallelises on its own worker pool; BLAS threads would compete with it.
+    if (library.set_threads != nullptr) library.set_threads(1);
     return library;
   }
   throw std::runtime_error(

@@ -2,6 +2,8 @@
 
 #include <cblas.h>
 
+#include <algorithm>
+
 #include "kernels/cpu/blas.hpp"
 
 namespace troupe::kernels::cpu {
@@ -14,6 +16,53 @@ void sgemm(const gemm_shape& shape, float alpha, const float* a, const float* b,
                static_cast<int>(shape.n), static_cast<int>(shape.k), alpha, a,
                static_cast<int>(shape.lda), b, static_cast<int>(shape.ldb), beta, c,
                static_cast<int>(shape.ldc));
+}
+
+namespace {
+constexpr std::int64_t row_block = 64, column_block = 256;
+}  // namespace
+
+void sgemm_on_pool(const troupe_thread_pool* pool, const gemm_shape& s, float alpha, const float* a,
+                   const float* b, float beta, float* c) {
+  // NOTES: below about a million multiply-adds a single call beats splitting.
+  const bool small = s.m * s.n * s.k < (std::int64_t{1} << 20);
+  if (pool == nullptr || pool->num_threads <= 1 || small || (s.m <= row_block && s.n <= column_block)) {
+    sgemm(s, alpha, a, b, beta, c);
+    return;
+  }
+  struct job {
+    const gemm_shape* shape;
+    float alpha, beta;
+    const float *a, *b;
+    float* c;
+    bool by_rows;
+  } work{&s, alpha, beta, a, b, c, s.m >= 2 * row_block};
+  const std::int64_t blocks = work.by_rows ? (s.m + row_block - 1) / row_block : (s.n + column_block - 1) / column_block;
+  pool->parallel_for(
+      pool->self, blocks, 1,
+      [](void* arg, std::int64_t begin, std::int64_t end) {
+        const auto& w = *static_cast<const job*>(arg);
+        const gemm_shape& full = *w.shape;
+        for (std::int64_t block = begin; block < end; ++block) {
+          gemm_shape part = full;
+          const float* a_part = w.a;
+          const float* b_part = w.b;
+          float* c_part = w.c;
+          if (w.by_rows) {
+            const std::int64_t first = block * row_block;
+            part.m = std::min(row_block, full.m - first);
+            a_part += full.transpose_a ? first : first * full.lda;
+            c_part += first * full.ldc;
+          } else {
+            const std::int64_t first = block * column_block;
+            part.n = std::min(column_block, full.n - first);
+            b_part += full.transpose_b ? first * full.ldb : first;
+            c_part += first;
+          }
+          sgemm(part, w.alpha, a_part, b_part, w.beta, c_part);
+        }
+      },
+      &work);
 }
 
 void set_blas_threads(int threads) {

@@ -104,8 +104,8 @@ double balance_loss_forward(const router_shape& r, const float* scores, const st
     for (std::int64_t t = 0; t < length; ++t) {
       const float* row = s + t * r.experts;
       double z = 0.0;
-      for (std::int64_t e = 0; e < r.experts; ++e) z += row[e];
-      for (std::int64_t e = 0; e < r.experts; ++e) p[static_cast<std::size_t>(e)] += row[e] / z;
+      for (std::int64_t e = 0; e < r.experts; ++e) z += static_cast<double>(row[e]);
+      for (std::int64_t e = 0; e < r.experts; ++e) p[static_cast<std::size_t>(e)] += static_cast<double>(row[e]) / z;
     }
     double loss = 0.0;
     for (std::int64_t e = 0; e < r.experts; ++e)
@@ -129,8 +129,8 @@ void balance_loss_backward(const router_shape& r, const float* scores, const std
       float* dl = d_logits + row_index * r.experts;
       double z = 0.0, weighted = 0.0;
       for (std::int64_t e = 0; e < r.experts; ++e) {
-        z += s[e];
-        weighted += f[static_cast<std::size_t>(e)] * s[e];
+        z += static_cast<double>(s[e]);
+        weighted += f[static_cast<std::size_t>(e)] * static_cast<double>(s[e]);
       }
       // s' = s / z: ds_j = c * (f_j - sum_i f_i s_i / z) / z; then through the sigmoid.
       for (std::int64_t e = 0; e < r.experts; ++e) {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cpu/attention.hpp"
+#include "kernels/cpu/gemm.hpp"
 #include "kernels/cpu/linear.hpp"
 #include "kernels/cpu/rmsnorm.hpp"
 #include "kernels/cpu/rope.hpp"

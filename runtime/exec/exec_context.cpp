@@ -39,7 +39,7 @@ const troupe_allocator* runtime_allocator() {
 
 exec_context::exec_context(device where, thread_pool& pool, const troupe_gemm_provider* gemm,
                            void* stream)
-    : where_(where) {
+    : where_(where), pool_(&pool) {
   context_.struct_size = sizeof(troupe_exec_context);
   context_.device = to_dlpack(where);
   context_.stream = stream;

@@ -16,6 +16,7 @@ class exec_context {
 
   const troupe_exec_context* abi() const { return &context_; }
   device where() const { return where_; }
+  thread_pool& pool() const { return *pool_; }
 
   /// Switches the GEMM provider (an FP8 plugin, or back to the default with nullptr).
   void set_gemm_provider(const troupe_gemm_provider* gemm);
@@ -23,6 +24,7 @@ class exec_context {
 
  private:
   device where_;
+  thread_pool* pool_;
   troupe_exec_context context_{};
 };
 

@@ -1,0 +1,84 @@
+#pragma once
+
+// One decoder layer of DeepSeek-V3, as the runtime composes it:
+//   h_mid = h + attention(input_layernorm(h))
+//   h_out = h_mid + ffn(post_attention_layernorm(h_mid))
+// The attention is the attention plugin; the ffn is the moe plugin on MoE layers and the core
+// dense SwiGLU block on the first first_k_dense_replace layers. The multi-token-prediction
+// modules use the same layer as their transformer block.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "runtime/layers/dense_ffn.hpp"
+#include "runtime/model/model_config.hpp"
+#include "runtime/model/parameter_store.hpp"
+#include "runtime/plugin/instance.hpp"
+
+namespace troupe {
+
+/// The plugin libraries a model uses, and the options each role gets.
+struct model_plugins {
+  std::shared_ptr<const plugin_library> attention;
+  std::shared_ptr<const plugin_library> moe;
+  std::shared_ptr<const plugin_library> mtp;
+  std::string attention_options = "{}";
+  std::string moe_options = "{}";
+};
+
+class decoder_layer {
+ public:
+  /// Declares the layer's parameters in `store` under "model.layers.<index>.".
+  decoder_layer(std::int64_t index, bool moe, const model_config& config, const model_plugins& plugins,
+                parameter_store& store);
+
+  /// Binds the plugins to the store's tensors (after the store holds its final values' storage).
+  void bind(parameter_store& store);
+
+  /// h_out for micro-batch `micro_batch`; h_in must stay valid until its backward.
+  tensor forward(const exec_context& context, std::int64_t micro_batch, const tensor& h_in);
+
+  /// The input part returns dL/dh_in; the weight part returns an undefined tensor. `loss_scale`
+  /// weights this layer's balance loss as the total loss does.
+  tensor backward(const exec_context& context, std::int64_t micro_batch, troupe_backward_part part, const tensor& dh_out,
+                  float loss_scale);
+
+  void forget(std::int64_t micro_batch);
+
+  std::int64_t index() const { return index_; }
+  bool is_moe() const { return moe_ != nullptr; }
+  /// Per-expert routed counts and the balance loss of a forwarded micro-batch (MoE layers).
+  const tensor& expert_counts(std::int64_t micro_batch) const;
+  double balance_loss(std::int64_t micro_batch) const;
+
+  layer_instance& attention() { return *attention_; }
+  layer_instance* moe() { return moe_.get(); }
+
+ private:
+  struct saved {
+    tensor h_in, a_in, h_mid, m_in;
+    tensor rstd_in, rstd_post;
+    tensor counts, balance;
+  };
+  const saved& saved_for(std::int64_t micro_batch) const;
+
+  std::int64_t index_;
+  std::string prefix_;
+  std::int64_t hidden_;
+  float eps_;
+  std::unique_ptr<layer_instance> attention_, moe_;
+  std::vector<std::string> attention_names_, moe_names_;
+  std::optional<dense_ffn> dense_;
+  dense_ffn_weights dense_weights_;
+  const float *input_norm_ = nullptr, *post_norm_ = nullptr;
+  float *d_input_norm_ = nullptr, *d_post_norm_ = nullptr;
+  std::map<std::int64_t, saved> saved_;
+};
+
+/// Declares a plugin instance's parameters in `store` under `prefix`; returns their full names.
+std::vector<std::string> declare_parameters(layer_instance& instance, const std::string& prefix, parameter_store& store);
+
+}  // namespace troupe

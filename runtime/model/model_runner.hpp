@@ -1,0 +1,110 @@
+#pragma once
+
+// A DeepSeek-V3 model, or the contiguous slice of it one pipeline stage holds, with forward and
+// backward of micro-batches (several may be in flight). The first slice holds the embedding; the
+// last holds the final norm, the output head and the multi-token-prediction modules.
+//
+// Losses, per micro-batch: the main cross-entropy (mean over labelled positions), the MTP loss
+// lambda/D * sum_k CE_k, and the MoE layers' balance losses; backward differentiates their sum,
+// times a loss scale (1/micro-batches for a step's mean).
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "runtime/model/decoder_layer.hpp"
+#include "runtime/model/model_config.hpp"
+#include "runtime/model/parameter_store.hpp"
+
+namespace troupe {
+
+/// Which part of the model a runner holds.
+struct model_slice {
+  std::int64_t first_layer = 0;
+  std::int64_t end_layer = -1;  ///< one past the last layer; -1: num_hidden_layers
+  bool embedding = true;        ///< the token embedding (first stage)
+  bool head = true;             ///< final norm, output head and MTP modules (last stage)
+};
+
+struct model_options {
+  double mtp_weight = 0.3;  ///< lambda
+  bool mtp = true;          ///< build the MTP modules (inference of the main model does without)
+};
+
+/// A micro-batch's input.
+struct model_batch {
+  tensor tokens;   ///< i32 [batch, length]: the embedding's input and the MTP modules' (needed by both ends)
+  tensor targets;  ///< i32 [batch, length], target[i] = token[i+1], -1 unlabelled; undefined: no loss
+  tensor hidden;   ///< f32 [batch, length, hidden]: the previous stage's output (when !embedding)
+};
+
+struct model_output {
+  tensor hidden;              ///< [batch, length, hidden] for the next stage (when !head)
+  tensor logits;              ///< [batch, length, vocab] (when head and keep_logits)
+  std::vector<tensor> mtp_logits;  ///< per MTP depth (when head and keep_logits)
+  double loss = 0.0;          ///< main cross-entropy, mean over labelled positions
+  double mtp_loss = 0.0;      ///< lambda/D * sum of the depths' mean cross-entropies
+  double balance_loss = 0.0;  ///< sum over this slice's MoE layers
+  std::vector<std::int64_t> moe_layers;  ///< layer index of each entry below
+  std::vector<tensor> expert_counts;     ///< i64 [n_routed_experts] per MoE layer (MTP blocks included)
+  double total() const { return loss + mtp_loss + balance_loss; }
+};
+
+class model_runner {
+ public:
+  model_runner(const model_config& config, model_slice slice, model_plugins plugins, model_options options = {});
+  model_runner(const model_runner&) = delete;
+  model_runner& operator=(const model_runner&) = delete;
+
+  const model_config& config() const { return config_; }
+  const model_slice& slice() const { return slice_; }
+  parameter_store& parameters() { return store_; }
+
+  model_output forward(const exec_context& context, std::int64_t micro_batch, const model_batch& batch,
+                       bool keep_logits = false);
+
+  /// Backward of loss_scale * total loss. `d_hidden` is dL/d(output hidden) from the next stage
+  /// (when !head). Returns dL/d(input hidden) when !embedding, else an undefined tensor.
+  tensor backward(const exec_context& context, std::int64_t micro_batch, const tensor& d_hidden, float loss_scale);
+
+  void forget(std::int64_t micro_batch);
+
+  std::vector<decoder_layer*> layers();
+  std::int64_t mtp_depth() const { return static_cast<std::int64_t>(mtp_.size()); }
+
+ private:
+  struct mtp_module {
+    std::unique_ptr<layer_instance> combine;  // the mtp plugin
+    std::vector<std::string> combine_names;
+    std::unique_ptr<decoder_layer> block;
+    std::string norm_name;                    // shared_head.norm
+  };
+  struct mtp_saved {
+    tensor tokens, targets, embedded, combined, h_out, normed, rstd, logits;
+    std::int64_t labelled = 0;
+  };
+  struct saved {
+    model_batch batch;
+    std::vector<tensor> layer_inputs;  // h entering each layer (and the final output last)
+    tensor normed, rstd, logits;       // final norm and head
+    std::int64_t labelled = 0;
+    std::vector<mtp_saved> mtp;
+  };
+
+  model_config config_;
+  model_slice slice_;
+  model_plugins plugins_;
+  model_options options_;
+  parameter_store store_;
+  std::vector<std::unique_ptr<decoder_layer>> layers_;
+  std::vector<mtp_module> mtp_;
+  std::map<std::int64_t, saved> saved_;
+};
+
+/// The plugin libraries a model needs, loaded from the registry by name ("mla", "moe", "mtp").
+model_plugins load_model_plugins(plugin_registry& registry, const model_config& config,
+                                 const std::string& attention = "mla", const std::string& moe = "moe",
+                                 const std::string& mtp = "mtp");
+
+}  // namespace troupe

@@ -1,0 +1,131 @@
+#include "runtime/model/parameter_store.hpp"
+
+#include <cstring>
+#include <random>
+
+#include <fmt/ranges.h>
+
+#include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "runtime/core/error.hpp"
+
+namespace troupe {
+
+parameter& parameter_store::add(const std::string& name, const parameter_spec& spec) {
+  auto [it, inserted] = parameters_.try_emplace(name);
+  if (!inserted) fail("parameter '{}' is declared twice", name);
+  parameter& p = it->second;
+  p.name = name;
+  p.spec = spec;
+  p.value = tensor::zeros(dtype::f32, spec.shape);
+  if (!spec.buffer()) p.grad = tensor::zeros(dtype::f32, spec.shape);
+  order_.push_back(&p);
+  return p;
+}
+
+parameter* parameter_store::find(const std::string& name) {
+  auto it = parameters_.find(name);
+  return it == parameters_.end() ? nullptr : &it->second;
+}
+
+const parameter* parameter_store::find(const std::string& name) const {
+  auto it = parameters_.find(name);
+  return it == parameters_.end() ? nullptr : &it->second;
+}
+
+parameter& parameter_store::at(const std::string& name) {
+  parameter* p = find(name);
+  if (p == nullptr) fail("no parameter named '{}'", name);
+  return *p;
+}
+
+std::int64_t parameter_store::element_count() const {
+  std::int64_t count = 0;
+  for (const parameter* p : order_) count += p->value.numel();
+  return count;
+}
+
+namespace {
+
+/// FNV-1a: a stable hash of a parameter name.
+std::uint64_t name_hash(const std::string& name) {
+  std::uint64_t hash = 1469598103934665603ull;
+  for (unsigned char c : name) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+}  // namespace
+
+void parameter_store::initialize(std::uint64_t seed) {
+  for (parameter* p : order_) {
+    float* data = p->value.data_as<float>();
+    const std::int64_t n = p->value.numel();
+    std::mt19937_64 rng(seed ^ name_hash(p->name));
+    switch (p->spec.init) {
+      case TROUPE_INIT_ZEROS: std::fill_n(data, n, 0.0f); break;
+      case TROUPE_INIT_ONES: std::fill_n(data, n, 1.0f); break;
+      case TROUPE_INIT_NORMAL: {
+        std::normal_distribution<float> normal(0.0f, p->spec.init_scale);
+        for (std::int64_t i = 0; i < n; ++i) data[i] = normal(rng);
+        break;
+      }
+      case TROUPE_INIT_UNIFORM: {
+        std::uniform_real_distribution<float> uniform(-p->spec.init_scale, p->spec.init_scale);
+        for (std::int64_t i = 0; i < n; ++i) data[i] = uniform(rng);
+        break;
+      }
+    }
+  }
+}
+
+void parameter_store::load(const hf_checkpoint& checkpoint) {
+  std::vector<std::string> missing, mismatched;
+  for (parameter* p : order_) {
+    if (!checkpoint.contains(p->name)) {
+      missing.push_back(p->name);
+      continue;
+    }
+    const auto& stored = checkpoint.entry(p->name);
+    if (stored.shape != p->spec.shape) {
+      mismatched.push_back(fmt::format("{} is [{}] in the checkpoint, the model needs [{}]", p->name,
+                                       fmt::join(stored.shape, ", "), fmt::join(p->spec.shape, ", ")));
+      continue;
+    }
+    p->value.copy_from(checkpoint.read_f32(p->name));
+  }
+  if (!missing.empty() || !mismatched.empty()) {
+    std::string message = fmt::format("{}: the checkpoint does not fit the model", checkpoint.directory().string());
+    if (!missing.empty())
+      message += fmt::format("; missing {} tensor{}: {}{}", missing.size(), missing.size() == 1 ? "" : "s",
+                             fmt::join(missing.begin(), missing.begin() + std::min<std::size_t>(missing.size(), 8), ", "),
+                             missing.size() > 8 ? ", ..." : "");
+    if (!mismatched.empty()) message += fmt::format("; {}", fmt::join(mismatched, "; "));
+    throw checkpoint_error(message);
+  }
+}
+
+void parameter_store::zero_grads() {
+  for (parameter* p : order_)
+    if (p->grad.defined()) std::memset(p->grad.data(), 0, p->grad.nbytes());
+}
+
+std::vector<std::pair<std::string, tensor>> parameter_store::named_values() const {
+  std::vector<std::pair<std::string, tensor>> out;
+  for (const parameter* p : order_) out.emplace_back(p->name, p->value);
+  return out;
+}
+
+std::pair<std::vector<tensor>, std::vector<tensor>> bound_tensors(parameter_store& store,
+                                                                  const std::vector<std::string>& names) {
+  std::vector<tensor> values, grads;
+  for (const auto& name : names) {
+    parameter& p = store.at(name);
+    values.push_back(p.value);
+    grads.push_back(p.grad);
+  }
+  return {values, grads};
+}
+
+}  // namespace troupe

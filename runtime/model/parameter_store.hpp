@@ -1,0 +1,62 @@
+#pragma once
+
+// The parameters of a model (or of the slice of it a pipeline stage holds), owned by the runtime:
+// one f32 tensor per parameter and one for its gradient, under its checkpoint name
+// ("model.layers.3.self_attn.kv_b_proj.weight"). Plugins declare theirs; core layers add theirs.
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "runtime/plugin/instance.hpp"
+#include "runtime/tensor/tensor.hpp"
+
+namespace troupe {
+
+class hf_checkpoint;
+
+struct parameter {
+  std::string name;
+  parameter_spec spec;
+  tensor value;
+  tensor grad;  ///< undefined for buffers (not optimised)
+};
+
+class parameter_store {
+ public:
+  /// Allocates a parameter (zeros) and its gradient. Throws troupe::error on a duplicate name.
+  parameter& add(const std::string& name, const parameter_spec& spec);
+
+  parameter* find(const std::string& name);
+  const parameter* find(const std::string& name) const;
+  parameter& at(const std::string& name);
+
+  /// In declaration order.
+  const std::vector<parameter*>& all() const { return order_; }
+  std::int64_t element_count() const;
+
+  /// Fills every parameter from its spec's initialisation with an RNG seeded from (seed, name):
+  /// the result does not depend on which parameters a process holds or in which order.
+  void initialize(std::uint64_t seed);
+
+  /// Loads every parameter from the checkpoint, converting to f32. Throws checkpoint_error naming
+  /// each missing tensor or shape mismatch.
+  void load(const hf_checkpoint& checkpoint);
+
+  void zero_grads();
+
+  /// (name, value) pairs for writing a checkpoint.
+  std::vector<std::pair<std::string, tensor>> named_values() const;
+
+ private:
+  std::map<std::string, parameter> parameters_;
+  std::vector<parameter*> order_;
+};
+
+/// The plugin tensors of `names` from `store`, in order (params and grads), for layer_instance::bind.
+std::pair<std::vector<tensor>, std::vector<tensor>> bound_tensors(parameter_store& store,
+                                                                  const std::vector<std::string>& names);
+
+}  // namespace troupe

@@ -10,6 +10,10 @@
 #include <filesystem>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
+#include "tests/support/fixtures.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -126,6 +130,31 @@ TEST(Cli, PluginsListShowsGoodAndBrokenLibraries) {
   auto through_environment = run("plugins list", "TROUPE_PLUGIN_PATH=" + dir);
   expect_contains(through_environment, "TROUPE_PLUGIN_PATH");
   expect_contains(through_environment, "test-attention");
+}
+
+TEST(Cli, LogitsWritesWhatTransformersComputes) {
+  const std::string model = source("tests/fixtures/models/yarn");
+  std::ifstream in(model + "/reference.json");
+  const auto reference = nlohmann::json::parse(in);
+  std::string tokens;
+  for (const auto& t : reference["tokens"])
+    tokens += (tokens.empty() ? "" : ",") + std::to_string(t.get<int>());
+  const fs::path out = fs::temp_directory_path() / "troupe-cli-logits.bin";
+  auto result = run("logits --model " + model + " --tokens " + tokens + " --out " + out.string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto expected = troupe::testing::read_floats(model + "/logits.bin");
+  const auto got = troupe::testing::read_floats(out);
+  ASSERT_EQ(got.size(), expected.size());
+  EXPECT_LE(troupe::testing::max_relative_error(got.data(), expected.data(), got.size()), 1e-4);
+  auto summary = run("logits --model " + model + " --tokens 5,17,42");
+  EXPECT_EQ(summary.exit_code, 0) << summary.output;
+  expect_contains(summary, "3 positions x 96 logits");
+  auto bad_token = run("logits --model " + model + " --tokens 5,96");
+  EXPECT_EQ(bad_token.exit_code, 1);
+  expect_contains(bad_token, "'96' is not a token id in [0, 96)");
+  auto not_a_model = run("logits --model " + source("topologies") + " --tokens 1");
+  EXPECT_EQ(not_a_model.exit_code, 1);
+  expect_contains(not_a_model, "no config.json");
 }
 
 TEST(Cli, TopoKeysPrintsTheReference) {

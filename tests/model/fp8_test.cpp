@@ -33,14 +33,16 @@ std::vector<float> random_matrix(std::int64_t rows, std::int64_t cols, std::uint
   for (auto& v : m) v = normal(rng);
   // Rows of very different magnitude: per-tile scales must follow them.
   for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t c = 0; c < cols; ++c) m[static_cast<std::size_t>(r * cols + c)] *= std::pow(4.0f, static_cast<float>(r % 5) - 2.0f);
+    for (std::int64_t c = 0; c < cols; ++c)
+      m[static_cast<std::size_t>(r * cols + c)] *= std::pow(4.0f, static_cast<float>(r % 5) - 2.0f);
   return m;
 }
 
 /// Reference: element (r, c) belongs to tile (r / tile_rows, c / tile_cols); its scale comes from
 /// that tile's largest magnitude over the real elements.
-std::vector<float> reference_round_trip(const std::vector<float>& in, std::int64_t rows, std::int64_t cols,
-                                        std::int64_t tile_rows, std::int64_t tile_cols) {
+std::vector<float> reference_round_trip(const std::vector<float>& in, std::int64_t rows,
+                                        std::int64_t cols, std::int64_t tile_rows,
+                                        std::int64_t tile_cols) {
   std::vector<float> out(in.size());
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t c = 0; c < cols; ++c) {
@@ -51,7 +53,8 @@ std::vector<float> reference_round_trip(const std::vector<float>& in, std::int64
           amax = std::max(amax, std::fabs(in[static_cast<std::size_t>(i * cols + j)]));
       amax = std::max(amax, 1e-4f);
       const float x = in[static_cast<std::size_t>(r * cols + c)];
-      out[static_cast<std::size_t>(r * cols + c)] = e4m3_to_float(float_to_e4m3(x * (448.0f / amax))) * (amax / 448.0f);
+      out[static_cast<std::size_t>(r * cols + c)] =
+          e4m3_to_float(float_to_e4m3(x * (448.0f / amax))) * (amax / 448.0f);
     }
   }
   return out;
@@ -74,7 +77,8 @@ TEST(Fp8Quantization, TilesAndBlocksMatchThePerElementReference) {
   k::fp8_dequantize_blocks(codes.data(), scale_inv.data(), rows, cols, decoded.data());
   EXPECT_EQ(decoded, out);
   // E4M3 keeps 3 mantissa bits: every value within 1/16 of itself, or of the tile's scale.
-  for (std::size_t i = 0; i < in.size(); ++i) EXPECT_LE(std::fabs(out[i] - in[i]), std::fabs(in[i]) / 16.0f + 1e-2f);
+  for (std::size_t i = 0; i < in.size(); ++i)
+    EXPECT_LE(std::fabs(out[i] - in[i]), std::fabs(in[i]) / 16.0f + 1e-2f);
 }
 
 class Fp8Gemm : public ::testing::Test {
@@ -85,36 +89,44 @@ class Fp8Gemm : public ::testing::Test {
   }
 
   /// C = op(A) op(B) through the FP8 provider and in FP32, for the operand layout of `pass`.
-  void check(troupe_gemm_pass pass, bool ta, bool tb, int weight_operand, std::int64_t m, std::int64_t n,
-             std::int64_t kdim) {
-    const std::int64_t a_rows = ta ? kdim : m, a_cols = ta ? m : kdim, b_rows = tb ? n : kdim, b_cols = tb ? kdim : n;
-    tensor a = tensor::empty(dtype::f32, {a_rows, a_cols}), b = tensor::empty(dtype::f32, {b_rows, b_cols});
+  void check(troupe_gemm_pass pass, bool ta, bool tb, int weight_operand, std::int64_t m,
+             std::int64_t n, std::int64_t kdim) {
+    const std::int64_t a_rows = ta ? kdim : m, a_cols = ta ? m : kdim, b_rows = tb ? n : kdim,
+                       b_cols = tb ? kdim : n;
+    tensor a = tensor::empty(dtype::f32, {a_rows, a_cols}),
+           b = tensor::empty(dtype::f32, {b_rows, b_cols});
     const auto av = random_matrix(a_rows, a_cols, 2), bv = random_matrix(b_rows, b_cols, 3);
     std::copy(av.begin(), av.end(), a.data_as<float>());
     std::copy(bv.begin(), bv.end(), b.data_as<float>());
     tensor c8 = tensor::zeros(dtype::f32, {m, n}), c32 = tensor::zeros(dtype::f32, {m, n});
     DLTensor at = a.dl_view(), bt = b.dl_view(), ct = c8.dl_view();
-    const troupe_gemm_call call{sizeof(troupe_gemm_call), &at, &bt, &ct, ta, tb, 1.0f, 0.0f, pass, weight_operand};
+    const troupe_gemm_call call{
+        sizeof(troupe_gemm_call), &at, &bt, &ct, ta, tb, 1.0f, 0.0f, pass, weight_operand};
     exec_context fp8(device::cpu(), pool_, fp8_->provider());
     run_gemm(fp8, call);
     // FP32 reference, and the exact emulation: FP32 on the reference-quantised operands.
     const k::gemm_shape shape{ta, tb, m, n, kdim, a_cols, b_cols, n};
     k::sgemm(shape, 1.0f, av.data(), bv.data(), 0.0f, c32.data_as<float>());
     // Tiles run along K: down the rows of a transposed A and of a plain B.
-    const auto aq = weight_operand == 1 ? reference_round_trip(av, a_rows, a_cols, 128, 128)
-                                        : reference_round_trip(av, a_rows, a_cols, ta ? 128 : 1, ta ? 1 : 128);
-    const auto bq = weight_operand == 2 ? reference_round_trip(bv, b_rows, b_cols, 128, 128)
-                                        : reference_round_trip(bv, b_rows, b_cols, tb ? 1 : 128, tb ? 128 : 1);
+    const auto aq = weight_operand == 1
+                        ? reference_round_trip(av, a_rows, a_cols, 128, 128)
+                        : reference_round_trip(av, a_rows, a_cols, ta ? 128 : 1, ta ? 1 : 128);
+    const auto bq = weight_operand == 2
+                        ? reference_round_trip(bv, b_rows, b_cols, 128, 128)
+                        : reference_round_trip(bv, b_rows, b_cols, tb ? 1 : 128, tb ? 128 : 1);
     std::vector<float> emulated(static_cast<std::size_t>(m * n));
     k::sgemm(shape, 1.0f, aq.data(), bq.data(), 0.0f, emulated.data());
     const auto count = static_cast<std::size_t>(m * n);
-    EXPECT_LE(troupe::testing::max_relative_error(c8.data_as<float>(), emulated.data(), count), 1e-5)
+    EXPECT_LE(troupe::testing::max_relative_error(c8.data_as<float>(), emulated.data(), count),
+              1e-5)
         << "the provider quantises a different tiling than the recipe";
-    const double diff = troupe::testing::diff_metric(c8.data_as<float>(), c32.data_as<float>(), count);
+    const double diff =
+        troupe::testing::diff_metric(c8.data_as<float>(), c32.data_as<float>(), count);
     EXPECT_LT(diff, 1e-3);
     EXPECT_GT(diff, 0.0);
     std::printf("[ fp8 ] pass %d (%lld x %lld x %lld): diff vs FP32 %.3g\n", static_cast<int>(pass),
-                static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(kdim), diff);
+                static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(kdim),
+                diff);
   }
 
   plugin_registry registry_;
@@ -141,19 +153,22 @@ TEST(Fp8Model, LogitsAndGradientsStayCloseToFp32) {
   gemm_instance provider(registry.load("fp8", {plugin_kind::gemm}), {});
   thread_pool pool(2);
   exec_context context32(device::cpu(), pool), context8(device::cpu(), pool, provider.provider());
-  const auto tokens = troupe::testing::read_json(directory / "reference.json")["tokens"].get<std::vector<std::int32_t>>();
+  const auto tokens = troupe::testing::read_json(directory / "reference.json")["tokens"]
+                          .get<std::vector<std::int32_t>>();
   const auto length = static_cast<std::int64_t>(tokens.size());
   model_batch batch;
   batch.tokens = tensor::empty(dtype::i32, {1, length});
   batch.targets = tensor::empty(dtype::i32, {1, length});
   for (std::int64_t i = 0; i < length; ++i) {
     batch.tokens.data_as<std::int32_t>()[i] = tokens[static_cast<std::size_t>(i)];
-    batch.targets.data_as<std::int32_t>()[i] = i + 1 < length ? tokens[static_cast<std::size_t>(i + 1)] : -1;
+    batch.targets.data_as<std::int32_t>()[i] =
+        i + 1 < length ? tokens[static_cast<std::size_t>(i + 1)] : -1;
   }
   const auto out32 = fp32.forward(context32, 0, batch, true);
   const auto out8 = fp8.forward(context8, 0, batch, true);
-  const double logit_diff = troupe::testing::diff_metric(out8.logits.data_as<float>(), out32.logits.data_as<float>(),
-                                                         static_cast<std::size_t>(out32.logits.numel()));
+  const double logit_diff =
+      troupe::testing::diff_metric(out8.logits.data_as<float>(), out32.logits.data_as<float>(),
+                                   static_cast<std::size_t>(out32.logits.numel()));
   fp32.backward(context32, 0, tensor(), 1.0f);
   fp8.backward(context8, 0, tensor(), 1.0f);
   // The gradients as one vector: single tensors that only a few routed tokens reach (MTP-block
@@ -170,8 +185,10 @@ TEST(Fp8Model, LogitsAndGradientsStayCloseToFp32) {
   EXPECT_LT(logit_diff, 5e-3);
   EXPECT_LT(loss_error, 1e-2);
   EXPECT_LT(gradient_diff, 2e-2);
-  std::printf("[ fp8 ] tiny model: logits diff %.3g, loss %.6f vs %.6f (%.3g relative), gradients diff %.3g\n",
-              logit_diff, out8.loss, out32.loss, loss_error, gradient_diff);
+  std::printf(
+      "[ fp8 ] tiny model: logits diff %.3g, loss %.6f vs %.6f (%.3g relative), gradients diff "
+      "%.3g\n",
+      logit_diff, out8.loss, out32.loss, loss_error, gradient_diff);
 }
 
 }  // namespace

@@ -11,13 +11,14 @@ namespace {
 
 /// scores[L, L] = scale * Q K^T.
 void scores_of(const attention_shape& s, const float* q, const float* k, float* scores) {
-  sgemm({false, true, s.length, s.length, s.qk_dim, s.ldq, s.ldk, s.length}, s.scale, q, k, 0.0f, scores);
+  sgemm({false, true, s.length, s.length, s.qk_dim, s.ldq, s.ldk, s.length}, s.scale, q, k, 0.0f,
+        scores);
 }
 
 }  // namespace
 
-void causal_attention_forward(const attention_shape& s, const float* q, const float* k, const float* v, float* o,
-                              float* lse, float* scratch) {
+void causal_attention_forward(const attention_shape& s, const float* q, const float* k,
+                              const float* v, float* o, float* lse, float* scratch) {
   const std::int64_t n = s.length;
   float* p = scratch;
   scores_of(s, q, k, p);
@@ -38,9 +39,9 @@ void causal_attention_forward(const attention_shape& s, const float* q, const fl
   sgemm({false, false, n, s.v_dim, n, n, s.ldv, s.ldo}, 1.0f, p, v, 0.0f, o);
 }
 
-void causal_attention_backward(const attention_shape& s, const float* q, const float* k, const float* v,
-                               const float* o, const float* d_o, const float* lse, float* dq, float* dk, float* dv,
-                               float* scratch) {
+void causal_attention_backward(const attention_shape& s, const float* q, const float* k,
+                               const float* v, const float* o, const float* d_o, const float* lse,
+                               float* dq, float* dk, float* dv, float* scratch) {
   const std::int64_t n = s.length;
   float* p = scratch;
   float* dp = scratch + n * n;
@@ -56,7 +57,8 @@ void causal_attention_backward(const attention_shape& s, const float* q, const f
   // dScores = P * (dP - rowsum(dO * O)), then the scale goes into dQ and dK.
   for (std::int64_t i = 0; i < n; ++i) {
     double dot = 0.0;
-    for (std::int64_t c = 0; c < s.v_dim; ++c) dot += static_cast<double>(d_o[i * s.ldo + c]) * static_cast<double>(o[i * s.ldo + c]);
+    for (std::int64_t c = 0; c < s.v_dim; ++c)
+      dot += static_cast<double>(d_o[i * s.ldo + c]) * static_cast<double>(o[i * s.ldo + c]);
     const auto delta = static_cast<float>(dot);
     float* dp_row = dp + i * n;
     const float* p_row = p + i * n;

@@ -46,7 +46,8 @@ void cross_entropy_backward(const float* logits, const std::int32_t* targets, st
       continue;
     }
     const double lse = logsumexp(row, vocab);
-    for (std::int64_t v = 0; v < vocab; ++v) d[v] = scale * static_cast<float>(std::exp(static_cast<double>(row[v]) - lse));
+    for (std::int64_t v = 0; v < vocab; ++v)
+      d[v] = scale * static_cast<float>(std::exp(static_cast<double>(row[v]) - lse));
     d[targets[r]] -= scale;
   }
 }

@@ -18,8 +18,8 @@ void fp8_round_trip_row_tiles(const float* in, std::int64_t ld_in, float* out, s
                               std::int64_t rows, std::int64_t cols);
 
 /// The same with 128x1 tiles down each column (the reduction dimension is the rows).
-void fp8_round_trip_column_tiles(const float* in, std::int64_t ld_in, float* out, std::int64_t ld_out,
-                                 std::int64_t rows, std::int64_t cols);
+void fp8_round_trip_column_tiles(const float* in, std::int64_t ld_in, float* out,
+                                 std::int64_t ld_out, std::int64_t rows, std::int64_t cols);
 
 /// The same with one scale per 128x128 block (weights).
 void fp8_round_trip_blocks(const float* in, std::int64_t ld_in, float* out, std::int64_t ld_out,

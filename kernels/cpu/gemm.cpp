@@ -26,7 +26,8 @@ void sgemm_on_pool(const troupe_thread_pool* pool, const gemm_shape& s, float al
                    const float* b, float beta, float* c) {
   // NOTES: below about a million multiply-adds a single call beats splitting.
   const bool small = s.m * s.n * s.k < (std::int64_t{1} << 20);
-  if (pool == nullptr || pool->num_threads <= 1 || small || (s.m <= row_block && s.n <= column_block)) {
+  if (pool == nullptr || pool->num_threads <= 1 || small ||
+      (s.m <= row_block && s.n <= column_block)) {
     sgemm(s, alpha, a, b, beta, c);
     return;
   }
@@ -37,7 +38,8 @@ void sgemm_on_pool(const troupe_thread_pool* pool, const gemm_shape& s, float al
     float* c;
     bool by_rows;
   } work{&s, alpha, beta, a, b, c, s.m >= 2 * row_block};
-  const std::int64_t blocks = work.by_rows ? (s.m + row_block - 1) / row_block : (s.n + column_block - 1) / column_block;
+  const std::int64_t blocks =
+      work.by_rows ? (s.m + row_block - 1) / row_block : (s.n + column_block - 1) / column_block;
   pool->parallel_for(
       pool->self, blocks, 1,
       [](void* arg, std::int64_t begin, std::int64_t end) {

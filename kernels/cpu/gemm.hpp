@@ -23,8 +23,8 @@ void sgemm(const gemm_shape& shape, float alpha, const float* a, const float* b,
 /// The same product split over a worker pool: C is cut into fixed blocks (64 rows, or 256
 /// columns when there are few rows) that the pool's threads compute with single-threaded sgemm
 /// calls. The cut does not depend on the number of threads, so results do not either.
-void sgemm_on_pool(const troupe_thread_pool* pool, const gemm_shape& shape, float alpha, const float* a,
-                   const float* b, float beta, float* c);
+void sgemm_on_pool(const troupe_thread_pool* pool, const gemm_shape& shape, float alpha,
+                   const float* a, const float* b, float beta, float* c);
 
 /// Number of threads OpenBLAS uses inside one call. troupe keeps it at 1 (set when the library is
 /// loaded) and parallelises on its own worker pool instead, so BLAS threads never compete with

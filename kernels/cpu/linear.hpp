@@ -19,19 +19,21 @@ struct matrix_view {
 };
 
 /// C = alpha op(A) op(B) + beta C through the provider, on 2-D row-major f32 matrices.
-troupe_status provider_gemm(const troupe_exec_context* context, troupe_gemm_pass pass, int weight_operand,
-                            bool transpose_a, matrix_view a, bool transpose_b, matrix_view b, float* c,
-                            std::int64_t c_rows, std::int64_t c_cols, std::int64_t ldc, float beta,
-                            troupe_error* error);
+troupe_status provider_gemm(const troupe_exec_context* context, troupe_gemm_pass pass,
+                            int weight_operand, bool transpose_a, matrix_view a, bool transpose_b,
+                            matrix_view b, float* c, std::int64_t c_rows, std::int64_t c_cols,
+                            std::int64_t ldc, float beta, troupe_error* error);
 
 troupe_status linear_forward(const troupe_exec_context* context, const float* x, std::int64_t ldx,
                              const float* weight, float* y, std::int64_t ldy, std::int64_t rows,
-                             std::int64_t in, std::int64_t out, bool accumulate, troupe_error* error);
+                             std::int64_t in, std::int64_t out, bool accumulate,
+                             troupe_error* error);
 
 /// dx may be null (no input gradient wanted); dweight may be null (frozen weight).
-troupe_status linear_backward(const troupe_exec_context* context, const float* dy, std::int64_t lddy,
-                              const float* x, std::int64_t ldx, const float* weight, float* dx,
-                              std::int64_t lddx, float* dweight, std::int64_t rows, std::int64_t in,
-                              std::int64_t out, troupe_error* error);
+troupe_status linear_backward(const troupe_exec_context* context, const float* dy,
+                              std::int64_t lddy, const float* x, std::int64_t ldx,
+                              const float* weight, float* dx, std::int64_t lddx, float* dweight,
+                              std::int64_t rows, std::int64_t in, std::int64_t out,
+                              troupe_error* error);
 
 }  // namespace troupe::kernels

@@ -13,8 +13,10 @@ void rmsnorm_forward(const float* x, const float* weight, float* y, float* rstd,
     // bits in float, and transformers computes this reduction in float32 over a tree order
     // we cannot reproduce anyway; double keeps us within float rounding of the exact value.
     double sum = 0.0;
-    for (std::int64_t i = 0; i < dim; ++i) sum += static_cast<double>(xr[i]) * static_cast<double>(xr[i]);
-    const float inverse = static_cast<float>(1.0 / std::sqrt(sum / static_cast<double>(dim) + static_cast<double>(eps)));
+    for (std::int64_t i = 0; i < dim; ++i)
+      sum += static_cast<double>(xr[i]) * static_cast<double>(xr[i]);
+    const float inverse = static_cast<float>(
+        1.0 / std::sqrt(sum / static_cast<double>(dim) + static_cast<double>(eps)));
     for (std::int64_t i = 0; i < dim; ++i) yr[i] = weight[i] * (xr[i] * inverse);
     if (rstd != nullptr) rstd[r] = inverse;
   }
@@ -29,7 +31,8 @@ void rmsnorm_backward(const float* dy, const float* x, const float* weight, cons
     const float inverse = rstd[r];
     // With n = x * inverse: dL/dx = inverse * (weight*dy - n * mean(weight*dy * n)).
     double dot = 0.0;
-    for (std::int64_t i = 0; i < dim; ++i) dot += static_cast<double>(weight[i] * dyr[i]) * static_cast<double>(xr[i] * inverse);
+    for (std::int64_t i = 0; i < dim; ++i)
+      dot += static_cast<double>(weight[i] * dyr[i]) * static_cast<double>(xr[i] * inverse);
     const float mean_dot = static_cast<float>(dot / static_cast<double>(dim));
     for (std::int64_t i = 0; i < dim; ++i) {
       const float normalized = xr[i] * inverse;

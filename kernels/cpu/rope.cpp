@@ -6,7 +6,8 @@
 
 namespace troupe::kernels::cpu {
 
-std::vector<float> rope_inverse_frequencies(std::int64_t dim, double theta, const yarn_parameters* yarn) {
+std::vector<float> rope_inverse_frequencies(std::int64_t dim, double theta,
+                                            const yarn_parameters* yarn) {
   const auto half = static_cast<std::size_t>(dim / 2);
   // NOTES: float32 throughout, in the order transformers computes it
   // (pos_freqs = base ** (arange(0, dim, 2) / dim)), so the angles match the reference bit for
@@ -20,7 +21,8 @@ std::vector<float> rope_inverse_frequencies(std::int64_t dim, double theta, cons
   if (yarn == nullptr || yarn->factor <= 1.0) return inv;
   auto correction_dim = [&](double rotations) {
     return (static_cast<double>(dim) *
-            std::log(static_cast<double>(yarn->original_max_position_embeddings) / (rotations * 2 * std::numbers::pi))) /
+            std::log(static_cast<double>(yarn->original_max_position_embeddings) /
+                     (rotations * 2 * std::numbers::pi))) /
            (2 * std::log(theta));
   };
   const double low = std::max(std::floor(correction_dim(yarn->beta_fast)), 0.0);
@@ -28,17 +30,19 @@ std::vector<float> rope_inverse_frequencies(std::int64_t dim, double theta, cons
   if (low == high) high += 0.001;
   const auto factor = static_cast<float>(yarn->factor);
   for (std::size_t i = 0; i < half; ++i) {
-    const float ramp = std::clamp((static_cast<float>(i) - static_cast<float>(low)) / static_cast<float>(high - low),
-                                  0.0f, 1.0f);
-    const float extrapolation = 1.0f - ramp;  // 1 keeps the original frequency, 0 divides it by factor
+    const float ramp = std::clamp(
+        (static_cast<float>(i) - static_cast<float>(low)) / static_cast<float>(high - low), 0.0f,
+        1.0f);
+    const float extrapolation =
+        1.0f - ramp;  // 1 keeps the original frequency, 0 divides it by factor
     const float interpolated = 1.0f / (factor * base_powers[i]);
     inv[i] = interpolated * (1.0f - extrapolation) + inv[i] * extrapolation;
   }
   return inv;
 }
 
-void rope_tables(const std::vector<float>& inverse_frequencies, std::int64_t positions, float* cos_table,
-                 float* sin_table) {
+void rope_tables(const std::vector<float>& inverse_frequencies, std::int64_t positions,
+                 float* cos_table, float* sin_table) {
   const auto half = static_cast<std::int64_t>(inverse_frequencies.size());
   for (std::int64_t p = 0; p < positions; ++p) {
     for (std::int64_t i = 0; i < half; ++i) {
@@ -49,8 +53,9 @@ void rope_tables(const std::vector<float>& inverse_frequencies, std::int64_t pos
   }
 }
 
-void rope_rotate(float* x, std::int64_t rows, std::int64_t stride, std::int64_t dim, std::int64_t heads,
-                 std::int64_t length, const float* cos_table, const float* sin_table, int direction) {
+void rope_rotate(float* x, std::int64_t rows, std::int64_t stride, std::int64_t dim,
+                 std::int64_t heads, std::int64_t length, const float* cos_table,
+                 const float* sin_table, int direction) {
   const std::int64_t half = dim / 2;
   const float sign = direction >= 0 ? 1.0f : -1.0f;
   for (std::int64_t r = 0; r < rows; ++r) {

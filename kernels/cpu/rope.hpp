@@ -18,16 +18,18 @@ struct yarn_parameters {
 
 /// inv_freq[i] for i < dim/2: theta^(-2i/dim), blended towards inv_freq/factor by YaRN's ramp
 /// between the dimensions that rotate beta_fast and beta_slow times in the original context.
-std::vector<float> rope_inverse_frequencies(std::int64_t dim, double theta, const yarn_parameters* yarn);
+std::vector<float> rope_inverse_frequencies(std::int64_t dim, double theta,
+                                            const yarn_parameters* yarn);
 
 /// cos and sin tables [positions, dim/2] for positions [0, positions).
-void rope_tables(const std::vector<float>& inverse_frequencies, std::int64_t positions, float* cos_table,
-                 float* sin_table);
+void rope_tables(const std::vector<float>& inverse_frequencies, std::int64_t positions,
+                 float* cos_table, float* sin_table);
 
 /// Rotates `rows` vectors of `dim` values in place; row r sits at position positions_of(r):
 /// row r of a [sequences, length, heads, ...] layout has position (r / heads) % length. `stride`
 /// is the distance between rows. direction +1 forward, -1 for the backward (inverse rotation).
-void rope_rotate(float* x, std::int64_t rows, std::int64_t stride, std::int64_t dim, std::int64_t heads,
-                 std::int64_t length, const float* cos_table, const float* sin_table, int direction);
+void rope_rotate(float* x, std::int64_t rows, std::int64_t stride, std::int64_t dim,
+                 std::int64_t heads, std::int64_t length, const float* cos_table,
+                 const float* sin_table, int direction);
 
 }  // namespace troupe::kernels::cpu

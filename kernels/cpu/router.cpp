@@ -38,16 +38,20 @@ void router_forward(const router_shape& r, const float* logits, const float* bia
     std::iota(order.begin(), order.begin() + r.groups, 0);
     std::partial_sort(order.begin(), order.begin() + r.topk_groups, order.begin() + r.groups,
                       [&](std::int32_t a, std::int32_t b) {
-                        return group_score[static_cast<std::size_t>(a)] > group_score[static_cast<std::size_t>(b)];
+                        return group_score[static_cast<std::size_t>(a)] >
+                               group_score[static_cast<std::size_t>(b)];
                       });
     std::vector<bool> kept(static_cast<std::size_t>(r.groups), false);
-    for (std::int64_t i = 0; i < r.topk_groups; ++i) kept[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] = true;
+    for (std::int64_t i = 0; i < r.topk_groups; ++i)
+      kept[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] = true;
     for (std::int64_t e = 0; e < r.experts; ++e)
-      if (!kept[static_cast<std::size_t>(e / per_group)]) choice[static_cast<std::size_t>(e)] = -std::numeric_limits<float>::infinity();
+      if (!kept[static_cast<std::size_t>(e / per_group)])
+        choice[static_cast<std::size_t>(e)] = -std::numeric_limits<float>::infinity();
     std::iota(order.begin(), order.begin() + r.experts, 0);
     std::partial_sort(order.begin(), order.begin() + r.topk, order.begin() + r.experts,
                       [&](std::int32_t a, std::int32_t b) {
-                        return choice[static_cast<std::size_t>(a)] > choice[static_cast<std::size_t>(b)];
+                        return choice[static_cast<std::size_t>(a)] >
+                               choice[static_cast<std::size_t>(b)];
                       });
     std::int32_t* chosen = selected + t * r.topk;
     std::copy(order.begin(), order.begin() + r.topk, chosen);
@@ -75,7 +79,8 @@ void router_backward(const router_shape& r, const float* scores, const std::int3
     }
     for (std::int64_t k = 0; k < r.topk; ++k) {
       const float sk = s[chosen[k]];
-      const float d_score = r.normalize ? r.scaling * (dg[k] / z - dot / (z * z)) : r.scaling * dg[k];
+      const float d_score =
+          r.normalize ? r.scaling * (dg[k] / z - dot / (z * z)) : r.scaling * dg[k];
       dl[chosen[k]] += d_score * sk * (1.0f - sk);
     }
   }
@@ -84,18 +89,22 @@ void router_backward(const router_shape& r, const float* scores, const std::int3
 namespace {
 
 /// f_i of one sequence: E/(K*length) * tokens routed to expert i.
-std::vector<double> load_fractions(const router_shape& r, const std::int32_t* selected, std::int64_t length) {
+std::vector<double> load_fractions(const router_shape& r, const std::int32_t* selected,
+                                   std::int64_t length) {
   std::vector<double> f(static_cast<std::size_t>(r.experts), 0.0);
-  for (std::int64_t i = 0; i < length * r.topk; ++i) f[static_cast<std::size_t>(selected[i])] += 1.0;
-  const double factor = static_cast<double>(r.experts) / (static_cast<double>(r.topk) * static_cast<double>(length));
+  for (std::int64_t i = 0; i < length * r.topk; ++i)
+    f[static_cast<std::size_t>(selected[i])] += 1.0;
+  const double factor =
+      static_cast<double>(r.experts) / (static_cast<double>(r.topk) * static_cast<double>(length));
   for (auto& value : f) value *= factor;
   return f;
 }
 
 }  // namespace
 
-double balance_loss_forward(const router_shape& r, const float* scores, const std::int32_t* selected,
-                            std::int64_t sequences, std::int64_t length, double alpha) {
+double balance_loss_forward(const router_shape& r, const float* scores,
+                            const std::int32_t* selected, std::int64_t sequences,
+                            std::int64_t length, double alpha) {
   double total = 0.0;
   for (std::int64_t b = 0; b < sequences; ++b) {
     const float* s = scores + b * length * r.experts;
@@ -105,11 +114,13 @@ double balance_loss_forward(const router_shape& r, const float* scores, const st
       const float* row = s + t * r.experts;
       double z = 0.0;
       for (std::int64_t e = 0; e < r.experts; ++e) z += static_cast<double>(row[e]);
-      for (std::int64_t e = 0; e < r.experts; ++e) p[static_cast<std::size_t>(e)] += static_cast<double>(row[e]) / z;
+      for (std::int64_t e = 0; e < r.experts; ++e)
+        p[static_cast<std::size_t>(e)] += static_cast<double>(row[e]) / z;
     }
     double loss = 0.0;
     for (std::int64_t e = 0; e < r.experts; ++e)
-      loss += f[static_cast<std::size_t>(e)] * p[static_cast<std::size_t>(e)] / static_cast<double>(length);
+      loss += f[static_cast<std::size_t>(e)] * p[static_cast<std::size_t>(e)] /
+              static_cast<double>(length);
     total += alpha * loss;
   }
   return sequences > 0 ? total / static_cast<double>(sequences) : 0.0;
@@ -122,7 +133,8 @@ void balance_loss_backward(const router_shape& r, const float* scores, const std
   for (std::int64_t b = 0; b < sequences; ++b) {
     const auto f = load_fractions(r, selected + b * length * r.topk, length);
     // dL/ds'_{t,i} = c * f_i with c = d_loss * alpha / (length * sequences).
-    const double c = static_cast<double>(d_loss) * alpha / (static_cast<double>(length) * static_cast<double>(sequences));
+    const double c = static_cast<double>(d_loss) * alpha /
+                     (static_cast<double>(length) * static_cast<double>(sequences));
     for (std::int64_t t = 0; t < length; ++t) {
       const std::int64_t row_index = b * length + t;
       const float* s = scores + row_index * r.experts;

@@ -23,8 +23,8 @@ struct router_shape {
 
 /// For `tokens` rows of logits[experts]: scores (sigmoid), selected[topk] (expert ids, ascending)
 /// and gates[topk].
-void router_forward(const router_shape& shape, const float* logits, const float* bias, float* scores,
-                    std::int32_t* selected, float* gates, std::int64_t tokens);
+void router_forward(const router_shape& shape, const float* logits, const float* bias,
+                    float* scores, std::int32_t* selected, float* gates, std::int64_t tokens);
 
 /// d_logits += dL/dlogits through the gates (the selection itself has no gradient).
 void router_backward(const router_shape& shape, const float* scores, const std::int32_t* selected,
@@ -33,13 +33,14 @@ void router_backward(const router_shape& shape, const float* scores, const std::
 /// Sequence-wise balance loss averaged over `sequences` sequences of `length` tokens:
 ///   L = alpha * sum_i f_i P_i,  f_i = E/(K*length) * count of the sequence's tokens routed to i,
 ///   P_i = mean over the sequence of scores_i / sum_j scores_j.
-double balance_loss_forward(const router_shape& shape, const float* scores, const std::int32_t* selected,
-                            std::int64_t sequences, std::int64_t length, double alpha);
+double balance_loss_forward(const router_shape& shape, const float* scores,
+                            const std::int32_t* selected, std::int64_t sequences,
+                            std::int64_t length, double alpha);
 
 /// d_logits += d_loss * dL/dlogits (f_i is a count: no gradient flows through it).
-void balance_loss_backward(const router_shape& shape, const float* scores, const std::int32_t* selected,
-                           std::int64_t sequences, std::int64_t length, double alpha, float d_loss,
-                           float* d_logits);
+void balance_loss_backward(const router_shape& shape, const float* scores,
+                           const std::int32_t* selected, std::int64_t sequences,
+                           std::int64_t length, double alpha, float d_loss, float* d_logits);
 
 /// counts[e] += number of (token, slot) pairs routed to expert e.
 void count_selections(const std::int32_t* selected, std::int64_t pairs, std::int64_t* counts);

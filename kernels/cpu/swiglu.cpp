@@ -5,7 +5,9 @@
 namespace troupe::kernels::cpu {
 
 namespace {
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+inline float sigmoid(float x) {
+  return 1.0f / (1.0f + std::exp(-x));
+}
 }  // namespace
 
 void swiglu_forward(const float* gate, const float* up, float* h, std::int64_t count) {
@@ -27,8 +29,8 @@ void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std
     swiglu_forward(gate_up + r * 2 * width, gate_up + r * 2 * width + width, h + r * width, width);
 }
 
-void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_up, std::int64_t rows,
-                           std::int64_t width) {
+void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_up,
+                           std::int64_t rows, std::int64_t width) {
   for (std::int64_t r = 0; r < rows; ++r)
     swiglu_backward(dh + r * width, gate_up + r * 2 * width, gate_up + r * 2 * width + width,
                     dgate_up + r * 2 * width, dgate_up + r * 2 * width + width, width);

@@ -14,7 +14,7 @@ void swiglu_backward(const float* dh, const float* gate, const float* up, float*
 
 /// Strided form for a fused [rows, 2*width] gate|up buffer: h[rows, width].
 void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std::int64_t width);
-void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_up, std::int64_t rows,
-                           std::int64_t width);
+void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_up,
+                           std::int64_t rows, std::int64_t width);
 
 }  // namespace troupe::kernels::cpu

@@ -21,7 +21,8 @@ namespace troupe::plugin {
 
 /// Writes a message into `error` and returns `status`.
 template <class... Args>
-troupe_status fail(troupe_error* error, troupe_status status, fmt::format_string<Args...> format, Args&&... args) {
+troupe_status fail(troupe_error* error, troupe_status status, fmt::format_string<Args...> format,
+                   Args&&... args) {
   const std::string message = fmt::format(format, std::forward<Args>(args)...);
   std::snprintf(error->message, sizeof(error->message), "%s", message.c_str());
   return status;
@@ -40,16 +41,19 @@ troupe_status guarded(troupe_error* error, F&& body) {
 }
 
 /// Returns from the enclosing function when a call fails.
-#define TROUPE_TRY(call)                                  \
-  do {                                                    \
-    const troupe_status troupe_try_status_ = (call);      \
+#define TROUPE_TRY(call)                                                   \
+  do {                                                                     \
+    const troupe_status troupe_try_status_ = (call);                       \
     if (troupe_try_status_ != TROUPE_STATUS_OK) return troupe_try_status_; \
   } while (false)
 
 /// body(begin, end) over chunks of [0, count) on the context's worker pool.
 template <class F>
-void parallel_for(const troupe_exec_context* context, std::int64_t count, std::int64_t min_chunk, F&& body) {
-  auto trampoline = [](void* arg, std::int64_t begin, std::int64_t end) { (*static_cast<F*>(arg))(begin, end); };
+void parallel_for(const troupe_exec_context* context, std::int64_t count, std::int64_t min_chunk,
+                  F&& body) {
+  auto trampoline = [](void* arg, std::int64_t begin, std::int64_t end) {
+    (*static_cast<F*>(arg))(begin, end);
+  };
   context->pool->parallel_for(context->pool->self, count, min_chunk, trampoline, &body);
 }
 
@@ -57,8 +61,8 @@ void parallel_for(const troupe_exec_context* context, std::int64_t count, std::i
 class parameter_list {
  public:
   /// Declares a parameter; returns its index.
-  std::size_t add(std::string name, std::vector<std::int64_t> shape, troupe_param_init init, float scale,
-                  std::uint32_t flags = TROUPE_PARAM_TRAINABLE) {
+  std::size_t add(std::string name, std::vector<std::int64_t> shape, troupe_param_init init,
+                  float scale, std::uint32_t flags = TROUPE_PARAM_TRAINABLE) {
     names_.push_back(std::make_unique<std::string>(std::move(name)));
     troupe_param_spec spec{};
     spec.name = names_.back()->c_str();
@@ -77,7 +81,8 @@ class parameter_list {
   /// Checks bound tensors against the declarations (count, f32, shape, contiguous).
   troupe_status check_bound(const DLTensor* params, std::int32_t count, troupe_error* error) const {
     if (count != static_cast<std::int32_t>(specs_.size()))
-      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expected {} parameters, got {}", specs_.size(), count);
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expected {} parameters, got {}",
+                  specs_.size(), count);
     for (std::size_t i = 0; i < specs_.size(); ++i) {
       const DLTensor& t = params[i];
       bool ok = t.ndim == specs_[i].ndim && t.dtype.code == kDLFloat && t.dtype.bits == 32;
@@ -90,7 +95,8 @@ class parameter_list {
         }
       }
       if (!ok)
-        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "parameter '{}' is bound to a tensor of the wrong shape or type",
+        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                    "parameter '{}' is bound to a tensor of the wrong shape or type",
                     specs_[i].name);
     }
     return TROUPE_STATUS_OK;
@@ -116,7 +122,8 @@ inline troupe_status check_activation(const DLTensor& t, std::int64_t width, con
                                       activation_shape& shape, troupe_error* error) {
   bool ok = t.ndim == 3 && t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.shape[2] == width &&
             t.device.device_type == kDLCPU;
-  if (ok && t.strides != nullptr) ok = t.strides[2] == 1 && t.strides[1] == width && t.strides[0] == t.shape[1] * width;
+  if (ok && t.strides != nullptr)
+    ok = t.strides[2] == 1 && t.strides[1] == width && t.strides[0] == t.shape[1] * width;
   if (!ok)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                 "{} must be a contiguous CPU f32 tensor [batch, length, {}]", what, width);

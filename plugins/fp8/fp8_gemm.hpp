@@ -14,6 +14,7 @@
 
 namespace troupe::plugin {
 
-troupe_status fp8_gemm(const troupe_exec_context* context, const troupe_gemm_call& call, troupe_error* error);
+troupe_status fp8_gemm(const troupe_exec_context* context, const troupe_gemm_call& call,
+                       troupe_error* error);
 
 }  // namespace troupe::plugin

@@ -13,22 +13,29 @@ struct fp8_instance {
   troupe_gemm_provider provider{};
 };
 
-troupe_status gemm(void*, const troupe_exec_context* context, const troupe_gemm_call* call, troupe_error* error) {
+troupe_status gemm(void*, const troupe_exec_context* context, const troupe_gemm_call* call,
+                   troupe_error* error) {
   return fp8_gemm(context, *call, error);
 }
 
-troupe_status init(const troupe_host*, troupe_error*) { return TROUPE_STATUS_OK; }
+troupe_status init(const troupe_host*, troupe_error*) {
+  return TROUPE_STATUS_OK;
+}
 
-troupe_status create(const troupe_instance_config* config, troupe_instance** out, troupe_error* error) {
+troupe_status create(const troupe_instance_config* config, troupe_instance** out,
+                     troupe_error* error) {
   if (config->device.device_type != kDLCPU)
-    return fail(error, TROUPE_STATUS_UNSUPPORTED, "the fp8 provider emulates FP8 on the CPU; the CUDA path is not built yet");
+    return fail(error, TROUPE_STATUS_UNSUPPORTED,
+                "the fp8 provider emulates FP8 on the CPU; the CUDA path is not built yet");
   auto* instance = new fp8_instance();
   instance->provider = troupe_gemm_provider{instance, "fp8-e4m3-tile128", &gemm};
   *out = reinterpret_cast<troupe_instance*>(instance);
   return TROUPE_STATUS_OK;
 }
 
-void destroy(troupe_instance* instance) { delete reinterpret_cast<fp8_instance*>(instance); }
+void destroy(troupe_instance* instance) {
+  delete reinterpret_cast<fp8_instance*>(instance);
+}
 
 const troupe_gemm_provider* provider(troupe_instance* instance) {
   return &reinterpret_cast<fp8_instance*>(instance)->provider;
@@ -41,7 +48,8 @@ const troupe_plugin table = {
     TROUPE_PLUGIN_KIND_GEMM,
     "fp8",
     "1.0.0",
-    "DeepSeek-V3 fine-grained FP8 GEMM (E4M3, 1x128 tiles, 128x128 weight blocks), exact emulation on the CPU",
+    "DeepSeek-V3 fine-grained FP8 GEMM (E4M3, 1x128 tiles, 128x128 weight blocks), exact emulation "
+    "on the CPU",
     &init,
     &create,
     &destroy,
@@ -59,4 +67,6 @@ const troupe_plugin table = {
 
 }  // namespace
 
-extern "C" TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) { return &table; }
+extern "C" TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) {
+  return &table;
+}

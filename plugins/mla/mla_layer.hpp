@@ -28,12 +28,14 @@ class mla_layer {
   mla_layer(const model_config& config, mla_path path);
 
   const parameter_list& parameters() const { return parameters_; }
-  troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count, troupe_error* error);
+  troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
+                     troupe_error* error);
 
-  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch, const DLTensor& x,
-                        const DLTensor& y, troupe_error* error);
-  troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch, troupe_backward_part part,
-                         const DLTensor* dy, const DLTensor* dx, troupe_error* error);
+  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
+                        const DLTensor& x, const DLTensor& y, troupe_error* error);
+  troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch,
+                         troupe_backward_part part, const DLTensor* dy, const DLTensor* dx,
+                         troupe_error* error);
   void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
 
   /// {"saved_activation_bytes": ..., "recomputed_activation_bytes": ..., "micro_batches": ...}
@@ -46,19 +48,19 @@ class mla_layer {
   struct saved_state {
     const float* x = nullptr;  // the input, kept alive by the host (ABI contract)
     activation_shape shape;
-    std::vector<float> q_latent;    // [T, q_lora_rank] before its norm (empty without q_lora)
-    std::vector<float> q_rstd;      // [T]
-    std::vector<float> kv_latent;   // [T, kv_lora_rank + rope]: c before its norm, then r unrotated
-    std::vector<float> kv_rstd;     // [T]
-    std::vector<float> attention;   // [T, heads * v_dim]: o before o_proj
-    std::vector<float> lse;         // [batch, heads, length]
+    std::vector<float> q_latent;   // [T, q_lora_rank] before its norm (empty without q_lora)
+    std::vector<float> q_rstd;     // [T]
+    std::vector<float> kv_latent;  // [T, kv_lora_rank + rope]: c before its norm, then r unrotated
+    std::vector<float> kv_rstd;    // [T]
+    std::vector<float> attention;  // [T, heads * v_dim]: o before o_proj
+    std::vector<float> lse;        // [batch, heads, length]
     // Between the input-gradient and the weight-gradient parts of backward:
     std::vector<float> d_output, d_q, d_q_latent, d_kv, d_kv_latent, q_normed, kv_normed;
     bool input_part_done = false;
     std::size_t bytes() const;
   };
 
-  struct projections {  // recomputed (or, in forward, computed once)
+  struct projections {             // recomputed (or, in forward, computed once)
     std::vector<float> q_normed;   // [T, q_lora_rank]
     std::vector<float> q;          // [T, heads * qk_dim], rope part rotated
     std::vector<float> kv_normed;  // [T, kv_lora_rank]
@@ -66,13 +68,14 @@ class mla_layer {
     std::vector<float> rope_key;   // [T, rope], rotated
   };
 
-  troupe_status project(const troupe_exec_context* context, saved_state& s, projections& p, bool up_project_kv,
-                        troupe_error* error);
+  troupe_status project(const troupe_exec_context* context, saved_state& s, projections& p,
+                        bool up_project_kv, troupe_error* error);
   void attend_naive(const troupe_exec_context* context, saved_state& s, const projections& p);
   void attend_absorbed(const troupe_exec_context* context, saved_state& s, const projections& p);
-  troupe_status backward_input(const troupe_exec_context* context, saved_state& s, const float* dy, float* dx,
-                               troupe_error* error);
-  troupe_status backward_weight(const troupe_exec_context* context, saved_state& s, troupe_error* error);
+  troupe_status backward_input(const troupe_exec_context* context, saved_state& s, const float* dy,
+                               float* dx, troupe_error* error);
+  troupe_status backward_weight(const troupe_exec_context* context, saved_state& s,
+                                troupe_error* error);
   void ensure_rope_tables(std::int64_t length);
 
   // Shape.

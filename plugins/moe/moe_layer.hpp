@@ -22,17 +22,20 @@ class moe_layer {
   moe_layer(const model_config& config, double balance_alpha);
 
   const parameter_list& parameters() const { return parameters_; }
-  troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count, troupe_error* error);
+  troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
+                     troupe_error* error);
 
   std::int64_t hidden() const { return hidden_; }
   std::int64_t experts() const { return router_.experts; }
 
   /// y [B,S,H], counts [E] (i64), balance_loss [1] (f32).
-  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch, const DLTensor& x,
-                        const DLTensor& y, const DLTensor& counts, const DLTensor& balance_loss, troupe_error* error);
+  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
+                        const DLTensor& x, const DLTensor& y, const DLTensor& counts,
+                        const DLTensor& balance_loss, troupe_error* error);
   /// dy, and the balance loss's gradient (a scalar; 0 when absent) -> dx (+=), parameter grads.
-  troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch, troupe_backward_part part,
-                         const DLTensor* dy, float d_balance_loss, const DLTensor* dx, troupe_error* error);
+  troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch,
+                         troupe_backward_part part, const DLTensor* dy, float d_balance_loss,
+                         const DLTensor* dx, troupe_error* error);
   void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
   const std::string& statistics();
 
@@ -40,22 +43,24 @@ class moe_layer {
   struct saved_state {
     const float* x = nullptr;
     activation_shape shape;
-    std::vector<float> scores;          // [T, E] sigmoid affinities
-    std::vector<std::int32_t> selected; // [T, K]
-    std::vector<float> gates;           // [T, K]
+    std::vector<float> scores;           // [T, E] sigmoid affinities
+    std::vector<std::int32_t> selected;  // [T, K]
+    std::vector<float> gates;            // [T, K]
     std::vector<std::int64_t> order;    // assignments (t*K + k) grouped by expert, tokens ascending
     std::vector<std::int64_t> offsets;  // [E + 1] into order
     std::vector<float> gate_up;         // [T*K, 2I] expert pre-activations, in `order`
     std::vector<float> expert_out;      // [T*K, H] expert outputs before the gate, in `order`
     std::vector<float> shared_gate_up;  // [T, 2 I_s]
     // Between the input-gradient and weight-gradient parts:
-    std::vector<float> d_gate_up, d_expert_out, d_shared_gate_up, d_shared_out, d_logits, shared_h, expert_h;
+    std::vector<float> d_gate_up, d_expert_out, d_shared_gate_up, d_shared_out, d_logits, shared_h,
+        expert_h;
     bool input_part_done = false;
   };
 
-  troupe_status backward_input(const troupe_exec_context* context, saved_state& s, const float* dy, float d_balance,
-                               float* dx, troupe_error* error);
-  troupe_status backward_weight(const troupe_exec_context* context, saved_state& s, troupe_error* error);
+  troupe_status backward_input(const troupe_exec_context* context, saved_state& s, const float* dy,
+                               float d_balance, float* dx, troupe_error* error);
+  troupe_status backward_weight(const troupe_exec_context* context, saved_state& s,
+                                troupe_error* error);
 
   std::int64_t hidden_, inter_, shared_inter_;
   kernels::cpu::router_shape router_;

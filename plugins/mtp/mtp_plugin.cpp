@@ -26,7 +26,8 @@ using namespace troupe::plugin;
 
 class mtp_module {
  public:
-  explicit mtp_module(const troupe::model_config& c) : hidden_(c.hidden_size), eps_(static_cast<float>(c.rms_norm_eps)) {
+  explicit mtp_module(const troupe::model_config& c)
+      : hidden_(c.hidden_size), eps_(static_cast<float>(c.rms_norm_eps)) {
     enorm_ = parameters_.add("enorm.weight", {hidden_}, TROUPE_INIT_ONES, 0.0f);
     hnorm_ = parameters_.add("hnorm.weight", {hidden_}, TROUPE_INIT_ONES, 0.0f);
     eh_proj_ = parameters_.add("eh_proj.weight", {hidden_, 2 * hidden_}, TROUPE_INIT_NORMAL, 0.02f);
@@ -35,7 +36,8 @@ class mtp_module {
   const parameter_list& parameters() const { return parameters_; }
   std::int64_t hidden() const { return hidden_; }
 
-  troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count, troupe_error* error) {
+  troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
+                     troupe_error* error) {
     TROUPE_TRY(parameters_.check_bound(params, count, error));
     for (std::size_t i = 0; i < 3; ++i) {
       weight_[i] = data_of(params[i]);
@@ -45,8 +47,9 @@ class mtp_module {
     return TROUPE_STATUS_OK;
   }
 
-  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch, const DLTensor& h_prev,
-                        const DLTensor& embedded, const DLTensor& out, troupe_error* error) {
+  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
+                        const DLTensor& h_prev, const DLTensor& embedded, const DLTensor& out,
+                        troupe_error* error) {
     if (!bound_) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "forward before bind");
     activation_shape shape, other;
     TROUPE_TRY(check_activation(h_prev, hidden_, "h_prev", shape, error));
@@ -55,7 +58,9 @@ class mtp_module {
       return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "h_prev and embedded differ in shape");
     TROUPE_TRY(check_activation(out, hidden_, "the MTP output", other, error));
     saved* s = saved_.start(micro_batch);
-    if (s == nullptr) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "micro-batch {} is already in flight", micro_batch);
+    if (s == nullptr)
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "micro-batch {} is already in flight",
+                  micro_batch);
     return guarded(error, [&] {
       const std::int64_t t = shape.tokens(), h = hidden_;
       s->shape = shape;
@@ -64,51 +69,60 @@ class mtp_module {
       s->joined.assign(static_cast<std::size_t>(t * 2 * h), 0.0f);  // [enorm(emb) | hnorm(h)]
       s->rstd.assign(static_cast<std::size_t>(2 * t), 0.0f);
       for (std::int64_t row = 0; row < t; ++row) {
-        troupe::kernels::cpu::rmsnorm_forward(s->embedded + row * h, weight_[enorm_], s->joined.data() + row * 2 * h,
+        troupe::kernels::cpu::rmsnorm_forward(s->embedded + row * h, weight_[enorm_],
+                                              s->joined.data() + row * 2 * h,
                                               s->rstd.data() + 2 * row, 1, h, eps_);
-        troupe::kernels::cpu::rmsnorm_forward(s->h_prev + row * h, weight_[hnorm_], s->joined.data() + row * 2 * h + h,
+        troupe::kernels::cpu::rmsnorm_forward(s->h_prev + row * h, weight_[hnorm_],
+                                              s->joined.data() + row * 2 * h + h,
                                               s->rstd.data() + 2 * row + 1, 1, h, eps_);
       }
-      const troupe_status status = troupe::kernels::linear_forward(context, s->joined.data(), 2 * h, weight_[eh_proj_],
-                                                                   data_of(out), h, t, 2 * h, h, false, error);
+      const troupe_status status =
+          troupe::kernels::linear_forward(context, s->joined.data(), 2 * h, weight_[eh_proj_],
+                                          data_of(out), h, t, 2 * h, h, false, error);
       if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
       return status;
     });
   }
 
-  troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch, troupe_backward_part part,
-                         const DLTensor* d_out, const DLTensor* d_h_prev, const DLTensor* d_embedded,
-                         troupe_error* error) {
+  troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch,
+                         troupe_backward_part part, const DLTensor* d_out, const DLTensor* d_h_prev,
+                         const DLTensor* d_embedded, troupe_error* error) {
     saved* s = saved_.find(micro_batch);
-    if (s == nullptr) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "no forward saved for micro-batch {}", micro_batch);
+    if (s == nullptr)
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "no forward saved for micro-batch {}",
+                  micro_batch);
     const std::int64_t t = s->shape.tokens(), h = hidden_;
     const troupe_status status = guarded(error, [&]() -> troupe_status {
       if (part != TROUPE_BACKWARD_WEIGHT) {
         if (d_out == nullptr || d_h_prev == nullptr || d_embedded == nullptr)
-          return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "backward needs d_out, d_h_prev and d_embedded");
+          return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                      "backward needs d_out, d_h_prev and d_embedded");
         activation_shape shape;
         TROUPE_TRY(check_activation(*d_out, h, "d_out", shape, error));
         TROUPE_TRY(check_activation(*d_h_prev, h, "d_h_prev", shape, error));
         TROUPE_TRY(check_activation(*d_embedded, h, "d_embedded", shape, error));
         s->d_out.assign(data_of(*d_out), data_of(*d_out) + t * h);
         std::vector<float> d_joined(static_cast<std::size_t>(t * 2 * h), 0.0f);
-        TROUPE_TRY(troupe::kernels::linear_backward(context, s->d_out.data(), h, nullptr, 0, weight_[eh_proj_],
-                                                    d_joined.data(), 2 * h, nullptr, t, 2 * h, h, error));
+        TROUPE_TRY(troupe::kernels::linear_backward(context, s->d_out.data(), h, nullptr, 0,
+                                                    weight_[eh_proj_], d_joined.data(), 2 * h,
+                                                    nullptr, t, 2 * h, h, error));
         for (std::int64_t row = 0; row < t; ++row) {
-          troupe::kernels::cpu::rmsnorm_backward(d_joined.data() + row * 2 * h, s->embedded + row * h, weight_[enorm_],
-                                                 s->rstd.data() + 2 * row, data_of(*d_embedded) + row * h, grad_[enorm_],
-                                                 1, h);
-          troupe::kernels::cpu::rmsnorm_backward(d_joined.data() + row * 2 * h + h, s->h_prev + row * h,
-                                                 weight_[hnorm_], s->rstd.data() + 2 * row + 1,
-                                                 data_of(*d_h_prev) + row * h, grad_[hnorm_], 1, h);
+          troupe::kernels::cpu::rmsnorm_backward(
+              d_joined.data() + row * 2 * h, s->embedded + row * h, weight_[enorm_],
+              s->rstd.data() + 2 * row, data_of(*d_embedded) + row * h, grad_[enorm_], 1, h);
+          troupe::kernels::cpu::rmsnorm_backward(
+              d_joined.data() + row * 2 * h + h, s->h_prev + row * h, weight_[hnorm_],
+              s->rstd.data() + 2 * row + 1, data_of(*d_h_prev) + row * h, grad_[hnorm_], 1, h);
         }
         s->input_done = true;
       } else if (!s->input_done) {
-        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "the weight-gradient part needs the input-gradient part first");
+        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                    "the weight-gradient part needs the input-gradient part first");
       }
       if (part != TROUPE_BACKWARD_INPUT) {
-        TROUPE_TRY(troupe::kernels::linear_backward(context, s->d_out.data(), h, s->joined.data(), 2 * h,
-                                                    weight_[eh_proj_], nullptr, 0, grad_[eh_proj_], t, 2 * h, h, error));
+        TROUPE_TRY(troupe::kernels::linear_backward(context, s->d_out.data(), h, s->joined.data(),
+                                                    2 * h, weight_[eh_proj_], nullptr, 0,
+                                                    grad_[eh_proj_], t, 2 * h, h, error));
         saved_.erase(micro_batch);
       }
       return TROUPE_STATUS_OK;
@@ -138,62 +152,80 @@ class mtp_module {
   micro_batches<saved> saved_;
 };
 
-mtp_module* module_of(troupe_instance* instance) { return reinterpret_cast<mtp_module*>(instance); }
+mtp_module* module_of(troupe_instance* instance) {
+  return reinterpret_cast<mtp_module*>(instance);
+}
 
-troupe_status init(const troupe_host*, troupe_error*) { return TROUPE_STATUS_OK; }
+troupe_status init(const troupe_host*, troupe_error*) {
+  return TROUPE_STATUS_OK;
+}
 
-troupe_status create(const troupe_instance_config* config, troupe_instance** out, troupe_error* error) {
+troupe_status create(const troupe_instance_config* config, troupe_instance** out,
+                     troupe_error* error) {
   return guarded(error, [&] {
     if (config->device.device_type != kDLCPU)
-      return fail(error, TROUPE_STATUS_UNSUPPORTED, "the mtp plugin runs on the CPU; no CUDA implementation yet");
-    const auto model = troupe::parse_model_config(nlohmann::json::parse(config->model_config_json), "model config");
+      return fail(error, TROUPE_STATUS_UNSUPPORTED,
+                  "the mtp plugin runs on the CPU; no CUDA implementation yet");
+    const auto model = troupe::parse_model_config(nlohmann::json::parse(config->model_config_json),
+                                                  "model config");
     *out = reinterpret_cast<troupe_instance*>(new mtp_module(model));
     return TROUPE_STATUS_OK;
   });
 }
 
-void destroy(troupe_instance* instance) { delete module_of(instance); }
+void destroy(troupe_instance* instance) {
+  delete module_of(instance);
+}
 
-troupe_status parameters(troupe_instance* instance, const troupe_param_spec** specs, std::int32_t* count,
-                         troupe_error*) {
+troupe_status parameters(troupe_instance* instance, const troupe_param_spec** specs,
+                         std::int32_t* count, troupe_error*) {
   *specs = module_of(instance)->parameters().specs().data();
   *count = static_cast<std::int32_t>(module_of(instance)->parameters().specs().size());
   return TROUPE_STATUS_OK;
 }
 
-troupe_status bind(troupe_instance* instance, const DLTensor* params, const DLTensor* grads, std::int32_t count,
-                   troupe_error* error) {
+troupe_status bind(troupe_instance* instance, const DLTensor* params, const DLTensor* grads,
+                   std::int32_t count, troupe_error* error) {
   return module_of(instance)->bind(params, grads, count, error);
 }
 
-troupe_status infer_outputs(troupe_instance* instance, const DLTensor* inputs, std::int32_t num_inputs,
-                            troupe_tensor_spec* outputs, std::int32_t* num_outputs, troupe_error* error) {
+troupe_status infer_outputs(troupe_instance* instance, const DLTensor* inputs,
+                            std::int32_t num_inputs, troupe_tensor_spec* outputs,
+                            std::int32_t* num_outputs, troupe_error* error) {
   activation_shape shape;
-  if (num_inputs != 2) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp takes h_prev and embedded");
+  if (num_inputs != 2)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp takes h_prev and embedded");
   TROUPE_TRY(check_activation(inputs[0], module_of(instance)->hidden(), "h_prev", shape, error));
-  if (*num_outputs < 1) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "room for one output needed");
-  outputs[0] = troupe_tensor_spec{3, {shape.batch, shape.length, shape.width, 0}, {kDLFloat, 32, 1}};
+  if (*num_outputs < 1)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "room for one output needed");
+  outputs[0] =
+      troupe_tensor_spec{3, {shape.batch, shape.length, shape.width, 0}, {kDLFloat, 32, 1}};
   *num_outputs = 1;
   return TROUPE_STATUS_OK;
 }
 
-troupe_status forward(troupe_instance* instance, const troupe_exec_context* context, std::int64_t micro_batch,
-                      const DLTensor* inputs, std::int32_t num_inputs, DLTensor* outputs, std::int32_t num_outputs,
-                      troupe_error* error) {
+troupe_status forward(troupe_instance* instance, const troupe_exec_context* context,
+                      std::int64_t micro_batch, const DLTensor* inputs, std::int32_t num_inputs,
+                      DLTensor* outputs, std::int32_t num_outputs, troupe_error* error) {
   if (num_inputs != 2 || num_outputs != 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp maps (h_prev, embedded) to h'");
-  return module_of(instance)->forward(context, micro_batch, inputs[0], inputs[1], outputs[0], error);
+  return module_of(instance)->forward(context, micro_batch, inputs[0], inputs[1], outputs[0],
+                                      error);
 }
 
-troupe_status backward(troupe_instance* instance, const troupe_exec_context* context, std::int64_t micro_batch,
-                       troupe_backward_part part, const DLTensor* output_grads, std::int32_t num_output_grads,
+troupe_status backward(troupe_instance* instance, const troupe_exec_context* context,
+                       std::int64_t micro_batch, troupe_backward_part part,
+                       const DLTensor* output_grads, std::int32_t num_output_grads,
                        DLTensor* input_grads, std::int32_t num_input_grads, troupe_error* error) {
   const bool has = num_output_grads >= 1 && num_input_grads >= 2;
   return module_of(instance)->backward(context, micro_batch, part, has ? &output_grads[0] : nullptr,
-                                       has ? &input_grads[0] : nullptr, has ? &input_grads[1] : nullptr, error);
+                                       has ? &input_grads[0] : nullptr,
+                                       has ? &input_grads[1] : nullptr, error);
 }
 
-void forget(troupe_instance* instance, std::int64_t micro_batch) { module_of(instance)->forget(micro_batch); }
+void forget(troupe_instance* instance, std::int64_t micro_batch) {
+  module_of(instance)->forget(micro_batch);
+}
 
 troupe_status export_state(troupe_instance*, troupe_blob* state, troupe_error*) {
   *state = troupe_blob{nullptr, 0, nullptr};
@@ -201,7 +233,8 @@ troupe_status export_state(troupe_instance*, troupe_blob* state, troupe_error*) 
 }
 
 troupe_status import_state(troupe_instance*, const void*, std::size_t size, troupe_error* error) {
-  if (size != 0) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp has no state; got {} bytes", size);
+  if (size != 0)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp has no state; got {} bytes", size);
   return TROUPE_STATUS_OK;
 }
 
@@ -230,4 +263,6 @@ const troupe_plugin table = {
 
 }  // namespace
 
-extern "C" TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) { return &table; }
+extern "C" TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) {
+  return &table;
+}

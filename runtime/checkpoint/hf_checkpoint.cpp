@@ -18,10 +18,13 @@ hf_checkpoint hf_checkpoint::open(const fs::path& directory) {
   hf_checkpoint result;
   result.directory_ = directory;
   if (!fs::is_directory(directory))
-    throw checkpoint_error(fmt::format("{}: not a directory (a Hugging Face model directory has config.json and "
-                                       "*.safetensors)", directory.string()));
+    throw checkpoint_error(
+        fmt::format("{}: not a directory (a Hugging Face model directory has config.json and "
+                    "*.safetensors)",
+                    directory.string()));
   const fs::path config = directory / "config.json";
-  if (!fs::is_regular_file(config)) throw checkpoint_error(fmt::format("{}: no config.json", directory.string()));
+  if (!fs::is_regular_file(config))
+    throw checkpoint_error(fmt::format("{}: no config.json", directory.string()));
   result.config_ = load_model_config(config);
 
   const fs::path index = directory / "model.safetensors.index.json";
@@ -38,7 +41,9 @@ hf_checkpoint hf_checkpoint::open(const fs::path& directory) {
       throw checkpoint_error(fmt::format("{}: has no weight_map object", index.string()));
     std::map<std::string, std::size_t> file_index;
     for (auto it = parsed["weight_map"].begin(); it != parsed["weight_map"].end(); ++it) {
-      if (!it->is_string()) throw checkpoint_error(fmt::format("{}: weight_map['{}'] is not a file name", index.string(), it.key()));
+      if (!it->is_string())
+        throw checkpoint_error(
+            fmt::format("{}: weight_map['{}'] is not a file name", index.string(), it.key()));
       const std::string file = it->get<std::string>();
       auto [slot, inserted] = file_index.try_emplace(file, files.size());
       if (inserted) files.push_back(directory / file);
@@ -47,22 +52,24 @@ hf_checkpoint hf_checkpoint::open(const fs::path& directory) {
     for (const auto& file : files) result.files_.push_back(safetensors_file::open(file));
     for (const auto& [name, i] : result.where_)
       if (result.files_[i].find(name) == nullptr)
-        throw checkpoint_error(fmt::format("{}: the index puts '{}' in {}, which does not have it", index.string(), name,
-                                           files[i].filename().string()));
+        throw checkpoint_error(fmt::format("{}: the index puts '{}' in {}, which does not have it",
+                                           index.string(), name, files[i].filename().string()));
     return result;
   }
   for (const auto& item : fs::directory_iterator(directory))
     if (item.path().extension() == ".safetensors") files.push_back(item.path());
   std::sort(files.begin(), files.end());
   if (files.empty())
-    throw checkpoint_error(fmt::format("{}: no *.safetensors file and no model.safetensors.index.json", directory.string()));
+    throw checkpoint_error(fmt::format(
+        "{}: no *.safetensors file and no model.safetensors.index.json", directory.string()));
   for (const auto& file : files) {
     result.files_.push_back(safetensors_file::open(file));
     for (const auto& e : result.files_.back().entries()) {
       auto [it, inserted] = result.where_.try_emplace(e.name, result.files_.size() - 1);
       if (!inserted)
-        throw checkpoint_error(fmt::format("{}: tensor '{}' is in both {} and {}", directory.string(), e.name,
-                                           files[it->second].filename().string(), file.filename().string()));
+        throw checkpoint_error(
+            fmt::format("{}: tensor '{}' is in both {} and {}", directory.string(), e.name,
+                        files[it->second].filename().string(), file.filename().string()));
     }
   }
   return result;
@@ -77,40 +84,49 @@ std::vector<std::string> hf_checkpoint::names() const {
 const safetensors_file& hf_checkpoint::file_of(std::string_view name) const {
   auto it = where_.find(std::string(name));
   if (it == where_.end())
-    throw checkpoint_error(fmt::format("{}: the checkpoint has no tensor '{}'", directory_.string(), name));
+    throw checkpoint_error(
+        fmt::format("{}: the checkpoint has no tensor '{}'", directory_.string(), name));
   return files_[it->second];
 }
 
-const safetensors_entry& hf_checkpoint::entry(std::string_view name) const { return *file_of(name).find(name); }
+const safetensors_entry& hf_checkpoint::entry(std::string_view name) const {
+  return *file_of(name).find(name);
+}
 
 tensor hf_checkpoint::read_f32(std::string_view name) const {
   const safetensors_file& file = file_of(name);
   const tensor stored = file.get(name);
   switch (stored.type()) {
-    case dtype::f32: return stored.clone();
+    case dtype::f32:
+      return stored.clone();
     case dtype::bf16:
-    case dtype::f16: return convert(stored, dtype::f32);
-    case dtype::f8_e4m3: break;
+    case dtype::f16:
+      return convert(stored, dtype::f32);
+    case dtype::f8_e4m3:
+      break;
     default:
-      throw checkpoint_error(fmt::format("{}: tensor '{}' is {}, not a floating-point weight", file.path().string(), name,
-                                         name_of(stored.type())));
+      throw checkpoint_error(fmt::format("{}: tensor '{}' is {}, not a floating-point weight",
+                                         file.path().string(), name, name_of(stored.type())));
   }
   // FP8: dequantise with the 128x128 block factors.
   const std::string scale_name = std::string(name) + "_scale_inv";
   if (stored.dim() != 2)
-    throw checkpoint_error(fmt::format("{}: FP8 tensor '{}' must be 2-D for block dequantisation", file.path().string(), name));
+    throw checkpoint_error(fmt::format("{}: FP8 tensor '{}' must be 2-D for block dequantisation",
+                                       file.path().string(), name));
   if (!contains(scale_name))
-    throw checkpoint_error(fmt::format("{}: FP8 tensor '{}' has no '{}' to dequantise it with", file.path().string(), name,
-                                       scale_name));
+    throw checkpoint_error(fmt::format("{}: FP8 tensor '{}' has no '{}' to dequantise it with",
+                                       file.path().string(), name, scale_name));
   const tensor scales = read_f32(scale_name);
   const std::int64_t rows = stored.size(0), cols = stored.size(1), tile = kernels::cpu::fp8_tile;
   const std::vector<std::int64_t> expected{(rows + tile - 1) / tile, (cols + tile - 1) / tile};
   if (scales.shape() != expected)
-    throw checkpoint_error(fmt::format("{}: '{}' is [{}] but a [{}, {}] weight needs [{}, {}] (one per 128x128 block)",
-                                       file_of(scale_name).path().string(), scale_name, fmt::join(scales.shape(), ", "),
-                                       rows, cols, expected[0], expected[1]));
+    throw checkpoint_error(
+        fmt::format("{}: '{}' is [{}] but a [{}, {}] weight needs [{}, {}] (one per 128x128 block)",
+                    file_of(scale_name).path().string(), scale_name,
+                    fmt::join(scales.shape(), ", "), rows, cols, expected[0], expected[1]));
   tensor out = tensor::empty(dtype::f32, {rows, cols});
-  kernels::cpu::fp8_dequantize_blocks(stored.data_as<const std::uint8_t>(), scales.data_as<const float>(), rows, cols,
+  kernels::cpu::fp8_dequantize_blocks(stored.data_as<const std::uint8_t>(),
+                                      scales.data_as<const float>(), rows, cols,
                                       out.data_as<float>());
   return out;
 }

@@ -60,7 +60,8 @@ class safetensors_file {
 /// Writes contiguous CPU tensors to `file` in safetensors format, atomically: the data goes to a
 /// temporary file in the same directory that is then renamed over `file`. The header is padded
 /// with spaces so the data starts 8-byte aligned.
-void write_safetensors(const std::filesystem::path& file, const std::vector<std::pair<std::string, tensor>>& tensors,
+void write_safetensors(const std::filesystem::path& file,
+                       const std::vector<std::pair<std::string, tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
 /// safetensors' dtype spelling ("F32", "BF16", "F8_E4M3", ...).

@@ -27,8 +27,8 @@ class dense_ffn {
   dense_ffn(std::int64_t hidden, std::int64_t inter) : hidden_(hidden), inter_(inter) {}
 
   /// y (overwritten) from x; x must stay valid until backward of `micro_batch`.
-  void forward(const exec_context& context, const dense_ffn_weights& w, std::int64_t micro_batch, const float* x,
-               float* y, std::int64_t rows);
+  void forward(const exec_context& context, const dense_ffn_weights& w, std::int64_t micro_batch,
+               const float* x, float* y, std::int64_t rows);
   /// dx += ...; the weight part accumulates the weight gradients.
   void backward(const exec_context& context, const dense_ffn_weights& w, std::int64_t micro_batch,
                 troupe_backward_part part, const float* dy, float* dx);

@@ -10,11 +10,12 @@
 
 namespace troupe {
 
-void embedding_forward(const exec_context& context, const float* table, std::int64_t vocab, std::int64_t width,
-                       const std::int32_t* tokens, std::int64_t count, float* out);
+void embedding_forward(const exec_context& context, const float* table, std::int64_t vocab,
+                       std::int64_t width, const std::int32_t* tokens, std::int64_t count,
+                       float* out);
 
 /// dtable += scattered dout. Serial over tokens so repeated tokens add in a fixed order.
-void embedding_backward(const float* dout, const std::int32_t* tokens, std::int64_t count, std::int64_t width,
-                        float* dtable);
+void embedding_backward(const float* dout, const std::int32_t* tokens, std::int64_t count,
+                        std::int64_t width, float* dtable);
 
 }  // namespace troupe

@@ -10,27 +10,33 @@ namespace {
 constexpr std::int64_t rows_per_block = 64;
 }
 
-void rmsnorm_forward(const exec_context& context, const float* x, const float* weight, float* y, float* rstd,
-                     std::int64_t rows, std::int64_t width, float eps) {
+void rmsnorm_forward(const exec_context& context, const float* x, const float* weight, float* y,
+                     float* rstd, std::int64_t rows, std::int64_t width, float eps) {
   context.pool().parallel_for(rows, 16, [&](std::int64_t begin, std::int64_t end) {
-    kernels::cpu::rmsnorm_forward(x + begin * width, weight, y + begin * width, rstd + begin, end - begin, width, eps);
+    kernels::cpu::rmsnorm_forward(x + begin * width, weight, y + begin * width, rstd + begin,
+                                  end - begin, width, eps);
   });
 }
 
-void rmsnorm_backward(const exec_context& context, const float* dy, const float* x, const float* weight,
-                      const float* rstd, float* dx, float* dweight, std::int64_t rows, std::int64_t width) {
+void rmsnorm_backward(const exec_context& context, const float* dy, const float* x,
+                      const float* weight, const float* rstd, float* dx, float* dweight,
+                      std::int64_t rows, std::int64_t width) {
   const std::int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
-  std::vector<float> partial(dweight != nullptr ? static_cast<std::size_t>(blocks * width) : 0, 0.0f);
+  std::vector<float> partial(dweight != nullptr ? static_cast<std::size_t>(blocks * width) : 0,
+                             0.0f);
   context.pool().parallel_for(blocks, 1, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t block = begin; block < end; ++block) {
-      const std::int64_t first = block * rows_per_block, count = std::min(rows_per_block, rows - first);
-      kernels::cpu::rmsnorm_backward(dy + first * width, x + first * width, weight, rstd + first, dx + first * width,
-                                     dweight != nullptr ? partial.data() + block * width : nullptr, count, width);
+      const std::int64_t first = block * rows_per_block,
+                         count = std::min(rows_per_block, rows - first);
+      kernels::cpu::rmsnorm_backward(
+          dy + first * width, x + first * width, weight, rstd + first, dx + first * width,
+          dweight != nullptr ? partial.data() + block * width : nullptr, count, width);
     }
   });
   if (dweight == nullptr) return;
   for (std::int64_t block = 0; block < blocks; ++block)
-    for (std::int64_t i = 0; i < width; ++i) dweight[i] += partial[static_cast<std::size_t>(block * width + i)];
+    for (std::int64_t i = 0; i < width; ++i)
+      dweight[i] += partial[static_cast<std::size_t>(block * width + i)];
 }
 
 }  // namespace troupe

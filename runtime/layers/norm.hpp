@@ -11,10 +11,11 @@
 
 namespace troupe {
 
-void rmsnorm_forward(const exec_context& context, const float* x, const float* weight, float* y, float* rstd,
-                     std::int64_t rows, std::int64_t width, float eps);
+void rmsnorm_forward(const exec_context& context, const float* x, const float* weight, float* y,
+                     float* rstd, std::int64_t rows, std::int64_t width, float eps);
 
-void rmsnorm_backward(const exec_context& context, const float* dy, const float* x, const float* weight,
-                      const float* rstd, float* dx, float* dweight, std::int64_t rows, std::int64_t width);
+void rmsnorm_backward(const exec_context& context, const float* dy, const float* x,
+                      const float* weight, const float* rstd, float* dx, float* dweight,
+                      std::int64_t rows, std::int64_t width);
 
 }  // namespace troupe

@@ -19,12 +19,14 @@ struct head_loss {
 };
 
 /// logits [rows, vocab] (overwritten) and the loss when `targets` is not null.
-head_loss output_head_forward(const exec_context& context, const float* x, const float* weight, float* logits,
-                              const std::int32_t* targets, std::int64_t rows, std::int64_t width, std::int64_t vocab);
+head_loss output_head_forward(const exec_context& context, const float* x, const float* weight,
+                              float* logits, const std::int32_t* targets, std::int64_t rows,
+                              std::int64_t width, std::int64_t vocab);
 
 /// Backward of scale * sum of the labelled losses: dx += ..., dweight += ....
-void output_head_backward(const exec_context& context, const float* x, const float* weight, const float* logits,
-                          const std::int32_t* targets, float scale, float* dx, float* dweight, std::int64_t rows,
-                          std::int64_t width, std::int64_t vocab);
+void output_head_backward(const exec_context& context, const float* x, const float* weight,
+                          const float* logits, const std::int32_t* targets, float scale, float* dx,
+                          float* dweight, std::int64_t rows, std::int64_t width,
+                          std::int64_t vocab);
 
 }  // namespace troupe

@@ -27,12 +27,14 @@ parameter_spec matrix_spec(std::int64_t rows, std::int64_t cols) {
   return {"", {rows, cols}, dtype::f32, TROUPE_INIT_NORMAL, 0.02f, TROUPE_PARAM_TRAINABLE};
 }
 
-float* grad_or_null(parameter& p) { return p.grad.defined() ? p.grad.data_as<float>() : nullptr; }
+float* grad_or_null(parameter& p) {
+  return p.grad.defined() ? p.grad.data_as<float>() : nullptr;
+}
 
 }  // namespace
 
-decoder_layer::decoder_layer(std::int64_t index, bool moe, const model_config& config, const model_plugins& plugins,
-                             parameter_store& store)
+decoder_layer::decoder_layer(std::int64_t index, bool moe, const model_config& config,
+                             const model_plugins& plugins, parameter_store& store)
     : index_(index),
       prefix_(fmt::format("model.layers.{}.", index)),
       hidden_(config.hidden_size),
@@ -67,8 +69,9 @@ void decoder_layer::bind(parameter_store& store) {
     auto& gate = store.at(prefix_ + "mlp.gate_proj.weight");
     auto& up = store.at(prefix_ + "mlp.up_proj.weight");
     auto& down = store.at(prefix_ + "mlp.down_proj.weight");
-    dense_weights_ = {gate.value.data_as<float>(), up.value.data_as<float>(), down.value.data_as<float>(),
-                      grad_or_null(gate), grad_or_null(up), grad_or_null(down)};
+    dense_weights_ = {
+        gate.value.data_as<float>(), up.value.data_as<float>(), down.value.data_as<float>(),
+        grad_or_null(gate),          grad_or_null(up),          grad_or_null(down)};
   }
   auto& in = store.at(prefix_ + "input_layernorm.weight");
   auto& post = store.at(prefix_ + "post_attention_layernorm.weight");
@@ -78,16 +81,18 @@ void decoder_layer::bind(parameter_store& store) {
   d_post_norm_ = grad_or_null(post);
 }
 
-tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_batch, const tensor& h_in) {
-  if (saved_.count(micro_batch) != 0) fail("layer {}: micro-batch {} is already in flight", index_, micro_batch);
+tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_batch,
+                              const tensor& h_in) {
+  if (saved_.count(micro_batch) != 0)
+    fail("layer {}: micro-batch {} is already in flight", index_, micro_batch);
   saved s;
   s.h_in = h_in;
   const auto& shape = h_in.shape();
   const std::int64_t rows = h_in.numel() / hidden_;
   s.a_in = tensor::empty(dtype::f32, shape);
   s.rstd_in = tensor::empty(dtype::f32, {rows});
-  rmsnorm_forward(context, h_in.data_as<float>(), input_norm_, s.a_in.data_as<float>(), s.rstd_in.data_as<float>(), rows,
-                  hidden_, eps_);
+  rmsnorm_forward(context, h_in.data_as<float>(), input_norm_, s.a_in.data_as<float>(),
+                  s.rstd_in.data_as<float>(), rows, hidden_, eps_);
   const tensor a_out = attention_->forward(context, micro_batch, std::vector<tensor>{s.a_in})[0];
   s.h_mid = a_out;  // h_mid = h_in + a_out, computed in place in the attention output
   float* mid = s.h_mid.data_as<float>();
@@ -95,7 +100,8 @@ tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_ba
   for (std::int64_t i = 0; i < rows * hidden_; ++i) mid[i] += in[i];
   s.m_in = tensor::empty(dtype::f32, shape);
   s.rstd_post = tensor::empty(dtype::f32, {rows});
-  rmsnorm_forward(context, mid, post_norm_, s.m_in.data_as<float>(), s.rstd_post.data_as<float>(), rows, hidden_, eps_);
+  rmsnorm_forward(context, mid, post_norm_, s.m_in.data_as<float>(), s.rstd_post.data_as<float>(),
+                  rows, hidden_, eps_);
   tensor h_out;
   if (moe_) {
     auto outputs = moe_->forward(context, micro_batch, std::vector<tensor>{s.m_in});
@@ -104,7 +110,8 @@ tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_ba
     s.balance = outputs[2];
   } else {
     h_out = tensor::empty(dtype::f32, shape);
-    dense_->forward(context, dense_weights_, micro_batch, s.m_in.data_as<float>(), h_out.data_as<float>(), rows);
+    dense_->forward(context, dense_weights_, micro_batch, s.m_in.data_as<float>(),
+                    h_out.data_as<float>(), rows);
   }
   float* out = h_out.data_as<float>();
   for (std::int64_t i = 0; i < rows * hidden_; ++i) out[i] += mid[i];
@@ -112,10 +119,11 @@ tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_ba
   return h_out;
 }
 
-tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_batch, troupe_backward_part part,
-                               const tensor& dh_out, float loss_scale) {
+tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_batch,
+                               troupe_backward_part part, const tensor& dh_out, float loss_scale) {
   auto it = saved_.find(micro_batch);
-  if (it == saved_.end()) fail("layer {}: no forward saved for micro-batch {}", index_, micro_batch);
+  if (it == saved_.end())
+    fail("layer {}: no forward saved for micro-batch {}", index_, micro_batch);
   saved& s = it->second;
   tensor dh_in;
   if (part != TROUPE_BACKWARD_WEIGHT) {
@@ -125,27 +133,33 @@ tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_b
     if (moe_) {
       tensor d_balance = tensor::empty(dtype::f32, {1});
       *d_balance.data_as<float>() = loss_scale;
-      moe_->backward(context, micro_batch, part == TROUPE_BACKWARD_BOTH ? TROUPE_BACKWARD_INPUT : part,
+      moe_->backward(context, micro_batch,
+                     part == TROUPE_BACKWARD_BOTH ? TROUPE_BACKWARD_INPUT : part,
                      std::vector<tensor>{dh_out, tensor(), d_balance}, std::vector<tensor>{d_m_in});
     } else {
-      dense_->backward(context, dense_weights_, micro_batch, TROUPE_BACKWARD_INPUT, dh_out.data_as<float>(),
-                       d_m_in.data_as<float>());
+      dense_->backward(context, dense_weights_, micro_batch, TROUPE_BACKWARD_INPUT,
+                       dh_out.data_as<float>(), d_m_in.data_as<float>());
     }
     tensor dh_mid = dh_out.clone();
-    rmsnorm_backward(context, d_m_in.data_as<float>(), s.h_mid.data_as<float>(), post_norm_, s.rstd_post.data_as<float>(),
-                     dh_mid.data_as<float>(), d_post_norm_, rows, hidden_);
+    rmsnorm_backward(context, d_m_in.data_as<float>(), s.h_mid.data_as<float>(), post_norm_,
+                     s.rstd_post.data_as<float>(), dh_mid.data_as<float>(), d_post_norm_, rows,
+                     hidden_);
     // The attention branch.
     tensor d_a_in = tensor::zeros(dtype::f32, dh_out.shape());
     attention_->backward(context, micro_batch, TROUPE_BACKWARD_INPUT, std::vector<tensor>{dh_mid},
                          std::vector<tensor>{d_a_in});
     dh_in = dh_mid;
-    rmsnorm_backward(context, d_a_in.data_as<float>(), s.h_in.data_as<float>(), input_norm_, s.rstd_in.data_as<float>(),
-                     dh_in.data_as<float>(), d_input_norm_, rows, hidden_);
+    rmsnorm_backward(context, d_a_in.data_as<float>(), s.h_in.data_as<float>(), input_norm_,
+                     s.rstd_in.data_as<float>(), dh_in.data_as<float>(), d_input_norm_, rows,
+                     hidden_);
   }
   if (part != TROUPE_BACKWARD_INPUT) {
     attention_->backward(context, micro_batch, TROUPE_BACKWARD_WEIGHT, {}, {});
-    if (moe_) moe_->backward(context, micro_batch, TROUPE_BACKWARD_WEIGHT, {}, {});
-    else dense_->backward(context, dense_weights_, micro_batch, TROUPE_BACKWARD_WEIGHT, nullptr, nullptr);
+    if (moe_)
+      moe_->backward(context, micro_batch, TROUPE_BACKWARD_WEIGHT, {}, {});
+    else
+      dense_->backward(context, dense_weights_, micro_batch, TROUPE_BACKWARD_WEIGHT, nullptr,
+                       nullptr);
     saved_.erase(it);
   }
   return dh_in;
@@ -160,11 +174,14 @@ void decoder_layer::forget(std::int64_t micro_batch) {
 
 const decoder_layer::saved& decoder_layer::saved_for(std::int64_t micro_batch) const {
   auto it = saved_.find(micro_batch);
-  if (it == saved_.end()) fail("layer {}: no forward saved for micro-batch {}", index_, micro_batch);
+  if (it == saved_.end())
+    fail("layer {}: no forward saved for micro-batch {}", index_, micro_batch);
   return it->second;
 }
 
-const tensor& decoder_layer::expert_counts(std::int64_t micro_batch) const { return saved_for(micro_batch).counts; }
+const tensor& decoder_layer::expert_counts(std::int64_t micro_batch) const {
+  return saved_for(micro_batch).counts;
+}
 
 double decoder_layer::balance_loss(std::int64_t micro_batch) const {
   const tensor& b = saved_for(micro_batch).balance;

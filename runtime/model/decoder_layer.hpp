@@ -32,8 +32,8 @@ struct model_plugins {
 class decoder_layer {
  public:
   /// Declares the layer's parameters in `store` under "model.layers.<index>.".
-  decoder_layer(std::int64_t index, bool moe, const model_config& config, const model_plugins& plugins,
-                parameter_store& store);
+  decoder_layer(std::int64_t index, bool moe, const model_config& config,
+                const model_plugins& plugins, parameter_store& store);
 
   /// Binds the plugins to the store's tensors (after the store holds its final values' storage).
   void bind(parameter_store& store);
@@ -43,8 +43,8 @@ class decoder_layer {
 
   /// The input part returns dL/dh_in; the weight part returns an undefined tensor. `loss_scale`
   /// weights this layer's balance loss as the total loss does.
-  tensor backward(const exec_context& context, std::int64_t micro_batch, troupe_backward_part part, const tensor& dh_out,
-                  float loss_scale);
+  tensor backward(const exec_context& context, std::int64_t micro_batch, troupe_backward_part part,
+                  const tensor& dh_out, float loss_scale);
 
   void forget(std::int64_t micro_batch);
 
@@ -79,6 +79,7 @@ class decoder_layer {
 };
 
 /// Declares a plugin instance's parameters in `store` under `prefix`; returns their full names.
-std::vector<std::string> declare_parameters(layer_instance& instance, const std::string& prefix, parameter_store& store);
+std::vector<std::string> declare_parameters(layer_instance& instance, const std::string& prefix,
+                                            parameter_store& store);
 
 }  // namespace troupe

@@ -16,7 +16,9 @@ parameter_spec spec(std::vector<std::int64_t> shape, troupe_param_init init, flo
   return {"", std::move(shape), dtype::f32, init, scale, TROUPE_PARAM_TRAINABLE};
 }
 
-float* grad_of(parameter& p) { return p.grad.defined() ? p.grad.data_as<float>() : nullptr; }
+float* grad_of(parameter& p) {
+  return p.grad.defined() ? p.grad.data_as<float>() : nullptr;
+}
 
 /// tokens shifted left by `k` within each sequence, -1 past the end.
 tensor shifted(const tensor& source, std::int64_t k) {
@@ -25,37 +27,48 @@ tensor shifted(const tensor& source, std::int64_t k) {
   const auto* in = source.data_as<const std::int32_t>();
   auto* o = out.data_as<std::int32_t>();
   for (std::int64_t b = 0; b < batch; ++b)
-    for (std::int64_t i = 0; i < length; ++i) o[b * length + i] = i + k < length ? in[b * length + i + k] : -1;
+    for (std::int64_t i = 0; i < length; ++i)
+      o[b * length + i] = i + k < length ? in[b * length + i + k] : -1;
   return out;
 }
 
 void check_tokens(const tensor& t, const char* what) {
-  if (!t.defined() || t.type() != dtype::i32 || t.dim() != 2 || !t.where().is_cpu() || !t.is_contiguous())
-    fail("the model's {} must be a contiguous CPU i32 tensor [batch, length], got {}", what, t.describe());
+  if (!t.defined() || t.type() != dtype::i32 || t.dim() != 2 || !t.where().is_cpu() ||
+      !t.is_contiguous())
+    fail("the model's {} must be a contiguous CPU i32 tensor [batch, length], got {}", what,
+         t.describe());
 }
 
 }  // namespace
 
-model_runner::model_runner(const model_config& config, model_slice slice, model_plugins plugins, model_options options)
+model_runner::model_runner(const model_config& config, model_slice slice, model_plugins plugins,
+                           model_options options)
     : config_(config), slice_(slice), plugins_(std::move(plugins)), options_(options) {
   const std::int64_t layer_count = config_.num_hidden_layers;
   if (slice_.end_layer < 0) slice_.end_layer = layer_count;
-  if (slice_.first_layer < 0 || slice_.first_layer > slice_.end_layer || slice_.end_layer > layer_count)
-    fail("model slice [{}, {}) is outside the model's {} layers", slice_.first_layer, slice_.end_layer, layer_count);
+  if (slice_.first_layer < 0 || slice_.first_layer > slice_.end_layer ||
+      slice_.end_layer > layer_count)
+    fail("model slice [{}, {}) is outside the model's {} layers", slice_.first_layer,
+         slice_.end_layer, layer_count);
   if (!plugins_.attention) fail("the model needs an attention plugin");
-  if (config_.moe_layer_count() > 0 && !plugins_.moe) fail("the model has MoE layers but no moe plugin was given");
+  if (config_.moe_layer_count() > 0 && !plugins_.moe)
+    fail("the model has MoE layers but no moe plugin was given");
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   const bool mtp = slice_.head && options_.mtp && config_.num_nextn_predict_layers > 0;
-  if (mtp && !plugins_.mtp) fail("the model has {} MTP modules but no mtp plugin was given", config_.num_nextn_predict_layers);
+  if (mtp && !plugins_.mtp)
+    fail("the model has {} MTP modules but no mtp plugin was given",
+         config_.num_nextn_predict_layers);
   // The last stage needs the embedding too when MTP modules embed their input tokens, or when
   // the head is tied to it.
   if (slice_.embedding || mtp || (slice_.head && config_.tie_word_embeddings))
     store_.add("model.embed_tokens.weight", spec({vocab, h}, TROUPE_INIT_NORMAL, 0.02f));
   for (std::int64_t i = slice_.first_layer; i < slice_.end_layer; ++i)
-    layers_.push_back(std::make_unique<decoder_layer>(i, config_.is_moe_layer(i), config_, plugins_, store_));
+    layers_.push_back(
+        std::make_unique<decoder_layer>(i, config_.is_moe_layer(i), config_, plugins_, store_));
   if (slice_.head) {
     store_.add("model.norm.weight", spec({h}, TROUPE_INIT_ONES));
-    if (!config_.tie_word_embeddings) store_.add("lm_head.weight", spec({vocab, h}, TROUPE_INIT_NORMAL, 0.02f));
+    if (!config_.tie_word_embeddings)
+      store_.add("lm_head.weight", spec({vocab, h}, TROUPE_INIT_NORMAL, 0.02f));
     for (std::int64_t k = 1; mtp && k <= config_.num_nextn_predict_layers; ++k) {
       const std::int64_t index = layer_count + k - 1;
       const std::string prefix = fmt::format("model.layers.{}.", index);
@@ -87,8 +100,8 @@ std::vector<decoder_layer*> model_runner::layers() {
   return out;
 }
 
-model_output model_runner::forward(const exec_context& context, std::int64_t micro_batch, const model_batch& batch,
-                                   bool keep_logits) {
+model_output model_runner::forward(const exec_context& context, std::int64_t micro_batch,
+                                   const model_batch& batch, bool keep_logits) {
   if (saved_.count(micro_batch) != 0) fail("micro-batch {} is already in flight", micro_batch);
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   saved s;
@@ -98,11 +111,12 @@ model_output model_runner::forward(const exec_context& context, std::int64_t mic
     check_tokens(batch.tokens, "tokens");
     const std::int64_t rows = batch.tokens.numel();
     hidden = tensor::empty(dtype::f32, {batch.tokens.size(0), batch.tokens.size(1), h});
-    embedding_forward(context, store_.at("model.embed_tokens.weight").value.data_as<float>(), vocab, h,
-                      batch.tokens.data_as<std::int32_t>(), rows, hidden.data_as<float>());
+    embedding_forward(context, store_.at("model.embed_tokens.weight").value.data_as<float>(), vocab,
+                      h, batch.tokens.data_as<std::int32_t>(), rows, hidden.data_as<float>());
   } else {
     if (!batch.hidden.defined() || batch.hidden.dim() != 3 || batch.hidden.size(2) != h)
-      fail("this model slice starts at layer {} and needs the hidden states [batch, length, {}]", slice_.first_layer, h);
+      fail("this model slice starts at layer {} and needs the hidden states [batch, length, {}]",
+           slice_.first_layer, h);
     hidden = batch.hidden;
   }
   model_output out;
@@ -115,25 +129,30 @@ model_output model_runner::forward(const exec_context& context, std::int64_t mic
     const std::int64_t rows = hidden.numel() / h;
     const bool labelled = batch.targets.defined();
     if (labelled) check_tokens(batch.targets, "targets");
-    const float* head_weight = store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
-                                   .value.data_as<float>();
-    auto run_head = [&](const tensor& x, const char* norm_name, const tensor& targets, tensor& normed, tensor& rstd,
-                        tensor& logits) {
+    const float* head_weight =
+        store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
+            .value.data_as<float>();
+    auto run_head = [&](const tensor& x, const char* norm_name, const tensor& targets,
+                        tensor& normed, tensor& rstd, tensor& logits) {
       normed = tensor::empty(dtype::f32, x.shape());
       rstd = tensor::empty(dtype::f32, {rows});
-      rmsnorm_forward(context, x.data_as<float>(), store_.at(norm_name).value.data_as<float>(), normed.data_as<float>(),
-                      rstd.data_as<float>(), rows, h, static_cast<float>(config_.rms_norm_eps));
+      rmsnorm_forward(context, x.data_as<float>(), store_.at(norm_name).value.data_as<float>(),
+                      normed.data_as<float>(), rstd.data_as<float>(), rows, h,
+                      static_cast<float>(config_.rms_norm_eps));
       logits = tensor::empty(dtype::f32, {x.size(0), x.size(1), vocab});
-      return output_head_forward(context, normed.data_as<float>(), head_weight, logits.data_as<float>(),
-                                 targets.defined() ? targets.data_as<std::int32_t>() : nullptr, rows, h, vocab);
+      return output_head_forward(
+          context, normed.data_as<float>(), head_weight, logits.data_as<float>(),
+          targets.defined() ? targets.data_as<std::int32_t>() : nullptr, rows, h, vocab);
     };
-    const head_loss main = run_head(hidden, "model.norm.weight", batch.targets, s.normed, s.rstd, s.logits);
+    const head_loss main =
+        run_head(hidden, "model.norm.weight", batch.targets, s.normed, s.rstd, s.logits);
     out.loss = main.mean();
     s.labelled = main.labelled;
     if (keep_logits) out.logits = s.logits;
     // Multi-token prediction: depth k predicts the token k+1 ahead.
     tensor previous = hidden;
-    const double weight = mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
+    const double weight =
+        mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
     for (std::size_t d = 0; d < mtp_.size(); ++d) {
       const auto k = static_cast<std::int64_t>(d + 1);
       check_tokens(batch.tokens, "tokens (for the MTP modules)");
@@ -141,11 +160,14 @@ model_output model_runner::forward(const exec_context& context, std::int64_t mic
       ms.tokens = shifted(batch.tokens, k);
       if (labelled) ms.targets = shifted(batch.targets, k);
       ms.embedded = tensor::empty(dtype::f32, hidden.shape());
-      embedding_forward(context, store_.at("model.embed_tokens.weight").value.data_as<float>(), vocab, h,
-                        ms.tokens.data_as<std::int32_t>(), rows, ms.embedded.data_as<float>());
-      ms.combined = mtp_[d].combine->forward(context, micro_batch, std::vector<tensor>{previous, ms.embedded})[0];
+      embedding_forward(context, store_.at("model.embed_tokens.weight").value.data_as<float>(),
+                        vocab, h, ms.tokens.data_as<std::int32_t>(), rows,
+                        ms.embedded.data_as<float>());
+      ms.combined = mtp_[d].combine->forward(context, micro_batch,
+                                             std::vector<tensor>{previous, ms.embedded})[0];
       ms.h_out = mtp_[d].block->forward(context, micro_batch, ms.combined);
-      const head_loss depth = run_head(ms.h_out, mtp_[d].norm_name.c_str(), ms.targets, ms.normed, ms.rstd, ms.logits);
+      const head_loss depth =
+          run_head(ms.h_out, mtp_[d].norm_name.c_str(), ms.targets, ms.normed, ms.rstd, ms.logits);
       ms.labelled = depth.labelled;
       out.mtp_loss += weight * depth.mean();
       if (keep_logits) out.mtp_logits.push_back(ms.logits);
@@ -165,8 +187,8 @@ model_output model_runner::forward(const exec_context& context, std::int64_t mic
   return out;
 }
 
-tensor model_runner::backward(const exec_context& context, std::int64_t micro_batch, const tensor& d_hidden,
-                              float loss_scale) {
+tensor model_runner::backward(const exec_context& context, std::int64_t micro_batch,
+                              const tensor& d_hidden, float loss_scale) {
   auto it = saved_.find(micro_batch);
   if (it == saved_.end()) fail("no forward saved for micro-batch {}", micro_batch);
   saved& s = it->second;
@@ -175,42 +197,54 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
   if (slice_.head) {
     const tensor& final_hidden = s.layer_inputs.back();
     const std::int64_t rows = final_hidden.numel() / h;
-    parameter& head = store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    parameter& head =
+        store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
     const bool labelled = s.batch.targets.defined();
-    // Head backward of scale * (sum of labelled losses) / labelled, into d_x (pre-norm) via the norm.
-    auto head_backward = [&](const tensor& x, const tensor& normed, const tensor& rstd, const tensor& logits,
-                             const tensor& targets, std::int64_t count, double weight, const std::string& norm_name,
-                             tensor& d_x) {
+    // Head backward of scale * (sum of labelled losses) / labelled, into d_x (pre-norm) via the
+    // norm.
+    auto head_backward = [&](const tensor& x, const tensor& normed, const tensor& rstd,
+                             const tensor& logits, const tensor& targets, std::int64_t count,
+                             double weight, const std::string& norm_name, tensor& d_x) {
       if (!labelled || count == 0) return;
       tensor d_normed = tensor::zeros(dtype::f32, x.shape());
-      output_head_backward(context, normed.data_as<float>(), head.value.data_as<float>(), logits.data_as<float>(),
-                           targets.data_as<std::int32_t>(), static_cast<float>(static_cast<double>(loss_scale) * weight / static_cast<double>(count)),
-                           d_normed.data_as<float>(), grad_of(head), rows, h, vocab);
+      output_head_backward(
+          context, normed.data_as<float>(), head.value.data_as<float>(), logits.data_as<float>(),
+          targets.data_as<std::int32_t>(),
+          static_cast<float>(static_cast<double>(loss_scale) * weight / static_cast<double>(count)),
+          d_normed.data_as<float>(), grad_of(head), rows, h, vocab);
       parameter& norm = store_.at(norm_name);
-      rmsnorm_backward(context, d_normed.data_as<float>(), x.data_as<float>(), norm.value.data_as<float>(),
-                       rstd.data_as<float>(), d_x.data_as<float>(), grad_of(norm), rows, h);
+      rmsnorm_backward(context, d_normed.data_as<float>(), x.data_as<float>(),
+                       norm.value.data_as<float>(), rstd.data_as<float>(), d_x.data_as<float>(),
+                       grad_of(norm), rows, h);
     };
     // MTP depths in reverse: each passes its gradient to the representation it started from.
     tensor d_next = tensor::zeros(dtype::f32, final_hidden.shape());
-    const double weight = mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
+    const double weight =
+        mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
     for (std::size_t d = mtp_.size(); d-- > 0;) {
       parameter& embedding = store_.at("model.embed_tokens.weight");
       mtp_saved& ms = s.mtp[d];
-      head_backward(ms.h_out, ms.normed, ms.rstd, ms.logits, ms.targets, ms.labelled, weight, mtp_[d].norm_name, d_next);
-      const tensor d_combined = mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
+      head_backward(ms.h_out, ms.normed, ms.rstd, ms.logits, ms.targets, ms.labelled, weight,
+                    mtp_[d].norm_name, d_next);
+      const tensor d_combined =
+          mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
       tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape());
       tensor d_embedded = tensor::zeros(dtype::f32, final_hidden.shape());
-      mtp_[d].combine->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, std::vector<tensor>{d_combined},
+      mtp_[d].combine->backward(context, micro_batch, TROUPE_BACKWARD_BOTH,
+                                std::vector<tensor>{d_combined},
                                 std::vector<tensor>{d_previous, d_embedded});
       if (float* d_table = grad_of(embedding))
-        embedding_backward(d_embedded.data_as<float>(), ms.tokens.data_as<std::int32_t>(), rows, h, d_table);
+        embedding_backward(d_embedded.data_as<float>(), ms.tokens.data_as<std::int32_t>(), rows, h,
+                           d_table);
       d_next = d_previous;
     }
     d_h = d_next;
-    head_backward(final_hidden, s.normed, s.rstd, s.logits, s.batch.targets, s.labelled, 1.0, "model.norm.weight", d_h);
+    head_backward(final_hidden, s.normed, s.rstd, s.logits, s.batch.targets, s.labelled, 1.0,
+                  "model.norm.weight", d_h);
   } else {
     if (!d_hidden.defined() || d_hidden.shape() != s.layer_inputs.back().shape())
-      fail("backward of this model slice needs dL/dhidden of shape [{}]", fmt::join(s.layer_inputs.back().shape(), ", "));
+      fail("backward of this model slice needs dL/dhidden of shape [{}]",
+           fmt::join(s.layer_inputs.back().shape(), ", "));
     d_h = d_hidden.clone();
   }
   for (std::size_t i = layers_.size(); i-- > 0;)
@@ -219,7 +253,8 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
   if (slice_.embedding) {
     parameter& embedding = store_.at("model.embed_tokens.weight");
     if (float* d_table = grad_of(embedding))
-      embedding_backward(d_h.data_as<float>(), s.batch.tokens.data_as<std::int32_t>(), s.batch.tokens.numel(), h, d_table);
+      embedding_backward(d_h.data_as<float>(), s.batch.tokens.data_as<std::int32_t>(),
+                         s.batch.tokens.numel(), h, d_table);
   } else {
     result = d_h;
   }
@@ -233,8 +268,9 @@ void model_runner::forget(std::int64_t micro_batch) {
   saved_.erase(micro_batch);
 }
 
-model_plugins load_model_plugins(plugin_registry& registry, const model_config& config, const std::string& attention,
-                                 const std::string& moe, const std::string& mtp) {
+model_plugins load_model_plugins(plugin_registry& registry, const model_config& config,
+                                 const std::string& attention, const std::string& moe,
+                                 const std::string& mtp) {
   model_plugins plugins;
   plugins.attention = registry.load(attention, {plugin_kind::attention});
   if (config.n_routed_experts > 0) plugins.moe = registry.load(moe, {plugin_kind::moe});

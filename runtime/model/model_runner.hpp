@@ -34,26 +34,30 @@ struct model_options {
 
 /// A micro-batch's input.
 struct model_batch {
-  tensor tokens;   ///< i32 [batch, length]: the embedding's input and the MTP modules' (needed by both ends)
-  tensor targets;  ///< i32 [batch, length], target[i] = token[i+1], -1 unlabelled; undefined: no loss
-  tensor hidden;   ///< f32 [batch, length, hidden]: the previous stage's output (when !embedding)
+  tensor tokens;  ///< i32 [batch, length]: the embedding's input and the MTP modules' (needed by
+                  ///< both ends)
+  tensor
+      targets;  ///< i32 [batch, length], target[i] = token[i+1], -1 unlabelled; undefined: no loss
+  tensor hidden;  ///< f32 [batch, length, hidden]: the previous stage's output (when !embedding)
 };
 
 struct model_output {
-  tensor hidden;              ///< [batch, length, hidden] for the next stage (when !head)
-  tensor logits;              ///< [batch, length, vocab] (when head and keep_logits)
+  tensor hidden;                   ///< [batch, length, hidden] for the next stage (when !head)
+  tensor logits;                   ///< [batch, length, vocab] (when head and keep_logits)
   std::vector<tensor> mtp_logits;  ///< per MTP depth (when head and keep_logits)
-  double loss = 0.0;          ///< main cross-entropy, mean over labelled positions
-  double mtp_loss = 0.0;      ///< lambda/D * sum of the depths' mean cross-entropies
-  double balance_loss = 0.0;  ///< sum over this slice's MoE layers
+  double loss = 0.0;               ///< main cross-entropy, mean over labelled positions
+  double mtp_loss = 0.0;           ///< lambda/D * sum of the depths' mean cross-entropies
+  double balance_loss = 0.0;       ///< sum over this slice's MoE layers
   std::vector<std::int64_t> moe_layers;  ///< layer index of each entry below
-  std::vector<tensor> expert_counts;     ///< i64 [n_routed_experts] per MoE layer (MTP blocks included)
+  std::vector<tensor>
+      expert_counts;  ///< i64 [n_routed_experts] per MoE layer (MTP blocks included)
   double total() const { return loss + mtp_loss + balance_loss; }
 };
 
 class model_runner {
  public:
-  model_runner(const model_config& config, model_slice slice, model_plugins plugins, model_options options = {});
+  model_runner(const model_config& config, model_slice slice, model_plugins plugins,
+               model_options options = {});
   model_runner(const model_runner&) = delete;
   model_runner& operator=(const model_runner&) = delete;
 
@@ -61,12 +65,13 @@ class model_runner {
   const model_slice& slice() const { return slice_; }
   parameter_store& parameters() { return store_; }
 
-  model_output forward(const exec_context& context, std::int64_t micro_batch, const model_batch& batch,
-                       bool keep_logits = false);
+  model_output forward(const exec_context& context, std::int64_t micro_batch,
+                       const model_batch& batch, bool keep_logits = false);
 
   /// Backward of loss_scale * total loss. `d_hidden` is dL/d(output hidden) from the next stage
   /// (when !head). Returns dL/d(input hidden) when !embedding, else an undefined tensor.
-  tensor backward(const exec_context& context, std::int64_t micro_batch, const tensor& d_hidden, float loss_scale);
+  tensor backward(const exec_context& context, std::int64_t micro_batch, const tensor& d_hidden,
+                  float loss_scale);
 
   void forget(std::int64_t micro_batch);
 
@@ -78,7 +83,7 @@ class model_runner {
     std::unique_ptr<layer_instance> combine;  // the mtp plugin
     std::vector<std::string> combine_names;
     std::unique_ptr<decoder_layer> block;
-    std::string norm_name;                    // shared_head.norm
+    std::string norm_name;  // shared_head.norm
   };
   struct mtp_saved {
     tensor tokens, targets, embedded, combined, h_out, normed, rstd, logits;
@@ -104,7 +109,7 @@ class model_runner {
 
 /// The plugin libraries a model needs, loaded from the registry by name ("mla", "moe", "mtp").
 model_plugins load_model_plugins(plugin_registry& registry, const model_config& config,
-                                 const std::string& attention = "mla", const std::string& moe = "moe",
-                                 const std::string& mtp = "mtp");
+                                 const std::string& attention = "mla",
+                                 const std::string& moe = "moe", const std::string& mtp = "mtp");
 
 }  // namespace troupe

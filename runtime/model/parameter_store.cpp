@@ -64,8 +64,12 @@ void parameter_store::initialize(std::uint64_t seed) {
     const std::int64_t n = p->value.numel();
     std::mt19937_64 rng(seed ^ name_hash(p->name));
     switch (p->spec.init) {
-      case TROUPE_INIT_ZEROS: std::fill_n(data, n, 0.0f); break;
-      case TROUPE_INIT_ONES: std::fill_n(data, n, 1.0f); break;
+      case TROUPE_INIT_ZEROS:
+        std::fill_n(data, n, 0.0f);
+        break;
+      case TROUPE_INIT_ONES:
+        std::fill_n(data, n, 1.0f);
+        break;
       case TROUPE_INIT_NORMAL: {
         std::normal_distribution<float> normal(0.0f, p->spec.init_scale);
         for (std::int64_t i = 0; i < n; ++i) data[i] = normal(rng);
@@ -89,18 +93,22 @@ void parameter_store::load(const hf_checkpoint& checkpoint) {
     }
     const auto& stored = checkpoint.entry(p->name);
     if (stored.shape != p->spec.shape) {
-      mismatched.push_back(fmt::format("{} is [{}] in the checkpoint, the model needs [{}]", p->name,
-                                       fmt::join(stored.shape, ", "), fmt::join(p->spec.shape, ", ")));
+      mismatched.push_back(fmt::format("{} is [{}] in the checkpoint, the model needs [{}]",
+                                       p->name, fmt::join(stored.shape, ", "),
+                                       fmt::join(p->spec.shape, ", ")));
       continue;
     }
     p->value.copy_from(checkpoint.read_f32(p->name));
   }
   if (!missing.empty() || !mismatched.empty()) {
-    std::string message = fmt::format("{}: the checkpoint does not fit the model", checkpoint.directory().string());
+    std::string message =
+        fmt::format("{}: the checkpoint does not fit the model", checkpoint.directory().string());
     if (!missing.empty())
-      message += fmt::format("; missing {} tensor{}: {}{}", missing.size(), missing.size() == 1 ? "" : "s",
-                             fmt::join(missing.begin(), missing.begin() + std::min<std::size_t>(missing.size(), 8), ", "),
-                             missing.size() > 8 ? ", ..." : "");
+      message +=
+          fmt::format("; missing {} tensor{}: {}{}", missing.size(), missing.size() == 1 ? "" : "s",
+                      fmt::join(missing.begin(),
+                                missing.begin() + std::min<std::size_t>(missing.size(), 8), ", "),
+                      missing.size() > 8 ? ", ..." : "");
     if (!mismatched.empty()) message += fmt::format("; {}", fmt::join(mismatched, "; "));
     throw checkpoint_error(message);
   }
@@ -117,8 +125,8 @@ std::vector<std::pair<std::string, tensor>> parameter_store::named_values() cons
   return out;
 }
 
-std::pair<std::vector<tensor>, std::vector<tensor>> bound_tensors(parameter_store& store,
-                                                                  const std::vector<std::string>& names) {
+std::pair<std::vector<tensor>, std::vector<tensor>> bound_tensors(
+    parameter_store& store, const std::vector<std::string>& names) {
   std::vector<tensor> values, grads;
   for (const auto& name : names) {
     parameter& p = store.at(name);

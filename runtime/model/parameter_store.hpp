@@ -55,8 +55,9 @@ class parameter_store {
   std::vector<parameter*> order_;
 };
 
-/// The plugin tensors of `names` from `store`, in order (params and grads), for layer_instance::bind.
-std::pair<std::vector<tensor>, std::vector<tensor>> bound_tensors(parameter_store& store,
-                                                                  const std::vector<std::string>& names);
+/// The plugin tensors of `names` from `store`, in order (params and grads), for
+/// layer_instance::bind.
+std::pair<std::vector<tensor>, std::vector<tensor>> bound_tensors(
+    parameter_store& store, const std::vector<std::string>& names);
 
 }  // namespace troupe

@@ -49,7 +49,9 @@ int logits(const logits_options& options) {
   model.mtp = false;  // the main model's logits
   model_runner runner(config, {}, load_model_plugins(registry, config), model);
   runner.parameters().load(checkpoint);
-  thread_pool pool(options.threads > 0 ? options.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  thread_pool pool(options.threads > 0
+                       ? options.threads
+                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   exec_context context(device::cpu(), pool);
   model_batch batch;
   const auto length = static_cast<std::int64_t>(ids.size());
@@ -61,13 +63,15 @@ int logits(const logits_options& options) {
   const float* values = output.logits.data_as<float>();
   if (!options.out.empty()) {
     std::ofstream out(options.out, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(values), static_cast<std::streamsize>(output.logits.nbytes()));
+    out.write(reinterpret_cast<const char*>(values),
+              static_cast<std::streamsize>(output.logits.nbytes()));
     if (!out) fail("{}: cannot write the logits", options.out);
-    fmt::print("wrote {} x {} float32 logits (row-major, little-endian) to {}\n", length, vocab, options.out);
+    fmt::print("wrote {} x {} float32 logits (row-major, little-endian) to {}\n", length, vocab,
+               options.out);
     return exit_ok;
   }
-  fmt::print("{} positions x {} logits ({} layers, hidden {})\n", length, vocab, config.num_hidden_layers,
-             config.hidden_size);
+  fmt::print("{} positions x {} logits ({} layers, hidden {})\n", length, vocab,
+             config.num_hidden_layers, config.hidden_size);
   for (std::int64_t t = 0; t < length; ++t) {
     const float* row = values + t * vocab;
     std::int64_t best = 0;
@@ -78,8 +82,9 @@ int logits(const logits_options& options) {
       squares += static_cast<double>(row[v]) * static_cast<double>(row[v]);
     }
     const double mean = sum / static_cast<double>(vocab);
-    fmt::print("  position {}: token {} -> argmax {} ({:.4f}); mean {:.4f}, std {:.4f}\n", t, ids[static_cast<std::size_t>(t)],
-               best, row[best], mean, std::sqrt(std::max(0.0, squares / static_cast<double>(vocab) - mean * mean)));
+    fmt::print("  position {}: token {} -> argmax {} ({:.4f}); mean {:.4f}, std {:.4f}\n", t,
+               ids[static_cast<std::size_t>(t)], best, row[best], mean,
+               std::sqrt(std::max(0.0, squares / static_cast<double>(vocab) - mean * mean)));
   }
   return exit_ok;
 }
@@ -88,13 +93,15 @@ int logits(const logits_options& options) {
 
 void add_logits_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<logits_options>();
-  auto* command = app.add_subcommand(
-      "logits", "Run a Hugging Face DeepSeek-V3 model directory on a token sequence and write the float32 logits of "
-                "every position ([T, vocab_size], row-major, little-endian)");
+  auto* command = app.add_subcommand("logits",
+                                     "Run a Hugging Face DeepSeek-V3 model directory on a token "
+                                     "sequence and write the float32 logits of "
+                                     "every position ([T, vocab_size], row-major, little-endian)");
   command->add_option("--model", options->model, "Model directory (config.json and *.safetensors)")
       ->required()
       ->check(CLI::ExistingDirectory);
-  command->add_option("--tokens", options->tokens, "Comma-separated token ids, e.g. 5,17,42")->required();
+  command->add_option("--tokens", options->tokens, "Comma-separated token ids, e.g. 5,17,42")
+      ->required();
   command->add_option("--out", options->out, "Write the logits here (otherwise print a summary)");
   command->add_option("--threads", options->threads, "Worker threads (default: one per core)");
   command->callback([options, &exit_code] { exit_code = logits(*options); });

@@ -1,0 +1,157 @@
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kernels/cpu/gemm.hpp"
+#include "runtime/core/install_layout.hpp"
+#include "runtime/exec/exec_context.hpp"
+#include "runtime/model/flops.hpp"
+#include "runtime/model/model_runner.hpp"
+#include "runtime/plugin/registry.hpp"
+#include "tools/troupe/commands.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+struct bench_options {
+  std::string config = "small";
+  std::int64_t batch = 0;
+  std::int64_t length = 0;
+  int steps = 3;
+  int threads = 0;
+  std::string precision = "fp32";
+};
+
+fs::path config_path(const std::string& name) {
+  const fs::path models = current_install_layout().topology_dir / "models";
+  if (name == "tiny") return models / "tiny" / "config.json";
+  if (name == "small") return models / "small-512" / "config.json";
+  return name;
+}
+
+/// sgemm throughput on the pool, the reference the model's figure is a ratio to.
+double sgemm_gflops(thread_pool& pool) {
+  const std::int64_t n = 1024;
+  std::vector<float> a(static_cast<std::size_t>(n * n), 0.5f), b(a.size(), 0.25f),
+      c(a.size(), 0.0f);
+  const kernels::cpu::gemm_shape shape{false, true, n, n, n, n, n, n};
+  double best = 1e30;
+  for (int i = 0; i < 4; ++i) {
+    const auto start = clock_type::now();
+    kernels::cpu::sgemm_on_pool(pool.abi(), shape, 1.0f, a.data(), b.data(), 0.0f, c.data());
+    best = std::min(best, std::chrono::duration<double>(clock_type::now() - start).count());
+  }
+  return 2.0 * static_cast<double>(n * n * n) / best / 1e9;
+}
+
+int bench(const bench_options& options) {
+  const fs::path file = config_path(options.config);
+  const model_config config = load_model_config(file);
+  const std::int64_t batch = options.batch > 0 ? options.batch : (options.config == "tiny" ? 4 : 2);
+  const std::int64_t length =
+      options.length > 0 ? options.length : (options.config == "tiny" ? 64 : 512);
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  thread_pool pool(threads);
+  plugin_registry registry;
+  const auto plugins = load_model_plugins(registry, config);
+  std::unique_ptr<gemm_instance> fp8;
+  if (options.precision == "fp8")
+    fp8 = std::make_unique<gemm_instance>(registry.load("fp8", {plugin_kind::gemm}),
+                                          instance_options{});
+  else if (options.precision != "fp32")
+    fail("--precision: use fp32 or fp8, not {}", options.precision);
+  exec_context context(device::cpu(), pool, fp8 ? fp8->provider() : nullptr);
+  model_runner runner(config, {}, plugins);
+  runner.parameters().initialize(1234);
+
+  model_batch input;
+  input.tokens = tensor::empty(dtype::i32, {batch, length});
+  input.targets = tensor::empty(dtype::i32, {batch, length});
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<std::int32_t> token(
+      0, static_cast<std::int32_t>(config.vocab_size - 1));
+  for (std::int64_t i = 0; i < batch * length; ++i)
+    input.tokens.data_as<std::int32_t>()[i] = token(rng);
+  for (std::int64_t b = 0; b < batch; ++b)
+    for (std::int64_t i = 0; i < length; ++i)
+      input.targets.data_as<std::int32_t>()[b * length + i] =
+          i + 1 < length ? input.tokens.data_as<std::int32_t>()[b * length + i + 1] : -1;
+
+  fmt::print(
+      "model {} ({}): {} layers, hidden {}, {} routed experts top-{}, MTP depth {}, {:.1f}M "
+      "parameters\n",
+      options.config, file.string(), config.num_hidden_layers, config.hidden_size,
+      config.n_routed_experts, config.num_experts_per_tok, config.num_nextn_predict_layers,
+      static_cast<double>(runner.parameters().element_count()) / 1e6);
+  fmt::print("batch {} x {} tokens, {} threads, precision {}\n", batch, length, threads,
+             options.precision);
+  const double reference = sgemm_gflops(pool);
+  fmt::print("sgemm 1024^3 on the worker pool: {:.1f} GFLOP/s\n", reference);
+
+  double best = 1e30, forward_best = 1e30;
+  std::string mla_statistics;
+  for (int step = 0; step <= options.steps; ++step) {  // step 0 warms up
+    runner.parameters().zero_grads();
+    const auto start = clock_type::now();
+    runner.forward(context, step, input);
+    const auto middle = clock_type::now();
+    if (step == 0) mla_statistics = runner.layers().front()->attention().statistics();
+    runner.backward(context, step, tensor(), 1.0f);
+    const auto end = clock_type::now();
+    if (step == 0) continue;
+    best = std::min(best, std::chrono::duration<double>(end - start).count());
+    forward_best = std::min(forward_best, std::chrono::duration<double>(middle - start).count());
+  }
+  const double tokens = static_cast<double>(batch * length);
+  const double flops = model_flops(config, length, true).training() * tokens;
+  const double achieved = flops / best / 1e9;
+  fmt::print(
+      "forward + backward: {:.1f} ms per step (forward {:.1f} ms), best of {}; {:.0f} tokens/s\n",
+      best * 1e3, forward_best * 1e3, options.steps, tokens / best);
+  fmt::print("model FLOPs: {:.2f} GFLOP per step -> {:.1f} GFLOP/s = {:.2f} of sgemm\n",
+             flops / 1e9, achieved, achieved / reference);
+  const auto stats = nlohmann::json::parse(mla_statistics);
+  const double kept = stats["saved_activation_bytes"].get<double>();
+  const double recomputed = stats["recomputed_activation_bytes"].get<double>();
+  fmt::print(
+      "MLA activations per layer and micro-batch: {:.2f} MiB kept; storing q, k, v would add "
+      "{:.2f} MiB ({:.0f}% saved)\n",
+      kept / 1048576.0, recomputed / 1048576.0, 100.0 * recomputed / (kept + recomputed));
+  return exit_ok;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, int& exit_code) {
+  auto* bench_group = app.add_subcommand("bench", "Measure troupe's speed");
+  bench_group->require_subcommand(1);
+  auto options = std::make_shared<bench_options>();
+  auto* model = bench_group->add_subcommand("model",
+                                            "Forward + backward of a model on the CPU: time per "
+                                            "step, tokens/s, model GFLOP/s and its ratio to the "
+                                            "sgemm throughput measured in the same run");
+  model->add_option("--config", options->config,
+                    "tiny, small (hidden 512, 8 layers, 64 experts top-6) or a config.json path");
+  model->add_option("--batch", options->batch,
+                    "Sequences per step (default: 4 for tiny, 2 for small)");
+  model->add_option("--length", options->length,
+                    "Tokens per sequence (default: 64 for tiny, 512 for small)");
+  model->add_option("--steps", options->steps, "Timed steps after one warm-up (default 3)");
+  model->add_option("--threads", options->threads, "Worker threads (default: one per core)");
+  model->add_option("--precision", options->precision,
+                    "fp32 or fp8 (the FP8 plugin's CPU emulation)");
+  model->callback([options, &exit_code] { exit_code = bench(*options); });
+}
+
+}  // namespace troupe::cli

@@ -131,4 +131,24 @@ tensor hf_checkpoint::read_f32(std::string_view name) const {
   return out;
 }
 
+void write_hf_checkpoint(const fs::path& directory, const model_config& config,
+                         const std::vector<std::pair<std::string, tensor>>& tensors) {
+  std::error_code ec;
+  fs::create_directories(directory, ec);
+  if (ec)
+    throw checkpoint_error(
+        fmt::format("{}: cannot create the directory: {}", directory.string(), ec.message()));
+  const fs::path config_file = directory / "config.json";
+  const fs::path partial = directory / "config.json.partial";
+  {
+    std::ofstream out(partial, std::ios::trunc);
+    out << nlohmann::json::parse(config.json_text).dump(2) << "\n";
+    if (!out) throw checkpoint_error(fmt::format("{}: cannot write", partial.string()));
+  }
+  fs::rename(partial, config_file, ec);
+  if (ec)
+    throw checkpoint_error(fmt::format("{}: cannot write: {}", config_file.string(), ec.message()));
+  write_safetensors(directory / "model.safetensors", tensors, {{"format", "pt"}});
+}
+
 }  // namespace troupe

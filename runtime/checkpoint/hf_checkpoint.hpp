@@ -43,4 +43,9 @@ class hf_checkpoint {
   std::map<std::string, std::size_t> where_;  // tensor name -> index into files_
 };
 
+/// Writes a Hugging Face model directory: config.json (the model's source config) and
+/// model.safetensors with `tensors` in float32, each file atomically.
+void write_hf_checkpoint(const std::filesystem::path& directory, const model_config& config,
+                         const std::vector<std::pair<std::string, tensor>>& tensors);
+
 }  // namespace troupe

@@ -262,6 +262,19 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
   return result;
 }
 
+std::vector<std::pair<std::string, tensor>> model_runner::checkpoint_tensors() const {
+  auto tensors = store_.named_values();
+  for (std::size_t d = 0; d < mtp_.size(); ++d) {
+    const std::string prefix =
+        fmt::format("model.layers.{}.", config_.num_hidden_layers + static_cast<std::int64_t>(d));
+    tensors.emplace_back(prefix + "embed_tokens.weight",
+                         store_.find("model.embed_tokens.weight")->value);
+    const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    tensors.emplace_back(prefix + "shared_head.head.weight", store_.find(head)->value);
+  }
+  return tensors;
+}
+
 void model_runner::forget(std::int64_t micro_batch) {
   for (decoder_layer* layer : layers()) layer->forget(micro_batch);
   for (auto& m : mtp_) m.combine->forget(micro_batch);

@@ -76,6 +76,10 @@ class model_runner {
   void forget(std::int64_t micro_batch);
 
   std::vector<decoder_layer*> layers();
+
+  /// The slice's parameters under their checkpoint names, with the copies of the shared
+  /// embedding and head that DeepSeek's layout keeps in each MTP module.
+  std::vector<std::pair<std::string, tensor>> checkpoint_tensors() const;
   std::int64_t mtp_depth() const { return static_cast<std::int64_t>(mtp_.size()); }
 
  private:

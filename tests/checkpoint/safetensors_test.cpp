@@ -12,7 +12,9 @@
 #include "kernels/cpu/fp8_quantize.hpp"
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "runtime/checkpoint/safetensors.hpp"
+#include "runtime/model/model_runner.hpp"
 #include "runtime/model/parameter_store.hpp"
+#include "runtime/plugin/registry.hpp"
 #include "runtime/tensor/bf16.hpp"
 #include "runtime/tensor/e4m3.hpp"
 #include "tests/support/fixtures.hpp"
@@ -228,6 +230,29 @@ TEST_F(Safetensors, ParametersLoadOnlyWhenTheCheckpointFits) {
               std::string::npos)
         << message;
   }
+}
+
+TEST_F(Safetensors, AModelWrittenInTheHuggingFaceLayoutReadsBackToTheSameLogits) {
+  const auto original = hf_checkpoint::open(troupe::testing::fixture_model("groups"));
+  plugin_registry registry;
+  const auto plugins = load_model_plugins(registry, original.config());
+  model_runner first(original.config(), {}, plugins);
+  first.parameters().load(original);
+  write_hf_checkpoint(dir_ / "saved", original.config(), first.checkpoint_tensors());
+  const auto saved = hf_checkpoint::open(dir_ / "saved");
+  EXPECT_TRUE(saved.contains("model.layers.4.shared_head.head.weight"));  // DeepSeek's MTP copies
+  EXPECT_TRUE(saved.contains("model.layers.4.embed_tokens.weight"));
+  model_runner second(saved.config(), {}, plugins);
+  second.parameters().load(saved);
+  thread_pool pool(2);
+  exec_context context(device::cpu(), pool);
+  model_batch batch;
+  batch.tokens = tensor::empty(dtype::i32, {1, 6});
+  for (int i = 0; i < 6; ++i) batch.tokens.data_as<std::int32_t>()[i] = 7 * i + 3;
+  const auto a = first.forward(context, 0, batch, true),
+             b = second.forward(context, 0, batch, true);
+  EXPECT_EQ(std::memcmp(a.logits.data(), b.logits.data(), a.logits.nbytes()), 0);
+  EXPECT_EQ(std::memcmp(a.mtp_logits[0].data(), b.mtp_logits[0].data(), a.logits.nbytes()), 0);
 }
 
 }  // namespace

@@ -90,8 +90,8 @@ troupe_status moe_layer::forward(const troupe_exec_context* context, std::int64_
     const std::int64_t t = shape.tokens(), e_count = router_.experts, k = router_.topk, h = hidden_;
     // Router, in FP32 like DeepSeek-V3's gate (never FP8): logits = x W_gate^T.
     std::vector<float> logits(static_cast<std::size_t>(t * e_count));
-    kernels::cpu::sgemm({false, true, t, e_count, h, h, h, e_count}, 1.0f, s->x,
-                        weight_[router_weight_], 0.0f, logits.data());
+    kernels::cpu::sgemm_on_pool(context->pool, {false, true, t, e_count, h, h, h, e_count}, 1.0f,
+                                s->x, weight_[router_weight_], 0.0f, logits.data());
     s->scores.assign(static_cast<std::size_t>(t * e_count), 0.0f);
     s->selected.assign(static_cast<std::size_t>(t * k), 0);
     s->gates.assign(static_cast<std::size_t>(t * k), 0.0f);
@@ -280,8 +280,8 @@ troupe_status moe_layer::backward_input(const troupe_exec_context* context, save
     kernels::cpu::balance_loss_backward(router_, s.scores.data(), s.selected.data(), s.shape.batch,
                                         s.shape.length, balance_alpha_, d_balance,
                                         s.d_logits.data());
-  kernels::cpu::sgemm({false, false, t, h, e_count, e_count, h, h}, 1.0f, s.d_logits.data(),
-                      weight_[router_weight_], 1.0f, dx);
+  kernels::cpu::sgemm_on_pool(context->pool, {false, false, t, h, e_count, e_count, h, h}, 1.0f,
+                              s.d_logits.data(), weight_[router_weight_], 1.0f, dx);
   // Shared experts.
   if (shared_inter_ > 0) {
     s.shared_h.assign(static_cast<std::size_t>(t * shared_inter_), 0.0f);
@@ -343,8 +343,8 @@ troupe_status moe_layer::backward_weight(const troupe_exec_context* context, sav
       return statuses[static_cast<std::size_t>(e)];
     }
   if (grad_[router_weight_] != nullptr)
-    kernels::cpu::sgemm({true, false, e_count, h, t, e_count, h, h}, 1.0f, s.d_logits.data(), s.x,
-                        1.0f, grad_[router_weight_]);
+    kernels::cpu::sgemm_on_pool(context->pool, {true, false, e_count, h, t, e_count, h, h}, 1.0f,
+                                s.d_logits.data(), s.x, 1.0f, grad_[router_weight_]);
   if (shared_inter_ > 0) {
     TROUPE_TRY(linear_backward(context, s.d_shared_out.data(), h, s.shared_h.data(), shared_inter_,
                                weight_[shared_down_], nullptr, 0, grad_[shared_down_], t,

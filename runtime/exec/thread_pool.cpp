@@ -14,8 +14,14 @@ struct thread_pool::job {
   std::exception_ptr failure;  // guarded by the pool's mutex
 };
 
+namespace {
+// The pool whose worker runs on this thread, if any: a parallel_for from inside a chunk works on
+// its own job instead of waiting, so nested calls always make progress.
+thread_local const thread_pool* worker_of = nullptr;
+}  // namespace
+
 thread_pool::thread_pool(int threads) {
-  const int workers = std::max(threads, 1) - 1;
+  const int workers = threads > 1 ? threads : 0;
   workers_.reserve(static_cast<std::size_t>(workers));
   for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
   abi_.self = this;
@@ -67,6 +73,7 @@ void thread_pool::run_chunk(job& work, std::int64_t chunk) {
 }
 
 void thread_pool::worker_loop() {
+  worker_of = this;
   std::unique_lock lock(mutex_);
   while (true) {
     job* picked = nullptr;
@@ -85,6 +92,7 @@ void thread_pool::parallel_for(std::int64_t count, std::int64_t min_chunk,
   min_chunk = std::max<std::int64_t>(min_chunk, 1);
   // A few chunks per thread balance uneven chunks without much scheduling overhead.
   const std::int64_t target_chunks = static_cast<std::int64_t>(size()) * 4;
+  const bool inside_worker = worker_of == this;
   const std::int64_t chunk_size = std::max(min_chunk, (count + target_chunks - 1) / target_chunks);
   const std::int64_t chunks = (count + chunk_size - 1) / chunk_size;
   if (chunks == 1 || workers_.empty()) {
@@ -99,8 +107,10 @@ void thread_pool::parallel_for(std::int64_t count, std::int64_t min_chunk,
   std::unique_lock lock(mutex_);
   jobs_.push_back(&work);
   work_ready_.notify_all();
-  // The caller works on its own job only, so a nested call always makes progress.
-  while (work.next_chunk < work.chunks) {
+  // NOTES: a caller from outside (an actor's thread) only waits, so the cores run exactly the
+  // pool's workers however many actors compute at once. A worker calling from inside a chunk
+  // works on its own job only, so a nested call always makes progress.
+  while (inside_worker && work.next_chunk < work.chunks) {
     const std::int64_t chunk = work.next_chunk++;
     lock.unlock();
     run_chunk(work, chunk);

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -14,19 +15,19 @@
 
 namespace troupe {
 
-/// The compute worker pool. parallel_for splits a range into chunks that the workers and the
-/// calling thread run together. Several callers (actors) may run parallel_for at once: their jobs
-/// share the workers. Calls from inside a chunk are allowed (the caller works its own job, so
-/// nothing waits on a busy pool).
+/// The compute worker pool: `threads` workers, one per core given to compute. parallel_for splits
+/// a range into chunks the workers run while the caller waits, so however many actors compute at
+/// once, the cores run only the workers. Several callers' jobs share the workers. A call from
+/// inside a chunk works on its own job (nested calls never wait on a busy pool).
 class thread_pool {
  public:
-  /// `threads` counts the calling thread: a pool of 1 runs everything inline.
+  /// A pool of 1 (or less) has no workers and runs everything inline on the caller.
   explicit thread_pool(int threads);
   ~thread_pool();
   thread_pool(const thread_pool&) = delete;
   thread_pool& operator=(const thread_pool&) = delete;
 
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  int size() const { return std::max(static_cast<int>(workers_.size()), 1); }
 
   /// Runs body(begin, end) over chunks of at least `min_chunk` items covering [0, count).
   /// An exception from a chunk is rethrown here after every chunk has finished.

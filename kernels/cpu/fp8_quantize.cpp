@@ -70,6 +70,30 @@ void fp8_quantize_blocks(const float* in, std::int64_t rows, std::int64_t cols, 
   }
 }
 
+void fp8_quantize_row_tiles(const float* in, std::int64_t rows, std::int64_t cols,
+                            std::uint8_t* codes, float* scale_inv) {
+  const std::int64_t tiles = (cols + fp8_tile - 1) / fp8_tile;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c0 = 0; c0 < cols; c0 += fp8_tile) {
+      const std::int64_t c1 = std::min(cols, c0 + fp8_tile);
+      float amax = 0.0f;
+      for (std::int64_t c = c0; c < c1; ++c) amax = std::fmax(amax, std::fabs(in[r * cols + c]));
+      amax = std::fmax(amax, minimum_amax);
+      const float to_fp8 = e4m3_max / amax;
+      for (std::int64_t c = c0; c < c1; ++c)
+        codes[r * cols + c] = float_to_e4m3(in[r * cols + c] * to_fp8);
+      scale_inv[r * tiles + c0 / fp8_tile] = amax / e4m3_max;
+    }
+}
+
+void fp8_dequantize_row_tiles(const std::uint8_t* codes, const float* scale_inv, std::int64_t rows,
+                              std::int64_t cols, float* out) {
+  const std::int64_t tiles = (cols + fp8_tile - 1) / fp8_tile;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c)
+      out[r * cols + c] = e4m3_to_float(codes[r * cols + c]) * scale_inv[r * tiles + c / fp8_tile];
+}
+
 void fp8_dequantize_blocks(const std::uint8_t* codes, const float* scale_inv, std::int64_t rows,
                            std::int64_t cols, float* out) {
   const std::int64_t block_cols = (cols + fp8_tile - 1) / fp8_tile;

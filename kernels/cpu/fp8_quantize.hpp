@@ -30,6 +30,15 @@ void fp8_round_trip_blocks(const float* in, std::int64_t ld_in, float* out, std:
 void fp8_quantize_blocks(const float* in, std::int64_t rows, std::int64_t cols, std::uint8_t* codes,
                          float* scale_inv);
 
+/// Wire form of activations (FP8 dispatch to expert shards): codes[rows, cols] and
+/// scale_inv[rows, ceil(cols/128)], one per 1x128 tile along each row.
+void fp8_quantize_row_tiles(const float* in, std::int64_t rows, std::int64_t cols,
+                            std::uint8_t* codes, float* scale_inv);
+
+/// out = codes * scale_inv of their 1x128 tile.
+void fp8_dequantize_row_tiles(const std::uint8_t* codes, const float* scale_inv, std::int64_t rows,
+                              std::int64_t cols, float* out);
+
 /// out = codes * scale_inv of their block.
 void fp8_dequantize_blocks(const std::uint8_t* codes, const float* scale_inv, std::int64_t rows,
                            std::int64_t cols, float* out);

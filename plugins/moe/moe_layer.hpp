@@ -1,76 +1,81 @@
 #pragma once
 
-// DeepSeekMoE feed-forward block for one layer, on the host: shared experts plus fine-grained
-// routed SwiGLU experts, routed by kernels/cpu/router (sigmoid affinities, bias for selection
-// only, group-limited top-k, normalised and scaled gates, no token dropping).
+// DeepSeekMoE feed-forward block of one layer, on the host: shared experts plus fine-grained
+// routed SwiGLU experts, routed by moe_router (sigmoid affinities, bias for selection only,
+// group-limited top-k, normalised and scaled gates, no token dropping).
 //   y = shared(x) + sum over the token's top-k experts e of gate_e * expert_e(x)
-// Outputs per micro-batch: y, the number of (token, slot) pairs routed to each expert (for the
-// bias balancer), and the sequence-wise balance loss.
+//
+// Two ways to run it:
+//  - whole: this layer computes every routed expert too;
+//  - routing only (expert parallelism): the routed experts live on expert shards; this layer
+//    computes the router and the shared experts and hands the routing decision out (selected
+//    experts and gates), the runtime dispatches the tokens, and combine (expert_combine.hpp) adds
+//    the experts' outputs the same way the whole layer does.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/router.hpp"
+#include "kernels/cpu/expert_combine.hpp"
 #include "plugins/common/plugin_support.hpp"
+#include "plugins/moe/moe_router.hpp"
+#include "plugins/moe/routed_experts.hpp"
+#include "plugins/moe/shared_experts.hpp"
 #include "runtime/model/model_config.hpp"
 
 namespace troupe::plugin {
 
 class moe_layer {
  public:
-  moe_layer(const model_config& config, double balance_alpha);
+  moe_layer(const model_config& config, double balance_alpha, bool routing_only);
 
   const parameter_list& parameters() const { return parameters_; }
   troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
                      troupe_error* error);
 
   std::int64_t hidden() const { return hidden_; }
-  std::int64_t experts() const { return router_.experts; }
+  std::int64_t experts() const { return router_.shape().experts; }
+  std::int64_t topk() const { return router_.shape().topk; }
+  bool routing_only() const { return !routed_.has_value(); }
 
-  /// y [B,S,H], counts [E] (i64), balance_loss [1] (f32).
+  /// Whole layer: y [B,S,H], counts [E] (i64), balance_loss [1] (f32).
+  /// Routing only: y is the shared experts' output, and selected [B,S,K] (i32) and gates [B,S,K]
+  /// (f32) are written too.
   troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
                         const DLTensor& x, const DLTensor& y, const DLTensor& counts,
-                        const DLTensor& balance_loss, troupe_error* error);
-  /// dy, and the balance loss's gradient (a scalar; 0 when absent) -> dx (+=), parameter grads.
+                        const DLTensor& balance_loss, const DLTensor* selected,
+                        const DLTensor* gates, troupe_error* error);
+  /// dy, the balance loss's gradient (0 when absent) and, routing only, d_gates [B,S,K] ->
+  /// dx (+=) and the parameter gradients.
   troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch,
                          troupe_backward_part part, const DLTensor* dy, float d_balance_loss,
-                         const DLTensor* dx, troupe_error* error);
-  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
+                         const DLTensor* d_gates, const DLTensor* dx, troupe_error* error);
+  void forget(std::int64_t micro_batch);
   const std::string& statistics();
 
  private:
   struct saved_state {
-    const float* x = nullptr;
     activation_shape shape;
-    std::vector<float> scores;           // [T, E] sigmoid affinities
-    std::vector<std::int32_t> selected;  // [T, K]
-    std::vector<float> gates;            // [T, K]
-    std::vector<std::int64_t> order;    // assignments (t*K + k) grouped by expert, tokens ascending
-    std::vector<std::int64_t> offsets;  // [E + 1] into order
-    std::vector<float> gate_up;         // [T*K, 2I] expert pre-activations, in `order`
-    std::vector<float> expert_out;      // [T*K, H] expert outputs before the gate, in `order`
-    std::vector<float> shared_gate_up;  // [T, 2 I_s]
-    // Between the input-gradient and weight-gradient parts:
-    std::vector<float> d_gate_up, d_expert_out, d_shared_gate_up, d_shared_out, d_logits, shared_h,
-        expert_h;
-    bool input_part_done = false;
+    std::vector<std::int32_t> selected;      // [T, K] (whole layer)
+    std::vector<float> gates;                // [T, K] (whole layer)
+    kernels::cpu::expert_grouping grouping;  // whole layer
+    std::vector<float> expert_out;           // [T*K, H] expert outputs, grouped by expert
+    bool input_done = false;
   };
 
-  troupe_status backward_input(const troupe_exec_context* context, saved_state& s, const float* dy,
-                               float d_balance, float* dx, troupe_error* error);
-  troupe_status backward_weight(const troupe_exec_context* context, saved_state& s,
+  troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,
+                               saved_state& s, const float* dy, float d_balance,
+                               const float* d_gates, float* dx, troupe_error* error);
+  troupe_status backward_weight(const troupe_exec_context* context, std::int64_t micro_batch,
                                 troupe_error* error);
 
-  std::int64_t hidden_, inter_, shared_inter_;
-  kernels::cpu::router_shape router_;
-  double balance_alpha_;
-
+  std::int64_t hidden_;
   parameter_list parameters_;
-  std::size_t router_weight_, router_bias_, shared_gate_, shared_up_, shared_down_;
-  std::vector<std::size_t> expert_gate_, expert_up_, expert_down_;
+  moe_router router_;
+  std::optional<routed_experts> routed_;
+  shared_experts shared_;
   std::vector<float*> weight_, grad_;
-
   micro_batches<saved_state> saved_;
   std::string statistics_;
 };

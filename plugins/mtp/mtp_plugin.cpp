@@ -17,7 +17,7 @@
 
 #include "kernels/cpu/linear.hpp"
 #include "kernels/cpu/rmsnorm.hpp"
-#include "plugins/common/plugin_support.hpp"
+#include "plugins/common/layer_entry.hpp"
 #include "runtime/model/model_config.hpp"
 
 namespace {
@@ -152,41 +152,16 @@ class mtp_module {
   micro_batches<saved> saved_;
 };
 
-mtp_module* module_of(troupe_instance* instance) {
-  return reinterpret_cast<mtp_module*>(instance);
-}
-
-troupe_status init(const troupe_host*, troupe_error*) {
-  return TROUPE_STATUS_OK;
-}
+using entry = layer_entry<mtp_module>;
 
 troupe_status create(const troupe_instance_config* config, troupe_instance** out,
                      troupe_error* error) {
   return guarded(error, [&] {
-    if (config->device.device_type != kDLCPU)
-      return fail(error, TROUPE_STATUS_UNSUPPORTED,
-                  "the mtp plugin runs on the CPU; no CUDA implementation yet");
-    const auto model = troupe::parse_model_config(nlohmann::json::parse(config->model_config_json),
-                                                  "model config");
+    troupe::model_config model;
+    TROUPE_TRY(cpu_model_config(config, "mtp", model, error));
     *out = reinterpret_cast<troupe_instance*>(new mtp_module(model));
     return TROUPE_STATUS_OK;
   });
-}
-
-void destroy(troupe_instance* instance) {
-  delete module_of(instance);
-}
-
-troupe_status parameters(troupe_instance* instance, const troupe_param_spec** specs,
-                         std::int32_t* count, troupe_error*) {
-  *specs = module_of(instance)->parameters().specs().data();
-  *count = static_cast<std::int32_t>(module_of(instance)->parameters().specs().size());
-  return TROUPE_STATUS_OK;
-}
-
-troupe_status bind(troupe_instance* instance, const DLTensor* params, const DLTensor* grads,
-                   std::int32_t count, troupe_error* error) {
-  return module_of(instance)->bind(params, grads, count, error);
 }
 
 troupe_status infer_outputs(troupe_instance* instance, const DLTensor* inputs,
@@ -195,7 +170,7 @@ troupe_status infer_outputs(troupe_instance* instance, const DLTensor* inputs,
   activation_shape shape;
   if (num_inputs != 2)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp takes h_prev and embedded");
-  TROUPE_TRY(check_activation(inputs[0], module_of(instance)->hidden(), "h_prev", shape, error));
+  TROUPE_TRY(check_activation(inputs[0], entry::of(instance)->hidden(), "h_prev", shape, error));
   if (*num_outputs < 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "room for one output needed");
   outputs[0] =
@@ -209,7 +184,7 @@ troupe_status forward(troupe_instance* instance, const troupe_exec_context* cont
                       DLTensor* outputs, std::int32_t num_outputs, troupe_error* error) {
   if (num_inputs != 2 || num_outputs != 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp maps (h_prev, embedded) to h'");
-  return module_of(instance)->forward(context, micro_batch, inputs[0], inputs[1], outputs[0],
+  return entry::of(instance)->forward(context, micro_batch, inputs[0], inputs[1], outputs[0],
                                       error);
 }
 
@@ -218,48 +193,15 @@ troupe_status backward(troupe_instance* instance, const troupe_exec_context* con
                        const DLTensor* output_grads, std::int32_t num_output_grads,
                        DLTensor* input_grads, std::int32_t num_input_grads, troupe_error* error) {
   const bool has = num_output_grads >= 1 && num_input_grads >= 2;
-  return module_of(instance)->backward(context, micro_batch, part, has ? &output_grads[0] : nullptr,
+  return entry::of(instance)->backward(context, micro_batch, part, has ? &output_grads[0] : nullptr,
                                        has ? &input_grads[0] : nullptr,
                                        has ? &input_grads[1] : nullptr, error);
 }
 
-void forget(troupe_instance* instance, std::int64_t micro_batch) {
-  module_of(instance)->forget(micro_batch);
-}
-
-troupe_status export_state(troupe_instance*, troupe_blob* state, troupe_error*) {
-  *state = troupe_blob{nullptr, 0, nullptr};
-  return TROUPE_STATUS_OK;
-}
-
-troupe_status import_state(troupe_instance*, const void*, std::size_t size, troupe_error* error) {
-  if (size != 0)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp has no state; got {} bytes", size);
-  return TROUPE_STATUS_OK;
-}
-
-const troupe_plugin table = {
-    TROUPE_PLUGIN_ABI_MAJOR,
-    TROUPE_PLUGIN_ABI_MINOR,
-    sizeof(troupe_plugin),
-    TROUPE_PLUGIN_KIND_MTP,
-    "mtp",
-    "1.0.0",
-    "DeepSeek-V3 multi-token prediction: each module's eh_proj([enorm(emb); hnorm(h)]) (CPU)",
-    &init,
-    &create,
-    &destroy,
-    &parameters,
-    &bind,
-    &infer_outputs,
-    &forward,
-    &backward,
-    &forget,
-    &export_state,
-    &import_state,
-    nullptr,  // gemm_provider
-    nullptr,  // statistics
-};
+constexpr troupe_plugin table = entry::table(
+    {TROUPE_PLUGIN_KIND_MTP, "mtp", "1.0.0",
+     "DeepSeek-V3 multi-token prediction: each module's eh_proj([enorm(emb); hnorm(h)]) (CPU)"},
+    &create, &infer_outputs, &forward, &backward);
 
 }  // namespace
 

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include <nlohmann/json.hpp>
+
 #include "runtime/core/error.hpp"
 #include "runtime/layers/norm.hpp"
 
@@ -49,6 +51,14 @@ decoder_layer::decoder_layer(std::int64_t index, bool moe, const model_config& c
   store.add(prefix_ + "post_attention_layernorm.weight", vector_spec(hidden_, TROUPE_INIT_ONES));
   if (moe) {
     options.options_json = plugins.moe_options;
+    if (plugins.experts != nullptr) {
+      experts_ = plugins.experts;
+      routed_experts_ = config.n_routed_experts;
+      topk_ = config.num_experts_per_tok;
+      nlohmann::json moe_options = nlohmann::json::parse(plugins.moe_options);
+      moe_options["part"] = "routing";
+      options.options_json = moe_options.dump();
+    }
     moe_ = std::make_unique<layer_instance>(plugins.moe, options);
     moe_names_ = declare_parameters(*moe_, prefix_, store);
   } else {
@@ -103,7 +113,9 @@ tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_ba
   rmsnorm_forward(context, mid, post_norm_, s.m_in.data_as<float>(), s.rstd_post.data_as<float>(),
                   rows, hidden_, eps_);
   tensor h_out;
-  if (moe_) {
+  if (moe_ && experts_ != nullptr) {
+    h_out = sharded_moe_forward(context, micro_batch, s);
+  } else if (moe_) {
     auto outputs = moe_->forward(context, micro_batch, std::vector<tensor>{s.m_in});
     h_out = outputs[0];
     s.counts = outputs[1];
@@ -129,14 +141,18 @@ tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_b
   if (part != TROUPE_BACKWARD_WEIGHT) {
     const std::int64_t rows = dh_out.numel() / hidden_;
     // The ffn branch.
-    tensor d_m_in = tensor::zeros(dtype::f32, dh_out.shape());
-    if (moe_) {
+    tensor d_m_in;
+    if (moe_ && experts_ != nullptr) {
+      d_m_in = sharded_moe_backward_input(context, micro_batch, s, dh_out, loss_scale);
+    } else if (moe_) {
+      d_m_in = tensor::zeros(dtype::f32, dh_out.shape());
       tensor d_balance = tensor::empty(dtype::f32, {1});
       *d_balance.data_as<float>() = loss_scale;
       moe_->backward(context, micro_batch,
                      part == TROUPE_BACKWARD_BOTH ? TROUPE_BACKWARD_INPUT : part,
                      std::vector<tensor>{dh_out, tensor(), d_balance}, std::vector<tensor>{d_m_in});
     } else {
+      d_m_in = tensor::zeros(dtype::f32, dh_out.shape());
       dense_->backward(context, dense_weights_, micro_batch, TROUPE_BACKWARD_INPUT,
                        dh_out.data_as<float>(), d_m_in.data_as<float>());
     }
@@ -155,19 +171,76 @@ tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_b
   }
   if (part != TROUPE_BACKWARD_INPUT) {
     attention_->backward(context, micro_batch, TROUPE_BACKWARD_WEIGHT, {}, {});
-    if (moe_)
+    if (moe_) {
       moe_->backward(context, micro_batch, TROUPE_BACKWARD_WEIGHT, {}, {});
-    else
+      if (experts_ != nullptr) experts_->backward_weight(index_, micro_batch);
+    } else {
       dense_->backward(context, dense_weights_, micro_batch, TROUPE_BACKWARD_WEIGHT, nullptr,
                        nullptr);
+    }
     saved_.erase(it);
   }
   return dh_in;
 }
 
+tensor decoder_layer::sharded_moe_forward(const exec_context& context, std::int64_t micro_batch,
+                                          saved& s) {
+  auto outputs = moe_->forward(context, micro_batch, std::vector<tensor>{s.m_in});
+  tensor h_out = outputs[0];  // the shared experts' output; the routed ones are added below
+  s.counts = outputs[1];
+  s.balance = outputs[2];
+  s.gates = outputs[4];
+  const std::int64_t tokens = s.m_in.numel() / hidden_, k = topk_, h = hidden_;
+  kernels::cpu::group_by_expert(outputs[3].data_as<const std::int32_t>(), tokens, k,
+                                routed_experts_, s.grouping);
+  tensor rows = tensor::empty(dtype::f32, {tokens * k, h});
+  context.pool().parallel_for(tokens * k, 64, [&](std::int64_t begin, std::int64_t end) {
+    kernels::cpu::gather_expert_rows(s.m_in.data_as<const float>(), s.grouping.order.data(), k, h,
+                                     rows.data_as<float>(), begin, end);
+  });
+  const std::span<const std::int64_t> counts(s.counts.data_as<const std::int64_t>(),
+                                             static_cast<std::size_t>(routed_experts_));
+  s.expert_out = experts_->forward(index_, micro_batch, rows, counts);
+  context.pool().parallel_for(tokens, 32, [&](std::int64_t begin, std::int64_t end) {
+    kernels::cpu::combine_forward(s.expert_out.data_as<const float>(),
+                                  s.gates.data_as<const float>(), s.grouping.position.data(), k, h,
+                                  h_out.data_as<float>(), begin, end);
+  });
+  return h_out;
+}
+
+tensor decoder_layer::sharded_moe_backward_input(const exec_context& context,
+                                                 std::int64_t micro_batch, saved& s,
+                                                 const tensor& dh_out, float loss_scale) {
+  const std::int64_t tokens = dh_out.numel() / hidden_, k = topk_, h = hidden_;
+  tensor d_gates = tensor::zeros(dtype::f32, s.gates.shape());
+  tensor d_rows = tensor::empty(dtype::f32, {tokens * k, h});
+  context.pool().parallel_for(tokens * k, 64, [&](std::int64_t begin, std::int64_t end) {
+    kernels::cpu::combine_backward(dh_out.data_as<const float>(),
+                                   s.expert_out.data_as<const float>(),
+                                   s.gates.data_as<const float>(), s.grouping.order.data(), k, h,
+                                   d_gates.data_as<float>(), d_rows.data_as<float>(), begin, end);
+  });
+  const tensor dx_rows = experts_->backward_input(index_, micro_batch, d_rows);
+  // Routed experts first, then the routing part adds the router's and the shared experts'
+  // gradients: the order the whole layer adds them in.
+  tensor d_m_in = tensor::zeros(dtype::f32, dh_out.shape());
+  context.pool().parallel_for(tokens, 32, [&](std::int64_t begin, std::int64_t end) {
+    kernels::cpu::scatter_add_rows(dx_rows.data_as<const float>(), s.grouping.position.data(), k, h,
+                                   d_m_in.data_as<float>(), begin, end);
+  });
+  tensor d_balance = tensor::empty(dtype::f32, {1});
+  *d_balance.data_as<float>() = loss_scale;
+  moe_->backward(context, micro_batch, TROUPE_BACKWARD_INPUT,
+                 std::vector<tensor>{dh_out, tensor(), d_balance, tensor(), d_gates},
+                 std::vector<tensor>{d_m_in});
+  return d_m_in;
+}
+
 void decoder_layer::forget(std::int64_t micro_batch) {
   attention_->forget(micro_batch);
   if (moe_) moe_->forget(micro_batch);
+  if (experts_ != nullptr) experts_->forget(index_, micro_batch);
   if (dense_) dense_->forget(micro_batch);
   saved_.erase(micro_batch);
 }

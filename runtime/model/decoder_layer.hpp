@@ -6,6 +6,10 @@
 // The attention is the attention plugin; the ffn is the moe plugin on MoE layers and the core
 // dense SwiGLU block on the first first_k_dense_replace layers. The multi-token-prediction
 // modules use the same layer as their transformer block.
+//
+// With an expert backend (expert parallelism), a MoE layer runs the moe plugin's routing part
+// here (router and shared experts), sends the token rows to the backend, and combines what comes
+// back exactly as the whole plugin does (kernels/cpu/expert_combine.hpp).
 
 #include <cstdint>
 #include <map>
@@ -13,6 +17,8 @@
 #include <optional>
 #include <string>
 
+#include "kernels/cpu/expert_combine.hpp"
+#include "runtime/experts/expert_backend.hpp"
 #include "runtime/layers/dense_ffn.hpp"
 #include "runtime/model/model_config.hpp"
 #include "runtime/model/parameter_store.hpp"
@@ -27,6 +33,8 @@ struct model_plugins {
   std::shared_ptr<const plugin_library> mtp;
   std::string attention_options = "{}";
   std::string moe_options = "{}";
+  /// Where the routed experts run; null: in the stage, by the moe plugin's whole layers.
+  expert_backend* experts = nullptr;
 };
 
 class decoder_layer {
@@ -62,7 +70,14 @@ class decoder_layer {
     tensor h_in, a_in, h_mid, m_in;
     tensor rstd_in, rstd_post;
     tensor counts, balance;
+    // Expert parallelism: the routing decision, its grouping and the experts' outputs.
+    tensor gates, expert_out;
+    kernels::cpu::expert_grouping grouping;
   };
+  /// The ffn branch of a MoE layer whose routed experts run on the expert backend.
+  tensor sharded_moe_forward(const exec_context& context, std::int64_t micro_batch, saved& s);
+  tensor sharded_moe_backward_input(const exec_context& context, std::int64_t micro_batch, saved& s,
+                                    const tensor& dh_out, float loss_scale);
   const saved& saved_for(std::int64_t micro_batch) const;
 
   std::int64_t index_;
@@ -70,6 +85,8 @@ class decoder_layer {
   std::int64_t hidden_;
   float eps_;
   std::unique_ptr<layer_instance> attention_, moe_;
+  expert_backend* experts_ = nullptr;
+  std::int64_t routed_experts_ = 0, topk_ = 0;
   std::vector<std::string> attention_names_, moe_names_;
   std::optional<dense_ffn> dense_;
   dense_ffn_weights dense_weights_;

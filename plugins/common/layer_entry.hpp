@@ -1,0 +1,119 @@
+#pragma once
+
+// The C ABI entry points every layer plugin in this tree implements the same way, for a C++
+// layer class that keeps nothing but per-micro-batch activations (its parameters live with the
+// runtime): destroy, parameters, bind, forget, state export/import (empty) and statistics.
+// A plugin writes create, infer_outputs, forward and backward, whose inputs and outputs are its
+// own, and builds its table with layer_entry<Layer>::table(...).
+//
+// Layer needs: parameters() -> const parameter_list&, bind(params, grads, count, error),
+// forget(micro_batch), and optionally statistics() -> const std::string&.
+
+#include <cstdint>
+
+#include <nlohmann/json.hpp>
+
+#include "plugins/common/plugin_support.hpp"
+#include "runtime/model/model_config.hpp"
+
+namespace troupe::plugin {
+
+/// The model config of a CPU-only layer plugin's new instance; fails for any other device.
+inline troupe_status cpu_model_config(const troupe_instance_config* config, const char* plugin,
+                                      model_config& out, troupe_error* error) {
+  if (config->device.device_type != kDLCPU)
+    return fail(error, TROUPE_STATUS_UNSUPPORTED,
+                "the {} plugin runs on the CPU; no CUDA implementation yet", plugin);
+  out = parse_model_config(nlohmann::json::parse(config->model_config_json), "model config");
+  return TROUPE_STATUS_OK;
+}
+
+template <class Layer>
+struct layer_entry {
+  static Layer* of(troupe_instance* instance) { return reinterpret_cast<Layer*>(instance); }
+
+  static troupe_status init(const troupe_host*, troupe_error*) { return TROUPE_STATUS_OK; }
+
+  static void destroy(troupe_instance* instance) { delete of(instance); }
+
+  static troupe_status parameters(troupe_instance* instance, const troupe_param_spec** specs,
+                                  std::int32_t* count, troupe_error*) {
+    *specs = of(instance)->parameters().specs().data();
+    *count = static_cast<std::int32_t>(of(instance)->parameters().specs().size());
+    return TROUPE_STATUS_OK;
+  }
+
+  static troupe_status bind(troupe_instance* instance, const DLTensor* params,
+                            const DLTensor* grads, std::int32_t count, troupe_error* error) {
+    return guarded(error, [&] { return of(instance)->bind(params, grads, count, error); });
+  }
+
+  static void forget(troupe_instance* instance, std::int64_t micro_batch) {
+    of(instance)->forget(micro_batch);
+  }
+
+  static troupe_status export_state(troupe_instance*, troupe_blob* state, troupe_error*) {
+    *state = troupe_blob{nullptr, 0, nullptr};
+    return TROUPE_STATUS_OK;
+  }
+
+  static troupe_status import_state(troupe_instance*, const void*, std::size_t size,
+                                    troupe_error* error) {
+    if (size != 0)
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                  "this plugin keeps no state of its own; got {} bytes", size);
+    return TROUPE_STATUS_OK;
+  }
+
+  static const char* statistics(troupe_instance* instance) {
+    return of(instance)->statistics().c_str();
+  }
+
+  struct identity {
+    troupe_plugin_kind kind;
+    const char* name;
+    const char* version;
+    const char* description;
+  };
+
+  static constexpr troupe_plugin table(identity id, decltype(troupe_plugin::create) create,
+                                       decltype(troupe_plugin::infer_outputs) infer_outputs,
+                                       decltype(troupe_plugin::forward) forward,
+                                       decltype(troupe_plugin::backward) backward) {
+    constexpr bool has_statistics = requires(Layer & layer) {
+      layer.statistics();
+    };
+    return troupe_plugin{
+        TROUPE_PLUGIN_ABI_MAJOR,
+        TROUPE_PLUGIN_ABI_MINOR,
+        sizeof(troupe_plugin),
+        id.kind,
+        id.name,
+        id.version,
+        id.description,
+        &init,
+        create,
+        &destroy,
+        &parameters,
+        &bind,
+        infer_outputs,
+        forward,
+        backward,
+        &forget,
+        &export_state,
+        &import_state,
+        nullptr,  // gemm_provider
+        has_statistics ? &statistics_if_any : nullptr,
+    };
+  }
+
+ private:
+  static const char* statistics_if_any(troupe_instance* instance) {
+    if constexpr (requires(Layer & layer) { layer.statistics(); })
+      return statistics(instance);
+    else
+      return nullptr;
+  }
+};
+
+}  // namespace troupe::plugin

@@ -1,0 +1,59 @@
+#pragma once
+
+// The router of a DeepSeekMoE layer (kernels/cpu/router.hpp), in FP32 like DeepSeek-V3's gate:
+// logits = x W_gate^T, then sigmoid affinities, biased group-limited top-k selection and gates.
+// It also counts the tokens routed to each expert (for the bias balancer) and computes the
+// sequence-wise balance loss.
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kernels/cpu/router.hpp"
+#include "plugins/common/plugin_support.hpp"
+#include "runtime/model/model_config.hpp"
+
+namespace troupe::plugin {
+
+class moe_router {
+ public:
+  /// Declares "mlp.gate.weight" and the buffer "mlp.gate.e_score_correction_bias".
+  moe_router(const model_config& config, double balance_alpha, parameter_list& parameters);
+  void bind(std::span<float* const> weights, std::span<float* const> grads);
+
+  const kernels::cpu::router_shape& shape() const { return shape_; }
+
+  /// selected[T, K], gates[T, K], counts[E] (i64) and the balance loss for x[batch, length, H].
+  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
+                        const float* x, activation_shape shape, std::int32_t* selected,
+                        float* gates, std::int64_t* counts, float* balance_loss,
+                        troupe_error* error);
+  /// dx += dL/dx through the gates (d_gates) and the balance loss (d_balance).
+  troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,
+                               const float* d_gates, float d_balance, float* dx,
+                               troupe_error* error);
+  /// Accumulates the gate weight's gradient and releases the micro-batch.
+  troupe_status backward_weight(const troupe_exec_context* context, std::int64_t micro_batch,
+                                troupe_error* error);
+  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
+  std::size_t saved_bytes() const;
+
+ private:
+  struct saved_routing {
+    const float* x = nullptr;
+    activation_shape shape;
+    std::vector<float> scores;  // [T, E] sigmoid affinities
+    std::vector<std::int32_t> selected;
+    std::vector<float> d_logits;  // [T, E], between the input and weight parts
+    bool input_done = false;
+  };
+
+  std::int64_t hidden_;
+  kernels::cpu::router_shape shape_;
+  double balance_alpha_;
+  std::size_t weight_index_, bias_index_;
+  std::span<float*const> weight_, grad_;
+  micro_batches<saved_routing> saved_;
+};
+
+}  // namespace troupe::plugin

@@ -1,0 +1,176 @@
+#include "plugins/moe/routed_experts.hpp"
+
+#include <algorithm>
+
+#include "kernels/cpu/expert_combine.hpp"
+#include "kernels/cpu/linear.hpp"
+#include "kernels/cpu/swiglu.hpp"
+
+namespace troupe::plugin {
+
+using kernels::linear_backward;
+using kernels::linear_forward;
+
+routed_experts::routed_experts(const model_config& c, std::vector<std::int64_t> ids,
+                               parameter_list& parameters)
+    : hidden_(c.hidden_size), inter_(c.moe_intermediate_size), ids_(std::move(ids)) {
+  const float std_init = 0.02f;
+  for (const std::int64_t e : ids_) {
+    const std::string prefix = fmt::format("mlp.experts.{}.", e);
+    gate_.push_back(parameters.add(prefix + "gate_proj.weight", {inter_, hidden_},
+                                   TROUPE_INIT_NORMAL, std_init));
+    up_.push_back(
+        parameters.add(prefix + "up_proj.weight", {inter_, hidden_}, TROUPE_INIT_NORMAL, std_init));
+    down_.push_back(parameters.add(prefix + "down_proj.weight", {hidden_, inter_},
+                                   TROUPE_INIT_NORMAL, std_init));
+  }
+}
+
+void routed_experts::bind(std::span<float* const> weights, std::span<float* const> grads) {
+  weight_ = weights;
+  grad_ = grads;
+}
+
+const float* routed_experts::input_rows(const saved_rows& s, std::int64_t first, std::int64_t n,
+                                        std::vector<float>& buffer) const {
+  if (s.order == nullptr) return s.x + first * hidden_;
+  buffer.resize(static_cast<std::size_t>(n * hidden_));
+  kernels::cpu::gather_expert_rows(s.x, s.order + first, s.topk, hidden_, buffer.data(), 0, n);
+  return buffer.data();
+}
+
+template <class F>
+troupe_status routed_experts::for_each_expert(const troupe_exec_context* context,
+                                              const saved_rows& s, F&& body, troupe_error* error) {
+  const std::int64_t local = count();
+  std::vector<troupe_status> statuses(static_cast<std::size_t>(local), TROUPE_STATUS_OK);
+  std::vector<troupe_error> errors(static_cast<std::size_t>(local));
+  parallel_for(context, local, 1, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t e = begin; e < end; ++e) {
+      const std::int64_t first = s.offsets[static_cast<std::size_t>(e)];
+      const std::int64_t n = s.offsets[static_cast<std::size_t>(e + 1)] - first;
+      if (n > 0)
+        statuses[static_cast<std::size_t>(e)] =
+            body(static_cast<std::size_t>(e), first, n, &errors[static_cast<std::size_t>(e)]);
+    }
+  });
+  for (std::size_t e = 0; e < statuses.size(); ++e)
+    if (statuses[e] != TROUPE_STATUS_OK) {
+      *error = errors[e];
+      return statuses[e];
+    }
+  return TROUPE_STATUS_OK;
+}
+
+troupe_status routed_experts::forward(const troupe_exec_context* context, std::int64_t micro_batch,
+                                      const float* x, const std::int64_t* order, std::int64_t topk,
+                                      std::span<const std::int64_t> offsets, float* y_rows,
+                                      troupe_error* error) {
+  if (static_cast<std::int64_t>(offsets.size()) != count() + 1)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expected {} expert row offsets, got {}",
+                count() + 1, offsets.size());
+  saved_rows* s = saved_.start(micro_batch);
+  if (s == nullptr)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "experts: micro-batch {} is already in flight", micro_batch);
+  s->x = x;
+  s->order = order;
+  s->topk = topk;
+  s->offsets.assign(offsets.begin(), offsets.end());
+  const std::int64_t rows = s->offsets.back();
+  s->gate_up.assign(static_cast<std::size_t>(rows * 2 * inter_), 0.0f);
+  const troupe_status status = for_each_expert(
+      context, *s,
+      [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
+        std::vector<float> buffer, hidden_rows(static_cast<std::size_t>(n * inter_));
+        const float* in = input_rows(*s, first, n, buffer);
+        float* gu = s->gate_up.data() + first * 2 * inter_;
+        TROUPE_TRY(linear_forward(context, in, hidden_, weight_[gate_[e]], gu, 2 * inter_, n,
+                                  hidden_, inter_, false, err));
+        TROUPE_TRY(linear_forward(context, in, hidden_, weight_[up_[e]], gu + inter_, 2 * inter_, n,
+                                  hidden_, inter_, false, err));
+        kernels::cpu::swiglu_forward_fused(gu, hidden_rows.data(), n, inter_);
+        return linear_forward(context, hidden_rows.data(), inter_, weight_[down_[e]],
+                              y_rows + first * hidden_, hidden_, n, inter_, hidden_, false, err);
+      },
+      error);
+  if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
+  return status;
+}
+
+troupe_status routed_experts::backward_input(const troupe_exec_context* context,
+                                             std::int64_t micro_batch, const float* dy_rows,
+                                             float* dx_rows, troupe_error* error) {
+  saved_rows* s = saved_.find(micro_batch);
+  if (s == nullptr)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "experts: no forward saved for micro-batch {}", micro_batch);
+  if (s->input_done)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "experts: input gradients of micro-batch {} are done already", micro_batch);
+  const std::int64_t rows = s->offsets.back();
+  s->d_out.assign(dy_rows, dy_rows + rows * hidden_);
+  s->hidden.assign(static_cast<std::size_t>(rows * inter_), 0.0f);
+  s->d_gate_up.assign(static_cast<std::size_t>(rows * 2 * inter_), 0.0f);
+  const troupe_status status = for_each_expert(
+      context, *s,
+      [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
+        const float* gu = s->gate_up.data() + first * 2 * inter_;
+        kernels::cpu::swiglu_forward_fused(gu, s->hidden.data() + first * inter_, n, inter_);
+        std::vector<float> dh(static_cast<std::size_t>(n * inter_), 0.0f);
+        TROUPE_TRY(linear_backward(context, s->d_out.data() + first * hidden_, hidden_, nullptr, 0,
+                                   weight_[down_[e]], dh.data(), inter_, nullptr, n, inter_,
+                                   hidden_, err));
+        float* dgu = s->d_gate_up.data() + first * 2 * inter_;
+        kernels::cpu::swiglu_backward_fused(dh.data(), gu, dgu, n, inter_);
+        float* dx = dx_rows + first * hidden_;
+        TROUPE_TRY(linear_backward(context, dgu, 2 * inter_, nullptr, 0, weight_[gate_[e]], dx,
+                                   hidden_, nullptr, n, hidden_, inter_, err));
+        return linear_backward(context, dgu + inter_, 2 * inter_, nullptr, 0, weight_[up_[e]], dx,
+                               hidden_, nullptr, n, hidden_, inter_, err);
+      },
+      error);
+  if (status != TROUPE_STATUS_OK) {
+    saved_.erase(micro_batch);
+    return status;
+  }
+  s->input_done = true;
+  return TROUPE_STATUS_OK;
+}
+
+troupe_status routed_experts::backward_weight(const troupe_exec_context* context,
+                                              std::int64_t micro_batch, troupe_error* error) {
+  saved_rows* s = saved_.find(micro_batch);
+  if (s == nullptr || !s->input_done)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "experts: the weight-gradient part of micro-batch {} needs its input part first",
+                micro_batch);
+  const troupe_status status = for_each_expert(
+      context, *s,
+      [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
+        std::vector<float> buffer;
+        const float* in = input_rows(*s, first, n, buffer);
+        TROUPE_TRY(linear_backward(context, s->d_out.data() + first * hidden_, hidden_,
+                                   s->hidden.data() + first * inter_, inter_, weight_[down_[e]],
+                                   nullptr, 0, grad_[down_[e]], n, inter_, hidden_, err));
+        const float* dgu = s->d_gate_up.data() + first * 2 * inter_;
+        TROUPE_TRY(linear_backward(context, dgu, 2 * inter_, in, hidden_, weight_[gate_[e]],
+                                   nullptr, 0, grad_[gate_[e]], n, hidden_, inter_, err));
+        return linear_backward(context, dgu + inter_, 2 * inter_, in, hidden_, weight_[up_[e]],
+                               nullptr, 0, grad_[up_[e]], n, hidden_, inter_, err);
+      },
+      error);
+  saved_.erase(micro_batch);
+  return status;
+}
+
+std::size_t routed_experts::saved_bytes() const {
+  std::size_t bytes = 0;
+  for (const auto& [id, s] : saved_.all())
+    bytes +=
+        (s.gate_up.size() + s.hidden.size() + s.d_gate_up.size() + s.d_out.size()) * sizeof(float) +
+        s.offsets.size() * sizeof(std::int64_t);
+  return bytes;
+}
+
+}  // namespace troupe::plugin

@@ -1,0 +1,72 @@
+#pragma once
+
+// Fine-grained routed SwiGLU experts (all of a layer's, or an expert shard's subset), computing
+// rows grouped by expert (kernels/cpu/expert_combine.hpp):
+//   y_rows[r] = down_e(silu(gate_e x_r) * up_e x_r)   for the rows r of expert e
+// Backward recomputes the SwiGLU output instead of keeping it between forward and backward.
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "plugins/common/plugin_support.hpp"
+#include "runtime/model/model_config.hpp"
+
+namespace troupe::plugin {
+
+class routed_experts {
+ public:
+  /// Declares the experts `ids` (ascending global indices) in `parameters` as
+  /// "mlp.experts.<id>.{gate,up,down}_proj.weight".
+  routed_experts(const model_config& config, std::vector<std::int64_t> ids,
+                 parameter_list& parameters);
+
+  /// `weights` and `grads` are the owning layer's bound arrays, in its parameters' order.
+  void bind(std::span<float* const> weights, std::span<float* const> grads);
+
+  std::int64_t count() const { return static_cast<std::int64_t>(ids_.size()); }
+  const std::vector<std::int64_t>& ids() const { return ids_; }
+
+  /// Rows [offsets[e], offsets[e+1]) belong to local expert e. Row r's input is
+  /// x[order[r] / topk] (order null: x[r]); x and order stay valid until the weight part.
+  troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
+                        const float* x, const std::int64_t* order, std::int64_t topk,
+                        std::span<const std::int64_t> offsets, float* y_rows, troupe_error* error);
+  /// dx_rows[r] = dL/d(input of row r) for dy_rows; keeps what the weight part needs.
+  troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,
+                               const float* dy_rows, float* dx_rows, troupe_error* error);
+  /// Accumulates the experts' weight gradients and releases the micro-batch.
+  troupe_status backward_weight(const troupe_exec_context* context, std::int64_t micro_batch,
+                                troupe_error* error);
+  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
+  bool in_flight(std::int64_t micro_batch) { return saved_.find(micro_batch) != nullptr; }
+  std::size_t saved_bytes() const;
+
+ private:
+  struct saved_rows {
+    const float* x = nullptr;
+    const std::int64_t* order = nullptr;
+    std::int64_t topk = 1;
+    std::vector<std::int64_t> offsets;
+    std::vector<float> gate_up;    // [R, 2I] pre-activations
+    std::vector<float> hidden;     // [R, I] SwiGLU output, recomputed by the input part
+    std::vector<float> d_gate_up;  // [R, 2I]
+    std::vector<float> d_out;      // [R, H] dy_rows, for the down projection's weight gradient
+    bool input_done = false;
+  };
+  /// Runs body(local expert, first row, rows) for every expert with rows, in parallel.
+  template <class F>
+  troupe_status for_each_expert(const troupe_exec_context* context, const saved_rows& s, F&& body,
+                                troupe_error* error);
+  /// The input rows of expert e into `buffer` (or straight from x when rows are contiguous).
+  const float* input_rows(const saved_rows& s, std::int64_t first, std::int64_t n,
+                          std::vector<float>& buffer) const;
+
+  std::int64_t hidden_, inter_;
+  std::vector<std::int64_t> ids_;
+  std::vector<std::size_t> gate_, up_, down_;
+  std::span<float*const> weight_, grad_;
+  micro_batches<saved_rows> saved_;
+};
+
+}  // namespace troupe::plugin

@@ -1,0 +1,118 @@
+#include "plugins/moe/shared_experts.hpp"
+
+#include <algorithm>
+
+#include "kernels/cpu/linear.hpp"
+#include "kernels/cpu/swiglu.hpp"
+
+namespace troupe::plugin {
+
+using kernels::linear_backward;
+using kernels::linear_forward;
+
+shared_experts::shared_experts(const model_config& c, parameter_list& parameters)
+    : hidden_(c.hidden_size), inter_(c.moe_intermediate_size * c.n_shared_experts) {
+  if (inter_ == 0) return;
+  gate_ = parameters.add("mlp.shared_experts.gate_proj.weight", {inter_, hidden_},
+                         TROUPE_INIT_NORMAL, 0.02f);
+  up_ = parameters.add("mlp.shared_experts.up_proj.weight", {inter_, hidden_}, TROUPE_INIT_NORMAL,
+                       0.02f);
+  down_ = parameters.add("mlp.shared_experts.down_proj.weight", {hidden_, inter_},
+                         TROUPE_INIT_NORMAL, 0.02f);
+}
+
+void shared_experts::bind(std::span<float* const> weights, std::span<float* const> grads) {
+  weight_ = weights;
+  grad_ = grads;
+}
+
+troupe_status shared_experts::forward(const troupe_exec_context* context, std::int64_t micro_batch,
+                                      const float* x, std::int64_t tokens, float* y,
+                                      troupe_error* error) {
+  if (!present()) {
+    std::fill(y, y + tokens * hidden_, 0.0f);
+    return TROUPE_STATUS_OK;
+  }
+  saved_block* s = saved_.start(micro_batch);
+  if (s == nullptr)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "shared experts: micro-batch {} is already in flight", micro_batch);
+  const troupe_status status = guarded(error, [&]() -> troupe_status {
+    s->x = x;
+    s->tokens = tokens;
+    s->gate_up.assign(static_cast<std::size_t>(tokens * 2 * inter_), 0.0f);
+    TROUPE_TRY(linear_forward(context, x, hidden_, weight_[gate_], s->gate_up.data(), 2 * inter_,
+                              tokens, hidden_, inter_, false, error));
+    TROUPE_TRY(linear_forward(context, x, hidden_, weight_[up_], s->gate_up.data() + inter_,
+                              2 * inter_, tokens, hidden_, inter_, false, error));
+    std::vector<float> h(static_cast<std::size_t>(tokens * inter_));
+    kernels::cpu::swiglu_forward_fused(s->gate_up.data(), h.data(), tokens, inter_);
+    return linear_forward(context, h.data(), inter_, weight_[down_], y, hidden_, tokens, inter_,
+                          hidden_, false, error);
+  });
+  if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
+  return status;
+}
+
+troupe_status shared_experts::backward_input(const troupe_exec_context* context,
+                                             std::int64_t micro_batch, const float* dy, float* dx,
+                                             troupe_error* error) {
+  if (!present()) return TROUPE_STATUS_OK;
+  saved_block* s = saved_.find(micro_batch);
+  if (s == nullptr || s->input_done)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "shared experts: no forward waiting for input gradients for micro-batch {}",
+                micro_batch);
+  return guarded(error, [&]() -> troupe_status {
+    const std::int64_t t = s->tokens;
+    s->hidden.assign(static_cast<std::size_t>(t * inter_), 0.0f);
+    kernels::cpu::swiglu_forward_fused(s->gate_up.data(), s->hidden.data(), t, inter_);
+    std::vector<float> dh(static_cast<std::size_t>(t * inter_), 0.0f);
+    TROUPE_TRY(linear_backward(context, dy, hidden_, nullptr, 0, weight_[down_], dh.data(), inter_,
+                               nullptr, t, inter_, hidden_, error));
+    s->d_gate_up.assign(static_cast<std::size_t>(t * 2 * inter_), 0.0f);
+    kernels::cpu::swiglu_backward_fused(dh.data(), s->gate_up.data(), s->d_gate_up.data(), t,
+                                        inter_);
+    TROUPE_TRY(linear_backward(context, s->d_gate_up.data(), 2 * inter_, nullptr, 0, weight_[gate_],
+                               dx, hidden_, nullptr, t, hidden_, inter_, error));
+    TROUPE_TRY(linear_backward(context, s->d_gate_up.data() + inter_, 2 * inter_, nullptr, 0,
+                               weight_[up_], dx, hidden_, nullptr, t, hidden_, inter_, error));
+    s->d_out.assign(dy, dy + t * hidden_);
+    s->input_done = true;
+    return TROUPE_STATUS_OK;
+  });
+}
+
+troupe_status shared_experts::backward_weight(const troupe_exec_context* context,
+                                              std::int64_t micro_batch, troupe_error* error) {
+  if (!present()) return TROUPE_STATUS_OK;
+  saved_block* s = saved_.find(micro_batch);
+  if (s == nullptr || !s->input_done)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "shared experts: the weight-gradient part of micro-batch {} needs its input part "
+                "first",
+                micro_batch);
+  const std::int64_t t = s->tokens;
+  const troupe_status status = guarded(error, [&]() -> troupe_status {
+    TROUPE_TRY(linear_backward(context, s->d_out.data(), hidden_, s->hidden.data(), inter_,
+                               weight_[down_], nullptr, 0, grad_[down_], t, inter_, hidden_,
+                               error));
+    TROUPE_TRY(linear_backward(context, s->d_gate_up.data(), 2 * inter_, s->x, hidden_,
+                               weight_[gate_], nullptr, 0, grad_[gate_], t, hidden_, inter_,
+                               error));
+    return linear_backward(context, s->d_gate_up.data() + inter_, 2 * inter_, s->x, hidden_,
+                           weight_[up_], nullptr, 0, grad_[up_], t, hidden_, inter_, error);
+  });
+  saved_.erase(micro_batch);
+  return status;
+}
+
+std::size_t shared_experts::saved_bytes() const {
+  std::size_t bytes = 0;
+  for (const auto& [id, s] : saved_.all())
+    bytes +=
+        (s.gate_up.size() + s.hidden.size() + s.d_gate_up.size() + s.d_out.size()) * sizeof(float);
+  return bytes;
+}
+
+}  // namespace troupe::plugin

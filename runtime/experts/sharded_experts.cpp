@@ -1,0 +1,140 @@
+#include "runtime/experts/sharded_experts.hpp"
+
+#include <cstring>
+
+#include "runtime/core/error.hpp"
+
+namespace troupe {
+
+sharded_experts::sharded_experts(std::vector<std::vector<std::int64_t>> shard_experts,
+                                 std::int64_t experts, expert_transport& transport,
+                                 options settings)
+    : shard_experts_(std::move(shard_experts)),
+      experts_(experts),
+      transport_(transport),
+      settings_(settings) {
+  std::vector<int> owners(static_cast<std::size_t>(experts_), 0);
+  for (const auto& ids : shard_experts_)
+    for (const std::int64_t e : ids) {
+      if (e < 0 || e >= experts_) fail("expert shard lists expert {} of {}", e, experts_);
+      ++owners[static_cast<std::size_t>(e)];
+    }
+  for (std::int64_t e = 0; e < experts_; ++e)
+    if (owners[static_cast<std::size_t>(e)] != 1)
+      fail("expert {} is owned by {} shards; every expert needs exactly one", e,
+           owners[static_cast<std::size_t>(e)]);
+}
+
+sharded_experts::shard_ranges sharded_experts::ranges_of(
+    std::span<const std::int64_t> counts) const {
+  if (static_cast<std::int64_t>(counts.size()) != experts_)
+    fail("{} expert row counts for {} experts", counts.size(), experts_);
+  std::vector<std::int64_t> offsets(static_cast<std::size_t>(experts_ + 1), 0);
+  for (std::int64_t e = 0; e < experts_; ++e)
+    offsets[static_cast<std::size_t>(e + 1)] =
+        offsets[static_cast<std::size_t>(e)] + counts[static_cast<std::size_t>(e)];
+  shard_ranges ranges(shard_experts_.size());
+  for (std::size_t s = 0; s < shard_experts_.size(); ++s)
+    for (const std::int64_t e : shard_experts_[s])
+      ranges[s].emplace_back(offsets[static_cast<std::size_t>(e)],
+                             offsets[static_cast<std::size_t>(e + 1)]);
+  return ranges;
+}
+
+tensor sharded_experts::exchange_rows(expert_request::kind what, std::int64_t layer,
+                                      std::int64_t micro_batch, const tensor& rows,
+                                      const shard_ranges& ranges,
+                                      std::span<const std::int64_t> counts, wire_precision out) {
+  const std::int64_t h = rows.size(1);
+  const auto row_bytes = static_cast<std::size_t>(h) * sizeof(float);
+  std::vector<std::optional<expert_request>> requests(shard_experts_.size());
+  for (std::size_t s = 0; s < shard_experts_.size(); ++s) {
+    std::int64_t n = 0;
+    for (const auto& [first, end] : ranges[s]) n += end - first;
+    tensor part = tensor::empty(dtype::f32, {n, h});
+    std::int64_t at = 0;
+    for (const auto& [first, end] : ranges[s]) {
+      std::memcpy(part.data_as<float>() + at * h, rows.data_as<const float>() + first * h,
+                  static_cast<std::size_t>(end - first) * row_bytes);
+      at += end - first;
+    }
+    expert_request request;
+    request.what = what;
+    request.source = settings_.source;
+    request.layer = layer;
+    request.micro_batch = micro_batch;
+    request.rows = encode_rows(
+        part, what == expert_request::kind::forward ? settings_.dispatch : settings_.combine);
+    if (what == expert_request::kind::forward)
+      for (const std::int64_t e : shard_experts_[s])
+        request.counts.push_back(counts[static_cast<std::size_t>(e)]);
+    request.reply_precision = out;
+    bytes_sent_ += static_cast<std::int64_t>(request.rows.bytes());
+    requests[s] = std::move(request);
+  }
+  const std::vector<expert_reply> replies = transport_.exchange(requests);
+  tensor result = tensor::empty(dtype::f32, {rows.size(0), h});
+  for (std::size_t s = 0; s < shard_experts_.size(); ++s) {
+    bytes_received_ += static_cast<std::int64_t>(replies[s].rows.bytes());
+    const tensor part = decode_rows(replies[s].rows);
+    std::int64_t at = 0;
+    for (const auto& [first, end] : ranges[s]) at += end - first;
+    if (part.size(0) != at || part.size(1) != h)
+      fail("expert shard {} answered layer {} micro-batch {} with {} for {} rows", s, layer,
+           micro_batch, part.describe(), at);
+    at = 0;
+    for (const auto& [first, end] : ranges[s]) {
+      std::memcpy(result.data_as<float>() + first * h, part.data_as<const float>() + at * h,
+                  static_cast<std::size_t>(end - first) * row_bytes);
+      at += end - first;
+    }
+  }
+  return result;
+}
+
+tensor sharded_experts::forward(std::int64_t layer, std::int64_t micro_batch, const tensor& rows,
+                                std::span<const std::int64_t> counts) {
+  const auto key = std::make_pair(layer, micro_batch);
+  if (in_flight_.count(key) != 0)
+    fail("layer {}: micro-batch {} is already with the expert shards", layer, micro_batch);
+  shard_ranges ranges = ranges_of(counts);
+  tensor y = exchange_rows(expert_request::kind::forward, layer, micro_batch, rows, ranges, counts,
+                           settings_.combine);
+  in_flight_.emplace(key, std::move(ranges));
+  return y;
+}
+
+tensor sharded_experts::backward_input(std::int64_t layer, std::int64_t micro_batch,
+                                       const tensor& dy_rows) {
+  auto it = in_flight_.find({layer, micro_batch});
+  if (it == in_flight_.end())
+    fail("layer {}: micro-batch {} was not sent to the expert shards", layer, micro_batch);
+  return exchange_rows(expert_request::kind::backward_input, layer, micro_batch, dy_rows,
+                       it->second, {}, settings_.combine);
+}
+
+void sharded_experts::notify_all(expert_request::kind what, std::int64_t layer,
+                                 std::int64_t micro_batch) {
+  std::vector<std::optional<expert_request>> requests(shard_experts_.size());
+  for (auto& request : requests) {
+    request.emplace();
+    request->what = what;
+    request->source = settings_.source;
+    request->layer = layer;
+    request->micro_batch = micro_batch;
+  }
+  transport_.exchange(requests);
+}
+
+void sharded_experts::backward_weight(std::int64_t layer, std::int64_t micro_batch) {
+  if (in_flight_.erase({layer, micro_batch}) == 0)
+    fail("layer {}: micro-batch {} was not sent to the expert shards", layer, micro_batch);
+  notify_all(expert_request::kind::backward_weight, layer, micro_batch);
+}
+
+void sharded_experts::forget(std::int64_t layer, std::int64_t micro_batch) {
+  if (in_flight_.erase({layer, micro_batch}) == 0) return;
+  notify_all(expert_request::kind::forget, layer, micro_batch);
+}
+
+}  // namespace troupe

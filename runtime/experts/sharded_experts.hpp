@@ -1,0 +1,58 @@
+#pragma once
+
+// The expert backend of a stage whose routed experts live on expert shards: it splits the rows
+// grouped by expert into each shard's part, sends them in the wire precision (FP8 dispatch and
+// BF16 combine when training in FP8), and puts the replies back in row order.
+
+#include <cstdint>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "runtime/experts/expert_backend.hpp"
+#include "runtime/experts/expert_transport.hpp"
+
+namespace troupe {
+
+class sharded_experts : public expert_backend {
+ public:
+  struct options {
+    wire_precision dispatch = wire_precision::f32;  ///< rows to the shards
+    wire_precision combine = wire_precision::f32;   ///< outputs back, and gradients both ways
+    std::int32_t source = 0;                        ///< which copy of the stage this is
+  };
+
+  /// shard_experts[s]: the experts shard s owns (ascending); together every routed expert once.
+  sharded_experts(std::vector<std::vector<std::int64_t>> shard_experts, std::int64_t experts,
+                  expert_transport& transport, options settings);
+
+  tensor forward(std::int64_t layer, std::int64_t micro_batch, const tensor& rows,
+                 std::span<const std::int64_t> counts) override;
+  tensor backward_input(std::int64_t layer, std::int64_t micro_batch,
+                        const tensor& dy_rows) override;
+  void backward_weight(std::int64_t layer, std::int64_t micro_batch) override;
+  void forget(std::int64_t layer, std::int64_t micro_batch) override;
+
+  /// Bytes sent to and received from the shards so far (payload only).
+  std::int64_t bytes_sent() const { return bytes_sent_; }
+  std::int64_t bytes_received() const { return bytes_received_; }
+
+ private:
+  /// Each shard's row ranges [first, end) in the grouped rows, in its experts' order.
+  using shard_ranges = std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>>;
+  shard_ranges ranges_of(std::span<const std::int64_t> counts) const;
+  /// Sends each shard its part of `rows` and assembles the replies into one [R, H] tensor.
+  tensor exchange_rows(expert_request::kind what, std::int64_t layer, std::int64_t micro_batch,
+                       const tensor& rows, const shard_ranges& ranges,
+                       std::span<const std::int64_t> counts, wire_precision out);
+  void notify_all(expert_request::kind what, std::int64_t layer, std::int64_t micro_batch);
+
+  std::vector<std::vector<std::int64_t>> shard_experts_;
+  std::int64_t experts_;
+  expert_transport& transport_;
+  options settings_;
+  std::map<std::pair<std::int64_t, std::int64_t>, shard_ranges> in_flight_;
+  std::int64_t bytes_sent_ = 0, bytes_received_ = 0;
+};
+
+}  // namespace troupe

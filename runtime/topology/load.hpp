@@ -18,6 +18,8 @@ struct topology_load_options {
   bool resolve_plugins = true;
   /// When set, found plugins are also loaded to check their kind against the role.
   plugin_registry* registry = nullptr;
+  /// KEY=VALUE overrides applied before validation (overrides.hpp), like `troupe train --set`.
+  std::vector<std::string> overrides;
 };
 
 /// A topology that passed validation, with the warnings it produced.

@@ -9,6 +9,7 @@
 
 #include "runtime/core/text.hpp"
 #include "runtime/topology/load.hpp"
+#include "runtime/topology/overrides.hpp"
 #include "runtime/topology/schema.hpp"
 
 namespace troupe {
@@ -17,8 +18,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
+/// Where a node came from: the topology file, or the --set override that put it there.
 source_position position_of(const toml::source_region& region, const std::string& file) {
-  return {file, static_cast<int>(region.begin.line), static_cast<int>(region.begin.column)};
+  const bool overridden = region.path != nullptr && *region.path != file;
+  return {overridden ? *region.path : file, static_cast<int>(region.begin.line),
+          static_cast<int>(region.begin.column)};
 }
 
 nlohmann::json to_json(const toml::node& node) {
@@ -381,9 +385,9 @@ class topology_parser {
     const auto* schedule = section(root, "schedule");
     std::string kind = "1f1b";
     read(schedule, "kind", kind);
-    topo_.schedule.kind = kind == "sequential" ? schedule_kind::sequential
-                          : kind == "dualpipe" ? schedule_kind::dualpipe
-                                               : schedule_kind::one_f_one_b;
+    // An invalid choice is reported by the schema check; parsing goes on with the default.
+    if (kind == "sequential" || kind == "1f1b" || kind == "dualpipe")
+      topo_.schedule.kind = parse_schedule_kind(kind);
     read(schedule, "micro_batches", topo_.schedule.micro_batches);
   }
 
@@ -527,6 +531,7 @@ loaded_topology load_topology_text(std::string_view text, const fs::path& file,
                            diagnostic::severity::error,
                            fmt::format("not valid TOML: {}", e.description())}});
   }
+  apply_overrides(root, options.overrides);
   topology_parser(topo, diagnostics).parse(root);
   bool has_errors = false;
   for (const auto& d : diagnostics)

@@ -217,8 +217,9 @@ std::string summarize(const topology& topo, const topology_plan& plan) {
   out += fmt::format(
       "parallel: pipeline {} × data {} = {} stage ranks, expert {}; schedule {} with {} "
       "micro-batches; precision {}\n",
-      topo.pipeline, topo.data, topo.pipeline * topo.data, topo.expert, name_of(topo.schedule.kind),
-      topo.schedule.micro_batches, topo.gemm_precision == precision::fp8 ? "fp8" : "fp32");
+      topo.pipeline, topo.data, topo.pipeline * topo.data, topo.expert,
+      to_string(topo.schedule.kind), topo.schedule.micro_batches,
+      topo.gemm_precision == precision::fp8 ? "fp8" : "fp32");
   for (const auto& choice : topo.plugins)
     out += fmt::format("plugin {}: {}{}\n", name_of(choice.role), choice.reference,
                        choice.resolved ? fmt::format(" ({})", choice.resolved->string())

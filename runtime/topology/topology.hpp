@@ -9,13 +9,10 @@
 #include "runtime/device/device.hpp"
 #include "runtime/model/model_config.hpp"
 #include "runtime/plugin/kind.hpp"
+#include "runtime/schedule/schedule_kind.hpp"
 #include "runtime/topology/diagnostic.hpp"
 
 namespace troupe {
-
-enum class schedule_kind { sequential, one_f_one_b, dualpipe };
-
-std::string_view name_of(schedule_kind kind);
 
 struct host_spec {
   std::string name;

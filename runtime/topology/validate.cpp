@@ -10,18 +10,6 @@
 
 namespace troupe {
 
-std::string_view name_of(schedule_kind kind) {
-  switch (kind) {
-    case schedule_kind::sequential:
-      return "sequential";
-    case schedule_kind::one_f_one_b:
-      return "1f1b";
-    case schedule_kind::dualpipe:
-      return "dualpipe";
-  }
-  return "?";
-}
-
 source_position topology::where(const std::string& path) const {
   std::string key = path;
   while (!key.empty()) {

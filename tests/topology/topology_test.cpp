@@ -359,7 +359,8 @@ TEST(TopologyErrors, UnknownPluginsSuggestWhatIsAvailable) {
   ASSERT_TRUE(good.topo.plugin_for(troupe::plugin_kind::attention)->resolved.has_value());
   // The default moe and mtp plugins come from the build tree (an uninstalled troupe finds them).
   ASSERT_TRUE(good.topo.plugin_for(troupe::plugin_kind::moe)->resolved.has_value());
-  EXPECT_EQ(good.topo.plugin_for(troupe::plugin_kind::moe)->resolved->filename(), "libtroupe-moe.so");
+  EXPECT_EQ(good.topo.plugin_for(troupe::plugin_kind::moe)->resolved->filename(),
+            "libtroupe-moe.so");
   EXPECT_TRUE(good.warnings.empty());
 }
 
@@ -416,6 +417,73 @@ TEST(TopologyPlan, LinksFollowTheData) {
   const std::string dot = troupe::to_dot(loaded.topo, plan);
   EXPECT_NE(dot.find("subgraph \"cluster_node0\""), std::string::npos);
   EXPECT_NE(dot.find("\"stage0\" -> \"stage1\" [label=\"activations\"]"), std::string::npos);
+}
+
+}  // namespace
+
+namespace {
+
+/// Loads the shipped tiny.toml with command-line overrides.
+troupe::loaded_topology tiny_with(std::vector<std::string> overrides) {
+  auto options = no_plugins();
+  options.overrides = std::move(overrides);
+  return troupe::load_topology(source_dir() / "topologies" / "tiny.toml", options);
+}
+
+std::vector<diagnostic> override_errors(std::vector<std::string> overrides) {
+  try {
+    tiny_with(std::move(overrides));
+  } catch (const topology_error& e) {
+    return e.diagnostics();
+  }
+  ADD_FAILURE() << "expected the overrides to fail";
+  return {};
+}
+
+TEST(TopologyOverrides, SetValuesAreParsedAsTomlOrAsAWord) {
+  const auto loaded =
+      tiny_with({"train.steps=7", "train.learning_rate=2e-3", "schedule.kind=sequential",
+                 "ema.enabled=false", "balancer.gamma=0", "expert_shards[1].experts=8-15",
+                 "expert_shards[0].experts=[0,1,2,3,4,5,6,7]"});
+  EXPECT_EQ(loaded.topo.train.steps, 7);
+  EXPECT_DOUBLE_EQ(loaded.topo.train.learning_rate, 2e-3);
+  EXPECT_EQ(loaded.topo.schedule.kind, troupe::schedule_kind::sequential);
+  EXPECT_FALSE(loaded.topo.ema.enabled);
+  EXPECT_EQ(loaded.topo.balancer.gamma, 0.0);
+  EXPECT_EQ(loaded.topo.expert_shards[1].experts.front(), 8);
+}
+
+TEST(TopologyOverrides, AreValidatedLikeTheFileAndNamedInErrors) {
+  {
+    const auto d = override_errors({"parallel.pipeline=2"});
+    ASSERT_FALSE(d.empty());
+    EXPECT_EQ(d[0].where.file, "--set parallel.pipeline=2");
+    EXPECT_NE(d[0].message.find("parallel.pipeline = 2 but 1 [[stages]]"), std::string::npos)
+        << d[0].message;
+  }
+  {
+    const auto d = override_errors({"train.stepz=3"});
+    ASSERT_FALSE(d.empty());
+    EXPECT_EQ(d[0].where.file, "--set train.stepz=3");
+    EXPECT_NE(d[0].message.find("did you mean 'steps'"), std::string::npos) << d[0].message;
+  }
+  {
+    const auto d = override_errors({"schedule.kind=gpipe"});
+    ASSERT_FALSE(d.empty());
+    EXPECT_NE(d[0].message.find("use one of: sequential, 1f1b, dualpipe"), std::string::npos)
+        << d[0].message;
+  }
+  {
+    const auto d = override_errors({"stages[3].layers=0"});
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].message, "'stages' has 1 entries (0-0)");
+  }
+  {
+    const auto d = override_errors({"steps"});
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(to_string(d[0]),
+              "--set steps:1:1: error: an override is KEY=VALUE, for example parallel.pipeline=2");
+  }
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "runtime/topology/plan.hpp"
 #include "runtime/topology/schema.hpp"
 #include "tools/troupe/commands.hpp"
+#include "tools/troupe/topology_input.hpp"
 
 namespace troupe::cli {
 
@@ -19,25 +20,6 @@ struct topo_options {
   std::string output;
   bool quiet = false;
 };
-
-/// Loads and validates; prints diagnostics to stderr. Returns nullopt on errors.
-std::optional<loaded_topology> load_for_command(const std::string& file,
-                                                plugin_registry& registry) {
-  topology_load_options options;
-  options.registry = &registry;
-  try {
-    auto loaded = load_topology(file, options);
-    for (const auto& w : loaded.warnings) fmt::print(stderr, "{}\n", to_string(w));
-    return loaded;
-  } catch (const topology_error& e) {
-    for (const auto& d : e.diagnostics()) fmt::print(stderr, "{}\n", to_string(d));
-    fmt::print(stderr, "{}: {} error{}\n", file, e.diagnostics().size(),
-               e.diagnostics().size() == 1 ? "" : "s");
-  } catch (const troupe::error& e) {
-    fmt::print(stderr, "{}\n", e.what());
-  }
-  return std::nullopt;
-}
 
 int check(const topo_options& options) {
   plugin_registry registry;

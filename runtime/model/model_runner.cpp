@@ -1,5 +1,7 @@
 #include "runtime/model/model_runner.hpp"
 
+#include <cmath>
+
 #include <fmt/ranges.h>
 
 #include "runtime/core/error.hpp"
@@ -18,6 +20,14 @@ parameter_spec spec(std::vector<std::int64_t> shape, troupe_param_init init, flo
 
 float* grad_of(parameter& p) {
   return p.grad.defined() ? p.grad.data_as<float>() : nullptr;
+}
+
+bool all_finite(const tensor& t) {
+  if (!t.defined()) return true;
+  const float* v = t.data_as<const float>();
+  bool finite = true;
+  for (std::int64_t i = 0; i < t.numel(); ++i) finite &= std::isfinite(v[i]);
+  return finite;
 }
 
 /// tokens shifted left by `k` within each sequence, -1 past the end.
@@ -183,15 +193,47 @@ model_output model_runner::forward(const exec_context& context, std::int64_t mic
       out.moe_layers.push_back(layer->index());
       out.expert_counts.push_back(layer->expert_counts(micro_batch));
     }
+  if (slice_.head ? !std::isfinite(out.total()) : !all_finite(out.hidden))
+    out.non_finite = locate_non_finite(s);
   saved_.emplace(micro_batch, std::move(s));
   return out;
 }
 
+std::string model_runner::locate_non_finite(const saved& s) const {
+  if (!all_finite(s.layer_inputs.front()))
+    return slice_.embedding ? "the embedding output (model.embed_tokens.weight)"
+                            : fmt::format(
+                                  "the hidden states entering model.layers.{} (from the "
+                                  "previous stage)",
+                                  slice_.first_layer);
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    if (!all_finite(s.layer_inputs[i + 1]))
+      return fmt::format("the output of model.layers.{}", layers_[i]->index());
+  if (slice_.head) {
+    if (!all_finite(s.logits)) return "the logits (model.norm, lm_head)";
+    for (std::size_t d = 0; d < s.mtp.size(); ++d)
+      if (!all_finite(s.mtp[d].h_out) || !all_finite(s.mtp[d].logits))
+        return fmt::format("the MTP module model.layers.{}",
+                           config_.num_hidden_layers + static_cast<std::int64_t>(d));
+    return "the loss (cross-entropy or balance loss)";
+  }
+  return "the output of this stage";
+}
+
 tensor model_runner::backward(const exec_context& context, std::int64_t micro_batch,
-                              const tensor& d_hidden, float loss_scale) {
+                              const tensor& d_hidden, float loss_scale, troupe_backward_part part) {
   auto it = saved_.find(micro_batch);
   if (it == saved_.end()) fail("no forward saved for micro-batch {}", micro_batch);
   saved& s = it->second;
+  if (part == TROUPE_BACKWARD_WEIGHT) {
+    if (!s.input_done)
+      fail("micro-batch {}: the weight-gradient part needs the input-gradient part first",
+           micro_batch);
+    backward_weights(context, micro_batch, s);
+    saved_.erase(it);
+    return tensor();
+  }
+  if (s.input_done) fail("micro-batch {}: input gradients are done already", micro_batch);
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   tensor d_h;
   if (slice_.head) {
@@ -248,18 +290,30 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
     d_h = d_hidden.clone();
   }
   for (std::size_t i = layers_.size(); i-- > 0;)
-    d_h = layers_[i]->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_h, loss_scale);
+    d_h = layers_[i]->backward(context, micro_batch, TROUPE_BACKWARD_INPUT, d_h, loss_scale);
+  s.input_done = true;
   tensor result;
+  if (slice_.embedding)
+    s.d_embedded = d_h;  // the embedding has weights only: its part waits for the weight part
+  else
+    result = d_h;
+  if (part == TROUPE_BACKWARD_BOTH) {
+    backward_weights(context, micro_batch, s);
+    saved_.erase(it);
+  }
+  return result;
+}
+
+void model_runner::backward_weights(const exec_context& context, std::int64_t micro_batch,
+                                    saved& s) {
+  for (std::size_t i = layers_.size(); i-- > 0;)
+    layers_[i]->backward(context, micro_batch, TROUPE_BACKWARD_WEIGHT, tensor(), 0.0f);
   if (slice_.embedding) {
     parameter& embedding = store_.at("model.embed_tokens.weight");
     if (float* d_table = grad_of(embedding))
-      embedding_backward(d_h.data_as<float>(), s.batch.tokens.data_as<std::int32_t>(),
-                         s.batch.tokens.numel(), h, d_table);
-  } else {
-    result = d_h;
+      embedding_backward(s.d_embedded.data_as<float>(), s.batch.tokens.data_as<std::int32_t>(),
+                         s.batch.tokens.numel(), config_.hidden_size, d_table);
   }
-  saved_.erase(it);
-  return result;
 }
 
 std::vector<std::pair<std::string, tensor>> model_runner::checkpoint_tensors() const {

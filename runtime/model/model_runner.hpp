@@ -51,6 +51,9 @@ struct model_output {
   std::vector<std::int64_t> moe_layers;  ///< layer index of each entry below
   std::vector<tensor>
       expert_counts;  ///< i64 [n_routed_experts] per MoE layer (MTP blocks included)
+  /// Where this forward first went non-finite ("the output of model.layers.2"); empty if
+  /// nowhere. Checked on each slice's output and losses; the layers are searched only then.
+  std::string non_finite;
   double total() const { return loss + mtp_loss + balance_loss; }
 };
 
@@ -70,8 +73,12 @@ class model_runner {
 
   /// Backward of loss_scale * total loss. `d_hidden` is dL/d(output hidden) from the next stage
   /// (when !head). Returns dL/d(input hidden) when !embedding, else an undefined tensor.
+  ///
+  /// Split in two (zero-bubble schedules): the INPUT part computes everything dL/d(input) needs
+  /// (the head's and the MTP modules' weight gradients come with it) and returns it; the WEIGHT
+  /// part, later, the decoder layers' and the embedding's weight gradients.
   tensor backward(const exec_context& context, std::int64_t micro_batch, const tensor& d_hidden,
-                  float loss_scale);
+                  float loss_scale, troupe_backward_part part = TROUPE_BACKWARD_BOTH);
 
   void forget(std::int64_t micro_batch);
 
@@ -95,11 +102,16 @@ class model_runner {
   };
   struct saved {
     model_batch batch;
+    tensor d_embedded;  // between the backward parts: dL/d(embedding output), first slice
+    bool input_done = false;
     std::vector<tensor> layer_inputs;  // h entering each layer (and the final output last)
     tensor normed, rstd, logits;       // final norm and head
     std::int64_t labelled = 0;
     std::vector<mtp_saved> mtp;
   };
+
+  void backward_weights(const exec_context& context, std::int64_t micro_batch, saved& s);
+  std::string locate_non_finite(const saved& s) const;
 
   model_config config_;
   model_slice slice_;

@@ -1,0 +1,57 @@
+#pragma once
+
+// AdamW with DeepSeek-V3's memory recipe: FP32 master weights (the parameter store's values),
+// first and second moments kept in BF16 between steps, the update itself in FP32.
+//   p <- p - lr * wd * p                                  (decoupled weight decay; matrices only)
+//   m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2     (g: the gradient times `grad_scale`)
+//   p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+// The step uses the FP32 m and v it has just computed and keeps their BF16 roundings, so a run
+// resumed from a checkpoint (which holds the BF16 moments) continues bit for bit.
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "runtime/exec/thread_pool.hpp"
+#include "runtime/model/parameter_store.hpp"
+
+namespace troupe {
+
+struct adamw_settings {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double epsilon = 1e-8;
+  double weight_decay = 0.1;
+};
+
+class adamw {
+ public:
+  explicit adamw(adamw_settings settings) : settings_(settings) {}
+
+  /// Optimizes every trainable parameter of `store` (moments start at zero). Weight decay
+  /// applies to parameters of two or more dimensions (not to norm weights).
+  void attach(parameter_store& store);
+
+  /// One step with learning rate `lr`, gradients times `grad_scale` (global-norm clipping);
+  /// `step` counts from 1 (bias correction).
+  void step(double lr, double grad_scale, std::int64_t step, thread_pool& pool);
+
+  /// The moments for a checkpoint: "<name>.exp_avg" and "<name>.exp_avg_sq", bf16.
+  std::vector<std::pair<std::string, tensor>> state() const;
+  /// Restores moments written by state(); throws troupe::error naming a missing or misshapen one.
+  void load_state(const std::vector<std::pair<std::string, tensor>>& tensors);
+
+  std::int64_t parameter_count() const;
+
+ private:
+  struct slot {
+    parameter* p;
+    tensor exp_avg, exp_avg_sq;  // bf16, the shape of p
+    bool decay;
+  };
+  adamw_settings settings_;
+  std::vector<slot> slots_;
+};
+
+}  // namespace troupe

@@ -1,0 +1,138 @@
+// AdamW against a float64 reference of the same recipe (BF16 moments between steps, FP32
+// update), to 1e-6 relative on the weights over 20 steps; the schedule of the learning rate and
+// of the batch size.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "runtime/core/error.hpp"
+#include "runtime/optim/adamw.hpp"
+#include "runtime/optim/training_schedule.hpp"
+#include "runtime/tensor/bf16.hpp"
+
+namespace {
+
+using namespace troupe;
+
+parameter_spec trainable(std::vector<std::int64_t> shape) {
+  return {"", std::move(shape), dtype::f32, TROUPE_INIT_NORMAL, 0.02f, TROUPE_PARAM_TRAINABLE};
+}
+
+TEST(AdamW, MatchesAFloat64ReferenceWithBf16Moments) {
+  parameter_store store;
+  parameter& matrix = store.add("w", trainable({7, 33}));
+  parameter& vector = store.add("norm", trainable({33}));
+  store.add("bias", {"", {5}, dtype::f32, TROUPE_INIT_ZEROS, 0.0f, TROUPE_PARAM_BUFFER});
+  store.initialize(3);
+  const adamw_settings settings{0.9, 0.95, 1e-8, 0.1};
+  adamw optimizer(settings);
+  optimizer.attach(store);
+  EXPECT_EQ(optimizer.parameter_count(), 7 * 33 + 33);  // not the buffer
+
+  struct reference {
+    std::vector<double> p, m, v;
+    bool decay;
+  };
+  std::vector<reference> refs;
+  for (parameter* p : {&matrix, &vector}) {
+    reference r;
+    r.p.assign(p->value.data_as<float>(), p->value.data_as<float>() + p->value.numel());
+    r.m.assign(r.p.size(), 0.0);
+    r.v.assign(r.p.size(), 0.0);
+    r.decay = p->value.dim() >= 2;
+    refs.push_back(r);
+  }
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  thread_pool pool(2);
+  for (std::int64_t step = 1; step <= 20; ++step) {
+    const double lr = 1e-2 / static_cast<double>(step), scale = step % 3 == 0 ? 0.5 : 1.0;
+    std::size_t k = 0;
+    for (parameter* p : {&matrix, &vector}) {
+      reference& r = refs[k++];
+      float* g = p->grad.data_as<float>();
+      for (std::int64_t i = 0; i < p->grad.numel(); ++i) {
+        g[i] = normal(rng);
+        const double grad = static_cast<double>(g[i] * static_cast<float>(scale));
+        const double m1 = 0.9 * r.m[static_cast<std::size_t>(i)] + 0.1 * grad;
+        const double v1 = 0.95 * r.v[static_cast<std::size_t>(i)] + 0.05 * grad * grad;
+        double& w = r.p[static_cast<std::size_t>(i)];
+        if (r.decay) w *= 1.0 - lr * 0.1;
+        w -= lr * (m1 / (1.0 - std::pow(0.9, step))) /
+             (std::sqrt(v1 / (1.0 - std::pow(0.95, step))) + 1e-8);
+        r.m[static_cast<std::size_t>(i)] = bf16_to_float(float_to_bf16(static_cast<float>(m1)));
+        r.v[static_cast<std::size_t>(i)] = bf16_to_float(float_to_bf16(static_cast<float>(v1)));
+      }
+    }
+    optimizer.step(lr, scale, step, pool);
+  }
+  std::size_t k = 0;
+  for (parameter* p : {&matrix, &vector}) {
+    const reference& r = refs[k++];
+    double worst = 0.0, size = 0.0;
+    for (std::int64_t i = 0; i < p->value.numel(); ++i) {
+      worst = std::max(worst, std::fabs(static_cast<double>(p->value.data_as<float>()[i]) -
+                                        r.p[static_cast<std::size_t>(i)]));
+      size = std::max(size, std::fabs(r.p[static_cast<std::size_t>(i)]));
+    }
+    EXPECT_LE(worst / size, 1e-6) << p->name;
+  }
+}
+
+TEST(AdamW, StateRoundTripsAndResumesBitForBit) {
+  auto make = [](parameter_store& store) {
+    store.add("w", trainable({4, 130}));
+    store.initialize(1);
+  };
+  parameter_store a, b;
+  make(a);
+  make(b);
+  adamw first({}), second({});
+  first.attach(a);
+  second.attach(b);
+  thread_pool pool(2);
+  auto fill = [](parameter_store& s, int step) {
+    float* g = s.at("w").grad.data_as<float>();
+    for (std::int64_t i = 0; i < s.at("w").grad.numel(); ++i)
+      g[i] = std::sin(static_cast<float>(i * step));
+  };
+  for (int step = 1; step <= 3; ++step) {
+    fill(a, step);
+    first.step(1e-3, 1.0, step, pool);
+  }
+  // b takes a's weights and moments, then both run two more steps.
+  b.at("w").value.copy_from(a.at("w").value);
+  second.load_state(first.state());
+  for (int step = 4; step <= 5; ++step) {
+    fill(a, step);
+    fill(b, step);
+    first.step(1e-3, 1.0, step, pool);
+    second.step(1e-3, 1.0, step, pool);
+  }
+  EXPECT_EQ(0,
+            std::memcmp(a.at("w").value.data(), b.at("w").value.data(), a.at("w").value.nbytes()));
+  auto state = first.state();
+  state.pop_back();
+  EXPECT_THROW(second.load_state(state), troupe::error);
+}
+
+TEST(TrainingSchedule, WarmupThenCosineToTheFloor) {
+  const lr_schedule lr{1e-3, 1e-4, 4, 14};
+  EXPECT_DOUBLE_EQ(lr.at(0), 2.5e-4);
+  EXPECT_DOUBLE_EQ(lr.at(3), 1e-3);
+  EXPECT_DOUBLE_EQ(lr.at(4), 1e-3);    // cosine starts at the peak
+  EXPECT_DOUBLE_EQ(lr.at(9), 5.5e-4);  // halfway: the mean of peak and floor
+  EXPECT_DOUBLE_EQ(lr.at(14), 1e-4);
+  EXPECT_DOUBLE_EQ(lr.at(100), 1e-4);
+}
+
+TEST(TrainingSchedule, BatchRampRisesLinearlyInMultiples) {
+  const batch_ramp ramp{16, 4, 6, 2};
+  std::vector<std::int64_t> counts;
+  for (int s = 0; s < 8; ++s) counts.push_back(ramp.at(s));
+  EXPECT_EQ(counts, (std::vector<std::int64_t>{4, 6, 8, 10, 12, 14, 16, 16}));
+  EXPECT_EQ((batch_ramp{4, 4, 0, 1}.at(0)), 4);
+}
+
+}  // namespace

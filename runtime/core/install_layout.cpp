@@ -29,6 +29,7 @@ install_layout detect() {
     for (const auto& entry : fs::directory_iterator(build_dir / "plugins", ec))
       if (entry.is_directory()) layout.plugin_dirs.push_back(entry.path());
     layout.topology_dir = fs::path(TROUPE_SOURCE_DIR) / "topologies";
+    layout.corpus_dir = fs::path(TROUPE_SOURCE_DIR) / "runtime" / "data" / "corpus";
     return layout;
   }
   // Installed: prefer paths relative to the executable (a relocated prefix still works), then
@@ -43,9 +44,11 @@ install_layout detect() {
   if (std::find(layout.plugin_dirs.begin(), layout.plugin_dirs.end(), configured_plugins) ==
       layout.plugin_dirs.end())
     layout.plugin_dirs.push_back(configured_plugins);
-  fs::path relative_data = prefix / "share" / "troupe" / "topologies";
-  layout.topology_dir =
-      fs::is_directory(relative_data, ec) ? relative_data : configured_data / "topologies";
+  const fs::path relative_data = prefix / "share" / "troupe";
+  const fs::path data =
+      fs::is_directory(relative_data / "topologies", ec) ? relative_data : configured_data;
+  layout.topology_dir = data / "topologies";
+  layout.corpus_dir = data / "corpus";
   return layout;
 }
 

@@ -13,6 +13,7 @@ struct install_layout {
   std::vector<std::filesystem::path>
       plugin_dirs;                     ///< searched after the topology's and the environment's
   std::filesystem::path topology_dir;  ///< shipped topologies (tiny.toml is the default)
+  std::filesystem::path corpus_dir;    ///< the built-in training corpus
 
   /// The default topology `troupe train` runs.
   std::filesystem::path default_topology() const { return topology_dir / "tiny.toml"; }

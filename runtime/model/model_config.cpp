@@ -252,6 +252,8 @@ model_config parse_model_config(const json& source, const std::string& source_na
   r.integer("num_nextn_predict_layers", c.num_nextn_predict_layers, 0);
   r.boolean("tie_word_embeddings", c.tie_word_embeddings);
   read_quantization(r, c);
+  r.integer("bos_token_id", c.bos_token_id, 0);
+  r.integer("eos_token_id", c.eos_token_id, 0);
 
   if (c.first_k_dense_replace > c.num_hidden_layers)
     r.fail_field("first_k_dense_replace",

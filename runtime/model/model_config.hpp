@@ -63,6 +63,8 @@ struct model_config {
   std::int64_t num_nextn_predict_layers = 0;
   bool tie_word_embeddings = false;
   std::optional<fp8_quantization_config> quantization;
+  std::int64_t bos_token_id = 0;  ///< DeepSeek-V3's values; the tokenizer's special tokens
+  std::int64_t eos_token_id = 1;
 
   /// Fields the source left out, in the order above.
   std::vector<std::string> defaulted;

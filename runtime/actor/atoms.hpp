@@ -15,5 +15,17 @@ namespace troupe::atoms {
 TROUPE_ATOM(ping);
 TROUPE_ATOM(stop);
 TROUPE_ATOM(status);
+// Training (runtime/train).
+TROUPE_ATOM(run_step);
+TROUPE_ATOM(transfer);
+TROUPE_ATOM(peers);
+TROUPE_ATOM(gradients);
+TROUPE_ATOM(optimize);
+TROUPE_ATOM(biases);
+TROUPE_ATOM(balance);
+TROUPE_ATOM(save);
+TROUPE_ATOM(snapshot);
+TROUPE_ATOM(batch);
+TROUPE_ATOM(position);
 
 }  // namespace troupe::atoms

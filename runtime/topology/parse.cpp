@@ -472,6 +472,9 @@ class topology_parser {
     read(train, "grad_clip", t.grad_clip);
     read(train, "mtp_weight", t.mtp_weight);
     read(train, "balance_loss_alpha", t.balance_loss_alpha);
+    read(train, "batch_ramp_steps", t.batch_ramp_steps);
+    t.batch_ramp_start = topo_.schedule.kind == schedule_kind::dualpipe ? 2 * topo_.pipeline : 1;
+    read(train, "batch_ramp_start", t.batch_ramp_start);
     read(train, "checkpoint_every", t.checkpoint_every);
     read(train, "checkpoint_dir", t.checkpoint_dir);
   }

@@ -165,6 +165,11 @@ const std::vector<section_schema>& sections() {
            {"grad_clip", k::number, false, "1.0", "Global gradient-norm clip (0 disables)."},
            {"mtp_weight", k::number, false, "0.3", "λ of the MTP loss λ/D · Σ CE_k."},
            {"balance_loss_alpha", k::number, false, "1e-4", "α of the sequence-wise balance loss."},
+           {"batch_ramp_steps", k::integer, false, "0",
+            "Steps over which the micro-batches per step rise linearly from batch_ramp_start to "
+            "schedule.micro_batches (0: no ramp)."},
+           {"batch_ramp_start", k::integer, false, "1 (DualPipe: 2 × pipeline)",
+            "Micro-batches per step at step 0 of the batch-size ramp."},
            {"checkpoint_every", k::integer, false, "0",
             "Steps between checkpoints (0: only at the end and on signals)."},
            {"checkpoint_dir", k::string, false, "\"checkpoints\"",
@@ -176,9 +181,12 @@ const std::vector<section_schema>& sections() {
        "The training data.",
        {
            {"corpus", k::string, false, "\"builtin\"",
-            "\"builtin\" (shipped text) or a path to a text file."},
+            "\"builtin\" (the shipped Jargon File), a directory (one document per file), a "
+            ".jsonl file (a \"text\" field per line) or a text file (documents separated by "
+            "form-feed lines); paths relative to the topology file."},
            {"tokenizer", k::string, false, "\"bytes\"",
-            "\"bytes\" (byte-level) or a path to a tokenizer.json."},
+            "\"bytes\": byte-level (ids 0-255, then the config's BOS/EOS and three FIM "
+            "tokens); the only tokenizer for now."},
            {"fim_rate", k::number, false, "0.1",
             "Fraction of documents turned into Fill-in-the-Middle (PSM), in [0, 1]."},
        }},

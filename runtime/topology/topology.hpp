@@ -79,6 +79,8 @@ struct train_spec {
   double grad_clip = 1.0;
   double mtp_weight = 0.3;
   double balance_loss_alpha = 1e-4;
+  std::int64_t batch_ramp_steps = 0;  ///< 0: every step runs schedule.micro_batches
+  std::int64_t batch_ramp_start = 1;
   std::int64_t checkpoint_every = 0;
   std::string checkpoint_dir = "checkpoints";
 };

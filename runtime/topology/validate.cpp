@@ -334,19 +334,40 @@ class topology_validator {
     non_negative("train.checkpoint_every", static_cast<double>(tr.checkpoint_every));
     if (tr.checkpoint_dir.empty())
       error("train.checkpoint_dir", "train.checkpoint_dir must not be empty");
-    const auto& d = t_.data_source;
+    const auto& sc = t_.schedule;
+    if (tr.batch_ramp_steps < 0)
+      error("train.batch_ramp_steps",
+            fmt::format("train.batch_ramp_steps must be 0 or more, got {}", tr.batch_ramp_steps));
+    if (tr.batch_ramp_steps > 0) {
+      const std::int64_t least = sc.kind == schedule_kind::dualpipe ? 2 * t_.pipeline : 1;
+      if (tr.batch_ramp_start < least || tr.batch_ramp_start > sc.micro_batches)
+        error("train.batch_ramp_start",
+              fmt::format("train.batch_ramp_start must be in [{}, schedule.micro_batches = {}]{}, "
+                          "got {}",
+                          least, sc.micro_batches,
+                          sc.kind == schedule_kind::dualpipe ? " (DualPipe needs 2 x pipeline)" : "",
+                          tr.batch_ramp_start));
+    }
+    auto& d = t_.data_source;
     if (!(d.fim_rate >= 0.0 && d.fim_rate <= 1.0))
       error("data.fim_rate", fmt::format("data.fim_rate must be in [0, 1], got {}", d.fim_rate));
-    for (auto [path, value, builtin] : {std::tuple{"data.corpus", d.corpus, "builtin"},
-                                        std::tuple{"data.tokenizer", d.tokenizer, "bytes"}}) {
-      if (value == builtin) continue;
-      fs::path file(value);
+    if (d.corpus != "builtin") {
+      fs::path file(d.corpus);
       if (!file.is_absolute()) file = t_.file.parent_path() / file;
-      if (!fs::is_regular_file(file))
-        error(path,
-              fmt::format("{}: no file {} (use \"{}\" or a path relative to the topology file)",
-                          path, file.lexically_normal().string(), builtin));
+      file = file.lexically_normal();
+      if (!fs::is_regular_file(file) && !fs::is_directory(file))
+        error("data.corpus",
+              fmt::format("data.corpus: no file or directory {} (use \"builtin\" or a path "
+                          "relative to the topology file)",
+                          file.string()));
+      else
+        d.corpus = file.string();
     }
+    if (d.tokenizer != "bytes")
+      error("data.tokenizer",
+            fmt::format("data.tokenizer: \"{}\" is not supported; troupe trains with the "
+                        "byte-level tokenizer, \"bytes\"",
+                        d.tokenizer));
   }
 
   void check_plugins() {

@@ -25,7 +25,7 @@ json tiny() {
     "scoring_func": "sigmoid", "topk_method": "noaux_tc", "hidden_act": "silu",
     "rope_theta": 10000.0, "rope_scaling": null, "rms_norm_eps": 1e-6,
     "max_position_embeddings": 256, "num_nextn_predict_layers": 1, "tie_word_embeddings": false,
-    "rope_interleave": true})");
+    "rope_interleave": true, "bos_token_id": 256, "eos_token_id": 257})");
 }
 
 std::string error_of(const json& config) {
@@ -47,6 +47,8 @@ TEST(ModelConfig, ReadsEveryField) {
   EXPECT_FALSE(c.is_moe_layer(0));
   EXPECT_TRUE(c.is_moe_layer(3));
   EXPECT_EQ(c.num_nextn_predict_layers, 1);
+  EXPECT_EQ(c.bos_token_id, 256);
+  EXPECT_EQ(c.eos_token_id, 257);
   EXPECT_FALSE(c.yarn.has_value());
   EXPECT_FALSE(c.quantization.has_value());
   EXPECT_TRUE(c.defaulted.empty()) << c.defaulted.front();

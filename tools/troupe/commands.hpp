@@ -7,10 +7,14 @@
 
 namespace troupe::cli {
 
-/// Exit codes: 0 success, 1 bad input (a topology, a plugin, an argument), 2 not available.
+/// Exit codes: 0 success, 1 bad input or a failure (a topology, a plugin, an argument, an
+/// actor's error), 2 not available, 3 training stopped by a signal (after checkpointing), 4
+/// training stopped by a non-finite loss or gradient.
 inline constexpr int exit_ok = 0;
 inline constexpr int exit_bad_input = 1;
 inline constexpr int exit_unavailable = 2;
+inline constexpr int exit_stopped = 3;
+inline constexpr int exit_non_finite = 4;
 
 void add_version_command(CLI::App& app, int& exit_code);
 void add_plugins_command(CLI::App& app, int& exit_code);

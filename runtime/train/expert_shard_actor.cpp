@@ -1,0 +1,83 @@
+// The expert-shard actor: computes the rows pipeline ranks dispatch to its experts, and owns
+// their gradients and optimizer state.
+
+#include <caf/all.hpp>
+
+#include "runtime/actor/atoms.hpp"
+#include "runtime/actor/instrumented_actor.hpp"
+#include "runtime/checkpoint/safetensors.hpp"
+#include "runtime/train/actor_failure.hpp"
+#include "runtime/train/train_messages.hpp"
+#include "runtime/train/training_actors.hpp"
+
+#include <cmath>
+
+namespace troupe {
+
+caf::actor spawn_expert_shard_actor(actor_runtime& runtime,
+                                    std::shared_ptr<shard_actor_setup> setup) {
+  return runtime.spawn_detached(
+      "expert_shard",
+      [](instrumented_actor* self, std::shared_ptr<shard_actor_setup> st) {
+        return caf::behavior{
+            [st](const expert_request& request) -> caf::result<expert_reply> {
+              try {
+                return st->shard->handle(*st->context, request);
+              } catch (const std::exception& e) {
+                return actor_failure(e);
+              }
+            },
+            [st](atoms::gradients_atom) -> caf::result<gradient_report> {
+              // The per-source gradients first go into one, in source order (deterministic
+              // whatever order the stages' requests came in).
+              st->shard->reduce_source_gradients();
+              gradient_report report;
+              for (parameter* p : st->shard->parameters().all()) {
+                if (!p->spec.trainable()) continue;
+                const float* g = p->grad.data_as<const float>();
+                double sum = 0.0;
+                for (std::int64_t i = 0; i < p->grad.numel(); ++i)
+                  sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+                if (!std::isfinite(sum) && report.summary.non_finite.empty())
+                  report.summary.non_finite = p->name;
+                report.summary.norm_squared += sum;
+              }
+              return report;
+            },
+            [self, st](atoms::optimize_atom, const optimizer_order& order) -> caf::result<bool> {
+              try {
+                st->optimizer->step(order.learning_rate, order.grad_scale, order.step,
+                                    st->context->pool());
+                st->shard->zero_grads();
+                if (order.snapshot && st->ema) {
+                  ema_snapshot snapshot;
+                  for (parameter* p : st->shard->parameters().all())
+                    (p->spec.trainable() ? snapshot.weights : snapshot.buffers)
+                        .emplace_back(p->name, p->value.clone());
+                  self->send(st->ema, atoms::snapshot_atom_v, std::move(snapshot));
+                }
+                return true;
+              } catch (const std::exception& e) {
+                return actor_failure(e);
+              }
+            },
+            [st](atoms::save_atom,
+                 const checkpoint_order& order) -> caf::result<checkpoint_written> {
+              try {
+                const std::filesystem::path dir = order.directory;
+                const auto weights = st->shard->parameters().named_values();
+                write_safetensors(dir / order.weights_file, weights, {{"format", "pt"}});
+                write_safetensors(dir / order.optimizer_file, st->optimizer->state());
+                checkpoint_written written;
+                for (const auto& [name, value] : weights) written.weights.push_back(name);
+                return written;
+              } catch (const std::exception& e) {
+                return actor_failure(e);
+              }
+            },
+        };
+      },
+      std::move(setup));
+}
+
+}  // namespace troupe

@@ -1,0 +1,135 @@
+#pragma once
+
+// The work of one pipeline rank, without the actor around it: the stage chunks it holds (one,
+// or two under DualPipe: stage r and stage PP-1-r), their parameters, gradients and optimizer
+// state, and the execution of its ops of a schedule plan. Ops run in plan order, each as soon as
+// its input (tokens, the previous stage's activation, the next stage's gradient) is there;
+// results for other stages come back as transfers for the caller to deliver.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "runtime/exec/exec_context.hpp"
+#include "runtime/experts/sharded_experts.hpp"
+#include "runtime/model/model_runner.hpp"
+#include "runtime/optim/adamw.hpp"
+#include "runtime/schedule/schedule_plan.hpp"
+#include "runtime/train/bias_balancer.hpp"
+
+namespace troupe {
+
+/// One micro-batch of a step: i32 [micro_batch_size, sequence_length] each.
+struct micro_batch_input {
+  tensor tokens;
+  tensor targets;
+};
+
+/// An activation travelling to the forward of (stage, copy), or a gradient to its backward.
+struct stage_transfer {
+  bool gradient = false;
+  std::int32_t stage = 0;
+  std::int32_t copy = 0;
+  std::int64_t micro_batch = 0;
+  tensor value;
+};
+
+/// The losses one forward produced (the head's losses only where the chunk holds the head).
+struct micro_batch_losses {
+  std::int64_t micro_batch = 0;
+  bool head = false;
+  double loss = 0.0, mtp_loss = 0.0, balance_loss = 0.0;
+  std::string non_finite;  ///< where this forward first went non-finite, or empty
+};
+
+struct rank_step_report {
+  std::vector<micro_batch_losses> losses;
+  expert_load load;           ///< tokens per expert of each MoE layer, over this rank's forwards
+  double busy_seconds = 0.0;  ///< time spent computing ops
+};
+
+/// A stage chunk: one copy of one stage.
+struct stage_chunk {
+  std::int32_t stage = 0;
+  std::int32_t copy = 0;
+  std::unique_ptr<sharded_experts> experts;  ///< null: the stage computes its routed experts
+  std::unique_ptr<model_runner> runner;
+  std::unique_ptr<adamw> optimizer;
+};
+
+/// Gradients of the parameters a rank alone holds, for the global norm.
+struct gradient_summary {
+  double norm_squared = 0.0;  ///< sum of squares, accumulated in double in parameter order
+  std::string non_finite;     ///< the first parameter whose gradient is not finite
+};
+
+class pipeline_rank {
+ public:
+  pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks, const exec_context& context);
+
+  std::int32_t rank() const { return rank_; }
+  std::vector<stage_chunk>& chunks() { return chunks_; }
+
+  /// Starts a step: `inputs` holds every micro-batch of the step (this replica's).
+  void begin_step(std::shared_ptr<const schedule_plan> plan, std::vector<micro_batch_input> inputs,
+                  float loss_scale);
+  /// An activation or gradient from another rank (it may come before begin_step).
+  void deliver(stage_transfer transfer);
+  /// Runs ops while their inputs are there; returns (destination rank, transfer) pairs.
+  std::vector<std::pair<std::int32_t, stage_transfer>> advance();
+  bool finished() const { return plan_ != nullptr && next_op_ == plan_->ops(rank_).size(); }
+  rank_step_report take_report();
+
+  /// The squared norm of the gradients of parameters not in `replicated` (parameters several
+  /// chunks or ranks hold, reduced elsewhere), and the first non-finite gradient of any.
+  gradient_summary summarize_gradients(const std::set<std::string>& replicated);
+  /// The gradient tensors of `replicated` parameters this rank holds, chunk by chunk.
+  std::vector<std::pair<std::string, tensor>> gradients_of(const std::set<std::string>& replicated);
+  /// AdamW on every chunk, then zeroed gradients. `step` counts from 1.
+  void optimize(double lr, double grad_scale, std::int64_t step);
+  /// Writes the router biases of the MoE layers this rank holds.
+  void set_router_biases(const std::map<std::int64_t, std::vector<float>>& biases);
+
+  /// Tensors under their checkpoint names whose names are in `owned` (each name is written by
+  /// one holder only).
+  std::vector<std::pair<std::string, tensor>> checkpoint_tensors(
+      const std::set<std::string>& owned) const;
+  /// Copies of the owned trainable parameters (an EMA snapshot).
+  std::vector<std::pair<std::string, tensor>> snapshot(const std::set<std::string>& owned) const;
+  /// Copies of the owned buffers (router biases).
+  std::vector<std::pair<std::string, tensor>> buffers(const std::set<std::string>& owned) const;
+  /// The optimizer moments of owned parameters.
+  std::vector<std::pair<std::string, tensor>> optimizer_state(
+      const std::set<std::string>& owned) const;
+  /// Loads weights and moments (every chunk takes what it holds from the given tensors).
+  void load(const hf_checkpoint& weights,
+            const std::vector<std::pair<std::string, tensor>>& moments);
+
+ private:
+  using input_key = std::tuple<bool, std::int32_t, std::int32_t, std::int64_t>;
+  stage_chunk& chunk(std::int32_t stage, std::int32_t copy);
+  bool ready(const pipeline_op& op) const;
+  bool ready_forward(const stage_work& w) const;
+  bool ready_backward(const stage_work& w) const;
+  void run_forward(const stage_work& w, std::vector<std::pair<std::int32_t, stage_transfer>>& out);
+  void run_backward(const stage_work& w, troupe_backward_part part,
+                    std::vector<std::pair<std::int32_t, stage_transfer>>& out);
+
+  std::int32_t rank_;
+  std::vector<stage_chunk> chunks_;
+  const exec_context& context_;
+  std::shared_ptr<const schedule_plan> plan_;
+  std::vector<micro_batch_input> inputs_;
+  float loss_scale_ = 1.0f;
+  std::size_t next_op_ = 0;
+  std::map<input_key, tensor> arrived_;
+  rank_step_report report_;
+};
+
+}  // namespace troupe

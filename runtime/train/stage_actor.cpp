@@ -1,0 +1,123 @@
+// The pipeline-rank actor: runs a pipeline_rank's ops as their inputs arrive from its peers.
+
+#include <chrono>
+
+#include <caf/all.hpp>
+
+#include "runtime/actor/atoms.hpp"
+#include "runtime/actor/instrumented_actor.hpp"
+#include "runtime/checkpoint/safetensors.hpp"
+#include "runtime/train/actor_expert_transport.hpp"
+#include "runtime/train/actor_failure.hpp"
+#include "runtime/train/train_messages.hpp"
+#include "runtime/train/training_actors.hpp"
+
+namespace troupe {
+
+namespace {
+
+struct stage_state {
+  std::shared_ptr<stage_actor_setup> setup;
+  std::vector<caf::actor> peers;  // by rank, this replica's
+  caf::response_promise step_done;
+  bool running = false;
+  std::string failure;  // the first error of the running step
+};
+
+void pump(instrumented_actor* self, stage_state& st) {
+  if (!st.running) return;
+  pipeline_rank& rank = *st.setup->rank;
+  try {
+    for (auto& [to, t] : rank.advance())
+      self->send(st.peers.at(static_cast<std::size_t>(to)), atoms::transfer_atom_v, std::move(t));
+  } catch (const std::exception& e) {
+    st.running = false;
+    st.step_done.deliver(actor_failure(e));
+    return;
+  }
+  if (rank.finished()) {
+    st.running = false;
+    st.step_done.deliver(rank.take_report());
+  }
+}
+
+}  // namespace
+
+caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor_setup> setup) {
+  return runtime.spawn_detached(
+      "stage", [](instrumented_actor* self, std::shared_ptr<stage_actor_setup> rank_setup) {
+        auto st = std::make_shared<stage_state>();
+        st->setup = std::move(rank_setup);
+        return caf::behavior{
+            [st](atoms::peers_atom, std::vector<caf::actor>& peers) { st->peers = peers; },
+            [st](atoms::stop_atom) {
+              if (st->setup->transport) st->setup->transport->close();
+              return true;
+            },
+            [self, st](atoms::run_step_atom, step_order& order) {
+              st->step_done = self->make_response_promise();
+              try {
+                st->setup->rank->begin_step(std::move(order.plan), std::move(order.inputs),
+                                            order.loss_scale);
+              } catch (const std::exception& e) {
+                st->step_done.deliver(actor_failure(e));
+                return;
+              }
+              st->running = true;
+              pump(self, *st);
+            },
+            [self, st](atoms::transfer_atom, stage_transfer& t) {
+              st->setup->rank->deliver(std::move(t));
+              pump(self, *st);
+            },
+            [st](atoms::gradients_atom) -> caf::result<gradient_report> {
+              try {
+                gradient_report report;
+                report.summary = st->setup->rank->summarize_gradients(st->setup->replicated);
+                report.replicated.items = st->setup->rank->gradients_of(st->setup->replicated);
+                return report;
+              } catch (const std::exception& e) {
+                return actor_failure(e);
+              }
+            },
+            [self, st](atoms::optimize_atom, const optimizer_order& order) -> caf::result<bool> {
+              try {
+                st->setup->rank->optimize(order.learning_rate, order.grad_scale, order.step);
+                if (order.snapshot && st->setup->ema)
+                  self->send(st->setup->ema, atoms::snapshot_atom_v,
+                             ema_snapshot{st->setup->rank->snapshot(st->setup->owned),
+                                          st->setup->rank->buffers(st->setup->owned)});
+                return true;
+              } catch (const std::exception& e) {
+                return actor_failure(e);
+              }
+            },
+            [st](atoms::biases_atom, const router_biases& biases) -> caf::result<bool> {
+              try {
+                st->setup->rank->set_router_biases(biases.values);
+                return true;
+              } catch (const std::exception& e) {
+                return actor_failure(e);
+              }
+            },
+            [st](atoms::save_atom,
+                 const checkpoint_order& order) -> caf::result<checkpoint_written> {
+              try {
+                const std::filesystem::path dir = order.directory;
+                auto weights = st->setup->rank->checkpoint_tensors(st->setup->owned);
+                write_safetensors(dir / order.weights_file, weights, {{"format", "pt"}});
+                write_safetensors(dir / order.optimizer_file,
+                                  st->setup->rank->optimizer_state(st->setup->owned));
+                checkpoint_written written;
+                for (const auto& [name, value] : weights) written.weights.push_back(name);
+                return written;
+              } catch (const std::exception& e) {
+                return actor_failure(e);
+              }
+            },
+        };
+      },
+      std::move(setup));
+}
+
+}  // namespace troupe

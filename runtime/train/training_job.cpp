@@ -1,0 +1,668 @@
+#include "runtime/train/training_job.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <future>
+#include <map>
+#include <set>
+#include <thread>
+
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "runtime/actor/actor_runtime.hpp"
+#include "runtime/actor/atoms.hpp"
+#include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "runtime/checkpoint/safetensors.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/exec/exec_context.hpp"
+#include "runtime/exec/thread_pool.hpp"
+#include "runtime/optim/training_schedule.hpp"
+#include "runtime/plugin/instance.hpp"
+#include "runtime/train/actor_expert_transport.hpp"
+#include "runtime/train/actor_failure.hpp"
+#include "runtime/train/train_checkpoint.hpp"
+#include "runtime/train/train_messages.hpp"
+#include "runtime/train/training_actors.hpp"
+#include "runtime/train/training_metrics.hpp"
+
+namespace troupe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+double seconds_between(std::chrono::steady_clock::time_point a,
+                       std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+std::shared_ptr<const plugin_library> load_role(plugin_registry& registry, const topology& topo,
+                                                plugin_kind role, const std::string& fallback) {
+  const plugin_choice* choice = topo.plugin_for(role);
+  const std::string reference =
+      choice == nullptr ? fallback
+                        : (choice->resolved ? choice->resolved->string() : choice->reference);
+  plugin_load_options options;
+  options.expected_kind = role;
+  return registry.load(reference, options);
+}
+
+std::string options_of(const topology& topo, plugin_kind role) {
+  const plugin_choice* choice = topo.plugin_for(role);
+  return choice == nullptr ? "{}" : choice->options_json;
+}
+
+/// The MoE layers of the model, MTP blocks included.
+std::vector<std::int64_t> moe_layers(const model_config& c) {
+  std::vector<std::int64_t> layers;
+  for (std::int64_t l = 0; l < c.num_hidden_layers + c.num_nextn_predict_layers; ++l)
+    if (c.n_routed_experts > 0 && l >= c.first_k_dense_replace) layers.push_back(l);
+  return layers;
+}
+
+/// The first of (micro-batch order) non-finite messages, or "".
+template <class F>
+void raise(caf::blocking_actor* self, const caf::error& e, F&& context) {
+  throw error(fmt::format("{}: {}", context(), describe_failure(self->system(), e)));
+}
+
+}  // namespace
+
+struct training_job::impl {
+  topology topo;
+  training_options options;
+  std::int64_t total_steps = 0;
+  std::int64_t start_step = 0;
+  fs::path checkpoint_root;
+
+  std::unique_ptr<thread_pool> pool;
+  std::unique_ptr<gemm_instance> fp8;
+  std::unique_ptr<exec_context> context;
+  model_plugins plugins;
+  std::shared_ptr<metrics_registry> metrics;
+  std::unique_ptr<metrics_endpoint> endpoint;
+  std::unique_ptr<training_metrics> train_metrics;
+  // Declared after what actors use, so the actors stop (the runtime's destructor waits for
+  // them) before the pool and the context go.
+  std::unique_ptr<actor_runtime> runtime;
+
+  lr_schedule lr;
+  batch_ramp ramp;
+  std::map<std::int64_t, std::shared_ptr<const schedule_plan>> plans;
+
+  // Actors and, for reading weights after the run, the state they were built with.
+  struct rank_entry {
+    std::string name;
+    std::int32_t replica = 0, rank = 0;
+    caf::actor actor;
+    std::shared_ptr<stage_actor_setup> setup;
+  };
+  struct shard_entry {
+    std::string name;
+    caf::actor actor;
+    std::shared_ptr<shard_actor_setup> setup;
+  };
+  std::vector<rank_entry> ranks;
+  std::vector<shard_entry> shards;
+  caf::actor data, balancer, ema;
+  std::shared_ptr<bias_balancer> balancer_state;
+  std::shared_ptr<data_actor_setup> data_state;
+  std::shared_ptr<ema_actor_setup> ema_state;
+  std::int64_t tokens_seen = 0;
+  data_position position;
+  bool stopped = false;  // the actors were told to exit
+
+  std::shared_ptr<const schedule_plan> plan_for(std::int64_t micro_batches) {
+    auto& plan = plans[micro_batches];
+    if (!plan)
+      plan = std::make_shared<const schedule_plan>(
+          schedule_plan::build(topo.schedule.kind, topo.pipeline, micro_batches));
+    return plan;
+  }
+
+  void event(const std::string& what) const {
+    if (options.on_event) options.on_event(what);
+  }
+
+  void build(plugin_registry& registry);
+  void resume();
+  training_result coordinate(caf::blocking_actor* self, const std::atomic<bool>& stop);
+  fs::path write_checkpoint(caf::blocking_actor* self, std::int64_t step, double loss);
+};
+
+void training_job::impl::build(plugin_registry& registry) {
+  const model_config& config = topo.model;
+  const train_spec& tr = topo.train;
+  total_steps = tr.steps;
+  checkpoint_root = options.checkpoint_dir.empty() ? fs::path(tr.checkpoint_dir)
+                                                   : options.checkpoint_dir;
+  lr = {tr.learning_rate, tr.min_learning_rate, tr.warmup_steps, tr.steps};
+  const bool dualpipe = topo.schedule.kind == schedule_kind::dualpipe;
+  ramp = {topo.schedule.micro_batches,
+          tr.batch_ramp_steps > 0 ? tr.batch_ramp_start : topo.schedule.micro_batches,
+          tr.batch_ramp_steps, dualpipe ? 2 : 1};
+
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  pool = std::make_unique<thread_pool>(threads);
+  if (topo.gemm_precision == precision::fp8)
+    fp8 = std::make_unique<gemm_instance>(load_role(registry, topo, plugin_kind::gemm, "fp8"),
+                                          instance_options{});
+  context = std::make_unique<exec_context>(device::cpu(), *pool, fp8 ? fp8->provider() : nullptr);
+
+  plugins.attention = load_role(registry, topo, plugin_kind::attention, "mla");
+  plugins.attention_options = options_of(topo, plugin_kind::attention);
+  if (config.n_routed_experts > 0) {
+    plugins.moe = load_role(registry, topo, plugin_kind::moe, "moe");
+    nlohmann::json moe_options = nlohmann::json::parse(options_of(topo, plugin_kind::moe));
+    moe_options["balance_loss_alpha"] = tr.balance_loss_alpha;
+    plugins.moe_options = moe_options.dump();
+  }
+  if (config.num_nextn_predict_layers > 0)
+    plugins.mtp = load_role(registry, topo, plugin_kind::mtp, "mtp");
+
+  metrics = options.metrics ? options.metrics : std::make_shared<metrics_registry>();
+  train_metrics = std::make_unique<training_metrics>(*metrics->registry(),
+                                                     topo.monitoring.per_expert_series);
+  actor_runtime_options runtime_options;
+  // Message handling only; compute runs on the pool and the detached actors' threads.
+  runtime_options.scheduler_threads = 2;
+  runtime = std::make_unique<actor_runtime>(runtime_options, metrics);
+
+  // The EMA updater and the expert shards first: the ranks need their handles.
+  if (topo.ema.enabled) {
+    ema_state = std::make_shared<ema_actor_setup>();
+    ema_state->tracker = std::make_unique<ema_tracker>(topo.ema.decay);
+    ema_state->config = config;
+  }
+  const std::int32_t copies = dualpipe ? 2 : 1;
+  const std::int32_t sources = copies * topo.data;
+  std::vector<std::vector<std::int64_t>> shard_experts;
+  for (const auto& spec : topo.expert_shards)
+    shard_experts.emplace_back(spec.experts.begin(), spec.experts.end());
+  const bool sharded = !shard_experts.empty() && config.n_routed_experts > 0;
+  if (sharded) {
+    for (std::size_t i = 0; i < shard_experts.size(); ++i) {
+      auto setup = std::make_shared<shard_actor_setup>();
+      setup->shard = std::make_unique<expert_shard>(config, plugins.moe, shard_experts[i],
+                                                    sources, plugins.moe_options);
+      setup->shard->parameters().initialize(static_cast<std::uint64_t>(tr.seed));
+      setup->optimizer = std::make_unique<adamw>(
+          adamw_settings{tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay});
+      setup->optimizer->attach(setup->shard->parameters());
+      setup->context = context.get();
+      shards.push_back({fmt::format("shard{}", i), caf::actor(), setup});
+    }
+  }
+
+  // Pipeline ranks, replica by replica.
+  const auto plan = plan_for(ramp.at(0));
+  sharded_experts::options wire;
+  if (topo.gemm_precision == precision::fp8) {
+    wire.dispatch = wire_precision::fp8;
+    wire.combine = wire_precision::bf16;
+  }
+  for (std::int32_t d = 0; d < topo.data; ++d)
+    for (std::int32_t r = 0; r < topo.pipeline; ++r) {
+      auto setup = std::make_shared<stage_actor_setup>();
+      // The shard handles come when the shards are spawned, after resume() loaded them.
+      if (sharded) setup->transport = std::make_unique<actor_expert_transport>(runtime->system());
+      std::vector<stage_chunk> chunks;
+      for (auto [stage, copy] : plan->chunks(r)) {
+        const auto& layers = topo.stages.at(static_cast<std::size_t>(stage)).layers;
+        if (layers.empty()) fail("stage {} has no layers", stage);
+        for (std::size_t i = 1; i < layers.size(); ++i)
+          if (layers[i] != layers[i - 1] + 1)
+            fail("stage {}: its layers must be consecutive to run as one slice", stage);
+        stage_chunk chunk;
+        chunk.stage = stage;
+        chunk.copy = copy;
+        model_plugins chunk_plugins = plugins;
+        if (sharded) {
+          auto options_for_copy = wire;
+          options_for_copy.source = d * copies + copy;
+          chunk.experts = std::make_unique<sharded_experts>(
+              shard_experts, config.n_routed_experts, *setup->transport, options_for_copy);
+          chunk_plugins.experts = chunk.experts.get();
+        }
+        model_slice slice{layers.front(), layers.back() + 1, stage == 0,
+                          stage == topo.pipeline - 1};
+        chunk.runner = std::make_unique<model_runner>(config, slice, chunk_plugins,
+                                                      model_options{tr.mtp_weight, true});
+        chunk.runner->parameters().initialize(static_cast<std::uint64_t>(tr.seed));
+        chunk.optimizer = std::make_unique<adamw>(
+            adamw_settings{tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay});
+        chunk.optimizer->attach(chunk.runner->parameters());
+        chunks.push_back(std::move(chunk));
+      }
+      setup->rank = std::make_unique<pipeline_rank>(r, std::move(chunks), *context);
+      ranks.push_back({topo.data > 1 ? fmt::format("stage{}.r{}", r, d) : fmt::format("stage{}", r),
+                       d, r, caf::actor(), setup});
+    }
+
+  // Who writes what: each checkpoint name once, by its first holder; parameters held more than
+  // once are replicated (their gradients are summed by the coordinator).
+  std::map<std::string, int> holders;
+  std::set<std::string> claimed;
+  for (auto& entry : ranks) {
+    std::set<std::string> owned;
+    for (auto& chunk : entry.setup->rank->chunks()) {
+      for (const auto& [name, value] : chunk.runner->checkpoint_tensors())
+        if (claimed.insert(name).second) owned.insert(name);
+      for (parameter* p : chunk.runner->parameters().all())
+        if (p->spec.trainable()) ++holders[p->name];
+    }
+    entry.setup->owned = std::move(owned);
+  }
+  std::set<std::string> replicated;
+  for (const auto& [name, count] : holders)
+    if (count > 1) replicated.insert(name);
+  for (auto& entry : ranks) entry.setup->replicated = replicated;
+
+  balancer_state = std::make_shared<bias_balancer>(
+      balancer_settings{topo.balancer.gamma, topo.balancer.recenter}, moe_layers(config),
+      config.n_routed_experts);
+
+  data_state = std::make_shared<data_actor_setup>();
+  data_state->corpus = std::make_unique<text_corpus>(text_corpus::load(topo.data_source.corpus));
+  data_state->tokenizer = std::make_unique<byte_tokenizer>(config);
+  data_state->stream = std::make_unique<token_stream>(
+      *data_state->corpus, *data_state->tokenizer, topo.data_source.fim_rate,
+      static_cast<std::uint64_t>(tr.seed));
+  data_state->micro_batch_size = tr.micro_batch_size;
+  data_state->sequence_length = tr.sequence_length;
+
+  if (!options.resume.empty()) resume();
+
+  // Spawn: EMA, shards, ranks (with the shard handles), balancer, data.
+  if (ema_state) ema = spawn_ema_actor(*runtime, ema_state);
+  std::vector<caf::actor> shard_actors;
+  for (auto& s : shards) {
+    s.setup->ema = ema;
+    s.actor = spawn_expert_shard_actor(*runtime, s.setup);
+    shard_actors.push_back(s.actor);
+  }
+  for (auto& entry : ranks) {
+    entry.setup->ema = ema;
+    if (entry.setup->transport) entry.setup->transport->set_shards(shard_actors);
+    entry.actor = spawn_stage_actor(*runtime, entry.setup);
+  }
+  for (std::int32_t d = 0; d < topo.data; ++d) {
+    std::vector<caf::actor> peers;
+    for (auto& entry : ranks)
+      if (entry.replica == d) peers.push_back(entry.actor);
+    for (auto& entry : ranks)
+      if (entry.replica == d) caf::anon_send(entry.actor, atoms::peers_atom_v, peers);
+  }
+  balancer = spawn_balancer_actor(*runtime, balancer_state);
+  data = spawn_data_actor(*runtime, data_state);
+
+  if (!topo.monitoring.metrics_host.empty()) {
+    endpoint = std::make_unique<metrics_endpoint>(topo.monitoring.metrics_host,
+                                                  topo.monitoring.metrics_port, *metrics);
+  }
+}
+
+void training_job::impl::resume() {
+  const fs::path dir = resolve_checkpoint(options.resume);
+  const trainer_state state = read_trainer_state(dir / "trainer_state.json");
+  const hf_checkpoint weights = hf_checkpoint::open(dir);
+  const auto moments = read_tensor_directory(dir / "optimizer");
+  for (auto& entry : ranks) entry.setup->rank->load(weights, moments);
+  for (auto& s : shards) {
+    s.setup->shard->parameters().load(weights);
+    s.setup->optimizer->load_state(moments);
+  }
+  if (ema_state && fs::exists(dir / "ema")) {
+    const hf_checkpoint averages = hf_checkpoint::open(dir / "ema");
+    std::vector<std::pair<std::string, tensor>> values;
+    for (const auto& name : averages.names()) values.emplace_back(name, averages.read_f32(name));
+    ema_state->tracker->load(values);
+  }
+  balancer_state->set_biases(state.router_biases);
+  data_state->stream->seek(state.data);
+  position = state.data;
+  start_step = state.step;
+  tokens_seen = state.tokens_seen;
+  if (start_step > total_steps)
+    throw checkpoint_error(fmt::format("{}: the checkpoint is at step {}, past train.steps = {}",
+                                       dir.string(), start_step, total_steps));
+  event(fmt::format("resumed from {} at step {}", dir.string(), start_step));
+}
+
+fs::path training_job::impl::write_checkpoint(caf::blocking_actor* self, std::int64_t step,
+                                              double loss) {
+  fs::create_directories(checkpoint_root);
+  const fs::path partial = checkpoint_root / (checkpoint_name(step) + ".partial");
+  fs::remove_all(partial);
+  fs::create_directories(partial / "optimizer");
+  const std::size_t writers = ranks.size() + shards.size();
+  std::map<std::string, std::string> weight_map;
+  std::size_t index = 0;
+  auto save = [&](const caf::actor& actor, const std::string& name) {
+    checkpoint_order order{partial.string(),
+                           fmt::format("model-{:05d}-of-{:05d}.safetensors", ++index, writers),
+                           fmt::format("optimizer/{}.safetensors", name)};
+    self->request(actor, caf::infinite, atoms::save_atom_v, order)
+        .receive(
+            [&](checkpoint_written& written) {
+              for (auto& w : written.weights) weight_map[w] = order.weights_file;
+            },
+            [&](caf::error& e) { raise(self, e, [&] { return "checkpoint: " + name; }); });
+  };
+  for (auto& entry : ranks) save(entry.actor, entry.name);
+  for (auto& s : shards) save(s.actor, s.name);
+  write_weight_index(partial, weight_map);
+  {
+    std::ofstream out(partial / "config.json");
+    out << topo.model.json_text << "\n";
+  }
+  if (ema)
+    self->request(ema, caf::infinite, atoms::save_atom_v, (partial / "ema").string())
+        .receive([](bool) {},
+                 [&](caf::error& e) { raise(self, e, [] { return std::string("checkpoint: ema"); }); });
+  trainer_state state;
+  state.step = step;
+  state.total_steps = total_steps;
+  state.seed = static_cast<std::uint64_t>(topo.train.seed);
+  state.data = position;
+  self->request(balancer, caf::infinite, atoms::biases_atom_v)
+      .receive([&](router_biases& biases) { state.router_biases = std::move(biases.values); },
+               [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+  state.tokens_seen = tokens_seen;
+  state.loss = loss;
+  state.topology = topo.file.string();
+  write_trainer_state(partial / "trainer_state.json", state);
+  const fs::path final_dir = publish_checkpoint(checkpoint_root, partial, step);
+  event(fmt::format("checkpoint {}", final_dir.string()));
+  return final_dir;
+}
+
+}  // namespace troupe
+
+namespace troupe {
+
+training_result training_job::impl::coordinate(caf::blocking_actor* self,
+                                               const std::atomic<bool>& stop) {
+  training_result result;
+  result.first_step = result.last_step = start_step;
+  const auto run_start = std::chrono::steady_clock::now();
+  const train_spec& tr = topo.train;
+  const bool has_ema = static_cast<bool>(ema);
+  std::vector<caf::actor> holders;
+  for (auto& entry : ranks) holders.push_back(entry.actor);
+  double last_loss = 0.0;
+  bool stop_now = false;
+  std::map<std::int64_t, std::vector<float>> biases;
+  self->request(balancer, caf::infinite, atoms::biases_atom_v)
+      .receive([&](router_biases& initial) { biases = std::move(initial.values); },
+               [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+
+  for (std::int64_t step = start_step; step < total_steps; ++step) {
+    if (stop.load(std::memory_order_relaxed)) {
+      stop_now = true;
+      break;
+    }
+    const auto step_start = std::chrono::steady_clock::now();
+    const std::int64_t per_replica = ramp.at(step);
+    const std::int64_t micro_batches = per_replica * topo.data;
+    const auto plan = plan_for(per_replica);
+
+    // The global batch.
+    data_batch batch;
+    self->request(data, caf::infinite, atoms::batch_atom_v, micro_batches)
+        .receive([&](data_batch& b) { batch = std::move(b); },
+                 [&](caf::error& e) { raise(self, e, [] { return std::string("data"); }); });
+
+    // Forward and backward of every micro-batch, on every rank at once.
+    const float loss_scale = 1.0f / static_cast<float>(micro_batches);
+    using report_handle =
+        decltype(self->request(holders[0], caf::infinite, atoms::run_step_atom_v, step_order{}));
+    std::vector<report_handle> pending;
+    for (auto& entry : ranks) {
+      step_order order;
+      order.step = step;
+      order.plan = plan;
+      order.loss_scale = loss_scale;
+      const auto first = batch.inputs.begin() + entry.replica * per_replica;
+      order.inputs.assign(first, first + per_replica);
+      pending.push_back(self->request(entry.actor, caf::infinite, atoms::run_step_atom_v,
+                                      std::move(order)));
+    }
+    std::vector<rank_step_report> reports(ranks.size());
+    std::vector<double> walls(ranks.size());
+    for (std::size_t i = 0; i < ranks.size(); ++i)
+      pending[i].receive(
+          [&](rank_step_report& report) {
+            reports[i] = std::move(report);
+            walls[i] = seconds_between(step_start, std::chrono::steady_clock::now());
+          },
+          [&](caf::error& e) {
+            raise(self, e, [&] { return fmt::format("step {}: {}", step + 1, ranks[i].name); });
+          });
+
+    // Losses per micro-batch of the global batch (the head's; balance losses of every stage).
+    std::vector<double> loss(static_cast<std::size_t>(micro_batches)),
+        mtp(loss.size()), balance(loss.size());
+    std::vector<std::string> non_finite(loss.size());
+    expert_load load;
+    for (std::size_t i = 0; i < ranks.size(); ++i) {
+      for (const auto& l : reports[i].losses) {
+        const auto m = static_cast<std::size_t>(ranks[i].replica * per_replica + l.micro_batch);
+        if (l.head) {
+          loss[m] = l.loss;
+          mtp[m] = l.mtp_loss;
+        }
+        balance[m] += l.balance_loss;
+        if (!l.non_finite.empty() && non_finite[m].empty())
+          non_finite[m] = fmt::format("{} (stage {})", l.non_finite, ranks[i].rank);
+      }
+      for (const auto& [layer, counts] : reports[i].load) {
+        auto& total = load[layer];
+        total.resize(counts.size(), 0);
+        for (std::size_t e = 0; e < counts.size(); ++e) total[e] += counts[e];
+      }
+    }
+    step_record record;
+    record.step = step + 1;
+    record.total_steps = total_steps;
+    record.micro_batches = micro_batches;
+    for (std::size_t m = 0; m < loss.size(); ++m) {
+      record.loss += loss[m] / static_cast<double>(micro_batches);
+      record.mtp_loss += mtp[m] / static_cast<double>(micro_batches);
+      record.balance_loss += balance[m] / static_cast<double>(micro_batches);
+      const bool finite = std::isfinite(loss[m] + mtp[m] + balance[m]);
+      if (!finite || !non_finite[m].empty()) {
+        result.outcome = training_outcome::non_finite;
+        result.message = fmt::format(
+            "step {}, micro-batch {}: the loss is not finite; first non-finite value: {}",
+            step + 1, m, non_finite[m].empty() ? "the loss itself" : non_finite[m]);
+        break;
+      }
+    }
+    if (result.outcome == training_outcome::non_finite) break;
+
+    // Gradients: the norm of what each holder alone has, plus the replicated ones summed here
+    // in holder order (deterministic), written back to every holder.
+    double norm_squared = 0.0;
+    std::string first_non_finite;
+    std::map<std::string, std::vector<tensor>> replicated;
+    std::vector<std::string> replicated_order;
+    auto collect = [&](const caf::actor& actor, const std::string& name) {
+      self->request(actor, caf::infinite, atoms::gradients_atom_v)
+          .receive(
+              [&](gradient_report& report) {
+                norm_squared += report.summary.norm_squared;
+                if (first_non_finite.empty() && !report.summary.non_finite.empty())
+                  first_non_finite = fmt::format("{} (in {})", report.summary.non_finite, name);
+                for (auto& [param, grad] : report.replicated.items) {
+                  auto& copies = replicated[param];
+                  if (copies.empty()) replicated_order.push_back(param);
+                  copies.push_back(grad);
+                }
+              },
+              [&](caf::error& e) { raise(self, e, [&] { return "gradients of " + name; }); });
+    };
+    for (auto& entry : ranks) collect(entry.actor, entry.name);
+    for (auto& s : shards) collect(s.actor, s.name);
+    for (const auto& param : replicated_order) {
+      auto& copies = replicated[param];
+      float* sum = copies[0].data_as<float>();
+      const std::int64_t n = copies[0].numel();
+      for (std::size_t c = 1; c < copies.size(); ++c) {
+        const float* g = copies[c].data_as<const float>();
+        for (std::int64_t i = 0; i < n; ++i) sum[i] += g[i];
+      }
+      for (std::size_t c = 1; c < copies.size(); ++c) copies[c].copy_from(copies[0]);
+      double squares = 0.0;
+      for (std::int64_t i = 0; i < n; ++i) squares += static_cast<double>(sum[i]) * static_cast<double>(sum[i]);
+      norm_squared += squares;
+    }
+    if (!first_non_finite.empty() || !std::isfinite(norm_squared)) {
+      result.outcome = training_outcome::non_finite;
+      result.message = fmt::format("step {}: the gradient of {} is not finite", step + 1,
+                                   first_non_finite.empty() ? "the model" : first_non_finite);
+      break;
+    }
+    const double grad_norm = std::sqrt(norm_squared);
+    const double grad_scale =
+        tr.grad_clip > 0.0 && grad_norm > tr.grad_clip ? tr.grad_clip / (grad_norm + 1e-6) : 1.0;
+
+    // The same AdamW step on every holder; EMA snapshots go out asynchronously.
+    const optimizer_order order{step + 1, lr.at(step), grad_scale,
+                                has_ema && (step + 1) % std::max(1, topo.ema.every) == 0};
+    std::vector<std::pair<std::string, caf::actor>> updaters;
+    for (auto& entry : ranks) updaters.emplace_back(entry.name, entry.actor);
+    for (auto& s : shards) updaters.emplace_back(s.name, s.actor);
+    using ack_handle = decltype(self->request(holders[0], caf::infinite, atoms::optimize_atom_v,
+                                              order));
+    std::vector<ack_handle> acks;
+    for (auto& [name, actor] : updaters)
+      acks.push_back(self->request(actor, caf::infinite, atoms::optimize_atom_v, order));
+    for (std::size_t i = 0; i < acks.size(); ++i)
+      acks[i].receive([](bool) {}, [&](caf::error& e) {
+        raise(self, e, [&] { return "optimizer step of " + updaters[i].first; });
+      });
+
+    // The balancer's update, in every stage before the next step.
+    if (topo.balancer.enabled && !load.empty())
+      self->request(balancer, caf::infinite, atoms::balance_atom_v, load_report{load}, holders)
+          .receive([&](router_biases& updated) { biases = std::move(updated.values); },
+                   [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+
+    const auto step_end = std::chrono::steady_clock::now();
+    position = batch.after;
+    record.tokens = micro_batches * tr.micro_batch_size * tr.sequence_length;
+    tokens_seen += record.tokens;
+    record.lr = order.learning_rate;
+    record.grad_norm = grad_norm;
+    record.step_seconds = seconds_between(step_start, step_end);
+    record.tokens_per_s = static_cast<double>(record.tokens) / record.step_seconds;
+    for (const auto& [layer, counts] : load)
+      record.expert_load_max_over_mean =
+          std::max(record.expert_load_max_over_mean, max_over_mean(counts));
+    record.load = std::move(load);
+    for (std::size_t i = 0; i < ranks.size(); ++i)
+      train_metrics->record_stage(ranks[i].name, reports[i].busy_seconds,
+                                  std::max(0.0, walls[i] - reports[i].busy_seconds));
+    train_metrics->record_step(record, biases);
+    last_loss = record.loss;
+    result.last_step = step + 1;
+    if (options.on_step) options.on_step(record);
+    result.steps.push_back(std::move(record));
+
+    const bool periodic = tr.checkpoint_every > 0 && (step + 1) % tr.checkpoint_every == 0;
+    if (options.stop_after > 0 && step + 1 >= options.stop_after) {
+      stop_now = true;
+      break;
+    }
+    if (periodic && step + 1 < total_steps)
+      result.last_checkpoint = write_checkpoint(self, step + 1, last_loss);
+  }
+  if (stop_now) result.outcome = training_outcome::stopped;
+  if (result.outcome != training_outcome::non_finite && result.last_step > start_step &&
+      (stop_now || options.checkpoint_at_end))
+    result.last_checkpoint = write_checkpoint(self, result.last_step, last_loss);
+  result.seconds = seconds_between(run_start, std::chrono::steady_clock::now());
+  return result;
+}
+
+}  // namespace troupe
+
+namespace troupe {
+
+training_job::training_job(const topology& topo, plugin_registry& registry,
+                           training_options options)
+    : impl_(std::make_unique<impl>()) {
+  impl_->topo = topo;
+  impl_->options = std::move(options);
+  try {
+    impl_->build(registry);
+  } catch (...) {
+    shut_down();
+    throw;
+  }
+}
+
+training_job::~training_job() { shut_down(); }
+
+void training_job::shut_down() {
+  if (!impl_ || !impl_->runtime || impl_->stopped) return;
+  impl_->stopped = true;
+  std::vector<caf::actor> actors{impl_->data, impl_->balancer, impl_->ema};
+  for (auto& entry : impl_->ranks) actors.push_back(entry.actor);
+  for (auto& s : impl_->shards) actors.push_back(s.actor);
+  for (auto& actor : actors)
+    if (actor) caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+}
+
+training_result training_job::run() {
+  if (impl_->stopped) fail("a training job runs once");
+  std::promise<training_result> done;
+  auto outcome = done.get_future();
+  impl_->runtime->spawn_detached(
+      "coordinator",
+      [this, &done](caf::blocking_actor* self) {
+        try {
+          training_result result = impl_->coordinate(self, stop_requested_);
+          // The ranks' blocking helpers go before the actor system does, in their own threads.
+          for (auto& entry : impl_->ranks)
+            self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
+                .receive([](bool) {}, [](caf::error&) {});
+          done.set_value(std::move(result));
+        } catch (...) {
+          for (auto& entry : impl_->ranks)
+            self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
+                .receive([](bool) {}, [](caf::error&) {});
+          done.set_exception(std::current_exception());
+        }
+      });
+  try {
+    training_result result = outcome.get();
+    shut_down();
+    return result;
+  } catch (...) {
+    shut_down();
+    throw;
+  }
+}
+
+std::vector<std::pair<std::string, tensor>> training_job::weights() const {
+  std::vector<std::pair<std::string, tensor>> all;
+  for (const auto& entry : impl_->ranks)
+    for (auto& w : entry.setup->rank->checkpoint_tensors(entry.setup->owned)) all.push_back(w);
+  for (const auto& s : impl_->shards)
+    for (auto& w : s.setup->shard->parameters().named_values()) all.push_back(w);
+  std::sort(all.begin(), all.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  return all;
+}
+
+std::string training_job::metrics_url() const {
+  return impl_->endpoint ? impl_->endpoint->url() : std::string();
+}
+
+}  // namespace troupe

@@ -1,0 +1,103 @@
+#pragma once
+
+// A training job on actors, in one process: the coordinator (this class's step loop, run as a
+// detached actor), one actor per pipeline rank (per data-parallel replica), the expert shards,
+// the bias balancer, the EMA updater and the data loader, built from a validated topology.
+//
+// One step: the data loader cuts the global batch into micro-batches; every pipeline rank runs
+// its ops of the schedule plan (activations and gradients travel between ranks as messages,
+// routed-expert rows to the shards and back); the coordinator sums the gradients of replicated
+// parameters (DualPipe's two copies, the embedding the first and last stage share, data-parallel
+// replicas) in a fixed order, takes the global gradient norm counting each parameter once,
+// clips, and has every holder run the same AdamW step; the balancer updates the router biases
+// from the step's expert load and pushes them to the stages; holders send EMA snapshots.
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/metrics/metrics.hpp"
+#include "runtime/plugin/registry.hpp"
+#include "runtime/tensor/tensor.hpp"
+#include "runtime/topology/topology.hpp"
+#include "runtime/train/bias_balancer.hpp"
+
+namespace troupe {
+
+/// What one step did (the progress line, --log-json, the metrics).
+struct step_record {
+  std::int64_t step = 0;  ///< 1-based: optimizer steps done after this one
+  std::int64_t total_steps = 0;
+  std::int64_t micro_batches = 0;
+  std::int64_t tokens = 0;
+  double loss = 0.0;
+  double mtp_loss = 0.0;
+  double balance_loss = 0.0;
+  double lr = 0.0;
+  double grad_norm = 0.0;
+  double step_seconds = 0.0;
+  double tokens_per_s = 0.0;
+  expert_load load;                        ///< tokens per expert of each MoE layer
+  double expert_load_max_over_mean = 0.0;  ///< of the most unbalanced layer
+};
+
+enum class training_outcome {
+  completed,   ///< ran every step
+  stopped,     ///< a stop request (a signal) or stop_after; checkpointed
+  non_finite,  ///< a loss or gradient went non-finite; nothing updated or written
+};
+
+struct training_result {
+  training_outcome outcome = training_outcome::completed;
+  std::int64_t first_step = 0;  ///< steps done before this run (resume)
+  std::int64_t last_step = 0;   ///< steps done at the end
+  std::filesystem::path last_checkpoint;
+  std::string message;  ///< for non_finite: what went non-finite, where
+  std::vector<step_record> steps;
+  double seconds = 0.0;
+};
+
+struct training_options {
+  std::filesystem::path checkpoint_dir;  ///< empty: the topology's train.checkpoint_dir
+  std::filesystem::path resume;          ///< a checkpoint, or a checkpoint root with `latest`
+  std::int64_t stop_after = 0;           ///< stop (and checkpoint) after this step; 0: never
+  bool checkpoint_at_end = true;
+  int threads = 0;  ///< worker pool size; 0: one per core
+  std::function<void(const step_record&)> on_step;
+  std::function<void(const std::string&)> on_event;  ///< notable events (resume, checkpoints)
+  /// Where metrics go (and what the topology's endpoint serves); null: the job's own.
+  std::shared_ptr<metrics_registry> metrics;
+};
+
+class training_job {
+ public:
+  /// Builds every actor's state (and loads `options.resume`). Throws troupe::error (or
+  /// checkpoint_error) naming what is wrong.
+  training_job(const topology& topo, plugin_registry& registry, training_options options);
+  ~training_job();
+  training_job(const training_job&) = delete;
+  training_job& operator=(const training_job&) = delete;
+
+  /// Runs the steps; throws troupe::error when an actor fails.
+  training_result run();
+  /// Asks the job to stop after the step in progress (and checkpoint). Async-signal-safe.
+  void request_stop() { stop_requested_.store(true, std::memory_order_relaxed); }
+
+  /// The model's weights under their checkpoint names (after run(): the trained ones).
+  std::vector<std::pair<std::string, tensor>> weights() const;
+  /// The metrics endpoint's URL, or "" when the topology has none.
+  std::string metrics_url() const;
+
+ private:
+  void shut_down();
+
+  struct impl;
+  std::unique_ptr<impl> impl_;
+  std::atomic<bool> stop_requested_{false};
+};
+
+}  // namespace troupe

@@ -1,0 +1,119 @@
+#include "runtime/train/training_metrics.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "runtime/train/training_job.hpp"
+
+namespace troupe {
+
+struct training_metrics::families {
+  prometheus::Family<prometheus::Counter>& routed;
+  prometheus::Family<prometheus::Counter>& layer_routed;
+  prometheus::Family<prometheus::Gauge>& bias;
+  prometheus::Family<prometheus::Gauge>& imbalance;
+  prometheus::Family<prometheus::Gauge>& loss;
+  prometheus::Family<prometheus::Gauge>& tokens_per_second;
+  prometheus::Family<prometheus::Gauge>& learning_rate;
+  prometheus::Family<prometheus::Gauge>& grad_norm;
+  prometheus::Family<prometheus::Counter>& steps;
+  prometheus::Family<prometheus::Counter>& tokens;
+  prometheus::Family<prometheus::Histogram>& step_duration;
+  prometheus::Family<prometheus::Counter>& busy;
+  prometheus::Family<prometheus::Counter>& bubble;
+};
+
+training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_series)
+    : per_expert_(per_expert_series) {
+  using namespace prometheus;
+  families_ = std::make_unique<families>(families{
+      BuildCounter()
+          .Name("troupe_expert_tokens_routed_total")
+          .Help("Tokens the router sent to each routed expert, by MoE layer and expert")
+          .Register(r),
+      BuildCounter()
+          .Name("troupe_layer_tokens_routed_total")
+          .Help("Token-to-expert assignments of each MoE layer (tokens x experts per token)")
+          .Register(r),
+      BuildGauge()
+          .Name("troupe_router_bias")
+          .Help("Selection bias of each routed expert after the last balancer update")
+          .Register(r),
+      BuildGauge()
+          .Name("troupe_expert_load_max_over_mean")
+          .Help("Largest expert load over the mean load of a MoE layer in the last step")
+          .Register(r),
+      BuildGauge()
+          .Name("troupe_train_loss")
+          .Help("Loss of the last step, by kind (main, mtp, balance)")
+          .Register(r),
+      BuildGauge()
+          .Name("troupe_train_tokens_per_second")
+          .Help("Training throughput of the last step")
+          .Register(r),
+      BuildGauge().Name("troupe_train_learning_rate").Help("Learning rate of the last step").Register(r),
+      BuildGauge()
+          .Name("troupe_train_grad_norm")
+          .Help("Global gradient norm of the last step, before clipping")
+          .Register(r),
+      BuildCounter().Name("troupe_train_steps_total").Help("Optimizer steps done").Register(r),
+      BuildCounter().Name("troupe_train_tokens_total").Help("Tokens trained on").Register(r),
+      BuildHistogram()
+          .Name("troupe_train_step_duration_seconds")
+          .Help("Wall time of a training step")
+          .Register(r),
+      BuildCounter()
+          .Name("troupe_stage_busy_seconds_total")
+          .Help("Time a pipeline rank spent computing its ops")
+          .Register(r),
+      BuildCounter()
+          .Name("troupe_stage_bubble_seconds_total")
+          .Help("Time a pipeline rank waited within steps (pipeline bubbles and transfers)")
+          .Register(r),
+  });
+}
+
+training_metrics::~training_metrics() = default;
+
+void training_metrics::record_step(const step_record& s,
+                                   const std::map<std::int64_t, std::vector<float>>& biases) {
+  auto& f = *families_;
+  for (const auto& [layer, counts] : s.load) {
+    const std::string l = std::to_string(layer);
+    std::int64_t total = 0;
+    for (std::size_t e = 0; e < counts.size(); ++e) {
+      total += counts[e];
+      if (per_expert_)
+        f.routed.Add({{"layer", l}, {"expert", std::to_string(e)}})
+            .Increment(static_cast<double>(counts[e]));
+    }
+    f.layer_routed.Add({{"layer", l}}).Increment(static_cast<double>(total));
+    f.imbalance.Add({{"layer", l}}).Set(max_over_mean(counts));
+  }
+  if (per_expert_)
+    for (const auto& [layer, values] : biases)
+      for (std::size_t e = 0; e < values.size(); ++e)
+        f.bias.Add({{"layer", std::to_string(layer)}, {"expert", std::to_string(e)}})
+            .Set(values[e]);
+  f.loss.Add({{"kind", "main"}}).Set(s.loss);
+  f.loss.Add({{"kind", "mtp"}}).Set(s.mtp_loss);
+  f.loss.Add({{"kind", "balance"}}).Set(s.balance_loss);
+  f.tokens_per_second.Add({}).Set(s.tokens_per_s);
+  f.learning_rate.Add({}).Set(s.lr);
+  f.grad_norm.Add({}).Set(s.grad_norm);
+  f.steps.Add({}).Increment();
+  f.tokens.Add({}).Increment(static_cast<double>(s.tokens));
+  f.step_duration
+      .Add({}, prometheus::Histogram::BucketBoundaries{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                                      5, 10, 25, 60})
+      .Observe(s.step_seconds);
+}
+
+void training_metrics::record_stage(const std::string& rank, double busy, double bubble) {
+  families_->busy.Add({{"stage", rank}}).Increment(busy);
+  families_->bubble.Add({{"stage", rank}}).Increment(bubble);
+}
+
+}  // namespace troupe

@@ -1,0 +1,39 @@
+#pragma once
+
+// The training job's Prometheus metrics, updated once per step (monitoring/METRICS.md lists
+// each one). Expert series are per layer × expert by default; with per_expert_series off, only
+// per-layer aggregates are exported (models with hundreds of experts).
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/train/bias_balancer.hpp"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace troupe {
+
+struct step_record;
+
+class training_metrics {
+ public:
+  training_metrics(prometheus::Registry& registry, bool per_expert_series);
+  ~training_metrics();
+
+  void record_step(const step_record& record,
+                   const std::map<std::int64_t, std::vector<float>>& router_biases);
+  /// Busy and idle (bubble) seconds of one pipeline rank's step.
+  void record_stage(const std::string& rank, double busy_seconds, double bubble_seconds);
+
+ private:
+  struct families;
+  std::unique_ptr<families> families_;
+  bool per_expert_;
+};
+
+}  // namespace troupe

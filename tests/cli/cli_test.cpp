@@ -3,13 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/fixtures.hpp"
@@ -48,7 +51,7 @@ void expect_contains(const run_result& result, const std::string& part) {
 
 TEST(Cli, HelpOnEverySubcommand) {
   for (const char* command : {"", "version", "plugins", "plugins list", "topo", "topo check",
-                              "topo dot", "topo keys", "train"}) {
+                              "topo dot", "topo keys", "train", "plot", "schedule"}) {
     auto result = run(std::string(command) + " --help");
     EXPECT_EQ(result.exit_code, 0) << command << "\n" << result.output;
     expect_contains(result, "Usage:");
@@ -107,15 +110,101 @@ TEST(Cli, TopoDotIsValidGraphviz) {
   EXPECT_GT(fs::file_size(svg), 1000u);
 }
 
-TEST(Cli, TrainSaysPlainlyThatTrainingIsNotBuilt) {
-  auto result = run("train " + source("topologies/tiny.toml"));
-  EXPECT_EQ(result.exit_code, 2) << result.output;
-  expect_contains(result, "training is not built into this version of troupe yet");
-  auto default_topology = run("train");
-  EXPECT_EQ(default_topology.exit_code, 2) << default_topology.output;
-  expect_contains(default_topology, "tiny.toml is valid");
+fs::path scratch_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() /
+                       ("troupe-cli-test-" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::vector<nlohmann::json> read_log(const fs::path& file) {
+  std::vector<nlohmann::json> records;
+  std::ifstream in(file);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
+  return records;
+}
+
+// Small steps of the tiny model for CLI tests.
+const std::string small_steps =
+    " --set train.micro_batch_size=2 --set train.sequence_length=32 --threads 2";
+
+TEST(Cli, TrainLogsEveryStepCheckpointsAndPlots) {
+  const fs::path dir = scratch_dir("train");
+  auto result = run("train --steps 3 --log-json " + (dir / "log.json").string() +
+                    " --checkpoint-dir " + (dir / "ckpt").string() + small_steps);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  expect_contains(result, "step 3/3");
+  expect_contains(result, "tok/s");
+  expect_contains(result, "load max/mean");
+  const auto log = read_log(dir / "log.json");
+  ASSERT_EQ(log.size(), 3u);
+  for (const char* field : {"step", "loss", "mtp_loss", "balance_loss", "lr", "tokens_per_s",
+                            "expert_load_max_over_mean", "expert_load"})
+    EXPECT_TRUE(log[2].contains(field)) << field;
+  EXPECT_EQ(log[2]["step"], 3);
+  EXPECT_TRUE(fs::exists(dir / "ckpt" / "step-000003" / "model.safetensors.index.json"));
+
+  auto plotted = run("plot " + (dir / "log.json").string() + " --out " +
+                     (dir / "plot.png").string());
+  ASSERT_EQ(plotted.exit_code, 0) << plotted.output;
+  std::ifstream png(dir / "plot.png", std::ios::binary);
+  char magic[4] = {};
+  png.read(magic, 4);
+  EXPECT_EQ(std::string(magic + 1, 3), "PNG");
+  auto bad_log = run("plot " + source("README.md") + " --out " + (dir / "x.png").string());
+  EXPECT_EQ(bad_log.exit_code, 1);
+  expect_contains(bad_log, "README.md:1: not a step record");
+}
+
+TEST(Cli, TrainStopsOnSigtermAfterTheStepAndResumes) {
+  const fs::path dir = scratch_dir("sigterm");
+  const std::string log = (dir / "log.json").string(), ckpt = (dir / "ckpt").string();
+  // Start a long run, wait for two logged steps, send SIGTERM, report the exit status.
+  const std::string script = fmt::format(
+      "bash -c '{} train --steps 1000 --quiet --log-json {} --checkpoint-dir {} {} & pid=$!; "
+      "for i in $(seq 600); do [ -f {} ] && [ $(wc -l < {}) -ge 2 ] && break; sleep 0.1; done; "
+      "kill -TERM $pid; wait $pid; echo exit=$?' 2>&1",
+      std::getenv("TROUPE_EXE"), log, ckpt, small_steps, log, log);
+  std::string output;
+  FILE* pipe = popen(script.c_str(), "r");
+  std::array<char, 4096> buffer{};
+  for (std::size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
+    output.append(buffer.data(), n);
+  pclose(pipe);
+  EXPECT_NE(output.find("exit=3"), std::string::npos) << output;
+  EXPECT_NE(output.find("stopped by a signal"), std::string::npos) << output;
+  const auto steps = read_log(log);
+  ASSERT_GE(steps.size(), 2u);
+  const int last = steps.back()["step"].get<int>();
+  // Every completed step is in the checkpoint: `latest` names the last logged step.
+  std::ifstream latest(dir / "ckpt" / "latest");
+  std::string name;
+  std::getline(latest, name);
+  EXPECT_EQ(name, fmt::format("step-{:06d}", last));
+
+  auto resumed = run(fmt::format("train --steps {} --quiet --log-json {} --resume {} {}",
+                                 last + 2, log, ckpt, small_steps));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  expect_contains(resumed, fmt::format("at step {}", last));
+  const auto all = read_log(log);
+  ASSERT_EQ(all.size(), steps.size() + 2);
+  EXPECT_EQ(all[steps.size()]["step"], last + 1);
+}
+
+TEST(Cli, TrainRejectsBadInputWithTheCause) {
   auto broken = run("train " + source("tests/fixtures/topologies/broken.toml"));
   EXPECT_EQ(broken.exit_code, 1) << broken.output;
+  auto bad_set = run("train --set parallel.pipeline=3");
+  EXPECT_EQ(bad_set.exit_code, 1) << bad_set.output;
+  expect_contains(bad_set, "--set parallel.pipeline=3");
+  auto tokenizer = run("train --set data.tokenizer=tokenizer.json");
+  EXPECT_EQ(tokenizer.exit_code, 1);
+  expect_contains(tokenizer, "byte-level tokenizer");
+  auto resume = run("train --resume /nonexistent/checkpoints");
+  EXPECT_EQ(resume.exit_code, 1);
+  expect_contains(resume, "/nonexistent/checkpoints: not a checkpoint");
 }
 
 TEST(Cli, PluginsListShowsGoodAndBrokenLibraries) {

@@ -14,7 +14,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <prometheus/registry.h>
+
 #include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "tests/support/markdown.hpp"
 #include "runtime/checkpoint/safetensors.hpp"
 #include "runtime/topology/load.hpp"
 #include "runtime/train/train_checkpoint.hpp"
@@ -287,6 +290,41 @@ TEST(Training, NonFiniteStopsWithoutTouchingTheLastCheckpoint) {
   std::getline(latest, name);
   EXPECT_EQ(name, "step-000001");
   EXPECT_FALSE(fs::exists(dir / "step-000002"));
+}
+
+TEST(Training, MetricsAreTheDocumentedOnesAndCountEveryRoutedToken) {
+  auto metrics = std::make_shared<metrics_registry>();
+  training_options options;
+  options.metrics = metrics;
+  const topology topo = make_topology({2, 4, "1f1b", 2});
+  const auto result = train(topo, options);
+  std::map<std::string, const prometheus::MetricFamily*> exported;
+  const auto families = metrics->registry()->Collect();
+  for (const auto& family : families) exported[family.name] = &family;
+
+  std::set<std::string> documented;
+  std::ifstream doc(troupe::testing::source_dir() / "monitoring/METRICS.md");
+  std::string line, section;
+  while (std::getline(doc, line)) {
+    if (line.starts_with("## ")) section = line.substr(3);
+    if (auto key = troupe::testing::table_key(line); key && section == "Training")
+      documented.insert(*key);
+  }
+  ASSERT_GT(documented.size(), 10u);
+  for (const auto& name : documented) EXPECT_TRUE(exported.count(name)) << name << " not exported";
+
+  // Tokens routed: every token of every step goes to num_experts_per_tok experts per MoE layer.
+  std::int64_t tokens = 0;
+  for (const auto& s : result.steps) tokens += s.tokens;
+  std::map<std::string, double> per_layer;
+  for (const auto& m : exported.at("troupe_expert_tokens_routed_total")->metric)
+    for (const auto& label : m.label)
+      if (label.name == "layer") per_layer[label.value] += m.counter.value;
+  EXPECT_EQ(per_layer.size(), 4u);  // layers 1-3 and the MTP block (layer 4)
+  for (const auto& [layer, routed] : per_layer)
+    EXPECT_EQ(routed, static_cast<double>(tokens * topo.model.num_experts_per_tok)) << layer;
+  EXPECT_EQ(exported.at("troupe_router_bias")->metric.size(), 4u * 16u);
+  EXPECT_EQ(exported.at("troupe_stage_busy_seconds_total")->metric.size(), 2u);
 }
 
 TEST(Training, BadResumeDirectoryIsAClearError) {

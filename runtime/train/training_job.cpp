@@ -144,6 +144,16 @@ void training_job::impl::build(plugin_registry& registry) {
           tr.batch_ramp_steps > 0 ? tr.batch_ramp_start : topo.schedule.micro_batches,
           tr.batch_ramp_steps, dualpipe ? 2 : 1};
 
+  // The data first: a corpus or tokenizer that does not fit fails before the model is built.
+  data_state = std::make_shared<data_actor_setup>();
+  data_state->corpus = std::make_unique<text_corpus>(text_corpus::load(topo.data_source.corpus));
+  data_state->tokenizer = std::make_unique<byte_tokenizer>(config);
+  data_state->stream = std::make_unique<token_stream>(
+      *data_state->corpus, *data_state->tokenizer, topo.data_source.fim_rate,
+      static_cast<std::uint64_t>(tr.seed));
+  data_state->micro_batch_size = tr.micro_batch_size;
+  data_state->sequence_length = tr.sequence_length;
+
   const int threads = options.threads > 0
                           ? options.threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -266,14 +276,6 @@ void training_job::impl::build(plugin_registry& registry) {
       balancer_settings{topo.balancer.gamma, topo.balancer.recenter}, moe_layers(config),
       config.n_routed_experts);
 
-  data_state = std::make_shared<data_actor_setup>();
-  data_state->corpus = std::make_unique<text_corpus>(text_corpus::load(topo.data_source.corpus));
-  data_state->tokenizer = std::make_unique<byte_tokenizer>(config);
-  data_state->stream = std::make_unique<token_stream>(
-      *data_state->corpus, *data_state->tokenizer, topo.data_source.fim_rate,
-      static_cast<std::uint64_t>(tr.seed));
-  data_state->micro_batch_size = tr.micro_batch_size;
-  data_state->sequence_length = tr.sequence_length;
 
   if (!options.resume.empty()) resume();
 

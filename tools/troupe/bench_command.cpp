@@ -13,6 +13,7 @@
 #include "runtime/model/flops.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
+#include "tools/troupe/bench_reference.hpp"
 #include "tools/troupe/commands.hpp"
 
 namespace troupe::cli {
@@ -38,20 +39,6 @@ fs::path config_path(const std::string& name) {
   return name;
 }
 
-/// sgemm throughput on the pool, the reference the model's figure is a ratio to.
-double sgemm_gflops(thread_pool& pool) {
-  const std::int64_t n = 1024;
-  std::vector<float> a(static_cast<std::size_t>(n * n), 0.5f), b(a.size(), 0.25f),
-      c(a.size(), 0.0f);
-  const kernels::cpu::gemm_shape shape{false, true, n, n, n, n, n, n};
-  double best = 1e30;
-  for (int i = 0; i < 4; ++i) {
-    const auto start = clock_type::now();
-    kernels::cpu::sgemm_on_pool(pool.abi(), shape, 1.0f, a.data(), b.data(), 0.0f, c.data());
-    best = std::min(best, std::chrono::duration<double>(clock_type::now() - start).count());
-  }
-  return 2.0 * static_cast<double>(n * n * n) / best / 1e9;
-}
 
 int bench(const bench_options& options) {
   const fs::path file = config_path(options.config);
@@ -137,6 +124,20 @@ int bench(const bench_options& options) {
 
 }  // namespace
 
+double sgemm_gflops(thread_pool& pool) {
+  const std::int64_t n = 1024;
+  std::vector<float> a(static_cast<std::size_t>(n * n), 0.5f), b(a.size(), 0.25f),
+      c(a.size(), 0.0f);
+  const kernels::cpu::gemm_shape shape{false, true, n, n, n, n, n, n};
+  double best = 1e30;
+  for (int i = 0; i < 4; ++i) {
+    const auto start = clock_type::now();
+    kernels::cpu::sgemm_on_pool(pool.abi(), shape, 1.0f, a.data(), b.data(), 0.0f, c.data());
+    best = std::min(best, std::chrono::duration<double>(clock_type::now() - start).count());
+  }
+  return 2.0 * static_cast<double>(n * n * n) / best / 1e9;
+}
+
 void add_bench_command(CLI::App& app, int& exit_code) {
   auto* bench_group = app.add_subcommand("bench", "Measure troupe's speed");
   bench_group->require_subcommand(1);
@@ -156,6 +157,7 @@ void add_bench_command(CLI::App& app, int& exit_code) {
   model->add_option("--precision", options->precision,
                     "fp32 or fp8 (the FP8 plugin's CPU emulation)");
   model->callback([options, &exit_code] { exit_code = bench(*options); });
+  add_bench_train_command(*bench_group, exit_code);
 }
 
 }  // namespace troupe::cli

@@ -1,0 +1,161 @@
+// troupe bench train: training throughput on actors (tokens/s, model GFLOP/s against sgemm
+// measured in the same run) and the actors' overhead per step against a direct loop that runs the
+// same model, micro-batches and optimizer in one thread of calls.
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "runtime/core/install_layout.hpp"
+#include "runtime/exec/exec_context.hpp"
+#include "runtime/model/flops.hpp"
+#include "runtime/model/model_runner.hpp"
+#include "runtime/optim/adamw.hpp"
+#include "runtime/train/training_job.hpp"
+#include "tools/troupe/bench_reference.hpp"
+#include "tools/troupe/commands.hpp"
+#include "tools/troupe/topology_input.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+struct bench_train_options {
+  std::string config = "tiny";
+  std::string topology;
+  std::vector<std::string> overrides;
+  int steps = 8;
+  int threads = 0;
+};
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+/// The same work as one training step without actors: every micro-batch's forward and backward
+/// through one whole-model runner, then AdamW. Seconds per step (median of `steps`).
+double direct_step_seconds(const topology& topo, plugin_registry& registry, thread_pool& pool,
+                           std::int64_t micro_batches, int steps) {
+  const model_config& config = topo.model;
+  model_plugins plugins = load_model_plugins(registry, config);
+  exec_context context(device::cpu(), pool);
+  model_runner runner(config, {}, plugins, model_options{topo.train.mtp_weight, true});
+  runner.parameters().initialize(static_cast<std::uint64_t>(topo.train.seed));
+  adamw optimizer({topo.train.beta1, topo.train.beta2, topo.train.epsilon,
+                   topo.train.weight_decay});
+  optimizer.attach(runner.parameters());
+  const std::int64_t b = topo.train.micro_batch_size, l = topo.train.sequence_length;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<std::int32_t> token(0, 255);
+  model_batch input;
+  input.tokens = tensor::empty(dtype::i32, {b, l});
+  input.targets = tensor::empty(dtype::i32, {b, l});
+  for (std::int64_t i = 0; i < b * l; ++i) {
+    input.tokens.data_as<std::int32_t>()[i] = token(rng);
+    input.targets.data_as<std::int32_t>()[i] = token(rng);
+  }
+  std::vector<double> times;
+  for (int step = 0; step <= steps; ++step) {
+    const auto start = clock_type::now();
+    for (std::int64_t m = 0; m < micro_batches; ++m) {
+      runner.forward(context, m, input);
+      runner.backward(context, m, tensor(), 1.0f / static_cast<float>(micro_batches));
+    }
+    optimizer.step(1e-4, 1.0, step + 1, pool);
+    runner.parameters().zero_grads();
+    if (step > 0) times.push_back(std::chrono::duration<double>(clock_type::now() - start).count());
+  }
+  return median(times);
+}
+
+int bench_train(const bench_train_options& options) {
+  plugin_registry registry;
+  std::vector<std::string> overrides = {"monitoring.metrics=\"\"", "train.checkpoint_every=0",
+                                        fmt::format("train.steps={}", options.steps + 2)};
+  if (options.config == "small")
+    overrides.insert(overrides.end(), {"model.config=\"models/small-512/config.json\"",
+                                       "train.sequence_length=512", "train.micro_batch_size=1",
+                                       "stages[0].layers=\"0-7\""});
+  else if (options.config != "tiny")
+    overrides.push_back(fmt::format("model.config=\"{}\"", options.config));
+  overrides.insert(overrides.end(), options.overrides.begin(), options.overrides.end());
+  auto loaded = load_for_command(topology_or_default(options.topology), registry, overrides);
+  if (!loaded) return exit_bad_input;
+  const topology& topo = loaded->topo;
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  try {
+    thread_pool pool(threads);
+    double reference = sgemm_gflops(pool);
+
+    training_options job_options;
+    job_options.threads = threads;
+    job_options.checkpoint_at_end = false;
+    training_job job(topo, registry, job_options);
+    const training_result result = job.run();
+    std::vector<double> times;
+    for (std::size_t i = 2; i < result.steps.size(); ++i)
+      times.push_back(result.steps[i].step_seconds);
+    const double actor_step = median(times);
+    const std::int64_t micro_batches = result.steps.back().micro_batches;
+    const double direct_step = direct_step_seconds(topo, registry, pool, micro_batches,
+                                                   std::max(3, options.steps / 2));
+    reference = std::max(reference, sgemm_gflops(pool));
+
+    const double tokens = static_cast<double>(result.steps.back().tokens);
+    const double flops =
+        model_flops(topo.model, topo.train.sequence_length, true).training() * tokens;
+    fmt::print("{}: {} layers, hidden {}, {} routed experts top-{}; pipeline {}, {} expert "
+               "shards, data {}, {} schedule\n",
+               topo.file.string(), topo.model.num_hidden_layers, topo.model.hidden_size,
+               topo.model.n_routed_experts, topo.model.num_experts_per_tok, topo.pipeline,
+               topo.expert_shards.size(), topo.data, to_string(topo.schedule.kind));
+    fmt::print("step: {} micro-batches x {} x {} tokens = {:.0f} tokens; {} threads\n",
+               micro_batches, topo.train.micro_batch_size, topo.train.sequence_length, tokens,
+               threads);
+    fmt::print("sgemm 1024^3 on the worker pool: {:.1f} GFLOP/s (best, before and after)\n",
+               reference);
+    fmt::print("actors: {:.1f} ms per step (median of {}), {:.0f} tokens/s, {:.2f} GFLOP/s = "
+               "{:.2f} of sgemm\n",
+               actor_step * 1e3, times.size(), tokens / actor_step, flops / actor_step / 1e9,
+               flops / actor_step / 1e9 / reference);
+    fmt::print("direct loop (one runner, no actors, experts in the layer): {:.1f} ms per step, "
+               "{:.0f} tokens/s, {:.2f} of sgemm\n",
+               direct_step * 1e3, tokens / direct_step, flops / direct_step / 1e9 / reference);
+    fmt::print("actor overhead: {:.1f} ms per step ({:.1f}% of the direct step)\n",
+               (actor_step - direct_step) * 1e3, 100.0 * (actor_step - direct_step) / direct_step);
+    return exit_ok;
+  } catch (const troupe::error& e) {
+    fmt::print(stderr, "troupe bench train: {}\n", e.what());
+    return exit_bad_input;
+  }
+}
+
+}  // namespace
+
+void add_bench_train_command(CLI::App& bench_group, int& exit_code) {
+  auto options = std::make_shared<bench_train_options>();
+  auto* command = bench_group.add_subcommand(
+      "train",
+      "Training steps on actors: tokens/s, model GFLOP/s against sgemm in the same run, and the "
+      "actor overhead per step against a direct loop");
+  command->add_option("--config", options->config,
+                      "tiny (the topology's model), small (hidden 512, 8 layers, 64 experts, "
+                      "512-token sequences) or a config.json path");
+  command->add_option("--topology", options->topology,
+                      "Topology (default: the shipped tiny.toml)");
+  command->add_option("--set", options->overrides, "Override a topology key, KEY=VALUE")
+      ->allow_extra_args(false);
+  command->add_option("--steps", options->steps, "Timed steps after 2 warm-up steps (default 8)");
+  command->add_option("--threads", options->threads, "Worker threads (default: one per core)");
+  command->callback([options, &exit_code] { exit_code = bench_train(*options); });
+}
+
+}  // namespace troupe::cli

@@ -12,7 +12,9 @@ actor_expert_transport::actor_expert_transport(caf::actor_system& system) : syst
 
 actor_expert_transport::~actor_expert_transport() = default;
 
-void actor_expert_transport::close() { self_.reset(); }
+void actor_expert_transport::close() {
+  self_.reset();
+}
 
 std::vector<expert_reply> actor_expert_transport::exchange(
     const std::vector<std::optional<expert_request>>& requests) {
@@ -23,7 +25,8 @@ std::vector<expert_reply> actor_expert_transport::exchange(
   using handle = decltype(self->request(shards_[0], caf::infinite, std::declval<expert_request>()));
   std::vector<std::pair<std::size_t, handle>> pending;
   for (std::size_t s = 0; s < requests.size(); ++s)
-    if (requests[s]) pending.emplace_back(s, self->request(shards_[s], caf::infinite, *requests[s]));
+    if (requests[s])
+      pending.emplace_back(s, self->request(shards_[s], caf::infinite, *requests[s]));
   std::vector<expert_reply> replies(requests.size());
   std::string failure;
   for (auto& [s, h] : pending)

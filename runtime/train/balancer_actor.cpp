@@ -17,7 +17,7 @@ caf::actor spawn_balancer_actor(actor_runtime& runtime, std::shared_ptr<bias_bal
       [](instrumented_actor* self, std::shared_ptr<bias_balancer> state) {
         return caf::behavior{
             [self, balancer = state](atoms::balance_atom, const load_report& report,
-                             const std::vector<caf::actor>& holders) {
+                                     const std::vector<caf::actor>& holders) {
               auto done = self->make_response_promise();
               try {
                 balancer->update(report.load);

@@ -10,8 +10,7 @@ namespace troupe {
 bias_balancer::bias_balancer(balancer_settings settings, const std::vector<std::int64_t>& layers,
                              std::int64_t experts)
     : settings_(settings), experts_(experts) {
-  for (std::int64_t layer : layers)
-    biases_[layer].assign(static_cast<std::size_t>(experts), 0.0f);
+  for (std::int64_t layer : layers) biases_[layer].assign(static_cast<std::size_t>(experts), 0.0f);
 }
 
 void bias_balancer::update(const expert_load& load) {
@@ -22,8 +21,8 @@ void bias_balancer::update(const expert_load& load) {
       fail("bias balancer: layer {} reports {} expert counts, the model has {} experts", layer,
            counts.size(), experts_);
     std::vector<float>& bias = it->second;
-    const double total = static_cast<double>(std::accumulate(counts.begin(), counts.end(),
-                                                             std::int64_t{0}));
+    const double total =
+        static_cast<double>(std::accumulate(counts.begin(), counts.end(), std::int64_t{0}));
     const double mean = total / static_cast<double>(experts_);
     // The update is done in float, the biases' dtype in the router, in a fixed order.
     const float step = static_cast<float>(settings_.gamma);

@@ -150,7 +150,9 @@ void pipeline_rank::run_backward(const stage_work& w, troupe_backward_part part,
                      stage_transfer{true, w.stage - 1, w.copy, w.micro_batch, d_input});
 }
 
-rank_step_report pipeline_rank::take_report() { return std::move(report_); }
+rank_step_report pipeline_rank::take_report() {
+  return std::move(report_);
+}
 
 gradient_summary pipeline_rank::summarize_gradients(const std::set<std::string>& replicated) {
   gradient_summary summary;
@@ -234,7 +236,8 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::optimizer_state(
   for (const auto& c : chunks_)
     for (auto& [name, value] : c.optimizer->state()) {
       const std::string parameter_name = name.substr(0, name.rfind(".exp_avg"));
-      if (owned.count(parameter_name) && taken.insert(name).second) moments.emplace_back(name, value);
+      if (owned.count(parameter_name) && taken.insert(name).second)
+        moments.emplace_back(name, value);
     }
   return moments;
 }

@@ -45,7 +45,8 @@ void pump(instrumented_actor* self, stage_state& st) {
 
 caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor_setup> setup) {
   return runtime.spawn_detached(
-      "stage", [](instrumented_actor* self, std::shared_ptr<stage_actor_setup> rank_setup) {
+      "stage",
+      [](instrumented_actor* self, std::shared_ptr<stage_actor_setup> rank_setup) {
         auto st = std::make_shared<stage_state>();
         st->setup = std::move(rank_setup);
         return caf::behavior{

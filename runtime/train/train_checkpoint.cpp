@@ -27,12 +27,13 @@ void write_atomically(const fs::path& file, const std::string& text) {
 
 }  // namespace
 
-std::string checkpoint_name(std::int64_t step) { return fmt::format("step-{:06d}", step); }
+std::string checkpoint_name(std::int64_t step) {
+  return fmt::format("step-{:06d}", step);
+}
 
 void write_trainer_state(const fs::path& file, const trainer_state& state) {
   nlohmann::json biases = nlohmann::json::object();
-  for (const auto& [layer, values] : state.router_biases)
-    biases[std::to_string(layer)] = values;
+  for (const auto& [layer, values] : state.router_biases) biases[std::to_string(layer)] = values;
   const nlohmann::json j = {
       {"step", state.step},
       {"total_steps", state.total_steps},
@@ -81,12 +82,10 @@ trainer_state read_trainer_state(const fs::path& file) {
     field = "topology";
     state.topology = j.value("topology", std::string());
   } catch (const std::exception& e) {
-    throw checkpoint_error(
-        fmt::format("{}: field \"{}\" is missing or malformed ({})", file.string(), field,
-                    e.what()));
+    throw checkpoint_error(fmt::format("{}: field \"{}\" is missing or malformed ({})",
+                                       file.string(), field, e.what()));
   }
-  if (state.step < 0)
-    throw checkpoint_error(fmt::format("{}: step is negative", file.string()));
+  if (state.step < 0) throw checkpoint_error(fmt::format("{}: step is negative", file.string()));
   return state;
 }
 

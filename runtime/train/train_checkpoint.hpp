@@ -51,8 +51,7 @@ void write_weight_index(const std::filesystem::path& directory,
 /// Renames `partial` to its final name (replacing an older checkpoint of that step) and points
 /// `root`/latest at it. Returns the final directory.
 std::filesystem::path publish_checkpoint(const std::filesystem::path& root,
-                                         const std::filesystem::path& partial,
-                                         std::int64_t step);
+                                         const std::filesystem::path& partial, std::int64_t step);
 
 /// The checkpoint `path` names: a checkpoint directory itself, or a root whose `latest` file
 /// names one. Throws checkpoint_error when there is none.

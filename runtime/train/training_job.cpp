@@ -136,8 +136,8 @@ void training_job::impl::build(plugin_registry& registry) {
   const model_config& config = topo.model;
   const train_spec& tr = topo.train;
   total_steps = tr.steps;
-  checkpoint_root = options.checkpoint_dir.empty() ? fs::path(tr.checkpoint_dir)
-                                                   : options.checkpoint_dir;
+  checkpoint_root =
+      options.checkpoint_dir.empty() ? fs::path(tr.checkpoint_dir) : options.checkpoint_dir;
   lr = {tr.learning_rate, tr.min_learning_rate, tr.warmup_steps, tr.steps};
   const bool dualpipe = topo.schedule.kind == schedule_kind::dualpipe;
   ramp = {topo.schedule.micro_batches,
@@ -148,9 +148,9 @@ void training_job::impl::build(plugin_registry& registry) {
   data_state = std::make_shared<data_actor_setup>();
   data_state->corpus = std::make_unique<text_corpus>(text_corpus::load(topo.data_source.corpus));
   data_state->tokenizer = std::make_unique<byte_tokenizer>(config);
-  data_state->stream = std::make_unique<token_stream>(
-      *data_state->corpus, *data_state->tokenizer, topo.data_source.fim_rate,
-      static_cast<std::uint64_t>(tr.seed));
+  data_state->stream = std::make_unique<token_stream>(*data_state->corpus, *data_state->tokenizer,
+                                                      topo.data_source.fim_rate,
+                                                      static_cast<std::uint64_t>(tr.seed));
   data_state->micro_batch_size = tr.micro_batch_size;
   data_state->sequence_length = tr.sequence_length;
 
@@ -175,8 +175,8 @@ void training_job::impl::build(plugin_registry& registry) {
     plugins.mtp = load_role(registry, topo, plugin_kind::mtp, "mtp");
 
   metrics = options.metrics ? options.metrics : std::make_shared<metrics_registry>();
-  train_metrics = std::make_unique<training_metrics>(*metrics->registry(),
-                                                     topo.monitoring.per_expert_series);
+  train_metrics =
+      std::make_unique<training_metrics>(*metrics->registry(), topo.monitoring.per_expert_series);
   actor_runtime_options runtime_options;
   // Message handling only; compute runs on the pool and the detached actors' threads.
   runtime_options.scheduler_threads = 2;
@@ -197,11 +197,11 @@ void training_job::impl::build(plugin_registry& registry) {
   if (sharded) {
     for (std::size_t i = 0; i < shard_experts.size(); ++i) {
       auto setup = std::make_shared<shard_actor_setup>();
-      setup->shard = std::make_unique<expert_shard>(config, plugins.moe, shard_experts[i],
-                                                    sources, plugins.moe_options);
+      setup->shard = std::make_unique<expert_shard>(config, plugins.moe, shard_experts[i], sources,
+                                                    plugins.moe_options);
       setup->shard->parameters().initialize(static_cast<std::uint64_t>(tr.seed));
-      setup->optimizer = std::make_unique<adamw>(
-          adamw_settings{tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay});
+      setup->optimizer =
+          std::make_unique<adamw>(adamw_settings{tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay});
       setup->optimizer->attach(setup->shard->parameters());
       setup->context = context.get();
       shards.push_back({fmt::format("shard{}", i), caf::actor(), setup});
@@ -234,8 +234,8 @@ void training_job::impl::build(plugin_registry& registry) {
         if (sharded) {
           auto options_for_copy = wire;
           options_for_copy.source = d * copies + copy;
-          chunk.experts = std::make_unique<sharded_experts>(
-              shard_experts, config.n_routed_experts, *setup->transport, options_for_copy);
+          chunk.experts = std::make_unique<sharded_experts>(shard_experts, config.n_routed_experts,
+                                                            *setup->transport, options_for_copy);
           chunk_plugins.experts = chunk.experts.get();
         }
         model_slice slice{layers.front(), layers.back() + 1, stage == 0,
@@ -275,7 +275,6 @@ void training_job::impl::build(plugin_registry& registry) {
   balancer_state = std::make_shared<bias_balancer>(
       balancer_settings{topo.balancer.gamma, topo.balancer.recenter}, moe_layers(config),
       config.n_routed_experts);
-
 
   if (!options.resume.empty()) resume();
 
@@ -364,8 +363,9 @@ fs::path training_job::impl::write_checkpoint(caf::blocking_actor* self, std::in
   }
   if (ema)
     self->request(ema, caf::infinite, atoms::save_atom_v, (partial / "ema").string())
-        .receive([](bool) {},
-                 [&](caf::error& e) { raise(self, e, [] { return std::string("checkpoint: ema"); }); });
+        .receive(
+            [](bool) {},
+            [&](caf::error& e) { raise(self, e, [] { return std::string("checkpoint: ema"); }); });
   trainer_state state;
   state.step = step;
   state.total_steps = total_steps;
@@ -431,8 +431,8 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
       order.loss_scale = loss_scale;
       const auto first = batch.inputs.begin() + entry.replica * per_replica;
       order.inputs.assign(first, first + per_replica);
-      pending.push_back(self->request(entry.actor, caf::infinite, atoms::run_step_atom_v,
-                                      std::move(order)));
+      pending.push_back(
+          self->request(entry.actor, caf::infinite, atoms::run_step_atom_v, std::move(order)));
     }
     std::vector<rank_step_report> reports(ranks.size());
     std::vector<double> walls(ranks.size());
@@ -447,8 +447,8 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
           });
 
     // Losses per micro-batch of the global batch (the head's; balance losses of every stage).
-    std::vector<double> loss(static_cast<std::size_t>(micro_batches)),
-        mtp(loss.size()), balance(loss.size());
+    std::vector<double> loss(static_cast<std::size_t>(micro_batches)), mtp(loss.size()),
+        balance(loss.size());
     std::vector<std::string> non_finite(loss.size());
     expert_load load;
     for (std::size_t i = 0; i < ranks.size(); ++i) {
@@ -480,8 +480,8 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
       if (!finite || !non_finite[m].empty()) {
         result.outcome = training_outcome::non_finite;
         result.message = fmt::format(
-            "step {}, micro-batch {}: the loss is not finite; first non-finite value: {}",
-            step + 1, m, non_finite[m].empty() ? "the loss itself" : non_finite[m]);
+            "step {}, micro-batch {}: the loss is not finite; first non-finite value: {}", step + 1,
+            m, non_finite[m].empty() ? "the loss itself" : non_finite[m]);
         break;
       }
     }
@@ -520,7 +520,8 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
       }
       for (std::size_t c = 1; c < copies.size(); ++c) copies[c].copy_from(copies[0]);
       double squares = 0.0;
-      for (std::int64_t i = 0; i < n; ++i) squares += static_cast<double>(sum[i]) * static_cast<double>(sum[i]);
+      for (std::int64_t i = 0; i < n; ++i)
+        squares += static_cast<double>(sum[i]) * static_cast<double>(sum[i]);
       norm_squared += squares;
     }
     if (!first_non_finite.empty() || !std::isfinite(norm_squared)) {
@@ -539,15 +540,16 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     std::vector<std::pair<std::string, caf::actor>> updaters;
     for (auto& entry : ranks) updaters.emplace_back(entry.name, entry.actor);
     for (auto& s : shards) updaters.emplace_back(s.name, s.actor);
-    using ack_handle = decltype(self->request(holders[0], caf::infinite, atoms::optimize_atom_v,
-                                              order));
+    using ack_handle =
+        decltype(self->request(holders[0], caf::infinite, atoms::optimize_atom_v, order));
     std::vector<ack_handle> acks;
     for (auto& [name, actor] : updaters)
       acks.push_back(self->request(actor, caf::infinite, atoms::optimize_atom_v, order));
     for (std::size_t i = 0; i < acks.size(); ++i)
-      acks[i].receive([](bool) {}, [&](caf::error& e) {
-        raise(self, e, [&] { return "optimizer step of " + updaters[i].first; });
-      });
+      acks[i].receive([](bool) {},
+                      [&](caf::error& e) {
+                        raise(self, e, [&] { return "optimizer step of " + updaters[i].first; });
+                      });
 
     // The balancer's update, in every stage before the next step.
     if (topo.balancer.enabled && !load.empty())
@@ -609,7 +611,9 @@ training_job::training_job(const topology& topo, plugin_registry& registry,
   }
 }
 
-training_job::~training_job() { shut_down(); }
+training_job::~training_job() {
+  shut_down();
+}
 
 void training_job::shut_down() {
   if (!impl_ || !impl_->runtime || impl_->stopped) return;
@@ -625,23 +629,21 @@ training_result training_job::run() {
   if (impl_->stopped) fail("a training job runs once");
   std::promise<training_result> done;
   auto outcome = done.get_future();
-  impl_->runtime->spawn_detached(
-      "coordinator",
-      [this, &done](caf::blocking_actor* self) {
-        try {
-          training_result result = impl_->coordinate(self, stop_requested_);
-          // The ranks' blocking helpers go before the actor system does, in their own threads.
-          for (auto& entry : impl_->ranks)
-            self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
-                .receive([](bool) {}, [](caf::error&) {});
-          done.set_value(std::move(result));
-        } catch (...) {
-          for (auto& entry : impl_->ranks)
-            self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
-                .receive([](bool) {}, [](caf::error&) {});
-          done.set_exception(std::current_exception());
-        }
-      });
+  impl_->runtime->spawn_detached("coordinator", [this, &done](caf::blocking_actor* self) {
+    try {
+      training_result result = impl_->coordinate(self, stop_requested_);
+      // The ranks' blocking helpers go before the actor system does, in their own threads.
+      for (auto& entry : impl_->ranks)
+        self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
+            .receive([](bool) {}, [](caf::error&) {});
+      done.set_value(std::move(result));
+    } catch (...) {
+      for (auto& entry : impl_->ranks)
+        self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
+            .receive([](bool) {}, [](caf::error&) {});
+      done.set_exception(std::current_exception());
+    }
+  });
   try {
     training_result result = outcome.get();
     shut_down();
@@ -658,8 +660,7 @@ std::vector<std::pair<std::string, tensor>> training_job::weights() const {
     for (auto& w : entry.setup->rank->checkpoint_tensors(entry.setup->owned)) all.push_back(w);
   for (const auto& s : impl_->shards)
     for (auto& w : s.setup->shard->parameters().named_values()) all.push_back(w);
-  std::sort(all.begin(), all.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return all;
 }
 

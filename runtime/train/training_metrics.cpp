@@ -53,7 +53,10 @@ training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_seri
           .Name("troupe_train_tokens_per_second")
           .Help("Training throughput of the last step")
           .Register(r),
-      BuildGauge().Name("troupe_train_learning_rate").Help("Learning rate of the last step").Register(r),
+      BuildGauge()
+          .Name("troupe_train_learning_rate")
+          .Help("Learning rate of the last step")
+          .Register(r),
       BuildGauge()
           .Name("troupe_train_grad_norm")
           .Help("Global gradient norm of the last step, before clipping")
@@ -106,8 +109,8 @@ void training_metrics::record_step(const step_record& s,
   f.steps.Add({}).Increment();
   f.tokens.Add({}).Increment(static_cast<double>(s.tokens));
   f.step_duration
-      .Add({}, prometheus::Histogram::BucketBoundaries{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                                                      5, 10, 25, 60})
+      .Add({}, prometheus::Histogram::BucketBoundaries{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                                       10, 25, 60})
       .Observe(s.step_seconds);
 }
 

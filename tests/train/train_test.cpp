@@ -17,12 +17,12 @@
 #include <prometheus/registry.h>
 
 #include "runtime/checkpoint/hf_checkpoint.hpp"
-#include "tests/support/markdown.hpp"
 #include "runtime/checkpoint/safetensors.hpp"
 #include "runtime/topology/load.hpp"
 #include "runtime/train/train_checkpoint.hpp"
 #include "runtime/train/training_job.hpp"
 #include "tests/support/fixtures.hpp"
+#include "tests/support/markdown.hpp"
 
 namespace {
 
@@ -55,13 +55,13 @@ topology make_topology(const layout& l, const std::string& train_extra = "",
       l.pipeline, std::max(1, l.shards), l.schedule, l.micro_batches);
   const int per_stage = 4 / l.pipeline;
   for (int s = 0; s < l.pipeline; ++s)
-    text += fmt::format("[[stages]]\nlayers = \"{}-{}\"\n", s * per_stage,
-                        (s + 1) * per_stage - 1);
+    text += fmt::format("[[stages]]\nlayers = \"{}-{}\"\n", s * per_stage, (s + 1) * per_stage - 1);
   for (int s = 0; s < l.shards; ++s) text += "[[expert_shards]]\n";
   text += extra;
-  text += "[train]\nsteps = 3\nmicro_batch_size = 2\nsequence_length = 32\nlearning_rate = 1e-3\n"
-          "warmup_steps = 1\n" +
-          train_extra;
+  text +=
+      "[train]\nsteps = 3\nmicro_batch_size = 2\nsequence_length = 32\nlearning_rate = 1e-3\n"
+      "warmup_steps = 1\n" +
+      train_extra;
   topology_load_options options;
   options.resolve_plugins = true;
   return load_topology_text(text, troupe::testing::source_dir() / "topologies" / "test.toml",
@@ -77,17 +77,16 @@ training_result train(const topology& topo, training_options options = {}) {
   return job.run();
 }
 
-
 void expect_close(const training_result& a, const training_result& b, double tolerance,
                   const std::string& what) {
   ASSERT_EQ(a.steps.size(), b.steps.size()) << what;
   for (std::size_t i = 0; i < a.steps.size(); ++i) {
     const auto& x = a.steps[i];
     const auto& y = b.steps[i];
-    for (auto [name, u, v] : {std::tuple{"loss", x.loss, y.loss},
-                              std::tuple{"mtp_loss", x.mtp_loss, y.mtp_loss},
-                              std::tuple{"balance_loss", x.balance_loss, y.balance_loss},
-                              std::tuple{"grad_norm", x.grad_norm, y.grad_norm}})
+    for (auto [name, u, v] :
+         {std::tuple{"loss", x.loss, y.loss}, std::tuple{"mtp_loss", x.mtp_loss, y.mtp_loss},
+          std::tuple{"balance_loss", x.balance_loss, y.balance_loss},
+          std::tuple{"grad_norm", x.grad_norm, y.grad_norm}})
       EXPECT_LE(std::abs(u - v), tolerance * std::abs(v))
           << what << ": step " << i + 1 << " " << name << " " << u << " vs " << v;
     EXPECT_EQ(x.load, y.load) << what << ": step " << i + 1 << " expert load";
@@ -112,9 +111,8 @@ TEST(Training, LossFallsOnTheBuiltinCorpus) {
 
 TEST(Training, PipelineAndExpertParallelismGiveTheSameLosses) {
   const auto reference = train(make_topology({1, 0, "sequential", 4}));
-  for (const layout& l : {layout{1, 4, "1f1b", 4}, layout{2, 0, "1f1b", 4},
-                          layout{2, 4, "1f1b", 4}, layout{4, 0, "1f1b", 4},
-                          layout{4, 4, "1f1b", 4}}) {
+  for (const layout& l : {layout{1, 4, "1f1b", 4}, layout{2, 0, "1f1b", 4}, layout{2, 4, "1f1b", 4},
+                          layout{4, 0, "1f1b", 4}, layout{4, 4, "1f1b", 4}}) {
     const auto result = train(make_topology(l));
     // Forward is bit-identical; only the order of gradient sums of the embedding (held by the
     // first and the last stage) differs, so the weights drift in the last bits.
@@ -187,7 +185,6 @@ TEST(Training, BalancerLowersImbalanceFromASkewedStart) {
     const auto result = train(skewed, resume);
     ASSERT_EQ(result.steps.size(), 30u);
     imbalance[gamma] = late_imbalance(result, 10);
-
   }
   // Measured (max/mean per layer, mean over the 4 MoE layers and steps 22-31): 3.98 with
   // gamma = 0 (4 is every token on the same 4 experts), 2.47 with gamma = 0.005.
@@ -211,7 +208,8 @@ std::map<std::string, std::vector<double>> read_weights(const fs::path& dir) {
 
 TEST(Training, EmaEqualsAnOfflineEmaOfTheSnapshots) {
   const fs::path dir = scratch("ema");
-  topology topo = make_topology({2, 4, "1f1b", 2}, "checkpoint_every = 1\n", "[ema]\ndecay = 0.6\n");
+  topology topo =
+      make_topology({2, 4, "1f1b", 2}, "checkpoint_every = 1\n", "[ema]\ndecay = 0.6\n");
   training_options options;
   options.checkpoint_dir = dir;
   train(topo, options);

@@ -39,7 +39,6 @@ fs::path config_path(const std::string& name) {
   return name;
 }
 
-
 int bench(const bench_options& options) {
   const fs::path file = config_path(options.config);
   const model_config config = load_model_config(file);

@@ -47,8 +47,8 @@ double direct_step_seconds(const topology& topo, plugin_registry& registry, thre
   exec_context context(device::cpu(), pool);
   model_runner runner(config, {}, plugins, model_options{topo.train.mtp_weight, true});
   runner.parameters().initialize(static_cast<std::uint64_t>(topo.train.seed));
-  adamw optimizer({topo.train.beta1, topo.train.beta2, topo.train.epsilon,
-                   topo.train.weight_decay});
+  adamw optimizer(
+      {topo.train.beta1, topo.train.beta2, topo.train.epsilon, topo.train.weight_decay});
   optimizer.attach(runner.parameters());
   const std::int64_t b = topo.train.micro_batch_size, l = topo.train.sequence_length;
   std::mt19937 rng(7);
@@ -79,9 +79,9 @@ int bench_train(const bench_train_options& options) {
   std::vector<std::string> overrides = {"monitoring.metrics=\"\"", "train.checkpoint_every=0",
                                         fmt::format("train.steps={}", options.steps + 2)};
   if (options.config == "small")
-    overrides.insert(overrides.end(), {"model.config=\"models/small-512/config.json\"",
-                                       "train.sequence_length=512", "train.micro_batch_size=1",
-                                       "stages[0].layers=\"0-7\""});
+    overrides.insert(overrides.end(),
+                     {"model.config=\"models/small-512/config.json\"", "train.sequence_length=512",
+                      "train.micro_batch_size=1", "stages[0].layers=\"0-7\""});
   else if (options.config != "tiny")
     overrides.push_back(fmt::format("model.config=\"{}\"", options.config));
   overrides.insert(overrides.end(), options.overrides.begin(), options.overrides.end());
@@ -105,30 +105,33 @@ int bench_train(const bench_train_options& options) {
       times.push_back(result.steps[i].step_seconds);
     const double actor_step = median(times);
     const std::int64_t micro_batches = result.steps.back().micro_batches;
-    const double direct_step = direct_step_seconds(topo, registry, pool, micro_batches,
-                                                   std::max(3, options.steps / 2));
+    const double direct_step =
+        direct_step_seconds(topo, registry, pool, micro_batches, std::max(3, options.steps / 2));
     reference = std::max(reference, sgemm_gflops(pool));
 
     const double tokens = static_cast<double>(result.steps.back().tokens);
     const double flops =
         model_flops(topo.model, topo.train.sequence_length, true).training() * tokens;
-    fmt::print("{}: {} layers, hidden {}, {} routed experts top-{}; pipeline {}, {} expert "
-               "shards, data {}, {} schedule\n",
-               topo.file.string(), topo.model.num_hidden_layers, topo.model.hidden_size,
-               topo.model.n_routed_experts, topo.model.num_experts_per_tok, topo.pipeline,
-               topo.expert_shards.size(), topo.data, to_string(topo.schedule.kind));
+    fmt::print(
+        "{}: {} layers, hidden {}, {} routed experts top-{}; pipeline {}, {} expert "
+        "shards, data {}, {} schedule\n",
+        topo.file.string(), topo.model.num_hidden_layers, topo.model.hidden_size,
+        topo.model.n_routed_experts, topo.model.num_experts_per_tok, topo.pipeline,
+        topo.expert_shards.size(), topo.data, to_string(topo.schedule.kind));
     fmt::print("step: {} micro-batches x {} x {} tokens = {:.0f} tokens; {} threads\n",
                micro_batches, topo.train.micro_batch_size, topo.train.sequence_length, tokens,
                threads);
     fmt::print("sgemm 1024^3 on the worker pool: {:.1f} GFLOP/s (best, before and after)\n",
                reference);
-    fmt::print("actors: {:.1f} ms per step (median of {}), {:.0f} tokens/s, {:.2f} GFLOP/s = "
-               "{:.2f} of sgemm\n",
-               actor_step * 1e3, times.size(), tokens / actor_step, flops / actor_step / 1e9,
-               flops / actor_step / 1e9 / reference);
-    fmt::print("direct loop (one runner, no actors, experts in the layer): {:.1f} ms per step, "
-               "{:.0f} tokens/s, {:.2f} of sgemm\n",
-               direct_step * 1e3, tokens / direct_step, flops / direct_step / 1e9 / reference);
+    fmt::print(
+        "actors: {:.1f} ms per step (median of {}), {:.0f} tokens/s, {:.2f} GFLOP/s = "
+        "{:.2f} of sgemm\n",
+        actor_step * 1e3, times.size(), tokens / actor_step, flops / actor_step / 1e9,
+        flops / actor_step / 1e9 / reference);
+    fmt::print(
+        "direct loop (one runner, no actors, experts in the layer): {:.1f} ms per step, "
+        "{:.0f} tokens/s, {:.2f} of sgemm\n",
+        direct_step * 1e3, tokens / direct_step, flops / direct_step / 1e9 / reference);
     fmt::print("actor overhead: {:.1f} ms per step ({:.1f}% of the direct step)\n",
                (actor_step - direct_step) * 1e3, 100.0 * (actor_step - direct_step) / direct_step);
     return exit_ok;
@@ -149,8 +152,7 @@ void add_bench_train_command(CLI::App& bench_group, int& exit_code) {
   command->add_option("--config", options->config,
                       "tiny (the topology's model), small (hidden 512, 8 layers, 64 experts, "
                       "512-token sequences) or a config.json path");
-  command->add_option("--topology", options->topology,
-                      "Topology (default: the shipped tiny.toml)");
+  command->add_option("--topology", options->topology, "Topology (default: the shipped tiny.toml)");
   command->add_option("--set", options->overrides, "Override a topology key, KEY=VALUE")
       ->allow_extra_args(false);
   command->add_option("--steps", options->steps, "Timed steps after 2 warm-up steps (default 8)");

@@ -83,7 +83,9 @@ int train(const train_options& options) {
   job_options.checkpoint_dir = options.checkpoint_dir;
   job_options.resume = options.resume;
   job_options.threads = options.threads;
-  job_options.on_event = [](const std::string& what) { fmt::print(stderr, "troupe train: {}\n", what); };
+  job_options.on_event = [](const std::string& what) {
+    fmt::print(stderr, "troupe train: {}\n", what);
+  };
   job_options.on_step = [&](const step_record& r) {
     if (!options.quiet) fmt::print(stderr, "{}\n", progress_line(r));
     if (log.is_open()) {
@@ -117,9 +119,9 @@ int train(const train_options& options) {
       fmt::print(stderr,
                  "troupe train: steps {}-{} in {:.1f} s: loss {:.4f} -> {:.4f}, mtp {:.4f} -> "
                  "{:.4f}, {:.0f} tok/s, expert load max/mean {:.2f}\n",
-                 result.first_step + 1, result.last_step, result.seconds,
-                 result.steps.front().loss, result.steps.back().loss,
-                 result.steps.front().mtp_loss, result.steps.back().mtp_loss, tokens / seconds,
+                 result.first_step + 1, result.last_step, result.seconds, result.steps.front().loss,
+                 result.steps.back().loss, result.steps.front().mtp_loss,
+                 result.steps.back().mtp_loss, tokens / seconds,
                  result.steps.back().expert_load_max_over_mean);
     }
     if (!result.last_checkpoint.empty())

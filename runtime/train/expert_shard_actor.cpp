@@ -5,8 +5,8 @@
 
 #include "runtime/actor/atoms.hpp"
 #include "runtime/actor/instrumented_actor.hpp"
-#include "runtime/checkpoint/safetensors.hpp"
 #include "runtime/train/actor_failure.hpp"
+#include "runtime/train/train_checkpoint.hpp"
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/training_actors.hpp"
 
@@ -64,12 +64,10 @@ caf::actor spawn_expert_shard_actor(actor_runtime& runtime,
             [st](atoms::save_atom,
                  const checkpoint_order& order) -> caf::result<checkpoint_written> {
               try {
-                const std::filesystem::path dir = order.directory;
-                const auto weights = st->shard->parameters().named_values();
-                write_safetensors(dir / order.weights_file, weights, {{"format", "pt"}});
-                write_safetensors(dir / order.optimizer_file, st->optimizer->state());
                 checkpoint_written written;
-                for (const auto& [name, value] : weights) written.weights.push_back(name);
+                written.weights = write_holder_part(
+                    order.directory, order.weights_file, order.optimizer_file,
+                    st->shard->parameters().named_values(), st->optimizer->state());
                 return written;
               } catch (const std::exception& e) {
                 return actor_failure(e);

@@ -207,24 +207,13 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::checkpoint_tensors(
   return tensors;
 }
 
-std::vector<std::pair<std::string, tensor>> pipeline_rank::snapshot(
-    const std::set<std::string>& owned) const {
+std::vector<std::pair<std::string, tensor>> pipeline_rank::copies_of(
+    const std::set<std::string>& owned, bool trainable) const {
   std::vector<std::pair<std::string, tensor>> copies;
   std::set<std::string> taken;
   for (const auto& c : chunks_)
     for (parameter* p : c.runner->parameters().all())
-      if (owned.count(p->name) && p->spec.trainable() && taken.insert(p->name).second)
-        copies.emplace_back(p->name, p->value.clone());
-  return copies;
-}
-
-std::vector<std::pair<std::string, tensor>> pipeline_rank::buffers(
-    const std::set<std::string>& owned) const {
-  std::vector<std::pair<std::string, tensor>> copies;
-  std::set<std::string> taken;
-  for (const auto& c : chunks_)
-    for (parameter* p : c.runner->parameters().all())
-      if (owned.count(p->name) && !p->spec.trainable() && taken.insert(p->name).second)
+      if (owned.count(p->name) && p->spec.trainable() == trainable && taken.insert(p->name).second)
         copies.emplace_back(p->name, p->value.clone());
   return copies;
 }

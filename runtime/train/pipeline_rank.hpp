@@ -101,9 +101,13 @@ class pipeline_rank {
   std::vector<std::pair<std::string, tensor>> checkpoint_tensors(
       const std::set<std::string>& owned) const;
   /// Copies of the owned trainable parameters (an EMA snapshot).
-  std::vector<std::pair<std::string, tensor>> snapshot(const std::set<std::string>& owned) const;
+  std::vector<std::pair<std::string, tensor>> snapshot(const std::set<std::string>& owned) const {
+    return copies_of(owned, true);
+  }
   /// Copies of the owned buffers (router biases).
-  std::vector<std::pair<std::string, tensor>> buffers(const std::set<std::string>& owned) const;
+  std::vector<std::pair<std::string, tensor>> buffers(const std::set<std::string>& owned) const {
+    return copies_of(owned, false);
+  }
   /// The optimizer moments of owned parameters.
   std::vector<std::pair<std::string, tensor>> optimizer_state(
       const std::set<std::string>& owned) const;
@@ -114,6 +118,9 @@ class pipeline_rank {
  private:
   using input_key = std::tuple<bool, std::int32_t, std::int32_t, std::int64_t>;
   stage_chunk& chunk(std::int32_t stage, std::int32_t copy);
+  /// Copies of the owned trainable parameters, or of the owned buffers; each name once.
+  std::vector<std::pair<std::string, tensor>> copies_of(const std::set<std::string>& owned,
+                                                        bool trainable) const;
   bool ready(const pipeline_op& op) const;
   bool ready_forward(const stage_work& w) const;
   bool ready_backward(const stage_work& w) const;

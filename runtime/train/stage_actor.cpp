@@ -6,9 +6,9 @@
 
 #include "runtime/actor/atoms.hpp"
 #include "runtime/actor/instrumented_actor.hpp"
-#include "runtime/checkpoint/safetensors.hpp"
 #include "runtime/train/actor_expert_transport.hpp"
 #include "runtime/train/actor_failure.hpp"
+#include "runtime/train/train_checkpoint.hpp"
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/training_actors.hpp"
 
@@ -104,13 +104,11 @@ caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor
             [st](atoms::save_atom,
                  const checkpoint_order& order) -> caf::result<checkpoint_written> {
               try {
-                const std::filesystem::path dir = order.directory;
-                auto weights = st->setup->rank->checkpoint_tensors(st->setup->owned);
-                write_safetensors(dir / order.weights_file, weights, {{"format", "pt"}});
-                write_safetensors(dir / order.optimizer_file,
-                                  st->setup->rank->optimizer_state(st->setup->owned));
                 checkpoint_written written;
-                for (const auto& [name, value] : weights) written.weights.push_back(name);
+                written.weights =
+                    write_holder_part(order.directory, order.weights_file, order.optimizer_file,
+                                      st->setup->rank->checkpoint_tensors(st->setup->owned),
+                                      st->setup->rank->optimizer_state(st->setup->owned));
                 return written;
               } catch (const std::exception& e) {
                 return actor_failure(e);

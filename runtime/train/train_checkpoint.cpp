@@ -89,6 +89,17 @@ trainer_state read_trainer_state(const fs::path& file) {
   return state;
 }
 
+std::vector<std::string> write_holder_part(
+    const fs::path& directory, const std::string& weights_file, const std::string& optimizer_file,
+    const std::vector<std::pair<std::string, tensor>>& weights,
+    const std::vector<std::pair<std::string, tensor>>& moments) {
+  write_safetensors(directory / weights_file, weights, {{"format", "pt"}});
+  write_safetensors(directory / optimizer_file, moments);
+  std::vector<std::string> names;
+  for (const auto& [name, value] : weights) names.push_back(name);
+  return names;
+}
+
 void write_weight_index(const fs::path& directory,
                         const std::map<std::string, std::string>& weight_map) {
   std::uint64_t total = 0;

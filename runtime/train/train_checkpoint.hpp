@@ -44,6 +44,13 @@ void write_trainer_state(const std::filesystem::path& file, const trainer_state&
 /// Throws checkpoint_error naming the file and the field that is missing or wrong.
 trainer_state read_trainer_state(const std::filesystem::path& file);
 
+/// Writes one holder's part of a checkpoint: its weights to `directory`/`weights_file` and its
+/// optimizer moments to `directory`/`optimizer_file`. Returns the weights' names.
+std::vector<std::string> write_holder_part(
+    const std::filesystem::path& directory, const std::string& weights_file,
+    const std::string& optimizer_file, const std::vector<std::pair<std::string, tensor>>& weights,
+    const std::vector<std::pair<std::string, tensor>>& moments);
+
 /// Writes model.safetensors.index.json for `weight_map` (tensor -> file).
 void write_weight_index(const std::filesystem::path& directory,
                         const std::map<std::string, std::string>& weight_map);

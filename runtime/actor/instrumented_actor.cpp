@@ -6,6 +6,7 @@
 #include <caf/uniform_type_info_map.hpp>
 
 #include "runtime/actor/actor_runtime.hpp"
+#include "runtime/actor/message_fence.hpp"
 #include "runtime/actor/message_types.hpp"
 
 namespace troupe {
@@ -15,7 +16,13 @@ instrumented_actor::instrumented_actor(caf::actor_config& config) : caf::event_b
   metrics_ = runtime != nullptr ? &runtime->metrics() : nullptr;
 }
 
+void instrumented_actor::enqueue(caf::mailbox_element_ptr element, caf::execution_unit* unit) {
+  publish_writes_to(caf::actor_control_block::from(this));
+  caf::event_based_actor::enqueue(std::move(element), unit);
+}
+
 caf::invoke_message_result instrumented_actor::consume(caf::mailbox_element& element) {
+  observe_writes(static_cast<const caf::abstract_actor*>(this));
   if (metrics_ != nullptr)
     metrics_->message_received(message_type_label(home_system(), element.content()));
   return caf::event_based_actor::consume(element);

@@ -15,6 +15,9 @@ class instrumented_actor : public caf::event_based_actor {
   explicit instrumented_actor(caf::actor_config& config);
 
   caf::invoke_message_result consume(caf::mailbox_element& element) override;
+  /// Runs in the sender's thread: publishes its writes to this actor (message_fence.hpp).
+  void enqueue(caf::mailbox_element_ptr element, caf::execution_unit* unit) override;
+  using caf::event_based_actor::enqueue;
 
  private:
   metrics_registry* metrics_;

@@ -2,6 +2,7 @@
 
 #include <caf/scoped_actor.hpp>
 
+#include "runtime/actor/message_fence.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/train/actor_failure.hpp"
 #include "runtime/train/train_messages.hpp"
@@ -35,6 +36,7 @@ std::vector<expert_reply> actor_expert_transport::exchange(
                 if (failure.empty())
                   failure = fmt::format("expert shard {}: {}", shard, describe_failure(system_, e));
               });
+  observe_writes(self.ptr());
   if (!failure.empty()) throw error(failure);
   return replies;
 }

@@ -26,6 +26,7 @@ caf::actor spawn_balancer_actor(actor_runtime& runtime, std::shared_ptr<bias_bal
                 return;
               }
               router_biases biases{balancer->biases()};
+              publish_writes_to(self->current_sender());
               if (holders.empty()) {
                 done.deliver(biases);
                 return;
@@ -45,7 +46,9 @@ caf::actor spawn_balancer_actor(actor_runtime& runtime, std::shared_ptr<bias_bal
                           }
                         });
             },
-            [state](atoms::biases_atom) { return router_biases{state->biases()}; },
+            [self, state](atoms::biases_atom) {
+              return replying(self, router_biases{state->biases()});
+            },
         };
       },
       std::move(balancer));

@@ -13,9 +13,9 @@ namespace troupe {
 caf::actor spawn_data_actor(actor_runtime& runtime, std::shared_ptr<data_actor_setup> setup) {
   return runtime.spawn(
       "data",
-      [](instrumented_actor*, std::shared_ptr<data_actor_setup> st) {
+      [](instrumented_actor* self, std::shared_ptr<data_actor_setup> st) {
         return caf::behavior{
-            [st](atoms::batch_atom, std::int64_t micro_batches) -> caf::result<data_batch> {
+            [self, st](atoms::batch_atom, std::int64_t micro_batches) -> caf::result<data_batch> {
               try {
                 data_batch out;
                 const std::int64_t b = st->micro_batch_size, l = st->sequence_length;
@@ -27,7 +27,7 @@ caf::actor spawn_data_actor(actor_runtime& runtime, std::shared_ptr<data_actor_s
                   out.inputs.push_back(std::move(input));
                 }
                 out.after = st->stream->position();
-                return out;
+                return replying(self, std::move(out));
               } catch (const std::exception& e) {
                 return actor_failure(e);
               }

@@ -20,14 +20,14 @@ caf::actor spawn_expert_shard_actor(actor_runtime& runtime,
       "expert_shard",
       [](instrumented_actor* self, std::shared_ptr<shard_actor_setup> st) {
         return caf::behavior{
-            [st](const expert_request& request) -> caf::result<expert_reply> {
+            [self, st](const expert_request& request) -> caf::result<expert_reply> {
               try {
-                return st->shard->handle(*st->context, request);
+                return replying(self, st->shard->handle(*st->context, request));
               } catch (const std::exception& e) {
                 return actor_failure(e);
               }
             },
-            [st](atoms::gradients_atom) -> caf::result<gradient_report> {
+            [self, st](atoms::gradients_atom) -> caf::result<gradient_report> {
               // The per-source gradients first go into one, in source order (deterministic
               // whatever order the stages' requests came in).
               st->shard->reduce_source_gradients();
@@ -42,7 +42,7 @@ caf::actor spawn_expert_shard_actor(actor_runtime& runtime,
                   report.summary.non_finite = p->name;
                 report.summary.norm_squared += sum;
               }
-              return report;
+              return replying(self, std::move(report));
             },
             [self, st](atoms::optimize_atom, const optimizer_order& order) -> caf::result<bool> {
               try {
@@ -56,19 +56,19 @@ caf::actor spawn_expert_shard_actor(actor_runtime& runtime,
                         .emplace_back(p->name, p->value.clone());
                   self->send(st->ema, atoms::snapshot_atom_v, std::move(snapshot));
                 }
-                return true;
+                return replying(self, true);
               } catch (const std::exception& e) {
                 return actor_failure(e);
               }
             },
-            [st](atoms::save_atom,
-                 const checkpoint_order& order) -> caf::result<checkpoint_written> {
+            [self, st](atoms::save_atom,
+                       const checkpoint_order& order) -> caf::result<checkpoint_written> {
               try {
                 checkpoint_written written;
                 written.weights = write_holder_part(
                     order.directory, order.weights_file, order.optimizer_file,
                     st->shard->parameters().named_values(), st->optimizer->state());
-                return written;
+                return replying(self, std::move(written));
               } catch (const std::exception& e) {
                 return actor_failure(e);
               }

@@ -20,6 +20,7 @@ struct stage_state {
   std::shared_ptr<stage_actor_setup> setup;
   std::vector<caf::actor> peers;  // by rank, this replica's
   caf::response_promise step_done;
+  caf::strong_actor_ptr asker;  // who asked for the running step
   bool running = false;
   std::string failure;  // the first error of the running step
 };
@@ -37,6 +38,7 @@ void pump(instrumented_actor* self, stage_state& st) {
   }
   if (rank.finished()) {
     st.running = false;
+    publish_writes_to(st.asker);
     st.step_done.deliver(rank.take_report());
   }
 }
@@ -51,11 +53,12 @@ caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor
         st->setup = std::move(rank_setup);
         return caf::behavior{
             [st](atoms::peers_atom, std::vector<caf::actor>& peers) { st->peers = peers; },
-            [st](atoms::stop_atom) {
+            [self, st](atoms::stop_atom) {
               if (st->setup->transport) st->setup->transport->close();
-              return true;
+              return replying(self, true);
             },
             [self, st](atoms::run_step_atom, step_order& order) {
+              st->asker = self->current_sender();
               st->step_done = self->make_response_promise();
               try {
                 st->setup->rank->begin_step(std::move(order.plan), std::move(order.inputs),
@@ -71,12 +74,12 @@ caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor
               st->setup->rank->deliver(std::move(t));
               pump(self, *st);
             },
-            [st](atoms::gradients_atom) -> caf::result<gradient_report> {
+            [self, st](atoms::gradients_atom) -> caf::result<gradient_report> {
               try {
                 gradient_report report;
                 report.summary = st->setup->rank->summarize_gradients(st->setup->replicated);
                 report.replicated.items = st->setup->rank->gradients_of(st->setup->replicated);
-                return report;
+                return replying(self, std::move(report));
               } catch (const std::exception& e) {
                 return actor_failure(e);
               }
@@ -88,28 +91,28 @@ caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor
                   self->send(st->setup->ema, atoms::snapshot_atom_v,
                              ema_snapshot{st->setup->rank->snapshot(st->setup->owned),
                                           st->setup->rank->buffers(st->setup->owned)});
-                return true;
+                return replying(self, true);
               } catch (const std::exception& e) {
                 return actor_failure(e);
               }
             },
-            [st](atoms::biases_atom, const router_biases& biases) -> caf::result<bool> {
+            [self, st](atoms::biases_atom, const router_biases& biases) -> caf::result<bool> {
               try {
                 st->setup->rank->set_router_biases(biases.values);
-                return true;
+                return replying(self, true);
               } catch (const std::exception& e) {
                 return actor_failure(e);
               }
             },
-            [st](atoms::save_atom,
-                 const checkpoint_order& order) -> caf::result<checkpoint_written> {
+            [self, st](atoms::save_atom,
+                       const checkpoint_order& order) -> caf::result<checkpoint_written> {
               try {
                 checkpoint_written written;
                 written.weights =
                     write_holder_part(order.directory, order.weights_file, order.optimizer_file,
                                       st->setup->rank->checkpoint_tensors(st->setup->owned),
                                       st->setup->rank->optimizer_state(st->setup->owned));
-                return written;
+                return replying(self, std::move(written));
               } catch (const std::exception& e) {
                 return actor_failure(e);
               }

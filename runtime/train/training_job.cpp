@@ -13,6 +13,7 @@
 
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/actor/atoms.hpp"
+#include "runtime/actor/message_fence.hpp"
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "runtime/checkpoint/safetensors.hpp"
 #include "runtime/core/error.hpp"
@@ -350,6 +351,7 @@ fs::path training_job::impl::write_checkpoint(caf::blocking_actor* self, std::in
     self->request(actor, caf::infinite, atoms::save_atom_v, order)
         .receive(
             [&](checkpoint_written& written) {
+              observe_writes(self);
               for (auto& w : written.weights) weight_map[w] = order.weights_file;
             },
             [&](caf::error& e) { raise(self, e, [&] { return "checkpoint: " + name; }); });
@@ -372,8 +374,12 @@ fs::path training_job::impl::write_checkpoint(caf::blocking_actor* self, std::in
   state.seed = static_cast<std::uint64_t>(topo.train.seed);
   state.data = position;
   self->request(balancer, caf::infinite, atoms::biases_atom_v)
-      .receive([&](router_biases& biases) { state.router_biases = std::move(biases.values); },
-               [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+      .receive(
+          [&](router_biases& biases) {
+            observe_writes(self);
+            state.router_biases = std::move(biases.values);
+          },
+          [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
   state.tokens_seen = tokens_seen;
   state.loss = loss;
   state.topology = topo.file.string();
@@ -400,8 +406,12 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
   bool stop_now = false;
   std::map<std::int64_t, std::vector<float>> biases;
   self->request(balancer, caf::infinite, atoms::biases_atom_v)
-      .receive([&](router_biases& initial) { biases = std::move(initial.values); },
-               [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+      .receive(
+          [&](router_biases& initial) {
+            observe_writes(self);
+            biases = std::move(initial.values);
+          },
+          [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
 
   for (std::int64_t step = start_step; step < total_steps; ++step) {
     if (stop.load(std::memory_order_relaxed)) {
@@ -416,8 +426,12 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     // The global batch.
     data_batch batch;
     self->request(data, caf::infinite, atoms::batch_atom_v, micro_batches)
-        .receive([&](data_batch& b) { batch = std::move(b); },
-                 [&](caf::error& e) { raise(self, e, [] { return std::string("data"); }); });
+        .receive(
+            [&](data_batch& b) {
+              observe_writes(self);
+              batch = std::move(b);
+            },
+            [&](caf::error& e) { raise(self, e, [] { return std::string("data"); }); });
 
     // Forward and backward of every micro-batch, on every rank at once.
     const float loss_scale = 1.0f / static_cast<float>(micro_batches);
@@ -439,6 +453,7 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     for (std::size_t i = 0; i < ranks.size(); ++i)
       pending[i].receive(
           [&](rank_step_report& report) {
+            observe_writes(self);
             reports[i] = std::move(report);
             walls[i] = seconds_between(step_start, std::chrono::steady_clock::now());
           },
@@ -497,6 +512,7 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
       self->request(actor, caf::infinite, atoms::gradients_atom_v)
           .receive(
               [&](gradient_report& report) {
+                observe_writes(self);
                 norm_squared += report.summary.norm_squared;
                 if (first_non_finite.empty() && !report.summary.non_finite.empty())
                   first_non_finite = fmt::format("{} (in {})", report.summary.non_finite, name);
@@ -554,8 +570,12 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     // The balancer's update, in every stage before the next step.
     if (topo.balancer.enabled && !load.empty())
       self->request(balancer, caf::infinite, atoms::balance_atom_v, load_report{load}, holders)
-          .receive([&](router_biases& updated) { biases = std::move(updated.values); },
-                   [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+          .receive(
+              [&](router_biases& updated) {
+                observe_writes(self);
+                biases = std::move(updated.values);
+              },
+              [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
 
     const auto step_end = std::chrono::steady_clock::now();
     position = batch.after;

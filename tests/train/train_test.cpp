@@ -41,7 +41,8 @@ struct layout {
   int pipeline = 1;
   int shards = 0;  // 0: the stages compute their routed experts
   std::string schedule = "sequential";
-  int micro_batches = 4;
+  int micro_batches = 4;  // per data-parallel replica
+  int data = 1;
 };
 
 /// A topology of the tiny model (4 layers, 16 experts) with the given layout; `extra` is TOML
@@ -50,12 +51,13 @@ topology make_topology(const layout& l, const std::string& train_extra = "",
                        const std::string& extra = "") {
   std::string text = fmt::format(
       "[job]\nname = \"test\"\n[model]\nconfig = \"models/tiny/config.json\"\n"
-      "[parallel]\npipeline = {}\nexpert = {}\n"
+      "[parallel]\npipeline = {}\nexpert = {}\ndata = {}\n"
       "[schedule]\nkind = \"{}\"\nmicro_batches = {}\n",
-      l.pipeline, std::max(1, l.shards), l.schedule, l.micro_batches);
+      l.pipeline, std::max(1, l.shards), l.data, l.schedule, l.micro_batches);
   const int per_stage = 4 / l.pipeline;
   for (int s = 0; s < l.pipeline; ++s)
-    text += fmt::format("[[stages]]\nlayers = \"{}-{}\"\n", s * per_stage, (s + 1) * per_stage - 1);
+    text += fmt::format("[[stages]]\nlayers = \"{}-{}\"\n{}", s * per_stage,
+                        (s + 1) * per_stage - 1, l.data > 1 ? "device = [\"cpu\", \"cpu\"]\n" : "");
   for (int s = 0; s < l.shards; ++s) text += "[[expert_shards]]\n";
   text += extra;
   text +=
@@ -109,15 +111,18 @@ TEST(Training, LossFallsOnTheBuiltinCorpus) {
   for (const auto& s : result.steps) EXPECT_GT(s.tokens_per_s, 0.0);
 }
 
-TEST(Training, PipelineAndExpertParallelismGiveTheSameLosses) {
+TEST(Training, PipelineExpertAndDataParallelismGiveTheSameLosses) {
   const auto reference = train(make_topology({1, 0, "sequential", 4}));
+  // The same global batch of 4 micro-batches, also as 2 data-parallel replicas of 2.
   for (const layout& l : {layout{1, 4, "1f1b", 4}, layout{2, 0, "1f1b", 4}, layout{2, 4, "1f1b", 4},
-                          layout{4, 0, "1f1b", 4}, layout{4, 4, "1f1b", 4}}) {
+                          layout{4, 0, "1f1b", 4}, layout{4, 4, "1f1b", 4},
+                          layout{1, 0, "1f1b", 2, 2}, layout{2, 4, "1f1b", 2, 2}}) {
     const auto result = train(make_topology(l));
-    // Forward is bit-identical; only the order of gradient sums of the embedding (held by the
-    // first and the last stage) differs, so the weights drift in the last bits.
+    // Forward is bit-identical; only the order of gradient sums of replicated parameters (the
+    // embedding of the first and the last stage, data replicas) differs, so the weights drift in
+    // the last bits.
     expect_close(result, reference, 1e-6,
-                 fmt::format("pipeline {} expert {}", l.pipeline, l.shards));
+                 fmt::format("pipeline {} expert {} data {}", l.pipeline, l.shards, l.data));
   }
 }
 

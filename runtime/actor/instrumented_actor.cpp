@@ -25,7 +25,10 @@ caf::invoke_message_result instrumented_actor::consume(caf::mailbox_element& ele
   observe_writes(static_cast<const caf::abstract_actor*>(this));
   if (metrics_ != nullptr)
     metrics_->message_received(message_type_label(home_system(), element.content()));
-  return caf::event_based_actor::consume(element);
+  auto result = caf::event_based_actor::consume(element);
+  // The actor's next message may run on another scheduler thread.
+  publish_writes_to(caf::actor_control_block::from(this));
+  return result;
 }
 
 std::string message_type_label(caf::actor_system& system, const caf::type_erased_tuple& content) {

@@ -35,8 +35,9 @@ troupe_status blas_gemm(void*, const troupe_exec_context* context, const troupe_
       call->transpose_a != 0,     call->transpose_b != 0,    m, n, k, leading_dimension(call->a),
       leading_dimension(call->b), leading_dimension(call->c)};
   kernels::cpu::sgemm_on_pool(context != nullptr ? context->pool : nullptr, shape, call->alpha,
-                              element_pointer<const float>(call->a), element_pointer<const float>(call->b),
-                              call->beta, element_pointer<float>(call->c));
+                              element_pointer<const float>(call->a),
+                              element_pointer<const float>(call->b), call->beta,
+                              element_pointer<float>(call->c));
   return TROUPE_STATUS_OK;
 }
 

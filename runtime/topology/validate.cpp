@@ -341,12 +341,13 @@ class topology_validator {
     if (tr.batch_ramp_steps > 0) {
       const std::int64_t least = sc.kind == schedule_kind::dualpipe ? 2 * t_.pipeline : 1;
       if (tr.batch_ramp_start < least || tr.batch_ramp_start > sc.micro_batches)
-        error("train.batch_ramp_start",
-              fmt::format("train.batch_ramp_start must be in [{}, schedule.micro_batches = {}]{}, "
-                          "got {}",
-                          least, sc.micro_batches,
-                          sc.kind == schedule_kind::dualpipe ? " (DualPipe needs 2 x pipeline)" : "",
-                          tr.batch_ramp_start));
+        error(
+            "train.batch_ramp_start",
+            fmt::format("train.batch_ramp_start must be in [{}, schedule.micro_batches = {}]{}, "
+                        "got {}",
+                        least, sc.micro_batches,
+                        sc.kind == schedule_kind::dualpipe ? " (DualPipe needs 2 x pipeline)" : "",
+                        tr.batch_ramp_start));
     }
     auto& d = t_.data_source;
     if (!(d.fim_rate >= 0.0 && d.fim_rate <= 1.0))

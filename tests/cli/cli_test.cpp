@@ -111,8 +111,8 @@ TEST(Cli, TopoDotIsValidGraphviz) {
 }
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() /
-                       ("troupe-cli-test-" + std::to_string(::getpid())) / name;
+  const fs::path dir =
+      fs::temp_directory_path() / ("troupe-cli-test-" + std::to_string(::getpid())) / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -146,8 +146,8 @@ TEST(Cli, TrainLogsEveryStepCheckpointsAndPlots) {
   EXPECT_EQ(log[2]["step"], 3);
   EXPECT_TRUE(fs::exists(dir / "ckpt" / "step-000003" / "model.safetensors.index.json"));
 
-  auto plotted = run("plot " + (dir / "log.json").string() + " --out " +
-                     (dir / "plot.png").string());
+  auto plotted =
+      run("plot " + (dir / "log.json").string() + " --out " + (dir / "plot.png").string());
   ASSERT_EQ(plotted.exit_code, 0) << plotted.output;
   std::ifstream png(dir / "plot.png", std::ios::binary);
   char magic[4] = {};
@@ -184,8 +184,8 @@ TEST(Cli, TrainStopsOnSigtermAfterTheStepAndResumes) {
   std::getline(latest, name);
   EXPECT_EQ(name, fmt::format("step-{:06d}", last));
 
-  auto resumed = run(fmt::format("train --steps {} --quiet --log-json {} --resume {} {}",
-                                 last + 2, log, ckpt, small_steps));
+  auto resumed = run(fmt::format("train --steps {} --quiet --log-json {} --resume {} {}", last + 2,
+                                 log, ckpt, small_steps));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   expect_contains(resumed, fmt::format("at step {}", last));
   const auto all = read_log(log);

@@ -8,6 +8,7 @@
 #include "runtime/actor/instrumented_actor.hpp"
 #include "runtime/train/actor_expert_transport.hpp"
 #include "runtime/train/actor_failure.hpp"
+#include "runtime/train/stage_transport.hpp"
 #include "runtime/train/train_checkpoint.hpp"
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/training_actors.hpp"
@@ -16,21 +17,36 @@ namespace troupe {
 
 namespace {
 
+/// Transfers to the other ranks of the replica as actor messages (in-process: the tensors'
+/// storage is shared, not copied).
+class message_stage_transport : public stage_transport {
+ public:
+  message_stage_transport(instrumented_actor* self, std::vector<caf::actor> peers)
+      : self_(self), peers_(std::move(peers)) {}
+  void send(std::int32_t to, stage_transfer transfer) override {
+    self_->send(peers_.at(static_cast<std::size_t>(to)), atoms::transfer_atom_v,
+                std::move(transfer));
+  }
+
+ private:
+  instrumented_actor* self_;
+  std::vector<caf::actor> peers_;  // by rank
+};
+
 struct stage_state {
   std::shared_ptr<stage_actor_setup> setup;
-  std::vector<caf::actor> peers;  // by rank, this replica's
+  std::unique_ptr<stage_transport> link;
   caf::response_promise step_done;
   caf::strong_actor_ptr asker;  // who asked for the running step
   bool running = false;
   std::string failure;  // the first error of the running step
 };
 
-void pump(instrumented_actor* self, stage_state& st) {
+void pump(stage_state& st) {
   if (!st.running) return;
   pipeline_rank& rank = *st.setup->rank;
   try {
-    for (auto& [to, t] : rank.advance())
-      self->send(st.peers.at(static_cast<std::size_t>(to)), atoms::transfer_atom_v, std::move(t));
+    for (auto& [to, t] : rank.advance()) st.link->send(to, std::move(t));
   } catch (const std::exception& e) {
     st.running = false;
     st.step_done.deliver(actor_failure(e));
@@ -52,7 +68,9 @@ caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor
         auto st = std::make_shared<stage_state>();
         st->setup = std::move(rank_setup);
         return caf::behavior{
-            [st](atoms::peers_atom, std::vector<caf::actor>& peers) { st->peers = peers; },
+            [self, st](atoms::peers_atom, std::vector<caf::actor>& peers) {
+              st->link = std::make_unique<message_stage_transport>(self, std::move(peers));
+            },
             [self, st](atoms::stop_atom) {
               if (st->setup->transport) st->setup->transport->close();
               return replying(self, true);
@@ -68,11 +86,11 @@ caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor
                 return;
               }
               st->running = true;
-              pump(self, *st);
+              pump(*st);
             },
             [self, st](atoms::transfer_atom, stage_transfer& t) {
               st->setup->rank->deliver(std::move(t));
-              pump(self, *st);
+              pump(*st);
             },
             [self, st](atoms::gradients_atom) -> caf::result<gradient_report> {
               try {

@@ -57,6 +57,10 @@ void parallel_for(const troupe_exec_context* context, std::int64_t count, std::i
   context->pool->parallel_for(context->pool->self, count, min_chunk, trampoline, &body);
 }
 
+inline float* data_of(const DLTensor& t) {
+  return reinterpret_cast<float*>(static_cast<char*>(t.data) + t.byte_offset);
+}
+
 /// The parameters of an instance, in declaration order, with storage for their names.
 class parameter_list {
  public:
@@ -77,6 +81,22 @@ class parameter_list {
   }
 
   const std::vector<troupe_param_spec>& specs() const { return specs_; }
+
+  /// Checks bound tensors (check_bound) and takes their data pointers: weights[i] and grads_out[i]
+  /// (null for a buffer without a gradient) for declaration i.
+  troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
+                     std::vector<float*>& weights, std::vector<float*>& grads_out,
+                     troupe_error* error) const {
+    TROUPE_TRY(check_bound(params, count, error));
+    weights.assign(static_cast<std::size_t>(count), nullptr);
+    grads_out.assign(static_cast<std::size_t>(count), nullptr);
+    for (std::int32_t i = 0; i < count; ++i) {
+      weights[static_cast<std::size_t>(i)] = data_of(params[i]);
+      grads_out[static_cast<std::size_t>(i)] =
+          grads[i].data != nullptr ? data_of(grads[i]) : nullptr;
+    }
+    return TROUPE_STATUS_OK;
+  }
 
   /// Checks bound tensors against the declarations (count, f32, shape, contiguous).
   troupe_status check_bound(const DLTensor* params, std::int32_t count, troupe_error* error) const {
@@ -106,10 +126,6 @@ class parameter_list {
   std::vector<std::unique_ptr<std::string>> names_;
   std::vector<troupe_param_spec> specs_;
 };
-
-inline float* data_of(const DLTensor& t) {
-  return reinterpret_cast<float*>(static_cast<char*>(t.data) + t.byte_offset);
-}
 
 /// [batch, length, width] f32 contiguous activations, as every layer kind takes them.
 struct activation_shape {

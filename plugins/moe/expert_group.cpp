@@ -7,13 +7,7 @@ expert_group::expert_group(const model_config& c, std::vector<std::int64_t> ids)
 
 troupe_status expert_group::bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
                                  troupe_error* error) {
-  TROUPE_TRY(parameters_.check_bound(params, count, error));
-  weight_.assign(static_cast<std::size_t>(count), nullptr);
-  grad_.assign(static_cast<std::size_t>(count), nullptr);
-  for (std::int32_t i = 0; i < count; ++i) {
-    weight_[static_cast<std::size_t>(i)] = data_of(params[i]);
-    grad_[static_cast<std::size_t>(i)] = grads[i].data != nullptr ? data_of(grads[i]) : nullptr;
-  }
+  TROUPE_TRY(parameters_.bind(params, grads, count, weight_, grad_, error));
   experts_.bind(weight_, grad_);
   return TROUPE_STATUS_OK;
 }

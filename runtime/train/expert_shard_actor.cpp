@@ -10,7 +10,6 @@
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/training_actors.hpp"
 
-#include <cmath>
 
 namespace troupe {
 
@@ -32,16 +31,7 @@ caf::actor spawn_expert_shard_actor(actor_runtime& runtime,
               // whatever order the stages' requests came in).
               st->shard->reduce_source_gradients();
               gradient_report report;
-              for (parameter* p : st->shard->parameters().all()) {
-                if (!p->spec.trainable()) continue;
-                const float* g = p->grad.data_as<const float>();
-                double sum = 0.0;
-                for (std::int64_t i = 0; i < p->grad.numel(); ++i)
-                  sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
-                if (!std::isfinite(sum) && report.summary.non_finite.empty())
-                  report.summary.non_finite = p->name;
-                report.summary.norm_squared += sum;
-              }
+              add_gradients(st->shard->parameters().all(), {}, report.summary);
               return replying(self, std::move(report));
             },
             [self, st](atoms::optimize_atom, const optimizer_order& order) -> caf::result<bool> {

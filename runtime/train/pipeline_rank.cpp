@@ -154,18 +154,22 @@ rank_step_report pipeline_rank::take_report() {
   return std::move(report_);
 }
 
+void add_gradients(const std::vector<parameter*>& parameters, const std::set<std::string>& skip,
+                   gradient_summary& summary) {
+  for (parameter* p : parameters) {
+    if (!p->spec.trainable()) continue;
+    const float* g = p->grad.data_as<const float>();
+    double sum = 0.0;
+    for (std::int64_t i = 0; i < p->grad.numel(); ++i)
+      sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+    if (!std::isfinite(sum) && summary.non_finite.empty()) summary.non_finite = p->name;
+    if (!skip.count(p->name)) summary.norm_squared += sum;
+  }
+}
+
 gradient_summary pipeline_rank::summarize_gradients(const std::set<std::string>& replicated) {
   gradient_summary summary;
-  for (auto& c : chunks_)
-    for (parameter* p : c.runner->parameters().all()) {
-      if (!p->spec.trainable()) continue;
-      const float* g = p->grad.data_as<const float>();
-      double sum = 0.0;
-      for (std::int64_t i = 0; i < p->grad.numel(); ++i)
-        sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
-      if (!std::isfinite(sum) && summary.non_finite.empty()) summary.non_finite = p->name;
-      if (!replicated.count(p->name)) summary.norm_squared += sum;
-    }
+  for (auto& c : chunks_) add_gradients(c.runner->parameters().all(), replicated, summary);
   return summary;
 }
 

@@ -69,6 +69,11 @@ struct gradient_summary {
   std::string non_finite;     ///< the first parameter whose gradient is not finite
 };
 
+/// Adds the squared gradients of the trainable `parameters` not in `skip` to `summary` (float64,
+/// in order), and names the first non-finite gradient of any.
+void add_gradients(const std::vector<parameter*>& parameters, const std::set<std::string>& skip,
+                   gradient_summary& summary);
+
 class pipeline_rank {
  public:
   pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks, const exec_context& context);

@@ -127,6 +127,34 @@ struct training_job::impl {
     if (options.on_event) options.on_event(what);
   }
 
+  /// Ranks then shards, by name: everyone holding parameters.
+  std::vector<std::pair<std::string, caf::actor>> holder_actors() const {
+    std::vector<std::pair<std::string, caf::actor>> all;
+    for (const auto& entry : ranks) all.emplace_back(entry.name, entry.actor);
+    for (const auto& s : shards) all.emplace_back(s.name, s.actor);
+    return all;
+  }
+
+  /// Asks every holder the same at once (they work in parallel); `on_reply` sees the replies in
+  /// holder order. A failure throws, naming `what` and the holder.
+  template <class Reply, class... Ts>
+  void ask_holders(caf::blocking_actor* self, const std::string& what,
+                   const std::function<void(const std::string&, Reply&)>& on_reply,
+                   const Ts&... message) {
+    const auto holders = holder_actors();
+    using handle = decltype(self->request(caf::actor{}, caf::infinite, message...));
+    std::vector<handle> pending;
+    for (const auto& [name, actor] : holders)
+      pending.push_back(self->request(actor, caf::infinite, message...));
+    for (std::size_t i = 0; i < pending.size(); ++i)
+      pending[i].receive(
+          [&](Reply& reply) {
+            observe_writes(self);
+            on_reply(holders[i].first, reply);
+          },
+          [&](caf::error& e) { raise(self, e, [&] { return what + " of " + holders[i].first; }); });
+  }
+
   void build(plugin_registry& registry);
   void resume();
   training_result coordinate(caf::blocking_actor* self, const std::atomic<bool>& stop);
@@ -508,24 +536,19 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     std::string first_non_finite;
     std::map<std::string, std::vector<tensor>> replicated;
     std::vector<std::string> replicated_order;
-    auto collect = [&](const caf::actor& actor, const std::string& name) {
-      self->request(actor, caf::infinite, atoms::gradients_atom_v)
-          .receive(
-              [&](gradient_report& report) {
-                observe_writes(self);
-                norm_squared += report.summary.norm_squared;
-                if (first_non_finite.empty() && !report.summary.non_finite.empty())
-                  first_non_finite = fmt::format("{} (in {})", report.summary.non_finite, name);
-                for (auto& [param, grad] : report.replicated.items) {
-                  auto& copies = replicated[param];
-                  if (copies.empty()) replicated_order.push_back(param);
-                  copies.push_back(grad);
-                }
-              },
-              [&](caf::error& e) { raise(self, e, [&] { return "gradients of " + name; }); });
-    };
-    for (auto& entry : ranks) collect(entry.actor, entry.name);
-    for (auto& s : shards) collect(s.actor, s.name);
+    ask_holders<gradient_report>(
+        self, "gradients",
+        [&](const std::string& name, gradient_report& report) {
+          norm_squared += report.summary.norm_squared;
+          if (first_non_finite.empty() && !report.summary.non_finite.empty())
+            first_non_finite = fmt::format("{} (in {})", report.summary.non_finite, name);
+          for (auto& [param, grad] : report.replicated.items) {
+            auto& copies = replicated[param];
+            if (copies.empty()) replicated_order.push_back(param);
+            copies.push_back(grad);
+          }
+        },
+        atoms::gradients_atom_v);
     for (const auto& param : replicated_order) {
       auto& copies = replicated[param];
       float* sum = copies[0].data_as<float>();
@@ -553,19 +576,8 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     // The same AdamW step on every holder; EMA snapshots go out asynchronously.
     const optimizer_order order{step + 1, lr.at(step), grad_scale,
                                 has_ema && (step + 1) % std::max(1, topo.ema.every) == 0};
-    std::vector<std::pair<std::string, caf::actor>> updaters;
-    for (auto& entry : ranks) updaters.emplace_back(entry.name, entry.actor);
-    for (auto& s : shards) updaters.emplace_back(s.name, s.actor);
-    using ack_handle =
-        decltype(self->request(holders[0], caf::infinite, atoms::optimize_atom_v, order));
-    std::vector<ack_handle> acks;
-    for (auto& [name, actor] : updaters)
-      acks.push_back(self->request(actor, caf::infinite, atoms::optimize_atom_v, order));
-    for (std::size_t i = 0; i < acks.size(); ++i)
-      acks[i].receive([](bool) {},
-                      [&](caf::error& e) {
-                        raise(self, e, [&] { return "optimizer step of " + updaters[i].first; });
-                      });
+    ask_holders<bool>(
+        self, "optimizer step", [](const std::string&, bool&) {}, atoms::optimize_atom_v, order);
 
     // The balancer's update, in every stage before the next step.
     if (topo.balancer.enabled && !load.empty())

@@ -27,5 +27,22 @@ TROUPE_ATOM(save);
 TROUPE_ATOM(snapshot);
 TROUPE_ATOM(batch);
 TROUPE_ATOM(position);
+TROUPE_ATOM(reduced);
+TROUPE_ATOM(peer_down);
+// Processes of one job (runtime/cluster).
+TROUPE_ATOM(forward);
+TROUPE_ATOM(arrived);
+TROUPE_ATOM(expose);
+TROUPE_ATOM(hello);
+TROUPE_ATOM(gather);
+TROUPE_ATOM(missing);
+TROUPE_ATOM(introduce);
+TROUPE_ATOM(peers_in);
+TROUPE_ATOM(barrier);
+TROUPE_ATOM(tick);
+TROUPE_ATOM(finish);
+TROUPE_ATOM(finished);
+TROUPE_ATOM(proxy);
+TROUPE_ATOM(watch);
 
 }  // namespace troupe::atoms

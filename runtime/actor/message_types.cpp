@@ -9,6 +9,7 @@
 #include <typeindex>
 
 #include "runtime/actor/messages.hpp"
+#include "runtime/cluster/envelope.hpp"
 
 namespace troupe {
 
@@ -48,6 +49,9 @@ std::string display_name(const std::type_info& type) {
 
 void register_message_types(caf::actor_system_config& config) {
   add_message_type<tensor_message>(config, "troupe.tensor_message");
+  add_message_type<envelope>(config, "troupe.envelope");
+  add_message_type<process_card>(config, "troupe.process_card");
+  add_message_type<std::vector<process_card>>(config, "troupe.process_cards");
 }
 
 }  // namespace troupe

@@ -102,6 +102,28 @@ caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor
                 return actor_failure(e);
               }
             },
+            // The sums of the replicated gradients, in the order this rank reported them.
+            [self, st](atoms::reduced_atom, const named_tensors& sums) -> caf::result<bool> {
+              try {
+                auto mine = st->setup->rank->gradients_of(st->setup->replicated);
+                if (mine.size() != sums.items.size())
+                  fail("{} reduced gradients for {} replicated parameters", sums.items.size(),
+                       mine.size());
+                for (std::size_t i = 0; i < mine.size(); ++i)
+                  if (mine[i].second.data() != sums.items[i].second.data())
+                    mine[i].second.copy_from(sums.items[i].second);
+                return replying(self, true);
+              } catch (const std::exception& e) {
+                return actor_failure(e);
+              }
+            },
+            // Another process died: a step waiting for its transfers would never end.
+            [self, st](atoms::peer_down_atom, const std::string& why) {
+              if (!st->running) return;
+              st->running = false;
+              publish_writes_to(st->asker);
+              st->step_done.deliver(caf::make_error(caf::sec::runtime_error, why));
+            },
             [self, st](atoms::optimize_atom, const optimizer_order& order) -> caf::result<bool> {
               try {
                 st->setup->rank->optimize(order.learning_rate, order.grad_scale, order.step);

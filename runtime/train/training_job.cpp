@@ -24,7 +24,9 @@
 #include "runtime/train/actor_expert_transport.hpp"
 #include "runtime/train/actor_failure.hpp"
 #include "runtime/train/train_checkpoint.hpp"
+#include "runtime/topology/plan.hpp"
 #include "runtime/train/train_messages.hpp"
+#include "runtime/train/train_wire.hpp"
 #include "runtime/train/training_actors.hpp"
 #include "runtime/train/training_metrics.hpp"
 
@@ -88,6 +90,9 @@ struct training_job::impl {
   // Declared after what actors use, so the actors stop (the runtime's destructor waits for
   // them) before the pool and the context go.
   std::unique_ptr<actor_runtime> runtime;
+  // The other processes of a multi-process job (after the runtime: it goes first).
+  std::unique_ptr<cluster> processes;
+  std::map<std::string, int> rank_of;  // actor name -> process rank
 
   lr_schedule lr;
   batch_ramp ramp;
@@ -114,6 +119,34 @@ struct training_job::impl {
   std::int64_t tokens_seen = 0;
   data_position position;
   bool stopped = false;  // the actors were told to exit
+  // Where the run stands, for the message of a failure.
+  std::int64_t last_completed = 0;
+  fs::path last_written;
+
+  /// `failure` with the run's standing: the last completed step and checkpoint.
+  std::string with_standing(const std::string& failure) const {
+    return fmt::format("{}\nthe last completed step is {}; {}", failure, last_completed,
+                       last_written.empty()
+                           ? std::string("no checkpoint was written in this run")
+                           : fmt::format("the last checkpoint is {} (continue with --resume {})",
+                                         last_written.string(), checkpoint_root.string()));
+  }
+
+  /// Whether actor `name` runs in this process.
+  bool is_local(const std::string& name) const {
+    return !processes || rank_of.at(name) == processes->rank();
+  }
+  bool coordinates() const { return !processes || processes->rank() == 0; }
+
+  /// Spawns actor `name` here (and makes it reachable from the other processes), or returns
+  /// this process's proxy for it.
+  template <class Spawn>
+  caf::actor place(const std::string& name, Spawn spawn_here) {
+    if (!is_local(name)) return processes->remote(name, rank_of.at(name));
+    caf::actor actor = spawn_here();
+    if (processes) processes->expose(name, actor);
+    return actor;
+  }
 
   std::shared_ptr<const schedule_plan> plan_for(std::int64_t micro_batches) {
     auto& plan = plans[micro_batches];
@@ -141,25 +174,49 @@ struct training_job::impl {
   void ask_holders(caf::blocking_actor* self, const std::string& what,
                    const std::function<void(const std::string&, Reply&)>& on_reply,
                    const Ts&... message) {
-    const auto holders = holder_actors();
-    using handle = decltype(self->request(caf::actor{}, caf::infinite, message...));
+    const caf::message content = caf::make_message(message...);
+    ask_each<Reply>(self, what, holder_actors(), on_reply,
+                    [&](const std::string&) { return content; });
+  }
+
+  /// Asks each of `actors` its own `message_for(name)` at once; replies in `actors` order.
+  template <class Reply>
+  void ask_each(caf::blocking_actor* self, const std::string& what,
+                const std::vector<std::pair<std::string, caf::actor>>& actors,
+                const std::function<void(const std::string&, Reply&)>& on_reply,
+                const std::function<caf::message(const std::string&)>& message_for) {
+    using handle = decltype(self->request(caf::actor{}, caf::infinite, caf::message{}));
     std::vector<handle> pending;
-    for (const auto& [name, actor] : holders)
-      pending.push_back(self->request(actor, caf::infinite, message...));
+    for (const auto& [name, actor] : actors)
+      pending.push_back(self->request(actor, caf::infinite, message_for(name)));
     for (std::size_t i = 0; i < pending.size(); ++i)
       pending[i].receive(
           [&](Reply& reply) {
             observe_writes(self);
-            on_reply(holders[i].first, reply);
+            on_reply(actors[i].first, reply);
           },
-          [&](caf::error& e) { raise(self, e, [&] { return what + " of " + holders[i].first; }); });
+          [&](caf::error& e) { raise(self, e, [&] { return what + " of " + actors[i].first; }); });
   }
 
   void build(plugin_registry& registry);
+  void build_data();
   void resume();
   training_result coordinate(caf::blocking_actor* self, const std::atomic<bool>& stop);
   fs::path write_checkpoint(caf::blocking_actor* self, std::int64_t step, double loss);
 };
+
+void training_job::impl::build_data() {
+  const train_spec& tr = topo.train;
+  const model_config& config = topo.model;
+  data_state = std::make_shared<data_actor_setup>();
+  data_state->corpus = std::make_unique<text_corpus>(text_corpus::load(topo.data_source.corpus));
+  data_state->tokenizer = std::make_unique<byte_tokenizer>(config);
+  data_state->stream = std::make_unique<token_stream>(*data_state->corpus, *data_state->tokenizer,
+                                                      topo.data_source.fim_rate,
+                                                      static_cast<std::uint64_t>(tr.seed));
+  data_state->micro_batch_size = tr.micro_batch_size;
+  data_state->sequence_length = tr.sequence_length;
+}
 
 void training_job::impl::build(plugin_registry& registry) {
   const model_config& config = topo.model;
@@ -173,15 +230,26 @@ void training_job::impl::build(plugin_registry& registry) {
           tr.batch_ramp_steps > 0 ? tr.batch_ramp_start : topo.schedule.micro_batches,
           tr.batch_ramp_steps, dualpipe ? 2 : 1};
 
+  metrics = options.metrics ? options.metrics : std::make_shared<metrics_registry>();
+  actor_runtime_options runtime_options;
+  // Message handling only; compute runs on the pool and the detached actors' threads.
+  runtime_options.scheduler_threads = 2;
+  runtime_options.network = options.cluster.has_value();
+  runtime = std::make_unique<actor_runtime>(runtime_options, metrics);
+  if (options.cluster) {
+    // Meet the other processes before the slow part, so that the rendezvous timeout measures
+    // the processes' start, not the model's.
+    cluster_options placement = *options.cluster;
+    placement.hosts.clear();
+    for (const auto& process : plan_topology(topo).processes) {
+      placement.hosts.push_back(process.host);
+      for (const auto& actor : process.actors) rank_of[actor] = process.rank;
+    }
+    processes = std::make_unique<cluster>(*runtime, placement, training_codec());
+  }
+
   // The data first: a corpus or tokenizer that does not fit fails before the model is built.
-  data_state = std::make_shared<data_actor_setup>();
-  data_state->corpus = std::make_unique<text_corpus>(text_corpus::load(topo.data_source.corpus));
-  data_state->tokenizer = std::make_unique<byte_tokenizer>(config);
-  data_state->stream = std::make_unique<token_stream>(*data_state->corpus, *data_state->tokenizer,
-                                                      topo.data_source.fim_rate,
-                                                      static_cast<std::uint64_t>(tr.seed));
-  data_state->micro_batch_size = tr.micro_batch_size;
-  data_state->sequence_length = tr.sequence_length;
+  if (is_local("data")) build_data();
 
   const int threads = options.threads > 0
                           ? options.threads
@@ -203,16 +271,11 @@ void training_job::impl::build(plugin_registry& registry) {
   if (config.num_nextn_predict_layers > 0)
     plugins.mtp = load_role(registry, topo, plugin_kind::mtp, "mtp");
 
-  metrics = options.metrics ? options.metrics : std::make_shared<metrics_registry>();
   train_metrics =
       std::make_unique<training_metrics>(*metrics->registry(), topo.monitoring.per_expert_series);
-  actor_runtime_options runtime_options;
-  // Message handling only; compute runs on the pool and the detached actors' threads.
-  runtime_options.scheduler_threads = 2;
-  runtime = std::make_unique<actor_runtime>(runtime_options, metrics);
 
   // The EMA updater and the expert shards first: the ranks need their handles.
-  if (topo.ema.enabled) {
+  if (topo.ema.enabled && is_local("ema")) {
     ema_state = std::make_shared<ema_actor_setup>();
     ema_state->tracker = std::make_unique<ema_tracker>(topo.ema.decay);
     ema_state->config = config;
@@ -225,6 +288,11 @@ void training_job::impl::build(plugin_registry& registry) {
   const bool sharded = !shard_experts.empty() && config.n_routed_experts > 0;
   if (sharded) {
     for (std::size_t i = 0; i < shard_experts.size(); ++i) {
+      const std::string name = fmt::format("shard{}", i);
+      if (!is_local(name)) {
+        shards.push_back({name, caf::actor(), nullptr});
+        continue;
+      }
       auto setup = std::make_shared<shard_actor_setup>();
       setup->shard = std::make_unique<expert_shard>(config, plugins.moe, shard_experts[i], sources,
                                                     plugins.moe_options);
@@ -233,7 +301,7 @@ void training_job::impl::build(plugin_registry& registry) {
           std::make_unique<adamw>(adamw_settings{tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay});
       setup->optimizer->attach(setup->shard->parameters());
       setup->context = context.get();
-      shards.push_back({fmt::format("shard{}", i), caf::actor(), setup});
+      shards.push_back({name, caf::actor(), setup});
     }
   }
 
@@ -246,6 +314,11 @@ void training_job::impl::build(plugin_registry& registry) {
   }
   for (std::int32_t d = 0; d < topo.data; ++d)
     for (std::int32_t r = 0; r < topo.pipeline; ++r) {
+      const std::string name =
+          topo.data > 1 ? fmt::format("stage{}.r{}", r, d) : fmt::format("stage{}", r);
+      // Ranks of other processes are built too, for the names of what they hold (who writes
+      // what, which parameters are replicated), but never initialized or run here.
+      const bool here = is_local(name);
       auto setup = std::make_shared<stage_actor_setup>();
       // The shard handles come when the shards are spawned, after resume() loaded them.
       if (sharded) setup->transport = std::make_unique<actor_expert_transport>(runtime->system());
@@ -271,15 +344,16 @@ void training_job::impl::build(plugin_registry& registry) {
                           stage == topo.pipeline - 1};
         chunk.runner = std::make_unique<model_runner>(config, slice, chunk_plugins,
                                                       model_options{tr.mtp_weight, true});
-        chunk.runner->parameters().initialize(static_cast<std::uint64_t>(tr.seed));
-        chunk.optimizer = std::make_unique<adamw>(
-            adamw_settings{tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay});
-        chunk.optimizer->attach(chunk.runner->parameters());
+        if (here) {
+          chunk.runner->parameters().initialize(static_cast<std::uint64_t>(tr.seed));
+          chunk.optimizer = std::make_unique<adamw>(
+              adamw_settings{tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay});
+          chunk.optimizer->attach(chunk.runner->parameters());
+        }
         chunks.push_back(std::move(chunk));
       }
       setup->rank = std::make_unique<pipeline_rank>(r, std::move(chunks), *context);
-      ranks.push_back({topo.data > 1 ? fmt::format("stage{}.r{}", r, d) : fmt::format("stage{}", r),
-                       d, r, caf::actor(), setup});
+      ranks.push_back({name, d, r, caf::actor(), setup});
     }
 
   // Who writes what: each checkpoint name once, by its first holder; parameters held more than
@@ -300,6 +374,8 @@ void training_job::impl::build(plugin_registry& registry) {
   for (const auto& [name, count] : holders)
     if (count > 1) replicated.insert(name);
   for (auto& entry : ranks) entry.setup->replicated = replicated;
+  for (auto& entry : ranks)
+    if (!is_local(entry.name)) entry.setup.reset();
 
   balancer_state = std::make_shared<bias_balancer>(
       balancer_settings{topo.balancer.gamma, topo.balancer.recenter}, moe_layers(config),
@@ -307,30 +383,47 @@ void training_job::impl::build(plugin_registry& registry) {
 
   if (!options.resume.empty()) resume();
 
-  // Spawn: EMA, shards, ranks (with the shard handles), balancer, data.
-  if (ema_state) ema = spawn_ema_actor(*runtime, ema_state);
+  // Spawn (here, or a proxy for another process's): EMA, shards, ranks (with the shard
+  // handles), balancer, data.
+  if (topo.ema.enabled) ema = place("ema", [&] { return spawn_ema_actor(*runtime, ema_state); });
   std::vector<caf::actor> shard_actors;
   for (auto& s : shards) {
-    s.setup->ema = ema;
-    s.actor = spawn_expert_shard_actor(*runtime, s.setup);
+    s.actor = place(s.name, [&] {
+      s.setup->ema = ema;
+      return spawn_expert_shard_actor(*runtime, s.setup);
+    });
     shard_actors.push_back(s.actor);
   }
-  for (auto& entry : ranks) {
-    entry.setup->ema = ema;
-    if (entry.setup->transport) entry.setup->transport->set_shards(shard_actors);
-    entry.actor = spawn_stage_actor(*runtime, entry.setup);
-  }
+  for (auto& entry : ranks)
+    entry.actor = place(entry.name, [&] {
+      entry.setup->ema = ema;
+      if (entry.setup->transport) entry.setup->transport->set_shards(shard_actors);
+      return spawn_stage_actor(*runtime, entry.setup);
+    });
   for (std::int32_t d = 0; d < topo.data; ++d) {
     std::vector<caf::actor> peers;
     for (auto& entry : ranks)
       if (entry.replica == d) peers.push_back(entry.actor);
     for (auto& entry : ranks)
-      if (entry.replica == d) caf::anon_send(entry.actor, atoms::peers_atom_v, peers);
+      if (entry.replica == d && entry.setup) caf::anon_send(entry.actor, atoms::peers_atom_v, peers);
   }
-  balancer = spawn_balancer_actor(*runtime, balancer_state);
-  data = spawn_data_actor(*runtime, data_state);
+  balancer = place("balancer", [&] { return spawn_balancer_actor(*runtime, balancer_state); });
+  data = place("data", [&] { return spawn_data_actor(*runtime, data_state); });
 
-  if (!topo.monitoring.metrics_host.empty()) {
+  if (processes) {
+    // A stage waiting for another process's activations would wait forever when that process
+    // dies: tell the local stages, which fail their step with the news.
+    std::vector<caf::actor> local_stages;
+    for (auto& entry : ranks)
+      if (entry.setup) local_stages.push_back(entry.actor);
+    processes->on_failure([local_stages](int, const std::string& why) {
+      for (const auto& stage : local_stages) caf::anon_send(stage, atoms::peer_down_atom_v, why);
+    });
+    // Nobody sends before every process has its actors up.
+    processes->barrier(std::chrono::minutes(30));
+  }
+
+  if (coordinates() && !topo.monitoring.metrics_host.empty()) {
     endpoint = std::make_unique<metrics_endpoint>(topo.monitoring.metrics_host,
                                                   topo.monitoring.metrics_port, *metrics);
   }
@@ -341,8 +434,10 @@ void training_job::impl::resume() {
   const trainer_state state = read_trainer_state(dir / "trainer_state.json");
   const hf_checkpoint weights = hf_checkpoint::open(dir);
   const auto moments = read_tensor_directory(dir / "optimizer");
-  for (auto& entry : ranks) entry.setup->rank->load(weights, moments);
+  for (auto& entry : ranks)
+    if (entry.setup) entry.setup->rank->load(weights, moments);
   for (auto& s : shards) {
+    if (!s.setup) continue;
     s.setup->shard->parameters().load(weights);
     s.setup->optimizer->load_state(moments);
   }
@@ -353,7 +448,7 @@ void training_job::impl::resume() {
     ema_state->tracker->load(values);
   }
   balancer_state->set_biases(state.router_biases);
-  data_state->stream->seek(state.data);
+  if (data_state) data_state->stream->seek(state.data);
   position = state.data;
   start_step = state.step;
   tokens_seen = state.tokens_seen;
@@ -414,6 +509,7 @@ fs::path training_job::impl::write_checkpoint(caf::blocking_actor* self, std::in
   write_trainer_state(partial / "trainer_state.json", state);
   const fs::path final_dir = publish_checkpoint(checkpoint_root, partial, step);
   event(fmt::format("checkpoint {}", final_dir.string()));
+  last_written = final_dir;
   return final_dir;
 }
 
@@ -425,6 +521,7 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
                                                const std::atomic<bool>& stop) {
   training_result result;
   result.first_step = result.last_step = start_step;
+  last_completed = start_step;
   const auto run_start = std::chrono::steady_clock::now();
   const train_spec& tr = topo.train;
   const bool has_ema = static_cast<bool>(ema);
@@ -536,6 +633,7 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     std::string first_non_finite;
     std::map<std::string, std::vector<tensor>> replicated;
     std::vector<std::string> replicated_order;
+    std::map<std::string, named_tensors> reported;  // by holder: what it sent, in its order
     ask_holders<gradient_report>(
         self, "gradients",
         [&](const std::string& name, gradient_report& report) {
@@ -547,6 +645,7 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
             if (copies.empty()) replicated_order.push_back(param);
             copies.push_back(grad);
           }
+          if (!report.replicated.items.empty()) reported[name] = std::move(report.replicated);
         },
         atoms::gradients_atom_v);
     for (const auto& param : replicated_order) {
@@ -557,7 +656,6 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
         const float* g = copies[c].data_as<const float>();
         for (std::int64_t i = 0; i < n; ++i) sum[i] += g[i];
       }
-      for (std::size_t c = 1; c < copies.size(); ++c) copies[c].copy_from(copies[0]);
       double squares = 0.0;
       for (std::int64_t i = 0; i < n; ++i)
         squares += static_cast<double>(sum[i]) * static_cast<double>(sum[i]);
@@ -569,6 +667,19 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
                                    first_non_finite.empty() ? "the model" : first_non_finite);
       break;
     }
+    // Every holder of a replicated parameter gets the sum (in one process the first copy is
+    // already the sum: holders skip a copy onto itself).
+    std::vector<std::pair<std::string, caf::actor>> reducing;
+    for (const auto& [name, actor] : holder_actors()) {
+      auto it = reported.find(name);
+      if (it == reported.end()) continue;
+      for (auto& [param, grad] : it->second.items) grad = replicated[param][0];
+      reducing.emplace_back(name, actor);
+    }
+    ask_each<bool>(self, "gradient reduction", reducing, [](const std::string&, bool&) {},
+                   [&](const std::string& name) {
+                     return caf::make_message(atoms::reduced_atom_v, reported[name]);
+                   });
     const double grad_norm = std::sqrt(norm_squared);
     const double grad_scale =
         tr.grad_clip > 0.0 && grad_norm > tr.grad_clip ? tr.grad_clip / (grad_norm + 1e-6) : 1.0;
@@ -607,6 +718,7 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     train_metrics->record_step(record, biases);
     last_loss = record.loss;
     result.last_step = step + 1;
+    last_completed = step + 1;
     if (options.on_step) options.on_step(record);
     result.steps.push_back(std::move(record));
 
@@ -657,8 +769,20 @@ void training_job::shut_down() {
     if (actor) caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
 }
 
+bool training_job::coordinates() const {
+  return impl_->coordinates();
+}
+
+std::pair<int, std::string> training_job::serve() {
+  if (impl_->coordinates()) fail("the coordinator's process runs the job with run()");
+  auto outcome = impl_->processes->wait_for_finish();
+  shut_down();
+  return outcome;
+}
+
 training_result training_job::run() {
   if (impl_->stopped) fail("a training job runs once");
+  if (!impl_->coordinates()) fail("rank {} serves its actors with serve()", impl_->processes->rank());
   std::promise<training_result> done;
   auto outcome = done.get_future();
   impl_->runtime->spawn_detached("coordinator", [this, &done](caf::blocking_actor* self) {
@@ -669,6 +793,12 @@ training_result training_job::run() {
         self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
             .receive([](bool) {}, [](caf::error&) {});
       done.set_value(std::move(result));
+    } catch (const error& e) {
+      // Stop what still runs; a rank of a dead process answers at once (its gateway knows).
+      for (auto& entry : impl_->ranks)
+        self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
+            .receive([](bool) {}, [](caf::error&) {});
+      done.set_exception(std::make_exception_ptr(error(impl_->with_standing(e.what()))));
     } catch (...) {
       for (auto& entry : impl_->ranks)
         self->request(entry.actor, caf::infinite, atoms::stop_atom_v)
@@ -678,9 +808,11 @@ training_result training_job::run() {
   });
   try {
     training_result result = outcome.get();
+    if (impl_->processes) impl_->processes->finish(0, "");
     shut_down();
     return result;
-  } catch (...) {
+  } catch (const std::exception& e) {
+    if (impl_->processes) impl_->processes->finish(1, e.what());
     shut_down();
     throw;
   }
@@ -689,9 +821,11 @@ training_result training_job::run() {
 std::vector<std::pair<std::string, tensor>> training_job::weights() const {
   std::vector<std::pair<std::string, tensor>> all;
   for (const auto& entry : impl_->ranks)
-    for (auto& w : entry.setup->rank->checkpoint_tensors(entry.setup->owned)) all.push_back(w);
+    if (entry.setup)
+      for (auto& w : entry.setup->rank->checkpoint_tensors(entry.setup->owned)) all.push_back(w);
   for (const auto& s : impl_->shards)
-    for (auto& w : s.setup->shard->parameters().named_values()) all.push_back(w);
+    if (s.setup)
+      for (auto& w : s.setup->shard->parameters().named_values()) all.push_back(w);
   std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return all;
 }

@@ -17,9 +17,11 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "runtime/cluster/cluster.hpp"
 #include "runtime/metrics/metrics.hpp"
 #include "runtime/plugin/registry.hpp"
 #include "runtime/tensor/tensor.hpp"
@@ -71,6 +73,10 @@ struct training_options {
   std::function<void(const std::string&)> on_event;  ///< notable events (resume, checkpoints)
   /// Where metrics go (and what the topology's endpoint serves); null: the job's own.
   std::shared_ptr<metrics_registry> metrics;
+  /// This process's place in a multi-process job (troupe launch): it builds and runs only the
+  /// actors of its host, and reaches the others through the cluster. Empty: every actor of the
+  /// topology runs in this process, whatever its hosts.
+  std::optional<cluster_options> cluster;
 };
 
 class training_job {
@@ -82,8 +88,15 @@ class training_job {
   training_job(const training_job&) = delete;
   training_job& operator=(const training_job&) = delete;
 
-  /// Runs the steps; throws troupe::error when an actor fails.
+  /// Runs the steps (the process that coordinates); throws troupe::error when an actor fails,
+  /// naming it, its host and the last completed step. In a multi-process job the other
+  /// processes are told to leave when it returns.
   training_result run();
+  /// Whether this process runs the coordinator: single-process jobs and rank 0.
+  bool coordinates() const;
+  /// The other ranks of a multi-process job: serve this process's actors until rank 0 ends the
+  /// job or fails; returns rank 0's code (0: done) and message.
+  std::pair<int, std::string> serve();
   /// Asks the job to stop after the step in progress (and checkpoint). Async-signal-safe.
   void request_stop() { stop_requested_.store(true, std::memory_order_relaxed); }
 

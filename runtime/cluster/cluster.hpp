@@ -1,0 +1,99 @@
+#pragma once
+
+// The processes of one job. Each process has a gateway actor, published through CAF's
+// middleman: other processes' actors are reached through local proxies whose messages the
+// gateway turns into envelopes (descriptors, through CAF) and tensors (through UCX), delivered
+// in order per sending process. Rank 0 is the rendezvous: it listens on a known address, every
+// other rank connects and registers, and rank 0 hands out the table of processes; then every
+// pair of processes is connected directly (CAF and UCX).
+//
+// Failure detection: every gateway monitors the others (CAF reports a lost connection at once,
+// e.g. a killed process) and exchanges heartbeats (a process that stops answering, e.g. a
+// stopped one, is declared dead after `heartbeat_timeout`). A dead process fails every request
+// waiting on it, with a message naming its rank, host and actors, and the failure handlers run.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <caf/actor.hpp>
+
+#include "runtime/actor/actor_runtime.hpp"
+#include "runtime/cluster/message_codec.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/transport/ucx_transport.hpp"
+
+namespace troupe {
+
+/// The processes did not all meet (timeout, unreachable rank 0, a rank twice).
+class rendezvous_error : public error {
+ public:
+  using error::error;
+};
+
+struct cluster_options {
+  int rank = 0;
+  int world = 1;
+  /// The topology's host name of each rank (rank i runs host i's actors).
+  std::vector<std::string> hosts;
+  std::string rendezvous_host = "127.0.0.1";
+  std::uint16_t rendezvous_port = 29400;
+  std::chrono::milliseconds rendezvous_timeout{60000};
+  std::chrono::milliseconds heartbeat_interval{1000};
+  std::chrono::milliseconds heartbeat_timeout{5000};
+  ucx_options ucx;
+};
+
+class cluster {
+ public:
+  using failure_handler = std::function<void(int rank, const std::string& why)>;
+
+  /// Joins the job; returns once every process is connected to every other. Throws
+  /// rendezvous_error naming the ranks that never arrived or the address that was unreachable.
+  cluster(actor_runtime& runtime, cluster_options options,
+          std::shared_ptr<const message_codec> codec);
+  /// Leaves: stops the gateway and UCX's progress loop.
+  ~cluster();
+  cluster(const cluster&) = delete;
+  cluster& operator=(const cluster&) = delete;
+
+  int rank() const { return options_.rank; }
+  int world() const { return options_.world; }
+  const std::string& host_of(int rank) const;
+
+  /// Makes a local actor reachable by `name` from other processes.
+  void expose(const std::string& name, const caf::actor& actor);
+  /// This process's handle on actor `name` of process `rank`.
+  caf::actor remote(const std::string& name, int rank);
+
+  /// Waits until every process got here (after exposing its actors). Throws troupe::error when
+  /// a process fails first or `timeout` passes.
+  void barrier(std::chrono::milliseconds timeout);
+
+  /// `handler(rank, message)` runs in the gateway when a process dies or stops answering; the
+  /// message names the rank, its host and its actors.
+  void on_failure(failure_handler handler);
+
+  /// Rank 0: tells every other process to leave, with `code` (0: the job is done) and `why`;
+  /// waits (a few seconds at most) until they heard it.
+  void finish(int code, const std::string& why);
+  /// Other ranks: blocks until rank 0 says to leave, or rank 0 fails; returns the code and why.
+  std::pair<int, std::string> wait_for_finish();
+
+  struct gateway_state;
+
+ private:
+  actor_runtime& runtime_;
+  cluster_options options_;
+  std::shared_ptr<const message_codec> codec_;
+  std::unique_ptr<ucx_transport> transport_;
+  caf::actor progress_;  // the detached actor running UCX's progress loop
+  caf::actor gateway_;
+  std::shared_ptr<gateway_state> state_;
+};
+
+}  // namespace troupe

@@ -404,8 +404,8 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
                   : fmt::format("rendezvous: two processes say they are rank {}", rank)));
           return;
         }
+        // Its gateway's handle comes with its introduction (peers_in).
         st->cards[rank] = std::move(card);
-        st->peers[rank] = caf::actor_cast<caf::actor>(self->current_sender());
         st->card_waiters.push_back(promise);
         if (st->gathering && static_cast<int>(st->cards.size()) == st->options.world) {
           std::vector<process_card> table;
@@ -414,6 +414,13 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
           st->card_waiters.clear();
           st->gathered.deliver(table);
         }
+      },
+      // Rendezvous, the other ranks: the hello goes from the gateway, so that rank 0 learns it.
+      [self](atoms::hello_atom, const caf::actor& zero, process_card& card) {
+        auto done = self->make_response_promise();
+        self->request(zero, caf::infinite, atoms::hello_atom_v, std::move(card))
+            .then([done](std::vector<process_card>& table) mutable { done.deliver(table); },
+                  [done](caf::error& e) mutable { done.deliver(std::move(e)); });
       },
       [self, st](atoms::gather_atom, process_card& mine) {
         st->cards[0] = std::move(mine);
@@ -446,9 +453,13 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
           st->peers[rank] = peer;
           self->send(peer, atoms::introduce_atom_v, static_cast<std::int32_t>(st->options.rank));
         }
-        if (static_cast<int>(st->peers.size()) == st->options.world - 1) return;
+        auto done = self->make_response_promise();
+        if (static_cast<int>(st->peers.size()) == st->options.world - 1) {
+          done.deliver(true);
+          return;
+        }
         st->awaiting_peers = true;
-        st->peers_complete = self->make_response_promise();
+        st->peers_complete = done;
       },
       // Every peer is known: watch them and start the heartbeats.
       [self, st](atoms::tick_atom, bool start) {
@@ -479,17 +490,18 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
       },
       // Leaving: rank 0 tells the others; they answer, then their owner leaves.
       [self, st](atoms::finish_atom, std::int32_t code, const std::string& why) {
+        auto done = self->make_response_promise();
         if (st->options.rank != 0) {
           st->set_finish(code, why);
-          return true;
+          done.deliver(true);
+          return;
         }
-        auto done = self->make_response_promise();
         auto remaining = std::make_shared<int>(0);
         for (const auto& [rank, peer] : st->peers)
           if (st->dead.count(rank) == 0) ++*remaining;
         if (*remaining == 0) {
           done.deliver(true);
-          return true;
+          return;
         }
         for (const auto& [rank, peer] : st->peers) {
           if (st->dead.count(rank) != 0) continue;
@@ -501,7 +513,6 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
                       if (--*remaining == 0) done.deliver(true);
                     });
         }
-        return true;
       },
   };
 }
@@ -561,6 +572,15 @@ cluster::cluster(actor_runtime& runtime, cluster_options options,
                    fmt::format("is unreachable over UCX: {}", why));
   });
 
+  try {
+    meet();
+  } catch (...) {
+    leave();
+    throw;
+  }
+}
+
+void cluster::meet() {
   const auto deadline = clock_type::now() + options_.rendezvous_timeout;
   const std::string where =
       fmt::format("{}:{}", options_.rendezvous_host, options_.rendezvous_port);
@@ -632,7 +652,7 @@ cluster::cluster(actor_runtime& runtime, cluster_options options,
     }
     // The hello goes from the gateway so that rank 0 learns the gateway's handle.
     std::string problem;
-    self->request(zero, remaining(), atoms::hello_atom_v, mine)
+    self->request(gateway_, remaining(), atoms::hello_atom_v, zero, mine)
         .receive([&](std::vector<process_card>& all) { table = std::move(all); },
                  [&](caf::error& e) {
                    const caf::message& context = e.context();
@@ -646,7 +666,6 @@ cluster::cluster(actor_runtime& runtime, cluster_options options,
     if (!problem.empty()) throw rendezvous_error(problem);
     // Rank 0's gateway: the handle remote_actor gave us. It learnt ours from the introduction.
     std::map<std::int32_t, caf::actor> connected{{0, zero}};
-    self->send(zero, atoms::introduce_atom_v, static_cast<std::int32_t>(options_.rank));
     for (const auto& card : table) {
       if (card.rank <= options_.rank) continue;
       auto found = runtime_.system().middleman().remote_actor(card.address, card.port);
@@ -680,11 +699,18 @@ cluster::cluster(actor_runtime& runtime, cluster_options options,
 }
 
 cluster::~cluster() {
+  leave();
+}
+
+void cluster::leave() {
+  if (!gateway_) return;
   transport_->close();
+  for (auto& proxy : proxies_) caf::anon_send_exit(proxy, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(gateway_, caf::exit_reason::user_shutdown);
   caf::scoped_actor self(runtime_.system());
   self->wait_for(progress_);
-  // Proxies hold the gateway's handle; they go with the runtime.
+  gateway_ = caf::actor();
+  proxies_.clear();
 }
 
 const std::string& cluster::host_of(int rank) const {
@@ -699,6 +725,7 @@ caf::actor cluster::remote(const std::string& name, int rank) {
   caf::actor handle =
       runtime_.spawn("proxy", proxy, gateway_, name, static_cast<std::int32_t>(rank));
   caf::anon_send(gateway_, atoms::proxy_atom_v, name, static_cast<std::int32_t>(rank), handle);
+  proxies_.push_back(handle);
   return handle;
 }
 

@@ -87,12 +87,16 @@ class cluster {
   struct gateway_state;
 
  private:
+  void meet();   // the rendezvous and the connections
+  void leave();  // stops the gateway, the proxies and UCX's loop
+
   actor_runtime& runtime_;
   cluster_options options_;
   std::shared_ptr<const message_codec> codec_;
   std::unique_ptr<ucx_transport> transport_;
   caf::actor progress_;  // the detached actor running UCX's progress loop
   caf::actor gateway_;
+  std::vector<caf::actor> proxies_;
   std::shared_ptr<gateway_state> state_;
 };
 

@@ -119,6 +119,7 @@ struct training_job::impl {
   std::int64_t tokens_seen = 0;
   data_position position;
   bool stopped = false;  // the actors were told to exit
+  std::shared_ptr<std::atomic<bool>> lost = std::make_shared<std::atomic<bool>>(false);
   // Where the run stands, for the message of a failure.
   std::int64_t last_completed = 0;
   fs::path last_written;
@@ -416,7 +417,8 @@ void training_job::impl::build(plugin_registry& registry) {
     std::vector<caf::actor> local_stages;
     for (auto& entry : ranks)
       if (entry.setup) local_stages.push_back(entry.actor);
-    processes->on_failure([local_stages](int, const std::string& why) {
+    processes->on_failure([local_stages, lost = lost](int, const std::string& why) {
+      lost->store(true);
       for (const auto& stage : local_stages) caf::anon_send(stage, atoms::peer_down_atom_v, why);
     });
     // Nobody sends before every process has its actors up.
@@ -767,6 +769,10 @@ void training_job::shut_down() {
   for (auto& s : impl_->shards) actors.push_back(s.actor);
   for (auto& actor : actors)
     if (actor) caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+}
+
+bool training_job::lost_process() const {
+  return impl_->lost->load();
 }
 
 bool training_job::coordinates() const {

@@ -97,6 +97,8 @@ class training_job {
   /// The other ranks of a multi-process job: serve this process's actors until rank 0 ends the
   /// job or fails; returns rank 0's code (0: done) and message.
   std::pair<int, std::string> serve();
+  /// Whether another process of the job died or stopped answering.
+  bool lost_process() const;
   /// Asks the job to stop after the step in progress (and checkpoint). Async-signal-safe.
   void request_stop() { stop_requested_.store(true, std::memory_order_relaxed); }
 

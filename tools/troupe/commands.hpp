@@ -9,17 +9,20 @@ namespace troupe::cli {
 
 /// Exit codes: 0 success, 1 bad input or a failure (a topology, a plugin, an argument, an
 /// actor's error), 2 not available, 3 training stopped by a signal (after checkpointing), 4
-/// training stopped by a non-finite loss or gradient.
+/// training stopped by a non-finite loss or gradient, 5 a process of a multi-process job failed
+/// (died, stopped answering, or never arrived at the rendezvous).
 inline constexpr int exit_ok = 0;
 inline constexpr int exit_bad_input = 1;
 inline constexpr int exit_unavailable = 2;
 inline constexpr int exit_stopped = 3;
 inline constexpr int exit_non_finite = 4;
+inline constexpr int exit_process_failed = 5;
 
 void add_version_command(CLI::App& app, int& exit_code);
 void add_plugins_command(CLI::App& app, int& exit_code);
 void add_topo_command(CLI::App& app, int& exit_code);
 void add_train_command(CLI::App& app, int& exit_code);
+void add_launch_command(CLI::App& app, int& exit_code);
 void add_logits_command(CLI::App& app, int& exit_code);
 void add_bench_command(CLI::App& app, int& exit_code);
 void add_schedule_command(CLI::App& app, int& exit_code);

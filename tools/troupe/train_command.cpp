@@ -1,180 +1,23 @@
 // troupe train: trains the model of a topology on actors, with a progress line per step, an
 // optional JSON-lines log, checkpoints and resume.
 
-#include <csignal>
-#include <cstdio>
-#include <fstream>
+#include <memory>
 
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
-
-#include "runtime/checkpoint/safetensors.hpp"
-#include "runtime/core/error.hpp"
-#include "runtime/train/training_job.hpp"
 #include "tools/troupe/commands.hpp"
-#include "tools/troupe/topology_input.hpp"
+#include "tools/troupe/training_run.hpp"
 
 namespace troupe::cli {
-
-namespace {
-
-struct train_options {
-  std::string file;
-  std::vector<std::string> overrides;
-  std::int64_t steps = 0;
-  std::string log_json;
-  std::string checkpoint_dir;
-  std::string resume;
-  int threads = 0;
-  bool quiet = false;
-};
-
-// The job a SIGINT or SIGTERM asks to stop. The handler only stores into a lock-free atomic.
-std::atomic<training_job*> running_job{nullptr};
-
-extern "C" void on_stop_signal(int signal) {
-  if (training_job* job = running_job.load()) job->request_stop();
-  // A second signal ends the process the default way.
-  std::signal(signal, SIG_DFL);
-}
-
-nlohmann::json to_json(const step_record& r) {
-  nlohmann::json load = nlohmann::json::object();
-  for (const auto& [layer, counts] : r.load) load[std::to_string(layer)] = counts;
-  return {{"step", r.step},
-          {"loss", r.loss},
-          {"mtp_loss", r.mtp_loss},
-          {"balance_loss", r.balance_loss},
-          {"lr", r.lr},
-          {"tokens_per_s", r.tokens_per_s},
-          {"expert_load_max_over_mean", r.expert_load_max_over_mean},
-          {"grad_norm", r.grad_norm},
-          {"step_seconds", r.step_seconds},
-          {"tokens", r.tokens},
-          {"micro_batches", r.micro_batches},
-          {"expert_load", load}};
-}
-
-std::string progress_line(const step_record& r) {
-  return fmt::format(
-      "step {:>{}}/{}  loss {:.4f}  mtp {:.4f}  lr {:.2e}  {:>8.0f} tok/s  load max/mean {:.2f}  "
-      "{:.2f} s",
-      r.step, std::to_string(r.total_steps).size(), r.total_steps, r.loss, r.mtp_loss, r.lr,
-      r.tokens_per_s, r.expert_load_max_over_mean, r.step_seconds);
-}
-
-int train(const train_options& options) {
-  plugin_registry registry;
-  const std::string file = topology_or_default(options.file);
-  std::vector<std::string> overrides = options.overrides;
-  if (options.steps > 0) overrides.push_back(fmt::format("train.steps={}", options.steps));
-  auto loaded = load_for_command(file, registry, overrides);
-  if (!loaded) return exit_bad_input;
-
-  std::ofstream log;
-  if (!options.log_json.empty()) {
-    log.open(options.log_json, options.resume.empty() ? std::ios::trunc : std::ios::app);
-    if (!log) {
-      fmt::print(stderr, "--log-json: cannot write {}\n", options.log_json);
-      return exit_bad_input;
-    }
-  }
-  training_options job_options;
-  job_options.checkpoint_dir = options.checkpoint_dir;
-  job_options.resume = options.resume;
-  job_options.threads = options.threads;
-  job_options.on_event = [](const std::string& what) {
-    fmt::print(stderr, "troupe train: {}\n", what);
-  };
-  job_options.on_step = [&](const step_record& r) {
-    if (!options.quiet) fmt::print(stderr, "{}\n", progress_line(r));
-    if (log.is_open()) {
-      log << to_json(r).dump() << "\n";
-      log.flush();
-    }
-  };
-  try {
-    const topology& topo = loaded->topo;
-    fmt::print(stderr,
-               "troupe train: {} ({} layers, {} routed experts; pipeline {}, expert {}, data {}, "
-               "{} schedule, {} micro-batches of {}x{} tokens)\n",
-               file, topo.model.num_hidden_layers, topo.model.n_routed_experts, topo.pipeline,
-               topo.expert, topo.data, to_string(topo.schedule.kind), topo.schedule.micro_batches,
-               topo.train.micro_batch_size, topo.train.sequence_length);
-    training_job job(topo, registry, job_options);
-    running_job.store(&job);
-    std::signal(SIGINT, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
-    training_result result = job.run();
-    running_job.store(nullptr);
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
-
-    if (!result.steps.empty()) {
-      double tokens = 0, seconds = 0;
-      for (const auto& r : result.steps) {
-        tokens += static_cast<double>(r.tokens);
-        seconds += r.step_seconds;
-      }
-      fmt::print(stderr,
-                 "troupe train: steps {}-{} in {:.1f} s: loss {:.4f} -> {:.4f}, mtp {:.4f} -> "
-                 "{:.4f}, {:.0f} tok/s, expert load max/mean {:.2f}\n",
-                 result.first_step + 1, result.last_step, result.seconds, result.steps.front().loss,
-                 result.steps.back().loss, result.steps.front().mtp_loss,
-                 result.steps.back().mtp_loss, tokens / seconds,
-                 result.steps.back().expert_load_max_over_mean);
-    }
-    if (!result.last_checkpoint.empty())
-      fmt::print(stderr, "troupe train: last checkpoint {}\n", result.last_checkpoint.string());
-    switch (result.outcome) {
-      case training_outcome::completed:
-        return exit_ok;
-      case training_outcome::stopped:
-        fmt::print(stderr, "troupe train: stopped by a signal after step {}\n", result.last_step);
-        return exit_stopped;
-      case training_outcome::non_finite:
-        fmt::print(stderr,
-                   "troupe train: stopped: {}. Nothing of this step was applied; the last good "
-                   "checkpoint is untouched.\n",
-                   result.message);
-        return exit_non_finite;
-    }
-  } catch (const troupe::error& e) {
-    running_job.store(nullptr);
-    fmt::print(stderr, "troupe train: {}\n", e.what());
-  } catch (const std::exception& e) {
-    running_job.store(nullptr);
-    fmt::print(stderr, "troupe train: {}\n", e.what());
-  }
-  return exit_bad_input;
-}
-
-}  // namespace
 
 void add_train_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<train_options>();
   auto* command = app.add_subcommand(
-      "train", "Train the model of a topology on actors (default: the shipped tiny.toml)");
-  command->add_option("TOPOLOGY", options->file,
-                      "Topology file (TOML); default: tiny.toml from the install or source tree");
-  command->add_option("--steps", options->steps,
-                      "Total optimizer steps (overrides train.steps; a resumed run continues to "
-                      "this step)");
-  command->add_option("--log-json", options->log_json,
-                      "Write one JSON object per step to FILE (appended to when resuming)");
-  command->add_option("--checkpoint-dir", options->checkpoint_dir,
-                      "Where checkpoints go (default: the topology's train.checkpoint_dir)");
-  command->add_option("--resume", options->resume,
-                      "Continue from a checkpoint directory, or from the `latest` one of a "
-                      "checkpoint root");
-  command
-      ->add_option("--set", options->overrides,
-                   "Override a topology key, KEY=VALUE (e.g. parallel.pipeline=2); repeatable")
-      ->allow_extra_args(false);
-  command->add_option("--threads", options->threads,
-                      "Worker threads for compute (default: one per core)");
-  command->add_flag("--quiet", options->quiet, "No progress line per step (the summary stays)");
-  command->callback([options, &exit_code] { exit_code = train(*options); });
+      "train",
+      "Train the model of a topology on actors, every actor in this process whatever its hosts "
+      "(default: the shipped tiny.toml)");
+  add_training_options(command, *options);
+  command->callback([options, &exit_code] {
+    exit_code = run_training(*options, "troupe train", std::nullopt);
+  });
 }
 
 }  // namespace troupe::cli

@@ -1,0 +1,208 @@
+// The run of a training job for `troupe train` and `troupe launch`.
+
+#include "tools/troupe/training_run.hpp"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "runtime/core/error.hpp"
+#include "runtime/train/training_job.hpp"
+#include "tools/troupe/commands.hpp"
+#include "tools/troupe/topology_input.hpp"
+
+namespace troupe::cli {
+
+namespace {
+// The job a SIGINT or SIGTERM asks to stop. The handler only stores into a lock-free atomic.
+std::atomic<training_job*> running_job{nullptr};
+
+extern "C" void on_stop_signal(int signal) {
+  if (training_job* job = running_job.load()) job->request_stop();
+  // A second signal ends the process the default way.
+  std::signal(signal, SIG_DFL);
+}
+
+nlohmann::json to_json(const step_record& r) {
+  nlohmann::json load = nlohmann::json::object();
+  for (const auto& [layer, counts] : r.load) load[std::to_string(layer)] = counts;
+  return {{"step", r.step},
+          {"loss", r.loss},
+          {"mtp_loss", r.mtp_loss},
+          {"balance_loss", r.balance_loss},
+          {"lr", r.lr},
+          {"tokens_per_s", r.tokens_per_s},
+          {"expert_load_max_over_mean", r.expert_load_max_over_mean},
+          {"grad_norm", r.grad_norm},
+          {"step_seconds", r.step_seconds},
+          {"tokens", r.tokens},
+          {"micro_batches", r.micro_batches},
+          {"expert_load", load}};
+}
+
+std::string progress_line(const step_record& r) {
+  return fmt::format(
+      "step {:>{}}/{}  loss {:.4f}  mtp {:.4f}  lr {:.2e}  {:>8.0f} tok/s  load max/mean {:.2f}  "
+      "{:.2f} s",
+      r.step, std::to_string(r.total_steps).size(), r.total_steps, r.loss, r.mtp_loss, r.lr,
+      r.tokens_per_s, r.expert_load_max_over_mean, r.step_seconds);
+}
+
+
+/// After a lost process, tearing down the job may wait on actors that wait on the dead: give
+/// it a few seconds, then leave anyway (checkpoints are complete or never published).
+void leave_within(std::chrono::seconds grace, int code) {
+  std::thread([grace, code] {
+    std::this_thread::sleep_for(grace);
+    std::fflush(stderr);
+    std::_Exit(code);
+  }).detach();
+}
+
+/// Another rank's part: serve the actors until rank 0 ends the job.
+int serve(training_job& job, const std::string& command) {
+  // Signals are rank 0's to act on (it checkpoints and tells everyone); a launcher that signals
+  // every process (Slurm, a terminal) must not kill the others first.
+  std::signal(SIGINT, SIG_IGN);
+  std::signal(SIGTERM, SIG_IGN);
+  auto [code, why] = job.serve();
+  if (code == 0) return exit_ok;
+  fmt::print(stderr, "{}: the job ended: {}\n", command, why);
+  leave_within(std::chrono::seconds(5), exit_process_failed);
+  return exit_process_failed;
+}
+
+}  // namespace
+
+void add_training_options(CLI::App* command, train_options& options) {
+  command->add_option("TOPOLOGY", options.file,
+                      "Topology file (TOML); default: tiny.toml from the install or source tree");
+  command->add_option("--steps", options.steps,
+                      "Total optimizer steps (overrides train.steps; a resumed run continues to "
+                      "this step)");
+  command->add_option("--log-json", options.log_json,
+                      "Write one JSON object per step to FILE (appended to when resuming)");
+  command->add_option("--checkpoint-dir", options.checkpoint_dir,
+                      "Where checkpoints go (default: the topology's train.checkpoint_dir)");
+  command->add_option("--resume", options.resume,
+                      "Continue from a checkpoint directory, or from the `latest` one of a "
+                      "checkpoint root");
+  command
+      ->add_option("--set", options.overrides,
+                   "Override a topology key, KEY=VALUE (e.g. parallel.pipeline=2); repeatable")
+      ->allow_extra_args(false);
+  command->add_option("--threads", options.threads,
+                      "Worker threads for compute (default: one per core)");
+  command->add_flag("--quiet", options.quiet, "No progress line per step (the summary stays)");
+}
+
+int run_training(const train_options& options, const std::string& command,
+                 std::optional<cluster_options> cluster) {
+  plugin_registry registry;
+  const std::string file = topology_or_default(options.file);
+  std::vector<std::string> overrides = options.overrides;
+  if (options.steps > 0) overrides.push_back(fmt::format("train.steps={}", options.steps));
+  auto loaded = load_for_command(file, registry, overrides);
+  if (!loaded) return exit_bad_input;
+  const bool reports = !cluster || cluster->rank == 0;
+
+  std::ofstream log;
+  if (reports && !options.log_json.empty()) {
+    log.open(options.log_json, options.resume.empty() ? std::ios::trunc : std::ios::app);
+    if (!log) {
+      fmt::print(stderr, "--log-json: cannot write {}\n", options.log_json);
+      return exit_bad_input;
+    }
+  }
+  training_options job_options;
+  job_options.checkpoint_dir = options.checkpoint_dir;
+  job_options.resume = options.resume;
+  job_options.threads = options.threads;
+  job_options.cluster = cluster;
+  job_options.on_event = [&command](const std::string& what) {
+    fmt::print(stderr, "{}: {}\n", command, what);
+  };
+  job_options.on_step = [&](const step_record& r) {
+    if (!options.quiet) fmt::print(stderr, "{}\n", progress_line(r));
+    if (log.is_open()) {
+      log << to_json(r).dump() << "\n";
+      log.flush();
+    }
+  };
+  std::unique_ptr<training_job> job;
+  try {
+    const topology& topo = loaded->topo;
+    if (reports)
+      fmt::print(stderr,
+                 "{}: {} ({} layers, {} routed experts; pipeline {}, expert {}, data {}, {} "
+                 "schedule, {} micro-batches of {}x{} tokens)\n",
+                 command, file, topo.model.num_hidden_layers, topo.model.n_routed_experts,
+                 topo.pipeline, topo.expert, topo.data, to_string(topo.schedule.kind),
+                 topo.schedule.micro_batches, topo.train.micro_batch_size,
+                 topo.train.sequence_length);
+    job = std::make_unique<training_job>(topo, registry, job_options);
+    if (!job->coordinates()) return serve(*job, command);
+
+    running_job.store(job.get());
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+    training_result result = job->run();
+    running_job.store(nullptr);
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+
+    if (!result.steps.empty()) {
+      double tokens = 0, seconds = 0;
+      for (const auto& r : result.steps) {
+        tokens += static_cast<double>(r.tokens);
+        seconds += r.step_seconds;
+      }
+      fmt::print(stderr,
+                 "{}: steps {}-{} in {:.1f} s: loss {:.4f} -> {:.4f}, mtp {:.4f} -> {:.4f}, "
+                 "{:.0f} tok/s, expert load max/mean {:.2f}\n",
+                 command, result.first_step + 1, result.last_step, result.seconds,
+                 result.steps.front().loss, result.steps.back().loss, result.steps.front().mtp_loss,
+                 result.steps.back().mtp_loss, tokens / seconds,
+                 result.steps.back().expert_load_max_over_mean);
+    }
+    if (!result.last_checkpoint.empty())
+      fmt::print(stderr, "{}: last checkpoint {}\n", command, result.last_checkpoint.string());
+    switch (result.outcome) {
+      case training_outcome::completed:
+        return exit_ok;
+      case training_outcome::stopped:
+        fmt::print(stderr, "{}: stopped by a signal after step {}\n", command, result.last_step);
+        return exit_stopped;
+      case training_outcome::non_finite:
+        fmt::print(stderr,
+                   "{}: stopped: {}. Nothing of this step was applied; the last good checkpoint "
+                   "is untouched.\n",
+                   command, result.message);
+        return exit_non_finite;
+    }
+  } catch (const rendezvous_error& e) {
+    running_job.store(nullptr);
+    fmt::print(stderr, "{}: {}\n", command, e.what());
+    leave_within(std::chrono::seconds(5), exit_process_failed);
+    return exit_process_failed;
+  } catch (const std::exception& e) {
+    running_job.store(nullptr);
+    const bool lost = job && job->lost_process();
+    fmt::print(stderr, "{}: {}\n", command, e.what());
+    if (lost) {
+      leave_within(std::chrono::seconds(5), exit_process_failed);
+      return exit_process_failed;
+    }
+  }
+  return exit_bad_input;
+}
+
+}  // namespace troupe::cli

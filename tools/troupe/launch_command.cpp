@@ -125,7 +125,8 @@ int launch_locally(const launch_options& options, const topology_plan& plan) {
   std::signal(SIGINT, forward_to_rank_zero);
   std::signal(SIGTERM, forward_to_rank_zero);
 
-  // Rank 0's status is the job's; the others get a grace period to leave after it.
+  // Rank 0's status is the job's; the others get a few seconds to leave after it (they leave
+  // at once when rank 0 ends the job; a stopped or hung one is killed).
   int code = exit_bad_input;
   std::size_t running = children.size();
   auto reap = [&](pid_t pid, int status) {
@@ -149,7 +150,8 @@ int launch_locally(const launch_options& options, const topology_plan& plan) {
     }
     reap(pid, status);
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(code == exit_ok ? 3 : 1);
   while (running > 0 && std::chrono::steady_clock::now() < deadline) {
     int status = 0;
     const pid_t pid = waitpid(-1, &status, WNOHANG);

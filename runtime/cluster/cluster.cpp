@@ -268,10 +268,10 @@ void deliver(instrumented_actor* self, cluster::gateway_state& st, incoming& ent
   shape->ask(
       self, target->second, std::move(message),
       [self, &st, from, id, reply_shape](caf::message reply) {
-        auto [letter, tensors] = encode(st, *reply_shape, reply);
-        letter.kind = static_cast<std::uint8_t>(envelope_kind::reply);
-        letter.request = id;
-        send_envelope(self, st, from, std::move(letter), std::move(tensors));
+        auto [answer, tensors] = encode(st, *reply_shape, reply);
+        answer.kind = static_cast<std::uint8_t>(envelope_kind::reply);
+        answer.request = id;
+        send_envelope(self, st, from, std::move(answer), std::move(tensors));
       },
       [self, fail_back](const caf::error& e) {
         const caf::message& context = e.context();

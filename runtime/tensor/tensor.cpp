@@ -78,6 +78,21 @@ tensor tensor::empty(dtype type, std::vector<std::int64_t> shape, device where) 
   return result;
 }
 
+tensor tensor::over(std::shared_ptr<storage> memory, dtype type, std::vector<std::int64_t> shape) {
+  const std::int64_t count = checked_numel(shape);
+  if (!memory || memory->bytes() < static_cast<std::size_t>(count) * size_of(type))
+    fail("a tensor of {} bytes over storage of {} bytes",
+         static_cast<std::size_t>(count) * size_of(type), memory ? memory->bytes() : 0);
+  tensor result;
+  result.storage_ = std::move(memory);
+  result.data_ = result.storage_->data();
+  result.type_ = type;
+  result.where_ = result.storage_->where();
+  result.strides_ = contiguous_strides(shape);
+  result.shape_ = std::move(shape);
+  return result;
+}
+
 tensor tensor::zeros(dtype type, std::vector<std::int64_t> shape, device where) {
   tensor result = empty(type, std::move(shape), where);
   if (where.is_cpu()) {

@@ -46,6 +46,9 @@ class tensor {
 
   /// Uninitialised contiguous tensor.
   static tensor empty(dtype type, std::vector<std::int64_t> shape, device where = device::cpu());
+  /// A contiguous tensor over `memory` (host memory of at least the tensor's bytes), e.g. a
+  /// buffer a pool hands out.
+  static tensor over(std::shared_ptr<storage> memory, dtype type, std::vector<std::int64_t> shape);
   /// Contiguous tensor of zero bits (0.0 for every floating type).
   static tensor zeros(dtype type, std::vector<std::int64_t> shape, device where = device::cpu());
 

@@ -16,6 +16,7 @@
 #include <ucp/api/ucp.h>
 
 #include "runtime/core/error.hpp"
+#include "runtime/transport/buffer_pool.hpp"
 
 namespace troupe {
 
@@ -56,9 +57,22 @@ struct ucx_transport::state {
 
   // Touched by the loop thread only.
   std::map<int, ucp_ep_h> endpoints;
+  struct send_record;
+  struct flow {
+    int in_flight = 0;
+    std::size_t bytes_in_flight = 0;
+    std::deque<send_record*> waiting;
+  };
+  std::map<int, flow> flows;  // by peer
+
+  bool has_room(const flow& f, std::size_t bytes) const {
+    return f.in_flight == 0 || (f.in_flight < options.max_in_flight &&
+                                f.bytes_in_flight + bytes <= options.max_bytes_in_flight);
+  }
   std::map<std::pair<int, std::uint64_t>, tensor> arrived;
   std::map<std::pair<int, std::uint64_t>, arrival> expected;
   std::atomic<std::uint64_t> sent{0}, received{0};
+  buffer_pool buffers{1u << 30};
 
   void queue(std::function<void(bool)> task) {
     {
@@ -99,14 +113,16 @@ struct ucx_transport::state {
   }
 };
 
-namespace {
-
-struct send_record {
+struct ucx_transport::state::send_record {
   ucx_transport::state* state = nullptr;
+  int peer = 0;
   tensor_header header;  // must outlive the send (UCX 1.13)
   tensor value;          // keeps the bytes alive
   ucx_transport::send_done done;
 };
+
+namespace {
+
 
 struct receive_record {
   ucx_transport::state* state = nullptr;
@@ -115,15 +131,58 @@ struct receive_record {
   tensor value;
 };
 
-void finish_send(send_record* record, ucs_status_t status) {
-  if (status == UCS_OK) record->state->sent.fetch_add(1, std::memory_order_relaxed);
+using send_record = ucx_transport::state::send_record;
+
+void start_send(send_record* record);
+
+/// A send is over: report it, and start the peer's next waiting send.
+void finish_send(send_record* record, ucs_status_t status, bool started = true) {
+  ucx_transport::state* st = record->state;
+  const int peer = record->peer;
+  const std::size_t bytes = record->value.nbytes();
+  if (status == UCS_OK) st->sent.fetch_add(1, std::memory_order_relaxed);
   if (record->done) record->done(status == UCS_OK ? std::string() : ucx_failure("send", status));
   delete record;
+  if (!started) return;
+  auto& flow = st->flows[peer];
+  --flow.in_flight;
+  flow.bytes_in_flight -= bytes;
+  while (!flow.waiting.empty() && st->has_room(flow, flow.waiting.front()->value.nbytes())) {
+    send_record* next = flow.waiting.front();
+    flow.waiting.pop_front();
+    start_send(next);
+  }
 }
 
 void on_send_done(void* request, ucs_status_t status, void* user_data) {
-  finish_send(static_cast<send_record*>(user_data), status);
   ucp_request_free(request);
+  finish_send(static_cast<send_record*>(user_data), status);
+}
+
+/// Hands `record` to UCX (its peer has room in flight).
+void start_send(send_record* record) {
+  ucx_transport::state* st = record->state;
+  auto& flow = st->flows[record->peer];
+  ++flow.in_flight;
+  flow.bytes_in_flight += record->value.nbytes();
+  auto it = st->endpoints.find(record->peer);
+  if (it == st->endpoints.end()) {
+    if (record->done) record->done(fmt::format("UCX send: rank {} is not connected", record->peer));
+    record->done = nullptr;
+    finish_send(record, UCS_OK);
+    return;
+  }
+  ucp_request_param_t params{};
+  params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  params.cb.send = on_send_done;
+  params.user_data = record;
+  ucs_status_ptr_t request =
+      ucp_am_send_nbx(it->second, tensor_message_id, &record->header, sizeof record->header,
+                      record->value.data(), record->value.nbytes(), &params);
+  if (request == nullptr)
+    finish_send(record, UCS_OK);
+  else if (UCS_PTR_IS_ERR(request))
+    finish_send(record, UCS_PTR_STATUS(request));
 }
 
 void on_receive_done(void* request, ucs_status_t status, std::size_t, void* user_data) {
@@ -145,8 +204,11 @@ ucs_status_t on_tensor_message(void* arg, const void* header, std::size_t header
   if (h.type > static_cast<std::uint8_t>(dtype::u8) || h.dims > max_rank)
     return UCS_ERR_INVALID_PARAM;
   std::vector<std::int64_t> shape(h.shape, h.shape + h.dims);
-  tensor value = tensor::empty(static_cast<dtype>(h.type), shape);
-  if (value.nbytes() != length) return UCS_ERR_INVALID_PARAM;
+  std::int64_t count = 1;
+  for (std::int64_t d : shape) count *= d;
+  if (count < 0 || static_cast<std::size_t>(count) * size_of(static_cast<dtype>(h.type)) != length)
+    return UCS_ERR_INVALID_PARAM;
+  tensor value = tensor::over(st->buffers.take(length), static_cast<dtype>(h.type), shape);
 
   if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
     // Eager: the bytes are here already; one copy into the tensor.
@@ -203,8 +265,6 @@ ucx_transport::ucx_transport(int rank, ucx_options options)
   for (const char* name :
        {"UCX_MM_ERROR_HANDLING", "UCX_POSIX_ERROR_HANDLING", "UCX_SYSV_ERROR_HANDLING"})
     setenv(name, "y", 0);
-  // A failed peer leaves its requests behind; UCX warns about each at exit. Errors still show.
-  setenv("UCX_LOG_LEVEL", "error", 0);
 
   ucp_config_t* config = nullptr;
   check(ucp_config_read(nullptr, nullptr, &config), "config");
@@ -303,6 +363,7 @@ void ucx_transport::send(int peer, std::uint64_t tag, tensor value, send_done do
     fail("UCX transport: a tensor of rank {} (at most {})", value.dim(), max_rank);
   auto* record = new send_record;
   record->state = state_.get();
+  record->peer = peer;
   record->header.from = rank_;
   record->header.type = static_cast<std::uint8_t>(value.type());
   record->header.dims = static_cast<std::uint8_t>(value.dim());
@@ -318,23 +379,11 @@ void ucx_transport::send(int peer, std::uint64_t tag, tensor value, send_done do
       delete record;
       return;
     }
-    auto it = st->endpoints.find(peer);
-    if (it == st->endpoints.end()) {
-      if (record->done) record->done(fmt::format("UCX send: rank {} is not connected", peer));
-      delete record;
-      return;
-    }
-    ucp_request_param_t params{};
-    params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    params.cb.send = on_send_done;
-    params.user_data = record;
-    ucs_status_ptr_t request =
-        ucp_am_send_nbx(it->second, tensor_message_id, &record->header, sizeof record->header,
-                        record->value.data(), record->value.nbytes(), &params);
-    if (request == nullptr)
-      finish_send(record, UCS_OK);
-    else if (UCS_PTR_IS_ERR(request))
-      finish_send(record, UCS_PTR_STATUS(request));
+    auto& flow = st->flows[peer];
+    if (!flow.waiting.empty() || !st->has_room(flow, record->value.nbytes()))
+      flow.waiting.push_back(record);
+    else
+      start_send(record);
   });
 }
 
@@ -389,6 +438,13 @@ void ucx_transport::run() {
   }
   // Fail whatever is still queued, so no caller waits for a send that never happens.
   cancel_tasks(st);
+  for (auto& [peer, flow] : st.flows) {
+    for (send_record* record : flow.waiting) {
+      if (record->done) record->done("UCX send: the transport closed first");
+      delete record;
+    }
+    flow.waiting.clear();
+  }
 }
 
 void ucx_transport::close() {

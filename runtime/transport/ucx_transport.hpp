@@ -33,6 +33,12 @@ struct ucx_options {
   /// How long the loop keeps polling after the last event before it sleeps on the worker's
   /// event fd: latency against CPU time (CPU jobs share their cores with compute).
   std::chrono::microseconds spin{200};
+  /// Sends in flight per peer; more wait in a queue. Thousands of outstanding rendezvous sends
+  /// cost UCX (and the shared-memory transports) most of their bandwidth.
+  int max_in_flight = 8;
+  /// Bytes in flight per peer (one send always goes, however big): large tensors one after
+  /// another stream through the caches better than side by side.
+  std::size_t max_bytes_in_flight = 4u << 20;
 };
 
 class ucx_transport {

@@ -21,9 +21,8 @@
 # works as it is.
 #
 # Notes:
-#  - A [[hosts]] address is where the other processes reach that host (docs/topology.md):
-#    two-hosts.toml is written for one machine, so on real nodes use a copy of it whose node0 and
-#    node1 have the nodes' addresses.
+#  - Processes tell each other where they listen at the rendezvous; the [[hosts]] addresses
+#    only serve as the default rendezvous host (the first one) when --rendezvous is not given.
 #  - `troupe` and the topology must be at the same path on every node, and the checkpoint
 #    directory (--checkpoint-dir, default the topology's train.checkpoint_dir) on a filesystem
 #    every node sees.

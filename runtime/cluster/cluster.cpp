@@ -105,10 +105,10 @@ struct cluster::gateway_state {
   ucx_transport* transport = nullptr;
   actor_names names;
 
-  std::map<std::string, caf::actor> local;              // exposed actors by name
+  std::map<std::string, caf::actor> local;                    // exposed actors by name
   std::map<std::string, std::pair<int, caf::actor>> proxies;  // remote actors by name
-  std::map<caf::actor_addr, std::string> name_of;        // both, by address
-  std::map<int, caf::actor> peers;                       // other ranks' gateways
+  std::map<caf::actor_addr, std::string> name_of;             // both, by address
+  std::map<int, caf::actor> peers;                            // other ranks' gateways
   std::map<int, clock_type::time_point> last_heard;
   std::map<int, std::string> dead;
   std::vector<failure_handler> failure_handlers;
@@ -137,9 +137,9 @@ struct cluster::gateway_state {
       if (where.first == rank) actors.push_back(name);
     const std::string host =
         rank < static_cast<int>(options.hosts.size()) ? options.hosts[rank] : "?";
-    return actors.empty() ? fmt::format("rank {} (host {})", rank, host)
-                          : fmt::format("rank {} (host {}: {})", rank, host,
-                                        fmt::join(actors, ", "));
+    return actors.empty()
+               ? fmt::format("rank {} (host {})", rank, host)
+               : fmt::format("rank {} (host {}: {})", rank, host, fmt::join(actors, ", "));
   }
 
   void set_finish(int code, const std::string& why) {
@@ -157,8 +157,8 @@ caf::error failure_error(const std::string& text) {
   return caf::make_error(caf::sec::runtime_error, text);
 }
 
-void send_envelope(instrumented_actor* self, cluster::gateway_state& st, int rank,
-                   envelope letter, std::vector<tensor> tensors) {
+void send_envelope(instrumented_actor* self, cluster::gateway_state& st, int rank, envelope letter,
+                   std::vector<tensor> tensors) {
   auto peer = st.peers.find(rank);
   if (peer == st.peers.end()) return;
   letter.from = st.options.rank;
@@ -209,8 +209,7 @@ void deliver(instrumented_actor* self, cluster::gateway_state& st, incoming& ent
     auto it = st.pending.find(letter.request);
     if (it == st.pending.end()) return;
     publish_writes_to(it->second.asker);
-    it->second.promise.deliver(
-        failure_error(std::string(letter.body.begin(), letter.body.end())));
+    it->second.promise.deliver(failure_error(std::string(letter.body.begin(), letter.body.end())));
     st.pending.erase(it);
     return;
   }
@@ -303,8 +302,7 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
         st->local[name] = actor;
         st->name_of[actor.address()] = name;
       },
-      [st](atoms::proxy_atom, const std::string& name, std::int32_t rank,
-           const caf::actor& proxy) {
+      [st](atoms::proxy_atom, const std::string& name, std::int32_t rank, const caf::actor& proxy) {
         st->proxies[name] = {rank, proxy};
         st->name_of[proxy.address()] = name;
       },
@@ -326,7 +324,8 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
               "(register its shape in the message codec)",
               caf::to_string(message), target);
         if (!problem.empty()) {
-          if (is_request) self->make_response_promise().deliver(failure_error(problem));
+          if (is_request)
+            self->make_response_promise().deliver(failure_error(problem));
           else
             fmt::print(stderr, "troupe: dropped a message to {}: {}\n", target, problem);
           return;
@@ -384,8 +383,7 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
           if (st->dead.count(rank) != 0) continue;
           self->send(peer, atoms::ping_atom_v, static_cast<std::int32_t>(st->options.rank));
           auto heard = st->last_heard.find(rank);
-          if (heard != st->last_heard.end() &&
-              now - heard->second > st->options.heartbeat_timeout)
+          if (heard != st->last_heard.end() && now - heard->second > st->options.heartbeat_timeout)
             peer_down(self, *st, rank,
                       fmt::format("stopped answering: no heartbeat for {}",
                                   seconds_text(st->options.heartbeat_timeout)));
@@ -506,12 +504,13 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
         for (const auto& [rank, peer] : st->peers) {
           if (st->dead.count(rank) != 0) continue;
           self->request(peer, std::chrono::seconds(5), atoms::finish_atom_v, code, why)
-              .then([done, remaining](bool) mutable {
-                      if (--*remaining == 0) done.deliver(true);
-                    },
-                    [done, remaining](caf::error&) mutable {
-                      if (--*remaining == 0) done.deliver(true);
-                    });
+              .then(
+                  [done, remaining](bool) mutable {
+                    if (--*remaining == 0) done.deliver(true);
+                  },
+                  [done, remaining](caf::error&) mutable {
+                    if (--*remaining == 0) done.deliver(true);
+                  });
         }
       },
   };
@@ -522,11 +521,10 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
 caf::behavior proxy(instrumented_actor* self, caf::actor gateway, std::string name,
                     std::int32_t rank) {
   self->set_default_handler(
-      [gateway, name, rank](caf::scheduled_actor* me, caf::message_view& view)
-          -> caf::result<caf::message> {
+      [gateway, name, rank](caf::scheduled_actor* me,
+                            caf::message_view& view) -> caf::result<caf::message> {
         auto* actor = static_cast<instrumented_actor*>(me);
-        actor->delegate(gateway, atoms::forward_atom_v, name, rank,
-                        view.move_content_to_message());
+        actor->delegate(gateway, atoms::forward_atom_v, name, rank, view.move_content_to_message());
         return caf::message{};
       });
   return {[](atoms::proxy_atom) {}};
@@ -557,14 +555,12 @@ cluster::cluster(actor_runtime& runtime, cluster_options options,
   state_->names.find = [st](const std::string& name) {
     if (auto it = st->local.find(name); it != st->local.end()) return it->second;
     if (auto it = st->proxies.find(name); it != st->proxies.end()) return it->second.second;
-    fail("a message from another process names actor '{}', which this process does not know",
-         name);
+    fail("a message from another process names actor '{}', which this process does not know", name);
   };
 
   ucx_transport* transport = transport_.get();
-  progress_ = runtime_.spawn_detached("ucx_progress", [transport](caf::blocking_actor*) {
-    transport->run();
-  });
+  progress_ = runtime_.spawn_detached("ucx_progress",
+                                      [transport](caf::blocking_actor*) { transport->run(); });
   gateway_ = runtime_.spawn("gateway", gateway, state_);
   caf::actor gateway_handle = gateway_;
   transport_->on_failure([gateway_handle](int peer, const std::string& why) {
@@ -592,9 +588,9 @@ void cluster::meet() {
   mine.pid = static_cast<std::int32_t>(getpid());
   caf::scoped_actor self(runtime_.system());
   auto remaining = [&] {
-    return std::max(std::chrono::milliseconds(1),
-                    std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
-                                                                          clock_type::now()));
+    return std::max(
+        std::chrono::milliseconds(1),
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now()));
   };
 
   std::vector<process_card> table;
@@ -603,8 +599,8 @@ void cluster::meet() {
       runtime_.publish(gateway_, loopback ? options_.rendezvous_host : "0.0.0.0",
                        options_.rendezvous_port);
     } catch (const error& e) {
-      throw rendezvous_error(fmt::format("rendezvous: rank 0 cannot listen on {}: {}", where,
-                                         e.what()));
+      throw rendezvous_error(
+          fmt::format("rendezvous: rank 0 cannot listen on {}: {}", where, e.what()));
     }
     mine.address = options_.rendezvous_host;
     mine.port = options_.rendezvous_port;
@@ -619,7 +615,8 @@ void cluster::meet() {
                    [](caf::error&) {});
       std::vector<std::string> named;
       for (int r : absent)
-        named.push_back(fmt::format("rank {} (host {})", r, options_.hosts[static_cast<std::size_t>(r)]));
+        named.push_back(
+            fmt::format("rank {} (host {})", r, options_.hosts[static_cast<std::size_t>(r)]));
       throw rendezvous_error(fmt::format("rendezvous at {}: {} never arrived within {}", where,
                                          fmt::join(named, ", "),
                                          seconds_text(options_.rendezvous_timeout)));
@@ -637,18 +634,19 @@ void cluster::meet() {
       }
       last_error = runtime_.system().render(found.error());
       if (clock_type::now() + std::chrono::milliseconds(200) > deadline)
-        throw rendezvous_error(fmt::format("rendezvous: rank {} cannot reach rank 0 at {} within "
-                                           "{}: {}",
-                                           options_.rank, where,
-                                           seconds_text(options_.rendezvous_timeout), last_error));
+        throw rendezvous_error(fmt::format(
+            "rendezvous: rank {} cannot reach rank 0 at {} within "
+            "{}: {}",
+            options_.rank, where, seconds_text(options_.rendezvous_timeout), last_error));
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    mine.address = loopback ? std::string("127.0.0.1") : local_address_towards(options_.rendezvous_host);
+    mine.address =
+        loopback ? std::string("127.0.0.1") : local_address_towards(options_.rendezvous_host);
     try {
       mine.port = runtime_.publish(gateway_, loopback ? "127.0.0.1" : "0.0.0.0", 0);
     } catch (const error& e) {
-      throw rendezvous_error(fmt::format("rendezvous: rank {} cannot listen: {}", options_.rank,
-                                         e.what()));
+      throw rendezvous_error(
+          fmt::format("rendezvous: rank {} cannot listen: {}", options_.rank, e.what()));
     }
     // The hello goes from the gateway so that rank 0 learns the gateway's handle.
     std::string problem;
@@ -658,10 +656,11 @@ void cluster::meet() {
                    const caf::message& context = e.context();
                    problem = context.match_elements<std::string>()
                                  ? context.get_as<std::string>(0)
-                                 : fmt::format("rank 0 at {} did not complete the rendezvous "
-                                               "within {} ({})",
-                                               where, seconds_text(options_.rendezvous_timeout),
-                                               runtime_.system().render(e));
+                                 : fmt::format(
+                                       "rank 0 at {} did not complete the rendezvous "
+                                       "within {} ({})",
+                                       where, seconds_text(options_.rendezvous_timeout),
+                                       runtime_.system().render(e));
                  });
     if (!problem.empty()) throw rendezvous_error(problem);
     // Rank 0's gateway: the handle remote_actor gave us. It learnt ours from the introduction.
@@ -679,9 +678,9 @@ void cluster::meet() {
     self->request(gateway_, remaining(), atoms::peers_in_atom_v, connected)
         .receive([](bool) {}, [&](caf::error& e) { failed = runtime_.system().render(e); });
     if (!failed.empty())
-      throw rendezvous_error(fmt::format(
-          "rendezvous: rank {} did not hear from every other rank within {} ({})", options_.rank,
-          seconds_text(options_.rendezvous_timeout), failed));
+      throw rendezvous_error(
+          fmt::format("rendezvous: rank {} did not hear from every other rank within {} ({})",
+                      options_.rank, seconds_text(options_.rendezvous_timeout), failed));
   }
   if (options_.rank == 0 && options_.world > 1) {
     // Rank 0's peers are the ranks that said hello; wait until every one introduced itself.

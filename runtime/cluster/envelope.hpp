@@ -38,8 +38,8 @@ typename Inspector::result_type inspect(Inspector& f, envelope& x) {
 /// What a process tells rank 0 at rendezvous, and rank 0 tells everyone after it.
 struct process_card {
   std::int32_t rank = 0;
-  std::string host;      ///< the topology's host name it runs
-  std::string address;   ///< where its gateway listens
+  std::string host;     ///< the topology's host name it runs
+  std::string address;  ///< where its gateway listens
   std::uint16_t port = 0;
   std::vector<std::uint8_t> ucx_address;
   std::int32_t pid = 0;

@@ -36,9 +36,9 @@ std::optional<launch_environment> rank_and_world(const environment_lookup& looku
 
 std::uint16_t port_from(const environment_lookup& lookup, std::uint16_t fallback) {
   const char* port = lookup("TROUPE_RENDEZVOUS_PORT");
-  return port == nullptr ? fallback
-                         : static_cast<std::uint16_t>(
-                               parse_number(port, "TROUPE_RENDEZVOUS_PORT", 1, 65535));
+  return port == nullptr
+             ? fallback
+             : static_cast<std::uint16_t>(parse_number(port, "TROUPE_RENDEZVOUS_PORT", 1, 65535));
 }
 
 }  // namespace
@@ -122,7 +122,8 @@ std::optional<launch_environment> detect_launch_environment(const environment_lo
     }
   }
   // Open MPI: rank and size only; the rendezvous comes from --rendezvous or the topology.
-  if (auto env = rank_and_world(lookup, "openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")) {
+  if (auto env =
+          rank_and_world(lookup, "openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")) {
     env->rendezvous_port = port_from(lookup, default_rendezvous_port);
     return env;
   }

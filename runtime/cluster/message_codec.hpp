@@ -102,8 +102,7 @@ class wire_reader {
 // The wire format of the basic types; structs add their own `wire` overloads next to them.
 
 template <class Archive, class T>
-  requires(std::is_arithmetic_v<T> || std::is_enum_v<T>)
-void wire(Archive& a, T& x) {
+requires(std::is_arithmetic_v<T> || std::is_enum_v<T>) void wire(Archive& a, T& x) {
   a.bytes(&x, sizeof x);
 }
 

@@ -10,7 +10,6 @@
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/training_actors.hpp"
 
-
 namespace troupe {
 
 caf::actor spawn_expert_shard_actor(actor_runtime& runtime,

@@ -21,10 +21,10 @@
 #include "runtime/exec/thread_pool.hpp"
 #include "runtime/optim/training_schedule.hpp"
 #include "runtime/plugin/instance.hpp"
+#include "runtime/topology/plan.hpp"
 #include "runtime/train/actor_expert_transport.hpp"
 #include "runtime/train/actor_failure.hpp"
 #include "runtime/train/train_checkpoint.hpp"
-#include "runtime/topology/plan.hpp"
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/train_wire.hpp"
 #include "runtime/train/training_actors.hpp"
@@ -406,7 +406,8 @@ void training_job::impl::build(plugin_registry& registry) {
     for (auto& entry : ranks)
       if (entry.replica == d) peers.push_back(entry.actor);
     for (auto& entry : ranks)
-      if (entry.replica == d && entry.setup) caf::anon_send(entry.actor, atoms::peers_atom_v, peers);
+      if (entry.replica == d && entry.setup)
+        caf::anon_send(entry.actor, atoms::peers_atom_v, peers);
   }
   balancer = place("balancer", [&] { return spawn_balancer_actor(*runtime, balancer_state); });
   data = place("data", [&] { return spawn_data_actor(*runtime, data_state); });
@@ -678,10 +679,11 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
       for (auto& [param, grad] : it->second.items) grad = replicated[param][0];
       reducing.emplace_back(name, actor);
     }
-    ask_each<bool>(self, "gradient reduction", reducing, [](const std::string&, bool&) {},
-                   [&](const std::string& name) {
-                     return caf::make_message(atoms::reduced_atom_v, reported[name]);
-                   });
+    ask_each<bool>(
+        self, "gradient reduction", reducing, [](const std::string&, bool&) {},
+        [&](const std::string& name) {
+          return caf::make_message(atoms::reduced_atom_v, reported[name]);
+        });
     const double grad_norm = std::sqrt(norm_squared);
     const double grad_scale =
         tr.grad_clip > 0.0 && grad_norm > tr.grad_clip ? tr.grad_clip / (grad_norm + 1e-6) : 1.0;
@@ -788,7 +790,8 @@ std::pair<int, std::string> training_job::serve() {
 
 training_result training_job::run() {
   if (impl_->stopped) fail("a training job runs once");
-  if (!impl_->coordinates()) fail("rank {} serves its actors with serve()", impl_->processes->rank());
+  if (!impl_->coordinates())
+    fail("rank {} serves its actors with serve()", impl_->processes->rank());
   std::promise<training_result> done;
   auto outcome = done.get_future();
   impl_->runtime->spawn_detached("coordinator", [this, &done](caf::blocking_actor* self) {

@@ -123,7 +123,6 @@ struct ucx_transport::state::send_record {
 
 namespace {
 
-
 struct receive_record {
   ucx_transport::state* state = nullptr;
   int from = 0;
@@ -195,8 +194,8 @@ void on_receive_done(void* request, ucs_status_t status, std::size_t, void* user
   ucp_request_free(request);
 }
 
-ucs_status_t on_tensor_message(void* arg, const void* header, std::size_t header_length,
-                               void* data, std::size_t length, const ucp_am_recv_param_t* param) {
+ucs_status_t on_tensor_message(void* arg, const void* header, std::size_t header_length, void* data,
+                               std::size_t length, const ucp_am_recv_param_t* param) {
   auto* st = static_cast<ucx_transport::state*>(arg);
   if (header_length != sizeof(tensor_header)) return UCS_ERR_INVALID_PARAM;
   tensor_header h;
@@ -321,7 +320,8 @@ ucx_transport::~ucx_transport() {
     params.flags = UCP_EP_CLOSE_FLAG_FORCE;
     ucs_status_ptr_t request = ucp_ep_close_nbx(ep, &params);
     if (UCS_PTR_IS_PTR(request)) {
-      while (ucp_request_check_status(request) == UCS_INPROGRESS) ucp_worker_progress(state_->worker);
+      while (ucp_request_check_status(request) == UCS_INPROGRESS)
+        ucp_worker_progress(state_->worker);
       ucp_request_free(request);
     }
   }
@@ -356,9 +356,10 @@ void ucx_transport::connect(int peer, std::vector<std::uint8_t> address) {
 
 void ucx_transport::send(int peer, std::uint64_t tag, tensor value, send_done done) {
   if (!value.where().is_cpu())
-    fail("UCX transport: a tensor for rank {} is in GPU memory; Debian's UCX moves host memory "
-         "only",
-         peer);
+    fail(
+        "UCX transport: a tensor for rank {} is in GPU memory; Debian's UCX moves host memory "
+        "only",
+        peer);
   if (value.dim() > static_cast<std::int64_t>(max_rank))
     fail("UCX transport: a tensor of rank {} (at most {})", value.dim(), max_rank);
   auto* record = new send_record;

@@ -24,9 +24,8 @@ TEST(LaunchEnvironment, NoLauncherMeansNoRank) {
 }
 
 TEST(LaunchEnvironment, TroupesOwnVariables) {
-  auto env = detect({{"TROUPE_RANK", "1"},
-                     {"TROUPE_WORLD_SIZE", "4"},
-                     {"TROUPE_RENDEZVOUS", "10.0.0.5:4000"}});
+  auto env = detect(
+      {{"TROUPE_RANK", "1"}, {"TROUPE_WORLD_SIZE", "4"}, {"TROUPE_RENDEZVOUS", "10.0.0.5:4000"}});
   ASSERT_TRUE(env);
   EXPECT_EQ(env->launcher, "troupe");
   EXPECT_EQ(env->rank, 1);
@@ -63,9 +62,8 @@ TEST(LaunchEnvironment, OpenMpiGivesNoAddress) {
 }
 
 TEST(LaunchEnvironment, SlurmMeetsOnItsFirstNode) {
-  auto env = detect({{"SLURM_PROCID", "2"},
-                     {"SLURM_NTASKS", "4"},
-                     {"SLURM_JOB_NODELIST", "gpu[07-08,11],cpu3"}});
+  auto env = detect(
+      {{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "4"}, {"SLURM_JOB_NODELIST", "gpu[07-08,11],cpu3"}});
   ASSERT_TRUE(env);
   EXPECT_EQ(env->launcher, "slurm");
   EXPECT_EQ(env->rank, 2);
@@ -92,9 +90,9 @@ TEST(LaunchEnvironment, MalformedValuesNameTheVariable) {
   }
   EXPECT_THROW(detect({{"TROUPE_RANK", "4"}, {"TROUPE_WORLD_SIZE", "4"}}), error);
   EXPECT_THROW(detect({{"TROUPE_RANK", "0"}}), error);
-  EXPECT_THROW(detect({{"TROUPE_RANK", "0"}, {"TROUPE_WORLD_SIZE", "2"},
-                       {"TROUPE_RENDEZVOUS", "nohost"}}),
-               error);
+  EXPECT_THROW(
+      detect({{"TROUPE_RANK", "0"}, {"TROUPE_WORLD_SIZE", "2"}, {"TROUPE_RENDEZVOUS", "nohost"}}),
+      error);
 }
 
 TEST(SlurmNodelist, ExpandsRangesPaddingAndSuffixes) {

@@ -77,9 +77,9 @@ const std::string quick = " --quiet --threads 1";
 void expect_same_losses(const std::string& file, int steps) {
   const fs::path dir = scratch_dir(file);
   const std::string common = fmt::format(" --steps {}{}", steps, quick);
-  auto single = shell(fmt::format("{} train {} --log-json {} --checkpoint-dir {}{}", troupe(),
-                                  topology(file), (dir / "one.json").string(),
-                                  (dir / "ck1").string(), common));
+  auto single =
+      shell(fmt::format("{} train {} --log-json {} --checkpoint-dir {}{}", troupe(), topology(file),
+                        (dir / "one.json").string(), (dir / "ck1").string(), common));
   ASSERT_EQ(single.exit_code, 0) << single.output;
   auto multi = shell(fmt::format("{} launch {} --log-json {} --checkpoint-dir {}{}", troupe(),
                                  topology(file), (dir / "many.json").string(),
@@ -157,12 +157,12 @@ TEST(Launch, AKilledProcessIsReportedWithin10SecondsAndTheJobResumes) {
 TEST(Launch, AStoppedProcessIsReportedByTheHeartbeats) {
   const fs::path dir = scratch_dir("stop");
   double seconds = 0;
-  auto broken =
-      break_a_rank(dir, "four-hosts.toml", 2, "STOP", " --heartbeat-timeout 3", seconds);
+  auto broken = break_a_rank(dir, "four-hosts.toml", 2, "STOP", " --heartbeat-timeout 3", seconds);
   EXPECT_TRUE(contains(broken.output, "exit=5")) << broken.output;
   EXPECT_LT(seconds, 10.0) << broken.output;
-  EXPECT_TRUE(contains(broken.output, "rank 2 (host node2: shard0, shard1) stopped answering: "
-                                      "no heartbeat for 3 s"))
+  EXPECT_TRUE(contains(broken.output,
+                       "rank 2 (host node2: shard0, shard1) stopped answering: "
+                       "no heartbeat for 3 s"))
       << broken.output;
   std::cout << "stopped rank 2: the launcher exited " << seconds << " s later\n";
 }
@@ -170,19 +170,20 @@ TEST(Launch, AStoppedProcessIsReportedByTheHeartbeats) {
 TEST(Launch, RendezvousTimeoutNamesTheMissingRanks) {
   // Rank 0 alone of a world of four: ranks 1 to 3 never come.
   const int port = 20000 + ::getpid() % 20000;
-  auto alone = shell(fmt::format(
-      "TROUPE_RANK=0 TROUPE_WORLD_SIZE=4 TROUPE_RENDEZVOUS=127.0.0.1:{} {} launch {} "
-      "--rendezvous-timeout 1.5{}",
-      port, troupe(), topology("four-hosts.toml"), quick));
+  auto alone = shell(
+      fmt::format("TROUPE_RANK=0 TROUPE_WORLD_SIZE=4 TROUPE_RENDEZVOUS=127.0.0.1:{} {} launch {} "
+                  "--rendezvous-timeout 1.5{}",
+                  port, troupe(), topology("four-hosts.toml"), quick));
   EXPECT_EQ(alone.exit_code, 5) << alone.output;
-  EXPECT_TRUE(contains(alone.output, "rank 1 (host node1), rank 2 (host node2), rank 3 (host "
-                                     "node3) never arrived within 1.5 s"))
+  EXPECT_TRUE(contains(alone.output,
+                       "rank 1 (host node1), rank 2 (host node2), rank 3 (host "
+                       "node3) never arrived within 1.5 s"))
       << alone.output;
   // A rank without its rank 0.
-  auto lost = shell(fmt::format(
-      "TROUPE_RANK=1 TROUPE_WORLD_SIZE=2 TROUPE_RENDEZVOUS=127.0.0.1:9 {} launch {} "
-      "--rendezvous-timeout 1{}",
-      troupe(), topology("two-hosts.toml"), quick));
+  auto lost = shell(
+      fmt::format("TROUPE_RANK=1 TROUPE_WORLD_SIZE=2 TROUPE_RENDEZVOUS=127.0.0.1:9 {} launch {} "
+                  "--rendezvous-timeout 1{}",
+                  troupe(), topology("two-hosts.toml"), quick));
   EXPECT_EQ(lost.exit_code, 5) << lost.output;
   EXPECT_TRUE(contains(lost.output, "rank 1 cannot reach rank 0 at 127.0.0.1:9 within 1 s"))
       << lost.output;

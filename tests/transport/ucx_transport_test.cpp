@@ -63,8 +63,8 @@ tensor wait_for(ucx_transport& receiver, int from, std::uint64_t tag) {
 
 TEST(UcxTransport, SizesFromOneByteTo64MiBArriveIntact) {
   transport_pair pair;
-  std::vector<std::size_t> sizes{1, 7, 64, 1000, 4096, 8191, 65536, 100000, 1 << 20, (1 << 20) + 3,
-                                 16 << 20, 64 << 20};
+  std::vector<std::size_t> sizes{1,     7,      64,      1000,          4096,     8191,
+                                 65536, 100000, 1 << 20, (1 << 20) + 3, 16 << 20, 64 << 20};
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     const tensor sent = random_bytes(sizes[i], i);
     const std::uint64_t expected = checksum(sent);
@@ -92,8 +92,10 @@ TEST(UcxTransport, ShapeAndDtypeTravelWithTheBytes) {
 TEST(UcxTransport, ManyInFlightMatchTheirTagsWhateverTheOrder) {
   transport_pair pair;
   std::vector<tensor> sent;
-  for (int i = 0; i < 32; ++i) sent.push_back(random_bytes(static_cast<std::size_t>(i) * 40000 + 1, 1000 + i));
-  for (int i = 0; i < 32; ++i) pair.a.send(1, static_cast<std::uint64_t>(i), sent[static_cast<std::size_t>(i)]);
+  for (int i = 0; i < 32; ++i)
+    sent.push_back(random_bytes(static_cast<std::size_t>(i) * 40000 + 1, 1000 + i));
+  for (int i = 0; i < 32; ++i)
+    pair.a.send(1, static_cast<std::uint64_t>(i), sent[static_cast<std::size_t>(i)]);
   // Expect in reverse order: some tensors are already there, others still travel.
   for (int i = 31; i >= 0; --i) {
     const tensor got = wait_for(pair.b, 0, static_cast<std::uint64_t>(i));
@@ -105,7 +107,8 @@ TEST(UcxTransport, ManyInFlightMatchTheirTagsWhateverTheOrder) {
 TEST(UcxTransport, SendingToAnUnknownRankFailsTheSend) {
   transport_pair pair;
   std::promise<std::string> done;
-  pair.a.send(5, 1, random_bytes(10, 1), [&](const std::string& failure) { done.set_value(failure); });
+  pair.a.send(5, 1, random_bytes(10, 1),
+              [&](const std::string& failure) { done.set_value(failure); });
   EXPECT_NE(done.get_future().get().find("rank 5 is not connected"), std::string::npos);
 }
 

@@ -18,8 +18,8 @@
 #include <sstream>
 #include <thread>
 
-#include <caf/all.hpp>
 #include <fmt/format.h>
+#include <caf/all.hpp>
 
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/actor/atoms.hpp"
@@ -106,7 +106,8 @@ const std::vector<std::size_t> latency_sizes{8, 4096, 65536};
 const std::vector<std::size_t> bandwidth_sizes{1 << 20, 4 << 20, 16 << 20, 64 << 20};
 
 int iterations_for(std::size_t bytes, const transport_bench_options& o) {
-  return std::max(8, static_cast<int>(o.bandwidth_bytes_per_size / static_cast<std::int64_t>(bytes)));
+  return std::max(8,
+                  static_cast<int>(o.bandwidth_bytes_per_size / static_cast<std::int64_t>(bytes)));
 }
 
 /// The echo side: answers each ping, acknowledges each bandwidth burst.
@@ -134,7 +135,7 @@ void serve_transport(int fd, const transport_bench_options& options) {
 }
 
 struct transport_figures {
-  std::vector<double> latency_us;        // one way, per latency size
+  std::vector<double> latency_us;       // one way, per latency size
   std::vector<double> bandwidth_mib_s;  // per bandwidth size
 };
 
@@ -280,8 +281,8 @@ int bench_transport(const transport_bench_options& options) {
   waitpid(child, &status, 0);
   ::close(fds[0]);
 
-  fmt::print("troupe bench transport: two processes on this machine, UCX {} (UCX_TLS={})\n",
-             "1.13", std::getenv("UCX_TLS") ? std::getenv("UCX_TLS") : "all");
+  fmt::print("troupe bench transport: two processes on this machine, UCX {} (UCX_TLS={})\n", "1.13",
+             std::getenv("UCX_TLS") ? std::getenv("UCX_TLS") : "all");
   fmt::print("\nlatency, one way (ping-pong / 2)\n{:>10}  {:>12}  {:>14}  {:>6}\n", "size",
              "troupe µs", "ucx_perftest µs", "ratio");
   for (std::size_t i = 0; i < latency_sizes.size(); ++i) {
@@ -292,9 +293,10 @@ int bench_transport(const transport_bench_options& options) {
                figures.latency_us[i], reference ? fmt::format("{:.2f}", *reference) : "-",
                reference ? fmt::format("{:.2f}", *reference / figures.latency_us[i]) : "-");
   }
-  fmt::print("\nbandwidth, one way (ucx_perftest: ucp_am_bw, the better of its default window and "
-             "-O 2)\n{:>10}  {:>12}  {:>14}  {:>6}\n",
-             "size", "troupe MiB/s", "ucx_perftest", "ratio");
+  fmt::print(
+      "\nbandwidth, one way (ucx_perftest: ucp_am_bw, the better of its default window and "
+      "-O 2)\n{:>10}  {:>12}  {:>14}  {:>6}\n",
+      "size", "troupe MiB/s", "ucx_perftest", "ratio");
   for (std::size_t i = 0; i < bandwidth_sizes.size(); ++i) {
     // The better of ucx_perftest's default window and two sends in flight (near troupe's).
     std::optional<double> reference;
@@ -323,8 +325,9 @@ void add_bench_transport_command(CLI::App& bench_group, int& exit_code) {
       "transport",
       "Tensors between two processes through troupe's UCX transport against ucx_perftest, and "
       "the CAF request round trip");
-  command->add_option("--latency-iterations", options->latency_iterations,
-                      "Ping-pongs per latency size")
+  command
+      ->add_option("--latency-iterations", options->latency_iterations,
+                   "Ping-pongs per latency size")
       ->capture_default_str();
   command->add_flag("--no-reference", options->no_reference, "Do not run ucx_perftest");
   command->callback([options, &exit_code] {

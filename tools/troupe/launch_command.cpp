@@ -135,7 +135,8 @@ int launch_locally(const launch_options& options, const topology_plan& plan) {
         children[r] = -1;
         --running;
         const int exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (r == 0) code = exit_code;
+        if (r == 0)
+          code = exit_code;
         else if (exit_code != 0)
           fmt::print(stderr, "troupe launch: rank {} ({}) exited with status {}\n", r,
                      plan.processes[r].host, exit_code);

@@ -15,9 +15,8 @@ void add_train_command(CLI::App& app, int& exit_code) {
       "Train the model of a topology on actors, every actor in this process whatever its hosts "
       "(default: the shipped tiny.toml)");
   add_training_options(command, *options);
-  command->callback([options, &exit_code] {
-    exit_code = run_training(*options, "troupe train", std::nullopt);
-  });
+  command->callback(
+      [options, &exit_code] { exit_code = run_training(*options, "troupe train", std::nullopt); });
 }
 
 }  // namespace troupe::cli

@@ -56,7 +56,6 @@ std::string progress_line(const step_record& r) {
       r.tokens_per_s, r.expert_load_max_over_mean, r.step_seconds);
 }
 
-
 /// After a lost process, tearing down the job may wait on actors that wait on the dead: give
 /// it a few seconds, then leave anyway (checkpoints are complete or never published).
 void leave_within(std::chrono::seconds grace, int code) {

@@ -196,6 +196,8 @@ void peer_down(instrumented_actor* self, cluster::gateway_state& st, int rank,
       ++it;
     }
   }
+  for (auto& waiter : st.barrier_waiters) waiter.deliver(failure_error(message));
+  st.barrier_waiters.clear();
   if (st.options.rank != 0 && rank == 0) st.set_finish(5, message);
   for (auto& handler : st.failure_handlers) handler(rank, message);
   (void)self;
@@ -471,15 +473,34 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
       },
       // Barrier: everyone reports to rank 0, which answers all at once.
       [self, st](atoms::barrier_atom, std::int32_t rank) {
+        auto done = self->make_response_promise();
+        if (!st->dead.empty()) {
+          // A process died before everyone got here: nobody will.
+          done.deliver(failure_error(st->dead.begin()->second));
+          return;
+        }
         if (st->options.rank != 0) {
-          // Ours: forward to rank 0, its answer answers our caller.
+          // Ours: ask rank 0; its answer (or its death) answers our caller.
           auto zero = st->peers.find(0);
-          if (zero == st->peers.end()) return;
-          self->delegate(zero->second, atoms::barrier_atom_v, rank);
+          if (zero == st->peers.end()) {
+            done.deliver(failure_error("rank 0 is not connected"));
+            return;
+          }
+          st->barrier_waiters.push_back(done);
+          self->request(zero->second, caf::infinite, atoms::barrier_atom_v, rank)
+              .then(
+                  [st](bool) {
+                    for (auto& waiter : st->barrier_waiters) waiter.deliver(true);
+                    st->barrier_waiters.clear();
+                  },
+                  [st](caf::error& e) {
+                    for (auto& waiter : st->barrier_waiters) waiter.deliver(e);
+                    st->barrier_waiters.clear();
+                  });
           return;
         }
         st->at_barrier.insert(rank);
-        st->barrier_waiters.push_back(self->make_response_promise());
+        st->barrier_waiters.push_back(done);
         if (static_cast<int>(st->at_barrier.size()) == st->options.world) {
           for (auto& waiter : st->barrier_waiters) waiter.deliver(true);
           st->barrier_waiters.clear();
@@ -732,10 +753,17 @@ void cluster::barrier(std::chrono::milliseconds timeout) {
   caf::scoped_actor self(runtime_.system());
   std::string failed;
   self->request(gateway_, timeout, atoms::barrier_atom_v, static_cast<std::int32_t>(options_.rank))
-      .receive([](bool) {}, [&](caf::error& e) { failed = runtime_.system().render(e); });
+      .receive([](bool) {},
+               [&](caf::error& e) {
+                 const caf::message& context = e.context();
+                 failed = context.match_elements<std::string>()
+                              ? context.get_as<std::string>(0)
+                              : fmt::format("no answer within {} ({})", seconds_text(timeout),
+                                            runtime_.system().render(e));
+               });
   if (!failed.empty())
-    fail("rank {}: not every process got ready within {} ({})", options_.rank,
-         seconds_text(timeout), failed);
+    throw rendezvous_error(
+        fmt::format("rank {}: not every process got ready: {}", options_.rank, failed));
 }
 
 void cluster::on_failure(failure_handler handler) {

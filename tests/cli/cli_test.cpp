@@ -15,29 +15,19 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/support/command_runs.hpp"
 #include "tests/support/fixtures.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-struct run_result {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
+using troupe::testing::run_result;
 
 run_result run(const std::string& arguments, const std::string& environment = "") {
   const char* exe = std::getenv("TROUPE_EXE");
   if (exe == nullptr) throw std::runtime_error("TROUPE_EXE is not set (run through meson test)");
-  const std::string command = environment + " " + exe + " " + arguments + " 2>&1";
-  run_result result;
-  FILE* pipe = popen(command.c_str(), "r");
-  std::array<char, 4096> buffer{};
-  for (std::size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
-    result.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return troupe::testing::run_command(environment + " " + exe + " " + arguments);
 }
 
 std::string source(const std::string& relative) {
@@ -111,19 +101,11 @@ TEST(Cli, TopoDotIsValidGraphviz) {
 }
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir =
-      fs::temp_directory_path() / ("troupe-cli-test-" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return troupe::testing::scratch_dir("cli-test", name);
 }
 
 std::vector<nlohmann::json> read_log(const fs::path& file) {
-  std::vector<nlohmann::json> records;
-  std::ifstream in(file);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
+  return troupe::testing::read_json_lines(file);
 }
 
 // Small steps of the tiny model for CLI tests.
@@ -165,14 +147,9 @@ TEST(Cli, TrainStopsOnSigtermAfterTheStepAndResumes) {
   const std::string script = fmt::format(
       "bash -c '{} train --steps 1000 --quiet --log-json {} --checkpoint-dir {} {} & pid=$!; "
       "for i in $(seq 600); do [ -f {} ] && [ $(wc -l < {}) -ge 2 ] && break; sleep 0.1; done; "
-      "kill -TERM $pid; wait $pid; echo exit=$?' 2>&1",
+      "kill -TERM $pid; wait $pid; echo exit=$?'",
       std::getenv("TROUPE_EXE"), log, ckpt, small_steps, log, log);
-  std::string output;
-  FILE* pipe = popen(script.c_str(), "r");
-  std::array<char, 4096> buffer{};
-  for (std::size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
-    output.append(buffer.data(), n);
-  pclose(pipe);
+  const std::string output = troupe::testing::run_command(script).output;
   EXPECT_NE(output.find("exit=3"), std::string::npos) << output;
   EXPECT_NE(output.find("stopped by a signal"), std::string::npos) << output;
   const auto steps = read_log(log);

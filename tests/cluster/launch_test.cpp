@@ -18,25 +18,18 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/support/command_runs.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 
-struct run_result {
-  int exit_code = -1;
-  std::string output;
-};
+using troupe::testing::read_json_lines;
+using troupe::testing::run_result;
 
-/// Runs a shell script; its output (stdout and stderr) and the exit status of the script.
+/// Runs a bash script; its output (stdout and stderr) and exit status.
 run_result shell(const std::string& script) {
-  run_result result;
-  FILE* pipe = popen(("bash -c '" + script + "' 2>&1").c_str(), "r");
-  std::array<char, 4096> buffer{};
-  for (std::size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
-    result.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return troupe::testing::run_command("bash -c '" + script + "'");
 }
 
 std::string troupe() {
@@ -50,19 +43,7 @@ std::string topology(const std::string& name) {
 }
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir =
-      fs::temp_directory_path() / ("troupe-launch-test-" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-std::vector<nlohmann::json> read_log(const fs::path& file) {
-  std::vector<nlohmann::json> records;
-  std::ifstream in(file);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
+  return troupe::testing::scratch_dir("launch-test", name);
 }
 
 bool contains(const std::string& text, const std::string& part) {
@@ -86,7 +67,7 @@ void expect_same_losses(const std::string& file, int steps) {
                                  (dir / "ck2").string(), common));
   ASSERT_EQ(multi.exit_code, 0) << multi.output;
   EXPECT_TRUE(contains(multi.output, "processes on this machine")) << multi.output;
-  const auto one = read_log(dir / "one.json"), many = read_log(dir / "many.json");
+  const auto one = read_json_lines(dir / "one.json"), many = read_json_lines(dir / "many.json");
   ASSERT_EQ(one.size(), static_cast<std::size_t>(steps));
   ASSERT_EQ(many.size(), one.size());
   for (std::size_t s = 0; s < one.size(); ++s) {

@@ -39,7 +39,9 @@ std::string troupe() {
 }
 
 std::string topology(const std::string& name) {
-  return (fs::path(std::getenv("TROUPE_SOURCE_DIR")) / "topologies" / name).string();
+  const fs::path source = std::getenv("TROUPE_SOURCE_DIR");
+  const fs::path shipped = source / "topologies" / name;
+  return (fs::exists(shipped) ? shipped : source / "tests/fixtures/topologies" / name).string();
 }
 
 fs::path scratch_dir(const std::string& name) {
@@ -85,6 +87,24 @@ TEST(Launch, TwoProcessesGiveTheSingleProcessLosses) {
 
 TEST(Launch, FourProcessesGiveTheSingleProcessLosses) {
   expect_same_losses("four-hosts.toml", 4);
+}
+
+TEST(Launch, BalancerAndEmaInAnotherProcessGiveTheSameLossesAndAverages) {
+  expect_same_losses("remote-roles.toml", 3);
+  // The EMA, written by node1's process into the shared checkpoint, equals the one-process EMA.
+  const fs::path dir = fs::temp_directory_path() /
+                       ("troupe-launch-test-" + std::to_string(::getpid())) / "remote-roles.toml";
+  for (const char* file : {"model.safetensors"}) {
+    const fs::path one = dir / "ck1" / "step-000003" / "ema" / file;
+    const fs::path many = dir / "ck2" / "step-000003" / "ema" / file;
+    ASSERT_TRUE(fs::exists(one) && fs::exists(many)) << one << " " << many;
+    std::ifstream a(one, std::ios::binary), b(many, std::ios::binary);
+    const std::string bytes_a((std::istreambuf_iterator<char>(a)),
+                              std::istreambuf_iterator<char>());
+    const std::string bytes_b((std::istreambuf_iterator<char>(b)),
+                              std::istreambuf_iterator<char>());
+    EXPECT_TRUE(bytes_a == bytes_b) << "the EMA differs between one and two processes";
+  }
 }
 
 /// Starts a long launch, waits for `steps` logged steps, sends `signal` to rank `rank`, and

@@ -75,7 +75,7 @@ int serve(training_job& job, const std::string& command) {
   auto [code, why] = job.serve();
   if (code == 0) return exit_ok;
   fmt::print(stderr, "{}: the job ended: {}\n", command, why);
-  leave_within(std::chrono::seconds(5), exit_process_failed);
+  leave_within(std::chrono::seconds(2), exit_process_failed);
   return exit_process_failed;
 }
 
@@ -190,14 +190,14 @@ int run_training(const train_options& options, const std::string& command,
   } catch (const rendezvous_error& e) {
     running_job.store(nullptr);
     fmt::print(stderr, "{}: {}\n", command, e.what());
-    leave_within(std::chrono::seconds(5), exit_process_failed);
+    leave_within(std::chrono::seconds(2), exit_process_failed);
     return exit_process_failed;
   } catch (const std::exception& e) {
     running_job.store(nullptr);
     const bool lost = job && job->lost_process();
     fmt::print(stderr, "{}: {}\n", command, e.what());
     if (lost) {
-      leave_within(std::chrono::seconds(5), exit_process_failed);
+      leave_within(std::chrono::seconds(2), exit_process_failed);
       return exit_process_failed;
     }
   }

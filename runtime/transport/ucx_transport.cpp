@@ -10,10 +10,12 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <set>
 #include <mutex>
 #include <utility>
 
 #include <ucp/api/ucp.h>
+#include <ucs/config/global_opts.h>
 
 #include "runtime/core/error.hpp"
 #include "runtime/transport/buffer_pool.hpp"
@@ -64,6 +66,7 @@ struct ucx_transport::state {
     std::deque<send_record*> waiting;
   };
   std::map<int, flow> flows;  // by peer
+  std::set<send_record*> started;  // handed to UCX, not completed yet
 
   bool has_room(const flow& f, std::size_t bytes) const {
     return f.in_flight == 0 || (f.in_flight < options.max_in_flight &&
@@ -139,6 +142,7 @@ void finish_send(send_record* record, ucs_status_t status, bool started = true) 
   ucx_transport::state* st = record->state;
   const int peer = record->peer;
   const std::size_t bytes = record->value.nbytes();
+  st->started.erase(record);
   if (status == UCS_OK) st->sent.fetch_add(1, std::memory_order_relaxed);
   if (record->done) record->done(status == UCS_OK ? std::string() : ucx_failure("send", status));
   delete record;
@@ -161,6 +165,7 @@ void on_send_done(void* request, ucs_status_t status, void* user_data) {
 /// Hands `record` to UCX (its peer has room in flight).
 void start_send(send_record* record) {
   ucx_transport::state* st = record->state;
+  st->started.insert(record);
   auto& flow = st->flows[record->peer];
   ++flow.in_flight;
   flow.bytes_in_flight += record->value.nbytes();
@@ -264,6 +269,10 @@ ucx_transport::ucx_transport(int rank, ucx_options options)
   for (const char* name :
        {"UCX_MM_ERROR_HANDLING", "UCX_POSIX_ERROR_HANDLING", "UCX_SYSV_ERROR_HANDLING"})
     setenv(name, "y", 0);
+  // After a peer fails, UCX warns at exit about each request the peer never completed; the
+  // failure itself is reported by troupe. UCX_LOG_LEVEL, when set, still decides.
+  if (std::getenv("UCX_LOG_LEVEL") == nullptr)
+    ucs_global_opts.log_component.log_level = UCS_LOG_LEVEL_ERROR;
 
   ucp_config_t* config = nullptr;
   check(ucp_config_read(nullptr, nullptr, &config), "config");
@@ -328,6 +337,12 @@ ucx_transport::~ucx_transport() {
   state_->endpoints.clear();
   cancel_tasks(*state_);
   if (state_->worker) ucp_worker_destroy(state_->worker);
+  // Sends to a peer that died never complete: the worker took their requests; free the rest.
+  for (send_record* record : state_->started) {
+    if (record->done) record->done("UCX send: the transport closed first");
+    delete record;
+  }
+  state_->started.clear();
   if (state_->context) ucp_cleanup(state_->context);
   if (state_->epoll_fd >= 0) ::close(state_->epoll_fd);
   if (state_->wake_fd >= 0) ::close(state_->wake_fd);

@@ -10,8 +10,8 @@
 #include <cstring>
 #include <deque>
 #include <map>
-#include <set>
 #include <mutex>
+#include <set>
 #include <utility>
 
 #include <ucp/api/ucp.h>
@@ -65,7 +65,7 @@ struct ucx_transport::state {
     std::size_t bytes_in_flight = 0;
     std::deque<send_record*> waiting;
   };
-  std::map<int, flow> flows;  // by peer
+  std::map<int, flow> flows;       // by peer
   std::set<send_record*> started;  // handed to UCX, not completed yet
 
   bool has_room(const flow& f, std::size_t bytes) const {

@@ -14,6 +14,7 @@
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 
+#include "runtime/actor/actor_failure.hpp"
 #include "runtime/actor/atoms.hpp"
 #include "runtime/actor/instrumented_actor.hpp"
 #include "runtime/actor/message_fence.hpp"
@@ -153,10 +154,6 @@ namespace {
 
 using state_ptr = std::shared_ptr<cluster::gateway_state>;
 
-caf::error failure_error(const std::string& text) {
-  return caf::make_error(caf::sec::runtime_error, text);
-}
-
 void send_envelope(instrumented_actor* self, cluster::gateway_state& st, int rank, envelope letter,
                    std::vector<tensor> tensors) {
   auto peer = st.peers.find(rank);
@@ -190,13 +187,13 @@ void peer_down(instrumented_actor* self, cluster::gateway_state& st, int rank,
   for (auto it = st.pending.begin(); it != st.pending.end();) {
     if (it->second.rank == rank) {
       publish_writes_to(it->second.asker);
-      it->second.promise.deliver(failure_error(message));
+      it->second.promise.deliver(actor_failure(message));
       it = st.pending.erase(it);
     } else {
       ++it;
     }
   }
-  for (auto& waiter : st.barrier_waiters) waiter.deliver(failure_error(message));
+  for (auto& waiter : st.barrier_waiters) waiter.deliver(actor_failure(message));
   st.barrier_waiters.clear();
   if (st.options.rank != 0 && rank == 0) st.set_finish(5, message);
   for (auto& handler : st.failure_handlers) handler(rank, message);
@@ -211,7 +208,7 @@ void deliver(instrumented_actor* self, cluster::gateway_state& st, incoming& ent
     auto it = st.pending.find(letter.request);
     if (it == st.pending.end()) return;
     publish_writes_to(it->second.asker);
-    it->second.promise.deliver(failure_error(std::string(letter.body.begin(), letter.body.end())));
+    it->second.promise.deliver(actor_failure(std::string(letter.body.begin(), letter.body.end())));
     st.pending.erase(it);
     return;
   }
@@ -237,7 +234,7 @@ void deliver(instrumented_actor* self, cluster::gateway_state& st, incoming& ent
     if (problem.empty())
       it->second.promise.deliver(std::move(message));
     else
-      it->second.promise.deliver(failure_error(problem));
+      it->second.promise.deliver(actor_failure(problem));
     st.pending.erase(it);
     return;
   }
@@ -274,11 +271,17 @@ void deliver(instrumented_actor* self, cluster::gateway_state& st, incoming& ent
         answer.request = id;
         send_envelope(self, st, from, std::move(answer), std::move(tensors));
       },
-      [self, fail_back](const caf::error& e) {
-        const caf::message& context = e.context();
-        fail_back(context.match_elements<std::string>() ? context.get_as<std::string>(0)
-                                                        : self->system().render(e));
-      });
+      [self, fail_back](const caf::error& e) { fail_back(describe_failure(self->system(), e)); });
+}
+
+/// Rank 0: once every rank has registered (and rank 0 gathers), everyone gets the table.
+void hand_out_table_when_complete(cluster::gateway_state& st) {
+  if (!st.gathering || static_cast<int>(st.cards.size()) != st.options.world) return;
+  std::vector<process_card> table;
+  for (auto& [rank, card] : st.cards) table.push_back(card);
+  for (auto& waiter : st.card_waiters) waiter.deliver(table);
+  st.card_waiters.clear();
+  st.gathered.deliver(table);
 }
 
 /// Delivers the envelopes from `from` whose tensors are all here, in order.
@@ -327,7 +330,7 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
               caf::to_string(message), target);
         if (!problem.empty()) {
           if (is_request)
-            self->make_response_promise().deliver(failure_error(problem));
+            self->make_response_promise().deliver(actor_failure(problem));
           else
             fmt::print(stderr, "troupe: dropped a message to {}: {}\n", target, problem);
           return;
@@ -397,7 +400,7 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
         const int rank = card.rank;
         auto promise = self->make_response_promise();
         if (rank <= 0 || rank >= st->options.world || st->cards.count(rank) != 0) {
-          promise.deliver(failure_error(
+          promise.deliver(actor_failure(
               rank <= 0 || rank >= st->options.world
                   ? fmt::format("rendezvous: a process says it is rank {} of a world of {}", rank,
                                 st->options.world)
@@ -407,13 +410,7 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
         // Its gateway's handle comes with its introduction (peers_in).
         st->cards[rank] = std::move(card);
         st->card_waiters.push_back(promise);
-        if (st->gathering && static_cast<int>(st->cards.size()) == st->options.world) {
-          std::vector<process_card> table;
-          for (auto& [r, c] : st->cards) table.push_back(c);
-          for (auto& waiter : st->card_waiters) waiter.deliver(table);
-          st->card_waiters.clear();
-          st->gathered.deliver(table);
-        }
+        hand_out_table_when_complete(*st);
       },
       // Rendezvous, the other ranks: the hello goes from the gateway, so that rank 0 learns it.
       [self](atoms::hello_atom, const caf::actor& zero, process_card& card) {
@@ -426,13 +423,7 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
         st->cards[0] = std::move(mine);
         st->gathering = true;
         st->gathered = self->make_response_promise();
-        if (static_cast<int>(st->cards.size()) == st->options.world) {
-          std::vector<process_card> table;
-          for (auto& [r, c] : st->cards) table.push_back(c);
-          for (auto& waiter : st->card_waiters) waiter.deliver(table);
-          st->card_waiters.clear();
-          st->gathered.deliver(table);
-        }
+        hand_out_table_when_complete(*st);
       },
       [st](atoms::missing_atom) {
         std::vector<std::int32_t> absent;
@@ -476,14 +467,14 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
         auto done = self->make_response_promise();
         if (!st->dead.empty()) {
           // A process died before everyone got here: nobody will.
-          done.deliver(failure_error(st->dead.begin()->second));
+          done.deliver(actor_failure(st->dead.begin()->second));
           return;
         }
         if (st->options.rank != 0) {
           // Ours: ask rank 0; its answer (or its death) answers our caller.
           auto zero = st->peers.find(0);
           if (zero == st->peers.end()) {
-            done.deliver(failure_error("rank 0 is not connected"));
+            done.deliver(actor_failure("rank 0 is not connected"));
             return;
           }
           st->barrier_waiters.push_back(done);
@@ -674,9 +665,8 @@ void cluster::meet() {
     self->request(gateway_, remaining(), atoms::hello_atom_v, zero, mine)
         .receive([&](std::vector<process_card>& all) { table = std::move(all); },
                  [&](caf::error& e) {
-                   const caf::message& context = e.context();
-                   problem = context.match_elements<std::string>()
-                                 ? context.get_as<std::string>(0)
+                   problem = e.context().match_elements<std::string>()
+                                 ? describe_failure(runtime_.system(), e)
                                  : fmt::format(
                                        "rank 0 at {} did not complete the rendezvous "
                                        "within {} ({})",
@@ -755,9 +745,8 @@ void cluster::barrier(std::chrono::milliseconds timeout) {
   self->request(gateway_, timeout, atoms::barrier_atom_v, static_cast<std::int32_t>(options_.rank))
       .receive([](bool) {},
                [&](caf::error& e) {
-                 const caf::message& context = e.context();
-                 failed = context.match_elements<std::string>()
-                              ? context.get_as<std::string>(0)
+                 failed = e.context().match_elements<std::string>()
+                              ? describe_failure(runtime_.system(), e)
                               : fmt::format("no answer within {} ({})", seconds_text(timeout),
                                             runtime_.system().render(e));
                });

@@ -2,9 +2,9 @@
 
 #include <caf/scoped_actor.hpp>
 
+#include "runtime/actor/actor_failure.hpp"
 #include "runtime/actor/message_fence.hpp"
 #include "runtime/core/error.hpp"
-#include "runtime/train/actor_failure.hpp"
 #include "runtime/train/train_messages.hpp"
 
 namespace troupe {

@@ -7,10 +7,10 @@
 
 #include <caf/all.hpp>
 
+#include "runtime/actor/actor_failure.hpp"
 #include "runtime/actor/atoms.hpp"
 #include "runtime/actor/instrumented_actor.hpp"
 #include "runtime/checkpoint/hf_checkpoint.hpp"
-#include "runtime/train/actor_failure.hpp"
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/training_actors.hpp"
 

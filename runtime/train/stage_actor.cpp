@@ -4,10 +4,10 @@
 
 #include <caf/all.hpp>
 
+#include "runtime/actor/actor_failure.hpp"
 #include "runtime/actor/atoms.hpp"
 #include "runtime/actor/instrumented_actor.hpp"
 #include "runtime/train/actor_expert_transport.hpp"
-#include "runtime/train/actor_failure.hpp"
 #include "runtime/train/stage_transport.hpp"
 #include "runtime/train/train_checkpoint.hpp"
 #include "runtime/train/train_messages.hpp"

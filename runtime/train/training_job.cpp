@@ -11,6 +11,7 @@
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
+#include "runtime/actor/actor_failure.hpp"
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/actor/atoms.hpp"
 #include "runtime/actor/message_fence.hpp"
@@ -23,7 +24,6 @@
 #include "runtime/plugin/instance.hpp"
 #include "runtime/topology/plan.hpp"
 #include "runtime/train/actor_expert_transport.hpp"
-#include "runtime/train/actor_failure.hpp"
 #include "runtime/train/train_checkpoint.hpp"
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/train_wire.hpp"

@@ -23,8 +23,12 @@ T replying(Self* self, T value) {
   return value;
 }
 
+inline caf::error actor_failure(const std::string& message) {
+  return caf::make_error(caf::sec::runtime_error, message);
+}
+
 inline caf::error actor_failure(const std::exception& e) {
-  return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+  return actor_failure(std::string(e.what()));
 }
 
 /// The message of an error made by actor_failure, or CAF's rendering of any other.

@@ -7,9 +7,14 @@
 // own, and builds its table with layer_entry<Layer>::table(...).
 //
 // Layer needs: parameters() -> const parameter_list&, bind(params, grads, count, error),
-// forget(micro_batch), and optionally statistics() -> const std::string&.
+// forget(micro_batch), and optionally statistics() -> const std::string&. A layer with state of
+// its own (counters a hot swap carries over) adds export_state() -> std::string and
+// import_state(std::string_view, troupe_error*) -> troupe_status; others export nothing.
 
+#include <algorithm>
 #include <cstdint>
+#include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -52,13 +57,30 @@ struct layer_entry {
     of(instance)->forget(micro_batch);
   }
 
-  static troupe_status export_state(troupe_instance*, troupe_blob* state, troupe_error*) {
+  static troupe_status export_state(troupe_instance* instance, troupe_blob* state,
+                                    troupe_error* error) {
     *state = troupe_blob{nullptr, 0, nullptr};
+    if constexpr (requires(Layer & layer) { layer.export_state(); }) {
+      return guarded(error, [&] {
+        const std::string bytes = of(instance)->export_state();
+        char* copy = new char[bytes.size()];
+        std::copy(bytes.begin(), bytes.end(), copy);
+        *state =
+            troupe_blob{copy, bytes.size(), [](void* data) { delete[] static_cast<char*>(data); }};
+        return TROUPE_STATUS_OK;
+      });
+    }
     return TROUPE_STATUS_OK;
   }
 
-  static troupe_status import_state(troupe_instance*, const void*, std::size_t size,
+  static troupe_status import_state(troupe_instance* instance, const void* data, std::size_t size,
                                     troupe_error* error) {
+    if constexpr (requires(Layer & layer) { layer.export_state(); }) {
+      return guarded(error, [&] {
+        return of(instance)->import_state(std::string_view(static_cast<const char*>(data), size),
+                                          error);
+      });
+    }
     if (size != 0)
       return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                   "this plugin keeps no state of its own; got {} bytes", size);

@@ -20,9 +20,15 @@
 //   output grads: dy_rows;  input grads: dx_rows
 //
 // Options: {"part": ..., "experts": [...], "balance_loss_alpha": 1e-4}
+//
+// State (export_state/import_state, carried over by a hot swap): the instance's lifetime
+// counters, as JSON {"format": "troupe-moe-state/1", "forward_calls": N, "tokens_routed": [per
+// routed expert; empty for expert groups]}; statistics() reports them.
 #include <memory>
 #include <set>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "plugins/common/layer_entry.hpp"
 #include "plugins/moe/expert_group.hpp"
@@ -51,7 +57,51 @@ struct moe_instance {
     else
       experts->forget(micro_batch);
   }
-  const std::string& statistics() { return layer ? layer->statistics() : experts->statistics(); }
+  // Lifetime counters, carried across hot swaps.
+  std::int64_t forward_calls = 0;
+  std::vector<std::int64_t> tokens_routed;  // per routed expert (layers only)
+  std::string statistics_text;
+
+  void count_forward(const DLTensor* counts) {
+    ++forward_calls;
+    if (counts == nullptr) return;
+    const auto* c = static_cast<const std::int64_t*>(counts->data);
+    tokens_routed.resize(static_cast<std::size_t>(counts->shape[0]), 0);
+    for (std::size_t e = 0; e < tokens_routed.size(); ++e) tokens_routed[e] += c[e];
+  }
+
+  const std::string& statistics() {
+    auto stats = nlohmann::json::parse(layer ? layer->statistics() : experts->statistics());
+    stats["forward_calls"] = forward_calls;
+    stats["tokens_routed"] = tokens_routed;
+    statistics_text = stats.dump();
+    return statistics_text;
+  }
+
+  std::string export_state() const {
+    return nlohmann::json{{"format", "troupe-moe-state/1"},
+                          {"forward_calls", forward_calls},
+                          {"tokens_routed", tokens_routed}}
+        .dump();
+  }
+
+  troupe_status import_state(std::string_view bytes, troupe_error* error) {
+    if (bytes.empty()) return TROUPE_STATUS_OK;  // from a plugin that keeps no state
+    const auto state = nlohmann::json::parse(bytes, nullptr, false);
+    if (state.is_discarded() || !state.is_object() ||
+        state.value("format", std::string()) != "troupe-moe-state/1")
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                  "the state is not troupe-moe-state/1 JSON ({} bytes)", bytes.size());
+    auto routed = state.value("tokens_routed", std::vector<std::int64_t>());
+    const std::size_t experts_here = layer ? static_cast<std::size_t>(layer->experts()) : 0;
+    if (!routed.empty() && routed.size() != experts_here)
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                  "the state counts {} routed experts; this instance has {}", routed.size(),
+                  experts_here);
+    forward_calls = state.value("forward_calls", std::int64_t{0});
+    tokens_routed = std::move(routed);
+    return TROUPE_STATUS_OK;
+  }
 };
 
 using entry = layer_entry<moe_instance>;
@@ -140,7 +190,10 @@ troupe_status forward(troupe_instance* instance, const troupe_exec_context* cont
     if (num_inputs != 2 || num_outputs != 1)
       return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                   "experts map (rows, row_counts) to y_rows");
-    return moe->experts->forward(context, micro_batch, inputs[0], inputs[1], outputs[0], error);
+    const troupe_status status =
+        moe->experts->forward(context, micro_batch, inputs[0], inputs[1], outputs[0], error);
+    if (status == TROUPE_STATUS_OK) moe->count_forward(nullptr);
+    return status;
   }
   const bool routing = moe->layer->routing_only();
   if (num_inputs != 1 || num_outputs != (routing ? 5 : 3))
@@ -148,9 +201,11 @@ troupe_status forward(troupe_instance* instance, const troupe_exec_context* cont
         error, TROUPE_STATUS_INVALID_ARGUMENT, "moe {} x to ({})",
         routing ? "routing maps" : "maps",
         routing ? "y_shared, counts, balance_loss, selected, gates" : "y, counts, balance_loss");
-  return moe->layer->forward(context, micro_batch, inputs[0], outputs[0], outputs[1], outputs[2],
-                             routing ? &outputs[3] : nullptr, routing ? &outputs[4] : nullptr,
-                             error);
+  const troupe_status status =
+      moe->layer->forward(context, micro_batch, inputs[0], outputs[0], outputs[1], outputs[2],
+                          routing ? &outputs[3] : nullptr, routing ? &outputs[4] : nullptr, error);
+  if (status == TROUPE_STATUS_OK) moe->count_forward(&outputs[1]);
+  return status;
 }
 
 troupe_status backward(troupe_instance* instance, const troupe_exec_context* context,
@@ -173,7 +228,7 @@ troupe_status backward(troupe_instance* instance, const troupe_exec_context* con
 }
 
 constexpr troupe_plugin table = entry::table(
-    {TROUPE_PLUGIN_KIND_MOE, "moe", "1.1.0",
+    {TROUPE_PLUGIN_KIND_MOE, "moe", "1.2.0",
      "DeepSeekMoE: shared + fine-grained routed SwiGLU experts, aux-loss-free group-limited "
      "routing; whole layers, or routing and expert groups for expert parallelism (CPU)"},
     &create, &infer_outputs, &forward, &backward);

@@ -29,6 +29,10 @@ TROUPE_ATOM(batch);
 TROUPE_ATOM(position);
 TROUPE_ATOM(reduced);
 TROUPE_ATOM(peer_down);
+// Hot swaps of plugins: prepare, then commit or abort (runtime/train).
+TROUPE_ATOM(swap);
+TROUPE_ATOM(commit);
+TROUPE_ATOM(abort);
 // Processes of one job (runtime/cluster).
 TROUPE_ATOM(forward);
 TROUPE_ATOM(arrived);

@@ -7,6 +7,13 @@
 
 namespace troupe {
 
+std::vector<instance_slot> expert_shard::plugin_slots(plugin_kind kind) {
+  std::vector<instance_slot> slots;
+  if (kind == plugin_kind::moe)
+    for (auto& [key, copy] : copies_) slots.push_back(&copy.instance);
+  return slots;
+}
+
 namespace {
 
 std::string experts_options(const std::string& moe_options, const std::vector<std::int64_t>& ids) {

@@ -22,6 +22,7 @@
 #include "runtime/model/model_config.hpp"
 #include "runtime/model/parameter_store.hpp"
 #include "runtime/plugin/instance.hpp"
+#include "runtime/plugin/instance_swap.hpp"
 
 namespace troupe {
 
@@ -46,6 +47,8 @@ class expert_shard {
   /// zeroes them.
   void reduce_source_gradients();
   void zero_grads();
+  /// The moe plugin's instances (kind moe; none for other kinds), for a hot swap.
+  std::vector<instance_slot> plugin_slots(plugin_kind kind);
 
  private:
   struct layer_copy {

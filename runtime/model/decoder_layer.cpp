@@ -9,6 +9,12 @@
 
 namespace troupe {
 
+std::vector<instance_slot> decoder_layer::plugin_slots(plugin_kind kind) {
+  if (kind == plugin_kind::attention) return {&attention_};
+  if (kind == plugin_kind::moe && moe_) return {&moe_};
+  return {};
+}
+
 std::vector<std::string> declare_parameters(layer_instance& instance, const std::string& prefix,
                                             parameter_store& store) {
   std::vector<std::string> names;

@@ -23,6 +23,7 @@
 #include "runtime/model/model_config.hpp"
 #include "runtime/model/parameter_store.hpp"
 #include "runtime/plugin/instance.hpp"
+#include "runtime/plugin/instance_swap.hpp"
 
 namespace troupe {
 
@@ -64,6 +65,8 @@ class decoder_layer {
 
   layer_instance& attention() { return *attention_; }
   layer_instance* moe() { return moe_.get(); }
+  /// The layer's instances of plugins of `kind` (attention, moe), for a hot swap.
+  std::vector<instance_slot> plugin_slots(plugin_kind kind);
 
  private:
   struct saved {

@@ -12,6 +12,17 @@
 
 namespace troupe {
 
+std::vector<instance_slot> model_runner::plugin_slots(plugin_kind kind) {
+  std::vector<instance_slot> slots;
+  for (auto& layer : layers_)
+    for (instance_slot slot : layer->plugin_slots(kind)) slots.push_back(slot);
+  for (auto& module : mtp_) {
+    if (kind == plugin_kind::mtp) slots.push_back(&module.combine);
+    for (instance_slot slot : module.block->plugin_slots(kind)) slots.push_back(slot);
+  }
+  return slots;
+}
+
 namespace {
 
 parameter_spec spec(std::vector<std::int64_t> shape, troupe_param_init init, float scale = 0.0f) {

@@ -83,6 +83,8 @@ class model_runner {
   void forget(std::int64_t micro_batch);
 
   std::vector<decoder_layer*> layers();
+  /// Every instance of a plugin of `kind` in the slice (MTP modules included), for a hot swap.
+  std::vector<instance_slot> plugin_slots(plugin_kind kind);
 
   /// The slice's parameters under their checkpoint names, with the copies of the shared
   /// embedding and head that DeepSeek's layout keeps in each MTP module.

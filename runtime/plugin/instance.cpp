@@ -1,5 +1,9 @@
 #include "runtime/plugin/instance.hpp"
 
+#include <algorithm>
+
+#include <fmt/ranges.h>
+
 namespace troupe {
 
 namespace {
@@ -82,7 +86,7 @@ plugin_call_error::plugin_call_error(const plugin_library& library, std::string_
 
 layer_instance::layer_instance(std::shared_ptr<const plugin_library> library,
                                const instance_options& options)
-    : library_(std::move(library)) {
+    : library_(std::move(library)), options_(options) {
   TROUPE_CHECK(is_layer_kind(library_->kind), "plugin '{}' is a {} plugin, not a layer",
                library_->name, name_of(library_->kind));
   instance_ = create_instance(*library_, options);
@@ -115,6 +119,8 @@ void layer_instance::bind(std::span<const tensor> params, std::span<const tensor
   auto grad_views = views(grads);
   call_checked(*library_, "bind", library_->api->bind, instance_, param_views.data(),
                grad_views.data(), static_cast<std::int32_t>(params.size()));
+  bound_params_.assign(params.begin(), params.end());
+  bound_grads_.assign(grads.begin(), grads.end());
 }
 
 std::vector<tensor_spec> layer_instance::infer_outputs(std::span<const tensor> inputs) const {
@@ -175,6 +181,35 @@ std::string layer_instance::statistics() const {
   if (library_->api->statistics == nullptr) return "{}";
   const char* json = library_->api->statistics(instance_);
   return json != nullptr ? std::string(json) : std::string("{}");
+}
+
+std::unique_ptr<layer_instance> layer_instance::successor(
+    std::shared_ptr<const plugin_library> library) {
+  TROUPE_CHECK(library->kind == library_->kind,
+               "plugin '{}' is a {} plugin; the instance it would replace is a {} plugin",
+               library->name, name_of(library->kind), name_of(library_->kind));
+  auto next = std::make_unique<layer_instance>(library, options_);
+  const auto mine = parameters();
+  const auto theirs = next->parameters();
+  const auto describe = [](const parameter_spec& p) {
+    return fmt::format("{} [{}] {}{}", p.name, fmt::join(p.shape, ", "), name_of(p.type),
+                       p.buffer() ? " (buffer)" : "");
+  };
+  for (std::size_t i = 0; i < std::max(mine.size(), theirs.size()); ++i) {
+    const bool same = i < mine.size() && i < theirs.size() && mine[i].name == theirs[i].name &&
+                      mine[i].shape == theirs[i].shape && mine[i].type == theirs[i].type &&
+                      mine[i].flags == theirs[i].flags;
+    if (!same)
+      fail(
+          "plugin '{}' {} ({}) declares other parameters than '{}' {} (parameter {}: {} instead "
+          "of {}); a swap keeps the runtime's parameters, so both must declare the same ones",
+          library->name, library->version, library->file.string(), library_->name,
+          library_->version, i, i < theirs.size() ? describe(theirs[i]) : "none",
+          i < mine.size() ? describe(mine[i]) : "none");
+  }
+  if (!bound_params_.empty()) next->bind(bound_params_, bound_grads_);
+  next->import_state(export_state());
+  return next;
 }
 
 gemm_instance::gemm_instance(std::shared_ptr<const plugin_library> library,

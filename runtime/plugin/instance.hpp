@@ -78,8 +78,17 @@ class layer_instance {
   /// The plugin's statistics JSON ("{}" when it has none).
   std::string statistics() const;
 
+  /// This instance's successor from `library` (another build, or another generation of the same
+  /// one), ready to take over: created with the same options, checked to declare the same
+  /// parameters (they stay with the runtime), bound to the same tensors, and given this
+  /// instance's exported state. Throws plugin_call_error or troupe::error naming the cause; this
+  /// instance is unchanged either way. Call between micro-batches (nothing saved in flight).
+  std::unique_ptr<layer_instance> successor(std::shared_ptr<const plugin_library> library);
+
  private:
   std::shared_ptr<const plugin_library> library_;
+  instance_options options_;
+  std::vector<tensor> bound_params_, bound_grads_;  // what bind() got, for a successor
   troupe_instance* instance_ = nullptr;
 };
 

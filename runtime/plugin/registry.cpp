@@ -156,8 +156,8 @@ std::shared_ptr<const plugin_library> plugin_registry::load_file(
     if (options.expected_kind && library.kind != *options.expected_kind)
       throw plugin_load_error(
           plugin_load_failure::wrong_kind, file,
-          fmt::format("plugin '{}' is a {} plugin, but a {} plugin is needed here", library.name,
-                      name_of(library.kind), name_of(*options.expected_kind)));
+          fmt::format("plugin '{}' is a {} plugin, but a plugin of kind {} is needed here",
+                      library.name, name_of(library.kind), name_of(*options.expected_kind)));
   };
   if (!options.fresh_copy) {
     for (const auto& library : loaded_) {

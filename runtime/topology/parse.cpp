@@ -2,6 +2,7 @@
 // value types and choices) and the extraction of values with their positions. Meaning is checked
 // in validate.cpp.
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <toml++/toml.h>
@@ -64,6 +65,7 @@ class topology_parser {
     read_train(root);
     read_data(root);
     read_monitoring(root);
+    read_control(root);
   }
 
  private:
@@ -486,12 +488,9 @@ class topology_parser {
     read(data, "fim_rate", topo_.data_source.fim_rate);
   }
 
-  void read_monitoring(const toml::table& root) {
-    const auto* monitoring = section(root, "monitoring");
-    read(monitoring, "per_expert_series", topo_.monitoring.per_expert_series);
-    std::string address;
-    read(monitoring, "metrics", address);
-    if (address.empty()) return;
+  /// "HOST:PORT" of `key` (port 0 to 65535), or nullopt after an error naming the key.
+  std::optional<std::pair<std::string, int>> read_address(const std::string& key,
+                                                          const std::string& address) {
     const auto colon = address.rfind(':');
     int port = -1;
     if (colon != std::string::npos && colon > 0) {
@@ -501,15 +500,50 @@ class topology_parser {
         port = std::stoi(digits);
     }
     if (port < 0 || port > 65535) {
-      error(topo_.where("monitoring.metrics"),
-            fmt::format(
-                "monitoring.metrics = \"{}\" must be \"HOST:PORT\" with a port from 0 to 65535 "
-                "(0 picks a free port)",
-                address));
+      error(topo_.where(key),
+            fmt::format("{} = \"{}\" must be \"HOST:PORT\" with a port from 0 to 65535 (0 picks a "
+                        "free port)",
+                        key, address));
+      return std::nullopt;
+    }
+    std::string host = address.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+      host = host.substr(1, host.size() - 2);
+    return std::make_pair(host, port);
+  }
+
+  void read_monitoring(const toml::table& root) {
+    const auto* monitoring = section(root, "monitoring");
+    read(monitoring, "per_expert_series", topo_.monitoring.per_expert_series);
+    std::string address;
+    read(monitoring, "metrics", address);
+    if (address.empty()) return;
+    if (auto parsed = read_address("monitoring.metrics", address)) {
+      topo_.monitoring.metrics_host = parsed->first;
+      topo_.monitoring.metrics_port = parsed->second;
+    }
+  }
+
+  void read_control(const toml::table& root) {
+    std::string address;
+    read(section(root, "control"), "listen", address);
+    if (address.empty()) return;
+    auto parsed = read_address("control.listen", address);
+    if (!parsed) return;
+    auto& [host, port] = *parsed;
+    if (host == "localhost") host = "127.0.0.1";
+    // The endpoint changes a running job: only this machine may reach it.
+    const bool loopback = host == "::1" || host.rfind("127.", 0) == 0;
+    if (!loopback) {
+      error(topo_.where("control.listen"),
+            fmt::format("control.listen = \"{}\": the control endpoint listens on a loopback "
+                        "address only (127.0.0.1, ::1 or localhost); reach it from elsewhere "
+                        "through ssh",
+                        address));
       return;
     }
-    topo_.monitoring.metrics_host = address.substr(0, colon);
-    topo_.monitoring.metrics_port = port;
+    topo_.control.host = host;
+    topo_.control.port = port;
   }
 
   topology& topo_;

@@ -201,6 +201,16 @@ const std::vector<section_schema>& sections() {
            {"per_expert_series", k::boolean, false, "true",
             "Export one expert-load series per layer × expert (false: per-layer aggregates only)."},
        }},
+      {"control",
+       false,
+       false,
+       "The job's control endpoint, for `troupe ctl` (docs/control.md).",
+       {
+           {"listen", k::string, false, "\"\" (off)",
+            "Loopback address of the control endpoint, \"HOST:PORT\" (127.0.0.1, ::1 or "
+            "localhost); port 0 picks a free port. Requests need the token the job writes to a "
+            "file only its user can read."},
+       }},
   };
   return schema;
 }

@@ -97,6 +97,11 @@ struct monitoring_spec {
   bool per_expert_series = true;
 };
 
+struct control_spec {
+  std::string host;  ///< empty: no control endpoint
+  int port = 0;
+};
+
 enum class precision { fp32, fp8 };
 
 /// A parsed and validated topology file.
@@ -125,6 +130,7 @@ struct topology {
   train_spec train;
   data_spec data_source;
   monitoring_spec monitoring;
+  control_spec control;
 
   /// Position of each key and section by dotted path ("parallel.pipeline", "stages[1].layers",
   /// "stages[1]"); where diagnostics point.

@@ -7,6 +7,13 @@
 
 namespace troupe {
 
+std::vector<instance_slot> pipeline_rank::plugin_slots(plugin_kind kind) {
+  std::vector<instance_slot> slots;
+  for (auto& chunk : chunks_)
+    for (instance_slot slot : chunk.runner->plugin_slots(kind)) slots.push_back(slot);
+  return slots;
+}
+
 namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point start) {

@@ -98,6 +98,8 @@ class pipeline_rank {
   std::vector<std::pair<std::string, tensor>> gradients_of(const std::set<std::string>& replicated);
   /// AdamW on every chunk, then zeroed gradients. `step` counts from 1.
   void optimize(double lr, double grad_scale, std::int64_t step);
+  /// Every instance of a plugin of `kind` in this rank's chunks, for a hot swap.
+  std::vector<instance_slot> plugin_slots(plugin_kind kind);
   /// Writes the router biases of the MoE layers this rank holds.
   void set_router_biases(const std::map<std::int64_t, std::vector<float>>& biases);
 

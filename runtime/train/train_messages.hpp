@@ -76,6 +76,14 @@ struct checkpoint_written {
   std::vector<std::string> weights;
 };
 
+/// Coordinator -> holders, at a step boundary: build successors of every instance of the
+/// plugin of `kind` from `library` (in-process only: the library is this process's). Replies
+/// the number of instances prepared; commit_atom puts them in place, abort_atom drops them.
+struct plugin_swap_order {
+  plugin_kind kind = plugin_kind::moe;
+  std::shared_ptr<const plugin_library> library;
+};
+
 /// Data actor -> coordinator: a step's micro-batches and where the stream stands after them.
 struct data_batch {
   std::vector<micro_batch_input> inputs;
@@ -97,6 +105,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::load_report)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::checkpoint_order)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::checkpoint_written)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::data_batch)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::plugin_swap_order)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::data_position)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::expert_request)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::expert_reply)

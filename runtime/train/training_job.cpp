@@ -28,6 +28,7 @@
 #include "runtime/train/train_messages.hpp"
 #include "runtime/train/train_wire.hpp"
 #include "runtime/train/training_actors.hpp"
+#include "runtime/train/training_job_impl.hpp"
 #include "runtime/train/training_metrics.hpp"
 
 namespace troupe {
@@ -65,146 +66,7 @@ std::vector<std::int64_t> moe_layers(const model_config& c) {
   return layers;
 }
 
-/// The first of (micro-batch order) non-finite messages, or "".
-template <class F>
-void raise(caf::blocking_actor* self, const caf::error& e, F&& context) {
-  throw error(fmt::format("{}: {}", context(), describe_failure(self->system(), e)));
-}
-
 }  // namespace
-
-struct training_job::impl {
-  topology topo;
-  training_options options;
-  std::int64_t total_steps = 0;
-  std::int64_t start_step = 0;
-  fs::path checkpoint_root;
-
-  std::unique_ptr<thread_pool> pool;
-  std::unique_ptr<gemm_instance> fp8;
-  std::unique_ptr<exec_context> context;
-  model_plugins plugins;
-  std::shared_ptr<metrics_registry> metrics;
-  std::unique_ptr<metrics_endpoint> endpoint;
-  std::unique_ptr<training_metrics> train_metrics;
-  // Declared after what actors use, so the actors stop (the runtime's destructor waits for
-  // them) before the pool and the context go.
-  std::unique_ptr<actor_runtime> runtime;
-  // The other processes of a multi-process job (after the runtime: it goes first).
-  std::unique_ptr<cluster> processes;
-  std::map<std::string, int> rank_of;  // actor name -> process rank
-
-  lr_schedule lr;
-  batch_ramp ramp;
-  std::map<std::int64_t, std::shared_ptr<const schedule_plan>> plans;
-
-  // Actors and, for reading weights after the run, the state they were built with.
-  struct rank_entry {
-    std::string name;
-    std::int32_t replica = 0, rank = 0;
-    caf::actor actor;
-    std::shared_ptr<stage_actor_setup> setup;
-  };
-  struct shard_entry {
-    std::string name;
-    caf::actor actor;
-    std::shared_ptr<shard_actor_setup> setup;
-  };
-  std::vector<rank_entry> ranks;
-  std::vector<shard_entry> shards;
-  caf::actor data, balancer, ema;
-  std::shared_ptr<bias_balancer> balancer_state;
-  std::shared_ptr<data_actor_setup> data_state;
-  std::shared_ptr<ema_actor_setup> ema_state;
-  std::int64_t tokens_seen = 0;
-  data_position position;
-  bool stopped = false;  // the actors were told to exit
-  std::shared_ptr<std::atomic<bool>> lost = std::make_shared<std::atomic<bool>>(false);
-  // Where the run stands, for the message of a failure.
-  std::int64_t last_completed = 0;
-  fs::path last_written;
-
-  /// `failure` with the run's standing: the last completed step and checkpoint.
-  std::string with_standing(const std::string& failure) const {
-    return fmt::format("{}\nthe last completed step is {}; {}", failure, last_completed,
-                       last_written.empty()
-                           ? std::string("no checkpoint was written in this run")
-                           : fmt::format("the last checkpoint is {} (continue with --resume {})",
-                                         last_written.string(), checkpoint_root.string()));
-  }
-
-  /// Whether actor `name` runs in this process.
-  bool is_local(const std::string& name) const {
-    return !processes || rank_of.at(name) == processes->rank();
-  }
-  bool coordinates() const { return !processes || processes->rank() == 0; }
-
-  /// Spawns actor `name` here (and makes it reachable from the other processes), or returns
-  /// this process's proxy for it.
-  template <class Spawn>
-  caf::actor place(const std::string& name, Spawn spawn_here) {
-    if (!is_local(name)) return processes->remote(name, rank_of.at(name));
-    caf::actor actor = spawn_here();
-    if (processes) processes->expose(name, actor);
-    return actor;
-  }
-
-  std::shared_ptr<const schedule_plan> plan_for(std::int64_t micro_batches) {
-    auto& plan = plans[micro_batches];
-    if (!plan)
-      plan = std::make_shared<const schedule_plan>(
-          schedule_plan::build(topo.schedule.kind, topo.pipeline, micro_batches));
-    return plan;
-  }
-
-  void event(const std::string& what) const {
-    if (options.on_event) options.on_event(what);
-  }
-
-  /// Ranks then shards, by name: everyone holding parameters.
-  std::vector<std::pair<std::string, caf::actor>> holder_actors() const {
-    std::vector<std::pair<std::string, caf::actor>> all;
-    for (const auto& entry : ranks) all.emplace_back(entry.name, entry.actor);
-    for (const auto& s : shards) all.emplace_back(s.name, s.actor);
-    return all;
-  }
-
-  /// Asks every holder the same at once (they work in parallel); `on_reply` sees the replies in
-  /// holder order. A failure throws, naming `what` and the holder.
-  template <class Reply, class... Ts>
-  void ask_holders(caf::blocking_actor* self, const std::string& what,
-                   const std::function<void(const std::string&, Reply&)>& on_reply,
-                   const Ts&... message) {
-    const caf::message content = caf::make_message(message...);
-    ask_each<Reply>(self, what, holder_actors(), on_reply,
-                    [&](const std::string&) { return content; });
-  }
-
-  /// Asks each of `actors` its own `message_for(name)` at once; replies in `actors` order.
-  template <class Reply>
-  void ask_each(caf::blocking_actor* self, const std::string& what,
-                const std::vector<std::pair<std::string, caf::actor>>& actors,
-                const std::function<void(const std::string&, Reply&)>& on_reply,
-                const std::function<caf::message(const std::string&)>& message_for) {
-    using handle = decltype(self->request(caf::actor{}, caf::infinite, caf::message{}));
-    std::vector<handle> pending;
-    for (const auto& [name, actor] : actors)
-      pending.push_back(self->request(actor, caf::infinite, message_for(name)));
-    for (std::size_t i = 0; i < pending.size(); ++i)
-      pending[i].receive(
-          [&](Reply& reply) {
-            observe_writes(self);
-            on_reply(actors[i].first, reply);
-          },
-          [&](caf::error& e) { raise(self, e, [&] { return what + " of " + actors[i].first; }); });
-  }
-
-  void build(plugin_registry& registry);
-  void build_data();
-  void resume();
-  training_result coordinate(caf::blocking_actor* self, const std::atomic<bool>& stop);
-  fs::path write_checkpoint(caf::blocking_actor* self, std::int64_t step, double loss);
-};
 
 void training_job::impl::build_data() {
   const train_spec& tr = topo.train;
@@ -222,6 +84,7 @@ void training_job::impl::build_data() {
 void training_job::impl::build(plugin_registry& registry) {
   const model_config& config = topo.model;
   const train_spec& tr = topo.train;
+  plugin_loader = &registry;
   total_steps = tr.steps;
   checkpoint_root =
       options.checkpoint_dir.empty() ? fs::path(tr.checkpoint_dir) : options.checkpoint_dir;
@@ -256,9 +119,11 @@ void training_job::impl::build(plugin_registry& registry) {
                           ? options.threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool = std::make_unique<thread_pool>(threads);
-  if (topo.gemm_precision == precision::fp8)
-    fp8 = std::make_unique<gemm_instance>(load_role(registry, topo, plugin_kind::gemm, "fp8"),
-                                          instance_options{});
+  active[plugin_kind::gemm] = nullptr;
+  if (topo.gemm_precision == precision::fp8) {
+    active[plugin_kind::gemm] = load_role(registry, topo, plugin_kind::gemm, "fp8");
+    fp8 = std::make_unique<gemm_instance>(active[plugin_kind::gemm], instance_options{});
+  }
   context = std::make_unique<exec_context>(device::cpu(), *pool, fp8 ? fp8->provider() : nullptr);
 
   plugins.attention = load_role(registry, topo, plugin_kind::attention, "mla");
@@ -271,6 +136,9 @@ void training_job::impl::build(plugin_registry& registry) {
   }
   if (config.num_nextn_predict_layers > 0)
     plugins.mtp = load_role(registry, topo, plugin_kind::mtp, "mtp");
+  active[plugin_kind::attention] = plugins.attention;
+  if (plugins.moe) active[plugin_kind::moe] = plugins.moe;
+  if (plugins.mtp) active[plugin_kind::mtp] = plugins.mtp;
 
   train_metrics =
       std::make_unique<training_metrics>(*metrics->registry(), topo.monitoring.per_expert_series);
@@ -430,6 +298,8 @@ void training_job::impl::build(plugin_registry& registry) {
     endpoint = std::make_unique<metrics_endpoint>(topo.monitoring.metrics_host,
                                                   topo.monitoring.metrics_port, *metrics);
   }
+  for (const auto& [role, library] : active) train_metrics->set_plugin(role, library.get());
+  start_control();
 }
 
 void training_job::impl::resume() {
@@ -480,7 +350,7 @@ fs::path training_job::impl::write_checkpoint(caf::blocking_actor* self, std::in
               observe_writes(self);
               for (auto& w : written.weights) weight_map[w] = order.weights_file;
             },
-            [&](caf::error& e) { raise(self, e, [&] { return "checkpoint: " + name; }); });
+            [&](caf::error& e) { raise_failure(self, e, [&] { return "checkpoint: " + name; }); });
   };
   for (auto& entry : ranks) save(entry.actor, entry.name);
   for (auto& s : shards) save(s.actor, s.name);
@@ -491,9 +361,10 @@ fs::path training_job::impl::write_checkpoint(caf::blocking_actor* self, std::in
   }
   if (ema)
     self->request(ema, caf::infinite, atoms::save_atom_v, (partial / "ema").string())
-        .receive(
-            [](bool) {},
-            [&](caf::error& e) { raise(self, e, [] { return std::string("checkpoint: ema"); }); });
+        .receive([](bool) {},
+                 [&](caf::error& e) {
+                   raise_failure(self, e, [] { return std::string("checkpoint: ema"); });
+                 });
   trainer_state state;
   state.step = step;
   state.total_steps = total_steps;
@@ -505,7 +376,7 @@ fs::path training_job::impl::write_checkpoint(caf::blocking_actor* self, std::in
             observe_writes(self);
             state.router_biases = std::move(biases.values);
           },
-          [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+          [&](caf::error& e) { raise_failure(self, e, [] { return std::string("balancer"); }); });
   state.tokens_seen = tokens_seen;
   state.loss = loss;
   state.topology = topo.file.string();
@@ -530,7 +401,7 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
   const bool has_ema = static_cast<bool>(ema);
   std::vector<caf::actor> holders;
   for (auto& entry : ranks) holders.push_back(entry.actor);
-  double last_loss = 0.0;
+  last_loss = 0.0;
   bool stop_now = false;
   std::map<std::int64_t, std::vector<float>> biases;
   self->request(balancer, caf::infinite, atoms::biases_atom_v)
@@ -539,9 +410,10 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
             observe_writes(self);
             biases = std::move(initial.values);
           },
-          [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+          [&](caf::error& e) { raise_failure(self, e, [] { return std::string("balancer"); }); });
 
   for (std::int64_t step = start_step; step < total_steps; ++step) {
+    at_step_boundary(self, stop);
     if (stop.load(std::memory_order_relaxed)) {
       stop_now = true;
       break;
@@ -559,7 +431,7 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
               observe_writes(self);
               batch = std::move(b);
             },
-            [&](caf::error& e) { raise(self, e, [] { return std::string("data"); }); });
+            [&](caf::error& e) { raise_failure(self, e, [] { return std::string("data"); }); });
 
     // Forward and backward of every micro-batch, on every rank at once.
     const float loss_scale = 1.0f / static_cast<float>(micro_batches);
@@ -586,7 +458,8 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
             walls[i] = seconds_between(step_start, std::chrono::steady_clock::now());
           },
           [&](caf::error& e) {
-            raise(self, e, [&] { return fmt::format("step {}: {}", step + 1, ranks[i].name); });
+            raise_failure(self, e,
+                          [&] { return fmt::format("step {}: {}", step + 1, ranks[i].name); });
           });
 
     // Losses per micro-batch of the global batch (the head's; balance losses of every stage).
@@ -702,7 +575,9 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
                 observe_writes(self);
                 biases = std::move(updated.values);
               },
-              [&](caf::error& e) { raise(self, e, [] { return std::string("balancer"); }); });
+              [&](caf::error& e) {
+                raise_failure(self, e, [] { return std::string("balancer"); });
+              });
 
     const auto step_end = std::chrono::steady_clock::now();
     position = batch.after;
@@ -721,8 +596,10 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
                                   std::max(0.0, walls[i] - reports[i].busy_seconds));
     train_metrics->record_step(record, biases);
     last_loss = record.loss;
+    last_tokens_per_s = record.tokens_per_s;
     result.last_step = step + 1;
     last_completed = step + 1;
+    after_step(step + 1);
     if (options.on_step) options.on_step(record);
     result.steps.push_back(std::move(record));
 
@@ -764,6 +641,7 @@ training_job::~training_job() {
 }
 
 void training_job::shut_down() {
+  if (impl_) impl_->stop_control("the job ended");
   if (!impl_ || !impl_->runtime || impl_->stopped) return;
   impl_->stopped = true;
   std::vector<caf::actor> actors{impl_->data, impl_->balancer, impl_->ema};
@@ -817,10 +695,12 @@ training_result training_job::run() {
   });
   try {
     training_result result = outcome.get();
+    impl_->stop_control("the job ended");
     if (impl_->processes) impl_->processes->finish(0, "");
     shut_down();
     return result;
   } catch (const std::exception& e) {
+    impl_->stop_control(fmt::format("the job failed: {}", e.what()));
     if (impl_->processes) impl_->processes->finish(1, e.what());
     shut_down();
     throw;
@@ -841,6 +721,10 @@ std::vector<std::pair<std::string, tensor>> training_job::weights() const {
 
 std::string training_job::metrics_url() const {
   return impl_->endpoint ? impl_->endpoint->url() : std::string();
+}
+
+std::string training_job::control_url() const {
+  return impl_->control_endpoint ? impl_->control_endpoint->url() : std::string();
 }
 
 }  // namespace troupe

@@ -77,6 +77,13 @@ struct training_options {
   /// actors of its host, and reaches the others through the cluster. Empty: every actor of the
   /// topology runs in this process, whatever its hosts.
   std::optional<cluster_options> cluster;
+  /// The control endpoint's job name, for `troupe ctl NAME` (when the topology has [control]);
+  /// empty: the topology's name, or NAME-2, ... when a running job has it.
+  std::string job_name;
+  /// Where the job's token and control.json go; empty: default_run_directory().
+  std::filesystem::path run_directory;
+  /// Pause after this step until `troupe ctl NAME resume`; 0: never. Needs [control].
+  std::int64_t pause_after = 0;
 };
 
 class training_job {
@@ -106,6 +113,8 @@ class training_job {
   std::vector<std::pair<std::string, tensor>> weights() const;
   /// The metrics endpoint's URL, or "" when the topology has none.
   std::string metrics_url() const;
+  /// The control endpoint's URL, or "" when the topology has none.
+  std::string control_url() const;
 
  private:
   void shut_down();

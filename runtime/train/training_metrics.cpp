@@ -1,5 +1,7 @@
 #include "runtime/train/training_metrics.hpp"
 
+#include <chrono>
+
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -23,6 +25,11 @@ struct training_metrics::families {
   prometheus::Family<prometheus::Histogram>& step_duration;
   prometheus::Family<prometheus::Counter>& busy;
   prometheus::Family<prometheus::Counter>& bubble;
+  prometheus::Family<prometheus::Gauge>& paused;
+  prometheus::Family<prometheus::Gauge>& last_step;
+  prometheus::Family<prometheus::Gauge>& plugin_info;
+  prometheus::Family<prometheus::Counter>& swaps;
+  prometheus::Family<prometheus::Histogram>& swap_pause;
 };
 
 training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_series)
@@ -75,7 +82,29 @@ training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_seri
           .Name("troupe_stage_bubble_seconds_total")
           .Help("Time a pipeline rank waited within steps (pipeline bubbles and transfers)")
           .Register(r),
+      BuildGauge()
+          .Name("troupe_train_paused")
+          .Help("1 while an operator has paused the step loop (troupe ctl JOB pause)")
+          .Register(r),
+      BuildGauge()
+          .Name("troupe_train_last_step_timestamp_seconds")
+          .Help("Unix time at which the last step completed")
+          .Register(r),
+      BuildGauge()
+          .Name("troupe_plugin_info")
+          .Help("1 for the plugin serving each role, labelled with its name, version and load "
+                "generation")
+          .Register(r),
+      BuildCounter()
+          .Name("troupe_plugin_swaps_total")
+          .Help("Hot swaps of plugins, by role and outcome (swapped, failed)")
+          .Register(r),
+      BuildHistogram()
+          .Name("troupe_plugin_swap_pause_seconds")
+          .Help("How long a hot swap held the step loop at a step boundary")
+          .Register(r),
   });
+  families_->paused.Add({}).Set(0);
 }
 
 training_metrics::~training_metrics() = default;
@@ -107,6 +136,8 @@ void training_metrics::record_step(const step_record& s,
   f.learning_rate.Add({}).Set(s.lr);
   f.grad_norm.Add({}).Set(s.grad_norm);
   f.steps.Add({}).Increment();
+  f.last_step.Add({}).Set(
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   f.tokens.Add({}).Increment(static_cast<double>(s.tokens));
   f.step_duration
       .Add({}, prometheus::Histogram::BucketBoundaries{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
@@ -117,6 +148,31 @@ void training_metrics::record_step(const step_record& s,
 void training_metrics::record_stage(const std::string& rank, double busy, double bubble) {
   families_->busy.Add({{"stage", rank}}).Increment(busy);
   families_->bubble.Add({{"stage", rank}}).Increment(bubble);
+}
+
+void training_metrics::set_paused(bool paused) {
+  families_->paused.Add({}).Set(paused ? 1 : 0);
+}
+
+void training_metrics::set_plugin(plugin_kind role, const plugin_library* library) {
+  auto& gauge = plugin_info_[role];
+  if (gauge != nullptr) families_->plugin_info.Remove(gauge);
+  gauge = &families_->plugin_info.Add(
+      {{"role", std::string(name_of(role))},
+       {"plugin", library != nullptr ? library->name : std::string("builtin")},
+       {"version", library != nullptr ? library->version : std::string("fp32")},
+       {"generation", std::to_string(library != nullptr ? library->generation : 0)}});
+  gauge->Set(1);
+}
+
+void training_metrics::record_swap(plugin_kind role, bool swapped, double pause_seconds) {
+  const std::string r(name_of(role));
+  families_->swaps.Add({{"role", r}, {"outcome", swapped ? "swapped" : "failed"}}).Increment();
+  if (swapped)
+    families_->swap_pause
+        .Add({{"role", r}},
+             prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5})
+        .Observe(pause_seconds);
 }
 
 }  // namespace troupe

@@ -10,11 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "runtime/plugin/registry.hpp"
 #include "runtime/train/bias_balancer.hpp"
 
 namespace prometheus {
 class Registry;
-}
+class Gauge;
+}  // namespace prometheus
 
 namespace troupe {
 
@@ -30,9 +32,19 @@ class training_metrics {
   /// Busy and idle (bubble) seconds of one pipeline rank's step.
   void record_stage(const std::string& rank, double busy_seconds, double bubble_seconds);
 
+  /// Whether an operator paused the step loop (troupe ctl JOB pause).
+  void set_paused(bool paused);
+  /// The plugin now serving `role`: name, version and generation (null: the runtime's built-in
+  /// FP32 GEMM).
+  void set_plugin(plugin_kind role, const plugin_library* library);
+  /// A hot swap of `role`'s plugin that succeeded or failed; a success paused the step loop for
+  /// `pause_seconds`.
+  void record_swap(plugin_kind role, bool swapped, double pause_seconds);
+
  private:
   struct families;
   std::unique_ptr<families> families_;
+  std::map<plugin_kind, prometheus::Gauge*> plugin_info_;
   bool per_expert_;
 };
 

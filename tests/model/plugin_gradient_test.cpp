@@ -2,6 +2,7 @@
 // router's differentiable path and the balance loss included) and of the whole model (every
 // parameter, through all losses), plus the MLA plugin's two forward paths agreeing and the
 // activation memory its recomputing backward saves. Tolerances: support/gradient_check.hpp.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -193,6 +194,43 @@ TEST_P(MoeGradients, InputEveryParameterAndTheBalanceLoss) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, MoeGradients, ::testing::Values("q-lora", "groups"));
+
+TEST_F(PluginGradients, MoeStateMovesToASuccessorAndAWrongStateIsRefused) {
+  // The moe plugin's own state (lifetime counters) crosses a hot swap through export/import,
+  // and the successor computes the same outputs from the same runtime-owned parameters.
+  const model_config c = config("q-lora");
+  plugin_layer layer(registry_.load("moe", {plugin_kind::moe}), c, c.first_k_dense_replace);
+  tensor x = random_tensor({2, 6, c.hidden_size}, 4);
+  std::vector<std::int64_t> routed(static_cast<std::size_t>(c.n_routed_experts), 0);
+  for (int mb = 0; mb < 2; ++mb) {
+    const auto out = layer.instance->forward(context_, mb, std::vector<tensor>{x});
+    for (std::size_t e = 0; e < routed.size(); ++e) routed[e] += out[1].data_as<std::int64_t>()[e];
+    layer.instance->forget(mb);
+  }
+  auto fresh = registry_.load("moe", {plugin_kind::moe, true});
+  ASSERT_EQ(fresh->generation, 2);
+  auto successor = layer.instance->successor(fresh);
+  const auto stats = nlohmann::json::parse(successor->statistics());
+  EXPECT_EQ(stats.at("forward_calls"), 2);
+  EXPECT_EQ(stats.at("tokens_routed").get<std::vector<std::int64_t>>(), routed);
+  const auto before = layer.instance->forward(context_, 7, std::vector<tensor>{x});
+  const auto after = successor->forward(context_, 7, std::vector<tensor>{x});
+  EXPECT_EQ(values_of(before[0]), values_of(after[0]));
+
+  // A state counting another number of experts, or not the plugin's format, is refused.
+  EXPECT_THROW(successor->import_state(std::vector<std::uint8_t>{'{', '}'}),
+               troupe::plugin_call_error);
+  const std::string other = R"({"format": "troupe-moe-state/1", "tokens_routed": [1, 2, 3]})";
+  try {
+    successor->import_state(std::vector<std::uint8_t>(other.begin(), other.end()));
+    FAIL() << "expected the import to fail";
+  } catch (const troupe::plugin_call_error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("counts 3 routed experts"));
+  }
+  // A successor of another kind is no successor.
+  EXPECT_THROW(layer.instance->successor(registry_.load("mla", {plugin_kind::attention})),
+               troupe::error);
+}
 
 TEST_F(PluginGradients, MtpInputsAndParameters) {
   const model_config c = config("q-lora");

@@ -260,6 +260,24 @@ TEST_F(AttentionPlugin, StateMovesIntoAFreshCopyOfTheLibrary) {
   EXPECT_THROW(fresh->import_state(std::vector<std::uint8_t>{1, 2, 3}), troupe::plugin_call_error);
 }
 
+TEST_F(AttentionPlugin, ASuccessorTakesOverTheParametersAndTheState) {
+  tensor x = tensor::zeros(dtype::f32, {tokens, hidden});
+  for (int mb = 0; mb < 2; ++mb) {
+    layer_->forward(context_, mb, std::vector<tensor>{x});
+    layer_->forget(mb);
+  }
+  auto fresh_library = registry_.load("test-attention", {troupe::plugin_kind::attention, true});
+  auto successor = layer_->successor(fresh_library);
+  EXPECT_EQ(&successor->library(), fresh_library.get());
+  EXPECT_EQ(successor->export_state(), layer_->export_state());
+  std::mt19937 rng(6);
+  tensor input = random_tensor({tokens, hidden}, rng, 1.0f);
+  auto old_y = layer_->forward(context_, 10, std::vector<tensor>{input});
+  auto new_y = successor->forward(context_, 10, std::vector<tensor>{input});
+  for (std::int64_t i = 0; i < old_y[0].numel(); ++i)
+    EXPECT_EQ(old_y[0].data_as<float>()[i], new_y[0].data_as<float>()[i]);
+}
+
 TEST_F(AttentionPlugin, AGemmPluginCanReplaceTheRuntimeProvider) {
   std::mt19937 rng(9);
   tensor x = random_tensor({tokens, hidden}, rng, 1.0f);

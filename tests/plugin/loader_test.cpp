@@ -146,7 +146,7 @@ TEST(PluginLoader, WrongKindIncompleteTablesNullTablesAndMisnamedLibraries) {
   auto kind = expect_failure(registry, "test-attention", plugin_load_failure::wrong_kind,
                              {plugin_kind::moe});
   expect_contains(kind, "attention plugin");
-  expect_contains(kind, "moe plugin is needed");
+  expect_contains(kind, "a plugin of kind moe is needed");
   auto incomplete =
       expect_failure(registry, "broken-incomplete", plugin_load_failure::bad_descriptor);
   expect_contains(incomplete, "forward");

@@ -5,6 +5,7 @@
 
 #include <sys/wait.h>
 #include <unistd.h>
+#include <csignal>
 
 #include <array>
 #include <cstdio>
@@ -32,6 +33,68 @@ inline run_result run_command(const std::string& command) {
   const int status = pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
+}
+
+/// A command running in the background (through /bin/sh, output to `log`), as a user starts a
+/// job in one terminal and controls it from another. Killed (SIGTERM, then SIGKILL) if still
+/// running when destroyed.
+class background_command {
+ public:
+  background_command(const std::string& command, const std::filesystem::path& log) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const std::string line = "exec " + command + " > '" + log.string() + "' 2>&1";
+      ::execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+  }
+  ~background_command() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    for (int i = 0; i < 100 && !exited(); ++i) ::usleep(100'000);
+    if (!exited()) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  background_command(const background_command&) = delete;
+  background_command& operator=(const background_command&) = delete;
+
+  pid_t pid() const { return pid_; }
+  /// Waits for the exit; returns the exit status (-1 when killed by a signal).
+  int wait() {
+    if (pid_ > 0 && !done_) {
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+      record(status);
+    }
+    return exit_code_;
+  }
+  bool exited() {
+    if (done_) return true;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) record(status);
+    return done_;
+  }
+
+ private:
+  void record(int status) {
+    done_ = true;
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  pid_t pid_ = -1;
+  bool done_ = false;
+  int exit_code_ = -1;
+};
+
+/// Polls `condition` every 50 ms for up to `seconds`; whether it became true.
+template <class Condition>
+bool eventually(double seconds, Condition condition) {
+  for (int i = 0; i < static_cast<int>(seconds * 20); ++i) {
+    if (condition()) return true;
+    ::usleep(50'000);
+  }
+  return condition();
 }
 
 /// An empty directory of this test process: /tmp/troupe-SUITE-PID/NAME.

@@ -342,7 +342,7 @@ TEST(TopologyErrors, UnknownPluginsSuggestWhatIsAvailable) {
   options.registry = &registry;
   auto kind = errors_of(
       header + "\n[plugins]\nmoe = \"test-attention\"\n\n[[stages]]\nlayers = \"0-3\"\n", options);
-  expect_error(kind, "a moe plugin is needed here", 8);
+  expect_error(kind, "a plugin of kind moe is needed here", 8);
   auto broken = errors_of(header +
                               "precision = \"fp8\"\n\n[plugins]\ngemm = "
                               "\"broken-init-fails\"\n\n[[stages]]\nlayers = \"0-3\"\n",

@@ -27,6 +27,7 @@ void add_logits_command(CLI::App& app, int& exit_code);
 void add_bench_command(CLI::App& app, int& exit_code);
 void add_schedule_command(CLI::App& app, int& exit_code);
 void add_plot_command(CLI::App& app, int& exit_code);
+void add_ctl_command(CLI::App& app, int& exit_code);
 /// `troupe bench train`, under the bench group.
 void add_bench_train_command(CLI::App& bench_group, int& exit_code);
 /// `troupe bench transport`, under the bench group.

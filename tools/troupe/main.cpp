@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   troupe::cli::add_topo_command(app, exit_code);
   troupe::cli::add_train_command(app, exit_code);
   troupe::cli::add_launch_command(app, exit_code);
+  troupe::cli::add_ctl_command(app, exit_code);
   troupe::cli::add_schedule_command(app, exit_code);
   troupe::cli::add_plot_command(app, exit_code);
   troupe::cli::add_logits_command(app, exit_code);

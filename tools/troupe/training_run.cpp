@@ -101,6 +101,13 @@ void add_training_options(CLI::App* command, train_options& options) {
   command->add_option("--threads", options.threads,
                       "Worker threads for compute (default: one per core)");
   command->add_flag("--quiet", options.quiet, "No progress line per step (the summary stays)");
+  command->add_option("--job", options.job,
+                      "Name for `troupe ctl NAME` (default: the topology's name; with a running "
+                      "job of that name, NAME-2, ...)");
+  command
+      ->add_option("--pause-after", options.pause_after,
+                   "Pause after step N until `troupe ctl JOB resume` (needs [control])")
+      ->check(CLI::PositiveNumber);
 }
 
 int run_training(const train_options& options, const std::string& command,
@@ -126,6 +133,8 @@ int run_training(const train_options& options, const std::string& command,
   job_options.resume = options.resume;
   job_options.threads = options.threads;
   job_options.cluster = cluster;
+  job_options.job_name = options.job;
+  job_options.pause_after = options.pause_after;
   job_options.on_event = [&command](const std::string& what) {
     fmt::print(stderr, "{}: {}\n", command, what);
   };

@@ -23,6 +23,8 @@ struct train_options {
   std::string resume;
   int threads = 0;
   bool quiet = false;
+  std::string job;  ///< the control endpoint's job name (troupe ctl JOB)
+  std::int64_t pause_after = 0;
 };
 
 /// Adds the options both commands take to `command`.

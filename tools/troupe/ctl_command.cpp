@@ -1,0 +1,151 @@
+// `troupe ctl JOB ACTION`: talks to a running job's control endpoint.
+
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "runtime/control/http_client.hpp"
+#include "runtime/control/job_directory.hpp"
+#include "runtime/core/error.hpp"
+#include "tools/troupe/commands.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+struct ctl_options {
+  std::string job;
+  std::string action;
+  std::string plugin;
+  std::string library;
+  bool builtin = false;
+  bool json = false;
+  std::string run_directory;
+  int timeout = 600;
+};
+
+void print_status(const nlohmann::json& s) {
+  fmt::print("job {} (pid {}): {} after step {}/{}, loss {:.4f}, {:.0f} tok/s\n",
+             s.value("job", ""), s.value("pid", 0L), s.value("state", "?"), s.value("step", 0L),
+             s.value("total_steps", 0L), s.value("loss", 0.0), s.value("tokens_per_s", 0.0));
+  fmt::print("topology {}\n", s.value("topology", ""));
+  if (const auto metrics = s.value("metrics_url", std::string()); !metrics.empty())
+    fmt::print("metrics {}\n", metrics);
+  if (const auto checkpoint = s.value("last_checkpoint", std::string()); !checkpoint.empty())
+    fmt::print("last checkpoint {}\n", checkpoint);
+  const nlohmann::json plugins = s.value("plugins", nlohmann::json::object());
+  for (const auto& [role, p] : plugins.items())
+    fmt::print("  {:<9} {} {} (generation {}){}\n", role, p.value("plugin", ""),
+               p.value("version", ""), p.value("generation", 0),
+               p.contains("library") ? "  " + p.value("library", "") : std::string());
+  for (const auto& swap : s.value("swaps", nlohmann::json::array()))
+    fmt::print("  swap after step {}: {} {}{}\n", swap.value("step", 0L), swap.value("role", ""),
+               swap.value("outcome", ""),
+               swap.contains("error") ? ": " + swap.value("error", "") : std::string());
+}
+
+void print_reply(const std::string& action, const nlohmann::json& r) {
+  if (action == "pause" || action == "resume")
+    fmt::print("{} after step {}\n", r.value("paused", false) ? "paused" : "running",
+               r.value("step", 0L));
+  else if (action == "checkpoint")
+    fmt::print("checkpoint {} (step {})\n", r.value("checkpoint", ""), r.value("step", 0L));
+  else if (action == "swap")
+    fmt::print(
+        "swapped the {} plugin after step {}: {} {} -> {} {} (generation {}); the step loop "
+        "paused {:.1f} ms\n",
+        r.value("role", ""), r.value("step", 0L), r["from"].value("plugin", ""),
+        r["from"].value("version", ""), r["to"].value("plugin", ""), r["to"].value("version", ""),
+        r["to"].value("generation", 0), r.value("pause_seconds", 0.0) * 1e3);
+}
+
+int run_ctl(const ctl_options& o) {
+  const std::filesystem::path run_directory =
+      o.run_directory.empty() ? default_run_directory() : std::filesystem::path(o.run_directory);
+  if (o.job.empty()) {
+    const auto jobs = running_jobs(run_directory);
+    if (jobs.empty()) fmt::print("no job is running under {}\n", run_directory.string());
+    for (const auto& j : jobs) fmt::print("{}  {}  pid {}  {}\n", j.job, j.url, j.pid, j.topology);
+    return exit_ok;
+  }
+  if (o.action.empty()) {
+    fmt::print(stderr, "troupe ctl {}: which action? status, pause, resume, checkpoint or swap\n",
+               o.job);
+    return exit_bad_input;
+  }
+  nlohmann::json body = nlohmann::json::object();
+  if (o.action == "swap") {
+    if (o.plugin.empty() || o.library.empty() == !o.builtin) {
+      fmt::print(stderr,
+                 "troupe ctl {} swap: needs --plugin ROLE and either --library PATH or --builtin\n",
+                 o.job);
+      return exit_bad_input;
+    }
+    body["plugin"] = o.plugin;
+    if (o.builtin) body["builtin"] = true;
+    // The job resolves paths from its own directory: send an absolute one.
+    if (!o.library.empty())
+      body["library"] =
+          o.library.find('/') != std::string::npos || std::filesystem::exists(o.library)
+              ? std::filesystem::absolute(o.library).string()
+              : o.library;
+  }
+  job_handle job;
+  http_response response;
+  try {
+    job = find_job(o.job, run_directory);
+    response = http_call(job.record.url, o.action == "status" ? "GET" : "POST", "/v1/" + o.action,
+                         job.token, body.dump(), o.timeout);
+  } catch (const error& e) {
+    fmt::print(stderr, "troupe ctl: {}\n", e.what());
+    return exit_unavailable;
+  }
+  nlohmann::json reply;
+  try {
+    reply = nlohmann::json::parse(response.body);
+  } catch (const std::exception&) {
+    reply = {{"error", response.body}};
+  }
+  if (response.status != 200) {
+    fmt::print(stderr, "troupe ctl {} {}: {} (HTTP {})\n", job.record.job, o.action,
+               reply.value("error", response.body), response.status);
+    return exit_bad_input;
+  }
+  if (o.json)
+    fmt::print("{}\n", reply.dump(2));
+  else if (o.action == "status")
+    print_status(reply);
+  else
+    print_reply(o.action, reply);
+  return exit_ok;
+}
+
+}  // namespace
+
+void add_ctl_command(CLI::App& app, int& exit_code) {
+  auto options = std::make_shared<ctl_options>();
+  auto* command = app.add_subcommand(
+      "ctl",
+      "Control a running job: status, pause, resume, checkpoint, swap (without JOB: list jobs)");
+  command->add_option("JOB", options->job,
+                      "The job's name (troupe train prints it), or its control directory");
+  command->add_option("ACTION", options->action, "status, pause, resume, checkpoint or swap")
+      ->check(CLI::IsMember({"status", "pause", "resume", "checkpoint", "swap"}));
+  command->add_option("--plugin", options->plugin,
+                      "swap: the role (attention, moe, mtp, gemm) or the running plugin's name");
+  command->add_option("--library", options->library,
+                      "swap: the new plugin library (loaded under a fresh name)");
+  command->add_flag("--builtin", options->builtin, "swap: the built-in FP32 GEMM (role gemm)");
+  command->add_flag("--json", options->json, "Print the job's JSON reply");
+  command->add_option("--run-dir", options->run_directory,
+                      "Where jobs leave their control files (default: $TROUPE_RUN_DIR, "
+                      "$XDG_RUNTIME_DIR/troupe or /tmp/troupe-UID)");
+  command
+      ->add_option("--timeout", options->timeout,
+                   "Seconds to wait for the reply (a swap waits for a step boundary)")
+      ->check(CLI::PositiveNumber);
+  command->callback([options, &exit_code] { exit_code = run_ctl(*options); });
+}
+
+}  // namespace troupe::cli

@@ -51,31 +51,24 @@ void training_job::impl::start_control() {
   auto at_boundary = [this](boundary_work work) {
     return control->at_step_boundary(std::move(work), boundary_timeout);
   };
+  auto set_paused = [this, at_boundary](bool pause) {
+    return at_boundary([this, pause](caf::blocking_actor*) {
+      if (paused != pause)
+        event(fmt::format("{} after step {} (troupe ctl)", pause ? "paused" : "resumed",
+                          last_completed));
+      paused = pause;
+      train_metrics->set_paused(pause);
+      publish_status();
+      return control_reply{200, {{"paused", pause}, {"step", last_completed}}};
+    });
+  };
   std::map<std::string, control_command> commands{
       {"status",
        [this](const nlohmann::json&) {
          return control_reply{200, control->status()};
        }},
-      {"pause",
-       [this, at_boundary](const nlohmann::json&) {
-         return at_boundary([this](caf::blocking_actor*) {
-           if (!paused) event(fmt::format("paused after step {} (troupe ctl)", last_completed));
-           paused = true;
-           train_metrics->set_paused(true);
-           publish_status();
-           return control_reply{200, {{"paused", true}, {"step", last_completed}}};
-         });
-       }},
-      {"resume",
-       [this, at_boundary](const nlohmann::json&) {
-         return at_boundary([this](caf::blocking_actor*) {
-           if (paused) event(fmt::format("resumed after step {} (troupe ctl)", last_completed));
-           paused = false;
-           train_metrics->set_paused(false);
-           publish_status();
-           return control_reply{200, {{"paused", false}, {"step", last_completed}}};
-         });
-       }},
+      {"pause", [set_paused](const nlohmann::json&) { return set_paused(true); }},
+      {"resume", [set_paused](const nlohmann::json&) { return set_paused(false); }},
       {"checkpoint",
        [this, at_boundary](const nlohmann::json&) {
          return at_boundary([this](caf::blocking_actor* self) {
@@ -249,8 +242,8 @@ control_reply training_job::impl::swap_plugin(caf::blocking_actor* self, plugin_
   train_metrics->set_plugin(role, library.get());
   train_metrics->record_swap(role, true, pause);
   event(
-      fmt::format("swapped the {} plugin after step {}: {} -> {} ({} instances; the step loop "
-                  "paused {:.1f} ms)",
+      fmt::format("swapped the {} plugin after step {}: {} -> {} (instances replaced: {}; the "
+                  "step loop paused {:.1f} ms)",
                   name_of(role), last_completed, one_line(before.get()), one_line(library.get()),
                   instances, pause * 1e3));
   nlohmann::json entry{{"step", last_completed},        {"role", std::string(name_of(role))},

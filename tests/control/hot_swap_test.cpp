@@ -17,21 +17,19 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/command_runs.hpp"
+#include "tests/support/controlled_job.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-using troupe::testing::background_command;
 using troupe::testing::run_result;
 
 constexpr int steps = 5;
 constexpr int pause_after = 2;
 
 std::string exe() {
-  const char* path = std::getenv("TROUPE_EXE");
-  if (path == nullptr) throw std::runtime_error("TROUPE_EXE is not set (run through meson test)");
-  return path;
+  return troupe::testing::troupe_exe();
 }
 
 fs::path build_dir() {
@@ -44,8 +42,8 @@ fs::path test_plugin(const std::string& name) {
 
 /// Arguments every run shares: the same steps, threads and data, so losses compare exactly.
 std::string train_arguments(const fs::path& dir, const std::string& extra = "") {
-  return fmt::format("train --steps {} --threads 2 --quiet --log-json {} --checkpoint-dir {} {}",
-                     steps, (dir / "steps.jsonl").string(), (dir / "checkpoints").string(), extra);
+  return fmt::format("--steps {} --threads 2 --quiet --log-json {} --checkpoint-dir {} {}", steps,
+                     (dir / "steps.jsonl").string(), (dir / "checkpoints").string(), extra);
 }
 
 std::vector<double> losses(const fs::path& log) {
@@ -59,59 +57,25 @@ std::vector<double> losses(const fs::path& log) {
 const std::vector<double>& untouched_losses() {
   static const std::vector<double> reference = [] {
     const fs::path dir = troupe::testing::scratch_dir("control", "untouched");
-    const run_result r = troupe::testing::run_command(exe() + " " + train_arguments(dir));
+    const run_result r = troupe::testing::run_command(exe() + " train " + train_arguments(dir));
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return losses(dir / "steps.jsonl");
   }();
   return reference;
 }
 
-/// A training job in the background that pauses after `pause_after` steps, and `troupe ctl`
-/// for it.
-class controlled_job {
- public:
-  controlled_job(const std::string& name, const std::string& extra = "")
-      : dir_(troupe::testing::scratch_dir("control", name)), name_(name) {
-    process_ = std::make_unique<background_command>(
-        environment() + exe() + " " +
-            train_arguments(dir_,
-                            fmt::format("--job {} --pause-after {} {}", name, pause_after, extra)),
-        dir_ / "job.log");
-  }
+/// A job of the shared arguments that pauses after `pause_after` steps.
+troupe::testing::controlled_job start_job(const std::string& name, const std::string& extra = "") {
+  const fs::path dir = troupe::testing::scratch_dir("control", name);
+  return {dir, name, train_arguments(dir, fmt::format("--pause-after {} {}", pause_after, extra))};
+}
 
-  run_result ctl(const std::string& arguments) const {
-    return troupe::testing::run_command(environment() + exe() + " ctl " + name_ + " " + arguments);
-  }
-  nlohmann::json status() const {
-    const run_result r = ctl("status --json");
-    if (r.exit_code != 0) return nlohmann::json::object();
-    return nlohmann::json::parse(r.output);
-  }
-  bool wait_until_paused() const {
-    return troupe::testing::eventually(
-        60, [&] { return status().value("state", std::string()) == "paused"; });
-  }
-  int finish() {
-    EXPECT_EQ(ctl("resume").exit_code, 0);
-    return process_->wait();
-  }
-  std::string log() const {
-    std::ifstream in(dir_ / "job.log");
-    return {std::istreambuf_iterator<char>(in), {}};
-  }
-  std::vector<double> losses() const { return ::losses(dir_ / "steps.jsonl"); }
-  const fs::path& dir() const { return dir_; }
-
- private:
-  std::string environment() const { return "env TROUPE_RUN_DIR=" + (dir_ / "run").string() + " "; }
-
-  fs::path dir_;
-  std::string name_;
-  std::unique_ptr<background_command> process_;
-};
+std::vector<double> losses_of(const troupe::testing::controlled_job& job) {
+  return losses(job.dir() / "steps.jsonl");
+}
 
 TEST(HotSwap, AnIdenticalMoeBuildChangesNoLoss) {
-  controlled_job job("identical-moe");
+  auto job = start_job("identical-moe");
   ASSERT_TRUE(job.wait_until_paused()) << job.log();
   const auto before = job.status();
   EXPECT_EQ(before.at("step"), pause_after);
@@ -132,11 +96,11 @@ TEST(HotSwap, AnIdenticalMoeBuildChangesNoLoss) {
   EXPECT_EQ(job.finish(), 0) << job.log();
   EXPECT_THAT(job.log(), HasSubstr("swapped the moe plugin after step 2"));
   EXPECT_THAT(job.log(), HasSubstr("the step loop paused"));
-  EXPECT_EQ(job.losses(), untouched_losses()) << "an identical plugin changed the losses";
+  EXPECT_EQ(losses_of(job), untouched_losses()) << "an identical plugin changed the losses";
 }
 
 TEST(HotSwap, FailedSwapsLeaveTheJobRunningUnchanged) {
-  controlled_job job("failed-swaps");
+  auto job = start_job("failed-swaps");
   ASSERT_TRUE(job.wait_until_paused()) << job.log();
   struct attempt {
     std::string role, library, expected;
@@ -155,9 +119,7 @@ TEST(HotSwap, FailedSwapsLeaveTheJobRunningUnchanged) {
     EXPECT_THAT(r.output, HasSubstr(a.expected)) << a.library;
   }
   // Without the token nothing happens either.
-  const std::string url =
-      nlohmann::json::parse(std::ifstream(job.dir() / "run" / "failed-swaps" / "control.json"))
-          .at("url");
+  const std::string url = job.control_url();
   const run_result no_token = troupe::testing::run_command(
       "curl -s -o /dev/null -w '%{http_code}' -X POST " + url + "/v1/resume");
   EXPECT_EQ(no_token.output, "401");
@@ -171,11 +133,11 @@ TEST(HotSwap, FailedSwapsLeaveTheJobRunningUnchanged) {
   EXPECT_EQ(job.finish(), 0) << job.log();
   EXPECT_THAT(job.log(), HasSubstr("refused POST /v1/resume"));
   EXPECT_THAT(job.log(), HasSubstr("the job goes on"));
-  EXPECT_EQ(job.losses(), untouched_losses()) << "a failed swap changed the losses";
+  EXPECT_EQ(losses_of(job), untouched_losses()) << "a failed swap changed the losses";
 }
 
 TEST(HotSwap, Fp8GemmsSwappedForTheBuiltInFp32KeepTraining) {
-  controlled_job job("fp8-to-fp32", "--set model.precision=fp8");
+  auto job = start_job("fp8-to-fp32", "--set model.precision=fp8");
   ASSERT_TRUE(job.wait_until_paused()) << job.log();
   EXPECT_EQ(job.status().at("plugins").at("gemm").at("plugin"), "fp8");
   const run_result swap = job.ctl("swap --plugin gemm --builtin");
@@ -183,7 +145,7 @@ TEST(HotSwap, Fp8GemmsSwappedForTheBuiltInFp32KeepTraining) {
   EXPECT_THAT(swap.output, HasSubstr("fp8 1.0.0 -> builtin fp32"));
   EXPECT_EQ(job.status().at("plugins").at("gemm").at("plugin"), "builtin");
   EXPECT_EQ(job.finish(), 0) << job.log();
-  const auto trained = job.losses();
+  const auto trained = losses_of(job);
   ASSERT_EQ(trained.size(), static_cast<std::size_t>(steps));
   for (double loss : trained) EXPECT_TRUE(std::isfinite(loss));
   // FP32 after the swap tracks the FP32 job within FP8's 1% (the weights saw two FP8 steps).
@@ -195,13 +157,13 @@ TEST(HotSwap, Fp8GemmsSwappedForTheBuiltInFp32KeepTraining) {
 TEST(HotSwap, TheControlAddressMustBeLoopbackAndPauseNeedsIt) {
   const fs::path dir = troupe::testing::scratch_dir("control", "addresses");
   const run_result wide = troupe::testing::run_command(
-      exe() + " " + train_arguments(dir, "--set control.listen=0.0.0.0:0"));
+      exe() + " train " + train_arguments(dir, "--set control.listen=0.0.0.0:0"));
   EXPECT_EQ(wide.exit_code, 1);
   EXPECT_THAT(wide.output, HasSubstr("control.listen = \"0.0.0.0:0\": the control endpoint "
                                      "listens on a loopback address only"));
   EXPECT_THAT(wide.output, HasSubstr("tiny.toml"));
   const run_result off = troupe::testing::run_command(
-      exe() + " " + train_arguments(dir, "--set control.listen= --pause-after 1"));
+      exe() + " train " + train_arguments(dir, "--set control.listen= --pause-after 1"));
   EXPECT_EQ(off.exit_code, 1);
   EXPECT_THAT(off.output, HasSubstr("needs the control endpoint"));
 }

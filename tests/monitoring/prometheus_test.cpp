@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/command_runs.hpp"
+#include "tests/support/controlled_job.hpp"
 #include "tests/support/markdown.hpp"
 
 namespace {
@@ -34,9 +35,6 @@ using troupe::testing::background_command;
 using troupe::testing::run_command;
 using troupe::testing::run_result;
 
-std::string exe() {
-  return std::getenv("TROUPE_EXE");
-}
 fs::path source(const std::string& relative) {
   return fs::path(std::getenv("TROUPE_SOURCE_DIR")) / relative;
 }
@@ -65,45 +63,22 @@ int free_port() {
   return ntohs(address.sin_port);
 }
 
-/// A paused training job (troupe train --pause-after) with its metrics endpoint.
-class paused_job {
- public:
-  paused_job(const std::string& name, const std::string& extra)
-      : dir_(troupe::testing::scratch_dir("monitoring", name)), name_(name) {
-    process_ = std::make_unique<background_command>(
-        environment() + exe() +
-            fmt::format(" train --steps 4 --pause-after 3 --threads 2 --quiet --job {} "
-                        "--log-json {} --checkpoint-dir {} {}",
-                        name, (dir_ / "steps.jsonl").string(), (dir_ / "checkpoints").string(),
-                        extra),
-        dir_ / "job.log");
-  }
-  run_result ctl(const std::string& arguments) const {
-    return run_command(environment() + exe() + " ctl " + name_ + " " + arguments);
-  }
-  nlohmann::json status() const {
-    const run_result r = ctl("status --json");
-    return r.exit_code == 0 ? nlohmann::json::parse(r.output) : nlohmann::json::object();
-  }
-  bool wait_until_paused() const {
-    return troupe::testing::eventually(
-        60, [&] { return status().value("state", std::string()) == "paused"; });
-  }
-  std::string metrics_url() const { return status().at("metrics_url"); }
-  std::string scrape() const { return run_command("curl -s " + metrics_url()).output; }
-  int finish() {
-    EXPECT_EQ(ctl("resume").exit_code, 0);
-    return process_->wait();
-  }
-  std::string log() const { return read_file(dir_ / "job.log"); }
-  const fs::path& dir() const { return dir_; }
+/// A job that pauses after step 3 of 4, with its metrics endpoint.
+troupe::testing::controlled_job start_job(const std::string& name, const std::string& extra) {
+  const fs::path dir = troupe::testing::scratch_dir("monitoring", name);
+  return {dir, name,
+          fmt::format("--steps 4 --pause-after 3 --threads 2 --quiet --log-json {} "
+                      "--checkpoint-dir {} {}",
+                      (dir / "steps.jsonl").string(), (dir / "checkpoints").string(), extra)};
+}
 
- private:
-  std::string environment() const { return "env TROUPE_RUN_DIR=" + (dir_ / "run").string() + " "; }
-  fs::path dir_;
-  std::string name_;
-  std::unique_ptr<background_command> process_;
-};
+std::string metrics_url(const troupe::testing::controlled_job& job) {
+  return job.status().at("metrics_url");
+}
+
+std::string scrape_metrics(const troupe::testing::controlled_job& job) {
+  return run_command("curl -s " + metrics_url(job)).output;
+}
 
 /// Metric families in an exposition: name -> type.
 std::map<std::string, std::string> families(const std::string& exposition) {
@@ -183,18 +158,18 @@ TEST(Monitoring, ShippedPrometheusFilesPassPromtool) {
 TEST(Monitoring, PrometheusScrapesEveryLayerTimesExpertSeriesSummingToTheTokensRouted) {
   if (!have_prometheus())
     GTEST_SKIP() << "prometheus/promtool not installed (tools/setup installs them)";
-  paused_job job("scraped", "");
+  auto job = start_job("scraped", "");
   ASSERT_TRUE(job.wait_until_paused()) << job.log();
   // A swap that works and one that fails, so the swap metrics have series too.
   EXPECT_EQ(job.ctl("swap --plugin moe --library " + build("plugins/moe/libtroupe-moe.so").string())
                 .exit_code,
             0);
   EXPECT_EQ(job.ctl("swap --plugin moe --library /nonexistent/libtroupe-moe.so").exit_code, 1);
-  const std::string url = job.metrics_url();
+  const std::string url = metrics_url(job);
   const std::string host_port = url.substr(7, url.find("/metrics") - 7);
 
   // promtool lints a live scrape.
-  const std::string scrape = job.scrape();
+  const std::string scrape = scrape_metrics(job);
   std::ofstream(job.dir() / "scrape.txt") << scrape;
   const run_result lint =
       run_command("promtool check metrics < " + (job.dir() / "scrape.txt").string());
@@ -278,9 +253,9 @@ TEST(Monitoring, PrometheusScrapesEveryLayerTimesExpertSeriesSummingToTheTokensR
 }
 
 TEST(Monitoring, PerLayerAggregatesOnlyForModelsWithManyExperts) {
-  paused_job job("aggregates", "--set monitoring.per_expert_series=false");
+  auto job = start_job("aggregates", "--set monitoring.per_expert_series=false");
   ASSERT_TRUE(job.wait_until_paused()) << job.log();
-  const std::string scrape = job.scrape();
+  const std::string scrape = scrape_metrics(job);
   EXPECT_EQ(series_count(scrape, "troupe_expert_tokens_routed_total"), 0);
   EXPECT_EQ(series_count(scrape, "troupe_router_bias"), 0);
   EXPECT_EQ(series_count(scrape, "troupe_layer_tokens_routed_total"), 4);

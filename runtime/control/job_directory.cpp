@@ -48,6 +48,21 @@ void write_private(const fs::path& file, const std::string& text) {
   fs::rename(partial, file);
 }
 
+/// Fails unless `path` is this user's and nobody else may write it: another user who owned the
+/// run directory could swap control.json for one that sends the token to their own server.
+void check_private(const fs::path& path) {
+  struct stat info {};
+  if (::lstat(path.c_str(), &info) != 0) return;  // not there (yet)
+  if (info.st_uid != ::getuid())
+    fail(
+        "{}: owned by uid {}, not by you (uid {}); refusing to use it for control files (set "
+        "TROUPE_RUN_DIR to a directory of your own)",
+        path.string(), info.st_uid, ::getuid());
+  if ((info.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (info.st_mode & S_ISVTX) == 0)
+    fail("{}: others may write it (mode {:o}); refusing to use it for control files", path.string(),
+         info.st_mode & 07777);
+}
+
 std::optional<control_record> read_record(const fs::path& file) {
   std::ifstream in(file);
   if (!in) return std::nullopt;
@@ -81,6 +96,7 @@ job_directory::job_directory(const fs::path& run_directory, const std::string& n
   std::error_code ec;
   fs::create_directories(run_directory, ec);
   if (ec) fail("{}: cannot create the run directory: {}", run_directory.string(), ec.message());
+  check_private(run_directory);
   for (int attempt = 1;; ++attempt) {
     name_ = attempt == 1 ? name : fmt::format("{}-{}", name, attempt);
     path_ = run_directory / name_;
@@ -95,6 +111,7 @@ job_directory::job_directory(const fs::path& run_directory, const std::string& n
   }
   fs::create_directories(path_, ec);
   if (ec) fail("{}: cannot create the job directory: {}", path_.string(), ec.message());
+  check_private(path_);
   ::chmod(path_.c_str(), S_IRWXU);
   token_ = random_token();
   write_private(token_file(), token_ + "\n");
@@ -136,6 +153,8 @@ job_handle find_job(const std::string& job, const fs::path& run_directory) {
     file = fs::is_directory(job) ? fs::path(job) / "control.json" : fs::path(job);
   else
     file = run_directory / job / "control.json";
+  check_private(file.parent_path());
+  check_private(file);
   auto record = read_record(file);
   if (!record || !process_alive(record->pid)) {
     std::string running;

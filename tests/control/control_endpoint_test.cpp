@@ -193,4 +193,18 @@ TEST(JobDirectory, MissingAndDeadJobsAreClearErrorsThatListTheRunningOnes) {
   EXPECT_EQ(again.name(), "dead");
 }
 
+TEST(JobDirectory, AJobDirectoryOthersMayWriteIsRefused) {
+  // Whoever may write it could replace control.json and collect the token.
+  const fs::path run = troupe::testing::scratch_dir("control", "shared");
+  fs::create_directories(run / "tiny");
+  ::chmod((run / "tiny").c_str(), 0777);
+  try {
+    find_job("tiny", run);
+    FAIL() << "expected an error";
+  } catch (const error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("others may write it (mode 777)"));
+  }
+  EXPECT_THROW(job_directory(run, "tiny", true), error);
+}
+
 }  // namespace

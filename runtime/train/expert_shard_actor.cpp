@@ -20,7 +20,7 @@ caf::actor spawn_expert_shard_actor(actor_runtime& runtime,
       [](instrumented_actor* self, std::shared_ptr<shard_actor_setup> st) {
         auto slots = [st](plugin_kind kind) { return st->shard->plugin_slots(kind); };
         return caf::behavior(
-            plugin_swap_handlers(self, slots)
+            plugin_swap_handlers(self, st->plugins, slots)
                 .or_else(
                     [self, st](const expert_request& request) -> caf::result<expert_reply> {
                       try {

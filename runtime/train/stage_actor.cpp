@@ -70,7 +70,7 @@ caf::actor spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor
         st->setup = std::move(rank_setup);
         auto slots = [st](plugin_kind kind) { return st->setup->rank->plugin_slots(kind); };
         return caf::behavior(
-            plugin_swap_handlers(self, slots)
+            plugin_swap_handlers(self, st->setup->plugins, slots)
                 .or_else(
                     [self, st](atoms::peers_atom, std::vector<caf::actor>& peers) {
                       st->link = std::make_unique<message_stage_transport>(self, std::move(peers));

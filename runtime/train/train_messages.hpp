@@ -19,6 +19,7 @@
 #include "runtime/schedule/schedule_plan.hpp"
 #include "runtime/train/bias_balancer.hpp"
 #include "runtime/train/pipeline_rank.hpp"
+#include "runtime/train/process_plugins.hpp"
 
 namespace troupe {
 
@@ -74,14 +75,6 @@ struct checkpoint_order {
 /// What a holder wrote: the names of its weights (for model.safetensors.index.json).
 struct checkpoint_written {
   std::vector<std::string> weights;
-};
-
-/// Coordinator -> holders, at a step boundary: build successors of every instance of the
-/// plugin of `kind` from `library` (in-process only: the library is this process's). Replies
-/// the number of instances prepared; commit_atom puts them in place, abort_atom drops them.
-struct plugin_swap_order {
-  plugin_kind kind = plugin_kind::moe;
-  std::shared_ptr<const plugin_library> library;
 };
 
 /// Data actor -> coordinator: a step's micro-batches and where the stream stands after them.

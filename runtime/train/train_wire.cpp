@@ -113,6 +113,11 @@ void wire(A& a, expert_reply& x) {
   a(x.rows);
 }
 
+template <class A>
+void wire(A& a, plugin_swap_order& x) {
+  a(x.kind, x.library, x.swap);
+}
+
 std::shared_ptr<const message_codec> training_codec() {
   static const std::shared_ptr<const message_codec> codec = [] {
     using namespace atoms;
@@ -127,6 +132,9 @@ std::shared_ptr<const message_codec> training_codec() {
     c->add_request<bool, biases_atom, router_biases>("set_biases");
     c->add_request<checkpoint_written, save_atom, checkpoint_order>("save");
     c->add_request<bool, stop_atom>("stop");
+    c->add_request<std::int64_t, swap_atom, plugin_swap_order>("swap_plugin");
+    c->add_request<bool, commit_atom>("commit_swap");
+    c->add_request<bool, abort_atom>("abort_swap");
     // Expert shards.
     c->add_request<expert_reply, expert_request>("expert");
     // Balancer, EMA, data.

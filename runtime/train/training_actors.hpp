@@ -21,6 +21,7 @@
 #include "runtime/train/bias_balancer.hpp"
 #include "runtime/train/ema_tracker.hpp"
 #include "runtime/train/pipeline_rank.hpp"
+#include "runtime/train/process_plugins.hpp"
 
 namespace troupe {
 
@@ -32,6 +33,7 @@ struct stage_actor_setup {
   std::set<std::string> replicated;                   ///< parameters other ranks hold too
   std::set<std::string> owned;  ///< names this rank writes to checkpoints and EMA snapshots
   caf::actor ema;               ///< may be null
+  std::shared_ptr<process_plugins> plugins;  ///< this process's side of hot swaps
 };
 
 /// A pipeline rank. Messages: (peers, vector<actor>) once; (run_step, step_order) ->
@@ -46,6 +48,7 @@ struct shard_actor_setup {
   std::unique_ptr<adamw> optimizer;
   const exec_context* context = nullptr;
   caf::actor ema;
+  std::shared_ptr<process_plugins> plugins;  ///< this process's side of hot swaps
 };
 
 /// An expert shard. Messages: expert_request -> expert_reply; (gradients) -> gradient_report;

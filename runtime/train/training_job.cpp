@@ -120,11 +120,13 @@ void training_job::impl::build(plugin_registry& registry) {
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool = std::make_unique<thread_pool>(threads);
   active[plugin_kind::gemm] = nullptr;
+  std::unique_ptr<gemm_instance> gemm;
   if (topo.gemm_precision == precision::fp8) {
     active[plugin_kind::gemm] = load_role(registry, topo, plugin_kind::gemm, "fp8");
-    fp8 = std::make_unique<gemm_instance>(active[plugin_kind::gemm], instance_options{});
+    gemm = std::make_unique<gemm_instance>(active[plugin_kind::gemm], instance_options{});
   }
-  context = std::make_unique<exec_context>(device::cpu(), *pool, fp8 ? fp8->provider() : nullptr);
+  context = std::make_unique<exec_context>(device::cpu(), *pool, gemm ? gemm->provider() : nullptr);
+  plugins_here = std::make_shared<process_plugins>(registry, *context, std::move(gemm));
 
   plugins.attention = load_role(registry, topo, plugin_kind::attention, "mla");
   plugins.attention_options = options_of(topo, plugin_kind::attention);
@@ -170,6 +172,7 @@ void training_job::impl::build(plugin_registry& registry) {
           std::make_unique<adamw>(adamw_settings{tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay});
       setup->optimizer->attach(setup->shard->parameters());
       setup->context = context.get();
+      setup->plugins = plugins_here;
       shards.push_back({name, caf::actor(), setup});
     }
   }
@@ -189,6 +192,7 @@ void training_job::impl::build(plugin_registry& registry) {
       // what, which parameters are replicated), but never initialized or run here.
       const bool here = is_local(name);
       auto setup = std::make_shared<stage_actor_setup>();
+      setup->plugins = plugins_here;
       // The shard handles come when the shards are spawned, after resume() loaded them.
       if (sharded) setup->transport = std::make_unique<actor_expert_transport>(runtime->system());
       std::vector<stage_chunk> chunks;

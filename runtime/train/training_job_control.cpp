@@ -179,63 +179,48 @@ control_reply training_job::impl::swap_plugin(caf::blocking_actor* self, plugin_
     publish_status();
     return control_error(status, why);
   };
-  if (processes)
-    return failed(409, fmt::format("hot swaps run in single-process jobs; this job has {} "
-                                   "processes (restart it from a checkpoint with the new plugin)",
-                                   processes->world()));
   if (role != plugin_kind::gemm && active.count(role) == 0)
     return failed(409, fmt::format("this job's model uses no {} plugin", name_of(role)));
-  if (!library_path.empty()) {
-    try {
-      plugin_load_options load;
-      load.expected_kind = role;
-      load.fresh_copy = true;  // a rebuilt file under the same path is new code
-      library = plugin_loader->load(library_path, load);
-    } catch (const std::exception& e) {
-      return failed(422, e.what());
-    }
+  // The holders of every process take part: ranks for every role, expert shards for moe and
+  // for the GEMM (each process switches its own provider once).
+  std::vector<std::pair<std::string, caf::actor>> holders;
+  for (const auto& entry : ranks) holders.emplace_back(entry.name, entry.actor);
+  if (role == plugin_kind::moe || role == plugin_kind::gemm)
+    for (const auto& s : shards) holders.emplace_back(s.name, s.actor);
+  const plugin_swap_order order{role, library_path, ++swaps_ordered};
+  try {
+    // Loaded and checked here first: a library that fails to load bothers nobody else.
+    library = plugins_here->library_for(order);
+  } catch (const std::exception& e) {
+    return failed(422, e.what());
   }
   // The step loop is held from here: the library is loaded, the successors are built.
   const auto start = std::chrono::steady_clock::now();
-
   std::int64_t instances = 0;
-  if (role == plugin_kind::gemm) {
-    std::unique_ptr<gemm_instance> next;
-    try {
-      if (library) next = std::make_unique<gemm_instance>(library, instance_options{});
-    } catch (const std::exception& e) {
-      return failed(422, e.what());
-    }
-    // Every actor is between steps: nothing calls the old provider any more.
-    context->set_gemm_provider(next ? next->provider() : nullptr);
-    fp8 = std::move(next);
-    instances = 1;
-  } else {
-    // Every holder prepares its successors; any failure drops them all.
-    std::vector<std::pair<std::string, caf::actor>> holders;
-    for (const auto& entry : ranks) holders.emplace_back(entry.name, entry.actor);
-    if (role == plugin_kind::moe)
-      for (const auto& s : shards) holders.emplace_back(s.name, s.actor);
-    const plugin_swap_order order{role, library};
-    auto tell_all = [&](const caf::message& message) {
-      ask_each<bool>(
-          self, "swap", holders, [](const std::string&, bool&) {},
-          [&](const std::string&) { return message; });
-    };
-    try {
-      ask_each<std::int64_t>(
-          self, "preparing the swap", holders,
-          [&](const std::string&, std::int64_t& count) { instances += count; },
-          [&](const std::string&) { return caf::make_message(atoms::swap_atom_v, order); });
-    } catch (const std::exception& e) {
-      tell_all(caf::make_message(atoms::abort_atom_v));
-      return failed(422, e.what());
-    }
-    tell_all(caf::make_message(atoms::commit_atom_v));
-    if (role == plugin_kind::attention) plugins.attention = library;
-    if (role == plugin_kind::moe) plugins.moe = library;
-    if (role == plugin_kind::mtp) plugins.mtp = library;
+  auto tell_all = [&](const caf::message& message) {
+    ask_each<bool>(
+        self, "swap", holders, [](const std::string&, bool&) {},
+        [&](const std::string&) { return message; });
+  };
+  try {
+    // Every holder prepares its successors (other processes load the library themselves);
+    // any failure drops them all.
+    ask_each<std::int64_t>(
+        self, "preparing the swap", holders,
+        [&](const std::string&, std::int64_t& count) { instances += count; },
+        [&](const std::string&) { return caf::make_message(atoms::swap_atom_v, order); });
+  } catch (const std::exception& e) {
+    tell_all(caf::make_message(atoms::abort_atom_v));
+    return failed(422, e.what());
   }
+  if (instances == 0) {
+    tell_all(caf::make_message(atoms::abort_atom_v));
+    return failed(409, fmt::format("no actor of this job runs a {} plugin", name_of(role)));
+  }
+  tell_all(caf::make_message(atoms::commit_atom_v));
+  if (role == plugin_kind::attention) plugins.attention = library;
+  if (role == plugin_kind::moe) plugins.moe = library;
+  if (role == plugin_kind::mtp) plugins.mtp = library;
   active[role] = library;
   const double pause =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -27,6 +27,7 @@
 #include "runtime/optim/training_schedule.hpp"
 #include "runtime/plugin/instance.hpp"
 #include "runtime/train/job_control.hpp"
+#include "runtime/train/process_plugins.hpp"
 #include "runtime/train/training_actors.hpp"
 #include "runtime/train/training_job.hpp"
 #include "runtime/train/training_metrics.hpp"
@@ -50,8 +51,10 @@ struct training_job::impl {
 
   plugin_registry* plugin_loader = nullptr;  // loads the libraries of hot swaps
   std::unique_ptr<thread_pool> pool;
-  std::unique_ptr<gemm_instance> fp8;  // the GEMM plugin's instance; null: the built-in FP32
+  // This process's side of hot swaps; owns the GEMM plugin's instance the context uses.
   std::unique_ptr<exec_context> context;
+  std::shared_ptr<process_plugins> plugins_here;
+  std::int64_t swaps_ordered = 0;
   model_plugins plugins;
   std::shared_ptr<metrics_registry> metrics;
   std::unique_ptr<metrics_endpoint> endpoint;

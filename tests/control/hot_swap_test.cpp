@@ -154,6 +154,43 @@ TEST(HotSwap, Fp8GemmsSwappedForTheBuiltInFp32KeepTraining) {
     EXPECT_NEAR(trained[i], fp32[i], 0.01 * fp32[i]) << "step " << i + 1;
 }
 
+TEST(HotSwap, AcrossProcessesEveryHolderSwapsAndNoLossChanges) {
+  // troupe launch: two processes, each loading the library itself and switching its own GEMM.
+  const std::string topology =
+      (fs::path(std::getenv("TROUPE_SOURCE_DIR")) / "topologies/two-hosts.toml").string();
+  const std::string common = "--steps 4 --threads 1 --quiet";
+  const fs::path reference = troupe::testing::scratch_dir("control", "two-hosts-untouched");
+  const run_result untouched = troupe::testing::run_command(fmt::format(
+      "{} train {} {} --log-json {} --checkpoint-dir {}", exe(), topology, common,
+      (reference / "steps.jsonl").string(), (reference / "checkpoints").string()));
+  ASSERT_EQ(untouched.exit_code, 0) << untouched.output;
+
+  const fs::path dir = troupe::testing::scratch_dir("control", "two-hosts");
+  troupe::testing::controlled_job job(
+      dir, "two-hosts",
+      fmt::format("{} {} --pause-after 2 --log-json {} --checkpoint-dir {}", topology, common,
+                  (dir / "steps.jsonl").string(), (dir / "checkpoints").string()),
+      "launch");
+  ASSERT_TRUE(job.wait_until_paused()) << job.log();
+  EXPECT_EQ(job.status().at("processes"), 2);
+  const fs::path moe = build_dir() / "plugins/moe/libtroupe-moe.so";
+  const run_result swap = job.ctl("swap --plugin moe --library " + moe.string());
+  ASSERT_EQ(swap.exit_code, 0) << swap.output << job.log();
+  const run_result gemm = job.ctl("swap --plugin gemm --builtin --json");
+  ASSERT_EQ(gemm.exit_code, 0) << gemm.output << job.log();
+  EXPECT_EQ(nlohmann::json::parse(gemm.output).at("instances"), 2) << "one provider per process";
+  const run_result broken =
+      job.ctl("swap --plugin moe --library " + test_plugin("broken-not-elf").string());
+  EXPECT_EQ(broken.exit_code, 1) << broken.output;
+
+  EXPECT_EQ(job.finish(), 0) << job.log();
+  const auto swapped = losses_of(job);
+  const auto expected = losses(reference / "steps.jsonl");
+  ASSERT_EQ(swapped.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i)
+    EXPECT_NEAR(swapped[i], expected[i], 1e-6 * expected[i]) << "step " << i + 1;
+}
+
 TEST(HotSwap, TheControlAddressMustBeLoopbackAndPauseNeedsIt) {
   const fs::path dir = troupe::testing::scratch_dir("control", "addresses");
   const run_result wide = troupe::testing::run_command(

@@ -25,11 +25,14 @@ inline std::string troupe_exe() {
 
 class controlled_job {
  public:
-  /// Starts `troupe train ARGUMENTS --job NAME` in `dir` (its log: dir/job.log).
-  controlled_job(std::filesystem::path dir, const std::string& name, const std::string& arguments)
+  /// Starts `troupe COMMAND ARGUMENTS --job NAME` in `dir` (its log: dir/job.log); COMMAND is
+  /// train or launch.
+  controlled_job(std::filesystem::path dir, const std::string& name, const std::string& arguments,
+                 const std::string& command = "train")
       : dir_(std::move(dir)), name_(name) {
     process_ = std::make_unique<background_command>(
-        environment() + troupe_exe() + " train " + arguments + " --job " + name, dir_ / "job.log");
+        environment() + troupe_exe() + " " + command + " " + arguments + " --job " + name,
+        dir_ / "job.log");
   }
 
   run_result ctl(const std::string& arguments) const {

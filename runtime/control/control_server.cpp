@@ -89,7 +89,8 @@ http_reply control_server::handle(const http_request& request) {
                        reply.body.value("error", std::string())));
   }
   counters_->requests.Add({{"command", label}, {"code", std::to_string(reply.status)}}).Increment();
-  return {reply.status, reply.body.dump()};
+  // Plugin names, paths and dlerror() text need not be UTF-8; a reply must not fail on them.
+  return {reply.status, reply.body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
 }
 
 }  // namespace troupe

@@ -1,7 +1,11 @@
 #include "runtime/control/http_client.hpp"
 
 #include <sys/socket.h>
-#include <sys/time.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -16,6 +20,42 @@ namespace asio = boost::asio;
 namespace http = boost::beast::http;
 using tcp = asio::ip::tcp;
 
+namespace {
+
+/// Shuts the socket down when the deadline passes first (Asio's blocking reads ignore
+/// SO_RCVTIMEO, so the wait is bounded from outside).
+class deadline_guard {
+ public:
+  deadline_guard(int fd, int seconds)
+      : thread_([this, fd, seconds] {
+          std::unique_lock lock(mutex_);
+          if (!done_.wait_for(lock, std::chrono::seconds(seconds), [this] { return finished_; })) {
+            expired_ = true;
+            ::shutdown(fd, SHUT_RDWR);
+          }
+        }) {}
+  ~deadline_guard() {
+    {
+      std::lock_guard lock(mutex_);
+      finished_ = true;
+    }
+    done_.notify_all();
+    thread_.join();
+  }
+  bool expired() {
+    std::lock_guard lock(mutex_);
+    return expired_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable done_;
+  bool finished_ = false, expired_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
 http_response http_call(const std::string& url, const std::string& method,
                         const std::string& target, const std::string& token,
                         const std::string& body, int timeout_seconds) {
@@ -24,7 +64,9 @@ http_response http_call(const std::string& url, const std::string& method,
   const std::string authority = url.substr(scheme.size());
   const auto colon = authority.rfind(':');
   if (colon == std::string::npos) fail("{}: the URL has no port", url);
-  const std::string host = authority.substr(0, colon);
+  std::string host = authority.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   const std::string port = authority.substr(colon + 1);
 
   asio::io_context io;
@@ -34,9 +76,6 @@ http_response http_call(const std::string& url, const std::string& method,
   const auto endpoints = resolver.resolve(host, port, ec);
   if (!ec) asio::connect(socket, endpoints, ec);
   if (ec) fail("{}: cannot connect: {} (is the job running?)", url, ec.message());
-  timeval limit{timeout_seconds, 0};
-  ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
-  ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
 
   http::request<http::string_body> request{http::string_to_verb(method), target, 11};
   request.set(http::field::host, authority);
@@ -45,15 +84,17 @@ http_response http_call(const std::string& url, const std::string& method,
   request.set(http::field::content_type, "application/json");
   request.body() = body;
   request.prepare_payload();
-  http::write(socket, request, ec);
-  if (ec) fail("{}: cannot send the request: {}", url, ec.message());
-
   boost::beast::flat_buffer buffer;
   http::response<http::string_body> response;
-  http::read(socket, buffer, response, ec);
-  if (ec == asio::error::would_block || ec == asio::error::timed_out)
-    fail("{}{}: no reply within {} s", url, target, timeout_seconds);
-  if (ec) fail("{}{}: cannot read the reply: {}", url, target, ec.message());
+  bool expired = false;
+  {
+    deadline_guard deadline(socket.native_handle(), timeout_seconds);
+    http::write(socket, request, ec);
+    if (!ec) http::read(socket, buffer, response, ec);
+    expired = deadline.expired();
+  }
+  if (expired) fail("{}{}: no reply within {} s", url, target, timeout_seconds);
+  if (ec) fail("{}{}: no reply: {}", url, target, ec.message());
   socket.shutdown(tcp::socket::shutdown_both, ec);
   return {static_cast<int>(response.result_int()), response.body()};
 }

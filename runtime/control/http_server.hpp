@@ -4,6 +4,7 @@
 // connection, each connection on a thread of its own, so a request that waits for the step loop
 // (a swap, a pause) never holds up another (a status).
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -27,9 +28,11 @@ class http_server {
  public:
   using handler = std::function<http_reply(const http_request&)>;
 
-  /// Listens on host:port (port 0: a free one). Throws troupe::error naming the address and the
-  /// cause when it cannot.
-  http_server(const std::string& host, int port, handler on_request);
+  /// Listens on host:port (port 0: a free one). A client has `request_deadline` to send its
+  /// whole request; at most 32 connections are served at once. Throws troupe::error naming the
+  /// address and the cause when it cannot listen.
+  http_server(const std::string& host, int port, handler on_request,
+              std::chrono::milliseconds request_deadline = std::chrono::seconds(10));
   /// Stops accepting, closes open connections and waits for their threads.
   ~http_server();
   http_server(const http_server&) = delete;

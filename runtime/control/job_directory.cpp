@@ -50,9 +50,10 @@ void write_private(const fs::path& file, const std::string& text) {
 
 /// Fails unless `path` is this user's and nobody else may write it: another user who owned the
 /// run directory could swap control.json for one that sends the token to their own server.
-void check_private(const fs::path& path) {
+void check_private(const fs::path& path, bool follow_link = false) {
   struct stat info {};
-  if (::lstat(path.c_str(), &info) != 0) return;  // not there (yet)
+  if ((follow_link ? ::stat(path.c_str(), &info) : ::lstat(path.c_str(), &info)) != 0)
+    return;  // not there (yet)
   if (info.st_uid != ::getuid())
     fail(
         "{}: owned by uid {}, not by you (uid {}); refusing to use it for control files (set "
@@ -90,13 +91,17 @@ fs::path default_run_directory() {
   return fs::path("/tmp") / fmt::format("troupe-{}", ::getuid());
 }
 
-job_directory::job_directory(const fs::path& run_directory, const std::string& name, bool exact) {
+job_directory::job_directory(const fs::path& run_directory_given, const std::string& name,
+                             bool exact) {
   if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
     fail("job name '{}': use letters, digits, '-', '_' or '.' (no '/')", name);
+  const fs::path run_directory = fs::absolute(run_directory_given);
   std::error_code ec;
-  fs::create_directories(run_directory, ec);
-  if (ec) fail("{}: cannot create the run directory: {}", run_directory.string(), ec.message());
-  check_private(run_directory);
+  fs::create_directories(run_directory.parent_path(), ec);
+  // Created private whatever the umask (under umask 002 a group could write it otherwise).
+  if (::mkdir(run_directory.c_str(), S_IRWXU) != 0 && errno != EEXIST)
+    fail("{}: cannot create the run directory: {}", run_directory.string(), std::strerror(errno));
+  check_private(run_directory, true);
   for (int attempt = 1;; ++attempt) {
     name_ = attempt == 1 ? name : fmt::format("{}-{}", name, attempt);
     path_ = run_directory / name_;
@@ -109,9 +114,12 @@ job_directory::job_directory(const fs::path& run_directory, const std::string& n
     }
     break;
   }
-  fs::create_directories(path_, ec);
-  if (ec) fail("{}: cannot create the job directory: {}", path_.string(), ec.message());
-  check_private(path_);
+  if (::mkdir(path_.c_str(), S_IRWXU) != 0 && errno != EEXIST)
+    fail("{}: cannot create the job directory: {}", path_.string(), std::strerror(errno));
+  struct stat info {};
+  if (::lstat(path_.c_str(), &info) != 0 || !S_ISDIR(info.st_mode) || info.st_uid != ::getuid())
+    fail("{}: not a directory of yours; refusing to use it for control files", path_.string());
+  // Ours (perhaps left by a job that died): private again, whatever it was.
   ::chmod(path_.c_str(), S_IRWXU);
   token_ = random_token();
   write_private(token_file(), token_ + "\n");
@@ -153,6 +161,7 @@ job_handle find_job(const std::string& job, const fs::path& run_directory) {
     file = fs::is_directory(job) ? fs::path(job) / "control.json" : fs::path(job);
   else
     file = run_directory / job / "control.json";
+  check_private(file.parent_path().parent_path(), true);  // the run directory
   check_private(file.parent_path());
   check_private(file);
   auto record = read_record(file);
@@ -166,6 +175,14 @@ job_handle find_job(const std::string& job, const fs::path& run_directory) {
          running.empty() ? fmt::format("no job is running under {}", run_directory.string())
                          : fmt::format("running under {}:{}", run_directory.string(), running));
   }
+  // Only a loopback URL, and the token next to control.json (not wherever the file says).
+  const bool loopback =
+      record->url.rfind("http://127.", 0) == 0 || record->url.rfind("http://[::1]:", 0) == 0;
+  if (!loopback)
+    fail("{}: the URL {} is not a loopback address; refusing to send the token there",
+         file.string(), record->url);
+  record->token_file = record->directory / "token";
+  check_private(record->token_file);
   std::ifstream in(record->token_file);
   std::string token;
   if (!(in >> token))

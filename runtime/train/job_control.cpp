@@ -41,7 +41,10 @@ void job_control::run_queued(caf::blocking_actor* coordinator) {
     try {
       next->reply.set_value(next->work(coordinator));
     } catch (const std::exception& e) {
+      // Work that throws failed the job (a checkpoint that cannot be written, a holder that
+      // is gone): the requester learns why, and the step loop stops as after a failed step.
       next->reply.set_value(control_error(500, e.what()));
+      throw;
     }
   }
 }

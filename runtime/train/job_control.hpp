@@ -34,7 +34,8 @@ class job_control {
   /// not started).
   control_reply at_step_boundary(boundary_work work, std::chrono::milliseconds timeout);
 
-  /// Coordinator: runs the work queued now, in order.
+  /// Coordinator: runs the work queued now, in order. Work that throws is answered with 500
+  /// and the exception goes on to the caller (it fails the job).
   void run_queued(caf::blocking_actor* coordinator);
   /// Coordinator: waits until work is queued or `limit` passes.
   void wait_for_work(std::chrono::milliseconds limit);

@@ -615,6 +615,8 @@ training_result training_job::impl::coordinate(caf::blocking_actor* self,
     if (periodic && step + 1 < total_steps)
       result.last_checkpoint = write_checkpoint(self, step + 1, last_loss);
   }
+  // Paused after the last step (--pause-after N with N the last): wait for resume.
+  if (!stop_now && result.outcome == training_outcome::completed) at_step_boundary(self, stop);
   if (stop_now) result.outcome = training_outcome::stopped;
   if (result.outcome != training_outcome::non_finite && result.last_step > start_step &&
       (stop_now || options.checkpoint_at_end))

@@ -70,7 +70,9 @@ struct training_options {
   bool checkpoint_at_end = true;
   int threads = 0;  ///< worker pool size; 0: one per core
   std::function<void(const step_record&)> on_step;
-  std::function<void(const std::string&)> on_event;  ///< notable events (resume, checkpoints)
+  /// Notable events (resume, checkpoints, control requests). Called from the coordinator and,
+  /// for refused control requests, from the control endpoint's threads: it must be thread-safe.
+  std::function<void(const std::string&)> on_event;
   /// Where metrics go (and what the topology's endpoint serves); null: the job's own.
   std::shared_ptr<metrics_registry> metrics;
   /// This process's place in a multi-process job (troupe launch): it builds and runs only the

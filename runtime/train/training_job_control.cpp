@@ -163,6 +163,8 @@ control_reply training_job::impl::request_swap(const nlohmann::json& request) {
 
 control_reply training_job::impl::swap_plugin(caf::blocking_actor* self, plugin_kind role,
                                               const std::string& library_path) {
+  // The step loop is held from here, loading the library included.
+  const auto start = std::chrono::steady_clock::now();
   const std::shared_ptr<const plugin_library> before =
       active.count(role) != 0 ? active[role] : nullptr;
   std::shared_ptr<const plugin_library> library;  // null: the built-in FP32 GEMM
@@ -194,13 +196,16 @@ control_reply training_job::impl::swap_plugin(caf::blocking_actor* self, plugin_
   } catch (const std::exception& e) {
     return failed(422, e.what());
   }
-  // The step loop is held from here: the library is loaded, the successors are built.
-  const auto start = std::chrono::steady_clock::now();
   std::int64_t instances = 0;
-  auto tell_all = [&](const caf::message& message) {
-    ask_each<bool>(
-        self, "swap", holders, [](const std::string&, bool&) {},
-        [&](const std::string&) { return message; });
+  // Best effort: a holder that cannot be told to drop its successors is gone anyway (the next
+  // step fails on it).
+  auto abort_all = [&] {
+    try {
+      ask_each<bool>(
+          self, "swap", holders, [](const std::string&, bool&) {},
+          [&](const std::string&) { return caf::make_message(atoms::abort_atom_v); });
+    } catch (const std::exception&) {
+    }
   };
   try {
     // Every holder prepares its successors (other processes load the library themselves);
@@ -210,14 +215,18 @@ control_reply training_job::impl::swap_plugin(caf::blocking_actor* self, plugin_
         [&](const std::string&, std::int64_t& count) { instances += count; },
         [&](const std::string&) { return caf::make_message(atoms::swap_atom_v, order); });
   } catch (const std::exception& e) {
-    tell_all(caf::make_message(atoms::abort_atom_v));
+    abort_all();
     return failed(422, e.what());
   }
   if (instances == 0) {
-    tell_all(caf::make_message(atoms::abort_atom_v));
+    abort_all();
     return failed(409, fmt::format("no actor of this job runs a {} plugin", name_of(role)));
   }
-  tell_all(caf::make_message(atoms::commit_atom_v));
+  // A holder that fails to commit leaves the model half swapped: the job stops (the throw
+  // ends the step loop like a failed step), and resumes from its last checkpoint.
+  ask_each<bool>(
+      self, "committing the swap", holders, [](const std::string&, bool&) {},
+      [&](const std::string&) { return caf::make_message(atoms::commit_atom_v); });
   if (role == plugin_kind::attention) plugins.attention = library;
   if (role == plugin_kind::moe) plugins.moe = library;
   if (role == plugin_kind::mtp) plugins.mtp = library;

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -56,6 +57,10 @@ struct ucx_transport::state {
   std::deque<std::function<void(bool run)>> tasks;
   failure_handler failure;
   std::atomic<bool> closing{false};
+  // Whether run() is inside its loop; the destructor waits for it to leave. The caller waits
+  // for the progress actor through CAF too, but TSan sees only this (CAF is not instrumented).
+  bool loop_running = false;
+  std::condition_variable loop_exited;
 
   // Touched by the loop thread only.
   std::map<int, ucp_ep_h> endpoints;
@@ -322,6 +327,10 @@ ucx_transport::ucx_transport(int rank, ucx_options options)
 
 ucx_transport::~ucx_transport() {
   close();
+  {
+    std::unique_lock lock(state_->mutex);
+    state_->loop_exited.wait(lock, [&] { return !state_->loop_running; });
+  }
   // Endpoints go first (forced: peers may be gone), then the worker and the context.
   for (auto& [peer, ep] : state_->endpoints) {
     ucp_request_param_t params{};
@@ -426,6 +435,10 @@ void ucx_transport::on_failure(failure_handler handler) {
 
 void ucx_transport::run() {
   state& st = *state_;
+  {
+    std::lock_guard lock(st.mutex);
+    st.loop_running = true;
+  }
   auto last_event = std::chrono::steady_clock::now();
   while (!st.closing.load(std::memory_order_acquire)) {
     std::deque<std::function<void(bool)>> tasks;
@@ -461,6 +474,11 @@ void ucx_transport::run() {
     }
     flow.waiting.clear();
   }
+  {
+    std::lock_guard lock(st.mutex);
+    st.loop_running = false;
+  }
+  st.loop_exited.notify_all();
 }
 
 void ucx_transport::close() {

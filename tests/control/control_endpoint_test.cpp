@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,12 +13,14 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include <prometheus/registry.h>
 
 #include "runtime/control/control_server.hpp"
 #include "runtime/control/http_client.hpp"
+#include "runtime/control/http_server.hpp"
 #include "runtime/control/job_directory.hpp"
 #include "runtime/core/error.hpp"
 #include "tests/support/command_runs.hpp"
@@ -131,6 +135,42 @@ TEST_F(ControlEndpoint, AClosedEndpointIsAClearErrorForTheClient) {
   }
 }
 
+TEST(HttpServer, SilentClientsAreCutOversizedBodiesRefusedAndSlowRepliesTimeOut) {
+  using namespace std::chrono_literals;
+  http_server server(
+      "127.0.0.1", 0,
+      [](const http_request& request) {
+        if (request.target == "/slow") std::this_thread::sleep_for(3s);
+        return http_reply{200, R"({"ok": true})"};
+      },
+      500ms);
+  // A client that connects and sends nothing is answered 400 and cut after the deadline.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(server.port()));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  const auto start = std::chrono::steady_clock::now();
+  char buffer[512];
+  std::string answer;
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof(buffer))) > 0;) answer.append(buffer, n);
+  ::close(fd);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_THAT(answer, HasSubstr("400"));
+  // Bodies over 1 MiB: 413.
+  const auto big = http_call(server.url(), "POST", "/x", "", std::string(2 << 20, 'x'), 10);
+  EXPECT_EQ(big.status, 413);
+  // A reply slower than the client's timeout: a clear error, in about the timeout.
+  try {
+    http_call(server.url(), "GET", "/slow", "", "", 1);
+    FAIL() << "expected a timeout";
+  } catch (const error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("no reply within 1 s"));
+  }
+  EXPECT_EQ(http_call(server.url(), "GET", "/fast", "", "", 10).status, 200);
+}
+
 TEST(JobDirectory, TheTokenIsReadableOnlyByItsUserAndGoesWithTheJob) {
   const fs::path run = troupe::testing::scratch_dir("control", "token");
   fs::path dir;
@@ -204,7 +244,11 @@ TEST(JobDirectory, AJobDirectoryOthersMayWriteIsRefused) {
   } catch (const error& e) {
     EXPECT_THAT(e.what(), HasSubstr("others may write it (mode 777)"));
   }
-  EXPECT_THROW(job_directory(run, "tiny", true), error);
+  // A job claiming the name makes its own directory private again.
+  job_directory claimed(run, "tiny", true);
+  struct stat info {};
+  ASSERT_EQ(::stat(claimed.path().c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0700u);
 }
 
 }  // namespace

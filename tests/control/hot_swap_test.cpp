@@ -160,9 +160,9 @@ TEST(HotSwap, AcrossProcessesEveryHolderSwapsAndNoLossChanges) {
       (fs::path(std::getenv("TROUPE_SOURCE_DIR")) / "topologies/two-hosts.toml").string();
   const std::string common = "--steps 4 --threads 1 --quiet";
   const fs::path reference = troupe::testing::scratch_dir("control", "two-hosts-untouched");
-  const run_result untouched = troupe::testing::run_command(fmt::format(
-      "{} train {} {} --log-json {} --checkpoint-dir {}", exe(), topology, common,
-      (reference / "steps.jsonl").string(), (reference / "checkpoints").string()));
+  const run_result untouched = troupe::testing::run_command(
+      fmt::format("{} train {} {} --log-json {} --checkpoint-dir {}", exe(), topology, common,
+                  (reference / "steps.jsonl").string(), (reference / "checkpoints").string()));
   ASSERT_EQ(untouched.exit_code, 0) << untouched.output;
 
   const fs::path dir = troupe::testing::scratch_dir("control", "two-hosts");

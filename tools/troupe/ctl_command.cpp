@@ -22,7 +22,7 @@ struct ctl_options {
   bool builtin = false;
   bool json = false;
   std::string run_directory;
-  int timeout = 600;
+  int timeout = 900;  // longer than the job's own 10 minutes for a step boundary
 };
 
 void print_status(const nlohmann::json& s) {
@@ -64,7 +64,13 @@ int run_ctl(const ctl_options& o) {
   const std::filesystem::path run_directory =
       o.run_directory.empty() ? default_run_directory() : std::filesystem::path(o.run_directory);
   if (o.job.empty()) {
-    const auto jobs = running_jobs(run_directory);
+    std::vector<control_record> jobs;
+    try {
+      jobs = running_jobs(run_directory);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "troupe ctl: {}\n", e.what());
+      return exit_unavailable;
+    }
     if (jobs.empty()) fmt::print("no job is running under {}\n", run_directory.string());
     for (const auto& j : jobs) fmt::print("{}  {}  pid {}  {}\n", j.job, j.url, j.pid, j.topology);
     return exit_ok;
@@ -97,7 +103,7 @@ int run_ctl(const ctl_options& o) {
     job = find_job(o.job, run_directory);
     response = http_call(job.record.url, o.action == "status" ? "GET" : "POST", "/v1/" + o.action,
                          job.token, body.dump(), o.timeout);
-  } catch (const error& e) {
+  } catch (const std::exception& e) {
     fmt::print(stderr, "troupe ctl: {}\n", e.what());
     return exit_unavailable;
   }
@@ -110,7 +116,7 @@ int run_ctl(const ctl_options& o) {
   if (response.status != 200) {
     fmt::print(stderr, "troupe ctl {} {}: {} (HTTP {})\n", job.record.job, o.action,
                reply.value("error", response.body), response.status);
-    return exit_bad_input;
+    return response.status == 503 ? exit_unavailable : exit_bad_input;
   }
   if (o.json)
     fmt::print("{}\n", reply.dump(2));

@@ -122,6 +122,7 @@ struct cluster::gateway_state {
   std::map<int, process_card> cards;
   std::vector<caf::response_promise> card_waiters;
   caf::response_promise gathered;
+  caf::strong_actor_ptr gathered_asker;  // rank 0's meet(): the table's writes go to it
   bool gathering = false;
   caf::response_promise peers_complete;
   bool awaiting_peers = false;
@@ -281,6 +282,7 @@ void hand_out_table_when_complete(cluster::gateway_state& st) {
   for (auto& [rank, card] : st.cards) table.push_back(card);
   for (auto& waiter : st.card_waiters) waiter.deliver(table);
   st.card_waiters.clear();
+  publish_writes_to(st.gathered_asker);
   st.gathered.deliver(table);
 }
 
@@ -423,13 +425,14 @@ caf::behavior gateway(instrumented_actor* self, state_ptr st) {
         st->cards[0] = std::move(mine);
         st->gathering = true;
         st->gathered = self->make_response_promise();
+        st->gathered_asker = self->current_sender();
         hand_out_table_when_complete(*st);
       },
-      [st](atoms::missing_atom) {
+      [self, st](atoms::missing_atom) {
         std::vector<std::int32_t> absent;
         for (int r = 1; r < st->options.world; ++r)
           if (st->cards.count(r) == 0) absent.push_back(r);
-        return absent;
+        return replying(self, absent);
       },
       // Direct connections: a rank below this one introduces its gateway.
       [self, st](atoms::introduce_atom, std::int32_t rank) {
@@ -620,11 +623,13 @@ void cluster::meet() {
     self->request(gateway_, remaining(), atoms::gather_atom_v, mine)
         .receive([&](std::vector<process_card>& all) { table = std::move(all); },
                  [&](caf::error&) { timed_out = true; });
+    observe_writes(self.ptr());
     if (timed_out) {
       std::vector<std::int32_t> absent;
       self->request(gateway_, std::chrono::seconds(5), atoms::missing_atom_v)
           .receive([&](std::vector<std::int32_t>& ranks) { absent = std::move(ranks); },
                    [](caf::error&) {});
+      observe_writes(self.ptr());
       std::vector<std::string> named;
       for (int r : absent)
         named.push_back(

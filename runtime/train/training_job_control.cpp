@@ -227,9 +227,6 @@ control_reply training_job::impl::swap_plugin(caf::blocking_actor* self, plugin_
   ask_each<bool>(
       self, "committing the swap", holders, [](const std::string&, bool&) {},
       [&](const std::string&) { return caf::make_message(atoms::commit_atom_v); });
-  if (role == plugin_kind::attention) plugins.attention = library;
-  if (role == plugin_kind::moe) plugins.moe = library;
-  if (role == plugin_kind::mtp) plugins.mtp = library;
   active[role] = library;
   const double pause =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -98,7 +98,8 @@ struct training_job::impl {
   double last_loss = 0.0, last_tokens_per_s = 0.0;
 
   // The control endpoint (coordinator only): requests queue for the step loop in `control`.
-  // The plugin serving each role (a null gemm: the built-in FP32), paused state and swaps are
+  // The plugin serving each role after build() (a null gemm: the built-in FP32; `plugins` is
+  // only what the actors were built with), paused state and swaps are
   // the coordinator's; the endpoint's threads read them through the published status.
   std::map<plugin_kind, std::shared_ptr<const plugin_library>> active;
   std::unique_ptr<job_control> control;

@@ -10,8 +10,9 @@ moe_router::moe_router(const model_config& c, double balance_alpha, parameter_li
             c.num_experts_per_tok, c.norm_topk_prob, static_cast<float>(c.routed_scaling_factor)};
   weight_index_ =
       parameters.add("mlp.gate.weight", {shape_.experts, hidden_}, TROUPE_INIT_NORMAL, 0.02f);
-  bias_index_ = parameters.add("mlp.gate.e_score_correction_bias", {shape_.experts},
-                               TROUPE_INIT_ZEROS, 0.0f, TROUPE_PARAM_BUFFER);
+  bias_index_ =
+      parameters.add("mlp.gate.e_score_correction_bias", {shape_.experts}, TROUPE_INIT_ZEROS, 0.0f,
+                     TROUPE_PARAM_BUFFER | TROUPE_PARAM_ROUTER_BIAS);
 }
 
 void moe_router::bind(std::span<float* const> weights, std::span<float* const> grads) {

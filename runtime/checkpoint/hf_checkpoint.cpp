@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/cpu/fp8_quantize.hpp"
-#include "runtime/tensor/convert.hpp"
+#include "runtime/exec/convert.hpp"
 
 namespace troupe {
 

@@ -3,9 +3,11 @@
 // The processes of one job. Each process has a gateway actor, published through CAF's
 // middleman: other processes' actors are reached through local proxies whose messages the
 // gateway turns into envelopes (descriptors, through CAF) and tensors (through UCX), delivered
-// in order per sending process. Rank 0 is the rendezvous: it listens on a known address, every
-// other rank connects and registers, and rank 0 hands out the table of processes; then every
-// pair of processes is connected directly (CAF and UCX).
+// in order per sending process. Any troupe message crosses (message.hpp: its declaration is its
+// wire format); the gateway (gateway.hpp) is the only code that knows how. Rank 0 is the
+// rendezvous: it listens on a known address, every other rank connects and registers, and rank 0
+// hands out the table of processes; then every pair of processes is connected directly (CAF and
+// UCX).
 //
 // Failure detection: every gateway monitors the others (CAF reports a lost connection at once,
 // e.g. a killed process) and exchanges heartbeats (a process that stops answering, e.g. a
@@ -20,14 +22,13 @@
 #include <utility>
 #include <vector>
 
-#include <caf/actor.hpp>
-
 #include "runtime/actor/actor_runtime.hpp"
-#include "runtime/cluster/message_codec.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/transport/ucx_transport.hpp"
 
 namespace troupe {
+
+struct process_card;
 
 /// The processes did not all meet (timeout, unreachable rank 0, a rank twice).
 class rendezvous_error : public error {
@@ -54,8 +55,7 @@ class cluster {
 
   /// Joins the job; returns once every process is connected to every other. Throws
   /// rendezvous_error naming the ranks that never arrived or the address that was unreachable.
-  cluster(actor_runtime& runtime, cluster_options options,
-          std::shared_ptr<const message_codec> codec);
+  cluster(actor_runtime& runtime, cluster_options options);
   /// Leaves: stops the gateway and UCX's progress loop.
   ~cluster();
   cluster(const cluster&) = delete;
@@ -66,9 +66,9 @@ class cluster {
   const std::string& host_of(int rank) const;
 
   /// Makes a local actor reachable by `name` from other processes.
-  void expose(const std::string& name, const caf::actor& actor);
+  void expose(const std::string& name, const actor_ref& actor);
   /// This process's handle on actor `name` of process `rank`.
-  caf::actor remote(const std::string& name, int rank);
+  actor_ref remote(const std::string& name, int rank);
 
   /// Waits until every process got here (after exposing its actors). Throws troupe::error when
   /// a process fails first or `timeout` passes.
@@ -87,16 +87,19 @@ class cluster {
   struct gateway_state;
 
  private:
-  void meet();   // the rendezvous and the connections
+  using time_point = std::chrono::steady_clock::time_point;
+  // The rendezvous and the connections (rendezvous.cpp).
+  void meet();
+  std::vector<process_card> meet_as_rank_zero(process_card& mine, time_point deadline);
+  std::vector<process_card> meet_as_other_rank(process_card& mine, time_point deadline);
   void leave();  // stops the gateway, the proxies and UCX's loop
 
   actor_runtime& runtime_;
   cluster_options options_;
-  std::shared_ptr<const message_codec> codec_;
   std::unique_ptr<ucx_transport> transport_;
-  caf::actor progress_;  // the detached actor running UCX's progress loop
-  caf::actor gateway_;
-  std::vector<caf::actor> proxies_;
+  actor_ref progress_;  // the detached actor running UCX's progress loop
+  actor_ref gateway_;
+  std::vector<actor_ref> proxies_;
   std::shared_ptr<gateway_state> state_;
 };
 

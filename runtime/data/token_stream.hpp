@@ -11,6 +11,7 @@
 // integers and a checkpoint resumes it exactly.
 
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 #include "runtime/data/byte_tokenizer.hpp"
@@ -23,6 +24,7 @@ struct data_position {
   std::uint64_t document = 0;  ///< index into the epoch's document order
   std::uint64_t offset = 0;    ///< tokens of that document already used
   bool operator==(const data_position&) const = default;
+  auto fields() { return std::tie(epoch, document, offset); }
 };
 
 class token_stream {

@@ -2,7 +2,7 @@
 
 #include "kernels/cpu/fp8_quantize.hpp"
 #include "runtime/core/error.hpp"
-#include "runtime/tensor/convert.hpp"
+#include "runtime/exec/convert.hpp"
 
 namespace troupe {
 

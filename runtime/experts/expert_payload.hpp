@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <tuple>
 
 #include "runtime/tensor/tensor.hpp"
 
@@ -21,6 +22,7 @@ struct encoded_rows {
   tensor values;  ///< f32, bf16, or f8_e4m3 codes, [R, H]
   tensor scales;  ///< fp8 only: f32 [R, ceil(H/128)], the factor that turns codes into values
   std::size_t bytes() const;
+  auto fields() { return std::tie(precision, values, scales); }
 };
 
 /// Encodes f32 rows [R, H] (contiguous, on the CPU).

@@ -40,11 +40,10 @@ expert_shard::expert_shard(const model_config& config, std::shared_ptr<const plu
   options.options_json = experts_options(moe_options, experts_);
   for (const std::int64_t layer : layers_) {
     options.layer_index = static_cast<int>(layer);
-    const std::string prefix = fmt::format("model.layers.{}.", layer);
     for (std::int32_t source = 0; source < sources_; ++source) {
       layer_copy copy;
       copy.instance = std::make_unique<layer_instance>(moe, options);
-      if (source == 0) declare_parameters(*copy.instance, prefix, store_);
+      if (source == 0) declare_parameters(*copy.instance, layer, store_);
       copies_.emplace(std::make_pair(layer, source), std::move(copy));
     }
   }

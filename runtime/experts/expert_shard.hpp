@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "runtime/exec/exec_context.hpp"
-#include "runtime/experts/expert_request.hpp"
+#include "runtime/experts/expert_messages.hpp"
 #include "runtime/model/model_config.hpp"
 #include "runtime/model/parameter_store.hpp"
 #include "runtime/plugin/instance.hpp"

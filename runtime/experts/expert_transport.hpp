@@ -8,7 +8,7 @@
 #include <optional>
 #include <vector>
 
-#include "runtime/experts/expert_request.hpp"
+#include "runtime/experts/expert_messages.hpp"
 
 namespace troupe {
 

@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "runtime/experts/expert_backend.hpp"
 #include "runtime/experts/expert_transport.hpp"
+#include "runtime/model/expert_backend.hpp"
 
 namespace troupe {
 

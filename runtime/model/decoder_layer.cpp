@@ -15,12 +15,13 @@ std::vector<instance_slot> decoder_layer::plugin_slots(plugin_kind kind) {
   return {};
 }
 
-std::vector<std::string> declare_parameters(layer_instance& instance, const std::string& prefix,
+std::vector<std::string> declare_parameters(layer_instance& instance, std::int64_t layer,
                                             parameter_store& store) {
+  const std::string prefix = fmt::format("model.layers.{}.", layer);
   std::vector<std::string> names;
   for (const auto& spec : instance.parameters()) {
     names.push_back(prefix + spec.name);
-    store.add(names.back(), spec);
+    store.add(names.back(), spec).layer = layer;
   }
   return names;
 }
@@ -52,7 +53,7 @@ decoder_layer::decoder_layer(std::int64_t index, bool moe, const model_config& c
   options.layer_index = static_cast<int>(index);
   options.options_json = plugins.attention_options;
   attention_ = std::make_unique<layer_instance>(plugins.attention, options);
-  attention_names_ = declare_parameters(*attention_, prefix_, store);
+  attention_names_ = declare_parameters(*attention_, index_, store);
   store.add(prefix_ + "input_layernorm.weight", vector_spec(hidden_, TROUPE_INIT_ONES));
   store.add(prefix_ + "post_attention_layernorm.weight", vector_spec(hidden_, TROUPE_INIT_ONES));
   if (moe) {
@@ -66,7 +67,7 @@ decoder_layer::decoder_layer(std::int64_t index, bool moe, const model_config& c
       options.options_json = moe_options.dump();
     }
     moe_ = std::make_unique<layer_instance>(plugins.moe, options);
-    moe_names_ = declare_parameters(*moe_, prefix_, store);
+    moe_names_ = declare_parameters(*moe_, index_, store);
   } else {
     dense_.emplace(hidden_, config.intermediate_size);
     store.add(prefix_ + "mlp.gate_proj.weight", matrix_spec(config.intermediate_size, hidden_));

@@ -18,8 +18,8 @@
 #include <string>
 
 #include "kernels/cpu/expert_combine.hpp"
-#include "runtime/experts/expert_backend.hpp"
 #include "runtime/layers/dense_ffn.hpp"
+#include "runtime/model/expert_backend.hpp"
 #include "runtime/model/model_config.hpp"
 #include "runtime/model/parameter_store.hpp"
 #include "runtime/plugin/instance.hpp"
@@ -98,8 +98,9 @@ class decoder_layer {
   std::map<std::int64_t, saved> saved_;
 };
 
-/// Declares a plugin instance's parameters in `store` under `prefix`; returns their full names.
-std::vector<std::string> declare_parameters(layer_instance& instance, const std::string& prefix,
+/// Declares the parameters of a plugin instance of model layer `layer` in `store`, under the
+/// layer's checkpoint prefix ("model.layers.3."); returns their full names.
+std::vector<std::string> declare_parameters(layer_instance& instance, std::int64_t layer,
                                             parameter_store& store);
 
 }  // namespace troupe

@@ -92,16 +92,15 @@ model_runner::model_runner(const model_config& config, model_slice slice, model_
       store_.add("lm_head.weight", spec({vocab, h}, TROUPE_INIT_NORMAL, 0.02f));
     for (std::int64_t k = 1; mtp && k <= config_.num_nextn_predict_layers; ++k) {
       const std::int64_t index = layer_count + k - 1;
-      const std::string prefix = fmt::format("model.layers.{}.", index);
       mtp_module m;
       instance_options instance;
       instance.model_config_json = config_.json_text;
       instance.layer_index = static_cast<int>(index);
       m.combine = std::make_unique<layer_instance>(plugins_.mtp, instance);
-      m.combine_names = declare_parameters(*m.combine, prefix, store_);
+      m.combine_names = declare_parameters(*m.combine, index, store_);
       const bool moe = config_.n_routed_experts > 0 && index >= config_.first_k_dense_replace;
       m.block = std::make_unique<decoder_layer>(index, moe, config_, plugins_, store_);
-      m.norm_name = prefix + "shared_head.norm.weight";
+      m.norm_name = fmt::format("model.layers.{}.shared_head.norm.weight", index);
       store_.add(m.norm_name, spec({h}, TROUPE_INIT_ONES));
       mtp_.push_back(std::move(m));
     }

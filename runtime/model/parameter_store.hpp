@@ -21,7 +21,8 @@ struct parameter {
   std::string name;
   parameter_spec spec;
   tensor value;
-  tensor grad;  ///< undefined for buffers (not optimised)
+  tensor grad;              ///< undefined for buffers (not optimised)
+  std::int64_t layer = -1;  ///< the model layer a plugin declared it for; -1: a core layer's
 };
 
 class parameter_store {

@@ -35,6 +35,8 @@ struct parameter_spec {
 
   bool trainable() const { return (flags & TROUPE_PARAM_TRAINABLE) != 0; }
   bool buffer() const { return (flags & TROUPE_PARAM_BUFFER) != 0; }
+  /// The MoE router's selection bias, set by the bias balancer.
+  bool router_bias() const { return (flags & TROUPE_PARAM_ROUTER_BIAS) != 0; }
 };
 
 struct tensor_spec {

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define TROUPE_PLUGIN_ABI_MAJOR 1u
-#define TROUPE_PLUGIN_ABI_MINOR 0u
+#define TROUPE_PLUGIN_ABI_MINOR 1u
 
 /** The symbol every plugin exports, of type troupe_plugin_entry_fn. */
 #define TROUPE_PLUGIN_ENTRY_SYMBOL "troupe_plugin_entry"
@@ -151,9 +151,12 @@ typedef enum troupe_param_init {
 } troupe_param_init;
 
 /** Parameter flags. A buffer is state the runtime keeps and checkpoints but the optimizer does
- *  not touch (the MoE router's bias, updated by the balancer). */
+ *  not touch. A role says what a parameter is for where the runtime must find it without knowing
+ *  its name (ABI 1.1): ROUTER_BIAS is the MoE router's selection bias, one f32 per routed expert
+ *  (a buffer), which the runtime's bias balancer owns and sets before every step. */
 #define TROUPE_PARAM_TRAINABLE 1u
 #define TROUPE_PARAM_BUFFER 2u
+#define TROUPE_PARAM_ROUTER_BIAS 4u
 
 #define TROUPE_MAX_DIMS 4
 

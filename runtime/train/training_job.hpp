@@ -21,12 +21,12 @@
 #include <string>
 #include <vector>
 
+#include "runtime/balancer/bias_balancer.hpp"
 #include "runtime/cluster/cluster.hpp"
 #include "runtime/metrics/metrics.hpp"
 #include "runtime/plugin/registry.hpp"
 #include "runtime/tensor/tensor.hpp"
 #include "runtime/topology/topology.hpp"
-#include "runtime/train/bias_balancer.hpp"
 
 namespace troupe {
 

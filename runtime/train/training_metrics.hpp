@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/balancer/bias_balancer.hpp"
 #include "runtime/plugin/registry.hpp"
-#include "runtime/train/bias_balancer.hpp"
 
 namespace prometheus {
 class Registry;

@@ -1,67 +1,47 @@
-// troupe-test-peer: the other process of the cross-process actor tests. It publishes an echo
-// actor on 127.0.0.1 (a free port, printed on stdout) and stops by itself when its stdin closes,
-// when it receives `stop`, or after 60 seconds.
-#include <unistd.h>
+// troupe-test-peer: rank 1 of a two-process job for the cross-process actor tests. It joins the
+// cluster at the rendezvous port given as its argument, exposes an echo actor as "echo", and
+// leaves when rank 0 finishes the job (or after 60 seconds without a rendezvous).
 
-#include <chrono>
 #include <cstdio>
-#include <thread>
-
-#include <caf/all.hpp>
+#include <cstdlib>
+#include <string>
 
 #include "runtime/actor/actor_runtime.hpp"
-#include "runtime/actor/atoms.hpp"
-#include "runtime/actor/instrumented_actor.hpp"
-#include "runtime/actor/messages.hpp"
-#include "runtime/actor/send.hpp"
+#include "runtime/cluster/cluster.hpp"
+#include "tests/actor/test_messages.hpp"
 
-namespace {
+using namespace troupe;
 
-caf::behavior echo(troupe::instrumented_actor* self) {
-  // Anything that is not a tensor message is answered with what arrived, so a test can tell an
-  // empty message (what CAF makes of an unregistered type) from a real one.
-  self->set_default_handler(
-      [](caf::scheduled_actor*, caf::message_view& view) -> caf::result<caf::message> {
-        return caf::make_message(std::string("unexpected: ") +
-                                 (view.content().empty() ? "empty message" : "a message"));
-      });
-  return {
-      [](troupe::tensor_message& message) {
-        // Double every f32 so the reply proves it was computed here.
-        if (message.value.defined() && message.value.type() == troupe::dtype::f32) {
-          troupe::tensor_message reply{message.value.clone()};
-          for (std::int64_t i = 0; i < reply.value.numel(); ++i)
-            reply.value.data_as<float>()[i] *= 2.0f;
-          return reply;
-        }
-        return message;
-      },
-      [self](troupe::atoms::stop_atom) { self->quit(); },
-  };
-}
-
-}  // namespace
-
-int main() {
-  troupe::actor_runtime runtime({1, true});
-  auto actor = runtime.spawn("echo", echo);
-  const auto port = runtime.publish(actor, "127.0.0.1", 0);
-  std::printf("%u\n", static_cast<unsigned>(port));
-  std::fflush(stdout);
-  // The parent closes our stdin when it is done (or dies); stop then, or after a minute at most.
-  std::thread watcher([&runtime, actor] {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    char byte;
-    fd_set fds;
-    while (std::chrono::steady_clock::now() < deadline) {
-      FD_ZERO(&fds);
-      FD_SET(0, &fds);
-      timeval tick{0, 200000};
-      if (select(1, &fds, nullptr, nullptr, &tick) > 0 && read(0, &byte, 1) <= 0) break;
-    }
-    caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
-    (void)runtime;
-  });
-  watcher.join();
-  return 0;
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: troupe-test-peer RENDEZVOUS_PORT\n");
+    return 2;
+  }
+  try {
+    actor_runtime runtime({1, true});
+    cluster_options options;
+    options.rank = 1;
+    options.world = 2;
+    options.hosts = {"test0", "test1"};
+    options.rendezvous_port = static_cast<std::uint16_t>(std::stoi(argv[1]));
+    cluster job(runtime, options);
+    job.expose("echo", runtime.spawn("echo", [](event_actor&) {
+      return behavior()
+          .on<test::echo_request>([](test::echo_request& request) {
+            test::echo_reply reply{request.value.clone(),
+                                   std::string(request.text.rbegin(), request.text.rend())};
+            for (std::int64_t i = 0; i < reply.value.numel(); ++i)
+              reply.value.data_as<float>()[i] *= 2.0f;
+            return reply;
+          })
+          .on<test::fail_request>(
+              [](test::fail_request& request) -> bool { fail("asked to fail: {}", request.why); });
+    }));
+    job.barrier(std::chrono::seconds(30));
+    const auto [code, why] = job.wait_for_finish();
+    return code;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe-test-peer: %s\n", e.what());
+    return 1;
+  }
 }

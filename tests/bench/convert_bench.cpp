@@ -11,7 +11,7 @@
 
 #include "kernels/cpu/convert.hpp"
 #include "runtime/device/cuda.hpp"
-#include "runtime/tensor/convert.hpp"
+#include "runtime/exec/convert.hpp"
 #include "troupe_build_config.h"
 #if TROUPE_HAVE_CUDA
 #include "kernels/cuda/convert.hpp"

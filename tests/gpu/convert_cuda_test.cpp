@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "runtime/device/cuda.hpp"
+#include "runtime/exec/convert.hpp"
 #include "runtime/tensor/bf16.hpp"
-#include "runtime/tensor/convert.hpp"
 #include "runtime/tensor/e4m3.hpp"
 
 namespace {

@@ -14,12 +14,7 @@
 #include <set>
 #include <sstream>
 
-#include <caf/all.hpp>
-
 #include "runtime/actor/actor_runtime.hpp"
-#include "runtime/actor/atoms.hpp"
-#include "runtime/actor/instrumented_actor.hpp"
-#include "runtime/actor/send.hpp"
 #include "runtime/metrics/metrics.hpp"
 #include "runtime/topology/load.hpp"
 #include "tests/support/markdown.hpp"
@@ -28,6 +23,11 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+
+struct ping_request {
+  TROUPE_REQUEST("test.ping", bool);
+  auto fields() { return std::tie(); }
+};
 
 fs::path source_dir() {
   const char* dir = std::getenv("TROUPE_SOURCE_DIR");
@@ -99,20 +99,20 @@ TEST(MetricsEndpoint, StartsFromTheTopologyAndServesRuntimeMetrics) {
 
   {
     troupe::actor_runtime runtime({2, false}, metrics);
-    auto stage = runtime.spawn("stage", [](troupe::instrumented_actor*) -> caf::behavior {
-      return {[](troupe::atoms::ping_atom) { return troupe::atoms::ping_atom_v; }};
+    auto stage = runtime.spawn("stage", [](troupe::event_actor&) {
+      return troupe::behavior().on<ping_request>([](ping_request&) { return true; });
     });
-    caf::scoped_actor self{runtime.system()};
-    troupe::send(self.ptr(), stage, troupe::atoms::ping_atom_v);
-    self->receive([](troupe::atoms::ping_atom) {}, caf::after(5s) >> [] { FAIL() << "no reply"; });
+    troupe::scoped_actor self(runtime);
+    EXPECT_TRUE(self.ask(stage, ping_request{}, "ping", std::chrono::seconds(5)));
     const std::string scrape = http_get(endpoint.port(), "/metrics");
     ASSERT_NE(scrape.find("200 OK"), std::string::npos) << scrape;
     EXPECT_NE(scrape.find("troupe_actors_spawned_total{role=\"stage\"} 1"), std::string::npos)
         << scrape;
     EXPECT_NE(scrape.find("troupe_actors_alive{role=\"stage\"} 1"), std::string::npos) << scrape;
-    EXPECT_NE(scrape.find("troupe_messages_sent_total{type=\"ping\"} 1"), std::string::npos)
+    EXPECT_NE(scrape.find("troupe_messages_sent_total{type=\"test.ping\"} 1"), std::string::npos)
         << scrape;
-    EXPECT_NE(scrape.find("troupe_messages_received_total{type=\"ping\"} 1"), std::string::npos)
+    EXPECT_NE(scrape.find("troupe_messages_received_total{type=\"test.ping\"} 1"),
+              std::string::npos)
         << scrape;
     EXPECT_NE(scrape.find("troupe_build_info{"), std::string::npos) << scrape;
 
@@ -126,7 +126,7 @@ TEST(MetricsEndpoint, StartsFromTheTopologyAndServesRuntimeMetrics) {
     }
     for (const auto& name : runtime_listed)
       EXPECT_TRUE(exported.count(name)) << name << " is in METRICS.md but not exported";
-    self->send_exit(stage, caf::exit_reason::user_shutdown);
+    runtime.stop(stage);
   }
   const std::string after = http_get(endpoint.port(), "/metrics");
   EXPECT_NE(after.find("troupe_actors_alive{role=\"stage\"} 0"), std::string::npos) << after;

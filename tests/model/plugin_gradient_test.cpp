@@ -51,7 +51,7 @@ struct plugin_layer {
     o.options_json = options;
     o.layer_index = layer;
     instance = std::make_unique<layer_instance>(std::move(library), o);
-    names = declare_parameters(*instance, "", store);
+    names = declare_parameters(*instance, layer, store);
     troupe::testing::randomize(store, 100 + static_cast<std::uint32_t>(layer));
     auto [values, grads] = bound_tensors(store, names);
     instance->bind(values, grads);
@@ -185,10 +185,11 @@ TEST_P(MoeGradients, InputEveryParameterAndTheBalanceLoss) {
       context_, -1, TROUPE_BACKWARD_BOTH,
       std::vector<tensor>{tensor::zeros(dtype::f32, x.shape()), tensor(), d_balance},
       std::vector<tensor>{dx_balance});
+  parameter& router =
+      layer.store.at(fmt::format("model.layers.{}.mlp.gate.weight", c.first_k_dense_replace));
   expect_gradients_match(
       balance_only,
-      {{"router weight (balance loss)", layer.store.at("mlp.gate.weight").value.data_as<float>(),
-        values_of(layer.store.at("mlp.gate.weight").grad)},
+      {{"router weight (balance loss)", router.value.data_as<float>(), values_of(router.grad)},
        {"x (balance loss)", x.data_as<float>(), values_of(dx_balance)}},
       1e-3, 5e-3);
 }

@@ -25,6 +25,7 @@
 
 #include "tests/support/command_runs.hpp"
 #include "tests/support/controlled_job.hpp"
+#include "tests/support/free_port.hpp"
 #include "tests/support/markdown.hpp"
 
 namespace {
@@ -48,19 +49,6 @@ std::string read_file(const fs::path& file) {
 
 bool have_prometheus() {
   return run_command("command -v prometheus && command -v promtool").exit_code == 0;
-}
-
-/// A free loopback port (Prometheus cannot report the port it bound, so it gets one).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t length = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
 }
 
 /// A job that pauses after step 3 of 4, with its metrics endpoint.
@@ -201,7 +189,8 @@ TEST(Monitoring, PrometheusScrapesEveryLayerTimesExpertSeriesSummingToTheTokensR
   const run_result check =
       run_command("promtool check config " + (config / "prometheus.yml").string());
   EXPECT_EQ(check.exit_code, 0) << check.output;
-  const int port = free_port();
+  // Prometheus cannot report the port it bound, so it gets a free one.
+  const int port = troupe::test::free_tcp_port();
   background_command prometheus(
       fmt::format("prometheus --config.file={} --storage.tsdb.path={} "
                   "--web.listen-address=127.0.0.1:{}",

@@ -4,7 +4,7 @@
 
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
-#include "runtime/tensor/convert.hpp"
+#include "runtime/exec/convert.hpp"
 #include "runtime/tensor/e4m3.hpp"
 #include "runtime/tensor/tensor.hpp"
 

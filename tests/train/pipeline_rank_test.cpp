@@ -9,7 +9,7 @@
 
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/plugin/registry.hpp"
-#include "runtime/train/pipeline_rank.hpp"
+#include "runtime/stage/pipeline_rank.hpp"
 #include "tests/support/fixtures.hpp"
 
 namespace {

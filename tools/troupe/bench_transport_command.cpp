@@ -1,7 +1,8 @@
 // troupe bench transport: tensors between two processes through troupe's UCX transport, as a
-// ratio to ucx_perftest (the same UCX, the same machine, the same run), and the round trip of a
-// CAF request between two processes.
+// ratio to ucx_perftest (the same UCX, the same machine, the same run), and the round trip of an
+// actor request between two processes of a job (the control plane: proxy, gateways, CAF).
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,11 +20,9 @@
 #include <thread>
 
 #include <fmt/format.h>
-#include <caf/all.hpp>
 
 #include "runtime/actor/actor_runtime.hpp"
-#include "runtime/actor/atoms.hpp"
-#include "runtime/actor/instrumented_actor.hpp"
+#include "runtime/cluster/cluster.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/transport/ucx_transport.hpp"
 #include "tools/troupe/commands.hpp"
@@ -178,48 +177,73 @@ transport_figures measure_transport(int fd, const transport_bench_options& optio
   return figures;
 }
 
-/// A CAF request's round trip between two processes (the control plane's latency), in µs.
-double caf_round_trip_us(int iterations) {
-  int fds[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) fail("bench transport: socketpair failed");
+/// The request the round trip measures.
+struct bench_ping {
+  TROUPE_REQUEST("bench_ping", std::int64_t);
+  std::int64_t i = 0;
+  auto fields() { return std::tie(i); }
+};
+
+/// A free TCP port on the loopback (for the rendezvous), or 29400.
+std::uint16_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  std::uint16_t port = 29400;
+  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0)
+    port = ntohs(address.sin_port);
+  if (fd >= 0) ::close(fd);
+  return port;
+}
+
+/// An actor request's round trip to another process of a job, in µs: a proxy, the two gateways
+/// and CAF's middleman, as every control message between processes of a job travels.
+double request_round_trip_us(int iterations) {
+  cluster_options options;
+  options.world = 2;
+  options.hosts = {"bench0", "bench1"};
+  options.rendezvous_port = free_port();
   const pid_t child = fork();
   if (child == 0) {
-    ::close(fds[0]);
-    {
+    int code = 0;
+    try {
       actor_runtime runtime({2, true});
-      auto pong = runtime.spawn("bench", [](instrumented_actor*) {
-        return caf::behavior{[](atoms::ping_atom, std::int64_t i) { return i; }};
-      });
-      const std::uint16_t port = runtime.publish(pong, "127.0.0.1", 0);
-      write_all(fds[1], &port, sizeof port);
-      char done = 0;
-      read_all(fds[1], &done, 1);
-      caf::anon_send_exit(pong, caf::exit_reason::user_shutdown);
+      options.rank = 1;
+      cluster job(runtime, options);
+      job.expose("pong", runtime.spawn("bench", [](event_actor&) {
+        return behavior().on<bench_ping>([](bench_ping& ping) { return ping.i; });
+      }));
+      job.barrier(std::chrono::seconds(30));
+      job.wait_for_finish();
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "troupe bench transport (pong side): {}\n", e.what());
+      code = 1;
     }
-    std::_Exit(0);
+    std::_Exit(code);
   }
-  ::close(fds[1]);
-  std::uint16_t port = 0;
-  read_all(fds[0], &port, sizeof port);
   double us = 0;
   {
     actor_runtime runtime({2, true});
-    caf::actor pong = runtime.connect("127.0.0.1", port);
-    caf::scoped_actor self(runtime.system());
-    auto ask = [&](std::int64_t i) {
-      self->request(pong, std::chrono::seconds(10), atoms::ping_atom_v, i)
-          .receive([](std::int64_t) {},
-                   [&](caf::error& e) { fail("bench transport: {}", runtime.system().render(e)); });
-    };
-    for (int i = 0; i < iterations / 10; ++i) ask(i);
-    const auto start = clock_type::now();
-    for (int i = 0; i < iterations; ++i) ask(i);
-    us = std::chrono::duration<double>(clock_type::now() - start).count() / iterations * 1e6;
+    options.rank = 0;
+    cluster job(runtime, options);
+    const actor_ref pong = job.remote("pong", 1);
+    job.barrier(std::chrono::seconds(30));
+    {
+      scoped_actor self(runtime);
+      auto ask = [&](std::int64_t i) {
+        self.ask(pong, bench_ping{i}, "bench", std::chrono::seconds(10));
+      };
+      for (int i = 0; i < iterations / 10; ++i) ask(i);
+      const auto start = clock_type::now();
+      for (int i = 0; i < iterations; ++i) ask(i);
+      us = std::chrono::duration<double>(clock_type::now() - start).count() / iterations * 1e6;
+    }
+    job.finish(0, "");
   }
-  const char done = 1;
-  write_all(fds[0], &done, 1);
   waitpid(child, nullptr, 0);
-  ::close(fds[0]);
   return us;
 }
 
@@ -310,8 +334,10 @@ int bench_transport(const transport_bench_options& options) {
                figures.bandwidth_mib_s[i], reference ? fmt::format("{:.0f}", *reference) : "-",
                reference ? fmt::format("{:.2f}", figures.bandwidth_mib_s[i] / *reference) : "-");
   }
-  fmt::print("\nCAF request round trip between two processes (control plane): {:.1f} µs\n",
-             caf_round_trip_us(2000));
+  fmt::print(
+      "\nactor request round trip between two processes (control plane: proxy, gateways, CAF): "
+      "{:.1f} µs\n",
+      request_round_trip_us(2000));
   if (!have_perftest && !options.no_reference)
     fmt::print("(ucx_perftest is not installed: tools/setup installs ucx-utils)\n");
   return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? exit_ok : exit_bad_input;
@@ -324,7 +350,7 @@ void add_bench_transport_command(CLI::App& bench_group, int& exit_code) {
   auto* command = bench_group.add_subcommand(
       "transport",
       "Tensors between two processes through troupe's UCX transport against ucx_perftest, and "
-      "the CAF request round trip");
+      "the round trip of an actor request between two processes");
   command
       ->add_option("--latency-iterations", options->latency_iterations,
                    "Ping-pongs per latency size")

@@ -1,0 +1,161 @@
+#include "runtime/checkpoint/training_checkpoint.hpp"
+
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "runtime/checkpoint/safetensors.hpp"
+
+namespace troupe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+/// Writes `text` to `file` through a temporary file and a rename.
+void write_atomically(const fs::path& file, const std::string& text) {
+  const fs::path temporary = file.string() + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) throw checkpoint_error(fmt::format("{}: cannot write", temporary.string()));
+  }
+  fs::rename(temporary, file);
+}
+
+}  // namespace
+
+std::string checkpoint_name(std::int64_t step) {
+  return fmt::format("step-{:06d}", step);
+}
+
+void write_trainer_state(const fs::path& file, const trainer_state& state) {
+  const nlohmann::json j = {
+      {"step", state.step},
+      {"total_steps", state.total_steps},
+      {"seed", state.seed},
+      {"data_position",
+       {{"epoch", state.data.epoch},
+        {"document", state.data.document},
+        {"offset", state.data.offset}}},
+      {"tokens_seen", state.tokens_seen},
+      {"loss", state.loss},
+      {"topology", state.topology},
+  };
+  write_atomically(file, j.dump(2) + "\n");
+}
+
+trainer_state read_trainer_state(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) throw checkpoint_error(fmt::format("{}: cannot read the trainer state", file.string()));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw checkpoint_error(fmt::format("{}: not JSON: {}", file.string(), e.what()));
+  }
+  trainer_state state;
+  std::string field;
+  try {
+    field = "step";
+    state.step = j.at("step").get<std::int64_t>();
+    field = "total_steps";
+    state.total_steps = j.at("total_steps").get<std::int64_t>();
+    field = "seed";
+    state.seed = j.at("seed").get<std::uint64_t>();
+    field = "data_position";
+    const auto& p = j.at("data_position");
+    state.data = {p.at("epoch").get<std::uint64_t>(), p.at("document").get<std::uint64_t>(),
+                  p.at("offset").get<std::uint64_t>()};
+    field = "tokens_seen";
+    state.tokens_seen = j.value("tokens_seen", std::int64_t{0});
+    field = "loss";
+    state.loss = j.value("loss", 0.0);
+    field = "topology";
+    state.topology = j.value("topology", std::string());
+  } catch (const std::exception& e) {
+    throw checkpoint_error(fmt::format("{}: field \"{}\" is missing or malformed ({})",
+                                       file.string(), field, e.what()));
+  }
+  if (state.step < 0) throw checkpoint_error(fmt::format("{}: step is negative", file.string()));
+  return state;
+}
+
+std::vector<std::string> write_holder_part(
+    const fs::path& directory, const std::string& weights_file, const std::string& optimizer_file,
+    const std::vector<std::pair<std::string, tensor>>& weights,
+    const std::vector<std::pair<std::string, tensor>>& moments) {
+  write_safetensors(directory / weights_file, weights, {{"format", "pt"}});
+  write_safetensors(directory / optimizer_file, moments);
+  std::vector<std::string> names;
+  for (const auto& [name, value] : weights) names.push_back(name);
+  return names;
+}
+
+void write_weight_index(const fs::path& directory,
+                        const std::map<std::string, std::string>& weight_map) {
+  std::uint64_t total = 0;
+  std::map<std::string, bool> files;
+  for (const auto& [name, file] : weight_map) files[file] = true;
+  for (const auto& [file, unused] : files) {
+    (void)unused;
+    const auto contents = safetensors_file::open(directory / file);
+    for (const auto& entry : contents.entries()) total += entry.end - entry.begin;
+  }
+  const nlohmann::json j = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_atomically(directory / "model.safetensors.index.json", j.dump(2) + "\n");
+}
+
+fs::path publish_checkpoint(const fs::path& root, const fs::path& partial, std::int64_t step) {
+  const fs::path final_dir = root / checkpoint_name(step);
+  if (fs::exists(final_dir)) {
+    // An older checkpoint of this step (a rerun): moved aside first, so one complete copy exists
+    // at every moment.
+    const fs::path old = final_dir.string() + ".old";
+    fs::remove_all(old);
+    fs::rename(final_dir, old);
+    fs::rename(partial, final_dir);
+    fs::remove_all(old);
+  } else {
+    fs::rename(partial, final_dir);
+  }
+  write_atomically(root / "latest", checkpoint_name(step) + "\n");
+  return final_dir;
+}
+
+fs::path resolve_checkpoint(const fs::path& path) {
+  if (fs::is_regular_file(path / "trainer_state.json")) return path;
+  const fs::path latest = path / "latest";
+  if (fs::is_regular_file(latest)) {
+    std::ifstream in(latest);
+    std::string name;
+    std::getline(in, name);
+    const fs::path target = path / name;
+    if (name.empty() || !fs::is_regular_file(target / "trainer_state.json"))
+      throw checkpoint_error(fmt::format("{}: names \"{}\", which is not a complete checkpoint",
+                                         latest.string(), name));
+    return target;
+  }
+  throw checkpoint_error(fmt::format(
+      "{}: not a checkpoint (no trainer_state.json) and not a checkpoint directory (no latest)",
+      path.string()));
+}
+
+std::vector<std::pair<std::string, tensor>> read_tensor_directory(const fs::path& directory) {
+  std::vector<std::pair<std::string, tensor>> tensors;
+  if (!fs::is_directory(directory)) return tensors;
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(directory))
+    if (entry.path().extension() == ".safetensors") files.push_back(entry.path());
+  std::sort(files.begin(), files.end());
+  for (const auto& file : files) {
+    const auto contents = safetensors_file::open(file);
+    for (const auto& entry : contents.entries())
+      tensors.emplace_back(entry.name, contents.get(entry.name));
+  }
+  return tensors;
+}
+
+}  // namespace troupe

@@ -1,0 +1,58 @@
+#include "runtime/experts/expert_shard_actor.hpp"
+
+#include "runtime/checkpoint/training_checkpoint.hpp"
+#include "runtime/ema/ema_messages.hpp"
+#include "runtime/experts/expert_messages.hpp"
+#include "runtime/job/holder_messages.hpp"
+#include "runtime/job/hot_swap.hpp"
+
+namespace troupe {
+
+namespace {
+
+ema_snapshot snapshot_of(expert_shard& shard) {
+  ema_snapshot snapshot;
+  for (parameter* p : shard.parameters().all())
+    (p->spec.trainable() ? snapshot.weights : snapshot.buffers)
+        .emplace_back(p->name, p->value.clone());
+  return snapshot;
+}
+
+}  // namespace
+
+actor_ref spawn_expert_shard_actor(actor_runtime& runtime,
+                                   std::shared_ptr<shard_actor_setup> setup) {
+  auto init = [setup](event_actor& self) {
+    auto slots = [setup](plugin_kind kind) { return setup->shard->plugin_slots(kind); };
+    return hot_swap_handlers(setup->plugins, slots)
+        .on<expert_request>([setup](expert_request& request) {
+          return setup->shard->handle(*setup->context, request);
+        })
+        .on<gradients_request>([setup](gradients_request&) {
+          // The per-source gradients first go into one, in source order (deterministic whatever
+          // order the stages' requests came in).
+          setup->shard->reduce_source_gradients();
+          gradient_report report;
+          add_gradients(setup->shard->parameters().all(), {}, report.summary);
+          return report;
+        })
+        .on<optimizer_order>([&self, setup](optimizer_order& order) {
+          setup->optimizer->step(order.learning_rate, order.grad_scale, order.step,
+                                 setup->context->pool());
+          setup->shard->zero_grads();
+          if (order.snapshot && setup->ema) self.tell(setup->ema, snapshot_of(*setup->shard));
+          return true;
+        })
+        .on<checkpoint_order>([setup](checkpoint_order& order) {
+          checkpoint_written written;
+          written.weights = write_holder_part(
+              order.directory, order.weights_file, order.optimizer_file,
+              setup->shard->parameters().named_values(), setup->optimizer->state());
+          return written;
+        })
+        .on<stop_request>([](stop_request&) { return true; });
+  };
+  return runtime.spawn("expert_shard", std::move(init), actor_thread::own);
+}
+
+}  // namespace troupe

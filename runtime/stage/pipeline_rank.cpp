@@ -1,0 +1,246 @@
+#include "runtime/stage/pipeline_rank.hpp"
+
+#include <cmath>
+
+#include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "runtime/core/error.hpp"
+
+namespace troupe {
+
+std::vector<instance_slot> pipeline_rank::plugin_slots(plugin_kind kind) {
+  std::vector<instance_slot> slots;
+  for (auto& chunk : chunks_)
+    for (instance_slot slot : chunk.runner->plugin_slots(kind)) slots.push_back(slot);
+  return slots;
+}
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+pipeline_rank::pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks,
+                             const exec_context& context)
+    : rank_(rank), chunks_(std::move(chunks)), context_(context) {}
+
+stage_chunk& pipeline_rank::chunk(std::int32_t stage, std::int32_t copy) {
+  for (auto& c : chunks_)
+    if (c.stage == stage && c.copy == copy) return c;
+  fail("pipeline rank {} holds no copy {} of stage {}", rank_, copy, stage);
+}
+
+void pipeline_rank::begin_step(std::shared_ptr<const schedule_plan> plan,
+                               std::vector<micro_batch_input> inputs, float loss_scale) {
+  if (plan_ != nullptr && !finished())
+    fail("pipeline rank {}: a step began before the last one finished", rank_);
+  plan_ = std::move(plan);
+  inputs_ = std::move(inputs);
+  loss_scale_ = loss_scale;
+  next_op_ = 0;
+  report_ = {};
+}
+
+void pipeline_rank::deliver(stage_transfer transfer) {
+  arrived_[{transfer.gradient, transfer.stage, transfer.copy, transfer.micro_batch}] =
+      std::move(transfer.value);
+}
+
+bool pipeline_rank::ready_forward(const stage_work& w) const {
+  return w.stage == 0 || arrived_.count({false, w.stage, w.copy, w.micro_batch}) != 0;
+}
+
+bool pipeline_rank::ready_backward(const stage_work& w) const {
+  return w.stage == plan_->stages() - 1 || arrived_.count({true, w.stage, w.copy, w.micro_batch});
+}
+
+bool pipeline_rank::ready(const pipeline_op& op) const {
+  switch (op.kind) {
+    case op_kind::forward:
+      return ready_forward(op.work);
+    case op_kind::backward:
+    case op_kind::backward_input:
+      return ready_backward(op.work);
+    case op_kind::backward_weight:
+      return true;
+    case op_kind::forward_backward:
+      return ready_forward(op.work) && ready_backward(op.backward_work);
+  }
+  return false;
+}
+
+std::vector<std::pair<std::int32_t, stage_transfer>> pipeline_rank::advance() {
+  std::vector<std::pair<std::int32_t, stage_transfer>> out;
+  if (plan_ == nullptr) return out;
+  const auto& ops = plan_->ops(rank_);
+  while (next_op_ < ops.size() && ready(ops[next_op_])) {
+    const pipeline_op& op = ops[next_op_];
+    const auto start = std::chrono::steady_clock::now();
+    switch (op.kind) {
+      case op_kind::forward:
+        run_forward(op.work, out);
+        break;
+      case op_kind::backward:
+        run_backward(op.work, TROUPE_BACKWARD_BOTH, out);
+        break;
+      case op_kind::backward_input:
+        run_backward(op.work, TROUPE_BACKWARD_INPUT, out);
+        break;
+      case op_kind::backward_weight:
+        run_backward(op.work, TROUPE_BACKWARD_WEIGHT, out);
+        break;
+      case op_kind::forward_backward:
+        // On the CPU the pair runs one after the other; on GPUs the backward's communication
+        // would overlap the forward's compute.
+        run_forward(op.work, out);
+        run_backward(op.backward_work, TROUPE_BACKWARD_BOTH, out);
+        break;
+    }
+    report_.busy_seconds += seconds_since(start);
+    ++next_op_;
+  }
+  return out;
+}
+
+void pipeline_rank::run_forward(const stage_work& w,
+                                std::vector<std::pair<std::int32_t, stage_transfer>>& out) {
+  stage_chunk& c = chunk(w.stage, w.copy);
+  const micro_batch_input& input = inputs_.at(static_cast<std::size_t>(w.micro_batch));
+  model_batch batch;
+  batch.tokens = input.tokens;
+  const bool head = w.stage == plan_->stages() - 1;
+  if (head) batch.targets = input.targets;
+  if (w.stage > 0) {
+    auto it = arrived_.find({false, w.stage, w.copy, w.micro_batch});
+    batch.hidden = std::move(it->second);
+    arrived_.erase(it);
+  }
+  model_output output = c.runner->forward(context_, w.micro_batch, batch);
+  micro_batch_losses losses;
+  losses.micro_batch = w.micro_batch;
+  losses.head = head;
+  losses.loss = output.loss;
+  losses.mtp_loss = output.mtp_loss;
+  losses.balance_loss = output.balance_loss;
+  losses.non_finite = output.non_finite;
+  report_.losses.push_back(std::move(losses));
+  for (std::size_t i = 0; i < output.moe_layers.size(); ++i) {
+    const tensor& counts = output.expert_counts[i];
+    auto& total = report_.load[output.moe_layers[i]];
+    total.resize(static_cast<std::size_t>(counts.numel()), 0);
+    for (std::int64_t e = 0; e < counts.numel(); ++e)
+      total[static_cast<std::size_t>(e)] += counts.data_as<const std::int64_t>()[e];
+  }
+  if (!head)
+    out.emplace_back(plan_->rank_of_copy(w.stage + 1, w.copy),
+                     stage_transfer{false, w.stage + 1, w.copy, w.micro_batch, output.hidden});
+}
+
+void pipeline_rank::run_backward(const stage_work& w, troupe_backward_part part,
+                                 std::vector<std::pair<std::int32_t, stage_transfer>>& out) {
+  stage_chunk& c = chunk(w.stage, w.copy);
+  tensor d_hidden;
+  if (part != TROUPE_BACKWARD_WEIGHT && w.stage < plan_->stages() - 1) {
+    auto it = arrived_.find({true, w.stage, w.copy, w.micro_batch});
+    d_hidden = std::move(it->second);
+    arrived_.erase(it);
+  }
+  tensor d_input = c.runner->backward(context_, w.micro_batch, d_hidden, loss_scale_, part);
+  if (part != TROUPE_BACKWARD_WEIGHT && w.stage > 0)
+    out.emplace_back(plan_->rank_of_copy(w.stage - 1, w.copy),
+                     stage_transfer{true, w.stage - 1, w.copy, w.micro_batch, d_input});
+}
+
+rank_step_report pipeline_rank::take_report() {
+  return std::move(report_);
+}
+
+gradient_summary pipeline_rank::summarize_gradients(const std::set<std::string>& replicated) {
+  gradient_summary summary;
+  for (auto& c : chunks_) add_gradients(c.runner->parameters().all(), replicated, summary);
+  return summary;
+}
+
+std::vector<std::pair<std::string, tensor>> pipeline_rank::gradients_of(
+    const std::set<std::string>& replicated) {
+  std::vector<std::pair<std::string, tensor>> grads;
+  for (auto& c : chunks_)
+    for (parameter* p : c.runner->parameters().all())
+      if (p->spec.trainable() && replicated.count(p->name)) grads.emplace_back(p->name, p->grad);
+  return grads;
+}
+
+void pipeline_rank::optimize(double lr, double grad_scale, std::int64_t step) {
+  for (auto& c : chunks_) {
+    c.optimizer->step(lr, grad_scale, step, context_.pool());
+    c.runner->parameters().zero_grads();
+  }
+}
+
+void pipeline_rank::set_router_biases(const std::map<std::int64_t, std::vector<float>>& biases) {
+  for (auto& c : chunks_)
+    for (parameter* p : c.runner->parameters().all()) {
+      if (!p->spec.router_bias()) continue;
+      auto it = biases.find(p->layer);
+      if (it == biases.end()) continue;
+      if (p->value.numel() != static_cast<std::int64_t>(it->second.size()))
+        fail("router biases of layer {}: {} values for {}", p->layer, it->second.size(),
+             p->value.describe());
+      std::copy(it->second.begin(), it->second.end(), p->value.data_as<float>());
+    }
+}
+
+std::map<std::int64_t, std::string> pipeline_rank::router_bias_names() const {
+  std::map<std::int64_t, std::string> names;
+  for (const auto& c : chunks_)
+    for (const parameter* p : c.runner->parameters().all())
+      if (p->spec.router_bias()) names.emplace(p->layer, p->name);
+  return names;
+}
+
+std::vector<std::pair<std::string, tensor>> pipeline_rank::checkpoint_tensors(
+    const std::set<std::string>& owned) const {
+  // A rank holding two copies of a stage (DualPipe) writes each name once.
+  std::vector<std::pair<std::string, tensor>> tensors;
+  std::set<std::string> written;
+  for (const auto& c : chunks_)
+    for (auto& [name, value] : c.runner->checkpoint_tensors())
+      if (owned.count(name) && written.insert(name).second) tensors.emplace_back(name, value);
+  return tensors;
+}
+
+std::vector<std::pair<std::string, tensor>> pipeline_rank::copies_of(
+    const std::set<std::string>& owned, bool trainable) const {
+  std::vector<std::pair<std::string, tensor>> copies;
+  std::set<std::string> taken;
+  for (const auto& c : chunks_)
+    for (parameter* p : c.runner->parameters().all())
+      if (owned.count(p->name) && p->spec.trainable() == trainable && taken.insert(p->name).second)
+        copies.emplace_back(p->name, p->value.clone());
+  return copies;
+}
+
+std::vector<std::pair<std::string, tensor>> pipeline_rank::optimizer_state(
+    const std::set<std::string>& owned) const {
+  std::vector<std::pair<std::string, tensor>> moments;
+  std::set<std::string> taken;
+  for (const auto& c : chunks_)
+    for (auto& [name, value] : c.optimizer->state()) {
+      const std::string parameter_name = name.substr(0, name.rfind(".exp_avg"));
+      if (owned.count(parameter_name) && taken.insert(name).second)
+        moments.emplace_back(name, value);
+    }
+  return moments;
+}
+
+void pipeline_rank::load(const hf_checkpoint& weights,
+                         const std::vector<std::pair<std::string, tensor>>& moments) {
+  for (auto& c : chunks_) {
+    c.runner->parameters().load(weights);
+    c.optimizer->load_state(moments);
+  }
+}
+
+}  // namespace troupe

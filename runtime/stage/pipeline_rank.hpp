@@ -1,0 +1,113 @@
+#pragma once
+
+// The work of one pipeline rank, without the actor around it: the stage chunks it holds (one,
+// or two under DualPipe: stage r and stage PP-1-r), their parameters, gradients and optimizer
+// state, and the execution of its ops of a schedule plan. Ops run in plan order, each as soon as
+// its input (tokens, the previous stage's activation, the next stage's gradient) is there;
+// results for other stages come back as transfers for the caller to deliver.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "runtime/exec/exec_context.hpp"
+#include "runtime/experts/sharded_experts.hpp"
+#include "runtime/model/model_runner.hpp"
+#include "runtime/optim/adamw.hpp"
+#include "runtime/optim/gradient_norm.hpp"
+#include "runtime/schedule/schedule_plan.hpp"
+#include "runtime/stage/stage_messages.hpp"
+
+namespace troupe {
+
+/// A stage chunk: one copy of one stage.
+struct stage_chunk {
+  std::int32_t stage = 0;
+  std::int32_t copy = 0;
+  std::unique_ptr<sharded_experts> experts;  ///< null: the stage computes its routed experts
+  std::unique_ptr<model_runner> runner;
+  std::unique_ptr<adamw> optimizer;
+};
+
+class pipeline_rank {
+ public:
+  pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks, const exec_context& context);
+
+  std::int32_t rank() const { return rank_; }
+  std::vector<stage_chunk>& chunks() { return chunks_; }
+
+  /// Starts a step: `inputs` holds every micro-batch of the step (this replica's).
+  void begin_step(std::shared_ptr<const schedule_plan> plan, std::vector<micro_batch_input> inputs,
+                  float loss_scale);
+  /// An activation or gradient from another rank (it may come before begin_step).
+  void deliver(stage_transfer transfer);
+  /// Runs ops while their inputs are there; returns (destination rank, transfer) pairs.
+  std::vector<std::pair<std::int32_t, stage_transfer>> advance();
+  bool finished() const { return plan_ != nullptr && next_op_ == plan_->ops(rank_).size(); }
+  rank_step_report take_report();
+
+  /// The squared norm of the gradients of parameters not in `replicated` (parameters several
+  /// chunks or ranks hold, reduced elsewhere), and the first non-finite gradient of any.
+  gradient_summary summarize_gradients(const std::set<std::string>& replicated);
+  /// The gradient tensors of `replicated` parameters this rank holds, chunk by chunk.
+  std::vector<std::pair<std::string, tensor>> gradients_of(const std::set<std::string>& replicated);
+  /// AdamW on every chunk, then zeroed gradients. `step` counts from 1.
+  void optimize(double lr, double grad_scale, std::int64_t step);
+  /// Every instance of a plugin of `kind` in this rank's chunks, for a hot swap.
+  std::vector<instance_slot> plugin_slots(plugin_kind kind);
+  /// Writes the balancer's router biases into the MoE layers this rank holds (the parameters of
+  /// role router bias, by layer).
+  void set_router_biases(const std::map<std::int64_t, std::vector<float>>& biases);
+  /// The checkpoint names of the router biases of the MoE layers this rank holds, by layer.
+  std::map<std::int64_t, std::string> router_bias_names() const;
+
+  /// Tensors under their checkpoint names whose names are in `owned` (each name is written by
+  /// one holder only).
+  std::vector<std::pair<std::string, tensor>> checkpoint_tensors(
+      const std::set<std::string>& owned) const;
+  /// Copies of the owned trainable parameters (an EMA snapshot).
+  std::vector<std::pair<std::string, tensor>> snapshot(const std::set<std::string>& owned) const {
+    return copies_of(owned, true);
+  }
+  /// Copies of the owned buffers (router biases).
+  std::vector<std::pair<std::string, tensor>> buffers(const std::set<std::string>& owned) const {
+    return copies_of(owned, false);
+  }
+  /// The optimizer moments of owned parameters.
+  std::vector<std::pair<std::string, tensor>> optimizer_state(
+      const std::set<std::string>& owned) const;
+  /// Loads weights and moments (every chunk takes what it holds from the given tensors).
+  void load(const hf_checkpoint& weights,
+            const std::vector<std::pair<std::string, tensor>>& moments);
+
+ private:
+  using input_key = std::tuple<bool, std::int32_t, std::int32_t, std::int64_t>;
+  stage_chunk& chunk(std::int32_t stage, std::int32_t copy);
+  /// Copies of the owned trainable parameters, or of the owned buffers; each name once.
+  std::vector<std::pair<std::string, tensor>> copies_of(const std::set<std::string>& owned,
+                                                        bool trainable) const;
+  bool ready(const pipeline_op& op) const;
+  bool ready_forward(const stage_work& w) const;
+  bool ready_backward(const stage_work& w) const;
+  void run_forward(const stage_work& w, std::vector<std::pair<std::int32_t, stage_transfer>>& out);
+  void run_backward(const stage_work& w, troupe_backward_part part,
+                    std::vector<std::pair<std::int32_t, stage_transfer>>& out);
+
+  std::int32_t rank_;
+  std::vector<stage_chunk> chunks_;
+  const exec_context& context_;
+  std::shared_ptr<const schedule_plan> plan_;
+  std::vector<micro_batch_input> inputs_;
+  float loss_scale_ = 1.0f;
+  std::size_t next_op_ = 0;
+  std::map<input_key, tensor> arrived_;
+  rank_step_report report_;
+};
+
+}  // namespace troupe

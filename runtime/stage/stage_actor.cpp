@@ -1,0 +1,119 @@
+#include "runtime/stage/stage_actor.hpp"
+
+#include <optional>
+
+#include "runtime/balancer/balancer_messages.hpp"
+#include "runtime/checkpoint/training_checkpoint.hpp"
+#include "runtime/ema/ema_messages.hpp"
+#include "runtime/job/holder_messages.hpp"
+#include "runtime/job/hot_swap.hpp"
+#include "runtime/stage/stage_transport.hpp"
+
+namespace troupe {
+
+namespace {
+
+struct stage_state {
+  std::shared_ptr<stage_actor_setup> setup;
+  std::unique_ptr<stage_transport> link;
+  std::optional<reply_promise<rank_step_report>> step_done;  // while a step runs
+};
+
+/// Runs the ops whose inputs are there; answers the step when the last one ran.
+void pump(stage_state& st) {
+  if (!st.step_done) return;
+  pipeline_rank& rank = *st.setup->rank;
+  try {
+    for (auto& [to, t] : rank.advance()) st.link->send(to, std::move(t));
+  } catch (const std::exception& e) {
+    st.step_done->fail(e.what());
+    st.step_done.reset();
+    return;
+  }
+  if (rank.finished()) {
+    st.step_done->deliver(rank.take_report());
+    st.step_done.reset();
+  }
+}
+
+/// The step and the transfers of the pipeline.
+behavior pipeline_handlers(event_actor& self, std::shared_ptr<stage_state> st) {
+  return behavior()
+      .on<stage_peers>([&self, st](stage_peers& m) {
+        st->link = std::make_unique<message_stage_transport>(self, std::move(m.peers));
+      })
+      .on<step_order>([st](step_order& order, reply_promise<rank_step_report> done) {
+        st->setup->rank->begin_step(std::move(order.plan), std::move(order.inputs),
+                                    order.loss_scale);
+        st->step_done = std::move(done);
+        pump(*st);
+      })
+      .on<stage_transfer>([st](stage_transfer& t) {
+        st->setup->rank->deliver(std::move(t));
+        pump(*st);
+      })
+      // Another process died: a step waiting for its transfers would never end.
+      .on<process_lost>([st](process_lost& m) {
+        if (!st->step_done) return;
+        st->step_done->fail(m.why);
+        st->step_done.reset();
+      })
+      .on<set_router_biases>([st](set_router_biases& m) {
+        st->setup->rank->set_router_biases(m.values);
+        return true;
+      });
+}
+
+/// What the job asks of every holder of parameters.
+behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s) {
+  return behavior()
+      .on<gradients_request>([s](gradients_request&) {
+        gradient_report report;
+        report.summary = s->rank->summarize_gradients(s->replicated);
+        report.replicated = s->rank->gradients_of(s->replicated);
+        return report;
+      })
+      // The sums of the replicated gradients, in the order this rank reported them.
+      .on<reduced_gradients>([s](reduced_gradients& m) {
+        auto mine = s->rank->gradients_of(s->replicated);
+        if (mine.size() != m.sums.size())
+          fail("{} reduced gradients for {} replicated parameters", m.sums.size(), mine.size());
+        for (std::size_t i = 0; i < mine.size(); ++i)
+          if (mine[i].second.data() != m.sums[i].second.data())
+            mine[i].second.copy_from(m.sums[i].second);
+        return true;
+      })
+      .on<optimizer_order>([&self, s](optimizer_order& order) {
+        s->rank->optimize(order.learning_rate, order.grad_scale, order.step);
+        if (order.snapshot && s->ema)
+          self.tell(s->ema, ema_snapshot{s->rank->snapshot(s->owned), s->rank->buffers(s->owned)});
+        return true;
+      })
+      .on<checkpoint_order>([s](checkpoint_order& order) {
+        checkpoint_written written;
+        written.weights = write_holder_part(
+            order.directory, order.weights_file, order.optimizer_file,
+            s->rank->checkpoint_tensors(s->owned), s->rank->optimizer_state(s->owned));
+        return written;
+      })
+      .on<stop_request>([s](stop_request&) {
+        if (s->transport) s->transport->close();
+        return true;
+      });
+}
+
+}  // namespace
+
+actor_ref spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor_setup> setup) {
+  auto init = [setup](event_actor& self) {
+    auto st = std::make_shared<stage_state>();
+    st->setup = setup;
+    auto slots = [setup](plugin_kind kind) { return setup->rank->plugin_slots(kind); };
+    return hot_swap_handlers(setup->plugins, slots)
+        .add(pipeline_handlers(self, st))
+        .add(holder_handlers(self, setup));
+  };
+  return runtime.spawn("stage", std::move(init), actor_thread::own);
+}
+
+}  // namespace troupe

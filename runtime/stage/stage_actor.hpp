@@ -1,0 +1,37 @@
+#pragma once
+
+// A pipeline stage as an actor: one pipeline rank of one data-parallel replica (pipeline_rank.hpp:
+// one stage, or two under DualPipe), running its ops of each step's schedule plan as their inputs
+// arrive from the other ranks, routing its MoE layers' tokens to the expert shards, and holding
+// its chunks' parameters, gradients and optimizer state. It computes and waits for the experts,
+// so it runs on a thread of its own; its compute goes to the process's worker pool.
+//
+// Messages (stage_messages.hpp): stage_peers once; step_order -> rank_step_report when its ops
+// are done; stage_transfer from its peers; process_lost; set_router_biases -> bool from the
+// balancer; the holder protocol (runtime/job/holder_messages.hpp): gradients_request ->
+// gradient_report, reduced_gradients -> bool, optimizer_order -> bool, checkpoint_order ->
+// checkpoint_written, stop_request -> bool; the hot-swap messages (runtime/job/hot_swap.hpp).
+
+#include <memory>
+#include <set>
+#include <string>
+
+#include "runtime/actor/actor_runtime.hpp"
+#include "runtime/experts/actor_expert_transport.hpp"
+#include "runtime/job/process_plugins.hpp"
+#include "runtime/stage/pipeline_rank.hpp"
+
+namespace troupe {
+
+struct stage_actor_setup {
+  std::unique_ptr<pipeline_rank> rank;
+  std::unique_ptr<actor_expert_transport> transport;  ///< the rank's chunks' expert backends use it
+  std::set<std::string> replicated;                   ///< parameters other ranks hold too
+  std::set<std::string> owned;  ///< names this rank writes to checkpoints and EMA snapshots
+  actor_ref ema;                ///< may be empty
+  std::shared_ptr<process_plugins> plugins;  ///< this process's side of hot swaps
+};
+
+actor_ref spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor_setup> setup);
+
+}  // namespace troupe

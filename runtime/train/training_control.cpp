@@ -1,0 +1,244 @@
+#include "runtime/train/training_control.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "runtime/core/error.hpp"
+#include "runtime/job/hot_swap.hpp"
+
+namespace troupe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+/// How long a control request waits for the step loop to reach a boundary.
+constexpr std::chrono::minutes boundary_timeout{10};
+
+nlohmann::json describe(const plugin_library* library) {
+  if (library == nullptr) return {{"plugin", "builtin"}, {"version", "fp32"}, {"generation", 0}};
+  return {{"plugin", library->name},
+          {"version", library->version},
+          {"generation", library->generation},
+          {"library", library->file.string()}};
+}
+
+std::string one_line(const plugin_library* library) {
+  if (library == nullptr) return "the built-in FP32 GEMM";
+  return fmt::format("'{}' {} (generation {}, {})", library->name, library->version,
+                     library->generation, library->file.string());
+}
+
+}  // namespace
+
+training_control::training_control(const topology& topo, const training_options& options,
+                                   job_process& process, training_roles& roles,
+                                   const run_standing& standing, training_checkpoints& checkpoints,
+                                   training_metrics& metrics, active_plugins active)
+    : topo_(topo),
+      options_(options),
+      process_(process),
+      roles_(roles),
+      standing_(standing),
+      checkpoints_(checkpoints),
+      metrics_(metrics),
+      active_(std::move(active)),
+      queue_(std::make_unique<job_control>()) {
+  const std::string name = options.job_name.empty() ? topo.name : options.job_name;
+  directory_ = std::make_unique<job_directory>(
+      options.run_directory.empty() ? default_run_directory() : options.run_directory,
+      name.empty() ? std::string("troupe") : name, !options.job_name.empty());
+  auto at_boundary = [this](boundary_work work) {
+    return queue_->at_step_boundary(std::move(work), boundary_timeout);
+  };
+  std::map<std::string, control_command> commands{
+      {"status",
+       [this](const nlohmann::json&) {
+         return control_reply{200, queue_->status()};
+       }},
+      {"pause", [this](const nlohmann::json&) { return set_paused(true); }},
+      {"resume", [this](const nlohmann::json&) { return set_paused(false); }},
+      {"checkpoint",
+       [this, at_boundary](const nlohmann::json&) {
+         return at_boundary([this](blocking_actor& self) {
+           const fs::path written = checkpoints_.write(self);
+           publish_status();
+           return control_reply{
+               200, {{"checkpoint", written.string()}, {"step", standing_.last_completed}}};
+         });
+       }},
+      {"swap", [this](const nlohmann::json& request) { return request_swap(request); }},
+  };
+  endpoint_ = std::make_unique<control_server>(
+      topo.control.host, topo.control.port, directory_->token(), std::move(commands),
+      *process.metrics().registry(), [this](const std::string& line) { event(line); });
+  directory_->publish(endpoint_->url(), topo.file.string());
+  publish_status();
+  event(fmt::format("control {} (troupe ctl {} status; token in {})", endpoint_->url(),
+                    directory_->name(), directory_->token_file().string()));
+}
+
+training_control::~training_control() {
+  stop("the job ended");
+}
+
+std::string training_control::url() const {
+  return endpoint_ ? endpoint_->url() : std::string();
+}
+
+void training_control::stop(const std::string& why) {
+  // Pending requests get their answer before the endpoint's threads are joined.
+  queue_->close(why);
+  endpoint_.reset();
+  directory_.reset();
+}
+
+void training_control::event(const std::string& what) const {
+  if (options_.on_event) options_.on_event(what);
+}
+
+control_reply training_control::set_paused(bool pause) {
+  return queue_->at_step_boundary(
+      [this, pause](blocking_actor&) {
+        if (paused_ != pause)
+          event(fmt::format("{} after step {} (troupe ctl)", pause ? "paused" : "resumed",
+                            standing_.last_completed));
+        paused_ = pause;
+        metrics_.set_paused(pause);
+        publish_status();
+        return control_reply{200, {{"paused", pause}, {"step", standing_.last_completed}}};
+      },
+      boundary_timeout);
+}
+
+void training_control::at_step_boundary(blocking_actor& self, const std::atomic<bool>& stop) {
+  for (;;) {
+    queue_->run_queued(self);
+    if (!paused_ || stop.load(std::memory_order_relaxed)) return;
+    // A stop signal cannot wake the wait: look again every 100 ms.
+    queue_->wait_for_work(std::chrono::milliseconds(100));
+  }
+}
+
+void training_control::after_step(std::int64_t step) {
+  if (options_.pause_after == step) {
+    paused_ = true;
+    metrics_.set_paused(true);
+    event(fmt::format("paused after step {} (--pause-after); troupe ctl {} resume goes on", step,
+                      directory_->name()));
+  }
+  publish_status();
+}
+
+void training_control::publish_status() {
+  nlohmann::json serving = nlohmann::json::object();
+  for (const auto& [role, library] : active_)
+    serving[std::string(name_of(role))] = describe(library.get());
+  cluster* processes = process_.processes();
+  queue_->set_status({{"job", directory_->name()},
+                      {"pid", static_cast<long>(::getpid())},
+                      {"topology", topo_.file.string()},
+                      {"state", paused_ ? "paused" : "running"},
+                      {"paused", paused_},
+                      {"step", standing_.last_completed},
+                      {"total_steps", standing_.total_steps},
+                      {"loss", standing_.last_loss},
+                      {"tokens_per_s", standing_.last_tokens_per_s},
+                      {"last_checkpoint", standing_.last_written.string()},
+                      {"metrics_url", process_.metrics_url()},
+                      {"processes", processes ? processes->world() : 1},
+                      {"plugins", serving},
+                      {"swaps", swap_history_}});
+}
+
+control_reply training_control::request_swap(const nlohmann::json& request) {
+  // The endpoint's thread checks the request; the swap runs on the coordinator.
+  const std::string wanted = request.value("plugin", std::string());
+  std::optional<plugin_kind> role = parse_plugin_kind(wanted);
+  const nlohmann::json current = queue_->status().value("plugins", nlohmann::json::object());
+  for (const auto& [kind, entry] : current.items())
+    if (!role && entry.value("plugin", std::string()) == wanted) role = parse_plugin_kind(kind);
+  if (!role)
+    return control_error(400, fmt::format("plugin '{}': name a role (attention, moe, mtp, gemm) "
+                                          "or a plugin the job runs ({})",
+                                          wanted, current.dump()));
+  const bool builtin = request.value("builtin", false);
+  const std::string library_path = request.value("library", std::string());
+  if (builtin == !library_path.empty())
+    return control_error(400, "give either \"library\": PATH or \"builtin\": true");
+  if (builtin && *role != plugin_kind::gemm)
+    return control_error(400, "only the gemm role has a built-in implementation (FP32)");
+  return queue_->at_step_boundary(
+      [this, role = *role, library_path](blocking_actor& self) {
+        return swap_plugin(self, role, library_path);
+      },
+      boundary_timeout);
+}
+
+control_reply training_control::swap_plugin(blocking_actor& self, plugin_kind role,
+                                            const std::string& library_path) {
+  // The step loop is held from here, loading the library included.
+  const auto start = std::chrono::steady_clock::now();
+  const std::shared_ptr<const plugin_library> before =
+      active_.count(role) != 0 ? active_[role] : nullptr;
+  std::shared_ptr<const plugin_library> library;  // null: the built-in FP32 GEMM
+  auto failed = [&](int status, const std::string& why) {
+    metrics_.record_swap(role, false, 0.0);
+    event(fmt::format("swap of the {} plugin failed; the job goes on with {}: {}", name_of(role),
+                      one_line(before.get()), why));
+    swap_history_.push_back(
+        {{"step", standing_.last_completed},
+         {"role", std::string(name_of(role))},
+         {"outcome", "failed"},
+         {"to", library ? describe(library.get()) : nlohmann::json{{"library", library_path}}},
+         {"error", why}});
+    publish_status();
+    return control_error(status, why);
+  };
+  if (role != plugin_kind::gemm && active_.count(role) == 0)
+    return failed(409, fmt::format("this job's model uses no {} plugin", name_of(role)));
+  // The holders of every process take part: ranks for every role, expert shards for moe and
+  // for the GEMM (each process switches its own provider once).
+  named_actors holders =
+      role == plugin_kind::moe || role == plugin_kind::gemm ? roles_.holders() : roles_.stages();
+  const plugin_swap_order order{role, library_path, ++swaps_ordered_};
+  std::int64_t instances = 0;
+  try {
+    // Loaded and checked here first: a library that fails to load bothers nobody else.
+    library = process_.plugins()->library_for(order);
+  } catch (const std::exception& e) {
+    return failed(422, e.what());
+  }
+  try {
+    // A holder that fails to commit leaves the model half swapped: that error goes on and stops
+    // the job, which resumes from its last checkpoint.
+    instances = swap_everywhere(self, holders, order);
+  } catch (const swap_refused& e) {
+    return failed(e.why() == swap_refused::reason::no_instances ? 409 : 422, e.what());
+  }
+  active_[role] = library;
+  const double pause =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  metrics_.set_plugin(role, library.get());
+  metrics_.record_swap(role, true, pause);
+  event(
+      fmt::format("swapped the {} plugin after step {}: {} -> {} (instances replaced: {}; the "
+                  "step loop paused {:.1f} ms)",
+                  name_of(role), standing_.last_completed, one_line(before.get()),
+                  one_line(library.get()), instances, pause * 1e3));
+  nlohmann::json entry{{"step", standing_.last_completed},
+                       {"role", std::string(name_of(role))},
+                       {"outcome", "swapped"},
+                       {"from", describe(before.get())},
+                       {"to", describe(library.get())},
+                       {"instances", instances},
+                       {"pause_seconds", pause}};
+  swap_history_.push_back(entry);
+  publish_status();
+  return {200, entry};
+}
+
+}  // namespace troupe

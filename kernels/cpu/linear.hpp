@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "runtime/plugin/troupe_plugin.h"
+#include "runtime/abi/troupe_plugin.h"
 
 namespace troupe::kernels {
 

@@ -15,7 +15,7 @@
 
 #include <fmt/format.h>
 
-#include "runtime/plugin/troupe_plugin.h"
+#include "runtime/abi/troupe_plugin.h"
 
 namespace troupe::plugin {
 

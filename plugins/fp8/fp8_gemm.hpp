@@ -10,7 +10,7 @@
 // (tensor-core FP8 with FP32 accumulation, DeepGEMM style) comes later behind the same provider
 // interface and rounds its partial sums differently.
 
-#include "runtime/plugin/troupe_plugin.h"
+#include "runtime/abi/troupe_plugin.h"
 
 namespace troupe::plugin {
 

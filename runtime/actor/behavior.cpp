@@ -24,10 +24,18 @@ void event_actor::ask_box(const actor_ref& to, message_box message,
   count_sent(impl_, message);
   auto* self = impl_;
   self->request(detail::actor_cell::unwrap(to), caf::infinite, std::move(message))
-      .then([on_reply = std::move(on_reply)](message_box& reply) { on_reply(reply); },
-            [self, on_failure = std::move(on_failure)](caf::error& e) {
-              on_failure(detail::describe_failure(self->system(), e));
-            });
+      .then(
+          // A callback that throws fails the ask, not the actor.
+          [on_reply = std::move(on_reply), on_failure](message_box& reply) {
+            try {
+              on_reply(reply);
+            } catch (const std::exception& e) {
+              on_failure(e.what());
+            }
+          },
+          [self, on_failure](caf::error& e) {
+            on_failure(detail::describe_failure(self->system(), e));
+          });
 }
 
 actor_ref event_actor::self() const {

@@ -21,6 +21,13 @@ std::string failure_text(caf::blocking_actor* self, const caf::error& e, time_li
   return detail::describe_failure(self->system(), e);
 }
 
+/// A request answered in time leaves its timeout in the clock, which would later land in the
+/// blocking actor's mailbox and stay there (CAF 0.17 never cancels it): cancel it.
+template <class Handle>
+void forget_timeout(caf::blocking_actor* self, const Handle& handle, time_limit limit) {
+  if (limit != no_time_limit) self->clock().cancel_request_timeout(self, handle.id());
+}
+
 void count_sent(caf::blocking_actor* self, const message_box& message) {
   if (auto* runtime = detail::runtime_of(self->system()))
     runtime->metrics().message_sent(message.type()->name);
@@ -45,9 +52,11 @@ message_box blocking_actor::ask_box(const actor_ref& to, message_box message,
   count_sent(self, message);
   message_box reply;
   std::string failure;
-  self->request(detail::actor_cell::unwrap(to), caf_deadline(limit), std::move(message))
-      .receive([&](message_box& answer) { reply = std::move(answer); },
-               [&](caf::error& e) { failure = failure_text(self, e, limit); });
+  auto handle =
+      self->request(detail::actor_cell::unwrap(to), caf_deadline(limit), std::move(message));
+  handle.receive([&](message_box& answer) { reply = std::move(answer); },
+                 [&](caf::error& e) { failure = failure_text(self, e, limit); });
+  forget_timeout(self, handle, limit);
   observe_writes(self);
   if (!failure.empty()) throw error(fmt::format("{}: {}", what, failure));
   return reply;
@@ -80,7 +89,20 @@ void blocking_actor::ask_each_box(const std::function<std::string(const std::str
           on_reply(i, reply);
         },
         [&](caf::error& e) { failure = failure_text(self, e, limit); });
-    if (!failure.empty()) throw error(fmt::format("{}: {}", context(targets[i].first), failure));
+    forget_timeout(self, pending[i], limit);
+    if (!failure.empty()) {
+      // Under a time limit the others' replies come, or fail, in time: take them, or they would
+      // stay in the mailbox. Without one, waiting for them could wait for ever (a peer of the
+      // one that failed may wait for it): the failure goes up at once.
+      if (limit != no_time_limit) {
+        for (std::size_t j = i + 1; j < pending.size(); ++j) {
+          pending[j].receive([](message_box&) {}, [](caf::error&) {});
+          forget_timeout(self, pending[j], limit);
+        }
+        observe_writes(self);
+      }
+      throw error(fmt::format("{}: {}", context(targets[i].first), failure));
+    }
   }
 }
 

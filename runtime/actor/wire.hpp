@@ -91,7 +91,8 @@ class wire_reader {
     return n;
   }
   tensor next_tensor() {
-    if (next_ >= tensors_.size()) fail("a cross-process message lacks a tensor: it is malformed");
+    if (next_ >= tensors_.size() || !tensors_[next_].defined())
+      fail("a cross-process message lacks a tensor: it is malformed");
     return std::move(tensors_[next_++]);
   }
   actor_ref find(const std::string& name) const { return names_->find(name); }
@@ -108,8 +109,22 @@ class wire_reader {
 // The wire format of the basic types; structs list their fields() or add their own `wire`.
 
 template <class Archive, class T>
-requires(std::is_arithmetic_v<T> || std::is_enum_v<T>) void wire(Archive& a, T& x) {
+requires((std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) ||
+         std::is_enum_v<T>) void wire(Archive& a, T& x) {
+  // NOTES: an enum arrives as its bytes; the code that uses one checks its range (a malformed
+  // value is refused there, as any other bad field).
   a.bytes(&x, sizeof x);
+}
+
+/// A bool travels as one byte, 0 or 1 (any other byte is malformed, not a bool).
+template <class Archive>
+void wire(Archive& a, bool& x) {
+  std::uint8_t byte = x ? 1 : 0;
+  a.bytes(&byte, 1);
+  if constexpr (Archive::loading) {
+    if (byte > 1) fail("a cross-process message holds {} for a bool: it is malformed", byte);
+    x = byte == 1;
+  }
 }
 
 template <class Archive>

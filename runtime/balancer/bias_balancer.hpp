@@ -13,8 +13,9 @@
 
 namespace troupe {
 
+/// The topology's [balancer] settings (their defaults: runtime/topology/schema.cpp).
 struct balancer_settings {
-  double gamma = 0.001;
+  double gamma = 0.0;
   bool recenter = false;
 };
 

@@ -14,6 +14,7 @@
 
 #include "runtime/checkpoint/safetensors.hpp"
 #include "runtime/model/model_config.hpp"
+#include "runtime/model/parameter_store.hpp"
 
 namespace troupe {
 
@@ -47,5 +48,9 @@ class hf_checkpoint {
 /// model.safetensors with `tensors` in float32, each file atomically.
 void write_hf_checkpoint(const std::filesystem::path& directory, const model_config& config,
                          const std::vector<std::pair<std::string, tensor>>& tensors);
+
+/// Loads every parameter of `store` from `checkpoint`, converting to f32. Throws
+/// checkpoint_error naming each missing tensor or shape mismatch.
+void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store);
 
 }  // namespace troupe

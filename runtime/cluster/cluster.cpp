@@ -78,7 +78,8 @@ void cluster::leave() {
   for (auto& proxy : proxies_) runtime_.stop(proxy);
   runtime_.stop(gateway_);
   caf::scoped_actor self(detail::system_of(runtime_));
-  self->wait_for(actor_cell::unwrap(progress_));
+  // The transport goes right after: nothing may still use it.
+  self->wait_for(actor_cell::unwrap(progress_), actor_cell::unwrap(gateway_));
   gateway_ = actor_ref();
   proxies_.clear();
 }

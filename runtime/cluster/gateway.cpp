@@ -134,7 +134,7 @@ void deliver_to_local(instrumented_actor* self, state& st, incoming_envelope& en
   try {
     const message_type_info* type = find_message_type(letter.type);
     if (type == nullptr)
-      fail("rank {} does not know the message '{}' (no actor of this process handles it)",
+      fail("rank {} does not know the message '{}' (no code of its program declares it)",
            st.options.rank, letter.type);
     message = decode(st, entry, *type);
     auto found = st.local.find(letter.target);
@@ -156,11 +156,16 @@ void deliver_to_local(instrumented_actor* self, state& st, incoming_envelope& en
   }
   self->request(target, caf::infinite, std::move(message))
       .then(
-          [self, &st, from, id](message_box& reply) {
-            auto [answer, tensors] = encode(st, reply);
-            answer.kind = static_cast<std::uint8_t>(envelope_kind::reply);
-            answer.request = id;
-            send_envelope(self, st, from, std::move(answer), std::move(tensors));
+          [self, &st, from, id, fail_back](message_box& reply) {
+            // A reply that cannot travel fails the request instead of the gateway.
+            try {
+              auto [answer, tensors] = encode(st, reply);
+              answer.kind = static_cast<std::uint8_t>(envelope_kind::reply);
+              answer.request = id;
+              send_envelope(self, st, from, std::move(answer), std::move(tensors));
+            } catch (const std::exception& e) {
+              fail_back(fmt::format("the reply cannot go back to rank {}: {}", from, e.what()));
+            }
           },
           [self, fail_back](caf::error& e) {
             fail_back(detail::describe_failure(self->system(), e));
@@ -202,30 +207,35 @@ void forward(instrumented_actor* self, state& st, const std::string& target, std
       fmt::print(stderr, "troupe: dropped a message to {}: {}\n", target, problem);
     return;
   }
-  std::pair<envelope, std::vector<tensor>> encoded;
+  std::uint64_t id = 0;
   try {
-    encoded = encode(st, *box);
+    auto [letter, tensors] = encode(st, *box);
+    letter.target = target;
+    if (is_request) {
+      id = st.next_request++;
+      // The asker first: make_response_promise() moves the current sender into the promise.
+      caf::strong_actor_ptr asker = self->current_sender();
+      st.pending[id] = {self->make_response_promise(), std::move(asker), box->type()->reply, rank,
+                        target};
+      letter.kind = static_cast<std::uint8_t>(envelope_kind::request);
+      letter.request = id;
+    } else {
+      letter.kind = static_cast<std::uint8_t>(envelope_kind::one_way);
+    }
+    send_envelope(self, st, rank, std::move(letter), std::move(tensors));
   } catch (const std::exception& e) {
     problem =
         fmt::format("cannot send a '{}' message to {}: {}", box->type()->name, target, e.what());
-    if (is_request)
+    if (auto pending = st.pending.find(id); id != 0 && pending != st.pending.end()) {
+      publish_writes_to(pending->second.asker);
+      pending->second.promise.deliver(actor_failure(problem));
+      st.pending.erase(pending);
+    } else if (is_request) {
       self->make_response_promise().deliver(actor_failure(problem));
-    else
+    } else {
       fmt::print(stderr, "troupe: dropped a message: {}\n", problem);
-    return;
+    }
   }
-  auto& [letter, tensors] = encoded;
-  letter.target = target;
-  if (is_request) {
-    const std::uint64_t id = st.next_request++;
-    st.pending[id] = {self->make_response_promise(), self->current_sender(), box->type()->reply,
-                      rank, target};
-    letter.kind = static_cast<std::uint8_t>(envelope_kind::request);
-    letter.request = id;
-  } else {
-    letter.kind = static_cast<std::uint8_t>(envelope_kind::one_way);
-  }
-  send_envelope(self, st, rank, std::move(letter), std::move(tensors));
 }
 
 /// Another process's envelope: wait for its tensors, then deliver in order.
@@ -348,8 +358,8 @@ caf::message_handler rendezvous(instrumented_actor* self, gateway_state_ptr st) 
       [self, st](gather_atom, process_card& mine) {
         st->cards[0] = std::move(mine);
         st->gathering = true;
+        st->gathered_asker = self->current_sender();  // before the promise takes it
         st->gathered = self->make_response_promise();
-        st->gathered_asker = self->current_sender();
         hand_out_table_when_complete(*st);
       },
       [self, st](missing_atom) {

@@ -1,8 +1,8 @@
 #pragma once
 
+#include "runtime/abi/troupe_plugin.h"
 #include "runtime/device/device.hpp"
 #include "runtime/exec/thread_pool.hpp"
-#include "runtime/plugin/troupe_plugin.h"
 
 namespace troupe {
 

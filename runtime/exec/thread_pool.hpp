@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/plugin/troupe_plugin.h"
+#include "runtime/abi/troupe_plugin.h"
 
 namespace troupe {
 

@@ -111,6 +111,9 @@ expert_reply expert_shard::handle(const exec_context& context, const expert_requ
       copy.instance->forget(request.micro_batch);
       inputs_.erase(key);
       break;
+    default:
+      fail("expert shard: layer {}: a request of unknown kind {}", request.layer,
+           static_cast<int>(request.what));
   }
   return reply;
 }

@@ -8,8 +8,8 @@
 #include <map>
 #include <vector>
 
+#include "runtime/abi/troupe_plugin.h"
 #include "runtime/exec/exec_context.hpp"
-#include "runtime/plugin/troupe_plugin.h"
 
 namespace troupe {
 

@@ -5,7 +5,6 @@
 
 #include <fmt/ranges.h>
 
-#include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "runtime/core/error.hpp"
 
 namespace troupe {
@@ -81,36 +80,6 @@ void parameter_store::initialize(std::uint64_t seed) {
         break;
       }
     }
-  }
-}
-
-void parameter_store::load(const hf_checkpoint& checkpoint) {
-  std::vector<std::string> missing, mismatched;
-  for (parameter* p : order_) {
-    if (!checkpoint.contains(p->name)) {
-      missing.push_back(p->name);
-      continue;
-    }
-    const auto& stored = checkpoint.entry(p->name);
-    if (stored.shape != p->spec.shape) {
-      mismatched.push_back(fmt::format("{} is [{}] in the checkpoint, the model needs [{}]",
-                                       p->name, fmt::join(stored.shape, ", "),
-                                       fmt::join(p->spec.shape, ", ")));
-      continue;
-    }
-    p->value.copy_from(checkpoint.read_f32(p->name));
-  }
-  if (!missing.empty() || !mismatched.empty()) {
-    std::string message =
-        fmt::format("{}: the checkpoint does not fit the model", checkpoint.directory().string());
-    if (!missing.empty())
-      message +=
-          fmt::format("; missing {} tensor{}: {}{}", missing.size(), missing.size() == 1 ? "" : "s",
-                      fmt::join(missing.begin(),
-                                missing.begin() + std::min<std::size_t>(missing.size(), 8), ", "),
-                      missing.size() > 8 ? ", ..." : "");
-    if (!mismatched.empty()) message += fmt::format("; {}", fmt::join(mismatched, "; "));
-    throw checkpoint_error(message);
   }
 }
 

@@ -15,8 +15,6 @@
 
 namespace troupe {
 
-class hf_checkpoint;
-
 struct parameter {
   std::string name;
   parameter_spec spec;
@@ -41,10 +39,6 @@ class parameter_store {
   /// Fills every parameter from its spec's initialisation with an RNG seeded from (seed, name):
   /// the result does not depend on which parameters a process holds or in which order.
   void initialize(std::uint64_t seed);
-
-  /// Loads every parameter from the checkpoint, converting to f32. Throws checkpoint_error naming
-  /// each missing tensor or shape mismatch.
-  void load(const hf_checkpoint& checkpoint);
 
   void zero_grads();
 

@@ -18,11 +18,13 @@
 
 namespace troupe {
 
+/// The topology's train.beta1, beta2, epsilon and weight_decay (their defaults:
+/// runtime/topology/schema.cpp).
 struct adamw_settings {
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double epsilon = 1e-8;
-  double weight_decay = 0.1;
+  double beta1 = 0.0;
+  double beta2 = 0.0;
+  double epsilon = 0.0;
+  double weight_decay = 0.0;
 };
 
 class adamw {

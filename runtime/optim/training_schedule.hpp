@@ -8,11 +8,14 @@
 
 namespace troupe {
 
+// Both are made from the topology's [train] and [schedule] (their defaults:
+// runtime/topology/schema.cpp).
+
 struct lr_schedule {
-  double peak = 3e-4;
-  double floor = 3e-5;
-  std::int64_t warmup_steps = 10;
-  std::int64_t total_steps = 100;
+  double peak = 0.0;
+  double floor = 0.0;
+  std::int64_t warmup_steps = 0;
+  std::int64_t total_steps = 0;
 
   /// The rate of step `step` (0-based): peak * (step+1)/warmup during warm-up, then
   /// floor + (peak - floor) * (1 + cos(pi * progress)) / 2 with progress from 0 to 1 over the
@@ -21,8 +24,8 @@ struct lr_schedule {
 };
 
 struct batch_ramp {
-  std::int64_t full = 4;      ///< micro-batches per step after the ramp
-  std::int64_t start = 4;     ///< micro-batches at step 0
+  std::int64_t full = 0;      ///< micro-batches per step after the ramp
+  std::int64_t start = 0;     ///< micro-batches at step 0
   std::int64_t steps = 0;     ///< ramp length; 0: always `full`
   std::int64_t multiple = 1;  ///< counts are rounded down to a multiple of this (DualPipe: 2)
 

@@ -3,7 +3,7 @@
 #include <optional>
 #include <string_view>
 
-#include "runtime/plugin/troupe_plugin.h"
+#include "runtime/abi/troupe_plugin.h"
 
 namespace troupe {
 

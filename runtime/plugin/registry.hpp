@@ -9,10 +9,10 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/abi/troupe_plugin.h"
 #include "runtime/plugin/kind.hpp"
 #include "runtime/plugin/load_error.hpp"
 #include "runtime/plugin/search_path.hpp"
-#include "runtime/plugin/troupe_plugin.h"
 
 namespace troupe {
 

@@ -33,12 +33,14 @@ stage_chunk& pipeline_rank::chunk(std::int32_t stage, std::int32_t copy) {
 }
 
 void pipeline_rank::begin_step(std::shared_ptr<const schedule_plan> plan,
-                               std::vector<micro_batch_input> inputs, float loss_scale) {
+                               std::vector<micro_batch_input> inputs, float loss_scale,
+                               bool forward_only) {
   if (plan_ != nullptr && !finished())
     fail("pipeline rank {}: a step began before the last one finished", rank_);
   plan_ = std::move(plan);
   inputs_ = std::move(inputs);
   loss_scale_ = loss_scale;
+  forward_only_ = forward_only;
   next_op_ = 0;
   report_ = {};
 }
@@ -57,6 +59,10 @@ bool pipeline_rank::ready_backward(const stage_work& w) const {
 }
 
 bool pipeline_rank::ready(const pipeline_op& op) const {
+  if (forward_only_)
+    return op.kind == op_kind::forward || op.kind == op_kind::forward_backward
+               ? ready_forward(op.work)
+               : true;  // skipped
   switch (op.kind) {
     case op_kind::forward:
       return ready_forward(op.work);
@@ -78,6 +84,13 @@ std::vector<std::pair<std::int32_t, stage_transfer>> pipeline_rank::advance() {
   while (next_op_ < ops.size() && ready(ops[next_op_])) {
     const pipeline_op& op = ops[next_op_];
     const auto start = std::chrono::steady_clock::now();
+    if (forward_only_) {
+      if (op.kind == op_kind::forward || op.kind == op_kind::forward_backward)
+        run_forward(op.work, out);
+      report_.busy_seconds += seconds_since(start);
+      ++next_op_;
+      continue;
+    }
     switch (op.kind) {
       case op_kind::forward:
         run_forward(op.work, out);
@@ -133,6 +146,7 @@ void pipeline_rank::run_forward(const stage_work& w,
     for (std::int64_t e = 0; e < counts.numel(); ++e)
       total[static_cast<std::size_t>(e)] += counts.data_as<const std::int64_t>()[e];
   }
+  if (forward_only_) c.runner->forget(w.micro_batch);
   if (!head)
     out.emplace_back(plan_->rank_of_copy(w.stage + 1, w.copy),
                      stage_transfer{false, w.stage + 1, w.copy, w.micro_batch, output.hidden});
@@ -238,7 +252,7 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::optimizer_state(
 void pipeline_rank::load(const hf_checkpoint& weights,
                          const std::vector<std::pair<std::string, tensor>>& moments) {
   for (auto& c : chunks_) {
-    c.runner->parameters().load(weights);
+    load_parameters(weights, c.runner->parameters());
     c.optimizer->load_state(moments);
   }
 }

@@ -25,6 +25,10 @@
 #include "runtime/stage/stage_messages.hpp"
 
 namespace troupe {
+class hf_checkpoint;
+}
+
+namespace troupe {
 
 /// A stage chunk: one copy of one stage.
 struct stage_chunk {
@@ -42,9 +46,10 @@ class pipeline_rank {
   std::int32_t rank() const { return rank_; }
   std::vector<stage_chunk>& chunks() { return chunks_; }
 
-  /// Starts a step: `inputs` holds every micro-batch of the step (this replica's).
+  /// Starts a step: `inputs` holds every micro-batch of the step (this replica's). A forward-only
+  /// step (evaluation, serving) runs the plan's forwards alone and keeps nothing for backward.
   void begin_step(std::shared_ptr<const schedule_plan> plan, std::vector<micro_batch_input> inputs,
-                  float loss_scale);
+                  float loss_scale, bool forward_only = false);
   /// An activation or gradient from another rank (it may come before begin_step).
   void deliver(stage_transfer transfer);
   /// Runs ops while their inputs are there; returns (destination rank, transfer) pairs.
@@ -105,6 +110,7 @@ class pipeline_rank {
   std::shared_ptr<const schedule_plan> plan_;
   std::vector<micro_batch_input> inputs_;
   float loss_scale_ = 1.0f;
+  bool forward_only_ = false;
   std::size_t next_op_ = 0;
   std::map<input_key, tensor> arrived_;
   rank_step_report report_;

@@ -1,6 +1,8 @@
 #include "runtime/stage/stage_actor.hpp"
 
+#include <map>
 #include <optional>
+#include <vector>
 
 #include "runtime/balancer/balancer_messages.hpp"
 #include "runtime/checkpoint/training_checkpoint.hpp"
@@ -16,18 +18,32 @@ namespace {
 struct stage_state {
   std::shared_ptr<stage_actor_setup> setup;
   std::unique_ptr<stage_transport> link;
+  std::vector<actor_ref> peers;                              // the ranks of this replica, by rank
   std::optional<reply_promise<rank_step_report>> step_done;  // while a step runs
+  std::int64_t step = -1;                                    // the running (or last) step
+  std::string lost;  // another process died: every step fails with this
+  std::map<std::int64_t, std::string> peer_failures;  // steps a peer failed, not yet begun here
+
+  /// Fails the running step with `why`.
+  void fail_step(const std::string& why) {
+    if (!step_done) return;
+    step_done->fail(why);
+    step_done.reset();
+  }
 };
 
-/// Runs the ops whose inputs are there; answers the step when the last one ran.
-void pump(stage_state& st) {
+/// Runs the ops whose inputs are there; answers the step when the last one ran. A failure
+/// fails the step here and at the peers, whose ops may wait for this rank's.
+void pump(event_actor& self, stage_state& st) {
   if (!st.step_done) return;
   pipeline_rank& rank = *st.setup->rank;
   try {
     for (auto& [to, t] : rank.advance()) st.link->send(to, std::move(t));
   } catch (const std::exception& e) {
-    st.step_done->fail(e.what());
-    st.step_done.reset();
+    st.fail_step(e.what());
+    for (std::size_t r = 0; r < st.peers.size(); ++r)
+      if (static_cast<std::int32_t>(r) != rank.rank())
+        self.tell(st.peers[r], peer_step_failed{st.step, rank.rank(), e.what()});
     return;
   }
   if (rank.finished()) {
@@ -40,23 +56,39 @@ void pump(stage_state& st) {
 behavior pipeline_handlers(event_actor& self, std::shared_ptr<stage_state> st) {
   return behavior()
       .on<stage_peers>([&self, st](stage_peers& m) {
+        st->peers = m.peers;
         st->link = std::make_unique<message_stage_transport>(self, std::move(m.peers));
       })
-      .on<step_order>([st](step_order& order, reply_promise<rank_step_report> done) {
+      .on<step_order>([&self, st](step_order& order, reply_promise<rank_step_report> done) {
+        st->step = order.step;
+        if (!st->lost.empty()) {
+          done.fail(st->lost);
+          return;
+        }
+        if (auto failed = st->peer_failures.extract(order.step)) {
+          done.fail(failed.mapped());
+          return;
+        }
         st->setup->rank->begin_step(std::move(order.plan), std::move(order.inputs),
-                                    order.loss_scale);
+                                    order.loss_scale, order.forward_only);
         st->step_done = std::move(done);
-        pump(*st);
+        pump(self, *st);
       })
-      .on<stage_transfer>([st](stage_transfer& t) {
+      .on<stage_transfer>([&self, st](stage_transfer& t) {
         st->setup->rank->deliver(std::move(t));
-        pump(*st);
+        pump(self, *st);
+      })
+      .on<peer_step_failed>([st](peer_step_failed& m) {
+        const std::string why = fmt::format("stage rank {} failed: {}", m.rank, m.why);
+        if (st->step_done && st->step == m.step)
+          st->fail_step(why);
+        else if (m.step > st->step)
+          st->peer_failures[m.step] = why;
       })
       // Another process died: a step waiting for its transfers would never end.
       .on<process_lost>([st](process_lost& m) {
-        if (!st->step_done) return;
-        st->step_done->fail(m.why);
-        st->step_done.reset();
+        st->lost = m.why;
+        st->fail_step(m.why);
       })
       .on<set_router_biases>([st](set_router_biases& m) {
         st->setup->rank->set_router_biases(m.values);

@@ -1,6 +1,8 @@
 // TOML -> topology: the schema checks (unknown keys with the nearest valid one, missing keys,
 // value types and choices) and the extraction of values with their positions. Meaning is checked
 // in validate.cpp.
+#include <charconv>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -42,6 +44,35 @@ nlohmann::json to_json(const toml::node& node) {
   if (auto v = node.value_exact<double>()) return *v;
   if (auto v = node.value_exact<bool>()) return *v;
   return nullptr;  // dates and times mean nothing to a model config or a plugin option
+}
+
+/// The schema's default of `section`.`key` as a T, when the schema states it as a literal: a
+/// number, true or false, or a quoted string. Defaults described in words are the reader's.
+template <class T>
+std::optional<T> schema_default(std::string_view section, std::string_view key) {
+  const section_schema* s = find_section(section);
+  const key_schema* k = s != nullptr ? s->find(key) : nullptr;
+  if (k == nullptr) fail("topology schema: no key {}.{}", section, key);
+  const std::string text(k->default_text);
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (text.size() >= 2 && text.front() == '"' && text.back() == '"' &&
+        text.find('"', 1) == text.size() - 1)
+      return text.substr(1, text.size() - 2);
+  } else if constexpr (std::is_same_v<T, bool>) {
+    if (text == "true" || text == "false") return text == "true";
+  } else {
+    T value{};
+    const char* end = text.data() + text.size();
+    if constexpr (std::is_floating_point_v<T>) {
+      char* parsed = nullptr;
+      value = std::strtod(text.c_str(), &parsed);
+      if (!text.empty() && parsed == end) return value;
+    } else {
+      auto [parsed, problem] = std::from_chars(text.data(), end, value);
+      if (problem == std::errc() && parsed == end) return value;
+    }
+  }
+  return std::nullopt;
 }
 
 /// Reads one file's sections into a topology, collecting diagnostics.
@@ -195,8 +226,13 @@ class topology_parser {
 
   // ---- typed reads (types are checked above; a mistyped key keeps its default) ------------
 
+  /// Reads `section`.`key` from `table` (null: the section is absent) into `out`. A key left
+  /// out takes the schema's default when that is a literal (a number, true or false, a quoted
+  /// string): the defaults live in schema.cpp alone. A default described in words ("pipeline ×
+  /// data") is computed by the caller, which sets `out` first.
   template <class T>
-  void read(const toml::table* table, std::string_view key, T& out) {
+  void read(std::string_view section, const toml::table* table, std::string_view key, T& out) {
+    if (auto fallback = schema_default<T>(section, key)) out = *fallback;
     if (table == nullptr) return;
     const toml::node* node = table->get(key);
     if (node == nullptr) return;
@@ -239,12 +275,14 @@ class topology_parser {
     return out;
   }
 
-  std::vector<placement> read_placements(const toml::table& table, const std::string& path) {
+  std::vector<placement> read_placements(std::string_view section_name, const toml::table& table,
+                                         const std::string& path) {
     std::string host;
-    read(&table, "host", host);
+    read(section_name, &table, "host", host);
     std::vector<placement> out;
     const toml::node* node = table.get("device");
-    if (node == nullptr) return {placement{host, device::cpu()}};
+    if (node == nullptr)
+      return {placement{host, parse_device(*schema_default<std::string>(section_name, "device"))}};
     auto parse_one = [&](const toml::node& item) {
       try {
         out.push_back({host, parse_device(item.value_or(std::string()))});
@@ -264,15 +302,15 @@ class topology_parser {
 
   void read_job(const toml::table& root) {
     const auto* job = section(root, "job");
-    read(job, "name", topo_.name);
-    read(job, "description", topo_.description);
+    read("job", job, "name", topo_.name);
+    read("job", job, "description", topo_.description);
   }
 
   void read_model(const toml::table& root) {
     const auto* model = section(root, "model");
     if (model == nullptr) return;
-    std::string precision_name = "fp32";
-    read(model, "precision", precision_name);
+    std::string precision_name;
+    read("model", model, "precision", precision_name);
     topo_.gemm_precision = precision_name == "fp8" ? precision::fp8 : precision::fp32;
     const toml::node* config = model->get("config");
     const toml::node* inline_config = model->get("inline");
@@ -361,19 +399,19 @@ class topology_parser {
 
   void read_parallel(const toml::table& root) {
     const auto* parallel = section(root, "parallel");
-    read(parallel, "pipeline", topo_.pipeline);
-    read(parallel, "expert", topo_.expert);
-    read(parallel, "data", topo_.data);
+    read("parallel", parallel, "pipeline", topo_.pipeline);
+    read("parallel", parallel, "expert", topo_.expert);
+    read("parallel", parallel, "data", topo_.data);
     for (const char* key : {"pipeline", "expert", "data", "world"}) {
       int value = 1;
-      read(parallel, key, value);
+      read("parallel", parallel, key, value);
       if (value < 1)
         error(topo_.where(fmt::format("parallel.{}", key)),
               fmt::format("parallel.{} must be at least 1, got {}", key, value));
     }
     if (parallel != nullptr && parallel->contains("world")) {
       int world = 0;
-      read(parallel, "world", world);
+      read("parallel", parallel, "world", world);
       if (world != topo_.pipeline * topo_.data)
         error(
             topo_.where("parallel.world"),
@@ -381,16 +419,35 @@ class topology_parser {
                 "parallel sizes do not multiply out: world = {} but pipeline × data = {} × {} = {}",
                 world, topo_.pipeline, topo_.data, topo_.pipeline * topo_.data));
     }
+    read_expert_wire(parallel);
+  }
+
+  /// The expert payload's precisions; they follow model.precision unless the file says.
+  void read_expert_wire(const toml::table* parallel) {
+    const bool fp8 = topo_.gemm_precision == precision::fp8;
+    std::string dispatch = fp8 ? "fp8" : "fp32", combine = fp8 ? "bf16" : "fp32";
+    read("parallel", parallel, "expert_dispatch", dispatch);
+    read("parallel", parallel, "expert_combine", combine);
+    // Invalid choices are reported by the schema check; parsing goes on with the default.
+    auto precision_of = [](const std::string& name, precision fallback) {
+      if (name == "fp8") return precision::fp8;
+      if (name == "bf16") return precision::bf16;
+      if (name == "fp32") return precision::fp32;
+      return fallback;
+    };
+    topo_.expert_dispatch = precision_of(dispatch, fp8 ? precision::fp8 : precision::fp32);
+    topo_.expert_combine = precision_of(combine, fp8 ? precision::bf16 : precision::fp32);
+    if (topo_.expert_combine == precision::fp8) topo_.expert_combine = precision::bf16;
   }
 
   void read_schedule(const toml::table& root) {
     const auto* schedule = section(root, "schedule");
-    std::string kind = "1f1b";
-    read(schedule, "kind", kind);
+    std::string kind;
+    read("schedule", schedule, "kind", kind);
     // An invalid choice is reported by the schema check; parsing goes on with the default.
     if (kind == "sequential" || kind == "1f1b" || kind == "dualpipe")
       topo_.schedule.kind = parse_schedule_kind(kind);
-    read(schedule, "micro_batches", topo_.schedule.micro_batches);
+    read("schedule", schedule, "micro_batches", topo_.schedule.micro_batches);
   }
 
   void read_hosts(const toml::table& root) {
@@ -402,9 +459,9 @@ class topology_parser {
     for (std::size_t i = 0; i < hosts->size(); ++i) {
       const auto& table = *hosts->get(i)->as_table();
       host_spec host;
-      read(&table, "name", host.name);
-      read(&table, "address", host.address);
-      read(&table, "gpus", host.gpus);
+      read("hosts", &table, "name", host.name);
+      read("hosts", &table, "address", host.address);
+      read("hosts", &table, "gpus", host.gpus);
       topo_.hosts.push_back(host);
     }
   }
@@ -418,7 +475,7 @@ class topology_parser {
       stage_spec stage;
       if (const toml::node* layers = table.get("layers"); layers != nullptr)
         stage.layers = read_indices(*layers, path + ".layers");
-      stage.replicas = read_placements(table, path);
+      stage.replicas = read_placements("stages", table, path);
       topo_.stages.push_back(std::move(stage));
     }
   }
@@ -432,7 +489,7 @@ class topology_parser {
       expert_shard_spec shard;
       if (const toml::node* experts = table.get("experts"); experts != nullptr)
         shard.experts = read_indices(*experts, path + ".experts");
-      auto places = read_placements(table, path);
+      auto places = read_placements("expert_shards", table, path);
       if (places.size() > 1)
         error(topo_.where(path + ".device"),
               fmt::format("{}.device: an expert shard has one device", path));
@@ -443,49 +500,49 @@ class topology_parser {
 
   void read_ema(const toml::table& root) {
     const auto* ema = section(root, "ema");
-    read(ema, "enabled", topo_.ema.enabled);
-    read(ema, "decay", topo_.ema.decay);
-    read(ema, "every", topo_.ema.every);
-    read(ema, "host", topo_.ema.host);
+    read("ema", ema, "enabled", topo_.ema.enabled);
+    read("ema", ema, "decay", topo_.ema.decay);
+    read("ema", ema, "every", topo_.ema.every);
+    read("ema", ema, "host", topo_.ema.host);
   }
 
   void read_balancer(const toml::table& root) {
     const auto* balancer = section(root, "balancer");
-    read(balancer, "enabled", topo_.balancer.enabled);
-    read(balancer, "gamma", topo_.balancer.gamma);
-    read(balancer, "recenter", topo_.balancer.recenter);
-    read(balancer, "host", topo_.balancer.host);
+    read("balancer", balancer, "enabled", topo_.balancer.enabled);
+    read("balancer", balancer, "gamma", topo_.balancer.gamma);
+    read("balancer", balancer, "recenter", topo_.balancer.recenter);
+    read("balancer", balancer, "host", topo_.balancer.host);
   }
 
   void read_train(const toml::table& root) {
     const auto* train = section(root, "train");
     auto& t = topo_.train;
-    read(train, "steps", t.steps);
-    read(train, "seed", t.seed);
-    read(train, "micro_batch_size", t.micro_batch_size);
-    read(train, "sequence_length", t.sequence_length);
-    read(train, "learning_rate", t.learning_rate);
-    read(train, "min_learning_rate", t.min_learning_rate);
-    read(train, "warmup_steps", t.warmup_steps);
-    read(train, "weight_decay", t.weight_decay);
-    read(train, "beta1", t.beta1);
-    read(train, "beta2", t.beta2);
-    read(train, "epsilon", t.epsilon);
-    read(train, "grad_clip", t.grad_clip);
-    read(train, "mtp_weight", t.mtp_weight);
-    read(train, "balance_loss_alpha", t.balance_loss_alpha);
-    read(train, "batch_ramp_steps", t.batch_ramp_steps);
+    read("train", train, "steps", t.steps);
+    read("train", train, "seed", t.seed);
+    read("train", train, "micro_batch_size", t.micro_batch_size);
+    read("train", train, "sequence_length", t.sequence_length);
+    read("train", train, "learning_rate", t.learning_rate);
+    read("train", train, "min_learning_rate", t.min_learning_rate);
+    read("train", train, "warmup_steps", t.warmup_steps);
+    read("train", train, "weight_decay", t.weight_decay);
+    read("train", train, "beta1", t.beta1);
+    read("train", train, "beta2", t.beta2);
+    read("train", train, "epsilon", t.epsilon);
+    read("train", train, "grad_clip", t.grad_clip);
+    read("train", train, "mtp_weight", t.mtp_weight);
+    read("train", train, "balance_loss_alpha", t.balance_loss_alpha);
+    read("train", train, "batch_ramp_steps", t.batch_ramp_steps);
     t.batch_ramp_start = topo_.schedule.kind == schedule_kind::dualpipe ? 2 * topo_.pipeline : 1;
-    read(train, "batch_ramp_start", t.batch_ramp_start);
-    read(train, "checkpoint_every", t.checkpoint_every);
-    read(train, "checkpoint_dir", t.checkpoint_dir);
+    read("train", train, "batch_ramp_start", t.batch_ramp_start);
+    read("train", train, "checkpoint_every", t.checkpoint_every);
+    read("train", train, "checkpoint_dir", t.checkpoint_dir);
   }
 
   void read_data(const toml::table& root) {
     const auto* data = section(root, "data");
-    read(data, "corpus", topo_.data_source.corpus);
-    read(data, "tokenizer", topo_.data_source.tokenizer);
-    read(data, "fim_rate", topo_.data_source.fim_rate);
+    read("data", data, "corpus", topo_.data_source.corpus);
+    read("data", data, "tokenizer", topo_.data_source.tokenizer);
+    read("data", data, "fim_rate", topo_.data_source.fim_rate);
   }
 
   /// "HOST:PORT" of `key` (port 0 to 65535), or nullopt after an error naming the key.
@@ -514,9 +571,9 @@ class topology_parser {
 
   void read_monitoring(const toml::table& root) {
     const auto* monitoring = section(root, "monitoring");
-    read(monitoring, "per_expert_series", topo_.monitoring.per_expert_series);
+    read("monitoring", monitoring, "per_expert_series", topo_.monitoring.per_expert_series);
     std::string address;
-    read(monitoring, "metrics", address);
+    read("monitoring", monitoring, "metrics", address);
     if (address.empty()) return;
     if (auto parsed = read_address("monitoring.metrics", address)) {
       topo_.monitoring.metrics_host = parsed->first;
@@ -526,7 +583,7 @@ class topology_parser {
 
   void read_control(const toml::table& root) {
     std::string address;
-    read(section(root, "control"), "listen", address);
+    read("control", section(root, "control"), "listen", address);
     if (address.empty()) return;
     auto parsed = read_address("control.listen", address);
     if (!parsed) return;

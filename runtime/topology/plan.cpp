@@ -104,8 +104,11 @@ topology_plan plan_topology(const topology& topo) {
           {stage_name(topo, s + 1, r), stage_name(topo, s, r), "activation gradients"});
     }
   }
-  const std::string dispatch =
-      topo.gemm_precision == precision::fp8 ? "dispatch (fp8 + 1x128 scales)" : "dispatch";
+  const std::string dispatch = topo.expert_dispatch == precision::fp8
+                                   ? "dispatch (fp8 + 1x128 scales)"
+                               : topo.expert_dispatch == precision::bf16 ? "dispatch (bf16)"
+                                                                         : "dispatch";
+  const std::string combine = topo.expert_combine == precision::bf16 ? "combine (bf16)" : "combine";
   for (const auto& actor : std::vector<planned_actor>(plan.actors)) {
     if (actor.role != actor_role::stage) continue;
     const bool stage_moe = has_moe_layers(topo, actor.layers) ||
@@ -114,7 +117,7 @@ topology_plan plan_topology(const topology& topo) {
       for (const auto& shard : plan.actors) {
         if (shard.role != actor_role::expert_shard) continue;
         plan.links.push_back({actor.name, shard.name, dispatch});
-        plan.links.push_back({shard.name, actor.name, "combine"});
+        plan.links.push_back({shard.name, actor.name, combine});
       }
       if (plan.find("balancer") != nullptr) {
         plan.links.push_back({actor.name, "balancer", "expert counts"});

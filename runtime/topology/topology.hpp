@@ -14,9 +14,12 @@
 
 namespace troupe {
 
+// Every value the file may leave out is filled by the parser from the schema's default
+// (schema.cpp, which also writes docs/topology.md): no default is repeated here.
+
 struct host_spec {
   std::string name;
-  std::string address = "127.0.0.1";
+  std::string address;
   int gpus = 0;
 };
 
@@ -46,55 +49,55 @@ struct plugin_choice {
 };
 
 struct schedule_spec {
-  schedule_kind kind = schedule_kind::one_f_one_b;
-  int micro_batches = 4;
+  schedule_kind kind = schedule_kind::sequential;
+  int micro_batches = 0;
 };
 
 struct ema_spec {
-  bool enabled = true;
-  double decay = 0.999;
-  int every = 1;
+  bool enabled = false;
+  double decay = 0.0;
+  int every = 0;
   std::string host;
 };
 
 struct balancer_spec {
-  bool enabled = true;
-  double gamma = 0.001;
+  bool enabled = false;
+  double gamma = 0.0;
   bool recenter = false;
   std::string host;
 };
 
 struct train_spec {
-  std::int64_t steps = 100;
-  std::int64_t seed = 1234;
-  std::int64_t micro_batch_size = 2;
-  std::int64_t sequence_length = 64;
-  double learning_rate = 3e-4;
-  double min_learning_rate = 3e-5;
-  std::int64_t warmup_steps = 10;
-  double weight_decay = 0.1;
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double epsilon = 1e-8;
-  double grad_clip = 1.0;
-  double mtp_weight = 0.3;
-  double balance_loss_alpha = 1e-4;
+  std::int64_t steps = 0;
+  std::int64_t seed = 0;
+  std::int64_t micro_batch_size = 0;
+  std::int64_t sequence_length = 0;
+  double learning_rate = 0;
+  double min_learning_rate = 0;
+  std::int64_t warmup_steps = 0;
+  double weight_decay = 0;
+  double beta1 = 0;
+  double beta2 = 0;
+  double epsilon = 0;
+  double grad_clip = 0;
+  double mtp_weight = 0;
+  double balance_loss_alpha = 0;
   std::int64_t batch_ramp_steps = 0;  ///< 0: every step runs schedule.micro_batches
-  std::int64_t batch_ramp_start = 1;
+  std::int64_t batch_ramp_start = 0;
   std::int64_t checkpoint_every = 0;
-  std::string checkpoint_dir = "checkpoints";
+  std::string checkpoint_dir;
 };
 
 struct data_spec {
-  std::string corpus = "builtin";
-  std::string tokenizer = "bytes";
-  double fim_rate = 0.1;
+  std::string corpus;
+  std::string tokenizer;
+  double fim_rate = 0.0;
 };
 
 struct monitoring_spec {
   std::string metrics_host;  ///< empty: no metrics endpoint
   int metrics_port = 0;
-  bool per_expert_series = true;
+  bool per_expert_series = false;
 };
 
 struct control_spec {
@@ -102,7 +105,7 @@ struct control_spec {
   int port = 0;
 };
 
-enum class precision { fp32, fp8 };
+enum class precision { fp32, bf16, fp8 };
 
 /// A parsed and validated topology file.
 struct topology {
@@ -113,13 +116,16 @@ struct topology {
   model_config model;
   std::filesystem::path model_config_file;  ///< empty when the model is inline
   precision gemm_precision = precision::fp32;
+  /// Expert parallelism on the wire ([parallel] expert_dispatch, expert_combine).
+  precision expert_dispatch = precision::fp32;
+  precision expert_combine = precision::fp32;
 
   std::vector<plugin_choice> plugins;  ///< the roles this model uses, in kind order
   std::vector<std::string> plugin_search_path;
 
-  int pipeline = 1;
-  int expert = 1;
-  int data = 1;
+  int pipeline = 0;
+  int expert = 0;
+  int data = 0;
 
   schedule_spec schedule;
   std::vector<host_spec> hosts;  ///< never empty after parsing

@@ -69,7 +69,7 @@ void training_checkpoints::resume(const fs::path& from) {
     if (entry.setup) entry.setup->rank->load(weights, moments);
   for (auto& s : roles_.shards) {
     if (!s.setup) continue;
-    s.setup->shard->parameters().load(weights);
+    load_parameters(weights, s.setup->shard->parameters());
     s.setup->optimizer->load_state(moments);
   }
   if (roles_.ema_state && fs::exists(dir / "ema")) {

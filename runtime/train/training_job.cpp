@@ -51,6 +51,8 @@ void training_job::impl::build(plugin_registry& registry) {
   settings.metrics = options.metrics;
   settings.gemm = load_gemm_plugin(registry, topo);
   process = std::make_unique<job_process>(topo, registry, settings);
+  if (cluster* processes = process->processes())
+    processes->on_failure([lost = lost](int, const std::string&) { lost->store(true); });
   const model_plugins plugins = load_model_plugins(registry, topo);
   roles = build_training_roles(topo, *process, plugins);
 
@@ -64,8 +66,6 @@ void training_job::impl::build(plugin_registry& registry) {
                                                topo.monitoring.per_expert_series);
 
   spawn_training_roles(roles, *process, topo);
-  if (cluster* processes = process->processes())
-    processes->on_failure([lost = lost](int, const std::string&) { lost->store(true); });
   if (process->coordinates() && !topo.monitoring.metrics_host.empty())
     process->serve_metrics(topo.monitoring.metrics_host, topo.monitoring.metrics_port);
 

@@ -53,6 +53,18 @@ adamw_settings optimizer_settings(const train_spec& tr) {
   return {tr.beta1, tr.beta2, tr.epsilon, tr.weight_decay};
 }
 
+wire_precision wire_precision_of(precision p) {
+  switch (p) {
+    case precision::fp8:
+      return wire_precision::fp8;
+    case precision::bf16:
+      return wire_precision::bf16;
+    case precision::fp32:
+      break;
+  }
+  return wire_precision::f32;
+}
+
 /// Copies of each stage per replica: two under DualPipe (its two directions), else one.
 std::int32_t copies_of(const topology& topo) {
   return topo.schedule.kind == schedule_kind::dualpipe ? 2 : 1;
@@ -108,10 +120,8 @@ std::vector<stage_chunk> build_chunks(const topology& topo, const schedule_plan&
     model_plugins chunk_plugins = plugins;
     if (setup.transport) {
       sharded_experts::options wire;
-      if (topo.gemm_precision == precision::fp8) {
-        wire.dispatch = wire_precision::fp8;
-        wire.combine = wire_precision::bf16;
-      }
+      wire.dispatch = wire_precision_of(topo.expert_dispatch);
+      wire.combine = wire_precision_of(topo.expert_combine);
       wire.source = d * copies_of(topo) + copy;
       chunk.experts = std::make_unique<sharded_experts>(shard_experts, config.n_routed_experts,
                                                         *setup.transport, wire);

@@ -30,26 +30,33 @@ using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 
 struct add_request {
-  TROUPE_REQUEST("test.add", std::int64_t);
+  TROUPE_REQUEST(add_request, "test.add", std::int64_t);
   std::int64_t a = 0, b = 0;
   auto fields() { return std::tie(a, b); }
 };
 
 struct note {
-  TROUPE_MESSAGE("test.note");
+  TROUPE_MESSAGE(note, "test.note");
   std::int64_t value = 0;
   auto fields() { return std::tie(value); }
 };
 
 struct address_request {
-  TROUPE_REQUEST("test.address", std::int64_t);
+  TROUPE_REQUEST(address_request, "test.address", std::int64_t);
   tensor value;
   auto fields() { return std::tie(value); }
 };
 
-/// Another type under test.note's name.
+/// Another type under test.note's name (declared by hand: TROUPE_MESSAGE would stop the test
+/// program at start, as it should).
 struct impostor {
-  TROUPE_MESSAGE("test.note");
+  static constexpr std::string_view message_name = "test.note";
+  auto fields() { return std::tie(); }
+};
+
+/// Declared in this program only: the peer process cannot read it.
+struct private_request {
+  TROUPE_REQUEST(private_request, "test.private", bool);
   auto fields() { return std::tie(); }
 };
 
@@ -315,9 +322,12 @@ TEST(CrossProcess, ATypedMessageWithATensorCrossesAndFailuresComeBackIntact) {
       ASSERT_EQ(reply.value.data_as<float>()[i], 2.0f * t.data_as<float>()[i]) << i;
     EXPECT_EQ(failure_of([&] { self.ask(echo, fail_request{"on purpose"}, "failing", 30s); }),
               "failing: asked to fail: on purpose");
-    // The peer never declared this message: nobody there can read it.
-    EXPECT_THAT(failure_of([&] { self.ask(echo, unhandled_request{}, "unknown", 30s); }),
-                HasSubstr("rank 1 does not know the message 'test.unhandled'"));
+    // The peer declares this message but its echo actor has no handler for it.
+    EXPECT_THAT(failure_of([&] { self.ask(echo, unhandled_request{}, "unhandled", 30s); }),
+                HasSubstr("unhandled: the echo actor does not handle 'test.unhandled' messages"));
+    // The peer never declared this one: nobody there can read it.
+    EXPECT_THAT(failure_of([&] { self.ask(echo, private_request{}, "private", 30s); }),
+                HasSubstr("rank 1 does not know the message 'test.private'"));
   }
   job.finish(0, "");
 }

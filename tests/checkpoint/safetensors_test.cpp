@@ -221,7 +221,7 @@ TEST_F(Safetensors, ParametersLoadOnlyWhenTheCheckpointFits) {
   write_model(dir_ / "model",
               {{"a", tensor::zeros(dtype::f32, {3, 2})}, {"b", tensor::zeros(dtype::bf16, {4})}});
   try {
-    store.load(hf_checkpoint::open(dir_ / "model"));
+    load_parameters(hf_checkpoint::open(dir_ / "model"), store);
     FAIL();
   } catch (const checkpoint_error& e) {
     const std::string message = e.what();
@@ -237,13 +237,13 @@ TEST_F(Safetensors, AModelWrittenInTheHuggingFaceLayoutReadsBackToTheSameLogits)
   plugin_registry registry;
   const auto plugins = load_model_plugins(registry, original.config());
   model_runner first(original.config(), {}, plugins);
-  first.parameters().load(original);
+  load_parameters(original, first.parameters());
   write_hf_checkpoint(dir_ / "saved", original.config(), first.checkpoint_tensors());
   const auto saved = hf_checkpoint::open(dir_ / "saved");
   EXPECT_TRUE(saved.contains("model.layers.4.shared_head.head.weight"));  // DeepSeek's MTP copies
   EXPECT_TRUE(saved.contains("model.layers.4.embed_tokens.weight"));
   model_runner second(saved.config(), {}, plugins);
-  second.parameters().load(saved);
+  load_parameters(saved, second.parameters());
   thread_pool pool(2);
   exec_context context(device::cpu(), pool);
   model_batch batch;

@@ -43,7 +43,7 @@ struct sharded_model {
     std::vector<expert_shard*> pointers;
     for (const auto& ids : experts) {
       shards.push_back(std::make_unique<expert_shard>(config, plugins.moe, ids, sources));
-      shards.back()->parameters().load(checkpoint);
+      load_parameters(checkpoint, shards.back()->parameters());
       pointers.push_back(shards.back().get());
     }
     transport = std::make_unique<local_expert_transport>(pointers, context);
@@ -53,7 +53,7 @@ struct sharded_model {
                                                            *transport, settings));
       plugins.experts = backends.back().get();
       runners.push_back(std::make_unique<model_runner>(config, model_slice{}, plugins));
-      runners.back()->parameters().load(checkpoint);
+      load_parameters(checkpoint, runners.back()->parameters());
     }
   }
   /// The gradient of `name`, from the stage or the shard that holds it.
@@ -99,7 +99,7 @@ TEST_F(ExpertParallel, ShardsGiveTheBitsOfTheWholeLayer) {
     const auto checkpoint = hf_checkpoint::open(troupe::testing::fixture_model(fixture));
     const model_config& config = checkpoint.config();
     model_runner whole(config, {}, load_model_plugins(registry_, config));
-    whole.parameters().load(checkpoint);
+    load_parameters(checkpoint, whole.parameters());
     sharded_model sharded(checkpoint, registry_, split, context_, {});
     const model_batch batch = batch_of(fixture_tokens(fixture));
     const model_output a = whole.forward(context_, 0, batch, true);

@@ -148,8 +148,8 @@ TEST(Fp8Model, LogitsAndGradientsStayCloseToFp32) {
   plugin_registry registry;
   const auto plugins = load_model_plugins(registry, checkpoint.config());
   model_runner fp32(checkpoint.config(), {}, plugins), fp8(checkpoint.config(), {}, plugins);
-  fp32.parameters().load(checkpoint);
-  fp8.parameters().load(checkpoint);
+  load_parameters(checkpoint, fp32.parameters());
+  load_parameters(checkpoint, fp8.parameters());
   gemm_instance provider(registry.load("fp8", {plugin_kind::gemm}), {});
   thread_pool pool(2);
   exec_context context32(device::cpu(), pool), context8(device::cpu(), pool, provider.provider());

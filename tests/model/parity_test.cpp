@@ -24,7 +24,7 @@ TEST_P(Parity, LogitsMtpLogitsAndLossesMatchTransformers) {
   const model_config& config = checkpoint.config();
   plugin_registry registry;
   model_runner runner(config, {}, load_model_plugins(registry, config));
-  runner.parameters().load(checkpoint);
+  load_parameters(checkpoint, runner.parameters());
 
   const std::vector<std::int32_t> tokens = reference["tokens"].get<std::vector<std::int32_t>>();
   const auto length = static_cast<std::int64_t>(tokens.size());

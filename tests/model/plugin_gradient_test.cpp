@@ -260,7 +260,7 @@ TEST_F(PluginGradients, WholeModelThroughEveryLoss) {
   const auto checkpoint = hf_checkpoint::open(directory);
   model_runner runner(checkpoint.config(), {}, load_model_plugins(registry_, checkpoint.config()),
                       {0.3, true});
-  runner.parameters().load(checkpoint);
+  load_parameters(checkpoint, runner.parameters());
   const auto tokens = troupe::testing::read_json(directory / "reference.json")["tokens"]
                           .get<std::vector<std::int32_t>>();
   const auto length = static_cast<std::int64_t>(tokens.size());

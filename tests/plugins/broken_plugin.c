@@ -8,7 +8,7 @@
  *   BROKEN_NULL_TABLE    the entry returns NULL */
 #include <stdio.h>
 
-#include "runtime/plugin/troupe_plugin.h"
+#include "runtime/abi/troupe_plugin.h"
 
 #ifndef PLUGIN_NAME
 #error "PLUGIN_NAME must be defined"

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "runtime/plugin/troupe_plugin.h"
+#include "runtime/abi/troupe_plugin.h"
 
 struct troupe_instance {
   troupe_gemm_provider provider;

@@ -48,7 +48,7 @@ int logits(const logits_options& options) {
   model_options model;
   model.mtp = false;  // the main model's logits
   model_runner runner(config, {}, load_model_plugins(registry, config), model);
-  runner.parameters().load(checkpoint);
+  load_parameters(checkpoint, runner.parameters());
   thread_pool pool(options.threads > 0
                        ? options.threads
                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));

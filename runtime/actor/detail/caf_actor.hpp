@@ -98,8 +98,9 @@ class reply_slot {
   bool pending() const { return !answered_; }
 
  private:
-  caf::response_promise promise_;
+  // The asker first: make_response_promise() moves the current sender into the promise.
   caf::strong_actor_ptr asker_;
+  caf::response_promise promise_;
   bool answered_ = false;
 };
 

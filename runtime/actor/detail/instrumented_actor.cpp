@@ -57,7 +57,7 @@ std::string message_type_label(caf::actor_system& system, const caf::type_erased
 }
 
 reply_slot::reply_slot(instrumented_actor* self)
-    : promise_(self->make_response_promise()), asker_(self->current_sender()) {}
+    : asker_(self->current_sender()), promise_(self->make_response_promise()) {}
 
 reply_slot::~reply_slot() {
   if (!answered_) fail("the actor dropped the request without an answer");

@@ -18,19 +18,21 @@
 
 #include <nlohmann/json.hpp>
 
+#include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
-#include "runtime/model/model_config.hpp"
 
 namespace troupe::plugin {
 
-/// The model config of a CPU-only layer plugin's new instance; fails for any other device.
-inline troupe_status cpu_model_config(const troupe_instance_config* config, const char* plugin,
-                                      model_config& out, troupe_error* error) {
+/// The model of a CPU-only layer plugin's new instance; fails for any other device.
+inline troupe_status cpu_model_shape(const troupe_instance_config* config, const char* plugin,
+                                     model_shape& out, troupe_error* error) {
   if (config->device.device_type != kDLCPU)
     return fail(error, TROUPE_STATUS_UNSUPPORTED,
                 "the {} plugin runs on the CPU; no CUDA implementation yet", plugin);
-  out = parse_model_config(nlohmann::json::parse(config->model_config_json), "model config");
-  return TROUPE_STATUS_OK;
+  return guarded(error, [&] {
+    out = read_model_shape(config->model_config_json);
+    return TROUPE_STATUS_OK;
+  });
 }
 
 template <class Layer>

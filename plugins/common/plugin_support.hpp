@@ -1,8 +1,8 @@
 #pragma once
 
 // What every troupe plugin in this tree shares: error reporting through the C ABI, parallel
-// loops on the host's worker pool, parameter declarations, and the table of per-micro-batch
-// saved state. Plugins use the C ABI and kernels/ only, never libtroupe's C++ API.
+// loops on the host's worker pool and parameter declarations (split_backward.hpp keeps the
+// per-micro-batch saved state). Plugins use the C ABI and kernels/ only, never libtroupe's C++ API.
 
 #include <cstdint>
 #include <cstdio>
@@ -146,24 +146,5 @@ inline troupe_status check_activation(const DLTensor& t, std::int64_t width, con
   shape = {t.shape[0], t.shape[1], width};
   return TROUPE_STATUS_OK;
 }
-
-/// Per-micro-batch saved state.
-template <class State>
-class micro_batches {
- public:
-  State* start(std::int64_t id) {
-    auto [it, inserted] = states_.try_emplace(id);
-    return inserted ? &it->second : nullptr;
-  }
-  State* find(std::int64_t id) {
-    auto it = states_.find(id);
-    return it == states_.end() ? nullptr : &it->second;
-  }
-  void erase(std::int64_t id) { states_.erase(id); }
-  const std::map<std::int64_t, State>& all() const { return states_; }
-
- private:
-  std::map<std::int64_t, State> states_;
-};
 
 }  // namespace troupe::plugin

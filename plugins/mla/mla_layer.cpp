@@ -34,7 +34,7 @@ std::size_t mla_layer::saved_state::bytes() const {
          float_bytes(q_normed) + float_bytes(kv_normed);
 }
 
-mla_layer::mla_layer(const model_config& c, mla_path path)
+mla_layer::mla_layer(const model_shape& c, mla_path path)
     : hidden_(c.hidden_size),
       heads_(c.num_attention_heads),
       q_rank_(c.q_lora_rank.value_or(0)),
@@ -228,10 +228,8 @@ troupe_status mla_layer::forward(const troupe_exec_context* context, std::int64_
   if (out_shape.batch != shape.batch || out_shape.length != shape.length)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                 "the output's shape differs from the input's");
-  saved_state* s = saved_.start(micro_batch);
-  if (s == nullptr)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "micro-batch {} is already in flight",
-                micro_batch);
+  saved_state* s = saved_.start(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const troupe_status status = guarded(error, [&] {
     s->x = data_of(x);
     s->shape = shape;
@@ -257,7 +255,7 @@ troupe_status mla_layer::forward(const troupe_exec_context* context, std::int64_
     return linear_forward(context, s->attention.data(), heads_ * v_dim_, weight_[o_proj_],
                           data_of(y), hidden_, t, heads_ * v_dim_, hidden_, false, error);
   });
-  if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
+  if (status != TROUPE_STATUS_OK) saved_.release(micro_batch);
   return status;
 }
 
@@ -355,7 +353,6 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
                                hidden_, nullptr, t, hidden_, q_out, error));
   }
   s.kv_normed = std::move(p.kv_normed);
-  s.input_part_done = true;
   return TROUPE_STATUS_OK;
 }
 
@@ -388,51 +385,35 @@ troupe_status mla_layer::backward_weight(const troupe_exec_context* context, sav
 troupe_status mla_layer::backward(const troupe_exec_context* context, std::int64_t micro_batch,
                                   troupe_backward_part part, const DLTensor* dy, const DLTensor* dx,
                                   troupe_error* error) {
-  saved_state* s = saved_.find(micro_batch);
-  if (s == nullptr)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "no forward saved for micro-batch {}",
-                micro_batch);
   if (path_ == mla_path::absorbed)
     return fail(error, TROUPE_STATUS_UNSUPPORTED,
                 "the absorbed path is the inference layout; train with the naive path (plugin "
                 "option \"path\")");
-  const troupe_status status = guarded(error, [&]() -> troupe_status {
-    if (part != TROUPE_BACKWARD_WEIGHT) {
-      if (s->input_part_done)
-        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                    "input gradients of micro-batch {} are done already", micro_batch);
-      if (dy == nullptr || dx == nullptr)
-        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "backward needs dy and dx");
-      activation_shape shape;
-      TROUPE_TRY(check_activation(*dy, hidden_, "dy", shape, error));
-      TROUPE_TRY(check_activation(*dx, hidden_, "dx", shape, error));
-      TROUPE_TRY(backward_input(context, *s, data_of(*dy), data_of(*dx), error));
-    } else if (!s->input_part_done) {
-      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                  "the weight-gradient part needs the input-gradient part first");
-    }
-    if (part != TROUPE_BACKWARD_INPUT) {
-      TROUPE_TRY(backward_weight(context, *s, error));
-      saved_.erase(micro_batch);
-    }
-    return TROUPE_STATUS_OK;
-  });
-  if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
-  return status;
+  return saved_.backward(
+      micro_batch, part, error,
+      [&](saved_state& s) -> troupe_status {
+        if (dy == nullptr || dx == nullptr)
+          return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "backward needs dy and dx");
+        activation_shape shape;
+        TROUPE_TRY(check_activation(*dy, hidden_, "dy", shape, error));
+        TROUPE_TRY(check_activation(*dx, hidden_, "dx", shape, error));
+        return backward_input(context, s, data_of(*dy), data_of(*dx), error);
+      },
+      [&](saved_state& s) { return backward_weight(context, s, error); });
 }
 
 const std::string& mla_layer::statistics() {
   std::size_t saved = 0, recomputed = 0;
-  for (const auto& [id, s] : saved_.all()) {
+  saved_.for_each([&](std::int64_t, const saved_state& s) {
     saved += s.bytes();
     // What storing the up-projections would add: q, k (nope and the broadcast rope key) and v.
     recomputed +=
         static_cast<std::size_t>(s.shape.tokens() * heads_ * (qk_dim_ + qk_dim_ + v_dim_)) *
         sizeof(float);
-  }
+  });
   statistics_ = fmt::format(
       R"({{"micro_batches": {}, "saved_activation_bytes": {}, "recomputed_activation_bytes": {}}})",
-      saved_.all().size(), saved, recomputed);
+      saved_.size(), saved, recomputed);
   return statistics_;
 }
 

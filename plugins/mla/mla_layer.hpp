@@ -16,8 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
-#include "runtime/model/model_config.hpp"
+#include "plugins/common/split_backward.hpp"
 
 namespace troupe::plugin {
 
@@ -25,7 +26,7 @@ enum class mla_path { naive, absorbed };
 
 class mla_layer {
  public:
-  mla_layer(const model_config& config, mla_path path);
+  mla_layer(const model_shape& config, mla_path path);
 
   const parameter_list& parameters() const { return parameters_; }
   troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
@@ -36,7 +37,7 @@ class mla_layer {
   troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch,
                          troupe_backward_part part, const DLTensor* dy, const DLTensor* dx,
                          troupe_error* error);
-  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
+  void forget(std::int64_t micro_batch) { saved_.release(micro_batch); }
 
   /// {"saved_activation_bytes": ..., "recomputed_activation_bytes": ..., "micro_batches": ...}
   const std::string& statistics();
@@ -56,7 +57,6 @@ class mla_layer {
     std::vector<float> lse;        // [batch, heads, length]
     // Between the input-gradient and the weight-gradient parts of backward:
     std::vector<float> d_output, d_q, d_q_latent, d_kv, d_kv_latent, q_normed, kv_normed;
-    bool input_part_done = false;
     std::size_t bytes() const;
   };
 
@@ -91,7 +91,7 @@ class mla_layer {
   std::size_t q_a_, q_norm_, q_b_, q_proj_, kv_a_, kv_norm_, kv_b_, o_proj_;
   std::vector<float*> weight_, grad_;
 
-  micro_batches<saved_state> saved_;
+  saved_micro_batches<saved_state> saved_;
   std::string statistics_;
 };
 

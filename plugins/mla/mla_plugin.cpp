@@ -16,8 +16,8 @@ using entry = layer_entry<mla_layer>;
 troupe_status create(const troupe_instance_config* config, troupe_instance** out,
                      troupe_error* error) {
   return guarded(error, [&] {
-    troupe::model_config model;
-    TROUPE_TRY(cpu_model_config(config, "mla", model, error));
+    model_shape model;
+    TROUPE_TRY(cpu_model_shape(config, "mla", model, error));
     const auto options = nlohmann::json::parse(config->options_json);
     const std::string path = options.value("path", std::string("naive"));
     if (path != "naive" && path != "absorbed")

@@ -2,7 +2,7 @@
 
 namespace troupe::plugin {
 
-expert_group::expert_group(const model_config& c, std::vector<std::int64_t> ids)
+expert_group::expert_group(const model_shape& c, std::vector<std::int64_t> ids)
     : hidden_(c.hidden_size), experts_(c, std::move(ids), parameters_) {}
 
 troupe_status expert_group::bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,

@@ -8,16 +8,16 @@
 #include <string>
 #include <vector>
 
+#include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/moe/routed_experts.hpp"
-#include "runtime/model/model_config.hpp"
 
 namespace troupe::plugin {
 
 class expert_group {
  public:
   /// `ids`: the global expert indices this group owns, ascending, each below n_routed_experts.
-  expert_group(const model_config& config, std::vector<std::int64_t> ids);
+  expert_group(const model_shape& config, std::vector<std::int64_t> ids);
 
   const parameter_list& parameters() const { return parameters_; }
   troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,

@@ -6,7 +6,7 @@ namespace troupe::plugin {
 
 namespace {
 
-std::vector<std::int64_t> all_experts(const model_config& c) {
+std::vector<std::int64_t> all_experts(const model_shape& c) {
   std::vector<std::int64_t> ids(static_cast<std::size_t>(c.n_routed_experts));
   std::iota(ids.begin(), ids.end(), 0);
   return ids;
@@ -27,7 +27,7 @@ troupe_status check_routing_tensor(const DLTensor& t, activation_shape shape, st
 
 // NOTES: the declaration order (router, routed experts, shared experts) is the parameter order
 // the plugin reports, and the order of the checkpoint's tensors within a layer.
-moe_layer::moe_layer(const model_config& c, double balance_alpha, bool routing_only)
+moe_layer::moe_layer(const model_shape& c, double balance_alpha, bool routing_only)
     : hidden_(c.hidden_size),
       router_(c, balance_alpha, parameters_),
       routed_(routing_only ? std::nullopt
@@ -65,10 +65,8 @@ troupe_status moe_layer::forward(const troupe_exec_context* context, std::int64_
     TROUPE_TRY(check_routing_tensor(*selected, shape, k, kDLInt, "selected", error));
     TROUPE_TRY(check_routing_tensor(*gates, shape, k, kDLFloat, "gates", error));
   }
-  saved_state* s = saved_.start(micro_batch);
-  if (s == nullptr)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "micro-batch {} is already in flight",
-                micro_batch);
+  saved_state* s = saved_.start(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const troupe_status status = guarded(error, [&]() -> troupe_status {
     s->shape = shape;
     const float* in = data_of(x);
@@ -129,7 +127,6 @@ troupe_status moe_layer::backward_input(const troupe_exec_context* context,
   }
   TROUPE_TRY(router_.backward_input(context, micro_batch, d_gates_in, d_balance, dx, error));
   TROUPE_TRY(shared_.backward_input(context, micro_batch, dy, dx, error));
-  s.input_done = true;
   return TROUPE_STATUS_OK;
 }
 
@@ -144,40 +141,27 @@ troupe_status moe_layer::backward(const troupe_exec_context* context, std::int64
                                   troupe_backward_part part, const DLTensor* dy,
                                   float d_balance_loss, const DLTensor* d_gates, const DLTensor* dx,
                                   troupe_error* error) {
-  saved_state* s = saved_.find(micro_batch);
-  if (s == nullptr)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "no forward saved for micro-batch {}",
-                micro_batch);
-  const troupe_status status = guarded(error, [&]() -> troupe_status {
-    if (part != TROUPE_BACKWARD_WEIGHT) {
-      if (s->input_done)
-        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                    "input gradients of micro-batch {} are done already", micro_batch);
-      if (dy == nullptr || dx == nullptr)
-        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "backward needs dy and dx");
-      activation_shape shape;
-      TROUPE_TRY(check_activation(*dy, hidden_, "dy", shape, error));
-      TROUPE_TRY(check_activation(*dx, hidden_, "dx", shape, error));
-      const float* gate_grads = nullptr;
-      if (routing_only()) {
-        if (d_gates == nullptr)
-          return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                      "routing only: backward needs d_gates (the combine's gate gradients)");
-        TROUPE_TRY(check_routing_tensor(*d_gates, s->shape, topk(), kDLFloat, "d_gates", error));
-        gate_grads = data_of(*d_gates);
-      }
-      TROUPE_TRY(backward_input(context, micro_batch, *s, data_of(*dy), d_balance_loss, gate_grads,
-                                data_of(*dx), error));
-    } else if (!s->input_done) {
-      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                  "the weight-gradient part needs the input-gradient part first");
-    }
-    if (part != TROUPE_BACKWARD_INPUT) {
-      TROUPE_TRY(backward_weight(context, micro_batch, error));
-      saved_.erase(micro_batch);
-    }
-    return TROUPE_STATUS_OK;
-  });
+  const troupe_status status = saved_.backward(
+      micro_batch, part, error,
+      [&](saved_state& s) -> troupe_status {
+        if (dy == nullptr || dx == nullptr)
+          return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "backward needs dy and dx");
+        activation_shape shape;
+        TROUPE_TRY(check_activation(*dy, hidden_, "dy", shape, error));
+        TROUPE_TRY(check_activation(*dx, hidden_, "dx", shape, error));
+        const float* gate_grads = nullptr;
+        if (routing_only()) {
+          if (d_gates == nullptr)
+            return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                        "routing only: backward needs d_gates (the combine's gate gradients)");
+          TROUPE_TRY(check_routing_tensor(*d_gates, s.shape, topk(), kDLFloat, "d_gates", error));
+          gate_grads = data_of(*d_gates);
+        }
+        return backward_input(context, micro_batch, s, data_of(*dy), d_balance_loss, gate_grads,
+                              data_of(*dx), error);
+      },
+      [&](saved_state&) { return backward_weight(context, micro_batch, error); });
+  // The router's and the experts' saved state goes with the layer's.
   if (status != TROUPE_STATUS_OK) forget(micro_batch);
   return status;
 }
@@ -186,19 +170,20 @@ void moe_layer::forget(std::int64_t micro_batch) {
   router_.forget(micro_batch);
   if (routed_) routed_->forget(micro_batch);
   shared_.forget(micro_batch);
-  saved_.erase(micro_batch);
+  saved_.release(micro_batch);
 }
 
 const std::string& moe_layer::statistics() {
   std::size_t bytes =
       router_.saved_bytes() + shared_.saved_bytes() + (routed_ ? routed_->saved_bytes() : 0);
-  for (const auto& [id, s] : saved_.all())
+  saved_.for_each([&](std::int64_t, const saved_state& s) {
     bytes += (s.gates.size() + s.expert_out.size()) * sizeof(float) +
              s.selected.size() * sizeof(std::int32_t) +
              (s.grouping.order.size() + s.grouping.offsets.size() + s.grouping.position.size()) *
                  sizeof(std::int64_t);
-  statistics_ = fmt::format(R"({{"micro_batches": {}, "saved_activation_bytes": {}}})",
-                            saved_.all().size(), bytes);
+  });
+  statistics_ =
+      fmt::format(R"({{"micro_batches": {}, "saved_activation_bytes": {}}})", saved_.size(), bytes);
   return statistics_;
 }
 

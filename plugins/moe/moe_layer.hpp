@@ -18,17 +18,18 @@
 #include <vector>
 
 #include "kernels/cpu/expert_combine.hpp"
+#include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
+#include "plugins/common/split_backward.hpp"
 #include "plugins/moe/moe_router.hpp"
 #include "plugins/moe/routed_experts.hpp"
 #include "plugins/moe/shared_experts.hpp"
-#include "runtime/model/model_config.hpp"
 
 namespace troupe::plugin {
 
 class moe_layer {
  public:
-  moe_layer(const model_config& config, double balance_alpha, bool routing_only);
+  moe_layer(const model_shape& config, double balance_alpha, bool routing_only);
 
   const parameter_list& parameters() const { return parameters_; }
   troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
@@ -61,7 +62,6 @@ class moe_layer {
     std::vector<float> gates;                // [T, K] (whole layer)
     kernels::cpu::expert_grouping grouping;  // whole layer
     std::vector<float> expert_out;           // [T*K, H] expert outputs, grouped by expert
-    bool input_done = false;
   };
 
   troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,
@@ -76,7 +76,7 @@ class moe_layer {
   std::optional<routed_experts> routed_;
   shared_experts shared_;
   std::vector<float*> weight_, grad_;
-  micro_batches<saved_state> saved_;
+  saved_micro_batches<saved_state> saved_;
   std::string statistics_;
 };
 

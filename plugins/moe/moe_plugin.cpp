@@ -109,8 +109,8 @@ using entry = layer_entry<moe_instance>;
 troupe_status create(const troupe_instance_config* config, troupe_instance** out,
                      troupe_error* error) {
   return guarded(error, [&] {
-    troupe::model_config model;
-    TROUPE_TRY(cpu_model_config(config, "moe", model, error));
+    model_shape model;
+    TROUPE_TRY(cpu_model_shape(config, "moe", model, error));
     if (model.n_routed_experts == 0)
       return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                   "the model has no routed experts (n_routed_experts = 0)");

@@ -4,7 +4,7 @@
 
 namespace troupe::plugin {
 
-moe_router::moe_router(const model_config& c, double balance_alpha, parameter_list& parameters)
+moe_router::moe_router(const model_shape& c, double balance_alpha, parameter_list& parameters)
     : hidden_(c.hidden_size), balance_alpha_(balance_alpha) {
   shape_ = {c.n_routed_experts,    c.n_group,        c.topk_group,
             c.num_experts_per_tok, c.norm_topk_prob, static_cast<float>(c.routed_scaling_factor)};
@@ -24,10 +24,8 @@ troupe_status moe_router::forward(const troupe_exec_context* context, std::int64
                                   const float* x, activation_shape shape, std::int32_t* selected,
                                   float* gates, std::int64_t* counts, float* balance_loss,
                                   troupe_error* error) {
-  saved_routing* s = saved_.start(micro_batch);
-  if (s == nullptr)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "router: micro-batch {} is already in flight", micro_batch);
+  saved_routing* s = saved_.start(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   return guarded(error, [&] {
     const std::int64_t t = shape.tokens(), e_count = shape_.experts, k = shape_.topk, h = hidden_;
     s->x = x;
@@ -53,10 +51,8 @@ troupe_status moe_router::forward(const troupe_exec_context* context, std::int64
 troupe_status moe_router::backward_input(const troupe_exec_context* context,
                                          std::int64_t micro_batch, const float* d_gates,
                                          float d_balance, float* dx, troupe_error* error) {
-  saved_routing* s = saved_.find(micro_batch);
-  if (s == nullptr || s->input_done)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "router: no forward waiting for input gradients for micro-batch {}", micro_batch);
+  saved_routing* s = saved_.for_input(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   return guarded(error, [&] {
     const std::int64_t t = s->shape.tokens(), e_count = shape_.experts, k = shape_.topk,
                        h = hidden_;
@@ -72,31 +68,29 @@ troupe_status moe_router::backward_input(const troupe_exec_context* context,
                                           d_balance, s->d_logits.data());
     kernels::cpu::sgemm_on_pool(context->pool, {false, false, t, h, e_count, e_count, h, h}, 1.0f,
                                 s->d_logits.data(), weight_[weight_index_], 1.0f, dx);
-    s->input_done = true;
+    saved_.input_done(micro_batch);
     return TROUPE_STATUS_OK;
   });
 }
 
 troupe_status moe_router::backward_weight(const troupe_exec_context* context,
                                           std::int64_t micro_batch, troupe_error* error) {
-  saved_routing* s = saved_.find(micro_batch);
-  if (s == nullptr || !s->input_done)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "router: the weight-gradient part of micro-batch {} needs its input part first",
-                micro_batch);
+  saved_routing* s = saved_.for_weight(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t t = s->shape.tokens(), e_count = shape_.experts, h = hidden_;
   if (grad_[weight_index_] != nullptr)
     kernels::cpu::sgemm_on_pool(context->pool, {true, false, e_count, h, t, e_count, h, h}, 1.0f,
                                 s->d_logits.data(), s->x, 1.0f, grad_[weight_index_]);
-  saved_.erase(micro_batch);
+  saved_.release(micro_batch);
   return TROUPE_STATUS_OK;
 }
 
 std::size_t moe_router::saved_bytes() const {
   std::size_t bytes = 0;
-  for (const auto& [id, s] : saved_.all())
+  saved_.for_each([&](std::int64_t, const saved_routing& s) {
     bytes += (s.scores.size() + s.d_logits.size()) * sizeof(float) +
              s.selected.size() * sizeof(std::int32_t);
+  });
   return bytes;
 }
 

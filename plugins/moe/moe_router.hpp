@@ -10,15 +10,16 @@
 #include <vector>
 
 #include "kernels/cpu/router.hpp"
+#include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
-#include "runtime/model/model_config.hpp"
+#include "plugins/common/split_backward.hpp"
 
 namespace troupe::plugin {
 
 class moe_router {
  public:
   /// Declares "mlp.gate.weight" and the buffer "mlp.gate.e_score_correction_bias".
-  moe_router(const model_config& config, double balance_alpha, parameter_list& parameters);
+  moe_router(const model_shape& config, double balance_alpha, parameter_list& parameters);
   void bind(std::span<float* const> weights, std::span<float* const> grads);
 
   const kernels::cpu::router_shape& shape() const { return shape_; }
@@ -35,7 +36,7 @@ class moe_router {
   /// Accumulates the gate weight's gradient and releases the micro-batch.
   troupe_status backward_weight(const troupe_exec_context* context, std::int64_t micro_batch,
                                 troupe_error* error);
-  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
+  void forget(std::int64_t micro_batch) { saved_.release(micro_batch); }
   std::size_t saved_bytes() const;
 
  private:
@@ -45,7 +46,6 @@ class moe_router {
     std::vector<float> scores;  // [T, E] sigmoid affinities
     std::vector<std::int32_t> selected;
     std::vector<float> d_logits;  // [T, E], between the input and weight parts
-    bool input_done = false;
   };
 
   std::int64_t hidden_;
@@ -53,7 +53,7 @@ class moe_router {
   double balance_alpha_;
   std::size_t weight_index_, bias_index_;
   std::span<float*const> weight_, grad_;
-  micro_batches<saved_routing> saved_;
+  saved_micro_batches<saved_routing> saved_{"router: "};
 };
 
 }  // namespace troupe::plugin

@@ -11,7 +11,7 @@ namespace troupe::plugin {
 using kernels::linear_backward;
 using kernels::linear_forward;
 
-routed_experts::routed_experts(const model_config& c, std::vector<std::int64_t> ids,
+routed_experts::routed_experts(const model_shape& c, std::vector<std::int64_t> ids,
                                parameter_list& parameters)
     : hidden_(c.hidden_size), inter_(c.moe_intermediate_size), ids_(std::move(ids)) {
   const float std_init = 0.02f;
@@ -69,10 +69,8 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
   if (static_cast<std::int64_t>(offsets.size()) != count() + 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expected {} expert row offsets, got {}",
                 count() + 1, offsets.size());
-  saved_rows* s = saved_.start(micro_batch);
-  if (s == nullptr)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "experts: micro-batch {} is already in flight", micro_batch);
+  saved_rows* s = saved_.start(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   s->x = x;
   s->order = order;
   s->topk = topk;
@@ -94,20 +92,15 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
                               y_rows + first * hidden_, hidden_, n, inter_, hidden_, false, err);
       },
       error);
-  if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
+  if (status != TROUPE_STATUS_OK) saved_.release(micro_batch);
   return status;
 }
 
 troupe_status routed_experts::backward_input(const troupe_exec_context* context,
                                              std::int64_t micro_batch, const float* dy_rows,
                                              float* dx_rows, troupe_error* error) {
-  saved_rows* s = saved_.find(micro_batch);
-  if (s == nullptr)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "experts: no forward saved for micro-batch {}", micro_batch);
-  if (s->input_done)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "experts: input gradients of micro-batch {} are done already", micro_batch);
+  saved_rows* s = saved_.for_input(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t rows = s->offsets.back();
   s->d_out.assign(dy_rows, dy_rows + rows * hidden_);
   s->hidden.assign(static_cast<std::size_t>(rows * inter_), 0.0f);
@@ -131,20 +124,17 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
       },
       error);
   if (status != TROUPE_STATUS_OK) {
-    saved_.erase(micro_batch);
+    saved_.release(micro_batch);
     return status;
   }
-  s->input_done = true;
+  saved_.input_done(micro_batch);
   return TROUPE_STATUS_OK;
 }
 
 troupe_status routed_experts::backward_weight(const troupe_exec_context* context,
                                               std::int64_t micro_batch, troupe_error* error) {
-  saved_rows* s = saved_.find(micro_batch);
-  if (s == nullptr || !s->input_done)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "experts: the weight-gradient part of micro-batch {} needs its input part first",
-                micro_batch);
+  saved_rows* s = saved_.for_weight(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const troupe_status status = for_each_expert(
       context, *s,
       [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
@@ -160,16 +150,17 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
                                nullptr, 0, grad_[up_[e]], n, hidden_, inter_, err);
       },
       error);
-  saved_.erase(micro_batch);
+  saved_.release(micro_batch);
   return status;
 }
 
 std::size_t routed_experts::saved_bytes() const {
   std::size_t bytes = 0;
-  for (const auto& [id, s] : saved_.all())
+  saved_.for_each([&](std::int64_t, const saved_rows& s) {
     bytes +=
         (s.gate_up.size() + s.hidden.size() + s.d_gate_up.size() + s.d_out.size()) * sizeof(float) +
         s.offsets.size() * sizeof(std::int64_t);
+  });
   return bytes;
 }
 

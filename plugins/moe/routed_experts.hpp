@@ -9,8 +9,9 @@
 #include <span>
 #include <vector>
 
+#include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
-#include "runtime/model/model_config.hpp"
+#include "plugins/common/split_backward.hpp"
 
 namespace troupe::plugin {
 
@@ -18,7 +19,7 @@ class routed_experts {
  public:
   /// Declares the experts `ids` (ascending global indices) in `parameters` as
   /// "mlp.experts.<id>.{gate,up,down}_proj.weight".
-  routed_experts(const model_config& config, std::vector<std::int64_t> ids,
+  routed_experts(const model_shape& config, std::vector<std::int64_t> ids,
                  parameter_list& parameters);
 
   /// `weights` and `grads` are the owning layer's bound arrays, in its parameters' order.
@@ -38,8 +39,8 @@ class routed_experts {
   /// Accumulates the experts' weight gradients and releases the micro-batch.
   troupe_status backward_weight(const troupe_exec_context* context, std::int64_t micro_batch,
                                 troupe_error* error);
-  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
-  bool in_flight(std::int64_t micro_batch) { return saved_.find(micro_batch) != nullptr; }
+  void forget(std::int64_t micro_batch) { saved_.release(micro_batch); }
+  bool in_flight(std::int64_t micro_batch) const { return saved_.contains(micro_batch); }
   std::size_t saved_bytes() const;
 
  private:
@@ -52,7 +53,6 @@ class routed_experts {
     std::vector<float> hidden;     // [R, I] SwiGLU output, recomputed by the input part
     std::vector<float> d_gate_up;  // [R, 2I]
     std::vector<float> d_out;      // [R, H] dy_rows, for the down projection's weight gradient
-    bool input_done = false;
   };
   /// Runs body(local expert, first row, rows) for every expert with rows, in parallel.
   template <class F>
@@ -66,7 +66,7 @@ class routed_experts {
   std::vector<std::int64_t> ids_;
   std::vector<std::size_t> gate_, up_, down_;
   std::span<float*const> weight_, grad_;
-  micro_batches<saved_rows> saved_;
+  saved_micro_batches<saved_rows> saved_{"experts: "};
 };
 
 }  // namespace troupe::plugin

@@ -10,7 +10,7 @@ namespace troupe::plugin {
 using kernels::linear_backward;
 using kernels::linear_forward;
 
-shared_experts::shared_experts(const model_config& c, parameter_list& parameters)
+shared_experts::shared_experts(const model_shape& c, parameter_list& parameters)
     : hidden_(c.hidden_size), inter_(c.moe_intermediate_size * c.n_shared_experts) {
   if (inter_ == 0) return;
   gate_ = parameters.add("mlp.shared_experts.gate_proj.weight", {inter_, hidden_},
@@ -33,10 +33,8 @@ troupe_status shared_experts::forward(const troupe_exec_context* context, std::i
     std::fill(y, y + tokens * hidden_, 0.0f);
     return TROUPE_STATUS_OK;
   }
-  saved_block* s = saved_.start(micro_batch);
-  if (s == nullptr)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "shared experts: micro-batch {} is already in flight", micro_batch);
+  saved_block* s = saved_.start(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const troupe_status status = guarded(error, [&]() -> troupe_status {
     s->x = x;
     s->tokens = tokens;
@@ -50,7 +48,7 @@ troupe_status shared_experts::forward(const troupe_exec_context* context, std::i
     return linear_forward(context, h.data(), inter_, weight_[down_], y, hidden_, tokens, inter_,
                           hidden_, false, error);
   });
-  if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
+  if (status != TROUPE_STATUS_OK) saved_.release(micro_batch);
   return status;
 }
 
@@ -58,11 +56,8 @@ troupe_status shared_experts::backward_input(const troupe_exec_context* context,
                                              std::int64_t micro_batch, const float* dy, float* dx,
                                              troupe_error* error) {
   if (!present()) return TROUPE_STATUS_OK;
-  saved_block* s = saved_.find(micro_batch);
-  if (s == nullptr || s->input_done)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "shared experts: no forward waiting for input gradients for micro-batch {}",
-                micro_batch);
+  saved_block* s = saved_.for_input(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   return guarded(error, [&]() -> troupe_status {
     const std::int64_t t = s->tokens;
     s->hidden.assign(static_cast<std::size_t>(t * inter_), 0.0f);
@@ -78,7 +73,7 @@ troupe_status shared_experts::backward_input(const troupe_exec_context* context,
     TROUPE_TRY(linear_backward(context, s->d_gate_up.data() + inter_, 2 * inter_, nullptr, 0,
                                weight_[up_], dx, hidden_, nullptr, t, hidden_, inter_, error));
     s->d_out.assign(dy, dy + t * hidden_);
-    s->input_done = true;
+    saved_.input_done(micro_batch);
     return TROUPE_STATUS_OK;
   });
 }
@@ -86,12 +81,8 @@ troupe_status shared_experts::backward_input(const troupe_exec_context* context,
 troupe_status shared_experts::backward_weight(const troupe_exec_context* context,
                                               std::int64_t micro_batch, troupe_error* error) {
   if (!present()) return TROUPE_STATUS_OK;
-  saved_block* s = saved_.find(micro_batch);
-  if (s == nullptr || !s->input_done)
-    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "shared experts: the weight-gradient part of micro-batch {} needs its input part "
-                "first",
-                micro_batch);
+  saved_block* s = saved_.for_weight(micro_batch, error);
+  if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t t = s->tokens;
   const troupe_status status = guarded(error, [&]() -> troupe_status {
     TROUPE_TRY(linear_backward(context, s->d_out.data(), hidden_, s->hidden.data(), inter_,
@@ -103,15 +94,16 @@ troupe_status shared_experts::backward_weight(const troupe_exec_context* context
     return linear_backward(context, s->d_gate_up.data() + inter_, 2 * inter_, s->x, hidden_,
                            weight_[up_], nullptr, 0, grad_[up_], t, hidden_, inter_, error);
   });
-  saved_.erase(micro_batch);
+  saved_.release(micro_batch);
   return status;
 }
 
 std::size_t shared_experts::saved_bytes() const {
   std::size_t bytes = 0;
-  for (const auto& [id, s] : saved_.all())
+  saved_.for_each([&](std::int64_t, const saved_block& s) {
     bytes +=
         (s.gate_up.size() + s.hidden.size() + s.d_gate_up.size() + s.d_out.size()) * sizeof(float);
+  });
   return bytes;
 }
 

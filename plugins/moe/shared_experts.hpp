@@ -8,15 +8,16 @@
 #include <span>
 #include <vector>
 
+#include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
-#include "runtime/model/model_config.hpp"
+#include "plugins/common/split_backward.hpp"
 
 namespace troupe::plugin {
 
 class shared_experts {
  public:
   /// Declares "mlp.shared_experts.{gate,up,down}_proj.weight" when the model has shared experts.
-  shared_experts(const model_config& config, parameter_list& parameters);
+  shared_experts(const model_shape& config, parameter_list& parameters);
   void bind(std::span<float* const> weights, std::span<float* const> grads);
   bool present() const { return inter_ > 0; }
 
@@ -28,7 +29,7 @@ class shared_experts {
                                const float* dy, float* dx, troupe_error* error);
   troupe_status backward_weight(const troupe_exec_context* context, std::int64_t micro_batch,
                                 troupe_error* error);
-  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
+  void forget(std::int64_t micro_batch) { saved_.release(micro_batch); }
   std::size_t saved_bytes() const;
 
  private:
@@ -36,13 +37,12 @@ class shared_experts {
     const float* x = nullptr;
     std::int64_t tokens = 0;
     std::vector<float> gate_up, hidden, d_gate_up, d_out;
-    bool input_done = false;
   };
 
   std::int64_t hidden_, inter_;
   std::size_t gate_ = 0, up_ = 0, down_ = 0;
   std::span<float*const> weight_, grad_;
-  micro_batches<saved_block> saved_;
+  saved_micro_batches<saved_block> saved_{"shared experts: "};
 };
 
 }  // namespace troupe::plugin

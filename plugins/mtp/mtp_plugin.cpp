@@ -18,7 +18,8 @@
 #include "kernels/cpu/linear.hpp"
 #include "kernels/cpu/rmsnorm.hpp"
 #include "plugins/common/layer_entry.hpp"
-#include "runtime/model/model_config.hpp"
+#include "plugins/common/model_shape.hpp"
+#include "plugins/common/split_backward.hpp"
 
 namespace {
 
@@ -26,7 +27,7 @@ using namespace troupe::plugin;
 
 class mtp_module {
  public:
-  explicit mtp_module(const troupe::model_config& c)
+  explicit mtp_module(const model_shape& c)
       : hidden_(c.hidden_size), eps_(static_cast<float>(c.rms_norm_eps)) {
     enorm_ = parameters_.add("enorm.weight", {hidden_}, TROUPE_INIT_ONES, 0.0f);
     hnorm_ = parameters_.add("hnorm.weight", {hidden_}, TROUPE_INIT_ONES, 0.0f);
@@ -57,10 +58,8 @@ class mtp_module {
     if (other.tokens() != shape.tokens())
       return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "h_prev and embedded differ in shape");
     TROUPE_TRY(check_activation(out, hidden_, "the MTP output", other, error));
-    saved* s = saved_.start(micro_batch);
-    if (s == nullptr)
-      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "micro-batch {} is already in flight",
-                  micro_batch);
+    saved* s = saved_.start(micro_batch, error);
+    if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
     return guarded(error, [&] {
       const std::int64_t t = shape.tokens(), h = hidden_;
       s->shape = shape;
@@ -79,7 +78,7 @@ class mtp_module {
       const troupe_status status =
           troupe::kernels::linear_forward(context, s->joined.data(), 2 * h, weight_[eh_proj_],
                                           data_of(out), h, t, 2 * h, h, false, error);
-      if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
+      if (status != TROUPE_STATUS_OK) saved_.release(micro_batch);
       return status;
     });
   }
@@ -87,51 +86,27 @@ class mtp_module {
   troupe_status backward(const troupe_exec_context* context, std::int64_t micro_batch,
                          troupe_backward_part part, const DLTensor* d_out, const DLTensor* d_h_prev,
                          const DLTensor* d_embedded, troupe_error* error) {
-    saved* s = saved_.find(micro_batch);
-    if (s == nullptr)
-      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "no forward saved for micro-batch {}",
-                  micro_batch);
-    const std::int64_t t = s->shape.tokens(), h = hidden_;
-    const troupe_status status = guarded(error, [&]() -> troupe_status {
-      if (part != TROUPE_BACKWARD_WEIGHT) {
-        if (d_out == nullptr || d_h_prev == nullptr || d_embedded == nullptr)
-          return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                      "backward needs d_out, d_h_prev and d_embedded");
-        activation_shape shape;
-        TROUPE_TRY(check_activation(*d_out, h, "d_out", shape, error));
-        TROUPE_TRY(check_activation(*d_h_prev, h, "d_h_prev", shape, error));
-        TROUPE_TRY(check_activation(*d_embedded, h, "d_embedded", shape, error));
-        s->d_out.assign(data_of(*d_out), data_of(*d_out) + t * h);
-        std::vector<float> d_joined(static_cast<std::size_t>(t * 2 * h), 0.0f);
-        TROUPE_TRY(troupe::kernels::linear_backward(context, s->d_out.data(), h, nullptr, 0,
-                                                    weight_[eh_proj_], d_joined.data(), 2 * h,
-                                                    nullptr, t, 2 * h, h, error));
-        for (std::int64_t row = 0; row < t; ++row) {
-          troupe::kernels::cpu::rmsnorm_backward(
-              d_joined.data() + row * 2 * h, s->embedded + row * h, weight_[enorm_],
-              s->rstd.data() + 2 * row, data_of(*d_embedded) + row * h, grad_[enorm_], 1, h);
-          troupe::kernels::cpu::rmsnorm_backward(
-              d_joined.data() + row * 2 * h + h, s->h_prev + row * h, weight_[hnorm_],
-              s->rstd.data() + 2 * row + 1, data_of(*d_h_prev) + row * h, grad_[hnorm_], 1, h);
-        }
-        s->input_done = true;
-      } else if (!s->input_done) {
-        return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                    "the weight-gradient part needs the input-gradient part first");
-      }
-      if (part != TROUPE_BACKWARD_INPUT) {
-        TROUPE_TRY(troupe::kernels::linear_backward(context, s->d_out.data(), h, s->joined.data(),
-                                                    2 * h, weight_[eh_proj_], nullptr, 0,
-                                                    grad_[eh_proj_], t, 2 * h, h, error));
-        saved_.erase(micro_batch);
-      }
-      return TROUPE_STATUS_OK;
-    });
-    if (status != TROUPE_STATUS_OK) saved_.erase(micro_batch);
-    return status;
+    return saved_.backward(
+        micro_batch, part, error,
+        [&](saved& s) -> troupe_status {
+          if (d_out == nullptr || d_h_prev == nullptr || d_embedded == nullptr)
+            return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                        "backward needs d_out, d_h_prev and d_embedded");
+          activation_shape shape;
+          TROUPE_TRY(check_activation(*d_out, hidden_, "d_out", shape, error));
+          TROUPE_TRY(check_activation(*d_h_prev, hidden_, "d_h_prev", shape, error));
+          TROUPE_TRY(check_activation(*d_embedded, hidden_, "d_embedded", shape, error));
+          return backward_input(context, s, *d_out, *d_h_prev, *d_embedded, error);
+        },
+        [&](saved& s) {
+          const std::int64_t t = s.shape.tokens(), h = hidden_;
+          return troupe::kernels::linear_backward(context, s.d_out.data(), h, s.joined.data(),
+                                                  2 * h, weight_[eh_proj_], nullptr, 0,
+                                                  grad_[eh_proj_], t, 2 * h, h, error);
+        });
   }
 
-  void forget(std::int64_t micro_batch) { saved_.erase(micro_batch); }
+  void forget(std::int64_t micro_batch) { saved_.release(micro_batch); }
 
  private:
   struct saved {
@@ -139,8 +114,29 @@ class mtp_module {
     const float* h_prev = nullptr;
     const float* embedded = nullptr;
     std::vector<float> joined, rstd, d_out;
-    bool input_done = false;
   };
+
+  /// dL/d(embedded) and dL/d(h_prev) through eh_proj and the two norms; keeps d_out for the
+  /// weight part.
+  troupe_status backward_input(const troupe_exec_context* context, saved& s, const DLTensor& d_out,
+                               const DLTensor& d_h_prev, const DLTensor& d_embedded,
+                               troupe_error* error) {
+    const std::int64_t t = s.shape.tokens(), h = hidden_;
+    s.d_out.assign(data_of(d_out), data_of(d_out) + t * h);
+    std::vector<float> d_joined(static_cast<std::size_t>(t * 2 * h), 0.0f);
+    TROUPE_TRY(troupe::kernels::linear_backward(context, s.d_out.data(), h, nullptr, 0,
+                                                weight_[eh_proj_], d_joined.data(), 2 * h, nullptr,
+                                                t, 2 * h, h, error));
+    for (std::int64_t row = 0; row < t; ++row) {
+      troupe::kernels::cpu::rmsnorm_backward(d_joined.data() + row * 2 * h, s.embedded + row * h,
+                                             weight_[enorm_], s.rstd.data() + 2 * row,
+                                             data_of(d_embedded) + row * h, grad_[enorm_], 1, h);
+      troupe::kernels::cpu::rmsnorm_backward(d_joined.data() + row * 2 * h + h, s.h_prev + row * h,
+                                             weight_[hnorm_], s.rstd.data() + 2 * row + 1,
+                                             data_of(d_h_prev) + row * h, grad_[hnorm_], 1, h);
+    }
+    return TROUPE_STATUS_OK;
+  }
 
   std::int64_t hidden_;
   float eps_;
@@ -149,7 +145,7 @@ class mtp_module {
   float* weight_[3] = {};
   float* grad_[3] = {};
   bool bound_ = false;
-  micro_batches<saved> saved_;
+  saved_micro_batches<saved> saved_;
 };
 
 using entry = layer_entry<mtp_module>;
@@ -157,8 +153,8 @@ using entry = layer_entry<mtp_module>;
 troupe_status create(const troupe_instance_config* config, troupe_instance** out,
                      troupe_error* error) {
   return guarded(error, [&] {
-    troupe::model_config model;
-    TROUPE_TRY(cpu_model_config(config, "mtp", model, error));
+    model_shape model;
+    TROUPE_TRY(cpu_model_shape(config, "mtp", model, error));
     *out = reinterpret_cast<troupe_instance*>(new mtp_module(model));
     return TROUPE_STATUS_OK;
   });

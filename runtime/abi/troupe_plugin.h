@@ -182,7 +182,9 @@ typedef struct troupe_tensor_spec {
 /** What create() gets: one instance per model layer (or per GEMM provider). */
 typedef struct troupe_instance_config {
   uint32_t struct_size;
-  const char* model_config_json; /**< the model's Hugging Face config.json, as text */
+  const char* model_config_json; /**< the model's Hugging Face config.json, as text; from ABI 1.1
+                                      with every field written out (defaults applied, rope
+                                      scaling as "rope_scaling"), so a plugin needs no defaults */
   const char* options_json;      /**< this plugin's options from the topology; "{}" if none */
   int32_t layer_index;           /**< the layer this instance computes; -1 when not a layer */
   DLDevice device;

@@ -445,9 +445,14 @@ void finish_job(instrumented_actor* self, state& st, std::int32_t code, const st
     done.deliver(true);
     return;
   }
+  // The news is a courtesy: a process that does not hear it learns of rank 0's end when the
+  // connection drops. A live one answers in milliseconds; one that stopped answering (about to
+  // be declared dead) must not hold up the end of the job for long.
+  const auto patience = std::min<std::chrono::milliseconds>(std::chrono::seconds(5),
+                                                            2 * st.options.heartbeat_interval);
   for (const auto& [rank, peer] : st.peers) {
     if (st.dead.count(rank) != 0) continue;
-    self->request(peer, std::chrono::seconds(5), finish_atom_v, code, why)
+    self->request(peer, patience, finish_atom_v, code, why)
         .then(
             [done, remaining](bool) mutable {
               if (--*remaining == 0) done.deliver(true);

@@ -36,7 +36,7 @@ expert_shard::expert_shard(const model_config& config, std::shared_ptr<const plu
     if (config_.n_routed_experts > 0 && layer >= config_.first_k_dense_replace)
       layers_.push_back(layer);
   instance_options options;
-  options.model_config_json = config_.json_text;
+  options.model_config_json = complete_json(config_);
   options.options_json = experts_options(moe_options, experts_);
   for (const std::int64_t layer : layers_) {
     options.layer_index = static_cast<int>(layer);

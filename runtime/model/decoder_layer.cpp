@@ -49,7 +49,7 @@ decoder_layer::decoder_layer(std::int64_t index, bool moe, const model_config& c
       hidden_(config.hidden_size),
       eps_(static_cast<float>(config.rms_norm_eps)) {
   instance_options options;
-  options.model_config_json = config.json_text;
+  options.model_config_json = complete_json(config);
   options.layer_index = static_cast<int>(index);
   options.options_json = plugins.attention_options;
   attention_ = std::make_unique<layer_instance>(plugins.attention, options);

@@ -281,6 +281,59 @@ model_config parse_model_config(const json& source, const std::string& source_na
   return c;
 }
 
+std::string complete_json(const model_config& c) {
+  json j = {{"architectures", {"DeepseekV3ForCausalLM"}},
+            {"model_type", "deepseek_v3"},
+            {"vocab_size", c.vocab_size},
+            {"hidden_size", c.hidden_size},
+            {"intermediate_size", c.intermediate_size},
+            {"moe_intermediate_size", c.moe_intermediate_size},
+            {"num_hidden_layers", c.num_hidden_layers},
+            {"first_k_dense_replace", c.first_k_dense_replace},
+            {"num_attention_heads", c.num_attention_heads},
+            {"q_lora_rank", c.q_lora_rank ? json(*c.q_lora_rank) : json(nullptr)},
+            {"kv_lora_rank", c.kv_lora_rank},
+            {"qk_nope_head_dim", c.qk_nope_head_dim},
+            {"qk_rope_head_dim", c.qk_rope_head_dim},
+            {"v_head_dim", c.v_head_dim},
+            {"n_routed_experts", c.n_routed_experts},
+            {"n_shared_experts", c.n_shared_experts},
+            {"num_experts_per_tok", c.num_experts_per_tok},
+            {"n_group", c.n_group},
+            {"topk_group", c.topk_group},
+            {"routed_scaling_factor", c.routed_scaling_factor},
+            {"norm_topk_prob", c.norm_topk_prob},
+            {"scoring_func", c.scoring_func},
+            {"topk_method", c.topk_method},
+            {"hidden_act", c.hidden_act},
+            {"rope_theta", c.rope_theta},
+            {"rope_scaling", nullptr},
+            {"rope_interleave", c.rope_interleave},
+            {"rms_norm_eps", c.rms_norm_eps},
+            {"max_position_embeddings", c.max_position_embeddings},
+            {"num_nextn_predict_layers", c.num_nextn_predict_layers},
+            {"tie_word_embeddings", c.tie_word_embeddings},
+            {"quantization_config", nullptr},
+            {"bos_token_id", c.bos_token_id},
+            {"eos_token_id", c.eos_token_id}};
+  if (c.yarn)
+    j["rope_scaling"] = {
+        {"type", "yarn"},
+        {"factor", c.yarn->factor},
+        {"original_max_position_embeddings", c.yarn->original_max_position_embeddings},
+        {"beta_fast", c.yarn->beta_fast},
+        {"beta_slow", c.yarn->beta_slow},
+        {"mscale", c.yarn->mscale},
+        {"mscale_all_dim", c.yarn->mscale_all_dim}};
+  if (c.quantization)
+    j["quantization_config"] = {
+        {"quant_method", "fp8"},
+        {"fmt", "e4m3"},
+        {"activation_scheme", c.quantization->activation_scheme},
+        {"weight_block_size", {c.quantization->block_rows, c.quantization->block_cols}}};
+  return j.dump();
+}
+
 namespace {
 
 struct file_text {

@@ -68,7 +68,7 @@ struct model_config {
 
   /// Fields the source left out, in the order above.
   std::vector<std::string> defaulted;
-  /// The source as JSON text (handed to plugins as model_config_json).
+  /// The source as JSON text (what a checkpoint's config.json keeps).
   std::string json_text;
 
   /// True for layers whose feed-forward block is MoE.
@@ -104,6 +104,11 @@ using field_locator = source_position (*)(const void* context, const std::string
 model_config parse_model_config(const nlohmann::json& source, const std::string& source_name,
                                 field_locator locate = nullptr,
                                 const void* locate_context = nullptr);
+
+/// The config with every field written out (its defaults applied, rope scaling as
+/// "rope_scaling"): what plugins get as model_config_json (ABI 1.1), so that they need no defaults
+/// and no parser of their own. Parsing it gives `config` back.
+std::string complete_json(const model_config& config);
 
 /// Reads a config.json file (errors name the file and the line of the field).
 model_config load_model_config(const std::filesystem::path& file);

@@ -94,7 +94,7 @@ model_runner::model_runner(const model_config& config, model_slice slice, model_
       const std::int64_t index = layer_count + k - 1;
       mtp_module m;
       instance_options instance;
-      instance.model_config_json = config_.json_text;
+      instance.model_config_json = complete_json(config_);
       instance.layer_index = static_cast<int>(index);
       m.combine = std::make_unique<layer_instance>(plugins_.mtp, instance);
       m.combine_names = declare_parameters(*m.combine, index, store_);

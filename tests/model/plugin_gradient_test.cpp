@@ -47,7 +47,7 @@ struct plugin_layer {
   plugin_layer(std::shared_ptr<const plugin_library> library, const model_config& config, int layer,
                const std::string& options = "{}") {
     instance_options o;
-    o.model_config_json = config.json_text;
+    o.model_config_json = complete_json(config);
     o.options_json = options;
     o.layer_index = layer;
     instance = std::make_unique<layer_instance>(std::move(library), o);

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "plugins/common/model_shape.hpp"
 #include "runtime/model/model_config.hpp"
 
 namespace {
@@ -144,6 +145,54 @@ TEST(ModelConfig, UnsupportedValuesNameTheField) {
       with("quantization_config", json{{"quant_method", "fp8"}, {"weight_block_size", {64, 64}}}),
       "field 'quantization_config.weight_block_size': [64, 64] is not supported");
   EXPECT_THROW(parse_model_config(json::array(), "c"), troupe::error);
+}
+
+// Plugins get the config with every field written out (ABI 1.1) and read it without a parser or
+// defaults of their own: it parses back to the same config, and the plugins' reader finds what
+// the runtime has.
+TEST(ModelConfig, TheCompleteConfigPluginsGetRoundTripsAndTheirReaderAgrees) {
+  json yarn = tiny();
+  yarn["rope_scaling"] = {
+      {"type", "yarn"},       {"factor", 40},   {"original_max_position_embeddings", 64},
+      {"beta_fast", 32},      {"beta_slow", 1}, {"mscale", 1.0},
+      {"mscale_all_dim", 1.0}};
+  yarn["q_lora_rank"] = nullptr;
+  yarn["quantization_config"] = {{"quant_method", "fp8"},
+                                 {"fmt", "e4m3"},
+                                 {"activation_scheme", "dynamic"},
+                                 {"weight_block_size", {128, 128}}};
+  json sparse = tiny();
+  for (const char* field : {"n_group", "topk_group", "rope_theta", "rms_norm_eps"})
+    sparse.erase(field);  // transformers' defaults fill them
+  for (const json& source : {tiny(), yarn, sparse}) {
+    const auto c = parse_model_config(source, "config.json");
+    const std::string complete = troupe::complete_json(c);
+    const auto again = parse_model_config(json::parse(complete), "complete");
+    EXPECT_TRUE(again.defaulted.empty()) << "every field is written out: " << complete;
+    EXPECT_EQ(troupe::complete_json(again), complete);
+    const auto shape = troupe::plugin::read_model_shape(complete);
+    EXPECT_EQ(shape.hidden_size, c.hidden_size);
+    EXPECT_EQ(shape.q_lora_rank, c.q_lora_rank);
+    EXPECT_EQ(shape.qk_head_dim(), c.qk_head_dim());
+    EXPECT_EQ(shape.n_group, c.n_group);
+    EXPECT_EQ(shape.topk_group, c.topk_group);
+    EXPECT_EQ(shape.rope_theta, c.rope_theta);
+    EXPECT_EQ(shape.rms_norm_eps, c.rms_norm_eps);
+    EXPECT_EQ(shape.yarn.has_value(), c.yarn.has_value());
+    if (c.yarn) {
+      EXPECT_EQ(shape.yarn->factor, c.yarn->factor);
+      EXPECT_EQ(shape.yarn->mscale_all_dim, c.yarn->mscale_all_dim);
+      EXPECT_EQ(shape.yarn->original_max_position_embeddings,
+                c.yarn->original_max_position_embeddings);
+    }
+  }
+  // The plugins' reader names a field the runtime did not write (a config from elsewhere).
+  try {
+    troupe::plugin::read_model_shape(R"({"hidden_size": 8})");
+    FAIL() << "a partial config must be refused";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("moe_intermediate_size"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ModelConfig, LoadsAFileAndPointsAtTheLineOfABadField) {

@@ -14,19 +14,13 @@
 #include "runtime/topology/load.hpp"
 #include "runtime/topology/overrides.hpp"
 #include "runtime/topology/schema.hpp"
+#include "runtime/topology/schema_check.hpp"
 
 namespace troupe {
 
 namespace {
 
 namespace fs = std::filesystem;
-
-/// Where a node came from: the topology file, or the --set override that put it there.
-source_position position_of(const toml::source_region& region, const std::string& file) {
-  const bool overridden = region.path != nullptr && *region.path != file;
-  return {overridden ? *region.path : file, static_cast<int>(region.begin.line),
-          static_cast<int>(region.begin.column)};
-}
 
 nlohmann::json to_json(const toml::node& node) {
   if (const auto* t = node.as_table()) {
@@ -82,7 +76,7 @@ class topology_parser {
       : topo_(topo), diagnostics_(diagnostics), file_(topo.file.string()) {}
 
   void parse(const toml::table& root) {
-    check_sections(root);
+    check_against_schema(root, topo_, diagnostics_);
     read_job(root);
     read_model(root);
     read_plugins(root);
@@ -102,126 +96,6 @@ class topology_parser {
  private:
   void error(const source_position& where, std::string message) {
     diagnostics_.push_back({where, diagnostic::severity::error, std::move(message)});
-  }
-
-  // ---- schema checks ---------------------------------------------------------------------
-
-  std::vector<std::string> section_names() const {
-    std::vector<std::string> names;
-    for (const auto& s : topology_schema()) names.emplace_back(s.name);
-    return names;
-  }
-
-  void check_sections(const toml::table& root) {
-    for (auto&& [key, node] : root) {
-      const std::string name(key.str());
-      const section_schema* section = find_section(name);
-      const source_position where = position_of(key.source(), file_);
-      if (section == nullptr) {
-        auto names = section_names();
-        auto suggestion = nearest_word(name, names);
-        error(where, fmt::format(
-                         "unknown section '{}'{}; sections are: {}", name,
-                         suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                         join(names, ", ")));
-        continue;
-      }
-      if (section->array) {
-        const auto* array = node.as_array();
-        if (array == nullptr || !array->is_array_of_tables()) {
-          error(where, fmt::format("'{0}' is a list of tables: write each entry as [[{0}]]", name));
-          continue;
-        }
-        // The list as a whole points at its first entry's header.
-        topo_.positions[name] =
-            array->empty() ? where : position_of(array->get(0)->source(), file_);
-        for (std::size_t i = 0; i < array->size(); ++i) {
-          const auto& entry = *array->get(i)->as_table();
-          const std::string path = fmt::format("{}[{}]", name, i);
-          topo_.positions[path] = position_of(entry.source(), file_);
-          check_keys(*section, entry, path, fmt::format("[[{}]] entry {}", name, i));
-        }
-      } else {
-        const auto* table = node.as_table();
-        if (table == nullptr) {
-          error(where, fmt::format("'{0}' is a table: write it as [{0}]", name));
-          continue;
-        }
-        topo_.positions[name] = position_of(table->source(), file_);
-        check_keys(*section, *table, name, fmt::format("[{}]", name));
-      }
-    }
-    for (const auto& section : topology_schema()) {
-      if (section.required && !root.contains(section.name))
-        error({file_, 1, 1},
-              fmt::format("missing section [{0}]{1}: every topology needs it ({2})", section.name,
-                          section.array ? "" : "", section.description));
-    }
-  }
-
-  void check_keys(const section_schema& section, const toml::table& table, const std::string& path,
-                  const std::string& label) {
-    for (auto&& [key, node] : table) {
-      const std::string name(key.str());
-      const key_schema* schema = section.find(name);
-      const std::string key_path = path + "." + name;
-      topo_.positions[key_path] = position_of(key.source(), file_);
-      if (schema == nullptr) {
-        auto names = section.key_names();
-        auto suggestion = nearest_word(name, names);
-        error(
-            position_of(key.source(), file_),
-            fmt::format("unknown key '{}' in {}{}; allowed keys: {}", name, label,
-                        suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                        join(names, ", ")));
-        continue;
-      }
-      if (!has_kind(node, schema->kind)) {
-        error(position_of(node.source(), file_),
-              fmt::format("{}.{} must be {}", path, name, troupe::name_of(schema->kind)));
-        continue;
-      }
-      if (!schema->choices.empty()) {
-        const std::string value = node.value_or(std::string());
-        bool allowed = false;
-        for (auto choice : schema->choices) allowed = allowed || value == choice;
-        if (!allowed) {
-          std::vector<std::string> choices(schema->choices.begin(), schema->choices.end());
-          error(position_of(node.source(), file_),
-                fmt::format("{}.{} = \"{}\" is not allowed; use one of: {}", path, name, value,
-                            join(choices, ", ")));
-        }
-      }
-    }
-    for (const auto& key : section.keys) {
-      if (key.required && !table.contains(key.name))
-        error(position_of(table.source(), file_),
-              fmt::format("missing key '{}' in {}: {}", key.name, label, key.description));
-    }
-  }
-
-  static bool has_kind(const toml::node& node, value_kind kind) {
-    switch (kind) {
-      case value_kind::string:
-        return node.is_string();
-      case value_kind::integer:
-        return node.is_integer();
-      case value_kind::number:
-        return node.is_integer() || node.is_floating_point();
-      case value_kind::boolean:
-        return node.is_boolean();
-      case value_kind::table:
-        return node.is_table();
-      case value_kind::string_list:
-        return node.is_array() && node.as_array()->is_homogeneous(toml::node_type::string);
-      case value_kind::index_list:
-        return node.is_string() ||
-               (node.is_array() && node.as_array()->is_homogeneous(toml::node_type::integer));
-      case value_kind::device_list:
-        return node.is_string() || (node.is_array() && !node.as_array()->empty() &&
-                                    node.as_array()->is_homogeneous(toml::node_type::string));
-    }
-    return false;
   }
 
   // ---- typed reads (types are checked above; a mistyped key keeps its default) ------------

@@ -39,6 +39,72 @@ fs::path config_path(const std::string& name) {
   return name;
 }
 
+/// The gemm of `precision`: none for fp32 (the CPU's own), the FP8 plugin's for fp8.
+std::unique_ptr<gemm_instance> precision_gemm(plugin_registry& registry,
+                                              const std::string& precision) {
+  std::unique_ptr<gemm_instance> fp8;
+  if (precision == "fp8")
+    fp8 = std::make_unique<gemm_instance>(registry.load("fp8", {plugin_kind::gemm}),
+                                          instance_options{});
+  else if (precision != "fp32")
+    fail("--precision: use fp32 or fp8, not {}", precision);
+  return fp8;
+}
+
+/// `batch` sequences of `length` random tokens (seeded), each target the next token.
+model_batch random_batch(std::int64_t batch, std::int64_t length, std::int64_t vocab_size) {
+  model_batch input;
+  input.tokens = tensor::empty(dtype::i32, {batch, length});
+  input.targets = tensor::empty(dtype::i32, {batch, length});
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<std::int32_t> token(0, static_cast<std::int32_t>(vocab_size - 1));
+  for (std::int64_t i = 0; i < batch * length; ++i)
+    input.tokens.data_as<std::int32_t>()[i] = token(rng);
+  for (std::int64_t b = 0; b < batch; ++b)
+    for (std::int64_t i = 0; i < length; ++i)
+      input.targets.data_as<std::int32_t>()[b * length + i] =
+          i + 1 < length ? input.tokens.data_as<std::int32_t>()[b * length + i + 1] : -1;
+  return input;
+}
+
+/// The best times of the timed steps, and the MLA statistics of the warm-up step.
+struct step_times {
+  double best = 1e30;
+  double forward_best = 1e30;
+  std::string mla_statistics;
+};
+
+/// Runs one warm-up step and `steps` timed steps of forward + backward.
+step_times time_steps(model_runner& runner, const exec_context& context, const model_batch& input,
+                      int steps) {
+  step_times times;
+  for (int step = 0; step <= steps; ++step) {  // step 0 warms up
+    runner.parameters().zero_grads();
+    const auto start = clock_type::now();
+    runner.forward(context, step, input);
+    const auto middle = clock_type::now();
+    if (step == 0) times.mla_statistics = runner.layers().front()->attention().statistics();
+    runner.backward(context, step, tensor(), 1.0f);
+    const auto end = clock_type::now();
+    if (step == 0) continue;
+    times.best = std::min(times.best, std::chrono::duration<double>(end - start).count());
+    times.forward_best =
+        std::min(times.forward_best, std::chrono::duration<double>(middle - start).count());
+  }
+  return times;
+}
+
+/// The MLA activation bytes that an attention layer keeps, and what it saves, from its statistics.
+void print_mla_activations(const std::string& mla_statistics) {
+  const auto stats = nlohmann::json::parse(mla_statistics);
+  const double kept = stats["saved_activation_bytes"].get<double>();
+  const double recomputed = stats["recomputed_activation_bytes"].get<double>();
+  fmt::print(
+      "MLA activations per layer and micro-batch: {:.2f} MiB kept; storing q, k, v would add "
+      "{:.2f} MiB ({:.0f}% saved)\n",
+      kept / 1048576.0, recomputed / 1048576.0, 100.0 * recomputed / (kept + recomputed));
+}
+
 int bench(const bench_options& options) {
   const fs::path file = config_path(options.config);
   const model_config config = load_model_config(file);
@@ -51,28 +117,11 @@ int bench(const bench_options& options) {
   thread_pool pool(threads);
   plugin_registry registry;
   const auto plugins = load_model_plugins(registry, config);
-  std::unique_ptr<gemm_instance> fp8;
-  if (options.precision == "fp8")
-    fp8 = std::make_unique<gemm_instance>(registry.load("fp8", {plugin_kind::gemm}),
-                                          instance_options{});
-  else if (options.precision != "fp32")
-    fail("--precision: use fp32 or fp8, not {}", options.precision);
+  const std::unique_ptr<gemm_instance> fp8 = precision_gemm(registry, options.precision);
   exec_context context(device::cpu(), pool, fp8 ? fp8->provider() : nullptr);
   model_runner runner(config, {}, plugins);
   runner.parameters().initialize(1234);
-
-  model_batch input;
-  input.tokens = tensor::empty(dtype::i32, {batch, length});
-  input.targets = tensor::empty(dtype::i32, {batch, length});
-  std::mt19937 rng(7);
-  std::uniform_int_distribution<std::int32_t> token(
-      0, static_cast<std::int32_t>(config.vocab_size - 1));
-  for (std::int64_t i = 0; i < batch * length; ++i)
-    input.tokens.data_as<std::int32_t>()[i] = token(rng);
-  for (std::int64_t b = 0; b < batch; ++b)
-    for (std::int64_t i = 0; i < length; ++i)
-      input.targets.data_as<std::int32_t>()[b * length + i] =
-          i + 1 < length ? input.tokens.data_as<std::int32_t>()[b * length + i + 1] : -1;
+  const model_batch input = random_batch(batch, length, config.vocab_size);
 
   fmt::print(
       "model {} ({}): {} layers, hidden {}, {} routed experts top-{}, MTP depth {}, {:.1f}M "
@@ -85,39 +134,19 @@ int bench(const bench_options& options) {
   // The reference is measured before and after the model (best of both), so a change in the
   // machine's state during the run shows up in the reference too.
   double reference = sgemm_gflops(pool);
-
-  double best = 1e30, forward_best = 1e30;
-  std::string mla_statistics;
-  for (int step = 0; step <= options.steps; ++step) {  // step 0 warms up
-    runner.parameters().zero_grads();
-    const auto start = clock_type::now();
-    runner.forward(context, step, input);
-    const auto middle = clock_type::now();
-    if (step == 0) mla_statistics = runner.layers().front()->attention().statistics();
-    runner.backward(context, step, tensor(), 1.0f);
-    const auto end = clock_type::now();
-    if (step == 0) continue;
-    best = std::min(best, std::chrono::duration<double>(end - start).count());
-    forward_best = std::min(forward_best, std::chrono::duration<double>(middle - start).count());
-  }
+  const step_times times = time_steps(runner, context, input, options.steps);
   reference = std::max(reference, sgemm_gflops(pool));
   fmt::print("sgemm 1024^3 on the worker pool: {:.1f} GFLOP/s (best, measured before and after)\n",
              reference);
   const double tokens = static_cast<double>(batch * length);
   const double flops = model_flops(config, length, true).training() * tokens;
-  const double achieved = flops / best / 1e9;
+  const double achieved = flops / times.best / 1e9;
   fmt::print(
       "forward + backward: {:.1f} ms per step (forward {:.1f} ms), best of {}; {:.0f} tokens/s\n",
-      best * 1e3, forward_best * 1e3, options.steps, tokens / best);
+      times.best * 1e3, times.forward_best * 1e3, options.steps, tokens / times.best);
   fmt::print("model FLOPs: {:.2f} GFLOP per step -> {:.1f} GFLOP/s = {:.2f} of sgemm\n",
              flops / 1e9, achieved, achieved / reference);
-  const auto stats = nlohmann::json::parse(mla_statistics);
-  const double kept = stats["saved_activation_bytes"].get<double>();
-  const double recomputed = stats["recomputed_activation_bytes"].get<double>();
-  fmt::print(
-      "MLA activations per layer and micro-batch: {:.2f} MiB kept; storing q, k, v would add "
-      "{:.2f} MiB ({:.0f}% saved)\n",
-      kept / 1048576.0, recomputed / 1048576.0, 100.0 * recomputed / (kept + recomputed));
+  print_mla_activations(times.mla_statistics);
   return exit_ok;
 }
 

@@ -81,11 +81,8 @@ extern "C" void forward_to_rank_zero(int signal) {
   if (const pid_t pid = rank_zero.load(); pid > 0) kill(pid, signal);
 }
 
-/// One process per host on this machine; returns rank 0's exit code.
-int launch_locally(const launch_options& options, const topology_plan& plan) {
-  const int world = static_cast<int>(plan.processes.size());
-  std::string rendezvous = options.rendezvous;
-  if (rendezvous.empty()) rendezvous = fmt::format("127.0.0.1:{}", free_local_port());
+/// This process's command line, for the ranks to run.
+std::vector<std::string> rank_command_line(const launch_options& options, int world) {
   std::vector<std::string> arguments = own_command_line();
   if (options.train.threads == 0) {
     // The processes share this machine's cores.
@@ -93,6 +90,13 @@ int launch_locally(const launch_options& options, const topology_plan& plan) {
     arguments.push_back("--threads");
     arguments.push_back(std::to_string(std::max(1u, cores / static_cast<unsigned>(world))));
   }
+  return arguments;
+}
+
+/// Starts `world` ranks that run `arguments` and meet at `rendezvous`; returns their process ids
+/// in rank order.
+std::vector<pid_t> start_ranks(int world, const std::string& rendezvous,
+                               std::vector<std::string>& arguments) {
   std::vector<char*> argv;
   for (auto& a : arguments) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -115,18 +119,13 @@ int launch_locally(const launch_options& options, const topology_plan& plan) {
     }
     children.push_back(pid);
   }
-  std::vector<std::string> described;
-  for (int rank = 0; rank < world; ++rank)
-    described.push_back(fmt::format("rank {} = {} (pid {})", rank, plan.processes[rank].host,
-                                    children[static_cast<std::size_t>(rank)]));
-  fmt::print(stderr, "troupe launch: {} processes on this machine, rendezvous {}: {}\n", world,
-             rendezvous, fmt::join(described, ", "));
-  rank_zero.store(children[0]);
-  std::signal(SIGINT, forward_to_rank_zero);
-  std::signal(SIGTERM, forward_to_rank_zero);
+  return children;
+}
 
-  // Rank 0's status is the job's; the others get a few seconds to leave after it (they leave
-  // at once when rank 0 ends the job; a stopped or hung one is killed).
+/// Waits for the ranks in `children` (their entries become -1 as they end) and returns rank 0's
+/// exit code. Rank 0's status is the job's; the others get a few seconds to leave after it (they
+/// leave at once when rank 0 ends the job; a stopped or hung one is killed).
+int wait_for_ranks(std::vector<pid_t>& children, const topology_plan& plan) {
   int code = exit_bad_input;
   std::size_t running = children.size();
   auto reap = [&](pid_t pid, int status) {
@@ -166,6 +165,27 @@ int launch_locally(const launch_options& options, const topology_plan& plan) {
       kill(pid, SIGKILL);
       waitpid(pid, nullptr, 0);
     }
+  return code;
+}
+
+/// One process per host on this machine; returns rank 0's exit code.
+int launch_locally(const launch_options& options, const topology_plan& plan) {
+  const int world = static_cast<int>(plan.processes.size());
+  std::string rendezvous = options.rendezvous;
+  if (rendezvous.empty()) rendezvous = fmt::format("127.0.0.1:{}", free_local_port());
+  std::vector<std::string> arguments = rank_command_line(options, world);
+  std::vector<pid_t> children = start_ranks(world, rendezvous, arguments);
+  std::vector<std::string> described;
+  for (int rank = 0; rank < world; ++rank)
+    described.push_back(fmt::format("rank {} = {} (pid {})", rank, plan.processes[rank].host,
+                                    children[static_cast<std::size_t>(rank)]));
+  fmt::print(stderr, "troupe launch: {} processes on this machine, rendezvous {}: {}\n", world,
+             rendezvous, fmt::join(described, ", "));
+  rank_zero.store(children[0]);
+  std::signal(SIGINT, forward_to_rank_zero);
+  std::signal(SIGTERM, forward_to_rank_zero);
+
+  const int code = wait_for_ranks(children, plan);
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   return code;

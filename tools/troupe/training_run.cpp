@@ -79,6 +79,106 @@ int serve(training_job& job, const std::string& command) {
   return exit_process_failed;
 }
 
+/// Opens the --log-json file (appended to when resuming); false, after a message, if it cannot.
+bool open_step_log(const train_options& options, std::ofstream& log) {
+  log.open(options.log_json, options.resume.empty() ? std::ios::trunc : std::ios::app);
+  if (log) return true;
+  fmt::print(stderr, "--log-json: cannot write {}\n", options.log_json);
+  return false;
+}
+
+/// The job's options from the command's, reporting events and steps under `command`.
+training_options job_options_for(const train_options& options, const std::string& command,
+                                 const std::optional<cluster_options>& cluster,
+                                 std::ofstream& log) {
+  training_options job_options;
+  job_options.checkpoint_dir = options.checkpoint_dir;
+  job_options.resume = options.resume;
+  job_options.threads = options.threads;
+  job_options.cluster = cluster;
+  job_options.job_name = options.job;
+  job_options.pause_after = options.pause_after;
+  job_options.on_event = [&command](const std::string& what) {
+    fmt::print(stderr, "{}: {}\n", command, what);
+  };
+  job_options.on_step = [&options, &log](const step_record& r) {
+    if (!options.quiet) fmt::print(stderr, "{}\n", progress_line(r));
+    if (log.is_open()) {
+      log << to_json(r).dump() << "\n";
+      log.flush();
+    }
+  };
+  return job_options;
+}
+
+/// The line that describes the job before it starts.
+void print_job_description(const std::string& command, const std::string& file,
+                           const topology& topo) {
+  fmt::print(stderr,
+             "{}: {} ({} layers, {} routed experts; pipeline {}, expert {}, data {}, {} "
+             "schedule, {} micro-batches of {}x{} tokens)\n",
+             command, file, topo.model.num_hidden_layers, topo.model.n_routed_experts,
+             topo.pipeline, topo.expert, topo.data, to_string(topo.schedule.kind),
+             topo.schedule.micro_batches, topo.train.micro_batch_size, topo.train.sequence_length);
+}
+
+/// Runs the coordinating process's job, a SIGINT or SIGTERM asking it to stop meanwhile.
+training_result run_until_signalled(training_job& job) {
+  running_job.store(&job);
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+  training_result result = job.run();
+  running_job.store(nullptr);
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  return result;
+}
+
+/// The summary line of a run's steps: its losses from first to last step, and its throughput.
+void print_steps_summary(const std::string& command, const training_result& result) {
+  double tokens = 0, seconds = 0;
+  for (const auto& r : result.steps) {
+    tokens += static_cast<double>(r.tokens);
+    seconds += r.step_seconds;
+  }
+  fmt::print(stderr,
+             "{}: steps {}-{} in {:.1f} s: loss {:.4f} -> {:.4f}, mtp {:.4f} -> {:.4f}, "
+             "{:.0f} tok/s, expert load max/mean {:.2f}\n",
+             command, result.first_step + 1, result.last_step, result.seconds,
+             result.steps.front().loss, result.steps.back().loss, result.steps.front().mtp_loss,
+             result.steps.back().mtp_loss, tokens / seconds,
+             result.steps.back().expert_load_max_over_mean);
+}
+
+/// Reports how a run ended (its last checkpoint, why it stopped) and returns its exit code.
+int report_outcome(const std::string& command, const training_result& result) {
+  if (!result.last_checkpoint.empty())
+    fmt::print(stderr, "{}: last checkpoint {}\n", command, result.last_checkpoint.string());
+  switch (result.outcome) {
+    case training_outcome::completed:
+      return exit_ok;
+    case training_outcome::stopped:
+      fmt::print(stderr, "{}: stopped by a signal after step {}\n", command, result.last_step);
+      return exit_stopped;
+    case training_outcome::non_finite:
+      fmt::print(stderr,
+                 "{}: stopped: {}. Nothing of this step was applied; the last good checkpoint "
+                 "is untouched.\n",
+                 command, result.message);
+      return exit_non_finite;
+  }
+  return exit_bad_input;
+}
+
+/// Reports the error that ended the job and returns the exit code; after a lost process, the
+/// process leaves within two seconds.
+int report_failure(const std::string& command, const std::exception& e, bool lost) {
+  fmt::print(stderr, "{}: {}\n", command, e.what());
+  if (!lost) return exit_bad_input;
+  leave_within(std::chrono::seconds(2), exit_process_failed);
+  return exit_process_failed;
+}
+
 }  // namespace
 
 void add_training_options(CLI::App* command, train_options& options) {
@@ -121,96 +221,25 @@ int run_training(const train_options& options, const std::string& command,
   const bool reports = !cluster || cluster->rank == 0;
 
   std::ofstream log;
-  if (reports && !options.log_json.empty()) {
-    log.open(options.log_json, options.resume.empty() ? std::ios::trunc : std::ios::app);
-    if (!log) {
-      fmt::print(stderr, "--log-json: cannot write {}\n", options.log_json);
-      return exit_bad_input;
-    }
-  }
-  training_options job_options;
-  job_options.checkpoint_dir = options.checkpoint_dir;
-  job_options.resume = options.resume;
-  job_options.threads = options.threads;
-  job_options.cluster = cluster;
-  job_options.job_name = options.job;
-  job_options.pause_after = options.pause_after;
-  job_options.on_event = [&command](const std::string& what) {
-    fmt::print(stderr, "{}: {}\n", command, what);
-  };
-  job_options.on_step = [&](const step_record& r) {
-    if (!options.quiet) fmt::print(stderr, "{}\n", progress_line(r));
-    if (log.is_open()) {
-      log << to_json(r).dump() << "\n";
-      log.flush();
-    }
-  };
+  if (reports && !options.log_json.empty() && !open_step_log(options, log)) return exit_bad_input;
+  training_options job_options = job_options_for(options, command, cluster, log);
   std::unique_ptr<training_job> job;
   try {
     const topology& topo = loaded->topo;
-    if (reports)
-      fmt::print(stderr,
-                 "{}: {} ({} layers, {} routed experts; pipeline {}, expert {}, data {}, {} "
-                 "schedule, {} micro-batches of {}x{} tokens)\n",
-                 command, file, topo.model.num_hidden_layers, topo.model.n_routed_experts,
-                 topo.pipeline, topo.expert, topo.data, to_string(topo.schedule.kind),
-                 topo.schedule.micro_batches, topo.train.micro_batch_size,
-                 topo.train.sequence_length);
+    if (reports) print_job_description(command, file, topo);
     job = std::make_unique<training_job>(topo, registry, job_options);
     if (!job->coordinates()) return serve(*job, command);
 
-    running_job.store(job.get());
-    std::signal(SIGINT, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
-    training_result result = job->run();
-    running_job.store(nullptr);
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
-
-    if (!result.steps.empty()) {
-      double tokens = 0, seconds = 0;
-      for (const auto& r : result.steps) {
-        tokens += static_cast<double>(r.tokens);
-        seconds += r.step_seconds;
-      }
-      fmt::print(stderr,
-                 "{}: steps {}-{} in {:.1f} s: loss {:.4f} -> {:.4f}, mtp {:.4f} -> {:.4f}, "
-                 "{:.0f} tok/s, expert load max/mean {:.2f}\n",
-                 command, result.first_step + 1, result.last_step, result.seconds,
-                 result.steps.front().loss, result.steps.back().loss, result.steps.front().mtp_loss,
-                 result.steps.back().mtp_loss, tokens / seconds,
-                 result.steps.back().expert_load_max_over_mean);
-    }
-    if (!result.last_checkpoint.empty())
-      fmt::print(stderr, "{}: last checkpoint {}\n", command, result.last_checkpoint.string());
-    switch (result.outcome) {
-      case training_outcome::completed:
-        return exit_ok;
-      case training_outcome::stopped:
-        fmt::print(stderr, "{}: stopped by a signal after step {}\n", command, result.last_step);
-        return exit_stopped;
-      case training_outcome::non_finite:
-        fmt::print(stderr,
-                   "{}: stopped: {}. Nothing of this step was applied; the last good checkpoint "
-                   "is untouched.\n",
-                   command, result.message);
-        return exit_non_finite;
-    }
+    const training_result result = run_until_signalled(*job);
+    if (!result.steps.empty()) print_steps_summary(command, result);
+    return report_outcome(command, result);
   } catch (const rendezvous_error& e) {
     running_job.store(nullptr);
-    fmt::print(stderr, "{}: {}\n", command, e.what());
-    leave_within(std::chrono::seconds(2), exit_process_failed);
-    return exit_process_failed;
+    return report_failure(command, e, true);
   } catch (const std::exception& e) {
     running_job.store(nullptr);
-    const bool lost = job && job->lost_process();
-    fmt::print(stderr, "{}: {}\n", command, e.what());
-    if (lost) {
-      leave_within(std::chrono::seconds(2), exit_process_failed);
-      return exit_process_failed;
-    }
+    return report_failure(command, e, job && job->lost_process());
   }
-  return exit_bad_input;
 }
 
 }  // namespace troupe::cli

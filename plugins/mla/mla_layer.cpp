@@ -276,6 +276,22 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
   s.d_q.assign(static_cast<std::size_t>(t * q_out), 0.0f);
   s.d_kv.assign(static_cast<std::size_t>(t * kv_out), 0.0f);
   std::vector<float> d_rope_heads(static_cast<std::size_t>(heads_ * t * rope_), 0.0f);
+  attention_backward(context, s, p, d_attention, d_rope_heads);
+  // Undo the rotations (rotate by the negative angle).
+  kernels::cpu::rope_rotate(s.d_q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, length,
+                            cos_.data(), sin_.data(), -1);
+  TROUPE_TRY(kv_backward_input(context, s, d_rope_heads, dx, error));
+  TROUPE_TRY(query_backward_input(context, s, p, dx, error));
+  s.kv_normed = std::move(p.kv_normed);
+  return TROUPE_STATUS_OK;
+}
+
+void mla_layer::attention_backward(const troupe_exec_context* context, saved_state& s,
+                                   const projections& p, const std::vector<float>& d_attention,
+                                   std::vector<float>& d_rope_heads) {
+  const std::int64_t t = s.shape.tokens(), length = s.shape.length;
+  const std::int64_t q_out = heads_ * qk_dim_, kv_out = heads_ * (nope_ + v_dim_),
+                     o_width = heads_ * v_dim_;
   parallel_for(context, s.shape.batch * heads_, 1, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> keys(static_cast<std::size_t>(length * qk_dim_));
     std::vector<float> d_keys(static_cast<std::size_t>(length * qk_dim_));
@@ -309,9 +325,13 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
       }
     }
   });
-  // Undo the rotations (rotate by the negative angle).
-  kernels::cpu::rope_rotate(s.d_q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, length,
-                            cos_.data(), sin_.data(), -1);
+}
+
+troupe_status mla_layer::kv_backward_input(const troupe_exec_context* context, saved_state& s,
+                                           const std::vector<float>& d_rope_heads, float* dx,
+                                           troupe_error* error) {
+  const std::int64_t t = s.shape.tokens(), length = s.shape.length;
+  const std::int64_t kv_out = heads_ * (nope_ + v_dim_);
   const std::int64_t latent_width = kv_rank_ + rope_;
   s.d_kv_latent.assign(static_cast<std::size_t>(t * latent_width), 0.0f);
   std::vector<float> d_rope(static_cast<std::size_t>(t * rope_), 0.0f);
@@ -333,10 +353,14 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
     std::memcpy(s.d_kv_latent.data() + row * latent_width + kv_rank_, d_rope.data() + row * rope_,
                 static_cast<std::size_t>(rope_) * sizeof(float));
   }
-  TROUPE_TRY(linear_backward(context, s.d_kv_latent.data(), latent_width, nullptr, 0,
-                             weight_[kv_a_], dx, hidden_, nullptr, t, hidden_, latent_width,
-                             error));
-  // Queries.
+  return linear_backward(context, s.d_kv_latent.data(), latent_width, nullptr, 0, weight_[kv_a_],
+                         dx, hidden_, nullptr, t, hidden_, latent_width, error);
+}
+
+troupe_status mla_layer::query_backward_input(const troupe_exec_context* context, saved_state& s,
+                                              projections& p, float* dx, troupe_error* error) {
+  const std::int64_t t = s.shape.tokens();
+  const std::int64_t q_out = heads_ * qk_dim_;
   if (q_rank_ > 0) {
     std::vector<float> d_q_normed(static_cast<std::size_t>(t * q_rank_), 0.0f);
     TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, nullptr, 0, weight_[q_b_],
@@ -352,7 +376,6 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
     TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, nullptr, 0, weight_[q_proj_], dx,
                                hidden_, nullptr, t, hidden_, q_out, error));
   }
-  s.kv_normed = std::move(p.kv_normed);
   return TROUPE_STATUS_OK;
 }
 

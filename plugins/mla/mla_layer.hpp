@@ -74,6 +74,17 @@ class mla_layer {
   void attend_absorbed(const troupe_exec_context* context, saved_state& s, const projections& p);
   troupe_status backward_input(const troupe_exec_context* context, saved_state& s, const float* dy,
                                float* dx, troupe_error* error);
+  /// Attention backward per (sequence, head): dQ into s.d_q, dK_nope and dV into s.d_kv, and
+  /// each head's rope-key gradient into d_rope_heads [heads, T, rope].
+  void attention_backward(const troupe_exec_context* context, saved_state& s, const projections& p,
+                          const std::vector<float>& d_attention, std::vector<float>& d_rope_heads);
+  /// Input gradient through kv_b, the latent norm and kv_a (rope key included), added into dx.
+  troupe_status kv_backward_input(const troupe_exec_context* context, saved_state& s,
+                                  const std::vector<float>& d_rope_heads, float* dx,
+                                  troupe_error* error);
+  /// Input gradient through the query projections (q_b, its norm and q_a, or q_proj), into dx.
+  troupe_status query_backward_input(const troupe_exec_context* context, saved_state& s,
+                                     projections& p, float* dx, troupe_error* error);
   troupe_status backward_weight(const troupe_exec_context* context, saved_state& s,
                                 troupe_error* error);
   void ensure_rope_tables(std::int64_t length);

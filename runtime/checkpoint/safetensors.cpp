@@ -58,11 +58,84 @@ std::uint64_t read_le64(const unsigned char* p) {
 
 constexpr std::uint64_t max_header_bytes = 100u << 20;  // safetensors' own limit
 
+/// The JSON header of a mapped file, `header_length` bytes after the 8-byte length field.
+nlohmann::json parse_header(const fs::path& file, const unsigned char* bytes,
+                            std::uint64_t header_length) {
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes + 8),
+                                   reinterpret_cast<const char*>(bytes + 8 + header_length));
+  } catch (const nlohmann::json::parse_error& e) {
+    bad(file, fmt::format("the header is not valid JSON: {}", e.what()));
+  }
+  if (!header.is_object()) bad(file, "the header is not a JSON object");
+  return header;
+}
+
+/// Reads the shape of tensor `name` into `shape`: its number of elements.
+std::uint64_t parse_shape(const fs::path& file, const std::string& name, const nlohmann::json& spec,
+                          std::vector<std::int64_t>& shape) {
+  if (!spec["shape"].is_array())
+    bad(file, fmt::format("tensor '{}': shape must be an array", name));
+  std::uint64_t count = 1;
+  for (const auto& extent : spec["shape"]) {
+    if (!extent.is_number_integer() || extent.get<std::int64_t>() < 0)
+      bad(file, fmt::format("tensor '{}': shape {} has a bad extent", name, spec["shape"].dump()));
+    shape.push_back(extent.get<std::int64_t>());
+    count *= static_cast<std::uint64_t>(shape.back());
+  }
+  return count;
+}
+
+/// The header's entry of tensor `name`, checked against the `data_size`-byte data section.
+safetensors_entry parse_entry(const fs::path& file, const std::string& name,
+                              const nlohmann::json& spec, std::uint64_t data_size) {
+  if (!spec.is_object() || !spec.contains("dtype") || !spec.contains("shape") ||
+      !spec.contains("data_offsets"))
+    bad(file, fmt::format("tensor '{}': needs dtype, shape and data_offsets", name));
+  safetensors_entry entry;
+  entry.name = name;
+  const std::string type_name = spec["dtype"].is_string() ? spec["dtype"].get<std::string>() : "";
+  auto type = parse_dtype(type_name);
+  if (!type)
+    bad(file, fmt::format("tensor '{}': dtype {} is not supported (troupe reads F32, BF16, F16, "
+                          "F8_E4M3, I32, I64, U8)",
+                          name, spec["dtype"].dump()));
+  entry.type = *type;
+  const std::uint64_t count = parse_shape(file, name, spec, entry.shape);
+  const auto& offsets = spec["data_offsets"];
+  if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+      !offsets[1].is_number_unsigned())
+    bad(file, fmt::format("tensor '{}': data_offsets must be [begin, end]", name));
+  entry.begin = offsets[0].get<std::uint64_t>();
+  entry.end = offsets[1].get<std::uint64_t>();
+  if (entry.begin > entry.end || entry.end > data_size)
+    bad(file,
+        fmt::format(
+            "tensor '{}': bytes [{}, {}) are outside the {}-byte data section (truncated file?)",
+            name, entry.begin, entry.end, data_size));
+  if (entry.end - entry.begin != count * size_of(entry.type))
+    bad(file, fmt::format("tensor '{}': {} bytes for shape {} of {} (needs {})", name,
+                          entry.end - entry.begin, spec["shape"].dump(), type_name,
+                          count * size_of(entry.type)));
+  return entry;
+}
+
+/// Throws when two entries' bytes overlap in the data section.
+void check_no_overlaps(const fs::path& file, const std::vector<safetensors_entry>& entries) {
+  std::vector<const safetensors_entry*> by_offset;
+  for (const auto& e : entries) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](auto* a, auto* b) { return a->begin < b->begin; });
+  for (std::size_t i = 1; i < by_offset.size(); ++i)
+    if (by_offset[i]->begin < by_offset[i - 1]->end)
+      bad(file, fmt::format("tensors '{}' and '{}' overlap in the data section",
+                            by_offset[i - 1]->name, by_offset[i]->name));
+}
+
 }  // namespace
 
-safetensors_file safetensors_file::open(const fs::path& file) {
-  safetensors_file result;
-  result.path_ = file;
+std::shared_ptr<safetensors_file::mapping> safetensors_file::map_file(const fs::path& file) {
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) bad(file, fmt::format("cannot open: {}", std::strerror(errno)));
   struct stat info {};
@@ -83,6 +156,15 @@ safetensors_file safetensors_file::open(const fs::path& file) {
   map->address = mmap(nullptr, map->size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (map->address == MAP_FAILED) bad(file, fmt::format("cannot map: {}", std::strerror(errno)));
+  return map;
+}
+
+safetensors_file safetensors_file::open(const fs::path& file) {
+  safetensors_file result;
+  result.path_ = file;
+  auto map = map_file(file);
+  // NOTES: map_file checked that the file is at least 8 bytes long.
+  const auto size = static_cast<std::uint64_t>(map->size);
   const auto* bytes = static_cast<const unsigned char*>(map->address);
   const std::uint64_t header_length = read_le64(bytes);
   if (header_length > max_header_bytes || header_length > size - 8)
@@ -91,14 +173,7 @@ safetensors_file safetensors_file::open(const fs::path& file) {
                           "a safetensors file)",
                           header_length, size - 8));
   const std::uint64_t data_size = size - 8 - header_length;
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes + 8),
-                                   reinterpret_cast<const char*>(bytes + 8 + header_length));
-  } catch (const nlohmann::json::parse_error& e) {
-    bad(file, fmt::format("the header is not valid JSON: {}", e.what()));
-  }
-  if (!header.is_object()) bad(file, "the header is not a JSON object");
+  const nlohmann::json header = parse_header(file, bytes, header_length);
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
       if (!it->is_object()) bad(file, "__metadata__ must be an object of strings");
@@ -106,55 +181,9 @@ safetensors_file safetensors_file::open(const fs::path& file) {
         if (m->is_string()) result.metadata_[m.key()] = m->get<std::string>();
       continue;
     }
-    const std::string& name = it.key();
-    const nlohmann::json& spec = *it;
-    if (!spec.is_object() || !spec.contains("dtype") || !spec.contains("shape") ||
-        !spec.contains("data_offsets"))
-      bad(file, fmt::format("tensor '{}': needs dtype, shape and data_offsets", name));
-    safetensors_entry entry;
-    entry.name = name;
-    const std::string type_name = spec["dtype"].is_string() ? spec["dtype"].get<std::string>() : "";
-    auto type = parse_dtype(type_name);
-    if (!type)
-      bad(file, fmt::format("tensor '{}': dtype {} is not supported (troupe reads F32, BF16, F16, "
-                            "F8_E4M3, I32, I64, U8)",
-                            name, spec["dtype"].dump()));
-    entry.type = *type;
-    if (!spec["shape"].is_array())
-      bad(file, fmt::format("tensor '{}': shape must be an array", name));
-    std::uint64_t count = 1;
-    for (const auto& extent : spec["shape"]) {
-      if (!extent.is_number_integer() || extent.get<std::int64_t>() < 0)
-        bad(file,
-            fmt::format("tensor '{}': shape {} has a bad extent", name, spec["shape"].dump()));
-      entry.shape.push_back(extent.get<std::int64_t>());
-      count *= static_cast<std::uint64_t>(entry.shape.back());
-    }
-    const auto& offsets = spec["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
-        !offsets[1].is_number_unsigned())
-      bad(file, fmt::format("tensor '{}': data_offsets must be [begin, end]", name));
-    entry.begin = offsets[0].get<std::uint64_t>();
-    entry.end = offsets[1].get<std::uint64_t>();
-    if (entry.begin > entry.end || entry.end > data_size)
-      bad(file,
-          fmt::format(
-              "tensor '{}': bytes [{}, {}) are outside the {}-byte data section (truncated file?)",
-              name, entry.begin, entry.end, data_size));
-    if (entry.end - entry.begin != count * size_of(entry.type))
-      bad(file, fmt::format("tensor '{}': {} bytes for shape {} of {} (needs {})", name,
-                            entry.end - entry.begin, spec["shape"].dump(), type_name,
-                            count * size_of(entry.type)));
-    result.entries_.push_back(std::move(entry));
+    result.entries_.push_back(parse_entry(file, it.key(), *it, data_size));
   }
-  std::vector<const safetensors_entry*> by_offset;
-  for (const auto& e : result.entries_) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](auto* a, auto* b) { return a->begin < b->begin; });
-  for (std::size_t i = 1; i < by_offset.size(); ++i)
-    if (by_offset[i]->begin < by_offset[i - 1]->end)
-      bad(file, fmt::format("tensors '{}' and '{}' overlap in the data section",
-                            by_offset[i - 1]->name, by_offset[i]->name));
+  check_no_overlaps(file, result.entries_);
   std::sort(result.entries_.begin(), result.entries_.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });
   result.mapping_ = std::move(map);

@@ -50,6 +50,9 @@ class safetensors_file {
 
  private:
   struct mapping;
+  /// Opens and maps `file`, which must be at least 8 bytes long (the header length).
+  static std::shared_ptr<mapping> map_file(const std::filesystem::path& file);
+
   std::filesystem::path path_;
   std::shared_ptr<mapping> mapping_;
   std::uint64_t data_start_ = 0;  ///< file offset of the data section

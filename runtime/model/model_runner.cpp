@@ -123,9 +123,29 @@ std::vector<decoder_layer*> model_runner::layers() {
 model_output model_runner::forward(const exec_context& context, std::int64_t micro_batch,
                                    const model_batch& batch, bool keep_logits) {
   if (saved_.count(micro_batch) != 0) fail("micro-batch {} is already in flight", micro_batch);
-  const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   saved s;
   s.batch = batch;
+  tensor hidden = forward_input(context, batch);
+  model_output out;
+  for (auto& layer : layers_) {
+    s.layer_inputs.push_back(hidden);
+    hidden = layer->forward(context, micro_batch, hidden);
+  }
+  s.layer_inputs.push_back(hidden);
+  if (slice_.head) {
+    forward_head(context, micro_batch, batch, keep_logits, hidden, s, out);
+  } else {
+    out.hidden = hidden;
+  }
+  collect_moe_statistics(micro_batch, out);
+  if (slice_.head ? !std::isfinite(out.total()) : !all_finite(out.hidden))
+    out.non_finite = locate_non_finite(s);
+  saved_.emplace(micro_batch, std::move(s));
+  return out;
+}
+
+tensor model_runner::forward_input(const exec_context& context, const model_batch& batch) {
+  const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   tensor hidden;
   if (slice_.embedding) {
     check_tokens(batch.tokens, "tokens");
@@ -139,74 +159,72 @@ model_output model_runner::forward(const exec_context& context, std::int64_t mic
            slice_.first_layer, h);
     hidden = batch.hidden;
   }
-  model_output out;
-  for (auto& layer : layers_) {
-    s.layer_inputs.push_back(hidden);
-    hidden = layer->forward(context, micro_batch, hidden);
+  return hidden;
+}
+
+head_loss model_runner::head_forward(const exec_context& context, const tensor& x,
+                                     std::int64_t rows, const char* norm_name,
+                                     const tensor& targets, tensor& normed, tensor& rstd,
+                                     tensor& logits) {
+  const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
+  const float* head_weight =
+      store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
+          .value.data_as<float>();
+  normed = tensor::empty(dtype::f32, x.shape());
+  rstd = tensor::empty(dtype::f32, {rows});
+  rmsnorm_forward(context, x.data_as<float>(), store_.at(norm_name).value.data_as<float>(),
+                  normed.data_as<float>(), rstd.data_as<float>(), rows, h,
+                  static_cast<float>(config_.rms_norm_eps));
+  logits = tensor::empty(dtype::f32, {x.size(0), x.size(1), vocab});
+  return output_head_forward(context, normed.data_as<float>(), head_weight, logits.data_as<float>(),
+                             targets.defined() ? targets.data_as<std::int32_t>() : nullptr, rows, h,
+                             vocab);
+}
+
+void model_runner::forward_head(const exec_context& context, std::int64_t micro_batch,
+                                const model_batch& batch, bool keep_logits, const tensor& hidden,
+                                saved& s, model_output& out) {
+  const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
+  const std::int64_t rows = hidden.numel() / h;
+  const bool labelled = batch.targets.defined();
+  if (labelled) check_tokens(batch.targets, "targets");
+  const head_loss main = head_forward(context, hidden, rows, "model.norm.weight", batch.targets,
+                                      s.normed, s.rstd, s.logits);
+  out.loss = main.mean();
+  s.labelled = main.labelled;
+  if (keep_logits) out.logits = s.logits;
+  // Multi-token prediction: depth k predicts the token k+1 ahead.
+  tensor previous = hidden;
+  const double weight = mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
+  for (std::size_t d = 0; d < mtp_.size(); ++d) {
+    const auto k = static_cast<std::int64_t>(d + 1);
+    check_tokens(batch.tokens, "tokens (for the MTP modules)");
+    mtp_saved ms;
+    ms.tokens = shifted(batch.tokens, k);
+    if (labelled) ms.targets = shifted(batch.targets, k);
+    ms.embedded = tensor::empty(dtype::f32, hidden.shape());
+    embedding_forward(context, store_.at("model.embed_tokens.weight").value.data_as<float>(), vocab,
+                      h, ms.tokens.data_as<std::int32_t>(), rows, ms.embedded.data_as<float>());
+    ms.combined = mtp_[d].combine->forward(context, micro_batch,
+                                           std::vector<tensor>{previous, ms.embedded})[0];
+    ms.h_out = mtp_[d].block->forward(context, micro_batch, ms.combined);
+    const head_loss depth = head_forward(context, ms.h_out, rows, mtp_[d].norm_name.c_str(),
+                                         ms.targets, ms.normed, ms.rstd, ms.logits);
+    ms.labelled = depth.labelled;
+    out.mtp_loss += weight * depth.mean();
+    if (keep_logits) out.mtp_logits.push_back(ms.logits);
+    previous = ms.h_out;
+    s.mtp.push_back(std::move(ms));
   }
-  s.layer_inputs.push_back(hidden);
-  if (slice_.head) {
-    const std::int64_t rows = hidden.numel() / h;
-    const bool labelled = batch.targets.defined();
-    if (labelled) check_tokens(batch.targets, "targets");
-    const float* head_weight =
-        store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
-            .value.data_as<float>();
-    auto run_head = [&](const tensor& x, const char* norm_name, const tensor& targets,
-                        tensor& normed, tensor& rstd, tensor& logits) {
-      normed = tensor::empty(dtype::f32, x.shape());
-      rstd = tensor::empty(dtype::f32, {rows});
-      rmsnorm_forward(context, x.data_as<float>(), store_.at(norm_name).value.data_as<float>(),
-                      normed.data_as<float>(), rstd.data_as<float>(), rows, h,
-                      static_cast<float>(config_.rms_norm_eps));
-      logits = tensor::empty(dtype::f32, {x.size(0), x.size(1), vocab});
-      return output_head_forward(
-          context, normed.data_as<float>(), head_weight, logits.data_as<float>(),
-          targets.defined() ? targets.data_as<std::int32_t>() : nullptr, rows, h, vocab);
-    };
-    const head_loss main =
-        run_head(hidden, "model.norm.weight", batch.targets, s.normed, s.rstd, s.logits);
-    out.loss = main.mean();
-    s.labelled = main.labelled;
-    if (keep_logits) out.logits = s.logits;
-    // Multi-token prediction: depth k predicts the token k+1 ahead.
-    tensor previous = hidden;
-    const double weight =
-        mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
-    for (std::size_t d = 0; d < mtp_.size(); ++d) {
-      const auto k = static_cast<std::int64_t>(d + 1);
-      check_tokens(batch.tokens, "tokens (for the MTP modules)");
-      mtp_saved ms;
-      ms.tokens = shifted(batch.tokens, k);
-      if (labelled) ms.targets = shifted(batch.targets, k);
-      ms.embedded = tensor::empty(dtype::f32, hidden.shape());
-      embedding_forward(context, store_.at("model.embed_tokens.weight").value.data_as<float>(),
-                        vocab, h, ms.tokens.data_as<std::int32_t>(), rows,
-                        ms.embedded.data_as<float>());
-      ms.combined = mtp_[d].combine->forward(context, micro_batch,
-                                             std::vector<tensor>{previous, ms.embedded})[0];
-      ms.h_out = mtp_[d].block->forward(context, micro_batch, ms.combined);
-      const head_loss depth =
-          run_head(ms.h_out, mtp_[d].norm_name.c_str(), ms.targets, ms.normed, ms.rstd, ms.logits);
-      ms.labelled = depth.labelled;
-      out.mtp_loss += weight * depth.mean();
-      if (keep_logits) out.mtp_logits.push_back(ms.logits);
-      previous = ms.h_out;
-      s.mtp.push_back(std::move(ms));
-    }
-  } else {
-    out.hidden = hidden;
-  }
+}
+
+void model_runner::collect_moe_statistics(std::int64_t micro_batch, model_output& out) {
   for (decoder_layer* layer : layers())
     if (layer->is_moe()) {
       out.balance_loss += layer->balance_loss(micro_batch);
       out.moe_layers.push_back(layer->index());
       out.expert_counts.push_back(layer->expert_counts(micro_batch));
     }
-  if (slice_.head ? !std::isfinite(out.total()) : !all_finite(out.hidden))
-    out.non_finite = locate_non_finite(s);
-  saved_.emplace(micro_batch, std::move(s));
-  return out;
 }
 
 std::string model_runner::locate_non_finite(const saved& s) const {
@@ -244,55 +262,9 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
     return tensor();
   }
   if (s.input_done) fail("micro-batch {}: input gradients are done already", micro_batch);
-  const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   tensor d_h;
   if (slice_.head) {
-    const tensor& final_hidden = s.layer_inputs.back();
-    const std::int64_t rows = final_hidden.numel() / h;
-    parameter& head =
-        store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-    const bool labelled = s.batch.targets.defined();
-    // Head backward of scale * (sum of labelled losses) / labelled, into d_x (pre-norm) via the
-    // norm.
-    auto head_backward = [&](const tensor& x, const tensor& normed, const tensor& rstd,
-                             const tensor& logits, const tensor& targets, std::int64_t count,
-                             double weight, const std::string& norm_name, tensor& d_x) {
-      if (!labelled || count == 0) return;
-      tensor d_normed = tensor::zeros(dtype::f32, x.shape());
-      output_head_backward(
-          context, normed.data_as<float>(), head.value.data_as<float>(), logits.data_as<float>(),
-          targets.data_as<std::int32_t>(),
-          static_cast<float>(static_cast<double>(loss_scale) * weight / static_cast<double>(count)),
-          d_normed.data_as<float>(), grad_of(head), rows, h, vocab);
-      parameter& norm = store_.at(norm_name);
-      rmsnorm_backward(context, d_normed.data_as<float>(), x.data_as<float>(),
-                       norm.value.data_as<float>(), rstd.data_as<float>(), d_x.data_as<float>(),
-                       grad_of(norm), rows, h);
-    };
-    // MTP depths in reverse: each passes its gradient to the representation it started from.
-    tensor d_next = tensor::zeros(dtype::f32, final_hidden.shape());
-    const double weight =
-        mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
-    for (std::size_t d = mtp_.size(); d-- > 0;) {
-      parameter& embedding = store_.at("model.embed_tokens.weight");
-      mtp_saved& ms = s.mtp[d];
-      head_backward(ms.h_out, ms.normed, ms.rstd, ms.logits, ms.targets, ms.labelled, weight,
-                    mtp_[d].norm_name, d_next);
-      const tensor d_combined =
-          mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
-      tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape());
-      tensor d_embedded = tensor::zeros(dtype::f32, final_hidden.shape());
-      mtp_[d].combine->backward(context, micro_batch, TROUPE_BACKWARD_BOTH,
-                                std::vector<tensor>{d_combined},
-                                std::vector<tensor>{d_previous, d_embedded});
-      if (float* d_table = grad_of(embedding))
-        embedding_backward(d_embedded.data_as<float>(), ms.tokens.data_as<std::int32_t>(), rows, h,
-                           d_table);
-      d_next = d_previous;
-    }
-    d_h = d_next;
-    head_backward(final_hidden, s.normed, s.rstd, s.logits, s.batch.targets, s.labelled, 1.0,
-                  "model.norm.weight", d_h);
+    d_h = backward_head(context, micro_batch, s, loss_scale);
   } else {
     if (!d_hidden.defined() || d_hidden.shape() != s.layer_inputs.back().shape())
       fail("backward of this model slice needs dL/dhidden of shape [{}]",
@@ -312,6 +284,60 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
     saved_.erase(it);
   }
   return result;
+}
+
+void model_runner::head_backward(const exec_context& context, const tensor& x, const tensor& normed,
+                                 const tensor& rstd, const tensor& logits, const tensor& targets,
+                                 std::int64_t count, double weight, const std::string& norm_name,
+                                 std::int64_t rows, float loss_scale, tensor& d_x) {
+  if (count == 0) return;
+  const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
+  parameter& head =
+      store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  tensor d_normed = tensor::zeros(dtype::f32, x.shape());
+  output_head_backward(
+      context, normed.data_as<float>(), head.value.data_as<float>(), logits.data_as<float>(),
+      targets.data_as<std::int32_t>(),
+      static_cast<float>(static_cast<double>(loss_scale) * weight / static_cast<double>(count)),
+      d_normed.data_as<float>(), grad_of(head), rows, h, vocab);
+  parameter& norm = store_.at(norm_name);
+  rmsnorm_backward(context, d_normed.data_as<float>(), x.data_as<float>(),
+                   norm.value.data_as<float>(), rstd.data_as<float>(), d_x.data_as<float>(),
+                   grad_of(norm), rows, h);
+}
+
+tensor model_runner::backward_head(const exec_context& context, std::int64_t micro_batch, saved& s,
+                                   float loss_scale) {
+  const std::int64_t h = config_.hidden_size;
+  const tensor& final_hidden = s.layer_inputs.back();
+  const std::int64_t rows = final_hidden.numel() / h;
+  const bool labelled = s.batch.targets.defined();
+  // MTP depths in reverse: each passes its gradient to the representation it started from.
+  tensor d_next = tensor::zeros(dtype::f32, final_hidden.shape());
+  const double weight = mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
+  for (std::size_t d = mtp_.size(); d-- > 0;) {
+    parameter& embedding = store_.at("model.embed_tokens.weight");
+    mtp_saved& ms = s.mtp[d];
+    if (labelled)
+      head_backward(context, ms.h_out, ms.normed, ms.rstd, ms.logits, ms.targets, ms.labelled,
+                    weight, mtp_[d].norm_name, rows, loss_scale, d_next);
+    const tensor d_combined =
+        mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
+    tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape());
+    tensor d_embedded = tensor::zeros(dtype::f32, final_hidden.shape());
+    mtp_[d].combine->backward(context, micro_batch, TROUPE_BACKWARD_BOTH,
+                              std::vector<tensor>{d_combined},
+                              std::vector<tensor>{d_previous, d_embedded});
+    if (float* d_table = grad_of(embedding))
+      embedding_backward(d_embedded.data_as<float>(), ms.tokens.data_as<std::int32_t>(), rows, h,
+                         d_table);
+    d_next = d_previous;
+  }
+  tensor d_h = d_next;
+  if (labelled)
+    head_backward(context, final_hidden, s.normed, s.rstd, s.logits, s.batch.targets, s.labelled,
+                  1.0, "model.norm.weight", rows, loss_scale, d_h);
+  return d_h;
 }
 
 void model_runner::backward_weights(const exec_context& context, std::int64_t micro_batch,

@@ -19,6 +19,8 @@
 
 namespace troupe {
 
+struct head_loss;
+
 /// Which part of the model a runner holds.
 struct model_slice {
   std::int64_t first_layer = 0;
@@ -112,6 +114,26 @@ class model_runner {
     std::vector<mtp_saved> mtp;
   };
 
+  /// The slice's input hidden states: the embedded tokens, or the previous stage's output.
+  tensor forward_input(const exec_context& context, const model_batch& batch);
+  /// The final norm and output head on `x` (or an MTP depth's, by `norm_name`): its loss.
+  head_loss head_forward(const exec_context& context, const tensor& x, std::int64_t rows,
+                         const char* norm_name, const tensor& targets, tensor& normed, tensor& rstd,
+                         tensor& logits);
+  /// Forward of the head and the MTP modules on the last layer's output, into `s` and `out`.
+  void forward_head(const exec_context& context, std::int64_t micro_batch, const model_batch& batch,
+                    bool keep_logits, const tensor& hidden, saved& s, model_output& out);
+  /// The MoE layers' balance losses and expert counts of a micro-batch, into `out`.
+  void collect_moe_statistics(std::int64_t micro_batch, model_output& out);
+  /// Backward of loss_scale * weight * (sum of the labelled losses) / count through the output
+  /// head and the norm `norm_name`, into d_x (pre-norm); nothing when count is 0.
+  void head_backward(const exec_context& context, const tensor& x, const tensor& normed,
+                     const tensor& rstd, const tensor& logits, const tensor& targets,
+                     std::int64_t count, double weight, const std::string& norm_name,
+                     std::int64_t rows, float loss_scale, tensor& d_x);
+  /// Input-gradient part of the head and the MTP modules: dL/d(the last layer's output).
+  tensor backward_head(const exec_context& context, std::int64_t micro_batch, saved& s,
+                       float loss_scale);
   void backward_weights(const exec_context& context, std::int64_t micro_batch, saved& s);
   std::string locate_non_finite(const saved& s) const;
 

@@ -147,30 +147,22 @@ fs::path plugin_registry::private_copy(const fs::path& file) {
   return copy;
 }
 
-std::shared_ptr<const plugin_library> plugin_registry::load_file(
-    const fs::path& file, std::string_view requested_name, const plugin_load_options& options) {
-  std::lock_guard lock(mutex_);
-  std::error_code ec;
-  const fs::path canonical = fs::weakly_canonical(file, ec);
-  auto check_kind = [&](const plugin_library& library) {
-    if (options.expected_kind && library.kind != *options.expected_kind)
-      throw plugin_load_error(
-          plugin_load_failure::wrong_kind, file,
-          fmt::format("plugin '{}' is a {} plugin, but a plugin of kind {} is needed here",
-                      library.name, name_of(library.kind), name_of(*options.expected_kind)));
-  };
-  if (!options.fresh_copy) {
-    for (const auto& library : loaded_) {
-      if (library->file == canonical) {
-        check_kind(*library);
-        return library;
-      }
-    }
-  }
+namespace {
 
-  const fs::path open_path = options.fresh_copy ? private_copy(canonical) : canonical;
+/// Throws wrong_kind when `library` is not of the kind the load asks for.
+void check_kind(const plugin_library& library, const fs::path& file,
+                const plugin_load_options& options) {
+  if (options.expected_kind && library.kind != *options.expected_kind)
+    throw plugin_load_error(
+        plugin_load_failure::wrong_kind, file,
+        fmt::format("plugin '{}' is a {} plugin, but a plugin of kind {} is needed here",
+                    library.name, name_of(library.kind), name_of(*options.expected_kind)));
+}
+
+/// Opens `open_path` and calls its entry function: the plugin's table (never NULL).
+const troupe_plugin* open_plugin_table(const fs::path& open_path, const fs::path& file) {
   dlerror();
-  // Never dlclose'd: a handle whose checks fail below is simply abandoned, so no code that a
+  // Never dlclose'd: a handle whose checks fail later is simply abandoned, so no code that a
   // static constructor may have started can lose its text.
   void* handle = dlopen(open_path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr)
@@ -187,6 +179,12 @@ std::shared_ptr<const plugin_library> plugin_registry::load_file(
   if (api == nullptr)
     throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
                             fmt::format("{}() returned NULL", TROUPE_PLUGIN_ENTRY_SYMBOL));
+  return api;
+}
+
+/// Checks the plugin table's ABI version, size, kind, name and functions: the plugin's kind.
+plugin_kind check_plugin_table(const troupe_plugin* api, const fs::path& file,
+                               std::string_view requested_name) {
   if (api->abi_major != TROUPE_PLUGIN_ABI_MAJOR)
     throw plugin_load_error(plugin_load_failure::abi_mismatch, file,
                             fmt::format("built for plugin ABI {}.{}, this troupe speaks ABI {}; "
@@ -217,30 +215,57 @@ std::shared_ptr<const plugin_library> plugin_registry::load_file(
     throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
                             fmt::format("a {} plugin must provide {}; these are NULL",
                                         name_of(*kind), fmt::join(missing, ", ")));
+  return *kind;
+}
+
+/// Calls the plugin's init() with its host; throws init_failed with its message when it fails.
+void init_plugin(const plugin_library& library, const fs::path& file) {
+  troupe_error init_error{};
+  if (library.api->init(make_host(library.name), &init_error) != TROUPE_STATUS_OK) {
+    init_error.message[sizeof(init_error.message) - 1] = '\0';
+    throw plugin_load_error(
+        plugin_load_failure::init_failed, file,
+        fmt::format("init() of plugin '{}' failed: {}", library.name,
+                    *init_error.message != '\0' ? init_error.message : "(no message)"));
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<const plugin_library> plugin_registry::load_file(
+    const fs::path& file, std::string_view requested_name, const plugin_load_options& options) {
+  std::lock_guard lock(mutex_);
+  std::error_code ec;
+  const fs::path canonical = fs::weakly_canonical(file, ec);
+  if (!options.fresh_copy) {
+    for (const auto& library : loaded_) {
+      if (library->file == canonical) {
+        check_kind(*library, file, options);
+        return library;
+      }
+    }
+  }
+
+  const fs::path open_path = options.fresh_copy ? private_copy(canonical) : canonical;
+  const troupe_plugin* api = open_plugin_table(open_path, file);
+  const plugin_kind kind = check_plugin_table(api, file, requested_name);
 
   auto library = std::make_shared<plugin_library>();
   library->name = api->name;
   library->version = api->version;
   library->description = api->description != nullptr ? api->description : "";
-  library->kind = *kind;
+  library->kind = kind;
   library->abi_major = api->abi_major;
   library->abi_minor = api->abi_minor;
   library->file = canonical;
   library->loaded_from = open_path;
   library->api = api;
-  check_kind(*library);
+  check_kind(*library, file, options);
   for (const auto& other : loaded_)
     if (other->name == library->name)
       library->generation = std::max(library->generation, other->generation + 1);
 
-  troupe_error init_error{};
-  if (api->init(make_host(library->name), &init_error) != TROUPE_STATUS_OK) {
-    init_error.message[sizeof(init_error.message) - 1] = '\0';
-    throw plugin_load_error(
-        plugin_load_failure::init_failed, file,
-        fmt::format("init() of plugin '{}' failed: {}", library->name,
-                    *init_error.message != '\0' ? init_error.message : "(no message)"));
-  }
+  init_plugin(*library, file);
   spdlog::debug("loaded plugin {} {} ({}) from {}", library->name, library->version,
                 name_of(library->kind), open_path.string());
   loaded_.push_back(library);

@@ -56,10 +56,9 @@ bool has_moe_layers(const topology& topo, const std::vector<int>& layers) {
   return false;
 }
 
-}  // namespace
-
-topology_plan plan_topology(const topology& topo) {
-  topology_plan plan;
+/// The coordinator, the data loader, every stage replica and expert shard, the balancer and
+/// the EMA actor, in that order.
+void plan_actors(const topology& topo, topology_plan& plan) {
   const std::string first_host = topo.hosts.front().name;
   plan.actors.push_back(
       make_actor("coordinator", actor_role::coordinator, {first_host, device::cpu()}));
@@ -90,8 +89,11 @@ topology_plan plan_topology(const topology& topo) {
         make_actor("balancer", actor_role::balancer, {topo.balancer.host, device::cpu()}));
   if (topo.ema.enabled)
     plan.actors.push_back(make_actor("ema", actor_role::ema, {topo.ema.host, device::cpu()}));
+}
 
-  // Links. The coordinator drives every actor; the rest follow the data.
+/// The coordinator's control links, then the token, label and activation links of each replica.
+void plan_pipeline_links(const topology& topo, topology_plan& plan) {
+  const int stages = static_cast<int>(topo.stages.size());
   for (const auto& actor : plan.actors)
     if (actor.role != actor_role::coordinator)
       plan.links.push_back({"coordinator", actor.name, "control"});
@@ -104,6 +106,35 @@ topology_plan plan_topology(const topology& topo) {
           {stage_name(topo, s + 1, r), stage_name(topo, s, r), "activation gradients"});
     }
   }
+}
+
+/// A stage with MoE layers: its links to every expert shard, and to the balancer if there is one.
+void plan_expert_links(topology_plan& plan, const planned_actor& actor, const std::string& dispatch,
+                       const std::string& combine) {
+  for (const auto& shard : plan.actors) {
+    if (shard.role != actor_role::expert_shard) continue;
+    plan.links.push_back({actor.name, shard.name, dispatch});
+    plan.links.push_back({shard.name, actor.name, combine});
+  }
+  if (plan.find("balancer") != nullptr) {
+    plan.links.push_back({actor.name, "balancer", "expert counts"});
+    plan.links.push_back({"balancer", actor.name, "router biases"});
+  }
+}
+
+/// The expert shards' parameter-snapshot links to the EMA actor, if there is one.
+void plan_shard_ema_links(topology_plan& plan) {
+  if (plan.find("ema") != nullptr) {
+    for (const auto& shard : std::vector<planned_actor>(plan.actors))
+      if (shard.role == actor_role::expert_shard)
+        plan.links.push_back({shard.name, "ema", "parameter snapshots"});
+  }
+}
+
+/// Each stage's links to the expert shards, the balancer, the EMA actor and its next replica,
+/// then the shards' links to the EMA actor.
+void plan_stage_links(const topology& topo, topology_plan& plan) {
+  const bool moe = topo.model.moe_layer_count() > 0;
   const std::string dispatch = topo.expert_dispatch == precision::fp8
                                    ? "dispatch (fp8 + 1x128 scales)"
                                : topo.expert_dispatch == precision::bf16 ? "dispatch (bf16)"
@@ -113,36 +144,35 @@ topology_plan plan_topology(const topology& topo) {
     if (actor.role != actor_role::stage) continue;
     const bool stage_moe = has_moe_layers(topo, actor.layers) ||
                            (actor.head && topo.model.num_nextn_predict_layers > 0 && moe);
-    if (stage_moe) {
-      for (const auto& shard : plan.actors) {
-        if (shard.role != actor_role::expert_shard) continue;
-        plan.links.push_back({actor.name, shard.name, dispatch});
-        plan.links.push_back({shard.name, actor.name, combine});
-      }
-      if (plan.find("balancer") != nullptr) {
-        plan.links.push_back({actor.name, "balancer", "expert counts"});
-        plan.links.push_back({"balancer", actor.name, "router biases"});
-      }
-    }
+    if (stage_moe) plan_expert_links(plan, actor, dispatch, combine);
     if (plan.find("ema") != nullptr)
       plan.links.push_back({actor.name, "ema", "parameter snapshots"});
     if (topo.data > 1 && actor.replica + 1 < topo.data)
       plan.links.push_back(
           {actor.name, stage_name(topo, actor.stage, actor.replica + 1), "gradient all-reduce"});
   }
-  if (plan.find("ema") != nullptr) {
-    for (const auto& shard : std::vector<planned_actor>(plan.actors))
-      if (shard.role == actor_role::expert_shard)
-        plan.links.push_back({shard.name, "ema", "parameter snapshots"});
-  }
+  plan_shard_ema_links(plan);
+}
 
-  // One process per host that has actors, rank 0 first (it hosts the coordinator).
+/// One process per host that has actors, rank 0 first (it hosts the coordinator).
+void plan_processes(const topology& topo, topology_plan& plan) {
   for (const auto& host : topo.hosts) {
     planned_process process{static_cast<int>(plan.processes.size()), host.name, host.address, {}};
     for (const auto& actor : plan.actors)
       if (actor.place.host == host.name) process.actors.push_back(actor.name);
     if (!process.actors.empty()) plan.processes.push_back(std::move(process));
   }
+}
+
+}  // namespace
+
+topology_plan plan_topology(const topology& topo) {
+  topology_plan plan;
+  plan_actors(topo, plan);
+  // Links. The coordinator drives every actor; the rest follow the data.
+  plan_pipeline_links(topo, plan);
+  plan_stage_links(topo, plan);
+  plan_processes(topo, plan);
   return plan;
 }
 

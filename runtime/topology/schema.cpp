@@ -8,223 +8,289 @@ namespace {
 
 using k = value_kind;
 
+/// The [job] section: its keys, in the order the docs list them.
+section_schema job_section() {
+  return {"job",
+          false,
+          true,
+          "Names the job.",
+          {
+              {"name", k::string, true, "",
+               "Job name: a label on every metric and in checkpoint names."},
+              {"description", k::string, false, "\"\"", "Free text shown by `troupe topo check`."},
+          }};
+}
+
+/// The [model] section: its keys, in the order the docs list them.
+section_schema model_section() {
+  return {
+      "model",
+      false,
+      true,
+      "The model: a Hugging Face DeepseekV3 config.json, by path or inline. Exactly one of "
+      "`config` "
+      "and `inline`.",
+      {
+          {"config", k::string, false, "", "Path to a config.json, relative to the topology file."},
+          {"inline", k::table, false, "",
+           "The config.json fields as a TOML table ([model.inline]); fields left out take "
+           "transformers' DeepseekV3Config defaults."},
+          {"precision",
+           k::string,
+           false,
+           "\"fp32\"",
+           "GEMM precision: fp32 (the runtime's BLAS/cuBLAS provider) or fp8 (the `gemm` role's "
+           "plugin, DeepSeek-V3's tile/block-scaled E4M3 recipe).",
+           {"fp32", "fp8"}},
+      }};
+}
+
+/// The [plugins] section: its keys, in the order the docs list them.
+section_schema plugins_section() {
+  return {
+      "plugins",
+      false,
+      false,
+      "Which plugin fills each role. A value is a plugin name (found as libtroupe-NAME.so on the "
+      "search path) or a path to a library (containing '/' or ending in .so, relative to the "
+      "topology file). Roles left out take the default plugin.",
+      {
+          {"attention", k::string, false, "\"mla\"", "Attention block of every layer."},
+          {"moe", k::string, false, "\"moe\"", "Feed-forward block of the MoE layers."},
+          {"mtp", k::string, false, "\"mtp\"",
+           "Multi-token-prediction modules (used when num_nextn_predict_layers > 0)."},
+          {"gemm", k::string, false, "\"fp8\"",
+           "GEMM provider used when model.precision = \"fp8\"."},
+          {"search_path", k::string_list, false, "[]",
+           "Extra plugin directories, relative to the topology file, searched before "
+           "TROUPE_PLUGIN_PATH and the install dir."},
+          {"options", k::table, false, "{}",
+           "Per-role options handed to the plugin as JSON: [plugins.options.moe] ..."},
+      }};
+}
+
+/// The [parallel] section: its keys, in the order the docs list them.
+section_schema parallel_section() {
+  return {
+      "parallel",
+      false,
+      false,
+      "Parallel sizes. There are `pipeline` [[stages]] and `expert` [[expert_shards]]; each stage "
+      "has `data` replicas.",
+      {
+          {"pipeline", k::integer, false, "1", "Pipeline-parallel size: the number of [[stages]]."},
+          {"expert", k::integer, false, "1",
+           "Expert-parallel size: the number of [[expert_shards]] (1 with no shards: stages "
+           "compute their own experts)."},
+          {"data", k::integer, false, "1",
+           "Data-parallel size: replicas of every stage (a stage's `device` lists one per "
+           "replica)."},
+          {"world", k::integer, false, "pipeline × data",
+           "Number of stage ranks, if stated: must equal pipeline × data."},
+          {"expert_dispatch",
+           k::string,
+           false,
+           "fp8 when model.precision = \"fp8\", else fp32",
+           "Precision of the token rows stages send to the expert shards: fp8 (E4M3 with one "
+           "scale per 1x128 tile, DeepSeek-V3's dispatch), bf16 or fp32.",
+           {"fp32", "bf16", "fp8"}},
+          {"expert_combine",
+           k::string,
+           false,
+           "bf16 when model.precision = \"fp8\", else fp32",
+           "Precision of the expert outputs coming back to the stages, and of the gradients "
+           "both ways: bf16 (DeepSeek-V3's combine) or fp32.",
+           {"fp32", "bf16"}},
+      }};
+}
+
+/// The [schedule] section: its keys, in the order the docs list them.
+section_schema schedule_section() {
+  return {"schedule",
+          false,
+          false,
+          "The pipeline schedule.",
+          {
+              {"kind",
+               k::string,
+               false,
+               "\"1f1b\"",
+               "sequential (reference), 1f1b, or dualpipe (even pipeline size, an even number of "
+               "micro-batches, at least 2 × pipeline).",
+               {"sequential", "1f1b", "dualpipe"}},
+              {"micro_batches", k::integer, false, "4", "Micro-batches per step."},
+          }};
+}
+
+/// The [[hosts]] section: its keys, in the order the docs list them.
+section_schema hosts_section() {
+  return {
+      "hosts",
+      true,
+      false,
+      "Machines. Without [[hosts]] there is one: `localhost` at 127.0.0.1 with no GPUs. Each host "
+      "runs one process.",
+      {
+          {"name", k::string, true, "", "Name that placements refer to."},
+          {"address", k::string, false, "\"127.0.0.1\"", "Address other processes reach it at."},
+          {"gpus", k::integer, false, "0", "CUDA devices on the host: cuda:0 … cuda:(gpus-1)."},
+      }};
+}
+
+/// The [[stages]] section: its keys, in the order the docs list them.
+section_schema stages_section() {
+  return {
+      "stages",
+      true,
+      true,
+      "Pipeline stages, in pipeline order. Together they hold every layer once.",
+      {
+          {"layers", k::index_list, true, "",
+           "Consecutive decoder layers of this stage: \"0-3\" or [0, 1, 2, 3]. The embedding goes "
+           "with the first stage; the head and the MTP modules with the last."},
+          {"host", k::string, false, "the only host",
+           "Host of this stage (needed with several hosts)."},
+          {"device", k::device_list, false, "\"cpu\"",
+           "\"cpu\" or \"cuda:N\"; with data > 1 a list of one device per replica."},
+      }};
+}
+
+/// The [[expert_shards]] section: its keys, in the order the docs list them.
+section_schema expert_shards_section() {
+  return {"expert_shards",
+          true,
+          false,
+          "Expert-parallel shards: each owns some routed experts of every MoE layer. Together they "
+          "hold "
+          "every expert.",
+          {
+              {"experts", k::index_list, false, "an even split",
+               "Routed experts of this shard: \"0-15\" or a list. Leave out on every shard for an "
+               "even split."},
+              {"host", k::string, false, "the only host", "Host of this shard."},
+              {"device", k::device_list, false, "\"cpu\"", "\"cpu\" or \"cuda:N\"."},
+          }};
+}
+
+/// The [ema] section: its keys, in the order the docs list them.
+section_schema ema_section() {
+  return {"ema",
+          false,
+          false,
+          "The CPU EMA updater of the parameters.",
+          {
+              {"enabled", k::boolean, false, "true", "Keep an EMA of the parameters."},
+              {"decay", k::number, false, "0.999", "EMA decay, in (0, 1)."},
+              {"every", k::integer, false, "1", "Update every N optimizer steps."},
+              {"host", k::string, false, "the first host", "Host of the EMA actor."},
+          }};
+}
+
+/// The [balancer] section: its keys, in the order the docs list them.
+section_schema balancer_section() {
+  return {
+      "balancer",
+      false,
+      false,
+      "The auxiliary-loss-free bias balancer: b_i += gamma · sign(mean load − load_i) per step.",
+      {
+          {"enabled", k::boolean, false, "true", "Update router biases."},
+          {"gamma", k::number, false, "0.001", "Bias update speed γ (≥ 0)."},
+          {"recenter", k::boolean, false, "false",
+           "Shift each layer's biases to zero mean after an update."},
+          {"host", k::string, false, "the first host", "Host of the balancer actor."},
+      }};
+}
+
+/// The [train] section: its keys, in the order the docs list them.
+section_schema train_section() {
+  return {
+      "train",
+      false,
+      false,
+      "Training hyper-parameters (`troupe train`).",
+      {
+          {"steps", k::integer, false, "100", "Optimizer steps."},
+          {"seed", k::integer, false, "1234", "Seed of parameter initialisation and data order."},
+          {"micro_batch_size", k::integer, false, "2", "Sequences per micro-batch."},
+          {"sequence_length", k::integer, false, "64", "Tokens per sequence."},
+          {"learning_rate", k::number, false, "3e-4", "Peak learning rate."},
+          {"min_learning_rate", k::number, false, "3e-5", "Floor of the cosine decay."},
+          {"warmup_steps", k::integer, false, "10", "Linear warm-up steps."},
+          {"weight_decay", k::number, false, "0.1", "Decoupled AdamW weight decay."},
+          {"beta1", k::number, false, "0.9", "AdamW β1."},
+          {"beta2", k::number, false, "0.95", "AdamW β2."},
+          {"epsilon", k::number, false, "1e-8", "AdamW ε."},
+          {"grad_clip", k::number, false, "1.0", "Global gradient-norm clip (0 disables)."},
+          {"mtp_weight", k::number, false, "0.3", "λ of the MTP loss λ/D · Σ CE_k."},
+          {"balance_loss_alpha", k::number, false, "1e-4", "α of the sequence-wise balance loss."},
+          {"batch_ramp_steps", k::integer, false, "0",
+           "Steps over which the micro-batches per step rise linearly from batch_ramp_start to "
+           "schedule.micro_batches (0: no ramp)."},
+          {"batch_ramp_start", k::integer, false, "1 (DualPipe: 2 × pipeline)",
+           "Micro-batches per step at step 0 of the batch-size ramp."},
+          {"checkpoint_every", k::integer, false, "0",
+           "Steps between checkpoints (0: only at the end and on signals)."},
+          {"checkpoint_dir", k::string, false, "\"checkpoints\"",
+           "Where checkpoints go, relative to the working directory."},
+      }};
+}
+
+/// The [data] section: its keys, in the order the docs list them.
+section_schema data_section() {
+  return {"data",
+          false,
+          false,
+          "The training data.",
+          {
+              {"corpus", k::string, false, "\"builtin\"",
+               "\"builtin\" (the shipped Jargon File), a directory (one document per file), a "
+               ".jsonl file (a \"text\" field per line) or a text file (documents separated by "
+               "form-feed lines); paths relative to the topology file."},
+              {"tokenizer", k::string, false, "\"bytes\"",
+               "\"bytes\": byte-level (ids 0-255, then the config's BOS/EOS and three FIM "
+               "tokens); the only tokenizer for now."},
+              {"fim_rate", k::number, false, "0.1",
+               "Fraction of documents turned into Fill-in-the-Middle (PSM), in [0, 1]."},
+          }};
+}
+
+/// The [monitoring] section: its keys, in the order the docs list them.
+section_schema monitoring_section() {
+  return {
+      "monitoring",
+      false,
+      false,
+      "Metrics for Prometheus.",
+      {
+          {"metrics", k::string, false, "\"\" (off)",
+           "Address of the metrics endpoint, \"HOST:PORT\"; port 0 picks a free port (reported at "
+           "start)."},
+          {"per_expert_series", k::boolean, false, "true",
+           "Export one expert-load series per layer × expert (false: per-layer aggregates only)."},
+      }};
+}
+
+/// The [control] section: its keys, in the order the docs list them.
+section_schema control_section() {
+  return {"control",
+          false,
+          false,
+          "The job's control endpoint, for `troupe ctl` (docs/control.md).",
+          {
+              {"listen", k::string, false, "\"\" (off)",
+               "Loopback address of the control endpoint, \"HOST:PORT\" (127.0.0.1, ::1 or "
+               "localhost); port 0 picks a free port. Requests need the token the job writes to a "
+               "file only its user can read."},
+          }};
+}
+
 const std::vector<section_schema>& sections() {
   static const std::vector<section_schema> schema = {
-      {"job",
-       false,
-       true,
-       "Names the job.",
-       {
-           {"name", k::string, true, "",
-            "Job name: a label on every metric and in checkpoint names."},
-           {"description", k::string, false, "\"\"", "Free text shown by `troupe topo check`."},
-       }},
-      {"model",
-       false,
-       true,
-       "The model: a Hugging Face DeepseekV3 config.json, by path or inline. Exactly one of "
-       "`config` "
-       "and `inline`.",
-       {
-           {"config", k::string, false, "",
-            "Path to a config.json, relative to the topology file."},
-           {"inline", k::table, false, "",
-            "The config.json fields as a TOML table ([model.inline]); fields left out take "
-            "transformers' DeepseekV3Config defaults."},
-           {"precision",
-            k::string,
-            false,
-            "\"fp32\"",
-            "GEMM precision: fp32 (the runtime's BLAS/cuBLAS provider) or fp8 (the `gemm` role's "
-            "plugin, DeepSeek-V3's tile/block-scaled E4M3 recipe).",
-            {"fp32", "fp8"}},
-       }},
-      {"plugins",
-       false,
-       false,
-       "Which plugin fills each role. A value is a plugin name (found as libtroupe-NAME.so on the "
-       "search path) or a path to a library (containing '/' or ending in .so, relative to the "
-       "topology file). Roles left out take the default plugin.",
-       {
-           {"attention", k::string, false, "\"mla\"", "Attention block of every layer."},
-           {"moe", k::string, false, "\"moe\"", "Feed-forward block of the MoE layers."},
-           {"mtp", k::string, false, "\"mtp\"",
-            "Multi-token-prediction modules (used when num_nextn_predict_layers > 0)."},
-           {"gemm", k::string, false, "\"fp8\"",
-            "GEMM provider used when model.precision = \"fp8\"."},
-           {"search_path", k::string_list, false, "[]",
-            "Extra plugin directories, relative to the topology file, searched before "
-            "TROUPE_PLUGIN_PATH and the install dir."},
-           {"options", k::table, false, "{}",
-            "Per-role options handed to the plugin as JSON: [plugins.options.moe] ..."},
-       }},
-      {"parallel",
-       false,
-       false,
-       "Parallel sizes. There are `pipeline` [[stages]] and `expert` [[expert_shards]]; each stage "
-       "has `data` replicas.",
-       {
-           {"pipeline", k::integer, false, "1",
-            "Pipeline-parallel size: the number of [[stages]]."},
-           {"expert", k::integer, false, "1",
-            "Expert-parallel size: the number of [[expert_shards]] (1 with no shards: stages "
-            "compute their own experts)."},
-           {"data", k::integer, false, "1",
-            "Data-parallel size: replicas of every stage (a stage's `device` lists one per "
-            "replica)."},
-           {"world", k::integer, false, "pipeline × data",
-            "Number of stage ranks, if stated: must equal pipeline × data."},
-           {"expert_dispatch",
-            k::string,
-            false,
-            "fp8 when model.precision = \"fp8\", else fp32",
-            "Precision of the token rows stages send to the expert shards: fp8 (E4M3 with one "
-            "scale per 1x128 tile, DeepSeek-V3's dispatch), bf16 or fp32.",
-            {"fp32", "bf16", "fp8"}},
-           {"expert_combine",
-            k::string,
-            false,
-            "bf16 when model.precision = \"fp8\", else fp32",
-            "Precision of the expert outputs coming back to the stages, and of the gradients "
-            "both ways: bf16 (DeepSeek-V3's combine) or fp32.",
-            {"fp32", "bf16"}},
-       }},
-      {"schedule",
-       false,
-       false,
-       "The pipeline schedule.",
-       {
-           {"kind",
-            k::string,
-            false,
-            "\"1f1b\"",
-            "sequential (reference), 1f1b, or dualpipe (even pipeline size, an even number of "
-            "micro-batches, at least 2 × pipeline).",
-            {"sequential", "1f1b", "dualpipe"}},
-           {"micro_batches", k::integer, false, "4", "Micro-batches per step."},
-       }},
-      {"hosts",
-       true,
-       false,
-       "Machines. Without [[hosts]] there is one: `localhost` at 127.0.0.1 with no GPUs. Each host "
-       "runs one process.",
-       {
-           {"name", k::string, true, "", "Name that placements refer to."},
-           {"address", k::string, false, "\"127.0.0.1\"", "Address other processes reach it at."},
-           {"gpus", k::integer, false, "0", "CUDA devices on the host: cuda:0 … cuda:(gpus-1)."},
-       }},
-      {"stages",
-       true,
-       true,
-       "Pipeline stages, in pipeline order. Together they hold every layer once.",
-       {
-           {"layers", k::index_list, true, "",
-            "Consecutive decoder layers of this stage: \"0-3\" or [0, 1, 2, 3]. The embedding goes "
-            "with the first stage; the head and the MTP modules with the last."},
-           {"host", k::string, false, "the only host",
-            "Host of this stage (needed with several hosts)."},
-           {"device", k::device_list, false, "\"cpu\"",
-            "\"cpu\" or \"cuda:N\"; with data > 1 a list of one device per replica."},
-       }},
-      {"expert_shards",
-       true,
-       false,
-       "Expert-parallel shards: each owns some routed experts of every MoE layer. Together they "
-       "hold "
-       "every expert.",
-       {
-           {"experts", k::index_list, false, "an even split",
-            "Routed experts of this shard: \"0-15\" or a list. Leave out on every shard for an "
-            "even split."},
-           {"host", k::string, false, "the only host", "Host of this shard."},
-           {"device", k::device_list, false, "\"cpu\"", "\"cpu\" or \"cuda:N\"."},
-       }},
-      {"ema",
-       false,
-       false,
-       "The CPU EMA updater of the parameters.",
-       {
-           {"enabled", k::boolean, false, "true", "Keep an EMA of the parameters."},
-           {"decay", k::number, false, "0.999", "EMA decay, in (0, 1)."},
-           {"every", k::integer, false, "1", "Update every N optimizer steps."},
-           {"host", k::string, false, "the first host", "Host of the EMA actor."},
-       }},
-      {"balancer",
-       false,
-       false,
-       "The auxiliary-loss-free bias balancer: b_i += gamma · sign(mean load − load_i) per step.",
-       {
-           {"enabled", k::boolean, false, "true", "Update router biases."},
-           {"gamma", k::number, false, "0.001", "Bias update speed γ (≥ 0)."},
-           {"recenter", k::boolean, false, "false",
-            "Shift each layer's biases to zero mean after an update."},
-           {"host", k::string, false, "the first host", "Host of the balancer actor."},
-       }},
-      {"train",
-       false,
-       false,
-       "Training hyper-parameters (`troupe train`).",
-       {
-           {"steps", k::integer, false, "100", "Optimizer steps."},
-           {"seed", k::integer, false, "1234", "Seed of parameter initialisation and data order."},
-           {"micro_batch_size", k::integer, false, "2", "Sequences per micro-batch."},
-           {"sequence_length", k::integer, false, "64", "Tokens per sequence."},
-           {"learning_rate", k::number, false, "3e-4", "Peak learning rate."},
-           {"min_learning_rate", k::number, false, "3e-5", "Floor of the cosine decay."},
-           {"warmup_steps", k::integer, false, "10", "Linear warm-up steps."},
-           {"weight_decay", k::number, false, "0.1", "Decoupled AdamW weight decay."},
-           {"beta1", k::number, false, "0.9", "AdamW β1."},
-           {"beta2", k::number, false, "0.95", "AdamW β2."},
-           {"epsilon", k::number, false, "1e-8", "AdamW ε."},
-           {"grad_clip", k::number, false, "1.0", "Global gradient-norm clip (0 disables)."},
-           {"mtp_weight", k::number, false, "0.3", "λ of the MTP loss λ/D · Σ CE_k."},
-           {"balance_loss_alpha", k::number, false, "1e-4", "α of the sequence-wise balance loss."},
-           {"batch_ramp_steps", k::integer, false, "0",
-            "Steps over which the micro-batches per step rise linearly from batch_ramp_start to "
-            "schedule.micro_batches (0: no ramp)."},
-           {"batch_ramp_start", k::integer, false, "1 (DualPipe: 2 × pipeline)",
-            "Micro-batches per step at step 0 of the batch-size ramp."},
-           {"checkpoint_every", k::integer, false, "0",
-            "Steps between checkpoints (0: only at the end and on signals)."},
-           {"checkpoint_dir", k::string, false, "\"checkpoints\"",
-            "Where checkpoints go, relative to the working directory."},
-       }},
-      {"data",
-       false,
-       false,
-       "The training data.",
-       {
-           {"corpus", k::string, false, "\"builtin\"",
-            "\"builtin\" (the shipped Jargon File), a directory (one document per file), a "
-            ".jsonl file (a \"text\" field per line) or a text file (documents separated by "
-            "form-feed lines); paths relative to the topology file."},
-           {"tokenizer", k::string, false, "\"bytes\"",
-            "\"bytes\": byte-level (ids 0-255, then the config's BOS/EOS and three FIM "
-            "tokens); the only tokenizer for now."},
-           {"fim_rate", k::number, false, "0.1",
-            "Fraction of documents turned into Fill-in-the-Middle (PSM), in [0, 1]."},
-       }},
-      {"monitoring",
-       false,
-       false,
-       "Metrics for Prometheus.",
-       {
-           {"metrics", k::string, false, "\"\" (off)",
-            "Address of the metrics endpoint, \"HOST:PORT\"; port 0 picks a free port (reported at "
-            "start)."},
-           {"per_expert_series", k::boolean, false, "true",
-            "Export one expert-load series per layer × expert (false: per-layer aggregates only)."},
-       }},
-      {"control",
-       false,
-       false,
-       "The job's control endpoint, for `troupe ctl` (docs/control.md).",
-       {
-           {"listen", k::string, false, "\"\" (off)",
-            "Loopback address of the control endpoint, \"HOST:PORT\" (127.0.0.1, ::1 or "
-            "localhost); port 0 picks a free port. Requests need the token the job writes to a "
-            "file only its user can read."},
-       }},
+      job_section(),        model_section(),    plugins_section(), parallel_section(),
+      schedule_section(),   hosts_section(),    stages_section(),  expert_shards_section(),
+      ema_section(),        balancer_section(), train_section(),   data_section(),
+      monitoring_section(), control_section(),
   };
   return schema;
 }

@@ -89,11 +89,16 @@ actor_runtime* runtime_of(const caf::actor_system& system) {
   return it == runtimes().runtimes.end() ? nullptr : it->second;
 }
 
-actor_ref actor_cell::wrap(caf::actor handle) {
+actor_ref actor_cell::wrap(caf::actor handle, std::shared_future<void> ready) {
   if (!handle) return actor_ref();
   auto cell = std::make_shared<actor_cell>();
   cell->handle = std::move(handle);
+  cell->ready = std::move(ready);
   return actor_ref(std::move(cell));
+}
+
+void actor_cell::wait_until_ready(const actor_ref& actor, std::chrono::milliseconds limit) {
+  if (actor.cell_ && actor.cell_->ready.valid()) actor.cell_->ready.wait_for(limit);
 }
 
 caf::actor actor_cell::unwrap(const actor_ref& ref) {
@@ -168,8 +173,15 @@ actor_runtime::~actor_runtime() {
 
 actor_ref actor_runtime::spawn(std::string_view role, std::function<behavior(event_actor&)> init,
                                actor_thread thread) {
-  auto body = [init = std::move(init),
-               label = std::string(role)](detail::instrumented_actor* self) -> caf::behavior {
+  // CAF builds the behavior when the actor first runs, not in spawn: `ready` says when.
+  auto built = std::make_shared<std::promise<void>>();
+  std::shared_future<void> ready = built->get_future().share();
+  auto body = [init = std::move(init), label = std::string(role),
+               built](detail::instrumented_actor* self) -> caf::behavior {
+    struct signal {
+      std::promise<void>& promise;
+      ~signal() { promise.set_value(); }
+    } done{*built};
     auto me = std::make_shared<event_actor>(self);
     auto handlers = std::make_shared<behavior>(init(*me));
     return caf::behavior{[self, me, handlers, label](message_box& box) {
@@ -179,7 +191,7 @@ actor_ref actor_runtime::spawn(std::string_view role, std::function<behavior(eve
   caf::actor handle = thread == actor_thread::own
                           ? detail::spawn_caf<caf::detached>(*this, role, std::move(body))
                           : detail::spawn_caf(*this, role, std::move(body));
-  return detail::actor_cell::wrap(std::move(handle));
+  return detail::actor_cell::wrap(std::move(handle), std::move(ready));
 }
 
 actor_ref actor_runtime::spawn_blocking(std::string_view role,

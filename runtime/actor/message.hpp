@@ -5,18 +5,22 @@
 //
 //   /// Coordinator -> pipeline rank: run one step of the plan.
 //   struct step_order {
-//     TROUPE_REQUEST(step_order, "run_step", rank_step_report);
+//     TROUPE_REQUEST("run_step", rank_step_report);
 //     std::int64_t step = 0;
 //     std::vector<micro_batch_input> inputs;
 //     auto fields() { return std::tie(step, inputs); }
 //   };
 //
 // That declaration is all a message needs, in one process or across several: its name labels it
-// in troupe_messages_{sent,received}_total and identifies it between processes, and the macro
-// registers the type when the program (or library) holding the header starts, so that a gateway
-// can rebuild it from its name (runtime/cluster) before any actor of the process ran. Two types
-// under one name stop the program at start. Replies are messages too (TROUPE_MESSAGE); `bool`,
-// `std::int64_t` and `std::string` are built in.
+// in troupe_messages_{sent,received}_total and identifies it between processes. The first use of
+// the type in a process (a handler for it, a send of it) registers it, so that a gateway can
+// rebuild it from its name (runtime/cluster): an actor is exposed to other processes only once
+// its behavior is built, its handlers' types registered. Two types under one name fail at the
+// second one's first use. Replies are messages too (TROUPE_MESSAGE); `bool`, `std::int64_t` and
+// `std::string` are built in.
+//
+// NOTES: registration is lazy on purpose. A header of messages is included by many files; were
+// every inclusion to instantiate every message's wire format, the build would pay for it in each.
 //
 // Within a process a message travels in a message_box: one heap object handed from sender to
 // receiver, tensors sharing storage, never copied. Every send makes its own box, so a handler
@@ -32,17 +36,15 @@
 
 #include "runtime/actor/wire.hpp"
 
-/// Inside message struct TYPE: its name; it has no reply (a one-way message, or a reply itself).
-#define TROUPE_MESSAGE(TYPE, NAME)                       \
+/// Inside a message struct: its name; it has no reply (a one-way message, or a reply itself).
+#define TROUPE_MESSAGE(NAME)                             \
   static constexpr std::string_view message_name = NAME; \
-  using reply_type = void;                               \
-  static inline const bool troupe_registered_ = ::troupe::detail::register_at_start<TYPE>()
+  using reply_type = void
 
-/// Inside request struct TYPE: its name and the type of its reply.
-#define TROUPE_REQUEST(TYPE, NAME, REPLY)                \
+/// Inside a request struct: its name and the type of its reply.
+#define TROUPE_REQUEST(NAME, REPLY)                      \
   static constexpr std::string_view message_name = NAME; \
-  using reply_type = REPLY;                              \
-  static inline const bool troupe_registered_ = ::troupe::detail::register_at_start<TYPE>()
+  using reply_type = REPLY
 
 namespace troupe {
 
@@ -124,16 +126,6 @@ const message_type_info& message_type() {
   }();
   return info;
 }
-
-namespace detail {
-/// The registration TROUPE_MESSAGE makes at static initialisation (instantiated after the
-/// struct is complete).
-template <class T>
-bool register_at_start() {
-  message_type<T>();
-  return true;
-}
-}  // namespace detail
 
 /// The registered message type called `name`, or null.
 const message_type_info* find_message_type(std::string_view name);

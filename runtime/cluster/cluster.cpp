@@ -89,6 +89,9 @@ const std::string& cluster::host_of(int rank) const {
 }
 
 void cluster::expose(const std::string& name, const actor_ref& actor) {
+  // Once its behavior is built, the message types its handlers take are registered: a message
+  // from another process (which comes after the barrier that follows) finds its type.
+  actor_cell::wait_until_ready(actor, std::chrono::minutes(1));
   caf::anon_send(actor_cell::unwrap(gateway_), expose_atom_v, name, actor_cell::unwrap(actor));
 }
 

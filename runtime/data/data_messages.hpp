@@ -14,7 +14,7 @@ namespace troupe {
 
 /// A step's micro-batches and where the stream stands after them.
 struct data_batch {
-  TROUPE_MESSAGE(data_batch, "data_batch");
+  TROUPE_MESSAGE("data_batch");
   std::vector<micro_batch_input> inputs;
   data_position after;
   auto fields() { return std::tie(inputs, after); }
@@ -22,7 +22,7 @@ struct data_batch {
 
 /// Coordinator -> data loader: the next `micro_batches` micro-batches of the stream.
 struct batch_request {
-  TROUPE_REQUEST(batch_request, "batch", data_batch);
+  TROUPE_REQUEST("batch", data_batch);
   std::int64_t micro_batches = 0;
   auto fields() { return std::tie(micro_batches); }
 };

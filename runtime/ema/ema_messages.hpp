@@ -15,7 +15,7 @@ namespace troupe {
 /// Holders -> EMA after an optimizer step: copies of their trainable weights, and buffers (the
 /// router biases) kept as they are.
 struct ema_snapshot {
-  TROUPE_MESSAGE(ema_snapshot, "snapshot");
+  TROUPE_MESSAGE("snapshot");
   std::vector<std::pair<std::string, tensor>> weights;
   std::vector<std::pair<std::string, tensor>> buffers;
   auto fields() { return std::tie(weights, buffers); }
@@ -23,7 +23,7 @@ struct ema_snapshot {
 
 /// Coordinator -> EMA: write the averages into `directory` as a Hugging Face model.
 struct save_ema {
-  TROUPE_REQUEST(save_ema, "save_ema", bool);
+  TROUPE_REQUEST("save_ema", bool);
   std::string directory;
   auto fields() { return std::tie(directory); }
 };

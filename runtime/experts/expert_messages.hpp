@@ -12,13 +12,13 @@
 namespace troupe {
 
 struct expert_reply {
-  TROUPE_MESSAGE(expert_reply, "expert_reply");
+  TROUPE_MESSAGE("expert_reply");
   encoded_rows rows;  ///< forward: y_rows; backward_input: dL/drows; otherwise empty
   auto fields() { return std::tie(rows); }
 };
 
 struct expert_request {
-  TROUPE_REQUEST(expert_request, "expert_request", expert_reply);
+  TROUPE_REQUEST("expert_request", expert_reply);
   enum class kind : std::uint8_t { forward, backward_input, backward_weight, forget };
   kind what = kind::forward;
   /// Which copy of the layer's stage asks (DualPipe runs two copies of every stage, data

@@ -21,28 +21,28 @@ using named_tensor_list = std::vector<std::pair<std::string, tensor>>;
 /// A holder's gradients after a step: the norm of what it alone holds, and the gradient tensors
 /// of replicated parameters for the coordinator to sum.
 struct gradient_report {
-  TROUPE_MESSAGE(gradient_report, "gradient_report");
+  TROUPE_MESSAGE("gradient_report");
   gradient_summary summary;
   named_tensor_list replicated;
   auto fields() { return std::tie(summary, replicated); }
 };
 
 struct gradients_request {
-  TROUPE_REQUEST(gradients_request, "gradients", gradient_report);
+  TROUPE_REQUEST("gradients", gradient_report);
   auto fields() { return std::tie(); }
 };
 
 /// Coordinator -> holder: the sums of the replicated gradients, in the order the holder reported
 /// them. Within one process the first holder's gradient is already the sum: it skips the copy.
 struct reduced_gradients {
-  TROUPE_REQUEST(reduced_gradients, "reduced", bool);
+  TROUPE_REQUEST("reduced", bool);
   named_tensor_list sums;
   auto fields() { return std::tie(sums); }
 };
 
 /// Coordinator -> holders: the optimizer step after the gradients are reduced.
 struct optimizer_order {
-  TROUPE_REQUEST(optimizer_order, "optimize", bool);
+  TROUPE_REQUEST("optimize", bool);
   std::int64_t step = 0;  ///< counts from 1
   double learning_rate = 0.0;
   double grad_scale = 1.0;
@@ -52,14 +52,14 @@ struct optimizer_order {
 
 /// What a holder wrote: the names of its weights (for model.safetensors.index.json).
 struct checkpoint_written {
-  TROUPE_MESSAGE(checkpoint_written, "checkpoint_written");
+  TROUPE_MESSAGE("checkpoint_written");
   std::vector<std::string> weights;
   auto fields() { return std::tie(weights); }
 };
 
 /// Coordinator -> holders: write your part of a checkpoint into `directory`.
 struct checkpoint_order {
-  TROUPE_REQUEST(checkpoint_order, "save", checkpoint_written);
+  TROUPE_REQUEST("save", checkpoint_written);
   std::string directory;
   std::string weights_file;    ///< e.g. "model-00002-of-00004.safetensors"
   std::string optimizer_file;  ///< e.g. "optimizer/stage1.safetensors"
@@ -68,7 +68,7 @@ struct checkpoint_order {
 
 /// Coordinator -> holders when the job ends: let go of what must go in the holder's own thread.
 struct stop_request {
-  TROUPE_REQUEST(stop_request, "stop", bool);
+  TROUPE_REQUEST("stop", bool);
   auto fields() { return std::tie(); }
 };
 

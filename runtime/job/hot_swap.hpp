@@ -24,18 +24,18 @@
 namespace troupe {
 
 struct prepare_swap {
-  TROUPE_REQUEST(prepare_swap, "swap", std::int64_t);
+  TROUPE_REQUEST("swap", std::int64_t);
   plugin_swap_order order;
   auto fields() { return std::tie(order); }
 };
 
 struct commit_swap {
-  TROUPE_REQUEST(commit_swap, "commit", bool);
+  TROUPE_REQUEST("commit", bool);
   auto fields() { return std::tie(); }
 };
 
 struct abort_swap {
-  TROUPE_REQUEST(abort_swap, "abort", bool);
+  TROUPE_REQUEST("abort", bool);
   auto fields() { return std::tie(); }
 };
 

@@ -68,7 +68,7 @@ std::vector<DLTensor> views(std::span<const tensor> tensors) {
   return out;
 }
 
-tensor_spec from_abi(const troupe_tensor_spec& spec, const plugin_library& library) {
+tensor_spec spec_from_abi(const troupe_tensor_spec& spec, const plugin_library& library) {
   auto type = from_dlpack(spec.dtype);
   if (!type || spec.ndim < 0 || spec.ndim > TROUPE_MAX_DIMS)
     throw plugin_call_error(library, "infer_outputs", TROUPE_STATUS_INTERNAL,
@@ -131,7 +131,7 @@ std::vector<tensor_spec> layer_instance::infer_outputs(std::span<const tensor> i
                input_views.data(), static_cast<std::int32_t>(inputs.size()), specs.data(), &count);
   std::vector<tensor_spec> out;
   for (std::int32_t i = 0; i < count && i < static_cast<std::int32_t>(specs.size()); ++i)
-    out.push_back(from_abi(specs[static_cast<std::size_t>(i)], *library_));
+    out.push_back(spec_from_abi(specs[static_cast<std::size_t>(i)], *library_));
   return out;
 }
 

@@ -18,7 +18,7 @@ namespace troupe {
 
 /// An activation travelling to the forward of (stage, copy), or a gradient to its backward.
 struct stage_transfer {
-  TROUPE_MESSAGE(stage_transfer, "transfer");
+  TROUPE_MESSAGE("transfer");
   bool gradient = false;
   std::int32_t stage = 0;
   std::int32_t copy = 0;
@@ -38,7 +38,7 @@ struct micro_batch_losses {
 
 /// What a pipeline rank did in one step.
 struct rank_step_report {
-  TROUPE_MESSAGE(rank_step_report, "rank_step_report");
+  TROUPE_MESSAGE("rank_step_report");
   std::vector<micro_batch_losses> losses;
   expert_load load;           ///< tokens per expert of each MoE layer, over this rank's forwards
   double busy_seconds = 0.0;  ///< time spent computing ops
@@ -48,7 +48,7 @@ struct rank_step_report {
 /// Coordinator -> pipeline rank: run one step of the plan on these micro-batches (the rank's
 /// replica's), scaling the loss by `loss_scale`; or, forward only, the plan's forwards alone.
 struct step_order {
-  TROUPE_REQUEST(step_order, "run_step", rank_step_report);
+  TROUPE_REQUEST("run_step", rank_step_report);
   std::int64_t step = 0;
   std::shared_ptr<const schedule_plan> plan;
   std::vector<micro_batch_input> inputs;
@@ -59,7 +59,7 @@ struct step_order {
 
 /// Job -> pipeline rank, once before the first step: the ranks of its replica, by rank.
 struct stage_peers {
-  TROUPE_MESSAGE(stage_peers, "peers");
+  TROUPE_MESSAGE("peers");
   std::vector<actor_ref> peers;
   auto fields() { return std::tie(peers); }
 };
@@ -67,7 +67,7 @@ struct stage_peers {
 /// Job -> the stages of a process when another process died: a step waiting for its transfers
 /// would never end, so the running step fails with `why`, and so does every later one.
 struct process_lost {
-  TROUPE_MESSAGE(process_lost, "peer_down");
+  TROUPE_MESSAGE("peer_down");
   std::string why;
   auto fields() { return std::tie(why); }
 };
@@ -75,7 +75,7 @@ struct process_lost {
 /// Pipeline rank -> the other ranks of its replica: its part of step `step` failed, so theirs
 /// cannot finish (they would wait for its activations or gradients for ever).
 struct peer_step_failed {
-  TROUPE_MESSAGE(peer_step_failed, "peer_failed");
+  TROUPE_MESSAGE("peer_failed");
   std::int64_t step = 0;
   std::int32_t rank = 0;
   std::string why;

@@ -23,13 +23,14 @@
 
 namespace troupe {
 
-namespace {
+namespace ucx_wire {
 
 /// The active-message id troupe's tensors use.
 constexpr unsigned tensor_message_id = 7;
 constexpr std::size_t max_rank = 8;
 
 /// What precedes a tensor's bytes: enough to allocate the receiving tensor before the data.
+/// (Named, not in an anonymous namespace: ucx_transport::state's records hold one.)
 struct tensor_header {
   std::int32_t from = 0;
   std::uint8_t type = 0;
@@ -37,6 +38,14 @@ struct tensor_header {
   std::uint64_t tag = 0;
   std::int64_t shape[max_rank] = {};
 };
+
+}  // namespace ucx_wire
+
+using ucx_wire::max_rank;
+using ucx_wire::tensor_header;
+using ucx_wire::tensor_message_id;
+
+namespace {
 
 std::string ucx_failure(const char* what, ucs_status_t status) {
   return fmt::format("UCX {}: {}", what, ucs_status_string(status));

@@ -30,33 +30,32 @@ using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 
 struct add_request {
-  TROUPE_REQUEST(add_request, "test.add", std::int64_t);
+  TROUPE_REQUEST("test.add", std::int64_t);
   std::int64_t a = 0, b = 0;
   auto fields() { return std::tie(a, b); }
 };
 
 struct note {
-  TROUPE_MESSAGE(note, "test.note");
+  TROUPE_MESSAGE("test.note");
   std::int64_t value = 0;
   auto fields() { return std::tie(value); }
 };
 
 struct address_request {
-  TROUPE_REQUEST(address_request, "test.address", std::int64_t);
+  TROUPE_REQUEST("test.address", std::int64_t);
   tensor value;
   auto fields() { return std::tie(value); }
 };
 
-/// Another type under test.note's name (declared by hand: TROUPE_MESSAGE would stop the test
-/// program at start, as it should).
+/// Another type under test.note's name.
 struct impostor {
-  static constexpr std::string_view message_name = "test.note";
+  TROUPE_MESSAGE("test.note");
   auto fields() { return std::tie(); }
 };
 
 /// Declared in this program only: the peer process cannot read it.
 struct private_request {
-  TROUPE_REQUEST(private_request, "test.private", bool);
+  TROUPE_REQUEST("test.private", bool);
   auto fields() { return std::tie(); }
 };
 

@@ -37,6 +37,8 @@ int main(int argc, char** argv) {
           .on<test::fail_request>(
               [](test::fail_request& request) -> bool { fail("asked to fail: {}", request.why); });
     }));
+    // Declared by this program (messages register where code names them) but handled by nobody.
+    (void)message_type<test::unhandled_request>();
     job.barrier(std::chrono::seconds(30));
     const auto [code, why] = job.wait_for_finish();
     return code;

@@ -11,7 +11,7 @@
 namespace troupe::test {
 
 struct echo_reply {
-  TROUPE_MESSAGE(echo_reply, "test.echo_reply");
+  TROUPE_MESSAGE("test.echo_reply");
   tensor value;
   std::string text;
   auto fields() { return std::tie(value, text); }
@@ -19,7 +19,7 @@ struct echo_reply {
 
 /// Answered with the tensor's f32 values doubled and the text reversed.
 struct echo_request {
-  TROUPE_REQUEST(echo_request, "test.echo", echo_reply);
+  TROUPE_REQUEST("test.echo", echo_reply);
   tensor value;
   std::string text;
   auto fields() { return std::tie(value, text); }
@@ -27,14 +27,14 @@ struct echo_request {
 
 /// Its handler throws "asked to fail: WHY".
 struct fail_request {
-  TROUPE_REQUEST(fail_request, "test.fail", bool);
+  TROUPE_REQUEST("test.fail", bool);
   std::string why;
   auto fields() { return std::tie(why); }
 };
 
 /// No actor handles it.
 struct unhandled_request {
-  TROUPE_REQUEST(unhandled_request, "test.unhandled", bool);
+  TROUPE_REQUEST("test.unhandled", bool);
   auto fields() { return std::tie(); }
 };
 

@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 struct ping_request {
-  TROUPE_REQUEST(ping_request, "test.ping", bool);
+  TROUPE_REQUEST("test.ping", bool);
   auto fields() { return std::tie(); }
 };
 

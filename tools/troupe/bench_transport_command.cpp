@@ -179,7 +179,7 @@ transport_figures measure_transport(int fd, const transport_bench_options& optio
 
 /// The request the round trip measures.
 struct bench_ping {
-  TROUPE_REQUEST(bench_ping, "bench_ping", std::int64_t);
+  TROUPE_REQUEST("bench_ping", std::int64_t);
   std::int64_t i = 0;
   auto fields() { return std::tie(i); }
 };

@@ -3,8 +3,10 @@
 // CAF behind troupe's actor API. For runtime/actor and runtime/cluster only: nothing else
 // includes CAF (docs/architecture.md, "Actors and CAF").
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -41,8 +43,13 @@ namespace troupe::detail {
 /// What an actor_ref holds.
 struct actor_cell {
   caf::actor handle;
+  /// Ready once the actor's behavior is built (its handlers' message types registered); an
+  /// invalid future for actors that need no waiting (proxies, CAF-level actors).
+  std::shared_future<void> ready;
 
-  static actor_ref wrap(caf::actor handle);
+  static actor_ref wrap(caf::actor handle, std::shared_future<void> ready = {});
+  /// Waits until `actor`'s behavior is built (see `ready`), at most `limit`.
+  static void wait_until_ready(const actor_ref& actor, std::chrono::milliseconds limit);
   /// The CAF handle of `ref` (an empty one for an empty ref).
   static caf::actor unwrap(const actor_ref& ref);
 };

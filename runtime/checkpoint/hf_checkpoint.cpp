@@ -1,5 +1,6 @@
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/cpu/fp8_quantize.hpp"
+#include "runtime/core/input_limits.hpp"
 #include "runtime/exec/convert.hpp"
 
 namespace troupe {
@@ -30,12 +32,11 @@ hf_checkpoint hf_checkpoint::open(const fs::path& directory) {
   const fs::path index = directory / "model.safetensors.index.json";
   std::vector<fs::path> files;
   if (fs::is_regular_file(index)) {
-    std::ifstream in(index);
     nlohmann::json parsed;
     try {
-      parsed = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw checkpoint_error(fmt::format("{}: not valid JSON: {}", index.string(), e.what()));
+      parsed = read_json_file(index, "shard index");
+    } catch (const troupe::error& e) {
+      throw checkpoint_error(e.what());
     }
     if (!parsed.contains("weight_map") || !parsed["weight_map"].is_object())
       throw checkpoint_error(fmt::format("{}: has no weight_map object", index.string()));
@@ -45,6 +46,11 @@ hf_checkpoint hf_checkpoint::open(const fs::path& directory) {
         throw checkpoint_error(
             fmt::format("{}: weight_map['{}'] is not a file name", index.string(), it.key()));
       const std::string file = it->get<std::string>();
+      if (file.empty() || file.find('/') != std::string::npos || file == "." || file == ".." ||
+          file.find('\0') != std::string::npos)
+        throw checkpoint_error(
+            fmt::format("{}: weight_map['{}'] = \"{}\" is not a file name in the model directory",
+                        index.string(), it.key(), file));
       auto [slot, inserted] = file_index.try_emplace(file, files.size());
       if (inserted) files.push_back(directory / file);
       result.where_[it.key()] = slot->second;
@@ -166,6 +172,11 @@ void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store) {
       continue;
     }
     p->value.copy_from(checkpoint.read_f32(p->name));
+    const float* v = p->value.data_as<const float>();
+    for (std::int64_t i = 0; i < p->value.numel(); ++i)
+      if (!std::isfinite(v[i]))
+        throw checkpoint_error(fmt::format("{}: tensor '{}' holds a non-finite value ({} at {})",
+                                           checkpoint.directory().string(), p->name, v[i], i));
   }
   if (!missing.empty() || !mismatched.empty()) {
     std::string message =

@@ -65,7 +65,8 @@ nlohmann::json parse_header(const fs::path& file, const unsigned char* bytes,
   try {
     header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes + 8),
                                    reinterpret_cast<const char*>(bytes + 8 + header_length));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // Not only parse_error: a number beyond double range (1e400) throws out_of_range.
     bad(file, fmt::format("the header is not valid JSON: {}", e.what()));
   }
   if (!header.is_object()) bad(file, "the header is not a JSON object");
@@ -77,12 +78,23 @@ std::uint64_t parse_shape(const fs::path& file, const std::string& name, const n
                           std::vector<std::int64_t>& shape) {
   if (!spec["shape"].is_array())
     bad(file, fmt::format("tensor '{}': shape must be an array", name));
+  if (spec["shape"].size() > 16)
+    bad(file, fmt::format("tensor '{}': shape has {} dimensions (at most 16)", name,
+                          spec["shape"].size()));
+  // NOTES: the element count is bounded while it is multiplied: a shape claiming 2^62+1 elements
+  // must not wrap around to match a 4-byte data range.
+  constexpr std::uint64_t max_elements = std::uint64_t{1} << 60;
   std::uint64_t count = 1;
   for (const auto& extent : spec["shape"]) {
-    if (!extent.is_number_integer() || extent.get<std::int64_t>() < 0)
+    if (!extent.is_number_integer() || extent.get<std::int64_t>() < 0 ||
+        (extent.is_number_unsigned() && extent.get<std::uint64_t>() > max_elements))
       bad(file, fmt::format("tensor '{}': shape {} has a bad extent", name, spec["shape"].dump()));
     shape.push_back(extent.get<std::int64_t>());
-    count *= static_cast<std::uint64_t>(shape.back());
+    const auto e = static_cast<std::uint64_t>(shape.back());
+    if (e != 0 && count > max_elements / e)
+      bad(file, fmt::format("tensor '{}': shape {} has more than 2^60 elements", name,
+                            spec["shape"].dump()));
+    count *= e;
   }
   return count;
 }

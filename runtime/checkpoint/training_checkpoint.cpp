@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/checkpoint/safetensors.hpp"
+#include "runtime/core/input_limits.hpp"
 
 namespace troupe {
 
@@ -48,38 +49,42 @@ void write_trainer_state(const fs::path& file, const trainer_state& state) {
 }
 
 trainer_state read_trainer_state(const fs::path& file) {
-  std::ifstream in(file);
-  if (!in) throw checkpoint_error(fmt::format("{}: cannot read the trainer state", file.string()));
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw checkpoint_error(fmt::format("{}: not JSON: {}", file.string(), e.what()));
+    j = read_json_file(file, "trainer state", std::uintmax_t{1} << 20);
+  } catch (const troupe::error& e) {
+    throw checkpoint_error(e.what());
   }
+  // NOTES: every count is bounded well inside 64 bits: an epoch of 2^64-1 is the data stream's
+  // "no epoch yet" marker, and a step near 2^63 overflows the step loop's arithmetic.
+  constexpr integer_bounds count{0, std::int64_t{1} << 62};
   trainer_state state;
   std::string field;
   try {
-    field = "step";
-    state.step = j.at("step").get<std::int64_t>();
-    field = "total_steps";
-    state.total_steps = j.at("total_steps").get<std::int64_t>();
+    if (!j.is_object()) fail("the trainer state must be a JSON object");
+    auto integer = [&](const nlohmann::json& object, const char* key) {
+      field = key;
+      return json_integer(object.at(key), count, key);
+    };
+    state.step = integer(j, "step");
+    state.total_steps = integer(j, "total_steps");
     field = "seed";
     state.seed = j.at("seed").get<std::uint64_t>();
+    if (!j.at("seed").is_number_integer()) fail("seed must be an integer");
     field = "data_position";
     const auto& p = j.at("data_position");
-    state.data = {p.at("epoch").get<std::uint64_t>(), p.at("document").get<std::uint64_t>(),
-                  p.at("offset").get<std::uint64_t>()};
-    field = "tokens_seen";
-    state.tokens_seen = j.value("tokens_seen", std::int64_t{0});
+    state.data = {static_cast<std::uint64_t>(integer(p, "epoch")),
+                  static_cast<std::uint64_t>(integer(p, "document")),
+                  static_cast<std::uint64_t>(integer(p, "offset"))};
+    state.tokens_seen = j.contains("tokens_seen") ? integer(j, "tokens_seen") : 0;
     field = "loss";
-    state.loss = j.value("loss", 0.0);
+    state.loss = j.contains("loss") && !j["loss"].is_null() ? j["loss"].get<double>() : 0.0;
     field = "topology";
     state.topology = j.value("topology", std::string());
   } catch (const std::exception& e) {
     throw checkpoint_error(fmt::format("{}: field \"{}\" is missing or malformed ({})",
                                        file.string(), field, e.what()));
   }
-  if (state.step < 0) throw checkpoint_error(fmt::format("{}: step is negative", file.string()));
   return state;
 }
 

@@ -62,7 +62,7 @@ std::string_view trim(std::string_view s) {
 
 }  // namespace
 
-std::vector<int> parse_index_ranges(std::string_view text) {
+std::vector<int> parse_index_ranges(std::string_view text, int limit) {
   std::vector<int> out;
   std::string_view rest = text;
   while (true) {
@@ -70,14 +70,15 @@ std::vector<int> parse_index_ranges(std::string_view text) {
     std::string_view part = trim(rest.substr(0, comma));
     if (part.empty()) fail("empty item in index list \"{}\"", text);
     auto dash = part.find('-');
-    if (dash == std::string_view::npos) {
-      out.push_back(parse_int(part, text));
-    } else {
-      int first = parse_int(trim(part.substr(0, dash)), text);
-      int last = parse_int(trim(part.substr(dash + 1)), text);
-      if (last < first) fail("range '{}' in \"{}\" runs backwards", part, text);
-      for (int i = first; i <= last; ++i) out.push_back(i);
-    }
+    const int first = parse_int(trim(part.substr(0, dash)), text);
+    const int last =
+        dash == std::string_view::npos ? first : parse_int(trim(part.substr(dash + 1)), text);
+    if (last < first) fail("range '{}' in \"{}\" runs backwards", part, text);
+    // NOTES: a range is expanded only below `limit`: "0-2147483647" must not allocate (or loop
+    // on `i <= INT_MAX`). What lies beyond is kept as one index, so the caller's check still
+    // reports it ("layer 4 does not exist") once.
+    for (int i = first; i <= last && i < limit; ++i) out.push_back(i);
+    if (last >= limit) out.push_back(std::max(first, limit));
     if (comma == std::string_view::npos) break;
     rest.remove_prefix(comma + 1);
   }

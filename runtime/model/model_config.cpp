@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/input_limits.hpp"
 
 namespace troupe {
 
@@ -41,14 +42,21 @@ class field_reader {
     return it == source_.end() ? nullptr : &*it;
   }
 
-  void integer(const std::string& field, std::int64_t& value, std::int64_t minimum) {
+  /// An integer field within [minimum, maximum]: the maxima are far above any real model and
+  /// keep every product of two sizes inside 64 bits (and every loop over layers short).
+  void integer(const std::string& field, std::int64_t& value, std::int64_t minimum,
+               std::int64_t maximum = std::int64_t{1} << 24) {
     if (const json* v = find(field)) {
+      if (v->is_number_unsigned() && v->get<std::uint64_t>() > std::uint64_t{1} << 62)
+        fail_field(field, fmt::format("must be at most {}, got {}", maximum, v->dump()));
       if (!v->is_number_integer())
         fail_field(field, fmt::format("must be an integer, got {}", v->dump()));
       value = v->get<std::int64_t>();
     }
     if (value < minimum)
       fail_field(field, fmt::format("must be at least {}, got {}", minimum, value));
+    if (value > maximum)
+      fail_field(field, fmt::format("must be at most {}, got {}", maximum, value));
   }
 
   void number(const std::string& field, double& value, bool positive) {
@@ -56,6 +64,7 @@ class field_reader {
       if (!v->is_number()) fail_field(field, fmt::format("must be a number, got {}", v->dump()));
       value = v->get<double>();
     }
+    if (!std::isfinite(value)) fail_field(field, fmt::format("must be finite, got {}", value));
     if (positive && !(value > 0.0))
       fail_field(field, fmt::format("must be positive, got {}", value));
   }
@@ -112,6 +121,7 @@ void read_rope(field_reader& r, const json& source, model_config& c) {
     if (!(*rope)[key].is_number())
       r.fail_field(fmt::format("{}.{}", field, key), "must be a number");
     value = (*rope)[key].get<double>();
+    if (!std::isfinite(value)) r.fail_field(fmt::format("{}.{}", field, key), "must be finite");
   };
   number("factor", y.factor);
   number("beta_fast", y.beta_fast);
@@ -120,9 +130,10 @@ void read_rope(field_reader& r, const json& source, model_config& c) {
   number("mscale_all_dim", y.mscale_all_dim);
   if (rope->contains("original_max_position_embeddings")) {
     const json& v = (*rope)["original_max_position_embeddings"];
-    if (!v.is_number_integer() || v.get<std::int64_t>() <= 0)
+    if (!v.is_number_integer() || v.get<std::int64_t>() <= 0 ||
+        v.get<std::int64_t>() > std::int64_t{1} << 24)
       r.fail_field(fmt::format("{}.original_max_position_embeddings", field),
-                   "must be a positive integer");
+                   "must be a positive integer of at most 2^24");
     y.original_max_position_embeddings = v.get<std::int64_t>();
   }
   if (!(y.factor >= 1.0))
@@ -213,13 +224,14 @@ model_config parse_model_config(const json& source, const std::string& source_na
   r.integer("hidden_size", c.hidden_size, 1);
   r.integer("intermediate_size", c.intermediate_size, 1);
   r.integer("moe_intermediate_size", c.moe_intermediate_size, 1);
-  r.integer("num_hidden_layers", c.num_hidden_layers, 1);
-  r.integer("first_k_dense_replace", c.first_k_dense_replace, 0);
-  r.integer("num_attention_heads", c.num_attention_heads, 1);
+  r.integer("num_hidden_layers", c.num_hidden_layers, 1, 4096);
+  r.integer("first_k_dense_replace", c.first_k_dense_replace, 0, 4096);
+  r.integer("num_attention_heads", c.num_attention_heads, 1, 65536);
   if (const json* q = r.find("q_lora_rank")) {
     if (q->is_null())
       c.q_lora_rank.reset();
-    else if (q->is_number_integer() && q->get<std::int64_t>() > 0)
+    else if (q->is_number_integer() && q->get<std::int64_t>() > 0 &&
+             q->get<std::int64_t>() <= std::int64_t{1} << 24)
       c.q_lora_rank = q->get<std::int64_t>();
     else
       r.fail_field("q_lora_rank",
@@ -232,11 +244,11 @@ model_config parse_model_config(const json& source, const std::string& source_na
     r.fail_field("qk_rope_head_dim",
                  fmt::format("must be even (RoPE rotates pairs), got {}", c.qk_rope_head_dim));
   r.integer("v_head_dim", c.v_head_dim, 1);
-  r.integer("n_routed_experts", c.n_routed_experts, 0);
-  r.integer("n_shared_experts", c.n_shared_experts, 0);
-  r.integer("num_experts_per_tok", c.num_experts_per_tok, 1);
-  r.integer("n_group", c.n_group, 1);
-  r.integer("topk_group", c.topk_group, 1);
+  r.integer("n_routed_experts", c.n_routed_experts, 0, 65536);
+  r.integer("n_shared_experts", c.n_shared_experts, 0, 65536);
+  r.integer("num_experts_per_tok", c.num_experts_per_tok, 1, 65536);
+  r.integer("n_group", c.n_group, 1, 65536);
+  r.integer("topk_group", c.topk_group, 1, 65536);
   r.number("routed_scaling_factor", c.routed_scaling_factor, true);
   r.boolean("norm_topk_prob", c.norm_topk_prob);
   r.choice("scoring_func", c.scoring_func, {"sigmoid"},
@@ -249,11 +261,11 @@ model_config parse_model_config(const json& source, const std::string& source_na
   r.boolean("rope_interleave", c.rope_interleave);
   r.number("rms_norm_eps", c.rms_norm_eps, true);
   r.integer("max_position_embeddings", c.max_position_embeddings, 1);
-  r.integer("num_nextn_predict_layers", c.num_nextn_predict_layers, 0);
+  r.integer("num_nextn_predict_layers", c.num_nextn_predict_layers, 0, 64);
   r.boolean("tie_word_embeddings", c.tie_word_embeddings);
   read_quantization(r, c);
-  r.integer("bos_token_id", c.bos_token_id, 0);
-  r.integer("eos_token_id", c.eos_token_id, 0);
+  r.integer("bos_token_id", c.bos_token_id, 0, c.vocab_size - 1);
+  r.integer("eos_token_id", c.eos_token_id, 0, c.vocab_size - 1);
 
   if (c.first_k_dense_replace > c.num_hidden_layers)
     r.fail_field("first_k_dense_replace",
@@ -357,17 +369,8 @@ source_position locate_in_json_text(const void* context, const std::string& fiel
 }  // namespace
 
 model_config load_model_config(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  if (!in) fail("{}: cannot read the model config: {}", file.string(), std::strerror(errno));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  file_text source{file.string(), buffer.str()};
-  json parsed;
-  try {
-    parsed = json::parse(source.text);
-  } catch (const json::parse_error& e) {
-    fail("{}: not valid JSON: {}", file.string(), e.what());
-  }
+  file_text source{file.string(), read_text_file(file, "model config")};
+  const json parsed = parse_json(source.text, source.name);
   return parse_model_config(parsed, source.name, &locate_in_json_text, &source);
 }
 

@@ -7,18 +7,18 @@ std::string to_string(const diagnostic& d) {
                      d.level == diagnostic::severity::error ? "error" : "warning", d.message);
 }
 
-namespace {
-std::string join_diagnostics(const std::vector<diagnostic>& diagnostics) {
+std::string format_diagnostics(const std::vector<diagnostic>& diagnostics, std::size_t limit) {
   std::string out;
-  for (const auto& d : diagnostics) {
+  for (std::size_t i = 0; i < diagnostics.size() && i < limit; ++i) {
     if (!out.empty()) out += '\n';
-    out += to_string(d);
+    out += to_string(diagnostics[i]);
   }
+  if (diagnostics.size() > limit)
+    out += fmt::format("\n... and {} more", diagnostics.size() - limit);
   return out;
 }
-}  // namespace
 
 topology_error::topology_error(std::vector<diagnostic> diagnostics)
-    : error(join_diagnostics(diagnostics)), diagnostics_(std::move(diagnostics)) {}
+    : error(format_diagnostics(diagnostics)), diagnostics_(std::move(diagnostics)) {}
 
 }  // namespace troupe

@@ -19,6 +19,10 @@ struct diagnostic {
 /// "file:line:column: error: message".
 std::string to_string(const diagnostic& d);
 
+/// The diagnostics one per line, at most `limit` of them and then "... and N more errors": one
+/// mistake repeated over fifty million layers must not print fifty million lines.
+std::string format_diagnostics(const std::vector<diagnostic>& diagnostics, std::size_t limit = 20);
+
 /// A topology that did not validate; carries every error found, not just the first.
 class topology_error : public error {
  public:

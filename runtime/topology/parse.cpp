@@ -10,6 +10,7 @@
 #include <toml++/toml.h>
 #include <nlohmann/json.hpp>
 
+#include "runtime/core/input_limits.hpp"
 #include "runtime/core/text.hpp"
 #include "runtime/topology/load.hpp"
 #include "runtime/topology/overrides.hpp"
@@ -124,10 +125,12 @@ class topology_parser {
     return node != nullptr ? node->as_table() : nullptr;
   }
 
-  std::vector<int> read_indices(const toml::node& node, const std::string& path) {
+  /// A list of layers or experts; ranges are expanded only below `limit` (indices beyond it
+  /// are reported by validate.cpp, once per item).
+  std::vector<int> read_indices(const toml::node& node, const std::string& path, int limit) {
     if (auto text = node.value_exact<std::string>()) {
       try {
-        return parse_index_ranges(*text);
+        return parse_index_ranges(*text, limit);
       } catch (const troupe::error& e) {
         error(position_of(node.source(), file_), fmt::format("{}: {}", path, e.what()));
         return {};
@@ -139,7 +142,7 @@ class topology_parser {
         auto v = item.value_exact<std::int64_t>();
         if (!v || *v < 0 || *v > 1 << 20) {
           error(position_of(item.source(), file_),
-                fmt::format("{}: indices must be non-negative integers", path));
+                fmt::format("{}: indices must be integers from 0 to 2^20", path));
           return {};
         }
         out.push_back(static_cast<int>(*v));
@@ -147,6 +150,11 @@ class topology_parser {
     }
     std::sort(out.begin(), out.end());
     return out;
+  }
+
+  /// The bound of layer or expert indices: the model's count once it is read, else 2^20.
+  int index_limit(std::int64_t model_count) const {
+    return model_read_ ? static_cast<int>(std::max<std::int64_t>(model_count, 1)) : 1 << 20;
   }
 
   std::vector<placement> read_placements(std::string_view section_name, const toml::table& table,
@@ -207,6 +215,7 @@ class topology_parser {
           return;
         }
         topo_.model = load_model_config(topo_.model_config_file);
+        model_read_ = true;
       } else if (const auto* table = inline_config->as_table()) {
         struct inline_context {
           const toml::table* table;
@@ -220,6 +229,7 @@ class topology_parser {
           return position_of(ctx->table->source(), ctx->file);
         };
         topo_.model = parse_model_config(to_json(*table), file_, locate, &context);
+        model_read_ = true;
       }
     } catch (const model_config_error& e) {
       error(e.where(), fmt::format("model config field '{}': {}", e.field(), e.problem()));
@@ -348,7 +358,8 @@ class topology_parser {
       const std::string path = fmt::format("stages[{}]", i);
       stage_spec stage;
       if (const toml::node* layers = table.get("layers"); layers != nullptr)
-        stage.layers = read_indices(*layers, path + ".layers");
+        stage.layers =
+            read_indices(*layers, path + ".layers", index_limit(topo_.model.num_hidden_layers));
       stage.replicas = read_placements("stages", table, path);
       topo_.stages.push_back(std::move(stage));
     }
@@ -362,7 +373,8 @@ class topology_parser {
       const std::string path = fmt::format("expert_shards[{}]", i);
       expert_shard_spec shard;
       if (const toml::node* experts = table.get("experts"); experts != nullptr)
-        shard.experts = read_indices(*experts, path + ".experts");
+        shard.experts =
+            read_indices(*experts, path + ".experts", index_limit(topo_.model.n_routed_experts));
       auto places = read_placements("expert_shards", table, path);
       if (places.size() > 1)
         error(topo_.where(path + ".device"),
@@ -480,6 +492,7 @@ class topology_parser {
   topology& topo_;
   std::vector<diagnostic>& diagnostics_;
   std::string file_;
+  bool model_read_ = false;  ///< [model] was read without error: its counts bound indices
 };
 
 }  // namespace
@@ -518,11 +531,9 @@ loaded_topology load_topology_text(std::string_view text, const fs::path& file,
 }
 
 loaded_topology load_topology(const fs::path& file, const topology_load_options& options) {
-  std::ifstream in(file);
-  if (!in) fail("{}: cannot read the topology file: {}", file.string(), std::strerror(errno));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return load_topology_text(buffer.str(), file, options);
+  // A topology is a few kilobytes; 16 MiB leaves room for generated ones.
+  return load_topology_text(read_text_file(file, "topology file", std::uintmax_t{16} << 20), file,
+                            options);
 }
 
 }  // namespace troupe

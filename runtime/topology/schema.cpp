@@ -78,15 +78,36 @@ section_schema parallel_section() {
       "Parallel sizes. There are `pipeline` [[stages]] and `expert` [[expert_shards]]; each stage "
       "has `data` replicas.",
       {
-          {"pipeline", k::integer, false, "1", "Pipeline-parallel size: the number of [[stages]]."},
-          {"expert", k::integer, false, "1",
+          {"pipeline",
+           k::integer,
+           false,
+           "1",
+           "Pipeline-parallel size: the number of [[stages]].",
+           {},
+           {1, 65536}},
+          {"expert",
+           k::integer,
+           false,
+           "1",
            "Expert-parallel size: the number of [[expert_shards]] (1 with no shards: stages "
-           "compute their own experts)."},
-          {"data", k::integer, false, "1",
+           "compute their own experts).",
+           {},
+           {1, 65536}},
+          {"data",
+           k::integer,
+           false,
+           "1",
            "Data-parallel size: replicas of every stage (a stage's `device` lists one per "
-           "replica)."},
-          {"world", k::integer, false, "pipeline × data",
-           "Number of stage ranks, if stated: must equal pipeline × data."},
+           "replica).",
+           {},
+           {1, 65536}},
+          {"world",
+           k::integer,
+           false,
+           "pipeline × data",
+           "Number of stage ranks, if stated: must equal pipeline × data.",
+           {},
+           {1, 65536}},
           {"expert_dispatch",
            k::string,
            false,
@@ -118,7 +139,7 @@ section_schema schedule_section() {
                "sequential (reference), 1f1b, or dualpipe (even pipeline size, an even number of "
                "micro-batches, at least 2 × pipeline).",
                {"sequential", "1f1b", "dualpipe"}},
-              {"micro_batches", k::integer, false, "4", "Micro-batches per step."},
+              {"micro_batches", k::integer, false, "4", "Micro-batches per step.", {}, {1, 65536}},
           }};
 }
 
@@ -133,7 +154,13 @@ section_schema hosts_section() {
       {
           {"name", k::string, true, "", "Name that placements refer to."},
           {"address", k::string, false, "\"127.0.0.1\"", "Address other processes reach it at."},
-          {"gpus", k::integer, false, "0", "CUDA devices on the host: cuda:0 … cuda:(gpus-1)."},
+          {"gpus",
+           k::integer,
+           false,
+           "0",
+           "CUDA devices on the host: cuda:0 … cuda:(gpus-1).",
+           {},
+           {0, 1024}},
       }};
 }
 
@@ -174,16 +201,17 @@ section_schema expert_shards_section() {
 
 /// The [ema] section: its keys, in the order the docs list them.
 section_schema ema_section() {
-  return {"ema",
-          false,
-          false,
-          "The CPU EMA updater of the parameters.",
-          {
-              {"enabled", k::boolean, false, "true", "Keep an EMA of the parameters."},
-              {"decay", k::number, false, "0.999", "EMA decay, in (0, 1)."},
-              {"every", k::integer, false, "1", "Update every N optimizer steps."},
-              {"host", k::string, false, "the first host", "Host of the EMA actor."},
-          }};
+  return {
+      "ema",
+      false,
+      false,
+      "The CPU EMA updater of the parameters.",
+      {
+          {"enabled", k::boolean, false, "true", "Keep an EMA of the parameters."},
+          {"decay", k::number, false, "0.999", "EMA decay, in (0, 1)."},
+          {"every", k::integer, false, "1", "Update every N optimizer steps.", {}, {1, 1 << 30}},
+          {"host", k::string, false, "the first host", "Host of the EMA actor."},
+      }};
 }
 
 /// The [balancer] section: its keys, in the order the docs list them.
@@ -210,13 +238,31 @@ section_schema train_section() {
       false,
       "Training hyper-parameters (`troupe train`).",
       {
-          {"steps", k::integer, false, "100", "Optimizer steps."},
-          {"seed", k::integer, false, "1234", "Seed of parameter initialisation and data order."},
-          {"micro_batch_size", k::integer, false, "2", "Sequences per micro-batch."},
-          {"sequence_length", k::integer, false, "64", "Tokens per sequence."},
+          {"steps", k::integer, false, "100", "Optimizer steps.", {}, {1, std::int64_t{1} << 40}},
+          {"seed",
+           k::integer,
+           false,
+           "1234",
+           "Seed of parameter initialisation and data order.",
+           {},
+           {0, std::numeric_limits<std::int64_t>::max()}},
+          {"micro_batch_size",
+           k::integer,
+           false,
+           "2",
+           "Sequences per micro-batch.",
+           {},
+           {1, 1 << 20}},
+          {"sequence_length", k::integer, false, "64", "Tokens per sequence.", {}, {1, 1 << 24}},
           {"learning_rate", k::number, false, "3e-4", "Peak learning rate."},
           {"min_learning_rate", k::number, false, "3e-5", "Floor of the cosine decay."},
-          {"warmup_steps", k::integer, false, "10", "Linear warm-up steps."},
+          {"warmup_steps",
+           k::integer,
+           false,
+           "10",
+           "Linear warm-up steps.",
+           {},
+           {0, std::int64_t{1} << 40}},
           {"weight_decay", k::number, false, "0.1", "Decoupled AdamW weight decay."},
           {"beta1", k::number, false, "0.9", "AdamW β1."},
           {"beta2", k::number, false, "0.95", "AdamW β2."},
@@ -224,13 +270,23 @@ section_schema train_section() {
           {"grad_clip", k::number, false, "1.0", "Global gradient-norm clip (0 disables)."},
           {"mtp_weight", k::number, false, "0.3", "λ of the MTP loss λ/D · Σ CE_k."},
           {"balance_loss_alpha", k::number, false, "1e-4", "α of the sequence-wise balance loss."},
-          {"batch_ramp_steps", k::integer, false, "0",
+          {"batch_ramp_steps",
+           k::integer,
+           false,
+           "0",
            "Steps over which the micro-batches per step rise linearly from batch_ramp_start to "
-           "schedule.micro_batches (0: no ramp)."},
+           "schedule.micro_batches (0: no ramp).",
+           {},
+           {0, std::int64_t{1} << 40}},
           {"batch_ramp_start", k::integer, false, "1 (DualPipe: 2 × pipeline)",
            "Micro-batches per step at step 0 of the batch-size ramp."},
-          {"checkpoint_every", k::integer, false, "0",
-           "Steps between checkpoints (0: only at the end and on signals)."},
+          {"checkpoint_every",
+           k::integer,
+           false,
+           "0",
+           "Steps between checkpoints (0: only at the end and on signals).",
+           {},
+           {0, std::int64_t{1} << 40}},
           {"checkpoint_dir", k::string, false, "\"checkpoints\"",
            "Where checkpoints go, relative to the working directory."},
       }};

@@ -4,6 +4,8 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/core/input_limits.hpp"
+
 namespace troupe {
 
 /// The value a topology key takes.
@@ -26,6 +28,7 @@ struct key_schema {
   std::string_view default_text;
   std::string_view description;
   std::vector<std::string_view> choices = {};
+  integer_bounds bounds = {};  ///< integers: checked with the schema, before any value is read
 };
 
 /// A top-level section: a table ([name]) or an array of tables ([[name]]).

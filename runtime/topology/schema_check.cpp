@@ -1,5 +1,8 @@
 #include "runtime/topology/schema_check.hpp"
 
+#include <cmath>
+#include <optional>
+
 #include <fmt/format.h>
 
 #include "runtime/core/text.hpp"
@@ -89,6 +92,11 @@ class schema_checker {
               fmt::format("{}.{} must be {}", path, name, troupe::name_of(schema->kind)));
         continue;
       }
+      if (const auto problem = out_of_bounds(node, *schema)) {
+        error(position_of(node.source(), file_),
+              fmt::format("{}.{} = {} {}", path, name, node_text(node), *problem));
+        continue;
+      }
       if (!schema->choices.empty()) {
         const std::string value = node.value_or(std::string());
         bool allowed = false;
@@ -106,6 +114,23 @@ class schema_checker {
         error(position_of(table.source(), file_),
               fmt::format("missing key '{}' in {}: {}", key.name, label, key.description));
     }
+  }
+
+  /// Why an integer or number lies outside what its key allows, or nothing.
+  static std::optional<std::string> out_of_bounds(const toml::node& node, const key_schema& key) {
+    if (key.kind == value_kind::integer) {
+      const std::int64_t v = *node.value_exact<std::int64_t>();
+      if (v < key.bounds.min || v > key.bounds.max)
+        return fmt::format("is out of range: it must be {}", describe_bounds(key.bounds));
+    } else if (key.kind == value_kind::number) {
+      if (!std::isfinite(node.value_or(0.0))) return std::string("is not a finite number");
+    }
+    return std::nullopt;
+  }
+
+  static std::string node_text(const toml::node& node) {
+    if (auto v = node.value_exact<std::int64_t>()) return std::to_string(*v);
+    return fmt::format("{}", node.value_or(0.0));
   }
 
   static bool has_kind(const toml::node& node, value_kind kind) {

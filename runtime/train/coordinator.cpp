@@ -53,7 +53,11 @@ training_result coordinator::run(blocking_actor& self, const std::atomic<bool>& 
     result.last_step = step + 1;
     if (control_) control_->after_step(step + 1);
     if (options_.on_step) options_.on_step(record);
-    result.steps.push_back(std::move(record));
+    if (!result.first) result.first = record;
+    result.tokens += record.tokens;
+    result.step_seconds += record.step_seconds;
+    if (options_.keep_steps) result.steps.push_back(record);
+    result.last = std::move(record);
     if (options_.stop_after > 0 && step + 1 >= options_.stop_after) {
       stopped = true;
       break;

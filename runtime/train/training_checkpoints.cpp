@@ -1,17 +1,29 @@
 #include "runtime/train/training_checkpoints.hpp"
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
 #include <fstream>
 #include <map>
+
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
 
 #include "runtime/balancer/balancer_messages.hpp"
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "runtime/checkpoint/training_checkpoint.hpp"
 #include "runtime/ema/ema_messages.hpp"
+#include "runtime/exec/convert.hpp"
 #include "runtime/job/holder_messages.hpp"
 
 namespace troupe {
 
 namespace fs = std::filesystem;
+
+/// The largest router bias a checkpoint may hold (see resume).
+constexpr float max_router_bias = 1000.0f;
 
 training_checkpoints::training_checkpoints(const topology& topo, fs::path root,
                                            training_roles& roles, run_standing& standing,
@@ -22,10 +34,62 @@ training_checkpoints::training_checkpoints(const topology& topo, fs::path root,
       standing_(standing),
       on_event_(std::move(on_event)) {}
 
+std::uintmax_t training_checkpoints::checkpoint_bytes() const {
+  const auto parameters = static_cast<std::uintmax_t>(topo_.model.parameter_count());
+  return parameters * (4 + 2 + 2 + (topo_.ema.enabled ? 4 : 0));
+}
+
+void training_checkpoints::prepare(bool tidy) {
+  std::error_code ec;
+  fs::create_directories(root_, ec);
+  if (ec || !fs::is_directory(root_))
+    throw checkpoint_error(fmt::format("{}: cannot be the checkpoint directory: {}", root_.string(),
+                                       ec ? ec.message() : std::string("not a directory")));
+  const fs::path probe = root_ / fmt::format(".troupe-write-check-{}", ::getpid());
+  {
+    std::ofstream out(probe);
+    out << "troupe\n";
+    out.flush();
+    if (!out)
+      throw checkpoint_error(fmt::format("{}: cannot write checkpoints there: {}", root_.string(),
+                                         std::strerror(errno != 0 ? errno : EACCES)));
+  }
+  fs::remove(probe, ec);
+  if (tidy) {
+    std::vector<fs::path> stale;
+    for (const auto& item : fs::directory_iterator(root_, ec))
+      if (item.path().extension() == ".partial") stale.push_back(item.path());
+    for (const auto& dir : stale) fs::remove_all(dir, ec);
+    if (!stale.empty() && on_event_)
+      on_event_(fmt::format("removed {} unfinished checkpoint{} an earlier run left in {}",
+                            stale.size(), stale.size() == 1 ? "" : "s", root_.string()));
+  }
+  const fs::space_info space = fs::space(root_, ec);
+  const std::uintmax_t needed = checkpoint_bytes();
+  if (!ec && space.available < needed)
+    throw checkpoint_error(fmt::format(
+        "{}: one checkpoint of this model needs about {:.1f} MiB, only {:.1f} MiB are free",
+        root_.string(), static_cast<double>(needed) / (1 << 20),
+        static_cast<double>(space.available) / (1 << 20)));
+}
+
 fs::path training_checkpoints::write(blocking_actor& self) {
   const std::int64_t step = standing_.last_completed;
   fs::create_directories(root_);
   const fs::path partial = root_ / (checkpoint_name(step) + ".partial");
+  try {
+    return write_partial(self, partial);
+  } catch (...) {
+    // NOTES: a half-written checkpoint is worth nothing and, after a full disk, keeps the disk
+    // full: it goes at once (an older complete checkpoint is untouched).
+    std::error_code ec;
+    fs::remove_all(partial, ec);
+    throw;
+  }
+}
+
+fs::path training_checkpoints::write_partial(blocking_actor& self, const fs::path& partial) {
+  const std::int64_t step = standing_.last_completed;
   fs::remove_all(partial);
   fs::create_directories(partial / "optimizer");
   // Each holder writes its part, one after the other (they share the disk).
@@ -43,6 +107,10 @@ fs::path training_checkpoints::write(blocking_actor& self) {
   {
     std::ofstream out(partial / "config.json");
     out << topo_.model.json_text << "\n";
+    out.flush();
+    if (!out)
+      throw checkpoint_error(fmt::format("{}: cannot write: {}", (partial / "config.json").string(),
+                                         std::strerror(errno)));
   }
   if (roles_.ema) self.ask(roles_.ema, save_ema{(partial / "ema").string()}, "checkpoint: ema");
   trainer_state state;
@@ -60,11 +128,65 @@ fs::path training_checkpoints::write(blocking_actor& self) {
   return final_dir;
 }
 
+namespace {
+
+/// The keys whose values differ between two model configs, "key: a vs b" each.
+std::vector<std::string> config_differences(const model_config& a, const model_config& b) {
+  const auto ja = nlohmann::json::parse(complete_json(a));
+  const auto jb = nlohmann::json::parse(complete_json(b));
+  std::vector<std::string> out;
+  for (auto it = ja.begin(); it != ja.end(); ++it)
+    if (!jb.contains(it.key()) || jb[it.key()] != it.value())
+      out.push_back(fmt::format("{}: {} in the checkpoint, {} in the topology", it.key(),
+                                it.value().dump(), jb.value(it.key(), nlohmann::json()).dump()));
+  return out;
+}
+
+/// NOTES: finite values are the one thing shapes cannot tell; a NaN moment or average would
+/// poison every later step, found only by the non-finite check many steps later.
+void require_finite(const tensor& t, const std::string& name, const fs::path& file) {
+  const tensor values = t.type() == dtype::f32 ? t : convert(t, dtype::f32);
+  const float* v = values.data_as<const float>();
+  for (std::int64_t i = 0; i < values.numel(); ++i)
+    if (!std::isfinite(v[i]))
+      throw checkpoint_error(fmt::format("{}: tensor '{}' holds a non-finite value ({} at {})",
+                                         file.string(), name, v[i], i));
+}
+
+}  // namespace
+
+void training_checkpoints::check_ema(const fs::path& dir, const hf_checkpoint& weights) {
+  const hf_checkpoint averages = hf_checkpoint::open(dir / "ema");
+  std::vector<std::pair<std::string, tensor>> values;
+  for (const auto& name : averages.names()) {
+    if (!weights.contains(name))
+      throw checkpoint_error(fmt::format("{}: EMA tensor '{}' is no tensor of the model",
+                                         (dir / "ema").string(), name));
+    if (averages.entry(name).shape != weights.entry(name).shape)
+      throw checkpoint_error(fmt::format(
+          "{}: EMA tensor '{}' is [{}], the model's is [{}]", (dir / "ema").string(), name,
+          fmt::join(averages.entry(name).shape, ", "), fmt::join(weights.entry(name).shape, ", ")));
+    values.emplace_back(name, averages.read_f32(name));
+    require_finite(values.back().second, name, dir / "ema");
+  }
+  roles_.ema_state->tracker->load(values);
+}
+
 void training_checkpoints::resume(const fs::path& from) {
   const fs::path dir = resolve_checkpoint(from);
   const trainer_state state = read_trainer_state(dir / "trainer_state.json");
+  if (state.step > standing_.total_steps)
+    throw checkpoint_error(fmt::format("{}: the checkpoint is at step {}, past train.steps = {}",
+                                       dir.string(), state.step, standing_.total_steps));
   const hf_checkpoint weights = hf_checkpoint::open(dir);
+  if (const auto differences = config_differences(weights.config(), topo_.model);
+      !differences.empty())
+    throw checkpoint_error(
+        fmt::format("{}: the checkpoint is of another model than the "
+                    "topology's: {}",
+                    dir.string(), fmt::join(differences, "; ")));
   const auto moments = read_tensor_directory(dir / "optimizer");
+  for (const auto& [name, value] : moments) require_finite(value, name, dir / "optimizer");
   for (auto& entry : roles_.ranks)
     if (entry.setup) entry.setup->rank->load(weights, moments);
   for (auto& s : roles_.shards) {
@@ -72,27 +194,26 @@ void training_checkpoints::resume(const fs::path& from) {
     load_parameters(weights, s.setup->shard->parameters());
     s.setup->optimizer->load_state(moments);
   }
-  if (roles_.ema_state && fs::exists(dir / "ema")) {
-    const hf_checkpoint averages = hf_checkpoint::open(dir / "ema");
-    std::vector<std::pair<std::string, tensor>> values;
-    for (const auto& name : averages.names()) values.emplace_back(name, averages.read_f32(name));
-    roles_.ema_state->tracker->load(values);
-  }
+  if (roles_.ema_state && fs::exists(dir / "ema")) check_ema(dir, weights);
   // The balancer owns the router biases; the checkpoint keeps them once, in the weights.
   std::map<std::int64_t, std::vector<float>> biases;
   for (const auto& [layer, name] : roles_.router_bias_names) {
     const tensor values = weights.read_f32(name);
+    require_finite(values, name, dir);
     biases[layer].assign(values.data_as<const float>(),
                          values.data_as<const float>() + values.numel());
+    for (float b : biases[layer])
+      if (std::fabs(b) > max_router_bias)
+        throw checkpoint_error(fmt::format(
+            "{}: router bias '{}' holds {}: beyond ±{}, a bias outweighs every affinity (they lie "
+            "in (0, 1)) and routing no longer depends on the tokens",
+            dir.string(), name, b, max_router_bias));
   }
   roles_.balancer_state->set_biases(biases);
   if (roles_.data_state) roles_.data_state->stream->seek(state.data);
   standing_.position = state.data;
   standing_.start_step = standing_.last_completed = state.step;
   standing_.tokens_seen = state.tokens_seen;
-  if (state.step > standing_.total_steps)
-    throw checkpoint_error(fmt::format("{}: the checkpoint is at step {}, past train.steps = {}",
-                                       dir.string(), state.step, standing_.total_steps));
   if (on_event_) on_event_(fmt::format("resumed from {} at step {}", dir.string(), state.step));
 }
 

@@ -38,7 +38,14 @@ class training_checkpoints {
 
   const std::filesystem::path& root() const { return root_; }
 
-  /// Writes the checkpoint of the step the run stands at; returns its directory.
+  /// Checks, before step 1, that a checkpoint can be written: the root is (or can be made) a
+  /// writable directory with room for one checkpoint of this model. With `tidy`, removes the
+  /// `*.partial` directories an interrupted earlier run left behind. Throws checkpoint_error
+  /// naming the directory and the cause.
+  void prepare(bool tidy);
+
+  /// Writes the checkpoint of the step the run stands at; returns its directory. A write that
+  /// fails (a full disk) removes its `.partial` directory before the error goes up.
   std::filesystem::path write(blocking_actor& self);
 
   /// Loads the checkpoint `from` names (a checkpoint, or a root with `latest`) into the roles'
@@ -46,6 +53,9 @@ class training_checkpoints {
   /// the EMA, the data position and the balancer's router biases (from the weights). Throws
   /// checkpoint_error naming the file and the problem.
   void resume(const std::filesystem::path& from);
+
+  /// Bytes one checkpoint of the model takes, about: f32 weights, bf16 moments, the f32 EMA.
+  std::uintmax_t checkpoint_bytes() const;
 
   /// `failure` with the run's standing: the last completed step and checkpoint.
   std::string with_standing(const std::string& failure) const;
@@ -56,6 +66,9 @@ class training_checkpoints {
   training_roles& roles_;
   run_standing& standing_;
   std::function<void(const std::string&)> on_event_;
+
+  std::filesystem::path write_partial(blocking_actor& self, const std::filesystem::path& partial);
+  void check_ema(const std::filesystem::path& dir, const class hf_checkpoint& weights);
 };
 
 }  // namespace troupe

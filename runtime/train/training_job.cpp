@@ -61,6 +61,8 @@ void training_job::impl::build(plugin_registry& registry) {
       topo,
       options.checkpoint_dir.empty() ? fs::path(topo.train.checkpoint_dir) : options.checkpoint_dir,
       roles, standing, [this](const std::string& what) { event(what); });
+  // Everything that can fail before step 1 fails here, not after hours of training.
+  checkpoints->prepare(process->coordinates());
   if (!options.resume.empty()) checkpoints->resume(options.resume);
   metrics = std::make_unique<training_metrics>(*process->metrics().registry(),
                                                topo.monitoring.per_expert_series);

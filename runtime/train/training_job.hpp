@@ -58,7 +58,12 @@ struct training_result {
   std::int64_t first_step = 0;  ///< steps done before this run (resume)
   std::int64_t last_step = 0;   ///< steps done at the end
   std::filesystem::path last_checkpoint;
-  std::string message;  ///< for non_finite: what went non-finite, where
+  std::string message;                     ///< for non_finite: what went non-finite, where
+  std::optional<step_record> first, last;  ///< this run's first and last step, if it ran any
+  std::int64_t tokens = 0;                 ///< trained by this run
+  double step_seconds = 0.0;               ///< the sum of this run's step times
+  /// Every step's record, with training_options::keep_steps only: a long run keeps what it
+  /// reports (on_step) and the summary above, not a record (with its expert load) per step.
   std::vector<step_record> steps;
   double seconds = 0.0;
 };
@@ -68,7 +73,8 @@ struct training_options {
   std::filesystem::path resume;          ///< a checkpoint, or a checkpoint root with `latest`
   std::int64_t stop_after = 0;           ///< stop (and checkpoint) after this step; 0: never
   bool checkpoint_at_end = true;
-  int threads = 0;  ///< worker pool size; 0: one per core
+  bool keep_steps = false;  ///< keep every step_record in training_result::steps (tests, benches)
+  int threads = 0;          ///< worker pool size; 0: one per core
   std::function<void(const step_record&)> on_step;
   /// Notable events (resume, checkpoints, control requests). Called from the coordinator and,
   /// for refused control requests, from the control endpoint's threads: it must be thread-safe.

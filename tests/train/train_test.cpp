@@ -74,6 +74,7 @@ topology make_topology(const layout& l, const std::string& train_extra = "",
 training_result train(const topology& topo, training_options options = {}) {
   plugin_registry registry;
   options.threads = 2;
+  options.keep_steps = true;
   if (options.checkpoint_dir.empty()) options.checkpoint_at_end = false;
   training_job job(topo, registry, options);
   return job.run();

@@ -176,12 +176,18 @@ void add_bench_command(CLI::App& app, int& exit_code) {
                                             "sgemm throughput measured in the same run");
   model->add_option("--config", options->config,
                     "tiny, small (hidden 512, 8 layers, 64 experts top-6) or a config.json path");
-  model->add_option("--batch", options->batch,
-                    "Sequences per step (default: 4 for tiny, 2 for small)");
-  model->add_option("--length", options->length,
-                    "Tokens per sequence (default: 64 for tiny, 512 for small)");
-  model->add_option("--steps", options->steps, "Timed steps after one warm-up (default 3)");
-  model->add_option("--threads", options->threads, "Worker threads (default: one per core)");
+  model
+      ->add_option("--batch", options->batch,
+                   "Sequences per step (default: 4 for tiny, 2 for small)")
+      ->check(within({1, 1 << 16}));
+  model
+      ->add_option("--length", options->length,
+                   "Tokens per sequence (default: 64 for tiny, 512 for small)")
+      ->check(within({1, 1 << 20}));
+  model->add_option("--steps", options->steps, "Timed steps after one warm-up (default 3)")
+      ->check(within({1, 1 << 20}));
+  model->add_option("--threads", options->threads, "Worker threads (default: one per core)")
+      ->check(within(thread_bounds));
   model->add_option("--precision", options->precision,
                     "fp32 or fp8 (the FP8 plugin's CPU emulation)");
   model->callback([options, &exit_code] { exit_code = bench(*options); });

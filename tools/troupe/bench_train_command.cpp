@@ -98,6 +98,7 @@ int bench_train(const bench_train_options& options) {
     training_options job_options;
     job_options.threads = threads;
     job_options.checkpoint_at_end = false;
+    job_options.keep_steps = true;
     training_job job(topo, registry, job_options);
     const training_result result = job.run();
     std::vector<double> times;
@@ -155,8 +156,10 @@ void add_bench_train_command(CLI::App& bench_group, int& exit_code) {
   command->add_option("--topology", options->topology, "Topology (default: the shipped tiny.toml)");
   command->add_option("--set", options->overrides, "Override a topology key, KEY=VALUE")
       ->allow_extra_args(false);
-  command->add_option("--steps", options->steps, "Timed steps after 2 warm-up steps (default 8)");
-  command->add_option("--threads", options->threads, "Worker threads (default: one per core)");
+  command->add_option("--steps", options->steps, "Timed steps after 2 warm-up steps (default 8)")
+      ->check(within({1, 1 << 20}));
+  command->add_option("--threads", options->threads, "Worker threads (default: one per core)")
+      ->check(within(thread_bounds));
   command->callback([options, &exit_code] { exit_code = bench_train(*options); });
 }
 

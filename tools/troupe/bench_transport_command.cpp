@@ -354,6 +354,7 @@ void add_bench_transport_command(CLI::App& bench_group, int& exit_code) {
   command
       ->add_option("--latency-iterations", options->latency_iterations,
                    "Ping-pongs per latency size")
+      ->check(within({1, 1 << 24}))
       ->capture_default_str();
   command->add_flag("--no-reference", options->no_reference, "Do not run ucx_perftest");
   command->callback([options, &exit_code] {

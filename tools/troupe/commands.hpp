@@ -5,6 +5,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "runtime/core/input_limits.hpp"
+
 namespace troupe::cli {
 
 /// Exit codes: 0 success, 1 bad input or a failure (a topology, a plugin, an argument, an
@@ -17,6 +19,16 @@ inline constexpr int exit_unavailable = 2;
 inline constexpr int exit_stopped = 3;
 inline constexpr int exit_non_finite = 4;
 inline constexpr int exit_process_failed = 5;
+
+/// A CLI11 check that an integer option lies within `bounds` (the same bounds type the topology
+/// and JSON readers use; CLI11 itself refuses values that do not fit the option's type).
+inline CLI::Validator within(integer_bounds bounds) {
+  return CLI::Range(bounds.min, bounds.max);
+}
+
+/// The most worker threads a command starts: far above any core count troupe runs on, below
+/// where creating them fails.
+inline constexpr integer_bounds thread_bounds{1, 256};
 
 void add_version_command(CLI::App& app, int& exit_code);
 void add_plugins_command(CLI::App& app, int& exit_code);

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -125,7 +126,8 @@ std::vector<pid_t> start_ranks(int world, const std::string& rendezvous,
 /// Waits for the ranks in `children` (their entries become -1 as they end) and returns rank 0's
 /// exit code. Rank 0's status is the job's; the others get a few seconds to leave after it (they
 /// leave at once when rank 0 ends the job; a stopped or hung one is killed).
-int wait_for_ranks(std::vector<pid_t>& children, const topology_plan& plan) {
+int wait_for_ranks(std::vector<pid_t>& children, const topology_plan& plan,
+                   const std::string& resume_hint) {
   int code = exit_bad_input;
   std::size_t running = children.size();
   auto reap = [&](pid_t pid, int status) {
@@ -134,9 +136,15 @@ int wait_for_ranks(std::vector<pid_t>& children, const topology_plan& plan) {
         children[r] = -1;
         --running;
         const int exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (r == 0)
+        if (r == 0 && WIFSIGNALED(status)) {
+          // Rank 0 could not say why it ended: the launcher does, in the job's own terms.
+          fmt::print(stderr, "troupe launch: rank 0 ({}) was killed by signal {} ({}); {}\n",
+                     plan.processes[0].host, WTERMSIG(status), strsignal(WTERMSIG(status)),
+                     resume_hint);
+          code = exit_process_failed;
+        } else if (r == 0) {
           code = exit_code;
-        else if (exit_code != 0)
+        } else if (exit_code != 0)
           fmt::print(stderr, "troupe launch: rank {} ({}) exited with status {}\n", r,
                      plan.processes[r].host, exit_code);
       }
@@ -169,7 +177,10 @@ int wait_for_ranks(std::vector<pid_t>& children, const topology_plan& plan) {
 }
 
 /// One process per host on this machine; returns rank 0's exit code.
-int launch_locally(const launch_options& options, const topology_plan& plan) {
+int launch_locally(const launch_options& options, const topology_plan& plan,
+                   const std::string& checkpoint_root) {
+  const std::string& root =
+      options.train.checkpoint_dir.empty() ? checkpoint_root : options.train.checkpoint_dir;
   const int world = static_cast<int>(plan.processes.size());
   std::string rendezvous = options.rendezvous;
   if (rendezvous.empty()) rendezvous = fmt::format("127.0.0.1:{}", free_local_port());
@@ -185,7 +196,10 @@ int launch_locally(const launch_options& options, const topology_plan& plan) {
   std::signal(SIGINT, forward_to_rank_zero);
   std::signal(SIGTERM, forward_to_rank_zero);
 
-  const int code = wait_for_ranks(children, plan);
+  const int code = wait_for_ranks(
+      children, plan,
+      fmt::format("its last complete checkpoint, if any, is under {} (continue with --resume {})",
+                  root, root));
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   return code;
@@ -211,7 +225,7 @@ int launch(const launch_options& options) {
       fmt::print(stderr, "troupe launch: {} has one host: running it in this process\n", file);
       return run_training(options.train, "troupe launch", std::nullopt);
     }
-    return launch_locally(options, plan);
+    return launch_locally(options, plan, loaded->topo.train.checkpoint_dir);
   }
 
   if (env->world != hosts) {
@@ -265,10 +279,12 @@ void add_launch_command(CLI::App& app, int& exit_code) {
   command
       ->add_option("--rendezvous-timeout", options->rendezvous_timeout,
                    "Seconds to wait for every process at the rendezvous")
+      ->check(CLI::Range(0.1, 86400.0))
       ->capture_default_str();
   command
       ->add_option("--heartbeat-timeout", options->heartbeat_timeout,
                    "Seconds without a heartbeat after which a process counts as dead")
+      ->check(CLI::Range(0.1, 86400.0))
       ->capture_default_str();
   command->callback([options, &exit_code] { exit_code = launch(*options); });
 }

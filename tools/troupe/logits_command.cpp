@@ -103,7 +103,8 @@ void add_logits_command(CLI::App& app, int& exit_code) {
   command->add_option("--tokens", options->tokens, "Comma-separated token ids, e.g. 5,17,42")
       ->required();
   command->add_option("--out", options->out, "Write the logits here (otherwise print a summary)");
-  command->add_option("--threads", options->threads, "Worker threads (default: one per core)");
+  command->add_option("--threads", options->threads, "Worker threads (default: one per core)")
+      ->check(within(thread_bounds));
   command->callback([options, &exit_code] { exit_code = logits(*options); });
 }
 

@@ -1,5 +1,6 @@
 // troupe: the command line of the troupe runtime.
 #include <cstdio>
+#include <filesystem>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -36,9 +37,18 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11's own codes (105 for a bad value, ...) are not troupe's: every bad command line is 1.
+    const int code = app.exit(e);
+    return code == 0 ? troupe::cli::exit_ok : troupe::cli::exit_bad_input;
   } catch (const troupe::error& e) {
     std::fprintf(stderr, "troupe: %s\n", e.what());
+    return troupe::cli::exit_bad_input;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // An unreadable directory or file met outside the readers that name it themselves.
+    std::fprintf(stderr, "troupe: %s\n", e.what());
+    return troupe::cli::exit_bad_input;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe: internal error: %s\n", e.what());
     return troupe::cli::exit_bad_input;
   }
   return exit_code;

@@ -59,8 +59,10 @@ void add_schedule_command(CLI::App& app, int& exit_code) {
       ->add_option("--set", options->overrides,
                    "Override a topology key, KEY=VALUE (e.g. schedule.kind=dualpipe); repeatable")
       ->allow_extra_args(false);
-  command->add_option("--micro-batches", options->micro_batches,
-                      "Micro-batches per step (default: the topology's schedule.micro_batches)");
+  command
+      ->add_option("--micro-batches", options->micro_batches,
+                   "Micro-batches per step (default: the topology's schedule.micro_batches)")
+      ->check(within({1, 65536}));
   command
       ->add_option("--costs", options->costs,
                    "Chunk costs F,B,W,F&B (default 1,2,1,3: the input part of a backward costs "

@@ -20,7 +20,7 @@ std::optional<loaded_topology> load_for_command(const std::string& file, plugin_
     for (const auto& w : loaded.warnings) fmt::print(stderr, "{}\n", to_string(w));
     return loaded;
   } catch (const topology_error& e) {
-    for (const auto& d : e.diagnostics()) fmt::print(stderr, "{}\n", to_string(d));
+    fmt::print(stderr, "{}\n", format_diagnostics(e.diagnostics()));
     fmt::print(stderr, "{}: {} error{}\n", file, e.diagnostics().size(),
                e.diagnostics().size() == 1 ? "" : "s");
   } catch (const troupe::error& e) {

@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <thread>
 
@@ -22,14 +24,31 @@
 namespace troupe::cli {
 
 namespace {
-// The job a SIGINT or SIGTERM asks to stop. The handler only stores into a lock-free atomic.
+// The job a SIGINT or SIGTERM asks to stop. The handler only stores into lock-free atomics.
 std::atomic<training_job*> running_job{nullptr};
+std::atomic<int> stop_signals{0};
 
+// NOTES: the first SIGINT or SIGTERM stops the job after the current step and its checkpoint.
+// A second one does not abandon that checkpoint (a launcher or a user repeating the signal
+// would otherwise lose the run's work); it says so, and only a third one ends the process the
+// default way, checkpoint or not.
 extern "C" void on_stop_signal(int signal) {
+  const int count = stop_signals.fetch_add(1) + 1;
   if (training_job* job = running_job.load()) job->request_stop();
-  // A second signal ends the process the default way.
-  std::signal(signal, SIG_DFL);
+  if (count == 2) {
+    static const char note[] =
+        "troupe: already stopping: finishing the step and writing its checkpoint; a third signal "
+        "abandons them\n";
+    [[maybe_unused]] auto written = ::write(STDERR_FILENO, note, sizeof note - 1);
+  } else if (count >= 3) {
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+  }
 }
+
+// Set when the --log-json file refused a line: the job stops (with its checkpoint) and the
+// command fails, instead of training on with its log lost.
+std::atomic<int> log_errno{0};
 
 nlohmann::json to_json(const step_record& r) {
   nlohmann::json load = nlohmann::json::object();
@@ -72,6 +91,8 @@ int serve(training_job& job, const std::string& command) {
   // every process (Slurm, a terminal) must not kill the others first.
   std::signal(SIGINT, SIG_IGN);
   std::signal(SIGTERM, SIG_IGN);
+  std::signal(SIGHUP, SIG_IGN);
+  std::signal(SIGQUIT, SIG_DFL);  // UCX installs its own; a quit means quit, with a core
   auto [code, why] = job.serve();
   if (code == 0) return exit_ok;
   fmt::print(stderr, "{}: the job ended: {}\n", command, why);
@@ -103,9 +124,14 @@ training_options job_options_for(const train_options& options, const std::string
   };
   job_options.on_step = [&options, &log](const step_record& r) {
     if (!options.quiet) fmt::print(stderr, "{}\n", progress_line(r));
-    if (log.is_open()) {
+    if (log.is_open() && log_errno.load() == 0) {
+      errno = 0;
       log << to_json(r).dump() << "\n";
       log.flush();
+      if (!log) {
+        log_errno.store(errno != 0 ? errno : EIO);
+        if (training_job* job = running_job.load()) job->request_stop();
+      }
     }
   };
   return job_options;
@@ -125,35 +151,37 @@ void print_job_description(const std::string& command, const std::string& file,
 /// Runs the coordinating process's job, a SIGINT or SIGTERM asking it to stop meanwhile.
 training_result run_until_signalled(training_job& job) {
   running_job.store(&job);
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  // NOTES: installed after the job is built, so after UCX, which takes SIGHUP for its debug
+  // handler (UCX_DEBUG_SIGNO) and would swallow it: a hangup stops the job like SIGTERM does.
+  for (int signal : {SIGINT, SIGTERM, SIGHUP}) std::signal(signal, on_stop_signal);
+  std::signal(SIGQUIT, SIG_DFL);
   training_result result = job.run();
   running_job.store(nullptr);
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
+  for (int signal : {SIGINT, SIGTERM, SIGHUP}) std::signal(signal, SIG_DFL);
   return result;
 }
 
 /// The summary line of a run's steps: its losses from first to last step, and its throughput.
 void print_steps_summary(const std::string& command, const training_result& result) {
-  double tokens = 0, seconds = 0;
-  for (const auto& r : result.steps) {
-    tokens += static_cast<double>(r.tokens);
-    seconds += r.step_seconds;
-  }
+  const double tokens = static_cast<double>(result.tokens), seconds = result.step_seconds;
   fmt::print(stderr,
              "{}: steps {}-{} in {:.1f} s: loss {:.4f} -> {:.4f}, mtp {:.4f} -> {:.4f}, "
              "{:.0f} tok/s, expert load max/mean {:.2f}\n",
-             command, result.first_step + 1, result.last_step, result.seconds,
-             result.steps.front().loss, result.steps.back().loss, result.steps.front().mtp_loss,
-             result.steps.back().mtp_loss, tokens / seconds,
-             result.steps.back().expert_load_max_over_mean);
+             command, result.first_step + 1, result.last_step, result.seconds, result.first->loss,
+             result.last->loss, result.first->mtp_loss, result.last->mtp_loss, tokens / seconds,
+             result.last->expert_load_max_over_mean);
 }
 
 /// Reports how a run ended (its last checkpoint, why it stopped) and returns its exit code.
-int report_outcome(const std::string& command, const training_result& result) {
+int report_outcome(const std::string& command, const training_result& result,
+                   const train_options& options) {
   if (!result.last_checkpoint.empty())
     fmt::print(stderr, "{}: last checkpoint {}\n", command, result.last_checkpoint.string());
+  if (const int e = log_errno.load(); e != 0) {
+    fmt::print(stderr, "{}: --log-json: cannot write {}: {}; stopped after step {}\n", command,
+               options.log_json, std::strerror(e), result.last_step);
+    return exit_bad_input;
+  }
   switch (result.outcome) {
     case training_outcome::completed:
       return exit_ok;
@@ -184,9 +212,11 @@ int report_failure(const std::string& command, const std::exception& e, bool los
 void add_training_options(CLI::App* command, train_options& options) {
   command->add_option("TOPOLOGY", options.file,
                       "Topology file (TOML); default: tiny.toml from the install or source tree");
-  command->add_option("--steps", options.steps,
-                      "Total optimizer steps (overrides train.steps; a resumed run continues to "
-                      "this step)");
+  command
+      ->add_option("--steps", options.steps,
+                   "Total optimizer steps (overrides train.steps; a resumed run continues to "
+                   "this step)")
+      ->check(within({1, std::int64_t{1} << 40}));
   command->add_option("--log-json", options.log_json,
                       "Write one JSON object per step to FILE (appended to when resuming)");
   command->add_option("--checkpoint-dir", options.checkpoint_dir,
@@ -198,8 +228,10 @@ void add_training_options(CLI::App* command, train_options& options) {
       ->add_option("--set", options.overrides,
                    "Override a topology key, KEY=VALUE (e.g. parallel.pipeline=2); repeatable")
       ->allow_extra_args(false);
-  command->add_option("--threads", options.threads,
-                      "Worker threads for compute (default: one per core)");
+  command
+      ->add_option("--threads", options.threads,
+                   "Worker threads for compute (default: one per core)")
+      ->check(within(thread_bounds));
   command->add_flag("--quiet", options.quiet, "No progress line per step (the summary stays)");
   command->add_option("--job", options.job,
                       "Name for `troupe ctl NAME` (default: the topology's name; with a running "
@@ -231,8 +263,8 @@ int run_training(const train_options& options, const std::string& command,
     if (!job->coordinates()) return serve(*job, command);
 
     const training_result result = run_until_signalled(*job);
-    if (!result.steps.empty()) print_steps_summary(command, result);
-    return report_outcome(command, result);
+    if (result.last) print_steps_summary(command, result);
+    return report_outcome(command, result, options);
   } catch (const rendezvous_error& e) {
     running_job.store(nullptr);
     return report_failure(command, e, true);

@@ -44,8 +44,9 @@ struct abort_swap {
 behavior hot_swap_handlers(std::shared_ptr<process_plugins> plugins,
                            std::function<std::vector<instance_slot>(plugin_kind)> slots_of);
 
-/// A swap that changed nothing: a holder could not prepare (the library does not load, is the
-/// wrong kind, or its instances differ), or no holder runs a plugin of the kind.
+/// A swap that changed nothing: a holder could not prepare (the library does not load, crashes,
+/// exits or hangs in the probe process that tries it first, is misnamed or the wrong kind, or its
+/// instances differ), or no holder runs a plugin of the kind.
 class swap_refused : public error {
  public:
   enum class reason {

@@ -1,14 +1,15 @@
 #include "runtime/plugin/registry.hpp"
 
-#include <dlfcn.h>
 #include <stdlib.h>
 
-#include <cstddef>
 #include <deque>
 #include <system_error>
 
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+
+#include "runtime/plugin/plugin_table.hpp"
+#include "runtime/plugin/probe.hpp"
 
 namespace troupe {
 
@@ -52,39 +53,6 @@ const troupe_host* make_host(const std::string& plugin_name) {
   return &slot.host;
 }
 
-/// The last field of ABI 1.0's troupe_plugin must be inside what the plugin declares.
-constexpr std::size_t abi_1_0_plugin_size =
-    offsetof(troupe_plugin, statistics) + sizeof(troupe_plugin::statistics);
-
-/// Names of the entries a kind needs that the table leaves NULL.
-std::vector<std::string> missing_functions(const troupe_plugin& api, plugin_kind kind) {
-  std::vector<std::string> missing;
-  auto need = [&](const void* fn, const char* name) {
-    if (fn == nullptr) missing.emplace_back(name);
-  };
-  need(reinterpret_cast<const void*>(api.init), "init");
-  need(reinterpret_cast<const void*>(api.create), "create");
-  need(reinterpret_cast<const void*>(api.destroy), "destroy");
-  if (is_layer_kind(kind)) {
-    need(reinterpret_cast<const void*>(api.parameters), "parameters");
-    need(reinterpret_cast<const void*>(api.bind), "bind");
-    need(reinterpret_cast<const void*>(api.infer_outputs), "infer_outputs");
-    need(reinterpret_cast<const void*>(api.forward), "forward");
-    need(reinterpret_cast<const void*>(api.backward), "backward");
-    need(reinterpret_cast<const void*>(api.forget), "forget");
-    need(reinterpret_cast<const void*>(api.export_state), "export_state");
-    need(reinterpret_cast<const void*>(api.import_state), "import_state");
-  } else {
-    need(reinterpret_cast<const void*>(api.gemm_provider), "gemm_provider");
-  }
-  return missing;
-}
-
-std::string dl_error() {
-  const char* message = dlerror();
-  return message != nullptr ? message : "unknown dlopen error";
-}
-
 }  // namespace
 
 std::string host_abi_version() {
@@ -104,11 +72,9 @@ plugin_registry::~plugin_registry() {
 std::shared_ptr<const plugin_library> plugin_registry::load(std::string_view reference,
                                                             plugin_load_options options) {
   if (plugin_search_path::is_path(reference)) {
-    fs::path file(reference);
-    std::error_code ec;
-    if (!fs::exists(file, ec))
-      throw plugin_load_error(plugin_load_failure::not_found, file, "no such file");
-    return load_file(file, "", options);
+    const fs::path file(reference);
+    plugin_search_path::check_file(file);
+    return load_file(file, options);
   }
   auto file = search_path_.find(reference);
   if (!file) {
@@ -120,7 +86,7 @@ std::shared_ptr<const plugin_library> plugin_registry::load(std::string_view ref
                     search_path_.describe(),
                     names.empty() ? "none" : fmt::format("{}", fmt::join(names, ", "))));
   }
-  return load_file(*file, reference, options);
+  return load_file(*file, options);
 }
 
 std::vector<std::shared_ptr<const plugin_library>> plugin_registry::loaded() const {
@@ -129,6 +95,7 @@ std::vector<std::shared_ptr<const plugin_library>> plugin_registry::loaded() con
 }
 
 fs::path plugin_registry::private_copy(const fs::path& file) {
+  std::lock_guard lock(mutex_);
   if (private_dir_.empty()) {
     std::string pattern = (fs::temp_directory_path() / "troupe-plugins-XXXXXX").string();
     if (mkdtemp(pattern.data()) == nullptr)
@@ -149,106 +116,96 @@ fs::path plugin_registry::private_copy(const fs::path& file) {
 
 namespace {
 
-/// Throws wrong_kind when `library` is not of the kind the load asks for.
-void check_kind(const plugin_library& library, const fs::path& file,
+/// Throws wrong_kind when a plugin of `kind` is not what the load asks for.
+void check_kind(std::string_view name, plugin_kind kind, const fs::path& file,
                 const plugin_load_options& options) {
-  if (options.expected_kind && library.kind != *options.expected_kind)
+  if (options.expected_kind && kind != *options.expected_kind)
     throw plugin_load_error(
         plugin_load_failure::wrong_kind, file,
-        fmt::format("plugin '{}' is a {} plugin, but a plugin of kind {} is needed here",
-                    library.name, name_of(library.kind), name_of(*options.expected_kind)));
+        fmt::format("plugin '{}' is a {} plugin, but a plugin of kind {} is needed here", name,
+                    name_of(kind), name_of(*options.expected_kind)));
 }
 
-/// Opens `open_path` and calls its entry function: the plugin's table (never NULL).
-const troupe_plugin* open_plugin_table(const fs::path& open_path, const fs::path& file) {
-  dlerror();
-  // Never dlclose'd: a handle whose checks fail later is simply abandoned, so no code that a
-  // static constructor may have started can lose its text.
-  void* handle = dlopen(open_path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr)
-    throw plugin_load_error(plugin_load_failure::not_loadable, file, dl_error());
-  dlerror();
-  void* symbol = dlsym(handle, TROUPE_PLUGIN_ENTRY_SYMBOL);
-  if (symbol == nullptr)
-    throw plugin_load_error(plugin_load_failure::missing_entry, file,
-                            fmt::format("no '{}' symbol: not a troupe plugin, or built without "
-                                        "TROUPE_PLUGIN_EXPORT on the entry function",
-                                        TROUPE_PLUGIN_ENTRY_SYMBOL));
-  auto entry = reinterpret_cast<troupe_plugin_entry_fn>(symbol);
-  const troupe_plugin* api = entry();
-  if (api == nullptr)
-    throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
-                            fmt::format("{}() returned NULL", TROUPE_PLUGIN_ENTRY_SYMBOL));
-  return api;
-}
-
-/// Checks the plugin table's ABI version, size, kind, name and functions: the plugin's kind.
-plugin_kind check_plugin_table(const troupe_plugin* api, const fs::path& file,
-                               std::string_view requested_name) {
-  if (api->abi_major != TROUPE_PLUGIN_ABI_MAJOR)
-    throw plugin_load_error(plugin_load_failure::abi_mismatch, file,
-                            fmt::format("built for plugin ABI {}.{}, this troupe speaks ABI {}; "
-                                        "rebuild the plugin against this troupe's troupe_plugin.h",
-                                        api->abi_major, api->abi_minor, host_abi_version()));
-  if (api->abi_minor > TROUPE_PLUGIN_ABI_MINOR)
-    throw plugin_load_error(plugin_load_failure::abi_mismatch, file,
-                            fmt::format("needs plugin ABI {}.{}, newer than this troupe's ABI {}; "
-                                        "upgrade troupe or rebuild the plugin",
-                                        api->abi_major, api->abi_minor, host_abi_version()));
-  if (api->struct_size < abi_1_0_plugin_size)
+/// Throws bad_descriptor when a library libtroupe-NAME.so calls itself anything but NAME.
+void check_name(std::string_view name, const fs::path& file) {
+  const auto expected = plugin_search_path::plugin_name_of(file);
+  if (expected && *expected != name)
     throw plugin_load_error(
         plugin_load_failure::bad_descriptor, file,
-        fmt::format("plugin table is {} bytes, ABI {}.0 needs at least {}", api->struct_size,
-                    TROUPE_PLUGIN_ABI_MAJOR, abi_1_0_plugin_size));
-  auto kind = from_abi(static_cast<std::uint32_t>(api->kind));
-  if (!kind)
-    throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
-                            fmt::format("unknown plugin kind {}", static_cast<int>(api->kind)));
-  if (api->name == nullptr || *api->name == '\0' || api->version == nullptr)
-    throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
-                            "the plugin table has no name or no version");
-  if (!requested_name.empty() && requested_name != api->name)
-    throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
-                            fmt::format("the library calls itself '{}', but was loaded as '{}'",
-                                        api->name, requested_name));
-  if (auto missing = missing_functions(*api, *kind); !missing.empty())
-    throw plugin_load_error(plugin_load_failure::bad_descriptor, file,
-                            fmt::format("a {} plugin must provide {}; these are NULL",
-                                        name_of(*kind), fmt::join(missing, ", ")));
-  return *kind;
+        fmt::format("the library calls itself '{}', but its file name says '{}' (the plugin "
+                    "NAME is libtroupe-NAME.so)",
+                    name, *expected));
+}
+
+/// Throws what the probe found wrong. A table that does not suit the file or the role is
+/// reported before what went wrong after it (init() failing, crashing or hanging).
+void check_probe(const plugin_probe_report& report, const fs::path& file,
+                 const plugin_load_options& options) {
+  if (report.table) {
+    check_name(report.name, file);
+    check_kind(report.name, report.kind, file, options);
+  }
+  if (report.failure) throw plugin_load_error(*report.failure, file, report.cause);
 }
 
 /// Calls the plugin's init() with its host; throws init_failed with its message when it fails.
 void init_plugin(const plugin_library& library, const fs::path& file) {
   troupe_error init_error{};
-  if (library.api->init(make_host(library.name), &init_error) != TROUPE_STATUS_OK) {
-    init_error.message[sizeof(init_error.message) - 1] = '\0';
-    throw plugin_load_error(
-        plugin_load_failure::init_failed, file,
-        fmt::format("init() of plugin '{}' failed: {}", library.name,
-                    *init_error.message != '\0' ? init_error.message : "(no message)"));
-  }
+  if (library.api->init(make_host(library.name), &init_error) != TROUPE_STATUS_OK)
+    throw plugin_load_error(plugin_load_failure::init_failed, file,
+                            init_failure_message(library.name, init_error));
 }
 
 }  // namespace
 
+std::shared_ptr<plugin_library> plugin_registry::find_loaded(const fs::path& canonical) const {
+  for (const auto& library : loaded_)
+    if (library->file == canonical) return library;
+  return nullptr;
+}
+
 std::shared_ptr<const plugin_library> plugin_registry::load_file(
-    const fs::path& file, std::string_view requested_name, const plugin_load_options& options) {
-  std::lock_guard lock(mutex_);
+    const fs::path& file, const plugin_load_options& options) {
   std::error_code ec;
   const fs::path canonical = fs::weakly_canonical(file, ec);
   if (!options.fresh_copy) {
-    for (const auto& library : loaded_) {
-      if (library->file == canonical) {
-        check_kind(*library, file, options);
-        return library;
-      }
+    std::lock_guard lock(mutex_);
+    if (auto library = find_loaded(canonical)) {
+      check_kind(library->name, library->kind, file, options);
+      return library;
     }
   }
-
+  // NOTES: the probe runs what will be loaded (the private copy for a fresh load) and its result
+  // is kept for the contents of `canonical` the copy was made from; a file that changed while it
+  // was copied is probed without keeping the result.
+  auto stamp = plugin_file_stamp::of(canonical);
   const fs::path open_path = options.fresh_copy ? private_copy(canonical) : canonical;
-  const troupe_plugin* api = open_plugin_table(open_path, file);
-  const plugin_kind kind = check_plugin_table(api, file, requested_name);
+  if (options.fresh_copy && plugin_file_stamp::of(canonical) != stamp) stamp.reset();
+  try {
+    check_probe(probe_plugin(file, open_path, stamp), file, options);
+  } catch (const plugin_load_error&) {
+    std::error_code ignored;
+    if (options.fresh_copy) fs::remove(open_path, ignored);  // never loaded: nothing maps it
+    throw;
+  }
+
+  std::lock_guard lock(mutex_);
+  if (!options.fresh_copy) {
+    if (auto library = find_loaded(canonical)) {  // another thread loaded it meanwhile
+      check_kind(library->name, library->kind, file, options);
+      return library;
+    }
+  }
+  return load_in_process(file, canonical, open_path, options);
+}
+
+std::shared_ptr<const plugin_library> plugin_registry::load_in_process(
+    const fs::path& file, const fs::path& canonical, const fs::path& open_path,
+    const plugin_load_options& options) {
+  const troupe_plugin* api = plugin_table_of(open_plugin_library(open_path, file), file);
+  const plugin_kind kind = check_plugin_table(api, file);
+  check_name(api->name, file);
+  check_kind(api->name, kind, file, options);
 
   auto library = std::make_shared<plugin_library>();
   library->name = api->name;
@@ -260,7 +217,6 @@ std::shared_ptr<const plugin_library> plugin_registry::load_file(
   library->file = canonical;
   library->loaded_from = open_path;
   library->api = api;
-  check_kind(*library, file, options);
   for (const auto& other : loaded_)
     if (other->name == library->name)
       library->generation = std::max(library->generation, other->generation + 1);

@@ -42,7 +42,9 @@ struct plugin_load_options {
 
 /// Loads plugin libraries (dlopen RTLD_NOW | RTLD_LOCAL), checks them and keeps the record of
 /// what is loaded. Every failure throws plugin_load_error naming the file and the cause; nothing
-/// about the process changes on failure.
+/// about the process changes on failure. Each library is first loaded and initialised in a probe
+/// process (probe.hpp): one that crashes, exits or hangs there is never loaded here. A library
+/// libtroupe-NAME.so must call itself NAME, and be of the kind the role asks for.
 class plugin_registry {
  public:
   explicit plugin_registry(plugin_search_path path = plugin_search_path::standard());
@@ -63,8 +65,14 @@ class plugin_registry {
 
  private:
   std::shared_ptr<const plugin_library> load_file(const std::filesystem::path& file,
-                                                  std::string_view requested_name,
                                                   const plugin_load_options& options);
+  /// dlopen, the checks and init() in this process; mutex_ held.
+  std::shared_ptr<const plugin_library> load_in_process(const std::filesystem::path& file,
+                                                        const std::filesystem::path& canonical,
+                                                        const std::filesystem::path& open_path,
+                                                        const plugin_load_options& options);
+  /// The library loaded from `canonical`, or null; mutex_ held.
+  std::shared_ptr<plugin_library> find_loaded(const std::filesystem::path& canonical) const;
   std::filesystem::path private_copy(const std::filesystem::path& file);
 
   plugin_search_path search_path_;

@@ -2,7 +2,8 @@
 // after a step, plugins are swapped, the job resumes. A swap of an identical build changes no
 // loss; FP8 GEMMs swapped for the built-in FP32 keep training going; a broken library, an ABI
 // mismatch, a library that fails in init and one that declares other parameters each leave the
-// job running unchanged (the same losses as a job nobody touched).
+// job running unchanged (the same losses as a job nobody touched); so do libraries that segfault,
+// exit or hang while loading, which only a probe process ever loads.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -38,6 +39,12 @@ fs::path build_dir() {
 
 fs::path test_plugin(const std::string& name) {
   return fs::path(std::getenv("TROUPE_TEST_PLUGIN_DIR")) / ("libtroupe-" + name + ".so");
+}
+
+/// A library that crashes, exits or hangs whoever loads it (tests/plugins/unsafe).
+fs::path unsafe_plugin(const std::string& name) {
+  return fs::path(std::getenv("TROUPE_TEST_UNSAFE_PLUGIN_DIR")) /
+         ("libtroupe-broken-" + name + ".so");
 }
 
 /// Arguments every run shares: the same steps, threads and data, so losses compare exactly.
@@ -134,6 +141,45 @@ TEST(HotSwap, FailedSwapsLeaveTheJobRunningUnchanged) {
   EXPECT_THAT(job.log(), HasSubstr("refused POST /v1/resume"));
   EXPECT_THAT(job.log(), HasSubstr("the job goes on"));
   EXPECT_EQ(losses_of(job), untouched_losses()) << "a failed swap changed the losses";
+}
+
+TEST(HotSwap, LibrariesThatCrashOrHangWhileLoadingAreRefusedAndTrainingGoesOn) {
+  // The job inherits the probe's deadline: a library that hangs in init() costs it 2 s.
+  ::setenv("TROUPE_PLUGIN_PROBE_TIMEOUT", "2", 1);
+  auto job = start_job("unsafe-swaps");
+  ::unsetenv("TROUPE_PLUGIN_PROBE_TIMEOUT");
+  ASSERT_TRUE(job.wait_until_paused()) << job.log();
+  struct attempt {
+    std::string role;
+    fs::path library;
+    std::string expected;
+  };
+  const std::vector<attempt> attempts{
+      {"gemm", unsafe_plugin("init-segv"),
+       "killed by SIGSEGV (Segmentation fault) in init() of plugin 'broken-init-segv'"},
+      {"moe", unsafe_plugin("entry-segv"), "killed by SIGSEGV (Segmentation fault) in troupe_"},
+      {"attention", unsafe_plugin("ctor-exit"), "exited with status 0"},
+      {"gemm", unsafe_plugin("init-hangs"), "timed out while loading"},
+      {"moe", fs::path(std::getenv("TROUPE_TEST_IMPOSTOR_PLUGIN_DIR")) / "libtroupe-moe.so",
+       "calls itself 'mla', but its file name says 'moe'"},
+  };
+  for (const auto& a : attempts) {
+    const run_result r = job.ctl("swap --plugin " + a.role + " --library " + a.library.string());
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_THAT(r.output, HasSubstr(a.library.string()));
+    EXPECT_THAT(r.output, HasSubstr(a.expected)) << a.library;
+  }
+  const auto status = job.status();
+  EXPECT_EQ(status.at("state"), "paused");
+  EXPECT_EQ(status.at("step"), pause_after);
+  for (const auto& [role, plugin] : status.at("plugins").items())
+    EXPECT_LE(plugin.at("generation").get<int>(), 1) << role;
+
+  // Steps advance after the refusals, as in a job nobody touched.
+  EXPECT_EQ(job.finish(), 0) << job.log();
+  EXPECT_THAT(job.log(), HasSubstr("the job goes on"));
+  EXPECT_EQ(losses_of(job), untouched_losses()) << "a refused swap changed the losses";
+  EXPECT_EQ(losses_of(job).size(), static_cast<std::size_t>(steps));
 }
 
 TEST(HotSwap, Fp8GemmsSwappedForTheBuiltInFp32KeepTraining) {

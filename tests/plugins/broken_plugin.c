@@ -5,8 +5,16 @@
  *   BROKEN_INIT_FAILS    init() reports an error
  *   BROKEN_INCOMPLETE    a layer plugin without forward/backward
  *   BROKEN_MISNAMED      calls itself something other than its file name
- *   BROKEN_NULL_TABLE    the entry returns NULL */
+ *   BROKEN_NULL_TABLE    the entry returns NULL
+ * and, built into tests/plugins/unsafe (off the test search path: they crash or hang whoever
+ * loads them in-process), the defects only the probe process survives:
+ *   BROKEN_ENTRY_SEGV    troupe_plugin_entry writes through a null pointer
+ *   BROKEN_INIT_SEGV     init() writes through a null pointer
+ *   BROKEN_CTOR_EXIT     a static constructor calls exit(0)
+ *   BROKEN_INIT_HANGS    init() never returns */
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "runtime/abi/troupe_plugin.h"
 
@@ -14,8 +22,28 @@
 #error "PLUGIN_NAME must be defined"
 #endif
 
+#if defined(BROKEN_ENTRY_SEGV) || defined(BROKEN_INIT_SEGV)
+/* Read at run time, so the compiler cannot turn the store into a trap of its own. */
+static int* volatile nowhere = NULL;
+static void crash(void) {
+  *nowhere = 42;
+}
+#endif
+
+#ifdef BROKEN_CTOR_EXIT
+__attribute__((constructor)) static void leave_at_once(void) {
+  exit(0);
+}
+#endif
+
 static troupe_status plugin_init(const troupe_host* host, troupe_error* error) {
   (void)host;
+#ifdef BROKEN_INIT_SEGV
+  crash();
+#endif
+#ifdef BROKEN_INIT_HANGS
+  for (;;) sleep(1000);
+#endif
 #ifdef BROKEN_INIT_FAILS
   snprintf(error->message, sizeof error->message, "simulated failure: required resource missing");
   return TROUPE_STATUS_INTERNAL;
@@ -83,6 +111,9 @@ TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) {
 }
 #else
 TROUPE_PLUGIN_EXPORT const troupe_plugin* troupe_plugin_entry(void) {
+#ifdef BROKEN_ENTRY_SEGV
+  crash();
+#endif
   return &descriptor;
 }
 #endif

@@ -393,12 +393,18 @@ troupe_status plugin_import_state(troupe_instance* instance, const void* data, s
   return TROUPE_STATUS_OK;
 }
 
+// The impostor build (tests/plugins/impostor) is this plugin under another name, in a file named
+// for a third: libtroupe-moe.so that calls itself "mla".
+#ifndef TEST_ATTENTION_NAME
+#define TEST_ATTENTION_NAME "test-attention"
+#endif
+
 const troupe_plugin descriptor = {
     TROUPE_PLUGIN_ABI_MAJOR,
     TROUPE_PLUGIN_ABI_MINOR,
     sizeof(troupe_plugin),
     TROUPE_PLUGIN_KIND_ATTENTION,
-    "test-attention",
+    TEST_ATTENTION_NAME,
     "1.0.0",
     "test-only single-head causal attention exercising the plugin ABI",
     &plugin_init,

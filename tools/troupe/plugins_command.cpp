@@ -57,7 +57,8 @@ void add_plugins_command(CLI::App& app, int& exit_code) {
   auto* list = plugins->add_subcommand(
       "list",
       "Load every libtroupe-NAME.so on the search path (TROUPE_PLUGIN_PATH, then the install dir) "
-      "and show its name, kind, version and ABI, or why it cannot be loaded");
+      "and show its name, kind, version and ABI, or why it cannot be loaded (each is tried in a "
+      "probe process first: one that crashes or hangs is listed with the cause)");
   list->add_option("--dir", options->dirs, "Also search this directory (first; may repeat)");
   list->callback([options, &exit_code] { exit_code = list_plugins(*options); });
 }

@@ -1,18 +1,29 @@
 #include "runtime/control/http_server.hpp"
 
-#include <sys/socket.h>
-
-#include <chrono>
+#include <array>
 #include <condition_variable>
+#include <deque>
+#include <exception>
 #include <list>
 #include <mutex>
+#include <string_view>
 #include <thread>
+#include <vector>
 
+#include <fmt/format.h>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
-#include <nlohmann/json.hpp>
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
 
+#include "runtime/control/request_parser.hpp"
 #include "runtime/core/error.hpp"
 
 namespace troupe {
@@ -20,164 +31,378 @@ namespace troupe {
 namespace asio = boost::asio;
 namespace http = boost::beast::http;
 using tcp = asio::ip::tcp;
-using clock_type = std::chrono::steady_clock;
+using error_code = boost::system::error_code;
 
 namespace {
 
-/// Connections served at once; more are closed at once (the endpoint is for a few operators).
-constexpr std::size_t max_connections = 32;
+/// Threads for handlers: a request that finds none idle gets a new one, up to `cap`; they stay
+/// until the server stops (a job's endpoint sees a few operators, not a crowd).
+class handler_threads {
+ public:
+  explicit handler_threads(std::size_t cap) : cap_(cap) {}
+  ~handler_threads() { stop(); }
 
-std::string error_body(const std::string& message) {
-  return nlohmann::json{{"error", message}}.dump();
+  /// Runs `task` on an idle thread or a new one; false when `cap` are busy or it is stopping.
+  bool run(std::function<void()> task) {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return false;
+    if (idle_ == 0) {
+      if (threads_.size() >= cap_) return false;
+      try {
+        threads_.emplace_back([this] { work(); });
+      } catch (const std::system_error&) {
+        return false;  // no thread to be had
+      }
+    } else {
+      --idle_;  // claimed: the next idle thread to wake takes it
+    }
+    tasks_.push_back(std::move(task));
+    wake_.notify_one();
+    return true;
+  }
+
+  /// Lets the threads finish what they were given, then joins them.
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    // NOTES: run() adds no thread once stopping_ is set, so threads_ is ours alone here.
+    for (auto& thread : threads_)
+      if (thread.joinable()) thread.join();
+  }
+
+ private:
+  void work() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;
+      auto task = std::move(tasks_.front());
+      tasks_.pop_front();
+      lock.unlock();
+      task();
+      task = nullptr;  // what it holds goes before the thread counts as idle
+      lock.lock();
+      ++idle_;
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::function<void()>> tasks_;
+  std::vector<std::thread> threads_;
+  std::size_t idle_ = 0;  // threads free for a task nobody has claimed yet
+  const std::size_t cap_;
+  bool stopping_ = false;
+};
+
+/// The handler's reply, or 500 for what it threw.
+template <typename Function>
+http_reply answer(const Function& function, const http_request& request) {
+  try {
+    return function(request);
+  } catch (const std::exception& e) {
+    return {500, error_json(std::string("internal error: ") + e.what())};
+  } catch (...) {
+    return {500, error_json("internal error")};
+  }
 }
 
 }  // namespace
 
+// NOTES: everything below but the handler threads runs on the I/O thread (the one running
+// `io`), so the connections and their list need no lock; a handler thread hands its reply back
+// with asio::post, which orders it after the request it answers.
 struct http_server::state {
+  class connection;
+
+  explicit state(const http_limits& l) : limits(l), handlers(l.max_handlers) {}
+
+  void accept();
+  void admit(tcp::socket socket);
+  /// Closes the oldest connection that is expendable (still in its headers, or lingering after
+  /// its reply); false when there is none.
+  bool drop_oldest();
+  /// Stopping, first: no more connections; those not waiting for a handler or writing its
+  /// reply are closed.
+  void begin_stop();
+  /// Then, once the handler threads are gone (their replies posted before this): the replies
+  /// still being written get `final_replies` more, then the I/O thread ends.
+  void finish_stop();
+
   asio::io_context io;
+  // Keeps io.run() going while a handler has a request and no I/O is pending; only
+  // finish_stop() ends it (io.stop()).
+  asio::executor_work_guard<asio::io_context::executor_type> busy{io.get_executor()};
   tcp::acceptor acceptor{io};
+  asio::steady_timer accept_retry{io};
   std::string host;
   int port = 0;
   handler on_request;
-  // A client must send its whole request within this time: one that connects and sends
-  // nothing, or trickles, must not hold a thread.
-  std::chrono::milliseconds request_deadline{0};
-  std::thread accept_thread, watchdog_thread;
-
-  struct connection {
-    tcp::socket socket;
-    clock_type::time_point deadline;
-    bool reading = true;  // until the request is read: the watchdog may cut it
-    bool done = false;    // the socket is closed; the thread is ending
-    std::thread thread;
-  };
-  std::mutex mutex;
-  std::condition_variable stop_watchdog;
-  std::list<connection> connections;
-  bool stopping = false;
-
-  void accept_loop() {
-    for (;;) {
-      tcp::socket socket(io);
-      boost::system::error_code ec;
-      acceptor.accept(socket, ec);
-      std::unique_lock lock(mutex);
-      if (stopping) return;
-      reap();
-      if (ec) {
-        // Out of descriptors (EMFILE) or a connection that went away: give finished
-        // connections time to let go, then go on.
-        lock.unlock();
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        continue;
-      }
-      if (connections.size() >= max_connections) {
-        socket.close(ec);
-        continue;
-      }
-      auto& c = connections.emplace_back(
-          connection{std::move(socket), clock_type::now() + request_deadline, true, false, {}});
-      try {
-        c.thread = std::thread([this, &c] { serve(c); });
-      } catch (const std::system_error&) {
-        c.socket.close(ec);  // no thread to be had: refuse this one, keep serving
-        connections.pop_back();
-      }
-    }
-  }
-
-  /// Joins the threads of finished connections (the mutex is held).
-  void reap() {
-    for (auto it = connections.begin(); it != connections.end();) {
-      if (!it->done) {
-        ++it;
-        continue;
-      }
-      it->thread.join();
-      it = connections.erase(it);
-    }
-  }
-
-  /// Cuts connections still reading their request past the deadline.
-  void watchdog_loop() {
-    std::unique_lock lock(mutex);
-    while (!stopping) {
-      stop_watchdog.wait_for(
-          lock, std::min<std::chrono::milliseconds>(request_deadline / 4, std::chrono::seconds(1)));
-      const auto now = clock_type::now();
-      for (auto& c : connections)
-        if (c.reading && !c.done && now > c.deadline)
-          ::shutdown(c.socket.native_handle(), SHUT_RD);  // the reader wakes; a 400 goes out
-    }
-  }
-
-  void serve(connection& c) {
-    boost::system::error_code ec;
-    boost::beast::flat_buffer buffer;
-    http::request_parser<http::string_body> parser;
-    parser.body_limit(1 << 20);
-    http::read(c.socket, buffer, parser, ec);
-    {
-      std::lock_guard lock(mutex);
-      c.reading = false;
-    }
-    http_reply reply;
-    unsigned version = 11;
-    if (ec == http::error::body_limit) {
-      reply = {413, error_body("the request body is over 1 MiB")};
-    } else if (ec) {
-      reply = {400, error_body(fmt::format("no complete HTTP request within {} ms",
-                                           request_deadline.count()))};
-    } else {
-      const auto& message = parser.get();
-      version = message.version();
-      http_request request;
-      request.method = std::string(message.method_string());
-      request.target = std::string(message.target());
-      if (auto it = message.find(http::field::authorization); it != message.end())
-        request.authorization = std::string(it->value());
-      request.body = message.body();
-      const auto remote = c.socket.remote_endpoint(ec);
-      request.peer = ec ? std::string("unknown")
-                        : remote.address().to_string() + ":" + std::to_string(remote.port());
-      try {
-        reply = on_request(request);
-      } catch (const std::exception& e) {
-        reply = {500, error_body(std::string("internal error: ") + e.what())};
-      }
-    }
-    http::response<http::string_body> response{static_cast<http::status>(reply.status), version};
-    response.set(http::field::server, "troupe");
-    response.set(http::field::content_type, "application/json");
-    response.keep_alive(false);
-    response.body() = reply.body + "\n";
-    response.prepare_payload();
-    http::write(c.socket, response, ec);
-    if (reply.status == 413) {
-      // The client may still be sending the body: read it away (for a while) before closing,
-      // or the close resets the connection and the client never sees the 413.
-      c.socket.shutdown(tcp::socket::shutdown_send, ec);
-      {
-        std::lock_guard lock(mutex);
-        c.reading = true;
-        c.deadline = clock_type::now() + request_deadline;
-      }
-      char sink[65536];
-      while (!ec) c.socket.read_some(asio::buffer(sink), ec);
-    }
-    std::lock_guard lock(mutex);
-    c.socket.shutdown(tcp::socket::shutdown_both, ec);
-    c.socket.close(ec);
-    c.done = true;
-  }
+  screen on_headers;
+  const http_limits limits;
+  handler_threads handlers;
+  std::list<std::shared_ptr<connection>> connections;  // oldest first
+  asio::steady_timer final_replies{io};
+  bool stopping = false;  // begin_stop() has run
+  bool draining = false;  // finish_stop() has run: the last connection closed ends the I/O
+  std::thread io_thread;
 };
 
-http_server::http_server(const std::string& host, int port, handler on_request,
-                         std::chrono::milliseconds request_deadline)
-    : state_(std::make_unique<state>()) {
+class http_server::state::connection : public std::enable_shared_from_this<connection> {
+ public:
+  connection(state& server, tcp::socket socket)
+      : server_(server), socket_(std::move(socket)), deadline_(server.io) {}
+
+  void start() {
+    error_code ec;
+    const auto remote = socket_.remote_endpoint(ec);
+    peer_ = ec ? std::string("unknown")
+               : remote.address().to_string() + ":" + std::to_string(remote.port());
+    apply_limits(parser_, server_.limits);
+    arm(server_.limits.header_deadline);
+    http::async_read_header(
+        socket_, buffer_, parser_,
+        [self = shared_from_this()](error_code e, std::size_t) { self->on_headers(e); });
+  }
+
+  /// Closes the socket now, whatever the request's progress; it leaves the server's list.
+  void close() {
+    if (phase_ == phase::closed) return;
+    const auto self = shared_from_this();  // the list may hold the last reference
+    phase_ = phase::closed;
+    error_code ec;
+    deadline_.cancel();
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    server_.connections.erase(place);
+    if (server_.draining && server_.connections.empty()) server_.io.stop();
+  }
+
+  bool expendable() const { return phase_ == phase::headers || phase_ == phase::lingering; }
+  /// With a handler, or writing a reply: a stopping server lets it finish.
+  bool answering() const { return phase_ == phase::handling || phase_ == phase::replying; }
+
+  std::list<std::shared_ptr<connection>>::iterator place;  ///< in server.connections
+
+ private:
+  enum class phase { headers, body, handling, replying, lingering, closed };
+
+  http_request request() const {
+    http_request r = request_of(parser_);
+    r.peer = peer_;
+    return r;
+  }
+
+  void on_headers(error_code ec) {
+    if (phase_ != phase::headers) return;  // cut by the deadline, or closed
+    if (ec) return refuse(ec);
+    if (server_.on_headers) {
+      const http_request head = request();
+      std::optional<http_reply> early;
+      try {
+        early = server_.on_headers(head);
+      } catch (const std::exception& e) {
+        early = http_reply{500, error_json(std::string("internal error: ") + e.what())};
+      }
+      if (early) return reply(*early);
+    }
+    if (parser_.is_done()) return handle();
+    phase_ = phase::body;
+    arm(server_.limits.body_deadline);
+    const auto& message = parser_.get();
+    if (message.version() >= 11 &&
+        boost::beast::iequals(message[http::field::expect], "100-continue")) {
+      // The client waits for this before it sends its body (curl does, for large ones).
+      static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
+      asio::async_write(socket_, asio::buffer(go_on.data(), go_on.size()),
+                        [self = shared_from_this()](error_code e, std::size_t) {
+                          if (self->phase_ != phase::body) return;
+                          if (e) return self->close();
+                          self->read_body();
+                        });
+    } else {
+      read_body();
+    }
+  }
+
+  void read_body() {
+    http::async_read(socket_, buffer_, parser_,
+                     [self = shared_from_this()](error_code ec, std::size_t) {
+                       if (self->phase_ != phase::body) return;
+                       if (ec) return self->refuse(ec);
+                       self->handle();
+                     });
+  }
+
+  /// Answers a request the parser or the reading failed, or closes when no one would read it.
+  void refuse(error_code ec) {
+    if (auto reply_to = refusal(ec, server_.limits)) return reply(*reply_to);
+    close();
+  }
+
+  /// Hands the whole request to a handler thread; its reply comes back to the I/O thread.
+  void handle() {
+    phase_ = phase::handling;
+    deadline_.cancel();
+    auto task = [self = shared_from_this(), request = request()]() mutable {
+      http_reply reply = answer(self->server_.on_request, request);
+      auto& io = self->server_.io;
+      asio::post(io, [self = std::move(self), reply = std::move(reply)] { self->reply(reply); });
+    };
+    if (!server_.handlers.run(std::move(task)))
+      reply({503, error_json(fmt::format("{} requests are being handled already; try again when "
+                                         "one has finished",
+                                         server_.limits.max_handlers))});
+  }
+
+  void reply(const http_reply& r) {
+    if (phase_ == phase::replying || phase_ == phase::lingering || phase_ == phase::closed) return;
+    phase_ = phase::replying;
+    error_code ec;
+    socket_.cancel(ec);  // a read still waiting for the request ends here
+    const unsigned version = parser_.is_header_done() ? parser_.get().version() : 11;
+    response_ = {static_cast<http::status>(r.status), version};
+    response_.set(http::field::server, "troupe");
+    response_.set(http::field::content_type, "application/json");
+    response_.keep_alive(false);
+    response_.body() = r.body + "\n";
+    response_.prepare_payload();
+    arm(server_.limits.reply_deadline);
+    http::async_write(socket_, response_, [self = shared_from_this()](error_code e, std::size_t) {
+      if (self->phase_ != phase::replying) return;
+      if (e || self->server_.stopping) return self->close();
+      self->linger();
+    });
+  }
+
+  /// Reads away what the client still sends (a body nobody wanted) until it closes, then closes.
+  void linger() {
+    phase_ = phase::lingering;
+    error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    arm(server_.limits.linger);
+    read_away();
+  }
+
+  void read_away() {
+    socket_.async_read_some(asio::buffer(sink_),
+                            [self = shared_from_this()](error_code ec, std::size_t) {
+                              if (self->phase_ != phase::lingering) return;
+                              if (ec) return self->close();
+                              self->read_away();
+                            });
+  }
+
+  /// The current phase must be over by `after` from now.
+  void arm(std::chrono::milliseconds after) {
+    deadline_.expires_after(after);
+    deadline_.async_wait([self = shared_from_this()](error_code ec) {
+      // NOTES: a deadline that expired just as it was moved may still arrive: only the one
+      // that is due now counts.
+      if (ec || self->deadline_.expiry() > asio::steady_timer::clock_type::now()) return;
+      self->on_deadline();
+    });
+  }
+
+  void on_deadline() {
+    const auto& limits = server_.limits;
+    switch (phase_) {
+      case phase::headers:
+        return reply({408, error_json(fmt::format("no complete request line and headers within "
+                                                  "{} ms",
+                                                  limits.header_deadline.count()))});
+      case phase::body:
+        return reply({408, error_json(fmt::format("the request body did not come within {} ms",
+                                                  limits.body_deadline.count()))});
+      case phase::replying:
+      case phase::lingering:
+        return close();
+      case phase::handling:
+      case phase::closed:
+        return;
+    }
+  }
+
+  state& server_;
+  tcp::socket socket_;
+  asio::steady_timer deadline_;
+  boost::beast::flat_buffer buffer_;
+  request_parser parser_;
+  http::response<http::string_body> response_;
+  std::string peer_;
+  std::array<char, 4096> sink_{};
+  phase phase_ = phase::headers;
+};
+
+void http_server::state::accept() {
+  acceptor.async_accept([this](error_code ec, tcp::socket socket) {
+    if (stopping || ec == asio::error::operation_aborted) return;
+    if (!ec) {
+      accept();  // first: whatever admit() meets, the server goes on accepting
+      return admit(std::move(socket));
+    }
+    if (ec != asio::error::no_descriptors && ec != asio::error::no_buffer_space &&
+        ec != asio::error::no_memory && ec != boost::system::errc::too_many_files_open_in_system)
+      return accept();  // a client that went away before its accept
+    // Out of descriptors: free one and try again shortly.
+    drop_oldest();
+    accept_retry.expires_after(std::chrono::milliseconds(50));
+    accept_retry.async_wait([this](error_code e) {
+      if (!e && !stopping) accept();
+    });
+  });
+}
+
+void http_server::state::admit(tcp::socket socket) {
+  if (connections.size() >= limits.max_connections && !drop_oldest()) {
+    error_code ec;
+    socket.close(ec);  // every connection is past its headers: this one waits its turn
+    return;
+  }
+  auto c = std::make_shared<connection>(*this, std::move(socket));
+  c->place = connections.insert(connections.end(), c);
+  c->start();
+}
+
+bool http_server::state::drop_oldest() {
+  for (const auto& c : connections)
+    if (c->expendable()) {
+      c->close();
+      return true;
+    }
+  return false;
+}
+
+void http_server::state::begin_stop() {
+  stopping = true;
+  error_code ec;
+  acceptor.close(ec);
+  accept_retry.cancel();
+  for (auto it = connections.begin(); it != connections.end();) {
+    const auto c = *it++;  // close() takes c out of the list
+    if (!c->answering()) c->close();
+  }
+}
+
+void http_server::state::finish_stop() {
+  draining = true;
+  if (connections.empty()) return io.stop();
+  final_replies.expires_after(std::chrono::seconds(1));
+  final_replies.async_wait([this](error_code ec) {
+    if (ec) return;
+    while (!connections.empty()) connections.front()->close();  // the last one stops the I/O
+  });
+}
+
+http_server::http_server(const std::string& host, int port, handler on_request, http_limits limits,
+                         screen on_headers)
+    : state_(std::make_unique<state>(limits)) {
   state_->host = host;
-  state_->request_deadline = request_deadline;
   state_->on_request = std::move(on_request);
+  state_->on_headers = std::move(on_headers);
   boost::system::error_code ec;
   const auto address = asio::ip::make_address(host, ec);
   if (ec) fail("control endpoint {}:{}: '{}' is not an IP address", host, port, host);
@@ -188,30 +413,30 @@ http_server::http_server(const std::string& host, int port, handler on_request,
   if (!ec) state_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) fail("control endpoint {}:{}: cannot listen: {}", host, port, ec.message());
   state_->port = state_->acceptor.local_endpoint().port();
-  state_->accept_thread = std::thread([s = state_.get()] { s->accept_loop(); });
-  state_->watchdog_thread = std::thread([s = state_.get()] { s->watchdog_loop(); });
+  state_->accept();
+  state_->io_thread = std::thread([s = state_.get()] {
+    for (;;) {
+      try {
+        s->io.run();
+        return;
+      } catch (const std::exception&) {
+        // A handler threw (out of memory, say): the others go on being served.
+      }
+    }
+  });
 }
 
 http_server::~http_server() {
-  {
-    std::lock_guard lock(state_->mutex);
-    state_->stopping = true;
-    // Wakes the blocked accept() and any connection still reading.
-    ::shutdown(state_->acceptor.native_handle(), SHUT_RDWR);
-    for (auto& c : state_->connections)
-      if (!c.done) ::shutdown(c.socket.native_handle(), SHUT_RDWR);
-  }
-  state_->stop_watchdog.notify_all();
-  state_->accept_thread.join();
-  state_->watchdog_thread.join();
-  std::list<state::connection> left;
-  {
-    std::lock_guard lock(state_->mutex);
-    left.swap(state_->connections);
-  }
-  for (auto& c : left) c.thread.join();
-  boost::system::error_code ec;
-  state_->acceptor.close(ec);
+  state* s = state_.get();
+  asio::post(s->io, [s] { s->begin_stop(); });
+  // NOTES: a handler thread posts its reply before it ends, so every reply is queued on the I/O
+  // thread before finish_stop() is: a request with a handler gets its answer.
+  s->handlers.stop();
+  asio::post(s->io, [s] { s->finish_stop(); });
+  s->io_thread.join();
+  // The I/O thread is gone, so the list is ours; what the connections' pending handlers hold
+  // goes with the io_context, which never runs them now.
+  s->connections.clear();
 }
 
 int http_server::port() const {

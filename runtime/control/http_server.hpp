@@ -1,39 +1,36 @@
 #pragma once
 
-// A small HTTP/1.1 server for a job's control endpoint (Boost.Beast underneath): one request per
-// connection, each connection on a thread of its own, so a request that waits for the step loop
-// (a swap, a pause) never holds up another (a status).
+// A small HTTP/1.1 server for a job's control endpoint (Boost.Beast underneath), one request per
+// connection. Connections are read and written by one I/O thread (Asio, asynchronous), so idle or
+// slow clients hold no thread; within the deadlines and caps of http_limits they cannot starve
+// the others. Handlers run on threads of their own, so one that waits for the step loop (a swap,
+// a pause) holds up neither the I/O nor another handler (a status).
 
-#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+
+#include "runtime/control/http_request.hpp"
 
 namespace troupe {
 
-struct http_request {
-  std::string method;         ///< "GET", "POST", ...
-  std::string target;         ///< "/v1/status"
-  std::string authorization;  ///< the Authorization header, or ""
-  std::string body;
-  std::string peer;  ///< "127.0.0.1:40312"
-};
-
-struct http_reply {
-  int status = 200;
-  std::string body;  ///< JSON
-};
-
 class http_server {
  public:
+  /// Answers a whole request (its body read); may block. Runs on a handler thread; what it
+  /// throws is answered 500.
   using handler = std::function<http_reply(const http_request&)>;
+  /// Looks at a request as soon as its line and headers are in (`body` still empty), on the I/O
+  /// thread, so it must not block. A reply answers the request at once (its body is never read,
+  /// `handler` does not run); std::nullopt lets it go on to its body and `handler`.
+  using screen = std::function<std::optional<http_reply>(const http_request&)>;
 
-  /// Listens on host:port (port 0: a free one). A client has `request_deadline` to send its
-  /// whole request; at most 32 connections are served at once. Throws troupe::error naming the
-  /// address and the cause when it cannot listen.
-  http_server(const std::string& host, int port, handler on_request,
-              std::chrono::milliseconds request_deadline = std::chrono::seconds(10));
-  /// Stops accepting, closes open connections and waits for their threads.
+  /// Listens on host:port (port 0: a free one) and serves within `limits`. Throws troupe::error
+  /// naming the address and the cause when it cannot listen.
+  http_server(const std::string& host, int port, handler on_request, http_limits limits = {},
+              screen on_headers = {});
+  /// Stops accepting, closes every connection (however far its request got) and joins the I/O
+  /// thread and the handler threads; a handler still running is waited for.
   ~http_server();
   http_server(const http_server&) = delete;
   http_server& operator=(const http_server&) = delete;

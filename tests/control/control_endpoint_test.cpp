@@ -1,6 +1,7 @@
 // The control endpoint without a job: bearer tokens (a refused request runs nothing and is
-// logged), routes and methods, bad bodies, the request counter, and the job directory (a token
-// only its user can read, names taken by running jobs, jobs that died).
+// logged), routes and methods, bad bodies (a NUL in a string is refused naming the field), the
+// request counter, and the job directory (a token only its user can read, names taken by running
+// jobs, jobs that died).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -45,7 +46,10 @@ class ControlEndpoint : public ::testing::Test {
            return control_reply{200, {{"paused", true}, {"echo", request}}};
          }},
         {"swap",
-         [](const nlohmann::json&) { return control_error(422, "the library does not load"); }},
+         [this](const nlohmann::json&) {
+           ++swaps_;
+           return control_error(422, "the library does not load");
+         }},
     };
     server_ = std::make_unique<control_server>("127.0.0.1", 0, "sesame", commands, registry_,
                                                [this](const std::string& line) {
@@ -75,7 +79,7 @@ class ControlEndpoint : public ::testing::Test {
   }
 
   prometheus::Registry registry_;
-  std::atomic<int> pauses_{0};
+  std::atomic<int> pauses_{0}, swaps_{0};
   std::mutex mutex_;
   std::vector<std::string> log_;
   std::unique_ptr<control_server> server_;
@@ -123,6 +127,31 @@ TEST_F(ControlEndpoint, UnknownRoutesWrongMethodsAndBadBodiesAreClearErrors) {
   EXPECT_EQ(pauses_, 0);
 }
 
+TEST_F(ControlEndpoint, ANulInASwapPathIsRefusedNamingTheField) {
+  // A C string of the path would end at the NUL: "/tmp/libtroupe-moe.so" would be loaded.
+  const auto reply = call("POST", "/v1/swap", "sesame",
+                          R"({"plugin": "moe", "library": "/tmp/libtroupe-moe.so\u0000.txt"})");
+  EXPECT_EQ(reply.status, 400);
+  EXPECT_THAT(reply.body, HasSubstr(R"(bad request body: \"library\" holds a NUL character)"));
+  const auto nested =
+      call("POST", "/v1/swap", "sesame", R"({"plugin": "moe", "x": [{"y": "a\u0000"}]})");
+  EXPECT_EQ(nested.status, 400);
+  EXPECT_THAT(nested.body, HasSubstr(R"(\"x/0/y\" holds a NUL character)"));
+  // However deep it hides (the walk needs no stack of the thread's).
+  const int depth = 200000;
+  const auto deep =
+      call("POST", "/v1/swap", "sesame",
+           R"({"x": )" + std::string(depth, '[') + R"("\u0000")" + std::string(depth, ']') + "}");
+  EXPECT_EQ(deep.status, 400);
+  EXPECT_THAT(deep.body, HasSubstr(R"(\"x/0/0/0/)"));
+  const auto key = call("POST", "/v1/swap", "sesame", R"({"plugin": "moe", "a\u0000b": 1})");
+  EXPECT_EQ(key.status, 400);
+  EXPECT_THAT(key.body, HasSubstr(R"(\"a\\u0000b\" holds a NUL character)"));
+  EXPECT_EQ(swaps_, 0);
+  EXPECT_EQ(requests("swap", "400"), 4.0);
+  EXPECT_THAT(log(), HasSubstr("swap from 127.0.0.1:"));
+}
+
 TEST_F(ControlEndpoint, AClosedEndpointIsAClearErrorForTheClient) {
   const std::string url = server_->url();
   server_.reset();
@@ -137,14 +166,16 @@ TEST_F(ControlEndpoint, AClosedEndpointIsAClearErrorForTheClient) {
 
 TEST(HttpServer, SilentClientsAreCutOversizedBodiesRefusedAndSlowRepliesTimeOut) {
   using namespace std::chrono_literals;
+  http_limits limits;
+  limits.header_deadline = 500ms;
   http_server server(
       "127.0.0.1", 0,
       [](const http_request& request) {
         if (request.target == "/slow") std::this_thread::sleep_for(3s);
         return http_reply{200, R"({"ok": true})"};
       },
-      500ms);
-  // A client that connects and sends nothing is answered 400 and cut after the deadline.
+      limits);
+  // A client that connects and sends nothing is answered 408 and cut after the deadline.
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -157,7 +188,8 @@ TEST(HttpServer, SilentClientsAreCutOversizedBodiesRefusedAndSlowRepliesTimeOut)
   for (ssize_t n; (n = ::read(fd, buffer, sizeof(buffer))) > 0;) answer.append(buffer, n);
   ::close(fd);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
-  EXPECT_THAT(answer, HasSubstr("400"));
+  EXPECT_THAT(answer, HasSubstr("408"));
+  EXPECT_THAT(answer, HasSubstr("no complete request line and headers within 500 ms"));
   // Bodies over 1 MiB: 413.
   const auto big = http_call(server.url(), "POST", "/x", "", std::string(2 << 20, 'x'), 10);
   EXPECT_EQ(big.status, 413);

@@ -2,6 +2,7 @@
 // placements on hosts and devices that exist, schedule constraints, value ranges, and plugins.
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "runtime/core/text.hpp"
@@ -400,6 +401,20 @@ class topology_validator {
     t_.plugins = std::move(used);
   }
 
+  /// The search path's library for `name`; an entry on it that is no plugin file (a directory,
+  /// a symlink loop) is an error at `path` and nothing is found.
+  std::optional<fs::path> find_on(const plugin_search_path& search, const std::string& name,
+                                  const std::string& path) {
+    search_failed_ = false;
+    try {
+      return search.find(name);
+    } catch (const troupe::error& e) {
+      error(path, e.what());
+      search_failed_ = true;
+      return std::nullopt;
+    }
+  }
+
   void resolve(plugin_choice& choice, const std::string& path) {
     const auto search = plugin_search_path::standard(t_.file.parent_path(), t_.plugin_search_path);
     if (plugin_search_path::is_path(choice.reference)) {
@@ -412,9 +427,9 @@ class topology_validator {
         return;
       }
       choice.resolved = file;
-    } else if (auto found = search.find(choice.reference)) {
+    } else if (auto found = find_on(search, choice.reference, path)) {
       choice.resolved = *found;
-    } else {
+    } else if (!search_failed_) {
       std::vector<std::string> available;
       for (const auto& [name, file] : search.available()) available.push_back(name);
       auto suggestion = nearest_word(choice.reference, available);
@@ -435,6 +450,7 @@ class topology_validator {
                     name_of(choice.role), choice.reference, where));
       return;
     }
+    if (search_failed_) return;
     if (options_.registry != nullptr) {
       try {
         options_.registry->load(choice.resolved->string(), {choice.role, false});
@@ -447,6 +463,7 @@ class topology_validator {
   topology& t_;
   const topology_load_options& options_;
   std::vector<diagnostic>& out_;
+  bool search_failed_ = false;  ///< the last find_on met an entry that is no plugin file
 };
 
 }  // namespace

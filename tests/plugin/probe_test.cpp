@@ -346,6 +346,7 @@ TEST(PluginProbeCommands, ADirectoryOrLoopOnTheTopologysSearchPathIsAnError) {
                               ": not a plugin file: a directory") != std::string::npos)
         << r.output;
     expect_in(r, "search path, from topology");
+    expect_in(r, topology.string() + ":");  // with the place in the topology
   }
 }
 

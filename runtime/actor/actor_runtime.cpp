@@ -164,6 +164,7 @@ actor_runtime::actor_runtime(actor_runtime_options options,
 
 actor_runtime::~actor_runtime() {
   impl_->system->await_all_actors_done();
+  observe_exits(impl_->system.get());
   {
     std::lock_guard lock(detail::runtimes().mutex);
     detail::runtimes().runtimes.erase(impl_->system.get());

@@ -57,6 +57,30 @@ std::pair<int, int> make_pipe() {
   return {fds[0], fds[1]};
 }
 
+/// This process's environment for the probe, with the sanitizers (when a build has them) told
+/// to leave SIGSEGV, SIGBUS, SIGFPE and SIGILL alone.
+// NOTES: a sanitized probe would otherwise catch a plugin's crash itself and exit with its own
+// status; the caller could then not say "killed by SIGSEGV". Unsanitized builds ignore these.
+std::vector<std::string> probe_environment() {
+  constexpr const char* keep_signals =
+      "handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_sigill=0:handle_abort=0";
+  std::vector<std::string> out;
+  bool seen[3] = {false, false, false};
+  const char* names[3] = {"ASAN_OPTIONS=", "TSAN_OPTIONS=", "UBSAN_OPTIONS="};
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string entry(*e);
+    for (int i = 0; i < 3; ++i)
+      if (entry.rfind(names[i], 0) == 0) {
+        entry += std::string(entry.size() > std::strlen(names[i]) ? ":" : "") + keep_signals;
+        seen[i] = true;
+      }
+    out.push_back(std::move(entry));
+  }
+  for (int i = 0; i < 3; ++i)
+    if (!seen[i]) out.push_back(std::string(names[i]) + keep_signals);
+  return out;
+}
+
 pid_t spawn(const std::vector<std::string>& argv, int report_write, int output_write) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
@@ -82,8 +106,12 @@ pid_t spawn(const std::vector<std::string>& argv, int report_write, int output_w
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  const std::vector<std::string> environment = probe_environment();
+  std::vector<char*> env;
+  for (const auto& e : environment) env.push_back(const_cast<char*>(e.c_str()));
+  env.push_back(nullptr);
   pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, args[0], &actions, &attributes, args.data(), environ);
+  const int rc = ::posix_spawn(&pid, args[0], &actions, &attributes, args.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
   if (rc != 0) fail("cannot start {}: {}", argv[0], std::strerror(rc));

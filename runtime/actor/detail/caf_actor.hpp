@@ -80,6 +80,8 @@ class instrumented_actor : public caf::event_based_actor {
   /// Runs in the sender's thread: publishes its writes to this actor (message_fence.hpp).
   void enqueue(caf::mailbox_element_ptr element, caf::execution_unit* unit) override;
   using caf::event_based_actor::enqueue;
+  /// Runs in the actor's thread as it ends: publishes its writes to the runtime's end.
+  void on_exit() override;
 
   metrics_registry* metrics() const { return metrics_; }
 

@@ -42,6 +42,11 @@ caf::invoke_message_result instrumented_actor::consume(caf::mailbox_element& ele
   return result;
 }
 
+void instrumented_actor::on_exit() {
+  caf::event_based_actor::on_exit();
+  publish_exit(&home_system());
+}
+
 std::string message_type_label(caf::actor_system& system, const caf::type_erased_tuple& content) {
   if (content.empty()) return "empty";
   if (content.match_element<message_box>(0)) {

@@ -37,6 +37,22 @@ void observe_writes(const caf::actor_control_block* self) {
 #endif
 }
 
+void publish_exit(const caf::actor_system* system) {
+#ifdef TROUPE_TSAN
+  if (system != nullptr) __tsan_release(const_cast<caf::actor_system*>(system));
+#else
+  (void)system;
+#endif
+}
+
+void observe_exits(const caf::actor_system* system) {
+#ifdef TROUPE_TSAN
+  if (system != nullptr) __tsan_acquire(const_cast<caf::actor_system*>(system));
+#else
+  (void)system;
+#endif
+}
+
 void observe_writes(const caf::abstract_actor* self) {
   observe_writes(self != nullptr ? caf::actor_control_block::from(self) : nullptr);
 }

@@ -19,6 +19,11 @@ namespace troupe {
 /// observe_writes.
 void publish_writes_to(const caf::actor_control_block* receiver);
 void publish_writes_to(const caf::strong_actor_ptr& receiver);
+/// Everything this thread wrote happens before what follows observe_exits(system): an actor
+/// calls it as it ends, the runtime after it awaited every actor (a detached actor's thread is
+/// not joined, and CAF's count of running actors is invisible to TSan).
+void publish_exit(const caf::actor_system* system);
+void observe_exits(const caf::actor_system* system);
 /// Takes in what was published to `self`.
 void observe_writes(const caf::actor_control_block* self);
 void observe_writes(const caf::abstract_actor* self);

@@ -99,8 +99,10 @@ void complete_request(state& st, incoming_envelope& entry) {
   if (it == st.pending.end()) return;
   outgoing_request request = std::move(it->second);
   st.pending.erase(it);
-  publish_writes_to(request.asker);
+  // NOTES: the writes are published to the asker after the reply is decoded (the decoded
+  // message is written here and read there), just before each deliver.
   if (static_cast<envelope_kind>(letter.kind) == envelope_kind::failure) {
+    publish_writes_to(request.asker);
     request.promise.deliver(actor_failure(std::string(letter.body.begin(), letter.body.end())));
     return;
   }
@@ -108,8 +110,11 @@ void complete_request(state& st, incoming_envelope& entry) {
     if (request.reply_type == nullptr || letter.type != request.reply_type->name)
       fail("a '{}' reply where '{}' was expected", letter.type,
            request.reply_type ? request.reply_type->name : std::string_view("none"));
-    request.promise.deliver(decode(st, entry, *request.reply_type));
+    message_box reply = decode(st, entry, *request.reply_type);
+    publish_writes_to(request.asker);
+    request.promise.deliver(std::move(reply));
   } catch (const std::exception& e) {
+    publish_writes_to(request.asker);
     request.promise.deliver(actor_failure(
         fmt::format("the reply of {} (rank {}): {}", request.target, request.rank, e.what())));
   }

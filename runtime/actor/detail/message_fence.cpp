@@ -17,44 +17,49 @@ extern "C" void __tsan_release(void* address);
 
 namespace troupe {
 
-void publish_writes_to(const caf::actor_control_block* receiver) {
+namespace {
+
+// The two TSan annotations every fence below comes down to; a null object is no hand-off.
+void release(const void* object) {
 #ifdef TROUPE_TSAN
-  if (receiver != nullptr) __tsan_release(const_cast<caf::actor_control_block*>(receiver));
+  if (object != nullptr) __tsan_release(const_cast<void*>(object));
 #else
-  (void)receiver;
+  (void)object;
 #endif
+}
+
+void acquire(const void* object) {
+#ifdef TROUPE_TSAN
+  if (object != nullptr) __tsan_acquire(const_cast<void*>(object));
+#else
+  (void)object;
+#endif
+}
+
+}  // namespace
+
+void publish_writes_to(const caf::actor_control_block* receiver) {
+  release(receiver);
 }
 
 void publish_writes_to(const caf::strong_actor_ptr& receiver) {
-  publish_writes_to(receiver.get());
+  release(receiver.get());
 }
 
 void observe_writes(const caf::actor_control_block* self) {
-#ifdef TROUPE_TSAN
-  if (self != nullptr) __tsan_acquire(const_cast<caf::actor_control_block*>(self));
-#else
-  (void)self;
-#endif
-}
-
-void publish_exit(const caf::actor_system* system) {
-#ifdef TROUPE_TSAN
-  if (system != nullptr) __tsan_release(const_cast<caf::actor_system*>(system));
-#else
-  (void)system;
-#endif
-}
-
-void observe_exits(const caf::actor_system* system) {
-#ifdef TROUPE_TSAN
-  if (system != nullptr) __tsan_acquire(const_cast<caf::actor_system*>(system));
-#else
-  (void)system;
-#endif
+  acquire(self);
 }
 
 void observe_writes(const caf::abstract_actor* self) {
-  observe_writes(self != nullptr ? caf::actor_control_block::from(self) : nullptr);
+  acquire(self != nullptr ? caf::actor_control_block::from(self) : nullptr);
+}
+
+void publish_exit(const caf::actor_system* system) {
+  release(system);
+}
+
+void observe_exits(const caf::actor_system* system) {
+  acquire(system);
 }
 
 }  // namespace troupe

@@ -52,7 +52,7 @@ std::optional<std::string> nul_field(const nlohmann::json& body) {
       at.replace(nul, 1, "\\u0000");
     return at;
   };
-  if (body.is_structured()) stack.push_back({&body, body.begin()});
+  if (body.is_structured()) stack.push_back({&body, body.begin(), 0, {}});
   while (!stack.empty()) {
     frame& top = stack.back();
     if (top.next == top.container->end()) {
@@ -63,7 +63,8 @@ std::optional<std::string> nul_field(const nlohmann::json& body) {
     top.step = top.container->is_object() ? item.key() : std::to_string(top.index++);
     if (has_nul(top.step) || (item->is_string() && has_nul(item->get_ref<const std::string&>())))
       return path();
-    if (item->is_structured()) stack.push_back({&*item, item->begin()});  // `top` dangles now
+    if (item->is_structured())
+      stack.push_back({&*item, item->begin(), 0, {}});  // `top` dangles now
   }
   return std::nullopt;
 }

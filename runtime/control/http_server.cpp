@@ -33,7 +33,10 @@ namespace http = boost::beast::http;
 using tcp = asio::ip::tcp;
 using error_code = boost::system::error_code;
 
-namespace {
+// NOTES: a named namespace rather than an anonymous one: http_server::state (external linkage)
+// holds a handler_threads, which GCC flags (-Wsubobject-linkage) once a unity build includes
+// this file into another.
+namespace http_server_detail {
 
 /// Threads for handlers: a request that finds none idle gets a new one, up to `cap`; they stay
 /// until the server stops (a job's endpoint sees a few operators, not a crowd).
@@ -110,7 +113,10 @@ http_reply answer(const Function& function, const http_request& request) {
   }
 }
 
-}  // namespace
+}  // namespace http_server_detail
+
+using http_server_detail::answer;
+using http_server_detail::handler_threads;
 
 // NOTES: everything below but the handler threads runs on the I/O thread (the one running
 // `io`), so the connections and their list need no lock; a handler thread hands its reply back

@@ -73,4 +73,22 @@ double json_number(const nlohmann::json& value, std::string_view where) {
   return v;
 }
 
+std::string json_string(const nlohmann::json& object, std::string_view key, std::string fallback,
+                        std::string_view where) {
+  if (!object.is_object()) return fallback;
+  const auto it = object.find(key);
+  if (it == object.end()) return fallback;
+  if (!it->is_string()) fail("{}: \"{}\" must be a string, got {}", where, key, it->dump());
+  return it->get<std::string>();
+}
+
+bool json_bool(const nlohmann::json& object, std::string_view key, bool fallback,
+               std::string_view where) {
+  if (!object.is_object()) return fallback;
+  const auto it = object.find(key);
+  if (it == object.end()) return fallback;
+  if (!it->is_boolean()) fail("{}: \"{}\" must be true or false, got {}", where, key, it->dump());
+  return it->get<bool>();
+}
+
 }  // namespace troupe

@@ -65,6 +65,16 @@ std::int64_t json_integer(const nlohmann::json& value, integer_bounds bounds,
 /// `value` as a finite number: fails naming `where` when it is not a number.
 double json_number(const nlohmann::json& value, std::string_view where);
 
+/// `object[key]` as a string, or `fallback` when `object` has no such key. Fails naming `where`
+/// (the file or request) and the key when the value is not a string; nlohmann's own
+/// `value(key, fallback)` throws a type_error instead, which nothing above expects.
+std::string json_string(const nlohmann::json& object, std::string_view key, std::string fallback,
+                        std::string_view where);
+
+/// `object[key]` as true or false, or `fallback` when absent; fails like json_string.
+bool json_bool(const nlohmann::json& object, std::string_view key, bool fallback,
+               std::string_view where);
+
 // ---- implementation ---------------------------------------------------------------------------
 
 [[noreturn]] void fail_out_of_range(std::int64_t value, integer_bounds bounds,

@@ -88,6 +88,17 @@ class field_reader {
     fail_field(field, fmt::format("\"{}\" is not supported: {}", value, why_only));
   }
 
+  /// `object[key]`, a member of the object field `parent`, as a string, or `fallback` when
+  /// absent.
+  std::string member_string(const json& object, const std::string& parent, const char* key,
+                            std::string fallback) const {
+    const auto it = object.find(key);
+    if (it == object.end()) return fallback;
+    if (!it->is_string())
+      fail_field(parent + "." + key, fmt::format("must be a string, got {}", it->dump()));
+    return it->get<std::string>();
+  }
+
   const json& source() const { return source_; }
 
  private:
@@ -104,7 +115,8 @@ void read_rope(field_reader& r, const json& source, model_config& c) {
   const json* rope = r.find_optional(field);
   if (rope == nullptr || rope->is_null()) return;
   if (!rope->is_object()) r.fail_field(field, "must be an object or null");
-  std::string type = rope->value("rope_type", rope->value("type", std::string("default")));
+  const std::string type =
+      r.member_string(*rope, field, "rope_type", r.member_string(*rope, field, "type", "default"));
   if (rope->contains("rope_theta")) {
     if (!(*rope)["rope_theta"].is_number())
       r.fail_field(std::string(field) + ".rope_theta", "must be a number");
@@ -145,13 +157,13 @@ void read_quantization(field_reader& r, model_config& c) {
   const json* q = r.find_optional("quantization_config");
   if (q == nullptr || q->is_null()) return;
   if (!q->is_object()) r.fail_field("quantization_config", "must be an object or null");
-  std::string method = q->value("quant_method", std::string());
+  std::string method = r.member_string(*q, "quantization_config", "quant_method", "");
   if (method != "fp8")
     r.fail_field(
         "quantization_config.quant_method",
         fmt::format("\"{}\" is not supported: troupe reads fp8 (block-scaled E4M3) checkpoints",
                     method));
-  std::string format = q->value("fmt", std::string("e4m3"));
+  std::string format = r.member_string(*q, "quantization_config", "fmt", "e4m3");
   if (format != "e4m3")
     r.fail_field("quantization_config.fmt",
                  fmt::format("\"{}\" is not supported: only e4m3", format));
@@ -168,7 +180,7 @@ void read_quantization(field_reader& r, model_config& c) {
                    fmt::format("[{}, {}] is not supported: DeepSeek-V3 checkpoints use [128, 128]",
                                f.block_rows, f.block_cols));
   }
-  f.activation_scheme = q->value("activation_scheme", std::string("dynamic"));
+  f.activation_scheme = r.member_string(*q, "quantization_config", "activation_scheme", "dynamic");
   if (f.activation_scheme != "dynamic")
     r.fail_field("quantization_config.activation_scheme",
                  fmt::format("\"{}\" is not supported: only dynamic", f.activation_scheme));

@@ -199,6 +199,9 @@ schedule_plan schedule_plan::build(schedule_kind kind, std::int32_t stages,
                                    std::int64_t micro_batches) {
   if (stages < 1) fail("a pipeline needs at least one stage, got {}", stages);
   if (micro_batches < 1) fail("a step needs at least one micro-batch, got {}", micro_batches);
+  if (micro_batches > max_stage_micro_batches / stages)
+    fail("{} stages x {} micro-batches is more than a plan holds ({} pairs)", stages, micro_batches,
+         max_stage_micro_batches);
   if (kind == schedule_kind::dualpipe) {
     if (stages % 2 != 0) fail("dualpipe needs an even number of pipeline stages, got {}", stages);
     if (micro_batches % 2 != 0 || micro_batches < 2 * stages)

@@ -27,6 +27,10 @@ namespace troupe {
 
 class schedule_plan {
  public:
+  /// The most (stage, micro-batch) pairs a plan holds: 2^20, far above any real pipeline (16
+  /// stages of 1,024 micro-batches is 2^14) and small enough that a plan is a few tens of MB.
+  static constexpr std::int64_t max_stage_micro_batches = std::int64_t{1} << 20;
+
   /// Builds the plan; throws troupe::error naming the constraint a size breaks.
   static schedule_plan build(schedule_kind kind, std::int32_t stages, std::int64_t micro_batches);
 

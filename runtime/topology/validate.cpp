@@ -7,6 +7,7 @@
 
 #include "runtime/core/text.hpp"
 #include "runtime/plugin/registry.hpp"
+#include "runtime/schedule/schedule_plan.hpp"
 #include "runtime/topology/load.hpp"
 
 namespace troupe {
@@ -266,6 +267,11 @@ class topology_validator {
     if (s.micro_batches < 1)
       error("schedule.micro_batches",
             fmt::format("schedule.micro_batches must be at least 1, got {}", s.micro_batches));
+    if (t_.pipeline >= 1 && s.micro_batches > schedule_plan::max_stage_micro_batches / t_.pipeline)
+      error("schedule.micro_batches",
+            fmt::format("parallel.pipeline × schedule.micro_batches = {} × {} is more than a "
+                        "schedule plan holds ({})",
+                        t_.pipeline, s.micro_batches, schedule_plan::max_stage_micro_batches));
     if (s.kind == schedule_kind::dualpipe) {
       if (t_.pipeline % 2 != 0)
         error("schedule.kind",

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "runtime/core/error.hpp"
+#include "runtime/core/input_limits.hpp"
 #include "runtime/job/hot_swap.hpp"
 
 namespace troupe {
@@ -156,7 +157,15 @@ void training_control::publish_status() {
 
 control_reply training_control::request_swap(const nlohmann::json& request) {
   // The endpoint's thread checks the request; the swap runs on the coordinator.
-  const std::string wanted = request.value("plugin", std::string());
+  std::string wanted, library_path;
+  bool builtin = false;
+  try {
+    wanted = json_string(request, "plugin", "", "the swap request");
+    builtin = json_bool(request, "builtin", false, "the swap request");
+    library_path = json_string(request, "library", "", "the swap request");
+  } catch (const error& e) {
+    return control_error(400, e.what());
+  }
   std::optional<plugin_kind> role = parse_plugin_kind(wanted);
   const nlohmann::json current = queue_->status().value("plugins", nlohmann::json::object());
   for (const auto& [kind, entry] : current.items())
@@ -165,8 +174,6 @@ control_reply training_control::request_swap(const nlohmann::json& request) {
     return control_error(400, fmt::format("plugin '{}': name a role (attention, moe, mtp, gemm) "
                                           "or a plugin the job runs ({})",
                                           wanted, current.dump()));
-  const bool builtin = request.value("builtin", false);
-  const std::string library_path = request.value("library", std::string());
   if (builtin == !library_path.empty())
     return control_error(400, "give either \"library\": PATH or \"builtin\": true");
   if (builtin && *role != plugin_kind::gemm)

@@ -145,6 +145,15 @@ TEST(ModelConfig, UnsupportedValuesNameTheField) {
       with("quantization_config", json{{"quant_method", "fp8"}, {"weight_block_size", {64, 64}}}),
       "field 'quantization_config.weight_block_size': [64, 64] is not supported");
   EXPECT_THROW(parse_model_config(json::array(), "c"), troupe::error);
+  // A nested field of the wrong JSON type (found by fuzzing: it escaped as a nlohmann
+  // type_error and aborted).
+  expect(with("quantization_config", json{{"quant_method", "fp8"}, {"fmt", {256, 128}}}),
+         "field 'quantization_config.fmt': must be a string, got [256,128]");
+  expect(with("quantization_config", json{{"quant_method", 8}}),
+         "field 'quantization_config.quant_method': must be a string, got 8");
+  expect(with("quantization_config", json{{"quant_method", "fp8"}, {"activation_scheme", false}}),
+         "field 'quantization_config.activation_scheme': must be a string");
+  expect(with("rope_scaling", json{{"type", 5}}), "field 'rope_scaling.type': must be a string");
 }
 
 // Plugins get the config with every field written out (ABI 1.1) and read it without a parser or

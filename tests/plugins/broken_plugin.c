@@ -8,8 +8,8 @@
  *   BROKEN_NULL_TABLE    the entry returns NULL
  * and, built into tests/plugins/unsafe (off the test search path: they crash or hang whoever
  * loads them in-process), the defects only the probe process survives:
- *   BROKEN_ENTRY_SEGV    troupe_plugin_entry writes through a null pointer
- *   BROKEN_INIT_SEGV     init() writes through a null pointer
+ *   BROKEN_ENTRY_SEGV    troupe_plugin_entry writes to an unmapped address
+ *   BROKEN_INIT_SEGV     init() writes to an unmapped address
  *   BROKEN_CTOR_EXIT     a static constructor calls exit(0)
  *   BROKEN_INIT_HANGS    init() never returns */
 #include <stdio.h>
@@ -23,8 +23,10 @@
 #endif
 
 #if defined(BROKEN_ENTRY_SEGV) || defined(BROKEN_INIT_SEGV)
-/* Read at run time, so the compiler cannot turn the store into a trap of its own. */
-static int* volatile nowhere = NULL;
+/* Read at run time, so the compiler cannot turn the store into a trap of its own. Not NULL but an
+ * address in the never-mapped first page: UBSan's null check (in ASan+UBSan builds) would catch a
+ * store through NULL and exit with its report, and this library is meant to die by SIGSEGV. */
+static int* volatile nowhere = (int*)16;
 static void crash(void) {
   *nowhere = 42;
 }

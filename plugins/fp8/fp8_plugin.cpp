@@ -4,6 +4,7 @@
 
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/fp8/fp8_gemm.hpp"
+#include "plugins/fp8/fp8_gemm_cuda.hpp"
 
 namespace {
 
@@ -15,6 +16,8 @@ struct fp8_instance {
 
 troupe_status gemm(void*, const troupe_exec_context* context, const troupe_gemm_call* call,
                    troupe_error* error) {
+  if (context != nullptr && context->device.device_type == kDLCUDA)
+    return fp8_gemm_cuda(context, *call, error);
   return fp8_gemm(context, *call, error);
 }
 
@@ -24,9 +27,12 @@ troupe_status init(const troupe_host*, troupe_error*) {
 
 troupe_status create(const troupe_instance_config* config, troupe_instance** out,
                      troupe_error* error) {
-  if (config->device.device_type != kDLCPU)
+  if (config->device.device_type == kDLCUDA && !fp8_cuda_built())
     return fail(error, TROUPE_STATUS_UNSUPPORTED,
-                "the fp8 provider emulates FP8 on the CPU; the CUDA path is not built yet");
+                "this fp8 plugin was built without CUDA: it cannot serve cuda:{}",
+                config->device.device_id);
+  if (config->device.device_type != kDLCPU && config->device.device_type != kDLCUDA)
+    return fail(error, TROUPE_STATUS_UNSUPPORTED, "the fp8 provider runs on the CPU or CUDA");
   auto* instance = new fp8_instance();
   instance->provider = troupe_gemm_provider{instance, "fp8-e4m3-tile128", &gemm};
   *out = reinterpret_cast<troupe_instance*>(instance);
@@ -48,8 +54,8 @@ const troupe_plugin table = {
     TROUPE_PLUGIN_KIND_GEMM,
     "fp8",
     "1.0.0",
-    "DeepSeek-V3 fine-grained FP8 GEMM (E4M3, 1x128 tiles, 128x128 weight blocks), exact emulation "
-    "on the CPU",
+    "DeepSeek-V3 fine-grained FP8 GEMM (E4M3, 1x128 tiles, 128x128 weight blocks): cuBLASLt's "
+    "block-scaled FP8 on CUDA, exact emulation on the CPU",
     &init,
     &create,
     &destroy,

@@ -3,6 +3,7 @@
 #include <charconv>
 
 #include "runtime/core/error.hpp"
+#include "runtime/device/cuda.hpp"
 
 namespace troupe {
 
@@ -41,3 +42,24 @@ device from_dlpack(DLDevice where) {
 }
 
 }  // namespace troupe
+
+namespace troupe::cuda {
+
+std::string format_bytes(std::size_t bytes) {
+  constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024.0 && unit < 4) {
+    value /= 1024.0;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", value, units[unit]);
+}
+
+std::string describe(const gpu_info& gpu) {
+  return fmt::format("cuda:{} {}, {} ({} free), sm_{}{}, {} SMs", gpu.ordinal, gpu.name,
+                     format_bytes(gpu.total_bytes), format_bytes(gpu.free_bytes), gpu.major,
+                     gpu.minor, gpu.multiprocessors);
+}
+
+}  // namespace troupe::cuda

@@ -8,9 +8,17 @@ namespace troupe {
 
 namespace {
 
-bool is_f32_matrix(const DLTensor* t) {
-  return t != nullptr && t->ndim == 2 && t->dtype.code == kDLFloat && t->dtype.bits == 32 &&
+bool is_matrix(const DLTensor* t, std::uint8_t code, std::uint8_t bits) {
+  return t != nullptr && t->ndim == 2 && t->dtype.code == code && t->dtype.bits == bits &&
          t->dtype.lanes == 1 && (t->strides == nullptr || t->strides[1] == 1);
+}
+
+bool is_f32_matrix(const DLTensor* t) {
+  return is_matrix(t, kDLFloat, 32);
+}
+
+bool is_bf16_matrix(const DLTensor* t) {
+  return is_matrix(t, kDLBfloat, 16);
 }
 
 std::int64_t leading_dimension(const DLTensor* t) {
@@ -50,10 +58,16 @@ const troupe_gemm_provider* blas_gemm_provider() {
 }
 
 bool check_gemm_call(const troupe_gemm_call& call, std::int64_t& m, std::int64_t& n,
-                     std::int64_t& k, troupe_error* error) {
-  if (!is_f32_matrix(call.a) || !is_f32_matrix(call.b) || !is_f32_matrix(call.c)) {
-    std::snprintf(error->message, sizeof(error->message),
-                  "GEMM operands must be 2-D f32 tensors with unit inner stride");
+                     std::int64_t& k, troupe_error* error, gemm_operand_types types) {
+  const bool f32 = is_f32_matrix(call.a) && is_f32_matrix(call.b) && is_f32_matrix(call.c);
+  const bool bf16 = types == gemm_operand_types::f32_or_bf16 && is_bf16_matrix(call.a) &&
+                    is_bf16_matrix(call.b) && (is_bf16_matrix(call.c) || is_f32_matrix(call.c));
+  if (!f32 && !bf16) {
+    std::snprintf(error->message, sizeof(error->message), "%s",
+                  types == gemm_operand_types::f32
+                      ? "GEMM operands must be 2-D f32 tensors with unit inner stride"
+                      : "GEMM operands must be 2-D tensors with unit inner stride: f32 x f32 -> "
+                        "f32, or bf16 x bf16 -> bf16 or f32");
     return false;
   }
   m = call.transpose_a ? call.a->shape[1] : call.a->shape[0];

@@ -3,6 +3,7 @@
 #include "kernels/cpu/convert.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
+#include "runtime/device/stream.hpp"
 #include "troupe_build_config.h"
 #if TROUPE_HAVE_CUDA
 #include "kernels/cuda/convert.hpp"
@@ -54,36 +55,42 @@ void to_f32_cpu(const tensor& source, tensor& out) {
 }
 
 #if TROUPE_HAVE_CUDA
+// NOTES: on the thread's current stream (the actor's, under its stream_guard), which is also the
+// one `out` was allocated on; waiting for that stream alone leaves other streams running.
 void from_f32_cuda(const tensor& source, tensor& out) {
+  const int ordinal = source.where().index;
+  void* stream = cuda::current_stream(ordinal);
   const float* in = source.data_as<const float>();
   const std::int64_t n = source.numel();
   switch (out.type()) {
     case dtype::bf16:
-      kernels::cuda::f32_to_bf16(in, out.data_as<std::uint16_t>(), n, nullptr);
+      kernels::cuda::f32_to_bf16(in, out.data_as<std::uint16_t>(), n, stream);
       break;
     case dtype::f8_e4m3:
-      kernels::cuda::f32_to_e4m3(in, out.data_as<std::uint8_t>(), n, nullptr);
+      kernels::cuda::f32_to_e4m3(in, out.data_as<std::uint8_t>(), n, stream);
       break;
     default:
       unsupported(source, out.type());
   }
-  cuda::synchronize(source.where().index);
+  cuda::synchronize_stream(stream, ordinal);
 }
 
 void to_f32_cuda(const tensor& source, tensor& out) {
+  const int ordinal = source.where().index;
+  void* stream = cuda::current_stream(ordinal);
   float* o = out.data_as<float>();
   const std::int64_t n = source.numel();
   switch (source.type()) {
     case dtype::bf16:
-      kernels::cuda::bf16_to_f32(source.data_as<const std::uint16_t>(), o, n, nullptr);
+      kernels::cuda::bf16_to_f32(source.data_as<const std::uint16_t>(), o, n, stream);
       break;
     case dtype::f8_e4m3:
-      kernels::cuda::e4m3_to_f32(source.data_as<const std::uint8_t>(), o, n, nullptr);
+      kernels::cuda::e4m3_to_f32(source.data_as<const std::uint8_t>(), o, n, stream);
       break;
     default:
       unsupported(source, dtype::f32);
   }
-  cuda::synchronize(source.where().index);
+  cuda::synchronize_stream(stream, ordinal);
 }
 #endif
 

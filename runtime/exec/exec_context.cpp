@@ -3,7 +3,9 @@
 #include <cstdlib>
 
 #include "runtime/device/cuda.hpp"
+#include "runtime/device/memory_pool.hpp"
 #include "runtime/exec/blas_gemm.hpp"
+#include "runtime/exec/cuda_gemm.hpp"
 
 namespace troupe {
 
@@ -13,7 +15,8 @@ void* allocate(void*, DLDevice where, std::size_t bytes) {
   constexpr std::size_t alignment = 256;
   if (where.device_type == kDLCUDA) {
     try {
-      return cuda::allocate(bytes, where.device_id);
+      return cuda::memory_pool::on(where.device_id)
+          .allocate(bytes, cuda::current_stream(where.device_id));
     } catch (...) {
       return nullptr;
     }
@@ -24,7 +27,7 @@ void* allocate(void*, DLDevice where, std::size_t bytes) {
 
 void release(void*, DLDevice where, void* pointer) {
   if (where.device_type == kDLCUDA)
-    cuda::release(pointer, where.device_id);
+    cuda::memory_pool::on(where.device_id).release(pointer, cuda::current_stream(where.device_id));
   else
     std::free(pointer);
 }
@@ -40,16 +43,29 @@ const troupe_allocator* runtime_allocator() {
 exec_context::exec_context(device where, thread_pool& pool, const troupe_gemm_provider* gemm,
                            void* stream)
     : where_(where), pool_(&pool) {
+  if (where.is_cuda()) {
+    cuda::require_device(where.index);
+    if (stream == nullptr) {
+      owned_stream_ = std::make_unique<cuda::stream>(where.index);
+      stream = owned_stream_->native();
+    }
+  }
   context_.struct_size = sizeof(troupe_exec_context);
   context_.device = to_dlpack(where);
   context_.stream = stream;
   context_.pool = pool.abi();
-  context_.gemm = gemm != nullptr ? gemm : blas_gemm_provider();
   context_.allocator = runtime_allocator();
+  set_gemm_provider(gemm);
+}
+
+exec_context::~exec_context() {
+  if (owned_stream_) forget_cuda_gemm_stream(owned_stream_->native());
 }
 
 void exec_context::set_gemm_provider(const troupe_gemm_provider* gemm) {
-  context_.gemm = gemm != nullptr ? gemm : blas_gemm_provider();
+  context_.gemm = gemm != nullptr    ? gemm
+                  : where_.is_cuda() ? cuda_gemm_provider()
+                                     : blas_gemm_provider();
 }
 
 }  // namespace troupe

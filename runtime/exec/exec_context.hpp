@@ -1,18 +1,30 @@
 #pragma once
 
+#include <memory>
+
 #include "runtime/abi/troupe_plugin.h"
 #include "runtime/device/device.hpp"
+#include "runtime/device/stream.hpp"
 #include "runtime/exec/thread_pool.hpp"
 
 namespace troupe {
 
 /// Owns a troupe_exec_context: the device, stream, worker pool, GEMM provider and allocator a
-/// plugin call may use. The pool and provider must outlive the context.
+/// plugin call may use. The pool and provider must outlive the context. A context on `cuda:N`
+/// owns a stream on that GPU (unless it is given one): the stream of the actor that holds it.
 class exec_context {
  public:
-  /// A context on `where` using `pool` and `gemm` (the BLAS provider when null).
+  /// A context on `where` using `pool` and `gemm` (when null: BLAS on the CPU, cuBLASLt on a
+  /// GPU). On a GPU, `stream` (a native handle) is used when given, else the context makes its
+  /// own. Fails, naming the device, when `where` is a GPU this machine does not have.
   exec_context(device where, thread_pool& pool, const troupe_gemm_provider* gemm = nullptr,
                void* stream = nullptr);
+  ~exec_context();
+  exec_context(const exec_context&) = delete;
+  exec_context& operator=(const exec_context&) = delete;
+
+  /// The context's stream (a native handle; nullptr on the CPU).
+  void* stream() const { return context_.stream; }
 
   const troupe_exec_context* abi() const { return &context_; }
   device where() const { return where_; }
@@ -25,6 +37,7 @@ class exec_context {
  private:
   device where_;
   thread_pool* pool_;
+  std::unique_ptr<cuda::stream> owned_stream_;
   troupe_exec_context context_{};
 };
 

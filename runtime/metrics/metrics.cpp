@@ -1,4 +1,5 @@
 #include "runtime/metrics/metrics.hpp"
+#include "runtime/metrics/gpu_memory.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -132,6 +133,7 @@ metrics_endpoint::metrics_endpoint(const std::string& host, int port,
     fail("metrics endpoint {}:{}: {}", host, port, bind_diagnosis(host, port));
   }
   exposer_->exposer.RegisterCollectable(metrics.registry());
+  exposer_->exposer.RegisterCollectable(gpu_memory_collectable());
   const auto ports = exposer_->exposer.GetListeningPorts();
   port_ = ports.empty() ? port : ports.front();
   spdlog::info("metrics: serving {}", url());

@@ -6,6 +6,9 @@
 
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
+#include "runtime/device/memory_pool.hpp"
+#include "runtime/device/pinned_memory.hpp"
+#include "runtime/device/stream.hpp"
 
 namespace troupe {
 
@@ -19,14 +22,23 @@ storage::~storage() {
 std::shared_ptr<storage> storage::allocate(std::size_t bytes, device where) {
   constexpr std::size_t alignment = 256;
   if (where.is_cuda()) {
-    void* pointer = cuda::allocate(bytes, where.index);
+    // Stream-ordered: usable by work on the thread's current stream, freed on that stream.
+    cuda::memory_pool& pool = cuda::memory_pool::on(where.index);
+    void* stream = cuda::current_stream(where.index);
+    void* pointer = pool.allocate(bytes, stream);
     return std::make_shared<storage>(pointer, bytes, where,
-                                     [pointer, where] { cuda::release(pointer, where.index); });
+                                     [&pool, pointer, stream] { pool.release(pointer, stream); });
   }
   std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
   void* pointer = std::aligned_alloc(alignment, rounded == 0 ? alignment : rounded);
   if (pointer == nullptr) fail("out of host memory allocating {} bytes", bytes);
   return std::make_shared<storage>(pointer, bytes, where, [pointer] { std::free(pointer); });
+}
+
+std::shared_ptr<storage> storage::allocate_pinned(std::size_t bytes) {
+  void* pointer = cuda::allocate_pinned(bytes);
+  return std::make_shared<storage>(pointer, bytes, device::cpu(),
+                                   [pointer] { cuda::release_pinned(pointer); });
 }
 
 std::vector<std::int64_t> contiguous_strides(std::span<const std::int64_t> shape) {
@@ -98,11 +110,17 @@ tensor tensor::zeros(dtype type, std::vector<std::int64_t> shape, device where) 
   if (where.is_cpu()) {
     std::memset(result.data_, 0, result.nbytes());
   } else {
-    std::vector<std::uint8_t> zero_bytes(result.nbytes(), 0);
-    cuda::copy(result.data_, zero_bytes.data(), zero_bytes.size(), cuda::copy_kind::host_to_device,
-               where.index);
+    void* stream = cuda::current_stream(where.index);
+    cuda::zero_async(result.data_, result.nbytes(), stream, where.index);
+    cuda::synchronize_stream(stream, where.index);
   }
   return result;
+}
+
+tensor tensor::empty_pinned(dtype type, std::vector<std::int64_t> shape) {
+  const std::int64_t count = checked_numel(shape);
+  return over(storage::allocate_pinned(static_cast<std::size_t>(count) * size_of(type)), type,
+              std::move(shape));
 }
 
 tensor tensor::from_dlpack(DLManagedTensor* managed) {
@@ -248,8 +266,7 @@ void tensor::copy_from(const tensor& source) {
   TROUPE_CHECK(source.type_ == type_ && source.shape_ == shape_, "cannot copy {} into {}",
                source.describe(), describe());
   TROUPE_CHECK(is_contiguous(), "copy_from needs a contiguous destination, got {}", describe());
-  const std::size_t bytes = nbytes();
-  if (bytes == 0) return;
+  if (nbytes() == 0) return;
   tensor staged = source;
   if (!source.is_contiguous()) {
     TROUPE_CHECK(source.where_.is_cpu(), "strided CUDA copies are not supported: {}",
@@ -258,14 +275,31 @@ void tensor::copy_from(const tensor& source) {
     gather_strided(source, static_cast<char*>(staged.data_));
   }
   if (where_.is_cpu() && staged.where_.is_cpu()) {
-    std::memcpy(data_, staged.data_, bytes);
-  } else if (where_.is_cuda() && staged.where_.is_cpu()) {
-    cuda::copy(data_, staged.data_, bytes, cuda::copy_kind::host_to_device, where_.index);
-  } else if (where_.is_cpu() && staged.where_.is_cuda()) {
-    cuda::copy(data_, staged.data_, bytes, cuda::copy_kind::device_to_host, staged.where_.index);
-  } else {
-    cuda::copy(data_, staged.data_, bytes, cuda::copy_kind::device_to_device, where_.index);
+    std::memcpy(data_, staged.data_, nbytes());
+    return;
   }
+  copy_from_async(staged);
+  const int ordinal = where_.is_cuda() ? where_.index : staged.where_.index;
+  cuda::synchronize_stream(cuda::current_stream(ordinal), ordinal);
+}
+
+void tensor::copy_from_async(const tensor& source) {
+  TROUPE_CHECK(source.type_ == type_ && source.shape_ == shape_, "cannot copy {} into {}",
+               source.describe(), describe());
+  TROUPE_CHECK(is_contiguous() && source.is_contiguous(),
+               "an asynchronous copy needs contiguous tensors, got {} into {}", source.describe(),
+               describe());
+  const std::size_t bytes = nbytes();
+  if (bytes == 0) return;
+  if (where_.is_cpu() && source.where_.is_cpu()) {
+    std::memcpy(data_, source.data_, bytes);
+    return;
+  }
+  const int ordinal = where_.is_cuda() ? where_.index : source.where_.index;
+  const cuda::copy_kind kind = where_.is_cpu()          ? cuda::copy_kind::device_to_host
+                               : source.where_.is_cpu() ? cuda::copy_kind::host_to_device
+                                                        : cuda::copy_kind::device_to_device;
+  cuda::copy_async(data_, source.data_, bytes, kind, cuda::current_stream(ordinal), ordinal);
 }
 
 std::string tensor::describe() const {

@@ -27,8 +27,13 @@ class storage {
   std::size_t bytes() const { return bytes_; }
   device where() const { return where_; }
 
-  /// Host (or CUDA) memory of `bytes`, 256-byte aligned as DLPack asks.
+  /// Host memory of `bytes`, 256-byte aligned as DLPack asks; or CUDA memory from the device's
+  /// stream-ordered pool (runtime/device/memory_pool.hpp), allocated on the calling thread's
+  /// current stream and freed on that stream: a tensor used on another stream must not be
+  /// dropped before that stream's work on it is done.
   static std::shared_ptr<storage> allocate(std::size_t bytes, device where);
+  /// Pinned host memory of `bytes` (copies to and from GPUs run asynchronously).
+  static std::shared_ptr<storage> allocate_pinned(std::size_t bytes);
 
  private:
   void* data_;
@@ -49,6 +54,8 @@ class tensor {
   /// A contiguous tensor over `memory` (host memory of at least the tensor's bytes), e.g. a
   /// buffer a pool hands out.
   static tensor over(std::shared_ptr<storage> memory, dtype type, std::vector<std::int64_t> shape);
+  /// Uninitialised contiguous tensor in pinned host memory.
+  static tensor empty_pinned(dtype type, std::vector<std::int64_t> shape);
   /// Contiguous tensor of zero bits (0.0 for every floating type).
   static tensor zeros(dtype type, std::vector<std::int64_t> shape, device where = device::cpu());
 
@@ -88,8 +95,13 @@ class tensor {
   tensor to(device where) const;
   /// A contiguous copy on the same device.
   tensor clone() const { return to(where_); }
-  /// Copies `source` (same dtype and shape, any device) into this tensor's memory.
+  /// Copies `source` (same dtype and shape, any device) into this tensor's memory; returns
+  /// when the copy is done.
   void copy_from(const tensor& source);
+  /// The same copy, both tensors contiguous, enqueued on the calling thread's current stream of
+  /// the GPU involved; returns at once (host memory should be pinned). A copy between host
+  /// tensors runs at once.
+  void copy_from_async(const tensor& source);
 
   /// "f32[2, 3] cpu".
   std::string describe() const;

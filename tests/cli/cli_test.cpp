@@ -73,6 +73,32 @@ TEST(Cli, TopoCheckPassesOnShippedTopologiesAndPrintsThePlan) {
   EXPECT_EQ(quiet.output.find(": OK"), std::string::npos);
 }
 
+// A cuda:N placement this machine cannot honour is refused with file:line:column by `topo check
+// --for-this-machine` and by `train`, never run on the CPU (CI has no GPU; on a GPU machine the
+// model's missing GPU path refuses it for training).
+TEST(Cli, GpuPlacementsThisMachineCannotHonourAreRefused) {
+  const std::string file = source("topologies/gpu-host-8.toml");
+  auto check = run("topo check --for-this-machine " + file);
+  if (check.exit_code == 0) GTEST_SKIP() << "this machine has the 8 GPUs gpu-host-8.toml uses";
+  EXPECT_EQ(check.exit_code, 1) << check.output;
+  expect_contains(check, file + ":");
+  expect_contains(check, "stage 0 replica 0 is placed on cuda:0, but ");
+  expect_contains(check, "placements this machine cannot honour");
+  auto host = run("topo check --for-this-machine --host nowhere " + file);
+  EXPECT_EQ(host.exit_code, 1) << host.output;
+  expect_contains(host, "--host nowhere: the topology has no such host");
+
+  auto train = run("train " + file + " --steps 1");
+  EXPECT_EQ(train.exit_code, 1) << train.output;
+  expect_contains(train, file + ":");
+  expect_contains(train, "is placed on cuda:");
+  EXPECT_EQ(train.output.find("step 1"), std::string::npos) << train.output;
+
+  auto cpu = run("topo check --for-this-machine " + source("topologies/tiny.toml"));
+  EXPECT_EQ(cpu.exit_code, 0) << cpu.output;
+  expect_contains(cpu, "OK for this machine");
+}
+
 TEST(Cli, TopoCheckReportsEveryErrorWithFileLineColumn) {
   const std::string file = source("tests/fixtures/topologies/broken.toml");
   auto result = run("topo check " + file);

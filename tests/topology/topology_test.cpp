@@ -8,6 +8,7 @@
 
 #include "runtime/plugin/registry.hpp"
 #include "runtime/topology/load.hpp"
+#include "runtime/topology/machine_check.hpp"
 #include "runtime/topology/plan.hpp"
 
 namespace {
@@ -108,6 +109,40 @@ TEST(ShippedTopologies, TinyIsOneCpuProcessAndTheOthersAreWhatTheySay) {
   EXPECT_EQ(devices.size(), 8u);
   ASSERT_TRUE(gpu.topo.model.yarn.has_value());
   EXPECT_TRUE(gpu.topo.model.quantization.has_value());
+}
+
+// Placements against a machine (runtime/topology/machine_check.hpp): each cuda:N the machine
+// cannot honour is an error at its `device` key, whatever the machine lacks.
+TEST(MachineCheck, GpuPlacementsAreHonouredOrRefusedAtTheirDeviceKey) {
+  auto gpu = troupe::load_topology(source_dir() / "topologies/gpu-host-8.toml", no_plugins());
+  const std::string file = (source_dir() / "topologies/gpu-host-8.toml").string();
+  troupe::machine_devices none;  // a build without CUDA
+  auto errors = troupe::check_devices(gpu.topo, none);
+  ASSERT_EQ(errors.size(), 16u);  // 4 stages x 2 replicas, 8 expert shards
+  EXPECT_EQ(errors[0].where.file, file);
+  EXPECT_GT(errors[0].where.line, 0);
+  EXPECT_NE(errors[0].message.find("stage 0 replica 0 is placed on cuda:0, but this troupe was "
+                                   "built without CUDA"),
+            std::string::npos)
+      << errors[0].message;
+
+  troupe::machine_devices two{true, 2, "", true};  // CUDA, two GPUs, a model that runs on them
+  errors = troupe::check_devices(gpu.topo, two);
+  ASSERT_EQ(errors.size(), 12u);  // everything on cuda:2 .. cuda:7
+  EXPECT_NE(errors[0].message.find("stage 0 replica 1 is placed on cuda:4, but this machine has 2 "
+                                   "GPUs (cuda:0 to cuda:1)"),
+            std::string::npos)
+      << errors[0].message;
+  EXPECT_TRUE(troupe::check_devices(gpu.topo, {true, 8, "", true}).empty());
+  EXPECT_TRUE(troupe::check_devices(gpu.topo, none, {"elsewhere"}).empty());  // not this host's
+
+  // Training refuses GPU placements while the model has no GPU path, rather than run on the CPU.
+  errors = troupe::check_devices(gpu.topo, {true, 8, "", false}, {}, /*for_training=*/true);
+  ASSERT_EQ(errors.size(), 16u);
+  EXPECT_NE(errors[0].message.find("runs on the CPU only in this version"), std::string::npos);
+
+  auto tiny = troupe::load_topology(source_dir() / "topologies/tiny.toml", no_plugins());
+  EXPECT_TRUE(troupe::check_devices(tiny.topo, none, {}, true).empty());
 }
 
 TEST(TopologyErrors, InvalidTomlPointsAtTheSyntaxError) {

@@ -6,6 +6,7 @@
 
 #include "runtime/plugin/registry.hpp"
 #include "runtime/topology/load.hpp"
+#include "runtime/topology/machine_check.hpp"
 #include "runtime/topology/plan.hpp"
 #include "runtime/topology/schema.hpp"
 #include "tools/troupe/commands.hpp"
@@ -19,14 +20,30 @@ struct topo_options {
   std::string file;
   std::string output;
   bool quiet = false;
+  bool for_this_machine = false;
+  std::vector<std::string> hosts;
 };
 
 int check(const topo_options& options) {
   plugin_registry registry;
   auto loaded = load_for_command(options.file, registry);
   if (!loaded) return exit_bad_input;
+  if (options.for_this_machine) {
+    for (const auto& host : options.hosts)
+      if (loaded->topo.find_host(host) == nullptr) {
+        fmt::print(stderr, "{}: --host {}: the topology has no such host\n", options.file, host);
+        return exit_bad_input;
+      }
+    const auto problems = check_devices(loaded->topo, machine_devices::here(), options.hosts);
+    if (!problems.empty()) {
+      fmt::print(stderr, "{}\n", format_diagnostics(problems));
+      fmt::print(stderr, "{}: {} placement{} this machine cannot honour\n", options.file,
+                 problems.size(), problems.size() == 1 ? "" : "s");
+      return exit_bad_input;
+    }
+  }
   if (!options.quiet) {
-    fmt::print("{}: OK\n", options.file);
+    fmt::print("{}: OK{}\n", options.file, options.for_this_machine ? " for this machine" : "");
     fmt::print("{}", summarize(loaded->topo, plan_topology(loaded->topo)));
   }
   return exit_ok;
@@ -112,6 +129,12 @@ void add_topo_command(CLI::App& app, int& exit_code) {
       ->check(CLI::ExistingFile);
   check_command->add_flag("-q,--quiet", check_options->quiet,
                           "Print nothing when the topology is valid");
+  check_command->add_flag("--for-this-machine", check_options->for_this_machine,
+                          "Also check that this machine has every device the topology places "
+                          "work on (CUDA built in, each cuda:N present)");
+  check_command->add_option("--host", check_options->hosts,
+                            "With --for-this-machine: check only the placements on these hosts "
+                            "(default: every host)");
   check_command->callback([check_options, &exit_code] { exit_code = check(*check_options); });
 
   auto dot_options = std::make_shared<topo_options>();

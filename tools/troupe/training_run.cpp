@@ -17,6 +17,8 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
+#include "runtime/topology/machine_check.hpp"
+#include "runtime/topology/plan.hpp"
 #include "runtime/train/training_job.hpp"
 #include "tools/troupe/commands.hpp"
 #include "tools/troupe/topology_input.hpp"
@@ -251,6 +253,22 @@ int run_training(const train_options& options, const std::string& command,
   auto loaded = load_for_command(file, registry, overrides);
   if (!loaded) return exit_bad_input;
   const bool reports = !cluster || cluster->rank == 0;
+  {
+    // Every placement this process runs must be one this machine honours, checked before any
+    // work starts (a single process runs the placements of every host).
+    std::vector<std::string> hosts;
+    if (cluster) {
+      const auto plan = plan_topology(loaded->topo);
+      if (cluster->rank >= 0 && static_cast<std::size_t>(cluster->rank) < plan.processes.size())
+        hosts.push_back(plan.processes[static_cast<std::size_t>(cluster->rank)].host);
+    }
+    const auto problems =
+        check_devices(loaded->topo, machine_devices::here(), hosts, /*for_training=*/true);
+    if (!problems.empty()) {
+      fmt::print(stderr, "{}\n", format_diagnostics(problems));
+      return exit_bad_input;
+    }
+  }
 
   std::ofstream log;
   if (reports && !options.log_json.empty() && !open_step_log(options, log)) return exit_bad_input;

@@ -14,10 +14,12 @@ void add_version_command(CLI::App& app, int& exit_code) {
     fmt::print("troupe {}\n", TROUPE_VERSION);
     fmt::print("plugin ABI {}\n", host_abi_version());
     if (cuda::built_with_cuda()) {
-      const int devices = cuda::device_count();
-      fmt::print(
-          "CUDA: built in (kernels for sm_90); {}\n",
-          devices > 0 ? fmt::format("{} device(s) visible", devices) : cuda::unavailable_reason());
+      const auto gpus = cuda::visible_gpus();
+      fmt::print("CUDA: built in (kernels for sm_90); {}\n",
+                 gpus.empty()
+                     ? cuda::unavailable_reason()
+                     : fmt::format("{} GPU{} visible", gpus.size(), gpus.size() == 1 ? "" : "s"));
+      for (const auto& gpu : gpus) fmt::print("  {}\n", cuda::describe(gpu));
     } else {
       fmt::print("CUDA: not built in\n");
     }

@@ -1,0 +1,36 @@
+#pragma once
+
+// Placements against the machine that is to run them. A topology is valid on paper when its
+// devices exist on its hosts (validate.cpp); this checks, before any work starts, that the
+// machine at hand has them: a build without CUDA, a machine without that GPU, or a cuda:N beyond
+// the GPUs present is an error at the `device` key's file:line:column, never a silent CPU run.
+
+#include <string>
+#include <vector>
+
+#include "runtime/topology/diagnostic.hpp"
+#include "runtime/topology/topology.hpp"
+
+namespace troupe {
+
+/// What a machine offers for placements.
+struct machine_devices {
+  bool cuda_built = false;  ///< this build has the CUDA path
+  int gpus = 0;             ///< visible GPUs
+  std::string why_none;     ///< why there are none ("built without CUDA", the driver's error)
+  /// Whether the model itself (its layers, optimizer and activations) runs on GPUs in this
+  /// build; until it does, a GPU placement for training is refused rather than run on the CPU.
+  bool model_on_gpu = false;
+
+  /// This machine, as the CUDA runtime sees it.
+  static machine_devices here();
+};
+
+/// One error per placement on `hosts` (every host when empty) that `machine` cannot honour,
+/// each at the position of its `device` key. `for_training` also refuses GPU placements the
+/// model cannot run on yet (machine.model_on_gpu false).
+std::vector<diagnostic> check_devices(const topology& topo, const machine_devices& machine,
+                                      const std::vector<std::string>& hosts = {},
+                                      bool for_training = false);
+
+}  // namespace troupe

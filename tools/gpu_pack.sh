@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# gpu_pack.sh [BUILD_DIR] [OUT_DIR]: packs what a run on the GPU machine needs into OUT_DIR
+# (default .device-carry, ignored by git): troupe installed into OUT_DIR/prefix (relocatable: the
+# executable finds its plugins and topologies relative to itself), the GPU test binary next to it,
+# and every shared library they need that a plain Ubuntu with CUDA lacks, stripped. On the GPU
+# machine:
+#   export LD_LIBRARY_PATH=$PWD/.device-carry/prefix/lib:$(python3 -c 'import nvidia.cu13, os;
+#     print(os.path.join(os.path.dirname(nvidia.cu13.__file__), "lib"))'):$LD_LIBRARY_PATH
+#   .device-carry/prefix/bin/gpu-test; .device-carry/prefix/bin/troupe bench gemm
+set -euo pipefail
+build=${1:-build}
+out=${2:-.device-carry}
+rm -rf "$out"
+mkdir -p "$out/prefix"
+meson install -C "$build" --destdir "$PWD/$out/stage" --quiet >/dev/null
+prefix_in_stage=$(find "$out/stage" -path '*/bin/troupe' -printf '%h\n' | head -1)
+cp -a "$prefix_in_stage/.." "$out/prefix.tmp"
+rm -rf "$out/prefix" "$out/stage"
+mv "$out/prefix.tmp" "$out/prefix"
+cp "$build/tests/gpu-test" "$out/prefix/bin/"
+# Libraries: everything the binaries and plugins link that is not the C/C++ runtime or CUDA's.
+libdir="$out/prefix/lib"
+mkdir -p "$libdir"
+for binary in "$out"/prefix/bin/* $(find "$out/prefix" -name '*.so*' -type f); do
+  ldd "$binary" 2>/dev/null | awk '/=> \//{print $3}'
+done | sort -u | while read -r lib; do
+  case "$(basename "$lib")" in
+    libc.so*|libm.so*|libstdc++*|libgcc_s*|libpthread*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libtroupe.so*) ;;
+    *) cp -L "$lib" "$libdir/" ;;
+  esac
+done
+find "$out/prefix" -type f \( -name '*.so*' -o -path '*/bin/*' \) -exec strip --strip-unneeded {} + 2>/dev/null || true
+du -sh "$out"

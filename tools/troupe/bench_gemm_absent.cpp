@@ -1,0 +1,19 @@
+// `troupe bench gemm` in a build without CUDA: the command is there and says why it cannot run.
+#include <fmt/format.h>
+
+#include "runtime/device/cuda.hpp"
+#include "tools/troupe/commands.hpp"
+
+namespace troupe::cli {
+
+void add_bench_gemm_command(CLI::App& bench_group, int& exit_code) {
+  auto* command = bench_group.add_subcommand(
+      "gemm", "TFLOP/s of the GPU GEMMs on DeepSeek-V3's shapes (needs a build with CUDA)");
+  command->allow_extras();
+  command->callback([&exit_code] {
+    fmt::print(stderr, "troupe bench gemm: {}\n", cuda::unavailable_reason());
+    exit_code = exit_bad_input;
+  });
+}
+
+}  // namespace troupe::cli

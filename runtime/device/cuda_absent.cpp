@@ -52,11 +52,12 @@ void synchronize(int) {
   throw error(reason);
 }
 
-stream::stream(int ordinal, int) : ordinal_(ordinal), handle_(nullptr) {
+stream::stream(int ordinal, int) : ordinal_(ordinal), priority_(0), handle_(nullptr) {
   throw error(reason);
 }
 stream::~stream() = default;
-stream::stream(stream&& other) noexcept : ordinal_(other.ordinal_), handle_(nullptr) {}
+stream::stream(stream&& other) noexcept
+    : ordinal_(other.ordinal_), priority_(other.priority_), handle_(nullptr) {}
 stream& stream::operator=(stream&&) noexcept {
   return *this;
 }

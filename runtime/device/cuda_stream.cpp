@@ -2,6 +2,8 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -26,29 +28,52 @@ thread_local std::vector<void*> current_streams;
 
 }  // namespace
 
-stream::stream(int ordinal, int priority) : ordinal_(ordinal), handle_(nullptr) {
+namespace {
+
+/// Stream handles given back by destroyed streams, by device and priority.
+std::mutex recycled_guard;
+std::map<std::pair<int, int>, std::vector<cudaStream_t>> recycled;
+
+}  // namespace
+
+stream::stream(int ordinal, int priority) : ordinal_(ordinal), priority_(0), handle_(nullptr) {
   TROUPE_CUDA_CALL(cudaSetDevice(ordinal));
   int least = 0, greatest = 0;
   TROUPE_CUDA_CALL(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  priority = std::clamp(priority, greatest, least);  // CUDA: greatest priority is the lowest value
+  priority_ = std::clamp(priority, greatest, least);  // CUDA: greatest priority is the lowest value
+  {
+    std::lock_guard lock(recycled_guard);
+    auto& free = recycled[{ordinal_, priority_}];
+    if (!free.empty()) {
+      handle_ = free.back();
+      free.pop_back();
+      return;
+    }
+  }
   cudaStream_t created = nullptr;
-  TROUPE_CUDA_CALL(cudaStreamCreateWithPriority(&created, cudaStreamNonBlocking, priority));
+  TROUPE_CUDA_CALL(cudaStreamCreateWithPriority(&created, cudaStreamNonBlocking, priority_));
   handle_ = created;
 }
 
 stream::~stream() {
   if (handle_ == nullptr) return;
-  (void)cudaSetDevice(ordinal_);
-  (void)cudaStreamDestroy(as_stream(handle_));  // returns at once; pending work still completes
+  try {
+    std::lock_guard lock(recycled_guard);
+    recycled[{ordinal_, priority_}].push_back(as_stream(handle_));
+  } catch (...) {  // out of memory for the list: the handle is leaked, never destroyed in use
+  }
 }
 
 stream::stream(stream&& other) noexcept
-    : ordinal_(other.ordinal_), handle_(std::exchange(other.handle_, nullptr)) {}
+    : ordinal_(other.ordinal_),
+      priority_(other.priority_),
+      handle_(std::exchange(other.handle_, nullptr)) {}
 
 stream& stream::operator=(stream&& other) noexcept {
   if (this != &other) {
     this->~stream();
     ordinal_ = other.ordinal_;
+    priority_ = other.priority_;
     handle_ = std::exchange(other.handle_, nullptr);
   }
   return *this;

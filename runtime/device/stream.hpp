@@ -10,9 +10,14 @@ namespace troupe::cuda {
 class event;
 
 /// A CUDA stream on one device; work enqueued on it runs in order. Move-only.
+///
+/// NOTES: a stream's CUDA handle is never destroyed but handed to the next stream made on that
+/// device with that priority. Tensors are freed on the stream they were allocated on, and a
+/// tensor may outlive the actor (and stream) that made it: its stream-ordered free must then
+/// still name a live stream. The handles a process ever holds are as many as its actors at once.
 class stream {
  public:
-  /// A new non-blocking stream on cuda:`ordinal`. `priority` follows CUDA: lower is more urgent,
+  /// A non-blocking stream on cuda:`ordinal`. `priority` follows CUDA: lower is more urgent,
   /// 0 is the default, and values beyond the device's range are clamped to it.
   explicit stream(int ordinal, int priority = 0);
   ~stream();
@@ -32,6 +37,7 @@ class stream {
 
  private:
   int ordinal_;
+  int priority_;
   void* handle_;
 };
 

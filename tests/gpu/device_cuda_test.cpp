@@ -89,6 +89,25 @@ TEST_F(CudaDevice, PoolStatisticsAreExportedAsMetrics) {
   EXPECT_GE(families[1].metric.at(0).gauge.value, 4.0 * (1 << 20));
 }
 
+// A tensor freed after the stream it was allocated on is gone: the stream's handle lives on
+// (handed to the next stream), so the stream-ordered free still names a live stream.
+TEST_F(CudaDevice, ATensorMayOutliveTheStreamItWasMadeOn) {
+  tensor kept;
+  void* handle = nullptr;
+  {
+    cuda::stream short_lived(0);
+    handle = short_lived.native();
+    cuda::stream_guard guard(short_lived);
+    kept = tensor::zeros(dtype::f32, {1 << 20}, device::cuda(0));
+  }
+  cuda::stream next(0);
+  EXPECT_EQ(next.native(), handle);
+  kept = tensor();  // freed on the recycled stream
+  next.synchronize();
+  EXPECT_EQ(tensor::zeros(dtype::f32, {4}, device::cuda(0)).to(device::cpu()).data_as<float>()[3],
+            0.0f);
+}
+
 TEST_F(CudaDevice, OutOfMemoryIsAnErrorWithTheSizesAndTheDeviceStaysUsable) {
   const std::string message = failure_of([] {
     tensor huge = tensor::empty(dtype::f32, {std::int64_t{1} << 40}, device::cuda(0));  // 4 TiB

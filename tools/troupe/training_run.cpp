@@ -159,7 +159,9 @@ training_result run_until_signalled(training_job& job) {
   std::signal(SIGQUIT, SIG_DFL);
   training_result result = job.run();
   running_job.store(nullptr);
-  for (int signal : {SIGINT, SIGTERM, SIGHUP}) std::signal(signal, SIG_DFL);
+  // NOTES: the handler stays until the process ends: a signal that arrives while the stopped job
+  // is torn down (after its checkpoint) is the "second signal" above, not a kill by the default
+  // action that would turn exit 3 into "killed by SIGTERM".
   return result;
 }
 

@@ -32,14 +32,7 @@ using namespace troupe;
 namespace k = troupe::kernels::cpu;
 
 std::vector<float> random_matrix(std::int64_t rows, std::int64_t cols, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> m(static_cast<std::size_t>(rows * cols));
-  for (auto& v : m) v = normal(rng);
-  for (std::int64_t r = 0; r < rows; ++r)  // rows of different magnitude
-    for (std::int64_t c = 0; c < cols; ++c)
-      m[static_cast<std::size_t>(r * cols + c)] *= std::pow(2.0f, static_cast<float>(r % 5) - 2.0f);
-  return m;
+  return troupe::testing::random_rows(rows, cols, seed, 2.0f);
 }
 
 tensor host(const std::vector<float>& v, std::int64_t rows, std::int64_t cols) {

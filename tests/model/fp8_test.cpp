@@ -27,15 +27,7 @@ using namespace troupe;
 namespace k = troupe::kernels::cpu;
 
 std::vector<float> random_matrix(std::int64_t rows, std::int64_t cols, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> m(static_cast<std::size_t>(rows * cols));
-  for (auto& v : m) v = normal(rng);
-  // Rows of very different magnitude: per-tile scales must follow them.
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t c = 0; c < cols; ++c)
-      m[static_cast<std::size_t>(r * cols + c)] *= std::pow(4.0f, static_cast<float>(r % 5) - 2.0f);
-  return m;
+  return troupe::testing::random_rows(rows, cols, seed, 4.0f);
 }
 
 /// Reference: element (r, c) belongs to tile (r / tile_rows, c / tile_cols); its scale comes from

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,20 @@ inline std::vector<float> read_floats(const std::filesystem::path& file) {
 inline nlohmann::json read_json(const std::filesystem::path& file) {
   std::ifstream in(file);
   return nlohmann::json::parse(in);
+}
+
+/// A rows x cols matrix of seeded N(0, 1) values whose rows differ in magnitude: row r is scaled
+/// by base^(r % 5 - 2), so per-row and per-tile scales must follow them.
+inline std::vector<float> random_rows(std::int64_t rows, std::int64_t cols, std::uint32_t seed,
+                                      float base) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> m(static_cast<std::size_t>(rows * cols));
+  for (auto& v : m) v = normal(rng);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c)
+      m[static_cast<std::size_t>(r * cols + c)] *= std::pow(base, static_cast<float>(r % 5) - 2.0f);
+  return m;
 }
 
 /// max |a - b| / max |b|: the relative error the parity bars use.

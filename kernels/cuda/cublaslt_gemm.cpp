@@ -160,34 +160,35 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
                          bool transpose_b, gemm_matrix c, float alpha, float beta) {
   const std::int64_t m = transpose_a ? a.cols : a.rows, k = transpose_a ? a.rows : a.cols;
   const std::int64_t kb = transpose_b ? b.cols : b.rows, n = transpose_b ? b.rows : b.cols;
-  const std::string problem =
-      fmt::format("{}[{}x{}]{} x {}[{}x{}]{} -> {}[{}x{}]", name(a.type), a.rows, a.cols,
-                  transpose_a ? "^T" : "", name(b.type), b.rows, b.cols, transpose_b ? "^T" : "",
-                  name(c.type), c.rows, c.cols);
+  // NOTES: formatted only when a message needs it, not on every call.
+  const auto problem = [&] {
+    return fmt::format("{}[{}x{}]{} x {}[{}x{}]{} -> {}[{}x{}]", name(a.type), a.rows, a.cols,
+                       transpose_a ? "^T" : "", name(b.type), b.rows, b.cols,
+                       transpose_b ? "^T" : "", name(c.type), c.rows, c.cols);
+  };
   if (k != kb || c.rows != m || c.cols != n)
     fail_kernel(fmt::format("GEMM {}: the shapes do not fit (m = {}, k = {} and {}, n = {})",
-                            problem, m, k, kb, n));
+                            problem(), m, k, kb, n));
   if (a.type != b.type || a.type == gemm_dtype::e4m3 ||
       (c.type == gemm_dtype::bf16 && a.type != gemm_dtype::bf16) || c.type == gemm_dtype::e4m3)
     fail_kernel(fmt::format(
-        "GEMM {}: the types must be f32 x f32 -> f32, or bf16 x bf16 -> bf16 or f32", problem));
+        "GEMM {}: the types must be f32 x f32 -> f32, or bf16 x bf16 -> bf16 or f32", problem()));
   if (a.ld < a.cols || b.ld < b.cols || c.ld < c.cols)
-    fail_kernel(fmt::format("GEMM {}: a leading dimension is below its row length", problem));
+    fail_kernel(fmt::format("GEMM {}: a leading dimension is below its row length", problem()));
   if (m == 0 || n == 0) return;
 
-  problem_key key;
-  key.ta = a.type;
-  key.tb = b.type;
-  key.tc = c.type;
-  key.transpose_a = transpose_a;
-  key.transpose_b = transpose_b;
-  key.beta_zero = beta == 0.0f;
-  key.m = m;
-  key.n = n;
-  key.k = k;
-  key.lda = a.ld;
-  key.ldb = b.ld;
-  key.ldc = c.ld;
+  const problem_key key{.ta = a.type,
+                        .tb = b.type,
+                        .tc = c.type,
+                        .transpose_a = transpose_a,
+                        .transpose_b = transpose_b,
+                        .beta_zero = beta == 0.0f,
+                        .m = m,
+                        .n = n,
+                        .k = k,
+                        .lda = a.ld,
+                        .ldb = b.ld,
+                        .ldc = c.ld};
   TROUPE_CUDA_CHECK(cudaSetDevice(ordinal_));
   auto& slot = state_->plans[key];
   if (!slot) {
@@ -201,7 +202,7 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
     p->first = layout(b.type, b.cols, b.rows, b.ld);
     p->second = layout(a.type, a.cols, a.rows, a.ld);
     p->output = layout(c.type, n, m, c.ld);
-    choose_algorithm(state_->handle, *p, state_->workspace_bytes, problem);
+    choose_algorithm(state_->handle, *p, state_->workspace_bytes, problem());
     slot = std::move(p);
   }
   const plan& p = *slot;
@@ -214,47 +215,51 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
 void cublaslt_gemm::fp8_gemm(const fp8_operand& a, const fp8_operand& b, std::int64_t k,
                              gemm_matrix c, float alpha, float beta) {
   const std::int64_t m = a.outer, n = b.outer;
-  const std::string problem = fmt::format("e4m3[{}x{}] x e4m3[{}x{}]^T -> {}[{}x{}] (block-scaled)",
-                                          m, k, n, k, name(c.type), c.rows, c.cols);
+  // NOTES: formatted only when a message needs it, not on every call.
+  const auto problem = [&] {
+    return fmt::format("e4m3[{}x{}] x e4m3[{}x{}]^T -> {}[{}x{}] (block-scaled)", m, k, n, k,
+                       name(c.type), c.rows, c.cols);
+  };
   if (c.rows != m || c.cols != n)
-    fail_kernel(fmt::format("GEMM {}: the output's shape does not fit", problem));
+    fail_kernel(fmt::format("GEMM {}: the output's shape does not fit", problem()));
   if (c.type == gemm_dtype::e4m3)
-    fail_kernel(fmt::format("GEMM {}: the output must be bf16 or f32", problem));
+    fail_kernel(fmt::format("GEMM {}: the output must be bf16 or f32", problem()));
   if (k % 16 != 0 || a.ld % 16 != 0 || b.ld % 16 != 0 || a.ld < k || b.ld < k)
     fail_kernel(fmt::format(
         "GEMM {}: K and the leading dimensions must be multiples of 16 and at least K (lda = "
         "{}, ldb = {})",
-        problem, a.ld, b.ld));
+        problem(), a.ld, b.ld));
   if (a.scaling == fp8_scaling::blocks_128x128 && b.scaling == fp8_scaling::blocks_128x128)
-    fail_kernel(fmt::format("GEMM {}: at most one operand may have 128x128 block scales", problem));
+    fail_kernel(
+        fmt::format("GEMM {}: at most one operand may have 128x128 block scales", problem()));
   // cuBLASLt's rules for block-scaled FP8 on sm_90 (its m is our n and its n our m).
   const std::int64_t n_multiple = c.type == gemm_dtype::bf16 ? 8 : 4;
   if (m % 4 != 0 || n % n_multiple != 0)
     fail_kernel(fmt::format(
         "GEMM {}: cuBLASLt's block-scaled FP8 needs m a multiple of 4 and n a multiple of {}",
-        problem, n_multiple));
+        problem(), n_multiple));
   const auto aligned16 = [](const void* p) {
     return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
   };
   if (!aligned16(a.codes) || !aligned16(b.codes) || !aligned16(a.scale) || !aligned16(b.scale) ||
       !aligned16(c.data))
     fail_kernel(fmt::format(
-        "GEMM {}: the codes, scales and output must start on 16-byte boundaries", problem));
+        "GEMM {}: the codes, scales and output must start on 16-byte boundaries", problem()));
   if (m == 0 || n == 0) return;
 
-  problem_key key;
-  key.kind = 1;
-  key.ta = key.tb = gemm_dtype::e4m3;
-  key.tc = c.type;
-  key.beta_zero = beta == 0.0f;
-  key.m = m;
-  key.n = n;
-  key.k = k;
-  key.lda = a.ld;
-  key.ldb = b.ld;
-  key.ldc = c.ld;
-  key.scaling_a = static_cast<int>(a.scaling);
-  key.scaling_b = static_cast<int>(b.scaling);
+  const problem_key key{.kind = 1,
+                        .ta = gemm_dtype::e4m3,
+                        .tb = gemm_dtype::e4m3,
+                        .tc = c.type,
+                        .beta_zero = beta == 0.0f,
+                        .m = m,
+                        .n = n,
+                        .k = k,
+                        .lda = a.ld,
+                        .ldb = b.ld,
+                        .ldc = c.ld,
+                        .scaling_a = static_cast<int>(a.scaling),
+                        .scaling_b = static_cast<int>(b.scaling)};
   TROUPE_CUDA_CHECK(cudaSetDevice(ordinal_));
   auto& slot = state_->plans[key];
   if (!slot) {
@@ -273,7 +278,7 @@ void cublaslt_gemm::fp8_gemm(const fp8_operand& a, const fp8_operand& b, std::in
     // Scale pointers are part of the descriptor the heuristic sees; any valid ones do.
     set(p->operation, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, static_cast<const void*>(b.scale));
     set(p->operation, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, static_cast<const void*>(a.scale));
-    choose_algorithm(state_->handle, *p, state_->workspace_bytes, problem);
+    choose_algorithm(state_->handle, *p, state_->workspace_bytes, problem());
     slot = std::move(p);
   }
   const plan& p = *slot;

@@ -1,0 +1,36 @@
+#pragma once
+
+// AdamW with FP32 master weights and BF16 moments on a CUDA device, as one multi-tensor launch
+// per step, the same update as runtime/optim/adamw.hpp:
+//   p <- p * (1 - lr * wd)  (tensors that decay)
+//   m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2     (g: gradient times the clip scale)
+//   p <- p - lr * (m / c1) / (sqrt(v / c2) + eps)         (m, v stored back rounded to BF16)
+// The clip scale is read from device memory (gradient_norm.hpp computes it there), so a step
+// never waits for the host. Device pointers; `stream` is a cudaStream_t.
+
+#include <cstdint>
+
+namespace troupe::kernels::cuda {
+
+/// One parameter tensor of the step (an array of these lives on the device, uploaded once:
+/// the pointers do not change between steps).
+struct adamw_tensor {
+  float* value = nullptr;
+  const float* grad = nullptr;
+  std::uint16_t* exp_avg = nullptr;     ///< bf16 bits
+  std::uint16_t* exp_avg_sq = nullptr;  ///< bf16 bits
+  std::int64_t count = 0;
+  std::int32_t decays = 0;  ///< 1: weight decay applies (matrices), 0: not (norm weights)
+};
+
+struct adamw_hyper {
+  float lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
+  float correction1 = 1, correction2 = 1;  ///< 1 - beta^step, computed by the host in float64
+};
+
+/// One step over tensors[0, count) (a device array); `largest` is the largest tensor's count.
+/// grad_scale points at one float on the device (null: 1).
+void adamw_step(const adamw_tensor* tensors, std::int64_t count, std::int64_t largest,
+                const adamw_hyper& hyper, const float* grad_scale, void* stream);
+
+}  // namespace troupe::kernels::cuda

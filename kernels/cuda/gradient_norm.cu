@@ -1,0 +1,64 @@
+#include "kernels/cuda/gradient_norm.hpp"
+#include "kernels/cuda/launch.cuh"
+
+namespace troupe::kernels::cuda {
+
+namespace {
+
+constexpr int threads = 256;
+constexpr int blocks_per_tensor = 64;
+
+// partial[tensor * blocks_per_tensor + block]: the block's strided share of one tensor.
+__global__ void partial_kernel(const gradient_tensor* tensors, double* partial) {
+  __shared__ double shared[32];
+  const gradient_tensor t = tensors[blockIdx.y];
+  double sum = 0.0;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(threads) + threadIdx.x; i < t.count;
+       i += static_cast<std::int64_t>(blocks_per_tensor) * threads) {
+    const double g = t.data[i];
+    sum += g * g;
+  }
+  sum = block_sum(sum, shared);
+  if (threadIdx.x == 0) partial[blockIdx.y * blocks_per_tensor + blockIdx.x] = sum;
+}
+
+__global__ void total_kernel(const double* partial, std::int64_t count, double* norm_squared) {
+  __shared__ double shared[32];
+  double sum = 0.0;
+  for (std::int64_t i = threadIdx.x; i < count; i += blockDim.x) sum += partial[i];
+  sum = block_sum(sum, shared);
+  if (threadIdx.x == 0) *norm_squared = sum;
+}
+
+__global__ void clip_kernel(const double* norm_squared, double clip, float* scale) {
+  const double norm = sqrt(*norm_squared);
+  *scale = clip > 0.0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
+}
+
+}  // namespace
+
+std::size_t gradient_norm_scratch_bytes(std::int64_t tensors) {
+  return static_cast<std::size_t>(tensors * blocks_per_tensor) * sizeof(double);
+}
+
+void gradient_norm_squared(const gradient_tensor* tensors, std::int64_t count, double* norm_squared,
+                           void* scratch, std::size_t scratch_bytes, void* stream) {
+  require(count <= 65535, "gradient_norm_squared", "more than 65,535 tensors in one launch");
+  require(scratch_bytes >= gradient_norm_scratch_bytes(count), "gradient_norm_squared",
+          "scratch smaller than gradient_norm_scratch_bytes");
+  auto* partial = static_cast<double*>(scratch);
+  if (count > 0) {
+    partial_kernel<<<dim3(blocks_per_tensor, static_cast<unsigned>(count)), threads, 0,
+                     as_stream(stream)>>>(tensors, partial);
+    TROUPE_CUDA_LAUNCHED();
+  }
+  total_kernel<<<1, 1024, 0, as_stream(stream)>>>(partial, count * blocks_per_tensor, norm_squared);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void clip_scale(const double* norm_squared, double clip, float* scale, void* stream) {
+  clip_kernel<<<1, 1, 0, as_stream(stream)>>>(norm_squared, clip, scale);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+}  // namespace troupe::kernels::cuda

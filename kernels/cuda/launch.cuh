@@ -1,0 +1,70 @@
+#pragma once
+
+// What the model's CUDA kernels share: the stream cast, grid sizes, warp and block reductions
+// whose order is fixed by the launch shape (so a result never depends on scheduling), and the
+// precondition check that turns a bad argument into std::runtime_error before anything launches.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/check.cuh"
+
+namespace troupe::kernels::cuda {
+
+inline cudaStream_t as_stream(void* stream) {
+  return static_cast<cudaStream_t>(stream);
+}
+
+/// ceil(count / per) as a grid dimension.
+inline unsigned blocks_for(std::int64_t count, std::int64_t per) {
+  return static_cast<unsigned>((count + per - 1) / per);
+}
+
+/// Throws std::runtime_error("<kernel>: <what>") when `holds` is false.
+inline void require(bool holds, const char* kernel, const std::string& what) {
+  if (!holds) fail_kernel(std::string(kernel) + ": " + what);
+}
+
+/// Checks the launch that was just enqueued (bad configurations show here, faults later).
+#define TROUPE_CUDA_LAUNCHED() TROUPE_CUDA_CHECK(cudaGetLastError())
+
+template <class T>
+__device__ inline T warp_sum(T value) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+__device__ inline float warp_max(float value) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  return value;
+}
+
+/// The sum over the block of every thread's `value`, returned to all threads. `shared` holds 32
+/// T. Every thread of the block must call it; blockDim.x is a multiple of 32.
+template <class T>
+__device__ inline T block_sum(T value, T* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  value = warp_sum(value);
+  __syncthreads();  // `shared` may still be read by a previous call
+  if (lane == 0) shared[warp] = value;
+  __syncthreads();
+  value = lane < warps ? shared[lane] : T(0);
+  return warp_sum(value);
+}
+
+/// The maximum over the block (as block_sum).
+__device__ inline float block_max(float value, float* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  value = warp_max(value);
+  __syncthreads();
+  if (lane == 0) shared[warp] = value;
+  __syncthreads();
+  value = lane < warps ? shared[lane] : -INFINITY;
+  return warp_max(value);
+}
+
+}  // namespace troupe::kernels::cuda

@@ -1,0 +1,263 @@
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/router.hpp"
+
+namespace troupe::kernels::cuda {
+
+namespace {
+
+constexpr int threads = 128;
+constexpr int max_groups = 64;
+
+// NOTES: one thread per token, choices in a per-thread array (local memory, cached): the router
+// is a sliver of the step (tokens x experts values), and one thread per token keeps the
+// selection rule identical to the CPU's line by line.
+__global__ void router_forward_kernel(router_shape r, const float* logits, const float* bias,
+                                      float* scores, std::int32_t* selected, float* gates,
+                                      std::int64_t tokens) {
+  const std::int64_t t = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  float choice[max_router_experts];
+  float group_score[max_groups];
+  bool kept[max_groups];
+  const std::int64_t per_group = r.experts / r.groups;
+  const float* l = logits + t * r.experts;
+  float* s = scores + t * r.experts;
+  for (std::int64_t e = 0; e < r.experts; ++e) {
+    s[e] = 1.0f / (1.0f + expf(-l[e]));
+    choice[e] = s[e] + (bias != nullptr ? bias[e] : 0.0f);
+  }
+  for (std::int64_t g = 0; g < r.groups; ++g) {
+    float best = -INFINITY, second = -INFINITY;
+    for (std::int64_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+      const float c = choice[e];
+      if (c > best) {
+        second = best;
+        best = c;
+      } else if (c > second) {
+        second = c;
+      }
+    }
+    group_score[g] = best + second;
+    kept[g] = false;
+  }
+  for (std::int64_t i = 0; i < r.topk_groups; ++i) {
+    std::int64_t best = -1;
+    for (std::int64_t g = 0; g < r.groups; ++g)
+      if (!kept[g] && (best < 0 || group_score[g] > group_score[best])) best = g;
+    kept[best] = true;
+  }
+  for (std::int64_t e = 0; e < r.experts; ++e)
+    if (!kept[e / per_group]) choice[e] = -INFINITY;
+  // The top-k of choice, then listed in increasing expert order: mark them in `choice` as NaN.
+  std::int32_t* chosen = selected + t * r.topk;
+  for (std::int64_t k = 0; k < r.topk; ++k) {
+    std::int64_t best = -1;
+    for (std::int64_t e = 0; e < r.experts; ++e)
+      if (!isnan(choice[e]) && (best < 0 || choice[e] > choice[best])) best = e;
+    choice[best] = NAN;
+  }
+  std::int64_t k = 0;
+  for (std::int64_t e = 0; e < r.experts && k < r.topk; ++e)
+    if (isnan(choice[e])) chosen[k++] = static_cast<std::int32_t>(e);
+  float* g = gates + t * r.topk;
+  float sum = 0.0f;
+  for (k = 0; k < r.topk; ++k) sum += (g[k] = s[chosen[k]]);
+  const float factor = r.normalize ? r.scaling / (sum + 1e-20f) : r.scaling;
+  for (k = 0; k < r.topk; ++k) g[k] *= factor;
+}
+
+__global__ void router_backward_kernel(router_shape r, const float* scores,
+                                       const std::int32_t* selected, const float* d_gates,
+                                       float* d_logits, std::int64_t tokens) {
+  const std::int64_t t = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  const float* s = scores + t * r.experts;
+  const std::int32_t* chosen = selected + t * r.topk;
+  const float* dg = d_gates + t * r.topk;
+  float* dl = d_logits + t * r.experts;
+  float z = 1e-20f, dot = 0.0f;
+  for (std::int64_t k = 0; k < r.topk; ++k) {
+    z += s[chosen[k]];
+    dot += dg[k] * s[chosen[k]];
+  }
+  for (std::int64_t k = 0; k < r.topk; ++k) {
+    const float sk = s[chosen[k]];
+    const float d_score = r.normalize ? r.scaling * (dg[k] / z - dot / (z * z)) : r.scaling * dg[k];
+    dl[chosen[k]] += d_score * sk * (1.0f - sk);
+  }
+}
+
+// z[t] = sum_e scores[t, e] (float64), one warp per token.
+__global__ void row_sums_kernel(const float* scores, std::int64_t experts, std::int64_t tokens,
+                                double* z) {
+  const std::int64_t t = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (t >= tokens) return;
+  double sum = 0.0;
+  for (std::int64_t e = threadIdx.x % 32; e < experts; e += 32)
+    sum += static_cast<double>(scores[t * experts + e]);
+  sum = warp_sum(sum);
+  if (threadIdx.x % 32 == 0) z[t] = sum;
+}
+
+// One block per sequence: f[b, e] = E/(K*length) * tokens routed to e, and
+// per_sequence[b] = sum_e f_e * P_e / length with P_e = sum_t s[t, e] / z[t].
+__global__ void balance_fractions_kernel(router_shape r, const float* scores,
+                                         const std::int32_t* selected, std::int64_t length,
+                                         const double* z, double* f, double* per_sequence) {
+  __shared__ int counts[max_router_experts];
+  __shared__ double shared[32];
+  const std::int64_t b = blockIdx.x;
+  for (std::int64_t e = threadIdx.x; e < r.experts; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  const std::int32_t* chosen = selected + b * length * r.topk;
+  for (std::int64_t i = threadIdx.x; i < length * r.topk; i += blockDim.x)
+    atomicAdd(&counts[chosen[i]], 1);
+  __syncthreads();
+  const double factor =
+      static_cast<double>(r.experts) / (static_cast<double>(r.topk) * static_cast<double>(length));
+  double loss = 0.0;
+  for (std::int64_t e = threadIdx.x; e < r.experts; e += blockDim.x) {
+    const double fe = factor * counts[e];
+    f[b * r.experts + e] = fe;
+    double p = 0.0;
+    for (std::int64_t t = 0; t < length; ++t)
+      p += static_cast<double>(scores[(b * length + t) * r.experts + e]) / z[b * length + t];
+    loss += fe * p / static_cast<double>(length);
+  }
+  loss = block_sum(loss, shared);
+  if (threadIdx.x == 0) per_sequence[b] = loss;
+}
+
+__global__ void balance_total_kernel(const double* per_sequence, std::int64_t sequences,
+                                     double alpha, double* loss) {
+  double total = 0.0;
+  for (std::int64_t b = 0; b < sequences; ++b) total += alpha * per_sequence[b];
+  *loss = sequences > 0 ? total / static_cast<double>(sequences) : 0.0;
+}
+
+// One warp per token: ds_j = c * (f_j - sum_i f_i s_i / z) / z, then through the sigmoid.
+__global__ void balance_backward_kernel(router_shape r, const float* scores, std::int64_t tokens,
+                                        std::int64_t length, const double* f, const double* z,
+                                        double c, float* d_logits) {
+  const std::int64_t t = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (t >= tokens) return;
+  const int lane = threadIdx.x % 32;
+  const double* fb = f + (t / length) * r.experts;
+  const float* s = scores + t * r.experts;
+  double weighted = 0.0;
+  for (std::int64_t e = lane; e < r.experts; e += 32) weighted += fb[e] * static_cast<double>(s[e]);
+  weighted = warp_sum(weighted);
+  const double zt = z[t];
+  float* dl = d_logits + t * r.experts;
+  for (std::int64_t e = lane; e < r.experts; e += 32) {
+    const double ds = c * (fb[e] - weighted / zt) / zt;
+    dl[e] += static_cast<float>(ds) * s[e] * (1.0f - s[e]);
+  }
+}
+
+__global__ void count_kernel(const std::int32_t* selected, std::int64_t pairs,
+                             std::int64_t* counts) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i < pairs) atomicAdd(reinterpret_cast<unsigned long long*>(counts + selected[i]), 1ull);
+}
+
+void check_shape(const router_shape& r, const char* kernel) {
+  require(r.experts > 0 && r.experts <= max_router_experts, kernel,
+          "the number of routed experts must be in [1, 512]");
+  require(r.groups > 0 && r.groups <= max_groups && r.experts % r.groups == 0, kernel,
+          "the expert groups must divide the experts (at most 64 groups)");
+  require(r.topk_groups > 0 && r.topk_groups <= r.groups, kernel, "topk_groups out of range");
+  require(r.topk > 0 && r.topk <= r.topk_groups * (r.experts / r.groups), kernel,
+          "top-k larger than the experts of the kept groups");
+}
+
+struct balance_scratch {
+  double *z, *f, *per_sequence;
+};
+
+balance_scratch carve(void* scratch, std::int64_t sequences, std::int64_t length,
+                      std::int64_t experts) {
+  auto* base = static_cast<double*>(scratch);
+  return {base, base + sequences * length, base + sequences * length + sequences * experts};
+}
+
+}  // namespace
+
+void router_forward(const router_shape& shape, const float* logits, const float* bias,
+                    float* scores, std::int32_t* selected, float* gates, std::int64_t tokens,
+                    void* stream) {
+  check_shape(shape, "router_forward");
+  if (tokens == 0) return;
+  router_forward_kernel<<<blocks_for(tokens, threads), threads, 0, as_stream(stream)>>>(
+      shape, logits, bias, scores, selected, gates, tokens);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void router_backward(const router_shape& shape, const float* scores, const std::int32_t* selected,
+                     const float* d_gates, float* d_logits, std::int64_t tokens, void* stream) {
+  check_shape(shape, "router_backward");
+  if (tokens == 0) return;
+  router_backward_kernel<<<blocks_for(tokens, threads), threads, 0, as_stream(stream)>>>(
+      shape, scores, selected, d_gates, d_logits, tokens);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+std::size_t balance_loss_scratch_bytes(std::int64_t sequences, std::int64_t length,
+                                       std::int64_t experts) {
+  return static_cast<std::size_t>(sequences * length + sequences * experts + sequences) *
+         sizeof(double);
+}
+
+void balance_loss_forward(const router_shape& shape, const float* scores,
+                          const std::int32_t* selected, std::int64_t sequences, std::int64_t length,
+                          double alpha, double* loss, void* scratch, std::size_t scratch_bytes,
+                          void* stream) {
+  check_shape(shape, "balance_loss_forward");
+  require(scratch_bytes >= balance_loss_scratch_bytes(sequences, length, shape.experts),
+          "balance_loss_forward", "scratch smaller than balance_loss_scratch_bytes");
+  const balance_scratch s = carve(scratch, sequences, length, shape.experts);
+  const std::int64_t tokens = sequences * length;
+  if (tokens > 0) {
+    row_sums_kernel<<<blocks_for(tokens, 8), 256, 0, as_stream(stream)>>>(scores, shape.experts,
+                                                                          tokens, s.z);
+    TROUPE_CUDA_LAUNCHED();
+    balance_fractions_kernel<<<static_cast<unsigned>(sequences), 256, 0, as_stream(stream)>>>(
+        shape, scores, selected, length, s.z, s.f, s.per_sequence);
+    TROUPE_CUDA_LAUNCHED();
+  }
+  balance_total_kernel<<<1, 1, 0, as_stream(stream)>>>(s.per_sequence, tokens > 0 ? sequences : 0,
+                                                       alpha, loss);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void balance_loss_backward(const router_shape& shape, const float* scores,
+                           const std::int32_t* selected, std::int64_t sequences,
+                           std::int64_t length, double alpha, float d_loss, float* d_logits,
+                           void* scratch, std::size_t scratch_bytes, void* stream) {
+  check_shape(shape, "balance_loss_backward");
+  require(scratch_bytes >= balance_loss_scratch_bytes(sequences, length, shape.experts),
+          "balance_loss_backward", "scratch smaller than balance_loss_scratch_bytes");
+  const std::int64_t tokens = sequences * length;
+  if (tokens == 0) return;
+  const balance_scratch s = carve(scratch, sequences, length, shape.experts);
+  row_sums_kernel<<<blocks_for(tokens, 8), 256, 0, as_stream(stream)>>>(scores, shape.experts,
+                                                                        tokens, s.z);
+  TROUPE_CUDA_LAUNCHED();
+  balance_fractions_kernel<<<static_cast<unsigned>(sequences), 256, 0, as_stream(stream)>>>(
+      shape, scores, selected, length, s.z, s.f, s.per_sequence);
+  TROUPE_CUDA_LAUNCHED();
+  const double c = static_cast<double>(d_loss) * alpha /
+                   (static_cast<double>(length) * static_cast<double>(sequences));
+  balance_backward_kernel<<<blocks_for(tokens, 8), 256, 0, as_stream(stream)>>>(
+      shape, scores, tokens, length, s.f, s.z, c, d_logits);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void count_selections(const std::int32_t* selected, std::int64_t pairs, std::int64_t* counts,
+                      void* stream) {
+  if (pairs == 0) return;
+  count_kernel<<<blocks_for(pairs, 256), 256, 0, as_stream(stream)>>>(selected, pairs, counts);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+}  // namespace troupe::kernels::cuda

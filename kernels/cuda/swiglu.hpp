@@ -1,0 +1,21 @@
+#pragma once
+
+// SwiGLU's gate on a CUDA device, the same contract as kernels/cpu/swiglu.hpp:
+//   h = silu(gate) * up;  backward accumulates dgate += dh * up * silu'(gate), dup += dh * silu.
+// Device pointers; `stream` is a cudaStream_t.
+
+#include <cstdint>
+
+namespace troupe::kernels::cuda {
+
+void swiglu_forward(const float* gate, const float* up, float* h, std::int64_t count, void* stream);
+void swiglu_backward(const float* dh, const float* gate, const float* up, float* dgate, float* dup,
+                     std::int64_t count, void* stream);
+
+/// A fused [rows, 2*width] gate|up buffer (one GEMM made both): h[rows, width].
+void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std::int64_t width,
+                          void* stream);
+void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_up,
+                           std::int64_t rows, std::int64_t width, void* stream);
+
+}  // namespace troupe::kernels::cuda

@@ -1,0 +1,727 @@
+// The model's CUDA kernels (kernels/cuda: the ops of DeepSeek-V3's forward and backward) against
+// two independent references:
+//  - the CPU kernels (kernels/cpu) on the same FP32 inputs. Both compute in FP32 in different
+//    orders (tree reductions on the GPU, sequential or float64 sums on the CPU), so results are
+//    compared by the largest error relative to the reference's largest magnitude, bounded by
+//    2e-5 unless a test says otherwise; integer results (expert selection, grouping, counts)
+//    must be identical;
+//  - central finite differences of the GPU forward for each backward: the directional
+//    derivative (f(x + h u) - f(x - h u)) / 2h of f = sum(r * out) against <grad, u>, with h =
+//    1e-2 and a bound of 2e-3 relative (FP32 forward evaluation; truncation is O(h^2)).
+// Determinism: the kernels that sum in a fixed order give the same bits on a second run.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/attention.hpp"
+#include "kernels/cpu/cross_entropy.hpp"
+#include "kernels/cpu/expert_combine.hpp"
+#include "kernels/cpu/rmsnorm.hpp"
+#include "kernels/cpu/rope.hpp"
+#include "kernels/cpu/router.hpp"
+#include "kernels/cpu/swiglu.hpp"
+#include "kernels/cuda/adamw.hpp"
+#include "kernels/cuda/attention.hpp"
+#include "kernels/cuda/cross_entropy.hpp"
+#include "kernels/cuda/embedding.hpp"
+#include "kernels/cuda/expert_combine.hpp"
+#include "kernels/cuda/gradient_norm.hpp"
+#include "kernels/cuda/rmsnorm.hpp"
+#include "kernels/cuda/rope.hpp"
+#include "kernels/cuda/router.hpp"
+#include "kernels/cuda/swiglu.hpp"
+#include "runtime/tensor/bf16.hpp"
+#include "tests/gpu/gpu_skip.hpp"
+#include "tests/support/fixtures.hpp"
+
+namespace {
+
+using namespace troupe;
+namespace cpu = troupe::kernels::cpu;
+namespace gpu = troupe::kernels::cuda;
+
+constexpr double fp32_bound = 2e-5;
+constexpr double fd_bound = 2e-3;
+
+/// A device array (cuda:0, default stream) filled from or read into host vectors.
+template <class T>
+class device_array {
+ public:
+  explicit device_array(std::size_t count) : count_(count) {
+    data_ = static_cast<T*>(cuda::allocate(std::max<std::size_t>(count, 1) * sizeof(T), 0));
+    set(std::vector<T>(count, T{}));
+  }
+  explicit device_array(const std::vector<T>& values) : device_array(values.size()) { set(values); }
+  ~device_array() { cuda::release(data_, 0); }
+  device_array(const device_array&) = delete;
+  device_array& operator=(const device_array&) = delete;
+
+  void set(const std::vector<T>& values) {
+    if (!values.empty())
+      cuda::copy(data_, values.data(), values.size() * sizeof(T), cuda::copy_kind::host_to_device,
+                 0);
+  }
+  std::vector<T> get() const {
+    std::vector<T> values(count_);
+    if (count_ > 0)
+      cuda::copy(values.data(), data_, count_ * sizeof(T), cuda::copy_kind::device_to_host, 0);
+    return values;
+  }
+  T* data() const { return data_; }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t count_;
+};
+
+std::vector<float> random_values(std::size_t count, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> v(count);
+  for (auto& x : v) x = normal(rng);
+  return v;
+}
+
+/// max |a - b| / max |b|.
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0.0, scale = 1e-30;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+  }
+  return worst / scale;
+}
+
+#define EXPECT_CLOSE(gpu_values, cpu_values, bound, what)                          \
+  do {                                                                             \
+    const double error_ = relative_error((gpu_values), (cpu_values));              \
+    std::printf("[ %s ] relative error %.3g (bound %.0e)\n", what, error_, bound); \
+    EXPECT_LT(error_, bound) << (what);                                            \
+  } while (false)
+
+/// The directional derivative of f = sum(r * out(x)) along a random u, by central differences
+/// (float64 sums of the FP32 forward), against <grad, u>; returns the relative difference.
+double finite_difference_error(
+    const std::function<std::vector<float>(const std::vector<float>&)>& out,
+    const std::vector<float>& x, const std::vector<float>& r, const std::vector<float>& grad,
+    std::uint32_t seed, double h = 1e-2) {
+  const std::vector<float> u = random_values(x.size(), seed);
+  auto f = [&](double step) {
+    std::vector<float> moved(x);
+    for (std::size_t i = 0; i < x.size(); ++i)
+      moved[i] += static_cast<float>(step * static_cast<double>(u[i]));
+    const std::vector<float> y = out(moved);
+    double sum = 0.0;
+    for (std::size_t i = 0; i < y.size(); ++i)
+      sum += static_cast<double>(r[i]) * static_cast<double>(y[i]);
+    return sum;
+  };
+  const double numeric = (f(h) - f(-h)) / (2 * h);
+  double analytic = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    analytic += static_cast<double>(grad[i]) * static_cast<double>(u[i]);
+  return std::fabs(numeric - analytic) / std::max(std::fabs(analytic), 1e-12);
+}
+
+#define EXPECT_FD(error_value, what)                                                   \
+  do {                                                                                 \
+    const double fd_ = (error_value);                                                  \
+    std::printf("[ %s ] finite differences %.3g (bound %.0e)\n", what, fd_, fd_bound); \
+    EXPECT_LT(fd_, fd_bound) << (what);                                                \
+  } while (false)
+
+TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  for (auto [rows, dim] : {std::pair<std::int64_t, std::int64_t>{37, 520}, {70, 7168}}) {
+    const auto x = random_values(static_cast<std::size_t>(rows * dim), 1, 2.0f);
+    auto weight = random_values(static_cast<std::size_t>(dim), 2);
+    const auto dy = random_values(x.size(), 3);
+    const auto dx0 = random_values(x.size(), 4);  // backward accumulates
+    const auto dw0 = random_values(weight.size(), 5);
+    std::vector<float> y(x.size()), rstd(static_cast<std::size_t>(rows)), dx(dx0), dw(dw0);
+    cpu::rmsnorm_forward(x.data(), weight.data(), y.data(), rstd.data(), rows, dim, 1e-6f);
+    cpu::rmsnorm_backward(dy.data(), x.data(), weight.data(), rstd.data(), dx.data(), dw.data(),
+                          rows, dim);
+    device_array<float> gx(x), gw(weight), gy(x.size()), grstd(rstd.size()), gdy(dy), gdx(dx0),
+        gdw(dw0), scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
+    gpu::rmsnorm_forward(gx.data(), gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f, nullptr);
+    gpu::rmsnorm_backward(gdy.data(), gx.data(), gw.data(), grstd.data(), gdx.data(), gdw.data(),
+                          rows, dim, scratch.data(), nullptr);
+    EXPECT_CLOSE(gy.get(), y, fp32_bound, "rmsnorm y");
+    EXPECT_CLOSE(grstd.get(), rstd, fp32_bound, "rmsnorm rstd");
+    EXPECT_CLOSE(gdx.get(), dx, fp32_bound, "rmsnorm dx");
+    EXPECT_CLOSE(gdw.get(), dw, fp32_bound, "rmsnorm dweight");
+    // Same bits again (the weight gradient is summed in a fixed order).
+    const auto first = gdw.get();
+    gdw.set(dw0);
+    gpu::rmsnorm_backward(gdy.data(), gx.data(), gw.data(), grstd.data(), gdx.data(), gdw.data(),
+                          rows, dim, scratch.data(), nullptr);
+    EXPECT_EQ(gdw.get(), first);
+  }
+  // Finite differences of dx and dweight (zero on entry) on the GPU alone.
+  const std::int64_t rows = 9, dim = 300;
+  const auto x = random_values(rows * dim, 6, 2.0f), weight = random_values(dim, 7);
+  const auto r = random_values(rows * dim, 8);
+  device_array<float> gx(x), gw(weight), gy(x.size()), grstd(rows), gr(r), gdx(x.size()),
+      gdw(weight.size()),
+      scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
+  gpu::rmsnorm_forward(gx.data(), gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f, nullptr);
+  gpu::rmsnorm_backward(gr.data(), gx.data(), gw.data(), grstd.data(), gdx.data(), gdw.data(), rows,
+                        dim, scratch.data(), nullptr);
+  auto run = [&](const std::vector<float>& xs, const std::vector<float>& ws) {
+    device_array<float> ix(xs), iw(ws), out(xs.size());
+    gpu::rmsnorm_forward(ix.data(), iw.data(), out.data(), nullptr, rows, dim, 1e-6f, nullptr);
+    return out.get();
+  };
+  EXPECT_FD(
+      finite_difference_error([&](const auto& v) { return run(v, weight); }, x, r, gdx.get(), 9),
+      "rmsnorm dx");
+  EXPECT_FD(
+      finite_difference_error([&](const auto& v) { return run(x, v); }, weight, r, gdw.get(), 10),
+      "rmsnorm dweight");
+}
+
+TEST(CudaOps, RopeMatchesTheCpuBothWays) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const std::int64_t batch = 2, length = 45, heads = 3, dim = 64, stride = 192;
+  cpu::yarn_parameters yarn{40.0, 4096, 32.0, 1.0};
+  const auto inverse = cpu::rope_inverse_frequencies(dim, 10000.0, &yarn);
+  std::vector<float> cos_table(static_cast<std::size_t>(length * dim / 2)),
+      sin_table(cos_table.size());
+  cpu::rope_tables(inverse, length, cos_table.data(), sin_table.data());
+  const std::int64_t rows = batch * length * heads;
+  const auto x = random_values(static_cast<std::size_t>(rows * stride), 11);
+  device_array<float> gx(x), gc(cos_table), gs(sin_table);
+  for (int direction : {1, -1}) {
+    std::vector<float> expected(x);
+    cpu::rope_rotate(expected.data() + 128, rows, stride, dim, heads, length, cos_table.data(),
+                     sin_table.data(), direction);
+    gx.set(x);
+    gpu::rope_rotate(gx.data() + 128, rows, stride, dim, heads, length, gc.data(), gs.data(),
+                     direction, nullptr);
+    EXPECT_CLOSE(gx.get(), expected, 1e-6, direction > 0 ? "rope forward" : "rope inverse");
+  }
+}
+
+TEST(CudaOps, SwigluMatchesTheCpuAndFiniteDifferences) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const std::int64_t rows = 33, width = 1408;
+  const auto gate_up = random_values(static_cast<std::size_t>(rows * 2 * width), 12, 2.0f);
+  const auto dh = random_values(static_cast<std::size_t>(rows * width), 13);
+  const auto d0 = random_values(gate_up.size(), 14);
+  std::vector<float> h(dh.size()), d(d0);
+  cpu::swiglu_forward_fused(gate_up.data(), h.data(), rows, width);
+  cpu::swiglu_backward_fused(dh.data(), gate_up.data(), d.data(), rows, width);
+  device_array<float> ggu(gate_up), gh(h.size()), gdh(dh), gd(d0);
+  gpu::swiglu_forward_fused(ggu.data(), gh.data(), rows, width, nullptr);
+  gpu::swiglu_backward_fused(gdh.data(), ggu.data(), gd.data(), rows, width, nullptr);
+  EXPECT_CLOSE(gh.get(), h, fp32_bound, "swiglu fused h");
+  EXPECT_CLOSE(gd.get(), d, fp32_bound, "swiglu fused d(gate|up)");
+  // Separate gate and up buffers.
+  const std::int64_t count = 1001;
+  const auto gate = random_values(count, 15, 2.0f), up = random_values(count, 16);
+  const auto r = random_values(count, 17);
+  std::vector<float> h2(count), dg(count, 0.0f), du(count, 0.0f);
+  cpu::swiglu_forward(gate.data(), up.data(), h2.data(), count);
+  cpu::swiglu_backward(r.data(), gate.data(), up.data(), dg.data(), du.data(), count);
+  device_array<float> g1(gate), g2(up), g3(count), gr(r), gdg(count), gdu(count);
+  gpu::swiglu_forward(g1.data(), g2.data(), g3.data(), count, nullptr);
+  gpu::swiglu_backward(gr.data(), g1.data(), g2.data(), gdg.data(), gdu.data(), count, nullptr);
+  EXPECT_CLOSE(g3.get(), h2, fp32_bound, "swiglu h");
+  EXPECT_CLOSE(gdg.get(), dg, fp32_bound, "swiglu dgate");
+  EXPECT_CLOSE(gdu.get(), du, fp32_bound, "swiglu dup");
+  auto run = [&](const std::vector<float>& gs, const std::vector<float>& us) {
+    device_array<float> a(gs), b(us), out(gs.size());
+    gpu::swiglu_forward(a.data(), b.data(), out.data(), count, nullptr);
+    return out.get();
+  };
+  EXPECT_FD(
+      finite_difference_error([&](const auto& v) { return run(v, up); }, gate, r, gdg.get(), 18),
+      "swiglu dgate");
+  EXPECT_FD(
+      finite_difference_error([&](const auto& v) { return run(gate, v); }, up, r, gdu.get(), 19),
+      "swiglu dup");
+}
+
+TEST(CudaOps, EmbeddingGathersAndSumsGradientsDeterministically) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const std::int64_t vocab = 1000, width = 300, count = 4000;
+  const auto table = random_values(static_cast<std::size_t>(vocab * width), 20);
+  std::vector<std::int32_t> tokens(count);
+  std::mt19937 rng(21);
+  for (auto& t : tokens) t = static_cast<std::int32_t>(rng() % 50);  // many repeats
+  tokens[5] = -1;
+  tokens[17] = 999;
+  const auto dout = random_values(static_cast<std::size_t>(count * width), 22);
+  std::vector<float> out(dout.size(), 0.0f);
+  std::vector<float> dtable(table.size(), 0.0f);
+  for (std::int64_t t = 0; t < count; ++t)
+    for (std::int64_t i = 0; i < width; ++i) {
+      if (tokens[t] < 0) continue;
+      out[t * width + i] = table[tokens[t] * width + i];
+      dtable[tokens[t] * width + i] += dout[t * width + i];
+    }
+  device_array<float> gtable(table), gout(out.size()), gdout(dout), gdtable(dtable.size());
+  device_array<std::int32_t> gtokens(tokens);
+  const std::size_t bytes = gpu::embedding_backward_scratch_bytes(count, vocab);
+  device_array<char> scratch(bytes);
+  gpu::embedding_forward(gtable.data(), vocab, width, gtokens.data(), count, gout.data(), nullptr);
+  EXPECT_EQ(gout.get(), out);
+  gpu::embedding_backward(gdout.data(), gtokens.data(), count, vocab, width, gdtable.data(),
+                          scratch.data(), bytes, nullptr);
+  const auto first = gdtable.get();
+  EXPECT_CLOSE(first, dtable, fp32_bound, "embedding dtable");
+  gdtable.set(std::vector<float>(dtable.size(), 0.0f));
+  gpu::embedding_backward(gdout.data(), gtokens.data(), count, vocab, width, gdtable.data(),
+                          scratch.data(), bytes, nullptr);
+  EXPECT_EQ(gdtable.get(), first);
+}
+
+TEST(CudaOps, CrossEntropyMatchesTheCpuInPlaceAndFiniteDifferences) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const std::int64_t rows = 45, vocab = 32000, ld = 32004;
+  auto logits = random_values(static_cast<std::size_t>(rows * ld), 23, 3.0f);
+  std::vector<std::int32_t> targets(rows);
+  for (std::int64_t r = 0; r < rows; ++r)
+    targets[r] = static_cast<std::int32_t>((r * 7919) % vocab);
+  targets[3] = -1;
+  // The CPU reference on a dense copy.
+  std::vector<float> dense(static_cast<std::size_t>(rows * vocab));
+  for (std::int64_t r = 0; r < rows; ++r)
+    std::copy_n(logits.begin() + r * ld, vocab, dense.begin() + r * vocab);
+  std::vector<float> losses(rows), d(dense.size());
+  std::int64_t labelled = 0;
+  const double total = cpu::cross_entropy_forward(dense.data(), targets.data(), rows, vocab,
+                                                  losses.data(), &labelled);
+  const float scale = 1.0f / static_cast<float>(labelled);
+  cpu::cross_entropy_backward(dense.data(), targets.data(), rows, vocab, scale, d.data());
+  device_array<float> glogits(logits), glosses(rows), glse(rows);
+  device_array<std::int32_t> gtargets(targets);
+  device_array<double> gtotal(1);
+  device_array<std::int64_t> glabelled(1);
+  gpu::cross_entropy_forward(glogits.data(), ld, gtargets.data(), rows, vocab, glosses.data(),
+                             glse.data(), nullptr);
+  gpu::sum_losses(glosses.data(), gtargets.data(), rows, gtotal.data(), glabelled.data(), nullptr);
+  EXPECT_CLOSE(glosses.get(), losses, fp32_bound, "cross-entropy losses");
+  EXPECT_NEAR(gtotal.get()[0], total, 1e-5 * std::fabs(total));
+  EXPECT_EQ(glabelled.get()[0], labelled);
+  // Backward in place over the logits (the fused head's way).
+  gpu::cross_entropy_backward(glogits.data(), ld, gtargets.data(), glse.data(), rows, vocab, scale,
+                              glogits.data(), nullptr);
+  const auto in_place = glogits.get();
+  std::vector<float> gd(d.size());
+  for (std::int64_t r = 0; r < rows; ++r)
+    std::copy_n(in_place.begin() + r * ld, vocab, gd.begin() + r * vocab);
+  EXPECT_CLOSE(gd, d, fp32_bound, "cross-entropy dlogits");
+  // Finite differences of the summed loss on a small vocabulary.
+  const std::int64_t small = 50;
+  const auto x = random_values(static_cast<std::size_t>(rows * small), 24, 2.0f);
+  std::vector<std::int32_t> t2(rows);
+  for (std::int64_t r = 0; r < rows; ++r) t2[r] = static_cast<std::int32_t>(r % small);
+  device_array<std::int32_t> gt2(t2);
+  auto loss_of = [&](const std::vector<float>& v) {
+    device_array<float> l(v), out(rows), lse(rows);
+    gpu::cross_entropy_forward(l.data(), small, gt2.data(), rows, small, out.data(), lse.data(),
+                               nullptr);
+    return out.get();
+  };
+  device_array<float> gx(x), gl(rows), gls(rows), gdx(x.size());
+  gpu::cross_entropy_forward(gx.data(), small, gt2.data(), rows, small, gl.data(), gls.data(),
+                             nullptr);
+  gpu::cross_entropy_backward(gx.data(), small, gt2.data(), gls.data(), rows, small, 1.0f,
+                              gdx.data(), nullptr);
+  EXPECT_FD(finite_difference_error(loss_of, x, std::vector<float>(rows, 1.0f), gdx.get(), 25),
+            "cross-entropy dlogits");
+}
+
+/// Logits whose choices are well apart (a shuffled ramp per token), so a finite-difference step
+/// never changes which experts are selected.
+std::vector<float> separated_logits(std::int64_t tokens, std::int64_t experts, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<float> logits(static_cast<std::size_t>(tokens * experts));
+  std::vector<float> ramp(static_cast<std::size_t>(experts));
+  for (std::int64_t e = 0; e < experts; ++e)
+    ramp[e] = -6.0f + 12.0f * static_cast<float>(e) / static_cast<float>(experts);
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    std::shuffle(ramp.begin(), ramp.end(), rng);
+    std::copy(ramp.begin(), ramp.end(), logits.begin() + t * experts);
+  }
+  return logits;
+}
+
+TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  struct router_case {
+    std::int64_t experts, groups, topk_groups, topk;
+  };
+  for (const router_case rc : {router_case{64, 8, 4, 6}, {256, 8, 4, 8}, {16, 1, 1, 2}}) {
+    const std::int64_t sequences = 3, length = 50, tokens = sequences * length;
+    cpu::router_shape cs{rc.experts, rc.groups, rc.topk_groups, rc.topk, true, 2.5f};
+    gpu::router_shape gs{rc.experts, rc.groups, rc.topk_groups, rc.topk, true, 2.5f};
+    const auto logits = random_values(static_cast<std::size_t>(tokens * rc.experts), 26, 2.0f);
+    const auto bias = random_values(static_cast<std::size_t>(rc.experts), 27, 0.1f);
+    const std::size_t pairs = static_cast<std::size_t>(tokens * rc.topk);
+    std::vector<float> scores(logits.size()), gates(pairs);
+    std::vector<std::int32_t> selected(pairs);
+    cpu::router_forward(cs, logits.data(), bias.data(), scores.data(), selected.data(),
+                        gates.data(), tokens);
+    device_array<float> gl(logits), gb(bias), gscores(scores.size()), ggates(pairs);
+    device_array<std::int32_t> gsel(pairs);
+    gpu::router_forward(gs, gl.data(), gb.data(), gscores.data(), gsel.data(), ggates.data(),
+                        tokens, nullptr);
+    EXPECT_EQ(gsel.get(), selected) << rc.experts << " experts";
+    EXPECT_CLOSE(gscores.get(), scores, fp32_bound, "router scores");
+    EXPECT_CLOSE(ggates.get(), gates, fp32_bound, "router gates");
+    // Backward through the gates, and the balance loss both ways.
+    const auto d_gates = random_values(pairs, 28);
+    std::vector<float> d_logits(logits.size(), 0.0f);
+    cpu::router_backward(cs, scores.data(), selected.data(), d_gates.data(), d_logits.data(),
+                         tokens);
+    const double loss =
+        cpu::balance_loss_forward(cs, scores.data(), selected.data(), sequences, length, 0.003);
+    cpu::balance_loss_backward(cs, scores.data(), selected.data(), sequences, length, 0.003, 1.0f,
+                               d_logits.data());
+    device_array<float> gdg(d_gates), gdl(logits.size());
+    const std::size_t bytes = gpu::balance_loss_scratch_bytes(sequences, length, rc.experts);
+    device_array<char> scratch(bytes);
+    device_array<double> gloss(1);
+    gpu::router_backward(gs, gscores.data(), gsel.data(), gdg.data(), gdl.data(), tokens, nullptr);
+    gpu::balance_loss_forward(gs, gscores.data(), gsel.data(), sequences, length, 0.003,
+                              gloss.data(), scratch.data(), bytes, nullptr);
+    gpu::balance_loss_backward(gs, gscores.data(), gsel.data(), sequences, length, 0.003, 1.0f,
+                               gdl.data(), scratch.data(), bytes, nullptr);
+    EXPECT_NEAR(gloss.get()[0], loss, 1e-6 * std::fabs(loss));
+    EXPECT_CLOSE(gdl.get(), d_logits, fp32_bound, "router + balance d_logits");
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(rc.experts), 0);
+    cpu::count_selections(selected.data(), static_cast<std::int64_t>(pairs), counts.data());
+    device_array<std::int64_t> gcounts(counts.size());
+    gpu::count_selections(gsel.data(), static_cast<std::int64_t>(pairs), gcounts.data(), nullptr);
+    EXPECT_EQ(gcounts.get(), counts);
+  }
+  // Finite differences on logits that keep their selection under the step.
+  const std::int64_t sequences = 2, length = 20, tokens = sequences * length;
+  gpu::router_shape gs{64, 8, 4, 6, true, 2.5f};
+  const auto logits = separated_logits(tokens, 64, 29);
+  const auto r = random_values(static_cast<std::size_t>(tokens * 6), 30);
+  device_array<float> gl(logits), gscores(logits.size()), ggates(r.size()), gr(r),
+      gdl(logits.size());
+  device_array<std::int32_t> gsel(r.size());
+  gpu::router_forward(gs, gl.data(), nullptr, gscores.data(), gsel.data(), ggates.data(), tokens,
+                      nullptr);
+  gpu::router_backward(gs, gscores.data(), gsel.data(), gr.data(), gdl.data(), tokens, nullptr);
+  auto gates_of = [&](const std::vector<float>& v) {
+    device_array<float> a(v), s(v.size()), g(r.size());
+    device_array<std::int32_t> sel(r.size());
+    gpu::router_forward(gs, a.data(), nullptr, s.data(), sel.data(), g.data(), tokens, nullptr);
+    return g.get();
+  };
+  EXPECT_FD(finite_difference_error(gates_of, logits, r, gdl.get(), 31), "router d_logits");
+  const std::size_t bytes = gpu::balance_loss_scratch_bytes(sequences, length, 64);
+  device_array<char> scratch(bytes);
+  device_array<float> gdb(logits.size());
+  gpu::balance_loss_backward(gs, gscores.data(), gsel.data(), sequences, length, 0.1, 1.0f,
+                             gdb.data(), scratch.data(), bytes, nullptr);
+  auto loss_of = [&](const std::vector<float>& v) {
+    device_array<float> a(v), s(v.size()), g(r.size());
+    device_array<std::int32_t> sel(r.size());
+    device_array<double> out(1);
+    gpu::router_forward(gs, a.data(), nullptr, s.data(), sel.data(), g.data(), tokens, nullptr);
+    gpu::balance_loss_forward(gs, s.data(), sel.data(), sequences, length, 0.1, out.data(),
+                              scratch.data(), bytes, nullptr);
+    return std::vector<float>{static_cast<float>(out.get()[0])};
+  };
+  EXPECT_FD(finite_difference_error(loss_of, logits, {1.0f}, gdb.get(), 32),
+            "balance loss d_logits");
+}
+
+TEST(CudaOps, ExpertPermutationMatchesTheCpuGroupingAndCombine) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const std::int64_t tokens = 300, topk = 6, experts = 64, width = 256;
+  std::vector<std::int32_t> selected(static_cast<std::size_t>(tokens * topk));
+  std::mt19937 rng(33);
+  for (std::int64_t t = 0; t < tokens; ++t) {  // distinct experts per token, ascending
+    std::vector<std::int32_t> all(experts);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    std::sort(all.begin(), all.begin() + topk);
+    std::copy_n(all.begin(), topk, selected.begin() + t * topk);
+  }
+  for (std::int64_t t = 0; t < 40; ++t) selected[t * topk] = 3;  // an expert far more loaded
+  cpu::expert_grouping grouping;
+  cpu::group_by_expert(selected.data(), tokens, topk, experts, grouping);
+  const std::int64_t pairs = tokens * topk;
+  device_array<std::int32_t> gsel(selected), order(pairs), position(pairs), offsets(experts + 1);
+  const std::size_t bytes = gpu::group_by_expert_scratch_bytes(pairs, experts);
+  device_array<char> scratch(bytes);
+  gpu::group_by_expert(gsel.data(), tokens, topk, experts,
+                       {order.data(), position.data(), offsets.data()}, scratch.data(), bytes,
+                       nullptr);
+  auto widen = [](const std::vector<std::int32_t>& v) {
+    return std::vector<std::int64_t>(v.begin(), v.end());
+  };
+  EXPECT_EQ(widen(order.get()), grouping.order);
+  EXPECT_EQ(widen(position.get()), grouping.position);
+  EXPECT_EQ(widen(offsets.get()), grouping.offsets);
+
+  const auto x = random_values(static_cast<std::size_t>(tokens * width), 34);
+  std::vector<float> rows(static_cast<std::size_t>(pairs * width));
+  cpu::gather_expert_rows(x.data(), grouping.order.data(), topk, width, rows.data(), 0, pairs);
+  device_array<float> gx(x), grows(rows.size());
+  gpu::gather_expert_rows(gx.data(), order.data(), topk, width, grows.data(), 0, pairs, nullptr);
+  EXPECT_EQ(grows.get(), rows);
+
+  const auto expert_out = random_values(rows.size(), 35);
+  const auto gates = random_values(static_cast<std::size_t>(pairs), 36);
+  const auto shared = random_values(x.size(), 37);
+  std::vector<float> y(shared);
+  cpu::combine_forward(expert_out.data(), gates.data(), grouping.position.data(), topk, width,
+                       y.data(), 0, tokens);
+  device_array<float> gout(expert_out), ggates(gates), gy(shared);
+  gpu::combine_forward(gout.data(), ggates.data(), position.data(), topk, width, gy.data(), tokens,
+                       nullptr);
+  EXPECT_CLOSE(gy.get(), y, fp32_bound, "combine y");
+
+  const auto dy = random_values(x.size(), 38);
+  std::vector<float> d_gates(gates.size()), d_rows(rows.size());
+  cpu::combine_backward(dy.data(), expert_out.data(), gates.data(), grouping.order.data(), topk,
+                        width, d_gates.data(), d_rows.data(), 0, pairs);
+  device_array<float> gdy(dy), gdg(gates.size()), gdr(rows.size());
+  gpu::combine_backward(gdy.data(), gout.data(), ggates.data(), order.data(), topk, width,
+                        gdg.data(), gdr.data(), 0, pairs, nullptr);
+  EXPECT_CLOSE(gdg.get(), d_gates, fp32_bound, "combine d_gates");
+  EXPECT_CLOSE(gdr.get(), d_rows, fp32_bound, "combine d_rows");
+
+  const auto dx0 = random_values(x.size(), 39);
+  std::vector<float> dx(dx0);
+  cpu::scatter_add_rows(d_rows.data(), grouping.position.data(), topk, width, dx.data(), 0, tokens);
+  device_array<float> gdx(dx0);
+  gpu::scatter_add_rows(gdr.data(), position.data(), topk, width, gdx.data(), tokens, nullptr);
+  EXPECT_CLOSE(gdx.get(), dx, fp32_bound, "scatter-add dx");
+}
+
+/// MLA's attention layout: q [B, L, H, qk], k_nope and v inside kv [B, L, H, nope + v], the rope
+/// key [B, L, rope] shared by the heads; o [B, L, H, v].
+struct mla_attention {
+  std::int64_t batch, length, heads, nope, rope, v;
+  std::int64_t qk() const { return nope + rope; }
+  std::int64_t kv_width() const { return heads * (nope + v); }
+  gpu::attention_problem problem() const {
+    return {batch, heads, length, qk(), rope, v, 1.0f / std::sqrt(static_cast<float>(qk()))};
+  }
+  gpu::attention_operand q(const float* data) const {
+    return {data, length * heads * qk(), qk(), heads * qk()};
+  }
+  gpu::attention_operand k(const float* kv) const {
+    return {kv, length * kv_width(), nope + v, kv_width()};
+  }
+  gpu::attention_operand key_rope(const float* data) const {
+    return {data, length * rope, 0, rope};
+  }
+  gpu::attention_operand values(const float* kv) const {
+    return {kv + nope, length * kv_width(), nope + v, kv_width()};
+  }
+  gpu::attention_operand o(const float* data) const {
+    return {data, length * heads * v, v, heads * v};
+  }
+  static gpu::attention_result out(gpu::attention_operand x) {
+    return {const_cast<float*>(x.data), x.batch_stride, x.head_stride, x.row_stride};
+  }
+};
+
+TEST(CudaOps, FlashAttentionMatchesTheCpuAndFiniteDifferences) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  for (const mla_attention m : {mla_attention{2, 77, 3, 128, 64, 128}, {1, 130, 2, 32, 16, 24}}) {
+    const auto problem = m.problem();
+    const auto q =
+        random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.qk()), 40);
+    const auto kv = random_values(static_cast<std::size_t>(m.batch * m.length * m.kv_width()), 41);
+    const auto rope = random_values(static_cast<std::size_t>(m.batch * m.length * m.rope), 42);
+    const auto d_o =
+        random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.v), 43);
+    // The CPU reference per (sequence, head), keys assembled as [k_nope_h, rope key].
+    std::vector<float> o(d_o.size()), lse(static_cast<std::size_t>(m.batch * m.heads * m.length));
+    std::vector<float> dq(q.size()), dkv(kv.size(), 0.0f),
+        d_rope_heads(static_cast<std::size_t>(m.batch * m.heads * m.length * m.rope));
+    for (std::int64_t b = 0; b < m.batch; ++b)
+      for (std::int64_t h = 0; h < m.heads; ++h) {
+        std::vector<float> keys(static_cast<std::size_t>(m.length * m.qk())), d_keys(keys.size());
+        for (std::int64_t i = 0; i < m.length; ++i) {
+          const float* row = kv.data() + (b * m.length + i) * m.kv_width() + h * (m.nope + m.v);
+          std::copy_n(row, m.nope, keys.begin() + i * m.qk());
+          std::copy_n(rope.begin() + (b * m.length + i) * m.rope, m.rope,
+                      keys.begin() + i * m.qk() + m.nope);
+        }
+        cpu::attention_shape shape{m.length, m.qk(),       m.v,           m.heads * m.qk(),
+                                   m.qk(),   m.kv_width(), m.heads * m.v, problem.scale};
+        const std::int64_t q_at = b * m.length * m.heads * m.qk() + h * m.qk();
+        const std::int64_t v_at = b * m.length * m.kv_width() + h * (m.nope + m.v) + m.nope;
+        const std::int64_t o_at = b * m.length * m.heads * m.v + h * m.v;
+        float* lse_bh = lse.data() + (b * m.heads + h) * m.length;
+        std::vector<float> scratch(
+            static_cast<std::size_t>(cpu::attention_backward_scratch(m.length)));
+        cpu::causal_attention_forward(shape, q.data() + q_at, keys.data(), kv.data() + v_at,
+                                      o.data() + o_at, lse_bh, scratch.data());
+        cpu::causal_attention_backward(shape, q.data() + q_at, keys.data(), kv.data() + v_at,
+                                       o.data() + o_at, d_o.data() + o_at, lse_bh, dq.data() + q_at,
+                                       d_keys.data(), dkv.data() + v_at, scratch.data());
+        for (std::int64_t i = 0; i < m.length; ++i) {
+          std::copy_n(d_keys.begin() + i * m.qk(), m.nope,
+                      dkv.begin() + (b * m.length + i) * m.kv_width() + h * (m.nope + m.v));
+          std::copy_n(d_keys.begin() + i * m.qk() + m.nope, m.rope,
+                      d_rope_heads.begin() + ((b * m.heads + h) * m.length + i) * m.rope);
+        }
+      }
+    device_array<float> gq(q), gkv(kv), grope(rope), go(o.size()), glse(lse.size()), gdo(d_o),
+        gdq(q.size()), gdkv(kv.size()), gdrope(d_rope_heads.size()),
+        scratch(static_cast<std::size_t>(gpu::attention_backward_scratch(problem)));
+    const gpu::attention_result d_rope_out{gdrope.data(), m.heads * m.length * m.rope,
+                                           m.length * m.rope, m.rope};
+    gpu::attention_forward(problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()),
+                           m.values(gkv.data()), mla_attention::out(m.o(go.data())), glse.data(),
+                           nullptr);
+    gpu::attention_backward(problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()),
+                            m.values(gkv.data()), m.o(go.data()), m.o(gdo.data()), glse.data(),
+                            mla_attention::out(m.q(gdq.data())),
+                            mla_attention::out(m.k(gdkv.data())), d_rope_out,
+                            mla_attention::out(m.values(gdkv.data())), scratch.data(), nullptr);
+    EXPECT_CLOSE(go.get(), o, fp32_bound, "attention o");
+    EXPECT_CLOSE(glse.get(), lse, fp32_bound, "attention lse");
+    EXPECT_CLOSE(gdq.get(), dq, fp32_bound, "attention dq");
+    EXPECT_CLOSE(gdkv.get(), dkv, fp32_bound, "attention dk_nope, dv");
+    EXPECT_CLOSE(gdrope.get(), d_rope_heads, fp32_bound, "attention d rope key (per head)");
+
+    // Finite differences of the GPU forward along q, kv and the rope key.
+    auto o_of = [&](const std::vector<float>& qs, const std::vector<float>& kvs,
+                    const std::vector<float>& ropes) {
+      device_array<float> a(qs), b(kvs), c(ropes), out(o.size()), l(lse.size());
+      gpu::attention_forward(problem, m.q(a.data()), m.k(b.data()), m.key_rope(c.data()),
+                             m.values(b.data()), mla_attention::out(m.o(out.data())), l.data(),
+                             nullptr);
+      return out.get();
+    };
+    std::vector<float> d_rope(rope.size(), 0.0f);  // summed over heads
+    const auto per_head = gdrope.get();
+    for (std::int64_t b = 0; b < m.batch; ++b)
+      for (std::int64_t h = 0; h < m.heads; ++h)
+        for (std::int64_t i = 0; i < m.length * m.rope; ++i)
+          d_rope[b * m.length * m.rope + i] += per_head[(b * m.heads + h) * m.length * m.rope + i];
+    EXPECT_FD(finite_difference_error([&](const auto& v) { return o_of(v, kv, rope); }, q, d_o,
+                                      gdq.get(), 44),
+              "attention dq");
+    EXPECT_FD(finite_difference_error([&](const auto& v) { return o_of(q, v, rope); }, kv, d_o,
+                                      gdkv.get(), 45),
+              "attention dkv");
+    EXPECT_FD(finite_difference_error([&](const auto& v) { return o_of(q, kv, v); }, rope, d_o,
+                                      d_rope, 46),
+              "attention d rope key");
+  }
+}
+
+TEST(CudaOps, AdamwAndClippingMatchTheHostUpdate) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const std::vector<std::int64_t> sizes{5000, 7, 70000};
+  std::vector<std::vector<float>> values, grads;
+  std::vector<std::vector<std::uint16_t>> m, v;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    values.push_back(random_values(static_cast<std::size_t>(sizes[t]), 50 + t));
+    grads.push_back(random_values(static_cast<std::size_t>(sizes[t]), 60 + t, 3.0f));
+    std::vector<std::uint16_t> mt(static_cast<std::size_t>(sizes[t])), vt(mt.size());
+    const auto ms = random_values(mt.size(), 70 + t, 0.1f),
+               vs = random_values(mt.size(), 80 + t, 0.1f);
+    for (std::size_t i = 0; i < mt.size(); ++i) {
+      mt[i] = float_to_bf16(ms[i]);
+      vt[i] = float_to_bf16(vs[i] * vs[i]);
+    }
+    m.push_back(mt);
+    v.push_back(vt);
+  }
+  // The clip scale from the global norm, on the device.
+  std::vector<std::unique_ptr<device_array<float>>> gvalues, ggrads;
+  std::vector<std::unique_ptr<device_array<std::uint16_t>>> gm, gv;
+  std::vector<gpu::gradient_tensor> norm_list;
+  std::vector<gpu::adamw_tensor> adam_list;
+  double norm_squared = 0.0;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    gvalues.push_back(std::make_unique<device_array<float>>(values[t]));
+    ggrads.push_back(std::make_unique<device_array<float>>(grads[t]));
+    gm.push_back(std::make_unique<device_array<std::uint16_t>>(m[t]));
+    gv.push_back(std::make_unique<device_array<std::uint16_t>>(v[t]));
+    norm_list.push_back({ggrads[t]->data(), sizes[t]});
+    adam_list.push_back({gvalues[t]->data(), ggrads[t]->data(), gm[t]->data(), gv[t]->data(),
+                         sizes[t], t != 1 ? 1 : 0});
+    for (float g : grads[t]) norm_squared += static_cast<double>(g) * static_cast<double>(g);
+  }
+  device_array<gpu::gradient_tensor> gnorm_list(norm_list);
+  device_array<gpu::adamw_tensor> gadam_list(adam_list);
+  const std::size_t bytes = gpu::gradient_norm_scratch_bytes(3);
+  device_array<char> scratch(bytes);
+  device_array<double> gnorm(1);
+  device_array<float> gscale(1);
+  const double clip = 1.0;
+  gpu::gradient_norm_squared(gnorm_list.data(), 3, gnorm.data(), scratch.data(), bytes, nullptr);
+  gpu::clip_scale(gnorm.data(), clip, gscale.data(), nullptr);
+  EXPECT_NEAR(gnorm.get()[0], norm_squared, 1e-10 * norm_squared);
+  const double norm = std::sqrt(norm_squared);
+  const float scale = static_cast<float>(clip / (norm + 1e-6));
+  EXPECT_FLOAT_EQ(gscale.get()[0], scale);
+
+  const double b1 = 0.9, b2 = 0.95, lr = 3e-3, wd = 0.1, eps = 1e-8;
+  const std::int64_t step = 7;
+  gpu::adamw_hyper hyper{static_cast<float>(lr),
+                         static_cast<float>(b1),
+                         static_cast<float>(b2),
+                         static_cast<float>(eps),
+                         static_cast<float>(wd),
+                         static_cast<float>(1.0 - std::pow(b1, step)),
+                         static_cast<float>(1.0 - std::pow(b2, step))};
+  gpu::adamw_step(gadam_list.data(), 3, 70000, hyper, gscale.data(), nullptr);
+  for (std::size_t t = 0; t < sizes.size(); ++t) {  // the host update of runtime/optim/adamw.cpp
+    std::vector<float> p(values[t]);
+    std::vector<std::uint16_t> mt(m[t]), vt(v[t]);
+    const float decay = t != 1 ? 1.0f - hyper.lr * hyper.weight_decay : 1.0f;
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      const float g = grads[t][i] * scale;
+      const float m1 = hyper.beta1 * bf16_to_float(mt[i]) + (1.0f - hyper.beta1) * g;
+      const float v1 = hyper.beta2 * bf16_to_float(vt[i]) + (1.0f - hyper.beta2) * g * g;
+      p[i] = p[i] * decay -
+             hyper.lr * (m1 / hyper.correction1) / (std::sqrt(v1 / hyper.correction2) + hyper.eps);
+      mt[i] = float_to_bf16(m1);
+      vt[i] = float_to_bf16(v1);
+    }
+    EXPECT_CLOSE(gvalues[t]->get(), p, 1e-6, "adamw values");
+    // Moments: BF16 roundings of nearly equal floats; at most one unit in the last place apart.
+    const auto got_m = gm[t]->get(), got_v = gv[t]->get();
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      ASSERT_LE(std::abs(static_cast<int>(got_m[i]) - static_cast<int>(mt[i])), 1) << t << " " << i;
+      ASSERT_LE(std::abs(static_cast<int>(got_v[i]) - static_cast<int>(vt[i])), 1) << t << " " << i;
+    }
+  }
+}
+
+TEST(CudaOps, BadArgumentsAreErrorsBeforeAnyLaunch) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  gpu::attention_problem wide{1, 1, 8, 576, 64, 512, 1.0f};
+  EXPECT_THROW(gpu::attention_forward(wide, {}, {}, {}, {}, {}, nullptr, nullptr),
+               std::runtime_error);
+  gpu::router_shape too_many{1024, 8, 4, 8, true, 1.0f};
+  EXPECT_THROW(
+      gpu::router_forward(too_many, nullptr, nullptr, nullptr, nullptr, nullptr, 1, nullptr),
+      std::runtime_error);
+  try {
+    gpu::router_shape uneven{60, 8, 4, 8, true, 1.0f};
+    gpu::router_forward(uneven, nullptr, nullptr, nullptr, nullptr, nullptr, 1, nullptr);
+    FAIL() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("router_forward"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

@@ -57,6 +57,13 @@ void parallel_for(const troupe_exec_context* context, std::int64_t count, std::i
   context->pool->parallel_for(context->pool->self, count, min_chunk, trampoline, &body);
 }
 
+/// "cpu" or "cuda:N", for messages.
+inline std::string device_name(DLDevice device) {
+  return device.device_type == kDLCUDA ? fmt::format("cuda:{}", device.device_id)
+         : device.device_type == kDLCPU ? std::string("cpu")
+                                        : fmt::format("device type {}", static_cast<int>(device.device_type));
+}
+
 inline float* data_of(const DLTensor& t) {
   return reinterpret_cast<float*>(static_cast<char*>(t.data) + t.byte_offset);
 }
@@ -133,16 +140,20 @@ struct activation_shape {
   std::int64_t tokens() const { return batch * length; }
 };
 
-/// Checks that `t` is a contiguous f32 [batch, length, width] tensor on the CPU.
+/// Checks that `t` is a contiguous f32 [batch, length, width] tensor on the context's device.
 inline troupe_status check_activation(const DLTensor& t, std::int64_t width, const char* what,
-                                      activation_shape& shape, troupe_error* error) {
-  bool ok = t.ndim == 3 && t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.shape[2] == width &&
-            t.device.device_type == kDLCPU;
+                                      activation_shape& shape, troupe_error* error,
+                                      const troupe_exec_context* context = nullptr) {
+  const DLDevice expected = context != nullptr ? context->device : DLDevice{kDLCPU, 0};
+  bool ok = t.ndim == 3 && t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.shape[2] == width;
   if (ok && t.strides != nullptr)
     ok = t.strides[2] == 1 && t.strides[1] == width && t.strides[0] == t.shape[1] * width;
   if (!ok)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
-                "{} must be a contiguous CPU f32 tensor [batch, length, {}]", what, width);
+                "{} must be a contiguous f32 tensor [batch, length, {}]", what, width);
+  if (t.device.device_type != expected.device_type || t.device.device_id != expected.device_id)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "{} is on {}, but the call computes on {}",
+                what, device_name(t.device), device_name(expected));
   shape = {t.shape[0], t.shape[1], width};
   return TROUPE_STATUS_OK;
 }

@@ -6,7 +6,6 @@
 #include "kernels/cpu/attention.hpp"
 #include "kernels/cpu/gemm.hpp"
 #include "kernels/cpu/linear.hpp"
-#include "kernels/cpu/rmsnorm.hpp"
 #include "kernels/cpu/rope.hpp"
 
 namespace troupe::plugin {
@@ -21,17 +20,12 @@ double yarn_mscale(double factor, double m) {
   return factor <= 1.0 ? 1.0 : 0.1 * m * std::log(factor) + 1.0;
 }
 
-std::size_t float_bytes(const std::vector<float>& v) {
-  return v.size() * sizeof(float);
-}
-
 }  // namespace
 
 std::size_t mla_layer::saved_state::bytes() const {
-  return float_bytes(q_latent) + float_bytes(q_rstd) + float_bytes(kv_latent) +
-         float_bytes(kv_rstd) + float_bytes(attention) + float_bytes(lse) + float_bytes(d_output) +
-         float_bytes(d_q) + float_bytes(d_q_latent) + float_bytes(d_kv) + float_bytes(d_kv_latent) +
-         float_bytes(q_normed) + float_bytes(kv_normed);
+  return q_latent.bytes() + q_rstd.bytes() + kv_latent.bytes() + kv_rstd.bytes() +
+         attention.bytes() + lse.bytes() + d_output.bytes() + d_q.bytes() + d_q_latent.bytes() +
+         d_kv.bytes() + d_kv_latent.bytes() + q_normed.bytes() + kv_normed.bytes();
 }
 
 mla_layer::mla_layer(const model_shape& c, mla_path path)
@@ -57,8 +51,8 @@ mla_layer::mla_layer(const model_shape& c, mla_path path)
     }
   }
   scale_ = static_cast<float>(scale);
-  inverse_frequencies_ =
-      kernels::cpu::rope_inverse_frequencies(rope_, c.rope_theta, c.yarn ? &yarn : nullptr);
+  rope_table_ = rope_table(
+      kernels::cpu::rope_inverse_frequencies(rope_, c.rope_theta, c.yarn ? &yarn : nullptr));
 
   const float std_init = 0.02f;  // transformers' initializer_range default
   const std::int64_t q_out = heads_ * qk_dim_;
@@ -85,16 +79,8 @@ mla_layer::mla_layer(const model_shape& c, mla_path path)
 troupe_status mla_layer::bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,
                               troupe_error* error) {
   TROUPE_TRY(parameters_.bind(params, grads, count, weight_, grad_, error));
+  if (count > 0) weights_on_ = params[0].device;
   return TROUPE_STATUS_OK;
-}
-
-void mla_layer::ensure_rope_tables(std::int64_t length) {
-  if (length <= table_length_) return;
-  const auto half = static_cast<std::size_t>(rope_ / 2);
-  cos_.resize(static_cast<std::size_t>(length) * half);
-  sin_.resize(static_cast<std::size_t>(length) * half);
-  kernels::cpu::rope_tables(inverse_frequencies_, length, cos_.data(), sin_.data());
-  table_length_ = length;
 }
 
 troupe_status mla_layer::project(const troupe_exec_context* context, saved_state& s, projections& p,
@@ -102,14 +88,11 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
   const std::int64_t t = s.shape.tokens();
   const std::int64_t q_out = heads_ * qk_dim_;
   // Queries.
-  p.q.assign(static_cast<std::size_t>(t * q_out), 0.0f);
+  p.q.assign(context, static_cast<std::size_t>(t * q_out));
   if (q_rank_ > 0) {
-    p.q_normed.assign(static_cast<std::size_t>(t * q_rank_), 0.0f);
-    parallel_for(context, t, 16, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::rmsnorm_forward(s.q_latent.data() + begin * q_rank_, weight_[q_norm_],
-                                    p.q_normed.data() + begin * q_rank_, s.q_rstd.data() + begin,
-                                    end - begin, q_rank_, eps_);
-    });
+    p.q_normed.assign(context, static_cast<std::size_t>(t * q_rank_));
+    ops::rmsnorm_forward(context, s.q_latent.data(), q_rank_, weight_[q_norm_], p.q_normed.data(),
+                         s.q_rstd.data(), t, q_rank_, eps_);
     TROUPE_TRY(linear_forward(context, p.q_normed.data(), q_rank_, weight_[q_b_], p.q.data(), q_out,
                               t, q_rank_, q_out, false, error));
   } else {
@@ -118,59 +101,42 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
   }
   // Keys and values: normalise the latent, rotate the shared rope key.
   const std::int64_t latent_width = kv_rank_ + rope_;
-  p.kv_normed.assign(static_cast<std::size_t>(t * kv_rank_), 0.0f);
-  p.rope_key.assign(static_cast<std::size_t>(t * rope_), 0.0f);
-  parallel_for(context, t, 16, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t row = begin; row < end; ++row) {
-      kernels::cpu::rmsnorm_forward(s.kv_latent.data() + row * latent_width, weight_[kv_norm_],
-                                    p.kv_normed.data() + row * kv_rank_, s.kv_rstd.data() + row, 1,
-                                    kv_rank_, eps_);
-      std::memcpy(p.rope_key.data() + row * rope_,
-                  s.kv_latent.data() + row * latent_width + kv_rank_,
-                  static_cast<std::size_t>(rope_) * sizeof(float));
-    }
-  });
-  ensure_rope_tables(s.shape.length);
-  kernels::cpu::rope_rotate(p.q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, s.shape.length,
-                            cos_.data(), sin_.data(), +1);
-  kernels::cpu::rope_rotate(p.rope_key.data(), t, rope_, rope_, 1, s.shape.length, cos_.data(),
-                            sin_.data(), +1);
+  p.kv_normed.assign(context, static_cast<std::size_t>(t * kv_rank_));
+  p.rope_key.assign(context, static_cast<std::size_t>(t * rope_));
+  ops::rmsnorm_forward(context, s.kv_latent.data(), latent_width, weight_[kv_norm_],
+                       p.kv_normed.data(), s.kv_rstd.data(), t, kv_rank_, eps_);
+  ops::copy_2d(context, p.rope_key.data(), rope_, s.kv_latent.data() + kv_rank_, latent_width, t,
+               rope_);
+  ops::rope_rotate(context, p.q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, s.shape.length,
+                   rope_table_, +1);
+  ops::rope_rotate(context, p.rope_key.data(), t, rope_, rope_, 1, s.shape.length, rope_table_,
+                   +1);
   if (up_project_kv) {
     const std::int64_t kv_out = heads_ * (nope_ + v_dim_);
-    p.kv.assign(static_cast<std::size_t>(t * kv_out), 0.0f);
+    p.kv.assign(context, static_cast<std::size_t>(t * kv_out));
     TROUPE_TRY(linear_forward(context, p.kv_normed.data(), kv_rank_, weight_[kv_b_], p.kv.data(),
                               kv_out, t, kv_rank_, kv_out, false, error));
   }
   return TROUPE_STATUS_OK;
 }
 
+attention_problem mla_layer::problem(const activation_shape& shape) const {
+  return {shape.batch, heads_, shape.length, qk_dim_, rope_, v_dim_, scale_};
+}
+
 void mla_layer::attend_naive(const troupe_exec_context* context, saved_state& s,
                              const projections& p) {
+  // Per (sequence, head): q_h, k_h = [k_nope_h, the shared rope key] (never assembled on the
+  // GPU), v_h; o and lse into the saved state.
   const std::int64_t length = s.shape.length;
-  const std::int64_t kv_stride = heads_ * (nope_ + v_dim_);
-  parallel_for(context, s.shape.batch * heads_, 1, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> keys(static_cast<std::size_t>(length * qk_dim_));
-    std::vector<float> scratch(
-        static_cast<std::size_t>(kernels::cpu::attention_forward_scratch(length)));
-    for (std::int64_t task = begin; task < end; ++task) {
-      const std::int64_t b = task / heads_, h = task % heads_;
-      const std::int64_t first = b * length;
-      for (std::int64_t i = 0; i < length; ++i) {  // k_h = [k_nope_h, rope key]
-        std::memcpy(keys.data() + i * qk_dim_,
-                    p.kv.data() + (first + i) * kv_stride + h * (nope_ + v_dim_),
-                    static_cast<std::size_t>(nope_) * sizeof(float));
-        std::memcpy(keys.data() + i * qk_dim_ + nope_, p.rope_key.data() + (first + i) * rope_,
-                    static_cast<std::size_t>(rope_) * sizeof(float));
-      }
-      kernels::cpu::attention_shape shape{length,  qk_dim_,   v_dim_,          heads_ * qk_dim_,
-                                          qk_dim_, kv_stride, heads_ * v_dim_, scale_};
-      kernels::cpu::causal_attention_forward(
-          shape, p.q.data() + first * heads_ * qk_dim_ + h * qk_dim_, keys.data(),
-          p.kv.data() + first * kv_stride + h * (nope_ + v_dim_) + nope_,
-          s.attention.data() + first * heads_ * v_dim_ + h * v_dim_, s.lse.data() + task * length,
-          scratch.data());
-    }
-  });
+  const std::int64_t q_out = heads_ * qk_dim_, kv_out = heads_ * (nope_ + v_dim_),
+                     o_width = heads_ * v_dim_;
+  ops::attention_forward(
+      context, problem(s.shape), {p.q.data(), length * q_out, qk_dim_, q_out},
+      {p.kv.data(), length * kv_out, nope_ + v_dim_, kv_out},
+      {p.rope_key.data(), length * rope_, 0, rope_},
+      {p.kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out},
+      {s.attention.data(), length * o_width, v_dim_, o_width}, s.lse.data());
 }
 
 void mla_layer::attend_absorbed(const troupe_exec_context* context, saved_state& s,
@@ -178,6 +144,10 @@ void mla_layer::attend_absorbed(const troupe_exec_context* context, saved_state&
   // NOTES: per head, W_UK (the k_nope rows of kv_b) folds into the query and W_UV (its v rows)
   // into the output, so attention runs over the cached latents [c, r] of width
   // kv_lora_rank + rope: q' = [q_nope W_UK, q_rope], k' = [c, r], v' = c, o = (P c) W_UV^T.
+  if (on_gpu(context))
+    throw std::runtime_error(
+        "the absorbed path (the inference layout) runs on the CPU only; use the naive path on a "
+        "GPU");
   const std::int64_t length = s.shape.length;
   const std::int64_t width = kv_rank_ + rope_;
   const float* kv_b = weight_[kv_b_];
@@ -222,9 +192,14 @@ troupe_status mla_layer::forward(const troupe_exec_context* context, std::int64_
                                  const DLTensor& x, const DLTensor& y, troupe_error* error) {
   if (weight_.empty()) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "forward before bind");
   activation_shape shape;
-  TROUPE_TRY(check_activation(x, hidden_, "the attention input", shape, error));
+  TROUPE_TRY(check_activation(x, hidden_, "the attention input", shape, error, context));
+  if (weights_on_.device_type != context->device.device_type ||
+      weights_on_.device_id != context->device.device_id)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "the layer's parameters are on {}, but the call computes on {}",
+                device_name(weights_on_), device_name(context->device));
   activation_shape out_shape;
-  TROUPE_TRY(check_activation(y, hidden_, "the attention output", out_shape, error));
+  TROUPE_TRY(check_activation(y, hidden_, "the attention output", out_shape, error, context));
   if (out_shape.batch != shape.batch || out_shape.length != shape.length)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                 "the output's shape differs from the input's");
@@ -235,19 +210,19 @@ troupe_status mla_layer::forward(const troupe_exec_context* context, std::int64_
     s->shape = shape;
     const std::int64_t t = shape.tokens();
     if (q_rank_ > 0) {
-      s->q_latent.assign(static_cast<std::size_t>(t * q_rank_), 0.0f);
-      s->q_rstd.assign(static_cast<std::size_t>(t), 0.0f);
+      s->q_latent.assign(context, static_cast<std::size_t>(t * q_rank_));
+      s->q_rstd.assign(context, static_cast<std::size_t>(t));
       TROUPE_TRY(linear_forward(context, s->x, hidden_, weight_[q_a_], s->q_latent.data(), q_rank_,
                                 t, hidden_, q_rank_, false, error));
     }
-    s->kv_latent.assign(static_cast<std::size_t>(t * (kv_rank_ + rope_)), 0.0f);
-    s->kv_rstd.assign(static_cast<std::size_t>(t), 0.0f);
+    s->kv_latent.assign(context, static_cast<std::size_t>(t * (kv_rank_ + rope_)));
+    s->kv_rstd.assign(context, static_cast<std::size_t>(t));
     TROUPE_TRY(linear_forward(context, s->x, hidden_, weight_[kv_a_], s->kv_latent.data(),
                               kv_rank_ + rope_, t, hidden_, kv_rank_ + rope_, false, error));
     projections p;
     TROUPE_TRY(project(context, *s, p, path_ == mla_path::naive, error));
-    s->attention.assign(static_cast<std::size_t>(t * heads_ * v_dim_), 0.0f);
-    s->lse.assign(static_cast<std::size_t>(shape.batch * heads_ * shape.length), 0.0f);
+    s->attention.assign(context, static_cast<std::size_t>(t * heads_ * v_dim_));
+    s->lse.assign(context, static_cast<std::size_t>(shape.batch * heads_ * shape.length));
     if (path_ == mla_path::naive)
       attend_naive(context, *s, p);
     else
@@ -264,22 +239,24 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
   const std::int64_t t = s.shape.tokens(), length = s.shape.length;
   const std::int64_t q_out = heads_ * qk_dim_, kv_out = heads_ * (nope_ + v_dim_),
                      o_width = heads_ * v_dim_;
-  s.d_output.assign(dy, dy + t * hidden_);
+  s.d_output.assign_copy(context, dy, static_cast<std::size_t>(t * hidden_));
   // dO = dY W_o.
-  std::vector<float> d_attention(static_cast<std::size_t>(t * o_width), 0.0f);
+  buffer d_attention;
+  d_attention.assign(context, static_cast<std::size_t>(t * o_width));
   TROUPE_TRY(linear_backward(context, dy, hidden_, nullptr, 0, weight_[o_proj_], d_attention.data(),
                              o_width, nullptr, t, o_width, hidden_, error));
   // Recompute the up-projections.
   projections p;
   TROUPE_TRY(project(context, s, p, true, error));
   // Attention backward per (sequence, head); the rope key's gradient is summed over heads.
-  s.d_q.assign(static_cast<std::size_t>(t * q_out), 0.0f);
-  s.d_kv.assign(static_cast<std::size_t>(t * kv_out), 0.0f);
-  std::vector<float> d_rope_heads(static_cast<std::size_t>(heads_ * t * rope_), 0.0f);
+  s.d_q.assign(context, static_cast<std::size_t>(t * q_out));
+  s.d_kv.assign(context, static_cast<std::size_t>(t * kv_out));
+  buffer d_rope_heads;
+  d_rope_heads.assign(context, static_cast<std::size_t>(heads_ * t * rope_));
   attention_backward(context, s, p, d_attention, d_rope_heads);
   // Undo the rotations (rotate by the negative angle).
-  kernels::cpu::rope_rotate(s.d_q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, length,
-                            cos_.data(), sin_.data(), -1);
+  ops::rope_rotate(context, s.d_q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, length,
+                   rope_table_, -1);
   TROUPE_TRY(kv_backward_input(context, s, d_rope_heads, dx, error));
   TROUPE_TRY(query_backward_input(context, s, p, dx, error));
   s.kv_normed = std::move(p.kv_normed);
@@ -287,72 +264,47 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
 }
 
 void mla_layer::attention_backward(const troupe_exec_context* context, saved_state& s,
-                                   const projections& p, const std::vector<float>& d_attention,
-                                   std::vector<float>& d_rope_heads) {
+                                   const projections& p, const buffer& d_attention,
+                                   buffer& d_rope_heads) {
+  // dV goes straight into d_kv's v columns and dK_nope into its k columns, dQ into d_q, each
+  // head's rope-key gradient into d_rope_heads [heads, T, rope].
   const std::int64_t t = s.shape.tokens(), length = s.shape.length;
   const std::int64_t q_out = heads_ * qk_dim_, kv_out = heads_ * (nope_ + v_dim_),
                      o_width = heads_ * v_dim_;
-  parallel_for(context, s.shape.batch * heads_, 1, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> keys(static_cast<std::size_t>(length * qk_dim_));
-    std::vector<float> d_keys(static_cast<std::size_t>(length * qk_dim_));
-    std::vector<float> scratch(
-        static_cast<std::size_t>(kernels::cpu::attention_backward_scratch(length)));
-    for (std::int64_t task = begin; task < end; ++task) {
-      const std::int64_t b = task / heads_, h = task % heads_, first = b * length;
-      for (std::int64_t i = 0; i < length; ++i) {
-        std::memcpy(keys.data() + i * qk_dim_,
-                    p.kv.data() + (first + i) * kv_out + h * (nope_ + v_dim_),
-                    static_cast<std::size_t>(nope_) * sizeof(float));
-        std::memcpy(keys.data() + i * qk_dim_ + nope_, p.rope_key.data() + (first + i) * rope_,
-                    static_cast<std::size_t>(rope_) * sizeof(float));
-      }
-      kernels::cpu::attention_shape shape{length,  qk_dim_, v_dim_,  q_out,
-                                          qk_dim_, kv_out,  o_width, scale_};
-      // dV goes straight into d_kv's v columns (stride kv_out), dQ into d_q.
-      kernels::cpu::causal_attention_backward(
-          shape, p.q.data() + first * q_out + h * qk_dim_, keys.data(),
-          p.kv.data() + first * kv_out + h * (nope_ + v_dim_) + nope_,
-          s.attention.data() + first * o_width + h * v_dim_,
-          d_attention.data() + first * o_width + h * v_dim_, s.lse.data() + task * length,
-          s.d_q.data() + first * q_out + h * qk_dim_, d_keys.data(),
-          s.d_kv.data() + first * kv_out + h * (nope_ + v_dim_) + nope_, scratch.data());
-      for (std::int64_t i = 0; i < length; ++i) {
-        std::memcpy(s.d_kv.data() + (first + i) * kv_out + h * (nope_ + v_dim_),
-                    d_keys.data() + i * qk_dim_, static_cast<std::size_t>(nope_) * sizeof(float));
-        std::memcpy(d_rope_heads.data() + (h * t + first + i) * rope_,
-                    d_keys.data() + i * qk_dim_ + nope_,
-                    static_cast<std::size_t>(rope_) * sizeof(float));
-      }
-    }
-  });
+  const strided_out kv_slots{s.d_kv.data(), length * kv_out, nope_ + v_dim_, kv_out};
+  ops::attention_backward(
+      context, problem(s.shape), {p.q.data(), length * q_out, qk_dim_, q_out},
+      {p.kv.data(), length * kv_out, nope_ + v_dim_, kv_out},
+      {p.rope_key.data(), length * rope_, 0, rope_},
+      {p.kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out},
+      {s.attention.data(), length * o_width, v_dim_, o_width},
+      {d_attention.data(), length * o_width, v_dim_, o_width}, s.lse.data(),
+      {s.d_q.data(), length * q_out, qk_dim_, q_out}, kv_slots,
+      {d_rope_heads.data(), length * rope_, t * rope_, rope_},
+      {s.d_kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out});
 }
 
 troupe_status mla_layer::kv_backward_input(const troupe_exec_context* context, saved_state& s,
-                                           const std::vector<float>& d_rope_heads, float* dx,
+                                           const buffer& d_rope_heads, float* dx,
                                            troupe_error* error) {
   const std::int64_t t = s.shape.tokens(), length = s.shape.length;
   const std::int64_t kv_out = heads_ * (nope_ + v_dim_);
   const std::int64_t latent_width = kv_rank_ + rope_;
-  s.d_kv_latent.assign(static_cast<std::size_t>(t * latent_width), 0.0f);
-  std::vector<float> d_rope(static_cast<std::size_t>(t * rope_), 0.0f);
-  for (std::int64_t h = 0; h < heads_; ++h)
-    for (std::int64_t i = 0; i < t * rope_; ++i)
-      d_rope[static_cast<std::size_t>(i)] +=
-          d_rope_heads[static_cast<std::size_t>(h * t * rope_ + i)];
-  kernels::cpu::rope_rotate(d_rope.data(), t, rope_, rope_, 1, length, cos_.data(), sin_.data(),
-                            -1);
+  s.d_kv_latent.assign(context, static_cast<std::size_t>(t * latent_width));
+  buffer d_rope;
+  d_rope.assign(context, static_cast<std::size_t>(t * rope_));
+  ops::sum_slices(context, d_rope_heads.data(), heads_, t * rope_, d_rope.data());
+  ops::rope_rotate(context, d_rope.data(), t, rope_, rope_, 1, length, rope_table_, -1);
   // Back through kv_b (input part) and the latent norm.
-  std::vector<float> d_kv_normed(static_cast<std::size_t>(t * kv_rank_), 0.0f);
+  buffer d_kv_normed;
+  d_kv_normed.assign(context, static_cast<std::size_t>(t * kv_rank_));
   TROUPE_TRY(linear_backward(context, s.d_kv.data(), kv_out, nullptr, 0, weight_[kv_b_],
                              d_kv_normed.data(), kv_rank_, nullptr, t, kv_rank_, kv_out, error));
-  for (std::int64_t row = 0; row < t; ++row) {
-    kernels::cpu::rmsnorm_backward(
-        d_kv_normed.data() + row * kv_rank_, s.kv_latent.data() + row * latent_width,
-        weight_[kv_norm_], s.kv_rstd.data() + row, s.d_kv_latent.data() + row * latent_width,
-        grad_[kv_norm_], 1, kv_rank_);
-    std::memcpy(s.d_kv_latent.data() + row * latent_width + kv_rank_, d_rope.data() + row * rope_,
-                static_cast<std::size_t>(rope_) * sizeof(float));
-  }
+  ops::rmsnorm_backward(context, d_kv_normed.data(), s.kv_latent.data(), latent_width,
+                        weight_[kv_norm_], s.kv_rstd.data(), s.d_kv_latent.data(),
+                        grad_[kv_norm_], t, kv_rank_);
+  ops::copy_2d(context, s.d_kv_latent.data() + kv_rank_, latent_width, d_rope.data(), rope_, t,
+               rope_);
   return linear_backward(context, s.d_kv_latent.data(), latent_width, nullptr, 0, weight_[kv_a_],
                          dx, hidden_, nullptr, t, hidden_, latent_width, error);
 }
@@ -362,13 +314,14 @@ troupe_status mla_layer::query_backward_input(const troupe_exec_context* context
   const std::int64_t t = s.shape.tokens();
   const std::int64_t q_out = heads_ * qk_dim_;
   if (q_rank_ > 0) {
-    std::vector<float> d_q_normed(static_cast<std::size_t>(t * q_rank_), 0.0f);
+    buffer d_q_normed;
+    d_q_normed.assign(context, static_cast<std::size_t>(t * q_rank_));
     TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, nullptr, 0, weight_[q_b_],
                                d_q_normed.data(), q_rank_, nullptr, t, q_rank_, q_out, error));
-    s.d_q_latent.assign(static_cast<std::size_t>(t * q_rank_), 0.0f);
-    kernels::cpu::rmsnorm_backward(d_q_normed.data(), s.q_latent.data(), weight_[q_norm_],
-                                   s.q_rstd.data(), s.d_q_latent.data(), grad_[q_norm_], t,
-                                   q_rank_);
+    s.d_q_latent.assign(context, static_cast<std::size_t>(t * q_rank_));
+    ops::rmsnorm_backward(context, d_q_normed.data(), s.q_latent.data(), q_rank_,
+                          weight_[q_norm_], s.q_rstd.data(), s.d_q_latent.data(), grad_[q_norm_],
+                          t, q_rank_);
     TROUPE_TRY(linear_backward(context, s.d_q_latent.data(), q_rank_, nullptr, 0, weight_[q_a_], dx,
                                hidden_, nullptr, t, hidden_, q_rank_, error));
     s.q_normed = std::move(p.q_normed);
@@ -418,8 +371,8 @@ troupe_status mla_layer::backward(const troupe_exec_context* context, std::int64
         if (dy == nullptr || dx == nullptr)
           return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "backward needs dy and dx");
         activation_shape shape;
-        TROUPE_TRY(check_activation(*dy, hidden_, "dy", shape, error));
-        TROUPE_TRY(check_activation(*dx, hidden_, "dx", shape, error));
+        TROUPE_TRY(check_activation(*dy, hidden_, "dy", shape, error, context));
+        TROUPE_TRY(check_activation(*dx, hidden_, "dx", shape, error, context));
         return backward_input(context, s, data_of(*dy), data_of(*dx), error);
       },
       [&](saved_state& s) { return backward_weight(context, s, error); });

@@ -1,6 +1,7 @@
 #pragma once
 
-// Multi-head Latent Attention (DeepSeek-V2/V3) for one layer, on the host.
+// Multi-head Latent Attention (DeepSeek-V2/V3) for one layer, on the host or a GPU (the exec
+// context's device: buffers and ops from plugins/common/device_ops.hpp).
 //
 //   q      = q_b(rmsnorm(q_a(x)))            or q_proj(x) when q_lora_rank is null
 //   [c, r] = kv_a_proj_with_mqa(x)           c: kv latent [kv_lora_rank], r: rope key [rope dim]
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "plugins/common/device_ops.hpp"
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
@@ -49,27 +51,28 @@ class mla_layer {
   struct saved_state {
     const float* x = nullptr;  // the input, kept alive by the host (ABI contract)
     activation_shape shape;
-    std::vector<float> q_latent;   // [T, q_lora_rank] before its norm (empty without q_lora)
-    std::vector<float> q_rstd;     // [T]
-    std::vector<float> kv_latent;  // [T, kv_lora_rank + rope]: c before its norm, then r unrotated
-    std::vector<float> kv_rstd;    // [T]
-    std::vector<float> attention;  // [T, heads * v_dim]: o before o_proj
-    std::vector<float> lse;        // [batch, heads, length]
+    buffer q_latent;   // [T, q_lora_rank] before its norm (empty without q_lora)
+    buffer q_rstd;     // [T]
+    buffer kv_latent;  // [T, kv_lora_rank + rope]: c before its norm, then r unrotated
+    buffer kv_rstd;    // [T]
+    buffer attention;  // [T, heads * v_dim]: o before o_proj
+    buffer lse;        // [batch, heads, length]
     // Between the input-gradient and the weight-gradient parts of backward:
-    std::vector<float> d_output, d_q, d_q_latent, d_kv, d_kv_latent, q_normed, kv_normed;
+    buffer d_output, d_q, d_q_latent, d_kv, d_kv_latent, q_normed, kv_normed;
     std::size_t bytes() const;
   };
 
-  struct projections {             // recomputed (or, in forward, computed once)
-    std::vector<float> q_normed;   // [T, q_lora_rank]
-    std::vector<float> q;          // [T, heads * qk_dim], rope part rotated
-    std::vector<float> kv_normed;  // [T, kv_lora_rank]
-    std::vector<float> kv;         // [T, heads * (nope + v)] (naive path)
-    std::vector<float> rope_key;   // [T, rope], rotated
+  struct projections {  // recomputed (or, in forward, computed once)
+    buffer q_normed;    // [T, q_lora_rank]
+    buffer q;           // [T, heads * qk_dim], rope part rotated
+    buffer kv_normed;   // [T, kv_lora_rank]
+    buffer kv;          // [T, heads * (nope + v)] (naive path)
+    buffer rope_key;    // [T, rope], rotated
   };
 
   troupe_status project(const troupe_exec_context* context, saved_state& s, projections& p,
                         bool up_project_kv, troupe_error* error);
+  attention_problem problem(const activation_shape& shape) const;
   void attend_naive(const troupe_exec_context* context, saved_state& s, const projections& p);
   void attend_absorbed(const troupe_exec_context* context, saved_state& s, const projections& p);
   troupe_status backward_input(const troupe_exec_context* context, saved_state& s, const float* dy,
@@ -77,25 +80,23 @@ class mla_layer {
   /// Attention backward per (sequence, head): dQ into s.d_q, dK_nope and dV into s.d_kv, and
   /// each head's rope-key gradient into d_rope_heads [heads, T, rope].
   void attention_backward(const troupe_exec_context* context, saved_state& s, const projections& p,
-                          const std::vector<float>& d_attention, std::vector<float>& d_rope_heads);
+                          const buffer& d_attention, buffer& d_rope_heads);
   /// Input gradient through kv_b, the latent norm and kv_a (rope key included), added into dx.
   troupe_status kv_backward_input(const troupe_exec_context* context, saved_state& s,
-                                  const std::vector<float>& d_rope_heads, float* dx,
+                                  const buffer& d_rope_heads, float* dx,
                                   troupe_error* error);
   /// Input gradient through the query projections (q_b, its norm and q_a, or q_proj), into dx.
   troupe_status query_backward_input(const troupe_exec_context* context, saved_state& s,
                                      projections& p, float* dx, troupe_error* error);
   troupe_status backward_weight(const troupe_exec_context* context, saved_state& s,
                                 troupe_error* error);
-  void ensure_rope_tables(std::int64_t length);
 
   // Shape.
   std::int64_t hidden_, heads_, q_rank_, kv_rank_, nope_, rope_, v_dim_, qk_dim_;
   float eps_, scale_;
   mla_path path_;
-  std::vector<float> inverse_frequencies_;
-  std::int64_t table_length_ = 0;
-  std::vector<float> cos_, sin_;
+  rope_table rope_table_;
+  DLDevice weights_on_{kDLCPU, 0};
 
   // Parameters (indices into the bound arrays).
   parameter_list parameters_;

@@ -34,8 +34,10 @@ troupe_status infer_outputs(troupe_instance* instance, const DLTensor* inputs,
                             std::int32_t* num_outputs, troupe_error* error) {
   activation_shape shape;
   if (num_inputs != 1) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mla takes one input, x");
+  troupe_exec_context where{};  // the input may be on any device the layer computes on
+  where.device = inputs[0].device;
   TROUPE_TRY(check_activation(inputs[0], entry::of(instance)->hidden(), "the attention input",
-                              shape, error));
+                              shape, error, &where));
   if (*num_outputs < 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "room for one output needed");
   outputs[0] =
@@ -49,7 +51,9 @@ troupe_status forward(troupe_instance* instance, const troupe_exec_context* cont
                       DLTensor* outputs, std::int32_t num_outputs, troupe_error* error) {
   if (num_inputs != 1 || num_outputs != 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mla maps one input to one output");
-  return entry::of(instance)->forward(context, micro_batch, inputs[0], outputs[0], error);
+  return guarded(error, [&] {
+    return entry::of(instance)->forward(context, micro_batch, inputs[0], outputs[0], error);
+  });
 }
 
 troupe_status backward(troupe_instance* instance, const troupe_exec_context* context,
@@ -57,15 +61,17 @@ troupe_status backward(troupe_instance* instance, const troupe_exec_context* con
                        const DLTensor* output_grads, std::int32_t num_output_grads,
                        DLTensor* input_grads, std::int32_t num_input_grads, troupe_error* error) {
   const bool has_grads = num_output_grads >= 1 && num_input_grads >= 1;
-  return entry::of(instance)->backward(context, micro_batch, part,
-                                       has_grads ? &output_grads[0] : nullptr,
-                                       has_grads ? &input_grads[0] : nullptr, error);
+  return guarded(error, [&] {
+    return entry::of(instance)->backward(context, micro_batch, part,
+                                         has_grads ? &output_grads[0] : nullptr,
+                                         has_grads ? &input_grads[0] : nullptr, error);
+  });
 }
 
 constexpr troupe_plugin table = entry::table(
     {TROUPE_PLUGIN_KIND_ATTENTION, "mla", "1.0.0",
-     "DeepSeek-V3 Multi-head Latent Attention (CPU; naive and absorbed paths, YaRN, recomputing "
-     "backward)"},
+     "DeepSeek-V3 Multi-head Latent Attention (CPU and CUDA; naive and absorbed (CPU) paths, YaRN, "
+     "recomputing backward)"},
     &create, &infer_outputs, &forward, &backward);
 
 }  // namespace

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "runtime/abi/troupe_plugin.h"
 #include "runtime/device/device.hpp"
@@ -39,6 +40,19 @@ class exec_context {
   thread_pool* pool_;
   std::unique_ptr<cuda::stream> owned_stream_;
   troupe_exec_context context_{};
+};
+
+/// Makes the context's stream the calling thread's current stream while it lives (the memory
+/// pool orders allocations and frees on the current stream, so the buffers of a call on a GPU
+/// are ordered with its kernels); does nothing on the CPU.
+class context_stream_scope {
+ public:
+  explicit context_stream_scope(const exec_context& context) {
+    if (context.where().is_cuda()) guard_.emplace(context.where().index, context.stream());
+  }
+
+ private:
+  std::optional<cuda::stream_guard> guard_;
 };
 
 /// The allocator plugins get: aligned host memory, or device memory through the CUDA runtime.

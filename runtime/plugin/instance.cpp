@@ -137,6 +137,7 @@ std::vector<tensor_spec> layer_instance::infer_outputs(std::span<const tensor> i
 
 std::vector<tensor> layer_instance::forward(const exec_context& context, std::int64_t micro_batch,
                                             std::span<const tensor> inputs) {
+  const context_stream_scope on_stream(context);
   std::vector<tensor> outputs;
   for (const auto& spec : infer_outputs(inputs))
     outputs.push_back(tensor::empty(spec.type, spec.shape, context.where()));
@@ -151,6 +152,7 @@ std::vector<tensor> layer_instance::forward(const exec_context& context, std::in
 void layer_instance::backward(const exec_context& context, std::int64_t micro_batch,
                               troupe_backward_part part, std::span<const tensor> output_grads,
                               std::span<const tensor> input_grads) {
+  const context_stream_scope on_stream(context);
   auto output_views = views(output_grads);
   auto input_views = views(input_grads);
   call_checked(*library_, "backward", library_->api->backward, instance_, context.abi(),

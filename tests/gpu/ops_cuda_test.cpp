@@ -152,8 +152,8 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
                           rows, dim);
     device_array<float> gx(x), gw(weight), gy(x.size()), grstd(rstd.size()), gdy(dy), gdx(dx0),
         gdw(dw0), scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
-    gpu::rmsnorm_forward(gx.data(), gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f, nullptr);
-    gpu::rmsnorm_backward(gdy.data(), gx.data(), gw.data(), grstd.data(), gdx.data(), gdw.data(),
+    gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f, nullptr);
+    gpu::rmsnorm_backward(gdy.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(), gdw.data(),
                           rows, dim, scratch.data(), nullptr);
     EXPECT_CLOSE(gy.get(), y, fp32_bound, "rmsnorm y");
     EXPECT_CLOSE(grstd.get(), rstd, fp32_bound, "rmsnorm rstd");
@@ -162,7 +162,7 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
     // Same bits again (the weight gradient is summed in a fixed order).
     const auto first = gdw.get();
     gdw.set(dw0);
-    gpu::rmsnorm_backward(gdy.data(), gx.data(), gw.data(), grstd.data(), gdx.data(), gdw.data(),
+    gpu::rmsnorm_backward(gdy.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(), gdw.data(),
                           rows, dim, scratch.data(), nullptr);
     EXPECT_EQ(gdw.get(), first);
   }
@@ -173,12 +173,12 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
   device_array<float> gx(x), gw(weight), gy(x.size()), grstd(rows), gr(r), gdx(x.size()),
       gdw(weight.size()),
       scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
-  gpu::rmsnorm_forward(gx.data(), gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f, nullptr);
-  gpu::rmsnorm_backward(gr.data(), gx.data(), gw.data(), grstd.data(), gdx.data(), gdw.data(), rows,
+  gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f, nullptr);
+  gpu::rmsnorm_backward(gr.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(), gdw.data(), rows,
                         dim, scratch.data(), nullptr);
   auto run = [&](const std::vector<float>& xs, const std::vector<float>& ws) {
     device_array<float> ix(xs), iw(ws), out(xs.size());
-    gpu::rmsnorm_forward(ix.data(), iw.data(), out.data(), nullptr, rows, dim, 1e-6f, nullptr);
+    gpu::rmsnorm_forward(ix.data(), dim, iw.data(), out.data(), nullptr, rows, dim, 1e-6f, nullptr);
     return out.get();
   };
   EXPECT_FD(
@@ -342,14 +342,15 @@ TEST(CudaOps, CrossEntropyMatchesTheCpuInPlaceAndFiniteDifferences) {
             "cross-entropy dlogits");
 }
 
-/// Logits whose choices are well apart (a shuffled ramp per token), so a finite-difference step
-/// never changes which experts are selected.
+/// Logits whose choices are well apart (a shuffled ramp per token, 0.375 between neighbours),
+/// so a finite-difference step (h = 3e-2: the normalised gates' FP32 rounding at h = 1e-2 is
+/// close to the bound) never changes which experts are selected.
 std::vector<float> separated_logits(std::int64_t tokens, std::int64_t experts, std::uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<float> logits(static_cast<std::size_t>(tokens * experts));
   std::vector<float> ramp(static_cast<std::size_t>(experts));
   for (std::int64_t e = 0; e < experts; ++e)
-    ramp[e] = -6.0f + 12.0f * static_cast<float>(e) / static_cast<float>(experts);
+    ramp[e] = -12.0f + 24.0f * static_cast<float>(e) / static_cast<float>(experts);
   for (std::int64_t t = 0; t < tokens; ++t) {
     std::shuffle(ramp.begin(), ramp.end(), rng);
     std::copy(ramp.begin(), ramp.end(), logits.begin() + t * experts);
@@ -423,7 +424,7 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
     gpu::router_forward(gs, a.data(), nullptr, s.data(), sel.data(), g.data(), tokens, nullptr);
     return g.get();
   };
-  EXPECT_FD(finite_difference_error(gates_of, logits, r, gdl.get(), 31), "router d_logits");
+  EXPECT_FD(finite_difference_error(gates_of, logits, r, gdl.get(), 31, 3e-2), "router d_logits");
   const std::size_t bytes = gpu::balance_loss_scratch_bytes(sequences, length, 64);
   device_array<char> scratch(bytes);
   device_array<float> gdb(logits.size());
@@ -438,7 +439,7 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
                               scratch.data(), bytes, nullptr);
     return std::vector<float>{static_cast<float>(out.get()[0])};
   };
-  EXPECT_FD(finite_difference_error(loss_of, logits, {1.0f}, gdb.get(), 32),
+  EXPECT_FD(finite_difference_error(loss_of, logits, {1.0f}, gdb.get(), 32, 3e-2),
             "balance loss d_logits");
 }
 

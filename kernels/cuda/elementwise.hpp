@@ -1,0 +1,20 @@
+#pragma once
+
+// The small elementwise passes between the model's larger ops on a CUDA device: residual adds,
+// sums over heads, strided copies. Device pointers; `stream` is a cudaStream_t.
+
+#include <cstdint>
+
+namespace troupe::kernels::cuda {
+
+/// y[i] += x[i] for i < count.
+void add(float* y, const float* x, std::int64_t count, void* stream);
+
+/// y[i] = sum over s < slices, in order, of x[s * count + i].
+void sum_slices(const float* x, std::int64_t slices, std::int64_t count, float* y, void* stream);
+
+/// dst[r * ld_dst + c] = src[r * ld_src + c] for r < rows, c < cols.
+void copy_2d(float* dst, std::int64_t ld_dst, const float* src, std::int64_t ld_src,
+             std::int64_t rows, std::int64_t cols, void* stream);
+
+}  // namespace troupe::kernels::cuda

@@ -1,0 +1,363 @@
+#include "plugins/common/device_ops.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/attention.hpp"
+#include "kernels/cpu/rmsnorm.hpp"
+#include "kernels/cpu/rope.hpp"
+#include "plugins/common/plugin_support.hpp"
+#include "troupe_build_config.h"
+
+#if TROUPE_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/attention.hpp"
+#include "kernels/cuda/elementwise.hpp"
+#include "kernels/cuda/rmsnorm.hpp"
+#include "kernels/cuda/rope.hpp"
+#endif
+
+namespace troupe::plugin {
+
+namespace {
+
+/// Fails unless this build has CUDA (a GPU context reached a plugin built without it).
+void require_cuda() {
+#if !TROUPE_HAVE_CUDA
+  throw std::runtime_error("this plugin was built without CUDA and cannot compute on a GPU");
+#endif
+}
+
+#if TROUPE_HAVE_CUDA
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess)
+    throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorString(status));
+}
+#endif
+
+void copy_to_device(const troupe_exec_context* context, float* dst, const float* src,
+                    std::size_t count) {
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  check(cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyHostToDevice,
+                        static_cast<cudaStream_t>(context->stream)),
+        "cudaMemcpyAsync (host to device)");
+  // NOTES: the host source is pageable and may be freed or reused after we return; a pageable
+  // copy is staged before the call returns, but waiting keeps that independent of the driver.
+  check(cudaStreamSynchronize(static_cast<cudaStream_t>(context->stream)), "cudaStreamSynchronize");
+#else
+  (void)context, (void)dst, (void)src, (void)count;
+#endif
+}
+
+bool same_device(DLDevice a, DLDevice b) {
+  return a.device_type == b.device_type && a.device_id == b.device_id;
+}
+
+}  // namespace
+
+bool on_gpu(const troupe_exec_context* context) {
+  return context->device.device_type == kDLCUDA;
+}
+
+// ---- buffer -------------------------------------------------------------------------------------
+
+buffer& buffer::operator=(buffer&& other) noexcept {
+  if (this != &other) {
+    clear();
+    allocator_ = other.allocator_;
+    device_ = other.device_;
+    data_ = other.data_;
+    count_ = other.count_;
+    other.data_ = nullptr;
+    other.count_ = 0;
+  }
+  return *this;
+}
+
+void buffer::assign(const troupe_exec_context* context, std::size_t count) {
+  clear();
+  if (count == 0) return;
+  if (on_gpu(context)) require_cuda();
+  allocator_ = context->allocator;
+  device_ = context->device;
+  data_ = static_cast<float*>(
+      allocator_->allocate(allocator_->self, device_, count * sizeof(float)));
+  if (data_ == nullptr) throw std::bad_alloc();
+  count_ = count;
+  ops::zero(context, data_, static_cast<std::int64_t>(count));
+}
+
+void buffer::assign_copy(const troupe_exec_context* context, const float* source,
+                         std::size_t count) {
+  assign(context, count);
+  ops::copy_2d(context, data_, static_cast<std::int64_t>(count), source,
+               static_cast<std::int64_t>(count), 1, static_cast<std::int64_t>(count));
+}
+
+void buffer::clear() {
+  if (data_ != nullptr) allocator_->release(allocator_->self, device_, data_);
+  data_ = nullptr;
+  count_ = 0;
+}
+
+// ---- rope_table ---------------------------------------------------------------------------------
+
+rope_table::rope_table(std::vector<float> inverse_frequencies)
+    : inverse_(std::move(inverse_frequencies)) {}
+
+std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* context,
+                                                      std::int64_t length) {
+  if (length > length_) {
+    const std::size_t half = inverse_.size();
+    cos_.resize(static_cast<std::size_t>(length) * half);
+    sin_.resize(static_cast<std::size_t>(length) * half);
+    kernels::cpu::rope_tables(inverse_, length, cos_.data(), sin_.data());
+    length_ = length;
+  }
+  if (!on_gpu(context)) return {cos_.data(), sin_.data()};
+  auto it = std::find_if(copies_.begin(), copies_.end(),
+                         [&](const device_copy& c) { return same_device(c.device, context->device); });
+  if (it == copies_.end()) {
+    copies_.push_back({context->device, 0, {}, {}});
+    it = copies_.end() - 1;
+  }
+  if (it->length < length_) {
+    it->cos.assign(context, cos_.size());
+    it->sin.assign(context, sin_.size());
+    copy_to_device(context, it->cos.data(), cos_.data(), cos_.size());
+    copy_to_device(context, it->sin.data(), sin_.data(), sin_.size());
+    it->length = length_;
+  }
+  return {it->cos.data(), it->sin.data()};
+}
+
+// ---- ops ----------------------------------------------------------------------------------------
+
+namespace ops {
+
+void zero(const troupe_exec_context* context, float* data, std::int64_t count) {
+  if (count == 0) return;
+  if (!on_gpu(context)) {
+    std::memset(data, 0, static_cast<std::size_t>(count) * sizeof(float));
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  check(cudaMemsetAsync(data, 0, static_cast<std::size_t>(count) * sizeof(float),
+                        static_cast<cudaStream_t>(context->stream)),
+        "cudaMemsetAsync");
+#endif
+}
+
+void add(const troupe_exec_context* context, float* y, const float* x, std::int64_t count) {
+  if (!on_gpu(context)) {
+    for (std::int64_t i = 0; i < count; ++i) y[i] += x[i];
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::add(y, x, count, context->stream);
+#endif
+}
+
+void sum_slices(const troupe_exec_context* context, const float* x, std::int64_t slices,
+                std::int64_t count, float* y) {
+  if (!on_gpu(context)) {
+    std::fill(y, y + count, 0.0f);
+    for (std::int64_t s = 0; s < slices; ++s)
+      for (std::int64_t i = 0; i < count; ++i) y[i] += x[s * count + i];
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::sum_slices(x, slices, count, y, context->stream);
+#endif
+}
+
+void copy_2d(const troupe_exec_context* context, float* dst, std::int64_t ld_dst, const float* src,
+             std::int64_t ld_src, std::int64_t rows, std::int64_t cols) {
+  if (!on_gpu(context)) {
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::memcpy(dst + r * ld_dst, src + r * ld_src, static_cast<std::size_t>(cols) * sizeof(float));
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::copy_2d(dst, ld_dst, src, ld_src, rows, cols, context->stream);
+#endif
+}
+
+void rmsnorm_forward(const troupe_exec_context* context, const float* x, std::int64_t ldx,
+                     const float* weight, float* y, float* rstd, std::int64_t rows,
+                     std::int64_t dim, float eps) {
+  if (!on_gpu(context)) {
+    parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t row = begin; row < end; ++row)
+        kernels::cpu::rmsnorm_forward(x + row * ldx, weight, y + row * dim,
+                                      rstd != nullptr ? rstd + row : nullptr, 1, dim, eps);
+    });
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::rmsnorm_forward(x, ldx, weight, y, rstd, rows, dim, eps, context->stream);
+#endif
+}
+
+void rmsnorm_backward(const troupe_exec_context* context, const float* dy, const float* x,
+                      std::int64_t ldx, const float* weight, const float* rstd, float* dx,
+                      float* dweight, std::int64_t rows, std::int64_t dim) {
+  if (!on_gpu(context)) {
+    // Row by row in order: the weight gradient sums the rows sequentially.
+    for (std::int64_t row = 0; row < rows; ++row)
+      kernels::cpu::rmsnorm_backward(dy + row * dim, x + row * ldx, weight, rstd + row,
+                                     dx + row * ldx, dweight, 1, dim);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  buffer scratch;
+  if (dweight != nullptr)
+    scratch.assign(context,
+                   static_cast<std::size_t>(kernels::cuda::rmsnorm_backward_scratch(rows, dim)));
+  kernels::cuda::rmsnorm_backward(dy, x, ldx, weight, rstd, dx, dweight, rows, dim,
+                                  scratch.data(), context->stream);
+#endif
+}
+
+void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows,
+                 std::int64_t stride, std::int64_t dim, std::int64_t heads, std::int64_t length,
+                 rope_table& table, int direction) {
+  const auto [cos_table, sin_table] = table.on(context, length);
+  if (!on_gpu(context)) {
+    kernels::cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table,
+                              direction);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction,
+                             context->stream);
+#endif
+}
+
+namespace {
+
+const float* at(const strided& x, std::int64_t b, std::int64_t h) {
+  return x.data + b * x.batch_stride + h * x.head_stride;
+}
+float* at(const strided_out& x, std::int64_t b, std::int64_t h) {
+  return x.data + b * x.batch_stride + h * x.head_stride;
+}
+
+/// Keys [length, qk_dim] of (b, h) assembled from k and the rope key.
+void assemble_keys(const attention_problem& p, const strided& k, const strided& rope,
+                   std::int64_t b, std::int64_t h, float* keys) {
+  const std::int64_t nope = p.qk_dim - p.rope_dim;
+  for (std::int64_t i = 0; i < p.length; ++i) {
+    std::memcpy(keys + i * p.qk_dim, at(k, b, h) + i * k.row_stride,
+                static_cast<std::size_t>(nope) * sizeof(float));
+    if (p.rope_dim > 0)
+      std::memcpy(keys + i * p.qk_dim + nope, at(rope, b, h) + i * rope.row_stride,
+                  static_cast<std::size_t>(p.rope_dim) * sizeof(float));
+  }
+}
+
+#if TROUPE_HAVE_CUDA
+kernels::cuda::attention_operand to_cuda(const strided& x) {
+  return {x.data, x.batch_stride, x.head_stride, x.row_stride};
+}
+kernels::cuda::attention_result to_cuda(const strided_out& x) {
+  return {x.data, x.batch_stride, x.head_stride, x.row_stride};
+}
+kernels::cuda::attention_problem to_cuda(const attention_problem& p) {
+  return {p.batch, p.heads, p.length, p.qk_dim, p.rope_dim, p.v_dim, p.scale};
+}
+#endif
+
+}  // namespace
+
+void attention_forward(const troupe_exec_context* context, const attention_problem& p, strided q,
+                       strided k, strided key_rope, strided v, strided_out o, float* lse) {
+  if (!on_gpu(context)) {
+    parallel_for(context, p.batch * p.heads, 1, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<float> keys(static_cast<std::size_t>(p.length * p.qk_dim));
+      std::vector<float> scratch(
+          static_cast<std::size_t>(kernels::cpu::attention_forward_scratch(p.length)));
+      for (std::int64_t task = begin; task < end; ++task) {
+        const std::int64_t b = task / p.heads, h = task % p.heads;
+        assemble_keys(p, k, key_rope, b, h, keys.data());
+        const kernels::cpu::attention_shape shape{p.length,   p.qk_dim,     p.v_dim,
+                                                  q.row_stride, p.qk_dim,   v.row_stride,
+                                                  o.row_stride, p.scale};
+        kernels::cpu::causal_attention_forward(shape, at(q, b, h), keys.data(), at(v, b, h),
+                                               at(o, b, h), lse + task * p.length,
+                                               scratch.data());
+      }
+    });
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::attention_forward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope),
+                                   to_cuda(v), to_cuda(o), lse, context->stream);
+#endif
+}
+
+void attention_backward(const troupe_exec_context* context, const attention_problem& p, strided q,
+                        strided k, strided key_rope, strided v, strided o, strided d_o,
+                        const float* lse, strided_out dq, strided_out dk, strided_out d_key_rope,
+                        strided_out dv) {
+  if (!on_gpu(context)) {
+    if (dq.row_stride != q.row_stride || dv.row_stride != v.row_stride ||
+        d_o.row_stride != o.row_stride)
+      throw std::runtime_error(
+          "attention_backward on the CPU: dq, dv and dO must have the strides of q, v and O");
+    const std::int64_t nope = p.qk_dim - p.rope_dim;
+    parallel_for(context, p.batch * p.heads, 1, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<float> keys(static_cast<std::size_t>(p.length * p.qk_dim));
+      std::vector<float> d_keys(keys.size());
+      std::vector<float> scratch(
+          static_cast<std::size_t>(kernels::cpu::attention_backward_scratch(p.length)));
+      for (std::int64_t task = begin; task < end; ++task) {
+        const std::int64_t b = task / p.heads, h = task % p.heads;
+        assemble_keys(p, k, key_rope, b, h, keys.data());
+        const kernels::cpu::attention_shape shape{p.length,   p.qk_dim,     p.v_dim,
+                                                  q.row_stride, p.qk_dim,   v.row_stride,
+                                                  o.row_stride, p.scale};
+        kernels::cpu::causal_attention_backward(shape, at(q, b, h), keys.data(), at(v, b, h),
+                                                at(o, b, h), at(d_o, b, h), lse + task * p.length,
+                                                at(dq, b, h), d_keys.data(), at(dv, b, h),
+                                                scratch.data());
+        for (std::int64_t i = 0; i < p.length; ++i) {
+          std::memcpy(at(dk, b, h) + i * dk.row_stride, d_keys.data() + i * p.qk_dim,
+                      static_cast<std::size_t>(nope) * sizeof(float));
+          if (p.rope_dim > 0)
+            std::memcpy(at(d_key_rope, b, h) + i * d_key_rope.row_stride,
+                        d_keys.data() + i * p.qk_dim + nope,
+                        static_cast<std::size_t>(p.rope_dim) * sizeof(float));
+        }
+      }
+    });
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  buffer scratch;
+  scratch.assign(context,
+                 static_cast<std::size_t>(kernels::cuda::attention_backward_scratch(to_cuda(p))));
+  kernels::cuda::attention_backward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope),
+                                    to_cuda(v), to_cuda(o), to_cuda(d_o), lse, to_cuda(dq),
+                                    to_cuda(dk), to_cuda(d_key_rope), to_cuda(dv), scratch.data(),
+                                    context->stream);
+#endif
+}
+
+}  // namespace ops
+
+}  // namespace troupe::plugin

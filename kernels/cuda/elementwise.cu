@@ -31,8 +31,8 @@ void add(float* y, const float* x, std::int64_t count, void* stream) {
 
 void sum_slices(const float* x, std::int64_t slices, std::int64_t count, float* y, void* stream) {
   if (count == 0) return;
-  sum_slices_kernel<<<blocks_for(count, threads), threads, 0, as_stream(stream)>>>(x, slices,
-                                                                                  count, y);
+  sum_slices_kernel<<<blocks_for(count, threads), threads, 0, as_stream(stream)>>>(x, slices, count,
+                                                                                   y);
   TROUPE_CUDA_LAUNCHED();
 }
 

@@ -26,7 +26,7 @@ __global__ void embedding_forward_kernel(const float* table, std::int64_t vocab,
 // Thread (r, c): when sorted row r starts a run of one id, sums column c of the run's rows in
 // position order into the table's gradient.
 __global__ void embedding_backward_kernel(const float* dout, const std::int32_t* sorted,
-                                          const std::int32_t* order, std::int64_t count,
+                                          const std::int64_t* order, std::int64_t count,
                                           std::int64_t vocab, std::int64_t width, float* dtable) {
   const std::int64_t r = blockIdx.x;
   const std::int64_t c = blockIdx.y * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
@@ -49,7 +49,8 @@ void embedding_forward(const float* table, std::int64_t vocab, std::int64_t widt
 }
 
 std::size_t embedding_backward_scratch_bytes(std::int64_t count, std::int64_t vocab) {
-  return 2 * aligned(static_cast<std::size_t>(count) * sizeof(std::int32_t)) +
+  return aligned(static_cast<std::size_t>(count) * sizeof(std::int32_t)) +
+         aligned(static_cast<std::size_t>(count) * sizeof(std::int64_t)) +
          sort_indices_scratch_bytes(count, static_cast<std::int32_t>(vocab));
 }
 
@@ -61,11 +62,13 @@ void embedding_backward(const float* dout, const std::int32_t* tokens, std::int6
   require(scratch_bytes >= embedding_backward_scratch_bytes(count, vocab), "embedding_backward",
           "scratch smaller than embedding_backward_scratch_bytes");
   if (count == 0) return;
-  const std::size_t array = aligned(static_cast<std::size_t>(count) * sizeof(std::int32_t));
+  const std::size_t keys = aligned(static_cast<std::size_t>(count) * sizeof(std::int32_t));
+  const std::size_t indices = aligned(static_cast<std::size_t>(count) * sizeof(std::int64_t));
   auto* sorted = static_cast<std::int32_t*>(scratch);
-  auto* order = reinterpret_cast<std::int32_t*>(static_cast<char*>(scratch) + array);
+  auto* order = reinterpret_cast<std::int64_t*>(static_cast<char*>(scratch) + keys);
   sort_indices_by_key(tokens, count, static_cast<std::int32_t>(vocab), sorted, order,
-                      static_cast<char*>(scratch) + 2 * array, scratch_bytes - 2 * array, stream);
+                      static_cast<char*>(scratch) + keys + indices, scratch_bytes - keys - indices,
+                      stream);
   // NOTES: one block per sorted position (and 256 columns); blocks that do not start a run of
   // one id return at once, so the work is the tokens' rows whatever the vocabulary.
   require(width <= 65535 * threads, "embedding_backward", "width out of range");

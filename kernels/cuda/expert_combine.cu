@@ -14,7 +14,7 @@ std::size_t aligned(std::size_t bytes) {
 
 // offsets[e] = the first row whose expert is >= e (a lower bound in the sorted experts).
 __global__ void offsets_kernel(const std::int32_t* sorted, std::int64_t pairs, std::int64_t experts,
-                               std::int32_t* offsets) {
+                               std::int64_t* offsets) {
   const std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (e > experts) return;
   std::int64_t low = 0, high = pairs;
@@ -25,17 +25,17 @@ __global__ void offsets_kernel(const std::int32_t* sorted, std::int64_t pairs, s
     else
       high = middle;
   }
-  offsets[e] = static_cast<std::int32_t>(low);
+  offsets[e] = low;
 }
 
-__global__ void position_kernel(const std::int32_t* order, std::int64_t pairs,
-                                std::int32_t* position) {
+__global__ void position_kernel(const std::int64_t* order, std::int64_t pairs,
+                                std::int64_t* position) {
   const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (r < pairs) position[order[r]] = static_cast<std::int32_t>(r);
+  if (r < pairs) position[order[r]] = r;
 }
 
 // One block per row; float4 when the width allows.
-__global__ void gather_kernel(const float* x, const std::int32_t* order, std::int64_t topk,
+__global__ void gather_kernel(const float* x, const std::int64_t* order, std::int64_t topk,
                               std::int64_t width, float* out, std::int64_t begin) {
   const std::int64_t r = begin + blockIdx.x;
   const float* source = x + (order[r] / topk) * width;
@@ -50,7 +50,7 @@ __global__ void gather_kernel(const float* x, const std::int32_t* order, std::in
 }
 
 __global__ void combine_forward_kernel(const float* rows, const float* gates,
-                                       const std::int32_t* position, std::int64_t topk,
+                                       const std::int64_t* position, std::int64_t topk,
                                        std::int64_t width, float* y, std::int64_t count) {
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i >= count) return;
@@ -62,7 +62,7 @@ __global__ void combine_forward_kernel(const float* rows, const float* gates,
 }
 
 __global__ void combine_backward_kernel(const float* dy, const float* rows, const float* gates,
-                                        const std::int32_t* order, std::int64_t topk,
+                                        const std::int64_t* order, std::int64_t topk,
                                         std::int64_t width, float* d_gates, float* d_rows,
                                         std::int64_t begin) {
   __shared__ float shared[32];
@@ -81,7 +81,7 @@ __global__ void combine_backward_kernel(const float* dy, const float* rows, cons
   if (threadIdx.x == 0) d_gates[a] = dot;
 }
 
-__global__ void scatter_add_kernel(const float* d_rows, const std::int32_t* position,
+__global__ void scatter_add_kernel(const float* d_rows, const std::int64_t* position,
                                    std::int64_t topk, std::int64_t width, float* dx,
                                    std::int64_t count) {
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
@@ -121,7 +121,7 @@ void group_by_expert(const std::int32_t* selected, std::int64_t tokens, std::int
   TROUPE_CUDA_LAUNCHED();
 }
 
-void gather_expert_rows(const float* x, const std::int32_t* order, std::int64_t topk,
+void gather_expert_rows(const float* x, const std::int64_t* order, std::int64_t topk,
                         std::int64_t width, float* out, std::int64_t begin, std::int64_t end,
                         void* stream) {
   if (end <= begin) return;
@@ -130,7 +130,7 @@ void gather_expert_rows(const float* x, const std::int32_t* order, std::int64_t 
   TROUPE_CUDA_LAUNCHED();
 }
 
-void combine_forward(const float* rows, const float* gates, const std::int32_t* position,
+void combine_forward(const float* rows, const float* gates, const std::int64_t* position,
                      std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
                      void* stream) {
   if (tokens * width == 0) return;
@@ -140,7 +140,7 @@ void combine_forward(const float* rows, const float* gates, const std::int32_t* 
 }
 
 void combine_backward(const float* dy, const float* rows, const float* gates,
-                      const std::int32_t* order, std::int64_t topk, std::int64_t width,
+                      const std::int64_t* order, std::int64_t topk, std::int64_t width,
                       float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
                       void* stream) {
   if (end <= begin) return;
@@ -149,7 +149,7 @@ void combine_backward(const float* dy, const float* rows, const float* gates,
   TROUPE_CUDA_LAUNCHED();
 }
 
-void scatter_add_rows(const float* d_rows, const std::int32_t* position, std::int64_t topk,
+void scatter_add_rows(const float* d_rows, const std::int64_t* position, std::int64_t topk,
                       std::int64_t width, float* dx, std::int64_t tokens, void* stream) {
   if (tokens * width == 0) return;
   scatter_add_kernel<<<blocks_for(tokens * width, threads), threads, 0, as_stream(stream)>>>(

@@ -4,8 +4,8 @@
 // bits of grouping as kernels/cpu/expert_combine.hpp: assignments (token * K + slot) sorted by
 // expert, tokens ascending within an expert, and combine summing each token's slots in slot
 // order. The grouping is a stable radix sort (CUB) on the device: no host round trip. Indices
-// are int32 here (a micro-batch has far fewer than 2^31 assignments). Device pointers;
-// `stream` is a cudaStream_t.
+// are int64 as on the CPU, so a layer keeps one grouping layout on both devices. Device
+// pointers; `stream` is a cudaStream_t.
 
 #include <cstddef>
 #include <cstdint>
@@ -14,9 +14,9 @@ namespace troupe::kernels::cuda {
 
 /// The grouping's device arrays (the caller's memory).
 struct expert_grouping_view {
-  std::int32_t* order = nullptr;     ///< [T*K] assignment of each row
-  std::int32_t* position = nullptr;  ///< [T*K] row of each assignment
-  std::int32_t* offsets = nullptr;   ///< [E+1] first row of each expert
+  std::int64_t* order = nullptr;     ///< [T*K] assignment of each row
+  std::int64_t* position = nullptr;  ///< [T*K] row of each assignment
+  std::int64_t* offsets = nullptr;   ///< [E+1] first row of each expert
 };
 
 std::size_t group_by_expert_scratch_bytes(std::int64_t pairs, std::int64_t experts);
@@ -27,24 +27,24 @@ void group_by_expert(const std::int32_t* selected, std::int64_t tokens, std::int
                      std::size_t scratch_bytes, void* stream);
 
 /// out[r] = x[order[r] / topk] for rows [begin, end) (out + r * width, as on the CPU).
-void gather_expert_rows(const float* x, const std::int32_t* order, std::int64_t topk,
+void gather_expert_rows(const float* x, const std::int64_t* order, std::int64_t topk,
                         std::int64_t width, float* out, std::int64_t begin, std::int64_t end,
                         void* stream);
 
 /// y[t] += sum over slots in slot order of gates[t*K+k] * rows[position[t*K+k]], t < tokens.
-void combine_forward(const float* rows, const float* gates, const std::int32_t* position,
+void combine_forward(const float* rows, const float* gates, const std::int64_t* position,
                      std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
                      void* stream);
 
 /// For rows [begin, end): d_gates[a] = dy[t] . rows[r], d_rows[r] = gates[a] * dy[t] with
 /// a = order[r], t = a / topk (both overwritten).
 void combine_backward(const float* dy, const float* rows, const float* gates,
-                      const std::int32_t* order, std::int64_t topk, std::int64_t width,
+                      const std::int64_t* order, std::int64_t topk, std::int64_t width,
                       float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
                       void* stream);
 
 /// dx[t] += sum over slots in slot order of d_rows[position[t*K+k]], t < tokens.
-void scatter_add_rows(const float* d_rows, const std::int32_t* position, std::int64_t topk,
+void scatter_add_rows(const float* d_rows, const std::int64_t* position, std::int64_t topk,
                       std::int64_t width, float* dx, std::int64_t tokens, void* stream);
 
 }  // namespace troupe::kernels::cuda

@@ -129,10 +129,10 @@ __global__ void balance_fractions_kernel(router_shape r, const float* scores,
 }
 
 __global__ void balance_total_kernel(const double* per_sequence, std::int64_t sequences,
-                                     double alpha, double* loss) {
+                                     double alpha, float* loss) {
   double total = 0.0;
   for (std::int64_t b = 0; b < sequences; ++b) total += alpha * per_sequence[b];
-  *loss = sequences > 0 ? total / static_cast<double>(sequences) : 0.0;
+  *loss = static_cast<float>(sequences > 0 ? total / static_cast<double>(sequences) : 0.0);
 }
 
 // One warp per token: ds_j = c * (f_j - sum_i f_i s_i / z) / z, then through the sigmoid.
@@ -210,7 +210,7 @@ std::size_t balance_loss_scratch_bytes(std::int64_t sequences, std::int64_t leng
 
 void balance_loss_forward(const router_shape& shape, const float* scores,
                           const std::int32_t* selected, std::int64_t sequences, std::int64_t length,
-                          double alpha, double* loss, void* scratch, std::size_t scratch_bytes,
+                          double alpha, float* loss, void* scratch, std::size_t scratch_bytes,
                           void* stream) {
   check_shape(shape, "balance_loss_forward");
   require(scratch_bytes >= balance_loss_scratch_bytes(sequences, length, shape.experts),

@@ -35,10 +35,10 @@ std::size_t balance_loss_scratch_bytes(std::int64_t sequences, std::int64_t leng
                                        std::int64_t experts);
 
 /// loss[0] = the sequence-wise balance loss averaged over `sequences` of `length` tokens
-/// (float64 on the device; the host reads it with the step's other scalars).
+/// (summed in float64, stored as a float on the device: the layer's output tensor).
 void balance_loss_forward(const router_shape& shape, const float* scores,
                           const std::int32_t* selected, std::int64_t sequences, std::int64_t length,
-                          double alpha, double* loss, void* scratch, std::size_t scratch_bytes,
+                          double alpha, float* loss, void* scratch, std::size_t scratch_bytes,
                           void* stream);
 
 /// d_logits += d_loss * dL/dlogits.

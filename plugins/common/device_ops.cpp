@@ -7,8 +7,12 @@
 #include <string>
 
 #include "kernels/cpu/attention.hpp"
+#include "kernels/cpu/expert_combine.hpp"
+#include "kernels/cpu/gemm.hpp"
 #include "kernels/cpu/rmsnorm.hpp"
 #include "kernels/cpu/rope.hpp"
+#include "kernels/cpu/router.hpp"
+#include "kernels/cpu/swiglu.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "troupe_build_config.h"
 
@@ -16,9 +20,14 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/attention.hpp"
+#include "kernels/cuda/cublaslt_gemm.hpp"
 #include "kernels/cuda/elementwise.hpp"
+#include "kernels/cuda/expert_combine.hpp"
+#include "kernels/cuda/per_stream.hpp"
 #include "kernels/cuda/rmsnorm.hpp"
 #include "kernels/cuda/rope.hpp"
+#include "kernels/cuda/router.hpp"
+#include "kernels/cuda/swiglu.hpp"
 #endif
 
 namespace troupe::plugin {
@@ -64,45 +73,17 @@ bool on_gpu(const troupe_exec_context* context) {
   return context->device.device_type == kDLCUDA;
 }
 
-// ---- buffer -------------------------------------------------------------------------------------
+// ---- memory -------------------------------------------------------------------------------------
 
-buffer& buffer::operator=(buffer&& other) noexcept {
-  if (this != &other) {
-    clear();
-    allocator_ = other.allocator_;
-    device_ = other.device_;
-    data_ = other.data_;
-    count_ = other.count_;
-    other.data_ = nullptr;
-    other.count_ = 0;
-  }
-  return *this;
-}
-
-void buffer::assign(const troupe_exec_context* context, std::size_t count) {
-  clear();
-  if (count == 0) return;
+void* allocate_bytes(const troupe_exec_context* context, std::size_t bytes) {
   if (on_gpu(context)) require_cuda();
-  allocator_ = context->allocator;
-  device_ = context->device;
-  data_ = static_cast<float*>(
-      allocator_->allocate(allocator_->self, device_, count * sizeof(float)));
-  if (data_ == nullptr) throw std::bad_alloc();
-  count_ = count;
-  ops::zero(context, data_, static_cast<std::int64_t>(count));
+  void* data = context->allocator->allocate(context->allocator->self, context->device, bytes);
+  if (data == nullptr) throw std::bad_alloc();
+  return data;
 }
 
-void buffer::assign_copy(const troupe_exec_context* context, const float* source,
-                         std::size_t count) {
-  assign(context, count);
-  ops::copy_2d(context, data_, static_cast<std::int64_t>(count), source,
-               static_cast<std::int64_t>(count), 1, static_cast<std::int64_t>(count));
-}
-
-void buffer::clear() {
-  if (data_ != nullptr) allocator_->release(allocator_->self, device_, data_);
-  data_ = nullptr;
-  count_ = 0;
+void release_bytes(const troupe_allocator* allocator, DLDevice device, void* pointer) {
+  allocator->release(allocator->self, device, pointer);
 }
 
 // ---- rope_table ---------------------------------------------------------------------------------
@@ -111,7 +92,7 @@ rope_table::rope_table(std::vector<float> inverse_frequencies)
     : inverse_(std::move(inverse_frequencies)) {}
 
 std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* context,
-                                                      std::int64_t length) {
+                                                     std::int64_t length) {
   if (length > length_) {
     const std::size_t half = inverse_.size();
     cos_.resize(static_cast<std::size_t>(length) * half);
@@ -120,8 +101,9 @@ std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* 
     length_ = length;
   }
   if (!on_gpu(context)) return {cos_.data(), sin_.data()};
-  auto it = std::find_if(copies_.begin(), copies_.end(),
-                         [&](const device_copy& c) { return same_device(c.device, context->device); });
+  auto it = std::find_if(copies_.begin(), copies_.end(), [&](const device_copy& c) {
+    return same_device(c.device, context->device);
+  });
   if (it == copies_.end()) {
     copies_.push_back({context->device, 0, {}, {}});
     it = copies_.end() - 1;
@@ -140,17 +122,50 @@ std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* 
 
 namespace ops {
 
-void zero(const troupe_exec_context* context, float* data, std::int64_t count) {
-  if (count == 0) return;
+void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes) {
+  if (bytes == 0) return;
   if (!on_gpu(context)) {
-    std::memset(data, 0, static_cast<std::size_t>(count) * sizeof(float));
+    std::memset(data, 0, bytes);
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  check(cudaMemsetAsync(data, 0, static_cast<std::size_t>(count) * sizeof(float),
-                        static_cast<cudaStream_t>(context->stream)),
+  check(cudaMemsetAsync(data, 0, bytes, static_cast<cudaStream_t>(context->stream)),
         "cudaMemsetAsync");
+#endif
+}
+
+void zero(const troupe_exec_context* context, float* data, std::int64_t count) {
+  zero_bytes(context, data, static_cast<std::size_t>(count) * sizeof(float));
+}
+
+void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, std::size_t bytes) {
+  if (bytes == 0) return;
+  if (!on_gpu(context)) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                        static_cast<cudaStream_t>(context->stream)),
+        "cudaMemcpyAsync (device to device)");
+#endif
+}
+
+void copy_to_host(const troupe_exec_context* context, void* dst, const void* src,
+                  std::size_t bytes) {
+  if (bytes == 0) return;
+  if (!on_gpu(context)) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost,
+                        static_cast<cudaStream_t>(context->stream)),
+        "cudaMemcpyAsync (device to host)");
+  check(cudaStreamSynchronize(static_cast<cudaStream_t>(context->stream)), "cudaStreamSynchronize");
 #endif
 }
 
@@ -183,7 +198,8 @@ void copy_2d(const troupe_exec_context* context, float* dst, std::int64_t ld_dst
              std::int64_t ld_src, std::int64_t rows, std::int64_t cols) {
   if (!on_gpu(context)) {
     for (std::int64_t r = 0; r < rows; ++r)
-      std::memcpy(dst + r * ld_dst, src + r * ld_src, static_cast<std::size_t>(cols) * sizeof(float));
+      std::memcpy(dst + r * ld_dst, src + r * ld_src,
+                  static_cast<std::size_t>(cols) * sizeof(float));
     return;
   }
   require_cuda();
@@ -225,8 +241,8 @@ void rmsnorm_backward(const troupe_exec_context* context, const float* dy, const
   if (dweight != nullptr)
     scratch.assign(context,
                    static_cast<std::size_t>(kernels::cuda::rmsnorm_backward_scratch(rows, dim)));
-  kernels::cuda::rmsnorm_backward(dy, x, ldx, weight, rstd, dx, dweight, rows, dim,
-                                  scratch.data(), context->stream);
+  kernels::cuda::rmsnorm_backward(dy, x, ldx, weight, rstd, dx, dweight, rows, dim, scratch.data(),
+                                  context->stream);
 #endif
 }
 
@@ -235,8 +251,7 @@ void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows
                  rope_table& table, int direction) {
   const auto [cos_table, sin_table] = table.on(context, length);
   if (!on_gpu(context)) {
-    kernels::cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table,
-                              direction);
+    kernels::cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction);
     return;
   }
   require_cuda();
@@ -292,12 +307,11 @@ void attention_forward(const troupe_exec_context* context, const attention_probl
       for (std::int64_t task = begin; task < end; ++task) {
         const std::int64_t b = task / p.heads, h = task % p.heads;
         assemble_keys(p, k, key_rope, b, h, keys.data());
-        const kernels::cpu::attention_shape shape{p.length,   p.qk_dim,     p.v_dim,
-                                                  q.row_stride, p.qk_dim,   v.row_stride,
+        const kernels::cpu::attention_shape shape{p.length,     p.qk_dim, p.v_dim,
+                                                  q.row_stride, p.qk_dim, v.row_stride,
                                                   o.row_stride, p.scale};
         kernels::cpu::causal_attention_forward(shape, at(q, b, h), keys.data(), at(v, b, h),
-                                               at(o, b, h), lse + task * p.length,
-                                               scratch.data());
+                                               at(o, b, h), lse + task * p.length, scratch.data());
       }
     });
     return;
@@ -327,13 +341,12 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
       for (std::int64_t task = begin; task < end; ++task) {
         const std::int64_t b = task / p.heads, h = task % p.heads;
         assemble_keys(p, k, key_rope, b, h, keys.data());
-        const kernels::cpu::attention_shape shape{p.length,   p.qk_dim,     p.v_dim,
-                                                  q.row_stride, p.qk_dim,   v.row_stride,
+        const kernels::cpu::attention_shape shape{p.length,     p.qk_dim, p.v_dim,
+                                                  q.row_stride, p.qk_dim, v.row_stride,
                                                   o.row_stride, p.scale};
-        kernels::cpu::causal_attention_backward(shape, at(q, b, h), keys.data(), at(v, b, h),
-                                                at(o, b, h), at(d_o, b, h), lse + task * p.length,
-                                                at(dq, b, h), d_keys.data(), at(dv, b, h),
-                                                scratch.data());
+        kernels::cpu::causal_attention_backward(
+            shape, at(q, b, h), keys.data(), at(v, b, h), at(o, b, h), at(d_o, b, h),
+            lse + task * p.length, at(dq, b, h), d_keys.data(), at(dv, b, h), scratch.data());
         for (std::int64_t i = 0; i < p.length; ++i) {
           std::memcpy(at(dk, b, h) + i * dk.row_stride, d_keys.data() + i * p.qk_dim,
                       static_cast<std::size_t>(nope) * sizeof(float));
@@ -355,6 +368,248 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
                                     to_cuda(v), to_cuda(o), to_cuda(d_o), lse, to_cuda(dq),
                                     to_cuda(dk), to_cuda(d_key_rope), to_cuda(dv), scratch.data(),
                                     context->stream);
+#endif
+}
+
+#if TROUPE_HAVE_CUDA
+namespace {
+
+kernels::cuda::router_shape to_cuda(const kernels::cpu::router_shape& r) {
+  return {r.experts, r.groups, r.topk_groups, r.topk, r.normalize, r.scaling};
+}
+
+/// Scratch bytes for one call, on the context's device.
+struct scratch_bytes {
+  scratch_bytes(const troupe_exec_context* context, std::size_t bytes)
+      : allocator(context->allocator), device(context->device), size(bytes) {
+    data = size > 0 ? allocate_bytes(context, size) : nullptr;
+  }
+  ~scratch_bytes() {
+    if (data != nullptr) release_bytes(allocator, device, data);
+  }
+  scratch_bytes(const scratch_bytes&) = delete;
+  scratch_bytes& operator=(const scratch_bytes&) = delete;
+  const troupe_allocator* allocator;
+  DLDevice device;
+  std::size_t size;
+  void* data;
+};
+
+}  // namespace
+#endif
+
+void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
+              std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+              std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+              std::int64_t ldc) {
+  if (!on_gpu(context)) {
+    kernels::cpu::sgemm_on_pool(context->pool, {transpose_a, transpose_b, m, n, k, lda, ldb, ldc},
+                                alpha, a, b, beta, c);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  // NOTES: one cuBLASLt engine per stream for this plugin's copy of the kernels (each plugin
+  // links its own); the runtime's provider keeps its own.
+  static kernels::cuda::per_stream<kernels::cuda::cublaslt_gemm> engines;
+  using kernels::cuda::gemm_dtype;
+  const kernels::cuda::gemm_matrix left{a, gemm_dtype::f32, transpose_a ? k : m,
+                                        transpose_a ? m : k, lda};
+  const kernels::cuda::gemm_matrix right{b, gemm_dtype::f32, transpose_b ? n : k,
+                                         transpose_b ? k : n, ldb};
+  engines.on(context->device.device_id, context->stream)
+      .gemm(left, transpose_a, right, transpose_b, {c, gemm_dtype::f32, m, n, ldc}, alpha, beta);
+#endif
+}
+
+void router_forward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
+                    const float* logits, const float* bias, float* scores, std::int32_t* selected,
+                    float* gates, std::int64_t tokens) {
+  if (!on_gpu(context)) {
+    const std::int64_t e = shape.experts, k = shape.topk;
+    parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
+      kernels::cpu::router_forward(shape, logits + begin * e, bias, scores + begin * e,
+                                   selected + begin * k, gates + begin * k, end - begin);
+    });
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::router_forward(to_cuda(shape), logits, bias, scores, selected, gates, tokens,
+                                context->stream);
+#endif
+}
+
+void router_backward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
+                     const float* scores, const std::int32_t* selected, const float* d_gates,
+                     float* d_logits, std::int64_t tokens) {
+  if (!on_gpu(context)) {
+    const std::int64_t e = shape.experts, k = shape.topk;
+    parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
+      kernels::cpu::router_backward(shape, scores + begin * e, selected + begin * k,
+                                    d_gates + begin * k, d_logits + begin * e, end - begin);
+    });
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::router_backward(to_cuda(shape), scores, selected, d_gates, d_logits, tokens,
+                                 context->stream);
+#endif
+}
+
+void balance_loss_forward(const troupe_exec_context* context,
+                          const kernels::cpu::router_shape& shape, const float* scores,
+                          const std::int32_t* selected, std::int64_t sequences, std::int64_t length,
+                          double alpha, float* loss) {
+  if (!on_gpu(context)) {
+    *loss = static_cast<float>(
+        kernels::cpu::balance_loss_forward(shape, scores, selected, sequences, length, alpha));
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  scratch_bytes scratch(
+      context, kernels::cuda::balance_loss_scratch_bytes(sequences, length, shape.experts));
+  kernels::cuda::balance_loss_forward(to_cuda(shape), scores, selected, sequences, length, alpha,
+                                      loss, scratch.data, scratch.size, context->stream);
+#endif
+}
+
+void balance_loss_backward(const troupe_exec_context* context,
+                           const kernels::cpu::router_shape& shape, const float* scores,
+                           const std::int32_t* selected, std::int64_t sequences,
+                           std::int64_t length, double alpha, float d_loss, float* d_logits) {
+  if (!on_gpu(context)) {
+    kernels::cpu::balance_loss_backward(shape, scores, selected, sequences, length, alpha, d_loss,
+                                        d_logits);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  scratch_bytes scratch(
+      context, kernels::cuda::balance_loss_scratch_bytes(sequences, length, shape.experts));
+  kernels::cuda::balance_loss_backward(to_cuda(shape), scores, selected, sequences, length, alpha,
+                                       d_loss, d_logits, scratch.data, scratch.size,
+                                       context->stream);
+#endif
+}
+
+void count_selections(const troupe_exec_context* context, const std::int32_t* selected,
+                      std::int64_t pairs, std::int64_t experts, std::int64_t* counts) {
+  zero_bytes(context, counts, static_cast<std::size_t>(experts) * sizeof(std::int64_t));
+  if (!on_gpu(context)) {
+    kernels::cpu::count_selections(selected, pairs, counts);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::count_selections(selected, pairs, counts, context->stream);
+#endif
+}
+
+void group_by_expert(const troupe_exec_context* context, const std::int32_t* selected,
+                     std::int64_t tokens, std::int64_t topk, std::int64_t experts,
+                     std::int64_t* order, std::int64_t* position, std::int64_t* offsets) {
+  if (!on_gpu(context)) {
+    kernels::cpu::expert_grouping grouping;
+    kernels::cpu::group_by_expert(selected, tokens, topk, experts, grouping);
+    std::copy(grouping.order.begin(), grouping.order.end(), order);
+    std::copy(grouping.position.begin(), grouping.position.end(), position);
+    std::copy(grouping.offsets.begin(), grouping.offsets.end(), offsets);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  scratch_bytes scratch(context,
+                        kernels::cuda::group_by_expert_scratch_bytes(tokens * topk, experts));
+  kernels::cuda::group_by_expert(selected, tokens, topk, experts, {order, position, offsets},
+                                 scratch.data, scratch.size, context->stream);
+#endif
+}
+
+void gather_expert_rows(const troupe_exec_context* context, const float* x,
+                        const std::int64_t* order, std::int64_t topk, std::int64_t width,
+                        float* out, std::int64_t begin, std::int64_t end) {
+  if (!on_gpu(context)) {
+    kernels::cpu::gather_expert_rows(x, order, topk, width, out, begin, end);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::gather_expert_rows(x, order, topk, width, out, begin, end, context->stream);
+#endif
+}
+
+void combine_forward(const troupe_exec_context* context, const float* rows, const float* gates,
+                     const std::int64_t* position, std::int64_t topk, std::int64_t width, float* y,
+                     std::int64_t tokens) {
+  if (!on_gpu(context)) {
+    parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
+      kernels::cpu::combine_forward(rows, gates, position, topk, width, y, begin, end);
+    });
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::combine_forward(rows, gates, position, topk, width, y, tokens, context->stream);
+#endif
+}
+
+void combine_backward(const troupe_exec_context* context, const float* dy, const float* rows,
+                      const float* gates, const std::int64_t* order, std::int64_t topk,
+                      std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs) {
+  if (!on_gpu(context)) {
+    parallel_for(context, pairs, 64, [&](std::int64_t begin, std::int64_t end) {
+      kernels::cpu::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin,
+                                     end);
+    });
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, 0, pairs,
+                                  context->stream);
+#endif
+}
+
+void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
+                      const std::int64_t* position, std::int64_t topk, std::int64_t width,
+                      float* dx, std::int64_t tokens) {
+  if (!on_gpu(context)) {
+    parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
+      kernels::cpu::scatter_add_rows(d_rows, position, topk, width, dx, begin, end);
+    });
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::scatter_add_rows(d_rows, position, topk, width, dx, tokens, context->stream);
+#endif
+}
+
+void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
+                          std::int64_t rows, std::int64_t width) {
+  if (!on_gpu(context)) {
+    kernels::cpu::swiglu_forward_fused(gate_up, h, rows, width);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::swiglu_forward_fused(gate_up, h, rows, width, context->stream);
+#endif
+}
+
+void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
+                           const float* gate_up, float* dgate_up, std::int64_t rows,
+                           std::int64_t width) {
+  if (!on_gpu(context)) {
+    kernels::cpu::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  kernels::cuda::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width, context->stream);
 #endif
 }
 

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu/router.hpp"
 #include "runtime/abi/troupe_plugin.h"
 
 namespace troupe::plugin {
@@ -19,35 +20,76 @@ namespace troupe::plugin {
 /// Whether `context` computes on a CUDA device.
 bool on_gpu(const troupe_exec_context* context);
 
-/// Floats on the context's device (host memory on the CPU), from the context's allocator (on a
-/// GPU: the stream-ordered pool). Zero-filled when assigned; freed with the buffer.
-class buffer {
+/// Memory for `bytes` on the context's device from its allocator (on a GPU: the stream-ordered
+/// pool); throws std::bad_alloc when there is none. Released with release_bytes.
+void* allocate_bytes(const troupe_exec_context* context, std::size_t bytes);
+void release_bytes(const troupe_allocator* allocator, DLDevice device, void* pointer);
+
+namespace ops {
+void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes);
+/// A copy between two places on the context's device.
+void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, std::size_t bytes);
+/// dst (host memory) = src (on the context's device); waits for the context's stream on a GPU.
+void copy_to_host(const troupe_exec_context* context, void* dst, const void* src,
+                  std::size_t bytes);
+}  // namespace ops
+
+/// Ts on the context's device (host memory on the CPU), zero-filled when assigned and freed with
+/// the array: what a plugin keeps between forward and backward, and its scratch.
+template <class T>
+class device_array {
  public:
-  buffer() = default;
-  ~buffer() { clear(); }
-  buffer(buffer&& other) noexcept { *this = std::move(other); }
-  buffer& operator=(buffer&& other) noexcept;
-  buffer(const buffer&) = delete;
-  buffer& operator=(const buffer&) = delete;
+  device_array() = default;
+  ~device_array() { clear(); }
+  device_array(device_array&& other) noexcept { *this = std::move(other); }
+  device_array& operator=(device_array&& other) noexcept {
+    if (this != &other) {
+      clear();
+      allocator_ = other.allocator_;
+      device_ = other.device_;
+      data_ = std::exchange(other.data_, nullptr);
+      count_ = std::exchange(other.count_, 0);
+    }
+    return *this;
+  }
+  device_array(const device_array&) = delete;
+  device_array& operator=(const device_array&) = delete;
 
   /// `count` zeros on the context's device (the old contents are dropped).
-  void assign(const troupe_exec_context* context, std::size_t count);
-  /// A copy of `count` floats at `source` (on the context's device).
-  void assign_copy(const troupe_exec_context* context, const float* source, std::size_t count);
-  void clear();
+  void assign(const troupe_exec_context* context, std::size_t count) {
+    clear();
+    if (count == 0) return;
+    data_ = static_cast<T*>(allocate_bytes(context, count * sizeof(T)));
+    allocator_ = context->allocator;
+    device_ = context->device;
+    count_ = count;
+    ops::zero_bytes(context, data_, bytes());
+  }
+  /// A copy of `count` Ts at `source` (on the context's device).
+  void assign_copy(const troupe_exec_context* context, const T* source, std::size_t count) {
+    assign(context, count);
+    if (count > 0) ops::copy_bytes(context, data_, source, bytes());
+  }
+  void clear() {
+    if (data_ != nullptr) release_bytes(allocator_, device_, data_);
+    data_ = nullptr;
+    count_ = 0;
+  }
 
-  float* data() { return data_; }
-  const float* data() const { return data_; }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
   std::size_t size() const { return count_; }
-  std::size_t bytes() const { return count_ * sizeof(float); }
+  std::size_t bytes() const { return count_ * sizeof(T); }
   bool empty() const { return count_ == 0; }
 
  private:
   const troupe_allocator* allocator_ = nullptr;
   DLDevice device_{kDLCPU, 0};
-  float* data_ = nullptr;
+  T* data_ = nullptr;
   std::size_t count_ = 0;
 };
+
+using buffer = device_array<float>;
 
 /// RoPE's cos and sin tables [positions, dim/2] from inverse frequencies, grown on demand and
 /// kept on each device they are asked for.
@@ -122,6 +164,55 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
                         strided q, strided k, strided key_rope, strided v, strided o, strided d_o,
                         const float* lse, strided_out dq, strided_out dk, strided_out d_key_rope,
                         strided_out dv);
+
+/// C = alpha op(A) op(B) + beta C in FP32 whatever the layer's precision (the router's logits:
+/// DeepSeek-V3 keeps the gate in high precision), row-major with leading dimensions.
+void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
+              std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+              std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+              std::int64_t ldc);
+
+// The router and the token permutation of kernels/cpu/router.hpp and expert_combine.hpp.
+void router_forward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
+                    const float* logits, const float* bias, float* scores, std::int32_t* selected,
+                    float* gates, std::int64_t tokens);
+void router_backward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
+                     const float* scores, const std::int32_t* selected, const float* d_gates,
+                     float* d_logits, std::int64_t tokens);
+/// *loss (on the context's device) = the sequence-wise balance loss.
+void balance_loss_forward(const troupe_exec_context* context,
+                          const kernels::cpu::router_shape& shape, const float* scores,
+                          const std::int32_t* selected, std::int64_t sequences, std::int64_t length,
+                          double alpha, float* loss);
+void balance_loss_backward(const troupe_exec_context* context,
+                           const kernels::cpu::router_shape& shape, const float* scores,
+                           const std::int32_t* selected, std::int64_t sequences,
+                           std::int64_t length, double alpha, float d_loss, float* d_logits);
+/// counts[e] = the (token, slot) pairs routed to e (overwritten).
+void count_selections(const troupe_exec_context* context, const std::int32_t* selected,
+                      std::int64_t pairs, std::int64_t experts, std::int64_t* counts);
+/// order, position [T*K] and offsets [E+1]: the assignments grouped by expert.
+void group_by_expert(const troupe_exec_context* context, const std::int32_t* selected,
+                     std::int64_t tokens, std::int64_t topk, std::int64_t experts,
+                     std::int64_t* order, std::int64_t* position, std::int64_t* offsets);
+void gather_expert_rows(const troupe_exec_context* context, const float* x,
+                        const std::int64_t* order, std::int64_t topk, std::int64_t width,
+                        float* out, std::int64_t begin, std::int64_t end);
+void combine_forward(const troupe_exec_context* context, const float* rows, const float* gates,
+                     const std::int64_t* position, std::int64_t topk, std::int64_t width, float* y,
+                     std::int64_t tokens);
+void combine_backward(const troupe_exec_context* context, const float* dy, const float* rows,
+                      const float* gates, const std::int64_t* order, std::int64_t topk,
+                      std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs);
+void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
+                      const std::int64_t* position, std::int64_t topk, std::int64_t width,
+                      float* dx, std::int64_t tokens);
+/// SwiGLU over a fused [rows, 2*width] gate|up buffer (kernels/cpu/swiglu.hpp).
+void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
+                          std::int64_t rows, std::int64_t width);
+void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
+                           const float* gate_up, float* dgate_up, std::int64_t rows,
+                           std::int64_t width);
 
 }  // namespace ops
 

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -52,7 +53,7 @@ template <class F>
 void parallel_for(const troupe_exec_context* context, std::int64_t count, std::int64_t min_chunk,
                   F&& body) {
   auto trampoline = [](void* arg, std::int64_t begin, std::int64_t end) {
-    (*static_cast<F*>(arg))(begin, end);
+    (*static_cast<std::remove_reference_t<F>*>(arg))(begin, end);
   };
   context->pool->parallel_for(context->pool->self, count, min_chunk, trampoline, &body);
 }
@@ -60,8 +61,9 @@ void parallel_for(const troupe_exec_context* context, std::int64_t count, std::i
 /// "cpu" or "cuda:N", for messages.
 inline std::string device_name(DLDevice device) {
   return device.device_type == kDLCUDA ? fmt::format("cuda:{}", device.device_id)
-         : device.device_type == kDLCPU ? std::string("cpu")
-                                        : fmt::format("device type {}", static_cast<int>(device.device_type));
+         : device.device_type == kDLCPU
+             ? std::string("cpu")
+             : fmt::format("device type {}", static_cast<int>(device.device_type));
 }
 
 inline float* data_of(const DLTensor& t) {

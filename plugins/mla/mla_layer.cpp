@@ -109,8 +109,7 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
                rope_);
   ops::rope_rotate(context, p.q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, s.shape.length,
                    rope_table_, +1);
-  ops::rope_rotate(context, p.rope_key.data(), t, rope_, rope_, 1, s.shape.length, rope_table_,
-                   +1);
+  ops::rope_rotate(context, p.rope_key.data(), t, rope_, rope_, 1, s.shape.length, rope_table_, +1);
   if (up_project_kv) {
     const std::int64_t kv_out = heads_ * (nope_ + v_dim_);
     p.kv.assign(context, static_cast<std::size_t>(t * kv_out));
@@ -131,12 +130,11 @@ void mla_layer::attend_naive(const troupe_exec_context* context, saved_state& s,
   const std::int64_t length = s.shape.length;
   const std::int64_t q_out = heads_ * qk_dim_, kv_out = heads_ * (nope_ + v_dim_),
                      o_width = heads_ * v_dim_;
-  ops::attention_forward(
-      context, problem(s.shape), {p.q.data(), length * q_out, qk_dim_, q_out},
-      {p.kv.data(), length * kv_out, nope_ + v_dim_, kv_out},
-      {p.rope_key.data(), length * rope_, 0, rope_},
-      {p.kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out},
-      {s.attention.data(), length * o_width, v_dim_, o_width}, s.lse.data());
+  ops::attention_forward(context, problem(s.shape), {p.q.data(), length * q_out, qk_dim_, q_out},
+                         {p.kv.data(), length * kv_out, nope_ + v_dim_, kv_out},
+                         {p.rope_key.data(), length * rope_, 0, rope_},
+                         {p.kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out},
+                         {s.attention.data(), length * o_width, v_dim_, o_width}, s.lse.data());
 }
 
 void mla_layer::attend_absorbed(const troupe_exec_context* context, saved_state& s,
@@ -272,16 +270,15 @@ void mla_layer::attention_backward(const troupe_exec_context* context, saved_sta
   const std::int64_t q_out = heads_ * qk_dim_, kv_out = heads_ * (nope_ + v_dim_),
                      o_width = heads_ * v_dim_;
   const strided_out kv_slots{s.d_kv.data(), length * kv_out, nope_ + v_dim_, kv_out};
-  ops::attention_backward(
-      context, problem(s.shape), {p.q.data(), length * q_out, qk_dim_, q_out},
-      {p.kv.data(), length * kv_out, nope_ + v_dim_, kv_out},
-      {p.rope_key.data(), length * rope_, 0, rope_},
-      {p.kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out},
-      {s.attention.data(), length * o_width, v_dim_, o_width},
-      {d_attention.data(), length * o_width, v_dim_, o_width}, s.lse.data(),
-      {s.d_q.data(), length * q_out, qk_dim_, q_out}, kv_slots,
-      {d_rope_heads.data(), length * rope_, t * rope_, rope_},
-      {s.d_kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out});
+  ops::attention_backward(context, problem(s.shape), {p.q.data(), length * q_out, qk_dim_, q_out},
+                          {p.kv.data(), length * kv_out, nope_ + v_dim_, kv_out},
+                          {p.rope_key.data(), length * rope_, 0, rope_},
+                          {p.kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out},
+                          {s.attention.data(), length * o_width, v_dim_, o_width},
+                          {d_attention.data(), length * o_width, v_dim_, o_width}, s.lse.data(),
+                          {s.d_q.data(), length * q_out, qk_dim_, q_out}, kv_slots,
+                          {d_rope_heads.data(), length * rope_, t * rope_, rope_},
+                          {s.d_kv.data() + nope_, length * kv_out, nope_ + v_dim_, kv_out});
 }
 
 troupe_status mla_layer::kv_backward_input(const troupe_exec_context* context, saved_state& s,
@@ -301,8 +298,8 @@ troupe_status mla_layer::kv_backward_input(const troupe_exec_context* context, s
   TROUPE_TRY(linear_backward(context, s.d_kv.data(), kv_out, nullptr, 0, weight_[kv_b_],
                              d_kv_normed.data(), kv_rank_, nullptr, t, kv_rank_, kv_out, error));
   ops::rmsnorm_backward(context, d_kv_normed.data(), s.kv_latent.data(), latent_width,
-                        weight_[kv_norm_], s.kv_rstd.data(), s.d_kv_latent.data(),
-                        grad_[kv_norm_], t, kv_rank_);
+                        weight_[kv_norm_], s.kv_rstd.data(), s.d_kv_latent.data(), grad_[kv_norm_],
+                        t, kv_rank_);
   ops::copy_2d(context, s.d_kv_latent.data() + kv_rank_, latent_width, d_rope.data(), rope_, t,
                rope_);
   return linear_backward(context, s.d_kv_latent.data(), latent_width, nullptr, 0, weight_[kv_a_],
@@ -319,9 +316,8 @@ troupe_status mla_layer::query_backward_input(const troupe_exec_context* context
     TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, nullptr, 0, weight_[q_b_],
                                d_q_normed.data(), q_rank_, nullptr, t, q_rank_, q_out, error));
     s.d_q_latent.assign(context, static_cast<std::size_t>(t * q_rank_));
-    ops::rmsnorm_backward(context, d_q_normed.data(), s.q_latent.data(), q_rank_,
-                          weight_[q_norm_], s.q_rstd.data(), s.d_q_latent.data(), grad_[q_norm_],
-                          t, q_rank_);
+    ops::rmsnorm_backward(context, d_q_normed.data(), s.q_latent.data(), q_rank_, weight_[q_norm_],
+                          s.q_rstd.data(), s.d_q_latent.data(), grad_[q_norm_], t, q_rank_);
     TROUPE_TRY(linear_backward(context, s.d_q_latent.data(), q_rank_, nullptr, 0, weight_[q_a_], dx,
                                hidden_, nullptr, t, hidden_, q_rank_, error));
     s.q_normed = std::move(p.q_normed);

@@ -83,8 +83,7 @@ class mla_layer {
                           const buffer& d_attention, buffer& d_rope_heads);
   /// Input gradient through kv_b, the latent norm and kv_a (rope key included), added into dx.
   troupe_status kv_backward_input(const troupe_exec_context* context, saved_state& s,
-                                  const buffer& d_rope_heads, float* dx,
-                                  troupe_error* error);
+                                  const buffer& d_rope_heads, float* dx, troupe_error* error);
   /// Input gradient through the query projections (q_b, its norm and q_a, or q_proj), into dx.
   troupe_status query_backward_input(const troupe_exec_context* context, saved_state& s,
                                      projections& p, float* dx, troupe_error* error);

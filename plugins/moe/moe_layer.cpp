@@ -12,6 +12,10 @@ std::vector<std::int64_t> all_experts(const model_shape& c) {
   return ids;
 }
 
+bool on(const DLTensor& t, DLDevice device) {
+  return t.device.device_type == device.device_type && t.device.device_id == device.device_id;
+}
+
 troupe_status check_routing_tensor(const DLTensor& t, activation_shape shape, std::int64_t topk,
                                    std::uint8_t code, const char* what, troupe_error* error) {
   const bool ok = t.ndim == 3 && t.shape[0] == shape.batch && t.shape[1] == shape.length &&
@@ -49,8 +53,15 @@ troupe_status moe_layer::forward(const troupe_exec_context* context, std::int64_
                                  const DLTensor* gates, troupe_error* error) {
   if (weight_.empty()) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "forward before bind");
   activation_shape shape, out_shape;
-  TROUPE_TRY(check_activation(x, hidden_, "the MoE input", shape, error));
-  TROUPE_TRY(check_activation(y, hidden_, "the MoE output", out_shape, error));
+  if (routing_only() && on_gpu(context))
+    return fail(error, TROUPE_STATUS_UNSUPPORTED,
+                "routing only (expert parallelism) runs on the CPU; on a GPU run whole layers");
+  TROUPE_TRY(check_activation(x, hidden_, "the MoE input", shape, error, context));
+  TROUPE_TRY(check_activation(y, hidden_, "the MoE output", out_shape, error, context));
+  if (!on(counts, context->device) || !on(balance_loss, context->device))
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "counts and balance_loss must be on the device the call computes on ({})",
+                device_name(context->device));
   const std::int64_t e_count = experts(), k = topk(), t = shape.tokens();
   if (counts.ndim != 1 || counts.shape[0] != e_count || counts.dtype.code != kDLInt ||
       counts.dtype.bits != 64)
@@ -76,8 +87,8 @@ troupe_status moe_layer::forward(const troupe_exec_context* context, std::int64_
       chosen = static_cast<std::int32_t*>(selected->data);
       gate_values = data_of(*gates);
     } else {
-      s->selected.assign(static_cast<std::size_t>(t * k), 0);
-      s->gates.assign(static_cast<std::size_t>(t * k), 0.0f);
+      s->selected.assign(context, static_cast<std::size_t>(t * k));
+      s->gates.assign(context, static_cast<std::size_t>(t * k));
       chosen = s->selected.data();
       gate_values = s->gates.data();
     }
@@ -87,14 +98,18 @@ troupe_status moe_layer::forward(const troupe_exec_context* context, std::int64_
     float* out = data_of(y);
     TROUPE_TRY(shared_.forward(context, micro_batch, in, t, out, error));
     if (routing_only()) return TROUPE_STATUS_OK;
-    kernels::cpu::group_by_expert(chosen, t, k, e_count, s->grouping);
-    s->expert_out.assign(static_cast<std::size_t>(t * k * hidden_), 0.0f);
-    TROUPE_TRY(routed_->forward(context, micro_batch, in, s->grouping.order.data(), k,
-                                s->grouping.offsets, s->expert_out.data(), error));
-    parallel_for(context, t, 32, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::combine_forward(s->expert_out.data(), gate_values, s->grouping.position.data(),
-                                    k, hidden_, out, begin, end);
-    });
+    s->order.assign(context, static_cast<std::size_t>(t * k));
+    s->position.assign(context, static_cast<std::size_t>(t * k));
+    s->offsets.assign(context, static_cast<std::size_t>(e_count + 1));
+    ops::group_by_expert(context, chosen, t, k, e_count, s->order.data(), s->position.data(),
+                         s->offsets.data());
+    s->host_offsets.resize(static_cast<std::size_t>(e_count + 1));
+    ops::copy_to_host(context, s->host_offsets.data(), s->offsets.data(), s->offsets.bytes());
+    s->expert_out.assign(context, static_cast<std::size_t>(t * k * hidden_));
+    TROUPE_TRY(routed_->forward(context, micro_batch, in, s->order.data(), k, s->host_offsets,
+                                s->expert_out.data(), error));
+    ops::combine_forward(context, s->expert_out.data(), gate_values, s->position.data(), k, hidden_,
+                         out, t);
     return TROUPE_STATUS_OK;
   });
   if (status != TROUPE_STATUS_OK) forget(micro_batch);
@@ -106,23 +121,18 @@ troupe_status moe_layer::backward_input(const troupe_exec_context* context,
                                         float d_balance, const float* d_gates_in, float* dx,
                                         troupe_error* error) {
   const std::int64_t t = s.shape.tokens(), k = topk(), h = hidden_;
-  std::vector<float> d_gates;
+  buffer d_gates;
   if (!routing_only()) {
     // Routed experts first: combine backward, the experts, then each token's rows in slot order.
     const std::int64_t pairs = t * k;
-    d_gates.assign(static_cast<std::size_t>(pairs), 0.0f);
-    std::vector<float> d_out(static_cast<std::size_t>(pairs * h));
-    parallel_for(context, pairs, 64, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::combine_backward(dy, s.expert_out.data(), s.gates.data(),
-                                     s.grouping.order.data(), k, h, d_gates.data(), d_out.data(),
-                                     begin, end);
-    });
-    std::vector<float> d_rows(static_cast<std::size_t>(pairs * h), 0.0f);
+    d_gates.assign(context, static_cast<std::size_t>(pairs));
+    buffer d_out, d_rows;
+    d_out.assign(context, static_cast<std::size_t>(pairs * h));
+    ops::combine_backward(context, dy, s.expert_out.data(), s.gates.data(), s.order.data(), k, h,
+                          d_gates.data(), d_out.data(), pairs);
+    d_rows.assign(context, static_cast<std::size_t>(pairs * h));
     TROUPE_TRY(routed_->backward_input(context, micro_batch, d_out.data(), d_rows.data(), error));
-    parallel_for(context, t, 32, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::scatter_add_rows(d_rows.data(), s.grouping.position.data(), k, h, dx, begin,
-                                     end);
-    });
+    ops::scatter_add_rows(context, d_rows.data(), s.position.data(), k, h, dx, t);
     d_gates_in = d_gates.data();
   }
   TROUPE_TRY(router_.backward_input(context, micro_batch, d_gates_in, d_balance, dx, error));
@@ -147,8 +157,8 @@ troupe_status moe_layer::backward(const troupe_exec_context* context, std::int64
         if (dy == nullptr || dx == nullptr)
           return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "backward needs dy and dx");
         activation_shape shape;
-        TROUPE_TRY(check_activation(*dy, hidden_, "dy", shape, error));
-        TROUPE_TRY(check_activation(*dx, hidden_, "dx", shape, error));
+        TROUPE_TRY(check_activation(*dy, hidden_, "dy", shape, error, context));
+        TROUPE_TRY(check_activation(*dx, hidden_, "dx", shape, error, context));
         const float* gate_grads = nullptr;
         if (routing_only()) {
           if (d_gates == nullptr)
@@ -157,8 +167,10 @@ troupe_status moe_layer::backward(const troupe_exec_context* context, std::int64
           TROUPE_TRY(check_routing_tensor(*d_gates, s.shape, topk(), kDLFloat, "d_gates", error));
           gate_grads = data_of(*d_gates);
         }
-        return backward_input(context, micro_batch, s, data_of(*dy), d_balance_loss, gate_grads,
-                              data_of(*dx), error);
+        return guarded(error, [&] {
+          return backward_input(context, micro_batch, s, data_of(*dy), d_balance_loss, gate_grads,
+                                data_of(*dx), error);
+        });
       },
       [&](saved_state&) { return backward_weight(context, micro_batch, error); });
   // The router's and the experts' saved state goes with the layer's.
@@ -177,10 +189,8 @@ const std::string& moe_layer::statistics() {
   std::size_t bytes =
       router_.saved_bytes() + shared_.saved_bytes() + (routed_ ? routed_->saved_bytes() : 0);
   saved_.for_each([&](std::int64_t, const saved_state& s) {
-    bytes += (s.gates.size() + s.expert_out.size()) * sizeof(float) +
-             s.selected.size() * sizeof(std::int32_t) +
-             (s.grouping.order.size() + s.grouping.offsets.size() + s.grouping.position.size()) *
-                 sizeof(std::int64_t);
+    bytes += s.gates.bytes() + s.expert_out.bytes() + s.selected.bytes() + s.order.bytes() +
+             s.position.bytes() + s.offsets.bytes();
   });
   statistics_ =
       fmt::format(R"({{"micro_batches": {}, "saved_activation_bytes": {}}})", saved_.size(), bytes);

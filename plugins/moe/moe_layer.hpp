@@ -1,6 +1,7 @@
 #pragma once
 
-// DeepSeekMoE feed-forward block of one layer, on the host: shared experts plus fine-grained
+// DeepSeekMoE feed-forward block of one layer, on the host or a GPU (whole layers; routing only
+// runs on the host until expert parallelism over NCCL): shared experts plus fine-grained
 // routed SwiGLU experts, routed by moe_router (sigmoid affinities, bias for selection only,
 // group-limited top-k, normalised and scaled gates, no token dropping).
 //   y = shared(x) + sum over the token's top-k experts e of gate_e * expert_e(x)
@@ -17,7 +18,6 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/expert_combine.hpp"
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
@@ -58,10 +58,12 @@ class moe_layer {
  private:
   struct saved_state {
     activation_shape shape;
-    std::vector<std::int32_t> selected;      // [T, K] (whole layer)
-    std::vector<float> gates;                // [T, K] (whole layer)
-    kernels::cpu::expert_grouping grouping;  // whole layer
-    std::vector<float> expert_out;           // [T*K, H] expert outputs, grouped by expert
+    device_array<std::int32_t> selected;  // [T, K] (whole layer)
+    buffer gates;                         // [T, K] (whole layer)
+    // The assignments grouped by expert (kernels/cpu/expert_combine.hpp), whole layer.
+    device_array<std::int64_t> order, position, offsets;
+    std::vector<std::int64_t> host_offsets;  // the expert GEMMs' shapes
+    buffer expert_out;                       // [T*K, H] expert outputs, grouped by expert
   };
 
   troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,

@@ -62,11 +62,14 @@ struct moe_instance {
   std::vector<std::int64_t> tokens_routed;  // per routed expert (layers only)
   std::string statistics_text;
 
-  void count_forward(const DLTensor* counts) {
+  void count_forward(const troupe_exec_context* context, const DLTensor* counts) {
     ++forward_calls;
     if (counts == nullptr) return;
-    const auto* c = static_cast<const std::int64_t*>(counts->data);
-    tokens_routed.resize(static_cast<std::size_t>(counts->shape[0]), 0);
+    // NOTES: on a GPU this waits for the layer's forward to copy E counts back; the runtime
+    // reads them for the balancer after the step anyway.
+    std::vector<std::int64_t> c(static_cast<std::size_t>(counts->shape[0]));
+    ops::copy_to_host(context, c.data(), counts->data, c.size() * sizeof(std::int64_t));
+    tokens_routed.resize(c.size(), 0);
     for (std::size_t e = 0; e < tokens_routed.size(); ++e) tokens_routed[e] += c[e];
   }
 
@@ -164,7 +167,9 @@ troupe_status infer_outputs(troupe_instance* instance, const DLTensor* inputs,
   }
   const moe_layer& layer = *moe->layer;
   if (num_inputs != 1) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "moe takes one input, x");
-  TROUPE_TRY(check_activation(inputs[0], layer.hidden(), "the MoE input", shape, error));
+  troupe_exec_context where{};  // the input may be on any device the layer computes on
+  where.device = inputs[0].device;
+  TROUPE_TRY(check_activation(inputs[0], layer.hidden(), "the MoE input", shape, error, &where));
   const std::int32_t needed = layer.routing_only() ? 5 : 3;
   if (*num_outputs < needed)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "room for {} outputs needed", needed);
@@ -192,7 +197,7 @@ troupe_status forward(troupe_instance* instance, const troupe_exec_context* cont
                   "experts map (rows, row_counts) to y_rows");
     const troupe_status status =
         moe->experts->forward(context, micro_batch, inputs[0], inputs[1], outputs[0], error);
-    if (status == TROUPE_STATUS_OK) moe->count_forward(nullptr);
+    if (status == TROUPE_STATUS_OK) moe->count_forward(context, nullptr);
     return status;
   }
   const bool routing = moe->layer->routing_only();
@@ -204,8 +209,11 @@ troupe_status forward(troupe_instance* instance, const troupe_exec_context* cont
   const troupe_status status =
       moe->layer->forward(context, micro_batch, inputs[0], outputs[0], outputs[1], outputs[2],
                           routing ? &outputs[3] : nullptr, routing ? &outputs[4] : nullptr, error);
-  if (status == TROUPE_STATUS_OK) moe->count_forward(&outputs[1]);
-  return status;
+  if (status != TROUPE_STATUS_OK) return status;
+  return guarded(error, [&] {
+    moe->count_forward(context, &outputs[1]);
+    return TROUPE_STATUS_OK;
+  });
 }
 
 troupe_status backward(troupe_instance* instance, const troupe_exec_context* context,
@@ -219,8 +227,13 @@ troupe_status backward(troupe_instance* instance, const troupe_exec_context* con
                                   has_grads ? &output_grads[0] : nullptr,
                                   has_grads ? &input_grads[0] : nullptr, error);
   float d_balance = 0.0f;
-  if (num_output_grads >= 3 && output_grads[2].data != nullptr)
-    d_balance = *static_cast<const float*>(output_grads[2].data);
+  if (num_output_grads >= 3 && output_grads[2].data != nullptr) {
+    const troupe_status read = guarded(error, [&] {
+      ops::copy_to_host(context, &d_balance, output_grads[2].data, sizeof(float));
+      return TROUPE_STATUS_OK;
+    });
+    if (read != TROUPE_STATUS_OK) return read;
+  }
   const DLTensor* d_gates =
       num_output_grads >= 5 && output_grads[4].data != nullptr ? &output_grads[4] : nullptr;
   return moe->layer->backward(context, micro_batch, part, has_grads ? &output_grads[0] : nullptr,
@@ -230,7 +243,8 @@ troupe_status backward(troupe_instance* instance, const troupe_exec_context* con
 constexpr troupe_plugin table = entry::table(
     {TROUPE_PLUGIN_KIND_MOE, "moe", "1.2.0",
      "DeepSeekMoE: shared + fine-grained routed SwiGLU experts, aux-loss-free group-limited "
-     "routing; whole layers, or routing and expert groups for expert parallelism (CPU)"},
+     "routing; whole layers (CPU and CUDA), or routing and expert groups for expert parallelism "
+     "(CPU)"},
     &create, &infer_outputs, &forward, &backward);
 
 }  // namespace

@@ -1,7 +1,5 @@
 #include "plugins/moe/moe_router.hpp"
 
-#include "kernels/cpu/gemm.hpp"
-
 namespace troupe::plugin {
 
 moe_router::moe_router(const model_shape& c, double balance_alpha, parameter_list& parameters)
@@ -30,20 +28,17 @@ troupe_status moe_router::forward(const troupe_exec_context* context, std::int64
     const std::int64_t t = shape.tokens(), e_count = shape_.experts, k = shape_.topk, h = hidden_;
     s->x = x;
     s->shape = shape;
-    std::vector<float> logits(static_cast<std::size_t>(t * e_count));
-    kernels::cpu::sgemm_on_pool(context->pool, {false, true, t, e_count, h, h, h, e_count}, 1.0f, x,
-                                weight_[weight_index_], 0.0f, logits.data());
-    s->scores.assign(static_cast<std::size_t>(t * e_count), 0.0f);
-    parallel_for(context, t, 32, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::router_forward(shape_, logits.data() + begin * e_count, weight_[bias_index_],
-                                   s->scores.data() + begin * e_count, selected + begin * k,
-                                   gates + begin * k, end - begin);
-    });
-    s->selected.assign(selected, selected + t * k);
-    std::fill(counts, counts + e_count, 0);
-    kernels::cpu::count_selections(selected, t * k, counts);
-    *balance_loss = static_cast<float>(kernels::cpu::balance_loss_forward(
-        shape_, s->scores.data(), selected, shape.batch, shape.length, balance_alpha_));
+    buffer logits;
+    logits.assign(context, static_cast<std::size_t>(t * e_count));
+    ops::gemm_f32(context, false, true, t, e_count, h, 1.0f, x, h, weight_[weight_index_], h, 0.0f,
+                  logits.data(), e_count);
+    s->scores.assign(context, static_cast<std::size_t>(t * e_count));
+    ops::router_forward(context, shape_, logits.data(), weight_[bias_index_], s->scores.data(),
+                        selected, gates, t);
+    s->selected.assign_copy(context, selected, static_cast<std::size_t>(t * k));
+    ops::count_selections(context, selected, t * k, e_count, counts);
+    ops::balance_loss_forward(context, shape_, s->scores.data(), selected, shape.batch,
+                              shape.length, balance_alpha_, balance_loss);
     return TROUPE_STATUS_OK;
   });
 }
@@ -54,20 +49,16 @@ troupe_status moe_router::backward_input(const troupe_exec_context* context,
   saved_routing* s = saved_.for_input(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   return guarded(error, [&] {
-    const std::int64_t t = s->shape.tokens(), e_count = shape_.experts, k = shape_.topk,
-                       h = hidden_;
-    s->d_logits.assign(static_cast<std::size_t>(t * e_count), 0.0f);
-    parallel_for(context, t, 32, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::router_backward(shape_, s->scores.data() + begin * e_count,
-                                    s->selected.data() + begin * k, d_gates + begin * k,
-                                    s->d_logits.data() + begin * e_count, end - begin);
-    });
+    const std::int64_t t = s->shape.tokens(), e_count = shape_.experts, h = hidden_;
+    s->d_logits.assign(context, static_cast<std::size_t>(t * e_count));
+    ops::router_backward(context, shape_, s->scores.data(), s->selected.data(), d_gates,
+                         s->d_logits.data(), t);
     if (d_balance != 0.0f)
-      kernels::cpu::balance_loss_backward(shape_, s->scores.data(), s->selected.data(),
-                                          s->shape.batch, s->shape.length, balance_alpha_,
-                                          d_balance, s->d_logits.data());
-    kernels::cpu::sgemm_on_pool(context->pool, {false, false, t, h, e_count, e_count, h, h}, 1.0f,
-                                s->d_logits.data(), weight_[weight_index_], 1.0f, dx);
+      ops::balance_loss_backward(context, shape_, s->scores.data(), s->selected.data(),
+                                 s->shape.batch, s->shape.length, balance_alpha_, d_balance,
+                                 s->d_logits.data());
+    ops::gemm_f32(context, false, false, t, h, e_count, 1.0f, s->d_logits.data(), e_count,
+                  weight_[weight_index_], h, 1.0f, dx, h);
     saved_.input_done(micro_batch);
     return TROUPE_STATUS_OK;
   });
@@ -78,18 +69,20 @@ troupe_status moe_router::backward_weight(const troupe_exec_context* context,
   saved_routing* s = saved_.for_weight(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t t = s->shape.tokens(), e_count = shape_.experts, h = hidden_;
-  if (grad_[weight_index_] != nullptr)
-    kernels::cpu::sgemm_on_pool(context->pool, {true, false, e_count, h, t, e_count, h, h}, 1.0f,
-                                s->d_logits.data(), s->x, 1.0f, grad_[weight_index_]);
+  const troupe_status status = guarded(error, [&] {
+    if (grad_[weight_index_] != nullptr)
+      ops::gemm_f32(context, true, false, e_count, h, t, 1.0f, s->d_logits.data(), e_count, s->x, h,
+                    1.0f, grad_[weight_index_], h);
+    return TROUPE_STATUS_OK;
+  });
   saved_.release(micro_batch);
-  return TROUPE_STATUS_OK;
+  return status;
 }
 
 std::size_t moe_router::saved_bytes() const {
   std::size_t bytes = 0;
   saved_.for_each([&](std::int64_t, const saved_routing& s) {
-    bytes += (s.scores.size() + s.d_logits.size()) * sizeof(float) +
-             s.selected.size() * sizeof(std::int32_t);
+    bytes += s.scores.bytes() + s.d_logits.bytes() + s.selected.bytes();
   });
   return bytes;
 }

@@ -3,13 +3,15 @@
 // The router of a DeepSeekMoE layer (kernels/cpu/router.hpp), in FP32 like DeepSeek-V3's gate:
 // logits = x W_gate^T, then sigmoid affinities, biased group-limited top-k selection and gates.
 // It also counts the tokens routed to each expert (for the bias balancer) and computes the
-// sequence-wise balance loss.
+// sequence-wise balance loss. Runs on the exec context's device (plugins/common/device_ops.hpp);
+// selected, gates, counts and the balance loss live there too.
 
 #include <cstdint>
 #include <span>
 #include <vector>
 
 #include "kernels/cpu/router.hpp"
+#include "plugins/common/device_ops.hpp"
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
@@ -43,9 +45,9 @@ class moe_router {
   struct saved_routing {
     const float* x = nullptr;
     activation_shape shape;
-    std::vector<float> scores;  // [T, E] sigmoid affinities
-    std::vector<std::int32_t> selected;
-    std::vector<float> d_logits;  // [T, E], between the input and weight parts
+    buffer scores;  // [T, E] sigmoid affinities
+    device_array<std::int32_t> selected;
+    buffer d_logits;  // [T, E], between the input and weight parts
   };
 
   std::int64_t hidden_;

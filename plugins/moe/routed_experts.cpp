@@ -2,9 +2,7 @@
 
 #include <algorithm>
 
-#include "kernels/cpu/expert_combine.hpp"
 #include "kernels/cpu/linear.hpp"
-#include "kernels/cpu/swiglu.hpp"
 
 namespace troupe::plugin {
 
@@ -31,12 +29,12 @@ void routed_experts::bind(std::span<float* const> weights, std::span<float* cons
   grad_ = grads;
 }
 
-const float* routed_experts::input_rows(const saved_rows& s, std::int64_t first, std::int64_t n,
-                                        std::vector<float>& buffer) const {
+const float* routed_experts::input_rows(const troupe_exec_context* context, const saved_rows& s,
+                                        std::int64_t first, std::int64_t n, buffer& rows) const {
   if (s.order == nullptr) return s.x + first * hidden_;
-  buffer.resize(static_cast<std::size_t>(n * hidden_));
-  kernels::cpu::gather_expert_rows(s.x, s.order + first, s.topk, hidden_, buffer.data(), 0, n);
-  return buffer.data();
+  rows.assign(context, static_cast<std::size_t>(n * hidden_));
+  ops::gather_expert_rows(context, s.x, s.order + first, s.topk, hidden_, rows.data(), 0, n);
+  return rows.data();
 }
 
 template <class F>
@@ -45,15 +43,20 @@ troupe_status routed_experts::for_each_expert(const troupe_exec_context* context
   const std::int64_t local = count();
   std::vector<troupe_status> statuses(static_cast<std::size_t>(local), TROUPE_STATUS_OK);
   std::vector<troupe_error> errors(static_cast<std::size_t>(local));
-  parallel_for(context, local, 1, [&](std::int64_t begin, std::int64_t end) {
+  auto experts = [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t e = begin; e < end; ++e) {
       const std::int64_t first = s.offsets[static_cast<std::size_t>(e)];
       const std::int64_t n = s.offsets[static_cast<std::size_t>(e + 1)] - first;
       if (n > 0)
-        statuses[static_cast<std::size_t>(e)] =
-            body(static_cast<std::size_t>(e), first, n, &errors[static_cast<std::size_t>(e)]);
+        statuses[static_cast<std::size_t>(e)] = guarded(&errors[static_cast<std::size_t>(e)], [&] {
+          return body(static_cast<std::size_t>(e), first, n, &errors[static_cast<std::size_t>(e)]);
+        });
     }
-  });
+  };
+  if (on_gpu(context))
+    experts(0, local);  // one stream: the launches are ordered anyway
+  else
+    parallel_for(context, local, 1, experts);
   for (std::size_t e = 0; e < statuses.size(); ++e)
     if (statuses[e] != TROUPE_STATUS_OK) {
       *error = errors[e];
@@ -76,22 +79,27 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
   s->topk = topk;
   s->offsets.assign(offsets.begin(), offsets.end());
   const std::int64_t rows = s->offsets.back();
-  s->gate_up.assign(static_cast<std::size_t>(rows * 2 * inter_), 0.0f);
-  const troupe_status status = for_each_expert(
-      context, *s,
-      [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
-        std::vector<float> buffer, hidden_rows(static_cast<std::size_t>(n * inter_));
-        const float* in = input_rows(*s, first, n, buffer);
-        float* gu = s->gate_up.data() + first * 2 * inter_;
-        TROUPE_TRY(linear_forward(context, in, hidden_, weight_[gate_[e]], gu, 2 * inter_, n,
-                                  hidden_, inter_, false, err));
-        TROUPE_TRY(linear_forward(context, in, hidden_, weight_[up_[e]], gu + inter_, 2 * inter_, n,
-                                  hidden_, inter_, false, err));
-        kernels::cpu::swiglu_forward_fused(gu, hidden_rows.data(), n, inter_);
-        return linear_forward(context, hidden_rows.data(), inter_, weight_[down_[e]],
-                              y_rows + first * hidden_, hidden_, n, inter_, hidden_, false, err);
-      },
-      error);
+  troupe_status status = guarded(error, [&] {
+    s->gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
+    return TROUPE_STATUS_OK;
+  });
+  if (status == TROUPE_STATUS_OK)
+    status = for_each_expert(
+        context, *s,
+        [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
+          buffer gathered, hidden_rows;
+          hidden_rows.assign(context, static_cast<std::size_t>(n * inter_));
+          const float* in = input_rows(context, *s, first, n, gathered);
+          float* gu = s->gate_up.data() + first * 2 * inter_;
+          TROUPE_TRY(linear_forward(context, in, hidden_, weight_[gate_[e]], gu, 2 * inter_, n,
+                                    hidden_, inter_, false, err));
+          TROUPE_TRY(linear_forward(context, in, hidden_, weight_[up_[e]], gu + inter_, 2 * inter_,
+                                    n, hidden_, inter_, false, err));
+          ops::swiglu_forward_fused(context, gu, hidden_rows.data(), n, inter_);
+          return linear_forward(context, hidden_rows.data(), inter_, weight_[down_[e]],
+                                y_rows + first * hidden_, hidden_, n, inter_, hidden_, false, err);
+        },
+        error);
   if (status != TROUPE_STATUS_OK) saved_.release(micro_batch);
   return status;
 }
@@ -102,20 +110,28 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
   saved_rows* s = saved_.for_input(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t rows = s->offsets.back();
-  s->d_out.assign(dy_rows, dy_rows + rows * hidden_);
-  s->hidden.assign(static_cast<std::size_t>(rows * inter_), 0.0f);
-  s->d_gate_up.assign(static_cast<std::size_t>(rows * 2 * inter_), 0.0f);
+  const troupe_status copied = guarded(error, [&] {
+    s->d_out.assign_copy(context, dy_rows, static_cast<std::size_t>(rows * hidden_));
+    s->hidden.assign(context, static_cast<std::size_t>(rows * inter_));
+    s->d_gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
+    return TROUPE_STATUS_OK;
+  });
+  if (copied != TROUPE_STATUS_OK) {
+    saved_.release(micro_batch);
+    return copied;
+  }
   const troupe_status status = for_each_expert(
       context, *s,
       [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
         const float* gu = s->gate_up.data() + first * 2 * inter_;
-        kernels::cpu::swiglu_forward_fused(gu, s->hidden.data() + first * inter_, n, inter_);
-        std::vector<float> dh(static_cast<std::size_t>(n * inter_), 0.0f);
+        ops::swiglu_forward_fused(context, gu, s->hidden.data() + first * inter_, n, inter_);
+        buffer dh;
+        dh.assign(context, static_cast<std::size_t>(n * inter_));
         TROUPE_TRY(linear_backward(context, s->d_out.data() + first * hidden_, hidden_, nullptr, 0,
                                    weight_[down_[e]], dh.data(), inter_, nullptr, n, inter_,
                                    hidden_, err));
         float* dgu = s->d_gate_up.data() + first * 2 * inter_;
-        kernels::cpu::swiglu_backward_fused(dh.data(), gu, dgu, n, inter_);
+        ops::swiglu_backward_fused(context, dh.data(), gu, dgu, n, inter_);
         float* dx = dx_rows + first * hidden_;
         TROUPE_TRY(linear_backward(context, dgu, 2 * inter_, nullptr, 0, weight_[gate_[e]], dx,
                                    hidden_, nullptr, n, hidden_, inter_, err));
@@ -138,8 +154,8 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
   const troupe_status status = for_each_expert(
       context, *s,
       [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
-        std::vector<float> buffer;
-        const float* in = input_rows(*s, first, n, buffer);
+        buffer gathered;
+        const float* in = input_rows(context, *s, first, n, gathered);
         TROUPE_TRY(linear_backward(context, s->d_out.data() + first * hidden_, hidden_,
                                    s->hidden.data() + first * inter_, inter_, weight_[down_[e]],
                                    nullptr, 0, grad_[down_[e]], n, inter_, hidden_, err));
@@ -157,9 +173,8 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
 std::size_t routed_experts::saved_bytes() const {
   std::size_t bytes = 0;
   saved_.for_each([&](std::int64_t, const saved_rows& s) {
-    bytes +=
-        (s.gate_up.size() + s.hidden.size() + s.d_gate_up.size() + s.d_out.size()) * sizeof(float) +
-        s.offsets.size() * sizeof(std::int64_t);
+    bytes += s.gate_up.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() + s.d_out.bytes() +
+             s.offsets.size() * sizeof(std::int64_t);
   });
   return bytes;
 }

@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "plugins/common/device_ops.hpp"
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
@@ -28,8 +29,9 @@ class routed_experts {
   std::int64_t count() const { return static_cast<std::int64_t>(ids_.size()); }
   const std::vector<std::int64_t>& ids() const { return ids_; }
 
-  /// Rows [offsets[e], offsets[e+1]) belong to local expert e. Row r's input is
-  /// x[order[r] / topk] (order null: x[r]); x and order stay valid until the weight part.
+  /// Rows [offsets[e], offsets[e+1]) belong to local expert e (offsets on the host). Row r's
+  /// input is x[order[r] / topk] (order null: x[r]); x and order (on the context's device) stay
+  /// valid until the weight part.
   troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
                         const float* x, const std::int64_t* order, std::int64_t topk,
                         std::span<const std::int64_t> offsets, float* y_rows, troupe_error* error);
@@ -48,19 +50,22 @@ class routed_experts {
     const float* x = nullptr;
     const std::int64_t* order = nullptr;
     std::int64_t topk = 1;
-    std::vector<std::int64_t> offsets;
-    std::vector<float> gate_up;    // [R, 2I] pre-activations
-    std::vector<float> hidden;     // [R, I] SwiGLU output, recomputed by the input part
-    std::vector<float> d_gate_up;  // [R, 2I]
-    std::vector<float> d_out;      // [R, H] dy_rows, for the down projection's weight gradient
+    std::vector<std::int64_t> offsets;  // on the host: the GEMM shapes come from them
+    buffer gate_up;                     // [R, 2I] pre-activations
+    buffer hidden;                      // [R, I] SwiGLU output, recomputed by the input part
+    buffer d_gate_up;                   // [R, 2I]
+    buffer d_out;                       // [R, H] dy_rows, for the down projection's weight gradient
   };
-  /// Runs body(local expert, first row, rows) for every expert with rows, in parallel.
+  /// Runs body(local expert, first row, rows) for every expert with rows: in parallel on the
+  /// host's pool, in order on a GPU (one stream).
+  // NOTES: on a GPU this is one GEMM launch per expert and pass; a grouped GEMM (one launch per
+  // layer) replaces it in the GPU training issue's performance work.
   template <class F>
   troupe_status for_each_expert(const troupe_exec_context* context, const saved_rows& s, F&& body,
                                 troupe_error* error);
-  /// The input rows of expert e into `buffer` (or straight from x when rows are contiguous).
-  const float* input_rows(const saved_rows& s, std::int64_t first, std::int64_t n,
-                          std::vector<float>& buffer) const;
+  /// The input rows of expert e into `rows` (or straight from x when rows are contiguous).
+  const float* input_rows(const troupe_exec_context* context, const saved_rows& s,
+                          std::int64_t first, std::int64_t n, buffer& rows) const;
 
   std::int64_t hidden_, inter_;
   std::vector<std::int64_t> ids_;

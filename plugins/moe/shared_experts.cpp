@@ -29,22 +29,24 @@ void shared_experts::bind(std::span<float* const> weights, std::span<float* cons
 troupe_status shared_experts::forward(const troupe_exec_context* context, std::int64_t micro_batch,
                                       const float* x, std::int64_t tokens, float* y,
                                       troupe_error* error) {
-  if (!present()) {
-    std::fill(y, y + tokens * hidden_, 0.0f);
-    return TROUPE_STATUS_OK;
-  }
+  if (!present())
+    return guarded(error, [&] {
+      ops::zero(context, y, tokens * hidden_);
+      return TROUPE_STATUS_OK;
+    });
   saved_block* s = saved_.start(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const troupe_status status = guarded(error, [&]() -> troupe_status {
     s->x = x;
     s->tokens = tokens;
-    s->gate_up.assign(static_cast<std::size_t>(tokens * 2 * inter_), 0.0f);
+    s->gate_up.assign(context, static_cast<std::size_t>(tokens * 2 * inter_));
     TROUPE_TRY(linear_forward(context, x, hidden_, weight_[gate_], s->gate_up.data(), 2 * inter_,
                               tokens, hidden_, inter_, false, error));
     TROUPE_TRY(linear_forward(context, x, hidden_, weight_[up_], s->gate_up.data() + inter_,
                               2 * inter_, tokens, hidden_, inter_, false, error));
-    std::vector<float> h(static_cast<std::size_t>(tokens * inter_));
-    kernels::cpu::swiglu_forward_fused(s->gate_up.data(), h.data(), tokens, inter_);
+    buffer h;
+    h.assign(context, static_cast<std::size_t>(tokens * inter_));
+    ops::swiglu_forward_fused(context, s->gate_up.data(), h.data(), tokens, inter_);
     return linear_forward(context, h.data(), inter_, weight_[down_], y, hidden_, tokens, inter_,
                           hidden_, false, error);
   });
@@ -60,19 +62,20 @@ troupe_status shared_experts::backward_input(const troupe_exec_context* context,
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   return guarded(error, [&]() -> troupe_status {
     const std::int64_t t = s->tokens;
-    s->hidden.assign(static_cast<std::size_t>(t * inter_), 0.0f);
-    kernels::cpu::swiglu_forward_fused(s->gate_up.data(), s->hidden.data(), t, inter_);
-    std::vector<float> dh(static_cast<std::size_t>(t * inter_), 0.0f);
+    s->hidden.assign(context, static_cast<std::size_t>(t * inter_));
+    ops::swiglu_forward_fused(context, s->gate_up.data(), s->hidden.data(), t, inter_);
+    buffer dh;
+    dh.assign(context, static_cast<std::size_t>(t * inter_));
     TROUPE_TRY(linear_backward(context, dy, hidden_, nullptr, 0, weight_[down_], dh.data(), inter_,
                                nullptr, t, inter_, hidden_, error));
-    s->d_gate_up.assign(static_cast<std::size_t>(t * 2 * inter_), 0.0f);
-    kernels::cpu::swiglu_backward_fused(dh.data(), s->gate_up.data(), s->d_gate_up.data(), t,
-                                        inter_);
+    s->d_gate_up.assign(context, static_cast<std::size_t>(t * 2 * inter_));
+    ops::swiglu_backward_fused(context, dh.data(), s->gate_up.data(), s->d_gate_up.data(), t,
+                               inter_);
     TROUPE_TRY(linear_backward(context, s->d_gate_up.data(), 2 * inter_, nullptr, 0, weight_[gate_],
                                dx, hidden_, nullptr, t, hidden_, inter_, error));
     TROUPE_TRY(linear_backward(context, s->d_gate_up.data() + inter_, 2 * inter_, nullptr, 0,
                                weight_[up_], dx, hidden_, nullptr, t, hidden_, inter_, error));
-    s->d_out.assign(dy, dy + t * hidden_);
+    s->d_out.assign_copy(context, dy, static_cast<std::size_t>(t * hidden_));
     saved_.input_done(micro_batch);
     return TROUPE_STATUS_OK;
   });
@@ -101,8 +104,7 @@ troupe_status shared_experts::backward_weight(const troupe_exec_context* context
 std::size_t shared_experts::saved_bytes() const {
   std::size_t bytes = 0;
   saved_.for_each([&](std::int64_t, const saved_block& s) {
-    bytes +=
-        (s.gate_up.size() + s.hidden.size() + s.d_gate_up.size() + s.d_out.size()) * sizeof(float);
+    bytes += s.gate_up.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() + s.d_out.bytes();
   });
   return bytes;
 }

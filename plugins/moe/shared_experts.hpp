@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "plugins/common/device_ops.hpp"
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
@@ -36,7 +37,7 @@ class shared_experts {
   struct saved_block {
     const float* x = nullptr;
     std::int64_t tokens = 0;
-    std::vector<float> gate_up, hidden, d_gate_up, d_out;
+    buffer gate_up, hidden, d_gate_up, d_out;
   };
 
   std::int64_t hidden_, inter_;

@@ -152,9 +152,10 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
                           rows, dim);
     device_array<float> gx(x), gw(weight), gy(x.size()), grstd(rstd.size()), gdy(dy), gdx(dx0),
         gdw(dw0), scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
-    gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f, nullptr);
-    gpu::rmsnorm_backward(gdy.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(), gdw.data(),
-                          rows, dim, scratch.data(), nullptr);
+    gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f,
+                         nullptr);
+    gpu::rmsnorm_backward(gdy.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
+                          gdw.data(), rows, dim, scratch.data(), nullptr);
     EXPECT_CLOSE(gy.get(), y, fp32_bound, "rmsnorm y");
     EXPECT_CLOSE(grstd.get(), rstd, fp32_bound, "rmsnorm rstd");
     EXPECT_CLOSE(gdx.get(), dx, fp32_bound, "rmsnorm dx");
@@ -162,8 +163,8 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
     // Same bits again (the weight gradient is summed in a fixed order).
     const auto first = gdw.get();
     gdw.set(dw0);
-    gpu::rmsnorm_backward(gdy.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(), gdw.data(),
-                          rows, dim, scratch.data(), nullptr);
+    gpu::rmsnorm_backward(gdy.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
+                          gdw.data(), rows, dim, scratch.data(), nullptr);
     EXPECT_EQ(gdw.get(), first);
   }
   // Finite differences of dx and dweight (zero on entry) on the GPU alone.
@@ -173,9 +174,10 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
   device_array<float> gx(x), gw(weight), gy(x.size()), grstd(rows), gr(r), gdx(x.size()),
       gdw(weight.size()),
       scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
-  gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f, nullptr);
-  gpu::rmsnorm_backward(gr.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(), gdw.data(), rows,
-                        dim, scratch.data(), nullptr);
+  gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f,
+                       nullptr);
+  gpu::rmsnorm_backward(gr.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(), gdw.data(),
+                        rows, dim, scratch.data(), nullptr);
   auto run = [&](const std::vector<float>& xs, const std::vector<float>& ws) {
     device_array<float> ix(xs), iw(ws), out(xs.size());
     gpu::rmsnorm_forward(ix.data(), dim, iw.data(), out.data(), nullptr, rows, dim, 1e-6f, nullptr);
@@ -342,15 +344,16 @@ TEST(CudaOps, CrossEntropyMatchesTheCpuInPlaceAndFiniteDifferences) {
             "cross-entropy dlogits");
 }
 
-/// Logits whose choices are well apart (a shuffled ramp per token, 0.375 between neighbours),
-/// so a finite-difference step (h = 3e-2: the normalised gates' FP32 rounding at h = 1e-2 is
-/// close to the bound) never changes which experts are selected.
+/// Logits whose choices are apart (a shuffled ramp per token over [-4, 1): 5/64 between
+/// neighbours, the selected ones where the sigmoid's slope is large), so a finite-difference
+/// step of 1e-2 never changes which experts are selected (with one group: group sums of a ramp
+/// can tie; the group limit is held to the CPU above).
 std::vector<float> separated_logits(std::int64_t tokens, std::int64_t experts, std::uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<float> logits(static_cast<std::size_t>(tokens * experts));
   std::vector<float> ramp(static_cast<std::size_t>(experts));
   for (std::int64_t e = 0; e < experts; ++e)
-    ramp[e] = -12.0f + 24.0f * static_cast<float>(e) / static_cast<float>(experts);
+    ramp[e] = -4.0f + 5.0f * static_cast<float>(e) / static_cast<float>(experts);
   for (std::int64_t t = 0; t < tokens; ++t) {
     std::shuffle(ramp.begin(), ramp.end(), rng);
     std::copy(ramp.begin(), ramp.end(), logits.begin() + t * experts);
@@ -393,13 +396,13 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
     device_array<float> gdg(d_gates), gdl(logits.size());
     const std::size_t bytes = gpu::balance_loss_scratch_bytes(sequences, length, rc.experts);
     device_array<char> scratch(bytes);
-    device_array<double> gloss(1);
+    device_array<float> gloss(1);
     gpu::router_backward(gs, gscores.data(), gsel.data(), gdg.data(), gdl.data(), tokens, nullptr);
     gpu::balance_loss_forward(gs, gscores.data(), gsel.data(), sequences, length, 0.003,
                               gloss.data(), scratch.data(), bytes, nullptr);
     gpu::balance_loss_backward(gs, gscores.data(), gsel.data(), sequences, length, 0.003, 1.0f,
                                gdl.data(), scratch.data(), bytes, nullptr);
-    EXPECT_NEAR(gloss.get()[0], loss, 1e-6 * std::fabs(loss));
+    EXPECT_NEAR(gloss.get()[0], loss, 1e-6 * std::fabs(loss));  // a float of the float64 sum
     EXPECT_CLOSE(gdl.get(), d_logits, fp32_bound, "router + balance d_logits");
     std::vector<std::int64_t> counts(static_cast<std::size_t>(rc.experts), 0);
     cpu::count_selections(selected.data(), static_cast<std::int64_t>(pairs), counts.data());
@@ -409,7 +412,7 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
   }
   // Finite differences on logits that keep their selection under the step.
   const std::int64_t sequences = 2, length = 20, tokens = sequences * length;
-  gpu::router_shape gs{64, 8, 4, 6, true, 2.5f};
+  gpu::router_shape gs{64, 1, 1, 6, true, 2.5f};
   const auto logits = separated_logits(tokens, 64, 29);
   const auto r = random_values(static_cast<std::size_t>(tokens * 6), 30);
   device_array<float> gl(logits), gscores(logits.size()), ggates(r.size()), gr(r),
@@ -424,7 +427,7 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
     gpu::router_forward(gs, a.data(), nullptr, s.data(), sel.data(), g.data(), tokens, nullptr);
     return g.get();
   };
-  EXPECT_FD(finite_difference_error(gates_of, logits, r, gdl.get(), 31, 3e-2), "router d_logits");
+  EXPECT_FD(finite_difference_error(gates_of, logits, r, gdl.get(), 31), "router d_logits");
   const std::size_t bytes = gpu::balance_loss_scratch_bytes(sequences, length, 64);
   device_array<char> scratch(bytes);
   device_array<float> gdb(logits.size());
@@ -433,13 +436,13 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
   auto loss_of = [&](const std::vector<float>& v) {
     device_array<float> a(v), s(v.size()), g(r.size());
     device_array<std::int32_t> sel(r.size());
-    device_array<double> out(1);
+    device_array<float> out(1);
     gpu::router_forward(gs, a.data(), nullptr, s.data(), sel.data(), g.data(), tokens, nullptr);
     gpu::balance_loss_forward(gs, s.data(), sel.data(), sequences, length, 0.1, out.data(),
                               scratch.data(), bytes, nullptr);
-    return std::vector<float>{static_cast<float>(out.get()[0])};
+    return out.get();
   };
-  EXPECT_FD(finite_difference_error(loss_of, logits, {1.0f}, gdb.get(), 32, 3e-2),
+  EXPECT_FD(finite_difference_error(loss_of, logits, {1.0f}, gdb.get(), 32),
             "balance loss d_logits");
 }
 
@@ -459,18 +462,16 @@ TEST(CudaOps, ExpertPermutationMatchesTheCpuGroupingAndCombine) {
   cpu::expert_grouping grouping;
   cpu::group_by_expert(selected.data(), tokens, topk, experts, grouping);
   const std::int64_t pairs = tokens * topk;
-  device_array<std::int32_t> gsel(selected), order(pairs), position(pairs), offsets(experts + 1);
+  device_array<std::int32_t> gsel(selected);
+  device_array<std::int64_t> order(pairs), position(pairs), offsets(experts + 1);
   const std::size_t bytes = gpu::group_by_expert_scratch_bytes(pairs, experts);
   device_array<char> scratch(bytes);
   gpu::group_by_expert(gsel.data(), tokens, topk, experts,
                        {order.data(), position.data(), offsets.data()}, scratch.data(), bytes,
                        nullptr);
-  auto widen = [](const std::vector<std::int32_t>& v) {
-    return std::vector<std::int64_t>(v.begin(), v.end());
-  };
-  EXPECT_EQ(widen(order.get()), grouping.order);
-  EXPECT_EQ(widen(position.get()), grouping.position);
-  EXPECT_EQ(widen(offsets.get()), grouping.offsets);
+  EXPECT_EQ(order.get(), grouping.order);
+  EXPECT_EQ(position.get(), grouping.position);
+  EXPECT_EQ(offsets.get(), grouping.offsets);
 
   const auto x = random_values(static_cast<std::size_t>(tokens * width), 34);
   std::vector<float> rows(static_cast<std::size_t>(pairs * width));

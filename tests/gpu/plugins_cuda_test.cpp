@@ -1,6 +1,7 @@
-// The layer plugins on cuda:0 against the same plugins on the CPU (FP32 both, the same
-// parameters and inputs): outputs, input gradients and every parameter's gradient agree within
-// 1e-5 of the largest value (max |gpu - cpu| / max |cpu|). The CPU path is itself held to
+// The layer plugins (MLA, MoE) on cuda:0 against the same plugins on the CPU (FP32 both, the
+// same parameters and inputs): outputs, input gradients and every parameter's gradient agree
+// within 1e-5 of the largest value (max |gpu - cpu| / max |cpu|); expert selections and counts
+// are identical. The CPU path is itself held to
 // transformers (tests/model/parity_test.cpp) and to finite differences (plugin_gradient_test).
 #include <gtest/gtest.h>
 
@@ -89,14 +90,13 @@ TEST_F(PluginsOnCuda, MlaForwardAndBackwardMatchTheCpu) {
       const tensor r = random_tensor({2, length, c.hidden_size}, 2);
       const tensor y = layer.cpu->forward(cpu_context, micro_batch, std::vector<tensor>{x})[0];
       const tensor xg = x.to(device::cuda(0)), rg = r.to(device::cuda(0));
-      const tensor yg =
-          layer.gpu->forward(gpu_context, micro_batch, std::vector<tensor>{xg})[0];
+      const tensor yg = layer.gpu->forward(gpu_context, micro_batch, std::vector<tensor>{xg})[0];
       tensor dx = tensor::zeros(dtype::f32, x.shape());
       tensor dxg = tensor::zeros(dtype::f32, x.shape(), device::cuda(0));
       layer.cpu->backward(cpu_context, micro_batch, TROUPE_BACKWARD_BOTH, std::vector<tensor>{r},
                           std::vector<tensor>{dx});
-      layer.gpu->backward(gpu_context, micro_batch, TROUPE_BACKWARD_BOTH,
-                          std::vector<tensor>{rg}, std::vector<tensor>{dxg});
+      layer.gpu->backward(gpu_context, micro_batch, TROUPE_BACKWARD_BOTH, std::vector<tensor>{rg},
+                          std::vector<tensor>{dxg});
       cuda::synchronize_stream(gpu_context.stream(), 0);
       const double ey = relative_error(yg, y), edx = relative_error(dxg, dx);
       std::printf("[ mla %s, length %lld ] y %.3g, dx %.3g\n", fixture,
@@ -118,10 +118,65 @@ TEST_F(PluginsOnCuda, MlaForwardAndBackwardMatchTheCpu) {
   }
 }
 
+TEST_F(PluginsOnCuda, MoeForwardAndBackwardMatchTheCpu) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  exec_context cpu_context(device::cpu(), pool_);
+  exec_context gpu_context(device::cuda(0), pool_);
+  for (const char* fixture : {"q-lora", "groups"}) {
+    const model_config c =
+        load_model_config(troupe::testing::fixture_model(fixture) / "config.json");
+    twin_layers layer(registry_, "moe", plugin_kind::moe, c, 1);
+    for (std::int64_t length : {9, 70}) {
+      const std::int64_t micro_batch = length;
+      const tensor x = random_tensor({2, length, c.hidden_size}, 3);
+      const tensor r = random_tensor({2, length, c.hidden_size}, 4);
+      const auto out = layer.cpu->forward(cpu_context, micro_batch, std::vector<tensor>{x});
+      const tensor xg = x.to(device::cuda(0));  // kept alive until backward (the ABI's rule)
+      const auto out_g = layer.gpu->forward(gpu_context, micro_batch, std::vector<tensor>{xg});
+      // Expert counts are integers: identical. The balance loss: a float of a float64 sum.
+      const tensor counts_g = out_g[1].to(device::cpu());
+      for (std::int64_t e = 0; e < out[1].numel(); ++e)
+        ASSERT_EQ(counts_g.data_as<std::int64_t>()[e], out[1].data_as<std::int64_t>()[e]) << e;
+      const double eb = relative_error(out_g[2], out[2]);
+      EXPECT_LT(eb, bound) << fixture;
+      // Backward with the balance loss's gradient as the runtime passes it (a scale of 0.5).
+      tensor d_balance = tensor::empty(dtype::f32, {1});
+      *d_balance.data_as<float>() = 0.5f;
+      tensor dx = tensor::zeros(dtype::f32, x.shape());
+      tensor dxg = tensor::zeros(dtype::f32, x.shape(), device::cuda(0));
+      layer.cpu->backward(cpu_context, micro_batch, TROUPE_BACKWARD_BOTH,
+                          std::vector<tensor>{r, tensor(), d_balance}, std::vector<tensor>{dx});
+      layer.gpu->backward(
+          gpu_context, micro_batch, TROUPE_BACKWARD_BOTH,
+          std::vector<tensor>{r.to(device::cuda(0)), tensor(), d_balance.to(device::cuda(0))},
+          std::vector<tensor>{dxg});
+      cuda::synchronize_stream(gpu_context.stream(), 0);
+      const double ey = relative_error(out_g[0], out[0]), edx = relative_error(dxg, dx);
+      std::printf("[ moe %s, length %lld ] y %.3g, balance loss %.3g, dx %.3g\n", fixture,
+                  static_cast<long long>(length), ey, eb, edx);
+      EXPECT_LT(ey, bound) << fixture;
+      EXPECT_LT(edx, bound) << fixture;
+    }
+    auto [values, grads] = bound_tensors(layer.store, layer.names);
+    double worst = 0.0;
+    std::size_t trainable = 0;
+    for (std::size_t i = 0; i < grads.size(); ++i) {
+      if (!grads[i].defined()) continue;
+      ++trainable;
+      const double e = relative_error(layer.gpu_grads[i], grads[i]);
+      EXPECT_LT(e, bound) << layer.names[i];
+      worst = std::max(worst, e);
+    }
+    std::printf("[ moe %s ] worst parameter gradient %.3g over %zu parameters\n", fixture, worst,
+                trainable);
+  }
+}
+
 TEST_F(PluginsOnCuda, ParametersOnAnotherDeviceAreRefusedByName) {
   TROUPE_SKIP_WITHOUT_GPU();
   exec_context gpu_context(device::cuda(0), pool_);
-  const model_config c = load_model_config(troupe::testing::fixture_model("q-lora") / "config.json");
+  const model_config c =
+      load_model_config(troupe::testing::fixture_model("q-lora") / "config.json");
   plugin_registry registry;
   instance_options o;
   o.model_config_json = complete_json(c);

@@ -9,7 +9,8 @@ constexpr int threads = 256;
 constexpr std::int64_t rows_per_block = 32;  // rows whose weight gradient one block sums
 
 __global__ void rmsnorm_forward_kernel(const float* x, std::int64_t ldx, const float* weight,
-                                       float* y, float* rstd, std::int64_t dim, float eps) {
+                                       float* y, std::int64_t ldy, float* rstd, std::int64_t dim,
+                                       float eps) {
   __shared__ float shared[32];
   const std::int64_t row = blockIdx.x;
   const float* xr = x + row * ldx;
@@ -17,22 +18,23 @@ __global__ void rmsnorm_forward_kernel(const float* x, std::int64_t ldx, const f
   for (std::int64_t i = threadIdx.x; i < dim; i += threads) sum += xr[i] * xr[i];
   sum = block_sum(sum, shared);
   const float inverse = rsqrtf(sum / static_cast<float>(dim) + eps);
-  float* yr = y + row * dim;
+  float* yr = y + row * ldy;
   for (std::int64_t i = threadIdx.x; i < dim; i += threads) yr[i] = weight[i] * (xr[i] * inverse);
   if (rstd != nullptr && threadIdx.x == 0) rstd[row] = inverse;
 }
 
 // One block per rows_per_block rows: dx of each row, and the block's partial weight gradient in
 // partial[block, dim] (each thread owns the same columns in every row: no race, fixed order).
-__global__ void rmsnorm_backward_kernel(const float* dy, const float* x, std::int64_t ldx,
-                                        const float* weight, const float* rstd, float* dx,
-                                        float* partial, std::int64_t rows, std::int64_t dim) {
+__global__ void rmsnorm_backward_kernel(const float* dy, std::int64_t ldy, const float* x,
+                                        std::int64_t ldx, const float* weight, const float* rstd,
+                                        float* dx, float* partial, std::int64_t rows,
+                                        std::int64_t dim) {
   __shared__ float shared[32];
   const std::int64_t first = blockIdx.x * rows_per_block;
   const std::int64_t last = min(first + rows_per_block, rows);
   float* mine = partial != nullptr ? partial + blockIdx.x * dim : nullptr;
   for (std::int64_t row = first; row < last; ++row) {
-    const float* dyr = dy + row * dim;
+    const float* dyr = dy + row * ldy;
     const float* xr = x + row * ldx;
     const float inverse = rstd[row];
     float dot = 0.0f;
@@ -59,11 +61,12 @@ __global__ void sum_partials_kernel(const float* partial, float* dweight, std::i
 
 }  // namespace
 
-void rmsnorm_forward(const float* x, std::int64_t ldx, const float* weight, float* y, float* rstd,
-                     std::int64_t rows, std::int64_t dim, float eps, void* stream) {
+void rmsnorm_forward(const float* x, std::int64_t ldx, const float* weight, float* y,
+                     std::int64_t ldy, float* rstd, std::int64_t rows, std::int64_t dim, float eps,
+                     void* stream) {
   if (rows == 0) return;
   rmsnorm_forward_kernel<<<static_cast<unsigned>(rows), threads, 0, as_stream(stream)>>>(
-      x, ldx, weight, y, rstd, dim, eps);
+      x, ldx, weight, y, ldy, rstd, dim, eps);
   TROUPE_CUDA_LAUNCHED();
 }
 
@@ -71,15 +74,15 @@ std::int64_t rmsnorm_backward_scratch(std::int64_t rows, std::int64_t dim) {
   return blocks_for(rows, rows_per_block) * dim;
 }
 
-void rmsnorm_backward(const float* dy, const float* x, std::int64_t ldx, const float* weight,
-                      const float* rstd, float* dx, float* dweight, std::int64_t rows,
-                      std::int64_t dim, float* scratch, void* stream) {
+void rmsnorm_backward(const float* dy, std::int64_t ldy, const float* x, std::int64_t ldx,
+                      const float* weight, const float* rstd, float* dx, float* dweight,
+                      std::int64_t rows, std::int64_t dim, float* scratch, void* stream) {
   if (rows == 0) return;
   require(dweight == nullptr || scratch != nullptr, "rmsnorm_backward",
           "a weight gradient needs rmsnorm_backward_scratch floats of scratch");
   const unsigned blocks = blocks_for(rows, rows_per_block);
   rmsnorm_backward_kernel<<<blocks, threads, 0, as_stream(stream)>>>(
-      dy, x, ldx, weight, rstd, dx, dweight != nullptr ? scratch : nullptr, rows, dim);
+      dy, ldy, x, ldx, weight, rstd, dx, dweight != nullptr ? scratch : nullptr, rows, dim);
   TROUPE_CUDA_LAUNCHED();
   if (dweight == nullptr) return;
   sum_partials_kernel<<<blocks_for(dim, threads), threads, 0, as_stream(stream)>>>(scratch, dweight,

@@ -92,7 +92,7 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
   if (q_rank_ > 0) {
     p.q_normed.assign(context, static_cast<std::size_t>(t * q_rank_));
     ops::rmsnorm_forward(context, s.q_latent.data(), q_rank_, weight_[q_norm_], p.q_normed.data(),
-                         s.q_rstd.data(), t, q_rank_, eps_);
+                         q_rank_, s.q_rstd.data(), t, q_rank_, eps_);
     TROUPE_TRY(linear_forward(context, p.q_normed.data(), q_rank_, weight_[q_b_], p.q.data(), q_out,
                               t, q_rank_, q_out, false, error));
   } else {
@@ -104,7 +104,7 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
   p.kv_normed.assign(context, static_cast<std::size_t>(t * kv_rank_));
   p.rope_key.assign(context, static_cast<std::size_t>(t * rope_));
   ops::rmsnorm_forward(context, s.kv_latent.data(), latent_width, weight_[kv_norm_],
-                       p.kv_normed.data(), s.kv_rstd.data(), t, kv_rank_, eps_);
+                       p.kv_normed.data(), kv_rank_, s.kv_rstd.data(), t, kv_rank_, eps_);
   ops::copy_2d(context, p.rope_key.data(), rope_, s.kv_latent.data() + kv_rank_, latent_width, t,
                rope_);
   ops::rope_rotate(context, p.q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, s.shape.length,
@@ -297,7 +297,7 @@ troupe_status mla_layer::kv_backward_input(const troupe_exec_context* context, s
   d_kv_normed.assign(context, static_cast<std::size_t>(t * kv_rank_));
   TROUPE_TRY(linear_backward(context, s.d_kv.data(), kv_out, nullptr, 0, weight_[kv_b_],
                              d_kv_normed.data(), kv_rank_, nullptr, t, kv_rank_, kv_out, error));
-  ops::rmsnorm_backward(context, d_kv_normed.data(), s.kv_latent.data(), latent_width,
+  ops::rmsnorm_backward(context, d_kv_normed.data(), kv_rank_, s.kv_latent.data(), latent_width,
                         weight_[kv_norm_], s.kv_rstd.data(), s.d_kv_latent.data(), grad_[kv_norm_],
                         t, kv_rank_);
   ops::copy_2d(context, s.d_kv_latent.data() + kv_rank_, latent_width, d_rope.data(), rope_, t,
@@ -316,7 +316,7 @@ troupe_status mla_layer::query_backward_input(const troupe_exec_context* context
     TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, nullptr, 0, weight_[q_b_],
                                d_q_normed.data(), q_rank_, nullptr, t, q_rank_, q_out, error));
     s.d_q_latent.assign(context, static_cast<std::size_t>(t * q_rank_));
-    ops::rmsnorm_backward(context, d_q_normed.data(), s.q_latent.data(), q_rank_, weight_[q_norm_],
+    ops::rmsnorm_backward(context, d_q_normed.data(), q_rank_, s.q_latent.data(), q_rank_, weight_[q_norm_],
                           s.q_rstd.data(), s.d_q_latent.data(), grad_[q_norm_], t, q_rank_);
     TROUPE_TRY(linear_backward(context, s.d_q_latent.data(), q_rank_, nullptr, 0, weight_[q_a_], dx,
                                hidden_, nullptr, t, hidden_, q_rank_, error));

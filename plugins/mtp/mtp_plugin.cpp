@@ -16,7 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/cpu/linear.hpp"
-#include "kernels/cpu/rmsnorm.hpp"
+#include "plugins/common/device_ops.hpp"
 #include "plugins/common/layer_entry.hpp"
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/split_backward.hpp"
@@ -53,11 +53,11 @@ class mtp_module {
                         troupe_error* error) {
     if (!bound_) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "forward before bind");
     activation_shape shape, other;
-    TROUPE_TRY(check_activation(h_prev, hidden_, "h_prev", shape, error));
-    TROUPE_TRY(check_activation(embedded, hidden_, "embedded", other, error));
+    TROUPE_TRY(check_activation(h_prev, hidden_, "h_prev", shape, error, context));
+    TROUPE_TRY(check_activation(embedded, hidden_, "embedded", other, error, context));
     if (other.tokens() != shape.tokens())
       return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "h_prev and embedded differ in shape");
-    TROUPE_TRY(check_activation(out, hidden_, "the MTP output", other, error));
+    TROUPE_TRY(check_activation(out, hidden_, "the MTP output", other, error, context));
     saved* s = saved_.start(micro_batch, error);
     if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
     return guarded(error, [&] {
@@ -65,16 +65,12 @@ class mtp_module {
       s->shape = shape;
       s->h_prev = data_of(h_prev);
       s->embedded = data_of(embedded);
-      s->joined.assign(static_cast<std::size_t>(t * 2 * h), 0.0f);  // [enorm(emb) | hnorm(h)]
-      s->rstd.assign(static_cast<std::size_t>(2 * t), 0.0f);
-      for (std::int64_t row = 0; row < t; ++row) {
-        troupe::kernels::cpu::rmsnorm_forward(s->embedded + row * h, weight_[enorm_],
-                                              s->joined.data() + row * 2 * h,
-                                              s->rstd.data() + 2 * row, 1, h, eps_);
-        troupe::kernels::cpu::rmsnorm_forward(s->h_prev + row * h, weight_[hnorm_],
-                                              s->joined.data() + row * 2 * h + h,
-                                              s->rstd.data() + 2 * row + 1, 1, h, eps_);
-      }
+      s->joined.assign(context, static_cast<std::size_t>(t * 2 * h));  // [enorm(emb) | hnorm(h)]
+      s->rstd.assign(context, static_cast<std::size_t>(2 * t));        // enorm's rows, then hnorm's
+      ops::rmsnorm_forward(context, s->embedded, h, weight_[enorm_], s->joined.data(), 2 * h,
+                           s->rstd.data(), t, h, eps_);
+      ops::rmsnorm_forward(context, s->h_prev, h, weight_[hnorm_], s->joined.data() + h, 2 * h,
+                           s->rstd.data() + t, t, h, eps_);
       const troupe_status status =
           troupe::kernels::linear_forward(context, s->joined.data(), 2 * h, weight_[eh_proj_],
                                           data_of(out), h, t, 2 * h, h, false, error);
@@ -93,10 +89,12 @@ class mtp_module {
             return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                         "backward needs d_out, d_h_prev and d_embedded");
           activation_shape shape;
-          TROUPE_TRY(check_activation(*d_out, hidden_, "d_out", shape, error));
-          TROUPE_TRY(check_activation(*d_h_prev, hidden_, "d_h_prev", shape, error));
-          TROUPE_TRY(check_activation(*d_embedded, hidden_, "d_embedded", shape, error));
-          return backward_input(context, s, *d_out, *d_h_prev, *d_embedded, error);
+          TROUPE_TRY(check_activation(*d_out, hidden_, "d_out", shape, error, context));
+          TROUPE_TRY(check_activation(*d_h_prev, hidden_, "d_h_prev", shape, error, context));
+          TROUPE_TRY(check_activation(*d_embedded, hidden_, "d_embedded", shape, error, context));
+          return guarded(error, [&] {
+            return backward_input(context, s, *d_out, *d_h_prev, *d_embedded, error);
+          });
         },
         [&](saved& s) {
           const std::int64_t t = s.shape.tokens(), h = hidden_;
@@ -113,7 +111,7 @@ class mtp_module {
     activation_shape shape;
     const float* h_prev = nullptr;
     const float* embedded = nullptr;
-    std::vector<float> joined, rstd, d_out;
+    buffer joined, rstd, d_out;
   };
 
   /// dL/d(embedded) and dL/d(h_prev) through eh_proj and the two norms; keeps d_out for the
@@ -122,19 +120,16 @@ class mtp_module {
                                const DLTensor& d_h_prev, const DLTensor& d_embedded,
                                troupe_error* error) {
     const std::int64_t t = s.shape.tokens(), h = hidden_;
-    s.d_out.assign(data_of(d_out), data_of(d_out) + t * h);
-    std::vector<float> d_joined(static_cast<std::size_t>(t * 2 * h), 0.0f);
+    s.d_out.assign_copy(context, data_of(d_out), static_cast<std::size_t>(t * h));
+    buffer d_joined;
+    d_joined.assign(context, static_cast<std::size_t>(t * 2 * h));
     TROUPE_TRY(troupe::kernels::linear_backward(context, s.d_out.data(), h, nullptr, 0,
                                                 weight_[eh_proj_], d_joined.data(), 2 * h, nullptr,
                                                 t, 2 * h, h, error));
-    for (std::int64_t row = 0; row < t; ++row) {
-      troupe::kernels::cpu::rmsnorm_backward(d_joined.data() + row * 2 * h, s.embedded + row * h,
-                                             weight_[enorm_], s.rstd.data() + 2 * row,
-                                             data_of(d_embedded) + row * h, grad_[enorm_], 1, h);
-      troupe::kernels::cpu::rmsnorm_backward(d_joined.data() + row * 2 * h + h, s.h_prev + row * h,
-                                             weight_[hnorm_], s.rstd.data() + 2 * row + 1,
-                                             data_of(d_h_prev) + row * h, grad_[hnorm_], 1, h);
-    }
+    ops::rmsnorm_backward(context, d_joined.data(), 2 * h, s.embedded, h, weight_[enorm_],
+                          s.rstd.data(), data_of(d_embedded), grad_[enorm_], t, h);
+    ops::rmsnorm_backward(context, d_joined.data() + h, 2 * h, s.h_prev, h, weight_[hnorm_],
+                          s.rstd.data() + t, data_of(d_h_prev), grad_[hnorm_], t, h);
     return TROUPE_STATUS_OK;
   }
 
@@ -166,7 +161,10 @@ troupe_status infer_outputs(troupe_instance* instance, const DLTensor* inputs,
   activation_shape shape;
   if (num_inputs != 2)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp takes h_prev and embedded");
-  TROUPE_TRY(check_activation(inputs[0], entry::of(instance)->hidden(), "h_prev", shape, error));
+  troupe_exec_context where{};  // the input may be on any device the module computes on
+  where.device = inputs[0].device;
+  TROUPE_TRY(
+      check_activation(inputs[0], entry::of(instance)->hidden(), "h_prev", shape, error, &where));
   if (*num_outputs < 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "room for one output needed");
   outputs[0] =
@@ -180,8 +178,10 @@ troupe_status forward(troupe_instance* instance, const troupe_exec_context* cont
                       DLTensor* outputs, std::int32_t num_outputs, troupe_error* error) {
   if (num_inputs != 2 || num_outputs != 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "mtp maps (h_prev, embedded) to h'");
-  return entry::of(instance)->forward(context, micro_batch, inputs[0], inputs[1], outputs[0],
-                                      error);
+  return guarded(error, [&] {
+    return entry::of(instance)->forward(context, micro_batch, inputs[0], inputs[1], outputs[0],
+                                        error);
+  });
 }
 
 troupe_status backward(troupe_instance* instance, const troupe_exec_context* context,
@@ -196,7 +196,8 @@ troupe_status backward(troupe_instance* instance, const troupe_exec_context* con
 
 constexpr troupe_plugin table = entry::table(
     {TROUPE_PLUGIN_KIND_MTP, "mtp", "1.0.0",
-     "DeepSeek-V3 multi-token prediction: each module's eh_proj([enorm(emb); hnorm(h)]) (CPU)"},
+     "DeepSeek-V3 multi-token prediction: each module's eh_proj([enorm(emb); hnorm(h)]) (CPU "
+     "and CUDA)"},
     &create, &infer_outputs, &forward, &backward);
 
 }  // namespace

@@ -171,12 +171,13 @@ void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store) {
                                        fmt::join(p->spec.shape, ", ")));
       continue;
     }
-    p->value.copy_from(checkpoint.read_f32(p->name));
-    const float* v = p->value.data_as<const float>();
-    for (std::int64_t i = 0; i < p->value.numel(); ++i)
+    const tensor read = checkpoint.read_f32(p->name);
+    const float* v = read.data_as<const float>();  // checked on the host, before the copy
+    for (std::int64_t i = 0; i < read.numel(); ++i)
       if (!std::isfinite(v[i]))
         throw checkpoint_error(fmt::format("{}: tensor '{}' holds a non-finite value ({} at {})",
                                            checkpoint.directory().string(), p->name, v[i], i));
+    p->value.copy_from(read);
   }
   if (!missing.empty() || !mismatched.empty()) {
     std::string message =

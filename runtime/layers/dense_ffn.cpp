@@ -1,7 +1,6 @@
 #include "runtime/layers/dense_ffn.hpp"
 
 #include "kernels/cpu/linear.hpp"
-#include "kernels/cpu/swiglu.hpp"
 #include "runtime/core/error.hpp"
 
 namespace troupe {
@@ -15,20 +14,17 @@ void dense_ffn::forward(const exec_context& context, const dense_ffn_weights& w,
   saved& s = saved_[micro_batch];
   s.x = x;
   s.rows = rows;
-  s.gate_up.assign(static_cast<std::size_t>(rows * 2 * inter_), 0.0f);
-  s.h.assign(static_cast<std::size_t>(rows * inter_), 0.0f);
-  troupe_error error{};
   const auto* ctx = context.abi();
+  s.gate_up.assign(ctx, static_cast<std::size_t>(rows * 2 * inter_));
+  s.h.assign(ctx, static_cast<std::size_t>(rows * inter_));
+  troupe_error error{};
   check_gemm(kernels::linear_forward(ctx, x, hidden_, w.gate, s.gate_up.data(), 2 * inter_, rows,
                                      hidden_, inter_, false, &error),
              error, "dense FFN gate");
   check_gemm(kernels::linear_forward(ctx, x, hidden_, w.up, s.gate_up.data() + inter_, 2 * inter_,
                                      rows, hidden_, inter_, false, &error),
              error, "dense FFN up");
-  context.pool().parallel_for(rows, 16, [&](std::int64_t begin, std::int64_t end) {
-    kernels::cpu::swiglu_forward_fused(s.gate_up.data() + begin * 2 * inter_,
-                                       s.h.data() + begin * inter_, end - begin, inter_);
-  });
+  kernels::ops::swiglu_forward_fused(ctx, s.gate_up.data(), s.h.data(), rows, inter_);
   check_gemm(kernels::linear_forward(ctx, s.h.data(), inter_, w.down, y, hidden_, rows, inter_,
                                      hidden_, false, &error),
              error, "dense FFN down");
@@ -44,17 +40,15 @@ void dense_ffn::backward(const exec_context& context, const dense_ffn_weights& w
   const auto* ctx = context.abi();
   const std::int64_t rows = s.rows;
   if (part != TROUPE_BACKWARD_WEIGHT) {
-    s.dy.assign(dy, dy + rows * hidden_);
-    std::vector<float> dh(static_cast<std::size_t>(rows * inter_), 0.0f);
+    s.dy.assign_copy(ctx, dy, static_cast<std::size_t>(rows * hidden_));
+    kernels::buffer dh;
+    dh.assign(ctx, static_cast<std::size_t>(rows * inter_));
     check_gemm(kernels::linear_backward(ctx, dy, hidden_, nullptr, 0, w.down, dh.data(), inter_,
                                         nullptr, rows, inter_, hidden_, &error),
                error, "dense FFN down backward");
-    s.d_gate_up.assign(static_cast<std::size_t>(rows * 2 * inter_), 0.0f);
-    context.pool().parallel_for(rows, 16, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::swiglu_backward_fused(
-          dh.data() + begin * inter_, s.gate_up.data() + begin * 2 * inter_,
-          s.d_gate_up.data() + begin * 2 * inter_, end - begin, inter_);
-    });
+    s.d_gate_up.assign(ctx, static_cast<std::size_t>(rows * 2 * inter_));
+    kernels::ops::swiglu_backward_fused(ctx, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows,
+                                        inter_);
     check_gemm(kernels::linear_backward(ctx, s.d_gate_up.data(), 2 * inter_, nullptr, 0, w.gate, dx,
                                         hidden_, nullptr, rows, hidden_, inter_, &error),
                error, "dense FFN gate backward");

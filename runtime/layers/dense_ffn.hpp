@@ -2,12 +2,14 @@
 
 // The dense SwiGLU feed-forward block of the first first_k_dense_replace layers:
 //   y = down(silu(gate(x)) * up(x))
-// Its three linear layers go through the GEMM provider (FP8 when the topology says so).
+// Its three linear layers go through the GEMM provider (FP8 when the topology says so); it runs
+// on the context's device (kernels/dispatch).
 
 #include <cstdint>
 #include <map>
 #include <vector>
 
+#include "kernels/dispatch/device_ops.hpp"
 #include "runtime/abi/troupe_plugin.h"
 #include "runtime/exec/exec_context.hpp"
 
@@ -38,7 +40,7 @@ class dense_ffn {
   struct saved {
     const float* x = nullptr;
     std::int64_t rows = 0;
-    std::vector<float> gate_up, h, dy, d_gate_up;
+    kernels::buffer gate_up, h, dy, d_gate_up;
   };
   std::int64_t hidden_, inter_;
   std::map<std::int64_t, saved> saved_;

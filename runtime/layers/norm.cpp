@@ -3,6 +3,12 @@
 #include <algorithm>
 
 #include "kernels/cpu/rmsnorm.hpp"
+#include "runtime/tensor/tensor.hpp"
+#include "troupe_build_config.h"
+
+#if TROUPE_HAVE_CUDA
+#include "kernels/cuda/rmsnorm.hpp"
+#endif
 
 namespace troupe {
 
@@ -12,6 +18,13 @@ constexpr std::int64_t rows_per_block = 64;
 
 void rmsnorm_forward(const exec_context& context, const float* x, const float* weight, float* y,
                      float* rstd, std::int64_t rows, std::int64_t width, float eps) {
+  if (context.where().is_cuda()) {
+#if TROUPE_HAVE_CUDA
+    kernels::cuda::rmsnorm_forward(x, width, weight, y, width, rstd, rows, width, eps,
+                                   context.stream());
+#endif
+    return;
+  }
   context.pool().parallel_for(rows, 16, [&](std::int64_t begin, std::int64_t end) {
     kernels::cpu::rmsnorm_forward(x + begin * width, weight, y + begin * width, rstd + begin,
                                   end - begin, width, eps);
@@ -21,6 +34,17 @@ void rmsnorm_forward(const exec_context& context, const float* x, const float* w
 void rmsnorm_backward(const exec_context& context, const float* dy, const float* x,
                       const float* weight, const float* rstd, float* dx, float* dweight,
                       std::int64_t rows, std::int64_t width) {
+  if (context.where().is_cuda()) {
+#if TROUPE_HAVE_CUDA
+    const tensor scratch = tensor::empty(
+        dtype::f32,
+        {std::max<std::int64_t>(kernels::cuda::rmsnorm_backward_scratch(rows, width), 1)},
+        context.where());
+    kernels::cuda::rmsnorm_backward(dy, width, x, width, weight, rstd, dx, dweight, rows, width,
+                                    scratch.data_as<float>(), context.stream());
+#endif
+    return;
+  }
   const std::int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
   std::vector<float> partial(dweight != nullptr ? static_cast<std::size_t>(blocks * width) : 0,
                              0.0f);

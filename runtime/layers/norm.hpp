@@ -1,8 +1,9 @@
 #pragma once
 
-// RMSNorm over the hidden dimension of [tokens, width] activations, rows split over the pool.
-// Backward accumulates into dx and into the weight's gradient; weight gradients are summed per
-// fixed block of rows and then in block order, so the result does not depend on the threads.
+// RMSNorm over the hidden dimension of [tokens, width] activations, rows split over the pool (or
+// on the context's GPU). Backward accumulates into dx and into the weight's gradient; weight
+// gradients are summed per fixed block of rows and then in block order, so the result does not
+// depend on the threads.
 
 #include <cstdint>
 #include <vector>

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/dispatch/device_ops.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/layers/norm.hpp"
 
@@ -102,21 +103,26 @@ tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_ba
                               const tensor& h_in) {
   if (saved_.count(micro_batch) != 0)
     fail("layer {}: micro-batch {} is already in flight", index_, micro_batch);
+  const device where = context.where();
+  if (where.is_cuda() && experts_ != nullptr)
+    fail(
+        "layer {}: expert shards (expert parallelism) run on the CPU; on a GPU the moe plugin "
+        "computes whole layers",
+        index_);
   saved s;
   s.h_in = h_in;
   const auto& shape = h_in.shape();
   const std::int64_t rows = h_in.numel() / hidden_;
-  s.a_in = tensor::empty(dtype::f32, shape);
-  s.rstd_in = tensor::empty(dtype::f32, {rows});
+  s.a_in = tensor::empty(dtype::f32, shape, where);
+  s.rstd_in = tensor::empty(dtype::f32, {rows}, where);
   rmsnorm_forward(context, h_in.data_as<float>(), input_norm_, s.a_in.data_as<float>(),
                   s.rstd_in.data_as<float>(), rows, hidden_, eps_);
   const tensor a_out = attention_->forward(context, micro_batch, std::vector<tensor>{s.a_in})[0];
   s.h_mid = a_out;  // h_mid = h_in + a_out, computed in place in the attention output
   float* mid = s.h_mid.data_as<float>();
-  const float* in = h_in.data_as<float>();
-  for (std::int64_t i = 0; i < rows * hidden_; ++i) mid[i] += in[i];
-  s.m_in = tensor::empty(dtype::f32, shape);
-  s.rstd_post = tensor::empty(dtype::f32, {rows});
+  kernels::ops::add(context.abi(), mid, h_in.data_as<float>(), rows * hidden_);
+  s.m_in = tensor::empty(dtype::f32, shape, where);
+  s.rstd_post = tensor::empty(dtype::f32, {rows}, where);
   rmsnorm_forward(context, mid, post_norm_, s.m_in.data_as<float>(), s.rstd_post.data_as<float>(),
                   rows, hidden_, eps_);
   tensor h_out;
@@ -128,12 +134,11 @@ tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_ba
     s.counts = outputs[1];
     s.balance = outputs[2];
   } else {
-    h_out = tensor::empty(dtype::f32, shape);
+    h_out = tensor::empty(dtype::f32, shape, where);
     dense_->forward(context, dense_weights_, micro_batch, s.m_in.data_as<float>(),
                     h_out.data_as<float>(), rows);
   }
-  float* out = h_out.data_as<float>();
-  for (std::int64_t i = 0; i < rows * hidden_; ++i) out[i] += mid[i];
+  kernels::ops::add(context.abi(), h_out.data_as<float>(), mid, rows * hidden_);
   saved_.emplace(micro_batch, std::move(s));
   return h_out;
 }
@@ -152,14 +157,15 @@ tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_b
     if (moe_ && experts_ != nullptr) {
       d_m_in = sharded_moe_backward_input(context, micro_batch, s, dh_out, loss_scale);
     } else if (moe_) {
-      d_m_in = tensor::zeros(dtype::f32, dh_out.shape());
+      d_m_in = tensor::zeros(dtype::f32, dh_out.shape(), context.where());
       tensor d_balance = tensor::empty(dtype::f32, {1});
       *d_balance.data_as<float>() = loss_scale;
+      if (context.where().is_cuda()) d_balance = d_balance.to(context.where());
       moe_->backward(context, micro_batch,
                      part == TROUPE_BACKWARD_BOTH ? TROUPE_BACKWARD_INPUT : part,
                      std::vector<tensor>{dh_out, tensor(), d_balance}, std::vector<tensor>{d_m_in});
     } else {
-      d_m_in = tensor::zeros(dtype::f32, dh_out.shape());
+      d_m_in = tensor::zeros(dtype::f32, dh_out.shape(), context.where());
       dense_->backward(context, dense_weights_, micro_batch, TROUPE_BACKWARD_INPUT,
                        dh_out.data_as<float>(), d_m_in.data_as<float>());
     }
@@ -168,7 +174,7 @@ tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_b
                      s.rstd_post.data_as<float>(), dh_mid.data_as<float>(), d_post_norm_, rows,
                      hidden_);
     // The attention branch.
-    tensor d_a_in = tensor::zeros(dtype::f32, dh_out.shape());
+    tensor d_a_in = tensor::zeros(dtype::f32, dh_out.shape(), context.where());
     attention_->backward(context, micro_batch, TROUPE_BACKWARD_INPUT, std::vector<tensor>{dh_mid},
                          std::vector<tensor>{d_a_in});
     dh_in = dh_mid;
@@ -265,7 +271,8 @@ const tensor& decoder_layer::expert_counts(std::int64_t micro_batch) const {
 
 double decoder_layer::balance_loss(std::int64_t micro_batch) const {
   const tensor& b = saved_for(micro_batch).balance;
-  return b.defined() ? static_cast<double>(*b.data_as<float>()) : 0.0;
+  if (!b.defined()) return 0.0;
+  return static_cast<double>(*(b.where().is_cpu() ? b : b.to(device::cpu())).data_as<float>());
 }
 
 }  // namespace troupe

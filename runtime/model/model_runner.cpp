@@ -35,6 +35,7 @@ float* grad_of(parameter& p) {
 
 bool all_finite(const tensor& t) {
   if (!t.defined()) return true;
+  if (!t.where().is_cpu()) return all_finite(t.to(device::cpu()));
   const float* v = t.data_as<const float>();
   bool finite = true;
   for (std::int64_t i = 0; i < t.numel(); ++i) finite &= std::isfinite(v[i]);
@@ -64,7 +65,11 @@ void check_tokens(const tensor& t, const char* what) {
 
 model_runner::model_runner(const model_config& config, model_slice slice, model_plugins plugins,
                            model_options options)
-    : config_(config), slice_(slice), plugins_(std::move(plugins)), options_(options) {
+    : config_(config),
+      slice_(slice),
+      plugins_(std::move(plugins)),
+      options_(options),
+      store_(options.where) {
   const std::int64_t layer_count = config_.num_hidden_layers;
   if (slice_.end_layer < 0) slice_.end_layer = layer_count;
   if (slice_.first_layer < 0 || slice_.first_layer > slice_.end_layer ||
@@ -120,9 +125,17 @@ std::vector<decoder_layer*> model_runner::layers() {
   return out;
 }
 
+void model_runner::check_context(const exec_context& context) const {
+  if (context.where() != options_.where)
+    fail("the model's parameters are on {}, but the call computes on {}", to_string(options_.where),
+         to_string(context.where()));
+}
+
 model_output model_runner::forward(const exec_context& context, std::int64_t micro_batch,
                                    const model_batch& batch, bool keep_logits) {
   if (saved_.count(micro_batch) != 0) fail("micro-batch {} is already in flight", micro_batch);
+  check_context(context);
+  const context_stream_scope on_stream(context);
   saved s;
   s.batch = batch;
   tensor hidden = forward_input(context, batch);
@@ -150,14 +163,16 @@ tensor model_runner::forward_input(const exec_context& context, const model_batc
   if (slice_.embedding) {
     check_tokens(batch.tokens, "tokens");
     const std::int64_t rows = batch.tokens.numel();
-    hidden = tensor::empty(dtype::f32, {batch.tokens.size(0), batch.tokens.size(1), h});
+    hidden =
+        tensor::empty(dtype::f32, {batch.tokens.size(0), batch.tokens.size(1), h}, context.where());
     embedding_forward(context, store_.at("model.embed_tokens.weight").value.data_as<float>(), vocab,
                       h, batch.tokens.data_as<std::int32_t>(), rows, hidden.data_as<float>());
   } else {
     if (!batch.hidden.defined() || batch.hidden.dim() != 3 || batch.hidden.size(2) != h)
       fail("this model slice starts at layer {} and needs the hidden states [batch, length, {}]",
            slice_.first_layer, h);
-    hidden = batch.hidden;
+    hidden =
+        batch.hidden.where() == context.where() ? batch.hidden : batch.hidden.to(context.where());
   }
   return hidden;
 }
@@ -170,12 +185,12 @@ head_loss model_runner::head_forward(const exec_context& context, const tensor& 
   const float* head_weight =
       store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
           .value.data_as<float>();
-  normed = tensor::empty(dtype::f32, x.shape());
-  rstd = tensor::empty(dtype::f32, {rows});
+  normed = tensor::empty(dtype::f32, x.shape(), context.where());
+  rstd = tensor::empty(dtype::f32, {rows}, context.where());
   rmsnorm_forward(context, x.data_as<float>(), store_.at(norm_name).value.data_as<float>(),
                   normed.data_as<float>(), rstd.data_as<float>(), rows, h,
                   static_cast<float>(config_.rms_norm_eps));
-  logits = tensor::empty(dtype::f32, {x.size(0), x.size(1), vocab});
+  logits = tensor::empty(dtype::f32, {x.size(0), x.size(1), vocab}, context.where());
   return output_head_forward(context, normed.data_as<float>(), head_weight, logits.data_as<float>(),
                              targets.defined() ? targets.data_as<std::int32_t>() : nullptr, rows, h,
                              vocab);
@@ -202,7 +217,7 @@ void model_runner::forward_head(const exec_context& context, std::int64_t micro_
     mtp_saved ms;
     ms.tokens = shifted(batch.tokens, k);
     if (labelled) ms.targets = shifted(batch.targets, k);
-    ms.embedded = tensor::empty(dtype::f32, hidden.shape());
+    ms.embedded = tensor::empty(dtype::f32, hidden.shape(), context.where());
     embedding_forward(context, store_.at("model.embed_tokens.weight").value.data_as<float>(), vocab,
                       h, ms.tokens.data_as<std::int32_t>(), rows, ms.embedded.data_as<float>());
     ms.combined = mtp_[d].combine->forward(context, micro_batch,
@@ -223,7 +238,8 @@ void model_runner::collect_moe_statistics(std::int64_t micro_batch, model_output
     if (layer->is_moe()) {
       out.balance_loss += layer->balance_loss(micro_batch);
       out.moe_layers.push_back(layer->index());
-      out.expert_counts.push_back(layer->expert_counts(micro_batch));
+      const tensor& counts = layer->expert_counts(micro_batch);
+      out.expert_counts.push_back(counts.where().is_cpu() ? counts : counts.to(device::cpu()));
     }
 }
 
@@ -252,6 +268,8 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
                               const tensor& d_hidden, float loss_scale, troupe_backward_part part) {
   auto it = saved_.find(micro_batch);
   if (it == saved_.end()) fail("no forward saved for micro-batch {}", micro_batch);
+  check_context(context);
+  const context_stream_scope on_stream(context);
   saved& s = it->second;
   if (part == TROUPE_BACKWARD_WEIGHT) {
     if (!s.input_done)
@@ -269,7 +287,7 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
     if (!d_hidden.defined() || d_hidden.shape() != s.layer_inputs.back().shape())
       fail("backward of this model slice needs dL/dhidden of shape [{}]",
            fmt::join(s.layer_inputs.back().shape(), ", "));
-    d_h = d_hidden.clone();
+    d_h = d_hidden.where() == context.where() ? d_hidden.clone() : d_hidden.to(context.where());
   }
   for (std::size_t i = layers_.size(); i-- > 0;)
     d_h = layers_[i]->backward(context, micro_batch, TROUPE_BACKWARD_INPUT, d_h, loss_scale);
@@ -294,7 +312,7 @@ void model_runner::head_backward(const exec_context& context, const tensor& x, c
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   parameter& head =
       store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-  tensor d_normed = tensor::zeros(dtype::f32, x.shape());
+  tensor d_normed = tensor::zeros(dtype::f32, x.shape(), context.where());
   output_head_backward(
       context, normed.data_as<float>(), head.value.data_as<float>(), logits.data_as<float>(),
       targets.data_as<std::int32_t>(),
@@ -313,7 +331,7 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
   const std::int64_t rows = final_hidden.numel() / h;
   const bool labelled = s.batch.targets.defined();
   // MTP depths in reverse: each passes its gradient to the representation it started from.
-  tensor d_next = tensor::zeros(dtype::f32, final_hidden.shape());
+  tensor d_next = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
   const double weight = mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
   for (std::size_t d = mtp_.size(); d-- > 0;) {
     parameter& embedding = store_.at("model.embed_tokens.weight");
@@ -323,14 +341,14 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
                     weight, mtp_[d].norm_name, rows, loss_scale, d_next);
     const tensor d_combined =
         mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
-    tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape());
-    tensor d_embedded = tensor::zeros(dtype::f32, final_hidden.shape());
+    tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
+    tensor d_embedded = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
     mtp_[d].combine->backward(context, micro_batch, TROUPE_BACKWARD_BOTH,
                               std::vector<tensor>{d_combined},
                               std::vector<tensor>{d_previous, d_embedded});
     if (float* d_table = grad_of(embedding))
-      embedding_backward(d_embedded.data_as<float>(), ms.tokens.data_as<std::int32_t>(), rows, h,
-                         d_table);
+      embedding_backward(context, d_embedded.data_as<float>(), ms.tokens.data_as<std::int32_t>(),
+                         rows, h, config_.vocab_size, d_table);
     d_next = d_previous;
   }
   tensor d_h = d_next;
@@ -347,8 +365,9 @@ void model_runner::backward_weights(const exec_context& context, std::int64_t mi
   if (slice_.embedding) {
     parameter& embedding = store_.at("model.embed_tokens.weight");
     if (float* d_table = grad_of(embedding))
-      embedding_backward(s.d_embedded.data_as<float>(), s.batch.tokens.data_as<std::int32_t>(),
-                         s.batch.tokens.numel(), config_.hidden_size, d_table);
+      embedding_backward(context, s.d_embedded.data_as<float>(),
+                         s.batch.tokens.data_as<std::int32_t>(), s.batch.tokens.numel(),
+                         config_.hidden_size, config_.vocab_size, d_table);
   }
 }
 

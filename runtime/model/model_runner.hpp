@@ -32,6 +32,8 @@ struct model_slice {
 struct model_options {
   double mtp_weight = 0.3;  ///< lambda
   bool mtp = true;          ///< build the MTP modules (inference of the main model does without)
+  device where = device::cpu();  ///< where the parameters, gradients and activations live; calls
+                                 ///< take an exec context on the same device
 };
 
 /// A micro-batch's input.
@@ -114,6 +116,8 @@ class model_runner {
     std::vector<mtp_saved> mtp;
   };
 
+  /// Fails unless `context` computes where the parameters live.
+  void check_context(const exec_context& context) const;
   /// The slice's input hidden states: the embedded tokens, or the previous stage's output.
   tensor forward_input(const exec_context& context, const model_batch& batch);
   /// The final norm and output head on `x` (or an MTP depth's, by `norm_name`): its loss.

@@ -6,6 +6,8 @@
 #include <fmt/ranges.h>
 
 #include "runtime/core/error.hpp"
+#include "runtime/device/cuda.hpp"
+#include "runtime/device/stream.hpp"
 
 namespace troupe {
 
@@ -15,8 +17,8 @@ parameter& parameter_store::add(const std::string& name, const parameter_spec& s
   parameter& p = it->second;
   p.name = name;
   p.spec = spec;
-  p.value = tensor::zeros(dtype::f32, spec.shape);
-  if (!spec.buffer()) p.grad = tensor::zeros(dtype::f32, spec.shape);
+  p.value = tensor::zeros(dtype::f32, spec.shape, where_);
+  if (!spec.buffer()) p.grad = tensor::zeros(dtype::f32, spec.shape, where_);
   order_.push_back(&p);
   return p;
 }
@@ -59,8 +61,9 @@ std::uint64_t name_hash(const std::string& name) {
 
 void parameter_store::initialize(std::uint64_t seed) {
   for (parameter* p : order_) {
-    float* data = p->value.data_as<float>();
-    const std::int64_t n = p->value.numel();
+    tensor host = where_.is_cpu() ? p->value : tensor::empty(dtype::f32, p->value.shape());
+    float* data = host.data_as<float>();
+    const std::int64_t n = host.numel();
     std::mt19937_64 rng(seed ^ name_hash(p->name));
     switch (p->spec.init) {
       case TROUPE_INIT_ZEROS:
@@ -80,12 +83,20 @@ void parameter_store::initialize(std::uint64_t seed) {
         break;
       }
     }
+    if (!where_.is_cpu()) p->value.copy_from(host);
   }
 }
 
 void parameter_store::zero_grads() {
-  for (parameter* p : order_)
-    if (p->grad.defined()) std::memset(p->grad.data(), 0, p->grad.nbytes());
+  for (parameter* p : order_) {
+    if (!p->grad.defined()) continue;
+    if (where_.is_cpu())
+      std::memset(p->grad.data(), 0, p->grad.nbytes());
+    else
+      cuda::zero_async(p->grad.data(), p->grad.nbytes(), cuda::current_stream(where_.index),
+                       where_.index);
+  }
+  if (where_.is_cuda()) cuda::synchronize_stream(cuda::current_stream(where_.index), where_.index);
 }
 
 std::vector<std::pair<std::string, tensor>> parameter_store::named_values() const {

@@ -25,6 +25,10 @@ struct parameter {
 
 class parameter_store {
  public:
+  /// A store whose values and gradients live on `where`.
+  explicit parameter_store(device where = device::cpu()) : where_(where) {}
+  device where() const { return where_; }
+
   /// Allocates a parameter (zeros) and its gradient. Throws troupe::error on a duplicate name.
   parameter& add(const std::string& name, const parameter_spec& spec);
 
@@ -37,7 +41,8 @@ class parameter_store {
   std::int64_t element_count() const;
 
   /// Fills every parameter from its spec's initialisation with an RNG seeded from (seed, name):
-  /// the result does not depend on which parameters a process holds or in which order.
+  /// the result does not depend on which parameters a process holds or in which order (nor on
+  /// the device: values are drawn on the host and copied).
   void initialize(std::uint64_t seed);
 
   void zero_grads();
@@ -46,6 +51,7 @@ class parameter_store {
   std::vector<std::pair<std::string, tensor>> named_values() const;
 
  private:
+  device where_;
   std::map<std::string, parameter> parameters_;
   std::vector<parameter*> order_;
 };

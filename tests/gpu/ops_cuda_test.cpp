@@ -152,9 +152,9 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
                           rows, dim);
     device_array<float> gx(x), gw(weight), gy(x.size()), grstd(rstd.size()), gdy(dy), gdx(dx0),
         gdw(dw0), scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
-    gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f,
+    gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), dim, grstd.data(), rows, dim, 1e-6f,
                          nullptr);
-    gpu::rmsnorm_backward(gdy.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
+    gpu::rmsnorm_backward(gdy.data(), dim, gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
                           gdw.data(), rows, dim, scratch.data(), nullptr);
     EXPECT_CLOSE(gy.get(), y, fp32_bound, "rmsnorm y");
     EXPECT_CLOSE(grstd.get(), rstd, fp32_bound, "rmsnorm rstd");
@@ -163,7 +163,7 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
     // Same bits again (the weight gradient is summed in a fixed order).
     const auto first = gdw.get();
     gdw.set(dw0);
-    gpu::rmsnorm_backward(gdy.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
+    gpu::rmsnorm_backward(gdy.data(), dim, gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
                           gdw.data(), rows, dim, scratch.data(), nullptr);
     EXPECT_EQ(gdw.get(), first);
   }
@@ -174,13 +174,14 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
   device_array<float> gx(x), gw(weight), gy(x.size()), grstd(rows), gr(r), gdx(x.size()),
       gdw(weight.size()),
       scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
-  gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), grstd.data(), rows, dim, 1e-6f,
+  gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), dim, grstd.data(), rows, dim, 1e-6f,
                        nullptr);
-  gpu::rmsnorm_backward(gr.data(), gx.data(), dim, gw.data(), grstd.data(), gdx.data(), gdw.data(),
-                        rows, dim, scratch.data(), nullptr);
+  gpu::rmsnorm_backward(gr.data(), dim, gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
+                        gdw.data(), rows, dim, scratch.data(), nullptr);
   auto run = [&](const std::vector<float>& xs, const std::vector<float>& ws) {
     device_array<float> ix(xs), iw(ws), out(xs.size());
-    gpu::rmsnorm_forward(ix.data(), dim, iw.data(), out.data(), nullptr, rows, dim, 1e-6f, nullptr);
+    gpu::rmsnorm_forward(ix.data(), dim, iw.data(), out.data(), dim, nullptr, rows, dim, 1e-6f,
+                         nullptr);
     return out.get();
   };
   EXPECT_FD(

@@ -219,7 +219,8 @@ TEST_F(LayerGradients, EmbeddingAndOutputHead) {
       d_table(table.size(), 0.0f);
   troupe::output_head_backward(context_, hidden.data(), head.data(), logits.data(), targets.data(),
                                1.0f, d_hidden.data(), d_head.data(), rows, width, vocab);
-  troupe::embedding_backward(d_hidden.data(), tokens.data(), rows, width, d_table.data());
+  troupe::embedding_backward(context_, d_hidden.data(), tokens.data(), rows, width, vocab,
+                             d_table.data());
   expect_gradients_match(
       loss, {{"embedding table", table.data(), d_table}, {"head", head.data(), d_head}});
 }

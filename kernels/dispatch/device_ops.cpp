@@ -1,4 +1,4 @@
-#include "plugins/common/device_ops.hpp"
+#include "kernels/dispatch/device_ops.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -13,7 +13,6 @@
 #include "kernels/cpu/rope.hpp"
 #include "kernels/cpu/router.hpp"
 #include "kernels/cpu/swiglu.hpp"
-#include "plugins/common/plugin_support.hpp"
 #include "troupe_build_config.h"
 
 #if TROUPE_HAVE_CUDA
@@ -30,7 +29,7 @@
 #include "kernels/cuda/swiglu.hpp"
 #endif
 
-namespace troupe::plugin {
+namespace troupe::kernels {
 
 namespace {
 
@@ -97,7 +96,7 @@ std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* 
     const std::size_t half = inverse_.size();
     cos_.resize(static_cast<std::size_t>(length) * half);
     sin_.resize(static_cast<std::size_t>(length) * half);
-    kernels::cpu::rope_tables(inverse_, length, cos_.data(), sin_.data());
+    cpu::rope_tables(inverse_, length, cos_.data(), sin_.data());
     length_ = length;
   }
   if (!on_gpu(context)) return {cos_.data(), sin_.data()};
@@ -176,7 +175,7 @@ void add(const troupe_exec_context* context, float* y, const float* x, std::int6
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::add(y, x, count, context->stream);
+  cuda::add(y, x, count, context->stream);
 #endif
 }
 
@@ -190,7 +189,7 @@ void sum_slices(const troupe_exec_context* context, const float* x, std::int64_t
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::sum_slices(x, slices, count, y, context->stream);
+  cuda::sum_slices(x, slices, count, y, context->stream);
 #endif
 }
 
@@ -204,45 +203,44 @@ void copy_2d(const troupe_exec_context* context, float* dst, std::int64_t ld_dst
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::copy_2d(dst, ld_dst, src, ld_src, rows, cols, context->stream);
+  cuda::copy_2d(dst, ld_dst, src, ld_src, rows, cols, context->stream);
 #endif
 }
 
 void rmsnorm_forward(const troupe_exec_context* context, const float* x, std::int64_t ldx,
-                     const float* weight, float* y, float* rstd, std::int64_t rows,
-                     std::int64_t dim, float eps) {
+                     const float* weight, float* y, std::int64_t ldy, float* rstd,
+                     std::int64_t rows, std::int64_t dim, float eps) {
   if (!on_gpu(context)) {
     parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t row = begin; row < end; ++row)
-        kernels::cpu::rmsnorm_forward(x + row * ldx, weight, y + row * dim,
-                                      rstd != nullptr ? rstd + row : nullptr, 1, dim, eps);
+        cpu::rmsnorm_forward(x + row * ldx, weight, y + row * ldy,
+                             rstd != nullptr ? rstd + row : nullptr, 1, dim, eps);
     });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::rmsnorm_forward(x, ldx, weight, y, rstd, rows, dim, eps, context->stream);
+  cuda::rmsnorm_forward(x, ldx, weight, y, ldy, rstd, rows, dim, eps, context->stream);
 #endif
 }
 
-void rmsnorm_backward(const troupe_exec_context* context, const float* dy, const float* x,
-                      std::int64_t ldx, const float* weight, const float* rstd, float* dx,
-                      float* dweight, std::int64_t rows, std::int64_t dim) {
+void rmsnorm_backward(const troupe_exec_context* context, const float* dy, std::int64_t ldy,
+                      const float* x, std::int64_t ldx, const float* weight, const float* rstd,
+                      float* dx, float* dweight, std::int64_t rows, std::int64_t dim) {
   if (!on_gpu(context)) {
     // Row by row in order: the weight gradient sums the rows sequentially.
     for (std::int64_t row = 0; row < rows; ++row)
-      kernels::cpu::rmsnorm_backward(dy + row * dim, x + row * ldx, weight, rstd + row,
-                                     dx + row * ldx, dweight, 1, dim);
+      cpu::rmsnorm_backward(dy + row * ldy, x + row * ldx, weight, rstd + row, dx + row * ldx,
+                            dweight, 1, dim);
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
   buffer scratch;
   if (dweight != nullptr)
-    scratch.assign(context,
-                   static_cast<std::size_t>(kernels::cuda::rmsnorm_backward_scratch(rows, dim)));
-  kernels::cuda::rmsnorm_backward(dy, x, ldx, weight, rstd, dx, dweight, rows, dim, scratch.data(),
-                                  context->stream);
+    scratch.assign(context, static_cast<std::size_t>(cuda::rmsnorm_backward_scratch(rows, dim)));
+  cuda::rmsnorm_backward(dy, ldy, x, ldx, weight, rstd, dx, dweight, rows, dim, scratch.data(),
+                         context->stream);
 #endif
 }
 
@@ -251,13 +249,13 @@ void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows
                  rope_table& table, int direction) {
   const auto [cos_table, sin_table] = table.on(context, length);
   if (!on_gpu(context)) {
-    kernels::cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction);
+    cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction);
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction,
-                             context->stream);
+  cuda::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction,
+                    context->stream);
 #endif
 }
 
@@ -284,13 +282,13 @@ void assemble_keys(const attention_problem& p, const strided& k, const strided& 
 }
 
 #if TROUPE_HAVE_CUDA
-kernels::cuda::attention_operand to_cuda(const strided& x) {
+cuda::attention_operand to_cuda(const strided& x) {
   return {x.data, x.batch_stride, x.head_stride, x.row_stride};
 }
-kernels::cuda::attention_result to_cuda(const strided_out& x) {
+cuda::attention_result to_cuda(const strided_out& x) {
   return {x.data, x.batch_stride, x.head_stride, x.row_stride};
 }
-kernels::cuda::attention_problem to_cuda(const attention_problem& p) {
+cuda::attention_problem to_cuda(const attention_problem& p) {
   return {p.batch, p.heads, p.length, p.qk_dim, p.rope_dim, p.v_dim, p.scale};
 }
 #endif
@@ -303,23 +301,22 @@ void attention_forward(const troupe_exec_context* context, const attention_probl
     parallel_for(context, p.batch * p.heads, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float> keys(static_cast<std::size_t>(p.length * p.qk_dim));
       std::vector<float> scratch(
-          static_cast<std::size_t>(kernels::cpu::attention_forward_scratch(p.length)));
+          static_cast<std::size_t>(cpu::attention_forward_scratch(p.length)));
       for (std::int64_t task = begin; task < end; ++task) {
         const std::int64_t b = task / p.heads, h = task % p.heads;
         assemble_keys(p, k, key_rope, b, h, keys.data());
-        const kernels::cpu::attention_shape shape{p.length,     p.qk_dim, p.v_dim,
-                                                  q.row_stride, p.qk_dim, v.row_stride,
-                                                  o.row_stride, p.scale};
-        kernels::cpu::causal_attention_forward(shape, at(q, b, h), keys.data(), at(v, b, h),
-                                               at(o, b, h), lse + task * p.length, scratch.data());
+        const cpu::attention_shape shape{p.length, p.qk_dim,     p.v_dim,      q.row_stride,
+                                         p.qk_dim, v.row_stride, o.row_stride, p.scale};
+        cpu::causal_attention_forward(shape, at(q, b, h), keys.data(), at(v, b, h), at(o, b, h),
+                                      lse + task * p.length, scratch.data());
       }
     });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::attention_forward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope),
-                                   to_cuda(v), to_cuda(o), lse, context->stream);
+  cuda::attention_forward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v),
+                          to_cuda(o), lse, context->stream);
 #endif
 }
 
@@ -337,16 +334,15 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
       std::vector<float> keys(static_cast<std::size_t>(p.length * p.qk_dim));
       std::vector<float> d_keys(keys.size());
       std::vector<float> scratch(
-          static_cast<std::size_t>(kernels::cpu::attention_backward_scratch(p.length)));
+          static_cast<std::size_t>(cpu::attention_backward_scratch(p.length)));
       for (std::int64_t task = begin; task < end; ++task) {
         const std::int64_t b = task / p.heads, h = task % p.heads;
         assemble_keys(p, k, key_rope, b, h, keys.data());
-        const kernels::cpu::attention_shape shape{p.length,     p.qk_dim, p.v_dim,
-                                                  q.row_stride, p.qk_dim, v.row_stride,
-                                                  o.row_stride, p.scale};
-        kernels::cpu::causal_attention_backward(
-            shape, at(q, b, h), keys.data(), at(v, b, h), at(o, b, h), at(d_o, b, h),
-            lse + task * p.length, at(dq, b, h), d_keys.data(), at(dv, b, h), scratch.data());
+        const cpu::attention_shape shape{p.length, p.qk_dim,     p.v_dim,      q.row_stride,
+                                         p.qk_dim, v.row_stride, o.row_stride, p.scale};
+        cpu::causal_attention_backward(shape, at(q, b, h), keys.data(), at(v, b, h), at(o, b, h),
+                                       at(d_o, b, h), lse + task * p.length, at(dq, b, h),
+                                       d_keys.data(), at(dv, b, h), scratch.data());
         for (std::int64_t i = 0; i < p.length; ++i) {
           std::memcpy(at(dk, b, h) + i * dk.row_stride, d_keys.data() + i * p.qk_dim,
                       static_cast<std::size_t>(nope) * sizeof(float));
@@ -362,19 +358,17 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
   require_cuda();
 #if TROUPE_HAVE_CUDA
   buffer scratch;
-  scratch.assign(context,
-                 static_cast<std::size_t>(kernels::cuda::attention_backward_scratch(to_cuda(p))));
-  kernels::cuda::attention_backward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope),
-                                    to_cuda(v), to_cuda(o), to_cuda(d_o), lse, to_cuda(dq),
-                                    to_cuda(dk), to_cuda(d_key_rope), to_cuda(dv), scratch.data(),
-                                    context->stream);
+  scratch.assign(context, static_cast<std::size_t>(cuda::attention_backward_scratch(to_cuda(p))));
+  cuda::attention_backward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v),
+                           to_cuda(o), to_cuda(d_o), lse, to_cuda(dq), to_cuda(dk),
+                           to_cuda(d_key_rope), to_cuda(dv), scratch.data(), context->stream);
 #endif
 }
 
 #if TROUPE_HAVE_CUDA
 namespace {
 
-kernels::cuda::router_shape to_cuda(const kernels::cpu::router_shape& r) {
+cuda::router_shape to_cuda(const cpu::router_shape& r) {
   return {r.experts, r.groups, r.topk_groups, r.topk, r.normalize, r.scaling};
 }
 
@@ -403,95 +397,90 @@ void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpo
               std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
               std::int64_t ldc) {
   if (!on_gpu(context)) {
-    kernels::cpu::sgemm_on_pool(context->pool, {transpose_a, transpose_b, m, n, k, lda, ldb, ldc},
-                                alpha, a, b, beta, c);
+    cpu::sgemm_on_pool(context->pool, {transpose_a, transpose_b, m, n, k, lda, ldb, ldc}, alpha, a,
+                       b, beta, c);
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
   // NOTES: one cuBLASLt engine per stream for this plugin's copy of the kernels (each plugin
   // links its own); the runtime's provider keeps its own.
-  static kernels::cuda::per_stream<kernels::cuda::cublaslt_gemm> engines;
-  using kernels::cuda::gemm_dtype;
-  const kernels::cuda::gemm_matrix left{a, gemm_dtype::f32, transpose_a ? k : m,
-                                        transpose_a ? m : k, lda};
-  const kernels::cuda::gemm_matrix right{b, gemm_dtype::f32, transpose_b ? n : k,
-                                         transpose_b ? k : n, ldb};
+  static cuda::per_stream<cuda::cublaslt_gemm> engines;
+  using cuda::gemm_dtype;
+  const cuda::gemm_matrix left{a, gemm_dtype::f32, transpose_a ? k : m, transpose_a ? m : k, lda};
+  const cuda::gemm_matrix right{b, gemm_dtype::f32, transpose_b ? n : k, transpose_b ? k : n, ldb};
   engines.on(context->device.device_id, context->stream)
       .gemm(left, transpose_a, right, transpose_b, {c, gemm_dtype::f32, m, n, ldc}, alpha, beta);
 #endif
 }
 
-void router_forward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
+void router_forward(const troupe_exec_context* context, const cpu::router_shape& shape,
                     const float* logits, const float* bias, float* scores, std::int32_t* selected,
                     float* gates, std::int64_t tokens) {
   if (!on_gpu(context)) {
     const std::int64_t e = shape.experts, k = shape.topk;
     parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::router_forward(shape, logits + begin * e, bias, scores + begin * e,
-                                   selected + begin * k, gates + begin * k, end - begin);
+      cpu::router_forward(shape, logits + begin * e, bias, scores + begin * e, selected + begin * k,
+                          gates + begin * k, end - begin);
     });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::router_forward(to_cuda(shape), logits, bias, scores, selected, gates, tokens,
-                                context->stream);
+  cuda::router_forward(to_cuda(shape), logits, bias, scores, selected, gates, tokens,
+                       context->stream);
 #endif
 }
 
-void router_backward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
+void router_backward(const troupe_exec_context* context, const cpu::router_shape& shape,
                      const float* scores, const std::int32_t* selected, const float* d_gates,
                      float* d_logits, std::int64_t tokens) {
   if (!on_gpu(context)) {
     const std::int64_t e = shape.experts, k = shape.topk;
     parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::router_backward(shape, scores + begin * e, selected + begin * k,
-                                    d_gates + begin * k, d_logits + begin * e, end - begin);
+      cpu::router_backward(shape, scores + begin * e, selected + begin * k, d_gates + begin * k,
+                           d_logits + begin * e, end - begin);
     });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::router_backward(to_cuda(shape), scores, selected, d_gates, d_logits, tokens,
-                                 context->stream);
+  cuda::router_backward(to_cuda(shape), scores, selected, d_gates, d_logits, tokens,
+                        context->stream);
 #endif
 }
 
-void balance_loss_forward(const troupe_exec_context* context,
-                          const kernels::cpu::router_shape& shape, const float* scores,
-                          const std::int32_t* selected, std::int64_t sequences, std::int64_t length,
-                          double alpha, float* loss) {
+void balance_loss_forward(const troupe_exec_context* context, const cpu::router_shape& shape,
+                          const float* scores, const std::int32_t* selected, std::int64_t sequences,
+                          std::int64_t length, double alpha, float* loss) {
   if (!on_gpu(context)) {
     *loss = static_cast<float>(
-        kernels::cpu::balance_loss_forward(shape, scores, selected, sequences, length, alpha));
+        cpu::balance_loss_forward(shape, scores, selected, sequences, length, alpha));
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  scratch_bytes scratch(
-      context, kernels::cuda::balance_loss_scratch_bytes(sequences, length, shape.experts));
-  kernels::cuda::balance_loss_forward(to_cuda(shape), scores, selected, sequences, length, alpha,
-                                      loss, scratch.data, scratch.size, context->stream);
+  scratch_bytes scratch(context,
+                        cuda::balance_loss_scratch_bytes(sequences, length, shape.experts));
+  cuda::balance_loss_forward(to_cuda(shape), scores, selected, sequences, length, alpha, loss,
+                             scratch.data, scratch.size, context->stream);
 #endif
 }
 
-void balance_loss_backward(const troupe_exec_context* context,
-                           const kernels::cpu::router_shape& shape, const float* scores,
-                           const std::int32_t* selected, std::int64_t sequences,
-                           std::int64_t length, double alpha, float d_loss, float* d_logits) {
+void balance_loss_backward(const troupe_exec_context* context, const cpu::router_shape& shape,
+                           const float* scores, const std::int32_t* selected,
+                           std::int64_t sequences, std::int64_t length, double alpha, float d_loss,
+                           float* d_logits) {
   if (!on_gpu(context)) {
-    kernels::cpu::balance_loss_backward(shape, scores, selected, sequences, length, alpha, d_loss,
-                                        d_logits);
+    cpu::balance_loss_backward(shape, scores, selected, sequences, length, alpha, d_loss, d_logits);
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  scratch_bytes scratch(
-      context, kernels::cuda::balance_loss_scratch_bytes(sequences, length, shape.experts));
-  kernels::cuda::balance_loss_backward(to_cuda(shape), scores, selected, sequences, length, alpha,
-                                       d_loss, d_logits, scratch.data, scratch.size,
-                                       context->stream);
+  scratch_bytes scratch(context,
+                        cuda::balance_loss_scratch_bytes(sequences, length, shape.experts));
+  cuda::balance_loss_backward(to_cuda(shape), scores, selected, sequences, length, alpha, d_loss,
+                              d_logits, scratch.data, scratch.size, context->stream);
 #endif
 }
 
@@ -499,12 +488,12 @@ void count_selections(const troupe_exec_context* context, const std::int32_t* se
                       std::int64_t pairs, std::int64_t experts, std::int64_t* counts) {
   zero_bytes(context, counts, static_cast<std::size_t>(experts) * sizeof(std::int64_t));
   if (!on_gpu(context)) {
-    kernels::cpu::count_selections(selected, pairs, counts);
+    cpu::count_selections(selected, pairs, counts);
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::count_selections(selected, pairs, counts, context->stream);
+  cuda::count_selections(selected, pairs, counts, context->stream);
 #endif
 }
 
@@ -512,8 +501,8 @@ void group_by_expert(const troupe_exec_context* context, const std::int32_t* sel
                      std::int64_t tokens, std::int64_t topk, std::int64_t experts,
                      std::int64_t* order, std::int64_t* position, std::int64_t* offsets) {
   if (!on_gpu(context)) {
-    kernels::cpu::expert_grouping grouping;
-    kernels::cpu::group_by_expert(selected, tokens, topk, experts, grouping);
+    cpu::expert_grouping grouping;
+    cpu::group_by_expert(selected, tokens, topk, experts, grouping);
     std::copy(grouping.order.begin(), grouping.order.end(), order);
     std::copy(grouping.position.begin(), grouping.position.end(), position);
     std::copy(grouping.offsets.begin(), grouping.offsets.end(), offsets);
@@ -521,10 +510,9 @@ void group_by_expert(const troupe_exec_context* context, const std::int32_t* sel
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  scratch_bytes scratch(context,
-                        kernels::cuda::group_by_expert_scratch_bytes(tokens * topk, experts));
-  kernels::cuda::group_by_expert(selected, tokens, topk, experts, {order, position, offsets},
-                                 scratch.data, scratch.size, context->stream);
+  scratch_bytes scratch(context, cuda::group_by_expert_scratch_bytes(tokens * topk, experts));
+  cuda::group_by_expert(selected, tokens, topk, experts, {order, position, offsets}, scratch.data,
+                        scratch.size, context->stream);
 #endif
 }
 
@@ -532,12 +520,12 @@ void gather_expert_rows(const troupe_exec_context* context, const float* x,
                         const std::int64_t* order, std::int64_t topk, std::int64_t width,
                         float* out, std::int64_t begin, std::int64_t end) {
   if (!on_gpu(context)) {
-    kernels::cpu::gather_expert_rows(x, order, topk, width, out, begin, end);
+    cpu::gather_expert_rows(x, order, topk, width, out, begin, end);
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::gather_expert_rows(x, order, topk, width, out, begin, end, context->stream);
+  cuda::gather_expert_rows(x, order, topk, width, out, begin, end, context->stream);
 #endif
 }
 
@@ -546,13 +534,13 @@ void combine_forward(const troupe_exec_context* context, const float* rows, cons
                      std::int64_t tokens) {
   if (!on_gpu(context)) {
     parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::combine_forward(rows, gates, position, topk, width, y, begin, end);
+      cpu::combine_forward(rows, gates, position, topk, width, y, begin, end);
     });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::combine_forward(rows, gates, position, topk, width, y, tokens, context->stream);
+  cuda::combine_forward(rows, gates, position, topk, width, y, tokens, context->stream);
 #endif
 }
 
@@ -561,15 +549,14 @@ void combine_backward(const troupe_exec_context* context, const float* dy, const
                       std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs) {
   if (!on_gpu(context)) {
     parallel_for(context, pairs, 64, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin,
-                                     end);
+      cpu::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin, end);
     });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, 0, pairs,
-                                  context->stream);
+  cuda::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, 0, pairs,
+                         context->stream);
 #endif
 }
 
@@ -578,25 +565,27 @@ void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
                       float* dx, std::int64_t tokens) {
   if (!on_gpu(context)) {
     parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
-      kernels::cpu::scatter_add_rows(d_rows, position, topk, width, dx, begin, end);
+      cpu::scatter_add_rows(d_rows, position, topk, width, dx, begin, end);
     });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::scatter_add_rows(d_rows, position, topk, width, dx, tokens, context->stream);
+  cuda::scatter_add_rows(d_rows, position, topk, width, dx, tokens, context->stream);
 #endif
 }
 
 void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
                           std::int64_t rows, std::int64_t width) {
   if (!on_gpu(context)) {
-    kernels::cpu::swiglu_forward_fused(gate_up, h, rows, width);
+    parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
+      cpu::swiglu_forward_fused(gate_up + begin * 2 * width, h + begin * width, end - begin, width);
+    });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::swiglu_forward_fused(gate_up, h, rows, width, context->stream);
+  cuda::swiglu_forward_fused(gate_up, h, rows, width, context->stream);
 #endif
 }
 
@@ -604,15 +593,18 @@ void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
                            const float* gate_up, float* dgate_up, std::int64_t rows,
                            std::int64_t width) {
   if (!on_gpu(context)) {
-    kernels::cpu::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width);
+    parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
+      cpu::swiglu_backward_fused(dh + begin * width, gate_up + begin * 2 * width,
+                                 dgate_up + begin * 2 * width, end - begin, width);
+    });
     return;
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  kernels::cuda::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width, context->stream);
+  cuda::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width, context->stream);
 #endif
 }
 
 }  // namespace ops
 
-}  // namespace troupe::plugin
+}  // namespace troupe::kernels

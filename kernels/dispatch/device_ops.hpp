@@ -1,0 +1,232 @@
+#pragma once
+
+// The model's ops on whichever device an exec context (the C ABI's) names: the host's kernels
+// (kernels/cpu, on the context's worker pool) or CUDA's (kernels/cuda, on the context's stream).
+// A layer written against these, its buffers included, runs on both, whether it is a plugin or
+// one of the runtime's own layers; its GEMMs go through the context's provider
+// (kernels/cpu/linear.hpp), which follows the device too. Failures throw std::runtime_error
+// (plugins turn them into error statuses with guarded()). A build without CUDA refuses a GPU
+// context with a message that says so.
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/router.hpp"
+#include "runtime/abi/troupe_plugin.h"
+
+namespace troupe::kernels {
+
+/// Whether `context` computes on a CUDA device.
+bool on_gpu(const troupe_exec_context* context);
+
+/// body(begin, end) over chunks of [0, count) on the context's worker pool.
+template <class F>
+void parallel_for(const troupe_exec_context* context, std::int64_t count, std::int64_t min_chunk,
+                  F&& body) {
+  auto trampoline = [](void* arg, std::int64_t begin, std::int64_t end) {
+    (*static_cast<std::remove_reference_t<F>*>(arg))(begin, end);
+  };
+  context->pool->parallel_for(context->pool->self, count, min_chunk, trampoline, &body);
+}
+
+/// Memory for `bytes` on the context's device from its allocator (on a GPU: the stream-ordered
+/// pool); throws std::bad_alloc when there is none. Released with release_bytes.
+void* allocate_bytes(const troupe_exec_context* context, std::size_t bytes);
+void release_bytes(const troupe_allocator* allocator, DLDevice device, void* pointer);
+
+namespace ops {
+void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes);
+/// A copy between two places on the context's device.
+void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, std::size_t bytes);
+/// dst (host memory) = src (on the context's device); waits for the context's stream on a GPU.
+void copy_to_host(const troupe_exec_context* context, void* dst, const void* src,
+                  std::size_t bytes);
+}  // namespace ops
+
+/// Ts on the context's device (host memory on the CPU), zero-filled when assigned and freed with
+/// the array: what a plugin keeps between forward and backward, and its scratch.
+template <class T>
+class device_array {
+ public:
+  device_array() = default;
+  ~device_array() { clear(); }
+  device_array(device_array&& other) noexcept { *this = std::move(other); }
+  device_array& operator=(device_array&& other) noexcept {
+    if (this != &other) {
+      clear();
+      allocator_ = other.allocator_;
+      device_ = other.device_;
+      data_ = std::exchange(other.data_, nullptr);
+      count_ = std::exchange(other.count_, 0);
+    }
+    return *this;
+  }
+  device_array(const device_array&) = delete;
+  device_array& operator=(const device_array&) = delete;
+
+  /// `count` zeros on the context's device (the old contents are dropped).
+  void assign(const troupe_exec_context* context, std::size_t count) {
+    clear();
+    if (count == 0) return;
+    data_ = static_cast<T*>(allocate_bytes(context, count * sizeof(T)));
+    allocator_ = context->allocator;
+    device_ = context->device;
+    count_ = count;
+    ops::zero_bytes(context, data_, bytes());
+  }
+  /// A copy of `count` Ts at `source` (on the context's device).
+  void assign_copy(const troupe_exec_context* context, const T* source, std::size_t count) {
+    assign(context, count);
+    if (count > 0) ops::copy_bytes(context, data_, source, bytes());
+  }
+  void clear() {
+    if (data_ != nullptr) release_bytes(allocator_, device_, data_);
+    data_ = nullptr;
+    count_ = 0;
+  }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  std::size_t size() const { return count_; }
+  std::size_t bytes() const { return count_ * sizeof(T); }
+  bool empty() const { return count_ == 0; }
+
+ private:
+  const troupe_allocator* allocator_ = nullptr;
+  DLDevice device_{kDLCPU, 0};
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+using buffer = device_array<float>;
+
+/// RoPE's cos and sin tables [positions, dim/2] from inverse frequencies, grown on demand and
+/// kept on each device they are asked for.
+class rope_table {
+ public:
+  rope_table() = default;
+  explicit rope_table(std::vector<float> inverse_frequencies);
+  /// Tables covering positions [0, length) on the context's device: {cos, sin}.
+  std::pair<const float*, const float*> on(const troupe_exec_context* context, std::int64_t length);
+
+ private:
+  std::vector<float> inverse_;
+  std::int64_t length_ = 0;
+  std::vector<float> cos_, sin_;
+  struct device_copy {
+    DLDevice device;
+    std::int64_t length = 0;
+    buffer cos, sin;
+  };
+  std::vector<device_copy> copies_;
+};
+
+/// A [batch, heads, rows, columns] operand of attention given by its strides (elements).
+struct strided {
+  const float* data = nullptr;
+  std::int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
+};
+struct strided_out {
+  float* data = nullptr;
+  std::int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
+};
+
+/// Causal attention of kernels/cpu/attention.hpp over a batch of sequences and heads; a key's
+/// last rope_dim columns come from `key_rope` (MLA's shared rope key: head stride 0).
+struct attention_problem {
+  std::int64_t batch = 0, heads = 0, length = 0, qk_dim = 0, rope_dim = 0, v_dim = 0;
+  float scale = 1.0f;
+};
+
+namespace ops {
+
+void zero(const troupe_exec_context* context, float* data, std::int64_t count);
+/// y += x.
+void add(const troupe_exec_context* context, float* y, const float* x, std::int64_t count);
+/// y = the sum over `slices` consecutive blocks of `count` floats, in order.
+void sum_slices(const troupe_exec_context* context, const float* x, std::int64_t slices,
+                std::int64_t count, float* y);
+void copy_2d(const troupe_exec_context* context, float* dst, std::int64_t ld_dst, const float* src,
+             std::int64_t ld_src, std::int64_t rows, std::int64_t cols);
+
+/// RMSNorm over `dim` columns of rows `ldx` apart into rows `ldy` apart.
+void rmsnorm_forward(const troupe_exec_context* context, const float* x, std::int64_t ldx,
+                     const float* weight, float* y, std::int64_t ldy, float* rstd,
+                     std::int64_t rows, std::int64_t dim, float eps);
+/// dx (rows ldx apart) += ..., dweight += ... (may be null); dy rows ldy apart. On the host the
+/// weight gradient sums the rows in order.
+void rmsnorm_backward(const troupe_exec_context* context, const float* dy, std::int64_t ldy,
+                      const float* x, std::int64_t ldx, const float* weight, const float* rstd,
+                      float* dx, float* dweight, std::int64_t rows, std::int64_t dim);
+
+/// kernels/cpu/rope.hpp's rope_rotate with the table's values for the context's device.
+void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows,
+                 std::int64_t stride, std::int64_t dim, std::int64_t heads, std::int64_t length,
+                 rope_table& table, int direction);
+
+/// o and lse [batch, heads, length] from q, k (first qk_dim - rope_dim columns), key_rope, v.
+void attention_forward(const troupe_exec_context* context, const attention_problem& problem,
+                       strided q, strided k, strided key_rope, strided v, strided_out o,
+                       float* lse);
+/// dq, dk, d_key_rope (per head) and dv, overwritten. On the CPU dq must have q's strides, dv
+/// v's and d_o o's (the host kernel's contract).
+void attention_backward(const troupe_exec_context* context, const attention_problem& problem,
+                        strided q, strided k, strided key_rope, strided v, strided o, strided d_o,
+                        const float* lse, strided_out dq, strided_out dk, strided_out d_key_rope,
+                        strided_out dv);
+
+/// C = alpha op(A) op(B) + beta C in FP32 whatever the layer's precision (the router's logits:
+/// DeepSeek-V3 keeps the gate in high precision), row-major with leading dimensions.
+void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
+              std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+              std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+              std::int64_t ldc);
+
+// The router and the token permutation of kernels/cpu/router.hpp and expert_combine.hpp.
+void router_forward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
+                    const float* logits, const float* bias, float* scores, std::int32_t* selected,
+                    float* gates, std::int64_t tokens);
+void router_backward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
+                     const float* scores, const std::int32_t* selected, const float* d_gates,
+                     float* d_logits, std::int64_t tokens);
+/// *loss (on the context's device) = the sequence-wise balance loss.
+void balance_loss_forward(const troupe_exec_context* context,
+                          const kernels::cpu::router_shape& shape, const float* scores,
+                          const std::int32_t* selected, std::int64_t sequences, std::int64_t length,
+                          double alpha, float* loss);
+void balance_loss_backward(const troupe_exec_context* context,
+                           const kernels::cpu::router_shape& shape, const float* scores,
+                           const std::int32_t* selected, std::int64_t sequences,
+                           std::int64_t length, double alpha, float d_loss, float* d_logits);
+/// counts[e] = the (token, slot) pairs routed to e (overwritten).
+void count_selections(const troupe_exec_context* context, const std::int32_t* selected,
+                      std::int64_t pairs, std::int64_t experts, std::int64_t* counts);
+/// order, position [T*K] and offsets [E+1]: the assignments grouped by expert.
+void group_by_expert(const troupe_exec_context* context, const std::int32_t* selected,
+                     std::int64_t tokens, std::int64_t topk, std::int64_t experts,
+                     std::int64_t* order, std::int64_t* position, std::int64_t* offsets);
+void gather_expert_rows(const troupe_exec_context* context, const float* x,
+                        const std::int64_t* order, std::int64_t topk, std::int64_t width,
+                        float* out, std::int64_t begin, std::int64_t end);
+void combine_forward(const troupe_exec_context* context, const float* rows, const float* gates,
+                     const std::int64_t* position, std::int64_t topk, std::int64_t width, float* y,
+                     std::int64_t tokens);
+void combine_backward(const troupe_exec_context* context, const float* dy, const float* rows,
+                      const float* gates, const std::int64_t* order, std::int64_t topk,
+                      std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs);
+void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
+                      const std::int64_t* position, std::int64_t topk, std::int64_t width,
+                      float* dx, std::int64_t tokens);
+/// SwiGLU over a fused [rows, 2*width] gate|up buffer (kernels/cpu/swiglu.hpp).
+void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
+                          std::int64_t rows, std::int64_t width);
+void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
+                           const float* gate_up, float* dgate_up, std::int64_t rows,
+                           std::int64_t width);
+
+}  // namespace ops
+
+}  // namespace troupe::kernels

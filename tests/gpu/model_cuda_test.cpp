@@ -1,0 +1,138 @@
+// The whole model on cuda:0 in FP32:
+//  - against transformers: every committed fixture's logits and MTP logits within 1e-4 relative
+//    (max |a - b| / max |b|), and the same losses within 1e-5, as the CPU holds them
+//    (tests/model/parity_test.cpp);
+//  - against the CPU path with the same parameters and batch: the losses within 1e-5 relative
+//    and every parameter's gradient (the backward of the main, MTP and balance losses) within
+//    1e-4 of its largest value.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <random>
+
+#include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "runtime/device/cuda.hpp"
+#include "runtime/model/model_runner.hpp"
+#include "runtime/plugin/registry.hpp"
+#include "tests/gpu/gpu_skip.hpp"
+#include "tests/support/fixtures.hpp"
+
+namespace {
+
+using namespace troupe;
+
+const device gpu = device::cuda(0);
+
+model_batch batch_of(const std::vector<std::int32_t>& tokens, std::int64_t sequences) {
+  const auto length = static_cast<std::int64_t>(tokens.size()) / sequences;
+  model_batch batch;
+  batch.tokens = tensor::empty(dtype::i32, {sequences, length});
+  batch.targets = tensor::empty(dtype::i32, {sequences, length});
+  for (std::int64_t b = 0; b < sequences; ++b)
+    for (std::int64_t i = 0; i < length; ++i) {
+      batch.tokens.data_as<std::int32_t>()[b * length + i] =
+          tokens[static_cast<std::size_t>(b * length + i)];
+      batch.targets.data_as<std::int32_t>()[b * length + i] =
+          i + 1 < length ? tokens[static_cast<std::size_t>(b * length + i + 1)] : -1;
+    }
+  return batch;
+}
+
+double relative_error(const tensor& gpu_values, const tensor& cpu_values) {
+  const tensor g = gpu_values.to(device::cpu());
+  return troupe::testing::max_relative_error(g.data_as<float>(), cpu_values.data_as<float>(),
+                                             static_cast<std::size_t>(cpu_values.numel()));
+}
+
+class ModelOnCuda : public ::testing::TestWithParam<const char*> {
+ protected:
+  plugin_registry registry_;
+  thread_pool pool_{2};
+};
+
+TEST_P(ModelOnCuda, LogitsMatchTransformers) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const auto directory = troupe::testing::fixture_model(GetParam());
+  const auto reference = troupe::testing::read_json(directory / "reference.json");
+  const auto checkpoint = hf_checkpoint::open(directory);
+  const model_config& config = checkpoint.config();
+  model_options options;
+  options.where = gpu;
+  model_runner runner(config, {}, load_model_plugins(registry_, config), options);
+  load_parameters(checkpoint, runner.parameters());
+  exec_context context(gpu, pool_);
+  const model_output out = runner.forward(
+      context, 0, batch_of(reference["tokens"].get<std::vector<std::int32_t>>(), 1), true);
+  const tensor logits = out.logits.to(device::cpu());
+  const auto expected = troupe::testing::read_floats(directory / "logits.bin");
+  ASSERT_EQ(static_cast<std::int64_t>(expected.size()), logits.numel());
+  const double error = troupe::testing::max_relative_error(logits.data_as<float>(), expected.data(),
+                                                           expected.size());
+  EXPECT_LE(error, 1e-4) << GetParam() << ": logits";
+  ASSERT_EQ(out.mtp_logits.size(), 1u);
+  const tensor mtp = out.mtp_logits[0].to(device::cpu());
+  const auto expected_mtp = troupe::testing::read_floats(directory / "mtp_logits.bin");
+  const double mtp_error = troupe::testing::max_relative_error(
+      mtp.data_as<float>(), expected_mtp.data(), expected_mtp.size());
+  EXPECT_LE(mtp_error, 1e-4) << GetParam() << ": MTP logits";
+  std::printf("[ gpu parity ] %-10s logits %.3g, MTP logits %.3g, loss %.8g (transformers %.8g)\n",
+              GetParam(), error, mtp_error, out.loss, reference["loss"].get<double>());
+  EXPECT_NEAR(out.loss, reference["loss"].get<double>(), 1e-5 * reference["loss"].get<double>());
+  EXPECT_NEAR(out.mtp_loss / 0.3, reference["mtp_loss"].get<double>(),
+              1e-5 * reference["mtp_loss"].get<double>());
+  runner.forget(0);
+}
+
+TEST_P(ModelOnCuda, LossesAndEveryGradientMatchTheCpu) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const auto directory = troupe::testing::fixture_model(GetParam());
+  const model_config config = hf_checkpoint::open(directory).config();
+  model_options on_gpu;
+  on_gpu.where = gpu;
+  model_runner cpu_runner(config, {}, load_model_plugins(registry_, config));
+  model_runner gpu_runner(config, {}, load_model_plugins(registry_, config), on_gpu);
+  cpu_runner.parameters().initialize(11);
+  gpu_runner.parameters().initialize(11);
+  std::mt19937 rng(5);
+  std::vector<std::int32_t> tokens(2 * 40);
+  for (auto& t : tokens) t = static_cast<std::int32_t>(rng() % config.vocab_size);
+  const model_batch batch = batch_of(tokens, 2);
+  exec_context cpu_context(device::cpu(), pool_);
+  exec_context gpu_context(gpu, pool_);
+  const model_output a = cpu_runner.forward(cpu_context, 0, batch);
+  const model_output b = gpu_runner.forward(gpu_context, 0, batch);
+  std::printf("[ gpu vs cpu ] %-10s loss %.9g / %.9g, mtp %.9g / %.9g, balance %.9g / %.9g\n",
+              GetParam(), b.loss, a.loss, b.mtp_loss, a.mtp_loss, b.balance_loss, a.balance_loss);
+  EXPECT_NEAR(b.loss, a.loss, 1e-5 * a.loss);
+  EXPECT_NEAR(b.mtp_loss, a.mtp_loss, 1e-5 * a.mtp_loss);
+  EXPECT_NEAR(b.balance_loss, a.balance_loss, 1e-5 * std::max(a.balance_loss, 1e-12));
+  ASSERT_EQ(a.expert_counts.size(), b.expert_counts.size());
+  for (std::size_t i = 0; i < a.expert_counts.size(); ++i)
+    for (std::int64_t e = 0; e < a.expert_counts[i].numel(); ++e)
+      EXPECT_EQ(b.expert_counts[i].data_as<std::int64_t>()[e],
+                a.expert_counts[i].data_as<std::int64_t>()[e]);
+  cpu_runner.backward(cpu_context, 0, tensor(), 0.5f);
+  gpu_runner.backward(gpu_context, 0, tensor(), 0.5f);
+  double worst = 0.0;
+  std::string worst_name;
+  std::size_t count = 0;
+  for (parameter* p : cpu_runner.parameters().all()) {
+    if (!p->grad.defined()) continue;
+    const double e = relative_error(gpu_runner.parameters().at(p->name).grad, p->grad);
+    EXPECT_LT(e, 1e-4) << p->name;
+    if (e > worst) worst = e, worst_name = p->name;
+    ++count;
+  }
+  std::printf("[ gpu vs cpu ] %-10s worst of %zu parameter gradients: %.3g (%s)\n", GetParam(),
+              count, worst, worst_name.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ModelOnCuda,
+                         ::testing::Values("q-lora", "no-q-lora", "yarn", "groups"),
+                         [](const auto& test_info) {
+                           std::string name = test_info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+}  // namespace

@@ -23,7 +23,7 @@ __device__ inline std::uint16_t to_bf16(float x) {
 __global__ void adamw_kernel(const adamw_tensor* tensors, adamw_hyper hyper,
                              const float* grad_scale) {
   const adamw_tensor t = tensors[blockIdx.y];
-  const float scale = grad_scale != nullptr ? *grad_scale : 1.0f;
+  const float scale = grad_scale != nullptr ? *grad_scale : hyper.grad_scale;
   const float decay = t.decays != 0 ? 1.0f - hyper.lr * hyper.weight_decay : 1.0f;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;

@@ -26,10 +26,11 @@ struct adamw_tensor {
 struct adamw_hyper {
   float lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
   float correction1 = 1, correction2 = 1;  ///< 1 - beta^step, computed by the host in float64
+  float grad_scale = 1;  ///< the clip scale when it is known on the host (no device pointer)
 };
 
 /// One step over tensors[0, count) (a device array); `largest` is the largest tensor's count.
-/// grad_scale points at one float on the device (null: 1).
+/// grad_scale points at one float on the device (null: hyper.grad_scale).
 void adamw_step(const adamw_tensor* tensors, std::int64_t count, std::int64_t largest,
                 const adamw_hyper& hyper, const float* grad_scale, void* stream);
 

@@ -30,6 +30,15 @@ __global__ void total_kernel(const double* partial, std::int64_t count, double* 
   if (threadIdx.x == 0) *norm_squared = sum;
 }
 
+// sums[t] = the partials of tensor t in block order, one thread per tensor.
+__global__ void per_tensor_kernel(const double* partial, std::int64_t count, double* sums) {
+  const std::int64_t t = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= count) return;
+  double sum = 0.0;
+  for (int b = 0; b < blocks_per_tensor; ++b) sum += partial[t * blocks_per_tensor + b];
+  sums[t] = sum;
+}
+
 __global__ void clip_kernel(const double* norm_squared, double clip, float* scale) {
   const double norm = sqrt(*norm_squared);
   *scale = clip > 0.0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
@@ -53,6 +62,21 @@ void gradient_norm_squared(const gradient_tensor* tensors, std::int64_t count, d
     TROUPE_CUDA_LAUNCHED();
   }
   total_kernel<<<1, 1024, 0, as_stream(stream)>>>(partial, count * blocks_per_tensor, norm_squared);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void gradient_sums(const gradient_tensor* tensors, std::int64_t count, double* sums, void* scratch,
+                   std::size_t scratch_bytes, void* stream) {
+  require(count <= 65535, "gradient_sums", "more than 65,535 tensors in one launch");
+  require(scratch_bytes >= gradient_norm_scratch_bytes(count), "gradient_sums",
+          "scratch smaller than gradient_norm_scratch_bytes");
+  if (count == 0) return;
+  auto* partial = static_cast<double*>(scratch);
+  partial_kernel<<<dim3(blocks_per_tensor, static_cast<unsigned>(count)), threads, 0,
+                   as_stream(stream)>>>(tensors, partial);
+  TROUPE_CUDA_LAUNCHED();
+  per_tensor_kernel<<<blocks_for(count, threads), threads, 0, as_stream(stream)>>>(partial, count,
+                                                                                   sums);
   TROUPE_CUDA_LAUNCHED();
 }
 

@@ -23,6 +23,11 @@ std::size_t gradient_norm_scratch_bytes(std::int64_t tensors);
 void gradient_norm_squared(const gradient_tensor* tensors, std::int64_t count, double* norm_squared,
                            void* scratch, std::size_t scratch_bytes, void* stream);
 
+/// sums[t] = the sum of squares of tensors[t] (float64, a fixed order) for t < count: what a
+/// holder needs to add its part of the global norm and to name a non-finite gradient.
+void gradient_sums(const gradient_tensor* tensors, std::int64_t count, double* sums, void* scratch,
+                   std::size_t scratch_bytes, void* stream);
+
 /// *scale = clip / (sqrt(*norm_squared) + 1e-6) when clip > 0 and the norm exceeds it, else 1.
 void clip_scale(const double* norm_squared, double clip, float* scale, void* stream);
 

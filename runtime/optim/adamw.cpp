@@ -1,22 +1,70 @@
 #include "runtime/optim/adamw.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 
 #include "runtime/core/error.hpp"
 #include "runtime/tensor/bf16.hpp"
+#include "troupe_build_config.h"
+
+#if TROUPE_HAVE_CUDA
+#include "kernels/cuda/adamw.hpp"
+#endif
 
 namespace troupe {
 
 void adamw::attach(parameter_store& store) {
+  where_ = store.where();
   for (parameter* p : store.all()) {
     if (!p->spec.trainable() || !p->grad.defined()) continue;
-    slots_.push_back({p, tensor::zeros(dtype::bf16, p->value.shape()),
-                      tensor::zeros(dtype::bf16, p->value.shape()), p->value.dim() >= 2});
+    slots_.push_back({p, tensor::zeros(dtype::bf16, p->value.shape(), where_),
+                      tensor::zeros(dtype::bf16, p->value.shape(), where_), p->value.dim() >= 2});
+    largest_ = std::max(largest_, p->value.numel());
   }
+  if (where_.is_cpu() || slots_.empty()) return;
+#if TROUPE_HAVE_CUDA
+  // NOTES: the descriptors go to the GPU once; a step then is one launch over every tensor.
+  std::vector<kernels::cuda::adamw_tensor> descriptors;
+  for (slot& s : slots_)
+    descriptors.push_back({s.p->value.data_as<float>(), s.p->grad.data_as<const float>(),
+                           s.exp_avg.data_as<std::uint16_t>(),
+                           s.exp_avg_sq.data_as<std::uint16_t>(), s.p->value.numel(),
+                           s.decay ? 1 : 0});
+  const auto bytes = static_cast<std::int64_t>(descriptors.size() * sizeof(descriptors[0]));
+  tensor host = tensor::empty(dtype::u8, {bytes});
+  std::memcpy(host.data(), descriptors.data(), static_cast<std::size_t>(bytes));
+  device_slots_ = host.to(where_);
+#endif
+}
+
+void adamw::step(double lr, double grad_scale, std::int64_t step, const exec_context& context) {
+  if (where_.is_cpu()) return this->step(lr, grad_scale, step, context.pool());
+  if (context.where() != where_)
+    fail("AdamW: the parameters are on {}, the step computes on {}", to_string(where_),
+         to_string(context.where()));
+  if (step < 1) fail("AdamW steps count from 1, got {}", step);
+#if TROUPE_HAVE_CUDA
+  const double b1 = settings_.beta1, b2 = settings_.beta2;
+  kernels::cuda::adamw_hyper hyper;
+  hyper.lr = static_cast<float>(lr);
+  hyper.beta1 = static_cast<float>(b1);
+  hyper.beta2 = static_cast<float>(b2);
+  hyper.eps = static_cast<float>(settings_.epsilon);
+  hyper.weight_decay = static_cast<float>(settings_.weight_decay);
+  hyper.correction1 = static_cast<float>(1.0 - std::pow(b1, static_cast<double>(step)));
+  hyper.correction2 = static_cast<float>(1.0 - std::pow(b2, static_cast<double>(step)));
+  hyper.grad_scale = static_cast<float>(grad_scale);
+  kernels::cuda::adamw_step(static_cast<const kernels::cuda::adamw_tensor*>(device_slots_.data()),
+                            static_cast<std::int64_t>(slots_.size()), largest_, hyper, nullptr,
+                            context.stream());
+#endif
 }
 
 void adamw::step(double lr, double grad_scale, std::int64_t step, thread_pool& pool) {
+  if (!where_.is_cpu())
+    fail("AdamW: the parameters are on {}; step with an exec context there", to_string(where_));
   if (step < 1) fail("AdamW steps count from 1, got {}", step);
   const double b1 = settings_.beta1, b2 = settings_.beta2;
   const float beta1 = static_cast<float>(b1), beta2 = static_cast<float>(b2);

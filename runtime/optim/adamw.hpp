@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "runtime/exec/exec_context.hpp"
 #include "runtime/exec/thread_pool.hpp"
 #include "runtime/model/parameter_store.hpp"
 
@@ -31,13 +32,16 @@ class adamw {
  public:
   explicit adamw(adamw_settings settings) : settings_(settings) {}
 
-  /// Optimizes every trainable parameter of `store` (moments start at zero). Weight decay
-  /// applies to parameters of two or more dimensions (not to norm weights).
+  /// Optimizes every trainable parameter of `store` (moments start at zero, on the store's
+  /// device). Weight decay applies to parameters of two or more dimensions (not to norm weights).
   void attach(parameter_store& store);
 
   /// One step with learning rate `lr`, gradients times `grad_scale` (global-norm clipping);
-  /// `step` counts from 1 (bias correction).
+  /// `step` counts from 1 (bias correction). Parameters on the host.
   void step(double lr, double grad_scale, std::int64_t step, thread_pool& pool);
+  /// The same where `context` computes: on the host's pool, or on a GPU as one multi-tensor
+  /// launch on the context's stream (kernels/cuda/adamw.hpp), for parameters on that GPU.
+  void step(double lr, double grad_scale, std::int64_t step, const exec_context& context);
 
   /// The moments for a checkpoint: "<name>.exp_avg" and "<name>.exp_avg_sq", bf16.
   std::vector<std::pair<std::string, tensor>> state() const;
@@ -54,6 +58,9 @@ class adamw {
   };
   adamw_settings settings_;
   std::vector<slot> slots_;
+  device where_ = device::cpu();
+  tensor device_slots_;       ///< u8: the slots as kernels/cuda/adamw.hpp descriptors (GPU)
+  std::int64_t largest_ = 0;  ///< the largest parameter's element count
 };
 
 }  // namespace troupe

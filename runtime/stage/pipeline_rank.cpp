@@ -1,5 +1,7 @@
 #include "runtime/stage/pipeline_rank.hpp"
 
+#include "runtime/exec/blas_gemm.hpp"
+
 #include <cmath>
 
 #include "runtime/checkpoint/hf_checkpoint.hpp"
@@ -22,9 +24,37 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
+namespace {
+
+/// A context on the GPU the chunks live on, or null when they are on the host.
+std::unique_ptr<exec_context> gpu_context_for(const std::vector<stage_chunk>& chunks,
+                                              const exec_context& host) {
+  if (chunks.empty()) return nullptr;
+  const device where = chunks.front().runner->parameters().where();
+  for (const stage_chunk& c : chunks)
+    if (c.runner->parameters().where() != where)
+      fail("the chunks of a pipeline rank must live on one device ({} and {})", to_string(where),
+           to_string(c.runner->parameters().where()));
+  if (where.is_cpu()) return nullptr;
+  // A plugin's provider (FP8) serves both devices; the host's BLAS default gives way to
+  // cuBLASLt.
+  const troupe_gemm_provider* gemm =
+      host.gemm_provider() == blas_gemm_provider() ? nullptr : host.gemm_provider();
+  return std::make_unique<exec_context>(where, host.pool(), gemm);
+}
+
+tensor on_host(const tensor& t) {
+  return t.where().is_cpu() ? t : t.to(device::cpu());
+}
+
+}  // namespace
+
 pipeline_rank::pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks,
                              const exec_context& context)
-    : rank_(rank), chunks_(std::move(chunks)), context_(context) {}
+    : rank_(rank),
+      chunks_(std::move(chunks)),
+      gpu_context_(gpu_context_for(chunks_, context)),
+      context_(gpu_context_ ? *gpu_context_ : context) {}
 
 stage_chunk& pipeline_rank::chunk(std::int32_t stage, std::int32_t copy) {
   for (auto& c : chunks_)
@@ -172,6 +202,7 @@ rank_step_report pipeline_rank::take_report() {
 }
 
 gradient_summary pipeline_rank::summarize_gradients(const std::set<std::string>& replicated) {
+  const context_stream_scope on_stream(context_);
   gradient_summary summary;
   for (auto& c : chunks_) add_gradients(c.runner->parameters().all(), replicated, summary);
   return summary;
@@ -187,8 +218,9 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::gradients_of(
 }
 
 void pipeline_rank::optimize(double lr, double grad_scale, std::int64_t step) {
+  const context_stream_scope on_stream(context_);
   for (auto& c : chunks_) {
-    c.optimizer->step(lr, grad_scale, step, context_.pool());
+    c.optimizer->step(lr, grad_scale, step, context_);
     c.runner->parameters().zero_grads();
   }
 }
@@ -202,7 +234,14 @@ void pipeline_rank::set_router_biases(const std::map<std::int64_t, std::vector<f
       if (p->value.numel() != static_cast<std::int64_t>(it->second.size()))
         fail("router biases of layer {}: {} values for {}", p->layer, it->second.size(),
              p->value.describe());
-      std::copy(it->second.begin(), it->second.end(), p->value.data_as<float>());
+      if (p->value.where().is_cpu()) {
+        std::copy(it->second.begin(), it->second.end(), p->value.data_as<float>());
+      } else {
+        const context_stream_scope on_stream(context_);
+        tensor host = tensor::empty(dtype::f32, p->value.shape());
+        std::copy(it->second.begin(), it->second.end(), host.data_as<float>());
+        p->value.copy_from(host);
+      }
     }
 }
 
@@ -221,7 +260,8 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::checkpoint_tensors(
   std::set<std::string> written;
   for (const auto& c : chunks_)
     for (auto& [name, value] : c.runner->checkpoint_tensors())
-      if (owned.count(name) && written.insert(name).second) tensors.emplace_back(name, value);
+      if (owned.count(name) && written.insert(name).second)
+        tensors.emplace_back(name, on_host(value));
   return tensors;
 }
 
@@ -232,7 +272,8 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::copies_of(
   for (const auto& c : chunks_)
     for (parameter* p : c.runner->parameters().all())
       if (owned.count(p->name) && p->spec.trainable() == trainable && taken.insert(p->name).second)
-        copies.emplace_back(p->name, p->value.clone());
+        copies.emplace_back(p->name,
+                            p->value.where().is_cpu() ? p->value.clone() : on_host(p->value));
   return copies;
 }
 
@@ -244,13 +285,14 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::optimizer_state(
     for (auto& [name, value] : c.optimizer->state()) {
       const std::string parameter_name = name.substr(0, name.rfind(".exp_avg"));
       if (owned.count(parameter_name) && taken.insert(name).second)
-        moments.emplace_back(name, value);
+        moments.emplace_back(name, on_host(value));
     }
   return moments;
 }
 
 void pipeline_rank::load(const hf_checkpoint& weights,
                          const std::vector<std::pair<std::string, tensor>>& moments) {
+  const context_stream_scope on_stream(context_);
   for (auto& c : chunks_) {
     load_parameters(weights, c.runner->parameters());
     c.optimizer->load_state(moments);

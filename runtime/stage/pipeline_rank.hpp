@@ -41,6 +41,9 @@ struct stage_chunk {
 
 class pipeline_rank {
  public:
+  /// A rank computing where its chunks' parameters live: with `context` (the process's) on the
+  /// host, or with a context of its own on their GPU (its stream, `context`'s pool and GEMM
+  /// provider).
   pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks, const exec_context& context);
 
   std::int32_t rank() const { return rank_; }
@@ -76,11 +79,11 @@ class pipeline_rank {
   /// one holder only).
   std::vector<std::pair<std::string, tensor>> checkpoint_tensors(
       const std::set<std::string>& owned) const;
-  /// Copies of the owned trainable parameters (an EMA snapshot).
+  /// Copies of the owned trainable parameters (an EMA snapshot), on the host.
   std::vector<std::pair<std::string, tensor>> snapshot(const std::set<std::string>& owned) const {
     return copies_of(owned, true);
   }
-  /// Copies of the owned buffers (router biases).
+  /// Copies of the owned buffers (router biases), on the host.
   std::vector<std::pair<std::string, tensor>> buffers(const std::set<std::string>& owned) const {
     return copies_of(owned, false);
   }
@@ -106,6 +109,7 @@ class pipeline_rank {
 
   std::int32_t rank_;
   std::vector<stage_chunk> chunks_;
+  std::unique_ptr<exec_context> gpu_context_;  ///< when the chunks live on a GPU
   const exec_context& context_;
   std::shared_ptr<const schedule_plan> plan_;
   std::vector<micro_batch_input> inputs_;

@@ -102,7 +102,9 @@ behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s
       .on<gradients_request>([s](gradients_request&) {
         gradient_report report;
         report.summary = s->rank->summarize_gradients(s->replicated);
-        report.replicated = s->rank->gradients_of(s->replicated);
+        for (auto& [name, grad] : s->rank->gradients_of(s->replicated))  // summed on the host
+          report.replicated.emplace_back(name,
+                                         grad.where().is_cpu() ? grad : grad.to(device::cpu()));
         return report;
       })
       // The sums of the replicated gradients, in the order this rank reported them.

@@ -13,6 +13,7 @@ machine_devices machine_devices::here() {
   m.cuda_built = cuda::built_with_cuda();
   m.gpus = cuda::device_count();
   if (m.gpus == 0) m.why_none = cuda::unavailable_reason();
+  m.model_on_gpu = m.cuda_built;
   return m;
 }
 
@@ -34,7 +35,8 @@ std::vector<diagnostic> check_devices(const topology& topo, const machine_device
   const auto on_this_machine = [&](const placement& p) {
     return hosts.empty() || std::find(hosts.begin(), hosts.end(), p.host) != hosts.end();
   };
-  const auto check = [&](const placement& p, const std::string& path, const std::string& what) {
+  const auto check = [&](const placement& p, const std::string& path, const std::string& what,
+                         bool shard) {
     if (!p.where.is_cuda() || !on_this_machine(p)) return;
     std::string problem;
     if (!machine.cuda_built || p.where.index >= machine.gpus)
@@ -42,9 +44,19 @@ std::vector<diagnostic> check_devices(const topology& topo, const machine_device
                             what_there_is(machine));
     else if (for_training && !machine.model_on_gpu)
       problem = fmt::format(
-          "{} is placed on {}, but troupe's model runs on the CPU only in this version (its GPU "
-          "path comes with GPU training); place it on \"cpu\" rather than have it run there "
-          "silently",
+          "{} is placed on {}, but this troupe's model runs on the CPU only; place it on \"cpu\" "
+          "rather than have it run there silently",
+          what, to_string(p.where));
+    else if (for_training && shard)
+      problem = fmt::format(
+          "{} is placed on {}, but expert shards run on the CPU until expert parallelism runs "
+          "over NCCL; drop [[expert_shards]] so the stages on GPUs compute their routed experts",
+          what, to_string(p.where));
+    else if (for_training && !topo.expert_shards.empty())
+      problem = fmt::format(
+          "{} is placed on {} next to expert shards: on a GPU a stage computes its routed experts "
+          "itself until expert parallelism runs over NCCL; drop [[expert_shards]] (or place the "
+          "stages on \"cpu\")",
           what, to_string(p.where));
     if (!problem.empty())
       out.push_back({topo.where(path), diagnostic::severity::error, std::move(problem)});
@@ -52,10 +64,11 @@ std::vector<diagnostic> check_devices(const topology& topo, const machine_device
   for (std::size_t i = 0; i < topo.stages.size(); ++i)
     for (std::size_t r = 0; r < topo.stages[i].replicas.size(); ++r)
       check(topo.stages[i].replicas[r], fmt::format("stages[{}].device", i),
-            fmt::format("stage {}{}", i, topo.data > 1 ? fmt::format(" replica {}", r) : ""));
+            fmt::format("stage {}{}", i, topo.data > 1 ? fmt::format(" replica {}", r) : ""),
+            false);
   for (std::size_t i = 0; i < topo.expert_shards.size(); ++i)
     check(topo.expert_shards[i].place, fmt::format("expert_shards[{}].device", i),
-          fmt::format("expert shard {}", i));
+          fmt::format("expert shard {}", i), true);
   return out;
 }
 

@@ -19,7 +19,8 @@ struct machine_devices {
   int gpus = 0;             ///< visible GPUs
   std::string why_none;     ///< why there are none ("built without CUDA", the driver's error)
   /// Whether the model itself (its layers, optimizer and activations) runs on GPUs in this
-  /// build; until it does, a GPU placement for training is refused rather than run on the CPU.
+  /// build (it does with CUDA); where it does not, a GPU placement for training is refused
+  /// rather than run on the CPU.
   bool model_on_gpu = false;
 
   /// This machine, as the CUDA runtime sees it.
@@ -28,7 +29,8 @@ struct machine_devices {
 
 /// One error per placement on `hosts` (every host when empty) that `machine` cannot honour,
 /// each at the position of its `device` key. `for_training` also refuses GPU placements the
-/// model cannot run on yet (machine.model_on_gpu false).
+/// model cannot run on (machine.model_on_gpu false), and expert shards with GPUs: a stage on a
+/// GPU computes its routed experts itself until expert parallelism runs over NCCL.
 std::vector<diagnostic> check_devices(const topology& topo, const machine_devices& machine,
                                       const std::vector<std::string>& hosts = {},
                                       bool for_training = false);

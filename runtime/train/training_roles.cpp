@@ -128,8 +128,13 @@ std::vector<stage_chunk> build_chunks(const topology& topo, const schedule_plan&
       chunk_plugins.experts = chunk.experts.get();
     }
     model_slice slice{layers.front(), layers.back() + 1, stage == 0, stage == topo.pipeline - 1};
-    chunk.runner = std::make_unique<model_runner>(config, slice, chunk_plugins,
-                                                  model_options{tr.mtp_weight, true});
+    model_options options{tr.mtp_weight, true};
+    const auto& replicas = topo.stages.at(static_cast<std::size_t>(stage)).replicas;
+    // The stage's device for this replica where it runs in this process (a chunk held for its
+    // shape only, elsewhere, stays on the host).
+    if (here && static_cast<std::size_t>(d) < replicas.size())
+      options.where = replicas[static_cast<std::size_t>(d)].where;
+    chunk.runner = std::make_unique<model_runner>(config, slice, chunk_plugins, options);
     if (here) {
       chunk.runner->parameters().initialize(static_cast<std::uint64_t>(tr.seed));
       chunk.optimizer = std::make_unique<adamw>(optimizer_settings(tr));

@@ -136,10 +136,21 @@ TEST(MachineCheck, GpuPlacementsAreHonouredOrRefusedAtTheirDeviceKey) {
   EXPECT_TRUE(troupe::check_devices(gpu.topo, {true, 8, "", true}).empty());
   EXPECT_TRUE(troupe::check_devices(gpu.topo, none, {"elsewhere"}).empty());  // not this host's
 
-  // Training refuses GPU placements while the model has no GPU path, rather than run on the CPU.
+  // Training refuses GPU placements where the model has no GPU path, rather than run on the CPU.
   errors = troupe::check_devices(gpu.topo, {true, 8, "", false}, {}, /*for_training=*/true);
   ASSERT_EQ(errors.size(), 16u);
-  EXPECT_NE(errors[0].message.find("runs on the CPU only in this version"), std::string::npos);
+  EXPECT_NE(errors[0].message.find("this troupe's model runs on the CPU only"), std::string::npos);
+  // With the GPU path, expert shards next to GPU stages wait for expert parallelism over NCCL.
+  errors = troupe::check_devices(gpu.topo, {true, 8, "", true}, {}, /*for_training=*/true);
+  ASSERT_EQ(errors.size(), 16u);
+  EXPECT_NE(errors[0].message.find("next to expert shards"), std::string::npos)
+      << errors[0].message;
+  EXPECT_NE(errors[15].message.find("expert shards run on the CPU until expert parallelism"),
+            std::string::npos)
+      << errors[15].message;
+  auto one = troupe::load_topology(source_dir() / "topologies/gpu-1.toml", no_plugins());
+  EXPECT_TRUE(troupe::check_devices(one.topo, {true, 1, "", true}, {}, true).empty());
+  EXPECT_EQ(troupe::check_devices(one.topo, none, {}, true).size(), 1u);
 
   auto tiny = troupe::load_topology(source_dir() / "topologies/tiny.toml", no_plugins());
   EXPECT_TRUE(troupe::check_devices(tiny.topo, none, {}, true).empty());

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "runtime/device/cuda.hpp"
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
@@ -18,6 +19,7 @@ struct logits_options {
   std::string model;
   std::string tokens;
   std::string out;
+  std::string device = "cpu";
   int threads = 0;
 };
 
@@ -43,16 +45,19 @@ int logits(const logits_options& options) {
     rest.remove_prefix(comma + 1);
   }
   if (ids.empty()) fail("--tokens: give at least one token id");
+  const device where = parse_device(options.device);
+  if (where.is_cuda()) cuda::require_device(where.index);  // before the model is read
 
   plugin_registry registry;
   model_options model;
   model.mtp = false;  // the main model's logits
+  model.where = where;
   model_runner runner(config, {}, load_model_plugins(registry, config), model);
   load_parameters(checkpoint, runner.parameters());
   thread_pool pool(options.threads > 0
                        ? options.threads
                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  exec_context context(device::cpu(), pool);
+  exec_context context(where, pool);
   model_batch batch;
   const auto length = static_cast<std::int64_t>(ids.size());
   batch.tokens = tensor::empty(dtype::i32, {1, length});
@@ -60,11 +65,11 @@ int logits(const logits_options& options) {
   const model_output output = runner.forward(context, 0, batch, true);
   runner.forget(0);
   const std::int64_t vocab = config.vocab_size;
-  const float* values = output.logits.data_as<float>();
+  const tensor logits = output.logits.to(device::cpu());
+  const float* values = logits.data_as<float>();
   if (!options.out.empty()) {
     std::ofstream out(options.out, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(values),
-              static_cast<std::streamsize>(output.logits.nbytes()));
+    out.write(reinterpret_cast<const char*>(values), static_cast<std::streamsize>(logits.nbytes()));
     if (!out) fail("{}: cannot write the logits", options.out);
     fmt::print("wrote {} x {} float32 logits (row-major, little-endian) to {}\n", length, vocab,
                options.out);
@@ -103,6 +108,8 @@ void add_logits_command(CLI::App& app, int& exit_code) {
   command->add_option("--tokens", options->tokens, "Comma-separated token ids, e.g. 5,17,42")
       ->required();
   command->add_option("--out", options->out, "Write the logits here (otherwise print a summary)");
+  command->add_option("--device", options->device,
+                      "Where to compute: cpu (default) or cuda:N (FP32 on the GPU)");
   command->add_option("--threads", options->threads, "Worker threads (default: one per core)")
       ->check(within(thread_bounds));
   command->callback([options, &exit_code] { exit_code = logits(*options); });

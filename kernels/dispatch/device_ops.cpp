@@ -1,4 +1,5 @@
 #include "kernels/dispatch/device_ops.hpp"
+#include "kernels/dispatch/require_cuda.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -7,38 +8,34 @@
 #include <string>
 
 #include "kernels/cpu/attention.hpp"
-#include "kernels/cpu/expert_combine.hpp"
-#include "kernels/cpu/gemm.hpp"
 #include "kernels/cpu/rmsnorm.hpp"
 #include "kernels/cpu/rope.hpp"
-#include "kernels/cpu/router.hpp"
-#include "kernels/cpu/swiglu.hpp"
 #include "troupe_build_config.h"
 
 #if TROUPE_HAVE_CUDA
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/attention.hpp"
-#include "kernels/cuda/cublaslt_gemm.hpp"
 #include "kernels/cuda/elementwise.hpp"
-#include "kernels/cuda/expert_combine.hpp"
-#include "kernels/cuda/per_stream.hpp"
 #include "kernels/cuda/rmsnorm.hpp"
 #include "kernels/cuda/rope.hpp"
-#include "kernels/cuda/router.hpp"
-#include "kernels/cuda/swiglu.hpp"
 #endif
 
 namespace troupe::kernels {
 
-namespace {
+namespace detail {
 
-/// Fails unless this build has CUDA (a GPU context reached a plugin built without it).
 void require_cuda() {
 #if !TROUPE_HAVE_CUDA
-  throw std::runtime_error("this plugin was built without CUDA and cannot compute on a GPU");
+  throw std::runtime_error("this build of troupe has no CUDA and cannot compute on a GPU");
 #endif
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::require_cuda;
 
 #if TROUPE_HAVE_CUDA
 void check(cudaError_t status, const char* what) {
@@ -362,246 +359,6 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
   cuda::attention_backward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v),
                            to_cuda(o), to_cuda(d_o), lse, to_cuda(dq), to_cuda(dk),
                            to_cuda(d_key_rope), to_cuda(dv), scratch.data(), context->stream);
-#endif
-}
-
-#if TROUPE_HAVE_CUDA
-namespace {
-
-cuda::router_shape to_cuda(const cpu::router_shape& r) {
-  return {r.experts, r.groups, r.topk_groups, r.topk, r.normalize, r.scaling};
-}
-
-/// Scratch bytes for one call, on the context's device.
-struct scratch_bytes {
-  scratch_bytes(const troupe_exec_context* context, std::size_t bytes)
-      : allocator(context->allocator), device(context->device), size(bytes) {
-    data = size > 0 ? allocate_bytes(context, size) : nullptr;
-  }
-  ~scratch_bytes() {
-    if (data != nullptr) release_bytes(allocator, device, data);
-  }
-  scratch_bytes(const scratch_bytes&) = delete;
-  scratch_bytes& operator=(const scratch_bytes&) = delete;
-  const troupe_allocator* allocator;
-  DLDevice device;
-  std::size_t size;
-  void* data;
-};
-
-}  // namespace
-#endif
-
-void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
-              std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
-              std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
-              std::int64_t ldc) {
-  if (!on_gpu(context)) {
-    cpu::sgemm_on_pool(context->pool, {transpose_a, transpose_b, m, n, k, lda, ldb, ldc}, alpha, a,
-                       b, beta, c);
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  // NOTES: one cuBLASLt engine per stream for this plugin's copy of the kernels (each plugin
-  // links its own); the runtime's provider keeps its own.
-  static cuda::per_stream<cuda::cublaslt_gemm> engines;
-  using cuda::gemm_dtype;
-  const cuda::gemm_matrix left{a, gemm_dtype::f32, transpose_a ? k : m, transpose_a ? m : k, lda};
-  const cuda::gemm_matrix right{b, gemm_dtype::f32, transpose_b ? n : k, transpose_b ? k : n, ldb};
-  engines.on(context->device.device_id, context->stream)
-      .gemm(left, transpose_a, right, transpose_b, {c, gemm_dtype::f32, m, n, ldc}, alpha, beta);
-#endif
-}
-
-void router_forward(const troupe_exec_context* context, const cpu::router_shape& shape,
-                    const float* logits, const float* bias, float* scores, std::int32_t* selected,
-                    float* gates, std::int64_t tokens) {
-  if (!on_gpu(context)) {
-    const std::int64_t e = shape.experts, k = shape.topk;
-    parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
-      cpu::router_forward(shape, logits + begin * e, bias, scores + begin * e, selected + begin * k,
-                          gates + begin * k, end - begin);
-    });
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::router_forward(to_cuda(shape), logits, bias, scores, selected, gates, tokens,
-                       context->stream);
-#endif
-}
-
-void router_backward(const troupe_exec_context* context, const cpu::router_shape& shape,
-                     const float* scores, const std::int32_t* selected, const float* d_gates,
-                     float* d_logits, std::int64_t tokens) {
-  if (!on_gpu(context)) {
-    const std::int64_t e = shape.experts, k = shape.topk;
-    parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
-      cpu::router_backward(shape, scores + begin * e, selected + begin * k, d_gates + begin * k,
-                           d_logits + begin * e, end - begin);
-    });
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::router_backward(to_cuda(shape), scores, selected, d_gates, d_logits, tokens,
-                        context->stream);
-#endif
-}
-
-void balance_loss_forward(const troupe_exec_context* context, const cpu::router_shape& shape,
-                          const float* scores, const std::int32_t* selected, std::int64_t sequences,
-                          std::int64_t length, double alpha, float* loss) {
-  if (!on_gpu(context)) {
-    *loss = static_cast<float>(
-        cpu::balance_loss_forward(shape, scores, selected, sequences, length, alpha));
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  scratch_bytes scratch(context,
-                        cuda::balance_loss_scratch_bytes(sequences, length, shape.experts));
-  cuda::balance_loss_forward(to_cuda(shape), scores, selected, sequences, length, alpha, loss,
-                             scratch.data, scratch.size, context->stream);
-#endif
-}
-
-void balance_loss_backward(const troupe_exec_context* context, const cpu::router_shape& shape,
-                           const float* scores, const std::int32_t* selected,
-                           std::int64_t sequences, std::int64_t length, double alpha, float d_loss,
-                           float* d_logits) {
-  if (!on_gpu(context)) {
-    cpu::balance_loss_backward(shape, scores, selected, sequences, length, alpha, d_loss, d_logits);
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  scratch_bytes scratch(context,
-                        cuda::balance_loss_scratch_bytes(sequences, length, shape.experts));
-  cuda::balance_loss_backward(to_cuda(shape), scores, selected, sequences, length, alpha, d_loss,
-                              d_logits, scratch.data, scratch.size, context->stream);
-#endif
-}
-
-void count_selections(const troupe_exec_context* context, const std::int32_t* selected,
-                      std::int64_t pairs, std::int64_t experts, std::int64_t* counts) {
-  zero_bytes(context, counts, static_cast<std::size_t>(experts) * sizeof(std::int64_t));
-  if (!on_gpu(context)) {
-    cpu::count_selections(selected, pairs, counts);
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::count_selections(selected, pairs, counts, context->stream);
-#endif
-}
-
-void group_by_expert(const troupe_exec_context* context, const std::int32_t* selected,
-                     std::int64_t tokens, std::int64_t topk, std::int64_t experts,
-                     std::int64_t* order, std::int64_t* position, std::int64_t* offsets) {
-  if (!on_gpu(context)) {
-    cpu::expert_grouping grouping;
-    cpu::group_by_expert(selected, tokens, topk, experts, grouping);
-    std::copy(grouping.order.begin(), grouping.order.end(), order);
-    std::copy(grouping.position.begin(), grouping.position.end(), position);
-    std::copy(grouping.offsets.begin(), grouping.offsets.end(), offsets);
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  scratch_bytes scratch(context, cuda::group_by_expert_scratch_bytes(tokens * topk, experts));
-  cuda::group_by_expert(selected, tokens, topk, experts, {order, position, offsets}, scratch.data,
-                        scratch.size, context->stream);
-#endif
-}
-
-void gather_expert_rows(const troupe_exec_context* context, const float* x,
-                        const std::int64_t* order, std::int64_t topk, std::int64_t width,
-                        float* out, std::int64_t begin, std::int64_t end) {
-  if (!on_gpu(context)) {
-    cpu::gather_expert_rows(x, order, topk, width, out, begin, end);
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::gather_expert_rows(x, order, topk, width, out, begin, end, context->stream);
-#endif
-}
-
-void combine_forward(const troupe_exec_context* context, const float* rows, const float* gates,
-                     const std::int64_t* position, std::int64_t topk, std::int64_t width, float* y,
-                     std::int64_t tokens) {
-  if (!on_gpu(context)) {
-    parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
-      cpu::combine_forward(rows, gates, position, topk, width, y, begin, end);
-    });
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::combine_forward(rows, gates, position, topk, width, y, tokens, context->stream);
-#endif
-}
-
-void combine_backward(const troupe_exec_context* context, const float* dy, const float* rows,
-                      const float* gates, const std::int64_t* order, std::int64_t topk,
-                      std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs) {
-  if (!on_gpu(context)) {
-    parallel_for(context, pairs, 64, [&](std::int64_t begin, std::int64_t end) {
-      cpu::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin, end);
-    });
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, 0, pairs,
-                         context->stream);
-#endif
-}
-
-void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
-                      const std::int64_t* position, std::int64_t topk, std::int64_t width,
-                      float* dx, std::int64_t tokens) {
-  if (!on_gpu(context)) {
-    parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
-      cpu::scatter_add_rows(d_rows, position, topk, width, dx, begin, end);
-    });
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::scatter_add_rows(d_rows, position, topk, width, dx, tokens, context->stream);
-#endif
-}
-
-void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
-                          std::int64_t rows, std::int64_t width) {
-  if (!on_gpu(context)) {
-    parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
-      cpu::swiglu_forward_fused(gate_up + begin * 2 * width, h + begin * width, end - begin, width);
-    });
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::swiglu_forward_fused(gate_up, h, rows, width, context->stream);
-#endif
-}
-
-void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
-                           const float* gate_up, float* dgate_up, std::int64_t rows,
-                           std::int64_t width) {
-  if (!on_gpu(context)) {
-    parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
-      cpu::swiglu_backward_fused(dh + begin * width, gate_up + begin * 2 * width,
-                                 dgate_up + begin * 2 * width, end - begin, width);
-    });
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  cuda::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width, context->stream);
 #endif
 }
 

@@ -149,6 +149,22 @@ void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, 
 #endif
 }
 
+void copy_from_host(const troupe_exec_context* context, void* dst, const void* src,
+                    std::size_t bytes) {
+  if (bytes == 0) return;
+  if (!on_gpu(context)) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice,
+                        static_cast<cudaStream_t>(context->stream)),
+        "cudaMemcpyAsync (host to device)");
+  check(cudaStreamSynchronize(static_cast<cudaStream_t>(context->stream)), "cudaStreamSynchronize");
+#endif
+}
+
 void copy_to_host(const troupe_exec_context* context, void* dst, const void* src,
                   std::size_t bytes) {
   if (bytes == 0) return;

@@ -41,6 +41,9 @@ namespace ops {
 void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes);
 /// A copy between two places on the context's device.
 void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, std::size_t bytes);
+/// dst (on the context's device) = src (host memory); waits for the copy on a GPU.
+void copy_from_host(const troupe_exec_context* context, void* dst, const void* src,
+                    std::size_t bytes);
 /// dst (host memory) = src (on the context's device); waits for the context's stream on a GPU.
 void copy_to_host(const troupe_exec_context* context, void* dst, const void* src,
                   std::size_t bytes);
@@ -220,6 +223,31 @@ void combine_backward(const troupe_exec_context* context, const float* dy, const
 void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
                       const std::int64_t* position, std::int64_t topk, std::int64_t width,
                       float* dx, std::int64_t tokens);
+/// Rows grouped by expert on the device (offsets [groups + 1]); row r of Fprop and Wgrad reads
+/// input row source[r] / divisor (source null: r).
+struct grouped_rows {
+  const std::int64_t* offsets = nullptr;
+  std::int64_t groups = 0, rows = 0;
+  const std::int64_t* source = nullptr;
+  std::int64_t divisor = 1;
+};
+
+/// Whether the routed experts' GEMMs run grouped (one launch per pass, kernels/cuda/
+/// grouped_gemm.hpp): on a GPU with the runtime's FP32 provider. A GEMM plugin (FP8) gets one
+/// call per expert instead.
+bool grouped_expert_gemms(const troupe_exec_context* context);
+/// y[r] (+)= x[src(r)] W_g^T, dx[r] (+)= dy[r] W_g, dW_g += dy_g^T x_g (GPU only; weights and
+/// their gradients as device arrays of per-expert pointers).
+void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
+                   std::int64_t ldx, const float* const* weights, std::int64_t n, std::int64_t k,
+                   float* y, std::int64_t ldy, bool accumulate);
+void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
+                   std::int64_t lddy, const float* const* weights, std::int64_t n, std::int64_t k,
+                   float* dx, std::int64_t lddx, bool accumulate);
+void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
+                   std::int64_t lddy, const float* x, std::int64_t ldx, float* const* weight_grads,
+                   std::int64_t n, std::int64_t k);
+
 /// SwiGLU over a fused [rows, 2*width] gate|up buffer (kernels/cpu/swiglu.hpp).
 void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
                           std::int64_t rows, std::int64_t width);

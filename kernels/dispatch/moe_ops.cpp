@@ -1,6 +1,9 @@
 // The MoE side of kernels/dispatch/device_ops.hpp: the FP32 gate GEMM, the router and balance
 // loss, token permutation and combine, SwiGLU.
 #include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/cpu/expert_combine.hpp"
 #include "kernels/cpu/gemm.hpp"
@@ -13,6 +16,7 @@
 #if TROUPE_HAVE_CUDA
 #include "kernels/cuda/cublaslt_gemm.hpp"
 #include "kernels/cuda/expert_combine.hpp"
+#include "kernels/cuda/grouped_gemm.hpp"
 #include "kernels/cuda/per_stream.hpp"
 #include "kernels/cuda/router.hpp"
 #include "kernels/cuda/swiglu.hpp"
@@ -261,6 +265,65 @@ void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
   require_cuda();
 #if TROUPE_HAVE_CUDA
   cuda::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width, context->stream);
+#endif
+}
+
+namespace {
+
+#if TROUPE_HAVE_CUDA
+cuda::grouped_rows to_cuda(const grouped_rows& r) {
+  return {r.offsets, r.groups, r.rows, r.source, r.divisor};
+}
+#endif
+
+void require_gpu(const troupe_exec_context* context, const char* what) {
+  if (!on_gpu(context))
+    throw std::runtime_error(std::string(what) +
+                             ": grouped expert GEMMs run on a GPU; the host runs one per expert");
+  require_cuda();
+}
+
+}  // namespace
+
+bool grouped_expert_gemms(const troupe_exec_context* context) {
+  return on_gpu(context) && context->gemm != nullptr && context->gemm->name != nullptr &&
+         std::strcmp(context->gemm->name, "cublaslt") == 0;
+}
+
+void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
+                   std::int64_t ldx, const float* const* weights, std::int64_t n, std::int64_t k,
+                   float* y, std::int64_t ldy, bool accumulate) {
+  require_gpu(context, "grouped_fprop");
+#if TROUPE_HAVE_CUDA
+  cuda::grouped_gemm_fprop(to_cuda(rows), x, ldx, weights, n, k, y, ldy, accumulate,
+                           context->stream);
+#else
+  (void)rows, (void)x, (void)ldx, (void)weights, (void)n, (void)k, (void)y, (void)ldy,
+      (void)accumulate;
+#endif
+}
+
+void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
+                   std::int64_t lddy, const float* const* weights, std::int64_t n, std::int64_t k,
+                   float* dx, std::int64_t lddx, bool accumulate) {
+  require_gpu(context, "grouped_dgrad");
+#if TROUPE_HAVE_CUDA
+  cuda::grouped_gemm_dgrad(to_cuda(rows), dy, lddy, weights, n, k, dx, lddx, accumulate,
+                           context->stream);
+#else
+  (void)rows, (void)dy, (void)lddy, (void)weights, (void)n, (void)k, (void)dx, (void)lddx,
+      (void)accumulate;
+#endif
+}
+
+void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
+                   std::int64_t lddy, const float* x, std::int64_t ldx, float* const* weight_grads,
+                   std::int64_t n, std::int64_t k) {
+  require_gpu(context, "grouped_wgrad");
+#if TROUPE_HAVE_CUDA
+  cuda::grouped_gemm_wgrad(to_cuda(rows), dy, lddy, x, ldx, weight_grads, n, k, context->stream);
+#else
+  (void)rows, (void)dy, (void)lddy, (void)x, (void)ldx, (void)weight_grads, (void)n, (void)k;
 #endif
 }
 

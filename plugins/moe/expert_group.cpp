@@ -38,8 +38,8 @@ troupe_status expert_group::forward(const troupe_exec_context* context, std::int
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
                 "row_counts add up to {} rows, the input has {}", offsets.back(), shape.tokens());
   return guarded(error, [&] {
-    return experts_.forward(context, micro_batch, data_of(rows), nullptr, 1, offsets,
-                            data_of(y_rows), error);
+    return experts_.forward(context, micro_batch, data_of(rows), nullptr, 1, offsets, nullptr,
+                            offsets.back(), data_of(y_rows), error);
   });
 }
 

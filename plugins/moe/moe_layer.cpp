@@ -103,11 +103,13 @@ troupe_status moe_layer::forward(const troupe_exec_context* context, std::int64_
     s->offsets.assign(context, static_cast<std::size_t>(e_count + 1));
     ops::group_by_expert(context, chosen, t, k, e_count, s->order.data(), s->position.data(),
                          s->offsets.data());
-    s->host_offsets.resize(static_cast<std::size_t>(e_count + 1));
-    ops::copy_to_host(context, s->host_offsets.data(), s->offsets.data(), s->offsets.bytes());
+    if (!routed_->grouped(context)) {  // one GEMM per expert: their shapes on the host
+      s->host_offsets.resize(static_cast<std::size_t>(e_count + 1));
+      ops::copy_to_host(context, s->host_offsets.data(), s->offsets.data(), s->offsets.bytes());
+    }
     s->expert_out.assign(context, static_cast<std::size_t>(t * k * hidden_));
     TROUPE_TRY(routed_->forward(context, micro_batch, in, s->order.data(), k, s->host_offsets,
-                                s->expert_out.data(), error));
+                                s->offsets.data(), t * k, s->expert_out.data(), error));
     ops::combine_forward(context, s->expert_out.data(), gate_values, s->position.data(), k, hidden_,
                          out, t);
     return TROUPE_STATUS_OK;

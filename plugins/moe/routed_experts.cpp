@@ -67,9 +67,11 @@ troupe_status routed_experts::for_each_expert(const troupe_exec_context* context
 
 troupe_status routed_experts::forward(const troupe_exec_context* context, std::int64_t micro_batch,
                                       const float* x, const std::int64_t* order, std::int64_t topk,
-                                      std::span<const std::int64_t> offsets, float* y_rows,
-                                      troupe_error* error) {
-  if (static_cast<std::int64_t>(offsets.size()) != count() + 1)
+                                      std::span<const std::int64_t> offsets,
+                                      const std::int64_t* device_offsets, std::int64_t rows,
+                                      float* y_rows, troupe_error* error) {
+  const bool use_grouped = grouped(context) && device_offsets != nullptr;
+  if (!use_grouped && static_cast<std::int64_t>(offsets.size()) != count() + 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expected {} expert row offsets, got {}",
                 count() + 1, offsets.size());
   saved_rows* s = saved_.start(micro_batch, error);
@@ -77,8 +79,17 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
   s->x = x;
   s->order = order;
   s->topk = topk;
+  s->grouped = use_grouped;
+  s->device_offsets = device_offsets;
+  if (use_grouped) {
+    s->rows = rows;
+    const troupe_status status =
+        guarded(error, [&] { return grouped_forward(context, *s, y_rows); });
+    if (status != TROUPE_STATUS_OK) saved_.release(micro_batch);
+    return status;
+  }
   s->offsets.assign(offsets.begin(), offsets.end());
-  const std::int64_t rows = s->offsets.back();
+  s->rows = s->offsets.back();
   troupe_status status = guarded(error, [&] {
     s->gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
     return TROUPE_STATUS_OK;
@@ -109,7 +120,7 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
                                              float* dx_rows, troupe_error* error) {
   saved_rows* s = saved_.for_input(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
-  const std::int64_t rows = s->offsets.back();
+  const std::int64_t rows = s->rows;
   const troupe_status copied = guarded(error, [&] {
     s->d_out.assign_copy(context, dy_rows, static_cast<std::size_t>(rows * hidden_));
     s->hidden.assign(context, static_cast<std::size_t>(rows * inter_));
@@ -119,6 +130,18 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
   if (copied != TROUPE_STATUS_OK) {
     saved_.release(micro_batch);
     return copied;
+  }
+  if (s->grouped) {
+    const troupe_status status = guarded(error, [&] {
+      grouped_backward_input(context, *s, dx_rows);
+      return TROUPE_STATUS_OK;
+    });
+    if (status != TROUPE_STATUS_OK) {
+      saved_.release(micro_batch);
+      return status;
+    }
+    saved_.input_done(micro_batch);
+    return TROUPE_STATUS_OK;
   }
   const troupe_status status = for_each_expert(
       context, *s,
@@ -151,6 +174,14 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
                                               std::int64_t micro_batch, troupe_error* error) {
   saved_rows* s = saved_.for_weight(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
+  if (s->grouped) {
+    const troupe_status status = guarded(error, [&] {
+      grouped_backward_weight(context, *s);
+      return TROUPE_STATUS_OK;
+    });
+    saved_.release(micro_batch);
+    return status;
+  }
   const troupe_status status = for_each_expert(
       context, *s,
       [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
@@ -168,6 +199,82 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
       error);
   saved_.release(micro_batch);
   return status;
+}
+
+void routed_experts::ensure_pointer_tables(const troupe_exec_context* context) {
+  if (!gate_weights_.empty()) return;
+  std::vector<const float*> gate, up, down;
+  std::vector<float*> d_gate, d_up, d_down;
+  for (std::size_t e = 0; e < ids_.size(); ++e) {
+    gate.push_back(weight_[gate_[e]]);
+    up.push_back(weight_[up_[e]]);
+    down.push_back(weight_[down_[e]]);
+    d_gate.push_back(grad_[gate_[e]]);
+    d_up.push_back(grad_[up_[e]]);
+    d_down.push_back(grad_[down_[e]]);
+  }
+  const auto upload = [&](auto& table, const auto& host) {
+    table.assign(context, host.size());
+    ops::copy_from_host(context, table.data(), host.data(), host.size() * sizeof(host[0]));
+  };
+  upload(gate_weights_, gate);
+  upload(up_weights_, up);
+  upload(down_weights_, down);
+  upload(gate_grads_, d_gate);
+  upload(up_grads_, d_up);
+  upload(down_grads_, d_down);
+}
+
+ops::grouped_rows routed_experts::grouping(const saved_rows& s, bool gathered) const {
+  return {s.device_offsets, count(), s.rows, gathered ? s.order : nullptr,
+          gathered && s.order != nullptr ? s.topk : 1};
+}
+
+troupe_status routed_experts::grouped_forward(const troupe_exec_context* context, saved_rows& s,
+                                              float* y_rows) {
+  // NOTES: the tokens are gathered by the GEMM itself (row r reads x[order[r] / topk]): no
+  // dispatch copy. gate and up write the two halves of one [R, 2I] buffer, as on the host.
+  ensure_pointer_tables(context);
+  const std::int64_t rows = s.rows;
+  s.gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
+  ops::grouped_fprop(context, grouping(s, true), s.x, hidden_, gate_weights_.data(), inter_,
+                     hidden_, s.gate_up.data(), 2 * inter_, false);
+  ops::grouped_fprop(context, grouping(s, true), s.x, hidden_, up_weights_.data(), inter_, hidden_,
+                     s.gate_up.data() + inter_, 2 * inter_, false);
+  buffer hidden_rows;
+  hidden_rows.assign(context, static_cast<std::size_t>(rows * inter_));
+  ops::swiglu_forward_fused(context, s.gate_up.data(), hidden_rows.data(), rows, inter_);
+  ops::grouped_fprop(context, grouping(s, false), hidden_rows.data(), inter_, down_weights_.data(),
+                     hidden_, inter_, y_rows, hidden_, false);
+  return TROUPE_STATUS_OK;
+}
+
+void routed_experts::grouped_backward_input(const troupe_exec_context* context, saved_rows& s,
+                                            float* dx_rows) {
+  const std::int64_t rows = s.rows;
+  ops::swiglu_forward_fused(context, s.gate_up.data(), s.hidden.data(), rows, inter_);
+  buffer dh;
+  dh.assign(context, static_cast<std::size_t>(rows * inter_));
+  ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_, down_weights_.data(),
+                     hidden_, inter_, dh.data(), inter_, false);
+  ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows,
+                             inter_);
+  ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
+                     gate_weights_.data(), inter_, hidden_, dx_rows, hidden_, true);
+  ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data() + inter_, 2 * inter_,
+                     up_weights_.data(), inter_, hidden_, dx_rows, hidden_, true);
+}
+
+void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {
+  if (grad_[down_[0]] != nullptr)
+    ops::grouped_wgrad(context, grouping(s, false), s.d_out.data(), hidden_, s.hidden.data(),
+                       inter_, down_grads_.data(), hidden_, inter_);
+  if (grad_[gate_[0]] != nullptr)
+    ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data(), 2 * inter_, s.x, hidden_,
+                       gate_grads_.data(), inter_, hidden_);
+  if (grad_[up_[0]] != nullptr)
+    ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data() + inter_, 2 * inter_, s.x,
+                       hidden_, up_grads_.data(), inter_, hidden_);
 }
 
 std::size_t routed_experts::saved_bytes() const {

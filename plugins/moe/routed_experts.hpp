@@ -29,12 +29,19 @@ class routed_experts {
   std::int64_t count() const { return static_cast<std::int64_t>(ids_.size()); }
   const std::vector<std::int64_t>& ids() const { return ids_; }
 
-  /// Rows [offsets[e], offsets[e+1]) belong to local expert e (offsets on the host). Row r's
-  /// input is x[order[r] / topk] (order null: x[r]); x and order (on the context's device) stay
-  /// valid until the weight part.
+  /// Whether the experts' GEMMs run grouped on the device for `context` (then forward needs the
+  /// offsets on the device only, not on the host).
+  bool grouped(const troupe_exec_context* context) const {
+    return ops::grouped_expert_gemms(context);
+  }
+  /// Rows [offsets[e], offsets[e+1]) belong to local expert e: `offsets` on the host (one GEMM
+  /// per expert), or `device_offsets` with `rows` their total when grouped(). Row r's input is
+  /// x[order[r] / topk] (order null: x[r]); x, order and the offsets (on the context's device)
+  /// stay valid until the weight part.
   troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
                         const float* x, const std::int64_t* order, std::int64_t topk,
-                        std::span<const std::int64_t> offsets, float* y_rows, troupe_error* error);
+                        std::span<const std::int64_t> offsets, const std::int64_t* device_offsets,
+                        std::int64_t rows, float* y_rows, troupe_error* error);
   /// dx_rows[r] = dL/d(input of row r) for dy_rows; keeps what the weight part needs.
   troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,
                                const float* dy_rows, float* dx_rows, troupe_error* error);
@@ -50,11 +57,14 @@ class routed_experts {
     const float* x = nullptr;
     const std::int64_t* order = nullptr;
     std::int64_t topk = 1;
-    std::vector<std::int64_t> offsets;  // on the host: the GEMM shapes come from them
-    buffer gate_up;                     // [R, 2I] pre-activations
-    buffer hidden;                      // [R, I] SwiGLU output, recomputed by the input part
-    buffer d_gate_up;                   // [R, 2I]
-    buffer d_out;                       // [R, H] dy_rows, for the down projection's weight gradient
+    std::vector<std::int64_t> offsets;  // on the host: the GEMM shapes (one GEMM per expert)
+    const std::int64_t* device_offsets = nullptr;  // grouped GEMMs
+    std::int64_t rows = 0;
+    bool grouped = false;
+    buffer gate_up;    // [R, 2I] pre-activations
+    buffer hidden;     // [R, I] SwiGLU output, recomputed by the input part
+    buffer d_gate_up;  // [R, 2I]
+    buffer d_out;      // [R, H] dy_rows, for the down projection's weight gradient
   };
   /// Runs body(local expert, first row, rows) for every expert with rows: in parallel on the
   /// host's pool, in order on a GPU (one stream).
@@ -67,8 +77,17 @@ class routed_experts {
   const float* input_rows(const troupe_exec_context* context, const saved_rows& s,
                           std::int64_t first, std::int64_t n, buffer& rows) const;
 
+  /// The grouped GEMMs' per-expert weight and gradient pointers, on the device (made once).
+  void ensure_pointer_tables(const troupe_exec_context* context);
+  ops::grouped_rows grouping(const saved_rows& s, bool gathered) const;
+  troupe_status grouped_forward(const troupe_exec_context* context, saved_rows& s, float* y_rows);
+  void grouped_backward_input(const troupe_exec_context* context, saved_rows& s, float* dx_rows);
+  void grouped_backward_weight(const troupe_exec_context* context, saved_rows& s);
+
   std::int64_t hidden_, inter_;
   std::vector<std::int64_t> ids_;
+  device_array<const float*> gate_weights_, up_weights_, down_weights_;
+  device_array<float*> gate_grads_, up_grads_, down_grads_;
   std::vector<std::size_t> gate_, up_, down_;
   std::span<float*const> weight_, grad_;
   saved_micro_batches<saved_rows> saved_{"experts: "};

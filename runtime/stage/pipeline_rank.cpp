@@ -36,11 +36,7 @@ std::unique_ptr<exec_context> gpu_context_for(const std::vector<stage_chunk>& ch
       fail("the chunks of a pipeline rank must live on one device ({} and {})", to_string(where),
            to_string(c.runner->parameters().where()));
   if (where.is_cpu()) return nullptr;
-  // A plugin's provider (FP8) serves both devices; the host's BLAS default gives way to
-  // cuBLASLt.
-  const troupe_gemm_provider* gemm =
-      host.gemm_provider() == blas_gemm_provider() ? nullptr : host.gemm_provider();
-  return std::make_unique<exec_context>(where, host.pool(), gemm);
+  return std::make_unique<exec_context>(where, host.pool());
 }
 
 tensor on_host(const tensor& t) {
@@ -53,8 +49,19 @@ pipeline_rank::pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks,
                              const exec_context& context)
     : rank_(rank),
       chunks_(std::move(chunks)),
+      host_context_(context),
       gpu_context_(gpu_context_for(chunks_, context)),
-      context_(gpu_context_ ? *gpu_context_ : context) {}
+      context_(gpu_context_ ? *gpu_context_ : context) {
+  follow_gemm_provider();
+}
+
+void pipeline_rank::follow_gemm_provider() {
+  if (!gpu_context_) return;
+  // A plugin's provider (FP8) serves both devices; the host's BLAS default gives way to
+  // cuBLASLt.
+  const troupe_gemm_provider* host = host_context_.gemm_provider();
+  gpu_context_->set_gemm_provider(host == blas_gemm_provider() ? nullptr : host);
+}
 
 stage_chunk& pipeline_rank::chunk(std::int32_t stage, std::int32_t copy) {
   for (auto& c : chunks_)
@@ -160,6 +167,7 @@ void pipeline_rank::run_forward(const stage_work& w,
     batch.hidden = std::move(it->second);
     arrived_.erase(it);
   }
+  follow_gemm_provider();
   model_output output = c.runner->forward(context_, w.micro_batch, batch);
   micro_batch_losses losses;
   losses.micro_batch = w.micro_batch;
@@ -191,6 +199,7 @@ void pipeline_rank::run_backward(const stage_work& w, troupe_backward_part part,
     d_hidden = std::move(it->second);
     arrived_.erase(it);
   }
+  follow_gemm_provider();
   tensor d_input = c.runner->backward(context_, w.micro_batch, d_hidden, loss_scale_, part);
   if (part != TROUPE_BACKWARD_WEIGHT && w.stage > 0)
     out.emplace_back(plan_->rank_of_copy(w.stage - 1, w.copy),

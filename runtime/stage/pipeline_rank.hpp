@@ -109,6 +109,11 @@ class pipeline_rank {
 
   std::int32_t rank_;
   std::vector<stage_chunk> chunks_;
+  /// The GPU context follows the process context's GEMM provider (a hot swap to or from FP8
+  /// replaces it there), before every forward, backward and optimizer step.
+  void follow_gemm_provider();
+
+  const exec_context& host_context_;
   std::unique_ptr<exec_context> gpu_context_;  ///< when the chunks live on a GPU
   const exec_context& context_;
   std::shared_ptr<const schedule_plan> plan_;

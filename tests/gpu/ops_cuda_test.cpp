@@ -23,6 +23,7 @@
 #include "kernels/cpu/attention.hpp"
 #include "kernels/cpu/cross_entropy.hpp"
 #include "kernels/cpu/expert_combine.hpp"
+#include "kernels/cpu/gemm.hpp"
 #include "kernels/cpu/rmsnorm.hpp"
 #include "kernels/cpu/rope.hpp"
 #include "kernels/cpu/router.hpp"
@@ -33,6 +34,7 @@
 #include "kernels/cuda/embedding.hpp"
 #include "kernels/cuda/expert_combine.hpp"
 #include "kernels/cuda/gradient_norm.hpp"
+#include "kernels/cuda/grouped_gemm.hpp"
 #include "kernels/cuda/rmsnorm.hpp"
 #include "kernels/cuda/rope.hpp"
 #include "kernels/cuda/router.hpp"
@@ -707,6 +709,64 @@ TEST(CudaOps, AdamwAndClippingMatchTheHostUpdate) {
       ASSERT_LE(std::abs(static_cast<int>(got_v[i]) - static_cast<int>(vt[i])), 1) << t << " " << i;
     }
   }
+}
+
+TEST(CudaOps, GroupedExpertGemmsMatchOneCpuGemmPerExpert) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  // 7 experts with 0, 1, 63, 64, 65, 130 and 3 rows; the inputs gathered through a permutation.
+  const std::vector<std::int64_t> counts{0, 1, 63, 64, 65, 130, 3};
+  std::vector<std::int64_t> offsets{0};
+  for (auto c : counts) offsets.push_back(offsets.back() + c);
+  const std::int64_t rows = offsets.back(), groups = 7, topk = 2, n = 96, k = 80;
+  const std::int64_t tokens = (rows + topk - 1) / topk;
+  std::vector<std::int64_t> order(static_cast<std::size_t>(rows));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937(3));
+  const auto x = random_values(static_cast<std::size_t>(tokens * k), 90);
+  const auto dy = random_values(static_cast<std::size_t>(rows * n), 91);
+  std::vector<std::vector<float>> w;
+  for (std::int64_t g = 0; g < groups; ++g) w.push_back(random_values(n * k, 92 + g));
+  // The CPU: one GEMM per expert on gathered rows.
+  std::vector<float> gathered(static_cast<std::size_t>(rows * k));
+  for (std::int64_t r = 0; r < rows; ++r)
+    std::copy_n(x.begin() + (order[r] / topk) * k, k, gathered.begin() + r * k);
+  std::vector<float> y(static_cast<std::size_t>(rows * n), 0.0f), dx(gathered.size(), 0.0f);
+  std::vector<std::vector<float>> dw(static_cast<std::size_t>(groups),
+                                     std::vector<float>(static_cast<std::size_t>(n * k), 0.0f));
+  for (std::int64_t g = 0; g < groups; ++g) {
+    const std::int64_t first = offsets[g], m = counts[g];
+    if (m == 0) continue;
+    cpu::sgemm({false, true, m, n, k, k, k, n}, 1.0f, gathered.data() + first * k, w[g].data(),
+               0.0f, y.data() + first * n);
+    cpu::sgemm({false, false, m, k, n, n, k, k}, 1.0f, dy.data() + first * n, w[g].data(), 0.0f,
+               dx.data() + first * k);
+    cpu::sgemm({true, false, n, k, m, n, k, k}, 1.0f, dy.data() + first * n,
+               gathered.data() + first * k, 0.0f, dw[g].data());
+  }
+  device_array<float> gx(x), gdy(dy), gy(y.size()), gdx(dx.size());
+  device_array<std::int64_t> goffsets(offsets), gorder(order);
+  std::vector<std::unique_ptr<device_array<float>>> gw, gdw;
+  std::vector<const float*> wp;
+  std::vector<float*> dwp;
+  for (std::int64_t g = 0; g < groups; ++g) {
+    gw.push_back(std::make_unique<device_array<float>>(w[g]));
+    gdw.push_back(std::make_unique<device_array<float>>(static_cast<std::size_t>(n * k)));
+    wp.push_back(gw.back()->data());
+    dwp.push_back(gdw.back()->data());
+  }
+  device_array<const float*> gwp(wp);
+  device_array<float*> gdwp(dwp);
+  const gpu::grouped_rows gathered_rows{goffsets.data(), groups, rows, gorder.data(), topk};
+  const gpu::grouped_rows direct{goffsets.data(), groups, rows, nullptr, 1};
+  gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, gwp.data(), n, k, gy.data(), n, false,
+                          nullptr);
+  gpu::grouped_gemm_dgrad(direct, gdy.data(), n, gwp.data(), n, k, gdx.data(), k, false, nullptr);
+  gpu::grouped_gemm_wgrad(gathered_rows, gdy.data(), n, gx.data(), k, gdwp.data(), n, k, nullptr);
+  EXPECT_CLOSE(gy.get(), y, fp32_bound, "grouped fprop (gathered)");
+  EXPECT_CLOSE(gdx.get(), dx, fp32_bound, "grouped dgrad");
+  for (std::int64_t g = 1; g < groups; ++g)
+    EXPECT_CLOSE(gdw[g]->get(), dw[g], fp32_bound, "grouped wgrad");
+  EXPECT_EQ(gdw[0]->get(), dw[0]);  // an expert without rows: no gradient
 }
 
 TEST(CudaOps, BadArgumentsAreErrorsBeforeAnyLaunch) {

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "runtime/core/install_layout.hpp"
+#include "runtime/device/cuda.hpp"
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/model/flops.hpp"
 #include "runtime/model/model_runner.hpp"
@@ -31,6 +32,12 @@ struct bench_train_options {
   std::vector<std::string> overrides;
   int steps = 8;
   int threads = 0;
+  std::string device = "cpu";  ///< where the direct loop runs
+};
+
+/// Seconds per step of the direct loop, and of its phases (medians).
+struct direct_timing {
+  double step = 0.0, forward = 0.0, backward = 0.0, optimizer = 0.0;
 };
 
 double median(std::vector<double> values) {
@@ -39,13 +46,17 @@ double median(std::vector<double> values) {
 }
 
 /// The same work as one training step without actors: every micro-batch's forward and backward
-/// through one whole-model runner, then AdamW. Seconds per step (median of `steps`).
-double direct_step_seconds(const topology& topo, plugin_registry& registry, thread_pool& pool,
-                           std::int64_t micro_batches, int steps) {
+/// through one whole-model runner, then AdamW, on `where`. Seconds per step and per phase
+/// (medians of `steps`; on a GPU each phase ends with a wait for its stream).
+direct_timing direct_step_seconds(const topology& topo, plugin_registry& registry,
+                                  thread_pool& pool, std::int64_t micro_batches, int steps,
+                                  device where) {
   const model_config& config = topo.model;
   model_plugins plugins = load_model_plugins(registry, config);
-  exec_context context(device::cpu(), pool);
-  model_runner runner(config, {}, plugins, model_options{topo.train.mtp_weight, true});
+  exec_context context(where, pool);
+  model_options options{topo.train.mtp_weight, true};
+  options.where = where;
+  model_runner runner(config, {}, plugins, options);
   runner.parameters().initialize(static_cast<std::uint64_t>(topo.train.seed));
   adamw optimizer(
       {topo.train.beta1, topo.train.beta2, topo.train.epsilon, topo.train.weight_decay});
@@ -60,18 +71,41 @@ double direct_step_seconds(const topology& topo, plugin_registry& registry, thre
     input.tokens.data_as<std::int32_t>()[i] = token(rng);
     input.targets.data_as<std::int32_t>()[i] = token(rng);
   }
-  std::vector<double> times;
+  const auto wait = [&] {
+    if (where.is_cuda()) cuda::synchronize_stream(context.stream(), where.index);
+  };
+  const auto since = [](clock_type::time_point start) {
+    return std::chrono::duration<double>(clock_type::now() - start).count();
+  };
+  std::vector<double> times, forwards, backwards, optimizers;
   for (int step = 0; step <= steps; ++step) {
     const auto start = clock_type::now();
+    double forward = 0.0, backward = 0.0;
     for (std::int64_t m = 0; m < micro_batches; ++m) {
+      auto phase = clock_type::now();
       runner.forward(context, m, input);
+      wait();
+      forward += since(phase);
+      phase = clock_type::now();
       runner.backward(context, m, tensor(), 1.0f / static_cast<float>(micro_batches));
+      wait();
+      backward += since(phase);
     }
-    optimizer.step(1e-4, 1.0, step + 1, pool);
-    runner.parameters().zero_grads();
-    if (step > 0) times.push_back(std::chrono::duration<double>(clock_type::now() - start).count());
+    const auto phase = clock_type::now();
+    {
+      const context_stream_scope on_stream(context);
+      optimizer.step(1e-4, 1.0, step + 1, context);
+      runner.parameters().zero_grads();
+      wait();
+    }
+    if (step > 0) {
+      times.push_back(since(start));
+      forwards.push_back(forward);
+      backwards.push_back(backward);
+      optimizers.push_back(since(phase));
+    }
   }
-  return median(times);
+  return {median(times), median(forwards), median(backwards), median(optimizers)};
 }
 
 int bench_train(const bench_train_options& options) {
@@ -106,8 +140,10 @@ int bench_train(const bench_train_options& options) {
       times.push_back(result.steps[i].step_seconds);
     const double actor_step = median(times);
     const std::int64_t micro_batches = result.steps.back().micro_batches;
-    const double direct_step =
-        direct_step_seconds(topo, registry, pool, micro_batches, std::max(3, options.steps / 2));
+    const direct_timing direct =
+        direct_step_seconds(topo, registry, pool, micro_batches, std::max(3, options.steps / 2),
+                            parse_device(options.device));
+    const double direct_step = direct.step;
     reference = std::max(reference, sgemm_gflops(pool));
 
     const double tokens = static_cast<double>(result.steps.back().tokens);
@@ -133,6 +169,9 @@ int bench_train(const bench_train_options& options) {
         "direct loop (one runner, no actors, experts in the layer): {:.1f} ms per step, "
         "{:.0f} tokens/s, {:.2f} of sgemm\n",
         direct_step * 1e3, tokens / direct_step, flops / direct_step / 1e9 / reference);
+    fmt::print(
+        "direct loop phases on {}: forward {:.1f} ms, backward {:.1f} ms, optimizer {:.1f} ms\n",
+        options.device, direct.forward * 1e3, direct.backward * 1e3, direct.optimizer * 1e3);
     fmt::print("actor overhead: {:.1f} ms per step ({:.1f}% of the direct step)\n",
                (actor_step - direct_step) * 1e3, 100.0 * (actor_step - direct_step) / direct_step);
     return exit_ok;
@@ -160,6 +199,9 @@ void add_bench_train_command(CLI::App& bench_group, int& exit_code) {
       ->check(within({1, 1 << 20}));
   command->add_option("--threads", options->threads, "Worker threads (default: one per core)")
       ->check(within(thread_bounds));
+  command->add_option("--device", options->device,
+                      "Where the direct loop runs: cpu (default) or cuda:N (the actors run where "
+                      "the topology places them)");
   command->callback([options, &exit_code] { exit_code = bench_train(*options); });
 }
 

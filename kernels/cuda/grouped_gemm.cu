@@ -1,0 +1,208 @@
+#include "kernels/cuda/grouped_gemm.hpp"
+#include "kernels/cuda/launch.cuh"
+
+namespace troupe::kernels::cuda {
+
+namespace {
+
+// NOTES: a 64 x 64 output tile per block of 256 threads, 4 x 4 per thread, K in steps of 16
+// through shared memory: a plain FP32 SGEMM tiling on the CUDA cores (the parity path's
+// precision). What makes it a grouped GEMM is the tile scheduler: row tiles never straddle two
+// experts, and each block finds its expert from the offsets on the device.
+constexpr int tile = 64;
+constexpr int step = 16;
+constexpr int threads = 256;
+
+enum class pass { fprop, dgrad, wgrad };
+
+struct arguments {
+  grouped_rows rows;
+  const float* a;  // fprop: x, dgrad: dy, wgrad: dy
+  std::int64_t lda;
+  const float* b;  // wgrad: x
+  std::int64_t ldb;
+  const float* const* weights;
+  float* const* weight_grads;
+  float* c;
+  std::int64_t ldc;
+  std::int64_t n, k;
+  bool accumulate;
+};
+
+__device__ inline std::int64_t source_of(const grouped_rows& rows, std::int64_t r) {
+  return rows.source != nullptr ? rows.source[r] / rows.divisor : r;
+}
+
+/// The expert and first row of row tile `t` (row tiles of the experts in order), or -1.
+__device__ void find_tile(const grouped_rows& rows, std::int64_t t, std::int64_t& group,
+                          std::int64_t& first) {
+  std::int64_t seen = 0;
+  for (std::int64_t g = 0; g < rows.groups; ++g) {
+    const std::int64_t count = rows.offsets[g + 1] - rows.offsets[g];
+    const std::int64_t tiles = (count + tile - 1) / tile;
+    if (t < seen + tiles) {
+      group = g;
+      first = rows.offsets[g] + (t - seen) * tile;
+      return;
+    }
+    seen += tiles;
+  }
+  group = -1;
+  first = 0;
+}
+
+template <pass P>
+__global__ void __launch_bounds__(threads) grouped_kernel(arguments args) {
+  __shared__ float as[step][tile + 4];
+  __shared__ float bs[step][tile + 4];
+  __shared__ std::int64_t tile_group, tile_first;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  // The tile: output rows [m0, m_end) and columns [n0, n0 + 64), reduction length `depth`.
+  std::int64_t group = 0, m0 = 0, m_end = 0, depth = 0;
+  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * tile;
+  if constexpr (P == pass::wgrad) {
+    group = blockIdx.z;
+    m0 = static_cast<std::int64_t>(blockIdx.y) * tile;  // rows of dW: the n dimension
+    m_end = args.n;
+  } else {
+    if (tid == 0) find_tile(args.rows, blockIdx.y, tile_group, tile_first);
+    __syncthreads();
+    group = tile_group;
+    if (group < 0) return;
+    m0 = tile_first;
+    m_end = min(m0 + tile, args.rows.offsets[group + 1]);
+  }
+  const std::int64_t out_cols = P == pass::dgrad ? args.k : (P == pass::fprop ? args.n : args.k);
+  std::int64_t r_begin = 0, r_end = 0;  // wgrad: the expert's rows are the reduction
+  if constexpr (P == pass::wgrad) {
+    r_begin = args.rows.offsets[group];
+    r_end = args.rows.offsets[group + 1];
+    depth = r_end - r_begin;
+    if (depth == 0) return;
+  } else {
+    depth = P == pass::fprop ? args.k : args.n;
+  }
+  const float* w = P == pass::wgrad ? nullptr : args.weights[group];
+  float acc[4][4] = {};
+  for (std::int64_t k0 = 0; k0 < depth; k0 += step) {
+    // A tile: as[kk][i] = A(m0 + i, k0 + kk).
+    for (int l = tid; l < tile * step; l += threads) {
+      int i, kk;
+      if constexpr (P == pass::wgrad) {
+        kk = l / tile, i = l % tile;  // dy[r, n]: contiguous along i (n)
+      } else {
+        i = l / step, kk = l % step;  // x / dy rows: contiguous along kk
+      }
+      const std::int64_t row = m0 + i, col = k0 + kk;
+      float value = 0.0f;
+      if constexpr (P == pass::fprop) {
+        if (row < m_end && col < depth) value = args.a[source_of(args.rows, row) * args.lda + col];
+      } else if constexpr (P == pass::dgrad) {
+        if (row < m_end && col < depth) value = args.a[row * args.lda + col];
+      } else {
+        if (row < m_end && col < depth) value = args.a[(r_begin + col) * args.lda + row];
+      }
+      as[kk][i] = value;
+    }
+    // B tile: bs[kk][j] = B(k0 + kk, n0 + j).
+    for (int l = tid; l < tile * step; l += threads) {
+      int j, kk;
+      if constexpr (P == pass::fprop) {
+        j = l / step, kk = l % step;  // W[n, k]: contiguous along kk
+      } else {
+        kk = l / tile, j = l % tile;  // W[n, k] rows (dgrad), x rows (wgrad): along j
+      }
+      const std::int64_t red = k0 + kk, col = n0 + j;
+      float value = 0.0f;
+      if (red < depth && col < out_cols) {
+        if constexpr (P == pass::fprop)
+          value = w[col * args.k + red];
+        else if constexpr (P == pass::dgrad)
+          value = w[red * args.k + col];
+        else
+          value = args.b[source_of(args.rows, r_begin + red) * args.ldb + col];
+      }
+      bs[kk][j] = value;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < step; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) a[u] = as[kk][ty * 4 + u];
+#pragma unroll
+      for (int v = 0; v < 4; ++v) b[v] = bs[kk][tx * 4 + v];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) acc[u][v] += a[u] * b[v];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const std::int64_t row = m0 + ty * 4 + u;
+    if (row >= m_end) continue;
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const std::int64_t col = n0 + tx * 4 + v;
+      if (col >= out_cols) continue;
+      if constexpr (P == pass::wgrad) {
+        args.weight_grads[group][row * args.k + col] += acc[u][v];
+      } else {
+        float* out = args.c + row * args.ldc + col;
+        *out = args.accumulate ? *out + acc[u][v] : acc[u][v];
+      }
+    }
+  }
+}
+
+void check_rows(const grouped_rows& rows, const char* kernel) {
+  require(rows.groups > 0 && rows.groups < 65536, kernel, "the expert count must be in [1, 65535]");
+  require(rows.rows >= 0 && rows.divisor > 0, kernel, "negative rows or a divisor below 1");
+}
+
+/// Row tiles of all experts together are at most ceil(rows / 64) + groups.
+unsigned row_tiles(const grouped_rows& rows) {
+  return blocks_for(rows.rows, tile) + static_cast<unsigned>(rows.groups);
+}
+
+}  // namespace
+
+void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
+                        const float* const* weights, std::int64_t n, std::int64_t k, float* y,
+                        std::int64_t ldy, bool accumulate, void* stream) {
+  check_rows(rows, "grouped_gemm_fprop");
+  if (rows.rows == 0 || n == 0) return;
+  const arguments args{rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate};
+  grouped_kernel<pass::fprop>
+      <<<dim3(blocks_for(n, tile), row_tiles(rows)), threads, 0, as_stream(stream)>>>(args);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
+                        const float* const* weights, std::int64_t n, std::int64_t k, float* dx,
+                        std::int64_t lddx, bool accumulate, void* stream) {
+  check_rows(rows, "grouped_gemm_dgrad");
+  if (rows.rows == 0 || k == 0) return;
+  grouped_rows direct = rows;
+  direct.source = nullptr;
+  const arguments args{direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate};
+  grouped_kernel<pass::dgrad>
+      <<<dim3(blocks_for(k, tile), row_tiles(rows)), threads, 0, as_stream(stream)>>>(args);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
+                        const float* x, std::int64_t ldx, float* const* weight_grads,
+                        std::int64_t n, std::int64_t k, void* stream) {
+  check_rows(rows, "grouped_gemm_wgrad");
+  if (rows.rows == 0 || n == 0 || k == 0) return;
+  const arguments args{rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, true};
+  grouped_kernel<pass::wgrad>
+      <<<dim3(blocks_for(k, tile), blocks_for(n, tile), static_cast<unsigned>(rows.groups)),
+         threads, 0, as_stream(stream)>>>(args);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+}  // namespace troupe::kernels::cuda

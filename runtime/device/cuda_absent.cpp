@@ -74,6 +74,7 @@ event& event::operator=(event&&) noexcept {
 }
 void event::record(const stream&) {}
 void event::record(void*) {}
+void event::order_before(void*) const {}
 void event::synchronize() const {}
 bool event::done() const {
   return true;

@@ -123,6 +123,11 @@ void event::record(void* native_stream) {
   TROUPE_CUDA_CALL(cudaEventRecord(as_event(handle_), as_stream(native_stream)));
 }
 
+void event::order_before(void* native_stream) const {
+  TROUPE_CUDA_CALL(cudaSetDevice(ordinal_));
+  TROUPE_CUDA_CALL(cudaStreamWaitEvent(as_stream(native_stream), as_event(handle_), 0));
+}
+
 void event::synchronize() const {
   TROUPE_CUDA_CALL(cudaEventSynchronize(as_event(handle_)));
 }

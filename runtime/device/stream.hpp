@@ -55,6 +55,8 @@ class event {
   /// Marks the current end of `on`'s work.
   void record(const stream& on);
   void record(void* native_stream);
+  /// Work enqueued on `native_stream` (an exec context's) after this call waits for this event.
+  void order_before(void* native_stream) const;
   /// Waits until the recorded work has run.
   void synchronize() const;
   /// True once the recorded work has run.

@@ -1,5 +1,8 @@
 #include "runtime/ema/ema_tracker.hpp"
 
+#include <algorithm>
+#include <thread>
+
 #include "runtime/core/error.hpp"
 
 namespace troupe {
@@ -10,6 +13,10 @@ ema_tracker::ema_tracker(double decay) : decay_(decay) {
 
 void ema_tracker::update(const std::vector<std::pair<std::string, tensor>>& snapshot,
                          const std::vector<std::pair<std::string, tensor>>& buffers) {
+  if (!pool_) {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    pool_ = std::make_unique<thread_pool>(std::clamp(cores / 4, 1, 8));
+  }
   for (const auto& [name, value] : buffers) average_.insert_or_assign(name, value.clone());
   const float keep = static_cast<float>(decay_), take = static_cast<float>(1.0 - decay_);
   for (const auto& [name, value] : snapshot) {
@@ -24,7 +31,9 @@ void ema_tracker::update(const std::vector<std::pair<std::string, tensor>>& snap
     float* average = it->second.data_as<float>();
     const float* w = value.data_as<const float>();
     const std::int64_t n = value.numel();
-    for (std::int64_t i = 0; i < n; ++i) average[i] = keep * average[i] + take * w[i];
+    pool_->parallel_for(n, std::int64_t{1} << 16, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) average[i] = keep * average[i] + take * w[i];
+    });
   }
   ++updates_;
 }

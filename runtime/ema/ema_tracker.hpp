@@ -3,14 +3,19 @@
 // An exponential moving average of the model's weights, kept on the CPU in FP32 as DeepSeek-V3
 // does (the EMA estimates how the model would do after learning-rate decay, without a second
 // run):  ema <- decay * ema + (1 - decay) * w  after each snapshot; the first snapshot of a
-// tensor starts its average.
+// tensor starts its average. The update runs on a few threads of its own (a quarter of the
+// cores, at most 8; made by the first update, so they share its thread's priority): a GPU step
+// of a large model is shorter than one thread's pass over its weights. Elementwise, so the bits
+// do not depend on the thread count.
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "runtime/exec/thread_pool.hpp"
 #include "runtime/tensor/tensor.hpp"
 
 namespace troupe {
@@ -34,6 +39,7 @@ class ema_tracker {
 
  private:
   double decay_;
+  std::unique_ptr<thread_pool> pool_;
   std::map<std::string, tensor> average_;
   std::int64_t updates_ = 0;
 };

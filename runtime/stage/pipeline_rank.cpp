@@ -52,7 +52,24 @@ pipeline_rank::pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks,
       host_context_(context),
       gpu_context_(gpu_context_for(chunks_, context)),
       context_(gpu_context_ ? *gpu_context_ : context) {
+  if (gpu_context_) snapshots_ = std::make_unique<async_snapshot>(context_.where().index);
   follow_gemm_provider();
+}
+
+void pipeline_rank::start_snapshot(const std::set<std::string>& owned) {
+  if (!snapshots_) fail("pipeline rank {}: snapshots are synchronous on the host", rank_);
+  std::vector<std::pair<std::string, tensor>> values;
+  std::set<std::string> taken;
+  for (const auto& c : chunks_)
+    for (parameter* p : c.runner->parameters().all())
+      if (owned.count(p->name) && p->spec.trainable() && taken.insert(p->name).second)
+        values.emplace_back(p->name, p->value);
+  snapshots_->start(values, context_.stream());
+}
+
+std::optional<std::vector<std::pair<std::string, tensor>>> pipeline_rank::take_snapshot(bool wait) {
+  if (!snapshots_ || !snapshots_->pending() || (!wait && !snapshots_->ready())) return std::nullopt;
+  return snapshots_->take();
 }
 
 void pipeline_rank::follow_gemm_provider() {
@@ -228,6 +245,8 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::gradients_of(
 
 void pipeline_rank::optimize(double lr, double grad_scale, std::int64_t step) {
   const context_stream_scope on_stream(context_);
+  // The last snapshot's copy must have read the values before AdamW writes them (on the GPU).
+  if (snapshots_) snapshots_->before_update(context_.stream());
   for (auto& c : chunks_) {
     c.optimizer->step(lr, grad_scale, step, context_);
     c.runner->parameters().zero_grads();

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <tuple>
@@ -22,6 +23,7 @@
 #include "runtime/optim/adamw.hpp"
 #include "runtime/optim/gradient_norm.hpp"
 #include "runtime/schedule/schedule_plan.hpp"
+#include "runtime/stage/async_snapshot.hpp"
 #include "runtime/stage/stage_messages.hpp"
 
 namespace troupe {
@@ -83,6 +85,14 @@ class pipeline_rank {
   std::vector<std::pair<std::string, tensor>> snapshot(const std::set<std::string>& owned) const {
     return copies_of(owned, true);
   }
+  /// Whether snapshots are asynchronous (parameters on a GPU: async_snapshot.hpp): start one
+  /// after the optimizer step, take it later.
+  bool asynchronous_snapshots() const { return snapshots_ != nullptr; }
+  /// Starts copying the owned trainable parameters to the host (GPU ranks).
+  void start_snapshot(const std::set<std::string>& owned);
+  /// The started snapshot, once copied (waiting for the copy if `wait`); nothing when none is
+  /// pending or (without `wait`) its copy is still running.
+  std::optional<std::vector<std::pair<std::string, tensor>>> take_snapshot(bool wait);
   /// Copies of the owned buffers (router biases), on the host.
   std::vector<std::pair<std::string, tensor>> buffers(const std::set<std::string>& owned) const {
     return copies_of(owned, false);
@@ -116,6 +126,7 @@ class pipeline_rank {
   const exec_context& host_context_;
   std::unique_ptr<exec_context> gpu_context_;  ///< when the chunks live on a GPU
   const exec_context& context_;
+  std::unique_ptr<async_snapshot> snapshots_;  ///< GPU ranks
   std::shared_ptr<const schedule_plan> plan_;
   std::vector<micro_batch_input> inputs_;
   float loss_scale_ = 1.0f;

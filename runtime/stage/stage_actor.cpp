@@ -96,6 +96,15 @@ behavior pipeline_handlers(event_actor& self, std::shared_ptr<stage_state> st) {
       });
 }
 
+/// Sends a GPU rank's started EMA snapshot once its copy is done (waiting for it if `wait`).
+void send_snapshot(event_actor& self, stage_actor_setup& s, bool wait) {
+  if (!s.ema) return;
+  auto weights = s.rank->take_snapshot(wait);
+  if (!weights) return;
+  self.tell(s.ema, ema_snapshot{std::move(*weights), std::move(s.snapshot_buffers)});
+  s.snapshot_buffers.clear();
+}
+
 /// What the job asks of every holder of parameters.
 behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s) {
   return behavior()
@@ -118,12 +127,22 @@ behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s
         return true;
       })
       .on<optimizer_order>([&self, s](optimizer_order& order) {
+        // A GPU rank's last snapshot has been copying during this step: it goes out first.
+        send_snapshot(self, *s, true);
         s->rank->optimize(order.learning_rate, order.grad_scale, order.step);
-        if (order.snapshot && s->ema)
-          self.tell(s->ema, ema_snapshot{s->rank->snapshot(s->owned), s->rank->buffers(s->owned)});
+        if (order.snapshot && s->ema) {
+          if (s->rank->asynchronous_snapshots()) {
+            s->rank->start_snapshot(s->owned);
+            s->snapshot_buffers = s->rank->buffers(s->owned);
+          } else {
+            self.tell(s->ema,
+                      ema_snapshot{s->rank->snapshot(s->owned), s->rank->buffers(s->owned)});
+          }
+        }
         return true;
       })
-      .on<checkpoint_order>([s](checkpoint_order& order) {
+      .on<checkpoint_order>([&self, s](checkpoint_order& order) {
+        send_snapshot(self, *s, true);  // the EMA writes after every holder has answered
         checkpoint_written written;
         written.weights = write_holder_part(
             order.directory, order.weights_file, order.optimizer_file,

@@ -29,6 +29,8 @@ struct stage_actor_setup {
   std::set<std::string> replicated;                   ///< parameters other ranks hold too
   std::set<std::string> owned;  ///< names this rank writes to checkpoints and EMA snapshots
   actor_ref ema;                ///< may be empty
+  /// A GPU rank's snapshot in flight: its buffers (router biases), copied when it started.
+  std::vector<std::pair<std::string, tensor>> snapshot_buffers;
   std::shared_ptr<process_plugins> plugins;  ///< this process's side of hot swaps
 };
 

@@ -1,8 +1,10 @@
 // `troupe train` with its stage on cuda:0 against the same run on the CPU (FP32 both): the tiny
 // model without expert shards (a GPU stage computes its routed experts), 10 steps from the same
 // initialisation and data. Every step's loss, MTP loss and gradient norm agree within 1e-4
-// relative (the two paths reorder sums; the difference grows slowly with the steps), and the
-// expert loads the balancer sees are identical in the first step.
+// relative (the two paths reorder sums; the difference grows slowly with the steps), the expert
+// loads the balancer sees are identical in the first step, and the EMA weights of the final
+// checkpoint (on the GPU: snapshots copied asynchronously into pinned memory) agree within 1e-4
+// of their largest value.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -13,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "tests/gpu/gpu_skip.hpp"
 #include "tests/support/command_runs.hpp"
 #include "tests/support/fixtures.hpp"
@@ -42,10 +45,13 @@ std::string topology_on(const std::string& device) {
 std::vector<nlohmann::json> train(const std::string& device, const fs::path& directory) {
   const fs::path topology = directory / (device == "cpu" ? "cpu.toml" : "gpu.toml");
   const fs::path log = directory / (device == "cpu" ? "cpu.jsonl" : "gpu.jsonl");
+  const fs::path checkpoints =
+      directory / (device == "cpu" ? "cpu-checkpoints" : "gpu-checkpoints");
   std::ofstream(topology) << topology_on(device);
   const char* exe = std::getenv("TROUPE_EXE");
   const auto run = troupe::testing::run_command(std::string(exe) + " train " + topology.string() +
-                                                " --quiet --log-json " + log.string());
+                                                " --quiet --log-json " + log.string() +
+                                                " --checkpoint-dir " + checkpoints.string());
   EXPECT_EQ(run.exit_code, 0) << run.output;
   std::vector<nlohmann::json> steps;
   std::ifstream in(log);
@@ -73,6 +79,18 @@ TEST(TrainingOnCuda, TinyTrainsWithTheCpusLosses) {
       EXPECT_LT(error, 1e-4) << "step " << i + 1 << " " << key << ": cpu " << a << ", gpu " << b;
     }
   EXPECT_EQ(cpu[0]["expert_load"], gpu[0]["expert_load"]);
+  const auto cpu_ema = troupe::hf_checkpoint::open(directory / "cpu-checkpoints/step-000010/ema");
+  const auto gpu_ema = troupe::hf_checkpoint::open(directory / "gpu-checkpoints/step-000010/ema");
+  double ema_worst = 0.0;
+  for (const auto& name : cpu_ema.names()) {
+    const troupe::tensor a = cpu_ema.read_f32(name), b = gpu_ema.read_f32(name);
+    const double e = troupe::testing::max_relative_error(b.data_as<float>(), a.data_as<float>(),
+                                                         static_cast<std::size_t>(a.numel()));
+    EXPECT_LT(e, 1e-4) << name;
+    ema_worst = std::max(ema_worst, e);
+  }
+  std::printf("[ train gpu vs cpu ] EMA weights of %zu tensors: worst relative difference %.3g\n",
+              cpu_ema.names().size(), ema_worst);
   std::printf(
       "[ train gpu vs cpu ] 10 steps: loss %.6f -> %.6f (cpu %.6f -> %.6f), worst relative "
       "difference %.3g; step time %.3f s (cpu %.3f s)\n",

@@ -149,8 +149,11 @@ void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, 
 #endif
 }
 
-void copy_from_host(const troupe_exec_context* context, void* dst, const void* src,
-                    std::size_t bytes) {
+namespace {
+
+/// A copy between host memory and the context's device, waited for.
+void copy_with_host(const troupe_exec_context* context, void* dst, const void* src,
+                    std::size_t bytes, bool to_device) {
   if (bytes == 0) return;
   if (!on_gpu(context)) {
     std::memcpy(dst, src, bytes);
@@ -158,27 +161,26 @@ void copy_from_host(const troupe_exec_context* context, void* dst, const void* s
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice,
-                        static_cast<cudaStream_t>(context->stream)),
-        "cudaMemcpyAsync (host to device)");
+  check(
+      cudaMemcpyAsync(dst, src, bytes, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost,
+                      static_cast<cudaStream_t>(context->stream)),
+      to_device ? "cudaMemcpyAsync (host to device)" : "cudaMemcpyAsync (device to host)");
   check(cudaStreamSynchronize(static_cast<cudaStream_t>(context->stream)), "cudaStreamSynchronize");
+#else
+  (void)to_device;
 #endif
+}
+
+}  // namespace
+
+void copy_from_host(const troupe_exec_context* context, void* dst, const void* src,
+                    std::size_t bytes) {
+  copy_with_host(context, dst, src, bytes, true);
 }
 
 void copy_to_host(const troupe_exec_context* context, void* dst, const void* src,
                   std::size_t bytes) {
-  if (bytes == 0) return;
-  if (!on_gpu(context)) {
-    std::memcpy(dst, src, bytes);
-    return;
-  }
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost,
-                        static_cast<cudaStream_t>(context->stream)),
-        "cudaMemcpyAsync (device to host)");
-  check(cudaStreamSynchronize(static_cast<cudaStream_t>(context->stream)), "cudaStreamSynchronize");
-#endif
+  copy_with_host(context, dst, src, bytes, false);
 }
 
 void add(const troupe_exec_context* context, float* y, const float* x, std::int64_t count) {

@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "kernels/dispatch/device_ops.hpp"
 #include "runtime/abi/troupe_plugin.h"
 
 namespace troupe::plugin {
@@ -49,14 +50,7 @@ troupe_status guarded(troupe_error* error, F&& body) {
   } while (false)
 
 /// body(begin, end) over chunks of [0, count) on the context's worker pool.
-template <class F>
-void parallel_for(const troupe_exec_context* context, std::int64_t count, std::int64_t min_chunk,
-                  F&& body) {
-  auto trampoline = [](void* arg, std::int64_t begin, std::int64_t end) {
-    (*static_cast<std::remove_reference_t<F>*>(arg))(begin, end);
-  };
-  context->pool->parallel_for(context->pool->self, count, min_chunk, trampoline, &body);
-}
+using kernels::parallel_for;
 
 /// "cpu" or "cuda:N", for messages.
 inline std::string device_name(DLDevice device) {

@@ -38,8 +38,14 @@ void async_snapshot::start(const std::vector<std::pair<std::string, tensor>>& va
     set.lease = std::make_shared<int>(0);
     set.copied.emplace(ordinal_);
   }
-  // Only an EMA actor two snapshots behind holds this set still.
-  while (set.lease.use_count() > 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // Only an EMA actor two snapshots behind holds this set still; one that never lets go (stuck
+  // or gone without dropping its mailbox) is an error, not a hang.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (set.lease.use_count() > 1) {
+    if (std::chrono::steady_clock::now() > deadline)
+      fail("EMA snapshot: the EMA actor has held the snapshot of two steps ago for 2 minutes");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   after_update_.record(compute_stream);
   copy_stream_.wait(after_update_);
   auto* base = static_cast<char*>(set.arena->data());

@@ -12,7 +12,7 @@ build=${1:-build}
 out=${2:-.device-carry}
 rm -rf "$out"
 mkdir -p "$out/prefix"
-ninja -C "$build" tests/gpu-test >/dev/null  # not built by default
+ninja -C "$build" >/dev/null  # the install and the GPU test binary, up to date
 meson install -C "$build" --destdir "$PWD/$out/stage" --quiet >/dev/null
 prefix_in_stage=$(find "$out/stage" -path '*/bin/troupe' -printf '%h\n' | head -1)
 cp -a "$prefix_in_stage/.." "$out/prefix.tmp"

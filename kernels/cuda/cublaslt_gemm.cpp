@@ -43,9 +43,10 @@ struct problem_key {
   bool transpose_a = false, transpose_b = false, beta_zero = true;
   std::int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldc = 0;
   int scaling_a = 0, scaling_b = 0;
+  gemm_math math = gemm_math::exact;
   auto tie() const {
     return std::tie(kind, ta, tb, tc, transpose_a, transpose_b, beta_zero, m, n, k, lda, ldb, ldc,
-                    scaling_a, scaling_b);
+                    scaling_a, scaling_b, math);
   }
   bool operator<(const problem_key& other) const { return tie() < other.tie(); }
 };
@@ -157,7 +158,7 @@ void choose_algorithm(cublasLtHandle_t handle, plan& p, std::size_t workspace_by
 }  // namespace
 
 void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b,
-                         bool transpose_b, gemm_matrix c, float alpha, float beta) {
+                         bool transpose_b, gemm_matrix c, float alpha, float beta, gemm_math math) {
   const std::int64_t m = transpose_a ? a.cols : a.rows, k = transpose_a ? a.rows : a.cols;
   const std::int64_t kb = transpose_b ? b.cols : b.rows, n = transpose_b ? b.rows : b.cols;
   // NOTES: formatted only when a message needs it, not on every call.
@@ -188,7 +189,8 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
                         .k = k,
                         .lda = a.ld,
                         .ldb = b.ld,
-                        .ldc = c.ld};
+                        .ldc = c.ld,
+                        .math = a.type == gemm_dtype::f32 ? math : gemm_math::exact};
   TROUPE_CUDA_CHECK(cudaSetDevice(ordinal_));
   auto& slot = state_->plans[key];
   if (!slot) {
@@ -196,7 +198,9 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
     // NOTES: row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, and a row-major
     // X is the column-major X^T over the same memory: so cuBLASLt's first operand is B's memory
     // (transposed when B is), its second A's, and its output is C's memory as an n x m matrix.
-    TROUPE_CUBLAS_CHECK(cublaslt().desc_create(&p->operation, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasComputeType_t compute =
+        key.math == gemm_math::bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    TROUPE_CUBLAS_CHECK(cublaslt().desc_create(&p->operation, compute, CUDA_R_32F));
     set(p->operation, CUBLASLT_MATMUL_DESC_TRANSA, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N);
     set(p->operation, CUBLASLT_MATMUL_DESC_TRANSB, transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N);
     p->first = layout(b.type, b.cols, b.rows, b.ld);

@@ -16,6 +16,11 @@ namespace troupe::kernels::cuda {
 
 enum class gemm_dtype { f32, bf16, e4m3 };
 
+/// How f32 operands are multiplied: exactly (FP32 FMA, the parity path), or rounded to BF16 on
+/// the tensor cores with FP32 accumulation (cuBLAS's CUBLAS_COMPUTE_32F_FAST_16BF: the "bf16"
+/// precision with FP32 storage). BF16 operands always use the tensor cores.
+enum class gemm_math { exact, bf16 };
+
 /// A row-major matrix in device memory: rows x cols, leading dimension ld (in elements).
 struct gemm_matrix {
   const void* data = nullptr;
@@ -58,9 +63,10 @@ class cublaslt_gemm {
   cublaslt_gemm& operator=(const cublaslt_gemm&) = delete;
 
   /// C = alpha op(A) op(B) + beta C. A, B: both f32, or both bf16. C: f32 (either input), or bf16
-  /// (bf16 inputs). Fails naming the shapes when they do not fit or cuBLASLt has no algorithm.
+  /// (bf16 inputs). `math` applies to f32 inputs. Fails naming the shapes when they do not fit or
+  /// cuBLASLt has no algorithm.
   void gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b, bool transpose_b,
-            gemm_matrix c, float alpha, float beta);
+            gemm_matrix c, float alpha, float beta, gemm_math math = gemm_math::exact);
 
   /// C[m, n] = alpha * A[m, K] B[n, K]^T + beta * C with block-scaled E4M3 operands (each K
   /// contiguous), FP32 accumulation; C is bf16 or f32. One operand may be blocks_128x128 (the

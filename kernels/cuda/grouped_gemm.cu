@@ -1,55 +1,17 @@
-#include "kernels/cuda/grouped_gemm.hpp"
-#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/grouped_gemm.cuh"
 
 namespace troupe::kernels::cuda {
 
 namespace {
 
+using namespace grouped;
+
 // NOTES: a 64 x 64 output tile per block of 256 threads, 4 x 4 per thread, K in steps of 16
 // through shared memory: a plain FP32 SGEMM tiling on the CUDA cores (the parity path's
 // precision). What makes it a grouped GEMM is the tile scheduler: row tiles never straddle two
 // experts, and each block finds its expert from the offsets on the device.
-constexpr int tile = 64;
 constexpr int step = 16;
 constexpr int threads = 256;
-
-enum class pass { fprop, dgrad, wgrad };
-
-struct arguments {
-  grouped_rows rows;
-  const float* a;  // fprop: x, dgrad: dy, wgrad: dy
-  std::int64_t lda;
-  const float* b;  // wgrad: x
-  std::int64_t ldb;
-  const float* const* weights;
-  float* const* weight_grads;
-  float* c;
-  std::int64_t ldc;
-  std::int64_t n, k;
-  bool accumulate;
-};
-
-__device__ inline std::int64_t source_of(const grouped_rows& rows, std::int64_t r) {
-  return rows.source != nullptr ? rows.source[r] / rows.divisor : r;
-}
-
-/// The expert and first row of row tile `t` (row tiles of the experts in order), or -1.
-__device__ void find_tile(const grouped_rows& rows, std::int64_t t, std::int64_t& group,
-                          std::int64_t& first) {
-  std::int64_t seen = 0;
-  for (std::int64_t g = 0; g < rows.groups; ++g) {
-    const std::int64_t count = rows.offsets[g + 1] - rows.offsets[g];
-    const std::int64_t tiles = (count + tile - 1) / tile;
-    if (t < seen + tiles) {
-      group = g;
-      first = rows.offsets[g] + (t - seen) * tile;
-      return;
-    }
-    seen += tiles;
-  }
-  group = -1;
-  first = 0;
-}
 
 template <pass P>
 __global__ void __launch_bounds__(threads) grouped_kernel(arguments args) {
@@ -162,19 +124,15 @@ void check_rows(const grouped_rows& rows, const char* kernel) {
   require(rows.rows >= 0 && rows.divisor > 0, kernel, "negative rows or a divisor below 1");
 }
 
-/// Row tiles of all experts together are at most ceil(rows / 64) + groups.
-unsigned row_tiles(const grouped_rows& rows) {
-  return blocks_for(rows.rows, tile) + static_cast<unsigned>(rows.groups);
-}
-
 }  // namespace
 
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
                         const float* const* weights, std::int64_t n, std::int64_t k, float* y,
-                        std::int64_t ldy, bool accumulate, void* stream) {
+                        std::int64_t ldy, bool accumulate, gemm_math math, void* stream) {
   check_rows(rows, "grouped_gemm_fprop");
   if (rows.rows == 0 || n == 0) return;
   const arguments args{rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate};
+  if (math == gemm_math::bf16) return launch_bf16(pass::fprop, args, stream);
   grouped_kernel<pass::fprop>
       <<<dim3(blocks_for(n, tile), row_tiles(rows)), threads, 0, as_stream(stream)>>>(args);
   TROUPE_CUDA_LAUNCHED();
@@ -182,12 +140,13 @@ void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t l
 
 void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* const* weights, std::int64_t n, std::int64_t k, float* dx,
-                        std::int64_t lddx, bool accumulate, void* stream) {
+                        std::int64_t lddx, bool accumulate, gemm_math math, void* stream) {
   check_rows(rows, "grouped_gemm_dgrad");
   if (rows.rows == 0 || k == 0) return;
   grouped_rows direct = rows;
   direct.source = nullptr;
   const arguments args{direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate};
+  if (math == gemm_math::bf16) return launch_bf16(pass::dgrad, args, stream);
   grouped_kernel<pass::dgrad>
       <<<dim3(blocks_for(k, tile), row_tiles(rows)), threads, 0, as_stream(stream)>>>(args);
   TROUPE_CUDA_LAUNCHED();
@@ -195,10 +154,11 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
 
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, float* const* weight_grads,
-                        std::int64_t n, std::int64_t k, void* stream) {
+                        std::int64_t n, std::int64_t k, gemm_math math, void* stream) {
   check_rows(rows, "grouped_gemm_wgrad");
   if (rows.rows == 0 || n == 0 || k == 0) return;
   const arguments args{rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, true};
+  if (math == gemm_math::bf16) return launch_bf16(pass::wgrad, args, stream);
   grouped_kernel<pass::wgrad>
       <<<dim3(blocks_for(k, tile), blocks_for(n, tile), static_cast<unsigned>(rows.groups)),
          threads, 0, as_stream(stream)>>>(args);

@@ -1,4 +1,5 @@
 #include "kernels/dispatch/device_ops.hpp"
+#include "kernels/dispatch/op_timing.hpp"
 #include "kernels/dispatch/require_cuda.hpp"
 
 #include <algorithm>
@@ -119,6 +120,7 @@ std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* 
 namespace ops {
 
 void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes) {
+  const op_scope timing(context, op_class::elementwise);
   if (bytes == 0) return;
   if (!on_gpu(context)) {
     std::memset(data, 0, bytes);
@@ -136,6 +138,7 @@ void zero(const troupe_exec_context* context, float* data, std::int64_t count) {
 }
 
 void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, std::size_t bytes) {
+  const op_scope timing(context, op_class::elementwise);
   if (bytes == 0) return;
   if (!on_gpu(context)) {
     std::memcpy(dst, src, bytes);
@@ -154,6 +157,7 @@ namespace {
 /// A copy between host memory and the context's device, waited for.
 void copy_with_host(const troupe_exec_context* context, void* dst, const void* src,
                     std::size_t bytes, bool to_device) {
+  const op_scope timing(context, op_class::host_copies);
   if (bytes == 0) return;
   if (!on_gpu(context)) {
     std::memcpy(dst, src, bytes);
@@ -184,6 +188,7 @@ void copy_to_host(const troupe_exec_context* context, void* dst, const void* src
 }
 
 void add(const troupe_exec_context* context, float* y, const float* x, std::int64_t count) {
+  const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
     for (std::int64_t i = 0; i < count; ++i) y[i] += x[i];
     return;
@@ -196,6 +201,7 @@ void add(const troupe_exec_context* context, float* y, const float* x, std::int6
 
 void sum_slices(const troupe_exec_context* context, const float* x, std::int64_t slices,
                 std::int64_t count, float* y) {
+  const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
     std::fill(y, y + count, 0.0f);
     for (std::int64_t s = 0; s < slices; ++s)
@@ -210,6 +216,7 @@ void sum_slices(const troupe_exec_context* context, const float* x, std::int64_t
 
 void copy_2d(const troupe_exec_context* context, float* dst, std::int64_t ld_dst, const float* src,
              std::int64_t ld_src, std::int64_t rows, std::int64_t cols) {
+  const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
     for (std::int64_t r = 0; r < rows; ++r)
       std::memcpy(dst + r * ld_dst, src + r * ld_src,
@@ -225,6 +232,7 @@ void copy_2d(const troupe_exec_context* context, float* dst, std::int64_t ld_dst
 void rmsnorm_forward(const troupe_exec_context* context, const float* x, std::int64_t ldx,
                      const float* weight, float* y, std::int64_t ldy, float* rstd,
                      std::int64_t rows, std::int64_t dim, float eps) {
+  const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
     parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t row = begin; row < end; ++row)
@@ -242,6 +250,7 @@ void rmsnorm_forward(const troupe_exec_context* context, const float* x, std::in
 void rmsnorm_backward(const troupe_exec_context* context, const float* dy, std::int64_t ldy,
                       const float* x, std::int64_t ldx, const float* weight, const float* rstd,
                       float* dx, float* dweight, std::int64_t rows, std::int64_t dim) {
+  const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
     // Row by row in order: the weight gradient sums the rows sequentially.
     for (std::int64_t row = 0; row < rows; ++row)
@@ -262,6 +271,7 @@ void rmsnorm_backward(const troupe_exec_context* context, const float* dy, std::
 void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows,
                  std::int64_t stride, std::int64_t dim, std::int64_t heads, std::int64_t length,
                  rope_table& table, int direction) {
+  const op_scope timing(context, op_class::elementwise);
   const auto [cos_table, sin_table] = table.on(context, length);
   if (!on_gpu(context)) {
     cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction);
@@ -312,6 +322,7 @@ cuda::attention_problem to_cuda(const attention_problem& p) {
 
 void attention_forward(const troupe_exec_context* context, const attention_problem& p, strided q,
                        strided k, strided key_rope, strided v, strided_out o, float* lse) {
+  const op_scope timing(context, op_class::attention);
   if (!on_gpu(context)) {
     parallel_for(context, p.batch * p.heads, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float> keys(static_cast<std::size_t>(p.length * p.qk_dim));
@@ -339,6 +350,7 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
                         strided k, strided key_rope, strided v, strided o, strided d_o,
                         const float* lse, strided_out dq, strided_out dk, strided_out d_key_rope,
                         strided_out dv) {
+  const op_scope timing(context, op_class::attention);
   if (!on_gpu(context)) {
     if (dq.row_stride != q.row_stride || dv.row_stride != v.row_stride ||
         d_o.row_stride != o.row_stride)

@@ -181,12 +181,22 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
                         const float* lse, strided_out dq, strided_out dk, strided_out d_key_rope,
                         strided_out dv);
 
-/// C = alpha op(A) op(B) + beta C in FP32 whatever the layer's precision (the router's logits:
-/// DeepSeek-V3 keeps the gate in high precision), row-major with leading dimensions.
+/// How a GEMM of f32 operands multiplies: exactly (FP32 FMA), or with the operands rounded to
+/// BF16 on the tensor cores and FP32 accumulation. (The CPU always multiplies exactly.)
+enum class gemm_math { exact, bf16 };
+
+/// The math of the GEMMs a layer runs itself (the output head, grouped expert GEMMs) on this
+/// context: bf16 on a GPU under the runtime's bf16 provider (model.precision = "bf16") or a GEMM
+/// plugin's (fp8: the head stays in BF16, as DeepSeek-V3 keeps it), exact otherwise.
+gemm_math context_math(const troupe_exec_context* context);
+
+/// C = alpha op(A) op(B) + beta C on f32 operands, row-major with leading dimensions, in FP32
+/// unless `math` says otherwise (the router's logits keep the default: DeepSeek-V3 keeps the
+/// gate in high precision).
 void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
               std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
               std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
-              std::int64_t ldc);
+              std::int64_t ldc, gemm_math math = gemm_math::exact);
 
 // The router and the token permutation of kernels/cpu/router.hpp and expert_combine.hpp.
 void router_forward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
@@ -233,11 +243,12 @@ struct grouped_rows {
 };
 
 /// Whether the routed experts' GEMMs run grouped (one launch per pass, kernels/cuda/
-/// grouped_gemm.hpp): on a GPU with the runtime's FP32 provider. A GEMM plugin (FP8) gets one
-/// call per expert instead.
+/// grouped_gemm.hpp): on every GPU context, in its math (FP32, or BF16 under the runtime's bf16
+/// provider and under a GEMM plugin: fp8 has no grouped kernel yet). The host runs one GEMM per
+/// expert through the provider.
 bool grouped_expert_gemms(const troupe_exec_context* context);
 /// y[r] (+)= x[src(r)] W_g^T, dx[r] (+)= dy[r] W_g, dW_g += dy_g^T x_g (GPU only; weights and
-/// their gradients as device arrays of per-expert pointers).
+/// their gradients as device arrays of per-expert pointers), in the context's math.
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
                    std::int64_t ldx, const float* const* weights, std::int64_t n, std::int64_t k,
                    float* y, std::int64_t ldy, bool accumulate);

@@ -10,6 +10,7 @@
 #include "kernels/cpu/router.hpp"
 #include "kernels/cpu/swiglu.hpp"
 #include "kernels/dispatch/device_ops.hpp"
+#include "kernels/dispatch/op_timing.hpp"
 #include "kernels/dispatch/require_cuda.hpp"
 #include "troupe_build_config.h"
 
@@ -35,6 +36,10 @@ cuda::router_shape to_cuda(const cpu::router_shape& r) {
   return {r.experts, r.groups, r.topk_groups, r.topk, r.normalize, r.scaling};
 }
 
+cuda::gemm_math to_cuda(gemm_math math) {
+  return math == gemm_math::bf16 ? cuda::gemm_math::bf16 : cuda::gemm_math::exact;
+}
+
 /// Scratch bytes for one call, on the context's device.
 struct scratch_bytes {
   scratch_bytes(const troupe_exec_context* context, std::size_t bytes)
@@ -55,10 +60,18 @@ struct scratch_bytes {
 }  // namespace
 #endif
 
+gemm_math context_math(const troupe_exec_context* context) {
+  if (!on_gpu(context) || context->gemm == nullptr || context->gemm->name == nullptr)
+    return gemm_math::exact;
+  return std::strcmp(context->gemm->name, TROUPE_GEMM_CUBLASLT) == 0 ? gemm_math::exact
+                                                                     : gemm_math::bf16;
+}
+
 void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
               std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
               std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
-              std::int64_t ldc) {
+              std::int64_t ldc, gemm_math math) {
+  const op_scope timing(context, op_class::dense_gemm);
   if (!on_gpu(context)) {
     cpu::sgemm_on_pool(context->pool, {transpose_a, transpose_b, m, n, k, lda, ldb, ldc}, alpha, a,
                        b, beta, c);
@@ -73,13 +86,15 @@ void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpo
   const cuda::gemm_matrix left{a, gemm_dtype::f32, transpose_a ? k : m, transpose_a ? m : k, lda};
   const cuda::gemm_matrix right{b, gemm_dtype::f32, transpose_b ? n : k, transpose_b ? k : n, ldb};
   engines.on(context->device.device_id, context->stream)
-      .gemm(left, transpose_a, right, transpose_b, {c, gemm_dtype::f32, m, n, ldc}, alpha, beta);
+      .gemm(left, transpose_a, right, transpose_b, {c, gemm_dtype::f32, m, n, ldc}, alpha, beta,
+            to_cuda(math));
 #endif
 }
 
 void router_forward(const troupe_exec_context* context, const cpu::router_shape& shape,
                     const float* logits, const float* bias, float* scores, std::int32_t* selected,
                     float* gates, std::int64_t tokens) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     const std::int64_t e = shape.experts, k = shape.topk;
     parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
@@ -98,6 +113,7 @@ void router_forward(const troupe_exec_context* context, const cpu::router_shape&
 void router_backward(const troupe_exec_context* context, const cpu::router_shape& shape,
                      const float* scores, const std::int32_t* selected, const float* d_gates,
                      float* d_logits, std::int64_t tokens) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     const std::int64_t e = shape.experts, k = shape.topk;
     parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
@@ -116,6 +132,7 @@ void router_backward(const troupe_exec_context* context, const cpu::router_shape
 void balance_loss_forward(const troupe_exec_context* context, const cpu::router_shape& shape,
                           const float* scores, const std::int32_t* selected, std::int64_t sequences,
                           std::int64_t length, double alpha, float* loss) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     *loss = static_cast<float>(
         cpu::balance_loss_forward(shape, scores, selected, sequences, length, alpha));
@@ -134,6 +151,7 @@ void balance_loss_backward(const troupe_exec_context* context, const cpu::router
                            const float* scores, const std::int32_t* selected,
                            std::int64_t sequences, std::int64_t length, double alpha, float d_loss,
                            float* d_logits) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     cpu::balance_loss_backward(shape, scores, selected, sequences, length, alpha, d_loss, d_logits);
     return;
@@ -149,6 +167,7 @@ void balance_loss_backward(const troupe_exec_context* context, const cpu::router
 
 void count_selections(const troupe_exec_context* context, const std::int32_t* selected,
                       std::int64_t pairs, std::int64_t experts, std::int64_t* counts) {
+  const op_scope timing(context, op_class::routing);
   zero_bytes(context, counts, static_cast<std::size_t>(experts) * sizeof(std::int64_t));
   if (!on_gpu(context)) {
     cpu::count_selections(selected, pairs, counts);
@@ -163,6 +182,7 @@ void count_selections(const troupe_exec_context* context, const std::int32_t* se
 void group_by_expert(const troupe_exec_context* context, const std::int32_t* selected,
                      std::int64_t tokens, std::int64_t topk, std::int64_t experts,
                      std::int64_t* order, std::int64_t* position, std::int64_t* offsets) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     cpu::expert_grouping grouping;
     cpu::group_by_expert(selected, tokens, topk, experts, grouping);
@@ -182,6 +202,7 @@ void group_by_expert(const troupe_exec_context* context, const std::int32_t* sel
 void gather_expert_rows(const troupe_exec_context* context, const float* x,
                         const std::int64_t* order, std::int64_t topk, std::int64_t width,
                         float* out, std::int64_t begin, std::int64_t end) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     cpu::gather_expert_rows(x, order, topk, width, out, begin, end);
     return;
@@ -195,6 +216,7 @@ void gather_expert_rows(const troupe_exec_context* context, const float* x,
 void combine_forward(const troupe_exec_context* context, const float* rows, const float* gates,
                      const std::int64_t* position, std::int64_t topk, std::int64_t width, float* y,
                      std::int64_t tokens) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
       cpu::combine_forward(rows, gates, position, topk, width, y, begin, end);
@@ -210,6 +232,7 @@ void combine_forward(const troupe_exec_context* context, const float* rows, cons
 void combine_backward(const troupe_exec_context* context, const float* dy, const float* rows,
                       const float* gates, const std::int64_t* order, std::int64_t topk,
                       std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     parallel_for(context, pairs, 64, [&](std::int64_t begin, std::int64_t end) {
       cpu::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin, end);
@@ -226,6 +249,7 @@ void combine_backward(const troupe_exec_context* context, const float* dy, const
 void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
                       const std::int64_t* position, std::int64_t topk, std::int64_t width,
                       float* dx, std::int64_t tokens) {
+  const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
     parallel_for(context, tokens, 32, [&](std::int64_t begin, std::int64_t end) {
       cpu::scatter_add_rows(d_rows, position, topk, width, dx, begin, end);
@@ -240,6 +264,7 @@ void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
 
 void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
                           std::int64_t rows, std::int64_t width) {
+  const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
     parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
       cpu::swiglu_forward_fused(gate_up + begin * 2 * width, h + begin * width, end - begin, width);
@@ -255,6 +280,7 @@ void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_
 void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
                            const float* gate_up, float* dgate_up, std::int64_t rows,
                            std::int64_t width) {
+  const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
     parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
       cpu::swiglu_backward_fused(dh + begin * width, gate_up + begin * 2 * width,
@@ -286,17 +312,20 @@ void require_gpu(const troupe_exec_context* context, const char* what) {
 }  // namespace
 
 bool grouped_expert_gemms(const troupe_exec_context* context) {
-  return on_gpu(context) && context->gemm != nullptr && context->gemm->name != nullptr &&
-         std::strcmp(context->gemm->name, "cublaslt") == 0;
+  // NOTES: under a GEMM plugin (fp8) too: cuBLASLt's block-scaled FP8 needs every expert's
+  // token count a multiple of 4 (16 for its weight gradient), which routing does not give; until
+  // a grouped FP8 kernel exists the experts multiply in BF16 there (context_math).
+  return on_gpu(context);
 }
 
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
                    std::int64_t ldx, const float* const* weights, std::int64_t n, std::int64_t k,
                    float* y, std::int64_t ldy, bool accumulate) {
+  const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_fprop");
 #if TROUPE_HAVE_CUDA
   cuda::grouped_gemm_fprop(to_cuda(rows), x, ldx, weights, n, k, y, ldy, accumulate,
-                           context->stream);
+                           to_cuda(context_math(context)), context->stream);
 #else
   (void)rows, (void)x, (void)ldx, (void)weights, (void)n, (void)k, (void)y, (void)ldy,
       (void)accumulate;
@@ -306,10 +335,11 @@ void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows,
 void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* const* weights, std::int64_t n, std::int64_t k,
                    float* dx, std::int64_t lddx, bool accumulate) {
+  const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_dgrad");
 #if TROUPE_HAVE_CUDA
   cuda::grouped_gemm_dgrad(to_cuda(rows), dy, lddy, weights, n, k, dx, lddx, accumulate,
-                           context->stream);
+                           to_cuda(context_math(context)), context->stream);
 #else
   (void)rows, (void)dy, (void)lddy, (void)weights, (void)n, (void)k, (void)dx, (void)lddx,
       (void)accumulate;
@@ -319,9 +349,11 @@ void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows,
 void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* x, std::int64_t ldx, float* const* weight_grads,
                    std::int64_t n, std::int64_t k) {
+  const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_wgrad");
 #if TROUPE_HAVE_CUDA
-  cuda::grouped_gemm_wgrad(to_cuda(rows), dy, lddy, x, ldx, weight_grads, n, k, context->stream);
+  cuda::grouped_gemm_wgrad(to_cuda(rows), dy, lddy, x, ldx, weight_grads, n, k,
+                           to_cuda(context_math(context)), context->stream);
 #else
   (void)rows, (void)dy, (void)lddy, (void)x, (void)ldx, (void)weight_grads, (void)n, (void)k;
 #endif

@@ -132,6 +132,12 @@ typedef struct troupe_gemm_provider {
                         const troupe_gemm_call* call, troupe_error* error);
 } troupe_gemm_provider;
 
+/** Names of the runtime's own providers on CUDA devices: f32 operands multiplied in FP32, or
+ *  rounded to BF16 on the tensor cores with FP32 accumulation (model.precision = "bf16"). A plugin
+ *  that runs GEMMs of its own (the routed experts' grouped GEMMs) follows the provider's name. */
+#define TROUPE_GEMM_CUBLASLT "cublaslt"
+#define TROUPE_GEMM_CUBLASLT_BF16 "cublaslt-bf16"
+
 /** Everything a compute call may use. CPU and CUDA implementations get the same struct. */
 typedef struct troupe_exec_context {
   uint32_t struct_size;

@@ -18,7 +18,7 @@ actor_ref spawn_ema_actor(actor_runtime& runtime, std::shared_ptr<ema_actor_setu
         (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
         return behavior()
             .on<ema_snapshot>([setup](ema_snapshot& snapshot) {
-              setup->tracker->update(snapshot.weights, snapshot.buffers);
+              setup->tracker->update(snapshot.weights, snapshot.buffers, snapshot.updates);
             })
             .on<save_ema>([setup](save_ema& order) {
               write_hf_checkpoint(order.directory, setup->config, setup->tracker->weights());

@@ -2,6 +2,7 @@
 
 // The EMA updater's messages (ema_actor.hpp).
 
+#include <cstdint>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -18,7 +19,10 @@ struct ema_snapshot {
   TROUPE_MESSAGE("snapshot");
   std::vector<std::pair<std::string, tensor>> weights;
   std::vector<std::pair<std::string, tensor>> buffers;
-  auto fields() { return std::tie(weights, buffers); }
+  /// How many scheduled updates this snapshot stands for: more than 1 when a GPU holder skipped
+  /// snapshots while the EMA was still folding in older ones (the decay is applied that often).
+  std::int64_t updates = 1;
+  auto fields() { return std::tie(weights, buffers, updates); }
 };
 
 /// Coordinator -> EMA: write the averages into `directory` as a Hugging Face model.

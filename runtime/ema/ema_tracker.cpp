@@ -1,6 +1,7 @@
 #include "runtime/ema/ema_tracker.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <thread>
 
 #include "runtime/core/error.hpp"
@@ -12,13 +13,16 @@ ema_tracker::ema_tracker(double decay) : decay_(decay) {
 }
 
 void ema_tracker::update(const std::vector<std::pair<std::string, tensor>>& snapshot,
-                         const std::vector<std::pair<std::string, tensor>>& buffers) {
+                         const std::vector<std::pair<std::string, tensor>>& buffers,
+                         std::int64_t updates) {
+  if (updates < 1) fail("ema: a snapshot stands for {} updates; at least 1", updates);
   if (!pool_) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     pool_ = std::make_unique<thread_pool>(std::clamp(cores / 4, 1, 8));
   }
   for (const auto& [name, value] : buffers) average_.insert_or_assign(name, value.clone());
-  const float keep = static_cast<float>(decay_), take = static_cast<float>(1.0 - decay_);
+  const double decay = std::pow(decay_, static_cast<double>(updates));
+  const float keep = static_cast<float>(decay), take = static_cast<float>(1.0 - decay);
   for (const auto& [name, value] : snapshot) {
     auto it = average_.find(name);
     if (it == average_.end()) {

@@ -27,8 +27,12 @@ class ema_tracker {
   /// Folds a snapshot of some of the model's tensors (f32) into the average. A snapshot may
   /// hold any subset (each actor sends its own tensors); shapes must stay the same.
   /// `buffers` (router biases: state, not weights) are kept as they are, not averaged.
+  /// A snapshot standing for `updates` scheduled updates (the holder skipped updates - 1 of them
+  /// while this tracker was busy) applies decay^updates: ema <- d^u ema + (1 - d^u) w, exact
+  /// when the weights did not move in between, and never slower than the step.
   void update(const std::vector<std::pair<std::string, tensor>>& snapshot,
-              const std::vector<std::pair<std::string, tensor>>& buffers = {});
+              const std::vector<std::pair<std::string, tensor>>& buffers = {},
+              std::int64_t updates = 1);
 
   double decay() const { return decay_; }
   /// The averages, sorted by name.

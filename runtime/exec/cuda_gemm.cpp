@@ -1,9 +1,11 @@
 #include "runtime/exec/cuda_gemm.hpp"
 
+#include <cstdint>
 #include <cstdio>
 
 #include "kernels/cuda/cublaslt_gemm.hpp"
 #include "kernels/cuda/per_stream.hpp"
+#include "kernels/dispatch/op_timing.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/exec/blas_gemm.hpp"
 
@@ -29,8 +31,9 @@ kc::gemm_matrix matrix(const DLTensor* t) {
   return m;
 }
 
-troupe_status cuda_gemm(void*, const troupe_exec_context* context, const troupe_gemm_call* call,
-                        troupe_error* error) {
+/// `self` is the math (kc::gemm_math) as an integer.
+troupe_status cuda_gemm(void* self, const troupe_exec_context* context,
+                        const troupe_gemm_call* call, troupe_error* error) {
   std::int64_t m = 0, n = 0, k = 0;
   if (!check_gemm_call(*call, m, n, k, error, gemm_operand_types::f32_or_bf16))
     return TROUPE_STATUS_INVALID_ARGUMENT;
@@ -47,9 +50,11 @@ troupe_status cuda_gemm(void*, const troupe_exec_context* context, const troupe_
       return TROUPE_STATUS_INVALID_ARGUMENT;
     }
   try {
+    const kernels::op_scope timing(context, kernels::op_class::dense_gemm);
     auto& engine = all_engines().on(context->device.device_id, context->stream);
     engine.gemm(matrix(call->a), call->transpose_a != 0, matrix(call->b), call->transpose_b != 0,
-                matrix(call->c), call->alpha, call->beta);
+                matrix(call->c), call->alpha, call->beta,
+                static_cast<kc::gemm_math>(reinterpret_cast<std::uintptr_t>(self)));
     return TROUPE_STATUS_OK;
   } catch (const std::exception& e) {
     std::snprintf(error->message, sizeof(error->message), "%s", e.what());
@@ -57,12 +62,23 @@ troupe_status cuda_gemm(void*, const troupe_exec_context* context, const troupe_
   }
 }
 
-const troupe_gemm_provider provider{nullptr, "cublaslt", &cuda_gemm};
+void* math_of(kc::gemm_math math) {
+  return reinterpret_cast<void*>(static_cast<std::uintptr_t>(math));
+}
+
+const troupe_gemm_provider exact_provider{math_of(kc::gemm_math::exact), TROUPE_GEMM_CUBLASLT,
+                                          &cuda_gemm};
+const troupe_gemm_provider bf16_provider{math_of(kc::gemm_math::bf16), TROUPE_GEMM_CUBLASLT_BF16,
+                                         &cuda_gemm};
 
 }  // namespace
 
 const troupe_gemm_provider* cuda_gemm_provider() {
-  return &provider;
+  return &exact_provider;
+}
+
+const troupe_gemm_provider* cuda_bf16_gemm_provider() {
+  return &bf16_provider;
 }
 
 void forget_cuda_gemm_stream(void* stream) noexcept {

@@ -12,6 +12,10 @@ namespace troupe {
 /// without CUDA its calls fail with "built without CUDA".
 const troupe_gemm_provider* cuda_gemm_provider();
 
+/// The provider of model.precision = "bf16" on `cuda:N`: f32 operands rounded to BF16 on the
+/// tensor cores, FP32 accumulation and output (TROUPE_GEMM_CUBLASLT_BF16).
+const troupe_gemm_provider* cuda_bf16_gemm_provider();
+
 /// Frees the cuBLASLt state kept for `stream` (an exec context calls it before destroying its
 /// stream).
 void forget_cuda_gemm_stream(void* stream) noexcept;

@@ -14,12 +14,17 @@ troupe_status cuda_gemm(void*, const troupe_exec_context*, const troupe_gemm_cal
   return TROUPE_STATUS_UNSUPPORTED;
 }
 
-const troupe_gemm_provider provider{nullptr, "cublaslt", &cuda_gemm};
+const troupe_gemm_provider provider{nullptr, TROUPE_GEMM_CUBLASLT, &cuda_gemm};
+const troupe_gemm_provider bf16_provider{nullptr, TROUPE_GEMM_CUBLASLT_BF16, &cuda_gemm};
 
 }  // namespace
 
 const troupe_gemm_provider* cuda_gemm_provider() {
   return &provider;
+}
+
+const troupe_gemm_provider* cuda_bf16_gemm_provider() {
+  return &bf16_provider;
 }
 
 void forget_cuda_gemm_stream(void*) noexcept {}

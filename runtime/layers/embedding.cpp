@@ -9,6 +9,7 @@
 
 #if TROUPE_HAVE_CUDA
 #include "kernels/cuda/embedding.hpp"
+#include "kernels/dispatch/op_timing.hpp"
 #endif
 
 namespace troupe {
@@ -36,6 +37,7 @@ void embedding_forward(const exec_context& context, const float* table, std::int
       fail("token id {} at position {} is outside the vocabulary of {}", tokens[t], t, vocab);
   if (context.where().is_cuda()) {
 #if TROUPE_HAVE_CUDA
+    const kernels::op_scope timing(context.abi(), kernels::op_class::elementwise);
     const tensor ids = device_ids(context, tokens, count);
     kernels::cuda::embedding_forward(table, vocab, width, ids.data_as<std::int32_t>(), count, out,
                                      context.stream());
@@ -57,6 +59,7 @@ void embedding_backward(const exec_context& context, const float* dout, const st
                         std::int64_t count, std::int64_t width, std::int64_t vocab, float* dtable) {
   if (context.where().is_cuda()) {
 #if TROUPE_HAVE_CUDA
+    const kernels::op_scope timing(context.abi(), kernels::op_class::elementwise);
     const tensor ids = device_ids(context, tokens, count);
     const std::size_t bytes = kernels::cuda::embedding_backward_scratch_bytes(count, vocab);
     const tensor scratch =

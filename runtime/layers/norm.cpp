@@ -8,6 +8,7 @@
 
 #if TROUPE_HAVE_CUDA
 #include "kernels/cuda/rmsnorm.hpp"
+#include "kernels/dispatch/op_timing.hpp"
 #endif
 
 namespace troupe {
@@ -20,6 +21,7 @@ void rmsnorm_forward(const exec_context& context, const float* x, const float* w
                      float* rstd, std::int64_t rows, std::int64_t width, float eps) {
   if (context.where().is_cuda()) {
 #if TROUPE_HAVE_CUDA
+    const kernels::op_scope timing(context.abi(), kernels::op_class::elementwise);
     kernels::cuda::rmsnorm_forward(x, width, weight, y, width, rstd, rows, width, eps,
                                    context.stream());
 #endif
@@ -36,6 +38,7 @@ void rmsnorm_backward(const exec_context& context, const float* dy, const float*
                       std::int64_t rows, std::int64_t width) {
   if (context.where().is_cuda()) {
 #if TROUPE_HAVE_CUDA
+    const kernels::op_scope timing(context.abi(), kernels::op_class::elementwise);
     const tensor scratch = tensor::empty(
         dtype::f32,
         {std::max<std::int64_t>(kernels::cuda::rmsnorm_backward_scratch(rows, width), 1)},

@@ -11,6 +11,7 @@
 
 #if TROUPE_HAVE_CUDA
 #include "kernels/cuda/cross_entropy.hpp"
+#include "kernels/dispatch/op_timing.hpp"
 #endif
 
 namespace troupe {
@@ -30,6 +31,7 @@ tensor device_targets(const exec_context& context, const std::int32_t* targets, 
 /// Per-row losses and log-sum-exps of the logits on the GPU; the loss sum and count on the host.
 head_loss gpu_cross_entropy(const exec_context& context, const float* logits, const tensor& targets,
                             std::int64_t rows, std::int64_t vocab, tensor& lse) {
+  const kernels::op_scope timing(context.abi(), kernels::op_class::loss);
   const tensor losses = tensor::empty(dtype::f32, {rows}, context.where());
   lse = tensor::empty(dtype::f32, {rows}, context.where());
   kernels::cuda::cross_entropy_forward(logits, vocab, targets.data_as<std::int32_t>(), rows, vocab,
@@ -55,7 +57,7 @@ head_loss output_head_forward(const exec_context& context, const float* x, const
                               float* logits, const std::int32_t* targets, std::int64_t rows,
                               std::int64_t width, std::int64_t vocab) {
   kernels::ops::gemm_f32(context.abi(), false, true, rows, vocab, width, 1.0f, x, width, weight,
-                         width, 0.0f, logits, vocab);
+                         width, 0.0f, logits, vocab, kernels::ops::context_math(context.abi()));
   head_loss loss;
   if (targets == nullptr) return loss;
   if (context.where().is_cuda()) {
@@ -80,6 +82,7 @@ void output_head_backward(const exec_context& context, const float* x, const flo
     const tensor on_device = device_targets(context, targets, rows);
     tensor lse;
     gpu_cross_entropy(context, logits, on_device, rows, vocab, lse);
+    const kernels::op_scope timing(context.abi(), kernels::op_class::loss);
     kernels::cuda::cross_entropy_backward(logits, vocab, on_device.data_as<std::int32_t>(),
                                           lse.data_as<float>(), rows, vocab, scale,
                                           dlogits.data_as<float>(), context.stream());
@@ -90,11 +93,12 @@ void output_head_backward(const exec_context& context, const float* x, const flo
                                            vocab, scale, dlogits.data_as<float>() + begin * vocab);
     });
   }
+  const auto math = kernels::ops::context_math(context.abi());
   kernels::ops::gemm_f32(context.abi(), false, false, rows, width, vocab, 1.0f,
-                         dlogits.data_as<float>(), vocab, weight, width, 1.0f, dx, width);
+                         dlogits.data_as<float>(), vocab, weight, width, 1.0f, dx, width, math);
   if (dweight != nullptr)
     kernels::ops::gemm_f32(context.abi(), true, false, vocab, width, rows, 1.0f,
-                           dlogits.data_as<float>(), vocab, x, width, 1.0f, dweight, width);
+                           dlogits.data_as<float>(), vocab, x, width, 1.0f, dweight, width, math);
 }
 
 }  // namespace troupe

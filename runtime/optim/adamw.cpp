@@ -11,6 +11,7 @@
 
 #if TROUPE_HAVE_CUDA
 #include "kernels/cuda/adamw.hpp"
+#include "kernels/dispatch/op_timing.hpp"
 #endif
 
 namespace troupe {
@@ -46,6 +47,7 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, const exec_con
          to_string(context.where()));
   if (step < 1) fail("AdamW steps count from 1, got {}", step);
 #if TROUPE_HAVE_CUDA
+  const kernels::op_scope timing(context.abi(), kernels::op_class::optimizer);
   const double b1 = settings_.beta1, b2 = settings_.beta2;
   kernels::cuda::adamw_hyper hyper;
   hyper.lr = static_cast<float>(lr);

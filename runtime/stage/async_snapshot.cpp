@@ -61,6 +61,11 @@ void async_snapshot::start(const std::vector<std::pair<std::string, tensor>>& va
   last_started_ = index;
 }
 
+bool async_snapshot::can_start() const {
+  const buffer_set& set = sets_[next_ % sets_.size()];
+  return !pending_ && (!set.lease || set.lease.use_count() == 1);
+}
+
 bool async_snapshot::ready() const {
   return pending_ && sets_[*pending_].copied->done();
 }

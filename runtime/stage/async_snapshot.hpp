@@ -31,6 +31,9 @@ class async_snapshot {
   /// Starts copying `values` (device tensors, the same names and shapes every time) as they are
   /// after the work enqueued on `compute_stream` so far. A snapshot not yet taken is an error.
   void start(const std::vector<std::pair<std::string, tensor>>& values, void* compute_stream);
+  /// Whether start() would begin at once: the buffer set it fills is not held by the EMA actor
+  /// any more (false when the EMA is two snapshots behind).
+  bool can_start() const;
   /// Whether a snapshot was started and not taken yet.
   bool pending() const { return pending_.has_value(); }
   /// Whether the pending snapshot's copy has finished (never waits).

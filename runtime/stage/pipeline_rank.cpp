@@ -46,13 +46,14 @@ tensor on_host(const tensor& t) {
 }  // namespace
 
 pipeline_rank::pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks,
-                             const exec_context& context)
+                             const exec_context& context, const troupe_gemm_provider* gpu_gemm)
     : rank_(rank),
       chunks_(std::move(chunks)),
       host_context_(context),
       gpu_context_(gpu_context_for(chunks_, context)),
       context_(gpu_context_ ? *gpu_context_ : context) {
   if (gpu_context_) snapshots_ = std::make_unique<async_snapshot>(context_.where().index);
+  gpu_gemm_ = gpu_gemm;
   follow_gemm_provider();
 }
 
@@ -75,9 +76,9 @@ std::optional<std::vector<std::pair<std::string, tensor>>> pipeline_rank::take_s
 void pipeline_rank::follow_gemm_provider() {
   if (!gpu_context_) return;
   // A plugin's provider (FP8) serves both devices; the host's BLAS default gives way to
-  // cuBLASLt.
+  // cuBLASLt (FP32, or BF16 as the rank was told).
   const troupe_gemm_provider* host = host_context_.gemm_provider();
-  gpu_context_->set_gemm_provider(host == blas_gemm_provider() ? nullptr : host);
+  gpu_context_->set_gemm_provider(host == blas_gemm_provider() ? gpu_gemm_ : host);
 }
 
 stage_chunk& pipeline_rank::chunk(std::int32_t stage, std::int32_t copy) {

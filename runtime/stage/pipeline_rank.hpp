@@ -45,8 +45,10 @@ class pipeline_rank {
  public:
   /// A rank computing where its chunks' parameters live: with `context` (the process's) on the
   /// host, or with a context of its own on their GPU (its stream, `context`'s pool and GEMM
-  /// provider).
-  pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks, const exec_context& context);
+  /// provider; where that is the host's BLAS default, `gpu_gemm`, and cuBLASLt in FP32 when that
+  /// is null).
+  pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks, const exec_context& context,
+                const troupe_gemm_provider* gpu_gemm = nullptr);
 
   std::int32_t rank() const { return rank_; }
   std::vector<stage_chunk>& chunks() { return chunks_; }
@@ -88,6 +90,8 @@ class pipeline_rank {
   /// Whether snapshots are asynchronous (parameters on a GPU: async_snapshot.hpp): start one
   /// after the optimizer step, take it later.
   bool asynchronous_snapshots() const { return snapshots_ != nullptr; }
+  /// Whether a snapshot can start without waiting for the EMA actor (GPU ranks).
+  bool snapshot_can_start() const { return snapshots_ != nullptr && snapshots_->can_start(); }
   /// Starts copying the owned trainable parameters to the host (GPU ranks).
   void start_snapshot(const std::set<std::string>& owned);
   /// The started snapshot, once copied (waiting for the copy if `wait`); nothing when none is
@@ -127,6 +131,7 @@ class pipeline_rank {
   std::unique_ptr<exec_context> gpu_context_;  ///< when the chunks live on a GPU
   const exec_context& context_;
   std::unique_ptr<async_snapshot> snapshots_;  ///< GPU ranks
+  const troupe_gemm_provider* gpu_gemm_ = nullptr;
   std::shared_ptr<const schedule_plan> plan_;
   std::vector<micro_batch_input> inputs_;
   float loss_scale_ = 1.0f;

@@ -101,8 +101,24 @@ void send_snapshot(event_actor& self, stage_actor_setup& s, bool wait) {
   if (!s.ema) return;
   auto weights = s.rank->take_snapshot(wait);
   if (!weights) return;
-  self.tell(s.ema, ema_snapshot{std::move(*weights), std::move(s.snapshot_buffers)});
+  self.tell(s.ema,
+            ema_snapshot{std::move(*weights), std::move(s.snapshot_buffers), s.snapshot_updates});
   s.snapshot_buffers.clear();
+}
+
+/// Starts a GPU rank's EMA snapshot of the values after this optimizer step. Unless `must`, a
+/// snapshot that would wait for the EMA actor (two snapshots behind: the host's pass over the
+/// weights is slower than the GPU's step) is skipped and folded into the next one, so the EMA
+/// never stalls the step.
+void start_snapshot(stage_actor_setup& s, bool must) {
+  if (!must && !s.rank->snapshot_can_start()) {
+    ++s.snapshots_skipped;
+    return;
+  }
+  s.rank->start_snapshot(s.owned);
+  s.snapshot_buffers = s.rank->buffers(s.owned);
+  s.snapshot_updates = 1 + s.snapshots_skipped;
+  s.snapshots_skipped = 0;
 }
 
 /// What the job asks of every holder of parameters.
@@ -132,8 +148,7 @@ behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s
         s->rank->optimize(order.learning_rate, order.grad_scale, order.step);
         if (order.snapshot && s->ema) {
           if (s->rank->asynchronous_snapshots()) {
-            s->rank->start_snapshot(s->owned);
-            s->snapshot_buffers = s->rank->buffers(s->owned);
+            start_snapshot(*s, s->ema_wait);
           } else {
             self.tell(s->ema,
                       ema_snapshot{s->rank->snapshot(s->owned), s->rank->buffers(s->owned)});
@@ -142,7 +157,12 @@ behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s
         return true;
       })
       .on<checkpoint_order>([&self, s](checkpoint_order& order) {
-        send_snapshot(self, *s, true);  // the EMA writes after every holder has answered
+        send_snapshot(self, *s, true);   // the EMA writes after every holder has answered
+        if (s->snapshots_skipped > 0) {  // the checkpoint's EMA is as of this step
+          --s->snapshots_skipped;
+          start_snapshot(*s, true);
+          send_snapshot(self, *s, true);
+        }
         checkpoint_written written;
         written.weights = write_holder_part(
             order.directory, order.weights_file, order.optimizer_file,

@@ -29,8 +29,13 @@ struct stage_actor_setup {
   std::set<std::string> replicated;                   ///< parameters other ranks hold too
   std::set<std::string> owned;  ///< names this rank writes to checkpoints and EMA snapshots
   actor_ref ema;                ///< may be empty
+  bool ema_wait = false;        ///< wait for a busy EMA instead of skipping snapshots
   /// A GPU rank's snapshot in flight: its buffers (router biases), copied when it started.
   std::vector<std::pair<std::string, tensor>> snapshot_buffers;
+  std::int64_t snapshot_updates = 1;  ///< scheduled EMA updates the snapshot in flight stands for
+  /// Scheduled snapshots a GPU rank skipped since its last one because the EMA actor was still
+  /// busy with older ones: the next snapshot stands for them too (ema_snapshot::updates).
+  std::int64_t snapshots_skipped = 0;
   std::shared_ptr<process_plugins> plugins;  ///< this process's side of hot swaps
 };
 

@@ -193,7 +193,9 @@ class topology_parser {
     if (model == nullptr) return;
     std::string precision_name;
     read("model", model, "precision", precision_name);
-    topo_.gemm_precision = precision_name == "fp8" ? precision::fp8 : precision::fp32;
+    topo_.gemm_precision = precision_name == "fp8"    ? precision::fp8
+                           : precision_name == "bf16" ? precision::bf16
+                                                      : precision::fp32;
     const toml::node* config = model->get("config");
     const toml::node* inline_config = model->get("inline");
     if ((config == nullptr) == (inline_config == nullptr)) {
@@ -389,6 +391,7 @@ class topology_parser {
     read("ema", ema, "enabled", topo_.ema.enabled);
     read("ema", ema, "decay", topo_.ema.decay);
     read("ema", ema, "every", topo_.ema.every);
+    read("ema", ema, "wait", topo_.ema.wait);
     read("ema", ema, "host", topo_.ema.host);
   }
 

@@ -39,9 +39,12 @@ section_schema model_section() {
            k::string,
            false,
            "\"fp32\"",
-           "GEMM precision: fp32 (the runtime's BLAS/cuBLAS provider) or fp8 (the `gemm` role's "
-           "plugin, DeepSeek-V3's tile/block-scaled E4M3 recipe).",
-           {"fp32", "fp8"}},
+           "GEMM precision: fp32 (the runtime's BLAS/cuBLAS provider, exact), bf16 (GPU stages "
+           "only: every GEMM's operands rounded to BF16 on the tensor cores, FP32 accumulation, "
+           "FP32 weights and activations) or fp8 (the `gemm` role's plugin, DeepSeek-V3's "
+           "tile/block-scaled E4M3 recipe; on a GPU the routed experts' grouped GEMMs run in "
+           "BF16 for now).",
+           {"fp32", "bf16", "fp8"}},
       }};
 }
 
@@ -210,6 +213,11 @@ section_schema ema_section() {
           {"enabled", k::boolean, false, "true", "Keep an EMA of the parameters."},
           {"decay", k::number, false, "0.999", "EMA decay, in (0, 1)."},
           {"every", k::integer, false, "1", "Update every N optimizer steps.", {}, {1, 1 << 30}},
+          {"wait", k::boolean, false, "false",
+           "Stages on a GPU wait for an EMA still busy with the snapshots of two updates ago. "
+           "By default they skip the snapshot instead and the next one applies the decay for "
+           "both (exact when the weights did not move in between): the EMA never stalls the "
+           "step."},
           {"host", k::string, false, "the first host", "Host of the EMA actor."},
       }};
 }

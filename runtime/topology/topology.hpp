@@ -57,6 +57,7 @@ struct ema_spec {
   bool enabled = false;
   double decay = 0.0;
   int every = 0;
+  bool wait = false;  ///< GPU holders wait for a busy EMA instead of skipping snapshots
   std::string host;
 };
 

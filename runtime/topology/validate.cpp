@@ -118,6 +118,15 @@ class topology_validator {
     }
   }
 
+  /// model.precision = "bf16" computes on a GPU's tensor cores; the CPU has no BF16 path.
+  void check_bf16_device(const placement& place, const std::string& path, const std::string& what) {
+    if (t_.gemm_precision != precision::bf16 || place.where.is_cuda()) return;
+    error(path, fmt::format("{} is on the CPU, but model.precision = \"bf16\" computes on a GPU's "
+                            "tensor cores and the CPU has no BF16 path: place it on cuda:N, or "
+                            "choose precision \"fp32\" (or \"fp8\", emulated on the CPU)",
+                            what));
+  }
+
   void check_stages() {
     const int layer_count = static_cast<int>(t_.model.num_hidden_layers);
     if (static_cast<int>(t_.stages.size()) != t_.pipeline)
@@ -136,10 +145,12 @@ class topology_validator {
                                             "device(s) but parallel.data = {}; "
                                             "give one device per data-parallel replica",
                                             i, stage.replicas.size(), t_.data));
-      for (std::size_t r = 0; r < stage.replicas.size(); ++r)
-        check_placement(
-            stage.replicas[r], path,
-            fmt::format("stage {}{}", i, t_.data > 1 ? fmt::format(" replica {}", r) : ""));
+      for (std::size_t r = 0; r < stage.replicas.size(); ++r) {
+        const std::string what =
+            fmt::format("stage {}{}", i, t_.data > 1 ? fmt::format(" replica {}", r) : "");
+        check_placement(stage.replicas[r], path, what);
+        check_bf16_device(stage.replicas[r], path + ".device", what);
+      }
       if (stage.layers.empty()) {
         error(path + ".layers", fmt::format("stage {} holds no layers", i));
         continue;
@@ -208,9 +219,12 @@ class topology_validator {
             fmt::format("parallel sizes do not multiply out: parallel.expert = {} but {} "
                         "[[expert_shards]] are listed",
                         t_.expert, shards.size()));
-    for (std::size_t i = 0; i < shards.size(); ++i)
+    for (std::size_t i = 0; i < shards.size(); ++i) {
       check_placement(shards[i].place, fmt::format("expert_shards[{}]", i),
                       fmt::format("expert shard {}", i));
+      check_bf16_device(shards[i].place, fmt::format("expert_shards[{}].device", i),
+                        fmt::format("expert shard {}", i));
+    }
 
     const auto explicit_count = std::count_if(shards.begin(), shards.end(),
                                               [](const auto& s) { return !s.experts.empty(); });

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/balancer/balancer_actor.hpp"
+#include "runtime/exec/cuda_gemm.hpp"
 #include "runtime/stage/stage_messages.hpp"
 
 namespace troupe {
@@ -159,7 +160,9 @@ void build_ranks(training_roles& roles, const topology& topo, job_process& proce
       // The shard handles come when the shards are spawned.
       if (sharded) setup->transport = std::make_unique<actor_expert_transport>(process.runtime());
       auto chunks = build_chunks(topo, plan, d, r, process.is_local(name), plugins, *setup);
-      setup->rank = std::make_unique<pipeline_rank>(r, std::move(chunks), process.context());
+      setup->rank = std::make_unique<pipeline_rank>(
+          r, std::move(chunks), process.context(),
+          topo.gemm_precision == precision::bf16 ? cuda_bf16_gemm_provider() : nullptr);
       roles.ranks.push_back({name, d, r, actor_ref(), setup});
     }
 }
@@ -265,6 +268,7 @@ void spawn_training_roles(training_roles& roles, job_process& process, const top
   for (auto& entry : roles.ranks)
     entry.actor = process.place(entry.name, [&] {
       entry.setup->ema = roles.ema;
+      entry.setup->ema_wait = topo.ema.wait;
       if (entry.setup->transport) entry.setup->transport->set_shards(shard_actors);
       return spawn_stage_actor(runtime, entry.setup);
     });

@@ -711,8 +711,26 @@ TEST(CudaOps, AdamwAndClippingMatchTheHostUpdate) {
   }
 }
 
-TEST(CudaOps, GroupedExpertGemmsMatchOneCpuGemmPerExpert) {
+/// BF16 math: the reference multiplies the operands rounded to BF16 (round to nearest even) in
+/// FP32 on the CPU, so only the order of the FP32 sums differs.
+std::vector<float> rounded_if(bool bf16, std::vector<float> values) {
+  if (bf16)
+    for (float& v : values) v = bf16_to_float(float_to_bf16(v));
+  return values;
+}
+
+class GroupedGemms : public ::testing::TestWithParam<gpu::gemm_math> {};
+
+INSTANTIATE_TEST_SUITE_P(Math, GroupedGemms,
+                         ::testing::Values(gpu::gemm_math::exact, gpu::gemm_math::bf16),
+                         [](const auto& param_info) {
+                           return param_info.param == gpu::gemm_math::bf16 ? "bf16" : "fp32";
+                         });
+
+TEST_P(GroupedGemms, MatchOneCpuGemmPerExpert) {
   TROUPE_SKIP_WITHOUT_GPU();
+  const gpu::gemm_math math = GetParam();
+  const bool bf16 = math == gpu::gemm_math::bf16;
   // 7 experts with 0, 1, 63, 64, 65, 130 and 3 rows; the inputs gathered through a permutation.
   const std::vector<std::int64_t> counts{0, 1, 63, 64, 65, 130, 3};
   std::vector<std::int64_t> offsets{0};
@@ -727,20 +745,23 @@ TEST(CudaOps, GroupedExpertGemmsMatchOneCpuGemmPerExpert) {
   std::vector<std::vector<float>> w;
   for (std::int64_t g = 0; g < groups; ++g) w.push_back(random_values(n * k, 92 + g));
   // The CPU: one GEMM per expert on gathered rows.
+  const auto xr = rounded_if(bf16, x), dyr = rounded_if(bf16, dy);
+  std::vector<std::vector<float>> wr;
+  for (const auto& weights : w) wr.push_back(rounded_if(bf16, weights));
   std::vector<float> gathered(static_cast<std::size_t>(rows * k));
   for (std::int64_t r = 0; r < rows; ++r)
-    std::copy_n(x.begin() + (order[r] / topk) * k, k, gathered.begin() + r * k);
+    std::copy_n(xr.begin() + (order[r] / topk) * k, k, gathered.begin() + r * k);
   std::vector<float> y(static_cast<std::size_t>(rows * n), 0.0f), dx(gathered.size(), 0.0f);
   std::vector<std::vector<float>> dw(static_cast<std::size_t>(groups),
                                      std::vector<float>(static_cast<std::size_t>(n * k), 0.0f));
   for (std::int64_t g = 0; g < groups; ++g) {
     const std::int64_t first = offsets[g], m = counts[g];
     if (m == 0) continue;
-    cpu::sgemm({false, true, m, n, k, k, k, n}, 1.0f, gathered.data() + first * k, w[g].data(),
+    cpu::sgemm({false, true, m, n, k, k, k, n}, 1.0f, gathered.data() + first * k, wr[g].data(),
                0.0f, y.data() + first * n);
-    cpu::sgemm({false, false, m, k, n, n, k, k}, 1.0f, dy.data() + first * n, w[g].data(), 0.0f,
+    cpu::sgemm({false, false, m, k, n, n, k, k}, 1.0f, dyr.data() + first * n, wr[g].data(), 0.0f,
                dx.data() + first * k);
-    cpu::sgemm({true, false, n, k, m, n, k, k}, 1.0f, dy.data() + first * n,
+    cpu::sgemm({true, false, n, k, m, n, k, k}, 1.0f, dyr.data() + first * n,
                gathered.data() + first * k, 0.0f, dw[g].data());
   }
   device_array<float> gx(x), gdy(dy), gy(y.size()), gdx(dx.size());
@@ -758,14 +779,30 @@ TEST(CudaOps, GroupedExpertGemmsMatchOneCpuGemmPerExpert) {
   device_array<float*> gdwp(dwp);
   const gpu::grouped_rows gathered_rows{goffsets.data(), groups, rows, gorder.data(), topk};
   const gpu::grouped_rows direct{goffsets.data(), groups, rows, nullptr, 1};
-  gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, gwp.data(), n, k, gy.data(), n, false,
+  gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, gwp.data(), n, k, gy.data(), n, false, math,
                           nullptr);
-  gpu::grouped_gemm_dgrad(direct, gdy.data(), n, gwp.data(), n, k, gdx.data(), k, false, nullptr);
-  gpu::grouped_gemm_wgrad(gathered_rows, gdy.data(), n, gx.data(), k, gdwp.data(), n, k, nullptr);
+  gpu::grouped_gemm_dgrad(direct, gdy.data(), n, gwp.data(), n, k, gdx.data(), k, false, math,
+                          nullptr);
+  gpu::grouped_gemm_wgrad(gathered_rows, gdy.data(), n, gx.data(), k, gdwp.data(), n, k, math,
+                          nullptr);
   EXPECT_CLOSE(gy.get(), y, fp32_bound, "grouped fprop (gathered)");
   EXPECT_CLOSE(gdx.get(), dx, fp32_bound, "grouped dgrad");
   for (std::int64_t g = 1; g < groups; ++g)
     EXPECT_CLOSE(gdw[g]->get(), dw[g], fp32_bound, "grouped wgrad");
+  if (bf16) {  // and the rounding mattered: against the unrounded operands it is BF16-far
+    std::vector<float> exact(static_cast<std::size_t>(counts[5] * n));
+    std::vector<float> source(static_cast<std::size_t>(counts[5] * k));
+    for (std::int64_t r = 0; r < counts[5]; ++r)
+      std::copy_n(x.begin() + (order[offsets[5] + r] / topk) * k, k, source.begin() + r * k);
+    cpu::sgemm({false, true, counts[5], n, k, k, k, n}, 1.0f, source.data(), w[5].data(), 0.0f,
+               exact.data());
+    const auto got = gy.get();
+    const std::vector<float> mine(got.begin() + offsets[5] * n, got.begin() + offsets[6] * n);
+    const double error = relative_error(mine, exact);
+    std::printf("[ grouped fprop bf16 vs exact operands ] relative error %.3g\n", error);
+    EXPECT_GT(error, 1e-4);
+    EXPECT_LT(error, 2e-2);
+  }
   EXPECT_EQ(gdw[0]->get(), dw[0]);  // an expert without rows: no gradient
 }
 

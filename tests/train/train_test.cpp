@@ -19,6 +19,7 @@
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "runtime/checkpoint/safetensors.hpp"
 #include "runtime/checkpoint/training_checkpoint.hpp"
+#include "runtime/ema/ema_tracker.hpp"
 #include "runtime/topology/load.hpp"
 #include "runtime/train/training_job.hpp"
 #include "tests/support/fixtures.hpp"
@@ -245,6 +246,30 @@ TEST(Training, EmaEqualsAnOfflineEmaOfTheSnapshots) {
     ++compared;
   }
   EXPECT_GT(compared, 50u);
+}
+
+// A GPU stage skips snapshots while the EMA is busy; the next one stands for the skipped
+// updates and must equal as many updates with its weights (float64 reference).
+TEST(Training, EmaSnapshotStandingForSkippedUpdatesAppliesTheDecayThatOften) {
+  auto values = [](float base) {
+    tensor t = tensor::zeros(dtype::f32, {1000});
+    for (std::int64_t i = 0; i < t.numel(); ++i)
+      t.data_as<float>()[i] = base + 0.001f * static_cast<float>(i % 97);
+    return std::vector<std::pair<std::string, tensor>>{{"w", t}};
+  };
+  ema_tracker tracker(0.9);
+  tracker.update(values(1.0f));
+  tracker.update(values(-2.0f), {}, 3);
+  const float* got = tracker.weights().front().second.data_as<const float>();
+  double worst = 0.0;
+  for (int i = 0; i < 1000; ++i) {
+    double ema = 1.0 + 0.001 * (i % 97);
+    const double w = -2.0 + 0.001 * (i % 97);
+    for (int k = 0; k < 3; ++k) ema = 0.9 * ema + 0.1 * w;
+    worst = std::max(worst, std::abs(static_cast<double>(got[i]) - ema));
+  }
+  EXPECT_LE(worst, 1e-6);
+  EXPECT_THROW(tracker.update(values(0.0f), {}, 0), std::exception);
 }
 
 TEST(Training, ResumeIsBitIdentical) {

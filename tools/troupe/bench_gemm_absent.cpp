@@ -2,9 +2,14 @@
 #include <fmt/format.h>
 
 #include "runtime/device/cuda.hpp"
+#include "tools/troupe/bench_reference.hpp"
 #include "tools/troupe/commands.hpp"
 
 namespace troupe::cli {
+
+double bf16_peak_tflops(int) {
+  return 0.0;
+}
 
 void add_bench_gemm_command(CLI::App& bench_group, int& exit_code) {
   auto* command = bench_group.add_subcommand(

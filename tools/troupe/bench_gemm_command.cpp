@@ -18,6 +18,7 @@
 #include "runtime/device/stream.hpp"
 #include "runtime/exec/convert.hpp"
 #include "runtime/tensor/tensor.hpp"
+#include "tools/troupe/bench_reference.hpp"
 #include "tools/troupe/commands.hpp"
 
 namespace troupe::cli {
@@ -87,6 +88,24 @@ double median_ms(cuda::stream& stream, int iterations, const Body& body) {
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }
+
+}  // namespace
+
+double bf16_peak_tflops(int ordinal) {
+  cuda::require_device(ordinal);
+  cuda::stream stream(ordinal);
+  cuda::stream_guard guard(stream);
+  kc::cublaslt_gemm engine(ordinal, stream.native());
+  constexpr std::int64_t size = 8192;
+  const device where = device::cuda(ordinal);
+  const tensor x = random_bf16(size, size, 1, where), w = random_bf16(size, size, 2, where);
+  tensor y = tensor::empty(dtype::bf16, {size, size}, where);
+  const double ms = median_ms(
+      stream, 20, [&] { engine.gemm(matrix(x), false, matrix(w), true, matrix(y), 1.0f, 0.0f); });
+  return 2.0 * static_cast<double>(size * size) * static_cast<double>(size) / (ms * 1e-3) / 1e12;
+}
+
+namespace {
 
 int bench_gemm(const gemm_bench_options& options) {
   const device where = parse_device(options.device);

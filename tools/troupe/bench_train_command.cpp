@@ -3,14 +3,17 @@
 // same model, micro-batches and optimizer in one thread of calls.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <random>
 #include <thread>
 
 #include <fmt/format.h>
 
+#include "kernels/dispatch/op_timing.hpp"
 #include "runtime/core/install_layout.hpp"
 #include "runtime/device/cuda.hpp"
+#include "runtime/exec/cuda_gemm.hpp"
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/model/flops.hpp"
 #include "runtime/model/model_runner.hpp"
@@ -38,6 +41,9 @@ struct bench_train_options {
 /// Seconds per step of the direct loop, and of its phases (medians).
 struct direct_timing {
   double step = 0.0, forward = 0.0, backward = 0.0, optimizer = 0.0;
+  /// GPU milliseconds per op class (kernels/dispatch/op_timing.hpp), medians over the steps.
+  std::array<double, kernels::op_class_count> classes{};
+  bool has_classes = false;
 };
 
 double median(std::vector<double> values) {
@@ -53,7 +59,10 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
                                   device where) {
   const model_config& config = topo.model;
   model_plugins plugins = load_model_plugins(registry, config);
-  exec_context context(where, pool);
+  exec_context context(where, pool,
+                       where.is_cuda() && topo.gemm_precision == precision::bf16
+                           ? cuda_bf16_gemm_provider()
+                           : nullptr);
   model_options options{topo.train.mtp_weight, true};
   options.where = where;
   model_runner runner(config, {}, plugins, options);
@@ -78,7 +87,14 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
     return std::chrono::duration<double>(clock_type::now() - start).count();
   };
   std::vector<double> times, forwards, backwards, optimizers;
-  for (int step = 0; step <= steps; ++step) {
+  std::array<std::vector<double>, kernels::op_class_count> classes;
+  // NOTES: the breakdown brackets every op with CUDA events; the step times come from a second
+  // round of steps without them, so the events cost the figures nothing.
+  const bool breakdown = where.is_cuda();
+  for (int step = 0; step <= steps + (breakdown ? steps : 0); ++step) {
+    const bool timing_ops = breakdown && step > steps;
+    kernels::op_timing::enable(timing_ops);
+    if (timing_ops) (void)kernels::op_timing::collect();
     const auto start = clock_type::now();
     double forward = 0.0, backward = 0.0;
     for (std::int64_t m = 0; m < micro_batches; ++m) {
@@ -98,14 +114,23 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
       runner.parameters().zero_grads();
       wait();
     }
-    if (step > 0) {
+    if (timing_ops) {
+      const auto ms = kernels::op_timing::collect();
+      for (std::size_t c = 0; c < ms.size(); ++c) classes[c].push_back(ms[c]);
+    } else if (step > 0) {
       times.push_back(since(start));
       forwards.push_back(forward);
       backwards.push_back(backward);
       optimizers.push_back(since(phase));
     }
   }
-  return {median(times), median(forwards), median(backwards), median(optimizers)};
+  kernels::op_timing::enable(false);
+  direct_timing result{median(times), median(forwards), median(backwards), median(optimizers)};
+  if (breakdown) {
+    result.has_classes = true;
+    for (std::size_t c = 0; c < classes.size(); ++c) result.classes[c] = median(classes[c]);
+  }
+  return result;
 }
 
 int bench_train(const bench_train_options& options) {
@@ -174,6 +199,31 @@ int bench_train(const bench_train_options& options) {
         options.device, direct.forward * 1e3, direct.backward * 1e3, direct.optimizer * 1e3);
     fmt::print("actor overhead: {:.1f} ms per step ({:.1f}% of the direct step)\n",
                (actor_step - direct_step) * 1e3, 100.0 * (actor_step - direct_step) / direct_step);
+    if (direct.has_classes) {
+      const device where = parse_device(options.device);
+      const double peak = bf16_peak_tflops(where.index);
+      const double model_tflops = flops / direct_step / 1e12;
+      fmt::print(
+          "model FLOPs on {} ({}): {:.1f} TFLOP/s, MFU {:.1f}% of the BF16 GEMM peak measured now "
+          "({:.1f} TFLOP/s, cuBLASLt 8192^3)\n",
+          options.device, topo.gemm_precision == precision::bf16 ? "bf16" : "fp32", model_tflops,
+          100.0 * model_tflops / peak, peak);
+      fmt::print("time per op class on {} (GPU time of each class, median per step):\n",
+                 options.device);
+      double accounted = 0.0;
+      for (std::size_t c = 0; c < direct.classes.size(); ++c) {
+        accounted += direct.classes[c];
+        fmt::print("  {:<30} {:8.2f} ms  {:5.1f}%\n",
+                   kernels::name(static_cast<kernels::op_class>(c)), direct.classes[c],
+                   100.0 * direct.classes[c] / (direct_step * 1e3));
+      }
+      const double rest = direct_step * 1e3 - accounted;
+      fmt::print("  {:<30} {:8.2f} ms  {:5.1f}%\n", "other (waits, gaps, host work)", rest,
+                 100.0 * rest / (direct_step * 1e3));
+      fmt::print("  {:<30} {:8.2f} ms  {:5.1f}%  (actors against the direct loop)\n",
+                 "communication with CPU roles", (actor_step - direct_step) * 1e3,
+                 100.0 * (actor_step - direct_step) / (direct_step * 1e3));
+    }
     return exit_ok;
   } catch (const troupe::error& e) {
     fmt::print(stderr, "troupe bench train: {}\n", e.what());

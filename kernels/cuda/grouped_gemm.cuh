@@ -1,0 +1,65 @@
+#pragma once
+
+// What the grouped GEMM kernels share (grouped_gemm.cu: FP32 on the CUDA cores,
+// grouped_gemm_bf16.cu: BF16 on the tensor cores): the arguments of a pass, the row gather, and
+// the tile scheduler that finds a block's expert from the offsets on the device. Internal to
+// kernels/cuda.
+
+#include <cstdint>
+
+#include "kernels/cuda/grouped_gemm.hpp"
+#include "kernels/cuda/launch.cuh"
+
+namespace troupe::kernels::cuda::grouped {
+
+/// Rows per row tile: a tile never straddles two experts.
+constexpr int tile = 64;
+
+enum class pass { fprop, dgrad, wgrad };
+
+struct arguments {
+  grouped_rows rows;
+  const float* a;  // fprop: x, dgrad: dy, wgrad: dy
+  std::int64_t lda;
+  const float* b;  // wgrad: x
+  std::int64_t ldb;
+  const float* const* weights;
+  float* const* weight_grads;
+  float* c;
+  std::int64_t ldc;
+  std::int64_t n, k;
+  bool accumulate;
+};
+
+__device__ inline std::int64_t source_of(const grouped_rows& rows, std::int64_t r) {
+  return rows.source != nullptr ? rows.source[r] / rows.divisor : r;
+}
+
+/// The expert and first row of row tile `t` (row tiles of the experts in order), or -1.
+__device__ inline void find_tile(const grouped_rows& rows, std::int64_t t, std::int64_t& group,
+                                 std::int64_t& first) {
+  std::int64_t seen = 0;
+  for (std::int64_t g = 0; g < rows.groups; ++g) {
+    const std::int64_t count = rows.offsets[g + 1] - rows.offsets[g];
+    const std::int64_t tiles = (count + tile - 1) / tile;
+    if (t < seen + tiles) {
+      group = g;
+      first = rows.offsets[g] + (t - seen) * tile;
+      return;
+    }
+    seen += tiles;
+  }
+  group = -1;
+  first = 0;
+}
+
+/// Row tiles of all experts together are at most ceil(rows / 64) + groups.
+inline unsigned row_tiles(const grouped_rows& rows) {
+  return blocks_for(rows.rows, tile) + static_cast<unsigned>(rows.groups);
+}
+
+/// The BF16 tensor-core kernels (grouped_gemm_bf16.cu), launched like the FP32 ones: grid
+/// (output column tiles, row tiles) for Fprop and Dgrad, (k tiles, n tiles, experts) for Wgrad.
+void launch_bf16(pass p, const arguments& args, void* stream);
+
+}  // namespace troupe::kernels::cuda::grouped

@@ -1,0 +1,190 @@
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include <type_traits>
+
+#include "kernels/cuda/grouped_gemm.cuh"
+
+namespace troupe::kernels::cuda::grouped {
+
+namespace {
+
+// NOTES: the grouped GEMMs of the "bf16" precision. The operands stay f32 in memory (FP32
+// storage, as the rest of the model); each 64 x 32 slab is rounded to BF16 on its way into shared
+// memory and multiplied on the tensor cores through WMMA (16 x 16 x 16, FP32 accumulation), four
+// warps each owning a 32 x 32 quarter of the 64 x 64 output tile. The slab is stored in the
+// layout its global memory is contiguous in (row- or column-major per operand and pass), so the
+// loads coalesce and the stores to shared memory do not conflict; WMMA reads either layout. The
+// scheduler is the FP32 kernel's (grouped_gemm.cuh): row tiles never straddle two experts.
+// Plain WMMA (no wgmma/TMA): the experts' GEMMs are small (a few hundred rows each), and this
+// keeps one kernel for the three passes.
+using namespace nvcuda;
+
+constexpr int depth_step = 32;
+constexpr int threads = 128;
+constexpr int pad = 8;  // bf16 elements: keeps WMMA's 16-byte leading dimensions, spreads banks
+constexpr int out_ld = tile + 4;
+
+/// Fprop and Dgrad read A along the reduction (token rows); Wgrad reads dy^T along the rows.
+template <pass P>
+constexpr bool a_along_depth = P != pass::wgrad;
+/// Fprop reads W[n, k] along the reduction; Dgrad (W rows) and Wgrad (x rows) along the columns.
+template <pass P>
+constexpr bool b_along_depth = P == pass::fprop;
+
+template <bool AlongDepth>
+using a_layout = std::conditional_t<AlongDepth, wmma::row_major, wmma::col_major>;
+template <bool AlongDepth>
+using b_layout = std::conditional_t<AlongDepth, wmma::col_major, wmma::row_major>;
+
+/// Index of element (outer, kk) of a slab stored contiguous along depth ([outer][depth]) or
+/// along outer ([depth][outer]), and its leading dimension.
+template <bool AlongDepth>
+__device__ constexpr int slab_index(int outer, int kk) {
+  return AlongDepth ? outer * (depth_step + pad) + kk : kk * (tile + pad) + outer;
+}
+template <bool AlongDepth>
+constexpr int slab_ld = AlongDepth ? depth_step + pad : tile + pad;
+
+template <pass P>
+__global__ void __launch_bounds__(threads) grouped_bf16_kernel(arguments args) {
+  constexpr bool a_depth = a_along_depth<P>, b_depth = b_along_depth<P>;
+  __shared__ __align__(32) __nv_bfloat16 as[tile * (depth_step + pad)];
+  __shared__ __align__(32) __nv_bfloat16 bs[tile * (depth_step + pad)];
+  __shared__ __align__(32) float cs[tile * out_ld];
+  __shared__ std::int64_t source_rows[tile];  // fprop: x rows of the tile; wgrad: of the slab
+  __shared__ std::int64_t tile_group, tile_first;
+  const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
+
+  std::int64_t group = 0, m0 = 0, m_end = 0, depth = 0, r_begin = 0;
+  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * tile;
+  if constexpr (P == pass::wgrad) {
+    group = blockIdx.z;
+    m0 = static_cast<std::int64_t>(blockIdx.y) * tile;  // rows of dW: the n dimension
+    m_end = args.n;
+    r_begin = args.rows.offsets[group];
+    depth = args.rows.offsets[group + 1] - r_begin;
+    if (depth == 0) return;
+  } else {
+    if (tid == 0) find_tile(args.rows, blockIdx.y, tile_group, tile_first);
+    __syncthreads();
+    group = tile_group;
+    if (group < 0) return;
+    m0 = tile_first;
+    m_end = min(m0 + tile, args.rows.offsets[group + 1]);
+    depth = P == pass::fprop ? args.k : args.n;
+  }
+  if constexpr (P == pass::fprop)
+    for (int i = tid; i < tile; i += threads)
+      source_rows[i] = m0 + i < m_end ? source_of(args.rows, m0 + i) : 0;
+  const std::int64_t out_cols = P == pass::fprop ? args.n : args.k;
+  const float* w = P == pass::wgrad ? nullptr : args.weights[group];
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int u = 0; u < 2; ++u)
+#pragma unroll
+    for (int v = 0; v < 2; ++v) wmma::fill_fragment(acc[u][v], 0.0f);
+
+  for (std::int64_t k0 = 0; k0 < depth; k0 += depth_step) {
+    if constexpr (P == pass::wgrad) {
+      __syncthreads();  // the last slab's source rows are read
+      for (int kk = tid; kk < depth_step; kk += threads)
+        source_rows[kk] = k0 + kk < depth ? source_of(args.rows, r_begin + k0 + kk) : 0;
+    }
+    __syncthreads();
+    // A slab: A(m0 + i, k0 + kk) for i < 64, kk < 32.
+    for (int l = tid; l < tile * depth_step; l += threads) {
+      const int i = a_depth ? l / depth_step : l % tile;
+      const int kk = a_depth ? l % depth_step : l / tile;
+      const std::int64_t row = m0 + i, red = k0 + kk;
+      float value = 0.0f;
+      if (row < m_end && red < depth) {
+        if constexpr (P == pass::fprop)
+          value = args.a[source_rows[i] * args.lda + red];
+        else if constexpr (P == pass::dgrad)
+          value = args.a[row * args.lda + red];
+        else
+          value = args.a[(r_begin + red) * args.lda + row];
+      }
+      as[slab_index<a_depth>(i, kk)] = __float2bfloat16_rn(value);
+    }
+    // B slab: B(k0 + kk, n0 + j) for kk < 32, j < 64.
+    for (int l = tid; l < tile * depth_step; l += threads) {
+      const int j = b_depth ? l / depth_step : l % tile;
+      const int kk = b_depth ? l % depth_step : l / tile;
+      const std::int64_t red = k0 + kk, col = n0 + j;
+      float value = 0.0f;
+      if (red < depth && col < out_cols) {
+        if constexpr (P == pass::fprop)
+          value = w[col * args.k + red];
+        else if constexpr (P == pass::dgrad)
+          value = w[red * args.k + col];
+        else
+          value = args.b[source_rows[kk] * args.ldb + col];
+      }
+      bs[slab_index<b_depth>(j, kk)] = __float2bfloat16_rn(value);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < depth_step; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, a_layout<a_depth>> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, b_layout<b_depth>> b[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+        wmma::load_matrix_sync(a[u], as + slab_index<a_depth>(wm * 32 + u * 16, kk),
+                               slab_ld<a_depth>);
+#pragma unroll
+      for (int v = 0; v < 2; ++v)
+        wmma::load_matrix_sync(b[v], bs + slab_index<b_depth>(wn * 32 + v * 16, kk),
+                               slab_ld<b_depth>);
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int v = 0; v < 2; ++v) wmma::mma_sync(acc[u][v], a[u], b[v], acc[u][v]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < 2; ++u)
+#pragma unroll
+    for (int v = 0; v < 2; ++v)
+      wmma::store_matrix_sync(cs + (wm * 32 + u * 16) * out_ld + wn * 32 + v * 16, acc[u][v],
+                              out_ld, wmma::mem_row_major);
+  __syncthreads();
+  for (int l = tid; l < tile * tile; l += threads) {
+    const int i = l / tile, j = l % tile;
+    const std::int64_t row = m0 + i, col = n0 + j;
+    if (row >= m_end || col >= out_cols) continue;
+    const float value = cs[i * out_ld + j];
+    if constexpr (P == pass::wgrad) {
+      args.weight_grads[group][row * args.k + col] += value;
+    } else {
+      float* out = args.c + row * args.ldc + col;
+      *out = args.accumulate ? *out + value : value;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_bf16(pass p, const arguments& args, void* stream) {
+  const cudaStream_t s = as_stream(stream);
+  switch (p) {
+    case pass::fprop:
+      grouped_bf16_kernel<pass::fprop>
+          <<<dim3(blocks_for(args.n, tile), row_tiles(args.rows)), threads, 0, s>>>(args);
+      break;
+    case pass::dgrad:
+      grouped_bf16_kernel<pass::dgrad>
+          <<<dim3(blocks_for(args.k, tile), row_tiles(args.rows)), threads, 0, s>>>(args);
+      break;
+    case pass::wgrad:
+      grouped_bf16_kernel<pass::wgrad><<<dim3(blocks_for(args.k, tile), blocks_for(args.n, tile),
+                                              static_cast<unsigned>(args.rows.groups)),
+                                         threads, 0, s>>>(args);
+      break;
+  }
+  TROUPE_CUDA_LAUNCHED();
+}
+
+}  // namespace troupe::kernels::cuda::grouped

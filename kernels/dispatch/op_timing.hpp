@@ -1,0 +1,58 @@
+#pragma once
+
+// Where a GPU step's time goes, by class of op: `troupe bench train --device cuda:N` turns timing
+// on, and every op of kernels/dispatch (and the runtime's layers) brackets what it enqueues with
+// CUDA events on the context's stream. Timing is off by default and then costs one relaxed atomic
+// load per op. A scope nested in another counts for the outer one, so each op counts once. One
+// state per process: the runtime's copy of this code and each plugin's find the same one.
+
+#include <array>
+#include <cstddef>
+
+struct troupe_exec_context;
+
+namespace troupe::kernels {
+
+/// The classes of troupe bench train's breakdown.
+enum class op_class : int {
+  attention,    ///< flash attention forward and backward
+  expert_gemm,  ///< the routed experts' grouped GEMMs
+  dense_gemm,   ///< every other GEMM: projections, shared experts, the head, the gate
+  routing,      ///< router, balance loss, counts, permutation to experts and back
+  elementwise,  ///< norms, RoPE, SwiGLU, embedding, adds and copies on the device
+  loss,         ///< the head's cross-entropy
+  optimizer,    ///< AdamW and the gradient norm
+  host_copies,  ///< copies between the device and the host inside a step
+};
+inline constexpr std::size_t op_class_count = 8;
+
+/// "attention", "expert GEMMs", ...
+const char* name(op_class c);
+
+/// Brackets the work a scope enqueues on `context`'s stream (GPU contexts, timing on).
+class op_scope {
+ public:
+  op_scope(const troupe_exec_context* context, op_class c);
+  ~op_scope();
+  op_scope(const op_scope&) = delete;
+  op_scope& operator=(const op_scope&) = delete;
+
+ private:
+  void* stream_ = nullptr;  ///< null: not timing
+  int device_ = 0;
+  op_class class_{};
+  void* start_ = nullptr;
+};
+
+namespace op_timing {
+
+/// Turns timing on or off for the whole process.
+void enable(bool on);
+bool enabled();
+/// Milliseconds per class (indexed by op_class) of the scopes closed since the last call, waiting
+/// for their events.
+std::array<double, op_class_count> collect();
+
+}  // namespace op_timing
+
+}  // namespace troupe::kernels

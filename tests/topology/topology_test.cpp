@@ -315,6 +315,14 @@ host = "nod0"
   expect_error(ambiguous, "stage 0 needs `host = ...`: the topology has 2 hosts (a, b)", 12);
 }
 
+TEST(TopologyErrors, Bf16ComputesOnGpusOnly) {
+  auto errors = errors_of(header + "precision = \"bf16\"\n\n[[stages]]\nlayers = \"0-3\"\n");
+  expect_error(errors,
+               "stage 0 is on the CPU, but model.precision = \"bf16\" computes on a GPU's tensor "
+               "cores",
+               8);
+}
+
 TEST(TopologyErrors, DualPipeConstraints) {
   auto errors = errors_of(header + R"(
 [parallel]

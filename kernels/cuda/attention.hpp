@@ -8,7 +8,8 @@
 // DeepSeek's shapes: queries and keys qk_dim wide (nope + rope), values v_dim, each up to 256.
 // A key's last rope_dim columns may come from a separate tensor: MLA's decoupled rope key,
 // shared by every head (head stride 0), so the keys are never assembled in memory; its gradient
-// goes to a per-head tensor the caller sums over heads. FP32 throughout (the parity path).
+// goes to a per-head tensor the caller sums over heads. FP32 throughout (the parity path), or
+// BF16 on the tensor cores (the _bf16 functions below).
 // Device pointers; `stream` is a cudaStream_t.
 
 #include <cstdint>
@@ -51,5 +52,21 @@ void attention_backward(const attention_problem& problem, attention_operand q, a
                         attention_operand d_o, const float* lse, attention_result dq,
                         attention_result dk, attention_result d_key_rope, attention_result dv,
                         float* scratch, void* stream);
+
+/// The same attention with BF16 products on the tensor cores (model.precision = "bf16";
+/// attention_bf16.cu): Q, K, V and dO rounded to BF16 as they are loaded, the probabilities and
+/// their gradients rounded to BF16 for the products that take them; scores, softmax, lse and every
+/// accumulation in FP32; the same operands, results and scratch as above. Head sizes the kernels
+/// are built for (qk / v: 32 / 16, 96 / 64, 128 / 128, 192 / 128) run there; any other runs the
+/// FP32 kernels.
+bool attention_bf16_supported(const attention_problem& problem);
+void attention_forward_bf16(const attention_problem& problem, attention_operand q,
+                            attention_operand k, attention_operand key_rope, attention_operand v,
+                            attention_result o, float* lse, void* stream);
+void attention_backward_bf16(const attention_problem& problem, attention_operand q,
+                             attention_operand k, attention_operand key_rope, attention_operand v,
+                             attention_operand o, attention_operand d_o, const float* lse,
+                             attention_result dq, attention_result dk, attention_result d_key_rope,
+                             attention_result dv, float* scratch, void* stream);
 
 }  // namespace troupe::kernels::cuda

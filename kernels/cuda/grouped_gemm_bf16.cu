@@ -10,9 +10,10 @@ namespace troupe::kernels::cuda::grouped {
 namespace {
 
 // NOTES: the grouped GEMMs of the "bf16" precision. The operands stay f32 in memory (FP32
-// storage, as the rest of the model); each 64 x 32 slab is rounded to BF16 on its way into shared
+// storage, as the rest of the model); each 64 x 64 slab is rounded to BF16 on its way into shared
 // memory and multiplied on the tensor cores through WMMA (16 x 16 x 16, FP32 accumulation), four
-// warps each owning a 32 x 32 quarter of the 64 x 64 output tile. The slab is stored in the
+// warps each owning a 32 x 32 quarter of the 64 x 64 output tile; 64-deep slabs, read four floats
+// at a time. The slab is stored in the
 // layout its global memory is contiguous in (row- or column-major per operand and pass), so the
 // loads coalesce and the stores to shared memory do not conflict; WMMA reads either layout. The
 // scheduler is the FP32 kernel's (grouped_gemm.cuh): row tiles never straddle two experts.
@@ -20,7 +21,7 @@ namespace {
 // keeps one kernel for the three passes.
 using namespace nvcuda;
 
-constexpr int depth_step = 32;
+constexpr int depth_step = 64;
 constexpr int threads = 128;
 constexpr int pad = 8;  // bf16 elements: keeps WMMA's 16-byte leading dimensions, spreads banks
 constexpr int out_ld = tile + 4;
@@ -45,6 +46,29 @@ __device__ constexpr int slab_index(int outer, int kk) {
 }
 template <bool AlongDepth>
 constexpr int slab_ld = AlongDepth ? depth_step + pad : tile + pad;
+
+/// Four consecutive floats from `from`, the first `valid` of them (the rest read as zeros): one
+/// 16-byte load when all four are there and aligned.
+__device__ inline float4 load4(const float* from, std::int64_t valid) {
+  if (valid >= 4 && reinterpret_cast<std::uintptr_t>(from) % 16 == 0)
+    return *reinterpret_cast<const float4*>(from);
+  float4 v{0.0f, 0.0f, 0.0f, 0.0f};
+  if (valid > 0) v.x = from[0];
+  if (valid > 1) v.y = from[1];
+  if (valid > 2) v.z = from[2];
+  if (valid > 3) v.w = from[3];
+  return v;
+}
+
+/// Four BF16 roundings, stored as one 8-byte word (slab offsets of 4 elements are 8-aligned).
+__device__ inline void store4(__nv_bfloat16* to, float4 v) {
+  const __nv_bfloat162 low = __floats2bfloat162_rn(v.x, v.y),
+                       high = __floats2bfloat162_rn(v.z, v.w);
+  uint2 packed;
+  packed.x = *reinterpret_cast<const unsigned*>(&low);
+  packed.y = *reinterpret_cast<const unsigned*>(&high);
+  *reinterpret_cast<uint2*>(to) = packed;
+}
 
 template <pass P>
 __global__ void __launch_bounds__(threads) grouped_bf16_kernel(arguments args) {
@@ -93,37 +117,39 @@ __global__ void __launch_bounds__(threads) grouped_bf16_kernel(arguments args) {
         source_rows[kk] = k0 + kk < depth ? source_of(args.rows, r_begin + k0 + kk) : 0;
     }
     __syncthreads();
-    // A slab: A(m0 + i, k0 + kk) for i < 64, kk < 32.
-    for (int l = tid; l < tile * depth_step; l += threads) {
-      const int i = a_depth ? l / depth_step : l % tile;
-      const int kk = a_depth ? l % depth_step : l / tile;
+    // A slab: A(m0 + i, k0 + kk) for i < 64, kk < 64, four consecutive elements (along the
+    // operand's contiguous dimension) per load.
+    for (int l = tid; l < tile * depth_step / 4; l += threads) {
+      const int i = a_depth ? l / (depth_step / 4) : l % (tile / 4) * 4;
+      const int kk = a_depth ? l % (depth_step / 4) * 4 : l / (tile / 4);
       const std::int64_t row = m0 + i, red = k0 + kk;
-      float value = 0.0f;
-      if (row < m_end && red < depth) {
-        if constexpr (P == pass::fprop)
-          value = args.a[source_rows[i] * args.lda + red];
-        else if constexpr (P == pass::dgrad)
-          value = args.a[row * args.lda + red];
-        else
-          value = args.a[(r_begin + red) * args.lda + row];
+      const float* from = nullptr;
+      std::int64_t valid = 0;
+      if constexpr (P == pass::wgrad) {  // dy^T: four rows of dW, one token
+        from = args.a + (r_begin + red) * args.lda + row;
+        valid = red < depth ? m_end - row : 0;
+      } else {  // four reduction columns of one token row
+        from = args.a + (P == pass::fprop ? source_rows[i] : row) * args.lda + red;
+        valid = row < m_end ? depth - red : 0;
       }
-      as[slab_index<a_depth>(i, kk)] = __float2bfloat16_rn(value);
+      store4(as + slab_index<a_depth>(i, kk), load4(from, valid));
     }
-    // B slab: B(k0 + kk, n0 + j) for kk < 32, j < 64.
-    for (int l = tid; l < tile * depth_step; l += threads) {
-      const int j = b_depth ? l / depth_step : l % tile;
-      const int kk = b_depth ? l % depth_step : l / tile;
+    // B slab: B(k0 + kk, n0 + j) for kk < 64, j < 64.
+    for (int l = tid; l < tile * depth_step / 4; l += threads) {
+      const int j = b_depth ? l / (depth_step / 4) : l % (tile / 4) * 4;
+      const int kk = b_depth ? l % (depth_step / 4) * 4 : l / (tile / 4);
       const std::int64_t red = k0 + kk, col = n0 + j;
-      float value = 0.0f;
-      if (red < depth && col < out_cols) {
-        if constexpr (P == pass::fprop)
-          value = w[col * args.k + red];
-        else if constexpr (P == pass::dgrad)
-          value = w[red * args.k + col];
-        else
-          value = args.b[source_rows[kk] * args.ldb + col];
+      const float* from = nullptr;
+      std::int64_t valid = 0;
+      if constexpr (P == pass::fprop) {  // W[n, k]: four reduction columns of one weight row
+        from = w + col * args.k + red;
+        valid = col < out_cols ? depth - red : 0;
+      } else {  // four output columns of one W row (dgrad) or x row (wgrad)
+        from =
+            P == pass::dgrad ? w + red * args.k + col : args.b + source_rows[kk] * args.ldb + col;
+        valid = red < depth ? out_cols - col : 0;
       }
-      bs[slab_index<b_depth>(j, kk)] = __float2bfloat16_rn(value);
+      store4(bs + slab_index<b_depth>(j, kk), load4(from, valid));
     }
     __syncthreads();
 #pragma unroll

@@ -203,28 +203,54 @@ std::int64_t model_config::moe_layer_count() const {
   return count;
 }
 
-std::int64_t model_config::parameter_count() const {
-  const std::int64_t h = hidden_size, heads = num_attention_heads;
-  std::int64_t attention = 0;
-  if (q_lora_rank)
-    attention += h * *q_lora_rank + *q_lora_rank + *q_lora_rank * heads * qk_head_dim();
+namespace {
+
+/// The parameter counts of the model's pieces.
+struct piece_sizes {
+  std::int64_t attention = 0, dense_ffn = 0, moe_ffn = 0, norms = 0, embedding = 0, mtp = 0;
+};
+
+piece_sizes pieces_of(const model_config& c) {
+  const std::int64_t h = c.hidden_size, heads = c.num_attention_heads;
+  piece_sizes p;
+  if (c.q_lora_rank)
+    p.attention += h * *c.q_lora_rank + *c.q_lora_rank + *c.q_lora_rank * heads * c.qk_head_dim();
   else
-    attention += h * heads * qk_head_dim();
-  attention += h * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;
-  attention += kv_lora_rank * heads * (qk_nope_head_dim + v_head_dim);
-  attention += heads * v_head_dim * h;
-  const std::int64_t dense_ffn = 3 * h * intermediate_size;
-  const std::int64_t expert = 3 * h * moe_intermediate_size;
-  const std::int64_t moe_ffn =
-      (n_routed_experts + n_shared_experts) * expert + n_routed_experts * h + n_routed_experts;
-  const std::int64_t norms = 2 * h;
-  std::int64_t total = vocab_size * h * (tie_word_embeddings ? 1 : 2) + h;
-  for (std::int64_t layer = 0; layer < num_hidden_layers; ++layer)
-    total += attention + norms + (is_moe_layer(layer) ? moe_ffn : dense_ffn);
+    p.attention += h * heads * c.qk_head_dim();
+  p.attention += h * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank;
+  p.attention += c.kv_lora_rank * heads * (c.qk_nope_head_dim + c.v_head_dim);
+  p.attention += heads * c.v_head_dim * h;
+  p.dense_ffn = 3 * h * c.intermediate_size;
+  const std::int64_t expert = 3 * h * c.moe_intermediate_size;
+  p.moe_ffn = (c.n_routed_experts + c.n_shared_experts) * expert + c.n_routed_experts * h +
+              c.n_routed_experts;
+  p.norms = 2 * h;
+  p.embedding = c.vocab_size * h;
   // Each MTP module: two norms, the projection, one (MoE) block and a final norm.
-  const std::int64_t mtp =
-      2 * h + 2 * h * h + attention + norms + (n_routed_experts > 0 ? moe_ffn : dense_ffn) + h;
-  return total + num_nextn_predict_layers * mtp;
+  p.mtp = 2 * h + 2 * h * h + p.attention + p.norms +
+          (c.n_routed_experts > 0 ? p.moe_ffn : p.dense_ffn) + h;
+  return p;
+}
+
+}  // namespace
+
+std::int64_t model_config::stage_parameter_count(const std::vector<int>& layers) const {
+  const piece_sizes p = pieces_of(*this);
+  const bool embedding = std::find(layers.begin(), layers.end(), 0) != layers.end();
+  std::int64_t total = embedding ? p.embedding : 0;
+  for (int layer : layers) {
+    total += p.attention + p.norms + (is_moe_layer(layer) ? p.moe_ffn : p.dense_ffn);
+    if (layer == num_hidden_layers - 1)  // the final norm, the head (unless it is the
+      total += hidden_size + (tie_word_embeddings && embedding ? 0 : p.embedding) +  // embedding)
+               num_nextn_predict_layers * p.mtp;  // and the MTP modules
+  }
+  return total;
+}
+
+std::int64_t model_config::parameter_count() const {
+  std::vector<int> layers(static_cast<std::size_t>(num_hidden_layers));
+  for (std::size_t i = 0; i < layers.size(); ++i) layers[i] = static_cast<int>(i);
+  return stage_parameter_count(layers);
 }
 
 model_config parse_model_config(const json& source, const std::string& source_name,

@@ -79,6 +79,9 @@ struct model_config {
   std::int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   /// Parameter count of the main model and of the MTP modules (embedding counted once).
   std::int64_t parameter_count() const;
+  /// Parameters a pipeline stage holding `layers` keeps: those layers, the embedding with layer
+  /// 0, and the final norm, the head and the MTP modules with the last layer.
+  std::int64_t stage_parameter_count(const std::vector<int>& layers) const;
 };
 
 /// A model config field with a missing, mistyped or unsupported value.

@@ -1,6 +1,8 @@
 #include "runtime/topology/machine_check.hpp"
 
 #include <algorithm>
+#include <map>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -14,6 +16,7 @@ machine_devices machine_devices::here() {
   m.gpus = cuda::device_count();
   if (m.gpus == 0) m.why_none = cuda::unavailable_reason();
   m.model_on_gpu = m.cuda_built;
+  for (const auto& gpu : cuda::visible_gpus()) m.free_bytes.push_back(gpu.free_bytes);
   return m;
 }
 
@@ -25,6 +28,48 @@ std::string what_there_is(const machine_devices& m) {
   return m.gpus == 1
              ? std::string("this machine has 1 GPU (cuda:0)")
              : fmt::format("this machine has {} GPUs (cuda:0 to cuda:{})", m.gpus, m.gpus - 1);
+}
+
+double gib(double bytes) {
+  return bytes / static_cast<double>(std::size_t{1} << 30);
+}
+
+/// The training state of the stages on each GPU of this machine against its free memory; one
+/// error per GPU that cannot hold it, at the first such stage's `device` key.
+template <class OnThisMachine>
+void check_memory(const topology& topo, const machine_devices& machine,
+                  const OnThisMachine& on_this_machine, std::vector<diagnostic>& out) {
+  struct usage {
+    std::int64_t parameters = 0;
+    std::vector<std::size_t> stages;
+  };
+  std::map<int, usage> per_gpu;
+  for (std::size_t i = 0; i < topo.stages.size(); ++i)
+    for (const placement& p : topo.stages[i].replicas)
+      if (p.where.is_cuda() && on_this_machine(p)) {
+        usage& u = per_gpu[p.where.index];
+        u.parameters += topo.model.stage_parameter_count(topo.stages[i].layers);
+        u.stages.push_back(i);
+      }
+  for (const auto& [index, u] : per_gpu) {
+    if (index < 0 || static_cast<std::size_t>(index) >= machine.free_bytes.size()) continue;
+    const double need =
+        static_cast<double>(u.parameters) * static_cast<double>(training_state_bytes_per_parameter);
+    const double free = static_cast<double>(machine.free_bytes[static_cast<std::size_t>(index)]);
+    if (need <= free) continue;
+    std::string stages;
+    for (std::size_t s : u.stages) stages += (stages.empty() ? "" : ", ") + std::to_string(s);
+    out.push_back(
+        {topo.where(fmt::format("stages[{}].device", u.stages.front())),
+         diagnostic::severity::error,
+         fmt::format("the model does not fit on cuda:{}: stage{} {} hold{} {:.2f} G parameters, "
+                     "whose FP32 values and gradients and BF16 AdamW moments take {:.1f} GiB "
+                     "({} bytes each), but cuda:{} has {:.1f} GiB free; place fewer layers on it "
+                     "(activations need room on top)",
+                     index, u.stages.size() > 1 ? "s" : "", stages, u.stages.size() > 1 ? "" : "s",
+                     static_cast<double>(u.parameters) / 1e9, gib(need),
+                     training_state_bytes_per_parameter, index, gib(free))});
+  }
 }
 
 }  // namespace
@@ -69,6 +114,7 @@ std::vector<diagnostic> check_devices(const topology& topo, const machine_device
   for (std::size_t i = 0; i < topo.expert_shards.size(); ++i)
     check(topo.expert_shards[i].place, fmt::format("expert_shards[{}].device", i),
           fmt::format("expert shard {}", i), true);
+  if (for_training && out.empty()) check_memory(topo, machine, on_this_machine, out);
   return out;
 }
 

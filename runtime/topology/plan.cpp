@@ -252,7 +252,9 @@ std::string summarize(const topology& topo, const topology_plan& plan) {
       "micro-batches; precision {}\n",
       topo.pipeline, topo.data, topo.pipeline * topo.data, topo.expert,
       to_string(topo.schedule.kind), topo.schedule.micro_batches,
-      topo.gemm_precision == precision::fp8 ? "fp8" : "fp32");
+      topo.gemm_precision == precision::fp8    ? "fp8"
+      : topo.gemm_precision == precision::bf16 ? "bf16"
+                                               : "fp32");
   for (const auto& choice : topo.plugins)
     out += fmt::format("plugin {}: {}{}\n", name_of(choice.role), choice.reference,
                        choice.resolved ? fmt::format(" ({})", choice.resolved->string())

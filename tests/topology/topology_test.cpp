@@ -1,5 +1,6 @@
 // Topology files: the shipped ones validate, and every kind of mistake is reported at its
 // file:line:column with what is wrong and what is allowed.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -126,22 +127,22 @@ TEST(MachineCheck, GpuPlacementsAreHonouredOrRefusedAtTheirDeviceKey) {
             std::string::npos)
       << errors[0].message;
 
-  troupe::machine_devices two{true, 2, "", true};  // CUDA, two GPUs, a model that runs on them
+  troupe::machine_devices two{true, 2, "", true, {}};  // CUDA, two GPUs, a model that runs on them
   errors = troupe::check_devices(gpu.topo, two);
   ASSERT_EQ(errors.size(), 12u);  // everything on cuda:2 .. cuda:7
   EXPECT_NE(errors[0].message.find("stage 0 replica 1 is placed on cuda:4, but this machine has 2 "
                                    "GPUs (cuda:0 to cuda:1)"),
             std::string::npos)
       << errors[0].message;
-  EXPECT_TRUE(troupe::check_devices(gpu.topo, {true, 8, "", true}).empty());
+  EXPECT_TRUE(troupe::check_devices(gpu.topo, {true, 8, "", true, {}}).empty());
   EXPECT_TRUE(troupe::check_devices(gpu.topo, none, {"elsewhere"}).empty());  // not this host's
 
   // Training refuses GPU placements where the model has no GPU path, rather than run on the CPU.
-  errors = troupe::check_devices(gpu.topo, {true, 8, "", false}, {}, /*for_training=*/true);
+  errors = troupe::check_devices(gpu.topo, {true, 8, "", false, {}}, {}, /*for_training=*/true);
   ASSERT_EQ(errors.size(), 16u);
   EXPECT_NE(errors[0].message.find("this troupe's model runs on the CPU only"), std::string::npos);
   // With the GPU path, expert shards next to GPU stages wait for expert parallelism over NCCL.
-  errors = troupe::check_devices(gpu.topo, {true, 8, "", true}, {}, /*for_training=*/true);
+  errors = troupe::check_devices(gpu.topo, {true, 8, "", true, {}}, {}, /*for_training=*/true);
   ASSERT_EQ(errors.size(), 16u);
   EXPECT_NE(errors[0].message.find("next to expert shards"), std::string::npos)
       << errors[0].message;
@@ -149,8 +150,44 @@ TEST(MachineCheck, GpuPlacementsAreHonouredOrRefusedAtTheirDeviceKey) {
             std::string::npos)
       << errors[15].message;
   auto one = troupe::load_topology(source_dir() / "topologies/gpu-1.toml", no_plugins());
-  EXPECT_TRUE(troupe::check_devices(one.topo, {true, 1, "", true}, {}, true).empty());
+  EXPECT_TRUE(troupe::check_devices(one.topo, {true, 1, "", true, {}}, {}, true).empty());
   EXPECT_EQ(troupe::check_devices(one.topo, none, {}, true).size(), 1u);
+
+  // A GPU that cannot hold its stages' parameters, gradients and AdamW moments is refused before
+  // anything is built, at the stage's device key, with what it needs and what it has.
+  const std::int64_t parameters = one.topo.model.parameter_count();
+  errors = troupe::check_devices(one.topo, {true, 1, "", true, {std::size_t{1} << 30}}, {}, true);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].where.line, one.topo.where("stages[0].device").line);
+  EXPECT_NE(errors[0].message.find(
+                fmt::format("the model does not fit on cuda:0: stage 0 holds {:.2f} G parameters",
+                            static_cast<double>(parameters) / 1e9)),
+            std::string::npos)
+      << errors[0].message;
+  EXPECT_NE(errors[0].message.find("but cuda:0 has 1.0 GiB free; place fewer layers on it"),
+            std::string::npos)
+      << errors[0].message;
+  const std::size_t just_enough =
+      static_cast<std::size_t>(parameters) * troupe::training_state_bytes_per_parameter;
+  EXPECT_TRUE(
+      troupe::check_devices(one.topo, {true, 1, "", true, {just_enough}}, {}, true).empty());
+  EXPECT_EQ(
+      troupe::check_devices(one.topo, {true, 1, "", true, {just_enough - 1}}, {}, true).size(), 1u);
+  // The shipped medium topology fits an H200 (139.3 GiB free when idle), not an 80 GB GPU.
+  auto medium = troupe::load_topology(source_dir() / "topologies/gpu-1-medium.toml", no_plugins());
+  const std::size_t h200_free = static_cast<std::size_t>(139.3 * (1 << 30));
+  EXPECT_TRUE(
+      troupe::check_devices(medium.topo, {true, 1, "", true, {h200_free}}, {}, true).empty());
+  EXPECT_EQ(
+      troupe::check_devices(medium.topo, {true, 1, "", true, {std::size_t{79} << 30}}, {}, true)
+          .size(),
+      1u);
+  // The stages of a pipeline hold the whole model between them.
+  const auto& config = one.topo.model;
+  std::vector<int> front, back;
+  for (int layer = 0; layer < config.num_hidden_layers; ++layer)
+    (layer < 5 ? front : back).push_back(layer);
+  EXPECT_EQ(config.stage_parameter_count(front) + config.stage_parameter_count(back), parameters);
 
   auto tiny = troupe::load_topology(source_dir() / "topologies/tiny.toml", no_plugins());
   EXPECT_TRUE(troupe::check_devices(tiny.topo, none, {}, true).empty());

@@ -1,13 +1,15 @@
 #include "runtime/model/parameter_store.hpp"
 
+#include <algorithm>
 #include <cstring>
-#include <random>
 
 #include <fmt/ranges.h>
 
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/device/stream.hpp"
+#include "runtime/exec/thread_pool.hpp"
+#include "runtime/model/counter_random.hpp"
 
 namespace troupe {
 
@@ -59,30 +61,43 @@ std::uint64_t name_hash(const std::string& name) {
 
 }  // namespace
 
-void parameter_store::initialize(std::uint64_t seed) {
+void parameter_store::initialize(std::uint64_t seed, thread_pool* pool) {
   for (parameter* p : order_) {
     tensor host = where_.is_cpu() ? p->value : tensor::empty(dtype::f32, p->value.shape());
     float* data = host.data_as<float>();
     const std::int64_t n = host.numel();
-    std::mt19937_64 rng(seed ^ name_hash(p->name));
-    switch (p->spec.init) {
-      case TROUPE_INIT_ZEROS:
-        std::fill_n(data, n, 0.0f);
-        break;
-      case TROUPE_INIT_ONES:
-        std::fill_n(data, n, 1.0f);
-        break;
-      case TROUPE_INIT_NORMAL: {
-        std::normal_distribution<float> normal(0.0f, p->spec.init_scale);
-        for (std::int64_t i = 0; i < n; ++i) data[i] = normal(rng);
-        break;
+    const counter_random random(seed ^ name_hash(p->name));
+    const float scale = p->spec.init_scale;
+    const troupe_param_init kind = p->spec.init;
+    // Chunks of pairs, so each normal pair is drawn once.
+    const auto fill = [&](std::int64_t pair_begin, std::int64_t pair_end) {
+      const std::int64_t begin = 2 * pair_begin, end = std::min(2 * pair_end, n);
+      switch (kind) {
+        case TROUPE_INIT_ZEROS:
+          std::fill(data + begin, data + end, 0.0f);
+          break;
+        case TROUPE_INIT_ONES:
+          std::fill(data + begin, data + end, 1.0f);
+          break;
+        case TROUPE_INIT_NORMAL:
+          for (std::int64_t k = pair_begin; k < pair_end; ++k) {
+            float first = 0.0f, second = 0.0f;
+            random.normal_pair(static_cast<std::uint64_t>(k), scale, first, second);
+            data[2 * k] = first;
+            if (2 * k + 1 < n) data[2 * k + 1] = second;
+          }
+          break;
+        case TROUPE_INIT_UNIFORM:
+          for (std::int64_t i = begin; i < end; ++i)
+            data[i] = random.uniform(static_cast<std::uint64_t>(i), scale);
+          break;
       }
-      case TROUPE_INIT_UNIFORM: {
-        std::uniform_real_distribution<float> uniform(-p->spec.init_scale, p->spec.init_scale);
-        for (std::int64_t i = 0; i < n; ++i) data[i] = uniform(rng);
-        break;
-      }
-    }
+    };
+    const std::int64_t pairs = (n + 1) / 2;
+    if (pool != nullptr)
+      pool->parallel_for(pairs, std::int64_t{1} << 14, fill);
+    else
+      fill(0, pairs);
     if (!where_.is_cpu()) p->value.copy_from(host);
   }
 }

@@ -15,6 +15,8 @@
 
 namespace troupe {
 
+class thread_pool;
+
 struct parameter {
   std::string name;
   parameter_spec spec;
@@ -40,10 +42,11 @@ class parameter_store {
   const std::vector<parameter*>& all() const { return order_; }
   std::int64_t element_count() const;
 
-  /// Fills every parameter from its spec's initialisation with an RNG seeded from (seed, name):
-  /// the result does not depend on which parameters a process holds or in which order (nor on
-  /// the device: values are drawn on the host and copied).
-  void initialize(std::uint64_t seed);
+  /// Fills every parameter from its spec's initialisation with a counter-based generator keyed
+  /// by (seed, name) (counter_random.hpp): the result does not depend on which parameters a
+  /// process holds or in which order, on the device (values are drawn on the host and copied),
+  /// nor on the threads of `pool` that draw them (when given; else the calling thread).
+  void initialize(std::uint64_t seed, thread_pool* pool = nullptr);
 
   void zero_grads();
 

@@ -92,7 +92,8 @@ void build_shards(training_roles& roles, const topology& topo, job_process& proc
     auto setup = std::make_shared<shard_actor_setup>();
     setup->shard = std::make_unique<expert_shard>(topo.model, plugins.moe, shard_experts[i],
                                                   sources, plugins.moe_options);
-    setup->shard->parameters().initialize(static_cast<std::uint64_t>(topo.train.seed));
+    setup->shard->parameters().initialize(static_cast<std::uint64_t>(topo.train.seed),
+                                          &process.context().pool());
     setup->optimizer = std::make_unique<adamw>(optimizer_settings(topo.train));
     setup->optimizer->attach(setup->shard->parameters());
     setup->context = &process.context();
@@ -104,7 +105,8 @@ void build_shards(training_roles& roles, const topology& topo, job_process& proc
 /// The chunks of pipeline rank `r` of replica `d`: its stage (or two, under DualPipe).
 std::vector<stage_chunk> build_chunks(const topology& topo, const schedule_plan& plan,
                                       std::int32_t d, std::int32_t r, bool here,
-                                      const model_plugins& plugins, stage_actor_setup& setup) {
+                                      const model_plugins& plugins, stage_actor_setup& setup,
+                                      thread_pool& pool) {
   const model_config& config = topo.model;
   const train_spec& tr = topo.train;
   const auto shard_experts = shard_experts_of(topo);
@@ -137,7 +139,7 @@ std::vector<stage_chunk> build_chunks(const topology& topo, const schedule_plan&
       options.where = replicas[static_cast<std::size_t>(d)].where;
     chunk.runner = std::make_unique<model_runner>(config, slice, chunk_plugins, options);
     if (here) {
-      chunk.runner->parameters().initialize(static_cast<std::uint64_t>(tr.seed));
+      chunk.runner->parameters().initialize(static_cast<std::uint64_t>(tr.seed), &pool);
       chunk.optimizer = std::make_unique<adamw>(optimizer_settings(tr));
       chunk.optimizer->attach(chunk.runner->parameters());
     }
@@ -159,7 +161,8 @@ void build_ranks(training_roles& roles, const topology& topo, job_process& proce
       setup->plugins = process.plugins();
       // The shard handles come when the shards are spawned.
       if (sharded) setup->transport = std::make_unique<actor_expert_transport>(process.runtime());
-      auto chunks = build_chunks(topo, plan, d, r, process.is_local(name), plugins, *setup);
+      auto chunks = build_chunks(topo, plan, d, r, process.is_local(name), plugins, *setup,
+                                 process.context().pool());
       setup->rank = std::make_unique<pipeline_rank>(
           r, std::move(chunks), process.context(),
           topo.gemm_precision == precision::bf16 ? cuda_bf16_gemm_provider() : nullptr);

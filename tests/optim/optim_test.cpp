@@ -3,10 +3,12 @@
 // of the batch size.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <random>
 
 #include "runtime/core/error.hpp"
+#include "runtime/exec/thread_pool.hpp"
 #include "runtime/optim/adamw.hpp"
 #include "runtime/optim/training_schedule.hpp"
 #include "runtime/tensor/bf16.hpp"
@@ -17,6 +19,56 @@ using namespace troupe;
 
 parameter_spec trainable(std::vector<std::int64_t> shape) {
   return {"", std::move(shape), dtype::f32, TROUPE_INIT_NORMAL, 0.02f, TROUPE_PARAM_TRAINABLE};
+}
+
+// Parameter initialisation (runtime/model/counter_random.hpp): the same bits whatever the
+// number of threads that draw them, N(0, scale^2) and U(-scale, scale) by their moments.
+TEST(ParameterInit, SameBitsOnAnyThreadCountAndTheRightMoments) {
+  auto fill = [](thread_pool* pool) {
+    parameter_store store;
+    store.add("normal",
+              {"", {1001, 513}, dtype::f32, TROUPE_INIT_NORMAL, 0.02f, TROUPE_PARAM_TRAINABLE});
+    store.add("uniform",
+              {"", {77, 1000}, dtype::f32, TROUPE_INIT_UNIFORM, 0.5f, TROUPE_PARAM_TRAINABLE});
+    store.add("ones", {"", {9}, dtype::f32, TROUPE_INIT_ONES, 0.0f, TROUPE_PARAM_TRAINABLE});
+    store.initialize(42, pool);
+    std::vector<std::vector<float>> out;
+    for (const parameter* p : store.all())
+      out.emplace_back(p->value.data_as<const float>(),
+                       p->value.data_as<const float>() + p->value.numel());
+    return out;
+  };
+  thread_pool three(3);
+  const auto alone = fill(nullptr), shared = fill(&three);
+  ASSERT_EQ(alone.size(), 3u);
+  for (std::size_t t = 0; t < alone.size(); ++t) EXPECT_EQ(alone[t], shared[t]) << t;
+
+  const auto moments = [](const std::vector<float>& v) {
+    double sum = 0.0, squares = 0.0, fourth = 0.0;
+    for (float value : v) {
+      const double x = value;
+      sum += x;
+      squares += x * x;
+      fourth += x * x * x * x;
+    }
+    const double n = static_cast<double>(v.size()), variance = squares / n;
+    return std::array<double, 3>{sum / n, variance, fourth / n / (variance * variance)};
+  };
+  const auto normal = moments(alone[0]);  // 513,513 values: the bounds are > 5 standard errors
+  EXPECT_NEAR(normal[0], 0.0, 5 * 0.02 / std::sqrt(513513.0));
+  EXPECT_NEAR(std::sqrt(normal[1]), 0.02, 0.02 * 0.005);
+  EXPECT_NEAR(normal[2], 3.0, 0.05);  // a Gaussian's kurtosis
+  const auto uniform = moments(alone[1]);
+  EXPECT_NEAR(uniform[0], 0.0, 0.01);
+  EXPECT_NEAR(uniform[1], 0.25 / 3.0, 0.002);
+  for (float x : alone[1]) ASSERT_TRUE(x >= -0.5f && x < 0.5f) << x;
+  EXPECT_EQ(alone[2], std::vector<float>(9, 1.0f));
+  // Another seed draws other values.
+  parameter_store other;
+  other.add("normal",
+            {"", {1001, 513}, dtype::f32, TROUPE_INIT_NORMAL, 0.02f, TROUPE_PARAM_TRAINABLE});
+  other.initialize(43);
+  EXPECT_NE(other.at("normal").value.data_as<const float>()[0], alone[0][0]);
 }
 
 TEST(AdamW, MatchesAFloat64ReferenceWithBf16Moments) {

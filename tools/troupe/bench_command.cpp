@@ -120,7 +120,10 @@ int bench(const bench_options& options) {
   const std::unique_ptr<gemm_instance> fp8 = precision_gemm(registry, options.precision);
   exec_context context(device::cpu(), pool, fp8 ? fp8->provider() : nullptr);
   model_runner runner(config, {}, plugins);
-  runner.parameters().initialize(1234);
+  const auto init_start = std::chrono::steady_clock::now();
+  runner.parameters().initialize(1234, &pool);
+  const double init_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - init_start).count();
   const model_batch input = random_batch(batch, length, config.vocab_size);
 
   fmt::print(
@@ -129,8 +132,8 @@ int bench(const bench_options& options) {
       options.config, file.string(), config.num_hidden_layers, config.hidden_size,
       config.n_routed_experts, config.num_experts_per_tok, config.num_nextn_predict_layers,
       static_cast<double>(runner.parameters().element_count()) / 1e6);
-  fmt::print("batch {} x {} tokens, {} threads, precision {}\n", batch, length, threads,
-             options.precision);
+  fmt::print("batch {} x {} tokens, {} threads, precision {}; parameters initialised in {:.2f} s\n",
+             batch, length, threads, options.precision, init_seconds);
   // The reference is measured before and after the model (best of both), so a change in the
   // machine's state during the run shows up in the reference too.
   double reference = sgemm_gflops(pool);

@@ -66,7 +66,7 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
   model_options options{topo.train.mtp_weight, true};
   options.where = where;
   model_runner runner(config, {}, plugins, options);
-  runner.parameters().initialize(static_cast<std::uint64_t>(topo.train.seed));
+  runner.parameters().initialize(static_cast<std::uint64_t>(topo.train.seed), &pool);
   adamw optimizer(
       {topo.train.beta1, topo.train.beta2, topo.train.epsilon, topo.train.weight_decay});
   optimizer.attach(runner.parameters());

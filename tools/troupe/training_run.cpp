@@ -124,7 +124,14 @@ training_options job_options_for(const train_options& options, const std::string
   job_options.on_event = [&command](const std::string& what) {
     fmt::print(stderr, "{}: {}\n", command, what);
   };
-  job_options.on_step = [&options, &log](const step_record& r) {
+  // The time to the first step (building the roles, drawing or loading the parameters, the first
+  // step itself), reported once.
+  job_options.on_step = [&options, &log, &command, start = std::chrono::steady_clock::now(),
+                         first = true](const step_record& r) mutable {
+    if (first && !options.quiet)
+      fmt::print(stderr, "{}: first step done {:.2f} s after the start\n", command,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    first = false;
     if (!options.quiet) fmt::print(stderr, "{}\n", progress_line(r));
     if (log.is_open() && log_errno.load() == 0) {
       errno = 0;

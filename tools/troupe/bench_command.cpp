@@ -71,6 +71,7 @@ model_batch random_batch(std::int64_t batch, std::int64_t length, std::int64_t v
 struct step_times {
   double best = 1e30;
   double forward_best = 1e30;
+  double median = 0.0;
   std::string mla_statistics;
 };
 
@@ -78,6 +79,7 @@ struct step_times {
 step_times time_steps(model_runner& runner, const exec_context& context, const model_batch& input,
                       int steps) {
   step_times times;
+  std::vector<double> all;
   for (int step = 0; step <= steps; ++step) {  // step 0 warms up
     runner.parameters().zero_grads();
     const auto start = clock_type::now();
@@ -87,10 +89,13 @@ step_times time_steps(model_runner& runner, const exec_context& context, const m
     runner.backward(context, step, tensor(), 1.0f);
     const auto end = clock_type::now();
     if (step == 0) continue;
-    times.best = std::min(times.best, std::chrono::duration<double>(end - start).count());
+    all.push_back(std::chrono::duration<double>(end - start).count());
+    times.best = std::min(times.best, all.back());
     times.forward_best =
         std::min(times.forward_best, std::chrono::duration<double>(middle - start).count());
   }
+  std::sort(all.begin(), all.end());
+  if (!all.empty()) times.median = all[all.size() / 2];
   return times;
 }
 
@@ -136,17 +141,22 @@ int bench(const bench_options& options) {
              batch, length, threads, options.precision, init_seconds);
   // The reference is measured before and after the model (best of both), so a change in the
   // machine's state during the run shows up in the reference too.
-  double reference = sgemm_gflops(pool);
+  sgemm_reference sgemm = measure_sgemm(pool);
   const step_times times = time_steps(runner, context, input, options.steps);
-  reference = std::max(reference, sgemm_gflops(pool));
-  fmt::print("sgemm 1024^3 on the worker pool: {:.1f} GFLOP/s (best, measured before and after)\n",
-             reference);
+  sgemm.merge(measure_sgemm(pool));
+  const double reference = sgemm.best;
+  fmt::print(
+      "sgemm on the worker pool (1024^3 and 2048^3, 8 runs each, before and after): best {:.1f} "
+      "GFLOP/s, median {:.1f}, slowest {:.1f}\n",
+      sgemm.best, sgemm.median, sgemm.worst);
   const double tokens = static_cast<double>(batch * length);
   const double flops = model_flops(config, length, true).training() * tokens;
   const double achieved = flops / times.best / 1e9;
   fmt::print(
-      "forward + backward: {:.1f} ms per step (forward {:.1f} ms), best of {}; {:.0f} tokens/s\n",
-      times.best * 1e3, times.forward_best * 1e3, options.steps, tokens / times.best);
+      "forward + backward: {:.1f} ms per step (forward {:.1f} ms) min of {}, median {:.1f} ms; "
+      "{:.0f} tokens/s at the min\n",
+      times.best * 1e3, times.forward_best * 1e3, options.steps, times.median * 1e3,
+      tokens / times.best);
   fmt::print("model FLOPs: {:.2f} GFLOP per step -> {:.1f} GFLOP/s = {:.2f} of sgemm\n",
              flops / 1e9, achieved, achieved / reference);
   print_mla_activations(times.mla_statistics);
@@ -155,18 +165,40 @@ int bench(const bench_options& options) {
 
 }  // namespace
 
-double sgemm_gflops(thread_pool& pool) {
-  const std::int64_t n = 1024;
+namespace {
+
+std::vector<double> sgemm_runs(thread_pool& pool, std::int64_t n, int runs) {
   std::vector<float> a(static_cast<std::size_t>(n * n), 0.5f), b(a.size(), 0.25f),
       c(a.size(), 0.0f);
   const kernels::cpu::gemm_shape shape{false, true, n, n, n, n, n, n};
-  double best = 1e30;
-  for (int i = 0; i < 4; ++i) {
+  std::vector<double> gflops;
+  for (int i = 0; i <= runs; ++i) {  // run 0 warms up
     const auto start = clock_type::now();
     kernels::cpu::sgemm_on_pool(pool.abi(), shape, 1.0f, a.data(), b.data(), 0.0f, c.data());
-    best = std::min(best, std::chrono::duration<double>(clock_type::now() - start).count());
+    const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    if (i > 0) gflops.push_back(2.0 * static_cast<double>(n * n * n) / seconds / 1e9);
   }
-  return 2.0 * static_cast<double>(n * n * n) / best / 1e9;
+  return gflops;
+}
+
+}  // namespace
+
+void sgemm_reference::merge(const sgemm_reference& other) {
+  best = std::max(best, other.best);
+  median = std::max(median, other.median);
+  worst = worst == 0.0 ? other.worst : std::min(worst, other.worst);
+}
+
+sgemm_reference measure_sgemm(thread_pool& pool) {
+  std::vector<double> runs = sgemm_runs(pool, 1024, 8);
+  const std::vector<double> large = sgemm_runs(pool, 2048, 8);
+  runs.insert(runs.end(), large.begin(), large.end());
+  std::sort(runs.begin(), runs.end());
+  return {runs.back(), runs[runs.size() / 2], runs.front()};
+}
+
+double sgemm_gflops(thread_pool& pool) {
+  return measure_sgemm(pool).best;
 }
 
 void add_bench_command(CLI::App& app, int& exit_code) {

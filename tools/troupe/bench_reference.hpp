@@ -6,7 +6,16 @@
 
 namespace troupe::cli {
 
-/// sgemm 1024^3 on the worker pool, GFLOP/s (best of 4).
+/// sgemm on the worker pool, GFLOP/s: 1024^3 and 2048^3, 8 timed runs each after a warm-up
+/// (a short run swings with the cores' state; the spread says how much).
+struct sgemm_reference {
+  double best = 0.0, median = 0.0, worst = 0.0;
+  /// Folds in another measurement (before and after a benchmark).
+  void merge(const sgemm_reference& other);
+};
+sgemm_reference measure_sgemm(thread_pool& pool);
+
+/// The best of measure_sgemm: the reference `troupe bench` figures are ratios to.
 double sgemm_gflops(thread_pool& pool);
 
 /// The GPU's reference: a BF16 cuBLASLt GEMM of 8192^3 (BF16 in and out, FP32 accumulation) on

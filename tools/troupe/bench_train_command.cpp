@@ -152,7 +152,7 @@ int bench_train(const bench_train_options& options) {
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   try {
     thread_pool pool(threads);
-    double reference = sgemm_gflops(pool);
+    sgemm_reference sgemm = measure_sgemm(pool);
 
     training_options job_options;
     job_options.threads = threads;
@@ -169,7 +169,8 @@ int bench_train(const bench_train_options& options) {
         direct_step_seconds(topo, registry, pool, micro_batches, std::max(3, options.steps / 2),
                             parse_device(options.device));
     const double direct_step = direct.step;
-    reference = std::max(reference, sgemm_gflops(pool));
+    sgemm.merge(measure_sgemm(pool));
+    const double reference = sgemm.best;
 
     const double tokens = static_cast<double>(result.steps.back().tokens);
     const double flops =
@@ -183,8 +184,10 @@ int bench_train(const bench_train_options& options) {
     fmt::print("step: {} micro-batches x {} x {} tokens = {:.0f} tokens; {} threads\n",
                micro_batches, topo.train.micro_batch_size, topo.train.sequence_length, tokens,
                threads);
-    fmt::print("sgemm 1024^3 on the worker pool: {:.1f} GFLOP/s (best, before and after)\n",
-               reference);
+    fmt::print(
+        "sgemm on the worker pool (1024^3 and 2048^3, 8 runs each, before and after): best {:.1f} "
+        "GFLOP/s, median {:.1f}, slowest {:.1f}\n",
+        sgemm.best, sgemm.median, sgemm.worst);
     fmt::print(
         "actors: {:.1f} ms per step (median of {}), {:.0f} tokens/s, {:.2f} GFLOP/s = "
         "{:.2f} of sgemm\n",

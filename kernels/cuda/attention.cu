@@ -2,12 +2,13 @@
 #include <mutex>
 #include <set>
 
-#include "kernels/cuda/attention.hpp"
-#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/attention.cuh"
 
 namespace troupe::kernels::cuda {
 
 namespace {
+
+using namespace flash;
 
 // NOTES: a block owns a tile of 16 rows (queries in forward and dQ, keys in dK/dV), 8 threads
 // per row; each thread keeps every 8th column of its row's accumulator in registers (up to
@@ -19,16 +20,6 @@ constexpr int lanes = 8;
 constexpr int threads = tile_rows * lanes;
 constexpr int forward_keys = 32;  // keys per tile in forward
 constexpr int slots = static_cast<int>(max_attention_head_dim) / lanes;
-
-struct operands {
-  attention_problem p;
-  attention_operand q, k, rope, v;
-};
-
-__device__ inline const float* row_of(const attention_operand& x, std::int64_t b, std::int64_t h,
-                                      std::int64_t row) {
-  return x.data + b * x.batch_stride + h * x.head_stride + row * x.row_stride;
-}
 
 // Rows [row0, row0 + count) of x's (b, h) slice, columns [0, width), into shared[r * ld + col0 +
 // c]; rows past the sequence read as zeros.
@@ -135,30 +126,6 @@ __global__ void forward_kernel(operands o, attention_result out, float* lse) {
   }
   if (lane == 0) lse[(b * o.p.heads + h) * length + i] = m + logf(l);
 }
-
-// delta[b, h, i] = dO_i . O_i, one warp per row.
-__global__ void delta_kernel(attention_problem p, attention_operand out, attention_operand d_out,
-                             float* delta) {
-  const std::int64_t rows = p.batch * p.heads * p.length;
-  const std::int64_t index =
-      blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
-  if (index >= rows) return;
-  const std::int64_t i = index % p.length, h = (index / p.length) % p.heads,
-                     b = index / (p.length * p.heads);
-  const float* o = row_of(out, b, h, i);
-  const float* d = row_of(d_out, b, h, i);
-  float sum = 0.0f;
-  for (std::int64_t c = threadIdx.x % 32; c < p.v_dim; c += 32) sum += o[c] * d[c];
-  sum = warp_sum(sum);
-  if (threadIdx.x % 32 == 0) delta[index] = sum;
-}
-
-struct backward_operands {
-  operands in;
-  attention_operand d_out;
-  const float* lse;
-  const float* delta;
-};
 
 // One block per tile of 16 keys: dK and dV over every query tile that sees them.
 __global__ void key_gradient_kernel(backward_operands bo, attention_result dk,
@@ -357,7 +324,32 @@ dim3 grid_of(const attention_problem& p) {
               static_cast<unsigned>(p.batch));
 }
 
+// delta[b, h, i] = dO_i . O_i, one warp per row.
+__global__ void delta_kernel(attention_problem p, attention_operand out, attention_operand d_out,
+                             float* delta) {
+  const std::int64_t rows = p.batch * p.heads * p.length;
+  const std::int64_t index =
+      blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (index >= rows) return;
+  const std::int64_t i = index % p.length, h = (index / p.length) % p.heads,
+                     b = index / (p.length * p.heads);
+  const float* o = row_of(out, b, h, i);
+  const float* d = row_of(d_out, b, h, i);
+  float sum = 0.0f;
+  for (std::int64_t c = threadIdx.x % 32; c < p.v_dim; c += 32) sum += o[c] * d[c];
+  sum = warp_sum(sum);
+  if (threadIdx.x % 32 == 0) delta[index] = sum;
+}
+
 }  // namespace
+
+void flash::launch_delta(const attention_problem& p, attention_operand o, attention_operand d_o,
+                         float* delta, void* stream) {
+  const std::int64_t rows = p.batch * p.heads * p.length;
+  if (rows == 0) return;
+  delta_kernel<<<blocks_for(rows, 8), 256, 0, as_stream(stream)>>>(p, o, d_o, delta);
+  TROUPE_CUDA_LAUNCHED();
+}
 
 void attention_forward(const attention_problem& problem, attention_operand q, attention_operand k,
                        attention_operand key_rope, attention_operand v, attention_result o,
@@ -385,8 +377,7 @@ void attention_backward(const attention_problem& problem, attention_operand q, a
   const std::int64_t rows = attention_backward_scratch(problem);
   if (rows == 0) return;
   allow_shared_memory();
-  delta_kernel<<<blocks_for(rows, 8), 256, 0, as_stream(stream)>>>(problem, o, d_o, scratch);
-  TROUPE_CUDA_LAUNCHED();
+  flash::launch_delta(problem, o, d_o, scratch, stream);
   const backward_operands bo{operands{problem, q, k, key_rope, v}, d_o, lse, scratch};
   key_gradient_kernel<<<grid_of(problem), threads, key_gradient_shared_bytes(problem),
                         as_stream(stream)>>>(bo, dk, d_key_rope, dv);

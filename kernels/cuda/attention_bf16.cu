@@ -5,8 +5,7 @@
 #include <set>
 #include <utility>
 
-#include "kernels/cuda/attention.hpp"
-#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/attention.cuh"
 
 namespace troupe::kernels::cuda {
 
@@ -24,6 +23,7 @@ namespace {
 // memory (O = O * correction + P V) rather than in registers. Head sizes are template
 // parameters (the fragment arrays are sized by them); other sizes use the FP32 kernels.
 using namespace nvcuda;
+using namespace flash;
 
 constexpr int block_rows = 64;  // rows a block owns
 constexpr int tile = 64;        // rows of the other side per step
@@ -39,23 +39,6 @@ using fragment_a = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmm
 using fragment_b_rows = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
 using fragment_b_cols = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
 using fragment_c = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-struct operands {
-  attention_problem p;
-  attention_operand q, k, rope, v;
-};
-
-struct backward_operands {
-  operands in;
-  attention_operand d_out;
-  const float* lse;
-  const float* delta;
-};
-
-__device__ inline const float* row_of(const attention_operand& x, std::int64_t b, std::int64_t h,
-                                      std::int64_t row) {
-  return x.data + b * x.batch_stride + h * x.head_stride + row * x.row_stride;
-}
 
 /// Rows [row0, row0 + 64) of x's (b, h) slice, columns [0, width), into s[r * ld + col0 + c] as
 /// BF16; rows past the sequence read as zeros.
@@ -229,23 +212,6 @@ __global__ void __launch_bounds__(threads)
 }
 
 // ---- backward --------------------------------------------------------------------------------
-
-// delta[b, h, i] = dO_i . O_i in FP32, one warp per row.
-__global__ void delta_kernel(attention_problem p, attention_operand out, attention_operand d_out,
-                             float* delta) {
-  const std::int64_t rows = p.batch * p.heads * p.length;
-  const std::int64_t index =
-      blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
-  if (index >= rows) return;
-  const std::int64_t i = index % p.length, h = (index / p.length) % p.heads,
-                     b = index / (p.length * p.heads);
-  const float* o = row_of(out, b, h, i);
-  const float* d = row_of(d_out, b, h, i);
-  float sum = 0.0f;
-  for (std::int64_t c = threadIdx.x % 32; c < p.v_dim; c += 32) sum += o[c] * d[c];
-  sum = warp_sum(sum);
-  if (threadIdx.x % 32 == 0) delta[index] = sum;
-}
 
 template <int QK, int V>
 struct key_smem {
@@ -526,8 +492,7 @@ void attention_backward_bf16(const attention_problem& problem, attention_operand
           "a rope key needs a tensor for its gradient");
   const std::int64_t rows = attention_backward_scratch(problem);
   if (rows == 0) return;
-  delta_kernel<<<blocks_for(rows, 8), 256, 0, as_stream(stream)>>>(problem, o, d_o, scratch);
-  TROUPE_CUDA_LAUNCHED();
+  flash::launch_delta(problem, o, d_o, scratch, stream);
   const backward_operands bo{operands{problem, q, k, key_rope, v}, d_o, lse, scratch};
   with_sizes(problem, [&]<int QK, int V>() {
     backward<QK, V>(problem, bo, dq, dk, d_key_rope, dv, as_stream(stream));

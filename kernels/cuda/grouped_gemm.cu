@@ -20,30 +20,12 @@ __global__ void __launch_bounds__(threads) grouped_kernel(arguments args) {
   __shared__ std::int64_t tile_group, tile_first;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   // The tile: output rows [m0, m_end) and columns [n0, n0 + 64), reduction length `depth`.
-  std::int64_t group = 0, m0 = 0, m_end = 0, depth = 0;
+  block_tile t;
+  if (!block_tile_of<P>(args, tile_group, tile_first, t)) return;
+  const std::int64_t group = t.group, m0 = t.m0, m_end = t.m_end, depth = t.depth,
+                     r_begin = t.r_begin;
   const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * tile;
-  if constexpr (P == pass::wgrad) {
-    group = blockIdx.z;
-    m0 = static_cast<std::int64_t>(blockIdx.y) * tile;  // rows of dW: the n dimension
-    m_end = args.n;
-  } else {
-    if (tid == 0) find_tile(args.rows, blockIdx.y, tile_group, tile_first);
-    __syncthreads();
-    group = tile_group;
-    if (group < 0) return;
-    m0 = tile_first;
-    m_end = min(m0 + tile, args.rows.offsets[group + 1]);
-  }
-  const std::int64_t out_cols = P == pass::dgrad ? args.k : (P == pass::fprop ? args.n : args.k);
-  std::int64_t r_begin = 0, r_end = 0;  // wgrad: the expert's rows are the reduction
-  if constexpr (P == pass::wgrad) {
-    r_begin = args.rows.offsets[group];
-    r_end = args.rows.offsets[group + 1];
-    depth = r_end - r_begin;
-    if (depth == 0) return;
-  } else {
-    depth = P == pass::fprop ? args.k : args.n;
-  }
+  const std::int64_t out_cols = P == pass::fprop ? args.n : args.k;
   const float* w = P == pass::wgrad ? nullptr : args.weights[group];
   float acc[4][4] = {};
   for (std::int64_t k0 = 0; k0 < depth; k0 += step) {

@@ -53,6 +53,37 @@ __device__ inline void find_tile(const grouped_rows& rows, std::int64_t t, std::
   first = 0;
 }
 
+/// A block's output tile: rows [m0, m_end) of expert `group` (rows of dW, the n dimension, for
+/// Wgrad), the reduction's length `depth`, and for Wgrad the expert's first token row `r_begin`.
+struct block_tile {
+  std::int64_t group = 0, m0 = 0, m_end = 0, depth = 0, r_begin = 0;
+};
+
+/// This block's tile: Wgrad's from the grid (expert, n tile), Fprop's and Dgrad's from the row
+/// tile scheduler, thread 0 answering through the __shared__ `shared_group` and `shared_first`.
+/// Every thread of the block calls it (it synchronises them); false when the block has no work.
+template <pass P>
+__device__ bool block_tile_of(const arguments& args, std::int64_t& shared_group,
+                              std::int64_t& shared_first, block_tile& t) {
+  if constexpr (P == pass::wgrad) {
+    t.group = blockIdx.z;
+    t.m0 = static_cast<std::int64_t>(blockIdx.y) * tile;
+    t.m_end = args.n;
+    t.r_begin = args.rows.offsets[t.group];
+    t.depth = args.rows.offsets[t.group + 1] - t.r_begin;
+    return t.depth > 0;
+  } else {
+    if (threadIdx.x == 0) find_tile(args.rows, blockIdx.y, shared_group, shared_first);
+    __syncthreads();
+    t.group = shared_group;
+    if (t.group < 0) return false;
+    t.m0 = shared_first;
+    t.m_end = min(t.m0 + tile, args.rows.offsets[t.group + 1]);
+    t.depth = P == pass::fprop ? args.k : args.n;
+    return true;
+  }
+}
+
 /// Row tiles of all experts together are at most ceil(rows / 64) + groups.
 inline unsigned row_tiles(const grouped_rows& rows) {
   return blocks_for(rows.rows, tile) + static_cast<unsigned>(rows.groups);

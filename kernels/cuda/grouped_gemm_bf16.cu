@@ -80,24 +80,11 @@ __global__ void __launch_bounds__(threads) grouped_bf16_kernel(arguments args) {
   __shared__ std::int64_t tile_group, tile_first;
   const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
 
-  std::int64_t group = 0, m0 = 0, m_end = 0, depth = 0, r_begin = 0;
+  block_tile t;
+  if (!block_tile_of<P>(args, tile_group, tile_first, t)) return;
+  const std::int64_t group = t.group, m0 = t.m0, m_end = t.m_end, depth = t.depth,
+                     r_begin = t.r_begin;
   const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * tile;
-  if constexpr (P == pass::wgrad) {
-    group = blockIdx.z;
-    m0 = static_cast<std::int64_t>(blockIdx.y) * tile;  // rows of dW: the n dimension
-    m_end = args.n;
-    r_begin = args.rows.offsets[group];
-    depth = args.rows.offsets[group + 1] - r_begin;
-    if (depth == 0) return;
-  } else {
-    if (tid == 0) find_tile(args.rows, blockIdx.y, tile_group, tile_first);
-    __syncthreads();
-    group = tile_group;
-    if (group < 0) return;
-    m0 = tile_first;
-    m_end = min(m0 + tile, args.rows.offsets[group + 1]);
-    depth = P == pass::fprop ? args.k : args.n;
-  }
   if constexpr (P == pass::fprop)
     for (int i = tid; i < tile; i += threads)
       source_rows[i] = m0 + i < m_end ? source_of(args.rows, m0 + i) : 0;

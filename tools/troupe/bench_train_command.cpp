@@ -18,7 +18,9 @@
 #include "runtime/model/flops.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/optim/adamw.hpp"
+#include "runtime/plugin/instance.hpp"
 #include "runtime/train/training_job.hpp"
+#include "runtime/train/training_roles.hpp"
 #include "tools/troupe/bench_reference.hpp"
 #include "tools/troupe/commands.hpp"
 #include "tools/troupe/topology_input.hpp"
@@ -59,8 +61,14 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
                                   device where) {
   const model_config& config = topo.model;
   model_plugins plugins = load_model_plugins(registry, config);
+  // The topology's precision, as the actors compute it: the fp8 plugin's GEMMs under fp8, the
+  // runtime's BF16 provider under bf16 (GPU), else the runtime's FP32 one.
+  std::unique_ptr<gemm_instance> fp8;
+  if (auto library = load_gemm_plugin(registry, topo))
+    fp8 = std::make_unique<gemm_instance>(library, instance_options{});
   exec_context context(where, pool,
-                       where.is_cuda() && topo.gemm_precision == precision::bf16
+                       fp8 ? fp8->provider()
+                       : where.is_cuda() && topo.gemm_precision == precision::bf16
                            ? cuda_bf16_gemm_provider()
                            : nullptr);
   model_options options{topo.train.mtp_weight, true};
@@ -209,8 +217,11 @@ int bench_train(const bench_train_options& options) {
       fmt::print(
           "model FLOPs on {} ({}): {:.1f} TFLOP/s, MFU {:.1f}% of the BF16 GEMM peak measured now "
           "({:.1f} TFLOP/s, cuBLASLt 8192^3)\n",
-          options.device, topo.gemm_precision == precision::bf16 ? "bf16" : "fp32", model_tflops,
-          100.0 * model_tflops / peak, peak);
+          options.device,
+          topo.gemm_precision == precision::fp8    ? "fp8"
+          : topo.gemm_precision == precision::bf16 ? "bf16"
+                                                   : "fp32",
+          model_tflops, 100.0 * model_tflops / peak, peak);
       fmt::print("time per op class on {} (GPU time of each class, median per step):\n",
                  options.device);
       double accounted = 0.0;

@@ -23,6 +23,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
+/// The precision a topology spells `name`, or `fallback` (the schema check reports the name).
+precision precision_named(const std::string& name, precision fallback) {
+  for (precision p : {precision::fp32, precision::bf16, precision::fp8})
+    if (name == to_string(p)) return p;
+  return fallback;
+}
+
 nlohmann::json to_json(const toml::node& node) {
   if (const auto* t = node.as_table()) {
     nlohmann::json out = nlohmann::json::object();
@@ -193,9 +200,8 @@ class topology_parser {
     if (model == nullptr) return;
     std::string precision_name;
     read("model", model, "precision", precision_name);
-    topo_.gemm_precision = precision_name == "fp8"    ? precision::fp8
-                           : precision_name == "bf16" ? precision::bf16
-                                                      : precision::fp32;
+    // Invalid choices are reported by the schema check; parsing goes on with the default.
+    topo_.gemm_precision = precision_named(precision_name, precision::fp32);
     const toml::node* config = model->get("config");
     const toml::node* inline_config = model->get("inline");
     if ((config == nullptr) == (inline_config == nullptr)) {
@@ -314,15 +320,8 @@ class topology_parser {
     std::string dispatch = fp8 ? "fp8" : "fp32", combine = fp8 ? "bf16" : "fp32";
     read("parallel", parallel, "expert_dispatch", dispatch);
     read("parallel", parallel, "expert_combine", combine);
-    // Invalid choices are reported by the schema check; parsing goes on with the default.
-    auto precision_of = [](const std::string& name, precision fallback) {
-      if (name == "fp8") return precision::fp8;
-      if (name == "bf16") return precision::bf16;
-      if (name == "fp32") return precision::fp32;
-      return fallback;
-    };
-    topo_.expert_dispatch = precision_of(dispatch, fp8 ? precision::fp8 : precision::fp32);
-    topo_.expert_combine = precision_of(combine, fp8 ? precision::bf16 : precision::fp32);
+    topo_.expert_dispatch = precision_named(dispatch, fp8 ? precision::fp8 : precision::fp32);
+    topo_.expert_combine = precision_named(combine, fp8 ? precision::bf16 : precision::fp32);
     if (topo_.expert_combine == precision::fp8) topo_.expert_combine = precision::bf16;
   }
 

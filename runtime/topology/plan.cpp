@@ -251,10 +251,7 @@ std::string summarize(const topology& topo, const topology_plan& plan) {
       "parallel: pipeline {} × data {} = {} stage ranks, expert {}; schedule {} with {} "
       "micro-batches; precision {}\n",
       topo.pipeline, topo.data, topo.pipeline * topo.data, topo.expert,
-      to_string(topo.schedule.kind), topo.schedule.micro_batches,
-      topo.gemm_precision == precision::fp8    ? "fp8"
-      : topo.gemm_precision == precision::bf16 ? "bf16"
-                                               : "fp32");
+      to_string(topo.schedule.kind), topo.schedule.micro_batches, to_string(topo.gemm_precision));
   for (const auto& choice : topo.plugins)
     out += fmt::format("plugin {}: {}{}\n", name_of(choice.role), choice.reference,
                        choice.resolved ? fmt::format(" ({})", choice.resolved->string())

@@ -4,6 +4,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "runtime/device/device.hpp"
@@ -107,6 +108,11 @@ struct control_spec {
 };
 
 enum class precision { fp32, bf16, fp8 };
+
+/// "fp32", "bf16" or "fp8", as topology files spell it.
+inline std::string_view to_string(precision p) {
+  return p == precision::fp8 ? "fp8" : p == precision::bf16 ? "bf16" : "fp32";
+}
 
 /// A parsed and validated topology file.
 struct topology {

@@ -217,11 +217,8 @@ int bench_train(const bench_train_options& options) {
       fmt::print(
           "model FLOPs on {} ({}): {:.1f} TFLOP/s, MFU {:.1f}% of the BF16 GEMM peak measured now "
           "({:.1f} TFLOP/s, cuBLASLt 8192^3)\n",
-          options.device,
-          topo.gemm_precision == precision::fp8    ? "fp8"
-          : topo.gemm_precision == precision::bf16 ? "bf16"
-                                                   : "fp32",
-          model_tflops, 100.0 * model_tflops / peak, peak);
+          options.device, to_string(topo.gemm_precision), model_tflops, 100.0 * model_tflops / peak,
+          peak);
       fmt::print("time per op class on {} (GPU time of each class, median per step):\n",
                  options.device);
       double accounted = 0.0;

@@ -88,6 +88,8 @@ void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpo
   engines.on(context->device.device_id, context->stream)
       .gemm(left, transpose_a, right, transpose_b, {c, gemm_dtype::f32, m, n, ldc}, alpha, beta,
             to_cuda(math));
+#else
+  (void)math;
 #endif
 }
 

@@ -16,6 +16,7 @@ namespace troupe {
 
 namespace {
 
+#if TROUPE_HAVE_CUDA
 /// The host's token ids on the context's GPU (a copy ordered on its stream).
 tensor device_ids(const exec_context& context, const std::int32_t* tokens, std::int64_t count) {
   tensor ids = tensor::empty(dtype::i32, {count}, context.where());
@@ -26,6 +27,7 @@ tensor device_ids(const exec_context& context, const std::int32_t* tokens, std::
   cuda::synchronize_stream(context.stream(), context.where().index);
   return ids;
 }
+#endif
 
 }  // namespace
 
@@ -66,6 +68,8 @@ void embedding_backward(const exec_context& context, const float* dout, const st
         tensor::empty(dtype::u8, {static_cast<std::int64_t>(bytes)}, context.where());
     kernels::cuda::embedding_backward(dout, ids.data_as<std::int32_t>(), count, vocab, width,
                                       dtable, scratch.data(), bytes, context.stream());
+#else
+    (void)vocab;
 #endif
     return;
   }

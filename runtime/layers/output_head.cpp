@@ -18,6 +18,7 @@ namespace troupe {
 
 namespace {
 
+#if TROUPE_HAVE_CUDA
 /// The host's targets on the context's GPU.
 tensor device_targets(const exec_context& context, const std::int32_t* targets, std::int64_t rows) {
   tensor out = tensor::empty(dtype::i32, {rows}, context.where());
@@ -27,7 +28,6 @@ tensor device_targets(const exec_context& context, const std::int32_t* targets, 
   return out;
 }
 
-#if TROUPE_HAVE_CUDA
 /// Per-row losses and log-sum-exps of the logits on the GPU; the loss sum and count on the host.
 head_loss gpu_cross_entropy(const exec_context& context, const float* logits, const tensor& targets,
                             std::int64_t rows, std::int64_t vocab, tensor& lse) {

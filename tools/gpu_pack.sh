@@ -2,11 +2,11 @@
 # gpu_pack.sh [BUILD_DIR] [OUT_DIR]: packs what a run on the GPU machine needs into OUT_DIR
 # (default .device-carry, ignored by git): troupe installed into OUT_DIR/prefix (relocatable: the
 # executable finds its plugins and topologies relative to itself), the GPU test binary next to it,
-# and every shared library they need that a plain Ubuntu with CUDA lacks, stripped. On the GPU
-# machine:
-#   export LD_LIBRARY_PATH=$PWD/.device-carry/prefix/lib:$(python3 -c 'import nvidia.cu13, os;
-#     print(os.path.join(os.path.dirname(nvidia.cu13.__file__), "lib"))'):$LD_LIBRARY_PATH
-#   .device-carry/prefix/bin/gpu-test; .device-carry/prefix/bin/troupe bench gemm
+# and every shared library they need that a plain Ubuntu with CUDA lacks, stripped, and OUT_DIR/run
+# which runs a command with the environment they need (the libraries, and NCCL's and cuDNN's from
+# the machine's PyTorch). On the GPU machine, from the repository root:
+#   .device-carry/run gpu-test
+#   .device-carry/run troupe bench train --topology topologies/gpu-1.toml --device cuda:0
 set -euo pipefail
 build=${1:-build}
 out=${2:-.device-carry}
@@ -32,3 +32,14 @@ done | sort -u | while read -r lib; do
 done
 find "$out/prefix" -type f \( -name '*.so*' -o -path '*/bin/*' \) -exec strip --strip-unneeded {} + 2>/dev/null || true
 du -sh "$out"
+cat >"$out/run" <<'EOF_RUN'
+#!/usr/bin/env bash
+# run COMMAND...: COMMAND with the packed troupe first on PATH and its libraries found.
+here=$(cd "$(dirname "$0")" && pwd)
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)
+export LD_LIBRARY_PATH=$here/prefix/lib:$here/prefix/lib/x86_64-linux-gnu:$site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PATH=$here/prefix/bin:$PATH TROUPE_EXE=$here/prefix/bin/troupe
+exec "$@"
+EOF_RUN
+chmod +x "$out/run"
+cp tools/reference/*.py "$out/"

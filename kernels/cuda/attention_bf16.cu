@@ -1,112 +1,145 @@
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include <mutex>
 #include <set>
 #include <utility>
 
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace troupe::kernels::cuda {
 
 namespace {
 
-// NOTES: the BF16 flash attention of model.precision = "bf16", on the tensor cores through WMMA
-// (16 x 16 x 16, FP32 accumulation). The algorithm is the FP32 kernels' (attention.cu): forward
-// keeps the per-row log-sum-exp, backward recomputes the probabilities, dK/dV per key tile and
-// dQ per query tile, so memory stays linear in the sequence. A block owns 64 rows (queries, or
-// keys in dK/dV), a warp 16 of them, and walks the other side in tiles of 64. Each product goes
-// through shared memory: operands rounded to BF16 as they are loaded (Q, K, V, dO) or written
-// (P, dS), products accumulated in FP32 fragments, the softmax and its gradient in FP32 on the
-// scores a warp stores back (two lanes per row, 32 columns each). WMMA does not say which lane
-// holds which element of a fragment, so the forward's running output is rescaled in shared
-// memory (O = O * correction + P V) rather than in registers. Head sizes are template
-// parameters (the fragment arrays are sized by them); other sizes use the FP32 kernels.
-using namespace nvcuda;
+// NOTES: the BF16 flash attention of model.precision = "bf16", on the tensor cores through
+// mma.sync (m16n8k16, BF16 operands, FP32 accumulation), FlashAttention-2's algorithm. Forward
+// keeps the per-row log-sum-exp; backward recomputes the probabilities, dK/dV per key block and
+// dQ per query block, so memory stays linear in the sequence. A block owns 64 rows (queries, or
+// keys for dK/dV), a warp 16 of them; the other side is walked in tiles. Tiles are rounded to
+// BF16 as they are loaded into shared memory, row-major as in global memory; every operand
+// reaches the tensor cores through ldmatrix, with .trans where the product needs the tile's
+// transpose (V in P V, dO and Q in dV and dK, K in dQ), so no transposed copy is ever made.
+// The scores, probabilities and their gradients never leave registers: an m16n8 accumulator
+// holds, per lane, the same rows and columns that an m16k16 A operand needs, so P and dS are
+// packed to BF16 in place and fed to the next product (the softmax runs on each lane's two
+// rows, reduced over the four lanes that share a row). Scores are kept in log2 units (exp2f);
+// the saved log-sum-exp is natural, as the FP32 kernels' (attention.cu), so either backward
+// takes either forward's. Query blocks run the longest rows first (causal work grows with the
+// row). Head sizes are template parameters (the accumulator arrays are sized by them); other
+// sizes use the FP32 kernels.
 using namespace flash;
+using namespace mma;
 
 constexpr int block_rows = 64;  // rows a block owns
-constexpr int tile = 64;        // rows of the other side per step
 constexpr int warps = 4;        // 16 rows each
 constexpr int threads = warps * 32;
-constexpr int ld_scores = tile + 4;  // float [16][68]
-constexpr int ld_probs = tile + 8;   // bf16 [16][72]
+constexpr float log2e = 1.4426950408889634f;
 
 template <int D>
-constexpr int ld_of = D + 8;  // bf16 rows: 16-byte multiples, banks spread
+constexpr int ld_of = D + 8;  // bf16 rows: 16-byte multiples, ldmatrix rows on distinct banks
 
-using fragment_a = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
-using fragment_b_rows = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
-using fragment_b_cols = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
-using fragment_c = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+/// Query rows per step of the dK/dV kernel: 32 for wide heads keeps its accumulators (dK, dV,
+/// S^T, dP^T) within the register file.
+template <int QK, int V>
+constexpr int query_step = QK + V > 192 ? 32 : 64;
 
-/// Rows [row0, row0 + 64) of x's (b, h) slice, columns [0, width), into s[r * ld + col0 + c] as
-/// BF16; rows past the sequence read as zeros.
-__device__ void load_rows(__nv_bfloat16* s, int ld, const attention_operand& x, std::int64_t b,
+/// c[n] += A B for the A operand `a` of 16 rows and the B^T tile s[n][k], n in [0, N), over
+/// depth [k0, k0 + 16).
+template <int N>
+__device__ inline void multiply_rows(float (&c)[N / 8][4], const unsigned (&a)[4], const bf16* s,
+                                     int ld, int k0) {
+#pragma unroll
+  for (int n = 0; n < N / 16; ++n) {
+    unsigned b[4];
+    load_b_rows(b, s, ld, n * 16, k0);
+    mma::mma(c[2 * n], a, b[0], b[1]);
+    mma::mma(c[2 * n + 1], a, b[2], b[3]);
+  }
+}
+
+/// c[n] += A B for the A operand `a` (16 rows, depth [k0, k0 + 16)) and the B tile s[k][n].
+template <int N>
+__device__ inline void multiply_columns(float (&c)[N / 8][4], const unsigned (&a)[4], const bf16* s,
+                                        int ld, int k0) {
+#pragma unroll
+  for (int n = 0; n < N / 16; ++n) {
+    unsigned b[4];
+    load_b_columns(b, s, ld, k0, n * 16);
+    mma::mma(c[2 * n], a, b[0], b[1]);
+    mma::mma(c[2 * n + 1], a, b[2], b[3]);
+  }
+}
+
+/// c (16 x N) = A B^T for the warp's 16 rows [r0, r0 + 16) of row-major `a` (D wide) and the N
+/// rows of `b` (D wide).
+template <int D, int N>
+__device__ inline void scores(float (&c)[N / 8][4], const bf16* a, int r0, const bf16* b) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
+#pragma unroll
+  for (int k = 0; k < D / 16; ++k) {
+    unsigned fa[4];
+    load_a(fa, a, ld_of<D>, r0, k * 16);
+    multiply_rows<N>(c, fa, b, ld_of<D>, k * 16);
+  }
+}
+
+/// The A operand of columns [16 k, 16 k + 16) of a 16-row accumulator: the layouts agree.
+template <int N>
+__device__ inline void as_operand(unsigned (&a)[4], const float (&c)[N / 8][4], int k) {
+  a[0] = pack(c[2 * k][0], c[2 * k][1]);
+  a[1] = pack(c[2 * k][2], c[2 * k][3]);
+  a[2] = pack(c[2 * k + 1][0], c[2 * k + 1][1]);
+  a[3] = pack(c[2 * k + 1][2], c[2 * k + 1][3]);
+}
+
+/// acc (16 x N) += C (16 x K, an accumulator) B for the row-major B tile s[k][n].
+template <int K, int N>
+__device__ inline void accumulate(float (&acc)[N / 8][4], const float (&c)[K / 8][4],
+                                  const bf16* s) {
+#pragma unroll
+  for (int k = 0; k < K / 16; ++k) {
+    unsigned a[4];
+    as_operand<K>(a, c, k);
+    multiply_columns<N>(acc, a, s, ld_of<N>, k * 16);
+  }
+}
+
+// ---- loading -------------------------------------------------------------------------------
+
+/// Rows [row0, row0 + Rows) of x's (b, h) slice, columns [0, width), into s[r * ld + col0 + c] as
+/// BF16, four floats per load; rows past the sequence read as zeros. width and col0 are
+/// multiples of 4 (supported()).
+template <int Rows>
+__device__ void load_tile(bf16* s, int ld, const attention_operand& x, std::int64_t b,
                           std::int64_t h, std::int64_t row0, std::int64_t length, int col0,
                           int width) {
-  for (int index = threadIdx.x; index < block_rows * width; index += threads) {
-    const int r = index / width, c = index % width;
+  const int quads = width / 4;
+  for (int index = threadIdx.x; index < Rows * quads; index += threads) {
+    const int r = index / quads, c = index % quads * 4;
     const std::int64_t row = row0 + r;
-    s[r * ld + col0 + c] = __float2bfloat16_rn(row < length ? row_of(x, b, h, row)[c] : 0.0f);
+    float4 v{0.0f, 0.0f, 0.0f, 0.0f};
+    if (row < length) {
+      const float* from = row_of(x, b, h, row) + c;
+      if (reinterpret_cast<std::uintptr_t>(from) % 16 == 0) {
+        v = *reinterpret_cast<const float4*>(from);
+      } else {
+        v = float4{from[0], from[1], from[2], from[3]};
+      }
+    }
+    store4(s + r * ld + col0 + c, v);
   }
 }
 
-/// Keys [row0, row0 + 64): the nope columns from k, the rope columns from the shared rope key.
-template <int QK>
-__device__ void load_keys(__nv_bfloat16* s, const operands& o, std::int64_t b, std::int64_t h,
+/// Keys [row0, row0 + Rows): the nope columns from k, the rope columns from the shared rope key.
+template <int QK, int Rows>
+__device__ void load_keys(bf16* s, const operands& o, std::int64_t b, std::int64_t h,
                           std::int64_t row0) {
   const int nope = QK - static_cast<int>(o.p.rope_dim);
-  load_rows(s, ld_of<QK>, o.k, b, h, row0, o.p.length, 0, nope);
+  load_tile<Rows>(s, ld_of<QK>, o.k, b, h, row0, o.p.length, 0, nope);
   if (o.p.rope_dim > 0)
-    load_rows(s, ld_of<QK>, o.rope, b, h, row0, o.p.length, nope, static_cast<int>(o.p.rope_dim));
-}
-
-/// out[16][64] (float, ld_scores) = A[16][D] B[64][D]^T, both row-major BF16 (one warp).
-template <int D>
-__device__ void product_transposed(float* out, const __nv_bfloat16* a, const __nv_bfloat16* b) {
-  fragment_c acc[tile / 16];
-#pragma unroll
-  for (int n = 0; n < tile / 16; ++n) wmma::fill_fragment(acc[n], 0.0f);
-#pragma unroll
-  for (int d = 0; d < D; d += 16) {
-    fragment_a fa;
-    wmma::load_matrix_sync(fa, a + d, ld_of<D>);
-#pragma unroll
-    for (int n = 0; n < tile / 16; ++n) {
-      fragment_b_cols fb;  // B^T(d, key) = b[key][d]
-      wmma::load_matrix_sync(fb, b + n * 16 * ld_of<D> + d, ld_of<D>);
-      wmma::mma_sync(acc[n], fa, fb, acc[n]);
-    }
-  }
-#pragma unroll
-  for (int n = 0; n < tile / 16; ++n)
-    wmma::store_matrix_sync(out + n * 16, acc[n], ld_scores, wmma::mem_row_major);
-}
-
-/// acc[16][D] += P[16][64] (BF16, ld_probs) B[64][D] (row-major BF16) (one warp).
-template <int D>
-__device__ void accumulate(fragment_c (&acc)[D / 16], const __nv_bfloat16* p,
-                           const __nv_bfloat16* b) {
-#pragma unroll
-  for (int k = 0; k < tile; k += 16) {
-    fragment_a fa;
-    wmma::load_matrix_sync(fa, p + k, ld_probs);
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) {
-      fragment_b_rows fb;
-      wmma::load_matrix_sync(fb, b + k * ld_of<D> + n * 16, ld_of<D>);
-      wmma::mma_sync(acc[n], fa, fb, acc[n]);
-    }
-  }
-}
-
-/// Stores a warp's [16][D] fragments into `scratch` (float, ld D + 4) for row-wise writing.
-template <int D>
-__device__ void stage(float* scratch, const fragment_c (&acc)[D / 16]) {
-#pragma unroll
-  for (int n = 0; n < D / 16; ++n)
-    wmma::store_matrix_sync(scratch + n * 16, acc[n], D + 4, wmma::mem_row_major);
+    load_tile<Rows>(s, ld_of<QK>, o.rope, b, h, row0, o.p.length, nope,
+                    static_cast<int>(o.p.rope_dim));
 }
 
 /// Bytes of dynamic shared memory, each region rounded to 128 bytes.
@@ -119,24 +152,44 @@ struct layout {
   }
 };
 
-constexpr int widest(int a, int b) {
-  return a > b ? a : b;
+/// Writes a warp's 16 x N accumulator, times `scale`, to rows `rows[0]` (lane / 4) and `rows[1]`
+/// (lane / 4 + 8) of x's (b, h) slice; columns from `split` on go to `rest` (the rope key).
+template <int N>
+__device__ void write_rows(const float (&c)[N / 8][4], float scale, const attention_result& x,
+                           const attention_result& rest, int split, std::int64_t b, std::int64_t h,
+                           const std::int64_t (&rows)[2], std::int64_t length) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (rows[r] >= length) continue;
+    float* main = x.data + b * x.batch_stride + h * x.head_stride + rows[r] * x.row_stride;
+    float* tail = rest.data != nullptr ? rest.data + b * rest.batch_stride + h * rest.head_stride +
+                                             rows[r] * rest.row_stride
+                                       : nullptr;
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = n * 8 + lane % 4 * 2 + e;
+        const float value = scale * c[n][2 * r + e];
+        if (col < split)
+          main[col] = value;
+        else
+          tail[col - split] = value;
+      }
+  }
 }
 
 // ---- forward ---------------------------------------------------------------------------------
 
 template <int QK, int V>
 struct forward_smem {
-  std::size_t q, k, v, scores, probs, out, partial, bytes;
+  std::size_t q, k, v, bytes;
   __host__ __device__ forward_smem() {
     layout l;
     q = l.take(block_rows * ld_of<QK> * 2);
-    k = l.take(tile * ld_of<QK> * 2);
-    v = l.take(tile * ld_of<V> * 2);
-    scores = l.take(warps * 16 * ld_scores * 4);
-    probs = l.take(warps * 16 * ld_probs * 2);
-    out = l.take(warps * 16 * (V + 4) * 4);
-    partial = l.take(warps * 16 * (V + 4) * 4);
+    k = l.take(block_rows * ld_of<QK> * 2);
+    v = l.take(block_rows * ld_of<V> * 2);
     bytes = l.bytes;
   }
 };
@@ -146,194 +199,179 @@ __global__ void __launch_bounds__(threads)
     forward_kernel(operands o, attention_result out, float* lse) {
   extern __shared__ __align__(128) unsigned char shared[];
   const forward_smem<QK, V> at;
-  auto* qs = reinterpret_cast<__nv_bfloat16*>(shared + at.q);
-  auto* ks = reinterpret_cast<__nv_bfloat16*>(shared + at.k);
-  auto* vs = reinterpret_cast<__nv_bfloat16*>(shared + at.v);
+  auto* qs = reinterpret_cast<bf16*>(shared + at.q);
+  auto* ks = reinterpret_cast<bf16*>(shared + at.k);
+  auto* vs = reinterpret_cast<bf16*>(shared + at.v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* scores = reinterpret_cast<float*>(shared + at.scores) + warp * 16 * ld_scores;
-  auto* probs = reinterpret_cast<__nv_bfloat16*>(shared + at.probs) + warp * 16 * ld_probs;
-  float* acc = reinterpret_cast<float*>(shared + at.out) + warp * 16 * (V + 4);
-  float* partial = reinterpret_cast<float*>(shared + at.partial) + warp * 16 * (V + 4);
-
   const std::int64_t b = blockIdx.z, h = blockIdx.y, length = o.p.length;
-  const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * block_rows;
   const std::int64_t first = q0 + warp * 16;  // the warp's first query
-  const int row = lane / 2, half = lane % 2;  // two lanes per row, 32 columns each
-  const std::int64_t i = first + row;
-  load_rows(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
-  for (int c = half * (V / 2); c < (half + 1) * (V / 2); ++c) acc[row * (V + 4) + c] = 0.0f;
-  float m = -INFINITY, l = 0.0f;
+  const std::int64_t rows[2] = {first + lane / 4, first + lane / 4 + 8};
+  const float scale = o.p.scale * log2e;
+  load_tile<block_rows>(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
+  float acc[V / 8][4];
+#pragma unroll
+  for (int n = 0; n < V / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   const std::int64_t key_end = min(q0 + block_rows, length);
-  for (std::int64_t k0 = 0; k0 < key_end; k0 += tile) {
+  for (std::int64_t k0 = 0; k0 < key_end; k0 += block_rows) {
     __syncthreads();
-    load_keys<QK>(ks, o, b, h, k0);
-    load_rows(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
+    load_keys<QK, block_rows>(ks, o, b, h, k0);
+    load_tile<block_rows>(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
     __syncthreads();
     if (k0 > first + 15) continue;  // every key of the tile is after the warp's queries
-    product_transposed<QK>(scores, qs + warp * 16 * ld_of<QK>, ks);
-    __syncwarp();
-    float s[32], tile_max = -INFINITY;
+    float s[block_rows / 8][4];
+    scores<QK, block_rows>(s, qs, warp * 16, ks);
+    const bool diagonal = k0 + block_rows - 1 > first;
+    float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int c = 0; c < 32; ++c) {
-      const int jj = half * 32 + c;
-      const std::int64_t j = k0 + jj;
-      s[c] = j <= i && i < length ? o.p.scale * scores[row * ld_scores + jj] : -INFINITY;
-      tile_max = fmaxf(tile_max, s[c]);
+    for (int n = 0; n < block_rows / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const std::int64_t j = k0 + n * 8 + lane % 4 * 2 + e % 2;
+        const bool hidden = rows[r] >= length || (diagonal && j > rows[r]);
+        s[n][e] = hidden ? -INFINITY : s[n][e] * scale;
+        tile_max[r] = fmaxf(tile_max[r], s[n][e]);
+      }
+    float base[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      const float m_new = fmaxf(m[r], tile_max[r]);
+      base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing to see yet
+      const float correction = exp2f(m[r] - base[r]);
+      m[r] = m_new;
+      l[r] *= correction;
+#pragma unroll
+      for (int n = 0; n < V / 8; ++n) {
+        acc[n][2 * r] *= correction;
+        acc[n][2 * r + 1] *= correction;
+      }
     }
-    const float m_new = fmaxf(m, fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1)));
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing to see yet
-    const float correction = expf(m - m_use);
-    float sum = 0.0f;
 #pragma unroll
-    for (int c = 0; c < 32; ++c) {
-      const float p = expf(s[c] - m_use);
-      probs[row * ld_probs + half * 32 + c] = __float2bfloat16_rn(p);
-      sum += p;
-    }
-    l = l * correction + sum + __shfl_xor_sync(0xffffffffu, sum, 1);
-    m = m_new;
-    __syncwarp();
-    fragment_c pv[V / 16];
+    for (int n = 0; n < block_rows / 8; ++n)
 #pragma unroll
-    for (int n = 0; n < V / 16; ++n) wmma::fill_fragment(pv[n], 0.0f);
-    accumulate<V>(pv, probs, vs);
-    stage<V>(partial, pv);
-    __syncwarp();
-    for (int c = half * (V / 2); c < (half + 1) * (V / 2); ++c)
-      acc[row * (V + 4) + c] = acc[row * (V + 4) + c] * correction + partial[row * (V + 4) + c];
-    __syncwarp();
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2f(s[n][e] - base[e / 2]);
+        sum[e / 2] += s[n][e];
+      }
+    l[0] += sum[0];
+    l[1] += sum[1];
+    accumulate<block_rows, V>(acc, s, vs);  // O += P V
   }
-  if (i >= length) return;
-  float* target = out.data + b * out.batch_stride + h * out.head_stride + i * out.row_stride;
-  const float inverse = 1.0f / l;
-  for (int c = half * (V / 2); c < (half + 1) * (V / 2); ++c)
-    target[c] = acc[row * (V + 4) + c] * inverse;
-  if (half == 0) lse[(b * o.p.heads + h) * length + i] = m + logf(l);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float inverse = 1.0f / l[r];
+#pragma unroll
+    for (int n = 0; n < V / 8; ++n) {
+      acc[n][2 * r] *= inverse;
+      acc[n][2 * r + 1] *= inverse;
+    }
+    if (lane % 4 == 0 && rows[r] < length)
+      lse[(b * o.p.heads + h) * length + rows[r]] = (m[r] + log2f(l[r])) / log2e;
+  }
+  write_rows<V>(acc, 1.0f, out, attention_result{}, V, b, h, rows, length);
 }
 
 // ---- backward --------------------------------------------------------------------------------
 
 template <int QK, int V>
 struct key_smem {
-  std::size_t k, v, q, d_out, lse, delta, scores, d_probs, probs, d_scores, scratch, bytes;
+  static constexpr int step = query_step<QK, V>;
+  std::size_t k, v, q, d_out, lse, delta, bytes;
   __host__ __device__ key_smem() {
     layout l;
     k = l.take(block_rows * ld_of<QK> * 2);
     v = l.take(block_rows * ld_of<V> * 2);
-    q = l.take(tile * ld_of<QK> * 2);
-    d_out = l.take(tile * ld_of<V> * 2);
-    lse = l.take(tile * 4);
-    delta = l.take(tile * 4);
-    scores = l.take(warps * 16 * ld_scores * 4);
-    d_probs = l.take(warps * 16 * ld_scores * 4);
-    probs = l.take(warps * 16 * ld_probs * 2);
-    d_scores = l.take(warps * 16 * ld_probs * 2);
-    scratch = l.take(warps * 16 * (widest(QK, V) + 4) * 4);
+    q = l.take(step * ld_of<QK> * 2);
+    d_out = l.take(step * ld_of<V> * 2);
+    lse = l.take(step * 4);
+    delta = l.take(step * 4);
     bytes = l.bytes;
   }
 };
 
-// One block per 64 keys: dK and dV over every query tile that sees them.
+// One block per 64 keys: dK and dV over every query step that sees them.
 template <int QK, int V>
 __global__ void __launch_bounds__(threads)
     key_gradient_kernel(backward_operands bo, attention_result dk, attention_result d_rope,
                         attention_result dv) {
+  constexpr int step = query_step<QK, V>;
   extern __shared__ __align__(128) unsigned char shared[];
   const key_smem<QK, V> at;
   const operands& o = bo.in;
-  auto* ks = reinterpret_cast<__nv_bfloat16*>(shared + at.k);
-  auto* vs = reinterpret_cast<__nv_bfloat16*>(shared + at.v);
-  auto* qs = reinterpret_cast<__nv_bfloat16*>(shared + at.q);
-  auto* dos = reinterpret_cast<__nv_bfloat16*>(shared + at.d_out);
-  float* lse_s = reinterpret_cast<float*>(shared + at.lse);
-  float* delta_s = reinterpret_cast<float*>(shared + at.delta);
+  auto* ks = reinterpret_cast<bf16*>(shared + at.k);
+  auto* vs = reinterpret_cast<bf16*>(shared + at.v);
+  auto* qs = reinterpret_cast<bf16*>(shared + at.q);
+  auto* dos = reinterpret_cast<bf16*>(shared + at.d_out);
+  auto* lse_s = reinterpret_cast<float*>(shared + at.lse);
+  auto* delta_s = reinterpret_cast<float*>(shared + at.delta);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* scores = reinterpret_cast<float*>(shared + at.scores) + warp * 16 * ld_scores;
-  float* d_probs = reinterpret_cast<float*>(shared + at.d_probs) + warp * 16 * ld_scores;
-  auto* probs = reinterpret_cast<__nv_bfloat16*>(shared + at.probs) + warp * 16 * ld_probs;
-  auto* d_scores = reinterpret_cast<__nv_bfloat16*>(shared + at.d_scores) + warp * 16 * ld_probs;
-  float* scratch = reinterpret_cast<float*>(shared + at.scratch) + warp * 16 * (widest(QK, V) + 4);
-
   const std::int64_t b = blockIdx.z, h = blockIdx.y, length = o.p.length;
   const std::int64_t k0 = static_cast<std::int64_t>(blockIdx.x) * block_rows;
-  const int row = lane / 2, half = lane % 2;
-  const std::int64_t j = k0 + warp * 16 + row;  // the lane's key
-  load_keys<QK>(ks, o, b, h, k0);
-  load_rows(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
-  fragment_c dk_acc[QK / 16], dv_acc[V / 16];
+  const std::int64_t first = k0 + warp * 16;  // the warp's first key
+  const std::int64_t keys[2] = {first + lane / 4, first + lane / 4 + 8};
+  const float scale = o.p.scale * log2e;
+  load_keys<QK, block_rows>(ks, o, b, h, k0);
+  load_tile<block_rows>(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
+  float dk_acc[QK / 8][4], dv_acc[V / 8][4];
 #pragma unroll
-  for (int n = 0; n < QK / 16; ++n) wmma::fill_fragment(dk_acc[n], 0.0f);
+  for (int n = 0; n < QK / 8; ++n) dk_acc[n][0] = dk_acc[n][1] = dk_acc[n][2] = dk_acc[n][3] = 0;
 #pragma unroll
-  for (int n = 0; n < V / 16; ++n) wmma::fill_fragment(dv_acc[n], 0.0f);
+  for (int n = 0; n < V / 8; ++n) dv_acc[n][0] = dv_acc[n][1] = dv_acc[n][2] = dv_acc[n][3] = 0;
   const std::int64_t slice = (b * o.p.heads + h) * length;
-  for (std::int64_t q0 = k0; q0 < length; q0 += tile) {
+  for (std::int64_t q0 = k0; q0 < length; q0 += step) {
     __syncthreads();
-    load_rows(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
-    load_rows(dos, ld_of<V>, bo.d_out, b, h, q0, length, 0, V);
-    for (int r = threadIdx.x; r < tile; r += threads) {
+    load_tile<step>(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
+    load_tile<step>(dos, ld_of<V>, bo.d_out, b, h, q0, length, 0, V);
+    for (int r = threadIdx.x; r < step; r += threads) {
       const std::int64_t i = q0 + r;
-      lse_s[r] = i < length ? bo.lse[slice + i] : 0.0f;
+      lse_s[r] = i < length ? bo.lse[slice + i] * log2e : 0.0f;
       delta_s[r] = i < length ? bo.delta[slice + i] : 0.0f;
     }
     __syncthreads();
-    product_transposed<QK>(scores, ks + warp * 16 * ld_of<QK>, qs);  // S^T = K Q^T
-    product_transposed<V>(d_probs, vs + warp * 16 * ld_of<V>, dos);  // dP^T = V dO^T
-    __syncwarp();
-#pragma unroll 8
-    for (int c = 0; c < 32; ++c) {
-      const int ii = half * 32 + c;
-      const std::int64_t i = q0 + ii;
-      float p = 0.0f, ds = 0.0f;
-      if (i < length && j <= i) {
-        p = expf(o.p.scale * scores[row * ld_scores + ii] - lse_s[ii]);
-        ds = p * (d_probs[row * ld_scores + ii] - delta_s[ii]);
+    if (q0 + step - 1 < first) continue;  // every query of the step is before the warp's keys
+    float p[step / 8][4], ds[step / 8][4];
+    scores<QK, step>(p, ks, warp * 16, qs);   // S^T = K Q^T
+    scores<V, step>(ds, vs, warp * 16, dos);  // dP^T = V dO^T
+#pragma unroll
+    for (int n = 0; n < step / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ii = n * 8 + lane % 4 * 2 + e % 2;
+        const std::int64_t i = q0 + ii;
+        float probability = 0.0f, gradient = 0.0f;
+        if (i < length && keys[e / 2] <= i) {
+          probability = exp2f(p[n][e] * scale - lse_s[ii]);
+          gradient = probability * (ds[n][e] - delta_s[ii]);
+        }
+        p[n][e] = probability;
+        ds[n][e] = gradient;
       }
-      probs[row * ld_probs + ii] = __float2bfloat16_rn(p);
-      d_scores[row * ld_probs + ii] = __float2bfloat16_rn(ds);
-    }
-    __syncwarp();
-    accumulate<V>(dv_acc, probs, dos);     // dV += P^T dO
-    accumulate<QK>(dk_acc, d_scores, qs);  // dK += dS^T Q
+    accumulate<step, V>(dv_acc, p, dos);   // dV += P^T dO
+    accumulate<step, QK>(dk_acc, ds, qs);  // dK += dS^T Q
   }
-  const int nope = QK - static_cast<int>(o.p.rope_dim);
-  stage<V>(scratch, dv_acc);
-  __syncwarp();
-  if (j < length) {
-    float* dv_row = dv.data + b * dv.batch_stride + h * dv.head_stride + j * dv.row_stride;
-    for (int c = half * (V / 2); c < (half + 1) * (V / 2); ++c)
-      dv_row[c] = scratch[row * (V + 4) + c];
-  }
-  __syncwarp();
-  stage<QK>(scratch, dk_acc);  // leading dimension QK + 4 (stage<V> used V + 4)
-  __syncwarp();
-  if (j < length) {
-    float* dk_row = dk.data + b * dk.batch_stride + h * dk.head_stride + j * dk.row_stride;
-    float* rope_row = d_rope.data != nullptr ? d_rope.data + b * d_rope.batch_stride +
-                                                   h * d_rope.head_stride + j * d_rope.row_stride
-                                             : nullptr;
-    for (int c = half * (QK / 2); c < (half + 1) * (QK / 2); ++c) {
-      const float value = o.p.scale * scratch[row * (QK + 4) + c];
-      if (c < nope)
-        dk_row[c] = value;
-      else
-        rope_row[c - nope] = value;
-    }
-  }
+  write_rows<V>(dv_acc, 1.0f, dv, attention_result{}, V, b, h, keys, length);
+  write_rows<QK>(dk_acc, o.p.scale, dk, d_rope, QK - static_cast<int>(o.p.rope_dim), b, h, keys,
+                 length);
 }
 
 template <int QK, int V>
 struct query_smem {
-  std::size_t q, d_out, k, v, scores, d_probs, d_scores, scratch, bytes;
+  std::size_t q, d_out, k, v, bytes;
   __host__ __device__ query_smem() {
     layout l;
     q = l.take(block_rows * ld_of<QK> * 2);
     d_out = l.take(block_rows * ld_of<V> * 2);
-    k = l.take(tile * ld_of<QK> * 2);
-    v = l.take(tile * ld_of<V> * 2);
-    scores = l.take(warps * 16 * ld_scores * 4);
-    d_probs = l.take(warps * 16 * ld_scores * 4);
-    d_scores = l.take(warps * 16 * ld_probs * 2);
-    scratch = l.take(warps * 16 * (QK + 4) * 4);
+    k = l.take(block_rows * ld_of<QK> * 2);
+    v = l.take(block_rows * ld_of<V> * 2);
     bytes = l.bytes;
   }
 };
@@ -345,59 +383,54 @@ __global__ void __launch_bounds__(threads)
   extern __shared__ __align__(128) unsigned char shared[];
   const query_smem<QK, V> at;
   const operands& o = bo.in;
-  auto* qs = reinterpret_cast<__nv_bfloat16*>(shared + at.q);
-  auto* dos = reinterpret_cast<__nv_bfloat16*>(shared + at.d_out);
-  auto* ks = reinterpret_cast<__nv_bfloat16*>(shared + at.k);
-  auto* vs = reinterpret_cast<__nv_bfloat16*>(shared + at.v);
+  auto* qs = reinterpret_cast<bf16*>(shared + at.q);
+  auto* dos = reinterpret_cast<bf16*>(shared + at.d_out);
+  auto* ks = reinterpret_cast<bf16*>(shared + at.k);
+  auto* vs = reinterpret_cast<bf16*>(shared + at.v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* scores = reinterpret_cast<float*>(shared + at.scores) + warp * 16 * ld_scores;
-  float* d_probs = reinterpret_cast<float*>(shared + at.d_probs) + warp * 16 * ld_scores;
-  auto* d_scores = reinterpret_cast<__nv_bfloat16*>(shared + at.d_scores) + warp * 16 * ld_probs;
-  float* scratch = reinterpret_cast<float*>(shared + at.scratch) + warp * 16 * (QK + 4);
-
   const std::int64_t b = blockIdx.z, h = blockIdx.y, length = o.p.length;
-  const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows;
+  const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * block_rows;
   const std::int64_t first = q0 + warp * 16;
-  const int row = lane / 2, half = lane % 2;
-  const std::int64_t i = first + row;
-  load_rows(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
-  load_rows(dos, ld_of<V>, bo.d_out, b, h, q0, length, 0, V);
+  const std::int64_t rows[2] = {first + lane / 4, first + lane / 4 + 8};
+  const float scale = o.p.scale * log2e;
+  load_tile<block_rows>(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
+  load_tile<block_rows>(dos, ld_of<V>, bo.d_out, b, h, q0, length, 0, V);
   const std::int64_t slice = (b * o.p.heads + h) * length;
-  const float lse_i = i < length ? bo.lse[slice + i] : 0.0f;
-  const float delta_i = i < length ? bo.delta[slice + i] : 0.0f;
-  fragment_c dq_acc[QK / 16];
+  float lse_r[2], delta_r[2];
 #pragma unroll
-  for (int n = 0; n < QK / 16; ++n) wmma::fill_fragment(dq_acc[n], 0.0f);
+  for (int r = 0; r < 2; ++r) {
+    lse_r[r] = rows[r] < length ? bo.lse[slice + rows[r]] * log2e : 0.0f;
+    delta_r[r] = rows[r] < length ? bo.delta[slice + rows[r]] : 0.0f;
+  }
+  float dq_acc[QK / 8][4];
+#pragma unroll
+  for (int n = 0; n < QK / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0;
   const std::int64_t key_end = min(q0 + block_rows, length);
-  for (std::int64_t k0 = 0; k0 < key_end; k0 += tile) {
+  for (std::int64_t k0 = 0; k0 < key_end; k0 += block_rows) {
     __syncthreads();
-    load_keys<QK>(ks, o, b, h, k0);
-    load_rows(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
+    load_keys<QK, block_rows>(ks, o, b, h, k0);
+    load_tile<block_rows>(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
     __syncthreads();
     if (k0 > first + 15) continue;
-    product_transposed<QK>(scores, qs + warp * 16 * ld_of<QK>, ks);  // S = Q K^T
-    product_transposed<V>(d_probs, dos + warp * 16 * ld_of<V>, vs);  // dP = dO V^T
-    __syncwarp();
-#pragma unroll 8
-    for (int c = 0; c < 32; ++c) {
-      const int jj = half * 32 + c;
-      const std::int64_t j = k0 + jj;
-      float ds = 0.0f;
-      if (i < length && j <= i) {
-        const float p = expf(o.p.scale * scores[row * ld_scores + jj] - lse_i);
-        ds = p * (d_probs[row * ld_scores + jj] - delta_i);
+    float s[block_rows / 8][4], dp[block_rows / 8][4];
+    scores<QK, block_rows>(s, qs, warp * 16, ks);   // S = Q K^T
+    scores<V, block_rows>(dp, dos, warp * 16, vs);  // dP = dO V^T
+#pragma unroll
+    for (int n = 0; n < block_rows / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const std::int64_t j = k0 + n * 8 + lane % 4 * 2 + e % 2;
+        float gradient = 0.0f;
+        if (rows[r] < length && j <= rows[r]) {
+          const float probability = exp2f(s[n][e] * scale - lse_r[r]);
+          gradient = probability * (dp[n][e] - delta_r[r]);
+        }
+        s[n][e] = gradient;
       }
-      d_scores[row * ld_probs + jj] = __float2bfloat16_rn(ds);
-    }
-    __syncwarp();
-    accumulate<QK>(dq_acc, d_scores, ks);  // dQ += dS K
+    accumulate<block_rows, QK>(dq_acc, s, ks);  // dQ += dS K
   }
-  stage<QK>(scratch, dq_acc);
-  __syncwarp();
-  if (i >= length) return;
-  float* target = dq.data + b * dq.batch_stride + h * dq.head_stride + i * dq.row_stride;
-  for (int c = half * (QK / 2); c < (half + 1) * (QK / 2); ++c)
-    target[c] = o.p.scale * scratch[row * (QK + 4) + c];
+  write_rows<QK>(dq_acc, o.p.scale, dq, attention_result{}, QK, b, h, rows, length);
 }
 
 // ---- launch ----------------------------------------------------------------------------------
@@ -442,7 +475,6 @@ void backward(const attention_problem& p, const backward_operands& bo, attention
   query_gradient_kernel<QK, V><<<grid_of(p), threads, query_bytes, stream>>>(bo, dq);
   TROUPE_CUDA_LAUNCHED();
 }
-
 /// Calls f.template operator()<QK, V>() for the instantiated head sizes (supported() lists
 /// them); false for others.
 template <class F>
@@ -460,8 +492,9 @@ bool supported(const attention_problem& p) {
                      sizes == std::pair<std::int64_t, std::int64_t>{96, 64} ||
                      sizes == std::pair<std::int64_t, std::int64_t>{128, 128} ||
                      sizes == std::pair<std::int64_t, std::int64_t>{192, 128};
-  return built && p.rope_dim >= 0 && p.rope_dim < p.qk_dim && p.batch >= 0 && p.heads >= 0 &&
-         p.length >= 0 && p.batch <= 65535 && p.heads <= 65535;
+  // rope_dim % 4: the tiles are loaded four floats at a time, the rope key's from its own row.
+  return built && p.rope_dim >= 0 && p.rope_dim < p.qk_dim && p.rope_dim % 4 == 0 && p.batch >= 0 &&
+         p.heads >= 0 && p.length >= 0 && p.batch <= 65535 && p.heads <= 65535;
 }
 
 }  // namespace

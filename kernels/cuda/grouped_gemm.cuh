@@ -35,16 +35,18 @@ __device__ inline std::int64_t source_of(const grouped_rows& rows, std::int64_t 
   return rows.source != nullptr ? rows.source[r] / rows.divisor : r;
 }
 
-/// The expert and first row of row tile `t` (row tiles of the experts in order), or -1.
+/// The expert and first row of row tile `t` (row tiles of `Rows` rows of the experts in order),
+/// or -1.
+template <int Rows = tile>
 __device__ inline void find_tile(const grouped_rows& rows, std::int64_t t, std::int64_t& group,
                                  std::int64_t& first) {
   std::int64_t seen = 0;
   for (std::int64_t g = 0; g < rows.groups; ++g) {
     const std::int64_t count = rows.offsets[g + 1] - rows.offsets[g];
-    const std::int64_t tiles = (count + tile - 1) / tile;
+    const std::int64_t tiles = (count + Rows - 1) / Rows;
     if (t < seen + tiles) {
       group = g;
-      first = rows.offsets[g] + (t - seen) * tile;
+      first = rows.offsets[g] + (t - seen) * Rows;
       return;
     }
     seen += tiles;
@@ -59,34 +61,36 @@ struct block_tile {
   std::int64_t group = 0, m0 = 0, m_end = 0, depth = 0, r_begin = 0;
 };
 
-/// This block's tile: Wgrad's from the grid (expert, n tile), Fprop's and Dgrad's from the row
-/// tile scheduler, thread 0 answering through the __shared__ `shared_group` and `shared_first`.
-/// Every thread of the block calls it (it synchronises them); false when the block has no work.
-template <pass P>
+/// This block's tile of `Rows` rows: Wgrad's from the grid (expert, n tile), Fprop's and Dgrad's
+/// from the row tile scheduler, thread 0 answering through the __shared__ `shared_group` and
+/// `shared_first`. Every thread of the block calls it (it synchronises them); false when the
+/// block has no work.
+template <pass P, int Rows = tile>
 __device__ bool block_tile_of(const arguments& args, std::int64_t& shared_group,
                               std::int64_t& shared_first, block_tile& t) {
   if constexpr (P == pass::wgrad) {
     t.group = blockIdx.z;
-    t.m0 = static_cast<std::int64_t>(blockIdx.y) * tile;
+    t.m0 = static_cast<std::int64_t>(blockIdx.y) * Rows;
     t.m_end = args.n;
     t.r_begin = args.rows.offsets[t.group];
     t.depth = args.rows.offsets[t.group + 1] - t.r_begin;
     return t.depth > 0;
   } else {
-    if (threadIdx.x == 0) find_tile(args.rows, blockIdx.y, shared_group, shared_first);
+    if (threadIdx.x == 0) find_tile<Rows>(args.rows, blockIdx.y, shared_group, shared_first);
     __syncthreads();
     t.group = shared_group;
     if (t.group < 0) return false;
     t.m0 = shared_first;
-    t.m_end = min(t.m0 + tile, args.rows.offsets[t.group + 1]);
+    t.m_end = min(t.m0 + Rows, args.rows.offsets[t.group + 1]);
     t.depth = P == pass::fprop ? args.k : args.n;
     return true;
   }
 }
 
-/// Row tiles of all experts together are at most ceil(rows / 64) + groups.
+/// Row tiles of all experts together are at most ceil(rows / Rows) + groups.
+template <int Rows = tile>
 inline unsigned row_tiles(const grouped_rows& rows) {
-  return blocks_for(rows.rows, tile) + static_cast<unsigned>(rows.groups);
+  return blocks_for(rows.rows, Rows) + static_cast<unsigned>(rows.groups);
 }
 
 /// The BF16 tensor-core kernels (grouped_gemm_bf16.cu), launched like the FP32 ones: grid

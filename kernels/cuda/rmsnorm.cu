@@ -6,7 +6,8 @@ namespace troupe::kernels::cuda {
 namespace {
 
 constexpr int threads = 256;
-constexpr std::int64_t rows_per_block = 32;  // rows whose weight gradient one block sums
+constexpr std::int64_t rows_per_block =
+    8;  // rows whose weight gradient one block sums (more blocks than SMs)
 
 __global__ void rmsnorm_forward_kernel(const float* x, std::int64_t ldx, const float* weight,
                                        float* y, std::int64_t ldy, float* rstd, std::int64_t dim,

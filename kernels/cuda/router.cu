@@ -99,14 +99,37 @@ __global__ void row_sums_kernel(const float* scores, std::int64_t experts, std::
   if (threadIdx.x % 32 == 0) z[t] = sum;
 }
 
+// NOTES: P_e = sum_t s[t, e] / z[t] runs over a sequence's tokens; one thread per expert walking
+// the whole sequence left the GPU nearly idle (a block per sequence, E threads busy). Blocks of
+// `balance_chunk` tokens write partial sums that the per-sequence kernel adds in chunk order, so
+// the result does not depend on scheduling.
+constexpr std::int64_t balance_chunk = 64;
+
+__host__ __device__ inline std::int64_t balance_chunks(std::int64_t length) {
+  return (length + balance_chunk - 1) / balance_chunk;
+}
+
+// One block per (sequence, chunk of tokens): partial[b, c, e] = sum_t s[t, e] / z[t].
+__global__ void balance_partial_kernel(router_shape r, const float* scores, std::int64_t length,
+                                       const double* z, double* partial) {
+  const std::int64_t b = blockIdx.y, c = blockIdx.x;
+  const std::int64_t first = c * balance_chunk, last = min(first + balance_chunk, length);
+  for (std::int64_t e = threadIdx.x; e < r.experts; e += blockDim.x) {
+    double p = 0.0;
+    for (std::int64_t t = first; t < last; ++t)
+      p += static_cast<double>(scores[(b * length + t) * r.experts + e]) / z[b * length + t];
+    partial[(b * gridDim.x + c) * r.experts + e] = p;
+  }
+}
+
 // One block per sequence: f[b, e] = E/(K*length) * tokens routed to e, and
-// per_sequence[b] = sum_e f_e * P_e / length with P_e = sum_t s[t, e] / z[t].
-__global__ void balance_fractions_kernel(router_shape r, const float* scores,
-                                         const std::int32_t* selected, std::int64_t length,
-                                         const double* z, double* f, double* per_sequence) {
+// per_sequence[b] = sum_e f_e * P_e / length with P_e the sum of its chunks' partial sums.
+__global__ void balance_fractions_kernel(router_shape r, const std::int32_t* selected,
+                                         std::int64_t length, const double* partial, double* f,
+                                         double* per_sequence) {
   __shared__ int counts[max_router_experts];
   __shared__ double shared[32];
-  const std::int64_t b = blockIdx.x;
+  const std::int64_t b = blockIdx.x, chunks = balance_chunks(length);
   for (std::int64_t e = threadIdx.x; e < r.experts; e += blockDim.x) counts[e] = 0;
   __syncthreads();
   const std::int32_t* chosen = selected + b * length * r.topk;
@@ -120,8 +143,7 @@ __global__ void balance_fractions_kernel(router_shape r, const float* scores,
     const double fe = factor * counts[e];
     f[b * r.experts + e] = fe;
     double p = 0.0;
-    for (std::int64_t t = 0; t < length; ++t)
-      p += static_cast<double>(scores[(b * length + t) * r.experts + e]) / z[b * length + t];
+    for (std::int64_t c = 0; c < chunks; ++c) p += partial[(b * chunks + c) * r.experts + e];
     loss += fe * p / static_cast<double>(length);
   }
   loss = block_sum(loss, shared);
@@ -172,13 +194,31 @@ void check_shape(const router_shape& r, const char* kernel) {
 }
 
 struct balance_scratch {
-  double *z, *f, *per_sequence;
+  double *z, *f, *per_sequence, *partial;
 };
 
 balance_scratch carve(void* scratch, std::int64_t sequences, std::int64_t length,
                       std::int64_t experts) {
   auto* base = static_cast<double*>(scratch);
-  return {base, base + sequences * length, base + sequences * length + sequences * experts};
+  double* f = base + sequences * length;
+  double* per_sequence = f + sequences * experts;
+  return {base, f, per_sequence, per_sequence + sequences};
+}
+
+/// z, then f and the loss per sequence (the forward and the backward both need them).
+void balance_fractions(const router_shape& shape, const float* scores, const std::int32_t* selected,
+                       std::int64_t sequences, std::int64_t length, const balance_scratch& s,
+                       cudaStream_t stream) {
+  const std::int64_t tokens = sequences * length;
+  row_sums_kernel<<<blocks_for(tokens, 8), 256, 0, stream>>>(scores, shape.experts, tokens, s.z);
+  TROUPE_CUDA_LAUNCHED();
+  balance_partial_kernel<<<dim3(static_cast<unsigned>(balance_chunks(length)),
+                                static_cast<unsigned>(sequences)),
+                           128, 0, stream>>>(shape, scores, length, s.z, s.partial);
+  TROUPE_CUDA_LAUNCHED();
+  balance_fractions_kernel<<<static_cast<unsigned>(sequences), 256, 0, stream>>>(
+      shape, selected, length, s.partial, s.f, s.per_sequence);
+  TROUPE_CUDA_LAUNCHED();
 }
 
 }  // namespace
@@ -204,7 +244,8 @@ void router_backward(const router_shape& shape, const float* scores, const std::
 
 std::size_t balance_loss_scratch_bytes(std::int64_t sequences, std::int64_t length,
                                        std::int64_t experts) {
-  return static_cast<std::size_t>(sequences * length + sequences * experts + sequences) *
+  return static_cast<std::size_t>(sequences * length + sequences * experts + sequences +
+                                  sequences * balance_chunks(length) * experts) *
          sizeof(double);
 }
 
@@ -217,14 +258,8 @@ void balance_loss_forward(const router_shape& shape, const float* scores,
           "balance_loss_forward", "scratch smaller than balance_loss_scratch_bytes");
   const balance_scratch s = carve(scratch, sequences, length, shape.experts);
   const std::int64_t tokens = sequences * length;
-  if (tokens > 0) {
-    row_sums_kernel<<<blocks_for(tokens, 8), 256, 0, as_stream(stream)>>>(scores, shape.experts,
-                                                                          tokens, s.z);
-    TROUPE_CUDA_LAUNCHED();
-    balance_fractions_kernel<<<static_cast<unsigned>(sequences), 256, 0, as_stream(stream)>>>(
-        shape, scores, selected, length, s.z, s.f, s.per_sequence);
-    TROUPE_CUDA_LAUNCHED();
-  }
+  if (tokens > 0)
+    balance_fractions(shape, scores, selected, sequences, length, s, as_stream(stream));
   balance_total_kernel<<<1, 1, 0, as_stream(stream)>>>(s.per_sequence, tokens > 0 ? sequences : 0,
                                                        alpha, loss);
   TROUPE_CUDA_LAUNCHED();
@@ -240,12 +275,7 @@ void balance_loss_backward(const router_shape& shape, const float* scores,
   const std::int64_t tokens = sequences * length;
   if (tokens == 0) return;
   const balance_scratch s = carve(scratch, sequences, length, shape.experts);
-  row_sums_kernel<<<blocks_for(tokens, 8), 256, 0, as_stream(stream)>>>(scores, shape.experts,
-                                                                        tokens, s.z);
-  TROUPE_CUDA_LAUNCHED();
-  balance_fractions_kernel<<<static_cast<unsigned>(sequences), 256, 0, as_stream(stream)>>>(
-      shape, scores, selected, length, s.z, s.f, s.per_sequence);
-  TROUPE_CUDA_LAUNCHED();
+  balance_fractions(shape, scores, selected, sequences, length, s, as_stream(stream));
   const double c = static_cast<double>(d_loss) * alpha /
                    (static_cast<double>(length) * static_cast<double>(sequences));
   balance_backward_kernel<<<blocks_for(tokens, 8), 256, 0, as_stream(stream)>>>(

@@ -72,17 +72,23 @@ class device_array {
 
   /// `count` zeros on the context's device (the old contents are dropped).
   void assign(const troupe_exec_context* context, std::size_t count) {
+    allocate(context, count);
+    if (count > 0) ops::zero_bytes(context, data_, bytes());
+  }
+  /// `count` Ts on the context's device, not initialised: for a buffer that is written whole
+  /// before it is read (a zero fill is one more pass over its memory; on the GPU, MoE buffers of
+  /// hundreds of MB per layer).
+  void allocate(const troupe_exec_context* context, std::size_t count) {
     clear();
     if (count == 0) return;
     data_ = static_cast<T*>(allocate_bytes(context, count * sizeof(T)));
     allocator_ = context->allocator;
     device_ = context->device;
     count_ = count;
-    ops::zero_bytes(context, data_, bytes());
   }
   /// A copy of `count` Ts at `source` (on the context's device).
   void assign_copy(const troupe_exec_context* context, const T* source, std::size_t count) {
-    assign(context, count);
+    allocate(context, count);
     if (count > 0) ops::copy_bytes(context, data_, source, bytes());
   }
   void clear() {

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "kernels/dispatch/device_ops.hpp"
@@ -20,6 +21,7 @@ namespace {
 
 struct closed_scope {
   op_class what;
+  const char* function;
   int device;
   void* start;
   void* end;
@@ -42,7 +44,7 @@ thread_local int depth = 0;
 // (--exclude-libs), so a plain static would give each plugin its own state. The runtime library
 // exports this function; every copy asks the dynamic linker for it first and uses the state it
 // returns, falling back to its own when there is none (a program without libtroupe).
-extern "C" __attribute__((visibility("default"))) void* troupe_op_timing_state_v1() {
+extern "C" __attribute__((visibility("default"))) void* troupe_op_timing_state_v2() {
   static troupe::kernels::timing_state state;
   return &state;
 }
@@ -53,10 +55,10 @@ namespace {
 
 timing_state& state() {
   static timing_state* shared = [] {
-    void* found = dlsym(RTLD_DEFAULT, "troupe_op_timing_state_v1");
+    void* found = dlsym(RTLD_DEFAULT, "troupe_op_timing_state_v2");
     using getter = void* (*)();
     return static_cast<timing_state*>(found != nullptr ? reinterpret_cast<getter>(found)()
-                                                       : troupe_op_timing_state_v1());
+                                                       : troupe_op_timing_state_v2());
   }();
   return *shared;
 }
@@ -102,7 +104,26 @@ const char* name(op_class c) {
   return "?";
 }
 
-op_scope::op_scope(const troupe_exec_context* context, op_class c) {
+namespace {
+
+/// "ops::rmsnorm_forward" of "void troupe::kernels::ops::rmsnorm_forward(...)".
+std::string short_name(const char* function) {
+  std::string name(function);
+  const std::size_t open = name.find('(');
+  if (open != std::string::npos) name.resize(open);
+  const std::size_t space = name.rfind(' ');
+  if (space != std::string::npos) name.erase(0, space + 1);
+  for (const char* prefix : {"troupe::kernels::", "troupe::"})
+    if (name.rfind(prefix, 0) == 0) {
+      name.erase(0, std::string(prefix).size());
+      break;
+    }
+  return name;
+}
+
+}  // namespace
+
+op_scope::op_scope(const troupe_exec_context* context, op_class c, std::source_location where) {
   ++depth;
 #if TROUPE_HAVE_CUDA
   timing_state& s = state();
@@ -112,9 +133,10 @@ op_scope::op_scope(const troupe_exec_context* context, op_class c) {
   if (start_ == nullptr) return;
   stream_ = context->stream;
   class_ = c;
+  function_ = where.function_name();
   (void)cudaEventRecord(static_cast<cudaEvent_t>(start_), static_cast<cudaStream_t>(stream_));
 #else
-  (void)context, (void)c;
+  (void)context, (void)c, (void)where;
 #endif
 }
 
@@ -127,7 +149,7 @@ op_scope::~op_scope() {
   if (end == nullptr) return;
   (void)cudaEventRecord(static_cast<cudaEvent_t>(end), static_cast<cudaStream_t>(stream_));
   std::lock_guard lock(s.mutex);
-  s.closed.push_back({class_, device_, start_, end});
+  s.closed.push_back({class_, function_, device_, start_, end});
 #endif
 }
 
@@ -141,8 +163,8 @@ bool enabled() {
   return state().on.load();
 }
 
-std::array<double, op_class_count> collect() {
-  std::array<double, op_class_count> totals{};
+times collect() {
+  times totals;
   timing_state& s = state();
   std::vector<closed_scope> closed;
   {
@@ -154,8 +176,10 @@ std::array<double, op_class_count> collect() {
     float ms = 0.0f;
     if (cudaEventSynchronize(static_cast<cudaEvent_t>(c.end)) == cudaSuccess &&
         cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(c.start),
-                             static_cast<cudaEvent_t>(c.end)) == cudaSuccess)
-      totals[static_cast<std::size_t>(c.what)] += static_cast<double>(ms);
+                             static_cast<cudaEvent_t>(c.end)) == cudaSuccess) {
+      totals.classes[static_cast<std::size_t>(c.what)] += static_cast<double>(ms);
+      totals.functions[short_name(c.function)] += static_cast<double>(ms);
+    }
   }
   std::lock_guard lock(s.mutex);
   for (const closed_scope& c : closed) {

@@ -8,6 +8,9 @@
 
 #include <array>
 #include <cstddef>
+#include <map>
+#include <source_location>
+#include <string>
 
 struct troupe_exec_context;
 
@@ -29,10 +32,12 @@ inline constexpr std::size_t op_class_count = 8;
 /// "attention", "expert GEMMs", ...
 const char* name(op_class c);
 
-/// Brackets the work a scope enqueues on `context`'s stream (GPU contexts, timing on).
+/// Brackets the work a scope enqueues on `context`'s stream (GPU contexts, timing on), counted
+/// for its class and for the function that opens it.
 class op_scope {
  public:
-  op_scope(const troupe_exec_context* context, op_class c);
+  op_scope(const troupe_exec_context* context, op_class c,
+           std::source_location where = std::source_location::current());
   ~op_scope();
   op_scope(const op_scope&) = delete;
   op_scope& operator=(const op_scope&) = delete;
@@ -41,6 +46,7 @@ class op_scope {
   void* stream_ = nullptr;  ///< null: not timing
   int device_ = 0;
   op_class class_{};
+  const char* function_ = nullptr;
   void* start_ = nullptr;
 };
 
@@ -49,9 +55,13 @@ namespace op_timing {
 /// Turns timing on or off for the whole process.
 void enable(bool on);
 bool enabled();
-/// Milliseconds per class (indexed by op_class) of the scopes closed since the last call, waiting
-/// for their events.
-std::array<double, op_class_count> collect();
+struct times {
+  std::array<double, op_class_count> classes{};  ///< milliseconds, indexed by op_class
+  std::map<std::string, double> functions;       ///< milliseconds by the scope's function
+};
+
+/// The GPU time of the scopes closed since the last call, waiting for their events.
+times collect();
 
 }  // namespace op_timing
 

@@ -127,9 +127,9 @@ troupe_status moe_layer::backward_input(const troupe_exec_context* context,
   if (!routing_only()) {
     // Routed experts first: combine backward, the experts, then each token's rows in slot order.
     const std::int64_t pairs = t * k;
-    d_gates.assign(context, static_cast<std::size_t>(pairs));
+    d_gates.allocate(context, static_cast<std::size_t>(pairs));  // combine_backward writes all
     buffer d_out, d_rows;
-    d_out.assign(context, static_cast<std::size_t>(pairs * h));
+    d_out.allocate(context, static_cast<std::size_t>(pairs * h));
     ops::combine_backward(context, dy, s.expert_out.data(), s.gates.data(), s.order.data(), k, h,
                           d_gates.data(), d_out.data(), pairs);
     d_rows.assign(context, static_cast<std::size_t>(pairs * h));

@@ -32,7 +32,7 @@ void routed_experts::bind(std::span<float* const> weights, std::span<float* cons
 const float* routed_experts::input_rows(const troupe_exec_context* context, const saved_rows& s,
                                         std::int64_t first, std::int64_t n, buffer& rows) const {
   if (s.order == nullptr) return s.x + first * hidden_;
-  rows.assign(context, static_cast<std::size_t>(n * hidden_));
+  rows.allocate(context, static_cast<std::size_t>(n * hidden_));
   ops::gather_expert_rows(context, s.x, s.order + first, s.topk, hidden_, rows.data(), 0, n);
   return rows.data();
 }
@@ -91,7 +91,7 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
   s->offsets.assign(offsets.begin(), offsets.end());
   s->rows = s->offsets.back();
   troupe_status status = guarded(error, [&] {
-    s->gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
+    s->gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
     return TROUPE_STATUS_OK;
   });
   if (status == TROUPE_STATUS_OK)
@@ -123,8 +123,9 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
   const std::int64_t rows = s->rows;
   const troupe_status copied = guarded(error, [&] {
     s->d_out.assign_copy(context, dy_rows, static_cast<std::size_t>(rows * hidden_));
-    s->hidden.assign(context, static_cast<std::size_t>(rows * inter_));
-    s->d_gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
+    s->hidden.allocate(context, static_cast<std::size_t>(rows * inter_));
+    s->d_gate_up.assign(context,
+                        static_cast<std::size_t>(rows * 2 * inter_));  // SwiGLU backward adds
     return TROUPE_STATUS_OK;
   });
   if (copied != TROUPE_STATUS_OK) {
@@ -236,13 +237,13 @@ troupe_status routed_experts::grouped_forward(const troupe_exec_context* context
   // dispatch copy. gate and up write the two halves of one [R, 2I] buffer, as on the host.
   ensure_pointer_tables(context);
   const std::int64_t rows = s.rows;
-  s.gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
+  s.gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
   ops::grouped_fprop(context, grouping(s, true), s.x, hidden_, gate_weights_.data(), inter_,
                      hidden_, s.gate_up.data(), 2 * inter_, false);
   ops::grouped_fprop(context, grouping(s, true), s.x, hidden_, up_weights_.data(), inter_, hidden_,
                      s.gate_up.data() + inter_, 2 * inter_, false);
   buffer hidden_rows;
-  hidden_rows.assign(context, static_cast<std::size_t>(rows * inter_));
+  hidden_rows.allocate(context, static_cast<std::size_t>(rows * inter_));
   ops::swiglu_forward_fused(context, s.gate_up.data(), hidden_rows.data(), rows, inter_);
   ops::grouped_fprop(context, grouping(s, false), hidden_rows.data(), inter_, down_weights_.data(),
                      hidden_, inter_, y_rows, hidden_, false);
@@ -254,7 +255,7 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
   const std::int64_t rows = s.rows;
   ops::swiglu_forward_fused(context, s.gate_up.data(), s.hidden.data(), rows, inter_);
   buffer dh;
-  dh.assign(context, static_cast<std::size_t>(rows * inter_));
+  dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
   ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_, down_weights_.data(),
                      hidden_, inter_, dh.data(), inter_, false);
   ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows,

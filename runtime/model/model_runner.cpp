@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include "runtime/core/error.hpp"
+#include "runtime/device/memory_pool.hpp"
 #include "runtime/layers/embedding.hpp"
 #include "runtime/layers/norm.hpp"
 #include "runtime/layers/output_head.hpp"
@@ -140,9 +141,16 @@ model_output model_runner::forward(const exec_context& context, std::int64_t mic
   s.batch = batch;
   tensor hidden = forward_input(context, batch);
   model_output out;
+  cuda::memory_pool* pool =
+      context.where().is_cuda() ? &cuda::memory_pool::on(context.where().index) : nullptr;
   for (auto& layer : layers_) {
     s.layer_inputs.push_back(hidden);
+    const std::uint64_t before = pool != nullptr ? pool->statistics().in_use : 0;
     hidden = layer->forward(context, micro_batch, hidden);
+    if (pool != nullptr) {
+      const std::uint64_t after = pool->statistics().in_use;
+      out.layer_memory.push_back(after > before ? after - before : 0);
+    }
   }
   s.layer_inputs.push_back(hidden);
   if (slice_.head) {

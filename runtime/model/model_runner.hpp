@@ -55,6 +55,10 @@ struct model_output {
   std::vector<std::int64_t> moe_layers;  ///< layer index of each entry below
   std::vector<tensor>
       expert_counts;  ///< i64 [n_routed_experts] per MoE layer (MTP blocks included)
+  /// On a GPU: the bytes of device memory each decoder layer's forward left allocated (its
+  /// output and what it keeps for backward), read from the memory pool's statistics around it;
+  /// empty on the CPU.
+  std::vector<std::uint64_t> layer_memory;
   /// Where this forward first went non-finite ("the output of model.layers.2"); empty if
   /// nowhere. Checked on each slice's output and losses; the layers are searched only then.
   std::string non_finite;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -45,12 +46,45 @@ struct direct_timing {
   double step = 0.0, forward = 0.0, backward = 0.0, optimizer = 0.0;
   /// GPU milliseconds per op class (kernels/dispatch/op_timing.hpp), medians over the steps.
   std::array<double, kernels::op_class_count> classes{};
+  /// GPU milliseconds per function that opened an op scope, means over the steps.
+  std::map<std::string, double> functions;
   bool has_classes = false;
+  /// Device memory each decoder layer's forward kept (model_output::layer_memory), micro-batch 0
+  /// of the first timed step.
+  std::vector<std::uint64_t> layer_memory;
 };
 
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   return values[values.size() / 2];
+}
+
+/// Activation memory per decoder layer, as the memory pool counted it around each forward.
+void print_layer_memory(const std::vector<std::uint64_t>& bytes, const topology& topo,
+                        const std::string& device) {
+  if (bytes.empty()) return;
+  const double mib = 1024.0 * 1024.0;
+  const std::int64_t dense = std::min<std::int64_t>(topo.model.first_k_dense_replace,
+                                                    static_cast<std::int64_t>(bytes.size()));
+  std::uint64_t total = 0, moe_min = UINT64_MAX, moe_max = 0, moe_sum = 0;
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    total += bytes[i];
+    if (static_cast<std::int64_t>(i) < dense) continue;
+    moe_min = std::min(moe_min, bytes[i]);
+    moe_max = std::max(moe_max, bytes[i]);
+    moe_sum += bytes[i];
+  }
+  const auto moe = static_cast<std::int64_t>(bytes.size()) - dense;
+  fmt::print(
+      "activation memory per layer on {} (memory pool, one micro-batch of {} x {} tokens kept "
+      "for backward): ",
+      device, topo.train.micro_batch_size, topo.train.sequence_length);
+  if (dense > 0) fmt::print("dense {:.1f} MiB, ", static_cast<double>(bytes[0]) / mib);
+  if (moe > 0)
+    fmt::print("MoE {:.1f} MiB (min {:.1f}, max {:.1f}), ",
+               static_cast<double>(moe_sum) / static_cast<double>(moe) / mib,
+               static_cast<double>(moe_min) / mib, static_cast<double>(moe_max) / mib);
+  fmt::print("{} layers {:.2f} GiB\n", bytes.size(), static_cast<double>(total) / (mib * 1024.0));
 }
 
 /// The same work as one training step without actors: every micro-batch's forward and backward
@@ -96,6 +130,8 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
   };
   std::vector<double> times, forwards, backwards, optimizers;
   std::array<std::vector<double>, kernels::op_class_count> classes;
+  std::map<std::string, double> functions;
+  std::vector<std::uint64_t> layer_memory;
   // NOTES: the breakdown brackets every op with CUDA events; the step times come from a second
   // round of steps without them, so the events cost the figures nothing.
   const bool breakdown = where.is_cuda();
@@ -107,7 +143,8 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
     double forward = 0.0, backward = 0.0;
     for (std::int64_t m = 0; m < micro_batches; ++m) {
       auto phase = clock_type::now();
-      runner.forward(context, m, input);
+      const model_output out = runner.forward(context, m, input);
+      if (step == 1 && m == 0) layer_memory = out.layer_memory;
       wait();
       forward += since(phase);
       phase = clock_type::now();
@@ -124,7 +161,9 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
     }
     if (timing_ops) {
       const auto ms = kernels::op_timing::collect();
-      for (std::size_t c = 0; c < ms.size(); ++c) classes[c].push_back(ms[c]);
+      for (std::size_t c = 0; c < ms.classes.size(); ++c) classes[c].push_back(ms.classes[c]);
+      for (const auto& [function, time] : ms.functions)
+        functions[function] += time / static_cast<double>(steps);
     } else if (step > 0) {
       times.push_back(since(start));
       forwards.push_back(forward);
@@ -133,10 +172,16 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
     }
   }
   kernels::op_timing::enable(false);
-  direct_timing result{median(times), median(forwards), median(backwards), median(optimizers)};
+  direct_timing result;
+  result.step = median(times);
+  result.forward = median(forwards);
+  result.backward = median(backwards);
+  result.optimizer = median(optimizers);
+  result.layer_memory = std::move(layer_memory);
   if (breakdown) {
     result.has_classes = true;
     for (std::size_t c = 0; c < classes.size(); ++c) result.classes[c] = median(classes[c]);
+    result.functions = std::move(functions);
   }
   return result;
 }
@@ -234,6 +279,15 @@ int bench_train(const bench_train_options& options) {
       fmt::print("  {:<30} {:8.2f} ms  {:5.1f}%  (actors against the direct loop)\n",
                  "communication with CPU roles", (actor_step - direct_step) * 1e3,
                  100.0 * (actor_step - direct_step) / (direct_step * 1e3));
+      print_layer_memory(direct.layer_memory, topo, options.device);
+      std::vector<std::pair<double, std::string>> heaviest;
+      for (const auto& [function, time] : direct.functions) heaviest.emplace_back(time, function);
+      std::sort(heaviest.rbegin(), heaviest.rend());
+      if (heaviest.size() > 24) heaviest.resize(24);
+      fmt::print("heaviest ops on {} (GPU time per step, mean):\n", options.device);
+      for (const auto& [time, function] : heaviest)
+        fmt::print("  {:<46} {:8.2f} ms  {:5.1f}%\n", function, time,
+                   100.0 * time / (direct_step * 1e3));
     }
     return exit_ok;
   } catch (const troupe::error& e) {

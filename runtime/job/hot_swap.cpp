@@ -5,16 +5,19 @@
 namespace troupe {
 
 behavior hot_swap_handlers(std::shared_ptr<process_plugins> plugins,
-                           std::function<std::vector<instance_slot>(plugin_kind)> slots_of) {
+                           std::function<std::vector<instance_slot>(plugin_kind)> slots_of,
+                           swap_participant own) {
   struct pending_swap {
     plugin_swap_order order;
     std::unique_ptr<instance_swap> instances;  // layer kinds; null for the GEMM
   };
   auto pending = std::make_shared<std::optional<pending_swap>>();
   return behavior()
-      .on<prepare_swap>([plugins, pending, slots_of](prepare_swap& request) -> std::int64_t {
+      .on<prepare_swap>([plugins, pending, slots_of,
+                         prepare = own.prepare](prepare_swap& request) -> std::int64_t {
         pending->reset();
         const plugin_swap_order& order = request.order;
+        if (prepare) prepare(order);
         if (order.kind == plugin_kind::gemm) {
           const std::int64_t built = plugins->prepare_gemm(order);
           *pending = pending_swap{order, nullptr};
@@ -26,12 +29,13 @@ behavior hot_swap_handlers(std::shared_ptr<process_plugins> plugins,
         *pending = pending_swap{order, std::move(instances)};
         return count;
       })
-      .on<commit_swap>([plugins, pending](commit_swap&) {
+      .on<commit_swap>([plugins, pending, commit = own.commit](commit_swap&) {
         if (!*pending) fail("commit without a prepared swap");
         if ((*pending)->instances)
           (*pending)->instances->commit();
         else
           plugins->commit_gemm((*pending)->order.swap);
+        if (commit) commit((*pending)->order);
         pending->reset();
         return true;
       })

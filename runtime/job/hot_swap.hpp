@@ -6,7 +6,9 @@
 // every holder succeeded, to commit; if any failed, every holder aborts and nothing changed:
 //   prepare_swap -> int64   successors built for every instance of the kind (none in place
 //                           yet); a GEMM swap prepares the process's provider (1 for the first
-//                           holder of the process, 0 for the others)
+//                           holder of the process, 0 for the others); a holder's own part
+//                           (swap_participant: a pipeline rank checks the built-in GEMM's
+//                           precision) may refuse first
 //   commit_swap -> bool     the successors take over
 //   abort_swap -> bool      the successors are dropped
 // A holder adds hot_swap_handlers to its behavior; the job calls swap_everywhere.
@@ -39,10 +41,21 @@ struct abort_swap {
   auto fields() { return std::tie(); }
 };
 
+/// What a holder does itself in a swap, besides its plugin instances and its process's GEMM
+/// provider (a pipeline rank on a GPU switches its context to the built-in GEMM's precision).
+struct swap_participant {
+  /// At prepare, before anything is built: throws to refuse the swap (every holder then drops
+  /// its successors). Null: nothing to check.
+  std::function<void(const plugin_swap_order&)> prepare;
+  /// At commit, after the successors took over. Null: nothing to do.
+  std::function<void(const plugin_swap_order&)> commit;
+};
+
 /// The handlers of a holder whose instances of a kind `slots_of` finds, in the process whose
-/// shared swap state is `plugins`.
+/// shared swap state is `plugins`; `own` is the holder's own part.
 behavior hot_swap_handlers(std::shared_ptr<process_plugins> plugins,
-                           std::function<std::vector<instance_slot>(plugin_kind)> slots_of);
+                           std::function<std::vector<instance_slot>(plugin_kind)> slots_of,
+                           swap_participant own = {});
 
 /// A swap that changed nothing: a holder could not prepare (the library does not load, crashes,
 /// exits or hangs in the probe process that tries it first, is misnamed or the wrong kind, or its

@@ -19,21 +19,27 @@
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/plugin/instance.hpp"
 #include "runtime/plugin/registry.hpp"
+#include "runtime/topology/topology.hpp"
 
 namespace troupe {
 
-/// A swap as it travels to every holder: the role, the library (empty: the built-in FP32 GEMM)
-/// and the swap's number in the job (the same path swapped twice loads twice).
+/// A swap as it travels to every holder: the role, the library (empty: the runtime's built-in
+/// GEMM), the swap's number in the job (the same path swapped twice loads twice) and, for the
+/// built-in GEMM, its precision: fp32 (BLAS on the host, cuBLASLt FP32 on a GPU) or bf16
+/// (cuBLASLt BF16, on GPUs only). The process's context gets its default provider either way; a
+/// pipeline rank on a GPU switches its own context to the precision (pipeline_rank.hpp).
 struct plugin_swap_order {
   plugin_kind kind = plugin_kind::moe;
   std::string library;
   std::int64_t swap = 0;
-  auto fields() { return std::tie(kind, library, swap); }
+  precision builtin = precision::fp32;
+  auto fields() { return std::tie(kind, library, swap, builtin); }
 };
 
 class process_plugins {
  public:
-  /// `gemm`: the GEMM plugin instance the context uses now (null: the built-in FP32).
+  /// `gemm`: the GEMM plugin instance the context uses now (null: the built-in, the context's
+  /// default provider).
   process_plugins(plugin_registry& registry, exec_context& context,
                   std::unique_ptr<gemm_instance> gemm);
 

@@ -1,6 +1,7 @@
 #include "runtime/stage/pipeline_rank.hpp"
 
 #include "runtime/exec/blas_gemm.hpp"
+#include "runtime/exec/cuda_gemm.hpp"
 
 #include <cmath>
 
@@ -46,14 +47,32 @@ tensor on_host(const tensor& t) {
 }  // namespace
 
 pipeline_rank::pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks,
-                             const exec_context& context, const troupe_gemm_provider* gpu_gemm)
+                             const exec_context& context, precision builtin_gemm)
     : rank_(rank),
       chunks_(std::move(chunks)),
       host_context_(context),
       gpu_context_(gpu_context_for(chunks_, context)),
-      context_(gpu_context_ ? *gpu_context_ : context) {
+      context_(gpu_context_ ? *gpu_context_ : context),
+      builtin_gemm_(builtin_gemm) {
   if (gpu_context_) snapshots_ = std::make_unique<async_snapshot>(context_.where().index);
-  gpu_gemm_ = gpu_gemm;
+  follow_gemm_provider();
+}
+
+void pipeline_rank::check_builtin_gemm(precision p) const {
+  if (p != precision::fp32 && p != precision::bf16)
+    fail("pipeline rank {}: the runtime's built-in GEMM computes in fp32 or bf16, not {}", rank_,
+         p == precision::fp8 ? std::string("fp8")
+                             : fmt::format("precision #{}", static_cast<int>(p)));
+  if (p == precision::bf16 && !gpu_context_)
+    fail(
+        "pipeline rank {} computes on the CPU, which has no BF16 GEMM: the built-in bf16 GEMM "
+        "runs on GPU stages only",
+        rank_);
+}
+
+void pipeline_rank::use_builtin_gemm(precision p) {
+  check_builtin_gemm(p);
+  builtin_gemm_ = p;
   follow_gemm_provider();
 }
 
@@ -76,9 +95,11 @@ std::optional<std::vector<std::pair<std::string, tensor>>> pipeline_rank::take_s
 void pipeline_rank::follow_gemm_provider() {
   if (!gpu_context_) return;
   // A plugin's provider (FP8) serves both devices; the host's BLAS default gives way to
-  // cuBLASLt (FP32, or BF16 as the rank was told).
+  // cuBLASLt in the built-in's precision (null: the GPU context's default, FP32).
   const troupe_gemm_provider* host = host_context_.gemm_provider();
-  gpu_context_->set_gemm_provider(host == blas_gemm_provider() ? gpu_gemm_ : host);
+  const troupe_gemm_provider* builtin =
+      builtin_gemm_ == precision::bf16 ? cuda_bf16_gemm_provider() : nullptr;
+  gpu_context_->set_gemm_provider(host == blas_gemm_provider() ? builtin : host);
 }
 
 stage_chunk& pipeline_rank::chunk(std::int32_t stage, std::int32_t copy) {

@@ -25,6 +25,7 @@
 #include "runtime/schedule/schedule_plan.hpp"
 #include "runtime/stage/async_snapshot.hpp"
 #include "runtime/stage/stage_messages.hpp"
+#include "runtime/topology/topology.hpp"
 
 namespace troupe {
 class hf_checkpoint;
@@ -45,10 +46,10 @@ class pipeline_rank {
  public:
   /// A rank computing where its chunks' parameters live: with `context` (the process's) on the
   /// host, or with a context of its own on their GPU (its stream, `context`'s pool and GEMM
-  /// provider; where that is the host's BLAS default, `gpu_gemm`, and cuBLASLt in FP32 when that
-  /// is null).
+  /// provider; where that is the host's BLAS default, the runtime's cuBLASLt GEMM in the
+  /// precision of `builtin_gemm`: fp32 or bf16).
   pipeline_rank(std::int32_t rank, std::vector<stage_chunk> chunks, const exec_context& context,
-                const troupe_gemm_provider* gpu_gemm = nullptr);
+                precision builtin_gemm = precision::fp32);
 
   std::int32_t rank() const { return rank_; }
   std::vector<stage_chunk>& chunks() { return chunks_; }
@@ -73,6 +74,16 @@ class pipeline_rank {
   void optimize(double lr, double grad_scale, std::int64_t step);
   /// Every instance of a plugin of `kind` in this rank's chunks, for a hot swap.
   std::vector<instance_slot> plugin_slots(plugin_kind kind);
+  /// The precision of the runtime's own GEMM on this rank, what it computes with while its
+  /// process runs no GEMM plugin: fp32 (BLAS on the host, cuBLASLt FP32 on a GPU) or bf16
+  /// (cuBLASLt BF16 on the tensor cores, on a GPU only).
+  precision builtin_gemm() const { return builtin_gemm_; }
+  /// Throws, naming the rank, where this rank cannot compute with the built-in GEMM in `p`:
+  /// bf16 on the host (which has no BF16 GEMM), or a precision the runtime has no GEMM of.
+  void check_builtin_gemm(precision p) const;
+  /// Switches the built-in GEMM to `p` (checked first): a hot swap of the gemm role to the
+  /// built-in, at a step boundary.
+  void use_builtin_gemm(precision p);
   /// Writes the balancer's router biases into the MoE layers this rank holds (the parameters of
   /// role router bias, by layer).
   void set_router_biases(const std::map<std::int64_t, std::vector<float>>& biases);
@@ -124,14 +135,15 @@ class pipeline_rank {
   std::int32_t rank_;
   std::vector<stage_chunk> chunks_;
   /// The GPU context follows the process context's GEMM provider (a hot swap to or from FP8
-  /// replaces it there), before every forward, backward and optimizer step.
+  /// replaces it there) and, under the host's default, the built-in's precision, before every
+  /// forward, backward and optimizer step.
   void follow_gemm_provider();
 
   const exec_context& host_context_;
   std::unique_ptr<exec_context> gpu_context_;  ///< when the chunks live on a GPU
   const exec_context& context_;
   std::unique_ptr<async_snapshot> snapshots_;  ///< GPU ranks
-  const troupe_gemm_provider* gpu_gemm_ = nullptr;
+  precision builtin_gemm_ = precision::fp32;
   std::shared_ptr<const schedule_plan> plan_;
   std::vector<micro_batch_input> inputs_;
   float loss_scale_ = 1.0f;

@@ -182,7 +182,19 @@ actor_ref spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor_
     auto st = std::make_shared<stage_state>();
     st->setup = setup;
     auto slots = [setup](plugin_kind kind) { return setup->rank->plugin_slots(kind); };
-    return hot_swap_handlers(setup->plugins, slots)
+    // A swap of the GEMM to the built-in switches the rank's own precision (its GPU context's
+    // cuBLASLt, FP32 or BF16); a rank that cannot compute in it refuses the swap everywhere.
+    auto to_builtin = [](const plugin_swap_order& order) {
+      return order.kind == plugin_kind::gemm && order.library.empty();
+    };
+    swap_participant own;
+    own.prepare = [setup, to_builtin](const plugin_swap_order& order) {
+      if (to_builtin(order)) setup->rank->check_builtin_gemm(order.builtin);
+    };
+    own.commit = [setup, to_builtin](const plugin_swap_order& order) {
+      if (to_builtin(order)) setup->rank->use_builtin_gemm(order.builtin);
+    };
+    return hot_swap_handlers(setup->plugins, slots, std::move(own))
         .add(pipeline_handlers(self, st))
         .add(holder_handlers(self, setup));
   };

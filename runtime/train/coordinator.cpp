@@ -62,16 +62,16 @@ training_result coordinator::run(blocking_actor& self, const std::atomic<bool>& 
       stopped = true;
       break;
     }
-    const bool periodic =
-        topo_.train.checkpoint_every > 0 && (step + 1) % topo_.train.checkpoint_every == 0;
+    const bool periodic = options_.checkpoints && topo_.train.checkpoint_every > 0 &&
+                          (step + 1) % topo_.train.checkpoint_every == 0;
     if (periodic && step + 1 < standing_.total_steps)
       result.last_checkpoint = checkpoints_.write(self);
   }
   // Paused after the last step (--pause-after N with N the last): wait for resume.
   if (!stopped && result.outcome == training_outcome::completed) boundary(self, stop);
   if (stopped) result.outcome = training_outcome::stopped;
-  if (result.outcome != training_outcome::non_finite && result.last_step > standing_.start_step &&
-      (stopped || options_.checkpoint_at_end))
+  if (options_.checkpoints && result.outcome != training_outcome::non_finite &&
+      result.last_step > standing_.start_step && (stopped || options_.checkpoint_at_end))
     result.last_checkpoint = checkpoints_.write(self);
   result.seconds = seconds_between(run_start, clock::now());
   return result;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -19,18 +20,50 @@ namespace {
 /// How long a control request waits for the step loop to reach a boundary.
 constexpr std::chrono::minutes boundary_timeout{10};
 
-nlohmann::json describe(const plugin_library* library) {
-  if (library == nullptr) return {{"plugin", "builtin"}, {"version", "fp32"}, {"generation", 0}};
+/// The plugin serving a role; null: the runtime's built-in GEMM in `builtin`.
+nlohmann::json describe(const plugin_library* library, precision builtin) {
+  if (library == nullptr)
+    return {{"plugin", "builtin"}, {"version", to_string(builtin)}, {"generation", 0}};
   return {{"plugin", library->name},
           {"version", library->version},
           {"generation", library->generation},
           {"library", library->file.string()}};
 }
 
-std::string one_line(const plugin_library* library) {
-  if (library == nullptr) return "the built-in FP32 GEMM";
+std::string one_line(const plugin_library* library, precision builtin) {
+  if (library == nullptr)
+    return fmt::format("the built-in {} GEMM", builtin == precision::bf16 ? "BF16" : "FP32");
   return fmt::format("'{}' {} (generation {}, {})", library->name, library->version,
                      library->generation, library->file.string());
+}
+
+/// The swap request's "builtin": none (absent or false: a library swap), fp32 (true or "fp32")
+/// or bf16 ("bf16"). Throws naming the field.
+std::optional<precision> requested_builtin(const nlohmann::json& request) {
+  if (!request.is_object() || !request.contains("builtin")) return std::nullopt;
+  const nlohmann::json& value = request.at("builtin");
+  if (value.is_boolean())
+    return value.get<bool>() ? std::optional<precision>(precision::fp32) : std::nullopt;
+  if (value == "fp32") return precision::fp32;
+  if (value == "bf16") return precision::bf16;
+  fail(
+      "the swap request: \"builtin\" (the built-in GEMM's precision) must be true, \"fp32\" or "
+      "\"bf16\", got {}",
+      value.dump());
+}
+
+/// The first stage (replica) or expert shard of `topo` placed on the CPU, as the topology's
+/// checks name it; empty when all are on GPUs.
+std::string first_on_the_cpu(const topology& topo) {
+  for (std::size_t i = 0; i < topo.stages.size(); ++i) {
+    const auto& replicas = topo.stages[i].replicas;
+    for (std::size_t r = 0; r < replicas.size(); ++r)
+      if (!replicas[r].where.is_cuda())
+        return fmt::format("stage {}{}", i, topo.data > 1 ? fmt::format(" replica {}", r) : "");
+  }
+  for (std::size_t i = 0; i < topo.expert_shards.size(); ++i)
+    if (!topo.expert_shards[i].place.where.is_cuda()) return fmt::format("expert shard {}", i);
+  return {};
 }
 
 }  // namespace
@@ -47,6 +80,7 @@ training_control::training_control(const topology& topo, const training_options&
       checkpoints_(checkpoints),
       metrics_(metrics),
       active_(std::move(active)),
+      builtin_gemm_(builtin_gemm_precision(topo)),
       queue_(std::make_unique<job_control>()) {
   const std::string name = options.job_name.empty() ? topo.name : options.job_name;
   directory_ = std::make_unique<job_directory>(
@@ -137,7 +171,7 @@ void training_control::after_step(std::int64_t step) {
 void training_control::publish_status() {
   nlohmann::json serving = nlohmann::json::object();
   for (const auto& [role, library] : active_)
-    serving[std::string(name_of(role))] = describe(library.get());
+    serving[std::string(name_of(role))] = describe(library.get(), builtin_gemm_);
   cluster* processes = process_.processes();
   queue_->set_status({{"job", directory_->name()},
                       {"pid", static_cast<long>(::getpid())},
@@ -158,10 +192,10 @@ void training_control::publish_status() {
 control_reply training_control::request_swap(const nlohmann::json& request) {
   // The endpoint's thread checks the request; the swap runs on the coordinator.
   std::string wanted, library_path;
-  bool builtin = false;
+  std::optional<precision> builtin;
   try {
     wanted = json_string(request, "plugin", "", "the swap request");
-    builtin = json_bool(request, "builtin", false, "the swap request");
+    builtin = requested_builtin(request);
     library_path = json_string(request, "library", "", "the swap request");
   } catch (const error& e) {
     return control_error(400, e.what());
@@ -174,33 +208,44 @@ control_reply training_control::request_swap(const nlohmann::json& request) {
     return control_error(400, fmt::format("plugin '{}': name a role (attention, moe, mtp, gemm) "
                                           "or a plugin the job runs ({})",
                                           wanted, current.dump()));
-  if (builtin == !library_path.empty())
-    return control_error(400, "give either \"library\": PATH or \"builtin\": true");
+  if (builtin.has_value() == !library_path.empty())
+    return control_error(
+        400, "give either \"library\": PATH or \"builtin\": true, \"fp32\" or \"bf16\"");
   if (builtin && *role != plugin_kind::gemm)
-    return control_error(400, "only the gemm role has a built-in implementation (FP32)");
+    return control_error(400, "only the gemm role has a built-in implementation (fp32 or bf16)");
+  // As the topology's precision "bf16": every stage and expert shard on a GPU.
+  if (builtin == precision::bf16)
+    if (const std::string on_cpu = first_on_the_cpu(topo_); !on_cpu.empty())
+      return control_error(
+          409, fmt::format("{} is on the CPU, but the built-in bf16 GEMM computes on a GPU's "
+                           "tensor cores and the CPU has no BF16 path: swap to the built-in fp32 "
+                           "GEMM (\"builtin\": \"fp32\", troupe ctl --builtin fp32) or a GEMM "
+                           "plugin",
+                           on_cpu));
   return queue_->at_step_boundary(
-      [this, role = *role, library_path](blocking_actor& self) {
-        return swap_plugin(self, role, library_path);
-      },
+      [this, role = *role, library_path, in = builtin.value_or(precision::fp32)](
+          blocking_actor& self) { return swap_plugin(self, role, library_path, in); },
       boundary_timeout);
 }
 
 control_reply training_control::swap_plugin(blocking_actor& self, plugin_kind role,
-                                            const std::string& library_path) {
+                                            const std::string& library_path, precision builtin) {
   // The step loop is held from here, loading the library included.
   const auto start = std::chrono::steady_clock::now();
   const std::shared_ptr<const plugin_library> before =
       active_.count(role) != 0 ? active_[role] : nullptr;
-  std::shared_ptr<const plugin_library> library;  // null: the built-in FP32 GEMM
+  const precision builtin_before = builtin_gemm_;
+  std::shared_ptr<const plugin_library> library;  // null: the built-in GEMM in `builtin`
   auto failed = [&](int status, const std::string& why) {
     metrics_.record_swap(role, false, 0.0);
     event(fmt::format("swap of the {} plugin failed; the job goes on with {}: {}", name_of(role),
-                      one_line(before.get()), why));
+                      one_line(before.get(), builtin_before), why));
     swap_history_.push_back(
         {{"step", standing_.last_completed},
          {"role", std::string(name_of(role))},
          {"outcome", "failed"},
-         {"to", library ? describe(library.get()) : nlohmann::json{{"library", library_path}}},
+         {"to", library || library_path.empty() ? describe(library.get(), builtin)
+                                                : nlohmann::json{{"library", library_path}}},
          {"error", why}});
     publish_status();
     return control_error(status, why);
@@ -211,7 +256,7 @@ control_reply training_control::swap_plugin(blocking_actor& self, plugin_kind ro
   // for the GEMM (each process switches its own provider once).
   named_actors holders =
       role == plugin_kind::moe || role == plugin_kind::gemm ? roles_.holders() : roles_.stages();
-  const plugin_swap_order order{role, library_path, ++swaps_ordered_};
+  const plugin_swap_order order{role, library_path, ++swaps_ordered_, builtin};
   std::int64_t instances = 0;
   try {
     // Loaded and checked here first: a library that fails to load bothers nobody else.
@@ -227,20 +272,21 @@ control_reply training_control::swap_plugin(blocking_actor& self, plugin_kind ro
     return failed(e.why() == swap_refused::reason::no_instances ? 409 : 422, e.what());
   }
   active_[role] = library;
+  if (!library) builtin_gemm_ = builtin;
   const double pause =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  metrics_.set_plugin(role, library.get());
+  metrics_.set_plugin(role, library.get(), builtin_gemm_);
   metrics_.record_swap(role, true, pause);
   event(
       fmt::format("swapped the {} plugin after step {}: {} -> {} (instances replaced: {}; the "
                   "step loop paused {:.1f} ms)",
-                  name_of(role), standing_.last_completed, one_line(before.get()),
-                  one_line(library.get()), instances, pause * 1e3));
+                  name_of(role), standing_.last_completed, one_line(before.get(), builtin_before),
+                  one_line(library.get(), builtin_gemm_), instances, pause * 1e3));
   nlohmann::json entry{{"step", standing_.last_completed},
                        {"role", std::string(name_of(role))},
                        {"outcome", "swapped"},
-                       {"from", describe(before.get())},
-                       {"to", describe(library.get())},
+                       {"from", describe(before.get(), builtin_before)},
+                       {"to", describe(library.get(), builtin_gemm_)},
                        {"instances", instances},
                        {"pause_seconds", pause}};
   swap_history_.push_back(entry);

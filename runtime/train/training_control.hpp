@@ -27,7 +27,7 @@
 
 namespace troupe {
 
-/// The plugin serving each role (a null gemm: the built-in FP32 GEMM).
+/// The plugin serving each role (a null gemm: the runtime's built-in GEMM).
 using active_plugins = std::map<plugin_kind, std::shared_ptr<const plugin_library>>;
 
 class training_control {
@@ -55,7 +55,9 @@ class training_control {
  private:
   control_reply set_paused(bool pause);
   control_reply request_swap(const nlohmann::json& request);
-  control_reply swap_plugin(blocking_actor& self, plugin_kind role, const std::string& library);
+  /// Swaps `role` for `library`, or (empty) the built-in GEMM in precision `builtin`.
+  control_reply swap_plugin(blocking_actor& self, plugin_kind role, const std::string& library,
+                            precision builtin);
   void event(const std::string& what) const;
   void publish_status();
 
@@ -67,6 +69,8 @@ class training_control {
   training_checkpoints& checkpoints_;
   training_metrics& metrics_;
   active_plugins active_;
+  /// The built-in GEMM's precision: what a null gemm in active_ computes in.
+  precision builtin_gemm_;
   std::int64_t swaps_ordered_ = 0;
   bool paused_ = false;
   nlohmann::json swap_history_ = nlohmann::json::array();

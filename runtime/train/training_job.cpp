@@ -62,7 +62,7 @@ void training_job::impl::build(plugin_registry& registry) {
       options.checkpoint_dir.empty() ? fs::path(topo.train.checkpoint_dir) : options.checkpoint_dir,
       roles, standing, [this](const std::string& what) { event(what); });
   // Everything that can fail before step 1 fails here, not after hours of training.
-  checkpoints->prepare(process->coordinates());
+  if (options.checkpoints) checkpoints->prepare(process->coordinates());
   if (!options.resume.empty()) checkpoints->resume(options.resume);
   metrics = std::make_unique<training_metrics>(*process->metrics().registry(),
                                                topo.monitoring.per_expert_series);
@@ -75,7 +75,8 @@ void training_job::impl::build(plugin_registry& registry) {
                         {plugin_kind::attention, plugins.attention}};
   if (plugins.moe) active[plugin_kind::moe] = plugins.moe;
   if (plugins.mtp) active[plugin_kind::mtp] = plugins.mtp;
-  for (const auto& [role, library] : active) metrics->set_plugin(role, library.get());
+  for (const auto& [role, library] : active)
+    metrics->set_plugin(role, library.get(), builtin_gemm_precision(topo));
   start_control(active);
 }
 

@@ -73,6 +73,9 @@ struct training_options {
   std::filesystem::path resume;          ///< a checkpoint, or a checkpoint root with `latest`
   std::int64_t stop_after = 0;           ///< stop (and checkpoint) after this step; 0: never
   bool checkpoint_at_end = true;
+  /// false: no checkpoint at all, periodic, final or on a signal, and no check of the disk before
+  /// step 1 (benchmarks, and models whose checkpoint does not fit the disk).
+  bool checkpoints = true;
   bool keep_steps = false;  ///< keep every step_record in training_result::steps (tests, benches)
   int threads = 0;          ///< worker pool size; 0: one per core
   std::function<void(const step_record&)> on_step;

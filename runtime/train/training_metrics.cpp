@@ -154,13 +154,14 @@ void training_metrics::set_paused(bool paused) {
   families_->paused.Add({}).Set(paused ? 1 : 0);
 }
 
-void training_metrics::set_plugin(plugin_kind role, const plugin_library* library) {
+void training_metrics::set_plugin(plugin_kind role, const plugin_library* library,
+                                  precision builtin) {
   auto& gauge = plugin_info_[role];
   if (gauge != nullptr) families_->plugin_info.Remove(gauge);
   gauge = &families_->plugin_info.Add(
       {{"role", std::string(name_of(role))},
        {"plugin", library != nullptr ? library->name : std::string("builtin")},
-       {"version", library != nullptr ? library->version : std::string("fp32")},
+       {"version", library != nullptr ? library->version : std::string(to_string(builtin))},
        {"generation", std::to_string(library != nullptr ? library->generation : 0)}});
   gauge->Set(1);
 }

@@ -12,6 +12,7 @@
 
 #include "runtime/balancer/bias_balancer.hpp"
 #include "runtime/plugin/registry.hpp"
+#include "runtime/topology/topology.hpp"
 
 namespace prometheus {
 class Registry;
@@ -35,8 +36,8 @@ class training_metrics {
   /// Whether an operator paused the step loop (troupe ctl JOB pause).
   void set_paused(bool paused);
   /// The plugin now serving `role`: name, version and generation (null: the runtime's built-in
-  /// FP32 GEMM).
-  void set_plugin(plugin_kind role, const plugin_library* library);
+  /// GEMM, plugin "builtin" of version `builtin`, "fp32" or "bf16").
+  void set_plugin(plugin_kind role, const plugin_library* library, precision builtin);
   /// A hot swap of `role`'s plugin that succeeded or failed; a success paused the step loop for
   /// `pause_seconds`.
   void record_swap(plugin_kind role, bool swapped, double pause_seconds);

@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/balancer/balancer_actor.hpp"
-#include "runtime/exec/cuda_gemm.hpp"
 #include "runtime/stage/stage_messages.hpp"
 
 namespace troupe {
@@ -163,9 +162,8 @@ void build_ranks(training_roles& roles, const topology& topo, job_process& proce
       if (sharded) setup->transport = std::make_unique<actor_expert_transport>(process.runtime());
       auto chunks = build_chunks(topo, plan, d, r, process.is_local(name), plugins, *setup,
                                  process.context().pool());
-      setup->rank = std::make_unique<pipeline_rank>(
-          r, std::move(chunks), process.context(),
-          topo.gemm_precision == precision::bf16 ? cuda_bf16_gemm_provider() : nullptr);
+      setup->rank = std::make_unique<pipeline_rank>(r, std::move(chunks), process.context(),
+                                                    builtin_gemm_precision(topo));
       roles.ranks.push_back({name, d, r, actor_ref(), setup});
     }
 }
@@ -232,6 +230,10 @@ std::shared_ptr<const plugin_library> load_gemm_plugin(plugin_registry& registry
                                                        const topology& topo) {
   if (topo.gemm_precision != precision::fp8) return nullptr;
   return load_role(registry, topo, plugin_kind::gemm, "fp8");
+}
+
+precision builtin_gemm_precision(const topology& topo) {
+  return topo.gemm_precision == precision::bf16 ? precision::bf16 : precision::fp32;
 }
 
 training_roles build_training_roles(const topology& topo, job_process& process,

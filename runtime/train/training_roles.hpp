@@ -62,9 +62,14 @@ batch_ramp batch_ramp_of(const topology& topo);
 /// The plugin libraries of the model's layer roles (attention, moe, mtp) and their options.
 model_plugins load_model_plugins(plugin_registry& registry, const topology& topo);
 
-/// The GEMM plugin of `precision = "fp8"` (null: the runtime's built-in FP32 GEMM).
+/// The GEMM plugin of `precision = "fp8"` (null: the runtime's built-in GEMM).
 std::shared_ptr<const plugin_library> load_gemm_plugin(plugin_registry& registry,
                                                        const topology& topo);
+
+/// The precision of the runtime's built-in GEMM a job of `topo` starts with, what computes where
+/// no GEMM plugin does: bf16 under model.precision = "bf16" (cuBLASLt BF16 on the GPU stages),
+/// fp32 otherwise. `troupe ctl JOB swap --plugin gemm --builtin fp32|bf16` changes it.
+precision builtin_gemm_precision(const topology& topo);
 
 /// Builds the state of every role of this process: the data stream first (a corpus that does not
 /// fit fails before the model is built), then the expert shards and pipeline ranks with their

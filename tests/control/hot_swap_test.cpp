@@ -1,9 +1,10 @@
 // Hot swaps in a running `troupe train`, driven by `troupe ctl` as a user does: a job pauses
 // after a step, plugins are swapped, the job resumes. A swap of an identical build changes no
-// loss; FP8 GEMMs swapped for the built-in FP32 keep training going; a broken library, an ABI
-// mismatch, a library that fails in init and one that declares other parameters each leave the
-// job running unchanged (the same losses as a job nobody touched); so do libraries that segfault,
-// exit or hang while loading, which only a probe process ever loads.
+// loss; FP8 GEMMs swapped for the built-in FP32 keep training going (the built-in BF16 is refused
+// on CPU stages, and a precision of neither is refused by ctl and by the job); a broken library,
+// an ABI mismatch, a library that fails in init and one that declares other parameters each leave
+// the job running unchanged (the same losses as a job nobody touched); so do libraries that
+// segfault, exit or hang while loading, which only a probe process ever loads.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -17,6 +18,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "runtime/control/http_client.hpp"
+#include "runtime/control/job_directory.hpp"
 #include "tests/support/command_runs.hpp"
 #include "tests/support/controlled_job.hpp"
 
@@ -190,6 +193,7 @@ TEST(HotSwap, Fp8GemmsSwappedForTheBuiltInFp32KeepTraining) {
   ASSERT_EQ(swap.exit_code, 0) << swap.output << job.log();
   EXPECT_THAT(swap.output, HasSubstr("fp8 1.0.0 -> builtin fp32"));
   EXPECT_EQ(job.status().at("plugins").at("gemm").at("plugin"), "builtin");
+  EXPECT_EQ(job.status().at("plugins").at("gemm").at("version"), "fp32");
   EXPECT_EQ(job.finish(), 0) << job.log();
   const auto trained = losses_of(job);
   ASSERT_EQ(trained.size(), static_cast<std::size_t>(steps));
@@ -198,6 +202,64 @@ TEST(HotSwap, Fp8GemmsSwappedForTheBuiltInFp32KeepTraining) {
   const auto& fp32 = untouched_losses();
   for (std::size_t i = pause_after; i < trained.size(); ++i)
     EXPECT_NEAR(trained[i], fp32[i], 0.01 * fp32[i]) << "step " << i + 1;
+}
+
+TEST(HotSwap, TheBuiltInGemmsPrecisionIsCheckedBeforeTheJobIsTouched) {
+  auto job = start_job("builtin-precision", "--set model.precision=fp8");
+  ASSERT_TRUE(job.wait_until_paused()) << job.log();
+
+  // bf16 is the GPU's (as model.precision = "bf16" is): tiny's stage is on the CPU.
+  const run_result bf16 = job.ctl("swap --plugin gemm --builtin bf16");
+  EXPECT_EQ(bf16.exit_code, 1) << bf16.output;
+  EXPECT_THAT(
+      bf16.output,
+      HasSubstr("stage 0 is on the CPU, but the built-in bf16 GEMM computes on a GPU's "
+                "tensor cores and the CPU has no BF16 path: swap to the built-in fp32 "
+                "GEMM (\"builtin\": \"fp32\", troupe ctl --builtin fp32) or a GEMM plugin"));
+  const run_result attention = job.ctl("swap --plugin attention --builtin bf16");
+  EXPECT_EQ(attention.exit_code, 1) << attention.output;
+  EXPECT_THAT(attention.output,
+              HasSubstr("only the gemm role has a built-in implementation (fp32 or bf16)"));
+  // A precision of neither: ctl refuses it, and so does the job from any other client.
+  const run_result fp16 = job.ctl("swap --plugin gemm --builtin fp16");
+  EXPECT_EQ(fp16.exit_code, 1) << fp16.output;
+  EXPECT_THAT(fp16.output, HasSubstr("--builtin: fp16 not in {fp32,bf16}"));
+  const troupe::job_handle handle = troupe::find_job("builtin-precision", job.dir() / "run");
+  auto swap_request = [&](const std::string& builtin) {
+    const troupe::http_response reply =
+        troupe::http_call(handle.record.url, "POST", "/v1/swap", handle.token,
+                          R"({"plugin": "gemm", "builtin": )" + builtin + "}", 30);
+    EXPECT_EQ(reply.status, 400) << builtin << ": " << reply.body;
+    return nlohmann::json::parse(reply.body).value("error", std::string());
+  };
+  for (const std::string value : {R"("fp16")", "1", R"(["bf16"])"})
+    EXPECT_THAT(swap_request(value),
+                HasSubstr(R"(the swap request: "builtin" (the built-in GEMM's precision) must be )"
+                          R"(true, "fp32" or "bf16", got )" +
+                          value));
+  EXPECT_THAT(swap_request("false"), HasSubstr("give either"));
+  auto status = job.status();
+  EXPECT_EQ(status.at("plugins").at("gemm").at("plugin"), "fp8");
+  EXPECT_EQ(status.at("swaps").size(), 0u) << "refused before the step boundary";
+
+  // Said in full, fp32 is what `--builtin` alone is.
+  const run_result fp32 = job.ctl("swap --plugin gemm --builtin fp32");
+  ASSERT_EQ(fp32.exit_code, 0) << fp32.output << job.log();
+  EXPECT_THAT(fp32.output, HasSubstr("fp8 1.0.0 -> builtin fp32"));
+  status = job.status();
+  EXPECT_EQ(status.at("plugins").at("gemm"),
+            (nlohmann::json{{"plugin", "builtin"}, {"version", "fp32"}, {"generation", 0}}));
+  ASSERT_EQ(status.at("swaps").size(), 1u);
+  EXPECT_EQ(status.at("swaps")[0].at("to").at("version"), "fp32");
+  const std::string metrics =
+      troupe::testing::run_command("curl -s " + status.at("metrics_url").get<std::string>()).output;
+  EXPECT_THAT(metrics, HasSubstr(R"(plugin="builtin",role="gemm",version="fp32")"));
+
+  EXPECT_EQ(job.finish(), 0) << job.log();
+  EXPECT_THAT(job.log(), HasSubstr("-> the built-in FP32 GEMM"));
+  const auto trained = losses_of(job);
+  ASSERT_EQ(trained.size(), static_cast<std::size_t>(steps));
+  for (double loss : trained) EXPECT_TRUE(std::isfinite(loss));
 }
 
 TEST(HotSwap, AcrossProcessesEveryHolderSwapsAndNoLossChanges) {

@@ -13,12 +13,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "tests/gpu/gpu_skip.hpp"
+#include "tests/gpu/tiny_topology.hpp"
 #include "tests/support/command_runs.hpp"
 #include "tests/support/fixtures.hpp"
 
@@ -26,34 +26,15 @@ namespace {
 
 namespace fs = std::filesystem;
 
-/// tiny.toml with its stage on `device`, no expert shards, the model config by absolute path.
-std::string topology_on(const std::string& device, const std::string& precision, int steps,
-                        const fs::path& config) {
-  std::ostringstream t;
-  t << "[job]\nname = \"tiny-" << (device == "cpu" ? "cpu" : "gpu") << "\"\n\n"
-    << "[model]\nconfig = \"" << config.string() << "\"\nprecision = \"" << precision << "\"\n\n"
-    << "[parallel]\npipeline = 1\ndata = 1\n\n"
-    << "[schedule]\nkind = \"1f1b\"\nmicro_batches = 2\n\n"
-    << (device == "cpu" ? ""
-                        : "[[hosts]]\nname = \"localhost\"\naddress = \"127.0.0.1\"\ngpus = 1\n\n")
-    << "[[stages]]\nlayers = \"0-3\"\ndevice = \"" << device << "\"\n\n"
-    << "[balancer]\ngamma = 0.005\n\n[ema]\ndecay = 0.999\nwait = true\n\n"
-    << "[train]\nsteps = " << steps
-    << "\nmicro_batch_size = 4\nsequence_length = 64\nlearning_rate = 1e-3\n"
-    << "min_learning_rate = 1e-4\nwarmup_steps = 5\n\n"
-    << "[data]\ncorpus = \"builtin\"\ntokenizer = \"bytes\"\n";
-  return t.str();
-}
-
-std::vector<nlohmann::json> train(
-    const std::string& device, const fs::path& directory, const std::string& precision = "fp32",
-    int steps = 10,
-    const fs::path& config = troupe::testing::source_dir() / "topologies/models/tiny/config.json") {
+std::vector<nlohmann::json> train(const std::string& device, const fs::path& directory,
+                                  const std::string& precision = "fp32", int steps = 10,
+                                  const fs::path& config = troupe::testing::source_dir() /
+                                                           "topologies/models/tiny/config.json") {
   const std::string name = (device == "cpu" ? "cpu" : "gpu") + std::string("-") + precision;
   const fs::path topology = directory / (name + ".toml");
   const fs::path log = directory / (name + ".jsonl");
   const fs::path checkpoints = directory / (name + "-checkpoints");
-  std::ofstream(topology) << topology_on(device, precision, steps, config);
+  std::ofstream(topology) << troupe::testing::tiny_topology({device, precision, steps, config});
   const char* exe = std::getenv("TROUPE_EXE");
   const auto run = troupe::testing::run_command(std::string(exe) + " train " + topology.string() +
                                                 " --quiet --log-json " + log.string() +
@@ -114,13 +95,7 @@ TEST(TrainingOnCuda, Bf16AndFp8StayWithinOneAndTwoPercentOfFp32After50Steps) {
   const fs::path directory = fs::temp_directory_path() / "troupe-training-precision-test";
   fs::remove_all(directory);
   fs::create_directories(directory);
-  // tiny with a rope head of 16: cuBLASLt's block-scaled FP8 needs every reduction dimension a
-  // multiple of 16, and tiny's kv_a projection (kv_lora_rank 32 + rope 8 = 40) is not.
-  nlohmann::json config;
-  std::ifstream(troupe::testing::source_dir() / "topologies/models/tiny/config.json") >> config;
-  config["qk_rope_head_dim"] = 16;
-  const fs::path config_path = directory / "config.json";
-  std::ofstream(config_path) << config.dump(2);
+  const fs::path config_path = troupe::testing::tiny_config_for_fp8(directory);
   const auto fp32 = train("cuda:0", directory, "fp32", 50, config_path);
   ASSERT_EQ(fp32.size(), 50u);
   for (const auto& [precision, bound] : {std::pair{"bf16", 0.01}, std::pair{"fp8", 0.02}}) {

@@ -178,6 +178,39 @@ TEST(SecondKindOfJob, ForwardOnlyStagesExpertShardsBalancerAndAHotSwapWithoutThe
   EXPECT_NE(head_loss(job.forward(self, 3)), head_loss(first)) << "the new biases route anew";
 }
 
+TEST(SecondKindOfJob, TheBuiltInGemmInBf16IsRefusedEverywhereByStagesOnTheCpu) {
+  forward_job job;
+  scoped_actor self(job.process->runtime());
+  const double first = head_loss(job.forward(self, 0));
+  named_actors holders = job.stage_actors;
+  holders.insert(holders.end(), job.shard_actors.begin(), job.shard_actors.end());
+
+  // The order carries the built-in's precision to every holder: ranks on the CPU have no BF16
+  // GEMM and refuse it, so every holder drops what it prepared and nothing changes.
+  try {
+    swap_everywhere(self, holders, plugin_swap_order{plugin_kind::gemm, "", 1, precision::bf16});
+    FAIL() << "CPU stages must refuse the built-in bf16 GEMM";
+  } catch (const swap_refused& e) {
+    EXPECT_EQ(e.why(), swap_refused::reason::failed);
+    EXPECT_THAT(e.what(), HasSubstr("computes on the CPU, which has no BF16 GEMM: the built-in "
+                                    "bf16 GEMM runs on GPU stages only"));
+  }
+  // A precision the runtime has no GEMM of (a malformed order) is refused as well.
+  EXPECT_THROW(
+      swap_everywhere(self, holders, plugin_swap_order{plugin_kind::gemm, "", 2, precision::fp8}),
+      swap_refused);
+  for (const auto& setup : job.stages) EXPECT_EQ(setup->rank->builtin_gemm(), precision::fp32);
+  EXPECT_EQ(head_loss(job.forward(self, 1)), first) << "a refused swap changed the model";
+
+  // The built-in FP32 GEMM, which the job already runs: one provider for the process, the same
+  // losses bit for bit.
+  EXPECT_EQ(
+      swap_everywhere(self, holders, plugin_swap_order{plugin_kind::gemm, "", 3, precision::fp32}),
+      1);
+  for (const auto& setup : job.stages) EXPECT_EQ(setup->rank->builtin_gemm(), precision::fp32);
+  EXPECT_EQ(head_loss(job.forward(self, 2)), first);
+}
+
 TEST(Stages, APeerFailureFailsTheStepAtOnceInsteadOfHanging) {
   forward_job job;
   scoped_actor self(job.process->runtime());

@@ -19,7 +19,7 @@ struct ctl_options {
   std::string action;
   std::string plugin;
   std::string library;
-  bool builtin = false;
+  std::string builtin;  ///< the built-in GEMM's precision, fp32 or bf16; empty: not asked for
   bool json = false;
   std::string run_directory;
   int timeout = 900;  // longer than the job's own 10 minutes for a step boundary
@@ -82,14 +82,15 @@ int run_ctl(const ctl_options& o) {
   }
   nlohmann::json body = nlohmann::json::object();
   if (o.action == "swap") {
-    if (o.plugin.empty() || o.library.empty() == !o.builtin) {
+    if (o.plugin.empty() || o.library.empty() == o.builtin.empty()) {
       fmt::print(stderr,
-                 "troupe ctl {} swap: needs --plugin ROLE and either --library PATH or --builtin\n",
+                 "troupe ctl {} swap: needs --plugin ROLE and either --library PATH or --builtin "
+                 "[fp32|bf16]\n",
                  o.job);
       return exit_bad_input;
     }
     body["plugin"] = o.plugin;
-    if (o.builtin) body["builtin"] = true;
+    if (!o.builtin.empty()) body["builtin"] = o.builtin;
     // The job resolves paths from its own directory: send an absolute one.
     if (!o.library.empty())
       body["library"] =
@@ -142,7 +143,13 @@ void add_ctl_command(CLI::App& app, int& exit_code) {
                       "swap: the role (attention, moe, mtp, gemm) or the running plugin's name");
   command->add_option("--library", options->library,
                       "swap: the new plugin library (loaded under a fresh name)");
-  command->add_flag("--builtin", options->builtin, "swap: the built-in FP32 GEMM (role gemm)");
+  auto* builtin =
+      command
+          ->add_option("--builtin", options->builtin,
+                       "swap: the runtime's built-in GEMM (role gemm), in fp32 (the default) or "
+                       "bf16 (cuBLASLt on the tensor cores; every stage on a GPU)")
+          ->expected(0, 1)
+          ->check(CLI::IsMember({"fp32", "bf16"}));
   command->add_flag("--json", options->json, "Print the job's JSON reply");
   command->add_option("--run-dir", options->run_directory,
                       "Where jobs leave their control files (default: $TROUPE_RUN_DIR, "
@@ -151,7 +158,11 @@ void add_ctl_command(CLI::App& app, int& exit_code) {
       ->add_option("--timeout", options->timeout,
                    "Seconds to wait for the reply (a swap waits for a step boundary)")
       ->check(CLI::PositiveNumber);
-  command->callback([options, &exit_code] { exit_code = run_ctl(*options); });
+  command->callback([options, builtin, &exit_code] {
+    // `--builtin` alone is the FP32 GEMM, as it was when it took no value.
+    if (builtin->count() > 0 && options->builtin.empty()) options->builtin = "fp32";
+    exit_code = run_ctl(*options);
+  });
 }
 
 }  // namespace troupe::cli

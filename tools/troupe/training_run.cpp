@@ -117,6 +117,7 @@ training_options job_options_for(const train_options& options, const std::string
   training_options job_options;
   job_options.checkpoint_dir = options.checkpoint_dir;
   job_options.resume = options.resume;
+  job_options.checkpoints = !options.no_checkpoint;
   job_options.threads = options.threads;
   job_options.cluster = cluster;
   job_options.job_name = options.job;
@@ -232,6 +233,9 @@ void add_training_options(CLI::App* command, train_options& options) {
                       "Write one JSON object per step to FILE (appended to when resuming)");
   command->add_option("--checkpoint-dir", options.checkpoint_dir,
                       "Where checkpoints go (default: the topology's train.checkpoint_dir)");
+  command->add_flag("--no-checkpoint", options.no_checkpoint,
+                    "Write no checkpoint (periodic, final or on a signal) and skip the check of "
+                    "the disk before step 1");
   command->add_option("--resume", options.resume,
                       "Continue from a checkpoint directory, or from the `latest` one of a "
                       "checkpoint root");

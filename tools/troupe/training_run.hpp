@@ -20,6 +20,7 @@ struct train_options {
   std::int64_t steps = 0;
   std::string log_json;
   std::string checkpoint_dir;
+  bool no_checkpoint = false;
   std::string resume;
   int threads = 0;
   bool quiet = false;

@@ -12,6 +12,7 @@
 // BF16 on the tensor cores (the _bf16 functions below).
 // Device pointers; `stream` is a cudaStream_t.
 
+#include <cstddef>
 #include <cstdint>
 
 namespace troupe::kernels::cuda {
@@ -54,19 +55,22 @@ void attention_backward(const attention_problem& problem, attention_operand q, a
                         float* scratch, void* stream);
 
 /// The same attention with BF16 products on the tensor cores (model.precision = "bf16";
-/// attention_bf16.cu): Q, K, V and dO rounded to BF16 as they are loaded, the probabilities and
+/// attention_bf16.cu): Q, K, V and dO rounded to BF16 once per call, the probabilities and
 /// their gradients rounded to BF16 for the products that take them; scores, softmax, lse and every
 /// accumulation in FP32; the same operands, results and scratch as above. Head sizes the kernels
 /// are built for (qk / v: 32 / 16, 96 / 64, 128 / 128, 192 / 128) run there; any other runs the
-/// FP32 kernels.
+/// FP32 kernels. `staging` (device memory, attention_bf16_staging_bytes) holds the BF16 copies;
+/// null: the call takes it from CUDA's stream-ordered allocator.
 bool attention_bf16_supported(const attention_problem& problem);
+std::size_t attention_bf16_staging_bytes(const attention_problem& problem, bool backward);
 void attention_forward_bf16(const attention_problem& problem, attention_operand q,
                             attention_operand k, attention_operand key_rope, attention_operand v,
-                            attention_result o, float* lse, void* stream);
+                            attention_result o, float* lse, void* stream, void* staging = nullptr);
 void attention_backward_bf16(const attention_problem& problem, attention_operand q,
                              attention_operand k, attention_operand key_rope, attention_operand v,
                              attention_operand o, attention_operand d_o, const float* lse,
                              attention_result dq, attention_result dk, attention_result d_key_rope,
-                             attention_result dv, float* scratch, void* stream);
+                             attention_result dv, float* scratch, void* stream,
+                             void* staging = nullptr);
 
 }  // namespace troupe::kernels::cuda

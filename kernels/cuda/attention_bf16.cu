@@ -1,5 +1,6 @@
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -15,9 +16,12 @@ namespace {
 // mma.sync (m16n8k16, BF16 operands, FP32 accumulation), FlashAttention-2's algorithm. Forward
 // keeps the per-row log-sum-exp; backward recomputes the probabilities, dK/dV per key block and
 // dQ per query block, so memory stays linear in the sequence. A block owns 64 rows (queries, or
-// keys for dK/dV), a warp 16 of them; the other side is walked in tiles. Tiles are rounded to
-// BF16 as they are loaded into shared memory, row-major as in global memory; every operand
-// reaches the tensor cores through ldmatrix, with .trans where the product needs the tile's
+// keys for dK/dV), a warp 16 of them; the other side is walked in tiles. The operands are
+// rounded to BF16 once per call into packed [batch, head, row, column] copies (the shared rope
+// key behind each head's nope columns), so a tile is one contiguous block that cp.async brings
+// into shared memory while the previous tile is multiplied (two buffers per streamed operand).
+// Tiles stay row-major as in global memory; every operand reaches the tensor cores through
+// ldmatrix, with .trans where the product needs the tile's
 // transpose (V in P V, dO and Q in dV and dK, K in dQ), so no transposed copy is ever made.
 // The scores, probabilities and their gradients never leave registers: an m16n8 accumulator
 // holds, per lane, the same rows and columns that an m16k16 A operand needs, so P and dS are
@@ -105,43 +109,6 @@ __device__ inline void accumulate(float (&acc)[N / 8][4], const float (&c)[K / 8
   }
 }
 
-// ---- loading -------------------------------------------------------------------------------
-
-/// Rows [row0, row0 + Rows) of x's (b, h) slice, columns [0, width), into s[r * ld + col0 + c] as
-/// BF16, four floats per load; rows past the sequence read as zeros. width and col0 are
-/// multiples of 4 (supported()).
-template <int Rows>
-__device__ void load_tile(bf16* s, int ld, const attention_operand& x, std::int64_t b,
-                          std::int64_t h, std::int64_t row0, std::int64_t length, int col0,
-                          int width) {
-  const int quads = width / 4;
-  for (int index = threadIdx.x; index < Rows * quads; index += threads) {
-    const int r = index / quads, c = index % quads * 4;
-    const std::int64_t row = row0 + r;
-    float4 v{0.0f, 0.0f, 0.0f, 0.0f};
-    if (row < length) {
-      const float* from = row_of(x, b, h, row) + c;
-      if (reinterpret_cast<std::uintptr_t>(from) % 16 == 0) {
-        v = *reinterpret_cast<const float4*>(from);
-      } else {
-        v = float4{from[0], from[1], from[2], from[3]};
-      }
-    }
-    store4(s + r * ld + col0 + c, v);
-  }
-}
-
-/// Keys [row0, row0 + Rows): the nope columns from k, the rope columns from the shared rope key.
-template <int QK, int Rows>
-__device__ void load_keys(bf16* s, const operands& o, std::int64_t b, std::int64_t h,
-                          std::int64_t row0) {
-  const int nope = QK - static_cast<int>(o.p.rope_dim);
-  load_tile<Rows>(s, ld_of<QK>, o.k, b, h, row0, o.p.length, 0, nope);
-  if (o.p.rope_dim > 0)
-    load_tile<Rows>(s, ld_of<QK>, o.rope, b, h, row0, o.p.length, nope,
-                    static_cast<int>(o.p.rope_dim));
-}
-
 /// Bytes of dynamic shared memory, each region rounded to 128 bytes.
 struct layout {
   std::size_t bytes = 0;
@@ -180,86 +147,182 @@ __device__ void write_rows(const float (&c)[N / 8][4], float scale, const attent
   }
 }
 
+// ---- packing -------------------------------------------------------------------------------
+
+/// The operands rounded to BF16 once per call, each (b, h) slice a contiguous [length][D] block:
+/// q and k [B][H][L][QK] (k with the shared rope key copied behind every head's nope columns),
+/// v and dO [B][H][L][V]. Tiles then arrive by cp.async, 16 bytes per copy.
+struct packed {
+  const bf16 *q = nullptr, *k = nullptr, *v = nullptr, *d_out = nullptr;
+};
+
+__host__ __device__ inline std::int64_t slice_rows(const attention_problem& p) {
+  return p.batch * p.heads * p.length;
+}
+
+/// Columns [0, width) of every row of x into columns [col0, col0 + width) of the packed rows
+/// (`d` wide), four floats per thread; width and col0 are multiples of 4 (supported()).
+__global__ void pack_kernel(attention_problem p, attention_operand x, int width, bf16* out, int d,
+                            int col0) {
+  const int quads = width / 4;
+  const std::int64_t total = slice_rows(p) * quads;
+  for (std::int64_t index = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+       index < total; index += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t row = index / quads;
+    const int c = static_cast<int>(index % quads) * 4;
+    const std::int64_t i = row % p.length, bh = row / p.length;
+    const float* from = row_of(x, bh / p.heads, bh % p.heads, i) + c;
+    const float4 v = reinterpret_cast<std::uintptr_t>(from) % 16 == 0
+                         ? *reinterpret_cast<const float4*>(from)
+                         : float4{from[0], from[1], from[2], from[3]};
+    store4(out + row * d + col0 + c, v);
+  }
+}
+
+void pack(const attention_problem& p, const attention_operand& x, int width, bf16* out, int d,
+          int col0, cudaStream_t stream) {
+  const std::int64_t work = slice_rows(p) * (width / 4);
+  if (work == 0) return;
+  pack_kernel<<<static_cast<unsigned>(std::min<std::int64_t>((work + 255) / 256, 8192)), 256, 0,
+                stream>>>(p, x, width, out, d, col0);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+/// BF16 elements of the packed operands: q, k and v, and dO for the backward.
+std::int64_t packed_elements(const attention_problem& p, bool backward) {
+  return slice_rows(p) * (2 * p.qk_dim + (backward ? 2 : 1) * p.v_dim);
+}
+
+/// Packs q, k (with the rope key), v and, for the backward, dO into `staging`.
+packed pack_operands(const operands& o, const attention_operand* d_out, bf16* staging,
+                     cudaStream_t stream) {
+  const attention_problem& p = o.p;
+  const int qk = static_cast<int>(p.qk_dim), v = static_cast<int>(p.v_dim),
+            rope = static_cast<int>(p.rope_dim);
+  bf16* q = staging;
+  bf16* k = q + slice_rows(p) * qk;
+  bf16* vs = k + slice_rows(p) * qk;
+  bf16* dos = vs + slice_rows(p) * v;
+  pack(p, o.q, qk, q, qk, 0, stream);
+  pack(p, o.k, qk - rope, k, qk, 0, stream);
+  if (rope > 0) pack(p, o.rope, rope, k, qk, qk - rope, stream);
+  pack(p, o.v, v, vs, v, 0, stream);
+  if (d_out != nullptr) pack(p, *d_out, v, dos, v, 0, stream);
+  return {q, k, vs, d_out != nullptr ? dos : nullptr};
+}
+
+/// Rows [row0, row0 + Rows) of a packed slice ([length][D] BF16) into s (leading dimension
+/// ld_of<D>) by cp.async; rows past the sequence are zero-filled. Not committed.
+template <int D, int Rows>
+__device__ void copy_tile(bf16* s, const bf16* slice, std::int64_t row0, std::int64_t length) {
+  constexpr int chunks = D / 8;
+  for (int index = threadIdx.x; index < Rows * chunks; index += threads) {
+    const int r = index / chunks, c = index % chunks * 8;
+    const std::int64_t row = row0 + r;
+    const bool inside = row < length;
+    copy16(s + r * ld_of<D> + c, slice + (inside ? row : row0) * D + c, inside);
+  }
+}
+
 // ---- forward ---------------------------------------------------------------------------------
 
 template <int QK, int V>
 struct forward_smem {
-  std::size_t q, k, v, bytes;
+  std::size_t q, k[2], v[2], bytes;
   __host__ __device__ forward_smem() {
     layout l;
     q = l.take(block_rows * ld_of<QK> * 2);
-    k = l.take(block_rows * ld_of<QK> * 2);
-    v = l.take(block_rows * ld_of<V> * 2);
+    for (int i = 0; i < 2; ++i) {
+      k[i] = l.take(block_rows * ld_of<QK> * 2);
+      v[i] = l.take(block_rows * ld_of<V> * 2);
+    }
     bytes = l.bytes;
   }
 };
 
 template <int QK, int V>
 __global__ void __launch_bounds__(threads)
-    forward_kernel(operands o, attention_result out, float* lse) {
+    forward_kernel(operands o, packed in, attention_result out, float* lse) {
   extern __shared__ __align__(128) unsigned char shared[];
   const forward_smem<QK, V> at;
   auto* qs = reinterpret_cast<bf16*>(shared + at.q);
-  auto* ks = reinterpret_cast<bf16*>(shared + at.k);
-  auto* vs = reinterpret_cast<bf16*>(shared + at.v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t b = blockIdx.z, h = blockIdx.y, length = o.p.length;
+  const std::int64_t slice = (b * o.p.heads + h) * length;
+  const bf16 *q_slice = in.q + slice * QK, *k_slice = in.k + slice * QK,
+             *v_slice = in.v + slice * V;
   const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * block_rows;
   const std::int64_t first = q0 + warp * 16;  // the warp's first query
   const std::int64_t rows[2] = {first + lane / 4, first + lane / 4 + 8};
   const float scale = o.p.scale * log2e;
-  load_tile<block_rows>(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
   float acc[V / 8][4];
 #pragma unroll
   for (int n = 0; n < V / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   const std::int64_t key_end = min(q0 + block_rows, length);
-  for (std::int64_t k0 = 0; k0 < key_end; k0 += block_rows) {
-    __syncthreads();
-    load_keys<QK, block_rows>(ks, o, b, h, k0);
-    load_tile<block_rows>(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
-    __syncthreads();
-    if (k0 > first + 15) continue;  // every key of the tile is after the warp's queries
-    float s[block_rows / 8][4];
-    scores<QK, block_rows>(s, qs, warp * 16, ks);
-    const bool diagonal = k0 + block_rows - 1 > first;
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < block_rows / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const std::int64_t j = k0 + n * 8 + lane % 4 * 2 + e % 2;
-        const bool hidden = rows[r] >= length || (diagonal && j > rows[r]);
-        s[n][e] = hidden ? -INFINITY : s[n][e] * scale;
-        tile_max[r] = fmaxf(tile_max[r], s[n][e]);
-      }
-    float base[2], sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float m_new = fmaxf(m[r], tile_max[r]);
-      base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing to see yet
-      const float correction = exp2f(m[r] - base[r]);
-      m[r] = m_new;
-      l[r] *= correction;
-#pragma unroll
-      for (int n = 0; n < V / 8; ++n) {
-        acc[n][2 * r] *= correction;
-        acc[n][2 * r + 1] *= correction;
-      }
+  const int tiles = static_cast<int>((key_end + block_rows - 1) / block_rows);
+  copy_tile<QK, block_rows>(qs, q_slice, q0, length);
+  copy_tile<QK, block_rows>(reinterpret_cast<bf16*>(shared + at.k[0]), k_slice, 0, length);
+  copy_tile<V, block_rows>(reinterpret_cast<bf16*>(shared + at.v[0]), v_slice, 0, length);
+  commit_copies();
+  for (int t = 0; t < tiles; ++t) {
+    const std::int64_t k0 = static_cast<std::int64_t>(t) * block_rows;
+    if (t + 1 < tiles) {  // the next tile's copies run during this tile's products
+      copy_tile<QK, block_rows>(reinterpret_cast<bf16*>(shared + at.k[(t + 1) % 2]), k_slice,
+                                k0 + block_rows, length);
+      copy_tile<V, block_rows>(reinterpret_cast<bf16*>(shared + at.v[(t + 1) % 2]), v_slice,
+                               k0 + block_rows, length);
+      commit_copies();
+      wait_copies<1>();
+    } else {
+      wait_copies<0>();
     }
+    __syncthreads();
+    const auto* ks = reinterpret_cast<const bf16*>(shared + at.k[t % 2]);
+    const auto* vs = reinterpret_cast<const bf16*>(shared + at.v[t % 2]);
+    if (k0 <= first + 15) {  // else every key of the tile is after the warp's queries
+      float s[block_rows / 8][4];
+      scores<QK, block_rows>(s, qs, warp * 16, ks);
+      const bool diagonal = k0 + block_rows - 1 > first;
+      float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int n = 0; n < block_rows / 8; ++n)
+      for (int n = 0; n < block_rows / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(s[n][e] - base[e / 2]);
-        sum[e / 2] += s[n][e];
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const std::int64_t j = k0 + n * 8 + lane % 4 * 2 + e % 2;
+          const bool hidden = rows[r] >= length || (diagonal && j > rows[r]);
+          s[n][e] = hidden ? -INFINITY : s[n][e] * scale;
+          tile_max[r] = fmaxf(tile_max[r], s[n][e]);
+        }
+      float base[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+        const float m_new = fmaxf(m[r], tile_max[r]);
+        base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing to see yet
+        const float correction = exp2f(m[r] - base[r]);
+        m[r] = m_new;
+        l[r] *= correction;
+#pragma unroll
+        for (int n = 0; n < V / 8; ++n) {
+          acc[n][2 * r] *= correction;
+          acc[n][2 * r + 1] *= correction;
+        }
       }
-    l[0] += sum[0];
-    l[1] += sum[1];
-    accumulate<block_rows, V>(acc, s, vs);  // O += P V
+#pragma unroll
+      for (int n = 0; n < block_rows / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[n][e] = exp2f(s[n][e] - base[e / 2]);
+          sum[e / 2] += s[n][e];
+        }
+      l[0] += sum[0];
+      l[1] += sum[1];
+      accumulate<block_rows, V>(acc, s, vs);  // O += P V
+    }
+    __syncthreads();  // this tile's buffers are refilled by the copies issued next
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -274,8 +337,7 @@ __global__ void __launch_bounds__(threads)
       acc[n][2 * r] *= inverse;
       acc[n][2 * r + 1] *= inverse;
     }
-    if (lane % 4 == 0 && rows[r] < length)
-      lse[(b * o.p.heads + h) * length + rows[r]] = (m[r] + log2f(l[r])) / log2e;
+    if (lane % 4 == 0 && rows[r] < length) lse[slice + rows[r]] = (m[r] + log2f(l[r])) / log2e;
   }
   write_rows<V>(acc, 1.0f, out, attention_result{}, V, b, h, rows, length);
 }
@@ -285,15 +347,17 @@ __global__ void __launch_bounds__(threads)
 template <int QK, int V>
 struct key_smem {
   static constexpr int step = query_step<QK, V>;
-  std::size_t k, v, q, d_out, lse, delta, bytes;
+  std::size_t k, v, q[2], d_out[2], lse[2], delta[2], bytes;
   __host__ __device__ key_smem() {
     layout l;
     k = l.take(block_rows * ld_of<QK> * 2);
     v = l.take(block_rows * ld_of<V> * 2);
-    q = l.take(step * ld_of<QK> * 2);
-    d_out = l.take(step * ld_of<V> * 2);
-    lse = l.take(step * 4);
-    delta = l.take(step * 4);
+    for (int i = 0; i < 2; ++i) {
+      q[i] = l.take(step * ld_of<QK> * 2);
+      d_out[i] = l.take(step * ld_of<V> * 2);
+      lse[i] = l.take(step * 4);
+      delta[i] = l.take(step * 4);
+    }
     bytes = l.bytes;
   }
 };
@@ -301,62 +365,79 @@ struct key_smem {
 // One block per 64 keys: dK and dV over every query step that sees them.
 template <int QK, int V>
 __global__ void __launch_bounds__(threads)
-    key_gradient_kernel(backward_operands bo, attention_result dk, attention_result d_rope,
-                        attention_result dv) {
+    key_gradient_kernel(backward_operands bo, packed in, attention_result dk,
+                        attention_result d_rope, attention_result dv) {
   constexpr int step = query_step<QK, V>;
   extern __shared__ __align__(128) unsigned char shared[];
   const key_smem<QK, V> at;
   const operands& o = bo.in;
   auto* ks = reinterpret_cast<bf16*>(shared + at.k);
   auto* vs = reinterpret_cast<bf16*>(shared + at.v);
-  auto* qs = reinterpret_cast<bf16*>(shared + at.q);
-  auto* dos = reinterpret_cast<bf16*>(shared + at.d_out);
-  auto* lse_s = reinterpret_cast<float*>(shared + at.lse);
-  auto* delta_s = reinterpret_cast<float*>(shared + at.delta);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t b = blockIdx.z, h = blockIdx.y, length = o.p.length;
+  const std::int64_t slice = (b * o.p.heads + h) * length;
+  const bf16 *q_slice = in.q + slice * QK, *do_slice = in.d_out + slice * V;
   const std::int64_t k0 = static_cast<std::int64_t>(blockIdx.x) * block_rows;
   const std::int64_t first = k0 + warp * 16;  // the warp's first key
   const std::int64_t keys[2] = {first + lane / 4, first + lane / 4 + 8};
   const float scale = o.p.scale * log2e;
-  load_keys<QK, block_rows>(ks, o, b, h, k0);
-  load_tile<block_rows>(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
+  // The query steps' copies and their lse and delta, into buffer `i`.
+  const auto fetch = [&](std::int64_t q0, int i) {
+    copy_tile<QK, step>(reinterpret_cast<bf16*>(shared + at.q[i]), q_slice, q0, length);
+    copy_tile<V, step>(reinterpret_cast<bf16*>(shared + at.d_out[i]), do_slice, q0, length);
+    commit_copies();
+    auto* lse_s = reinterpret_cast<float*>(shared + at.lse[i]);
+    auto* delta_s = reinterpret_cast<float*>(shared + at.delta[i]);
+    for (int r = threadIdx.x; r < step; r += threads) {
+      const std::int64_t row = q0 + r;
+      lse_s[r] = row < length ? bo.lse[slice + row] * log2e : 0.0f;
+      delta_s[r] = row < length ? bo.delta[slice + row] : 0.0f;
+    }
+  };
+  copy_tile<QK, block_rows>(ks, in.k + slice * QK, k0, length);
+  copy_tile<V, block_rows>(vs, in.v + slice * V, k0, length);
+  fetch(k0, 0);  // commits the keys' copies with the first step's
   float dk_acc[QK / 8][4], dv_acc[V / 8][4];
 #pragma unroll
   for (int n = 0; n < QK / 8; ++n) dk_acc[n][0] = dk_acc[n][1] = dk_acc[n][2] = dk_acc[n][3] = 0;
 #pragma unroll
   for (int n = 0; n < V / 8; ++n) dv_acc[n][0] = dv_acc[n][1] = dv_acc[n][2] = dv_acc[n][3] = 0;
-  const std::int64_t slice = (b * o.p.heads + h) * length;
-  for (std::int64_t q0 = k0; q0 < length; q0 += step) {
-    __syncthreads();
-    load_tile<step>(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
-    load_tile<step>(dos, ld_of<V>, bo.d_out, b, h, q0, length, 0, V);
-    for (int r = threadIdx.x; r < step; r += threads) {
-      const std::int64_t i = q0 + r;
-      lse_s[r] = i < length ? bo.lse[slice + i] * log2e : 0.0f;
-      delta_s[r] = i < length ? bo.delta[slice + i] : 0.0f;
+  const int steps = static_cast<int>((length - k0 + step - 1) / step);
+  for (int t = 0; t < steps; ++t) {
+    const std::int64_t q0 = k0 + static_cast<std::int64_t>(t) * step;
+    if (t + 1 < steps) {
+      fetch(q0 + step, (t + 1) % 2);
+      wait_copies<1>();
+    } else {
+      wait_copies<0>();
     }
     __syncthreads();
-    if (q0 + step - 1 < first) continue;  // every query of the step is before the warp's keys
-    float p[step / 8][4], ds[step / 8][4];
-    scores<QK, step>(p, ks, warp * 16, qs);   // S^T = K Q^T
-    scores<V, step>(ds, vs, warp * 16, dos);  // dP^T = V dO^T
+    const auto* qs = reinterpret_cast<const bf16*>(shared + at.q[t % 2]);
+    const auto* dos = reinterpret_cast<const bf16*>(shared + at.d_out[t % 2]);
+    const auto* lse_s = reinterpret_cast<const float*>(shared + at.lse[t % 2]);
+    const auto* delta_s = reinterpret_cast<const float*>(shared + at.delta[t % 2]);
+    if (q0 + step - 1 >= first) {  // else every query of the step is before the warp's keys
+      float p[step / 8][4], ds[step / 8][4];
+      scores<QK, step>(p, ks, warp * 16, qs);   // S^T = K Q^T
+      scores<V, step>(ds, vs, warp * 16, dos);  // dP^T = V dO^T
 #pragma unroll
-    for (int n = 0; n < step / 8; ++n)
+      for (int n = 0; n < step / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ii = n * 8 + lane % 4 * 2 + e % 2;
-        const std::int64_t i = q0 + ii;
-        float probability = 0.0f, gradient = 0.0f;
-        if (i < length && keys[e / 2] <= i) {
-          probability = exp2f(p[n][e] * scale - lse_s[ii]);
-          gradient = probability * (ds[n][e] - delta_s[ii]);
+        for (int e = 0; e < 4; ++e) {
+          const int ii = n * 8 + lane % 4 * 2 + e % 2;
+          const std::int64_t i = q0 + ii;
+          float probability = 0.0f, gradient = 0.0f;
+          if (i < length && keys[e / 2] <= i) {
+            probability = exp2f(p[n][e] * scale - lse_s[ii]);
+            gradient = probability * (ds[n][e] - delta_s[ii]);
+          }
+          p[n][e] = probability;
+          ds[n][e] = gradient;
         }
-        p[n][e] = probability;
-        ds[n][e] = gradient;
-      }
-    accumulate<step, V>(dv_acc, p, dos);   // dV += P^T dO
-    accumulate<step, QK>(dk_acc, ds, qs);  // dK += dS^T Q
+      accumulate<step, V>(dv_acc, p, dos);   // dV += P^T dO
+      accumulate<step, QK>(dk_acc, ds, qs);  // dK += dS^T Q
+    }
+    __syncthreads();
   }
   write_rows<V>(dv_acc, 1.0f, dv, attention_result{}, V, b, h, keys, length);
   write_rows<QK>(dk_acc, o.p.scale, dk, d_rope, QK - static_cast<int>(o.p.rope_dim), b, h, keys,
@@ -365,13 +446,15 @@ __global__ void __launch_bounds__(threads)
 
 template <int QK, int V>
 struct query_smem {
-  std::size_t q, d_out, k, v, bytes;
+  std::size_t q, d_out, k[2], v[2], bytes;
   __host__ __device__ query_smem() {
     layout l;
     q = l.take(block_rows * ld_of<QK> * 2);
     d_out = l.take(block_rows * ld_of<V> * 2);
-    k = l.take(block_rows * ld_of<QK> * 2);
-    v = l.take(block_rows * ld_of<V> * 2);
+    for (int i = 0; i < 2; ++i) {
+      k[i] = l.take(block_rows * ld_of<QK> * 2);
+      v[i] = l.take(block_rows * ld_of<V> * 2);
+    }
     bytes = l.bytes;
   }
 };
@@ -379,23 +462,20 @@ struct query_smem {
 // One block per 64 queries: dQ over every key tile they see.
 template <int QK, int V>
 __global__ void __launch_bounds__(threads)
-    query_gradient_kernel(backward_operands bo, attention_result dq) {
+    query_gradient_kernel(backward_operands bo, packed in, attention_result dq) {
   extern __shared__ __align__(128) unsigned char shared[];
   const query_smem<QK, V> at;
   const operands& o = bo.in;
   auto* qs = reinterpret_cast<bf16*>(shared + at.q);
   auto* dos = reinterpret_cast<bf16*>(shared + at.d_out);
-  auto* ks = reinterpret_cast<bf16*>(shared + at.k);
-  auto* vs = reinterpret_cast<bf16*>(shared + at.v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t b = blockIdx.z, h = blockIdx.y, length = o.p.length;
+  const std::int64_t slice = (b * o.p.heads + h) * length;
+  const bf16 *k_slice = in.k + slice * QK, *v_slice = in.v + slice * V;
   const std::int64_t q0 = static_cast<std::int64_t>(gridDim.x - 1 - blockIdx.x) * block_rows;
   const std::int64_t first = q0 + warp * 16;
   const std::int64_t rows[2] = {first + lane / 4, first + lane / 4 + 8};
   const float scale = o.p.scale * log2e;
-  load_tile<block_rows>(qs, ld_of<QK>, o.q, b, h, q0, length, 0, QK);
-  load_tile<block_rows>(dos, ld_of<V>, bo.d_out, b, h, q0, length, 0, V);
-  const std::int64_t slice = (b * o.p.heads + h) * length;
   float lse_r[2], delta_r[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -406,29 +486,47 @@ __global__ void __launch_bounds__(threads)
 #pragma unroll
   for (int n = 0; n < QK / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0;
   const std::int64_t key_end = min(q0 + block_rows, length);
-  for (std::int64_t k0 = 0; k0 < key_end; k0 += block_rows) {
+  const int tiles = static_cast<int>((key_end + block_rows - 1) / block_rows);
+  copy_tile<QK, block_rows>(qs, in.q + slice * QK, q0, length);
+  copy_tile<V, block_rows>(dos, in.d_out + slice * V, q0, length);
+  copy_tile<QK, block_rows>(reinterpret_cast<bf16*>(shared + at.k[0]), k_slice, 0, length);
+  copy_tile<V, block_rows>(reinterpret_cast<bf16*>(shared + at.v[0]), v_slice, 0, length);
+  commit_copies();
+  for (int t = 0; t < tiles; ++t) {
+    const std::int64_t k0 = static_cast<std::int64_t>(t) * block_rows;
+    if (t + 1 < tiles) {
+      copy_tile<QK, block_rows>(reinterpret_cast<bf16*>(shared + at.k[(t + 1) % 2]), k_slice,
+                                k0 + block_rows, length);
+      copy_tile<V, block_rows>(reinterpret_cast<bf16*>(shared + at.v[(t + 1) % 2]), v_slice,
+                               k0 + block_rows, length);
+      commit_copies();
+      wait_copies<1>();
+    } else {
+      wait_copies<0>();
+    }
     __syncthreads();
-    load_keys<QK, block_rows>(ks, o, b, h, k0);
-    load_tile<block_rows>(vs, ld_of<V>, o.v, b, h, k0, length, 0, V);
-    __syncthreads();
-    if (k0 > first + 15) continue;
-    float s[block_rows / 8][4], dp[block_rows / 8][4];
-    scores<QK, block_rows>(s, qs, warp * 16, ks);   // S = Q K^T
-    scores<V, block_rows>(dp, dos, warp * 16, vs);  // dP = dO V^T
+    const auto* ks = reinterpret_cast<const bf16*>(shared + at.k[t % 2]);
+    const auto* vs = reinterpret_cast<const bf16*>(shared + at.v[t % 2]);
+    if (k0 <= first + 15) {
+      float s[block_rows / 8][4], dp[block_rows / 8][4];
+      scores<QK, block_rows>(s, qs, warp * 16, ks);   // S = Q K^T
+      scores<V, block_rows>(dp, dos, warp * 16, vs);  // dP = dO V^T
 #pragma unroll
-    for (int n = 0; n < block_rows / 8; ++n)
+      for (int n = 0; n < block_rows / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const std::int64_t j = k0 + n * 8 + lane % 4 * 2 + e % 2;
-        float gradient = 0.0f;
-        if (rows[r] < length && j <= rows[r]) {
-          const float probability = exp2f(s[n][e] * scale - lse_r[r]);
-          gradient = probability * (dp[n][e] - delta_r[r]);
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const std::int64_t j = k0 + n * 8 + lane % 4 * 2 + e % 2;
+          float gradient = 0.0f;
+          if (rows[r] < length && j <= rows[r]) {
+            const float probability = exp2f(s[n][e] * scale - lse_r[r]);
+            gradient = probability * (dp[n][e] - delta_r[r]);
+          }
+          s[n][e] = gradient;
         }
-        s[n][e] = gradient;
-      }
-    accumulate<block_rows, QK>(dq_acc, s, ks);  // dQ += dS K
+      accumulate<block_rows, QK>(dq_acc, s, ks);  // dQ += dS K
+    }
+    __syncthreads();
   }
   write_rows<QK>(dq_acc, o.p.scale, dq, attention_result{}, QK, b, h, rows, length);
 }
@@ -454,27 +552,48 @@ void allow(Kernel kernel, std::size_t bytes) {
 }
 
 template <int QK, int V>
-void forward(const attention_problem& p, const operands& o, attention_result out, float* lse,
-             cudaStream_t stream) {
+void forward(const attention_problem& p, const operands& o, const packed& in, attention_result out,
+             float* lse, cudaStream_t stream) {
   const std::size_t bytes = forward_smem<QK, V>().bytes;
   allow(forward_kernel<QK, V>, bytes);
-  forward_kernel<QK, V><<<grid_of(p), threads, bytes, stream>>>(o, out, lse);
+  forward_kernel<QK, V><<<grid_of(p), threads, bytes, stream>>>(o, in, out, lse);
   TROUPE_CUDA_LAUNCHED();
 }
 
 template <int QK, int V>
-void backward(const attention_problem& p, const backward_operands& bo, attention_result dq,
-              attention_result dk, attention_result d_rope, attention_result dv,
-              cudaStream_t stream) {
+void backward(const attention_problem& p, const backward_operands& bo, const packed& in,
+              attention_result dq, attention_result dk, attention_result d_rope,
+              attention_result dv, cudaStream_t stream) {
   const std::size_t key_bytes = key_smem<QK, V>().bytes;
   allow(key_gradient_kernel<QK, V>, key_bytes);
-  key_gradient_kernel<QK, V><<<grid_of(p), threads, key_bytes, stream>>>(bo, dk, d_rope, dv);
+  key_gradient_kernel<QK, V><<<grid_of(p), threads, key_bytes, stream>>>(bo, in, dk, d_rope, dv);
   TROUPE_CUDA_LAUNCHED();
   const std::size_t query_bytes = query_smem<QK, V>().bytes;
   allow(query_gradient_kernel<QK, V>, query_bytes);
-  query_gradient_kernel<QK, V><<<grid_of(p), threads, query_bytes, stream>>>(bo, dq);
+  query_gradient_kernel<QK, V><<<grid_of(p), threads, query_bytes, stream>>>(bo, in, dq);
   TROUPE_CUDA_LAUNCHED();
 }
+
+/// Stream-ordered staging for the packed operands when the caller gives none.
+struct staging_buffer {
+  staging_buffer(void* given, std::size_t bytes, cudaStream_t stream) : stream(stream) {
+    if (given != nullptr || bytes == 0) {
+      data = given;
+      return;
+    }
+    TROUPE_CUDA_CHECK(cudaMallocAsync(&data, bytes, stream));
+    owned = true;
+  }
+  ~staging_buffer() {
+    if (owned) (void)cudaFreeAsync(data, stream);
+  }
+  staging_buffer(const staging_buffer&) = delete;
+  staging_buffer& operator=(const staging_buffer&) = delete;
+  void* data = nullptr;
+  cudaStream_t stream;
+  bool owned = false;
+};
+
 /// Calls f.template operator()<QK, V>() for the instantiated head sizes (supported() lists
 /// them); false for others.
 template <class F>
@@ -492,7 +611,8 @@ bool supported(const attention_problem& p) {
                      sizes == std::pair<std::int64_t, std::int64_t>{96, 64} ||
                      sizes == std::pair<std::int64_t, std::int64_t>{128, 128} ||
                      sizes == std::pair<std::int64_t, std::int64_t>{192, 128};
-  // rope_dim % 4: the tiles are loaded four floats at a time, the rope key's from its own row.
+  // rope_dim % 4: the operands are packed four floats at a time, the rope key's from its own
+  // row.
   return built && p.rope_dim >= 0 && p.rope_dim < p.qk_dim && p.rope_dim % 4 == 0 && p.batch >= 0 &&
          p.heads >= 0 && p.length >= 0 && p.batch <= 65535 && p.heads <= 65535;
 }
@@ -503,21 +623,27 @@ bool attention_bf16_supported(const attention_problem& problem) {
   return supported(problem);
 }
 
+std::size_t attention_bf16_staging_bytes(const attention_problem& problem, bool backward) {
+  return supported(problem) ? static_cast<std::size_t>(packed_elements(problem, backward)) * 2 : 0;
+}
+
 void attention_forward_bf16(const attention_problem& problem, attention_operand q,
                             attention_operand k, attention_operand key_rope, attention_operand v,
-                            attention_result o, float* lse, void* stream) {
+                            attention_result o, float* lse, void* stream, void* staging) {
   if (!supported(problem)) return attention_forward(problem, q, k, key_rope, v, o, lse, stream);
   if (problem.batch * problem.heads * problem.length == 0) return;
+  const cudaStream_t s = as_stream(stream);
+  const staging_buffer buffer(staging, attention_bf16_staging_bytes(problem, false), s);
   const operands in{problem, q, k, key_rope, v};
-  with_sizes(problem,
-             [&]<int QK, int V>() { forward<QK, V>(problem, in, o, lse, as_stream(stream)); });
+  const packed bf16_in = pack_operands(in, nullptr, static_cast<bf16*>(buffer.data), s);
+  with_sizes(problem, [&]<int QK, int V>() { forward<QK, V>(problem, in, bf16_in, o, lse, s); });
 }
 
 void attention_backward_bf16(const attention_problem& problem, attention_operand q,
                              attention_operand k, attention_operand key_rope, attention_operand v,
                              attention_operand o, attention_operand d_o, const float* lse,
                              attention_result dq, attention_result dk, attention_result d_key_rope,
-                             attention_result dv, float* scratch, void* stream) {
+                             attention_result dv, float* scratch, void* stream, void* staging) {
   if (!supported(problem))
     return attention_backward(problem, q, k, key_rope, v, o, d_o, lse, dq, dk, d_key_rope, dv,
                               scratch, stream);
@@ -525,10 +651,13 @@ void attention_backward_bf16(const attention_problem& problem, attention_operand
           "a rope key needs a tensor for its gradient");
   const std::int64_t rows = attention_backward_scratch(problem);
   if (rows == 0) return;
+  const cudaStream_t s = as_stream(stream);
   flash::launch_delta(problem, o, d_o, scratch, stream);
+  const staging_buffer buffer(staging, attention_bf16_staging_bytes(problem, true), s);
   const backward_operands bo{operands{problem, q, k, key_rope, v}, d_o, lse, scratch};
+  const packed bf16_in = pack_operands(bo.in, &d_o, static_cast<bf16*>(buffer.data), s);
   with_sizes(problem, [&]<int QK, int V>() {
-    backward<QK, V>(problem, bo, dq, dk, d_key_rope, dv, as_stream(stream));
+    backward<QK, V>(problem, bo, bf16_in, dq, dk, d_key_rope, dv, s);
   });
 }
 

@@ -111,7 +111,39 @@ void launch(const typename Op::input* input, typename Op::output* output, std::i
   TROUPE_CUDA_CHECK(cudaGetLastError());
 }
 
+// One row of `cols` f32 values per grid row, four at a time where the row allows it.
+__global__ void f32_to_bf16_rows_kernel(const float* input, std::int64_t ld, std::uint16_t* output,
+                                        std::int64_t rows, std::int64_t cols, bool vectorized) {
+  for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float* in = input + r * ld;
+    std::uint16_t* out = output + r * cols;
+    const std::int64_t quads = vectorized ? cols / 4 : 0;
+    for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+         i < quads; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+      reinterpret_cast<uint2*>(out)[i] =
+          f32_to_bf16_op::four(reinterpret_cast<const float4*>(in)[i]);
+    for (std::int64_t i =
+             quads * 4 + blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+         i < cols; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+      out[i] = f32_to_bf16_op::one(in[i]);
+  }
+}
+
 }  // namespace
+
+void f32_to_bf16_rows(const float* input, std::int64_t ld, std::uint16_t* output, std::int64_t rows,
+                      std::int64_t cols, void* stream) {
+  if (rows == 0 || cols == 0) return;
+  if (ld == cols) return f32_to_bf16(input, output, rows * cols, stream);
+  const bool vectorized = cols % 4 == 0 && ld % 4 == 0 && aligned(input, 16) && aligned(output, 8);
+  const std::int64_t per_row = vectorized ? cols / 4 : cols;
+  const dim3 grid(static_cast<unsigned>(std::clamp<std::int64_t>(
+                      (per_row + threads_per_block - 1) / threads_per_block, 1, 64)),
+                  static_cast<unsigned>(std::min<std::int64_t>(rows, 65535)));
+  f32_to_bf16_rows_kernel<<<grid, threads_per_block, 0, static_cast<cudaStream_t>(stream)>>>(
+      input, ld, output, rows, cols, vectorized);
+  TROUPE_CUDA_CHECK(cudaGetLastError());
+}
 
 void f32_to_e4m3(const float* input, std::uint8_t* output, std::int64_t count, void* stream) {
   launch<f32_to_e4m3_op>(input, output, count, stream);

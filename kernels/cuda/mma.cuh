@@ -89,4 +89,24 @@ __device__ inline void load_b_columns(unsigned (&b)[4], const bf16* s, int ld, i
   ldmatrix_x4_trans(b, s + (k0 + lane % 8 + lane / 8 % 2 * 8) * ld + n0 + lane / 16 * 8);
 }
 
+// Asynchronous copies from global to shared memory (cp.async, sm_80+): they bypass the
+// registers, so a tile's loads overlap the products on the previous one.
+
+/// 16 bytes from `from` to `to` (both 16-byte aligned); zeros instead when `valid` is false.
+__device__ inline void copy16(bf16* to, const bf16* from, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(to)),
+               "l"(from), "r"(valid ? 16 : 0));
+}
+
+/// Closes the group of copies issued since the last commit.
+__device__ inline void commit_copies() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+/// Waits until at most `Pending` committed groups are still in flight (this thread's copies).
+template <int Pending>
+__device__ inline void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+}
+
 }  // namespace troupe::kernels::cuda::mma

@@ -341,10 +341,15 @@ void attention_forward(const troupe_exec_context* context, const attention_probl
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  const auto run = context_math(context) == gemm_math::bf16 ? cuda::attention_forward_bf16
-                                                            : cuda::attention_forward;
-  run(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v), to_cuda(o), lse,
-      context->stream);
+  if (context_math(context) == gemm_math::bf16) {
+    device_array<std::uint16_t> staging;
+    staging.allocate(context, cuda::attention_bf16_staging_bytes(to_cuda(p), false) / 2);
+    cuda::attention_forward_bf16(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v),
+                                 to_cuda(o), lse, context->stream, staging.data());
+    return;
+  }
+  cuda::attention_forward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v),
+                          to_cuda(o), lse, context->stream);
 #endif
 }
 
@@ -388,11 +393,18 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
 #if TROUPE_HAVE_CUDA
   buffer scratch;
   scratch.assign(context, static_cast<std::size_t>(cuda::attention_backward_scratch(to_cuda(p))));
-  const auto run = context_math(context) == gemm_math::bf16 ? cuda::attention_backward_bf16
-                                                            : cuda::attention_backward;
-  run(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v), to_cuda(o), to_cuda(d_o),
-      lse, to_cuda(dq), to_cuda(dk), to_cuda(d_key_rope), to_cuda(dv), scratch.data(),
-      context->stream);
+  if (context_math(context) == gemm_math::bf16) {
+    device_array<std::uint16_t> staging;
+    staging.allocate(context, cuda::attention_bf16_staging_bytes(to_cuda(p), true) / 2);
+    cuda::attention_backward_bf16(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v),
+                                  to_cuda(o), to_cuda(d_o), lse, to_cuda(dq), to_cuda(dk),
+                                  to_cuda(d_key_rope), to_cuda(dv), scratch.data(), context->stream,
+                                  staging.data());
+    return;
+  }
+  cuda::attention_backward(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v),
+                           to_cuda(o), to_cuda(d_o), lse, to_cuda(dq), to_cuda(dk),
+                           to_cuda(d_key_rope), to_cuda(dv), scratch.data(), context->stream);
 #endif
 }
 

@@ -99,6 +99,20 @@ TEST(Cli, GpuPlacementsThisMachineCannotHonourAreRefused) {
   expect_contains(cpu, "OK for this machine");
 }
 
+TEST(Cli, BenchModelRefusesWhatItCannotComputeBeforeBuilding) {
+  auto bf16 = run("bench model --config tiny --precision bf16");
+  EXPECT_EQ(bf16.exit_code, 1) << bf16.output;
+  expect_contains(bf16, "--precision bf16: BF16 computes on a GPU's tensor cores");
+  auto unknown = run("bench model --config tiny --precision fp16");
+  EXPECT_EQ(unknown.exit_code, 1) << unknown.output;
+  expect_contains(unknown, "--precision: use fp32, bf16 or fp8, not fp16");
+  auto gpu = run("bench model --config tiny --device cuda:7");
+  if (gpu.exit_code == 0) GTEST_SKIP() << "this machine has a cuda:7";
+  EXPECT_EQ(gpu.exit_code, 1) << gpu.output;
+  expect_contains(gpu, "cuda:7");
+  EXPECT_EQ(gpu.output.find("forward + backward"), std::string::npos) << gpu.output;
+}
+
 TEST(Cli, TopoCheckReportsEveryErrorWithFileLineColumn) {
   const std::string file = source("tests/fixtures/topologies/broken.toml");
   auto result = run("topo check " + file);

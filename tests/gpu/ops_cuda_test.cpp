@@ -659,14 +659,28 @@ TEST(CudaOps, Bf16FlashAttentionIsWithinBf16OfFp32) {
           scratch(static_cast<std::size_t>(gpu::attention_backward_scratch(problem)));
       const gpu::attention_result d_rope_out{gdrope.data(), m.heads * m.length * m.rope,
                                              m.length * m.rope, m.rope};
-      (bf16 ? gpu::attention_forward_bf16 : gpu::attention_forward)(
-          problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()), m.values(gkv.data()),
-          mla_attention::out(m.o(go.data())), glse.data(), nullptr);
-      (bf16 ? gpu::attention_backward_bf16 : gpu::attention_backward)(
-          problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()), m.values(gkv.data()),
-          m.o(go.data()), m.o(gdo.data()), glse.data(), mla_attention::out(m.q(gdq.data())),
-          mla_attention::out(m.k(gdkv.data())), d_rope_out,
-          mla_attention::out(m.values(gdkv.data())), scratch.data(), nullptr);
+      // The BF16 kernels' staging: the caller's for the forward, their own for the backward.
+      device_array<std::uint16_t> staging(gpu::attention_bf16_staging_bytes(problem, false) / 2);
+      if (bf16) {
+        gpu::attention_forward_bf16(problem, m.q(gq.data()), m.k(gkv.data()),
+                                    m.key_rope(grope.data()), m.values(gkv.data()),
+                                    mla_attention::out(m.o(go.data())), glse.data(), nullptr,
+                                    staging.data());
+        gpu::attention_backward_bf16(
+            problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()),
+            m.values(gkv.data()), m.o(go.data()), m.o(gdo.data()), glse.data(),
+            mla_attention::out(m.q(gdq.data())), mla_attention::out(m.k(gdkv.data())), d_rope_out,
+            mla_attention::out(m.values(gdkv.data())), scratch.data(), nullptr);
+      } else {
+        gpu::attention_forward(problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()),
+                               m.values(gkv.data()), mla_attention::out(m.o(go.data())),
+                               glse.data(), nullptr);
+        gpu::attention_backward(problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()),
+                                m.values(gkv.data()), m.o(go.data()), m.o(gdo.data()), glse.data(),
+                                mla_attention::out(m.q(gdq.data())),
+                                mla_attention::out(m.k(gdkv.data())), d_rope_out,
+                                mla_attention::out(m.values(gdkv.data())), scratch.data(), nullptr);
+      }
       return results{go.get(), glse.get(), gdq.get(), gdkv.get(), gdrope.get()};
     };
     const results exact = run(false), low = run(true);

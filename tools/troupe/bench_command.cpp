@@ -9,6 +9,8 @@
 
 #include "kernels/cpu/gemm.hpp"
 #include "runtime/core/install_layout.hpp"
+#include "runtime/device/cuda.hpp"
+#include "runtime/exec/cuda_gemm.hpp"
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/model/flops.hpp"
 #include "runtime/model/model_runner.hpp"
@@ -30,6 +32,7 @@ struct bench_options {
   int steps = 3;
   int threads = 0;
   std::string precision = "fp32";
+  std::string device = "cpu";
 };
 
 fs::path config_path(const std::string& name) {
@@ -39,15 +42,18 @@ fs::path config_path(const std::string& name) {
   return name;
 }
 
-/// The gemm of `precision`: none for fp32 (the CPU's own), the FP8 plugin's for fp8.
+/// The gemm plugin of `precision`: none for fp32 (the runtime's own) and bf16 (the runtime's
+/// cuBLASLt BF16, GPU only), the FP8 plugin's for fp8.
 std::unique_ptr<gemm_instance> precision_gemm(plugin_registry& registry,
-                                              const std::string& precision) {
+                                              const std::string& precision, device where) {
   std::unique_ptr<gemm_instance> fp8;
   if (precision == "fp8")
     fp8 = std::make_unique<gemm_instance>(registry.load("fp8", {plugin_kind::gemm}),
                                           instance_options{});
-  else if (precision != "fp32")
-    fail("--precision: use fp32 or fp8, not {}", precision);
+  else if (precision == "bf16" && !where.is_cuda())
+    fail("--precision bf16: BF16 computes on a GPU's tensor cores; add --device cuda:N");
+  else if (precision != "fp32" && precision != "bf16")
+    fail("--precision: use fp32, bf16 or fp8, not {}", precision);
   return fp8;
 }
 
@@ -80,13 +86,23 @@ step_times time_steps(model_runner& runner, const exec_context& context, const m
                       int steps) {
   step_times times;
   std::vector<double> all;
+  const device where = context.where();
+  const auto wait = [&] {  // a GPU step is timed to the end of its work, not of its launches
+    if (where.is_cuda()) cuda::synchronize_stream(context.stream(), where.index);
+  };
   for (int step = 0; step <= steps; ++step) {  // step 0 warms up
-    runner.parameters().zero_grads();
+    {
+      const context_stream_scope on_stream(context);
+      runner.parameters().zero_grads();
+    }
+    wait();
     const auto start = clock_type::now();
     runner.forward(context, step, input);
+    wait();
     const auto middle = clock_type::now();
     if (step == 0) times.mla_statistics = runner.layers().front()->attention().statistics();
     runner.backward(context, step, tensor(), 1.0f);
+    wait();
     const auto end = clock_type::now();
     if (step == 0) continue;
     all.push_back(std::chrono::duration<double>(end - start).count());
@@ -120,11 +136,18 @@ int bench(const bench_options& options) {
                           ? options.threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   thread_pool pool(threads);
+  const device where = parse_device(options.device);
+  if (where.is_cuda()) cuda::require_device(where.index);
   plugin_registry registry;
   const auto plugins = load_model_plugins(registry, config);
-  const std::unique_ptr<gemm_instance> fp8 = precision_gemm(registry, options.precision);
-  exec_context context(device::cpu(), pool, fp8 ? fp8->provider() : nullptr);
-  model_runner runner(config, {}, plugins);
+  const std::unique_ptr<gemm_instance> fp8 = precision_gemm(registry, options.precision, where);
+  exec_context context(where, pool,
+                       fp8                           ? fp8->provider()
+                       : options.precision == "bf16" ? cuda_bf16_gemm_provider()
+                                                     : nullptr);
+  model_options model{};
+  model.where = where;
+  model_runner runner(config, {}, plugins, model);
   const auto init_start = std::chrono::steady_clock::now();
   runner.parameters().initialize(1234, &pool);
   const double init_seconds =
@@ -137,8 +160,27 @@ int bench(const bench_options& options) {
       options.config, file.string(), config.num_hidden_layers, config.hidden_size,
       config.n_routed_experts, config.num_experts_per_tok, config.num_nextn_predict_layers,
       static_cast<double>(runner.parameters().element_count()) / 1e6);
-  fmt::print("batch {} x {} tokens, {} threads, precision {}; parameters initialised in {:.2f} s\n",
-             batch, length, threads, options.precision, init_seconds);
+  fmt::print(
+      "batch {} x {} tokens on {}, {} threads, precision {}; parameters initialised in {:.2f} s\n",
+      batch, length, options.device, threads, options.precision, init_seconds);
+  const double tokens = static_cast<double>(batch * length);
+  const double flops = model_flops(config, length, true).training() * tokens;
+  if (where.is_cuda()) {
+    const step_times times = time_steps(runner, context, input, options.steps);
+    const double peak = bf16_peak_tflops(where.index);
+    const double achieved = flops / times.best / 1e12;
+    fmt::print(
+        "forward + backward: {:.1f} ms per step (forward {:.1f} ms) min of {}, median {:.1f} ms; "
+        "{:.0f} tokens/s at the min\n",
+        times.best * 1e3, times.forward_best * 1e3, options.steps, times.median * 1e3,
+        tokens / times.best);
+    fmt::print(
+        "model FLOPs: {:.2f} GFLOP per step -> {:.1f} TFLOP/s, MFU {:.1f}% of the BF16 GEMM peak "
+        "measured now ({:.1f} TFLOP/s, cuBLASLt 8192^3)\n",
+        flops / 1e9, achieved, 100.0 * achieved / peak, peak);
+    print_mla_activations(times.mla_statistics);
+    return exit_ok;
+  }
   // The reference is measured before and after the model (best of both), so a change in the
   // machine's state during the run shows up in the reference too.
   sgemm_reference sgemm = measure_sgemm(pool);
@@ -149,8 +191,6 @@ int bench(const bench_options& options) {
       "sgemm on the worker pool (1024^3 and 2048^3, 8 runs each, before and after): best {:.1f} "
       "GFLOP/s, median {:.1f}, slowest {:.1f}\n",
       sgemm.best, sgemm.median, sgemm.worst);
-  const double tokens = static_cast<double>(batch * length);
-  const double flops = model_flops(config, length, true).training() * tokens;
   const double achieved = flops / times.best / 1e9;
   fmt::print(
       "forward + backward: {:.1f} ms per step (forward {:.1f} ms) min of {}, median {:.1f} ms; "
@@ -206,9 +246,10 @@ void add_bench_command(CLI::App& app, int& exit_code) {
   bench_group->require_subcommand(1);
   auto options = std::make_shared<bench_options>();
   auto* model = bench_group->add_subcommand("model",
-                                            "Forward + backward of a model on the CPU: time per "
-                                            "step, tokens/s, model GFLOP/s and its ratio to the "
-                                            "sgemm throughput measured in the same run");
+                                            "Forward + backward of a model on the CPU or a GPU: "
+                                            "time per step, tokens/s, model FLOP/s against the "
+                                            "sgemm (CPU) or BF16 GEMM (GPU) throughput measured "
+                                            "in the same run");
   model->add_option("--config", options->config,
                     "tiny, small (hidden 512, 8 layers, 64 experts top-6) or a config.json path");
   model
@@ -224,7 +265,10 @@ void add_bench_command(CLI::App& app, int& exit_code) {
   model->add_option("--threads", options->threads, "Worker threads (default: one per core)")
       ->check(within(thread_bounds));
   model->add_option("--precision", options->precision,
-                    "fp32 or fp8 (the FP8 plugin's CPU emulation)");
+                    "fp32, bf16 (GPU only) or fp8 (the FP8 plugin: its CPU emulation on the CPU)");
+  model->add_option("--device", options->device,
+                    "cpu (default) or cuda:N: the model on that GPU, its MFU against a BF16 "
+                    "cuBLASLt GEMM measured in the same run");
   model->callback([options, &exit_code] { exit_code = bench(*options); });
   add_bench_train_command(*bench_group, exit_code);
   add_bench_gemm_command(*bench_group, exit_code);

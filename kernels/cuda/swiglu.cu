@@ -26,13 +26,14 @@ __global__ void swiglu_forward_kernel(const float* gate, const float* up, float*
 
 __global__ void swiglu_backward_kernel(const float* dh, const float* gate, const float* up,
                                        float* dgate, float* dup, std::int64_t count,
-                                       std::int64_t width, std::int64_t ld) {
+                                       std::int64_t width, std::int64_t ld, bool accumulate) {
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i >= count) return;
   const std::int64_t at = (i / width) * ld + i % width;
   const float g = gate[at], s = sigmoid(g);
-  dgate[at] += dh[i] * up[at] * s * (1.0f + g * (1.0f - s));
-  dup[at] += dh[i] * g * s;
+  const float d_gate = dh[i] * up[at] * s * (1.0f + g * (1.0f - s)), d_up = dh[i] * g * s;
+  dgate[at] = accumulate ? dgate[at] + d_gate : d_gate;
+  dup[at] = accumulate ? dup[at] + d_up : d_up;
 }
 
 }  // namespace
@@ -49,7 +50,7 @@ void swiglu_backward(const float* dh, const float* gate, const float* up, float*
                      std::int64_t count, void* stream) {
   if (count == 0) return;
   swiglu_backward_kernel<<<blocks_for(count, threads), threads, 0, as_stream(stream)>>>(
-      dh, gate, up, dgate, dup, count, count, count);
+      dh, gate, up, dgate, dup, count, count, count, true);
   TROUPE_CUDA_LAUNCHED();
 }
 
@@ -62,10 +63,11 @@ void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std
 }
 
 void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_up,
-                           std::int64_t rows, std::int64_t width, void* stream) {
+                           std::int64_t rows, std::int64_t width, void* stream, bool accumulate) {
   if (rows * width == 0) return;
   swiglu_backward_kernel<<<blocks_for(rows * width, threads), threads, 0, as_stream(stream)>>>(
-      dh, gate_up, gate_up + width, dgate_up, dgate_up + width, rows * width, width, 2 * width);
+      dh, gate_up, gate_up + width, dgate_up, dgate_up + width, rows * width, width, 2 * width,
+      accumulate);
   TROUPE_CUDA_LAUNCHED();
 }
 

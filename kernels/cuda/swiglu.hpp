@@ -15,7 +15,9 @@ void swiglu_backward(const float* dh, const float* gate, const float* up, float*
 /// A fused [rows, 2*width] gate|up buffer (one GEMM made both): h[rows, width].
 void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std::int64_t width,
                           void* stream);
+/// dgate_up += (or =, without `accumulate`) the gradient of both halves.
 void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_up,
-                           std::int64_t rows, std::int64_t width, void* stream);
+                           std::int64_t rows, std::int64_t width, void* stream,
+                           bool accumulate = true);
 
 }  // namespace troupe::kernels::cuda

@@ -268,9 +268,10 @@ void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows,
 /// SwiGLU over a fused [rows, 2*width] gate|up buffer (kernels/cpu/swiglu.hpp).
 void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
                           std::int64_t rows, std::int64_t width);
+/// dgate_up += the gradient; with `accumulate` false, = (its old contents are never read).
 void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
                            const float* gate_up, float* dgate_up, std::int64_t rows,
-                           std::int64_t width);
+                           std::int64_t width, bool accumulate = true);
 
 }  // namespace ops
 

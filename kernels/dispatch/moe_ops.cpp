@@ -281,10 +281,11 @@ void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_
 
 void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
                            const float* gate_up, float* dgate_up, std::int64_t rows,
-                           std::int64_t width) {
+                           std::int64_t width, bool accumulate) {
   const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
     parallel_for(context, rows, 16, [&](std::int64_t begin, std::int64_t end) {
+      if (!accumulate) std::fill(dgate_up + begin * 2 * width, dgate_up + end * 2 * width, 0.0f);
       cpu::swiglu_backward_fused(dh + begin * width, gate_up + begin * 2 * width,
                                  dgate_up + begin * 2 * width, end - begin, width);
     });
@@ -292,7 +293,7 @@ void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  cuda::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width, context->stream);
+  cuda::swiglu_backward_fused(dh, gate_up, dgate_up, rows, width, context->stream, accumulate);
 #endif
 }
 

@@ -107,7 +107,12 @@ troupe_status moe_layer::forward(const troupe_exec_context* context, std::int64_
       s->host_offsets.resize(static_cast<std::size_t>(e_count + 1));
       ops::copy_to_host(context, s->host_offsets.data(), s->offsets.data(), s->offsets.bytes());
     }
-    s->expert_out.assign(context, static_cast<std::size_t>(t * k * hidden_));
+    // The grouped GEMMs write every row when this layer holds every expert; otherwise the rows
+    // of the experts it does not hold stay zeros.
+    if (routed_->grouped(context) && routed_->count() == e_count)
+      s->expert_out.allocate(context, static_cast<std::size_t>(t * k * hidden_));
+    else
+      s->expert_out.assign(context, static_cast<std::size_t>(t * k * hidden_));
     TROUPE_TRY(routed_->forward(context, micro_batch, in, s->order.data(), k, s->host_offsets,
                                 s->offsets.data(), t * k, s->expert_out.data(), error));
     ops::combine_forward(context, s->expert_out.data(), gate_values, s->position.data(), k, hidden_,

@@ -124,8 +124,11 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
   const troupe_status copied = guarded(error, [&] {
     s->d_out.assign_copy(context, dy_rows, static_cast<std::size_t>(rows * hidden_));
     s->hidden.allocate(context, static_cast<std::size_t>(rows * inter_));
-    s->d_gate_up.assign(context,
-                        static_cast<std::size_t>(rows * 2 * inter_));  // SwiGLU backward adds
+    // The per-expert path's SwiGLU backward adds into it; the grouped path's writes it whole.
+    if (s->grouped)
+      s->d_gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
+    else
+      s->d_gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
     return TROUPE_STATUS_OK;
   });
   if (copied != TROUPE_STATUS_OK) {
@@ -258,8 +261,8 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
   dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
   ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_, down_weights_.data(),
                      hidden_, inter_, dh.data(), inter_, false);
-  ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows,
-                             inter_);
+  ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows, inter_,
+                             false);
   ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
                      gate_weights_.data(), inter_, hidden_, dx_rows, hidden_, true);
   ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data() + inter_, 2 * inter_,

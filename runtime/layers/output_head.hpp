@@ -1,7 +1,9 @@
 #pragma once
 
 // The output head and its cross-entropy: logits = x W^T over the vocabulary, then softmax
-// cross-entropy against the targets (negative targets are unlabelled). The head runs in FP32
+// cross-entropy against the targets (negative targets are unlabelled). Training computes the
+// loss and its gradient a chunk of rows at a time, so the [tokens, vocab] FP32 logits never
+// exist at once. The head runs in FP32
 // whatever the topology's precision: DeepSeek-V3 keeps the embedding, the output head, the MoE
 // gate, the norms and attention in high precision and uses FP8 for the other linear layers.
 
@@ -18,15 +20,27 @@ struct head_loss {
   double mean() const { return labelled > 0 ? sum / static_cast<double>(labelled) : 0.0; }
 };
 
-/// logits [rows, vocab] (overwritten) and the loss when `targets` is not null.
+/// Rows whose logits exist at once in output_head_loss and output_head_backward: at most 256 MiB
+/// of FP32 logits.
+std::int64_t head_chunk_rows(std::int64_t vocab);
+
+/// logits [rows, vocab] (overwritten) and the loss when `targets` is not null: for callers that
+/// want the logits (troupe logits, evaluation).
 head_loss output_head_forward(const exec_context& context, const float* x, const float* weight,
                               float* logits, const std::int32_t* targets, std::int64_t rows,
                               std::int64_t width, std::int64_t vocab);
 
-/// Backward of scale * sum of the labelled losses: dx += ..., dweight += ....
+/// The loss alone, `chunk_rows` rows at a time (0: head_chunk_rows): the [rows, vocab] logits
+/// never exist at once.
+head_loss output_head_loss(const exec_context& context, const float* x, const float* weight,
+                           const std::int32_t* targets, std::int64_t rows, std::int64_t width,
+                           std::int64_t vocab, std::int64_t chunk_rows = 0);
+
+/// Backward of scale * sum of the labelled losses: dx += ..., dweight += ..., recomputing each
+/// chunk's logits (nothing is kept from the forward).
 void output_head_backward(const exec_context& context, const float* x, const float* weight,
-                          const float* logits, const std::int32_t* targets, float scale, float* dx,
-                          float* dweight, std::int64_t rows, std::int64_t width,
-                          std::int64_t vocab);
+                          const std::int32_t* targets, float scale, float* dx, float* dweight,
+                          std::int64_t rows, std::int64_t width, std::int64_t vocab,
+                          std::int64_t chunk_rows = 0);
 
 }  // namespace troupe

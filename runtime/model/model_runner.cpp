@@ -188,7 +188,7 @@ tensor model_runner::forward_input(const exec_context& context, const model_batc
 head_loss model_runner::head_forward(const exec_context& context, const tensor& x,
                                      std::int64_t rows, const char* norm_name,
                                      const tensor& targets, tensor& normed, tensor& rstd,
-                                     tensor& logits) {
+                                     bool keep_logits, tensor& logits) {
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   const float* head_weight =
       store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
@@ -198,10 +198,16 @@ head_loss model_runner::head_forward(const exec_context& context, const tensor& 
   rmsnorm_forward(context, x.data_as<float>(), store_.at(norm_name).value.data_as<float>(),
                   normed.data_as<float>(), rstd.data_as<float>(), rows, h,
                   static_cast<float>(config_.rms_norm_eps));
+  const std::int32_t* labels = targets.defined() ? targets.data_as<std::int32_t>() : nullptr;
+  if (!keep_logits) {  // training: the loss a chunk of rows at a time, no logits kept
+    logits = tensor();
+    return labels != nullptr ? output_head_loss(context, normed.data_as<float>(), head_weight,
+                                                labels, rows, h, vocab)
+                             : head_loss{};
+  }
   logits = tensor::empty(dtype::f32, {x.size(0), x.size(1), vocab}, context.where());
   return output_head_forward(context, normed.data_as<float>(), head_weight, logits.data_as<float>(),
-                             targets.defined() ? targets.data_as<std::int32_t>() : nullptr, rows, h,
-                             vocab);
+                             labels, rows, h, vocab);
 }
 
 void model_runner::forward_head(const exec_context& context, std::int64_t micro_batch,
@@ -212,7 +218,7 @@ void model_runner::forward_head(const exec_context& context, std::int64_t micro_
   const bool labelled = batch.targets.defined();
   if (labelled) check_tokens(batch.targets, "targets");
   const head_loss main = head_forward(context, hidden, rows, "model.norm.weight", batch.targets,
-                                      s.normed, s.rstd, s.logits);
+                                      s.normed, s.rstd, keep_logits, s.logits);
   out.loss = main.mean();
   s.labelled = main.labelled;
   if (keep_logits) out.logits = s.logits;
@@ -232,7 +238,7 @@ void model_runner::forward_head(const exec_context& context, std::int64_t micro_
                                            std::vector<tensor>{previous, ms.embedded})[0];
     ms.h_out = mtp_[d].block->forward(context, micro_batch, ms.combined);
     const head_loss depth = head_forward(context, ms.h_out, rows, mtp_[d].norm_name.c_str(),
-                                         ms.targets, ms.normed, ms.rstd, ms.logits);
+                                         ms.targets, ms.normed, ms.rstd, keep_logits, ms.logits);
     ms.labelled = depth.labelled;
     out.mtp_loss += weight * depth.mean();
     if (keep_logits) out.mtp_logits.push_back(ms.logits);
@@ -262,9 +268,11 @@ std::string model_runner::locate_non_finite(const saved& s) const {
     if (!all_finite(s.layer_inputs[i + 1]))
       return fmt::format("the output of model.layers.{}", layers_[i]->index());
   if (slice_.head) {
-    if (!all_finite(s.logits)) return "the logits (model.norm, lm_head)";
+    if (!all_finite(s.normed) || (s.logits.defined() && !all_finite(s.logits)))
+      return "the logits (model.norm, lm_head)";
     for (std::size_t d = 0; d < s.mtp.size(); ++d)
-      if (!all_finite(s.mtp[d].h_out) || !all_finite(s.mtp[d].logits))
+      if (!all_finite(s.mtp[d].h_out) ||
+          (s.mtp[d].logits.defined() && !all_finite(s.mtp[d].logits)))
         return fmt::format("the MTP module model.layers.{}",
                            config_.num_hidden_layers + static_cast<std::int64_t>(d));
     return "the loss (cross-entropy or balance loss)";
@@ -313,16 +321,16 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
 }
 
 void model_runner::head_backward(const exec_context& context, const tensor& x, const tensor& normed,
-                                 const tensor& rstd, const tensor& logits, const tensor& targets,
-                                 std::int64_t count, double weight, const std::string& norm_name,
-                                 std::int64_t rows, float loss_scale, tensor& d_x) {
+                                 const tensor& rstd, const tensor& targets, std::int64_t count,
+                                 double weight, const std::string& norm_name, std::int64_t rows,
+                                 float loss_scale, tensor& d_x) {
   if (count == 0) return;
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   parameter& head =
       store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
   tensor d_normed = tensor::zeros(dtype::f32, x.shape(), context.where());
   output_head_backward(
-      context, normed.data_as<float>(), head.value.data_as<float>(), logits.data_as<float>(),
+      context, normed.data_as<float>(), head.value.data_as<float>(),
       targets.data_as<std::int32_t>(),
       static_cast<float>(static_cast<double>(loss_scale) * weight / static_cast<double>(count)),
       d_normed.data_as<float>(), grad_of(head), rows, h, vocab);
@@ -345,8 +353,8 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
     parameter& embedding = store_.at("model.embed_tokens.weight");
     mtp_saved& ms = s.mtp[d];
     if (labelled)
-      head_backward(context, ms.h_out, ms.normed, ms.rstd, ms.logits, ms.targets, ms.labelled,
-                    weight, mtp_[d].norm_name, rows, loss_scale, d_next);
+      head_backward(context, ms.h_out, ms.normed, ms.rstd, ms.targets, ms.labelled, weight,
+                    mtp_[d].norm_name, rows, loss_scale, d_next);
     const tensor d_combined =
         mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
     tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
@@ -361,8 +369,8 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
   }
   tensor d_h = d_next;
   if (labelled)
-    head_backward(context, final_hidden, s.normed, s.rstd, s.logits, s.batch.targets, s.labelled,
-                  1.0, "model.norm.weight", rows, loss_scale, d_h);
+    head_backward(context, final_hidden, s.normed, s.rstd, s.batch.targets, s.labelled, 1.0,
+                  "model.norm.weight", rows, loss_scale, d_h);
   return d_h;
 }
 

@@ -115,7 +115,7 @@ class model_runner {
     tensor d_embedded;  // between the backward parts: dL/d(embedding output), first slice
     bool input_done = false;
     std::vector<tensor> layer_inputs;  // h entering each layer (and the final output last)
-    tensor normed, rstd, logits;       // final norm and head
+    tensor normed, rstd, logits;       // final norm and head (logits when kept)
     std::int64_t labelled = 0;
     std::vector<mtp_saved> mtp;
   };
@@ -124,10 +124,11 @@ class model_runner {
   void check_context(const exec_context& context) const;
   /// The slice's input hidden states: the embedded tokens, or the previous stage's output.
   tensor forward_input(const exec_context& context, const model_batch& batch);
-  /// The final norm and output head on `x` (or an MTP depth's, by `norm_name`): its loss.
+  /// The final norm and output head on `x` (or an MTP depth's, by `norm_name`): its loss, and
+  /// its logits with `keep_logits` (else none: the loss a chunk of rows at a time).
   head_loss head_forward(const exec_context& context, const tensor& x, std::int64_t rows,
                          const char* norm_name, const tensor& targets, tensor& normed, tensor& rstd,
-                         tensor& logits);
+                         bool keep_logits, tensor& logits);
   /// Forward of the head and the MTP modules on the last layer's output, into `s` and `out`.
   void forward_head(const exec_context& context, std::int64_t micro_batch, const model_batch& batch,
                     bool keep_logits, const tensor& hidden, saved& s, model_output& out);
@@ -136,9 +137,9 @@ class model_runner {
   /// Backward of loss_scale * weight * (sum of the labelled losses) / count through the output
   /// head and the norm `norm_name`, into d_x (pre-norm); nothing when count is 0.
   void head_backward(const exec_context& context, const tensor& x, const tensor& normed,
-                     const tensor& rstd, const tensor& logits, const tensor& targets,
-                     std::int64_t count, double weight, const std::string& norm_name,
-                     std::int64_t rows, float loss_scale, tensor& d_x);
+                     const tensor& rstd, const tensor& targets, std::int64_t count, double weight,
+                     const std::string& norm_name, std::int64_t rows, float loss_scale,
+                     tensor& d_x);
   /// Input-gradient part of the head and the MTP modules: dL/d(the last layer's output).
   tensor backward_head(const exec_context& context, std::int64_t micro_batch, saved& s,
                        float loss_scale);

@@ -201,8 +201,11 @@ TEST(Cli, TrainStopsOnSigtermAfterTheStepAndResumes) {
   std::getline(latest, name);
   EXPECT_EQ(name, fmt::format("step-{:06d}", last));
 
-  auto resumed = run(fmt::format("train --steps {} --quiet --log-json {} --resume {} {}", last + 2,
-                                 log, ckpt, small_steps));
+  // Its own checkpoint directory too: the topology's default is relative to the working
+  // directory, which the suites running beside this one share.
+  auto resumed =
+      run(fmt::format("train --steps {} --quiet --log-json {} --resume {} --checkpoint-dir {} {}",
+                      last + 2, log, ckpt, ckpt, small_steps));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   expect_contains(resumed, fmt::format("at step {}", last));
   const auto all = read_log(log);

@@ -217,12 +217,41 @@ TEST_F(LayerGradients, EmbeddingAndOutputHead) {
   loss();
   std::vector<float> d_hidden(hidden.size(), 0.0f), d_head(head.size(), 0.0f),
       d_table(table.size(), 0.0f);
-  troupe::output_head_backward(context_, hidden.data(), head.data(), logits.data(), targets.data(),
-                               1.0f, d_hidden.data(), d_head.data(), rows, width, vocab);
+  troupe::output_head_backward(context_, hidden.data(), head.data(), targets.data(), 1.0f,
+                               d_hidden.data(), d_head.data(), rows, width, vocab);
   troupe::embedding_backward(context_, d_hidden.data(), tokens.data(), rows, width, vocab,
                              d_table.data());
   expect_gradients_match(
       loss, {{"embedding table", table.data(), d_table}, {"head", head.data(), d_head}});
+}
+
+// Training's head works two rows at a time here (a chunk of rows at a time on a real
+// vocabulary): the loss equals the one of the whole logits, and the gradients equal the
+// one-chunk backward's to float rounding (1e-6 relative: the same products, other GEMM shapes).
+TEST_F(LayerGradients, OutputHeadInChunksIsTheWholeHead) {
+  const std::int64_t vocab = 13, width = 6, rows = 5;
+  const auto hidden = random_vector(rows * width, 21),
+             head = random_vector(vocab * width, 22, 0.5f);
+  const std::vector<std::int32_t> targets{1, -1, 7, 5, 12};
+  std::vector<float> logits(rows * vocab);
+  const auto whole = troupe::output_head_forward(context_, hidden.data(), head.data(),
+                                                 logits.data(), targets.data(), rows, width, vocab);
+  const auto chunked = troupe::output_head_loss(context_, hidden.data(), head.data(),
+                                                targets.data(), rows, width, vocab, 2);
+  EXPECT_EQ(chunked.labelled, whole.labelled);
+  EXPECT_NEAR(chunked.sum, whole.sum, 1e-6 * std::abs(whole.sum));
+  std::vector<float> dx_one(hidden.size(), 0.5f), dw_one(head.size(), 0.25f);
+  std::vector<float> dx_two = dx_one, dw_two = dw_one;
+  troupe::output_head_backward(context_, hidden.data(), head.data(), targets.data(), 0.5f,
+                               dx_one.data(), dw_one.data(), rows, width, vocab, rows);
+  troupe::output_head_backward(context_, hidden.data(), head.data(), targets.data(), 0.5f,
+                               dx_two.data(), dw_two.data(), rows, width, vocab, 2);
+  for (std::size_t i = 0; i < dx_one.size(); ++i)
+    EXPECT_NEAR(dx_two[i], dx_one[i], 1e-6 * (1.0 + std::abs(static_cast<double>(dx_one[i]))))
+        << "dx " << i;
+  for (std::size_t i = 0; i < dw_one.size(); ++i)
+    EXPECT_NEAR(dw_two[i], dw_one[i], 1e-6 * (1.0 + std::abs(static_cast<double>(dw_one[i]))))
+        << "dW " << i;
 }
 
 TEST_F(LayerGradients, DenseFfnInTwoParts) {

@@ -115,6 +115,13 @@ step_times time_steps(model_runner& runner, const exec_context& context, const m
   return times;
 }
 
+void print_step_times(const step_times& times, int steps, double tokens) {
+  fmt::print(
+      "forward + backward: {:.1f} ms per step (forward {:.1f} ms) min of {}, median {:.1f} ms; "
+      "{:.0f} tokens/s at the min\n",
+      times.best * 1e3, times.forward_best * 1e3, steps, times.median * 1e3, tokens / times.best);
+}
+
 /// The MLA activation bytes that an attention layer keeps, and what it saves, from its statistics.
 void print_mla_activations(const std::string& mla_statistics) {
   const auto stats = nlohmann::json::parse(mla_statistics);
@@ -169,11 +176,7 @@ int bench(const bench_options& options) {
     const step_times times = time_steps(runner, context, input, options.steps);
     const double peak = bf16_peak_tflops(where.index);
     const double achieved = flops / times.best / 1e12;
-    fmt::print(
-        "forward + backward: {:.1f} ms per step (forward {:.1f} ms) min of {}, median {:.1f} ms; "
-        "{:.0f} tokens/s at the min\n",
-        times.best * 1e3, times.forward_best * 1e3, options.steps, times.median * 1e3,
-        tokens / times.best);
+    print_step_times(times, options.steps, tokens);
     fmt::print(
         "model FLOPs: {:.2f} GFLOP per step -> {:.1f} TFLOP/s, MFU {:.1f}% of the BF16 GEMM peak "
         "measured now ({:.1f} TFLOP/s, cuBLASLt 8192^3)\n",
@@ -192,11 +195,7 @@ int bench(const bench_options& options) {
       "GFLOP/s, median {:.1f}, slowest {:.1f}\n",
       sgemm.best, sgemm.median, sgemm.worst);
   const double achieved = flops / times.best / 1e9;
-  fmt::print(
-      "forward + backward: {:.1f} ms per step (forward {:.1f} ms) min of {}, median {:.1f} ms; "
-      "{:.0f} tokens/s at the min\n",
-      times.best * 1e3, times.forward_best * 1e3, options.steps, times.median * 1e3,
-      tokens / times.best);
+  print_step_times(times, options.steps, tokens);
   fmt::print("model FLOPs: {:.2f} GFLOP per step -> {:.1f} GFLOP/s = {:.2f} of sgemm\n",
              flops / 1e9, achieved, achieved / reference);
   print_mla_activations(times.mla_statistics);

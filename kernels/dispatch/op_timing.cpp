@@ -34,8 +34,6 @@ struct timing_state {
   std::map<int, std::vector<void*>> spare_events;  // cudaEvent_t per device
 };
 
-thread_local int depth = 0;
-
 }  // namespace
 
 }  // namespace troupe::kernels
@@ -49,9 +47,27 @@ extern "C" __attribute__((visibility("default"))) void* troupe_op_timing_state_v
   return &state;
 }
 
+// NOTES: the nesting depth of this thread's scopes, found the same way. Besides counting one
+// scope stack across the runtime's and the plugins' code, this keeps thread-local storage out of
+// the plugins: a dlopen'd library's TLS is allocated per thread by glibc and freed at its exit
+// (_dl_deallocate_tls), where ThreadSanitizer reports races it cannot see the ordering of.
+extern "C" __attribute__((visibility("default"))) int* troupe_op_timing_depth_v2() {
+  thread_local int depth = 0;
+  return &depth;
+}
+
 namespace troupe::kernels {
 
 namespace {
+
+int& depth() {
+  static int* (*const get)() = [] {
+    void* found = dlsym(RTLD_DEFAULT, "troupe_op_timing_depth_v2");
+    using getter = int* (*)();
+    return found != nullptr ? reinterpret_cast<getter>(found) : &troupe_op_timing_depth_v2;
+  }();
+  return *get();
+}
 
 timing_state& state() {
   static timing_state* shared = [] {
@@ -124,10 +140,11 @@ std::string short_name(const char* function) {
 }  // namespace
 
 op_scope::op_scope(const troupe_exec_context* context, op_class c, std::source_location where) {
-  ++depth;
+  int& nesting = depth();
+  ++nesting;
 #if TROUPE_HAVE_CUDA
   timing_state& s = state();
-  if (depth != 1 || !s.on.load(std::memory_order_relaxed) || !on_gpu(context)) return;
+  if (nesting != 1 || !s.on.load(std::memory_order_relaxed) || !on_gpu(context)) return;
   device_ = context->device.device_id;
   start_ = take_event(s, device_);
   if (start_ == nullptr) return;
@@ -141,7 +158,7 @@ op_scope::op_scope(const troupe_exec_context* context, op_class c, std::source_l
 }
 
 op_scope::~op_scope() {
-  --depth;
+  --depth();
 #if TROUPE_HAVE_CUDA
   if (stream_ == nullptr) return;
   timing_state& s = state();

@@ -180,6 +180,17 @@ TEST(Cli, TrainLogsEveryStepCheckpointsAndPlots) {
   expect_contains(bad_log, "README.md:1: not a step record");
 }
 
+TEST(Cli, TrainWithoutCheckpointsWritesNone) {
+  const fs::path dir = scratch_dir("no-checkpoint");
+  const fs::path ckpt = dir / "ckpt";
+  auto result = run("train --steps 2 --no-checkpoint --checkpoint-dir " + ckpt.string() +
+                    " --set train.checkpoint_every=1" + small_steps);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  expect_contains(result, "step 2/2");
+  EXPECT_EQ(result.output.find("checkpoint "), std::string::npos) << result.output;
+  EXPECT_FALSE(fs::exists(ckpt)) << "--no-checkpoint created " << ckpt;
+}
+
 TEST(Cli, TrainStopsOnSigtermAfterTheStepAndResumes) {
   const fs::path dir = scratch_dir("sigterm");
   const std::string log = (dir / "log.json").string(), ckpt = (dir / "ckpt").string();

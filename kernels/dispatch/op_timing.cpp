@@ -139,7 +139,7 @@ std::string short_name(const char* function) {
 
 }  // namespace
 
-op_scope::op_scope(const troupe_exec_context* context, op_class c, std::source_location where) {
+op_scope::op_scope(const troupe_exec_context* context, op_class c, const char* function) {
   int& nesting = depth();
   ++nesting;
 #if TROUPE_HAVE_CUDA
@@ -150,10 +150,10 @@ op_scope::op_scope(const troupe_exec_context* context, op_class c, std::source_l
   if (start_ == nullptr) return;
   stream_ = context->stream;
   class_ = c;
-  function_ = where.function_name();
+  function_ = function;
   (void)cudaEventRecord(static_cast<cudaEvent_t>(start_), static_cast<cudaStream_t>(stream_));
 #else
-  (void)context, (void)c, (void)where;
+  (void)context, (void)c, (void)function;
 #endif
 }
 

@@ -9,7 +9,10 @@
 #include <array>
 #include <cstddef>
 #include <map>
+#include <version>
+#if defined(__cpp_lib_source_location)
 #include <source_location>
+#endif
 #include <string>
 
 struct troupe_exec_context;
@@ -32,12 +35,21 @@ inline constexpr std::size_t op_class_count = 8;
 /// "attention", "expert GEMMs", ...
 const char* name(op_class c);
 
+// NOTES: the caller's function name, evaluated at the call site as a default argument. clang 14
+// with Debian's libstdc++ 12 (the fuzzing build) has no std::source_location; __builtin_FUNCTION
+// gives the bare name there.
+#if defined(__cpp_lib_source_location)
+#define TROUPE_OP_FUNCTION std::source_location::current().function_name()
+#else
+#define TROUPE_OP_FUNCTION __builtin_FUNCTION()
+#endif
+
 /// Brackets the work a scope enqueues on `context`'s stream (GPU contexts, timing on), counted
 /// for its class and for the function that opens it.
 class op_scope {
  public:
   op_scope(const troupe_exec_context* context, op_class c,
-           std::source_location where = std::source_location::current());
+           const char* function = TROUPE_OP_FUNCTION);
   ~op_scope();
   op_scope(const op_scope&) = delete;
   op_scope& operator=(const op_scope&) = delete;

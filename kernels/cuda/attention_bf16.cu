@@ -1,8 +1,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <mutex>
-#include <set>
 #include <utility>
 
 #include "kernels/cuda/attention.cuh"
@@ -538,24 +536,11 @@ dim3 grid_of(const attention_problem& p) {
               static_cast<unsigned>(p.batch));
 }
 
-/// Raises a kernel's dynamic shared memory limit once per device.
-template <class Kernel>
-void allow(Kernel kernel, std::size_t bytes) {
-  static std::mutex guard;
-  static std::set<std::pair<int, const void*>> done;
-  int ordinal = 0;
-  TROUPE_CUDA_CHECK(cudaGetDevice(&ordinal));
-  std::lock_guard lock(guard);
-  if (!done.insert({ordinal, reinterpret_cast<const void*>(kernel)}).second) return;
-  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(bytes)));
-}
-
 template <int QK, int V>
 void forward(const attention_problem& p, const operands& o, const packed& in, attention_result out,
              float* lse, cudaStream_t stream) {
   const std::size_t bytes = forward_smem<QK, V>().bytes;
-  allow(forward_kernel<QK, V>, bytes);
+  allow_shared_memory(forward_kernel<QK, V>, bytes);
   forward_kernel<QK, V><<<grid_of(p), threads, bytes, stream>>>(o, in, out, lse);
   TROUPE_CUDA_LAUNCHED();
 }
@@ -565,34 +550,14 @@ void backward(const attention_problem& p, const backward_operands& bo, const pac
               attention_result dq, attention_result dk, attention_result d_rope,
               attention_result dv, cudaStream_t stream) {
   const std::size_t key_bytes = key_smem<QK, V>().bytes;
-  allow(key_gradient_kernel<QK, V>, key_bytes);
+  allow_shared_memory(key_gradient_kernel<QK, V>, key_bytes);
   key_gradient_kernel<QK, V><<<grid_of(p), threads, key_bytes, stream>>>(bo, in, dk, d_rope, dv);
   TROUPE_CUDA_LAUNCHED();
   const std::size_t query_bytes = query_smem<QK, V>().bytes;
-  allow(query_gradient_kernel<QK, V>, query_bytes);
+  allow_shared_memory(query_gradient_kernel<QK, V>, query_bytes);
   query_gradient_kernel<QK, V><<<grid_of(p), threads, query_bytes, stream>>>(bo, in, dq);
   TROUPE_CUDA_LAUNCHED();
 }
-
-/// Stream-ordered staging for the packed operands when the caller gives none.
-struct staging_buffer {
-  staging_buffer(void* given, std::size_t bytes, cudaStream_t stream) : stream(stream) {
-    if (given != nullptr || bytes == 0) {
-      data = given;
-      return;
-    }
-    TROUPE_CUDA_CHECK(cudaMallocAsync(&data, bytes, stream));
-    owned = true;
-  }
-  ~staging_buffer() {
-    if (owned) (void)cudaFreeAsync(data, stream);
-  }
-  staging_buffer(const staging_buffer&) = delete;
-  staging_buffer& operator=(const staging_buffer&) = delete;
-  void* data = nullptr;
-  cudaStream_t stream;
-  bool owned = false;
-};
 
 /// Calls f.template operator()<QK, V>() for the instantiated head sizes (supported() lists
 /// them); false for others.
@@ -633,7 +598,7 @@ void attention_forward_bf16(const attention_problem& problem, attention_operand 
   if (!supported(problem)) return attention_forward(problem, q, k, key_rope, v, o, lse, stream);
   if (problem.batch * problem.heads * problem.length == 0) return;
   const cudaStream_t s = as_stream(stream);
-  const staging_buffer buffer(staging, attention_bf16_staging_bytes(problem, false), s);
+  const stream_staging buffer(staging, attention_bf16_staging_bytes(problem, false), s);
   const operands in{problem, q, k, key_rope, v};
   const packed bf16_in = pack_operands(in, nullptr, static_cast<bf16*>(buffer.data), s);
   with_sizes(problem, [&]<int QK, int V>() { forward<QK, V>(problem, in, bf16_in, o, lse, s); });
@@ -653,7 +618,7 @@ void attention_backward_bf16(const attention_problem& problem, attention_operand
   if (rows == 0) return;
   const cudaStream_t s = as_stream(stream);
   flash::launch_delta(problem, o, d_o, scratch, stream);
-  const staging_buffer buffer(staging, attention_bf16_staging_bytes(problem, true), s);
+  const stream_staging buffer(staging, attention_bf16_staging_bytes(problem, true), s);
   const backward_operands bo{operands{problem, q, k, key_rope, v}, d_o, lse, scratch};
   const packed bf16_in = pack_operands(bo.in, &d_o, static_cast<bf16*>(buffer.data), s);
   with_sizes(problem, [&]<int QK, int V>() {

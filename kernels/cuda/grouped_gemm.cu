@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(threads) grouped_kernel(arguments args) {
                      r_begin = t.r_begin;
   const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * tile;
   const std::int64_t out_cols = P == pass::fprop ? args.n : args.k;
-  const float* w = P == pass::wgrad ? nullptr : args.weights[group];
+  const float* w = P == pass::wgrad ? nullptr : args.weights.first[group];
   float acc[4][4] = {};
   for (std::int64_t k0 = 0; k0 < depth; k0 += step) {
     // A tile: as[kk][i] = A(m0 + i, k0 + kk).
@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(threads) grouped_kernel(arguments args) {
       const std::int64_t col = n0 + tx * 4 + v;
       if (col >= out_cols) continue;
       if constexpr (P == pass::wgrad) {
-        args.weight_grads[group][row * args.k + col] += acc[u][v];
+        args.weight_grads.first[group][row * args.k + col] += acc[u][v];
       } else {
         float* out = args.c + row * args.ldc + col;
         *out = args.accumulate ? *out + acc[u][v] : acc[u][v];
@@ -106,41 +106,90 @@ void check_rows(const grouped_rows& rows, const char* kernel) {
   require(rows.rows >= 0 && rows.divisor > 0, kernel, "negative rows or a divisor below 1");
 }
 
+/// The exact kernels read one weight table; two stacked tables run as two launches on the halves.
+bool stacked(const weight_tables& w) {
+  return w.second != nullptr;
+}
+
 }  // namespace
 
+std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,
+                                       gemm_math math) {
+  return math == gemm_math::bf16 ? bf16_staging_bytes(rows, n, k) : 0;
+}
+
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
-                        const float* const* weights, std::int64_t n, std::int64_t k, float* y,
-                        std::int64_t ldy, bool accumulate, gemm_math math, void* stream) {
+                        weight_tables weights, std::int64_t n, std::int64_t k, float* y,
+                        std::int64_t ldy, bool accumulate, gemm_math math, void* stream,
+                        void* staging) {
   check_rows(rows, "grouped_gemm_fprop");
+  require(!stacked(weights) || n % 2 == 0, "grouped_gemm_fprop", "stacked weights need an even n");
   if (rows.rows == 0 || n == 0) return;
+  if (math == gemm_math::bf16) {
+    const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
+    return launch_bf16(pass::fprop,
+                       {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate},
+                       stream, buffer.data);
+  }
+  if (stacked(weights)) {
+    grouped_gemm_fprop(rows, x, ldx, weights.first, n / 2, k, y, ldy, accumulate, math, stream);
+    grouped_gemm_fprop(rows, x, ldx, weights.second, n / 2, k, y + n / 2, ldy, accumulate, math,
+                       stream);
+    return;
+  }
   const arguments args{rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate};
-  if (math == gemm_math::bf16) return launch_bf16(pass::fprop, args, stream);
   grouped_kernel<pass::fprop>
       <<<dim3(blocks_for(n, tile), row_tiles(rows)), threads, 0, as_stream(stream)>>>(args);
   TROUPE_CUDA_LAUNCHED();
 }
 
 void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
-                        const float* const* weights, std::int64_t n, std::int64_t k, float* dx,
-                        std::int64_t lddx, bool accumulate, gemm_math math, void* stream) {
+                        weight_tables weights, std::int64_t n, std::int64_t k, float* dx,
+                        std::int64_t lddx, bool accumulate, gemm_math math, void* stream,
+                        void* staging) {
   check_rows(rows, "grouped_gemm_dgrad");
+  require(!stacked(weights) || n % 2 == 0, "grouped_gemm_dgrad", "stacked weights need an even n");
   if (rows.rows == 0 || k == 0) return;
   grouped_rows direct = rows;
   direct.source = nullptr;
+  if (math == gemm_math::bf16) {
+    const stream_staging buffer(staging, bf16_staging_bytes(direct, n, k), as_stream(stream));
+    return launch_bf16(pass::dgrad,
+                       {direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate},
+                       stream, buffer.data);
+  }
+  if (stacked(weights)) {
+    grouped_gemm_dgrad(rows, dy, lddy, weights.first, n / 2, k, dx, lddx, accumulate, math, stream);
+    grouped_gemm_dgrad(rows, dy + n / 2, lddy, weights.second, n / 2, k, dx, lddx, true, math,
+                       stream);
+    return;
+  }
   const arguments args{direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate};
-  if (math == gemm_math::bf16) return launch_bf16(pass::dgrad, args, stream);
   grouped_kernel<pass::dgrad>
       <<<dim3(blocks_for(k, tile), row_tiles(rows)), threads, 0, as_stream(stream)>>>(args);
   TROUPE_CUDA_LAUNCHED();
 }
 
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
-                        const float* x, std::int64_t ldx, float* const* weight_grads,
-                        std::int64_t n, std::int64_t k, gemm_math math, void* stream) {
+                        const float* x, std::int64_t ldx, gradient_tables weight_grads,
+                        std::int64_t n, std::int64_t k, gemm_math math, void* stream,
+                        void* staging) {
   check_rows(rows, "grouped_gemm_wgrad");
+  require(weight_grads.second == nullptr || n % 2 == 0, "grouped_gemm_wgrad",
+          "stacked gradients need an even n");
   if (rows.rows == 0 || n == 0 || k == 0) return;
+  if (math == gemm_math::bf16) {
+    const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
+    return launch_bf16(pass::wgrad,
+                       {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, true},
+                       stream, buffer.data);
+  }
+  if (weight_grads.second != nullptr) {
+    grouped_gemm_wgrad(rows, dy, lddy, x, ldx, weight_grads.first, n / 2, k, math, stream);
+    grouped_gemm_wgrad(rows, dy + n / 2, lddy, x, ldx, weight_grads.second, n / 2, k, math, stream);
+    return;
+  }
   const arguments args{rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, true};
-  if (math == gemm_math::bf16) return launch_bf16(pass::wgrad, args, stream);
   grouped_kernel<pass::wgrad>
       <<<dim3(blocks_for(k, tile), blocks_for(n, tile), static_cast<unsigned>(rows.groups)),
          threads, 0, as_stream(stream)>>>(args);

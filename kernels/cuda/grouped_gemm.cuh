@@ -23,8 +23,8 @@ struct arguments {
   std::int64_t lda;
   const float* b;  // wgrad: x
   std::int64_t ldb;
-  const float* const* weights;
-  float* const* weight_grads;
+  weight_tables weights;
+  gradient_tables weight_grads;
   float* c;
   std::int64_t ldc;
   std::int64_t n, k;
@@ -93,8 +93,9 @@ inline unsigned row_tiles(const grouped_rows& rows) {
   return blocks_for(rows.rows, Rows) + static_cast<unsigned>(rows.groups);
 }
 
-/// The BF16 tensor-core kernels (grouped_gemm_bf16.cu), launched like the FP32 ones: grid
-/// (output column tiles, row tiles) for Fprop and Dgrad, (k tiles, n tiles, experts) for Wgrad.
-void launch_bf16(pass p, const arguments& args, void* stream);
+/// The BF16 tensor-core kernels (grouped_gemm_bf16.cu): the operands rounded into `staging`
+/// (bf16_staging_bytes), then the products. Both weight tables are handled there.
+void launch_bf16(pass p, const arguments& args, void* stream, void* staging);
+std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k);
 
 }  // namespace troupe::kernels::cuda::grouped

@@ -7,11 +7,16 @@
 // [offsets[g], offsets[g+1]) with the offsets on the device, so the host never waits for the
 // routing. The input rows of Fprop and Wgrad may be gathered on the fly (row r reads token
 // source[r] / divisor), so the dispatch copy is not needed either. Weights are row-major [n, k]
-// per expert, given as a device array of pointers. Device pointers; `stream` is a cudaStream_t.
+// per expert, given as a device array of pointers, or as two such tables whose [n/2, k]
+// matrices stack into one [n, k] (gate above up: one GEMM for both projections). Device
+// pointers; `stream` is a cudaStream_t.
 //   Fprop: y[r, :n]   (+)= x[src(r), :k] W_g^T
 //   Dgrad: dx[r, :k]  (+)= dy[r, :n] W_g
 //   Wgrad: dW_g[n, k]  += dy_g^T x_g        (dy rows r, x rows src(r), r in expert g)
+// The BF16 math rounds its operands into `staging` first (grouped_gemm_staging_bytes; device
+// memory the caller owns, free again once the stream has passed the call).
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/cublaslt_gemm.hpp"  // gemm_math
@@ -26,17 +31,40 @@ struct grouped_rows {
   std::int64_t divisor = 1;
 };
 
+/// Per-expert weights: one table of [n, k] matrices, or two of [n/2, k] stacked (first above).
+struct weight_tables {
+  weight_tables(const float* const* first_table, const float* const* second_table = nullptr)
+      : first(first_table), second(second_table) {}
+  const float* const* first;
+  const float* const* second;
+};
+
+/// Their gradients, in the same arrangement.
+struct gradient_tables {
+  gradient_tables(float* const* first_table, float* const* second_table = nullptr)
+      : first(first_table), second(second_table) {}
+  float* const* first;
+  float* const* second;
+};
+
+/// Bytes of `staging` a pass with these rows and shapes needs under `math` (0 for exact).
+std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,
+                                       gemm_math math);
+
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
-                        const float* const* weights, std::int64_t n, std::int64_t k, float* y,
-                        std::int64_t ldy, bool accumulate, gemm_math math, void* stream);
+                        weight_tables weights, std::int64_t n, std::int64_t k, float* y,
+                        std::int64_t ldy, bool accumulate, gemm_math math, void* stream,
+                        void* staging = nullptr);
 
 /// rows.source is ignored (dy and dx are indexed by r).
 void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
-                        const float* const* weights, std::int64_t n, std::int64_t k, float* dx,
-                        std::int64_t lddx, bool accumulate, gemm_math math, void* stream);
+                        weight_tables weights, std::int64_t n, std::int64_t k, float* dx,
+                        std::int64_t lddx, bool accumulate, gemm_math math, void* stream,
+                        void* staging = nullptr);
 
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
-                        const float* x, std::int64_t ldx, float* const* weight_grads,
-                        std::int64_t n, std::int64_t k, gemm_math math, void* stream);
+                        const float* x, std::int64_t ldx, gradient_tables weight_grads,
+                        std::int64_t n, std::int64_t k, gemm_math math, void* stream,
+                        void* staging = nullptr);
 
 }  // namespace troupe::kernels::cuda

@@ -7,7 +7,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/check.cuh"
 
@@ -26,6 +29,40 @@ inline unsigned blocks_for(std::int64_t count, std::int64_t per) {
 inline void require(bool holds, const char* kernel, const std::string& what) {
   if (!holds) fail_kernel(std::string(kernel) + ": " + what);
 }
+
+/// Raises a kernel's dynamic shared memory limit to `bytes`, once per device.
+template <class Kernel>
+void allow_shared_memory(Kernel kernel, std::size_t bytes) {
+  static std::mutex guard;
+  static std::set<std::pair<int, const void*>> done;
+  int ordinal = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&ordinal));
+  std::lock_guard lock(guard);
+  if (!done.insert({ordinal, reinterpret_cast<const void*>(kernel)}).second) return;
+  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes)));
+}
+
+/// Device memory for a call's staging: the caller's when it gives some, else `bytes` from the
+/// stream-ordered allocator, freed in stream order when the call returns.
+struct stream_staging {
+  stream_staging(void* given, std::size_t bytes, cudaStream_t stream) : stream(stream) {
+    if (given != nullptr || bytes == 0) {
+      data = given;
+      return;
+    }
+    TROUPE_CUDA_CHECK(cudaMallocAsync(&data, bytes, stream));
+    owned = true;
+  }
+  ~stream_staging() {
+    if (owned) (void)cudaFreeAsync(data, stream);
+  }
+  stream_staging(const stream_staging&) = delete;
+  stream_staging& operator=(const stream_staging&) = delete;
+  void* data = nullptr;
+  cudaStream_t stream;
+  bool owned = false;
+};
 
 /// Checks the launch that was just enqueued (bad configurations show here, faults later).
 #define TROUPE_CUDA_LAUNCHED() TROUPE_CUDA_CHECK(cudaGetLastError())

@@ -253,16 +253,27 @@ struct grouped_rows {
 /// provider and under a GEMM plugin: fp8 has no grouped kernel yet). The host runs one GEMM per
 /// expert through the provider.
 bool grouped_expert_gemms(const troupe_exec_context* context);
-/// y[r] (+)= x[src(r)] W_g^T, dx[r] (+)= dy[r] W_g, dW_g += dy_g^T x_g (GPU only; weights and
-/// their gradients as device arrays of per-expert pointers), in the context's math.
+/// Per-expert weights as device arrays of pointers: one table of [n, k] matrices, or two of
+/// [n/2, k] stacked into one [n, k] (gate above up: both projections in one GEMM).
+struct expert_weights {
+  const float* const* first = nullptr;
+  const float* const* second = nullptr;
+};
+/// Their gradients, in the same arrangement.
+struct expert_gradients {
+  float* const* first = nullptr;
+  float* const* second = nullptr;
+};
+/// y[r] (+)= x[src(r)] W_g^T, dx[r] (+)= dy[r] W_g, dW_g += dy_g^T x_g (GPU only), in the
+/// context's math; the BF16 math stages rounded operands in memory from the context's allocator.
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
-                   std::int64_t ldx, const float* const* weights, std::int64_t n, std::int64_t k,
+                   std::int64_t ldx, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* y, std::int64_t ldy, bool accumulate);
 void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
-                   std::int64_t lddy, const float* const* weights, std::int64_t n, std::int64_t k,
+                   std::int64_t lddy, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* dx, std::int64_t lddx, bool accumulate);
 void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
-                   std::int64_t lddy, const float* x, std::int64_t ldx, float* const* weight_grads,
+                   std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
                    std::int64_t n, std::int64_t k);
 
 /// SwiGLU over a fused [rows, 2*width] gate|up buffer (kernels/cpu/swiglu.hpp).

@@ -321,14 +321,31 @@ bool grouped_expert_gemms(const troupe_exec_context* context) {
   return on_gpu(context);
 }
 
+namespace {
+#if TROUPE_HAVE_CUDA
+/// The staging of a BF16 grouped pass, from the context's allocator (none for the exact math).
+device_array<std::uint16_t> grouped_staging(const troupe_exec_context* context,
+                                            const cuda::grouped_rows& rows, std::int64_t n,
+                                            std::int64_t k) {
+  device_array<std::uint16_t> staging;
+  const std::size_t bytes =
+      cuda::grouped_gemm_staging_bytes(rows, n, k, to_cuda(context_math(context)));
+  if (bytes > 0) staging.allocate(context, (bytes + 1) / 2);
+  return staging;
+}
+#endif
+}  // namespace
+
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
-                   std::int64_t ldx, const float* const* weights, std::int64_t n, std::int64_t k,
+                   std::int64_t ldx, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* y, std::int64_t ldy, bool accumulate) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_fprop");
 #if TROUPE_HAVE_CUDA
-  cuda::grouped_gemm_fprop(to_cuda(rows), x, ldx, weights, n, k, y, ldy, accumulate,
-                           to_cuda(context_math(context)), context->stream);
+  const cuda::grouped_rows r = to_cuda(rows);
+  auto staging = grouped_staging(context, r, n, k);
+  cuda::grouped_gemm_fprop(r, x, ldx, {weights.first, weights.second}, n, k, y, ldy, accumulate,
+                           to_cuda(context_math(context)), context->stream, staging.data());
 #else
   (void)rows, (void)x, (void)ldx, (void)weights, (void)n, (void)k, (void)y, (void)ldy,
       (void)accumulate;
@@ -336,13 +353,15 @@ void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows,
 }
 
 void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
-                   std::int64_t lddy, const float* const* weights, std::int64_t n, std::int64_t k,
+                   std::int64_t lddy, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* dx, std::int64_t lddx, bool accumulate) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_dgrad");
 #if TROUPE_HAVE_CUDA
-  cuda::grouped_gemm_dgrad(to_cuda(rows), dy, lddy, weights, n, k, dx, lddx, accumulate,
-                           to_cuda(context_math(context)), context->stream);
+  const cuda::grouped_rows r = to_cuda(rows);
+  auto staging = grouped_staging(context, r, n, k);
+  cuda::grouped_gemm_dgrad(r, dy, lddy, {weights.first, weights.second}, n, k, dx, lddx, accumulate,
+                           to_cuda(context_math(context)), context->stream, staging.data());
 #else
   (void)rows, (void)dy, (void)lddy, (void)weights, (void)n, (void)k, (void)dx, (void)lddx,
       (void)accumulate;
@@ -350,15 +369,17 @@ void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows,
 }
 
 void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
-                   std::int64_t lddy, const float* x, std::int64_t ldx, float* const* weight_grads,
+                   std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
                    std::int64_t n, std::int64_t k) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_wgrad");
 #if TROUPE_HAVE_CUDA
-  cuda::grouped_gemm_wgrad(to_cuda(rows), dy, lddy, x, ldx, weight_grads, n, k,
-                           to_cuda(context_math(context)), context->stream);
+  const cuda::grouped_rows r = to_cuda(rows);
+  auto staging = grouped_staging(context, r, n, k);
+  cuda::grouped_gemm_wgrad(r, dy, lddy, x, ldx, {grads.first, grads.second}, n, k,
+                           to_cuda(context_math(context)), context->stream, staging.data());
 #else
-  (void)rows, (void)dy, (void)lddy, (void)x, (void)ldx, (void)weight_grads, (void)n, (void)k;
+  (void)rows, (void)dy, (void)lddy, (void)x, (void)ldx, (void)grads, (void)n, (void)k;
 #endif
 }
 

@@ -241,15 +241,14 @@ troupe_status routed_experts::grouped_forward(const troupe_exec_context* context
   ensure_pointer_tables(context);
   const std::int64_t rows = s.rows;
   s.gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
-  ops::grouped_fprop(context, grouping(s, true), s.x, hidden_, gate_weights_.data(), inter_,
-                     hidden_, s.gate_up.data(), 2 * inter_, false);
-  ops::grouped_fprop(context, grouping(s, true), s.x, hidden_, up_weights_.data(), inter_, hidden_,
-                     s.gate_up.data() + inter_, 2 * inter_, false);
+  ops::grouped_fprop(context, grouping(s, true), s.x, hidden_,
+                     {gate_weights_.data(), up_weights_.data()}, 2 * inter_, hidden_,
+                     s.gate_up.data(), 2 * inter_, false);
   buffer hidden_rows;
   hidden_rows.allocate(context, static_cast<std::size_t>(rows * inter_));
   ops::swiglu_forward_fused(context, s.gate_up.data(), hidden_rows.data(), rows, inter_);
-  ops::grouped_fprop(context, grouping(s, false), hidden_rows.data(), inter_, down_weights_.data(),
-                     hidden_, inter_, y_rows, hidden_, false);
+  ops::grouped_fprop(context, grouping(s, false), hidden_rows.data(), inter_,
+                     {down_weights_.data()}, hidden_, inter_, y_rows, hidden_, false);
   return TROUPE_STATUS_OK;
 }
 
@@ -259,26 +258,28 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
   ops::swiglu_forward_fused(context, s.gate_up.data(), s.hidden.data(), rows, inter_);
   buffer dh;
   dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
-  ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_, down_weights_.data(),
+  ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_, {down_weights_.data()},
                      hidden_, inter_, dh.data(), inter_, false);
   ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows, inter_,
                              false);
   ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
-                     gate_weights_.data(), inter_, hidden_, dx_rows, hidden_, true);
-  ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data() + inter_, 2 * inter_,
-                     up_weights_.data(), inter_, hidden_, dx_rows, hidden_, true);
+                     {gate_weights_.data(), up_weights_.data()}, 2 * inter_, hidden_, dx_rows,
+                     hidden_, true);
 }
 
 void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {
   if (grad_[down_[0]] != nullptr)
     ops::grouped_wgrad(context, grouping(s, false), s.d_out.data(), hidden_, s.hidden.data(),
-                       inter_, down_grads_.data(), hidden_, inter_);
-  if (grad_[gate_[0]] != nullptr)
+                       inter_, {down_grads_.data()}, hidden_, inter_);
+  const bool gate = grad_[gate_[0]] != nullptr, up = grad_[up_[0]] != nullptr;
+  if (gate && up) {  // one GEMM for both: d_gate_up's halves into the two stacked tables
     ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data(), 2 * inter_, s.x, hidden_,
-                       gate_grads_.data(), inter_, hidden_);
-  if (grad_[up_[0]] != nullptr)
-    ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data() + inter_, 2 * inter_, s.x,
-                       hidden_, up_grads_.data(), inter_, hidden_);
+                       {gate_grads_.data(), up_grads_.data()}, 2 * inter_, hidden_);
+  } else if (gate || up) {
+    ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data() + (gate ? 0 : inter_),
+                       2 * inter_, s.x, hidden_, {gate ? gate_grads_.data() : up_grads_.data()},
+                       inter_, hidden_);
+  }
 }
 
 std::size_t routed_experts::saved_bytes() const {

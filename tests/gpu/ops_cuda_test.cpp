@@ -881,6 +881,60 @@ TEST_P(GroupedGemms, MatchOneCpuGemmPerExpert) {
     EXPECT_LT(error, 2e-2);
   }
   EXPECT_EQ(gdw[0]->get(), dw[0]);  // an expert without rows: no gradient
+
+  // Two tables stacked into one [2n, k] per expert (gate above up): the same products as one GEMM
+  // per table, the second table's outputs in columns [n, 2n) of y, its dy read from them.
+  std::vector<std::unique_ptr<device_array<float>>> gw2, gdw2, gdwa;
+  std::vector<const float*> wp2;
+  std::vector<float*> dwp2, dwpa;
+  for (std::int64_t g = 0; g < groups; ++g) {
+    gw2.push_back(std::make_unique<device_array<float>>(random_values(n * k, 120 + g)));
+    gdw2.push_back(std::make_unique<device_array<float>>(static_cast<std::size_t>(n * k)));
+    gdwa.push_back(std::make_unique<device_array<float>>(static_cast<std::size_t>(n * k)));
+    wp2.push_back(gw2.back()->data());
+    dwp2.push_back(gdw2.back()->data());
+    dwpa.push_back(gdwa.back()->data());
+  }
+  device_array<const float*> gwp2(wp2);
+  device_array<float*> gdwp2(dwp2), gdwpa(dwpa);
+  const auto dy2 = random_values(static_cast<std::size_t>(rows * 2 * n), 130);
+  device_array<float> gdy2(dy2), gy2(static_cast<std::size_t>(rows * 2 * n));
+  device_array<float> gdx2(dx.size()), gdxa(dx.size()), gya(y.size()), gyb(y.size());
+  gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, {gwp.data(), gwp2.data()}, 2 * n, k,
+                          gy2.data(), 2 * n, false, math, nullptr);
+  gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, gwp2.data(), n, k, gyb.data(), n, false,
+                          math, nullptr);
+  gpu::grouped_gemm_dgrad(direct, gdy2.data(), 2 * n, {gwp.data(), gwp2.data()}, 2 * n, k,
+                          gdx2.data(), k, false, math, nullptr);
+  gpu::grouped_gemm_dgrad(direct, gdy2.data(), 2 * n, gwp.data(), n, k, gdxa.data(), k, false, math,
+                          nullptr);
+  gpu::grouped_gemm_dgrad(direct, gdy2.data() + n, 2 * n, gwp2.data(), n, k, gdxa.data(), k, true,
+                          math, nullptr);
+  gpu::grouped_gemm_wgrad(gathered_rows, gdy2.data(), 2 * n, gx.data(), k,
+                          {gdwpa.data(), gdwp2.data()}, 2 * n, k, math, nullptr);
+  const auto stacked = gy2.get(), first = gy.get(), second = gyb.get();
+  std::vector<float> left, right;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    left.insert(left.end(), stacked.begin() + r * 2 * n, stacked.begin() + r * 2 * n + n);
+    right.insert(right.end(), stacked.begin() + r * 2 * n + n, stacked.begin() + (r + 1) * 2 * n);
+  }
+  EXPECT_CLOSE(left, first, fp32_bound, "stacked fprop, first table");
+  EXPECT_CLOSE(right, second, fp32_bound, "stacked fprop, second table");
+  EXPECT_CLOSE(gdx2.get(), gdxa.get(), fp32_bound, "stacked dgrad");
+  // Wgrad of each half against the CPU on that half of dy.
+  const auto dy2r = rounded_if(bf16, dy2);
+  for (std::int64_t g = 1; g < groups; ++g) {
+    const std::int64_t first_row = offsets[g], m = counts[g];
+    std::vector<float> top(static_cast<std::size_t>(n * k), 0.0f), bottom(top.size(), 0.0f);
+    if (m > 0) {
+      cpu::sgemm({true, false, n, k, m, 2 * n, k, k}, 1.0f, dy2r.data() + first_row * 2 * n,
+                 gathered.data() + first_row * k, 0.0f, top.data());
+      cpu::sgemm({true, false, n, k, m, 2 * n, k, k}, 1.0f, dy2r.data() + first_row * 2 * n + n,
+                 gathered.data() + first_row * k, 0.0f, bottom.data());
+    }
+    EXPECT_CLOSE(gdwa[g]->get(), top, fp32_bound, "stacked wgrad, first table");
+    EXPECT_CLOSE(gdw2[g]->get(), bottom, fp32_bound, "stacked wgrad, second table");
+  }
 }
 
 TEST(CudaOps, BadArgumentsAreErrorsBeforeAnyLaunch) {

@@ -21,7 +21,27 @@ __global__ void sum_slices_kernel(const float* x, std::int64_t slices, std::int6
   y[i] = sum;
 }
 
+/// Block b zeros span b: 16-byte stores from its first 16-byte boundary, bytes around them.
+__global__ void zero_spans_kernel(const zero_span* spans) {
+  const zero_span span = spans[blockIdx.x];
+  auto* bytes = static_cast<unsigned char*>(span.data);
+  const std::uint64_t misaligned = (16 - reinterpret_cast<std::uintptr_t>(bytes) % 16) % 16;
+  const std::uint64_t head = misaligned < span.bytes ? misaligned : span.bytes;
+  const std::uint64_t words = (span.bytes - head) / 16;
+  auto* aligned = reinterpret_cast<uint4*>(bytes + head);
+  for (std::uint64_t i = threadIdx.x; i < words; i += blockDim.x) aligned[i] = uint4{0, 0, 0, 0};
+  const std::uint64_t tail = head + words * 16;
+  if (threadIdx.x < head) bytes[threadIdx.x] = 0;
+  if (tail + threadIdx.x < span.bytes) bytes[tail + threadIdx.x] = 0;
+}
+
 }  // namespace
+
+void zero_spans(const zero_span* spans, std::int64_t count, void* stream) {
+  if (count == 0) return;
+  zero_spans_kernel<<<static_cast<unsigned>(count), 512, 0, as_stream(stream)>>>(spans);
+  TROUPE_CUDA_LAUNCHED();
+}
 
 void add(float* y, const float* x, std::int64_t count, void* stream) {
   if (count == 0) return;

@@ -13,6 +13,16 @@ void add(float* y, const float* x, std::int64_t count, void* stream);
 /// y[i] = sum over s < slices, in order, of x[s * count + i].
 void sum_slices(const float* x, std::int64_t slices, std::int64_t count, float* y, void* stream);
 
+/// A piece of device memory for zero_spans: `bytes` at `data`.
+struct zero_span {
+  void* data;
+  std::uint64_t bytes;
+};
+
+/// Zeros every span of the device array `spans`, one block per span, in one launch: what clears
+/// a model's thousands of gradients (one cudaMemsetAsync each took about 3 us of GPU time).
+void zero_spans(const zero_span* spans, std::int64_t count, void* stream);
+
 /// dst[r * ld_dst + c] = src[r * ld_src + c] for r < rows, c < cols.
 void copy_2d(float* dst, std::int64_t ld_dst, const float* src, std::int64_t ld_src,
              std::int64_t rows, std::int64_t cols, void* stream);

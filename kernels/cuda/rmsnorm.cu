@@ -51,13 +51,34 @@ __global__ void rmsnorm_backward_kernel(const float* dy, std::int64_t ldy, const
   }
 }
 
+// NOTES: dweight[i] += the sum over the backward's blocks of partial[b, i]. One thread per column
+// summing hundreds of partials left a few SMs waiting on one load after another (about 150 us
+// per call at 4096 rows, 9 ms of the small config's step): a block here owns 32 columns, its 16
+// lanes per column sum every 16th partial, and the lanes' sums are added in lane order (a fixed
+// order whatever the GPU).
+constexpr int sum_columns = 32, sum_lanes = 16;
+
 __global__ void sum_partials_kernel(const float* partial, float* dweight, std::int64_t blocks,
                                     std::int64_t dim) {
-  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= dim) return;
+  __shared__ float sums[sum_lanes][sum_columns];
+  const int column = threadIdx.x % sum_columns, lane = threadIdx.x / sum_columns;
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(sum_columns) + column;
   float sum = 0.0f;
-  for (std::int64_t b = 0; b < blocks; ++b) sum += partial[b * dim + i];
-  dweight[i] += sum;
+  if (i < dim) {
+    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four loads in flight
+    std::int64_t b = lane;
+    for (; b + 3 * sum_lanes < blocks; b += 4 * sum_lanes)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) part[u] += partial[(b + u * sum_lanes) * dim + i];
+    for (; b < blocks; b += sum_lanes) part[0] += partial[b * dim + i];
+    sum = (part[0] + part[1]) + (part[2] + part[3]);
+  }
+  sums[lane][column] = sum;
+  __syncthreads();
+  if (lane != 0 || i >= dim) return;
+  float total = 0.0f;
+  for (int l = 0; l < sum_lanes; ++l) total += sums[l][column];
+  dweight[i] += total;
 }
 
 }  // namespace
@@ -86,8 +107,8 @@ void rmsnorm_backward(const float* dy, std::int64_t ldy, const float* x, std::in
       dy, ldy, x, ldx, weight, rstd, dx, dweight != nullptr ? scratch : nullptr, rows, dim);
   TROUPE_CUDA_LAUNCHED();
   if (dweight == nullptr) return;
-  sum_partials_kernel<<<blocks_for(dim, threads), threads, 0, as_stream(stream)>>>(scratch, dweight,
-                                                                                   blocks, dim);
+  sum_partials_kernel<<<blocks_for(dim, sum_columns), sum_columns * sum_lanes, 0,
+                        as_stream(stream)>>>(scratch, dweight, blocks, dim);
   TROUPE_CUDA_LAUNCHED();
 }
 

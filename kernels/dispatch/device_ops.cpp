@@ -119,8 +119,9 @@ std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* 
 
 namespace ops {
 
-void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes) {
-  const op_scope timing(context, op_class::elementwise);
+void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes,
+                const char* function) {
+  const op_scope timing(context, op_class::elementwise, function);
   if (bytes == 0) return;
   if (!on_gpu(context)) {
     std::memset(data, 0, bytes);
@@ -133,8 +134,9 @@ void zero_bytes(const troupe_exec_context* context, void* data, std::size_t byte
 #endif
 }
 
-void zero(const troupe_exec_context* context, float* data, std::int64_t count) {
-  zero_bytes(context, data, static_cast<std::size_t>(count) * sizeof(float));
+void zero(const troupe_exec_context* context, float* data, std::int64_t count,
+          const char* function) {
+  zero_bytes(context, data, static_cast<std::size_t>(count) * sizeof(float), function);
 }
 
 void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, std::size_t bytes) {

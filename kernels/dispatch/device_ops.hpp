@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/cpu/router.hpp"
+#include "kernels/dispatch/op_timing.hpp"
 #include "runtime/abi/troupe_plugin.h"
 
 namespace troupe::kernels {
@@ -38,7 +39,9 @@ void* allocate_bytes(const troupe_exec_context* context, std::size_t bytes);
 void release_bytes(const troupe_allocator* allocator, DLDevice device, void* pointer);
 
 namespace ops {
-void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes);
+/// Zeros `bytes` at `data`; op timing counts the fill for `function` (the caller).
+void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes,
+                const char* function = TROUPE_OP_FUNCTION);
 /// A copy between two places on the context's device.
 void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, std::size_t bytes);
 /// dst (on the context's device) = src (host memory); waits for the copy on a GPU.
@@ -70,10 +73,12 @@ class device_array {
   device_array(const device_array&) = delete;
   device_array& operator=(const device_array&) = delete;
 
-  /// `count` zeros on the context's device (the old contents are dropped).
-  void assign(const troupe_exec_context* context, std::size_t count) {
+  /// `count` zeros on the context's device (the old contents are dropped); op timing counts the
+  /// fill for `function` (the caller).
+  void assign(const troupe_exec_context* context, std::size_t count,
+              const char* function = TROUPE_OP_FUNCTION) {
     allocate(context, count);
-    if (count > 0) ops::zero_bytes(context, data_, bytes());
+    if (count > 0) ops::zero_bytes(context, data_, bytes(), function);
   }
   /// `count` Ts on the context's device, not initialised: for a buffer that is written whole
   /// before it is read (a zero fill is one more pass over its memory; on the GPU, MoE buffers of
@@ -152,7 +157,8 @@ struct attention_problem {
 
 namespace ops {
 
-void zero(const troupe_exec_context* context, float* data, std::int64_t count);
+void zero(const troupe_exec_context* context, float* data, std::int64_t count,
+          const char* function = TROUPE_OP_FUNCTION);
 /// y += x.
 void add(const troupe_exec_context* context, float* y, const float* x, std::int64_t count);
 /// y = the sum over `slices` consecutive blocks of `count` floats, in order.

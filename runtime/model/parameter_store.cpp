@@ -10,6 +10,11 @@
 #include "runtime/device/stream.hpp"
 #include "runtime/exec/thread_pool.hpp"
 #include "runtime/model/counter_random.hpp"
+#include "troupe_build_config.h"
+
+#if TROUPE_HAVE_CUDA
+#include "kernels/cuda/elementwise.hpp"
+#endif
 
 namespace troupe {
 
@@ -103,15 +108,38 @@ void parameter_store::initialize(std::uint64_t seed, thread_pool* pool) {
 }
 
 void parameter_store::zero_grads() {
+  if (where_.is_cpu()) {
+    for (parameter* p : order_)
+      if (p->grad.defined()) std::memset(p->grad.data(), 0, p->grad.nbytes());
+    return;
+  }
+  // NOTES: pieces of at most 1 MiB, one block each: a block alone on the 134 MB of an embedding's
+  // gradient would take milliseconds. The table is rebuilt when a gradient moved (a hot swap).
+  constexpr std::uint64_t piece = std::uint64_t{1} << 20;
+  std::vector<std::pair<void*, std::uint64_t>> spans;
   for (parameter* p : order_) {
     if (!p->grad.defined()) continue;
-    if (where_.is_cpu())
-      std::memset(p->grad.data(), 0, p->grad.nbytes());
-    else
-      cuda::zero_async(p->grad.data(), p->grad.nbytes(), cuda::current_stream(where_.index),
-                       where_.index);
+    auto* bytes = static_cast<unsigned char*>(p->grad.data());
+    for (std::uint64_t at = 0; at < p->grad.nbytes(); at += piece)
+      spans.emplace_back(bytes + at, std::min<std::uint64_t>(piece, p->grad.nbytes() - at));
   }
-  if (where_.is_cuda()) cuda::synchronize_stream(cuda::current_stream(where_.index), where_.index);
+  void* stream = cuda::current_stream(where_.index);
+#if TROUPE_HAVE_CUDA
+  static_assert(sizeof(kernels::cuda::zero_span) == sizeof(spans[0]));
+  if (spans != grad_spans_) {
+    const auto bytes = static_cast<std::int64_t>(spans.size() * sizeof(spans[0]));
+    tensor host = tensor::empty(dtype::u8, {std::max<std::int64_t>(bytes, 1)});
+    if (bytes > 0) std::memcpy(host.data(), spans.data(), static_cast<std::size_t>(bytes));
+    grad_span_table_ = host.to(where_);
+    grad_spans_ = spans;
+  }
+  cuda::use_device(where_.index);
+  kernels::cuda::zero_spans(static_cast<const kernels::cuda::zero_span*>(grad_span_table_.data()),
+                            static_cast<std::int64_t>(spans.size()), stream);
+#else
+  for (const auto& [data, bytes] : spans) cuda::zero_async(data, bytes, stream, where_.index);
+#endif
+  cuda::synchronize_stream(stream, where_.index);
 }
 
 std::vector<std::pair<std::string, tensor>> parameter_store::named_values() const {

@@ -142,7 +142,8 @@ double finite_difference_error(
 
 TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
   TROUPE_SKIP_WITHOUT_GPU();
-  for (auto [rows, dim] : {std::pair<std::int64_t, std::int64_t>{37, 520}, {70, 7168}}) {
+  for (auto [rows, dim] :
+       {std::pair<std::int64_t, std::int64_t>{37, 520}, {70, 7168}, {1000, 1024}}) {
     const auto x = random_values(static_cast<std::size_t>(rows * dim), 1, 2.0f);
     auto weight = random_values(static_cast<std::size_t>(dim), 2);
     const auto dy = random_values(x.size(), 3);

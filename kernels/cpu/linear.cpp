@@ -31,12 +31,12 @@ troupe_status linear_backward(const troupe_exec_context* context, const float* d
                               std::int64_t lddy, const float* x, std::int64_t ldx,
                               const float* weight, float* dx, std::int64_t lddx, float* dweight,
                               std::int64_t rows, std::int64_t in, std::int64_t out,
-                              troupe_error* error) {
+                              troupe_error* error, bool accumulate_dx) {
   if (rows == 0) return TROUPE_STATUS_OK;
   if (dx != nullptr) {
-    const troupe_status status =
-        provider_gemm(context, TROUPE_GEMM_DGRAD, 2, false, {dy, rows, out, lddy}, false,
-                      {weight, out, in, in}, dx, rows, in, lddx, 1.0f, error);
+    const troupe_status status = provider_gemm(
+        context, TROUPE_GEMM_DGRAD, 2, false, {dy, rows, out, lddy}, false, {weight, out, in, in},
+        dx, rows, in, lddx, accumulate_dx ? 1.0f : 0.0f, error);
     if (status != TROUPE_STATUS_OK) return status;
   }
   if (dweight != nullptr)

@@ -29,11 +29,13 @@ troupe_status linear_forward(const troupe_exec_context* context, const float* x,
                              std::int64_t in, std::int64_t out, bool accumulate,
                              troupe_error* error);
 
-/// dx may be null (no input gradient wanted); dweight may be null (frozen weight).
+/// dx += dy W (dx = dy W with `accumulate_dx` false: its old contents are never read, so it
+/// needs no zero fill) and dweight += dy^T x. dx may be null (no input gradient wanted); dweight
+/// may be null (frozen weight).
 troupe_status linear_backward(const troupe_exec_context* context, const float* dy,
                               std::int64_t lddy, const float* x, std::int64_t ldx,
                               const float* weight, float* dx, std::int64_t lddx, float* dweight,
                               std::int64_t rows, std::int64_t in, std::int64_t out,
-                              troupe_error* error);
+                              troupe_error* error, bool accumulate_dx = true);
 
 }  // namespace troupe::kernels

@@ -88,9 +88,9 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
   const std::int64_t t = s.shape.tokens();
   const std::int64_t q_out = heads_ * qk_dim_;
   // Queries.
-  p.q.assign(context, static_cast<std::size_t>(t * q_out));
+  p.q.allocate(context, static_cast<std::size_t>(t * q_out));
   if (q_rank_ > 0) {
-    p.q_normed.assign(context, static_cast<std::size_t>(t * q_rank_));
+    p.q_normed.allocate(context, static_cast<std::size_t>(t * q_rank_));
     ops::rmsnorm_forward(context, s.q_latent.data(), q_rank_, weight_[q_norm_], p.q_normed.data(),
                          q_rank_, s.q_rstd.data(), t, q_rank_, eps_);
     TROUPE_TRY(linear_forward(context, p.q_normed.data(), q_rank_, weight_[q_b_], p.q.data(), q_out,
@@ -101,8 +101,8 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
   }
   // Keys and values: normalise the latent, rotate the shared rope key.
   const std::int64_t latent_width = kv_rank_ + rope_;
-  p.kv_normed.assign(context, static_cast<std::size_t>(t * kv_rank_));
-  p.rope_key.assign(context, static_cast<std::size_t>(t * rope_));
+  p.kv_normed.allocate(context, static_cast<std::size_t>(t * kv_rank_));
+  p.rope_key.allocate(context, static_cast<std::size_t>(t * rope_));
   ops::rmsnorm_forward(context, s.kv_latent.data(), latent_width, weight_[kv_norm_],
                        p.kv_normed.data(), kv_rank_, s.kv_rstd.data(), t, kv_rank_, eps_);
   ops::copy_2d(context, p.rope_key.data(), rope_, s.kv_latent.data() + kv_rank_, latent_width, t,
@@ -112,7 +112,7 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
   ops::rope_rotate(context, p.rope_key.data(), t, rope_, rope_, 1, s.shape.length, rope_table_, +1);
   if (up_project_kv) {
     const std::int64_t kv_out = heads_ * (nope_ + v_dim_);
-    p.kv.assign(context, static_cast<std::size_t>(t * kv_out));
+    p.kv.allocate(context, static_cast<std::size_t>(t * kv_out));
     TROUPE_TRY(linear_forward(context, p.kv_normed.data(), kv_rank_, weight_[kv_b_], p.kv.data(),
                               kv_out, t, kv_rank_, kv_out, false, error));
   }
@@ -208,19 +208,19 @@ troupe_status mla_layer::forward(const troupe_exec_context* context, std::int64_
     s->shape = shape;
     const std::int64_t t = shape.tokens();
     if (q_rank_ > 0) {
-      s->q_latent.assign(context, static_cast<std::size_t>(t * q_rank_));
-      s->q_rstd.assign(context, static_cast<std::size_t>(t));
+      s->q_latent.allocate(context, static_cast<std::size_t>(t * q_rank_));
+      s->q_rstd.allocate(context, static_cast<std::size_t>(t));
       TROUPE_TRY(linear_forward(context, s->x, hidden_, weight_[q_a_], s->q_latent.data(), q_rank_,
                                 t, hidden_, q_rank_, false, error));
     }
-    s->kv_latent.assign(context, static_cast<std::size_t>(t * (kv_rank_ + rope_)));
-    s->kv_rstd.assign(context, static_cast<std::size_t>(t));
+    s->kv_latent.allocate(context, static_cast<std::size_t>(t * (kv_rank_ + rope_)));
+    s->kv_rstd.allocate(context, static_cast<std::size_t>(t));
     TROUPE_TRY(linear_forward(context, s->x, hidden_, weight_[kv_a_], s->kv_latent.data(),
                               kv_rank_ + rope_, t, hidden_, kv_rank_ + rope_, false, error));
     projections p;
     TROUPE_TRY(project(context, *s, p, path_ == mla_path::naive, error));
-    s->attention.assign(context, static_cast<std::size_t>(t * heads_ * v_dim_));
-    s->lse.assign(context, static_cast<std::size_t>(shape.batch * heads_ * shape.length));
+    s->attention.allocate(context, static_cast<std::size_t>(t * heads_ * v_dim_));
+    s->lse.allocate(context, static_cast<std::size_t>(shape.batch * heads_ * shape.length));
     if (path_ == mla_path::naive)
       attend_naive(context, *s, p);
     else
@@ -240,9 +240,9 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
   s.d_output.assign_copy(context, dy, static_cast<std::size_t>(t * hidden_));
   // dO = dY W_o.
   buffer d_attention;
-  d_attention.assign(context, static_cast<std::size_t>(t * o_width));
+  d_attention.allocate(context, static_cast<std::size_t>(t * o_width));
   TROUPE_TRY(linear_backward(context, dy, hidden_, nullptr, 0, weight_[o_proj_], d_attention.data(),
-                             o_width, nullptr, t, o_width, hidden_, error));
+                             o_width, nullptr, t, o_width, hidden_, error, false));
   // Recompute the up-projections.
   projections p;
   TROUPE_TRY(project(context, s, p, true, error));
@@ -289,14 +289,15 @@ troupe_status mla_layer::kv_backward_input(const troupe_exec_context* context, s
   const std::int64_t latent_width = kv_rank_ + rope_;
   s.d_kv_latent.assign(context, static_cast<std::size_t>(t * latent_width));
   buffer d_rope;
-  d_rope.assign(context, static_cast<std::size_t>(t * rope_));
+  d_rope.allocate(context, static_cast<std::size_t>(t * rope_));
   ops::sum_slices(context, d_rope_heads.data(), heads_, t * rope_, d_rope.data());
   ops::rope_rotate(context, d_rope.data(), t, rope_, rope_, 1, length, rope_table_, -1);
   // Back through kv_b (input part) and the latent norm.
   buffer d_kv_normed;
-  d_kv_normed.assign(context, static_cast<std::size_t>(t * kv_rank_));
+  d_kv_normed.allocate(context, static_cast<std::size_t>(t * kv_rank_));
   TROUPE_TRY(linear_backward(context, s.d_kv.data(), kv_out, nullptr, 0, weight_[kv_b_],
-                             d_kv_normed.data(), kv_rank_, nullptr, t, kv_rank_, kv_out, error));
+                             d_kv_normed.data(), kv_rank_, nullptr, t, kv_rank_, kv_out, error,
+                             false));
   ops::rmsnorm_backward(context, d_kv_normed.data(), kv_rank_, s.kv_latent.data(), latent_width,
                         weight_[kv_norm_], s.kv_rstd.data(), s.d_kv_latent.data(), grad_[kv_norm_],
                         t, kv_rank_);
@@ -312,12 +313,14 @@ troupe_status mla_layer::query_backward_input(const troupe_exec_context* context
   const std::int64_t q_out = heads_ * qk_dim_;
   if (q_rank_ > 0) {
     buffer d_q_normed;
-    d_q_normed.assign(context, static_cast<std::size_t>(t * q_rank_));
+    d_q_normed.allocate(context, static_cast<std::size_t>(t * q_rank_));
     TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, nullptr, 0, weight_[q_b_],
-                               d_q_normed.data(), q_rank_, nullptr, t, q_rank_, q_out, error));
+                               d_q_normed.data(), q_rank_, nullptr, t, q_rank_, q_out, error,
+                               false));
     s.d_q_latent.assign(context, static_cast<std::size_t>(t * q_rank_));
-    ops::rmsnorm_backward(context, d_q_normed.data(), q_rank_, s.q_latent.data(), q_rank_, weight_[q_norm_],
-                          s.q_rstd.data(), s.d_q_latent.data(), grad_[q_norm_], t, q_rank_);
+    ops::rmsnorm_backward(context, d_q_normed.data(), q_rank_, s.q_latent.data(), q_rank_,
+                          weight_[q_norm_], s.q_rstd.data(), s.d_q_latent.data(), grad_[q_norm_], t,
+                          q_rank_);
     TROUPE_TRY(linear_backward(context, s.d_q_latent.data(), q_rank_, nullptr, 0, weight_[q_a_], dx,
                                hidden_, nullptr, t, hidden_, q_rank_, error));
     s.q_normed = std::move(p.q_normed);

@@ -29,10 +29,10 @@ troupe_status moe_router::forward(const troupe_exec_context* context, std::int64
     s->x = x;
     s->shape = shape;
     buffer logits;
-    logits.assign(context, static_cast<std::size_t>(t * e_count));
+    logits.allocate(context, static_cast<std::size_t>(t * e_count));
     ops::gemm_f32(context, false, true, t, e_count, h, 1.0f, x, h, weight_[weight_index_], h, 0.0f,
                   logits.data(), e_count);
-    s->scores.assign(context, static_cast<std::size_t>(t * e_count));
+    s->scores.allocate(context, static_cast<std::size_t>(t * e_count));
     ops::router_forward(context, shape_, logits.data(), weight_[bias_index_], s->scores.data(),
                         selected, gates, t);
     s->selected.assign_copy(context, selected, static_cast<std::size_t>(t * k));

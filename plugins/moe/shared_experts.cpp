@@ -39,13 +39,13 @@ troupe_status shared_experts::forward(const troupe_exec_context* context, std::i
   const troupe_status status = guarded(error, [&]() -> troupe_status {
     s->x = x;
     s->tokens = tokens;
-    s->gate_up.assign(context, static_cast<std::size_t>(tokens * 2 * inter_));
+    s->gate_up.allocate(context, static_cast<std::size_t>(tokens * 2 * inter_));
     TROUPE_TRY(linear_forward(context, x, hidden_, weight_[gate_], s->gate_up.data(), 2 * inter_,
                               tokens, hidden_, inter_, false, error));
     TROUPE_TRY(linear_forward(context, x, hidden_, weight_[up_], s->gate_up.data() + inter_,
                               2 * inter_, tokens, hidden_, inter_, false, error));
     buffer h;
-    h.assign(context, static_cast<std::size_t>(tokens * inter_));
+    h.allocate(context, static_cast<std::size_t>(tokens * inter_));
     ops::swiglu_forward_fused(context, s->gate_up.data(), h.data(), tokens, inter_);
     return linear_forward(context, h.data(), inter_, weight_[down_], y, hidden_, tokens, inter_,
                           hidden_, false, error);
@@ -62,15 +62,15 @@ troupe_status shared_experts::backward_input(const troupe_exec_context* context,
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   return guarded(error, [&]() -> troupe_status {
     const std::int64_t t = s->tokens;
-    s->hidden.assign(context, static_cast<std::size_t>(t * inter_));
+    s->hidden.allocate(context, static_cast<std::size_t>(t * inter_));
     ops::swiglu_forward_fused(context, s->gate_up.data(), s->hidden.data(), t, inter_);
     buffer dh;
-    dh.assign(context, static_cast<std::size_t>(t * inter_));
+    dh.allocate(context, static_cast<std::size_t>(t * inter_));
     TROUPE_TRY(linear_backward(context, dy, hidden_, nullptr, 0, weight_[down_], dh.data(), inter_,
-                               nullptr, t, inter_, hidden_, error));
-    s->d_gate_up.assign(context, static_cast<std::size_t>(t * 2 * inter_));
+                               nullptr, t, inter_, hidden_, error, false));
+    s->d_gate_up.allocate(context, static_cast<std::size_t>(t * 2 * inter_));
     ops::swiglu_backward_fused(context, dh.data(), s->gate_up.data(), s->d_gate_up.data(), t,
-                               inter_);
+                               inter_, false);
     TROUPE_TRY(linear_backward(context, s->d_gate_up.data(), 2 * inter_, nullptr, 0, weight_[gate_],
                                dx, hidden_, nullptr, t, hidden_, inter_, error));
     TROUPE_TRY(linear_backward(context, s->d_gate_up.data() + inter_, 2 * inter_, nullptr, 0,

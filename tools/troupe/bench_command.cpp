@@ -271,6 +271,7 @@ void add_bench_command(CLI::App& app, int& exit_code) {
   model->callback([options, &exit_code] { exit_code = bench(*options); });
   add_bench_train_command(*bench_group, exit_code);
   add_bench_gemm_command(*bench_group, exit_code);
+  add_bench_attention_command(*bench_group, exit_code);
   add_bench_transport_command(*bench_group, exit_code);
 }
 

@@ -20,6 +20,7 @@
 #include "runtime/tensor/tensor.hpp"
 #include "tools/troupe/bench_reference.hpp"
 #include "tools/troupe/commands.hpp"
+#include "tools/troupe/gpu_timing.hpp"
 
 namespace troupe::cli {
 
@@ -64,29 +65,6 @@ tensor random_bf16(std::int64_t rows, std::int64_t cols, std::uint32_t seed, dev
 kc::gemm_matrix matrix(const tensor& t) {
   return {t.data(), t.type() == dtype::bf16 ? kc::gemm_dtype::bf16 : kc::gemm_dtype::f32, t.size(0),
           t.size(1), t.size(1)};
-}
-
-/// Median milliseconds of `body` over `iterations` runs after warm-up, timed by events.
-template <class Body>
-double median_ms(cuda::stream& stream, int iterations, const Body& body) {
-  for (int i = 0; i < 5; ++i) body();
-  std::vector<cuda::event> starts, ends;
-  for (int i = 0; i < iterations; ++i) {
-    starts.emplace_back(stream.device(), true);
-    ends.emplace_back(stream.device(), true);
-  }
-  for (int i = 0; i < iterations; ++i) {
-    starts[static_cast<std::size_t>(i)].record(stream);
-    body();
-    ends[static_cast<std::size_t>(i)].record(stream);
-  }
-  stream.synchronize();
-  std::vector<double> ms;
-  for (int i = 0; i < iterations; ++i)
-    ms.push_back(cuda::event::elapsed_ms(starts[static_cast<std::size_t>(i)],
-                                         ends[static_cast<std::size_t>(i)]));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// `troupe bench gemm` in a build without CUDA: the command is there and says why it cannot run.
+// `troupe bench gemm` and `troupe bench attention` in a build without CUDA: the commands are there
+// and say why they cannot run.
 #include <fmt/format.h>
 
 #include "runtime/device/cuda.hpp"
@@ -17,6 +18,17 @@ void add_bench_gemm_command(CLI::App& bench_group, int& exit_code) {
   command->allow_extras();
   command->callback([&exit_code] {
     fmt::print(stderr, "troupe bench gemm: {}\n", cuda::unavailable_reason());
+    exit_code = exit_bad_input;
+  });
+}
+
+void add_bench_attention_command(CLI::App& bench_group, int& exit_code) {
+  auto* command = bench_group.add_subcommand(
+      "attention",
+      "The GPU's causal flash attention, forward and backward (needs a build with CUDA)");
+  command->allow_extras();
+  command->callback([&exit_code] {
+    fmt::print(stderr, "troupe bench attention: {}\n", cuda::unavailable_reason());
     exit_code = exit_bad_input;
   });
 }

@@ -281,24 +281,35 @@ __global__ void __launch_bounds__(threads)
     if (k0 <= first + 15) {  // else every key of the tile is after the warp's queries
       float s[block_rows / 8][4];
       scores<QK, block_rows>(s, qs, warp * 16, ks);
-      const bool diagonal = k0 + block_rows - 1 > first;
+      // NOTES: masks only where the tile holds a key after one of the warp's queries (the
+      // diagonal) or the warp has rows past the end: the per-element index arithmetic cost more
+      // issue slots than the tile's products at these head sizes. Elsewhere the maximum is taken
+      // on the raw scores (scale > 0) and each probability is one FFMA and one exp2.
+      const bool masked = k0 + block_rows - 1 > first || first + 15 >= length;
       float tile_max[2] = {-INFINITY, -INFINITY};
+      if (masked) {
+        const int row_in[2] = {static_cast<int>(rows[0] - k0), static_cast<int>(rows[1] - k0)};
+        const bool past_end[2] = {rows[0] >= length, rows[1] >= length};
 #pragma unroll
-      for (int n = 0; n < block_rows / 8; ++n)
+        for (int n = 0; n < block_rows / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e / 2;
-          const std::int64_t j = k0 + n * 8 + lane % 4 * 2 + e % 2;
-          const bool hidden = rows[r] >= length || (diagonal && j > rows[r]);
-          s[n][e] = hidden ? -INFINITY : s[n][e] * scale;
-          tile_max[r] = fmaxf(tile_max[r], s[n][e]);
-        }
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2, j = n * 8 + lane % 4 * 2 + e % 2;  // the key, from k0
+            if (past_end[r] || j > row_in[r]) s[n][e] = -INFINITY;
+            tile_max[r] = fmaxf(tile_max[r], s[n][e]);
+          }
+      } else {
+#pragma unroll
+        for (int n = 0; n < block_rows / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[n][e]);
+      }
       float base[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
         tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-        const float m_new = fmaxf(m[r], tile_max[r]);
+        const float m_new = fmaxf(m[r], tile_max[r] * scale);
         base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing to see yet
         const float correction = exp2f(m[r] - base[r]);
         m[r] = m_new;
@@ -313,7 +324,7 @@ __global__ void __launch_bounds__(threads)
       for (int n = 0; n < block_rows / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[n][e] = exp2f(s[n][e] - base[e / 2]);
+          s[n][e] = exp2f(fmaf(s[n][e], scale, -base[e / 2]));  // -inf stays 0
           sum[e / 2] += s[n][e];
         }
       l[0] += sum[0];
@@ -418,19 +429,20 @@ __global__ void __launch_bounds__(threads)
       float p[step / 8][4], ds[step / 8][4];
       scores<QK, step>(p, ks, warp * 16, qs);   // S^T = K Q^T
       scores<V, step>(ds, vs, warp * 16, dos);  // dP^T = V dO^T
+      // Masks only where a query of the step comes before one of the warp's keys or is past
+      // the end (see the forward's NOTES).
+      const bool masked = q0 < first + 15 || q0 + step > length;
+      const int key_in[2] = {static_cast<int>(keys[0] - q0), static_cast<int>(keys[1] - q0)};
+      const int valid = static_cast<int>(min(static_cast<std::int64_t>(step), length - q0));
 #pragma unroll
       for (int n = 0; n < step / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int ii = n * 8 + lane % 4 * 2 + e % 2;
-          const std::int64_t i = q0 + ii;
-          float probability = 0.0f, gradient = 0.0f;
-          if (i < length && keys[e / 2] <= i) {
-            probability = exp2f(p[n][e] * scale - lse_s[ii]);
-            gradient = probability * (ds[n][e] - delta_s[ii]);
-          }
+          float probability = exp2f(fmaf(p[n][e], scale, -lse_s[ii]));
+          if (masked && (ii >= valid || key_in[e / 2] > ii)) probability = 0.0f;
           p[n][e] = probability;
-          ds[n][e] = gradient;
+          ds[n][e] = probability * (ds[n][e] - delta_s[ii]);
         }
       accumulate<step, V>(dv_acc, p, dos);   // dV += P^T dO
       accumulate<step, QK>(dk_acc, ds, qs);  // dK += dS^T Q
@@ -509,18 +521,18 @@ __global__ void __launch_bounds__(threads)
       float s[block_rows / 8][4], dp[block_rows / 8][4];
       scores<QK, block_rows>(s, qs, warp * 16, ks);   // S = Q K^T
       scores<V, block_rows>(dp, dos, warp * 16, vs);  // dP = dO V^T
+      // Masks only on the diagonal or past the end (see the forward's NOTES).
+      const bool masked = k0 + block_rows - 1 > first || first + 15 >= length;
+      const int row_in[2] = {static_cast<int>(rows[0] - k0), static_cast<int>(rows[1] - k0)};
+      const bool past_end[2] = {rows[0] >= length, rows[1] >= length};
 #pragma unroll
       for (int n = 0; n < block_rows / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int r = e / 2;
-          const std::int64_t j = k0 + n * 8 + lane % 4 * 2 + e % 2;
-          float gradient = 0.0f;
-          if (rows[r] < length && j <= rows[r]) {
-            const float probability = exp2f(s[n][e] * scale - lse_r[r]);
-            gradient = probability * (dp[n][e] - delta_r[r]);
-          }
-          s[n][e] = gradient;
+          const int r = e / 2, j = n * 8 + lane % 4 * 2 + e % 2;
+          float probability = exp2f(fmaf(s[n][e], scale, -lse_r[r]));
+          if (masked && (past_end[r] || j > row_in[r])) probability = 0.0f;
+          s[n][e] = probability * (dp[n][e] - delta_r[r]);
         }
       accumulate<block_rows, QK>(dq_acc, s, ks);  // dQ += dS K
     }

@@ -20,9 +20,7 @@ async_snapshot::~async_snapshot() {
   }
 }
 
-void async_snapshot::start(const std::vector<std::pair<std::string, tensor>>& values,
-                           void* compute_stream) {
-  if (pending_) fail("an EMA snapshot was started before the last one was taken");
+void async_snapshot::prepare(const std::vector<std::pair<std::string, tensor>>& values) {
   if (layout_.empty()) {
     for (const auto& [name, value] : values) {
       entry e{name, value.shape(), total_bytes_, value.nbytes()};
@@ -31,13 +29,20 @@ void async_snapshot::start(const std::vector<std::pair<std::string, tensor>>& va
     }
   }
   if (values.size() != layout_.size()) fail("EMA snapshot: the parameters changed between steps");
-  const std::size_t index = next_++ % sets_.size();
-  buffer_set& set = sets_[index];
-  if (!set.arena) {
+  for (buffer_set& set : sets_) {
+    if (set.arena) continue;
     set.arena = storage::allocate_pinned(total_bytes_);
     set.lease = std::make_shared<int>(0);
     set.copied.emplace(ordinal_);
   }
+}
+
+void async_snapshot::start(const std::vector<std::pair<std::string, tensor>>& values,
+                           void* compute_stream) {
+  if (pending_) fail("an EMA snapshot was started before the last one was taken");
+  prepare(values);
+  const std::size_t index = next_++ % sets_.size();
+  buffer_set& set = sets_[index];
   // Only an EMA actor two snapshots behind holds this set still; one that never lets go (stuck
   // or gone without dropping its mailbox) is an error, not a hang.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);

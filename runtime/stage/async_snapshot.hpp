@@ -28,6 +28,10 @@ class async_snapshot {
   async_snapshot(const async_snapshot&) = delete;
   async_snapshot& operator=(const async_snapshot&) = delete;
 
+  /// Lays out `values` (device tensors, as start() will get them) and allocates both pinned
+  /// buffer sets now: at build time, so a first snapshot does not pay for the allocation (seconds
+  /// for tens of GB of pinned memory) and a host without the memory fails before step 1.
+  void prepare(const std::vector<std::pair<std::string, tensor>>& values);
   /// Starts copying `values` (device tensors, the same names and shapes every time) as they are
   /// after the work enqueued on `compute_stream` so far. A snapshot not yet taken is an error.
   void start(const std::vector<std::pair<std::string, tensor>>& values, void* compute_stream);

@@ -76,15 +76,25 @@ void pipeline_rank::use_builtin_gemm(precision p) {
   follow_gemm_provider();
 }
 
-void pipeline_rank::start_snapshot(const std::set<std::string>& owned) {
-  if (!snapshots_) fail("pipeline rank {}: snapshots are synchronous on the host", rank_);
+std::vector<std::pair<std::string, tensor>> pipeline_rank::snapshot_values(
+    const std::set<std::string>& owned) const {
   std::vector<std::pair<std::string, tensor>> values;
   std::set<std::string> taken;
   for (const auto& c : chunks_)
     for (parameter* p : c.runner->parameters().all())
       if (owned.count(p->name) && p->spec.trainable() && taken.insert(p->name).second)
         values.emplace_back(p->name, p->value);
-  snapshots_->start(values, context_.stream());
+  return values;
+}
+
+void pipeline_rank::prepare_snapshots(const std::set<std::string>& owned) {
+  if (!snapshots_) fail("pipeline rank {}: snapshots are synchronous on the host", rank_);
+  snapshots_->prepare(snapshot_values(owned));
+}
+
+void pipeline_rank::start_snapshot(const std::set<std::string>& owned) {
+  if (!snapshots_) fail("pipeline rank {}: snapshots are synchronous on the host", rank_);
+  snapshots_->start(snapshot_values(owned), context_.stream());
 }
 
 std::optional<std::vector<std::pair<std::string, tensor>>> pipeline_rank::take_snapshot(bool wait) {

@@ -103,6 +103,9 @@ class pipeline_rank {
   bool asynchronous_snapshots() const { return snapshots_ != nullptr; }
   /// Whether a snapshot can start without waiting for the EMA actor (GPU ranks).
   bool snapshot_can_start() const { return snapshots_ != nullptr && snapshots_->can_start(); }
+  /// Allocates the pinned memory the snapshots of the owned trainable parameters copy into (GPU
+  /// ranks; at build time, before step 1).
+  void prepare_snapshots(const std::set<std::string>& owned);
   /// Starts copying the owned trainable parameters to the host (GPU ranks).
   void start_snapshot(const std::set<std::string>& owned);
   /// The started snapshot, once copied (waiting for the copy if `wait`); nothing when none is
@@ -120,6 +123,9 @@ class pipeline_rank {
             const std::vector<std::pair<std::string, tensor>>& moments);
 
  private:
+  /// The owned trainable parameters' values, in the order snapshots copy them.
+  std::vector<std::pair<std::string, tensor>> snapshot_values(
+      const std::set<std::string>& owned) const;
   using input_key = std::tuple<bool, std::int32_t, std::int32_t, std::int64_t>;
   stage_chunk& chunk(std::int32_t stage, std::int32_t copy);
   /// Copies of the owned trainable parameters, or of the owned buffers; each name once.

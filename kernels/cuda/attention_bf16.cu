@@ -159,30 +159,45 @@ __host__ __device__ inline std::int64_t slice_rows(const attention_problem& p) {
 }
 
 /// Columns [0, width) of every row of x into columns [col0, col0 + width) of the packed rows
-/// (`d` wide), four floats per thread; width and col0 are multiples of 4 (supported()).
-__global__ void pack_kernel(attention_problem p, attention_operand x, int width, bf16* out, int d,
-                            int col0) {
-  const int quads = width / 4;
+/// (`d` wide); width and col0 are multiples of 4 (supported()).
+struct pack_job {
+  attention_operand x;
+  int width = 0;
+  bf16* out = nullptr;
+  int d = 0, col0 = 0;
+};
+
+/// Up to five operands packed in one launch (blockIdx.y picks the job), four floats per thread.
+struct pack_jobs {
+  pack_job job[5];
+  int count = 0;
+};
+
+__global__ void pack_kernel(attention_problem p, pack_jobs jobs) {
+  const pack_job& j = jobs.job[blockIdx.y];
+  const int quads = j.width / 4;
   const std::int64_t total = slice_rows(p) * quads;
   for (std::int64_t index = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
        index < total; index += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t row = index / quads;
     const int c = static_cast<int>(index % quads) * 4;
     const std::int64_t i = row % p.length, bh = row / p.length;
-    const float* from = row_of(x, bh / p.heads, bh % p.heads, i) + c;
+    const float* from = row_of(j.x, bh / p.heads, bh % p.heads, i) + c;
     const float4 v = reinterpret_cast<std::uintptr_t>(from) % 16 == 0
                          ? *reinterpret_cast<const float4*>(from)
                          : float4{from[0], from[1], from[2], from[3]};
-    store4(out + row * d + col0 + c, v);
+    store4(j.out + row * j.d + j.col0 + c, v);
   }
 }
 
-void pack(const attention_problem& p, const attention_operand& x, int width, bf16* out, int d,
-          int col0, cudaStream_t stream) {
-  const std::int64_t work = slice_rows(p) * (width / 4);
-  if (work == 0) return;
-  pack_kernel<<<static_cast<unsigned>(std::min<std::int64_t>((work + 255) / 256, 8192)), 256, 0,
-                stream>>>(p, x, width, out, d, col0);
+void pack(const attention_problem& p, const pack_jobs& jobs, cudaStream_t stream) {
+  int widest = 0;
+  for (int i = 0; i < jobs.count; ++i) widest = std::max(widest, jobs.job[i].width);
+  const std::int64_t work = slice_rows(p) * (widest / 4);
+  if (work == 0 || jobs.count == 0) return;
+  pack_kernel<<<dim3(static_cast<unsigned>(std::min<std::int64_t>((work + 255) / 256, 4096)),
+                     static_cast<unsigned>(jobs.count)),
+                256, 0, stream>>>(p, jobs);
   TROUPE_CUDA_LAUNCHED();
 }
 
@@ -201,11 +216,13 @@ packed pack_operands(const operands& o, const attention_operand* d_out, bf16* st
   bf16* k = q + slice_rows(p) * qk;
   bf16* vs = k + slice_rows(p) * qk;
   bf16* dos = vs + slice_rows(p) * v;
-  pack(p, o.q, qk, q, qk, 0, stream);
-  pack(p, o.k, qk - rope, k, qk, 0, stream);
-  if (rope > 0) pack(p, o.rope, rope, k, qk, qk - rope, stream);
-  pack(p, o.v, v, vs, v, 0, stream);
-  if (d_out != nullptr) pack(p, *d_out, v, dos, v, 0, stream);
+  pack_jobs jobs;
+  jobs.job[jobs.count++] = {o.q, qk, q, qk, 0};
+  jobs.job[jobs.count++] = {o.k, qk - rope, k, qk, 0};
+  if (rope > 0) jobs.job[jobs.count++] = {o.rope, rope, k, qk, qk - rope};
+  jobs.job[jobs.count++] = {o.v, v, vs, v, 0};
+  if (d_out != nullptr) jobs.job[jobs.count++] = {*d_out, v, dos, v, 0};
+  pack(p, jobs, stream);
   return {q, k, vs, d_out != nullptr ? dos : nullptr};
 }
 

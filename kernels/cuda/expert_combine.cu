@@ -49,16 +49,20 @@ __global__ void gather_kernel(const float* x, const std::int64_t* order, std::in
   }
 }
 
+// NOTES: the per-token passes take columns from the grid's x and tokens from its y (walking
+// them with the grid's stride): a flat index split by a 64-bit division per element made them
+// bound by instructions.
 __global__ void combine_forward_kernel(const float* rows, const float* gates,
                                        const std::int64_t* position, std::int64_t topk,
-                                       std::int64_t width, float* y, std::int64_t count) {
-  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= count) return;
-  const std::int64_t t = i / width, c = i % width;
-  float sum = y[i];
-  for (std::int64_t k = 0; k < topk; ++k)
-    sum += gates[t * topk + k] * rows[position[t * topk + k] * width + c];
-  y[i] = sum;
+                                       std::int64_t width, float* y, std::int64_t tokens) {
+  const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= width) return;
+  for (std::int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
+    float sum = y[t * width + c];
+    for (std::int64_t k = 0; k < topk; ++k)
+      sum += gates[t * topk + k] * rows[position[t * topk + k] * width + c];
+    y[t * width + c] = sum;
+  }
 }
 
 __global__ void combine_backward_kernel(const float* dy, const float* rows, const float* gates,
@@ -83,13 +87,19 @@ __global__ void combine_backward_kernel(const float* dy, const float* rows, cons
 
 __global__ void scatter_add_kernel(const float* d_rows, const std::int64_t* position,
                                    std::int64_t topk, std::int64_t width, float* dx,
-                                   std::int64_t count) {
-  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= count) return;
-  const std::int64_t t = i / width, c = i % width;
-  float sum = dx[i];
-  for (std::int64_t k = 0; k < topk; ++k) sum += d_rows[position[t * topk + k] * width + c];
-  dx[i] = sum;
+                                   std::int64_t tokens) {
+  const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= width) return;
+  for (std::int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
+    float sum = dx[t * width + c];
+    for (std::int64_t k = 0; k < topk; ++k) sum += d_rows[position[t * topk + k] * width + c];
+    dx[t * width + c] = sum;
+  }
+}
+
+/// Columns by x, tokens by y (at most 65535 blocks).
+dim3 token_grid(std::int64_t tokens, std::int64_t width) {
+  return dim3(blocks_for(width, threads), static_cast<unsigned>(tokens < 65535 ? tokens : 65535));
 }
 
 }  // namespace
@@ -134,8 +144,8 @@ void combine_forward(const float* rows, const float* gates, const std::int64_t* 
                      std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
                      void* stream) {
   if (tokens * width == 0) return;
-  combine_forward_kernel<<<blocks_for(tokens * width, threads), threads, 0, as_stream(stream)>>>(
-      rows, gates, position, topk, width, y, tokens * width);
+  combine_forward_kernel<<<token_grid(tokens, width), threads, 0, as_stream(stream)>>>(
+      rows, gates, position, topk, width, y, tokens);
   TROUPE_CUDA_LAUNCHED();
 }
 
@@ -152,8 +162,8 @@ void combine_backward(const float* dy, const float* rows, const float* gates,
 void scatter_add_rows(const float* d_rows, const std::int64_t* position, std::int64_t topk,
                       std::int64_t width, float* dx, std::int64_t tokens, void* stream) {
   if (tokens * width == 0) return;
-  scatter_add_kernel<<<blocks_for(tokens * width, threads), threads, 0, as_stream(stream)>>>(
-      d_rows, position, topk, width, dx, tokens * width);
+  scatter_add_kernel<<<token_grid(tokens, width), threads, 0, as_stream(stream)>>>(
+      d_rows, position, topk, width, dx, tokens);
   TROUPE_CUDA_LAUNCHED();
 }
 

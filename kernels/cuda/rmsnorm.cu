@@ -9,19 +9,23 @@ constexpr int threads = 256;
 constexpr std::int64_t rows_per_block =
     8;  // rows whose weight gradient one block sums (more blocks than SMs)
 
+constexpr int warps = threads / 32;
+
+// One warp per row (8 per block): the sum of squares reduced with shuffles alone.
 __global__ void rmsnorm_forward_kernel(const float* x, std::int64_t ldx, const float* weight,
-                                       float* y, std::int64_t ldy, float* rstd, std::int64_t dim,
-                                       float eps) {
-  __shared__ float shared[32];
-  const std::int64_t row = blockIdx.x;
+                                       float* y, std::int64_t ldy, float* rstd, std::int64_t rows,
+                                       std::int64_t dim, float eps) {
+  const int lane = threadIdx.x % 32;
+  const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(warps) + threadIdx.x / 32;
+  if (row >= rows) return;
   const float* xr = x + row * ldx;
   float sum = 0.0f;
-  for (std::int64_t i = threadIdx.x; i < dim; i += threads) sum += xr[i] * xr[i];
-  sum = block_sum(sum, shared);
+  for (std::int64_t i = lane; i < dim; i += 32) sum += xr[i] * xr[i];
+  sum = warp_sum(sum);
   const float inverse = rsqrtf(sum / static_cast<float>(dim) + eps);
   float* yr = y + row * ldy;
-  for (std::int64_t i = threadIdx.x; i < dim; i += threads) yr[i] = weight[i] * (xr[i] * inverse);
-  if (rstd != nullptr && threadIdx.x == 0) rstd[row] = inverse;
+  for (std::int64_t i = lane; i < dim; i += 32) yr[i] = weight[i] * (xr[i] * inverse);
+  if (rstd != nullptr && lane == 0) rstd[row] = inverse;
 }
 
 // One block per rows_per_block rows: dx of each row, and the block's partial weight gradient in
@@ -87,8 +91,8 @@ void rmsnorm_forward(const float* x, std::int64_t ldx, const float* weight, floa
                      std::int64_t ldy, float* rstd, std::int64_t rows, std::int64_t dim, float eps,
                      void* stream) {
   if (rows == 0) return;
-  rmsnorm_forward_kernel<<<static_cast<unsigned>(rows), threads, 0, as_stream(stream)>>>(
-      x, ldx, weight, y, ldy, rstd, dim, eps);
+  rmsnorm_forward_kernel<<<blocks_for(rows, warps), threads, 0, as_stream(stream)>>>(
+      x, ldx, weight, y, ldy, rstd, rows, dim, eps);
   TROUPE_CUDA_LAUNCHED();
 }
 

@@ -264,7 +264,8 @@ void rmsnorm_backward(const troupe_exec_context* context, const float* dy, std::
 #if TROUPE_HAVE_CUDA
   buffer scratch;
   if (dweight != nullptr)
-    scratch.assign(context, static_cast<std::size_t>(cuda::rmsnorm_backward_scratch(rows, dim)));
+    scratch.allocate(context,  // every partial is written before it is summed
+                     static_cast<std::size_t>(cuda::rmsnorm_backward_scratch(rows, dim)));
   cuda::rmsnorm_backward(dy, ldy, x, ldx, weight, rstd, dx, dweight, rows, dim, scratch.data(),
                          context->stream);
 #endif
@@ -394,7 +395,8 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
   require_cuda();
 #if TROUPE_HAVE_CUDA
   buffer scratch;
-  scratch.assign(context, static_cast<std::size_t>(cuda::attention_backward_scratch(to_cuda(p))));
+  scratch.allocate(context,  // delta, one per query row, written whole first
+                   static_cast<std::size_t>(cuda::attention_backward_scratch(to_cuda(p))));
   if (context_math(context) == gemm_math::bf16) {
     device_array<std::uint16_t> staging;
     staging.allocate(context, cuda::attention_bf16_staging_bytes(to_cuda(p), true) / 2);

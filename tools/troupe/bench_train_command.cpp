@@ -210,9 +210,13 @@ int bench_train(const bench_train_options& options) {
     training_options job_options;
     job_options.threads = threads;
     job_options.checkpoint_at_end = false;
+    job_options.checkpoints = false;  // a benchmark writes none, so it needs no disk for them
     job_options.keep_steps = true;
-    training_job job(topo, registry, job_options);
-    const training_result result = job.run();
+    training_result result;
+    {  // the job's memory is given back before the direct loop builds its own model
+      training_job job(topo, registry, job_options);
+      result = job.run();
+    }
     std::vector<double> times;
     for (std::size_t i = 2; i < result.steps.size(); ++i)
       times.push_back(result.steps[i].step_seconds);

@@ -1,0 +1,563 @@
+#include "runtime/data/bpe_tokenizer.hpp"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <array>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <unordered_map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "runtime/core/error.hpp"
+
+namespace troupe {
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+/// GPT-2's byte-level alphabet: printable bytes stand for themselves, the others for the code
+/// points from 256 on, in byte order. byte_symbol[b] is the code point of byte b.
+std::array<char32_t, 256> byte_symbols() {
+  std::array<char32_t, 256> symbol{};
+  char32_t next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+    symbol[static_cast<std::size_t>(b)] = printable ? static_cast<char32_t>(b) : next++;
+  }
+  return symbol;
+}
+
+void append_utf8(std::string& out, char32_t c) {
+  if (c < 0x80) {
+    out += static_cast<char>(c);
+  } else if (c < 0x800) {
+    out += static_cast<char>(0xC0 | (c >> 6));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  } else if (c < 0x10000) {
+    out += static_cast<char>(0xE0 | (c >> 12));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (c >> 18));
+    out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  }
+}
+
+/// The offset of the first byte that is not part of valid UTF-8 (overlong forms, surrogates and
+/// code points past U+10FFFF included), or npos.
+std::size_t invalid_utf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const std::size_t length = c < 0x80                ? 1
+                               : c >= 0xC2 && c < 0xE0 ? 2
+                               : c >= 0xE0 && c < 0xF0 ? 3
+                               : c >= 0xF0 && c < 0xF5 ? 4
+                                                       : 0;
+    if (length == 0 || i + length > s.size()) return i;
+    char32_t value = length == 1 ? c : c & (0x7F >> length);
+    for (std::size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(s[i + k]);
+      if ((next & 0xC0) != 0x80) return i;
+      value = (value << 6) | (next & 0x3F);
+    }
+    if ((length == 3 && (value < 0x800 || (value >= 0xD800 && value < 0xE000))) ||
+        (length == 4 && (value < 0x10000 || value > 0x10FFFF)))
+      return i;
+    i += length;
+  }
+  return std::string_view::npos;
+}
+
+/// The code points of a UTF-8 string (the vocabulary's spellings are valid UTF-8).
+std::vector<char32_t> code_points(std::string_view s) {
+  std::vector<char32_t> out;
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const int extra = c < 0x80 ? 0 : c < 0xE0 ? 1 : c < 0xF0 ? 2 : 3;
+    char32_t value = extra == 0 ? c : c & (0x3F >> extra);
+    for (int k = 1; k <= extra && i + static_cast<std::size_t>(k) < s.size(); ++k)
+      value =
+          (value << 6) | (static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]) & 0x3F);
+    out.push_back(value);
+    i += static_cast<std::size_t>(extra) + 1;
+  }
+  return out;
+}
+
+const json& member(const json& object, const char* key, const std::string& where) {
+  if (!object.is_object() || !object.contains(key)) fail("{}: '{}' is missing", where, key);
+  return object.at(key);
+}
+
+std::string type_of(const json& object, const std::string& where) {
+  const json& t = member(object, "type", where);
+  if (!t.is_string()) fail("{}.type: expected a string", where);
+  return t.get<std::string>();
+}
+
+}  // namespace
+
+// What bpe_tokenizer::state holds (a named namespace: its members' types need linkage).
+namespace bpe_detail {
+
+/// A compiled PCRE2 expression (UTF, Unicode properties for \s, \w and the classes, JIT when the
+/// library has it).
+class regex {
+ public:
+  regex(const std::string& pattern, bool literal, const std::string& where) {
+    int code = 0;
+    PCRE2_SIZE offset = 0;
+    const std::uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0u);
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
+                          &code, &offset, nullptr);
+    if (code_ == nullptr) {
+      std::array<PCRE2_UCHAR, 256> message{};
+      pcre2_get_error_message(code, message.data(), message.size());
+      fail("{}: the expression does not compile at character {}: {}", where, offset,
+           reinterpret_cast<const char*>(message.data()));
+    }
+    (void)pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // the interpreter where JIT is absent
+    match_ = pcre2_match_data_create_from_pattern(code_, nullptr);
+  }
+  ~regex() {
+    pcre2_match_data_free(match_);
+    pcre2_code_free(code_);
+  }
+  regex(const regex&) = delete;
+  regex& operator=(const regex&) = delete;
+
+  /// The [begin, end) byte ranges of the matches in `text`, left to right, not overlapping.
+  std::vector<std::pair<std::size_t, std::size_t>> matches(std::string_view text) const {
+    std::vector<std::pair<std::size_t, std::size_t>> out;
+    std::size_t at = 0;
+    while (at <= text.size()) {
+      const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), at,
+                                 0, match_, nullptr);
+      if (rc == PCRE2_ERROR_NOMATCH) break;
+      if (rc < 0) fail("tokenizer: a pre-tokenizer expression failed on the text (PCRE2 {})", rc);
+      const PCRE2_SIZE* v = pcre2_get_ovector_pointer(match_);
+      if (v[1] > v[0]) {
+        out.emplace_back(v[0], v[1]);
+        at = v[1];
+      } else {  // an empty match: step over one character
+        at = v[0] + 1;
+        while (at < text.size() && (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) ++at;
+      }
+    }
+    return out;
+  }
+
+ private:
+  pcre2_code* code_ = nullptr;
+  pcre2_match_data* match_ = nullptr;
+};
+
+/// One Split pre-tokenizer with behavior "Isolated": every match a piece, and every gap between
+/// matches.
+struct split_rule {
+  std::unique_ptr<regex> pattern;
+};
+
+/// GPT-2's expression: what a ByteLevel pre-tokenizer with use_regex splits by.
+constexpr const char* gpt2_pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+/// A trie over the added tokens' bytes: the longest token starting at a position.
+class added_matcher {
+ public:
+  void add(const std::string& content, std::int32_t id) {
+    std::size_t node = 0;
+    for (unsigned char c : content) {
+      auto it = nodes_[node].next.find(c);
+      if (it == nodes_[node].next.end()) {
+        nodes_.push_back({});
+        it = nodes_[node].next.emplace(c, nodes_.size() - 1).first;
+      }
+      node = it->second;
+    }
+    nodes_[node].id = id;
+  }
+  /// (length, id) of the longest added token at text[at], or length 0.
+  std::pair<std::size_t, std::int32_t> longest(std::string_view text, std::size_t at) const {
+    std::size_t node = 0, best = 0;
+    std::int32_t id = -1;
+    for (std::size_t i = at; i < text.size(); ++i) {
+      const auto it = nodes_[node].next.find(static_cast<unsigned char>(text[i]));
+      if (it == nodes_[node].next.end()) break;
+      node = it->second;
+      if (nodes_[node].id >= 0) {
+        best = i + 1 - at;
+        id = nodes_[node].id;
+      }
+    }
+    return {best, id};
+  }
+
+ private:
+  struct trie_node {
+    std::map<unsigned char, std::size_t> next;
+    std::int32_t id = -1;
+  };
+  std::vector<trie_node> nodes_{trie_node{}};
+};
+
+}  // namespace bpe_detail
+
+using bpe_detail::added_matcher;
+using bpe_detail::gpt2_pattern;
+using bpe_detail::regex;
+using bpe_detail::split_rule;
+
+struct bpe_tokenizer::state {
+  fs::path file;
+  std::unordered_map<std::string, std::int32_t> vocab;  ///< byte-level spelling -> id
+  std::vector<std::string> spelling;                    ///< id -> its decoded bytes
+  std::vector<bool> is_added;
+  std::array<std::int32_t, 256> byte_id{};       ///< the id of each byte's symbol
+  std::array<std::string, 256> byte_spelling{};  ///< each byte's symbol in UTF-8
+  std::unordered_map<std::uint64_t, std::pair<std::int32_t, std::int32_t>> merges;  ///< rank, id
+  std::vector<split_rule> splits;
+  added_matcher added;
+  bool ignore_merges = false;
+  std::optional<std::int32_t> bos, eos;
+  bool add_bos = false;
+  std::string chat_template;
+
+  static std::uint64_t pair_key(std::int32_t a, std::int32_t b) {
+    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) |
+           static_cast<std::uint32_t>(b);
+  }
+
+  /// The ids of one pre-tokenized piece: its bytes' symbols, merged in rank order (the lowest
+  /// rank first, the leftmost of equal ranks first), as `tokenizers`' BPE does.
+  void encode_piece(std::string_view piece, std::vector<std::int32_t>& out) const {
+    std::vector<std::int32_t> symbols;
+    symbols.reserve(piece.size());
+    for (unsigned char c : piece) symbols.push_back(byte_id[c]);
+    if (ignore_merges && symbols.size() > 1) {
+      std::string spelled;
+      for (unsigned char c : piece) spelled += byte_spelling[c];
+      if (auto it = vocab.find(spelled); it != vocab.end()) {
+        out.push_back(it->second);
+        return;
+      }
+    }
+    while (symbols.size() > 1) {
+      std::int32_t best_rank = std::numeric_limits<std::int32_t>::max(), merged = -1;
+      std::size_t best = 0;
+      for (std::size_t i = 0; i + 1 < symbols.size(); ++i) {
+        const auto it = merges.find(pair_key(symbols[i], symbols[i + 1]));
+        if (it != merges.end() && it->second.first < best_rank) {
+          best_rank = it->second.first;
+          merged = it->second.second;
+          best = i;
+        }
+      }
+      if (merged < 0) break;
+      symbols[best] = merged;
+      symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+    }
+    out.insert(out.end(), symbols.begin(), symbols.end());
+  }
+
+  /// Applies the Split rules one after another to `text` (no added tokens in it).
+  void pre_tokenize(std::string_view text, std::vector<std::string_view>& pieces) const {
+    pieces.assign(1, text);
+    std::vector<std::string_view> next;
+    for (const split_rule& rule : splits) {
+      next.clear();
+      for (std::string_view piece : pieces) {
+        std::size_t at = 0;
+        for (const auto& [begin, end] : rule.pattern->matches(piece)) {
+          if (begin > at) next.push_back(piece.substr(at, begin - at));
+          next.push_back(piece.substr(begin, end - begin));
+          at = end;
+        }
+        if (at < piece.size()) next.push_back(piece.substr(at));
+      }
+      pieces.swap(next);
+    }
+  }
+};
+
+bpe_tokenizer::bpe_tokenizer(std::unique_ptr<state> s) : s_(std::move(s)) {}
+bpe_tokenizer::bpe_tokenizer(bpe_tokenizer&&) noexcept = default;
+bpe_tokenizer& bpe_tokenizer::operator=(bpe_tokenizer&&) noexcept = default;
+bpe_tokenizer::~bpe_tokenizer() = default;
+
+namespace {
+
+json read_json(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail("{}: cannot open the file", file.string());
+  try {
+    return json::parse(in);
+  } catch (const json::parse_error& e) {
+    fail("{}: not valid JSON (byte {}): {}", file.string(), e.byte, e.what());
+  }
+}
+
+/// bos_token / eos_token of tokenizer_config.json: a string or {"content": ...}.
+std::optional<std::string> token_text(const json& config, const char* key) {
+  if (!config.contains(key) || config.at(key).is_null()) return std::nullopt;
+  const json& v = config.at(key);
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v.at("content").is_string())
+    return v.at("content").get<std::string>();
+  return std::nullopt;
+}
+
+}  // namespace
+
+bpe_tokenizer bpe_tokenizer::load(const fs::path& path) {
+  auto s = std::make_unique<state>();
+  if (!fs::exists(path))
+    fail("{}: no such file or directory (give a tokenizer.json or the directory holding one)",
+         path.string());
+  const fs::path file = fs::is_directory(path) ? path / "tokenizer.json" : path;
+  if (!fs::exists(file)) fail("{}: the directory has no tokenizer.json", path.string());
+  s->file = file;
+  const std::string name = file.string();
+  const json root = read_json(file);
+  if (!root.is_object()) fail("{}: expected a JSON object at the top", name);
+
+  // The model: byte-level BPE without the options that change what it computes.
+  const json& model = member(root, "model", name);
+  const std::string model_type = type_of(model, name + ": model");
+  if (model_type != "BPE")
+    fail("{}: model.type is '{}'; troupe reads byte-level BPE tokenizers", name, model_type);
+  for (const char* key : {"dropout", "continuing_subword_prefix", "end_of_word_suffix"})
+    if (model.contains(key) && !model.at(key).is_null())
+      fail("{}: model.{} is set; troupe's BPE supports none", name, key);
+  if (model.value("byte_fallback", false))
+    fail("{}: model.byte_fallback is true; troupe's BPE is byte-level and needs none", name);
+  s->ignore_merges = model.value("ignore_merges", false);
+  const json& vocab = member(model, "vocab", name + ": model");
+  if (!vocab.is_object()) fail("{}: model.vocab: expected an object of token -> id", name);
+  std::int64_t size = 0;
+  for (const auto& [token, id] : vocab.items()) {
+    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
+        id.get<std::int64_t>() > std::numeric_limits<std::int32_t>::max())
+      fail("{}: model.vocab['{}']: the id must be a non-negative 32-bit integer", name, token);
+    s->vocab.emplace(token, id.get<std::int32_t>());
+    size = std::max(size, id.get<std::int64_t>() + 1);
+  }
+  const json& added = root.contains("added_tokens") ? root.at("added_tokens") : json::array();
+  for (std::size_t i = 0; i < added.size(); ++i) {
+    const std::string where = fmt::format("{}: added_tokens[{}]", name, i);
+    const json& t = added[i];
+    const json& id = member(t, "id", where);
+    const json& content = member(t, "content", where);
+    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || !content.is_string() ||
+        content.get<std::string>().empty())
+      fail("{}: expected a non-negative id and non-empty content", where);
+    for (const char* flag : {"single_word", "lstrip", "rstrip"})
+      if (t.value(flag, false))
+        fail("{}: '{}' is true; troupe matches added tokens exactly, without it", where, flag);
+    size = std::max(size, id.get<std::int64_t>() + 1);
+  }
+  s->spelling.assign(static_cast<std::size_t>(size), std::string());
+  s->is_added.assign(static_cast<std::size_t>(size), false);
+
+  // Byte-level symbols: every byte's symbol must be in the vocabulary.
+  const auto symbols = byte_symbols();
+  std::unordered_map<char32_t, unsigned char> byte_of;
+  for (int b = 0; b < 256; ++b) {
+    byte_of[symbols[static_cast<std::size_t>(b)]] = static_cast<unsigned char>(b);
+    std::string spelled;
+    append_utf8(spelled, symbols[static_cast<std::size_t>(b)]);
+    const auto it = s->vocab.find(spelled);
+    if (it == s->vocab.end())
+      fail("{}: model.vocab has no symbol for byte {} ('{}'): not a byte-level vocabulary", name, b,
+           spelled);
+    s->byte_id[static_cast<std::size_t>(b)] = it->second;
+    s->byte_spelling[static_cast<std::size_t>(b)] = spelled;
+  }
+  for (const auto& [token, id] : s->vocab) {
+    std::string bytes;
+    for (char32_t c : code_points(token)) {
+      const auto it = byte_of.find(c);
+      if (it != byte_of.end())
+        bytes += static_cast<char>(it->second);
+      else
+        append_utf8(bytes, c);
+    }
+    s->spelling[static_cast<std::size_t>(id)] = std::move(bytes);
+  }
+  for (std::size_t i = 0; i < added.size(); ++i) {
+    const auto id = added[i].at("id").get<std::int32_t>();
+    const auto content = added[i].at("content").get<std::string>();
+    s->spelling[static_cast<std::size_t>(id)] = content;
+    s->is_added[static_cast<std::size_t>(id)] = true;
+    s->added.add(content, id);
+  }
+
+  // Merges, "a b" or ["a", "b"], in rank order.
+  const json& merges = member(model, "merges", name + ": model");
+  if (!merges.is_array()) fail("{}: model.merges: expected an array", name);
+  for (std::size_t rank = 0; rank < merges.size(); ++rank) {
+    const json& m = merges[rank];
+    std::string left, right;
+    if (m.is_string()) {
+      const std::string text = m.get<std::string>();
+      const std::size_t space = text.find(' ');
+      if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos)
+        fail("{}: model.merges[{}]: '{}' is not two tokens split by one space", name, rank, text);
+      left = text.substr(0, space);
+      right = text.substr(space + 1);
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+      left = m[0].get<std::string>();
+      right = m[1].get<std::string>();
+    } else {
+      fail("{}: model.merges[{}]: expected \"a b\" or [\"a\", \"b\"]", name, rank);
+    }
+    const auto a = s->vocab.find(left), b = s->vocab.find(right), ab = s->vocab.find(left + right);
+    if (a == s->vocab.end() || b == s->vocab.end() || ab == s->vocab.end())
+      fail("{}: model.merges[{}]: '{} {}' names a token the vocabulary does not have", name, rank,
+           left, right);
+    s->merges.emplace(state::pair_key(a->second, b->second),
+                      std::pair{static_cast<std::int32_t>(rank), ab->second});
+  }
+
+  // The normalizer (none), the pre-tokenizer (Split rules and ByteLevel), the decoder.
+  if (root.contains("normalizer") && !root.at("normalizer").is_null()) {
+    const json& n = root.at("normalizer");
+    const std::string t = type_of(n, name + ": normalizer");
+    if (t != "Sequence" || !n.contains("normalizers") || !n.at("normalizers").empty())
+      fail("{}: normalizer '{}' is not supported (troupe reads tokenizers without one)", name, t);
+  }
+  std::vector<json> pre;
+  if (root.contains("pre_tokenizer") && !root.at("pre_tokenizer").is_null()) {
+    const json& p = root.at("pre_tokenizer");
+    if (type_of(p, name + ": pre_tokenizer") == "Sequence")
+      for (const json& each : member(p, "pretokenizers", name + ": pre_tokenizer"))
+        pre.push_back(each);
+    else
+      pre.push_back(p);
+  }
+  bool byte_level = false;
+  for (std::size_t i = 0; i < pre.size(); ++i) {
+    const std::string where = fmt::format("{}: pre_tokenizer[{}]", name, i);
+    const std::string t = type_of(pre[i], where);
+    if (t == "Split") {
+      if (byte_level) fail("{}: a Split after ByteLevel is not supported", where);
+      const std::string behavior = pre[i].value("behavior", "");
+      if (behavior != "Isolated" || pre[i].value("invert", false))
+        fail("{}: Split with behavior '{}'{} is not supported (Isolated only)", where, behavior,
+             pre[i].value("invert", false) ? " inverted" : "");
+      const json& pattern = member(pre[i], "pattern", where);
+      const bool literal = pattern.contains("String");
+      const json& text =
+          literal ? pattern.at("String") : member(pattern, "Regex", where + ".pattern");
+      if (!text.is_string()) fail("{}.pattern: expected a string", where);
+      s->splits.push_back({std::make_unique<regex>(text.get<std::string>(), literal, where)});
+    } else if (t == "ByteLevel") {
+      if (pre[i].value("add_prefix_space", false))
+        fail("{}: ByteLevel with add_prefix_space is not supported", where);
+      if (pre[i].value("use_regex", true))
+        s->splits.push_back({std::make_unique<regex>(gpt2_pattern, false, where)});
+      byte_level = true;
+    } else {
+      fail("{}: pre-tokenizer '{}' is not supported (Split and ByteLevel are)", where, t);
+    }
+  }
+  if (!byte_level) fail("{}: the pre-tokenizer has no ByteLevel step: not a byte-level BPE", name);
+  if (root.contains("decoder") && !root.at("decoder").is_null()) {
+    const std::string t = type_of(root.at("decoder"), name + ": decoder");
+    if (t != "ByteLevel") fail("{}: decoder '{}' is not supported (ByteLevel is)", name, t);
+  }
+
+  // tokenizer_config.json: BOS, EOS, whether a BOS starts a text, the chat template.
+  const fs::path config_file = file.parent_path() / "tokenizer_config.json";
+  if (fs::exists(config_file)) {
+    const json config = read_json(config_file);
+    bpe_tokenizer view(std::move(s));
+    for (auto [key, slot] : {std::pair{"bos_token", &view.s_->bos}, {"eos_token", &view.s_->eos}})
+      if (const auto text = token_text(config, key)) {
+        *slot = view.id_of(*text);
+        if (!*slot)
+          fail("{}: {} '{}' is not a token of {}", config_file.string(), key, *text, name);
+      }
+    view.s_->add_bos = config.value("add_bos_token", false);
+    if (config.contains("chat_template") && config.at("chat_template").is_string())
+      view.s_->chat_template = config.at("chat_template").get<std::string>();
+    return view;
+  }
+  return bpe_tokenizer(std::move(s));
+}
+
+void bpe_tokenizer::encode(std::string_view text, std::vector<std::int32_t>& out) const {
+  if (const std::size_t bad = invalid_utf8(text); bad != std::string_view::npos)
+    fail("the text is not valid UTF-8 (byte {} of {})", bad, text.size());
+  std::vector<std::string_view> pieces;
+  std::size_t plain = 0;  // the start of the text since the last added token
+  const auto flush = [&](std::size_t end) {
+    if (end <= plain) return;
+    s_->pre_tokenize(text.substr(plain, end - plain), pieces);
+    for (std::string_view piece : pieces) s_->encode_piece(piece, out);
+  };
+  for (std::size_t at = 0; at < text.size();) {
+    const auto [length, id] = s_->added.longest(text, at);
+    if (length == 0) {
+      ++at;
+      continue;
+    }
+    flush(at);
+    out.push_back(id);
+    at += length;
+    plain = at;
+  }
+  flush(text.size());
+}
+
+std::vector<std::int32_t> bpe_tokenizer::encode(std::string_view text) const {
+  std::vector<std::int32_t> out;
+  encode(text, out);
+  return out;
+}
+
+std::string bpe_tokenizer::decode(std::span<const std::int32_t> ids) const {
+  std::string out;
+  for (std::int32_t id : ids) {
+    if (id < 0 || static_cast<std::size_t>(id) >= s_->spelling.size())
+      fail("token id {} is outside the vocabulary of {} (0 to {})", id, s_->file.string(),
+           s_->spelling.size() - 1);
+    out += s_->spelling[static_cast<std::size_t>(id)];
+  }
+  return out;
+}
+
+std::int64_t bpe_tokenizer::vocab_size() const {
+  return static_cast<std::int64_t>(s_->spelling.size());
+}
+
+std::optional<std::int32_t> bpe_tokenizer::id_of(std::string_view token) const {
+  const auto [length, id] = s_->added.longest(token, 0);
+  if (length == token.size() && length > 0) return id;
+  if (const auto it = s_->vocab.find(std::string(token)); it != s_->vocab.end()) return it->second;
+  return std::nullopt;
+}
+
+std::optional<std::int32_t> bpe_tokenizer::bos() const {
+  return s_->bos;
+}
+std::optional<std::int32_t> bpe_tokenizer::eos() const {
+  return s_->eos;
+}
+bool bpe_tokenizer::add_bos() const {
+  return s_->add_bos;
+}
+const std::string& bpe_tokenizer::chat_template() const {
+  return s_->chat_template;
+}
+
+}  // namespace troupe

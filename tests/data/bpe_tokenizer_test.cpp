@@ -1,0 +1,131 @@
+// DeepSeek-V3's tokenizer (byte-level BPE from tokenizer.json) against Hugging Face `tokenizers`
+// on 3,000 strings (tests/fixtures/tokenizer, made by tools/reference/make_tokenizer_fixture.py):
+// the same ids for every string, the same text back; and the errors a bad tokenizer file gets.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "runtime/core/error.hpp"
+#include "runtime/data/bpe_tokenizer.hpp"
+#include "tests/support/fixtures.hpp"
+
+namespace {
+
+using namespace troupe;
+namespace fs = std::filesystem;
+
+fs::path fixture_dir() {
+  return troupe::testing::source_dir() / "tests/fixtures/tokenizer";
+}
+
+const bpe_tokenizer& deepseek() {
+  static const bpe_tokenizer tokenizer = bpe_tokenizer::load(fixture_dir() / "deepseek-v3");
+  return tokenizer;
+}
+
+TEST(BpeTokenizer, EncodesAndDecodesAsHuggingFaceTokenizers) {
+  const nlohmann::json fixture = troupe::testing::read_json(fixture_dir() / "cases.json");
+  const auto& cases = fixture.at("cases");
+  ASSERT_GE(cases.size(), 3000u);
+  std::size_t tokens = 0, mismatches = 0;
+  for (const auto& c : cases) {
+    const auto text = c.at("text").get<std::string>();
+    const auto expected = c.at("ids").get<std::vector<std::int32_t>>();
+    const std::vector<std::int32_t> ids = deepseek().encode(text);
+    tokens += ids.size();
+    if (ids != expected && ++mismatches <= 5)
+      ADD_FAILURE() << "encode differs from tokenizers " << fixture.at("tokenizers") << " for '"
+                    << text << "'";
+    EXPECT_EQ(deepseek().decode(expected), c.at("decoded").get<std::string>()) << text;
+    EXPECT_EQ(deepseek().decode(ids), text);
+  }
+  EXPECT_EQ(mismatches, 0u) << "of " << cases.size() << " strings";
+  std::printf("[ tokenizer ] %zu strings, %zu tokens, %zu differ from tokenizers\n", cases.size(),
+              tokens, mismatches);
+}
+
+TEST(BpeTokenizer, ReadsTheSpecialTokensOfTheConfig) {
+  const bpe_tokenizer& t = deepseek();
+  EXPECT_EQ(t.vocab_size(), 129280);  // DeepSeek-V3's vocab_size
+  ASSERT_TRUE(t.bos() && t.eos());
+  EXPECT_EQ(*t.bos(), 0);
+  EXPECT_EQ(*t.eos(), 1);
+  EXPECT_EQ(t.id_of("<｜end▁of▁sentence｜>"), 1);
+  EXPECT_EQ(t.encode("a<｜end▁of▁sentence｜>b"),
+            (std::vector<std::int32_t>{*t.id_of("a"), 1, *t.id_of("b")}));
+  EXPECT_FALSE(t.id_of("no such token"));
+  for (const std::string& bad : {std::string("ok\xff"), std::string("\xc3"),
+                                 std::string("\xed\xa0\x80"), std::string("\xc0\xaf")}) {
+    try {
+      (void)t.encode(bad);
+      ADD_FAILURE() << "no error for invalid UTF-8";
+    } catch (const error& e) {
+      EXPECT_NE(std::string(e.what()).find("not valid UTF-8"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW((void)t.decode(std::vector<std::int32_t>{129280}), error);
+  EXPECT_THROW((void)t.decode(std::vector<std::int32_t>{-1}), error);
+}
+
+/// A scratch copy of the fixture's tokenizer.json with `edit` applied to its JSON.
+fs::path edited(const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+  static const nlohmann::json original =
+      troupe::testing::read_json(fixture_dir() / "deepseek-v3" / "tokenizer.json");
+  const fs::path dir =
+      fs::temp_directory_path() / ("troupe-tokenizer-test-" + std::to_string(::getpid())) / name;
+  fs::create_directories(dir);
+  nlohmann::json j = original;
+  edit(j);
+  std::ofstream(dir / "tokenizer.json") << j.dump();
+  return dir;
+}
+
+void expect_error(const fs::path& path, const std::vector<std::string>& parts) {
+  try {
+    (void)bpe_tokenizer::load(path);
+    ADD_FAILURE() << "no error for " << path;
+  } catch (const error& e) {
+    for (const auto& part : parts)
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
+TEST(BpeTokenizer, BadFilesAreErrorsThatNameTheFileAndTheKey) {
+  expect_error(fs::temp_directory_path() / "troupe-no-such-dir", {"troupe-no-such-dir", "no such"});
+  expect_error(fs::temp_directory_path(), {"has no tokenizer.json"});
+  const fs::path broken =
+      fs::temp_directory_path() / ("troupe-tokenizer-broken-" + std::to_string(::getpid()));
+  fs::create_directories(broken);
+  std::ofstream(broken / "tokenizer.json") << "{\"model\": {\"type\": \"BPE\", ";
+  expect_error(broken, {"tokenizer.json", "not valid JSON", "byte"});
+  expect_error(edited("wordpiece", [](auto& j) { j["model"]["type"] = "WordPiece"; }),
+               {"model.type", "WordPiece"});
+  expect_error(edited("normalizer",
+                      [](auto& j) {
+                        j["normalizer"] = {{"type", "NFKC"}};
+                      }),
+               {"normalizer", "NFKC"});
+  expect_error(
+      edited("whitespace",
+             [](auto& j) { j["pre_tokenizer"]["pretokenizers"][1]["type"] = "Whitespace"; }),
+      {"pre_tokenizer[1]", "Whitespace"});
+  expect_error(edited("regex",
+                      [](auto& j) {
+                        j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(\\p{N}";
+                      }),
+               {"pre_tokenizer[0]", "does not compile"});
+  expect_error(edited("merge", [](auto& j) { j["model"]["merges"][7] = "nosuch token"; }),
+               {"model.merges[7]", "nosuch"});
+  expect_error(edited("bytes", [](auto& j) { j["model"]["vocab"].erase("Ġ"); }),
+               {"byte 32", "byte-level"});
+  fs::remove_all(fs::temp_directory_path() /
+                 ("troupe-tokenizer-test-" + std::to_string(::getpid())));
+  fs::remove_all(broken);
+}
+
+}  // namespace

@@ -40,8 +40,9 @@ void expect_contains(const run_result& result, const std::string& part) {
 }
 
 TEST(Cli, HelpOnEverySubcommand) {
-  for (const char* command : {"", "version", "plugins", "plugins list", "topo", "topo check",
-                              "topo dot", "topo keys", "train", "plot", "schedule"}) {
+  for (const char* command :
+       {"", "version", "plugins", "plugins list", "topo", "topo check", "topo dot", "topo keys",
+        "train", "plot", "schedule", "tokenize", "bench attention"}) {
     auto result = run(std::string(command) + " --help");
     EXPECT_EQ(result.exit_code, 0) << command << "\n" << result.output;
     expect_contains(result, "Usage:");
@@ -275,6 +276,28 @@ TEST(Cli, LogitsWritesWhatTransformersComputes) {
   auto not_a_model = run("logits --model " + source("topologies") + " --tokens 1");
   EXPECT_EQ(not_a_model.exit_code, 1);
   expect_contains(not_a_model, "no config.json");
+}
+
+TEST(Cli, TokenizeEncodesAndDecodesWithDeepSeeksTokenizer) {
+  const std::string tokenizer = "--tokenizer " + source("tests/fixtures/tokenizer/deepseek-v3");
+  // The ids `tokenizers` gives (tools/reference/make_tokenizer_fixture.py's tokenizer).
+  auto encoded = run("tokenize " + tokenizer + " --text 'Hello, world! 12345'");
+  EXPECT_EQ(encoded.exit_code, 0) << encoded.output;
+  EXPECT_EQ(encoded.output, "19923,14,2058,3,223,6895,1883\n");
+  auto decoded = run("tokenize " + tokenizer + " --ids 19923,14,2058,3");
+  EXPECT_EQ(decoded.exit_code, 0) << decoded.output;
+  EXPECT_EQ(decoded.output, "Hello, world!\n");
+  auto chat = run("tokenize " + tokenizer + " --chat --json --text 'Hi'");
+  EXPECT_EQ(chat.exit_code, 0) << chat.output;
+  const auto j = nlohmann::json::parse(chat.output);
+  EXPECT_EQ(j.at("ids").front(), 0);      // <｜begin▁of▁sentence｜>
+  EXPECT_EQ(j.at("ids").back(), 128804);  // <｜Assistant｜>
+  auto bad_id = run("tokenize " + tokenizer + " --ids 5,999999");
+  EXPECT_EQ(bad_id.exit_code, 1);
+  expect_contains(bad_id, "'999999' is not a token id in [0, 129280)");
+  auto missing = run("tokenize --tokenizer /nonexistent/dir --text x");
+  EXPECT_EQ(missing.exit_code, 1);
+  expect_contains(missing, "/nonexistent/dir: no such file or directory");
 }
 
 TEST(Cli, TopoKeysPrintsTheReference) {

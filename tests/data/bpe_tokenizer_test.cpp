@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -12,6 +13,7 @@
 
 #include "runtime/core/error.hpp"
 #include "runtime/data/bpe_tokenizer.hpp"
+#include "runtime/data/chat_prompt.hpp"
 #include "tests/support/fixtures.hpp"
 
 namespace {
@@ -70,6 +72,22 @@ TEST(BpeTokenizer, ReadsTheSpecialTokensOfTheConfig) {
   }
   EXPECT_THROW((void)t.decode(std::vector<std::int32_t>{129280}), error);
   EXPECT_THROW((void)t.decode(std::vector<std::int32_t>{-1}), error);
+}
+
+TEST(BpeTokenizer, ChatPromptsKeepTheirSpecialTokens) {
+  const bpe_tokenizer& t = deepseek();
+  const std::string bos = "<｜begin▁of▁sentence｜>", eos = "<｜end▁of▁sentence｜>";
+  const std::vector<chat_message> chat{
+      {"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello."}, {"user", "2+2?"}};
+  const std::string prompt = deepseek_chat_prompt(chat, bos, eos);
+  EXPECT_EQ(prompt, bos + "Be brief.<｜User｜>Hi<｜Assistant｜>Hello." + eos +
+                        "<｜User｜>2+2?<｜Assistant｜>");
+  const auto ids = t.encode(prompt);
+  EXPECT_EQ(ids.front(), *t.bos());
+  EXPECT_EQ(ids.back(), *t.id_of("<｜Assistant｜>"));
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), *t.eos()), 1);
+  EXPECT_EQ(t.decode(ids), prompt);
+  EXPECT_THROW((void)deepseek_chat_prompt({{"tool", "x"}}, bos, eos), error);
 }
 
 /// A scratch copy of the fixture's tokenizer.json with `edit` applied to its JSON.

@@ -14,6 +14,7 @@
 
 #include "kernels/cuda/cublaslt_gemm.hpp"
 #include "kernels/cuda/fp8_gemm.hpp"
+#include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/device/stream.hpp"
 #include "runtime/exec/convert.hpp"

@@ -36,6 +36,7 @@ void add_topo_command(CLI::App& app, int& exit_code);
 void add_train_command(CLI::App& app, int& exit_code);
 void add_launch_command(CLI::App& app, int& exit_code);
 void add_logits_command(CLI::App& app, int& exit_code);
+void add_tokenize_command(CLI::App& app, int& exit_code);
 void add_bench_command(CLI::App& app, int& exit_code);
 void add_bench_gemm_command(CLI::App& bench_group, int& exit_code);
 void add_bench_attention_command(CLI::App& bench_group, int& exit_code);

@@ -10,6 +10,7 @@
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
 #include "tools/troupe/commands.hpp"
+#include "tools/troupe/token_ids.hpp"
 
 namespace troupe::cli {
 
@@ -26,25 +27,8 @@ struct logits_options {
 int logits(const logits_options& options) {
   const auto checkpoint = hf_checkpoint::open(options.model);
   const auto& config = checkpoint.config();
-  std::vector<std::int32_t> ids;
-  std::string_view rest = options.tokens;
-  while (!rest.empty()) {
-    const auto comma = rest.find(',');
-    const std::string item(rest.substr(0, comma));
-    std::size_t used = 0;
-    long value = -1;
-    try {
-      value = std::stol(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != item.size() || value < 0 || value >= config.vocab_size)
-      fail("--tokens: '{}' is not a token id in [0, {})", item, config.vocab_size);
-    ids.push_back(static_cast<std::int32_t>(value));
-    if (comma == std::string_view::npos) break;
-    rest.remove_prefix(comma + 1);
-  }
-  if (ids.empty()) fail("--tokens: give at least one token id");
+  const std::vector<std::int32_t> ids =
+      parse_token_ids(options.tokens, config.vocab_size, "--tokens");
   const device where = parse_device(options.device);
   if (where.is_cuda()) cuda::require_device(where.index);  // before the model is read
 

@@ -1,0 +1,116 @@
+#include "runtime/inference/latent_cache.hpp"
+
+#include <algorithm>
+
+#include "runtime/core/error.hpp"
+
+namespace troupe {
+
+std::int64_t latent_cache_shape::bytes_per_token() const {
+  return layers * width() * static_cast<std::int64_t>(size_of(type));
+}
+
+latent_cache::latent_cache(const latent_cache_shape& shape, std::uint64_t budget_bytes,
+                           device where)
+    : shape_(shape) {
+  if (shape.layers <= 0 || shape.kv_lora_rank <= 0 || shape.rope_dim < 0 || shape.block_tokens <= 0)
+    fail(
+        "latent cache: layers {}, kv_lora_rank {}, rope_dim {} and block_tokens {} must be "
+        "positive (rope_dim may be 0)",
+        shape.layers, shape.kv_lora_rank, shape.rope_dim, shape.block_tokens);
+  const auto block_bytes = static_cast<std::uint64_t>(shape.bytes_per_block());
+  blocks_ = static_cast<std::int64_t>(std::min<std::uint64_t>(
+      budget_bytes / block_bytes, std::numeric_limits<std::int32_t>::max()));
+  if (blocks_ == 0)
+    fail(
+        "latent cache: a budget of {} bytes holds no block of {} tokens ({} bytes: {} layers x "
+        "{} values x {} bytes per token)",
+        budget_bytes, shape.block_tokens, block_bytes, shape.layers, shape.width(),
+        size_of(shape.type));
+  pool_ = tensor::empty(dtype::u8, {blocks_ * shape.bytes_per_block()}, where);
+  free_.resize(static_cast<std::size_t>(blocks_));
+  // Handed out from the back: block 0 first.
+  for (std::int64_t b = 0; b < blocks_; ++b)
+    free_[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(blocks_ - 1 - b);
+}
+
+latent_cache::table& latent_cache::at(sequence_id sequence) {
+  const auto it = tables_.find(sequence);
+  if (it == tables_.end()) fail("latent cache: no sequence {}", sequence);
+  return it->second;
+}
+
+const latent_cache::table& latent_cache::at(sequence_id sequence) const {
+  const auto it = tables_.find(sequence);
+  if (it == tables_.end()) fail("latent cache: no sequence {}", sequence);
+  return it->second;
+}
+
+latent_cache::sequence_id latent_cache::add_sequence() {
+  const sequence_id id = next_++;
+  tables_.emplace(id, table{});
+  return id;
+}
+
+bool latent_cache::reserve(sequence_id sequence, std::int64_t tokens) {
+  if (tokens < 0) fail("latent cache: reserve {} tokens", tokens);
+  table& t = at(sequence);
+  const std::int64_t needed = (t.length + tokens + shape_.block_tokens - 1) / shape_.block_tokens;
+  const auto have = static_cast<std::int64_t>(t.blocks.size());
+  if (needed <= have) return true;
+  if (needed - have > free_blocks()) return false;
+  for (std::int64_t i = have; i < needed; ++i) {
+    t.blocks.push_back(free_.back());
+    free_.pop_back();
+  }
+  return true;
+}
+
+void latent_cache::advance(sequence_id sequence, std::int64_t tokens) {
+  table& t = at(sequence);
+  if (tokens < 0 || t.length + tokens > capacity(sequence))
+    fail("latent cache: sequence {} advances by {} past its capacity {} (length {}): reserve first",
+         sequence, tokens, capacity(sequence), t.length);
+  t.length += tokens;
+}
+
+void latent_cache::release(sequence_id sequence) {
+  const auto it = tables_.find(sequence);
+  if (it == tables_.end()) fail("latent cache: no sequence {}", sequence);
+  free_.insert(free_.end(), it->second.blocks.rbegin(), it->second.blocks.rend());
+  tables_.erase(it);
+}
+
+std::int64_t latent_cache::length(sequence_id sequence) const {
+  return at(sequence).length;
+}
+
+std::int64_t latent_cache::capacity(sequence_id sequence) const {
+  return static_cast<std::int64_t>(at(sequence).blocks.size()) * shape_.block_tokens;
+}
+
+std::span<const std::int32_t> latent_cache::block_table(sequence_id sequence) const {
+  return at(sequence).blocks;
+}
+
+void* latent_cache::tile(std::int32_t block, std::int64_t layer) {
+  if (block < 0 || block >= blocks_ || layer < 0 || layer >= shape_.layers)
+    fail("latent cache: block {} layer {} outside {} blocks of {} layers", block, layer, blocks_,
+         shape_.layers);
+  const std::int64_t tile_bytes =
+      shape_.block_tokens * shape_.width() * static_cast<std::int64_t>(size_of(shape_.type));
+  return static_cast<char*>(pool_.data()) + block * shape_.bytes_per_block() + layer * tile_bytes;
+}
+
+void* latent_cache::slot(sequence_id sequence, std::int64_t layer, std::int64_t position) {
+  const table& t = at(sequence);
+  if (position < 0 || position >= capacity(sequence))
+    fail("latent cache: position {} of sequence {} is outside its {} reserved positions", position,
+         sequence, capacity(sequence));
+  const std::int32_t block = t.blocks[static_cast<std::size_t>(position / shape_.block_tokens)];
+  const std::int64_t row = position % shape_.block_tokens;
+  return static_cast<char*>(tile(block, layer)) +
+         row * shape_.width() * static_cast<std::int64_t>(size_of(shape_.type));
+}
+
+}  // namespace troupe

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -168,6 +169,17 @@ TEST(Cli, TrainLogsEveryStepCheckpointsAndPlots) {
     EXPECT_TRUE(log[2].contains(field)) << field;
   EXPECT_EQ(log[2]["step"], 3);
   EXPECT_TRUE(fs::exists(dir / "ckpt" / "step-000003" / "model.safetensors.index.json"));
+  // The checkpoint and its EMA weights generate text, through troupe's byte tokenizer.
+  for (const fs::path& weights :
+       {dir / "ckpt" / "step-000003", dir / "ckpt" / "step-000003" / "ema"}) {
+    auto generated =
+        run("generate --model " + weights.string() + " --prompt Hello --max-new-tokens 4 --json");
+    ASSERT_EQ(generated.exit_code, 0) << generated.output;
+    const auto g = nlohmann::json::parse(generated.output);
+    EXPECT_EQ(g.at("prompt_ids").size(), 6u);  // BOS and five bytes
+    EXPECT_TRUE(g.contains("text"));
+    EXPECT_LE(g.at("generated_tokens").size(), 4u);
+  }
 
   auto plotted =
       run("plot " + (dir / "log.json").string() + " --out " + (dir / "plot.png").string());
@@ -276,6 +288,56 @@ TEST(Cli, LogitsWritesWhatTransformersComputes) {
   auto not_a_model = run("logits --model " + source("topologies") + " --tokens 1");
   EXPECT_EQ(not_a_model.exit_code, 1);
   expect_contains(not_a_model, "no config.json");
+}
+
+TEST(Cli, GenerateContinuesAsTransformersPredictsAndStopsWhereAsked) {
+  const std::string model = source("tests/fixtures/models/q-lora");
+  std::ifstream in(model + "/reference.json");
+  const auto reference = nlohmann::json::parse(in);
+  std::string tokens;
+  for (const auto& t : reference["tokens"])
+    tokens += (tokens.empty() ? "" : ",") + std::to_string(t.get<int>());
+  // transformers' next token after the prompt: the argmax of its last row of logits.
+  const auto logits = troupe::testing::read_floats(model + "/logits.bin");
+  const std::size_t vocab = 96, rows = logits.size() / vocab;
+  const auto last = logits.begin() + static_cast<std::ptrdiff_t>((rows - 1) * vocab);
+  const int expected = static_cast<int>(std::max_element(last, last + vocab) - last);
+  const std::string base = "generate --model " + model + " --tokens " + tokens;
+  auto greedy = run(base + " --max-new-tokens 6 --json");
+  ASSERT_EQ(greedy.exit_code, 0) << greedy.output;
+  const auto g = nlohmann::json::parse(greedy.output);
+  ASSERT_FALSE(g.at("generated_tokens").empty());
+  EXPECT_EQ(g.at("generated_tokens").front(), expected);
+  EXPECT_EQ(g.at("prompt_tokens"), rows);
+  const std::string stop = g.at("stop");
+  EXPECT_TRUE(stop == "eos" ? g.at("generated_tokens").back() == 1  // the config's EOS
+                            : g.at("generated_tokens").size() == 6)
+      << greedy.output;
+  for (const char* key : {"prompt_seconds", "generate_seconds", "generated_tokens_per_second"})
+    EXPECT_TRUE(g.contains(key)) << key;
+  // Streamed: the ids as text (no tokenizer), then the rates on stderr.
+  auto streamed = run(base + " --max-new-tokens 3");
+  EXPECT_EQ(streamed.exit_code, 0) << streamed.output;
+  expect_contains(streamed, std::to_string(expected) + " ");
+  expect_contains(streamed, "tokens/s");
+  // A seed gives the same draws again.
+  const std::string sampled =
+      base + " --max-new-tokens 8 --temperature 1.5 --top-k 20 --seed 11 --json";
+  auto first = run(sampled), second = run(sampled);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_EQ(nlohmann::json::parse(first.output).at("generated_tokens"),
+            nlohmann::json::parse(second.output).at("generated_tokens"));
+  // Refusals, with the cause.
+  auto cold = run(base + " --temperature -1");
+  EXPECT_EQ(cold.exit_code, 1);
+  expect_contains(cold, "temperature -1 must be finite and at least 0");
+  auto no_tokenizer = run("generate --model " + model + " --prompt hello");
+  EXPECT_EQ(no_tokenizer.exit_code, 1);
+  expect_contains(no_tokenizer, "--prompt needs a tokenizer");
+  auto wrong_vocabulary = run("generate --model " + model + " --prompt hello --tokenizer " +
+                              source("tests/fixtures/tokenizer/deepseek-v3"));
+  EXPECT_EQ(wrong_vocabulary.exit_code, 1);
+  expect_contains(wrong_vocabulary, "outside the model's vocabulary of 96");
 }
 
 TEST(Cli, TokenizeEncodesAndDecodesWithDeepSeeksTokenizer) {

@@ -37,6 +37,7 @@ void add_train_command(CLI::App& app, int& exit_code);
 void add_launch_command(CLI::App& app, int& exit_code);
 void add_logits_command(CLI::App& app, int& exit_code);
 void add_tokenize_command(CLI::App& app, int& exit_code);
+void add_generate_command(CLI::App& app, int& exit_code);
 void add_bench_command(CLI::App& app, int& exit_code);
 void add_bench_gemm_command(CLI::App& bench_group, int& exit_code);
 void add_bench_attention_command(CLI::App& bench_group, int& exit_code);

@@ -1,0 +1,268 @@
+// `troupe generate`: text from a Hugging Face DeepSeek-V3 directory or a troupe checkpoint,
+// greedy or sampled (temperature, top-k, top-p, seed), streamed to stdout as it is produced and
+// stopped at EOS or after --max-new-tokens; --json prints one object for scripts instead.
+//
+// NOTES: every token runs the model over the whole sequence so far (the training forward): the
+// cost grows with the square of the length. MLA's paged latent cache (runtime/inference/
+// latent_cache.hpp) is the next step; greedy output will not change with it, which is what the
+// tests hold it to.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/data/bpe_tokenizer.hpp"
+#include "runtime/data/byte_tokenizer.hpp"
+#include "runtime/data/chat_prompt.hpp"
+#include "runtime/device/cuda.hpp"
+#include "runtime/exec/exec_context.hpp"
+#include "runtime/inference/sampler.hpp"
+#include "runtime/model/model_runner.hpp"
+#include "runtime/plugin/registry.hpp"
+#include "tools/troupe/commands.hpp"
+#include "tools/troupe/token_ids.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+struct generate_options {
+  std::string model, prompt, tokens, tokenizer;
+  int max_new_tokens = 64;
+  sampling_params sampling;
+  std::string device = "cpu";
+  int threads = 0;
+  bool chat = false, json = false;
+};
+
+/// Text in and out of the model: a Hugging Face tokenizer.json, or troupe's byte tokenizer (its
+/// own models: every byte a token).
+struct text_codec {
+  std::function<void(std::string_view, std::vector<std::int32_t>&)> encode;
+  std::function<std::string(const std::vector<std::int32_t>&)> decode;
+  std::optional<std::int32_t> bos, eos;
+  bool add_bos = false;
+  /// The chat format's tokens (Hugging Face tokenizers only).
+  bool chat_tokens = false;
+};
+
+/// A troupe training checkpoint (or its ema/ directory): its text went through the byte
+/// tokenizer.
+bool troupe_checkpoint(const fs::path& model) {
+  return fs::exists(model / "trainer_state.json") ||
+         (model.filename() == "ema" && fs::exists(model.parent_path() / "trainer_state.json"));
+}
+
+/// The run's tokenizer: --tokenizer (a tokenizer.json, its directory, or "bytes"), else the
+/// model directory's tokenizer.json, else the byte tokenizer for a troupe checkpoint.
+std::optional<text_codec> open_tokenizer(const generate_options& o, const model_config& config) {
+  const fs::path model(o.model);
+  std::string choice = o.tokenizer;
+  if (choice.empty()) {
+    if (fs::exists(model / "tokenizer.json"))
+      choice = o.model;
+    else if (troupe_checkpoint(fs::absolute(model).lexically_normal()))
+      choice = "bytes";
+    else
+      return std::nullopt;
+  }
+  text_codec codec;
+  if (choice == "bytes") {
+    auto bytes = std::make_shared<byte_tokenizer>(config);
+    codec.encode = [bytes](std::string_view text, std::vector<std::int32_t>& out) {
+      bytes->encode(text, out);
+    };
+    codec.decode = [bytes](const std::vector<std::int32_t>& ids) { return bytes->decode(ids); };
+    codec.bos = bytes->specials().bos;
+    codec.eos = bytes->specials().eos;
+    codec.add_bos = true;  // troupe's documents start with BOS
+    return codec;
+  }
+  auto bpe = std::make_shared<bpe_tokenizer>(bpe_tokenizer::load(choice));
+  codec.encode = [bpe](std::string_view text, std::vector<std::int32_t>& out) {
+    bpe->encode(text, out);
+  };
+  codec.decode = [bpe](const std::vector<std::int32_t>& ids) { return bpe->decode(ids); };
+  codec.bos = bpe->bos();
+  codec.eos = bpe->eos();
+  codec.add_bos = bpe->add_bos();
+  codec.chat_tokens = true;
+  return codec;
+}
+
+/// The prompt's ids: --tokens as given, or --prompt encoded (in the chat format with --chat,
+/// after the BOS token where the tokenizer asks for one).
+std::vector<std::int32_t> prompt_ids(const generate_options& o,
+                                     const std::optional<text_codec>& tokenizer,
+                                     std::int64_t vocab_size) {
+  if (o.tokens.empty() == o.prompt.empty()) fail("give one of --prompt and --tokens");
+  if (!o.tokens.empty()) return parse_token_ids(o.tokens, vocab_size, "--tokens");
+  if (!tokenizer)
+    fail(
+        "--prompt needs a tokenizer: {} has no tokenizer.json; give --tokenizer PATH (or "
+        "bytes) or --tokens IDS",
+        o.model);
+  std::vector<std::int32_t> ids;
+  if (o.chat) {
+    if (!tokenizer->chat_tokens || !tokenizer->bos || !tokenizer->eos)
+      fail(
+          "--chat needs a Hugging Face tokenizer whose tokenizer_config.json names bos_token and "
+          "eos_token");
+    tokenizer->encode(
+        deepseek_chat_prompt({{"user", o.prompt}}, tokenizer->decode(std::vector{*tokenizer->bos}),
+                             tokenizer->decode(std::vector{*tokenizer->eos})),
+        ids);
+  } else {
+    if (tokenizer->add_bos && tokenizer->bos) ids.push_back(*tokenizer->bos);
+    tokenizer->encode(o.prompt, ids);
+  }
+  for (std::int32_t id : ids)
+    if (id >= vocab_size)
+      fail("the tokenizer gives token {}, outside the model's vocabulary of {}", id, vocab_size);
+  if (ids.empty()) fail("--prompt: the prompt encodes to no token");
+  return ids;
+}
+
+int generate(const generate_options& o) {
+  check_sampling(o.sampling);  // before anything is read
+  const auto checkpoint = hf_checkpoint::open(o.model);
+  const auto& config = checkpoint.config();
+  const std::optional<text_codec> tokenizer = open_tokenizer(o, config);
+  std::vector<std::int32_t> ids = prompt_ids(o, tokenizer, config.vocab_size);
+  const std::int32_t eos = tokenizer && tokenizer->eos
+                               ? *tokenizer->eos
+                               : static_cast<std::int32_t>(config.eos_token_id);
+  const device where = parse_device(o.device);
+  if (where.is_cuda()) cuda::require_device(where.index);  // before the model is read
+
+  plugin_registry registry;
+  model_options model;
+  model.mtp = false;
+  model.where = where;
+  model_runner runner(config, {}, load_model_plugins(registry, config), model);
+  load_parameters(checkpoint, runner.parameters());
+  thread_pool pool(o.threads > 0
+                       ? o.threads
+                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  exec_context context(where, pool);
+
+  const std::size_t prompt_length = ids.size();
+  std::vector<std::int32_t> generated;
+  double prompt_seconds = 0.0;
+  const auto start = clock_type::now();
+  std::string stop = "length";
+  std::vector<float> last(static_cast<std::size_t>(config.vocab_size));
+  for (int step = 0; step < o.max_new_tokens; ++step) {
+    model_batch batch;
+    const auto length = static_cast<std::int64_t>(ids.size());
+    batch.tokens = tensor::empty(dtype::i32, {1, length});
+    std::copy(ids.begin(), ids.end(), batch.tokens.data_as<std::int32_t>());
+    const model_output output = runner.forward(context, 0, batch, true);
+    runner.forget(0);
+    const tensor logits = output.logits.to(device::cpu());
+    const float* row = logits.data_as<float>() + (length - 1) * config.vocab_size;
+    std::copy(row, row + config.vocab_size, last.begin());
+    if (step == 0)
+      prompt_seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    const std::int32_t token = sample_token(last, o.sampling, static_cast<std::uint64_t>(step));
+    generated.push_back(token);
+    ids.push_back(token);
+    if (token == eos) {
+      stop = "eos";
+      break;
+    }
+    if (!o.json) {
+      const std::string piece =
+          tokenizer ? tokenizer->decode(std::vector{token}) : fmt::format("{} ", token);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+  }
+  const double total = std::chrono::duration<double>(clock_type::now() - start).count();
+  const double decode_seconds = total - prompt_seconds;
+  // The first forward reads the prompt and gives the first token; each later one, a token.
+  const double prompt_rate = static_cast<double>(prompt_length) / std::max(prompt_seconds, 1e-9);
+  const double decode_rate = generated.size() > 1 ? static_cast<double>(generated.size() - 1) /
+                                                        std::max(decode_seconds, 1e-9)
+                                                  : 0.0;
+  if (o.json) {
+    std::vector<std::int32_t> prompt(ids.begin(),
+                                     ids.begin() + static_cast<std::ptrdiff_t>(prompt_length));
+    nlohmann::json out{
+        {"prompt_tokens", prompt_length},          {"prompt_ids", prompt},
+        {"generated_tokens", generated},           {"stop", stop},
+        {"prompt_seconds", prompt_seconds},        {"generate_seconds", total},
+        {"prompt_tokens_per_second", prompt_rate}, {"generated_tokens_per_second", decode_rate}};
+    if (tokenizer) {
+      std::vector<std::int32_t> text_ids = generated;
+      if (!text_ids.empty() && text_ids.back() == eos) text_ids.pop_back();
+      out["text"] = tokenizer->decode(text_ids);
+    }
+    fmt::print("{}\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  } else {
+    fmt::print("\n");
+    fmt::print(stderr,
+               "troupe generate: prompt {} tokens in {:.3f} s ({:.1f} tokens/s); generated {} "
+               "tokens in {:.3f} s ({:.1f} tokens/s after the first); stopped at {}\n",
+               prompt_length, prompt_seconds, prompt_rate, generated.size(), total, decode_rate,
+               stop == "eos" ? "EOS" : "--max-new-tokens");
+  }
+  return exit_ok;
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app, int& exit_code) {
+  auto o = std::make_shared<generate_options>();
+  auto* command = app.add_subcommand(
+      "generate",
+      "Generate text with a Hugging Face DeepSeek-V3 directory or a troupe checkpoint: greedy or "
+      "sampled, streamed to stdout, stopped at EOS");
+  command->add_option("--model", o->model, "Model directory (config.json and *.safetensors)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  command->add_option("--prompt", o->prompt, "The prompt text (needs a tokenizer)");
+  command->add_option("--tokens", o->tokens, "The prompt as comma-separated token ids");
+  command->add_option("--tokenizer", o->tokenizer,
+                      "tokenizer.json or its directory, or bytes (troupe's byte tokenizer); "
+                      "default: the model directory's tokenizer.json, bytes for a troupe "
+                      "checkpoint");
+  command->add_flag("--chat", o->chat,
+                    "Wrap the prompt as a user turn of DeepSeek-V3's chat format");
+  command->add_option("--max-new-tokens", o->max_new_tokens, "Stop after this many tokens")
+      ->check(within({1, 1 << 20}))
+      ->capture_default_str();
+  command->add_option("--temperature", o->sampling.temperature, "0: greedy (default)");
+  command->add_option("--top-k", o->sampling.top_k, "Sample among the k most likely (0: all)");
+  command->add_option("--top-p", o->sampling.top_p, "Sample within this probability mass");
+  command->add_option("--seed", o->sampling.seed,
+                      "Seed of the draws (the same seed, the same text)");
+  command->add_option("--device", o->device, "cpu (default) or cuda:N (FP32 on the GPU)");
+  command->add_option("--threads", o->threads, "Worker threads (default: one per core)")
+      ->check(within(thread_bounds));
+  command->add_flag("--json", o->json,
+                    "Print one JSON object (prompt_tokens, generated_tokens, text, timings) "
+                    "instead of streaming");
+  command->callback([o, &exit_code] {
+    try {
+      exit_code = generate(*o);
+    } catch (const std::exception& e) {
+      std::fflush(stdout);
+      fmt::print(stderr, "troupe generate: {}\n", e.what());
+      exit_code = exit_bad_input;
+    }
+  });
+}
+
+}  // namespace troupe::cli

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <queue>
 #include <sstream>
 #include <unordered_map>
 
@@ -126,25 +127,27 @@ class regex {
            reinterpret_cast<const char*>(message.data()));
     }
     (void)pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // the interpreter where JIT is absent
-    match_ = pcre2_match_data_create_from_pattern(code_, nullptr);
   }
-  ~regex() {
-    pcre2_match_data_free(match_);
-    pcre2_code_free(code_);
-  }
+  ~regex() { pcre2_code_free(code_); }
   regex(const regex&) = delete;
   regex& operator=(const regex&) = delete;
 
-  /// The [begin, end) byte ranges of the matches in `text`, left to right, not overlapping.
+  /// The [begin, end) byte ranges of the matches in `text` (valid UTF-8: encode() checked it),
+  /// left to right, not overlapping. Match data per call: encode() may run on several threads.
   std::vector<std::pair<std::size_t, std::size_t>> matches(std::string_view text) const {
+    // NOTES: PCRE2_NO_UTF_CHECK: without it PCRE2 validates the subject from the start offset
+    // to the end on every call, which is quadratic in the text over all the matches.
+    std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> match(
+        pcre2_match_data_create_from_pattern(code_, nullptr), &pcre2_match_data_free);
+    if (!match) fail("tokenizer: out of memory for a match");
     std::vector<std::pair<std::size_t, std::size_t>> out;
     std::size_t at = 0;
     while (at <= text.size()) {
       const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), at,
-                                 0, match_, nullptr);
+                                 PCRE2_NO_UTF_CHECK, match.get(), nullptr);
       if (rc == PCRE2_ERROR_NOMATCH) break;
       if (rc < 0) fail("tokenizer: a pre-tokenizer expression failed on the text (PCRE2 {})", rc);
-      const PCRE2_SIZE* v = pcre2_get_ovector_pointer(match_);
+      const PCRE2_SIZE* v = pcre2_get_ovector_pointer(match.get());
       if (v[1] > v[0]) {
         out.emplace_back(v[0], v[1]);
         at = v[1];
@@ -158,7 +161,6 @@ class regex {
 
  private:
   pcre2_code* code_ = nullptr;
-  pcre2_match_data* match_ = nullptr;
 };
 
 /// One Split pre-tokenizer with behavior "Isolated": every match a piece, and every gap between
@@ -251,22 +253,58 @@ struct bpe_tokenizer::state {
         return;
       }
     }
-    while (symbols.size() > 1) {
-      std::int32_t best_rank = std::numeric_limits<std::int32_t>::max(), merged = -1;
-      std::size_t best = 0;
-      for (std::size_t i = 0; i + 1 < symbols.size(); ++i) {
-        const auto it = merges.find(pair_key(symbols[i], symbols[i + 1]));
-        if (it != merges.end() && it->second.first < best_rank) {
-          best_rank = it->second.first;
-          merged = it->second.second;
-          best = i;
-        }
-      }
-      if (merged < 0) break;
-      symbols[best] = merged;
-      symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best) + 1);
-    }
+    merge_all(symbols);
     out.insert(out.end(), symbols.begin(), symbols.end());
+  }
+
+  /// Applies the merges to `symbols` in rank order, the leftmost of equal ranks first: a heap of
+  /// candidate pairs over a linked list of symbols (tokenizers' Word::merge_all), so a long piece
+  /// costs n log n, not n squared. A candidate whose symbols changed since it was pushed is
+  /// stale and skipped.
+  void merge_all(std::vector<std::int32_t>& symbols) const {
+    const auto n = static_cast<std::int32_t>(symbols.size());
+    if (n < 2) return;
+    std::vector<std::int32_t> next(static_cast<std::size_t>(n)), prev(static_cast<std::size_t>(n));
+    for (std::int32_t i = 0; i < n; ++i) {
+      next[static_cast<std::size_t>(i)] = i + 1 < n ? i + 1 : -1;
+      prev[static_cast<std::size_t>(i)] = i - 1;
+    }
+    struct candidate {
+      std::int32_t rank, left, left_id, right_id;
+      bool operator>(const candidate& o) const {
+        return rank != o.rank ? rank > o.rank : left > o.left;
+      }
+    };
+    std::priority_queue<candidate, std::vector<candidate>, std::greater<>> heap;
+    const auto push = [&](std::int32_t left) {
+      const std::int32_t right = next[static_cast<std::size_t>(left)];
+      if (left < 0 || right < 0) return;
+      const std::int32_t a = symbols[static_cast<std::size_t>(left)],
+                         b = symbols[static_cast<std::size_t>(right)];
+      if (const auto it = merges.find(pair_key(a, b)); it != merges.end())
+        heap.push({it->second.first, left, a, b});
+    };
+    for (std::int32_t i = 0; i + 1 < n; ++i) push(i);
+    while (!heap.empty()) {
+      const candidate c = heap.top();
+      heap.pop();
+      const std::int32_t right = next[static_cast<std::size_t>(c.left)];
+      if (right < 0 || symbols[static_cast<std::size_t>(c.left)] != c.left_id ||
+          symbols[static_cast<std::size_t>(right)] != c.right_id)
+        continue;  // stale
+      symbols[static_cast<std::size_t>(c.left)] = merges.at(pair_key(c.left_id, c.right_id)).second;
+      symbols[static_cast<std::size_t>(right)] = -1;  // gone
+      next[static_cast<std::size_t>(c.left)] = next[static_cast<std::size_t>(right)];
+      if (next[static_cast<std::size_t>(c.left)] >= 0)
+        prev[static_cast<std::size_t>(next[static_cast<std::size_t>(c.left)])] = c.left;
+      push(prev[static_cast<std::size_t>(c.left)]);
+      push(c.left);
+    }
+    std::vector<std::int32_t> kept;
+    kept.reserve(symbols.size());
+    for (std::int32_t i = 0; i >= 0; i = next[static_cast<std::size_t>(i)])
+      kept.push_back(symbols[static_cast<std::size_t>(i)]);
+    symbols.swap(kept);
   }
 
   /// Applies the Split rules one after another to `text` (no added tokens in it).
@@ -319,6 +357,15 @@ std::optional<std::string> token_text(const json& config, const char* key) {
 }  // namespace
 
 bpe_tokenizer bpe_tokenizer::load(const fs::path& path) {
+  std::string reading = path.string();  // the file read() is in
+  try {
+    return read(path, reading);
+  } catch (const json::exception& e) {  // a key of an unexpected type, read with a default
+    fail("{}: a key has an unexpected type: {}", reading, e.what());
+  }
+}
+
+bpe_tokenizer bpe_tokenizer::read(const fs::path& path, std::string& reading) {
   auto s = std::make_unique<state>();
   if (!fs::exists(path))
     fail("{}: no such file or directory (give a tokenizer.json or the directory holding one)",
@@ -327,6 +374,7 @@ bpe_tokenizer bpe_tokenizer::load(const fs::path& path) {
   if (!fs::exists(file)) fail("{}: the directory has no tokenizer.json", path.string());
   s->file = file;
   const std::string name = file.string();
+  reading = name;
   const json root = read_json(file);
   if (!root.is_object()) fail("{}: expected a JSON object at the top", name);
 
@@ -352,19 +400,25 @@ bpe_tokenizer bpe_tokenizer::load(const fs::path& path) {
     size = std::max(size, id.get<std::int64_t>() + 1);
   }
   const json& added = root.contains("added_tokens") ? root.at("added_tokens") : json::array();
+  if (!added.is_array()) fail("{}: added_tokens: expected an array", name);
   for (std::size_t i = 0; i < added.size(); ++i) {
     const std::string where = fmt::format("{}: added_tokens[{}]", name, i);
     const json& t = added[i];
     const json& id = member(t, "id", where);
     const json& content = member(t, "content", where);
-    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || !content.is_string() ||
+    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
+        id.get<std::int64_t>() > std::numeric_limits<std::int32_t>::max() || !content.is_string() ||
         content.get<std::string>().empty())
-      fail("{}: expected a non-negative id and non-empty content", where);
+      fail("{}: expected an id in [0, 2^31) and non-empty content", where);
     for (const char* flag : {"single_word", "lstrip", "rstrip"})
       if (t.value(flag, false))
         fail("{}: '{}' is true; troupe matches added tokens exactly, without it", where, flag);
     size = std::max(size, id.get<std::int64_t>() + 1);
   }
+  // Ids are dense in every real tokenizer; a sparse one would make the id tables huge.
+  const auto entries = static_cast<std::int64_t>(s->vocab.size() + added.size());
+  if (size > 2 * entries + 1024)
+    fail("{}: the highest id is {} for {} tokens: the ids are not dense", name, size - 1, entries);
   s->spelling.assign(static_cast<std::size_t>(size), std::string());
   s->is_added.assign(static_cast<std::size_t>(size), false);
 
@@ -382,21 +436,23 @@ bpe_tokenizer bpe_tokenizer::load(const fs::path& path) {
     s->byte_id[static_cast<std::size_t>(b)] = it->second;
     s->byte_spelling[static_cast<std::size_t>(b)] = spelled;
   }
-  for (const auto& [token, id] : s->vocab) {
+  // A token's bytes, as tokenizers' ByteLevel decoder gives them: every character through the
+  // byte alphabet, or the token's own UTF-8 when one character is outside it.
+  const auto bytes_of = [&](const std::string& token) {
     std::string bytes;
     for (char32_t c : code_points(token)) {
       const auto it = byte_of.find(c);
-      if (it != byte_of.end())
-        bytes += static_cast<char>(it->second);
-      else
-        append_utf8(bytes, c);
+      if (it == byte_of.end()) return token;
+      bytes += static_cast<char>(it->second);
     }
-    s->spelling[static_cast<std::size_t>(id)] = std::move(bytes);
-  }
+    return bytes;
+  };
+  for (const auto& [token, id] : s->vocab)
+    s->spelling[static_cast<std::size_t>(id)] = bytes_of(token);
   for (std::size_t i = 0; i < added.size(); ++i) {
     const auto id = added[i].at("id").get<std::int32_t>();
     const auto content = added[i].at("content").get<std::string>();
-    s->spelling[static_cast<std::size_t>(id)] = content;
+    s->spelling[static_cast<std::size_t>(id)] = bytes_of(content);
     s->is_added[static_cast<std::size_t>(id)] = true;
     s->added.add(content, id);
   }
@@ -479,7 +535,9 @@ bpe_tokenizer bpe_tokenizer::load(const fs::path& path) {
   // tokenizer_config.json: BOS, EOS, whether a BOS starts a text, the chat template.
   const fs::path config_file = file.parent_path() / "tokenizer_config.json";
   if (fs::exists(config_file)) {
+    reading = config_file.string();
     const json config = read_json(config_file);
+    if (!config.is_object()) fail("{}: expected a JSON object", config_file.string());
     bpe_tokenizer view(std::move(s));
     for (auto [key, slot] : {std::pair{"bos_token", &view.s_->bos}, {"eos_token", &view.s_->eos}})
       if (const auto text = token_text(config, key)) {

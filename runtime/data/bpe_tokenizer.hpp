@@ -34,8 +34,9 @@ class bpe_tokenizer {
   /// Appends the ids of `text` (no BOS or EOS added: see add_bos()).
   void encode(std::string_view text, std::vector<std::int32_t>& out) const;
   std::vector<std::int32_t> encode(std::string_view text) const;
-  /// The bytes the ids stand for (added tokens as their text). Throws troupe::error for an id
-  /// outside the vocabulary.
+  /// The bytes the ids stand for (added tokens as their text), as tokenizers' ByteLevel decoder
+  /// gives them; a character split across tokens stays split (no U+FFFD): what streaming wants.
+  /// Throws troupe::error for an id outside the vocabulary.
   std::string decode(std::span<const std::int32_t> ids) const;
 
   /// One more than the highest id (vocabulary and added tokens).
@@ -52,6 +53,8 @@ class bpe_tokenizer {
 
  private:
   struct state;
+  /// load() without its translation of nlohmann errors; `reading` names the file it is in.
+  static bpe_tokenizer read(const std::filesystem::path& path, std::string& reading);
   explicit bpe_tokenizer(std::unique_ptr<state> s);
   std::unique_ptr<state> s_;
 };

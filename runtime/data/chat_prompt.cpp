@@ -7,8 +7,13 @@ namespace troupe {
 std::string deepseek_chat_prompt(const std::vector<chat_message>& messages, std::string_view bos,
                                  std::string_view eos, bool add_generation_prompt) {
   std::string prompt(bos);
-  for (const chat_message& m : messages)  // the system prompts come first, whatever their place
-    if (m.role == "system") prompt += m.content;
+  bool first = true;  // the system prompts come first, whatever their place, "\n\n" between
+  for (const chat_message& m : messages)
+    if (m.role == "system") {
+      if (!first) prompt += "\n\n";
+      prompt += m.content;
+      first = false;
+    }
   for (std::size_t i = 0; i < messages.size(); ++i) {
     const chat_message& m = messages[i];
     if (m.role == "user") {

@@ -1,9 +1,11 @@
 #pragma once
 
 // DeepSeek-V3's chat format, as its tokenizer_config.json's chat_template renders a conversation
-// without tool calls: the BOS token, the system prompts, then per turn "<｜User｜>" and the user's
-// text, or "<｜Assistant｜>", the answer and the EOS token; "<｜Assistant｜>" at the end asks for
-// the next answer. A prompt built here is tokenized with the added tokens intact.
+// without tool calls: the BOS token, the system prompts (joined by a blank line), then per turn
+// "<｜User｜>" and the user's text, or "<｜Assistant｜>", the answer and the EOS token;
+// "<｜Assistant｜>" at the end asks for the next answer. A prompt built here is tokenized with the
+// added tokens intact; so is special token text inside a message, as with Hugging Face's
+// apply_chat_template: a server that takes text from users should know it.
 
 #include <string>
 #include <string_view>

@@ -1,6 +1,7 @@
 #include "runtime/inference/latent_cache.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include "runtime/core/error.hpp"
 
@@ -18,6 +19,9 @@ latent_cache::latent_cache(const latent_cache_shape& shape, std::uint64_t budget
         "latent cache: layers {}, kv_lora_rank {}, rope_dim {} and block_tokens {} must be "
         "positive (rope_dim may be 0)",
         shape.layers, shape.kv_lora_rank, shape.rope_dim, shape.block_tokens);
+  if (shape.layers > (1 << 20) || shape.width() > (1 << 24) || shape.block_tokens > (1 << 20))
+    fail("latent cache: layers {}, width {}, block_tokens {}: beyond any model", shape.layers,
+         shape.width(), shape.block_tokens);
   const auto block_bytes = static_cast<std::uint64_t>(shape.bytes_per_block());
   blocks_ = static_cast<std::int64_t>(std::min<std::uint64_t>(
       budget_bytes / block_bytes, std::numeric_limits<std::int32_t>::max()));
@@ -55,6 +59,7 @@ latent_cache::sequence_id latent_cache::add_sequence() {
 bool latent_cache::reserve(sequence_id sequence, std::int64_t tokens) {
   if (tokens < 0) fail("latent cache: reserve {} tokens", tokens);
   table& t = at(sequence);
+  if (tokens > capacity(sequence) - t.length + free_tokens()) return false;  // before any overflow
   const std::int64_t needed = (t.length + tokens + shape_.block_tokens - 1) / shape_.block_tokens;
   const auto have = static_cast<std::int64_t>(t.blocks.size());
   if (needed <= have) return true;
@@ -68,7 +73,7 @@ bool latent_cache::reserve(sequence_id sequence, std::int64_t tokens) {
 
 void latent_cache::advance(sequence_id sequence, std::int64_t tokens) {
   table& t = at(sequence);
-  if (tokens < 0 || t.length + tokens > capacity(sequence))
+  if (tokens < 0 || tokens > capacity(sequence) - t.length)
     fail("latent cache: sequence {} advances by {} past its capacity {} (length {}): reserve first",
          sequence, tokens, capacity(sequence), t.length);
   t.length += tokens;

@@ -41,6 +41,10 @@ class latent_cache {
   /// As many blocks as `budget_bytes` holds, allocated now on `where`. Throws troupe::error for
   /// a shape with a non-positive size or a budget below one block.
   latent_cache(const latent_cache_shape& shape, std::uint64_t budget_bytes, device where);
+  latent_cache(const latent_cache&) = delete;  // two caches would hand out the same blocks
+  latent_cache& operator=(const latent_cache&) = delete;
+  latent_cache(latent_cache&&) = default;
+  latent_cache& operator=(latent_cache&&) = default;
 
   const latent_cache_shape& shape() const { return shape_; }
   std::int64_t total_blocks() const { return blocks_; }

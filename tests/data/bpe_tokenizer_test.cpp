@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "runtime/core/error.hpp"
@@ -90,6 +92,32 @@ TEST(BpeTokenizer, ChatPromptsKeepTheirSpecialTokens) {
   EXPECT_THROW((void)deepseek_chat_prompt({{"tool", "x"}}, bos, eos), error);
 }
 
+TEST(BpeTokenizer, LongPiecesAndThreadsCostNoMoreThanTheyShould) {
+  // One piece of 300,000 bytes (a run of CJK, a run of spaces) and a text of 100,000 words: the
+  // merges and the pre-tokenizer stay near-linear (n^2 would take minutes here).
+  std::string cjk, words;
+  for (int i = 0; i < 100000; ++i) cjk += "深";
+  for (int i = 0; i < 100000; ++i) words += (i % 7 == 0 ? "\n" : " ") + std::string("word");
+  const std::string spaces(300000, ' ');
+  for (const std::string* text : std::vector<const std::string*>{&cjk, &spaces, &words}) {
+    const auto ids = deepseek().encode(*text);
+    EXPECT_EQ(deepseek().decode(ids), *text);
+  }
+  // encode() is const and shared: threads get what one thread gets.
+  const nlohmann::json fixture = troupe::testing::read_json(fixture_dir() / "cases.json");
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (const auto& c : fixture.at("cases"))
+        if (deepseek().encode(c.at("text").get<std::string>()) !=
+            c.at("ids").get<std::vector<std::int32_t>>())
+          ++wrong;
+    });
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
 /// A scratch copy of the fixture's tokenizer.json with `edit` applied to its JSON.
 fs::path edited(const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
   static const nlohmann::json original =
@@ -141,6 +169,15 @@ TEST(BpeTokenizer, BadFilesAreErrorsThatNameTheFileAndTheKey) {
                {"model.merges[7]", "nosuch"});
   expect_error(edited("bytes", [](auto& j) { j["model"]["vocab"].erase("Ġ"); }),
                {"byte 32", "byte-level"});
+  expect_error(edited("sparse", [](auto& j) { j["added_tokens"][0]["id"] = 2000000000; }),
+               {"not dense"});
+  expect_error(edited("huge", [](auto& j) { j["added_tokens"][0]["id"] = 9223372036854775807LL; }),
+               {"added_tokens[0]", "2^31"});
+  expect_error(edited("null-flag", [](auto& j) { j["added_tokens"][1]["lstrip"] = nullptr; }),
+               {"tokenizer.json", "unexpected type"});
+  expect_error(
+      edited("added-object", [](auto& j) { j["added_tokens"] = nlohmann::json::object(); }),
+      {"added_tokens", "expected an array"});
   fs::remove_all(fs::temp_directory_path() /
                  ("troupe-tokenizer-test-" + std::to_string(::getpid())));
   fs::remove_all(broken);

@@ -144,7 +144,9 @@ TEST(LatentCache, MisuseIsAnError) {
   EXPECT_THROW(latent_cache(latent_cache_shape{0, 8, 0}, 1 << 20, device::cpu()), error);
   latent_cache cache(shape, 4 * static_cast<std::uint64_t>(shape.bytes_per_block()), device::cpu());
   const auto s = cache.add_sequence();
-  EXPECT_THROW(cache.advance(s, 1), error);  // nothing reserved
+  EXPECT_THROW(cache.advance(s, 1), error);                                  // nothing reserved
+  EXPECT_FALSE(cache.reserve(s, std::numeric_limits<std::int64_t>::max()));  // no overflow
+  EXPECT_EQ(cache.free_blocks(), 4);
   ASSERT_TRUE(cache.reserve(s, 10));
   EXPECT_THROW((void)cache.slot(s, 0, 16), error);
   EXPECT_THROW((void)cache.slot(s, 2, 0), error);

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -53,6 +54,7 @@ struct text_codec {
   std::function<std::string(const std::vector<std::int32_t>&)> decode;
   std::optional<std::int32_t> bos, eos;
   bool add_bos = false;
+  std::int64_t vocab_size = 0;  ///< ids it can decode
   /// The chat format's tokens (Hugging Face tokenizers only).
   bool chat_tokens = false;
 };
@@ -87,6 +89,7 @@ std::optional<text_codec> open_tokenizer(const generate_options& o, const model_
     codec.bos = bytes->specials().bos;
     codec.eos = bytes->specials().eos;
     codec.add_bos = true;  // troupe's documents start with BOS
+    codec.vocab_size = bytes->vocab_size();
     return codec;
   }
   auto bpe = std::make_shared<bpe_tokenizer>(bpe_tokenizer::load(choice));
@@ -97,6 +100,7 @@ std::optional<text_codec> open_tokenizer(const generate_options& o, const model_
   codec.bos = bpe->bos();
   codec.eos = bpe->eos();
   codec.add_bos = bpe->add_bos();
+  codec.vocab_size = bpe->vocab_size();
   codec.chat_tokens = true;
   return codec;
 }
@@ -173,6 +177,11 @@ int generate(const generate_options& o) {
     const tensor logits = output.logits.to(device::cpu());
     const float* row = logits.data_as<float>() + (length - 1) * config.vocab_size;
     std::copy(row, row + config.vocab_size, last.begin());
+    // NOTES: a model's vocabulary may be padded past the tokenizer's (DeepSeek-V3: 129,280 rows of
+    // which the tokenizer names fewer); ids it cannot decode are never drawn.
+    if (tokenizer && tokenizer->vocab_size < config.vocab_size)
+      std::fill(last.begin() + tokenizer->vocab_size, last.end(),
+                std::numeric_limits<float>::lowest());
     if (step == 0)
       prompt_seconds = std::chrono::duration<double>(clock_type::now() - start).count();
     const std::int32_t token = sample_token(last, o.sampling, static_cast<std::uint64_t>(step));

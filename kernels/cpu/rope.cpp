@@ -53,6 +53,19 @@ void rope_tables(const std::vector<float>& inverse_frequencies, std::int64_t pos
   }
 }
 
+namespace {
+
+/// Rotates the interleaved pairs of one row by the angles of one table row.
+void rotate_row(float* v, std::int64_t half, const float* c, const float* s, float sign) {
+  for (std::int64_t i = 0; i < half; ++i) {
+    const float a = v[2 * i], b = v[2 * i + 1];
+    v[2 * i] = a * c[i] - sign * b * s[i];
+    v[2 * i + 1] = b * c[i] + sign * a * s[i];
+  }
+}
+
+}  // namespace
+
 void rope_rotate(float* x, std::int64_t rows, std::int64_t stride, std::int64_t dim,
                  std::int64_t heads, std::int64_t length, const float* cos_table,
                  const float* sin_table, int direction) {
@@ -60,14 +73,20 @@ void rope_rotate(float* x, std::int64_t rows, std::int64_t stride, std::int64_t 
   const float sign = direction >= 0 ? 1.0f : -1.0f;
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int64_t position = (r / heads) % length;
-    const float* c = cos_table + position * half;
-    const float* s = sin_table + position * half;
-    float* v = x + r * stride;
-    for (std::int64_t i = 0; i < half; ++i) {
-      const float a = v[2 * i], b = v[2 * i + 1];
-      v[2 * i] = a * c[i] - sign * b * s[i];
-      v[2 * i + 1] = b * c[i] + sign * a * s[i];
-    }
+    rotate_row(x + r * stride, half, cos_table + position * half, sin_table + position * half,
+               sign);
+  }
+}
+
+void rope_rotate_at(float* x, std::int64_t rows, std::int64_t stride, std::int64_t dim,
+                    std::int64_t heads, const std::int64_t* positions, const float* cos_table,
+                    const float* sin_table, int direction) {
+  const std::int64_t half = dim / 2;
+  const float sign = direction >= 0 ? 1.0f : -1.0f;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t position = positions[r / heads];
+    rotate_row(x + r * stride, half, cos_table + position * half, sin_table + position * half,
+               sign);
   }
 }
 

@@ -32,4 +32,10 @@ void rope_rotate(float* x, std::int64_t rows, std::int64_t stride, std::int64_t 
                  std::int64_t heads, std::int64_t length, const float* cos_table,
                  const float* sin_table, int direction);
 
+/// The same rotation with each row's position given: row r has position positions[r / heads]
+/// (inference, where a batch's tokens sit at their sequences' real positions).
+void rope_rotate_at(float* x, std::int64_t rows, std::int64_t stride, std::int64_t dim,
+                    std::int64_t heads, const std::int64_t* positions, const float* cos_table,
+                    const float* sin_table, int direction);
+
 }  // namespace troupe::kernels::cpu

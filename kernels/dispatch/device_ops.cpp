@@ -91,6 +91,9 @@ rope_table::rope_table(std::vector<float> inverse_frequencies)
 std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* context,
                                                      std::int64_t length) {
   if (length > length_) {
+    // NOTES: grown by doubling, so decoding (one position more per call) recomputes the tables
+    // O(log n) times, not once per token.
+    length = std::max(length, 2 * length_);
     const std::size_t half = inverse_.size();
     cos_.resize(static_cast<std::size_t>(length) * half);
     sin_.resize(static_cast<std::size_t>(length) * half);
@@ -285,6 +288,19 @@ void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows
   cuda::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction,
                     context->stream);
 #endif
+}
+
+void rope_rotate_at(const troupe_exec_context* context, float* x, std::int64_t rows,
+                    std::int64_t stride, std::int64_t dim, std::int64_t heads,
+                    const std::int64_t* positions, rope_table& table) {
+  const op_scope timing(context, op_class::elementwise);
+  if (on_gpu(context))
+    throw std::runtime_error("RoPE at given positions (inference) runs on the CPU only so far");
+  std::int64_t end = 0;
+  for (std::int64_t r = 0; r < rows / std::max<std::int64_t>(heads, 1); ++r)
+    end = std::max(end, positions[r] + 1);
+  const auto [cos_table, sin_table] = table.on(context, end);
+  cpu::rope_rotate_at(x, rows, stride, dim, heads, positions, cos_table, sin_table, +1);
 }
 
 namespace {

@@ -100,10 +100,11 @@ struct layer_entry {
     const char* description;
   };
 
-  static constexpr troupe_plugin table(identity id, decltype(troupe_plugin::create) create,
-                                       decltype(troupe_plugin::infer_outputs) infer_outputs,
-                                       decltype(troupe_plugin::forward) forward,
-                                       decltype(troupe_plugin::backward) backward) {
+  static constexpr troupe_plugin table(
+      identity id, decltype(troupe_plugin::create) create,
+      decltype(troupe_plugin::infer_outputs) infer_outputs,
+      decltype(troupe_plugin::forward) forward, decltype(troupe_plugin::backward) backward,
+      decltype(troupe_plugin::forward_cached) forward_cached = nullptr) {
     constexpr bool has_statistics = requires(Layer & layer) {
       layer.statistics();
     };
@@ -128,6 +129,7 @@ struct layer_entry {
         &import_state,
         nullptr,  // gemm_provider
         has_statistics ? &statistics_if_any : nullptr,
+        forward_cached,
     };
   }
 

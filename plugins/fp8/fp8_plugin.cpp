@@ -69,6 +69,7 @@ const troupe_plugin table = {
     nullptr,  // import_state
     &provider,
     nullptr,  // statistics
+    nullptr,  // forward_cached
 };
 
 }  // namespace

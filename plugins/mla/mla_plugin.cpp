@@ -2,6 +2,7 @@
 //   inputs:  x [batch, length, hidden] (the input_layernorm output)
 //   outputs: y [batch, length, hidden]
 //   options: {"path": "naive" | "absorbed"} (default naive; absorbed is forward-only)
+//   forward_cached (ABI 1.2): inference over the paged latent cache (plugins/mla/mla_cached.cpp)
 #include <memory>
 #include <string>
 
@@ -68,11 +69,20 @@ troupe_status backward(troupe_instance* instance, const troupe_exec_context* con
   });
 }
 
+troupe_status forward_cached(troupe_instance* instance, const troupe_exec_context* context,
+                             const troupe_kv_cache* cache, const DLTensor* x, DLTensor* y,
+                             troupe_error* error) {
+  if (cache == nullptr || x == nullptr || y == nullptr)
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "forward_cached needs a cache, x and y");
+  return guarded(
+      error, [&] { return entry::of(instance)->forward_cached(context, *cache, *x, *y, error); });
+}
+
 constexpr troupe_plugin table = entry::table(
     {TROUPE_PLUGIN_KIND_ATTENTION, "mla", "1.0.0",
      "DeepSeek-V3 Multi-head Latent Attention (CPU and CUDA; naive and absorbed (CPU) paths, YaRN, "
-     "recomputing backward)"},
-    &create, &infer_outputs, &forward, &backward);
+     "recomputing backward; paged latent-cache inference on the CPU)"},
+    &create, &infer_outputs, &forward, &backward, &forward_cached);
 
 }  // namespace
 

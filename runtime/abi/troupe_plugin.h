@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define TROUPE_PLUGIN_ABI_MAJOR 1u
-#define TROUPE_PLUGIN_ABI_MINOR 1u
+#define TROUPE_PLUGIN_ABI_MINOR 2u
 
 /** The symbol every plugin exports, of type troupe_plugin_entry_fn. */
 #define TROUPE_PLUGIN_ENTRY_SYMBOL "troupe_plugin_entry"
@@ -215,6 +215,34 @@ typedef enum troupe_backward_part {
   TROUPE_BACKWARD_WEIGHT = 2
 } troupe_backward_part;
 
+/** ABI 1.2: the inference cache as one attention layer sees it in a forward_cached() call.
+ *
+ *  The cache is paged: one pool of fixed-size blocks of `block_tokens` tokens on the context's
+ *  device; a sequence's tokens live in the blocks its block table lists, in order. In this layer,
+ *  row `p` of sequence `s` (its token at position p) starts at element
+ *    block_tables[s * max_blocks + p / block_tokens] * block_stride + layer_offset
+ *      + (p % block_tokens) * width
+ *  of `pool`, and holds `width` values of `dtype`. What a row means is the plugin's: MLA keeps
+ *  the normalised kv latent (kv_lora_rank values) and then the rotated rope key
+ *  (qk_rope_head_dim values), so width = kv_lora_rank + qk_rope_head_dim. */
+typedef struct troupe_kv_cache {
+  uint32_t struct_size;
+  void* pool;           /**< device memory on the context's device */
+  DLDataType dtype;     /**< f32 or bf16 */
+  int64_t width;        /**< values per row */
+  int64_t block_tokens; /**< rows per block */
+  int64_t block_stride; /**< elements from one block to the next */
+  int64_t layer_offset; /**< elements from a block's start to this layer's rows */
+  int32_t num_sequences;
+  int32_t max_blocks;           /**< columns of block_tables: a sequence holds at most
+                                     max_blocks * block_tokens rows */
+  const int32_t* block_tables;  /**< [num_sequences][max_blocks] block indices, host memory */
+  const int64_t* cached_tokens; /**< per sequence: rows already in the cache, which is also the
+                                     position of its first new token (host memory) */
+  const int64_t* new_tokens;    /**< per sequence: how many rows of x are its new tokens; the
+                                     sequences' rows follow each other in x (host memory) */
+} troupe_kv_cache;
+
 /** The table a plugin exports. Function pointers a kind does not use are NULL: layer kinds
  *  (attention, moe, mtp) fill parameters..import_state, the gemm kind fills gemm_provider. */
 typedef struct troupe_plugin {
@@ -283,6 +311,18 @@ typedef struct troupe_plugin {
   /** A JSON object of the instance's own statistics (activation bytes held, call counts, ...);
    *  the string stays valid until the next call on the instance. */
   const char* (*statistics)(troupe_instance* instance);
+
+  /* ---- attention kind, optional (may be NULL), ABI 1.2 ------------------------------------- */
+
+  /** Inference forward of new tokens over the cache: x [1, rows, hidden] holds each sequence's
+   *  new tokens (cache->new_tokens of them, sequence after sequence); the plugin writes their
+   *  rows into the cache at positions cached_tokens[s] onwards, then attends causally over each
+   *  sequence's cached and new rows (a new token at position p sees positions 0..p) and writes
+   *  y [1, rows, hidden]. Nothing is saved for backward. The host has reserved the blocks; the
+   *  plugin checks the cache's shape against its own and the positions against max_blocks. */
+  troupe_status (*forward_cached)(troupe_instance* instance, const troupe_exec_context* context,
+                                  const troupe_kv_cache* cache, const DLTensor* x, DLTensor* y,
+                                  troupe_error* error);
 } troupe_plugin;
 
 /** Type of the entry symbol. It must not fail and must not allocate: it returns a static table. */

@@ -79,6 +79,14 @@ void latent_cache::advance(sequence_id sequence, std::int64_t tokens) {
   t.length += tokens;
 }
 
+void latent_cache::truncate(sequence_id sequence, std::int64_t tokens) {
+  table& t = at(sequence);
+  if (tokens < 0 || tokens > t.length)
+    fail("latent cache: sequence {} of length {} cannot be truncated to {}", sequence, t.length,
+         tokens);
+  t.length = tokens;
+}
+
 void latent_cache::release(sequence_id sequence) {
   const auto it = tables_.find(sequence);
   if (it == tables_.end()) fail("latent cache: no sequence {}", sequence);
@@ -116,6 +124,69 @@ void* latent_cache::slot(sequence_id sequence, std::int64_t layer, std::int64_t 
   const std::int64_t row = position % shape_.block_tokens;
   return static_cast<char*>(tile(block, layer)) +
          row * shape_.width() * static_cast<std::int64_t>(size_of(shape_.type));
+}
+
+// ---- cache_step -------------------------------------------------------------------------------
+
+cache_step::cache_step(latent_cache& cache, std::span<const latent_cache::sequence_id> sequences,
+                       std::span<const std::int64_t> new_tokens)
+    : cache_(&cache), sequences_(sequences.begin(), sequences.end()) {
+  if (sequences.size() != new_tokens.size() || sequences.empty())
+    fail("latent cache: a step needs one new-token count per sequence ({} sequences, {} counts)",
+         sequences.size(), new_tokens.size());
+  std::int64_t needed = 0;
+  for (std::size_t i = 0; i < sequences.size(); ++i) {
+    const auto id = sequences[i];
+    const std::int64_t beyond = cache.length(id) + new_tokens[i] - cache.capacity(id);
+    if (new_tokens[i] < 0) fail("latent cache: {} new tokens for sequence {}", new_tokens[i], id);
+    if (beyond > 0)
+      needed += (beyond + cache.shape().block_tokens - 1) / cache.shape().block_tokens;
+  }
+  if (needed > cache.free_blocks())
+    fail(
+        "the KV cache is full: this step needs {} more blocks of {} tokens, {} of {} are free "
+        "(raise the cache budget or shorten the sequences)",
+        needed, cache.shape().block_tokens, cache.free_blocks(), cache.total_blocks());
+  for (std::size_t i = 0; i < sequences.size(); ++i) {
+    if (!cache.reserve(sequences[i], new_tokens[i]))
+      fail("latent cache: reserving {} tokens for sequence {} failed", new_tokens[i], sequences[i]);
+    cached_.push_back(cache.length(sequences[i]));
+    new_.push_back(new_tokens[i]);
+    rows_ += new_tokens[i];
+    max_blocks_ =
+        std::max(max_blocks_, static_cast<std::int32_t>(cache.block_table(sequences[i]).size()));
+  }
+  tables_.assign(sequences.size() * static_cast<std::size_t>(max_blocks_), -1);
+  for (std::size_t i = 0; i < sequences.size(); ++i) {
+    const auto blocks = cache.block_table(sequences[i]);
+    std::copy(
+        blocks.begin(), blocks.end(),
+        tables_.begin() + static_cast<std::ptrdiff_t>(i * static_cast<std::size_t>(max_blocks_)));
+  }
+}
+
+troupe_kv_cache cache_step::layer(std::int64_t layer) const {
+  const latent_cache_shape& shape = cache_->shape();
+  if (layer < 0 || layer >= shape.layers)
+    fail("latent cache: layer {} outside its {} layers", layer, shape.layers);
+  troupe_kv_cache view{};
+  view.struct_size = sizeof(view);
+  view.pool = cache_->pool();
+  view.dtype = to_dlpack(shape.type);
+  view.width = shape.width();
+  view.block_tokens = shape.block_tokens;
+  view.block_stride = shape.layers * shape.block_tokens * shape.width();
+  view.layer_offset = layer * shape.block_tokens * shape.width();
+  view.num_sequences = static_cast<std::int32_t>(sequences_.size());
+  view.max_blocks = max_blocks_;
+  view.block_tables = tables_.data();
+  view.cached_tokens = cached_.data();
+  view.new_tokens = new_.data();
+  return view;
+}
+
+void cache_step::commit() {
+  for (std::size_t i = 0; i < sequences_.size(); ++i) cache_->advance(sequences_[i], new_[i]);
 }
 
 }  // namespace troupe

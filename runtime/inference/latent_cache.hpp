@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "runtime/abi/troupe_plugin.h"
 #include "runtime/tensor/tensor.hpp"
 
 namespace troupe {
@@ -59,6 +60,9 @@ class latent_cache {
   bool reserve(sequence_id sequence, std::int64_t tokens);
   /// Counts `tokens` more positions as written (within what reserve made room for).
   void advance(sequence_id sequence, std::int64_t tokens);
+  /// Rolls a sequence back to its first `tokens` positions (speculative tokens the model did not
+  /// accept); it keeps its blocks, and the next write overwrites what was dropped.
+  void truncate(sequence_id sequence, std::int64_t tokens);
   /// Ends a sequence: its blocks go back to the pool.
   void release(sequence_id sequence);
 
@@ -73,6 +77,8 @@ class latent_cache {
   void* slot(sequence_id sequence, std::int64_t layer, std::int64_t position);
   /// The [block_tokens][width] tile of layer `layer` in block `block`.
   void* tile(std::int32_t block, std::int64_t layer);
+  /// The pool's first byte (device memory on its device).
+  void* pool() { return pool_.data(); }
 
  private:
   struct table {
@@ -88,6 +94,36 @@ class latent_cache {
   std::vector<std::int32_t> free_;
   std::unordered_map<sequence_id, table> tables_;
   sequence_id next_ = 1;
+};
+
+/// One forward's use of the cache: which sequences get how many new tokens, described as the
+/// attention plugins take it (troupe_kv_cache), one layer at a time. The constructor reserves the
+/// blocks; commit() counts the tokens as written once the forward has run.
+class cache_step {
+ public:
+  /// Throws troupe::error naming the shortfall when the pool cannot hold the new tokens (nothing
+  /// is reserved then).
+  cache_step(latent_cache& cache, std::span<const latent_cache::sequence_id> sequences,
+             std::span<const std::int64_t> new_tokens);
+
+  /// The description layer `layer` of the cache gets; valid while this step lives.
+  troupe_kv_cache layer(std::int64_t layer) const;
+  /// New tokens over all sequences: the rows of the forward's input.
+  std::int64_t rows() const { return rows_; }
+  std::span<const latent_cache::sequence_id> sequences() const { return sequences_; }
+  /// Positions cached before this step, per sequence.
+  std::span<const std::int64_t> cached() const { return cached_; }
+  std::span<const std::int64_t> new_tokens() const { return new_; }
+  /// Counts every sequence's new tokens as written.
+  void commit();
+
+ private:
+  latent_cache* cache_;
+  std::vector<latent_cache::sequence_id> sequences_;
+  std::vector<std::int64_t> cached_, new_;
+  std::vector<std::int32_t> tables_;  // [sequences][max_blocks_], -1 past a sequence's blocks
+  std::int32_t max_blocks_ = 0;
+  std::int64_t rows_ = 0;
 };
 
 }  // namespace troupe

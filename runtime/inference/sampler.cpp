@@ -113,4 +113,22 @@ std::int32_t sample_token(std::span<const float> logits, const sampling_params& 
   return draw_from(distribution, sampling_uniform(params.seed, draw));
 }
 
+std::pair<std::int32_t, bool> verify_draft(std::span<const float> p, std::span<const float> q,
+                                           std::int32_t draft, double u_keep, double u_draw) {
+  if (p.size() != q.size() || draft < 0 || static_cast<std::size_t>(draft) >= p.size())
+    fail("verify_draft: distributions of {} and {} tokens, draft {}", p.size(), q.size(), draft);
+  const auto d = static_cast<std::size_t>(draft);
+  if (u_keep * static_cast<double>(q[d]) < static_cast<double>(p[d])) return {draft, true};
+  // The residual max(0, p - q), normalised; where p <= q everywhere (p = q) it is p itself.
+  std::vector<float> residual(p.size());
+  double total = 0.0;
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    residual[i] = std::max(0.0f, p[i] - q[i]);
+    total += static_cast<double>(residual[i]);
+  }
+  if (total <= 0.0) return {draw_from(p, u_draw), false};
+  for (float& r : residual) r = static_cast<float>(static_cast<double>(r) / total);
+  return {draw_from(residual, u_draw), false};
+}
+
 }  // namespace troupe

@@ -37,6 +37,13 @@ std::int32_t sample_token(std::span<const float> logits, const sampling_params& 
 /// A token from a distribution (sums to 1) given a uniform `u` in [0, 1).
 std::int32_t draw_from(std::span<const float> distribution, double u);
 
+/// Speculative sampling's test of a draft drawn from the draft model's distribution q against
+/// the target distribution p (Leviathan et al. 2023): the draft is kept when
+/// u_keep < p(draft) / q(draft), else replaced by a draw (u_draw) from max(0, p - q) normalised;
+/// the token returned follows p exactly. Returns the token and whether it is the draft.
+std::pair<std::int32_t, bool> verify_draft(std::span<const float> p, std::span<const float> q,
+                                           std::int32_t draft, double u_keep, double u_draw);
+
 /// The uniform in [0, 1) of draw `draw` of a sequence seeded `seed` (stream `stream`: speculative
 /// sampling's acceptance tests use another stream than its draws).
 double sampling_uniform(std::uint64_t seed, std::uint64_t draw, std::uint64_t stream = 0);

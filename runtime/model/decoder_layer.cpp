@@ -1,6 +1,7 @@
 #include "runtime/model/decoder_layer.hpp"
 
 #include <cstring>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -140,6 +141,39 @@ tensor decoder_layer::forward(const exec_context& context, std::int64_t micro_ba
   }
   kernels::ops::add(context.abi(), h_out.data_as<float>(), mid, rows * hidden_);
   saved_.emplace(micro_batch, std::move(s));
+  return h_out;
+}
+
+tensor decoder_layer::forward_cached(const exec_context& context, const troupe_kv_cache& cache,
+                                     const tensor& h_in) {
+  // NOTES: the ffn plugins compute under a micro-batch id that training never uses and forget it
+  // at once: inference keeps nothing for backward.
+  constexpr std::int64_t inference = std::numeric_limits<std::int64_t>::max();
+  if (experts_ != nullptr)
+    fail("layer {}: cached inference runs the moe plugin's whole layers, not expert shards",
+         index_);
+  const device where = context.where();
+  const auto& shape = h_in.shape();
+  const std::int64_t rows = h_in.numel() / hidden_;
+  tensor normed = tensor::empty(dtype::f32, shape, where);
+  tensor rstd = tensor::empty(dtype::f32, {rows}, where);
+  rmsnorm_forward(context, h_in.data_as<float>(), input_norm_, normed.data_as<float>(),
+                  rstd.data_as<float>(), rows, hidden_, eps_);
+  const tensor mid = attention_->forward_cached(context, cache, normed);
+  kernels::ops::add(context.abi(), mid.data_as<float>(), h_in.data_as<float>(), rows * hidden_);
+  rmsnorm_forward(context, mid.data_as<float>(), post_norm_, normed.data_as<float>(),
+                  rstd.data_as<float>(), rows, hidden_, eps_);
+  tensor h_out;
+  if (moe_) {
+    h_out = moe_->forward(context, inference, std::vector<tensor>{normed})[0];
+    moe_->forget(inference);
+  } else {
+    h_out = tensor::empty(dtype::f32, shape, where);
+    dense_->forward(context, dense_weights_, inference, normed.data_as<float>(),
+                    h_out.data_as<float>(), rows);
+    dense_->forget(inference);
+  }
+  kernels::ops::add(context.abi(), h_out.data_as<float>(), mid.data_as<float>(), rows * hidden_);
   return h_out;
 }
 

@@ -57,6 +57,11 @@ class decoder_layer {
 
   void forget(std::int64_t micro_batch);
 
+  /// Inference: h_out [1, rows, hidden] for new tokens of the sequences `cache` describes (this
+  /// layer's view of the latent cache, which the attention plugin extends); nothing is kept.
+  tensor forward_cached(const exec_context& context, const troupe_kv_cache& cache,
+                        const tensor& h_in);
+
   std::int64_t index() const { return index_; }
   bool is_moe() const { return moe_ != nullptr; }
   /// Per-expert routed counts and the balance loss of a forwarded micro-batch (MoE layers).

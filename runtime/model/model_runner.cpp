@@ -165,6 +165,13 @@ model_output model_runner::forward(const exec_context& context, std::int64_t mic
   return out;
 }
 
+model_runner::mtp_parts model_runner::mtp(std::int64_t depth) {
+  if (depth < 1 || depth > mtp_depth())
+    fail("MTP depth {} requested; this model has {} MTP module(s)", depth, mtp_depth());
+  mtp_module& m = mtp_[static_cast<std::size_t>(depth - 1)];
+  return {*m.combine, *m.block, m.norm_name};
+}
+
 tensor model_runner::forward_input(const exec_context& context, const model_batch& batch) {
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   tensor hidden;

@@ -99,6 +99,16 @@ class model_runner {
   std::vector<std::pair<std::string, tensor>> checkpoint_tensors() const;
   std::int64_t mtp_depth() const { return static_cast<std::int64_t>(mtp_.size()); }
 
+  /// MTP module `depth` (1-based), for inference: the plugin that combines the previous depth's
+  /// hidden state with the next token's embedding, its transformer block, and the name of its
+  /// final norm's weight (the output head is the main one).
+  struct mtp_parts {
+    layer_instance& combine;
+    decoder_layer& block;
+    const std::string& norm_name;
+  };
+  mtp_parts mtp(std::int64_t depth);
+
  private:
   struct mtp_module {
     std::unique_ptr<layer_instance> combine;  // the mtp plugin

@@ -1,6 +1,7 @@
 #include "runtime/plugin/instance.hpp"
 
 #include <algorithm>
+#include <cstddef>
 
 #include <fmt/ranges.h>
 
@@ -163,6 +164,29 @@ void layer_instance::backward(const exec_context& context, std::int64_t micro_ba
 
 void layer_instance::forget(std::int64_t micro_batch) {
   library_->api->forget(instance_, micro_batch);
+}
+
+bool layer_instance::computes_cached() const {
+  const auto* api = library_->api;
+  return api->struct_size >=
+             offsetof(troupe_plugin, forward_cached) + sizeof(api->forward_cached) &&
+         api->forward_cached != nullptr;
+}
+
+tensor layer_instance::forward_cached(const exec_context& context, const troupe_kv_cache& cache,
+                                      const tensor& x) {
+  if (!computes_cached())
+    fail(
+        "plugin '{}' {} ({}) has no cached forward (ABI 1.2 forward_cached): it cannot decode "
+        "over a KV cache",
+        library_->name, library_->version, library_->file.string());
+  const context_stream_scope on_stream(context);
+  tensor y = tensor::empty(dtype::f32, x.shape(), context.where());
+  const DLTensor x_view = x.dl_view();
+  DLTensor y_view = y.dl_view();
+  call_checked(*library_, "forward_cached", library_->api->forward_cached, instance_, context.abi(),
+               &cache, &x_view, &y_view);
+  return y;
 }
 
 std::vector<std::uint8_t> layer_instance::export_state() {

@@ -75,6 +75,12 @@ class layer_instance {
   void backward(const exec_context& context, std::int64_t micro_batch, troupe_backward_part part,
                 std::span<const tensor> output_grads, std::span<const tensor> input_grads);
   void forget(std::int64_t micro_batch);
+  /// Whether the plugin runs inference over the KV cache (forward_cached, ABI 1.2).
+  bool computes_cached() const;
+  /// Inference forward of new tokens x [1, rows, hidden] over the cache (forward_cached): writes
+  /// their rows into the cache and returns y [1, rows, hidden]. Throws troupe::error when the
+  /// plugin has no forward_cached.
+  tensor forward_cached(const exec_context& context, const troupe_kv_cache& cache, const tensor& x);
   std::vector<std::uint8_t> export_state();
   void import_state(std::span<const std::uint8_t> state);
   /// The plugin's statistics JSON ("{}" when it has none).

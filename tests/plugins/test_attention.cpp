@@ -420,6 +420,7 @@ const troupe_plugin descriptor = {
     &plugin_import_state,
     nullptr,  // gemm_provider
     nullptr,  // statistics
+    nullptr,  // forward_cached
 };
 
 }  // namespace

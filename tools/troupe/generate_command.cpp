@@ -2,15 +2,12 @@
 // greedy or sampled (temperature, top-k, top-p, seed), streamed to stdout as it is produced and
 // stopped at EOS or after --max-new-tokens; --json prints one object for scripts instead.
 //
-// NOTES: every token runs the model over the whole sequence so far (the training forward): the
-// cost grows with the square of the length. MLA's paged latent cache (runtime/inference/
-// latent_cache.hpp) is the next step; greedy output will not change with it, which is what the
-// tests hold it to.
-#include <chrono>
+// The prompt goes through the model in one forward that fills MLA's paged latent cache; each
+// later token is one forward of one token (or, with --speculative mtp, a token and the MTP
+// module's draft) over the cache (runtime/inference/generation.hpp).
 #include <cstdio>
 #include <filesystem>
 #include <functional>
-#include <limits>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -25,6 +22,9 @@
 #include "runtime/data/chat_prompt.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/exec/exec_context.hpp"
+#include "runtime/inference/cached_model.hpp"
+#include "runtime/inference/generation.hpp"
+#include "runtime/inference/latent_cache.hpp"
 #include "runtime/inference/sampler.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
@@ -36,13 +36,13 @@ namespace troupe::cli {
 namespace {
 
 namespace fs = std::filesystem;
-using clock_type = std::chrono::steady_clock;
 
 struct generate_options {
   std::string model, prompt, tokens, tokenizer;
   int max_new_tokens = 64;
   sampling_params sampling;
   std::string device = "cpu";
+  std::string speculative, cache_dtype = "f32";
   int threads = 0;
   bool chat = false, json = false;
 };
@@ -152,7 +152,7 @@ int generate(const generate_options& o) {
 
   plugin_registry registry;
   model_options model;
-  model.mtp = false;
+  model.mtp = o.speculative == "mtp";
   model.where = where;
   model_runner runner(config, {}, load_model_plugins(registry, config), model);
   load_parameters(checkpoint, runner.parameters());
@@ -160,59 +160,57 @@ int generate(const generate_options& o) {
                        ? o.threads
                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   exec_context context(where, pool);
+  cached_model cached(runner);
+
+  generation_request request;
+  request.prompt = ids;
+  request.max_new_tokens = o.max_new_tokens;
+  request.sampling = o.sampling;
+  request.eos = eos;
+  if (tokenizer) request.drawable_vocab = tokenizer->vocab_size;
+  request.speculative_mtp = model.mtp;
+  // The cache holds this one sequence: the prompt, the tokens to generate and a draft.
+  const latent_cache_shape shape =
+      cached.cache_shape(o.cache_dtype == "bf16" ? dtype::bf16 : dtype::f32, 64);
+  const auto positions = static_cast<std::uint64_t>(ids.size()) +
+                         static_cast<std::uint64_t>(o.max_new_tokens) + 2 +
+                         static_cast<std::uint64_t>(shape.block_tokens);
+  latent_cache cache(shape, positions * static_cast<std::uint64_t>(shape.bytes_per_token()), where);
+  const auto stream = [&](std::int32_t token) {
+    if (o.json || token == eos) return;
+    const std::string piece =
+        tokenizer ? tokenizer->decode(std::vector{token}) : fmt::format("{} ", token);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  };
+  const generation_result result = generate_sequence(cached, cache, context, request, stream);
 
   const std::size_t prompt_length = ids.size();
-  std::vector<std::int32_t> generated;
-  double prompt_seconds = 0.0;
-  const auto start = clock_type::now();
-  std::string stop = "length";
-  std::vector<float> last(static_cast<std::size_t>(config.vocab_size));
-  for (int step = 0; step < o.max_new_tokens; ++step) {
-    model_batch batch;
-    const auto length = static_cast<std::int64_t>(ids.size());
-    batch.tokens = tensor::empty(dtype::i32, {1, length});
-    std::copy(ids.begin(), ids.end(), batch.tokens.data_as<std::int32_t>());
-    const model_output output = runner.forward(context, 0, batch, true);
-    runner.forget(0);
-    const tensor logits = output.logits.to(device::cpu());
-    const float* row = logits.data_as<float>() + (length - 1) * config.vocab_size;
-    std::copy(row, row + config.vocab_size, last.begin());
-    // NOTES: a model's vocabulary may be padded past the tokenizer's (DeepSeek-V3: 129,280 rows of
-    // which the tokenizer names fewer); ids it cannot decode are never drawn.
-    if (tokenizer && tokenizer->vocab_size < config.vocab_size)
-      std::fill(last.begin() + tokenizer->vocab_size, last.end(),
-                std::numeric_limits<float>::lowest());
-    if (step == 0)
-      prompt_seconds = std::chrono::duration<double>(clock_type::now() - start).count();
-    const std::int32_t token = sample_token(last, o.sampling, static_cast<std::uint64_t>(step));
-    generated.push_back(token);
-    ids.push_back(token);
-    if (token == eos) {
-      stop = "eos";
-      break;
-    }
-    if (!o.json) {
-      const std::string piece =
-          tokenizer ? tokenizer->decode(std::vector{token}) : fmt::format("{} ", token);
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
-    }
-  }
-  const double total = std::chrono::duration<double>(clock_type::now() - start).count();
+  const std::vector<std::int32_t>& generated = result.tokens;
+  const double prompt_seconds = result.prompt_seconds, total = result.total_seconds;
   const double decode_seconds = total - prompt_seconds;
-  // The first forward reads the prompt and gives the first token; each later one, a token.
+  const std::string stop = result.stop;
+  // The prefill reads the prompt and gives the first token; the rest come from decode forwards.
   const double prompt_rate = static_cast<double>(prompt_length) / std::max(prompt_seconds, 1e-9);
   const double decode_rate = generated.size() > 1 ? static_cast<double>(generated.size() - 1) /
                                                         std::max(decode_seconds, 1e-9)
                                                   : 0.0;
   if (o.json) {
-    std::vector<std::int32_t> prompt(ids.begin(),
-                                     ids.begin() + static_cast<std::ptrdiff_t>(prompt_length));
-    nlohmann::json out{
-        {"prompt_tokens", prompt_length},          {"prompt_ids", prompt},
-        {"generated_tokens", generated},           {"stop", stop},
-        {"prompt_seconds", prompt_seconds},        {"generate_seconds", total},
-        {"prompt_tokens_per_second", prompt_rate}, {"generated_tokens_per_second", decode_rate}};
+    const std::vector<std::int32_t>& prompt = ids;
+    nlohmann::json out{{"prompt_tokens", prompt_length},
+                       {"prompt_ids", prompt},
+                       {"generated_tokens", generated},
+                       {"stop", stop},
+                       {"prompt_seconds", prompt_seconds},
+                       {"generate_seconds", total},
+                       {"prompt_tokens_per_second", prompt_rate},
+                       {"generated_tokens_per_second", decode_rate},
+                       {"decode_forwards", result.decode_forwards}};
+    if (request.speculative_mtp) {
+      out["drafted_tokens"] = result.drafted;
+      out["accepted_tokens"] = result.accepted;
+      out["acceptance_rate"] = result.acceptance();
+    }
     if (tokenizer) {
       std::vector<std::int32_t> text_ids = generated;
       if (!text_ids.empty() && text_ids.back() == eos) text_ids.pop_back();
@@ -226,6 +224,14 @@ int generate(const generate_options& o) {
                "tokens in {:.3f} s ({:.1f} tokens/s after the first); stopped at {}\n",
                prompt_length, prompt_seconds, prompt_rate, generated.size(), total, decode_rate,
                stop == "eos" ? "EOS" : "--max-new-tokens");
+    if (request.speculative_mtp)
+      fmt::print(stderr,
+                 "troupe generate: MTP drafts accepted {} of {} ({:.1f}%); {:.2f} tokens per "
+                 "decode forward\n",
+                 result.accepted, result.drafted, 100.0 * result.acceptance(),
+                 result.decode_forwards > 0 ? static_cast<double>(generated.size() - 1) /
+                                                  static_cast<double>(result.decode_forwards)
+                                            : 0.0);
   }
   return exit_ok;
 }
@@ -257,6 +263,16 @@ void add_generate_command(CLI::App& app, int& exit_code) {
   command->add_option("--top-p", o->sampling.top_p, "Sample within this probability mass");
   command->add_option("--seed", o->sampling.seed,
                       "Seed of the draws (the same seed, the same text)");
+  command
+      ->add_option("--speculative", o->speculative,
+                   "mtp: the MTP module drafts the token after next and the model verifies "
+                   "it (the same distribution; greedy gives the same text)")
+      ->check(CLI::IsMember({"mtp"}));
+  command
+      ->add_option("--cache-dtype", o->cache_dtype,
+                   "The latent KV cache's values: f32 (default) or bf16 (DeepSeek's layout)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   command->add_option("--device", o->device, "cpu (default) or cuda:N (FP32 on the GPU)");
   command->add_option("--threads", o->threads, "Worker threads (default: one per core)")
       ->check(within(thread_bounds));

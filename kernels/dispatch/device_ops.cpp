@@ -290,19 +290,6 @@ void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows
 #endif
 }
 
-void rope_rotate_at(const troupe_exec_context* context, float* x, std::int64_t rows,
-                    std::int64_t stride, std::int64_t dim, std::int64_t heads,
-                    const std::int64_t* positions, rope_table& table) {
-  const op_scope timing(context, op_class::elementwise);
-  if (on_gpu(context))
-    throw std::runtime_error("RoPE at given positions (inference) runs on the CPU only so far");
-  std::int64_t end = 0;
-  for (std::int64_t r = 0; r < rows / std::max<std::int64_t>(heads, 1); ++r)
-    end = std::max(end, positions[r] + 1);
-  const auto [cos_table, sin_table] = table.on(context, end);
-  cpu::rope_rotate_at(x, rows, stride, dim, heads, positions, cos_table, sin_table, +1);
-}
-
 namespace {
 
 const float* at(const strided& x, std::int64_t b, std::int64_t h) {

@@ -181,11 +181,6 @@ void rmsnorm_backward(const troupe_exec_context* context, const float* dy, std::
 void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows,
                  std::int64_t stride, std::int64_t dim, std::int64_t heads, std::int64_t length,
                  rope_table& table, int direction);
-/// RoPE forward with each row's position given: row r at positions[r / heads] (host memory).
-/// CPU only for now.
-void rope_rotate_at(const troupe_exec_context* context, float* x, std::int64_t rows,
-                    std::int64_t stride, std::int64_t dim, std::int64_t heads,
-                    const std::int64_t* positions, rope_table& table);
 
 /// o and lse [batch, heads, length] from q, k (first qk_dim - rope_dim columns), key_rope, v.
 void attention_forward(const troupe_exec_context* context, const attention_problem& problem,

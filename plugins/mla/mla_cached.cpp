@@ -1,4 +1,5 @@
-// MLA's inference forward over the paged latent cache (troupe_plugin::forward_cached).
+// MLA's inference forward over the paged latent cache (troupe_plugin::forward_cached), on the
+// CPU or a GPU (kernels/dispatch/latent_ops.hpp).
 //
 // NOTES: the cache holds per token what DeepSeek-V3's inference keeps: the normalised kv latent
 // c (kv_lora_rank) and the rotated rope key r (qk_rope_head_dim), one row shared by all heads.
@@ -6,15 +7,10 @@
 // q' = [q_nope W_UK, q_rope] against k' = [c, r], values c, and o_h = (P c) W_UV^T, so the
 // up-projection kv_b never touches the cache. A new token at position p sees positions 0..p.
 
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <limits>
 #include <vector>
 
-#include "kernels/cpu/convert.hpp"
-#include "kernels/cpu/gemm.hpp"
 #include "kernels/cpu/linear.hpp"
+#include "kernels/dispatch/latent_ops.hpp"
 #include "plugins/mla/mla_layer.hpp"
 
 namespace troupe::plugin {
@@ -23,24 +19,11 @@ namespace {
 
 using kernels::linear_forward;
 
-/// Query rows per attention task: bounds the scores scratch to 64 x context floats.
-constexpr std::int64_t query_chunk = 64;
-
 bool is_f32(DLDataType t) {
   return t.code == kDLFloat && t.bits == 32 && t.lanes == 1;
 }
 bool is_bf16(DLDataType t) {
   return t.code == kDLBfloat && t.bits == 16 && t.lanes == 1;
-}
-
-/// The cache row of `position` in sequence `sequence` (this layer), as bytes.
-char* cache_row(const troupe_kv_cache& cache, std::int64_t sequence, std::int64_t position) {
-  const std::int64_t element = is_f32(cache.dtype) ? 4 : 2;
-  const std::int32_t block =
-      cache.block_tables[sequence * cache.max_blocks + position / cache.block_tokens];
-  const std::int64_t index = block * cache.block_stride + cache.layer_offset +
-                             (position % cache.block_tokens) * cache.width;
-  return static_cast<char*>(cache.pool) + index * element;
 }
 
 }  // namespace
@@ -85,62 +68,10 @@ troupe_status mla_layer::check_cache(const troupe_kv_cache& cache, std::int64_t 
   return TROUPE_STATUS_OK;
 }
 
-void mla_layer::attend_cached(const troupe_exec_context* context, const float* q, const float* keys,
-                              std::int64_t first, std::int64_t count, std::int64_t context_rows,
-                              float* attention) const {
-  const std::int64_t width = kv_rank_ + rope_, q_stride = heads_ * qk_dim_,
-                     o_stride = heads_ * v_dim_;
-  const std::int64_t offset = context_rows - count;  // position of the first new row
-  const std::int64_t chunks = (count + query_chunk - 1) / query_chunk;
-  const float* kv_b = weight_[kv_b_];
-  parallel_for(context, heads_ * chunks, 1, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> queries(static_cast<std::size_t>(query_chunk * width));
-    std::vector<float> scores(static_cast<std::size_t>(query_chunk * context_rows));
-    std::vector<float> latent_out(static_cast<std::size_t>(query_chunk * kv_rank_));
-    for (std::int64_t task = begin; task < end; ++task) {
-      const std::int64_t h = task / chunks, c0 = (task % chunks) * query_chunk;
-      const std::int64_t n = std::min(query_chunk, count - c0);
-      const std::int64_t visible = offset + c0 + n;                // keys the chunk's last row sees
-      const float* w_uk = kv_b + h * (nope_ + v_dim_) * kv_rank_;  // [nope, kv_rank]
-      const float* w_uv = w_uk + nope_ * kv_rank_;                 // [v_dim, kv_rank]
-      const float* q_rows = q + (first + c0) * q_stride + h * qk_dim_;
-      // q' = [q_nope W_UK, q_rope]
-      kernels::cpu::sgemm({false, false, n, kv_rank_, nope_, q_stride, kv_rank_, width}, 1.0f,
-                          q_rows, w_uk, 0.0f, queries.data());
-      for (std::int64_t i = 0; i < n; ++i)
-        std::memcpy(queries.data() + i * width + kv_rank_, q_rows + i * q_stride + nope_,
-                    static_cast<std::size_t>(rope_) * sizeof(float));
-      kernels::cpu::sgemm({false, true, n, visible, width, width, width, visible}, scale_,
-                          queries.data(), keys, 0.0f, scores.data());
-      for (std::int64_t i = 0; i < n; ++i) {
-        float* row = scores.data() + i * visible;
-        const std::int64_t seen = offset + c0 + i + 1;
-        const float top = *std::max_element(row, row + seen);
-        float sum = 0.0f;
-        for (std::int64_t j = 0; j < seen; ++j) {
-          row[j] = std::exp(row[j] - top);
-          sum += row[j];
-        }
-        const float inverse = 1.0f / sum;
-        for (std::int64_t j = 0; j < seen; ++j) row[j] *= inverse;
-        std::fill(row + seen, row + visible, 0.0f);
-      }
-      kernels::cpu::sgemm({false, false, n, kv_rank_, visible, visible, width, kv_rank_}, 1.0f,
-                          scores.data(), keys, 0.0f, latent_out.data());
-      kernels::cpu::sgemm({false, true, n, v_dim_, kv_rank_, kv_rank_, kv_rank_, o_stride}, 1.0f,
-                          latent_out.data(), w_uv, 0.0f,
-                          attention + (first + c0) * o_stride + h * v_dim_);
-    }
-  });
-}
-
 troupe_status mla_layer::forward_cached(const troupe_exec_context* context,
                                         const troupe_kv_cache& cache, const DLTensor& x,
                                         const DLTensor& y, troupe_error* error) {
   if (weight_.empty()) return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "forward before bind");
-  if (on_gpu(context))
-    return fail(error, TROUPE_STATUS_UNSUPPORTED,
-                "the cached (inference) forward runs on the CPU only so far");
   activation_shape shape, out_shape;
   TROUPE_TRY(check_activation(x, hidden_, "the attention input", shape, error, context));
   TROUPE_TRY(check_activation(y, hidden_, "the attention output", out_shape, error, context));
@@ -150,11 +81,7 @@ troupe_status mla_layer::forward_cached(const troupe_exec_context* context,
   const std::int64_t t = shape.tokens();
   TROUPE_TRY(check_cache(cache, t, error));
   const std::int64_t width = kv_rank_ + rope_, q_out = heads_ * qk_dim_;
-  std::vector<std::int64_t> positions;
-  positions.reserve(static_cast<std::size_t>(t));
-  for (std::int32_t s = 0; s < cache.num_sequences; ++s)
-    for (std::int64_t j = 0; j < cache.new_tokens[s]; ++j)
-      positions.push_back(cache.cached_tokens[s] + j);
+  const kernels::latent_step step(context, cache);
 
   // The new tokens' latents, normalised, and their rope keys, rotated at their positions.
   buffer latent, rstd, kv_normed, rope_key;
@@ -168,7 +95,7 @@ troupe_status mla_layer::forward_cached(const troupe_exec_context* context,
   ops::rmsnorm_forward(context, latent.data(), width, weight_[kv_norm_], kv_normed.data(), kv_rank_,
                        rstd.data(), t, kv_rank_, eps_);
   ops::copy_2d(context, rope_key.data(), rope_, latent.data() + kv_rank_, width, t, rope_);
-  ops::rope_rotate_at(context, rope_key.data(), t, rope_, rope_, 1, positions.data(), rope_table_);
+  ops::rope_rotate_at(context, step, rope_key.data(), t, rope_, rope_, 1, rope_table_);
 
   // Queries, rope part rotated at the same positions.
   buffer q;
@@ -187,46 +114,30 @@ troupe_status mla_layer::forward_cached(const troupe_exec_context* context,
     TROUPE_TRY(linear_forward(context, input, hidden_, weight_[q_proj_], q.data(), q_out, t,
                               hidden_, q_out, false, error));
   }
-  ops::rope_rotate_at(context, q.data() + nope_, t * heads_, qk_dim_, rope_, heads_,
-                      positions.data(), rope_table_);
+  ops::rope_rotate_at(context, step, q.data() + nope_, t * heads_, qk_dim_, rope_, heads_,
+                      rope_table_);
 
-  // Into the cache, then attention per sequence over everything it holds.
-  const bool bf16 = is_bf16(cache.dtype);
-  buffer attention;
+  // Into the cache, then attention over each sequence's rows with absorbed queries:
+  // q'_h = [q_nope_h W_UK_h, q_rope_h] as [t][heads][width], and o_h = latent_h W_UV_h^T.
+  ops::latent_cache_write(context, step, kv_normed.data(), rope_key.data(), kv_rank_, rope_);
+  const float* kv_b = weight_[kv_b_];
+  buffer queries, latent_out, attention;
+  queries.allocate(context, static_cast<std::size_t>(t * heads_ * width));
+  latent_out.allocate(context, static_cast<std::size_t>(t * heads_ * kv_rank_));
   attention.allocate(context, static_cast<std::size_t>(t * heads_ * v_dim_));
-  std::vector<float> keys;
-  std::int64_t first = 0;
-  for (std::int32_t s = 0; s < cache.num_sequences; ++s) {
-    const std::int64_t cached = cache.cached_tokens[s], fresh = cache.new_tokens[s];
-    for (std::int64_t j = 0; j < fresh; ++j) {
-      char* row = cache_row(cache, s, cached + j);
-      const float* c = kv_normed.data() + (first + j) * kv_rank_;
-      const float* r = rope_key.data() + (first + j) * rope_;
-      if (bf16) {
-        auto* out = reinterpret_cast<std::uint16_t*>(row);
-        kernels::cpu::f32_to_bf16(c, out, kv_rank_);
-        kernels::cpu::f32_to_bf16(r, out + kv_rank_, rope_);
-      } else {
-        auto* out = reinterpret_cast<float*>(row);
-        std::memcpy(out, c, static_cast<std::size_t>(kv_rank_) * sizeof(float));
-        std::memcpy(out + kv_rank_, r, static_cast<std::size_t>(rope_) * sizeof(float));
-      }
-    }
-    if (fresh == 0) continue;
-    const std::int64_t context_rows = cached + fresh;
-    keys.resize(static_cast<std::size_t>(context_rows * width));
-    for (std::int64_t p = 0; p < context_rows; p += cache.block_tokens) {
-      // A block's rows of this layer are contiguous.
-      const std::int64_t n = std::min(cache.block_tokens, context_rows - p);
-      const char* rows = cache_row(cache, s, p);
-      if (bf16)
-        kernels::cpu::bf16_to_f32(reinterpret_cast<const std::uint16_t*>(rows),
-                                  keys.data() + p * width, n * width);
-      else
-        std::memcpy(keys.data() + p * width, rows, static_cast<std::size_t>(n * width) * 4);
-    }
-    attend_cached(context, q.data(), keys.data(), first, fresh, context_rows, attention.data());
-    first += fresh;
+  for (std::int64_t h = 0; h < heads_; ++h) {
+    const float* w_uk = kv_b + h * (nope_ + v_dim_) * kv_rank_;  // [nope, kv_rank]
+    ops::gemm_f32(context, false, false, t, kv_rank_, nope_, 1.0f, q.data() + h * qk_dim_, q_out,
+                  w_uk, kv_rank_, 0.0f, queries.data() + h * width, heads_ * width);
+    ops::copy_2d(context, queries.data() + h * width + kv_rank_, heads_ * width,
+                 q.data() + h * qk_dim_ + nope_, q_out, t, rope_);
+  }
+  ops::latent_attention(context, step, queries.data(), latent_out.data(), heads_, kv_rank_, scale_);
+  for (std::int64_t h = 0; h < heads_; ++h) {
+    const float* w_uv = kv_b + h * (nope_ + v_dim_) * kv_rank_ + nope_ * kv_rank_;  // [v, rank]
+    ops::gemm_f32(context, false, true, t, v_dim_, kv_rank_, 1.0f, latent_out.data() + h * kv_rank_,
+                  heads_ * kv_rank_, w_uv, kv_rank_, 0.0f, attention.data() + h * v_dim_,
+                  heads_ * v_dim_);
   }
   return linear_forward(context, attention.data(), heads_ * v_dim_, weight_[o_proj_], data_of(y),
                         hidden_, t, heads_ * v_dim_, hidden_, false, error);

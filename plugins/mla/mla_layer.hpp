@@ -43,8 +43,7 @@ class mla_layer {
 
   /// Inference (troupe_plugin::forward_cached): the new tokens' normalised latents and rotated
   /// rope keys go into the cache at their positions, then each sequence's new tokens attend over
-  /// its whole cache by the absorbed path. Nothing is saved. CPU only so far (plugins/mla/
-  /// mla_cached.cpp).
+  /// its whole cache by the absorbed path. Nothing is saved (plugins/mla/mla_cached.cpp).
   troupe_status forward_cached(const troupe_exec_context* context, const troupe_kv_cache& cache,
                                const DLTensor& x, const DLTensor& y, troupe_error* error);
 
@@ -98,11 +97,6 @@ class mla_layer {
                                 troupe_error* error);
   troupe_status check_cache(const troupe_kv_cache& cache, std::int64_t rows,
                             troupe_error* error) const;
-  /// Attention of one sequence's `count` new rows of q (from `first`) over its `context_rows`
-  /// cached rows, gathered as f32 into keys [context_rows, kv_rank + rope]; o into `attention`.
-  void attend_cached(const troupe_exec_context* context, const float* q, const float* keys,
-                     std::int64_t first, std::int64_t count, std::int64_t context_rows,
-                     float* attention) const;
 
   // Shape.
   std::int64_t hidden_, heads_, q_rank_, kv_rank_, nope_, rope_, v_dim_, qk_dim_;

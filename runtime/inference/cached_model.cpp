@@ -49,8 +49,7 @@ void cached_model::check_context(const exec_context& context) const {
          to_string(context.where()));
 }
 
-tensor cached_model::token_tensor(const exec_context& context,
-                                  std::span<const std::int32_t> tokens) const {
+tensor cached_model::token_tensor(std::span<const std::int32_t> tokens) const {
   const std::int64_t vocab = config().vocab_size;
   tensor host = tensor::empty(dtype::i32, {1, static_cast<std::int64_t>(tokens.size())});
   auto* out = host.data_as<std::int32_t>();
@@ -59,13 +58,13 @@ tensor cached_model::token_tensor(const exec_context& context,
       fail("token {} (at {}) is outside the model's vocabulary of {}", tokens[i], i, vocab);
     out[i] = tokens[i];
   }
-  return context.where().is_cpu() ? host : host.to(context.where());
+  return host;  // embedding_forward takes host ids and uploads them itself on a GPU
 }
 
 tensor cached_model::embed(const exec_context& context,
                            std::span<const std::int32_t> tokens) const {
   const std::int64_t h = config().hidden_size, count = static_cast<std::int64_t>(tokens.size());
-  const tensor ids = token_tensor(context, tokens);
+  const tensor ids = token_tensor(tokens);
   tensor out = tensor::empty(dtype::f32, {1, count, h}, context.where());
   embedding_forward(context, runner_->parameters().at(embedding_name).value.data_as<float>(),
                     config().vocab_size, h, ids.data_as<std::int32_t>(), count,

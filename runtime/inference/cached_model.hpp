@@ -51,8 +51,8 @@ class cached_model {
 
  private:
   void check_context(const exec_context& context) const;
-  /// tokens [1, count] on the context's device, each checked against the vocabulary.
-  tensor token_tensor(const exec_context& context, std::span<const std::int32_t> tokens) const;
+  /// tokens [1, count] in host memory, each checked against the vocabulary.
+  tensor token_tensor(std::span<const std::int32_t> tokens) const;
   tensor embed(const exec_context& context, std::span<const std::int32_t> tokens) const;
 
   model_runner* runner_;

@@ -50,7 +50,8 @@ struct generation_result {
 };
 
 /// Generates for `request` in a new sequence of `cache` (released at the end, also on an
-/// error). `on_token` gets each token as it is produced. Throws troupe::error for an empty
+/// error): a batch_decoder (runtime/inference/batch_decoder.hpp) of one sequence. `on_token`
+/// gets each token as it is produced. Throws troupe::error for an empty
 /// prompt, ids outside the vocabulary, a full cache, or speculative decoding without an MTP
 /// module.
 generation_result generate_sequence(cached_model& model, latent_cache& cache,

@@ -130,14 +130,27 @@ void* latent_cache::slot(sequence_id sequence, std::int64_t layer, std::int64_t 
 
 cache_step::cache_step(latent_cache& cache, std::span<const latent_cache::sequence_id> sequences,
                        std::span<const std::int64_t> new_tokens)
+    : cache_step(cache, sequences, new_tokens, {}) {}
+
+cache_step::cache_step(latent_cache& cache, std::span<const latent_cache::sequence_id> sequences,
+                       std::span<const std::int64_t> new_tokens,
+                       std::span<const std::int64_t> starts)
     : cache_(&cache), sequences_(sequences.begin(), sequences.end()) {
-  if (sequences.size() != new_tokens.size() || sequences.empty())
+  if (sequences.size() != new_tokens.size() || sequences.empty() ||
+      (!starts.empty() && starts.size() != sequences.size()))
     fail("latent cache: a step needs one new-token count per sequence ({} sequences, {} counts)",
          sequences.size(), new_tokens.size());
+  std::vector<std::int64_t> first(sequences.size());
+  for (std::size_t i = 0; i < sequences.size(); ++i) {
+    first[i] = starts.empty() ? cache.length(sequences[i]) : starts[i];
+    if (first[i] < 0 || first[i] > cache.length(sequences[i]))
+      fail("latent cache: a step starting at position {} of sequence {} of length {}", first[i],
+           sequences[i], cache.length(sequences[i]));
+  }
   std::int64_t needed = 0;
   for (std::size_t i = 0; i < sequences.size(); ++i) {
     const auto id = sequences[i];
-    const std::int64_t beyond = cache.length(id) + new_tokens[i] - cache.capacity(id);
+    const std::int64_t beyond = first[i] + new_tokens[i] - cache.capacity(id);
     if (new_tokens[i] < 0) fail("latent cache: {} new tokens for sequence {}", new_tokens[i], id);
     if (beyond > 0)
       needed += (beyond + cache.shape().block_tokens - 1) / cache.shape().block_tokens;
@@ -148,9 +161,10 @@ cache_step::cache_step(latent_cache& cache, std::span<const latent_cache::sequen
         "(raise the cache budget or shorten the sequences)",
         needed, cache.shape().block_tokens, cache.free_blocks(), cache.total_blocks());
   for (std::size_t i = 0; i < sequences.size(); ++i) {
-    if (!cache.reserve(sequences[i], new_tokens[i]))
-      fail("latent cache: reserving {} tokens for sequence {} failed", new_tokens[i], sequences[i]);
-    cached_.push_back(cache.length(sequences[i]));
+    const std::int64_t more = first[i] + new_tokens[i] - cache.length(sequences[i]);
+    if (more > 0 && !cache.reserve(sequences[i], more))
+      fail("latent cache: reserving {} tokens for sequence {} failed", more, sequences[i]);
+    cached_.push_back(first[i]);
     new_.push_back(new_tokens[i]);
     rows_ += new_tokens[i];
     max_blocks_ =
@@ -186,7 +200,10 @@ troupe_kv_cache cache_step::layer(std::int64_t layer) const {
 }
 
 void cache_step::commit() {
-  for (std::size_t i = 0; i < sequences_.size(); ++i) cache_->advance(sequences_[i], new_[i]);
+  for (std::size_t i = 0; i < sequences_.size(); ++i) {
+    const std::int64_t more = cached_[i] + new_[i] - cache_->length(sequences_[i]);
+    if (more > 0) cache_->advance(sequences_[i], more);
+  }
 }
 
 }  // namespace troupe

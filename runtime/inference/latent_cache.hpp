@@ -105,6 +105,10 @@ class cache_step {
   /// is reserved then).
   cache_step(latent_cache& cache, std::span<const latent_cache::sequence_id> sequences,
              std::span<const std::int64_t> new_tokens);
+  /// The same with each sequence's new tokens starting at `starts` (at most its length): layers
+  /// that fill positions other layers already hold (the MTP modules' after the main model's).
+  cache_step(latent_cache& cache, std::span<const latent_cache::sequence_id> sequences,
+             std::span<const std::int64_t> new_tokens, std::span<const std::int64_t> starts);
 
   /// The description layer `layer` of the cache gets; valid while this step lives.
   troupe_kv_cache layer(std::int64_t layer) const;
@@ -114,7 +118,7 @@ class cache_step {
   /// Positions cached before this step, per sequence.
   std::span<const std::int64_t> cached() const { return cached_; }
   std::span<const std::int64_t> new_tokens() const { return new_; }
-  /// Counts every sequence's new tokens as written.
+  /// Counts every sequence's new tokens as written: its length becomes at least start + new.
   void commit();
 
  private:

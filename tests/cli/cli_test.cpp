@@ -338,6 +338,30 @@ TEST(Cli, GenerateContinuesAsTransformersPredictsAndStopsWhereAsked) {
                               source("tests/fixtures/tokenizer/deepseek-v3"));
   EXPECT_EQ(wrong_vocabulary.exit_code, 1);
   expect_contains(wrong_vocabulary, "outside the model's vocabulary of 96");
+  // MTP speculative decoding: greedy, the same text; the drafts and their acceptance reported.
+  auto speculative = run(base + " --max-new-tokens 6 --json --speculative mtp");
+  ASSERT_EQ(speculative.exit_code, 0) << speculative.output;
+  const auto s = nlohmann::json::parse(speculative.output);
+  EXPECT_EQ(s.at("generated_tokens"), g.at("generated_tokens"));
+  for (const char* key : {"drafted_tokens", "accepted_tokens", "acceptance_rate"})
+    EXPECT_TRUE(s.contains(key)) << key;
+  auto bf16 = run(base + " --max-new-tokens 6 --json --cache-dtype bf16");
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.output;
+  // A model without an MTP module cannot draft: refused before its weights are read.
+  const auto no_mtp = std::filesystem::temp_directory_path() / "troupe-cli-no-mtp";
+  std::filesystem::remove_all(no_mtp);
+  std::filesystem::copy(model, no_mtp);
+  {
+    std::ifstream config_in(no_mtp / "config.json");
+    auto config = nlohmann::json::parse(config_in);
+    config["num_nextn_predict_layers"] = 0;
+    std::ofstream(no_mtp / "config.json") << config.dump();
+  }
+  auto undraftable =
+      run("generate --model " + no_mtp.string() + " --tokens " + tokens + " --speculative mtp");
+  EXPECT_EQ(undraftable.exit_code, 1);
+  expect_contains(undraftable, "has no MTP module (config.json num_nextn_predict_layers = 0)");
+  std::filesystem::remove_all(no_mtp);
 }
 
 TEST(Cli, TokenizeEncodesAndDecodesWithDeepSeeksTokenizer) {

@@ -147,6 +147,20 @@ int generate(const generate_options& o) {
   const std::int32_t eos = tokenizer && tokenizer->eos
                                ? *tokenizer->eos
                                : static_cast<std::int32_t>(config.eos_token_id);
+  if (o.speculative == "mtp") {  // before the model is read
+    if (config.num_nextn_predict_layers < 1)
+      fail(
+          "--speculative mtp: {} has no MTP module (config.json num_nextn_predict_layers = 0); "
+          "drop --speculative",
+          o.model);
+    const std::string mtp_weight =
+        fmt::format("model.layers.{}.eh_proj.weight", config.num_hidden_layers);
+    if (!checkpoint.contains(mtp_weight))
+      fail(
+          "--speculative mtp: {} has no weights for its MTP module (no {}: a checkpoint saved "
+          "without model.layers.{}.*); drop --speculative",
+          o.model, mtp_weight, config.num_hidden_layers);
+  }
   const device where = parse_device(o.device);
   if (where.is_cuda()) cuda::require_device(where.index);  // before the model is read
 

@@ -4,7 +4,9 @@
 // error of 1e-5 (max |a - b| / max |b|): prefill, one token at a time across block boundaries,
 // several sequences of different lengths in one step, a rolled-back draft, and the MTP module's
 // logits. A BF16 cache (DeepSeek's inference layout) stays within 2e-2 and picks the same tokens.
-// MTP speculative decoding gives greedy decoding's exact text, and its sampled tokens follow the
+// Greedy generation (plain and speculative) equals transformers' greedy generation with its
+// cache on every fixture (generate.json). MTP speculative decoding gives greedy decoding's exact
+// text, and its sampled tokens follow the
 // main model's distribution: the second token's frequencies over 2,000 seeds are within a total
 // variation distance of 0.06 of the exact marginal (sampling noise alone is about 0.02). The
 // fixtures' MTP modules are random, so their drafts are mostly rejected; the kept-draft side of
@@ -125,7 +127,25 @@ TEST_P(CachedDecode, EveryPositionMatchesTheFullRecompute) {
   EXPECT_EQ(cache.free_blocks(), cache.total_blocks());
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CachedDecode, ::testing::Values("q-lora", "no-q-lora", "yarn"),
+TEST_P(CachedDecode, GreedyGenerationIsTransformersGreedyGeneration) {
+  // tests/fixtures/models/NAME/generate.json: transformers' greedy continuation with its own KV
+  // cache, in float64 (tools/reference/make_generate_fixture.py); EOS does not stop it.
+  loaded_model m(GetParam());
+  cached_model model(m.runner);
+  const auto reference =
+      troupe::testing::read_json(troupe::testing::fixture_model(GetParam()) / "generate.json");
+  generation_request request;
+  request.prompt = reference["prompt"].get<std::vector<std::int32_t>>();
+  const auto expected = reference["generated"].get<std::vector<std::int32_t>>();
+  request.max_new_tokens = static_cast<std::int64_t>(expected.size());
+  latent_cache cache(model.cache_shape(dtype::f32, 8), 1 << 20, device::cpu());
+  EXPECT_EQ(generate_sequence(model, cache, m.context, request).tokens, expected);
+  request.speculative_mtp = true;
+  EXPECT_EQ(generate_sequence(model, cache, m.context, request).tokens, expected);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CachedDecode,
+                         ::testing::Values("q-lora", "no-q-lora", "yarn", "groups"),
                          [](const auto& test_info) {
                            std::string name = test_info.param;
                            std::replace(name.begin(), name.end(), '-', '_');

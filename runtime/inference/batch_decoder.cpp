@@ -224,6 +224,12 @@ std::vector<batch_decoder::event> batch_decoder::step() {
       logit_rows.empty() ? tensor() : model_->logits(*context_, hidden, logit_rows);
   main.commit();
 
+  std::vector<std::int64_t> drafted_before, accepted_before;
+  for (const sequence* s : batch) {
+    drafted_before.push_back(s->result.drafted);
+    accepted_before.push_back(s->result.accepted);
+  }
+
   // Each sequence's tokens, and what the speculative ones' MTP modules read.
   std::vector<mtp_rows> mtp;
   std::int64_t row = 0, logit = 0;
@@ -285,6 +291,17 @@ std::vector<batch_decoder::event> batch_decoder::step() {
     events.push_back(std::move(e));
   }
   if (!mtp.empty()) draft(hidden, mtp);
+
+  if (options_.metrics != nullptr) {
+    std::int64_t generated = 0, drafted = 0, accepted = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      generated += static_cast<std::int64_t>(events[i].tokens.size());
+      drafted += batch[i]->result.drafted - drafted_before[i];
+      accepted += batch[i]->result.accepted - accepted_before[i];
+    }
+    options_.metrics->tokens_generated(generated);
+    if (drafted > 0) options_.metrics->speculative_drafts(drafted, accepted);
+  }
 
   // Finished sequences leave the batch.
   for (std::size_t i = 0; i < batch.size(); ++i) {

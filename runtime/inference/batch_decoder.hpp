@@ -20,12 +20,15 @@
 #include "runtime/inference/cached_model.hpp"
 #include "runtime/inference/generation.hpp"
 #include "runtime/inference/latent_cache.hpp"
+#include "runtime/metrics/metrics.hpp"
 
 namespace troupe {
 
 struct batch_options {
   /// Prompt tokens a sequence feeds per step (0: its whole prompt in one step).
   std::int64_t prefill_chunk = 0;
+  /// Where the tokens generated and the drafts verified and kept are counted (may be null).
+  metrics_registry* metrics = nullptr;
 };
 
 class batch_decoder {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -27,8 +28,16 @@ class metrics_registry {
   void message_sent(std::string_view type);
   void message_received(std::string_view type);
 
+  // Inference: tokens generated, and MTP speculative decoding's drafts verified and kept (the
+  // acceptance rate is their ratio). Thread-safe.
+  void tokens_generated(std::int64_t count);
+  void speculative_drafts(std::int64_t drafted, std::int64_t accepted);
+
   /// Current values, for tests and summaries.
   double actors_alive(std::string_view role) const;
+  double tokens_generated_total() const;
+  double speculative_drafted_total() const;
+  double speculative_accepted_total() const;
   double actors_spawned_total(std::string_view role) const;
   double messages_sent_total(std::string_view type) const;
   double messages_received_total(std::string_view type) const;

@@ -93,6 +93,28 @@ TEST(BatchDecoder, EverySequenceGetsTheTokensItGetsAlone) {
   EXPECT_EQ(cache.free_blocks(), cache.total_blocks());
 }
 
+TEST(BatchDecoder, TokensAndDraftsAreCountedAsMetrics) {
+  loaded_model m("q-lora");
+  latent_cache cache(m.model.cache_shape(dtype::f32, 4), 1 << 20, device::cpu());
+  metrics_registry metrics;
+  batch_decoder decoder(m.model, cache, m.context, {0, &metrics});
+  const auto requests = mixed_requests();
+  std::vector<batch_decoder::sequence_id> ids;
+  for (const auto& r : requests) ids.push_back(decoder.add(r));
+  while (decoder.active() > 0) decoder.step();
+  double generated = 0, drafted = 0, accepted = 0;
+  for (const auto id : ids) {
+    const generation_result r = decoder.take_result(id);
+    generated += static_cast<double>(r.tokens.size());
+    drafted += static_cast<double>(r.drafted);
+    accepted += static_cast<double>(r.accepted);
+  }
+  EXPECT_EQ(metrics.tokens_generated_total(), generated);
+  EXPECT_EQ(metrics.speculative_drafted_total(), drafted);
+  EXPECT_EQ(metrics.speculative_accepted_total(), accepted);
+  EXPECT_GT(drafted, 0);
+}
+
 TEST(BatchDecoder, EachSequenceStopsAtItsOwnEos) {
   loaded_model m("no-q-lora");
   latent_cache cache(m.model.cache_shape(dtype::f32, 4), 1 << 20, device::cpu());

@@ -2,9 +2,20 @@
 
 // The reference every CPU throughput figure of `troupe bench` is a ratio to.
 
+#include <algorithm>
+#include <vector>
+
 #include "runtime/exec/thread_pool.hpp"
 
 namespace troupe::cli {
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+inline double median_of(std::vector<double> values) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const std::size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
 
 /// sgemm on the worker pool, GFLOP/s: 1024^3 and 2048^3, 8 timed runs each after a warm-up
 /// (a short run swings with the cores' state; the spread says how much).

@@ -54,11 +54,6 @@ struct direct_timing {
   std::vector<std::uint64_t> layer_memory;
 };
 
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
-}
-
 /// Activation memory per decoder layer, as the memory pool counted it around each forward.
 void print_layer_memory(const std::vector<std::uint64_t>& bytes, const topology& topo,
                         const std::string& device) {
@@ -173,14 +168,14 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
   }
   kernels::op_timing::enable(false);
   direct_timing result;
-  result.step = median(times);
-  result.forward = median(forwards);
-  result.backward = median(backwards);
-  result.optimizer = median(optimizers);
+  result.step = median_of(times);
+  result.forward = median_of(forwards);
+  result.backward = median_of(backwards);
+  result.optimizer = median_of(optimizers);
   result.layer_memory = std::move(layer_memory);
   if (breakdown) {
     result.has_classes = true;
-    for (std::size_t c = 0; c < classes.size(); ++c) result.classes[c] = median(classes[c]);
+    for (std::size_t c = 0; c < classes.size(); ++c) result.classes[c] = median_of(classes[c]);
     result.functions = std::move(functions);
   }
   return result;
@@ -220,7 +215,7 @@ int bench_train(const bench_train_options& options) {
     std::vector<double> times;
     for (std::size_t i = 2; i < result.steps.size(); ++i)
       times.push_back(result.steps[i].step_seconds);
-    const double actor_step = median(times);
+    const double actor_step = median_of(times);
     const std::int64_t micro_batches = result.steps.back().micro_batches;
     const direct_timing direct =
         direct_step_seconds(topo, registry, pool, micro_batches, std::max(3, options.steps / 2),

@@ -113,6 +113,7 @@ double decode_error(loaded_model& m, cached_model& model, latent_cache& cache,
 }
 
 class CachedDecode : public ::testing::TestWithParam<const char*> {};
+class GreedyAsTransformers : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(CachedDecode, EveryPositionMatchesTheFullRecompute) {
   loaded_model m(GetParam());
@@ -127,7 +128,7 @@ TEST_P(CachedDecode, EveryPositionMatchesTheFullRecompute) {
   EXPECT_EQ(cache.free_blocks(), cache.total_blocks());
 }
 
-TEST_P(CachedDecode, GreedyGenerationIsTransformersGreedyGeneration) {
+TEST_P(GreedyAsTransformers, WithTheCacheAndWithMtpDrafts) {
   // tests/fixtures/models/NAME/generate.json: transformers' greedy continuation with its own KV
   // cache, in float64 (tools/reference/make_generate_fixture.py); EOS does not stop it.
   loaded_model m(GetParam());
@@ -144,13 +145,18 @@ TEST_P(CachedDecode, GreedyGenerationIsTransformersGreedyGeneration) {
   EXPECT_EQ(generate_sequence(model, cache, m.context, request).tokens, expected);
 }
 
+std::string fixture_name(const ::testing::TestParamInfo<const char*>& test_info) {
+  std::string name = test_info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CachedDecode,
-                         ::testing::Values("q-lora", "no-q-lora", "yarn", "groups"),
-                         [](const auto& test_info) {
-                           std::string name = test_info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         ::testing::Values("q-lora", "no-q-lora", "yarn", "groups", "fp8"),
+                         fixture_name);
+// Not fp8: transformers does not read the block-scaled FP8 checkpoint on the CPU.
+INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyAsTransformers,
+                         ::testing::Values("q-lora", "no-q-lora", "yarn", "groups"), fixture_name);
 
 TEST(CachedDecode, SequencesOfDifferentLengthsShareAStep) {
   loaded_model m("q-lora");

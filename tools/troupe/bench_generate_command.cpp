@@ -15,6 +15,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "kernels/dispatch/op_timing.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/core/install_layout.hpp"
 #include "runtime/device/cuda.hpp"
@@ -76,6 +77,56 @@ run_times run_batch(cached_model& model, latent_cache& cache, const exec_context
   while (decoder.active() > 0) decoder.step();
   times.decode = std::chrono::duration<double>(clock_type::now() - start).count();
   return times;
+}
+
+/// On a GPU: the decode steps' latent attention (op timing's CUDA events around
+/// kernels::ops::latent_attention) against the cache bytes they read, each sequence's positions
+/// of every layer once, and a device-to-device copy's bandwidth (read + write) in the same run.
+void print_attention_bandwidth(cached_model& model, latent_cache& cache,
+                               const exec_context& context, std::int64_t batch,
+                               const bench_generate_options& o) {
+  batch_decoder decoder(model, cache, context);
+  std::mt19937 rng(5);
+  for (std::int64_t b = 0; b < batch; ++b) {
+    generation_request request;
+    request.prompt.assign(static_cast<std::size_t>(o.prompt_tokens), 0);
+    for (auto& t : request.prompt) t = static_cast<std::int32_t>(rng() % 256);
+    request.max_new_tokens = o.new_tokens;
+    decoder.add(request);
+  }
+  decoder.step();  // the prompts
+  kernels::op_timing::enable(true);
+  (void)kernels::op_timing::collect();
+  while (decoder.active() > 0) decoder.step();
+  const auto timed = kernels::op_timing::collect();
+  kernels::op_timing::enable(false);
+  double attention_ms = 0.0;
+  for (const auto& [function, ms] : timed.functions)
+    if (function.find("latent_attention") != std::string::npos) attention_ms += ms;
+  // Decode step k (from 0) reads positions 0..P+k of each sequence in every layer.
+  const latent_cache_shape& shape = cache.shape();
+  double positions = 0.0;
+  for (std::int64_t k = 0; k + 1 < o.new_tokens; ++k)
+    positions += static_cast<double>(o.prompt_tokens + k + 1);
+  const double bytes =
+      positions * static_cast<double>(batch) *
+      static_cast<double>(model.config().num_hidden_layers) *
+      static_cast<double>(shape.width() * static_cast<std::int64_t>(size_of(shape.type)));
+  // The reference: 1 GiB copied device to device, 10 times after one warm-up.
+  const std::int64_t copy_bytes = std::int64_t{1} << 30;
+  tensor from = tensor::zeros(dtype::u8, {copy_bytes}, context.where());
+  tensor to = tensor::empty(dtype::u8, {copy_bytes}, context.where());
+  to.copy_from(from);
+  const auto start = clock_type::now();
+  for (int i = 0; i < 10; ++i) to.copy_from(from);
+  const double copy_seconds = std::chrono::duration<double>(clock_type::now() - start).count() / 10;
+  const double copy_gbs = 2.0 * static_cast<double>(copy_bytes) / copy_seconds / 1e9;
+  const double attention_gbs = attention_ms > 0.0 ? bytes / (attention_ms / 1e3) / 1e9 : 0.0;
+  fmt::print(
+      "decode attention at batch {}: {:.3f} ms over {} steps for {:.1f} MB of cache rows -> {:.1f} "
+      "GB/s = {:.3f} of a device-to-device copy ({:.1f} GB/s read + write, 1 GiB, same run)\n",
+      batch, attention_ms, o.new_tokens - 1, bytes / 1e6, attention_gbs, attention_gbs / copy_gbs,
+      copy_gbs);
 }
 
 int bench_generate(const bench_generate_options& o) {
@@ -146,6 +197,7 @@ int bench_generate(const bench_generate_options& o) {
     results.push_back(
         {{"batch", batch}, {"prefill_tokens_per_second", p}, {"decode_tokens_per_second", d}});
   }
+  if (where.is_cuda()) print_attention_bandwidth(model, cache, context, largest, o);
   if (o.json)
     fmt::print("{}\n", nlohmann::json{{"config", o.config},
                                       {"device", o.device},

@@ -97,6 +97,7 @@ class topology_parser {
     read_balancer(root);
     read_train(root);
     read_data(root);
+    read_inference(root);
     read_monitoring(root);
     read_control(root);
   }
@@ -455,6 +456,13 @@ class topology_parser {
     if (host.size() > 2 && host.front() == '[' && host.back() == ']')
       host = host.substr(1, host.size() - 2);
     return std::make_pair(host, port);
+  }
+
+  void read_inference(const toml::table& root) {
+    const auto* inference = section(root, "inference");
+    read("inference", inference, "kv_cache_mib", topo_.inference.kv_cache_mib);
+    read("inference", inference, "kv_cache_dtype", topo_.inference.kv_cache_dtype);
+    read("inference", inference, "block_tokens", topo_.inference.block_tokens);
   }
 
   void read_monitoring(const toml::table& root) {

@@ -319,6 +319,38 @@ section_schema data_section() {
           }};
 }
 
+/// The [inference] section: its keys, in the order the docs list them.
+section_schema inference_section() {
+  return {"inference",
+          false,
+          false,
+          "MLA's latent KV cache for generation (`troupe generate --topology`): one pool of blocks "
+          "on the model's device that every sequence shares (runtime/inference/latent_cache.hpp).",
+          {
+              {"kv_cache_mib",
+               k::integer,
+               false,
+               "1024",
+               "Memory of the cache pool, MiB; DeepSeek-V3 takes 70,272 bytes per token in bf16.",
+               {},
+               {1, 1 << 30}},
+              {"kv_cache_dtype",
+               k::string,
+               false,
+               "\"bf16\"",
+               "What the cache stores: bf16 (DeepSeek-V3's inference layout) or f32 (exact against "
+               "recomputing the whole sequence).",
+               {"bf16", "f32"}},
+              {"block_tokens",
+               k::integer,
+               false,
+               "64",
+               "Tokens per cache block: a sequence takes blocks as it grows.",
+               {},
+               {1, 1 << 16}},
+          }};
+}
+
 /// The [monitoring] section: its keys, in the order the docs list them.
 section_schema monitoring_section() {
   return {
@@ -351,10 +383,10 @@ section_schema control_section() {
 
 const std::vector<section_schema>& sections() {
   static const std::vector<section_schema> schema = {
-      job_section(),        model_section(),    plugins_section(), parallel_section(),
-      schedule_section(),   hosts_section(),    stages_section(),  expert_shards_section(),
-      ema_section(),        balancer_section(), train_section(),   data_section(),
-      monitoring_section(), control_section(),
+      job_section(),       model_section(),      plugins_section(), parallel_section(),
+      schedule_section(),  hosts_section(),      stages_section(),  expert_shards_section(),
+      ema_section(),       balancer_section(),   train_section(),   data_section(),
+      inference_section(), monitoring_section(), control_section(),
   };
   return schema;
 }

@@ -96,6 +96,13 @@ struct data_spec {
   double fim_rate = 0.0;
 };
 
+/// [inference]: MLA's latent KV cache for generation.
+struct inference_spec {
+  std::int64_t kv_cache_mib = 1024;
+  std::string kv_cache_dtype = "bf16";
+  std::int64_t block_tokens = 64;
+};
+
 struct monitoring_spec {
   std::string metrics_host;  ///< empty: no metrics endpoint
   int metrics_port = 0;
@@ -142,6 +149,7 @@ struct topology {
   balancer_spec balancer;
   train_spec train;
   data_spec data_source;
+  inference_spec inference;
   monitoring_spec monitoring;
   control_spec control;
 

@@ -347,6 +347,18 @@ TEST(Cli, GenerateContinuesAsTransformersPredictsAndStopsWhereAsked) {
     EXPECT_TRUE(s.contains(key)) << key;
   auto bf16 = run(base + " --max-new-tokens 6 --json --cache-dtype bf16");
   ASSERT_EQ(bf16.exit_code, 0) << bf16.output;
+  // A topology's [inference] section sizes the cache; a request it cannot hold is refused.
+  const auto topology_file = std::filesystem::temp_directory_path() / "troupe-cli-inference.toml";
+  std::ofstream(topology_file) << "[job]\nname = \"generate\"\n[model]\nconfig = \"" << model
+                               << "/config.json\"\n[[stages]]\nlayers = \"0-2\"\n"
+                               << "[inference]\nkv_cache_mib = 1\nkv_cache_dtype = \"bf16\"\n";
+  auto budgeted = run(base + " --max-new-tokens 6 --json --topology " + topology_file.string());
+  ASSERT_EQ(budgeted.exit_code, 0) << budgeted.output;
+  auto too_long = run(base + " --max-new-tokens 9000 --topology " + topology_file.string());
+  EXPECT_EQ(too_long.exit_code, 1);
+  expect_contains(too_long, "the KV cache of 1 MiB");
+  expect_contains(too_long, "holds 8704 tokens (blocks of 64, 120 bytes per token in bf16)");
+  std::filesystem::remove(topology_file);
   // A model without an MTP module cannot draft: refused before its weights are read.
   const auto no_mtp = std::filesystem::temp_directory_path() / "troupe-cli-no-mtp";
   std::filesystem::remove_all(no_mtp);

@@ -28,6 +28,7 @@
 #include "runtime/inference/sampler.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
+#include "runtime/topology/load.hpp"
 #include "tools/troupe/commands.hpp"
 #include "tools/troupe/token_ids.hpp"
 
@@ -42,7 +43,7 @@ struct generate_options {
   int max_new_tokens = 64;
   sampling_params sampling;
   std::string device = "cpu";
-  std::string speculative, cache_dtype = "f32";
+  std::string speculative, cache_dtype, topology;
   int threads = 0;
   bool chat = false, json = false;
 };
@@ -161,9 +162,40 @@ int generate(const generate_options& o) {
           "without model.layers.{}.*); drop --speculative",
           o.model, mtp_weight, config.num_hidden_layers);
   }
+  std::optional<inference_spec> inference;
+  if (!o.topology.empty()) {
+    topology_load_options load;
+    load.resolve_plugins = false;
+    inference = load_topology(o.topology, load).topo.inference;
+  }
   const device where = parse_device(o.device);
   if (where.is_cuda()) cuda::require_device(where.index);  // before the model is read
 
+  // The cache: the topology's [inference] budget, or room for this one sequence (the prompt,
+  // the tokens to generate and a draft); checked before the model is read.
+  const std::string cache_type =
+      !o.cache_dtype.empty() ? o.cache_dtype : (inference ? inference->kv_cache_dtype : "f32");
+  latent_cache_shape shape;
+  shape.layers =
+      config.num_hidden_layers + (o.speculative == "mtp" ? config.num_nextn_predict_layers : 0);
+  shape.kv_lora_rank = config.kv_lora_rank;
+  shape.rope_dim = config.qk_rope_head_dim;
+  shape.type = cache_type == "bf16" ? dtype::bf16 : dtype::f32;
+  shape.block_tokens = inference ? inference->block_tokens : 64;
+  const auto needed = static_cast<std::int64_t>(ids.size()) + o.max_new_tokens + 1;
+  const std::uint64_t budget = inference ? static_cast<std::uint64_t>(inference->kv_cache_mib) << 20
+                                         : static_cast<std::uint64_t>(needed + shape.block_tokens) *
+                                               static_cast<std::uint64_t>(shape.bytes_per_token());
+  const auto holds =
+      static_cast<std::int64_t>(budget / static_cast<std::uint64_t>(shape.bytes_per_block()) *
+                                static_cast<std::uint64_t>(shape.block_tokens));
+  if (holds < needed)
+    fail(
+        "the KV cache of {} MiB ({} [inference] kv_cache_mib) holds {} tokens (blocks of {}, {} "
+        "bytes per token in {}); this request needs {} (a prompt of {}, {} new tokens and a "
+        "draft)",
+        budget >> 20, o.topology, holds, shape.block_tokens, shape.bytes_per_token(), cache_type,
+        needed, ids.size(), o.max_new_tokens);
   plugin_registry registry;
   model_options model;
   model.mtp = o.speculative == "mtp";
@@ -183,13 +215,7 @@ int generate(const generate_options& o) {
   request.eos = eos;
   if (tokenizer) request.drawable_vocab = tokenizer->vocab_size;
   request.speculative_mtp = model.mtp;
-  // The cache holds this one sequence: the prompt, the tokens to generate and a draft.
-  const latent_cache_shape shape =
-      cached.cache_shape(o.cache_dtype == "bf16" ? dtype::bf16 : dtype::f32, 64);
-  const auto positions = static_cast<std::uint64_t>(ids.size()) +
-                         static_cast<std::uint64_t>(o.max_new_tokens) + 2 +
-                         static_cast<std::uint64_t>(shape.block_tokens);
-  latent_cache cache(shape, positions * static_cast<std::uint64_t>(shape.bytes_per_token()), where);
+  latent_cache cache(shape, budget, where);
   const auto stream = [&](std::int32_t token) {
     if (o.json || token == eos) return;
     const std::string piece =
@@ -284,9 +310,14 @@ void add_generate_command(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"mtp"}));
   command
       ->add_option("--cache-dtype", o->cache_dtype,
-                   "The latent KV cache's values: f32 (default) or bf16 (DeepSeek's layout)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
-      ->capture_default_str();
+                   "The latent KV cache's values: f32 (default without --topology) or bf16 "
+                   "(DeepSeek's layout)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  command
+      ->add_option("--topology", o->topology,
+                   "A topology whose [inference] section sizes the KV cache (kv_cache_mib, "
+                   "kv_cache_dtype, block_tokens); default: room for this request")
+      ->check(CLI::ExistingFile);
   command->add_option("--device", o->device, "cpu (default) or cuda:N (FP32 on the GPU)");
   command->add_option("--threads", o->threads, "Worker threads (default: one per core)")
       ->check(within(thread_bounds));

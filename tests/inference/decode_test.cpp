@@ -130,7 +130,8 @@ TEST_P(CachedDecode, EveryPositionMatchesTheFullRecompute) {
 
 TEST_P(GreedyAsTransformers, WithTheCacheAndWithMtpDrafts) {
   // tests/fixtures/models/NAME/generate.json: transformers' greedy continuation with its own KV
-  // cache, in float64 (tools/reference/make_generate_fixture.py); EOS does not stop it.
+  // cache, in float64 (tools/reference/make_generate_fixture.py; the FP8 checkpoint's weights
+  // decoded as troupe decodes them); EOS does not stop it.
   loaded_model m(GetParam());
   cached_model model(m.runner);
   const auto reference =
@@ -154,9 +155,9 @@ std::string fixture_name(const ::testing::TestParamInfo<const char*>& test_info)
 INSTANTIATE_TEST_SUITE_P(Fixtures, CachedDecode,
                          ::testing::Values("q-lora", "no-q-lora", "yarn", "groups", "fp8"),
                          fixture_name);
-// Not fp8: transformers does not read the block-scaled FP8 checkpoint on the CPU.
 INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyAsTransformers,
-                         ::testing::Values("q-lora", "no-q-lora", "yarn", "groups"), fixture_name);
+                         ::testing::Values("q-lora", "no-q-lora", "yarn", "groups", "fp8"),
+                         fixture_name);
 
 TEST(CachedDecode, SequencesOfDifferentLengthsShareAStep) {
   loaded_model m("q-lora");

@@ -5,17 +5,45 @@ For each fixture directory (tests/fixtures/models/NAME, made by make_fixtures.py
 DeepseekV3ForCausalLM reads the checkpoint, and greedy decoding with its KV cache
 (past_key_values, one token per forward after the prompt) continues the fixture's tokens for
 --new-tokens tokens, in float64 where transformers can (float32 otherwise; the file says which).
-EOS does not stop it. Writes NAME/generate.json: {"prompt", "generated", "dtype", "torch",
+EOS does not stop it. An FP8 fixture (block-scaled E4M3 weights, which transformers reads only
+through its GPU kernels) is decoded here to the weights troupe computes with, and loaded into
+transformers' model in float64 as make_fixtures.py built its reference. Writes NAME/generate.json: {"prompt", "generated", "dtype", "torch",
 "transformers"}.
 
   python3 tools/reference/make_generate_fixture.py --fixtures tests/fixtures/models [--out DIR]
 """
 import argparse
+import glob
 import json
 import os
+import sys
 
 import torch
+from safetensors.torch import load_file
 from transformers import DeepseekV3ForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_fixtures  # noqa: E402  (hf_config, dequantize_fp8, load_into, MtpModule)
+
+
+def load_fp8(directory):
+    with open(os.path.join(directory, "config.json")) as f:
+        config = json.load(f)
+    stored = {}
+    for file in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
+        stored.update(load_file(file))
+    state = {}
+    for name, tensor in stored.items():
+        if name.endswith("_scale_inv"):
+            continue
+        scale = stored.get(name + "_scale_inv")
+        state[name] = make_fixtures.dequantize_fp8(tensor, scale) if scale is not None else tensor.float()
+    hf = make_fixtures.hf_config(config)
+    model = DeepseekV3ForCausalLM(hf).double().eval()
+    mtp_index = config["num_hidden_layers"]
+    mtp = make_fixtures.MtpModule(hf, mtp_index).double().eval()
+    make_fixtures.load_into(model, mtp, state, mtp_index)
+    return model, "float64"
 
 
 def load(directory):
@@ -59,7 +87,9 @@ def main():
         directory = os.path.join(args.fixtures, name)
         with open(os.path.join(directory, "reference.json")) as f:
             prompt = json.load(f)["tokens"]
-        model, dtype = load(directory)
+        with open(os.path.join(directory, "config.json")) as f:
+            quantized = "quantization_config" in json.load(f)
+        model, dtype = load_fp8(directory) if quantized else load(directory)
         generated = continue_greedily(model, prompt, args.new_tokens)
         result = {"prompt": prompt, "generated": generated, "dtype": dtype,
                   "torch": torch.__version__, "transformers": __import__("transformers").__version__}

@@ -15,6 +15,7 @@
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
 #include "tests/gpu/gpu_skip.hpp"
+#include "tests/support/fixture_model.hpp"
 #include "tests/support/fixtures.hpp"
 
 namespace {
@@ -23,34 +24,8 @@ using namespace troupe;
 
 const device gpu = device::cuda(0);
 
-struct model_on {
-  model_on(const char* fixture, device where)
-      : checkpoint(hf_checkpoint::open(troupe::testing::fixture_model(fixture))),
-        runner(checkpoint.config(), {}, load_model_plugins(registry, checkpoint.config()),
-               options_for(where)),
-        pool(2),
-        context(where, pool) {
-    load_parameters(checkpoint, runner.parameters());
-  }
-  static model_options options_for(device where) {
-    model_options o;
-    o.where = where;
-    return o;
-  }
-  hf_checkpoint checkpoint;
-  plugin_registry registry;
-  model_runner runner;
-  thread_pool pool;
-  exec_context context;
-};
-
-std::vector<std::int32_t> random_tokens(std::int64_t count, std::int64_t vocab, unsigned seed) {
-  std::mt19937 generator(seed);
-  std::uniform_int_distribution<std::int32_t> pick(0, static_cast<std::int32_t>(vocab - 1));
-  std::vector<std::int32_t> out(static_cast<std::size_t>(count));
-  for (auto& t : out) t = pick(generator);
-  return out;
-}
+using model_on = troupe::testing::fixture_runner;
+using troupe::testing::random_tokens;
 
 /// The CPU training forward's logits [length, vocab].
 std::vector<float> cpu_logits(const char* fixture, const std::vector<std::int32_t>& tokens) {

@@ -13,41 +13,21 @@
 #include "runtime/inference/batch_decoder.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
-#include "tests/support/fixtures.hpp"
+#include "tests/support/fixture_model.hpp"
 
 namespace {
 
 using namespace troupe;
 
-struct loaded_model {
+/// A fixture's model and the cached model over it.
+struct loaded_model : troupe::testing::fixture_runner {
   explicit loaded_model(const char* fixture, bool mtp = true)
-      : checkpoint(hf_checkpoint::open(troupe::testing::fixture_model(fixture))),
-        runner(checkpoint.config(), {}, load_model_plugins(registry, checkpoint.config()),
-               options(mtp)),
-        pool(2),
-        context(device::cpu(), pool),
-        model(runner) {
-    load_parameters(checkpoint, runner.parameters());
-  }
-  static model_options options(bool mtp) {
-    model_options o;
-    o.mtp = mtp;
-    return o;
-  }
-  hf_checkpoint checkpoint;
-  plugin_registry registry;
-  model_runner runner;
-  thread_pool pool;
-  exec_context context;
+      : fixture_runner(fixture, device::cpu(), mtp), model(runner) {}
   cached_model model;
 };
 
 std::vector<std::int32_t> random_tokens(std::int64_t count, unsigned seed) {
-  std::mt19937 generator(seed);
-  std::uniform_int_distribution<std::int32_t> pick(0, 95);
-  std::vector<std::int32_t> out(static_cast<std::size_t>(count));
-  for (auto& t : out) t = pick(generator);
-  return out;
+  return troupe::testing::random_tokens(count, 96, seed);
 }
 
 std::vector<generation_request> mixed_requests() {

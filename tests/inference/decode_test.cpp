@@ -25,6 +25,7 @@
 #include "runtime/inference/generation.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
+#include "tests/support/fixture_model.hpp"
 #include "tests/support/fixtures.hpp"
 
 namespace {
@@ -33,28 +34,8 @@ using namespace troupe;
 
 constexpr double f32_tolerance = 1e-5;
 
-struct loaded_model {
-  explicit loaded_model(const char* fixture)
-      : checkpoint(hf_checkpoint::open(troupe::testing::fixture_model(fixture))),
-        runner(checkpoint.config(), {}, load_model_plugins(registry, checkpoint.config())),
-        pool(2),
-        context(device::cpu(), pool) {
-    load_parameters(checkpoint, runner.parameters());
-  }
-  hf_checkpoint checkpoint;
-  plugin_registry registry;
-  model_runner runner;
-  thread_pool pool;
-  exec_context context;
-};
-
-std::vector<std::int32_t> random_tokens(std::int64_t count, std::int64_t vocab, unsigned seed) {
-  std::mt19937 generator(seed);
-  std::uniform_int_distribution<std::int32_t> pick(0, static_cast<std::int32_t>(vocab - 1));
-  std::vector<std::int32_t> out(static_cast<std::size_t>(count));
-  for (auto& t : out) t = pick(generator);
-  return out;
-}
+using loaded_model = troupe::testing::fixture_runner;
+using troupe::testing::random_tokens;
 
 /// The training forward's logits [length, vocab] and MTP depth-1 logits for one sequence.
 struct full_logits {

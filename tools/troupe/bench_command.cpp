@@ -35,13 +35,6 @@ struct bench_options {
   std::string device = "cpu";
 };
 
-fs::path config_path(const std::string& name) {
-  const fs::path models = current_install_layout().topology_dir / "models";
-  if (name == "tiny") return models / "tiny" / "config.json";
-  if (name == "small") return models / "small-512" / "config.json";
-  return name;
-}
-
 /// The gemm plugin of `precision`: none for fp32 (the runtime's own) and bf16 (the runtime's
 /// cuBLASLt BF16, GPU only), the FP8 plugin's for fp8.
 std::unique_ptr<gemm_instance> precision_gemm(plugin_registry& registry,
@@ -134,7 +127,7 @@ void print_mla_activations(const std::string& mla_statistics) {
 }
 
 int bench(const bench_options& options) {
-  const fs::path file = config_path(options.config);
+  const fs::path file = bench_model_config(options.config);
   const model_config config = load_model_config(file);
   const std::int64_t batch = options.batch > 0 ? options.batch : (options.config == "tiny" ? 4 : 2);
   const std::int64_t length =

@@ -44,13 +44,6 @@ struct bench_generate_options {
   bool json = false;
 };
 
-fs::path model_config_file(const std::string& name) {
-  const fs::path models = current_install_layout().topology_dir / "models";
-  if (name == "tiny") return models / "tiny" / "config.json";
-  if (name == "small") return models / "small-512" / "config.json";
-  return name;
-}
-
 struct run_times {
   double prefill = 0.0, decode = 0.0;  // seconds
 };
@@ -130,7 +123,7 @@ void print_attention_bandwidth(cached_model& model, latent_cache& cache,
 }
 
 int bench_generate(const bench_generate_options& o) {
-  const fs::path file = model_config_file(o.config);
+  const fs::path file = bench_model_config(o.config);
   const model_config config = load_model_config(file);
   const int threads = o.threads > 0
                           ? o.threads

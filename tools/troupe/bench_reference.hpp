@@ -3,11 +3,23 @@
 // The reference every CPU throughput figure of `troupe bench` is a ratio to.
 
 #include <algorithm>
+#include <filesystem>
+#include <string>
 #include <vector>
 
+#include "runtime/core/install_layout.hpp"
 #include "runtime/exec/thread_pool.hpp"
 
 namespace troupe::cli {
+
+/// The config.json `troupe bench model` and `bench generate` name by `name`: tiny, small (the
+/// small-512 config) or a path.
+inline std::filesystem::path bench_model_config(const std::string& name) {
+  const std::filesystem::path models = current_install_layout().topology_dir / "models";
+  if (name == "tiny") return models / "tiny" / "config.json";
+  if (name == "small") return models / "small-512" / "config.json";
+  return name;
+}
 
 /// The median of `values` (the mean of the middle two for an even count); 0 for none.
 inline double median_of(std::vector<double> values) {

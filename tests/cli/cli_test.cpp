@@ -376,6 +376,28 @@ TEST(Cli, GenerateContinuesAsTransformersPredictsAndStopsWhereAsked) {
   std::filesystem::remove_all(no_mtp);
 }
 
+TEST(Cli, EplbPrintsDeepSeeksPlacement) {
+  const auto loads = std::filesystem::temp_directory_path() / "troupe-cli-eplb.json";
+  std::ofstream(loads) << "[[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],"
+                          " [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]";
+  const std::string base = "eplb --load " + loads.string() + " --groups 4 --nodes 2 --devices 8";
+  auto placed = run(base + " --replicas 16 --json");
+  ASSERT_EQ(placed.exit_code, 0) << placed.output;
+  const auto plan = nlohmann::json::parse(placed.output);
+  EXPECT_EQ(plan.at("phy2log"), nlohmann::json::parse("[[5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, "
+                                                      "1, 11, 1], [7, 10, 6, 8, 6, 11, 8, 9, 2, 4, "
+                                                      "5, 1, 5, 0, 3, 1]]"));
+  EXPECT_EQ(plan.at("logcnt")[0].size(), 12u);
+  EXPECT_EQ(plan.at("log2phy")[0][1], nlohmann::json::parse("[15, 13]"));
+  auto readable = run(base + " --replicas 16");
+  EXPECT_EQ(readable.exit_code, 0);
+  expect_contains(readable, "hierarchical policy");
+  auto uneven = run(base + " --replicas 18");
+  EXPECT_EQ(uneven.exit_code, 1);
+  expect_contains(uneven, "18 replicas do not split over 8 devices");
+  std::filesystem::remove(loads);
+}
+
 TEST(Cli, TokenizeEncodesAndDecodesWithDeepSeeksTokenizer) {
   const std::string tokenizer = "--tokenizer " + source("tests/fixtures/tokenizer/deepseek-v3");
   // The ids `tokenizers` gives (tools/reference/make_tokenizer_fixture.py's tokenizer).

@@ -1,0 +1,143 @@
+#include "runtime/serve/serving_engine.hpp"
+
+#include <algorithm>
+#include <iterator>
+#include <utility>
+#include <vector>
+
+namespace troupe {
+
+serving_engine::serving_engine(cached_model& model, latent_cache& cache,
+                               const exec_context& context, serving_options options)
+    : model_(&model), cache_(&cache), context_(&context), options_(options) {
+  if (options.max_batch < 1 || options.max_queue < 0)
+    fail("serving: max_batch {} must be at least 1 and max_queue {} at least 0", options.max_batch,
+         options.max_queue);
+  thread_ = std::thread([this] { run(); });
+}
+
+serving_engine::~serving_engine() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+  for (pending& p : queue_)
+    p.result.set_exception(std::make_exception_ptr(error("the server stopped")));
+}
+
+std::future<generation_result> serving_engine::submit(const generation_request& request,
+                                                      token_callback on_token, ticket* id) {
+  std::future<generation_result> future;
+  {
+    std::lock_guard lock(mutex_);
+    if (static_cast<std::int64_t>(queue_.size()) >= options_.max_queue)
+      throw queue_full(fmt::format("the queue is full ({} requests wait to join a batch of {})",
+                                   queue_.size(), options_.max_batch));
+    pending p{next_++, request, std::move(on_token), {}};
+    if (id != nullptr) *id = p.id;
+    future = p.result.get_future();
+    queue_.push_back(std::move(p));
+  }
+  wake_.notify_all();
+  return future;
+}
+
+void serving_engine::cancel(ticket id) {
+  {
+    std::lock_guard lock(mutex_);
+    const auto it =
+        std::find_if(queue_.begin(), queue_.end(), [&](const pending& p) { return p.id == id; });
+    if (it != queue_.end()) {
+      it->result.set_exception(std::make_exception_ptr(error("cancelled")));
+      queue_.erase(it);
+      return;
+    }
+    cancelled_.push_back(id);
+  }
+  wake_.notify_all();
+}
+
+std::int64_t serving_engine::queued() const {
+  std::lock_guard lock(mutex_);
+  return static_cast<std::int64_t>(queue_.size());
+}
+
+std::int64_t serving_engine::decoding() const {
+  std::lock_guard lock(mutex_);
+  return decoding_;
+}
+
+void serving_engine::run() {
+  batch_decoder decoder(*model_, *cache_, *context_, {options_.prefill_chunk, options_.metrics});
+  std::map<batch_decoder::sequence_id, pending> active;  // in the order they joined
+  const auto fail_request = [](pending& p, const std::string& why) {
+    p.result.set_exception(std::make_exception_ptr(error(why)));
+  };
+  for (;;) {
+    std::vector<pending> joining;
+    std::vector<ticket> cancels;
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] {
+        return stopping_ || !queue_.empty() || !active.empty() || !cancelled_.empty();
+      });
+      if (stopping_) break;
+      while (!queue_.empty() &&
+             static_cast<std::int64_t>(active.size() + joining.size()) < options_.max_batch) {
+        joining.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      cancels.swap(cancelled_);
+    }
+    for (const ticket id : cancels) {
+      const auto it = std::find_if(active.begin(), active.end(),
+                                   [&](const auto& entry) { return entry.second.id == id; });
+      if (it == active.end()) continue;
+      decoder.cancel(it->first);
+      fail_request(it->second, "cancelled");
+      active.erase(it);
+    }
+    for (pending& p : joining) {
+      try {
+        const auto sequence = decoder.add(p.request);
+        active.emplace(sequence, std::move(p));
+      } catch (const std::exception& e) {
+        fail_request(p, e.what());
+      }
+    }
+    {
+      std::lock_guard lock(mutex_);
+      decoding_ = static_cast<std::int64_t>(active.size());
+    }
+    if (active.empty()) continue;
+    std::vector<batch_decoder::event> events;
+    try {
+      events = decoder.step();
+    } catch (const std::exception& e) {
+      // NOTES: the step changed nothing (batch_decoder's contract); the newest sequence leaves
+      // so that the older ones, which fitted before it came, can go on.
+      const auto newest = std::prev(active.end());
+      decoder.cancel(newest->first);
+      fail_request(newest->second, e.what());
+      active.erase(newest);
+      continue;
+    }
+    for (const batch_decoder::event& e : events) {
+      const auto it = active.find(e.id);
+      if (it == active.end()) continue;
+      if (it->second.on_token)
+        for (const std::int32_t token : e.tokens) it->second.on_token(token);
+      if (e.finished) {
+        it->second.result.set_value(decoder.take_result(e.id));
+        active.erase(it);
+      }
+    }
+    std::lock_guard lock(mutex_);
+    decoding_ = static_cast<std::int64_t>(active.size());
+  }
+  for (auto& [sequence, p] : active) fail_request(p, "the server stopped");
+}
+
+}  // namespace troupe

@@ -32,15 +32,19 @@ cached_model::cached_model(model_runner& runner)
           layer->index());
 }
 
-latent_cache_shape cached_model::cache_shape(dtype type, std::int64_t block_tokens) const {
-  const model_config& c = config();
+latent_cache_shape inference_cache_shape(const model_config& config, std::int64_t mtp_depth,
+                                         dtype type, std::int64_t block_tokens) {
   latent_cache_shape shape;
-  shape.layers = c.num_hidden_layers + mtp_depth();
-  shape.kv_lora_rank = c.kv_lora_rank;
-  shape.rope_dim = c.qk_rope_head_dim;
+  shape.layers = config.num_hidden_layers + mtp_depth;
+  shape.kv_lora_rank = config.kv_lora_rank;
+  shape.rope_dim = config.qk_rope_head_dim;
   shape.type = type;
   shape.block_tokens = block_tokens;
   return shape;
+}
+
+latent_cache_shape cached_model::cache_shape(dtype type, std::int64_t block_tokens) const {
+  return inference_cache_shape(config(), mtp_depth(), type, block_tokens);
 }
 
 void cached_model::check_context(const exec_context& context) const {

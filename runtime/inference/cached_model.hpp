@@ -19,6 +19,11 @@
 
 namespace troupe {
 
+/// The latent cache a model of `config` needs with `mtp_depth` MTP modules: one layer per
+/// decoder layer and module, kv_lora_rank + qk_rope_head_dim values per token and layer.
+latent_cache_shape inference_cache_shape(const model_config& config, std::int64_t mtp_depth,
+                                         dtype type, std::int64_t block_tokens);
+
 class cached_model {
  public:
   /// Throws troupe::error unless `runner` holds the whole model (embedding to head) and its

@@ -48,20 +48,27 @@ struct run_times {
   double prefill = 0.0, decode = 0.0;  // seconds
 };
 
-/// One run: `batch` sequences read their prompts in one step, then decode to the end.
-run_times run_batch(cached_model& model, latent_cache& cache, const exec_context& context,
-                    std::int64_t batch, const bench_generate_options& o, unsigned seed) {
+/// `batch` requests of --prompt-tokens random byte tokens (seeded) and --new-tokens greedy tokens
+/// each, without EOS: every sequence runs to the end.
+void add_requests(batch_decoder& decoder, std::int64_t batch, const bench_generate_options& o,
+                  std::int64_t vocab, unsigned seed) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<std::int32_t> token(
-      0, static_cast<std::int32_t>(std::min<std::int64_t>(model.config().vocab_size, 256) - 1));
-  batch_decoder decoder(model, cache, context);
+      0, static_cast<std::int32_t>(std::min<std::int64_t>(vocab, 256) - 1));
   for (std::int64_t b = 0; b < batch; ++b) {
     generation_request request;
     request.prompt.resize(static_cast<std::size_t>(o.prompt_tokens));
     for (auto& t : request.prompt) t = token(rng);
-    request.max_new_tokens = o.new_tokens;  // no EOS: every sequence runs to the end
+    request.max_new_tokens = o.new_tokens;
     decoder.add(request);
   }
+}
+
+/// One run: `batch` sequences read their prompts in one step, then decode to the end.
+run_times run_batch(cached_model& model, latent_cache& cache, const exec_context& context,
+                    std::int64_t batch, const bench_generate_options& o, unsigned seed) {
+  batch_decoder decoder(model, cache, context);
+  add_requests(decoder, batch, o, model.config().vocab_size, seed);
   run_times times;
   auto start = clock_type::now();
   decoder.step();
@@ -79,14 +86,7 @@ void print_attention_bandwidth(cached_model& model, latent_cache& cache,
                                const exec_context& context, std::int64_t batch,
                                const bench_generate_options& o) {
   batch_decoder decoder(model, cache, context);
-  std::mt19937 rng(5);
-  for (std::int64_t b = 0; b < batch; ++b) {
-    generation_request request;
-    request.prompt.assign(static_cast<std::size_t>(o.prompt_tokens), 0);
-    for (auto& t : request.prompt) t = static_cast<std::int32_t>(rng() % 256);
-    request.max_new_tokens = o.new_tokens;
-    decoder.add(request);
-  }
+  add_requests(decoder, batch, o, model.config().vocab_size, 5);
   decoder.step();  // the prompts
   kernels::op_timing::enable(true);
   (void)kernels::op_timing::collect();

@@ -175,13 +175,9 @@ int generate(const generate_options& o) {
   // the tokens to generate and a draft); checked before the model is read.
   const std::string cache_type =
       !o.cache_dtype.empty() ? o.cache_dtype : (inference ? inference->kv_cache_dtype : "f32");
-  latent_cache_shape shape;
-  shape.layers =
-      config.num_hidden_layers + (o.speculative == "mtp" ? config.num_nextn_predict_layers : 0);
-  shape.kv_lora_rank = config.kv_lora_rank;
-  shape.rope_dim = config.qk_rope_head_dim;
-  shape.type = cache_type == "bf16" ? dtype::bf16 : dtype::f32;
-  shape.block_tokens = inference ? inference->block_tokens : 64;
+  const latent_cache_shape shape = inference_cache_shape(
+      config, o.speculative == "mtp" ? config.num_nextn_predict_layers : 0,
+      cache_type == "bf16" ? dtype::bf16 : dtype::f32, inference ? inference->block_tokens : 64);
   const auto needed = static_cast<std::int64_t>(ids.size()) + o.max_new_tokens + 1;
   const std::uint64_t budget = inference ? static_cast<std::uint64_t>(inference->kv_cache_mib) << 20
                                          : static_cast<std::uint64_t>(needed + shape.block_tokens) *

@@ -15,15 +15,6 @@ namespace troupe {
 
 namespace {
 
-/// Compares without an early exit, so the time taken says nothing about the token.
-bool same_token(const std::string& given, const std::string& expected) {
-  if (given.size() != expected.size()) return false;
-  unsigned char difference = 0;
-  for (std::size_t i = 0; i < given.size(); ++i)
-    difference |= static_cast<unsigned char>(given[i] ^ expected[i]);
-  return difference == 0;
-}
-
 /// The command a target names: "/v1/pause?x=1" -> "pause"; "" when it is not under /v1/.
 std::string command_of(const std::string& target) {
   const std::string prefix = "/v1/";
@@ -106,7 +97,7 @@ std::optional<http_reply> control_server::screen(const http_request& request) {
   const std::string command = command_of(request.target);
   const auto it = commands_.find(command);
   const std::string label = it == commands_.end() ? std::string("unknown") : command;
-  if (!same_token(request.authorization, "Bearer " + token_)) {
+  if (!same_secret(request.authorization, "Bearer " + token_)) {
     log_(fmt::format("control: refused {} {} from {}: {}", request.method, request.target,
                      request.peer, request.authorization.empty() ? "no token" : "wrong token"));
     return finish(label, control_error(401,

@@ -90,4 +90,12 @@ http_parse_result parse_http_request(std::string_view bytes, const http_limits& 
   return result;
 }
 
+bool same_secret(std::string_view given, std::string_view expected) {
+  if (given.size() != expected.size()) return false;
+  unsigned char difference = 0;
+  for (std::size_t i = 0; i < given.size(); ++i)
+    difference |= static_cast<unsigned char>(given[i] ^ expected[i]);
+  return difference == 0;
+}
+
 }  // namespace troupe

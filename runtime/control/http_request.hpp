@@ -6,11 +6,32 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
 namespace troupe {
+
+/// The connection a request came on, as its handler sees it: whether the client is still there,
+/// and a reply sent in pieces (server-sent events). Thread-safe.
+class http_exchange {
+ public:
+  virtual ~http_exchange() = default;
+  /// True once the client has closed the connection (or the server has dropped it).
+  virtual bool client_gone() const = 0;
+  /// Calls `f` once, on the server's I/O thread, when the client goes (at once, on the caller's
+  /// thread, when it has gone already); `f` must not block. A second call replaces the first.
+  virtual void on_client_gone(std::function<void()> f) = 0;
+  /// Starts a reply sent in pieces: the status line and the headers now (chunked transfer
+  /// encoding), the body through send(). It ends when the handler returns; the handler's
+  /// http_reply is ignored then.
+  virtual void begin_stream(int status, std::string content_type) = 0;
+  /// Sends the next piece of the streamed reply. Waits while the client is more than
+  /// http_limits::stream_backlog bytes behind; false when the client has gone.
+  virtual bool send(std::string_view piece) = 0;
+};
 
 struct http_request {
   std::string method;         ///< "GET", "POST", ...
@@ -18,11 +39,14 @@ struct http_request {
   std::string authorization;  ///< the Authorization header, or ""
   std::string body;
   std::string peer;  ///< "127.0.0.1:40312"
+  /// The connection (null for a request from parse_http_request).
+  std::shared_ptr<http_exchange> exchange;
 };
 
 struct http_reply {
   int status = 200;
-  std::string body;  ///< JSON
+  std::string body;  ///< JSON unless content_type says otherwise
+  std::string content_type = "application/json";
 };
 
 /// What a client of the control endpoint may take and send. A request that breaks one is
@@ -46,7 +70,13 @@ struct http_limits {
   std::size_t max_connections = 256;
   /// Requests handled at once (each on a thread of its own); one more is answered 503.
   std::size_t max_handlers = 16;
+  /// Bytes of a streamed reply the client may be behind before http_exchange::send waits.
+  std::size_t stream_backlog = 1024 * 1024;
 };
+
+/// Whether two secrets (a bearer token, an API key) are equal, in a time that says nothing about
+/// where they differ.
+bool same_secret(std::string_view given, std::string_view expected);
 
 /// What parse_http_request made of some bytes: exactly one of three outcomes.
 struct http_parse_result {

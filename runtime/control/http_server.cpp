@@ -23,6 +23,8 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
 
+#include "runtime/control/connection_exchange.hpp"
+#include "runtime/control/handler_threads.hpp"
 #include "runtime/control/request_parser.hpp"
 #include "runtime/core/error.hpp"
 
@@ -37,69 +39,6 @@ using error_code = boost::system::error_code;
 // holds a handler_threads, which GCC flags (-Wsubobject-linkage) once a unity build includes
 // this file into another.
 namespace http_server_detail {
-
-/// Threads for handlers: a request that finds none idle gets a new one, up to `cap`; they stay
-/// until the server stops (a job's endpoint sees a few operators, not a crowd).
-class handler_threads {
- public:
-  explicit handler_threads(std::size_t cap) : cap_(cap) {}
-  ~handler_threads() { stop(); }
-
-  /// Runs `task` on an idle thread or a new one; false when `cap` are busy or it is stopping.
-  bool run(std::function<void()> task) {
-    std::lock_guard lock(mutex_);
-    if (stopping_) return false;
-    if (idle_ == 0) {
-      if (threads_.size() >= cap_) return false;
-      try {
-        threads_.emplace_back([this] { work(); });
-      } catch (const std::system_error&) {
-        return false;  // no thread to be had
-      }
-    } else {
-      --idle_;  // claimed: the next idle thread to wake takes it
-    }
-    tasks_.push_back(std::move(task));
-    wake_.notify_one();
-    return true;
-  }
-
-  /// Lets the threads finish what they were given, then joins them.
-  void stop() {
-    {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-    }
-    wake_.notify_all();
-    // NOTES: run() adds no thread once stopping_ is set, so threads_ is ours alone here.
-    for (auto& thread : threads_)
-      if (thread.joinable()) thread.join();
-  }
-
- private:
-  void work() {
-    std::unique_lock lock(mutex_);
-    for (;;) {
-      wake_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
-      if (tasks_.empty()) return;
-      auto task = std::move(tasks_.front());
-      tasks_.pop_front();
-      lock.unlock();
-      task();
-      task = nullptr;  // what it holds goes before the thread counts as idle
-      lock.lock();
-      ++idle_;
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::function<void()>> tasks_;
-  std::vector<std::thread> threads_;
-  std::size_t idle_ = 0;  // threads free for a task nobody has claimed yet
-  const std::size_t cap_;
-  bool stopping_ = false;
-};
 
 /// The handler's reply, or 500 for what it threw.
 template <typename Function>
@@ -116,6 +55,7 @@ http_reply answer(const Function& function, const http_request& request) {
 }  // namespace http_server_detail
 
 using http_server_detail::answer;
+using exchange = http_server_detail::connection_exchange;
 using http_server_detail::handler_threads;
 
 // NOTES: everything below but the handler threads runs on the I/O thread (the one running
@@ -152,8 +92,9 @@ struct http_server::state {
   handler_threads handlers;
   std::list<std::shared_ptr<connection>> connections;  // oldest first
   asio::steady_timer final_replies{io};
-  bool stopping = false;  // begin_stop() has run
-  bool draining = false;  // finish_stop() has run: the last connection closed ends the I/O
+  bool stopping = false;          // begin_stop() has run
+  bool stopping_accepts = false;  // stop_accepting() has run
+  bool draining = false;          // finish_stop() has run: the last connection closed ends the I/O
   std::thread io_thread;
 };
 
@@ -184,21 +125,25 @@ class http_server::state::connection : public std::enable_shared_from_this<conne
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
     server_.connections.erase(place);
+    if (exchange_) exchange_->mark_gone();
     if (server_.draining && server_.connections.empty()) server_.io.stop();
   }
 
   bool expendable() const { return phase_ == phase::headers || phase_ == phase::lingering; }
   /// With a handler, or writing a reply: a stopping server lets it finish.
-  bool answering() const { return phase_ == phase::handling || phase_ == phase::replying; }
+  bool answering() const {
+    return phase_ == phase::handling || phase_ == phase::streaming || phase_ == phase::replying;
+  }
 
   std::list<std::shared_ptr<connection>>::iterator place;  ///< in server.connections
 
  private:
-  enum class phase { headers, body, handling, replying, lingering, closed };
+  enum class phase { headers, body, handling, streaming, replying, lingering, closed };
 
   http_request request() const {
     http_request r = request_of(parser_);
     r.peer = peer_;
+    r.exchange = exchange_;
     return r;
   }
 
@@ -253,15 +198,101 @@ class http_server::state::connection : public std::enable_shared_from_this<conne
   void handle() {
     phase_ = phase::handling;
     deadline_.cancel();
+    auto& io = server_.io;
+    exchange_ = std::make_shared<exchange>(
+        [weak = weak_from_this(), &io] {
+          asio::post(io, [weak] {
+            if (const auto self = weak.lock()) self->pump();
+          });
+        },
+        server_.limits.stream_backlog);
     auto task = [self = shared_from_this(), request = request()]() mutable {
       http_reply reply = answer(self->server_.on_request, request);
-      auto& io = self->server_.io;
-      asio::post(io, [self = std::move(self), reply = std::move(reply)] { self->reply(reply); });
+      request = {};  // the handler's copy of the exchange goes before the connection's
+      auto& context = self->server_.io;
+      asio::post(context, [self = std::move(self), reply = std::move(reply)] {
+        if (self->exchange_->stream())
+          self->end_stream();
+        else
+          self->reply(reply);
+      });
     };
     if (!server_.handlers.run(std::move(task)))
-      reply({503, error_json(fmt::format("{} requests are being handled already; try again when "
-                                         "one has finished",
-                                         server_.limits.max_handlers))});
+      return reply({503, error_json(fmt::format("{} requests are being handled already; try "
+                                                "again when one has finished",
+                                                server_.limits.max_handlers))});
+    watch();
+  }
+
+  /// While a handler works, a read that ends when the client closes the connection.
+  void watch() {
+    socket_.async_read_some(
+        asio::buffer(sink_), [self = shared_from_this()](error_code ec, std::size_t) {
+          if (self->phase_ != phase::handling && self->phase_ != phase::streaming) return;
+          if (ec == asio::error::operation_aborted) return;
+          if (ec) return self->close();  // the client went: nobody would read the reply
+          self->watch();                 // bytes after the request: not ours to read
+        });
+  }
+
+  /// Takes the pieces of a streamed reply its handler sent, and writes them.
+  void pump() {
+    if (phase_ != phase::handling && phase_ != phase::streaming) return;
+    start_stream();
+    for (std::string& piece : exchange_->take_pieces()) {
+      const std::size_t bytes = piece.size();
+      if (chunked_) piece = fmt::format("{:x}\r\n{}\r\n", bytes, piece);
+      out_.emplace_back(std::move(piece), bytes);
+    }
+    write_next();
+  }
+
+  /// The status line and headers of a streamed reply, once.
+  void start_stream() {
+    if (phase_ != phase::handling) return;
+    phase_ = phase::streaming;
+    const auto [status, type] = *exchange_->stream();
+    const unsigned version = parser_.get().version();
+    chunked_ = version >= 11;
+    out_.emplace_back(
+        fmt::format("HTTP/{}.{} {} {}\r\nServer: troupe\r\nContent-Type: {}\r\nCache-Control: "
+                    "no-cache\r\n{}Connection: close\r\n\r\n",
+                    version / 10, version % 10, status,
+                    std::string(http::obsolete_reason(static_cast<http::status>(status))), type,
+                    chunked_ ? "Transfer-Encoding: chunked\r\n" : ""),
+        0);
+  }
+
+  /// The handler of a streamed reply returned: the last chunk, then the close.
+  void end_stream() {
+    if (phase_ != phase::handling && phase_ != phase::streaming) return;
+    pump();
+    if (chunked_) out_.emplace_back("0\r\n\r\n", 0);
+    stream_ended_ = true;
+    write_next();
+  }
+
+  void write_next() {
+    if (writing_ || phase_ != phase::streaming) return;
+    if (out_.empty()) {
+      if (!stream_ended_) {
+        deadline_.cancel();  // the handler has nothing to say yet
+        return;
+      }
+      if (server_.stopping) return close();
+      return linger();
+    }
+    writing_ = true;
+    arm(server_.limits.reply_deadline);
+    asio::async_write(socket_, asio::buffer(out_.front().first),
+                      [self = shared_from_this()](error_code e, std::size_t) {
+                        self->writing_ = false;
+                        if (self->phase_ != phase::streaming) return;
+                        if (e) return self->close();
+                        self->exchange_->written(self->out_.front().second);
+                        self->out_.pop_front();
+                        self->write_next();
+                      });
   }
 
   void reply(const http_reply& r) {
@@ -272,9 +303,9 @@ class http_server::state::connection : public std::enable_shared_from_this<conne
     const unsigned version = parser_.is_header_done() ? parser_.get().version() : 11;
     response_ = {static_cast<http::status>(r.status), version};
     response_.set(http::field::server, "troupe");
-    response_.set(http::field::content_type, "application/json");
+    response_.set(http::field::content_type, r.content_type);
     response_.keep_alive(false);
-    response_.body() = r.body + "\n";
+    response_.body() = r.content_type == "application/json" ? r.body + "\n" : r.body;
     response_.prepare_payload();
     arm(server_.limits.reply_deadline);
     http::async_write(socket_, response_, [self = shared_from_this()](error_code e, std::size_t) {
@@ -288,6 +319,7 @@ class http_server::state::connection : public std::enable_shared_from_this<conne
   void linger() {
     phase_ = phase::lingering;
     error_code ec;
+    socket_.cancel(ec);  // a watch() still reading
     socket_.shutdown(tcp::socket::shutdown_send, ec);
     arm(server_.limits.linger);
     read_away();
@@ -323,6 +355,7 @@ class http_server::state::connection : public std::enable_shared_from_this<conne
       case phase::body:
         return reply({408, error_json(fmt::format("the request body did not come within {} ms",
                                                   limits.body_deadline.count()))});
+      case phase::streaming:
       case phase::replying:
       case phase::lingering:
         return close();
@@ -341,11 +374,15 @@ class http_server::state::connection : public std::enable_shared_from_this<conne
   std::string peer_;
   std::array<char, 4096> sink_{};
   phase phase_ = phase::headers;
+  std::shared_ptr<exchange> exchange_;  ///< from handle() on
+  // A streamed reply: what is still to write (bytes, and the handler's bytes among them).
+  std::deque<std::pair<std::string, std::size_t>> out_;
+  bool chunked_ = false, writing_ = false, stream_ended_ = false;
 };
 
 void http_server::state::accept() {
   acceptor.async_accept([this](error_code ec, tcp::socket socket) {
-    if (stopping || ec == asio::error::operation_aborted) return;
+    if (stopping || stopping_accepts || ec == asio::error::operation_aborted) return;
     if (!ec) {
       accept();  // first: whatever admit() meets, the server goes on accepting
       return admit(std::move(socket));
@@ -357,7 +394,7 @@ void http_server::state::accept() {
     drop_oldest();
     accept_retry.expires_after(std::chrono::milliseconds(50));
     accept_retry.async_wait([this](error_code e) {
-      if (!e && !stopping) accept();
+      if (!e && !stopping && !stopping_accepts) accept();
     });
   });
 }
@@ -443,6 +480,16 @@ http_server::~http_server() {
   // The I/O thread is gone, so the list is ours; what the connections' pending handlers hold
   // goes with the io_context, which never runs them now.
   s->connections.clear();
+}
+
+void http_server::stop_accepting() {
+  state* s = state_.get();
+  asio::post(s->io, [s] {
+    s->stopping_accepts = true;
+    error_code ec;
+    s->acceptor.close(ec);
+    s->accept_retry.cancel();
+  });
 }
 
 int http_server::port() const {

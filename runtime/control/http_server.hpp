@@ -1,10 +1,11 @@
 #pragma once
 
-// A small HTTP/1.1 server for a job's control endpoint (Boost.Beast underneath), one request per
-// connection. Connections are read and written by one I/O thread (Asio, asynchronous), so idle or
-// slow clients hold no thread; within the deadlines and caps of http_limits they cannot starve
-// the others. Handlers run on threads of their own, so one that waits for the step loop (a swap,
-// a pause) holds up neither the I/O nor another handler (a status).
+// A small HTTP/1.1 server for a job's control endpoint and `troupe serve` (Boost.Beast
+// underneath), one request per connection; a handler may stream its reply (http_exchange).
+// Connections are read and written by one I/O thread (Asio, asynchronous), so idle or slow clients
+// hold no thread; within the deadlines and caps of http_limits they cannot starve the others.
+// Handlers run on threads of their own, so one that waits for the step loop (a swap, a pause) holds
+// up neither the I/O nor another handler (a status).
 
 #include <functional>
 #include <memory>
@@ -34,6 +35,10 @@ class http_server {
   ~http_server();
   http_server(const http_server&) = delete;
   http_server& operator=(const http_server&) = delete;
+
+  /// Closes the listening socket (new connections are refused); requests on connections already
+  /// open go on. For a drain: stop taking work, finish what runs, then destroy the server.
+  void stop_accepting();
 
   int port() const;
   /// "http://host:port".

@@ -70,9 +70,12 @@ std::vector<std::int32_t> completion_prompt(const json& body, const openai_model
   }
   if (prompt.is_array() && !prompt.empty() && prompt[0].is_number_integer()) {
     std::vector<std::int32_t> ids;
+    const std::int64_t vocab = model.vocab_size > 0 ? model.vocab_size : INT32_MAX + 1LL;
     for (const json& t : prompt) {
-      if (!t.is_number_integer() || t.get<std::int64_t>() < 0 || t.get<std::int64_t>() > INT32_MAX)
-        throw field_error{fmt::format("'prompt' token {} is not a token id", t.dump()), "prompt"};
+      if (!t.is_number_integer() || t.get<std::int64_t>() < 0 || t.get<std::int64_t>() >= vocab)
+        throw field_error{fmt::format("'prompt' token {} is not a token id of the model (0 to {})",
+                                      t.dump(), vocab - 1),
+                          "prompt"};
       ids.push_back(static_cast<std::int32_t>(t.get<std::int64_t>()));
     }
     return ids;
@@ -84,6 +87,11 @@ std::vector<std::int32_t> completion_prompt(const json& body, const openai_model
 }
 
 std::vector<std::int32_t> chat_prompt(const json& body, const openai_model& model) {
+  if (model.bos_text.empty() || model.eos_text.empty())
+    throw field_error{
+        "this model's tokenizer has no chat format (no BOS and EOS tokens in "
+        "tokenizer_config.json); use /v1/completions",
+        "messages"};
   if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
     throw field_error{"'messages' must be a non-empty list of {role, content}", "messages"};
   std::vector<chat_message> messages;
@@ -104,6 +112,18 @@ std::vector<std::int32_t> chat_prompt(const json& body, const openai_model& mode
 
 std::string finish_reason(const generation_result& result) {
   return result.stop == "eos" ? "stop" : "length";
+}
+
+json usage(const openai_request& request, const generation_result& result) {
+  const auto prompt_tokens = static_cast<std::int64_t>(request.generation.prompt.size());
+  const auto completion_tokens = static_cast<std::int64_t>(result.tokens.size());
+  return {{"prompt_tokens", prompt_tokens},
+          {"completion_tokens", completion_tokens},
+          {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+std::string event(const json& data) {
+  return "data: " + data.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
 }
 
 }  // namespace
@@ -140,6 +160,16 @@ std::variant<openai_request, openai_error> parse_openai_request(std::string_view
     if (j.contains("stream") && !j["stream"].is_null()) {
       if (!j["stream"].is_boolean()) throw field_error{"'stream' must be true or false", "stream"};
       r.stream = j["stream"].get<bool>();
+    }
+    if (j.contains("stream_options") && !j["stream_options"].is_null()) {
+      const json& options = j["stream_options"];
+      if (!r.stream)
+        throw field_error{"'stream_options' is only allowed with 'stream': true", "stream_options"};
+      if (!options.is_object() ||
+          (options.contains("include_usage") && !options["include_usage"].is_boolean()))
+        throw field_error{"'stream_options' must be {\"include_usage\": true or false}",
+                          "stream_options"};
+      r.include_usage = options.value("include_usage", false);
     }
     generation_request& g = r.generation;
     g.prompt = chat ? chat_prompt(j, model) : completion_prompt(j, model);
@@ -180,8 +210,6 @@ nlohmann::json openai_response(const openai_request& request, const generation_r
   std::vector<std::int32_t> tokens = result.tokens;
   if (result.stop == "eos" && !tokens.empty()) tokens.pop_back();
   const std::string text = model.decode(tokens);
-  const auto prompt_tokens = static_cast<std::int64_t>(request.generation.prompt.size());
-  const auto completion_tokens = static_cast<std::int64_t>(result.tokens.size());
   json choice{{"index", 0}, {"finish_reason", finish_reason(result)}};
   if (request.chat)
     choice["message"] = {{"role", "assistant"}, {"content", text}};
@@ -192,10 +220,44 @@ nlohmann::json openai_response(const openai_request& request, const generation_r
           {"created", created},
           {"model", model.name},
           {"choices", json::array({choice})},
-          {"usage",
-           {{"prompt_tokens", prompt_tokens},
-            {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}}}};
+          {"usage", usage(request, result)}};
+}
+
+std::string openai_stream_usage(const openai_request& request, const generation_result& result,
+                                const openai_model& model, std::string_view id,
+                                std::int64_t created) {
+  return event({{"id", id},
+                {"object", request.chat ? "chat.completion.chunk" : "text_completion"},
+                {"created", created},
+                {"model", model.name},
+                {"choices", json::array()},
+                {"usage", usage(request, result)}});
+}
+
+std::string openai_stream_error(const openai_error& error) {
+  return event(error.body);
+}
+
+nlohmann::json openai_models(const openai_model& model) {
+  return {{"object", "list"},
+          {"data", json::array({{{"id", model.name},
+                                 {"object", "model"},
+                                 {"created", model.created},
+                                 {"owned_by", "troupe"},
+                                 {"max_model_len", model.context_length}}})}};
+}
+
+std::size_t utf8_complete_prefix(std::string_view text) {
+  // NOTES: only the last character can be cut; walk back over at most 3 continuation bytes to
+  // its lead byte and keep it back when the bytes after it are fewer than it announces.
+  const std::size_t size = text.size();
+  for (std::size_t back = 1; back <= std::min<std::size_t>(4, size); ++back) {
+    const auto byte = static_cast<unsigned char>(text[size - back]);
+    if ((byte & 0xC0) == 0x80) continue;  // a continuation byte
+    const std::size_t length = byte >= 0xF0 ? 4 : byte >= 0xE0 ? 3 : byte >= 0xC0 ? 2 : 1;
+    return length > back ? size - back : size;
+  }
+  return size;  // no lead byte in reach: not UTF-8 there; nothing to wait for
 }
 
 std::string openai_stream_chunk(const openai_request& request, std::string_view text,
@@ -203,16 +265,17 @@ std::string openai_stream_chunk(const openai_request& request, std::string_view 
                                 std::string_view id, std::int64_t created) {
   json choice{{"index", 0}, {"finish_reason", nullptr}};
   if (!finish.empty()) choice["finish_reason"] = finish;
-  if (request.chat)
+  if (request.chat && finish.empty() && text.empty())
+    choice["delta"] = {{"role", "assistant"}, {"content", ""}};  // a stream's first chunk
+  else if (request.chat)
     choice["delta"] = finish.empty() ? json{{"content", text}} : json::object();
   else
     choice.update({{"text", text}, {"logprobs", nullptr}});
-  const json chunk{{"id", id},
-                   {"object", request.chat ? "chat.completion.chunk" : "text_completion"},
-                   {"created", created},
-                   {"model", model.name},
-                   {"choices", json::array({choice})}};
-  return "data: " + chunk.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+  return event({{"id", id},
+                {"object", request.chat ? "chat.completion.chunk" : "text_completion"},
+                {"created", created},
+                {"model", model.name},
+                {"choices", json::array({choice})}});
 }
 
 }  // namespace troupe

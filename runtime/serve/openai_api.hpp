@@ -29,6 +29,8 @@ struct openai_model {
   std::int64_t context_length = 4096;  ///< prompt + max_tokens
   std::int64_t max_tokens_limit = 4096;
   std::int64_t drawable_vocab = 0;
+  std::int64_t vocab_size = 0;  ///< the model's: token-id prompts must lie below it (0: unchecked)
+  std::int64_t created = 0;     ///< Unix time the server loaded it (GET /v1/models)
 };
 
 /// A client's error: the HTTP status and the OpenAI error object.
@@ -41,6 +43,7 @@ struct openai_error {
 struct openai_request {
   bool chat = false;
   bool stream = false;
+  bool include_usage = false;  ///< stream_options.include_usage: a last chunk with the usage
   generation_request generation;
 };
 
@@ -60,10 +63,27 @@ nlohmann::json openai_response(const openai_request& request, const generation_r
                                std::int64_t created);
 
 /// One server-sent event of a streamed response: the text of new tokens (finish_reason empty) or
-/// the last chunk (text empty, finish_reason "stop" or "length"). "data: {...}\n\n".
+/// the last chunk (text empty, finish_reason "stop" or "length"). "data: {...}\n\n". For a
+/// chat, empty text and finish_reason give the first chunk: the delta {"role": "assistant"}.
 std::string openai_stream_chunk(const openai_request& request, std::string_view text,
                                 std::string_view finish_reason, const openai_model& model,
                                 std::string_view id, std::int64_t created);
+
+/// The last chunk of a stream that asked for its usage (stream_options.include_usage): no
+/// choices, the usage as a non-streamed response gives it.
+std::string openai_stream_usage(const openai_request& request, const generation_result& result,
+                                const openai_model& model, std::string_view id,
+                                std::int64_t created);
+
+/// An error inside a stream that has begun (the HTTP status went out already): "data: {error}".
+std::string openai_stream_error(const openai_error& error);
+
+/// GET /v1/models: the one model this server has.
+nlohmann::json openai_models(const openai_model& model);
+
+/// How many leading bytes of `text` a stream can send now: all but an incomplete UTF-8 character
+/// at its end (a token may end inside a character; the next token completes it).
+std::size_t utf8_complete_prefix(std::string_view text);
 
 /// The stream's end: "data: [DONE]\n\n".
 inline constexpr std::string_view openai_stream_done = "data: [DONE]\n\n";

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -23,19 +24,29 @@ serving_engine::~serving_engine() {
   }
   wake_.notify_all();
   thread_.join();
-  for (pending& p : queue_)
-    p.result.set_exception(std::make_exception_ptr(error("the server stopped")));
+  for (pending& p : queue_) p.fail("the server stopped");
+}
+
+void serving_engine::pending::succeed(generation_result r) {
+  result.set_value(std::move(r));
+  if (on_done) on_done();
+}
+
+void serving_engine::pending::fail(const std::string& why) {
+  result.set_exception(std::make_exception_ptr(error(why)));
+  if (on_done) on_done();
 }
 
 std::future<generation_result> serving_engine::submit(const generation_request& request,
-                                                      token_callback on_token, ticket* id) {
+                                                      token_callback on_token, ticket* id,
+                                                      done_callback on_done) {
   std::future<generation_result> future;
   {
     std::lock_guard lock(mutex_);
     if (static_cast<std::int64_t>(queue_.size()) >= options_.max_queue)
       throw queue_full(fmt::format("the queue is full ({} requests wait to join a batch of {})",
                                    queue_.size(), options_.max_batch));
-    pending p{next_++, request, std::move(on_token), {}};
+    pending p{next_++, request, std::move(on_token), std::move(on_done), {}, clock::now(), {}, 0};
     if (id != nullptr) *id = p.id;
     future = p.result.get_future();
     queue_.push_back(std::move(p));
@@ -45,17 +56,19 @@ std::future<generation_result> serving_engine::submit(const generation_request& 
 }
 
 void serving_engine::cancel(ticket id) {
+  std::optional<pending> dropped;
   {
     std::lock_guard lock(mutex_);
     const auto it =
         std::find_if(queue_.begin(), queue_.end(), [&](const pending& p) { return p.id == id; });
     if (it != queue_.end()) {
-      it->result.set_exception(std::make_exception_ptr(error("cancelled")));
+      dropped = std::move(*it);
       queue_.erase(it);
-      return;
+    } else {
+      cancelled_.push_back(id);
     }
-    cancelled_.push_back(id);
   }
+  if (dropped) return dropped->fail("cancelled");  // outside the lock: on_done may submit
   wake_.notify_all();
 }
 
@@ -69,12 +82,35 @@ std::int64_t serving_engine::decoding() const {
   return decoding_;
 }
 
+void serving_engine::deliver(pending& p, const std::vector<std::int32_t>& tokens) {
+  if (tokens.empty()) return;
+  const auto now = clock::now();
+  if (p.tokens == 0) {
+    p.first_token = now;
+    if (options_.serve_metrics != nullptr)
+      options_.serve_metrics->first_token(std::chrono::duration<double>(now - p.submitted).count());
+  }
+  p.tokens += static_cast<std::int64_t>(tokens.size());
+  if (p.on_token)
+    for (const std::int32_t token : tokens) p.on_token(token);
+}
+
+void serving_engine::report_state(std::int64_t running) {
+  std::int64_t waiting = 0;
+  {
+    std::lock_guard lock(mutex_);
+    decoding_ = running;
+    waiting = static_cast<std::int64_t>(queue_.size());
+  }
+  if (options_.serve_metrics != nullptr)
+    options_.serve_metrics->state(waiting, running, cache_->total_blocks() - cache_->free_blocks(),
+                                  cache_->free_blocks());
+}
+
 void serving_engine::run() {
   batch_decoder decoder(*model_, *cache_, *context_, {options_.prefill_chunk, options_.metrics});
   std::map<batch_decoder::sequence_id, pending> active;  // in the order they joined
-  const auto fail_request = [](pending& p, const std::string& why) {
-    p.result.set_exception(std::make_exception_ptr(error(why)));
-  };
+  const auto fail_request = [](pending& p, const std::string& why) { p.fail(why); };
   for (;;) {
     std::vector<pending> joining;
     std::vector<ticket> cancels;
@@ -102,15 +138,14 @@ void serving_engine::run() {
     for (pending& p : joining) {
       try {
         const auto sequence = decoder.add(p.request);
+        if (options_.serve_metrics != nullptr)
+          options_.serve_metrics->prompt_tokens(static_cast<std::int64_t>(p.request.prompt.size()));
         active.emplace(sequence, std::move(p));
       } catch (const std::exception& e) {
         fail_request(p, e.what());
       }
     }
-    {
-      std::lock_guard lock(mutex_);
-      decoding_ = static_cast<std::int64_t>(active.size());
-    }
+    report_state(static_cast<std::int64_t>(active.size()));
     if (active.empty()) continue;
     std::vector<batch_decoder::event> events;
     try {
@@ -127,15 +162,18 @@ void serving_engine::run() {
     for (const batch_decoder::event& e : events) {
       const auto it = active.find(e.id);
       if (it == active.end()) continue;
-      if (it->second.on_token)
-        for (const std::int32_t token : e.tokens) it->second.on_token(token);
+      pending& p = it->second;
+      deliver(p, e.tokens);
       if (e.finished) {
-        it->second.result.set_value(decoder.take_result(e.id));
+        if (options_.serve_metrics != nullptr && p.tokens > 1)
+          options_.serve_metrics->per_output_token(
+              std::chrono::duration<double>(clock::now() - p.first_token).count() /
+              static_cast<double>(p.tokens - 1));
+        p.succeed(decoder.take_result(e.id));
         active.erase(it);
       }
     }
-    std::lock_guard lock(mutex_);
-    decoding_ = static_cast<std::int64_t>(active.size());
+    report_state(static_cast<std::int64_t>(active.size()));
   }
   for (auto& [sequence, p] : active) fail_request(p, "the server stopped");
 }

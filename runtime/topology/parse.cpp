@@ -6,6 +6,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <tuple>
 
 #include <toml++/toml.h>
 #include <nlohmann/json.hpp>
@@ -98,6 +99,7 @@ class topology_parser {
     read_train(root);
     read_data(root);
     read_inference(root);
+    read_serve(root);
     read_monitoring(root);
     read_control(root);
   }
@@ -463,6 +465,27 @@ class topology_parser {
     read("inference", inference, "kv_cache_mib", topo_.inference.kv_cache_mib);
     read("inference", inference, "kv_cache_dtype", topo_.inference.kv_cache_dtype);
     read("inference", inference, "block_tokens", topo_.inference.block_tokens);
+  }
+
+  void read_serve(const toml::table& root) {
+    const auto* serve = section(root, "serve");
+    serve_spec& s = topo_.serve;
+    std::string address, key_file;
+    read("serve", serve, "listen", address);
+    if (!address.empty())
+      if (auto parsed = read_address("serve.listen", address)) std::tie(s.host, s.port) = *parsed;
+    read("serve", serve, "model_name", s.model_name);
+    read("serve", serve, "max_batch", s.max_batch);
+    read("serve", serve, "max_queue", s.max_queue);
+    read("serve", serve, "prefill_chunk", s.prefill_chunk);
+    read("serve", serve, "context_length", s.context_length);
+    read("serve", serve, "api_key_file", key_file);
+    if (!key_file.empty()) {
+      const std::filesystem::path file(key_file);
+      s.api_key_file =
+          file.is_absolute() ? file : (topo_.file.parent_path() / file).lexically_normal();
+    }
+    read("serve", serve, "drain_seconds", s.drain_seconds);
   }
 
   void read_monitoring(const toml::table& root) {

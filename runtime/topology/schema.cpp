@@ -351,6 +351,57 @@ section_schema inference_section() {
           }};
 }
 
+/// The [serve] section: its keys, in the order the docs list them.
+section_schema serve_section() {
+  return {"serve",
+          false,
+          false,
+          "`troupe serve`: the OpenAI-compatible HTTP server over the model, with continuous "
+          "batching (runtime/serve/). The KV cache is [inference]'s.",
+          {
+              {"listen", k::string, false, "\"127.0.0.1:8000\"",
+               "Address of the HTTP server, \"HOST:PORT\"; port 0 picks a free port (printed at "
+               "start)."},
+              {"model_name", k::string, false, "the model directory's name",
+               "What requests name in \"model\" and GET /v1/models lists."},
+              {"max_batch", k::integer, false, "32", "Sequences decoded together.", {}, {1, 4096}},
+              {"max_queue",
+               k::integer,
+               false,
+               "256",
+               "Requests waiting to join the batch; one more is answered 429.",
+               {},
+               {0, 1 << 20}},
+              {"prefill_chunk",
+               k::integer,
+               false,
+               "512",
+               "Prompt tokens a sequence reads per step, so that a long prompt does not stall the "
+               "others' decoding (0: a whole prompt in one step).",
+               {},
+               {0, 1 << 24}},
+              {"context_length",
+               k::integer,
+               false,
+               "0",
+               "Prompt + completion tokens a request may take (0: the model's "
+               "max_position_embeddings, within what the KV cache holds).",
+               {},
+               {0, 1 << 30}},
+              {"api_key_file", k::string, false, "\"\" (none)",
+               "A file whose first line is the API key every /v1/ request must bear "
+               "(Authorization: Bearer KEY), relative to the topology file."},
+              {"drain_seconds",
+               k::integer,
+               false,
+               "60",
+               "On SIGTERM or SIGINT: how long requests still running may take to finish before "
+               "the server exits anyway.",
+               {},
+               {0, 86400}},
+          }};
+}
+
 /// The [monitoring] section: its keys, in the order the docs list them.
 section_schema monitoring_section() {
   return {
@@ -383,10 +434,10 @@ section_schema control_section() {
 
 const std::vector<section_schema>& sections() {
   static const std::vector<section_schema> schema = {
-      job_section(),       model_section(),      plugins_section(), parallel_section(),
-      schedule_section(),  hosts_section(),      stages_section(),  expert_shards_section(),
-      ema_section(),       balancer_section(),   train_section(),   data_section(),
-      inference_section(), monitoring_section(), control_section(),
+      job_section(),       model_section(),    plugins_section(),    parallel_section(),
+      schedule_section(),  hosts_section(),    stages_section(),     expert_shards_section(),
+      ema_section(),       balancer_section(), train_section(),      data_section(),
+      inference_section(), serve_section(),    monitoring_section(), control_section(),
   };
   return schema;
 }

@@ -103,6 +103,19 @@ struct inference_spec {
   std::int64_t block_tokens = 64;
 };
 
+/// [serve]: `troupe serve`'s HTTP server and batching.
+struct serve_spec {
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string model_name;  ///< empty: the model directory's name
+  std::int64_t max_batch = 32;
+  std::int64_t max_queue = 256;
+  std::int64_t prefill_chunk = 512;
+  std::int64_t context_length = 0;     ///< 0: the model's, within the cache
+  std::filesystem::path api_key_file;  ///< absolute; empty: no key
+  std::int64_t drain_seconds = 60;
+};
+
 struct monitoring_spec {
   std::string metrics_host;  ///< empty: no metrics endpoint
   int metrics_port = 0;
@@ -150,6 +163,7 @@ struct topology {
   train_spec train;
   data_spec data_source;
   inference_spec inference;
+  serve_spec serve;
   monitoring_spec monitoring;
   control_spec control;
 

@@ -376,6 +376,26 @@ TEST(Cli, GenerateContinuesAsTransformersPredictsAndStopsWhereAsked) {
   std::filesystem::remove_all(no_mtp);
 }
 
+TEST(Cli, ServeRefusesWhatCannotServeBeforeLoading) {
+  const std::string model = source("tests/fixtures/models/q-lora");
+  auto no_tokenizer = run("serve --model " + model + " --listen 127.0.0.1:0");
+  EXPECT_EQ(no_tokenizer.exit_code, 1);
+  expect_contains(no_tokenizer, "has no tokenizer.json and is no troupe checkpoint");
+  const auto empty_key = std::filesystem::temp_directory_path() / "troupe-cli-empty-key";
+  std::ofstream(empty_key) << "\n";
+  auto key = run("serve --model " + model + " --api-key-file " + empty_key.string());
+  EXPECT_EQ(key.exit_code, 1);
+  expect_contains(key, "its first line (the key) is empty");
+  std::filesystem::remove(empty_key);
+  auto listen = run("serve --model " + model + " --listen 127.0.0.1:99999");
+  EXPECT_EQ(listen.exit_code, 1);
+  expect_contains(listen, "--listen 127.0.0.1:99999: give HOST:PORT");
+  auto context = run("serve --model " + model +
+                     " --tokenizer bytes --kv-cache-mib 1 --context-length 1000000");
+  EXPECT_EQ(context.exit_code, 1);
+  expect_contains(context, "too few for a context of 1000000 tokens");
+}
+
 TEST(Cli, EplbPrintsDeepSeeksPlacement) {
   const auto loads = std::filesystem::temp_directory_path() / "troupe-cli-eplb.json";
   std::ofstream(loads) << "[[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],"

@@ -125,4 +125,42 @@ TEST(OpenAiApi, ResponsesAndStreamChunksHaveOpenAisShape) {
   EXPECT_EQ(openai_stream_done, "data: [DONE]\n\n");
 }
 
+TEST(OpenAiApi, StreamsHoldBackACharacterCutAtTheEnd) {
+  EXPECT_EQ(utf8_complete_prefix(""), 0u);
+  EXPECT_EQ(utf8_complete_prefix("abc"), 3u);
+  const std::string e_acute = "\xC3\xA9", euro = "\xE2\x82\xAC", emoji = "\xF0\x9F\x98\x80";
+  EXPECT_EQ(utf8_complete_prefix("a" + e_acute), 3u);
+  EXPECT_EQ(utf8_complete_prefix("a" + e_acute.substr(0, 1)), 1u);
+  EXPECT_EQ(utf8_complete_prefix("a" + euro.substr(0, 2)), 1u);
+  EXPECT_EQ(utf8_complete_prefix("ab" + emoji.substr(0, 3)), 2u);
+  EXPECT_EQ(utf8_complete_prefix(emoji), 4u);
+  EXPECT_EQ(utf8_complete_prefix("\x80\x80\x80\x80\x80"), 5u);  // no character to wait for
+}
+
+TEST(OpenAiApi, StreamOptionsUsageModelsAndErrorsInAStream) {
+  const openai_model model = byte_model();
+  const auto with_usage = parse_openai_request(
+      R"({"model": "troupe-test", "prompt": "hi", "stream": true,
+          "stream_options": {"include_usage": true}})",
+      false, model);
+  ASSERT_TRUE(std::holds_alternative<openai_request>(with_usage));
+  const auto& r = std::get<openai_request>(with_usage);
+  EXPECT_TRUE(r.include_usage);
+  const auto unstreamed = parse_openai_request(
+      R"({"model": "troupe-test", "prompt": "hi", "stream_options": {"include_usage": true}})",
+      false, model);
+  ASSERT_TRUE(std::holds_alternative<openai_error>(unstreamed));
+  EXPECT_EQ(std::get<openai_error>(unstreamed).body["error"]["param"], "stream_options");
+  generation_result result;
+  result.tokens = {1, 2};
+  const json usage = json::parse(openai_stream_usage(r, result, model, "c", 1).substr(6));
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 2);
+  const json models = openai_models(model);
+  EXPECT_EQ(models["data"][0]["id"], "troupe-test");
+  EXPECT_EQ(models["data"][0]["max_model_len"], model.context_length);
+  const std::string error = openai_stream_error(make_openai_error(500, "boom", "server_error"));
+  EXPECT_EQ(json::parse(error.substr(6))["error"]["message"], "boom");
+}
+
 }  // namespace

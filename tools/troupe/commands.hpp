@@ -38,6 +38,8 @@ void add_launch_command(CLI::App& app, int& exit_code);
 void add_logits_command(CLI::App& app, int& exit_code);
 void add_tokenize_command(CLI::App& app, int& exit_code);
 void add_generate_command(CLI::App& app, int& exit_code);
+/// `troupe serve`: the OpenAI-compatible HTTP server.
+void add_serve_command(CLI::App& app, int& exit_code);
 /// `troupe eplb`: DeepSeek's expert-parallel load balancer on a file of expert loads.
 void add_eplb_command(CLI::App& app, int& exit_code);
 void add_bench_command(CLI::App& app, int& exit_code);

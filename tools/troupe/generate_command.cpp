@@ -30,6 +30,7 @@
 #include "runtime/plugin/registry.hpp"
 #include "runtime/topology/load.hpp"
 #include "tools/troupe/commands.hpp"
+#include "tools/troupe/model_input.hpp"
 #include "tools/troupe/token_ids.hpp"
 
 namespace troupe::cli {
@@ -47,64 +48,6 @@ struct generate_options {
   int threads = 0;
   bool chat = false, json = false;
 };
-
-/// Text in and out of the model: a Hugging Face tokenizer.json, or troupe's byte tokenizer (its
-/// own models: every byte a token).
-struct text_codec {
-  std::function<void(std::string_view, std::vector<std::int32_t>&)> encode;
-  std::function<std::string(const std::vector<std::int32_t>&)> decode;
-  std::optional<std::int32_t> bos, eos;
-  bool add_bos = false;
-  std::int64_t vocab_size = 0;  ///< ids it can decode
-  /// The chat format's tokens (Hugging Face tokenizers only).
-  bool chat_tokens = false;
-};
-
-/// A troupe training checkpoint (or its ema/ directory): its text went through the byte
-/// tokenizer.
-bool troupe_checkpoint(const fs::path& model) {
-  return fs::exists(model / "trainer_state.json") ||
-         (model.filename() == "ema" && fs::exists(model.parent_path() / "trainer_state.json"));
-}
-
-/// The run's tokenizer: --tokenizer (a tokenizer.json, its directory, or "bytes"), else the
-/// model directory's tokenizer.json, else the byte tokenizer for a troupe checkpoint.
-std::optional<text_codec> open_tokenizer(const generate_options& o, const model_config& config) {
-  const fs::path model(o.model);
-  std::string choice = o.tokenizer;
-  if (choice.empty()) {
-    if (fs::exists(model / "tokenizer.json"))
-      choice = o.model;
-    else if (troupe_checkpoint(fs::absolute(model).lexically_normal()))
-      choice = "bytes";
-    else
-      return std::nullopt;
-  }
-  text_codec codec;
-  if (choice == "bytes") {
-    auto bytes = std::make_shared<byte_tokenizer>(config);
-    codec.encode = [bytes](std::string_view text, std::vector<std::int32_t>& out) {
-      bytes->encode(text, out);
-    };
-    codec.decode = [bytes](const std::vector<std::int32_t>& ids) { return bytes->decode(ids); };
-    codec.bos = bytes->specials().bos;
-    codec.eos = bytes->specials().eos;
-    codec.add_bos = true;  // troupe's documents start with BOS
-    codec.vocab_size = bytes->vocab_size();
-    return codec;
-  }
-  auto bpe = std::make_shared<bpe_tokenizer>(bpe_tokenizer::load(choice));
-  codec.encode = [bpe](std::string_view text, std::vector<std::int32_t>& out) {
-    bpe->encode(text, out);
-  };
-  codec.decode = [bpe](const std::vector<std::int32_t>& ids) { return bpe->decode(ids); };
-  codec.bos = bpe->bos();
-  codec.eos = bpe->eos();
-  codec.add_bos = bpe->add_bos();
-  codec.vocab_size = bpe->vocab_size();
-  codec.chat_tokens = true;
-  return codec;
-}
 
 /// The prompt's ids: --tokens as given, or --prompt encoded (in the chat format with --chat,
 /// after the BOS token where the tokenizer asks for one).
@@ -143,25 +86,13 @@ int generate(const generate_options& o) {
   check_sampling(o.sampling);  // before anything is read
   const auto checkpoint = hf_checkpoint::open(o.model);
   const auto& config = checkpoint.config();
-  const std::optional<text_codec> tokenizer = open_tokenizer(o, config);
+  const std::optional<text_codec> tokenizer = open_text_codec(o.model, o.tokenizer, config);
   std::vector<std::int32_t> ids = prompt_ids(o, tokenizer, config.vocab_size);
   const std::int32_t eos = tokenizer && tokenizer->eos
                                ? *tokenizer->eos
                                : static_cast<std::int32_t>(config.eos_token_id);
-  if (o.speculative == "mtp") {  // before the model is read
-    if (config.num_nextn_predict_layers < 1)
-      fail(
-          "--speculative mtp: {} has no MTP module (config.json num_nextn_predict_layers = 0); "
-          "drop --speculative",
-          o.model);
-    const std::string mtp_weight =
-        fmt::format("model.layers.{}.eh_proj.weight", config.num_hidden_layers);
-    if (!checkpoint.contains(mtp_weight))
-      fail(
-          "--speculative mtp: {} has no weights for its MTP module (no {}: a checkpoint saved "
-          "without model.layers.{}.*); drop --speculative",
-          o.model, mtp_weight, config.num_hidden_layers);
-  }
+  if (o.speculative == "mtp")
+    require_mtp(checkpoint, o.model, "--speculative mtp");  // not read yet
   std::optional<inference_spec> inference;
   if (!o.topology.empty()) {
     topology_load_options load;

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   troupe::cli::add_logits_command(app, exit_code);
   troupe::cli::add_tokenize_command(app, exit_code);
   troupe::cli::add_generate_command(app, exit_code);
+  troupe::cli::add_serve_command(app, exit_code);
   troupe::cli::add_eplb_command(app, exit_code);
   troupe::cli::add_bench_command(app, exit_code);
 

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""`troupe serve` as OpenAI's own Python client sees it (the `clients` suite).
+
+Tiny models trained for one step are served with an API key. With DeepSeek-V3's tokenizer,
+8 chat completions streamed at once equal the same chats answered one by one. With troupe's
+byte tokenizer, the `openai` package lists the model, completes 32 prompts one by one
+(greedy), then streams the same 32 prompts at once: every stream's text equals its prompt's
+completion alone. Then the errors the client raises (unknown model, context too long, a chat
+request without a chat format, a wrong key), and a SIGTERM while 8 streams run: each
+finishes, new connections are refused, the process exits 0.
+
+Needs the `openai` package (tools/requirements.txt); exits 77 (skipped) without it.
+Run: meson test -C build --suite clients
+"""
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+try:
+    import openai
+except ImportError:
+    print("skipped: the openai package is not installed (pip install -r tools/requirements.txt)")
+    sys.exit(77)
+
+TROUPE = os.environ.get("TROUPE_EXE") or os.path.join(os.environ["TROUPE_BUILD_DIR"], "troupe")
+SOURCE = os.environ.get("TROUPE_SOURCE_DIR", ".")
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def start_server(checkpoint, key_file, *extra):
+    server = subprocess.Popen(
+        [TROUPE, "serve", "--model", checkpoint, "--listen", "127.0.0.1:0", "--api-key-file",
+         key_file, "--max-batch", "8", "--max-queue", "64", "--prefill-chunk", "16",
+         "--cache-dtype", "f32", "--kv-cache-mib", "64", "--threads", "2", "--model-name",
+         "tiny", *extra],
+        stdout=subprocess.PIPE, text=True)
+    line = server.stdout.readline()
+    check(" at http://" in line, f"troupe serve did not start: {line!r}")
+    url = line.split(" at ")[1].split(" ")[0]
+    return server, url
+
+
+def train(scratch, name, *settings):
+    """A checkpoint of the tiny model after one step."""
+    trained = subprocess.run(
+        [TROUPE, "train", os.path.join(SOURCE, "topologies/tiny.toml"), "--steps", "1",
+         "--checkpoint-dir", os.path.join(scratch, name), "--set", "train.micro_batch_size=2",
+         "--set", "train.sequence_length=32", "--threads", "2", *settings],
+        capture_output=True, text=True)
+    check(trained.returncode == 0, f"troupe train failed: {trained.stderr}")
+    return os.path.join(scratch, name, "step-000001")
+
+
+def chat_with_deepseeks_tokenizer(scratch, key_file):
+    """Chat completions, streamed and not, through DeepSeek-V3's tokenizer and chat format."""
+    with open(os.path.join(SOURCE, "topologies/models/tiny/config.json")) as f:
+        config = json.load(f)
+    config["vocab_size"] = 129280  # DeepSeek-V3's tokenizer
+    config_file = os.path.join(scratch, "tiny-129k.json")
+    with open(config_file, "w") as f:
+        json.dump(config, f)
+    checkpoint = train(scratch, "chat", "--set", f"model.config={config_file}")
+    server, url = start_server(checkpoint, key_file, "--tokenizer",
+                               os.path.join(SOURCE, "tests/fixtures/tokenizer/deepseek-v3"))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
+        questions = [f"Question {i}: what is {i} + {i}?" for i in range(8)]
+        alone = {}
+        for q in questions:
+            c = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": q}], max_tokens=12,
+                temperature=0)
+            check(c.choices[0].message.role == "assistant", f"{c}")
+            alone[q] = c.choices[0].message.content
+
+        def stream(q):
+            text, role = "", None
+            for chunk in client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": q}], max_tokens=12,
+                    temperature=0, stream=True):
+                if chunk.choices:
+                    role = chunk.choices[0].delta.role or role
+                    text += chunk.choices[0].delta.content or ""
+            return text, role
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            streamed = dict(zip(questions, pool.map(stream, questions)))
+        for q in questions:
+            check(streamed[q] == (alone[q], "assistant"), f"{q!r}: {streamed[q]} != {alone[q]!r}")
+        print("8 concurrent chat streams (DeepSeek-V3's tokenizer) equal their answers alone")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="troupe-openai-") as scratch:
+        checkpoint = train(scratch, "bytes")
+        key_file = os.path.join(scratch, "key")
+        with open(key_file, "w") as f:
+            f.write("sesame\n")
+        chat_with_deepseeks_tokenizer(scratch, key_file)
+        server, url = start_server(checkpoint, key_file)
+        try:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0,
+                                   timeout=120)
+            models = client.models.list()
+            check([m.id for m in models.data] == ["tiny"], f"models: {models}")
+
+            prompts = [f"Prompt number {i}: the " + "abcdefgh"[: i % 8] for i in range(32)]
+            alone = {}
+            for p in prompts:
+                c = client.completions.create(model="tiny", prompt=p, max_tokens=24,
+                                              temperature=0)
+                check(c.usage.completion_tokens >= 1, f"no tokens: {c}")
+                alone[p] = c.choices[0].text
+
+            def stream(p):
+                text, finish = "", None
+                for chunk in client.completions.create(model="tiny", prompt=p, max_tokens=24,
+                                                       temperature=0, stream=True):
+                    if chunk.choices:
+                        text += chunk.choices[0].text
+                        finish = chunk.choices[0].finish_reason or finish
+                return text, finish
+
+            started = time.time()
+            with concurrent.futures.ThreadPoolExecutor(32) as pool:
+                streamed = dict(zip(prompts, pool.map(stream, prompts)))
+            elapsed = time.time() - started
+            for p in prompts:
+                text, finish = streamed[p]
+                check(text == alone[p], f"{p!r}: streamed {text!r} != alone {alone[p]!r}")
+                check(finish in ("stop", "length"), f"{p!r}: finish_reason {finish}")
+            print(f"32 concurrent streams equal their completions alone ({elapsed:.2f} s)")
+
+            for call, expected in [
+                (lambda: client.completions.create(model="gpt-4", prompt="x"),
+                 openai.NotFoundError),
+                (lambda: client.completions.create(model="tiny", prompt="x", max_tokens=10**6),
+                 openai.BadRequestError),
+                (lambda: client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "hi"}]),
+                 openai.BadRequestError),
+                (lambda: openai.OpenAI(base_url=url + "/v1", api_key="wrong",
+                                       max_retries=0).models.list(),
+                 openai.AuthenticationError),
+            ]:
+                try:
+                    call()
+                    raise AssertionError(f"no {expected.__name__}")
+                except expected as e:
+                    print(f"{expected.__name__}: {e.message[:90]}")
+
+            # SIGTERM once 8 streams have begun: each finishes; then nothing new is taken.
+            begun = threading.Barrier(8)
+
+            def long_stream(i):
+                text, finish, chunks = "", None, 0
+                for chunk in client.completions.create(model="tiny", prompt=f"drain {i}",
+                                                       max_tokens=240, temperature=0.8, seed=i,
+                                                       stream=True):
+                    chunks += 1
+                    if chunks == 1 and begun.wait() == 0:
+                        server.send_signal(signal.SIGTERM)
+                    if chunk.choices:
+                        text += chunk.choices[0].text
+                        finish = chunk.choices[0].finish_reason or finish
+                return finish
+
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                finishes = list(pool.map(long_stream, range(8)))
+            check(all(f in ("stop", "length") for f in finishes), f"drained: {finishes}")
+            code = server.wait(timeout=60)
+            check(code == 0, f"troupe serve exited {code}")
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5)
+                raise AssertionError("the server still answers after its drain")
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            print("SIGTERM: 8 running streams finished, the server exited 0")
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+// `troupe serve`: an OpenAI-compatible HTTP server over a Hugging Face DeepSeek-V3 directory or
+// a troupe checkpoint (runtime/serve/openai_server.hpp): completions and chat completions,
+// streamed or not, continuously batched over MLA's paged latent cache; /v1/models, /health and
+// /metrics. Settings come from the topology's [serve] and [inference] sections and the options
+// (which win). SIGTERM or SIGINT drains: no new requests, those running finish (for up to
+// drain_seconds), then the process exits 0.
+#include <pthread.h>
+
+#include <algorithm>
+#include <csignal>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include <fmt/format.h>
+#include <prometheus/registry.h>
+
+#include "runtime/core/error.hpp"
+#include "runtime/device/cuda.hpp"
+#include "runtime/exec/exec_context.hpp"
+#include "runtime/inference/cached_model.hpp"
+#include "runtime/inference/latent_cache.hpp"
+#include "runtime/metrics/metrics.hpp"
+#include "runtime/model/model_runner.hpp"
+#include "runtime/plugin/registry.hpp"
+#include "runtime/serve/openai_server.hpp"
+#include "runtime/serve/serving_engine.hpp"
+#include "runtime/topology/load.hpp"
+#include "tools/troupe/commands.hpp"
+#include "tools/troupe/model_input.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct serve_options {
+  std::string topology, model, tokenizer, listen, model_name, api_key_file, cache_dtype;
+  std::string device = "cpu", speculative;
+  std::optional<std::int64_t> max_batch, max_queue, prefill_chunk, context_length, kv_cache_mib;
+  int threads = 0;
+};
+
+/// The topology's sections with the options laid over them.
+struct serve_settings {
+  serve_spec serve;
+  inference_spec inference;
+};
+
+serve_settings settings_of(const serve_options& o) {
+  serve_settings s;
+  if (!o.topology.empty()) {
+    topology_load_options load;
+    load.resolve_plugins = false;
+    const topology topo = load_topology(o.topology, load).topo;
+    s.serve = topo.serve;
+    s.inference = topo.inference;
+  }
+  if (!o.listen.empty()) {
+    const auto colon = o.listen.rfind(':');
+    int port = -1;
+    if (colon != std::string::npos && colon > 0 && colon + 1 < o.listen.size() &&
+        o.listen.size() - colon - 1 <= 5 &&
+        o.listen.find_first_not_of("0123456789", colon + 1) == std::string::npos)
+      port = std::stoi(o.listen.substr(colon + 1));
+    if (port < 0 || port > 65535)
+      fail("--listen {}: give HOST:PORT with a port from 0 to 65535 (0 picks a free port)",
+           o.listen);
+    s.serve.host = o.listen.substr(0, colon);
+    if (s.serve.host.size() > 2 && s.serve.host.front() == '[' && s.serve.host.back() == ']')
+      s.serve.host = s.serve.host.substr(1, s.serve.host.size() - 2);
+    s.serve.port = port;
+  }
+  if (!o.model_name.empty()) s.serve.model_name = o.model_name;
+  if (!o.api_key_file.empty()) s.serve.api_key_file = o.api_key_file;
+  if (!o.cache_dtype.empty()) s.inference.kv_cache_dtype = o.cache_dtype;
+  if (o.max_batch) s.serve.max_batch = *o.max_batch;
+  if (o.max_queue) s.serve.max_queue = *o.max_queue;
+  if (o.prefill_chunk) s.serve.prefill_chunk = *o.prefill_chunk;
+  if (o.context_length) s.serve.context_length = *o.context_length;
+  if (o.kv_cache_mib) s.inference.kv_cache_mib = *o.kv_cache_mib;
+  return s;
+}
+
+/// The API key: the first line of its file, which must not be empty.
+std::string read_api_key(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) fail("api_key_file {}: cannot be read", file.string());
+  std::string key;
+  std::getline(in, key);
+  while (!key.empty() && (key.back() == '\r' || key.back() == ' ' || key.back() == '\t'))
+    key.pop_back();
+  if (key.empty()) fail("api_key_file {}: its first line (the key) is empty", file.string());
+  return key;
+}
+
+/// The name requests give in "model": the option or [serve] model_name, else the directory's.
+std::string served_name(const std::string& chosen, const std::string& model) {
+  if (!chosen.empty()) return chosen;
+  fs::path path = fs::absolute(model).lexically_normal();
+  if (path.filename().empty()) path = path.parent_path();
+  return path.filename().string();
+}
+
+int serve(const serve_options& o) {
+  // Everything that can be checked is checked before the weights are read.
+  const serve_settings settings = settings_of(o);
+  const serve_spec& spec = settings.serve;
+  const std::string api_key = spec.api_key_file.empty() ? "" : read_api_key(spec.api_key_file);
+  const auto checkpoint = hf_checkpoint::open(o.model);
+  const model_config& config = checkpoint.config();
+  const bool mtp = o.speculative == "mtp";
+  if (mtp) require_mtp(checkpoint, o.model, "--speculative mtp");
+  const device where = parse_device(o.device);
+  if (where.is_cuda()) cuda::require_device(where.index);
+
+  const std::string& cache_type = settings.inference.kv_cache_dtype;
+  const latent_cache_shape shape = inference_cache_shape(
+      config, mtp ? config.num_nextn_predict_layers : 0,
+      cache_type == "bf16" ? dtype::bf16 : dtype::f32, settings.inference.block_tokens);
+  const std::uint64_t budget = static_cast<std::uint64_t>(settings.inference.kv_cache_mib) << 20;
+  const auto holds =
+      static_cast<std::int64_t>(budget / static_cast<std::uint64_t>(shape.bytes_per_block())) *
+      shape.block_tokens;
+  // One request alone must always fit: its context, and a draft token past it.
+  const std::int64_t fits = holds - (mtp ? 2 : 1);
+  const std::int64_t context = spec.context_length > 0
+                                   ? spec.context_length
+                                   : std::min<std::int64_t>(config.max_position_embeddings, fits);
+  if (context < 1 || context > fits)
+    fail(
+        "the KV cache of {} MiB holds {} tokens (blocks of {}, {} bytes per token in {}), too "
+        "few for a context of {} tokens: raise [inference] kv_cache_mib (--kv-cache-mib) or "
+        "lower [serve] context_length (--context-length)",
+        settings.inference.kv_cache_mib, holds, shape.block_tokens, shape.bytes_per_token(),
+        cache_type, context);
+
+  const std::optional<text_codec> codec = open_text_codec(o.model, o.tokenizer, config);
+  if (!codec)
+    fail(
+        "{} has no tokenizer.json and is no troupe checkpoint: give --tokenizer PATH (a "
+        "tokenizer.json or its directory, or bytes)",
+        o.model);
+
+  plugin_registry registry;
+  model_options options;
+  options.mtp = mtp;
+  options.where = where;
+  model_runner runner(config, {}, load_model_plugins(registry, config), options);
+  load_parameters(checkpoint, runner.parameters());
+  thread_pool pool(o.threads > 0
+                       ? o.threads
+                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  exec_context exec(where, pool);
+  cached_model cached(runner);
+  latent_cache cache(shape, budget, where);
+
+  metrics_registry metrics;
+  serving_metrics serve_metrics(*metrics.registry());
+  serving_options engine_options;
+  engine_options.max_batch = spec.max_batch;
+  engine_options.max_queue = spec.max_queue;
+  engine_options.prefill_chunk = spec.prefill_chunk;
+  engine_options.metrics = &metrics;
+  engine_options.serve_metrics = &serve_metrics;
+  serving_engine engine(cached, cache, exec, engine_options);
+
+  openai_model model;
+  model.name = served_name(spec.model_name, o.model);
+  model.encode = [codec = *codec](std::string_view text) {
+    std::vector<std::int32_t> ids;
+    // The byte tokenizer has no text for BOS: it goes in as an id.
+    if (!codec.chat_tokens && codec.add_bos && codec.bos) ids.push_back(*codec.bos);
+    codec.encode(text, ids);
+    return ids;
+  };
+  model.decode = codec->decode;
+  if (codec->chat_tokens && codec->bos && codec->eos) {
+    model.bos_text = codec->decode({*codec->bos});
+    model.eos_text = codec->decode({*codec->eos});
+  }
+  model.eos = codec->eos ? *codec->eos : static_cast<std::int32_t>(config.eos_token_id);
+  model.context_length = context;
+  model.max_tokens_limit = context;
+  model.drawable_vocab = codec->vocab_size;
+  model.vocab_size = config.vocab_size;
+  model.created = std::time(nullptr);
+
+  openai_server_options server_options;
+  server_options.host = spec.host;
+  server_options.port = spec.port;
+  server_options.api_key = api_key;
+  // A handler thread per request in the batch or the queue, and some for /health and /metrics:
+  // past the queue a request gets 429 from the engine, not 503 from the server.
+  server_options.limits.max_handlers =
+      static_cast<std::size_t>(spec.max_batch + spec.max_queue + 16);
+  server_options.limits.max_connections = server_options.limits.max_handlers + 64;
+  server_options.limits.body_limit = 16u << 20;
+  openai_server server(engine, model, metrics, serve_metrics, server_options);
+  fmt::print(
+      "troupe serve: serving {} at {} (POST /v1/completions, /v1/chat/completions; GET "
+      "/v1/models, /health, /metrics): {} layers on {}, batch {}, queue {}, context {} tokens, KV "
+      "cache {} MiB ({} tokens, {}){}\n",
+      model.name, server.url(), config.num_hidden_layers, to_string(where), spec.max_batch,
+      spec.max_queue, context, settings.inference.kv_cache_mib, holds, cache_type,
+      mtp ? ", MTP speculative" : "");
+  std::fflush(stdout);
+
+  // The signals were blocked before any thread started (add_serve_command's callback).
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  int signal = 0;
+  sigwait(&stop, &signal);
+  fmt::print(stderr, "troupe serve: {}: draining (no new requests; up to {} s for those running)\n",
+             strsignal(signal), spec.drain_seconds);
+  const bool drained = server.drain(std::chrono::seconds(spec.drain_seconds));
+  fmt::print(stderr, "troupe serve: {}\n",
+             drained ? "every request finished; stopping"
+                     : "requests still running after drain_seconds are cancelled; stopping");
+  return exit_ok;
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app, int& exit_code) {
+  auto o = std::make_shared<serve_options>();
+  auto* command = app.add_subcommand(
+      "serve",
+      "Serve a model over HTTP with OpenAI's API (completions and chat, streamed or not), "
+      "continuously batched; SIGTERM drains and exits");
+  command
+      ->add_option("topology", o->topology,
+                   "A topology whose [serve] and [inference] sections set the server and the "
+                   "KV cache (optional)")
+      ->check(CLI::ExistingFile);
+  command->add_option("--model", o->model, "Model directory (config.json and *.safetensors)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  command->add_option("--listen", o->listen,
+                      "HOST:PORT to serve on (default 127.0.0.1:8000; port 0 picks a free one)");
+  command->add_option("--tokenizer", o->tokenizer,
+                      "tokenizer.json or its directory, or bytes; default: the model's");
+  command->add_option("--model-name", o->model_name,
+                      "The name requests give in \"model\" (default: the directory's name)");
+  command
+      ->add_option("--api-key-file", o->api_key_file,
+                   "A file whose first line is the key /v1/ requests must bear")
+      ->check(CLI::ExistingFile);
+  command->add_option("--max-batch", o->max_batch, "Sequences decoded together (default 32)")
+      ->check(within({1, 4096}));
+  command->add_option("--max-queue", o->max_queue, "Requests waiting to join (default 256)")
+      ->check(within({0, 1 << 20}));
+  command
+      ->add_option("--prefill-chunk", o->prefill_chunk,
+                   "Prompt tokens a sequence reads per step (default 512; 0: whole prompts)")
+      ->check(within({0, 1 << 24}));
+  command
+      ->add_option("--context-length", o->context_length,
+                   "Prompt + completion tokens per request (default: the model's, within the "
+                   "cache)")
+      ->check(within({1, 1 << 30}));
+  command->add_option("--kv-cache-mib", o->kv_cache_mib, "The KV cache's memory (default 1024)")
+      ->check(within({1, 1 << 30}));
+  command->add_option("--cache-dtype", o->cache_dtype, "bf16 (default) or f32")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  command
+      ->add_option("--speculative", o->speculative,
+                   "mtp: every request decodes speculatively with the MTP module's drafts")
+      ->check(CLI::IsMember({"mtp"}));
+  command->add_option("--device", o->device, "cpu (default) or cuda:N");
+  command->add_option("--threads", o->threads, "Worker threads (default: one per core)")
+      ->check(within(thread_bounds));
+  command->callback([o, &exit_code] {
+    // NOTES: blocked here, before the server's threads start, so that every thread inherits the
+    // mask and only serve()'s sigwait takes SIGTERM and SIGINT.
+    sigset_t stop, previous;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop, &previous);
+    try {
+      exit_code = serve(*o);
+    } catch (const std::exception& e) {
+      std::fflush(stdout);
+      fmt::print(stderr, "troupe serve: {}\n", e.what());
+      exit_code = exit_bad_input;
+    }
+    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  });
+}
+
+}  // namespace troupe::cli

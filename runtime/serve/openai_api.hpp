@@ -47,7 +47,8 @@ struct openai_request {
   generation_request generation;
 };
 
-/// Parses the body of /v1/completions (chat false) or /v1/chat/completions (chat true). Returns
+/// Parses the body of /v1/completions (chat false) or /v1/chat/completions (chat true), with
+/// vLLM's extensions top_k and ignore_eos (generate max_tokens whatever comes: benchmarks). Returns
 /// the request, or the error to answer (malformed JSON, unknown model, a field of the wrong type
 /// or out of range, a prompt past the context length, an option troupe does not offer).
 std::variant<openai_request, openai_error> parse_openai_request(std::string_view body, bool chat,

@@ -146,6 +146,11 @@ TEST(OpenAiApi, StreamOptionsUsageModelsAndErrorsInAStream) {
   ASSERT_TRUE(std::holds_alternative<openai_request>(with_usage));
   const auto& r = std::get<openai_request>(with_usage);
   EXPECT_TRUE(r.include_usage);
+  EXPECT_TRUE(r.generation.eos.has_value());
+  const auto no_eos = parse_openai_request(
+      R"({"model": "troupe-test", "prompt": "hi", "ignore_eos": true})", false, model);
+  ASSERT_TRUE(std::holds_alternative<openai_request>(no_eos));
+  EXPECT_FALSE(std::get<openai_request>(no_eos).generation.eos.has_value());
   const auto unstreamed = parse_openai_request(
       R"({"model": "troupe-test", "prompt": "hi", "stream_options": {"include_usage": true}})",
       false, model);

@@ -12,6 +12,7 @@
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "runtime/inference/cached_model.hpp"
 #include "runtime/inference/generation.hpp"
+#include "runtime/model/model_config.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
 #include "tests/gpu/gpu_skip.hpp"
@@ -93,6 +94,54 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeOnCuda, ::testing::Values("q-lora", "no
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
+
+TEST(DecodeOnCudaWide, DeepSeekV3LatentWidthsMatchTheCpu) {
+  // The fixtures' cache rows are 20-40 values wide; DeepSeek-V3's are 512 + 64 = 576 (and a
+  // wider one takes the kernel's widest path): random weights of the same seed on both devices,
+  // a prefill of 9 and 6 single steps, logits within 1e-4 of the CPU's cached decode.
+  TROUPE_SKIP_WITHOUT_GPU();
+  for (const std::int64_t rank : {512, 1024}) {
+    nlohmann::json source =
+        troupe::testing::read_json(troupe::testing::fixture_model("q-lora") / "config.json");
+    source["kv_lora_rank"] = rank;
+    source["qk_rope_head_dim"] = 64;
+    const model_config config = parse_model_config(source, "wide config");
+    std::vector<tensor> logits;
+    for (const device where : {device::cpu(), gpu}) {
+      plugin_registry registry;
+      model_options options;
+      options.where = where;
+      model_runner runner(config, {}, load_model_plugins(registry, config), options);
+      thread_pool pool(2);
+      runner.parameters().initialize(77, &pool);
+      exec_context context(where, pool);
+      cached_model model(runner);
+      latent_cache cache(model.cache_shape(dtype::f32, 4), 1 << 24, where);
+      const std::vector<latent_cache::sequence_id> ids{cache.add_sequence()};
+      const auto tokens = random_tokens(15, config.vocab_size, 25);
+      std::vector<float> all;
+      for (std::int64_t done = 0; done < 15;) {
+        const std::int64_t n = done == 0 ? 9 : 1;
+        cache_step step(cache, ids, std::vector<std::int64_t>{n});
+        const tensor hidden = model.forward(
+            context, step, std::span(tokens.data() + done, static_cast<std::size_t>(n)));
+        step.commit();
+        const tensor l = model.logits(context, hidden, rows_from(0, n));
+        all.insert(all.end(), l.data_as<float>(), l.data_as<float>() + l.numel());
+        done += n;
+      }
+      tensor t = tensor::empty(dtype::f32, {static_cast<std::int64_t>(all.size())});
+      std::copy(all.begin(), all.end(), t.data_as<float>());
+      logits.push_back(t);
+    }
+    const double error =
+        troupe::testing::max_relative_error(logits[1].data_as<float>(), logits[0].data_as<float>(),
+                                            static_cast<std::size_t>(logits[0].numel()));
+    EXPECT_LE(error, 1e-4) << "kv_lora_rank " << rank;
+    std::printf("[ gpu decode ] kv_lora_rank %ld + rope 64: logits max relative error %.3g\n",
+                static_cast<long>(rank), error);
+  }
+}
 
 TEST(DecodeOnCudaBf16, ABf16CachePicksTheSameTokens) {
   TROUPE_SKIP_WITHOUT_GPU();

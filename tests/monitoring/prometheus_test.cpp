@@ -3,7 +3,9 @@
 // targets file points it at the job), and its HTTP API must show every layer x expert series,
 // summing to the tokens routed. promtool checks the shipped configuration and rules, runs their
 // unit tests, and lints a live scrape. Every metric the Grafana dashboard and the alert rules
-// query is one troupe exports and monitoring/METRICS.md documents.
+// query is one troupe exports and monitoring/METRICS.md documents: the dashboard's Serving row
+// against a live scrape of `troupe serve` after a few completions, the rest against the training
+// job's. The dashboard's queries parse as PromQL and its panels do not overlap.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -11,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +22,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -35,6 +39,7 @@ using ::testing::HasSubstr;
 using troupe::testing::background_command;
 using troupe::testing::run_command;
 using troupe::testing::run_result;
+using json = nlohmann::json;
 
 fs::path source(const std::string& relative) {
   return fs::path(std::getenv("TROUPE_SOURCE_DIR")) / relative;
@@ -101,13 +106,59 @@ std::set<std::string> referenced_metrics(const std::string& text) {
   return names;
 }
 
-std::set<std::string> documented_metrics() {
+/// The metrics METRICS.md documents; only those of its section "## `section`" if one is named.
+std::set<std::string> documented_metrics(const std::string& section = "") {
   std::set<std::string> names;
   std::ifstream in(source("monitoring/METRICS.md"));
-  for (std::string line; std::getline(in, line);)
-    if (auto key = troupe::testing::table_key(line); key && key->starts_with("troupe_"))
+  bool inside = section.empty();
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with("## ") && !section.empty()) inside = line == "## " + section;
+    if (auto key = troupe::testing::table_key(line); inside && key && key->starts_with("troupe_"))
       names.insert(*key);
+  }
   return names;
+}
+
+json dashboard() {
+  return json::parse(read_file(source("monitoring/grafana/dashboards/troupe.json")));
+}
+
+/// The panels of the dashboard's row `title` (those after the row panel up to the next row, and
+/// those a collapsed row holds), or, with `inside` false, the dashboard without that row.
+json row_panels(const json& board, const std::string& title, bool inside = true) {
+  json panels = json::array();
+  bool in_row = false;
+  for (const json& panel : board.at("panels")) {
+    if (panel.value("type", "") == "row") in_row = panel.value("title", "") == title;
+    if (in_row != inside) continue;
+    if (panel.value("type", "") != "row")
+      panels.push_back(panel);
+    else
+      for (const json& held : panel.value("panels", json::array())) panels.push_back(held);
+  }
+  return panels;
+}
+json without_row(json board, const std::string& title) {
+  board["panels"] = row_panels(board, title, false);
+  return board;
+}
+
+/// Every troupe_ metric `text` queries must be in the exposition `scrape` (a histogram's _bucket,
+/// _sum and _count as its family) and in METRICS.md; returns them.
+std::set<std::string> expect_exported_and_documented(const std::string& text,
+                                                     const std::string& scrape) {
+  const auto exported = families(scrape);
+  const auto documented = documented_metrics();
+  std::set<std::string> queried;
+  for (std::string name : referenced_metrics(text)) {
+    for (const std::string suffix : {"_bucket", "_sum", "_count"})
+      if (name.ends_with(suffix) && exported.count(name.substr(0, name.size() - suffix.size())))
+        name = name.substr(0, name.size() - suffix.size());
+    EXPECT_TRUE(exported.count(name)) << name << " is queried but not exported";
+    EXPECT_TRUE(documented.count(name)) << name << " is queried but not in METRICS.md";
+    queried.insert(name);
+  }
+  return queried;
 }
 
 /// GET on Prometheus's HTTP API; the "data" of a success, or null.
@@ -163,21 +214,13 @@ TEST(Monitoring, PrometheusScrapesEveryLayerTimesExpertSeriesSummingToTheTokensR
       run_command("promtool check metrics < " + (job.dir() / "scrape.txt").string());
   EXPECT_EQ(lint.exit_code, 0) << lint.output;
 
-  // The dashboard and the rules query only what troupe exports and documents.
-  const auto exported = families(scrape);
-  const auto documented = documented_metrics();
-  std::set<std::string> queried;
-  for (const fs::path& file : {source("monitoring/grafana/dashboards/troupe.json"),
-                               source("monitoring/prometheus/rules/troupe-alerts.yml")})
-    for (const auto& name : referenced_metrics(read_file(file))) queried.insert(name);
+  // The dashboard (but its Serving row: ServingPanelsQueryWhatTroupeServeExports) and the rules
+  // query only what troupe exports and documents.
+  const auto queried = expect_exported_and_documented(
+      without_row(dashboard(), "Serving").dump() +
+          read_file(source("monitoring/prometheus/rules/troupe-alerts.yml")),
+      scrape);
   EXPECT_GT(queried.size(), 15u);
-  for (std::string name : queried) {
-    for (const std::string suffix : {"_bucket", "_sum", "_count"})
-      if (name.ends_with(suffix) && exported.count(name.substr(0, name.size() - suffix.size())))
-        name = name.substr(0, name.size() - suffix.size());
-    EXPECT_TRUE(exported.count(name)) << name << " is queried but not exported";
-    EXPECT_TRUE(documented.count(name)) << name << " is queried but not in METRICS.md";
-  }
 
   // Prometheus with the shipped configuration; only the targets file is this test's.
   const fs::path config = job.dir() / "prometheus";
@@ -239,6 +282,124 @@ TEST(Monitoring, PrometheusScrapesEveryLayerTimesExpertSeriesSummingToTheTokensR
   })) << prometheus_api(port, "/api/v1/rules").dump();
 
   EXPECT_EQ(job.finish(), 0) << job.log();
+}
+
+TEST(Monitoring, ServingPanelsQueryWhatTroupeServeExports) {
+  // A checkpoint of the tiny model after one step, served on a free loopback port.
+  const fs::path dir = troupe::testing::scratch_dir("monitoring", "serving");
+  const std::string troupe = troupe::testing::troupe_exe();
+  const run_result trained = run_command(
+      fmt::format("{} train {} --steps 1 --checkpoint-dir {} --set train.micro_batch_size=2 "
+                  "--set train.sequence_length=32 --threads 2",
+                  troupe, source("topologies/tiny.toml").string(), (dir / "checkpoints").string()));
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  background_command server(
+      fmt::format("{} serve --model {} --listen 127.0.0.1:0 --threads 2 --kv-cache-mib 16 "
+                  "--cache-dtype f32",
+                  troupe, (dir / "checkpoints" / "step-000001").string()),
+      dir / "serve.log");
+  // Its first line: "troupe serve: serving NAME at http://127.0.0.1:PORT (...".
+  const std::string serving = "troupe serve: serving ";
+  std::string name, url;
+  troupe::testing::eventually(60, [&] {
+    const std::string log = read_file(dir / "serve.log");
+    const auto begin = log.find(serving);
+    const auto end = log.find('\n', begin);
+    if (begin == std::string::npos || end == std::string::npos) return server.exited();
+    std::istringstream words(log.substr(begin + serving.size(), end - begin - serving.size()));
+    std::string at;
+    words >> name >> at >> url;
+    return true;
+  });
+  ASSERT_THAT(url, ::testing::StartsWith("http://127.0.0.1:")) << read_file(dir / "serve.log");
+  EXPECT_EQ(name, "step-000001");
+
+  // Two completions, and one for a model it does not serve (404: outcome "invalid").
+  const auto post = [&](const std::string& model, const std::string& curl_options) {
+    return run_command(fmt::format(
+        "curl -s --max-time 60 {} -H 'Content-Type: application/json' -d "
+        "'{{\"model\":\"{}\",\"prompt\":\"hello\",\"max_tokens\":4}}' {}/v1/completions",
+        curl_options, model, url));
+  };
+  for (int i = 0; i < 2; ++i) {
+    const run_result r = post("step-000001", "");
+    const json reply = json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(reply.is_object()) << r.output;
+    EXPECT_EQ(reply.value("choices", json::array()).size(), 1u) << r.output;
+  }
+  EXPECT_EQ(post("nonexistent", "-o /dev/null -w '%{http_code}'").output, "404");
+
+  const std::string scrape = run_command("curl -s --max-time 30 " + url + "/metrics").output;
+  EXPECT_THAT(scrape,
+              HasSubstr("troupe_serve_requests_total{endpoint=\"completions\",outcome=\"ok\"} 2"));
+  EXPECT_THAT(scrape, HasSubstr("troupe_serve_requests_total{endpoint=\"completions\",outcome="
+                                "\"invalid\"} 1"));
+  EXPECT_THAT(scrape, HasSubstr("troupe_serve_time_to_first_token_seconds_count 2"));
+  if (have_prometheus()) {
+    std::ofstream(dir / "scrape.txt") << scrape;
+    const run_result lint =
+        run_command("promtool check metrics < " + (dir / "scrape.txt").string());
+    EXPECT_EQ(lint.exit_code, 0) << lint.output;
+  }
+
+  // The Serving row queries only what troupe serve exports and METRICS.md documents, and every
+  // serving and inference metric has a panel.
+  const json panels = row_panels(dashboard(), "Serving");
+  EXPECT_GE(panels.size(), 8u);
+  const auto queried = expect_exported_and_documented(panels.dump(), scrape);
+  for (const std::string section : {"Serving", "Inference"})
+    for (const std::string& metric : documented_metrics(section))
+      EXPECT_TRUE(queried.count(metric)) << metric << " has no panel in the Serving row";
+
+  ::kill(server.pid(), SIGTERM);
+  EXPECT_EQ(server.wait(), 0) << read_file(dir / "serve.log");
+}
+
+TEST(Monitoring, DashboardQueriesParseAndPanelsDoNotOverlap) {
+  const json board = dashboard();
+  const json datasource = {{"type", "prometheus"}, {"uid", "troupe-prometheus"}};
+  std::set<int> ids;
+  std::vector<std::pair<std::string, json>> placed;  // title, gridPos
+  std::string rules = "groups:\n  - name: dashboard\n    rules:\n";
+  const std::regex variable(R"(\$[a-z_]+)");
+  const auto record = [&](const std::string& name, const std::string& expr) {
+    rules += fmt::format("      - record: {}\n        expr: {}\n", name,
+                         json(std::regex_replace(expr, variable, ".*")).dump());
+  };
+  for (const json& panel : board.at("panels")) {
+    const std::string title = panel.value("title", "");
+    EXPECT_TRUE(ids.insert(panel.at("id").get<int>()).second) << "id of " << title;
+    const json& grid = panel.at("gridPos");
+    const int x = grid.at("x"), y = grid.at("y"), w = grid.at("w"), h = grid.at("h");
+    EXPECT_LE(x + w, 24) << title;
+    for (const auto& [other, at] : placed) {
+      const int ox = at.at("x"), oy = at.at("y"), ow = at.at("w"), oh = at.at("h");
+      EXPECT_FALSE(x < ox + ow && ox < x + w && y < oy + oh && oy < y + h)
+          << title << " overlaps " << other;
+    }
+    placed.emplace_back(title, grid);
+    if (panel.at("type") == "row") continue;
+    EXPECT_EQ(panel.at("datasource"), datasource) << title;
+    if (panel.at("type") == "timeseries") {
+      EXPECT_TRUE(panel.at("fieldConfig").at("defaults").contains("unit")) << title;
+    }
+    for (const json& target : panel.at("targets")) {
+      EXPECT_EQ(target.at("datasource"), datasource) << title;
+      const std::string expr = target.at("expr");
+      EXPECT_THAT(expr, HasSubstr(R"(instance=~"$instance")")) << title;
+      record(fmt::format("panel_{}_{}", panel.at("id").get<int>(),
+                         target.at("refId").get<std::string>()),
+             expr);
+    }
+  }
+  for (const json& annotation : board.at("annotations").at("list"))
+    if (annotation.contains("expr")) record("annotation", annotation.at("expr"));
+  if (!have_prometheus())
+    GTEST_SKIP() << "prometheus/promtool not installed (tools/setup installs them)";
+  const fs::path file = troupe::testing::scratch_dir("monitoring", "dashboard") / "queries.yml";
+  std::ofstream(file) << rules;
+  const run_result check = run_command("promtool check rules " + file.string());
+  EXPECT_EQ(check.exit_code, 0) << check.output << rules;
 }
 
 TEST(Monitoring, PerLayerAggregatesOnlyForModelsWithManyExperts) {

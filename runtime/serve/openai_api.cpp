@@ -143,7 +143,7 @@ std::variant<openai_request, openai_error> parse_openai_request(std::string_view
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for 1e999
     return make_openai_error(400, fmt::format("the request body is not JSON: {}", e.what()));
   }
   if (!j.is_object()) return make_openai_error(400, "the request body must be a JSON object");

@@ -15,8 +15,10 @@ namespace {
 troupe::openai_model byte_model() {
   troupe::openai_model m;
   m.name = "fuzz";
-  m.encode = [](std::string_view text) {
-    return std::vector<std::int32_t>(text.begin(), text.end());
+  m.encode = [](std::string_view text) {  // a byte tokenizer: ids 0-255
+    std::vector<std::int32_t> ids;
+    for (const char c : text) ids.push_back(static_cast<unsigned char>(c));
+    return ids;
   };
   m.decode = [](const std::vector<std::int32_t>& ids) {
     std::string text;

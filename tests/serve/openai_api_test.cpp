@@ -125,6 +125,14 @@ TEST(OpenAiApi, ResponsesAndStreamChunksHaveOpenAisShape) {
   EXPECT_EQ(openai_stream_done, "data: [DONE]\n\n");
 }
 
+TEST(OpenAiApi, ANumberBeyondDoubleIsA400) {
+  // Found by fuzz-openai-request: nlohmann::json throws out_of_range, not parse_error, for it.
+  const auto r = parse_openai_request(R"({"model": "troupe-test", "prompt": "x", "top_p": 1e999})",
+                                      false, byte_model());
+  ASSERT_TRUE(std::holds_alternative<openai_error>(r));
+  EXPECT_EQ(std::get<openai_error>(r).status, 400);
+}
+
 TEST(OpenAiApi, StreamsHoldBackACharacterCutAtTheEnd) {
   EXPECT_EQ(utf8_complete_prefix(""), 0u);
   EXPECT_EQ(utf8_complete_prefix("abc"), 3u);

@@ -116,6 +116,35 @@ batch_decoder::sequence_id batch_decoder::add(const generation_request& request)
   return id;
 }
 
+batch_decoder::sequence_id batch_decoder::add_handoff(sequence_handoff handoff) {
+  generation_request& request = handoff.request;
+  if (request.speculative_mtp && model_->mtp_depth() < 1)
+    fail("a speculative sequence's hand-off needs an MTP module; this decoder's model has none");
+  request.prefill_only = false;
+  const latent_cache::sequence_id cached = cache_->import_rows(handoff.rows);
+  auto s = std::make_unique<sequence>(request, model_->config().vocab_size, cached);
+  s->prompt_done = s->prompt_length();
+  s->token = handoff.token;
+  s->draft = handoff.draft;
+  s->q = std::move(handoff.draft_distribution);
+  s->result = std::move(handoff.result);
+  // Its clock started at the prefill: total_seconds counts from the request's start.
+  s->start -= std::chrono::duration_cast<clock_type::duration>(
+      std::chrono::duration<double>(s->result.prompt_seconds));
+  const sequence_id id = next_++;
+  sequences_.emplace(id, std::move(s));
+  order_.push_back(id);
+  return id;
+}
+
+sequence_handoff batch_decoder::take_handoff(sequence_id id) {
+  const auto it = handoffs_.find(id);
+  if (it == handoffs_.end()) fail("sequence {} has no hand-off", id);
+  sequence_handoff out = std::move(it->second);
+  handoffs_.erase(it);
+  return out;
+}
+
 void batch_decoder::cancel(sequence_id id) {
   const auto it = sequences_.find(id);
   if (it == sequences_.end()) return;
@@ -303,9 +332,20 @@ std::vector<batch_decoder::event> batch_decoder::step() {
     if (drafted > 0) options_.metrics->speculative_drafts(drafted, accepted);
   }
 
-  // Finished sequences leave the batch.
+  // Finished sequences leave the batch; prefill_only ones with their prompt read, for another
+  // decoder.
   for (std::size_t i = 0; i < batch.size(); ++i) {
     sequence& s = *batch[i];
+    if (!s.done && s.request.prefill_only && !s.reading_prompt()) {
+      sequence_handoff h{s.request,      std::move(s.result),
+                         s.token,        s.draft,
+                         std::move(s.q), cache_->export_rows(s.cache_id, cache_->where())};
+      cache_->release(s.cache_id);
+      handoffs_.emplace(batch_ids[i], std::move(h));
+      sequences_.erase(batch_ids[i]);
+      events[i].handed_off = true;
+      continue;
+    }
     if (!s.done) continue;
     s.result.total_seconds = seconds_since(s.start);
     cache_->release(s.cache_id);

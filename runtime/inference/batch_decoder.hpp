@@ -31,6 +31,17 @@ struct batch_options {
   metrics_registry* metrics = nullptr;
 };
 
+/// A sequence whose prompt one decoder read, on its way to another that decodes it: the request,
+/// the state after its first token, and its cached rows (on the prefill cache's device).
+struct sequence_handoff {
+  generation_request request;
+  generation_result result;               ///< so far: the first token, prompt_seconds
+  std::int32_t token = 0;                 ///< the last token chosen, not in the cache yet
+  std::optional<std::int32_t> draft;      ///< the MTP module's draft of the token after it
+  std::vector<float> draft_distribution;  ///< the draft's distribution, to verify it by
+  latent_rows rows;
+};
+
 class batch_decoder {
  public:
   using sequence_id = std::uint64_t;
@@ -40,6 +51,7 @@ class batch_decoder {
     sequence_id id = 0;
     std::vector<std::int32_t> tokens;  ///< new tokens, in order (none while the prompt is read)
     bool finished = false;             ///< its result is ready (take_result)
+    bool handed_off = false;           ///< a prefill_only sequence read its prompt: take_handoff
   };
 
   batch_decoder(cached_model& model, latent_cache& cache, const exec_context& context,
@@ -59,6 +71,14 @@ class batch_decoder {
   /// One forward over every active sequence. Throws troupe::error when the cache cannot hold
   /// the step (nothing is changed then: the caller may cancel sequences and step again).
   std::vector<event> step();
+
+  /// Adds a sequence another decoder read the prompt of (its rows go into this decoder's cache,
+  /// of the same shape); it decodes from the next step on. Throws troupe::error when the cache
+  /// cannot hold it or the model cannot draft for it; nothing is added then.
+  sequence_id add_handoff(sequence_handoff handoff);
+  /// The hand-off of a prefill_only sequence whose step said handed_off (once; throws
+  /// troupe::error for another id). Its blocks in this decoder's cache are free already.
+  sequence_handoff take_handoff(sequence_id id);
 
   /// Sequences still generating.
   std::int64_t active() const { return static_cast<std::int64_t>(order_.size()); }
@@ -82,6 +102,7 @@ class batch_decoder {
   std::map<sequence_id, std::unique_ptr<sequence>> sequences_;
   std::deque<sequence_id> order_;  // active sequences, in the order they came
   std::map<sequence_id, generation_result> finished_;
+  std::map<sequence_id, sequence_handoff> handoffs_;
   sequence_id next_ = 1;
 };
 

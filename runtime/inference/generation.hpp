@@ -34,6 +34,9 @@ struct generation_request {
   /// Ids at or above this are never drawn (a vocabulary padded past the tokenizer's); 0: none.
   std::int64_t drawable_vocab = 0;
   bool speculative_mtp = false;  ///< draft with MTP module 1 and verify
+  /// Read the prompt, choose the first token, then hand the sequence off to another decoder
+  /// (disaggregated prefill and decode: batch_decoder::take_handoff, add_handoff).
+  bool prefill_only = false;
 };
 
 struct generation_result {

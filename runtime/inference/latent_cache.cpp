@@ -106,6 +106,48 @@ std::span<const std::int32_t> latent_cache::block_table(sequence_id sequence) co
   return at(sequence).blocks;
 }
 
+latent_rows latent_cache::export_rows(sequence_id sequence, device where) const {
+  const table& t = at(sequence);
+  const std::int64_t bytes = shape_.bytes_per_block();
+  const std::int64_t used = (t.length + shape_.block_tokens - 1) / shape_.block_tokens;
+  latent_rows rows{shape_, t.length,
+                   tensor::empty(dtype::u8, {std::max<std::int64_t>(used, 1) * bytes}, where)};
+  // NOTES: block by block: a sequence's blocks lie anywhere in the pool; each is contiguous.
+  for (std::int64_t b = 0; b < used; ++b)
+    rows.blocks.narrow(0, b * bytes, bytes)
+        .copy_from(pool_.narrow(0, t.blocks[static_cast<std::size_t>(b)] * bytes, bytes));
+  return rows;
+}
+
+latent_cache::sequence_id latent_cache::import_rows(const latent_rows& rows) {
+  const latent_cache_shape& s = rows.shape;
+  if (s.layers != shape_.layers || s.kv_lora_rank != shape_.kv_lora_rank ||
+      s.rope_dim != shape_.rope_dim || s.type != shape_.type ||
+      s.block_tokens != shape_.block_tokens)
+    fail(
+        "latent cache: rows of {} layers x ({} + {}) {} in blocks of {} cannot go into a cache of "
+        "{} layers x ({} + {}) {} in blocks of {}",
+        s.layers, s.kv_lora_rank, s.rope_dim, name_of(s.type), s.block_tokens, shape_.layers,
+        shape_.kv_lora_rank, shape_.rope_dim, name_of(shape_.type), shape_.block_tokens);
+  const std::int64_t bytes = shape_.bytes_per_block();
+  const std::int64_t used = (rows.length + shape_.block_tokens - 1) / shape_.block_tokens;
+  if (rows.length < 0 || rows.blocks.numel() < used * bytes)
+    fail("latent cache: rows of {} positions come with {} bytes; they need {}", rows.length,
+         rows.blocks.numel(), used * bytes);
+  const sequence_id id = add_sequence();
+  if (!reserve(id, rows.length)) {
+    release(id);
+    fail("latent cache: {} positions need {} blocks; {} of {} are free", rows.length, used,
+         free_blocks(), blocks_);
+  }
+  const table& t = at(id);
+  for (std::int64_t b = 0; b < used; ++b)
+    pool_.narrow(0, t.blocks[static_cast<std::size_t>(b)] * bytes, bytes)
+        .copy_from(rows.blocks.narrow(0, b * bytes, bytes));
+  advance(id, rows.length);
+  return id;
+}
+
 void* latent_cache::tile(std::int32_t block, std::int64_t layer) {
   if (block < 0 || block >= blocks_ || layer < 0 || layer >= shape_.layers)
     fail("latent cache: block {} layer {} outside {} blocks of {} layers", block, layer, blocks_,

@@ -35,6 +35,15 @@ struct latent_cache_shape {
   std::int64_t bytes_per_block() const { return bytes_per_token() * block_tokens; }
 };
 
+/// One sequence's cached rows, out of a cache: what prefill hands to decode (disaggregated
+/// serving). `blocks` holds the sequence's whole blocks in the cache's layout, [block][layer]
+/// [token][latent | rope], as u8 on whatever device it was copied to.
+struct latent_rows {
+  latent_cache_shape shape;
+  std::int64_t length = 0;  ///< positions held
+  tensor blocks;            ///< u8 [ceil(length / block_tokens) * bytes_per_block]
+};
+
 class latent_cache {
  public:
   using sequence_id = std::uint64_t;
@@ -48,6 +57,7 @@ class latent_cache {
   latent_cache& operator=(latent_cache&&) = default;
 
   const latent_cache_shape& shape() const { return shape_; }
+  device where() const { return pool_.where(); }
   std::int64_t total_blocks() const { return blocks_; }
   std::int64_t free_blocks() const { return static_cast<std::int64_t>(free_.size()); }
   /// Tokens the free blocks hold.
@@ -65,6 +75,13 @@ class latent_cache {
   void truncate(sequence_id sequence, std::int64_t tokens);
   /// Ends a sequence: its blocks go back to the pool.
   void release(sequence_id sequence);
+
+  /// A copy of the sequence's rows on `where` (the sequence stays).
+  latent_rows export_rows(sequence_id sequence, device where) const;
+  /// A new sequence holding `rows` (from a cache of the same shape, on any device). Throws
+  /// troupe::error naming the difference for another shape, or the shortfall when the pool has
+  /// too few free blocks (nothing is taken then).
+  sequence_id import_rows(const latent_rows& rows);
 
   std::int64_t length(sequence_id sequence) const;
   /// Positions the sequence's blocks hold (length() rounded up to blocks, or more after reserve).

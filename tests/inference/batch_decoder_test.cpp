@@ -165,6 +165,83 @@ TEST(BatchDecoder, AFullCacheFailsTheStepAndChangesNothing) {
             generate_sequence(m.model, cache, m.context, small).tokens);
 }
 
+TEST(BatchDecoder, ASequencePrefilledByOneDecoderAndDecodedByAnotherGetsItsAloneTokens) {
+  // Disaggregated prefill and decode in one process: the prefill decoder reads the prompts
+  // (in chunks) and hands each sequence off with its rows; the decode decoder, over another
+  // cache whose blocks lie elsewhere, decodes them among a sequence of its own.
+  loaded_model m("q-lora");
+  const auto requests = mixed_requests();
+  const latent_cache_shape shape = m.model.cache_shape(dtype::f32, 4);
+  latent_cache alone_cache(shape, 1 << 20, device::cpu());
+  std::vector<std::vector<std::int32_t>> alone;
+  for (const auto& r : requests)
+    alone.push_back(generate_sequence(m.model, alone_cache, m.context, r).tokens);
+  latent_cache prefill_cache(shape, 1 << 20, device::cpu()),
+      decode_cache(shape, 1 << 21, device::cpu());
+  batch_decoder prefill(m.model, prefill_cache, m.context, {3});
+  batch_decoder decode(m.model, decode_cache, m.context);
+  // A sequence of the decoder's own first, so that the hand-offs' blocks are not its first ones.
+  const auto own = decode.add(requests[4]);
+  std::map<batch_decoder::sequence_id, std::size_t> prefilling, decoding{{own, 4}};
+  for (std::size_t i = 0; i < 4; ++i) {
+    generation_request r = requests[i];
+    r.prefill_only = true;
+    prefilling[prefill.add(r)] = i;
+  }
+  std::vector<std::vector<std::int32_t>> got(requests.size());
+  while (prefill.active() > 0 || decode.active() > 0) {
+    for (const auto& e : prefill.step()) {
+      const std::size_t i = prefilling.at(e.id);
+      got[i].insert(got[i].end(), e.tokens.begin(), e.tokens.end());
+      ASSERT_FALSE(e.finished);  // none ends at its first token
+      if (e.handed_off) decoding[decode.add_handoff(prefill.take_handoff(e.id))] = i;
+    }
+    EXPECT_EQ(prefill_cache.sequences(), prefill.active());  // a hand-off's blocks are free
+    for (const auto& e : decode.step()) {
+      const std::size_t i = decoding.at(e.id);
+      got[i].insert(got[i].end(), e.tokens.begin(), e.tokens.end());
+      if (e.finished) {
+        EXPECT_EQ(decode.take_result(e.id).tokens, alone[i]) << i;
+      }
+    }
+  }
+  for (std::size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(got[i], alone[i]) << i;
+  EXPECT_EQ(prefill_cache.free_blocks(), prefill_cache.total_blocks());
+  EXPECT_EQ(decode_cache.free_blocks(), decode_cache.total_blocks());
+}
+
+TEST(BatchDecoder, AHandoffThatDoesNotFitOrDoesNotMatchChangesNothing) {
+  loaded_model m("q-lora");
+  const latent_cache_shape shape = m.model.cache_shape(dtype::f32, 4);
+  latent_cache prefill_cache(shape, 1 << 20, device::cpu());
+  latent_cache tiny(shape, static_cast<std::uint64_t>(shape.bytes_per_block()), device::cpu());
+  batch_decoder prefill(m.model, prefill_cache, m.context);
+  generation_request r;
+  r.prompt = random_tokens(9, 5);  // three blocks of 4
+  r.max_new_tokens = 4;
+  r.prefill_only = true;
+  const auto id = prefill.add(r);
+  ASSERT_TRUE(prefill.step().at(0).handed_off);
+  sequence_handoff handoff = prefill.take_handoff(id);
+  EXPECT_EQ(handoff.rows.length, 9);
+  batch_decoder small(m.model, tiny, m.context);
+  EXPECT_THROW(small.add_handoff(handoff), troupe::error);
+  EXPECT_EQ(tiny.free_blocks(), tiny.total_blocks());
+  EXPECT_EQ(small.active(), 0);
+  latent_cache_shape other = shape;
+  other.block_tokens = 8;
+  latent_cache wide(other, 1 << 20, device::cpu());
+  try {
+    wide.import_rows(handoff.rows);
+    ADD_FAILURE() << "rows of another shape were taken";
+  } catch (const troupe::error& e) {
+    EXPECT_NE(std::string(e.what()).find("in blocks of 4 cannot go into a cache"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(wide.sequences(), 0);
+}
+
 TEST(BatchDecoder, BadRequestsAreRefusedWhenAdded) {
   loaded_model m("q-lora", false);
   latent_cache cache(m.model.cache_shape(dtype::f32, 4), 1 << 20, device::cpu());

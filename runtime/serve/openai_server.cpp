@@ -54,7 +54,7 @@ struct exchange_state {
 
 }  // namespace
 
-openai_server::openai_server(serving_engine& engine, openai_model model,
+openai_server::openai_server(request_engine& engine, openai_model model,
                              const metrics_registry& metrics, serving_metrics& serve_metrics,
                              openai_server_options options)
     : engine_(&engine),
@@ -167,7 +167,7 @@ http_reply openai_server::generate(const http_request& request, bool chat) {
     stream(request, r, endpoint);
     return {};  // the stream was the reply
   }
-  serving_engine::ticket id = 0;
+  request_engine::ticket id = 0;
   std::future<generation_result> future;
   try {
     future = engine_->submit(r.generation, {}, &id);
@@ -197,7 +197,7 @@ void openai_server::stream(const http_request& request, const openai_request& r,
   const auto& exchange = request.exchange;
   if (!exchange) fail("a streamed request needs its connection");
   const auto state = std::make_shared<exchange_state>();
-  serving_engine::ticket id = 0;
+  request_engine::ticket id = 0;
   std::future<generation_result> future;
   try {
     future = engine_->submit(

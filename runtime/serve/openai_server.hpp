@@ -24,7 +24,7 @@
 #include "runtime/control/http_request.hpp"
 #include "runtime/metrics/metrics.hpp"
 #include "runtime/serve/openai_api.hpp"
-#include "runtime/serve/serving_engine.hpp"
+#include "runtime/serve/request_engine.hpp"
 #include "runtime/serve/serving_metrics.hpp"
 
 namespace troupe {
@@ -42,7 +42,7 @@ class openai_server {
  public:
   /// Listens at once; throws troupe::error naming the address when it cannot. `engine`,
   /// `metrics` and `serve_metrics` must outlive the server.
-  openai_server(serving_engine& engine, openai_model model, const metrics_registry& metrics,
+  openai_server(request_engine& engine, openai_model model, const metrics_registry& metrics,
                 serving_metrics& serve_metrics, openai_server_options options);
   /// Stops the HTTP server; a request still running is cancelled first.
   ~openai_server();
@@ -64,7 +64,7 @@ class openai_server {
   void stream(const http_request& request, const openai_request& parsed, const char* endpoint);
   http_reply metrics_text() const;
 
-  serving_engine* engine_;
+  request_engine* engine_;
   openai_model model_;
   const metrics_registry* metrics_;
   serving_metrics* serve_metrics_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -24,17 +25,7 @@ serving_engine::~serving_engine() {
   }
   wake_.notify_all();
   thread_.join();
-  for (pending& p : queue_) p.fail("the server stopped");
-}
-
-void serving_engine::pending::succeed(generation_result r) {
-  result.set_value(std::move(r));
-  if (on_done) on_done();
-}
-
-void serving_engine::pending::fail(const std::string& why) {
-  result.set_exception(std::make_exception_ptr(error(why)));
-  if (on_done) on_done();
+  for (pending_request& p : queue_) p.fail("the server stopped");
 }
 
 std::future<generation_result> serving_engine::submit(const generation_request& request,
@@ -46,7 +37,11 @@ std::future<generation_result> serving_engine::submit(const generation_request& 
     if (static_cast<std::int64_t>(queue_.size()) >= options_.max_queue)
       throw queue_full(fmt::format("the queue is full ({} requests wait to join a batch of {})",
                                    queue_.size(), options_.max_batch));
-    pending p{next_++, request, std::move(on_token), std::move(on_done), {}, clock::now(), {}, 0};
+    pending_request p;
+    p.id = next_++;
+    p.request = request;
+    p.on_token = std::move(on_token);
+    p.on_done = std::move(on_done);
     if (id != nullptr) *id = p.id;
     future = p.result.get_future();
     queue_.push_back(std::move(p));
@@ -56,11 +51,11 @@ std::future<generation_result> serving_engine::submit(const generation_request& 
 }
 
 void serving_engine::cancel(ticket id) {
-  std::optional<pending> dropped;
+  std::optional<pending_request> dropped;
   {
     std::lock_guard lock(mutex_);
-    const auto it =
-        std::find_if(queue_.begin(), queue_.end(), [&](const pending& p) { return p.id == id; });
+    const auto it = std::find_if(queue_.begin(), queue_.end(),
+                                 [&](const pending_request& p) { return p.id == id; });
     if (it != queue_.end()) {
       dropped = std::move(*it);
       queue_.erase(it);
@@ -82,19 +77,6 @@ std::int64_t serving_engine::decoding() const {
   return decoding_;
 }
 
-void serving_engine::deliver(pending& p, const std::vector<std::int32_t>& tokens) {
-  if (tokens.empty()) return;
-  const auto now = clock::now();
-  if (p.tokens == 0) {
-    p.first_token = now;
-    if (options_.serve_metrics != nullptr)
-      options_.serve_metrics->first_token(std::chrono::duration<double>(now - p.submitted).count());
-  }
-  p.tokens += static_cast<std::int64_t>(tokens.size());
-  if (p.on_token)
-    for (const std::int32_t token : tokens) p.on_token(token);
-}
-
 void serving_engine::report_state(std::int64_t running) {
   std::int64_t waiting = 0;
   {
@@ -109,10 +91,10 @@ void serving_engine::report_state(std::int64_t running) {
 
 void serving_engine::run() {
   batch_decoder decoder(*model_, *cache_, *context_, {options_.prefill_chunk, options_.metrics});
-  std::map<batch_decoder::sequence_id, pending> active;  // in the order they joined
-  const auto fail_request = [](pending& p, const std::string& why) { p.fail(why); };
+  std::map<batch_decoder::sequence_id, pending_request> active;  // in the order they joined
+  const auto fail_request = [](pending_request& p, const std::string& why) { p.fail(why); };
   for (;;) {
-    std::vector<pending> joining;
+    std::vector<pending_request> joining;
     std::vector<ticket> cancels;
     {
       std::unique_lock lock(mutex_);
@@ -135,7 +117,7 @@ void serving_engine::run() {
       fail_request(it->second, "cancelled");
       active.erase(it);
     }
-    for (pending& p : joining) {
+    for (pending_request& p : joining) {
       try {
         const auto sequence = decoder.add(p.request);
         if (options_.serve_metrics != nullptr)
@@ -159,21 +141,21 @@ void serving_engine::run() {
       active.erase(newest);
       continue;
     }
+    // The state after the step, before any future is readied: a client that reads the metrics
+    // after its reply sees its blocks free.
+    const auto finished = std::count_if(events.begin(), events.end(),
+                                        [](const batch_decoder::event& e) { return e.finished; });
+    report_state(static_cast<std::int64_t>(active.size()) - finished);
     for (const batch_decoder::event& e : events) {
       const auto it = active.find(e.id);
       if (it == active.end()) continue;
-      pending& p = it->second;
-      deliver(p, e.tokens);
+      pending_request& p = it->second;
+      p.deliver(e.tokens, options_.serve_metrics);
       if (e.finished) {
-        if (options_.serve_metrics != nullptr && p.tokens > 1)
-          options_.serve_metrics->per_output_token(
-              std::chrono::duration<double>(clock::now() - p.first_token).count() /
-              static_cast<double>(p.tokens - 1));
-        p.succeed(decoder.take_result(e.id));
+        p.succeed(decoder.take_result(e.id), options_.serve_metrics);
         active.erase(it);
       }
     }
-    report_state(static_cast<std::int64_t>(active.size()));
   }
   for (auto& [sequence, p] : active) fail_request(p, "the server stopped");
 }

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/serve/openai_server.hpp"
+#include "runtime/serve/serving_engine.hpp"
 #include "tests/support/fixture_model.hpp"
 
 namespace {
@@ -218,7 +219,8 @@ TEST(OpenAIServer, ModelsHealthAndMetrics) {
   const reply health = call(s.port, "GET", "/health");
   EXPECT_EQ(health.status, 200);
   EXPECT_EQ(json::parse(health.body)["status"], "ok");
-  call(s.port, "POST", "/v1/completions", R"({"model":"fixture","prompt":"hi","max_tokens":3})");
+  call(s.port, "POST", "/v1/completions",
+       R"({"model":"fixture","prompt":"hi","max_tokens":3,"temperature":0})");
   const reply metrics = call(s.port, "GET", "/metrics");
   ASSERT_EQ(metrics.status, 200);
   EXPECT_NE(metrics.head.find("text/plain"), std::string::npos);

@@ -1,0 +1,104 @@
+#pragma once
+
+// Prefill and decode on separate instances (DeepSeek-V3's deployment: prefill units and decode
+// units), in one process. Each instance is a model, a latent cache and an execution context of
+// its own, stepped by a thread of its own. A request waits in one bounded queue; a prefill
+// instance with room takes it, reads its prompt (in chunks, batched with others) and chooses its
+// first token; the sequence then moves with its cached rows (batch_decoder's hand-off: the rows
+// are copied from the prefill cache into the decode cache) to the decode instance the scheduler
+// picks by load: the fewest sequences decoding or arriving, then the most free blocks. A decode
+// instance whose cache cannot take a hand-off yet keeps it until sequences finish.
+//
+// A sequence's tokens are the ones it gets from serving_engine (the same sampling draws).
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "runtime/inference/batch_decoder.hpp"
+#include "runtime/serve/pending_request.hpp"
+#include "runtime/serve/request_engine.hpp"
+#include "runtime/serve/serving_metrics.hpp"
+
+namespace troupe {
+
+/// One instance's model, cache and execution context (each used by its instance's thread only).
+struct serving_instance {
+  cached_model* model = nullptr;
+  latent_cache* cache = nullptr;
+  const exec_context* context = nullptr;
+};
+
+struct disaggregated_options {
+  std::int64_t prefill_batch = 8;  ///< sequences a prefill instance reads at once
+  std::int64_t decode_batch = 32;  ///< sequences a decode instance decodes at once
+  std::int64_t max_queue = 256;    ///< requests waiting for a prefill instance
+  std::int64_t prefill_chunk = 0;  ///< prompt tokens a sequence reads per step (0: whole)
+  metrics_registry* metrics = nullptr;
+  serving_metrics* serve_metrics = nullptr;
+};
+
+class disaggregated_engine final : public request_engine {
+ public:
+  /// Starts a thread per instance. Throws troupe::error without an instance of each kind, for
+  /// caches of different shapes, or for batch sizes below 1.
+  disaggregated_engine(std::vector<serving_instance> prefill, std::vector<serving_instance> decode,
+                       disaggregated_options options = {});
+  /// Stops the threads; requests not finished fail with troupe::error.
+  ~disaggregated_engine() override;
+  disaggregated_engine(const disaggregated_engine&) = delete;
+  disaggregated_engine& operator=(const disaggregated_engine&) = delete;
+
+  std::future<generation_result> submit(const generation_request& request,
+                                        token_callback on_token = {}, ticket* id = nullptr,
+                                        done_callback on_done = {}) override;
+  void cancel(ticket id) override;
+  std::int64_t queued() const override;
+  std::int64_t decoding() const override;
+
+  /// Sequences each decode instance took, in instance order (for tests and the log).
+  std::vector<std::int64_t> decoded_per_instance() const;
+
+ private:
+  /// A prefilled sequence on its way to a decode instance.
+  struct arrival {
+    pending_request request;
+    sequence_handoff handoff;
+  };
+  struct decode_state {
+    std::deque<arrival> inbox;
+    std::int64_t active = 0, taken = 0, free_blocks = 0;
+  };
+
+  void prefill_loop(std::size_t instance);
+  void decode_loop(std::size_t instance);
+  /// The decode instance with the fewest sequences decoding or arriving, then the most free
+  /// blocks; called with mutex_ held.
+  std::size_t pick_decode() const;
+  /// Whether `id` was cancelled (forgetting it); called with mutex_ held.
+  bool take_cancel(ticket id);
+  /// The metrics' view after a step; an instance's blocks as its thread counted them.
+  void report_state(std::vector<std::int64_t>& used, std::size_t slot, std::int64_t blocks_used);
+
+  std::vector<serving_instance> prefill_, decode_;
+  disaggregated_options options_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<pending_request> queue_;
+  std::vector<decode_state> decode_state_;
+  std::set<ticket> cancelled_;  ///< not found in the queue: each instance looks for its own
+  std::vector<std::int64_t> prefilling_;   ///< per prefill instance
+  std::vector<std::int64_t> blocks_used_;  ///< per instance: prefill ones, then decode ones
+  std::int64_t blocks_total_ = 0;
+  ticket next_ = 1;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace troupe

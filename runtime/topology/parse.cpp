@@ -486,6 +486,8 @@ class topology_parser {
           file.is_absolute() ? file : (topo_.file.parent_path() / file).lexically_normal();
     }
     read("serve", serve, "drain_seconds", s.drain_seconds);
+    read("serve", serve, "prefill_instances", s.prefill_instances);
+    read("serve", serve, "decode_instances", s.decode_instances);
   }
 
   void read_monitoring(const toml::table& root) {

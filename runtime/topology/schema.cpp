@@ -399,6 +399,23 @@ section_schema serve_section() {
                "the server exits anyway.",
                {},
                {0, 86400}},
+              {"prefill_instances",
+               k::integer,
+               false,
+               "1",
+               "With decode_instances: instances that only read prompts and choose each "
+               "sequence's first token, then hand it with its cached rows to a decode instance.",
+               {},
+               {1, 64}},
+              {"decode_instances",
+               k::integer,
+               false,
+               "0",
+               "Prefill/decode disaggregation: instances that decode the sequences the prefill "
+               "instances hand them, picked by load (0: prefill and decode share one batch). Each "
+               "instance holds its own copy of the weights and a KV cache of kv_cache_mib.",
+               {},
+               {0, 64}},
           }};
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`troupe serve` as OpenAI's own Python client sees it (the `clients` suite).
 
-Tiny models trained for one step are served with an API key. With DeepSeek-V3's tokenizer,
+Tiny models trained for one step are served with an API key. Disaggregated (1 prefill and 2
+decode instances), 16 concurrent streams equal a colocated server's. With DeepSeek-V3's tokenizer,
 8 chat completions streamed at once equal the same chats answered one by one. With troupe's
 byte tokenizer, the `openai` package lists the model, completes 32 prompts one by one
 (greedy), then streams the same 32 prompts at once: every stream's text equals its prompt's
@@ -105,6 +106,32 @@ def chat_with_deepseeks_tokenizer(scratch, key_file):
         server.wait()
 
 
+def disaggregated(checkpoint, key_file):
+    """Prefill and decode apart (1 prefill and 2 decode instances): 16 concurrent streams get
+    the completions a colocated server gives (greedy)."""
+    prompts = [f"Disaggregated {i}: " + "xyz"[: i % 3] for i in range(16)]
+    texts = {}
+    for name, extra in [("colocated", ()),
+                        ("disaggregated", ("--prefill-instances", "1", "--decode-instances", "2"))]:
+        server, url = start_server(checkpoint, key_file, *extra)
+        try:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
+
+            def stream(p):
+                return "".join(c.choices[0].text for c in client.completions.create(
+                    model="tiny", prompt=p, max_tokens=20, temperature=0, stream=True)
+                    if c.choices)
+
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                texts[name] = list(pool.map(stream, prompts))
+        finally:
+            server.terminate()
+            server.wait()
+    check(texts["colocated"] == texts["disaggregated"],
+          f"disaggregated {texts['disaggregated']} != colocated {texts['colocated']}")
+    print("16 streams through 1 prefill + 2 decode instances equal a colocated server's")
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="troupe-openai-") as scratch:
         checkpoint = train(scratch, "bytes")
@@ -112,6 +139,7 @@ def main():
         with open(key_file, "w") as f:
             f.write("sesame\n")
         chat_with_deepseeks_tokenizer(scratch, key_file)
+        disaggregated(checkpoint, key_file)
         server, url = start_server(checkpoint, key_file)
         try:
             client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0,

@@ -26,6 +26,7 @@
 #include "runtime/metrics/metrics.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
+#include "runtime/serve/disaggregated_engine.hpp"
 #include "runtime/serve/openai_server.hpp"
 #include "runtime/serve/serving_engine.hpp"
 #include "runtime/topology/load.hpp"
@@ -42,6 +43,7 @@ struct serve_options {
   std::string topology, model, tokenizer, listen, model_name, api_key_file, cache_dtype;
   std::string device = "cpu", speculative;
   std::optional<std::int64_t> max_batch, max_queue, prefill_chunk, context_length, kv_cache_mib;
+  std::optional<std::int64_t> prefill_instances, decode_instances;
   int threads = 0;
 };
 
@@ -83,8 +85,43 @@ serve_settings settings_of(const serve_options& o) {
   if (o.prefill_chunk) s.serve.prefill_chunk = *o.prefill_chunk;
   if (o.context_length) s.serve.context_length = *o.context_length;
   if (o.kv_cache_mib) s.inference.kv_cache_mib = *o.kv_cache_mib;
+  if (o.prefill_instances) s.serve.prefill_instances = *o.prefill_instances;
+  if (o.decode_instances) s.serve.decode_instances = *o.decode_instances;
+  if (s.serve.decode_instances == 0 && s.serve.prefill_instances != 1)
+    fail(
+        "{} prefill instances without decode instances: prefill instances only read prompts; "
+        "give decode_instances (--decode-instances) too",
+        s.serve.prefill_instances);
   return s;
 }
+
+/// A model loaded for serving: its weights, worker pool, cached model and KV cache.
+struct model_instance {
+  model_instance(const hf_checkpoint& checkpoint, bool mtp, device where, int threads,
+                 const latent_cache_shape& shape, std::uint64_t budget)
+      : runner(checkpoint.config(), {}, load_model_plugins(registry, checkpoint.config()),
+               options(mtp, where)),
+        pool(threads),
+        exec(where, pool),
+        cached(runner),
+        cache(shape, budget, where) {
+    load_parameters(checkpoint, runner.parameters());
+  }
+  static model_options options(bool mtp, device where) {
+    model_options o;
+    o.mtp = mtp;
+    o.where = where;
+    return o;
+  }
+  serving_instance view() { return {&cached, &cache, &exec}; }
+
+  plugin_registry registry;
+  model_runner runner;
+  thread_pool pool;
+  exec_context exec;
+  cached_model cached;
+  latent_cache cache;
+};
 
 /// The API key: the first line of its file, which must not be empty.
 std::string read_api_key(const fs::path& file) {
@@ -146,28 +183,44 @@ int serve(const serve_options& o) {
         "tokenizer.json or its directory, or bytes)",
         o.model);
 
-  plugin_registry registry;
-  model_options options;
-  options.mtp = mtp;
-  options.where = where;
-  model_runner runner(config, {}, load_model_plugins(registry, config), options);
-  load_parameters(checkpoint, runner.parameters());
-  thread_pool pool(o.threads > 0
-                       ? o.threads
-                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  exec_context exec(where, pool);
-  cached_model cached(runner);
-  latent_cache cache(shape, budget, where);
+  // An instance per colocated engine, or per prefill and decode instance: each its own weights,
+  // cache and worker pool, the threads split between them.
+  const std::int64_t instances =
+      spec.decode_instances > 0 ? spec.prefill_instances + spec.decode_instances : 1;
+  const int cores = o.threads > 0
+                        ? o.threads
+                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::unique_ptr<model_instance>> loaded;
+  for (std::int64_t i = 0; i < instances; ++i)
+    loaded.push_back(std::make_unique<model_instance>(
+        checkpoint, mtp, where, std::max(1, cores / static_cast<int>(instances)), shape, budget));
 
   metrics_registry metrics;
   serving_metrics serve_metrics(*metrics.registry());
-  serving_options engine_options;
-  engine_options.max_batch = spec.max_batch;
-  engine_options.max_queue = spec.max_queue;
-  engine_options.prefill_chunk = spec.prefill_chunk;
-  engine_options.metrics = &metrics;
-  engine_options.serve_metrics = &serve_metrics;
-  serving_engine engine(cached, cache, exec, engine_options);
+  std::unique_ptr<request_engine> engine;
+  if (spec.decode_instances > 0) {
+    disaggregated_options engine_options;
+    engine_options.prefill_batch = spec.max_batch;
+    engine_options.decode_batch = spec.max_batch;
+    engine_options.max_queue = spec.max_queue;
+    engine_options.prefill_chunk = spec.prefill_chunk;
+    engine_options.metrics = &metrics;
+    engine_options.serve_metrics = &serve_metrics;
+    std::vector<serving_instance> prefill, decode;
+    for (std::int64_t i = 0; i < instances; ++i)
+      (i < spec.prefill_instances ? prefill : decode)
+          .push_back(loaded[static_cast<std::size_t>(i)]->view());
+    engine = std::make_unique<disaggregated_engine>(prefill, decode, engine_options);
+  } else {
+    serving_options engine_options;
+    engine_options.max_batch = spec.max_batch;
+    engine_options.max_queue = spec.max_queue;
+    engine_options.prefill_chunk = spec.prefill_chunk;
+    engine_options.metrics = &metrics;
+    engine_options.serve_metrics = &serve_metrics;
+    model_instance& only = *loaded.front();
+    engine = std::make_unique<serving_engine>(only.cached, only.cache, only.exec, engine_options);
+  }
 
   openai_model model;
   model.name = served_name(spec.model_name, o.model);
@@ -200,14 +253,19 @@ int serve(const serve_options& o) {
       static_cast<std::size_t>(spec.max_batch + spec.max_queue + 16);
   server_options.limits.max_connections = server_options.limits.max_handlers + 64;
   server_options.limits.body_limit = 16u << 20;
-  openai_server server(engine, model, metrics, serve_metrics, server_options);
+  openai_server server(*engine, model, metrics, serve_metrics, server_options);
   fmt::print(
       "troupe serve: serving {} at {} (POST /v1/completions, /v1/chat/completions; GET "
       "/v1/models, /health, /metrics): {} layers on {}, batch {}, queue {}, context {} tokens, KV "
-      "cache {} MiB ({} tokens, {}){}\n",
+      "cache {} MiB ({} tokens, {}){}{}\n",
       model.name, server.url(), config.num_hidden_layers, to_string(where), spec.max_batch,
       spec.max_queue, context, settings.inference.kv_cache_mib, holds, cache_type,
-      mtp ? ", MTP speculative" : "");
+      mtp ? ", MTP speculative" : "",
+      spec.decode_instances > 0
+          ? fmt::format(", disaggregated: {} prefill and {} decode instances (each its own "
+                        "weights and cache)",
+                        spec.prefill_instances, spec.decode_instances)
+          : std::string());
   std::fflush(stdout);
 
   // The signals were blocked before any thread started (add_serve_command's callback).
@@ -267,6 +325,15 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(within({1, 1 << 30}));
   command->add_option("--kv-cache-mib", o->kv_cache_mib, "The KV cache's memory (default 1024)")
       ->check(within({1, 1 << 30}));
+  command
+      ->add_option("--prefill-instances", o->prefill_instances,
+                   "With --decode-instances: instances that only read prompts (default 1)")
+      ->check(within({1, 64}));
+  command
+      ->add_option("--decode-instances", o->decode_instances,
+                   "Disaggregated serving: instances that decode what the prefill instances "
+                   "hand them (default 0: prefill and decode in one batch)")
+      ->check(within({0, 64}));
   command->add_option("--cache-dtype", o->cache_dtype, "bf16 (default) or f32")
       ->check(CLI::IsMember({"f32", "bf16"}));
   command

@@ -47,6 +47,19 @@ latent_cache_shape cached_model::cache_shape(dtype type, std::int64_t block_toke
   return inference_cache_shape(config(), mtp_depth(), type, block_tokens);
 }
 
+void cached_model::add_expert_load(std::map<std::int64_t, std::vector<std::int64_t>>& load) const {
+  for (const decoder_layer* layer : runner_->layers()) {
+    if (!layer->is_moe() || layer->index() >= config().num_hidden_layers) continue;
+    const tensor& counts = layer->cached_expert_counts();
+    if (!counts.defined()) continue;
+    const tensor host = counts.where().is_cpu() ? counts : counts.to(device::cpu());
+    std::vector<std::int64_t>& sums = load[layer->index()];
+    sums.resize(static_cast<std::size_t>(host.numel()), 0);
+    for (std::int64_t e = 0; e < host.numel(); ++e)
+      sums[static_cast<std::size_t>(e)] += host.data_as<std::int64_t>()[e];
+  }
+}
+
 void cached_model::check_context(const exec_context& context) const {
   if (context.where() != where_)
     fail("the model's parameters are on {}, but the call computes on {}", to_string(where_),

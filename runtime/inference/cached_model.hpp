@@ -11,6 +11,7 @@
 // fed at position i with the main model's hidden state at i and the embedding of token i + 1.
 
 #include <cstdint>
+#include <map>
 #include <span>
 
 #include "runtime/exec/exec_context.hpp"
@@ -53,6 +54,10 @@ class cached_model {
   /// (depth 0) or MTP module depth's norm, then the shared output head.
   tensor logits(const exec_context& context, const tensor& hidden,
                 std::span<const std::int64_t> rows, std::int64_t depth = 0);
+
+  /// Adds the tokens each MoE layer of the main model routed to each expert in the last
+  /// forward() to `load` (layer index -> [n_routed_experts]); copies from the device on a GPU.
+  void add_expert_load(std::map<std::int64_t, std::vector<std::int64_t>>& load) const;
 
  private:
   void check_context(const exec_context& context) const;

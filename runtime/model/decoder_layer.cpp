@@ -165,7 +165,9 @@ tensor decoder_layer::forward_cached(const exec_context& context, const troupe_k
                   rstd.data_as<float>(), rows, hidden_, eps_);
   tensor h_out;
   if (moe_) {
-    h_out = moe_->forward(context, inference, std::vector<tensor>{normed})[0];
+    auto outputs = moe_->forward(context, inference, std::vector<tensor>{normed});
+    h_out = outputs[0];
+    cached_counts_ = outputs[1];
     moe_->forget(inference);
   } else {
     h_out = tensor::empty(dtype::f32, shape, where);

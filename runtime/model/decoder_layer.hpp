@@ -67,6 +67,9 @@ class decoder_layer {
   /// Per-expert routed counts and the balance loss of a forwarded micro-batch (MoE layers).
   const tensor& expert_counts(std::int64_t micro_batch) const;
   double balance_loss(std::int64_t micro_batch) const;
+  /// Per-expert routed counts (i64 [n_routed_experts], on the layer's device) of the last
+  /// forward_cached; undefined for a dense layer or before one.
+  const tensor& cached_expert_counts() const { return cached_counts_; }
 
   layer_instance& attention() { return *attention_; }
   layer_instance* moe() { return moe_.get(); }
@@ -101,6 +104,7 @@ class decoder_layer {
   const float *input_norm_ = nullptr, *post_norm_ = nullptr;
   float *d_input_norm_ = nullptr, *d_post_norm_ = nullptr;
   std::map<std::int64_t, saved> saved_;
+  tensor cached_counts_;
 };
 
 /// Declares the parameters of a plugin instance of model layer `layer` in `store`, under the

@@ -28,11 +28,20 @@ void cancel_marked(batch_decoder& decoder, active_map& active, Cancelled cancell
   }
 }
 
-/// One step of `decoder`; a step the cache cannot hold fails the newest sequence (the step
-/// changed nothing, batch_decoder's contract) and gives no events.
-std::vector<batch_decoder::event> step_or_shed(batch_decoder& decoder, active_map& active) {
+/// One step of `decoder`, its experts' load counted in `metrics`; a step the cache cannot hold
+/// fails the newest sequence (the step changed nothing, batch_decoder's contract) and gives no
+/// events.
+std::vector<batch_decoder::event> step_or_shed(batch_decoder& decoder, active_map& active,
+                                               const cached_model& model,
+                                               serving_metrics* metrics) {
   try {
-    return decoder.step();
+    auto events = decoder.step();
+    if (metrics != nullptr) {
+      std::map<std::int64_t, std::vector<std::int64_t>> load;
+      model.add_expert_load(load);
+      metrics->expert_load(load);
+    }
+    return events;
   } catch (const std::exception& e) {
     const auto newest = std::prev(active.end());
     decoder.cancel(newest->first);
@@ -225,7 +234,8 @@ void disaggregated_engine::prefill_loop(std::size_t instance) {
       }
     }
     if (active.empty()) continue;
-    const std::vector<batch_decoder::event> events = step_or_shed(decoder, active);
+    const std::vector<batch_decoder::event> events =
+        step_or_shed(decoder, active, *me.model, options_.serve_metrics);
     bool handed = false;
     for (const batch_decoder::event& e : events) {
       const auto it = active.find(e.id);
@@ -305,7 +315,8 @@ void disaggregated_engine::decode_loop(std::size_t instance) {
       state.active = static_cast<std::int64_t>(active.size());
     }
     if (active.empty()) continue;
-    const std::vector<batch_decoder::event> events = step_or_shed(decoder, active);
+    const std::vector<batch_decoder::event> events =
+        step_or_shed(decoder, active, *me.model, options_.serve_metrics);
     {
       std::lock_guard lock(mutex_);
       state.active = static_cast<std::int64_t>(active.size()) -

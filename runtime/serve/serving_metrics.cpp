@@ -1,5 +1,6 @@
 #include "runtime/serve/serving_metrics.hpp"
 
+#include <algorithm>
 #include <string>
 
 #include <prometheus/counter.h>
@@ -18,6 +19,9 @@ struct serving_metrics::families {
   prometheus::Gauge& running;
   prometheus::Gauge& blocks_used;
   prometheus::Gauge& blocks_free;
+  prometheus::Family<prometheus::Counter>& expert_routed;
+  prometheus::Family<prometheus::Counter>& layer_routed;
+  prometheus::Family<prometheus::Gauge>& imbalance;
 };
 
 namespace {
@@ -58,6 +62,18 @@ serving_metrics::serving_metrics(prometheus::Registry& registry) {
       sequences.Add({{"state", "running"}}),
       blocks.Add({{"state", "used"}}),
       blocks.Add({{"state", "free"}}),
+      prometheus::BuildCounter()
+          .Name("troupe_expert_tokens_routed_total")
+          .Help("Tokens the router sent to each routed expert, by MoE layer and expert")
+          .Register(registry),
+      prometheus::BuildCounter()
+          .Name("troupe_layer_tokens_routed_total")
+          .Help("Token-to-expert assignments of each MoE layer (tokens x experts per token)")
+          .Register(registry),
+      prometheus::BuildGauge()
+          .Name("troupe_expert_load_max_over_mean")
+          .Help("Largest expert load over the mean load of a MoE layer in the last step")
+          .Register(registry),
   });
 }
 
@@ -86,6 +102,30 @@ void serving_metrics::state(std::int64_t waiting, std::int64_t running, std::int
   families_->running.Set(static_cast<double>(running));
   families_->blocks_used.Set(static_cast<double>(blocks_used));
   families_->blocks_free.Set(static_cast<double>(blocks_free));
+}
+
+void serving_metrics::expert_load(const std::map<std::int64_t, std::vector<std::int64_t>>& load) {
+  for (const auto& [layer, counts] : load) {
+    const std::string l = std::to_string(layer);
+    std::int64_t total = 0, most = 0;
+    for (std::size_t e = 0; e < counts.size(); ++e) {
+      total += counts[e];
+      most = std::max(most, counts[e]);
+      families_->expert_routed.Add({{"layer", l}, {"expert", std::to_string(e)}})
+          .Increment(static_cast<double>(counts[e]));
+    }
+    families_->layer_routed.Add({{"layer", l}}).Increment(static_cast<double>(total));
+    if (total > 0)
+      families_->imbalance.Add({{"layer", l}})
+          .Set(static_cast<double>(most) * static_cast<double>(counts.size()) /
+               static_cast<double>(total));
+  }
+}
+
+double serving_metrics::expert_tokens_total(std::int64_t layer, std::int64_t expert) const {
+  return families_->expert_routed
+      .Add({{"layer", std::to_string(layer)}, {"expert", std::to_string(expert)}})
+      .Value();
 }
 
 double serving_metrics::requests_total(std::string_view endpoint, std::string_view outcome) const {

@@ -6,8 +6,10 @@
 // counted by the batch decoder (metrics_registry). Thread-safe.
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 namespace prometheus {
 class Registry;
@@ -37,10 +39,17 @@ class serving_metrics {
   void state(std::int64_t waiting, std::int64_t running, std::int64_t blocks_used,
              std::int64_t blocks_free);
 
+  /// Tokens each MoE layer routed to each expert in a step (layer -> [experts]): the same
+  /// series as training's (troupe_expert_tokens_routed_total, troupe_layer_tokens_routed_total,
+  /// troupe_expert_load_max_over_mean), so the dashboard's expert panels and `troupe eplb` read
+  /// a server's load as they read a training job's.
+  void expert_load(const std::map<std::int64_t, std::vector<std::int64_t>>& load);
+
   /// Current values, for tests.
   double requests_total(std::string_view endpoint, std::string_view outcome) const;
   double prompt_tokens_total() const;
   std::uint64_t first_token_count() const;
+  double expert_tokens_total(std::int64_t layer, std::int64_t expert) const;
 
  private:
   struct families;

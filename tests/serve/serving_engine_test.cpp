@@ -9,6 +9,8 @@
 #include <string>
 #include <thread>
 
+#include <prometheus/registry.h>
+
 #include "runtime/serve/serving_engine.hpp"
 #include "tests/support/fixture_model.hpp"
 
@@ -54,6 +56,28 @@ TEST(ServingEngine, ConcurrentRequestsGetTheirAloneTokens) {
     EXPECT_EQ(streamed[static_cast<std::size_t>(i)], alone[static_cast<std::size_t>(i)]) << i;
   }
   EXPECT_EQ(engine.queued(), 0);
+}
+
+TEST(ServingEngine, ExpertLoadIsCountedPerLayerAndExpertAsTrainingCountsIt) {
+  // Layers 1 and 2 of the fixture are MoE layers (8 experts, top 2): every token a forward reads
+  // is routed twice in each, the prompt's and each decoded token's but the last.
+  served_model m;
+  latent_cache cache(m.model.cache_shape(dtype::f32, 4), 1 << 22, device::cpu());
+  prometheus::Registry registry;
+  serving_metrics metrics(registry);
+  serving_options options;
+  options.serve_metrics = &metrics;
+  serving_engine engine(m.model, cache, m.context, options);
+  generation_request r;
+  r.prompt = troupe::testing::random_tokens(7, 96, 3);
+  r.max_new_tokens = 5;
+  EXPECT_EQ(engine.submit(r).get().tokens.size(), 5u);
+  for (const std::int64_t layer : {1, 2}) {
+    double routed = 0;
+    for (std::int64_t e = 0; e < 8; ++e) routed += metrics.expert_tokens_total(layer, e);
+    EXPECT_EQ(routed, (7 + 5 - 1) * 2) << "layer " << layer;
+  }
+  EXPECT_EQ(metrics.expert_tokens_total(0, 0), 0.0);  // the dense layer routes nothing
 }
 
 TEST(ServingEngine, AFullQueueRefusesAtOnce) {

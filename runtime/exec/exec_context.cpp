@@ -6,13 +6,13 @@
 #include "runtime/device/memory_pool.hpp"
 #include "runtime/exec/blas_gemm.hpp"
 #include "runtime/exec/cuda_gemm.hpp"
+#include "runtime/tensor/host_pool.hpp"
 
 namespace troupe {
 
 namespace {
 
 void* allocate(void*, DLDevice where, std::size_t bytes) {
-  constexpr std::size_t alignment = 256;
   if (where.device_type == kDLCUDA) {
     try {
       return cuda::memory_pool::on(where.device_id)
@@ -21,15 +21,18 @@ void* allocate(void*, DLDevice where, std::size_t bytes) {
       return nullptr;
     }
   }
-  const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
-  return std::aligned_alloc(alignment, rounded == 0 ? alignment : rounded);
+  try {
+    return host_pool::global().allocate(bytes);
+  } catch (...) {
+    return nullptr;
+  }
 }
 
 void release(void*, DLDevice where, void* pointer) {
   if (where.device_type == kDLCUDA)
     cuda::memory_pool::on(where.device_id).release(pointer, cuda::current_stream(where.device_id));
   else
-    std::free(pointer);
+    host_pool::global().release(pointer);
 }
 
 const troupe_allocator allocator{nullptr, &allocate, &release};

@@ -9,6 +9,7 @@
 #include "runtime/device/memory_pool.hpp"
 #include "runtime/device/pinned_memory.hpp"
 #include "runtime/device/stream.hpp"
+#include "runtime/tensor/host_pool.hpp"
 
 namespace troupe {
 
@@ -20,7 +21,6 @@ storage::~storage() {
 }
 
 std::shared_ptr<storage> storage::allocate(std::size_t bytes, device where) {
-  constexpr std::size_t alignment = 256;
   if (where.is_cuda()) {
     // Stream-ordered: usable by work on the thread's current stream, freed on that stream.
     cuda::memory_pool& pool = cuda::memory_pool::on(where.index);
@@ -29,10 +29,9 @@ std::shared_ptr<storage> storage::allocate(std::size_t bytes, device where) {
     return std::make_shared<storage>(pointer, bytes, where,
                                      [&pool, pointer, stream] { pool.release(pointer, stream); });
   }
-  std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
-  void* pointer = std::aligned_alloc(alignment, rounded == 0 ? alignment : rounded);
-  if (pointer == nullptr) fail("out of host memory allocating {} bytes", bytes);
-  return std::make_shared<storage>(pointer, bytes, where, [pointer] { std::free(pointer); });
+  void* pointer = host_pool::global().allocate(bytes);
+  return std::make_shared<storage>(pointer, bytes, where,
+                                   [pointer] { host_pool::global().release(pointer); });
 }
 
 std::shared_ptr<storage> storage::allocate_pinned(std::size_t bytes) {

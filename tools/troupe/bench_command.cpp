@@ -1,3 +1,5 @@
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -72,7 +74,18 @@ struct step_times {
   double forward_best = 1e30;
   double median = 0.0;
   std::string mla_statistics;
+  /// Minor page faults (pages the kernel mapped and zeroed) in the warm-up step and the median
+  /// of the timed ones; a step that reuses its memory faults almost none.
+  long warmup_faults = 0, median_faults = 0;
+  long peak_rss_mib = 0;  ///< the process's high-water resident memory after the steps
 };
+
+/// Minor page faults of the process so far.
+long minor_faults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_minflt;
+}
 
 /// Runs one warm-up step and `steps` timed steps of forward + backward.
 step_times time_steps(model_runner& runner, const exec_context& context, const model_batch& input,
@@ -83,7 +96,9 @@ step_times time_steps(model_runner& runner, const exec_context& context, const m
   const auto wait = [&] {  // a GPU step is timed to the end of its work, not of its launches
     if (where.is_cuda()) cuda::synchronize_stream(context.stream(), where.index);
   };
+  std::vector<long> faults;
   for (int step = 0; step <= steps; ++step) {  // step 0 warms up
+    const long faults_before = minor_faults();
     {
       const context_stream_scope on_stream(context);
       runner.parameters().zero_grads();
@@ -97,6 +112,7 @@ step_times time_steps(model_runner& runner, const exec_context& context, const m
     runner.backward(context, step, tensor(), 1.0f);
     wait();
     const auto end = clock_type::now();
+    faults.push_back(minor_faults() - faults_before);
     if (step == 0) continue;
     all.push_back(std::chrono::duration<double>(end - start).count());
     times.best = std::min(times.best, all.back());
@@ -105,6 +121,12 @@ step_times time_steps(model_runner& runner, const exec_context& context, const m
   }
   std::sort(all.begin(), all.end());
   if (!all.empty()) times.median = all[all.size() / 2];
+  times.warmup_faults = faults.front();
+  std::sort(faults.begin() + 1, faults.end());
+  if (faults.size() > 1) times.median_faults = faults[1 + (faults.size() - 1) / 2];
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  times.peak_rss_mib = usage.ru_maxrss / 1024;
   return times;
 }
 
@@ -113,6 +135,11 @@ void print_step_times(const step_times& times, int steps, double tokens) {
       "forward + backward: {:.1f} ms per step (forward {:.1f} ms) min of {}, median {:.1f} ms; "
       "{:.0f} tokens/s at the min\n",
       times.best * 1e3, times.forward_best * 1e3, steps, times.median * 1e3, tokens / times.best);
+  fmt::print(
+      "page faults per step: {} in the warm-up, median {} in the timed steps ({:.1f} MiB of "
+      "fresh pages); peak resident memory {} MiB\n",
+      times.warmup_faults, times.median_faults,
+      static_cast<double>(times.median_faults) * 4096.0 / (1 << 20), times.peak_rss_mib);
 }
 
 /// The MLA activation bytes that an attention layer keeps, and what it saves, from its statistics.

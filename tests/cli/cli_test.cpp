@@ -394,6 +394,9 @@ TEST(Cli, ServeRefusesWhatCannotServeBeforeLoading) {
                      " --tokenizer bytes --kv-cache-mib 1 --context-length 1000000");
   EXPECT_EQ(context.exit_code, 1);
   expect_contains(context, "too few for a context of 1000000 tokens");
+  auto lonely = run("serve --model " + model + " --tokenizer bytes --prefill-instances 2");
+  EXPECT_EQ(lonely.exit_code, 1);
+  expect_contains(lonely, "2 prefill instances without decode instances");
 }
 
 TEST(Cli, EplbPrintsDeepSeeksPlacement) {

@@ -77,7 +77,22 @@ bool openai_server::drain(std::chrono::milliseconds timeout) {
   draining_ = true;
   server_->stop_accepting();
   std::unique_lock lock(mutex_);
-  return idle_.wait_for(lock, timeout, [this] { return running_ == 0; });
+  if (idle_.wait_for(lock, timeout, [this] { return running_ == 0; })) return true;
+  // Past the deadline: what still runs is cancelled, and its clients told so.
+  const std::set<request_engine::ticket> left = tickets_;
+  lock.unlock();
+  for (const request_engine::ticket id : left) engine_->cancel(id);
+  lock.lock();
+  idle_.wait_for(lock, std::chrono::seconds(10), [this] { return running_ == 0; });
+  return false;
+}
+
+void openai_server::track(request_engine::ticket id, bool running) {
+  std::lock_guard lock(mutex_);
+  if (running)
+    tickets_.insert(id);
+  else
+    tickets_.erase(id);
 }
 
 std::optional<http_reply> openai_server::screen(const http_request& request) {
@@ -175,6 +190,12 @@ http_reply openai_server::generate(const http_request& request, bool chat) {
     serve_metrics_->request(endpoint, "rejected");
     return api_reply(429, e.what(), "rate_limit_error", "queue_full");
   }
+  track(id, true);
+  struct untrack {
+    openai_server* server;
+    request_engine::ticket id;
+    ~untrack() { server->track(id, false); }
+  } const forget{this, id};
   const auto& exchange = request.exchange;
   if (exchange) exchange->on_client_gone([engine = engine_, id] { engine->cancel(id); });
   generation_result result;
@@ -224,6 +245,12 @@ void openai_server::stream(const http_request& request, const openai_request& r,
     exchange->send(refused.body);
     return;
   }
+  track(id, true);
+  struct untrack {
+    openai_server* server;
+    request_engine::ticket id;
+    ~untrack() { server->track(id, false); }
+  } const forget{this, id};
   exchange->on_client_gone([engine = engine_, id] { engine->cancel(id); });
   exchange->begin_stream(200, "text/event-stream");
   const std::string response = response_id(r.chat);

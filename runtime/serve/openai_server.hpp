@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "runtime/control/http_request.hpp"
@@ -53,7 +54,8 @@ class openai_server {
   std::string url() const;
 
   /// Closes the listening socket, answers new requests on open connections 503, and waits up
-  /// to `timeout` for the generation requests running to finish. True when they all did.
+  /// to `timeout` for the generation requests running to finish. True when they all did; else
+  /// those left are cancelled (a stream ends with an error event) and false is returned.
   bool drain(std::chrono::milliseconds timeout);
 
  private:
@@ -63,6 +65,8 @@ class openai_server {
   /// A request whose reply streams: tokens become chunks as they come.
   void stream(const http_request& request, const openai_request& parsed, const char* endpoint);
   http_reply metrics_text() const;
+  /// A request's ticket while it runs (drain cancels those left).
+  void track(request_engine::ticket id, bool running);
 
   request_engine* engine_;
   openai_model model_;
@@ -72,7 +76,8 @@ class openai_server {
   std::atomic<bool> draining_{false};
   std::mutex mutex_;
   std::condition_variable idle_;
-  std::int64_t running_ = 0;  ///< generation requests in their handlers
+  std::int64_t running_ = 0;                  ///< generation requests in their handlers
+  std::set<request_engine::ticket> tickets_;  ///< theirs, once submitted
   std::unique_ptr<http_server> server_;
 };
 

@@ -3,7 +3,7 @@
 // one gives the same text in server-sent events, ended by [DONE]; /v1/models, /health and
 // /metrics answer; the API key guards /v1/ only; bad requests get OpenAI's errors; a full queue
 // is answered 429; a client that closes its stream cancels its request and its cache blocks go
-// back; drain() refuses new connections and waits for the running request.
+// back; drain() refuses new connections and cancels what outlives its deadline.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -336,19 +336,25 @@ TEST(OpenAIServer, AClientThatGoesAwayCancelsItsRequestAndFreesItsBlocks) {
   EXPECT_LT(s.metrics.tokens_generated_total(), 6 + 50);
 }
 
-TEST(OpenAIServer, DrainWaitsForTheRunningRequestAndRefusesNewOnes) {
+TEST(OpenAIServer, DrainRefusesNewConnectionsAndCancelsWhatOutlivesItsDeadline) {
   served s;
   holder hold(*s.engine, 1, 3);
   hold.held.get_future().wait();
   client running(s.port);
   running.send_request("POST", "/v1/completions",
-                       R"({"model":"fixture","prompt":"hi","max_tokens":3,"stream":true})");
+                       R"({"model":"fixture","prompt":"hi","max_tokens":30,"stream":true})");
   ASSERT_TRUE(running.read_until("\r\n\r\n"));
-  EXPECT_FALSE(s.server->drain(std::chrono::milliseconds(50)));  // it is still running
-  EXPECT_FALSE(client(s.port).connected());                      // no new connections
+  auto drained = std::async(std::launch::async,
+                            [&] { return s.server->drain(std::chrono::milliseconds(200)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(client(s.port).connected());                     // no new connections
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // past the deadline: cancelled
   hold.release.set_value();
-  EXPECT_TRUE(s.server->drain(std::chrono::seconds(10)));
-  EXPECT_NE(running.read_all().find("[DONE]"), std::string::npos);
+  EXPECT_FALSE(drained.get());  // it did not finish by itself
+  const std::string body = running.read_all();
+  EXPECT_NE(body.find("cancelled"), std::string::npos) << body;
+  EXPECT_NE(body.find("[DONE]"), std::string::npos);
+  EXPECT_TRUE(s.server->drain(std::chrono::milliseconds(10)));  // nothing runs now
 }
 
 }  // namespace

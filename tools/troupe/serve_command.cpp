@@ -280,7 +280,7 @@ int serve(const serve_options& o) {
   const bool drained = server.drain(std::chrono::seconds(spec.drain_seconds));
   fmt::print(stderr, "troupe serve: {}\n",
              drained ? "every request finished; stopping"
-                     : "requests still running after drain_seconds are cancelled; stopping");
+                     : "requests still running after drain_seconds were cancelled; stopping");
   return exit_ok;
 }
 

@@ -11,6 +11,7 @@
 #include "kernels/cpu/fp8_quantize.hpp"
 #include "runtime/core/input_limits.hpp"
 #include "runtime/exec/convert.hpp"
+#include "runtime/exec/thread_pool.hpp"
 
 namespace troupe {
 
@@ -157,8 +158,10 @@ void write_hf_checkpoint(const fs::path& directory, const model_config& config,
   write_safetensors(directory / "model.safetensors", tensors, {{"format", "pt"}});
 }
 
-void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store) {
+void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store, thread_pool* pool) {
+  // Every name and shape first: a checkpoint that does not fit is refused before any read.
   std::vector<std::string> missing, mismatched;
+  std::vector<parameter*> loading;
   for (parameter* p : store.all()) {
     if (!checkpoint.contains(p->name)) {
       missing.push_back(p->name);
@@ -171,13 +174,7 @@ void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store) {
                                        fmt::join(p->spec.shape, ", ")));
       continue;
     }
-    const tensor read = checkpoint.read_f32(p->name);
-    const float* v = read.data_as<const float>();  // checked on the host, before the copy
-    for (std::int64_t i = 0; i < read.numel(); ++i)
-      if (!std::isfinite(v[i]))
-        throw checkpoint_error(fmt::format("{}: tensor '{}' holds a non-finite value ({} at {})",
-                                           checkpoint.directory().string(), p->name, v[i], i));
-    p->value.copy_from(read);
+    loading.push_back(p);
   }
   if (!missing.empty() || !mismatched.empty()) {
     std::string message =
@@ -190,6 +187,39 @@ void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store) {
                       missing.size() > 8 ? ", ..." : "");
     if (!mismatched.empty()) message += fmt::format("; {}", fmt::join(mismatched, "; "));
     throw checkpoint_error(message);
+  }
+  // NOTES: each tensor is decoded (BF16, FP8 blocks) and checked on a worker; host parameters
+  // take it there, device ones afterwards on this thread (the copy runs on its stream). The first
+  // bad tensor in the store's order is the one reported, however the workers ran.
+  std::vector<tensor> staged(loading.size());
+  std::vector<std::string> problems(loading.size());
+  const auto load = [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) {
+      parameter* p = loading[static_cast<std::size_t>(i)];
+      tensor read = checkpoint.read_f32(p->name);
+      const float* v = read.data_as<const float>();  // checked on the host, before the copy
+      for (std::int64_t j = 0; j < read.numel(); ++j)
+        if (!std::isfinite(v[j])) {
+          problems[static_cast<std::size_t>(i)] =
+              fmt::format("{}: tensor '{}' holds a non-finite value ({} at {})",
+                          checkpoint.directory().string(), p->name, v[j], j);
+          break;
+        }
+      if (!problems[static_cast<std::size_t>(i)].empty()) continue;
+      if (p->value.where().is_cpu())
+        p->value.copy_from(read);
+      else
+        staged[static_cast<std::size_t>(i)] = std::move(read);
+    }
+  };
+  const auto count = static_cast<std::int64_t>(loading.size());
+  if (pool != nullptr)
+    pool->parallel_for(count, 1, load);
+  else
+    load(0, count);
+  for (std::size_t i = 0; i < loading.size(); ++i) {
+    if (!problems[i].empty()) throw checkpoint_error(problems[i]);
+    if (staged[i].defined()) loading[i]->value.copy_from(staged[i]);
   }
 }
 

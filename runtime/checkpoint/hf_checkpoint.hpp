@@ -18,6 +18,8 @@
 
 namespace troupe {
 
+class thread_pool;
+
 class hf_checkpoint {
  public:
   /// Opens `directory` (its config.json and weights). Throws checkpoint_error naming the file.
@@ -49,8 +51,10 @@ class hf_checkpoint {
 void write_hf_checkpoint(const std::filesystem::path& directory, const model_config& config,
                          const std::vector<std::pair<std::string, tensor>>& tensors);
 
-/// Loads every parameter of `store` from `checkpoint`, converting to f32. Throws
-/// checkpoint_error naming each missing tensor or shape mismatch.
-void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store);
+/// Loads every parameter of `store` from `checkpoint`, converting to f32, on `pool`'s workers
+/// when given. Throws checkpoint_error naming each missing tensor or shape mismatch (before
+/// anything is read), or the first tensor holding a non-finite value.
+void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store,
+                     thread_pool* pool = nullptr);
 
 }  // namespace troupe

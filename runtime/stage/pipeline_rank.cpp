@@ -354,7 +354,7 @@ void pipeline_rank::load(const hf_checkpoint& weights,
                          const std::vector<std::pair<std::string, tensor>>& moments) {
   const context_stream_scope on_stream(context_);
   for (auto& c : chunks_) {
-    load_parameters(weights, c.runner->parameters());
+    load_parameters(weights, c.runner->parameters(), &context_.pool());
     c.optimizer->load_state(moments);
   }
 }

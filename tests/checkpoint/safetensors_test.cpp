@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <unistd.h>
 
@@ -229,6 +230,36 @@ TEST_F(Safetensors, ParametersLoadOnlyWhenTheCheckpointFits) {
     EXPECT_NE(message.find("a is [3, 2] in the checkpoint, the model needs [2, 3]"),
               std::string::npos)
         << message;
+  }
+}
+
+TEST_F(Safetensors, LoadingOnAPoolGivesTheSameParametersAndTheFirstBadTensor) {
+  const auto checkpoint = hf_checkpoint::open(troupe::testing::fixture_model("fp8"));
+  plugin_registry registry;
+  const auto plugins = load_model_plugins(registry, checkpoint.config());
+  model_runner serial(checkpoint.config(), {}, plugins), pooled(checkpoint.config(), {}, plugins);
+  thread_pool pool(3);
+  load_parameters(checkpoint, serial.parameters());
+  load_parameters(checkpoint, pooled.parameters(), &pool);
+  const auto a = serial.parameters().all(), b = pooled.parameters().all();
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(std::memcmp(a[i]->value.data(), b[i]->value.data(), a[i]->value.nbytes()), 0)
+        << a[i]->name;
+  // Two tensors holding a NaN: the one first in the store's order is named, on a pool too.
+  parameter_store store;
+  for (const char* name : {"a", "b", "c"})
+    store.add(name, {"", {4}, dtype::f32, TROUPE_INIT_ZEROS, 0.0f, TROUPE_PARAM_TRAINABLE});
+  tensor clean = tensor::zeros(dtype::f32, {4}), bad = tensor::zeros(dtype::f32, {4});
+  bad.data_as<float>()[2] = std::numeric_limits<float>::quiet_NaN();
+  write_model(dir_ / "nan", {{"a", clean}, {"b", bad}, {"c", bad}});
+  try {
+    load_parameters(hf_checkpoint::open(dir_ / "nan"), store, &pool);
+    FAIL();
+  } catch (const checkpoint_error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'b' holds a non-finite value (nan at 2)"),
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -128,10 +128,10 @@ int generate(const generate_options& o) {
   model.mtp = o.speculative == "mtp";
   model.where = where;
   model_runner runner(config, {}, load_model_plugins(registry, config), model);
-  load_parameters(checkpoint, runner.parameters());
   thread_pool pool(o.threads > 0
                        ? o.threads
                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  load_parameters(checkpoint, runner.parameters(), &pool);
   exec_context context(where, pool);
   cached_model cached(runner);
 

@@ -37,10 +37,10 @@ int logits(const logits_options& options) {
   model.mtp = false;  // the main model's logits
   model.where = where;
   model_runner runner(config, {}, load_model_plugins(registry, config), model);
-  load_parameters(checkpoint, runner.parameters());
   thread_pool pool(options.threads > 0
                        ? options.threads
                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  load_parameters(checkpoint, runner.parameters(), &pool);
   exec_context context(where, pool);
   model_batch batch;
   const auto length = static_cast<std::int64_t>(ids.size());

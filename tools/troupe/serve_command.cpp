@@ -105,7 +105,7 @@ struct model_instance {
         exec(where, pool),
         cached(runner),
         cache(shape, budget, where) {
-    load_parameters(checkpoint, runner.parameters());
+    load_parameters(checkpoint, runner.parameters(), &pool);
   }
   static model_options options(bool mtp, device where) {
     model_options o;

@@ -15,7 +15,7 @@ only (http.client), so it runs where the openai package is not installed.
 
     python3 tools/reference/bench_serve.py --config topologies/models/small-512/config.json \
         [--troupe build/troupe] [--device cpu|cuda:0] [--concurrency 8] [--requests 32] \
-        [--prompt-tokens 128] [--new-tokens 64] [--json]
+        [--prompt-tokens 128] [--new-tokens 64] [--serve-arg=ARG ...] [--json]
 """
 
 import argparse
@@ -96,6 +96,9 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--kv-cache-mib", type=int, default=1024)
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="an argument for troupe serve (repeat it), e.g. --serve-arg=--decode-instances"
+                             " --serve-arg=1")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -106,7 +109,7 @@ def main():
             [args.troupe, "serve", "--model", model, "--tokenizer", "bytes", "--model-name",
              "bench", "--listen", "127.0.0.1:0", "--device", args.device, "--max-batch",
              str(args.concurrency), "--max-queue", str(args.requests), "--cache-dtype", "f32",
-             "--kv-cache-mib", str(args.kv_cache_mib), *threads],
+             "--kv-cache-mib", str(args.kv_cache_mib), *threads, *args.serve_arg],
             stdout=subprocess.PIPE, text=True)
         try:
             line = server.stdout.readline()

@@ -59,6 +59,7 @@ disaggregated_engine::disaggregated_engine(std::vector<serving_instance> prefill
     : prefill_(std::move(prefill)),
       decode_(std::move(decode)),
       options_(options),
+      queue_(options.max_queue),
       decode_state_(decode_.size()) {
   if (prefill_.empty() || decode_.empty())
     fail("disaggregated serving needs a prefill instance and a decode instance ({} and {})",
@@ -94,7 +95,6 @@ disaggregated_engine::~disaggregated_engine() {
   }
   wake_.notify_all();
   for (std::thread& t : threads_) t.join();
-  for (pending_request& p : queue_) p.fail("the server stopped");
   for (decode_state& d : decode_state_)
     for (arrival& a : d.inbox) a.request.fail("the server stopped");
 }
@@ -105,17 +105,8 @@ std::future<generation_result> disaggregated_engine::submit(const generation_req
   std::future<generation_result> future;
   {
     std::lock_guard lock(mutex_);
-    if (static_cast<std::int64_t>(queue_.size()) >= options_.max_queue)
-      throw queue_full(fmt::format("the queue is full ({} requests wait for {} prefill instances)",
-                                   queue_.size(), prefill_.size()));
-    pending_request p;
-    p.id = next_++;
-    p.request = request;
-    p.on_token = std::move(on_token);
-    p.on_done = std::move(on_done);
-    if (id != nullptr) *id = p.id;
-    future = p.result.get_future();
-    queue_.push_back(std::move(p));
+    future = queue_.push(request, std::move(on_token), id, std::move(on_done),
+                         fmt::format("for {} prefill instances", prefill_.size()));
   }
   wake_.notify_all();
   return future;
@@ -125,14 +116,8 @@ void disaggregated_engine::cancel(ticket id) {
   std::optional<pending_request> dropped;
   {
     std::lock_guard lock(mutex_);
-    const auto it = std::find_if(queue_.begin(), queue_.end(),
-                                 [&](const pending_request& p) { return p.id == id; });
-    if (it != queue_.end()) {
-      dropped = std::move(*it);
-      queue_.erase(it);
-    } else if (id < next_) {
-      cancelled_.insert(id);
-    }
+    dropped = queue_.remove(id);
+    if (!dropped && queue_.issued(id)) cancelled_.insert(id);
   }
   if (dropped) return dropped->fail("cancelled");
   wake_.notify_all();
@@ -140,7 +125,7 @@ void disaggregated_engine::cancel(ticket id) {
 
 std::int64_t disaggregated_engine::queued() const {
   std::lock_guard lock(mutex_);
-  std::int64_t waiting = static_cast<std::int64_t>(queue_.size());
+  std::int64_t waiting = queue_.size();
   for (const decode_state& d : decode_state_) waiting += static_cast<std::int64_t>(d.inbox.size());
   return waiting;
 }
@@ -181,7 +166,7 @@ void disaggregated_engine::report_state(std::vector<std::int64_t>& used, std::si
   {
     std::lock_guard lock(mutex_);
     used[slot] = blocks_used;
-    waiting = static_cast<std::int64_t>(queue_.size());
+    waiting = queue_.size();
     running = std::accumulate(prefilling_.begin(), prefilling_.end(), std::int64_t{0});
     for (const decode_state& d : decode_state_) {
       waiting += static_cast<std::int64_t>(d.inbox.size());
@@ -211,8 +196,7 @@ void disaggregated_engine::prefill_loop(std::size_t instance) {
       if (stopping_) break;
       while (!queue_.empty() &&
              static_cast<std::int64_t>(active.size() + joining.size()) < options_.prefill_batch) {
-        joining.push_back(std::move(queue_.front()));
-        queue_.pop_front();
+        joining.push_back(queue_.pop());
       }
       for (const auto& [sequence, p] : active)
         if (take_cancel(p.id)) cancelled.push_back(p.id);

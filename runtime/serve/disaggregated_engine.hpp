@@ -90,13 +90,12 @@ class disaggregated_engine final : public request_engine {
   disaggregated_options options_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<pending_request> queue_;
+  request_queue queue_;
   std::vector<decode_state> decode_state_;
   std::set<ticket> cancelled_;  ///< not found in the queue: each instance looks for its own
   std::vector<std::int64_t> prefilling_;   ///< per prefill instance
   std::vector<std::int64_t> blocks_used_;  ///< per instance: prefill ones, then decode ones
   std::int64_t blocks_total_ = 0;
-  ticket next_ = 1;
   bool stopping_ = false;
   std::vector<std::thread> threads_;
 };

@@ -190,12 +190,7 @@ http_reply openai_server::generate(const http_request& request, bool chat) {
     serve_metrics_->request(endpoint, "rejected");
     return api_reply(429, e.what(), "rate_limit_error", "queue_full");
   }
-  track(id, true);
-  struct untrack {
-    openai_server* server;
-    request_engine::ticket id;
-    ~untrack() { server->track(id, false); }
-  } const forget{this, id};
+  const tracked_ticket tracked(*this, id);
   const auto& exchange = request.exchange;
   if (exchange) exchange->on_client_gone([engine = engine_, id] { engine->cancel(id); });
   generation_result result;
@@ -245,12 +240,7 @@ void openai_server::stream(const http_request& request, const openai_request& r,
     exchange->send(refused.body);
     return;
   }
-  track(id, true);
-  struct untrack {
-    openai_server* server;
-    request_engine::ticket id;
-    ~untrack() { server->track(id, false); }
-  } const forget{this, id};
+  const tracked_ticket tracked(*this, id);
   exchange->on_client_gone([engine = engine_, id] { engine->cancel(id); });
   exchange->begin_stream(200, "text/event-stream");
   const std::string response = response_id(r.chat);

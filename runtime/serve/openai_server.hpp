@@ -67,6 +67,18 @@ class openai_server {
   http_reply metrics_text() const;
   /// A request's ticket while it runs (drain cancels those left).
   void track(request_engine::ticket id, bool running);
+  /// Tracks a ticket for as long as it lives.
+  struct tracked_ticket {
+    tracked_ticket(openai_server& server, request_engine::ticket ticket)
+        : owner(server), id(ticket) {
+      owner.track(id, true);
+    }
+    ~tracked_ticket() { owner.track(id, false); }
+    tracked_ticket(const tracked_ticket&) = delete;
+    tracked_ticket& operator=(const tracked_ticket&) = delete;
+    openai_server& owner;
+    request_engine::ticket id;
+  };
 
   request_engine* engine_;
   openai_model model_;

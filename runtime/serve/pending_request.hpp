@@ -3,12 +3,17 @@
 // A request inside an engine: its callbacks, its promise, and the times the latency metrics need.
 // Engines keep it from submit() to the moment its future is readied.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <future>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "runtime/core/error.hpp"
 #include "runtime/serve/request_engine.hpp"
@@ -52,6 +57,61 @@ struct pending_request {
     result.set_exception(std::make_exception_ptr(error(why)));
     if (on_done) on_done();
   }
+};
+
+/// The requests waiting to join a batch, in arrival order, bounded; each gets its ticket here.
+/// Not thread-safe: the engine's mutex guards it.
+class request_queue {
+ public:
+  explicit request_queue(std::int64_t bound) : bound_(bound) {}
+  ~request_queue() {
+    for (pending_request& p : items_) p.fail("the server stopped");
+  }
+
+  /// Queues a request under a new ticket (into *id when given). Throws queue_full past the
+  /// bound, its message saying what the queue waits for.
+  std::future<generation_result> push(const generation_request& request,
+                                      request_engine::token_callback on_token,
+                                      request_engine::ticket* id,
+                                      request_engine::done_callback on_done,
+                                      std::string_view waiting_for) {
+    if (size() >= bound_)
+      throw queue_full(
+          fmt::format("the queue is full ({} requests wait {})", items_.size(), waiting_for));
+    pending_request p;
+    p.id = next_++;
+    p.request = request;
+    p.on_token = std::move(on_token);
+    p.on_done = std::move(on_done);
+    if (id != nullptr) *id = p.id;
+    auto future = p.result.get_future();
+    items_.push_back(std::move(p));
+    return future;
+  }
+  /// Takes ticket `id` out, if it is still waiting.
+  std::optional<pending_request> remove(request_engine::ticket id) {
+    const auto it = std::find_if(items_.begin(), items_.end(),
+                                 [&](const pending_request& p) { return p.id == id; });
+    if (it == items_.end()) return std::nullopt;
+    std::optional<pending_request> out(std::move(*it));
+    items_.erase(it);
+    return out;
+  }
+  /// The oldest request waiting (the queue must not be empty).
+  pending_request pop() {
+    pending_request p = std::move(items_.front());
+    items_.pop_front();
+    return p;
+  }
+  /// Whether `id` was ever handed out.
+  bool issued(request_engine::ticket id) const { return id < next_; }
+  bool empty() const { return items_.empty(); }
+  std::int64_t size() const { return static_cast<std::int64_t>(items_.size()); }
+
+ private:
+  std::deque<pending_request> items_;
+  const std::int64_t bound_;
+  request_engine::ticket next_ = 1;
 };
 
 }  // namespace troupe

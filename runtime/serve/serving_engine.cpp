@@ -11,7 +11,11 @@ namespace troupe {
 
 serving_engine::serving_engine(cached_model& model, latent_cache& cache,
                                const exec_context& context, serving_options options)
-    : model_(&model), cache_(&cache), context_(&context), options_(options) {
+    : model_(&model),
+      cache_(&cache),
+      context_(&context),
+      options_(options),
+      queue_(options.max_queue) {
   if (options.max_batch < 1 || options.max_queue < 0)
     fail("serving: max_batch {} must be at least 1 and max_queue {} at least 0", options.max_batch,
          options.max_queue);
@@ -25,7 +29,6 @@ serving_engine::~serving_engine() {
   }
   wake_.notify_all();
   thread_.join();
-  for (pending_request& p : queue_) p.fail("the server stopped");
 }
 
 std::future<generation_result> serving_engine::submit(const generation_request& request,
@@ -34,17 +37,8 @@ std::future<generation_result> serving_engine::submit(const generation_request& 
   std::future<generation_result> future;
   {
     std::lock_guard lock(mutex_);
-    if (static_cast<std::int64_t>(queue_.size()) >= options_.max_queue)
-      throw queue_full(fmt::format("the queue is full ({} requests wait to join a batch of {})",
-                                   queue_.size(), options_.max_batch));
-    pending_request p;
-    p.id = next_++;
-    p.request = request;
-    p.on_token = std::move(on_token);
-    p.on_done = std::move(on_done);
-    if (id != nullptr) *id = p.id;
-    future = p.result.get_future();
-    queue_.push_back(std::move(p));
+    future = queue_.push(request, std::move(on_token), id, std::move(on_done),
+                         fmt::format("to join a batch of {}", options_.max_batch));
   }
   wake_.notify_all();
   return future;
@@ -54,14 +48,8 @@ void serving_engine::cancel(ticket id) {
   std::optional<pending_request> dropped;
   {
     std::lock_guard lock(mutex_);
-    const auto it = std::find_if(queue_.begin(), queue_.end(),
-                                 [&](const pending_request& p) { return p.id == id; });
-    if (it != queue_.end()) {
-      dropped = std::move(*it);
-      queue_.erase(it);
-    } else {
-      cancelled_.push_back(id);
-    }
+    dropped = queue_.remove(id);
+    if (!dropped) cancelled_.push_back(id);
   }
   if (dropped) return dropped->fail("cancelled");  // outside the lock: on_done may submit
   wake_.notify_all();
@@ -69,7 +57,7 @@ void serving_engine::cancel(ticket id) {
 
 std::int64_t serving_engine::queued() const {
   std::lock_guard lock(mutex_);
-  return static_cast<std::int64_t>(queue_.size());
+  return queue_.size();
 }
 
 std::int64_t serving_engine::decoding() const {
@@ -82,7 +70,7 @@ void serving_engine::report_state(std::int64_t running) {
   {
     std::lock_guard lock(mutex_);
     decoding_ = running;
-    waiting = static_cast<std::int64_t>(queue_.size());
+    waiting = queue_.size();
   }
   if (options_.serve_metrics != nullptr)
     options_.serve_metrics->state(waiting, running, cache_->total_blocks() - cache_->free_blocks(),
@@ -104,8 +92,7 @@ void serving_engine::run() {
       if (stopping_) break;
       while (!queue_.empty() &&
              static_cast<std::int64_t>(active.size() + joining.size()) < options_.max_batch) {
-        joining.push_back(std::move(queue_.front()));
-        queue_.pop_front();
+        joining.push_back(queue_.pop());
       }
       cancels.swap(cancelled_);
     }

@@ -55,10 +55,9 @@ class serving_engine final : public request_engine {
   serving_options options_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<pending_request> queue_;
+  request_queue queue_;
   std::vector<ticket> cancelled_;
   std::int64_t decoding_ = 0;
-  ticket next_ = 1;
   bool stopping_ = false;
   std::thread thread_;
 };

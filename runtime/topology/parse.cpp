@@ -217,8 +217,7 @@ class topology_parser {
     try {
       if (config != nullptr) {
         const fs::path file(config->value_or(std::string()));
-        topo_.model_config_file =
-            file.is_absolute() ? file : (topo_.file.parent_path() / file).lexically_normal();
+        topo_.model_config_file = beside_topology(file);
         if (!fs::is_regular_file(topo_.model_config_file)) {
           error(position_of(config->source(), file_),
                 fmt::format("model.config: no file {} (paths are relative to the topology file)",
@@ -436,28 +435,21 @@ class topology_parser {
     read("data", data, "fim_rate", topo_.data_source.fim_rate);
   }
 
+  /// A path the file names: as it is when absolute, else relative to the topology file.
+  std::filesystem::path beside_topology(const std::filesystem::path& file) const {
+    return file.is_absolute() ? file : (topo_.file.parent_path() / file).lexically_normal();
+  }
+
   /// "HOST:PORT" of `key` (port 0 to 65535), or nullopt after an error naming the key.
   std::optional<std::pair<std::string, int>> read_address(const std::string& key,
                                                           const std::string& address) {
-    const auto colon = address.rfind(':');
-    int port = -1;
-    if (colon != std::string::npos && colon > 0) {
-      const std::string digits = address.substr(colon + 1);
-      if (!digits.empty() && digits.find_first_not_of("0123456789") == std::string::npos &&
-          digits.size() <= 5)
-        port = std::stoi(digits);
-    }
-    if (port < 0 || port > 65535) {
+    auto parsed = parse_listen_address(address);
+    if (!parsed)
       error(topo_.where(key),
             fmt::format("{} = \"{}\" must be \"HOST:PORT\" with a port from 0 to 65535 (0 picks a "
                         "free port)",
                         key, address));
-      return std::nullopt;
-    }
-    std::string host = address.substr(0, colon);
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']')
-      host = host.substr(1, host.size() - 2);
-    return std::make_pair(host, port);
+    return parsed;
   }
 
   void read_inference(const toml::table& root) {
@@ -480,11 +472,7 @@ class topology_parser {
     read("serve", serve, "prefill_chunk", s.prefill_chunk);
     read("serve", serve, "context_length", s.context_length);
     read("serve", serve, "api_key_file", key_file);
-    if (!key_file.empty()) {
-      const std::filesystem::path file(key_file);
-      s.api_key_file =
-          file.is_absolute() ? file : (topo_.file.parent_path() / file).lexically_normal();
-    }
+    if (!key_file.empty()) s.api_key_file = beside_topology(key_file);
     read("serve", serve, "drain_seconds", s.drain_seconds);
     read("serve", serve, "prefill_instances", s.prefill_instances);
     read("serve", serve, "decode_instances", s.decode_instances);
@@ -569,6 +557,21 @@ loaded_topology load_topology(const fs::path& file, const topology_load_options&
   // A topology is a few kilobytes; 16 MiB leaves room for generated ones.
   return load_topology_text(read_text_file(file, "topology file", std::uintmax_t{16} << 20), file,
                             options);
+}
+
+std::optional<std::pair<std::string, int>> parse_listen_address(std::string_view address) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+  const std::string_view digits = address.substr(colon + 1);
+  if (digits.empty() || digits.size() > 5 ||
+      digits.find_first_not_of("0123456789") != std::string_view::npos)
+    return std::nullopt;
+  const int port = std::stoi(std::string(digits));
+  if (port > 65535) return std::nullopt;
+  std::string host(address.substr(0, colon));
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  return std::make_pair(host, port);
 }
 
 }  // namespace troupe

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "runtime/device/device.hpp"
@@ -178,5 +179,9 @@ struct topology {
   const plugin_choice* plugin_for(plugin_kind role) const;
   const host_spec* find_host(const std::string& host_name) const;
 };
+
+/// "HOST:PORT" (an IPv6 host in brackets), the port 0 to 65535 (0: a free one), as [serve]
+/// listen, [monitoring] metrics and [control] listen take it; nothing when it is not one.
+std::optional<std::pair<std::string, int>> parse_listen_address(std::string_view address);
 
 }  // namespace troupe

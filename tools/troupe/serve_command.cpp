@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <thread>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <prometheus/registry.h>
@@ -63,19 +64,11 @@ serve_settings settings_of(const serve_options& o) {
     s.inference = topo.inference;
   }
   if (!o.listen.empty()) {
-    const auto colon = o.listen.rfind(':');
-    int port = -1;
-    if (colon != std::string::npos && colon > 0 && colon + 1 < o.listen.size() &&
-        o.listen.size() - colon - 1 <= 5 &&
-        o.listen.find_first_not_of("0123456789", colon + 1) == std::string::npos)
-      port = std::stoi(o.listen.substr(colon + 1));
-    if (port < 0 || port > 65535)
+    const auto address = parse_listen_address(o.listen);
+    if (!address)
       fail("--listen {}: give HOST:PORT with a port from 0 to 65535 (0 picks a free port)",
            o.listen);
-    s.serve.host = o.listen.substr(0, colon);
-    if (s.serve.host.size() > 2 && s.serve.host.front() == '[' && s.serve.host.back() == ']')
-      s.serve.host = s.serve.host.substr(1, s.serve.host.size() - 2);
-    s.serve.port = port;
+    std::tie(s.serve.host, s.serve.port) = *address;
   }
   if (!o.model_name.empty()) s.serve.model_name = o.model_name;
   if (!o.api_key_file.empty()) s.serve.api_key_file = o.api_key_file;

@@ -1,5 +1,13 @@
 #include "kernels/cuda/grouped_gemm.cuh"
 
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+
 namespace troupe::kernels::cuda {
 
 namespace {
@@ -111,11 +119,76 @@ bool stacked(const weight_tables& w) {
   return w.second != nullptr;
 }
 
+std::atomic<grouped_gemm_kernels> chosen_kernels{grouped_gemm_kernels::automatic};
+
+/// Whether Hopper's wgmma kernels can run on the current device (sm_90; they are built for sm_90a)
+/// and the environment does not say TROUPE_GROUPED_GEMM=mma.
+bool wgmma_available() {
+  static const bool environment_says_mma = [] {
+    const char* value = std::getenv("TROUPE_GROUPED_GEMM");
+    if (value == nullptr || std::strcmp(value, "wgmma") == 0) return false;
+    if (std::strcmp(value, "mma") == 0) return true;
+    fail_kernel(std::string("TROUPE_GROUPED_GEMM is '") + value +
+                "'; it takes 'wgmma' (Hopper's warpgroup products where they are faster, the "
+                "default on sm_90) or 'mma' (mma.sync for every pass)");
+  }();
+  if (environment_says_mma) return false;
+  // NOTES: kept per device, as a process may drive GPUs of different kinds.
+  static std::mutex guard;
+  static std::map<int, bool> hopper;
+  int ordinal = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&ordinal));
+  std::lock_guard lock(guard);
+  const auto found = hopper.find(ordinal);
+  if (found != hopper.end()) return found->second;
+  int major = 0, minor = 0;
+  TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal));
+  TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ordinal));
+  return hopper[ordinal] = major == 9 && minor == 0;
+}
+
+/// Whether pass `p` of the BF16 math takes the wgmma kernels.
+bool use_wgmma(pass p) {
+  const grouped_gemm_kernels choice = chosen_kernels.load(std::memory_order_relaxed);
+  if (choice != grouped_gemm_kernels::automatic) return choice == grouped_gemm_kernels::wgmma;
+  // NOTES: per pass, by `troupe bench experts` on the H200 (docs/benchmarks.md): Fprop is faster
+  // on wgmma; Dgrad and Wgrad read an operand transposed, which the wgmma kernels stage as a
+  // transposed copy, and stay on mma.sync, which reads both layouts through ldmatrix.
+  return p == pass::fprop && wgmma_available();
+}
+
+/// Staging that serves either tensor-core kernel, so a buffer sized before the choice still fits.
+std::size_t tensor_core_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
+  return std::max(bf16_staging_bytes(rows, n, k), wgmma_staging_bytes(rows, n, k));
+}
+
+void launch_tensor_cores(pass p, const arguments& args, void* stream, void* staging) {
+  if (use_wgmma(p)) return launch_wgmma(p, args, stream, staging);
+  launch_bf16(p, args, stream, staging);
+}
+
 }  // namespace
+
+void set_grouped_gemm_kernels(grouped_gemm_kernels choice) {
+  chosen_kernels.store(choice, std::memory_order_relaxed);
+}
+
+std::size_t rounded_expert_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k) {
+  return rounded_weights_bytes(groups, n, k);
+}
+
+void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64_t n,
+                          std::int64_t k, void* out, void* stream) {
+  require(groups > 0 && n >= 0 && k >= 0, "round_expert_weights", "bad shape");
+  require(weights.second == nullptr || n % 2 == 0, "round_expert_weights",
+          "stacked weights need an even n");
+  if (n == 0 || k == 0) return;
+  round_weights(weights, groups, n, k, out, stream);
+}
 
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,
                                        gemm_math math) {
-  return math == gemm_math::bf16 ? bf16_staging_bytes(rows, n, k) : 0;
+  return math == gemm_math::bf16 ? tensor_core_staging_bytes(rows, n, k) : 0;
 }
 
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
@@ -126,10 +199,10 @@ void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t l
   require(!stacked(weights) || n % 2 == 0, "grouped_gemm_fprop", "stacked weights need an even n");
   if (rows.rows == 0 || n == 0) return;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
-    return launch_bf16(pass::fprop,
-                       {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate},
-                       stream, buffer.data);
+    const stream_staging buffer(staging, tensor_core_staging_bytes(rows, n, k), as_stream(stream));
+    return launch_tensor_cores(
+        pass::fprop, {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate}, stream,
+        buffer.data);
   }
   if (stacked(weights)) {
     grouped_gemm_fprop(rows, x, ldx, weights.first, n / 2, k, y, ldy, accumulate, math, stream);
@@ -153,10 +226,11 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
   grouped_rows direct = rows;
   direct.source = nullptr;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, bf16_staging_bytes(direct, n, k), as_stream(stream));
-    return launch_bf16(pass::dgrad,
-                       {direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate},
-                       stream, buffer.data);
+    const stream_staging buffer(staging, tensor_core_staging_bytes(direct, n, k),
+                                as_stream(stream));
+    return launch_tensor_cores(
+        pass::dgrad, {direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate},
+        stream, buffer.data);
   }
   if (stacked(weights)) {
     grouped_gemm_dgrad(rows, dy, lddy, weights.first, n / 2, k, dx, lddx, accumulate, math, stream);
@@ -179,10 +253,10 @@ void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t 
           "stacked gradients need an even n");
   if (rows.rows == 0 || n == 0 || k == 0) return;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
-    return launch_bf16(pass::wgrad,
-                       {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, true},
-                       stream, buffer.data);
+    const stream_staging buffer(staging, tensor_core_staging_bytes(rows, n, k), as_stream(stream));
+    return launch_tensor_cores(
+        pass::wgrad, {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, true},
+        stream, buffer.data);
   }
   if (weight_grads.second != nullptr) {
     grouped_gemm_wgrad(rows, dy, lddy, x, ldx, weight_grads.first, n / 2, k, math, stream);

@@ -1,9 +1,9 @@
 #pragma once
 
-// What the grouped GEMM kernels share (grouped_gemm.cu: FP32 on the CUDA cores,
-// grouped_gemm_bf16.cu: BF16 on the tensor cores): the arguments of a pass, the row gather, and
-// the tile scheduler that finds a block's expert from the offsets on the device. Internal to
-// kernels/cuda.
+// What the grouped GEMM kernels share (grouped_gemm.cu: FP32 on the CUDA cores;
+// grouped_gemm_bf16.cu: BF16 with mma.sync; grouped_gemm_wgmma.cu: BF16 with Hopper's wgmma): the
+// arguments of a pass, the row gather, and the tile scheduler that finds a block's expert from the
+// offsets on the device. Internal to kernels/cuda.
 
 #include <cstdint>
 
@@ -87,6 +87,44 @@ __device__ bool block_tile_of(const arguments& args, std::int64_t& shared_group,
   }
 }
 
+/// dW row `row` (of the stacked [n, k] when there are two tables) of expert g.
+__device__ inline float* gradient_row(const arguments& args, std::int64_t g, std::int64_t row) {
+  if (args.weight_grads.second == nullptr) return args.weight_grads.first[g] + row * args.k;
+  const std::int64_t half = args.n / 2;
+  return row < half ? args.weight_grads.first[g] + row * args.k
+                    : args.weight_grads.second[g] + (row - half) * args.k;
+}
+
+/// Writes the outputs at columns col and col + 1 (when < out_cols) of an output row `out` of pass
+/// P: Wgrad adds them into dW atomically, Fprop and Dgrad store them (or add, args.accumulate).
+template <pass P>
+__device__ inline void store_pair(const arguments& args, float* out, std::int64_t col,
+                                  std::int64_t out_cols, float2 value) {
+  const bool pair = col + 1 < out_cols && reinterpret_cast<std::uintptr_t>(out + col) % 8 == 0;
+  if constexpr (P == pass::wgrad) {
+    // NOTES: atomicAdd even where the block is the tile's only writer (an expert of one chunk): a
+    // reduction the SMs do not wait for, where `+=` reads dW first (35.5 ms per step against 30.7
+    // ms measured on the H200). sm_90 adds two floats in one atomic.
+    if (pair) {
+      atomicAdd(reinterpret_cast<float2*>(out + col), value);
+    } else {
+      atomicAdd(out + col, value.x);
+      if (col + 1 < out_cols) atomicAdd(out + col + 1, value.y);
+    }
+  } else if (pair) {
+    float2* to = reinterpret_cast<float2*>(out + col);
+    if (args.accumulate) {
+      const float2 old = *to;
+      *to = float2{old.x + value.x, old.y + value.y};
+    } else {
+      *to = value;
+    }
+  } else {
+    out[col] = args.accumulate ? out[col] + value.x : value.x;
+    if (col + 1 < out_cols) out[col + 1] = args.accumulate ? out[col + 1] + value.y : value.y;
+  }
+}
+
 /// Row tiles of all experts together are at most ceil(rows / Rows) + groups.
 template <int Rows = tile>
 inline unsigned row_tiles(const grouped_rows& rows) {
@@ -97,5 +135,14 @@ inline unsigned row_tiles(const grouped_rows& rows) {
 /// (bf16_staging_bytes), then the products. Both weight tables are handled there.
 void launch_bf16(pass p, const arguments& args, void* stream, void* staging);
 std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k);
+/// The weights rounded once into [G * n, padded(k)] BF16, the layout both kernels' Fprop read.
+std::size_t rounded_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
+void round_weights(const weight_tables& weights, std::int64_t groups, std::int64_t n,
+                   std::int64_t k, void* out, void* stream);
+
+/// The same on Hopper's wgmma (grouped_gemm_wgmma.cu, built for sm_90a), its operands staged
+/// K-major.
+void launch_wgmma(pass p, const arguments& args, void* stream, void* staging);
+std::size_t wgmma_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k);
 
 }  // namespace troupe::kernels::cuda::grouped

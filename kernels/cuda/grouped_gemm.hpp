@@ -32,12 +32,25 @@ struct grouped_rows {
 };
 
 /// Per-expert weights: one table of [n, k] matrices, or two of [n/2, k] stacked (first above).
+/// `rounded`, when set, is their BF16 copy from round_expert_weights (the tables' current values):
+/// the BF16 math reads it instead of rounding the tables on every call.
 struct weight_tables {
-  weight_tables(const float* const* first_table, const float* const* second_table = nullptr)
-      : first(first_table), second(second_table) {}
+  weight_tables(const float* const* first_table, const float* const* second_table = nullptr,
+                const void* rounded_copy = nullptr)
+      : first(first_table), second(second_table), rounded(rounded_copy) {}
   const float* const* first;
   const float* const* second;
+  const void* rounded;
 };
+
+/// Bytes of the BF16 copy of `groups` experts' [n, k] weights (stacked [groups * n, k] with rows
+/// padded to 8 elements).
+std::size_t rounded_expert_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
+
+/// Rounds the weights to BF16 into `out` (rounded_expert_weights_bytes of device memory), on
+/// `stream`; weights.rounded is ignored.
+void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64_t n,
+                          std::int64_t k, void* out, void* stream);
 
 /// Their gradients, in the same arrangement.
 struct gradient_tables {
@@ -46,6 +59,13 @@ struct gradient_tables {
   float* const* first;
   float* const* second;
 };
+
+/// Which tensor-core kernels the BF16 math uses: Hopper's warpgroup products (wgmma, sm_90 only)
+/// or mma.sync (any GPU troupe builds for), for every pass. `automatic` (the default) takes wgmma
+/// on sm_90 for the passes where it is faster, unless the environment says
+/// TROUPE_GROUPED_GEMM=mma. Process-wide; for tests and benchmarks.
+enum class grouped_gemm_kernels { automatic, wgmma, mma_sync };
+void set_grouped_gemm_kernels(grouped_gemm_kernels choice);
 
 /// Bytes of `staging` a pass with these rows and shapes needs under `math` (0 for exact).
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,

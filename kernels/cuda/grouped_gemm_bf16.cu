@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/grouped_gemm.cuh"
+#include "kernels/cuda/grouped_staging.cuh"
 #include "kernels/cuda/mma.cuh"
 
 namespace troupe::kernels::cuda::grouped {
@@ -51,11 +52,6 @@ constexpr bool a_along_depth = P != pass::wgrad;
 template <pass P>
 constexpr bool b_along_depth = P == pass::fprop;
 
-/// `count` rounded up to a multiple of 8 (a 16-byte piece of BF16).
-std::int64_t padded(std::int64_t count) {
-  return (count + 7) / 8 * 8;
-}
-
 /// The BF16 operands in the staging buffer, rows padded to multiples of 8 elements.
 struct staged {
   const bf16* a;  // fprop: x rows [R, kp]; dgrad, wgrad: dy rows [R, np]
@@ -63,72 +59,6 @@ struct staged {
   const bf16* b;  // fprop, dgrad: weights [G, n, kp]; wgrad: x rows [R, kp]
   std::int64_t ldb;
 };
-
-// ---- rounding to BF16 ------------------------------------------------------------------------
-
-/// Row r of a row-major f32 matrix, gathered through rows.source when it is set.
-struct gathered_rows {
-  const float* base;
-  std::int64_t ld;
-  const std::int64_t* source;
-  std::int64_t divisor;
-  __device__ const float* row(std::int64_t r) const {
-    return base + (source != nullptr ? source[r] / divisor : r) * ld;
-  }
-};
-
-/// Row r of the experts' weights stacked [G][n][k], each expert's [n, k] from one table or, with
-/// a second, its upper half from the first and its lower half from the second.
-struct weight_rows {
-  weight_tables tables;
-  std::int64_t n, k;
-  __device__ const float* row(std::int64_t r) const {
-    const std::int64_t g = r / n, within = r % n;
-    if (tables.second == nullptr) return tables.first[g] + within * k;
-    const std::int64_t half = n / 2;
-    return within < half ? tables.first[g] + within * k : tables.second[g] + (within - half) * k;
-  }
-};
-
-/// out[r, :ld_out] = BF16 of the first `width` elements of source.row(r), zeros after them; eight
-/// elements (one 16-byte store) per thread and step.
-template <class Source>
-__global__ void round_rows_kernel(Source source, std::int64_t count, std::int64_t width,
-                                  std::int64_t ld_out, bf16* out) {
-  const std::int64_t pieces = ld_out / 8, total = count * pieces;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / pieces, c = i % pieces * 8;
-    const float* in = source.row(r) + c;
-    float v[8];
-    if (c + 8 <= width && reinterpret_cast<std::uintptr_t>(in) % 16 == 0) {
-      const float4 low = reinterpret_cast<const float4*>(in)[0];
-      const float4 high = reinterpret_cast<const float4*>(in)[1];
-      v[0] = low.x, v[1] = low.y, v[2] = low.z, v[3] = low.w;
-      v[4] = high.x, v[5] = high.y, v[6] = high.z, v[7] = high.w;
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = c + e < width ? in[e] : 0.0f;
-    }
-    uint4 packed;
-    packed.x = pack(v[0], v[1]);
-    packed.y = pack(v[2], v[3]);
-    packed.z = pack(v[4], v[5]);
-    packed.w = pack(v[6], v[7]);
-    *reinterpret_cast<uint4*>(out + r * ld_out + c) = packed;
-  }
-}
-
-template <class Source>
-void round_rows(const Source& source, std::int64_t count, std::int64_t width, std::int64_t ld_out,
-                bf16* out, cudaStream_t stream) {
-  if (count == 0) return;
-  const std::int64_t total = count * (ld_out / 8);
-  const unsigned blocks =
-      static_cast<unsigned>(std::min<std::int64_t>(blocks_for(total, 256), 4096));
-  round_rows_kernel<<<blocks, 256, 0, stream>>>(source, count, width, ld_out, out);
-  TROUPE_CUDA_LAUNCHED();
-}
 
 // ---- the products ----------------------------------------------------------------------------
 
@@ -227,14 +157,6 @@ __device__ inline void multiply_slab(float (&acc)[4][4][4], const bf16* as, cons
   }
 }
 
-/// dW row `row` (of the stacked [n, k] when there are two tables) of expert g.
-__device__ inline float* gradient_row(const arguments& args, std::int64_t g, std::int64_t row) {
-  if (args.weight_grads.second == nullptr) return args.weight_grads.first[g] + row * args.k;
-  const std::int64_t half = args.n / 2;
-  return row < half ? args.weight_grads.first[g] + row * args.k
-                    : args.weight_grads.second[g] + (row - half) * args.k;
-}
-
 template <pass P>
 __global__ void __launch_bounds__(threads, 2) grouped_bf16_kernel(arguments args, staged o) {
   extern __shared__ __align__(128) unsigned char shared[];
@@ -311,32 +233,8 @@ __global__ void __launch_bounds__(threads, 2) grouped_bf16_kernel(arguments args
       for (int nt = 0; nt < 4; ++nt) {
         const std::int64_t col = t.n0 + wn * 32 + nt * 8 + lane % 4 * 2;
         if (col >= t.out_cols) continue;
-        const float2 value{acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]};
-        const bool pair =
-            col + 1 < t.out_cols && reinterpret_cast<std::uintptr_t>(out + col) % 8 == 0;
-        if constexpr (P == pass::wgrad) {
-          // NOTES: atomicAdd even where this block is the tile's only writer (an expert of one
-          // chunk): a reduction the SMs do not wait for, where `+=` reads dW first (35.5 ms per
-          // step against 30.7 ms measured on the H200). sm_90 adds two floats in one atomic.
-          if (pair) {
-            atomicAdd(reinterpret_cast<float2*>(out + col), value);
-          } else {
-            atomicAdd(out + col, value.x);
-            if (col + 1 < t.out_cols) atomicAdd(out + col + 1, value.y);
-          }
-        } else if (pair) {
-          float2* to = reinterpret_cast<float2*>(out + col);
-          if (args.accumulate) {
-            const float2 old = *to;
-            *to = float2{old.x + value.x, old.y + value.y};
-          } else {
-            *to = value;
-          }
-        } else {
-          out[col] = args.accumulate ? out[col] + value.x : value.x;
-          if (col + 1 < t.out_cols)
-            out[col + 1] = args.accumulate ? out[col + 1] + value.y : value.y;
-        }
+        store_pair<P>(args, out, col, t.out_cols,
+                      float2{acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]});
       }
     }
 }
@@ -348,6 +246,14 @@ void launch_products(const arguments& args, const staged& o, dim3 grid, cudaStre
   TROUPE_CUDA_LAUNCHED();
 }
 
+/// The weights as BF16 [G * n, kp]: the caller's rounded copy, or rounded into `space` now.
+const bf16* staged_weights(const arguments& args, bf16* space, cudaStream_t stream) {
+  if (args.weights.rounded != nullptr) return static_cast<const bf16*>(args.weights.rounded);
+  round_rows(weight_rows{args.weights, args.n, args.k}, args.rows.groups * args.n, args.k,
+             padded(args.k), space, stream);
+  return space;
+}
+
 }  // namespace
 
 std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
@@ -355,6 +261,16 @@ std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::in
   const std::int64_t elements = std::max(
       {rows.rows * kp + weights, rows.rows * np + weights, rows.rows * np + rows.rows * kp});
   return static_cast<std::size_t>(elements) * sizeof(bf16);
+}
+
+std::size_t rounded_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k) {
+  return static_cast<std::size_t>(groups * n * padded(k)) * sizeof(bf16);
+}
+
+void round_weights(const weight_tables& weights, std::int64_t groups, std::int64_t n,
+                   std::int64_t k, void* out, void* stream) {
+  round_rows(weight_rows{weights, n, k}, groups * n, k, padded(k), static_cast<bf16*>(out),
+             as_stream(stream));
 }
 
 void launch_bf16(pass p, const arguments& args, void* stream, void* staging) {
@@ -366,19 +282,15 @@ void launch_bf16(pass p, const arguments& args, void* stream, void* staging) {
                         args.rows.source, args.rows.divisor};
   switch (p) {
     case pass::fprop: {
-      bf16* weights = first + rows_total * kp;
+      const bf16* weights = staged_weights(args, first + rows_total * kp, s);
       round_rows(x, rows_total, args.k, kp, first, s);
-      round_rows(weight_rows{args.weights, args.n, args.k}, args.rows.groups * args.n, args.k, kp,
-                 weights, s);
       launch_products<pass::fprop>(args, {first, kp, weights, kp},
                                    dim3(blocks_for(args.n, cols), row_tiles<rows>(args.rows)), s);
       break;
     }
     case pass::dgrad: {
-      bf16* weights = first + rows_total * np;
+      const bf16* weights = staged_weights(args, first + rows_total * np, s);
       round_rows(gathered_rows{args.a, args.lda, nullptr, 1}, rows_total, args.n, np, first, s);
-      round_rows(weight_rows{args.weights, args.n, args.k}, args.rows.groups * args.n, args.k, kp,
-                 weights, s);
       launch_products<pass::dgrad>(args, {first, np, weights, kp},
                                    dim3(blocks_for(args.k, cols), row_tiles<rows>(args.rows)), s);
       break;

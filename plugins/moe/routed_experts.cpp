@@ -1,6 +1,7 @@
 #include "plugins/moe/routed_experts.hpp"
 
 #include <algorithm>
+#include <cstddef>
 
 #include "kernels/cpu/linear.hpp"
 
@@ -27,6 +28,9 @@ routed_experts::routed_experts(const model_shape& c, std::vector<std::int64_t> i
 void routed_experts::bind(std::span<float* const> weights, std::span<float* const> grads) {
   weight_ = weights;
   grad_ = grads;
+  for (auto* table : {&gate_weights_, &up_weights_, &down_weights_}) *table = {};
+  for (auto* table : {&gate_grads_, &up_grads_, &down_grads_}) *table = {};
+  rounded_valid_ = false;  // derived from the old bindings
 }
 
 const float* routed_experts::input_rows(const troupe_exec_context* context, const saved_rows& s,
@@ -229,6 +233,31 @@ void routed_experts::ensure_pointer_tables(const troupe_exec_context* context) {
   upload(down_grads_, d_down);
 }
 
+std::pair<const void*, const void*> routed_experts::rounded_weights(
+    const troupe_exec_context* context) {
+  const bool versioned = context->struct_size >= offsetof(troupe_exec_context, parameter_version) +
+                                                     sizeof(context->parameter_version) &&
+                         context->parameter_version != nullptr;
+  if (!versioned || ops::context_math(context) != ops::gemm_math::bf16) return {nullptr, nullptr};
+  const std::uint64_t version = context->parameter_version();
+  if (!rounded_valid_ || version != rounded_version_) {
+    ensure_pointer_tables(context);
+    const std::int64_t experts = count();
+    const auto elements = [](std::size_t bytes) { return (bytes + 1) / 2; };
+    rounded_gate_up_.allocate(
+        context, elements(ops::rounded_expert_weights_bytes(experts, 2 * inter_, hidden_)));
+    rounded_down_.allocate(context,
+                           elements(ops::rounded_expert_weights_bytes(experts, hidden_, inter_)));
+    ops::round_expert_weights(context, {gate_weights_.data(), up_weights_.data()}, experts,
+                              2 * inter_, hidden_, rounded_gate_up_.data());
+    ops::round_expert_weights(context, {down_weights_.data()}, experts, hidden_, inter_,
+                              rounded_down_.data());
+    rounded_version_ = version;
+    rounded_valid_ = true;
+  }
+  return {rounded_gate_up_.data(), rounded_down_.data()};
+}
+
 ops::grouped_rows routed_experts::grouping(const saved_rows& s, bool gathered) const {
   return {s.device_offsets, count(), s.rows, gathered ? s.order : nullptr,
           gathered && s.order != nullptr ? s.topk : 1};
@@ -239,32 +268,36 @@ troupe_status routed_experts::grouped_forward(const troupe_exec_context* context
   // NOTES: the tokens are gathered by the GEMM itself (row r reads x[order[r] / topk]): no
   // dispatch copy. gate and up write the two halves of one [R, 2I] buffer, as on the host.
   ensure_pointer_tables(context);
+  const auto [gate_up_bf16, down_bf16] = rounded_weights(context);
   const std::int64_t rows = s.rows;
   s.gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
   ops::grouped_fprop(context, grouping(s, true), s.x, hidden_,
-                     {gate_weights_.data(), up_weights_.data()}, 2 * inter_, hidden_,
+                     {gate_weights_.data(), up_weights_.data(), gate_up_bf16}, 2 * inter_, hidden_,
                      s.gate_up.data(), 2 * inter_, false);
   buffer hidden_rows;
   hidden_rows.allocate(context, static_cast<std::size_t>(rows * inter_));
   ops::swiglu_forward_fused(context, s.gate_up.data(), hidden_rows.data(), rows, inter_);
   ops::grouped_fprop(context, grouping(s, false), hidden_rows.data(), inter_,
-                     {down_weights_.data()}, hidden_, inter_, y_rows, hidden_, false);
+                     {down_weights_.data(), nullptr, down_bf16}, hidden_, inter_, y_rows, hidden_,
+                     false);
   return TROUPE_STATUS_OK;
 }
 
 void routed_experts::grouped_backward_input(const troupe_exec_context* context, saved_rows& s,
                                             float* dx_rows) {
   const std::int64_t rows = s.rows;
+  const auto [gate_up_bf16, down_bf16] = rounded_weights(context);
   ops::swiglu_forward_fused(context, s.gate_up.data(), s.hidden.data(), rows, inter_);
   buffer dh;
   dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
-  ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_, {down_weights_.data()},
-                     hidden_, inter_, dh.data(), inter_, false);
+  ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_,
+                     {down_weights_.data(), nullptr, down_bf16}, hidden_, inter_, dh.data(), inter_,
+                     false);
   ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows, inter_,
                              false);
   ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
-                     {gate_weights_.data(), up_weights_.data()}, 2 * inter_, hidden_, dx_rows,
-                     hidden_, true);
+                     {gate_weights_.data(), up_weights_.data(), gate_up_bf16}, 2 * inter_, hidden_,
+                     dx_rows, hidden_, true);
 }
 
 void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {

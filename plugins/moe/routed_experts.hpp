@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "plugins/common/device_ops.hpp"
@@ -86,7 +87,16 @@ class routed_experts {
 
   std::int64_t hidden_, inter_;
   std::vector<std::int64_t> ids_;
+  /// The experts' weights rounded to BF16 for the grouped BF16 passes ({nullptr, nullptr} when
+  /// the context computes exactly or cannot say when parameters change), derived again whenever
+  /// the runtime's parameter version has moved: once per optimizer step instead of in every
+  /// Fprop and Dgrad of every micro-batch.
+  std::pair<const void*, const void*> rounded_weights(const troupe_exec_context* context);
+
   device_array<const float*> gate_weights_, up_weights_, down_weights_;
+  device_array<std::uint16_t> rounded_gate_up_, rounded_down_;
+  std::uint64_t rounded_version_ = 0;
+  bool rounded_valid_ = false;
   device_array<float*> gate_grads_, up_grads_, down_grads_;
   std::vector<std::size_t> gate_, up_, down_;
   std::span<float*const> weight_, grad_;

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define TROUPE_PLUGIN_ABI_MAJOR 1u
-#define TROUPE_PLUGIN_ABI_MINOR 2u
+#define TROUPE_PLUGIN_ABI_MINOR 3u
 
 /** The symbol every plugin exports, of type troupe_plugin_entry_fn. */
 #define TROUPE_PLUGIN_ENTRY_SYMBOL "troupe_plugin_entry"
@@ -146,6 +146,11 @@ typedef struct troupe_exec_context {
   const troupe_thread_pool* pool;
   const troupe_gemm_provider* gemm;
   const troupe_allocator* allocator;
+  /** ABI 1.3: a number that changes whenever the runtime may have written parameters (an
+   *  optimizer step, a checkpoint load), process-wide. A plugin may keep what it derives from its
+   *  parameters (BF16 copies of weights) while the number stays the same. Contexts smaller than
+   *  this field (struct_size) have none: derive again on every call. */
+  uint64_t (*parameter_version)(void);
 } troupe_exec_context;
 
 /** How the runtime initialises a parameter before any checkpoint is loaded. */

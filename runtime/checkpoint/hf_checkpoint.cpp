@@ -1,4 +1,5 @@
 #include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "runtime/exec/exec_context.hpp"
 
 #include <cmath>
 #include <fstream>
@@ -159,6 +160,10 @@ void write_hf_checkpoint(const fs::path& directory, const model_config& config,
 }
 
 void load_parameters(const hf_checkpoint& checkpoint, parameter_store& store, thread_pool* pool) {
+  // Plugins derive their weights' BF16 copies again, even after a load that fails half-way.
+  struct changed_on_exit {
+    ~changed_on_exit() { parameters_changed(); }
+  } changed;
   // Every name and shape first: a checkpoint that does not fit is refused before any read.
   std::vector<std::string> missing, mismatched;
   std::vector<parameter*> loading;

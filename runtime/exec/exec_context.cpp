@@ -1,5 +1,6 @@
 #include "runtime/exec/exec_context.hpp"
 
+#include <atomic>
 #include <cstdlib>
 
 #include "runtime/device/cuda.hpp"
@@ -37,7 +38,21 @@ void release(void*, DLDevice where, void* pointer) {
 
 const troupe_allocator allocator{nullptr, &allocate, &release};
 
+std::atomic<std::uint64_t> parameter_writes{0};
+
+std::uint64_t version_for_plugins() {
+  return parameter_writes.load(std::memory_order_acquire);
+}
+
 }  // namespace
+
+void parameters_changed() {
+  parameter_writes.fetch_add(1, std::memory_order_acq_rel);
+}
+
+std::uint64_t parameter_version() {
+  return version_for_plugins();
+}
 
 const troupe_allocator* runtime_allocator() {
   return &allocator;
@@ -58,6 +73,7 @@ exec_context::exec_context(device where, thread_pool& pool, const troupe_gemm_pr
   context_.stream = stream;
   context_.pool = pool.abi();
   context_.allocator = runtime_allocator();
+  context_.parameter_version = &version_for_plugins;
   set_gemm_provider(gemm);
 }
 

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 
@@ -54,6 +55,14 @@ class context_stream_scope {
  private:
   std::optional<cuda::stream_guard> guard_;
 };
+
+/// Marks every parameter of the process as possibly written (an optimizer step, a checkpoint
+/// load): what plugins derived from their weights (BF16 copies) is derived again. Cheap; call it
+/// before the writes are enqueued.
+void parameters_changed();
+
+/// The number plugins read through their context's `parameter_version`.
+std::uint64_t parameter_version();
 
 /// The allocator plugins get: aligned host memory, or device memory through the CUDA runtime.
 const troupe_allocator* runtime_allocator();

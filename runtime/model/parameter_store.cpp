@@ -8,6 +8,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/device/stream.hpp"
+#include "runtime/exec/exec_context.hpp"
 #include "runtime/exec/thread_pool.hpp"
 #include "runtime/model/counter_random.hpp"
 #include "troupe_build_config.h"
@@ -27,6 +28,7 @@ parameter& parameter_store::add(const std::string& name, const parameter_spec& s
   p.value = tensor::zeros(dtype::f32, spec.shape, where_);
   if (!spec.buffer()) p.grad = tensor::zeros(dtype::f32, spec.shape, where_);
   order_.push_back(&p);
+  parameters_changed();  // new memory, perhaps where a freed parameter was
   return p;
 }
 
@@ -67,6 +69,7 @@ std::uint64_t name_hash(const std::string& name) {
 }  // namespace
 
 void parameter_store::initialize(std::uint64_t seed, thread_pool* pool) {
+  parameters_changed();
   for (parameter* p : order_) {
     tensor host = where_.is_cpu() ? p->value : tensor::empty(dtype::f32, p->value.shape());
     float* data = host.data_as<float>();

@@ -46,6 +46,7 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, const exec_con
     fail("AdamW: the parameters are on {}, the step computes on {}", to_string(where_),
          to_string(context.where()));
   if (step < 1) fail("AdamW steps count from 1, got {}", step);
+  parameters_changed();
 #if TROUPE_HAVE_CUDA
   const kernels::op_scope timing(context.abi(), kernels::op_class::optimizer);
   const double b1 = settings_.beta1, b2 = settings_.beta2;
@@ -68,6 +69,7 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, thread_pool& p
   if (!where_.is_cpu())
     fail("AdamW: the parameters are on {}; step with an exec context there", to_string(where_));
   if (step < 1) fail("AdamW steps count from 1, got {}", step);
+  parameters_changed();
   const double b1 = settings_.beta1, b2 = settings_.beta2;
   const float beta1 = static_cast<float>(b1), beta2 = static_cast<float>(b2);
   const float correction1 = static_cast<float>(1.0 - std::pow(b1, static_cast<double>(step)));

@@ -797,17 +797,35 @@ std::vector<float> rounded_if(bool bf16, std::vector<float> values) {
   return values;
 }
 
-class GroupedGemms : public ::testing::TestWithParam<gpu::gemm_math> {};
+/// The math and, for BF16, which tensor-core kernels (mma.sync, or Hopper's wgmma).
+struct grouped_case {
+  gpu::gemm_math math;
+  gpu::grouped_gemm_kernels kernels;
+};
 
-INSTANTIATE_TEST_SUITE_P(Math, GroupedGemms,
-                         ::testing::Values(gpu::gemm_math::exact, gpu::gemm_math::bf16),
-                         [](const auto& param_info) {
-                           return param_info.param == gpu::gemm_math::bf16 ? "bf16" : "fp32";
-                         });
+/// Sets the grouped GEMMs' kernels for one test, back to automatic after it.
+struct kernels_for_test {
+  explicit kernels_for_test(gpu::grouped_gemm_kernels k) { gpu::set_grouped_gemm_kernels(k); }
+  ~kernels_for_test() { gpu::set_grouped_gemm_kernels(gpu::grouped_gemm_kernels::automatic); }
+};
+
+class GroupedGemms : public ::testing::TestWithParam<grouped_case> {};
+
+INSTANTIATE_TEST_SUITE_P(
+    Math, GroupedGemms,
+    ::testing::Values(grouped_case{gpu::gemm_math::exact, gpu::grouped_gemm_kernels::automatic},
+                      grouped_case{gpu::gemm_math::bf16, gpu::grouped_gemm_kernels::mma_sync},
+                      grouped_case{gpu::gemm_math::bf16, gpu::grouped_gemm_kernels::wgmma}),
+    [](const auto& param_info) -> std::string {
+      if (param_info.param.math == gpu::gemm_math::exact) return "fp32";
+      return param_info.param.kernels == gpu::grouped_gemm_kernels::wgmma ? "bf16_wgmma"
+                                                                          : "bf16_mma";
+    });
 
 TEST_P(GroupedGemms, MatchOneCpuGemmPerExpert) {
   TROUPE_SKIP_WITHOUT_GPU();
-  const gpu::gemm_math math = GetParam();
+  const gpu::gemm_math math = GetParam().math;
+  const kernels_for_test chosen(GetParam().kernels);
   const bool bf16 = math == gpu::gemm_math::bf16;
   // 7 experts with 0, 1, 63, 64, 65, 130 and 3 rows; the inputs gathered through a permutation.
   const std::vector<std::int64_t> counts{0, 1, 63, 64, 65, 130, 3};
@@ -935,6 +953,96 @@ TEST_P(GroupedGemms, MatchOneCpuGemmPerExpert) {
     }
     EXPECT_CLOSE(gdwa[g]->get(), top, fp32_bound, "stacked wgrad, first table");
     EXPECT_CLOSE(gdw2[g]->get(), bottom, fp32_bound, "stacked wgrad, second table");
+  }
+}
+
+// Model-sized passes: reductions of many slabs, experts of more than one Wgrad chunk (1024 rows)
+// and of none, gate and up stacked from two tables; against one CPU GEMM per expert on the same
+// (rounded) operands.
+TEST_P(GroupedGemms, ModelSizedPassesMatchTheCpu) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const gpu::gemm_math math = GetParam().math;
+  const kernels_for_test chosen(GetParam().kernels);
+  const bool bf16 = math == gpu::gemm_math::bf16;
+  const std::vector<std::int64_t> counts{700, 0, 1500, 129, 1, 2100, 300, 64};
+  std::vector<std::int64_t> offsets{0};
+  for (auto c : counts) offsets.push_back(offsets.back() + c);
+  const std::int64_t groups = static_cast<std::int64_t>(counts.size()), rows = offsets.back();
+  const std::int64_t half = 136, n = 2 * half, k = 328, topk = 3;  // 6 slabs of 64 along k
+  const std::int64_t tokens = (rows + topk - 1) / topk;
+  std::vector<std::int64_t> order(static_cast<std::size_t>(rows));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937(7));
+  const auto x = random_values(static_cast<std::size_t>(tokens * k), 140);
+  const auto dy = random_values(static_cast<std::size_t>(rows * n), 141);
+  std::vector<std::vector<float>> w;  // per expert [n, k]: gate rows above up rows
+  for (std::int64_t g = 0; g < groups; ++g) w.push_back(random_values(n * k, 150 + g));
+  const auto xr = rounded_if(bf16, x), dyr = rounded_if(bf16, dy);
+  std::vector<float> gathered(static_cast<std::size_t>(rows * k));
+  for (std::int64_t r = 0; r < rows; ++r)
+    std::copy_n(xr.begin() + (order[r] / topk) * k, k, gathered.begin() + r * k);
+  std::vector<float> y(static_cast<std::size_t>(rows * n)), dx(gathered.size());
+  std::vector<std::vector<float>> dw;
+  for (std::int64_t g = 0; g < groups; ++g) {
+    const auto wr = rounded_if(bf16, w[g]);
+    dw.emplace_back(static_cast<std::size_t>(n * k), 0.0f);
+    const std::int64_t first = offsets[g], m = counts[g];
+    if (m == 0) continue;
+    cpu::sgemm({false, true, m, n, k, k, k, n}, 1.0f, gathered.data() + first * k, wr.data(), 0.0f,
+               y.data() + first * n);
+    cpu::sgemm({false, false, m, k, n, n, k, k}, 1.0f, dyr.data() + first * n, wr.data(), 0.0f,
+               dx.data() + first * k);
+    cpu::sgemm({true, false, n, k, m, n, k, k}, 1.0f, dyr.data() + first * n,
+               gathered.data() + first * k, 0.0f, dw[g].data());
+  }
+  // The device: each expert's weight as two tables of [half, k] (gate, up).
+  std::vector<std::unique_ptr<device_array<float>>> tables;
+  std::vector<const float*> gate, up;
+  std::vector<float*> dgate, dup;
+  for (std::int64_t g = 0; g < groups; ++g) {
+    for (int t = 0; t < 2; ++t) {
+      tables.push_back(std::make_unique<device_array<float>>(
+          std::vector<float>(w[g].begin() + t * half * k, w[g].begin() + (t + 1) * half * k)));
+      (t == 0 ? gate : up).push_back(tables.back()->data());
+    }
+    for (int t = 0; t < 2; ++t) {
+      tables.push_back(std::make_unique<device_array<float>>(static_cast<std::size_t>(half * k)));
+      (t == 0 ? dgate : dup).push_back(tables.back()->data());
+    }
+  }
+  device_array<const float*> ggate(gate), gup(up);
+  device_array<float*> gdgate(dgate), gdup(dup);
+  device_array<float> gx(x), gdy(dy), gy(y.size()), gdx(dx.size());
+  device_array<std::int64_t> goffsets(offsets), gorder(order);
+  const gpu::grouped_rows gathered_rows{goffsets.data(), groups, rows, gorder.data(), topk};
+  const gpu::grouped_rows direct{goffsets.data(), groups, rows, nullptr, 1};
+  gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, {ggate.data(), gup.data()}, n, k, gy.data(),
+                          n, false, math, nullptr);
+  gpu::grouped_gemm_dgrad(direct, gdy.data(), n, {ggate.data(), gup.data()}, n, k, gdx.data(), k,
+                          false, math, nullptr);
+  gpu::grouped_gemm_wgrad(gathered_rows, gdy.data(), n, gx.data(), k, {gdgate.data(), gdup.data()},
+                          n, k, math, nullptr);
+  EXPECT_CLOSE(gy.get(), y, fp32_bound, "model-sized fprop");
+  EXPECT_CLOSE(gdx.get(), dx, fp32_bound, "model-sized dgrad");
+  if (bf16) {  // the weights rounded once beforehand: the same products, bit for bit
+    device_array<std::uint16_t> rounded((gpu::rounded_expert_weights_bytes(groups, n, k) + 1) / 2);
+    gpu::round_expert_weights({ggate.data(), gup.data()}, groups, n, k, rounded.data(), nullptr);
+    device_array<float> gy2(y.size()), gdx2(dx.size());
+    gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, {ggate.data(), gup.data(), rounded.data()},
+                            n, k, gy2.data(), n, false, math, nullptr);
+    gpu::grouped_gemm_dgrad(direct, gdy.data(), n, {ggate.data(), gup.data(), rounded.data()}, n, k,
+                            gdx2.data(), k, false, math, nullptr);
+    EXPECT_EQ(gy2.get(), gy.get());
+    EXPECT_EQ(gdx2.get(), gdx.get());
+  }
+  for (std::int64_t g = 0; g < groups; ++g) {
+    auto got = tables[static_cast<std::size_t>(4 * g + 2)]->get();
+    const auto second = tables[static_cast<std::size_t>(4 * g + 3)]->get();
+    got.insert(got.end(), second.begin(), second.end());
+    if (counts[g] == 0)
+      EXPECT_EQ(got, dw[g]);  // an expert without rows: no gradient
+    else
+      EXPECT_CLOSE(got, dw[g], fp32_bound, "model-sized wgrad");
   }
 }
 

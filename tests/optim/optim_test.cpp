@@ -5,9 +5,11 @@
 
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <random>
 
 #include "runtime/core/error.hpp"
+#include "runtime/exec/exec_context.hpp"
 #include "runtime/exec/thread_pool.hpp"
 #include "runtime/optim/adamw.hpp"
 #include "runtime/optim/training_schedule.hpp"
@@ -167,6 +169,37 @@ TEST(AdamW, StateRoundTripsAndResumesBitForBit) {
   auto state = first.state();
   state.pop_back();
   EXPECT_THROW(second.load_state(state), troupe::error);
+}
+
+// The number plugins read through their context to know when their weights' derived copies
+// (the moe plugin's BF16 experts) are stale: it moves on every write the runtime makes.
+TEST(ParameterVersion, MovesOnDeclarationInitialisationAndEveryOptimizerStep) {
+  thread_pool pool(1);
+  const exec_context context(device::cpu(), pool);
+  const troupe_exec_context* abi = context.abi();
+  ASSERT_GE(abi->struct_size,
+            offsetof(troupe_exec_context, parameter_version) + sizeof(abi->parameter_version));
+  ASSERT_NE(abi->parameter_version, nullptr);
+  std::uint64_t seen = abi->parameter_version();
+  const auto moved = [&] {
+    const std::uint64_t now = abi->parameter_version();
+    const bool changed = now != seen;
+    seen = now;
+    return changed;
+  };
+  EXPECT_EQ(seen, parameter_version());
+  parameter_store store;
+  store.add("w", trainable({3, 5}));
+  EXPECT_TRUE(moved());
+  store.initialize(1);
+  EXPECT_TRUE(moved());
+  EXPECT_FALSE(moved());  // reading it changes nothing
+  adamw optimizer({});
+  optimizer.attach(store);
+  optimizer.step(1e-3, 1.0, 1, pool);
+  EXPECT_TRUE(moved());
+  optimizer.step(1e-3, 1.0, 2, context);
+  EXPECT_TRUE(moved());
 }
 
 TEST(TrainingSchedule, WarmupThenCosineToTheFloor) {

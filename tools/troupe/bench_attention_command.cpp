@@ -32,16 +32,6 @@ struct attention_bench_options {
   std::string precision = "bf16";
 };
 
-/// Normal values (seeded) as an f32 tensor on `where`.
-tensor random_f32(std::int64_t count, std::uint32_t seed, device where) {
-  tensor host = tensor::empty(dtype::f32, {count});
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  float* p = host.data_as<float>();
-  for (std::int64_t i = 0; i < count; ++i) p[i] = normal(rng);
-  return host.to(where);
-}
-
 int bench_attention(const attention_bench_options& o) {
   const device where = parse_device(o.device);
   if (!where.is_cuda())

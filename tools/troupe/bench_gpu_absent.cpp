@@ -1,5 +1,5 @@
-// `troupe bench gemm` and `troupe bench attention` in a build without CUDA: the commands are there
-// and say why they cannot run.
+// `troupe bench gemm`, `bench attention` and `bench experts` in a build without CUDA: the commands
+// are there and say why they cannot run.
 #include <fmt/format.h>
 
 #include "runtime/device/cuda.hpp"
@@ -29,6 +29,16 @@ void add_bench_attention_command(CLI::App& bench_group, int& exit_code) {
   command->allow_extras();
   command->callback([&exit_code] {
     fmt::print(stderr, "troupe bench attention: {}\n", cuda::unavailable_reason());
+    exit_code = exit_bad_input;
+  });
+}
+
+void add_bench_experts_command(CLI::App& bench_group, int& exit_code) {
+  auto* command = bench_group.add_subcommand(
+      "experts", "The routed experts' grouped GEMMs on the GPU (needs a build with CUDA)");
+  command->allow_extras();
+  command->callback([&exit_code] {
+    fmt::print(stderr, "troupe bench experts: {}\n", cuda::unavailable_reason());
     exit_code = exit_bad_input;
   });
 }

@@ -1,13 +1,27 @@
 #pragma once
 
-// Timing GPU work for the `troupe bench` commands: CUDA events around each run on one stream.
+// Timing GPU work for the `troupe bench` commands: CUDA events around each run on one stream, and
+// the random inputs they time it on.
 
 #include <algorithm>
+#include <cstdint>
+#include <random>
 #include <vector>
 
 #include "runtime/device/stream.hpp"
+#include "runtime/tensor/tensor.hpp"
 
 namespace troupe::cli {
+
+/// Normal values (seeded) as an f32 tensor on `where`.
+inline tensor random_f32(std::int64_t count, std::uint32_t seed, device where) {
+  tensor host = tensor::empty(dtype::f32, {count});
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  float* p = host.data_as<float>();
+  for (std::int64_t i = 0; i < count; ++i) p[i] = normal(rng);
+  return host.to(where);
+}
 
 /// Milliseconds of each of `iterations` runs of `body` after 5 warm-up runs, sorted (the median
 /// is the middle one), timed by events on `on`.

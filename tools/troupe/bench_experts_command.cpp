@@ -1,0 +1,298 @@
+// `troupe bench experts`: the routed experts' grouped GEMMs of one MoE layer on the GPU, at a model
+// config's shapes (tokens x top-k rows routed uniformly at random over the experts): Fprop, Dgrad
+// and Wgrad of gate+up (two weight tables stacked) and of down, with f32 inputs and outputs as a
+// training step runs them (the BF16 rounding of the activations included; the weights' BF16 copy
+// made once beforehand, as the moe plugin keeps it between optimizer steps), for each tensor-core
+// kernel (mma.sync, Hopper's wgmma). The reference in the same run: cuBLASLt BF16 on one dense
+// GEMM of the same rows and shapes, as if a single expert held every row. Medians of CUDA-event
+// timings. tools/reference/bench_experts_torch.py measures PyTorch's grouped_mm on the same shapes.
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kernels/cuda/cublaslt_gemm.hpp"
+#include "kernels/cuda/grouped_gemm.hpp"
+#include "runtime/core/error.hpp"
+#include "runtime/device/cuda.hpp"
+#include "runtime/device/stream.hpp"
+#include "runtime/exec/convert.hpp"
+#include "runtime/model/model_config.hpp"
+#include "runtime/tensor/tensor.hpp"
+#include "tools/troupe/bench_reference.hpp"
+#include "tools/troupe/commands.hpp"
+#include "tools/troupe/gpu_timing.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+namespace kc = kernels::cuda;
+
+struct experts_bench_options {
+  std::string device = "cuda:0";
+  std::string config;  // empty: the GPU small config
+  std::int64_t tokens = 4096;
+  int iterations = 20;
+  std::string json;
+};
+
+/// Expert offsets and the row order of `tokens` tokens each routed to `top_k` distinct experts
+/// drawn uniformly: row r (sorted by expert) reads token order[r] / top_k.
+struct routing {
+  std::vector<std::int64_t> offsets, order;
+};
+
+routing random_routing(std::int64_t tokens, std::int64_t experts, std::int64_t top_k) {
+  std::mt19937 rng(11);
+  std::vector<std::vector<std::int64_t>> rows_of(static_cast<std::size_t>(experts));
+  std::vector<std::int64_t> pick(static_cast<std::size_t>(experts));
+  std::iota(pick.begin(), pick.end(), 0);
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    for (std::int64_t j = 0; j < top_k; ++j) {  // a partial Fisher-Yates shuffle
+      std::uniform_int_distribution<std::int64_t> draw(j, experts - 1);
+      std::swap(pick[static_cast<std::size_t>(j)], pick[static_cast<std::size_t>(draw(rng))]);
+      rows_of[static_cast<std::size_t>(pick[static_cast<std::size_t>(j)])].push_back(t * top_k + j);
+    }
+  }
+  routing r;
+  r.offsets.push_back(0);
+  for (const auto& rows : rows_of) {
+    r.order.insert(r.order.end(), rows.begin(), rows.end());
+    r.offsets.push_back(static_cast<std::int64_t>(r.order.size()));
+  }
+  return r;
+}
+
+/// A device table of pointers to `count` matrices of `elements` floats each inside `storage`.
+tensor pointer_table(const tensor& storage, std::int64_t count, std::int64_t elements,
+                     device where) {
+  tensor host = tensor::empty(dtype::i64, {count});
+  auto* p = host.data_as<std::int64_t>();
+  for (std::int64_t g = 0; g < count; ++g)
+    p[g] = reinterpret_cast<std::int64_t>(storage.data_as<float>() + g * elements);
+  return host.to(where);
+}
+
+const char* kernels_name(kc::grouped_gemm_kernels k) {
+  return k == kc::grouped_gemm_kernels::wgmma ? "wgmma" : "mma.sync";
+}
+
+int bench_experts(const experts_bench_options& o) {
+  const device where = parse_device(o.device);
+  if (!where.is_cuda())
+    fail("--device {}: troupe bench experts measures the GPU's grouped GEMMs; give cuda:N",
+         o.device);
+  cuda::require_device(where.index);
+  const model_config config = load_model_config(
+      o.config.empty() ? current_install_layout().topology_dir / "models" / "small" / "config.json"
+                       : bench_model_config(o.config));
+  const std::int64_t experts = config.n_routed_experts, top_k = config.num_experts_per_tok;
+  const std::int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
+  const std::int64_t rows = o.tokens * top_k;
+  const routing route = random_routing(o.tokens, experts, top_k);
+
+  cuda::stream stream(where.index);
+  cuda::stream_guard guard(stream);
+  const tensor offsets = [&] {
+    tensor host = tensor::empty(dtype::i64, {experts + 1});
+    std::copy(route.offsets.begin(), route.offsets.end(), host.data_as<std::int64_t>());
+    return host.to(where);
+  }();
+  const tensor order = [&] {
+    tensor host = tensor::empty(dtype::i64, {rows});
+    std::copy(route.order.begin(), route.order.end(), host.data_as<std::int64_t>());
+    return host.to(where);
+  }();
+  const kc::grouped_rows gathered{offsets.data_as<std::int64_t>(), experts, rows,
+                                  order.data_as<std::int64_t>(), top_k};
+  const kc::grouped_rows direct{offsets.data_as<std::int64_t>(), experts, rows, nullptr, 1};
+  // Inputs and weights (f32, as the model keeps them), outputs and weight gradients.
+  const tensor x = random_f32(o.tokens * hidden, 1, where);
+  const tensor gate = random_f32(experts * inter * hidden, 2, where);
+  const tensor up = random_f32(experts * inter * hidden, 3, where);
+  const tensor down = random_f32(experts * hidden * inter, 4, where);
+  const tensor d_gate_up = random_f32(rows * 2 * inter, 5, where);
+  const tensor h = random_f32(rows * inter, 6, where);
+  const tensor dy = random_f32(rows * hidden, 7, where);
+  tensor gate_up = tensor::empty(dtype::f32, {rows * 2 * inter}, where);
+  tensor dh = tensor::empty(dtype::f32, {rows * inter}, where);
+  tensor dx = tensor::empty(dtype::f32, {rows * hidden}, where);
+  tensor y = tensor::empty(dtype::f32, {rows * hidden}, where);
+  tensor grads = tensor::empty(dtype::f32, {3 * experts * inter * hidden}, where);
+  const tensor gate_table = pointer_table(gate, experts, inter * hidden, where);
+  const tensor up_table = pointer_table(up, experts, inter * hidden, where);
+  const tensor down_table = pointer_table(down, experts, hidden * inter, where);
+  tensor grad_tables = tensor::empty(dtype::i64, {3 * experts});
+  for (std::int64_t g = 0; g < 3 * experts; ++g)
+    grad_tables.data_as<std::int64_t>()[g] =
+        reinterpret_cast<std::int64_t>(grads.data_as<float>() + g * inter * hidden);
+  grad_tables = grad_tables.to(where);
+  const auto weights = [](const tensor& t) {
+    return reinterpret_cast<const float* const*>(t.data_as<std::int64_t>());
+  };
+  auto* const* d_tables = reinterpret_cast<float* const*>(grad_tables.data_as<std::int64_t>());
+  const std::size_t staging_bytes =
+      std::max(kc::grouped_gemm_staging_bytes(gathered, 2 * inter, hidden, kc::gemm_math::bf16),
+               kc::grouped_gemm_staging_bytes(gathered, hidden, inter, kc::gemm_math::bf16));
+  tensor staging = tensor::empty(dtype::u8, {static_cast<std::int64_t>(staging_bytes)}, where);
+  void* s = stream.native();
+  const auto math = kc::gemm_math::bf16;
+  // The weights rounded to BF16 once, as the moe plugin keeps them between optimizer steps.
+  const auto rounded_bytes = [](std::int64_t groups, std::int64_t n, std::int64_t k) {
+    return static_cast<std::int64_t>(kc::rounded_expert_weights_bytes(groups, n, k));
+  };
+  tensor rounded_gate_up =
+      tensor::empty(dtype::u8, {rounded_bytes(experts, 2 * inter, hidden)}, where);
+  tensor rounded_down = tensor::empty(dtype::u8, {rounded_bytes(experts, hidden, inter)}, where);
+  const double rounding_ms = median_ms(stream, o.iterations, [&] {
+    kc::round_expert_weights({weights(gate_table), weights(up_table)}, experts, 2 * inter, hidden,
+                             rounded_gate_up.data(), s);
+    kc::round_expert_weights(weights(down_table), experts, hidden, inter, rounded_down.data(), s);
+  });
+
+  struct pass_case {
+    const char* name;
+    std::int64_t n, k;
+    std::function<void()> run;
+  };
+  const std::vector<pass_case> passes{
+      {"gate+up fprop", 2 * inter, hidden,
+       [&] {
+         kc::grouped_gemm_fprop(gathered, x.data_as<float>(), hidden,
+                                {weights(gate_table), weights(up_table), rounded_gate_up.data()},
+                                2 * inter, hidden, gate_up.data_as<float>(), 2 * inter, false, math,
+                                s, staging.data());
+       }},
+      {"gate+up dgrad", 2 * inter, hidden,
+       [&] {
+         kc::grouped_gemm_dgrad(direct, d_gate_up.data_as<float>(), 2 * inter,
+                                {weights(gate_table), weights(up_table), rounded_gate_up.data()},
+                                2 * inter, hidden, dx.data_as<float>(), hidden, false, math, s,
+                                staging.data());
+       }},
+      {"gate+up wgrad", 2 * inter, hidden,
+       [&] {
+         kc::grouped_gemm_wgrad(gathered, d_gate_up.data_as<float>(), 2 * inter, x.data_as<float>(),
+                                hidden, {d_tables, d_tables + experts}, 2 * inter, hidden, math, s,
+                                staging.data());
+       }},
+      {"down fprop", hidden, inter,
+       [&] {
+         kc::grouped_gemm_fprop(direct, h.data_as<float>(), inter,
+                                {weights(down_table), nullptr, rounded_down.data()}, hidden, inter,
+                                y.data_as<float>(), hidden, false, math, s, staging.data());
+       }},
+      {"down dgrad", hidden, inter,
+       [&] {
+         kc::grouped_gemm_dgrad(direct, dy.data_as<float>(), hidden,
+                                {weights(down_table), nullptr, rounded_down.data()}, hidden, inter,
+                                dh.data_as<float>(), inter, false, math, s, staging.data());
+       }},
+      {"down wgrad", hidden, inter, [&] {
+         kc::grouped_gemm_wgrad(direct, dy.data_as<float>(), hidden, h.data_as<float>(), inter,
+                                d_tables + 2 * experts, hidden, inter, math, s, staging.data());
+       }}};
+
+  // The dense reference: cuBLASLt BF16 on [rows, k] x [n, k]^T, operands already BF16.
+  kc::cublaslt_gemm dense(where.index, s);
+  const auto dense_ms = [&](std::int64_t n, std::int64_t k) {
+    const tensor a = convert(random_f32(rows * k, 20, where).to(device::cpu()), dtype::bf16);
+    const tensor b = convert(random_f32(n * k, 21, where).to(device::cpu()), dtype::bf16);
+    const tensor ad = a.to(where), bd = b.to(where);
+    tensor c = tensor::empty(dtype::f32, {rows * n}, where);
+    return median_ms(stream, o.iterations, [&] {
+      dense.gemm({ad.data(), kc::gemm_dtype::bf16, rows, k, k}, false,
+                 {bd.data(), kc::gemm_dtype::bf16, n, k, k}, true,
+                 {c.data(), kc::gemm_dtype::f32, rows, n, n}, 1.0f, 0.0f);
+    });
+  };
+  const double dense_gate_up = dense_ms(2 * inter, hidden), dense_down = dense_ms(hidden, inter);
+
+  const auto gpus = cuda::visible_gpus();
+  const std::string gpu_name =
+      static_cast<std::size_t>(where.index) < gpus.size() ? gpus[where.index].name : "?";
+  fmt::print(
+      "troupe bench experts on {} ({}): {} tokens x top-{} over {} experts (hidden {}, expert "
+      "intermediate {}), f32 in and out, medians of {} runs\n",
+      o.device, gpu_name, o.tokens, top_k, experts, hidden, inter, o.iterations);
+  fmt::print("cuBLASLt BF16, one dense GEMM of the same rows: gate+up {:.3f} ms, down {:.3f} ms\n",
+             dense_gate_up, dense_down);
+  fmt::print(
+      "the experts' weights rounded to BF16 (once per optimizer step; Fprop and Dgrad read that "
+      "copy): {:.3f} ms\n",
+      rounding_ms);
+  fmt::print("{:<15} {:>10} {:>10} {:>10} {:>10} {:>10}\n", "pass", "mma ms", "TFLOP/s", "wgmma ms",
+             "TFLOP/s", "dense/wgmma");
+  nlohmann::json results = nlohmann::json::array();
+  double total[2] = {0.0, 0.0};
+  for (const pass_case& p : passes) {
+    const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(p.n * p.k);
+    double ms[2];
+    int i = 0;
+    for (auto k : {kc::grouped_gemm_kernels::mma_sync, kc::grouped_gemm_kernels::wgmma}) {
+      kc::set_grouped_gemm_kernels(k);
+      ms[i] = median_ms(stream, o.iterations, p.run);
+      total[i] += ms[i];
+      ++i;
+    }
+    kc::set_grouped_gemm_kernels(kc::grouped_gemm_kernels::automatic);
+    const double reference = p.n == hidden ? dense_down : dense_gate_up;
+    const auto tflops = [&](double t) { return flops / (t * 1e-3) / 1e12; };
+    fmt::print("{:<15} {:>10.3f} {:>10.1f} {:>10.3f} {:>10.1f} {:>10.2f}\n", p.name, ms[0],
+               tflops(ms[0]), ms[1], tflops(ms[1]), reference / ms[1]);
+    results.push_back({{"pass", p.name},
+                       {"n", p.n},
+                       {"k", p.k},
+                       {kernels_name(kc::grouped_gemm_kernels::mma_sync), ms[0]},
+                       {kernels_name(kc::grouped_gemm_kernels::wgmma), ms[1]},
+                       {"dense_cublaslt_ms", reference},
+                       {"weights_rounding_ms", rounding_ms}});
+  }
+  fmt::print("{:<15} {:>10.3f} {:>10} {:>10.3f}\n", "one layer", total[0], "", total[1]);
+  if (!o.json.empty()) {
+    std::ofstream out(o.json);
+    out << nlohmann::json{{"device", o.device}, {"gpu", gpu_name}, {"results", results}}.dump(2)
+        << "\n";
+    if (!out) fail("cannot write {}", o.json);
+  }
+  return exit_ok;
+}
+
+}  // namespace
+
+void add_bench_experts_command(CLI::App& bench_group, int& exit_code) {
+  auto options = std::make_shared<experts_bench_options>();
+  auto* command = bench_group.add_subcommand(
+      "experts",
+      "The routed experts' grouped GEMMs of one MoE layer on the GPU (mma.sync and wgmma) against "
+      "one dense cuBLASLt GEMM of the same rows (compare: tools/reference/bench_experts_torch.py)");
+  command->add_option("--device", options->device, "The GPU (cuda:N)")->capture_default_str();
+  command->add_option("--config", options->config,
+                      "The model's config.json: a path, tiny, or small (the CPU's small-512); by "
+                      "default topologies/models/small, the GPU small config");
+  command->add_option("--tokens", options->tokens, "Tokens routed (rows = tokens x top-k)")
+      ->check(within({1, 1 << 20}))
+      ->capture_default_str();
+  command
+      ->add_option("--iterations", options->iterations, "Timed runs per pass (the median counts)")
+      ->check(within({1, 10000}))
+      ->capture_default_str();
+  command->add_option("--json", options->json, "Also write the figures to this file");
+  command->callback([options, &exit_code] {
+    try {
+      exit_code = bench_experts(*options);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "troupe bench experts: {}\n", e.what());
+      exit_code = exit_bad_input;
+    }
+  });
+}
+
+}  // namespace troupe::cli

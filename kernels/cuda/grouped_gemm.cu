@@ -148,13 +148,17 @@ bool wgmma_available() {
 }
 
 /// Whether pass `p` of the BF16 math takes the wgmma kernels.
-bool use_wgmma(pass p) {
+bool use_wgmma(pass p, const arguments& args) {
   const grouped_gemm_kernels choice = chosen_kernels.load(std::memory_order_relaxed);
   if (choice != grouped_gemm_kernels::automatic) return choice == grouped_gemm_kernels::wgmma;
   // NOTES: per pass, by `troupe bench experts` on the H200 (docs/benchmarks.md): Fprop is faster
-  // on wgmma; Dgrad and Wgrad read an operand transposed, which the wgmma kernels stage as a
-  // transposed copy, and stay on mma.sync, which reads both layouts through ldmatrix.
-  return p == pass::fprop && wgmma_available();
+  // on wgmma, and so is Dgrad when the caller keeps a transposed BF16 copy of the weights; Wgrad
+  // (and Dgrad without that copy) reads an operand transposed, which the wgmma kernels would stage
+  // as a transposed copy on every call: those stay on mma.sync, which reads both layouts through
+  // ldmatrix.
+  if (p == pass::wgrad || (p == pass::dgrad && args.weights.rounded_transposed == nullptr))
+    return false;
+  return wgmma_available();
 }
 
 /// Staging that serves either tensor-core kernel, so a buffer sized before the choice still fits.
@@ -163,7 +167,7 @@ std::size_t tensor_core_staging_bytes(const grouped_rows& rows, std::int64_t n, 
 }
 
 void launch_tensor_cores(pass p, const arguments& args, void* stream, void* staging) {
-  if (use_wgmma(p)) return launch_wgmma(p, args, stream, staging);
+  if (use_wgmma(p, args)) return launch_wgmma(p, args, stream, staging);
   launch_bf16(p, args, stream, staging);
 }
 
@@ -184,6 +188,25 @@ void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64
           "stacked weights need an even n");
   if (n == 0 || k == 0) return;
   round_weights(weights, groups, n, k, out, stream);
+}
+
+std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::int64_t n,
+                                                    std::int64_t k) {
+  return rounded_transposed_weights_bytes(groups, n, k);
+}
+
+void round_expert_weights_transposed(weight_tables weights, std::int64_t groups, std::int64_t n,
+                                     std::int64_t k, void* out, void* stream) {
+  require(groups > 0 && n >= 0 && k >= 0, "round_expert_weights_transposed", "bad shape");
+  require(weights.second == nullptr || n % 2 == 0, "round_expert_weights_transposed",
+          "stacked weights need an even n");
+  if (n == 0 || k == 0) return;
+  round_weights_transposed(weights, groups, n, k, out, stream);
+}
+
+bool grouped_dgrad_reads_transposed_weights() {
+  return chosen_kernels.load(std::memory_order_relaxed) != grouped_gemm_kernels::mma_sync &&
+         wgmma_available();
 }
 
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,

@@ -144,5 +144,10 @@ void round_weights(const weight_tables& weights, std::int64_t groups, std::int64
 /// K-major.
 void launch_wgmma(pass p, const arguments& args, void* stream, void* staging);
 std::size_t wgmma_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k);
+/// The weights rounded once and transposed into [G * k, padded(n)] BF16, what the wgmma Dgrad
+/// reads.
+std::size_t rounded_transposed_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
+void round_weights_transposed(const weight_tables& weights, std::int64_t groups, std::int64_t n,
+                              std::int64_t k, void* out, void* stream);
 
 }  // namespace troupe::kernels::cuda::grouped

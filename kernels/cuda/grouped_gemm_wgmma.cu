@@ -301,6 +301,17 @@ void launch_products(const arguments& args, const staged& o, dim3 grid, cudaStre
 
 }  // namespace
 
+std::size_t rounded_transposed_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k) {
+  return static_cast<std::size_t>(groups * k * padded(n)) * sizeof(bf16);
+}
+
+void round_weights_transposed(const weight_tables& weights, std::int64_t groups, std::int64_t n,
+                              std::int64_t k, void* out, void* stream) {
+  const std::int64_t np = padded(n);
+  round_transposed(weight_columns{weight_rows{weights, n, k}}, groups, np, k, np, k * np,
+                   static_cast<bf16*>(out), as_stream(stream));
+}
+
 std::size_t wgmma_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
   const std::int64_t np = padded(n), kp = padded(k);
   const std::int64_t fprop = rows.rows * kp + rows.groups * n * kp;
@@ -329,10 +340,13 @@ void launch_wgmma(pass p, const arguments& args, void* stream, void* staging) {
       break;
     }
     case pass::dgrad: {
-      bf16* wt = first + rows_total * np;
+      const bf16* wt = first + rows_total * np;
+      if (args.weights.rounded_transposed != nullptr)
+        wt = static_cast<const bf16*>(args.weights.rounded_transposed);
+      else
+        round_transposed(weight_columns{weights}, args.rows.groups, np, args.k, np, args.k * np,
+                         first + rows_total * np, s);
       round_rows(gathered_rows{args.a, args.lda, nullptr, 1}, rows_total, args.n, np, first, s);
-      round_transposed(weight_columns{weights}, args.rows.groups, np, args.k, np, args.k * np, wt,
-                       s);
       launch_products<pass::dgrad>(args, {first, np, wt, np, nullptr},
                                    dim3(blocks_for(args.k, cols), row_tiles<rows>(args.rows)), s);
       break;

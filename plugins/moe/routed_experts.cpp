@@ -233,17 +233,17 @@ void routed_experts::ensure_pointer_tables(const troupe_exec_context* context) {
   upload(down_grads_, d_down);
 }
 
-std::pair<const void*, const void*> routed_experts::rounded_weights(
-    const troupe_exec_context* context) {
+routed_experts::rounded_set routed_experts::rounded_weights(const troupe_exec_context* context) {
   const bool versioned = context->struct_size >= offsetof(troupe_exec_context, parameter_version) +
                                                      sizeof(context->parameter_version) &&
                          context->parameter_version != nullptr;
-  if (!versioned || ops::context_math(context) != ops::gemm_math::bf16) return {nullptr, nullptr};
+  if (!versioned || ops::context_math(context) != ops::gemm_math::bf16) return {};
+  const bool transposed = ops::grouped_dgrad_reads_transposed_weights(context);
   const std::uint64_t version = context->parameter_version();
+  const std::int64_t experts = count();
+  const auto elements = [](std::size_t bytes) { return (bytes + 1) / 2; };
   if (!rounded_valid_ || version != rounded_version_) {
     ensure_pointer_tables(context);
-    const std::int64_t experts = count();
-    const auto elements = [](std::size_t bytes) { return (bytes + 1) / 2; };
     rounded_gate_up_.allocate(
         context, elements(ops::rounded_expert_weights_bytes(experts, 2 * inter_, hidden_)));
     rounded_down_.allocate(context,
@@ -252,10 +252,28 @@ std::pair<const void*, const void*> routed_experts::rounded_weights(
                               2 * inter_, hidden_, rounded_gate_up_.data());
     ops::round_expert_weights(context, {down_weights_.data()}, experts, hidden_, inter_,
                               rounded_down_.data());
+    if (transposed) {
+      rounded_gate_up_transposed_.allocate(
+          context,
+          elements(ops::rounded_expert_weights_transposed_bytes(experts, 2 * inter_, hidden_)));
+      rounded_down_transposed_.allocate(
+          context,
+          elements(ops::rounded_expert_weights_transposed_bytes(experts, hidden_, inter_)));
+      ops::round_expert_weights_transposed(context, {gate_weights_.data(), up_weights_.data()},
+                                           experts, 2 * inter_, hidden_,
+                                           rounded_gate_up_transposed_.data());
+      ops::round_expert_weights_transposed(context, {down_weights_.data()}, experts, hidden_,
+                                           inter_, rounded_down_transposed_.data());
+    } else {
+      rounded_gate_up_transposed_ = {};
+      rounded_down_transposed_ = {};
+    }
     rounded_version_ = version;
     rounded_valid_ = true;
   }
-  return {rounded_gate_up_.data(), rounded_down_.data()};
+  return {rounded_gate_up_.data(), rounded_down_.data(),
+          transposed ? rounded_gate_up_transposed_.data() : nullptr,
+          transposed ? rounded_down_transposed_.data() : nullptr};
 }
 
 ops::grouped_rows routed_experts::grouping(const saved_rows& s, bool gathered) const {
@@ -268,36 +286,37 @@ troupe_status routed_experts::grouped_forward(const troupe_exec_context* context
   // NOTES: the tokens are gathered by the GEMM itself (row r reads x[order[r] / topk]): no
   // dispatch copy. gate and up write the two halves of one [R, 2I] buffer, as on the host.
   ensure_pointer_tables(context);
-  const auto [gate_up_bf16, down_bf16] = rounded_weights(context);
+  const rounded_set rounded = rounded_weights(context);
   const std::int64_t rows = s.rows;
   s.gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
   ops::grouped_fprop(context, grouping(s, true), s.x, hidden_,
-                     {gate_weights_.data(), up_weights_.data(), gate_up_bf16}, 2 * inter_, hidden_,
-                     s.gate_up.data(), 2 * inter_, false);
+                     {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
+                     hidden_, s.gate_up.data(), 2 * inter_, false);
   buffer hidden_rows;
   hidden_rows.allocate(context, static_cast<std::size_t>(rows * inter_));
   ops::swiglu_forward_fused(context, s.gate_up.data(), hidden_rows.data(), rows, inter_);
   ops::grouped_fprop(context, grouping(s, false), hidden_rows.data(), inter_,
-                     {down_weights_.data(), nullptr, down_bf16}, hidden_, inter_, y_rows, hidden_,
-                     false);
+                     {down_weights_.data(), nullptr, rounded.down}, hidden_, inter_, y_rows,
+                     hidden_, false);
   return TROUPE_STATUS_OK;
 }
 
 void routed_experts::grouped_backward_input(const troupe_exec_context* context, saved_rows& s,
                                             float* dx_rows) {
   const std::int64_t rows = s.rows;
-  const auto [gate_up_bf16, down_bf16] = rounded_weights(context);
+  const rounded_set rounded = rounded_weights(context);
   ops::swiglu_forward_fused(context, s.gate_up.data(), s.hidden.data(), rows, inter_);
   buffer dh;
   dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
   ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_,
-                     {down_weights_.data(), nullptr, down_bf16}, hidden_, inter_, dh.data(), inter_,
-                     false);
+                     {down_weights_.data(), nullptr, rounded.down, rounded.down_transposed},
+                     hidden_, inter_, dh.data(), inter_, false);
   ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows, inter_,
                              false);
-  ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
-                     {gate_weights_.data(), up_weights_.data(), gate_up_bf16}, 2 * inter_, hidden_,
-                     dx_rows, hidden_, true);
+  ops::grouped_dgrad(
+      context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
+      {gate_weights_.data(), up_weights_.data(), rounded.gate_up, rounded.gate_up_transposed},
+      2 * inter_, hidden_, dx_rows, hidden_, true);
 }
 
 void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {

@@ -247,6 +247,18 @@ std::int64_t model_config::stage_parameter_count(const std::vector<int>& layers)
   return total;
 }
 
+std::int64_t model_config::stage_routed_expert_parameter_count(
+    const std::vector<int>& layers) const {
+  const std::int64_t experts = n_routed_experts * 3 * hidden_size * moe_intermediate_size;
+  std::int64_t total = 0;
+  for (int layer : layers) {
+    if (is_moe_layer(layer)) total += experts;
+    if (layer == num_hidden_layers - 1 && n_routed_experts > 0)
+      total += num_nextn_predict_layers * experts;
+  }
+  return total;
+}
+
 std::int64_t model_config::parameter_count() const {
   std::vector<int> layers(static_cast<std::size_t>(num_hidden_layers));
   for (std::size_t i = 0; i < layers.size(); ++i) layers[i] = static_cast<int>(i);

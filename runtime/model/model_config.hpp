@@ -82,6 +82,9 @@ struct model_config {
   /// Parameters a pipeline stage holding `layers` keeps: those layers, the embedding with layer
   /// 0, and the final norm, the head and the MTP modules with the last layer.
   std::int64_t stage_parameter_count(const std::vector<int>& layers) const;
+  /// Of those, the routed experts' weights (the MoE layers' and, with the last layer, the MTP
+  /// modules').
+  std::int64_t stage_routed_expert_parameter_count(const std::vector<int>& layers) const;
 };
 
 /// A model config field with a missing, mistyped or unsupported value.

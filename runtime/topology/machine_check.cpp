@@ -40,7 +40,7 @@ template <class OnThisMachine>
 void check_memory(const topology& topo, const machine_devices& machine,
                   const OnThisMachine& on_this_machine, std::vector<diagnostic>& out) {
   struct usage {
-    std::int64_t parameters = 0;
+    std::int64_t parameters = 0, routed_experts = 0;
     std::vector<std::size_t> stages;
   };
   std::map<int, usage> per_gpu;
@@ -49,12 +49,19 @@ void check_memory(const topology& topo, const machine_devices& machine,
       if (p.where.is_cuda() && on_this_machine(p)) {
         usage& u = per_gpu[p.where.index];
         u.parameters += topo.model.stage_parameter_count(topo.stages[i].layers);
+        u.routed_experts += topo.model.stage_routed_expert_parameter_count(topo.stages[i].layers);
         u.stages.push_back(i);
       }
   for (const auto& [index, u] : per_gpu) {
     if (index < 0 || static_cast<std::size_t>(index) >= machine.free_bytes.size()) continue;
-    const double need =
-        static_cast<double>(u.parameters) * static_cast<double>(training_state_bytes_per_parameter);
+    const bool rounded_copies = topo.gemm_precision != precision::fp32;
+    const double copies = rounded_copies
+                              ? static_cast<double>(u.routed_experts) *
+                                    static_cast<double>(rounded_expert_bytes_per_parameter)
+                              : 0.0;
+    const double need = static_cast<double>(u.parameters) *
+                            static_cast<double>(training_state_bytes_per_parameter) +
+                        copies;
     const double free = static_cast<double>(machine.free_bytes[static_cast<std::size_t>(index)]);
     if (need <= free) continue;
     std::string stages;
@@ -64,11 +71,15 @@ void check_memory(const topology& topo, const machine_devices& machine,
          diagnostic::severity::error,
          fmt::format("the model does not fit on cuda:{}: stage{} {} hold{} {:.2f} G parameters, "
                      "whose FP32 values and gradients and BF16 AdamW moments take {:.1f} GiB "
-                     "({} bytes each), but cuda:{} has {:.1f} GiB free; place fewer layers on it "
-                     "(activations need room on top)",
+                     "({} bytes each){}, but cuda:{} has {:.1f} GiB free; place fewer layers on "
+                     "it (activations need room on top)",
                      index, u.stages.size() > 1 ? "s" : "", stages, u.stages.size() > 1 ? "" : "s",
-                     static_cast<double>(u.parameters) / 1e9, gib(need),
-                     training_state_bytes_per_parameter, index, gib(free))});
+                     static_cast<double>(u.parameters) / 1e9, gib(need - copies),
+                     training_state_bytes_per_parameter,
+                     rounded_copies ? fmt::format(" and the routed experts' BF16 copies {:.1f} GiB",
+                                                  gib(copies))
+                                    : std::string(),
+                     index, gib(free))});
   }
 }
 

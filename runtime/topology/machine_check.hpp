@@ -36,7 +36,8 @@ struct machine_devices {
 /// model cannot run on (machine.model_on_gpu false), expert shards with GPUs (a stage on a GPU
 /// computes its routed experts itself until expert parallelism runs over NCCL), and a GPU whose
 /// free memory cannot hold the training state of the stages placed on it
-/// (training_state_bytes_per_parameter each; activations need room on top).
+/// (training_state_bytes_per_parameter each, rounded_expert_bytes_per_parameter more per routed
+/// expert weight under bf16 and fp8; activations need room on top).
 std::vector<diagnostic> check_devices(const topology& topo, const machine_devices& machine,
                                       const std::vector<std::string>& hosts = {},
                                       bool for_training = false);
@@ -44,5 +45,9 @@ std::vector<diagnostic> check_devices(const topology& topo, const machine_device
 /// What training keeps on the device per parameter: the FP32 value and gradient and the two BF16
 /// AdamW moments.
 inline constexpr std::size_t training_state_bytes_per_parameter = 4 + 4 + 2 + 2;
+
+/// What the bf16 and fp8 precisions keep on top per routed expert weight on a GPU: the moe
+/// plugin's BF16 copies, plain and transposed, made once per optimizer step.
+inline constexpr std::size_t rounded_expert_bytes_per_parameter = 2 + 2;
 
 }  // namespace troupe

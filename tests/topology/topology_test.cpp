@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 
 #include "runtime/plugin/registry.hpp"
 #include "runtime/topology/load.hpp"
@@ -167,8 +168,16 @@ TEST(MachineCheck, GpuPlacementsAreHonouredOrRefusedAtTheirDeviceKey) {
   EXPECT_NE(errors[0].message.find("but cuda:0 has 1.0 GiB free; place fewer layers on it"),
             std::string::npos)
       << errors[0].message;
+  // bf16 keeps the routed experts' BF16 copies (plain and transposed) on top.
+  EXPECT_NE(errors[0].message.find("and the routed experts' BF16 copies"), std::string::npos)
+      << errors[0].message;
+  std::vector<int> all_layers(static_cast<std::size_t>(one.topo.model.num_hidden_layers));
+  std::iota(all_layers.begin(), all_layers.end(), 0);
+  const std::int64_t routed = one.topo.model.stage_routed_expert_parameter_count(all_layers);
+  EXPECT_EQ(routed, (15 + 1) * 64 * 3 * 1024 * 256);  // 15 MoE layers and the MTP module's
   const std::size_t just_enough =
-      static_cast<std::size_t>(parameters) * troupe::training_state_bytes_per_parameter;
+      static_cast<std::size_t>(parameters) * troupe::training_state_bytes_per_parameter +
+      static_cast<std::size_t>(routed) * troupe::rounded_expert_bytes_per_parameter;
   EXPECT_TRUE(
       troupe::check_devices(one.topo, {true, 1, "", true, {just_enough}}, {}, true).empty());
   EXPECT_EQ(

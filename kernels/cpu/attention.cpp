@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "kernels/cpu/gemm.hpp"
+#include "kernels/cpu/vector_math.hpp"
 
 namespace troupe::kernels::cpu {
 
@@ -26,11 +27,9 @@ void causal_attention_forward(const attention_shape& s, const float* q, const fl
     float* row = p + i * n;
     float max_score = -std::numeric_limits<float>::infinity();
     for (std::int64_t j = 0; j <= i; ++j) max_score = std::fmax(max_score, row[j]);
+    exp_shifted(row, i + 1, max_score);
     float sum = 0.0f;
-    for (std::int64_t j = 0; j <= i; ++j) {
-      row[j] = std::exp(row[j] - max_score);
-      sum += row[j];
-    }
+    for (std::int64_t j = 0; j <= i; ++j) sum += row[j];
     const float inverse = 1.0f / sum;
     for (std::int64_t j = 0; j <= i; ++j) row[j] *= inverse;
     for (std::int64_t j = i + 1; j < n; ++j) row[j] = 0.0f;
@@ -48,7 +47,7 @@ void causal_attention_backward(const attention_shape& s, const float* q, const f
   scores_of(s, q, k, p);
   for (std::int64_t i = 0; i < n; ++i) {
     float* row = p + i * n;
-    for (std::int64_t j = 0; j <= i; ++j) row[j] = std::exp(row[j] - lse[i]);
+    exp_shifted(row, i + 1, lse[i]);
     for (std::int64_t j = i + 1; j < n; ++j) row[j] = 0.0f;
   }
   // dV = P^T dO ; dP = dO V^T

@@ -2,7 +2,7 @@
 
 // Elementwise math written so that loops over it vectorize: expf without a libm call, branch-free,
 // and the attribute that compiles a kernel for AVX-512 and AVX2 as well as the baseline x86-64
-// (SSE2), picked at load time. Internal to kernels/cpu.
+// (SSE2), picked at load time; exp_shifted, such a loop ready-made. Internal to kernels/cpu.
 
 #include <bit>
 #include <cmath>
@@ -40,6 +40,9 @@ inline float vector_exp(float x) {
   const std::int32_t exponent = static_cast<std::int32_t>(n) + 127;
   return e * std::bit_cast<float>(static_cast<std::uint32_t>(exponent) << 23);
 }
+
+/// values[i] = e^(values[i] - shift), through vector_exp, vectorised (softmax numerators).
+void exp_shifted(float* values, std::int64_t count, float shift);
 
 /// 1 / (1 + e^-x) through vector_exp.
 inline float vector_sigmoid(float x) {

@@ -137,8 +137,8 @@ void expert_shard::reduce_source_gradients() {
   }
 }
 
-void expert_shard::zero_grads() {
-  store_.zero_grads();
+void expert_shard::zero_grads(thread_pool* pool) {
+  store_.zero_grads(pool);
   for (auto& [key, copy] : copies_)
     for (auto& g : copy.grads)
       if (g.defined()) std::fill_n(g.data_as<float>(), g.numel(), 0.0f);

@@ -46,7 +46,7 @@ class expert_shard {
   /// Adds the other sources' gradients into source 0's (the store's), in source order, and
   /// zeroes them.
   void reduce_source_gradients();
-  void zero_grads();
+  void zero_grads(thread_pool* pool = nullptr);
   /// The moe plugin's instances (kind moe; none for other kinds), for a hot swap.
   std::vector<instance_slot> plugin_slots(plugin_kind kind);
 

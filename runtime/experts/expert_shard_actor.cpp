@@ -39,7 +39,7 @@ actor_ref spawn_expert_shard_actor(actor_runtime& runtime,
         .on<optimizer_order>([&self, setup](optimizer_order& order) {
           setup->optimizer->step(order.learning_rate, order.grad_scale, order.step,
                                  setup->context->pool());
-          setup->shard->zero_grads();
+          setup->shard->zero_grads(&setup->context->pool());
           if (order.snapshot && setup->ema) self.tell(setup->ema, snapshot_of(*setup->shard));
           return true;
         })

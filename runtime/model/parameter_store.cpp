@@ -110,14 +110,10 @@ void parameter_store::initialize(std::uint64_t seed, thread_pool* pool) {
   }
 }
 
-void parameter_store::zero_grads() {
-  if (where_.is_cpu()) {
-    for (parameter* p : order_)
-      if (p->grad.defined()) std::memset(p->grad.data(), 0, p->grad.nbytes());
-    return;
-  }
-  // NOTES: pieces of at most 1 MiB, one block each: a block alone on the 134 MB of an embedding's
-  // gradient would take milliseconds. The table is rebuilt when a gradient moved (a hot swap).
+void parameter_store::zero_grads(thread_pool* pool) {
+  // NOTES: pieces of at most 1 MiB: on a GPU one block each (a block alone on the 134 MB of an
+  // embedding's gradient would take milliseconds; the table is rebuilt when a gradient moved, a
+  // hot swap), on the host shared among the pool's threads.
   constexpr std::uint64_t piece = std::uint64_t{1} << 20;
   std::vector<std::pair<void*, std::uint64_t>> spans;
   for (parameter* p : order_) {
@@ -125,6 +121,19 @@ void parameter_store::zero_grads() {
     auto* bytes = static_cast<unsigned char*>(p->grad.data());
     for (std::uint64_t at = 0; at < p->grad.nbytes(); at += piece)
       spans.emplace_back(bytes + at, std::min<std::uint64_t>(piece, p->grad.nbytes() - at));
+  }
+  if (where_.is_cpu()) {
+    const auto zero = [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i)
+        std::memset(spans[static_cast<std::size_t>(i)].first, 0,
+                    spans[static_cast<std::size_t>(i)].second);
+    };
+    const auto count = static_cast<std::int64_t>(spans.size());
+    if (pool != nullptr)
+      pool->parallel_for(count, 8, zero);
+    else
+      zero(0, count);
+    return;
   }
   void* stream = cuda::current_stream(where_.index);
 #if TROUPE_HAVE_CUDA

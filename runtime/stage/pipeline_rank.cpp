@@ -281,7 +281,7 @@ void pipeline_rank::optimize(double lr, double grad_scale, std::int64_t step) {
   if (snapshots_) snapshots_->before_update(context_.stream());
   for (auto& c : chunks_) {
     c.optimizer->step(lr, grad_scale, step, context_);
-    c.runner->parameters().zero_grads();
+    c.runner->parameters().zero_grads(&context_.pool());
   }
 }
 

@@ -101,7 +101,7 @@ step_times time_steps(model_runner& runner, const exec_context& context, const m
     const long faults_before = minor_faults();
     {
       const context_stream_scope on_stream(context);
-      runner.parameters().zero_grads();
+      runner.parameters().zero_grads(&context.pool());
     }
     wait();
     const auto start = clock_type::now();

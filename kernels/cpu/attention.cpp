@@ -26,7 +26,8 @@ void causal_attention_forward(const attention_shape& s, const float* q, const fl
   for (std::int64_t i = 0; i < n; ++i) {
     float* row = p + i * n;
     float max_score = -std::numeric_limits<float>::infinity();
-    for (std::int64_t j = 0; j <= i; ++j) max_score = std::fmax(max_score, row[j]);
+    // NOTES: not std::fmax, a libm call per element here; the same where a score is NaN.
+    for (std::int64_t j = 0; j <= i; ++j) max_score = row[j] > max_score ? row[j] : max_score;
     exp_shifted(row, i + 1, max_score);
     float sum = 0.0f;
     for (std::int64_t j = 0; j <= i; ++j) sum += row[j];

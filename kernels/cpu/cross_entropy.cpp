@@ -10,7 +10,8 @@ namespace {
 /// log(sum(exp(row))) accumulated in double.
 double logsumexp(const float* row, std::int64_t vocab) {
   float max_logit = -std::numeric_limits<float>::infinity();
-  for (std::int64_t v = 0; v < vocab; ++v) max_logit = std::fmax(max_logit, row[v]);
+  for (std::int64_t v = 0; v < vocab; ++v)  // not std::fmax: a libm call per element
+    max_logit = row[v] > max_logit ? row[v] : max_logit;
   double sum = 0.0;
   for (std::int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v] - max_logit));
   return static_cast<double>(max_logit) + std::log(sum);

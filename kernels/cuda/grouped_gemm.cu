@@ -196,12 +196,12 @@ std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::in
 }
 
 void round_expert_weights_transposed(weight_tables weights, std::int64_t groups, std::int64_t n,
-                                     std::int64_t k, void* out, void* stream) {
+                                     std::int64_t k, void* out, void* stream, void* plain) {
   require(groups > 0 && n >= 0 && k >= 0, "round_expert_weights_transposed", "bad shape");
   require(weights.second == nullptr || n % 2 == 0, "round_expert_weights_transposed",
           "stacked weights need an even n");
   if (n == 0 || k == 0) return;
-  round_weights_transposed(weights, groups, n, k, out, stream);
+  round_weights_transposed(weights, groups, n, k, out, stream, plain);
 }
 
 bool grouped_dgrad_reads_transposed_weights() {

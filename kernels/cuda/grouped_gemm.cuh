@@ -147,7 +147,8 @@ std::size_t wgmma_staging_bytes(const grouped_rows& rows, std::int64_t n, std::i
 /// The weights rounded once and transposed into [G * k, padded(n)] BF16, what the wgmma Dgrad
 /// reads.
 std::size_t rounded_transposed_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
+/// With `plain`, the round_weights copy in the same pass.
 void round_weights_transposed(const weight_tables& weights, std::int64_t groups, std::int64_t n,
-                              std::int64_t k, void* out, void* stream);
+                              std::int64_t k, void* out, void* stream, void* plain = nullptr);
 
 }  // namespace troupe::kernels::cuda::grouped

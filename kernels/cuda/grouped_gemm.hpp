@@ -58,9 +58,11 @@ std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::in
 /// `stream`; the copies in `weights` are ignored.
 void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64_t n,
                           std::int64_t k, void* out, void* stream);
-/// The same transposed (rounded_expert_weights_transposed_bytes): what the wgmma Dgrad reads.
+/// The same transposed (rounded_expert_weights_transposed_bytes): what the wgmma Dgrad reads;
+/// with `plain`, round_expert_weights' copy too, from one read of the f32 weights.
 void round_expert_weights_transposed(weight_tables weights, std::int64_t groups, std::int64_t n,
-                                     std::int64_t k, void* out, void* stream);
+                                     std::int64_t k, void* out, void* stream,
+                                     void* plain = nullptr);
 /// Whether the BF16 Dgrad on the current device reads a transposed copy when it is given one
 /// (Hopper's wgmma kernels); elsewhere only the plain copy is read.
 bool grouped_dgrad_reads_transposed_weights();

@@ -277,9 +277,10 @@ std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::in
 /// the second.
 void round_expert_weights(const troupe_exec_context* context, expert_weights weights,
                           std::int64_t groups, std::int64_t n, std::int64_t k, void* out);
+/// With `plain`, round_expert_weights' copy in the same pass (one read of the f32 weights).
 void round_expert_weights_transposed(const troupe_exec_context* context, expert_weights weights,
-                                     std::int64_t groups, std::int64_t n, std::int64_t k,
-                                     void* out);
+                                     std::int64_t groups, std::int64_t n, std::int64_t k, void* out,
+                                     void* plain = nullptr);
 /// Whether grouped_dgrad on this context reads a transposed copy when given one (Hopper).
 bool grouped_dgrad_reads_transposed_weights(const troupe_exec_context* context);
 /// Their gradients, in the same arrangement.

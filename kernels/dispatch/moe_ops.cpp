@@ -369,15 +369,15 @@ std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::in
 }
 
 void round_expert_weights_transposed(const troupe_exec_context* context, expert_weights weights,
-                                     std::int64_t groups, std::int64_t n, std::int64_t k,
-                                     void* out) {
+                                     std::int64_t groups, std::int64_t n, std::int64_t k, void* out,
+                                     void* plain) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "round_expert_weights_transposed");
 #if TROUPE_HAVE_CUDA
   cuda::round_expert_weights_transposed({weights.first, weights.second}, groups, n, k, out,
-                                        context->stream);
+                                        context->stream, plain);
 #else
-  (void)weights, (void)groups, (void)n, (void)k, (void)out;
+  (void)weights, (void)groups, (void)n, (void)k, (void)out, (void)plain;
 #endif
 }
 

@@ -248,23 +248,24 @@ routed_experts::rounded_set routed_experts::rounded_weights(const troupe_exec_co
         context, elements(ops::rounded_expert_weights_bytes(experts, 2 * inter_, hidden_)));
     rounded_down_.allocate(context,
                            elements(ops::rounded_expert_weights_bytes(experts, hidden_, inter_)));
-    ops::round_expert_weights(context, {gate_weights_.data(), up_weights_.data()}, experts,
-                              2 * inter_, hidden_, rounded_gate_up_.data());
-    ops::round_expert_weights(context, {down_weights_.data()}, experts, hidden_, inter_,
-                              rounded_down_.data());
-    if (transposed) {
+    const ops::expert_weights gate_up{gate_weights_.data(), up_weights_.data()};
+    const ops::expert_weights down{down_weights_.data()};
+    if (transposed) {  // both copies from one read of the f32 weights
       rounded_gate_up_transposed_.allocate(
           context,
           elements(ops::rounded_expert_weights_transposed_bytes(experts, 2 * inter_, hidden_)));
       rounded_down_transposed_.allocate(
           context,
           elements(ops::rounded_expert_weights_transposed_bytes(experts, hidden_, inter_)));
-      ops::round_expert_weights_transposed(context, {gate_weights_.data(), up_weights_.data()},
-                                           experts, 2 * inter_, hidden_,
-                                           rounded_gate_up_transposed_.data());
-      ops::round_expert_weights_transposed(context, {down_weights_.data()}, experts, hidden_,
-                                           inter_, rounded_down_transposed_.data());
+      ops::round_expert_weights_transposed(context, gate_up, experts, 2 * inter_, hidden_,
+                                           rounded_gate_up_transposed_.data(),
+                                           rounded_gate_up_.data());
+      ops::round_expert_weights_transposed(context, down, experts, hidden_, inter_,
+                                           rounded_down_transposed_.data(), rounded_down_.data());
     } else {
+      ops::round_expert_weights(context, gate_up, experts, 2 * inter_, hidden_,
+                                rounded_gate_up_.data());
+      ops::round_expert_weights(context, down, experts, hidden_, inter_, rounded_down_.data());
       rounded_gate_up_transposed_ = {};
       rounded_down_transposed_ = {};
     }

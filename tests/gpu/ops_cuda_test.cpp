@@ -1044,6 +1044,13 @@ TEST_P(GroupedGemms, ModelSizedPassesMatchTheCpu) {
                             {ggate.data(), gup.data(), rounded.data(), transposed.data()}, n, k,
                             gdx3.data(), k, false, math, nullptr);
     EXPECT_EQ(gdx3.get(), gdx.get());
+    // both copies from one pass: the same bits as the two passes
+    device_array<std::uint16_t> plain_too(rounded.get().size()),
+        transposed_too(transposed.get().size());
+    gpu::round_expert_weights_transposed({ggate.data(), gup.data()}, groups, n, k,
+                                         transposed_too.data(), nullptr, plain_too.data());
+    EXPECT_EQ(plain_too.get(), rounded.get());
+    EXPECT_EQ(transposed_too.get(), transposed.get());
   }
   for (std::int64_t g = 0; g < groups; ++g) {
     auto got = tables[static_cast<std::size_t>(4 * g + 2)]->get();

@@ -13,21 +13,11 @@ warm-ups; backward is (forward + backward) - forward.
 import argparse
 
 import torch
+
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-
-def times_ms(body, iterations):
-    for _ in range(5):
-        body()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-    for s, e in zip(starts, ends):
-        s.record()
-        body()
-        e.record()
-    torch.cuda.synchronize()
-    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+from cuda_timing import times_ms  # tools/reference/cuda_timing.py
 
 
 def main():

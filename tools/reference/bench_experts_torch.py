@@ -15,18 +15,8 @@ import json
 
 import torch
 
+from cuda_timing import times_ms  # tools/reference/cuda_timing.py
 
-def times_ms(body, iterations):
-    for _ in range(5):
-        body()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-    for s, e in zip(starts, ends):
-        s.record()
-        body()
-        e.record()
-    torch.cuda.synchronize()
-    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
 def median(values):

@@ -15,7 +15,10 @@ import math
 import sys
 
 import torch
+
 import torch.nn.functional as F
+
+from cuda_timing import times_ms  # tools/reference/cuda_timing.py
 
 SHAPES = [(m, n, k) for m in (128, 4096)
           for (n, k) in ((2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168),
@@ -23,17 +26,7 @@ SHAPES = [(m, n, k) for m in (128, 4096)
 
 
 def median_ms(body, iterations=30):
-    for _ in range(5):
-        body()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-    for s, e in zip(starts, ends):
-        s.record()
-        body()
-        e.record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return times[len(times) // 2]
+    return times_ms(body, iterations)[iterations // 2]
 
 
 def cast_tiles(x):

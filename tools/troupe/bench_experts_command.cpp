@@ -71,6 +71,13 @@ routing random_routing(std::int64_t tokens, std::int64_t experts, std::int64_t t
   return r;
 }
 
+/// `values` as an i64 tensor on `where`.
+tensor indices_on(const std::vector<std::int64_t>& values, device where) {
+  tensor host = tensor::empty(dtype::i64, {static_cast<std::int64_t>(values.size())});
+  std::copy(values.begin(), values.end(), host.data_as<std::int64_t>());
+  return host.to(where);
+}
+
 /// A device table of pointers to `count` matrices of `elements` floats each inside `storage`.
 tensor pointer_table(const tensor& storage, std::int64_t count, std::int64_t elements,
                      device where) {
@@ -90,10 +97,10 @@ int bench_experts(const experts_bench_options& o) {
   if (!where.is_cuda())
     fail("--device {}: troupe bench experts measures the GPU's grouped GEMMs; give cuda:N",
          o.device);
-  cuda::require_device(where.index);
   const model_config config = load_model_config(
       o.config.empty() ? current_install_layout().topology_dir / "models" / "small" / "config.json"
                        : bench_model_config(o.config));
+  cuda::require_device(where.index);  // after the config: its errors need no GPU
   const std::int64_t experts = config.n_routed_experts, top_k = config.num_experts_per_tok;
   const std::int64_t hidden = config.hidden_size, inter = config.moe_intermediate_size;
   const std::int64_t rows = o.tokens * top_k;
@@ -101,16 +108,7 @@ int bench_experts(const experts_bench_options& o) {
 
   cuda::stream stream(where.index);
   cuda::stream_guard guard(stream);
-  const tensor offsets = [&] {
-    tensor host = tensor::empty(dtype::i64, {experts + 1});
-    std::copy(route.offsets.begin(), route.offsets.end(), host.data_as<std::int64_t>());
-    return host.to(where);
-  }();
-  const tensor order = [&] {
-    tensor host = tensor::empty(dtype::i64, {rows});
-    std::copy(route.order.begin(), route.order.end(), host.data_as<std::int64_t>());
-    return host.to(where);
-  }();
+  const tensor offsets = indices_on(route.offsets, where), order = indices_on(route.order, where);
   const kc::grouped_rows gathered{offsets.data_as<std::int64_t>(), experts, rows,
                                   order.data_as<std::int64_t>(), top_k};
   const kc::grouped_rows direct{offsets.data_as<std::int64_t>(), experts, rows, nullptr, 1};
@@ -130,11 +128,7 @@ int bench_experts(const experts_bench_options& o) {
   const tensor gate_table = pointer_table(gate, experts, inter * hidden, where);
   const tensor up_table = pointer_table(up, experts, inter * hidden, where);
   const tensor down_table = pointer_table(down, experts, hidden * inter, where);
-  tensor grad_tables = tensor::empty(dtype::i64, {3 * experts});
-  for (std::int64_t g = 0; g < 3 * experts; ++g)
-    grad_tables.data_as<std::int64_t>()[g] =
-        reinterpret_cast<std::int64_t>(grads.data_as<float>() + g * inter * hidden);
-  grad_tables = grad_tables.to(where);
+  const tensor grad_tables = pointer_table(grads, 3 * experts, inter * hidden, where);
   const auto weights = [](const tensor& t) {
     return reinterpret_cast<const float* const*>(t.data_as<std::int64_t>());
   };

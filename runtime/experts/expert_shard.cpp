@@ -1,5 +1,6 @@
 #include "runtime/experts/expert_shard.hpp"
 
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
@@ -23,23 +24,46 @@ std::string experts_options(const std::string& moe_options, const std::vector<st
   return options.dump();
 }
 
+std::map<std::int64_t, std::vector<std::int64_t>> every_moe_layer(
+    const model_config& config, const std::vector<std::int64_t>& experts) {
+  std::map<std::int64_t, std::vector<std::int64_t>> layers;
+  for (std::int64_t layer = 0; layer < config.num_hidden_layers + config.num_nextn_predict_layers;
+       ++layer)
+    if (config.n_routed_experts > 0 && layer >= config.first_k_dense_replace)
+      layers[layer] = experts;
+  return layers;
+}
+
 }  // namespace
 
 expert_shard::expert_shard(const model_config& config, std::shared_ptr<const plugin_library> moe,
-                           std::vector<std::int64_t> experts, int sources,
+                           const std::vector<std::int64_t>& experts, int sources,
                            const std::string& moe_options)
-    : config_(config), experts_(std::move(experts)), sources_(sources) {
+    : expert_shard(config, std::move(moe), every_moe_layer(config, experts), sources, moe_options) {
+}
+
+expert_shard::expert_shard(const model_config& config, std::shared_ptr<const plugin_library> moe,
+                           std::map<std::int64_t, std::vector<std::int64_t>> layer_experts,
+                           int sources, const std::string& moe_options)
+    : config_(config), layer_experts_(std::move(layer_experts)), sources_(sources) {
   if (!moe) fail("an expert shard needs the moe plugin");
   if (sources_ < 1) fail("an expert shard needs at least one source, got {}", sources_);
-  for (std::int64_t layer = 0; layer < config_.num_hidden_layers + config_.num_nextn_predict_layers;
-       ++layer)
-    if (config_.n_routed_experts > 0 && layer >= config_.first_k_dense_replace)
-      layers_.push_back(layer);
+  const auto expected = every_moe_layer(config_, {});
+  for (const auto& [layer, none] : expected)
+    if (layer_experts_.count(layer) == 0)
+      fail("expert shard: no experts listed for MoE layer {}", layer);
+  for (const auto& [layer, ids] : layer_experts_) {
+    if (expected.count(layer) == 0) fail("expert shard: layer {} is no MoE layer", layer);
+    for (const std::int64_t e : ids)
+      if (e < 0 || e >= config_.n_routed_experts)
+        fail("expert shard: layer {} lists expert {} of {}", layer, e, config_.n_routed_experts);
+    layers_.push_back(layer);
+  }
   instance_options options;
   options.model_config_json = complete_json(config_);
-  options.options_json = experts_options(moe_options, experts_);
   for (const std::int64_t layer : layers_) {
     options.layer_index = static_cast<int>(layer);
+    options.options_json = experts_options(moe_options, layer_experts_.at(layer));
     for (std::int32_t source = 0; source < sources_; ++source) {
       layer_copy copy;
       copy.instance = std::make_unique<layer_instance>(moe, options);
@@ -65,11 +89,22 @@ expert_shard::expert_shard(const model_config& config, std::shared_ptr<const plu
 expert_shard::layer_copy& expert_shard::copy_for(std::int64_t layer, std::int32_t source) {
   auto it = copies_.find({layer, source});
   if (it == copies_.end())
-    fail(
-        "expert shard (experts {}..{}): layer {} source {} is not one of its MoE layers and "
-        "sources",
-        experts_.front(), experts_.back(), layer, source);
+    fail("expert shard: layer {} source {} is not one of its MoE layers ({}) and sources ({})",
+         layer, source, fmt::join(layers_, ", "), sources_);
   return it->second;
+}
+
+std::shared_ptr<const plugin_library> expert_shard::library() const {
+  if (copies_.empty()) fail("expert shard: it holds no MoE layer");
+  return copies_.begin()->second.instance->shared_library();
+}
+
+std::vector<parameter*> expert_shard::parameters_of(std::int64_t layer, std::int64_t expert) {
+  const std::string prefix = fmt::format("model.layers.{}.mlp.experts.{}.", layer, expert);
+  std::vector<parameter*> out;
+  for (parameter* p : store_.all())
+    if (p->name.compare(0, prefix.size(), prefix) == 0) out.push_back(p);
+  return out;
 }
 
 expert_reply expert_shard::handle(const exec_context& context, const expert_request& request) {
@@ -79,13 +114,14 @@ expert_reply expert_shard::handle(const exec_context& context, const expert_requ
   using kind = expert_request::kind;
   switch (request.what) {
     case kind::forward: {
-      if (request.counts.size() != experts_.size())
+      const auto& experts = layer_experts_.at(request.layer);
+      if (request.counts.size() != experts.size())
         fail("expert shard: layer {} micro-batch {}: {} row counts for {} experts", request.layer,
-             request.micro_batch, request.counts.size(), experts_.size());
+             request.micro_batch, request.counts.size(), experts.size());
       tensor rows = decode_rows(request.rows);
       const std::int64_t r = rows.size(0), h = rows.size(1);
       tensor input = rows.reshape({1, r, h});
-      tensor counts = tensor::empty(dtype::i64, {static_cast<std::int64_t>(experts_.size())});
+      tensor counts = tensor::empty(dtype::i64, {static_cast<std::int64_t>(experts.size())});
       std::copy(request.counts.begin(), request.counts.end(), counts.data_as<std::int64_t>());
       // The plugin keeps a pointer to its input until backward: keep the tensor alive here.
       inputs_[key] = input;

@@ -28,17 +28,31 @@ namespace troupe {
 
 class expert_shard {
  public:
-  /// `experts`: the routed experts this shard owns (ascending); `sources`: copies of each stage.
+  /// Per MoE layer (decoder and MTP), the routed experts this shard owns (ascending; every MoE
+  /// layer of the model listed); `sources`: copies of each stage.
   expert_shard(const model_config& config, std::shared_ptr<const plugin_library> moe,
-               std::vector<std::int64_t> experts, int sources = 1,
+               std::map<std::int64_t, std::vector<std::int64_t>> layer_experts, int sources = 1,
+               const std::string& moe_options = "{}");
+  /// The same experts in every MoE layer.
+  expert_shard(const model_config& config, std::shared_ptr<const plugin_library> moe,
+               const std::vector<std::int64_t>& experts, int sources = 1,
                const std::string& moe_options = "{}");
   expert_shard(const expert_shard&) = delete;
   expert_shard& operator=(const expert_shard&) = delete;
 
-  const std::vector<std::int64_t>& experts() const { return experts_; }
+  /// Per MoE layer, the experts this shard owns.
+  const std::map<std::int64_t, std::vector<std::int64_t>>& layer_experts() const {
+    return layer_experts_;
+  }
   /// The MoE layers (decoder and MTP) whose experts this shard holds.
   const std::vector<std::int64_t>& layers() const { return layers_; }
   parameter_store& parameters() { return store_; }
+  /// The moe library its instances run now (hot swaps change it).
+  std::shared_ptr<const plugin_library> library() const;
+  /// The parameters of routed expert `expert` of `layer` (empty when another shard owns it).
+  std::vector<parameter*> parameters_of(std::int64_t layer, std::int64_t expert);
+  /// True when no micro-batch is in flight (nothing saved for a backward).
+  bool idle() const { return inputs_.empty(); }
 
   /// Runs one request; throws troupe::error (with the layer and micro-batch) when it fails.
   expert_reply handle(const exec_context& context, const expert_request& request);
@@ -58,7 +72,7 @@ class expert_shard {
   layer_copy& copy_for(std::int64_t layer, std::int32_t source);
 
   model_config config_;
-  std::vector<std::int64_t> experts_;
+  std::map<std::int64_t, std::vector<std::int64_t>> layer_experts_;
   std::vector<std::int64_t> layers_;
   int sources_;
   parameter_store store_;

@@ -1,6 +1,7 @@
 #include "runtime/experts/expert_shard_actor.hpp"
 
 #include "runtime/checkpoint/training_checkpoint.hpp"
+#include "runtime/core/error.hpp"
 #include "runtime/ema/ema_messages.hpp"
 #include "runtime/experts/expert_messages.hpp"
 #include "runtime/job/holder_messages.hpp"
@@ -49,6 +50,24 @@ actor_ref spawn_expert_shard_actor(actor_runtime& runtime,
               order.directory, order.weights_file, order.optimizer_file,
               setup->shard->parameters().named_values(), setup->optimizer->state());
           return written;
+        })
+        .on<expert_handover_request>([setup](expert_handover_request& request) {
+          return hand_over(*setup->shard, *setup->optimizer, request.experts);
+        })
+        .on<expert_placement_order>([setup](expert_placement_order& order) {
+          if (!setup->rebuild) fail("this expert shard cannot change its experts");
+          setup->pending = prepare_successor(*setup->shard, *setup->optimizer, order,
+                                             setup->rebuild, setup->optimizer_settings);
+          return true;
+        })
+        .on<expert_placement_commit>([setup](expert_placement_commit& order) {
+          shard_successor next = std::move(setup->pending);
+          if (order.commit) {
+            if (!next.shard) fail("expert shard: a rebalance commits, but nothing was prepared");
+            setup->shard = std::move(next.shard);
+            setup->optimizer = std::move(next.optimizer);
+          }
+          return true;
         })
         .on<stop_request>([](stop_request&) { return true; });
   };

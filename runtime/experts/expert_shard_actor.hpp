@@ -7,11 +7,14 @@
 //
 // Messages: expert_request -> expert_reply (expert_messages.hpp); the holder protocol
 // (runtime/job/holder_messages.hpp): gradients_request -> gradient_report, optimizer_order ->
-// bool, checkpoint_order -> checkpoint_written; the hot-swap messages (runtime/job/hot_swap.hpp).
+// bool, checkpoint_order -> checkpoint_written; the hot-swap messages (runtime/job/hot_swap.hpp);
+// a rebalance's expert_handover_request -> expert_handover, expert_placement_order -> bool and
+// expert_placement_commit -> bool (expert_messages.hpp).
 
 #include <memory>
 
 #include "runtime/actor/actor_runtime.hpp"
+#include "runtime/experts/expert_move.hpp"
 #include "runtime/experts/expert_shard.hpp"
 #include "runtime/job/process_plugins.hpp"
 #include "runtime/optim/adamw.hpp"
@@ -24,6 +27,10 @@ struct shard_actor_setup {
   const exec_context* context = nullptr;
   actor_ref ema;                             ///< may be empty
   std::shared_ptr<process_plugins> plugins;  ///< this process's side of hot swaps
+  /// Builds the shard for another set of experts (rebalance); empty: this shard's experts stay.
+  shard_factory rebuild;
+  adamw_settings optimizer_settings;
+  shard_successor pending;  ///< what a rebalance prepared, until its commit
 };
 
 actor_ref spawn_expert_shard_actor(actor_runtime& runtime,

@@ -1,10 +1,34 @@
 #include "runtime/experts/sharded_experts.hpp"
 
 #include <cstring>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "runtime/core/error.hpp"
 
 namespace troupe {
+
+namespace {
+
+/// Every one of `experts` on exactly one of `shards` lists.
+void check_lists(const std::vector<std::vector<std::int64_t>>& lists, std::int64_t experts,
+                 std::size_t shards, const std::string& where) {
+  if (lists.size() != shards)
+    fail("{}{} expert lists for {} expert shards", where, lists.size(), shards);
+  std::vector<int> owners(static_cast<std::size_t>(experts), 0);
+  for (const auto& ids : lists)
+    for (const std::int64_t e : ids) {
+      if (e < 0 || e >= experts) fail("{}expert shard lists expert {} of {}", where, e, experts);
+      ++owners[static_cast<std::size_t>(e)];
+    }
+  for (std::int64_t e = 0; e < experts; ++e)
+    if (owners[static_cast<std::size_t>(e)] != 1)
+      fail("{}expert {} is owned by {} shards; every expert needs exactly one", where, e,
+           owners[static_cast<std::size_t>(e)]);
+}
+
+}  // namespace
 
 sharded_experts::sharded_experts(std::vector<std::vector<std::int64_t>> shard_experts,
                                  std::int64_t experts, expert_transport& transport,
@@ -13,29 +37,36 @@ sharded_experts::sharded_experts(std::vector<std::vector<std::int64_t>> shard_ex
       experts_(experts),
       transport_(transport),
       settings_(settings) {
-  std::vector<int> owners(static_cast<std::size_t>(experts_), 0);
-  for (const auto& ids : shard_experts_)
-    for (const std::int64_t e : ids) {
-      if (e < 0 || e >= experts_) fail("expert shard lists expert {} of {}", e, experts_);
-      ++owners[static_cast<std::size_t>(e)];
-    }
-  for (std::int64_t e = 0; e < experts_; ++e)
-    if (owners[static_cast<std::size_t>(e)] != 1)
-      fail("expert {} is owned by {} shards; every expert needs exactly one", e,
-           owners[static_cast<std::size_t>(e)]);
+  check_lists(shard_experts_, experts_, shard_experts_.size(), "");
+}
+
+void sharded_experts::set_placement(
+    const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& layers) {
+  if (!in_flight_.empty())
+    fail("the expert placement changes only between steps: layer {} micro-batch {} is in flight",
+         in_flight_.begin()->first.first, in_flight_.begin()->first.second);
+  for (const auto& [layer, lists] : layers)
+    check_lists(lists, experts_, shard_experts_.size(), fmt::format("layer {}: ", layer));
+  for (const auto& [layer, lists] : layers) by_layer_[layer] = lists;
+}
+
+const std::vector<std::vector<std::int64_t>>& sharded_experts::lists_for(std::int64_t layer) const {
+  auto it = by_layer_.find(layer);
+  return it == by_layer_.end() ? shard_experts_ : it->second;
 }
 
 sharded_experts::shard_ranges sharded_experts::ranges_of(
-    std::span<const std::int64_t> counts) const {
+    std::int64_t layer, std::span<const std::int64_t> counts) const {
+  const auto& lists = lists_for(layer);
   if (static_cast<std::int64_t>(counts.size()) != experts_)
     fail("{} expert row counts for {} experts", counts.size(), experts_);
   std::vector<std::int64_t> offsets(static_cast<std::size_t>(experts_ + 1), 0);
   for (std::int64_t e = 0; e < experts_; ++e)
     offsets[static_cast<std::size_t>(e + 1)] =
         offsets[static_cast<std::size_t>(e)] + counts[static_cast<std::size_t>(e)];
-  shard_ranges ranges(shard_experts_.size());
-  for (std::size_t s = 0; s < shard_experts_.size(); ++s)
-    for (const std::int64_t e : shard_experts_[s])
+  shard_ranges ranges(lists.size());
+  for (std::size_t s = 0; s < lists.size(); ++s)
+    for (const std::int64_t e : lists[s])
       ranges[s].emplace_back(offsets[static_cast<std::size_t>(e)],
                              offsets[static_cast<std::size_t>(e + 1)]);
   return ranges;
@@ -66,7 +97,7 @@ tensor sharded_experts::exchange_rows(expert_request::kind what, std::int64_t la
     request.rows = encode_rows(
         part, what == expert_request::kind::forward ? settings_.dispatch : settings_.combine);
     if (what == expert_request::kind::forward)
-      for (const std::int64_t e : shard_experts_[s])
+      for (const std::int64_t e : lists_for(layer)[s])
         request.counts.push_back(counts[static_cast<std::size_t>(e)]);
     request.reply_precision = out;
     bytes_sent_ += static_cast<std::int64_t>(request.rows.bytes());
@@ -97,7 +128,7 @@ tensor sharded_experts::forward(std::int64_t layer, std::int64_t micro_batch, co
   const auto key = std::make_pair(layer, micro_batch);
   if (in_flight_.count(key) != 0)
     fail("layer {}: micro-batch {} is already with the expert shards", layer, micro_batch);
-  shard_ranges ranges = ranges_of(counts);
+  shard_ranges ranges = ranges_of(layer, counts);
   tensor y = exchange_rows(expert_request::kind::forward, layer, micro_batch, rows, ranges, counts,
                            settings_.combine);
   in_flight_.emplace(key, std::move(ranges));

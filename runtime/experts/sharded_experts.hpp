@@ -22,9 +22,15 @@ class sharded_experts : public expert_backend {
     std::int32_t source = 0;                        ///< which copy of the stage this is
   };
 
-  /// shard_experts[s]: the experts shard s owns (ascending); together every routed expert once.
+  /// shard_experts[s]: the experts shard s owns (ascending) in every layer; together every
+  /// routed expert once.
   sharded_experts(std::vector<std::vector<std::int64_t>> shard_experts, std::int64_t experts,
                   expert_transport& transport, options settings);
+
+  /// Per layer, the experts each shard owns from now on (a rebalance moved some); layers not
+  /// listed keep theirs. Only between steps: throws while a micro-batch is with the shards, or
+  /// when a layer does not place every expert on exactly one of the shards.
+  void set_placement(const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& layers);
 
   tensor forward(std::int64_t layer, std::int64_t micro_batch, const tensor& rows,
                  std::span<const std::int64_t> counts) override;
@@ -40,14 +46,17 @@ class sharded_experts : public expert_backend {
  private:
   /// Each shard's row ranges [first, end) in the grouped rows, in its experts' order.
   using shard_ranges = std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>>;
-  shard_ranges ranges_of(std::span<const std::int64_t> counts) const;
+  shard_ranges ranges_of(std::int64_t layer, std::span<const std::int64_t> counts) const;
+  /// The shards' experts in `layer`.
+  const std::vector<std::vector<std::int64_t>>& lists_for(std::int64_t layer) const;
   /// Sends each shard its part of `rows` and assembles the replies into one [R, H] tensor.
   tensor exchange_rows(expert_request::kind what, std::int64_t layer, std::int64_t micro_batch,
                        const tensor& rows, const shard_ranges& ranges,
                        std::span<const std::int64_t> counts, wire_precision out);
   void notify_all(expert_request::kind what, std::int64_t layer, std::int64_t micro_batch);
 
-  std::vector<std::vector<std::int64_t>> shard_experts_;
+  std::vector<std::vector<std::int64_t>> shard_experts_;  // every layer not in by_layer_
+  std::map<std::int64_t, std::vector<std::vector<std::int64_t>>> by_layer_;
   std::int64_t experts_;
   expert_transport& transport_;
   options settings_;

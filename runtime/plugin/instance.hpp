@@ -62,6 +62,7 @@ class layer_instance {
   layer_instance& operator=(const layer_instance&) = delete;
 
   const plugin_library& library() const { return *library_; }
+  std::shared_ptr<const plugin_library> shared_library() const { return library_; }
 
   std::vector<parameter_spec> parameters() const;
   /// Binds parameter and gradient tensors in parameters() order; a buffer's gradient is an

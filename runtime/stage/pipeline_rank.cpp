@@ -285,6 +285,12 @@ void pipeline_rank::optimize(double lr, double grad_scale, std::int64_t step) {
   }
 }
 
+void pipeline_rank::set_expert_placement(
+    const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& layers) {
+  for (auto& c : chunks_)
+    if (c.experts) c.experts->set_placement(layers);
+}
+
 void pipeline_rank::set_router_biases(const std::map<std::int64_t, std::vector<float>>& biases) {
   for (auto& c : chunks_)
     for (parameter* p : c.runner->parameters().all()) {

@@ -87,6 +87,10 @@ class pipeline_rank {
   /// Writes the balancer's router biases into the MoE layers this rank holds (the parameters of
   /// role router bias, by layer).
   void set_router_biases(const std::map<std::int64_t, std::vector<float>>& biases);
+  /// Where each MoE layer's routed experts are computed from now on (a rebalance moved some):
+  /// per layer, the experts of each shard. Between steps only.
+  void set_expert_placement(
+      const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& layers);
   /// The checkpoint names of the router biases of the MoE layers this rank holds, by layer.
   std::map<std::int64_t, std::string> router_bias_names() const;
 

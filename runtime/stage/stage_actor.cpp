@@ -7,6 +7,7 @@
 #include "runtime/balancer/balancer_messages.hpp"
 #include "runtime/checkpoint/training_checkpoint.hpp"
 #include "runtime/ema/ema_messages.hpp"
+#include "runtime/experts/expert_messages.hpp"
 #include "runtime/job/holder_messages.hpp"
 #include "runtime/job/hot_swap.hpp"
 #include "runtime/stage/stage_transport.hpp"
@@ -92,6 +93,10 @@ behavior pipeline_handlers(event_actor& self, std::shared_ptr<stage_state> st) {
       })
       .on<set_router_biases>([st](set_router_biases& m) {
         st->setup->rank->set_router_biases(m.values);
+        return true;
+      })
+      .on<expert_routing_order>([st](expert_routing_order& m) {
+        st->setup->rank->set_expert_placement(m.layers);
         return true;
       });
 }

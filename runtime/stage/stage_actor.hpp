@@ -8,9 +8,10 @@
 //
 // Messages (stage_messages.hpp): stage_peers once; step_order -> rank_step_report when its ops
 // are done; stage_transfer from its peers; process_lost; set_router_biases -> bool from the
-// balancer; the holder protocol (runtime/job/holder_messages.hpp): gradients_request ->
-// gradient_report, reduced_gradients -> bool, optimizer_order -> bool, checkpoint_order ->
-// checkpoint_written, stop_request -> bool; the hot-swap messages (runtime/job/hot_swap.hpp).
+// balancer; expert_routing_order -> bool after a rebalance (expert_messages.hpp); the holder
+// protocol (runtime/job/holder_messages.hpp): gradients_request -> gradient_report,
+// reduced_gradients -> bool, optimizer_order -> bool, checkpoint_order -> checkpoint_written,
+// stop_request -> bool; the hot-swap messages (runtime/job/hot_swap.hpp).
 
 #include <memory>
 #include <set>

@@ -51,7 +51,7 @@ training_result coordinator::run(blocking_actor& self, const std::atomic<bool>& 
       break;
     }
     result.last_step = step + 1;
-    if (control_) control_->after_step(step + 1);
+    if (control_) control_->after_step(step + 1, record.load);
     if (options_.on_step) options_.on_step(record);
     if (!result.first) result.first = record;
     result.tokens += record.tokens;

@@ -2,14 +2,17 @@
 
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <optional>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "runtime/core/error.hpp"
 #include "runtime/core/input_limits.hpp"
 #include "runtime/job/hot_swap.hpp"
+#include "runtime/train/expert_rebalance.hpp"
 
 namespace troupe {
 
@@ -106,6 +109,23 @@ training_control::training_control(const topology& topo, const training_options&
          });
        }},
       {"swap", [this](const nlohmann::json& request) { return request_swap(request); }},
+      {"rebalance",
+       [this, at_boundary](const nlohmann::json& request) {
+         if (roles_.placement.shards() == 0)
+           return control_error(409, "this job has no expert shards: its experts cannot move");
+         layer_expert_load load;
+         if (request.is_object() && request.contains("load")) {
+           try {
+             load = rebalance_load(request);
+           } catch (const error& e) {
+             return control_error(400, e.what());
+           }
+         }
+         const bool given = !load.empty();
+         return at_boundary([this, load = std::move(load), given](blocking_actor& self) {
+           return rebalance(self, given ? load : observed_);
+         });
+       }},
   };
   endpoint_ = std::make_unique<control_server>(
       topo.control.host, topo.control.port, directory_->token(), std::move(commands),
@@ -158,7 +178,12 @@ void training_control::at_step_boundary(blocking_actor& self, const std::atomic<
   }
 }
 
-void training_control::after_step(std::int64_t step) {
+void training_control::after_step(std::int64_t step, const expert_load& load) {
+  for (const auto& [layer, counts] : load) {
+    auto& total = observed_[layer];
+    total.resize(std::max(total.size(), counts.size()), 0);
+    for (std::size_t e = 0; e < counts.size(); ++e) total[e] += counts[e];
+  }
   if (options_.pause_after == step) {
     paused_ = true;
     metrics_.set_paused(true);
@@ -186,7 +211,8 @@ void training_control::publish_status() {
                       {"metrics_url", process_.metrics_url()},
                       {"processes", processes ? processes->world() : 1},
                       {"plugins", serving},
-                      {"swaps", swap_history_}});
+                      {"swaps", swap_history_},
+                      {"rebalances", rebalance_history_}});
 }
 
 control_reply training_control::request_swap(const nlohmann::json& request) {
@@ -290,6 +316,114 @@ control_reply training_control::swap_plugin(blocking_actor& self, plugin_kind ro
                        {"instances", instances},
                        {"pause_seconds", pause}};
   swap_history_.push_back(entry);
+  publish_status();
+  return {200, entry};
+}
+
+namespace {
+
+/// `text` as a whole non-negative decimal number.
+bool parse_layer(const std::string& text, std::int64_t& layer) {
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), layer);
+  return ec == std::errc() && end == text.data() + text.size() && layer >= 0;
+}
+
+}  // namespace
+
+layer_expert_load training_control::rebalance_load(const nlohmann::json& request) const {
+  const nlohmann::json& given = request.at("load");
+  std::vector<std::int64_t> moe_layers;
+  for (const auto& [layer, lists] : roles_.placement.layers) moe_layers.push_back(layer);
+  const auto experts = static_cast<std::size_t>(topo_.model.n_routed_experts);
+  layer_expert_load load;
+  auto add = [&](std::int64_t layer, const nlohmann::json& row, const std::string& name) {
+    if (!row.is_array() || row.size() != experts)
+      fail("the rebalance request: load of layer {} must list {} numbers, one per expert", name,
+           experts);
+    auto& counts = load[layer];
+    for (const auto& v : row) {
+      if (!v.is_number() || !(v.get<double>() >= 0.0) || v.get<double>() > 1e18)
+        fail("the rebalance request: load of layer {} holds {}, not a token count", name, v.dump());
+      counts.push_back(static_cast<std::int64_t>(v.get<double>()));
+    }
+  };
+  if (given.is_array()) {  // rows in the MoE layers' order
+    if (given.size() != moe_layers.size())
+      fail("the rebalance request: {} rows of load for the model's {} MoE layers", given.size(),
+           moe_layers.size());
+    for (std::size_t i = 0; i < given.size(); ++i)
+      add(moe_layers[i], given[i], std::to_string(moe_layers[i]));
+    return load;
+  }
+  if (!given.is_object())
+    fail("the rebalance request: \"load\" must map MoE layers to loads or list them in order");
+  // Keys that are not all MoE layers (a matrix's row numbers) are rows in the MoE layers' order.
+  bool by_layer = true;
+  for (const auto& [key, row] : given.items()) {
+    std::int64_t layer = -1;
+    if (!parse_layer(key, layer) || roles_.placement.layers.count(layer) == 0) by_layer = false;
+  }
+  if (by_layer) {
+    for (const auto& [key, row] : given.items()) {
+      std::int64_t layer = 0;
+      parse_layer(key, layer);
+      add(layer, row, key);
+    }
+    return load;
+  }
+  if (given.size() != moe_layers.size())
+    fail(
+        "the rebalance request: the load's layers ({}) are not the model's MoE layers ({}), nor "
+        "as many rows",
+        given.size(), fmt::join(moe_layers, ", "));
+  std::size_t i = 0;
+  for (const auto& [key, row] : given.items()) add(moe_layers[i++], row, key);
+  return load;
+}
+
+control_reply training_control::rebalance(blocking_actor& self, const layer_expert_load& load) {
+  expert_placement target;
+  try {
+    target = balanced_placement(roles_.placement, load, topo_.model.n_routed_experts,
+                                std::max<std::int64_t>(1, topo_.model.n_group));
+  } catch (const error& e) {
+    return control_error(409, e.what());
+  }
+  nlohmann::json layers = nlohmann::json::object();
+  for (const auto& [layer, lists] : target.layers) {
+    auto it = load.find(layer);
+    if (it == load.end()) continue;
+    layers[std::to_string(layer)] = {{"before", roles_.placement.imbalance(layer, it->second)},
+                                     {"after", target.imbalance(layer, it->second)},
+                                     {"shards", lists}};
+  }
+  rebalance_report report;
+  try {
+    report = move_experts(self, roles_, target);
+  } catch (const error& e) {
+    event(fmt::format("rebalance after step {} failed; the experts stay where they were: {}",
+                      standing_.last_completed, e.what()));
+    metrics_.record_rebalance(false, 0, 0, 0.0);
+    rebalance_history_.push_back(
+        {{"step", standing_.last_completed}, {"outcome", "failed"}, {"error", e.what()}});
+    publish_status();
+    return control_error(422, e.what());
+  }
+  observed_.clear();
+  metrics_.record_rebalance(true, report.moved, report.bytes, report.seconds);
+  metrics_.set_placement(roles_.placement);
+  nlohmann::json entry{{"step", standing_.last_completed},
+                       {"outcome", report.moved > 0 ? "moved" : "unchanged"},
+                       {"moved", report.moved},
+                       {"bytes", report.bytes},
+                       {"pause_seconds", report.seconds},
+                       {"layers", layers}};
+  event(fmt::format(
+      "rebalanced the experts after step {}: {} moved ({:.1f} MiB of weights and moments; the "
+      "step loop paused {:.1f} ms)",
+      standing_.last_completed, report.moved, static_cast<double>(report.bytes) / (1 << 20),
+      report.seconds * 1e3));
+  rebalance_history_.push_back(entry);
   publish_status();
   return {200, entry};
 }

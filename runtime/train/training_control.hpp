@@ -1,11 +1,11 @@
 #pragma once
 
 // A training job's control endpoint (docs/control.md): `troupe ctl JOB status | pause | resume |
-// checkpoint | swap`. The endpoint's threads never touch the job: status is a snapshot the
-// coordinator publishes after every step and action; the other commands queue work for the
+// checkpoint | swap | rebalance`. The endpoint's threads never touch the job: status is a snapshot
+// the coordinator publishes after every step and action; the other commands queue work for the
 // coordinator (runtime/job/job_control.hpp), which runs it at the next step boundary and
 // answers. While paused, the coordinator waits on that queue. Swaps go through
-// runtime/job/hot_swap.hpp: everywhere or nowhere.
+// runtime/job/hot_swap.hpp: everywhere or nowhere; so do rebalances (expert_rebalance.hpp).
 
 #include <atomic>
 #include <cstdint>
@@ -48,13 +48,17 @@ class training_control {
   /// Coordinator, at a step boundary: runs queued control work; while paused, waits for more
   /// (or a stop).
   void at_step_boundary(blocking_actor& self, const std::atomic<bool>& stop);
-  /// Coordinator, after step `step` (1-based): pauses when --pause-after says so; publishes
-  /// the status.
-  void after_step(std::int64_t step);
+  /// Coordinator, after step `step` (1-based), with the step's expert load (what a rebalance
+  /// balances): pauses when --pause-after says so; publishes the status.
+  void after_step(std::int64_t step, const expert_load& load);
 
  private:
   control_reply set_paused(bool pause);
   control_reply request_swap(const nlohmann::json& request);
+  /// The load a rebalance request names ("load": {"LAYER": [tokens per expert]}, or rows in the
+  /// MoE layers' order), or the load observed since the start or the last rebalance.
+  layer_expert_load rebalance_load(const nlohmann::json& request) const;
+  control_reply rebalance(blocking_actor& self, const layer_expert_load& load);
   /// Swaps `role` for `library`, or (empty) the built-in GEMM in precision `builtin`.
   control_reply swap_plugin(blocking_actor& self, plugin_kind role, const std::string& library,
                             precision builtin);
@@ -74,6 +78,8 @@ class training_control {
   std::int64_t swaps_ordered_ = 0;
   bool paused_ = false;
   nlohmann::json swap_history_ = nlohmann::json::array();
+  nlohmann::json rebalance_history_ = nlohmann::json::array();
+  layer_expert_load observed_;  ///< tokens per expert since the start or the last rebalance
   std::unique_ptr<job_control> queue_;
   std::unique_ptr<job_directory> directory_;
   std::unique_ptr<control_server> endpoint_;

@@ -77,6 +77,7 @@ void training_job::impl::build(plugin_registry& registry) {
   if (plugins.mtp) active[plugin_kind::mtp] = plugins.mtp;
   for (const auto& [role, library] : active)
     metrics->set_plugin(role, library.get(), builtin_gemm_precision(topo));
+  metrics->set_placement(roles.placement);
   start_control(active);
 }
 

@@ -30,6 +30,12 @@ struct training_metrics::families {
   prometheus::Family<prometheus::Gauge>& plugin_info;
   prometheus::Family<prometheus::Counter>& swaps;
   prometheus::Family<prometheus::Histogram>& swap_pause;
+  prometheus::Family<prometheus::Gauge>& expert_shard;
+  prometheus::Family<prometheus::Gauge>& shard_imbalance;
+  prometheus::Family<prometheus::Counter>& rebalances;
+  prometheus::Family<prometheus::Counter>& experts_moved;
+  prometheus::Family<prometheus::Counter>& rebalance_bytes;
+  prometheus::Family<prometheus::Histogram>& rebalance_pause;
 };
 
 training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_series)
@@ -103,6 +109,31 @@ training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_seri
           .Name("troupe_plugin_swap_pause_seconds")
           .Help("How long a hot swap held the step loop at a step boundary")
           .Register(r),
+      BuildGauge()
+          .Name("troupe_expert_shard")
+          .Help("The expert shard that computes each routed expert, by MoE layer and expert")
+          .Register(r),
+      BuildGauge()
+          .Name("troupe_expert_shard_load_max_over_mean")
+          .Help("Largest expert shard's load over the mean of a MoE layer in the last step")
+          .Register(r),
+      BuildCounter()
+          .Name("troupe_expert_rebalances_total")
+          .Help("Re-placements of the routed experts on the shards, by outcome (moved, "
+                "unchanged, failed)")
+          .Register(r),
+      BuildCounter()
+          .Name("troupe_experts_moved_total")
+          .Help("Routed experts moved to another shard by rebalances")
+          .Register(r),
+      BuildCounter()
+          .Name("troupe_expert_rebalance_bytes_total")
+          .Help("Bytes of weights and optimizer moments rebalances moved between shards")
+          .Register(r),
+      BuildHistogram()
+          .Name("troupe_expert_rebalance_pause_seconds")
+          .Help("How long a rebalance held the step loop at a step boundary")
+          .Register(r),
   });
   families_->paused.Add({}).Set(0);
 }
@@ -123,6 +154,8 @@ void training_metrics::record_step(const step_record& s,
     }
     f.layer_routed.Add({{"layer", l}}).Increment(static_cast<double>(total));
     f.imbalance.Add({{"layer", l}}).Set(max_over_mean(counts));
+    if (placement_.layers.count(layer) != 0)
+      f.shard_imbalance.Add({{"layer", l}}).Set(placement_.imbalance(layer, counts));
   }
   if (per_expert_)
     for (const auto& [layer, values] : biases)
@@ -174,6 +207,29 @@ void training_metrics::record_swap(plugin_kind role, bool swapped, double pause_
         .Add({{"role", r}},
              prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5})
         .Observe(pause_seconds);
+}
+
+void training_metrics::set_placement(const expert_placement& placement) {
+  placement_ = placement;
+  if (!per_expert_) return;
+  for (const auto& [layer, lists] : placement.layers)
+    for (std::size_t shard = 0; shard < lists.size(); ++shard)
+      for (const std::int64_t e : lists[shard])
+        families_->expert_shard
+            .Add({{"layer", std::to_string(layer)}, {"expert", std::to_string(e)}})
+            .Set(static_cast<double>(shard));
+}
+
+void training_metrics::record_rebalance(bool done, std::int64_t moved, std::int64_t bytes,
+                                        double pause_seconds) {
+  auto& f = *families_;
+  f.rebalances.Add({{"outcome", !done ? "failed" : moved > 0 ? "moved" : "unchanged"}}).Increment();
+  if (!done) return;
+  f.experts_moved.Add({}).Increment(static_cast<double>(moved));
+  f.rebalance_bytes.Add({}).Increment(static_cast<double>(bytes));
+  f.rebalance_pause
+      .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5})
+      .Observe(pause_seconds);
 }
 
 }  // namespace troupe

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "runtime/balancer/bias_balancer.hpp"
+#include "runtime/placement/expert_placement.hpp"
 #include "runtime/plugin/registry.hpp"
 #include "runtime/topology/topology.hpp"
 
@@ -41,12 +42,18 @@ class training_metrics {
   /// A hot swap of `role`'s plugin that succeeded or failed; a success paused the step loop for
   /// `pause_seconds`.
   void record_swap(plugin_kind role, bool swapped, double pause_seconds);
+  /// Where the routed experts are computed (troupe_expert_shard per layer x expert, and the
+  /// shards' load imbalance from the next step on).
+  void set_placement(const expert_placement& placement);
+  /// A rebalance that moved `moved` experts (`bytes` of weights and moments) or failed.
+  void record_rebalance(bool done, std::int64_t moved, std::int64_t bytes, double pause_seconds);
 
  private:
   struct families;
   std::unique_ptr<families> families_;
   std::map<plugin_kind, prometheus::Gauge*> plugin_info_;
   bool per_expert_;
+  expert_placement placement_;
 };
 
 }  // namespace troupe

@@ -89,6 +89,12 @@ void build_shards(training_roles& roles, const topology& topo, job_process& proc
       continue;
     }
     auto setup = std::make_shared<shard_actor_setup>();
+    setup->rebuild = [config = topo.model, sources, options = plugins.moe_options](
+                         std::shared_ptr<const plugin_library> moe,
+                         const std::map<std::int64_t, std::vector<std::int64_t>>& experts) {
+      return std::make_unique<expert_shard>(config, std::move(moe), experts, sources, options);
+    };
+    setup->optimizer_settings = optimizer_settings(topo.train);
     setup->shard = std::make_unique<expert_shard>(topo.model, plugins.moe, shard_experts[i],
                                                   sources, plugins.moe_options);
     setup->shard->parameters().initialize(static_cast<std::uint64_t>(topo.train.seed),
@@ -246,6 +252,7 @@ training_roles build_training_roles(const topology& topo, job_process& process,
     roles.ema_state->config = topo.model;
   }
   build_shards(roles, topo, process, plugins);
+  roles.placement = expert_placement::uniform(moe_layers(topo.model), shard_experts_of(topo));
   build_ranks(roles, topo, process, plugins);
   assign_ownership(roles);
   for (auto& entry : roles.ranks) {

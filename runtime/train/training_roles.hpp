@@ -23,6 +23,7 @@
 #include "runtime/job/job_process.hpp"
 #include "runtime/model/decoder_layer.hpp"
 #include "runtime/optim/training_schedule.hpp"
+#include "runtime/placement/expert_placement.hpp"
 #include "runtime/stage/stage_actor.hpp"
 
 namespace troupe {
@@ -49,6 +50,9 @@ struct training_roles {
   /// The checkpoint name of each MoE layer's router bias (the balancer's state, kept once in
   /// the model's weights), found by the parameters' role.
   std::map<std::int64_t, std::string> router_bias_names;
+  /// Which shard computes each routed expert of each MoE layer (the topology's lists until a
+  /// rebalance moves experts; expert_rebalance.hpp). Empty without expert shards.
+  expert_placement placement;
 
   /// Ranks then shards, by name: every holder of parameters.
   named_actors holders() const;

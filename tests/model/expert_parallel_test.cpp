@@ -5,12 +5,15 @@
 // bounds of fp8_test.cpp (logits diff < 5e-3, loss within 1%; measured 3.9e-4 and 0.13% on the
 // FP8 fixture, with 38% of the FP32 payload bytes). Two copies of a stage (DualPipe, data
 // parallelism) accumulate expert gradients separately and reduce them to what one copy running both
-// micro-batches gets.
+// micro-batches gets. Each layer may place its experts on other shards (a rebalance) and still
+// gives the bits; a shard's successor for a new set holds the bits of the weights and AdamW
+// moments it kept or was handed, and refuses (naming the tensor) a set it was not given.
 #include <gtest/gtest.h>
 
 #include <numeric>
 
 #include "runtime/checkpoint/hf_checkpoint.hpp"
+#include "runtime/experts/expert_move.hpp"
 #include "runtime/experts/expert_shard.hpp"
 #include "runtime/experts/sharded_experts.hpp"
 #include "runtime/model/model_runner.hpp"
@@ -189,12 +192,117 @@ TEST_F(ExpertParallel, BadExpertListsAreClearErrors) {
         << e.what();
   }
   try {
-    expert_shard shard(config, moe, {3, 9});
+    expert_shard shard(config, moe, std::vector<std::int64_t>{3, 9});
     FAIL() << "expert 9 does not exist";
   } catch (const troupe::error& e) {
-    EXPECT_NE(std::string(e.what()).find("expert 9 is out of range"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("lists expert 9 of"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ExpertParallel, PerLayerPlacementsGiveTheBitsOfTheWholeLayer) {
+  const auto checkpoint = hf_checkpoint::open(troupe::testing::fixture_model("groups"));
+  const model_config& config = checkpoint.config();
+  model_runner whole(config, {}, load_model_plugins(registry_, config));
+  load_parameters(checkpoint, whole.parameters());
+  // Even layers: experts in order; odd layers: even experts on shard 0, odd on shard 1.
+  std::map<std::int64_t, std::vector<std::vector<std::int64_t>>> placement;
+  for (std::int64_t l = config.first_k_dense_replace;
+       l < config.num_hidden_layers + config.num_nextn_predict_layers; ++l)
+    for (std::int64_t e = 0; e < config.n_routed_experts; ++e) {
+      auto& lists = placement[l];
+      lists.resize(2);
+      const bool second = l % 2 == 0 ? e >= config.n_routed_experts / 2 : e % 2 == 1;
+      lists[second ? 1 : 0].push_back(e);
+    }
+  ASSERT_GE(placement.size(), 2u);
+  model_plugins plugins = load_model_plugins(registry_, config);
+  std::vector<std::unique_ptr<expert_shard>> shards;
+  std::vector<expert_shard*> pointers;
+  for (std::size_t s = 0; s < 2; ++s) {
+    std::map<std::int64_t, std::vector<std::int64_t>> mine;
+    for (const auto& [layer, lists] : placement) mine[layer] = lists[s];
+    shards.push_back(std::make_unique<expert_shard>(config, plugins.moe, mine));
+    load_parameters(checkpoint, shards.back()->parameters());
+    pointers.push_back(shards.back().get());
+  }
+  local_expert_transport transport(pointers, context_);
+  sharded_experts backend(placement.begin()->second, config.n_routed_experts, transport, {});
+  backend.set_placement(placement);
+  plugins.experts = &backend;
+  model_runner runner(config, model_slice{}, plugins);
+  load_parameters(checkpoint, runner.parameters());
+  const model_batch batch = batch_of(fixture_tokens("groups"));
+  const model_output a = whole.forward(context_, 0, batch, true);
+  const model_output b = runner.forward(context_, 0, batch, true);
+  EXPECT_EQ(a.loss, b.loss);
+  expect_same_bits(a.logits, b.logits, "logits");
+  // No placement changes while a micro-batch is with the shards.
+  EXPECT_THROW(backend.set_placement(placement), troupe::error);
+  runner.backward(context_, 0, tensor(), 1.0f);
+  EXPECT_NO_THROW(backend.set_placement(placement));
+}
+
+TEST_F(ExpertParallel, ASuccessorTakesItsExpertsWeightsAndMomentsOrNothing) {
+  const auto checkpoint = hf_checkpoint::open(troupe::testing::fixture_model("groups"));
+  const model_config& config = checkpoint.config();
+  sharded_model sharded(checkpoint, registry_,
+                        {{0, 1, 2, 3, 4, 5, 6, 7}, {8, 9, 10, 11, 12, 13, 14, 15}}, context_, {});
+  std::vector<std::unique_ptr<adamw>> optimizers;
+  const adamw_settings settings{0.9, 0.95, 1e-8, 0.1};
+  for (auto& shard : sharded.shards) {
+    optimizers.push_back(std::make_unique<adamw>(settings));
+    optimizers.back()->attach(shard->parameters());
+  }
+  sharded.runners[0]->forward(context_, 0, batch_of(fixture_tokens("groups")), true);
+  sharded.runners[0]->backward(context_, 0, tensor(), 1.0f);
+  for (auto& o : optimizers) o->step(1e-3, 1.0, 1, pool_);  // moments that are not zero
+
+  const std::int64_t layer = config.first_k_dense_replace;
+  const expert_handover handover = hand_over(*sharded.shards[0], *optimizers[0], {{layer, 3}});
+  EXPECT_FALSE(handover.values.empty());
+  EXPECT_EQ(handover.moments.size(), 2 * handover.values.size());
+  EXPECT_THROW(hand_over(*sharded.shards[0], *optimizers[0], {{layer, 9}}), troupe::error);
+
+  auto build = [&](std::shared_ptr<const plugin_library> moe,
+                   const std::map<std::int64_t, std::vector<std::int64_t>>& experts) {
+    return std::make_unique<expert_shard>(config, std::move(moe), experts);
+  };
+  expert_placement_order order;
+  order.experts = sharded.shards[1]->layer_experts();
+  order.experts[layer] = {3, 8, 9, 10, 11, 12, 13, 14, 15};
+  order.values = handover.values;
+  order.moments = handover.moments;
+  const shard_successor next =
+      prepare_successor(*sharded.shards[1], *optimizers[1], order, build, settings);
+  std::map<std::string, tensor> old_moments, new_moments;
+  for (const auto& o : {std::cref(*optimizers[0]), std::cref(*optimizers[1])})
+    for (auto& [name, t] : o.get().state()) old_moments[name] = t;
+  for (auto& [name, t] : next.optimizer->state()) new_moments[name] = t;
+  for (parameter* p : next.shard->parameters().all()) {
+    const parameter* before = sharded.shards[0]->parameters().find(p->name);
+    if (before == nullptr) before = sharded.shards[1]->parameters().find(p->name);
+    ASSERT_NE(before, nullptr) << p->name;
+    expect_same_bits(p->value, before->value, p->name);
+    for (const char* suffix : {".exp_avg", ".exp_avg_sq"})
+      expect_same_bits(new_moments.at(p->name + suffix), old_moments.at(p->name + suffix),
+                       p->name + suffix);
+  }
+  EXPECT_EQ(next.shard->parameters_of(layer, 3).size(), handover.values.size());
+
+  // Expert 2 was never handed over; a tensor of the wrong shape is refused too.
+  order.experts[layer] = {2, 3, 8, 9, 10, 11, 12, 13, 14, 15};
+  try {
+    prepare_successor(*sharded.shards[1], *optimizers[1], order, build, settings);
+    FAIL() << "expert 2 never arrived";
+  } catch (const troupe::error& e) {
+    EXPECT_NE(std::string(e.what()).find(fmt::format("model.layers.{}.mlp.experts.2.", layer)),
+              std::string::npos)
         << e.what();
   }
+  order.experts[layer] = {3, 8, 9, 10, 11, 12, 13, 14, 15};
+  order.values[0].second = tensor::zeros(dtype::f32, {3});
+  EXPECT_THROW(prepare_successor(*sharded.shards[1], *optimizers[1], order, build, settings),
+               troupe::error);
 }
 
 }  // namespace

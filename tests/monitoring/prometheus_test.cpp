@@ -204,6 +204,8 @@ TEST(Monitoring, PrometheusScrapesEveryLayerTimesExpertSeriesSummingToTheTokensR
                 .exit_code,
             0);
   EXPECT_EQ(job.ctl("swap --plugin moe --library /nonexistent/libtroupe-moe.so").exit_code, 1);
+  // And a rebalance, for the expert placement panels.
+  EXPECT_EQ(job.ctl("rebalance").exit_code, 0);
   const std::string url = metrics_url(job);
   const std::string host_port = url.substr(7, url.find("/metrics") - 7);
 
@@ -408,7 +410,9 @@ TEST(Monitoring, PerLayerAggregatesOnlyForModelsWithManyExperts) {
   const std::string scrape = scrape_metrics(job);
   EXPECT_EQ(series_count(scrape, "troupe_expert_tokens_routed_total"), 0);
   EXPECT_EQ(series_count(scrape, "troupe_router_bias"), 0);
+  EXPECT_EQ(series_count(scrape, "troupe_expert_shard"), 0);
   EXPECT_EQ(series_count(scrape, "troupe_layer_tokens_routed_total"), 4);
+  EXPECT_EQ(series_count(scrape, "troupe_expert_shard_load_max_over_mean"), 4);
   EXPECT_EQ(series_count(scrape, "troupe_expert_load_max_over_mean"), 4);
   EXPECT_EQ(job.finish(), 0) << job.log();
 }

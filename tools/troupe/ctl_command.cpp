@@ -8,6 +8,7 @@
 #include "runtime/control/http_client.hpp"
 #include "runtime/control/job_directory.hpp"
 #include "runtime/core/error.hpp"
+#include "runtime/placement/expert_load.hpp"
 #include "tools/troupe/commands.hpp"
 
 namespace troupe::cli {
@@ -20,6 +21,7 @@ struct ctl_options {
   std::string plugin;
   std::string library;
   std::string builtin;  ///< the built-in GEMM's precision, fp32 or bf16; empty: not asked for
+  std::string load;     ///< rebalance: a file of expert loads; empty: the load the job observed
   bool json = false;
   std::string run_directory;
   int timeout = 900;  // longer than the job's own 10 minutes for a step boundary
@@ -43,6 +45,10 @@ void print_status(const nlohmann::json& s) {
     fmt::print("  swap after step {}: {} {}{}\n", swap.value("step", 0L), swap.value("role", ""),
                swap.value("outcome", ""),
                swap.contains("error") ? ": " + swap.value("error", "") : std::string());
+  for (const auto& r : s.value("rebalances", nlohmann::json::array()))
+    fmt::print("  rebalance after step {}: {} ({} experts moved){}\n", r.value("step", 0L),
+               r.value("outcome", ""), r.value("moved", 0L),
+               r.contains("error") ? ": " + r.value("error", "") : std::string());
 }
 
 void print_reply(const std::string& action, const nlohmann::json& r) {
@@ -58,6 +64,17 @@ void print_reply(const std::string& action, const nlohmann::json& r) {
         r.value("role", ""), r.value("step", 0L), r["from"].value("plugin", ""),
         r["from"].value("version", ""), r["to"].value("plugin", ""), r["to"].value("version", ""),
         r["to"].value("generation", 0), r.value("pause_seconds", 0.0) * 1e3);
+  else if (action == "rebalance") {
+    fmt::print(
+        "rebalanced the experts after step {}: {} moved ({:.2f} MiB of weights and moments); the "
+        "step loop paused {:.1f} ms\n",
+        r.value("step", 0L), r.value("moved", 0L),
+        static_cast<double>(r.value("bytes", 0L)) / (1 << 20), r.value("pause_seconds", 0.0) * 1e3);
+    const nlohmann::json layers = r.value("layers", nlohmann::json::object());
+    for (const auto& [layer, l] : layers.items())
+      fmt::print("  layer {}: largest shard load / mean {:.3f} -> {:.3f}\n", layer,
+                 l.value("before", 0.0), l.value("after", 0.0));
+  }
 }
 
 int run_ctl(const ctl_options& o) {
@@ -76,7 +93,9 @@ int run_ctl(const ctl_options& o) {
     return exit_ok;
   }
   if (o.action.empty()) {
-    fmt::print(stderr, "troupe ctl {}: which action? status, pause, resume, checkpoint or swap\n",
+    fmt::print(stderr,
+               "troupe ctl {}: which action? status, pause, resume, checkpoint, swap or "
+               "rebalance\n",
                o.job);
     return exit_bad_input;
   }
@@ -97,6 +116,24 @@ int run_ctl(const ctl_options& o) {
           o.library.find('/') != std::string::npos || std::filesystem::exists(o.library)
               ? std::filesystem::absolute(o.library).string()
               : o.library;
+  }
+  if (!o.load.empty() && o.action != "rebalance") {
+    fmt::print(stderr, "troupe ctl {} {}: --load is for rebalance\n", o.job, o.action);
+    return exit_bad_input;
+  }
+  if (!o.load.empty()) {
+    try {
+      const expert_loads loads = read_expert_loads(o.load);
+      nlohmann::json rows = nlohmann::json::object();
+      for (std::size_t l = 0; l < loads.layers.size(); ++l)
+        rows[loads.layers[l]] = std::vector<float>(
+            loads.load.begin() + static_cast<std::ptrdiff_t>(l * loads.experts),
+            loads.load.begin() + static_cast<std::ptrdiff_t>((l + 1) * loads.experts));
+      body["load"] = rows;
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "troupe ctl {} rebalance: {}\n", o.job, e.what());
+      return exit_bad_input;
+    }
   }
   job_handle job;
   http_response response;
@@ -134,11 +171,15 @@ void add_ctl_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<ctl_options>();
   auto* command = app.add_subcommand(
       "ctl",
-      "Control a running job: status, pause, resume, checkpoint, swap (without JOB: list jobs)");
+      "Control a running job: status, pause, resume, checkpoint, swap, rebalance (without JOB: "
+      "list jobs)");
   command->add_option("JOB", options->job,
                       "The job's name (troupe train prints it), or its control directory");
-  command->add_option("ACTION", options->action, "status, pause, resume, checkpoint or swap")
-      ->check(CLI::IsMember({"status", "pause", "resume", "checkpoint", "swap"}));
+  command
+      ->add_option("ACTION", options->action,
+                   "status, pause, resume, checkpoint, swap or rebalance (re-place the routed "
+                   "experts on the expert shards for their load, moving weights and moments)")
+      ->check(CLI::IsMember({"status", "pause", "resume", "checkpoint", "swap", "rebalance"}));
   command->add_option("--plugin", options->plugin,
                       "swap: the role (attention, moe, mtp, gemm) or the running plugin's name");
   command->add_option("--library", options->library,
@@ -150,6 +191,10 @@ void add_ctl_command(CLI::App& app, int& exit_code) {
                        "bf16 (cuBLASLt on the tensor cores; every stage on a GPU)")
           ->expected(0, 1)
           ->check(CLI::IsMember({"fp32", "bf16"}));
+  command->add_option("--load", options->load,
+                      "rebalance: per-layer expert loads to balance (a JSON matrix, a --log-json "
+                      "file or a Prometheus query result, as troupe eplb reads; default: the "
+                      "load the job observed since its start or its last rebalance)");
   command->add_flag("--json", options->json, "Print the job's JSON reply");
   command->add_option("--run-dir", options->run_directory,
                       "Where jobs leave their control files (default: $TROUPE_RUN_DIR, "

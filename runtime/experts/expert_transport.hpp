@@ -28,6 +28,8 @@ class local_expert_transport : public expert_transport {
  public:
   local_expert_transport(std::vector<expert_shard*> shards, const exec_context& context)
       : shards_(std::move(shards)), context_(context) {}
+  /// Other shard objects from now on (as many; a re-placement rebuilt some).
+  void set_shards(std::vector<expert_shard*> shards) { shards_ = std::move(shards); }
   std::vector<expert_reply> exchange(
       const std::vector<std::optional<expert_request>>& requests) override;
 

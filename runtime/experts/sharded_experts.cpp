@@ -1,5 +1,6 @@
 #include "runtime/experts/sharded_experts.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -11,21 +12,29 @@ namespace troupe {
 
 namespace {
 
-/// Every one of `experts` on exactly one of `shards` lists.
+/// Every one of `experts` on exactly one of `shards` lists (with `replicas`: on at least one,
+/// and on no list twice).
 void check_lists(const std::vector<std::vector<std::int64_t>>& lists, std::int64_t experts,
-                 std::size_t shards, const std::string& where) {
+                 std::size_t shards, bool replicas, const std::string& where) {
   if (lists.size() != shards)
     fail("{}{} expert lists for {} expert shards", where, lists.size(), shards);
   std::vector<int> owners(static_cast<std::size_t>(experts), 0);
-  for (const auto& ids : lists)
-    for (const std::int64_t e : ids) {
+  for (std::size_t s = 0; s < lists.size(); ++s) {
+    std::vector<bool> seen(static_cast<std::size_t>(experts), false);
+    for (const std::int64_t e : lists[s]) {
       if (e < 0 || e >= experts) fail("{}expert shard lists expert {} of {}", where, e, experts);
+      if (seen[static_cast<std::size_t>(e)])
+        fail("{}expert shard {} lists expert {} twice", where, s, e);
+      seen[static_cast<std::size_t>(e)] = true;
       ++owners[static_cast<std::size_t>(e)];
     }
-  for (std::int64_t e = 0; e < experts; ++e)
-    if (owners[static_cast<std::size_t>(e)] != 1)
-      fail("{}expert {} is owned by {} shards; every expert needs exactly one", where, e,
-           owners[static_cast<std::size_t>(e)]);
+  }
+  for (std::int64_t e = 0; e < experts; ++e) {
+    const int n = owners[static_cast<std::size_t>(e)];
+    if (n == 0 || (n > 1 && !replicas))
+      fail("{}expert {} is owned by {} shards; every expert needs exactly one{}", where, e, n,
+           replicas ? " or more" : "");
+  }
 }
 
 }  // namespace
@@ -37,7 +46,7 @@ sharded_experts::sharded_experts(std::vector<std::vector<std::int64_t>> shard_ex
       experts_(experts),
       transport_(transport),
       settings_(settings) {
-  check_lists(shard_experts_, experts_, shard_experts_.size(), "");
+  check_lists(shard_experts_, experts_, shard_experts_.size(), settings_.replicas, "");
 }
 
 void sharded_experts::set_placement(
@@ -46,7 +55,8 @@ void sharded_experts::set_placement(
     fail("the expert placement changes only between steps: layer {} micro-batch {} is in flight",
          in_flight_.begin()->first.first, in_flight_.begin()->first.second);
   for (const auto& [layer, lists] : layers)
-    check_lists(lists, experts_, shard_experts_.size(), fmt::format("layer {}: ", layer));
+    check_lists(lists, experts_, shard_experts_.size(), settings_.replicas,
+                fmt::format("layer {}: ", layer));
   for (const auto& [layer, lists] : layers) by_layer_[layer] = lists;
 }
 
@@ -64,18 +74,26 @@ sharded_experts::shard_ranges sharded_experts::ranges_of(
   for (std::int64_t e = 0; e < experts_; ++e)
     offsets[static_cast<std::size_t>(e + 1)] =
         offsets[static_cast<std::size_t>(e)] + counts[static_cast<std::size_t>(e)];
+  // A replicated expert's rows split into contiguous parts, one per shard that holds it (in
+  // shard order), the first ones a row longer when they do not divide evenly.
+  std::vector<std::int64_t> holders(static_cast<std::size_t>(experts_), 0), taken(holders);
+  for (const auto& ids : lists)
+    for (const std::int64_t e : ids) ++holders[static_cast<std::size_t>(e)];
   shard_ranges ranges(lists.size());
   for (std::size_t s = 0; s < lists.size(); ++s)
-    for (const std::int64_t e : lists[s])
-      ranges[s].emplace_back(offsets[static_cast<std::size_t>(e)],
-                             offsets[static_cast<std::size_t>(e + 1)]);
+    for (const std::int64_t e : lists[s]) {
+      const auto i = static_cast<std::size_t>(e);
+      const std::int64_t count = counts[i], k = holders[i], j = taken[i]++;
+      const std::int64_t first = offsets[i] + j * (count / k) + std::min(j, count % k);
+      const std::int64_t size = count / k + (j < count % k ? 1 : 0);
+      ranges[s].emplace_back(first, first + size);
+    }
   return ranges;
 }
 
 tensor sharded_experts::exchange_rows(expert_request::kind what, std::int64_t layer,
                                       std::int64_t micro_batch, const tensor& rows,
-                                      const shard_ranges& ranges,
-                                      std::span<const std::int64_t> counts, wire_precision out) {
+                                      const shard_ranges& ranges, wire_precision out) {
   const std::int64_t h = rows.size(1);
   const auto row_bytes = static_cast<std::size_t>(h) * sizeof(float);
   std::vector<std::optional<expert_request>> requests(shard_experts_.size());
@@ -97,8 +115,7 @@ tensor sharded_experts::exchange_rows(expert_request::kind what, std::int64_t la
     request.rows = encode_rows(
         part, what == expert_request::kind::forward ? settings_.dispatch : settings_.combine);
     if (what == expert_request::kind::forward)
-      for (const std::int64_t e : lists_for(layer)[s])
-        request.counts.push_back(counts[static_cast<std::size_t>(e)]);
+      for (const auto& [first, end] : ranges[s]) request.counts.push_back(end - first);
     request.reply_precision = out;
     bytes_sent_ += static_cast<std::int64_t>(request.rows.bytes());
     requests[s] = std::move(request);
@@ -129,7 +146,7 @@ tensor sharded_experts::forward(std::int64_t layer, std::int64_t micro_batch, co
   if (in_flight_.count(key) != 0)
     fail("layer {}: micro-batch {} is already with the expert shards", layer, micro_batch);
   shard_ranges ranges = ranges_of(layer, counts);
-  tensor y = exchange_rows(expert_request::kind::forward, layer, micro_batch, rows, ranges, counts,
+  tensor y = exchange_rows(expert_request::kind::forward, layer, micro_batch, rows, ranges,
                            settings_.combine);
   in_flight_.emplace(key, std::move(ranges));
   return y;
@@ -141,7 +158,7 @@ tensor sharded_experts::backward_input(std::int64_t layer, std::int64_t micro_ba
   if (it == in_flight_.end())
     fail("layer {}: micro-batch {} was not sent to the expert shards", layer, micro_batch);
   return exchange_rows(expert_request::kind::backward_input, layer, micro_batch, dy_rows,
-                       it->second, {}, settings_.combine);
+                       it->second, settings_.combine);
 }
 
 void sharded_experts::notify_all(expert_request::kind what, std::int64_t layer,

@@ -20,10 +20,13 @@ class sharded_experts : public expert_backend {
     wire_precision dispatch = wire_precision::f32;  ///< rows to the shards
     wire_precision combine = wire_precision::f32;   ///< outputs back, and gradients both ways
     std::int32_t source = 0;                        ///< which copy of the stage this is
+    /// Serving: an expert may be on several shards (redundant experts); its rows are split
+    /// between them. Training needs each expert on one shard (its gradients).
+    bool replicas = false;
   };
 
   /// shard_experts[s]: the experts shard s owns (ascending) in every layer; together every
-  /// routed expert once.
+  /// routed expert once (or more, with options::replicas).
   sharded_experts(std::vector<std::vector<std::int64_t>> shard_experts, std::int64_t experts,
                   expert_transport& transport, options settings);
 
@@ -51,8 +54,7 @@ class sharded_experts : public expert_backend {
   const std::vector<std::vector<std::int64_t>>& lists_for(std::int64_t layer) const;
   /// Sends each shard its part of `rows` and assembles the replies into one [R, H] tensor.
   tensor exchange_rows(expert_request::kind what, std::int64_t layer, std::int64_t micro_batch,
-                       const tensor& rows, const shard_ranges& ranges,
-                       std::span<const std::int64_t> counts, wire_precision out);
+                       const tensor& rows, const shard_ranges& ranges, wire_precision out);
   void notify_all(expert_request::kind what, std::int64_t layer, std::int64_t micro_batch);
 
   std::vector<std::vector<std::int64_t>> shard_experts_;  // every layer not in by_layer_

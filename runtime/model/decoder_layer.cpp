@@ -149,10 +149,12 @@ tensor decoder_layer::forward_cached(const exec_context& context, const troupe_k
   // NOTES: the ffn plugins compute under a micro-batch id that training never uses and forget it
   // at once: inference keeps nothing for backward.
   constexpr std::int64_t inference = std::numeric_limits<std::int64_t>::max();
-  if (experts_ != nullptr)
-    fail("layer {}: cached inference runs the moe plugin's whole layers, not expert shards",
-         index_);
   const device where = context.where();
+  if (where.is_cuda() && experts_ != nullptr)
+    fail(
+        "layer {}: expert shards (expert parallelism) run on the CPU; on a GPU the moe plugin "
+        "computes whole layers",
+        index_);
   const auto& shape = h_in.shape();
   const std::int64_t rows = h_in.numel() / hidden_;
   tensor normed = tensor::empty(dtype::f32, shape, where);
@@ -164,7 +166,14 @@ tensor decoder_layer::forward_cached(const exec_context& context, const troupe_k
   rmsnorm_forward(context, mid.data_as<float>(), post_norm_, normed.data_as<float>(),
                   rstd.data_as<float>(), rows, hidden_, eps_);
   tensor h_out;
-  if (moe_) {
+  if (moe_ && experts_ != nullptr) {
+    saved s;
+    s.m_in = normed;
+    h_out = sharded_moe_forward(context, inference, s);
+    cached_counts_ = s.counts;
+    moe_->forget(inference);
+    experts_->forget(index_, inference);
+  } else if (moe_) {
     auto outputs = moe_->forward(context, inference, std::vector<tensor>{normed});
     h_out = outputs[0];
     cached_counts_ = outputs[1];

@@ -29,17 +29,26 @@ struct expert_placement {
 
   std::int64_t shards() const;
   /// Throws troupe::error naming the layer and expert unless every layer places each of
-  /// `experts` on exactly one shard, with the same number of shards everywhere.
-  void check(std::int64_t experts) const;
-  /// The shard of each expert in `layer`.
+  /// `experts` on exactly one shard (with `replicas`: on one or more, never twice on one), with
+  /// the same number of shards everywhere.
+  void check(std::int64_t experts, bool replicas = false) const;
+  /// The shard of each expert in `layer` (the last one, for a replicated expert).
   std::vector<std::int64_t> owners(std::int64_t layer, std::int64_t experts) const;
   /// Per layer, the experts shard `shard` computes.
   std::map<std::int64_t, std::vector<std::int64_t>> of_shard(std::int64_t shard) const;
-  /// max over shards of a shard's load, over the mean (1: balanced; 0 without load).
+  /// max over shards of a shard's load, over the mean (1: balanced; 0 without load); a
+  /// replicated expert's load splits evenly between its shards.
   double imbalance(std::int64_t layer, const std::vector<std::int64_t>& load) const;
 
   bool operator==(const expert_placement&) const = default;
 };
+
+/// Every one of `moe_layers` placed by EPLB for equal loads: experts + `redundant` slots over
+/// `shards` shards (the extra replicas go to the first experts). Throws troupe::error when the
+/// slots do not split evenly over the shards.
+expert_placement initial_placement(const std::vector<std::int64_t>& moe_layers,
+                                   std::int64_t experts, std::int64_t shards, std::int64_t groups,
+                                   std::int64_t redundant);
 
 /// One expert changing shard.
 struct expert_move {
@@ -49,11 +58,13 @@ struct expert_move {
 /// The moves that turn `from` into `to` (the same layers and shards), layer by layer.
 std::vector<expert_move> moves_between(const expert_placement& from, const expert_placement& to);
 
-/// Each layer of `current` re-placed for `load` by EPLB (one replica per expert, `groups` expert
-/// groups, one node, the shards as devices). A layer without load, or whose re-placement would
-/// not lower its imbalance, stays as it is. Throws troupe::error when the routed experts are not
-/// a multiple of the shards (EPLB gives every shard the same number).
+/// Each layer of `current` re-placed for `load` by EPLB (experts + `redundant` replicas, the
+/// heaviest experts replicated; `groups` expert groups, one node, the shards as devices; a
+/// shard given two replicas of one expert keeps one). A layer without load, or whose
+/// re-placement would not lower its imbalance, stays as it is. Throws troupe::error when the
+/// replicas are not a multiple of the shards (EPLB gives every shard the same number).
 expert_placement balanced_placement(const expert_placement& current, const layer_expert_load& load,
-                                    std::int64_t experts, std::int64_t groups);
+                                    std::int64_t experts, std::int64_t groups,
+                                    std::int64_t redundant = 0);
 
 }  // namespace troupe

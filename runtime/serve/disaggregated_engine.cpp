@@ -28,18 +28,19 @@ void cancel_marked(batch_decoder& decoder, active_map& active, Cancelled cancell
   }
 }
 
-/// One step of `decoder`, its experts' load counted in `metrics`; a step the cache cannot hold
-/// fails the newest sequence (the step changed nothing, batch_decoder's contract) and gives no
-/// events.
+/// One step of `decoder`, its experts' load counted in `metrics` and given to the instance's
+/// after_step; a step the cache cannot hold fails the newest sequence (the step changed nothing,
+/// batch_decoder's contract) and gives no events.
 std::vector<batch_decoder::event> step_or_shed(batch_decoder& decoder, active_map& active,
-                                               const cached_model& model,
+                                               const serving_instance& instance,
                                                serving_metrics* metrics) {
   try {
     auto events = decoder.step();
-    if (metrics != nullptr) {
+    if (metrics != nullptr || instance.after_step) {
       std::map<std::int64_t, std::vector<std::int64_t>> load;
-      model.add_expert_load(load);
-      metrics->expert_load(load);
+      instance.model->add_expert_load(load);
+      if (metrics != nullptr) metrics->expert_load(load);
+      if (instance.after_step) instance.after_step(load);
     }
     return events;
   } catch (const std::exception& e) {
@@ -219,7 +220,7 @@ void disaggregated_engine::prefill_loop(std::size_t instance) {
     }
     if (active.empty()) continue;
     const std::vector<batch_decoder::event> events =
-        step_or_shed(decoder, active, *me.model, options_.serve_metrics);
+        step_or_shed(decoder, active, me, options_.serve_metrics);
     bool handed = false;
     for (const batch_decoder::event& e : events) {
       const auto it = active.find(e.id);
@@ -300,7 +301,7 @@ void disaggregated_engine::decode_loop(std::size_t instance) {
     }
     if (active.empty()) continue;
     const std::vector<batch_decoder::event> events =
-        step_or_shed(decoder, active, *me.model, options_.serve_metrics);
+        step_or_shed(decoder, active, me, options_.serve_metrics);
     {
       std::lock_guard lock(mutex_);
       state.active = static_cast<std::int64_t>(active.size()) -

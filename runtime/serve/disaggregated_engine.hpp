@@ -14,7 +14,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -33,6 +35,10 @@ struct serving_instance {
   cached_model* model = nullptr;
   latent_cache* cache = nullptr;
   const exec_context* context = nullptr;
+  /// Called on the instance's thread between two steps with the step's expert load (layer ->
+  /// tokens per expert): where its expert shards re-place their experts. It must not throw; may be
+  /// empty.
+  std::function<void(const std::map<std::int64_t, std::vector<std::int64_t>>&)> after_step;
 };
 
 struct disaggregated_options {

@@ -128,10 +128,11 @@ void serving_engine::run() {
       active.erase(newest);
       continue;
     }
-    if (options_.serve_metrics != nullptr) {
+    if (options_.serve_metrics != nullptr || options_.after_step) {
       std::map<std::int64_t, std::vector<std::int64_t>> load;
       model_->add_expert_load(load);
-      options_.serve_metrics->expert_load(load);
+      if (options_.serve_metrics != nullptr) options_.serve_metrics->expert_load(load);
+      if (options_.after_step) options_.after_step(load);
     }
     // The state after the step, before any future is readied: a client that reads the metrics
     // after its reply sees its blocks free.

@@ -9,7 +9,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <future>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -27,6 +29,10 @@ struct serving_options {
   std::int64_t prefill_chunk = 0;            ///< prompt tokens a sequence reads per step (0: whole)
   metrics_registry* metrics = nullptr;       ///< tokens generated, speculative drafts
   serving_metrics* serve_metrics = nullptr;  ///< latency, queue, batch, cache
+  /// Called on the engine's thread between two steps with the step's expert load (layer ->
+  /// tokens per expert): where the model's expert shards re-place their experts. It must not throw;
+  /// may be empty.
+  std::function<void(const std::map<std::int64_t, std::vector<std::int64_t>>&)> after_step;
 };
 
 class serving_engine final : public request_engine {

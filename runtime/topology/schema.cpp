@@ -416,6 +416,29 @@ section_schema serve_section() {
                "instance holds its own copy of the weights and a KV cache of kv_cache_mib.",
                {},
                {0, 64}},
+              {"expert_shards",
+               k::integer,
+               false,
+               "0",
+               "Expert parallelism within each instance: its routed experts on this many expert "
+               "shards, placed by DeepSeek's EPLB (0: the moe plugin computes whole layers). The "
+               "shards compute on the CPU.",
+               {},
+               {0, 4096}},
+              {"redundant_experts",
+               k::integer,
+               false,
+               "0",
+               "With expert_shards: physical expert slots per MoE layer beyond one per expert, "
+               "given to the heaviest experts (their tokens split between the copies); routed "
+               "experts + redundant_experts must divide by expert_shards.",
+               {},
+               {0, 1 << 16}},
+              {"rebalance_interval", k::number, false, "600",
+               "With expert_shards: seconds between re-placements of the experts (and their "
+               "redundant copies) from the load observed since the last one, done between two "
+               "decode steps without dropping a request (0: never; DeepSeek re-places every ten "
+               "minutes)."},
           }};
 }
 

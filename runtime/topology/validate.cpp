@@ -318,6 +318,10 @@ class topology_validator {
                        device::cpu()};
     check_placement(balancer, "balancer", "the balancer actor");
     t_.balancer.host = balancer.host;
+    if (!(t_.serve.rebalance_interval >= 0.0))
+      error("serve.rebalance_interval",
+            fmt::format("serve.rebalance_interval must be 0 (never) or more seconds, got {}",
+                        t_.serve.rebalance_interval));
     if (!(t_.balancer.gamma >= 0.0))
       error("balancer.gamma",
             fmt::format("balancer.gamma must be 0 or more, got {}", t_.balancer.gamma));

@@ -7,6 +7,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "runtime/metrics/rebalance_metrics.hpp"
 #include "runtime/train/training_job.hpp"
 
 namespace troupe {
@@ -31,11 +32,7 @@ struct training_metrics::families {
   prometheus::Family<prometheus::Counter>& swaps;
   prometheus::Family<prometheus::Histogram>& swap_pause;
   prometheus::Family<prometheus::Gauge>& expert_shard;
-  prometheus::Family<prometheus::Gauge>& shard_imbalance;
-  prometheus::Family<prometheus::Counter>& rebalances;
-  prometheus::Family<prometheus::Counter>& experts_moved;
-  prometheus::Family<prometheus::Counter>& rebalance_bytes;
-  prometheus::Family<prometheus::Histogram>& rebalance_pause;
+  rebalance_metrics rebalances;
 };
 
 training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_series)
@@ -113,27 +110,7 @@ training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_seri
           .Name("troupe_expert_shard")
           .Help("The expert shard that computes each routed expert, by MoE layer and expert")
           .Register(r),
-      BuildGauge()
-          .Name("troupe_expert_shard_load_max_over_mean")
-          .Help("Largest expert shard's load over the mean of a MoE layer in the last step")
-          .Register(r),
-      BuildCounter()
-          .Name("troupe_expert_rebalances_total")
-          .Help("Re-placements of the routed experts on the shards, by outcome (moved, "
-                "unchanged, failed)")
-          .Register(r),
-      BuildCounter()
-          .Name("troupe_experts_moved_total")
-          .Help("Routed experts moved to another shard by rebalances")
-          .Register(r),
-      BuildCounter()
-          .Name("troupe_expert_rebalance_bytes_total")
-          .Help("Bytes of weights and optimizer moments rebalances moved between shards")
-          .Register(r),
-      BuildHistogram()
-          .Name("troupe_expert_rebalance_pause_seconds")
-          .Help("How long a rebalance held the step loop at a step boundary")
-          .Register(r),
+      rebalance_metrics(r),
   });
   families_->paused.Add({}).Set(0);
 }
@@ -155,7 +132,7 @@ void training_metrics::record_step(const step_record& s,
     f.layer_routed.Add({{"layer", l}}).Increment(static_cast<double>(total));
     f.imbalance.Add({{"layer", l}}).Set(max_over_mean(counts));
     if (placement_.layers.count(layer) != 0)
-      f.shard_imbalance.Add({{"layer", l}}).Set(placement_.imbalance(layer, counts));
+      f.rebalances.shard_imbalance(layer, placement_.imbalance(layer, counts));
   }
   if (per_expert_)
     for (const auto& [layer, values] : biases)
@@ -222,14 +199,10 @@ void training_metrics::set_placement(const expert_placement& placement) {
 
 void training_metrics::record_rebalance(bool done, std::int64_t moved, std::int64_t bytes,
                                         double pause_seconds) {
-  auto& f = *families_;
-  f.rebalances.Add({{"outcome", !done ? "failed" : moved > 0 ? "moved" : "unchanged"}}).Increment();
-  if (!done) return;
-  f.experts_moved.Add({}).Increment(static_cast<double>(moved));
-  f.rebalance_bytes.Add({}).Increment(static_cast<double>(bytes));
-  f.rebalance_pause
-      .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5})
-      .Observe(pause_seconds);
+  families_->rebalances.record(!done       ? "failed"
+                               : moved > 0 ? "moved"
+                                           : "unchanged",
+                               moved, bytes, pause_seconds);
 }
 
 }  // namespace troupe

@@ -297,7 +297,8 @@ TEST(Monitoring, ServingPanelsQueryWhatTroupeServeExports) {
   ASSERT_EQ(trained.exit_code, 0) << trained.output;
   background_command server(
       fmt::format("{} serve --model {} --listen 127.0.0.1:0 --threads 2 --kv-cache-mib 16 "
-                  "--cache-dtype f32",
+                  "--cache-dtype f32 --expert-shards 2 --redundant-experts 2 "
+                  "--rebalance-interval 0.000001",
                   troupe, (dir / "checkpoints" / "step-000001").string()),
       dir / "serve.log");
   // Its first line: "troupe serve: serving NAME at http://127.0.0.1:PORT (...".

@@ -2,7 +2,8 @@
 // a placement checks that each layer places every expert once; the re-placement for a load
 // (EPLB with one replica per expert and the shards as devices) keeps every shard's count, never
 // raises a layer's shard imbalance, lowers it on skewed random loads, moves nothing when a layer
-// is balanced already, and moves only the experts whose shard changes.
+// is balanced already, and moves only the experts whose shard changes. With redundant copies
+// (serving), the heaviest experts get them, on different shards.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -113,6 +114,29 @@ TEST(ExpertPlacement, UnevenSplitsAreRefusedWithTheReason) {
         << e.what();
   }
   EXPECT_THROW(balanced_placement(in_order(8, 2, {1}), {{1, {1, 2, 3}}}, 8, 1), error);
+}
+
+TEST(ExpertPlacement, RedundantCopiesLandOnDifferentShards) {
+  // Equal loads: EPLB gives the two extra slots to experts 0 and 1 and packs each pair onto one
+  // device; the shards get one copy each instead.
+  for (const std::int64_t groups : {1, 4}) {
+    const expert_placement p = initial_placement({1, 2}, 8, 2, groups, 2);
+    p.check(8, true);
+    EXPECT_EQ(p.layers.at(1),
+              (std::vector<std::vector<std::int64_t>>{{0, 1, 2, 4, 6}, {0, 1, 3, 5, 7}}));
+  }
+  // Skewed: the heaviest experts hold the copies, and every shard its share of the slots.
+  const layer_expert_load load{{1, {500, 10, 10, 10, 10, 10, 10, 300}}};
+  const expert_placement next =
+      balanced_placement(initial_placement({1}, 8, 2, 1, 2), load, 8, 1, 2);
+  next.check(8, true);
+  for (const auto& ids : next.layers.at(1)) {
+    EXPECT_EQ(ids.size(), 5u);
+    EXPECT_EQ(std::count(ids.begin(), ids.end(), 0), 1);
+    EXPECT_EQ(std::count(ids.begin(), ids.end(), 7), 1);
+  }
+  EXPECT_LT(next.imbalance(1, load.at(1)), 1.1);
+  EXPECT_THROW(initial_placement({1}, 8, 3, 1, 0), error);  // 8 slots over 3 shards
 }
 
 }  // namespace

@@ -22,7 +22,7 @@ struct instance : troupe::testing::fixture_runner {
       : fixture_runner("q-lora"),
         model(runner),
         cache(model.cache_shape(dtype::f32, 4), cache_bytes, device::cpu()) {}
-  serving_instance view() { return {&model, &cache, &context}; }
+  serving_instance view() { return {&model, &cache, &context, {}}; }
   cached_model model;
   latent_cache cache;
 };
@@ -125,7 +125,7 @@ TEST(DisaggregatedEngine, AFullQueueRefusesAndMismatchedCachesAreRefused) {
   }
   latent_cache other(decode.model.cache_shape(dtype::bf16, 4), 1 << 20, device::cpu());
   try {
-    disaggregated_engine engine({prefill.view()}, {{&decode.model, &other, &decode.context}});
+    disaggregated_engine engine({prefill.view()}, {{&decode.model, &other, &decode.context, {}}});
     ADD_FAILURE() << "caches of different shapes were taken";
   } catch (const troupe::error& e) {
     EXPECT_NE(std::string(e.what()).find("the prefill cache's shape"), std::string::npos);

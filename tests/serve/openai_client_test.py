@@ -2,7 +2,9 @@
 """`troupe serve` as OpenAI's own Python client sees it (the `clients` suite).
 
 Tiny models trained for one step are served with an API key. Disaggregated (1 prefill and 2
-decode instances), 16 concurrent streams equal a colocated server's. With DeepSeek-V3's tokenizer,
+decode instances), 16 concurrent streams equal a colocated server's. With expert shards whose
+redundant copies are re-placed every 10 ms, 32 concurrent streams equal a server without shards
+and the metrics count the moves. With DeepSeek-V3's tokenizer,
 8 chat completions streamed at once equal the same chats answered one by one. With troupe's
 byte tokenizer, the `openai` package lists the model, completes 32 prompts one by one
 (greedy), then streams the same 32 prompts at once: every stream's text equals its prompt's
@@ -132,6 +134,43 @@ def disaggregated(checkpoint, key_file):
     print("16 streams through 1 prefill + 2 decode instances equal a colocated server's")
 
 
+def live_rebalance(checkpoint, key_file):
+    """Expert shards with redundant copies re-placed every 10 ms from the load they see, while 32
+    streams run: every stream completes with the text of a server without shards (greedy), and
+    the metrics show the moves."""
+    prompts = [f"Rebalanced {i}: " + "pqrs"[: i % 4] for i in range(32)]
+    texts, moved = {}, 0.0
+    for name, extra in [("whole", ()),
+                        ("sharded", ("--expert-shards", "2", "--redundant-experts", "2",
+                                     "--rebalance-interval", "0.01"))]:
+        server, url = start_server(checkpoint, key_file, *extra)
+        try:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0,
+                                   timeout=120)
+
+            def stream(p):
+                return "".join(c.choices[0].text for c in client.completions.create(
+                    model="tiny", prompt=p, max_tokens=24, temperature=0, stream=True)
+                    if c.choices)
+
+            with concurrent.futures.ThreadPoolExecutor(32) as pool:
+                texts[name] = list(pool.map(stream, prompts))
+            if name == "sharded":
+                scrape = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+                for line in scrape.splitlines():
+                    if (line.startswith("troupe_expert_rebalances_total{")
+                            and 'outcome="moved"' in line):
+                        moved = float(line.split()[-1])
+        finally:
+            server.terminate()
+            server.wait()
+    check(texts["whole"] == texts["sharded"],
+          f"with live rebalances {texts['sharded']} != whole layers {texts['whole']}")
+    check(moved >= 1, f"no rebalance moved experts while 32 streams ran (moved={moved})")
+    print(f"32 streams while the experts were re-placed {moved:.0f} times equal a server "
+          "without expert shards")
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="troupe-openai-") as scratch:
         checkpoint = train(scratch, "bytes")
@@ -140,6 +179,7 @@ def main():
             f.write("sesame\n")
         chat_with_deepseeks_tokenizer(scratch, key_file)
         disaggregated(checkpoint, key_file)
+        live_rebalance(checkpoint, key_file)
         server, url = start_server(checkpoint, key_file)
         try:
             client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0,

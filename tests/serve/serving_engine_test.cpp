@@ -38,7 +38,7 @@ TEST(ServingEngine, ConcurrentRequestsGetTheirAloneTokens) {
   std::vector<std::vector<std::int32_t>> alone;
   for (int i = 0; i < 12; ++i)
     alone.push_back(generate_sequence(m.model, cache, m.context, request_for(i)).tokens);
-  serving_engine engine(m.model, cache, m.context, {4, 64, 3, nullptr});
+  serving_engine engine(m.model, cache, m.context, {4, 64, 3, nullptr, nullptr, {}});
   std::vector<std::vector<std::int32_t>> streamed(12), results(12);
   std::vector<std::thread> clients;
   for (int c = 0; c < 4; ++c)
@@ -83,7 +83,7 @@ TEST(ServingEngine, ExpertLoadIsCountedPerLayerAndExpertAsTrainingCountsIt) {
 TEST(ServingEngine, AFullQueueRefusesAtOnce) {
   served_model m;
   latent_cache cache(m.model.cache_shape(dtype::f32, 4), 1 << 22, device::cpu());
-  serving_engine engine(m.model, cache, m.context, {1, 2, 0, nullptr});
+  serving_engine engine(m.model, cache, m.context, {1, 2, 0, nullptr, nullptr, {}});
   generation_request slow = request_for(0);
   slow.max_new_tokens = 200;
   std::vector<std::future<generation_result>> accepted;

@@ -22,6 +22,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/exec/exec_context.hpp"
+#include "runtime/experts/replicated_experts.hpp"
 #include "runtime/inference/cached_model.hpp"
 #include "runtime/inference/latent_cache.hpp"
 #include "runtime/metrics/metrics.hpp"
@@ -45,6 +46,8 @@ struct serve_options {
   std::string device = "cpu", speculative;
   std::optional<std::int64_t> max_batch, max_queue, prefill_chunk, context_length, kv_cache_mib;
   std::optional<std::int64_t> prefill_instances, decode_instances;
+  std::optional<std::int64_t> expert_shards, redundant_experts;
+  std::optional<double> rebalance_interval;
   int threads = 0;
 };
 
@@ -80,6 +83,14 @@ serve_settings settings_of(const serve_options& o) {
   if (o.kv_cache_mib) s.inference.kv_cache_mib = *o.kv_cache_mib;
   if (o.prefill_instances) s.serve.prefill_instances = *o.prefill_instances;
   if (o.decode_instances) s.serve.decode_instances = *o.decode_instances;
+  if (o.expert_shards) s.serve.expert_shards = *o.expert_shards;
+  if (o.redundant_experts) s.serve.redundant_experts = *o.redundant_experts;
+  if (o.rebalance_interval) s.serve.rebalance_interval = *o.rebalance_interval;
+  if (s.serve.expert_shards == 0 && s.serve.redundant_experts > 0)
+    fail(
+        "{} redundant experts without expert shards: redundant copies live on expert shards; give "
+        "expert_shards (--expert-shards) too",
+        s.serve.redundant_experts);
   if (s.serve.decode_instances == 0 && s.serve.prefill_instances != 1)
     fail(
         "{} prefill instances without decode instances: prefill instances only read prompts; "
@@ -88,14 +99,18 @@ serve_settings settings_of(const serve_options& o) {
   return s;
 }
 
-/// A model loaded for serving: its weights, worker pool, cached model and KV cache.
+/// A model loaded for serving: its weights, worker pool, cached model and KV cache, and with
+/// [serve] expert_shards its routed experts on expert shards of their own (redundant copies
+/// placed and re-placed by EPLB).
 struct model_instance {
   model_instance(const hf_checkpoint& checkpoint, bool mtp, device where, int threads,
-                 const latent_cache_shape& shape, std::uint64_t budget)
-      : runner(checkpoint.config(), {}, load_model_plugins(registry, checkpoint.config()),
-               options(mtp, where)),
+                 const latent_cache_shape& shape, std::uint64_t budget, const serve_spec& spec,
+                 prometheus::Registry* metrics, const std::string& engine)
+      : plugins(load_model_plugins(registry, checkpoint.config())),
         pool(threads),
         exec(where, pool),
+        experts(make_experts(checkpoint, spec, metrics, engine)),
+        runner(checkpoint.config(), {}, with_experts(plugins, experts.get()), options(mtp, where)),
         cached(runner),
         cache(shape, budget, where) {
     load_parameters(checkpoint, runner.parameters(), &pool);
@@ -106,12 +121,48 @@ struct model_instance {
     o.where = where;
     return o;
   }
-  serving_instance view() { return {&cached, &cache, &exec}; }
+  static model_plugins with_experts(model_plugins p, replicated_experts* experts) {
+    if (experts != nullptr) p.experts = &experts->backend();
+    return p;
+  }
+  std::unique_ptr<replicated_experts> make_experts(const hf_checkpoint& checkpoint,
+                                                   const serve_spec& spec,
+                                                   prometheus::Registry* metrics,
+                                                   const std::string& engine) {
+    if (spec.expert_shards == 0) return nullptr;
+    replicated_experts_options o;
+    o.shards = spec.expert_shards;
+    o.redundant = spec.redundant_experts;
+    o.interval = spec.rebalance_interval;
+    o.metrics = metrics;
+    o.engine = engine;
+    return std::make_unique<replicated_experts>(
+        checkpoint.config(), plugins.moe, plugins.moe_options, o,
+        [&](parameter_store& store) { load_parameters(checkpoint, store, &pool); }, exec);
+  }
+  /// Between steps: the experts re-place themselves when their interval has passed. A failed
+  /// re-placement changes nothing (it fails before any shard is replaced): it is reported and
+  /// serving goes on with the placement it has.
+  void after_step(const std::map<std::int64_t, std::vector<std::int64_t>>& load) {
+    try {
+      experts->after_step(load);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "troupe serve: the expert re-placement failed, the placement stays: {}\n",
+                 e.what());
+    }
+  }
+  serving_instance view() {
+    serving_instance v{&cached, &cache, &exec, {}};
+    if (experts) v.after_step = [this](const auto& load) { after_step(load); };
+    return v;
+  }
 
   plugin_registry registry;
-  model_runner runner;
+  model_plugins plugins;
   thread_pool pool;
   exec_context exec;
+  std::unique_ptr<replicated_experts> experts;
+  model_runner runner;
   cached_model cached;
   latent_cache cache;
 };
@@ -147,6 +198,21 @@ int serve(const serve_options& o) {
   if (mtp) require_mtp(checkpoint, o.model, "--speculative mtp");
   const device where = parse_device(o.device);
   if (where.is_cuda()) cuda::require_device(where.index);
+  if (spec.expert_shards > 0) {
+    if (where.is_cuda())
+      fail(
+          "[serve] expert_shards = {}: expert shards compute on the CPU; on {} the moe plugin "
+          "computes whole layers (expert_shards = 0)",
+          spec.expert_shards, to_string(where));
+    if (config.n_routed_experts == 0)
+      fail("[serve] expert_shards = {}: {} has no routed experts", spec.expert_shards, o.model);
+    const std::int64_t slots = config.n_routed_experts + spec.redundant_experts;
+    if (slots % spec.expert_shards != 0 || slots < spec.expert_shards)
+      fail(
+          "[serve] expert_shards = {}: the {} routed experts and {} redundant copies ({} slots per "
+          "layer) do not split evenly over the shards",
+          spec.expert_shards, config.n_routed_experts, spec.redundant_experts, slots);
+  }
 
   const std::string& cache_type = settings.inference.kv_cache_dtype;
   const latent_cache_shape shape = inference_cache_shape(
@@ -183,13 +249,19 @@ int serve(const serve_options& o) {
   const int cores = o.threads > 0
                         ? o.threads
                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  std::vector<std::unique_ptr<model_instance>> loaded;
-  for (std::int64_t i = 0; i < instances; ++i)
-    loaded.push_back(std::make_unique<model_instance>(
-        checkpoint, mtp, where, std::max(1, cores / static_cast<int>(instances)), shape, budget));
-
   metrics_registry metrics;
   serving_metrics serve_metrics(*metrics.registry());
+  std::vector<std::unique_ptr<model_instance>> loaded;
+  for (std::int64_t i = 0; i < instances; ++i) {
+    const std::string engine =
+        spec.decode_instances == 0
+            ? std::string("serve")
+            : (i < spec.prefill_instances ? fmt::format("prefill{}", i)
+                                          : fmt::format("decode{}", i - spec.prefill_instances));
+    loaded.push_back(std::make_unique<model_instance>(
+        checkpoint, mtp, where, std::max(1, cores / static_cast<int>(instances)), shape, budget,
+        spec, metrics.registry().get(), engine));
+  }
   std::unique_ptr<request_engine> engine;
   if (spec.decode_instances > 0) {
     disaggregated_options engine_options;
@@ -212,6 +284,7 @@ int serve(const serve_options& o) {
     engine_options.metrics = &metrics;
     engine_options.serve_metrics = &serve_metrics;
     model_instance& only = *loaded.front();
+    engine_options.after_step = only.view().after_step;
     engine = std::make_unique<serving_engine>(only.cached, only.cache, only.exec, engine_options);
   }
 
@@ -327,6 +400,21 @@ void add_serve_command(CLI::App& app, int& exit_code) {
                    "Disaggregated serving: instances that decode what the prefill instances "
                    "hand them (default 0: prefill and decode in one batch)")
       ->check(within({0, 64}));
+  command
+      ->add_option("--expert-shards", o->expert_shards,
+                   "Each instance's routed experts on this many expert shards, placed by EPLB "
+                   "(default 0: whole MoE layers)")
+      ->check(within({0, 4096}));
+  command
+      ->add_option("--redundant-experts", o->redundant_experts,
+                   "With --expert-shards: extra expert copies per MoE layer for the heaviest "
+                   "experts (default 0)")
+      ->check(within({0, 1 << 16}));
+  command
+      ->add_option("--rebalance-interval", o->rebalance_interval,
+                   "With --expert-shards: seconds between re-placements from the observed load "
+                   "(default 600; 0: never)")
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--cache-dtype", o->cache_dtype, "bf16 (default) or f32")
       ->check(CLI::IsMember({"f32", "bf16"}));
   command

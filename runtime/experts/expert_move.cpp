@@ -49,7 +49,6 @@ shard_successor prepare_successor(expert_shard& current, const adamw& optimizer,
            it->second->describe(), p->value.describe());
     p->value.copy_from(*it->second);
   }
-  parameters_changed();  // derived copies (BF16 weights) are made anew
   auto moments = optimizer.state();
   moments.insert(moments.end(), order.moments.begin(), order.moments.end());
   next.optimizer = std::make_unique<adamw>(settings);

@@ -96,9 +96,16 @@ void replicated_experts::after_step(const layer_expert_load& load) {
   if (options_.interval <= 0) return;
   const auto now = std::chrono::steady_clock::now();
   if (std::chrono::duration<double>(now - last_).count() < options_.interval) return;
-  rebalance(observed_);
+  // The next attempt waits for the next interval and the load seen by then, failed or not.
+  const layer_expert_load seen = std::move(observed_);
   observed_.clear();
   last_ = std::chrono::steady_clock::now();
+  try {
+    rebalance(seen);
+  } catch (const std::exception&) {
+    if (metrics_) metrics_->rebalances.record("failed", 0, 0, 0.0);
+    throw;
+  }
 }
 
 replacement_report replicated_experts::rebalance(const layer_expert_load& load) {
@@ -128,15 +135,16 @@ replacement_report replicated_experts::rebalance(const layer_expert_load& load) 
         }
       }
     }
+    // The routing first: it checks the placement and refuses (changing nothing) while a
+    // micro-batch is in flight; the shard swap after it cannot fail.
+    backend_->set_placement(target.layers);
     std::vector<expert_shard*> pointers;
     for (std::size_t s = 0; s < shards_.size(); ++s) {
       if (next[s]) shards_[s] = std::move(next[s]);
       pointers.push_back(shards_[s].get());
     }
     transport_->set_shards(pointers);
-    backend_->set_placement(target.layers);
     placement_ = target;
-    parameters_changed();
     report.changed = true;
     ++replacements_;
   }

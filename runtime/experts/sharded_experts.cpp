@@ -185,4 +185,14 @@ void sharded_experts::forget(std::int64_t layer, std::int64_t micro_batch) {
   notify_all(expert_request::kind::forget, layer, micro_batch);
 }
 
+void sharded_experts::abandon(std::int64_t layer, std::int64_t micro_batch) {
+  in_flight_.erase({layer, micro_batch});
+  try {
+    notify_all(expert_request::kind::forget, layer, micro_batch);
+  } catch (const std::exception&) {
+    // Nothing more to do: a shard that cannot be told fails its next request with its own
+    // message.
+  }
+}
+
 }  // namespace troupe

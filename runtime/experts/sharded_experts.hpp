@@ -41,6 +41,7 @@ class sharded_experts : public expert_backend {
                         const tensor& dy_rows) override;
   void backward_weight(std::int64_t layer, std::int64_t micro_batch) override;
   void forget(std::int64_t layer, std::int64_t micro_batch) override;
+  void abandon(std::int64_t layer, std::int64_t micro_batch) override;
 
   /// Bytes sent to and received from the shards so far (payload only).
   std::int64_t bytes_sent() const { return bytes_sent_; }

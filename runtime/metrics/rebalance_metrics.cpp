@@ -41,9 +41,9 @@ prometheus::Labels rebalance_metrics::with(prometheus::Labels extra) const {
 void rebalance_metrics::record(const std::string& outcome, std::int64_t moved, std::int64_t bytes,
                                double pause_seconds) {
   rebalances_.Add(with({{"outcome", outcome}})).Increment();
-  if (outcome == "failed") return;
   moved_.Add(labels_).Increment(static_cast<double>(moved));
   bytes_.Add(labels_).Increment(static_cast<double>(bytes));
+  if (outcome != "moved") return;  // only a move holds the step loop for long
   pause_
       .Add(labels_,
            prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5})

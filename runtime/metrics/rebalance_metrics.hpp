@@ -27,7 +27,8 @@ class rebalance_metrics {
   explicit rebalance_metrics(prometheus::Registry& registry, prometheus::Labels labels = {});
 
   /// One re-placement: `outcome` is "moved", "unchanged" or "failed"; `moved` experts (or
-  /// copies) and `bytes` went to other shards while the step loop paused `pause_seconds`.
+  /// copies) and `bytes` went to other shards while the step loop paused `pause_seconds` (in
+  /// the pause histogram for moves only).
   void record(const std::string& outcome, std::int64_t moved, std::int64_t bytes,
               double pause_seconds);
   /// The busiest shard's load over the mean shard load of `layer` in the last step.

@@ -169,7 +169,15 @@ tensor decoder_layer::forward_cached(const exec_context& context, const troupe_k
   if (moe_ && experts_ != nullptr) {
     saved s;
     s.m_in = normed;
-    h_out = sharded_moe_forward(context, inference, s);
+    // NOTES: whatever happens, the router and every shard forget the micro-batch (a failed step
+    // must leave nothing behind, or every later step would find it still in flight).
+    try {
+      h_out = sharded_moe_forward(context, inference, s);
+    } catch (...) {
+      moe_->forget(inference);
+      experts_->abandon(index_, inference);
+      throw;
+    }
     cached_counts_ = s.counts;
     moe_->forget(inference);
     experts_->forget(index_, inference);

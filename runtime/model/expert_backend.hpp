@@ -27,6 +27,9 @@ class expert_backend {
   virtual void backward_weight(std::int64_t layer, std::int64_t micro_batch) = 0;
   /// Drops what the experts saved for the micro-batch.
   virtual void forget(std::int64_t layer, std::int64_t micro_batch) = 0;
+  /// After a forward that failed part-way: every expert drops what it may have saved for the
+  /// micro-batch; never throws.
+  virtual void abandon(std::int64_t layer, std::int64_t micro_batch) = 0;
 };
 
 }  // namespace troupe

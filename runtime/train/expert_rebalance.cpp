@@ -1,6 +1,7 @@
 #include "runtime/train/expert_rebalance.hpp"
 
 #include <chrono>
+#include <stdexcept>
 
 #include "runtime/core/error.hpp"
 #include "runtime/experts/expert_messages.hpp"
@@ -87,14 +88,25 @@ rebalance_report move_experts(blocking_actor& self, training_roles& roles,
         [](const std::string&, bool&) {});
     throw;
   }
-  self.ask_each(
-      "expert placement commit", changing,
-      [](const std::string&) { return expert_placement_commit{true}; },
-      [](const std::string&, bool&) {});
-  self.ask_each(
-      "expert routing", roles.stages(),
-      [&](const std::string&) { return expert_routing_order{target.layers}; },
-      [](const std::string&, bool&) {});
+  // NOTES: from the first commit on there is no way back: a shard or stage that fails now
+  // leaves shards and stages on different placements, so the job must stop (it resumes from its
+  // last checkpoint). A std::runtime_error, not a troupe::error, goes past the control command's
+  // "refused, nothing changed" and fails the job.
+  try {
+    self.ask_each(
+        "expert placement commit", changing,
+        [](const std::string&) { return expert_placement_commit{true}; },
+        [](const std::string&, bool&) {});
+    self.ask_each(
+        "expert routing", roles.stages(),
+        [&](const std::string&) { return expert_routing_order{target.layers}; },
+        [](const std::string&, bool&) {});
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format(
+        "rebalance: the move failed after the shards began to commit, so shards and stages may "
+        "disagree on where experts are; the job stops: {}",
+        e.what()));
+  }
   roles.placement = target;
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

@@ -27,7 +27,8 @@ struct rebalance_report {
 /// Moves the experts of `roles` from roles.placement to `target` (the same layers and shards)
 /// and makes `target` the job's placement. Everywhere or nowhere: when a shard cannot take its
 /// new set, every prepared one is dropped and troupe::error goes on (the job keeps its
-/// placement and runs on); a failure after the commit fails the job.
+/// placement and runs on); a failure after the first commit throws std::runtime_error, which
+/// fails the job (shards and stages may disagree).
 rebalance_report move_experts(blocking_actor& self, training_roles& roles,
                               const expert_placement& target);
 

@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <optional>
 
 #include <fmt/format.h>
@@ -89,6 +91,8 @@ training_control::training_control(const topology& topo, const training_options&
   directory_ = std::make_unique<job_directory>(
       options.run_directory.empty() ? default_run_directory() : options.run_directory,
       name.empty() ? std::string("troupe") : name, !options.job_name.empty());
+  // The endpoint's threads read these, never roles_.placement (the coordinator changes it).
+  for (const auto& [layer, lists] : roles_.placement.layers) moe_layers_.push_back(layer);
   auto at_boundary = [this](boundary_work work) {
     return queue_->at_step_boundary(std::move(work), boundary_timeout);
   };
@@ -111,7 +115,7 @@ training_control::training_control(const topology& topo, const training_options&
       {"swap", [this](const nlohmann::json& request) { return request_swap(request); }},
       {"rebalance",
        [this, at_boundary](const nlohmann::json& request) {
-         if (roles_.placement.shards() == 0)
+         if (moe_layers_.empty())
            return control_error(409, "this job has no expert shards: its experts cannot move");
          layer_expert_load load;
          if (request.is_object() && request.contains("load")) {
@@ -121,7 +125,7 @@ training_control::training_control(const topology& topo, const training_options&
              return control_error(400, e.what());
            }
          }
-         const bool given = !load.empty();
+         const bool given = request.is_object() && request.contains("load");
          return at_boundary([this, load = std::move(load), given](blocking_actor& self) {
            return rebalance(self, given ? load : observed_);
          });
@@ -332,56 +336,80 @@ bool parse_layer(const std::string& text, std::int64_t& layer) {
 
 layer_expert_load training_control::rebalance_load(const nlohmann::json& request) const {
   const nlohmann::json& given = request.at("load");
-  std::vector<std::int64_t> moe_layers;
-  for (const auto& [layer, lists] : roles_.placement.layers) moe_layers.push_back(layer);
+  const std::vector<std::int64_t>& moe_layers = moe_layers_;
   const auto experts = static_cast<std::size_t>(topo_.model.n_routed_experts);
-  layer_expert_load load;
-  auto add = [&](std::int64_t layer, const nlohmann::json& row, const std::string& name) {
-    if (!row.is_array() || row.size() != experts)
+  // The rows, each under its name; loads that are not whole numbers (normalised ones) are
+  // scaled by 10^6 for all layers, which keeps their ratios, all EPLB looks at.
+  std::vector<std::pair<std::string, const nlohmann::json*>> rows;
+  if (given.is_array()) {
+    for (std::size_t i = 0; i < given.size(); ++i) rows.emplace_back(std::to_string(i), &given[i]);
+  } else if (given.is_object()) {
+    for (const auto& [key, row] : given.items()) rows.emplace_back(key, &row);
+  } else {
+    fail("the rebalance request: \"load\" must map MoE layers to loads or list them in order");
+  }
+  if (rows.empty()) fail("the rebalance request: \"load\" holds no layer");
+  bool whole = true;
+  for (const auto& [name, row] : rows) {
+    if (!row->is_array() || row->size() != experts)
       fail("the rebalance request: load of layer {} must list {} numbers, one per expert", name,
            experts);
-    auto& counts = load[layer];
-    for (const auto& v : row) {
-      if (!v.is_number() || !(v.get<double>() >= 0.0) || v.get<double>() > 1e18)
+    for (const auto& v : *row) {
+      if (!v.is_number() || !(v.get<double>() >= 0.0) || v.get<double>() > 1e12)
         fail("the rebalance request: load of layer {} holds {}, not a token count", name, v.dump());
-      counts.push_back(static_cast<std::int64_t>(v.get<double>()));
+      whole = whole && v.get<double>() == std::floor(v.get<double>());
     }
+  }
+  const double scale = whole ? 1.0 : 1e6;
+  const auto counts_of = [&](const nlohmann::json& row) {
+    std::vector<std::int64_t> counts;
+    for (const auto& v : row) counts.push_back(std::llround(v.get<double>() * scale));
+    return counts;
   };
-  if (given.is_array()) {  // rows in the MoE layers' order
-    if (given.size() != moe_layers.size())
-      fail("the rebalance request: {} rows of load for the model's {} MoE layers", given.size(),
-           moe_layers.size());
-    for (std::size_t i = 0; i < given.size(); ++i)
-      add(moe_layers[i], given[i], std::to_string(moe_layers[i]));
-    return load;
-  }
-  if (!given.is_object())
-    fail("the rebalance request: \"load\" must map MoE layers to loads or list them in order");
-  // Keys that are not all MoE layers (a matrix's row numbers) are rows in the MoE layers' order.
-  bool by_layer = true;
-  for (const auto& [key, row] : given.items()) {
+  // Names that are all MoE layers name them; others (a matrix's row numbers) are rows in the
+  // MoE layers' order, sorted by number where they are numbers.
+  bool by_layer = !given.is_array();
+  std::vector<std::int64_t> numbers;
+  for (const auto& [name, row] : rows) {
     std::int64_t layer = -1;
-    if (!parse_layer(key, layer) || roles_.placement.layers.count(layer) == 0) by_layer = false;
+    const bool number = parse_layer(name, layer);
+    numbers.push_back(number ? layer : -1);
+    if (!number || std::find(moe_layers.begin(), moe_layers.end(), layer) == moe_layers.end())
+      by_layer = false;
   }
+  layer_expert_load load;
   if (by_layer) {
-    for (const auto& [key, row] : given.items()) {
-      std::int64_t layer = 0;
-      parse_layer(key, layer);
-      add(layer, row, key);
-    }
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      if (!load.emplace(numbers[i], counts_of(*rows[i].second)).second)
+        fail("the rebalance request: layer {} is given twice", numbers[i]);
     return load;
   }
-  if (given.size() != moe_layers.size())
+  if (rows.size() != moe_layers.size())
     fail(
         "the rebalance request: the load's layers ({}) are not the model's MoE layers ({}), nor "
         "as many rows",
-        given.size(), fmt::join(moe_layers, ", "));
-  std::size_t i = 0;
-  for (const auto& [key, row] : given.items()) add(moe_layers[i++], row, key);
+        rows.size(), fmt::join(moe_layers, ", "));
+  std::vector<std::size_t> order(rows.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  if (std::none_of(numbers.begin(), numbers.end(), [](std::int64_t n) { return n < 0; }))
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t x, std::size_t y) { return numbers[x] < numbers[y]; });
+  for (std::size_t i = 0; i < order.size(); ++i)
+    load[moe_layers[i]] = counts_of(*rows[order[i]].second);
   return load;
 }
 
 control_reply training_control::rebalance(blocking_actor& self, const layer_expert_load& load) {
+  // EPLB gives every shard the same number of experts: shards the topology made unequal on
+  // purpose (a smaller device) would be evened out.
+  for (const auto& [layer, lists] : roles_.placement.layers)
+    for (const auto& ids : lists)
+      if (ids.size() != lists.front().size())
+        return control_error(
+            409, fmt::format("the expert shards hold different numbers of experts ({} and {} in "
+                             "layer {}); a rebalance gives each the same number: give "
+                             "[[expert_shards]] lists of equal length to rebalance",
+                             lists.front().size(), ids.size(), layer));
   expert_placement target;
   try {
     target = balanced_placement(roles_.placement, load, topo_.model.n_routed_experts,

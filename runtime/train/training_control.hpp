@@ -80,6 +80,7 @@ class training_control {
   nlohmann::json swap_history_ = nlohmann::json::array();
   nlohmann::json rebalance_history_ = nlohmann::json::array();
   layer_expert_load observed_;  ///< tokens per expert since the start or the last rebalance
+  std::vector<std::int64_t> moe_layers_;  ///< the placement's layers (none without shards)
   std::unique_ptr<job_control> queue_;
   std::unique_ptr<job_directory> directory_;
   std::unique_ptr<control_server> endpoint_;

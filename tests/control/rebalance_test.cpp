@@ -50,7 +50,9 @@ TEST(Rebalance, ExpertsMoveWithTheirOptimizerStateAndNoLossChanges) {
   ASSERT_TRUE(job.wait_until_paused()) << job.log();
 
   // Loads that do not fit the model: refused before anything moves.
-  write(dir / "short.json", "[[1, 2, 3], [4, 5, 6]]");
+  std::string two_rows;
+  for (int e = 0; e < 16; ++e) two_rows += e == 0 ? "1" : ", 1";
+  write(dir / "short.json", "[[" + two_rows + "], [" + two_rows + "]]");
   run_result r = job.ctl("rebalance --load " + (dir / "short.json").string());
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output,
@@ -59,6 +61,18 @@ TEST(Rebalance, ExpertsMoveWithTheirOptimizerStateAndNoLossChanges) {
   r = job.ctl("rebalance --load " + (dir / "narrow.json").string());
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("load of layer 1 must list 16 numbers"));
+  // Straight to the endpoint (troupe ctl's reader would sum the two rows).
+  const auto post = [&](const std::string& body) {
+    write(dir / "body.json", body);
+    return troupe::testing::run_command(fmt::format(
+        "curl -s -X POST -H \"Authorization: Bearer $(cat {})\" --data-binary @{} {}/v1/rebalance",
+        (dir / "run" / "rebalance" / "token").string(), (dir / "body.json").string(),
+        job.control_url()));
+  };
+  EXPECT_THAT(post(R"({"load": {"3": [)" + two_rows + R"(], "03": [)" + two_rows + "]}}").output,
+              HasSubstr("layer 3 is given twice"));
+  EXPECT_THAT(post(R"({"load": {}})").output, HasSubstr("holds no layer"));
+  EXPECT_THAT(post(R"({"load": "hot"})").output, HasSubstr("must map MoE layers to loads"));
   r = job.ctl("rebalance --load " + (dir / "missing.json").string());
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("missing.json"));

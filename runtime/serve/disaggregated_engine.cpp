@@ -56,19 +56,21 @@ std::vector<batch_decoder::event> step_or_shed(batch_decoder& decoder, active_ma
 
 disaggregated_engine::disaggregated_engine(std::vector<serving_instance> prefill,
                                            std::vector<serving_instance> decode,
-                                           disaggregated_options options)
+                                           disaggregated_options options,
+                                           std::vector<remote_decoder*> remote)
     : prefill_(std::move(prefill)),
       decode_(std::move(decode)),
       options_(options),
       queue_(options.max_queue),
-      decode_state_(decode_.size()) {
-  if (prefill_.empty() || decode_.empty())
-    fail("disaggregated serving needs a prefill instance and a decode instance ({} and {})",
-         prefill_.size(), decode_.size());
+      decode_state_(decode_.size() + remote.size()) {
+  if (decode_state_.empty())
+    fail("disaggregated serving needs a decode instance (in this process or another)");
+  if (prefill_.empty() && !remote.empty())
+    fail("disaggregated serving: an engine without prefill instances has nothing to send on");
   if (options.prefill_batch < 1 || options.decode_batch < 1 || options.max_queue < 0)
     fail("disaggregated serving: prefill_batch {} and decode_batch {} must be at least 1",
          options.prefill_batch, options.decode_batch);
-  const latent_cache_shape& shape = prefill_[0].cache->shape();
+  const latent_cache_shape& shape = (prefill_.empty() ? decode_ : prefill_)[0].cache->shape();
   for (const auto* group : {&prefill_, &decode_})
     for (const serving_instance& i : *group) {
       const latent_cache_shape& s = i.cache->shape();
@@ -83,10 +85,14 @@ disaggregated_engine::disaggregated_engine(std::vector<serving_instance> prefill
   blocks_used_.assign(prefill_.size() + decode_.size(), 0);
   for (std::size_t d = 0; d < decode_.size(); ++d)
     decode_state_[d].free_blocks = decode_[d].cache->free_blocks();
+  for (std::size_t r = 0; r < remote.size(); ++r) {
+    if (remote[r] == nullptr) fail("disaggregated serving: remote decoder {} is null", r);
+    decode_state_[decode_.size() + r].remote = remote[r];
+  }
   for (std::size_t p = 0; p < prefill_.size(); ++p)
     threads_.emplace_back([this, p] { prefill_loop(p); });
-  for (std::size_t d = 0; d < decode_.size(); ++d)
-    threads_.emplace_back([this, d] { decode_loop(d); });
+  for (std::size_t d = 0; d < decode_state_.size(); ++d)
+    threads_.emplace_back([this, d] { d < decode_.size() ? decode_loop(d) : remote_loop(d); });
 }
 
 disaggregated_engine::~disaggregated_engine() {
@@ -96,18 +102,41 @@ disaggregated_engine::~disaggregated_engine() {
   }
   wake_.notify_all();
   for (std::thread& t : threads_) t.join();
-  for (decode_state& d : decode_state_)
+  std::lock_guard delivery(remote_delivery_);
+  for (decode_state& d : decode_state_) {
     for (arrival& a : d.inbox) a.request.fail("the server stopped");
+    for (auto& [id, p] : d.sent) p.fail("the server stopped");
+  }
 }
 
 std::future<generation_result> disaggregated_engine::submit(const generation_request& request,
                                                             token_callback on_token, ticket* id,
                                                             done_callback on_done) {
+  if (prefill_.empty())
+    fail("this engine decodes sequences other processes prefilled; it takes no requests");
   std::future<generation_result> future;
   {
     std::lock_guard lock(mutex_);
     future = queue_.push(request, std::move(on_token), id, std::move(on_done),
                          fmt::format("for {} prefill instances", prefill_.size()));
+  }
+  wake_.notify_all();
+  return future;
+}
+
+std::future<generation_result> disaggregated_engine::adopt(sequence_handoff handoff,
+                                                           token_callback on_token, ticket* id,
+                                                           done_callback on_done) {
+  if (decode_.empty()) fail("this engine has no decode instance of its own to adopt a sequence");
+  std::future<generation_result> future;
+  {
+    std::lock_guard lock(mutex_);
+    pending_request p = queue_.issue(handoff.request, std::move(on_token), id, std::move(on_done));
+    future = p.result.get_future();
+    // NOTES: the sequence's first token came with it from the prefill process, which streamed
+    // it already: the request's token count starts there, so its time per output token does too.
+    p.tokens = static_cast<std::int64_t>(handoff.result.tokens.size());
+    decode_state_[pick_decode()].inbox.push_back({std::move(p), std::move(handoff)});
   }
   wake_.notify_all();
   return future;
@@ -154,9 +183,13 @@ std::size_t disaggregated_engine::pick_decode() const {
   const auto load = [&](std::size_t d) {
     return decode_state_[d].active + static_cast<std::int64_t>(decode_state_[d].inbox.size());
   };
+  // A lost instance is never picked while another lives (its thread fails what reaches it).
+  const auto lost = [&](std::size_t d) { return !decode_state_[d].lost.empty(); };
   for (std::size_t d = 1; d < decode_state_.size(); ++d)
-    if (load(d) < load(best) ||
-        (load(d) == load(best) && decode_state_[d].free_blocks > decode_state_[best].free_blocks))
+    if ((lost(best) && !lost(d)) ||
+        (lost(best) == lost(d) &&
+         (load(d) < load(best) || (load(d) == load(best) && decode_state_[d].free_blocks >
+                                                                decode_state_[best].free_blocks))))
       best = d;
   return best;
 }
@@ -321,6 +354,89 @@ void disaggregated_engine::decode_loop(std::size_t instance) {
     }
   }
   for (auto& [sequence, p] : active) p.fail("the server stopped");
+}
+
+void disaggregated_engine::remote_loop(std::size_t instance) {
+  decode_state& state = decode_state_[instance];
+  for (;;) {
+    std::deque<arrival> arrivals;
+    std::vector<ticket> cancels;
+    std::vector<std::pair<ticket, sequence_handoff>> sends;
+    std::string lost;
+    {
+      std::unique_lock lock(mutex_);
+      const auto cancel_pending = [&] {
+        for (const auto& [id, p] : state.sent)
+          if (cancelled_.count(id) != 0) return true;
+        return false;
+      };
+      wake_.wait(lock, [&] { return stopping_ || !state.inbox.empty() || cancel_pending(); });
+      if (stopping_) break;
+      for (const auto& [id, p] : state.sent)
+        if (take_cancel(id)) cancels.push_back(id);
+      lost = state.lost;
+      while (!state.inbox.empty()) {
+        arrival a = std::move(state.inbox.front());
+        state.inbox.pop_front();
+        if (take_cancel(a.request.id) || !lost.empty()) {
+          arrivals.push_back(std::move(a));  // failed below, outside the lock
+          continue;
+        }
+        const ticket id = a.request.id;
+        sends.emplace_back(id, std::move(a.handoff));
+        state.sent.emplace(id, std::move(a.request));
+        ++state.active;
+        ++state.taken;
+      }
+    }
+    for (arrival& a : arrivals) a.request.fail(lost.empty() ? std::string("cancelled") : lost);
+    // NOTES: a send that fails (the process went away) leaves the sequence in `sent`: the
+    // failure handler's remote_lost fails it with the reason.
+    for (const auto& [id, handoff] : sends) state.remote->send(id, handoff);
+    for (const ticket id : cancels) state.remote->cancel(id);
+  }
+}
+
+void disaggregated_engine::on_remote_event(std::size_t r, remote_event event) {
+  std::lock_guard delivery(remote_delivery_);
+  decode_state& state = decode_state_.at(decode_.size() + r);
+  pending_request* p = nullptr;
+  std::optional<pending_request> ended;
+  const bool last = event.finished || !event.error.empty();
+  {
+    std::lock_guard lock(mutex_);
+    const auto it = state.sent.find(event.id);
+    if (it == state.sent.end()) return;  // failed already (its process was lost)
+    if (event.free_blocks >= 0) state.free_blocks = event.free_blocks;
+    if (last) {
+      ended.emplace(std::move(it->second));
+      state.sent.erase(it);
+      --state.active;
+      p = &*ended;
+    } else {
+      p = &it->second;
+    }
+  }
+  p->deliver(event.tokens, options_.serve_metrics);
+  if (!event.error.empty())
+    p->fail(event.error);
+  else if (event.finished)
+    p->succeed(std::move(event.result), options_.serve_metrics);
+  if (last) wake_.notify_all();
+}
+
+void disaggregated_engine::remote_lost(std::size_t r, const std::string& why) {
+  std::lock_guard delivery(remote_delivery_);
+  std::map<ticket, pending_request> sent;
+  {
+    std::lock_guard lock(mutex_);
+    decode_state& state = decode_state_.at(decode_.size() + r);
+    state.lost = why.empty() ? std::string("the decode process was lost") : why;
+    sent.swap(state.sent);
+    state.active = 0;
+  }
+  for (auto& [id, p] : sent) p.fail(why);
+  wake_.notify_all();
 }
 
 }  // namespace troupe

@@ -10,6 +10,12 @@
 // instance whose cache cannot take a hand-off yet keeps it until sequences finish.
 //
 // A sequence's tokens are the ones it gets from serving_engine (the same sampling draws).
+//
+// Across processes (remote_decode.hpp): a decode instance may be a remote_decoder, another
+// process's engine that decodes only (no prefill instances) and adopts the sequences this one
+// sends it, reporting each one's tokens and end back (on_remote_event). The scheduler counts it
+// like a local instance; if its process is lost, its sequences fail with the reason and it gets
+// no more.
 
 #include <condition_variable>
 #include <cstdint>
@@ -41,6 +47,25 @@ struct serving_instance {
   std::function<void(const std::map<std::int64_t, std::vector<std::int64_t>>&)> after_step;
 };
 
+/// A decode instance in another process, as the engine reaches it: hand-offs and cancellations go
+/// out (from the engine's threads); its events come back through on_remote_event.
+class remote_decoder {
+ public:
+  virtual ~remote_decoder() = default;
+  virtual void send(std::uint64_t id, const sequence_handoff& handoff) = 0;
+  virtual void cancel(std::uint64_t id) = 0;
+};
+
+/// What a remote decode instance reports for one sequence it was sent.
+struct remote_event {
+  std::uint64_t id = 0;  ///< the sender's ticket
+  std::vector<std::int32_t> tokens;
+  bool finished = false;  ///< `result` is its result
+  std::string error;      ///< non-empty: it failed
+  generation_result result;
+  std::int64_t free_blocks = -1;  ///< the instance's cache after the step (-1: unknown)
+};
+
 struct disaggregated_options {
   std::int64_t prefill_batch = 8;  ///< sequences a prefill instance reads at once
   std::int64_t decode_batch = 32;  ///< sequences a decode instance decodes at once
@@ -52,10 +77,12 @@ struct disaggregated_options {
 
 class disaggregated_engine final : public request_engine {
  public:
-  /// Starts a thread per instance. Throws troupe::error without an instance of each kind, for
-  /// caches of different shapes, or for batch sizes below 1.
+  /// Starts a thread per instance (local or `remote`). Throws troupe::error without a decode
+  /// instance, for caches of different shapes, or for batch sizes below 1. Without prefill
+  /// instances the engine only decodes what adopt() gives it (the decode process).
   disaggregated_engine(std::vector<serving_instance> prefill, std::vector<serving_instance> decode,
-                       disaggregated_options options = {});
+                       disaggregated_options options = {},
+                       std::vector<remote_decoder*> remote = {});
   /// Stops the threads; requests not finished fail with troupe::error.
   ~disaggregated_engine() override;
   disaggregated_engine(const disaggregated_engine&) = delete;
@@ -68,8 +95,18 @@ class disaggregated_engine final : public request_engine {
   std::int64_t queued() const override;
   std::int64_t decoding() const override;
 
-  /// Sequences each decode instance took, in instance order (for tests and the log).
+  /// Sequences each decode instance took, in instance order (local, then remote).
   std::vector<std::int64_t> decoded_per_instance() const;
+
+  /// Takes a sequence another process read the prompt of, for the local decode instance the
+  /// scheduler picks; its tokens go to `on_token` and its end to the future and `on_done`.
+  std::future<generation_result> adopt(sequence_handoff handoff, token_callback on_token = {},
+                                       ticket* id = nullptr, done_callback on_done = {});
+  /// Remote decoder `r` (its index in `remote`) reports on a sequence it was sent. Events of one
+  /// sequence come in order; call from one thread.
+  void on_remote_event(std::size_t r, remote_event event);
+  /// Remote decoder `r`'s process is gone: its sequences fail with `why`, it gets no more.
+  void remote_lost(std::size_t r, const std::string& why);
 
  private:
   /// A prefilled sequence on its way to a decode instance.
@@ -80,10 +117,15 @@ class disaggregated_engine final : public request_engine {
   struct decode_state {
     std::deque<arrival> inbox;
     std::int64_t active = 0, taken = 0, free_blocks = 0;
+    remote_decoder* remote = nullptr;        ///< null: a local instance
+    std::map<ticket, pending_request> sent;  ///< remote: sequences it decodes
+    std::string lost;                        ///< remote: why its process is gone
   };
 
   void prefill_loop(std::size_t instance);
   void decode_loop(std::size_t instance);
+  /// A remote instance's thread: sends it what arrives and the cancellations of what it has.
+  void remote_loop(std::size_t instance);
   /// The decode instance with the fewest sequences decoding or arriving, then the most free
   /// blocks; called with mutex_ held.
   std::size_t pick_decode() const;
@@ -95,6 +137,7 @@ class disaggregated_engine final : public request_engine {
   std::vector<serving_instance> prefill_, decode_;
   disaggregated_options options_;
   mutable std::mutex mutex_;
+  std::mutex remote_delivery_;  ///< on_remote_event and remote_lost, one at a time
   std::condition_variable wake_;
   request_queue queue_;
   std::vector<decode_state> decode_state_;

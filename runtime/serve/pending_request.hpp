@@ -78,15 +78,22 @@ class request_queue {
     if (size() >= bound_)
       throw queue_full(
           fmt::format("the queue is full ({} requests wait {})", items_.size(), waiting_for));
+    pending_request p = issue(request, std::move(on_token), id, std::move(on_done));
+    auto future = p.result.get_future();
+    items_.push_back(std::move(p));
+    return future;
+  }
+  /// A request under a new ticket that does not wait here (a sequence another process read the
+  /// prompt of goes straight to a decode instance).
+  pending_request issue(const generation_request& request, request_engine::token_callback on_token,
+                        request_engine::ticket* id, request_engine::done_callback on_done) {
     pending_request p;
     p.id = next_++;
     p.request = request;
     p.on_token = std::move(on_token);
     p.on_done = std::move(on_done);
     if (id != nullptr) *id = p.id;
-    auto future = p.result.get_future();
-    items_.push_back(std::move(p));
-    return future;
+    return p;
   }
   /// Takes ticket `id` out, if it is still waiting.
   std::optional<pending_request> remove(request_engine::ticket id) {

@@ -476,6 +476,7 @@ class topology_parser {
     read("serve", serve, "drain_seconds", s.drain_seconds);
     read("serve", serve, "prefill_instances", s.prefill_instances);
     read("serve", serve, "decode_instances", s.decode_instances);
+    read("serve", serve, "decode_host", s.decode_host);
     read("serve", serve, "expert_shards", s.expert_shards);
     read("serve", serve, "redundant_experts", s.redundant_experts);
     read("serve", serve, "rebalance_interval", s.rebalance_interval);

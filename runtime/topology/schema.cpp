@@ -416,6 +416,13 @@ section_schema serve_section() {
                "instance holds its own copy of the weights and a KV cache of kv_cache_mib.",
                {},
                {0, 64}},
+              {"decode_host", k::string, false, "\"\" (the serving process)",
+               "With decode_instances: the host whose process runs the decode instances; the "
+               "first host runs the HTTP server and the prefill instances, and each prefilled "
+               "sequence moves with its cached rows between the two processes (UCX). `troupe "
+               "serve` starts the decode process itself on one machine; under a launcher "
+               "(troupe launch's environments: torchrun, Open MPI, Slurm, LeaderWorkerSet) every "
+               "rank runs `troupe serve` with the same arguments."},
               {"expert_shards",
                k::integer,
                false,

@@ -318,6 +318,26 @@ class topology_validator {
                        device::cpu()};
     check_placement(balancer, "balancer", "the balancer actor");
     t_.balancer.host = balancer.host;
+    if (const std::string& decode = t_.serve.decode_host; !decode.empty()) {
+      if (t_.find_host(decode) == nullptr) {
+        auto names = host_names();
+        auto suggestion = nearest_word(decode, names);
+        error(
+            "serve.decode_host",
+            fmt::format("serve.decode_host = \"{}\" names no host{}; hosts are: {}", decode,
+                        suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                        join(names, ", ")));
+      } else if (decode == t_.hosts.front().name) {
+        error("serve.decode_host",
+              fmt::format("serve.decode_host = \"{}\" is the first host, which serves HTTP and "
+                          "prefills: give another host (or leave it out to decode in one process)",
+                          decode));
+      } else if (t_.serve.decode_instances < 1) {
+        error("serve.decode_host",
+              "serve.decode_host needs serve.decode_instances of 1 or more: the instances that "
+              "decode there");
+      }
+    }
     if (!(t_.serve.rebalance_interval >= 0.0))
       error("serve.rebalance_interval",
             fmt::format("serve.rebalance_interval must be 0 (never) or more seconds, got {}",

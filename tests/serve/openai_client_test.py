@@ -2,7 +2,8 @@
 """`troupe serve` as OpenAI's own Python client sees it (the `clients` suite).
 
 Tiny models trained for one step are served with an API key. Disaggregated (1 prefill and 2
-decode instances), 16 concurrent streams equal a colocated server's. With expert shards whose
+decode instances, and two-hosts.toml's decode process), 16 concurrent streams equal a colocated
+server's. With expert shards whose
 redundant copies are re-placed every 10 ms, 32 concurrent streams equal a server without shards
 and the metrics count the moves. With DeepSeek-V3's tokenizer,
 8 chat completions streamed at once equal the same chats answered one by one. With troupe's
@@ -109,12 +110,14 @@ def chat_with_deepseeks_tokenizer(scratch, key_file):
 
 
 def disaggregated(checkpoint, key_file):
-    """Prefill and decode apart (1 prefill and 2 decode instances): 16 concurrent streams get
-    the completions a colocated server gives (greedy)."""
+    """Prefill and decode apart (1 prefill and 2 decode instances; then two-hosts.toml, decode in
+    a process of its own): 16 concurrent streams get the completions a colocated server gives
+    (greedy)."""
     prompts = [f"Disaggregated {i}: " + "xyz"[: i % 3] for i in range(16)]
     texts = {}
     for name, extra in [("colocated", ()),
-                        ("disaggregated", ("--prefill-instances", "1", "--decode-instances", "2"))]:
+                        ("disaggregated", ("--prefill-instances", "1", "--decode-instances", "2")),
+                        ("two processes", (os.path.join(SOURCE, "topologies", "two-hosts.toml"),))]:
         server, url = start_server(checkpoint, key_file, *extra)
         try:
             client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
@@ -129,9 +132,11 @@ def disaggregated(checkpoint, key_file):
         finally:
             server.terminate()
             server.wait()
-    check(texts["colocated"] == texts["disaggregated"],
-          f"disaggregated {texts['disaggregated']} != colocated {texts['colocated']}")
-    print("16 streams through 1 prefill + 2 decode instances equal a colocated server's")
+    for name in ("disaggregated", "two processes"):
+        check(texts["colocated"] == texts[name],
+              f"{name} {texts[name]} != colocated {texts['colocated']}")
+    print("16 streams through 1 prefill + 2 decode instances, in one process and with decode in "
+          "a second process, equal a colocated server's")
 
 
 def live_rebalance(checkpoint, key_file):

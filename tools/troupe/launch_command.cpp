@@ -2,10 +2,6 @@
 // Slurm, a Kubernetes LeaderWorkerSet, or troupe itself) this process is one rank; started by
 // hand, it starts one process per host of the topology on this machine and waits for them.
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,8 +9,6 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <thread>
 
@@ -25,6 +19,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/topology/plan.hpp"
 #include "tools/troupe/commands.hpp"
+#include "tools/troupe/local_ranks.hpp"
 #include "tools/troupe/topology_input.hpp"
 #include "tools/troupe/training_run.hpp"
 
@@ -41,37 +36,6 @@ struct launch_options {
 
 std::chrono::milliseconds milliseconds(double seconds) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000.0));
-}
-
-/// A port nobody listens on now (the kernel's pick), for a rendezvous on this machine.
-std::uint16_t free_local_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof address;
-  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
-    fail("cannot find a free port on 127.0.0.1 for the rendezvous");
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
-
-/// This process's own command line (to start the other ranks the same way).
-std::vector<std::string> own_command_line() {
-  std::ifstream in("/proc/self/cmdline", std::ios::binary);
-  const std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::string> words;
-  std::string word;
-  for (char c : all) {
-    if (c == '\0') {
-      words.push_back(word);
-      word.clear();
-    } else {
-      word += c;
-    }
-  }
-  return words;
 }
 
 // The local launcher forwards SIGINT and SIGTERM to rank 0 only: rank 0 checkpoints and tells the
@@ -97,29 +61,10 @@ std::vector<std::string> rank_command_line(const launch_options& options, int wo
 /// Starts `world` ranks that run `arguments` and meet at `rendezvous`; returns their process ids
 /// in rank order.
 std::vector<pid_t> start_ranks(int world, const std::string& rendezvous,
-                               std::vector<std::string>& arguments) {
-  std::vector<char*> argv;
-  for (auto& a : arguments) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
+                               const std::vector<std::string>& arguments) {
   std::vector<pid_t> children;
-  for (int rank = 0; rank < world; ++rank) {
-    const pid_t pid = fork();
-    if (pid < 0) fail("cannot start rank {}: fork failed", rank);
-    if (pid == 0) {
-      // The child: dies with the launcher; its own process group, so that a terminal's ^C
-      // reaches the launcher only (which hands it to rank 0).
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      setpgid(0, 0);
-      setenv("TROUPE_RANK", std::to_string(rank).c_str(), 1);
-      setenv("TROUPE_WORLD_SIZE", std::to_string(world).c_str(), 1);
-      setenv("TROUPE_RENDEZVOUS", rendezvous.c_str(), 1);
-      execv("/proc/self/exe", argv.data());
-      std::perror("troupe launch: exec");
-      std::_Exit(127);
-    }
-    children.push_back(pid);
-  }
+  for (int rank = 0; rank < world; ++rank)
+    children.push_back(start_rank(rank, world, rendezvous, arguments));
   return children;
 }
 

@@ -30,10 +30,12 @@
 #include "runtime/plugin/registry.hpp"
 #include "runtime/serve/disaggregated_engine.hpp"
 #include "runtime/serve/openai_server.hpp"
+#include "runtime/serve/remote_decode.hpp"
 #include "runtime/serve/serving_engine.hpp"
 #include "runtime/topology/load.hpp"
 #include "tools/troupe/commands.hpp"
 #include "tools/troupe/model_input.hpp"
+#include "tools/troupe/serve_processes.hpp"
 
 namespace troupe::cli {
 
@@ -55,6 +57,7 @@ struct serve_options {
 struct serve_settings {
   serve_spec serve;
   inference_spec inference;
+  std::string first_host;  ///< the topology's first host (HTTP and prefill across processes)
 };
 
 serve_settings settings_of(const serve_options& o) {
@@ -65,6 +68,7 @@ serve_settings settings_of(const serve_options& o) {
     const topology topo = load_topology(o.topology, load).topo;
     s.serve = topo.serve;
     s.inference = topo.inference;
+    s.first_host = topo.hosts.front().name;
   }
   if (!o.listen.empty()) {
     const auto address = parse_listen_address(o.listen);
@@ -187,6 +191,25 @@ std::string served_name(const std::string& chosen, const std::string& model) {
   return path.filename().string();
 }
 
+/// The decode process of a server whose decode instances run on their own host: adopts what
+/// the serving process sends until it says to leave.
+int decode_only(serve_processes& processes, std::vector<std::unique_ptr<model_instance>>& loaded,
+                const disaggregated_options& options) {
+  std::vector<serving_instance> decode;
+  for (auto& instance : loaded) decode.push_back(instance->view());
+  auto engine =
+      std::make_shared<disaggregated_engine>(std::vector<serving_instance>{}, decode, options);
+  processes.job().expose("decode", spawn_decode_actor(processes.runtime(), engine));
+  // The hand-offs name the serving process's front actor: this process must know it.
+  processes.job().remote("serve_front", 0);
+  processes.job().barrier(std::chrono::minutes(10));
+  fmt::print(stderr, "troupe serve: decode process ({}): {} decode instances ready\n",
+             processes.job().host_of(1), decode.size());
+  const auto [code, why] = processes.job().wait_for_finish();
+  fmt::print(stderr, "troupe serve: decode process: {}\n", why);
+  return code;
+}
+
 int serve(const serve_options& o) {
   // Everything that can be checked is checked before the weights are read.
   const serve_settings settings = settings_of(o);
@@ -242,40 +265,67 @@ int serve(const serve_options& o) {
         "tokenizer.json or its directory, or bytes)",
         o.model);
 
-  // An instance per colocated engine, or per prefill and decode instance: each its own weights,
-  // cache and worker pool, the threads split between them.
-  const std::int64_t instances =
-      spec.decode_instances > 0 ? spec.prefill_instances + spec.decode_instances : 1;
+  // With [serve] decode_host the job has two processes: this one (HTTP and prefill, rank 0) and
+  // the decode host's; they meet before either reads the weights.
+  auto metrics_holder = std::make_shared<metrics_registry>();
+  metrics_registry& metrics = *metrics_holder;
+  serving_metrics serve_metrics(*metrics.registry());
+  std::unique_ptr<serve_processes> processes;
+  if (!spec.decode_host.empty())
+    processes =
+        std::make_unique<serve_processes>(settings.first_host, spec.decode_host, metrics_holder);
+  const bool decode_process = processes && processes->rank() == 1;
+
+  // An instance per colocated engine, or per prefill and decode instance of this process: each
+  // its own weights, cache and worker pool, the threads split between them.
+  const std::int64_t prefill_here =
+      processes ? (decode_process ? 0 : spec.prefill_instances) : spec.prefill_instances;
+  const std::int64_t decode_here =
+      processes ? (decode_process ? spec.decode_instances : 0) : spec.decode_instances;
+  const std::int64_t instances = spec.decode_instances > 0 ? prefill_here + decode_here : 1;
   const int cores = o.threads > 0
                         ? o.threads
                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  metrics_registry metrics;
-  serving_metrics serve_metrics(*metrics.registry());
   std::vector<std::unique_ptr<model_instance>> loaded;
   for (std::int64_t i = 0; i < instances; ++i) {
-    const std::string engine =
-        spec.decode_instances == 0
-            ? std::string("serve")
-            : (i < spec.prefill_instances ? fmt::format("prefill{}", i)
-                                          : fmt::format("decode{}", i - spec.prefill_instances));
+    const std::string engine = spec.decode_instances == 0
+                                   ? std::string("serve")
+                                   : (i < prefill_here ? fmt::format("prefill{}", i)
+                                                       : fmt::format("decode{}", i - prefill_here));
     loaded.push_back(std::make_unique<model_instance>(
         checkpoint, mtp, where, std::max(1, cores / static_cast<int>(instances)), shape, budget,
         spec, metrics.registry().get(), engine));
   }
+  disaggregated_options split_options;
+  split_options.prefill_batch = spec.max_batch;
+  split_options.decode_batch = spec.max_batch;
+  split_options.max_queue = spec.max_queue;
+  split_options.prefill_chunk = spec.prefill_chunk;
+  split_options.metrics = &metrics;
+  split_options.serve_metrics = &serve_metrics;
+  if (decode_process) return decode_only(*processes, loaded, split_options);
+
+  // The remote decoder outlives the engine, whose threads send through it.
+  std::unique_ptr<actor_remote_decoder> remote;
   std::unique_ptr<request_engine> engine;
   if (spec.decode_instances > 0) {
-    disaggregated_options engine_options;
-    engine_options.prefill_batch = spec.max_batch;
-    engine_options.decode_batch = spec.max_batch;
-    engine_options.max_queue = spec.max_queue;
-    engine_options.prefill_chunk = spec.prefill_chunk;
-    engine_options.metrics = &metrics;
-    engine_options.serve_metrics = &serve_metrics;
     std::vector<serving_instance> prefill, decode;
     for (std::int64_t i = 0; i < instances; ++i)
-      (i < spec.prefill_instances ? prefill : decode)
-          .push_back(loaded[static_cast<std::size_t>(i)]->view());
-    engine = std::make_unique<disaggregated_engine>(prefill, decode, engine_options);
+      (i < prefill_here ? prefill : decode).push_back(loaded[static_cast<std::size_t>(i)]->view());
+    if (processes) {
+      remote = std::make_unique<actor_remote_decoder>(processes->runtime(),
+                                                      processes->job().remote("decode", 1));
+      auto split = std::make_unique<disaggregated_engine>(
+          prefill, decode, split_options, std::vector<remote_decoder*>{remote.get()});
+      remote->connect(*split, 0);
+      processes->job().expose("serve_front", remote->front());
+      processes->job().on_failure(
+          [lost = remote->on_lost()](int, const std::string& why) { lost(why); });
+      processes->job().barrier(std::chrono::minutes(10));
+      engine = std::move(split);
+    } else {
+      engine = std::make_unique<disaggregated_engine>(prefill, decode, split_options);
+    }
   } else {
     serving_options engine_options;
     engine_options.max_batch = spec.max_batch;
@@ -347,6 +397,8 @@ int serve(const serve_options& o) {
   fmt::print(stderr, "troupe serve: {}\n",
              drained ? "every request finished; stopping"
                      : "requests still running after drain_seconds were cancelled; stopping");
+  if (remote) remote->disconnect();
+  if (processes) processes->finish(0, "the server stopped");
   return exit_ok;
 }
 

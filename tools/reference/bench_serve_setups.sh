@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# bench_serve_setups.sh CHECKPOINT [TROUPE] [ROUNDS]: bench_serve.py on CHECKPOINT (a Hugging Face
+# directory troupe can serve with its byte tokenizer) in four setups, alternating, ROUNDS rounds
+# (default 2): colocated; 2 expert shards with 4 redundant copies re-placed every 2 s; 1 prefill +
+# 1 decode instance in one process; the same with decode in a second process
+# (topologies/two-hosts.toml's [serve] decode_host). docs/benchmarks.md, "Serving".
+set -euo pipefail
+checkpoint=$1
+troupe=${2:-build/troupe}
+rounds=${3:-2}
+here=$(cd "$(dirname "$0")" && pwd)
+run() {
+  local name=$1
+  shift
+  echo "== $name"
+  python3 "$here/bench_serve.py" --model "$checkpoint" --troupe "$troupe" --device cpu \
+    --concurrency 8 --requests 32 --prompt-tokens 128 --new-tokens 64 "$@" 2>&1 |
+    grep -E "output|time to first|time per output|bench generate"
+}
+for _ in $(seq "$rounds"); do
+  run colocated
+  run shards-2-redundant-4 --serve-arg=--expert-shards --serve-arg=2 \
+    --serve-arg=--redundant-experts --serve-arg=4 --serve-arg=--rebalance-interval --serve-arg=2
+  run disaggregated-one-process --serve-arg=--prefill-instances --serve-arg=1 \
+    --serve-arg=--decode-instances --serve-arg=1
+  run disaggregated-two-processes "--serve-arg=$here/../../topologies/two-hosts.toml"
+done

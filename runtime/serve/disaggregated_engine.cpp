@@ -117,6 +117,10 @@ std::future<generation_result> disaggregated_engine::submit(const generation_req
   std::future<generation_result> future;
   {
     std::lock_guard lock(mutex_);
+    // With every decode instance in a lost process, a request would be prefilled for nothing.
+    if (std::all_of(decode_state_.begin(), decode_state_.end(),
+                    [](const decode_state& d) { return !d.lost.empty(); }))
+      fail("no decode instance is left: {}", decode_state_.front().lost);
     future = queue_.push(request, std::move(on_token), id, std::move(on_done),
                          fmt::format("for {} prefill instances", prefill_.size()));
   }
@@ -136,6 +140,7 @@ std::future<generation_result> disaggregated_engine::adopt(sequence_handoff hand
     // NOTES: the sequence's first token came with it from the prefill process, which streamed
     // it already: the request's token count starts there, so its time per output token does too.
     p.tokens = static_cast<std::int64_t>(handoff.result.tokens.size());
+    p.first_token = pending_request::clock::now();
     decode_state_[pick_decode()].inbox.push_back({std::move(p), std::move(handoff)});
   }
   wake_.notify_all();
@@ -199,7 +204,7 @@ void disaggregated_engine::report_state(std::vector<std::int64_t>& used, std::si
   std::int64_t waiting = 0, running = 0, in_use = 0;
   {
     std::lock_guard lock(mutex_);
-    used[slot] = blocks_used;
+    if (slot < used.size()) used[slot] = blocks_used;
     waiting = queue_.size();
     running = std::accumulate(prefilling_.begin(), prefilling_.end(), std::int64_t{0});
     for (const decode_state& d : decode_state_) {
@@ -360,7 +365,7 @@ void disaggregated_engine::remote_loop(std::size_t instance) {
   decode_state& state = decode_state_[instance];
   for (;;) {
     std::deque<arrival> arrivals;
-    std::vector<ticket> cancels;
+    std::vector<pending_request> cancelled;
     std::vector<std::pair<ticket, sequence_handoff>> sends;
     std::string lost;
     {
@@ -372,8 +377,17 @@ void disaggregated_engine::remote_loop(std::size_t instance) {
       };
       wake_.wait(lock, [&] { return stopping_ || !state.inbox.empty() || cancel_pending(); });
       if (stopping_) break;
-      for (const auto& [id, p] : state.sent)
-        if (take_cancel(id)) cancels.push_back(id);
+      // A cancelled sequence fails here at once; the decode process is told, and what it still
+      // reports for it is dropped (it is no longer in `sent`).
+      for (auto it = state.sent.begin(); it != state.sent.end();) {
+        if (!take_cancel(it->first)) {
+          ++it;
+          continue;
+        }
+        cancelled.push_back(std::move(it->second));
+        it = state.sent.erase(it);
+        --state.active;
+      }
       lost = state.lost;
       while (!state.inbox.empty()) {
         arrival a = std::move(state.inbox.front());
@@ -390,10 +404,28 @@ void disaggregated_engine::remote_loop(std::size_t instance) {
       }
     }
     for (arrival& a : arrivals) a.request.fail(lost.empty() ? std::string("cancelled") : lost);
-    // NOTES: a send that fails (the process went away) leaves the sequence in `sent`: the
-    // failure handler's remote_lost fails it with the reason.
-    for (const auto& [id, handoff] : sends) state.remote->send(id, handoff);
-    for (const ticket id : cancels) state.remote->cancel(id);
+    for (pending_request& p : cancelled) {
+      state.remote->cancel(p.id);
+      p.fail("cancelled");
+    }
+    for (const auto& [id, handoff] : sends) {
+      try {
+        state.remote->send(id, handoff);
+      } catch (const std::exception& e) {
+        std::optional<pending_request> unsent;
+        {
+          std::lock_guard lock(mutex_);
+          if (const auto it = state.sent.find(id); it != state.sent.end()) {
+            unsent.emplace(std::move(it->second));
+            state.sent.erase(it);
+            --state.active;
+          }
+        }
+        if (unsent)
+          unsent->fail(fmt::format("the hand-off to the decode process failed: {}", e.what()));
+      }
+    }
+    report_state(blocks_used_, blocks_used_.size(), 0);
   }
 }
 
@@ -422,21 +454,27 @@ void disaggregated_engine::on_remote_event(std::size_t r, remote_event event) {
     p->fail(event.error);
   else if (event.finished)
     p->succeed(std::move(event.result), options_.serve_metrics);
-  if (last) wake_.notify_all();
+  if (last) {
+    wake_.notify_all();
+    report_state(blocks_used_, blocks_used_.size(), 0);
+  }
 }
 
 void disaggregated_engine::remote_lost(std::size_t r, const std::string& why) {
   std::lock_guard delivery(remote_delivery_);
   std::map<ticket, pending_request> sent;
+  std::string reason;
   {
     std::lock_guard lock(mutex_);
     decode_state& state = decode_state_.at(decode_.size() + r);
     state.lost = why.empty() ? std::string("the decode process was lost") : why;
+    reason = state.lost;
     sent.swap(state.sent);
     state.active = 0;
   }
-  for (auto& [id, p] : sent) p.fail(why);
+  for (auto& [id, p] : sent) p.fail(reason);
   wake_.notify_all();
+  report_state(blocks_used_, blocks_used_.size(), 0);
 }
 
 }  // namespace troupe

@@ -131,7 +131,8 @@ class disaggregated_engine final : public request_engine {
   std::size_t pick_decode() const;
   /// Whether `id` was cancelled (forgetting it); called with mutex_ held.
   bool take_cancel(ticket id);
-  /// The metrics' view after a step; an instance's blocks as its thread counted them.
+  /// The metrics' view after a step; an instance's blocks as its thread counted them (a slot past
+  /// `used`: none, a remote instance's change).
   void report_state(std::vector<std::int64_t>& used, std::size_t slot, std::int64_t blocks_used);
 
   std::vector<serving_instance> prefill_, decode_;

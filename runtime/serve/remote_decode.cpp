@@ -105,14 +105,14 @@ void send_end_once(actor_runtime& runtime, const actor_ref& to, std::uint64_t id
 }
 
 struct decode_actor_state {
-  std::shared_ptr<disaggregated_engine> engine;
+  std::weak_ptr<disaggregated_engine> engine;  // its owner lets it go when the job ends
   std::mutex mutex;
   std::map<std::uint64_t, request_engine::ticket> tickets;  // sender's id -> the engine's
 };
 
 }  // namespace
 
-actor_ref spawn_decode_actor(actor_runtime& runtime, std::shared_ptr<disaggregated_engine> engine) {
+actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated_engine> engine) {
   auto state = std::make_shared<decode_actor_state>();
   state->engine = std::move(engine);
   return runtime.spawn("decode", [state, &runtime](event_actor&) {
@@ -141,18 +141,18 @@ actor_ref spawn_decode_actor(actor_runtime& runtime, std::shared_ptr<disaggregat
           request_engine::ticket ticket = 0;
           std::future<generation_result> future;
           try {
-            future =
-                state->engine->adopt(from_fields(std::move(m.handoff)), on_token, &ticket, on_done);
+            const auto alive = state->engine.lock();
+            if (!alive) fail("the decode process is stopping");
+            // Locked across adopt: the end (on_done erases the ticket) comes after the insert.
+            std::lock_guard lock(state->mutex);
+            future = alive->adopt(from_fields(std::move(m.handoff)), on_token, &ticket, on_done);
+            state->tickets[id] = ticket;
           } catch (const std::exception& e) {
             decode_event failed;
             failed.id = id;
             failed.error = e.what();
             runtime.tell(to, std::move(failed));
             return;
-          }
-          {
-            std::lock_guard lock(state->mutex);
-            state->tickets[id] = ticket;
           }
           std::lock_guard lock(sequence->mutex);
           sequence->future = std::move(future);
@@ -166,7 +166,7 @@ actor_ref spawn_decode_actor(actor_runtime& runtime, std::shared_ptr<disaggregat
             if (it == state->tickets.end()) return;  // it ended already
             ticket = it->second;
           }
-          state->engine->cancel(ticket);
+          if (const auto alive = state->engine.lock()) alive->cancel(ticket);
         });
   });
 }

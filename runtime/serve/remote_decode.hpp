@@ -98,8 +98,9 @@ struct decode_event {
 };
 
 /// The decode process's actor: adopts each hand-off into `engine` (decode instances only) and
-/// reports to the hand-off's sender. One sending process (the serving process) at a time.
-actor_ref spawn_decode_actor(actor_runtime& runtime, std::shared_ptr<disaggregated_engine> engine);
+/// reports to the hand-off's sender. One sending process (the serving process) at a time. Once
+/// the engine's owner lets it go, hand-offs fail ("the decode process is stopping").
+actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated_engine> engine);
 
 /// The serving process's side: a remote_decoder that sends to `decode` (the decode actor, here
 /// or a proxy for another process's), and the front actor that gives its events to `engine`.

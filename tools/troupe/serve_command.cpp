@@ -87,6 +87,11 @@ serve_settings settings_of(const serve_options& o) {
   if (o.kv_cache_mib) s.inference.kv_cache_mib = *o.kv_cache_mib;
   if (o.prefill_instances) s.serve.prefill_instances = *o.prefill_instances;
   if (o.decode_instances) s.serve.decode_instances = *o.decode_instances;
+  if (!s.serve.decode_host.empty() && s.serve.decode_instances == 0)
+    fail(
+        "[serve] decode_host = \"{}\" with no decode instances (--decode-instances 0): give 1 or "
+        "more, or a topology without decode_host",
+        s.serve.decode_host);
   if (o.expert_shards) s.serve.expert_shards = *o.expert_shards;
   if (o.redundant_experts) s.serve.redundant_experts = *o.redundant_experts;
   if (o.rebalance_interval) s.serve.rebalance_interval = *o.rebalance_interval;
@@ -221,6 +226,11 @@ int serve(const serve_options& o) {
   if (mtp) require_mtp(checkpoint, o.model, "--speculative mtp");
   const device where = parse_device(o.device);
   if (where.is_cuda()) cuda::require_device(where.index);
+  if (!spec.decode_host.empty() && where.is_cuda())
+    fail(
+        "[serve] decode_host = \"{}\": sequences cross to the decode process from host memory; "
+        "on {} prefill and decode run in one process (leave decode_host out)",
+        spec.decode_host, to_string(where));
   if (spec.expert_shards > 0) {
     if (where.is_cuda())
       fail(
@@ -270,6 +280,9 @@ int serve(const serve_options& o) {
   auto metrics_holder = std::make_shared<metrics_registry>();
   metrics_registry& metrics = *metrics_holder;
   serving_metrics serve_metrics(*metrics.registry());
+  // NOTES: the models outlive the processes' actors (declared first, destroyed last): the decode
+  // actor holds the decode engine, whose threads use the models until the runtime is gone.
+  std::vector<std::unique_ptr<model_instance>> loaded;
   std::unique_ptr<serve_processes> processes;
   if (!spec.decode_host.empty())
     processes =
@@ -286,7 +299,6 @@ int serve(const serve_options& o) {
   const int cores = o.threads > 0
                         ? o.threads
                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  std::vector<std::unique_ptr<model_instance>> loaded;
   for (std::int64_t i = 0; i < instances; ++i) {
     const std::string engine = spec.decode_instances == 0
                                    ? std::string("serve")
@@ -308,6 +320,7 @@ int serve(const serve_options& o) {
   // The remote decoder outlives the engine, whose threads send through it.
   std::unique_ptr<actor_remote_decoder> remote;
   std::unique_ptr<request_engine> engine;
+  std::shared_ptr<void> disconnect_first;  // destroyed before the engine
   if (spec.decode_instances > 0) {
     std::vector<serving_instance> prefill, decode;
     for (std::int64_t i = 0; i < instances; ++i)
@@ -318,11 +331,15 @@ int serve(const serve_options& o) {
       auto split = std::make_unique<disaggregated_engine>(
           prefill, decode, split_options, std::vector<remote_decoder*>{remote.get()});
       remote->connect(*split, 0);
+      // Whatever ends serve() (a failed barrier, a port in use), the front actor and the failure
+      // handler stop reaching the engine before it goes.
+      disconnect_first =
+          std::shared_ptr<void>(nullptr, [link = remote.get()](void*) { link->disconnect(); });
       processes->job().expose("serve_front", remote->front());
       processes->job().on_failure(
           [lost = remote->on_lost()](int, const std::string& why) { lost(why); });
-      processes->job().barrier(std::chrono::minutes(10));
       engine = std::move(split);
+      processes->job().barrier(std::chrono::minutes(10));
     } else {
       engine = std::make_unique<disaggregated_engine>(prefill, decode, split_options);
     }
@@ -397,7 +414,7 @@ int serve(const serve_options& o) {
   fmt::print(stderr, "troupe serve: {}\n",
              drained ? "every request finished; stopping"
                      : "requests still running after drain_seconds were cancelled; stopping");
-  if (remote) remote->disconnect();
+  disconnect_first.reset();
   if (processes) processes->finish(0, "the server stopped");
   return exit_ok;
 }

@@ -2,12 +2,16 @@
 
 #include <sys/wait.h>
 
+#include <csignal>
 #include <cstdlib>
+#include <exception>
+#include <thread>
 
 #include <fmt/format.h>
 
 #include "runtime/cluster/launch_environment.hpp"
 #include "runtime/core/error.hpp"
+#include "tools/troupe/commands.hpp"
 #include "tools/troupe/local_ranks.hpp"
 
 namespace troupe::cli {
@@ -22,7 +26,9 @@ serve_processes::serve_processes(const std::string& front_host, const std::strin
     if (env->world != 2)
       fail(
           "[serve] decode_host = \"{}\": the job has 2 processes (HTTP and prefill on {}, decode "
-          "on {}), but the launcher ({}) started {}",
+          "on {}), but the launcher ({}) started {}; started by hand, unset the launcher's "
+          "variables (TROUPE_RANK, RANK and WORLD_SIZE, OMPI_COMM_WORLD_*, SLURM_PROCID and "
+          "SLURM_NTASKS, LWS_*) and troupe serve starts the decode process itself",
           decode_host, front_host, decode_host, env->launcher, env->world);
     if (env->rendezvous_host.empty())
       fail("the launcher ({}) names no rendezvous address: set TROUPE_RENDEZVOUS=HOST:PORT",
@@ -51,10 +57,28 @@ void serve_processes::finish(int code, const std::string& why) {
 }
 
 serve_processes::~serve_processes() {
-  finish(0, "the server stopped");
+  if (std::uncaught_exceptions() > 0)
+    finish(exit_bad_input, "the serving process failed");
+  else
+    finish(0, "the server stopped");
   cluster_.reset();
   runtime_.reset();
-  if (child_ > 0) waitpid(child_, nullptr, 0);
+  if (child_ <= 0) return;
+  // The decode process leaves once told; one that does not within 10 s is killed.
+  int status = 0;
+  for (int i = 0; i < 100; ++i) {
+    if (waitpid(child_, &status, WNOHANG) == child_) {
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fmt::print(stderr, "troupe serve: the decode process (pid {}) ended with {}\n", child_,
+                   WIFEXITED(status) ? fmt::format("status {}", WEXITSTATUS(status))
+                                     : fmt::format("signal {}", WTERMSIG(status)));
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  kill(child_, SIGKILL);
+  waitpid(child_, nullptr, 0);
+  fmt::print(stderr, "troupe serve: the decode process (pid {}) did not leave; killed\n", child_);
 }
 
 }  // namespace troupe::cli

@@ -5,7 +5,9 @@
 // decodes (runtime/serve/remote_decode.hpp). Under a launcher (the environments `troupe launch`
 // reads: its own, torchrun, Open MPI, Slurm, a LeaderWorkerSet) every rank runs `troupe serve`
 // with the same arguments; started by hand, `troupe serve` is rank 0 and starts rank 1 on this
-// machine itself.
+// machine itself. Rank 1 ignores SIGTERM and SIGINT on purpose: it leaves when rank 0 says so,
+// after rank 0's drain (which needs it to finish the sequences it decodes), or when rank 0 is
+// gone.
 
 #include <sys/types.h>
 
@@ -25,7 +27,8 @@ class serve_processes {
   /// other process never comes.
   serve_processes(const std::string& front_host, const std::string& decode_host,
                   std::shared_ptr<metrics_registry> metrics);
-  /// Rank 0: tells rank 1 to leave (if finish() did not) and waits for the child it started.
+  /// Rank 0: tells rank 1 to leave (if finish() did not; with a failure code when an exception
+  /// is on its way) and waits up to 10 s for the child it started, then kills it.
   ~serve_processes();
   serve_processes(const serve_processes&) = delete;
   serve_processes& operator=(const serve_processes&) = delete;

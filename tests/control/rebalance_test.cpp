@@ -4,7 +4,8 @@
 // stay within 1e-6 (relative) of a job nobody touched. Loads that do not fit the model are
 // refused with the reason and change nothing; the placement and each move show in the status
 // and in Prometheus. Across two processes (`troupe launch two-hosts.toml`: two shards on each)
-// experts move between hosts, over UCX, as well.
+// experts move between hosts, over UCX, as well; and under DualPipe, whose two copies of every
+// stage each send the shards their rows.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -166,6 +167,33 @@ TEST(Rebalance, ExpertsMoveBetweenProcesses) {
       for (const auto& e : l.at("shards")[shard]) heavy_on_node1 += e.get<int>() < 8 ? 1 : 0;
     EXPECT_EQ(heavy_on_node1, 4) << layer << ": " << l.dump();
   }
+  ASSERT_EQ(job.finish(), 0) << job.log();
+  const auto moved = losses(dir / "steps.jsonl");
+  const auto expected = losses(reference / "steps.jsonl");
+  ASSERT_EQ(moved.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i)
+    EXPECT_NEAR(moved[i], expected[i], 1e-6 * expected[i]) << "step " << i + 1;
+}
+
+TEST(Rebalance, UnderDualPipeBothCopiesOfEveryStageFollow) {
+  // pp2-ep4 under DualPipe: every shard serves two copies of each stage (two gradient sources).
+  const std::string arguments = fmt::format(
+      "{} --set schedule.kind=dualpipe --steps 4 --threads 2 --quiet --no-checkpoint",
+      (fs::path(std::getenv("TROUPE_SOURCE_DIR")) / "topologies/pp2-ep4.toml").string());
+  const fs::path reference =
+      troupe::testing::scratch_dir("control", "rebalance-dualpipe-untouched");
+  const run_result untouched = troupe::testing::run_command(
+      fmt::format("{} train {} --log-json {}", troupe::testing::troupe_exe(), arguments,
+                  (reference / "steps.jsonl").string()));
+  ASSERT_EQ(untouched.exit_code, 0) << untouched.output;
+  const fs::path dir = troupe::testing::scratch_dir("control", "rebalance-dualpipe");
+  troupe::testing::controlled_job job(
+      dir, "rebalance-dualpipe",
+      fmt::format("{} --pause-after 2 --log-json {}", arguments, (dir / "steps.jsonl").string()));
+  ASSERT_TRUE(job.wait_until_paused()) << job.log();
+  const run_result r = job.ctl("rebalance --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output << job.log();
+  EXPECT_GT(nlohmann::json::parse(r.output).at("moved").get<int>(), 0);
   ASSERT_EQ(job.finish(), 0) << job.log();
   const auto moved = losses(dir / "steps.jsonl");
   const auto expected = losses(reference / "steps.jsonl");

@@ -1,7 +1,8 @@
 // `troupe serve topologies/two-hosts.toml` as two processes on this machine ([serve]
 // decode_host = "node1"): HTTP and prefill in the first, decode in the second, every prefilled
 // sequence moving with its cached rows between them (UCX). Concurrent requests, greedy and
-// sampled, get the completions of a server in one process; a decode process killed with -9 fails
+// sampled, get the completions of a server in one process, and the decode process serves its own
+// metrics; a decode process killed with -9 fails
 // the requests it held with a message naming it, within 10 s, and the server keeps answering;
 // SIGTERM stops both processes.
 #include <gmock/gmock.h>
@@ -45,7 +46,8 @@ std::string url_of(const fs::path& log, background_command& server) {
   std::string url;
   troupe::testing::eventually(90, [&] {
     const std::string text = read_file(log);
-    const auto at = text.find(" at http://");
+    const auto serving = text.find("troupe serve: serving ");
+    const auto at = text.find(" at http://", serving == std::string::npos ? text.size() : serving);
     if (at == std::string::npos) return server.exited();
     url = text.substr(at + 4, text.find(' ', at + 4) - at - 4);
     return true;
@@ -105,6 +107,15 @@ TEST(ServeProcesses, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
     EXPECT_EQ(text_of(replies[static_cast<std::size_t>(i)].get()),
               alone[static_cast<std::size_t>(i)])
         << "request " << i;
+
+  // The decode process serves its own metrics (two-hosts.toml's [monitoring] metrics).
+  const std::string after = read_file(dir / "two.log");
+  const auto metrics_at = after.find("decode process metrics at ");
+  ASSERT_NE(metrics_at, std::string::npos) << after;
+  const std::string metrics_url =
+      after.substr(metrics_at + 26, after.find('\n', metrics_at) - metrics_at - 26);
+  EXPECT_THAT(run_command("curl -s " + metrics_url).output,
+              ::testing::ContainsRegex("troupe_generated_tokens_total [1-9]"));
 
   // kill -9 the decode process while long requests decode there.
   const auto pid_at = log.find("started, pid ");

@@ -57,7 +57,8 @@ struct serve_options {
 struct serve_settings {
   serve_spec serve;
   inference_spec inference;
-  std::string first_host;  ///< the topology's first host (HTTP and prefill across processes)
+  std::string first_host;      ///< the topology's first host (HTTP and prefill across processes)
+  monitoring_spec monitoring;  ///< where a decode process serves its own metrics
 };
 
 serve_settings settings_of(const serve_options& o) {
@@ -69,6 +70,7 @@ serve_settings settings_of(const serve_options& o) {
     s.serve = topo.serve;
     s.inference = topo.inference;
     s.first_host = topo.hosts.front().name;
+    s.monitoring = topo.monitoring;
   }
   if (!o.listen.empty()) {
     const auto address = parse_listen_address(o.listen);
@@ -199,7 +201,15 @@ std::string served_name(const std::string& chosen, const std::string& model) {
 /// The decode process of a server whose decode instances run on their own host: adopts what
 /// the serving process sends until it says to leave.
 int decode_only(serve_processes& processes, std::vector<std::unique_ptr<model_instance>>& loaded,
-                const disaggregated_options& options) {
+                const disaggregated_options& options, const monitoring_spec& monitoring) {
+  // Its own series (tokens decoded, drafts, its cache, its experts' load) at the topology's
+  // [monitoring] metrics address: the serving process's /metrics does not have them.
+  std::unique_ptr<metrics_endpoint> endpoint;
+  if (!monitoring.metrics_host.empty()) {
+    endpoint = std::make_unique<metrics_endpoint>(monitoring.metrics_host, monitoring.metrics_port,
+                                                  *options.metrics);
+    fmt::print(stderr, "troupe serve: decode process metrics at {}\n", endpoint->url());
+  }
   std::vector<serving_instance> decode;
   for (auto& instance : loaded) decode.push_back(instance->view());
   auto engine =
@@ -315,7 +325,7 @@ int serve(const serve_options& o) {
   split_options.prefill_chunk = spec.prefill_chunk;
   split_options.metrics = &metrics;
   split_options.serve_metrics = &serve_metrics;
-  if (decode_process) return decode_only(*processes, loaded, split_options);
+  if (decode_process) return decode_only(*processes, loaded, split_options, settings.monitoring);
 
   // The remote decoder outlives the engine, whose threads send through it.
   std::unique_ptr<actor_remote_decoder> remote;

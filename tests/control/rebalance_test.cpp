@@ -45,6 +45,24 @@ void write(const fs::path& file, const std::string& text) {
   std::ofstream(file) << text;
 }
 
+/// A load file where experts 0-7 of every MoE layer (1-4) carry almost every token.
+fs::path skewed_load(const fs::path& dir) {
+  std::string rows;
+  for (int layer = 1; layer <= 4; ++layer)
+    rows += fmt::format("{}\"{}\": [90, 80, 70, 60, 50, 40, 30, 20, 1, 1, 1, 1, 1, 1, 1, 1]",
+                        layer == 1 ? "" : ", ", layer);
+  write(dir / "skewed.json", "{" + rows + "}");
+  return dir / "skewed.json";
+}
+
+/// The losses of `log` equal those of `reference` within 1e-6 (relative), step by step.
+void expect_same_losses(const fs::path& log, const fs::path& reference) {
+  const auto moved = losses(log), expected = losses(reference);
+  ASSERT_EQ(moved.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i)
+    EXPECT_NEAR(moved[i], expected[i], 1e-6 * std::fabs(expected[i])) << "step " << i + 1;
+}
+
 TEST(Rebalance, ExpertsMoveWithTheirOptimizerStateAndNoLossChanges) {
   const fs::path dir = troupe::testing::scratch_dir("control", "rebalance");
   troupe::testing::controlled_job job(dir, "rebalance", train_arguments(dir, "--pause-after 2"));
@@ -92,12 +110,7 @@ TEST(Rebalance, ExpertsMoveWithTheirOptimizerStateAndNoLossChanges) {
   }
 
   // A load file where experts 0-7 carry everything: each shard gets four of them.
-  std::string rows;
-  for (int layer = 1; layer <= 4; ++layer)
-    rows += fmt::format("{}\"{}\": [90, 80, 70, 60, 50, 40, 30, 20, 1, 1, 1, 1, 1, 1, 1, 1]",
-                        layer == 1 ? "" : ", ", layer);
-  write(dir / "skewed.json", "{" + rows + "}");
-  r = job.ctl("rebalance --load " + (dir / "skewed.json").string());
+  r = job.ctl("rebalance --load " + skewed_load(dir).string());
   ASSERT_EQ(r.exit_code, 0) << r.output << job.log();
   EXPECT_THAT(r.output, HasSubstr("rebalanced the experts after step 2"));
   EXPECT_THAT(r.output, HasSubstr("layer 1: largest shard load / mean"));
@@ -125,12 +138,9 @@ TEST(Rebalance, ExpertsMoveWithTheirOptimizerStateAndNoLossChanges) {
   const run_result untouched = troupe::testing::run_command(troupe::testing::troupe_exe() +
                                                             " train " + train_arguments(alone));
   ASSERT_EQ(untouched.exit_code, 0) << untouched.output;
-  const auto moved = losses(dir / "steps.jsonl");
-  const auto reference = losses(alone / "steps.jsonl");
-  ASSERT_EQ(moved.size(), reference.size());
-  for (std::size_t i = 0; i < moved.size(); ++i)
-    EXPECT_NEAR(moved[i], reference[i], 1e-6 * std::fabs(reference[i])) << "step " << i + 1;
+  expect_same_losses(dir / "steps.jsonl", alone / "steps.jsonl");
   // Steps 3-5 ran on the moved experts; they are not the same as steps 1-2.
+  const auto moved = losses(dir / "steps.jsonl");
   EXPECT_NE(moved[2], moved[1]);
 }
 
@@ -152,12 +162,7 @@ TEST(Rebalance, ExpertsMoveBetweenProcesses) {
   ASSERT_TRUE(job.wait_until_paused()) << job.log();
   EXPECT_EQ(job.status().at("processes"), 2);
   // Experts 0-7 (on node0's shards 0 and 1) carry everything: half of them go to node1.
-  std::string rows;
-  for (int layer = 1; layer <= 4; ++layer)
-    rows += fmt::format("{}\"{}\": [90, 80, 70, 60, 50, 40, 30, 20, 1, 1, 1, 1, 1, 1, 1, 1]",
-                        layer == 1 ? "" : ", ", layer);
-  write(dir / "skewed.json", "{" + rows + "}");
-  const run_result r = job.ctl("rebalance --json --load " + (dir / "skewed.json").string());
+  const run_result r = job.ctl("rebalance --json --load " + skewed_load(dir).string());
   ASSERT_EQ(r.exit_code, 0) << r.output << job.log();
   const nlohmann::json reply = nlohmann::json::parse(r.output);
   EXPECT_GT(reply.at("moved").get<int>(), 0);
@@ -168,11 +173,7 @@ TEST(Rebalance, ExpertsMoveBetweenProcesses) {
     EXPECT_EQ(heavy_on_node1, 4) << layer << ": " << l.dump();
   }
   ASSERT_EQ(job.finish(), 0) << job.log();
-  const auto moved = losses(dir / "steps.jsonl");
-  const auto expected = losses(reference / "steps.jsonl");
-  ASSERT_EQ(moved.size(), expected.size());
-  for (std::size_t i = 0; i < expected.size(); ++i)
-    EXPECT_NEAR(moved[i], expected[i], 1e-6 * expected[i]) << "step " << i + 1;
+  expect_same_losses(dir / "steps.jsonl", reference / "steps.jsonl");
 }
 
 TEST(Rebalance, UnderDualPipeBothCopiesOfEveryStageFollow) {
@@ -195,11 +196,7 @@ TEST(Rebalance, UnderDualPipeBothCopiesOfEveryStageFollow) {
   ASSERT_EQ(r.exit_code, 0) << r.output << job.log();
   EXPECT_GT(nlohmann::json::parse(r.output).at("moved").get<int>(), 0);
   ASSERT_EQ(job.finish(), 0) << job.log();
-  const auto moved = losses(dir / "steps.jsonl");
-  const auto expected = losses(reference / "steps.jsonl");
-  ASSERT_EQ(moved.size(), expected.size());
-  for (std::size_t i = 0; i < expected.size(); ++i)
-    EXPECT_NEAR(moved[i], expected[i], 1e-6 * expected[i]) << "step " << i + 1;
+  expect_same_losses(dir / "steps.jsonl", reference / "steps.jsonl");
 }
 
 }  // namespace

@@ -10,22 +10,13 @@
 #include <thread>
 
 #include "runtime/serve/disaggregated_engine.hpp"
-#include "tests/support/fixture_model.hpp"
+#include "tests/support/served_instance.hpp"
 
 namespace {
 
 using namespace troupe;
 
-/// One instance: the fixture's model, its cached model and a cache.
-struct instance : troupe::testing::fixture_runner {
-  explicit instance(std::uint64_t cache_bytes = 1 << 22)
-      : fixture_runner("q-lora"),
-        model(runner),
-        cache(model.cache_shape(dtype::f32, 4), cache_bytes, device::cpu()) {}
-  serving_instance view() { return {&model, &cache, &context, {}}; }
-  cached_model model;
-  latent_cache cache;
-};
+using instance = troupe::testing::served_instance;
 
 generation_request request_for(int i) {
   generation_request r;

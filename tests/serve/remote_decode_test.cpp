@@ -12,21 +12,13 @@
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/serve/remote_decode.hpp"
 #include "tests/support/command_runs.hpp"
-#include "tests/support/fixture_model.hpp"
+#include "tests/support/served_instance.hpp"
 
 namespace {
 
 using namespace troupe;
 
-struct instance : troupe::testing::fixture_runner {
-  instance()
-      : fixture_runner("q-lora"),
-        model(runner),
-        cache(model.cache_shape(dtype::f32, 4), 1 << 22, device::cpu()) {}
-  serving_instance view() { return {&model, &cache, &context, {}}; }
-  cached_model model;
-  latent_cache cache;
-};
+using instance = troupe::testing::served_instance;
 
 generation_request request_for(int i) {
   generation_request r;

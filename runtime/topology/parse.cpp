@@ -476,10 +476,34 @@ class topology_parser {
     read("serve", serve, "drain_seconds", s.drain_seconds);
     read("serve", serve, "prefill_instances", s.prefill_instances);
     read("serve", serve, "decode_instances", s.decode_instances);
-    read("serve", serve, "decode_host", s.decode_host);
+    read_decode_hosts(serve);
     read("serve", serve, "expert_shards", s.expert_shards);
     read("serve", serve, "redundant_experts", s.redundant_experts);
     read("serve", serve, "rebalance_interval", s.rebalance_interval);
+  }
+
+  /// `decode_host = "HOST"` (one decode process) or `decode_hosts = ["HOST", ...]`.
+  void read_decode_hosts(const toml::table* serve) {
+    if (serve == nullptr) return;
+    std::vector<std::string>& hosts = topo_.serve.decode_hosts;
+    const toml::node* one = serve->get("decode_host");
+    const toml::node* many = serve->get("decode_hosts");
+    if (one != nullptr && many != nullptr) {
+      error(position_of(many->source(), file_),
+            "serve.decode_hosts: give decode_host (one host) or decode_hosts (a list), not both");
+      return;
+    }
+    if (one != nullptr) {
+      if (auto text = one->value_exact<std::string>(); text && !text->empty())
+        hosts.push_back(*text);
+      return;
+    }
+    if (const auto* list = many != nullptr ? many->as_array() : nullptr)
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        const std::string path = fmt::format("serve.decode_hosts[{}]", i);
+        topo_.positions[path] = position_of((*list)[i].source(), file_);
+        if (auto text = (*list)[i].value_exact<std::string>()) hosts.push_back(*text);
+      }
   }
 
   void read_monitoring(const toml::table& root) {

@@ -423,6 +423,11 @@ section_schema serve_section() {
                "serve` starts the decode process itself on one machine; under a launcher "
                "(troupe launch's environments: torchrun, Open MPI, Slurm, LeaderWorkerSet) every "
                "rank runs `troupe serve` with the same arguments."},
+              {"decode_hosts", k::string_list, false, "[] (the serving process)",
+               "decode_host for several decode processes: each host's process runs "
+               "decode_instances decode instances (rank i + 1 on the i-th host), and the "
+               "scheduler picks among all of them by load; one that is lost fails only the "
+               "sequences it held. Give decode_host or decode_hosts, not both."},
               {"expert_shards",
                k::integer,
                false,

@@ -117,7 +117,9 @@ struct serve_spec {
   std::int64_t drain_seconds = 60;
   std::int64_t prefill_instances = 1;  ///< with decode_instances > 0
   std::int64_t decode_instances = 0;   ///< 0: prefill and decode in one batch
-  std::string decode_host;             ///< empty: decode instances in the serving process
+  /// The hosts whose processes run decode instances (decode_instances each), in rank order;
+  /// empty: decode instances in the serving process.
+  std::vector<std::string> decode_hosts;
   std::int64_t expert_shards = 0;      ///< 0: whole MoE layers in the model
   std::int64_t redundant_experts = 0;  ///< extra expert slots per MoE layer
   double rebalance_interval = 600.0;   ///< seconds; 0: never

@@ -85,6 +85,40 @@ class topology_validator {
     }
   }
 
+  /// [serve] decode_host / decode_hosts: other hosts than the first, each once, with decode
+  /// instances to run there.
+  void check_decode_hosts() {
+    const auto& hosts = t_.serve.decode_hosts;
+    const bool list = t_.positions.count("serve.decode_hosts") > 0;
+    std::set<std::string> seen;
+    for (std::size_t i = 0; i < hosts.size(); ++i) {
+      const std::string& decode = hosts[i];
+      const std::string path =
+          list ? fmt::format("serve.decode_hosts[{}]", i) : std::string("serve.decode_host");
+      if (t_.find_host(decode) == nullptr) {
+        auto names = host_names();
+        auto suggestion = nearest_word(decode, names);
+        error(path, fmt::format(
+                        "{} = \"{}\" names no host{}; hosts are: {}", path, decode,
+                        suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                        join(names, ", ")));
+      } else if (decode == t_.hosts.front().name) {
+        error(path, fmt::format("{} = \"{}\" is the first host, which serves HTTP and prefills: "
+                                "give another host (or leave it out to decode in one process)",
+                                path, decode));
+      } else if (!seen.insert(decode).second) {
+        error(path, fmt::format("{} = \"{}\" is named twice: a host runs one decode process (give "
+                                "it more decode_instances instead)",
+                                path, decode));
+      }
+    }
+    if (!hosts.empty() && t_.serve.decode_instances < 1)
+      error(list ? "serve.decode_hosts" : "serve.decode_host",
+            fmt::format("serve.{} needs serve.decode_instances of 1 or more: the instances that "
+                        "decode there",
+                        list ? "decode_hosts" : "decode_host"));
+  }
+
   /// Fills an empty host with the only host, and checks that host and device exist.
   void check_placement(placement& place, const std::string& path, const std::string& what) {
     if (place.host.empty()) {
@@ -318,26 +352,7 @@ class topology_validator {
                        device::cpu()};
     check_placement(balancer, "balancer", "the balancer actor");
     t_.balancer.host = balancer.host;
-    if (const std::string& decode = t_.serve.decode_host; !decode.empty()) {
-      if (t_.find_host(decode) == nullptr) {
-        auto names = host_names();
-        auto suggestion = nearest_word(decode, names);
-        error(
-            "serve.decode_host",
-            fmt::format("serve.decode_host = \"{}\" names no host{}; hosts are: {}", decode,
-                        suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                        join(names, ", ")));
-      } else if (decode == t_.hosts.front().name) {
-        error("serve.decode_host",
-              fmt::format("serve.decode_host = \"{}\" is the first host, which serves HTTP and "
-                          "prefills: give another host (or leave it out to decode in one process)",
-                          decode));
-      } else if (t_.serve.decode_instances < 1) {
-        error("serve.decode_host",
-              "serve.decode_host needs serve.decode_instances of 1 or more: the instances that "
-              "decode there");
-      }
-    }
+    check_decode_hosts();
     if (!(t_.serve.rebalance_interval >= 0.0))
       error("serve.rebalance_interval",
             fmt::format("serve.rebalance_interval must be 0 (never) or more seconds, got {}",

@@ -2,9 +2,10 @@
 // decode_host = "node1"): HTTP and prefill in the first, decode in the second, every prefilled
 // sequence moving with its cached rows between them (UCX). Concurrent requests, greedy and
 // sampled, get the completions of a server in one process, and the decode process serves its own
-// metrics; a decode process killed with -9 fails
-// the requests it held with a message naming it, within 10 s, and the server keeps answering;
-// SIGTERM stops both processes.
+// metrics; a decode process killed with -9 fails the requests it held with a message naming it,
+// within 10 s, and the server keeps answering; SIGTERM stops both processes.
+// four-hosts.toml's decode_hosts = ["node2", "node3"]: three processes, both decode processes
+// get sequences, and when one is killed the other's sequences finish and new requests go there.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -73,28 +74,56 @@ std::string text_of(const std::string& reply) {
   return j["choices"][0].value("text", "");
 }
 
-TEST(ServeProcesses, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
-  const fs::path dir = troupe::testing::scratch_dir("launch-test", "serve-processes");
-  const auto trained = run_command(
-      fmt::format("{} train {} --steps 1 --checkpoint-dir {} --set train.micro_batch_size=2 --set "
-                  "train.sequence_length=32 --threads 2 --quiet",
-                  troupe(), source("topologies/tiny.toml").string(), (dir / "ck").string()));
-  ASSERT_EQ(trained.exit_code, 0) << trained.output;
-  const std::string model = (dir / "ck" / "step-000001").string();
-  const std::string common = fmt::format(
-      "--model {} --listen 127.0.0.1:0 --threads 2 --kv-cache-mib 16 --cache-dtype f32", model);
-
-  std::vector<std::string> alone;
-  {
-    background_command one(fmt::format("{} serve {}", troupe(), common), dir / "one.log");
-    const std::string url = url_of(dir / "one.log", one);
-    ASSERT_FALSE(url.empty()) << read_file(dir / "one.log");
-    for (int i = 0; i < 8; ++i) alone.push_back(text_of(complete(url, i)));
+/// A tiny checkpoint trained one step, and the completions of a server in one process.
+class ServeProcesses : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = troupe::testing::scratch_dir("launch-test", "serve-processes");
+    const auto trained = run_command(fmt::format(
+        "{} train {} --steps 1 --checkpoint-dir {} --set train.micro_batch_size=2 --set "
+        "train.sequence_length=32 --threads 2 --quiet",
+        troupe(), source("topologies/tiny.toml").string(), (dir_ / "ck").string()));
+    ASSERT_EQ(trained.exit_code, 0) << trained.output;
+    common_ = fmt::format(
+        "--model {} --listen 127.0.0.1:0 --threads 2 --kv-cache-mib 16 --cache-dtype f32",
+        (dir_ / "ck" / "step-000001").string());
+    background_command one(fmt::format("{} serve {}", troupe(), common_), dir_ / "one.log");
+    const std::string url = url_of(dir_ / "one.log", one);
+    ASSERT_FALSE(url.empty()) << read_file(dir_ / "one.log");
+    for (int i = 0; i < 8; ++i) alone_.push_back(text_of(complete(url, i)));
+    for (int i = 200; i < 204; ++i) alone_.push_back(text_of(complete(url, i)));
+  }
+  /// The one-process completion of request `i` (0 to 7, 200 to 203).
+  static const std::string& alone(int i) {
+    return alone_[static_cast<std::size_t>(i < 200 ? i : 8 + i - 200)];
+  }
+  /// The pid in the log's "decode process (rank R, ...) started, pid P".
+  static pid_t decode_pid(const std::string& log, int rank) {
+    const auto at = log.find(fmt::format("decode process (rank {},", rank));
+    const auto pid_at = log.find("started, pid ", at);
+    return at == std::string::npos || pid_at == std::string::npos
+               ? -1
+               : std::stoi(log.substr(pid_at + 13));
+  }
+  /// The decode processes' metrics URLs, in the order they printed them.
+  static std::vector<std::string> decode_metrics(const std::string& log) {
+    std::vector<std::string> urls;
+    const std::string mark = "decode process metrics at ";
+    for (auto at = log.find(mark); at != std::string::npos; at = log.find(mark, at + 1))
+      urls.push_back(log.substr(at + mark.size(), log.find('\n', at) - at - mark.size()));
+    return urls;
   }
 
-  background_command two(
-      fmt::format("{} serve {} {}", troupe(), source("topologies/two-hosts.toml").string(), common),
-      dir / "two.log");
+  static inline fs::path dir_;
+  static inline std::string common_;
+  static inline std::vector<std::string> alone_;
+};
+
+TEST_F(ServeProcesses, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
+  const fs::path& dir = dir_;
+  background_command two(fmt::format("{} serve {} {}", troupe(),
+                                     source("topologies/two-hosts.toml").string(), common_),
+                         dir / "two.log");
   const std::string url = url_of(dir / "two.log", two);
   ASSERT_FALSE(url.empty()) << read_file(dir / "two.log");
   const std::string log = read_file(dir / "two.log");
@@ -104,23 +133,18 @@ TEST(ServeProcesses, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
   for (int i = 0; i < 8; ++i)
     replies.push_back(std::async(std::launch::async, [&url, i] { return complete(url, i); }));
   for (int i = 0; i < 8; ++i)
-    EXPECT_EQ(text_of(replies[static_cast<std::size_t>(i)].get()),
-              alone[static_cast<std::size_t>(i)])
-        << "request " << i;
+    EXPECT_EQ(text_of(replies[static_cast<std::size_t>(i)].get()), alone(i)) << "request " << i;
 
   // The decode process serves its own metrics (two-hosts.toml's [monitoring] metrics).
   const std::string after = read_file(dir / "two.log");
-  const auto metrics_at = after.find("decode process metrics at ");
-  ASSERT_NE(metrics_at, std::string::npos) << after;
-  const std::string metrics_url =
-      after.substr(metrics_at + 26, after.find('\n', metrics_at) - metrics_at - 26);
-  EXPECT_THAT(run_command("curl -s " + metrics_url).output,
+  const auto metrics = decode_metrics(after);
+  ASSERT_EQ(metrics.size(), 1u) << after;
+  EXPECT_THAT(run_command("curl -s " + metrics.front()).output,
               ::testing::ContainsRegex("troupe_generated_tokens_total [1-9]"));
 
   // kill -9 the decode process while long requests decode there.
-  const auto pid_at = log.find("started, pid ");
-  ASSERT_NE(pid_at, std::string::npos) << log;
-  const pid_t decode = std::stoi(log.substr(pid_at + 13));
+  const pid_t decode = decode_pid(log, 1);
+  ASSERT_GT(decode, 0) << log;
   std::vector<std::future<std::string>> held;
   for (int i = 0; i < 4; ++i)
     held.push_back(
@@ -142,6 +166,59 @@ TEST(ServeProcesses, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
   EXPECT_EQ(run_command("curl -s -o /dev/null -w '%{http_code}' " + url + "/health").output, "200");
   ::kill(two.pid(), SIGTERM);
   EXPECT_EQ(two.wait(), 0) << read_file(dir / "two.log");
+}
+
+TEST_F(ServeProcesses, TwoDecodeProcessesShareTheLoadAndOutliveEachOther) {
+  // four-hosts.toml: HTTP and prefill on node0, decode on node2 (rank 1) and node3 (rank 2).
+  const fs::path log_file = dir_ / "three.log";
+  background_command three(fmt::format("{} serve {} {}", troupe(),
+                                       source("topologies/four-hosts.toml").string(), common_),
+                           log_file);
+  const std::string url = url_of(log_file, three);
+  ASSERT_FALSE(url.empty()) << read_file(log_file);
+  const std::string log = read_file(log_file);
+  EXPECT_THAT(log, HasSubstr("decode process (rank 1, host node2) started"));
+  EXPECT_THAT(log, HasSubstr("decode process (rank 2, host node3) started"));
+  std::vector<std::future<std::string>> replies;
+  for (int i = 0; i < 8; ++i)
+    replies.push_back(std::async(std::launch::async, [&url, i] { return complete(url, i); }));
+  for (int i = 0; i < 8; ++i)
+    EXPECT_EQ(text_of(replies[static_cast<std::size_t>(i)].get()), alone(i)) << "request " << i;
+  // The scheduler picks by load: eight concurrent requests reach both processes.
+  const auto metrics = decode_metrics(read_file(log_file));
+  ASSERT_EQ(metrics.size(), 2u) << read_file(log_file);
+  for (const auto& at : metrics)
+    EXPECT_THAT(run_command("curl -s " + at).output,
+                ::testing::ContainsRegex("troupe_generated_tokens_total [1-9]"))
+        << at;
+
+  // kill -9 rank 1 while long requests decode: only what it held fails, and it is named.
+  const pid_t victim = decode_pid(log, 1);
+  ASSERT_GT(victim, 0) << log;
+  std::vector<std::future<std::string>> held;
+  for (int i = 0; i < 6; ++i)
+    held.push_back(
+        std::async(std::launch::async, [&url, i] { return complete(url, 100 + i, 200); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  const auto killed = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  int failed = 0, survived = 0;
+  for (auto& reply : held) {
+    const std::string text = reply.get();
+    if (text.find("\"error\"") == std::string::npos) {
+      ++survived;
+      continue;
+    }
+    ++failed;
+    EXPECT_THAT(text, HasSubstr("rank 1")) << text;
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - killed, std::chrono::seconds(10));
+  EXPECT_GT(failed, 0) << "every request finished before the kill";
+  EXPECT_GT(survived, 0) << "rank 2's sequences failed with rank 1's";
+  // New requests go to rank 2 and complete as in one process.
+  for (int i = 200; i < 204; ++i) EXPECT_EQ(text_of(complete(url, i)), alone(i)) << "request " << i;
+  ::kill(three.pid(), SIGTERM);
+  EXPECT_EQ(three.wait(), 0) << read_file(log_file);
 }
 
 }  // namespace

@@ -361,6 +361,42 @@ host = "nod0"
   expect_error(ambiguous, "stage 0 needs `host = ...`: the topology has 2 hosts (a, b)", 12);
 }
 
+TEST(TopologyErrors, DecodeHostsAreOtherHostsEachOnce) {
+  const std::string hosts = header + R"(
+[[hosts]]
+name = "node0"
+[[hosts]]
+name = "node1"
+[[hosts]]
+name = "node2"
+
+[[stages]]
+layers = "0-3"
+host = "node0"
+)";
+  // Line 19 is [serve]'s first key.
+  auto errors = errors_of(hosts +
+                          "\n[serve]\ndecode_instances = 1\ndecode_hosts = [\"node1\", "
+                          "\"node0\", \"nod2\", \"node1\"]\n");
+  expect_error(errors, "serve.decode_hosts[1] = \"node0\" is the first host", 20, 26);
+  expect_error(errors, "serve.decode_hosts[2] = \"nod2\" names no host (did you mean 'node2'?)",
+               20);
+  expect_error(errors, "serve.decode_hosts[3] = \"node1\" is named twice", 20);
+  auto both = errors_of(hosts +
+                        "\n[serve]\ndecode_instances = 1\ndecode_host = \"node1\"\n"
+                        "decode_hosts = [\"node2\"]\n");
+  expect_error(both, "give decode_host (one host) or decode_hosts (a list), not both", 21);
+  auto none = errors_of(hosts + "\n[serve]\ndecode_host = \"node1\"\n");
+  expect_error(none, "serve.decode_host needs serve.decode_instances of 1 or more", 19);
+  auto one = errors_of(hosts + "\n[serve]\ndecode_instances = 1\ndecode_host = \"node3\"\n");
+  expect_error(one, "serve.decode_host = \"node3\" names no host", 20);
+
+  const auto loaded = load_topology_text(
+      hosts + "\n[serve]\ndecode_instances = 2\ndecode_hosts = [\"node2\", \"node1\"]\n",
+      virtual_file(), no_plugins());
+  EXPECT_EQ(loaded.topo.serve.decode_hosts, (std::vector<std::string>{"node2", "node1"}));
+}
+
 TEST(TopologyErrors, Bf16ComputesOnGpusOnly) {
   auto errors = errors_of(header + "precision = \"bf16\"\n\n[[stages]]\nlayers = \"0-3\"\n");
   expect_error(errors,

@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <prometheus/registry.h>
 
 #include "runtime/core/error.hpp"
@@ -89,11 +90,11 @@ serve_settings settings_of(const serve_options& o) {
   if (o.kv_cache_mib) s.inference.kv_cache_mib = *o.kv_cache_mib;
   if (o.prefill_instances) s.serve.prefill_instances = *o.prefill_instances;
   if (o.decode_instances) s.serve.decode_instances = *o.decode_instances;
-  if (!s.serve.decode_host.empty() && s.serve.decode_instances == 0)
+  if (!s.serve.decode_hosts.empty() && s.serve.decode_instances == 0)
     fail(
-        "[serve] decode_host = \"{}\" with no decode instances (--decode-instances 0): give 1 or "
-        "more, or a topology without decode_host",
-        s.serve.decode_host);
+        "[serve] decode hosts {} with no decode instances (--decode-instances 0): give 1 or "
+        "more, or a topology without decode_host(s)",
+        fmt::join(s.serve.decode_hosts, ", "));
   if (o.expert_shards) s.serve.expert_shards = *o.expert_shards;
   if (o.redundant_experts) s.serve.redundant_experts = *o.redundant_experts;
   if (o.rebalance_interval) s.serve.rebalance_interval = *o.rebalance_interval;
@@ -215,11 +216,12 @@ int decode_only(serve_processes& processes, std::vector<std::unique_ptr<model_in
   auto engine =
       std::make_shared<disaggregated_engine>(std::vector<serving_instance>{}, decode, options);
   processes.job().expose("decode", spawn_decode_actor(processes.runtime(), engine));
-  // The hand-offs name the serving process's front actor: this process must know it.
-  processes.job().remote("serve_front", 0);
+  // The hand-offs name the serving process's front actor for this rank: it must be known here.
+  const int rank = processes.rank();
+  processes.job().remote(serve_processes::front_name(rank), 0);
   processes.job().barrier(std::chrono::minutes(10));
   fmt::print(stderr, "troupe serve: decode process ({}): {} decode instances ready\n",
-             processes.job().host_of(1), decode.size());
+             processes.job().host_of(rank), decode.size());
   const auto [code, why] = processes.job().wait_for_finish();
   fmt::print(stderr, "troupe serve: decode process: {}\n", why);
   return code;
@@ -236,11 +238,18 @@ int serve(const serve_options& o) {
   if (mtp) require_mtp(checkpoint, o.model, "--speculative mtp");
   const device where = parse_device(o.device);
   if (where.is_cuda()) cuda::require_device(where.index);
-  if (!spec.decode_host.empty() && where.is_cuda())
+  if (!spec.decode_hosts.empty() && where.is_cuda())
     fail(
-        "[serve] decode_host = \"{}\": sequences cross to the decode process from host memory; "
-        "on {} prefill and decode run in one process (leave decode_host out)",
-        spec.decode_host, to_string(where));
+        "[serve] decode hosts {}: sequences cross to the decode processes from host memory; "
+        "on {} prefill and decode run in one process (leave decode_host(s) out)",
+        fmt::join(spec.decode_hosts, ", "), to_string(where));
+  if (spec.decode_hosts.size() > 1 && settings.monitoring.metrics_port != 0 &&
+      !settings.monitoring.metrics_host.empty() && !serve_processes::under_launcher())
+    fail(
+        "[monitoring] metrics = \"{}:{}\": the {} decode processes started on this machine would "
+        "each serve their metrics there; give port 0 (each picks a free one and prints it)",
+        settings.monitoring.metrics_host, settings.monitoring.metrics_port,
+        spec.decode_hosts.size());
   if (spec.expert_shards > 0) {
     if (where.is_cuda())
       fail(
@@ -285,8 +294,8 @@ int serve(const serve_options& o) {
         "tokenizer.json or its directory, or bytes)",
         o.model);
 
-  // With [serve] decode_host the job has two processes: this one (HTTP and prefill, rank 0) and
-  // the decode host's; they meet before either reads the weights.
+  // With [serve] decode_host(s) the job has a process per decode host besides this one (HTTP and
+  // prefill, rank 0); they meet before any reads the weights.
   auto metrics_holder = std::make_shared<metrics_registry>();
   metrics_registry& metrics = *metrics_holder;
   serving_metrics serve_metrics(*metrics.registry());
@@ -294,10 +303,10 @@ int serve(const serve_options& o) {
   // actor holds the decode engine, whose threads use the models until the runtime is gone.
   std::vector<std::unique_ptr<model_instance>> loaded;
   std::unique_ptr<serve_processes> processes;
-  if (!spec.decode_host.empty())
+  if (!spec.decode_hosts.empty())
     processes =
-        std::make_unique<serve_processes>(settings.first_host, spec.decode_host, metrics_holder);
-  const bool decode_process = processes && processes->rank() == 1;
+        std::make_unique<serve_processes>(settings.first_host, spec.decode_hosts, metrics_holder);
+  const bool decode_process = processes && processes->rank() > 0;
 
   // An instance per colocated engine, or per prefill and decode instance of this process: each
   // its own weights, cache and worker pool, the threads split between them.
@@ -327,8 +336,8 @@ int serve(const serve_options& o) {
   split_options.serve_metrics = &serve_metrics;
   if (decode_process) return decode_only(*processes, loaded, split_options, settings.monitoring);
 
-  // The remote decoder outlives the engine, whose threads send through it.
-  std::unique_ptr<actor_remote_decoder> remote;
+  // The remote decoders outlive the engine, whose threads send through them.
+  std::vector<std::unique_ptr<actor_remote_decoder>> remotes;
   std::unique_ptr<request_engine> engine;
   std::shared_ptr<void> disconnect_first;  // destroyed before the engine
   if (spec.decode_instances > 0) {
@@ -336,18 +345,31 @@ int serve(const serve_options& o) {
     for (std::int64_t i = 0; i < instances; ++i)
       (i < prefill_here ? prefill : decode).push_back(loaded[static_cast<std::size_t>(i)]->view());
     if (processes) {
-      remote = std::make_unique<actor_remote_decoder>(processes->runtime(),
-                                                      processes->job().remote("decode", 1));
-      auto split = std::make_unique<disaggregated_engine>(
-          prefill, decode, split_options, std::vector<remote_decoder*>{remote.get()});
-      remote->connect(*split, 0);
-      // Whatever ends serve() (a failed barrier, a port in use), the front actor and the failure
-      // handler stop reaching the engine before it goes.
-      disconnect_first =
-          std::shared_ptr<void>(nullptr, [link = remote.get()](void*) { link->disconnect(); });
-      processes->job().expose("serve_front", remote->front());
-      processes->job().on_failure(
-          [lost = remote->on_lost()](int, const std::string& why) { lost(why); });
+      // Remote decoder r is decode rank r + 1's decode actor.
+      std::vector<remote_decoder*> links;
+      for (int rank = 1; rank <= processes->decode_processes(); ++rank) {
+        remotes.push_back(std::make_unique<actor_remote_decoder>(
+            processes->runtime(), processes->job().remote("decode", rank)));
+        links.push_back(remotes.back().get());
+      }
+      auto split = std::make_unique<disaggregated_engine>(prefill, decode, split_options, links);
+      std::vector<std::function<void(const std::string&)>> lost;
+      for (std::size_t r = 0; r < remotes.size(); ++r) {
+        remotes[r]->connect(*split, r);
+        processes->job().expose(serve_processes::front_name(static_cast<int>(r) + 1),
+                                remotes[r]->front());
+        lost.push_back(remotes[r]->on_lost());
+      }
+      // Whatever ends serve() (a failed barrier, a port in use), the front actors and the
+      // failure handler stop reaching the engine before it goes.
+      disconnect_first = std::shared_ptr<void>(nullptr, [&remotes](void*) {
+        for (auto& link : remotes) link->disconnect();
+      });
+      processes->job().on_failure([lost](int rank, const std::string& why) {
+        fmt::print(stderr, "troupe serve: decode process lost: {}\n", why);
+        if (rank >= 1 && rank <= static_cast<int>(lost.size()))
+          lost[static_cast<std::size_t>(rank - 1)](why);
+      });
       engine = std::move(split);
       processes->job().barrier(std::chrono::minutes(10));
     } else {

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "runtime/cluster/launch_environment.hpp"
 #include "runtime/core/error.hpp"
@@ -16,20 +17,24 @@
 
 namespace troupe::cli {
 
-serve_processes::serve_processes(const std::string& front_host, const std::string& decode_host,
+serve_processes::serve_processes(const std::string& front_host,
+                                 const std::vector<std::string>& decode_hosts,
                                  std::shared_ptr<metrics_registry> metrics) {
+  const int world = 1 + static_cast<int>(decode_hosts.size());
   cluster_options options;
-  options.world = 2;
-  options.hosts = {front_host, decode_host};
+  options.world = world;
+  options.hosts = {front_host};
+  options.hosts.insert(options.hosts.end(), decode_hosts.begin(), decode_hosts.end());
   const auto env = detect_launch_environment([](const char* name) { return std::getenv(name); });
   if (env) {
-    if (env->world != 2)
+    if (env->world != world)
       fail(
-          "[serve] decode_host = \"{}\": the job has 2 processes (HTTP and prefill on {}, decode "
-          "on {}), but the launcher ({}) started {}; started by hand, unset the launcher's "
+          "[serve] decode hosts {}: the job has {} processes (HTTP and prefill on {}, decode on "
+          "{}), but the launcher ({}) started {}; started by hand, unset the launcher's "
           "variables (TROUPE_RANK, RANK and WORLD_SIZE, OMPI_COMM_WORLD_*, SLURM_PROCID and "
-          "SLURM_NTASKS, LWS_*) and troupe serve starts the decode process itself",
-          decode_host, front_host, decode_host, env->launcher, env->world);
+          "SLURM_NTASKS, LWS_*) and troupe serve starts the decode processes itself",
+          fmt::join(decode_hosts, ", "), world, front_host, fmt::join(decode_hosts, ", "),
+          env->launcher, env->world);
     if (env->rendezvous_host.empty())
       fail("the launcher ({}) names no rendezvous address: set TROUPE_RENDEZVOUS=HOST:PORT",
            env->launcher);
@@ -37,17 +42,28 @@ serve_processes::serve_processes(const std::string& front_host, const std::strin
     options.rendezvous_host = env->rendezvous_host;
     options.rendezvous_port = env->rendezvous_port;
   } else {
-    // Started by hand: this is rank 0, and rank 1 runs on this machine too.
+    // Started by hand: this is rank 0, and the decode ranks run on this machine too.
     const std::uint16_t port = free_local_port();
     options.rendezvous_port = port;
-    child_ = start_rank(1, 2, fmt::format("127.0.0.1:{}", port), own_command_line());
-    fmt::print(stderr, "troupe serve: decode process (rank 1, host {}) started, pid {}\n",
-               decode_host, child_);
+    for (int rank = 1; rank < world; ++rank) {
+      children_.push_back(
+          start_rank(rank, world, fmt::format("127.0.0.1:{}", port), own_command_line()));
+      fmt::print(stderr, "troupe serve: decode process (rank {}, host {}) started, pid {}\n", rank,
+                 options.hosts[static_cast<std::size_t>(rank)], children_.back());
+    }
   }
   actor_runtime_options runtime_options;
   runtime_options.network = true;
   runtime_ = std::make_unique<actor_runtime>(runtime_options, std::move(metrics));
   cluster_ = std::make_unique<cluster>(*runtime_, options);
+}
+
+bool serve_processes::under_launcher() {
+  return detect_launch_environment([](const char* name) { return std::getenv(name); }).has_value();
+}
+
+std::string serve_processes::front_name(int rank) {
+  return fmt::format("serve_front_{}", rank);
 }
 
 void serve_processes::finish(int code, const std::string& why) {
@@ -63,22 +79,30 @@ serve_processes::~serve_processes() {
     finish(0, "the server stopped");
   cluster_.reset();
   runtime_.reset();
-  if (child_ <= 0) return;
-  // The decode process leaves once told; one that does not within 10 s is killed.
-  int status = 0;
-  for (int i = 0; i < 100; ++i) {
-    if (waitpid(child_, &status, WNOHANG) == child_) {
-      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        fmt::print(stderr, "troupe serve: the decode process (pid {}) ended with {}\n", child_,
-                   WIFEXITED(status) ? fmt::format("status {}", WEXITSTATUS(status))
-                                     : fmt::format("signal {}", WTERMSIG(status)));
-      return;
+  // The decode processes leave once told; one that does not within 10 s is killed.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (std::size_t i = 0; i < children_.size(); ++i) {
+    const pid_t child = children_[i];
+    int status = 0;
+    bool ended = false;
+    while (!ended && std::chrono::steady_clock::now() < deadline) {
+      ended = waitpid(child, &status, WNOHANG) == child;
+      if (!ended) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!ended) {
+      kill(child, SIGKILL);
+      waitpid(child, nullptr, 0);
+      fmt::print(stderr,
+                 "troupe serve: the decode process of rank {} (pid {}) did not leave; "
+                 "killed\n",
+                 i + 1, child);
+    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      fmt::print(stderr, "troupe serve: the decode process of rank {} (pid {}) ended with {}\n",
+                 i + 1, child,
+                 WIFEXITED(status) ? fmt::format("status {}", WEXITSTATUS(status))
+                                   : fmt::format("signal {}", WTERMSIG(status)));
+    }
   }
-  kill(child_, SIGKILL);
-  waitpid(child_, nullptr, 0);
-  fmt::print(stderr, "troupe serve: the decode process (pid {}) did not leave; killed\n", child_);
 }
 
 }  // namespace troupe::cli

@@ -1,18 +1,19 @@
 #pragma once
 
-// The two processes of `troupe serve` when [serve] decode_host puts the decode instances on
-// another host: rank 0 (the first host) serves HTTP and prefills, rank 1 (the decode host)
-// decodes (runtime/serve/remote_decode.hpp). Under a launcher (the environments `troupe launch`
-// reads: its own, torchrun, Open MPI, Slurm, a LeaderWorkerSet) every rank runs `troupe serve`
-// with the same arguments; started by hand, `troupe serve` is rank 0 and starts rank 1 on this
-// machine itself. Rank 1 ignores SIGTERM and SIGINT on purpose: it leaves when rank 0 says so,
-// after rank 0's drain (which needs it to finish the sequences it decodes), or when rank 0 is
-// gone.
+// The processes of `troupe serve` when [serve] decode_host or decode_hosts put the decode
+// instances on other hosts: rank 0 (the first host) serves HTTP and prefills, rank i + 1 (the
+// i-th decode host) decodes (runtime/serve/remote_decode.hpp). Under a launcher (the
+// environments `troupe launch` reads: its own, torchrun, Open MPI, Slurm, a LeaderWorkerSet)
+// every rank runs `troupe serve` with the same arguments; started by hand, `troupe serve` is
+// rank 0 and starts the decode ranks on this machine itself. The decode ranks ignore SIGTERM and
+// SIGINT on purpose: they leave when rank 0 says so, after rank 0's drain (which needs them to
+// finish the sequences they decode), or when rank 0 is gone.
 
 #include <sys/types.h>
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/cluster/cluster.hpp"
@@ -22,27 +23,36 @@ namespace troupe::cli {
 
 class serve_processes {
  public:
-  /// Joins the job (the rendezvous waits up to a minute for the other process). Throws
-  /// troupe::error for a launcher's world of another size than 2, rendezvous_error when the
-  /// other process never comes.
-  serve_processes(const std::string& front_host, const std::string& decode_host,
+  /// Joins the job (the rendezvous waits up to a minute for the other processes). Throws
+  /// troupe::error for a launcher's world of another size than 1 + decode_hosts, rendezvous_error
+  /// when a process never comes.
+  serve_processes(const std::string& front_host, const std::vector<std::string>& decode_hosts,
                   std::shared_ptr<metrics_registry> metrics);
-  /// Rank 0: tells rank 1 to leave (if finish() did not; with a failure code when an exception
-  /// is on its way) and waits up to 10 s for the child it started, then kills it.
+  /// Rank 0: tells the decode ranks to leave (if finish() did not; with a failure code when an
+  /// exception is on its way) and waits up to 10 s for the children it started, then kills them.
   ~serve_processes();
   serve_processes(const serve_processes&) = delete;
   serve_processes& operator=(const serve_processes&) = delete;
 
   int rank() const { return cluster_->rank(); }
+  /// Decode processes: ranks 1 to decode_processes().
+  int decode_processes() const { return cluster_->world() - 1; }
   actor_runtime& runtime() { return *runtime_; }
   cluster& job() { return *cluster_; }
-  /// Rank 0, when serving ends: tells rank 1 to leave with `code` and `why`.
+  /// Rank 0, when serving ends: tells the decode ranks to leave with `code` and `why`.
   void finish(int code, const std::string& why);
+
+  /// Whether a launcher started this process (its environment names a rank and a world); if not,
+  /// rank 0 starts the decode ranks on this machine.
+  static bool under_launcher();
+
+  /// The name rank 0 exposes its front actor for decode rank `rank` under.
+  static std::string front_name(int rank);
 
  private:
   std::unique_ptr<actor_runtime> runtime_;
   std::unique_ptr<cluster> cluster_;
-  pid_t child_ = -1;
+  std::vector<pid_t> children_;  ///< rank i + 1's pid, when started by hand
   bool finished_ = false;
 };
 

@@ -97,11 +97,45 @@ void replicated_experts::after_step(const layer_expert_load& load) {
   const auto now = std::chrono::steady_clock::now();
   if (std::chrono::duration<double>(now - last_).count() < options_.interval) return;
   // The next attempt waits for the next interval and the load seen by then, failed or not.
+  rebalance_observed();
+}
+
+std::vector<std::unique_ptr<expert_shard>> replicated_experts::shards_on(
+    const std::shared_ptr<const plugin_library>& library) const {
+  std::vector<std::unique_ptr<expert_shard>> next;
+  for (const auto& shard : shards_) {
+    next.push_back(
+        std::make_unique<expert_shard>(config_, library, shard->layer_experts(), 1, moe_options_));
+    for (parameter* p : next.back()->parameters().all()) {
+      const parameter* from = shard->parameters().find(p->name);
+      if (from == nullptr)
+        fail("the moe plugin '{}' declares '{}', which the shard's plugin does not", library->name,
+             p->name);
+      p->value.copy_from(from->value);
+    }
+  }
+  return next;
+}
+
+void replicated_experts::adopt(std::vector<std::unique_ptr<expert_shard>> shards,
+                               std::shared_ptr<const plugin_library> library) {
+  if (shards.size() != shards_.size())
+    fail("adopt: {} shards for {}", shards.size(), shards_.size());
+  std::vector<expert_shard*> pointers;
+  for (std::size_t s = 0; s < shards.size(); ++s) {
+    shards_[s] = std::move(shards[s]);
+    pointers.push_back(shards_[s].get());
+  }
+  transport_->set_shards(pointers);
+  moe_ = std::move(library);
+}
+
+replacement_report replicated_experts::rebalance_observed() {
   const layer_expert_load seen = std::move(observed_);
   observed_.clear();
   last_ = std::chrono::steady_clock::now();
   try {
-    rebalance(seen);
+    return rebalance(seen);
   } catch (const std::exception&) {
     if (metrics_) metrics_->rebalances.record("failed", 0, 0, 0.0);
     throw;

@@ -74,6 +74,18 @@ class replicated_experts {
   void after_step(const layer_expert_load& load);
   /// Re-places now for `load` (nothing changes where it would not lower any layer's imbalance).
   replacement_report rebalance(const layer_expert_load& load);
+  /// Re-places now for the load seen since the last re-placement (`troupe ctl SERVER rebalance`);
+  /// the interval starts again.
+  replacement_report rebalance_observed();
+  /// A moe plugin swap's first half: every shard rebuilt on `library` with the weights it holds;
+  /// nothing changes yet. Throws (the plugin's cause) when a shard cannot be built.
+  std::vector<std::unique_ptr<expert_shard>> shards_on(
+      const std::shared_ptr<const plugin_library>& library) const;
+  /// The second half: shards_on's shards take over (the routing stays).
+  void adopt(std::vector<std::unique_ptr<expert_shard>> shards,
+             std::shared_ptr<const plugin_library> library);
+  /// The load seen since the last re-placement.
+  const layer_expert_load& observed() const { return observed_; }
 
  private:
   struct metric_families;

@@ -1,10 +1,15 @@
 #include "runtime/placement/expert_load.hpp"
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <fstream>
 #include <limits>
 #include <map>
 #include <sstream>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.hpp"
@@ -155,6 +160,81 @@ expert_loads read_expert_loads(const std::filesystem::path& file) {
       "{}: expert loads must be a JSON matrix, a `troupe train --log-json` file or a Prometheus "
       "query result",
       where);
+}
+
+namespace {
+
+/// `text` as a whole non-negative decimal number.
+bool parse_layer(const std::string& text, std::int64_t& layer) {
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), layer);
+  return ec == std::errc() && end == text.data() + text.size() && layer >= 0;
+}
+
+}  // namespace
+
+layer_expert_load requested_expert_load(const nlohmann::json& given,
+                                        const std::vector<std::int64_t>& moe_layers,
+                                        std::int64_t expert_count) {
+  const auto experts = static_cast<std::size_t>(expert_count);
+  // The rows, each under its name; loads that are not whole numbers (normalised ones) are
+  // scaled by 10^6 for all layers, which keeps their ratios, all EPLB looks at.
+  std::vector<std::pair<std::string, const nlohmann::json*>> rows;
+  if (given.is_array()) {
+    for (std::size_t i = 0; i < given.size(); ++i) rows.emplace_back(std::to_string(i), &given[i]);
+  } else if (given.is_object()) {
+    for (const auto& [key, row] : given.items()) rows.emplace_back(key, &row);
+  } else {
+    fail("the rebalance request: \"load\" must map MoE layers to loads or list them in order");
+  }
+  if (rows.empty()) fail("the rebalance request: \"load\" holds no layer");
+  bool whole = true;
+  for (const auto& [name, row] : rows) {
+    if (!row->is_array() || row->size() != experts)
+      fail("the rebalance request: load of layer {} must list {} numbers, one per expert", name,
+           experts);
+    for (const auto& v : *row) {
+      if (!v.is_number() || !(v.get<double>() >= 0.0) || v.get<double>() > 1e12)
+        fail("the rebalance request: load of layer {} holds {}, not a token count", name, v.dump());
+      whole = whole && v.get<double>() == std::floor(v.get<double>());
+    }
+  }
+  const double scale = whole ? 1.0 : 1e6;
+  const auto counts_of = [&](const nlohmann::json& row) {
+    std::vector<std::int64_t> counts;
+    for (const auto& v : row) counts.push_back(std::llround(v.get<double>() * scale));
+    return counts;
+  };
+  // Names that are all MoE layers name them; others (a matrix's row numbers) are rows in the
+  // MoE layers' order, sorted by number where they are numbers.
+  bool by_layer = !given.is_array();
+  std::vector<std::int64_t> numbers;
+  for (const auto& [name, row] : rows) {
+    std::int64_t layer = -1;
+    const bool number = parse_layer(name, layer);
+    numbers.push_back(number ? layer : -1);
+    if (!number || std::find(moe_layers.begin(), moe_layers.end(), layer) == moe_layers.end())
+      by_layer = false;
+  }
+  layer_expert_load load;
+  if (by_layer) {
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      if (!load.emplace(numbers[i], counts_of(*rows[i].second)).second)
+        fail("the rebalance request: layer {} is given twice", numbers[i]);
+    return load;
+  }
+  if (rows.size() != moe_layers.size())
+    fail(
+        "the rebalance request: the load's layers ({}) are not the model's MoE layers ({}), nor "
+        "as many rows",
+        rows.size(), fmt::join(moe_layers, ", "));
+  std::vector<std::size_t> order(rows.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  if (std::none_of(numbers.begin(), numbers.end(), [](std::int64_t n) { return n < 0; }))
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t x, std::size_t y) { return numbers[x] < numbers[y]; });
+  for (std::size_t i = 0; i < order.size(); ++i)
+    load[moe_layers[i]] = counts_of(*rows[order[i]].second);
+  return load;
 }
 
 }  // namespace troupe

@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
+#include "runtime/placement/expert_placement.hpp"
+
 namespace troupe {
 
 struct expert_loads {
@@ -23,5 +27,15 @@ struct expert_loads {
 /// file, the line where there is one, and what is wrong (rows of different lengths, a negative
 /// or non-numeric load, no loads at all).
 expert_loads read_expert_loads(const std::filesystem::path& file);
+
+/// A rebalance request's "load" (`troupe ctl JOB rebalance --load`): {"LAYER": [tokens per
+/// expert], ...} naming MoE layers, or rows in the MoE layers' order (a list, or an object whose
+/// keys are row numbers), `experts` numbers each; loads that are not whole numbers (normalised
+/// ones) are scaled by 10^6, which keeps their ratios. Throws troupe::error ("the rebalance
+/// request: ...") for rows of another length, values that are no token counts, a layer given
+/// twice, no layer, or rows that are neither the MoE layers nor as many.
+layer_expert_load requested_expert_load(const nlohmann::json& given,
+                                        const std::vector<std::int64_t>& moe_layers,
+                                        std::int64_t experts);
 
 }  // namespace troupe

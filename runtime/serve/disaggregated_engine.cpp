@@ -62,7 +62,8 @@ disaggregated_engine::disaggregated_engine(std::vector<serving_instance> prefill
       decode_(std::move(decode)),
       options_(options),
       queue_(options.max_queue),
-      decode_state_(decode_.size() + remote.size()) {
+      decode_state_(decode_.size() + remote.size()),
+      hold_(prefill_.size() + decode_.size()) {
   if (decode_state_.empty())
     fail("disaggregated serving needs a decode instance (in this process or another)");
   if (prefill_.empty() && !remote.empty())
@@ -93,6 +94,10 @@ disaggregated_engine::disaggregated_engine(std::vector<serving_instance> prefill
     threads_.emplace_back([this, p] { prefill_loop(p); });
   for (std::size_t d = 0; d < decode_state_.size(); ++d)
     threads_.emplace_back([this, d] { d < decode_.size() ? decode_loop(d) : remote_loop(d); });
+}
+
+double disaggregated_engine::hold_steps(const std::function<void()>& work) {
+  return hold_.run(mutex_, wake_, stopping_, work);
 }
 
 disaggregated_engine::~disaggregated_engine() {
@@ -228,10 +233,11 @@ void disaggregated_engine::prefill_loop(std::size_t instance) {
     {
       std::unique_lock lock(mutex_);
       wake_.wait(lock, [&] {
-        return stopping_ || !active.empty() ||
+        return stopping_ || !active.empty() || hold_.asked() ||
                (!queue_.empty() &&
                 static_cast<std::int64_t>(active.size()) < options_.prefill_batch);
       });
+      hold_.wait_here(lock, wake_, stopping_);
       if (stopping_) break;
       while (!queue_.empty() &&
              static_cast<std::int64_t>(active.size() + joining.size()) < options_.prefill_batch) {
@@ -297,7 +303,10 @@ void disaggregated_engine::decode_loop(std::size_t instance) {
     std::vector<ticket> cancelled;
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !state.inbox.empty() || !active.empty(); });
+      wake_.wait(lock, [&] {
+        return stopping_ || !state.inbox.empty() || !active.empty() || hold_.asked();
+      });
+      hold_.wait_here(lock, wake_, stopping_);
       if (stopping_) break;
       arrivals.swap(state.inbox);
       for (const auto& [sequence, p] : active)

@@ -33,6 +33,7 @@
 #include "runtime/serve/pending_request.hpp"
 #include "runtime/serve/request_engine.hpp"
 #include "runtime/serve/serving_metrics.hpp"
+#include "runtime/serve/step_hold.hpp"
 
 namespace troupe {
 
@@ -94,6 +95,8 @@ class disaggregated_engine final : public request_engine {
   void cancel(ticket id) override;
   std::int64_t queued() const override;
   std::int64_t decoding() const override;
+  /// Holds the local prefill and decode instances' threads (not the remote decoders').
+  double hold_steps(const std::function<void()>& work) override;
 
   /// Sequences each decode instance took, in instance order (local, then remote).
   std::vector<std::int64_t> decoded_per_instance() const;
@@ -147,6 +150,7 @@ class disaggregated_engine final : public request_engine {
   std::vector<std::int64_t> blocks_used_;  ///< per instance: prefill ones, then decode ones
   std::int64_t blocks_total_ = 0;
   bool stopping_ = false;
+  step_hold hold_;  ///< over the local instances' threads
   std::vector<std::thread> threads_;
 };
 

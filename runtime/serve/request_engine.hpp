@@ -44,6 +44,12 @@ class request_engine {
   virtual std::int64_t queued() const = 0;
   /// Sequences in a batch.
   virtual std::int64_t decoding() const = 0;
+
+  /// Runs `work` on the calling thread while every thread of this engine that steps a model waits
+  /// between two of its steps (an idle one at once): where a control command changes the models
+  /// (step_hold.hpp). Returns the seconds the steps were held; throws troupe::error when the
+  /// engine stops first, and what `work` throws.
+  virtual double hold_steps(const std::function<void()>& work) = 0;
 };
 
 }  // namespace troupe

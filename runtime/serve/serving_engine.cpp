@@ -77,6 +77,10 @@ void serving_engine::report_state(std::int64_t running) {
                                   cache_->free_blocks());
 }
 
+double serving_engine::hold_steps(const std::function<void()>& work) {
+  return hold_.run(mutex_, wake_, stopping_, work);
+}
+
 void serving_engine::run() {
   batch_decoder decoder(*model_, *cache_, *context_, {options_.prefill_chunk, options_.metrics});
   std::map<batch_decoder::sequence_id, pending_request> active;  // in the order they joined
@@ -87,8 +91,10 @@ void serving_engine::run() {
     {
       std::unique_lock lock(mutex_);
       wake_.wait(lock, [&] {
-        return stopping_ || !queue_.empty() || !active.empty() || !cancelled_.empty();
+        return stopping_ || !queue_.empty() || !active.empty() || !cancelled_.empty() ||
+               hold_.asked();
       });
+      hold_.wait_here(lock, wake_, stopping_);
       if (stopping_) break;
       while (!queue_.empty() &&
              static_cast<std::int64_t>(active.size() + joining.size()) < options_.max_batch) {

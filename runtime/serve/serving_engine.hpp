@@ -20,6 +20,7 @@
 #include "runtime/serve/pending_request.hpp"
 #include "runtime/serve/request_engine.hpp"
 #include "runtime/serve/serving_metrics.hpp"
+#include "runtime/serve/step_hold.hpp"
 
 namespace troupe {
 
@@ -50,6 +51,7 @@ class serving_engine final : public request_engine {
   void cancel(ticket id) override;
   std::int64_t queued() const override;
   std::int64_t decoding() const override;
+  double hold_steps(const std::function<void()>& work) override;
 
  private:
   void run();
@@ -65,6 +67,7 @@ class serving_engine final : public request_engine {
   std::vector<ticket> cancelled_;
   std::int64_t decoding_ = 0;
   bool stopping_ = false;
+  step_hold hold_{1};
   std::thread thread_;
 };
 

@@ -484,25 +484,20 @@ class topology_parser {
 
   /// `decode_host = "HOST"` (one decode process) or `decode_hosts = ["HOST", ...]`.
   void read_decode_hosts(const toml::table* serve) {
-    if (serve == nullptr) return;
-    std::vector<std::string>& hosts = topo_.serve.decode_hosts;
-    const toml::node* one = serve->get("decode_host");
-    const toml::node* many = serve->get("decode_hosts");
-    if (one != nullptr && many != nullptr) {
-      error(position_of(many->source(), file_),
-            "serve.decode_hosts: give decode_host (one host) or decode_hosts (a list), not both");
-      return;
-    }
-    if (one != nullptr) {
-      if (auto text = one->value_exact<std::string>(); text && !text->empty())
-        hosts.push_back(*text);
-      return;
-    }
+    const toml::node* one = serve != nullptr ? serve->get("decode_host") : nullptr;
+    const toml::node* many = serve != nullptr ? serve->get("decode_hosts") : nullptr;
+    if (one != nullptr && many != nullptr)
+      return error(position_of(many->source(), file_),
+                   "serve.decode_hosts: give decode_host or decode_hosts (a list), not both");
+    if (auto text = one != nullptr ? one->value_exact<std::string>() : std::nullopt;
+        text && !text->empty())
+      topo_.serve.decode_hosts.push_back(*text);
     if (const auto* list = many != nullptr ? many->as_array() : nullptr)
       for (std::size_t i = 0; i < list->size(); ++i) {
-        const std::string path = fmt::format("serve.decode_hosts[{}]", i);
-        topo_.positions[path] = position_of((*list)[i].source(), file_);
-        if (auto text = (*list)[i].value_exact<std::string>()) hosts.push_back(*text);
+        topo_.positions[fmt::format("serve.decode_hosts[{}]", i)] =
+            position_of((*list)[i].source(), file_);
+        if (auto text = (*list)[i].value_exact<std::string>())
+          topo_.serve.decode_hosts.push_back(*text);
       }
   }
 

@@ -55,9 +55,6 @@ class training_control {
  private:
   control_reply set_paused(bool pause);
   control_reply request_swap(const nlohmann::json& request);
-  /// The load a rebalance request names ("load": {"LAYER": [tokens per expert]}, or rows in the
-  /// MoE layers' order), or the load observed since the start or the last rebalance.
-  layer_expert_load rebalance_load(const nlohmann::json& request) const;
   control_reply rebalance(blocking_actor& self, const layer_expert_load& load);
   /// Swaps `role` for `library`, or (empty) the built-in GEMM in precision `builtin`.
   control_reply swap_plugin(blocking_actor& self, plugin_kind role, const std::string& library,

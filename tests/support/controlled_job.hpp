@@ -4,6 +4,8 @@
 // `troupe ctl` for it, with a run directory of its own: how the control and monitoring tests
 // drive a running job, as a user does from a second terminal.
 
+#include <signal.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -26,7 +28,7 @@ inline std::string troupe_exe() {
 class controlled_job {
  public:
   /// Starts `troupe COMMAND ARGUMENTS --job NAME` in `dir` (its log: dir/job.log); COMMAND is
-  /// train or launch.
+  /// train, launch or serve.
   controlled_job(std::filesystem::path dir, const std::string& name, const std::string& arguments,
                  const std::string& command = "train")
       : dir_(std::move(dir)), name_(name) {
@@ -49,6 +51,11 @@ class controlled_job {
   /// The endpoint's URL, from the job's control.json.
   std::string control_url() const {
     return nlohmann::json::parse(std::ifstream(dir_ / "run" / name_ / "control.json")).at("url");
+  }
+  /// SIGTERM (a server drains and stops), then its exit status.
+  int terminate() {
+    ::kill(process_->pid(), SIGTERM);
+    return process_->wait();
   }
   /// Resumes the job and waits for its exit status.
   int finish() {

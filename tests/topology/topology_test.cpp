@@ -385,7 +385,7 @@ host = "node0"
   auto both = errors_of(hosts +
                         "\n[serve]\ndecode_instances = 1\ndecode_host = \"node1\"\n"
                         "decode_hosts = [\"node2\"]\n");
-  expect_error(both, "give decode_host (one host) or decode_hosts (a list), not both", 21);
+  expect_error(both, "give decode_host or decode_hosts (a list), not both", 21);
   auto none = errors_of(hosts + "\n[serve]\ndecode_host = \"node1\"\n");
   expect_error(none, "serve.decode_host needs serve.decode_instances of 1 or more", 19);
   auto one = errors_of(hosts + "\n[serve]\ndecode_instances = 1\ndecode_host = \"node3\"\n");

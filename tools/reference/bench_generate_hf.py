@@ -7,7 +7,9 @@ transformers has none), SDPA attention and transformers' default MoE path, on th
 --threads threads or on a GPU. For each batch size, --prompt-tokens random tokens per sequence:
 prefill is one forward with use_cache=True over the prompts; decode is `generate` (greedy, its
 cache, --new-tokens tokens, EOS suppressed so every sequence runs to the end) minus that prefill.
-The medians of --repeat runs after one warm-up are printed, as JSON with --json.
+The static batch's output tokens/s (the batch's new tokens over the whole `generate` call, its
+prefill included: what a server without continuous batching delivers) is printed too. The medians
+of --repeat runs after one warm-up are printed, as JSON with --json.
 
     python3 tools/reference/bench_generate_hf.py --config topologies/models/small-512/config.json \
         [--device cpu|cuda] [--threads N] [--batch 1,8,32] [--prompt-tokens 128] [--new-tokens 32]
@@ -52,7 +54,7 @@ def run(model, device, batch, prompt_tokens, new_tokens, seed):
         sync(device)
         total = time.perf_counter() - start
     assert out.shape[1] == prompt_tokens + new_tokens
-    return prefill, max(total - prefill, 1e-9)
+    return prefill, max(total - prefill, 1e-9), total
 
 
 def main():
@@ -75,16 +77,19 @@ def main():
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, {args.device}, "
           f"{torch.get_num_threads()} threads", flush=True)
     for batch in (int(b) for b in args.batch.split(",")):
-        prefill, decode = [], []
+        prefill, decode, whole = [], [], []
         for r in range(args.repeat):
-            p, d = run(model, args.device, batch, args.prompt_tokens, args.new_tokens, r)
+            p, d, t = run(model, args.device, batch, args.prompt_tokens, args.new_tokens, r)
             prefill.append(batch * args.prompt_tokens / p)
             decode.append(batch * (args.new_tokens - 1) / d)
-        p, d = statistics.median(prefill), statistics.median(decode)
-        results.append({"batch": batch, "prefill_tokens_per_second": p, "decode_tokens_per_second": d})
+            whole.append(batch * args.new_tokens / t)
+        p, d, g = statistics.median(prefill), statistics.median(decode), statistics.median(whole)
+        results.append({"batch": batch, "prefill_tokens_per_second": p, "decode_tokens_per_second": d,
+                        "generate_tokens_per_second": g})
         print(f"batch {batch:>3}: prefill {p:>9.1f} tokens/s (min {min(prefill):.1f}, max {max(prefill):.1f}), "
-              f"decode {d:>8.1f} tokens/s (min {min(decode):.1f}, max {max(decode):.1f}); medians of "
-              f"{args.repeat}", flush=True)
+              f"decode {d:>8.1f} tokens/s (min {min(decode):.1f}, max {max(decode):.1f}); "
+              f"static batch (generate, its prefill included) {g:.1f} output tokens/s "
+              f"(min {min(whole):.1f}, max {max(whole):.1f}); medians of {args.repeat}", flush=True)
     if args.json:
         print(json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
                           "device": args.device, "results": results}))

@@ -10,12 +10,15 @@ config's bos/eos ids must be 256 or more: the shipped tiny, small and small-512 
 --prompt-tokens random ids and --new-tokens tokens (greedy, ignore_eos): the time to first
 token (p50, p99), the time per output token after the first (each request's mean; p50, p99), the output tokens/s of the whole run and
 the requests/s. The same shape through `troupe bench generate --batch CONCURRENCY` gives the
-engine's decode tokens/s without HTTP; their ratio is the server's efficiency. Standard library
+engine's decode tokens/s without HTTP; their ratio is the server's efficiency. With
+--request-rate R the requests arrive open-loop at Poisson times of rate R instead (a request-rate
+sweep); with `--serve-arg=--speculative --serve-arg=mtp` the MTP acceptance is read from the
+server's /metrics. Standard library
 only (http.client), so it runs where the openai package is not installed.
 
     python3 tools/reference/bench_serve.py --config topologies/models/small-512/config.json \
         [--troupe build/troupe] [--device cpu|cuda:0] [--concurrency 8] [--requests 32] \
-        [--prompt-tokens 128] [--new-tokens 64] [--serve-arg=ARG ...] [--json]
+        [--prompt-tokens 128] [--new-tokens 64] [--request-rate R] [--serve-arg=ARG ...] [--json]
 """
 
 import argparse
@@ -83,6 +86,21 @@ def stream_request(host, port, prompt, new_tokens):
     return first or 0.0, gaps, tokens
 
 
+def speculative_counts(host, port):
+    """The server's MTP drafts and accepted drafts so far, from its /metrics."""
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    counts = {}
+    for line in text.splitlines():
+        for name in ("troupe_speculative_drafted_tokens_total",
+                     "troupe_speculative_accepted_tokens_total"):
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                counts[name] = counts.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return (counts.get("troupe_speculative_drafted_tokens_total", 0.0),
+            counts.get("troupe_speculative_accepted_tokens_total", 0.0))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -99,6 +117,9 @@ def main():
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="an argument for troupe serve (repeat it), e.g. --serve-arg=--decode-instances"
                              " --serve-arg=1")
+    parser.add_argument("--request-rate", type=float, default=0.0,
+                        help="requests per second, Poisson arrivals (default 0: --concurrency at "
+                             "a time, each starting when one ends)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -122,10 +143,25 @@ def main():
             # Warm-up: one request alone.
             stream_request(host, int(port), prompts[0], 4)
             start = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
-                results = list(pool.map(
-                    lambda p: stream_request(host, int(port), p, args.new_tokens), prompts))
+            if args.request_rate > 0:
+                # Open loop: request i is sent at its Poisson arrival time, whatever is running.
+                arrivals, t = [], 0.0
+                for _ in prompts:
+                    arrivals.append(t)
+                    t += rng.expovariate(args.request_rate)
+
+                def at_arrival(i):
+                    time.sleep(max(0.0, start + arrivals[i] - time.perf_counter()))
+                    return stream_request(host, int(port), prompts[i], args.new_tokens)
+
+                with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+                    results = list(pool.map(at_arrival, range(len(prompts))))
+            else:
+                with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+                    results = list(pool.map(
+                        lambda p: stream_request(host, int(port), p, args.new_tokens), prompts))
             wall = time.perf_counter() - start
+            drafted, accepted = speculative_counts(host, int(port))
         finally:
             server.terminate()
             server.wait(timeout=120)
@@ -156,11 +192,15 @@ def main():
         "ttft_p50_ms": 1e3 * percentile(ttft, 50), "ttft_p99_ms": 1e3 * percentile(ttft, 99),
         "tpot_p50_ms": 1e3 * percentile(tpot, 50), "tpot_p99_ms": 1e3 * percentile(tpot, 99),
         "engine_decode_tokens_per_second": engine_decode,
+        "request_rate": args.request_rate,
+        "speculative_drafted": drafted, "speculative_accepted": accepted,
     }
     if args.json:
         print(json.dumps(summary))
         return
-    print(f"troupe serve on {args.device}: {args.requests} requests, {args.concurrency} at a time, "
+    pace = (f"arriving at {args.request_rate:g}/s (Poisson)" if args.request_rate > 0
+            else f"{args.concurrency} at a time")
+    print(f"troupe serve on {args.device}: {args.requests} requests, {pace}, "
           f"prompts of {args.prompt_tokens}, {args.new_tokens} new tokens each")
     print(f"  output {summary['output_tokens_per_second']:.1f} tokens/s, "
           f"{summary['requests_per_second']:.2f} requests/s")
@@ -168,6 +208,9 @@ def main():
           f"p99 {summary['ttft_p99_ms']:.1f} ms")
     print(f"  time per output token p50 {summary['tpot_p50_ms']:.2f} ms, "
           f"p99 {summary['tpot_p99_ms']:.2f} ms")
+    if drafted > 0:
+        print(f"  MTP drafts accepted: {accepted:.0f} of {drafted:.0f} "
+              f"({100.0 * accepted / drafted:.1f}%)")
     if engine_decode:
         print(f"  troupe bench generate, batch {args.concurrency}: decode {engine_decode:.1f} "
               f"tokens/s (no HTTP); the server's output tokens/s is "

@@ -27,7 +27,35 @@ struct ctl_options {
   int timeout = 900;  // longer than the job's own 10 minutes for a step boundary
 };
 
+/// A server's status (`troupe serve` with a control endpoint).
+void print_server_status(const nlohmann::json& s) {
+  fmt::print("server {} (pid {}): {} {} at {}, {} decoding, {} queued\n", s.value("job", ""),
+             s.value("pid", 0L), s.value("state", "?"), s.value("model", ""), s.value("url", ""),
+             s.value("decoding", 0L), s.value("queued", 0L));
+  if (const auto topology = s.value("topology", std::string()); !topology.empty())
+    fmt::print("topology {}\n", topology);
+  const nlohmann::json instances = s.value("instances", nlohmann::json::array());
+  fmt::print("instances {}{}\n", instances.dump(),
+             s.value("expert_shards", false) ? " (with expert shards)" : "");
+  for (const auto& d : s.value("decode_processes", nlohmann::json::array()))
+    fmt::print("  decode process rank {} on {}: {}{}\n", d.value("rank", 0), d.value("host", ""),
+               d.value("state", ""),
+               d.contains("error") ? ": " + d.value("error", "") : std::string());
+  const nlohmann::json plugins = s.value("plugins", nlohmann::json::object());
+  for (const auto& [role, p] : plugins.items())
+    fmt::print("  {:<9} {} {} (generation {})  {}\n", role, p.value("plugin", ""),
+               p.value("version", ""), p.value("generation", 0), p.value("library", ""));
+  for (const auto& swap : s.value("swaps", nlohmann::json::array()))
+    fmt::print("  swap: {} {}{}\n", swap.value("role", ""), swap.value("outcome", ""),
+               swap.contains("error") ? ": " + swap.value("error", "") : std::string());
+  for (const auto& r : s.value("rebalances", nlohmann::json::array()))
+    fmt::print("  rebalance: {} ({} expert copies moved){}\n", r.value("outcome", ""),
+               r.value("moved", 0L),
+               r.contains("error") ? ": " + r.value("error", "") : std::string());
+}
+
 void print_status(const nlohmann::json& s) {
+  if (s.value("kind", std::string()) == "server") return print_server_status(s);
   fmt::print("job {} (pid {}): {} after step {}/{}, loss {:.4f}, {:.0f} tok/s\n",
              s.value("job", ""), s.value("pid", 0L), s.value("state", "?"), s.value("step", 0L),
              s.value("total_steps", 0L), s.value("loss", 0.0), s.value("tokens_per_s", 0.0));
@@ -57,7 +85,23 @@ void print_reply(const std::string& action, const nlohmann::json& r) {
                r.value("step", 0L));
   else if (action == "checkpoint")
     fmt::print("checkpoint {} (step {})\n", r.value("checkpoint", ""), r.value("step", 0L));
-  else if (action == "swap")
+  else if (action == "swap" && !r.contains("step"))  // a server's
+    fmt::print(
+        "swapped the {} plugin: {} {} -> {} {} (generation {}, {} instances); the steps "
+        "were held {:.1f} ms\n",
+        r.value("role", ""), r["from"].value("plugin", ""), r["from"].value("version", ""),
+        r["to"].value("plugin", ""), r["to"].value("version", ""), r["to"].value("generation", 0),
+        r.value("instances", 0L), r.value("pause_seconds", 0.0) * 1e3);
+  else if (action == "rebalance" && r.contains("instances")) {  // a server's
+    fmt::print(
+        "re-placed the experts from the {} load: {} ({} expert copies moved, {:.2f} MiB); the "
+        "steps were held {:.1f} ms\n",
+        r.value("load", ""), r.value("outcome", ""), r.value("moved", 0L),
+        static_cast<double>(r.value("bytes", 0L)) / (1 << 20), r.value("pause_seconds", 0.0) * 1e3);
+    const nlohmann::json instances = r.value("instances", nlohmann::json::object());
+    for (const auto& [engine, i] : instances.items())
+      fmt::print("  {}: {} ({} copies)\n", engine, i.value("outcome", ""), i.value("moved", 0L));
+  } else if (action == "swap")
     fmt::print(
         "swapped the {} plugin after step {}: {} {} -> {} {} (generation {}); the step loop "
         "paused {:.1f} ms\n",
@@ -171,10 +215,12 @@ void add_ctl_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<ctl_options>();
   auto* command = app.add_subcommand(
       "ctl",
-      "Control a running job: status, pause, resume, checkpoint, swap, rebalance (without JOB: "
-      "list jobs)");
-  command->add_option("JOB", options->job,
-                      "The job's name (troupe train prints it), or its control directory");
+      "Control a running job or server: status, pause, resume, checkpoint, swap, rebalance "
+      "(without JOB: list them)");
+  command->add_option(
+      "JOB", options->job,
+      "The job's or server's name (troupe train and troupe serve print it), or its control "
+      "directory");
   command
       ->add_option("ACTION", options->action,
                    "status, pause, resume, checkpoint, swap or rebalance (re-place the routed "

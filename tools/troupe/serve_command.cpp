@@ -20,6 +20,8 @@
 #include <fmt/ranges.h>
 #include <prometheus/registry.h>
 
+#include "runtime/control/control_server.hpp"
+#include "runtime/control/job_directory.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/exec/exec_context.hpp"
@@ -36,6 +38,7 @@
 #include "runtime/topology/load.hpp"
 #include "tools/troupe/commands.hpp"
 #include "tools/troupe/model_input.hpp"
+#include "tools/troupe/serve_instance.hpp"
 #include "tools/troupe/serve_processes.hpp"
 
 namespace troupe::cli {
@@ -46,6 +49,7 @@ namespace fs = std::filesystem;
 
 struct serve_options {
   std::string topology, model, tokenizer, listen, model_name, api_key_file, cache_dtype;
+  std::string control, job;
   std::string device = "cpu", speculative;
   std::optional<std::int64_t> max_batch, max_queue, prefill_chunk, context_length, kv_cache_mib;
   std::optional<std::int64_t> prefill_instances, decode_instances;
@@ -60,6 +64,7 @@ struct serve_settings {
   inference_spec inference;
   std::string first_host;      ///< the topology's first host (HTTP and prefill across processes)
   monitoring_spec monitoring;  ///< where a decode process serves its own metrics
+  control_spec control;        ///< the control endpoint (`troupe ctl`); no host: none
 };
 
 serve_settings settings_of(const serve_options& o) {
@@ -72,6 +77,18 @@ serve_settings settings_of(const serve_options& o) {
     s.inference = topo.inference;
     s.first_host = topo.hosts.front().name;
     s.monitoring = topo.monitoring;
+    s.control = topo.control;
+  }
+  if (!o.control.empty()) {
+    auto address = parse_listen_address(o.control);
+    if (address && address->first == "localhost") address->first = "127.0.0.1";
+    if (!address || !(address->first == "::1" || address->first.starts_with("127.")))
+      fail(
+          "--control {}: give a loopback HOST:PORT (127.0.0.1, ::1 or localhost; port 0 picks a "
+          "free one): the control endpoint changes a running server, only this machine may reach "
+          "it",
+          o.control);
+    std::tie(s.control.host, s.control.port) = *address;
   }
   if (!o.listen.empty()) {
     const auto address = parse_listen_address(o.listen);
@@ -110,74 +127,6 @@ serve_settings settings_of(const serve_options& o) {
         s.serve.prefill_instances);
   return s;
 }
-
-/// A model loaded for serving: its weights, worker pool, cached model and KV cache, and with
-/// [serve] expert_shards its routed experts on expert shards of their own (redundant copies
-/// placed and re-placed by EPLB).
-struct model_instance {
-  model_instance(const hf_checkpoint& checkpoint, bool mtp, device where, int threads,
-                 const latent_cache_shape& shape, std::uint64_t budget, const serve_spec& spec,
-                 prometheus::Registry* metrics, const std::string& engine)
-      : plugins(load_model_plugins(registry, checkpoint.config())),
-        pool(threads),
-        exec(where, pool),
-        experts(make_experts(checkpoint, spec, metrics, engine)),
-        runner(checkpoint.config(), {}, with_experts(plugins, experts.get()), options(mtp, where)),
-        cached(runner),
-        cache(shape, budget, where) {
-    load_parameters(checkpoint, runner.parameters(), &pool);
-  }
-  static model_options options(bool mtp, device where) {
-    model_options o;
-    o.mtp = mtp;
-    o.where = where;
-    return o;
-  }
-  static model_plugins with_experts(model_plugins p, replicated_experts* experts) {
-    if (experts != nullptr) p.experts = &experts->backend();
-    return p;
-  }
-  std::unique_ptr<replicated_experts> make_experts(const hf_checkpoint& checkpoint,
-                                                   const serve_spec& spec,
-                                                   prometheus::Registry* metrics,
-                                                   const std::string& engine) {
-    if (spec.expert_shards == 0) return nullptr;
-    replicated_experts_options o;
-    o.shards = spec.expert_shards;
-    o.redundant = spec.redundant_experts;
-    o.interval = spec.rebalance_interval;
-    o.metrics = metrics;
-    o.engine = engine;
-    return std::make_unique<replicated_experts>(
-        checkpoint.config(), plugins.moe, plugins.moe_options, o,
-        [&](parameter_store& store) { load_parameters(checkpoint, store, &pool); }, exec);
-  }
-  /// Between steps: the experts re-place themselves when their interval has passed. A failed
-  /// re-placement changes nothing (it fails before any shard is replaced): it is reported and
-  /// serving goes on with the placement it has.
-  void after_step(const std::map<std::int64_t, std::vector<std::int64_t>>& load) {
-    try {
-      experts->after_step(load);
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "troupe serve: the expert re-placement failed, the placement stays: {}\n",
-                 e.what());
-    }
-  }
-  serving_instance view() {
-    serving_instance v{&cached, &cache, &exec, {}};
-    if (experts) v.after_step = [this](const auto& load) { after_step(load); };
-    return v;
-  }
-
-  plugin_registry registry;
-  model_plugins plugins;
-  thread_pool pool;
-  exec_context exec;
-  std::unique_ptr<replicated_experts> experts;
-  model_runner runner;
-  cached_model cached;
-  latent_cache cache;
-};
 
 /// The API key: the first line of its file, which must not be empty.
 std::string read_api_key(const fs::path& file) {
@@ -419,6 +368,40 @@ int serve(const serve_options& o) {
   server_options.limits.max_connections = server_options.limits.max_handlers + 64;
   server_options.limits.body_limit = 16u << 20;
   openai_server server(*engine, model, metrics, serve_metrics, server_options);
+
+  // `troupe ctl NAME ...`: status, plugin swaps and expert re-placements of this process's
+  // instances (serving_control.hpp), with the topology's [control] or --control.
+  std::unique_ptr<job_directory> directory;
+  std::shared_ptr<serving_control> control;
+  std::unique_ptr<control_server> control_endpoint;
+  if (!settings.control.host.empty()) {
+    directory = std::make_unique<job_directory>(default_run_directory(),
+                                                o.job.empty() ? model.name : o.job, !o.job.empty());
+    std::vector<controlled_instance> controlled;
+    for (auto& instance : loaded) controlled.push_back(instance->control_view());
+    serving_control_options control_options;
+    control_options.job = directory->name();
+    control_options.model = model.name;
+    control_options.url = server.url();
+    control_options.topology = o.topology;
+    control_options.decode_hosts = spec.decode_hosts;
+    for (std::int64_t layer = 0; layer < config.num_hidden_layers; ++layer)
+      if (config.is_moe_layer(layer)) control_options.moe_layers.push_back(layer);
+    control_options.experts = config.n_routed_experts;
+    control = std::make_shared<serving_control>(*engine, std::move(controlled), control_options);
+    if (processes)
+      processes->job().on_failure(
+          [weak = std::weak_ptr<serving_control>(control)](int rank, const std::string& why) {
+            if (const auto live = weak.lock()) live->decode_process_lost(rank, why);
+          });
+    control_endpoint = std::make_unique<control_server>(
+        settings.control.host, settings.control.port, directory->token(), control->commands(),
+        *metrics.registry(),
+        [](const std::string& line) { fmt::print(stderr, "troupe serve: {}\n", line); });
+    directory->publish(control_endpoint->url(), o.topology);
+    fmt::print(stderr, "troupe serve: control {} (troupe ctl {} status; token in {})\n",
+               control_endpoint->url(), directory->name(), directory->token_file().string());
+  }
   fmt::print(
       "troupe serve: serving {} at {} (POST /v1/completions, /v1/chat/completions; GET "
       "/v1/models, /health, /metrics): {} layers on {}, batch {}, queue {}, context {} tokens, KV "
@@ -442,6 +425,7 @@ int serve(const serve_options& o) {
   sigwait(&stop, &signal);
   fmt::print(stderr, "troupe serve: {}: draining (no new requests; up to {} s for those running)\n",
              strsignal(signal), spec.drain_seconds);
+  if (control) control->set_draining();
   const bool drained = server.drain(std::chrono::seconds(spec.drain_seconds));
   fmt::print(stderr, "troupe serve: {}\n",
              drained ? "every request finished; stopping"
@@ -523,6 +507,12 @@ void add_serve_command(CLI::App& app, int& exit_code) {
                    "mtp: every request decodes speculatively with the MTP module's drafts")
       ->check(CLI::IsMember({"mtp"}));
   command->add_option("--device", o->device, "cpu (default) or cuda:N");
+  command->add_option(
+      "--control", o->control,
+      "Serve a control endpoint for `troupe ctl` on this loopback HOST:PORT (port 0: a free one; "
+      "default: the topology's [control] listen, else none)");
+  command->add_option("--job", o->job,
+                      "The name `troupe ctl` knows the server by (default: the model's name)");
   command->add_option("--threads", o->threads, "Worker threads (default: one per core)")
       ->check(within(thread_bounds));
   command->callback([o, &exit_code] {

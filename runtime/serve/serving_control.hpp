@@ -1,0 +1,87 @@
+#pragma once
+
+// A server's control endpoint (`troupe ctl SERVER ...`, docs/control.md): the commands of
+// control_server for `troupe serve`, as training_control is for a training job.
+//   status     the server's state, its instances and decode processes, plugins, swaps, rebalances
+//   swap       a plugin (attention, moe, mtp) of every instance of this process, all or none, while
+//              their steps are held (request_engine::hold_steps): no request is dropped, the
+//              running ones go on with the new plugin from their next step
+//   rebalance  each instance's expert shards re-placed now, from the load they saw since their
+//              last re-placement or from a given load (with [serve] expert_shards)
+// One command runs at a time; status never waits for one.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/control/control_server.hpp"
+#include "runtime/device/device.hpp"
+#include "runtime/model/decoder_layer.hpp"
+#include "runtime/plugin/kind.hpp"
+#include "runtime/serve/request_engine.hpp"
+
+namespace troupe {
+
+class model_runner;
+class plugin_registry;
+class replicated_experts;
+
+/// One serving instance of this process, as the commands reach it: only while the engine's steps
+/// are held.
+struct controlled_instance {
+  std::string engine;                     ///< "serve", "prefill0", "decode1", ...
+  model_runner* runner = nullptr;         ///< its plugin instances
+  plugin_registry* registry = nullptr;    ///< where a swapped library is loaded for it
+  model_plugins* plugins = nullptr;       ///< the libraries it runs (updated by swaps)
+  replicated_experts* experts = nullptr;  ///< its expert shards; null without
+  device where = device::cpu();
+};
+
+struct serving_control_options {
+  std::string job;                        ///< the name `troupe ctl` knows the server by
+  std::string model;                      ///< the served model's name
+  std::string url;                        ///< the OpenAI endpoint
+  std::string topology;                   ///< empty: none
+  std::vector<std::string> decode_hosts;  ///< decode processes' hosts (rank i + 1: the i-th)
+  std::vector<std::int64_t> moe_layers;   ///< the model's MoE layers (a given load's rows)
+  std::int64_t experts = 0;               ///< routed experts per MoE layer
+};
+
+class serving_control {
+ public:
+  serving_control(request_engine& engine, std::vector<controlled_instance> instances,
+                  serving_control_options options);
+
+  /// What control_server serves: status, swap, rebalance.
+  std::map<std::string, control_command> commands();
+
+  /// The server is draining (SIGTERM): status says so, commands are refused (503).
+  void set_draining();
+  /// Decode process `rank` is gone (the cluster's failure handler).
+  void decode_process_lost(int rank, const std::string& why);
+
+ private:
+  control_reply status() const;
+  control_reply swap(const nlohmann::json& request);
+  control_reply rebalance(const nlohmann::json& request);
+  /// A refused or failed swap: recorded, then the error.
+  control_reply swap_failed(plugin_kind role, const std::string& library, int status,
+                            const std::string& why);
+
+  request_engine& engine_;
+  std::vector<controlled_instance> instances_;
+  serving_control_options options_;
+  std::mutex command_;        ///< one swap or rebalance at a time
+  mutable std::mutex state_;  ///< what status reads
+  bool draining_ = false;
+  std::map<int, std::string> lost_;  ///< decode rank -> why
+  nlohmann::json swaps_ = nlohmann::json::array();
+  nlohmann::json rebalances_ = nlohmann::json::array();
+};
+
+}  // namespace troupe

@@ -195,6 +195,7 @@ std::variant<openai_request, openai_error> parse_openai_request(std::string_view
     g.sampling.seed = static_cast<std::uint64_t>(
         integer(j, "seed", static_cast<std::int64_t>(std::random_device{}() >> 1), 0, INT64_MAX));
     g.eos = model.eos;
+    g.speculative_mtp = model.speculative_mtp;
     if (j.contains("ignore_eos") && !j["ignore_eos"].is_null()) {  // vLLM's extension
       if (!j["ignore_eos"].is_boolean())
         throw field_error{"'ignore_eos' must be true or false", "ignore_eos"};

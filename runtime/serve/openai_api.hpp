@@ -29,8 +29,9 @@ struct openai_model {
   std::int64_t context_length = 4096;  ///< prompt + max_tokens
   std::int64_t max_tokens_limit = 4096;
   std::int64_t drawable_vocab = 0;
-  std::int64_t vocab_size = 0;  ///< the model's: token-id prompts must lie below it (0: unchecked)
-  std::int64_t created = 0;     ///< Unix time the server loaded it (GET /v1/models)
+  std::int64_t vocab_size = 0;   ///< the model's: token-id prompts must lie below it (0: unchecked)
+  std::int64_t created = 0;      ///< Unix time the server loaded it (GET /v1/models)
+  bool speculative_mtp = false;  ///< every request drafts with the MTP module (--speculative mtp)
 };
 
 /// A client's error: the HTTP status and the OpenAI error object.

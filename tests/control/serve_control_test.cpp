@@ -224,6 +224,26 @@ TEST(ServeControl, SwapsThatCannotLoadAreRefusedAndServingGoesOn) {
   EXPECT_EQ(server.terminate(), 0) << server.log();
 }
 
+// Not control, but the same servers: `--speculative mtp` drafts every request with the MTP module
+// (its counters in /metrics move), and greedy completions are those of a server without it.
+TEST(ServeSpeculative, EveryRequestDraftsAndGreedyCompletionsStayTheSame) {
+  auto plain = start_server("serve-plain", "");
+  const std::string plain_url = url_of(plain);
+  ASSERT_FALSE(plain_url.empty()) << plain.log();
+  std::vector<std::string> greedy;
+  for (int i = 0; i < 8; i += 2) greedy.push_back(complete(plain_url, i));
+  EXPECT_EQ(plain.terminate(), 0);
+  auto mtp = start_server("serve-mtp", "--speculative mtp");
+  const std::string url = url_of(mtp);
+  ASSERT_FALSE(url.empty()) << mtp.log();
+  for (int i = 0; i < 8; i += 2)
+    EXPECT_EQ(complete(url, i), greedy[static_cast<std::size_t>(i / 2)]);
+  const std::string metrics = run_command("curl -s " + url + "/metrics").output;
+  EXPECT_THAT(metrics, ::testing::ContainsRegex("troupe_speculative_drafted_tokens_total [1-9]"))
+      << metrics;
+  EXPECT_EQ(mtp.terminate(), 0) << mtp.log();
+}
+
 TEST(ServeControl, TheControlAddressIsCheckedBeforeTheWeightsAreRead) {
   const run_result r =
       run_command(fmt::format("{} serve --model {} --control 10.0.0.1:0",

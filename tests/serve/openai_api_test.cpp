@@ -59,6 +59,14 @@ TEST(OpenAiApi, CompletionRequestsBecomeGenerationRequests) {
   const openai_request ids = parsed(R"({"model": "troupe-test", "prompt": [1, 2, 3]})");
   EXPECT_EQ(ids.generation.prompt, (std::vector<std::int32_t>{1, 2, 3}));
   EXPECT_EQ(ids.generation.max_new_tokens, 16);  // OpenAI's default
+  EXPECT_FALSE(ids.generation.speculative_mtp);
+  // A server started with --speculative mtp drafts every request.
+  openai_model mtp = byte_model();
+  mtp.speculative_mtp = true;
+  const auto drafted =
+      parse_openai_request(R"({"model": "troupe-test", "prompt": "hi"})", false, mtp);
+  ASSERT_TRUE(std::holds_alternative<openai_request>(drafted));
+  EXPECT_TRUE(std::get<openai_request>(drafted).generation.speculative_mtp);
 }
 
 TEST(OpenAiApi, ChatRequestsUseDeepSeeksChatFormat) {

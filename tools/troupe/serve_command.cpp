@@ -356,6 +356,7 @@ int serve(const serve_options& o) {
   model.drawable_vocab = codec->vocab_size;
   model.vocab_size = config.vocab_size;
   model.created = std::time(nullptr);
+  model.speculative_mtp = mtp;
 
   openai_server_options server_options;
   server_options.host = spec.host;

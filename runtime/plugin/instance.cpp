@@ -166,11 +166,16 @@ void layer_instance::forget(std::int64_t micro_batch) {
   library_->api->forget(instance_, micro_batch);
 }
 
-bool layer_instance::computes_cached() const {
-  const auto* api = library_->api;
-  return api->struct_size >=
+bool computes_cached(const plugin_library& library) {
+  const auto* api = library.api;
+  return api != nullptr &&
+         api->struct_size >=
              offsetof(troupe_plugin, forward_cached) + sizeof(api->forward_cached) &&
          api->forward_cached != nullptr;
+}
+
+bool layer_instance::computes_cached() const {
+  return troupe::computes_cached(*library_);
 }
 
 tensor layer_instance::forward_cached(const exec_context& context, const troupe_kv_cache& cache,

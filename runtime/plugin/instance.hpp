@@ -54,6 +54,9 @@ struct instance_options {
 
 /// One instance of a layer plugin (attention, moe, mtp): create() in the constructor, destroy()
 /// in the destructor, every call checked and turned into a plugin_call_error on failure.
+/// Whether `library`'s instances run inference over the KV cache (forward_cached, ABI 1.2).
+bool computes_cached(const plugin_library& library);
+
 class layer_instance {
  public:
   layer_instance(std::shared_ptr<const plugin_library> library, const instance_options& options);

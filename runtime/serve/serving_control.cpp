@@ -17,6 +17,7 @@
 #include "runtime/experts/replicated_experts.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/placement/expert_load.hpp"
+#include "runtime/plugin/instance.hpp"
 #include "runtime/plugin/instance_swap.hpp"
 #include "runtime/plugin/registry.hpp"
 
@@ -72,11 +73,6 @@ void serving_control::set_draining() {
   draining_ = true;
 }
 
-void serving_control::decode_process_lost(int rank, const std::string& why) {
-  std::lock_guard lock(state_);
-  lost_.emplace(rank, why);
-}
-
 control_reply serving_control::status() const {
   std::lock_guard lock(state_);
   nlohmann::json plugins = nlohmann::json::object();
@@ -87,13 +83,15 @@ control_reply serving_control::status() const {
   nlohmann::json engines = nlohmann::json::array();
   for (const controlled_instance& i : instances_) engines.push_back(i.engine);
   nlohmann::json decode = nlohmann::json::array();
+  const std::map<int, std::string> lost =
+      options_.lost ? options_.lost->ranks() : std::map<int, std::string>{};
   for (std::size_t r = 0; r < options_.decode_hosts.size(); ++r) {
     const int rank = static_cast<int>(r) + 1;
-    const auto it = lost_.find(rank);
+    const auto it = lost.find(rank);
     nlohmann::json entry{{"rank", rank},
                          {"host", options_.decode_hosts[r]},
-                         {"state", it == lost_.end() ? "running" : "lost"}};
-    if (it != lost_.end()) entry["error"] = it->second;
+                         {"state", it == lost.end() ? "running" : "lost"}};
+    if (it != lost.end()) entry["error"] = it->second;
     decode.push_back(entry);
   }
   const bool shards = instances_.front().experts != nullptr;
@@ -133,6 +131,7 @@ control_reply serving_control::swap(const nlohmann::json& request) {
   } catch (const error& e) {
     return control_error(400, e.what());
   }
+  std::lock_guard one(command_);  // swaps write the libraries read here
   std::optional<plugin_kind> role = parse_plugin_kind(wanted);
   for (const plugin_kind kind : {plugin_kind::attention, plugin_kind::moe, plugin_kind::mtp}) {
     const auto* library = library_of(*instances_.front().plugins, kind);
@@ -148,7 +147,6 @@ control_reply serving_control::swap(const nlohmann::json& request) {
                          "runtime's");
   if (path.empty())
     return control_error(400, "the swap request: give \"library\": the plugin library's path");
-  std::lock_guard one(command_);
   {
     std::lock_guard lock(state_);
     if (draining_) return control_error(503, "the server is draining");
@@ -161,9 +159,14 @@ control_reply serving_control::swap(const nlohmann::json& request) {
                     fmt::join(options_.decode_hosts, ", ")));
   const std::shared_ptr<const plugin_library> before =
       *library_of(*instances_.front().plugins, *role);
-  if (!before)
-    return swap_failed(*role, path, 409,
-                       fmt::format("this server's model uses no {} plugin", name_of(*role)));
+  std::size_t slots = 0;
+  for (const controlled_instance& i : instances_) slots += i.runner->plugin_slots(*role).size();
+  if (!before || slots == 0)
+    return swap_failed(
+        *role, path, 409,
+        *role == plugin_kind::mtp
+            ? std::string("no MTP module runs here: the server decodes without --speculative mtp")
+            : fmt::format("this server's model uses no {} plugin", name_of(*role)));
 
   // Loaded (a fresh copy for each instance's registry) before any step is held: a library that
   // does not load, crashes its probe or is of another kind costs the running requests nothing.
@@ -176,6 +179,13 @@ control_reply serving_control::swap(const nlohmann::json& request) {
   } catch (const std::exception& e) {
     return swap_failed(*role, path, 422, e.what());
   }
+  // The attention plugin of a server reads and writes the KV cache (ABI 1.2's forward_cached):
+  // one without it would fail every step.
+  if (*role == plugin_kind::attention && !computes_cached(*loaded.front()))
+    return swap_failed(*role, path, 422,
+                       fmt::format("plugin '{}' ({}) has no cached forward (plugin ABI 1.2 "
+                                   "forward_cached): it cannot decode over the KV cache",
+                                   loaded.front()->name, path));
   std::int64_t replaced = 0;
   double pause = 0.0;
   try {
@@ -201,6 +211,8 @@ control_reply serving_control::swap(const nlohmann::json& request) {
         *library_of(*instances_[i].plugins, *role) = loaded[i];
       }
     });
+  } catch (const engine_stopping& e) {
+    return swap_failed(*role, path, 503, e.what());
   } catch (const std::exception& e) {
     return swap_failed(*role, path, 422, e.what());
   }
@@ -221,15 +233,19 @@ control_reply serving_control::rebalance(const nlohmann::json& request) {
                          "this server has no expert shards ([serve] expert_shards, "
                          "--expert-shards): its experts cannot move");
   const bool given = request.is_object() && request.contains("load");
+  std::lock_guard one(command_);
   layer_expert_load load;
   if (given) {
+    // The layers the shards place: the decoder's MoE layers and the MTP modules'.
+    std::vector<std::int64_t> layers;
+    for (const auto& [layer, lists] : instances_.front().experts->placement().layers)
+      layers.push_back(layer);
     try {
-      load = requested_expert_load(request.at("load"), options_.moe_layers, options_.experts);
+      load = requested_expert_load(request.at("load"), layers, options_.experts);
     } catch (const error& e) {
       return control_error(400, e.what());
     }
   }
-  std::lock_guard one(command_);
   {
     std::lock_guard lock(state_);
     if (draining_) return control_error(503, "the server is draining");
@@ -252,9 +268,15 @@ control_reply serving_control::rebalance(const nlohmann::json& request) {
       }
     });
   } catch (const std::exception& e) {
+    // Each instance re-places on its own: those before the failure keep their new placement.
+    std::vector<std::string> done;
+    for (const auto& [engine, report] : per_instance.items()) done.push_back(engine);
+    const std::string why = done.empty() ? std::string(e.what())
+                                         : fmt::format("{} (re-placed before the failure: {})",
+                                                       e.what(), fmt::join(done, ", "));
     std::lock_guard lock(state_);
-    rebalances_.push_back({{"outcome", "failed"}, {"error", e.what()}});
-    return control_error(422, e.what());
+    rebalances_.push_back({{"outcome", "failed"}, {"error", why}});
+    return control_error(dynamic_cast<const engine_stopping*>(&e) != nullptr ? 503 : 422, why);
   }
   const bool changed = std::any_of(per_instance.begin(), per_instance.end(),
                                    [](const nlohmann::json& i) { return i["outcome"] == "moved"; });

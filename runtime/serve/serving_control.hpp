@@ -31,6 +31,24 @@ class model_runner;
 class plugin_registry;
 class replicated_experts;
 
+/// The decode processes found lost: the cluster's failure handler adds them (from the moment the
+/// processes meet), status reads them.
+class lost_decode_processes {
+ public:
+  void add(int rank, const std::string& why) {
+    std::lock_guard lock(mutex_);
+    lost_.emplace(rank, why);
+  }
+  std::map<int, std::string> ranks() const {
+    std::lock_guard lock(mutex_);
+    return lost_;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<int, std::string> lost_;
+};
+
 /// One serving instance of this process, as the commands reach it: only while the engine's steps
 /// are held.
 struct controlled_instance {
@@ -48,8 +66,8 @@ struct serving_control_options {
   std::string url;                        ///< the OpenAI endpoint
   std::string topology;                   ///< empty: none
   std::vector<std::string> decode_hosts;  ///< decode processes' hosts (rank i + 1: the i-th)
-  std::vector<std::int64_t> moe_layers;   ///< the model's MoE layers (a given load's rows)
-  std::int64_t experts = 0;               ///< routed experts per MoE layer
+  std::shared_ptr<const lost_decode_processes> lost;  ///< null without decode processes
+  std::int64_t experts = 0;                           ///< routed experts per MoE layer
 };
 
 class serving_control {
@@ -62,8 +80,6 @@ class serving_control {
 
   /// The server is draining (SIGTERM): status says so, commands are refused (503).
   void set_draining();
-  /// Decode process `rank` is gone (the cluster's failure handler).
-  void decode_process_lost(int rank, const std::string& why);
 
  private:
   control_reply status() const;
@@ -79,7 +95,6 @@ class serving_control {
   std::mutex command_;        ///< one swap or rebalance at a time
   mutable std::mutex state_;  ///< what status reads
   bool draining_ = false;
-  std::map<int, std::string> lost_;  ///< decode rank -> why
   nlohmann::json swaps_ = nlohmann::json::array();
   nlohmann::json rebalances_ = nlohmann::json::array();
 };

@@ -17,6 +17,12 @@
 
 namespace troupe {
 
+/// The engine stopped before or during a hold: nothing of the hold's work ran.
+class engine_stopping : public error {
+ public:
+  engine_stopping() : error("the server is stopping") {}
+};
+
 /// Every member is guarded by the engine's mutex and signalled through the condition variable its
 /// threads wait on; `stopping` is the engine's flag (under the same mutex).
 class step_hold {
@@ -38,20 +44,21 @@ class step_hold {
   }
 
   /// Runs `work` on this thread once every instance thread waits at a step boundary (one hold at
-  /// a time); returns the seconds from the request to the release. Throws troupe::error when the
-  /// engine stops first; what `work` throws goes on after the release.
+  /// a time); returns the seconds from the request to the release. Throws engine_stopping when the
+  /// engine stops first; what `work` throws goes on after the release. The engine (its mutex, its
+  /// models) must outlive the call: its owner ends every hold before it destroys the engine.
   double run(std::mutex& mutex, std::condition_variable& wake, const bool& stopping,
              const std::function<void()>& work) {
     const auto start = std::chrono::steady_clock::now();
     std::unique_lock lock(mutex);
     wake.wait(lock, [&] { return !holding_ || stopping; });
-    if (stopping) fail("the server is stopping");
+    if (stopping) throw engine_stopping();
     holding_ = asked_ = true;
     wake.notify_all();
     wake.wait(lock, [&] { return waiting_ == threads_ || stopping; });
     std::exception_ptr failure;
     if (stopping) {
-      failure = std::make_exception_ptr(error("the server is stopping"));
+      failure = std::make_exception_ptr(engine_stopping());
     } else {
       lock.unlock();
       try {

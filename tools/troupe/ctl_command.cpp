@@ -87,7 +87,7 @@ void print_reply(const std::string& action, const nlohmann::json& r) {
     fmt::print("checkpoint {} (step {})\n", r.value("checkpoint", ""), r.value("step", 0L));
   else if (action == "swap" && !r.contains("step"))  // a server's
     fmt::print(
-        "swapped the {} plugin: {} {} -> {} {} (generation {}, {} instances); the steps "
+        "swapped the {} plugin: {} {} -> {} {} (generation {}, {} plugin instances); the steps "
         "were held {:.1f} ms\n",
         r.value("role", ""), r["from"].value("plugin", ""), r["from"].value("version", ""),
         r["to"].value("plugin", ""), r["to"].value("version", ""), r["to"].value("generation", 0),

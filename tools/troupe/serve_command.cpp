@@ -256,6 +256,13 @@ int serve(const serve_options& o) {
     processes =
         std::make_unique<serve_processes>(settings.first_host, spec.decode_hosts, metrics_holder);
   const bool decode_process = processes && processes->rank() > 0;
+  // The control endpoint's name is claimed before the weights are read: a --job name in use, or
+  // a run directory that is not private, fails now.
+  std::unique_ptr<job_directory> directory;
+  if (!decode_process && !settings.control.host.empty())
+    directory = std::make_unique<job_directory>(
+        default_run_directory(), o.job.empty() ? served_name(spec.model_name, o.model) : o.job,
+        !o.job.empty());
 
   // An instance per colocated engine, or per prefill and decode instance of this process: each
   // its own weights, cache and worker pool, the threads split between them.
@@ -285,6 +292,7 @@ int serve(const serve_options& o) {
   split_options.serve_metrics = &serve_metrics;
   if (decode_process) return decode_only(*processes, loaded, split_options, settings.monitoring);
 
+  auto lost_log = std::make_shared<lost_decode_processes>();  // what status reports
   // The remote decoders outlive the engine, whose threads send through them.
   std::vector<std::unique_ptr<actor_remote_decoder>> remotes;
   std::unique_ptr<request_engine> engine;
@@ -314,8 +322,9 @@ int serve(const serve_options& o) {
       disconnect_first = std::shared_ptr<void>(nullptr, [&remotes](void*) {
         for (auto& link : remotes) link->disconnect();
       });
-      processes->job().on_failure([lost](int rank, const std::string& why) {
+      processes->job().on_failure([lost, lost_log](int rank, const std::string& why) {
         fmt::print(stderr, "troupe serve: decode process lost: {}\n", why);
+        lost_log->add(rank, why);
         if (rank >= 1 && rank <= static_cast<int>(lost.size()))
           lost[static_cast<std::size_t>(rank - 1)](why);
       });
@@ -372,12 +381,9 @@ int serve(const serve_options& o) {
 
   // `troupe ctl NAME ...`: status, plugin swaps and expert re-placements of this process's
   // instances (serving_control.hpp), with the topology's [control] or --control.
-  std::unique_ptr<job_directory> directory;
-  std::shared_ptr<serving_control> control;
+  std::unique_ptr<serving_control> control;
   std::unique_ptr<control_server> control_endpoint;
-  if (!settings.control.host.empty()) {
-    directory = std::make_unique<job_directory>(default_run_directory(),
-                                                o.job.empty() ? model.name : o.job, !o.job.empty());
+  if (directory) {
     std::vector<controlled_instance> controlled;
     for (auto& instance : loaded) controlled.push_back(instance->control_view());
     serving_control_options control_options;
@@ -386,15 +392,9 @@ int serve(const serve_options& o) {
     control_options.url = server.url();
     control_options.topology = o.topology;
     control_options.decode_hosts = spec.decode_hosts;
-    for (std::int64_t layer = 0; layer < config.num_hidden_layers; ++layer)
-      if (config.is_moe_layer(layer)) control_options.moe_layers.push_back(layer);
+    if (processes) control_options.lost = lost_log;
     control_options.experts = config.n_routed_experts;
-    control = std::make_shared<serving_control>(*engine, std::move(controlled), control_options);
-    if (processes)
-      processes->job().on_failure(
-          [weak = std::weak_ptr<serving_control>(control)](int rank, const std::string& why) {
-            if (const auto live = weak.lock()) live->decode_process_lost(rank, why);
-          });
+    control = std::make_unique<serving_control>(*engine, std::move(controlled), control_options);
     control_endpoint = std::make_unique<control_server>(
         settings.control.host, settings.control.port, directory->token(), control->commands(),
         *metrics.registry(),

@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 def build(config_path, device):
     config = AutoConfig.from_pretrained(config_path)
     config.num_nextn_predict_layers = 0
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     return model.to(device).eval()
 
 

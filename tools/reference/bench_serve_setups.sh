@@ -18,7 +18,7 @@ run() {
   echo "== $name"
   python3 "$here/bench_serve.py" --model "$checkpoint" --troupe "$troupe" --device cpu \
     --concurrency 8 --requests 32 --prompt-tokens 128 --new-tokens 64 "$@" 2>&1 |
-    grep -E "output|time to first|time per output|bench generate"
+    grep -E "output|time to first|time per output|accepted|bench generate"
 }
 for _ in $(seq "$rounds"); do
   run colocated

@@ -33,7 +33,7 @@ std::string checkpoint_name(std::int64_t step) {
 }
 
 void write_trainer_state(const fs::path& file, const trainer_state& state) {
-  const nlohmann::json j = {
+  nlohmann::json j = {
       {"step", state.step},
       {"total_steps", state.total_steps},
       {"seed", state.seed},
@@ -45,6 +45,12 @@ void write_trainer_state(const fs::path& file, const trainer_state& state) {
       {"loss", state.loss},
       {"topology", state.topology},
   };
+  if (!state.expert_placement.empty()) {
+    nlohmann::json layers = nlohmann::json::object();
+    for (const auto& [layer, shards] : state.expert_placement)
+      layers[std::to_string(layer)] = shards;
+    j["expert_placement"] = layers;
+  }
   write_atomically(file, j.dump(2) + "\n");
 }
 
@@ -81,6 +87,24 @@ trainer_state read_trainer_state(const fs::path& file) {
     state.loss = j.contains("loss") && !j["loss"].is_null() ? j["loss"].get<double>() : 0.0;
     field = "topology";
     state.topology = j.value("topology", std::string());
+    if (j.contains("expert_placement")) {
+      field = "expert_placement";
+      constexpr integer_bounds index{0, 1 << 20};
+      const auto& layers = j.at("expert_placement");
+      if (!layers.is_object()) fail("expert_placement must map MoE layers to shard lists");
+      for (const auto& [key, shards] : layers.items()) {
+        field = "expert_placement." + key;
+        const std::int64_t layer = json_integer(nlohmann::json::parse(key), index, "layer");
+        if (!shards.is_array()) fail("a layer's placement must be a list of expert lists");
+        auto& lists = state.expert_placement[layer];
+        for (const auto& shard : shards) {
+          if (!shard.is_array()) fail("a shard's experts must be a list");
+          lists.emplace_back();
+          for (const auto& expert : shard)
+            lists.back().push_back(json_integer(expert, index, "expert"));
+        }
+      }
+    }
   } catch (const std::exception& e) {
     throw checkpoint_error(fmt::format("{}: field \"{}\" is missing or malformed ({})",
                                        file.string(), field, e.what()));

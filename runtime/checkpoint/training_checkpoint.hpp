@@ -37,6 +37,9 @@ struct trainer_state {
   std::int64_t tokens_seen = 0;
   double loss = 0.0;  ///< of the last step
   std::string topology;
+  /// Where the routed experts were (a rebalance may have moved them): per MoE layer, the experts
+  /// of each expert shard. Empty: the topology's placement.
+  std::map<std::int64_t, std::vector<std::vector<std::int64_t>>> expert_placement;
 };
 
 /// "step-000050".

@@ -121,6 +121,7 @@ fs::path training_checkpoints::write_partial(blocking_actor& self, const fs::pat
   state.tokens_seen = standing_.tokens_seen;
   state.loss = standing_.last_loss;
   state.topology = topo_.file.string();
+  state.expert_placement = roles_.placement.layers;
   write_trainer_state(partial / "trainer_state.json", state);
   const fs::path final_dir = publish_checkpoint(root_, partial, step);
   if (on_event_) on_event_(fmt::format("checkpoint {}", final_dir.string()));
@@ -187,6 +188,7 @@ void training_checkpoints::resume(const fs::path& from) {
                     dir.string(), fmt::join(differences, "; ")));
   const auto moments = read_tensor_directory(dir / "optimizer");
   for (const auto& [name, value] : moments) require_finite(value, name, dir / "optimizer");
+  restore_placement(dir, state.expert_placement);
   for (auto& entry : roles_.ranks)
     if (entry.setup) entry.setup->rank->load(weights, moments);
   for (auto& s : roles_.shards) {
@@ -215,6 +217,55 @@ void training_checkpoints::resume(const fs::path& from) {
   standing_.start_step = standing_.last_completed = state.step;
   standing_.tokens_seen = state.tokens_seen;
   if (on_event_) on_event_(fmt::format("resumed from {} at step {}", dir.string(), state.step));
+}
+
+void training_checkpoints::restore_placement(
+    const fs::path& dir,
+    const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& saved) {
+  if (saved.empty() || roles_.placement.layers.empty()) return;
+  const expert_placement placement{saved};
+  if (placement == roles_.placement) return;
+  std::string misfit;
+  if (placement.shards() != roles_.placement.shards())
+    misfit = fmt::format("it has {} expert shards, the topology {}", placement.shards(),
+                         roles_.placement.shards());
+  for (const auto& [layer, lists] : roles_.placement.layers)
+    if (misfit.empty() && placement.layers.count(layer) == 0)
+      misfit = fmt::format("it does not place MoE layer {}", layer);
+  if (misfit.empty() && placement.layers.size() != roles_.placement.layers.size())
+    misfit = "it places other layers than the model's MoE layers";
+  if (misfit.empty()) {
+    try {
+      placement.check(topo_.model.n_routed_experts);
+    } catch (const error& e) {
+      misfit = e.what();
+    }
+  }
+  if (!misfit.empty()) {
+    if (on_event_)
+      on_event_(
+          fmt::format("{}: the expert placement in trainer_state.json does not fit this "
+                      "topology ({}); the experts start where the topology puts them",
+                      dir.string(), misfit));
+    return;
+  }
+  // Each shard is built anew for its experts (the weights and moments load into it below).
+  for (std::size_t s = 0; s < roles_.shards.size(); ++s) {
+    auto& setup = roles_.shards[s].setup;
+    if (!setup || !setup->rebuild) continue;
+    setup->shard =
+        setup->rebuild(setup->shard->library(), placement.of_shard(static_cast<std::int64_t>(s)));
+    setup->optimizer = std::make_unique<adamw>(setup->optimizer_settings);
+    setup->optimizer->attach(setup->shard->parameters());
+  }
+  for (auto& entry : roles_.ranks)
+    if (entry.setup) entry.setup->rank->set_expert_placement(placement.layers);
+  if (on_event_)
+    on_event_(
+        fmt::format("the experts start where the checkpoint's job left them ({} moved from "
+                    "the topology's placement)",
+                    moves_between(roles_.placement, placement).size()));
+  roles_.placement = placement;
 }
 
 std::string training_checkpoints::with_standing(const std::string& failure) const {

@@ -49,8 +49,9 @@ class training_checkpoints {
   std::filesystem::path write(blocking_actor& self);
 
   /// Loads the checkpoint `from` names (a checkpoint, or a root with `latest`) into the roles'
-  /// state before they are spawned: weights and optimizer moments of this process's holders,
-  /// the EMA, the data position and the balancer's router biases (from the weights). Throws
+  /// state before they are spawned: the experts' placement (where a rebalance left them, when it
+  /// fits the topology's shards), weights and optimizer moments of this process's holders, the
+  /// EMA, the data position and the balancer's router biases (from the weights). Throws
   /// checkpoint_error naming the file and the problem.
   void resume(const std::filesystem::path& from);
 
@@ -69,6 +70,11 @@ class training_checkpoints {
 
   std::filesystem::path write_partial(blocking_actor& self, const std::filesystem::path& partial);
   void check_ema(const std::filesystem::path& dir, const class hf_checkpoint& weights);
+  /// Rebuilds this process's expert shards and re-routes its ranks for `saved` (the
+  /// checkpoint's placement); one that does not fit the topology is reported and left out.
+  void restore_placement(
+      const std::filesystem::path& dir,
+      const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& saved);
 };
 
 }  // namespace troupe

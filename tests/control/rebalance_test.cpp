@@ -5,7 +5,8 @@
 // refused with the reason and change nothing; the placement and each move show in the status
 // and in Prometheus. Across two processes (`troupe launch two-hosts.toml`: two shards on each)
 // experts move between hosts, over UCX, as well; and under DualPipe, whose two copies of every
-// stage each send the shards their rows.
+// stage each send the shards their rows. A checkpoint keeps the placement: a resumed job starts
+// where the experts were.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -142,6 +143,60 @@ TEST(Rebalance, ExpertsMoveWithTheirOptimizerStateAndNoLossChanges) {
   // Steps 3-5 ran on the moved experts; they are not the same as steps 1-2.
   const auto moved = losses(dir / "steps.jsonl");
   EXPECT_NE(moved[2], moved[1]);
+}
+
+TEST(Rebalance, AResumedJobStartsWhereTheExpertsWere) {
+  const fs::path dir = troupe::testing::scratch_dir("control", "rebalance-resume");
+  troupe::testing::controlled_job job(
+      dir, "rebalance-resume",
+      fmt::format("--steps 3 --threads 2 --quiet --log-json {} --checkpoint-dir {} --pause-after 2",
+                  (dir / "first.jsonl").string(), (dir / "ck").string()));
+  ASSERT_TRUE(job.wait_until_paused()) << job.log();
+  const run_result moved = job.ctl("rebalance --load " + skewed_load(dir).string());
+  ASSERT_EQ(moved.exit_code, 0) << moved.output;
+  ASSERT_EQ(job.finish(), 0) << job.log();
+  const auto placement_of = [](const fs::path& checkpoint) {
+    const auto state = nlohmann::json::parse(std::ifstream(checkpoint / "trainer_state.json"));
+    return state.value("expert_placement", nlohmann::json());
+  };
+  const nlohmann::json saved = placement_of(dir / "ck" / "step-000003");
+  ASSERT_TRUE(saved.is_object()) << "the checkpoint does not keep the placement";
+  EXPECT_NE(saved.at("1").at(0), nlohmann::json::array({0, 1, 2, 3, 4, 5, 6, 7}))
+      << "the rebalance moved nothing";
+
+  // Resumed, the job starts from the moved placement and keeps it in its next checkpoint.
+  const auto resume = [&](const fs::path& from, const std::string& name) {
+    return troupe::testing::run_command(fmt::format(
+        "{} train --steps 5 --threads 2 --quiet --log-json {} --resume {} --checkpoint-dir {}",
+        troupe::testing::troupe_exe(), (dir / (name + ".jsonl")).string(), from.string(),
+        (dir / name).string()));
+  };
+  const run_result kept = resume(dir / "ck", "kept");
+  ASSERT_EQ(kept.exit_code, 0) << kept.output;
+  EXPECT_THAT(kept.output, HasSubstr("the experts start where the checkpoint's job left them"));
+  EXPECT_EQ(placement_of(dir / "kept" / "step-000005"), saved);
+
+  // Without the placement (an older checkpoint) the experts start where the topology puts
+  // them, and compute the same losses.
+  fs::create_directories(dir / "old");
+  fs::copy(dir / "ck" / "step-000003", dir / "old" / "step-000003", fs::copy_options::recursive);
+  auto state =
+      nlohmann::json::parse(std::ifstream(dir / "old" / "step-000003" / "trainer_state.json"));
+  state.erase("expert_placement");
+  write(dir / "old" / "step-000003" / "trainer_state.json", state.dump());
+  const run_result topology = resume(dir / "old" / "step-000003", "topology");
+  ASSERT_EQ(topology.exit_code, 0) << topology.output;
+  EXPECT_THAT(topology.output, ::testing::Not(HasSubstr("the experts start where")));
+  expect_same_losses(dir / "kept.jsonl", dir / "topology.jsonl");
+
+  // A placement that does not fit (another number of shards) is reported and left out.
+  state["expert_placement"] = {
+      {"1", {{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}, {12, 13, 14, 15}}}};
+  write(dir / "old" / "step-000003" / "trainer_state.json", state.dump());
+  const run_result misfit = resume(dir / "old" / "step-000003", "misfit");
+  ASSERT_EQ(misfit.exit_code, 0) << misfit.output;
+  EXPECT_THAT(misfit.output, HasSubstr("it has 4 expert shards, the topology 2"));
+  expect_same_losses(dir / "misfit.jsonl", dir / "topology.jsonl");
 }
 
 TEST(Rebalance, ExpertsMoveBetweenProcesses) {

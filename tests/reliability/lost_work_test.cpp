@@ -150,6 +150,16 @@ TEST(LostWork, EveryTensorOfAResumeCheckpointIsCheckedBeforeStepOne) {
   expect_in(r, "trainer_state.json");
   expect_in(r, "epoch");
 
+  // An expert placement that is no list of lists of expert numbers.
+  fs::copy(step, dir / "placement", fs::copy_options::recursive);
+  state = troupe::testing::read_json(dir / "placement/trainer_state.json");
+  state["expert_placement"] = {{"1", {{0, 1}, {"two", 3}}}};
+  std::ofstream(dir / "placement/trainer_state.json") << state.dump();
+  r = train(dir, "--steps 4 --checkpoint-dir ck2 --resume placement");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  expect_in(r, "trainer_state.json");
+  expect_in(r, "expert_placement.1");
+
   // A checkpoint of another model: the same shapes, another RoPE base.
   std::string config = [] {
     std::ifstream in(troupe::testing::source_dir() / "topologies/models/tiny/config.json");

@@ -112,11 +112,32 @@ struct decode_actor_state {
 
 }  // namespace
 
-actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated_engine> engine) {
+actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated_engine> engine,
+                             std::shared_ptr<serving_swap> swap) {
   auto state = std::make_shared<decode_actor_state>();
   state->engine = std::move(engine);
-  return runtime.spawn("decode", [state, &runtime](event_actor&) {
+  return runtime.spawn("decode", [state, swap, &runtime](event_actor&) {
     return behavior()
+        // NOTES: a swap's halves block this actor while they load the library and hold the
+        // steps (milliseconds; a probe of the library up to its deadline): hand-offs wait.
+        .on<decode_swap_prepare>([state, swap](decode_swap_prepare& m) -> std::int64_t {
+          if (!swap) fail("this decode process takes no plugin swaps");
+          const auto alive = state->engine.lock();  // the swap holds its steps
+          if (!alive) fail("the decode process is stopping");
+          const auto role = parse_plugin_kind(m.role);
+          if (!role) fail("no plugin role '{}'", m.role);
+          return swap->prepare(*role, m.library);
+        })
+        .on<decode_swap_finish>([state, swap](decode_swap_finish& m) {
+          if (!swap) fail("this decode process takes no plugin swaps");
+          const auto alive = state->engine.lock();
+          if (!alive) fail("the decode process is stopping");
+          if (m.commit)
+            swap->commit();
+          else
+            swap->abort();
+          return true;
+        })
         .on<decode_handoff>([state, &runtime](decode_handoff& m) {
           const std::uint64_t id = m.id;
           const actor_ref to = m.reply_to;

@@ -7,7 +7,9 @@
 // reports each sequence's tokens and end back.
 //
 // Messages:
-//   serving process -> decode actor:  decode_handoff (a prefilled sequence), decode_cancel
+//   serving process -> decode actor:  decode_handoff (a prefilled sequence), decode_cancel,
+//                                     decode_swap_prepare -> int64 and decode_swap_finish -> bool
+//                                     (a plugin swap of the decode process's instances)
 //   decode actor -> the sender's front actor:  decode_event (tokens; the end: result or error)
 // Both actors are thin: they turn messages into calls of the engines (disaggregated_engine.hpp).
 
@@ -21,6 +23,7 @@
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/actor/message.hpp"
 #include "runtime/serve/disaggregated_engine.hpp"
+#include "runtime/serve/serving_swap.hpp"
 
 namespace troupe {
 
@@ -97,10 +100,28 @@ struct decode_event {
   auto fields() { return std::tie(id, tokens, finished, error, result); }
 };
 
+/// Serving process -> decode actor: prepare a plugin swap of the decode process's instances
+/// (serving_swap.hpp: the library is a path on the decode host); the reply is the number of
+/// plugin instances it will replace, or the error that refuses it.
+struct decode_swap_prepare {
+  TROUPE_REQUEST("decode_swap_prepare", std::int64_t);
+  std::string role, library;
+  auto fields() { return std::tie(role, library); }
+};
+
+/// Serving process -> decode actor: put the prepared swap in place (`commit`) or drop it.
+struct decode_swap_finish {
+  TROUPE_REQUEST("decode_swap_finish", bool);
+  bool commit = false;
+  auto fields() { return std::tie(commit); }
+};
+
 /// The decode process's actor: adopts each hand-off into `engine` (decode instances only) and
 /// reports to the hand-off's sender. One sending process (the serving process) at a time. Once
-/// the engine's owner lets it go, hand-offs fail ("the decode process is stopping").
-actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated_engine> engine);
+/// the engine's owner lets it go, hand-offs fail ("the decode process is stopping"). With `swap`
+/// (the decode process's instances) it takes part in the server's plugin swaps.
+actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated_engine> engine,
+                             std::shared_ptr<serving_swap> swap = nullptr);
 
 /// The serving process's side: a remote_decoder that sends to `decode` (the decode actor, here
 /// or a proxy for another process's), and the front actor that gives its events to `engine`.

@@ -12,14 +12,10 @@
 
 #include "runtime/core/error.hpp"
 #include "runtime/core/input_limits.hpp"
-#include "runtime/device/cuda.hpp"
-#include "runtime/experts/expert_shard.hpp"
 #include "runtime/experts/replicated_experts.hpp"
-#include "runtime/model/model_runner.hpp"
 #include "runtime/placement/expert_load.hpp"
-#include "runtime/plugin/instance.hpp"
-#include "runtime/plugin/instance_swap.hpp"
 #include "runtime/plugin/registry.hpp"
+#include "runtime/serve/remote_decode.hpp"
 
 namespace troupe {
 
@@ -31,19 +27,6 @@ nlohmann::json describe(const plugin_library* library) {
           {"version", library->version},
           {"generation", library->generation},
           {"library", library->file.string()}};
-}
-
-std::shared_ptr<const plugin_library>* library_of(model_plugins& plugins, plugin_kind role) {
-  switch (role) {
-    case plugin_kind::attention:
-      return &plugins.attention;
-    case plugin_kind::moe:
-      return &plugins.moe;
-    case plugin_kind::mtp:
-      return &plugins.mtp;
-    default:
-      return nullptr;
-  }
 }
 
 /// Each MoE layer's shards as lists of the experts they hold.
@@ -58,8 +41,13 @@ nlohmann::json shards_of(const replicated_experts& experts) {
 
 serving_control::serving_control(request_engine& engine, std::vector<controlled_instance> instances,
                                  serving_control_options options)
-    : engine_(engine), instances_(std::move(instances)), options_(std::move(options)) {
+    : engine_(engine),
+      instances_(instances),
+      options_(std::move(options)),
+      swap_(engine, std::move(instances)) {
   if (instances_.empty()) fail("serving_control: no instance");
+  if (!options_.decode_actors.empty() && options_.runtime == nullptr)
+    fail("serving_control: decode actors without the actor runtime");
 }
 
 std::map<std::string, control_command> serving_control::commands() {
@@ -76,10 +64,9 @@ void serving_control::set_draining() {
 control_reply serving_control::status() const {
   std::lock_guard lock(state_);
   nlohmann::json plugins = nlohmann::json::object();
-  model_plugins& first = *instances_.front().plugins;
   for (const plugin_kind role : {plugin_kind::attention, plugin_kind::moe, plugin_kind::mtp})
-    if (const auto* library = library_of(first, role); library != nullptr && *library)
-      plugins[std::string(name_of(role))] = describe(library->get());
+    if (const auto library = swap_.running(role))
+      plugins[std::string(name_of(role))] = describe(library.get());
   nlohmann::json engines = nlohmann::json::array();
   for (const controlled_instance& i : instances_) engines.push_back(i.engine);
   nlohmann::json decode = nlohmann::json::array();
@@ -131,11 +118,11 @@ control_reply serving_control::swap(const nlohmann::json& request) {
   } catch (const error& e) {
     return control_error(400, e.what());
   }
-  std::lock_guard one(command_);  // swaps write the libraries read here
+  std::lock_guard one(command_);
   std::optional<plugin_kind> role = parse_plugin_kind(wanted);
   for (const plugin_kind kind : {plugin_kind::attention, plugin_kind::moe, plugin_kind::mtp}) {
-    const auto* library = library_of(*instances_.front().plugins, kind);
-    if (!role && library != nullptr && *library && (*library)->name == wanted) role = kind;
+    const auto library = swap_.running(kind);
+    if (!role && library && library->name == wanted) role = kind;
   }
   if (!role)
     return control_error(400, fmt::format("plugin '{}': name a role (attention, moe, mtp) or a "
@@ -151,76 +138,73 @@ control_reply serving_control::swap(const nlohmann::json& request) {
     std::lock_guard lock(state_);
     if (draining_) return control_error(503, "the server is draining");
   }
-  if (!options_.decode_hosts.empty())
-    return swap_failed(
-        *role, path, 409,
-        fmt::format("the decode processes on {} would keep the plugin they run: a swap reaches "
-                    "this process's instances only, so a server with decode_hosts is not swapped",
-                    fmt::join(options_.decode_hosts, ", ")));
-  const std::shared_ptr<const plugin_library> before =
-      *library_of(*instances_.front().plugins, *role);
-  std::size_t slots = 0;
-  for (const controlled_instance& i : instances_) slots += i.runner->plugin_slots(*role).size();
-  if (!before || slots == 0)
-    return swap_failed(
-        *role, path, 409,
-        *role == plugin_kind::mtp
-            ? std::string("no MTP module runs here: the server decodes without --speculative mtp")
-            : fmt::format("this server's model uses no {} plugin", name_of(*role)));
+  const std::shared_ptr<const plugin_library> before = swap_.running(*role);
 
-  // Loaded (a fresh copy for each instance's registry) before any step is held: a library that
-  // does not load, crashes its probe or is of another kind costs the running requests nothing.
-  std::vector<std::shared_ptr<const plugin_library>> loaded;
+  // Every process prepares (this one first: its refusal bothers no other), then all commit; one
+  // that cannot prepare makes every other drop what it built. Lost decode processes are left out.
+  std::int64_t replaced = 0;
   try {
-    plugin_load_options load;
-    load.expected_kind = *role;
-    load.fresh_copy = true;
-    for (const controlled_instance& i : instances_) loaded.push_back(i.registry->load(path, load));
+    replaced = swap_.prepare(*role, path);
+  } catch (const engine_stopping& e) {
+    return swap_failed(*role, path, 503, e.what());
+  } catch (const nothing_to_swap& e) {
+    return swap_failed(*role, path, 409, e.what());
   } catch (const std::exception& e) {
     return swap_failed(*role, path, 422, e.what());
   }
-  // The attention plugin of a server reads and writes the KV cache (ABI 1.2's forward_cached):
-  // one without it would fail every step.
-  if (*role == plugin_kind::attention && !computes_cached(*loaded.front()))
-    return swap_failed(*role, path, 422,
-                       fmt::format("plugin '{}' ({}) has no cached forward (plugin ABI 1.2 "
-                                   "forward_cached): it cannot decode over the KV cache",
-                                   loaded.front()->name, path));
-  std::int64_t replaced = 0;
+  std::vector<std::size_t> remotes;  // decode processes that prepared
+  std::string refusal;
+  if (!options_.decode_actors.empty()) {
+    scoped_actor self(*options_.runtime);
+    const auto lost = options_.lost ? options_.lost->ranks() : std::map<int, std::string>{};
+    for (std::size_t r = 0; r < options_.decode_actors.size() && refusal.empty(); ++r) {
+      const int rank = static_cast<int>(r) + 1;
+      if (lost.count(rank) != 0) continue;
+      const std::string who =
+          fmt::format("decode process rank {} ({})", rank, options_.decode_hosts.at(r));
+      try {
+        replaced += self.ask(options_.decode_actors[r],
+                             decode_swap_prepare{std::string(name_of(*role)), path}, who,
+                             std::chrono::minutes(2));
+        remotes.push_back(r);
+      } catch (const std::exception& e) {
+        refusal = e.what();
+      }
+    }
+    if (!refusal.empty()) {
+      for (const std::size_t r : remotes) try {
+          self.ask(options_.decode_actors[r], decode_swap_finish{false}, "abort",
+                   std::chrono::minutes(1));
+        } catch (const std::exception&) {
+          // It drops what it prepared at its next prepare, or when it ends.
+        }
+      swap_.abort();
+      return swap_failed(*role, path, 422, refusal);
+    }
+  }
   double pause = 0.0;
   try {
-    pause = engine_.hold_steps([&] {
-      // Every successor first (a failure drops them all: nothing changed), then all in place.
-      std::vector<instance_swap> swaps;
-      std::vector<std::vector<std::unique_ptr<expert_shard>>> shards(instances_.size());
-      for (std::size_t i = 0; i < instances_.size(); ++i) {
-        const controlled_instance& instance = instances_[i];
-        if (instance.where.is_cuda()) cuda::use_device(instance.where.index);
-        swaps.emplace_back(instance.runner->plugin_slots(*role), loaded[i]);
-        if (*role == plugin_kind::moe && instance.experts != nullptr)
-          shards[i] = instance.experts->shards_on(loaded[i]);
-      }
-      std::lock_guard lock(state_);  // status reads the libraries
-      for (std::size_t i = 0; i < instances_.size(); ++i) {
-        replaced += static_cast<std::int64_t>(swaps[i].size());
-        swaps[i].commit();
-        if (!shards[i].empty()) {
-          replaced += static_cast<std::int64_t>(shards[i].size());
-          instances_[i].experts->adopt(std::move(shards[i]), loaded[i]);
-        }
-        *library_of(*instances_[i].plugins, *role) = loaded[i];
-      }
-    });
-  } catch (const engine_stopping& e) {
-    return swap_failed(*role, path, 503, e.what());
+    pause = swap_.commit();
+    if (!remotes.empty()) {
+      scoped_actor self(*options_.runtime);
+      for (const std::size_t r : remotes)
+        self.ask(options_.decode_actors[r], decode_swap_finish{true},
+                 fmt::format("commit on decode process rank {}", r + 1), std::chrono::minutes(1));
+    }
   } catch (const std::exception& e) {
-    return swap_failed(*role, path, 422, e.what());
+    // This process or a decode process swapped and another did not: the server now runs two
+    // builds of the plugin, which compute the same for identical builds only.
+    return swap_failed(*role, path, 500,
+                       fmt::format("the swap was committed in part ({}): restart the server to "
+                                   "run one build everywhere",
+                                   e.what()));
   }
   nlohmann::json entry{{"role", std::string(name_of(*role))},
                        {"outcome", "swapped"},
                        {"from", describe(before.get())},
-                       {"to", describe(loaded.front().get())},
+                       {"to", describe(swap_.running(*role).get())},
                        {"instances", replaced},
+                       {"processes", 1 + remotes.size()},
                        {"pause_seconds", pause}};
   std::lock_guard lock(state_);
   swaps_.push_back(entry);

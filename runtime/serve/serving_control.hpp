@@ -3,9 +3,10 @@
 // A server's control endpoint (`troupe ctl SERVER ...`, docs/control.md): the commands of
 // control_server for `troupe serve`, as training_control is for a training job.
 //   status     the server's state, its instances and decode processes, plugins, swaps, rebalances
-//   swap       a plugin (attention, moe, mtp) of every instance of this process, all or none, while
-//              their steps are held (request_engine::hold_steps): no request is dropped, the
-//              running ones go on with the new plugin from their next step
+//   swap       a plugin (attention, moe, mtp) of every instance of the server, in this process
+//              and its decode processes, all or none (serving_swap.hpp: each prepares while its
+//              steps are held, then all commit): no request is dropped, the running ones go on
+//              with the new plugin from their next step
 //   rebalance  each instance's expert shards re-placed now, from the load they saw since their
 //              last re-placement or from a given load (with [serve] expert_shards)
 // One command runs at a time; status never waits for one.
@@ -19,17 +20,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/actor/actor_runtime.hpp"
 #include "runtime/control/control_server.hpp"
 #include "runtime/device/device.hpp"
 #include "runtime/model/decoder_layer.hpp"
 #include "runtime/plugin/kind.hpp"
 #include "runtime/serve/request_engine.hpp"
+#include "runtime/serve/serving_swap.hpp"
 
 namespace troupe {
-
-class model_runner;
-class plugin_registry;
-class replicated_experts;
 
 /// The decode processes found lost: the cluster's failure handler adds them (from the moment the
 /// processes meet), status reads them.
@@ -49,17 +48,6 @@ class lost_decode_processes {
   std::map<int, std::string> lost_;
 };
 
-/// One serving instance of this process, as the commands reach it: only while the engine's steps
-/// are held.
-struct controlled_instance {
-  std::string engine;                     ///< "serve", "prefill0", "decode1", ...
-  model_runner* runner = nullptr;         ///< its plugin instances
-  plugin_registry* registry = nullptr;    ///< where a swapped library is loaded for it
-  model_plugins* plugins = nullptr;       ///< the libraries it runs (updated by swaps)
-  replicated_experts* experts = nullptr;  ///< its expert shards; null without
-  device where = device::cpu();
-};
-
 struct serving_control_options {
   std::string job;                        ///< the name `troupe ctl` knows the server by
   std::string model;                      ///< the served model's name
@@ -68,6 +56,10 @@ struct serving_control_options {
   std::vector<std::string> decode_hosts;  ///< decode processes' hosts (rank i + 1: the i-th)
   std::shared_ptr<const lost_decode_processes> lost;  ///< null without decode processes
   std::int64_t experts = 0;                           ///< routed experts per MoE layer
+  /// The decode processes' decode actors (rank r + 1: index r) and the runtime to ask them
+  /// through: a swap reaches their instances too.
+  actor_runtime* runtime = nullptr;
+  std::vector<actor_ref> decode_actors;
 };
 
 class serving_control {
@@ -92,6 +84,7 @@ class serving_control {
   request_engine& engine_;
   std::vector<controlled_instance> instances_;
   serving_control_options options_;
+  serving_swap swap_;         ///< this process's instances
   std::mutex command_;        ///< one swap or rebalance at a time
   mutable std::mutex state_;  ///< what status reads
   bool draining_ = false;

@@ -2,7 +2,8 @@
 // decode_host = "node1"): HTTP and prefill in the first, decode in the second, every prefilled
 // sequence moving with its cached rows between them (UCX). Concurrent requests, greedy and
 // sampled, get the completions of a server in one process, and the decode process serves its own
-// metrics; a decode process killed with -9 fails the requests it held with a message naming it,
+// metrics, and a plugin swap (`troupe ctl`) reaches it; a decode process killed with -9 fails
+// the requests it held with a message naming it,
 // within 10 s, and the server keeps answering; SIGTERM stops both processes.
 // four-hosts.toml's decode_hosts = ["node2", "node3"]: three processes, both decode processes
 // get sequences, and when one is killed the other's sequences finish and new requests go there.
@@ -144,6 +145,25 @@ TEST_F(ServeProcesses, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
     replies.push_back(std::async(std::launch::async, [&url, i] { return complete(url, i); }));
   for (int i = 0; i < 8; ++i)
     EXPECT_EQ(text_of(replies[static_cast<std::size_t>(i)].get()), alone(i)) << "request " << i;
+
+  // A plugin swap reaches the decode process too (two-hosts.toml's [control]): an identical
+  // build changes no completion; a library of the wrong kind changes nothing anywhere.
+  const std::string plugins = fs::path(std::getenv("TROUPE_BUILD_DIR")) / "plugins";
+  const auto swapped = run_command(
+      fmt::format("{} ctl step-000001 swap --json --plugin moe --library {}/moe/libtroupe-moe.so",
+                  troupe(), plugins));
+  ASSERT_EQ(swapped.exit_code, 0) << swapped.output << read_file(dir / "two.log");
+  EXPECT_EQ(nlohmann::json::parse(swapped.output).at("processes"), 2) << swapped.output;
+  const auto refused = run_command(fmt::format(
+      "{} ctl step-000001 swap --plugin moe --library {}/mla/libtroupe-mla.so", troupe(), plugins));
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_THAT(refused.output, HasSubstr("a plugin of kind moe is needed here"));
+  std::vector<std::future<std::string>> again;
+  for (int i = 0; i < 8; ++i)
+    again.push_back(std::async(std::launch::async, [&url, i] { return complete(url, i); }));
+  for (int i = 0; i < 8; ++i)
+    EXPECT_EQ(text_of(again[static_cast<std::size_t>(i)].get()), alone(i))
+        << "after the swap, " << i;
 
   // The decode process serves its own metrics (two-hosts.toml's [monitoring] metrics).
   const std::string after = read_file(dir / "two.log");

@@ -161,10 +161,16 @@ int decode_only(serve_processes& processes, std::vector<std::unique_ptr<model_in
     fmt::print(stderr, "troupe serve: decode process metrics at {}\n", endpoint->url());
   }
   std::vector<serving_instance> decode;
-  for (auto& instance : loaded) decode.push_back(instance->view());
+  std::vector<controlled_instance> controlled;
+  for (auto& instance : loaded) {
+    decode.push_back(instance->view());
+    controlled.push_back(instance->control_view());
+  }
   auto engine =
       std::make_shared<disaggregated_engine>(std::vector<serving_instance>{}, decode, options);
-  processes.job().expose("decode", spawn_decode_actor(processes.runtime(), engine));
+  // The server's plugin swaps reach these instances through the decode actor.
+  auto swap = std::make_shared<serving_swap>(*engine, std::move(controlled));
+  processes.job().expose("decode", spawn_decode_actor(processes.runtime(), engine, swap));
   // The hand-offs name the serving process's front actor for this rank: it must be known here.
   const int rank = processes.rank();
   processes.job().remote(serve_processes::front_name(rank), 0);
@@ -392,7 +398,12 @@ int serve(const serve_options& o) {
     control_options.url = server.url();
     control_options.topology = o.topology;
     control_options.decode_hosts = spec.decode_hosts;
-    if (processes) control_options.lost = lost_log;
+    if (processes) {
+      control_options.lost = lost_log;
+      control_options.runtime = &processes->runtime();
+      for (int rank = 1; rank <= processes->decode_processes(); ++rank)
+        control_options.decode_actors.push_back(processes->job().remote("decode", rank));
+    }
     control_options.experts = config.n_routed_experts;
     control = std::make_unique<serving_control>(*engine, std::move(controlled), control_options);
     control_endpoint = std::make_unique<control_server>(

@@ -43,7 +43,7 @@ fs::path unsafe_plugin(const std::string& name) {
 std::string complete(const std::string& url, int i) {
   const nlohmann::json body{{"model", "step-000001"},
                             {"prompt", fmt::format("Hot swap {}: ", i)},
-                            {"max_tokens", 96},
+                            {"max_tokens", 200},
                             {"temperature", i % 2 == 0 ? 0.0 : 0.8},
                             {"seed", i}};
   const std::string reply =
@@ -103,12 +103,13 @@ std::string url_of(const controlled_job& server) {
 }
 
 TEST(ServeControl, SwapsAndRebalancesWhileRequestsStreamChangeNoCompletion) {
+  // Two sequences at a time: the 16 requests take long enough to be decoding during the swaps.
   auto server = start_server("serve-swaps",
-                             "--expert-shards 2 --redundant-experts 2 "
+                             "--max-batch 2 --expert-shards 2 --redundant-experts 2 "
                              "--rebalance-interval 0");
   const std::string url = url_of(server);
   ASSERT_FALSE(url.empty()) << server.log();
-  const std::vector<std::string> before = complete_all(url, 8);
+  const std::vector<std::string> before = complete_all(url, 16);
 
   auto status = server.status();
   EXPECT_EQ(status.at("kind"), "server");
@@ -116,9 +117,9 @@ TEST(ServeControl, SwapsAndRebalancesWhileRequestsStreamChangeNoCompletion) {
   EXPECT_EQ(status.at("instances"), nlohmann::json::array({"serve"}));
   EXPECT_EQ(status.at("plugins").at("moe").at("generation"), 1);
 
-  // While 8 requests stream: identical builds of the moe and attention plugins, and a re-placement
+  // While 16 requests stream: identical builds of the moe and attention plugins, and a re-placement
   // from the load the requests routed.
-  auto during = std::async(std::launch::async, [&url] { return complete_all(url, 8); });
+  auto during = std::async(std::launch::async, [&url] { return complete_all(url, 16); });
   ASSERT_TRUE(decoding(server)) << server.log();
   const run_result moe = server.ctl("swap --plugin moe --library " + built_plugin("moe").string());
   EXPECT_EQ(moe.exit_code, 0) << moe.output << server.log();
@@ -155,7 +156,7 @@ TEST(ServeControl, SwapsAndRebalancesWhileRequestsStreamChangeNoCompletion) {
       for (const auto& expert : shard) copies_of_0 += expert == 0;
     EXPECT_EQ(copies_of_0, 2) << "layer " << layer << ": " << shards.dump();
   }
-  EXPECT_EQ(complete_all(url, 8), before) << "the re-placement changed a completion";
+  EXPECT_EQ(complete_all(url, 16), before) << "the re-placement changed a completion";
 
   status = server.status();
   EXPECT_EQ(status.at("plugins").at("moe").at("generation"), 2);
@@ -167,13 +168,14 @@ TEST(ServeControl, SwapsAndRebalancesWhileRequestsStreamChangeNoCompletion) {
 }
 
 TEST(ServeControl, PrefillAndDecodeInstancesSwapTogether) {
-  auto server = start_server("serve-split", "--prefill-instances 1 --decode-instances 2");
+  auto server =
+      start_server("serve-split", "--max-batch 2 --prefill-instances 1 --decode-instances 2");
   const std::string url = url_of(server);
   ASSERT_FALSE(url.empty()) << server.log();
-  const std::vector<std::string> before = complete_all(url, 8);
+  const std::vector<std::string> before = complete_all(url, 16);
   EXPECT_EQ(server.status().at("instances"),
             nlohmann::json::array({"prefill0", "decode0", "decode1"}));
-  auto during = std::async(std::launch::async, [&url] { return complete_all(url, 8); });
+  auto during = std::async(std::launch::async, [&url] { return complete_all(url, 16); });
   ASSERT_TRUE(decoding(server)) << server.log();
   for (const std::string role : {"moe", "attention"}) {
     const run_result r =

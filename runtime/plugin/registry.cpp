@@ -7,11 +7,19 @@
 
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "runtime/plugin/plugin_table.hpp"
 #include "runtime/plugin/probe.hpp"
 
 namespace troupe {
+
+nlohmann::json describe(const plugin_library& library) {
+  return {{"plugin", library.name},
+          {"version", library.version},
+          {"generation", library.generation},
+          {"library", library.file.string()}};
+}
 
 namespace fs = std::filesystem;
 

@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "runtime/abi/troupe_plugin.h"
 #include "runtime/plugin/kind.hpp"
 #include "runtime/plugin/load_error.hpp"
@@ -30,6 +32,9 @@ struct plugin_library {
   int generation = 1;                 ///< 1 for the first load of this name, then 2, 3, ...
   const troupe_plugin* api = nullptr;
 };
+
+/// A library as control replies show it: {"plugin", "version", "generation", "library"}.
+nlohmann::json describe(const plugin_library& library);
 
 /// How plugin_registry::load treats a library.
 struct plugin_load_options {

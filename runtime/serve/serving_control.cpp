@@ -21,14 +21,6 @@ namespace troupe {
 
 namespace {
 
-nlohmann::json describe(const plugin_library* library) {
-  if (library == nullptr) return nullptr;
-  return {{"plugin", library->name},
-          {"version", library->version},
-          {"generation", library->generation},
-          {"library", library->file.string()}};
-}
-
 /// Each MoE layer's shards as lists of the experts they hold.
 nlohmann::json shards_of(const replicated_experts& experts) {
   nlohmann::json layers = nlohmann::json::object();
@@ -66,7 +58,7 @@ control_reply serving_control::status() const {
   nlohmann::json plugins = nlohmann::json::object();
   for (const plugin_kind role : {plugin_kind::attention, plugin_kind::moe, plugin_kind::mtp})
     if (const auto library = swap_.running(role))
-      plugins[std::string(name_of(role))] = describe(library.get());
+      plugins[std::string(name_of(role))] = describe(*library);
   nlohmann::json engines = nlohmann::json::array();
   for (const controlled_instance& i : instances_) engines.push_back(i.engine);
   nlohmann::json decode = nlohmann::json::array();
@@ -201,8 +193,8 @@ control_reply serving_control::swap(const nlohmann::json& request) {
   }
   nlohmann::json entry{{"role", std::string(name_of(*role))},
                        {"outcome", "swapped"},
-                       {"from", describe(before.get())},
-                       {"to", describe(swap_.running(*role).get())},
+                       {"from", before ? describe(*before) : nlohmann::json()},
+                       {"to", describe(*swap_.running(*role))},
                        {"instances", replaced},
                        {"processes", 1 + remotes.size()},
                        {"pause_seconds", pause}};

@@ -30,10 +30,7 @@ constexpr std::chrono::minutes boundary_timeout{10};
 nlohmann::json describe(const plugin_library* library, precision builtin) {
   if (library == nullptr)
     return {{"plugin", "builtin"}, {"version", to_string(builtin)}, {"generation", 0}};
-  return {{"plugin", library->name},
-          {"version", library->version},
-          {"generation", library->generation},
-          {"library", library->file.string()}};
+  return troupe::describe(*library);
 }
 
 std::string one_line(const plugin_library* library, precision builtin) {

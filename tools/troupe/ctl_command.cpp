@@ -27,6 +27,15 @@ struct ctl_options {
   int timeout = 900;  // longer than the job's own 10 minutes for a step boundary
 };
 
+/// The plugins of a status, one line per role.
+void print_plugins(const nlohmann::json& s) {
+  const nlohmann::json plugins = s.value("plugins", nlohmann::json::object());
+  for (const auto& [role, p] : plugins.items())
+    fmt::print("  {:<9} {} {} (generation {}){}\n", role, p.value("plugin", ""),
+               p.value("version", ""), p.value("generation", 0),
+               p.contains("library") ? "  " + p.value("library", "") : std::string());
+}
+
 /// A server's status (`troupe serve` with a control endpoint).
 void print_server_status(const nlohmann::json& s) {
   fmt::print("server {} (pid {}): {} {} at {}, {} decoding, {} queued\n", s.value("job", ""),
@@ -41,10 +50,7 @@ void print_server_status(const nlohmann::json& s) {
     fmt::print("  decode process rank {} on {}: {}{}\n", d.value("rank", 0), d.value("host", ""),
                d.value("state", ""),
                d.contains("error") ? ": " + d.value("error", "") : std::string());
-  const nlohmann::json plugins = s.value("plugins", nlohmann::json::object());
-  for (const auto& [role, p] : plugins.items())
-    fmt::print("  {:<9} {} {} (generation {})  {}\n", role, p.value("plugin", ""),
-               p.value("version", ""), p.value("generation", 0), p.value("library", ""));
+  print_plugins(s);
   for (const auto& swap : s.value("swaps", nlohmann::json::array()))
     fmt::print("  swap: {} {}{}\n", swap.value("role", ""), swap.value("outcome", ""),
                swap.contains("error") ? ": " + swap.value("error", "") : std::string());
@@ -64,11 +70,7 @@ void print_status(const nlohmann::json& s) {
     fmt::print("metrics {}\n", metrics);
   if (const auto checkpoint = s.value("last_checkpoint", std::string()); !checkpoint.empty())
     fmt::print("last checkpoint {}\n", checkpoint);
-  const nlohmann::json plugins = s.value("plugins", nlohmann::json::object());
-  for (const auto& [role, p] : plugins.items())
-    fmt::print("  {:<9} {} {} (generation {}){}\n", role, p.value("plugin", ""),
-               p.value("version", ""), p.value("generation", 0),
-               p.contains("library") ? "  " + p.value("library", "") : std::string());
+  print_plugins(s);
   for (const auto& swap : s.value("swaps", nlohmann::json::array()))
     fmt::print("  swap after step {}: {} {}{}\n", swap.value("step", 0L), swap.value("role", ""),
                swap.value("outcome", ""),

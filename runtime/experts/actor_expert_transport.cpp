@@ -4,7 +4,8 @@
 
 namespace troupe {
 
-actor_expert_transport::actor_expert_transport(actor_runtime& runtime) : runtime_(runtime) {}
+actor_expert_transport::actor_expert_transport(actor_runtime& runtime, bool actor_per_exchange)
+    : runtime_(runtime), actor_per_exchange_(actor_per_exchange) {}
 
 actor_expert_transport::~actor_expert_transport() = default;
 
@@ -16,7 +17,12 @@ std::vector<expert_reply> actor_expert_transport::exchange(
     const std::vector<std::optional<expert_request>>& requests) {
   if (requests.size() != shards_.size())
     fail("expert transport: {} requests for {} shards", requests.size(), shards_.size());
-  if (!self_) self_ = std::make_unique<scoped_actor>(runtime_);
+  std::unique_ptr<scoped_actor> own;
+  if (actor_per_exchange_)
+    own = std::make_unique<scoped_actor>(runtime_);
+  else if (!self_)
+    self_ = std::make_unique<scoped_actor>(runtime_);
+  scoped_actor& self = own ? *own : *self_;
   named_actors asked;
   std::vector<std::size_t> shard_of;
   for (std::size_t s = 0; s < requests.size(); ++s)
@@ -26,11 +32,11 @@ std::vector<expert_reply> actor_expert_transport::exchange(
     }
   std::vector<expert_reply> replies(requests.size());
   std::size_t next = 0;
-  self_->ask_each([](const std::string& shard) { return "expert shard " + shard; }, asked,
-                  [&](const std::string& shard) { return *requests[std::stoul(shard)]; },
-                  [&](const std::string&, expert_reply& reply) {
-                    replies[shard_of[next++]] = std::move(reply);
-                  });
+  self.ask_each([](const std::string& shard) { return "expert shard " + shard; }, asked,
+                [&](const std::string& shard) { return *requests[std::stoul(shard)]; },
+                [&](const std::string&, expert_reply& reply) {
+                  replies[shard_of[next++]] = std::move(reply);
+                });
   return replies;
 }
 

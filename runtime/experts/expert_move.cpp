@@ -8,12 +8,13 @@
 
 namespace troupe {
 
-expert_handover hand_over(expert_shard& shard, const adamw& optimizer,
+expert_handover hand_over(expert_shard& shard, const adamw* optimizer,
                           const std::vector<std::pair<std::int64_t, std::int64_t>>& experts) {
   if (!shard.idle())
     fail("expert shard: experts move only between steps, not with micro-batches in flight");
   std::map<std::string, const tensor*> moments;
-  const auto state = optimizer.state();
+  const auto state =
+      optimizer != nullptr ? optimizer->state() : std::vector<std::pair<std::string, tensor>>{};
   for (const auto& [name, value] : state) moments[name] = &value;
   expert_handover out;
   for (const auto& [layer, expert] : experts) {
@@ -32,7 +33,7 @@ expert_handover hand_over(expert_shard& shard, const adamw& optimizer,
   return out;
 }
 
-shard_successor prepare_successor(expert_shard& current, const adamw& optimizer,
+shard_successor prepare_successor(expert_shard& current, const adamw* optimizer,
                                   const expert_placement_order& order, const shard_factory& build,
                                   adamw_settings settings) {
   shard_successor next;
@@ -49,7 +50,8 @@ shard_successor prepare_successor(expert_shard& current, const adamw& optimizer,
            it->second->describe(), p->value.describe());
     p->value.copy_from(*it->second);
   }
-  auto moments = optimizer.state();
+  if (optimizer == nullptr) return next;
+  auto moments = optimizer->state();
   moments.insert(moments.end(), order.moments.begin(), order.moments.end());
   next.optimizer = std::make_unique<adamw>(settings);
   next.optimizer->attach(next.shard->parameters());

@@ -19,6 +19,11 @@ ema_snapshot snapshot_of(expert_shard& shard) {
   return snapshot;
 }
 
+/// Training's messages reach a serving shard (one without an optimizer) only by mistake.
+void require_optimizer(const shard_actor_setup& setup) {
+  if (!setup.optimizer) fail("this expert shard serves a model: it holds no gradients to step");
+}
+
 }  // namespace
 
 actor_ref spawn_expert_shard_actor(actor_runtime& runtime,
@@ -30,6 +35,7 @@ actor_ref spawn_expert_shard_actor(actor_runtime& runtime,
           return setup->shard->handle(*setup->context, request);
         })
         .on<gradients_request>([setup](gradients_request&) {
+          require_optimizer(*setup);
           // The per-source gradients first go into one, in source order (deterministic whatever
           // order the stages' requests came in).
           setup->shard->reduce_source_gradients();
@@ -38,6 +44,7 @@ actor_ref spawn_expert_shard_actor(actor_runtime& runtime,
           return report;
         })
         .on<optimizer_order>([&self, setup](optimizer_order& order) {
+          require_optimizer(*setup);
           setup->optimizer->step(order.learning_rate, order.grad_scale, order.step,
                                  setup->context->pool());
           setup->shard->zero_grads(&setup->context->pool());
@@ -45,6 +52,7 @@ actor_ref spawn_expert_shard_actor(actor_runtime& runtime,
           return true;
         })
         .on<checkpoint_order>([setup](checkpoint_order& order) {
+          require_optimizer(*setup);
           checkpoint_written written;
           written.weights = write_holder_part(
               order.directory, order.weights_file, order.optimizer_file,
@@ -52,11 +60,11 @@ actor_ref spawn_expert_shard_actor(actor_runtime& runtime,
           return written;
         })
         .on<expert_handover_request>([setup](expert_handover_request& request) {
-          return hand_over(*setup->shard, *setup->optimizer, request.experts);
+          return hand_over(*setup->shard, setup->optimizer.get(), request.experts);
         })
         .on<expert_placement_order>([setup](expert_placement_order& order) {
           if (!setup->rebuild) fail("this expert shard cannot change its experts");
-          setup->pending = prepare_successor(*setup->shard, *setup->optimizer, order,
+          setup->pending = prepare_successor(*setup->shard, setup->optimizer.get(), order,
                                              setup->rebuild, setup->optimizer_settings);
           return true;
         })

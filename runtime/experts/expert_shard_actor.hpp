@@ -9,7 +9,8 @@
 // (runtime/job/holder_messages.hpp): gradients_request -> gradient_report, optimizer_order ->
 // bool, checkpoint_order -> checkpoint_written; the hot-swap messages (runtime/job/hot_swap.hpp);
 // a rebalance's expert_handover_request -> expert_handover, expert_placement_order -> bool and
-// expert_placement_commit -> bool (expert_messages.hpp).
+// expert_placement_commit -> bool (expert_messages.hpp). A serving shard (remote_shard_set.hpp)
+// has no optimizer and answers only the requests, the hot swaps and the rebalances.
 
 #include <memory>
 
@@ -23,7 +24,7 @@ namespace troupe {
 
 struct shard_actor_setup {
   std::unique_ptr<expert_shard> shard;
-  std::unique_ptr<adamw> optimizer;
+  std::unique_ptr<adamw> optimizer;  ///< null: a serving shard
   const exec_context* context = nullptr;
   actor_ref ema;                             ///< may be empty
   std::shared_ptr<process_plugins> plugins;  ///< this process's side of hot swaps

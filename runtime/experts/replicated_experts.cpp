@@ -25,36 +25,37 @@ std::vector<std::int64_t> moe_layers_of(const model_config& c) {
 
 }  // namespace
 
+expert_placement serving_placement(const model_config& config,
+                                   const replicated_experts_options& options) {
+  if (config.n_routed_experts <= 0) fail("expert shards need a model with routed experts");
+  if (options.shards < 1) fail("expert shards: {} shards", options.shards);
+  if (options.shards > config.n_routed_experts + options.redundant)
+    fail("{} expert shards for {} routed experts and {} redundant replicas: a shard would be empty",
+         options.shards, config.n_routed_experts, options.redundant);
+  return initial_placement(moe_layers_of(config), config.n_routed_experts, options.shards,
+                           std::max<std::int64_t>(1, config.n_group), options.redundant);
+}
+
 replicated_experts::replicated_experts(const model_config& config,
                                        std::shared_ptr<const plugin_library> moe,
                                        std::string moe_options, replicated_experts_options options,
                                        loader load, const exec_context& context)
-    : config_(config),
-      moe_(std::move(moe)),
-      moe_options_(std::move(moe_options)),
-      options_(options),
-      context_(context),
-      last_(std::chrono::steady_clock::now()) {
-  if (config_.n_routed_experts <= 0) fail("expert shards need a model with routed experts");
-  if (options_.shards < 1) fail("expert shards: {} shards", options_.shards);
-  if (options_.shards > config_.n_routed_experts + options_.redundant)
-    fail("{} expert shards for {} routed experts and {} redundant replicas: a shard would be empty",
-         options_.shards, config_.n_routed_experts, options_.redundant);
+    : replicated_experts(config, options, [&](const expert_placement& initial) {
+        return std::make_unique<local_shard_set>(config, std::move(moe), std::move(moe_options),
+                                                 initial, load, context);
+      }) {}
+
+replicated_experts::replicated_experts(const model_config& config,
+                                       replicated_experts_options options,
+                                       const shard_set_factory& make)
+    : config_(config), options_(options), last_(std::chrono::steady_clock::now()) {
   if (options_.interval < 0) fail("expert shards: a rebalance interval of {} s", options_.interval);
-  placement_ = initial_placement(moe_layers_of(config_), config_.n_routed_experts, options_.shards,
-                                 std::max<std::int64_t>(1, config_.n_group), options_.redundant);
-  std::vector<expert_shard*> pointers;
-  for (std::int64_t s = 0; s < options_.shards; ++s) {
-    shards_.push_back(
-        std::make_unique<expert_shard>(config_, moe_, placement_.of_shard(s), 1, moe_options_));
-    load(shards_.back()->parameters());
-    pointers.push_back(shards_.back().get());
-  }
-  transport_ = std::make_unique<local_expert_transport>(pointers, context_);
+  placement_ = serving_placement(config_, options_);
+  shards_ = make(placement_);
   sharded_experts::options wire;
   wire.replicas = true;
-  backend_ = std::make_unique<sharded_experts>(placement_.layers.begin()->second,
-                                               config_.n_routed_experts, *transport_, wire);
+  backend_ = std::make_unique<sharded_experts>(
+      placement_.layers.begin()->second, config_.n_routed_experts, shards_->transport(), wire);
   backend_->set_placement(placement_.layers);
   if (options_.metrics != nullptr) {
     metrics_ = std::make_unique<metric_families>(metric_families{
@@ -100,34 +101,17 @@ void replicated_experts::after_step(const layer_expert_load& load) {
   rebalance_observed();
 }
 
-std::vector<std::unique_ptr<expert_shard>> replicated_experts::shards_on(
-    const std::shared_ptr<const plugin_library>& library) const {
-  std::vector<std::unique_ptr<expert_shard>> next;
-  for (const auto& shard : shards_) {
-    next.push_back(
-        std::make_unique<expert_shard>(config_, library, shard->layer_experts(), 1, moe_options_));
-    for (parameter* p : next.back()->parameters().all()) {
-      const parameter* from = shard->parameters().find(p->name);
-      if (from == nullptr)
-        fail("the moe plugin '{}' declares '{}', which the shard's plugin does not", library->name,
-             p->name);
-      p->value.copy_from(from->value);
-    }
-  }
-  return next;
+std::int64_t replicated_experts::prepare_swap(const std::shared_ptr<const plugin_library>& library,
+                                              const std::string& path) {
+  return shards_->prepare_swap(library, path);
 }
 
-void replicated_experts::adopt(std::vector<std::unique_ptr<expert_shard>> shards,
-                               std::shared_ptr<const plugin_library> library) {
-  if (shards.size() != shards_.size())
-    fail("adopt: {} shards for {}", shards.size(), shards_.size());
-  std::vector<expert_shard*> pointers;
-  for (std::size_t s = 0; s < shards.size(); ++s) {
-    shards_[s] = std::move(shards[s]);
-    pointers.push_back(shards_[s].get());
-  }
-  transport_->set_shards(pointers);
-  moe_ = std::move(library);
+void replicated_experts::commit_swap() {
+  shards_->commit_swap();
+}
+
+void replicated_experts::abort_swap() {
+  shards_->abort_swap();
 }
 
 replacement_report replicated_experts::rebalance_observed() {
@@ -149,35 +133,11 @@ replacement_report replicated_experts::rebalance(const layer_expert_load& load) 
       balanced_placement(placement_, load, config_.n_routed_experts,
                          std::max<std::int64_t>(1, config_.n_group), options_.redundant);
   if (!(target == placement_)) {
-    // Every tensor of every shard by name: where a shard's new experts are copied from.
-    std::map<std::string, const tensor*> everywhere;
-    for (const auto& shard : shards_)
-      for (parameter* p : shard->parameters().all()) everywhere.emplace(p->name, &p->value);
-    std::vector<std::unique_ptr<expert_shard>> next(shards_.size());
-    for (std::size_t s = 0; s < shards_.size(); ++s) {
-      const auto experts = target.of_shard(static_cast<std::int64_t>(s));
-      if (experts == shards_[s]->layer_experts()) continue;
-      next[s] =
-          std::make_unique<expert_shard>(config_, shards_[s]->library(), experts, 1, moe_options_);
-      for (parameter* p : next[s]->parameters().all()) {
-        auto it = everywhere.find(p->name);
-        if (it == everywhere.end()) fail("rebalance: no shard holds '{}'", p->name);
-        p->value.copy_from(*it->second);
-        if (shards_[s]->parameters().find(p->name) == nullptr) {
-          report.bytes += static_cast<std::int64_t>(p->value.nbytes());
-          if (p->name.ends_with("down_proj.weight")) ++report.copied;
-        }
-      }
-    }
-    // The routing first: it checks the placement and refuses (changing nothing) while a
-    // micro-batch is in flight; the shard swap after it cannot fail.
+    // The routing is checked first (it refuses while a micro-batch is in flight); once the
+    // shards moved, setting it cannot fail.
+    backend_->check_placement(target.layers);
+    shards_->move_to(target, report);
     backend_->set_placement(target.layers);
-    std::vector<expert_shard*> pointers;
-    for (std::size_t s = 0; s < shards_.size(); ++s) {
-      if (next[s]) shards_[s] = std::move(next[s]);
-      pointers.push_back(shards_[s].get());
-    }
-    transport_->set_shards(pointers);
     placement_ = target;
     report.changed = true;
     ++replacements_;

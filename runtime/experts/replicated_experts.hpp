@@ -1,15 +1,16 @@
 #pragma once
 
-// A serving model's routed experts on expert shards of its own process, with DeepSeek's
-// redundant experts: each MoE layer has experts + R physical slots over S shards, the heaviest
-// experts hold several, and a token's rows for a replicated expert split between its copies
-// (sharded_experts with replicas). Every `interval` the placement is recomputed by EPLB from the
-// load the model routed since the last one (expert_placement.hpp) and the shards that change are
-// rebuilt with their new experts, copied from the shards that hold them, between two decode steps:
-// no sequence is dropped or changes its tokens (an expert computes the same rows wherever it is).
+// A serving model's routed experts on expert shards, with DeepSeek's redundant experts: each MoE
+// layer has experts + R physical slots over S shards, the heaviest experts hold several, and a
+// token's rows for a replicated expert split between its copies (sharded_experts with replicas).
+// Every `interval` the placement is recomputed by EPLB from the load the model routed since the
+// last one (expert_placement.hpp) and the shards that change take their new experts, copied from
+// the shards that hold them, between two decode steps: no sequence is dropped or changes its
+// tokens (an expert computes the same rows wherever it is). The shards are objects of this process
+// (local_shard_set.hpp) or actors of other processes (remote_shard_set.hpp).
 //
-// The serving engine's thread calls everything here (after_step between steps), so nothing
-// locks. Parameters stay on the host (expert shards compute on the CPU).
+// The serving engine's thread calls everything here (after_step between steps), or a control
+// command while the engine's steps are held, so nothing locks. Expert shards compute on the CPU.
 
 #include <chrono>
 #include <cstdint>
@@ -19,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/experts/expert_shard.hpp"
-#include "runtime/experts/expert_transport.hpp"
+#include "runtime/experts/expert_shard_set.hpp"
+#include "runtime/experts/local_shard_set.hpp"
 #include "runtime/experts/sharded_experts.hpp"
 #include "runtime/placement/expert_placement.hpp"
 
@@ -39,26 +40,28 @@ struct replicated_experts_options {
   std::string engine = "serve";             ///< their `engine` label (one per serving instance)
 };
 
-/// What one re-placement did.
-struct replacement_report {
-  bool changed = false;
-  std::int64_t copied = 0;  ///< (layer, expert) copies a shard did not hold before
-  std::int64_t bytes = 0;   ///< their weights
-  double seconds = 0.0;
-};
+/// The placement a serving instance starts with (EPLB on equal loads: the first experts get the
+/// extra replicas until load is seen); the same wherever it is computed, so processes that hold
+/// an instance's shards build them without asking. Throws troupe::error when the model has no
+/// routed experts, the slots do not split evenly over the shards or a shard would be empty.
+expert_placement serving_placement(const model_config& config,
+                                   const replicated_experts_options& options);
 
 class replicated_experts {
  public:
-  /// Loads a shard's parameters (from the checkpoint) once its experts are known.
-  using loader = std::function<void(parameter_store&)>;
+  using loader = local_shard_set::loader;
+  /// Builds the shards of a placement (where they live is the factory's business).
+  using shard_set_factory =
+      std::function<std::unique_ptr<expert_shard_set>(const expert_placement& initial)>;
 
-  /// Places experts + redundant slots of every MoE layer on `options.shards` shards (EPLB on equal
-  /// loads: the first experts get the extra replicas until load is seen) and loads them. Throws
-  /// troupe::error when the slots do not split evenly over the shards or a layer has fewer
-  /// experts than shards.
+  /// Places experts + redundant slots of every MoE layer on `options.shards` shards of this
+  /// process (serving_placement) and loads them. Throws troupe::error as serving_placement.
   replicated_experts(const model_config& config, std::shared_ptr<const plugin_library> moe,
                      std::string moe_options, replicated_experts_options options, loader load,
                      const exec_context& context);
+  /// The same, with the shards `make` builds for the initial placement.
+  replicated_experts(const model_config& config, replicated_experts_options options,
+                     const shard_set_factory& make);
   ~replicated_experts();
   replicated_experts(const replicated_experts&) = delete;
   replicated_experts& operator=(const replicated_experts&) = delete;
@@ -77,13 +80,14 @@ class replicated_experts {
   /// Re-places now for the load seen since the last re-placement (`troupe ctl SERVER rebalance`);
   /// the interval starts again.
   replacement_report rebalance_observed();
-  /// A moe plugin swap's first half: every shard rebuilt on `library` with the weights it holds;
-  /// nothing changes yet. Throws (the plugin's cause) when a shard cannot be built.
-  std::vector<std::unique_ptr<expert_shard>> shards_on(
-      const std::shared_ptr<const plugin_library>& library) const;
-  /// The second half: shards_on's shards take over (the routing stays).
-  void adopt(std::vector<std::unique_ptr<expert_shard>> shards,
-             std::shared_ptr<const plugin_library> library);
+  /// A moe plugin swap's first half: every shard rebuilt on `library` (loaded from `path`) with
+  /// the weights it holds; nothing changes yet. Returns the shards prepared; throws (the plugin's
+  /// cause) when a shard cannot be built.
+  std::int64_t prepare_swap(const std::shared_ptr<const plugin_library>& library,
+                            const std::string& path);
+  /// The second half: prepare_swap's shards take over (the routing stays).
+  void commit_swap();
+  void abort_swap();
   /// The load seen since the last re-placement.
   const layer_expert_load& observed() const { return observed_; }
 
@@ -92,12 +96,8 @@ class replicated_experts {
   void publish_placement();
 
   model_config config_;
-  std::shared_ptr<const plugin_library> moe_;
-  std::string moe_options_;
   replicated_experts_options options_;
-  const exec_context& context_;
-  std::vector<std::unique_ptr<expert_shard>> shards_;
-  std::unique_ptr<local_expert_transport> transport_;
+  std::unique_ptr<expert_shard_set> shards_;
   std::unique_ptr<sharded_experts> backend_;
   expert_placement placement_;
   layer_expert_load observed_;

@@ -51,13 +51,18 @@ sharded_experts::sharded_experts(std::vector<std::vector<std::int64_t>> shard_ex
 
 void sharded_experts::set_placement(
     const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& layers) {
+  check_placement(layers);
+  for (const auto& [layer, lists] : layers) by_layer_[layer] = lists;
+}
+
+void sharded_experts::check_placement(
+    const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& layers) const {
   if (!in_flight_.empty())
     fail("the expert placement changes only between steps: layer {} micro-batch {} is in flight",
          in_flight_.begin()->first.first, in_flight_.begin()->first.second);
   for (const auto& [layer, lists] : layers)
     check_lists(lists, experts_, shard_experts_.size(), settings_.replicas,
                 fmt::format("layer {}: ", layer));
-  for (const auto& [layer, lists] : layers) by_layer_[layer] = lists;
 }
 
 const std::vector<std::vector<std::int64_t>>& sharded_experts::lists_for(std::int64_t layer) const {

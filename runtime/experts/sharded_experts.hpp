@@ -34,6 +34,9 @@ class sharded_experts : public expert_backend {
   /// listed keep theirs. Only between steps: throws while a micro-batch is with the shards, or
   /// when a layer does not place every expert on exactly one of the shards.
   void set_placement(const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& layers);
+  /// Throws as set_placement would, and changes nothing.
+  void check_placement(
+      const std::map<std::int64_t, std::vector<std::vector<std::int64_t>>>& layers) const;
 
   tensor forward(std::int64_t layer, std::int64_t micro_batch, const tensor& rows,
                  std::span<const std::int64_t> counts) override;

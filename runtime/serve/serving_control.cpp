@@ -62,17 +62,21 @@ control_reply serving_control::status() const {
   nlohmann::json engines = nlohmann::json::array();
   for (const controlled_instance& i : instances_) engines.push_back(i.engine);
   nlohmann::json decode = nlohmann::json::array();
+  nlohmann::json experts = nlohmann::json::array();
   const std::map<int, std::string> lost =
       options_.lost ? options_.lost->ranks() : std::map<int, std::string>{};
-  for (std::size_t r = 0; r < options_.decode_hosts.size(); ++r) {
-    const int rank = static_cast<int>(r) + 1;
+  const auto process = [&lost](int rank, const std::string& host) {
     const auto it = lost.find(rank);
-    nlohmann::json entry{{"rank", rank},
-                         {"host", options_.decode_hosts[r]},
-                         {"state", it == lost.end() ? "running" : "lost"}};
+    nlohmann::json entry{
+        {"rank", rank}, {"host", host}, {"state", it == lost.end() ? "running" : "lost"}};
     if (it != lost.end()) entry["error"] = it->second;
-    decode.push_back(entry);
-  }
+    return entry;
+  };
+  const auto decode_count = static_cast<int>(options_.decode_hosts.size());
+  for (int r = 0; r < decode_count; ++r)
+    decode.push_back(process(r + 1, options_.decode_hosts[static_cast<std::size_t>(r)]));
+  for (std::size_t r = 0; r < options_.expert_hosts.size(); ++r)
+    experts.push_back(process(1 + decode_count + static_cast<int>(r), options_.expert_hosts[r]));
   const bool shards = instances_.front().experts != nullptr;
   return {200,
           {{"job", options_.job},
@@ -86,6 +90,7 @@ control_reply serving_control::status() const {
            {"decoding", engine_.decoding()},
            {"instances", engines},
            {"decode_processes", decode},
+           {"expert_processes", experts},
            {"expert_shards", shards},
            {"plugins", plugins},
            {"swaps", swaps_},

@@ -30,8 +30,8 @@
 
 namespace troupe {
 
-/// The decode processes found lost: the cluster's failure handler adds them (from the moment the
-/// processes meet), status reads them.
+/// The decode and expert processes found lost: the cluster's failure handler adds them (from the
+/// moment the processes meet), status reads them.
 class lost_decode_processes {
  public:
   void add(int rank, const std::string& why) {
@@ -54,6 +54,7 @@ struct serving_control_options {
   std::string url;                        ///< the OpenAI endpoint
   std::string topology;                   ///< empty: none
   std::vector<std::string> decode_hosts;  ///< decode processes' hosts (rank i + 1: the i-th)
+  std::vector<std::string> expert_hosts;  ///< expert processes' hosts (after the decode ranks)
   std::shared_ptr<const lost_decode_processes> lost;  ///< null without decode processes
   std::int64_t experts = 0;                           ///< routed experts per MoE layer
   /// The decode processes' decode actors (rank r + 1: index r) and the runtime to ask them

@@ -132,6 +132,7 @@ void serving_engine::run() {
       decoder.cancel(newest->first);
       fail_request(newest->second, e.what());
       active.erase(newest);
+      report_state(static_cast<std::int64_t>(active.size()));
       continue;
     }
     if (options_.serve_metrics != nullptr || options_.after_step) {

@@ -6,7 +6,6 @@
 
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
-#include "runtime/experts/expert_shard.hpp"
 #include "runtime/experts/replicated_experts.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/instance.hpp"
@@ -37,8 +36,17 @@ struct serving_swap::successors {
   plugin_kind role = plugin_kind::moe;
   std::vector<std::shared_ptr<const plugin_library>> libraries;
   std::vector<instance_swap> layers;
-  std::vector<std::vector<std::unique_ptr<expert_shard>>> shards;
+  std::vector<replicated_experts*> shards;  ///< the instances whose expert shards prepared theirs
   std::int64_t count = 0;
+  bool committed = false;
+  ~successors() {
+    if (committed) return;
+    for (replicated_experts* experts : shards) try {
+        experts->abort_swap();
+      } catch (const std::exception&) {
+        // A shard that cannot be told keeps its successor until the next swap replaces it.
+      }
+  }
 };
 
 serving_swap::serving_swap(request_engine& engine, std::vector<controlled_instance> instances)
@@ -86,10 +94,9 @@ std::int64_t serving_swap::prepare(plugin_kind role, const std::string& path) {
       if (instance.where.is_cuda()) cuda::use_device(instance.where.index);
       next->layers.emplace_back(instance.runner->plugin_slots(role), next->libraries[i]);
       next->count += static_cast<std::int64_t>(next->layers.back().size());
-      next->shards.emplace_back();
       if (role == plugin_kind::moe && instance.experts != nullptr) {
-        next->shards.back() = instance.experts->shards_on(next->libraries[i]);
-        next->count += static_cast<std::int64_t>(next->shards.back().size());
+        next->count += instance.experts->prepare_swap(next->libraries[i], path);
+        next->shards.push_back(instance.experts);
       }
     }
   });
@@ -108,10 +115,10 @@ double serving_swap::commit() {
   if (!next) fail("no swap is prepared");
   return engine_.hold_steps([&] {
     std::lock_guard lock(mutex_);  // running() reads the libraries
+    next->committed = true;
+    for (replicated_experts* experts : next->shards) experts->commit_swap();
     for (std::size_t i = 0; i < instances_.size(); ++i) {
       next->layers[i].commit();
-      if (!next->shards[i].empty())
-        instances_[i].experts->adopt(std::move(next->shards[i]), next->libraries[i]);
       *library_of(*instances_[i].plugins, next->role) = next->libraries[i];
     }
   });

@@ -476,28 +476,30 @@ class topology_parser {
     read("serve", serve, "drain_seconds", s.drain_seconds);
     read("serve", serve, "prefill_instances", s.prefill_instances);
     read("serve", serve, "decode_instances", s.decode_instances);
-    read_decode_hosts(serve);
+    read_serve_hosts(serve, "decode_host", "decode_hosts", s.decode_hosts);
     read("serve", serve, "expert_shards", s.expert_shards);
+    read_serve_hosts(serve, "expert_host", "expert_hosts", s.expert_hosts);
     read("serve", serve, "redundant_experts", s.redundant_experts);
     read("serve", serve, "rebalance_interval", s.rebalance_interval);
   }
 
-  /// `decode_host = "HOST"` (one decode process) or `decode_hosts = ["HOST", ...]`.
-  void read_decode_hosts(const toml::table* serve) {
-    const toml::node* one = serve != nullptr ? serve->get("decode_host") : nullptr;
-    const toml::node* many = serve != nullptr ? serve->get("decode_hosts") : nullptr;
+  /// `decode_host = "HOST"` or `decode_hosts = [...]`; `expert_hosts = [...]`.
+  void read_serve_hosts(const toml::table* serve, const char* one_key, const char* list_key,
+                        std::vector<std::string>& out) {
+    const toml::node* one = serve != nullptr ? serve->get(one_key) : nullptr;
+    const toml::node* many = serve != nullptr ? serve->get(list_key) : nullptr;
     if (one != nullptr && many != nullptr)
-      return error(position_of(many->source(), file_),
-                   "serve.decode_hosts: give decode_host or decode_hosts (a list), not both");
+      return error(
+          position_of(many->source(), file_),
+          fmt::format("serve.{}: give {} or {} (a list), not both", list_key, one_key, list_key));
     if (auto text = one != nullptr ? one->value_exact<std::string>() : std::nullopt;
         text && !text->empty())
-      topo_.serve.decode_hosts.push_back(*text);
+      out.push_back(*text);
     if (const auto* list = many != nullptr ? many->as_array() : nullptr)
       for (std::size_t i = 0; i < list->size(); ++i) {
-        topo_.positions[fmt::format("serve.decode_hosts[{}]", i)] =
+        topo_.positions[fmt::format("serve.{}[{}]", list_key, i)] =
             position_of((*list)[i].source(), file_);
-        if (auto text = (*list)[i].value_exact<std::string>())
-          topo_.serve.decode_hosts.push_back(*text);
+        if (auto text = (*list)[i].value_exact<std::string>()) out.push_back(*text);
       }
   }
 
@@ -566,12 +568,8 @@ loaded_topology load_topology_text(std::string_view text, const fs::path& file,
   // Meaning is only checked once the file has the right shape; otherwise the errors multiply.
   if (!has_errors) detail::validate_topology(topo, options, diagnostics);
   std::vector<diagnostic> errors;
-  for (auto& d : diagnostics) {
-    if (d.level == diagnostic::severity::error)
-      errors.push_back(std::move(d));
-    else
-      result.warnings.push_back(std::move(d));
-  }
+  for (auto& d : diagnostics)
+    (d.level == diagnostic::severity::error ? errors : result.warnings).push_back(std::move(d));
   if (!errors.empty()) throw topology_error(std::move(errors));
   return result;
 }

@@ -446,6 +446,15 @@ section_schema serve_section() {
                "experts + redundant_experts must divide by expert_shards.",
                {},
                {0, 1 << 16}},
+              {"expert_host", k::string, false, "\"\" (each instance's process)",
+               "With expert_shards: the host whose process holds the expert shards of every "
+               "serving instance (expert_hosts for several)."},
+              {"expert_hosts", k::string_list, false, "[] (each instance's process)",
+               "With expert_shards: hosts whose processes hold the serving instances' expert "
+               "shards, shard s of each instance on host s x hosts / expert_shards (rank after "
+               "the decode hosts'); the instances send each MoE layer's rows there and experts "
+               "move between these processes when they are re-placed. Other hosts than the "
+               "first and the decode hosts; give expert_host or expert_hosts, not both."},
               {"rebalance_interval", k::number, false, "600",
                "With expert_shards: seconds between re-placements of the experts (and their "
                "redundant copies) from the load observed since the last one, done between two "

@@ -120,7 +120,11 @@ struct serve_spec {
   /// The hosts whose processes run decode instances (decode_instances each), in rank order;
   /// empty: decode instances in the serving process.
   std::vector<std::string> decode_hosts;
-  std::int64_t expert_shards = 0;      ///< 0: whole MoE layers in the model
+  std::int64_t expert_shards = 0;  ///< 0: whole MoE layers in the model
+  /// The hosts whose processes hold the instances' expert shards (shard s of every instance on
+  /// host s * hosts / expert_shards), in rank order after the decode hosts; empty: each instance's
+  /// shards in its own process.
+  std::vector<std::string> expert_hosts;
   std::int64_t redundant_experts = 0;  ///< extra expert slots per MoE layer
   double rebalance_interval = 600.0;   ///< seconds; 0: never
 };

@@ -85,38 +85,55 @@ class topology_validator {
     }
   }
 
-  /// [serve] decode_host / decode_hosts: other hosts than the first, each once, with decode
-  /// instances to run there.
-  void check_decode_hosts() {
-    const auto& hosts = t_.serve.decode_hosts;
-    const bool list = t_.positions.count("serve.decode_hosts") > 0;
+  /// [serve] decode_host(s) and expert_host(s): other hosts than the first, each once and in one
+  /// role, with decode instances or expert shards to run there.
+  void check_serve_hosts() {
     std::set<std::string> seen;
-    for (std::size_t i = 0; i < hosts.size(); ++i) {
-      const std::string& decode = hosts[i];
-      const std::string path =
-          list ? fmt::format("serve.decode_hosts[{}]", i) : std::string("serve.decode_host");
-      if (t_.find_host(decode) == nullptr) {
-        auto names = host_names();
-        auto suggestion = nearest_word(decode, names);
-        error(path, fmt::format(
-                        "{} = \"{}\" names no host{}; hosts are: {}", path, decode,
-                        suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                        join(names, ", ")));
-      } else if (decode == t_.hosts.front().name) {
-        error(path, fmt::format("{} = \"{}\" is the first host, which serves HTTP and prefills: "
-                                "give another host (or leave it out to decode in one process)",
-                                path, decode));
-      } else if (!seen.insert(decode).second) {
-        error(path, fmt::format("{} = \"{}\" is named twice: a host runs one decode process (give "
-                                "it more decode_instances instead)",
-                                path, decode));
+    const auto check = [&](const std::vector<std::string>& hosts, const char* one, const char* many,
+                           const char* role, const char* more) {
+      const bool list = t_.positions.count(fmt::format("serve.{}", many)) > 0;
+      for (std::size_t i = 0; i < hosts.size(); ++i) {
+        const std::string& host = hosts[i];
+        const std::string path =
+            list ? fmt::format("serve.{}[{}]", many, i) : fmt::format("serve.{}", one);
+        if (t_.find_host(host) == nullptr) {
+          auto names = host_names();
+          auto suggestion = nearest_word(host, names);
+          error(path,
+                fmt::format(
+                    "{} = \"{}\" names no host{}; hosts are: {}", path, host,
+                    suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                    join(names, ", ")));
+        } else if (host == t_.hosts.front().name) {
+          error(path, fmt::format("{} = \"{}\" is the first host, which serves HTTP and prefills: "
+                                  "give another host (or leave it out to {} in one process)",
+                                  path, host, role));
+        } else if (!seen.insert(host).second) {
+          error(path, fmt::format("{} = \"{}\" is named twice in [serve]: a host runs one serving "
+                                  "process, for decode or for expert shards ({})",
+                                  path, host, more));
+        }
       }
-    }
-    if (!hosts.empty() && t_.serve.decode_instances < 1)
-      error(list ? "serve.decode_hosts" : "serve.decode_host",
+    };
+    const serve_spec& s = t_.serve;
+    check(s.decode_hosts, "decode_host", "decode_hosts", "decode",
+          "give it more decode_instances instead");
+    check(s.expert_hosts, "expert_host", "expert_hosts", "hold the expert shards",
+          "give it more expert_shards instead");
+    const bool decode_list = t_.positions.count("serve.decode_hosts") > 0;
+    if (!s.decode_hosts.empty() && s.decode_instances < 1)
+      error(decode_list ? "serve.decode_hosts" : "serve.decode_host",
             fmt::format("serve.{} needs serve.decode_instances of 1 or more: the instances that "
                         "decode there",
-                        list ? "decode_hosts" : "decode_host"));
+                        decode_list ? "decode_hosts" : "decode_host"));
+    const std::string experts_path =
+        t_.positions.count("serve.expert_hosts") > 0 ? "serve.expert_hosts" : "serve.expert_host";
+    if (!s.expert_hosts.empty() &&
+        s.expert_shards < static_cast<std::int64_t>(s.expert_hosts.size()))
+      error(experts_path,
+            fmt::format("{} names {} hosts for {} expert shards per instance: each host needs at "
+                        "least one (set serve.expert_shards)",
+                        experts_path, s.expert_hosts.size(), s.expert_shards));
   }
 
   /// Fills an empty host with the only host, and checks that host and device exist.
@@ -352,7 +369,7 @@ class topology_validator {
                        device::cpu()};
     check_placement(balancer, "balancer", "the balancer actor");
     t_.balancer.host = balancer.host;
-    check_decode_hosts();
+    check_serve_hosts();
     if (!(t_.serve.rebalance_interval >= 0.0))
       error("serve.rebalance_interval",
             fmt::format("serve.rebalance_interval must be 0 (never) or more seconds, got {}",

@@ -7,6 +7,10 @@
 // within 10 s, and the server keeps answering; SIGTERM stops both processes.
 // four-hosts.toml's decode_hosts = ["node2", "node3"]: three processes, both decode processes
 // get sequences, and when one is killed the other's sequences finish and new requests go there.
+// expert-hosts.toml's expert_hosts = ["node1", "node2"]: the instance's expert shards in two
+// processes of their own give the one-process completions, before and after a re-placement that
+// moves experts between those processes and a moe swap that reaches them; an expert process
+// killed with -9 is named in the failures and in `troupe ctl` status.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -108,9 +112,9 @@ class ServeProcesses : public ::testing::Test {
   static const std::string& alone(int i) {
     return alone_[static_cast<std::size_t>(i < 200 ? i : 8 + i - 200)];
   }
-  /// The pid in the log's "decode process (rank R, ...) started, pid P".
-  static pid_t decode_pid(const std::string& log, int rank) {
-    const auto at = log.find(fmt::format("decode process (rank {},", rank));
+  /// The pid in the log's "ROLE process (rank R, ...) started, pid P".
+  static pid_t decode_pid(const std::string& log, int rank, const char* role = "decode") {
+    const auto at = log.find(fmt::format("{} process (rank {},", role, rank));
     const auto pid_at = log.find("started, pid ", at);
     return at == std::string::npos || pid_at == std::string::npos
                ? -1
@@ -255,6 +259,62 @@ TEST_F(ServeProcesses, TwoDecodeProcessesShareTheLoadAndOutliveEachOther) {
   for (int i = 200; i < 204; ++i) EXPECT_EQ(text_of(complete(url, i)), alone(i)) << "request " << i;
   ::kill(three.pid(), SIGTERM);
   EXPECT_EQ(three.wait(), 0) << read_file(log_file);
+}
+
+TEST_F(ServeProcesses, ExpertShardsInOtherProcessesMoveBetweenThem) {
+  // expert-hosts.toml: HTTP and the model on node0, expert shards 0-1 on node1 (rank 1) and 2-3
+  // on node2 (rank 2), 4 redundant copies.
+  const fs::path log_file = dir_ / "experts.log";
+  background_command server(fmt::format("{} serve {} {}", troupe(),
+                                        source("topologies/expert-hosts.toml").string(), common_),
+                            log_file);
+  const std::string url = url_of(log_file, server);
+  ASSERT_FALSE(url.empty()) << read_file(log_file);
+  const std::string log = read_file(log_file);
+  EXPECT_THAT(log, HasSubstr("expert process (rank 1, host node1) started"));
+  EXPECT_THAT(log, HasSubstr("expert process (node2): 2 expert shards ready"));
+  const auto all_alone = [&](const std::string& when) {
+    std::vector<std::future<std::string>> replies;
+    for (int i = 0; i < 8; ++i)
+      replies.push_back(std::async(std::launch::async, [&url, i] { return complete(url, i); }));
+    for (int i = 0; i < 8; ++i)
+      EXPECT_EQ(text_of(replies[static_cast<std::size_t>(i)].get()), alone(i))
+          << when << ", request " << i;
+  };
+  all_alone("before any move");
+
+  // Hot experts in every MoE layer: their copies move between the two expert processes.
+  const fs::path load = dir_ / "hot.json";
+  std::ofstream(load) << R"({"1": [100,1,1,1,1,90,1,1,1,1,1,1,1,1,1,80],
+                             "2": [1,1,1,70,1,1,1,1,1,1,1,1,60,1,1,1],
+                             "3": [50,1,1,1,1,1,1,1,1,1,1,1,1,1,1,40]})";
+  const auto moved =
+      run_command(fmt::format("{} ctl step-000001 rebalance --load {}", troupe(), load.string()));
+  ASSERT_EQ(moved.exit_code, 0) << moved.output << read_file(log_file);
+  EXPECT_THAT(moved.output, ::testing::ContainsRegex("moved \\([1-9][0-9]* expert copies"));
+  all_alone("after the re-placement");
+  const std::string plugins = fs::path(std::getenv("TROUPE_BUILD_DIR")) / "plugins";
+  const auto swapped = run_command(fmt::format(
+      "{} ctl step-000001 swap --plugin moe --library {}/moe/libtroupe-moe.so", troupe(), plugins));
+  ASSERT_EQ(swapped.exit_code, 0) << swapped.output << read_file(log_file);
+  // 3 MoE layers in the model and 4 remote shards.
+  EXPECT_THAT(swapped.output, HasSubstr("7 plugin instances")) << swapped.output;
+  all_alone("after the moe swap");
+
+  // kill -9 rank 2: requests fail naming it, the server answers, status says it is lost.
+  const pid_t victim = decode_pid(log, 2, "expert");
+  ASSERT_GT(victim, 0) << log;
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  troupe::testing::eventually(10, [&] {
+    return read_file(log_file).find("expert process lost: rank 2") != std::string::npos;
+  });
+  EXPECT_THAT(complete(url, 0), HasSubstr("rank 2 (host node2")) << read_file(log_file);
+  EXPECT_EQ(run_command("curl -s -o /dev/null -w '%{http_code}' " + url + "/health").output, "200");
+  const auto status = run_command(fmt::format("{} ctl step-000001 status", troupe()));
+  EXPECT_THAT(status.output, HasSubstr("expert process rank 2 on node2: lost")) << status.output;
+  EXPECT_THAT(status.output, HasSubstr("expert process rank 1 on node1: running"));
+  ::kill(server.pid(), SIGTERM);
+  EXPECT_EQ(server.wait(), 0) << read_file(log_file);
 }
 
 }  // namespace

@@ -258,10 +258,10 @@ TEST_F(ExpertParallel, ASuccessorTakesItsExpertsWeightsAndMomentsOrNothing) {
   for (auto& o : optimizers) o->step(1e-3, 1.0, 1, pool_);  // moments that are not zero
 
   const std::int64_t layer = config.first_k_dense_replace;
-  const expert_handover handover = hand_over(*sharded.shards[0], *optimizers[0], {{layer, 3}});
+  const expert_handover handover = hand_over(*sharded.shards[0], optimizers[0].get(), {{layer, 3}});
   EXPECT_FALSE(handover.values.empty());
   EXPECT_EQ(handover.moments.size(), 2 * handover.values.size());
-  EXPECT_THROW(hand_over(*sharded.shards[0], *optimizers[0], {{layer, 9}}), troupe::error);
+  EXPECT_THROW(hand_over(*sharded.shards[0], optimizers[0].get(), {{layer, 9}}), troupe::error);
 
   auto build = [&](std::shared_ptr<const plugin_library> moe,
                    const std::map<std::int64_t, std::vector<std::int64_t>>& experts) {
@@ -273,7 +273,7 @@ TEST_F(ExpertParallel, ASuccessorTakesItsExpertsWeightsAndMomentsOrNothing) {
   order.values = handover.values;
   order.moments = handover.moments;
   const shard_successor next =
-      prepare_successor(*sharded.shards[1], *optimizers[1], order, build, settings);
+      prepare_successor(*sharded.shards[1], optimizers[1].get(), order, build, settings);
   std::map<std::string, tensor> old_moments, new_moments;
   for (const auto& o : {std::cref(*optimizers[0]), std::cref(*optimizers[1])})
     for (auto& [name, t] : o.get().state()) old_moments[name] = t;
@@ -292,7 +292,7 @@ TEST_F(ExpertParallel, ASuccessorTakesItsExpertsWeightsAndMomentsOrNothing) {
   // Expert 2 was never handed over; a tensor of the wrong shape is refused too.
   order.experts[layer] = {2, 3, 8, 9, 10, 11, 12, 13, 14, 15};
   try {
-    prepare_successor(*sharded.shards[1], *optimizers[1], order, build, settings);
+    prepare_successor(*sharded.shards[1], optimizers[1].get(), order, build, settings);
     FAIL() << "expert 2 never arrived";
   } catch (const troupe::error& e) {
     EXPECT_NE(std::string(e.what()).find(fmt::format("model.layers.{}.mlp.experts.2.", layer)),
@@ -301,7 +301,7 @@ TEST_F(ExpertParallel, ASuccessorTakesItsExpertsWeightsAndMomentsOrNothing) {
   }
   order.experts[layer] = {3, 8, 9, 10, 11, 12, 13, 14, 15};
   order.values[0].second = tensor::zeros(dtype::f32, {3});
-  EXPECT_THROW(prepare_successor(*sharded.shards[1], *optimizers[1], order, build, settings),
+  EXPECT_THROW(prepare_successor(*sharded.shards[1], optimizers[1].get(), order, build, settings),
                troupe::error);
 }
 

@@ -361,8 +361,9 @@ host = "nod0"
   expect_error(ambiguous, "stage 0 needs `host = ...`: the topology has 2 hosts (a, b)", 12);
 }
 
-TEST(TopologyErrors, DecodeHostsAreOtherHostsEachOnce) {
-  const std::string hosts = header + R"(
+/// The header with three hosts and one stage on the first: [serve] comes at line 19.
+std::string three_hosts() {
+  return header + R"(
 [[hosts]]
 name = "node0"
 [[hosts]]
@@ -374,6 +375,10 @@ name = "node2"
 layers = "0-3"
 host = "node0"
 )";
+}
+
+TEST(TopologyErrors, DecodeHostsAreOtherHostsEachOnce) {
+  const std::string hosts = three_hosts();
   // Line 19 is [serve]'s first key.
   auto errors = errors_of(hosts +
                           "\n[serve]\ndecode_instances = 1\ndecode_hosts = [\"node1\", "
@@ -395,6 +400,31 @@ host = "node0"
       hosts + "\n[serve]\ndecode_instances = 2\ndecode_hosts = [\"node2\", \"node1\"]\n",
       virtual_file(), no_plugins());
   EXPECT_EQ(loaded.topo.serve.decode_hosts, (std::vector<std::string>{"node2", "node1"}));
+}
+
+TEST(TopologyErrors, ExpertHostsAreOtherHostsThanTheDecodeHosts) {
+  const std::string hosts = three_hosts();
+  // Line 19 is [serve]'s first key.
+  auto errors = errors_of(hosts +
+                          "\n[serve]\ndecode_instances = 1\ndecode_host = \"node1\"\n"
+                          "expert_shards = 4\nexpert_hosts = [\"node1\", \"node0\", \"nodes2\"]\n");
+  expect_error(errors, "serve.expert_hosts[0] = \"node1\" is named twice in [serve]", 22);
+  expect_error(errors, "serve.expert_hosts[1] = \"node0\" is the first host", 22);
+  expect_error(errors, "serve.expert_hosts[2] = \"nodes2\" names no host (did you mean 'node2'?)",
+               22);
+  auto few = errors_of(hosts +
+                       "\n[serve]\nexpert_shards = 1\nexpert_hosts = [\"node1\", "
+                       "\"node2\"]\n");
+  expect_error(few, "serve.expert_hosts names 2 hosts for 1 expert shards per instance", 20);
+  auto both = errors_of(hosts +
+                        "\n[serve]\nexpert_shards = 2\nexpert_host = \"node1\"\n"
+                        "expert_hosts = [\"node2\"]\n");
+  expect_error(both, "give expert_host or expert_hosts (a list), not both", 21);
+
+  const auto loaded = load_topology_text(
+      hosts + "\n[serve]\nexpert_shards = 4\nexpert_hosts = [\"node2\", \"node1\"]\n",
+      virtual_file(), no_plugins());
+  EXPECT_EQ(loaded.topo.serve.expert_hosts, (std::vector<std::string>{"node2", "node1"}));
 }
 
 TEST(TopologyErrors, Bf16ComputesOnGpusOnly) {

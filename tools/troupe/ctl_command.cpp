@@ -46,10 +46,11 @@ void print_server_status(const nlohmann::json& s) {
   const nlohmann::json instances = s.value("instances", nlohmann::json::array());
   fmt::print("instances {}{}\n", instances.dump(),
              s.value("expert_shards", false) ? " (with expert shards)" : "");
-  for (const auto& d : s.value("decode_processes", nlohmann::json::array()))
-    fmt::print("  decode process rank {} on {}: {}{}\n", d.value("rank", 0), d.value("host", ""),
-               d.value("state", ""),
-               d.contains("error") ? ": " + d.value("error", "") : std::string());
+  for (const char* role : {"decode", "expert"})
+    for (const auto& d : s.value(fmt::format("{}_processes", role), nlohmann::json::array()))
+      fmt::print("  {} process rank {} on {}: {}{}\n", role, d.value("rank", 0),
+                 d.value("host", ""), d.value("state", ""),
+                 d.contains("error") ? ": " + d.value("error", "") : std::string());
   print_plugins(s);
   for (const auto& swap : s.value("swaps", nlohmann::json::array()))
     fmt::print("  swap: {} {}{}\n", swap.value("role", ""), swap.value("outcome", ""),

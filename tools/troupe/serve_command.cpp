@@ -38,6 +38,7 @@
 #include "runtime/topology/load.hpp"
 #include "tools/troupe/commands.hpp"
 #include "tools/troupe/model_input.hpp"
+#include "tools/troupe/serve_experts.hpp"
 #include "tools/troupe/serve_instance.hpp"
 #include "tools/troupe/serve_processes.hpp"
 
@@ -120,6 +121,12 @@ serve_settings settings_of(const serve_options& o) {
         "{} redundant experts without expert shards: redundant copies live on expert shards; give "
         "expert_shards (--expert-shards) too",
         s.serve.redundant_experts);
+  if (!s.serve.expert_hosts.empty() &&
+      s.serve.expert_shards < static_cast<std::int64_t>(s.serve.expert_hosts.size()))
+    fail(
+        "[serve] expert hosts {} with {} expert shards per instance (--expert-shards): each host "
+        "needs at least one",
+        fmt::join(s.serve.expert_hosts, ", "), s.serve.expert_shards);
   if (s.serve.decode_instances == 0 && s.serve.prefill_instances != 1)
     fail(
         "{} prefill instances without decode instances: prefill instances only read prompts; "
@@ -257,10 +264,11 @@ int serve(const serve_options& o) {
   // NOTES: the models outlive the processes' actors (declared first, destroyed last): the decode
   // actor holds the decode engine, whose threads use the models until the runtime is gone.
   std::vector<std::unique_ptr<model_instance>> loaded;
+  std::unique_ptr<serving_expert_shards> expert_shards;  // an expert process's
   std::unique_ptr<serve_processes> processes;
-  if (!spec.decode_hosts.empty())
-    processes =
-        std::make_unique<serve_processes>(settings.first_host, spec.decode_hosts, metrics_holder);
+  if (!spec.decode_hosts.empty() || !spec.expert_hosts.empty())
+    processes = std::make_unique<serve_processes>(settings.first_host, spec.decode_hosts,
+                                                  spec.expert_hosts, metrics_holder);
   const bool decode_process = processes && processes->rank() > 0;
   // The control endpoint's name is claimed before the weights are read: a --job name in use, or
   // a run directory that is not private, fails now.
@@ -270,24 +278,31 @@ int serve(const serve_options& o) {
         default_run_directory(), o.job.empty() ? served_name(spec.model_name, o.model) : o.job,
         !o.job.empty());
 
-  // An instance per colocated engine, or per prefill and decode instance of this process: each
-  // its own weights, cache and worker pool, the threads split between them.
-  const std::int64_t prefill_here =
-      processes ? (decode_process ? 0 : spec.prefill_instances) : spec.prefill_instances;
-  const std::int64_t decode_here =
-      processes ? (decode_process ? spec.decode_instances : 0) : spec.decode_instances;
-  const std::int64_t instances = spec.decode_instances > 0 ? prefill_here + decode_here : 1;
   const int cores = o.threads > 0
                         ? o.threads
                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (std::int64_t i = 0; i < instances; ++i) {
-    const std::string engine = spec.decode_instances == 0
-                                   ? std::string("serve")
-                                   : (i < prefill_here ? fmt::format("prefill{}", i)
-                                                       : fmt::format("decode{}", i - prefill_here));
+  if (processes && processes->is_expert_rank()) {
+    expert_shards = std::make_unique<serving_expert_shards>(*processes, checkpoint, spec, cores);
+    processes->job().barrier(std::chrono::minutes(10));
+    fmt::print(stderr, "troupe serve: expert process ({}): {} expert shards ready\n",
+               processes->job().host_of(processes->rank()), expert_shards->count());
+    const auto [code, why] = processes->job().wait_for_finish();
+    fmt::print(stderr, "troupe serve: expert process: {}\n", why);
+    return code;
+  }
+  // An instance per colocated engine, or per prefill and decode instance of this process: each
+  // its own weights, cache and worker pool, the threads split between them.
+  const int own_rank = processes ? processes->rank() : 0;
+  const std::vector<std::string> engines = engines_of_rank(spec, own_rank);
+  const auto instances = static_cast<std::int64_t>(engines.size());
+  std::int64_t prefill_here = 0;
+  for (const std::string& engine : engines) {
+    if (engine.starts_with("prefill")) ++prefill_here;
     loaded.push_back(std::make_unique<model_instance>(
         checkpoint, mtp, where, std::max(1, cores / static_cast<int>(instances)), shape, budget,
-        spec, metrics.registry().get(), engine));
+        spec, metrics.registry().get(), engine,
+        spec.expert_hosts.empty() ? replicated_experts::shard_set_factory{}
+                                  : remote_expert_shards(*processes, spec, own_rank, engine)));
   }
   disaggregated_options split_options;
   split_options.prefill_batch = spec.max_batch;
@@ -307,7 +322,7 @@ int serve(const serve_options& o) {
     std::vector<serving_instance> prefill, decode;
     for (std::int64_t i = 0; i < instances; ++i)
       (i < prefill_here ? prefill : decode).push_back(loaded[static_cast<std::size_t>(i)]->view());
-    if (processes) {
+    if (processes && processes->decode_processes() > 0) {
       // Remote decoder r is decode rank r + 1's decode actor.
       std::vector<remote_decoder*> links;
       for (int rank = 1; rank <= processes->decode_processes(); ++rank) {
@@ -329,13 +344,12 @@ int serve(const serve_options& o) {
         for (auto& link : remotes) link->disconnect();
       });
       processes->job().on_failure([lost, lost_log](int rank, const std::string& why) {
+        if (rank < 1 || rank > static_cast<int>(lost.size())) return;  // an expert process
         fmt::print(stderr, "troupe serve: decode process lost: {}\n", why);
         lost_log->add(rank, why);
-        if (rank >= 1 && rank <= static_cast<int>(lost.size()))
-          lost[static_cast<std::size_t>(rank - 1)](why);
+        lost[static_cast<std::size_t>(rank - 1)](why);
       });
       engine = std::move(split);
-      processes->job().barrier(std::chrono::minutes(10));
     } else {
       engine = std::make_unique<disaggregated_engine>(prefill, decode, split_options);
     }
@@ -349,6 +363,16 @@ int serve(const serve_options& o) {
     model_instance& only = *loaded.front();
     engine_options.after_step = only.view().after_step;
     engine = std::make_unique<serving_engine>(only.cached, only.cache, only.exec, engine_options);
+  }
+
+  if (processes) {
+    processes->job().on_failure(
+        [lost_log, decode = processes->decode_processes()](int rank, const std::string& why) {
+          if (rank <= decode) return;  // the decode processes' handler above
+          fmt::print(stderr, "troupe serve: expert process lost: {}\n", why);
+          lost_log->add(rank, why);
+        });
+    processes->job().barrier(std::chrono::minutes(10));
   }
 
   openai_model model;
@@ -398,6 +422,7 @@ int serve(const serve_options& o) {
     control_options.url = server.url();
     control_options.topology = o.topology;
     control_options.decode_hosts = spec.decode_hosts;
+    control_options.expert_hosts = spec.expert_hosts;
     if (processes) {
       control_options.lost = lost_log;
       control_options.runtime = &processes->runtime();

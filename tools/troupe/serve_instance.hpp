@@ -2,7 +2,8 @@
 
 // `troupe serve`'s model instances: one per colocated engine, or per prefill and decode instance
 // of the process, each with its own weights, worker pool, KV cache and, with [serve]
-// expert_shards, expert shards of its own.
+// expert_shards, expert shards of its own (in this process, or with expert_hosts in the expert
+// processes: serve_experts.hpp).
 
 #include <cstdint>
 #include <map>
@@ -32,13 +33,14 @@ namespace troupe::cli {
 struct model_instance {
   model_instance(const hf_checkpoint& checkpoint, bool mtp, device where, int threads,
                  const latent_cache_shape& shape, std::uint64_t budget, const serve_spec& spec,
-                 prometheus::Registry* metrics, const std::string& engine)
+                 prometheus::Registry* metrics, const std::string& engine,
+                 const replicated_experts::shard_set_factory& remote_shards = {})
       : name(engine),
         placed(where),
         plugins(load_model_plugins(registry, checkpoint.config())),
         pool(threads),
         exec(where, pool),
-        experts(make_experts(checkpoint, spec, metrics, engine)),
+        experts(make_experts(checkpoint, spec, metrics, engine, remote_shards)),
         runner(checkpoint.config(), {}, with_experts(plugins, experts.get()), options(mtp, where)),
         cached(runner),
         cache(shape, budget, where) {
@@ -54,10 +56,9 @@ struct model_instance {
     if (experts != nullptr) p.experts = &experts->backend();
     return p;
   }
-  std::unique_ptr<replicated_experts> make_experts(const hf_checkpoint& checkpoint,
-                                                   const serve_spec& spec,
-                                                   prometheus::Registry* metrics,
-                                                   const std::string& engine) {
+  std::unique_ptr<replicated_experts> make_experts(
+      const hf_checkpoint& checkpoint, const serve_spec& spec, prometheus::Registry* metrics,
+      const std::string& engine, const replicated_experts::shard_set_factory& remote) {
     if (spec.expert_shards == 0) return nullptr;
     replicated_experts_options o;
     o.shards = spec.expert_shards;
@@ -65,6 +66,7 @@ struct model_instance {
     o.interval = spec.rebalance_interval;
     o.metrics = metrics;
     o.engine = engine;
+    if (remote) return std::make_unique<replicated_experts>(checkpoint.config(), o, remote);
     return std::make_unique<replicated_experts>(
         checkpoint.config(), plugins.moe, plugins.moe_options, o,
         [&](parameter_store& store) { load_parameters(checkpoint, store, &pool); }, exec);

@@ -19,21 +19,25 @@ namespace troupe::cli {
 
 serve_processes::serve_processes(const std::string& front_host,
                                  const std::vector<std::string>& decode_hosts,
-                                 std::shared_ptr<metrics_registry> metrics) {
-  const int world = 1 + static_cast<int>(decode_hosts.size());
+                                 const std::vector<std::string>& expert_hosts,
+                                 std::shared_ptr<metrics_registry> metrics)
+    : decode_(static_cast<int>(decode_hosts.size())) {
+  const int world = 1 + decode_ + static_cast<int>(expert_hosts.size());
   cluster_options options;
   options.world = world;
   options.hosts = {front_host};
   options.hosts.insert(options.hosts.end(), decode_hosts.begin(), decode_hosts.end());
+  options.hosts.insert(options.hosts.end(), expert_hosts.begin(), expert_hosts.end());
   const auto env = detect_launch_environment([](const char* name) { return std::getenv(name); });
   if (env) {
     if (env->world != world)
       fail(
-          "[serve] decode hosts {}: the job has {} processes (HTTP and prefill on {}, decode on "
-          "{}), but the launcher ({}) started {}; started by hand, unset the launcher's "
-          "variables (TROUPE_RANK, RANK and WORLD_SIZE, OMPI_COMM_WORLD_*, SLURM_PROCID and "
-          "SLURM_NTASKS, LWS_*) and troupe serve starts the decode processes itself",
-          fmt::join(decode_hosts, ", "), world, front_host, fmt::join(decode_hosts, ", "),
+          "[serve]: the job has {} processes (HTTP and prefill on {}, decode on [{}], expert "
+          "shards on [{}]), but the launcher ({}) started {}; started by hand, unset the "
+          "launcher's variables (TROUPE_RANK, RANK and WORLD_SIZE, OMPI_COMM_WORLD_*, "
+          "SLURM_PROCID and SLURM_NTASKS, LWS_*) and troupe serve starts the other processes "
+          "itself",
+          world, front_host, fmt::join(decode_hosts, ", "), fmt::join(expert_hosts, ", "),
           env->launcher, env->world);
     if (env->rendezvous_host.empty())
       fail("the launcher ({}) names no rendezvous address: set TROUPE_RENDEZVOUS=HOST:PORT",
@@ -48,7 +52,8 @@ serve_processes::serve_processes(const std::string& front_host,
     for (int rank = 1; rank < world; ++rank) {
       children_.push_back(
           start_rank(rank, world, fmt::format("127.0.0.1:{}", port), own_command_line()));
-      fmt::print(stderr, "troupe serve: decode process (rank {}, host {}) started, pid {}\n", rank,
+      fmt::print(stderr, "troupe serve: {} process (rank {}, host {}) started, pid {}\n",
+                 rank <= decode_ ? "decode" : "expert", rank,
                  options.hosts[static_cast<std::size_t>(rank)], children_.back());
     }
   }
@@ -79,7 +84,7 @@ serve_processes::~serve_processes() {
     finish(0, "the server stopped");
   cluster_.reset();
   runtime_.reset();
-  // The decode processes leave once told; one that does not within 10 s is killed.
+  // The other processes leave once told; one that does not within 10 s is killed.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   for (std::size_t i = 0; i < children_.size(); ++i) {
     const pid_t child = children_[i];
@@ -92,13 +97,11 @@ serve_processes::~serve_processes() {
     if (!ended) {
       kill(child, SIGKILL);
       waitpid(child, nullptr, 0);
-      fmt::print(stderr,
-                 "troupe serve: the decode process of rank {} (pid {}) did not leave; "
-                 "killed\n",
+      fmt::print(stderr, "troupe serve: the process of rank {} (pid {}) did not leave; killed\n",
                  i + 1, child);
     } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      fmt::print(stderr, "troupe serve: the decode process of rank {} (pid {}) ended with {}\n",
-                 i + 1, child,
+      fmt::print(stderr, "troupe serve: the process of rank {} (pid {}) ended with {}\n", i + 1,
+                 child,
                  WIFEXITED(status) ? fmt::format("status {}", WEXITSTATUS(status))
                                    : fmt::format("signal {}", WTERMSIG(status)));
     }

@@ -113,11 +113,24 @@ struct decode_actor_state {
 }  // namespace
 
 actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated_engine> engine,
-                             std::shared_ptr<serving_swap> swap) {
+                             std::shared_ptr<serving_swap> swap,
+                             std::shared_ptr<serving_rebalance> rebalance) {
   auto state = std::make_shared<decode_actor_state>();
   state->engine = std::move(engine);
-  return runtime.spawn("decode", [state, swap, &runtime](event_actor&) {
+  return runtime.spawn("decode", [state, swap, rebalance, &runtime](event_actor&) {
     return behavior()
+        .on<decode_rebalance>([state, rebalance](decode_rebalance& m) -> std::string {
+          if (!rebalance || !rebalance->has_shards())
+            fail("this decode process has no expert shards");
+          const auto alive = state->engine.lock();  // the re-placement holds its steps
+          if (!alive) fail("the decode process is stopping");
+          const rebalance_outcome done = rebalance->run(m.given ? &m.load : nullptr);
+          return nlohmann::json{{"instances", done.instances},
+                                {"moved", done.moved},
+                                {"bytes", done.bytes},
+                                {"pause_seconds", done.pause_seconds}}
+              .dump();
+        })
         // NOTES: a swap's halves block this actor while they load the library and hold the
         // steps (milliseconds; a probe of the library up to its deadline): hand-offs wait.
         .on<decode_swap_prepare>([state, swap](decode_swap_prepare& m) -> std::int64_t {

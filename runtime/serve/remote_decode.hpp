@@ -9,12 +9,14 @@
 // Messages:
 //   serving process -> decode actor:  decode_handoff (a prefilled sequence), decode_cancel,
 //                                     decode_swap_prepare -> int64 and decode_swap_finish -> bool
-//                                     (a plugin swap of the decode process's instances)
+//                                     (a plugin swap of the decode process's instances);
+//                                     decode_rebalance -> string (an expert re-placement)
 //   decode actor -> the sender's front actor:  decode_event (tokens; the end: result or error)
 // Both actors are thin: they turn messages into calls of the engines (disaggregated_engine.hpp).
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -23,6 +25,7 @@
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/actor/message.hpp"
 #include "runtime/serve/disaggregated_engine.hpp"
+#include "runtime/serve/serving_rebalance.hpp"
 #include "runtime/serve/serving_swap.hpp"
 
 namespace troupe {
@@ -116,12 +119,24 @@ struct decode_swap_finish {
   auto fields() { return std::tie(commit); }
 };
 
+/// Serving process -> decode actor: re-place the decode process's expert shards for `load` (when
+/// `given`) or for the load each instance observed. The reply: what they did, as JSON text
+/// ({"instances", "moved", "bytes", "pause_seconds"}: serving_rebalance.hpp's outcome).
+struct decode_rebalance {
+  TROUPE_REQUEST("decode_rebalance", std::string);
+  bool given = false;
+  std::map<std::int64_t, std::vector<std::int64_t>> load;
+  auto fields() { return std::tie(given, load); }
+};
+
 /// The decode process's actor: adopts each hand-off into `engine` (decode instances only) and
 /// reports to the hand-off's sender. One sending process (the serving process) at a time. Once
 /// the engine's owner lets it go, hand-offs fail ("the decode process is stopping"). With `swap`
-/// (the decode process's instances) it takes part in the server's plugin swaps.
+/// (the decode process's instances) it takes part in the server's plugin swaps, with `rebalance`
+/// in its expert re-placements.
 actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated_engine> engine,
-                             std::shared_ptr<serving_swap> swap = nullptr);
+                             std::shared_ptr<serving_swap> swap = nullptr,
+                             std::shared_ptr<serving_rebalance> rebalance = nullptr);
 
 /// The serving process's side: a remote_decoder that sends to `decode` (the decode actor, here
 /// or a proxy for another process's), and the front actor that gives its events to `engine`.

@@ -19,24 +19,13 @@
 
 namespace troupe {
 
-namespace {
-
-/// Each MoE layer's shards as lists of the experts they hold.
-nlohmann::json shards_of(const replicated_experts& experts) {
-  nlohmann::json layers = nlohmann::json::object();
-  for (const auto& [layer, lists] : experts.placement().layers)
-    layers[std::to_string(layer)] = lists;
-  return layers;
-}
-
-}  // namespace
-
 serving_control::serving_control(request_engine& engine, std::vector<controlled_instance> instances,
                                  serving_control_options options)
     : engine_(engine),
       instances_(instances),
       options_(std::move(options)),
-      swap_(engine, std::move(instances)) {
+      swap_(engine, instances),
+      rebalance_(engine, std::move(instances)) {
   if (instances_.empty()) fail("serving_control: no instance");
   if (!options_.decode_actors.empty() && options_.runtime == nullptr)
     fail("serving_control: decode actors without the actor runtime");
@@ -77,7 +66,7 @@ control_reply serving_control::status() const {
     decode.push_back(process(r + 1, options_.decode_hosts[static_cast<std::size_t>(r)]));
   for (std::size_t r = 0; r < options_.expert_hosts.size(); ++r)
     experts.push_back(process(1 + decode_count + static_cast<int>(r), options_.expert_hosts[r]));
-  const bool shards = instances_.front().experts != nullptr;
+  const bool shards = rebalance_.has_shards();
   return {200,
           {{"job", options_.job},
            {"kind", "server"},
@@ -209,7 +198,7 @@ control_reply serving_control::swap(const nlohmann::json& request) {
 }
 
 control_reply serving_control::rebalance(const nlohmann::json& request) {
-  if (instances_.front().experts == nullptr)
+  if (!rebalance_.has_shards())
     return control_error(409,
                          "this server has no expert shards ([serve] expert_shards, "
                          "--expert-shards): its experts cannot move");
@@ -217,12 +206,8 @@ control_reply serving_control::rebalance(const nlohmann::json& request) {
   std::lock_guard one(command_);
   layer_expert_load load;
   if (given) {
-    // The layers the shards place: the decoder's MoE layers and the MTP modules'.
-    std::vector<std::int64_t> layers;
-    for (const auto& [layer, lists] : instances_.front().experts->placement().layers)
-      layers.push_back(layer);
     try {
-      load = requested_expert_load(request.at("load"), layers, options_.experts);
+      load = requested_expert_load(request.at("load"), rebalance_.layers(), options_.experts);
     } catch (const error& e) {
       return control_error(400, e.what());
     }
@@ -231,44 +216,58 @@ control_reply serving_control::rebalance(const nlohmann::json& request) {
     std::lock_guard lock(state_);
     if (draining_) return control_error(503, "the server is draining");
   }
-  nlohmann::json per_instance = nlohmann::json::object();
-  std::int64_t moved = 0, bytes = 0;
-  double pause = 0.0;
-  try {
-    pause = engine_.hold_steps([&] {
-      for (const controlled_instance& i : instances_) {
-        const replacement_report report =
-            given ? i.experts->rebalance(load) : i.experts->rebalance_observed();
-        moved += report.copied;
-        bytes += report.bytes;
-        per_instance[i.engine] = {{"outcome", report.changed ? "moved" : "unchanged"},
-                                  {"moved", report.copied},
-                                  {"bytes", report.bytes},
-                                  {"seconds", report.seconds},
-                                  {"shards", shards_of(*i.experts)}};
-      }
-    });
-  } catch (const std::exception& e) {
-    // Each instance re-places on its own: those before the failure keep their new placement.
-    std::vector<std::string> done;
-    for (const auto& [engine, report] : per_instance.items()) done.push_back(engine);
-    const std::string why = done.empty() ? std::string(e.what())
-                                         : fmt::format("{} (re-placed before the failure: {})",
-                                                       e.what(), fmt::join(done, ", "));
+  const auto failed = [this](int status, const std::string& why) {
     std::lock_guard lock(state_);
     rebalances_.push_back({{"outcome", "failed"}, {"error", why}});
-    return control_error(dynamic_cast<const engine_stopping*>(&e) != nullptr ? 503 : 422, why);
+    return control_error(status, why);
+  };
+  rebalance_outcome done;
+  try {
+    done = rebalance_.run(given ? &load : nullptr);
+  } catch (const engine_stopping& e) {
+    return failed(503, e.what());
+  } catch (const std::exception& e) {
+    return failed(422, e.what());
   }
-  const bool changed = std::any_of(per_instance.begin(), per_instance.end(),
+  // Then each decode process's instances, with their own steps held.
+  std::vector<std::string> refusals;
+  if (!options_.decode_actors.empty()) {
+    scoped_actor self(*options_.runtime);
+    const auto lost = options_.lost ? options_.lost->ranks() : std::map<int, std::string>{};
+    for (std::size_t r = 0; r < options_.decode_actors.size(); ++r) {
+      const int rank = static_cast<int>(r) + 1;
+      if (lost.count(rank) != 0) continue;
+      const std::string& host = options_.decode_hosts.at(r);
+      const std::string who = fmt::format("decode process rank {} ({})", rank, host);
+      try {
+        const auto reply =
+            nlohmann::json::parse(self.ask(options_.decode_actors[r], decode_rebalance{given, load},
+                                           who, std::chrono::minutes(2)));
+        for (const auto& [engine, report] : reply.at("instances").items())
+          done.instances[fmt::format("{}/{}", host, engine)] = report;
+        done.moved += reply.at("moved").get<std::int64_t>();
+        done.bytes += reply.at("bytes").get<std::int64_t>();
+        done.pause_seconds = std::max(done.pause_seconds, reply.at("pause_seconds").get<double>());
+      } catch (const std::exception& e) {
+        refusals.push_back(e.what());
+      }
+    }
+  }
+  if (!refusals.empty())
+    return failed(422, fmt::format("{} (this process's instances and the other decode processes' "
+                                   "were re-placed)",
+                                   fmt::join(refusals, "; ")));
+  const bool changed = std::any_of(done.instances.begin(), done.instances.end(),
                                    [](const nlohmann::json& i) { return i["outcome"] == "moved"; });
   nlohmann::json entry{{"outcome", changed ? "moved" : "unchanged"},
                        {"load", given ? "given" : "observed"},
-                       {"moved", moved},
-                       {"bytes", bytes},
-                       {"pause_seconds", pause},
-                       {"instances", per_instance}};
+                       {"moved", done.moved},
+                       {"bytes", done.bytes},
+                       {"pause_seconds", done.pause_seconds},
+                       {"instances", done.instances}};
   std::lock_guard lock(state_);
-  rebalances_.push_back({{"outcome", entry["outcome"]}, {"moved", moved}, {"bytes", bytes}});
+  rebalances_.push_back(
+      {{"outcome", entry["outcome"]}, {"moved", done.moved}, {"bytes", done.bytes}});
   return {200, entry};
 }
 

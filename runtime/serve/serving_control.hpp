@@ -26,6 +26,7 @@
 #include "runtime/model/decoder_layer.hpp"
 #include "runtime/plugin/kind.hpp"
 #include "runtime/serve/request_engine.hpp"
+#include "runtime/serve/serving_rebalance.hpp"
 #include "runtime/serve/serving_swap.hpp"
 
 namespace troupe {
@@ -85,9 +86,10 @@ class serving_control {
   request_engine& engine_;
   std::vector<controlled_instance> instances_;
   serving_control_options options_;
-  serving_swap swap_;         ///< this process's instances
-  std::mutex command_;        ///< one swap or rebalance at a time
-  mutable std::mutex state_;  ///< what status reads
+  serving_swap swap_;            ///< this process's instances
+  serving_rebalance rebalance_;  ///< the same
+  std::mutex command_;           ///< one swap or rebalance at a time
+  mutable std::mutex state_;     ///< what status reads
   bool draining_ = false;
   nlohmann::json swaps_ = nlohmann::json::array();
   nlohmann::json rebalances_ = nlohmann::json::array();

@@ -10,7 +10,10 @@
 // expert-hosts.toml's expert_hosts = ["node1", "node2"]: the instance's expert shards in two
 // processes of their own give the one-process completions, before and after a re-placement that
 // moves experts between those processes and a moe swap that reaches them; an expert process
-// killed with -9 is named in the failures and in `troupe ctl` status.
+// killed with -9 is named in the failures and in `troupe ctl` status. Decode and expert processes
+// together (four-hosts.toml with node2 decoding, node1 and node3 holding the shards): the
+// completions of one process, and `troupe ctl rebalance` re-places the decode process's shards
+// too.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -313,6 +316,36 @@ TEST_F(ServeProcesses, ExpertShardsInOtherProcessesMoveBetweenThem) {
   const auto status = run_command(fmt::format("{} ctl step-000001 status", troupe()));
   EXPECT_THAT(status.output, HasSubstr("expert process rank 2 on node2: lost")) << status.output;
   EXPECT_THAT(status.output, HasSubstr("expert process rank 1 on node1: running"));
+  ::kill(server.pid(), SIGTERM);
+  EXPECT_EQ(server.wait(), 0) << read_file(log_file);
+}
+
+TEST_F(ServeProcesses, DecodeAndExpertProcessesTogetherRebalanceEverywhere) {
+  // four-hosts.toml with decode on node2 (rank 1), the shards on node1 and node3 (ranks 2, 3).
+  std::string text = read_file(source("topologies/four-hosts.toml"));
+  const std::string decode = "decode_hosts = [\"node2\", \"node3\"]";
+  ASSERT_NE(text.find(decode), std::string::npos);
+  text.replace(text.find(decode), decode.size(),
+               "decode_hosts = [\"node2\"]\nexpert_shards = 2\nredundant_experts = 2\n"
+               "expert_hosts = [\"node1\", \"node3\"]");
+  const std::string model = "models/tiny/config.json";
+  text.replace(text.find(model), model.size(),
+               source("topologies/models/tiny/config.json").string());
+  const fs::path topology = dir_ / "mixed.toml";
+  std::ofstream(topology) << text;
+  const fs::path log_file = dir_ / "mixed.log";
+  background_command server(fmt::format("{} serve {} {}", troupe(), topology.string(), common_),
+                            log_file);
+  const std::string url = url_of(log_file, server);
+  ASSERT_FALSE(url.empty()) << read_file(log_file);
+  EXPECT_THAT(read_file(log_file), HasSubstr("expert process (rank 3, host node3) started"));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(text_of(complete(url, i)), alone(i)) << "request " << i;
+  const auto moved = run_command(fmt::format("{} ctl step-000001 rebalance", troupe()));
+  ASSERT_EQ(moved.exit_code, 0) << moved.output << read_file(log_file);
+  // Both processes' instances re-placed from what they saw.
+  EXPECT_THAT(moved.output, ::testing::ContainsRegex("node2/decode0: moved \\([1-9]"));
+  EXPECT_THAT(moved.output, ::testing::ContainsRegex("prefill0: moved \\([1-9]"));
+  for (int i = 4; i < 8; ++i) EXPECT_EQ(text_of(complete(url, i)), alone(i)) << "request " << i;
   ::kill(server.pid(), SIGTERM);
   EXPECT_EQ(server.wait(), 0) << read_file(log_file);
 }

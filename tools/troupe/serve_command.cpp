@@ -175,9 +175,11 @@ int decode_only(serve_processes& processes, std::vector<std::unique_ptr<model_in
   }
   auto engine =
       std::make_shared<disaggregated_engine>(std::vector<serving_instance>{}, decode, options);
-  // The server's plugin swaps reach these instances through the decode actor.
-  auto swap = std::make_shared<serving_swap>(*engine, std::move(controlled));
-  processes.job().expose("decode", spawn_decode_actor(processes.runtime(), engine, swap));
+  // The server's plugin swaps and re-placements reach these instances through the decode actor.
+  auto swap = std::make_shared<serving_swap>(*engine, controlled);
+  auto rebalance = std::make_shared<serving_rebalance>(*engine, std::move(controlled));
+  processes.job().expose("decode",
+                         spawn_decode_actor(processes.runtime(), engine, swap, rebalance));
   // The hand-offs name the serving process's front actor for this rank: it must be known here.
   const int rank = processes.rank();
   processes.job().remote(serve_processes::front_name(rank), 0);

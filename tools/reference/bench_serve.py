@@ -7,7 +7,8 @@ from that config.json with random weights (seed 0, no MTP module) and saved to a
 directory (needs torch and transformers). troupe serve runs it with troupe's byte tokenizer (the
 config's bos/eos ids must be 256 or more: the shipped tiny, small and small-512 are). Then
 --requests streaming /v1/completions requests, --concurrency at a time, each a prompt of
---prompt-tokens random ids and --new-tokens tokens (greedy, ignore_eos): the time to first
+--prompt-tokens random ids (or bytes of --prompt-text) and --new-tokens tokens (greedy,
+ignore_eos): the time to first
 token (p50, p99), the time per output token after the first (each request's mean; p50, p99), the output tokens/s of the whole run and
 the requests/s. The same shape through `troupe bench generate --batch CONCURRENCY` gives the
 engine's decode tokens/s without HTTP; their ratio is the server's efficiency. With
@@ -18,7 +19,8 @@ only (http.client), so it runs where the openai package is not installed.
 
     python3 tools/reference/bench_serve.py --config topologies/models/small-512/config.json \
         [--troupe build/troupe] [--device cpu|cuda:0] [--concurrency 8] [--requests 32] \
-        [--prompt-tokens 128] [--new-tokens 64] [--request-rate R] [--serve-arg=ARG ...] [--json]
+        [--prompt-tokens 128] [--new-tokens 64] [--request-rate R] [--prompt-text FILE]
+        [--serve-arg=ARG ...] [--json]
 """
 
 import argparse
@@ -120,6 +122,10 @@ def main():
     parser.add_argument("--request-rate", type=float, default=0.0,
                         help="requests per second, Poisson arrivals (default 0: --concurrency at "
                              "a time, each starting when one ends)")
+    parser.add_argument("--prompt-text",
+                        help="prompts cut from this text file's bytes at random places (the byte "
+                             "tokenizer's ids: the text a model trained on that corpus knows) "
+                             "instead of random ids")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -138,8 +144,15 @@ def main():
                 sys.exit(f"troupe serve did not start: {line!r}")
             host, port = line.split(" at http://")[1].split(" ")[0].split(":")
             rng = random.Random(0)
-            prompts = [[rng.randrange(0, 256) for _ in range(args.prompt_tokens)]
-                       for _ in range(args.requests)]
+            if args.prompt_text:
+                with open(args.prompt_text, "rb") as text:
+                    corpus = text.read()
+                starts = [rng.randrange(0, len(corpus) - args.prompt_tokens)
+                          for _ in range(args.requests)]
+                prompts = [list(corpus[at:at + args.prompt_tokens]) for at in starts]
+            else:
+                prompts = [[rng.randrange(0, 256) for _ in range(args.prompt_tokens)]
+                           for _ in range(args.requests)]
             # Warm-up: one request alone.
             stream_request(host, int(port), prompts[0], 4)
             start = time.perf_counter()
@@ -180,9 +193,10 @@ def main():
                     engine_decode = row.get("decode_tokens_per_second")
 
     ttft = [r[0] for r in results]
-    # Per request, as vLLM's benchmark counts it: (last token - first token) / (tokens - 1); the
-    # gaps between events the client parsed are no measure (several arrive in one read).
-    tpot = [sum(r[1]) / len(r[1]) for r in results if r[1]]
+    # Per request, as vLLM's benchmark counts it: (last token - first token) / (tokens - 1), the
+    # tokens from the usage: an event may carry several (MTP's accepted drafts, bytes held back
+    # until they complete a UTF-8 character), so the mean gap between events is no measure.
+    tpot = [sum(r[1]) / (r[2] - 1) for r in results if r[1] and r[2] > 1]
     tokens = sum(r[2] for r in results)
     summary = {
         "device": args.device, "concurrency": args.concurrency, "requests": args.requests,
@@ -192,7 +206,7 @@ def main():
         "ttft_p50_ms": 1e3 * percentile(ttft, 50), "ttft_p99_ms": 1e3 * percentile(ttft, 99),
         "tpot_p50_ms": 1e3 * percentile(tpot, 50), "tpot_p99_ms": 1e3 * percentile(tpot, 99),
         "engine_decode_tokens_per_second": engine_decode,
-        "request_rate": args.request_rate,
+        "request_rate": args.request_rate, "prompt_text": args.prompt_text,
         "speculative_drafted": drafted, "speculative_accepted": accepted,
     }
     if args.json:

@@ -49,7 +49,9 @@ handoff_fields to_fields(const sequence_handoff& h) {
   f.block_tokens = s.block_tokens;
   f.cache_type = static_cast<std::uint8_t>(s.type);
   f.length = h.rows.length;
-  f.blocks = h.rows.blocks;
+  // NOTES: the transport sends host memory: a GPU cache's rows cross through the host (the
+  // decode process copies them into its own cache, wherever that is).
+  f.blocks = h.rows.blocks.where().is_cuda() ? h.rows.blocks.to(device::cpu()) : h.rows.blocks;
   return f;
 }
 

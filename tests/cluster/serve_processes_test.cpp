@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/command_runs.hpp"
+#include "tests/support/served_process.hpp"
 
 namespace {
 
@@ -46,22 +47,11 @@ fs::path source(const std::string& path) {
 }
 
 std::string read_file(const fs::path& file) {
-  std::ifstream in(file);
-  return {std::istreambuf_iterator<char>(in), {}};
+  return troupe::testing::read_text(file);
 }
 
-/// The server's URL from its log ("serving NAME at http://127.0.0.1:PORT ..."), or "".
 std::string url_of(const fs::path& log, background_command& server) {
-  std::string url;
-  troupe::testing::eventually(90, [&] {
-    const std::string text = read_file(log);
-    const auto serving = text.find("troupe serve: serving ");
-    const auto at = text.find(" at http://", serving == std::string::npos ? text.size() : serving);
-    if (at == std::string::npos) return server.exited();
-    url = text.substr(at + 4, text.find(' ', at + 4) - at - 4);
-    return true;
-  });
-  return url;
+  return troupe::testing::served_url(log, server);
 }
 
 std::string complete(const std::string& url, int i, int max_tokens = 12) {

@@ -202,11 +202,6 @@ int serve(const serve_options& o) {
   if (mtp) require_mtp(checkpoint, o.model, "--speculative mtp");
   const device where = parse_device(o.device);
   if (where.is_cuda()) cuda::require_device(where.index);
-  if (!spec.decode_hosts.empty() && where.is_cuda())
-    fail(
-        "[serve] decode hosts {}: sequences cross to the decode processes from host memory; "
-        "on {} prefill and decode run in one process (leave decode_host(s) out)",
-        fmt::join(spec.decode_hosts, ", "), to_string(where));
   if (spec.decode_hosts.size() > 1 && settings.monitoring.metrics_port != 0 &&
       !settings.monitoring.metrics_host.empty() && !serve_processes::under_launcher())
     fail(

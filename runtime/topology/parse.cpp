@@ -17,6 +17,7 @@
 #include "runtime/topology/overrides.hpp"
 #include "runtime/topology/schema.hpp"
 #include "runtime/topology/schema_check.hpp"
+#include "runtime/topology/toml_json.hpp"
 
 namespace troupe {
 
@@ -29,24 +30,6 @@ precision precision_named(const std::string& name, precision fallback) {
   for (precision p : {precision::fp32, precision::bf16, precision::fp8})
     if (name == to_string(p)) return p;
   return fallback;
-}
-
-nlohmann::json to_json(const toml::node& node) {
-  if (const auto* t = node.as_table()) {
-    nlohmann::json out = nlohmann::json::object();
-    for (auto&& [key, value] : *t) out[std::string(key.str())] = to_json(value);
-    return out;
-  }
-  if (const auto* a = node.as_array()) {
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& value : *a) out.push_back(to_json(value));
-    return out;
-  }
-  if (auto v = node.value_exact<std::string>()) return *v;
-  if (auto v = node.value_exact<std::int64_t>()) return *v;
-  if (auto v = node.value_exact<double>()) return *v;
-  if (auto v = node.value_exact<bool>()) return *v;
-  return nullptr;  // dates and times mean nothing to a model config or a plugin option
 }
 
 /// The schema's default of `section`.`key` as a T, when the schema states it as a literal: a
@@ -474,6 +457,9 @@ class topology_parser {
     read("serve", serve, "api_key_file", key_file);
     if (!key_file.empty()) s.api_key_file = beside_topology(key_file);
     read("serve", serve, "drain_seconds", s.drain_seconds);
+    read("serve", serve, "device", s.device);
+    read("serve", serve, "prefill_device", s.prefill_device);
+    read("serve", serve, "decode_device", s.decode_device);
     read("serve", serve, "prefill_instances", s.prefill_instances);
     read("serve", serve, "decode_instances", s.decode_instances);
     read_serve_hosts(serve, "decode_host", "decode_hosts", s.decode_hosts);

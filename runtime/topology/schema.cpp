@@ -399,6 +399,15 @@ section_schema serve_section() {
                "the server exits anyway.",
                {},
                {0, 86400}},
+              {"device", k::string, false, "\"cpu\"",
+               "Where the serving instances compute: cpu or cuda:N of their host (`troupe serve "
+               "--device` wins)."},
+              {"prefill_device", k::string, false, "\"\" (device)",
+               "With decode_instances: where the prefill instances compute (on the first host); "
+               "a sequence's cached rows move to its decode instance's device."},
+              {"decode_device", k::string, false, "\"\" (device)",
+               "With decode_instances: where the decode instances compute (on the decode hosts, "
+               "or the first host without them)."},
               {"prefill_instances",
                k::integer,
                false,

@@ -115,6 +115,9 @@ struct serve_spec {
   std::int64_t context_length = 0;     ///< 0: the model's, within the cache
   std::filesystem::path api_key_file;  ///< absolute; empty: no key
   std::int64_t drain_seconds = 60;
+  std::string device = "cpu";          ///< where the instances compute ("cpu", "cuda:N")
+  std::string prefill_device;          ///< the prefill instances' ("": device)
+  std::string decode_device;           ///< the decode instances' ("": device)
   std::int64_t prefill_instances = 1;  ///< with decode_instances > 0
   std::int64_t decode_instances = 0;   ///< 0: prefill and decode in one batch
   /// The hosts whose processes run decode instances (decode_instances each), in rank order;

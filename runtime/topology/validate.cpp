@@ -136,6 +136,34 @@ class topology_validator {
                         experts_path, s.expert_hosts.size(), s.expert_shards));
   }
 
+  /// [serve] device, prefill_device, decode_device: devices that exist on the hosts of their role.
+  void check_serve_devices() {
+    const serve_spec& s = t_.serve;
+    const std::vector<std::string> first{t_.hosts.front().name};
+    std::vector<std::string> decode = s.decode_hosts.empty() ? first : s.decode_hosts;
+    std::vector<std::string> all = first;
+    all.insert(all.end(), s.decode_hosts.begin(), s.decode_hosts.end());
+    for (const auto& [key, text, hosts] : {std::tuple{"device", s.device, all},
+                                           std::tuple{"prefill_device", s.prefill_device, first},
+                                           std::tuple{"decode_device", s.decode_device, decode}}) {
+      const std::string path = std::string("serve.") + key;
+      if (t_.positions.count(path) == 0 || text.empty()) continue;
+      device where = device::cpu();
+      try {
+        where = parse_device(text);
+      } catch (const troupe::error& e) {
+        error(path, fmt::format("{}: {}", path, e.what()));
+        continue;
+      }
+      for (const std::string& name : hosts) {
+        const host_spec* host = t_.find_host(name);
+        if (host != nullptr && where.is_cuda() && where.index >= host->gpus)
+          error(path, fmt::format("{} = \"{}\" does not exist on host '{}', which has gpus = {}",
+                                  path, text, name, host->gpus));
+      }
+    }
+  }
+
   /// Fills an empty host with the only host, and checks that host and device exist.
   void check_placement(placement& place, const std::string& path, const std::string& what) {
     if (place.host.empty()) {
@@ -370,6 +398,7 @@ class topology_validator {
     check_placement(balancer, "balancer", "the balancer actor");
     t_.balancer.host = balancer.host;
     check_serve_hosts();
+    check_serve_devices();
     if (!(t_.serve.rebalance_interval >= 0.0))
       error("serve.rebalance_interval",
             fmt::format("serve.rebalance_interval must be 0 (never) or more seconds, got {}",

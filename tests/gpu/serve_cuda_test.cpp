@@ -1,9 +1,11 @@
-// `troupe serve --device cuda:0` with its decode instance in a second process (two-hosts.toml's
-// decode_host, both processes on the same GPU): each prefilled sequence's cached rows leave the
-// GPU, cross to the decode process (UCX, from host memory) and go into its GPU cache. Requests
-// sent one at a time (so both servers run the same kernels on the same shapes) get the greedy
-// completions of one GPU server in one process; concurrent ones all complete; SIGTERM stops both
-// processes.
+// `troupe serve` on the GPU with its roles apart. Across processes: two-hosts.toml's decode
+// instance in a second process, both on cuda:0; each prefilled sequence's cached rows leave the
+// GPU, cross (UCX, from host memory) and go into the decode process's GPU cache. Requests sent one
+// at a time (so both servers run the same kernels on the same shapes) get the greedy completions
+// of one GPU server in one process; concurrent ones all complete; SIGTERM stops both processes.
+// Across devices in one process: prefill on cuda:0 and decode on the CPU (or the reverse) give the
+// greedy completions of a server whose other role is on the same device (tiny trained 40 steps,
+// so a GPU and a CPU prefill pick the same tokens).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -31,43 +33,56 @@ using troupe::testing::read_text;
 using troupe::testing::run_command;
 
 nlohmann::json request(int i) {
-  return {{"model", "step-000001"},
-          {"prompt", fmt::format("Across processes on a GPU {}: ", i)},
+  return {{"model", "step-000040"},
+          {"prompt", fmt::format("Roles apart on a GPU {}: ", i)},
           {"max_tokens", 16},
           {"temperature", 0}};
 }
 
-TEST(ServeOnCuda, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
-  TROUPE_SKIP_WITHOUT_GPU();
-  const std::string troupe = std::getenv("TROUPE_EXE");
-  const fs::path dir = fs::temp_directory_path() / fmt::format("troupe-gpu-serve-{}", ::getpid());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  const auto trained = run_command(
-      fmt::format("{} train {} --steps 1 --checkpoint-dir {} --set train.micro_batch_size=2 --set "
-                  "train.sequence_length=32 --threads 2 --quiet",
-                  troupe, (troupe::testing::source_dir() / "topologies/tiny.toml").string(),
-                  (dir / "ck").string()));
-  ASSERT_EQ(trained.exit_code, 0) << trained.output;
-  ::setenv("TROUPE_RUN_DIR", (dir / "run").c_str(), 1);
-  const std::string common = fmt::format(
-      "--model {} --device cuda:0 --listen 127.0.0.1:0 --threads 2 --kv-cache-mib 16 "
-      "--cache-dtype f32",
-      (dir / "ck" / "step-000001").string());
-
-  std::vector<std::string> alone;
-  {
-    background_command one(fmt::format("{} serve {}", troupe, common), dir / "one.log");
-    const std::string url = troupe::testing::served_url(dir / "one.log", one);
-    ASSERT_FALSE(url.empty()) << read_text(dir / "one.log");
-    for (int i = 0; i < 4; ++i) alone.push_back(troupe::testing::completion_text(url, request(i)));
+class ServeOnCuda : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!troupe::cuda::built_with_cuda() || troupe::cuda::device_count() == 0) return;
+    dir_ = fs::temp_directory_path() / fmt::format("troupe-gpu-serve-{}", ::getpid());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    const auto trained = run_command(fmt::format(
+        "{} train {} --steps 40 --checkpoint-dir {} --threads 2 --quiet", troupe(),
+        (troupe::testing::source_dir() / "topologies/tiny.toml").string(), (dir_ / "ck").string()));
+    ASSERT_EQ(trained.exit_code, 0) << trained.output;
+    ::setenv("TROUPE_RUN_DIR", (dir_ / "run").c_str(), 1);
   }
-  for (const std::string& text : alone) ASSERT_EQ(text.find('<'), std::string::npos) << text;
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
 
-  const fs::path log = dir / "two.log";
+  static std::string troupe() { return std::getenv("TROUPE_EXE"); }
+  /// `troupe serve ARGUMENTS` on the checkpoint: the four greedy completions, one at a time.
+  static std::vector<std::string> completions(const std::string& arguments,
+                                              const std::string& name) {
+    const fs::path log = dir_ / (name + ".log");
+    background_command server(fmt::format("{} serve {} {}", troupe(), arguments, common()), log);
+    const std::string url = troupe::testing::served_url(log, server);
+    EXPECT_FALSE(url.empty()) << read_text(log);
+    std::vector<std::string> texts;
+    for (int i = 0; !url.empty() && i < 4; ++i)
+      texts.push_back(troupe::testing::completion_text(url, request(i)));
+    for (const std::string& text : texts) EXPECT_EQ(text.find("<{"), std::string::npos) << text;
+    return texts;
+  }
+  static std::string common() {
+    return fmt::format(
+        "--model {} --listen 127.0.0.1:0 --threads 2 --kv-cache-mib 16 --cache-dtype f32",
+        (dir_ / "ck" / "step-000040").string());
+  }
+  static inline fs::path dir_;
+};
+
+TEST_F(ServeOnCuda, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const auto alone = completions("--device cuda:0", "one");
+  const fs::path log = dir_ / "two.log";
   background_command two(
-      fmt::format("{} serve {} {}", troupe,
-                  (troupe::testing::source_dir() / "topologies/two-hosts.toml").string(), common),
+      fmt::format("{} serve {} --device cuda:0 {}", troupe(),
+                  (troupe::testing::source_dir() / "topologies/two-hosts.toml").string(), common()),
       log);
   const std::string url = troupe::testing::served_url(log, two);
   ASSERT_FALSE(url.empty()) << read_text(log);
@@ -86,7 +101,17 @@ TEST(ServeOnCuda, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
   }
   ::kill(two.pid(), SIGTERM);
   EXPECT_EQ(two.wait(), 0) << read_text(log);
-  fs::remove_all(dir);
+}
+
+TEST_F(ServeOnCuda, PrefillAndDecodeOnDifferentDevicesInOneProcess) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const std::string split = "--prefill-instances 1 --decode-instances 1";
+  const auto cpu = completions(split + " --device cpu", "cpu");
+  EXPECT_EQ(completions(split + " --prefill-device cuda:0 --decode-device cpu", "gpu-cpu"), cpu)
+      << "prefill on cuda:0, decode on the CPU";
+  const auto gpu = completions(split + " --device cuda:0", "gpu");
+  EXPECT_EQ(completions(split + " --prefill-device cpu --decode-device cuda:0", "cpu-gpu"), gpu)
+      << "prefill on the CPU, decode on cuda:0";
 }
 
 }  // namespace

@@ -427,6 +427,25 @@ TEST(TopologyErrors, ExpertHostsAreOtherHostsThanTheDecodeHosts) {
   EXPECT_EQ(loaded.topo.serve.expert_hosts, (std::vector<std::string>{"node2", "node1"}));
 }
 
+TEST(TopologyErrors, ServingDevicesExistOnTheirRolesHosts) {
+  // node1 has one GPU, node0 none: [serve] is line 19.
+  std::string hosts = three_hosts();
+  hosts.replace(hosts.find("name = \"node1\""), 14, "name = \"node1\"\ngpus = 1");
+  auto errors = errors_of(hosts +
+                          "[serve]\ndecode_instances = 1\ndecode_host = \"node1\"\n"
+                          "prefill_device = \"cuda:0\"\ndecode_device = \"cuda:1\"\n"
+                          "device = \"gpu0\"\n");
+  expect_error(errors, "serve.prefill_device = \"cuda:0\" does not exist on host 'node0'", 21);
+  expect_error(errors, "serve.decode_device = \"cuda:1\" does not exist on host 'node1'", 22);
+  expect_error(errors, "serve.device: ", 23);
+  const auto loaded = load_topology_text(hosts +
+                                             "[serve]\ndecode_instances = 1\ndecode_host = "
+                                             "\"node1\"\ndecode_device = \"cuda:0\"\n",
+                                         virtual_file(), no_plugins());
+  EXPECT_EQ(loaded.topo.serve.decode_device, "cuda:0");
+  EXPECT_EQ(loaded.topo.serve.device, "cpu");
+}
+
 TEST(TopologyErrors, Bf16ComputesOnGpusOnly) {
   auto errors = errors_of(header + "precision = \"bf16\"\n\n[[stages]]\nlayers = \"0-3\"\n");
   expect_error(errors,

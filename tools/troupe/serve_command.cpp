@@ -51,7 +51,7 @@ namespace fs = std::filesystem;
 struct serve_options {
   std::string topology, model, tokenizer, listen, model_name, api_key_file, cache_dtype;
   std::string control, job;
-  std::string device = "cpu", speculative;
+  std::string device, prefill_device, decode_device, speculative;
   std::optional<std::int64_t> max_batch, max_queue, prefill_chunk, context_length, kv_cache_mib;
   std::optional<std::int64_t> prefill_instances, decode_instances;
   std::optional<std::int64_t> expert_shards, redundant_experts;
@@ -99,6 +99,9 @@ serve_settings settings_of(const serve_options& o) {
     std::tie(s.serve.host, s.serve.port) = *address;
   }
   if (!o.model_name.empty()) s.serve.model_name = o.model_name;
+  if (!o.device.empty()) s.serve.device = o.device;
+  if (!o.prefill_device.empty()) s.serve.prefill_device = o.prefill_device;
+  if (!o.decode_device.empty()) s.serve.decode_device = o.decode_device;
   if (!o.api_key_file.empty()) s.serve.api_key_file = o.api_key_file;
   if (!o.cache_dtype.empty()) s.inference.kv_cache_dtype = o.cache_dtype;
   if (o.max_batch) s.serve.max_batch = *o.max_batch;
@@ -200,8 +203,19 @@ int serve(const serve_options& o) {
   const model_config& config = checkpoint.config();
   const bool mtp = o.speculative == "mtp";
   if (mtp) require_mtp(checkpoint, o.model, "--speculative mtp");
-  const device where = parse_device(o.device);
-  if (where.is_cuda()) cuda::require_device(where.index);
+  // Each role's device: the colocated instance's, the prefill and the decode instances'.
+  const device where = parse_device(spec.device);
+  const device prefill_where =
+      spec.prefill_device.empty() ? where : parse_device(spec.prefill_device);
+  const device decode_where = spec.decode_device.empty() ? where : parse_device(spec.decode_device);
+  const auto where_of = [&](const std::string& engine) {
+    return engine.starts_with("prefill")  ? prefill_where
+           : engine.starts_with("decode") ? decode_where
+                                          : where;
+  };
+  for (const device& d : {where, prefill_where, decode_where})
+    if (d.is_cuda()) cuda::require_device(d.index);
+  const bool any_cuda = where.is_cuda() || prefill_where.is_cuda() || decode_where.is_cuda();
   if (spec.decode_hosts.size() > 1 && settings.monitoring.metrics_port != 0 &&
       !settings.monitoring.metrics_host.empty() && !serve_processes::under_launcher())
     fail(
@@ -210,11 +224,11 @@ int serve(const serve_options& o) {
         settings.monitoring.metrics_host, settings.monitoring.metrics_port,
         spec.decode_hosts.size());
   if (spec.expert_shards > 0) {
-    if (where.is_cuda())
+    if (any_cuda)
       fail(
-          "[serve] expert_shards = {}: expert shards compute on the CPU; on {} the moe plugin "
+          "[serve] expert_shards = {}: expert shards compute on the CPU; on a GPU the moe plugin "
           "computes whole layers (expert_shards = 0)",
-          spec.expert_shards, to_string(where));
+          spec.expert_shards);
     if (config.n_routed_experts == 0)
       fail("[serve] expert_shards = {}: {} has no routed experts", spec.expert_shards, o.model);
     const std::int64_t slots = config.n_routed_experts + spec.redundant_experts;
@@ -296,8 +310,8 @@ int serve(const serve_options& o) {
   for (const std::string& engine : engines) {
     if (engine.starts_with("prefill")) ++prefill_here;
     loaded.push_back(std::make_unique<model_instance>(
-        checkpoint, mtp, where, std::max(1, cores / static_cast<int>(instances)), shape, budget,
-        spec, metrics.registry().get(), engine,
+        checkpoint, mtp, where_of(engine), std::max(1, cores / static_cast<int>(instances)), shape,
+        budget, spec, metrics.registry().get(), engine,
         spec.expert_hosts.empty() ? replicated_experts::shard_set_factory{}
                                   : remote_expert_shards(*processes, spec, own_rank, engine)));
   }
@@ -440,8 +454,12 @@ int serve(const serve_options& o) {
       "troupe serve: serving {} at {} (POST /v1/completions, /v1/chat/completions; GET "
       "/v1/models, /health, /metrics): {} layers on {}, batch {}, queue {}, context {} tokens, KV "
       "cache {} MiB ({} tokens, {}){}{}\n",
-      model.name, server.url(), config.num_hidden_layers, to_string(where), spec.max_batch,
-      spec.max_queue, context, settings.inference.kv_cache_mib, holds, cache_type,
+      model.name, server.url(), config.num_hidden_layers,
+      spec.decode_instances > 0 && !(prefill_where == decode_where)
+          ? fmt::format("{} (prefill) and {} (decode)", to_string(prefill_where),
+                        to_string(decode_where))
+          : to_string(spec.decode_instances > 0 ? decode_where : where),
+      spec.max_batch, spec.max_queue, context, settings.inference.kv_cache_mib, holds, cache_type,
       mtp ? ", MTP speculative" : "",
       spec.decode_instances > 0
           ? fmt::format(", disaggregated: {} prefill and {} decode instances (each its own "
@@ -540,7 +558,12 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->add_option("--speculative", o->speculative,
                    "mtp: every request decodes speculatively with the MTP module's drafts")
       ->check(CLI::IsMember({"mtp"}));
-  command->add_option("--device", o->device, "cpu (default) or cuda:N");
+  command->add_option("--device", o->device,
+                      "cpu or cuda:N (default: the topology's [serve] device, else cpu)");
+  command->add_option("--prefill-device", o->prefill_device,
+                      "With --decode-instances: the prefill instances' device (default: --device)");
+  command->add_option("--decode-device", o->decode_device,
+                      "With --decode-instances: the decode instances' device (default: --device)");
   command->add_option(
       "--control", o->control,
       "Serve a control endpoint for `troupe ctl` on this loopback HOST:PORT (port 0: a free one; "

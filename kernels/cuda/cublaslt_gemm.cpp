@@ -188,7 +188,8 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
     // kernels. The staging buffer belongs to this stream: the next GEMM reuses it in stream
     // order, after this one has read it.
     const std::size_t a_elements = static_cast<std::size_t>(a.rows * a.cols),
-                      bytes = 2 * (a_elements + static_cast<std::size_t>(b.rows * b.cols));
+                      bytes = 2 * ((a_elements + 7) / 8 * 8 +
+                                   static_cast<std::size_t>(b.rows * b.cols));
     const auto s = static_cast<cudaStream_t>(stream_);
     TROUPE_CUDA_CHECK(cudaSetDevice(ordinal_));
     if (state_->staging_bytes < bytes) {

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <map>
 #include <numeric>
+#include <random>
 #include <set>
 
 #include <fmt/format.h>
@@ -16,8 +17,18 @@ namespace troupe {
 
 namespace {
 
-/// Swap numbers of this process: each prepare loads its library afresh in the shards' processes.
-std::atomic<std::int64_t> next_swap{1};
+/// A swap's number in the shards' processes, which load a library once per number: unique across
+/// the serving processes (a random start per process, then counted), so that every prepare loads
+/// its library afresh and no process's number meets another's.
+std::int64_t next_swap() {
+  static std::atomic<std::int64_t> next{[] {
+    std::random_device entropy;
+    return static_cast<std::int64_t>(((static_cast<std::uint64_t>(entropy()) << 31) ^ entropy()) &
+                                     ((1ull << 62) - 1)) +
+           1;
+  }()};
+  return next++;
+}
 
 std::string expert_prefix(std::int64_t layer, std::int64_t expert) {
   return fmt::format("model.layers.{}.mlp.experts.{}.", layer, expert);
@@ -31,7 +42,8 @@ remote_shard_set::remote_shard_set(actor_runtime& runtime, std::vector<actor_ref
       shards_(std::move(shards)),
       names_(std::move(names)),
       placement_(initial),
-      transport_(runtime, /*actor_per_exchange=*/true) {
+      transport_(runtime, /*actor_per_exchange=*/true),
+      checked_(*this) {
   if (static_cast<std::int64_t>(shards_.size()) != placement_.shards() ||
       names_.size() != shards_.size())
     fail("remote expert shards: {} actors and {} names for {} shards", shards_.size(),
@@ -40,6 +52,12 @@ remote_shard_set::remote_shard_set(actor_runtime& runtime, std::vector<actor_ref
 }
 
 remote_shard_set::~remote_shard_set() = default;
+
+std::vector<expert_reply> remote_shard_set::checked_transport::exchange(
+    const std::vector<std::optional<expert_request>>& requests) {
+  if (!owner.broken_.empty()) fail("{}", owner.broken_);
+  return owner.transport_.exchange(requests);
+}
 
 std::vector<std::size_t> remote_shard_set::every() const {
   std::vector<std::size_t> all(shards_.size());
@@ -126,7 +144,17 @@ void remote_shard_set::move_to(const expert_placement& target, replacement_repor
     }
     throw;
   }
-  finish(true);
+  try {
+    finish(true);
+  } catch (const std::exception& e) {
+    // NOTES: some shards may hold their new experts and others not (a process was lost between
+    // the two halves): no routing fits both, so the instance computes no more rows.
+    broken_ = fmt::format(
+        "the expert re-placement was committed by some shards only ({}): this instance's experts "
+        "are inconsistent; restart the server",
+        e.what());
+    throw error(broken_);
+  }
   placement_ = target;
 }
 
@@ -135,7 +163,7 @@ std::int64_t remote_shard_set::prepare_swap(const std::shared_ptr<const plugin_l
   plugin_swap_order order;
   order.kind = plugin_kind::moe;
   order.library = path;
-  order.swap = next_swap++;
+  order.swap = next_swap();
   scoped_actor self(runtime_);
   std::int64_t prepared = 0;
   swap_prepared_ = true;  // an abort reaches every shard, whichever prepared

@@ -11,7 +11,9 @@
 // built by serve_expert_shards in their processes for the same serving_placement.
 //
 // NOTES: the handed-over weights travel through this process (the instance's), not from shard
-// to shard: a re-placement moves few experts, and one coordinator keeps it all-or-nothing.
+// to shard: a re-placement moves few experts, and one coordinator keeps it all-or-nothing up to
+// the commit. A commit that reaches only some shards (a process lost between the two halves)
+// leaves no routing that fits them all: the instance then fails every step, naming why.
 
 #include <memory>
 #include <string>
@@ -31,7 +33,7 @@ class remote_shard_set : public expert_shard_set {
                    std::vector<std::string> names, const expert_placement& initial);
   ~remote_shard_set() override;
 
-  expert_transport& transport() override { return transport_; }
+  expert_transport& transport() override { return checked_; }
   void move_to(const expert_placement& target, replacement_report& report) override;
   std::int64_t prepare_swap(const std::shared_ptr<const plugin_library>& library,
                             const std::string& path) override;
@@ -48,6 +50,15 @@ class remote_shard_set : public expert_shard_set {
   std::vector<std::string> names_;
   expert_placement placement_;  ///< where the experts are now
   actor_expert_transport transport_;
+  /// transport_, unless a re-placement's commit reached only some shards: then every exchange
+  /// fails with why.
+  struct checked_transport : expert_transport {
+    explicit checked_transport(remote_shard_set& set) : owner(set) {}
+    std::vector<expert_reply> exchange(
+        const std::vector<std::optional<expert_request>>& requests) override;
+    remote_shard_set& owner;
+  } checked_;
+  std::string broken_;
   bool swap_prepared_ = false;
 };
 

@@ -94,7 +94,7 @@ void replicated_experts::after_step(const layer_expert_load& load) {
     if (metrics_ && placement_.layers.count(layer) != 0)
       metrics_->rebalances.shard_imbalance(layer, placement_.imbalance(layer, counts));
   }
-  if (options_.interval <= 0) return;
+  if (options_.interval <= 0 || swap_pending_) return;  // a swap's successors fit these shards
   const auto now = std::chrono::steady_clock::now();
   if (std::chrono::duration<double>(now - last_).count() < options_.interval) return;
   // The next attempt waits for the next interval and the load seen by then, failed or not.
@@ -103,14 +103,19 @@ void replicated_experts::after_step(const layer_expert_load& load) {
 
 std::int64_t replicated_experts::prepare_swap(const std::shared_ptr<const plugin_library>& library,
                                               const std::string& path) {
+  // NOTES: until the commit or the abort the experts stay where they are: the successors are
+  // built for the shards as they are now.
+  swap_pending_ = true;
   return shards_->prepare_swap(library, path);
 }
 
 void replicated_experts::commit_swap() {
+  swap_pending_ = false;
   shards_->commit_swap();
 }
 
 void replicated_experts::abort_swap() {
+  swap_pending_ = false;
   shards_->abort_swap();
 }
 
@@ -127,6 +132,8 @@ replacement_report replicated_experts::rebalance_observed() {
 }
 
 replacement_report replicated_experts::rebalance(const layer_expert_load& load) {
+  if (swap_pending_)
+    fail("the experts stay where they are while a moe swap is prepared: re-place them after it");
   const auto start = std::chrono::steady_clock::now();
   replacement_report report;
   const expert_placement target =

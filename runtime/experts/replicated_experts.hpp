@@ -12,6 +12,7 @@
 // The serving engine's thread calls everything here (after_step between steps), or a control
 // command while the engine's steps are held, so nothing locks. Expert shards compute on the CPU.
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -76,6 +77,7 @@ class replicated_experts {
   /// interval has passed since the last re-placement.
   void after_step(const layer_expert_load& load);
   /// Re-places now for `load` (nothing changes where it would not lower any layer's imbalance).
+  /// Throws while a moe swap is prepared (its successors fit the shards as they are).
   replacement_report rebalance(const layer_expert_load& load);
   /// Re-places now for the load seen since the last re-placement (`troupe ctl SERVER rebalance`);
   /// the interval starts again.
@@ -103,6 +105,9 @@ class replicated_experts {
   layer_expert_load observed_;
   std::chrono::steady_clock::time_point last_;
   std::int64_t replacements_ = 0;
+  /// prepare_swap until commit_swap or abort_swap (which may come from another thread while the
+  /// steps run): nothing moves.
+  std::atomic<bool> swap_pending_{false};
   std::unique_ptr<metric_families> metrics_;
 };
 

@@ -119,92 +119,96 @@ actor_ref spawn_decode_actor(actor_runtime& runtime, std::weak_ptr<disaggregated
                              std::shared_ptr<serving_rebalance> rebalance) {
   auto state = std::make_shared<decode_actor_state>();
   state->engine = std::move(engine);
-  return runtime.spawn("decode", [state, swap, rebalance, &runtime](event_actor&) {
-    return behavior()
-        .on<decode_rebalance>([state, rebalance](decode_rebalance& m) -> std::string {
-          if (!rebalance || !rebalance->has_shards())
-            fail("this decode process has no expert shards");
-          const auto alive = state->engine.lock();  // the re-placement holds its steps
-          if (!alive) fail("the decode process is stopping");
-          const rebalance_outcome done = rebalance->run(m.given ? &m.load : nullptr);
-          return nlohmann::json{{"instances", done.instances},
-                                {"moved", done.moved},
-                                {"bytes", done.bytes},
-                                {"pause_seconds", done.pause_seconds}}
-              .dump();
-        })
-        // NOTES: a swap's halves block this actor while they load the library and hold the
-        // steps (milliseconds; a probe of the library up to its deadline): hand-offs wait.
-        .on<decode_swap_prepare>([state, swap](decode_swap_prepare& m) -> std::int64_t {
-          if (!swap) fail("this decode process takes no plugin swaps");
-          const auto alive = state->engine.lock();  // the swap holds its steps
-          if (!alive) fail("the decode process is stopping");
-          const auto role = parse_plugin_kind(m.role);
-          if (!role) fail("no plugin role '{}'", m.role);
-          return swap->prepare(*role, m.library);
-        })
-        .on<decode_swap_finish>([state, swap](decode_swap_finish& m) {
-          if (!swap) fail("this decode process takes no plugin swaps");
-          const auto alive = state->engine.lock();
-          if (!alive) fail("the decode process is stopping");
-          if (m.commit)
-            swap->commit();
-          else
-            swap->abort();
-          return true;
-        })
-        .on<decode_handoff>([state, &runtime](decode_handoff& m) {
-          const std::uint64_t id = m.id;
-          const actor_ref to = m.reply_to;
-          auto sequence = std::make_shared<adopted>();
-          // Both callbacks run on the decode instance's thread, tokens before the end.
-          auto on_token = [&runtime, to, id](std::int32_t token) {
-            decode_event e;
-            e.id = id;
-            e.tokens.push_back(token);
-            runtime.tell(to, std::move(e));
-          };
-          // NOTES: weak: the engine holds this callback, and the state holds the engine.
-          auto on_done = [&runtime, to, id, sequence, weak = std::weak_ptr(state)] {
-            if (auto alive = weak.lock()) {
-              std::lock_guard lock(alive->mutex);
-              alive->tickets.erase(id);
-            }
-            std::lock_guard lock(sequence->mutex);
-            sequence->done = true;
-            send_end_once(runtime, to, id, *sequence);
-          };
-          request_engine::ticket ticket = 0;
-          std::future<generation_result> future;
-          try {
-            const auto alive = state->engine.lock();
-            if (!alive) fail("the decode process is stopping");
-            // Locked across adopt: the end (on_done erases the ticket) comes after the insert.
-            std::lock_guard lock(state->mutex);
-            future = alive->adopt(from_fields(std::move(m.handoff)), on_token, &ticket, on_done);
-            state->tickets[id] = ticket;
-          } catch (const std::exception& e) {
-            decode_event failed;
-            failed.id = id;
-            failed.error = e.what();
-            runtime.tell(to, std::move(failed));
-            return;
-          }
-          std::lock_guard lock(sequence->mutex);
-          sequence->future = std::move(future);
-          send_end_once(runtime, to, id, *sequence);
-        })
-        .on<decode_cancel>([state](decode_cancel& m) {
-          request_engine::ticket ticket = 0;
-          {
-            std::lock_guard lock(state->mutex);
-            const auto it = state->tickets.find(m.id);
-            if (it == state->tickets.end()) return;  // it ended already
-            ticket = it->second;
-          }
-          if (const auto alive = state->engine.lock()) alive->cancel(ticket);
-        });
-  });
+  return runtime.spawn(
+      "decode",
+      [state, swap, rebalance, &runtime](event_actor&) {
+        return behavior()
+            .on<decode_rebalance>([state, rebalance](decode_rebalance& m) -> std::string {
+              if (!rebalance || !rebalance->has_shards())
+                fail("this decode process has no expert shards");
+              const auto alive = state->engine.lock();  // the re-placement holds its steps
+              if (!alive) fail("the decode process is stopping");
+              const rebalance_outcome done = rebalance->run(m.given ? &m.load : nullptr);
+              return nlohmann::json{{"instances", done.instances},
+                                    {"moved", done.moved},
+                                    {"bytes", done.bytes},
+                                    {"pause_seconds", done.pause_seconds}}
+                  .dump();
+            })
+            // NOTES: a swap's halves block this actor while they load the library and hold the
+            // steps (milliseconds; a probe of the library up to its deadline): hand-offs wait.
+            .on<decode_swap_prepare>([state, swap](decode_swap_prepare& m) -> std::int64_t {
+              if (!swap) fail("this decode process takes no plugin swaps");
+              const auto alive = state->engine.lock();  // the swap holds its steps
+              if (!alive) fail("the decode process is stopping");
+              const auto role = parse_plugin_kind(m.role);
+              if (!role) fail("no plugin role '{}'", m.role);
+              return swap->prepare(*role, m.library);
+            })
+            .on<decode_swap_finish>([state, swap](decode_swap_finish& m) {
+              if (!swap) fail("this decode process takes no plugin swaps");
+              const auto alive = state->engine.lock();
+              if (!alive) fail("the decode process is stopping");
+              if (m.commit)
+                swap->commit();
+              else
+                swap->abort();
+              return true;
+            })
+            .on<decode_handoff>([state, &runtime](decode_handoff& m) {
+              const std::uint64_t id = m.id;
+              const actor_ref to = m.reply_to;
+              auto sequence = std::make_shared<adopted>();
+              // Both callbacks run on the decode instance's thread, tokens before the end.
+              auto on_token = [&runtime, to, id](std::int32_t token) {
+                decode_event e;
+                e.id = id;
+                e.tokens.push_back(token);
+                runtime.tell(to, std::move(e));
+              };
+              // NOTES: weak: the engine holds this callback, and the state holds the engine.
+              auto on_done = [&runtime, to, id, sequence, weak = std::weak_ptr(state)] {
+                if (auto alive = weak.lock()) {
+                  std::lock_guard lock(alive->mutex);
+                  alive->tickets.erase(id);
+                }
+                std::lock_guard lock(sequence->mutex);
+                sequence->done = true;
+                send_end_once(runtime, to, id, *sequence);
+              };
+              request_engine::ticket ticket = 0;
+              std::future<generation_result> future;
+              try {
+                const auto alive = state->engine.lock();
+                if (!alive) fail("the decode process is stopping");
+                // Locked across adopt: the end (on_done erases the ticket) comes after the insert.
+                std::lock_guard lock(state->mutex);
+                future =
+                    alive->adopt(from_fields(std::move(m.handoff)), on_token, &ticket, on_done);
+                state->tickets[id] = ticket;
+              } catch (const std::exception& e) {
+                decode_event failed;
+                failed.id = id;
+                failed.error = e.what();
+                runtime.tell(to, std::move(failed));
+                return;
+              }
+              std::lock_guard lock(sequence->mutex);
+              sequence->future = std::move(future);
+              send_end_once(runtime, to, id, *sequence);
+            })
+            .on<decode_cancel>([state](decode_cancel& m) {
+              request_engine::ticket ticket = 0;
+              {
+                std::lock_guard lock(state->mutex);
+                const auto it = state->tickets.find(m.id);
+                if (it == state->tickets.end()) return;  // it ended already
+                ticket = it->second;
+              }
+              if (const auto alive = state->engine.lock()) alive->cancel(ticket);
+            });
+      },
+      actor_thread::own);  // swaps and re-placements wait for held steps and remote shards
 }
 
 /// The engine the front actor gives events to, while it exists.

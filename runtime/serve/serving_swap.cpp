@@ -95,8 +95,8 @@ std::int64_t serving_swap::prepare(plugin_kind role, const std::string& path) {
       next->layers.emplace_back(instance.runner->plugin_slots(role), next->libraries[i]);
       next->count += static_cast<std::int64_t>(next->layers.back().size());
       if (role == plugin_kind::moe && instance.experts != nullptr) {
+        next->shards.push_back(instance.experts);  // aborted if its prepare fails half-way
         next->count += instance.experts->prepare_swap(next->libraries[i], path);
-        next->shards.push_back(instance.experts);
       }
     }
   });

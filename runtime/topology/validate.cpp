@@ -88,7 +88,7 @@ class topology_validator {
   /// [serve] decode_host(s) and expert_host(s): other hosts than the first, each once and in one
   /// role, with decode instances or expert shards to run there.
   void check_serve_hosts() {
-    std::set<std::string> seen;
+    std::map<std::string, std::string> seen;  // host -> the key that claimed it
     const auto check = [&](const std::vector<std::string>& hosts, const char* one, const char* many,
                            const char* role, const char* more) {
       const bool list = t_.positions.count(fmt::format("serve.{}", many)) > 0;
@@ -108,10 +108,15 @@ class topology_validator {
           error(path, fmt::format("{} = \"{}\" is the first host, which serves HTTP and prefills: "
                                   "give another host (or leave it out to {} in one process)",
                                   path, host, role));
-        } else if (!seen.insert(host).second) {
-          error(path, fmt::format("{} = \"{}\" is named twice in [serve]: a host runs one serving "
-                                  "process, for decode or for expert shards ({})",
-                                  path, host, more));
+        } else if (const auto [it, fresh] = seen.emplace(host, many); !fresh) {
+          error(path, it->second == many
+                          ? fmt::format("{} = \"{}\" is named twice: a host runs one serving "
+                                        "process ({})",
+                                        path, host, more)
+                          : fmt::format("{} = \"{}\" is named twice in [serve]: it runs the "
+                                        "process of serve.{} already (a host runs one serving "
+                                        "process, for decode or for expert shards)",
+                                        path, host, it->second));
         }
       }
     };

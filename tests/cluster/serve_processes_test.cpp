@@ -22,6 +22,8 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -263,9 +265,13 @@ TEST_F(ServeProcesses, ExpertShardsInOtherProcessesMoveBetweenThem) {
                             log_file);
   const std::string url = url_of(log_file, server);
   ASSERT_FALSE(url.empty()) << read_file(log_file);
+  // The expert processes print "ready" after the processes meet, maybe after the server's line.
+  ASSERT_TRUE(troupe::testing::eventually(30, [&] {
+    return read_file(log_file).find("expert process (node2): 2 expert shards ready") !=
+           std::string::npos;
+  })) << read_file(log_file);
   const std::string log = read_file(log_file);
   EXPECT_THAT(log, HasSubstr("expert process (rank 1, host node1) started"));
-  EXPECT_THAT(log, HasSubstr("expert process (node2): 2 expert shards ready"));
   const auto all_alone = [&](const std::string& when) {
     std::vector<std::future<std::string>> replies;
     for (int i = 0; i < 8; ++i)
@@ -281,11 +287,31 @@ TEST_F(ServeProcesses, ExpertShardsInOtherProcessesMoveBetweenThem) {
   std::ofstream(load) << R"({"1": [100,1,1,1,1,90,1,1,1,1,1,1,1,1,1,80],
                              "2": [1,1,1,70,1,1,1,1,1,1,1,1,60,1,1,1],
                              "3": [50,1,1,1,1,1,1,1,1,1,1,1,1,1,1,40]})";
-  const auto moved =
-      run_command(fmt::format("{} ctl step-000001 rebalance --load {}", troupe(), load.string()));
-  ASSERT_EQ(moved.exit_code, 0) << moved.output << read_file(log_file);
-  EXPECT_THAT(moved.output, ::testing::ContainsRegex("moved \\([1-9][0-9]* expert copies"));
+  // Each layer's experts on node1 (shards 0 and 1) after a re-placement for `file`.
+  const auto node1_after = [&](const fs::path& file) {
+    const auto moved = run_command(
+        fmt::format("{} ctl step-000001 rebalance --json --load {}", troupe(), file.string()));
+    EXPECT_EQ(moved.exit_code, 0) << moved.output << read_file(log_file);
+    std::map<std::string, std::set<std::int64_t>> on_node1;
+    const auto reply = nlohmann::json::parse(moved.output, nullptr, false);
+    if (!reply.is_object()) return on_node1;
+    EXPECT_GT(reply.value("moved", 0), 0) << moved.output;
+    for (const auto& [layer, shards] : reply["instances"]["serve"]["shards"].items())
+      for (int s = 0; s < 2; ++s)
+        for (const auto& e : shards[s]) on_node1[layer].insert(e.get<std::int64_t>());
+    return on_node1;
+  };
+  const auto first = node1_after(load);
   all_alone("after the re-placement");
+  // The other experts hot: some expert leaves node1 for node2 (or comes the other way).
+  const fs::path other = dir_ / "other.json";
+  std::ofstream(other) << R"({"1": [1,1,1,1,1,1,1,1,100,90,80,1,1,1,1,1],
+                              "2": [1,1,1,1,1,1,70,60,1,1,1,1,1,1,1,1],
+                              "3": [1,1,50,40,1,1,1,1,1,1,1,1,1,1,1,1]})";
+  const auto second = node1_after(other);
+  ASSERT_FALSE(first.empty());
+  EXPECT_NE(first, second) << "no expert crossed between node1 and node2";
+  all_alone("after the second re-placement");
   const std::string plugins = fs::path(std::getenv("TROUPE_BUILD_DIR")) / "plugins";
   const auto swapped = run_command(fmt::format(
       "{} ctl step-000001 swap --plugin moe --library {}/moe/libtroupe-moe.so", troupe(), plugins));
@@ -298,9 +324,9 @@ TEST_F(ServeProcesses, ExpertShardsInOtherProcessesMoveBetweenThem) {
   const pid_t victim = decode_pid(log, 2, "expert");
   ASSERT_GT(victim, 0) << log;
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
-  troupe::testing::eventually(10, [&] {
+  ASSERT_TRUE(troupe::testing::eventually(10, [&] {
     return read_file(log_file).find("expert process lost: rank 2") != std::string::npos;
-  });
+  })) << read_file(log_file);
   EXPECT_THAT(complete(url, 0), HasSubstr("rank 2 (host node2")) << read_file(log_file);
   EXPECT_EQ(run_command("curl -s -o /dev/null -w '%{http_code}' " + url + "/health").output, "200");
   const auto status = run_command(fmt::format("{} ctl step-000001 status", troupe()));

@@ -35,7 +35,7 @@ using troupe::testing::run_command;
 nlohmann::json request(int i) {
   return {{"model", "step-000040"},
           {"prompt", fmt::format("Roles apart on a GPU {}: ", i)},
-          {"max_tokens", 16},
+          {"max_tokens", 12},
           {"temperature", 0}};
 }
 
@@ -65,7 +65,7 @@ class ServeOnCuda : public ::testing::Test {
     std::vector<std::string> texts;
     for (int i = 0; !url.empty() && i < 4; ++i)
       texts.push_back(troupe::testing::completion_text(url, request(i)));
-    for (const std::string& text : texts) EXPECT_EQ(text.find("<{"), std::string::npos) << text;
+    for (const std::string& text : texts) EXPECT_FALSE(text.starts_with("<")) << text;
     return texts;
   }
   static std::string common() {
@@ -86,7 +86,11 @@ TEST_F(ServeOnCuda, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
       log);
   const std::string url = troupe::testing::served_url(log, two);
   ASSERT_FALSE(url.empty()) << read_text(log);
-  EXPECT_THAT(read_text(log), HasSubstr("decode process (node1): 1 decode instances ready"));
+  // The decode process prints it after the processes meet, maybe after the server's line.
+  EXPECT_TRUE(troupe::testing::eventually(30, [&] {
+    return read_text(log).find("decode process (node1): 1 decode instances ready") !=
+           std::string::npos;
+  })) << read_text(log);
   for (int i = 0; i < 4; ++i)
     EXPECT_EQ(troupe::testing::completion_text(url, request(i)), alone[static_cast<std::size_t>(i)])
         << "request " << i;
@@ -97,7 +101,7 @@ TEST_F(ServeOnCuda, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
     }));
   for (auto& reply : concurrent) {
     const std::string text = reply.get();
-    EXPECT_EQ(text.find("<{\"error\""), std::string::npos) << text;
+    EXPECT_FALSE(text.starts_with("<")) << text;  // an error, or no reply at all
   }
   ::kill(two.pid(), SIGTERM);
   EXPECT_EQ(two.wait(), 0) << read_text(log);

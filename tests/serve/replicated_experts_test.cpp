@@ -91,6 +91,29 @@ TEST(ReplicatedExperts, TheHeaviestExpertsGetTheCopies) {
   EXPECT_FALSE(m.experts.rebalance(load).changed) << "balanced already";
 }
 
+TEST(ReplicatedExperts, ExpertsStayWhileAMoeSwapIsPrepared) {
+  replicated_experts_options options;
+  options.shards = 2;
+  options.redundant = 2;
+  options.interval = 1e-9;  // due at every step
+  sharded_served_model m(options);
+  const layer_expert_load load{{1, {10, 10, 10, 10, 10, 10, 400, 300}}};
+  const expert_placement before = m.experts.placement();
+  EXPECT_EQ(m.experts.prepare_swap(m.plugins.moe, "the same moe"), 2);
+  // A swap's successors are built for the shards as they are: nothing moves until it ends.
+  try {
+    m.experts.rebalance(load);
+    ADD_FAILURE() << "a re-placement while a swap is prepared";
+  } catch (const troupe::error& e) {
+    EXPECT_NE(std::string(e.what()).find("while a moe swap is prepared"), std::string::npos)
+        << e.what();
+  }
+  m.experts.after_step(load);
+  EXPECT_EQ(m.experts.placement(), before) << "the interval's re-placement waits too";
+  m.experts.abort_swap();
+  EXPECT_TRUE(m.experts.rebalance(load).changed);
+}
+
 TEST(ReplicatedExperts, ShapesThatCannotBePlacedAreRefused) {
   replicated_experts_options options;
   options.shards = 3;  // 8 + 0 slots over 3 shards

@@ -408,7 +408,10 @@ TEST(TopologyErrors, ExpertHostsAreOtherHostsThanTheDecodeHosts) {
   auto errors = errors_of(hosts +
                           "\n[serve]\ndecode_instances = 1\ndecode_host = \"node1\"\n"
                           "expert_shards = 4\nexpert_hosts = [\"node1\", \"node0\", \"nodes2\"]\n");
-  expect_error(errors, "serve.expert_hosts[0] = \"node1\" is named twice in [serve]", 22);
+  expect_error(errors,
+               "serve.expert_hosts[0] = \"node1\" is named twice in [serve]: it runs the process "
+               "of serve.decode_hosts already",
+               22);
   expect_error(errors, "serve.expert_hosts[1] = \"node0\" is the first host", 22);
   expect_error(errors, "serve.expert_hosts[2] = \"nodes2\" names no host (did you mean 'node2'?)",
                22);

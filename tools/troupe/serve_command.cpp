@@ -130,6 +130,12 @@ serve_settings settings_of(const serve_options& o) {
         "[serve] expert hosts {} with {} expert shards per instance (--expert-shards): each host "
         "needs at least one",
         fmt::join(s.serve.expert_hosts, ", "), s.serve.expert_shards);
+  if (s.serve.decode_instances == 0 &&
+      !(s.serve.prefill_device.empty() && s.serve.decode_device.empty()))
+    fail(
+        "[serve] prefill_device or decode_device (--prefill-device, --decode-device) without "
+        "decode instances: prefill and decode share one instance on device (--device); give "
+        "decode_instances (--decode-instances) too");
   if (s.serve.decode_instances == 0 && s.serve.prefill_instances != 1)
     fail(
         "{} prefill instances without decode instances: prefill instances only read prompts; "
@@ -213,9 +219,17 @@ int serve(const serve_options& o) {
            : engine.starts_with("decode") ? decode_where
                                           : where;
   };
-  for (const device& d : {where, prefill_where, decode_where})
-    if (d.is_cuda()) cuda::require_device(d.index);
-  const bool any_cuda = where.is_cuda() || prefill_where.is_cuda() || decode_where.is_cuda();
+  // The roles in use (colocated, or prefill and decode); each process checks its own devices
+  // once it knows its rank (below): a decode host need not have the prefill host's GPUs.
+  const bool disaggregated = spec.decode_instances > 0;
+  const bool any_cuda =
+      disaggregated ? prefill_where.is_cuda() || decode_where.is_cuda() : where.is_cuda();
+  const bool several_processes = !spec.decode_hosts.empty() || !spec.expert_hosts.empty();
+  const auto require_devices = [&](int rank) {
+    for (const std::string& engine : engines_of_rank(spec, rank))
+      if (const device d = where_of(engine); d.is_cuda()) cuda::require_device(d.index);
+  };
+  if (!several_processes) require_devices(0);
   if (spec.decode_hosts.size() > 1 && settings.monitoring.metrics_port != 0 &&
       !settings.monitoring.metrics_host.empty() && !serve_processes::under_launcher())
     fail(
@@ -304,6 +318,7 @@ int serve(const serve_options& o) {
   // An instance per colocated engine, or per prefill and decode instance of this process: each
   // its own weights, cache and worker pool, the threads split between them.
   const int own_rank = processes ? processes->rank() : 0;
+  if (several_processes) require_devices(own_rank);
   const std::vector<std::string> engines = engines_of_rank(spec, own_rank);
   const auto instances = static_cast<std::int64_t>(engines.size());
   std::int64_t prefill_here = 0;

@@ -46,7 +46,7 @@ serve_processes::serve_processes(const std::string& front_host,
     options.rendezvous_host = env->rendezvous_host;
     options.rendezvous_port = env->rendezvous_port;
   } else {
-    // Started by hand: this is rank 0, and the decode ranks run on this machine too.
+    // Started by hand: this is rank 0, and the other ranks run on this machine too.
     const std::uint16_t port = free_local_port();
     options.rendezvous_port = port;
     for (int rank = 1; rank < world; ++rank) {

@@ -26,12 +26,12 @@ namespace troupe::cli {
 class serve_processes {
  public:
   /// Joins the job (the rendezvous waits up to a minute for the other processes). Throws
-  /// troupe::error for a launcher's world of another size than 1 + decode_hosts, rendezvous_error
-  /// when a process never comes.
+  /// troupe::error for a launcher's world of another size than 1 + decode_hosts + expert_hosts,
+  /// rendezvous_error when a process never comes.
   serve_processes(const std::string& front_host, const std::vector<std::string>& decode_hosts,
                   const std::vector<std::string>& expert_hosts,
                   std::shared_ptr<metrics_registry> metrics);
-  /// Rank 0: tells the decode ranks to leave (if finish() did not; with a failure code when an
+  /// Rank 0: tells the other ranks to leave (if finish() did not; with a failure code when an
   /// exception is on its way) and waits up to 10 s for the children it started, then kills them.
   ~serve_processes();
   serve_processes(const serve_processes&) = delete;
@@ -47,11 +47,11 @@ class serve_processes {
   bool is_expert_rank() const { return rank() > decode_; }
   actor_runtime& runtime() { return *runtime_; }
   cluster& job() { return *cluster_; }
-  /// Rank 0, when serving ends: tells the decode ranks to leave with `code` and `why`.
+  /// Rank 0, when serving ends: tells the other ranks to leave with `code` and `why`.
   void finish(int code, const std::string& why);
 
   /// Whether a launcher started this process (its environment names a rank and a world); if not,
-  /// rank 0 starts the decode ranks on this machine.
+  /// rank 0 starts the other ranks on this machine.
   static bool under_launcher();
 
   /// The name rank 0 exposes its front actor for decode rank `rank` under.

@@ -457,6 +457,7 @@ class topology_parser {
     read("serve", serve, "api_key_file", key_file);
     if (!key_file.empty()) s.api_key_file = beside_topology(key_file);
     read("serve", serve, "drain_seconds", s.drain_seconds);
+    read("serve", serve, "prefill_host", s.prefill_host);
     read("serve", serve, "device", s.device);
     read("serve", serve, "prefill_device", s.prefill_device);
     read("serve", serve, "decode_device", s.decode_device);

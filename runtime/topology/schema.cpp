@@ -399,6 +399,10 @@ section_schema serve_section() {
                "the server exits anyway.",
                {},
                {0, 86400}},
+              {"prefill_host", k::string, false, "\"\" (the first host)",
+               "The host whose process serves HTTP, schedules the requests and runs the prefill "
+               "instances (the colocated instance without decode_instances); rank 0 when the "
+               "server spans several processes."},
               {"device", k::string, false, "\"cpu\"",
                "Where the serving instances compute: cpu or cuda:N of their host (`troupe serve "
                "--device` wins)."},

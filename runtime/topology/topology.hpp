@@ -115,6 +115,9 @@ struct serve_spec {
   std::int64_t context_length = 0;     ///< 0: the model's, within the cache
   std::filesystem::path api_key_file;  ///< absolute; empty: no key
   std::int64_t drain_seconds = 60;
+  /// The host of the HTTP server, the scheduler and the prefill instances (rank 0 across
+  /// processes); validation fills in the first host when the file names none.
+  std::string prefill_host;
   std::string device = "cpu";          ///< where the instances compute ("cpu", "cuda:N")
   std::string prefill_device;          ///< the prefill instances' ("": device)
   std::string decode_device;           ///< the decode instances' ("": device)

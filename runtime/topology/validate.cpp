@@ -85,9 +85,25 @@ class topology_validator {
     }
   }
 
+  /// `path = "host"` names no host: the error, with the nearest host name.
+  void no_such_host(const std::string& path, const std::string& host) {
+    auto names = host_names();
+    auto suggestion = nearest_word(host, names);
+    error(path,
+          fmt::format("{} = \"{}\" names no host{}; hosts are: {}", path, host,
+                      suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+                      join(names, ", ")));
+  }
+
   /// [serve] decode_host(s) and expert_host(s): other hosts than the first, each once and in one
   /// role, with decode instances or expert shards to run there.
   void check_serve_hosts() {
+    serve_spec& s = t_.serve;
+    if (s.prefill_host.empty()) {
+      s.prefill_host = t_.hosts.front().name;
+    } else if (t_.find_host(s.prefill_host) == nullptr) {
+      no_such_host("serve.prefill_host", s.prefill_host);
+    }
     std::map<std::string, std::string> seen;  // host -> the key that claimed it
     const auto check = [&](const std::vector<std::string>& hosts, const char* one, const char* many,
                            const char* role, const char* more) {
@@ -97,16 +113,11 @@ class topology_validator {
         const std::string path =
             list ? fmt::format("serve.{}[{}]", many, i) : fmt::format("serve.{}", one);
         if (t_.find_host(host) == nullptr) {
-          auto names = host_names();
-          auto suggestion = nearest_word(host, names);
-          error(path,
-                fmt::format(
-                    "{} = \"{}\" names no host{}; hosts are: {}", path, host,
-                    suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                    join(names, ", ")));
-        } else if (host == t_.hosts.front().name) {
-          error(path, fmt::format("{} = \"{}\" is the first host, which serves HTTP and prefills: "
-                                  "give another host (or leave it out to {} in one process)",
+          no_such_host(path, host);
+        } else if (host == t_.serve.prefill_host) {
+          error(path, fmt::format("{} = \"{}\" is the prefill host (serve.prefill_host, else the "
+                                  "first host), which serves HTTP and prefills: give another "
+                                  "host (or leave it out to {} in one process)",
                                   path, host, role));
         } else if (const auto [it, fresh] = seen.emplace(host, many); !fresh) {
           error(path, it->second == many
@@ -120,7 +131,6 @@ class topology_validator {
         }
       }
     };
-    const serve_spec& s = t_.serve;
     check(s.decode_hosts, "decode_host", "decode_hosts", "decode",
           "give it more decode_instances instead");
     check(s.expert_hosts, "expert_host", "expert_hosts", "hold the expert shards",
@@ -144,7 +154,7 @@ class topology_validator {
   /// [serve] device, prefill_device, decode_device: devices that exist on the hosts of their role.
   void check_serve_devices() {
     const serve_spec& s = t_.serve;
-    const std::vector<std::string> first{t_.hosts.front().name};
+    const std::vector<std::string> first{s.prefill_host};  // check_serve_hosts filled it
     std::vector<std::string> decode = s.decode_hosts.empty() ? first : s.decode_hosts;
     std::vector<std::string> all = first;
     all.insert(all.end(), s.decode_hosts.begin(), s.decode_hosts.end());

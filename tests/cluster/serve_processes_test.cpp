@@ -11,7 +11,8 @@
 // processes of their own give the one-process completions, before and after a re-placement that
 // moves experts between those processes and a moe swap that reaches them; an expert process
 // killed with -9 is named in the failures and in `troupe ctl` status. Decode and expert processes
-// together (four-hosts.toml with node2 decoding, node1 and node3 holding the shards): the
+// together (four-hosts.toml with node3 serving HTTP and prefilling, node2 decoding, node0 and
+// node1 holding the shards): the
 // completions of one process, and `troupe ctl rebalance` re-places the decode process's shards
 // too.
 #include <gmock/gmock.h>
@@ -337,13 +338,14 @@ TEST_F(ServeProcesses, ExpertShardsInOtherProcessesMoveBetweenThem) {
 }
 
 TEST_F(ServeProcesses, DecodeAndExpertProcessesTogetherRebalanceEverywhere) {
-  // four-hosts.toml with decode on node2 (rank 1), the shards on node1 and node3 (ranks 2, 3).
+  // four-hosts.toml with HTTP and prefill on node3 (rank 0), decode on node2 (rank 1), the
+  // shards on node0 and node1 (ranks 2, 3).
   std::string text = read_file(source("topologies/four-hosts.toml"));
   const std::string decode = "decode_hosts = [\"node2\", \"node3\"]";
   ASSERT_NE(text.find(decode), std::string::npos);
   text.replace(text.find(decode), decode.size(),
-               "decode_hosts = [\"node2\"]\nexpert_shards = 2\nredundant_experts = 2\n"
-               "expert_hosts = [\"node1\", \"node3\"]");
+               "prefill_host = \"node3\"\ndecode_hosts = [\"node2\"]\nexpert_shards = 2\n"
+               "redundant_experts = 2\nexpert_hosts = [\"node0\", \"node1\"]");
   const std::string model = "models/tiny/config.json";
   text.replace(text.find(model), model.size(),
                source("topologies/models/tiny/config.json").string());
@@ -354,7 +356,7 @@ TEST_F(ServeProcesses, DecodeAndExpertProcessesTogetherRebalanceEverywhere) {
                             log_file);
   const std::string url = url_of(log_file, server);
   ASSERT_FALSE(url.empty()) << read_file(log_file);
-  EXPECT_THAT(read_file(log_file), HasSubstr("expert process (rank 3, host node3) started"));
+  EXPECT_THAT(read_file(log_file), HasSubstr("expert process (rank 3, host node1) started"));
   for (int i = 0; i < 4; ++i) EXPECT_EQ(text_of(complete(url, i)), alone(i)) << "request " << i;
   const auto moved = run_command(fmt::format("{} ctl step-000001 rebalance", troupe()));
   ASSERT_EQ(moved.exit_code, 0) << moved.output << read_file(log_file);

@@ -383,7 +383,7 @@ TEST(TopologyErrors, DecodeHostsAreOtherHostsEachOnce) {
   auto errors = errors_of(hosts +
                           "\n[serve]\ndecode_instances = 1\ndecode_hosts = [\"node1\", "
                           "\"node0\", \"nod2\", \"node1\"]\n");
-  expect_error(errors, "serve.decode_hosts[1] = \"node0\" is the first host", 20, 26);
+  expect_error(errors, "serve.decode_hosts[1] = \"node0\" is the prefill host", 20, 26);
   expect_error(errors, "serve.decode_hosts[2] = \"nod2\" names no host (did you mean 'node2'?)",
                20);
   expect_error(errors, "serve.decode_hosts[3] = \"node1\" is named twice", 20);
@@ -412,7 +412,7 @@ TEST(TopologyErrors, ExpertHostsAreOtherHostsThanTheDecodeHosts) {
                "serve.expert_hosts[0] = \"node1\" is named twice in [serve]: it runs the process "
                "of serve.decode_hosts already",
                22);
-  expect_error(errors, "serve.expert_hosts[1] = \"node0\" is the first host", 22);
+  expect_error(errors, "serve.expert_hosts[1] = \"node0\" is the prefill host", 22);
   expect_error(errors, "serve.expert_hosts[2] = \"nodes2\" names no host (did you mean 'node2'?)",
                22);
   auto few = errors_of(hosts +
@@ -428,6 +428,24 @@ TEST(TopologyErrors, ExpertHostsAreOtherHostsThanTheDecodeHosts) {
       hosts + "\n[serve]\nexpert_shards = 4\nexpert_hosts = [\"node2\", \"node1\"]\n",
       virtual_file(), no_plugins());
   EXPECT_EQ(loaded.topo.serve.expert_hosts, (std::vector<std::string>{"node2", "node1"}));
+}
+
+TEST(TopologyErrors, ThePrefillHostIsAHostOfItsOwn) {
+  // [serve]'s first key is line 19.
+  auto errors = errors_of(three_hosts() + "\n[serve]\nprefill_host = \"nod1\"\n");
+  expect_error(errors, "serve.prefill_host = \"nod1\" names no host (did you mean 'node1'?)", 19);
+  auto taken = errors_of(three_hosts() +
+                         "\n[serve]\nprefill_host = \"node1\"\ndecode_instances = 1\n"
+                         "decode_hosts = [\"node0\", \"node1\"]\n");
+  expect_error(taken, "serve.decode_hosts[1] = \"node1\" is the prefill host", 21);
+  const auto loaded = load_topology_text(three_hosts() +
+                                             "\n[serve]\nprefill_host = \"node2\"\n"
+                                             "decode_instances = 1\ndecode_hosts = [\"node0\"]\n",
+                                         virtual_file(), no_plugins());
+  EXPECT_EQ(loaded.topo.serve.prefill_host, "node2");
+  EXPECT_EQ(load_topology_text(three_hosts(), virtual_file(), no_plugins()).topo.serve.prefill_host,
+            "node0")
+      << "the first host by default";
 }
 
 TEST(TopologyErrors, ServingDevicesExistOnTheirRolesHosts) {

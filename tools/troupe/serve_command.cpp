@@ -63,7 +63,7 @@ struct serve_options {
 struct serve_settings {
   serve_spec serve;
   inference_spec inference;
-  std::string first_host;      ///< the topology's first host (HTTP and prefill across processes)
+  std::string first_host;      ///< [serve] prefill_host (HTTP and prefill across processes)
   monitoring_spec monitoring;  ///< where a decode process serves its own metrics
   control_spec control;        ///< the control endpoint (`troupe ctl`); no host: none
 };
@@ -76,7 +76,7 @@ serve_settings settings_of(const serve_options& o) {
     const topology topo = load_topology(o.topology, load).topo;
     s.serve = topo.serve;
     s.inference = topo.inference;
-    s.first_host = topo.hosts.front().name;
+    s.first_host = topo.serve.prefill_host;  // the first host unless [serve] prefill_host
     s.monitoring = topo.monitoring;
     s.control = topo.control;
   }

@@ -11,6 +11,7 @@
 //              last re-placement or from a given load (with [serve] expert_shards)
 // One command runs at a time; status never waits for one.
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -43,10 +44,14 @@ class lost_decode_processes {
     std::lock_guard lock(mutex_);
     return lost_;
   }
+  /// The server stops: the other processes leave, and their connections closing is no loss.
+  void set_leaving() { leaving_ = true; }
+  bool leaving() const { return leaving_; }
 
  private:
   mutable std::mutex mutex_;
   std::map<int, std::string> lost_;
+  std::atomic<bool> leaving_{false};
 };
 
 struct serving_control_options {

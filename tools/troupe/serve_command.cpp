@@ -371,6 +371,7 @@ int serve(const serve_options& o) {
       });
       processes->job().on_failure([lost, lost_log](int rank, const std::string& why) {
         if (rank < 1 || rank > static_cast<int>(lost.size())) return;  // an expert process
+        if (lost_log->leaving()) return;                               // it leaves as told
         fmt::print(stderr, "troupe serve: decode process lost: {}\n", why);
         lost_log->add(rank, why);
         lost[static_cast<std::size_t>(rank - 1)](why);
@@ -394,7 +395,7 @@ int serve(const serve_options& o) {
   if (processes) {
     processes->job().on_failure(
         [lost_log, decode = processes->decode_processes()](int rank, const std::string& why) {
-          if (rank <= decode) return;  // the decode processes' handler above
+          if (rank <= decode || lost_log->leaving()) return;  // decode: the handler above
           fmt::print(stderr, "troupe serve: expert process lost: {}\n", why);
           lost_log->add(rank, why);
         });
@@ -498,6 +499,7 @@ int serve(const serve_options& o) {
              drained ? "every request finished; stopping"
                      : "requests still running after drain_seconds were cancelled; stopping");
   disconnect_first.reset();
+  lost_log->set_leaving();
   if (processes) processes->finish(0, "the server stopped");
   return exit_ok;
 }

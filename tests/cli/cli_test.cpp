@@ -397,6 +397,15 @@ TEST(Cli, ServeRefusesWhatCannotServeBeforeLoading) {
   auto lonely = run("serve --model " + model + " --tokenizer bytes --prefill-instances 2");
   EXPECT_EQ(lonely.exit_code, 1);
   expect_contains(lonely, "2 prefill instances without decode instances");
+  // --set overrides the topology's keys, checked as the file's are: a bad one named.
+  const std::string topology = source("topologies/expert-hosts.toml");
+  auto bad_set = run("serve " + topology + " --model " + model +
+                     " --set 'serve.expert_hosts=[\"node1\", \"nodes3\"]'");
+  EXPECT_EQ(bad_set.exit_code, 1);
+  expect_contains(bad_set, "serve.expert_hosts[1] = \"nodes3\" names no host");
+  auto no_topology = run("serve --model " + model + " --set serve.max_batch=4");
+  EXPECT_EQ(no_topology.exit_code, 1);
+  expect_contains(no_topology, "--set serve.max_batch=4: there is no topology to override");
 }
 
 TEST(Cli, EplbPrintsDeepSeeksPlacement) {

@@ -51,6 +51,7 @@ namespace fs = std::filesystem;
 struct serve_options {
   std::string topology, model, tokenizer, listen, model_name, api_key_file, cache_dtype;
   std::string control, job;
+  std::vector<std::string> overrides;  ///< --set KEY=VALUE on the topology
   std::string device, prefill_device, decode_device, speculative;
   std::optional<std::int64_t> max_batch, max_queue, prefill_chunk, context_length, kv_cache_mib;
   std::optional<std::int64_t> prefill_instances, decode_instances;
@@ -70,9 +71,13 @@ struct serve_settings {
 
 serve_settings settings_of(const serve_options& o) {
   serve_settings s;
+  if (o.topology.empty() && !o.overrides.empty())
+    fail("--set {}: there is no topology to override; give one (troupe serve TOPOLOGY ...)",
+         o.overrides.front());
   if (!o.topology.empty()) {
     topology_load_options load;
     load.resolve_plugins = false;
+    load.overrides = o.overrides;
     const topology topo = load_topology(o.topology, load).topo;
     s.serve = topo.serve;
     s.inference = topo.inference;
@@ -587,6 +592,11 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       "default: the topology's [control] listen, else none)");
   command->add_option("--job", o->job,
                       "The name `troupe ctl` knows the server by (default: the model's name)");
+  command
+      ->add_option("--set", o->overrides,
+                   "Override a key of the topology, KEY=VALUE (e.g. serve.max_batch=8); "
+                   "repeatable")
+      ->allow_extra_args(false);
   command->add_option("--threads", o->threads, "Worker threads (default: one per core)")
       ->check(within(thread_bounds));
   command->callback([o, &exit_code] {

@@ -42,6 +42,18 @@ void serving_control::set_draining() {
   draining_ = true;
 }
 
+std::vector<std::size_t> serving_control::live_decode_processes() const {
+  const auto lost = options_.lost ? options_.lost->ranks() : std::map<int, std::string>{};
+  std::vector<std::size_t> live;
+  for (std::size_t r = 0; r < options_.decode_actors.size(); ++r)
+    if (lost.count(static_cast<int>(r) + 1) == 0) live.push_back(r);
+  return live;
+}
+
+std::string serving_control::decode_process(std::size_t r) const {
+  return fmt::format("decode process rank {} ({})", r + 1, options_.decode_hosts.at(r));
+}
+
 control_reply serving_control::status() const {
   std::lock_guard lock(state_);
   nlohmann::json plugins = nlohmann::json::object();
@@ -142,16 +154,12 @@ control_reply serving_control::swap(const nlohmann::json& request) {
   std::string refusal;
   if (!options_.decode_actors.empty()) {
     scoped_actor self(*options_.runtime);
-    const auto lost = options_.lost ? options_.lost->ranks() : std::map<int, std::string>{};
-    for (std::size_t r = 0; r < options_.decode_actors.size() && refusal.empty(); ++r) {
-      const int rank = static_cast<int>(r) + 1;
-      if (lost.count(rank) != 0) continue;
-      const std::string who =
-          fmt::format("decode process rank {} ({})", rank, options_.decode_hosts.at(r));
+    for (const std::size_t r : live_decode_processes()) {
+      if (!refusal.empty()) break;
       try {
         replaced += self.ask(options_.decode_actors[r],
-                             decode_swap_prepare{std::string(name_of(*role)), path}, who,
-                             std::chrono::minutes(2));
+                             decode_swap_prepare{std::string(name_of(*role)), path},
+                             decode_process(r), std::chrono::minutes(2));
         remotes.push_back(r);
       } catch (const std::exception& e) {
         refusal = e.what();
@@ -233,16 +241,12 @@ control_reply serving_control::rebalance(const nlohmann::json& request) {
   std::vector<std::string> refusals;
   if (!options_.decode_actors.empty()) {
     scoped_actor self(*options_.runtime);
-    const auto lost = options_.lost ? options_.lost->ranks() : std::map<int, std::string>{};
-    for (std::size_t r = 0; r < options_.decode_actors.size(); ++r) {
-      const int rank = static_cast<int>(r) + 1;
-      if (lost.count(rank) != 0) continue;
+    for (const std::size_t r : live_decode_processes()) {
       const std::string& host = options_.decode_hosts.at(r);
-      const std::string who = fmt::format("decode process rank {} ({})", rank, host);
       try {
         const auto reply =
             nlohmann::json::parse(self.ask(options_.decode_actors[r], decode_rebalance{given, load},
-                                           who, std::chrono::minutes(2)));
+                                           decode_process(r), std::chrono::minutes(2)));
         for (const auto& [engine, report] : reply.at("instances").items())
           done.instances[fmt::format("{}/{}", host, engine)] = report;
         done.moved += reply.at("moved").get<std::int64_t>();

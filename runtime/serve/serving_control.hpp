@@ -82,6 +82,10 @@ class serving_control {
 
  private:
   control_reply status() const;
+  /// The decode processes (their index in decode_actors) not found lost.
+  std::vector<std::size_t> live_decode_processes() const;
+  /// How failures name decode process `r`: "decode process rank R (HOST)".
+  std::string decode_process(std::size_t r) const;
   control_reply swap(const nlohmann::json& request);
   control_reply rebalance(const nlohmann::json& request);
   /// A refused or failed swap: recorded, then the error.

@@ -18,6 +18,7 @@
 
 #include "tests/support/command_runs.hpp"
 #include "tests/support/controlled_job.hpp"
+#include "tests/support/served_process.hpp"
 
 namespace {
 
@@ -46,14 +47,7 @@ std::string complete(const std::string& url, int i) {
                             {"max_tokens", 200},
                             {"temperature", i % 2 == 0 ? 0.0 : 0.8},
                             {"seed", i}};
-  const std::string reply =
-      run_command(fmt::format("curl -s --max-time 60 -H 'Content-Type: application/json' -d '{}' "
-                              "{}/v1/completions",
-                              body.dump(), url))
-          .output;
-  const auto j = nlohmann::json::parse(reply, nullptr, false);
-  if (!j.is_object() || !j.contains("choices")) return "<" + reply + ">";
-  return j["choices"][0].value("text", "");
+  return troupe::testing::completion_text(url, body);
 }
 
 std::vector<std::string> complete_all(const std::string& url, int n) {

@@ -50,6 +50,29 @@ struct optimizer_order {
   auto fields() { return std::tie(step, learning_rate, grad_scale, snapshot); }
 };
 
+/// ZeRO-1, pipeline rank -> pipeline rank (runtime/optim/zero_sharding.hpp): the sender's
+/// gradient pieces of the ranges the receiver keeps (reduce-scatter, while both answer a
+/// gradients_request), or the sender's updated ranges (all-gather, while both answer an
+/// optimizer_order).
+struct zero_exchange {
+  TROUPE_MESSAGE("zero_exchange");
+  std::int64_t round = 0;   ///< the job's exchanges of this kind before this one
+  bool values = false;      ///< all-gather; false: reduce-scatter
+  std::int64_t bucket = 0;  ///< which of the exchange's buckets
+  std::int32_t from = 0;    ///< the sending rank's index in the job
+  named_tensor_list pieces;
+  std::string failure;  ///< the sender could not make its pieces: the exchange fails
+  auto fields() { return std::tie(round, values, bucket, from, pieces, failure); }
+};
+
+/// Job -> pipeline rank, once before the first step under ZeRO-1: every rank's actor, by its
+/// index in the job.
+struct zero_peers {
+  TROUPE_MESSAGE("zero_peers");
+  std::vector<actor_ref> ranks;
+  auto fields() { return std::tie(ranks); }
+};
+
 /// What a holder wrote: the names of its weights (for model.safetensors.index.json).
 struct checkpoint_written {
   TROUPE_MESSAGE("checkpoint_written");

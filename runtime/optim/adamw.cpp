@@ -21,18 +21,40 @@ void adamw::attach(parameter_store& store) {
   for (parameter* p : store.all()) {
     if (!p->spec.trainable() || !p->grad.defined()) continue;
     slots_.push_back({p, tensor::zeros(dtype::bf16, p->value.shape(), where_),
-                      tensor::zeros(dtype::bf16, p->value.shape(), where_), p->value.dim() >= 2});
-    largest_ = std::max(largest_, p->value.numel());
+                      tensor::zeros(dtype::bf16, p->value.shape(), where_), p->value.dim() >= 2,
+                      element_range{0, p->value.numel()}});
   }
+  upload_slots();
+}
+
+void adamw::keep_ranges(const std::map<std::string, element_range>& ranges) {
+  for (slot& s : slots_) {
+    auto it = ranges.find(s.p->name);
+    if (it == ranges.end()) continue;
+    const element_range r = it->second;
+    if (r.begin < 0 || r.end < r.begin || r.end > s.p->value.numel())
+      fail("AdamW: range [{}, {}) of {} lies outside its {} elements", r.begin, r.end, s.p->name,
+           s.p->value.numel());
+    s.range = r;
+    s.sliced = true;
+    s.exp_avg = tensor::zeros(dtype::bf16, {r.size()}, where_);
+    s.exp_avg_sq = tensor::zeros(dtype::bf16, {r.size()}, where_);
+  }
+  upload_slots();
+}
+
+void adamw::upload_slots() {
+  largest_ = 0;
+  for (const slot& s : slots_) largest_ = std::max(largest_, s.range.size());
   if (where_.is_cpu() || slots_.empty()) return;
 #if TROUPE_HAVE_CUDA
   // NOTES: the descriptors go to the GPU once; a step then is one launch over every tensor.
   std::vector<kernels::cuda::adamw_tensor> descriptors;
   for (slot& s : slots_)
-    descriptors.push_back({s.p->value.data_as<float>(), s.p->grad.data_as<const float>(),
+    descriptors.push_back({s.p->value.data_as<float>() + s.range.begin,
+                           s.p->grad.data_as<const float>() + s.range.begin,
                            s.exp_avg.data_as<std::uint16_t>(),
-                           s.exp_avg_sq.data_as<std::uint16_t>(), s.p->value.numel(),
-                           s.decay ? 1 : 0});
+                           s.exp_avg_sq.data_as<std::uint16_t>(), s.range.size(), s.decay ? 1 : 0});
   const auto bytes = static_cast<std::int64_t>(descriptors.size() * sizeof(descriptors[0]));
   tensor host = tensor::empty(dtype::u8, {bytes});
   std::memcpy(host.data(), descriptors.data(), static_cast<std::size_t>(bytes));
@@ -77,12 +99,12 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, thread_pool& p
   const float rate = static_cast<float>(lr), scale = static_cast<float>(grad_scale);
   const float eps = static_cast<float>(settings_.epsilon);
   for (slot& s : slots_) {
-    float* p = s.p->value.data_as<float>();
-    const float* g = s.p->grad.data_as<const float>();
+    float* p = s.p->value.data_as<float>() + s.range.begin;
+    const float* g = s.p->grad.data_as<const float>() + s.range.begin;
     std::uint16_t* m = s.exp_avg.data_as<std::uint16_t>();
     std::uint16_t* v = s.exp_avg_sq.data_as<std::uint16_t>();
     const float decay = s.decay ? 1.0f - rate * static_cast<float>(settings_.weight_decay) : 1.0f;
-    pool.parallel_for(s.p->value.numel(), 4096, [&](std::int64_t begin, std::int64_t end) {
+    pool.parallel_for(s.range.size(), 4096, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t i = begin; i < end; ++i) {
         const float grad = g[i] * scale;
         const float m1 = beta1 * bf16_to_float(m[i]) + (1.0f - beta1) * grad;
@@ -97,27 +119,96 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, thread_pool& p
 
 std::vector<std::pair<std::string, tensor>> adamw::state() const {
   std::vector<std::pair<std::string, tensor>> out;
-  for (const slot& s : slots_) {
-    out.emplace_back(s.p->name + ".exp_avg", s.exp_avg);
-    out.emplace_back(s.p->name + ".exp_avg_sq", s.exp_avg_sq);
+  for (const slot& s : slots_)
+    for (auto [suffix, moment] :
+         {std::pair{".exp_avg", &s.exp_avg}, {".exp_avg_sq", &s.exp_avg_sq}})
+      out.emplace_back(
+          s.sliced ? fmt::format("{}{}[{}:{}]", s.p->name, suffix, s.range.begin, s.range.end)
+                   : s.p->name + suffix,
+          *moment);
+  return out;
+}
+
+namespace {
+
+/// A moment's whole tensor or its piece "<name>[BEGIN:END]".
+struct moment_piece {
+  element_range range;
+  const tensor* values;
+  bool whole;
+};
+/// The pieces of each moment, by the moment's name.
+using piece_index = std::map<std::string, std::vector<moment_piece>>;
+
+piece_index index_pieces(const std::vector<std::pair<std::string, tensor>>& tensors) {
+  piece_index out;
+  for (const auto& [name, t] : tensors) {
+    const auto open = name.rfind('[');
+    const auto colon = name.rfind(':');
+    if (open == std::string::npos || colon < open || name.back() != ']') {
+      out[name].push_back({element_range{0, t.numel()}, &t, true});
+      continue;
+    }
+    element_range r;
+    try {
+      r = {std::stoll(name.substr(open + 1, colon - open - 1)),
+           std::stoll(name.substr(colon + 1, name.size() - colon - 2))};
+    } catch (const std::exception&) {
+      fail("optimizer state: {} names no element range", name);
+    }
+    if (r.begin < 0 || r.size() != t.numel())
+      fail("optimizer state: {} holds {} elements", name, t.numel());
+    out[name.substr(0, open)].push_back({r, &t, false});
   }
   return out;
 }
 
+}  // namespace
+
 void adamw::load_state(const std::vector<std::pair<std::string, tensor>>& tensors) {
-  std::map<std::string, const tensor*> by_name;
-  for (const auto& [name, t] : tensors) by_name[name] = &t;
+  const piece_index pieces = index_pieces(tensors);
   for (slot& s : slots_)
     for (auto [suffix, target] :
          {std::pair{".exp_avg", &s.exp_avg}, {".exp_avg_sq", &s.exp_avg_sq}}) {
-      auto it = by_name.find(s.p->name + suffix);
-      if (it == by_name.end()) fail("optimizer state: no {}{}", s.p->name, suffix);
-      const tensor& source = *it->second;
-      if (source.type() != dtype::bf16 || source.shape() != target->shape())
-        fail("optimizer state: {}{} is {}, expected bf16 of the parameter's shape", s.p->name,
-             suffix, source.describe());
-      target->copy_from(source);
+      const std::string name = s.p->name + suffix;
+      auto it = pieces.find(name);
+      if (it == pieces.end()) fail("optimizer state: no {}", name);
+      // The elements of s.range, piece by piece; whole tensors must have the parameter's shape.
+      std::int64_t covered = 0;
+      for (const auto& [r, source, whole] : it->second) {
+        if (source->type() != dtype::bf16 || (whole && source->shape() != s.p->value.shape()) ||
+            r.end > s.p->value.numel())
+          fail("optimizer state: {}{} is {}, expected bf16 of the parameter's shape {}", name,
+               whole ? std::string() : fmt::format("[{}:{}]", r.begin, r.end), source->describe(),
+               s.p->value.describe());
+        const std::int64_t begin = std::max(r.begin, s.range.begin);
+        const std::int64_t end = std::min(r.end, s.range.end);
+        if (end <= begin) continue;
+        tensor from = source->reshape({source->numel()}).narrow(0, begin - r.begin, end - begin);
+        tensor to =
+            target->reshape({target->numel()}).narrow(0, begin - s.range.begin, end - begin);
+        to.copy_from(from);
+        covered += end - begin;
+      }
+      if (covered != s.range.size())
+        fail(
+            "optimizer state: the pieces of {} cover {} of the {} elements [{}, {}) (pieces "
+            "overlap or are missing)",
+            name, covered, s.range.size(), s.range.begin, s.range.end);
     }
+}
+
+std::int64_t adamw::state_bytes() const {
+  std::int64_t n = 0;
+  for (const slot& s : slots_)
+    n += static_cast<std::int64_t>(s.exp_avg.nbytes() + s.exp_avg_sq.nbytes());
+  return n;
+}
+
+bool adamw::keeps_range(const std::string& name) const {
+  for (const slot& s : slots_)
+    if (s.p->name == name) return s.sliced;
+  return false;
 }
 
 std::int64_t adamw::parameter_count() const {

@@ -9,6 +9,7 @@
 // resumed from a checkpoint (which holds the BF16 moments) continues bit for bit.
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/exec/thread_pool.hpp"
 #include "runtime/model/parameter_store.hpp"
+#include "runtime/optim/zero_sharding.hpp"
 
 namespace troupe {
 
@@ -35,6 +37,9 @@ class adamw {
   /// Optimizes every trainable parameter of `store` (moments start at zero, on the store's
   /// device). Weight decay applies to parameters of two or more dimensions (not to norm weights).
   void attach(parameter_store& store);
+  /// ZeRO-1: keeps the moments of, and updates, only `ranges`' elements of the parameters named
+  /// there (the others stay whole). Before the first step: the moments start at zero again.
+  void keep_ranges(const std::map<std::string, element_range>& ranges);
 
   /// One step with learning rate `lr`, gradients times `grad_scale` (global-norm clipping);
   /// `step` counts from 1 (bias correction). Parameters on the host.
@@ -43,19 +48,29 @@ class adamw {
   /// launch on the context's stream (kernels/cuda/adamw.hpp), for parameters on that GPU.
   void step(double lr, double grad_scale, std::int64_t step, const exec_context& context);
 
-  /// The moments for a checkpoint: "<name>.exp_avg" and "<name>.exp_avg_sq", bf16.
+  /// The moments for a checkpoint: "<name>.exp_avg" and "<name>.exp_avg_sq", bf16 of the
+  /// parameter's shape; a kept range as a flat piece "<name>.exp_avg[BEGIN:END]".
   std::vector<std::pair<std::string, tensor>> state() const;
-  /// Restores moments written by state(); throws troupe::error naming a missing or misshapen one.
+  /// Restores moments written by state() by any number of holders: each slot's elements from the
+  /// whole tensor or from the pieces that cover them (a checkpoint of another data-parallel
+  /// size). Throws troupe::error naming a missing, misshapen or uncovered one.
   void load_state(const std::vector<std::pair<std::string, tensor>>& tensors);
 
   std::int64_t parameter_count() const;
+  /// Bytes of the moments this optimizer keeps.
+  std::int64_t state_bytes() const;
+  /// Whether the parameter `name` is kept as a range.
+  bool keeps_range(const std::string& name) const;
 
  private:
   struct slot {
     parameter* p;
-    tensor exp_avg, exp_avg_sq;  // bf16, the shape of p
+    tensor exp_avg, exp_avg_sq;  // bf16, the shape of p (flat, the range's size, when sliced)
     bool decay;
+    element_range range;  // the elements updated: all of p unless sliced
+    bool sliced = false;
   };
+  void upload_slots();
   adamw_settings settings_;
   std::vector<slot> slots_;
   device where_ = device::cpu();

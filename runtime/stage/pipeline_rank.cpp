@@ -350,7 +350,8 @@ std::vector<std::pair<std::string, tensor>> pipeline_rank::optimizer_state(
   for (const auto& c : chunks_)
     for (auto& [name, value] : c.optimizer->state()) {
       const std::string parameter_name = name.substr(0, name.rfind(".exp_avg"));
-      if (owned.count(parameter_name) && taken.insert(name).second)
+      if ((owned.count(parameter_name) || c.optimizer->keeps_range(parameter_name)) &&
+          taken.insert(name).second)
         moments.emplace_back(name, on_host(value));
     }
   return moments;
@@ -363,6 +364,26 @@ void pipeline_rank::load(const hf_checkpoint& weights,
     load_parameters(weights, c.runner->parameters(), &context_.pool());
     c.optimizer->load_state(moments);
   }
+}
+
+void pipeline_rank::keep_ranges(const zero_sharding& sharding) {
+  for (std::size_t c = 0; c < chunks_.size(); ++c)
+    if (chunks_[c].optimizer)
+      chunks_[c].optimizer->keep_ranges(sharding.ranges_of(static_cast<std::int32_t>(c)));
+}
+
+tensor pipeline_rank::tensor_of(std::int32_t chunk, const std::string& name, bool gradient) {
+  if (chunk < 0 || static_cast<std::size_t>(chunk) >= chunks_.size())
+    fail("rank {} has no chunk {}", rank_, chunk);
+  parameter& p = chunks_[static_cast<std::size_t>(chunk)].runner->parameters().at(name);
+  return gradient ? p.grad : p.value;
+}
+
+std::int64_t pipeline_rank::optimizer_bytes() const {
+  std::int64_t n = 0;
+  for (const auto& c : chunks_)
+    if (c.optimizer) n += c.optimizer->state_bytes();
+  return n;
 }
 
 }  // namespace troupe

@@ -72,6 +72,13 @@ class pipeline_rank {
   std::vector<std::pair<std::string, tensor>> gradients_of(const std::set<std::string>& replicated);
   /// AdamW on every chunk, then zeroed gradients. `step` counts from 1.
   void optimize(double lr, double grad_scale, std::int64_t step);
+  /// ZeRO-1: each chunk's AdamW keeps the moments of `sharding`'s ranges of the replicated
+  /// parameters only (before the first step).
+  void keep_ranges(const zero_sharding& sharding);
+  /// The gradient (`gradient`) or the value of parameter `name` in chunk `chunk`.
+  tensor tensor_of(std::int32_t chunk, const std::string& name, bool gradient);
+  /// Bytes of the AdamW moments of every chunk.
+  std::int64_t optimizer_bytes() const;
   /// Every instance of a plugin of `kind` in this rank's chunks, for a hot swap.
   std::vector<instance_slot> plugin_slots(plugin_kind kind);
   /// The precision of the runtime's own GEMM on this rank, what it computes with while its
@@ -119,7 +126,8 @@ class pipeline_rank {
   std::vector<std::pair<std::string, tensor>> buffers(const std::set<std::string>& owned) const {
     return copies_of(owned, false);
   }
-  /// The optimizer moments of owned parameters.
+  /// The optimizer moments of owned parameters, and the pieces of the ranges this rank keeps
+  /// under ZeRO-1.
   std::vector<std::pair<std::string, tensor>> optimizer_state(
       const std::set<std::string>& owned) const;
   /// Loads weights and moments (every chunk takes what it holds from the given tensors).

@@ -2,6 +2,7 @@
 
 #include <map>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "runtime/balancer/balancer_messages.hpp"
@@ -16,6 +17,30 @@ namespace troupe {
 
 namespace {
 
+/// ZeRO-1's exchanges in flight (zero_sharding.hpp): the pieces that came, by round and sender,
+/// and the answer each exchange finishes.
+struct zero_state {
+  std::vector<actor_ref> ranks;      // every rank's actor, by index
+  std::int64_t rounds[2] = {0, 0};   // reduce-scatters, all-gathers done
+  std::int64_t buckets[2] = {0, 0};  // the bucket each kind's open round is at
+  std::map<std::tuple<bool, std::int64_t, std::int64_t>, std::map<std::int32_t, zero_pieces>>
+      inbox;  // (values, round, bucket) -> pieces by sender
+  std::optional<reply_promise<gradient_report>> reducing;
+  gradient_report report;  // the reduce's answer, its summary filled as far as it goes
+  std::optional<reply_promise<bool>> gathering;
+  optimizer_order order;  // the all-gather's step
+
+  std::string lost;  // another process died: every exchange fails with this
+
+  /// Fails the exchanges in flight with `why` (a peer failed, or its process died).
+  void abandon(const std::string& why) {
+    if (reducing) reducing->fail(why);
+    if (gathering) gathering->fail(why);
+    reducing.reset();
+    gathering.reset();
+  }
+};
+
 struct stage_state {
   std::shared_ptr<stage_actor_setup> setup;
   std::unique_ptr<stage_transport> link;
@@ -24,6 +49,7 @@ struct stage_state {
   std::int64_t step = -1;                                    // the running (or last) step
   std::string lost;  // another process died: every step fails with this
   std::map<std::int64_t, std::string> peer_failures;  // steps a peer failed, not yet begun here
+  std::shared_ptr<zero_state> zero;                   // ZeRO-1's exchanges
 
   /// Fails the running step with `why`.
   void fail_step(const std::string& why) {
@@ -90,6 +116,8 @@ behavior pipeline_handlers(event_actor& self, std::shared_ptr<stage_state> st) {
       .on<process_lost>([st](process_lost& m) {
         st->lost = m.why;
         st->fail_step(m.why);
+        st->zero->lost = m.why;
+        st->zero->abandon(m.why);
       })
       .on<set_router_biases>([st](set_router_biases& m) {
         st->setup->rank->set_router_biases(m.values);
@@ -126,17 +154,145 @@ void start_snapshot(stage_actor_setup& s, bool must) {
   s.snapshots_skipped = 0;
 }
 
-/// What the job asks of every holder of parameters.
-behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s) {
+/// Sends every peer its pieces of the open round's current bucket; a failure to make them goes to
+/// the peers too, which would otherwise wait for them.
+void send_bucket(event_actor& self, stage_actor_setup& s, zero_state& z, bool values) {
+  const zero_sharding& zero = *s.zero;
+  pipeline_rank& rank = *s.rank;
+  const chunk_tensor of = [&rank, values](std::int32_t chunk, const std::string& name) {
+    return rank.tensor_of(chunk, name, !values);
+  };
+  const auto bucket = static_cast<std::size_t>(z.buckets[values]);
+  for (std::int32_t peer : zero.peers()) {
+    zero_exchange m{z.rounds[values], values, z.buckets[values], zero.rank(), {}, {}};
+    try {
+      m.pieces =
+          values ? zero.value_pieces(peer, of, bucket) : zero.gradient_pieces(peer, of, bucket);
+    } catch (const std::exception& e) {
+      m.failure = e.what();
+    }
+    self.tell(z.ranks.at(static_cast<std::size_t>(peer)), std::move(m));
+  }
+}
+
+/// Works through the open round of kind `values` bucket by bucket while every peer's pieces of
+/// the current one are there (sending the next bucket after each); returns whether the round is
+/// done.
+bool advance_exchange(event_actor& self, stage_actor_setup& s, zero_state& z, bool values) {
+  const zero_sharding& zero = *s.zero;
+  pipeline_rank& rank = *s.rank;
+  const chunk_tensor of = [&rank, values](std::int32_t chunk, const std::string& name) {
+    return rank.tensor_of(chunk, name, !values);
+  };
+  while (static_cast<std::size_t>(z.buckets[values]) < zero.buckets()) {
+    const auto key = std::tuple{values, z.rounds[values], z.buckets[values]};
+    auto it = z.inbox.find(key);
+    const std::size_t peers = zero.peers().size();
+    if (peers > 0 && (it == z.inbox.end() || it->second.size() < peers)) return false;
+    std::map<std::int32_t, zero_pieces> received;
+    if (it != z.inbox.end()) {
+      received = std::move(it->second);
+      z.inbox.erase(it);
+    }
+    const auto bucket = static_cast<std::size_t>(z.buckets[values]);
+    if (values)
+      zero.gather(received, of, bucket);
+    else
+      zero.reduce(received, of, bucket, z.report.summary);
+    if (static_cast<std::size_t>(++z.buckets[values]) < zero.buckets())
+      send_bucket(self, s, z, values);
+  }
+  ++z.rounds[values];
+  z.buckets[values] = 0;
+  return true;
+}
+
+/// Opens a round: its first bucket goes out.
+void start_exchange(event_actor& self, stage_actor_setup& s, zero_state& z, bool values) {
+  z.buckets[values] = 0;
+  if (s.zero->buckets() > 0) send_bucket(self, s, z, values);
+}
+
+/// After the optimizer step (and, under ZeRO-1, the all-gather): the EMA's snapshot.
+void after_update(event_actor& self, stage_actor_setup& s, const optimizer_order& order) {
+  if (!order.snapshot || !s.ema) return;
+  if (s.rank->asynchronous_snapshots()) {
+    start_snapshot(s, s.ema_wait);
+  } else {
+    self.tell(s.ema, ema_snapshot{s.rank->snapshot(s.owned), s.rank->buffers(s.owned)});
+  }
+}
+
+/// The reduce-scatter's and the all-gather's answers, when their last bucket is done. A failure
+/// fails the exchange here and at the peers, which would otherwise wait for this rank's pieces.
+void pump_exchanges(event_actor& self, stage_actor_setup& s, zero_state& z) {
+  for (bool values : {false, true}) {
+    const bool open = values ? z.gathering.has_value() : z.reducing.has_value();
+    if (!open) continue;
+    try {
+      if (!advance_exchange(self, s, z, values)) continue;
+      if (values) {
+        after_update(self, s, z.order);
+        z.gathering->deliver(true);
+        z.gathering.reset();
+      } else {
+        z.reducing->deliver(std::move(z.report));
+        z.reducing.reset();
+      }
+    } catch (const std::exception& e) {
+      z.abandon(e.what());
+      for (std::int32_t peer : s.zero->peers())
+        self.tell(z.ranks.at(static_cast<std::size_t>(peer)),
+                  zero_exchange{
+                      z.rounds[values], values, z.buckets[values], s.zero->rank(), {}, e.what()});
+    }
+  }
+}
+
+/// ZeRO-1's messages between the ranks.
+behavior zero_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s,
+                       std::shared_ptr<zero_state> z) {
   return behavior()
-      .on<gradients_request>([s](gradients_request&) {
-        gradient_report report;
-        report.summary = s->rank->summarize_gradients(s->replicated);
-        for (auto& [name, grad] : s->rank->gradients_of(s->replicated))  // summed on the host
-          report.replicated.emplace_back(name,
-                                         grad.where().is_cpu() ? grad : grad.to(device::cpu()));
-        return report;
-      })
+      .on<zero_peers>([z](zero_peers& m) { z->ranks = std::move(m.ranks); })
+      .on<zero_exchange>([&self, s, z](zero_exchange& m) {
+        if (!m.failure.empty()) {
+          z->abandon(fmt::format("ZeRO-1: rank {}: {}", m.from, m.failure));
+          return;
+        }
+        auto& from = z->inbox[std::tuple{m.values, m.round, m.bucket}];
+        if (!s->zero || m.round < z->rounds[m.values] || from.count(m.from)) {
+          z->abandon(
+              fmt::format("ZeRO-1: an unexpected exchange (round {}, bucket {}, {}) from "
+                          "rank {}",
+                          m.round, m.bucket, m.values ? "values" : "gradients", m.from));
+          return;
+        }
+        from[m.from] = std::move(m.pieces);
+        pump_exchanges(self, *s, *z);
+      });
+}
+
+/// What the job asks of every holder of parameters.
+behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s,
+                         std::shared_ptr<zero_state> z) {
+  return behavior()
+      .on<gradients_request>(
+          [&self, s, z](gradients_request&, reply_promise<gradient_report> done) {
+            gradient_report report;
+            report.summary = s->rank->summarize_gradients(s->replicated);
+            if (s->zero) {  // reduce-scattered between the ranks
+              if (!z->lost.empty()) return done.fail(z->lost);
+              z->report = std::move(report);
+              z->reducing = std::move(done);
+              start_exchange(self, *s, *z, false);
+              pump_exchanges(self, *s, *z);
+              return;
+            }
+            for (auto& [name, grad] : s->rank->gradients_of(s->replicated))  // summed on the host
+              report.replicated.emplace_back(name,
+                                             grad.where().is_cpu() ? grad : grad.to(device::cpu()));
+            done.deliver(std::move(report));
+          })
       // The sums of the replicated gradients, in the order this rank reported them.
       .on<reduced_gradients>([s](reduced_gradients& m) {
         auto mine = s->rank->gradients_of(s->replicated);
@@ -147,19 +303,20 @@ behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s
             mine[i].second.copy_from(m.sums[i].second);
         return true;
       })
-      .on<optimizer_order>([&self, s](optimizer_order& order) {
+      .on<optimizer_order>([&self, s, z](optimizer_order& order, reply_promise<bool> done) {
         // A GPU rank's last snapshot has been copying during this step: it goes out first.
         send_snapshot(self, *s, true);
         s->rank->optimize(order.learning_rate, order.grad_scale, order.step);
-        if (order.snapshot && s->ema) {
-          if (s->rank->asynchronous_snapshots()) {
-            start_snapshot(*s, s->ema_wait);
-          } else {
-            self.tell(s->ema,
-                      ema_snapshot{s->rank->snapshot(s->owned), s->rank->buffers(s->owned)});
-          }
+        if (s->zero) {  // the updated ranges all-gathered between the ranks
+          if (!z->lost.empty()) return done.fail(z->lost);
+          z->order = order;
+          z->gathering = std::move(done);
+          start_exchange(self, *s, *z, true);
+          pump_exchanges(self, *s, *z);
+          return;
         }
-        return true;
+        after_update(self, *s, order);
+        done.deliver(true);
       })
       .on<checkpoint_order>([&self, s](checkpoint_order& order) {
         send_snapshot(self, *s, true);   // the EMA writes after every holder has answered
@@ -190,6 +347,7 @@ actor_ref spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor_
   auto init = [setup](event_actor& self) {
     auto st = std::make_shared<stage_state>();
     st->setup = setup;
+    auto zero = st->zero = std::make_shared<zero_state>();
     auto slots = [setup](plugin_kind kind) { return setup->rank->plugin_slots(kind); };
     // A swap of the GEMM to the built-in switches the rank's own precision (its GPU context's
     // cuBLASLt, FP32 or BF16); a rank that cannot compute in it refuses the swap everywhere.
@@ -205,7 +363,8 @@ actor_ref spawn_stage_actor(actor_runtime& runtime, std::shared_ptr<stage_actor_
     };
     return hot_swap_handlers(setup->plugins, slots, std::move(own))
         .add(pipeline_handlers(self, st))
-        .add(holder_handlers(self, setup));
+        .add(holder_handlers(self, setup, zero))
+        .add(zero_handlers(self, setup, zero));
   };
   return runtime.spawn("stage", std::move(init), actor_thread::own);
 }

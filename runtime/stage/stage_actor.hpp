@@ -11,7 +11,9 @@
 // balancer; expert_routing_order -> bool after a rebalance (expert_messages.hpp); the holder
 // protocol (runtime/job/holder_messages.hpp): gradients_request -> gradient_report,
 // reduced_gradients -> bool, optimizer_order -> bool, checkpoint_order -> checkpoint_written,
-// stop_request -> bool; the hot-swap messages (runtime/job/hot_swap.hpp).
+// stop_request -> bool; under ZeRO-1 zero_peers once and zero_exchange from the other ranks
+// while it answers gradients_request and optimizer_order; the hot-swap messages
+// (runtime/job/hot_swap.hpp).
 
 #include <memory>
 #include <set>
@@ -29,8 +31,11 @@ struct stage_actor_setup {
   std::unique_ptr<actor_expert_transport> transport;  ///< the rank's chunks' expert backends use it
   std::set<std::string> replicated;                   ///< parameters other ranks hold too
   std::set<std::string> owned;  ///< names this rank writes to checkpoints and EMA snapshots
-  actor_ref ema;                ///< may be empty
-  bool ema_wait = false;        ///< wait for a busy EMA instead of skipping snapshots
+  /// ZeRO-1 (train.zero = 1): the ranges of the replicated parameters this rank keeps and the
+  /// pieces it exchanges with the other ranks; null without ZeRO.
+  std::shared_ptr<const zero_sharding> zero;
+  actor_ref ema;          ///< may be empty
+  bool ema_wait = false;  ///< wait for a busy EMA instead of skipping snapshots
   /// A GPU rank's snapshot in flight: its buffers (router biases), copied when it started.
   std::vector<std::pair<std::string, tensor>> snapshot_buffers;
   std::int64_t snapshot_updates = 1;  ///< scheduled EMA updates the snapshot in flight stands for

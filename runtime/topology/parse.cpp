@@ -3,9 +3,7 @@
 // in validate.cpp.
 #include <charconv>
 #include <cstdlib>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <tuple>
 
 #include <toml++/toml.h>
@@ -150,26 +148,40 @@ class topology_parser {
     return model_read_ ? static_cast<int>(std::max<std::int64_t>(model_count, 1)) : 1 << 20;
   }
 
+  /// Replicas' placements: `host` and `device` give one for all or a list of one per replica.
   std::vector<placement> read_placements(std::string_view section_name, const toml::table& table,
                                          const std::string& path) {
-    std::string host;
-    read(section_name, &table, "host", host);
-    std::vector<placement> out;
-    const toml::node* node = table.get("device");
-    if (node == nullptr)
-      return {placement{host, parse_device(*schema_default<std::string>(section_name, "device"))}};
+    const auto* list = table.get_as<toml::array>("host");
+    std::vector<std::string> hosts(list != nullptr && !list->empty() ? list->size() : 1);
+    for (std::size_t i = 0; list != nullptr && i < list->size(); ++i)
+      hosts[i] = (*list)[i].value_or(std::string());
+    if (list == nullptr) read(section_name, &table, "host", hosts.front());
+    std::vector<device> devices;
     auto parse_one = [&](const toml::node& item) {
       try {
-        out.push_back({host, parse_device(item.value_or(std::string()))});
+        devices.push_back(parse_device(item.value_or(std::string())));
       } catch (const troupe::error& e) {
         error(position_of(item.source(), file_), fmt::format("{}.device: {}", path, e.what()));
       }
     };
-    if (const auto* array = node->as_array()) {
+    const toml::node* node = table.get("device");
+    if (node == nullptr)
+      devices.push_back(parse_device(*schema_default<std::string>(section_name, "device")));
+    else if (const auto* array = node->as_array())
       for (const auto& item : *array) parse_one(item);
-    } else if (node->is_string()) {
+    else if (node->is_string())
       parse_one(*node);
+    if (hosts.size() > 1 && devices.size() > 1 && hosts.size() != devices.size()) {
+      error(position_of(table.get("host")->source(), file_),
+            fmt::format("{}: {} hosts but {} devices; give one host or one device for every "
+                        "replica, or lists of the same length",
+                        path, hosts.size(), devices.size()));
+      return {};
     }
+    std::vector<placement> out;
+    for (std::size_t r = 0; r < std::max(hosts.size(), devices.size()); ++r)
+      out.push_back({hosts[hosts.size() > 1 ? r : 0],
+                     devices.empty() ? device::cpu() : devices[devices.size() > 1 ? r : 0]});
     return out;
   }
 
@@ -402,6 +414,8 @@ class topology_parser {
     read("train", train, "beta2", t.beta2);
     read("train", train, "epsilon", t.epsilon);
     read("train", train, "grad_clip", t.grad_clip);
+    read("train", train, "zero", t.zero);
+    read("train", train, "zero_bucket_elements", t.zero_bucket_elements);
     read("train", train, "mtp_weight", t.mtp_weight);
     read("train", train, "balance_loss_alpha", t.balance_loss_alpha);
     read("train", train, "batch_ramp_steps", t.batch_ramp_steps);

@@ -178,8 +178,9 @@ section_schema stages_section() {
           {"layers", k::index_list, true, "",
            "Consecutive decoder layers of this stage: \"0-3\" or [0, 1, 2, 3]. The embedding goes "
            "with the first stage; the head and the MTP modules with the last."},
-          {"host", k::string, false, "the only host",
-           "Host of this stage (needed with several hosts)."},
+          {"host", k::host_list, false, "the only host",
+           "Host of this stage (needed with several hosts); with data > 1 a host for every "
+           "replica, or a list of one host per replica."},
           {"device", k::device_list, false, "\"cpu\"",
            "\"cpu\" or \"cuda:N\"; with data > 1 a list of one device per replica."},
       }};
@@ -276,6 +277,25 @@ section_schema train_section() {
           {"beta2", k::number, false, "0.95", "AdamW β2."},
           {"epsilon", k::number, false, "1e-8", "AdamW ε."},
           {"grad_clip", k::number, false, "1.0", "Global gradient-norm clip (0 disables)."},
+          {"zero",
+           k::integer,
+           false,
+           "0",
+           "ZeRO stage of the optimizer state. 0: every holder of a replicated parameter (a "
+           "data-parallel replica, DualPipe's second copy) keeps all of its AdamW moments; 1: "
+           "they are split evenly among its holders, each reduces and updates its slice and "
+           "sends the updated values to the others (ZeRO-1).",
+           {},
+           {0, 1}},
+          {"zero_bucket_elements",
+           k::integer,
+           false,
+           "16777216",
+           "With zero = 1: the reduce-scatter and the all-gather go in buckets of this many "
+           "elements (f32: 64 MiB by default), the next bucket once every holder's previous one "
+           "is there, so what waits in memory stays a few buckets, not all the gradients.",
+           {},
+           {1, std::int64_t{1} << 40}},
           {"mtp_weight", k::number, false, "0.3", "λ of the MTP loss λ/D · Σ CE_k."},
           {"balance_loss_alpha", k::number, false, "1e-4", "α of the sequence-wise balance loss."},
           {"batch_ramp_steps",
@@ -556,6 +576,8 @@ std::string_view name_of(value_kind kind) {
       return "a range string like \"0-3\" or an array of integers";
     case value_kind::device_list:
       return "a device (\"cpu\", \"cuda:N\") or an array of devices";
+    case value_kind::host_list:
+      return "a host name or an array of host names";
     case value_kind::table:
       return "a table";
   }

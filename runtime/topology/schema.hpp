@@ -17,6 +17,7 @@ enum class value_kind {
   string_list,  ///< array of strings
   index_list,   ///< "0-3,7" or an array of non-negative integers
   device_list,  ///< "cpu", "cuda:N", or an array of them
+  host_list,    ///< a host name, or an array of them (one per data-parallel replica)
   table,        ///< a free-form table checked by its owner (model.inline, plugins.options)
 };
 

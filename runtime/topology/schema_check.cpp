@@ -151,6 +151,7 @@ class schema_checker {
         return node.is_string() ||
                (node.is_array() && node.as_array()->is_homogeneous(toml::node_type::integer));
       case value_kind::device_list:
+      case value_kind::host_list:
         return node.is_string() || (node.is_array() && !node.as_array()->empty() &&
                                     node.as_array()->is_homogeneous(toml::node_type::string));
     }

@@ -83,6 +83,8 @@ struct train_spec {
   double beta2 = 0;
   double epsilon = 0;
   double grad_clip = 0;
+  int zero = 0;  ///< ZeRO stage: 1 splits the replicated parameters' moments among their holders
+  std::int64_t zero_bucket_elements = 0;  ///< ZeRO-1's exchanges go in buckets of this many elements
   double mtp_weight = 0;
   double balance_loss_alpha = 0;
   std::int64_t batch_ramp_steps = 0;  ///< 0: every step runs schedule.micro_batches

@@ -214,6 +214,10 @@ class topology_validator {
 
   /// model.precision = "bf16" computes on a GPU's tensor cores; the CPU has no BF16 path.
   void check_bf16_device(const placement& place, const std::string& path, const std::string& what) {
+    if (t_.train.zero == 1 && place.where.is_cuda() && path.starts_with("stages"))
+      error("train.zero", fmt::format("train.zero = 1 exchanges the optimizer's pieces through the "
+                                      "host; {} is on {}: ZeRO-1 between GPUs needs NCCL (not yet)",
+                                      what, to_string(place.where)));
     if (t_.gemm_precision != precision::bf16 || place.where.is_cuda()) return;
     error(path, fmt::format("{} is on the CPU, but model.precision = \"bf16\" computes on a GPU's "
                             "tensor cores and the CPU has no BF16 path: place it on cuda:N, or "
@@ -235,10 +239,11 @@ class topology_validator {
       auto& stage = t_.stages[i];
       const std::string path = fmt::format("stages[{}]", i);
       if (static_cast<int>(stage.replicas.size()) != t_.data)
-        error(path + ".device", fmt::format("parallel sizes do not multiply out: stage {} lists {} "
-                                            "device(s) but parallel.data = {}; "
-                                            "give one device per data-parallel replica",
-                                            i, stage.replicas.size(), t_.data));
+        error(path + ".device",
+              fmt::format("parallel sizes do not multiply out: stage {} lists {} device(s) or "
+                          "host(s) but parallel.data = {}; give one device (or host) per "
+                          "data-parallel replica",
+                          i, stage.replicas.size(), t_.data));
       for (std::size_t r = 0; r < stage.replicas.size(); ++r) {
         const std::string what =
             fmt::format("stage {}{}", i, t_.data > 1 ? fmt::format(" replica {}", r) : "");
@@ -444,8 +449,7 @@ class topology_validator {
                         tr.learning_rate, tr.min_learning_rate));
     non_negative("train.warmup_steps", static_cast<double>(tr.warmup_steps));
     non_negative("train.weight_decay", tr.weight_decay);
-    for (auto [path, beta] :
-         {std::pair{"train.beta1", tr.beta1}, std::pair{"train.beta2", tr.beta2}})
+    for (auto [path, beta] : {std::pair{"train.beta1", tr.beta1}, {"train.beta2", tr.beta2}})
       if (!(beta >= 0.0 && beta < 1.0))
         error(path, fmt::format("{} must be in [0, 1), got {}", path, beta));
     positive("train.epsilon", tr.epsilon);
@@ -456,9 +460,7 @@ class topology_validator {
     if (tr.checkpoint_dir.empty())
       error("train.checkpoint_dir", "train.checkpoint_dir must not be empty");
     const auto& sc = t_.schedule;
-    if (tr.batch_ramp_steps < 0)
-      error("train.batch_ramp_steps",
-            fmt::format("train.batch_ramp_steps must be 0 or more, got {}", tr.batch_ramp_steps));
+    non_negative("train.batch_ramp_steps", static_cast<double>(tr.batch_ramp_steps));
     if (tr.batch_ramp_steps > 0) {
       const std::int64_t least = sc.kind == schedule_kind::dualpipe ? 2 * t_.pipeline : 1;
       if (tr.batch_ramp_start < least || tr.batch_ramp_start > sc.micro_batches)

@@ -55,6 +55,16 @@ void training_job::impl::build(plugin_registry& registry) {
     processes->on_failure([lost = lost](int, const std::string&) { lost->store(true); });
   const model_plugins plugins = load_model_plugins(registry, topo);
   roles = build_training_roles(topo, *process, plugins);
+  if (topo.train.zero == 1)  // what ZeRO-1 saves, as allocated
+    for (const auto& entry : roles.ranks)
+      if (entry.setup) {
+        std::int64_t whole = 0;  // two bf16 moments per trainable element
+        for (auto& chunk : entry.setup->rank->chunks())
+          whole += 4 * chunk.optimizer->parameter_count();
+        event(fmt::format("ZeRO-1: {} keeps {:.2f} MiB of AdamW moments ({:.2f} MiB unsharded)",
+                          entry.name, entry.setup->rank->optimizer_bytes() / 1048576.0,
+                          whole / 1048576.0));
+      }
 
   standing.total_steps = topo.train.steps;
   checkpoints = std::make_unique<training_checkpoints>(

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/balancer/balancer_actor.hpp"
+#include "runtime/job/holder_messages.hpp"
 #include "runtime/stage/stage_messages.hpp"
 
 namespace troupe {
@@ -195,6 +196,29 @@ void assign_ownership(training_roles& roles) {
   for (auto& entry : roles.ranks) entry.setup->replicated = replicated;
 }
 
+/// ZeRO-1: the replicated parameters' slots (rank by rank, chunk by chunk), the same in every
+/// process; each local rank's optimizer keeps its ranges only.
+void shard_optimizer_state(training_roles& roles, std::int64_t bucket_elements) {
+  zero_layout layout;
+  for (std::size_t i = 0; i < roles.ranks.size(); ++i) {
+    auto& chunks = roles.ranks[i].setup->rank->chunks();
+    for (std::size_t c = 0; c < chunks.size(); ++c)
+      for (parameter* p : chunks[c].runner->parameters().all())
+        if (p->spec.trainable() && roles.ranks[i].setup->replicated.count(p->name)) {
+          auto& entry = layout.parameters[p->name];
+          entry.numel = p->value.numel();
+          entry.slots.push_back({static_cast<std::int32_t>(i), static_cast<std::int32_t>(c)});
+        }
+  }
+  for (std::size_t i = 0; i < roles.ranks.size(); ++i) {
+    auto& setup = *roles.ranks[i].setup;
+    auto sharding =
+        std::make_shared<zero_sharding>(layout, static_cast<std::int32_t>(i), bucket_elements);
+    setup.rank->keep_ranges(*sharding);
+    setup.zero = std::move(sharding);
+  }
+}
+
 }  // namespace
 
 batch_ramp batch_ramp_of(const topology& topo) {
@@ -255,6 +279,7 @@ training_roles build_training_roles(const topology& topo, job_process& process,
   roles.placement = expert_placement::uniform(moe_layers(topo.model), shard_experts_of(topo));
   build_ranks(roles, topo, process, plugins);
   assign_ownership(roles);
+  if (topo.train.zero == 1) shard_optimizer_state(roles, topo.train.zero_bucket_elements);
   for (auto& entry : roles.ranks) {
     roles.router_bias_names.merge(entry.setup->rank->router_bias_names());
     if (!process.is_local(entry.name)) entry.setup.reset();
@@ -284,6 +309,12 @@ void spawn_training_roles(training_roles& roles, job_process& process, const top
       if (entry.setup->transport) entry.setup->transport->set_shards(shard_actors);
       return spawn_stage_actor(runtime, entry.setup);
     });
+  if (topo.train.zero == 1) {
+    zero_peers all;
+    for (auto& entry : roles.ranks) all.ranks.push_back(entry.actor);
+    for (auto& entry : roles.ranks)
+      if (entry.setup) runtime.tell(entry.actor, all);
+  }
   for (std::int32_t d = 0; d < topo.data; ++d) {
     stage_peers peers;
     for (auto& entry : roles.ranks)

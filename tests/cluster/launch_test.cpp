@@ -57,21 +57,27 @@ const std::string quick = " --quiet --threads 1";
 
 /// The per-step losses of `troupe train` and `troupe launch` of one topology agree to 1e-6
 /// (relative; they are bit-identical in practice), and so do gradient norms and expert loads.
-void expect_same_losses(const std::string& file, int steps) {
+/// `single_extra` goes to the one-process run only; returns the launch's output.
+std::string expect_same_losses(const std::string& file, int steps,
+                               const std::string& single_extra = "") {
   const fs::path dir = scratch_dir(file);
   const std::string common = fmt::format(" --steps {}{}", steps, quick);
-  auto single =
-      shell(fmt::format("{} train {} --log-json {} --checkpoint-dir {}{}", troupe(), topology(file),
-                        (dir / "one.json").string(), (dir / "ck1").string(), common));
-  ASSERT_EQ(single.exit_code, 0) << single.output;
+  auto single = shell(fmt::format("{} train {} --log-json {} --checkpoint-dir {}{}{}", troupe(),
+                                  topology(file), (dir / "one.json").string(),
+                                  (dir / "ck1").string(), common, single_extra));
+  EXPECT_EQ(single.exit_code, 0) << single.output;
   auto multi = shell(fmt::format("{} launch {} --log-json {} --checkpoint-dir {}{}", troupe(),
                                  topology(file), (dir / "many.json").string(),
                                  (dir / "ck2").string(), common));
-  ASSERT_EQ(multi.exit_code, 0) << multi.output;
+  EXPECT_EQ(multi.exit_code, 0) << multi.output;
+  if (single.exit_code != 0 || multi.exit_code != 0) return multi.output;
   EXPECT_TRUE(contains(multi.output, "processes on this machine")) << multi.output;
   const auto one = read_json_lines(dir / "one.json"), many = read_json_lines(dir / "many.json");
-  ASSERT_EQ(one.size(), static_cast<std::size_t>(steps));
-  ASSERT_EQ(many.size(), one.size());
+  EXPECT_EQ(one.size(), static_cast<std::size_t>(steps));
+  if (many.size() != one.size()) {
+    ADD_FAILURE() << file << ": " << many.size() << " steps logged, " << one.size() << " expected";
+    return multi.output;
+  }
   for (std::size_t s = 0; s < one.size(); ++s) {
     for (const char* field : {"loss", "mtp_loss", "balance_loss", "grad_norm"}) {
       const double a = one[s][field].get<double>(), b = many[s][field].get<double>();
@@ -79,6 +85,7 @@ void expect_same_losses(const std::string& file, int steps) {
     }
     EXPECT_EQ(one[s]["expert_load"], many[s]["expert_load"]) << file << " step " << s + 1;
   }
+  return multi.output;
 }
 
 TEST(Launch, TwoProcessesGiveTheSingleProcessLosses) {
@@ -153,6 +160,40 @@ TEST(Launch, AKilledProcessIsReportedWithin10SecondsAndTheJobResumes) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_TRUE(contains(resumed.output, fmt::format("at step {}", checkpointed))) << resumed.output;
   EXPECT_TRUE(fs::exists(dir / "ckpt" / fmt::format("step-{:06d}", checkpointed + 2)));
+}
+
+/// Bytes of the tensors in a safetensors file (its size less its header).
+std::int64_t tensor_bytes(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::uint64_t header = 0;
+  in.read(reinterpret_cast<char*>(&header), sizeof header);
+  return static_cast<std::int64_t>(fs::file_size(file) - 8 - header);
+}
+
+TEST(Launch, ZeroOneAcrossTwoProcessesGivesThePlainDataParallelLosses) {
+  // Two replicas in two processes under ZeRO-1 (the pieces over UCX) against plain data
+  // parallelism in one process: the same losses to 1e-6, and each replica keeps half of the
+  // moments the plain run's first replica keeps.
+  const std::string output = expect_same_losses("zero-two-hosts.toml", 4, " --set train.zero=0");
+  EXPECT_TRUE(contains(output, "(rank 1, node1): ZeRO-1: stage0.r1 keeps")) << output;
+  const fs::path dir = fs::temp_directory_path() /
+                       ("troupe-launch-test-" + std::to_string(::getpid())) / "zero-two-hosts.toml";
+  const auto plain =
+      tensor_bytes(dir / "ck1" / "step-000004" / "optimizer" / "stage0.r0.safetensors");
+  for (const char* replica : {"stage0.r0", "stage0.r1"}) {
+    const auto kept = tensor_bytes(dir / "ck2" / "step-000004" / "optimizer" /
+                                   (std::string(replica) + ".safetensors"));
+    EXPECT_NEAR(static_cast<double>(kept), plain / 2.0, 0.01 * static_cast<double>(plain))
+        << replica;
+    std::cout << replica << " keeps " << kept << " bytes of moments, plain data parallelism "
+              << plain << "\n";
+  }
+  // A replica killed in the middle: named within 10 s, nobody waits for its pieces.
+  double seconds = 0;
+  auto broken = break_a_rank(dir, "zero-two-hosts.toml", 1, "9", "", seconds);
+  EXPECT_TRUE(contains(broken.output, "exit=5")) << broken.output;
+  EXPECT_LT(seconds, 10.0) << broken.output;
+  EXPECT_TRUE(contains(broken.output, "stage0.r1")) << broken.output;
 }
 
 TEST(Launch, AStoppedProcessIsReportedByTheHeartbeats) {

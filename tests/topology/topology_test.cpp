@@ -269,11 +269,41 @@ layers = "2-3"
 [[expert_shards]]
 [[expert_shards]]
 )");
-  expect_error(sizes, "stage 1 lists 1 device(s) but parallel.data = 2",
+  expect_error(sizes, "stage 1 lists 1 device(s) or host(s) but parallel.data = 2",
                16);  // no device key: the entry
   expect_error(sizes, "parallel.expert = 4 but 2 [[expert_shards]] are listed", 10);
   auto stages = errors_of(header + "\n[parallel]\npipeline = 3\n\n[[stages]]\nlayers = \"0-3\"\n");
   expect_error(stages, "parallel.pipeline = 3 but 1 [[stages]] are listed", 8);
+}
+
+TEST(TopologyErrors, ReplicaHostsAndZero) {
+  // A host per replica places data-parallel replicas on several hosts; the lists must agree.
+  const std::string hosts = R"(
+[[hosts]]
+name = "a"
+[[hosts]]
+name = "b"
+[parallel]
+data = 2
+expert = 1
+[[expert_shards]]
+host = "a"
+)";
+  auto ok =
+      load_topology_text(header + hosts + "[[stages]]\nlayers = \"0-3\"\nhost = [\"a\", \"b\"]\n",
+                         virtual_file(), no_plugins());
+  ASSERT_EQ(ok.topo.stages[0].replicas.size(), 2u);
+  EXPECT_EQ(ok.topo.stages[0].replicas[1].host, "b");
+  auto mismatch = errors_of(header + hosts +
+                            "[[stages]]\nlayers = \"0-3\"\nhost = [\"a\", \"b\"]\n"
+                            "device = [\"cpu\", \"cpu\", \"cpu\"]\n");
+  expect_error(mismatch, "stages[0]: 2 hosts but 3 devices", 18);
+  auto unknown =
+      errors_of(header + hosts + "[[stages]]\nlayers = \"0-3\"\nhost = [\"a\", \"c\"]\n");
+  expect_error(unknown, "stage 0 replica 1 is placed on host 'c'", 18);
+  auto zero = errors_of(header + hosts + "[[stages]]\nlayers = \"0-3\"\nhost = [\"a\", \"b\"]\n" +
+                        "[train]\nzero = 2\n");
+  expect_error(zero, "train.zero", 20);
 }
 
 TEST(TopologyErrors, LayersCoveredByNoStageOrByTwo) {

@@ -12,6 +12,7 @@
 #include <fstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <prometheus/registry.h>
@@ -57,8 +58,11 @@ topology make_topology(const layout& l, const std::string& train_extra = "",
       l.pipeline, std::max(1, l.shards), l.data, l.schedule, l.micro_batches);
   const int per_stage = 4 / l.pipeline;
   for (int s = 0; s < l.pipeline; ++s)
-    text += fmt::format("[[stages]]\nlayers = \"{}-{}\"\n{}", s * per_stage,
-                        (s + 1) * per_stage - 1, l.data > 1 ? "device = [\"cpu\", \"cpu\"]\n" : "");
+    text += fmt::format(
+        "[[stages]]\nlayers = \"{}-{}\"\n{}", s * per_stage, (s + 1) * per_stage - 1,
+        l.data > 1 ? fmt::format("device = [{}]\n",
+                                 fmt::join(std::vector<std::string>(l.data, "\"cpu\""), ", "))
+                   : "");
   for (int s = 0; s < l.shards; ++s) text += "[[expert_shards]]\n";
   text += extra;
   text +=
@@ -272,19 +276,115 @@ TEST(Training, EmaSnapshotStandingForSkippedUpdatesAppliesTheDecayThatOften) {
   EXPECT_THROW(tracker.update(values(0.0f), {}, 0), std::exception);
 }
 
+/// The AdamW moments each holder wrote into `checkpoint`'s optimizer/ (bytes of tensor data).
+std::map<std::string, std::int64_t> optimizer_bytes(const fs::path& checkpoint) {
+  std::map<std::string, std::int64_t> out;
+  for (const auto& file : fs::directory_iterator(checkpoint / "optimizer")) {
+    const auto contents = safetensors_file::open(file.path());
+    auto& bytes = out[file.path().stem().string()];
+    for (const auto& entry : contents.entries())
+      bytes += static_cast<std::int64_t>(contents.get(entry.name).nbytes());
+  }
+  return out;
+}
+
+TEST(Training, ZeroOneGivesThePlainDataParallelLossesWithHalfTheMoments) {
+  // Data-parallel replicas, DualPipe's two copies of each stage, the embedding the first and the
+  // last stage share: every kind of replicated parameter, plain and under ZeRO-1. The sums are
+  // the same floats in the same order; only the global norm adds its squares in another order.
+  for (const layout& l :
+       {layout{1, 0, "1f1b", 2, 2}, layout{2, 4, "1f1b", 2, 2}, layout{2, 4, "dualpipe", 4},
+        layout{2, 0, "dualpipe", 4, 2}, layout{1, 0, "1f1b", 1, 4}}) {
+    const std::string what =
+        fmt::format("pipeline {} expert {} data {} {}", l.pipeline, l.shards, l.data, l.schedule);
+    const fs::path dir = scratch("zero");
+    training_options plain_options, zero_options;
+    plain_options.checkpoint_dir = dir / "plain";
+    zero_options.checkpoint_dir = dir / "zero";
+    const auto plain = train(make_topology(l), plain_options);
+    // Buckets of 10,000 elements: every exchange goes in tens of them.
+    const auto zero =
+        train(make_topology(l, "zero = 1\nzero_bucket_elements = 10000\n"), zero_options);
+    expect_close(zero, plain, 1e-6, what);
+    const auto zero_weights = read_weights(dir / "zero" / checkpoint_name(3));
+    const auto plain_weights = read_weights(dir / "plain" / checkpoint_name(3));
+    ASSERT_EQ(zero_weights.size(), plain_weights.size()) << what;
+    double worst = 0.0;
+    for (const auto& [name, values] : plain_weights)
+      for (std::size_t i = 0; i < values.size(); ++i)
+        worst = std::max(worst, std::abs(zero_weights.at(name)[i] - values[i]));
+    EXPECT_LE(worst, 1e-6) << what << ": the weights after 3 steps";
+    // Every moment is written once either way; under ZeRO-1 the replicas of a rank keep equal
+    // shares, and with data parallelism alone each keeps 1/data of the moments.
+    const auto plain_bytes = optimizer_bytes(dir / "plain" / checkpoint_name(3));
+    const auto zero_bytes = optimizer_bytes(dir / "zero" / checkpoint_name(3));
+    std::int64_t plain_total = 0, zero_total = 0;
+    for (const auto& [holder, bytes] : plain_bytes) plain_total += bytes;
+    for (const auto& [holder, bytes] : zero_bytes) zero_total += bytes;
+    EXPECT_EQ(zero_total, plain_total) << what;
+    for (int r = 0; r < l.pipeline && l.data > 1; ++r) {
+      const auto first = zero_bytes.at(fmt::format("stage{}.r0", r));
+      for (int d = 1; d < l.data; ++d)
+        EXPECT_NEAR(static_cast<double>(zero_bytes.at(fmt::format("stage{}.r{}", r, d))),
+                    static_cast<double>(first), 0.01 * static_cast<double>(first))
+            << what << ": stage " << r << " replica " << d;
+    }
+    if (l.pipeline == 1 && l.shards == 0)
+      for (int d = 0; d < l.data; ++d)
+        EXPECT_NEAR(static_cast<double>(zero_bytes.at(fmt::format("stage0.r{}", d))),
+                    static_cast<double>(plain_total) / l.data,
+                    0.01 * static_cast<double>(plain_total))
+            << what << ": replica " << d;
+  }
+}
+
+/// `topo` for 4 steps straight (checkpoints in `dir`/whole), returned, and for 2 steps of 4
+/// (`dir`/halves), into `stopped`.
+training_result four_steps_and_two(topology topo, const fs::path& dir, training_result& stopped) {
+  topo.train.steps = 4;
+  training_options whole;
+  whole.checkpoint_dir = dir / "whole";
+  training_result uninterrupted = train(topo, whole);
+  training_options first_half;
+  first_half.checkpoint_dir = dir / "halves";
+  first_half.stop_after = 2;
+  stopped = train(topo, first_half);
+  return uninterrupted;
+}
+
+TEST(Training, ZeroOneResumesAtAnotherDataParallelSize) {
+  // 4 steps of 4 micro-batches as 2 replicas under ZeRO-1, straight; then 2 steps, and the last
+  // 2 resumed as 4 replicas under ZeRO-1 and as 1 without it: the same global batch each time,
+  // the moments re-cut from the pieces the 2 replicas wrote.
+  const fs::path dir = scratch("zero-resume");
+  training_result stopped;
+  const auto uninterrupted =
+      four_steps_and_two(make_topology({2, 0, "1f1b", 2, 2}, "zero = 1\n"), dir, stopped);
+  ASSERT_EQ(uninterrupted.steps.size(), 4u);
+  for (const layout& l :
+       {layout{2, 0, "1f1b", 2, 2}, layout{2, 0, "1f1b", 1, 4}, layout{2, 0, "1f1b", 4, 1}}) {
+    topology topo = make_topology(l, l.data > 1 ? "zero = 1\n" : "");
+    topo.train.steps = 4;
+    training_options second_half;
+    second_half.resume = dir / "halves" / checkpoint_name(2);
+    const auto resumed = train(topo, second_half);
+    ASSERT_EQ(resumed.steps.size(), 2u) << "data " << l.data;
+    for (std::size_t i = 0; i < 2; ++i)
+      EXPECT_NEAR(resumed.steps[i].loss, uninterrupted.steps[i + 2].loss,
+                  1e-6 * uninterrupted.steps[i + 2].loss)
+          << "data " << l.data << ", step " << i + 3;
+    if (l.data == 2)  // the same layout resumes bit for bit
+      EXPECT_EQ(resumed.steps[1].loss, uninterrupted.steps[3].loss);
+  }
+}
+
 TEST(Training, ResumeIsBitIdentical) {
   const fs::path dir = scratch("resume");
   topology topo = make_topology({2, 4, "dualpipe", 4}, "checkpoint_every = 2\n");
   topo.train.steps = 4;
-  training_options whole;
-  whole.checkpoint_dir = dir / "whole";
-  const auto uninterrupted = train(topo, whole);
+  training_result stopped;
+  const auto uninterrupted = four_steps_and_two(topo, dir, stopped);
   ASSERT_EQ(uninterrupted.steps.size(), 4u);
-
-  training_options first_half;
-  first_half.checkpoint_dir = dir / "halves";
-  first_half.stop_after = 2;
-  const auto stopped = train(topo, first_half);
   EXPECT_EQ(stopped.outcome, training_outcome::stopped);
   EXPECT_EQ(stopped.last_step, 2);
   training_options second_half;

@@ -83,6 +83,8 @@ std::string_view type_name(value_kind kind) {
       return "index list";
     case value_kind::device_list:
       return "device or array of devices";
+    case value_kind::host_list:
+      return "host or array of hosts";
     case value_kind::table:
       return "table";
   }

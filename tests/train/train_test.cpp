@@ -329,12 +329,13 @@ TEST(Training, ZeroOneGivesThePlainDataParallelLossesWithHalfTheMoments) {
                     static_cast<double>(first), 0.01 * static_cast<double>(first))
             << what << ": stage " << r << " replica " << d;
     }
-    if (l.pipeline == 1 && l.shards == 0)
+    if (l.pipeline == 1 && l.shards == 0) {
       for (int d = 0; d < l.data; ++d)
         EXPECT_NEAR(static_cast<double>(zero_bytes.at(fmt::format("stage0.r{}", d))),
                     static_cast<double>(plain_total) / l.data,
                     0.01 * static_cast<double>(plain_total))
             << what << ": replica " << d;
+    }
   }
 }
 
@@ -373,8 +374,9 @@ TEST(Training, ZeroOneResumesAtAnotherDataParallelSize) {
       EXPECT_NEAR(resumed.steps[i].loss, uninterrupted.steps[i + 2].loss,
                   1e-6 * uninterrupted.steps[i + 2].loss)
           << "data " << l.data << ", step " << i + 3;
-    if (l.data == 2)  // the same layout resumes bit for bit
+    if (l.data == 2) {  // the same layout resumes bit for bit
       EXPECT_EQ(resumed.steps[1].loss, uninterrupted.steps[3].loss);
+    }
   }
 }
 

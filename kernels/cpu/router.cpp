@@ -14,6 +14,7 @@ void router_forward(const router_shape& r, const float* logits, const float* bia
   std::vector<float> choice(static_cast<std::size_t>(r.experts));
   std::vector<float> group_score(static_cast<std::size_t>(r.groups));
   std::vector<std::int32_t> order(static_cast<std::size_t>(std::max(r.experts, r.groups)));
+  std::vector<float> best(static_cast<std::size_t>(std::max<std::int64_t>(r.group_top, 1)));
   for (std::int64_t t = 0; t < tokens; ++t) {
     const float* l = logits + t * r.experts;
     float* s = scores + t * r.experts;
@@ -21,19 +22,28 @@ void router_forward(const router_shape& r, const float* logits, const float* bia
       s[e] = 1.0f / (1.0f + std::exp(-l[e]));
       choice[static_cast<std::size_t>(e)] = s[e] + (bias != nullptr ? bias[e] : 0.0f);
     }
-    // Group score: the sum of the group's two best choice values.
+    // Group score: the sum of the group's `group_top` best choice values (best first).
     for (std::int64_t g = 0; g < r.groups; ++g) {
-      float best = -std::numeric_limits<float>::infinity(), second = best;
-      for (std::int64_t e = g * per_group; e < (g + 1) * per_group; ++e) {
-        const float c = choice[static_cast<std::size_t>(e)];
-        if (c > best) {
-          second = best;
-          best = c;
-        } else if (c > second) {
-          second = c;
-        }
+      std::fill(best.begin(), best.end(), -std::numeric_limits<float>::infinity());
+      auto consider = [&](float c) {
+        for (std::int64_t i = 0; i < r.group_top; ++i)
+          if (c > best[static_cast<std::size_t>(i)]) {
+            std::copy_backward(best.begin() + i, best.begin() + r.group_top - 1,
+                               best.begin() + r.group_top);
+            best[static_cast<std::size_t>(i)] = c;
+            break;
+          }
+      };
+      if (r.group_of == nullptr) {
+        for (std::int64_t e = g * per_group; e < (g + 1) * per_group; ++e)
+          consider(choice[static_cast<std::size_t>(e)]);
+      } else {
+        for (std::int64_t e = 0; e < r.experts; ++e)
+          if (r.group_of[e] == g) consider(choice[static_cast<std::size_t>(e)]);
       }
-      group_score[static_cast<std::size_t>(g)] = best + second;
+      float sum = best[0];
+      for (std::int64_t i = 1; i < r.group_top; ++i) sum += best[static_cast<std::size_t>(i)];
+      group_score[static_cast<std::size_t>(g)] = sum;
     }
     std::iota(order.begin(), order.begin() + r.groups, 0);
     std::partial_sort(order.begin(), order.begin() + r.topk_groups, order.begin() + r.groups,
@@ -45,7 +55,7 @@ void router_forward(const router_shape& r, const float* logits, const float* bia
     for (std::int64_t i = 0; i < r.topk_groups; ++i)
       kept[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] = true;
     for (std::int64_t e = 0; e < r.experts; ++e)
-      if (!kept[static_cast<std::size_t>(e / per_group)])
+      if (!kept[static_cast<std::size_t>(r.group_of != nullptr ? r.group_of[e] : e / per_group)])
         choice[static_cast<std::size_t>(e)] = -std::numeric_limits<float>::infinity();
     std::iota(order.begin(), order.begin() + r.experts, 0);
     std::partial_sort(order.begin(), order.begin() + r.topk, order.begin() + r.experts,

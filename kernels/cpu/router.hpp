@@ -5,6 +5,9 @@
 //   choice  = scores + bias                           (the bias steers selection only)
 //   group   = sum of the top-2 choice values in each of n_group groups
 //   keep the topk_group best groups, mask the other experts with -inf, take the top-k of choice
+// Node-limited routing (DeepSeek-V3's M nodes per token) is the same rule with the hosts as the
+// groups: `group_of` names each expert's host, topk_groups = M, and a host's score sums its
+// top K/M choice values.
 //   gates   = scores[selected] / (sum of them + 1e-20) * routed_scaling_factor  (when normalized)
 // No token is ever dropped. Selected experts are listed in increasing expert order.
 
@@ -19,7 +22,14 @@ struct router_shape {
   std::int64_t topk = 1;
   bool normalize = true;
   float scaling = 1.0f;
+  /// Each expert's group (on the device that routes); null: `groups` runs of consecutive experts.
+  const std::int32_t* group_of = nullptr;
+  /// Choice values a group's score sums: its best `group_top` (DeepSeek-V3's groups: 2).
+  std::int64_t group_top = 2;
 };
+
+/// The largest group_top the routers take.
+inline constexpr std::int64_t max_group_top = 16;
 
 /// For `tokens` rows of logits[experts]: scores (sigmoid), selected[topk] (expert ids, ascending)
 /// and gates[topk].

@@ -7,6 +7,7 @@ namespace {
 
 constexpr int threads = 128;
 constexpr int max_groups = 64;
+constexpr int max_group_top = 16;
 
 // NOTES: one thread per token, choices in a per-thread array (local memory, cached): the router
 // is a sliver of the step (tokens x experts values), and one thread per token keeps the
@@ -26,18 +27,26 @@ __global__ void router_forward_kernel(router_shape r, const float* logits, const
     s[e] = 1.0f / (1.0f + expf(-l[e]));
     choice[e] = s[e] + (bias != nullptr ? bias[e] : 0.0f);
   }
+  // A group's score: its `group_top` best choice values, summed best first.
   for (std::int64_t g = 0; g < r.groups; ++g) {
-    float best = -INFINITY, second = -INFINITY;
-    for (std::int64_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+    float best[max_group_top];
+    for (std::int64_t i = 0; i < r.group_top; ++i) best[i] = -INFINITY;
+    // Consecutive groups: their own run of experts; groups by map: every expert, checked.
+    const std::int64_t first = r.group_of != nullptr ? 0 : g * per_group;
+    const std::int64_t last = r.group_of != nullptr ? r.experts : first + per_group;
+    for (std::int64_t e = first; e < last; ++e) {
+      if (r.group_of != nullptr && r.group_of[e] != g) continue;
       const float c = choice[e];
-      if (c > best) {
-        second = best;
-        best = c;
-      } else if (c > second) {
-        second = c;
-      }
+      for (std::int64_t i = 0; i < r.group_top; ++i)
+        if (c > best[i]) {
+          for (std::int64_t j = r.group_top - 1; j > i; --j) best[j] = best[j - 1];
+          best[i] = c;
+          break;
+        }
     }
-    group_score[g] = best + second;
+    float sum = best[0];
+    for (std::int64_t i = 1; i < r.group_top; ++i) sum += best[i];
+    group_score[g] = sum;
     kept[g] = false;
   }
   for (std::int64_t i = 0; i < r.topk_groups; ++i) {
@@ -47,7 +56,7 @@ __global__ void router_forward_kernel(router_shape r, const float* logits, const
     kept[best] = true;
   }
   for (std::int64_t e = 0; e < r.experts; ++e)
-    if (!kept[e / per_group]) choice[e] = -INFINITY;
+    if (!kept[r.group_of != nullptr ? r.group_of[e] : e / per_group]) choice[e] = -INFINITY;
   // The top-k of choice, then listed in increasing expert order: mark them in `choice` as NaN.
   std::int32_t* chosen = selected + t * r.topk;
   for (std::int64_t k = 0; k < r.topk; ++k) {
@@ -186,11 +195,13 @@ __global__ void count_kernel(const std::int32_t* selected, std::int64_t pairs,
 void check_shape(const router_shape& r, const char* kernel) {
   require(r.experts > 0 && r.experts <= max_router_experts, kernel,
           "the number of routed experts must be in [1, 512]");
-  require(r.groups > 0 && r.groups <= max_groups && r.experts % r.groups == 0, kernel,
-          "the expert groups must divide the experts (at most 64 groups)");
+  require(r.groups > 0 && r.groups <= max_groups &&
+              (r.group_of != nullptr || r.experts % r.groups == 0),
+          kernel, "the expert groups must divide the experts (at most 64 groups)");
   require(r.topk_groups > 0 && r.topk_groups <= r.groups, kernel, "topk_groups out of range");
-  require(r.topk > 0 && r.topk <= r.topk_groups * (r.experts / r.groups), kernel,
-          "top-k larger than the experts of the kept groups");
+  require(r.group_top > 0 && r.group_top <= max_group_top, kernel, "group_top out of range");
+  require(r.topk > 0 && (r.group_of != nullptr || r.topk <= r.topk_groups * (r.experts / r.groups)),
+          kernel, "top-k larger than the experts of the kept groups");
 }
 
 struct balance_scratch {

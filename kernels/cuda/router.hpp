@@ -17,6 +17,8 @@ struct router_shape {
   std::int64_t topk = 1;
   bool normalize = true;
   float scaling = 1.0f;
+  const std::int32_t* group_of = nullptr;  ///< device; null: runs of consecutive experts
+  std::int64_t group_top = 2;              ///< choice values a group's score sums, at most 16
 };
 
 inline constexpr std::int64_t max_router_experts = 512;

@@ -33,7 +33,8 @@ namespace ops {
 namespace {
 
 cuda::router_shape to_cuda(const cpu::router_shape& r) {
-  return {r.experts, r.groups, r.topk_groups, r.topk, r.normalize, r.scaling};
+  return {r.experts,   r.groups,  r.topk_groups, r.topk,
+          r.normalize, r.scaling, r.group_of,    r.group_top};
 }
 
 cuda::gemm_math to_cuda(gemm_math math) {

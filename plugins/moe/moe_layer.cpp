@@ -31,9 +31,10 @@ troupe_status check_routing_tensor(const DLTensor& t, activation_shape shape, st
 
 // NOTES: the declaration order (router, routed experts, shared experts) is the parameter order
 // the plugin reports, and the order of the checkpoint's tensors within a layer.
-moe_layer::moe_layer(const model_shape& c, double balance_alpha, bool routing_only)
+moe_layer::moe_layer(const model_shape& c, double balance_alpha, bool routing_only,
+                     const node_limit& limit)
     : hidden_(c.hidden_size),
-      router_(c, balance_alpha, parameters_),
+      router_(c, balance_alpha, limit, parameters_),
       routed_(routing_only ? std::nullopt
                            : std::make_optional<routed_experts>(c, all_experts(c), parameters_)),
       shared_(c, parameters_) {}

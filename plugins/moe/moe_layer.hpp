@@ -29,7 +29,8 @@ namespace troupe::plugin {
 
 class moe_layer {
  public:
-  moe_layer(const model_shape& config, double balance_alpha, bool routing_only);
+  moe_layer(const model_shape& config, double balance_alpha, bool routing_only,
+            const node_limit& limit = {});
 
   const parameter_list& parameters() const { return parameters_; }
   troupe_status bind(const DLTensor* params, const DLTensor* grads, std::int32_t count,

@@ -19,7 +19,9 @@
 //   outputs:      y_rows [1, R, hidden]
 //   output grads: dy_rows;  input grads: dx_rows
 //
-// Options: {"part": ..., "experts": [...], "balance_loss_alpha": 1e-4}
+// Options: {"part": ..., "experts": [...], "balance_loss_alpha": 1e-4, "node_of_expert": [host
+// of each routed expert], "max_nodes_per_token": M} (the last two: node-limited routing,
+// moe_router.hpp).
 //
 // State (export_state/import_state, carried over by a hot swap): the instance's lifetime
 // counters, as JSON {"format": "troupe-moe-state/1", "forward_calls": N, "tokens_routed": [per
@@ -124,7 +126,17 @@ troupe_status create(const troupe_instance_config* config, troupe_instance** out
       const double alpha = options.value("balance_loss_alpha", 1e-4);
       if (!(alpha >= 0.0))
         return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "balance_loss_alpha must be >= 0");
-      instance->layer = std::make_unique<moe_layer>(model, alpha, part == "routing");
+      node_limit limit;
+      if (options.contains("node_of_expert")) {
+        limit.node_of = options["node_of_expert"].get<std::vector<std::int32_t>>();
+        limit.max_nodes = options.value("max_nodes_per_token", std::int64_t{0});
+        try {
+          limit.check(model);
+        } catch (const std::invalid_argument& e) {
+          return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "{}", e.what());
+        }
+      }
+      instance->layer = std::make_unique<moe_layer>(model, alpha, part == "routing", limit);
     } else if (part == "experts") {
       if (!options.contains("experts") || !options["experts"].is_array())
         return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,

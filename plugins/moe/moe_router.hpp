@@ -18,10 +18,23 @@
 
 namespace troupe::plugin {
 
+/// Node-limited routing (DeepSeek-V3 §2.1.2): a token's experts lie on at most `max_nodes`
+/// hosts, those with the highest sums of their top K/M choice values. It takes the place of the
+/// config's group limit (in DeepSeek-V3 the two are one: 8 groups on 8 nodes, 4 kept); with
+/// `max_nodes` 0 or covering every host the config's routing stands.
+struct node_limit {
+  std::vector<std::int32_t> node_of;  ///< each routed expert's host, 0-based; empty: off
+  std::int64_t max_nodes = 0;
+
+  /// Throws std::invalid_argument naming what does not fit `config`.
+  void check(const model_shape& config) const;
+};
+
 class moe_router {
  public:
   /// Declares "mlp.gate.weight" and the buffer "mlp.gate.e_score_correction_bias".
-  moe_router(const model_shape& config, double balance_alpha, parameter_list& parameters);
+  moe_router(const model_shape& config, double balance_alpha, const node_limit& limit,
+             parameter_list& parameters);
   void bind(std::span<float* const> weights, std::span<float* const> grads);
 
   const kernels::cpu::router_shape& shape() const { return shape_; }
@@ -50,8 +63,14 @@ class moe_router {
     buffer d_logits;  // [T, E], between the input and weight parts
   };
 
+  /// shape_ with group_of on the context's device (node-limited routing).
+  kernels::cpu::router_shape shape_on(const troupe_exec_context* context);
+
   std::int64_t hidden_;
   kernels::cpu::router_shape shape_;
+  std::vector<std::int32_t> node_of_;          // node-limited routing's groups; empty: off
+  device_array<std::int32_t> node_of_device_;  // its copy on a GPU
+  DLDevice node_of_on_{kDLCPU, 0};
   double balance_alpha_;
   std::size_t weight_index_, bias_index_;
   std::span<float*const> weight_, grad_;

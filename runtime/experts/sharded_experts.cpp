@@ -1,6 +1,7 @@
 #include "runtime/experts/sharded_experts.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <string>
 
@@ -155,6 +156,24 @@ tensor sharded_experts::forward(std::int64_t layer, std::int64_t micro_batch, co
                            settings_.combine);
   in_flight_.emplace(key, std::move(ranges));
   return y;
+}
+
+void sharded_experts::observe_routing(std::int64_t layer, const std::int32_t* selected,
+                                      std::int64_t tokens, std::int64_t k) {
+  if (settings_.shard_host.empty()) return;
+  const auto& lists = lists_for(layer);
+  std::vector<std::int32_t> host_of(static_cast<std::size_t>(experts_), 0);
+  for (std::size_t s = 0; s < lists.size(); ++s)
+    for (std::int64_t e : lists[s]) host_of[static_cast<std::size_t>(e)] = settings_.shard_host[s];
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    std::uint64_t hosts = 0;  // NOTES: at most 64 hosts (validation bounds node-limited routing)
+    for (std::int64_t i = 0; i < k; ++i)
+      hosts |= std::uint64_t{1} << (host_of[static_cast<std::size_t>(selected[t * k + i])] & 63);
+    routing_.most_hosts_per_token =
+        std::max<std::int64_t>(routing_.most_hosts_per_token, std::popcount(hosts));
+    if (settings_.own_host >= 0) hosts &= ~(std::uint64_t{1} << (settings_.own_host & 63));
+    routing_.tokens_across_hosts += std::popcount(hosts);
+  }
 }
 
 tensor sharded_experts::backward_input(std::int64_t layer, std::int64_t micro_batch,

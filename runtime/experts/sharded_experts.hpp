@@ -23,7 +23,19 @@ class sharded_experts : public expert_backend {
     /// Serving: an expert may be on several shards (redundant experts); its rows are split
     /// between them. Training needs each expert on one shard (its gradients).
     bool replicas = false;
+    /// Each shard's host (a dense index) and the stage's own: tokens whose experts lie on other
+    /// hosts are counted (routing_counts). Empty: not counted.
+    std::vector<std::int32_t> shard_host;
+    std::int32_t own_host = -1;
   };
+
+  /// Where the tokens' experts were since the last take: (token, other host) pairs, and the
+  /// most hosts one token's experts lay on.
+  struct routing_counts {
+    std::int64_t tokens_across_hosts = 0;
+    std::int64_t most_hosts_per_token = 0;
+  };
+  routing_counts take_routing_counts() { return std::exchange(routing_, routing_counts{}); }
 
   /// shard_experts[s]: the experts shard s owns (ascending) in every layer; together every
   /// routed expert once (or more, with options::replicas).
@@ -45,6 +57,8 @@ class sharded_experts : public expert_backend {
   void backward_weight(std::int64_t layer, std::int64_t micro_batch) override;
   void forget(std::int64_t layer, std::int64_t micro_batch) override;
   void abandon(std::int64_t layer, std::int64_t micro_batch) override;
+  void observe_routing(std::int64_t layer, const std::int32_t* selected, std::int64_t tokens,
+                       std::int64_t k) override;
 
   /// Bytes sent to and received from the shards so far (payload only).
   std::int64_t bytes_sent() const { return bytes_sent_; }
@@ -68,6 +82,7 @@ class sharded_experts : public expert_backend {
   options settings_;
   std::map<std::pair<std::int64_t, std::int64_t>, shard_ranges> in_flight_;
   std::int64_t bytes_sent_ = 0, bytes_received_ = 0;
+  routing_counts routing_;
 };
 
 }  // namespace troupe

@@ -257,6 +257,7 @@ tensor decoder_layer::sharded_moe_forward(const exec_context& context, std::int6
   s.balance = outputs[2];
   s.gates = outputs[4];
   const std::int64_t tokens = s.m_in.numel() / hidden_, k = topk_, h = hidden_;
+  experts_->observe_routing(index_, outputs[3].data_as<const std::int32_t>(), tokens, k);
   kernels::cpu::group_by_expert(outputs[3].data_as<const std::int32_t>(), tokens, k,
                                 routed_experts_, s.grouping);
   tensor rows = tensor::empty(dtype::f32, {tokens * k, h});

@@ -30,6 +30,12 @@ class expert_backend {
   /// After a forward that failed part-way: every expert drops what it may have saved for the
   /// micro-batch; never throws.
   virtual void abandon(std::int64_t layer, std::int64_t micro_batch) = 0;
+  /// The experts each of `tokens` tokens chose (selected[tokens, k]) in `layer`'s forward, before
+  /// its rows go out: for statistics of where they go (tokens crossing hosts).
+  virtual void observe_routing(std::int64_t layer, const std::int32_t* selected,
+                               std::int64_t tokens, std::int64_t k) {
+    (void)layer, (void)selected, (void)tokens, (void)k;
+  }
 };
 
 }  // namespace troupe

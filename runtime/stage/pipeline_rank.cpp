@@ -256,6 +256,13 @@ void pipeline_rank::run_backward(const stage_work& w, troupe_backward_part part,
 }
 
 rank_step_report pipeline_rank::take_report() {
+  for (auto& c : chunks_)
+    if (c.experts) {
+      const auto counts = c.experts->take_routing_counts();
+      report_.tokens_across_hosts += counts.tokens_across_hosts;
+      report_.most_hosts_per_token =
+          std::max(report_.most_hosts_per_token, counts.most_hosts_per_token);
+    }
   return std::move(report_);
 }
 

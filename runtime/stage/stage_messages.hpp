@@ -42,7 +42,13 @@ struct rank_step_report {
   std::vector<micro_batch_losses> losses;
   expert_load load;           ///< tokens per expert of each MoE layer, over this rank's forwards
   double busy_seconds = 0.0;  ///< time spent computing ops
-  auto fields() { return std::tie(losses, load, busy_seconds); }
+  /// (token, host) pairs whose experts lay on another host than the rank's own, and the most
+  /// hosts one token's experts lay on.
+  std::int64_t tokens_across_hosts = 0;
+  std::int64_t most_hosts_per_token = 0;
+  auto fields() {
+    return std::tie(losses, load, busy_seconds, tokens_across_hosts, most_hosts_per_token);
+  }
 };
 
 /// Coordinator -> pipeline rank: run one step of the plan on these micro-batches (the rank's

@@ -317,6 +317,7 @@ class topology_parser {
     std::string dispatch = fp8 ? "fp8" : "fp32", combine = fp8 ? "bf16" : "fp32";
     read("parallel", parallel, "expert_dispatch", dispatch);
     read("parallel", parallel, "expert_combine", combine);
+    read("parallel", parallel, "max_nodes_per_token", topo_.max_nodes_per_token);
     topo_.expert_dispatch = precision_named(dispatch, fp8 ? precision::fp8 : precision::fp32);
     topo_.expert_combine = precision_named(combine, fp8 ? precision::bf16 : precision::fp32);
     if (topo_.expert_combine == precision::fp8) topo_.expert_combine = precision::bf16;

@@ -125,6 +125,16 @@ section_schema parallel_section() {
            "Precision of the expert outputs coming back to the stages, and of the gradients "
            "both ways: bf16 (DeepSeek-V3's combine) or fp32.",
            {"fp32", "bf16"}},
+          {"max_nodes_per_token",
+           k::integer,
+           false,
+           "0",
+           "Node-limited routing (DeepSeek-V3's M): each token's routed experts lie on at most "
+           "this many hosts of the expert shards, those with the highest sums of their top K/M "
+           "affinities; it takes the place of the model's group limit (n_group, topk_group). 0: "
+           "off.",
+           {},
+           {0, 64}},
       }};
 }
 

@@ -84,7 +84,8 @@ struct train_spec {
   double epsilon = 0;
   double grad_clip = 0;
   int zero = 0;  ///< ZeRO stage: 1 splits the replicated parameters' moments among their holders
-  std::int64_t zero_bucket_elements = 0;  ///< ZeRO-1's exchanges go in buckets of this many elements
+  std::int64_t zero_bucket_elements =
+      0;  ///< ZeRO-1's exchanges go in buckets of this many elements
   double mtp_weight = 0;
   double balance_loss_alpha = 0;
   std::int64_t batch_ramp_steps = 0;  ///< 0: every step runs schedule.micro_batches
@@ -167,6 +168,8 @@ struct topology {
   /// Expert parallelism on the wire ([parallel] expert_dispatch, expert_combine).
   precision expert_dispatch = precision::fp32;
   precision expert_combine = precision::fp32;
+  /// Node-limited routing: a token's experts on at most this many hosts ([parallel]); 0: off.
+  int max_nodes_per_token = 0;
 
   std::vector<plugin_choice> plugins;  ///< the roles this model uses, in kind order
   std::vector<std::string> plugin_search_path;
@@ -196,6 +199,11 @@ struct topology {
   source_position where(const std::string& path) const;
   const plugin_choice* plugin_for(plugin_kind role) const;
   const host_spec* find_host(const std::string& host_name) const;
+  /// The expert shards' hosts as dense indices (the hosts holding shards, in [[hosts]] order):
+  /// the nodes of node-limited routing, one per shard.
+  std::vector<std::int32_t> shard_nodes() const;
+  /// Node-limited routing's groups: each routed expert's shard's node; empty without shards.
+  std::vector<std::int32_t> node_of_experts() const;
 };
 
 /// "HOST:PORT" (an IPv6 host in brackets), the port 0 to 65535 (0: a free one), as [serve]

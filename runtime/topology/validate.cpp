@@ -9,6 +9,7 @@
 #include "runtime/plugin/registry.hpp"
 #include "runtime/schedule/schedule_plan.hpp"
 #include "runtime/topology/load.hpp"
+#include "runtime/topology/validator_base.hpp"
 
 namespace troupe {
 
@@ -35,22 +36,44 @@ const host_spec* topology::find_host(const std::string& host_name) const {
   return nullptr;
 }
 
+std::vector<std::int32_t> topology::shard_nodes() const {
+  std::map<std::string, std::int32_t> index;  // host -> node, in [[hosts]] order
+  for (const auto& host : hosts)
+    for (const auto& shard : expert_shards)
+      if (shard.place.host == host.name && !index.count(host.name))
+        index.emplace(host.name, static_cast<std::int32_t>(index.size()));
+  std::vector<std::int32_t> out;
+  for (const auto& shard : expert_shards) out.push_back(index[shard.place.host]);
+  return out;
+}
+
+std::vector<std::int32_t> topology::node_of_experts() const {
+  const auto nodes = shard_nodes();
+  if (nodes.empty()) return {};
+  std::vector<std::int32_t> node(static_cast<std::size_t>(model.n_routed_experts), -1);
+  for (std::size_t s = 0; s < expert_shards.size(); ++s)
+    for (int e : expert_shards[s].experts)
+      if (e >= 0 && e < model.n_routed_experts) node[static_cast<std::size_t>(e)] = nodes[s];
+  return node;
+}
+
 namespace detail {
 
 namespace {
 
 namespace fs = std::filesystem;
 
-class topology_validator {
+class topology_validator : validator_base {
  public:
   topology_validator(topology& topo, const topology_load_options& options,
                      std::vector<diagnostic>& out)
-      : t_(topo), options_(options), out_(out) {}
+      : validator_base(topo, out), options_(options) {}
 
   void run() {
     check_hosts();
     check_stages();
     check_expert_shards();
+    check_node_limit();
     check_schedule();
     check_actors();
     check_train_and_data();
@@ -58,19 +81,6 @@ class topology_validator {
   }
 
  private:
-  void error(const std::string& path, std::string message) {
-    out_.push_back({t_.where(path), diagnostic::severity::error, std::move(message)});
-  }
-  void warning(const std::string& path, std::string message) {
-    out_.push_back({t_.where(path), diagnostic::severity::warning, std::move(message)});
-  }
-
-  std::vector<std::string> host_names() const {
-    std::vector<std::string> names;
-    for (const auto& h : t_.hosts) names.push_back(h.name);
-    return names;
-  }
-
   void check_hosts() {
     std::set<std::string> seen;
     for (std::size_t i = 0; i < t_.hosts.size(); ++i) {
@@ -82,100 +92,6 @@ class topology_validator {
       if (host.gpus < 0)
         error(path + ".gpus", fmt::format("hosts.gpus must be 0 or more, got {}", host.gpus));
       if (host.address.empty()) error(path + ".address", "a host needs an address");
-    }
-  }
-
-  /// `path = "host"` names no host: the error, with the nearest host name.
-  void no_such_host(const std::string& path, const std::string& host) {
-    auto names = host_names();
-    auto suggestion = nearest_word(host, names);
-    error(path,
-          fmt::format("{} = \"{}\" names no host{}; hosts are: {}", path, host,
-                      suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
-                      join(names, ", ")));
-  }
-
-  /// [serve] decode_host(s) and expert_host(s): other hosts than the first, each once and in one
-  /// role, with decode instances or expert shards to run there.
-  void check_serve_hosts() {
-    serve_spec& s = t_.serve;
-    if (s.prefill_host.empty()) {
-      s.prefill_host = t_.hosts.front().name;
-    } else if (t_.find_host(s.prefill_host) == nullptr) {
-      no_such_host("serve.prefill_host", s.prefill_host);
-    }
-    std::map<std::string, std::string> seen;  // host -> the key that claimed it
-    const auto check = [&](const std::vector<std::string>& hosts, const char* one, const char* many,
-                           const char* role, const char* more) {
-      const bool list = t_.positions.count(fmt::format("serve.{}", many)) > 0;
-      for (std::size_t i = 0; i < hosts.size(); ++i) {
-        const std::string& host = hosts[i];
-        const std::string path =
-            list ? fmt::format("serve.{}[{}]", many, i) : fmt::format("serve.{}", one);
-        if (t_.find_host(host) == nullptr) {
-          no_such_host(path, host);
-        } else if (host == t_.serve.prefill_host) {
-          error(path, fmt::format("{} = \"{}\" is the prefill host (serve.prefill_host, else the "
-                                  "first host), which serves HTTP and prefills: give another "
-                                  "host (or leave it out to {} in one process)",
-                                  path, host, role));
-        } else if (const auto [it, fresh] = seen.emplace(host, many); !fresh) {
-          error(path, it->second == many
-                          ? fmt::format("{} = \"{}\" is named twice: a host runs one serving "
-                                        "process ({})",
-                                        path, host, more)
-                          : fmt::format("{} = \"{}\" is named twice in [serve]: it runs the "
-                                        "process of serve.{} already (a host runs one serving "
-                                        "process, for decode or for expert shards)",
-                                        path, host, it->second));
-        }
-      }
-    };
-    check(s.decode_hosts, "decode_host", "decode_hosts", "decode",
-          "give it more decode_instances instead");
-    check(s.expert_hosts, "expert_host", "expert_hosts", "hold the expert shards",
-          "give it more expert_shards instead");
-    const bool decode_list = t_.positions.count("serve.decode_hosts") > 0;
-    if (!s.decode_hosts.empty() && s.decode_instances < 1)
-      error(decode_list ? "serve.decode_hosts" : "serve.decode_host",
-            fmt::format("serve.{} needs serve.decode_instances of 1 or more: the instances that "
-                        "decode there",
-                        decode_list ? "decode_hosts" : "decode_host"));
-    const std::string experts_path =
-        t_.positions.count("serve.expert_hosts") > 0 ? "serve.expert_hosts" : "serve.expert_host";
-    if (!s.expert_hosts.empty() &&
-        s.expert_shards < static_cast<std::int64_t>(s.expert_hosts.size()))
-      error(experts_path,
-            fmt::format("{} names {} hosts for {} expert shards per instance: each host needs at "
-                        "least one (set serve.expert_shards)",
-                        experts_path, s.expert_hosts.size(), s.expert_shards));
-  }
-
-  /// [serve] device, prefill_device, decode_device: devices that exist on the hosts of their role.
-  void check_serve_devices() {
-    const serve_spec& s = t_.serve;
-    const std::vector<std::string> first{s.prefill_host};  // check_serve_hosts filled it
-    std::vector<std::string> decode = s.decode_hosts.empty() ? first : s.decode_hosts;
-    std::vector<std::string> all = first;
-    all.insert(all.end(), s.decode_hosts.begin(), s.decode_hosts.end());
-    for (const auto& [key, text, hosts] : {std::tuple{"device", s.device, all},
-                                           std::tuple{"prefill_device", s.prefill_device, first},
-                                           std::tuple{"decode_device", s.decode_device, decode}}) {
-      const std::string path = std::string("serve.") + key;
-      if (t_.positions.count(path) == 0 || text.empty()) continue;
-      device where = device::cpu();
-      try {
-        where = parse_device(text);
-      } catch (const troupe::error& e) {
-        error(path, fmt::format("{}: {}", path, e.what()));
-        continue;
-      }
-      for (const std::string& name : hosts) {
-        const host_spec* host = t_.find_host(name);
-        if (host != nullptr && where.is_cuda() && where.index >= host->gpus)
-          error(path, fmt::format("{} = \"{}\" does not exist on host '{}', which has gpus = {}",
-                                  path, text, name, host->gpus));
-      }
     }
   }
 
@@ -375,6 +291,33 @@ class topology_validator {
                       missing.size() > 1 ? "are" : "is", experts, experts - 1));
   }
 
+  /// Node-limited routing: the expert shards' hosts must give every token its K experts.
+  void check_node_limit() {
+    const int m = t_.max_nodes_per_token;
+    if (m == 0 || t_.model.moe_layer_count() == 0) return;
+    const std::string path = "parallel.max_nodes_per_token";
+    const auto node = t_.node_of_experts();
+    if (node.empty() || std::count(node.begin(), node.end(), -1) > 0)
+      return error(path,
+                   "node-limited routing needs the routed experts on [[expert_shards]] (on "
+                   "hosts): list them");
+    std::map<std::int32_t, std::int64_t> per_node;
+    for (std::int32_t n : node) ++per_node[n];
+    const std::int64_t nodes = static_cast<std::int64_t>(per_node.size());
+    const std::int64_t k = t_.model.num_experts_per_tok;
+    if (m >= nodes)
+      return warning(path, fmt::format("{} = {} covers every host of the expert shards ({}): "
+                                       "routing is not limited",
+                                       path, m, nodes));
+    std::int64_t fewest = k;
+    for (const auto& [n, count] : per_node) fewest = std::min(fewest, count);
+    if (fewest * m < k || k / m > 16)
+      error(path, fmt::format("{} = {} cannot route a token to its {} experts: a host holds as "
+                              "few as {} routed experts, and any {} hosts must hold {} (and K/M "
+                              "at most 16)",
+                              path, m, k, fewest, m, k));
+  }
+
   void check_schedule() {
     const auto& s = t_.schedule;
     if (s.micro_batches < 1)
@@ -417,8 +360,7 @@ class topology_validator {
                        device::cpu()};
     check_placement(balancer, "balancer", "the balancer actor");
     t_.balancer.host = balancer.host;
-    check_serve_hosts();
-    check_serve_devices();
+    check_serve(t_, out_);
     if (!(t_.serve.rebalance_interval >= 0.0))
       error("serve.rebalance_interval",
             fmt::format("serve.rebalance_interval must be 0 (never) or more seconds, got {}",
@@ -582,9 +524,7 @@ class topology_validator {
     }
   }
 
-  topology& t_;
   const topology_load_options& options_;
-  std::vector<diagnostic>& out_;
   bool search_failed_ = false;  ///< the last find_on met an entry that is no plugin file
 };
 

@@ -167,6 +167,9 @@ step_record coordinator::summarize(std::int64_t step, std::int64_t per_replica,
       if (!l.non_finite.empty() && non_finite[m].empty())
         non_finite[m] = fmt::format("{} (stage {})", l.non_finite, rank.rank);
     }
+    record.tokens_across_hosts += ranks.reports[i].tokens_across_hosts;
+    record.most_hosts_per_token =
+        std::max(record.most_hosts_per_token, ranks.reports[i].most_hosts_per_token);
     for (const auto& [layer, counts] : ranks.reports[i].load) {
       auto& total = record.load[layer];
       total.resize(counts.size(), 0);

@@ -324,6 +324,13 @@ control_reply training_control::swap_plugin(blocking_actor& self, plugin_kind ro
 }
 
 control_reply training_control::rebalance(blocking_actor& self, const layer_expert_load& load) {
+  // Node-limited routing routes by the hosts the topology put the experts on.
+  if (topo_.max_nodes_per_token > 0)
+    return control_error(
+        409, fmt::format("the job routes each token to at most {} hosts "
+                         "(parallel.max_nodes_per_token) by where the topology put the experts; "
+                         "a rebalance would move experts between hosts under the routers",
+                         topo_.max_nodes_per_token));
   // EPLB gives every shard the same number of experts: shards the topology made unequal on
   // purpose (a smaller device) would be evened out.
   for (const auto& [layer, lists] : roles_.placement.layers)

@@ -45,6 +45,11 @@ struct step_record {
   double tokens_per_s = 0.0;
   expert_load load;                        ///< tokens per expert of each MoE layer
   double expert_load_max_over_mean = 0.0;  ///< of the most unbalanced layer
+  /// (token, host) pairs sent to expert shards on another host than the stage's, over every
+  /// MoE layer and micro-batch; and the most hosts one token's experts lay on (0: every
+  /// stage computes its own experts, or none is on a host of expert shards).
+  std::int64_t tokens_across_hosts = 0;
+  std::int64_t most_hosts_per_token = 0;
 };
 
 enum class training_outcome {

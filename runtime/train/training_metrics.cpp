@@ -32,6 +32,7 @@ struct training_metrics::families {
   prometheus::Family<prometheus::Counter>& swaps;
   prometheus::Family<prometheus::Histogram>& swap_pause;
   prometheus::Family<prometheus::Gauge>& expert_shard;
+  prometheus::Family<prometheus::Counter>& across_hosts;
   rebalance_metrics rebalances;
 };
 
@@ -110,6 +111,11 @@ training_metrics::training_metrics(prometheus::Registry& r, bool per_expert_seri
           .Name("troupe_expert_shard")
           .Help("The expert shard that computes each routed expert, by MoE layer and expert")
           .Register(r),
+      BuildCounter()
+          .Name("troupe_expert_tokens_across_hosts_total")
+          .Help("Tokens routed to expert shards on another host than their stage's: (token, "
+                "host) pairs over every MoE layer")
+          .Register(r),
       rebalance_metrics(r),
   });
   families_->paused.Add({}).Set(0);
@@ -146,6 +152,7 @@ void training_metrics::record_step(const step_record& s,
   f.learning_rate.Add({}).Set(s.lr);
   f.grad_norm.Add({}).Set(s.grad_norm);
   f.steps.Add({}).Increment();
+  f.across_hosts.Add({}).Increment(static_cast<double>(s.tokens_across_hosts));
   f.last_step.Add({}).Set(
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   f.tokens.Add({}).Increment(static_cast<double>(s.tokens));

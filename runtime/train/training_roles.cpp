@@ -132,6 +132,13 @@ std::vector<stage_chunk> build_chunks(const topology& topo, const schedule_plan&
       wire.dispatch = wire_precision_of(topo.expert_dispatch);
       wire.combine = wire_precision_of(topo.expert_combine);
       wire.source = d * copies_of(topo) + copy;
+      // The shards' hosts, numbered as node-limited routing numbers them; the stage's own.
+      wire.shard_host = topo.shard_nodes();
+      const auto& replicas = topo.stages.at(static_cast<std::size_t>(stage)).replicas;
+      for (std::size_t s = 0; s < topo.expert_shards.size(); ++s)
+        if (static_cast<std::size_t>(d) < replicas.size() &&
+            topo.expert_shards[s].place.host == replicas[static_cast<std::size_t>(d)].host)
+          wire.own_host = wire.shard_host[s];
       chunk.experts = std::make_unique<sharded_experts>(shard_experts, config.n_routed_experts,
                                                         *setup.transport, wire);
       chunk_plugins.experts = chunk.experts.get();
@@ -249,6 +256,10 @@ model_plugins load_model_plugins(plugin_registry& registry, const topology& topo
     plugins.moe = load_role(registry, topo, plugin_kind::moe, "moe");
     nlohmann::json moe_options = nlohmann::json::parse(options_of(topo, plugin_kind::moe));
     moe_options["balance_loss_alpha"] = topo.train.balance_loss_alpha;
+    if (topo.max_nodes_per_token > 0) {  // node-limited routing over the shards' hosts
+      moe_options["node_of_expert"] = topo.node_of_experts();
+      moe_options["max_nodes_per_token"] = topo.max_nodes_per_token;
+    }
     plugins.moe_options = moe_options.dump();
   }
   if (config.num_nextn_predict_layers > 0)

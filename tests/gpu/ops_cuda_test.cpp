@@ -414,6 +414,29 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
     gpu::count_selections(gsel.data(), static_cast<std::int64_t>(pairs), gcounts.data(), nullptr);
     EXPECT_EQ(gcounts.get(), counts);
   }
+  {
+    // Node-limited routing: the groups are hosts named per expert (5 hosts, uneven), M = 2, each
+    // host scored by its best 3 choice values.
+    const std::int64_t experts = 64, tokens = 150;
+    std::vector<std::int32_t> node_of(static_cast<std::size_t>(experts));
+    for (std::int64_t e = 0; e < experts; ++e)
+      node_of[static_cast<std::size_t>(e)] = static_cast<std::int32_t>((e * 7 + e / 9) % 5);
+    device_array<std::int32_t> gnode(node_of);
+    cpu::router_shape cs{experts, 5, 2, 6, true, 2.5f, node_of.data(), 3};
+    gpu::router_shape gs{experts, 5, 2, 6, true, 2.5f, gnode.data(), 3};
+    const auto logits = random_values(static_cast<std::size_t>(tokens * experts), 31, 2.0f);
+    const auto bias = random_values(static_cast<std::size_t>(experts), 32, 0.1f);
+    std::vector<float> scores(logits.size()), gates(static_cast<std::size_t>(tokens * 6));
+    std::vector<std::int32_t> selected(gates.size());
+    cpu::router_forward(cs, logits.data(), bias.data(), scores.data(), selected.data(),
+                        gates.data(), tokens);
+    device_array<float> gl(logits), gb(bias), gscores(scores.size()), ggates(gates.size());
+    device_array<std::int32_t> gsel(gates.size());
+    gpu::router_forward(gs, gl.data(), gb.data(), gscores.data(), gsel.data(), ggates.data(),
+                        tokens, nullptr);
+    EXPECT_EQ(gsel.get(), selected) << "node-limited routing";
+    EXPECT_CLOSE(ggates.get(), gates, fp32_bound, "node-limited router gates");
+  }
   // Finite differences on logits that keep their selection under the step.
   const std::int64_t sequences = 2, length = 20, tokens = sequences * length;
   gpu::router_shape gs{64, 1, 1, 6, true, 2.5f};

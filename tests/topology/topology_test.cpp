@@ -276,14 +276,17 @@ layers = "2-3"
   expect_error(stages, "parallel.pipeline = 3 but 1 [[stages]] are listed", 8);
 }
 
-TEST(TopologyErrors, ReplicaHostsAndZero) {
-  // A host per replica places data-parallel replicas on several hosts; the lists must agree.
-  const std::string hosts = R"(
+/// Hosts a and b, then a [parallel] table whose keys follow.
+const std::string hosts_a_b = R"(
 [[hosts]]
 name = "a"
 [[hosts]]
 name = "b"
-[parallel]
+[parallel])";
+
+TEST(TopologyErrors, ReplicaHostsAndZero) {
+  // A host per replica places data-parallel replicas on several hosts; the lists must agree.
+  const std::string hosts = hosts_a_b + R"(
 data = 2
 expert = 1
 [[expert_shards]]
@@ -304,6 +307,44 @@ host = "a"
   auto zero = errors_of(header + hosts + "[[stages]]\nlayers = \"0-3\"\nhost = [\"a\", \"b\"]\n" +
                         "[train]\nzero = 2\n");
   expect_error(zero, "train.zero", 20);
+}
+
+TEST(TopologyErrors, NodeLimitedRouting) {
+  // 16 experts, top-4: 14 on host a, 2 on host b.
+  const std::string hosts = hosts_a_b + R"(
+expert = 2
+max_nodes_per_token = 1
+[[stages]]
+layers = "0-3"
+host = "a"
+[[expert_shards]]
+experts = "0-13"
+host = "a"
+[[expert_shards]]
+experts = "14-15"
+host = "b"
+)";
+  auto uneven = errors_of(header + hosts);
+  expect_error(uneven,
+               "parallel.max_nodes_per_token = 1 cannot route a token to its 4 experts: a host "
+               "holds as few as 2 routed experts",
+               13);
+  std::string even = header + hosts;
+  even.replace(even.find("0-13"), 4, "0-7");
+  even.replace(even.find("14-15"), 5, "8-15");
+  auto fine = load_topology_text(even, virtual_file(), no_plugins());
+  EXPECT_TRUE(fine.warnings.empty());
+  EXPECT_EQ(fine.topo.node_of_experts(),
+            (std::vector<std::int32_t>{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1}));
+  even.replace(even.find("max_nodes_per_token = 1"), 23, "max_nodes_per_token = 2");
+  auto every = load_topology_text(even, virtual_file(), no_plugins());
+  ASSERT_EQ(every.warnings.size(), 1u);
+  EXPECT_NE(every.warnings[0].message.find("covers every host of the expert shards (2)"),
+            std::string::npos)
+      << every.warnings[0].message;
+  auto unsharded =
+      errors_of(header + "[parallel]\nmax_nodes_per_token = 1\n[[stages]]\nlayers = \"0-3\"\n");
+  expect_error(unsharded, "node-limited routing needs the routed experts on [[expert_shards]]", 7);
 }
 
 TEST(TopologyErrors, LayersCoveredByNoStageOrByTwo) {

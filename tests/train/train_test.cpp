@@ -339,6 +339,43 @@ TEST(Training, ZeroOneGivesThePlainDataParallelLossesWithHalfTheMoments) {
   }
 }
 
+/// topologies/two-hosts.toml in one process (stage 0 and shards 0-1 on node0, stage 1 and shards
+/// 2-3 on node1) for 3 short steps, with `overrides`.
+training_result two_hosts(std::vector<std::string> overrides) {
+  topology_load_options options;
+  options.resolve_plugins = true;
+  overrides.insert(overrides.end(), {"train.steps=3", "train.sequence_length=32"});
+  options.overrides = std::move(overrides);
+  loaded_topology loaded =
+      load_topology(troupe::testing::source_dir() / "topologies" / "two-hosts.toml", options);
+  loaded.topo.monitoring.metrics_host.clear();
+  loaded.topo.control.host.clear();
+  return train(loaded.topo);
+}
+
+TEST(Training, NodeLimitedRoutingKeepsEveryTokenOnMHosts) {
+  // Unlimited, a token's 4 experts among 16 lie on both hosts at times, and the tokens of each
+  // stage go to the other host's shards. With M = 1 every token stays on one host; with M = 2
+  // (every host) the routing is the unlimited one, losses and loads alike.
+  const auto free = two_hosts({});
+  const auto one = two_hosts({"parallel.max_nodes_per_token=1"});
+  const auto both = two_hosts({"parallel.max_nodes_per_token=2"});
+  ASSERT_EQ(free.steps.size(), 3u);
+  ASSERT_EQ(one.steps.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(free.steps[i].most_hosts_per_token, 2) << "step " << i + 1;
+    EXPECT_EQ(one.steps[i].most_hosts_per_token, 1) << "step " << i + 1;
+    EXPECT_GT(free.steps[i].tokens_across_hosts, one.steps[i].tokens_across_hosts);
+    EXPECT_GT(one.steps[i].tokens_across_hosts, 0) << "some tokens still go to the other host";
+    EXPECT_TRUE(std::isfinite(one.steps[i].loss));
+    EXPECT_EQ(both.steps[i].loss, free.steps[i].loss);
+    EXPECT_EQ(both.steps[i].load, free.steps[i].load);
+  }
+  RecordProperty("tokens_across_hosts_unlimited",
+                 std::to_string(free.steps[0].tokens_across_hosts));
+  RecordProperty("tokens_across_hosts_m1", std::to_string(one.steps[0].tokens_across_hosts));
+}
+
 /// `topo` for 4 steps straight (checkpoints in `dir`/whole), returned, and for 2 steps of 4
 /// (`dir`/halves), into `stopped`.
 training_result four_steps_and_two(topology topo, const fs::path& dir, training_result& stopped) {

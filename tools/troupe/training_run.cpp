@@ -66,6 +66,8 @@ nlohmann::json to_json(const step_record& r) {
           {"step_seconds", r.step_seconds},
           {"tokens", r.tokens},
           {"micro_batches", r.micro_batches},
+          {"tokens_across_hosts", r.tokens_across_hosts},
+          {"most_hosts_per_token", r.most_hosts_per_token},
           {"expert_load", load}};
 }
 

@@ -47,9 +47,10 @@ void router_forward(const router_shape& r, const float* logits, const float* bia
     }
     std::iota(order.begin(), order.begin() + r.groups, 0);
     std::partial_sort(order.begin(), order.begin() + r.topk_groups, order.begin() + r.groups,
-                      [&](std::int32_t a, std::int32_t b) {
-                        return group_score[static_cast<std::size_t>(a)] >
-                               group_score[static_cast<std::size_t>(b)];
+                      [&](std::int32_t a, std::int32_t b) {  // ties: the lower index, as CUDA
+                        const float x = group_score[static_cast<std::size_t>(a)];
+                        const float y = group_score[static_cast<std::size_t>(b)];
+                        return x > y || (x == y && a < b);
                       });
     std::vector<bool> kept(static_cast<std::size_t>(r.groups), false);
     for (std::int64_t i = 0; i < r.topk_groups; ++i)
@@ -59,9 +60,10 @@ void router_forward(const router_shape& r, const float* logits, const float* bia
         choice[static_cast<std::size_t>(e)] = -std::numeric_limits<float>::infinity();
     std::iota(order.begin(), order.begin() + r.experts, 0);
     std::partial_sort(order.begin(), order.begin() + r.topk, order.begin() + r.experts,
-                      [&](std::int32_t a, std::int32_t b) {
-                        return choice[static_cast<std::size_t>(a)] >
-                               choice[static_cast<std::size_t>(b)];
+                      [&](std::int32_t a, std::int32_t b) {  // ties: the lower index, as CUDA
+                        const float x = choice[static_cast<std::size_t>(a)];
+                        const float y = choice[static_cast<std::size_t>(b)];
+                        return x > y || (x == y && a < b);
                       });
     std::int32_t* chosen = selected + t * r.topk;
     std::copy(order.begin(), order.begin() + r.topk, chosen);

@@ -123,7 +123,7 @@ const char* name(op_class c) {
 namespace {
 
 /// "ops::rmsnorm_forward" of "void troupe::kernels::ops::rmsnorm_forward(...)".
-std::string short_name(const char* function) {
+[[maybe_unused]] std::string short_name(const char* function) {
   std::string name(function);
   const std::size_t open = name.find('(');
   if (open != std::string::npos) name.resize(open);

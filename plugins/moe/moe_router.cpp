@@ -84,7 +84,7 @@ troupe_status moe_router::forward(const troupe_exec_context* context, std::int64
                         s->scores.data(), selected, gates, t);
     s->selected.assign_copy(context, selected, static_cast<std::size_t>(t * k));
     ops::count_selections(context, selected, t * k, e_count, counts);
-    ops::balance_loss_forward(context, shape_, s->scores.data(), selected, shape.batch,
+    ops::balance_loss_forward(context, shape_on(context), s->scores.data(), selected, shape.batch,
                               shape.length, balance_alpha_, balance_loss);
     return TROUPE_STATUS_OK;
   });
@@ -116,10 +116,10 @@ troupe_status moe_router::backward_input(const troupe_exec_context* context,
   return guarded(error, [&] {
     const std::int64_t t = s->shape.tokens(), e_count = shape_.experts, h = hidden_;
     s->d_logits.assign(context, static_cast<std::size_t>(t * e_count));
-    ops::router_backward(context, shape_, s->scores.data(), s->selected.data(), d_gates,
+    ops::router_backward(context, shape_on(context), s->scores.data(), s->selected.data(), d_gates,
                          s->d_logits.data(), t);
     if (d_balance != 0.0f)
-      ops::balance_loss_backward(context, shape_, s->scores.data(), s->selected.data(),
+      ops::balance_loss_backward(context, shape_on(context), s->scores.data(), s->selected.data(),
                                  s->shape.batch, s->shape.length, balance_alpha_, d_balance,
                                  s->d_logits.data());
     ops::gemm_f32(context, false, false, t, h, e_count, 1.0f, s->d_logits.data(), e_count,

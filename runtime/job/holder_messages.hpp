@@ -61,7 +61,7 @@ struct zero_exchange {
   std::int64_t bucket = 0;  ///< which of the exchange's buckets
   std::int32_t from = 0;    ///< the sending rank's index in the job
   named_tensor_list pieces;
-  std::string failure;  ///< the sender could not make its pieces: the exchange fails
+  std::string failure;  ///< the sender's exchange failed (why): every exchange fails from now on
   auto fields() { return std::tie(round, values, bucket, from, pieces, failure); }
 };
 

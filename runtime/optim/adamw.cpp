@@ -1,9 +1,11 @@
 #include "runtime/optim/adamw.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "runtime/core/error.hpp"
 #include "runtime/tensor/bf16.hpp"
@@ -140,25 +142,35 @@ struct moment_piece {
 /// The pieces of each moment, by the moment's name.
 using piece_index = std::map<std::string, std::vector<moment_piece>>;
 
+/// The range "[BEGIN:END]" at the end of `name`, if it ends in one (digits only).
+std::optional<element_range> range_suffix(const std::string& name) {
+  const auto open = name.rfind('[');
+  const auto colon = name.rfind(':');
+  if (open == std::string::npos || colon == std::string::npos || colon < open || name.back() != ']')
+    return std::nullopt;
+  element_range r;
+  const char* first = name.data() + open + 1;
+  const char* middle = name.data() + colon;
+  const char* last = name.data() + name.size() - 1;
+  const auto a = std::from_chars(first, middle, r.begin);
+  const auto b = std::from_chars(middle + 1, last, r.end);
+  if (a.ec != std::errc() || a.ptr != middle || b.ec != std::errc() || b.ptr != last ||
+      first == middle || middle + 1 == last)
+    return std::nullopt;
+  return r;
+}
+
 piece_index index_pieces(const std::vector<std::pair<std::string, tensor>>& tensors) {
   piece_index out;
   for (const auto& [name, t] : tensors) {
-    const auto open = name.rfind('[');
-    const auto colon = name.rfind(':');
-    if (open == std::string::npos || colon < open || name.back() != ']') {
+    const auto r = range_suffix(name);
+    if (!r) {
       out[name].push_back({element_range{0, t.numel()}, &t, true});
       continue;
     }
-    element_range r;
-    try {
-      r = {std::stoll(name.substr(open + 1, colon - open - 1)),
-           std::stoll(name.substr(colon + 1, name.size() - colon - 2))};
-    } catch (const std::exception&) {
-      fail("optimizer state: {} names no element range", name);
-    }
-    if (r.begin < 0 || r.size() != t.numel())
+    if (r->begin < 0 || r->size() != t.numel())
       fail("optimizer state: {} holds {} elements", name, t.numel());
-    out[name.substr(0, open)].push_back({r, &t, false});
+    out[name.substr(0, name.rfind('['))].push_back({*r, &t, false});
   }
   return out;
 }
@@ -173,9 +185,16 @@ void adamw::load_state(const std::vector<std::pair<std::string, tensor>>& tensor
       const std::string name = s.p->name + suffix;
       auto it = pieces.find(name);
       if (it == pieces.end()) fail("optimizer state: no {}", name);
-      // The elements of s.range, piece by piece; whole tensors must have the parameter's shape.
-      std::int64_t covered = 0;
-      for (const auto& [r, source, whole] : it->second) {
+      // A whole tensor wins over pieces; pieces must tile the slot's range exactly.
+      std::vector<moment_piece> parts;
+      for (const moment_piece& p : it->second)
+        if (p.whole) parts = {p};
+      if (parts.empty()) parts = it->second;
+      std::sort(parts.begin(), parts.end(), [](const moment_piece& a, const moment_piece& b) {
+        return a.range.begin < b.range.begin;
+      });
+      std::int64_t next = s.range.begin;  // the first element not yet filled
+      for (const auto& [r, source, whole] : parts) {
         if (source->type() != dtype::bf16 || (whole && source->shape() != s.p->value.shape()) ||
             r.end > s.p->value.numel())
           fail("optimizer state: {}{} is {}, expected bf16 of the parameter's shape {}", name,
@@ -184,17 +203,19 @@ void adamw::load_state(const std::vector<std::pair<std::string, tensor>>& tensor
         const std::int64_t begin = std::max(r.begin, s.range.begin);
         const std::int64_t end = std::min(r.end, s.range.end);
         if (end <= begin) continue;
+        if (begin != next)
+          fail("optimizer state: the pieces of {} {} elements [{}, {}) of the parameter", name,
+               begin > next ? "leave out" : "hold twice", std::min(begin, next),
+               std::max(begin, next));
         tensor from = source->reshape({source->numel()}).narrow(0, begin - r.begin, end - begin);
         tensor to =
             target->reshape({target->numel()}).narrow(0, begin - s.range.begin, end - begin);
         to.copy_from(from);
-        covered += end - begin;
+        next = end;
       }
-      if (covered != s.range.size())
-        fail(
-            "optimizer state: the pieces of {} cover {} of the {} elements [{}, {}) (pieces "
-            "overlap or are missing)",
-            name, covered, s.range.size(), s.range.begin, s.range.end);
+      if (next != s.range.end)
+        fail("optimizer state: the pieces of {} leave out elements [{}, {}) of the parameter", name,
+             next, s.range.end);
     }
 }
 

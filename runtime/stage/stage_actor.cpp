@@ -30,9 +30,11 @@ struct zero_state {
   std::optional<reply_promise<bool>> gathering;
   optimizer_order order;  // the all-gather's step
 
-  std::string lost;  // another process died: every exchange fails with this
+  // An exchange failed here or at a peer, or a process died: the job's step fails, and every
+  // exchange after it fails with this at once (peers may have stopped sending).
+  std::string broken;
 
-  /// Fails the exchanges in flight with `why` (a peer failed, or its process died).
+  /// Fails the exchanges in flight with `why`.
   void abandon(const std::string& why) {
     if (reducing) reducing->fail(why);
     if (gathering) gathering->fail(why);
@@ -116,7 +118,7 @@ behavior pipeline_handlers(event_actor& self, std::shared_ptr<stage_state> st) {
       .on<process_lost>([st](process_lost& m) {
         st->lost = m.why;
         st->fail_step(m.why);
-        st->zero->lost = m.why;
+        st->zero->broken = m.why;
         st->zero->abandon(m.why);
       })
       .on<set_router_biases>([st](set_router_biases& m) {
@@ -154,8 +156,21 @@ void start_snapshot(stage_actor_setup& s, bool must) {
   s.snapshots_skipped = 0;
 }
 
-/// Sends every peer its pieces of the open round's current bucket; a failure to make them goes to
-/// the peers too, which would otherwise wait for them.
+/// ZeRO-1 fails here: the exchanges in flight fail with `why`, every later one fails at once, and
+/// the peers hear of it (once), since they would otherwise wait for this rank's pieces.
+void break_exchanges(event_actor& self, stage_actor_setup& s, zero_state& z,
+                     const std::string& why) {
+  const bool first = z.broken.empty();
+  if (first) z.broken = why;
+  z.abandon(why);
+  if (!first || !s.zero) return;
+  for (std::int32_t peer : s.zero->peers())
+    if (static_cast<std::size_t>(peer) < z.ranks.size())
+      self.tell(z.ranks[static_cast<std::size_t>(peer)],
+                zero_exchange{0, false, 0, s.zero->rank(), {}, why});
+}
+
+/// Sends every peer its pieces of the open round's current bucket; throws what making them throws.
 void send_bucket(event_actor& self, stage_actor_setup& s, zero_state& z, bool values) {
   const zero_sharding& zero = *s.zero;
   pipeline_rank& rank = *s.rank;
@@ -163,16 +178,15 @@ void send_bucket(event_actor& self, stage_actor_setup& s, zero_state& z, bool va
     return rank.tensor_of(chunk, name, !values);
   };
   const auto bucket = static_cast<std::size_t>(z.buckets[values]);
-  for (std::int32_t peer : zero.peers()) {
-    zero_exchange m{z.rounds[values], values, z.buckets[values], zero.rank(), {}, {}};
-    try {
-      m.pieces =
-          values ? zero.value_pieces(peer, of, bucket) : zero.gradient_pieces(peer, of, bucket);
-    } catch (const std::exception& e) {
-      m.failure = e.what();
-    }
-    self.tell(z.ranks.at(static_cast<std::size_t>(peer)), std::move(m));
-  }
+  for (std::int32_t peer : zero.peers())
+    self.tell(z.ranks.at(static_cast<std::size_t>(peer)),
+              zero_exchange{z.rounds[values],
+                            values,
+                            z.buckets[values],
+                            zero.rank(),
+                            values ? zero.value_pieces(peer, of, bucket)
+                                   : zero.gradient_pieces(peer, of, bucket),
+                            {}});
 }
 
 /// Works through the open round of kind `values` bucket by bucket while every peer's pieces of
@@ -240,11 +254,7 @@ void pump_exchanges(event_actor& self, stage_actor_setup& s, zero_state& z) {
         z.reducing.reset();
       }
     } catch (const std::exception& e) {
-      z.abandon(e.what());
-      for (std::int32_t peer : s.zero->peers())
-        self.tell(z.ranks.at(static_cast<std::size_t>(peer)),
-                  zero_exchange{
-                      z.rounds[values], values, z.buckets[values], s.zero->rank(), {}, e.what()});
+      break_exchanges(self, s, z, fmt::format("ZeRO-1 on rank {}: {}", s.zero->rank(), e.what()));
     }
   }
 }
@@ -255,19 +265,19 @@ behavior zero_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s,
   return behavior()
       .on<zero_peers>([z](zero_peers& m) { z->ranks = std::move(m.ranks); })
       .on<zero_exchange>([&self, s, z](zero_exchange& m) {
-        if (!m.failure.empty()) {
-          z->abandon(fmt::format("ZeRO-1: rank {}: {}", m.from, m.failure));
-          return;
-        }
-        auto& from = z->inbox[std::tuple{m.values, m.round, m.bucket}];
-        if (!s->zero || m.round < z->rounds[m.values] || from.count(m.from)) {
-          z->abandon(
-              fmt::format("ZeRO-1: an unexpected exchange (round {}, bucket {}, {}) from "
-                          "rank {}",
-                          m.round, m.bucket, m.values ? "values" : "gradients", m.from));
-          return;
-        }
-        from[m.from] = std::move(m.pieces);
+        if (!m.failure.empty()) return break_exchanges(self, *s, *z, m.failure);
+        if (!z->broken.empty()) return;  // this rank's step has failed already
+        const auto key = std::tuple{m.values, m.round, m.bucket};
+        auto it = z->inbox.find(key);
+        if (!s->zero || m.round < z->rounds[m.values] ||
+            (it != z->inbox.end() && it->second.count(m.from) != 0))
+          return break_exchanges(
+              self, *s, *z,
+              fmt::format("ZeRO-1: rank {} got an unexpected exchange (round {}, bucket {}, {}) "
+                          "from rank {}",
+                          s->zero ? s->zero->rank() : -1, m.round, m.bucket,
+                          m.values ? "values" : "gradients", m.from));
+        z->inbox[key][m.from] = std::move(m.pieces);
         pump_exchanges(self, *s, *z);
       });
 }
@@ -278,16 +288,22 @@ behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s
   return behavior()
       .on<gradients_request>(
           [&self, s, z](gradients_request&, reply_promise<gradient_report> done) {
-            gradient_report report;
-            report.summary = s->rank->summarize_gradients(s->replicated);
             if (s->zero) {  // reduce-scattered between the ranks
-              if (!z->lost.empty()) return done.fail(z->lost);
-              z->report = std::move(report);
+              if (!z->broken.empty()) return done.fail(z->broken);
               z->reducing = std::move(done);
-              start_exchange(self, *s, *z, false);
+              try {
+                z->report = gradient_report{};
+                z->report.summary = s->rank->summarize_gradients(s->replicated);
+                start_exchange(self, *s, *z, false);
+              } catch (const std::exception& e) {
+                return break_exchanges(
+                    self, *s, *z, fmt::format("ZeRO-1 on rank {}: {}", s->zero->rank(), e.what()));
+              }
               pump_exchanges(self, *s, *z);
               return;
             }
+            gradient_report report;
+            report.summary = s->rank->summarize_gradients(s->replicated);
             for (auto& [name, grad] : s->rank->gradients_of(s->replicated))  // summed on the host
               report.replicated.emplace_back(name,
                                              grad.where().is_cpu() ? grad : grad.to(device::cpu()));
@@ -306,15 +322,21 @@ behavior holder_handlers(event_actor& self, std::shared_ptr<stage_actor_setup> s
       .on<optimizer_order>([&self, s, z](optimizer_order& order, reply_promise<bool> done) {
         // A GPU rank's last snapshot has been copying during this step: it goes out first.
         send_snapshot(self, *s, true);
-        s->rank->optimize(order.learning_rate, order.grad_scale, order.step);
         if (s->zero) {  // the updated ranges all-gathered between the ranks
-          if (!z->lost.empty()) return done.fail(z->lost);
+          if (!z->broken.empty()) return done.fail(z->broken);
           z->order = order;
           z->gathering = std::move(done);
-          start_exchange(self, *s, *z, true);
+          try {
+            s->rank->optimize(order.learning_rate, order.grad_scale, order.step);
+            start_exchange(self, *s, *z, true);
+          } catch (const std::exception& e) {
+            return break_exchanges(self, *s, *z,
+                                   fmt::format("ZeRO-1 on rank {}: {}", s->zero->rank(), e.what()));
+          }
           pump_exchanges(self, *s, *z);
           return;
         }
+        s->rank->optimize(order.learning_rate, order.grad_scale, order.step);
         after_update(self, *s, order);
         done.deliver(true);
       })

@@ -377,7 +377,7 @@ class topology_parser {
       auto places = read_placements("expert_shards", table, path);
       if (places.size() > 1)
         error(topo_.where(path + ".device"),
-              fmt::format("{}.device: an expert shard has one device", path));
+              fmt::format("{}: an expert shard has one host and one device", path));
       if (!places.empty()) shard.place = places.front();
       topo_.expert_shards.push_back(std::move(shard));
     }

@@ -4,6 +4,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <utility>
 
 #include "runtime/core/text.hpp"
 #include "runtime/plugin/registry.hpp"
@@ -130,7 +131,8 @@ class topology_validator : validator_base {
 
   /// model.precision = "bf16" computes on a GPU's tensor cores; the CPU has no BF16 path.
   void check_bf16_device(const placement& place, const std::string& path, const std::string& what) {
-    if (t_.train.zero == 1 && place.where.is_cuda() && path.starts_with("stages"))
+    if (t_.train.zero == 1 && place.where.is_cuda() && path.starts_with("stages") &&
+        !std::exchange(zero_on_gpu_reported_, true))
       error("train.zero", fmt::format("train.zero = 1 exchanges the optimizer's pieces through the "
                                       "host; {} is on {}: ZeRO-1 between GPUs needs NCCL (not yet)",
                                       what, to_string(place.where)));
@@ -525,7 +527,8 @@ class topology_validator : validator_base {
   }
 
   const topology_load_options& options_;
-  bool search_failed_ = false;  ///< the last find_on met an entry that is no plugin file
+  bool zero_on_gpu_reported_ = false;  ///< train.zero = 1 with a stage on a GPU: said once
+  bool search_failed_ = false;         ///< the last find_on met an entry that is no plugin file
 };
 
 }  // namespace

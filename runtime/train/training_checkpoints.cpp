@@ -189,12 +189,18 @@ void training_checkpoints::resume(const fs::path& from) {
   const auto moments = read_tensor_directory(dir / "optimizer");
   for (const auto& [name, value] : moments) require_finite(value, name, dir / "optimizer");
   restore_placement(dir, state.expert_placement);
-  for (auto& entry : roles_.ranks)
-    if (entry.setup) entry.setup->rank->load(weights, moments);
-  for (auto& s : roles_.shards) {
-    if (!s.setup) continue;
-    load_parameters(weights, s.setup->shard->parameters());
-    s.setup->optimizer->load_state(moments);
+  try {
+    for (auto& entry : roles_.ranks)
+      if (entry.setup) entry.setup->rank->load(weights, moments);
+    for (auto& s : roles_.shards) {
+      if (!s.setup) continue;
+      load_parameters(weights, s.setup->shard->parameters());
+      s.setup->optimizer->load_state(moments);
+    }
+  } catch (const checkpoint_error&) {
+    throw;
+  } catch (const error& e) {
+    throw checkpoint_error(fmt::format("{}: {}", dir.string(), e.what()));
   }
   if (roles_.ema_state && fs::exists(dir / "ema")) check_ema(dir, weights);
   // The balancer owns the router biases; the checkpoint keeps them once, in the weights.

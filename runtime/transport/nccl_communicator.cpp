@@ -180,8 +180,15 @@ struct nccl_communicator::state {
   void run(const std::string& what, Enqueue enqueue) {
     if (aborted) fail("{}: {} after an earlier failure: {}", name(), what, aborted_why);
     const auto start = std::chrono::steady_clock::now();
+    // The inputs are written, and the outputs' memory last used, on the caller's stream.
+    cuda::event ready(ordinal);
+    ready.record(cuda::current_stream(ordinal));
+    stream->wait(ready);
     cuda::event done(ordinal);
     {
+      // NOTES: the lock is held until NCCL has enqueued (connections to peers included), so
+      // every process must launch on its communicators of a GPU in one order, as NCCL requires
+      // anyway; the deadline ends a wait on a peer that does not come.
       std::lock_guard<std::mutex> hold(launch_lock(ordinal));
       enqueue(static_cast<cudaStream_t>(stream->native()));
       // NOTES: a non-blocking communicator may still be enqueueing (connecting to a peer, say):
@@ -305,9 +312,16 @@ void nccl_communicator::all_to_all(const tensor& in, std::span<const std::int64_
   const auto ranks = static_cast<std::size_t>(s_->ranks);
   if (send_rows.size() != ranks || receive_rows.size() != ranks)
     fail("{}: all_to_all needs a row count per rank", s_->name());
-  const std::int64_t row_bytes =
-      in.dim() < 2 ? static_cast<std::int64_t>(size_of(in.type()))
-                   : static_cast<std::int64_t>(in.nbytes()) / std::max<std::int64_t>(1, in.size(0));
+  // A row: every dimension after the first (one element of a 1-D tensor); both sides alike.
+  auto row_of = [](const tensor& t) {
+    std::int64_t bytes = static_cast<std::int64_t>(size_of(t.type()));
+    for (std::int64_t d = 1; d < t.dim(); ++d) bytes *= t.size(d);
+    return bytes;
+  };
+  const std::int64_t row_bytes = row_of(in);
+  if (in.type() != out.type() || row_of(out) != row_bytes)
+    fail("{}: all_to_all from {} into {}: rows of another shape or dtype", s_->name(),
+         in.describe(), out.describe());
   std::int64_t sent = 0, received = 0;
   for (std::size_t p = 0; p < ranks; ++p) {
     sent += send_rows[p];
@@ -320,23 +334,29 @@ void nccl_communicator::all_to_all(const tensor& in, std::span<const std::int64_
   s_->run("all_to_all", [&](cudaStream_t stream) {
     // NOTES: grouped point-to-point calls: NCCL posts every send and receive of the group at once
     // (the sizes differ per peer, which ncclAllToAll cannot say).
+    // A failure inside the group is checked after ncclGroupEnd: the group must be closed first.
     s_->check(api().group_start(), "all_to_all");
+    ncclResult_t first_failure = ncclSuccess;
+    auto note = [&](ncclResult_t r) {
+      if (first_failure == ncclSuccess && r != ncclSuccess && r != ncclInProgress)
+        first_failure = r;
+    };
     std::int64_t send_at = 0, receive_at = 0;
     for (std::size_t p = 0; p < ranks; ++p) {
       const auto* from = static_cast<const std::uint8_t*>(in.data()) + send_at * row_bytes;
       auto* to = static_cast<std::uint8_t*>(out.data()) + receive_at * row_bytes;
       if (send_rows[p] > 0)
-        s_->check(api().send(from, static_cast<std::size_t>(send_rows[p] * row_bytes), ncclUint8,
-                             static_cast<int>(p), s_->comm, stream),
-                  "all_to_all");
+        note(api().send(from, static_cast<std::size_t>(send_rows[p] * row_bytes), ncclUint8,
+                        static_cast<int>(p), s_->comm, stream));
       if (receive_rows[p] > 0)
-        s_->check(api().recv(to, static_cast<std::size_t>(receive_rows[p] * row_bytes), ncclUint8,
-                             static_cast<int>(p), s_->comm, stream),
-                  "all_to_all");
+        note(api().recv(to, static_cast<std::size_t>(receive_rows[p] * row_bytes), ncclUint8,
+                        static_cast<int>(p), s_->comm, stream));
       send_at += send_rows[p];
       receive_at += receive_rows[p];
     }
-    s_->check(api().group_end(), "all_to_all");
+    const ncclResult_t ended = api().group_end();
+    s_->check(first_failure, "all_to_all");
+    s_->check(ended, "all_to_all");
   });
 }
 

@@ -436,6 +436,21 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
                         tokens, nullptr);
     EXPECT_EQ(gsel.get(), selected) << "node-limited routing";
     EXPECT_CLOSE(ggates.get(), gates, fp32_bound, "node-limited router gates");
+    // Backward and the balance loss take the same shape (5 hosts do not divide 64 experts).
+    const auto d_gates = random_values(gates.size(), 33);
+    std::vector<float> d_logits(logits.size(), 0.0f);
+    cpu::router_backward(cs, scores.data(), selected.data(), d_gates.data(), d_logits.data(),
+                         tokens);
+    device_array<float> gdg(d_gates), gdl(logits.size());
+    gpu::router_backward(gs, gscores.data(), gsel.data(), gdg.data(), gdl.data(), tokens, nullptr);
+    const std::size_t bytes = gpu::balance_loss_scratch_bytes(3, 50, experts);
+    device_array<char> scratch(bytes);
+    device_array<float> gloss(1);
+    gpu::balance_loss_forward(gs, gscores.data(), gsel.data(), 3, 50, 0.003, gloss.data(),
+                              scratch.data(), bytes, nullptr);
+    EXPECT_NEAR(gloss.get()[0],
+                cpu::balance_loss_forward(cs, scores.data(), selected.data(), 3, 50, 0.003), 1e-5);
+    EXPECT_CLOSE(gdl.get(), d_logits, fp32_bound, "node-limited router d_logits");
   }
   // Finite differences on logits that keep their selection under the step.
   const std::int64_t sequences = 2, length = 20, tokens = sequences * length;

@@ -127,7 +127,7 @@ TEST_F(ExpertParallel, Fp8DispatchAndBf16CombineStayWithinTheFp8Bounds) {
   const std::vector<std::vector<std::int64_t>> split = {{0, 1}, {2, 3}};
   sharded_model exact(checkpoint, registry_, split, context_, {});
   sharded_model wire(checkpoint, registry_, split, context_,
-                     {wire_precision::fp8, wire_precision::bf16, 0});
+                     {.dispatch = wire_precision::fp8, .combine = wire_precision::bf16});
   const model_batch batch = batch_of(fixture_tokens("fp8"));
   const model_output a = exact.runners[0]->forward(context_, 0, batch, true);
   const model_output b = wire.runners[0]->forward(context_, 0, batch, true);

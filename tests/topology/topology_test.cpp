@@ -307,6 +307,16 @@ host = "a"
   auto zero = errors_of(header + hosts + "[[stages]]\nlayers = \"0-3\"\nhost = [\"a\", \"b\"]\n" +
                         "[train]\nzero = 2\n");
   expect_error(zero, "train.zero", 20);
+  // ZeRO-1's pieces go through the host: GPU stages are refused (once, however many replicas).
+  auto on_gpu = errors_of(header +
+                          "[[hosts]]\nname = \"g\"\ngpus = 1\n[parallel]\ndata = 2\n"
+                          "[[stages]]\nlayers = \"0-3\"\ndevice = [\"cuda:0\", \"cuda:0\"]\n"
+                          "[train]\nzero = 1\n");
+  expect_error(on_gpu, "stage 0 replica 0 is on cuda:0: ZeRO-1 between GPUs needs NCCL", 15);
+  EXPECT_EQ(
+      std::count_if(on_gpu.begin(), on_gpu.end(),
+                    [](const auto& d) { return d.message.find("ZeRO-1") != std::string::npos; }),
+      1);
 }
 
 TEST(TopologyErrors, NodeLimitedRouting) {

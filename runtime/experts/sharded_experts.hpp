@@ -25,7 +25,7 @@ class sharded_experts : public expert_backend {
     bool replicas = false;
     /// Each shard's host (a dense index) and the stage's own: tokens whose experts lie on other
     /// hosts are counted (routing_counts). Empty: not counted.
-    std::vector<std::int32_t> shard_host;
+    std::vector<std::int32_t> shard_host = {};
     std::int32_t own_host = -1;
   };
 

@@ -118,7 +118,7 @@ TEST(ZeroSharding, ReduceScatterSumsInSlotOrderAndAllGatherSpreadsTheValues) {
           sum = j == 0 ? g : sum + g;
         }
         EXPECT_EQ(got[i], sum) << name << "[" << i << "]";
-        norm += static_cast<double>(sum) * sum;
+        norm += static_cast<double>(sum) * static_cast<double>(sum);
       }
     }
   }

@@ -98,14 +98,6 @@ element_range zero_sharding::slice(const share& s, std::size_t k) const {
                     static_cast<std::int32_t>(s.slots.size()));
 }
 
-element_range zero_sharding::range(const std::string& name, std::int32_t chunk) const {
-  for (const share& s : shares_)
-    if (s.name == name)
-      for (std::size_t k = 0; k < s.slots.size(); ++k)
-        if (s.slots[k] == zero_slot{rank_, chunk}) return slice(s, k);
-  fail("ZeRO-1: chunk {} of rank {} keeps no range of {}", chunk, rank_, name);
-}
-
 std::map<std::string, element_range> zero_sharding::ranges_of(std::int32_t chunk) const {
   std::map<std::string, element_range> out;
   for (const share& s : shares_)

@@ -82,9 +82,6 @@ class zero_sharding {
   const std::vector<std::int32_t>& peers() const { return peers_; }
   /// Buckets of every exchange (the same in every rank).
   std::size_t buckets() const { return buckets_.size(); }
-  /// The range of `name` whose moments chunk `chunk` keeps (the parameter is replicated and the
-  /// chunk holds it).
-  element_range range(const std::string& name, std::int32_t chunk) const;
   /// Chunk `chunk`'s ranges, by parameter name (what its adamw keeps).
   std::map<std::string, element_range> ranges_of(std::int32_t chunk) const;
 

@@ -170,13 +170,17 @@ void break_exchanges(event_actor& self, stage_actor_setup& s, zero_state& z,
                 zero_exchange{0, false, 0, s.zero->rank(), {}, why});
 }
 
+/// What an exchange of kind `values` reads and writes: the chunks' values, or their gradients.
+chunk_tensor exchanged_tensors(pipeline_rank& rank, bool values) {
+  return [&rank, values](std::int32_t chunk, const std::string& name) {
+    return rank.tensor_of(chunk, name, !values);
+  };
+}
+
 /// Sends every peer its pieces of the open round's current bucket; throws what making them throws.
 void send_bucket(event_actor& self, stage_actor_setup& s, zero_state& z, bool values) {
   const zero_sharding& zero = *s.zero;
-  pipeline_rank& rank = *s.rank;
-  const chunk_tensor of = [&rank, values](std::int32_t chunk, const std::string& name) {
-    return rank.tensor_of(chunk, name, !values);
-  };
+  const chunk_tensor of = exchanged_tensors(*s.rank, values);
   const auto bucket = static_cast<std::size_t>(z.buckets[values]);
   for (std::int32_t peer : zero.peers())
     self.tell(z.ranks.at(static_cast<std::size_t>(peer)),
@@ -194,10 +198,7 @@ void send_bucket(event_actor& self, stage_actor_setup& s, zero_state& z, bool va
 /// done.
 bool advance_exchange(event_actor& self, stage_actor_setup& s, zero_state& z, bool values) {
   const zero_sharding& zero = *s.zero;
-  pipeline_rank& rank = *s.rank;
-  const chunk_tensor of = [&rank, values](std::int32_t chunk, const std::string& name) {
-    return rank.tensor_of(chunk, name, !values);
-  };
+  const chunk_tensor of = exchanged_tensors(*s.rank, values);
   while (static_cast<std::size_t>(z.buckets[values]) < zero.buckets()) {
     const auto key = std::tuple{values, z.rounds[values], z.buckets[values]};
     auto it = z.inbox.find(key);

@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "runtime/checkpoint/safetensors.hpp"
 #include "tests/support/command_runs.hpp"
 
 namespace {
@@ -162,12 +163,13 @@ TEST(Launch, AKilledProcessIsReportedWithin10SecondsAndTheJobResumes) {
   EXPECT_TRUE(fs::exists(dir / "ckpt" / fmt::format("step-{:06d}", checkpointed + 2)));
 }
 
-/// Bytes of the tensors in a safetensors file (its size less its header).
+/// Bytes of the tensors in a safetensors file.
 std::int64_t tensor_bytes(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::uint64_t header = 0;
-  in.read(reinterpret_cast<char*>(&header), sizeof header);
-  return static_cast<std::int64_t>(fs::file_size(file) - 8 - header);
+  const auto contents = troupe::safetensors_file::open(file);
+  std::int64_t bytes = 0;
+  for (const auto& entry : contents.entries())
+    bytes += static_cast<std::int64_t>(contents.get(entry.name).nbytes());
+  return bytes;
 }
 
 TEST(Launch, ZeroOneAcrossTwoProcessesGivesThePlainDataParallelLosses) {

@@ -70,6 +70,17 @@ bool on_gpu(const troupe_exec_context* context) {
   return context->device.device_type == kDLCUDA;
 }
 
+troupe_exec_context serial_context(const troupe_exec_context* context) {
+  static const troupe_thread_pool inline_pool{
+      nullptr, 1, [](void*, std::int64_t count, std::int64_t, troupe_range_fn fn, void* arg) {
+        if (count > 0) fn(arg, 0, count);
+      }};
+  troupe_exec_context serial{};  // a context of an older ABI is smaller: the rest stays zero
+  std::memcpy(&serial, context, std::min<std::size_t>(context->struct_size, sizeof serial));
+  serial.pool = &inline_pool;
+  return serial;
+}
+
 // ---- memory -------------------------------------------------------------------------------------
 
 void* allocate_bytes(const troupe_exec_context* context, std::size_t bytes) {

@@ -8,8 +8,11 @@
 // (plugins turn them into error statuses with guarded()). A build without CUDA refuses a GPU
 // context with a message that says so.
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -31,6 +34,26 @@ void parallel_for(const troupe_exec_context* context, std::int64_t count, std::i
     (*static_cast<std::remove_reference_t<F>*>(arg))(begin, end);
   };
   context->pool->parallel_for(context->pool->self, count, min_chunk, trampoline, &body);
+}
+
+/// A copy of `context` whose worker pool is a single thread that runs every range inline: for the
+/// body of one task among many parallel ones (one routed expert), whose GEMMs and elementwise ops
+/// then run whole on the task's thread instead of splitting again.
+troupe_exec_context serial_context(const troupe_exec_context* context);
+
+/// body(task) for every task in [0, count) on the context's worker pool, the tasks taken one at a
+/// time from a shared counter in the order given (the largest first balances uneven tasks). Each
+/// body gets serial_context(context).
+template <class F>
+void parallel_tasks(const troupe_exec_context* context, std::span<const std::int64_t> order,
+                    F&& body) {
+  const troupe_exec_context serial = serial_context(context);
+  std::atomic<std::size_t> next{0};
+  const std::int64_t lanes = std::max<std::int64_t>(
+      1, std::min<std::int64_t>(context->pool->num_threads, std::ssize(order)));
+  parallel_for(context, lanes, 1, [&](std::int64_t, std::int64_t) {
+    for (std::size_t i = next++; i < order.size(); i = next++) body(&serial, order[i]);
+  });
 }
 
 /// Memory for `bytes` on the context's device from its allocator (on a GPU: the stream-ordered

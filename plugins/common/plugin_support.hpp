@@ -51,6 +51,7 @@ troupe_status guarded(troupe_error* error, F&& body) {
 
 /// body(begin, end) over chunks of [0, count) on the context's worker pool.
 using kernels::parallel_for;
+using kernels::parallel_tasks;
 
 /// "cpu" or "cuda:N", for messages.
 inline std::string device_name(DLDevice device) {

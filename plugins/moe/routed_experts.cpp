@@ -47,20 +47,27 @@ troupe_status routed_experts::for_each_expert(const troupe_exec_context* context
   const std::int64_t local = count();
   std::vector<troupe_status> statuses(static_cast<std::size_t>(local), TROUPE_STATUS_OK);
   std::vector<troupe_error> errors(static_cast<std::size_t>(local));
-  auto experts = [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t e = begin; e < end; ++e) {
-      const std::int64_t first = s.offsets[static_cast<std::size_t>(e)];
-      const std::int64_t n = s.offsets[static_cast<std::size_t>(e + 1)] - first;
-      if (n > 0)
-        statuses[static_cast<std::size_t>(e)] = guarded(&errors[static_cast<std::size_t>(e)], [&] {
-          return body(static_cast<std::size_t>(e), first, n, &errors[static_cast<std::size_t>(e)]);
-        });
-    }
+  const auto rows_of = [&](std::int64_t e) {
+    return s.offsets[static_cast<std::size_t>(e + 1)] - s.offsets[static_cast<std::size_t>(e)];
   };
-  if (on_gpu(context))
-    experts(0, local);  // one stream: the launches are ordered anyway
-  else
-    parallel_for(context, local, 1, experts);
+  auto expert = [&](const troupe_exec_context* on, std::int64_t e) {
+    const auto i = static_cast<std::size_t>(e);
+    statuses[i] =
+        guarded(&errors[i], [&] { return body(on, i, s.offsets[i], rows_of(e), &errors[i]); });
+  };
+  std::vector<std::int64_t> order;
+  for (std::int64_t e = 0; e < local; ++e)
+    if (rows_of(e) > 0) order.push_back(e);
+  if (on_gpu(context)) {
+    for (const std::int64_t e : order) expert(context, e);  // one stream: ordered anyway
+  } else {
+    // NOTES: one expert's GEMMs run whole on one worker (each splitting again packed its operands
+    // twice and woke the pool per call); the experts are taken largest first so the last ones
+    // to finish are small.
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::int64_t a, std::int64_t b) { return rows_of(a) > rows_of(b); });
+    parallel_tasks(context, order, expert);
+  }
   for (std::size_t e = 0; e < statuses.size(); ++e)
     if (statuses[e] != TROUPE_STATUS_OK) {
       *error = errors[e];
@@ -101,17 +108,18 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
   if (status == TROUPE_STATUS_OK)
     status = for_each_expert(
         context, *s,
-        [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
+        [&](const troupe_exec_context* on, std::size_t e, std::int64_t first, std::int64_t n,
+            troupe_error* err) {
           buffer gathered, hidden_rows;
-          hidden_rows.assign(context, static_cast<std::size_t>(n * inter_));
-          const float* in = input_rows(context, *s, first, n, gathered);
+          hidden_rows.allocate(on, static_cast<std::size_t>(n * inter_));
+          const float* in = input_rows(on, *s, first, n, gathered);
           float* gu = s->gate_up.data() + first * 2 * inter_;
-          TROUPE_TRY(linear_forward(context, in, hidden_, weight_[gate_[e]], gu, 2 * inter_, n,
+          TROUPE_TRY(linear_forward(on, in, hidden_, weight_[gate_[e]], gu, 2 * inter_, n, hidden_,
+                                    inter_, false, err));
+          TROUPE_TRY(linear_forward(on, in, hidden_, weight_[up_[e]], gu + inter_, 2 * inter_, n,
                                     hidden_, inter_, false, err));
-          TROUPE_TRY(linear_forward(context, in, hidden_, weight_[up_[e]], gu + inter_, 2 * inter_,
-                                    n, hidden_, inter_, false, err));
-          ops::swiglu_forward_fused(context, gu, hidden_rows.data(), n, inter_);
-          return linear_forward(context, hidden_rows.data(), inter_, weight_[down_[e]],
+          ops::swiglu_forward_fused(on, gu, hidden_rows.data(), n, inter_);
+          return linear_forward(on, hidden_rows.data(), inter_, weight_[down_[e]],
                                 y_rows + first * hidden_, hidden_, n, inter_, hidden_, false, err);
         },
         error);
@@ -128,11 +136,7 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
   const troupe_status copied = guarded(error, [&] {
     s->d_out.assign_copy(context, dy_rows, static_cast<std::size_t>(rows * hidden_));
     s->hidden.allocate(context, static_cast<std::size_t>(rows * inter_));
-    // The per-expert path's SwiGLU backward adds into it; the grouped path's writes it whole.
-    if (s->grouped)
-      s->d_gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
-    else
-      s->d_gate_up.assign(context, static_cast<std::size_t>(rows * 2 * inter_));
+    s->d_gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));  // written whole
     return TROUPE_STATUS_OK;
   });
   if (copied != TROUPE_STATUS_OK) {
@@ -153,20 +157,21 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
   }
   const troupe_status status = for_each_expert(
       context, *s,
-      [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
+      [&](const troupe_exec_context* on, std::size_t e, std::int64_t first, std::int64_t n,
+          troupe_error* err) {
         const float* gu = s->gate_up.data() + first * 2 * inter_;
-        ops::swiglu_forward_fused(context, gu, s->hidden.data() + first * inter_, n, inter_);
+        ops::swiglu_forward_fused(on, gu, s->hidden.data() + first * inter_, n, inter_);
         buffer dh;
-        dh.assign(context, static_cast<std::size_t>(n * inter_));
-        TROUPE_TRY(linear_backward(context, s->d_out.data() + first * hidden_, hidden_, nullptr, 0,
+        dh.allocate(on, static_cast<std::size_t>(n * inter_));  // Dgrad overwrites it
+        TROUPE_TRY(linear_backward(on, s->d_out.data() + first * hidden_, hidden_, nullptr, 0,
                                    weight_[down_[e]], dh.data(), inter_, nullptr, n, inter_,
-                                   hidden_, err));
+                                   hidden_, err, false));
         float* dgu = s->d_gate_up.data() + first * 2 * inter_;
-        ops::swiglu_backward_fused(context, dh.data(), gu, dgu, n, inter_);
+        ops::swiglu_backward_fused(on, dh.data(), gu, dgu, n, inter_, false);
         float* dx = dx_rows + first * hidden_;
-        TROUPE_TRY(linear_backward(context, dgu, 2 * inter_, nullptr, 0, weight_[gate_[e]], dx,
-                                   hidden_, nullptr, n, hidden_, inter_, err));
-        return linear_backward(context, dgu + inter_, 2 * inter_, nullptr, 0, weight_[up_[e]], dx,
+        TROUPE_TRY(linear_backward(on, dgu, 2 * inter_, nullptr, 0, weight_[gate_[e]], dx, hidden_,
+                                   nullptr, n, hidden_, inter_, err));
+        return linear_backward(on, dgu + inter_, 2 * inter_, nullptr, 0, weight_[up_[e]], dx,
                                hidden_, nullptr, n, hidden_, inter_, err);
       },
       error);
@@ -192,17 +197,18 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
   }
   const troupe_status status = for_each_expert(
       context, *s,
-      [&](std::size_t e, std::int64_t first, std::int64_t n, troupe_error* err) {
+      [&](const troupe_exec_context* on, std::size_t e, std::int64_t first, std::int64_t n,
+          troupe_error* err) {
         buffer gathered;
-        const float* in = input_rows(context, *s, first, n, gathered);
-        TROUPE_TRY(linear_backward(context, s->d_out.data() + first * hidden_, hidden_,
+        const float* in = input_rows(on, *s, first, n, gathered);
+        TROUPE_TRY(linear_backward(on, s->d_out.data() + first * hidden_, hidden_,
                                    s->hidden.data() + first * inter_, inter_, weight_[down_[e]],
                                    nullptr, 0, grad_[down_[e]], n, inter_, hidden_, err));
         const float* dgu = s->d_gate_up.data() + first * 2 * inter_;
-        TROUPE_TRY(linear_backward(context, dgu, 2 * inter_, in, hidden_, weight_[gate_[e]],
-                                   nullptr, 0, grad_[gate_[e]], n, hidden_, inter_, err));
-        return linear_backward(context, dgu + inter_, 2 * inter_, in, hidden_, weight_[up_[e]],
-                               nullptr, 0, grad_[up_[e]], n, hidden_, inter_, err);
+        TROUPE_TRY(linear_backward(on, dgu, 2 * inter_, in, hidden_, weight_[gate_[e]], nullptr, 0,
+                                   grad_[gate_[e]], n, hidden_, inter_, err));
+        return linear_backward(on, dgu + inter_, 2 * inter_, in, hidden_, weight_[up_[e]], nullptr,
+                               0, grad_[up_[e]], n, hidden_, inter_, err);
       },
       error);
   saved_.release(micro_batch);

@@ -67,8 +67,9 @@ class routed_experts {
     buffer d_gate_up;  // [R, 2I]
     buffer d_out;      // [R, H] dy_rows, for the down projection's weight gradient
   };
-  /// Runs body(local expert, first row, rows) for every expert with rows: in parallel on the
-  /// host's pool, in order on a GPU (one stream).
+  /// Runs body(context, local expert, first row, rows) for every expert with rows: in parallel on
+  /// the host's pool (each expert whole on one worker, its context a serial one), in order on a
+  /// GPU (one stream).
   // NOTES: on a GPU this is one GEMM launch per expert and pass; a grouped GEMM (one launch per
   // layer) replaces it in the GPU training issue's performance work.
   template <class F>

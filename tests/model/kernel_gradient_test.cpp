@@ -133,6 +133,66 @@ TEST(KernelGradients, CausalAttention) {
   expect_gradients_match(loss, {{"q", q.data(), dq}, {"k", kk.data(), dk}, {"v", v.data(), dv}});
 }
 
+// Sequences longer than the kernel's block of query rows (128): the products skip the masked
+// blocks, so forward and backward are checked against attention written out in double over whole
+// rows (a finite-difference check at this length would take minutes). Strides wider than the rows
+// and a last block of 44 rows. Tolerance 2e-5 of the largest value.
+TEST(KernelGradients, CausalAttentionOverSeveralBlocksEqualsDoubleReference) {
+  const std::int64_t n = 300, qk = 12, vd = 10, ldq = 15, ldk = 14, ldv = 13, ldo = 11;
+  const float scale = 0.3f;
+  auto q = random_vector(n * ldq, 21), kk = random_vector(n * ldk, 22),
+       v = random_vector(n * ldv, 23), d_o = random_vector(n * ldo, 24);
+  const k::attention_shape shape{n, qk, vd, ldq, ldk, ldv, ldo, scale};
+  std::vector<float> o(n * ldo), lse(n), scratch(k::attention_backward_scratch(n));
+  std::vector<float> dq(n * ldq), dk(n * ldk), dv(n * ldv);
+  k::causal_attention_forward(shape, q.data(), kk.data(), v.data(), o.data(), lse.data(),
+                              scratch.data());
+  k::causal_attention_backward(shape, q.data(), kk.data(), v.data(), o.data(), d_o.data(),
+                               lse.data(), dq.data(), dk.data(), dv.data(), scratch.data());
+  std::vector<double> p(n * n, 0.0), ro(n * vd, 0.0), rdq(n * qk, 0.0), rdk(n * qk, 0.0),
+      rdv(n * vd, 0.0);
+  for (std::int64_t i = 0; i < n; ++i) {
+    double top = -1e300, sum = 0.0;
+    for (std::int64_t j = 0; j <= i; ++j) {
+      double score = 0.0;
+      for (std::int64_t c = 0; c < qk; ++c) score += double(q[i * ldq + c]) * kk[j * ldk + c];
+      p[i * n + j] = scale * score;
+      top = std::max(top, p[i * n + j]);
+    }
+    for (std::int64_t j = 0; j <= i; ++j) sum += p[i * n + j] = std::exp(p[i * n + j] - top);
+    for (std::int64_t j = 0; j <= i; ++j) p[i * n + j] /= sum;
+    for (std::int64_t j = 0; j <= i; ++j)
+      for (std::int64_t c = 0; c < vd; ++c) ro[i * vd + c] += p[i * n + j] * v[j * ldv + c];
+    double delta = 0.0;
+    for (std::int64_t c = 0; c < vd; ++c) delta += double(d_o[i * ldo + c]) * ro[i * vd + c];
+    for (std::int64_t j = 0; j <= i; ++j) {
+      double dp = 0.0;
+      for (std::int64_t c = 0; c < vd; ++c) {
+        dp += double(d_o[i * ldo + c]) * v[j * ldv + c];
+        rdv[j * vd + c] += p[i * n + j] * d_o[i * ldo + c];
+      }
+      const double ds = scale * p[i * n + j] * (dp - delta);
+      for (std::int64_t c = 0; c < qk; ++c) {
+        rdq[i * qk + c] += ds * kk[j * ldk + c];
+        rdk[j * qk + c] += ds * q[i * ldq + c];
+      }
+    }
+  }
+  const auto expect_close = [&](const char* what, const std::vector<float>& got, std::int64_t ld,
+                                const std::vector<double>& want, std::int64_t width) {
+    double largest = 0.0, worst = 0.0;
+    for (const double x : want) largest = std::max(largest, std::fabs(x));
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t c = 0; c < width; ++c)
+        worst = std::max(worst, std::fabs(got[i * ld + c] - want[i * width + c]));
+    EXPECT_LE(worst, 2e-5 * largest) << what << ": worst difference " << worst << " of " << largest;
+  };
+  expect_close("O", o, ldo, ro, vd);
+  expect_close("dQ", dq, ldq, rdq, qk);
+  expect_close("dK", dk, ldk, rdk, qk);
+  expect_close("dV", dv, ldv, rdv, vd);
+}
+
 class RouterGradients : public ::testing::TestWithParam<bool> {
  protected:
   const k::router_shape shape_{8, 2, 1, 3, GetParam(), 2.5f};

@@ -3,18 +3,23 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/cpu/vector_math.hpp"
+
 namespace troupe::kernels::cpu {
 
 namespace {
 
-/// log(sum(exp(row))) accumulated in double.
-double logsumexp(const float* row, std::int64_t vocab) {
+float max_of(const float* row, std::int64_t vocab) {
   float max_logit = -std::numeric_limits<float>::infinity();
   for (std::int64_t v = 0; v < vocab; ++v)  // not std::fmax: a libm call per element
     max_logit = row[v] > max_logit ? row[v] : max_logit;
-  double sum = 0.0;
-  for (std::int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v] - max_logit));
-  return static_cast<double>(max_logit) + std::log(sum);
+  return max_logit;
+}
+
+/// log(sum(exp(row))), the terms through vector_exp (within 2 ulp) and summed in double.
+double logsumexp(const float* row, std::int64_t vocab) {
+  const float max_logit = max_of(row, vocab);
+  return static_cast<double>(max_logit) + std::log(sum_exp_shifted(row, vocab, max_logit));
 }
 
 }  // namespace
@@ -46,9 +51,10 @@ void cross_entropy_backward(const float* logits, const std::int32_t* targets, st
       for (std::int64_t v = 0; v < vocab; ++v) d[v] = 0.0f;
       continue;
     }
-    const double lse = logsumexp(row, vocab);
-    for (std::int64_t v = 0; v < vocab; ++v)
-      d[v] = scale * static_cast<float>(std::exp(static_cast<double>(row[v]) - lse));
+    // NOTES: one pass of exponentials (vectorised) into d, then normalised: softmax * scale.
+    const double sum = exp_shifted_sum(row, d, vocab, max_of(row, vocab));
+    const auto factor = static_cast<float>(static_cast<double>(scale) / sum);
+    for (std::int64_t v = 0; v < vocab; ++v) d[v] *= factor;
     d[targets[r]] -= scale;
   }
 }

@@ -44,6 +44,13 @@ inline float vector_exp(float x) {
 /// values[i] = e^(values[i] - shift), through vector_exp, vectorised (softmax numerators).
 void exp_shifted(float* values, std::int64_t count, float shift);
 
+/// out[i] = e^(values[i] - shift) through vector_exp; returns their sum, accumulated in double in
+/// 16 interleaved partial sums (so the loop vectorises). out may be values.
+double exp_shifted_sum(const float* values, float* out, std::int64_t count, float shift);
+
+/// The sum of e^(values[i] - shift) as exp_shifted_sum, without storing the terms.
+double sum_exp_shifted(const float* values, std::int64_t count, float shift);
+
 /// 1 / (1 + e^-x) through vector_exp.
 inline float vector_sigmoid(float x) {
   return 1.0f / (1.0f + vector_exp(-x));

@@ -149,32 +149,35 @@ TEST(KernelGradients, CausalAttentionOverSeveralBlocksEqualsDoubleReference) {
                               scratch.data());
   k::causal_attention_backward(shape, q.data(), kk.data(), v.data(), o.data(), d_o.data(),
                                lse.data(), dq.data(), dk.data(), dv.data(), scratch.data());
+  const std::vector<double> Q(q.begin(), q.end()), K(kk.begin(), kk.end()), V(v.begin(), v.end()),
+      DO(d_o.begin(), d_o.end());
+  const double scale_d = scale;
   std::vector<double> p(n * n, 0.0), ro(n * vd, 0.0), rdq(n * qk, 0.0), rdk(n * qk, 0.0),
       rdv(n * vd, 0.0);
   for (std::int64_t i = 0; i < n; ++i) {
     double top = -1e300, sum = 0.0;
     for (std::int64_t j = 0; j <= i; ++j) {
       double score = 0.0;
-      for (std::int64_t c = 0; c < qk; ++c) score += double(q[i * ldq + c]) * kk[j * ldk + c];
-      p[i * n + j] = scale * score;
+      for (std::int64_t c = 0; c < qk; ++c) score += (Q[i * ldq + c]) * K[j * ldk + c];
+      p[i * n + j] = scale_d * score;
       top = std::max(top, p[i * n + j]);
     }
     for (std::int64_t j = 0; j <= i; ++j) sum += p[i * n + j] = std::exp(p[i * n + j] - top);
     for (std::int64_t j = 0; j <= i; ++j) p[i * n + j] /= sum;
     for (std::int64_t j = 0; j <= i; ++j)
-      for (std::int64_t c = 0; c < vd; ++c) ro[i * vd + c] += p[i * n + j] * v[j * ldv + c];
+      for (std::int64_t c = 0; c < vd; ++c) ro[i * vd + c] += p[i * n + j] * V[j * ldv + c];
     double delta = 0.0;
-    for (std::int64_t c = 0; c < vd; ++c) delta += double(d_o[i * ldo + c]) * ro[i * vd + c];
+    for (std::int64_t c = 0; c < vd; ++c) delta += (DO[i * ldo + c]) * ro[i * vd + c];
     for (std::int64_t j = 0; j <= i; ++j) {
       double dp = 0.0;
       for (std::int64_t c = 0; c < vd; ++c) {
-        dp += double(d_o[i * ldo + c]) * v[j * ldv + c];
-        rdv[j * vd + c] += p[i * n + j] * d_o[i * ldo + c];
+        dp += (DO[i * ldo + c]) * V[j * ldv + c];
+        rdv[j * vd + c] += p[i * n + j] * DO[i * ldo + c];
       }
-      const double ds = scale * p[i * n + j] * (dp - delta);
+      const double ds = scale_d * p[i * n + j] * (dp - delta);
       for (std::int64_t c = 0; c < qk; ++c) {
-        rdq[i * qk + c] += ds * kk[j * ldk + c];
-        rdk[j * qk + c] += ds * q[i * ldq + c];
+        rdq[i * qk + c] += ds * K[j * ldk + c];
+        rdk[j * qk + c] += ds * Q[i * ldq + c];
       }
     }
   }
@@ -184,7 +187,7 @@ TEST(KernelGradients, CausalAttentionOverSeveralBlocksEqualsDoubleReference) {
     for (const double x : want) largest = std::max(largest, std::fabs(x));
     for (std::int64_t i = 0; i < n; ++i)
       for (std::int64_t c = 0; c < width; ++c)
-        worst = std::max(worst, std::fabs(got[i * ld + c] - want[i * width + c]));
+        worst = std::max(worst, std::fabs(double(got[i * ld + c]) - want[i * width + c]));
     EXPECT_LE(worst, 2e-5 * largest) << what << ": worst difference " << worst << " of " << largest;
   };
   expect_close("O", o, ldo, ro, vd);

@@ -133,12 +133,38 @@ std::pair<const float*, const float*> rope_table::on(const troupe_exec_context* 
 
 namespace ops {
 
+namespace {
+
+// NOTES: a large fill, copy or add runs on the caller's thread while the pool's workers wait, so
+// above 1 MiB it goes over the pool in pieces of 256 KiB (the memory bus of two cores carries
+// more than one core's stream).
+constexpr std::size_t parallel_bytes = std::size_t{1} << 20, piece_bytes = std::size_t{256} << 10;
+
+template <class F>
+void over_pieces(const troupe_exec_context* context, std::size_t bytes, std::size_t element,
+                 F&& body) {
+  const std::size_t count = bytes / element, piece = piece_bytes / element;
+  if (bytes < parallel_bytes || context->pool == nullptr || context->pool->num_threads <= 1) {
+    body(std::size_t{0}, count);
+    return;
+  }
+  const auto pieces = static_cast<std::int64_t>((count + piece - 1) / piece);
+  parallel_for(context, pieces, 1, [&](std::int64_t begin, std::int64_t end) {
+    body(static_cast<std::size_t>(begin) * piece,
+         std::min(count, static_cast<std::size_t>(end) * piece));
+  });
+}
+
+}  // namespace
+
 void zero_bytes(const troupe_exec_context* context, void* data, std::size_t bytes,
                 const char* function) {
   const op_scope timing(context, op_class::elementwise, function);
   if (bytes == 0) return;
   if (!on_gpu(context)) {
-    std::memset(data, 0, bytes);
+    over_pieces(context, bytes, 1, [&](std::size_t begin, std::size_t end) {
+      std::memset(static_cast<char*>(data) + begin, 0, end - begin);
+    });
     return;
   }
   require_cuda();
@@ -157,7 +183,10 @@ void copy_bytes(const troupe_exec_context* context, void* dst, const void* src, 
   const op_scope timing(context, op_class::elementwise);
   if (bytes == 0) return;
   if (!on_gpu(context)) {
-    std::memcpy(dst, src, bytes);
+    over_pieces(context, bytes, 1, [&](std::size_t begin, std::size_t end) {
+      std::memcpy(static_cast<char*>(dst) + begin, static_cast<const char*>(src) + begin,
+                  end - begin);
+    });
     return;
   }
   require_cuda();
@@ -176,7 +205,10 @@ void copy_with_host(const troupe_exec_context* context, void* dst, const void* s
   const op_scope timing(context, op_class::host_copies);
   if (bytes == 0) return;
   if (!on_gpu(context)) {
-    std::memcpy(dst, src, bytes);
+    over_pieces(context, bytes, 1, [&](std::size_t begin, std::size_t end) {
+      std::memcpy(static_cast<char*>(dst) + begin, static_cast<const char*>(src) + begin,
+                  end - begin);
+    });
     return;
   }
   require_cuda();
@@ -206,7 +238,10 @@ void copy_to_host(const troupe_exec_context* context, void* dst, const void* src
 void add(const troupe_exec_context* context, float* y, const float* x, std::int64_t count) {
   const op_scope timing(context, op_class::elementwise);
   if (!on_gpu(context)) {
-    for (std::int64_t i = 0; i < count; ++i) y[i] += x[i];
+    over_pieces(context, static_cast<std::size_t>(count) * sizeof(float), sizeof(float),
+                [&](std::size_t begin, std::size_t end) {
+                  for (std::size_t i = begin; i < end; ++i) y[i] += x[i];
+                });
     return;
   }
   require_cuda();
@@ -291,7 +326,16 @@ void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows
   const op_scope timing(context, op_class::elementwise);
   const auto [cos_table, sin_table] = table.on(context, length);
   if (!on_gpu(context)) {
-    cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction);
+    // One sequence per task (positions restart in each); rows not whole sequences in one call.
+    const std::int64_t per_sequence = heads * length;
+    if (per_sequence <= 0 || rows % per_sequence != 0) {
+      cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction);
+      return;
+    }
+    parallel_for(context, rows / per_sequence, 1, [&](std::int64_t begin, std::int64_t end) {
+      cpu::rope_rotate(x + begin * per_sequence * stride, (end - begin) * per_sequence, stride, dim,
+                       heads, length, cos_table, sin_table, direction);
+    });
     return;
   }
   require_cuda();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "kernels/cpu/cross_entropy.hpp"
 #include "kernels/cpu/gemm.hpp"
@@ -78,9 +79,24 @@ head_loss logits_loss(const exec_context& context, const float* logits, const st
                              lse);
 #endif
   }
+  // NOTES: fixed pieces of 16 rows summed in order, so the loss does not depend on the threads.
+  constexpr std::int64_t piece = 16;
+  const std::int64_t pieces = (rows + piece - 1) / piece;
+  std::vector<double> sums(static_cast<std::size_t>(pieces));
+  std::vector<std::int64_t> labelled(static_cast<std::size_t>(pieces));
+  context.pool().parallel_for(pieces, 1, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t p = begin; p < end; ++p) {
+      const std::int64_t first = p * piece, count = std::min(piece, rows - first);
+      sums[static_cast<std::size_t>(p)] =
+          kernels::cpu::cross_entropy_forward(logits + first * vocab, targets + first, count, vocab,
+                                              nullptr, &labelled[static_cast<std::size_t>(p)]);
+    }
+  });
   head_loss loss;
-  loss.sum =
-      kernels::cpu::cross_entropy_forward(logits, targets, rows, vocab, nullptr, &loss.labelled);
+  for (std::int64_t p = 0; p < pieces; ++p) {
+    loss.sum += sums[static_cast<std::size_t>(p)];
+    loss.labelled += labelled[static_cast<std::size_t>(p)];
+  }
   return loss;
 }
 

@@ -5,12 +5,17 @@
 #include <algorithm>
 
 #include "kernels/cpu/blas.hpp"
+#include "kernels/cpu/small_gemm.hpp"
 
 namespace troupe::kernels::cpu {
 
 void sgemm(const gemm_shape& shape, float alpha, const float* a, const float* b, float beta,
            float* c) {
   if (shape.m == 0 || shape.n == 0) return;
+  if (small_sgemm_fits(shape)) {
+    small_sgemm(shape, alpha, a, b, beta, c);
+    return;
+  }
   blas().sgemm(CblasRowMajor, shape.transpose_a ? CblasTrans : CblasNoTrans,
                shape.transpose_b ? CblasTrans : CblasNoTrans, static_cast<int>(shape.m),
                static_cast<int>(shape.n), static_cast<int>(shape.k), alpha, a,

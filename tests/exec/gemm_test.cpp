@@ -2,7 +2,13 @@
 // strided leading dimensions, beta accumulation, and its error messages.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
 #include <random>
+#include <vector>
+
+#include "kernels/cpu/gemm.hpp"
+#include "kernels/cpu/small_gemm.hpp"
 
 #include "runtime/exec/blas_gemm.hpp"
 #include "runtime/exec/exec_context.hpp"
@@ -55,6 +61,72 @@ TEST(BlasGemm, MatchesAFloat64ReferenceForEveryTranspose) {
       }
     }
   }
+}
+
+// troupe's own kernel for few rows (kernels/cpu/small_gemm.hpp) against float64, through sgemm
+// as every caller reaches it: A and B as they are and either transposed, k in one slice and in
+// several with a part of a 16-column block left over, edge tiles of rows, leading dimensions wider
+// than the rows, and beta 0 over a C full of NaN (never read). Tolerance 1e-5 of the sum of |a b|
+// per element. A C cut into row blocks equals the whole bit for bit.
+TEST(SmallGemm, EqualsAFloat64ReferenceOnEveryPath) {
+  namespace cpu = troupe::kernels::cpu;
+  struct problem {
+    std::int64_t m, n, k;
+  };
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  int handled = 0;
+  for (const problem& pr : {problem{48, 32, 16}, problem{50, 64, 17}, problem{97, 96, 300},
+                            problem{130, 480, 257}, problem{256, 512, 512}, problem{61, 256, 77}}) {
+    for (const auto& [ta, tb] : {std::pair{false, false}, {false, true}, {true, false}}) {
+      for (const float beta : {0.0f, 2.0f}) {
+        const std::int64_t lda = (ta ? pr.m : pr.k) + 3, ldb = (tb ? pr.k : pr.n) + 5,
+                           ldc = pr.n + 7;
+        std::vector<float> a(static_cast<std::size_t>((ta ? pr.k : pr.m) * lda)),
+            b(static_cast<std::size_t>((tb ? pr.n : pr.k) * ldb)),
+            c(static_cast<std::size_t>(pr.m * ldc));
+        for (auto* v : {&a, &b, &c})
+          for (float& x : *v) x = u(rng);
+        const std::vector<float> c0 = c;
+        if (beta == 0.0f) std::fill(c.begin(), c.end(), std::numeric_limits<float>::quiet_NaN());
+        const cpu::gemm_shape shape{ta, tb, pr.m, pr.n, pr.k, lda, ldb, ldc};
+        handled += cpu::small_sgemm_fits(shape) ? 1 : 0;
+        std::vector<float> blocks = c;
+        cpu::sgemm(shape, 0.5f, a.data(), b.data(), beta, c.data());
+        const std::int64_t cut = pr.m / 2;  // the same product as two row blocks
+        for (const auto& [first, rows] : {std::pair{std::int64_t{0}, cut}, {cut, pr.m - cut}}) {
+          cpu::gemm_shape part = shape;
+          part.m = rows;
+          cpu::sgemm(part, 0.5f, a.data() + (ta ? first : first * lda), b.data(), beta,
+                     blocks.data() + first * ldc);
+        }
+        double worst = 0.0;
+        bool same_in_blocks = true;
+        for (std::int64_t i = 0; i < pr.m; ++i)
+          for (std::int64_t j = 0; j < pr.n; ++j) {
+            double sum = 0.0, magnitude = 0.0;
+            for (std::int64_t p = 0; p < pr.k; ++p) {
+              const double x = a[static_cast<std::size_t>(ta ? p * lda + i : i * lda + p)];
+              const double y = tb ? b[static_cast<std::size_t>(j * ldb + p)]
+                                  : b[static_cast<std::size_t>(p * ldb + j)];
+              sum += x * y;
+              magnitude += std::fabs(x * y);
+            }
+            const auto at = static_cast<std::size_t>(i * ldc + j);
+            const double expected =
+                0.5 * sum + (beta != 0.0f ? double{beta} * double{c0[at]} : 0.0);
+            worst = std::max(worst, std::fabs(double{c[at]} - expected) / (1.0 + magnitude));
+            same_in_blocks = same_in_blocks && (blocks[at] == c[at]);
+          }
+        EXPECT_LE(worst, 1e-5) << pr.m << "x" << pr.n << "x" << pr.k << " ta=" << ta << " tb=" << tb
+                               << " beta=" << beta;
+        if (cpu::small_sgemm_fits(shape) && pr.m / 2 >= 48) {
+          EXPECT_TRUE(same_in_blocks) << pr.m << "x" << pr.n << "x" << pr.k << " tb=" << tb;
+        }
+      }
+    }
+  }
+  if (handled == 0) GTEST_SKIP() << "this CPU has no AVX-512: every product went to OpenBLAS";
 }
 
 TEST(BlasGemm, RejectsMismatchedOperandsWithTheShapes) {

@@ -46,6 +46,8 @@ void add_bench_command(CLI::App& app, int& exit_code);
 void add_bench_gemm_command(CLI::App& bench_group, int& exit_code);
 void add_bench_attention_command(CLI::App& bench_group, int& exit_code);
 void add_bench_experts_command(CLI::App& bench_group, int& exit_code);
+/// `troupe bench sgemm`: the host's own small-GEMM kernel against OpenBLAS.
+void add_bench_sgemm_command(CLI::App& bench_group, int& exit_code);
 void add_schedule_command(CLI::App& app, int& exit_code);
 void add_plot_command(CLI::App& app, int& exit_code);
 void add_ctl_command(CLI::App& app, int& exit_code);

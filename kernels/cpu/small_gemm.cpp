@@ -144,10 +144,11 @@ bool has_avx512() {
 
 bool small_sgemm_fits(const gemm_shape& s) {
   // NOTES: the bounds are where this kernel beat OpenBLAS on this repository's development
-  // machine (docs/benchmarks.md). A^T with a short k (a weight gradient: k is a hundred rows)
-  // stays with OpenBLAS, which was 1.4x faster there.
+  // machine (`troupe bench sgemm`, docs/benchmarks.md). With A^T (a weight gradient) only k from
+  // 128 to 512 gains: an expert's (k a hundred rows) ran 0.7x OpenBLAS, a dense layer's over
+  // 1024 tokens 0.84-0.99x.
   return s.m >= 48 && s.m <= 256 && s.n % panel_columns == 0 && s.n > 0 && s.n <= 512 && s.k > 0 &&
-         (!s.transpose_a || s.k >= 128) && has_avx512();
+         (!s.transpose_a || (s.k >= 128 && s.k <= 512)) && has_avx512();
 }
 
 void small_sgemm(const gemm_shape& s, float alpha, const float* a, const float* b, float beta,

@@ -13,7 +13,7 @@ namespace troupe::kernels::cpu {
 struct gemm_shape;
 
 /// Whether small_sgemm handles `shape` on this CPU: 48 <= m <= 256, n a multiple of 32 up to
-/// 512, k at least 128 where A is transposed, and a CPU with AVX-512F.
+/// 512, k from 128 to 512 where A is transposed, and a CPU with AVX-512F.
 bool small_sgemm_fits(const gemm_shape& shape);
 
 /// The product for a shape small_sgemm_fits accepts. Each element of C is summed over k in the

@@ -76,8 +76,9 @@ TEST(SmallGemm, EqualsAFloat64ReferenceOnEveryPath) {
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   int handled = 0;
-  for (const problem& pr : {problem{48, 32, 16}, problem{50, 64, 17}, problem{97, 96, 300},
-                            problem{130, 480, 257}, problem{256, 512, 512}, problem{61, 256, 77}}) {
+  for (const problem& pr :
+       {problem{48, 32, 16}, problem{50, 64, 17}, problem{97, 96, 300}, problem{130, 480, 257},
+        problem{256, 512, 512}, problem{61, 256, 77}, problem{64, 128, 1024}}) {
     for (const auto& [ta, tb] : {std::pair{false, false}, {false, true}, {true, false}}) {
       for (const float beta : {0.0f, 2.0f}) {
         const std::int64_t lda = (ta ? pr.m : pr.k) + 3, ldb = (tb ? pr.k : pr.n) + 5,

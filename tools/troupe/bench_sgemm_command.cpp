@@ -48,7 +48,11 @@ std::vector<sgemm_case> step_shapes() {
           {"attention scores (Q K^T)", nt(128, 384, 96)},
           {"attention P V", nn(128, 64, 384)},
           {"attention dQ (dS K)", nn(128, 96, 384)},
-          {"attention dK (dS^T Q)", tn(128, 96, 384)}};
+          {"attention dK (dS^T Q)", tn(128, 96, 384)},
+          {"q_a weight gradient (1024 tokens)", tn(128, 512, 1024)},
+          {"kv_a weight gradient", tn(96, 512, 1024)},
+          {"q_b weight gradient", tn(256, 128, 1024)},
+          {"o_proj weight gradient", tn(512, 512, 1024)}};
 }
 
 struct rates {

@@ -20,6 +20,9 @@ namespace troupe::kernels::cpu {
 // itself on purpose); nothing of ours is uninitialised here.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace {
 

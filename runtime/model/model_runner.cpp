@@ -39,7 +39,8 @@ bool all_finite(const tensor& t) {
   if (!t.where().is_cpu()) return all_finite(t.to(device::cpu()));
   const float* v = t.data_as<const float>();
   bool finite = true;
-  for (std::int64_t i = 0; i < t.numel(); ++i) finite &= std::isfinite(v[i]);
+  const std::int64_t n = t.numel();
+  for (std::int64_t i = 0; i < n; ++i) finite &= std::isfinite(v[i]);
   return finite;
 }
 

@@ -63,7 +63,8 @@ void add_gradients(const std::vector<parameter*>& parameters, const std::set<std
     double sum = 0.0;
     if (p->grad.where().is_cpu()) {
       const float* g = p->grad.data_as<const float>();
-      for (std::int64_t i = 0; i < p->grad.numel(); ++i)
+      const std::int64_t n = p->grad.numel();  // not per element: numel() multiplies the shape
+      for (std::int64_t i = 0; i < n; ++i)
         sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
     } else {
       sum = gpu_sums[next_gpu++];

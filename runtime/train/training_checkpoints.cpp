@@ -148,7 +148,8 @@ std::vector<std::string> config_differences(const model_config& a, const model_c
 void require_finite(const tensor& t, const std::string& name, const fs::path& file) {
   const tensor values = t.type() == dtype::f32 ? t : convert(t, dtype::f32);
   const float* v = values.data_as<const float>();
-  for (std::int64_t i = 0; i < values.numel(); ++i)
+  const std::int64_t n = values.numel();
+  for (std::int64_t i = 0; i < n; ++i)
     if (!std::isfinite(v[i]))
       throw checkpoint_error(fmt::format("{}: tensor '{}' holds a non-finite value ({} at {})",
                                          file.string(), name, v[i], i));

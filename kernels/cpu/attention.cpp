@@ -13,8 +13,8 @@ namespace {
 
 // NOTES: the products run over blocks of `block` query rows, each against the keys it can see
 // (those up to its last row), so the masked upper triangle is neither multiplied nor stored:
-// 5/8 of the full products at 512 tokens. Row blocks of 128 keep the GEMMs large enough for
-// OpenBLAS to run near its peak; dK and dV go by blocks of key columns against the rows below.
+// 5/8 of the full products at 512 tokens. Row blocks of 128 keep the GEMMs large enough to run
+// near the GEMM kernels' peak; dK and dV go by blocks of key columns against the rows below.
 constexpr std::int64_t block = 128;
 
 /// Rows [first, first + rows) of scores = scale * Q K^T against the keys they see, at ld length.

@@ -3,8 +3,8 @@
 // FP32 GEMM on the host through OpenBLAS (row-major):
 //   C[m, n] = alpha * op(A)[m, k] * op(B)[k, n] + beta * C
 // where op(X) is X or its transpose. Leading dimensions are row strides in elements. Products of
-// a few rows against a row-major B go to troupe's own AVX-512 kernel instead (small_gemm.hpp),
-// where it is faster than OpenBLAS's (docs/benchmarks.md).
+// few rows (48-256; small_gemm_fits says which) go to troupe's own AVX-512 kernel instead
+// (small_gemm.hpp), where it measured faster than OpenBLAS (docs/benchmarks.md).
 
 #include <cstdint>
 

@@ -4,7 +4,8 @@
 //   C[m, n] = alpha * op(A)[m, k] * op(B)[k, n] + beta * C      (row-major; op(X) is X or X^T)
 // the shapes of the routed experts (a hundred rows per expert against its weights, forward and
 // input gradient) and of attention's blocks (128 query rows), where OpenBLAS spends about as long
-// packing its operands as multiplying them. Internal to kernels/cpu: sgemm() picks it.
+// packing its operands as multiplying them. sgemm() picks it; `troupe bench sgemm` measures it
+// against OpenBLAS.
 
 #include <cstdint>
 
@@ -17,8 +18,8 @@ struct gemm_shape;
 bool small_sgemm_fits(const gemm_shape& shape);
 
 /// The product for a shape small_sgemm_fits accepts. Each element of C is summed over k in the
-/// same order wherever its row and column fall, so the result does not depend on how a caller
-/// cuts C into row blocks.
+/// same order wherever its row and column fall, so cutting C into row blocks that all still fit
+/// gives the same bits.
 void small_sgemm(const gemm_shape& shape, float alpha, const float* a, const float* b, float beta,
                  float* c);
 

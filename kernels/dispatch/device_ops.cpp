@@ -76,7 +76,9 @@ troupe_exec_context serial_context(const troupe_exec_context* context) {
         if (count > 0) fn(arg, 0, count);
       }};
   troupe_exec_context serial{};  // a context of an older ABI is smaller: the rest stays zero
-  std::memcpy(&serial, context, std::min<std::size_t>(context->struct_size, sizeof serial));
+  const std::size_t size = std::min<std::size_t>(context->struct_size, sizeof serial);
+  std::memcpy(&serial, context, size);
+  serial.struct_size = static_cast<std::uint32_t>(size);  // what this copy holds, no more
   serial.pool = &inline_pool;
   return serial;
 }
@@ -237,6 +239,7 @@ void copy_to_host(const troupe_exec_context* context, void* dst, const void* src
 
 void add(const troupe_exec_context* context, float* y, const float* x, std::int64_t count) {
   const op_scope timing(context, op_class::elementwise);
+  if (count <= 0) return;
   if (!on_gpu(context)) {
     over_pieces(context, static_cast<std::size_t>(count) * sizeof(float), sizeof(float),
                 [&](std::size_t begin, std::size_t end) {

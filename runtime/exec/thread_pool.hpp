@@ -49,9 +49,7 @@ class thread_pool {
   std::condition_variable job_finished_;
   std::deque<job*> jobs_;
   bool stopping_ = false;
-  std::atomic<std::uint64_t> submitted_{0};
-  bool spin_ =
-      std::getenv("AB_NOSPIN") == nullptr;  ///< jobs pushed so far (a spinning worker watches it)
+  std::atomic<std::uint64_t> submitted_{0};  ///< jobs pushed so far (an idle worker watches it)
   std::vector<std::thread> workers_;
   troupe_thread_pool abi_{};
 };

@@ -4,8 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "kernels/cpu/counter_random.hpp"
 #include "runtime/core/error.hpp"
-#include "runtime/model/counter_random.hpp"
 
 namespace troupe {
 

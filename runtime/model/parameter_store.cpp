@@ -5,12 +5,13 @@
 
 #include <fmt/ranges.h>
 
+#include "kernels/cpu/counter_random.hpp"
+#include "kernels/cpu/random_fill.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/device/stream.hpp"
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/exec/thread_pool.hpp"
-#include "runtime/model/counter_random.hpp"
 #include "troupe_build_config.h"
 
 #if TROUPE_HAVE_CUDA
@@ -88,12 +89,7 @@ void parameter_store::initialize(std::uint64_t seed, thread_pool* pool) {
           std::fill(data + begin, data + end, 1.0f);
           break;
         case TROUPE_INIT_NORMAL:
-          for (std::int64_t k = pair_begin; k < pair_end; ++k) {
-            float first = 0.0f, second = 0.0f;
-            random.normal_pair(static_cast<std::uint64_t>(k), scale, first, second);
-            data[2 * k] = first;
-            if (2 * k + 1 < n) data[2 * k + 1] = second;
-          }
+          kernels::cpu::fill_normal_pairs(random, pair_begin, pair_end, scale, data, n);
           break;
         case TROUPE_INIT_UNIFORM:
           for (std::int64_t i = begin; i < end; ++i)

@@ -64,10 +64,11 @@ TEST(BlasGemm, MatchesAFloat64ReferenceForEveryTranspose) {
 }
 
 // troupe's own kernel for few rows (kernels/cpu/small_gemm.hpp) against float64, through sgemm
-// as every caller reaches it: A and B as they are and either transposed, k in one slice and in
+// as every caller reaches it: A and B as they are and transposed, k in one slice and in
 // several with a part of a 16-column block left over, edge tiles of rows, leading dimensions wider
-// than the rows, and beta 0 over a C full of NaN (never read). Tolerance 1e-5 of the sum of |a b|
-// per element. A C cut into row blocks equals the whole bit for bit.
+// than the rows, and beta 0 over a C full of NaN (never read), the columns past n left alone.
+// Tolerance 1e-5 of the sum of |a b| per element. A C cut into row blocks equals the whole bit for
+// bit.
 TEST(SmallGemm, EqualsAFloat64ReferenceOnEveryPath) {
   namespace cpu = troupe::kernels::cpu;
   struct problem {
@@ -79,7 +80,8 @@ TEST(SmallGemm, EqualsAFloat64ReferenceOnEveryPath) {
   for (const problem& pr :
        {problem{48, 32, 16}, problem{50, 64, 17}, problem{97, 96, 300}, problem{130, 480, 257},
         problem{256, 512, 512}, problem{61, 256, 77}, problem{64, 128, 1024}}) {
-    for (const auto& [ta, tb] : {std::pair{false, false}, {false, true}, {true, false}}) {
+    for (const auto& [ta, tb] :
+         {std::pair{false, false}, {false, true}, {true, false}, {true, true}}) {
       for (const float beta : {0.0f, 2.0f}) {
         const std::int64_t lda = (ta ? pr.m : pr.k) + 3, ldb = (tb ? pr.k : pr.n) + 5,
                            ldc = pr.n + 7;
@@ -118,6 +120,15 @@ TEST(SmallGemm, EqualsAFloat64ReferenceOnEveryPath) {
                 0.5 * sum + (beta != 0.0f ? double{beta} * double{c0[at]} : 0.0);
             worst = std::max(worst, std::fabs(double{c[at]} - expected) / (1.0 + magnitude));
             same_in_blocks = same_in_blocks && (blocks[at] == c[at]);
+          }
+        for (std::int64_t i = 0; i < pr.m; ++i)  // the columns past n are not C's: untouched
+          for (std::int64_t j = pr.n; j < ldc; ++j) {
+            const auto at = static_cast<std::size_t>(i * ldc + j);
+            if (beta != 0.0f) {
+              EXPECT_EQ(c[at], c0[at]) << "row " << i << " column " << j;
+            } else {
+              EXPECT_TRUE(std::isnan(c[at])) << "row " << i << " column " << j;
+            }
           }
         EXPECT_LE(worst, 1e-5) << pr.m << "x" << pr.n << "x" << pr.k << " ta=" << ta << " tb=" << tb
                                << " beta=" << beta;

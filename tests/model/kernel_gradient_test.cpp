@@ -138,7 +138,8 @@ TEST(KernelGradients, CausalAttention) {
 // rows (a finite-difference check at this length would take minutes). Strides wider than the rows
 // and a last block of 44 rows. Tolerance 2e-5 of the largest value.
 TEST(KernelGradients, CausalAttentionOverSeveralBlocksEqualsDoubleReference) {
-  const std::int64_t n = 300, qk = 12, vd = 10, ldq = 15, ldk = 14, ldv = 13, ldo = 11;
+  // MLA's widths (qk 96, v 64), so every product takes the GEMM kernels' paths for few rows
+  const std::int64_t n = 300, qk = 96, vd = 64, ldq = 99, ldk = 98, ldv = 67, ldo = 65;
   const float scale = 0.3f;
   auto q = random_vector(n * ldq, 21), kk = random_vector(n * ldk, 22),
        v = random_vector(n * ldv, 23), d_o = random_vector(n * ldo, 24);

@@ -23,7 +23,7 @@ parameter_spec trainable(std::vector<std::int64_t> shape) {
   return {"", std::move(shape), dtype::f32, TROUPE_INIT_NORMAL, 0.02f, TROUPE_PARAM_TRAINABLE};
 }
 
-// Parameter initialisation (runtime/model/counter_random.hpp): the same bits whatever the
+// Parameter initialisation (kernels/cpu/counter_random.hpp): the same bits whatever the
 // number of threads that draw them, N(0, scale^2) and U(-scale, scale) by their moments.
 TEST(ParameterInit, SameBitsOnAnyThreadCountAndTheRightMoments) {
   auto fill = [](thread_pool* pool) {

@@ -23,6 +23,8 @@ namespace {
 
 namespace cpu = kernels::cpu;
 
+constexpr std::int64_t sets = 64;  // operand sets per repetition: a layer's routed experts
+
 struct sgemm_case {
   const char* what;
   cpu::gemm_shape shape;
@@ -68,7 +70,7 @@ rates measure(const cpu::gemm_shape& s, int repetitions, F&& product) {
     product();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (r > 0) seen.push_back(2.0 * static_cast<double>(s.m * s.n * s.k) * 64 / seconds / 1e9);
+    if (r > 0) seen.push_back(2.0 * static_cast<double>(s.m * s.n * s.k * sets) / seconds / 1e9);
   }
   return {*std::min_element(seen.begin(), seen.end()), median_of(seen),
           *std::max_element(seen.begin(), seen.end())};
@@ -85,7 +87,6 @@ void add_bench_sgemm_command(CLI::App& bench_group, int& exit_code) {
   command->add_option("--repetitions", repetitions, "Timed repetitions per shape (default 9)")
       ->check(CLI::Range(1, 1000));
   command->callback([&exit_code] {
-    constexpr std::int64_t sets = 64;
     std::mt19937 rng(1);
     std::normal_distribution<float> normal;
     const cpu::blas_library& blas = cpu::blas();

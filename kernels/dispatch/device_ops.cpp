@@ -335,9 +335,12 @@ void rope_rotate(const troupe_exec_context* context, float* x, std::int64_t rows
       cpu::rope_rotate(x, rows, stride, dim, heads, length, cos_table, sin_table, direction);
       return;
     }
+    // NOTES: the tables by name, not the structured bindings: clang 14 (the fuzzing build)
+    // cannot capture those.
+    const float *cosines = cos_table, *sines = sin_table;
     parallel_for(context, rows / per_sequence, 1, [&](std::int64_t begin, std::int64_t end) {
       cpu::rope_rotate(x + begin * per_sequence * stride, (end - begin) * per_sequence, stride, dim,
-                       heads, length, cos_table, sin_table, direction);
+                       heads, length, cosines, sines, direction);
     });
     return;
   }

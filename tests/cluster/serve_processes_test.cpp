@@ -26,6 +26,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -57,12 +58,16 @@ std::string url_of(const fs::path& log, background_command& server) {
   return troupe::testing::served_url(log, server);
 }
 
-std::string complete(const std::string& url, int i, int max_tokens = 12) {
-  const nlohmann::json body{{"model", "step-000001"},
-                            {"prompt", fmt::format("Across processes {}: ", i)},
-                            {"max_tokens", max_tokens},
-                            {"temperature", i % 2 == 0 ? 0.0 : 0.8},
-                            {"seed", i}};
+/// `long_running`: generate all of `max_tokens` whatever comes (ignore_eos), so the request is
+/// still decoding when a test kills the process that holds it.
+std::string complete(const std::string& url, int i, int max_tokens = 12,
+                     bool long_running = false) {
+  nlohmann::json body{{"model", "step-000001"},
+                      {"prompt", fmt::format("Across processes {}: ", i)},
+                      {"max_tokens", max_tokens},
+                      {"temperature", i % 2 == 0 ? 0.0 : 0.8},
+                      {"seed", i}};
+  if (long_running) body["ignore_eos"] = true;
   return run_command(fmt::format("curl -s --max-time 60 -H 'Content-Type: application/json' -d "
                                  "'{}' {}/v1/completions",
                                  body.dump(), url))
@@ -81,6 +86,22 @@ double generated_tokens(const std::string& url) {
   const std::string name = "\ntroupe_generated_tokens_total ";
   const auto at = text.find(name);
   return at == std::string::npos ? -1.0 : std::stod(text.substr(at + name.size()));
+}
+
+/// Waits (up to 10 s, polling) until every one of `metrics` counts more generated tokens than in
+/// `before`: the requests just sent are decoding everywhere. A fixed sleep raced both ways: on a
+/// loaded machine decoding had not started, on a fast one short completions had ended.
+bool decoding_everywhere(const std::vector<std::string>& metrics,
+                         const std::vector<double>& before) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < until) {
+    bool all = true;
+    for (std::size_t j = 0; j < metrics.size() && all; ++j)
+      all = generated_tokens(metrics[j]) > before[j];
+    if (all) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
 }
 
 /// A tiny checkpoint trained one step, and the completions of a server in one process.
@@ -175,11 +196,12 @@ TEST_F(ServeProcesses, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
   // kill -9 the decode process while long requests decode there.
   const pid_t decode = decode_pid(log, 1);
   ASSERT_GT(decode, 0) << log;
+  const double before = generated_tokens(metrics.front());
   std::vector<std::future<std::string>> held;
   for (int i = 0; i < 4; ++i)
     held.push_back(
-        std::async(std::launch::async, [&url, i] { return complete(url, 100 + i, 200); }));
-  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+        std::async(std::launch::async, [&url, i] { return complete(url, 100 + i, 200, true); }));
+  EXPECT_TRUE(decoding_everywhere(metrics, {before})) << read_file(dir / "two.log");
   const auto killed = std::chrono::steady_clock::now();
   ASSERT_EQ(::kill(decode, SIGKILL), 0);
   int failed = 0;
@@ -226,13 +248,15 @@ TEST_F(ServeProcesses, TwoDecodeProcessesShareTheLoadAndOutliveEachOther) {
   const pid_t victim = decode_pid(log, 1);
   ASSERT_GT(victim, 0) << log;
   using clock = std::chrono::steady_clock;
+  std::vector<double> before;
+  for (const auto& at : metrics) before.push_back(generated_tokens(at));
   std::vector<std::future<std::pair<std::string, clock::time_point>>> held;
   for (int i = 0; i < 6; ++i)
     held.push_back(std::async(std::launch::async, [&url, i] {
-      std::string text = complete(url, 100 + i, 200);
+      std::string text = complete(url, 100 + i, 200, true);
       return std::pair(std::move(text), clock::now());
     }));
-  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  EXPECT_TRUE(decoding_everywhere(metrics, before)) << read_file(log_file);
   std::vector<double> tokens_at_kill;
   for (const auto& at : metrics) tokens_at_kill.push_back(generated_tokens(at));
   const auto killed = clock::now();

@@ -75,6 +75,140 @@ __global__ void router_forward_kernel(router_shape r, const float* logits, const
   for (k = 0; k < r.topk; ++k) g[k] *= factor;
 }
 
+// NOTES: one warp per token, each lane holding experts lane, lane + 32, ... in registers; every
+// selection (a group's best choice values, the kept groups, the top-k) is a warp reduction under
+// one total order: the larger value, on a tie the lower expert id, as the CPU's scans. One thread
+// per token ran its scans serially over local memory, 72 us per call at 4,096 tokens on an H200
+// with a quarter of the multiprocessors busy. Sums keep the CPU's order: a group's values best
+// first, the gates by increasing expert id.
+constexpr int warp_max_topk = 32;
+constexpr int warps_per_block = 4;
+
+struct ranked {
+  float value;
+  int expert;  // -1: none
+  float score;
+};
+
+__device__ inline bool beats(const ranked& a, const ranked& b) {
+  if (a.expert < 0) return false;
+  if (b.expert < 0) return true;
+  if (a.value > b.value) return true;
+  if (a.value < b.value) return false;
+  if (a.value == b.value) return a.expert < b.expert;
+  const bool a_nan = isnan(a.value), b_nan = isnan(b.value);
+  if (a_nan != b_nan) return b_nan;
+  return a.expert < b.expert;
+}
+
+__device__ inline ranked warp_best(ranked mine) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    ranked other{__shfl_xor_sync(0xffffffffu, mine.value, offset),
+                 __shfl_xor_sync(0xffffffffu, mine.expert, offset),
+                 __shfl_xor_sync(0xffffffffu, mine.score, offset)};
+    if (beats(other, mine)) mine = other;
+  }
+  return mine;
+}
+
+template <int Slots>  // experts per lane: ceil(experts / 32) rounded up to a power of two
+__global__ void __launch_bounds__(32 * warps_per_block)
+    router_forward_warp_kernel(router_shape r, const float* logits, const float* bias,
+                               float* scores, std::int32_t* selected, float* gates,
+                               std::int64_t tokens) {
+  __shared__ float group_score[warps_per_block][max_groups];
+  __shared__ int sorted_expert[warps_per_block][warp_max_topk];
+  __shared__ float sorted_score[warps_per_block][warp_max_topk];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * warps_per_block + warp;
+  if (t >= tokens) return;  // the whole warp
+  const int experts = static_cast<int>(r.experts);
+  const int per_group = static_cast<int>(r.experts / r.groups);
+  const float* l = logits + t * r.experts;
+  float* s_out = scores + t * r.experts;
+  float s[Slots], choice[Slots];
+  int group[Slots];
+#pragma unroll
+  for (int j = 0; j < Slots; ++j) {
+    const int e = lane + 32 * j;
+    s[j] = 0.0f;
+    choice[j] = -INFINITY;
+    group[j] = -1;
+    if (e < experts) {
+      s[j] = 1.0f / (1.0f + expf(-l[e]));
+      s_out[e] = s[j];
+      choice[j] = s[j] + (bias != nullptr ? bias[e] : 0.0f);
+      group[j] = r.group_of != nullptr ? r.group_of[e] : e / per_group;
+    }
+  }
+  // A group's score: its group_top best choice values, summed best first.
+  for (int g = 0; g < static_cast<int>(r.groups); ++g) {
+    unsigned taken = 0;
+    float sum = 0.0f;
+    for (int i = 0; i < static_cast<int>(r.group_top); ++i) {
+      ranked mine{0.0f, -1, 0.0f};
+#pragma unroll
+      for (int j = 0; j < Slots; ++j) {
+        const ranked candidate{choice[j], group[j] == g && !(taken >> j & 1u) ? lane + 32 * j : -1,
+                               0.0f};
+        if (beats(candidate, mine)) mine = candidate;
+      }
+      const ranked best = warp_best(mine);
+      const float value = best.expert < 0 ? -INFINITY : best.value;
+      sum = i == 0 ? value : sum + value;
+      if (best.expert >= 0 && best.expert % 32 == lane) taken |= 1u << (best.expert / 32);
+    }
+    if (lane == 0) group_score[warp][g] = sum;
+  }
+  __syncwarp();
+  std::uint64_t kept = 0;
+  for (int i = 0; i < static_cast<int>(r.topk_groups); ++i) {
+    int best = -1;
+    for (int g = 0; g < static_cast<int>(r.groups); ++g)
+      if (!(kept >> g & 1u) && (best < 0 || group_score[warp][g] > group_score[warp][best]))
+        best = g;
+    kept |= std::uint64_t{1} << best;
+  }
+#pragma unroll
+  for (int j = 0; j < Slots; ++j)
+    if (group[j] >= 0 && !(kept >> group[j] & 1u)) choice[j] = -INFINITY;
+  // The top-k: round k's winner is lane k's; then each finds its rank by expert id.
+  unsigned taken = 0;
+  int my_expert = -1;
+  float my_score = 0.0f;
+  for (int k = 0; k < static_cast<int>(r.topk); ++k) {
+    ranked mine{0.0f, -1, 0.0f};
+#pragma unroll
+    for (int j = 0; j < Slots; ++j) {
+      const int e = lane + 32 * j;
+      const ranked candidate{choice[j], e < experts && !(taken >> j & 1u) ? e : -1, s[j]};
+      if (beats(candidate, mine)) mine = candidate;
+    }
+    const ranked best = warp_best(mine);
+    if (best.expert % 32 == lane) taken |= 1u << (best.expert / 32);
+    if (lane == k) {
+      my_expert = best.expert;
+      my_score = best.score;
+    }
+  }
+  int rank = 0;
+  for (int k = 0; k < static_cast<int>(r.topk); ++k)
+    rank += __shfl_sync(0xffffffffu, my_expert, k) < my_expert;
+  if (lane < r.topk) {
+    sorted_expert[warp][rank] = my_expert;
+    sorted_score[warp][rank] = my_score;
+  }
+  __syncwarp();
+  float sum = 0.0f;
+  for (int k = 0; k < static_cast<int>(r.topk); ++k) sum += sorted_score[warp][k];
+  const float factor = r.normalize ? r.scaling / (sum + 1e-20f) : r.scaling;
+  if (lane < r.topk) {
+    selected[t * r.topk + lane] = static_cast<std::int32_t>(sorted_expert[warp][lane]);
+    gates[t * r.topk + lane] = sorted_score[warp][lane] * factor;
+  }
+}
+
 __global__ void router_backward_kernel(router_shape r, const float* scores,
                                        const std::int32_t* selected, const float* d_gates,
                                        float* d_logits, std::int64_t tokens) {
@@ -239,8 +373,22 @@ void router_forward(const router_shape& shape, const float* logits, const float*
                     void* stream) {
   check_shape(shape, "router_forward");
   if (tokens == 0) return;
-  router_forward_kernel<<<blocks_for(tokens, threads), threads, 0, as_stream(stream)>>>(
-      shape, logits, bias, scores, selected, gates, tokens);
+  const auto warp_kernel = [&](auto kernel) {
+    kernel<<<blocks_for(tokens, warps_per_block), 32 * warps_per_block, 0, as_stream(stream)>>>(
+        shape, logits, bias, scores, selected, gates, tokens);
+  };
+  static_assert(max_router_experts == 16 * 32);
+  if (shape.topk > warp_max_topk)
+    router_forward_kernel<<<blocks_for(tokens, threads), threads, 0, as_stream(stream)>>>(
+        shape, logits, bias, scores, selected, gates, tokens);
+  else if (shape.experts <= 64)
+    warp_kernel(router_forward_warp_kernel<2>);
+  else if (shape.experts <= 128)
+    warp_kernel(router_forward_warp_kernel<4>);
+  else if (shape.experts <= 256)
+    warp_kernel(router_forward_warp_kernel<8>);
+  else
+    warp_kernel(router_forward_warp_kernel<16>);
   TROUPE_CUDA_LAUNCHED();
 }
 

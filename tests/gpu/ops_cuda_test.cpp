@@ -370,7 +370,8 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
   struct router_case {
     std::int64_t experts, groups, topk_groups, topk;
   };
-  for (const router_case rc : {router_case{64, 8, 4, 6}, {256, 8, 4, 8}, {16, 1, 1, 2}}) {
+  for (const router_case rc :
+       {router_case{64, 8, 4, 6}, {256, 8, 4, 8}, {16, 1, 1, 2}, {512, 16, 4, 8}}) {
     const std::int64_t sequences = 3, length = 50, tokens = sequences * length;
     cpu::router_shape cs{rc.experts, rc.groups, rc.topk_groups, rc.topk, true, 2.5f};
     gpu::router_shape gs{rc.experts, rc.groups, rc.topk_groups, rc.topk, true, 2.5f};
@@ -413,6 +414,25 @@ TEST(CudaOps, RouterAndBalanceLossMatchTheCpuAndFiniteDifferences) {
     device_array<std::int64_t> gcounts(counts.size());
     gpu::count_selections(gsel.data(), static_cast<std::int64_t>(pairs), gcounts.data(), nullptr);
     EXPECT_EQ(gcounts.get(), counts);
+  }
+  {
+    // Ties: logits of three levels and no bias, so groups and experts tie everywhere; the lower
+    // id wins each tie on both sides.
+    const std::int64_t experts = 64, tokens = 200;
+    auto logits = random_values(static_cast<std::size_t>(tokens * experts), 35, 2.0f);
+    for (float& v : logits) v = v > 0.7f ? 1.0f : v < -0.7f ? -1.0f : 0.0f;
+    cpu::router_shape cs{experts, 8, 4, 6, true, 2.5f};
+    gpu::router_shape gs{experts, 8, 4, 6, true, 2.5f};
+    std::vector<float> scores(logits.size()), gates(static_cast<std::size_t>(tokens * 6));
+    std::vector<std::int32_t> selected(gates.size());
+    cpu::router_forward(cs, logits.data(), nullptr, scores.data(), selected.data(), gates.data(),
+                        tokens);
+    device_array<float> gl(logits), gscores(scores.size()), ggates(gates.size());
+    device_array<std::int32_t> gsel(gates.size());
+    gpu::router_forward(gs, gl.data(), nullptr, gscores.data(), gsel.data(), ggates.data(), tokens,
+                        nullptr);
+    EXPECT_EQ(gsel.get(), selected) << "tied choices";
+    EXPECT_CLOSE(ggates.get(), gates, fp32_bound, "tied router gates");
   }
   {
     // Node-limited routing: the groups are hosts named per expert (5 hosts, uneven), M = 2, each

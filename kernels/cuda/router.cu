@@ -113,6 +113,24 @@ __device__ inline ranked warp_best(ranked mine) {
   return mine;
 }
 
+/// The best of this warp's experts in slots `eligible(j)` and not yet `taken` (this lane's bits),
+/// which it then marks taken.
+template <int Slots, class Eligible>
+__device__ inline ranked take_best(const float (&choice)[Slots], const float (&score)[Slots],
+                                   unsigned& taken, Eligible eligible) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  ranked mine{0.0f, -1, 0.0f};
+#pragma unroll
+  for (int j = 0; j < Slots; ++j) {
+    const ranked candidate{choice[j], eligible(j) && !(taken >> j & 1u) ? lane + 32 * j : -1,
+                           score[j]};
+    if (beats(candidate, mine)) mine = candidate;
+  }
+  const ranked best = warp_best(mine);
+  if (best.expert >= 0 && best.expert % 32 == lane) taken |= 1u << (best.expert / 32);
+  return best;
+}
+
 template <int Slots>  // experts per lane: ceil(experts / 32) rounded up to a power of two
 __global__ void __launch_bounds__(32 * warps_per_block)
     router_forward_warp_kernel(router_shape r, const float* logits, const float* bias,
@@ -135,7 +153,7 @@ __global__ void __launch_bounds__(32 * warps_per_block)
     const int e = lane + 32 * j;
     s[j] = 0.0f;
     choice[j] = -INFINITY;
-    group[j] = -1;
+    group[j] = -1;  // a slot past the experts: never eligible
     if (e < experts) {
       s[j] = 1.0f / (1.0f + expf(-l[e]));
       s_out[e] = s[j];
@@ -148,17 +166,9 @@ __global__ void __launch_bounds__(32 * warps_per_block)
     unsigned taken = 0;
     float sum = 0.0f;
     for (int i = 0; i < static_cast<int>(r.group_top); ++i) {
-      ranked mine{0.0f, -1, 0.0f};
-#pragma unroll
-      for (int j = 0; j < Slots; ++j) {
-        const ranked candidate{choice[j], group[j] == g && !(taken >> j & 1u) ? lane + 32 * j : -1,
-                               0.0f};
-        if (beats(candidate, mine)) mine = candidate;
-      }
-      const ranked best = warp_best(mine);
+      const ranked best = take_best(choice, s, taken, [&](int j) { return group[j] == g; });
       const float value = best.expert < 0 ? -INFINITY : best.value;
       sum = i == 0 ? value : sum + value;
-      if (best.expert >= 0 && best.expert % 32 == lane) taken |= 1u << (best.expert / 32);
     }
     if (lane == 0) group_score[warp][g] = sum;
   }
@@ -179,15 +189,7 @@ __global__ void __launch_bounds__(32 * warps_per_block)
   int my_expert = -1;
   float my_score = 0.0f;
   for (int k = 0; k < static_cast<int>(r.topk); ++k) {
-    ranked mine{0.0f, -1, 0.0f};
-#pragma unroll
-    for (int j = 0; j < Slots; ++j) {
-      const int e = lane + 32 * j;
-      const ranked candidate{choice[j], e < experts && !(taken >> j & 1u) ? e : -1, s[j]};
-      if (beats(candidate, mine)) mine = candidate;
-    }
-    const ranked best = warp_best(mine);
-    if (best.expert % 32 == lane) taken |= 1u << (best.expert / 32);
+    const ranked best = take_best(choice, s, taken, [&](int j) { return group[j] >= 0; });
     if (lane == k) {
       my_expert = best.expert;
       my_score = best.score;

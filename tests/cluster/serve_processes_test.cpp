@@ -26,7 +26,6 @@
 #include <map>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -93,15 +92,14 @@ double generated_tokens(const std::string& url) {
 /// loaded machine decoding had not started, on a fast one short completions had ended.
 bool decoding_everywhere(const std::vector<std::string>& metrics,
                          const std::vector<double>& before) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < until) {
-    bool all = true;
-    for (std::size_t j = 0; j < metrics.size() && all; ++j)
-      all = generated_tokens(metrics[j]) > before[j];
-    if (all) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
+  return troupe::testing::eventually(
+      10,
+      [&] {
+        for (std::size_t j = 0; j < metrics.size(); ++j)
+          if (generated_tokens(metrics[j]) <= before[j]) return false;
+        return true;
+      },
+      5);
 }
 
 /// A tiny checkpoint trained one step, and the completions of a server in one process.

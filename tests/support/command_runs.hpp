@@ -87,12 +87,13 @@ class background_command {
   int exit_code_ = -1;
 };
 
-/// Polls `condition` every 50 ms for up to `seconds`; whether it became true.
+/// Polls `condition` every `interval_ms` (50 by default) for up to `seconds`; whether it became
+/// true.
 template <class Condition>
-bool eventually(double seconds, Condition condition) {
-  for (int i = 0; i < static_cast<int>(seconds * 20); ++i) {
+bool eventually(double seconds, Condition condition, int interval_ms = 50) {
+  for (int i = 0; i < static_cast<int>(seconds * 1000 / interval_ms); ++i) {
     if (condition()) return true;
-    ::usleep(50'000);
+    ::usleep(static_cast<useconds_t>(interval_ms) * 1000);
   }
   return condition();
 }

@@ -3,11 +3,13 @@
 `troupe bench model` on the same cores in the same run: the reference issue 19's bar is measured
 against (docs/benchmarks.md).
 
-The model is built from the same config.json (random initialisation, FP32, no MTP module:
-transformers has none, so its step does the main model's work only while troupe's includes the
-MTP depth), eager (`--compile` for torch.compile), with transformers' default MoE path and SDPA
-attention, on `--threads` threads (torch.set_num_threads; troupe gets the same --threads). Each
-step is forward and backward of the cross-entropy loss on `--batch` x `--seq` random tokens. The
+The model is built from the same config.json (random initialisation, FP32), eager (`--compile`
+for torch.compile), with transformers' default MoE path and SDPA attention, on `--threads` threads
+(torch.set_num_threads; troupe gets the same --threads). transformers has no multi-token
+prediction, so the config's `num_nextn_predict_layers` MTP modules are built here from its own
+parts as DeepSeek-V3 defines them and troupe runs them (mtp_reference.py; `--no-mtp` leaves
+them out of the reference only, to show what they cost). Each step is forward and backward of that loss on
+`--batch` x `--seq` random tokens. The
 two run alternately, `--pairs` times, each a fresh process with one warm-up step and `--steps`
 timed steps; printed: each run's minimum step time, the medians, and the paired ratio
 troupe / transformers of tokens/s (above 1: troupe is faster).
@@ -33,26 +35,31 @@ def torch_run(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    from mtp_reference import TrainingLoss, depths_of
+
     config = AutoConfig.from_pretrained(args.config)
+    depths = 0 if args.no_mtp else depths_of(config)
     config.num_nextn_predict_layers = 0
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
                                              dtype=torch.float32)
     model.train()
+    step_fn = TrainingLoss(model, depths)
     if args.compile:
-        model = torch.compile(model)
+        step_fn = torch.compile(step_fn)
     tokens = torch.randint(0, min(256, config.vocab_size), (args.batch, args.seq))
     times = []
     for step in range(args.steps + 1):
-        model.zero_grad(set_to_none=True)
+        step_fn.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        loss = model(input_ids=tokens, labels=tokens).loss
+        loss = step_fn(tokens)
         loss.backward()
         elapsed = time.perf_counter() - start
         if step > 0:
             times.append(elapsed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"min_ms": 1e3 * min(times), "median_ms": 1e3 * statistics.median(times),
-                      "peak_mib": peak, "torch": torch.__version__}))
+                      "peak_mib": peak, "torch": torch.__version__, "mtp_depths": depths,
+                      "parameters": sum(p.numel() for p in step_fn.parameters())}))
 
 
 def troupe_run(args):
@@ -76,6 +83,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-mtp", action="store_true",
+                        help="leave the MTP modules out of the reference (troupe still runs them)")
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_only:
@@ -83,7 +92,8 @@ def main():
 
     own = [sys.executable, __file__, "--torch-only", "--config", args.config, "--threads",
            str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq), "--steps",
-           str(args.steps)] + (["--compile"] if args.compile else [])
+           str(args.steps)] + (["--compile"] if args.compile else []) + (
+               ["--no-mtp"] if args.no_mtp else [])
     rows = []
     for pair in range(args.pairs):
         troupe = troupe_run(args)

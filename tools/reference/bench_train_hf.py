@@ -8,7 +8,8 @@ with transformers' own MoE path (`--experts grouped_mm`: tokens sorted by expert
 torch._grouped_mm per projection), SDPA attention and fused AdamW. Each step is forward, backward
 and the optimizer step on `--batch` x `--seq` random tokens; the median of `--steps` timed steps
 after `--warmup` is printed with tokens/s, as one JSON line with --json. transformers has no MTP
-module, so its step does the main model's work only (troupe's includes the MTP depth).
+module; the config's MTP depth is built from its parts (mtp_reference.py), so the step does
+troupe's work, MTP included (`--no-mtp`: the main model only).
 
     python3 tools/reference/bench_train_hf.py --config topologies/models/small/config.json \
         --batch 8 --seq 1024 [--compile] [--json]
@@ -24,9 +25,12 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from mtp_reference import TrainingLoss, depths_of
 
-def build(config_path, experts, attention):
+
+def build(config_path, experts, attention, mtp):
     config = AutoConfig.from_pretrained(config_path)
+    depths = depths_of(config) if mtp else 0
     config.num_nextn_predict_layers = 0
     config.quantization_config = None
     if hasattr(config, "quantization_config"):
@@ -39,7 +43,9 @@ def build(config_path, experts, attention):
         print(f"experts_implementation={experts} refused ({e}); using the default", file=sys.stderr)
         model = AutoModelForCausalLM.from_config(config, **kwargs)
         used = "default"
-    return model.to(device="cuda", dtype=torch.bfloat16), used
+    model = model.to(device="cuda", dtype=torch.bfloat16)
+    step_loss = TrainingLoss(model, depths).to(device="cuda", dtype=torch.bfloat16)
+    return step_loss, used, depths
 
 
 def main():
@@ -52,18 +58,20 @@ def main():
     parser.add_argument("--experts", default="grouped_mm")
     parser.add_argument("--attention", default="sdpa")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-mtp", action="store_true", help="leave the MTP modules out")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model, experts = build(args.config, args.experts, args.attention)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
-    vocab = model.config.vocab_size
+    step_loss, experts, depths = build(args.config, args.experts, args.attention,
+                                       not args.no_mtp)
+    step_loss.train()
+    optimizer = torch.optim.AdamW(step_loss.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
+    vocab = step_loss.model.config.vocab_size
     tokens = torch.randint(0, vocab, (args.batch, args.seq), device="cuda")
 
     def step():
-        loss = model(input_ids=tokens, labels=tokens).loss
+        loss = step_loss(tokens)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -93,6 +101,8 @@ def main():
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(),
         "experts": experts,
+        "mtp_depths": depths,
+        "parameters": sum(p.numel() for p in step_loss.parameters()),
         "attention": args.attention,
         "compiled": args.compile,
         "batch": args.batch,
@@ -110,7 +120,8 @@ def main():
     else:
         print(
             f"transformers {result['transformers']} ({experts} experts, {args.attention}"
-            f"{', compiled' if args.compile else ''}) on {result['gpu']}: {args.batch} x {args.seq}"
+            f"{', compiled' if args.compile else ''}, MTP depth {depths}) on {result['gpu']}:"
+            f" {args.batch} x {args.seq}"
             f" tokens, {result['step_ms_median']:.1f} ms per step (median of {args.steps}; min"
             f" {result['step_ms_min']:.1f}, max {result['step_ms_max']:.1f}),"
             f" {result['tokens_per_second']:.0f} tokens/s, peak memory"

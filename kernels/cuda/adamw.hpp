@@ -20,7 +20,8 @@ struct adamw_tensor {
   std::uint16_t* exp_avg = nullptr;     ///< bf16 bits
   std::uint16_t* exp_avg_sq = nullptr;  ///< bf16 bits
   std::int64_t count = 0;
-  std::int32_t decays = 0;  ///< 1: weight decay applies (matrices), 0: not (norm weights)
+  std::int32_t decays = 0;       ///< 1: weight decay applies (matrices), 0: not (norm weights)
+  std::int64_t first_block = 0;  ///< the tensor's first block in the launch (adamw_plan sets it)
 };
 
 struct adamw_hyper {
@@ -29,9 +30,14 @@ struct adamw_hyper {
   float grad_scale = 1;  ///< the clip scale when it is known on the host (no device pointer)
 };
 
-/// One step over tensors[0, count) (a device array); `largest` is the largest tensor's count.
-/// grad_scale points at one float on the device (null: hyper.grad_scale).
-void adamw_step(const adamw_tensor* tensors, std::int64_t count, std::int64_t largest,
+/// Gives each of the host array's tensors its first block (blocks in proportion to its size);
+/// returns the blocks of the whole launch.
+std::int64_t adamw_plan(adamw_tensor* tensors, std::int64_t count);
+
+/// One step over tensors[0, count) (a device array copied from one adamw_plan made); `blocks` is
+/// what adamw_plan returned. grad_scale points at one float on the device (null:
+/// hyper.grad_scale).
+void adamw_step(const adamw_tensor* tensors, std::int64_t count, std::int64_t blocks,
                 const adamw_hyper& hyper, const float* grad_scale, void* stream);
 
 }  // namespace troupe::kernels::cuda

@@ -46,8 +46,7 @@ void adamw::keep_ranges(const std::map<std::string, element_range>& ranges) {
 }
 
 void adamw::upload_slots() {
-  largest_ = 0;
-  for (const slot& s : slots_) largest_ = std::max(largest_, s.range.size());
+  device_blocks_ = 0;
   if (where_.is_cpu() || slots_.empty()) return;
 #if TROUPE_HAVE_CUDA
   // NOTES: the descriptors go to the GPU once; a step then is one launch over every tensor.
@@ -57,6 +56,8 @@ void adamw::upload_slots() {
                            s.p->grad.data_as<const float>() + s.range.begin,
                            s.exp_avg.data_as<std::uint16_t>(),
                            s.exp_avg_sq.data_as<std::uint16_t>(), s.range.size(), s.decay ? 1 : 0});
+  device_blocks_ =
+      kernels::cuda::adamw_plan(descriptors.data(), static_cast<std::int64_t>(descriptors.size()));
   const auto bytes = static_cast<std::int64_t>(descriptors.size() * sizeof(descriptors[0]));
   tensor host = tensor::empty(dtype::u8, {bytes});
   std::memcpy(host.data(), descriptors.data(), static_cast<std::size_t>(bytes));
@@ -84,8 +85,8 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, const exec_con
   hyper.correction2 = static_cast<float>(1.0 - std::pow(b2, static_cast<double>(step)));
   hyper.grad_scale = static_cast<float>(grad_scale);
   kernels::cuda::adamw_step(static_cast<const kernels::cuda::adamw_tensor*>(device_slots_.data()),
-                            static_cast<std::int64_t>(slots_.size()), largest_, hyper, nullptr,
-                            context.stream());
+                            static_cast<std::int64_t>(slots_.size()), device_blocks_, hyper,
+                            nullptr, context.stream());
 #endif
 }
 

@@ -74,8 +74,8 @@ class adamw {
   adamw_settings settings_;
   std::vector<slot> slots_;
   device where_ = device::cpu();
-  tensor device_slots_;       ///< u8: the slots as kernels/cuda/adamw.hpp descriptors (GPU)
-  std::int64_t largest_ = 0;  ///< the largest parameter's element count
+  tensor device_slots_;             ///< u8: the slots as kernels/cuda/adamw.hpp descriptors (GPU)
+  std::int64_t device_blocks_ = 0;  ///< the GPU step's blocks (kernels/cuda/adamw.hpp's plan)
 };
 
 }  // namespace troupe

@@ -1,3 +1,5 @@
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/cross_entropy.hpp"
 #include "kernels/cuda/launch.cuh"
 
@@ -27,17 +29,26 @@ __global__ void cross_entropy_forward_kernel(const float* logits, std::int64_t l
   losses[r] = target >= 0 ? log_sum - row[target] : 0.0f;
 }
 
+__device__ inline void store(float* to, float v) {
+  *to = v;
+}
+__device__ inline void store(std::uint16_t* to, float v) {
+  *to = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
+template <class Out>
 __global__ void cross_entropy_backward_kernel(const float* logits, std::int64_t ld,
                                               const std::int32_t* targets, const float* lse,
-                                              std::int64_t vocab, float scale, float* dlogits) {
+                                              std::int64_t vocab, float scale, Out* dlogits,
+                                              std::int64_t ld_out) {
   const std::int64_t r = blockIdx.x;
   const float* row = logits + r * ld;
-  float* d = dlogits + r * ld;
+  Out* d = dlogits + r * ld_out;
   const std::int32_t target = targets[r];
   const float log_sum = lse[r];
   for (std::int64_t v = threadIdx.x; v < vocab; v += blockDim.x) {
     const float gradient = target < 0 ? 0.0f : scale * (expf(row[v] - log_sum) - (v == target));
-    d[v] = gradient;
+    store(d + v, gradient);
   }
 }
 
@@ -75,7 +86,17 @@ void cross_entropy_backward(const float* logits, std::int64_t ld, const std::int
                             float* dlogits, void* stream) {
   if (rows == 0) return;
   cross_entropy_backward_kernel<<<static_cast<unsigned>(rows), threads, 0, as_stream(stream)>>>(
-      logits, ld, targets, lse, vocab, scale, dlogits);
+      logits, ld, targets, lse, vocab, scale, dlogits, ld);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void cross_entropy_backward_bf16(const float* logits, std::int64_t ld, const std::int32_t* targets,
+                                 const float* lse, std::int64_t rows, std::int64_t vocab,
+                                 float scale, std::uint16_t* dlogits, std::int64_t ld_out,
+                                 void* stream) {
+  if (rows == 0) return;
+  cross_entropy_backward_kernel<<<static_cast<unsigned>(rows), threads, 0, as_stream(stream)>>>(
+      logits, ld, targets, lse, vocab, scale, dlogits, ld_out);
   TROUPE_CUDA_LAUNCHED();
 }
 

@@ -21,6 +21,13 @@ void cross_entropy_backward(const float* logits, std::int64_t ld, const std::int
                             const float* lse, std::int64_t rows, std::int64_t vocab, float scale,
                             float* dlogits, void* stream);
 
+/// The same gradient rounded to BF16 (bits), row r at dlogits + r * ld_out: what the output
+/// head keeps from forward to backward under BF16 math (runtime/layers/output_head.hpp).
+void cross_entropy_backward_bf16(const float* logits, std::int64_t ld, const std::int32_t* targets,
+                                 const float* lse, std::int64_t rows, std::int64_t vocab,
+                                 float scale, std::uint16_t* dlogits, std::int64_t ld_out,
+                                 void* stream);
+
 /// total[0] = the sum of losses[0, rows) (float64, in a fixed order) and labelled[0] = the
 /// number of rows with a target: what the host reads back once per step.
 void sum_losses(const float* losses, const std::int32_t* targets, std::int64_t rows, double* total,

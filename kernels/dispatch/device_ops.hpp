@@ -233,6 +233,13 @@ void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpo
               std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
               std::int64_t ldc, gemm_math math = gemm_math::exact);
 
+/// C (f32) = alpha op(A) op(B) + beta C on BF16 operands (bits), row-major with leading
+/// dimensions, FP32 accumulation: cuBLASLt's native BF16 kernels. GPU contexts only.
+void gemm_bf16(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
+               std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const std::uint16_t* a,
+               std::int64_t lda, const std::uint16_t* b, std::int64_t ldb, float beta, float* c,
+               std::int64_t ldc);
+
 // The router and the token permutation of kernels/cpu/router.hpp and expert_combine.hpp.
 void router_forward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
                     const float* logits, const float* bias, float* scores, std::int32_t* selected,

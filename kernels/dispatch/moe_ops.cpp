@@ -61,6 +61,29 @@ struct scratch_bytes {
 }  // namespace
 #endif
 
+#if TROUPE_HAVE_CUDA
+namespace {
+/// The cuBLASLt engine of the context's stream.
+// NOTES: one engine per stream for this plugin's copy of the kernels (each plugin links its
+// own); the runtime's provider keeps its own.
+cuda::cublaslt_gemm& gemm_engine(const troupe_exec_context* context) {
+  static cuda::per_stream<cuda::cublaslt_gemm> engines;
+  return engines.on(context->device.device_id, context->stream);
+}
+
+/// C (f32) = alpha op(A) op(B) + beta C, row-major, A and B of `type`, on the context's stream.
+void device_gemm(const troupe_exec_context* context, cuda::gemm_dtype type, bool transpose_a,
+                 bool transpose_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+                 const void* a, std::int64_t lda, const void* b, std::int64_t ldb, float beta,
+                 float* c, std::int64_t ldc, cuda::gemm_math math) {
+  const cuda::gemm_matrix left{a, type, transpose_a ? k : m, transpose_a ? m : k, lda};
+  const cuda::gemm_matrix right{b, type, transpose_b ? n : k, transpose_b ? k : n, ldb};
+  gemm_engine(context).gemm(left, transpose_a, right, transpose_b,
+                            {c, cuda::gemm_dtype::f32, m, n, ldc}, alpha, beta, math);
+}
+}  // namespace
+#endif
+
 gemm_math context_math(const troupe_exec_context* context) {
   if (!on_gpu(context) || context->gemm == nullptr || context->gemm->name == nullptr)
     return gemm_math::exact;
@@ -80,17 +103,26 @@ void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpo
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
-  // NOTES: one cuBLASLt engine per stream for this plugin's copy of the kernels (each plugin
-  // links its own); the runtime's provider keeps its own.
-  static cuda::per_stream<cuda::cublaslt_gemm> engines;
-  using cuda::gemm_dtype;
-  const cuda::gemm_matrix left{a, gemm_dtype::f32, transpose_a ? k : m, transpose_a ? m : k, lda};
-  const cuda::gemm_matrix right{b, gemm_dtype::f32, transpose_b ? n : k, transpose_b ? k : n, ldb};
-  engines.on(context->device.device_id, context->stream)
-      .gemm(left, transpose_a, right, transpose_b, {c, gemm_dtype::f32, m, n, ldc}, alpha, beta,
-            to_cuda(math));
+  device_gemm(context, cuda::gemm_dtype::f32, transpose_a, transpose_b, m, n, k, alpha, a, lda, b,
+              ldb, beta, c, ldc, to_cuda(math));
 #else
   (void)math;
+#endif
+}
+
+void gemm_bf16(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
+               std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const std::uint16_t* a,
+               std::int64_t lda, const std::uint16_t* b, std::int64_t ldb, float beta, float* c,
+               std::int64_t ldc) {
+  const op_scope timing(context, op_class::dense_gemm);
+  if (!on_gpu(context)) throw std::invalid_argument("gemm_bf16: BF16 operands need a GPU context");
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  device_gemm(context, cuda::gemm_dtype::bf16, transpose_a, transpose_b, m, n, k, alpha, a, lda, b,
+              ldb, beta, c, ldc, cuda::gemm_math::exact);
+#else
+  (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda;
+  (void)b, (void)ldb, (void)beta, (void)c, (void)ldc;
 #endif
 }
 

@@ -7,11 +7,13 @@
 #include "kernels/cpu/cross_entropy.hpp"
 #include "kernels/cpu/gemm.hpp"
 #include "kernels/dispatch/device_ops.hpp"
+#include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/tensor/tensor.hpp"
 #include "troupe_build_config.h"
 
 #if TROUPE_HAVE_CUDA
+#include "kernels/cuda/convert.hpp"
 #include "kernels/cuda/cross_entropy.hpp"
 #include "kernels/dispatch/op_timing.hpp"
 #endif
@@ -132,6 +134,86 @@ head_loss output_head_loss(const exec_context& context, const float* x, const fl
     total.labelled += part.labelled;
   });
   return total;
+}
+
+bool head_keeps_gradient(const exec_context& context, std::int64_t rows, std::int64_t vocab) {
+  constexpr std::int64_t budget = std::int64_t{1} << 30;
+  return TROUPE_HAVE_CUDA && context.where().is_cuda() &&
+         kernels::ops::context_math(context.abi()) == kernels::ops::gemm_math::bf16 &&
+         rows * vocab * 2 <= budget;
+}
+
+#if TROUPE_HAVE_CUDA
+namespace {
+/// `rows` x `cols` f32 (contiguous) as BF16 bits on the context's device.
+tensor to_bf16(const exec_context& context, const float* from, std::int64_t rows,
+               std::int64_t cols) {
+  tensor out = tensor::empty(dtype::bf16, {rows, cols}, context.where());
+  kernels::cuda::f32_to_bf16(from, out.data_as<std::uint16_t>(), rows * cols, context.stream());
+  return out;
+}
+}  // namespace
+#endif
+
+head_loss output_head_loss_keeping_gradient(const exec_context& context, const float* x,
+                                            const float* weight, const std::int32_t* targets,
+                                            std::int64_t rows, std::int64_t width,
+                                            std::int64_t vocab, tensor& d_logits) {
+  if (!head_keeps_gradient(context, rows, vocab))
+    fail("output head: keeping the gradient needs a GPU computing in BF16 and at most 1 GiB");
+  head_loss total;
+#if TROUPE_HAVE_CUDA
+  // NOTES: the gradient the backward needs is softmax - onehot times a scale known only then;
+  // its BF16 rounding is what the backward's BF16 GEMMs would make of an FP32 copy anyway, so
+  // keeping it costs no precision and spares the backward the logits' GEMM and softmax again.
+  d_logits = tensor::empty(dtype::bf16, {rows, vocab}, context.where());
+  if (rows == 0) return total;
+  const tensor x16 = to_bf16(context, x, rows, width);
+  const tensor w16 = to_bf16(context, weight, vocab, width);
+  const std::int64_t chunk = std::min(rows, head_chunk_rows(vocab));
+  tensor logits = tensor::empty(dtype::f32, {chunk, vocab}, context.where());
+  for_each_chunk(rows, chunk, [&](std::int64_t first, std::int64_t count) {
+    kernels::ops::gemm_bf16(context.abi(), false, true, count, vocab, width, 1.0f,
+                            x16.data_as<std::uint16_t>() + first * width, width,
+                            w16.data_as<std::uint16_t>(), width, 0.0f, logits.data_as<float>(),
+                            vocab);
+    const tensor on_device = device_targets(context, targets + first, count);
+    tensor lse;
+    const head_loss part =
+        gpu_cross_entropy(context, logits.data_as<float>(), on_device, count, vocab, lse);
+    total.sum += part.sum;
+    total.labelled += part.labelled;
+    const kernels::op_scope timing(context.abi(), kernels::op_class::loss);
+    kernels::cuda::cross_entropy_backward_bf16(
+        logits.data_as<float>(), vocab, on_device.data_as<std::int32_t>(), lse.data_as<float>(),
+        count, vocab, 1.0f, d_logits.data_as<std::uint16_t>() + first * vocab, vocab,
+        context.stream());
+  });
+#else
+  (void)x, (void)weight, (void)targets, (void)width;
+#endif
+  return total;
+}
+
+void output_head_backward_kept(const exec_context& context, const float* x, const float* weight,
+                               const tensor& d_logits, float scale, float* dx, float* dweight,
+                               std::int64_t rows, std::int64_t width, std::int64_t vocab) {
+  if (!d_logits.defined() || d_logits.type() != dtype::bf16 || d_logits.numel() != rows * vocab)
+    fail("output head: no kept gradient of [{}, {}] for this backward", rows, vocab);
+  if (rows == 0) return;
+#if TROUPE_HAVE_CUDA
+  const auto* g = d_logits.data_as<std::uint16_t>();
+  const tensor w16 = to_bf16(context, weight, vocab, width);
+  kernels::ops::gemm_bf16(context.abi(), false, false, rows, width, vocab, scale, g, vocab,
+                          w16.data_as<std::uint16_t>(), width, 1.0f, dx, width);
+  if (dweight != nullptr) {
+    const tensor x16 = to_bf16(context, x, rows, width);
+    kernels::ops::gemm_bf16(context.abi(), true, false, vocab, width, rows, scale, g, vocab,
+                            x16.data_as<std::uint16_t>(), width, 1.0f, dweight, width);
+  }
+#else
+  (void)x, (void)weight, (void)scale, (void)dx, (void)dweight, (void)width;
+#endif
 }
 
 void output_head_backward(const exec_context& context, const float* x, const float* weight,

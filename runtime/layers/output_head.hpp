@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "runtime/exec/exec_context.hpp"
+#include "runtime/tensor/tensor.hpp"
 
 namespace troupe {
 
@@ -35,6 +36,25 @@ head_loss output_head_forward(const exec_context& context, const float* x, const
 head_loss output_head_loss(const exec_context& context, const float* x, const float* weight,
                            const std::int32_t* targets, std::int64_t rows, std::int64_t width,
                            std::int64_t vocab, std::int64_t chunk_rows = 0);
+
+/// Whether output_head_loss_keeping_gradient serves this context and size: on a GPU whose head
+/// multiplies in BF16 (the "bf16" and "fp8" precisions), while the kept BF16 gradient of
+/// [rows, vocab] takes at most 1 GiB.
+bool head_keeps_gradient(const exec_context& context, std::int64_t rows, std::int64_t vocab);
+
+/// output_head_loss that also keeps dL/dlogits per unit of scale (softmax - onehot, 0 for
+/// unlabelled rows) in BF16 [rows, vocab] into `d_logits`, for output_head_backward_kept.
+/// Only where head_keeps_gradient says so.
+head_loss output_head_loss_keeping_gradient(const exec_context& context, const float* x,
+                                            const float* weight, const std::int32_t* targets,
+                                            std::int64_t rows, std::int64_t width,
+                                            std::int64_t vocab, tensor& d_logits);
+
+/// Backward from the kept gradient: dx += scale * d_logits W, dweight += scale * d_logits^T x,
+/// two BF16 GEMMs over all rows (no logits recomputed).
+void output_head_backward_kept(const exec_context& context, const float* x, const float* weight,
+                               const tensor& d_logits, float scale, float* dx, float* dweight,
+                               std::int64_t rows, std::int64_t width, std::int64_t vocab);
 
 /// Backward of scale * sum of the labelled losses: dx += ..., dweight += ..., recomputing each
 /// chunk's logits (nothing is kept from the forward).

@@ -196,7 +196,7 @@ tensor model_runner::forward_input(const exec_context& context, const model_batc
 head_loss model_runner::head_forward(const exec_context& context, const tensor& x,
                                      std::int64_t rows, const char* norm_name,
                                      const tensor& targets, tensor& normed, tensor& rstd,
-                                     bool keep_logits, tensor& logits) {
+                                     bool keep_logits, tensor& logits, tensor& d_logits) {
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   const float* head_weight =
       store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
@@ -207,11 +207,14 @@ head_loss model_runner::head_forward(const exec_context& context, const tensor& 
                   normed.data_as<float>(), rstd.data_as<float>(), rows, h,
                   static_cast<float>(config_.rms_norm_eps));
   const std::int32_t* labels = targets.defined() ? targets.data_as<std::int32_t>() : nullptr;
+  d_logits = tensor();
   if (!keep_logits) {  // training: the loss a chunk of rows at a time, no logits kept
     logits = tensor();
-    return labels != nullptr ? output_head_loss(context, normed.data_as<float>(), head_weight,
-                                                labels, rows, h, vocab)
-                             : head_loss{};
+    if (labels == nullptr) return head_loss{};
+    if (head_keeps_gradient(context, rows, vocab))
+      return output_head_loss_keeping_gradient(context, normed.data_as<float>(), head_weight,
+                                               labels, rows, h, vocab, d_logits);
+    return output_head_loss(context, normed.data_as<float>(), head_weight, labels, rows, h, vocab);
   }
   logits = tensor::empty(dtype::f32, {x.size(0), x.size(1), vocab}, context.where());
   return output_head_forward(context, normed.data_as<float>(), head_weight, logits.data_as<float>(),
@@ -226,7 +229,7 @@ void model_runner::forward_head(const exec_context& context, std::int64_t micro_
   const bool labelled = batch.targets.defined();
   if (labelled) check_tokens(batch.targets, "targets");
   const head_loss main = head_forward(context, hidden, rows, "model.norm.weight", batch.targets,
-                                      s.normed, s.rstd, keep_logits, s.logits);
+                                      s.normed, s.rstd, keep_logits, s.logits, s.d_logits);
   out.loss = main.mean();
   s.labelled = main.labelled;
   if (keep_logits) out.logits = s.logits;
@@ -245,8 +248,9 @@ void model_runner::forward_head(const exec_context& context, std::int64_t micro_
     ms.combined = mtp_[d].combine->forward(context, micro_batch,
                                            std::vector<tensor>{previous, ms.embedded})[0];
     ms.h_out = mtp_[d].block->forward(context, micro_batch, ms.combined);
-    const head_loss depth = head_forward(context, ms.h_out, rows, mtp_[d].norm_name.c_str(),
-                                         ms.targets, ms.normed, ms.rstd, keep_logits, ms.logits);
+    const head_loss depth =
+        head_forward(context, ms.h_out, rows, mtp_[d].norm_name.c_str(), ms.targets, ms.normed,
+                     ms.rstd, keep_logits, ms.logits, ms.d_logits);
     ms.labelled = depth.labelled;
     out.mtp_loss += weight * depth.mean();
     if (keep_logits) out.mtp_logits.push_back(ms.logits);
@@ -329,19 +333,24 @@ tensor model_runner::backward(const exec_context& context, std::int64_t micro_ba
 }
 
 void model_runner::head_backward(const exec_context& context, const tensor& x, const tensor& normed,
-                                 const tensor& rstd, const tensor& targets, std::int64_t count,
-                                 double weight, const std::string& norm_name, std::int64_t rows,
-                                 float loss_scale, tensor& d_x) {
+                                 const tensor& rstd, const tensor& targets, const tensor& d_logits,
+                                 std::int64_t count, double weight, const std::string& norm_name,
+                                 std::int64_t rows, float loss_scale, tensor& d_x) {
   if (count == 0) return;
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   parameter& head =
       store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
   tensor d_normed = tensor::zeros(dtype::f32, x.shape(), context.where());
-  output_head_backward(
-      context, normed.data_as<float>(), head.value.data_as<float>(),
-      targets.data_as<std::int32_t>(),
-      static_cast<float>(static_cast<double>(loss_scale) * weight / static_cast<double>(count)),
-      d_normed.data_as<float>(), grad_of(head), rows, h, vocab);
+  const auto scale =
+      static_cast<float>(static_cast<double>(loss_scale) * weight / static_cast<double>(count));
+  if (d_logits.defined())
+    output_head_backward_kept(context, normed.data_as<float>(), head.value.data_as<float>(),
+                              d_logits, scale, d_normed.data_as<float>(), grad_of(head), rows, h,
+                              vocab);
+  else
+    output_head_backward(context, normed.data_as<float>(), head.value.data_as<float>(),
+                         targets.data_as<std::int32_t>(), scale, d_normed.data_as<float>(),
+                         grad_of(head), rows, h, vocab);
   parameter& norm = store_.at(norm_name);
   rmsnorm_backward(context, d_normed.data_as<float>(), x.data_as<float>(),
                    norm.value.data_as<float>(), rstd.data_as<float>(), d_x.data_as<float>(),
@@ -361,8 +370,8 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
     parameter& embedding = store_.at("model.embed_tokens.weight");
     mtp_saved& ms = s.mtp[d];
     if (labelled)
-      head_backward(context, ms.h_out, ms.normed, ms.rstd, ms.targets, ms.labelled, weight,
-                    mtp_[d].norm_name, rows, loss_scale, d_next);
+      head_backward(context, ms.h_out, ms.normed, ms.rstd, ms.targets, ms.d_logits, ms.labelled,
+                    weight, mtp_[d].norm_name, rows, loss_scale, d_next);
     const tensor d_combined =
         mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
     tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
@@ -377,8 +386,8 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
   }
   tensor d_h = d_next;
   if (labelled)
-    head_backward(context, final_hidden, s.normed, s.rstd, s.batch.targets, s.labelled, 1.0,
-                  "model.norm.weight", rows, loss_scale, d_h);
+    head_backward(context, final_hidden, s.normed, s.rstd, s.batch.targets, s.d_logits, s.labelled,
+                  1.0, "model.norm.weight", rows, loss_scale, d_h);
   return d_h;
 }
 

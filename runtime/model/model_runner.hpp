@@ -118,6 +118,7 @@ class model_runner {
   };
   struct mtp_saved {
     tensor tokens, targets, embedded, combined, h_out, normed, rstd, logits;
+    tensor d_logits;  // the head's gradient per unit of scale, kept where the head allows it
     std::int64_t labelled = 0;
   };
   struct saved {
@@ -126,6 +127,7 @@ class model_runner {
     bool input_done = false;
     std::vector<tensor> layer_inputs;  // h entering each layer (and the final output last)
     tensor normed, rstd, logits;       // final norm and head (logits when kept)
+    tensor d_logits;                   // the head's gradient per unit of scale, when kept
     std::int64_t labelled = 0;
     std::vector<mtp_saved> mtp;
   };
@@ -135,10 +137,11 @@ class model_runner {
   /// The slice's input hidden states: the embedded tokens, or the previous stage's output.
   tensor forward_input(const exec_context& context, const model_batch& batch);
   /// The final norm and output head on `x` (or an MTP depth's, by `norm_name`): its loss, and
-  /// its logits with `keep_logits` (else none: the loss a chunk of rows at a time).
+  /// its logits with `keep_logits` (else none: the loss a chunk of rows at a time, and the
+  /// gradient for backward into `d_logits` where output_head.hpp can keep it).
   head_loss head_forward(const exec_context& context, const tensor& x, std::int64_t rows,
                          const char* norm_name, const tensor& targets, tensor& normed, tensor& rstd,
-                         bool keep_logits, tensor& logits);
+                         bool keep_logits, tensor& logits, tensor& d_logits);
   /// Forward of the head and the MTP modules on the last layer's output, into `s` and `out`.
   void forward_head(const exec_context& context, std::int64_t micro_batch, const model_batch& batch,
                     bool keep_logits, const tensor& hidden, saved& s, model_output& out);
@@ -147,9 +150,9 @@ class model_runner {
   /// Backward of loss_scale * weight * (sum of the labelled losses) / count through the output
   /// head and the norm `norm_name`, into d_x (pre-norm); nothing when count is 0.
   void head_backward(const exec_context& context, const tensor& x, const tensor& normed,
-                     const tensor& rstd, const tensor& targets, std::int64_t count, double weight,
-                     const std::string& norm_name, std::int64_t rows, float loss_scale,
-                     tensor& d_x);
+                     const tensor& rstd, const tensor& targets, const tensor& d_logits,
+                     std::int64_t count, double weight, const std::string& norm_name,
+                     std::int64_t rows, float loss_scale, tensor& d_x);
   /// Input-gradient part of the head and the MTP modules: dL/d(the last layer's output).
   tensor backward_head(const exec_context& context, std::int64_t micro_batch, saved& s,
                        float loss_scale);

@@ -12,6 +12,8 @@
 
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "runtime/device/cuda.hpp"
+#include "runtime/exec/cuda_gemm.hpp"
+#include "runtime/layers/output_head.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/plugin/registry.hpp"
 #include "tests/gpu/gpu_skip.hpp"
@@ -125,6 +127,71 @@ TEST_P(ModelOnCuda, LossesAndEveryGradientMatchTheCpu) {
   }
   std::printf("[ gpu vs cpu ] %-10s worst of %zu parameter gradients: %.3g (%s)\n", GetParam(),
               count, worst, worst_name.c_str());
+}
+
+// The output head under BF16 math keeps softmax - onehot in BF16 from forward to backward
+// instead of recomputing the logits: the same loss as the recomputing path (the same BF16
+// products) within 1e-5, and gradients within 1e-2 of their largest value (the kept gradient's
+// rounding to BF16, 2^-9 relative per element). Three chunks of rows, unlabelled rows among them.
+TEST(OutputHeadOnCuda, TheKeptBf16GradientMatchesTheRecomputedOne) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  thread_pool pool(2);
+  exec_context exact(gpu, pool);
+  exec_context bf16(gpu, pool, cuda_bf16_gemm_provider());
+  const std::int64_t rows = 2000, width = 64, vocab = 70000;  // 958 rows per chunk
+  EXPECT_FALSE(head_keeps_gradient(exact, rows, vocab));
+  EXPECT_FALSE(head_keeps_gradient(exec_context(device::cpu(), pool), rows, vocab));
+  EXPECT_FALSE(head_keeps_gradient(bf16, 1 << 20, vocab));  // 140 GB: over the budget
+  ASSERT_TRUE(head_keeps_gradient(bf16, rows, vocab));
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  tensor x = tensor::empty(dtype::f32, {rows, width}),
+         w = tensor::empty(dtype::f32, {vocab, width});
+  for (std::int64_t i = 0; i < x.numel(); ++i) x.data_as<float>()[i] = normal(rng);
+  for (std::int64_t i = 0; i < w.numel(); ++i) w.data_as<float>()[i] = 0.3f * normal(rng);
+  std::vector<std::int32_t> targets(static_cast<std::size_t>(rows));
+  for (std::size_t r = 0; r < targets.size(); ++r)
+    targets[r] = r % 7 == 3 ? -1 : static_cast<std::int32_t>(rng() % vocab);
+  const tensor gx = x.to(gpu), gw = w.to(gpu);
+  struct result {
+    head_loss loss;
+    tensor dx, dw;
+  };
+  const auto run = [&](bool keep) {
+    const context_stream_scope on_stream(bf16);  // as the runner does: host copies on its stream
+    result r{{},
+             tensor::zeros(dtype::f32, {rows, width}, gpu),
+             tensor::zeros(dtype::f32, {vocab, width}, gpu)};
+    const float scale = 0.25f;
+    if (keep) {
+      tensor kept;
+      r.loss = output_head_loss_keeping_gradient(bf16, gx.data_as<float>(), gw.data_as<float>(),
+                                                 targets.data(), rows, width, vocab, kept);
+      output_head_backward_kept(bf16, gx.data_as<float>(), gw.data_as<float>(), kept, scale,
+                                r.dx.data_as<float>(), r.dw.data_as<float>(), rows, width, vocab);
+    } else {
+      r.loss = output_head_loss(bf16, gx.data_as<float>(), gw.data_as<float>(), targets.data(),
+                                rows, width, vocab);
+      output_head_backward(bf16, gx.data_as<float>(), gw.data_as<float>(), targets.data(), scale,
+                           r.dx.data_as<float>(), r.dw.data_as<float>(), rows, width, vocab);
+    }
+    r.dx = r.dx.to(device::cpu());
+    r.dw = r.dw.to(device::cpu());
+    return r;
+  };
+  const result kept = run(true), recomputed = run(false);
+  EXPECT_EQ(kept.loss.labelled, recomputed.loss.labelled);
+  EXPECT_NEAR(kept.loss.sum, recomputed.loss.sum, 1e-5 * recomputed.loss.sum);
+  const double dx_error =
+      troupe::testing::max_relative_error(kept.dx.data_as<float>(), recomputed.dx.data_as<float>(),
+                                          static_cast<std::size_t>(rows * width));
+  const double dw_error =
+      troupe::testing::max_relative_error(kept.dw.data_as<float>(), recomputed.dw.data_as<float>(),
+                                          static_cast<std::size_t>(vocab * width));
+  std::printf("[ kept head gradient ] loss %.9g / %.9g, dx %.3g, dW %.3g (bound 1e-2)\n",
+              kept.loss.sum, recomputed.loss.sum, dx_error, dw_error);
+  EXPECT_LT(dx_error, 1e-2);
+  EXPECT_LT(dw_error, 1e-2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelOnCuda,

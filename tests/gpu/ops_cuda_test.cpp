@@ -219,18 +219,25 @@ TEST(CudaOps, RopeMatchesTheCpuBothWays) {
 
 TEST(CudaOps, SwigluMatchesTheCpuAndFiniteDifferences) {
   TROUPE_SKIP_WITHOUT_GPU();
-  const std::int64_t rows = 33, width = 1408;
-  const auto gate_up = random_values(static_cast<std::size_t>(rows * 2 * width), 12, 2.0f);
-  const auto dh = random_values(static_cast<std::size_t>(rows * width), 13);
-  const auto d0 = random_values(gate_up.size(), 14);
-  std::vector<float> h(dh.size()), d(d0);
-  cpu::swiglu_forward_fused(gate_up.data(), h.data(), rows, width);
-  cpu::swiglu_backward_fused(dh.data(), gate_up.data(), d.data(), rows, width);
-  device_array<float> ggu(gate_up), gh(h.size()), gdh(dh), gd(d0);
-  gpu::swiglu_forward_fused(ggu.data(), gh.data(), rows, width, nullptr);
-  gpu::swiglu_backward_fused(gdh.data(), ggu.data(), gd.data(), rows, width, nullptr);
-  EXPECT_CLOSE(gh.get(), h, fp32_bound, "swiglu fused h");
-  EXPECT_CLOSE(gd.get(), d, fp32_bound, "swiglu fused d(gate|up)");
+  // Widths of float4s (the medium config's 1,408) and not; accumulated into and overwritten.
+  const std::int64_t rows = 33;
+  for (const std::int64_t width : {std::int64_t{1408}, std::int64_t{255}}) {
+    const auto gate_up = random_values(static_cast<std::size_t>(rows * 2 * width), 12, 2.0f);
+    const auto dh = random_values(static_cast<std::size_t>(rows * width), 13);
+    const auto d0 = random_values(gate_up.size(), 14);
+    std::vector<float> h(dh.size()), d(d0), fresh(d0.size(), 0.0f);
+    cpu::swiglu_forward_fused(gate_up.data(), h.data(), rows, width);
+    cpu::swiglu_backward_fused(dh.data(), gate_up.data(), d.data(), rows, width);
+    cpu::swiglu_backward_fused(dh.data(), gate_up.data(), fresh.data(), rows, width);
+    device_array<float> ggu(gate_up), gh(h.size()), gdh(dh), gd(d0), gfresh(d0);
+    gpu::swiglu_forward_fused(ggu.data(), gh.data(), rows, width, nullptr);
+    gpu::swiglu_backward_fused(gdh.data(), ggu.data(), gd.data(), rows, width, nullptr);
+    gpu::swiglu_backward_fused(gdh.data(), ggu.data(), gfresh.data(), rows, width, nullptr, false);
+    const std::string what = "swiglu fused, width " + std::to_string(width);
+    EXPECT_CLOSE(gh.get(), h, fp32_bound, (what + ": h").c_str());
+    EXPECT_CLOSE(gd.get(), d, fp32_bound, (what + ": d(gate|up) added").c_str());
+    EXPECT_CLOSE(gfresh.get(), fresh, fp32_bound, (what + ": d(gate|up) written").c_str());
+  }
   // Separate gate and up buffers.
   const std::int64_t count = 1001;
   const auto gate = random_values(count, 15, 2.0f), up = random_values(count, 16);

@@ -3,9 +3,11 @@
 // The output head and its cross-entropy: logits = x W^T over the vocabulary, then softmax
 // cross-entropy against the targets (negative targets are unlabelled). Training computes the
 // loss and its gradient a chunk of rows at a time, so the [tokens, vocab] FP32 logits never
-// exist at once. The head runs in FP32
-// whatever the topology's precision: DeepSeek-V3 keeps the embedding, the output head, the MoE
-// gate, the norms and attention in high precision and uses FP8 for the other linear layers.
+// exist at once: the backward recomputes each chunk's logits, or, on a GPU whose head multiplies
+// in BF16, takes the gradient the forward kept in BF16 (output_head_loss_keeping_gradient). The
+// head multiplies in FP32 on the CPU and under "fp32", in BF16 under "bf16" and "fp8" (never in
+// FP8: DeepSeek-V3 keeps the embedding, the output head, the MoE gate, the norms and attention in
+// higher precision and uses FP8 for the other linear layers).
 
 #include <cstdint>
 #include <vector>

@@ -137,14 +137,18 @@ head_loss output_head_loss(const exec_context& context, const float* x, const fl
 }
 
 bool head_keeps_gradient(const exec_context& context, std::int64_t rows, std::int64_t vocab) {
+  // NOTES: on the host at most 64 MiB, so the gradients kept by micro-batches in flight (a
+  // pipeline's) stay small beside their activations; larger heads recompute, as before.
+  if (context.where().is_cpu()) return rows * vocab * 4 <= (std::int64_t{64} << 20);
   constexpr std::int64_t budget = std::int64_t{1} << 30;
   return TROUPE_HAVE_CUDA && context.where().is_cuda() &&
          kernels::ops::context_math(context.abi()) == kernels::ops::gemm_math::bf16 &&
          rows * vocab * 2 <= budget;
 }
 
-#if TROUPE_HAVE_CUDA
 namespace {
+
+#if TROUPE_HAVE_CUDA
 /// `rows` x `cols` f32 (contiguous) as BF16 bits on the context's device.
 tensor to_bf16(const exec_context& context, const float* from, std::int64_t rows,
                std::int64_t cols) {
@@ -152,20 +156,15 @@ tensor to_bf16(const exec_context& context, const float* from, std::int64_t rows
   kernels::cuda::f32_to_bf16(from, out.data_as<std::uint16_t>(), rows * cols, context.stream());
   return out;
 }
-}  // namespace
-#endif
 
-head_loss output_head_loss_keeping_gradient(const exec_context& context, const float* x,
-                                            const float* weight, const std::int32_t* targets,
-                                            std::int64_t rows, std::int64_t width,
-                                            std::int64_t vocab, tensor& d_logits) {
-  if (!head_keeps_gradient(context, rows, vocab))
-    fail("output head: keeping the gradient needs a GPU computing in BF16 and at most 1 GiB");
+/// The GPU's kept gradient: BF16, the logits a chunk at a time.
+// NOTES: its BF16 rounding is what the backward's BF16 GEMMs would make of an FP32 copy anyway,
+// so keeping it costs no precision.
+head_loss loss_keeping_bf16_gradient(const exec_context& context, const float* x,
+                                     const float* weight, const std::int32_t* targets,
+                                     std::int64_t rows, std::int64_t width, std::int64_t vocab,
+                                     tensor& d_logits) {
   head_loss total;
-#if TROUPE_HAVE_CUDA
-  // NOTES: the gradient the backward needs is softmax - onehot times a scale known only then;
-  // its BF16 rounding is what the backward's BF16 GEMMs would make of an FP32 copy anyway, so
-  // keeping it costs no precision and spares the backward the logits' GEMM and softmax again.
   d_logits = tensor::empty(dtype::bf16, {rows, vocab}, context.where());
   if (rows == 0) return total;
   const tensor x16 = to_bf16(context, x, rows, width);
@@ -189,18 +188,65 @@ head_loss output_head_loss_keeping_gradient(const exec_context& context, const f
         count, vocab, 1.0f, d_logits.data_as<std::uint16_t>() + first * vocab, vocab,
         context.stream());
   });
-#else
-  (void)x, (void)weight, (void)targets, (void)width;
-#endif
   return total;
+}
+#endif
+
+/// The host's kept gradient: the one chunk's FP32 logits turned into it in place.
+head_loss loss_keeping_f32_gradient(const exec_context& context, const float* x,
+                                    const float* weight, const std::int32_t* targets,
+                                    std::int64_t rows, std::int64_t width, std::int64_t vocab,
+                                    tensor& d_logits) {
+  d_logits = tensor::empty(dtype::f32, {rows, vocab}, context.where());
+  if (rows == 0) return {};
+  auto* logits = d_logits.data_as<float>();
+  head_logits(context, x, weight, logits, rows, width, vocab);
+  const head_loss total = logits_loss(context, logits, targets, rows, vocab);
+  context.pool().parallel_for(rows, 8, [&](std::int64_t begin, std::int64_t end) {
+    kernels::cpu::cross_entropy_backward(logits + begin * vocab, targets + begin, end - begin,
+                                         vocab, 1.0f, logits + begin * vocab);
+  });
+  return total;
+}
+
+}  // namespace
+
+head_loss output_head_loss_keeping_gradient(const exec_context& context, const float* x,
+                                            const float* weight, const std::int32_t* targets,
+                                            std::int64_t rows, std::int64_t width,
+                                            std::int64_t vocab, tensor& d_logits) {
+  // NOTES: the gradient the backward needs is softmax - onehot times a scale known only then;
+  // kept, it spares the backward the logits' GEMM and softmax again.
+  if (!head_keeps_gradient(context, rows, vocab))
+    fail(
+        "output head: keeping the gradient of [{}, {}] needs at most 64 MiB of it on the host, "
+        "or a GPU computing in BF16 with at most 1 GiB",
+        rows, vocab);
+  if (context.where().is_cpu())
+    return loss_keeping_f32_gradient(context, x, weight, targets, rows, width, vocab, d_logits);
+#if TROUPE_HAVE_CUDA
+  return loss_keeping_bf16_gradient(context, x, weight, targets, rows, width, vocab, d_logits);
+#else
+  return {};
+#endif
 }
 
 void output_head_backward_kept(const exec_context& context, const float* x, const float* weight,
                                const tensor& d_logits, float scale, float* dx, float* dweight,
                                std::int64_t rows, std::int64_t width, std::int64_t vocab) {
-  if (!d_logits.defined() || d_logits.type() != dtype::bf16 || d_logits.numel() != rows * vocab)
+  const dtype kept = context.where().is_cpu() ? dtype::f32 : dtype::bf16;
+  if (!d_logits.defined() || d_logits.type() != kept || d_logits.numel() != rows * vocab)
     fail("output head: no kept gradient of [{}, {}] for this backward", rows, vocab);
   if (rows == 0) return;
+  if (context.where().is_cpu()) {
+    const auto* g = d_logits.data_as<float>();
+    kernels::ops::gemm_f32(context.abi(), false, false, rows, width, vocab, scale, g, vocab, weight,
+                           width, 1.0f, dx, width);
+    if (dweight != nullptr)
+      kernels::ops::gemm_f32(context.abi(), true, false, vocab, width, rows, scale, g, vocab, x,
+                             width, 1.0f, dweight, width);
+    return;
+  }
 #if TROUPE_HAVE_CUDA
   const auto* g = d_logits.data_as<std::uint16_t>();
   const tensor w16 = to_bf16(context, weight, vocab, width);
@@ -211,8 +257,6 @@ void output_head_backward_kept(const exec_context& context, const float* x, cons
     kernels::ops::gemm_bf16(context.abi(), true, false, vocab, width, rows, scale, g, vocab,
                             x16.data_as<std::uint16_t>(), width, 1.0f, dweight, width);
   }
-#else
-  (void)x, (void)weight, (void)scale, (void)dx, (void)dweight, (void)width;
 #endif
 }
 

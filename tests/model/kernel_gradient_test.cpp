@@ -342,6 +342,42 @@ TEST_F(LayerGradients, OutputHeadInChunksIsTheWholeHead) {
         << "dW " << i;
 }
 
+// On the host training's forward keeps the head's gradient (softmax - onehot, FP32) up to
+// 64 MiB and the backward multiplies it out: the same loss, and gradients equal to the
+// recomputing backward's to float rounding (1e-6 relative: the scale applied by the GEMM instead
+// of the softmax).
+TEST_F(LayerGradients, TheKeptHeadGradientIsTheRecomputedOne) {
+  const std::int64_t vocab = 13, width = 6, rows = 5;
+  EXPECT_TRUE(troupe::head_keeps_gradient(context_, rows, vocab));
+  EXPECT_TRUE(troupe::head_keeps_gradient(context_, 4096, 4096));  // 64 MiB
+  EXPECT_FALSE(troupe::head_keeps_gradient(context_, 4097, 4096));
+  const auto hidden = random_vector(rows * width, 23),
+             head = random_vector(vocab * width, 24, 0.5f);
+  const std::vector<std::int32_t> targets{3, -1, 0, 12, 12};
+  troupe::tensor kept;
+  const auto with = troupe::output_head_loss_keeping_gradient(
+      context_, hidden.data(), head.data(), targets.data(), rows, width, vocab, kept);
+  const auto without = troupe::output_head_loss(context_, hidden.data(), head.data(),
+                                                targets.data(), rows, width, vocab);
+  EXPECT_EQ(with.labelled, without.labelled);
+  EXPECT_NEAR(with.sum, without.sum, 1e-6 * std::abs(without.sum));
+  std::vector<float> dx_kept(hidden.size(), 0.5f), dw_kept(head.size(), 0.25f);
+  std::vector<float> dx = dx_kept, dw = dw_kept;
+  troupe::output_head_backward_kept(context_, hidden.data(), head.data(), kept, 0.5f,
+                                    dx_kept.data(), dw_kept.data(), rows, width, vocab);
+  troupe::output_head_backward(context_, hidden.data(), head.data(), targets.data(), 0.5f,
+                               dx.data(), dw.data(), rows, width, vocab);
+  for (std::size_t i = 0; i < dx.size(); ++i)
+    EXPECT_NEAR(dx_kept[i], dx[i], 1e-6 * (1.0 + std::abs(static_cast<double>(dx[i])))) << i;
+  for (std::size_t i = 0; i < dw.size(); ++i)
+    EXPECT_NEAR(dw_kept[i], dw[i], 1e-6 * (1.0 + std::abs(static_cast<double>(dw[i])))) << i;
+  // A backward without its kept gradient is refused, naming the shape.
+  EXPECT_THROW(
+      troupe::output_head_backward_kept(context_, hidden.data(), head.data(), troupe::tensor(),
+                                        0.5f, dx.data(), dw.data(), rows, width, vocab),
+      std::exception);
+}
+
 TEST_F(LayerGradients, DenseFfnInTwoParts) {
   const std::int64_t hidden = 12, inter = 20, rows = 7;
   auto gate = random_vector(inter * hidden, 19, 0.3f), up = random_vector(inter * hidden, 20, 0.3f);

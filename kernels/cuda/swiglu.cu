@@ -103,6 +103,11 @@ bool quads_fit(std::int64_t width, std::initializer_list<const void*> pointers) 
   return true;
 }
 
+/// Whether indices up to `count`, and a grid's stride past them, fit 32 bits.
+bool fits_32_bits(std::int64_t count) {
+  return count + (std::int64_t{1} << 20) < (std::int64_t{1} << 32);
+}
+
 /// A grid-stride launch over `total` elements: at most 2,112 blocks (16 on each of an H200's 132
 /// multiprocessors; elsewhere the rest queue).
 unsigned quad_blocks(std::int64_t total) {
@@ -141,7 +146,7 @@ void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std
     const auto* gate = reinterpret_cast<const float4*>(gate_up);
     const auto* up = gate + quads;
     auto* out = reinterpret_cast<float4*>(h);
-    if (rows * 2 * quads < (std::int64_t{1} << 32))
+    if (fits_32_bits(rows * 2 * quads))
       swiglu_forward_quads<std::uint32_t><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
           gate, up, out, static_cast<std::uint32_t>(rows), static_cast<std::uint32_t>(quads),
           static_cast<std::uint32_t>(2 * quads));
@@ -165,7 +170,7 @@ void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_u
     const auto* d = reinterpret_cast<const float4*>(dh);
     const auto* gate = reinterpret_cast<const float4*>(gate_up);
     auto* dgate = reinterpret_cast<float4*>(dgate_up);
-    if (rows * 2 * quads < (std::int64_t{1} << 32))
+    if (fits_32_bits(rows * 2 * quads))
       swiglu_backward_quads<std::uint32_t><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
           d, gate, gate + quads, dgate, dgate + quads, static_cast<std::uint32_t>(rows),
           static_cast<std::uint32_t>(quads), static_cast<std::uint32_t>(2 * quads), accumulate);

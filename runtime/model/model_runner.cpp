@@ -372,6 +372,7 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
     if (labelled)
       head_backward(context, ms.h_out, ms.normed, ms.rstd, ms.targets, ms.d_logits, ms.labelled,
                     weight, mtp_[d].norm_name, rows, loss_scale, d_next);
+    ms.d_logits = tensor();  // used: not held while the weight part waits
     const tensor d_combined =
         mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
     tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
@@ -388,6 +389,7 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
   if (labelled)
     head_backward(context, final_hidden, s.normed, s.rstd, s.batch.targets, s.d_logits, s.labelled,
                   1.0, "model.norm.weight", rows, loss_scale, d_h);
+  s.d_logits = tensor();
   return d_h;
 }
 

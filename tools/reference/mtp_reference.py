@@ -36,8 +36,16 @@ class TrainingLoss(torch.nn.Module):
         config = model.config
         self.model = model
         self.depths, self.weight = depths, weight
+        if depths and getattr(config, "_attn_implementation", "sdpa") != "sdpa":
+            raise ValueError("the MTP reference relies on SDPA's causal default (no mask is "
+                             f"passed); got attention {config._attn_implementation!r}")
         self.mtp = torch.nn.ModuleList(
             MTPModule(config, config.num_hidden_layers + k) for k in range(depths))
+        # Built outside from_config, the modules get transformers' initialisation here: without
+        # it the router's weight stays zero (every token ties and goes to the same experts) and
+        # the experts' weights keep torch.empty's leftovers.
+        for module in self.mtp.modules():
+            model._init_weights(module)
         self.final = None  # the hidden state entering model.norm: h^0
         model.model.norm.register_forward_pre_hook(self._keep)
 

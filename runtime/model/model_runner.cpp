@@ -134,12 +134,13 @@ void model_runner::check_context(const exec_context& context) const {
 }
 
 model_output model_runner::forward(const exec_context& context, std::int64_t micro_batch,
-                                   const model_batch& batch, bool keep_logits) {
+                                   const model_batch& batch, bool keep_logits, bool for_backward) {
   if (saved_.count(micro_batch) != 0) fail("micro-batch {} is already in flight", micro_batch);
   check_context(context);
   const context_stream_scope on_stream(context);
   saved s;
   s.batch = batch;
+  s.for_backward = for_backward;
   tensor hidden = forward_input(context, batch);
   model_output out;
   cuda::memory_pool* pool =
@@ -196,7 +197,7 @@ tensor model_runner::forward_input(const exec_context& context, const model_batc
 head_loss model_runner::head_forward(const exec_context& context, const tensor& x,
                                      std::int64_t rows, const char* norm_name,
                                      const tensor& targets, tensor& normed, tensor& rstd,
-                                     bool keep_logits, tensor& logits, tensor& d_logits) {
+                                     bool keep_logits, tensor& logits, tensor* d_logits) {
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   const float* head_weight =
       store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
@@ -207,13 +208,13 @@ head_loss model_runner::head_forward(const exec_context& context, const tensor& 
                   normed.data_as<float>(), rstd.data_as<float>(), rows, h,
                   static_cast<float>(config_.rms_norm_eps));
   const std::int32_t* labels = targets.defined() ? targets.data_as<std::int32_t>() : nullptr;
-  d_logits = tensor();
+  if (d_logits != nullptr) *d_logits = tensor();
   if (!keep_logits) {  // training: the loss a chunk of rows at a time, no logits kept
     logits = tensor();
     if (labels == nullptr) return head_loss{};
-    if (head_keeps_gradient(context, rows, vocab))
+    if (d_logits != nullptr && head_keeps_gradient(context, rows, vocab))
       return output_head_loss_keeping_gradient(context, normed.data_as<float>(), head_weight,
-                                               labels, rows, h, vocab, d_logits);
+                                               labels, rows, h, vocab, *d_logits);
     return output_head_loss(context, normed.data_as<float>(), head_weight, labels, rows, h, vocab);
   }
   logits = tensor::empty(dtype::f32, {x.size(0), x.size(1), vocab}, context.where());
@@ -228,8 +229,9 @@ void model_runner::forward_head(const exec_context& context, std::int64_t micro_
   const std::int64_t rows = hidden.numel() / h;
   const bool labelled = batch.targets.defined();
   if (labelled) check_tokens(batch.targets, "targets");
-  const head_loss main = head_forward(context, hidden, rows, "model.norm.weight", batch.targets,
-                                      s.normed, s.rstd, keep_logits, s.logits, s.d_logits);
+  const head_loss main =
+      head_forward(context, hidden, rows, "model.norm.weight", batch.targets, s.normed, s.rstd,
+                   keep_logits, s.logits, s.for_backward ? &s.d_logits : nullptr);
   out.loss = main.mean();
   s.labelled = main.labelled;
   if (keep_logits) out.logits = s.logits;
@@ -250,7 +252,7 @@ void model_runner::forward_head(const exec_context& context, std::int64_t micro_
     ms.h_out = mtp_[d].block->forward(context, micro_batch, ms.combined);
     const head_loss depth =
         head_forward(context, ms.h_out, rows, mtp_[d].norm_name.c_str(), ms.targets, ms.normed,
-                     ms.rstd, keep_logits, ms.logits, ms.d_logits);
+                     ms.rstd, keep_logits, ms.logits, s.for_backward ? &ms.d_logits : nullptr);
     ms.labelled = depth.labelled;
     out.mtp_loss += weight * depth.mean();
     if (keep_logits) out.mtp_logits.push_back(ms.logits);

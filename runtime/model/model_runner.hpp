@@ -76,8 +76,12 @@ class model_runner {
   const model_slice& slice() const { return slice_; }
   parameter_store& parameters() { return store_; }
 
+  /// Forward of a micro-batch, keeping what its backward needs. With `for_backward` false no
+  /// backward is meant to follow (evaluation): what only the backward would use (the output
+  /// head's gradient) is not computed; a backward still works, recomputing it.
   model_output forward(const exec_context& context, std::int64_t micro_batch,
-                       const model_batch& batch, bool keep_logits = false);
+                       const model_batch& batch, bool keep_logits = false,
+                       bool for_backward = true);
 
   /// Backward of loss_scale * total loss. `d_hidden` is dL/d(output hidden) from the next stage
   /// (when !head). Returns dL/d(input hidden) when !embedding, else an undefined tensor.
@@ -128,6 +132,7 @@ class model_runner {
     std::vector<tensor> layer_inputs;  // h entering each layer (and the final output last)
     tensor normed, rstd, logits;       // final norm and head (logits when kept)
     tensor d_logits;                   // the head's gradient per unit of scale, when kept
+    bool for_backward = true;          // forward's for_backward
     std::int64_t labelled = 0;
     std::vector<mtp_saved> mtp;
   };
@@ -138,10 +143,10 @@ class model_runner {
   tensor forward_input(const exec_context& context, const model_batch& batch);
   /// The final norm and output head on `x` (or an MTP depth's, by `norm_name`): its loss, and
   /// its logits with `keep_logits` (else none: the loss a chunk of rows at a time, and the
-  /// gradient for backward into `d_logits` where output_head.hpp can keep it).
+  /// gradient for backward into `d_logits`, when not null, where output_head.hpp can keep it).
   head_loss head_forward(const exec_context& context, const tensor& x, std::int64_t rows,
                          const char* norm_name, const tensor& targets, tensor& normed, tensor& rstd,
-                         bool keep_logits, tensor& logits, tensor& d_logits);
+                         bool keep_logits, tensor& logits, tensor* d_logits);
   /// Forward of the head and the MTP modules on the last layer's output, into `s` and `out`.
   void forward_head(const exec_context& context, std::int64_t micro_batch, const model_batch& batch,
                     bool keep_logits, const tensor& hidden, saved& s, model_output& out);

@@ -217,7 +217,7 @@ void pipeline_rank::run_forward(const stage_work& w,
     arrived_.erase(it);
   }
   follow_gemm_provider();
-  model_output output = c.runner->forward(context_, w.micro_batch, batch);
+  model_output output = c.runner->forward(context_, w.micro_batch, batch, false, !forward_only_);
   micro_batch_losses losses;
   losses.micro_batch = w.micro_batch;
   losses.head = head;

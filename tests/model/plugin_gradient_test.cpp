@@ -289,6 +289,25 @@ TEST_F(PluginGradients, WholeModelThroughEveryLoss) {
       variables.push_back({p->name, p->value.data_as<float>(), values_of(p->grad)});
   EXPECT_GT(variables.size(), 50u);
   expect_gradients_match(loss, variables, 1e-3, 5e-3);
+
+  // A forward meant for evaluation keeps no head gradient; a backward after it still works,
+  // recomputing the heads' logits: the same losses and every gradient to 1e-5 of its largest
+  // (the scale applied to the softmax instead of by the GEMM: float rounding, carried through
+  // every layer's backward).
+  runner.parameters().zero_grads();
+  const model_output evaluated = runner.forward(context_, 1, batch, false, false);
+  EXPECT_EQ(evaluated.loss, out.loss);
+  EXPECT_EQ(evaluated.mtp_loss, out.mtp_loss);
+  runner.backward(context_, 1, tensor(), 1.0f);
+  for (const auto& v : variables) {
+    const parameter& p = runner.parameters().at(v.name);
+    float largest = 0.0f;
+    for (const float g : v.grad) largest = std::max(largest, std::abs(g));
+    for (std::int64_t i = 0; i < p.grad.numel(); ++i)
+      ASSERT_NEAR(p.grad.data_as<float>()[i], v.grad[static_cast<std::size_t>(i)],
+                  1e-5 * static_cast<double>(largest) + 1e-12)
+          << v.name << " " << i;
+  }
 }
 
 }  // namespace

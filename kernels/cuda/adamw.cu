@@ -63,13 +63,8 @@ __global__ void __launch_bounds__(threads)
                  hyper.eps};
   const std::int64_t begin = (blockIdx.x - t.first_block) * block_elements;
   const std::int64_t end = min(begin + block_elements, t.count);
-  const bool vectors =
-      (reinterpret_cast<std::uintptr_t>(t.value) | reinterpret_cast<std::uintptr_t>(t.grad)) % 16 ==
-          0 &&
-      (reinterpret_cast<std::uintptr_t>(t.exp_avg) |
-       reinterpret_cast<std::uintptr_t>(t.exp_avg_sq)) %
-              8 ==
-          0;
+  const bool vectors = aligned(t.value, 16) && aligned(t.grad, 16) && aligned(t.exp_avg, 8) &&
+                       aligned(t.exp_avg_sq, 8);
   std::int64_t scalar_from = begin;
   if (vectors) {
     const std::int64_t quads_end = begin + (end - begin) / per_thread * per_thread;

@@ -6,6 +6,7 @@
 
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/convert.hpp"
+#include "kernels/cuda/launch.cuh"
 
 namespace troupe::kernels::cuda {
 
@@ -89,10 +90,6 @@ __global__ void convert_kernel(const typename Op::input* __restrict__ input,
     reinterpret_cast<typename Op::output4*>(output)[g] =
         Op::four(reinterpret_cast<const typename Op::input4*>(input)[g]);
   for (std::int64_t i = groups * 4 + first; i < count; i += stride) output[i] = Op::one(input[i]);
-}
-
-bool aligned(const void* pointer, std::uintptr_t alignment) {
-  return reinterpret_cast<std::uintptr_t>(pointer) % alignment == 0;
 }
 
 /// Enough blocks to cover the work once, capped: grid-stride loops do the rest.

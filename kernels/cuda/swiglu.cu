@@ -17,6 +17,20 @@ __device__ inline float sigmoid(float x) {
   return 1.0f / (1.0f + expf(-x));
 }
 
+/// h = silu(g) * u, and the gradients of both inputs for dh = d.
+__device__ inline float silu_times(float g, float u) {
+  return g * sigmoid(g) * u;
+}
+__device__ inline float4 silu_times(float4 g, float4 u) {
+  return make_float4(silu_times(g.x, u.x), silu_times(g.y, u.y), silu_times(g.z, u.z),
+                     silu_times(g.w, u.w));
+}
+__device__ inline void swiglu_gradients(float d, float g, float u, float& d_gate, float& d_up) {
+  const float s = sigmoid(g);
+  d_gate = d * u * s * (1.0f + g * (1.0f - s));
+  d_up = d * g * s;
+}
+
 // NOTES: row r, column c of a [rows, width] SwiGLU reads gate[r * ld + c] and up[r * ld + c]
 // (ld = width for separate buffers, 2 * width for a fused gate|up one, up = gate + width) and
 // writes h[r * width + c]. Columns by the grid's x, rows by its y: a flat index split into
@@ -27,8 +41,7 @@ __global__ void swiglu_forward_kernel(const float* gate, const float* up, float*
   if (c >= width) return;
   for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const std::int64_t at = r * ld + c;
-    const float g = gate[at];
-    h[r * width + c] = g * sigmoid(g) * up[at];
+    h[r * width + c] = silu_times(gate[at], up[at]);
   }
 }
 
@@ -39,8 +52,8 @@ __global__ void swiglu_backward_kernel(const float* dh, const float* gate, const
   if (c >= width) return;
   for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const std::int64_t at = r * ld + c;
-    const float g = gate[at], s = sigmoid(g), d = dh[r * width + c];
-    const float d_gate = d * up[at] * s * (1.0f + g * (1.0f - s)), d_up = d * g * s;
+    float d_gate, d_up;
+    swiglu_gradients(dh[r * width + c], gate[at], up[at], d_gate, d_up);
     dgate[at] = accumulate ? dgate[at] + d_gate : d_gate;
     dup[at] = accumulate ? dup[at] + d_up : d_up;
   }
@@ -51,11 +64,6 @@ __global__ void swiglu_backward_kernel(const float* dh, const float* gate, const
 // block; where width is a multiple of 4 and the buffers 16-byte aligned, a thread moves float4s
 // and the grid strides over the flat (row, quad) index, split with 32-bit arithmetic where it
 // fits.
-__device__ inline float4 silu_times(float4 g, float4 u) {
-  return make_float4(g.x * sigmoid(g.x) * u.x, g.y * sigmoid(g.y) * u.y, g.z * sigmoid(g.z) * u.z,
-                     g.w * sigmoid(g.w) * u.w);
-}
-
 template <class Index>
 __global__ void swiglu_forward_quads(const float4* gate, const float4* up, float4* h, Index rows,
                                      Index quads, Index ld) {
@@ -64,12 +72,6 @@ __global__ void swiglu_forward_quads(const float4* gate, const float4* up, float
     const Index r = i / quads, c = i - r * quads, at = r * ld + c;
     h[i] = silu_times(gate[at], up[at]);
   }
-}
-
-__device__ inline void swiglu_gradients(float d, float g, float u, float& d_gate, float& d_up) {
-  const float s = sigmoid(g);
-  d_gate = d * u * s * (1.0f + g * (1.0f - s));
-  d_up = d * g * s;
 }
 
 template <class Index>
@@ -99,13 +101,18 @@ __global__ void swiglu_backward_quads(const float4* dh, const float4* gate, cons
 bool quads_fit(std::int64_t width, std::initializer_list<const void*> pointers) {
   if (width % 4 != 0) return false;
   for (const void* p : pointers)
-    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+    if (!aligned(p, 16)) return false;
   return true;
 }
 
-/// Whether indices up to `count`, and a grid's stride past them, fit 32 bits.
-bool fits_32_bits(std::int64_t count) {
-  return count + (std::int64_t{1} << 20) < (std::int64_t{1} << 32);
+/// launch(Index{}) with 32-bit indices where indices up to `count`, and a grid's stride past
+/// them, fit; else 64-bit ones.
+template <class Launch>
+void with_index_for(std::int64_t count, Launch&& launch) {
+  if (count + (std::int64_t{1} << 20) < (std::int64_t{1} << 32))
+    launch(std::uint32_t{});
+  else
+    launch(std::uint64_t{});
 }
 
 /// A grid-stride launch over `total` elements: at most 2,112 blocks (16 on each of an H200's 132
@@ -146,14 +153,12 @@ void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std
     const auto* gate = reinterpret_cast<const float4*>(gate_up);
     const auto* up = gate + quads;
     auto* out = reinterpret_cast<float4*>(h);
-    if (fits_32_bits(rows * 2 * quads))
-      swiglu_forward_quads<std::uint32_t><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
-          gate, up, out, static_cast<std::uint32_t>(rows), static_cast<std::uint32_t>(quads),
-          static_cast<std::uint32_t>(2 * quads));
-    else
-      swiglu_forward_quads<std::uint64_t><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
-          gate, up, out, static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(quads),
-          static_cast<std::uint64_t>(2 * quads));
+    with_index_for(rows * 2 * quads, [&](auto zero) {
+      using Index = decltype(zero);
+      swiglu_forward_quads<Index><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+          gate, up, out, static_cast<Index>(rows), static_cast<Index>(quads),
+          static_cast<Index>(2 * quads));
+    });
     TROUPE_CUDA_LAUNCHED();
     return;
   }
@@ -170,14 +175,12 @@ void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_u
     const auto* d = reinterpret_cast<const float4*>(dh);
     const auto* gate = reinterpret_cast<const float4*>(gate_up);
     auto* dgate = reinterpret_cast<float4*>(dgate_up);
-    if (fits_32_bits(rows * 2 * quads))
-      swiglu_backward_quads<std::uint32_t><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
-          d, gate, gate + quads, dgate, dgate + quads, static_cast<std::uint32_t>(rows),
-          static_cast<std::uint32_t>(quads), static_cast<std::uint32_t>(2 * quads), accumulate);
-    else
-      swiglu_backward_quads<std::uint64_t><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
-          d, gate, gate + quads, dgate, dgate + quads, static_cast<std::uint64_t>(rows),
-          static_cast<std::uint64_t>(quads), static_cast<std::uint64_t>(2 * quads), accumulate);
+    with_index_for(rows * 2 * quads, [&](auto zero) {
+      using Index = decltype(zero);
+      swiglu_backward_quads<Index><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+          d, gate, gate + quads, dgate, dgate + quads, static_cast<Index>(rows),
+          static_cast<Index>(quads), static_cast<Index>(2 * quads), accumulate);
+    });
     TROUPE_CUDA_LAUNCHED();
     return;
   }

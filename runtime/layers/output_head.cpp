@@ -102,6 +102,29 @@ head_loss logits_loss(const exec_context& context, const float* logits, const st
   return loss;
 }
 
+/// dlogits (may be logits) = scale * (softmax - onehot) of `rows` host rows, on the pool.
+void host_softmax_gradient(const exec_context& context, const float* logits,
+                           const std::int32_t* targets, std::int64_t rows, std::int64_t vocab,
+                           float scale, float* dlogits) {
+  context.pool().parallel_for(rows, 8, [&](std::int64_t begin, std::int64_t end) {
+    kernels::cpu::cross_entropy_backward(logits + begin * vocab, targets + begin, end - begin,
+                                         vocab, scale, dlogits + begin * vocab);
+  });
+}
+
+/// dx += alpha * dlogits W and dweight += alpha * dlogits^T x (dweight null: not) for `rows`
+/// rows of FP32 dlogits.
+void head_products(const exec_context& context, const float* dlogits, float alpha, const float* x,
+                   const float* weight, float* dx, float* dweight, std::int64_t rows,
+                   std::int64_t width, std::int64_t vocab) {
+  const auto math = kernels::ops::context_math(context.abi());
+  kernels::ops::gemm_f32(context.abi(), false, false, rows, width, vocab, alpha, dlogits, vocab,
+                         weight, width, 1.0f, dx, width, math);
+  if (dweight != nullptr)
+    kernels::ops::gemm_f32(context.abi(), true, false, vocab, width, rows, alpha, dlogits, vocab, x,
+                           width, 1.0f, dweight, width, math);
+}
+
 /// The chunks of `rows` rows, `chunk` at a time: f(first, count).
 template <class F>
 void for_each_chunk(std::int64_t rows, std::int64_t chunk, F&& f) {
@@ -140,10 +163,9 @@ bool head_keeps_gradient(const exec_context& context, std::int64_t rows, std::in
   // NOTES: on the host at most 64 MiB, so the gradients kept by micro-batches in flight (a
   // pipeline's) stay small beside their activations; larger heads recompute, as before.
   if (context.where().is_cpu()) return rows * vocab * 4 <= (std::int64_t{64} << 20);
-  constexpr std::int64_t budget = std::int64_t{1} << 30;
-  return TROUPE_HAVE_CUDA && context.where().is_cuda() &&
+  return TROUPE_HAVE_CUDA &&
          kernels::ops::context_math(context.abi()) == kernels::ops::gemm_math::bf16 &&
-         rows * vocab * 2 <= budget;
+         rows * vocab * 2 <= (std::int64_t{1} << 30);
 }
 
 namespace {
@@ -202,10 +224,7 @@ head_loss loss_keeping_f32_gradient(const exec_context& context, const float* x,
   auto* logits = d_logits.data_as<float>();
   head_logits(context, x, weight, logits, rows, width, vocab);
   const head_loss total = logits_loss(context, logits, targets, rows, vocab);
-  context.pool().parallel_for(rows, 8, [&](std::int64_t begin, std::int64_t end) {
-    kernels::cpu::cross_entropy_backward(logits + begin * vocab, targets + begin, end - begin,
-                                         vocab, 1.0f, logits + begin * vocab);
-  });
+  host_softmax_gradient(context, logits, targets, rows, vocab, 1.0f, logits);
   return total;
 }
 
@@ -238,15 +257,9 @@ void output_head_backward_kept(const exec_context& context, const float* x, cons
   if (!d_logits.defined() || d_logits.type() != kept || d_logits.numel() != rows * vocab)
     fail("output head: no kept gradient of [{}, {}] for this backward", rows, vocab);
   if (rows == 0) return;
-  if (context.where().is_cpu()) {
-    const auto* g = d_logits.data_as<float>();
-    kernels::ops::gemm_f32(context.abi(), false, false, rows, width, vocab, scale, g, vocab, weight,
-                           width, 1.0f, dx, width);
-    if (dweight != nullptr)
-      kernels::ops::gemm_f32(context.abi(), true, false, vocab, width, rows, scale, g, vocab, x,
-                             width, 1.0f, dweight, width);
-    return;
-  }
+  if (context.where().is_cpu())
+    return head_products(context, d_logits.data_as<float>(), scale, x, weight, dx, dweight, rows,
+                         width, vocab);
 #if TROUPE_HAVE_CUDA
   const auto* g = d_logits.data_as<std::uint16_t>();
   const tensor w16 = to_bf16(context, weight, vocab, width);
@@ -266,13 +279,12 @@ void output_head_backward(const exec_context& context, const float* x, const flo
                           std::int64_t chunk_rows) {
   const std::int64_t chunk = std::min(rows, chunk_rows > 0 ? chunk_rows : head_chunk_rows(vocab));
   if (rows == 0) return;
-  const auto math = kernels::ops::context_math(context.abi());
   tensor logits = tensor::empty(dtype::f32, {chunk, vocab}, context.where());
   tensor dlogits = tensor::empty(dtype::f32, {chunk, vocab}, context.where());
   for_each_chunk(rows, chunk, [&](std::int64_t first, std::int64_t count) {
-    // NOTES: the chunk's logits again rather than kept from the forward: one more GEMM of the
-    // head against [rows, vocab] FP32 logits held from forward to backward (1 GiB per
-    // micro-batch of 8k tokens at a 32k vocabulary).
+    // NOTES: the chunk's logits again, where the forward kept no gradient
+    // (head_keeps_gradient): one more GEMM of the head against [rows, vocab] FP32 logits held
+    // from forward to backward (1 GiB per micro-batch of 8k tokens at a 32k vocabulary).
     const float* xc = x + first * width;
     head_logits(context, xc, weight, logits.data_as<float>(), count, width, vocab);
     if (context.where().is_cuda()) {
@@ -286,19 +298,11 @@ void output_head_backward(const exec_context& context, const float* x, const flo
           count, vocab, scale, dlogits.data_as<float>(), context.stream());
 #endif
     } else {
-      context.pool().parallel_for(count, 8, [&](std::int64_t begin, std::int64_t end) {
-        kernels::cpu::cross_entropy_backward(logits.data_as<float>() + begin * vocab,
-                                             targets + first + begin, end - begin, vocab, scale,
-                                             dlogits.data_as<float>() + begin * vocab);
-      });
+      host_softmax_gradient(context, logits.data_as<float>(), targets + first, count, vocab, scale,
+                            dlogits.data_as<float>());
     }
-    kernels::ops::gemm_f32(context.abi(), false, false, count, width, vocab, 1.0f,
-                           dlogits.data_as<float>(), vocab, weight, width, 1.0f, dx + first * width,
-                           width, math);
-    if (dweight != nullptr)
-      kernels::ops::gemm_f32(context.abi(), true, false, vocab, width, count, 1.0f,
-                             dlogits.data_as<float>(), vocab, xc, width, 1.0f, dweight, width,
-                             math);
+    head_products(context, dlogits.data_as<float>(), 1.0f, xc, weight, dx + first * width, dweight,
+                  count, width, vocab);
   });
 }
 

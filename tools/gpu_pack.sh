@@ -4,7 +4,8 @@
 # executable finds its plugins and topologies relative to itself), the GPU test binary next to it,
 # and every shared library they need that a plain Ubuntu with CUDA lacks, stripped, and OUT_DIR/run
 # which runs a command with the environment they need (the libraries, and NCCL's and cuDNN's from
-# the machine's PyTorch: nvidia/cu13/lib and nvidia/nccl/lib of its site-packages). On the GPU machine, from the repository root:
+# the machine's PyTorch: nvidia/cu13/lib, nvidia/cudnn/lib and nvidia/nccl/lib of its site-packages;
+# cuDNN is loaded with dlopen, so its libraries are never packed). On the GPU machine, from the repository root:
 #   .device-carry/run gpu-test
 #   .device-carry/run troupe bench train --topology topologies/gpu-1.toml --device cuda:0
 set -euo pipefail
@@ -26,7 +27,7 @@ for binary in "$out"/prefix/bin/* $(find "$out/prefix" -name '*.so*' -type f); d
   ldd "$binary" 2>/dev/null | awk '/=> \//{print $3}'
 done | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
-    libc.so*|libm.so*|libstdc++*|libgcc_s*|libpthread*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libtroupe.so*) ;;
+    libc.so*|libm.so*|libstdc++*|libgcc_s*|libpthread*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libcudnn*|libtroupe.so*) ;;
     *) cp -L "$lib" "$libdir/" ;;
   esac
 done
@@ -37,7 +38,7 @@ cat >"$out/run" <<'EOF_RUN'
 # run COMMAND...: COMMAND with the packed troupe first on PATH and its libraries found.
 here=$(cd "$(dirname "$0")" && pwd)
 site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)
-export LD_LIBRARY_PATH=$here/prefix/lib:$here/prefix/lib/x86_64-linux-gnu:$site/nvidia/cu13/lib:$site/nvidia/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH=$here/prefix/lib:$here/prefix/lib/x86_64-linux-gnu:$site/nvidia/cu13/lib:$site/nvidia/cudnn/lib:$site/nvidia/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PATH=$here/prefix/bin:$PATH TROUPE_EXE=$here/prefix/bin/troupe
 exec "$@"
 EOF_RUN

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_packing.hpp"
 #include "kernels/cuda/mma.cuh"
 
 namespace troupe::kernels::cuda {
@@ -154,75 +155,31 @@ struct packed {
   const bf16 *q = nullptr, *k = nullptr, *v = nullptr, *d_out = nullptr;
 };
 
-__host__ __device__ inline std::int64_t slice_rows(const attention_problem& p) {
-  return p.batch * p.heads * p.length;
-}
-
-/// Columns [0, width) of every row of x into columns [col0, col0 + width) of the packed rows
-/// (`d` wide); width and col0 are multiples of 4 (supported()).
-struct pack_job {
-  attention_operand x;
-  int width = 0;
-  bf16* out = nullptr;
-  int d = 0, col0 = 0;
-};
-
-/// Up to five operands packed in one launch (blockIdx.y picks the job), four floats per thread.
-struct pack_jobs {
-  pack_job job[5];
-  int count = 0;
-};
-
-__global__ void pack_kernel(attention_problem p, pack_jobs jobs) {
-  const pack_job& j = jobs.job[blockIdx.y];
-  const int quads = j.width / 4;
-  const std::int64_t total = slice_rows(p) * quads;
-  for (std::int64_t index = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-       index < total; index += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t row = index / quads;
-    const int c = static_cast<int>(index % quads) * 4;
-    const std::int64_t i = row % p.length, bh = row / p.length;
-    const float* from = row_of(j.x, bh / p.heads, bh % p.heads, i) + c;
-    const float4 v = reinterpret_cast<std::uintptr_t>(from) % 16 == 0
-                         ? *reinterpret_cast<const float4*>(from)
-                         : float4{from[0], from[1], from[2], from[3]};
-    store4(j.out + row * j.d + j.col0 + c, v);
-  }
-}
-
-void pack(const attention_problem& p, const pack_jobs& jobs, cudaStream_t stream) {
-  int widest = 0;
-  for (int i = 0; i < jobs.count; ++i) widest = std::max(widest, jobs.job[i].width);
-  const std::int64_t work = slice_rows(p) * (widest / 4);
-  if (work == 0 || jobs.count == 0) return;
-  pack_kernel<<<dim3(static_cast<unsigned>(std::min<std::int64_t>((work + 255) / 256, 4096)),
-                     static_cast<unsigned>(jobs.count)),
-                256, 0, stream>>>(p, jobs);
-  TROUPE_CUDA_LAUNCHED();
-}
-
 /// BF16 elements of the packed operands: q, k and v, and dO for the backward.
 std::int64_t packed_elements(const attention_problem& p, bool backward) {
-  return slice_rows(p) * (2 * p.qk_dim + (backward ? 2 : 1) * p.v_dim);
+  return attention_slice_rows(p) * (2 * p.qk_dim + (backward ? 2 : 1) * p.v_dim);
 }
 
-/// Packs q, k (with the rope key), v and, for the backward, dO into `staging`.
+/// Packs q, k (with the rope key), v and, for the backward, dO into `staging`
+/// (attention_packing.hpp).
 packed pack_operands(const operands& o, const attention_operand* d_out, bf16* staging,
                      cudaStream_t stream) {
   const attention_problem& p = o.p;
   const int qk = static_cast<int>(p.qk_dim), v = static_cast<int>(p.v_dim),
             rope = static_cast<int>(p.rope_dim);
   bf16* q = staging;
-  bf16* k = q + slice_rows(p) * qk;
-  bf16* vs = k + slice_rows(p) * qk;
-  bf16* dos = vs + slice_rows(p) * v;
-  pack_jobs jobs;
-  jobs.job[jobs.count++] = {o.q, qk, q, qk, 0};
-  jobs.job[jobs.count++] = {o.k, qk - rope, k, qk, 0};
-  if (rope > 0) jobs.job[jobs.count++] = {o.rope, rope, k, qk, qk - rope};
-  jobs.job[jobs.count++] = {o.v, v, vs, v, 0};
-  if (d_out != nullptr) jobs.job[jobs.count++] = {*d_out, v, dos, v, 0};
-  pack(p, jobs, stream);
+  bf16* k = q + attention_slice_rows(p) * qk;
+  bf16* vs = k + attention_slice_rows(p) * qk;
+  bf16* dos = vs + attention_slice_rows(p) * v;
+  const auto bits = [](bf16* x) { return reinterpret_cast<std::uint16_t*>(x); };
+  attention_pack jobs[max_attention_pack_jobs];
+  int count = 0;
+  jobs[count++] = {o.q, qk, bits(q), qk, 0};
+  jobs[count++] = {o.k, qk - rope, bits(k), qk, 0};
+  if (rope > 0) jobs[count++] = {o.rope, rope, bits(k), qk, qk - rope};
+  jobs[count++] = {o.v, v, bits(vs), v, 0};
+  if (d_out != nullptr) jobs[count++] = {*d_out, v, bits(dos), v, 0};
+  pack_attention_bf16(p, jobs, count, stream);
   return {q, k, vs, d_out != nullptr ? dos : nullptr};
 }
 

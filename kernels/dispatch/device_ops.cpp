@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/attention.hpp"
+#include "kernels/cuda/attention_cudnn.hpp"
 #include "kernels/cuda/elementwise.hpp"
 #include "kernels/cuda/rmsnorm.hpp"
 #include "kernels/cuda/rope.hpp"
@@ -408,6 +409,14 @@ void attention_forward(const troupe_exec_context* context, const attention_probl
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
+  if (context_math(context) == gemm_math::bf16 &&
+      cuda::attention_cudnn_supported(to_cuda(p), false)) {
+    device_array<std::uint16_t> staging;
+    staging.allocate(context, (cuda::attention_cudnn_staging_bytes(to_cuda(p), false) + 1) / 2);
+    cuda::attention_forward_cudnn(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope), to_cuda(v),
+                                  to_cuda(o), lse, context->stream, staging.data());
+    return;
+  }
   if (context_math(context) == gemm_math::bf16) {
     device_array<std::uint16_t> staging;
     staging.allocate(context, cuda::attention_bf16_staging_bytes(to_cuda(p), false) / 2);
@@ -458,6 +467,16 @@ void attention_backward(const troupe_exec_context* context, const attention_prob
   }
   require_cuda();
 #if TROUPE_HAVE_CUDA
+  if (context_math(context) == gemm_math::bf16 &&
+      cuda::attention_cudnn_supported(to_cuda(p), true)) {
+    device_array<std::uint16_t> staging;
+    staging.allocate(context, (cuda::attention_cudnn_staging_bytes(to_cuda(p), true) + 1) / 2);
+    cuda::attention_backward_cudnn(to_cuda(p), to_cuda(q), to_cuda(k), to_cuda(key_rope),
+                                   to_cuda(v), to_cuda(o), to_cuda(d_o), lse, to_cuda(dq),
+                                   to_cuda(dk), to_cuda(d_key_rope), to_cuda(dv), context->stream,
+                                   staging.data());
+    return;
+  }
   buffer scratch;
   scratch.allocate(context,  // delta, one per query row, written whole first
                    static_cast<std::size_t>(cuda::attention_backward_scratch(to_cuda(p))));

@@ -30,6 +30,7 @@
 #include "kernels/cpu/swiglu.hpp"
 #include "kernels/cuda/adamw.hpp"
 #include "kernels/cuda/attention.hpp"
+#include "kernels/cuda/attention_cudnn.hpp"
 #include "kernels/cuda/cross_entropy.hpp"
 #include "kernels/cuda/embedding.hpp"
 #include "kernels/cuda/expert_combine.hpp"
@@ -768,6 +769,87 @@ TEST(CudaOps, Bf16FlashAttentionIsWithinBf16OfFp32) {
         EXPECT_GT(error, 1e-6) << what;
       } else {
         EXPECT_EQ(error, 0.0) << what;
+      }
+    }
+  }
+}
+
+// model.precision = "bf16" takes cuDNN's fused attention where it runs (attention_cudnn.hpp): the
+// same bound to the FP32 kernels as troupe's own BF16 kernels, on the small and the medium
+// config's head sizes (qk 96 / v 64, qk 192 / v 128), and its lse is the own kernels' lse: its
+// forward feeds their backward and theirs feeds its backward.
+TEST(CudaOps, CudnnAttentionIsWithinBf16OfFp32AndSharesTheLse) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  for (const mla_attention m : {mla_attention{2, 300, 4, 64, 32, 64}, {2, 257, 3, 128, 64, 128}}) {
+    const auto problem = m.problem();
+    if (!gpu::attention_cudnn_supported(problem, false) ||
+        !gpu::attention_cudnn_supported(problem, true))
+      GTEST_SKIP() << "cuDNN's fused attention does not run qk " << m.qk() << " / v " << m.v
+                   << " here (a build without the cuDNN frontend, no libcudnn.so.9 on the "
+                      "library path, or TROUPE_ATTENTION=own; stderr says which)";
+    const auto q =
+        random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.qk()), 54);
+    const auto kv = random_values(static_cast<std::size_t>(m.batch * m.length * m.kv_width()), 55);
+    const auto rope = random_values(static_cast<std::size_t>(m.batch * m.length * m.rope), 56);
+    const auto d_o =
+        random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.v), 57);
+    device_array<float> gq(q), gkv(kv), grope(rope), gdo(d_o);
+    struct results {
+      std::vector<float> o, lse, dq, dkv, d_rope;
+    };
+    enum class kernels { fp32, own_bf16, cudnn };
+    // forward by one, backward by another (over the forward's o and lse).
+    auto run = [&](kernels forward, kernels backward) {
+      device_array<float> go(d_o.size()),
+          glse(static_cast<std::size_t>(m.batch * m.heads * m.length)), gdq(q.size()),
+          gdkv(kv.size()), gdrope(static_cast<std::size_t>(m.batch * m.heads * m.length * m.rope)),
+          scratch(static_cast<std::size_t>(gpu::attention_backward_scratch(problem)));
+      const gpu::attention_result d_rope_out{gdrope.data(), m.heads * m.length * m.rope,
+                                             m.length * m.rope, m.rope};
+      const std::size_t bytes = std::max(gpu::attention_cudnn_staging_bytes(problem, false),
+                                         gpu::attention_cudnn_staging_bytes(problem, true));
+      device_array<std::uint16_t> staging((bytes + 1) / 2);
+      const auto qo = m.q(gq.data()), ko = m.k(gkv.data()), ro = m.key_rope(grope.data()),
+                 vo = m.values(gkv.data()), oo = m.o(go.data()), doo = m.o(gdo.data());
+      const auto o_out = mla_attention::out(oo), dq_out = mla_attention::out(m.q(gdq.data())),
+                 dk_out = mla_attention::out(m.k(gdkv.data())),
+                 dv_out = mla_attention::out(m.values(gdkv.data()));
+      if (forward == kernels::fp32)
+        gpu::attention_forward(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr);
+      else if (forward == kernels::own_bf16)
+        gpu::attention_forward_bf16(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr);
+      else
+        gpu::attention_forward_cudnn(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr,
+                                     staging.data());
+      if (backward == kernels::fp32)
+        gpu::attention_backward(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
+                                d_rope_out, dv_out, scratch.data(), nullptr);
+      else if (backward == kernels::own_bf16)
+        gpu::attention_backward_bf16(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
+                                     d_rope_out, dv_out, scratch.data(), nullptr);
+      else
+        gpu::attention_backward_cudnn(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
+                                      d_rope_out, dv_out, nullptr, staging.data());
+      return results{go.get(), glse.get(), gdq.get(), gdkv.get(), gdrope.get()};
+    };
+    const results exact = run(kernels::fp32, kernels::fp32);
+    for (const auto& [name, forward, backward] :
+         {std::tuple{"cuDNN", kernels::cudnn, kernels::cudnn},
+          std::tuple{"cuDNN forward, own backward", kernels::cudnn, kernels::own_bf16},
+          std::tuple{"own forward, cuDNN backward", kernels::own_bf16, kernels::cudnn}}) {
+      const results low = run(forward, backward);
+      const std::pair<const char*, std::pair<const std::vector<float>*, const std::vector<float>*>>
+          pairs[] = {{"o", {&low.o, &exact.o}},
+                     {"lse", {&low.lse, &exact.lse}},
+                     {"dq", {&low.dq, &exact.dq}},
+                     {"dk_nope, dv", {&low.dkv, &exact.dkv}},
+                     {"d rope key (per head)", {&low.d_rope, &exact.d_rope}}};
+      for (const auto& [what, values] : pairs) {
+        const double error = relative_error(*values.first, *values.second);
+        std::printf("[ %s attention qk %lld v %lld: %s ] relative error to FP32 %.3g\n", name,
+                    static_cast<long long>(m.qk()), static_cast<long long>(m.v), what, error);
+        EXPECT_LT(error, 2e-2) << name << ": " << what;
+        EXPECT_GT(error, 1e-6) << name << ": " << what;
       }
     }
   }

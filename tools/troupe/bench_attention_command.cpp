@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "kernels/cuda/attention.hpp"
+#include "kernels/cuda/attention_cudnn.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/device/stream.hpp"
@@ -98,6 +99,25 @@ int bench_attention(const attention_bench_options& o) {
   forward();
   const auto forward_ms = event_times_ms(stream, o.iterations, forward);
   const auto backward_ms = event_times_ms(stream, o.iterations, backward);
+  // cuDNN's fused attention on the same operands, where it runs them (what training takes).
+  std::vector<double> cudnn_forward_ms, cudnn_backward_ms;
+  if (bf16 && kc::attention_cudnn_supported(p, false) && kc::attention_cudnn_supported(p, true)) {
+    const std::size_t bytes = std::max(kc::attention_cudnn_staging_bytes(p, false),
+                                       kc::attention_cudnn_staging_bytes(p, true));
+    tensor staging = tensor::empty(dtype::u8, {static_cast<std::int64_t>(bytes)}, where);
+    const kc::attention_result dq_r = result(dq, 0, o.length * q_width, o.qk, q_width),
+                               dk_r = result(d_kv, 0, o.length * kv_width, nope + o.v, kv_width),
+                               dr_r = result(d_rope, 0, o.length * o.rope, tokens * o.rope, o.rope),
+                               dv_r = result(d_kv, nope, o.length * kv_width, nope + o.v, kv_width);
+    cudnn_forward_ms = event_times_ms(stream, o.iterations, [&] {
+      kc::attention_forward_cudnn(p, qo, ko, ro, vo, out_r, lse.data_as<float>(), stream.native(),
+                                  staging.data());
+    });
+    cudnn_backward_ms = event_times_ms(stream, o.iterations, [&] {
+      kc::attention_backward_cudnn(p, qo, ko, ro, vo, oo, doo, lse.data_as<const float>(), dq_r,
+                                   dk_r, dr_r, dv_r, stream.native(), staging.data());
+    });
+  }
   // Causal products: row i sees i + 1 keys. Forward: S = Q K^T and O = P V; backward: S again,
   // dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q.
   const double pairs = static_cast<double>(o.batch * o.heads) * static_cast<double>(o.length) *
@@ -116,6 +136,13 @@ int bench_attention(const attention_bench_options& o) {
       o.device, o.precision, o.batch, o.heads, o.length, o.qk, o.rope, o.v);
   line("forward", forward_ms, forward_flops);
   line("backward", backward_ms, backward_flops);
+  if (!cudnn_forward_ms.empty()) {
+    fmt::print(
+        "  cuDNN's fused attention (operands packed from FP32 and results widened back "
+        "included; what bf16 training runs):\n");
+    line("forward", cudnn_forward_ms, forward_flops);
+    line("backward", cudnn_backward_ms, backward_flops);
+  }
   return exit_ok;
 }
 

@@ -105,13 +105,6 @@ fp8_scale_layout scale_layout(fp8_scaling scaling, std::int64_t outer, std::int6
   return result;
 }
 
-/// A weight operand's BF16 copy ([rows, cols], ld = cols) and the parameter version it holds.
-struct rounded_weight {
-  void* data = nullptr;
-  std::uint64_t version = 0, used_in = 0;
-  std::size_t bytes = 0;
-};
-
 struct cublaslt_gemm::state {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
@@ -119,11 +112,6 @@ struct cublaslt_gemm::state {
   void* staging = nullptr;  // BF16 copies of f32 operands (gemm_math::bf16), stream-ordered
   std::size_t staging_bytes = 0;
   std::map<problem_key, std::unique_ptr<plan>> plans;
-  // Keyed by the f32 weight's address and shape.
-  std::map<std::tuple<const void*, std::int64_t, std::int64_t, std::int64_t>, rounded_weight>
-      weights;
-  std::uint64_t weights_version = 0;
-  std::size_t weight_bytes = 0;
 };
 
 cublaslt_gemm::cublaslt_gemm(int ordinal, void* stream, std::size_t workspace_bytes)
@@ -141,7 +129,6 @@ cublaslt_gemm::~cublaslt_gemm() {
   state_->plans.clear();
   if (state_->workspace != nullptr) (void)cudaFree(state_->workspace);
   if (state_->staging != nullptr) (void)cudaFree(state_->staging);
-  for (auto& [key, copy] : state_->weights) (void)cudaFree(copy.data);
   if (state_->handle != nullptr) (void)cublaslt().destroy(state_->handle);
 }
 
@@ -174,52 +161,8 @@ void choose_algorithm(cublasLtHandle_t handle, plan& p, std::size_t workspace_by
 
 }  // namespace
 
-const void* cublaslt_gemm::rounded(const gemm_matrix& w, std::uint64_t version) {
-  state& st = *state_;
-  const auto s = static_cast<cudaStream_t>(stream_);
-  // NOTES: at the first call of a new version, the copies no call used during the previous
-  // version belong to weights that are gone (a swapped plugin's, a freed stage's): freed in
-  // stream order.
-  if (version != st.weights_version) {
-    for (auto it = st.weights.begin(); it != st.weights.end();) {
-      if (it->second.used_in < st.weights_version) {
-        TROUPE_CUDA_CHECK(cudaFreeAsync(it->second.data, s));
-        st.weight_bytes -= it->second.bytes;
-        it = st.weights.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    st.weights_version = version;
-  }
-  rounded_weight& copy = st.weights[{w.data, w.rows, w.cols, w.ld}];
-  if (copy.data == nullptr) {
-    copy.bytes = static_cast<std::size_t>(w.rows * w.cols) * 2;
-    TROUPE_CUDA_CHECK(cudaMallocAsync(&copy.data, copy.bytes, s));
-    st.weight_bytes += copy.bytes;
-    copy.version = version + 1;  // never equal: rounded below
-  }
-  if (copy.version != version) {
-    f32_to_bf16_rows(static_cast<const float*>(w.data), w.ld,
-                     static_cast<std::uint16_t*>(copy.data), w.rows, w.cols, stream_);
-    copy.version = version;
-  }
-  copy.used_in = version;
-  return copy.data;
-}
-
-std::size_t cublaslt_gemm::rounded_weight_bytes() const {
-  return state_->weight_bytes;
-}
-
 void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b,
                          bool transpose_b, gemm_matrix c, float alpha, float beta, gemm_math math) {
-  gemm(a, transpose_a, b, transpose_b, c, alpha, beta, math, weight_hint{});
-}
-
-void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b,
-                         bool transpose_b, gemm_matrix c, float alpha, float beta, gemm_math math,
-                         weight_hint hint) {
   const std::int64_t m = transpose_a ? a.cols : a.rows, k = transpose_a ? a.rows : a.cols;
   const std::int64_t kb = transpose_b ? b.cols : b.rows, n = transpose_b ? b.rows : b.cols;
   // NOTES: formatted only when a message needs it, not on every call.
@@ -244,33 +187,11 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
     // BF16 first (one pass each, the same round-to-nearest-even) lets it run its native BF16
     // kernels. The staging buffer belongs to this stream: the next GEMM reuses it in stream
     // order, after this one has read it.
-    // The weight operand's copy comes from the cache; only the other one is staged.
-    const bool cached_a = hint.operand == 1, cached_b = hint.operand == 2;
-    const std::size_t a_elements = cached_a ? 0 : static_cast<std::size_t>(a.rows * a.cols),
+    const std::size_t a_elements = static_cast<std::size_t>(a.rows * a.cols),
                       bytes = 2 * ((a_elements + 7) / 8 * 8 +
-                                   (cached_b ? 0 : static_cast<std::size_t>(b.rows * b.cols)));
+                                   static_cast<std::size_t>(b.rows * b.cols));
     const auto s = static_cast<cudaStream_t>(stream_);
     TROUPE_CUDA_CHECK(cudaSetDevice(ordinal_));
-    if (cached_a || cached_b) {
-      const gemm_matrix& w = cached_a ? a : b;
-      const auto* copy = static_cast<const std::uint16_t*>(rounded(w, hint.version));
-      const gemm_matrix w16{copy, gemm_dtype::bf16, w.rows, w.cols, w.cols};
-      const gemm_matrix& other = cached_a ? b : a;
-      gemm_matrix other16{nullptr, gemm_dtype::bf16, other.rows, other.cols, other.cols};
-      if (state_->staging_bytes < bytes) {
-        if (state_->staging != nullptr) TROUPE_CUDA_CHECK(cudaFreeAsync(state_->staging, s));
-        state_->staging = nullptr;
-        state_->staging_bytes = 0;
-        TROUPE_CUDA_CHECK(cudaMallocAsync(&state_->staging, bytes, s));
-        state_->staging_bytes = bytes;
-      }
-      other16.data = state_->staging;
-      f32_to_bf16_rows(static_cast<const float*>(other.data), other.ld,
-                       static_cast<std::uint16_t*>(state_->staging), other.rows, other.cols,
-                       stream_);
-      return cached_a ? gemm(w16, transpose_a, other16, transpose_b, c, alpha, beta)
-                      : gemm(other16, transpose_a, w16, transpose_b, c, alpha, beta);
-    }
     if (state_->staging_bytes < bytes) {
       if (state_->staging != nullptr) TROUPE_CUDA_CHECK(cudaFreeAsync(state_->staging, s));
       state_->staging = nullptr;

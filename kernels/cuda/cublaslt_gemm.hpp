@@ -68,21 +68,6 @@ class cublaslt_gemm {
   void gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b, bool transpose_b,
             gemm_matrix c, float alpha, float beta, gemm_math math = gemm_math::exact);
 
-  /// Which f32 operand of a gemm_math::bf16 call holds weights that stay unchanged while
-  /// `version` does (the runtime's parameter version): its BF16 copy is made on the first call of
-  /// a version and reused by later ones (forward, the input gradient and the recomputation all
-  /// read the same weights), instead of rounding it on every call. Copies not used during a whole
-  /// version are freed at the next one (weights that are gone).
-  struct weight_hint {
-    int operand = 0;  ///< 0 none, 1 a, 2 b
-    std::uint64_t version = 0;
-  };
-  void gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b, bool transpose_b,
-            gemm_matrix c, float alpha, float beta, gemm_math math, weight_hint weights);
-
-  /// Bytes held by the weights' BF16 copies.
-  std::size_t rounded_weight_bytes() const;
-
   /// C[m, n] = alpha * A[m, K] B[n, K]^T + beta * C with block-scaled E4M3 operands (each K
   /// contiguous), FP32 accumulation; C is bf16 or f32. One operand may be blocks_128x128 (the
   /// weight); Wgrad passes two tiles_1x128 operands. K must be a multiple of 16.
@@ -96,9 +81,6 @@ class cublaslt_gemm {
   std::size_t cached_algorithms() const;
 
  private:
-  /// The BF16 copy of weight `w` for `version`, made on this stream if it is not there yet.
-  const void* rounded(const gemm_matrix& w, std::uint64_t version);
-
   struct state;
   int ordinal_;
   void* stream_;

@@ -1,6 +1,5 @@
 #include "runtime/exec/cuda_gemm.hpp"
 
-#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 
@@ -32,22 +31,6 @@ kc::gemm_matrix matrix(const DLTensor* t) {
   return m;
 }
 
-/// Under BF16 math, the call's f32 weight operand (the caller says which) is rounded once per
-/// parameter version and kept (kc::cublaslt_gemm::weight_hint); none without a version to go by.
-kc::cublaslt_gemm::weight_hint weight_hint(const troupe_exec_context* context,
-                                           const troupe_gemm_call* call, kc::gemm_math math) {
-  const bool versioned = context->struct_size >= offsetof(troupe_exec_context, parameter_version) +
-                                                     sizeof(context->parameter_version) &&
-                         context->parameter_version != nullptr;
-  const bool names_weights = call->struct_size >= offsetof(troupe_gemm_call, weight_operand) +
-                                                      sizeof(call->weight_operand);
-  if (math != kc::gemm_math::bf16 || !versioned || !names_weights) return {};
-  const int operand = call->weight_operand;
-  const DLTensor* w = operand == 1 ? call->a : operand == 2 ? call->b : nullptr;
-  if (w == nullptr || w->dtype.code != kDLFloat) return {};
-  return {operand, context->parameter_version()};
-}
-
 /// `self` is the math (kc::gemm_math) as an integer.
 troupe_status cuda_gemm(void* self, const troupe_exec_context* context,
                         const troupe_gemm_call* call, troupe_error* error) {
@@ -69,9 +52,9 @@ troupe_status cuda_gemm(void* self, const troupe_exec_context* context,
   try {
     const kernels::op_scope timing(context, kernels::op_class::dense_gemm);
     auto& engine = all_engines().on(context->device.device_id, context->stream);
-    const auto math = static_cast<kc::gemm_math>(reinterpret_cast<std::uintptr_t>(self));
     engine.gemm(matrix(call->a), call->transpose_a != 0, matrix(call->b), call->transpose_b != 0,
-                matrix(call->c), call->alpha, call->beta, math, weight_hint(context, call, math));
+                matrix(call->c), call->alpha, call->beta,
+                static_cast<kc::gemm_math>(reinterpret_cast<std::uintptr_t>(self)));
     return TROUPE_STATUS_OK;
   } catch (const std::exception& e) {
     std::snprintf(error->message, sizeof(error->message), "%s", e.what());

@@ -55,14 +55,10 @@ void check_memory(const topology& topo, const machine_devices& machine,
   for (const auto& [index, u] : per_gpu) {
     if (index < 0 || static_cast<std::size_t>(index) >= machine.free_bytes.size()) continue;
     const bool rounded_copies = topo.gemm_precision != precision::fp32;
-    const bool rounded_dense = topo.gemm_precision == precision::bf16;
-    const double copies =
-        (rounded_copies ? static_cast<double>(u.routed_experts) *
-                              static_cast<double>(rounded_expert_bytes_per_parameter)
-                        : 0.0) +
-        (rounded_dense ? static_cast<double>(u.parameters - u.routed_experts) *
-                             static_cast<double>(rounded_weight_bytes_per_parameter)
-                       : 0.0);
+    const double copies = rounded_copies
+                              ? static_cast<double>(u.routed_experts) *
+                                    static_cast<double>(rounded_expert_bytes_per_parameter)
+                              : 0.0;
     const double need = static_cast<double>(u.parameters) *
                             static_cast<double>(training_state_bytes_per_parameter) +
                         copies;
@@ -80,12 +76,9 @@ void check_memory(const topology& topo, const machine_devices& machine,
                      index, u.stages.size() > 1 ? "s" : "", stages, u.stages.size() > 1 ? "" : "s",
                      static_cast<double>(u.parameters) / 1e9, gib(need - copies),
                      training_state_bytes_per_parameter,
-                     rounded_copies
-                         ? fmt::format(" and the {}BF16 copies {:.1f} GiB",
-                                       rounded_dense ? "weights' (the routed experts' twice) "
-                                                     : "routed experts' ",
-                                       gib(copies))
-                         : std::string(),
+                     rounded_copies ? fmt::format(" and the routed experts' BF16 copies {:.1f} GiB",
+                                                  gib(copies))
+                                    : std::string(),
                      index, gib(free))});
   }
 }

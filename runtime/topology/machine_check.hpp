@@ -37,8 +37,7 @@ struct machine_devices {
 /// computes its routed experts itself until expert parallelism runs over NCCL), and a GPU whose
 /// free memory cannot hold the training state of the stages placed on it
 /// (training_state_bytes_per_parameter each, rounded_expert_bytes_per_parameter more per routed
-/// expert weight under bf16 and fp8, rounded_weight_bytes_per_parameter per other parameter under
-/// bf16; activations need room on top).
+/// expert weight under bf16 and fp8; activations need room on top).
 std::vector<diagnostic> check_devices(const topology& topo, const machine_devices& machine,
                                       const std::vector<std::string>& hosts = {},
                                       bool for_training = false);
@@ -50,10 +49,5 @@ inline constexpr std::size_t training_state_bytes_per_parameter = 4 + 4 + 2 + 2;
 /// What the bf16 and fp8 precisions keep on top per routed expert weight on a GPU: the moe
 /// plugin's BF16 copies, plain and transposed, made once per optimizer step.
 inline constexpr std::size_t rounded_expert_bytes_per_parameter = 2 + 2;
-
-/// What bf16 keeps on top per other parameter on a GPU: the cuBLASLt GEMMs' BF16 copies of the
-/// dense weights, made once per optimizer step (counted for every parameter that is not a routed
-/// expert's: the few that no GEMM reads, norms and the embedding, make it an upper bound).
-inline constexpr std::size_t rounded_weight_bytes_per_parameter = 2;
 
 }  // namespace troupe

@@ -144,46 +144,6 @@ TEST_F(CudaGemm, Bf16MathOnF32OperandsIsBf16Accurate) {
   }
 }
 
-// Under bf16 math the provider rounds a call's weight operand once per parameter version (the
-// runtime moves it on whenever parameters may have been written: an optimizer step, a load) and
-// reuses the copy: the result is the one of rounding it on the call, bit for bit; a weight written
-// without a new version is not seen (the contract the runtime keeps), the next version sees it.
-TEST_F(CudaGemm, Bf16WeightCopiesLastOneParameterVersion) {
-  exec_context context(device::cuda(0), pool_, cuda_bf16_gemm_provider());
-  const std::int64_t m = 96, n = 200, k = 136;
-  for (const int weight_operand : {1, 2}) {
-    tensor a = host(random_matrix(m, k, 11), m, k).to(device::cuda(0));
-    tensor b = host(random_matrix(n, k, 12), n, k).to(device::cuda(0));
-    tensor& weight = weight_operand == 1 ? a : b;
-    const auto multiply = [&](int hint) {
-      tensor c = tensor::zeros(dtype::f32, {m, n}, device::cuda(0));
-      DLTensor at = a.dl_view(), bt = b.dl_view(), ct = c.dl_view();
-      const troupe_gemm_call call{sizeof(troupe_gemm_call), &at, &bt, &ct, 0, 1, 1.0f, 0.0f,
-                                  TROUPE_GEMM_FPROP,        hint};
-      troupe_error error{};
-      EXPECT_EQ(context.gemm_provider()->gemm(context.gemm_provider()->self, context.abi(), &call,
-                                              &error),
-                TROUPE_STATUS_OK)
-          << error.message;
-      cuda::synchronize_stream(context.stream(), 0);
-      tensor out = c.to(device::cpu());
-      return std::vector<float>(out.data_as<float>(), out.data_as<float>() + m * n);
-    };
-    parameters_changed();
-    const auto plain = multiply(0);
-    EXPECT_EQ(multiply(weight_operand), plain) << "the kept copy, operand " << weight_operand;
-    EXPECT_EQ(multiply(weight_operand), plain) << "reused, operand " << weight_operand;
-    const std::int64_t rows = weight.shape()[0];
-    weight = host(random_matrix(rows, k, 13), rows, k).to(device::cuda(0));
-    // A new tensor may or may not reuse the old address; only the version tells.
-    const auto written = multiply(0);
-    EXPECT_NE(written, plain);
-    parameters_changed();
-    EXPECT_EQ(multiply(weight_operand), written)
-        << "after a new version, operand " << weight_operand;
-  }
-}
-
 TEST_F(CudaGemm, Fp8BlockScaledMeetsDeepGemmsBoundAndMatchesTheCpuEmulation) {
   plugin_registry registry;
   auto library = registry.load("fp8", {plugin_kind::gemm});

@@ -168,10 +168,8 @@ TEST(MachineCheck, GpuPlacementsAreHonouredOrRefusedAtTheirDeviceKey) {
   EXPECT_NE(errors[0].message.find("but cuda:0 has 1.0 GiB free; place fewer layers on it"),
             std::string::npos)
       << errors[0].message;
-  // bf16 keeps the routed experts' BF16 copies (plain and transposed) and the other weights' on
-  // top.
-  EXPECT_NE(errors[0].message.find("and the weights' (the routed experts' twice) BF16 copies"),
-            std::string::npos)
+  // bf16 keeps the routed experts' BF16 copies (plain and transposed) on top.
+  EXPECT_NE(errors[0].message.find("and the routed experts' BF16 copies"), std::string::npos)
       << errors[0].message;
   std::vector<int> all_layers(static_cast<std::size_t>(one.topo.model.num_hidden_layers));
   std::iota(all_layers.begin(), all_layers.end(), 0);
@@ -179,8 +177,7 @@ TEST(MachineCheck, GpuPlacementsAreHonouredOrRefusedAtTheirDeviceKey) {
   EXPECT_EQ(routed, (15 + 1) * 64 * 3 * 1024 * 256);  // 15 MoE layers and the MTP module's
   const std::size_t just_enough =
       static_cast<std::size_t>(parameters) * troupe::training_state_bytes_per_parameter +
-      static_cast<std::size_t>(routed) * troupe::rounded_expert_bytes_per_parameter +
-      static_cast<std::size_t>(parameters - routed) * troupe::rounded_weight_bytes_per_parameter;
+      static_cast<std::size_t>(routed) * troupe::rounded_expert_bytes_per_parameter;
   EXPECT_TRUE(
       troupe::check_devices(one.topo, {true, 1, "", true, {just_enough}}, {}, true).empty());
   EXPECT_EQ(

@@ -5,7 +5,9 @@
 # and every shared library they need that a plain Ubuntu with CUDA lacks, stripped, and OUT_DIR/run
 # which runs a command with the environment they need (the libraries, and NCCL's and cuDNN's from
 # the machine's PyTorch: nvidia/cu13/lib, nvidia/cudnn/lib and nvidia/nccl/lib of its site-packages;
-# cuDNN is loaded with dlopen, so its libraries are never packed). On the GPU machine, from the repository root:
+# cuDNN is loaded with dlopen, so its libraries are never packed), and OUT_DIR.tar.xz of it all
+# (about 12 MB: what to carry to a machine whose transfer is limited). On the GPU machine, from the
+# repository root (after `tar xJf .device-carry.tar.xz` where the archive was carried):
 #   .device-carry/run gpu-test
 #   .device-carry/run troupe bench train --topology topologies/gpu-1.toml --device cuda:0
 set -euo pipefail
@@ -44,3 +46,4 @@ exec "$@"
 EOF_RUN
 chmod +x "$out/run"
 cp tools/reference/*.py "$out/"
+tar cJf "$out.tar.xz" "$out"

@@ -7,6 +7,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -55,14 +56,26 @@ struct built_graph {
   std::string why_not;
 };
 
-/// The library, one handle per device and the graphs built so far; one lock for all (building
-/// a graph takes milliseconds to seconds, executing one only enqueues its kernels).
-struct library {
+/// The most problems a device builds graphs for; problems past them run troupe's own kernels
+/// (a build takes up to seconds: a stream of distinct sequence lengths must not build one per
+/// call). A refused problem is remembered without a graph.
+constexpr std::size_t max_graphs_per_device = 64;
+
+/// One device's handle and graphs. NOTES: the lock is held while a graph is built (the first
+/// call of a problem) and around set_stream + execute, which must go together because the
+/// handle's stream is shared by every caller; executing only enqueues kernels.
+struct device_state {
   std::mutex lock;
-  bool tried = false;
-  std::string load_error;
-  std::map<int, cudnnHandle_t> handles;
+  cudnnHandle_t handle = nullptr;
   std::map<graph_key, built_graph> graphs;
+};
+
+/// Whether cuDNN loaded (once per process), and each device's state.
+struct library {
+  std::once_flag loaded;
+  std::string load_error;  // "" when cuDNN loaded
+  std::mutex devices_lock;
+  std::map<int, std::unique_ptr<device_state>> devices;
 };
 
 library& state() {
@@ -70,50 +83,72 @@ library& state() {
   return *instance;
 }
 
+/// TROUPE_ATTENTION: unset or "cudnn" (cuDNN where it runs), "own" (troupe's kernels only).
 bool disabled_by_environment() {
   static const bool disabled = [] {
     const char* choice = std::getenv("TROUPE_ATTENTION");
-    return choice != nullptr && std::strcmp(choice, "own") == 0;
+    if (choice == nullptr || std::strcmp(choice, "cudnn") == 0) return false;
+    if (std::strcmp(choice, "own") == 0) return true;
+    fail_kernel(fmt::format(
+        "TROUPE_ATTENTION={}: use \"cudnn\" (the default: cuDNN's fused attention where it runs) "
+        "or \"own\" (troupe's kernels only)",
+        choice));
   }();
   return disabled;
 }
 
-/// Loads cuDNN once; "" on success, else why not. Called with the lock held.
+/// Loads cuDNN once per process; "" on success, else why not (said once on stderr).
 const std::string& load(library& lib) {
-  if (lib.tried) return lib.load_error;
-  lib.tried = true;
-  for (const char* name : {"libcudnn.so.9", "libcudnn_graph.so.9"}) {
-    if (void* handle = dlopen(name, RTLD_NOW | RTLD_LOCAL)) {
-      fe::cudnn_dlhandle = handle;
-      break;
+  std::call_once(lib.loaded, [&] {
+    std::string first_error;
+    for (const char* name : {"libcudnn.so.9", "libcudnn_graph.so.9"}) {
+      if (void* handle = dlopen(name, RTLD_NOW | RTLD_LOCAL)) {
+        fe::cudnn_dlhandle = handle;
+        break;
+      }
+      if (first_error.empty()) first_error = dlerror();
     }
-  }
-  if (fe::cudnn_dlhandle == nullptr) {
-    lib.load_error = fmt::format(
-        "cannot load cuDNN 9 (libcudnn.so.9): {}; put its lib folder (PyTorch's "
-        "nvidia/cudnn/lib, or the toolkit's) on LD_LIBRARY_PATH",
-        dlerror());
-    return lib.load_error;
-  }
-  try {
-    const std::size_t version = fe::detail::get_backend_version();
-    if (version < 90000) lib.load_error = fmt::format("cuDNN {} is older than 9.0", version);
-  } catch (const std::exception& e) {
-    lib.load_error = fmt::format("cuDNN loaded but unusable: {}", e.what());
-  }
+    if (fe::cudnn_dlhandle == nullptr) {
+      lib.load_error = fmt::format(
+          "cannot load cuDNN 9 (libcudnn.so.9: {}); put its lib folder (PyTorch's "
+          "nvidia/cudnn/lib, or the CUDA toolkit's) on LD_LIBRARY_PATH",
+          first_error);
+    } else {
+      try {
+        const std::size_t version = fe::detail::get_backend_version();
+        if (version < 90000)
+          lib.load_error = fmt::format(
+              "the cuDNN loaded is {}, older than 9.0; put cuDNN 9's lib folder first on "
+              "LD_LIBRARY_PATH",
+              version);
+      } catch (const std::exception& e) {
+        lib.load_error = fmt::format("cuDNN loaded but unusable: {}", e.what());
+      }
+    }
+    if (!lib.load_error.empty())
+      std::fprintf(stderr, "troupe: %s; troupe's own attention kernels run instead\n",
+                   lib.load_error.c_str());
+  });
   return lib.load_error;
 }
 
-cudnnHandle_t handle_for(library& lib, int device) {
-  auto found = lib.handles.find(device);
-  if (found != lib.handles.end()) return found->second;
-  cudnnHandle_t handle = nullptr;
-  const cudnnStatus_t status = fe::detail::create_handle(&handle);
-  if (status != CUDNN_STATUS_SUCCESS)
-    fail_kernel(fmt::format("cuDNN: cannot create a handle on cuda:{} (status {})", device,
-                            static_cast<int>(status)));
-  lib.handles.emplace(device, handle);
-  return handle;
+device_state& device_for(library& lib, int device) {
+  const std::lock_guard<std::mutex> hold(lib.devices_lock);
+  auto& slot = lib.devices[device];
+  if (!slot) slot = std::make_unique<device_state>();
+  return *slot;
+}
+
+/// The device's handle, created on first use. Called with the device's lock held.
+cudnnHandle_t handle_for(device_state& d, int device) {
+  if (d.handle != nullptr) return d.handle;
+  const cudnnStatus_t status = fe::detail::create_handle(&d.handle);
+  if (status != CUDNN_STATUS_SUCCESS) {
+    d.handle = nullptr;
+    fail_kernel(fmt::format("cuDNN: cannot create a handle on cuda:{}: {}", device,
+                            fe::detail::get_error_string(status)));
+  }
+  return d.handle;
 }
 
 std::shared_ptr<fe::graph::Tensor_attributes> packed_tensor(fe::graph::Graph& graph,
@@ -176,6 +211,10 @@ built_graph build(cudnnHandle_t handle, const graph_key& key, float scale) {
                                    .set_data_type(fe::DataType_t::FLOAT)
                                    .set_dim(stats_dims(key))
                                    .set_stride(stats_strides(key)));
+    // NOTES: cuDNN's backward adds dQ up with atomics on Hopper, so a bf16 run through it is not
+    // bit-for-bit repeatable (troupe's own kernels are: TROUPE_ATTENTION=own); its deterministic
+    // algorithm (set_deterministic_algorithm) needs a [B, H, L, L] dP workspace below cuDNN 9.25
+    // and has not been measured here.
     auto options = fe::graph::SDPA_backward_attributes()
                        .set_name("troupe_attention_backward")
                        .set_causal_mask(true)
@@ -208,28 +247,33 @@ graph_key key_of(const attention_problem& p, bool backward) {
   return {device, backward, p.batch, p.heads, p.length, p.qk_dim, p.v_dim, bits};
 }
 
-/// The graph for the problem, built on first use; null (with a one-line notice on stderr, once
-/// per problem) when cuDNN cannot run it. Called with the lock held.
-const built_graph* graph_for(library& lib, const attention_problem& p, bool backward) {
-  if (!load(lib).empty()) return nullptr;
-  const graph_key key = key_of(p, backward);
-  auto found = lib.graphs.find(key);
-  if (found == lib.graphs.end()) {
+/// The problem's graph on device `key.device`, built on first use; null (with a one-line notice
+/// on stderr, once per problem) when cuDNN cannot run it. Called with the device's lock held.
+const built_graph* graph_for(device_state& d, const attention_problem& p, const graph_key& key) {
+  auto found = d.graphs.find(key);
+  if (found == d.graphs.end()) {
     built_graph built;
-    try {
-      built = build(handle_for(lib, key.device), key, p.scale);
-    } catch (const std::exception& e) {
-      built.why_not = e.what();
+    const auto built_so_far = static_cast<std::size_t>(std::count_if(
+        d.graphs.begin(), d.graphs.end(), [](const auto& g) { return g.second.graph != nullptr; }));
+    if (built_so_far >= max_graphs_per_device) {
+      built.why_not = fmt::format("cuda:{} keeps graphs for {} problems already", key.device,
+                                  max_graphs_per_device);
+    } else {
+      try {
+        built = build(handle_for(d, key.device), key, p.scale);
+      } catch (const std::exception& e) {
+        built.why_not = e.what();
+      }
     }
     if (built.graph == nullptr)
       std::fprintf(stderr,
-                   "troupe: cuDNN has no fused attention %s for batch %lld, %lld heads, %lld "
-                   "tokens, qk %lld, v %lld (%s); troupe's own BF16 kernels run it\n",
-                   backward ? "backward" : "forward", static_cast<long long>(p.batch),
+                   "troupe: cuDNN's fused attention %s does not run batch %lld, %lld heads, %lld "
+                   "tokens, qk %lld, v %lld (%s); troupe's own kernels run it\n",
+                   key.backward ? "backward" : "forward", static_cast<long long>(p.batch),
                    static_cast<long long>(p.heads), static_cast<long long>(p.length),
                    static_cast<long long>(p.qk_dim), static_cast<long long>(p.v_dim),
                    built.why_not.c_str());
-    found = lib.graphs.emplace(key, std::move(built)).first;
+    found = d.graphs.emplace(key, std::move(built)).first;
   }
   return found->second.graph != nullptr ? &found->second : nullptr;
 }
@@ -293,42 +337,62 @@ struct operand_layout {
   void* base;
 };
 
-/// The problem's graph, or a failure naming `function`. Called with the lock held.
-const built_graph& graph_or_fail(library& lib, const attention_problem& p, bool backward,
+/// The problem's graph on the current device, or a failure naming `function` and what to do.
+/// Called with the device's lock held.
+const built_graph& graph_or_fail(device_state& d, const attention_problem& p, bool backward,
                                  const void* staging, const char* function) {
-  require(staging != nullptr, function, "no staging buffer");
-  const built_graph* g = graph_for(lib, p, backward);
-  require(g != nullptr, function, "cuDNN cannot run this problem");
+  require(shape_packs(p), function,
+          "qk and v must be multiples of 8 up to 256 and the rope key's width a multiple of 4 "
+          "below qk");
+  require(staging != nullptr, function,
+          "no staging buffer: pass attention_cudnn_staging_bytes(problem, backward) bytes");
+  const std::string& not_loaded = load(state());
+  require(not_loaded.empty(), function, not_loaded.c_str());
+  const built_graph* g = graph_for(d, p, key_of(p, backward));
+  require(g != nullptr, function,
+          "cuDNN does not run this problem (stderr says why); ask attention_cudnn_supported "
+          "first");
   return *g;
 }
 
-void execute(library& lib, const built_graph& g, std::unordered_map<std::int64_t, void*>& pack,
-             void* workspace, cudaStream_t stream) {
-  int device = 0;
-  TROUPE_CUDA_CHECK(cudaGetDevice(&device));
-  cudnnHandle_t handle = handle_for(lib, device);
+void execute(device_state& d, int device, const built_graph& g,
+             std::unordered_map<std::int64_t, void*>& pack, void* workspace, cudaStream_t stream) {
+  cudnnHandle_t handle = handle_for(d, device);
   const cudnnStatus_t set = fe::detail::set_stream(handle, stream);
   if (set != CUDNN_STATUS_SUCCESS)
-    fail_kernel(fmt::format("cuDNN: cannot set the stream (status {})", static_cast<int>(set)));
+    fail_kernel(fmt::format("cuDNN: cannot set the stream on cuda:{}: {}", device,
+                            fe::detail::get_error_string(set)));
   fe::error_t status = g.graph->execute(handle, pack, workspace);
   if (!status.is_good())
-    fail_kernel(fmt::format("cuDNN fused attention failed: {}", status.get_message()));
+    fail_kernel(
+        fmt::format("cuDNN's fused attention failed on cuda:{}: {}", device, status.get_message()));
 }
+
+/// What a call holds while it runs: the current device's state, locked.
+struct locked_device {
+  locked_device() : lib(state()) {
+    TROUPE_CUDA_CHECK(cudaGetDevice(&ordinal));
+    d = &device_for(lib, ordinal);
+    hold = std::unique_lock<std::mutex>(d->lock);
+  }
+  library& lib;
+  int ordinal = 0;
+  device_state* d = nullptr;
+  std::unique_lock<std::mutex> hold;
+};
 
 }  // namespace
 
 bool attention_cudnn_supported(const attention_problem& problem, bool backward) {
-  if (disabled_by_environment() || !shape_packs(problem)) return false;
-  library& lib = state();
-  const std::lock_guard<std::mutex> hold(lib.lock);
-  return graph_for(lib, problem, backward) != nullptr;
+  if (disabled_by_environment() || !shape_packs(problem) || !load(state()).empty()) return false;
+  locked_device device;
+  return graph_for(*device.d, problem, key_of(problem, backward)) != nullptr;
 }
 
 std::size_t attention_cudnn_staging_bytes(const attention_problem& problem, bool backward) {
   if (!attention_cudnn_supported(problem, backward)) return 0;
-  library& lib = state();
-  const std::lock_guard<std::mutex> hold(lib.lock);
-  const built_graph* g = graph_for(lib, problem, backward);
+  locked_device device;
+  const built_graph* g = graph_for(*device.d, problem, key_of(problem, backward));
   // Laid out over a null base only to add up the regions' sizes.
   const operand_layout layout(problem, nullptr, backward);
   return layout.bytes + round_up(static_cast<std::size_t>(g->workspace));
@@ -337,14 +401,13 @@ std::size_t attention_cudnn_staging_bytes(const attention_problem& problem, bool
 void attention_forward_cudnn(const attention_problem& p, attention_operand q, attention_operand k,
                              attention_operand key_rope, attention_operand v, attention_result o,
                              float* lse, void* stream, void* staging) {
-  library& lib = state();
-  const std::lock_guard<std::mutex> hold(lib.lock);
-  const built_graph& g = graph_or_fail(lib, p, false, staging, "attention_forward_cudnn");
+  locked_device device;
+  const built_graph& g = graph_or_fail(*device.d, p, false, staging, "attention_forward_cudnn");
   operand_layout in(p, staging, false);
   in.pack(p, q, k, key_rope, v, nullptr, nullptr, stream);
   std::unordered_map<std::int64_t, void*> pack{
       {q_id, in.q}, {k_id, in.k}, {v_id, in.v}, {o_id, in.o}, {stats_id, lse}};
-  execute(lib, g, pack, in.workspace, as_stream(stream));
+  execute(*device.d, device.ordinal, g, pack, in.workspace, as_stream(stream));
   const attention_unpack out{in.o, in.vd, 0, in.vd, o};
   unpack_attention_bf16(p, &out, 1, stream);
 }
@@ -356,16 +419,15 @@ void attention_backward_cudnn(const attention_problem& p, attention_operand q, a
                               void* stream, void* staging) {
   require(p.rope_dim == 0 || d_key_rope.data != nullptr, "attention_backward_cudnn",
           "a rope key needs a tensor for its gradient");
-  library& lib = state();
-  const std::lock_guard<std::mutex> hold(lib.lock);
-  const built_graph& g = graph_or_fail(lib, p, true, staging, "attention_backward_cudnn");
+  locked_device device;
+  const built_graph& g = graph_or_fail(*device.d, p, true, staging, "attention_backward_cudnn");
   operand_layout in(p, staging, true);
   in.pack(p, q, k, key_rope, v, &o, &d_o, stream);
   std::unordered_map<std::int64_t, void*> pack{
       {q_id, in.q},   {k_id, in.k},     {v_id, in.v},
       {o_id, in.o},   {d_o_id, in.d_o}, {dq_id, in.dq},
       {dk_id, in.dk}, {dv_id, in.dv},   {stats_id, const_cast<float*>(lse)}};
-  execute(lib, g, pack, in.workspace, as_stream(stream));
+  execute(*device.d, device.ordinal, g, pack, in.workspace, as_stream(stream));
   const int qk = in.qk, vd = in.vd, rope = static_cast<int>(p.rope_dim), nope = qk - rope;
   attention_unpack out[max_attention_pack_jobs];
   int count = 0;

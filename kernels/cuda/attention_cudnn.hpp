@@ -7,7 +7,9 @@
 // the gradients produced in BF16 and widened to FP32, lse the same natural-log log-sum-exp, so
 // either path's forward feeds either path's backward. cuDNN is loaded when first needed; where
 // it is missing, or has no plan for a problem, or TROUPE_ATTENTION=own is set,
-// attention_cudnn_supported is false and the caller runs troupe's own kernels.
+// attention_cudnn_supported is false and the caller runs troupe's own kernels. Its backward adds
+// dQ up with atomics (not bit-for-bit repeatable), and its staging (the packed operands and
+// results, about twice troupe's kernels') is taken per call like theirs.
 // Device pointers; `stream` is a cudaStream_t.
 
 #include <cstddef>
@@ -25,6 +27,7 @@ bool attention_cudnn_supported(const attention_problem& problem, bool backward);
 /// cuDNN's workspace (0 when unsupported).
 std::size_t attention_cudnn_staging_bytes(const attention_problem& problem, bool backward);
 
+/// o and lse (natural log, [batch, heads, length] contiguous), as attention_forward_bf16.
 void attention_forward_cudnn(const attention_problem& problem, attention_operand q,
                              attention_operand k, attention_operand key_rope, attention_operand v,
                              attention_result o, float* lse, void* stream, void* staging);

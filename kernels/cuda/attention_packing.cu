@@ -67,6 +67,14 @@ __global__ void unpack_kernel(attention_problem p, unpack_jobs jobs) {
       });
 }
 
+/// The packed side of a job, whose 8-byte words the kernels move.
+const void* packed_side(const attention_pack& j) {
+  return j.to;
+}
+const void* packed_side(const attention_unpack& j) {
+  return j.from;
+}
+
 template <class Jobs, class Job>
 void launch(const attention_problem& p, const Job* given, int count, cudaStream_t stream,
             void (*kernel)(attention_problem, Jobs)) {
@@ -75,8 +83,13 @@ void launch(const attention_problem& p, const Job* given, int count, cudaStream_
   Jobs jobs{};
   int widest = 0;
   for (int i = 0; i < count; ++i) {
-    require(given[i].width % 4 == 0 && given[i].col0 % 4 == 0 && given[i].d % 4 == 0,
-            "attention packing", "widths, column offsets and packed widths must be multiples of 4");
+    const Job& j = given[i];
+    require(j.width >= 0 && j.col0 >= 0 && j.col0 + j.width <= j.d, "attention packing",
+            "the columns must lie inside the packed rows");
+    require(j.width % 4 == 0 && j.col0 % 4 == 0 && j.d % 4 == 0, "attention packing",
+            "widths, column offsets and packed widths must be multiples of 4");
+    require(aligned(packed_side(j), 8), "attention packing",
+            "the packed rows must start on an 8-byte boundary");
     jobs.job[i] = given[i];
     widest = std::max(widest, given[i].width);
   }

@@ -12,7 +12,7 @@
 namespace troupe::kernels::cuda {
 
 /// Columns [0, width) of every row of `from` into columns [col0, col0 + width) of the packed
-/// rows `to` (`d` wide, BF16 bits). width, col0 and d are multiples of 4.
+/// rows `to` (`d` wide, BF16 bits, 8-byte aligned). width, col0 and d are multiples of 4.
 struct attention_pack {
   attention_operand from;
   int width = 0;
@@ -21,7 +21,7 @@ struct attention_pack {
 };
 
 /// Columns [col0, col0 + width) of the packed rows `from` (`d` wide) into columns [0, width) of
-/// every row of `to`, in FP32. width, col0 and d are multiples of 4.
+/// every row of `to`, in FP32 (`from` 8-byte aligned). width, col0 and d are multiples of 4.
 struct attention_unpack {
   const std::uint16_t* from = nullptr;
   int d = 0, col0 = 0, width = 0;

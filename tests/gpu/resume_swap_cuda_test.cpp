@@ -38,8 +38,9 @@ constexpr int steps = 6;
 constexpr int middle = 3;
 /// How far a resumed or identically swapped run's loss, MTP loss and gradient norm may be from the
 /// uninterrupted run's, relative, in FP32. On the CPU they are bit-identical (train_test.cpp).
-/// The GPU kernels are meant to be deterministic too (the only atomics are the router's integer
-/// counts; on an H200 these runs were bit-identical), but nothing promises that cuBLASLt picks the
+/// The GPU kernels of these FP32 runs are meant to be deterministic too (the only atomics are the
+/// router's integer counts; on an H200 these runs were bit-identical; under bf16, cuDNN's
+/// attention backward adds with atomics), but nothing promises that cuBLASLt picks the
 /// same algorithm in another process, and an FP32 sum in another order differs by a few ulps
 /// (1e-7 relative) per reduction, which 3 steps leave far below 1e-5. A resume that loses state
 /// (AdamW moments, router biases, the data position), or a swap that drops it, moves the losses

@@ -284,14 +284,6 @@ bool shape_packs(const attention_problem& p) {
          p.rope_dim % 4 == 0 && p.batch > 0 && p.heads > 0 && p.length > 0;
 }
 
-void require(bool holds, const char* function, const char* what) {
-  if (!holds) fail_kernel(fmt::format("{}: {}", function, what));
-}
-
-cudaStream_t as_stream(void* stream) {
-  return static_cast<cudaStream_t>(stream);
-}
-
 std::size_t round_up(std::size_t bytes) {
   return (bytes + 255) / 256 * 256;
 }
@@ -347,7 +339,7 @@ const built_graph& graph_or_fail(device_state& d, const attention_problem& p, bo
   require(staging != nullptr, function,
           "no staging buffer: pass attention_cudnn_staging_bytes(problem, backward) bytes");
   const std::string& not_loaded = load(state());
-  require(not_loaded.empty(), function, not_loaded.c_str());
+  require(not_loaded.empty(), function, not_loaded);
   const built_graph* g = graph_for(d, p, key_of(p, backward));
   require(g != nullptr, function,
           "cuDNN does not run this problem (stderr says why); ask attention_cudnn_supported "

@@ -29,6 +29,17 @@ inline int current_device_for_messages() {
 /// Throws std::runtime_error(message): a kernel's precondition that does not hold.
 [[noreturn]] void fail_kernel(const std::string& message);
 
+/// Throws std::runtime_error("<kernel>: <what>") when `holds` is false: a bad argument turned into
+/// an error before anything launches.
+inline void require(bool holds, const char* kernel, const std::string& what) {
+  if (!holds) fail_kernel(std::string(kernel) + ": " + what);
+}
+
+/// The void* stream of the kernels' interfaces as what CUDA takes.
+inline cudaStream_t as_stream(void* stream) {
+  return static_cast<cudaStream_t>(stream);
+}
+
 inline void check_cuda(cudaError_t status, const char* call, const char* file, int line) {
   if (status != cudaSuccess)
     fail_cuda_call(call, file, line, cudaGetErrorName(status), cudaGetErrorString(status));

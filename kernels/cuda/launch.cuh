@@ -1,9 +1,8 @@
 #pragma once
 
-// What the model's CUDA kernels share: the stream cast, grid sizes, pointer alignment, warp and
-// block reductions whose order is fixed by the launch shape (so a result never depends on
-// scheduling), and the precondition check that turns a bad argument into std::runtime_error
-// before anything launches.
+// What the model's CUDA kernels share: grid sizes, pointer alignment, warp and block reductions
+// whose order is fixed by the launch shape (so a result never depends on scheduling); the stream
+// cast and the precondition check come from check.cuh.
 
 #include <cuda_runtime.h>
 
@@ -17,10 +16,6 @@
 
 namespace troupe::kernels::cuda {
 
-inline cudaStream_t as_stream(void* stream) {
-  return static_cast<cudaStream_t>(stream);
-}
-
 /// ceil(count / per) as a grid dimension.
 inline unsigned blocks_for(std::int64_t count, std::int64_t per) {
   return static_cast<unsigned>((count + per - 1) / per);
@@ -29,11 +24,6 @@ inline unsigned blocks_for(std::int64_t count, std::int64_t per) {
 /// Whether `pointer` is a multiple of `alignment` bytes (for vector loads and stores).
 __host__ __device__ inline bool aligned(const void* pointer, std::uintptr_t alignment) {
   return reinterpret_cast<std::uintptr_t>(pointer) % alignment == 0;
-}
-
-/// Throws std::runtime_error("<kernel>: <what>") when `holds` is false.
-inline void require(bool holds, const char* kernel, const std::string& what) {
-  if (!holds) fail_kernel(std::string(kernel) + ": " + what);
 }
 
 /// Raises a kernel's dynamic shared memory limit to `bytes`, once per device.

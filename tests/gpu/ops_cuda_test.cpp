@@ -697,6 +697,87 @@ TEST(CudaOps, FlashAttentionMatchesTheCpuAndFiniteDifferences) {
   }
 }
 
+/// Which kernels an attention run takes, forward or backward.
+enum class attention_kernels { fp32, own_bf16, cudnn };
+
+struct attention_results {
+  std::vector<float> o, lse, dq, dkv, d_rope;
+};
+
+/// Random q, kv, rope key and dO for `m` (seeds `seed` to seed + 3) on the device, and runs of
+/// them: forward by one set of kernels, backward by another over the forward's o and lse.
+struct attention_case {
+  attention_case(const mla_attention& shape, std::uint32_t seed)
+      : m(shape),
+        problem(shape.problem()),
+        q(random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.qk()), seed)),
+        kv(random_values(static_cast<std::size_t>(m.batch * m.length * m.kv_width()), seed + 1)),
+        rope(random_values(static_cast<std::size_t>(m.batch * m.length * m.rope), seed + 2)),
+        d_o(random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.v), seed + 3)),
+        gq(q),
+        gkv(kv),
+        grope(rope),
+        gdo(d_o) {}
+
+  attention_results run(attention_kernels forward, attention_kernels backward) {
+    device_array<float> go(d_o.size()),
+        glse(static_cast<std::size_t>(m.batch * m.heads * m.length)), gdq(q.size()),
+        gdkv(kv.size()), gdrope(static_cast<std::size_t>(m.batch * m.heads * m.length * m.rope)),
+        scratch(static_cast<std::size_t>(gpu::attention_backward_scratch(problem)));
+    const gpu::attention_result d_rope_out{gdrope.data(), m.heads * m.length * m.rope,
+                                           m.length * m.rope, m.rope};
+    // The own BF16 kernels' staging: the caller's for the forward, their own for the backward;
+    // cuDNN's the caller's for both.
+    device_array<std::uint16_t> staging(gpu::attention_bf16_staging_bytes(problem, false) / 2);
+    const bool cudnn = forward == attention_kernels::cudnn || backward == attention_kernels::cudnn;
+    const std::size_t cudnn_bytes =
+        cudnn ? std::max(gpu::attention_cudnn_staging_bytes(problem, false),
+                         gpu::attention_cudnn_staging_bytes(problem, true))
+              : 0;
+    device_array<std::uint16_t> cudnn_staging((cudnn_bytes + 1) / 2);
+    const auto qo = m.q(gq.data()), ko = m.k(gkv.data()), ro = m.key_rope(grope.data()),
+               vo = m.values(gkv.data()), oo = m.o(go.data()), doo = m.o(gdo.data());
+    const auto o_out = mla_attention::out(oo), dq_out = mla_attention::out(m.q(gdq.data())),
+               dk_out = mla_attention::out(m.k(gdkv.data())),
+               dv_out = mla_attention::out(m.values(gdkv.data()));
+    if (forward == attention_kernels::fp32)
+      gpu::attention_forward(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr);
+    else if (forward == attention_kernels::own_bf16)
+      gpu::attention_forward_bf16(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr,
+                                  staging.data());
+    else
+      gpu::attention_forward_cudnn(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr,
+                                   cudnn_staging.data());
+    if (backward == attention_kernels::fp32)
+      gpu::attention_backward(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
+                              d_rope_out, dv_out, scratch.data(), nullptr);
+    else if (backward == attention_kernels::own_bf16)
+      gpu::attention_backward_bf16(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
+                                   d_rope_out, dv_out, scratch.data(), nullptr);
+    else
+      gpu::attention_backward_cudnn(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
+                                    d_rope_out, dv_out, nullptr, cudnn_staging.data());
+    return {go.get(), glse.get(), gdq.get(), gdkv.get(), gdrope.get()};
+  }
+
+  mla_attention m;
+  gpu::attention_problem problem;
+  std::vector<float> q, kv, rope, d_o;
+  device_array<float> gq, gkv, grope, gdo;
+};
+
+/// f(what, relative error of `low` to `exact`) for each result.
+template <class F>
+void for_each_error(const attention_results& low, const attention_results& exact, F&& f) {
+  const std::pair<const char*, std::pair<const std::vector<float>*, const std::vector<float>*>>
+      pairs[] = {{"o", {&low.o, &exact.o}},
+                 {"lse", {&low.lse, &exact.lse}},
+                 {"dq", {&low.dq, &exact.dq}},
+                 {"dk_nope, dv", {&low.dkv, &exact.dkv}},
+                 {"d rope key (per head)", {&low.d_rope, &exact.d_rope}}};
+  for (const auto& [what, values] : pairs) f(what, relative_error(*values.first, *values.second));
+}
+
 // model.precision = "bf16": the tensor-core flash attention against the FP32 kernels (checked
 // against the CPU above), forward and backward, within BF16's bound (operands rounded to 8 bits
 // of mantissa: relative errors of a few 1e-3), and farther from them than FP32 reordering gets,
@@ -707,62 +788,15 @@ TEST(CudaOps, Bf16FlashAttentionIsWithinBf16OfFp32) {
                                 {2, 150, 4, 64, 32, 64},
                                 {1, 70, 2, 16, 16, 16},
                                 {1, 130, 2, 32, 16, 24}}) {
-    const auto problem = m.problem();
-    const bool tensor_cores = gpu::attention_bf16_supported(problem);
-    const auto q =
-        random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.qk()), 50);
-    const auto kv = random_values(static_cast<std::size_t>(m.batch * m.length * m.kv_width()), 51);
-    const auto rope = random_values(static_cast<std::size_t>(m.batch * m.length * m.rope), 52);
-    const auto d_o =
-        random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.v), 53);
-    device_array<float> gq(q), gkv(kv), grope(rope), gdo(d_o);
-    struct results {
-      std::vector<float> o, lse, dq, dkv, d_rope;
-    };
-    auto run = [&](bool bf16) {
-      device_array<float> go(d_o.size()),
-          glse(static_cast<std::size_t>(m.batch * m.heads * m.length)), gdq(q.size()),
-          gdkv(kv.size()), gdrope(static_cast<std::size_t>(m.batch * m.heads * m.length * m.rope)),
-          scratch(static_cast<std::size_t>(gpu::attention_backward_scratch(problem)));
-      const gpu::attention_result d_rope_out{gdrope.data(), m.heads * m.length * m.rope,
-                                             m.length * m.rope, m.rope};
-      // The BF16 kernels' staging: the caller's for the forward, their own for the backward.
-      device_array<std::uint16_t> staging(gpu::attention_bf16_staging_bytes(problem, false) / 2);
-      if (bf16) {
-        gpu::attention_forward_bf16(problem, m.q(gq.data()), m.k(gkv.data()),
-                                    m.key_rope(grope.data()), m.values(gkv.data()),
-                                    mla_attention::out(m.o(go.data())), glse.data(), nullptr,
-                                    staging.data());
-        gpu::attention_backward_bf16(
-            problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()),
-            m.values(gkv.data()), m.o(go.data()), m.o(gdo.data()), glse.data(),
-            mla_attention::out(m.q(gdq.data())), mla_attention::out(m.k(gdkv.data())), d_rope_out,
-            mla_attention::out(m.values(gdkv.data())), scratch.data(), nullptr);
-      } else {
-        gpu::attention_forward(problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()),
-                               m.values(gkv.data()), mla_attention::out(m.o(go.data())),
-                               glse.data(), nullptr);
-        gpu::attention_backward(problem, m.q(gq.data()), m.k(gkv.data()), m.key_rope(grope.data()),
-                                m.values(gkv.data()), m.o(go.data()), m.o(gdo.data()), glse.data(),
-                                mla_attention::out(m.q(gdq.data())),
-                                mla_attention::out(m.k(gdkv.data())), d_rope_out,
-                                mla_attention::out(m.values(gdkv.data())), scratch.data(), nullptr);
-      }
-      return results{go.get(), glse.get(), gdq.get(), gdkv.get(), gdrope.get()};
-    };
-    const results exact = run(false), low = run(true);
+    attention_case c(m, 50);
+    const bool tensor_cores = gpu::attention_bf16_supported(c.problem);
+    const attention_results exact = c.run(attention_kernels::fp32, attention_kernels::fp32),
+                            low = c.run(attention_kernels::own_bf16, attention_kernels::own_bf16);
     std::printf("[ bf16 attention qk %lld v %lld, length %lld ] %s\n",
                 static_cast<long long>(m.qk()), static_cast<long long>(m.v),
                 static_cast<long long>(m.length),
                 tensor_cores ? "tensor cores" : "no BF16 kernel for this size: the FP32 one");
-    const std::pair<const char*, std::pair<const std::vector<float>*, const std::vector<float>*>>
-        pairs[] = {{"o", {&low.o, &exact.o}},
-                   {"lse", {&low.lse, &exact.lse}},
-                   {"dq", {&low.dq, &exact.dq}},
-                   {"dk_nope, dv", {&low.dkv, &exact.dkv}},
-                   {"d rope key (per head)", {&low.d_rope, &exact.d_rope}}};
-    for (const auto& [what, values] : pairs) {
-      const double error = relative_error(*values.first, *values.second);
+    for_each_error(low, exact, [&](const char* what, double error) {
       std::printf("[ bf16 attention %s ] relative error to FP32 %.3g\n", what, error);
       if (tensor_cores) {
         EXPECT_LT(error, 2e-2) << what;
@@ -770,7 +804,7 @@ TEST(CudaOps, Bf16FlashAttentionIsWithinBf16OfFp32) {
       } else {
         EXPECT_EQ(error, 0.0) << what;
       }
-    }
+    });
   }
 }
 
@@ -781,76 +815,25 @@ TEST(CudaOps, Bf16FlashAttentionIsWithinBf16OfFp32) {
 TEST(CudaOps, CudnnAttentionIsWithinBf16OfFp32AndSharesTheLse) {
   TROUPE_SKIP_WITHOUT_GPU();
   for (const mla_attention m : {mla_attention{2, 300, 4, 64, 32, 64}, {2, 257, 3, 128, 64, 128}}) {
-    const auto problem = m.problem();
-    if (!gpu::attention_cudnn_supported(problem, false) ||
-        !gpu::attention_cudnn_supported(problem, true))
+    if (!gpu::attention_cudnn_supported(m.problem(), false) ||
+        !gpu::attention_cudnn_supported(m.problem(), true))
       GTEST_SKIP() << "cuDNN's fused attention does not run qk " << m.qk() << " / v " << m.v
                    << " here (a build without the cuDNN frontend, no libcudnn.so.9 on the "
                       "library path, or TROUPE_ATTENTION=own; stderr says which)";
-    const auto q =
-        random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.qk()), 54);
-    const auto kv = random_values(static_cast<std::size_t>(m.batch * m.length * m.kv_width()), 55);
-    const auto rope = random_values(static_cast<std::size_t>(m.batch * m.length * m.rope), 56);
-    const auto d_o =
-        random_values(static_cast<std::size_t>(m.batch * m.length * m.heads * m.v), 57);
-    device_array<float> gq(q), gkv(kv), grope(rope), gdo(d_o);
-    struct results {
-      std::vector<float> o, lse, dq, dkv, d_rope;
-    };
-    enum class kernels { fp32, own_bf16, cudnn };
-    // forward by one, backward by another (over the forward's o and lse).
-    auto run = [&](kernels forward, kernels backward) {
-      device_array<float> go(d_o.size()),
-          glse(static_cast<std::size_t>(m.batch * m.heads * m.length)), gdq(q.size()),
-          gdkv(kv.size()), gdrope(static_cast<std::size_t>(m.batch * m.heads * m.length * m.rope)),
-          scratch(static_cast<std::size_t>(gpu::attention_backward_scratch(problem)));
-      const gpu::attention_result d_rope_out{gdrope.data(), m.heads * m.length * m.rope,
-                                             m.length * m.rope, m.rope};
-      const std::size_t bytes = std::max(gpu::attention_cudnn_staging_bytes(problem, false),
-                                         gpu::attention_cudnn_staging_bytes(problem, true));
-      device_array<std::uint16_t> staging((bytes + 1) / 2);
-      const auto qo = m.q(gq.data()), ko = m.k(gkv.data()), ro = m.key_rope(grope.data()),
-                 vo = m.values(gkv.data()), oo = m.o(go.data()), doo = m.o(gdo.data());
-      const auto o_out = mla_attention::out(oo), dq_out = mla_attention::out(m.q(gdq.data())),
-                 dk_out = mla_attention::out(m.k(gdkv.data())),
-                 dv_out = mla_attention::out(m.values(gdkv.data()));
-      if (forward == kernels::fp32)
-        gpu::attention_forward(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr);
-      else if (forward == kernels::own_bf16)
-        gpu::attention_forward_bf16(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr);
-      else
-        gpu::attention_forward_cudnn(problem, qo, ko, ro, vo, o_out, glse.data(), nullptr,
-                                     staging.data());
-      if (backward == kernels::fp32)
-        gpu::attention_backward(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
-                                d_rope_out, dv_out, scratch.data(), nullptr);
-      else if (backward == kernels::own_bf16)
-        gpu::attention_backward_bf16(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
-                                     d_rope_out, dv_out, scratch.data(), nullptr);
-      else
-        gpu::attention_backward_cudnn(problem, qo, ko, ro, vo, oo, doo, glse.data(), dq_out, dk_out,
-                                      d_rope_out, dv_out, nullptr, staging.data());
-      return results{go.get(), glse.get(), gdq.get(), gdkv.get(), gdrope.get()};
-    };
-    const results exact = run(kernels::fp32, kernels::fp32);
+    attention_case c(m, 54);
+    const attention_results exact = c.run(attention_kernels::fp32, attention_kernels::fp32);
     for (const auto& [name, forward, backward] :
-         {std::tuple{"cuDNN", kernels::cudnn, kernels::cudnn},
-          std::tuple{"cuDNN forward, own backward", kernels::cudnn, kernels::own_bf16},
-          std::tuple{"own forward, cuDNN backward", kernels::own_bf16, kernels::cudnn}}) {
-      const results low = run(forward, backward);
-      const std::pair<const char*, std::pair<const std::vector<float>*, const std::vector<float>*>>
-          pairs[] = {{"o", {&low.o, &exact.o}},
-                     {"lse", {&low.lse, &exact.lse}},
-                     {"dq", {&low.dq, &exact.dq}},
-                     {"dk_nope, dv", {&low.dkv, &exact.dkv}},
-                     {"d rope key (per head)", {&low.d_rope, &exact.d_rope}}};
-      for (const auto& [what, values] : pairs) {
-        const double error = relative_error(*values.first, *values.second);
+         {std::tuple{"cuDNN", attention_kernels::cudnn, attention_kernels::cudnn},
+          std::tuple{"cuDNN forward, own backward", attention_kernels::cudnn,
+                     attention_kernels::own_bf16},
+          std::tuple{"own forward, cuDNN backward", attention_kernels::own_bf16,
+                     attention_kernels::cudnn}}) {
+      for_each_error(c.run(forward, backward), exact, [&](const char* what, double error) {
         std::printf("[ %s attention qk %lld v %lld: %s ] relative error to FP32 %.3g\n", name,
                     static_cast<long long>(m.qk()), static_cast<long long>(m.v), what, error);
         EXPECT_LT(error, 2e-2) << name << ": " << what;
         EXPECT_GT(error, 1e-6) << name << ": " << what;
-      }
+      });
     }
   }
 }

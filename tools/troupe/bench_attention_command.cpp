@@ -87,11 +87,11 @@ int bench_attention(const attention_bench_options& o) {
     else
       kc::attention_forward(p, qo, ko, ro, vo, out_r, lse.data_as<float>(), stream.native());
   };
+  const kc::attention_result dq_r = result(dq, 0, o.length * q_width, o.qk, q_width),
+                             dk_r = result(d_kv, 0, o.length * kv_width, nope + o.v, kv_width),
+                             dr_r = result(d_rope, 0, o.length * o.rope, tokens * o.rope, o.rope),
+                             dv_r = result(d_kv, nope, o.length * kv_width, nope + o.v, kv_width);
   const auto backward = [&] {
-    const kc::attention_result dq_r = result(dq, 0, o.length * q_width, o.qk, q_width),
-                               dk_r = result(d_kv, 0, o.length * kv_width, nope + o.v, kv_width),
-                               dr_r = result(d_rope, 0, o.length * o.rope, tokens * o.rope, o.rope),
-                               dv_r = result(d_kv, nope, o.length * kv_width, nope + o.v, kv_width);
     if (bf16)
       kc::attention_backward_bf16(p, qo, ko, ro, vo, oo, doo, lse.data_as<const float>(), dq_r,
                                   dk_r, dr_r, dv_r, scratch.data_as<float>(), stream.native());
@@ -108,10 +108,6 @@ int bench_attention(const attention_bench_options& o) {
     const std::size_t bytes = std::max(kc::attention_cudnn_staging_bytes(p, false),
                                        kc::attention_cudnn_staging_bytes(p, true));
     tensor staging = tensor::empty(dtype::u8, {static_cast<std::int64_t>(bytes)}, where);
-    const kc::attention_result dq_r = result(dq, 0, o.length * q_width, o.qk, q_width),
-                               dk_r = result(d_kv, 0, o.length * kv_width, nope + o.v, kv_width),
-                               dr_r = result(d_rope, 0, o.length * o.rope, tokens * o.rope, o.rope),
-                               dv_r = result(d_kv, nope, o.length * kv_width, nope + o.v, kv_width);
     cudnn_forward_ms = event_times_ms(stream, o.iterations, [&] {
       kc::attention_forward_cudnn(p, qo, ko, ro, vo, out_r, lse.data_as<float>(), stream.native(),
                                   staging.data());

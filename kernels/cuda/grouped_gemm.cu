@@ -148,16 +148,14 @@ bool wgmma_available() {
 }
 
 /// Whether pass `p` of the BF16 math takes the wgmma kernels.
-bool use_wgmma(pass p, const arguments& args) {
+bool use_wgmma(pass p) {
   const grouped_gemm_kernels choice = chosen_kernels.load(std::memory_order_relaxed);
   if (choice != grouped_gemm_kernels::automatic) return choice == grouped_gemm_kernels::wgmma;
-  // NOTES: per pass, by `troupe bench experts` on the H200 (docs/benchmarks.md): Fprop is faster
-  // on wgmma, and so is Dgrad when the caller keeps a transposed BF16 copy of the weights; Wgrad
-  // (and Dgrad without that copy) reads an operand transposed, which the wgmma kernels would stage
-  // as a transposed copy on every call: those stay on mma.sync, which reads both layouts through
-  // ldmatrix.
-  if (p == pass::wgrad || (p == pass::dgrad && args.weights.rounded_transposed == nullptr))
-    return false;
+  // NOTES: per pass, by `troupe bench experts` on the H200 (docs/benchmarks.md): Fprop and Dgrad
+  // are faster on wgmma; Wgrad is not (medium gate+up 2.45 ms against mma.sync's 2.08: it is
+  // bound by adding the FP32 weight gradients, which the wgmma kernel's shorter pipeline overlaps
+  // less), so it stays on mma.sync.
+  if (p == pass::wgrad) return false;
   return wgmma_available();
 }
 
@@ -167,7 +165,7 @@ std::size_t tensor_core_staging_bytes(const grouped_rows& rows, std::int64_t n, 
 }
 
 void launch_tensor_cores(pass p, const arguments& args, void* stream, void* staging) {
-  if (use_wgmma(p, args)) return launch_wgmma(p, args, stream, staging);
+  if (use_wgmma(p)) return launch_wgmma(p, args, stream, staging);
   launch_bf16(p, args, stream, staging);
 }
 
@@ -188,25 +186,6 @@ void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64
           "stacked weights need an even n");
   if (n == 0 || k == 0) return;
   round_weights(weights, groups, n, k, out, stream);
-}
-
-std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::int64_t n,
-                                                    std::int64_t k) {
-  return rounded_transposed_weights_bytes(groups, n, k);
-}
-
-void round_expert_weights_transposed(weight_tables weights, std::int64_t groups, std::int64_t n,
-                                     std::int64_t k, void* out, void* stream, void* plain) {
-  require(groups > 0 && n >= 0 && k >= 0, "round_expert_weights_transposed", "bad shape");
-  require(weights.second == nullptr || n % 2 == 0, "round_expert_weights_transposed",
-          "stacked weights need an even n");
-  if (n == 0 || k == 0) return;
-  round_weights_transposed(weights, groups, n, k, out, stream, plain);
-}
-
-bool grouped_dgrad_reads_transposed_weights() {
-  return chosen_kernels.load(std::memory_order_relaxed) != grouped_gemm_kernels::mma_sync &&
-         wgmma_available();
 }
 
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,

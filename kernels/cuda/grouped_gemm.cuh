@@ -135,20 +135,15 @@ inline unsigned row_tiles(const grouped_rows& rows) {
 /// (bf16_staging_bytes), then the products. Both weight tables are handled there.
 void launch_bf16(pass p, const arguments& args, void* stream, void* staging);
 std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k);
-/// The weights rounded once into [G * n, padded(k)] BF16, the layout both kernels' Fprop read.
+/// The weights rounded once into [G * n, padded(k)] BF16, the layout every pass of both kernels
+/// reads.
 std::size_t rounded_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
 void round_weights(const weight_tables& weights, std::int64_t groups, std::int64_t n,
                    std::int64_t k, void* out, void* stream);
 
-/// The same on Hopper's wgmma (grouped_gemm_wgmma.cu, built for sm_90a), its operands staged
-/// K-major.
+/// The same on Hopper's wgmma (grouped_gemm_wgmma.cu, built for sm_90a), from the same staging
+/// layouts (each operand read K-major or MN-major as it lies).
 void launch_wgmma(pass p, const arguments& args, void* stream, void* staging);
 std::size_t wgmma_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k);
-/// The weights rounded once and transposed into [G * k, padded(n)] BF16, what the wgmma Dgrad
-/// reads.
-std::size_t rounded_transposed_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
-/// With `plain`, the round_weights copy in the same pass.
-void round_weights_transposed(const weight_tables& weights, std::int64_t groups, std::int64_t n,
-                              std::int64_t k, void* out, void* stream, void* plain = nullptr);
 
 }  // namespace troupe::kernels::cuda::grouped

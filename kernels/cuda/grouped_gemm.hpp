@@ -32,40 +32,26 @@ struct grouped_rows {
 };
 
 /// Per-expert weights: one table of [n, k] matrices, or two of [n/2, k] stacked (first above).
-/// `rounded`, when set, is their BF16 copy from round_expert_weights, and `rounded_transposed`
-/// the transposed one from round_expert_weights_transposed (both of the tables' current values):
-/// the BF16 math reads them instead of rounding the tables on every call.
+/// `rounded`, when set, is their BF16 copy from round_expert_weights (of the tables' current
+/// values): the BF16 math reads it instead of rounding the tables on every call.
 struct weight_tables {
   weight_tables(const float* const* first_table, const float* const* second_table = nullptr,
-                const void* rounded_copy = nullptr, const void* rounded_transposed_copy = nullptr)
-      : first(first_table),
-        second(second_table),
-        rounded(rounded_copy),
-        rounded_transposed(rounded_transposed_copy) {}
+                const void* rounded_copy = nullptr)
+      : first(first_table), second(second_table), rounded(rounded_copy) {}
   const float* const* first;
   const float* const* second;
   const void* rounded;
-  const void* rounded_transposed;
 };
 
 /// Bytes of the BF16 copy of `groups` experts' [n, k] weights (stacked [groups * n, k] with rows
-/// padded to 8 elements), and of the transposed copy ([groups * k, n], rows padded alike).
+/// padded to 8 elements).
 std::size_t rounded_expert_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
-std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::int64_t n,
-                                                    std::int64_t k);
 
 /// Rounds the weights to BF16 into `out` (rounded_expert_weights_bytes of device memory), on
-/// `stream`; the copies in `weights` are ignored.
+/// `stream`; the copy in `weights` is ignored. Every pass of the BF16 math reads this one layout
+/// (Hopper's Dgrad reads it MN-major: no transposed copy).
 void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64_t n,
                           std::int64_t k, void* out, void* stream);
-/// The same transposed (rounded_expert_weights_transposed_bytes): what the wgmma Dgrad reads;
-/// with `plain`, round_expert_weights' copy too, from one read of the f32 weights.
-void round_expert_weights_transposed(weight_tables weights, std::int64_t groups, std::int64_t n,
-                                     std::int64_t k, void* out, void* stream,
-                                     void* plain = nullptr);
-/// Whether the BF16 Dgrad on the current device reads a transposed copy when it is given one
-/// (Hopper's wgmma kernels); elsewhere only the plain copy is read.
-bool grouped_dgrad_reads_transposed_weights();
 
 /// Their gradients, in the same arrangement.
 struct gradient_tables {

@@ -14,20 +14,22 @@ namespace {
 
 // NOTES: the grouped GEMMs of the "bf16" precision on Hopper's warpgroup products (wgmma). As the
 // mma.sync kernels (grouped_gemm_bf16.cu), the operands are first rounded to BF16 into a staging
-// buffer; here every operand is staged K-major (the reduction contiguous), because wgmma reads
-// that layout with one descriptor form for A and B alike:
-//   Fprop  A = x rows gathered [R, kp]          B = W [G * n, kp]
-//   Dgrad  A = dy [R, np]                       B = W^T per expert [G * k, np]
-//   Wgrad  A = dy^T [n, Rp]                     B = x^T (gathered) [k, Rp]
-// Wgrad's transposed token dimension gives each expert a segment starting at a multiple of 8
-// (16 bytes) and padded with zeros to one, so a 16-byte piece never mixes two experts' tokens.
+// buffer, in the same row-major layouts; each operand then lands in shared memory in the layout
+// its global memory is contiguous in, K-major (the reduction contiguous) or MN-major (wgmma's
+// transpose flag, which BF16 allows):
+//   Fprop  A = x rows gathered [R, kp], K-major     B = W [G * n, kp], K-major
+//   Dgrad  A = dy [R, np], K-major                   B = W [G * n, kp], MN-major
+//   Wgrad  A = dy [R, np], MN-major (dW rows)        B = x rows gathered [R, kp], MN-major
+// so no pass needs a transposed copy of an operand. (Until the fourteenth session Dgrad read a
+// transposed BF16 copy of the weights, made once per optimizer step: 13 GB on the medium config,
+// and 0.65 ms per layer and step to make, for a Dgrad 6% faster than the MN-major one.)
 //
 // A block of two warpgroups owns a 128 x 128 output tile, each warpgroup 64 x 128 of it
-// (m64n128k16, 64 accumulators per thread). Slabs of 64 along the reduction (one 128-byte
-// swizzled line per row) stream through three shared-memory stages with cp.async, two slabs in
-// flight while the third is multiplied; 96 KB per block, so two blocks share a multiprocessor and
-// one's products hide the other's waits and epilogue. Tiles, the Wgrad chunks and the atomics are
-// the mma.sync kernels' (grouped_gemm.cuh's scheduler).
+// (m64n128k16, 64 accumulators per thread). Slabs of 64 along the reduction (16 KB per operand)
+// stream through three shared-memory stages with cp.async, two slabs in flight while the third is
+// multiplied; 96 KB per block, so two blocks share a multiprocessor and one's products hide the
+// other's waits and epilogue. Tiles, the Wgrad chunks and the atomics are the mma.sync kernels'
+// (grouped_gemm.cuh's scheduler).
 using mma::bf16;
 
 constexpr int rows = 128;  // output rows per block
@@ -40,181 +42,97 @@ constexpr int copies = rows * depth_step / 8 / threads;
 constexpr std::size_t shared_bytes = 2 * stages * tile_bytes + wgmma::period_bytes;
 constexpr int wgrad_chunk = 1024;
 static_assert(rows == cols && tile_bytes % wgmma::period_bytes == 0);
+// An MN-major slab: 64-wide atoms along the 128 rows (or columns), 1024 bytes apart; groups of 8
+// depths (two atoms each) 2048 bytes apart.
+constexpr std::uint32_t mn_atom_bytes = wgmma::period_bytes;
+constexpr std::uint32_t k_group_bytes = rows / 64 * mn_atom_bytes;
 
-/// The most columns Wgrad's transposed token dimension can need: every expert padded by up to 7.
-std::int64_t padded_tokens(const grouped_rows& rows) {
-  return padded(rows.rows + 7 * rows.groups);
-}
-
-/// Elements (BF16) that hold the padded segment starts, (groups + 1) int64, 16-byte aligned.
-std::int64_t segment_table_elements(std::int64_t groups) {
-  return padded((groups + 1) * 4);
-}
-
-/// The K-major operands in the staging buffer; `segments` (Wgrad) the experts' padded starts.
+/// The operands in the staging buffer (or the caller's rounded weights).
 struct staged {
   const bf16* a;
   std::int64_t lda;
   const bf16* b;
   std::int64_t ldb;
-  const std::int64_t* segments;
 };
-
-// ---- staging ---------------------------------------------------------------------------------
-
-/// Column c of Wgrad's transposed operands: the token row it holds, or -1 for a padding column.
-struct token_columns {
-  grouped_rows rows;
-  const std::int64_t* segments;  // [groups + 1] padded starts
-  gathered_rows source;
-  __device__ const float* row(std::int64_t, std::int64_t c) const {
-    if (c >= segments[rows.groups]) return nullptr;
-    std::int64_t low = 0, high = rows.groups;  // segments[low] <= c < segments[high]
-    while (high - low > 1) {
-      const std::int64_t middle = (low + high) / 2;
-      (segments[middle] <= c ? low : high) = middle;
-    }
-    const std::int64_t within = c - segments[low];
-    if (within >= rows.offsets[low + 1] - rows.offsets[low]) return nullptr;
-    return source.row(rows.offsets[low] + within);
-  }
-};
-
-/// Column c of expert z's W^T: row c of W_z, or none past n.
-struct weight_columns {
-  weight_rows weights;
-  __device__ const float* row(std::int64_t z, std::int64_t c) const {
-    return c < weights.n ? weights.row(z * weights.n + c) : nullptr;
-  }
-};
-
-/// Where round_transposed_kernel also writes its tiles untransposed: `rows` rows of `ld` (a
-/// multiple of 8) per matrix, `stride` apart; out null: nowhere.
-struct plain_copy {
-  bf16* out = nullptr;
-  std::int64_t rows = 0, ld = 0, stride = 0;
-};
-
-/// out[z][d][c] = BF16 of columns.row(z, c)[d] (0 where the column has no row) for d < width,
-/// c < count; ld_out a multiple of 8. A block moves a 64 x 64 tile through shared memory: each
-/// column's row found once, 16-byte loads along d, 16-byte stores of 8 columns along c.
-template <class Columns>
-__global__ void __launch_bounds__(256)
-    round_transposed_kernel(Columns columns, std::int64_t count, std::int64_t width,
-                            std::int64_t ld_out, std::int64_t matrix_stride, bf16* out,
-                            plain_copy plain) {
-  __shared__ float tile[64][65];  // [c][d]
-  __shared__ const float* row_of[64];
-  const int tid = threadIdx.x;
-  const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.x) * 64,
-                     d0 = static_cast<std::int64_t>(blockIdx.y) * 64, z = blockIdx.z;
-  if (tid < 64) row_of[tid] = c0 + tid < count ? columns.row(z, c0 + tid) : nullptr;
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {  // 64 columns x 16 pieces of 4
-    const int piece = tid + 256 * i, c = piece / 16, d = piece % 16 * 4;
-    const float* in = row_of[c];
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (in != nullptr) {
-      in += d0 + d;
-      if (d0 + d + 4 <= width && reinterpret_cast<std::uintptr_t>(in) % 16 == 0) {
-        const float4 q = *reinterpret_cast<const float4*>(in);
-        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-      } else {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] = d0 + d + e < width ? in[e] : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int e = 0; e < 4; ++e) tile[c][d + e] = v[e];
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {  // 64 rows d x 8 pieces of 8 columns
-    const int piece = tid + 256 * i, d = piece / 8, c = piece % 8 * 8;
-    if (d0 + d >= width || c0 + c >= count) continue;
-    uint4 packed;
-    packed.x = mma::pack(tile[c][d], tile[c + 1][d]);
-    packed.y = mma::pack(tile[c + 2][d], tile[c + 3][d]);
-    packed.z = mma::pack(tile[c + 4][d], tile[c + 5][d]);
-    packed.w = mma::pack(tile[c + 6][d], tile[c + 7][d]);
-    bf16* to = out + z * matrix_stride + (d0 + d) * ld_out + c0 + c;
-    if (c0 + c + 8 <= count) {
-      *reinterpret_cast<uint4*>(to) = packed;
-    } else {
-      const bf16* parts = reinterpret_cast<const bf16*>(&packed);
-      for (int e = 0; c0 + c + e < count; ++e) to[e] = parts[e];
-    }
-  }
-  if (plain.out == nullptr) return;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {  // the same tile untransposed: 64 rows c x 8 pieces of 8 along d
-    const int piece = tid + 256 * i, c = piece / 8, d = piece % 8 * 8;
-    if (c0 + c >= plain.rows || d0 + d >= plain.ld) continue;
-    uint4 packed;
-    packed.x = mma::pack(tile[c][d], tile[c][d + 1]);
-    packed.y = mma::pack(tile[c][d + 2], tile[c][d + 3]);
-    packed.z = mma::pack(tile[c][d + 4], tile[c][d + 5]);
-    packed.w = mma::pack(tile[c][d + 6], tile[c][d + 7]);
-    *reinterpret_cast<uint4*>(plain.out + z * plain.stride + (c0 + c) * plain.ld + d0 + d) = packed;
-  }
-}
-
-template <class Columns>
-void round_transposed(const Columns& columns, std::int64_t matrices, std::int64_t count,
-                      std::int64_t width, std::int64_t ld_out, std::int64_t matrix_stride,
-                      bf16* out, cudaStream_t stream, plain_copy plain = {}) {
-  if (count == 0 || width == 0 || matrices == 0) return;
-  round_transposed_kernel<<<dim3(blocks_for(count, 64), blocks_for(width, 64),
-                                 static_cast<unsigned>(matrices)),
-                            256, 0, stream>>>(columns, count, width, ld_out, matrix_stride, out,
-                                              plain);
-  TROUPE_CUDA_LAUNCHED();
-}
-
-/// segments[g] = sum over the experts before g of their row counts rounded up to 8.
-__global__ void segment_starts_kernel(grouped_rows rows, std::int64_t* segments) {
-  std::int64_t at = 0;
-  for (std::int64_t g = 0; g < rows.groups; ++g) {
-    segments[g] = at;
-    at += padded(rows.offsets[g + 1] - rows.offsets[g]);
-  }
-  segments[rows.groups] = at;
-}
 
 // ---- the products ----------------------------------------------------------------------------
 
-/// The tile and what its copies need: output rows [m0, m_end), columns [n0, out_cols), reduction
-/// [0, depth) starting at column `r0` of the K-major operands, and B's first row.
+/// The tile and what its copies need: output rows [m0, m_end), columns [n0, out_cols), the
+/// reduction [0, depth) (Wgrad: token rows r_begin + [0, depth) of the staged operands), and B's
+/// first row.
 struct tile_work {
-  std::int64_t group, m0, m_end, depth, r0, n0, out_cols;
+  std::int64_t group, m0, m_end, depth, r_begin, n0, out_cols;
   const bf16* b;
 };
 
-/// Issues this thread's cp.async copies of slab k0 of A and B into one stage (swizzled lines).
-template <pass P>
-__device__ inline void copy_slab(const arguments& args, const staged& o, const tile_work& t,
-                                 std::int64_t k0, unsigned char* as, unsigned char* bs) {
+/// Issues this thread's cp.async copies of a K-major slab: rows outer0 + [0, 128) (those below
+/// outer_limit) of `base`, reduction columns k0 + [0, 64) (those below depth).
+__device__ inline void copy_k_major(unsigned char* to, const bf16* base, std::int64_t ld,
+                                    std::int64_t outer0, std::int64_t outer_limit, std::int64_t k0,
+                                    std::int64_t depth) {
 #pragma unroll
   for (int u = 0; u < copies; ++u) {
     const int l = static_cast<int>(threadIdx.x) + u * threads, i = l / 8, piece = l % 8;
-    const std::int64_t red = k0 + piece * 8;
-    const std::int64_t outer = t.m0 + i;
-    // Fprop and Dgrad: token rows of the expert; Wgrad: dW rows (n).
-    const bool valid = red < t.depth && (P == pass::wgrad ? outer < args.n : outer < t.m_end);
-    const std::int64_t at = outer * o.lda + t.r0 + red;
-    mma::copy16(reinterpret_cast<bf16*>(as + wgmma::swizzled(i, piece)), o.a + (valid ? at : 0),
-                valid);
+    const std::int64_t red = k0 + piece * 8, outer = outer0 + i;
+    const bool valid = red < depth && outer < outer_limit;
+    mma::copy16(reinterpret_cast<bf16*>(to + wgmma::swizzled(i, piece)),
+                base + (valid ? outer * ld + red : 0), valid);
   }
+}
+
+/// Byte offset of the 16-byte piece q (of 16: columns 8q..8q+7) of depth d in an MN-major slab.
+__device__ inline std::uint32_t mn_major_offset(int d, int q) {
+  return static_cast<std::uint32_t>(d / 8) * k_group_bytes +
+         static_cast<std::uint32_t>(q / 8) * mn_atom_bytes + wgmma::swizzled(d % 8, q % 8);
+}
+
+/// Issues this thread's cp.async copies of an MN-major slab: rows row0 + k0 + [0, 64) of `base`
+/// (those with k0 + d below depth), 128 contiguous elements from column outer0 (pieces starting
+/// below outer_limit; rows are padded to 8, so a piece that starts inside ends inside).
+__device__ inline void copy_mn_major(unsigned char* to, const bf16* base, std::int64_t ld,
+                                     std::int64_t row0, std::int64_t k0, std::int64_t depth,
+                                     std::int64_t outer0, std::int64_t outer_limit) {
 #pragma unroll
   for (int u = 0; u < copies; ++u) {
-    const int l = static_cast<int>(threadIdx.x) + u * threads, j = l / 8, piece = l % 8;
-    const std::int64_t red = k0 + piece * 8, col = t.n0 + j;
-    const bool valid = red < t.depth && col < t.out_cols;
-    const std::int64_t at = col * o.ldb + t.r0 + red;
-    mma::copy16(reinterpret_cast<bf16*>(bs + wgmma::swizzled(j, piece)), t.b + (valid ? at : 0),
-                valid);
+    const int l = static_cast<int>(threadIdx.x) + u * threads, d = l / 16, q = l % 16;
+    const std::int64_t red = k0 + d, outer = outer0 + q * 8;
+    const bool valid = red < depth && outer < outer_limit;
+    mma::copy16(reinterpret_cast<bf16*>(to + mn_major_offset(d, q)),
+                base + (valid ? (row0 + red) * ld + outer : 0), valid);
   }
+}
+
+/// Which operands of pass P are MN-major.
+template <pass P>
+constexpr bool a_mn_major = P == pass::wgrad;
+template <pass P>
+constexpr bool b_mn_major = P != pass::fprop;
+
+/// Issues this thread's copies of slab k0 of A and B into one stage.
+template <pass P>
+__device__ inline void copy_slab(const arguments& args, const staged& o, const tile_work& t,
+                                 std::int64_t k0, unsigned char* as, unsigned char* bs) {
+  if constexpr (P == pass::wgrad) {  // dy rows of the chunk, dW rows m0..; x rows, dW columns n0..
+    copy_mn_major(as, o.a, o.lda, t.r_begin, k0, t.depth, t.m0, args.n);
+    copy_mn_major(bs, o.b, o.ldb, t.r_begin, k0, t.depth, t.n0, args.k);
+  } else {
+    copy_k_major(as, o.a, o.lda, t.m0, t.m_end, k0, t.depth);
+    if constexpr (b_mn_major<P>)  // Dgrad from W [n, kp]: rows are the reduction, columns the
+                                  // output
+      copy_mn_major(bs, t.b, o.ldb, 0, k0, args.n, t.n0, t.out_cols);
+    else
+      copy_k_major(bs, t.b, o.ldb, t.n0, t.out_cols, k0, t.depth);
+  }
+}
+
+/// The descriptor of step kk (16 deep) of a slab at `base`, in the operand's layout.
+template <bool MnMajor>
+__device__ inline std::uint64_t step_descriptor(std::uint32_t base, int kk) {
+  if constexpr (MnMajor)
+    return wgmma::descriptor_mn_major(base + static_cast<std::uint32_t>(kk) * 2 * k_group_bytes,
+                                      mn_atom_bytes, k_group_bytes);
+  else
+    return wgmma::descriptor(base + static_cast<std::uint32_t>(kk) * 32);
 }
 
 template <pass P>
@@ -231,7 +149,6 @@ __global__ void __launch_bounds__(threads, 2) grouped_wgmma_kernel(arguments arg
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, group_of_warps = warp / 4;
 
   block_tile bt;
-  std::int64_t r0 = 0;
   if constexpr (P == pass::wgrad) {  // (k tile, n tile, chunk of an expert's tokens) from the grid
     if (tid == 0) find_tile<wgrad_chunk>(args.rows, blockIdx.z, tile_group, tile_first);
     __syncthreads();
@@ -242,18 +159,16 @@ __global__ void __launch_bounds__(threads, 2) grouped_wgmma_kernel(arguments arg
     bt.r_begin = tile_first;
     bt.depth =
         min(static_cast<std::int64_t>(wgrad_chunk), args.rows.offsets[tile_group + 1] - tile_first);
-    r0 = o.segments[tile_group] + (tile_first - args.rows.offsets[tile_group]);
   } else if (!block_tile_of<P, rows>(args, tile_group, tile_first, bt)) {
     return;
   } else {
     bt.depth = P == pass::fprop ? o.ldb : o.lda;  // the padded reduction
   }
   const std::int64_t out_cols = P == pass::fprop ? args.n : args.k;
-  const bf16* b = o.b;
-  if constexpr (P == pass::fprop) b += bt.group * args.n * o.ldb;
-  if constexpr (P == pass::dgrad) b += bt.group * args.k * o.ldb;
-  const tile_work t{bt.group, bt.m0, bt.m_end,
-                    bt.depth, r0,    static_cast<std::int64_t>(blockIdx.x) * cols,
+  const bf16* b = o.b;  // Fprop and Dgrad: this expert's weights
+  if constexpr (P != pass::wgrad) b += bt.group * args.n * o.ldb;
+  const tile_work t{bt.group, bt.m0,      bt.m_end,
+                    bt.depth, bt.r_begin, static_cast<std::int64_t>(blockIdx.x) * cols,
                     out_cols, b};
 
   float acc[64];
@@ -270,8 +185,10 @@ __global__ void __launch_bounds__(threads, 2) grouped_wgmma_kernel(arguments arg
       copy_slab<P>(args, o, t, s * depth_step, as + s * tile_bytes, bs + s * tile_bytes);
     mma::commit_copies();
   }
+  // This warpgroup's 64 rows of A: 64 lines further K-major, one atom further MN-major.
   const std::uint32_t a_base =
-      mma::shared_address(as) + static_cast<std::uint32_t>(group_of_warps * 64 * wgmma::line_bytes);
+      mma::shared_address(as) + static_cast<std::uint32_t>(group_of_warps) *
+                                    (a_mn_major<P> ? mn_atom_bytes : 64 * wgmma::line_bytes);
   const std::uint32_t b_base = mma::shared_address(bs);
   for (std::int64_t s = 0; s < slabs; ++s) {
     mma::wait_copies<stages - 2>();
@@ -289,8 +206,9 @@ __global__ void __launch_bounds__(threads, 2) grouped_wgmma_kernel(arguments arg
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < depth_step / 16; ++kk)
-      wgmma::m64n128k16(acc, wgmma::descriptor(a_base + stage_offset + kk * 32),
-                        wgmma::descriptor(b_base + stage_offset + kk * 32));
+      wgmma::m64n128k16<a_mn_major<P>, b_mn_major<P>>(
+          acc, step_descriptor<a_mn_major<P>>(a_base + stage_offset, kk),
+          step_descriptor<b_mn_major<P>>(b_base + stage_offset, kk));
     wgmma::commit();
     wgmma::wait<0>();
 #pragma unroll
@@ -322,25 +240,11 @@ void launch_products(const arguments& args, const staged& o, dim3 grid, cudaStre
 
 }  // namespace
 
-std::size_t rounded_transposed_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k) {
-  return static_cast<std::size_t>(groups * k * padded(n)) * sizeof(bf16);
-}
-
-void round_weights_transposed(const weight_tables& weights, std::int64_t groups, std::int64_t n,
-                              std::int64_t k, void* out, void* stream, void* plain) {
-  // NOTES: with `plain`, the untransposed copy comes from the same tiles: the f32 weights are read
-  // once for both (on the medium config 0.80 + 1.01 ms per layer as two passes).
-  const std::int64_t np = padded(n), kp = padded(k);
-  round_transposed(weight_columns{weight_rows{weights, n, k}}, groups, np, k, np, k * np,
-                   static_cast<bf16*>(out), as_stream(stream),
-                   plain_copy{static_cast<bf16*>(plain), n, kp, n * kp});
-}
-
 std::size_t wgmma_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
   const std::int64_t np = padded(n), kp = padded(k);
   const std::int64_t fprop = rows.rows * kp + rows.groups * n * kp;
-  const std::int64_t dgrad = rows.rows * np + rows.groups * k * np;
-  const std::int64_t wgrad = segment_table_elements(rows.groups) + (n + k) * padded_tokens(rows);
+  const std::int64_t dgrad = rows.rows * np + rows.groups * n * kp;
+  const std::int64_t wgrad = rows.rows * (np + kp);
   return static_cast<std::size_t>(std::max({fprop, dgrad, wgrad})) * sizeof(bf16);
 }
 
@@ -350,45 +254,35 @@ void launch_wgmma(pass p, const arguments& args, void* stream, void* staging) {
   const std::int64_t np = padded(args.n), kp = padded(args.k), rows_total = args.rows.rows;
   auto* first = static_cast<bf16*>(staging);
   const weight_rows weights{args.weights, args.n, args.k};
+  // The weights as BF16 [G * n, kp]: the caller's copy, or rounded into `space` now.
+  const auto plain_weights = [&](bf16* space) {
+    if (args.weights.rounded != nullptr) return static_cast<const bf16*>(args.weights.rounded);
+    round_rows(weights, args.rows.groups * args.n, args.k, kp, space, s);
+    return static_cast<const bf16*>(space);
+  };
+  const gathered_rows dy_rows{args.a, args.lda, nullptr, 1};
   switch (p) {
     case pass::fprop: {
-      const bf16* w = first + rows_total * kp;
-      if (args.weights.rounded != nullptr)
-        w = static_cast<const bf16*>(args.weights.rounded);
-      else
-        round_rows(weights, args.rows.groups * args.n, args.k, kp, first + rows_total * kp, s);
+      const bf16* w = plain_weights(first + rows_total * kp);
       round_rows(gathered_rows{args.a, args.lda, args.rows.source, args.rows.divisor}, rows_total,
                  args.k, kp, first, s);
-      launch_products<pass::fprop>(args, {first, kp, w, kp, nullptr},
+      launch_products<pass::fprop>(args, {first, kp, w, kp},
                                    dim3(blocks_for(args.n, cols), row_tiles<rows>(args.rows)), s);
       break;
     }
     case pass::dgrad: {
-      const bf16* wt = first + rows_total * np;
-      if (args.weights.rounded_transposed != nullptr)
-        wt = static_cast<const bf16*>(args.weights.rounded_transposed);
-      else
-        round_transposed(weight_columns{weights}, args.rows.groups, np, args.k, np, args.k * np,
-                         first + rows_total * np, s);
-      round_rows(gathered_rows{args.a, args.lda, nullptr, 1}, rows_total, args.n, np, first, s);
-      launch_products<pass::dgrad>(args, {first, np, wt, np, nullptr},
+      const bf16* w = plain_weights(first + rows_total * np);
+      round_rows(dy_rows, rows_total, args.n, np, first, s);
+      launch_products<pass::dgrad>(args, {first, np, w, kp},
                                    dim3(blocks_for(args.k, cols), row_tiles<rows>(args.rows)), s);
       break;
     }
     case pass::wgrad: {
-      auto* segments = reinterpret_cast<std::int64_t*>(first);
-      const std::int64_t tokens = padded_tokens(args.rows);
-      bf16* dyt = first + segment_table_elements(args.rows.groups);
-      bf16* xt = dyt + args.n * tokens;
-      segment_starts_kernel<<<1, 1, 0, s>>>(args.rows, segments);
-      TROUPE_CUDA_LAUNCHED();
-      round_transposed(token_columns{args.rows, segments, {args.a, args.lda, nullptr, 1}}, 1,
-                       tokens, args.n, tokens, 0, dyt, s);
-      round_transposed(
-          token_columns{
-              args.rows, segments, {args.b, args.ldb, args.rows.source, args.rows.divisor}},
-          1, tokens, args.k, tokens, 0, xt, s);
-      launch_products<pass::wgrad>(args, {dyt, tokens, xt, tokens, segments},
+      bf16* inputs = first + rows_total * np;
+      round_rows(dy_rows, rows_total, args.n, np, first, s);
+      round_rows(gathered_rows{args.b, args.ldb, args.rows.source, args.rows.divisor}, rows_total,
+                 args.k, kp, inputs, s);
+      launch_products<pass::wgrad>(args, {first, np, inputs, kp},
                                    dim3(blocks_for(args.k, cols), blocks_for(args.n, rows),
                                         row_tiles<wgrad_chunk>(args.rows)),
                                    s);

@@ -4,11 +4,18 @@
 // fences around an asynchronous group of products, and m64n128k16 with BF16 operands and FP32
 // accumulation. Internal to kernels/cuda; only files built for sm_90a include it.
 //
-// Operands live in shared memory "K-major with the 128-byte swizzle": a tile of R rows x 64 BF16
-// (one 128-byte line per row), the 16-byte piece c of row r stored at piece c ^ (r % 8) of its
-// line, every 8 rows (1024 bytes, the swizzle's period) one after another, the tile 1024-byte
-// aligned. A product of depth 16 reads 32 bytes of each line: its descriptor starts 32 bytes
-// further per step along K (the hardware applies the swizzle to the address it forms).
+// Operands live in shared memory with the 128-byte swizzle, in one of two layouts:
+//  - K-major (the reduction contiguous): a tile of R rows x 64 BF16 (one 128-byte line per row),
+//    the 16-byte piece c of row r stored at piece c ^ (r % 8) of its line, every 8 rows (1024
+//    bytes, the swizzle's period) one after another, the tile 1024-byte aligned. A product of
+//    depth 16 reads 32 bytes of each line: its descriptor starts 32 bytes further per step along K
+//    (the hardware applies the swizzle to the address it forms).
+//  - MN-major (the rows or columns contiguous; the instruction's transpose flag set, which BF16
+//    allows): a line holds 64 consecutive rows (or columns) at one depth, swizzled alike (piece c
+//    of depth d at piece c ^ (d % 8)); 8 depths make a 1024-byte atom. Atoms along MN are
+//    mn_atom_stride apart (the descriptor's leading byte offset, which the transpose routes to MN)
+//    and groups of 8 depths k_group_stride apart (the stride byte offset, routed to K); a product
+//    of depth 16 starts two groups further per step.
 //
 // Accumulator layout of m64nNk16 (PTX ISA, "Register Fragments and Shared Memory Matrix Layouts",
 // the D matrix): warp w of the warpgroup holds rows 16w..16w+15; lane t holds, for each 8-column
@@ -35,6 +42,19 @@ __device__ inline std::uint32_t swizzled(int row, int piece) {
 __device__ inline std::uint64_t descriptor(std::uint32_t address) {
   return (static_cast<std::uint64_t>((address & 0x3FFFF) >> 4)) |
          (static_cast<std::uint64_t>(period_bytes >> 4) << 32) | (std::uint64_t{1} << 62);
+}
+
+/// The descriptor of an MN-major tile whose 64-wide atoms along MN are `mn_atom_stride` bytes
+/// apart and whose groups of 8 depths are `k_group_stride` apart (both multiples of 1024; the
+/// start 1024-byte aligned): leading byte offset (MN) in bits 16-29, stride byte offset (K) in
+/// bits 32-45, swizzle mode 1 (128 bytes).
+__device__ inline std::uint64_t descriptor_mn_major(std::uint32_t address,
+                                                    std::uint32_t mn_atom_stride,
+                                                    std::uint32_t k_group_stride) {
+  return (static_cast<std::uint64_t>((address & 0x3FFFF) >> 4)) |
+         (static_cast<std::uint64_t>((mn_atom_stride & 0x3FFFF) >> 4) << 16) |
+         (static_cast<std::uint64_t>((k_group_stride & 0x3FFFF) >> 4) << 32) |
+         (std::uint64_t{1} << 62);
 }
 
 /// Orders this thread's earlier register and shared-memory accesses before the next wgmma.
@@ -66,7 +86,9 @@ __device__ inline void hold(float& r) {
 }
 
 /// d[64 x 128] += A[64 x 16] B[128 x 16]^T, both from shared memory (descriptors), FP32
-/// accumulation, asynchronous: the result is there after commit() and wait<0>().
+/// accumulation, asynchronous: the result is there after commit() and wait<0>(). `MnMajorA` and
+/// `MnMajorB` say which operands are stored MN-major (the instruction's transpose flags).
+template <bool MnMajorA = false, bool MnMajorB = false>
 __device__ inline void m64n128k16(float (&d)[64], std::uint64_t a, std::uint64_t b) {
   asm volatile(
       "{\n"
@@ -79,7 +101,7 @@ __device__ inline void m64n128k16(float (&d)[64], std::uint64_t a, std::uint64_t
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63 "
       "}, "
-      "%64, %65, accumulate, 1, 1, 0, 0;\n"
+      "%64, %65, accumulate, 1, 1, %67, %68;\n"
       "}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
@@ -91,7 +113,7 @@ __device__ inline void m64n128k16(float (&d)[64], std::uint64_t a, std::uint64_t
         "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
         "+f"(d[63])
-      : "l"(a), "l"(b), "r"(1));
+      : "l"(a), "l"(b), "r"(1), "n"(MnMajorA ? 1 : 0), "n"(MnMajorB ? 1 : 0));
 }
 
 }  // namespace troupe::kernels::cuda::wgmma

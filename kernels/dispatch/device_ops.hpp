@@ -290,29 +290,20 @@ struct grouped_rows {
 /// expert through the provider.
 bool grouped_expert_gemms(const troupe_exec_context* context);
 /// Per-expert weights as device arrays of pointers: one table of [n, k] matrices, or two of
-/// [n/2, k] stacked into one [n, k] (gate above up: both projections in one GEMM). `rounded` and
-/// `rounded_transposed`: their BF16 copies from round_expert_weights(_transposed), current, or
-/// null (the BF16 math rounds the tables per call then).
+/// [n/2, k] stacked into one [n, k] (gate above up: both projections in one GEMM). `rounded`:
+/// their BF16 copy from round_expert_weights, current, or null (the BF16 math rounds the tables
+/// per call then).
 struct expert_weights {
   const float* const* first = nullptr;
   const float* const* second = nullptr;
   const void* rounded = nullptr;
-  const void* rounded_transposed = nullptr;
 };
-/// Bytes of the BF16 copy of `groups` experts' [n, k] weights, and of its transpose (GPU only).
+/// Bytes of the BF16 copy of `groups` experts' [n, k] weights (GPU only).
 std::size_t rounded_expert_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
-std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::int64_t n,
-                                                    std::int64_t k);
-/// Rounds the weights to BF16 into `out` (the bytes above, on the context's GPU), transposed for
-/// the second.
+/// Rounds the weights to BF16 into `out` (the bytes above, on the context's GPU): what Fprop and
+/// Dgrad read.
 void round_expert_weights(const troupe_exec_context* context, expert_weights weights,
                           std::int64_t groups, std::int64_t n, std::int64_t k, void* out);
-/// With `plain`, round_expert_weights' copy in the same pass (one read of the f32 weights).
-void round_expert_weights_transposed(const troupe_exec_context* context, expert_weights weights,
-                                     std::int64_t groups, std::int64_t n, std::int64_t k, void* out,
-                                     void* plain = nullptr);
-/// Whether grouped_dgrad on this context reads a transposed copy when given one (Hopper).
-bool grouped_dgrad_reads_transposed_weights(const troupe_exec_context* context);
 /// Their gradients, in the same arrangement.
 struct expert_gradients {
   float* const* first = nullptr;

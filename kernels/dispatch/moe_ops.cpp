@@ -390,39 +390,6 @@ void round_expert_weights(const troupe_exec_context* context, expert_weights wei
 #endif
 }
 
-std::size_t rounded_expert_weights_transposed_bytes(std::int64_t groups, std::int64_t n,
-                                                    std::int64_t k) {
-  require_cuda();
-#if TROUPE_HAVE_CUDA
-  return cuda::rounded_expert_weights_transposed_bytes(groups, n, k);
-#else
-  (void)groups, (void)n, (void)k;
-  return 0;
-#endif
-}
-
-void round_expert_weights_transposed(const troupe_exec_context* context, expert_weights weights,
-                                     std::int64_t groups, std::int64_t n, std::int64_t k, void* out,
-                                     void* plain) {
-  const op_scope timing(context, op_class::expert_gemm);
-  require_gpu(context, "round_expert_weights_transposed");
-#if TROUPE_HAVE_CUDA
-  cuda::round_expert_weights_transposed({weights.first, weights.second}, groups, n, k, out,
-                                        context->stream, plain);
-#else
-  (void)weights, (void)groups, (void)n, (void)k, (void)out, (void)plain;
-#endif
-}
-
-bool grouped_dgrad_reads_transposed_weights(const troupe_exec_context* context) {
-  if (!on_gpu(context)) return false;
-#if TROUPE_HAVE_CUDA
-  return cuda::grouped_dgrad_reads_transposed_weights();
-#else
-  return false;
-#endif
-}
-
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
                    std::int64_t ldx, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* y, std::int64_t ldy, bool accumulate) {
@@ -448,9 +415,9 @@ void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows,
 #if TROUPE_HAVE_CUDA
   const cuda::grouped_rows r = to_cuda(rows);
   auto staging = grouped_staging(context, r, n, k);
-  cuda::grouped_gemm_dgrad(
-      r, dy, lddy, {weights.first, weights.second, weights.rounded, weights.rounded_transposed}, n,
-      k, dx, lddx, accumulate, to_cuda(context_math(context)), context->stream, staging.data());
+  cuda::grouped_gemm_dgrad(r, dy, lddy, {weights.first, weights.second, weights.rounded}, n, k, dx,
+                           lddx, accumulate, to_cuda(context_math(context)), context->stream,
+                           staging.data());
 #else
   (void)rows, (void)dy, (void)lddy, (void)weights, (void)n, (void)k, (void)dx, (void)lddx,
       (void)accumulate;

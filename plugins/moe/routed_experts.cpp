@@ -244,7 +244,6 @@ routed_experts::rounded_set routed_experts::rounded_weights(const troupe_exec_co
                                                      sizeof(context->parameter_version) &&
                          context->parameter_version != nullptr;
   if (!versioned || ops::context_math(context) != ops::gemm_math::bf16) return {};
-  const bool transposed = ops::grouped_dgrad_reads_transposed_weights(context);
   const std::uint64_t version = context->parameter_version();
   const std::int64_t experts = count();
   const auto elements = [](std::size_t bytes) { return (bytes + 1) / 2; };
@@ -256,31 +255,13 @@ routed_experts::rounded_set routed_experts::rounded_weights(const troupe_exec_co
                            elements(ops::rounded_expert_weights_bytes(experts, hidden_, inter_)));
     const ops::expert_weights gate_up{gate_weights_.data(), up_weights_.data()};
     const ops::expert_weights down{down_weights_.data()};
-    if (transposed) {  // both copies from one read of the f32 weights
-      rounded_gate_up_transposed_.allocate(
-          context,
-          elements(ops::rounded_expert_weights_transposed_bytes(experts, 2 * inter_, hidden_)));
-      rounded_down_transposed_.allocate(
-          context,
-          elements(ops::rounded_expert_weights_transposed_bytes(experts, hidden_, inter_)));
-      ops::round_expert_weights_transposed(context, gate_up, experts, 2 * inter_, hidden_,
-                                           rounded_gate_up_transposed_.data(),
-                                           rounded_gate_up_.data());
-      ops::round_expert_weights_transposed(context, down, experts, hidden_, inter_,
-                                           rounded_down_transposed_.data(), rounded_down_.data());
-    } else {
-      ops::round_expert_weights(context, gate_up, experts, 2 * inter_, hidden_,
-                                rounded_gate_up_.data());
-      ops::round_expert_weights(context, down, experts, hidden_, inter_, rounded_down_.data());
-      rounded_gate_up_transposed_ = {};
-      rounded_down_transposed_ = {};
-    }
+    ops::round_expert_weights(context, gate_up, experts, 2 * inter_, hidden_,
+                              rounded_gate_up_.data());
+    ops::round_expert_weights(context, down, experts, hidden_, inter_, rounded_down_.data());
     rounded_version_ = version;
     rounded_valid_ = true;
   }
-  return {rounded_gate_up_.data(), rounded_down_.data(),
-          transposed ? rounded_gate_up_transposed_.data() : nullptr,
-          transposed ? rounded_down_transposed_.data() : nullptr};
+  return {rounded_gate_up_.data(), rounded_down_.data()};
 }
 
 ops::grouped_rows routed_experts::grouping(const saved_rows& s, bool gathered) const {
@@ -316,14 +297,13 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
   buffer dh;
   dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
   ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_,
-                     {down_weights_.data(), nullptr, rounded.down, rounded.down_transposed},
-                     hidden_, inter_, dh.data(), inter_, false);
+                     {down_weights_.data(), nullptr, rounded.down}, hidden_, inter_, dh.data(),
+                     inter_, false);
   ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows, inter_,
                              false);
-  ops::grouped_dgrad(
-      context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
-      {gate_weights_.data(), up_weights_.data(), rounded.gate_up, rounded.gate_up_transposed},
-      2 * inter_, hidden_, dx_rows, hidden_, true);
+  ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
+                     {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
+                     hidden_, dx_rows, hidden_, true);
 }
 
 void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {

@@ -91,19 +91,15 @@ class routed_experts {
   /// The experts' weights rounded to BF16 for the grouped BF16 passes, derived again whenever the
   /// runtime's parameter version has moved: once per optimizer step instead of in every Fprop and
   /// Dgrad of every micro-batch. Each copy is null when the context computes exactly or cannot
-  /// say when parameters change; the transposed ones also where Dgrad does not read them (only
-  /// Hopper's wgmma kernels do).
+  /// say when parameters change.
   struct rounded_set {
     const void* gate_up = nullptr;
     const void* down = nullptr;
-    const void* gate_up_transposed = nullptr;
-    const void* down_transposed = nullptr;
   };
   rounded_set rounded_weights(const troupe_exec_context* context);
 
   device_array<const float*> gate_weights_, up_weights_, down_weights_;
   device_array<std::uint16_t> rounded_gate_up_, rounded_down_;
-  device_array<std::uint16_t> rounded_gate_up_transposed_, rounded_down_transposed_;
   std::uint64_t rounded_version_ = 0;
   bool rounded_valid_ = false;
   device_array<float*> gate_grads_, up_grads_, down_grads_;

@@ -5,6 +5,7 @@
 
 #include "runtime/core/error.hpp"
 #include "runtime/experts/replicated_experts.hpp"
+#include "runtime/serve/step_hold.hpp"
 
 namespace troupe {
 

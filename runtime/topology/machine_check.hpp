@@ -47,7 +47,7 @@ std::vector<diagnostic> check_devices(const topology& topo, const machine_device
 inline constexpr std::size_t training_state_bytes_per_parameter = 4 + 4 + 2 + 2;
 
 /// What the bf16 and fp8 precisions keep on top per routed expert weight on a GPU: the moe
-/// plugin's BF16 copies, plain and transposed, made once per optimizer step.
-inline constexpr std::size_t rounded_expert_bytes_per_parameter = 2 + 2;
+/// plugin's BF16 copy, made once per optimizer step (every grouped pass reads it).
+inline constexpr std::size_t rounded_expert_bytes_per_parameter = 2;
 
 }  // namespace troupe

@@ -168,7 +168,7 @@ TEST(MachineCheck, GpuPlacementsAreHonouredOrRefusedAtTheirDeviceKey) {
   EXPECT_NE(errors[0].message.find("but cuda:0 has 1.0 GiB free; place fewer layers on it"),
             std::string::npos)
       << errors[0].message;
-  // bf16 keeps the routed experts' BF16 copies (plain and transposed) on top.
+  // bf16 keeps the routed experts' BF16 copy on top.
   EXPECT_NE(errors[0].message.find("and the routed experts' BF16 copies"), std::string::npos)
       << errors[0].message;
   std::vector<int> all_layers(static_cast<std::size_t>(one.topo.model.num_hidden_layers));

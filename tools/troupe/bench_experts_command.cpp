@@ -2,8 +2,8 @@
 // config's shapes (tokens x top-k rows routed uniformly at random over the experts): Fprop, Dgrad
 // and Wgrad of gate+up (two weight tables stacked) and of down, with f32 inputs and outputs as a
 // training step runs them (the BF16 rounding of the activations included; the weights' BF16
-// copies, plain and transposed, made once beforehand, as the moe plugin keeps them between
-// optimizer steps), for each tensor-core
+// copy made once beforehand, as the moe plugin keeps it between optimizer steps), for each
+// tensor-core
 // kernel (mma.sync, Hopper's wgmma). The reference in the same run: cuBLASLt BF16 on one dense
 // GEMM of the same rows and shapes, as if a single expert held every row. Medians of CUDA-event
 // timings. tools/reference/bench_experts_torch.py measures PyTorch's grouped_mm on the same shapes.
@@ -146,32 +146,11 @@ int bench_experts(const experts_bench_options& o) {
   tensor rounded_gate_up =
       tensor::empty(dtype::u8, {rounded_bytes(experts, 2 * inter, hidden)}, where);
   tensor rounded_down = tensor::empty(dtype::u8, {rounded_bytes(experts, hidden, inter)}, where);
-  const auto transposed_bytes = [](std::int64_t groups, std::int64_t n, std::int64_t k) {
-    return static_cast<std::int64_t>(kc::rounded_expert_weights_transposed_bytes(groups, n, k));
-  };
-  tensor transposed_gate_up =
-      tensor::empty(dtype::u8, {transposed_bytes(experts, 2 * inter, hidden)}, where);
-  tensor transposed_down =
-      tensor::empty(dtype::u8, {transposed_bytes(experts, hidden, inter)}, where);
   const double rounding_ms = median_ms(stream, o.iterations, [&] {
     kc::round_expert_weights({weights(gate_table), weights(up_table)}, experts, 2 * inter, hidden,
                              rounded_gate_up.data(), s);
     kc::round_expert_weights(weights(down_table), experts, hidden, inter, rounded_down.data(), s);
   });
-  const double transposing_ms = median_ms(stream, o.iterations, [&] {
-    kc::round_expert_weights_transposed({weights(gate_table), weights(up_table)}, experts,
-                                        2 * inter, hidden, transposed_gate_up.data(), s);
-    kc::round_expert_weights_transposed(weights(down_table), experts, hidden, inter,
-                                        transposed_down.data(), s);
-  });
-  const double both_ms = median_ms(stream, o.iterations, [&] {  // what the moe plugin runs
-    kc::round_expert_weights_transposed({weights(gate_table), weights(up_table)}, experts,
-                                        2 * inter, hidden, transposed_gate_up.data(), s,
-                                        rounded_gate_up.data());
-    kc::round_expert_weights_transposed(weights(down_table), experts, hidden, inter,
-                                        transposed_down.data(), s, rounded_down.data());
-  });
-
   struct pass_case {
     const char* name;
     std::int64_t n, k;
@@ -188,8 +167,7 @@ int bench_experts(const experts_bench_options& o) {
       {"gate+up dgrad", 2 * inter, hidden,
        [&] {
          kc::grouped_gemm_dgrad(direct, d_gate_up.data_as<float>(), 2 * inter,
-                                {weights(gate_table), weights(up_table), rounded_gate_up.data(),
-                                 transposed_gate_up.data()},
+                                {weights(gate_table), weights(up_table), rounded_gate_up.data()},
                                 2 * inter, hidden, dx.data_as<float>(), hidden, false, math, s,
                                 staging.data());
        }},
@@ -207,10 +185,9 @@ int bench_experts(const experts_bench_options& o) {
        }},
       {"down dgrad", hidden, inter,
        [&] {
-         kc::grouped_gemm_dgrad(
-             direct, dy.data_as<float>(), hidden,
-             {weights(down_table), nullptr, rounded_down.data(), transposed_down.data()}, hidden,
-             inter, dh.data_as<float>(), inter, false, math, s, staging.data());
+         kc::grouped_gemm_dgrad(direct, dy.data_as<float>(), hidden,
+                                {weights(down_table), nullptr, rounded_down.data()}, hidden, inter,
+                                dh.data_as<float>(), inter, false, math, s, staging.data());
        }},
       {"down wgrad", hidden, inter, [&] {
          kc::grouped_gemm_wgrad(direct, dy.data_as<float>(), hidden, h.data_as<float>(), inter,
@@ -242,10 +219,9 @@ int bench_experts(const experts_bench_options& o) {
   fmt::print("cuBLASLt BF16, one dense GEMM of the same rows: gate+up {:.3f} ms, down {:.3f} ms\n",
              dense_gate_up, dense_down);
   fmt::print(
-      "the experts' weights rounded to BF16 once per optimizer step: {:.3f} ms (Fprop and the "
-      "mma.sync Dgrad read it), transposed {:.3f} ms (the wgmma Dgrad reads it), both in one "
-      "pass {:.3f} ms\n",
-      rounding_ms, transposing_ms, both_ms);
+      "the experts' weights rounded to BF16 once per optimizer step: {:.3f} ms (Fprop and Dgrad "
+      "read it)\n",
+      rounding_ms);
   fmt::print("{:<15} {:>10} {:>10} {:>10} {:>10} {:>10}\n", "pass", "mma ms", "TFLOP/s", "wgmma ms",
              "TFLOP/s", "dense/wgmma");
   nlohmann::json results = nlohmann::json::array();
@@ -271,9 +247,7 @@ int bench_experts(const experts_bench_options& o) {
                        {kernels_name(kc::grouped_gemm_kernels::mma_sync), ms[0]},
                        {kernels_name(kc::grouped_gemm_kernels::wgmma), ms[1]},
                        {"dense_cublaslt_ms", reference},
-                       {"weights_rounding_ms", rounding_ms},
-                       {"weights_transposing_ms", transposing_ms},
-                       {"weights_both_ms", both_ms}});
+                       {"weights_rounding_ms", rounding_ms}});
   }
   fmt::print("{:<15} {:>10.3f} {:>10} {:>10.3f}\n", "one layer", total[0], "", total[1]);
   if (!o.json.empty()) {

@@ -99,8 +99,9 @@ __global__ void __launch_bounds__(threads) grouped_kernel(arguments args) {
     for (int v = 0; v < 4; ++v) {
       const std::int64_t col = n0 + tx * 4 + v;
       if (col >= out_cols) continue;
-      if constexpr (P == pass::wgrad) {
-        args.weight_grads.first[group][row * args.k + col] += acc[u][v];
+      if constexpr (P == pass::wgrad) {  // the only writer of its tile: one block per expert
+        float* out = args.weight_grads.first[group] + row * args.k + col;
+        *out = args.accumulate ? *out + acc[u][v] : acc[u][v];
       } else {
         float* out = args.c + row * args.ldc + col;
         *out = args.accumulate ? *out + acc[u][v] : acc[u][v];
@@ -248,8 +249,8 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
 
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, gradient_tables weight_grads,
-                        std::int64_t n, std::int64_t k, gemm_math math, void* stream,
-                        void* staging) {
+                        std::int64_t n, std::int64_t k, gemm_math math, void* stream, void* staging,
+                        bool onto_zeros) {
   check_rows(rows, "grouped_gemm_wgrad");
   require(weight_grads.second == nullptr || n % 2 == 0, "grouped_gemm_wgrad",
           "stacked gradients need an even n");
@@ -257,15 +258,18 @@ void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t 
   if (math == gemm_math::bf16) {
     const stream_staging buffer(staging, tensor_core_staging_bytes(rows, n, k), as_stream(stream));
     return launch_tensor_cores(
-        pass::wgrad, {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, true},
+        pass::wgrad, {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, !onto_zeros},
         stream, buffer.data);
   }
   if (weight_grads.second != nullptr) {
-    grouped_gemm_wgrad(rows, dy, lddy, x, ldx, weight_grads.first, n / 2, k, math, stream);
-    grouped_gemm_wgrad(rows, dy + n / 2, lddy, x, ldx, weight_grads.second, n / 2, k, math, stream);
+    grouped_gemm_wgrad(rows, dy, lddy, x, ldx, weight_grads.first, n / 2, k, math, stream, nullptr,
+                       onto_zeros);
+    grouped_gemm_wgrad(rows, dy + n / 2, lddy, x, ldx, weight_grads.second, n / 2, k, math, stream,
+                       nullptr, onto_zeros);
     return;
   }
-  const arguments args{rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, true};
+  const arguments args{rows,         dy,      lddy, x, ldx, nullptr,
+                       weight_grads, nullptr, 0,    n, k,   !onto_zeros};
   grouped_kernel<pass::wgrad>
       <<<dim3(blocks_for(k, tile), blocks_for(n, tile), static_cast<unsigned>(rows.groups)),
          threads, 0, as_stream(stream)>>>(args);

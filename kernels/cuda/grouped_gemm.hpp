@@ -83,9 +83,11 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
                         std::int64_t lddx, bool accumulate, gemm_math math, void* stream,
                         void* staging = nullptr);
 
+/// `onto_zeros`: dW holds zeros (nothing added since the caller zeroed it), so a block that is
+/// the only writer of its tile stores instead of adding (no read of dW); the result is the same.
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, gradient_tables weight_grads,
                         std::int64_t n, std::int64_t k, gemm_math math, void* stream,
-                        void* staging = nullptr);
+                        void* staging = nullptr, bool onto_zeros = false);
 
 }  // namespace troupe::kernels::cuda

@@ -222,6 +222,7 @@ __global__ void __launch_bounds__(threads, 2) grouped_bf16_kernel(arguments args
     multiply_slab<P>(acc, as + stage * slab_elements, bs + stage * slab_elements, wm, wn);
   }
 
+  const bool only_writer = P == pass::wgrad && wgrad_stores<wgrad_chunk>(args, t.group);
 #pragma unroll
   for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
@@ -234,7 +235,7 @@ __global__ void __launch_bounds__(threads, 2) grouped_bf16_kernel(arguments args
         const std::int64_t col = t.n0 + wn * 32 + nt * 8 + lane % 4 * 2;
         if (col >= t.out_cols) continue;
         store_pair<P>(args, out, col, t.out_cols,
-                      float2{acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]});
+                      float2{acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]}, only_writer);
       }
     }
 }

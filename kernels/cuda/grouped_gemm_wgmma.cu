@@ -216,6 +216,7 @@ __global__ void __launch_bounds__(threads, 2) grouped_wgmma_kernel(arguments arg
   }
 
   const int w4 = warp % 4;
+  const bool only_writer = P == pass::wgrad && wgrad_stores<wgrad_chunk>(args, t.group);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const std::int64_t row = t.m0 + group_of_warps * 64 + w4 * 16 + lane / 4 + half * 8;
@@ -226,7 +227,7 @@ __global__ void __launch_bounds__(threads, 2) grouped_wgmma_kernel(arguments arg
       const std::int64_t col = t.n0 + j * 8 + lane % 4 * 2;
       if (col >= t.out_cols) continue;
       store_pair<P>(args, out, col, t.out_cols,
-                    float2{acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]});
+                    float2{acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]}, only_writer);
     }
   }
 }

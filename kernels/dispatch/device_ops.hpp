@@ -317,9 +317,11 @@ void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows,
 void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* dx, std::int64_t lddx, bool accumulate);
+/// `onto_zeros`: the gradients hold zeros (the layer's first backward since the runtime zeroed
+/// them): tiles with a single writer store instead of adding.
 void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
-                   std::int64_t n, std::int64_t k);
+                   std::int64_t n, std::int64_t k, bool onto_zeros = false);
 
 /// SwiGLU over a fused [rows, 2*width] gate|up buffer (kernels/cpu/swiglu.hpp).
 void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,

@@ -426,16 +426,18 @@ void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows,
 
 void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
-                   std::int64_t n, std::int64_t k) {
+                   std::int64_t n, std::int64_t k, bool onto_zeros) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_wgrad");
 #if TROUPE_HAVE_CUDA
   const cuda::grouped_rows r = to_cuda(rows);
   auto staging = grouped_staging(context, r, n, k);
   cuda::grouped_gemm_wgrad(r, dy, lddy, x, ldx, {grads.first, grads.second}, n, k,
-                           to_cuda(context_math(context)), context->stream, staging.data());
+                           to_cuda(context_math(context)), context->stream, staging.data(),
+                           onto_zeros);
 #else
-  (void)rows, (void)dy, (void)lddy, (void)x, (void)ldx, (void)grads, (void)n, (void)k;
+  (void)rows, (void)dy, (void)lddy, (void)x, (void)ldx, (void)grads, (void)n, (void)k,
+      (void)onto_zeros;
 #endif
 }
 

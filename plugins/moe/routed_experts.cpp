@@ -306,18 +306,30 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
                      hidden_, dx_rows, hidden_, true);
 }
 
+bool routed_experts::gradients_are_zeros(const troupe_exec_context* context) {
+  if (context->struct_size <
+      offsetof(troupe_exec_context, gradient_generation) + sizeof(context->gradient_generation))
+    return false;
+  const std::uint64_t now = context->gradient_generation;
+  const bool zeros = seen_context_ == context && seen_generation_ != now;
+  seen_context_ = context;
+  seen_generation_ = now;
+  return zeros;
+}
+
 void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {
+  const bool zeros = gradients_are_zeros(context);
   if (grad_[down_[0]] != nullptr)
     ops::grouped_wgrad(context, grouping(s, false), s.d_out.data(), hidden_, s.hidden.data(),
-                       inter_, {down_grads_.data()}, hidden_, inter_);
+                       inter_, {down_grads_.data()}, hidden_, inter_, zeros);
   const bool gate = grad_[gate_[0]] != nullptr, up = grad_[up_[0]] != nullptr;
   if (gate && up) {  // one GEMM for both: d_gate_up's halves into the two stacked tables
     ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data(), 2 * inter_, s.x, hidden_,
-                       {gate_grads_.data(), up_grads_.data()}, 2 * inter_, hidden_);
+                       {gate_grads_.data(), up_grads_.data()}, 2 * inter_, hidden_, zeros);
   } else if (gate || up) {
     ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data() + (gate ? 0 : inter_),
                        2 * inter_, s.x, hidden_, {gate ? gate_grads_.data() : up_grads_.data()},
-                       inter_, hidden_);
+                       inter_, hidden_, zeros);
   }
 }
 

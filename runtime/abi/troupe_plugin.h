@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define TROUPE_PLUGIN_ABI_MAJOR 1u
-#define TROUPE_PLUGIN_ABI_MINOR 3u
+#define TROUPE_PLUGIN_ABI_MINOR 4u
 
 /** The symbol every plugin exports, of type troupe_plugin_entry_fn. */
 #define TROUPE_PLUGIN_ENTRY_SYMBOL "troupe_plugin_entry"
@@ -151,6 +151,13 @@ typedef struct troupe_exec_context {
    *  parameters (BF16 copies of weights) while the number stays the same. Contexts smaller than
    *  this field (struct_size) have none: derive again on every call. */
   uint64_t (*parameter_version)(void);
+  /** ABI 1.4: a number that changes each time the runtime zeroes the gradients of the layers that
+   *  run on this context (after each optimizer step). A layer's backward that is the first since
+   *  the number changed finds its weight gradients all zeros and may store into them instead of
+   *  adding (where it is their only writer); later ones add. A layer that sees the context for
+   *  the first time (built mid-step, a hot swap) adds until the number next changes. Contexts
+   *  smaller than this field (struct_size) have none: always add. */
+  uint64_t gradient_generation;
 } troupe_exec_context;
 
 /** How the runtime initialises a parameter before any checkpoint is loaded. */

@@ -32,6 +32,10 @@ class exec_context {
   device where() const { return where_; }
   thread_pool& pool() const { return *pool_; }
 
+  /// Says that the gradients of the layers running on this context were just zeroed (moves the
+  /// context's gradient_generation): their next backward may store into them.
+  void gradients_zeroed() { ++context_.gradient_generation; }
+
   /// Switches the GEMM provider (an FP8 plugin, or back to the default with nullptr).
   void set_gemm_provider(const troupe_gemm_provider* gemm);
   const troupe_gemm_provider* gemm_provider() const { return context_.gemm; }

@@ -290,6 +290,9 @@ void pipeline_rank::optimize(double lr, double grad_scale, std::int64_t step) {
     c.optimizer->step(lr, grad_scale, step, context_);
     c.runner->parameters().zero_grads(&context_.pool());
   }
+  // Every chunk's gradients are zeros now: on a GPU (the context this rank owns) the layers' next
+  // backward may store into them (the moe plugin's expert Wgrad).
+  if (gpu_context_) gpu_context_->gradients_zeroed();
 }
 
 void pipeline_rank::set_expert_placement(

@@ -1181,6 +1181,41 @@ TEST_P(GroupedGemms, ModelSizedPassesMatchTheCpu) {
     else
       EXPECT_CLOSE(got, dw[g], fp32_bound, "model-sized wgrad");
   }
+  // Onto zeros (a layer's first backward after the runtime zeroed its gradients): the blocks that
+  // are a tile's only writer store instead of adding; the same gradients, then a second call adds.
+  std::vector<std::unique_ptr<device_array<float>>> fresh;
+  std::vector<float*> fresh_gate, fresh_up;
+  for (std::int64_t g = 0; g < 2 * groups; ++g) {
+    fresh.push_back(std::make_unique<device_array<float>>(
+        std::vector<float>(static_cast<std::size_t>(half * k), 0.0f)));
+    (g % 2 == 0 ? fresh_gate : fresh_up).push_back(fresh.back()->data());
+  }
+  device_array<float*> gfresh_gate(fresh_gate), gfresh_up(fresh_up);
+  for (const bool onto_zeros : {true, false})
+    gpu::grouped_gemm_wgrad(gathered_rows, gdy.data(), n, gx.data(), k,
+                            {gfresh_gate.data(), gfresh_up.data()}, n, k, math, nullptr, nullptr,
+                            onto_zeros);
+  for (std::int64_t g = 0; g < groups; ++g) {
+    auto got = fresh[static_cast<std::size_t>(2 * g)]->get();
+    const auto second = fresh[static_cast<std::size_t>(2 * g + 1)]->get();
+    got.insert(got.end(), second.begin(), second.end());
+    std::vector<float> twice = dw[g];
+    for (float& v : twice) v *= 2.0f;
+    if (counts[g] == 0)
+      EXPECT_EQ(got, twice);
+    else
+      EXPECT_CLOSE(got, twice, fp32_bound, "model-sized wgrad onto zeros, then added");
+  }
+  // and the stores happen: expert 0 (700 rows, one block per tile in every kernel) replaces what
+  // its gradient held (here not zeros, to see it).
+  device_array<float> sevens(std::vector<float>(static_cast<std::size_t>(n * k), 7.0f));
+  const std::vector<float*> first_only{sevens.data()};
+  device_array<float*> gfirst_only(first_only);
+  const std::vector<std::int64_t> one_offsets{0, counts[0]};
+  device_array<std::int64_t> gone_offsets(one_offsets);
+  gpu::grouped_gemm_wgrad({gone_offsets.data(), 1, counts[0], gorder.data(), topk}, gdy.data(), n,
+                          gx.data(), k, gfirst_only.data(), n, k, math, nullptr, nullptr, true);
+  EXPECT_CLOSE(sevens.get(), dw[0], fp32_bound, "wgrad onto zeros stores");
 }
 
 TEST(CudaOps, BadArgumentsAreErrorsBeforeAnyLaunch) {

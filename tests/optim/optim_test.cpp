@@ -202,6 +202,24 @@ TEST(ParameterVersion, MovesOnDeclarationInitialisationAndEveryOptimizerStep) {
   EXPECT_TRUE(moved());
 }
 
+// The number a layer reads to know its gradients are zeros (ABI 1.4): per context, moved only by
+// gradients_zeroed(), which the runtime calls right after it zeroes them.
+TEST(GradientGeneration, MovesOnlyWhenTheContextSaysTheGradientsWereZeroed) {
+  thread_pool pool(1);
+  exec_context context(device::cpu(), pool), other(device::cpu(), pool);
+  const troupe_exec_context* abi = context.abi();
+  ASSERT_GE(abi->struct_size,
+            offsetof(troupe_exec_context, gradient_generation) + sizeof(abi->gradient_generation));
+  const std::uint64_t first = abi->gradient_generation;
+  parameter_store store;
+  store.add("w", trainable({3, 5}));
+  store.zero_grads(&pool);  // zeroing alone says nothing: the caller knows which context it serves
+  EXPECT_EQ(abi->gradient_generation, first);
+  context.gradients_zeroed();
+  EXPECT_NE(abi->gradient_generation, first);
+  EXPECT_EQ(other.abi()->gradient_generation, first);  // each context its own
+}
+
 TEST(TrainingSchedule, WarmupThenCosineToTheFloor) {
   const lr_schedule lr{1e-3, 1e-4, 4, 14};
   EXPECT_DOUBLE_EQ(lr.at(0), 2.5e-4);

@@ -152,6 +152,7 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
       const context_stream_scope on_stream(context);
       optimizer.step(1e-4, 1.0, step + 1, context);
       runner.parameters().zero_grads(&pool);
+      context.gradients_zeroed();
       wait();
     }
     if (timing_ops) {

@@ -151,10 +151,14 @@ int bench_experts(const experts_bench_options& o) {
                              rounded_gate_up.data(), s);
     kc::round_expert_weights(weights(down_table), experts, hidden, inter, rounded_down.data(), s);
   });
+  // A Wgrad "onto zeros" is a step's first backward (ABI 1.4's gradient_generation): blocks that
+  // are their tile's only writer store. Timed repeatedly the gradients are no longer zeros, which
+  // changes no timing: the kernel stores or adds by the expert's row count alone.
   struct pass_case {
     const char* name;
     std::int64_t n, k;
     std::function<void()> run;
+    bool in_layer = true;  ///< counted in "one layer" (the onto-zeros rows are alternatives)
   };
   const std::vector<pass_case> passes{
       {"gate+up fprop", 2 * inter, hidden,
@@ -189,10 +193,25 @@ int bench_experts(const experts_bench_options& o) {
                                 {weights(down_table), nullptr, rounded_down.data()}, hidden, inter,
                                 dh.data_as<float>(), inter, false, math, s, staging.data());
        }},
-      {"down wgrad", hidden, inter, [&] {
+      {"down wgrad", hidden, inter,
+       [&] {
          kc::grouped_gemm_wgrad(direct, dy.data_as<float>(), hidden, h.data_as<float>(), inter,
                                 d_tables + 2 * experts, hidden, inter, math, s, staging.data());
-       }}};
+       }},
+      {"gate+up wgrad 0", 2 * inter, hidden,
+       [&] {
+         kc::grouped_gemm_wgrad(gathered, d_gate_up.data_as<float>(), 2 * inter, x.data_as<float>(),
+                                hidden, {d_tables, d_tables + experts}, 2 * inter, hidden, math, s,
+                                staging.data(), true);
+       },
+       false},
+      {"down wgrad 0", hidden, inter,
+       [&] {
+         kc::grouped_gemm_wgrad(direct, dy.data_as<float>(), hidden, h.data_as<float>(), inter,
+                                d_tables + 2 * experts, hidden, inter, math, s, staging.data(),
+                                true);
+       },
+       false}};
 
   // The dense reference: cuBLASLt BF16 on [rows, k] x [n, k]^T, operands already BF16.
   kc::cublaslt_gemm dense(where.index, s);
@@ -233,7 +252,7 @@ int bench_experts(const experts_bench_options& o) {
     for (auto k : {kc::grouped_gemm_kernels::mma_sync, kc::grouped_gemm_kernels::wgmma}) {
       kc::set_grouped_gemm_kernels(k);
       ms[i] = median_ms(stream, o.iterations, p.run);
-      total[i] += ms[i];
+      if (p.in_layer) total[i] += ms[i];
       ++i;
     }
     kc::set_grouped_gemm_kernels(kc::grouped_gemm_kernels::automatic);
@@ -247,9 +266,11 @@ int bench_experts(const experts_bench_options& o) {
                        {kernels_name(kc::grouped_gemm_kernels::mma_sync), ms[0]},
                        {kernels_name(kc::grouped_gemm_kernels::wgmma), ms[1]},
                        {"dense_cublaslt_ms", reference},
-                       {"weights_rounding_ms", rounding_ms}});
+                       {"weights_rounding_ms", rounding_ms},
+                       {"onto_zeros", !p.in_layer}});
   }
   fmt::print("{:<15} {:>10.3f} {:>10} {:>10.3f}\n", "one layer", total[0], "", total[1]);
+  fmt::print("(wgrad 0: onto zeros, a step's first backward: single-writer tiles store)\n");
   if (!o.json.empty()) {
     std::ofstream out(o.json);
     out << nlohmann::json{{"device", o.device}, {"gpu", gpu_name}, {"results", results}}.dump(2)

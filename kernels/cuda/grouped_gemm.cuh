@@ -119,9 +119,10 @@ __device__ inline void store_pair(const arguments& args, float* out, std::int64_
       if (col + 1 < out_cols) out[col + 1] = value.y;
     }
   } else if constexpr (P == pass::wgrad) {
-    // NOTES: atomicAdd even where the block is the tile's only writer (an expert of one chunk): a
-    // reduction the SMs do not wait for, where `+=` reads dW first (35.5 ms per step against 30.7
-    // ms measured on the H200). sm_90 adds two floats in one atomic.
+    // NOTES: where dW may hold earlier micro-batches' sums, atomicAdd even where the block is the
+    // tile's only writer (an expert of one chunk): a reduction the SMs do not wait for, where `+=`
+    // reads dW first (35.5 ms per step against 30.7 ms measured on the H200). sm_90 adds two
+    // floats in one atomic.
     if (pair) {
       atomicAdd(reinterpret_cast<float2*>(out + col), value);
     } else {

@@ -28,7 +28,8 @@ namespace {
 // whose count the router decides: at a poor balance one expert holds ten times the mean, so its
 // tokens are split into chunks of 1024, each block adding its partial dW with atomicAdd (the
 // order of the additions, when an expert spans several chunks, is not fixed: a difference in the
-// last bits between runs). No wgmma/TMA: the experts' GEMMs are a few hundred rows each.
+// last bits between runs), or storing it where dW holds zeros and the expert has one chunk. This
+// is Hopper's Wgrad too (grouped_gemm_wgmma.cu is slower there) and every pass elsewhere.
 using namespace mma;
 
 constexpr int rows = 128;  // output rows per block (tokens; dW rows for Wgrad)

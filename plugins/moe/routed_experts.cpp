@@ -311,8 +311,7 @@ bool routed_experts::gradients_are_zeros(const troupe_exec_context* context) {
       offsetof(troupe_exec_context, gradient_generation) + sizeof(context->gradient_generation))
     return false;
   const std::uint64_t now = context->gradient_generation;
-  const bool zeros = seen_context_ == context && seen_generation_ != now;
-  seen_context_ = context;
+  const bool zeros = seen_generation_.has_value() && now == *seen_generation_ + 1;
   seen_generation_ = now;
   return zeros;
 }

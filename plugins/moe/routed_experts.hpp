@@ -6,6 +6,7 @@
 // Backward recomputes the SwiGLU output instead of keeping it between forward and backward.
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -85,12 +86,11 @@ class routed_experts {
   troupe_status grouped_forward(const troupe_exec_context* context, saved_rows& s, float* y_rows);
   void grouped_backward_input(const troupe_exec_context* context, saved_rows& s, float* dx_rows);
   void grouped_backward_weight(const troupe_exec_context* context, saved_rows& s);
-  /// Whether this Wgrad finds the experts' gradients all zeros: the first since the context's
-  /// gradient_generation (ABI 1.4) moved, on the context this layer saw last; a layer meeting a
-  /// context for the first time adds (it may have been built mid-step).
+  /// Whether this Wgrad finds the experts' gradients all zeros: the context's
+  /// gradient_generation (ABI 1.4) is one more than at this layer's previous Wgrad; a layer's
+  /// first Wgrad adds (it may have been built mid-step).
   bool gradients_are_zeros(const troupe_exec_context* context);
-  const troupe_exec_context* seen_context_ = nullptr;
-  std::uint64_t seen_generation_ = 0;
+  std::optional<std::uint64_t> seen_generation_;
 
   std::int64_t hidden_, inter_;
   std::vector<std::int64_t> ids_;

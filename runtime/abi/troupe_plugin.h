@@ -151,12 +151,13 @@ typedef struct troupe_exec_context {
    *  parameters (BF16 copies of weights) while the number stays the same. Contexts smaller than
    *  this field (struct_size) have none: derive again on every call. */
   uint64_t (*parameter_version)(void);
-  /** ABI 1.4: a number that changes each time the runtime zeroes the gradients of the layers that
-   *  run on this context (after each optimizer step). A layer's backward that is the first since
-   *  the number changed finds its weight gradients all zeros and may store into them instead of
-   *  adding (where it is their only writer); later ones add. A layer that sees the context for
-   *  the first time (built mid-step, a hot swap) adds until the number next changes. Contexts
-   *  smaller than this field (struct_size) have none: always add. */
+  /** ABI 1.4: a number that grows by one each time the runtime zeroes the gradients of the layers
+   *  that run on this context (after each optimizer step); each context starts it far from every
+   *  other's. A layer's backward that finds it exactly one more than at the layer's previous
+   *  backward finds its weight gradients all zeros and may store into them instead of adding
+   *  (where it is their only writer); otherwise it adds (a layer's first backward, one built
+   *  mid-step or swapped in, another context). Contexts smaller than this field (struct_size)
+   *  have none: always add. */
   uint64_t gradient_generation;
 } troupe_exec_context;
 

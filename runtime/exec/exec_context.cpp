@@ -74,6 +74,10 @@ exec_context::exec_context(device where, thread_pool& pool, const troupe_gemm_pr
   context_.pool = pool.abi();
   context_.allocator = runtime_allocator();
   context_.parameter_version = &version_for_plugins;
+  // NOTES: 2^32 apart per context, so a layer never mistakes another context's count (one made
+  // at a freed context's address included) for one more zeroing of its own.
+  static std::atomic<std::uint64_t> contexts{0};
+  context_.gradient_generation = contexts.fetch_add(1, std::memory_order_relaxed) << 32;
   set_gemm_provider(gemm);
 }
 

@@ -32,8 +32,8 @@ class exec_context {
   device where() const { return where_; }
   thread_pool& pool() const { return *pool_; }
 
-  /// Says that the gradients of the layers running on this context were just zeroed (moves the
-  /// context's gradient_generation): their next backward may store into them.
+  /// Says that the gradients of the layers running on this context were just zeroed (adds one to
+  /// the context's gradient_generation): their next backward may store into them.
   void gradients_zeroed() { ++context_.gradient_generation; }
 
   /// Switches the GEMM provider (an FP8 plugin, or back to the default with nullptr).

@@ -202,9 +202,10 @@ TEST(ParameterVersion, MovesOnDeclarationInitialisationAndEveryOptimizerStep) {
   EXPECT_TRUE(moved());
 }
 
-// The number a layer reads to know its gradients are zeros (ABI 1.4): per context, moved only by
-// gradients_zeroed(), which the runtime calls right after it zeroes them.
-TEST(GradientGeneration, MovesOnlyWhenTheContextSaysTheGradientsWereZeroed) {
+// The number a layer reads to know its gradients are zeros (ABI 1.4): per context, one more on each
+// gradients_zeroed() (the runtime calls it right after it zeroes them) and nothing else; contexts
+// far apart, so no layer takes another context's count for a zeroing of its own.
+TEST(GradientGeneration, GrowsByOneOnlyWhenTheContextSaysTheGradientsWereZeroed) {
   thread_pool pool(1);
   exec_context context(device::cpu(), pool), other(device::cpu(), pool);
   const troupe_exec_context* abi = context.abi();
@@ -216,8 +217,11 @@ TEST(GradientGeneration, MovesOnlyWhenTheContextSaysTheGradientsWereZeroed) {
   store.zero_grads(&pool);  // zeroing alone says nothing: the caller knows which context it serves
   EXPECT_EQ(abi->gradient_generation, first);
   context.gradients_zeroed();
-  EXPECT_NE(abi->gradient_generation, first);
-  EXPECT_EQ(other.abi()->gradient_generation, first);  // each context its own
+  EXPECT_EQ(abi->gradient_generation, first + 1);
+  const std::uint64_t theirs = other.abi()->gradient_generation;
+  EXPECT_GE(theirs > first ? theirs - first : first - theirs, std::uint64_t{1} << 32);
+  other.gradients_zeroed();
+  EXPECT_EQ(abi->gradient_generation, first + 1);  // each context its own
 }
 
 TEST(TrainingSchedule, WarmupThenCosineToTheFloor) {

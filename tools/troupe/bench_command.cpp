@@ -88,7 +88,7 @@ long minor_faults() {
 }
 
 /// Runs one warm-up step and `steps` timed steps of forward + backward.
-step_times time_steps(model_runner& runner, const exec_context& context, const model_batch& input,
+step_times time_steps(model_runner& runner, exec_context& context, const model_batch& input,
                       int steps) {
   step_times times;
   std::vector<double> all;
@@ -102,6 +102,7 @@ step_times time_steps(model_runner& runner, const exec_context& context, const m
     {
       const context_stream_scope on_stream(context);
       runner.parameters().zero_grads(&context.pool());
+      context.gradients_zeroed();
     }
     wait();
     const auto start = clock_type::now();

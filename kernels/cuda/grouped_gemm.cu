@@ -1,4 +1,5 @@
 #include "kernels/cuda/grouped_gemm.cuh"
+#include "kernels/cuda/grouped_staging.cuh"
 
 #include <algorithm>
 #include <atomic>
@@ -160,11 +161,6 @@ bool use_wgmma(pass p) {
   return wgmma_available();
 }
 
-/// Staging that serves either tensor-core kernel, so a buffer sized before the choice still fits.
-std::size_t tensor_core_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
-  return std::max(bf16_staging_bytes(rows, n, k), wgmma_staging_bytes(rows, n, k));
-}
-
 void launch_tensor_cores(pass p, const arguments& args, void* stream, void* staging) {
   if (use_wgmma(p)) return launch_wgmma(p, args, stream, staging);
   launch_bf16(p, args, stream, staging);
@@ -191,7 +187,7 @@ void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64
 
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,
                                        gemm_math math) {
-  return math == gemm_math::bf16 ? tensor_core_staging_bytes(rows, n, k) : 0;
+  return math == gemm_math::bf16 ? staging_bytes(rows, n, k) : 0;
 }
 
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
@@ -202,7 +198,7 @@ void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t l
   require(!stacked(weights) || n % 2 == 0, "grouped_gemm_fprop", "stacked weights need an even n");
   if (rows.rows == 0 || n == 0) return;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, tensor_core_staging_bytes(rows, n, k), as_stream(stream));
+    const stream_staging buffer(staging, staging_bytes(rows, n, k), as_stream(stream));
     return launch_tensor_cores(
         pass::fprop, {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate}, stream,
         buffer.data);
@@ -229,8 +225,7 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
   grouped_rows direct = rows;
   direct.source = nullptr;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, tensor_core_staging_bytes(direct, n, k),
-                                as_stream(stream));
+    const stream_staging buffer(staging, staging_bytes(direct, n, k), as_stream(stream));
     return launch_tensor_cores(
         pass::dgrad, {direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate},
         stream, buffer.data);
@@ -256,7 +251,7 @@ void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t 
           "stacked gradients need an even n");
   if (rows.rows == 0 || n == 0 || k == 0) return;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, tensor_core_staging_bytes(rows, n, k), as_stream(stream));
+    const stream_staging buffer(staging, staging_bytes(rows, n, k), as_stream(stream));
     return launch_tensor_cores(
         pass::wgrad, {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, !onto_zeros},
         stream, buffer.data);

@@ -14,6 +14,10 @@ namespace troupe::kernels::cuda::grouped {
 
 /// Rows per row tile: a tile never straddles two experts.
 constexpr int tile = 64;
+/// The BF16 tensor-core kernels' output tile (rows x columns, both kernels) and an expert's rows
+/// per Wgrad block.
+constexpr int tensor_core_tile = 128;
+constexpr int wgrad_chunk = 1024;
 
 enum class pass { fprop, dgrad, wgrad };
 
@@ -95,11 +99,10 @@ __device__ inline float* gradient_row(const arguments& args, std::int64_t g, std
                     : args.weight_grads.second[g] + (row - half) * args.k;
 }
 
-/// Whether a Wgrad block of expert g, which reduces over a chunk of `Chunk` of its rows, is the
-/// only writer of its dW tile and dW holds zeros: then it stores instead of adding.
-template <int Chunk>
+/// Whether a tensor-core Wgrad block of expert g (a chunk of wgrad_chunk of its rows) is the only
+/// writer of its dW tile and dW holds zeros: then it stores instead of adding.
 __device__ inline bool wgrad_stores(const arguments& args, std::int64_t g) {
-  return !args.accumulate && args.rows.offsets[g + 1] - args.rows.offsets[g] <= Chunk;
+  return !args.accumulate && args.rows.offsets[g + 1] - args.rows.offsets[g] <= wgrad_chunk;
 }
 
 /// Writes the outputs at columns col and col + 1 (when < out_cols) of an output row `out` of pass
@@ -150,9 +153,8 @@ inline unsigned row_tiles(const grouped_rows& rows) {
 }
 
 /// The BF16 tensor-core kernels (grouped_gemm_bf16.cu): the operands rounded into `staging`
-/// (bf16_staging_bytes), then the products. Both weight tables are handled there.
+/// (grouped_staging.cuh's staging_bytes), then the products. Both weight tables are handled there.
 void launch_bf16(pass p, const arguments& args, void* stream, void* staging);
-std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k);
 /// The weights rounded once into [G * n, padded(k)] BF16, the layout every pass of both kernels
 /// reads.
 std::size_t rounded_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
@@ -162,6 +164,5 @@ void round_weights(const weight_tables& weights, std::int64_t groups, std::int64
 /// The same on Hopper's wgmma (grouped_gemm_wgmma.cu, built for sm_90a), from the same staging
 /// layouts (each operand read K-major or MN-major as it lies).
 void launch_wgmma(pass p, const arguments& args, void* stream, void* staging);
-std::size_t wgmma_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k);
 
 }  // namespace troupe::kernels::cuda::grouped

@@ -32,8 +32,8 @@ namespace {
 // is Hopper's Wgrad too (grouped_gemm_wgmma.cu is slower there) and every pass elsewhere.
 using namespace mma;
 
-constexpr int rows = 128;  // output rows per block (tokens; dW rows for Wgrad)
-constexpr int cols = 128;  // output columns per block
+constexpr int rows = tensor_core_tile;  // output rows per block (tokens; dW rows for Wgrad)
+constexpr int cols = tensor_core_tile;  // output columns per block
 constexpr int depth_step = 32;
 constexpr int stages = 4;
 constexpr int threads = 256;
@@ -44,7 +44,6 @@ constexpr int slab_elements =
     rows * ld_depth > depth_step* ld_outer ? rows* ld_depth : depth_step* ld_outer;
 constexpr std::size_t shared_bytes = 2 * stages * slab_elements * sizeof(bf16);
 static_assert(rows == cols, "one slab shape serves both operands");
-constexpr int wgrad_chunk = 1024;  // an expert's tokens per Wgrad block
 
 /// Fprop and Dgrad read A along the reduction (token rows); Wgrad reads dy^T along the rows.
 template <pass P>
@@ -52,14 +51,6 @@ constexpr bool a_along_depth = P != pass::wgrad;
 /// Fprop reads W[n, k] along the reduction; Dgrad (W rows) and Wgrad (x rows) along the columns.
 template <pass P>
 constexpr bool b_along_depth = P == pass::fprop;
-
-/// The BF16 operands in the staging buffer, rows padded to multiples of 8 elements.
-struct staged {
-  const bf16* a;  // fprop: x rows [R, kp]; dgrad, wgrad: dy rows [R, np]
-  std::int64_t lda;
-  const bf16* b;  // fprop, dgrad: weights [G, n, kp]; wgrad: x rows [R, kp]
-  std::int64_t ldb;
-};
 
 // ---- the products ----------------------------------------------------------------------------
 
@@ -223,7 +214,7 @@ __global__ void __launch_bounds__(threads, 2) grouped_bf16_kernel(arguments args
     multiply_slab<P>(acc, as + stage * slab_elements, bs + stage * slab_elements, wm, wn);
   }
 
-  const bool only_writer = P == pass::wgrad && wgrad_stores<wgrad_chunk>(args, t.group);
+  const bool only_writer = P == pass::wgrad && wgrad_stores(args, t.group);
 #pragma unroll
   for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
@@ -248,22 +239,7 @@ void launch_products(const arguments& args, const staged& o, dim3 grid, cudaStre
   TROUPE_CUDA_LAUNCHED();
 }
 
-/// The weights as BF16 [G * n, kp]: the caller's rounded copy, or rounded into `space` now.
-const bf16* staged_weights(const arguments& args, bf16* space, cudaStream_t stream) {
-  if (args.weights.rounded != nullptr) return static_cast<const bf16*>(args.weights.rounded);
-  round_rows(weight_rows{args.weights, args.n, args.k}, args.rows.groups * args.n, args.k,
-             padded(args.k), space, stream);
-  return space;
-}
-
 }  // namespace
-
-std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
-  const std::int64_t np = padded(n), kp = padded(k), weights = rows.groups * n * kp;
-  const std::int64_t elements = std::max(
-      {rows.rows * kp + weights, rows.rows * np + weights, rows.rows * np + rows.rows * kp});
-  return static_cast<std::size_t>(elements) * sizeof(bf16);
-}
 
 std::size_t rounded_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k) {
   return static_cast<std::size_t>(groups * n * padded(k)) * sizeof(bf16);
@@ -277,37 +253,9 @@ void round_weights(const weight_tables& weights, std::int64_t groups, std::int64
 
 void launch_bf16(pass p, const arguments& args, void* stream, void* staging) {
   const cudaStream_t s = as_stream(stream);
-  require(staging != nullptr, "grouped_gemm (bf16)", "no staging buffer for the BF16 operands");
-  const std::int64_t np = padded(args.n), kp = padded(args.k), rows_total = args.rows.rows;
-  auto* first = static_cast<bf16*>(staging);
-  const gathered_rows x{p == pass::wgrad ? args.b : args.a, p == pass::wgrad ? args.ldb : args.lda,
-                        args.rows.source, args.rows.divisor};
-  switch (p) {
-    case pass::fprop: {
-      const bf16* weights = staged_weights(args, first + rows_total * kp, s);
-      round_rows(x, rows_total, args.k, kp, first, s);
-      launch_products<pass::fprop>(args, {first, kp, weights, kp},
-                                   dim3(blocks_for(args.n, cols), row_tiles<rows>(args.rows)), s);
-      break;
-    }
-    case pass::dgrad: {
-      const bf16* weights = staged_weights(args, first + rows_total * np, s);
-      round_rows(gathered_rows{args.a, args.lda, nullptr, 1}, rows_total, args.n, np, first, s);
-      launch_products<pass::dgrad>(args, {first, np, weights, kp},
-                                   dim3(blocks_for(args.k, cols), row_tiles<rows>(args.rows)), s);
-      break;
-    }
-    case pass::wgrad: {
-      bf16* inputs = first + rows_total * np;
-      round_rows(gathered_rows{args.a, args.lda, nullptr, 1}, rows_total, args.n, np, first, s);
-      round_rows(x, rows_total, args.k, kp, inputs, s);
-      launch_products<pass::wgrad>(args, {first, np, inputs, kp},
-                                   dim3(blocks_for(args.k, cols), blocks_for(args.n, rows),
-                                        row_tiles<wgrad_chunk>(args.rows)),
-                                   s);
-      break;
-    }
-  }
+  const staged o = stage_operands(p, args, staging, s, "grouped_gemm (bf16)");
+  const dim3 grid = product_grid(p, args);
+  for_pass(p, [&](auto P) { launch_products<decltype(P)::value>(args, o, grid, s); });
 }
 
 }  // namespace troupe::kernels::cuda::grouped

@@ -32,28 +32,19 @@ namespace {
 // (grouped_gemm.cuh's scheduler).
 using mma::bf16;
 
-constexpr int rows = 128;  // output rows per block
-constexpr int cols = 128;  // output columns per block
+constexpr int rows = tensor_core_tile;  // output rows per block
+constexpr int cols = tensor_core_tile;  // output columns per block
 constexpr int depth_step = 64;
 constexpr int stages = 3;
 constexpr int threads = 256;
 constexpr int tile_bytes = rows * depth_step * 2;  // one operand's slab
 constexpr int copies = rows * depth_step / 8 / threads;
 constexpr std::size_t shared_bytes = 2 * stages * tile_bytes + wgmma::period_bytes;
-constexpr int wgrad_chunk = 1024;
 static_assert(rows == cols && tile_bytes % wgmma::period_bytes == 0);
 // An MN-major slab: 64-wide atoms along the 128 rows (or columns), 1024 bytes apart; groups of 8
 // depths (two atoms each) 2048 bytes apart.
 constexpr std::uint32_t mn_atom_bytes = wgmma::period_bytes;
 constexpr std::uint32_t k_group_bytes = rows / 64 * mn_atom_bytes;
-
-/// The operands in the staging buffer (or the caller's rounded weights).
-struct staged {
-  const bf16* a;
-  std::int64_t lda;
-  const bf16* b;
-  std::int64_t ldb;
-};
 
 // ---- the products ----------------------------------------------------------------------------
 
@@ -117,8 +108,8 @@ __device__ inline void copy_slab(const arguments& args, const staged& o, const t
     copy_mn_major(bs, o.b, o.ldb, t.r_begin, k0, t.depth, t.n0, args.k);
   } else {
     copy_k_major(as, o.a, o.lda, t.m0, t.m_end, k0, t.depth);
-    if constexpr (b_mn_major<P>)  // Dgrad from W [n, kp]: rows are the reduction, columns the
-                                  // output
+    // Dgrad reads W [n, kp] MN-major: its rows are the reduction, its columns the output.
+    if constexpr (b_mn_major<P>)
       copy_mn_major(bs, t.b, o.ldb, 0, k0, args.n, t.n0, t.out_cols);
     else
       copy_k_major(bs, t.b, o.ldb, t.n0, t.out_cols, k0, t.depth);
@@ -216,7 +207,7 @@ __global__ void __launch_bounds__(threads, 2) grouped_wgmma_kernel(arguments arg
   }
 
   const int w4 = warp % 4;
-  const bool only_writer = P == pass::wgrad && wgrad_stores<wgrad_chunk>(args, t.group);
+  const bool only_writer = P == pass::wgrad && wgrad_stores(args, t.group);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const std::int64_t row = t.m0 + group_of_warps * 64 + w4 * 16 + lane / 4 + half * 8;
@@ -241,55 +232,11 @@ void launch_products(const arguments& args, const staged& o, dim3 grid, cudaStre
 
 }  // namespace
 
-std::size_t wgmma_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
-  const std::int64_t np = padded(n), kp = padded(k);
-  const std::int64_t fprop = rows.rows * kp + rows.groups * n * kp;
-  const std::int64_t dgrad = rows.rows * np + rows.groups * n * kp;
-  const std::int64_t wgrad = rows.rows * (np + kp);
-  return static_cast<std::size_t>(std::max({fprop, dgrad, wgrad})) * sizeof(bf16);
-}
-
 void launch_wgmma(pass p, const arguments& args, void* stream, void* staging) {
   const cudaStream_t s = as_stream(stream);
-  require(staging != nullptr, "grouped_gemm (wgmma)", "no staging buffer for the BF16 operands");
-  const std::int64_t np = padded(args.n), kp = padded(args.k), rows_total = args.rows.rows;
-  auto* first = static_cast<bf16*>(staging);
-  const weight_rows weights{args.weights, args.n, args.k};
-  // The weights as BF16 [G * n, kp]: the caller's copy, or rounded into `space` now.
-  const auto plain_weights = [&](bf16* space) {
-    if (args.weights.rounded != nullptr) return static_cast<const bf16*>(args.weights.rounded);
-    round_rows(weights, args.rows.groups * args.n, args.k, kp, space, s);
-    return static_cast<const bf16*>(space);
-  };
-  const gathered_rows dy_rows{args.a, args.lda, nullptr, 1};
-  switch (p) {
-    case pass::fprop: {
-      const bf16* w = plain_weights(first + rows_total * kp);
-      round_rows(gathered_rows{args.a, args.lda, args.rows.source, args.rows.divisor}, rows_total,
-                 args.k, kp, first, s);
-      launch_products<pass::fprop>(args, {first, kp, w, kp},
-                                   dim3(blocks_for(args.n, cols), row_tiles<rows>(args.rows)), s);
-      break;
-    }
-    case pass::dgrad: {
-      const bf16* w = plain_weights(first + rows_total * np);
-      round_rows(dy_rows, rows_total, args.n, np, first, s);
-      launch_products<pass::dgrad>(args, {first, np, w, kp},
-                                   dim3(blocks_for(args.k, cols), row_tiles<rows>(args.rows)), s);
-      break;
-    }
-    case pass::wgrad: {
-      bf16* inputs = first + rows_total * np;
-      round_rows(dy_rows, rows_total, args.n, np, first, s);
-      round_rows(gathered_rows{args.b, args.ldb, args.rows.source, args.rows.divisor}, rows_total,
-                 args.k, kp, inputs, s);
-      launch_products<pass::wgrad>(args, {first, np, inputs, kp},
-                                   dim3(blocks_for(args.k, cols), blocks_for(args.n, rows),
-                                        row_tiles<wgrad_chunk>(args.rows)),
-                                   s);
-      break;
-    }
-  }
+  const staged o = stage_operands(p, args, staging, s, "grouped_gemm (wgmma)");
+  const dim3 grid = product_grid(p, args);
+  for_pass(p, [&](auto P) { launch_products<decltype(P)::value>(args, o, grid, s); });
 }
 
 }  // namespace troupe::kernels::cuda::grouped

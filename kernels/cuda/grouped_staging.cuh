@@ -1,15 +1,17 @@
 #pragma once
 
-// The rounding passes both BF16 grouped GEMMs stage their operands with (grouped_gemm_bf16.cu,
-// grouped_gemm_wgmma.cu): rows of an f32 matrix (gathered through the routing's row order) or of
+// How both BF16 grouped GEMMs (grouped_gemm_bf16.cu, grouped_gemm_wgmma.cu) stage their operands
+// and lay out their grids: rows of an f32 matrix (gathered through the routing's row order) or of
 // the experts' stacked weights, rounded to BF16 with each row padded to a multiple of 8 elements
-// (16 bytes). Internal to kernels/cuda; each including file gets its own copies (internal
-// linkage), as kernels must not be shared across separately compiled CUDA files.
+// (16 bytes), in one layout per pass that both kernels read. Internal to kernels/cuda; each
+// including file gets its own copies (internal linkage), as kernels must not be shared across
+// separately compiled CUDA files.
 
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/grouped_gemm.cuh"
 #include "kernels/cuda/mma.cuh"
@@ -87,6 +89,91 @@ void round_rows(const Source& source, std::int64_t count, std::int64_t width, st
       static_cast<unsigned>(std::min<std::int64_t>(blocks_for(total, 256), 4096));
   round_rows_kernel<<<blocks, 256, 0, stream>>>(source, count, width, ld_out, out);
   TROUPE_CUDA_LAUNCHED();
+}
+
+/// A pass's BF16 operands, rows padded (np = padded(n), kp = padded(k), R rows):
+///   Fprop  a = x rows gathered [R, kp]   b = W [G * n, kp]
+///   Dgrad  a = dy [R, np]                b = W [G * n, kp]
+///   Wgrad  a = dy [R, np]                b = x rows gathered [R, kp]
+/// W is the caller's rounded copy where it gives one, else rounded into the staging buffer too.
+struct staged {
+  const bf16* a;
+  std::int64_t lda;
+  const bf16* b;
+  std::int64_t ldb;
+};
+
+/// Bytes of staging stage_operands needs for any pass of these rows and shapes.
+inline std::size_t staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
+  const std::int64_t np = padded(n), kp = padded(k), weights = rows.groups * n * kp;
+  const std::int64_t elements = std::max(
+      {rows.rows * kp + weights, rows.rows * np + weights, rows.rows * np + rows.rows * kp});
+  return static_cast<std::size_t>(elements) * sizeof(bf16);
+}
+
+/// Rounds pass p's operands into `staging` (staging_bytes) on `stream`; `kernel` names the caller
+/// in the error when there is no staging buffer.
+inline staged stage_operands(pass p, const arguments& args, void* staging, cudaStream_t stream,
+                             const char* kernel) {
+  require(staging != nullptr, kernel, "no staging buffer for the BF16 operands");
+  const std::int64_t np = padded(args.n), kp = padded(args.k), rows_total = args.rows.rows;
+  auto* first = static_cast<bf16*>(staging);
+  // The weights as BF16 [G * n, kp]: the caller's copy, or rounded into `space` now.
+  const auto weights = [&](bf16* space) {
+    if (args.weights.rounded != nullptr) return static_cast<const bf16*>(args.weights.rounded);
+    round_rows(weight_rows{args.weights, args.n, args.k}, args.rows.groups * args.n, args.k, kp,
+               space, stream);
+    return static_cast<const bf16*>(space);
+  };
+  const gathered_rows dy{args.a, args.lda, nullptr, 1};
+  switch (p) {
+    case pass::fprop: {
+      const bf16* w = weights(first + rows_total * kp);
+      round_rows(gathered_rows{args.a, args.lda, args.rows.source, args.rows.divisor}, rows_total,
+                 args.k, kp, first, stream);
+      return {first, kp, w, kp};
+    }
+    case pass::dgrad: {
+      const bf16* w = weights(first + rows_total * np);
+      round_rows(dy, rows_total, args.n, np, first, stream);
+      return {first, np, w, kp};
+    }
+    case pass::wgrad:
+      break;
+  }
+  bf16* inputs = first + rows_total * np;
+  round_rows(dy, rows_total, args.n, np, first, stream);
+  round_rows(gathered_rows{args.b, args.ldb, args.rows.source, args.rows.divisor}, rows_total,
+             args.k, kp, inputs, stream);
+  return {first, np, inputs, kp};
+}
+
+/// Calls `launch` with pass p as a compile-time constant (std::integral_constant<pass, P>).
+template <class Launch>
+void for_pass(pass p, Launch&& launch) {
+  switch (p) {
+    case pass::fprop:
+      return launch(std::integral_constant<pass, pass::fprop>{});
+    case pass::dgrad:
+      return launch(std::integral_constant<pass, pass::dgrad>{});
+    case pass::wgrad:
+      return launch(std::integral_constant<pass, pass::wgrad>{});
+  }
+}
+
+/// The grid of pass p's products, tensor_core_tile square tiles: Fprop and Dgrad (output column
+/// tiles, row tiles of the experts), Wgrad (k tiles, n tiles, chunks of the experts' rows).
+inline dim3 product_grid(pass p, const arguments& args) {
+  switch (p) {
+    case pass::fprop:
+      return dim3(blocks_for(args.n, tensor_core_tile), row_tiles<tensor_core_tile>(args.rows));
+    case pass::dgrad:
+      return dim3(blocks_for(args.k, tensor_core_tile), row_tiles<tensor_core_tile>(args.rows));
+    case pass::wgrad:
+      break;
+  }
+  return dim3(blocks_for(args.k, tensor_core_tile), blocks_for(args.n, tensor_core_tile),
+              row_tiles<wgrad_chunk>(args.rows));
 }
 
 }  // namespace

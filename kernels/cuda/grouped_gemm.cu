@@ -1,5 +1,6 @@
 #include "kernels/cuda/grouped_gemm.cuh"
 #include "kernels/cuda/grouped_staging.cuh"
+#include "troupe_build_config.h"
 
 #include <algorithm>
 #include <atomic>
@@ -123,18 +124,8 @@ bool stacked(const weight_tables& w) {
 
 std::atomic<grouped_gemm_kernels> chosen_kernels{grouped_gemm_kernels::automatic};
 
-/// Whether Hopper's wgmma kernels can run on the current device (sm_90; they are built for sm_90a)
-/// and the environment does not say TROUPE_GROUPED_GEMM=mma.
-bool wgmma_available() {
-  static const bool environment_says_mma = [] {
-    const char* value = std::getenv("TROUPE_GROUPED_GEMM");
-    if (value == nullptr || std::strcmp(value, "wgmma") == 0) return false;
-    if (std::strcmp(value, "mma") == 0) return true;
-    fail_kernel(std::string("TROUPE_GROUPED_GEMM is '") + value +
-                "'; it takes 'wgmma' (Hopper's warpgroup products where they are faster, the "
-                "default on sm_90) or 'mma' (mma.sync for every pass)");
-  }();
-  if (environment_says_mma) return false;
+/// Whether the current device is a Hopper (sm_90), where the kernels built for sm_90a run.
+bool hopper_device() {
   // NOTES: kept per device, as a process may drive GPUs of different kinds.
   static std::mutex guard;
   static std::map<int, bool> hopper;
@@ -149,27 +140,84 @@ bool wgmma_available() {
   return hopper[ordinal] = major == 9 && minor == 0;
 }
 
-/// Whether pass `p` of the BF16 math takes the wgmma kernels.
-bool use_wgmma(pass p) {
-  const grouped_gemm_kernels choice = chosen_kernels.load(std::memory_order_relaxed);
-  if (choice != grouped_gemm_kernels::automatic) return choice == grouped_gemm_kernels::wgmma;
-  // NOTES: per pass, by `troupe bench experts` on the H200 (docs/benchmarks.md): Fprop and Dgrad
-  // are faster on wgmma; Wgrad is not (medium gate+up 2.45 ms against mma.sync's 2.08: it is
-  // bound by adding the FP32 weight gradients, which the wgmma kernel's shorter pipeline overlaps
-  // less), so it stays on mma.sync.
-  if (p == pass::wgrad) return false;
-  return wgmma_available();
+/// What the environment's TROUPE_GROUPED_GEMM asks for (automatic when it is unset).
+grouped_gemm_kernels environment_choice() {
+  static const grouped_gemm_kernels choice = [] {
+    const char* value = std::getenv("TROUPE_GROUPED_GEMM");
+    if (value == nullptr || std::strcmp(value, "cutlass") == 0)
+      return grouped_gemm_kernels::automatic;
+    if (std::strcmp(value, "wgmma") == 0) return grouped_gemm_kernels::own;
+    if (std::strcmp(value, "mma") == 0) return grouped_gemm_kernels::mma_sync;
+    fail_kernel(std::string("TROUPE_GROUPED_GEMM is '") + value +
+                "'; it takes 'cutlass' (CUTLASS's grouped GEMM on sm_90 where it was built, the "
+                "default), 'wgmma' (troupe's own kernels: Hopper's warpgroup products where they "
+                "are faster) or 'mma' (mma.sync for every pass)");
+  }();
+  return choice;
+}
+
+enum class products { mma_sync, wgmma, cutlass };
+
+/// Whether CUTLASS's kernels were built, the device runs them and they take pass p's operands.
+bool cutlass_takes([[maybe_unused]] pass p, [[maybe_unused]] const arguments& args) {
+#if TROUPE_HAVE_CUTLASS
+  return hopper_device() && cutlass_supports(p, args);
+#else
+  return false;
+#endif
+}
+
+/// Which kernels run pass p of the BF16 math.
+products products_for(pass p, const arguments& args) {
+  grouped_gemm_kernels choice = chosen_kernels.load(std::memory_order_relaxed);
+  if (choice == grouped_gemm_kernels::automatic) choice = environment_choice();
+  if (choice == grouped_gemm_kernels::mma_sync || !hopper_device()) return products::mma_sync;
+  if (choice == grouped_gemm_kernels::wgmma) return products::wgmma;
+  if (choice == grouped_gemm_kernels::cutlass) {
+    require(TROUPE_HAVE_CUTLASS, "grouped_gemm", "troupe was built without CUTLASS's headers");
+    if (cutlass_takes(p, args)) return products::cutlass;
+  } else if (choice == grouped_gemm_kernels::automatic && cutlass_takes(p, args)) {
+    return products::cutlass;
+  }
+  // NOTES: troupe's own kernels, per pass, by `troupe bench experts` on the H200
+  // (docs/benchmarks.md): Fprop and Dgrad are faster on wgmma; Wgrad is not (medium gate+up
+  // 2.45 ms against mma.sync's 2.08: it is bound by adding the FP32 weight gradients, which the
+  // wgmma kernel's shorter pipeline overlaps less), so it stays on mma.sync.
+  return p == pass::wgrad ? products::mma_sync : products::wgmma;
 }
 
 void launch_tensor_cores(pass p, const arguments& args, void* stream, void* staging) {
-  if (use_wgmma(p)) return launch_wgmma(p, args, stream, staging);
+  switch (products_for(p, args)) {
+    case products::cutlass:
+#if TROUPE_HAVE_CUTLASS
+      return launch_cutlass(p, args, stream, staging);
+#endif
+    case products::wgmma:
+      return launch_wgmma(p, args, stream, staging);
+    case products::mma_sync:
+      break;
+  }
   launch_bf16(p, args, stream, staging);
+}
+
+/// Bytes of staging for the BF16 math: the staged operands, and CUTLASS's arrays and workspace
+/// where CUTLASS may run.
+std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
+  std::size_t bytes = staging_bytes(rows, n, k);
+#if TROUPE_HAVE_CUTLASS
+  if (hopper_device()) bytes = (bytes + 255) / 256 * 256 + cutlass_bytes(rows.groups);
+#endif
+  return bytes;
 }
 
 }  // namespace
 
 void set_grouped_gemm_kernels(grouped_gemm_kernels choice) {
   chosen_kernels.store(choice, std::memory_order_relaxed);
+}
+
+bool cutlass_grouped_gemm_available() {
+  return TROUPE_HAVE_CUTLASS && hopper_device();
 }
 
 std::size_t rounded_expert_weights_bytes(std::int64_t groups, std::int64_t n, std::int64_t k) {
@@ -187,7 +235,7 @@ void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64
 
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,
                                        gemm_math math) {
-  return math == gemm_math::bf16 ? staging_bytes(rows, n, k) : 0;
+  return math == gemm_math::bf16 ? bf16_staging_bytes(rows, n, k) : 0;
 }
 
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
@@ -198,7 +246,7 @@ void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t l
   require(!stacked(weights) || n % 2 == 0, "grouped_gemm_fprop", "stacked weights need an even n");
   if (rows.rows == 0 || n == 0) return;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, staging_bytes(rows, n, k), as_stream(stream));
+    const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
     return launch_tensor_cores(
         pass::fprop, {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate}, stream,
         buffer.data);
@@ -225,7 +273,7 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
   grouped_rows direct = rows;
   direct.source = nullptr;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, staging_bytes(direct, n, k), as_stream(stream));
+    const stream_staging buffer(staging, bf16_staging_bytes(direct, n, k), as_stream(stream));
     return launch_tensor_cores(
         pass::dgrad, {direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate},
         stream, buffer.data);
@@ -251,7 +299,7 @@ void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t 
           "stacked gradients need an even n");
   if (rows.rows == 0 || n == 0 || k == 0) return;
   if (math == gemm_math::bf16) {
-    const stream_staging buffer(staging, staging_bytes(rows, n, k), as_stream(stream));
+    const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
     return launch_tensor_cores(
         pass::wgrad, {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, !onto_zeros},
         stream, buffer.data);

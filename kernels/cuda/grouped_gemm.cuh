@@ -165,4 +165,12 @@ void round_weights(const weight_tables& weights, std::int64_t groups, std::int64
 /// layouts (each operand read K-major or MN-major as it lies).
 void launch_wgmma(pass p, const arguments& args, void* stream, void* staging);
 
+/// The same on CUTLASS's Hopper grouped GEMM (grouped_gemm_cutlass.cu, built for sm_90a when
+/// CUTLASS's headers are found: TROUPE_HAVE_CUTLASS). Its per-expert problem arrays and workspace
+/// follow the staged operands in `staging`: cutlass_bytes(groups) more, after staging_bytes
+/// rounded up to 256. cutlass_supports says whether a pass's outputs meet TMA's alignment.
+std::size_t cutlass_bytes(std::int64_t groups);
+bool cutlass_supports(pass p, const arguments& args);
+void launch_cutlass(pass p, const arguments& args, void* stream, void* staging);
+
 }  // namespace troupe::kernels::cuda::grouped

@@ -61,12 +61,20 @@ struct gradient_tables {
   float* const* second;
 };
 
-/// Which tensor-core kernels the BF16 math uses: Hopper's warpgroup products (wgmma, sm_90 only)
-/// or mma.sync (any GPU troupe builds for), for every pass. `automatic` (the default) takes wgmma
-/// on sm_90 for the passes where it is faster, unless the environment says
-/// TROUPE_GROUPED_GEMM=mma. Process-wide; for tests and benchmarks.
-enum class grouped_gemm_kernels { automatic, wgmma, mma_sync };
+/// Which tensor-core kernels the BF16 math uses, process-wide (for tests and benchmarks):
+///  - `automatic` (the default): CUTLASS's Hopper grouped GEMM on sm_90 where troupe was built with
+///    CUTLASS's headers and the pass's outputs meet TMA's alignment, else `own`; the environment's
+///    TROUPE_GROUPED_GEMM=wgmma makes it `own`, =mma `mma_sync`.
+///  - `own`: troupe's kernels, Hopper's warpgroup products (wgmma) for the passes where they are
+///    faster on sm_90, mma.sync for the rest and on other GPUs.
+///  - `wgmma`, `mma_sync`, `cutlass`: that one for every pass (cutlass: where it takes the pass's
+///    operands, else `own`'s choice; an error where troupe was built without it). wgmma and
+///    cutlass run on sm_90 only; elsewhere mma.sync runs.
+enum class grouped_gemm_kernels { automatic, own, wgmma, mma_sync, cutlass };
 void set_grouped_gemm_kernels(grouped_gemm_kernels choice);
+
+/// Whether troupe was built with CUTLASS's grouped GEMM and the current device runs it (sm_90).
+bool cutlass_grouped_gemm_available();
 
 /// Bytes of `staging` a pass with these rows and shapes needs under `math` (0 for exact).
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,

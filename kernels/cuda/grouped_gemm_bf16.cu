@@ -29,7 +29,9 @@ namespace {
 // tokens are split into chunks of 1024, each block adding its partial dW with atomicAdd (the
 // order of the additions, when an expert spans several chunks, is not fixed: a difference in the
 // last bits between runs), or storing it where dW holds zeros and the expert has one chunk. This
-// is Hopper's Wgrad too (grouped_gemm_wgmma.cu is slower there) and every pass elsewhere.
+// is Hopper's Wgrad among troupe's own kernels (grouped_gemm_wgmma.cu is slower there; CUTLASS's
+// grouped GEMM, grouped_gemm_cutlass.cu, takes every pass where it was built) and every pass
+// elsewhere.
 using namespace mma;
 
 constexpr int rows = tensor_core_tile;  // output rows per block (tokens; dW rows for Wgrad)

@@ -952,16 +952,29 @@ INSTANTIATE_TEST_SUITE_P(
     Math, GroupedGemms,
     ::testing::Values(grouped_case{gpu::gemm_math::exact, gpu::grouped_gemm_kernels::automatic},
                       grouped_case{gpu::gemm_math::bf16, gpu::grouped_gemm_kernels::mma_sync},
-                      grouped_case{gpu::gemm_math::bf16, gpu::grouped_gemm_kernels::wgmma}),
+                      grouped_case{gpu::gemm_math::bf16, gpu::grouped_gemm_kernels::wgmma},
+                      grouped_case{gpu::gemm_math::bf16, gpu::grouped_gemm_kernels::cutlass}),
     [](const auto& param_info) -> std::string {
       if (param_info.param.math == gpu::gemm_math::exact) return "fp32";
-      return param_info.param.kernels == gpu::grouped_gemm_kernels::wgmma ? "bf16_wgmma"
-                                                                          : "bf16_mma";
+      switch (param_info.param.kernels) {
+        case gpu::grouped_gemm_kernels::wgmma:
+          return "bf16_wgmma";
+        case gpu::grouped_gemm_kernels::cutlass:
+          return "bf16_cutlass";
+        default:
+          return "bf16_mma";
+      }
     });
+
+/// Skips a CUTLASS case where troupe was built without it or the GPU is not a Hopper.
+#define SKIP_UNLESS_KERNELS_RUN(kernels)                                                         \
+  if ((kernels) == gpu::grouped_gemm_kernels::cutlass && !gpu::cutlass_grouped_gemm_available()) \
+  GTEST_SKIP() << "troupe was built without CUTLASS's headers, or this GPU is not sm_90"
 
 TEST_P(GroupedGemms, MatchOneCpuGemmPerExpert) {
   TROUPE_SKIP_WITHOUT_GPU();
   const gpu::gemm_math math = GetParam().math;
+  SKIP_UNLESS_KERNELS_RUN(GetParam().kernels);
   const kernels_for_test chosen(GetParam().kernels);
   const bool bf16 = math == gpu::gemm_math::bf16;
   // 7 experts with 0, 1, 63, 64, 65, 130 and 3 rows; the inputs gathered through a permutation.
@@ -1099,6 +1112,7 @@ TEST_P(GroupedGemms, MatchOneCpuGemmPerExpert) {
 TEST_P(GroupedGemms, ModelSizedPassesMatchTheCpu) {
   TROUPE_SKIP_WITHOUT_GPU();
   const gpu::gemm_math math = GetParam().math;
+  SKIP_UNLESS_KERNELS_RUN(GetParam().kernels);
   const kernels_for_test chosen(GetParam().kernels);
   const bool bf16 = math == gpu::gemm_math::bf16;
   const std::vector<std::int64_t> counts{700, 0, 1500, 129, 1, 2100, 300, 64};

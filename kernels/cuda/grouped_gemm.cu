@@ -117,6 +117,18 @@ void check_rows(const grouped_rows& rows, const char* kernel) {
   require(rows.rows >= 0 && rows.divisor > 0, kernel, "negative rows or a divisor below 1");
 }
 
+/// Checks a pre-rounded operand (grouped_gemm.hpp) before any launch.
+void check_rounded(const void* rounded, std::int64_t ld, std::int64_t width, bool gathered,
+                   gemm_math math, const char* kernel) {
+  if (rounded == nullptr) return;
+  require(math == gemm_math::bf16, kernel, "pre-rounded BF16 operands need the BF16 math");
+  require(ld % 8 == 0 && width % 8 == 0 && aligned(rounded, 16), kernel,
+          "a pre-rounded operand needs a leading dimension and a width of multiples of 8 and a "
+          "16-byte aligned start");
+  require(!gathered, kernel,
+          "a pre-rounded operand is read in row order: rows.source must be null");
+}
+
 /// The exact kernels read one weight table; two stacked tables run as two launches on the halves.
 bool stacked(const weight_tables& w) {
   return w.second != nullptr;
@@ -159,24 +171,25 @@ grouped_gemm_kernels environment_choice() {
 enum class products { mma_sync, wgmma, cutlass };
 
 /// Whether CUTLASS's kernels were built, the device runs them and they take pass p's operands.
-bool cutlass_takes([[maybe_unused]] pass p, [[maybe_unused]] const arguments& args) {
+bool cutlass_takes([[maybe_unused]] pass p, [[maybe_unused]] const arguments& args,
+                   [[maybe_unused]] const void* staging) {
 #if TROUPE_HAVE_CUTLASS
-  return hopper_device() && cutlass_supports(p, args);
+  return hopper_device() && cutlass_supports(p, args, staging);
 #else
   return false;
 #endif
 }
 
 /// Which kernels run pass p of the BF16 math.
-products products_for(pass p, const arguments& args) {
+products products_for(pass p, const arguments& args, const void* staging) {
   grouped_gemm_kernels choice = chosen_kernels.load(std::memory_order_relaxed);
   if (choice == grouped_gemm_kernels::automatic) choice = environment_choice();
   if (choice == grouped_gemm_kernels::mma_sync || !hopper_device()) return products::mma_sync;
   if (choice == grouped_gemm_kernels::wgmma) return products::wgmma;
   if (choice == grouped_gemm_kernels::cutlass) {
     require(TROUPE_HAVE_CUTLASS, "grouped_gemm", "troupe was built without CUTLASS's headers");
-    if (cutlass_takes(p, args)) return products::cutlass;
-  } else if (choice == grouped_gemm_kernels::automatic && cutlass_takes(p, args)) {
+    if (cutlass_takes(p, args, staging)) return products::cutlass;
+  } else if (choice == grouped_gemm_kernels::automatic && cutlass_takes(p, args, staging)) {
     return products::cutlass;
   }
   // NOTES: troupe's own kernels, per pass, by `troupe bench experts` on the H200
@@ -187,10 +200,12 @@ products products_for(pass p, const arguments& args) {
 }
 
 void launch_tensor_cores(pass p, const arguments& args, void* stream, void* staging) {
-  switch (products_for(p, args)) {
+  switch (products_for(p, args, staging)) {
     case products::cutlass:
 #if TROUPE_HAVE_CUTLASS
       return launch_cutlass(p, args, stream, staging);
+#else
+      [[fallthrough]];  // not reached: products_for never picks it
 #endif
     case products::wgmma:
       return launch_wgmma(p, args, stream, staging);
@@ -241,15 +256,17 @@ std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n,
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
                         weight_tables weights, std::int64_t n, std::int64_t k, float* y,
                         std::int64_t ldy, bool accumulate, gemm_math math, void* stream,
-                        void* staging) {
+                        void* staging, const void* x_bf16) {
   check_rows(rows, "grouped_gemm_fprop");
+  check_rounded(x_bf16, ldx, k, rows.source != nullptr, math, "grouped_gemm_fprop");
   require(!stacked(weights) || n % 2 == 0, "grouped_gemm_fprop", "stacked weights need an even n");
   if (rows.rows == 0 || n == 0) return;
   if (math == gemm_math::bf16) {
     const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
     return launch_tensor_cores(
-        pass::fprop, {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate}, stream,
-        buffer.data);
+        pass::fprop,
+        {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate, x_bf16, nullptr},
+        stream, buffer.data);
   }
   if (stacked(weights)) {
     grouped_gemm_fprop(rows, x, ldx, weights.first, n / 2, k, y, ldy, accumulate, math, stream);
@@ -266,17 +283,19 @@ void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t l
 void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         weight_tables weights, std::int64_t n, std::int64_t k, float* dx,
                         std::int64_t lddx, bool accumulate, gemm_math math, void* stream,
-                        void* staging) {
+                        void* staging, const void* dy_bf16) {
   check_rows(rows, "grouped_gemm_dgrad");
+  check_rounded(dy_bf16, lddy, n, false, math, "grouped_gemm_dgrad");
   require(!stacked(weights) || n % 2 == 0, "grouped_gemm_dgrad", "stacked weights need an even n");
   if (rows.rows == 0 || k == 0) return;
   grouped_rows direct = rows;
   direct.source = nullptr;
   if (math == gemm_math::bf16) {
     const stream_staging buffer(staging, bf16_staging_bytes(direct, n, k), as_stream(stream));
-    return launch_tensor_cores(
-        pass::dgrad, {direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k, accumulate},
-        stream, buffer.data);
+    return launch_tensor_cores(pass::dgrad,
+                               {direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k,
+                                accumulate, dy_bf16, nullptr},
+                               stream, buffer.data);
   }
   if (stacked(weights)) {
     grouped_gemm_dgrad(rows, dy, lddy, weights.first, n / 2, k, dx, lddx, accumulate, math, stream);
@@ -293,16 +312,19 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, gradient_tables weight_grads,
                         std::int64_t n, std::int64_t k, gemm_math math, void* stream, void* staging,
-                        bool onto_zeros) {
+                        bool onto_zeros, const void* dy_bf16, const void* x_bf16) {
   check_rows(rows, "grouped_gemm_wgrad");
+  check_rounded(dy_bf16, lddy, n, false, math, "grouped_gemm_wgrad");
+  check_rounded(x_bf16, ldx, k, rows.source != nullptr, math, "grouped_gemm_wgrad");
   require(weight_grads.second == nullptr || n % 2 == 0, "grouped_gemm_wgrad",
           "stacked gradients need an even n");
   if (rows.rows == 0 || n == 0 || k == 0) return;
   if (math == gemm_math::bf16) {
     const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
-    return launch_tensor_cores(
-        pass::wgrad, {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k, !onto_zeros},
-        stream, buffer.data);
+    return launch_tensor_cores(pass::wgrad,
+                               {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k,
+                                !onto_zeros, dy_bf16, x_bf16},
+                               stream, buffer.data);
   }
   if (weight_grads.second != nullptr) {
     grouped_gemm_wgrad(rows, dy, lddy, x, ldx, weight_grads.first, n / 2, k, math, stream, nullptr,

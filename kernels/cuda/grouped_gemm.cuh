@@ -33,6 +33,8 @@ struct arguments {
   std::int64_t ldc;
   std::int64_t n, k;
   bool accumulate;  // Fprop, Dgrad: add into c; Wgrad: false when dW holds zeros (onto_zeros)
+  const void* a16 = nullptr;  // a (ld lda) already rounded to BF16 by its producer, or null
+  const void* b16 = nullptr;  // wgrad: b (ld ldb) the same
 };
 
 __device__ inline std::int64_t source_of(const grouped_rows& rows, std::int64_t r) {
@@ -168,9 +170,11 @@ void launch_wgmma(pass p, const arguments& args, void* stream, void* staging);
 /// The same on CUTLASS's Hopper grouped GEMM (grouped_gemm_cutlass.cu, built for sm_90a when
 /// CUTLASS's headers are found: TROUPE_HAVE_CUTLASS). Its per-expert problem arrays and workspace
 /// follow the staged operands in `staging`: cutlass_bytes(groups) more, after staging_bytes
-/// rounded up to 256. cutlass_supports says whether a pass's outputs meet TMA's alignment.
+/// rounded up to 256. cutlass_supports says whether a pass's operands and outputs meet TMA's
+/// alignment (the weight gradients' pointers, on the device, are checked as the kernel starts:
+/// troupe's allocations are 256-byte aligned).
 std::size_t cutlass_bytes(std::int64_t groups);
-bool cutlass_supports(pass p, const arguments& args);
+bool cutlass_supports(pass p, const arguments& args, const void* staging);
 void launch_cutlass(pass p, const arguments& args, void* stream, void* staging);
 
 }  // namespace troupe::kernels::cuda::grouped

@@ -80,22 +80,31 @@ bool cutlass_grouped_gemm_available();
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,
                                        gemm_math math);
 
+/// Pre-rounded operands (`x_bf16`, `dy_bf16`): under the BF16 math an activation operand may come
+/// already rounded to BF16 (bits, round to nearest even) by its producer, rows in the order the
+/// pass reads them (not gathered: rows.source must be null for it), its leading dimension (ldx,
+/// lddy) a multiple of 8, its width (k for x, n for dy) a multiple of 8 and its start 16-byte
+/// aligned; the pass reads it as it is instead of rounding the f32 one (which may then be null).
+/// The exact math needs the f32 operands.
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
                         weight_tables weights, std::int64_t n, std::int64_t k, float* y,
                         std::int64_t ldy, bool accumulate, gemm_math math, void* stream,
-                        void* staging = nullptr);
+                        void* staging = nullptr, const void* x_bf16 = nullptr);
 
 /// rows.source is ignored (dy and dx are indexed by r).
 void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         weight_tables weights, std::int64_t n, std::int64_t k, float* dx,
                         std::int64_t lddx, bool accumulate, gemm_math math, void* stream,
-                        void* staging = nullptr);
+                        void* staging = nullptr, const void* dy_bf16 = nullptr);
 
 /// `onto_zeros`: dW holds zeros (nothing added since the caller zeroed it), so a block that is
 /// the only writer of its tile stores instead of adding (no read of dW); the result is the same.
+/// On CUTLASS's kernel every gradient matrix must start 16-byte aligned (TMA stores; troupe's
+/// allocations are 256-byte aligned): one that does not stops the kernel with a message.
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, gradient_tables weight_grads,
                         std::int64_t n, std::int64_t k, gemm_math math, void* stream,
-                        void* staging = nullptr, bool onto_zeros = false);
+                        void* staging = nullptr, bool onto_zeros = false,
+                        const void* dy_bf16 = nullptr, const void* x_bf16 = nullptr);
 
 }  // namespace troupe::kernels::cuda

@@ -266,14 +266,24 @@ std::size_t cutlass_bytes(std::int64_t groups) {
                    pass_bytes<pass::wgrad, cooperative>(problems)});
 }
 
-bool cutlass_supports(pass p, const arguments& args) {
-  // TMA: 16-byte aligned rows and starts. The staged operands are (rows padded to 8 BF16); the
-  // FP32 outputs need a leading dimension of a multiple of 4, and Wgrad's second table starts
-  // n/2 columns into dy.
+bool cutlass_supports(pass p, const arguments& args, const void* staging) {
+  // TMA: 16-byte aligned rows and starts. The staged operands are (rows padded to 8 BF16, the
+  // staging buffer and the weights' copy 256-byte aligned from the allocator: checked, as the
+  // per-multiprocessor descriptors in the workspace need 64); the FP32 outputs need a leading
+  // dimension of a multiple of 4, and Wgrad's second table starts n/2 columns into dy. A reduction
+  // of length 0 would store the accumulators uncleared (no k-tile runs): those stay on troupe's
+  // kernels.
+  const auto at = [](const void* pointer, std::uintptr_t alignment) {
+    return reinterpret_cast<std::uintptr_t>(pointer) % alignment == 0;
+  };
+  if (!at(staging, array_alignment) || !at(args.weights.rounded, 16) || !at(args.a16, 16) ||
+      !at(args.b16, 16))
+    return false;
   switch (p) {
     case pass::fprop:
+      return args.k > 0 && args.ldc % 4 == 0 && at(args.c, 16);
     case pass::dgrad:
-      return args.ldc % 4 == 0 && reinterpret_cast<std::uintptr_t>(args.c) % 16 == 0;
+      return args.n > 0 && args.ldc % 4 == 0 && at(args.c, 16);
     case pass::wgrad:
       return args.k % 4 == 0 && (args.weight_grads.second == nullptr || args.n / 2 % 8 == 0);
   }

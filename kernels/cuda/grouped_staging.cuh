@@ -125,27 +125,38 @@ inline staged stage_operands(pass p, const arguments& args, void* staging, cudaS
                space, stream);
     return static_cast<const bf16*>(space);
   };
-  const gathered_rows dy{args.a, args.lda, nullptr, 1};
+  // An activation operand: its producer's BF16 rows as they are, or rounded into `space` now.
+  struct rows_at {
+    const bf16* data;
+    std::int64_t ld;
+  };
+  const auto activations = [&](const void* rounded, const float* f32, std::int64_t ld,
+                               const std::int64_t* source, std::int64_t width,
+                               std::int64_t padded_ld, bf16* space) -> rows_at {
+    if (rounded != nullptr) return {static_cast<const bf16*>(rounded), ld};
+    round_rows(gathered_rows{f32, ld, source, args.rows.divisor}, rows_total, width, padded_ld,
+               space, stream);
+    return {space, padded_ld};
+  };
   switch (p) {
     case pass::fprop: {
       const bf16* w = weights(first + rows_total * kp);
-      round_rows(gathered_rows{args.a, args.lda, args.rows.source, args.rows.divisor}, rows_total,
-                 args.k, kp, first, stream);
-      return {first, kp, w, kp};
+      const rows_at x =
+          activations(args.a16, args.a, args.lda, args.rows.source, args.k, kp, first);
+      return {x.data, x.ld, w, kp};
     }
     case pass::dgrad: {
       const bf16* w = weights(first + rows_total * np);
-      round_rows(dy, rows_total, args.n, np, first, stream);
-      return {first, np, w, kp};
+      const rows_at dy = activations(args.a16, args.a, args.lda, nullptr, args.n, np, first);
+      return {dy.data, dy.ld, w, kp};
     }
     case pass::wgrad:
       break;
   }
-  bf16* inputs = first + rows_total * np;
-  round_rows(dy, rows_total, args.n, np, first, stream);
-  round_rows(gathered_rows{args.b, args.ldb, args.rows.source, args.rows.divisor}, rows_total,
-             args.k, kp, inputs, stream);
-  return {first, np, inputs, kp};
+  const rows_at dy = activations(args.a16, args.a, args.lda, nullptr, args.n, np, first);
+  const rows_at x = activations(args.b16, args.b, args.ldb, args.rows.source, args.k, kp,
+                                first + rows_total * np);
+  return {dy.data, dy.ld, x.data, x.ld};
 }
 
 /// Calls `launch` with pass p as a compile-time constant (std::integral_constant<pass, P>).

@@ -3,6 +3,7 @@
 #include <initializer_list>
 
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/swiglu.hpp"
 
 namespace troupe::kernels::cuda {
@@ -29,6 +30,14 @@ __device__ inline void swiglu_gradients(float d, float g, float u, float& d_gate
   const float s = sigmoid(g);
   d_gate = d * u * s * (1.0f + g * (1.0f - s));
   d_up = d * g * s;
+}
+
+__device__ inline void swiglu_gradients(float4 d, float4 g, float4 u, float4& d_gate,
+                                        float4& d_up) {
+  swiglu_gradients(d.x, g.x, u.x, d_gate.x, d_up.x);
+  swiglu_gradients(d.y, g.y, u.y, d_gate.y, d_up.y);
+  swiglu_gradients(d.z, g.z, u.z, d_gate.z, d_up.z);
+  swiglu_gradients(d.w, g.w, u.w, d_gate.w, d_up.w);
 }
 
 // NOTES: row r, column c of a [rows, width] SwiGLU reads gate[r * ld + c] and up[r * ld + c]
@@ -64,13 +73,37 @@ __global__ void swiglu_backward_kernel(const float* dh, const float* gate, const
 // block; where width is a multiple of 4 and the buffers 16-byte aligned, a thread moves float4s
 // and the grid strides over the flat (row, quad) index, split with 32-bit arithmetic where it
 // fits.
-template <class Index>
-__global__ void swiglu_forward_quads(const float4* gate, const float4* up, float4* h, Index rows,
+/// Four results stored as f32 (a float4) or rounded to BF16 (one 8-byte word, as the grouped
+/// GEMMs' staging rounds: to nearest even).
+__device__ inline void put(float4* to, float4 v) {
+  *to = v;
+}
+__device__ inline void put(uint2* to, float4 v) {
+  *to = make_uint2(mma::pack(v.x, v.y), mma::pack(v.z, v.w));
+}
+
+template <class Index, class Out>
+__global__ void swiglu_forward_quads(const float4* gate, const float4* up, Out* h, Index rows,
                                      Index quads, Index ld) {
   const Index total = rows * quads, stride = gridDim.x * blockDim.x;
   for (Index i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     const Index r = i / quads, c = i - r * quads, at = r * ld + c;
-    h[i] = silu_times(gate[at], up[at]);
+    put(h + i, silu_times(gate[at], up[at]));
+  }
+}
+
+/// The gradients of both halves rounded to BF16 into [rows, 2 * quads] words (no accumulation).
+template <class Index>
+__global__ void swiglu_backward_quads_bf16(const float4* dh, const float4* gate, const float4* up,
+                                           uint2* dgate, uint2* dup, Index rows, Index quads,
+                                           Index ld) {
+  const Index total = rows * quads, stride = gridDim.x * blockDim.x;
+  for (Index i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const Index r = i / quads, c = i - r * quads, at = r * ld + c;
+    float4 a, b;
+    swiglu_gradients(dh[i], gate[at], up[at], a, b);
+    put(dgate + at, a);
+    put(dup + at, b);
   }
 }
 
@@ -81,12 +114,8 @@ __global__ void swiglu_backward_quads(const float4* dh, const float4* gate, cons
   const Index total = rows * quads, stride = gridDim.x * blockDim.x;
   for (Index i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     const Index r = i / quads, c = i - r * quads, at = r * ld + c;
-    const float4 d = dh[i], g = gate[at], u = up[at];
     float4 a, b;
-    swiglu_gradients(d.x, g.x, u.x, a.x, b.x);
-    swiglu_gradients(d.y, g.y, u.y, a.y, b.y);
-    swiglu_gradients(d.z, g.z, u.z, a.z, b.z);
-    swiglu_gradients(d.w, g.w, u.w, a.w, b.w);
+    swiglu_gradients(dh[i], gate[at], up[at], a, b);
     if (accumulate) {
       const float4 p = dgate[at], q = dup[at];
       a = make_float4(p.x + a.x, p.y + a.y, p.z + a.z, p.w + a.w);
@@ -155,7 +184,7 @@ void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std
     auto* out = reinterpret_cast<float4*>(h);
     with_index_for(rows * 2 * quads, [&](auto zero) {
       using Index = decltype(zero);
-      swiglu_forward_quads<Index><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+      swiglu_forward_quads<Index, float4><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
           gate, up, out, static_cast<Index>(rows), static_cast<Index>(quads),
           static_cast<Index>(2 * quads));
     });
@@ -186,6 +215,39 @@ void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_u
   }
   swiglu_backward_kernel<<<grid_of(rows, width), threads, 0, as_stream(stream)>>>(
       dh, gate_up, gate_up + width, dgate_up, dgate_up + width, rows, width, 2 * width, accumulate);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void swiglu_forward_fused_bf16(const float* gate_up, std::uint16_t* h, std::int64_t rows,
+                               std::int64_t width, void* stream) {
+  require(quads_fit(width, {gate_up}) && aligned(h, 8), "swiglu_forward_fused_bf16",
+          "the width must be a multiple of 4 and the buffers aligned");
+  if (rows * width == 0) return;
+  const std::int64_t quads = width / 4, total = rows * quads;
+  const auto* gate = reinterpret_cast<const float4*>(gate_up);
+  with_index_for(rows * 2 * quads, [&](auto zero) {
+    using Index = decltype(zero);
+    swiglu_forward_quads<Index, uint2><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+        gate, gate + quads, reinterpret_cast<uint2*>(h), static_cast<Index>(rows),
+        static_cast<Index>(quads), static_cast<Index>(2 * quads));
+  });
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void swiglu_backward_fused_bf16(const float* dh, const float* gate_up, std::uint16_t* dgate_up,
+                                std::int64_t rows, std::int64_t width, void* stream) {
+  require(quads_fit(width, {dh, gate_up}) && aligned(dgate_up, 8), "swiglu_backward_fused_bf16",
+          "the width must be a multiple of 4 and the buffers aligned");
+  if (rows * width == 0) return;
+  const std::int64_t quads = width / 4, total = rows * quads;
+  const auto* gate = reinterpret_cast<const float4*>(gate_up);
+  auto* out = reinterpret_cast<uint2*>(dgate_up);
+  with_index_for(rows * 2 * quads, [&](auto zero) {
+    using Index = decltype(zero);
+    swiglu_backward_quads_bf16<Index><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+        reinterpret_cast<const float4*>(dh), gate, gate + quads, out, out + quads,
+        static_cast<Index>(rows), static_cast<Index>(quads), static_cast<Index>(2 * quads));
+  });
   TROUPE_CUDA_LAUNCHED();
 }
 

@@ -20,4 +20,13 @@ void swiglu_backward_fused(const float* dh, const float* gate_up, float* dgate_u
                            std::int64_t rows, std::int64_t width, void* stream,
                            bool accumulate = true);
 
+/// The same two passes with their results rounded to BF16 (bits, round to nearest even) for the
+/// grouped GEMMs to read as they are (grouped_gemm.hpp's pre-rounded operands): h[rows, width]
+/// and dgate_up[rows, 2*width] (written, never added to). The width must be a multiple of 4, the
+/// f32 buffers 16-byte and the BF16 ones 8-byte aligned.
+void swiglu_forward_fused_bf16(const float* gate_up, std::uint16_t* h, std::int64_t rows,
+                               std::int64_t width, void* stream);
+void swiglu_backward_fused_bf16(const float* dh, const float* gate_up, std::uint16_t* dgate_up,
+                                std::int64_t rows, std::int64_t width, void* stream);
+
 }  // namespace troupe::kernels::cuda

@@ -311,17 +311,29 @@ struct expert_gradients {
 };
 /// y[r] (+)= x[src(r)] W_g^T, dx[r] (+)= dy[r] W_g, dW_g += dy_g^T x_g (GPU only), in the
 /// context's math; the BF16 math stages rounded operands in memory from the context's allocator.
+/// Under the BF16 math (grouped_bf16_operands) an activation may come already rounded to BF16 by
+/// its producer (`x_bf16`, `dy_bf16`: bits, rows in order, with the f32 operand's leading
+/// dimension; kernels/cuda/grouped_gemm.hpp says what it must meet): then it is read as it is.
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
                    std::int64_t ldx, expert_weights weights, std::int64_t n, std::int64_t k,
-                   float* y, std::int64_t ldy, bool accumulate);
+                   float* y, std::int64_t ldy, bool accumulate,
+                   const std::uint16_t* x_bf16 = nullptr);
 void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, expert_weights weights, std::int64_t n, std::int64_t k,
-                   float* dx, std::int64_t lddx, bool accumulate);
+                   float* dx, std::int64_t lddx, bool accumulate,
+                   const std::uint16_t* dy_bf16 = nullptr);
 /// `onto_zeros`: the gradients hold zeros (the layer's first backward since the runtime zeroed
 /// them): tiles with a single writer store instead of adding.
 void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
-                   std::int64_t n, std::int64_t k, bool onto_zeros = false);
+                   std::int64_t n, std::int64_t k, bool onto_zeros = false,
+                   const std::uint16_t* dy_bf16 = nullptr, const std::uint16_t* x_bf16 = nullptr);
+/// Whether the grouped GEMMs run in the BF16 math on this context, so their activations may come
+/// pre-rounded (swiglu_*_bf16, round_to_bf16).
+bool grouped_bf16_operands(const troupe_exec_context* context);
+/// out[i] = BF16 bits of x[i], round to nearest even (GPU only).
+void round_to_bf16(const troupe_exec_context* context, const float* x, std::uint16_t* out,
+                   std::int64_t count);
 
 /// SwiGLU over a fused [rows, 2*width] gate|up buffer (kernels/cpu/swiglu.hpp).
 void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_up, float* h,
@@ -330,6 +342,13 @@ void swiglu_forward_fused(const troupe_exec_context* context, const float* gate_
 void swiglu_backward_fused(const troupe_exec_context* context, const float* dh,
                            const float* gate_up, float* dgate_up, std::int64_t rows,
                            std::int64_t width, bool accumulate = true);
+/// The same two with their results rounded to BF16 (bits) for the grouped GEMMs (GPU only; the
+/// width a multiple of 4; dgate_up written, not added to).
+void swiglu_forward_fused_bf16(const troupe_exec_context* context, const float* gate_up,
+                               std::uint16_t* h, std::int64_t rows, std::int64_t width);
+void swiglu_backward_fused_bf16(const troupe_exec_context* context, const float* dh,
+                                const float* gate_up, std::uint16_t* dgate_up, std::int64_t rows,
+                                std::int64_t width);
 
 }  // namespace ops
 

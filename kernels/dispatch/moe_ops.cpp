@@ -15,6 +15,7 @@
 #include "troupe_build_config.h"
 
 #if TROUPE_HAVE_CUDA
+#include "kernels/cuda/convert.hpp"
 #include "kernels/cuda/cublaslt_gemm.hpp"
 #include "kernels/cuda/expert_combine.hpp"
 #include "kernels/cuda/grouped_gemm.hpp"
@@ -392,7 +393,7 @@ void round_expert_weights(const troupe_exec_context* context, expert_weights wei
 
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
                    std::int64_t ldx, expert_weights weights, std::int64_t n, std::int64_t k,
-                   float* y, std::int64_t ldy, bool accumulate) {
+                   float* y, std::int64_t ldy, bool accumulate, const std::uint16_t* x_bf16) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_fprop");
 #if TROUPE_HAVE_CUDA
@@ -400,16 +401,16 @@ void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows,
   auto staging = grouped_staging(context, r, n, k);
   cuda::grouped_gemm_fprop(r, x, ldx, {weights.first, weights.second, weights.rounded}, n, k, y,
                            ldy, accumulate, to_cuda(context_math(context)), context->stream,
-                           staging.data());
+                           staging.data(), x_bf16);
 #else
   (void)rows, (void)x, (void)ldx, (void)weights, (void)n, (void)k, (void)y, (void)ldy,
-      (void)accumulate;
+      (void)accumulate, (void)x_bf16;
 #endif
 }
 
 void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, expert_weights weights, std::int64_t n, std::int64_t k,
-                   float* dx, std::int64_t lddx, bool accumulate) {
+                   float* dx, std::int64_t lddx, bool accumulate, const std::uint16_t* dy_bf16) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_dgrad");
 #if TROUPE_HAVE_CUDA
@@ -417,16 +418,17 @@ void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows,
   auto staging = grouped_staging(context, r, n, k);
   cuda::grouped_gemm_dgrad(r, dy, lddy, {weights.first, weights.second, weights.rounded}, n, k, dx,
                            lddx, accumulate, to_cuda(context_math(context)), context->stream,
-                           staging.data());
+                           staging.data(), dy_bf16);
 #else
   (void)rows, (void)dy, (void)lddy, (void)weights, (void)n, (void)k, (void)dx, (void)lddx,
-      (void)accumulate;
+      (void)accumulate, (void)dy_bf16;
 #endif
 }
 
 void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
-                   std::int64_t n, std::int64_t k, bool onto_zeros) {
+                   std::int64_t n, std::int64_t k, bool onto_zeros, const std::uint16_t* dy_bf16,
+                   const std::uint16_t* x_bf16) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_wgrad");
 #if TROUPE_HAVE_CUDA
@@ -434,10 +436,48 @@ void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows,
   auto staging = grouped_staging(context, r, n, k);
   cuda::grouped_gemm_wgrad(r, dy, lddy, x, ldx, {grads.first, grads.second}, n, k,
                            to_cuda(context_math(context)), context->stream, staging.data(),
-                           onto_zeros);
+                           onto_zeros, dy_bf16, x_bf16);
 #else
   (void)rows, (void)dy, (void)lddy, (void)x, (void)ldx, (void)grads, (void)n, (void)k,
-      (void)onto_zeros;
+      (void)onto_zeros, (void)dy_bf16, (void)x_bf16;
+#endif
+}
+
+bool grouped_bf16_operands(const troupe_exec_context* context) {
+  return grouped_expert_gemms(context) && context_math(context) == gemm_math::bf16;
+}
+
+void round_to_bf16(const troupe_exec_context* context, const float* x, std::uint16_t* out,
+                   std::int64_t count) {
+  const op_scope timing(context, op_class::elementwise);
+  require_gpu(context, "round_to_bf16");
+#if TROUPE_HAVE_CUDA
+  cuda::f32_to_bf16(x, out, count, context->stream);
+#else
+  (void)x, (void)out, (void)count;
+#endif
+}
+
+void swiglu_forward_fused_bf16(const troupe_exec_context* context, const float* gate_up,
+                               std::uint16_t* h, std::int64_t rows, std::int64_t width) {
+  const op_scope timing(context, op_class::elementwise);
+  require_gpu(context, "swiglu_forward_fused_bf16");
+#if TROUPE_HAVE_CUDA
+  cuda::swiglu_forward_fused_bf16(gate_up, h, rows, width, context->stream);
+#else
+  (void)gate_up, (void)h, (void)rows, (void)width;
+#endif
+}
+
+void swiglu_backward_fused_bf16(const troupe_exec_context* context, const float* dh,
+                                const float* gate_up, std::uint16_t* dgate_up, std::int64_t rows,
+                                std::int64_t width) {
+  const op_scope timing(context, op_class::elementwise);
+  require_gpu(context, "swiglu_backward_fused_bf16");
+#if TROUPE_HAVE_CUDA
+  cuda::swiglu_backward_fused_bf16(dh, gate_up, dgate_up, rows, width, context->stream);
+#else
+  (void)dh, (void)gate_up, (void)dgate_up, (void)rows, (void)width;
 #endif
 }
 

@@ -133,10 +133,21 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
   saved_rows* s = saved_.for_input(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t rows = s->rows;
+  s->bf16 = s->grouped && bf16_activations(context);
   const troupe_status copied = guarded(error, [&] {
-    s->d_out.assign_copy(context, dy_rows, static_cast<std::size_t>(rows * hidden_));
-    s->hidden.allocate(context, static_cast<std::size_t>(rows * inter_));
-    s->d_gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));  // written whole
+    const auto count = [](std::int64_t r, std::int64_t width) {
+      return static_cast<std::size_t>(r * width);
+    };
+    if (s->bf16) {  // written whole before they are read
+      s->d_out16.allocate(context, count(rows, hidden_));
+      ops::round_to_bf16(context, dy_rows, s->d_out16.data(), rows * hidden_);
+      s->hidden16.allocate(context, count(rows, inter_));
+      s->d_gate_up16.allocate(context, count(rows, 2 * inter_));
+      return TROUPE_STATUS_OK;
+    }
+    s->d_out.assign_copy(context, dy_rows, count(rows, hidden_));
+    s->hidden.allocate(context, count(rows, inter_));
+    s->d_gate_up.allocate(context, count(rows, 2 * inter_));  // written whole
     return TROUPE_STATUS_OK;
   });
   if (copied != TROUPE_STATUS_OK) {
@@ -280,6 +291,15 @@ troupe_status routed_experts::grouped_forward(const troupe_exec_context* context
   ops::grouped_fprop(context, grouping(s, true), s.x, hidden_,
                      {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
                      hidden_, s.gate_up.data(), 2 * inter_, false);
+  if (bf16_activations(context)) {  // h rounded by SwiGLU itself, read as it is by down's Fprop
+    device_array<std::uint16_t> hidden16;
+    hidden16.allocate(context, static_cast<std::size_t>(rows * inter_));
+    ops::swiglu_forward_fused_bf16(context, s.gate_up.data(), hidden16.data(), rows, inter_);
+    ops::grouped_fprop(context, grouping(s, false), nullptr, inter_,
+                       {down_weights_.data(), nullptr, rounded.down}, hidden_, inter_, y_rows,
+                       hidden_, false, hidden16.data());
+    return TROUPE_STATUS_OK;
+  }
   buffer hidden_rows;
   hidden_rows.allocate(context, static_cast<std::size_t>(rows * inter_));
   ops::swiglu_forward_fused(context, s.gate_up.data(), hidden_rows.data(), rows, inter_);
@@ -289,10 +309,28 @@ troupe_status routed_experts::grouped_forward(const troupe_exec_context* context
   return TROUPE_STATUS_OK;
 }
 
+bool routed_experts::bf16_activations(const troupe_exec_context* context) const {
+  return ops::grouped_bf16_operands(context) && hidden_ % 8 == 0 && inter_ % 8 == 0;
+}
+
 void routed_experts::grouped_backward_input(const troupe_exec_context* context, saved_rows& s,
                                             float* dx_rows) {
   const std::int64_t rows = s.rows;
   const rounded_set rounded = rounded_weights(context);
+  if (s.bf16) {  // the same passes over the BF16 activations (saved_rows says why)
+    ops::swiglu_forward_fused_bf16(context, s.gate_up.data(), s.hidden16.data(), rows, inter_);
+    buffer dh;
+    dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
+    ops::grouped_dgrad(context, grouping(s, false), nullptr, hidden_,
+                       {down_weights_.data(), nullptr, rounded.down}, hidden_, inter_, dh.data(),
+                       inter_, false, s.d_out16.data());
+    ops::swiglu_backward_fused_bf16(context, dh.data(), s.gate_up.data(), s.d_gate_up16.data(),
+                                    rows, inter_);
+    ops::grouped_dgrad(context, grouping(s, false), nullptr, 2 * inter_,
+                       {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
+                       hidden_, dx_rows, hidden_, true, s.d_gate_up16.data());
+    return;
+  }
   ops::swiglu_forward_fused(context, s.gate_up.data(), s.hidden.data(), rows, inter_);
   buffer dh;
   dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
@@ -318,17 +356,31 @@ bool routed_experts::gradients_are_zeros(const troupe_exec_context* context) {
 
 void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {
   const bool zeros = gradients_are_zeros(context);
+  // The activations in f32, or (s.bf16) as their producers rounded them.
+  const float* d_out = s.bf16 ? nullptr : s.d_out.data();
+  const float* hidden = s.bf16 ? nullptr : s.hidden.data();
+  const std::uint16_t* d_out16 = s.bf16 ? s.d_out16.data() : nullptr;
+  const std::uint16_t* hidden16 = s.bf16 ? s.hidden16.data() : nullptr;
   if (grad_[down_[0]] != nullptr)
-    ops::grouped_wgrad(context, grouping(s, false), s.d_out.data(), hidden_, s.hidden.data(),
-                       inter_, {down_grads_.data()}, hidden_, inter_, zeros);
+    ops::grouped_wgrad(context, grouping(s, false), d_out, hidden_, hidden, inter_,
+                       {down_grads_.data()}, hidden_, inter_, zeros, d_out16, hidden16);
   const bool gate = grad_[gate_[0]] != nullptr, up = grad_[up_[0]] != nullptr;
+  // d_gate_up's columns from `first` on: the gate half (0) or the up half (inter_).
+  const auto d_gate_up = [&](std::int64_t first) {
+    return s.bf16 ? nullptr : s.d_gate_up.data() + first;
+  };
+  const auto d_gate_up16 = [&](std::int64_t first) {
+    return s.bf16 ? s.d_gate_up16.data() + first : nullptr;
+  };
   if (gate && up) {  // one GEMM for both: d_gate_up's halves into the two stacked tables
-    ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data(), 2 * inter_, s.x, hidden_,
-                       {gate_grads_.data(), up_grads_.data()}, 2 * inter_, hidden_, zeros);
+    ops::grouped_wgrad(context, grouping(s, true), d_gate_up(0), 2 * inter_, s.x, hidden_,
+                       {gate_grads_.data(), up_grads_.data()}, 2 * inter_, hidden_, zeros,
+                       d_gate_up16(0));
   } else if (gate || up) {
-    ops::grouped_wgrad(context, grouping(s, true), s.d_gate_up.data() + (gate ? 0 : inter_),
-                       2 * inter_, s.x, hidden_, {gate ? gate_grads_.data() : up_grads_.data()},
-                       inter_, hidden_, zeros);
+    const std::int64_t first = gate ? 0 : inter_;
+    ops::grouped_wgrad(context, grouping(s, true), d_gate_up(first), 2 * inter_, s.x, hidden_,
+                       {gate ? gate_grads_.data() : up_grads_.data()}, inter_, hidden_, zeros,
+                       d_gate_up16(first));
   }
 }
 
@@ -336,6 +388,7 @@ std::size_t routed_experts::saved_bytes() const {
   std::size_t bytes = 0;
   saved_.for_each([&](std::int64_t, const saved_rows& s) {
     bytes += s.gate_up.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() + s.d_out.bytes() +
+             s.hidden16.bytes() + s.d_gate_up16.bytes() + s.d_out16.bytes() +
              s.offsets.size() * sizeof(std::int64_t);
   });
   return bytes;

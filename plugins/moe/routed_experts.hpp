@@ -67,6 +67,12 @@ class routed_experts {
     buffer hidden;     // [R, I] SwiGLU output, recomputed by the input part
     buffer d_gate_up;  // [R, 2I]
     buffer d_out;      // [R, H] dy_rows, for the down projection's weight gradient
+    // NOTES: under the grouped GEMMs' BF16 math (`bf16`) the three activations the GEMMs read in
+    // backward are kept rounded to BF16 by their producers instead of in f32 (hidden, d_gate_up
+    // and d_out stay empty): half the memory, and no rounding pass of its own in each GEMM (two
+    // per tensor: Dgrad and Wgrad read each).
+    bool bf16 = false;
+    device_array<std::uint16_t> hidden16, d_gate_up16, d_out16;
   };
   /// Runs body(context, local expert, first row, rows) for every expert with rows: in parallel on
   /// the host's pool (each expert whole on one worker, its context a serial one), in order on a
@@ -86,6 +92,9 @@ class routed_experts {
   troupe_status grouped_forward(const troupe_exec_context* context, saved_rows& s, float* y_rows);
   void grouped_backward_input(const troupe_exec_context* context, saved_rows& s, float* dx_rows);
   void grouped_backward_weight(const troupe_exec_context* context, saved_rows& s);
+  /// Whether the grouped GEMMs read BF16 activations from their producers on this context: their
+  /// BF16 math, and widths the pre-rounded operands allow (multiples of 8).
+  bool bf16_activations(const troupe_exec_context* context) const;
   /// Whether this Wgrad finds the experts' gradients all zeros: the context's
   /// gradient_generation (ABI 1.4) is one more than at this layer's previous Wgrad; a layer's
   /// first Wgrad adds (it may have been built mid-step).

@@ -63,8 +63,9 @@ __global__ void __launch_bounds__(threads)
                  hyper.eps};
   const std::int64_t begin = (blockIdx.x - t.first_block) * block_elements;
   const std::int64_t end = min(begin + block_elements, t.count);
+  std::uint16_t* const copy = t.bf16_copy;
   const bool vectors = aligned(t.value, 16) && aligned(t.grad, 16) && aligned(t.exp_avg, 8) &&
-                       aligned(t.exp_avg_sq, 8);
+                       aligned(t.exp_avg_sq, 8) && (copy == nullptr || aligned(copy, 8));
   std::int64_t scalar_from = begin;
   if (vectors) {
     const std::int64_t quads_end = begin + (end - begin) / per_thread * per_thread;
@@ -83,11 +84,19 @@ __global__ void __launch_bounds__(threads)
       *reinterpret_cast<float4*>(t.value + i) = p;
       *reinterpret_cast<uint2*>(t.exp_avg + i) = m;
       *reinterpret_cast<uint2*>(t.exp_avg_sq + i) = v;
+      if (copy != nullptr) {
+        uint2 rounded;
+        auto* r = reinterpret_cast<std::uint16_t*>(&rounded);
+        r[0] = to_bf16(p.x), r[1] = to_bf16(p.y), r[2] = to_bf16(p.z), r[3] = to_bf16(p.w);
+        *reinterpret_cast<uint2*>(copy + i) = rounded;
+      }
     }
     scalar_from = quads_end;
   }
-  for (std::int64_t i = scalar_from + threadIdx.x; i < end; i += threads)
+  for (std::int64_t i = scalar_from + threadIdx.x; i < end; i += threads) {
     u(t.value[i], t.grad[i], t.exp_avg[i], t.exp_avg_sq[i]);
+    if (copy != nullptr) copy[i] = to_bf16(t.value[i]);
+  }
 }
 
 }  // namespace

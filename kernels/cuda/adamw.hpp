@@ -5,8 +5,10 @@
 //   p <- p * (1 - lr * wd)  (tensors that decay)
 //   m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2     (g: gradient times the clip scale)
 //   p <- p - lr * (m / c1) / (sqrt(v / c2) + eps)         (m, v stored back rounded to BF16)
-// The clip scale is read from device memory (gradient_norm.hpp computes it there), so a step
-// never waits for the host. Device pointers; `stream` is a cudaStream_t.
+// A tensor may name a BF16 copy of its values, which the same pass writes (rounded to nearest
+// even) instead of a pass of its own after the step. The clip scale is read from device memory
+// (gradient_norm.hpp computes it there), so a step never waits for the host. Device pointers;
+// `stream` is a cudaStream_t.
 
 #include <cstdint>
 
@@ -19,6 +21,9 @@ struct adamw_tensor {
   const float* grad = nullptr;
   std::uint16_t* exp_avg = nullptr;     ///< bf16 bits
   std::uint16_t* exp_avg_sq = nullptr;  ///< bf16 bits
+  /// Where the new values go rounded to BF16 as well (a layer's BF16 copy of its weights), or
+  /// null.
+  std::uint16_t* bf16_copy = nullptr;
   std::int64_t count = 0;
   std::int32_t decays = 0;       ///< 1: weight decay applies (matrices), 0: not (norm weights)
   std::int64_t first_block = 0;  ///< the tensor's first block in the launch (adamw_plan sets it)

@@ -199,6 +199,39 @@ products products_for(pass p, const arguments& args, const void* staging) {
   return p == pass::wgrad ? products::mma_sync : products::wgmma;
 }
 
+/// Zeros the weight gradients of every group, or (`only_empty`) of the groups without rows:
+/// blockIdx.y is the group and table (`tables` per group: first, second), a grid-stride loop
+/// over its `elements` floats.
+__global__ void zero_gradients_kernel(grouped_rows rows, gradient_tables grads, int tables,
+                                      std::int64_t elements, bool only_empty) {
+  const std::int64_t g = blockIdx.y / tables;
+  if (only_empty && rows.offsets[g + 1] > rows.offsets[g]) return;
+  float* out = blockIdx.y % tables == 0 ? grads.first[g] : grads.second[g];
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t first = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (aligned(out, 16) && elements % 4 == 0) {
+    auto* quads = reinterpret_cast<float4*>(out);
+    for (std::int64_t i = first; i < elements / 4; i += stride) quads[i] = float4{0, 0, 0, 0};
+  } else {
+    for (std::int64_t i = first; i < elements; i += stride) out[i] = 0.0f;
+  }
+}
+
+/// zero_gradients_kernel over the groups' gradients ([n, k] each, or two [n / 2, k] tables).
+void zero_gradients(const grouped_rows& rows, gradient_tables grads, std::int64_t n, std::int64_t k,
+                    bool only_empty, void* stream) {
+  const int tables = grads.second != nullptr ? 2 : 1;
+  const std::int64_t elements = n / tables * k;
+  if (rows.groups == 0 || elements == 0) return;
+  require(rows.groups * tables <= 65535, "grouped_gemm_wgrad", "more than 65535 gradients");
+  // NOTES: 16 blocks of 256 threads per gradient: 64 experts x 2 tables is 2,048 blocks, enough
+  // to fill the GPU when every expert is zeroed.
+  const dim3 grid(16, static_cast<unsigned>(rows.groups * tables));
+  zero_gradients_kernel<<<grid, 256, 0, as_stream(stream)>>>(rows, grads, tables, elements,
+                                                             only_empty);
+  TROUPE_CUDA_LAUNCHED();
+}
+
 void launch_tensor_cores(pass p, const arguments& args, void* stream, void* staging) {
   switch (products_for(p, args, staging)) {
     case products::cutlass:
@@ -312,19 +345,34 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, gradient_tables weight_grads,
                         std::int64_t n, std::int64_t k, gemm_math math, void* stream, void* staging,
-                        bool onto_zeros, const void* dy_bf16, const void* x_bf16) {
+                        bool onto_zeros, const void* dy_bf16, const void* x_bf16, bool overwrite) {
   check_rows(rows, "grouped_gemm_wgrad");
   check_rounded(dy_bf16, lddy, n, false, math, "grouped_gemm_wgrad");
   check_rounded(x_bf16, ldx, k, rows.source != nullptr, math, "grouped_gemm_wgrad");
   require(weight_grads.second == nullptr || n % 2 == 0, "grouped_gemm_wgrad",
           "stacked gradients need an even n");
-  if (rows.rows == 0 || n == 0 || k == 0) return;
+  if (n == 0 || k == 0) return;
+  if (rows.rows == 0) {
+    if (overwrite) zero_gradients(rows, weight_grads, n, k, false, stream);
+    return;
+  }
   if (math == gemm_math::bf16) {
     const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
-    return launch_tensor_cores(pass::wgrad,
-                               {rows, dy, lddy, x, ldx, nullptr, weight_grads, nullptr, 0, n, k,
-                                !onto_zeros, dy_bf16, x_bf16},
-                               stream, buffer.data);
+    const arguments args{rows,         dy,      lddy, x, ldx, nullptr,
+                         weight_grads, nullptr, 0,    n, k,   !(onto_zeros || overwrite),
+                         dy_bf16,      x_bf16};
+    if (overwrite) {
+      // NOTES: CUTLASS's kernel stores every element of an expert's gradient that has rows and
+      // none of one without; troupe's kernels add where a tile has several writers. So only the
+      // empty experts are zeroed before CUTLASS, every expert before the others.
+      const bool cutlass = products_for(pass::wgrad, args, buffer.data) == products::cutlass;
+      zero_gradients(rows, weight_grads, n, k, cutlass, stream);
+    }
+    return launch_tensor_cores(pass::wgrad, args, stream, buffer.data);
+  }
+  if (overwrite) {  // the FP32 kernels below add
+    zero_gradients(rows, weight_grads, n, k, false, stream);
+    onto_zeros = true;
   }
   if (weight_grads.second != nullptr) {
     grouped_gemm_wgrad(rows, dy, lddy, x, ldx, weight_grads.first, n / 2, k, math, stream, nullptr,

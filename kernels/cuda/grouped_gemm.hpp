@@ -99,12 +99,15 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
 
 /// `onto_zeros`: dW holds zeros (nothing added since the caller zeroed it), so a block that is
 /// the only writer of its tile stores instead of adding (no read of dW); the result is the same.
+/// `overwrite`: dW holds anything, and gets the products alone (as if zeroed first; the experts
+/// without rows get zeros).
 /// On CUTLASS's kernel every gradient matrix must start 16-byte aligned (TMA stores; troupe's
 /// allocations are 256-byte aligned): one that does not stops the kernel with a message.
 void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, gradient_tables weight_grads,
                         std::int64_t n, std::int64_t k, gemm_math math, void* stream,
                         void* staging = nullptr, bool onto_zeros = false,
-                        const void* dy_bf16 = nullptr, const void* x_bf16 = nullptr);
+                        const void* dy_bf16 = nullptr, const void* x_bf16 = nullptr,
+                        bool overwrite = false);
 
 }  // namespace troupe::kernels::cuda

@@ -322,11 +322,15 @@ void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows,
                    std::int64_t lddy, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* dx, std::int64_t lddx, bool accumulate,
                    const std::uint16_t* dy_bf16 = nullptr);
-/// `onto_zeros`: the gradients hold zeros (the layer's first backward since the runtime zeroed
-/// them): tiles with a single writer store instead of adding.
+/// What the experts' weight gradients hold when a Wgrad starts.
+enum class gradients_hold {
+  sums,      ///< what earlier backwards added: add to them
+  zeros,     ///< zeros (the runtime zeroed them): tiles with a single writer store
+  anything,  ///< whatever they held (TROUPE_PARAM_GRAD_OVERWRITTEN): the products replace it
+};
 void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
-                   std::int64_t n, std::int64_t k, bool onto_zeros = false,
+                   std::int64_t n, std::int64_t k, gradients_hold held = gradients_hold::sums,
                    const std::uint16_t* dy_bf16 = nullptr, const std::uint16_t* x_bf16 = nullptr);
 /// Whether the grouped GEMMs run in the BF16 math on this context, so their activations may come
 /// pre-rounded (swiglu_*_bf16, round_to_bf16).

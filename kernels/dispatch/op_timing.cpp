@@ -22,6 +22,7 @@ namespace {
 struct closed_scope {
   op_class what;
   const char* function;
+  std::string detail;
   int device;
   void* start;
   void* end;
@@ -29,6 +30,7 @@ struct closed_scope {
 
 struct timing_state {
   std::atomic<bool> on{false};
+  std::atomic<bool> details{false};
   std::mutex mutex;
   std::vector<closed_scope> closed;
   std::map<int, std::vector<void*>> spare_events;  // cudaEvent_t per device
@@ -42,7 +44,7 @@ struct timing_state {
 // (--exclude-libs), so a plain static would give each plugin its own state. The runtime library
 // exports this function; every copy asks the dynamic linker for it first and uses the state it
 // returns, falling back to its own when there is none (a program without libtroupe).
-extern "C" __attribute__((visibility("default"))) void* troupe_op_timing_state_v2() {
+extern "C" __attribute__((visibility("default"))) void* troupe_op_timing_state_v3() {
   static troupe::kernels::timing_state state;
   return &state;
 }
@@ -51,7 +53,7 @@ extern "C" __attribute__((visibility("default"))) void* troupe_op_timing_state_v
 // scope stack across the runtime's and the plugins' code, this keeps thread-local storage out of
 // the plugins: a dlopen'd library's TLS is allocated per thread by glibc and freed at its exit
 // (_dl_deallocate_tls), where ThreadSanitizer reports races it cannot see the ordering of.
-extern "C" __attribute__((visibility("default"))) int* troupe_op_timing_depth_v2() {
+extern "C" __attribute__((visibility("default"))) int* troupe_op_timing_depth_v3() {
   thread_local int depth = 0;
   return &depth;
 }
@@ -62,19 +64,19 @@ namespace {
 
 int& depth() {
   static int* (*const get)() = [] {
-    void* found = dlsym(RTLD_DEFAULT, "troupe_op_timing_depth_v2");
+    void* found = dlsym(RTLD_DEFAULT, "troupe_op_timing_depth_v3");
     using getter = int* (*)();
-    return found != nullptr ? reinterpret_cast<getter>(found) : &troupe_op_timing_depth_v2;
+    return found != nullptr ? reinterpret_cast<getter>(found) : &troupe_op_timing_depth_v3;
   }();
   return *get();
 }
 
 timing_state& state() {
   static timing_state* shared = [] {
-    void* found = dlsym(RTLD_DEFAULT, "troupe_op_timing_state_v2");
+    void* found = dlsym(RTLD_DEFAULT, "troupe_op_timing_state_v3");
     using getter = void* (*)();
     return static_cast<timing_state*>(found != nullptr ? reinterpret_cast<getter>(found)()
-                                                       : troupe_op_timing_state_v2());
+                                                       : troupe_op_timing_state_v3());
   }();
   return *shared;
 }
@@ -166,8 +168,16 @@ op_scope::~op_scope() {
   if (end == nullptr) return;
   (void)cudaEventRecord(static_cast<cudaEvent_t>(end), static_cast<cudaStream_t>(stream_));
   std::lock_guard lock(s.mutex);
-  s.closed.push_back({class_, function_, device_, start_, end});
+  s.closed.push_back({class_, function_, std::move(detail_), device_, start_, end});
 #endif
+}
+
+bool op_scope::wants_detail() const {
+  return stream_ != nullptr && state().details.load(std::memory_order_relaxed);
+}
+
+void op_scope::detail(std::string text) {
+  detail_ = std::move(text);
 }
 
 namespace op_timing {
@@ -178,6 +188,14 @@ void enable(bool on) {
 
 bool enabled() {
   return state().on.load();
+}
+
+void enable_details(bool on) {
+  state().details.store(on);
+}
+
+bool details() {
+  return state().details.load();
 }
 
 times collect() {
@@ -195,7 +213,9 @@ times collect() {
         cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(c.start),
                              static_cast<cudaEvent_t>(c.end)) == cudaSuccess) {
       totals.classes[static_cast<std::size_t>(c.what)] += static_cast<double>(ms);
-      totals.functions[short_name(c.function)] += static_cast<double>(ms);
+      std::string key = short_name(c.function);
+      if (!c.detail.empty()) key += " " + c.detail;
+      totals.functions[key] += static_cast<double>(ms);
     }
   }
   std::lock_guard lock(s.mutex);

@@ -54,8 +54,16 @@ class op_scope {
   op_scope(const op_scope&) = delete;
   op_scope& operator=(const op_scope&) = delete;
 
+  /// Whether this scope is timed and op_timing::details() is on: then a caller may describe the
+  /// call (its shapes) with `detail`, and the breakdown counts it apart from the function's other
+  /// calls.
+  bool wants_detail() const;
+  /// Appended to the function's name in the breakdown ("cuda_gemm 8192x3072x2048 NT bf16").
+  void detail(std::string text);
+
  private:
   void* stream_ = nullptr;  ///< null: not timing
+  std::string detail_;
   int device_ = 0;
   op_class class_{};
   const char* function_ = nullptr;
@@ -67,6 +75,9 @@ namespace op_timing {
 /// Turns timing on or off for the whole process.
 void enable(bool on);
 bool enabled();
+/// Whether scopes that can describe their call (op_scope::detail) do: off by default.
+void enable_details(bool on);
+bool details();
 struct times {
   std::array<double, op_class_count> classes{};  ///< milliseconds, indexed by op_class
   std::map<std::string, double> functions;       ///< milliseconds by the scope's function

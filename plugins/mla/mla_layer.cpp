@@ -24,8 +24,9 @@ double yarn_mscale(double factor, double m) {
 
 std::size_t mla_layer::saved_state::bytes() const {
   return q_latent.bytes() + q_rstd.bytes() + kv_latent.bytes() + kv_rstd.bytes() +
-         attention.bytes() + lse.bytes() + d_output.bytes() + d_q.bytes() + d_q_latent.bytes() +
-         d_kv.bytes() + d_kv_latent.bytes() + q_normed.bytes() + kv_normed.bytes();
+         attention.bytes() + lse.bytes() + q.bytes() + d_output.bytes() + d_q.bytes() +
+         d_q_latent.bytes() + d_kv.bytes() + d_kv_latent.bytes() + q_normed.bytes() +
+         kv_normed.bytes();
 }
 
 mla_layer::mla_layer(const model_shape& c, mla_path path)
@@ -84,20 +85,22 @@ troupe_status mla_layer::bind(const DLTensor* params, const DLTensor* grads, std
 }
 
 troupe_status mla_layer::project(const troupe_exec_context* context, saved_state& s, projections& p,
-                                 bool up_project_kv, troupe_error* error) {
+                                 bool up_project_kv, troupe_error* error, bool queries) {
   const std::int64_t t = s.shape.tokens();
   const std::int64_t q_out = heads_ * qk_dim_;
   // Queries.
-  p.q.allocate(context, static_cast<std::size_t>(t * q_out));
-  if (q_rank_ > 0) {
-    p.q_normed.allocate(context, static_cast<std::size_t>(t * q_rank_));
-    ops::rmsnorm_forward(context, s.q_latent.data(), q_rank_, weight_[q_norm_], p.q_normed.data(),
-                         q_rank_, s.q_rstd.data(), t, q_rank_, eps_);
-    TROUPE_TRY(linear_forward(context, p.q_normed.data(), q_rank_, weight_[q_b_], p.q.data(), q_out,
-                              t, q_rank_, q_out, false, error));
-  } else {
-    TROUPE_TRY(linear_forward(context, s.x, hidden_, weight_[q_proj_], p.q.data(), q_out, t,
-                              hidden_, q_out, false, error));
+  if (queries) {
+    p.q.allocate(context, static_cast<std::size_t>(t * q_out));
+    if (q_rank_ > 0) {
+      p.q_normed.allocate(context, static_cast<std::size_t>(t * q_rank_));
+      ops::rmsnorm_forward(context, s.q_latent.data(), q_rank_, weight_[q_norm_], p.q_normed.data(),
+                           q_rank_, s.q_rstd.data(), t, q_rank_, eps_);
+      TROUPE_TRY(linear_forward(context, p.q_normed.data(), q_rank_, weight_[q_b_], p.q.data(),
+                                q_out, t, q_rank_, q_out, false, error));
+    } else {
+      TROUPE_TRY(linear_forward(context, s.x, hidden_, weight_[q_proj_], p.q.data(), q_out, t,
+                                hidden_, q_out, false, error));
+    }
   }
   // Keys and values: normalise the latent, rotate the shared rope key.
   const std::int64_t latent_width = kv_rank_ + rope_;
@@ -107,8 +110,9 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
                        p.kv_normed.data(), kv_rank_, s.kv_rstd.data(), t, kv_rank_, eps_);
   ops::copy_2d(context, p.rope_key.data(), rope_, s.kv_latent.data() + kv_rank_, latent_width, t,
                rope_);
-  ops::rope_rotate(context, p.q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, s.shape.length,
-                   rope_table_, +1);
+  if (queries)
+    ops::rope_rotate(context, p.q.data() + nope_, t * heads_, qk_dim_, rope_, heads_,
+                     s.shape.length, rope_table_, +1);
   ops::rope_rotate(context, p.rope_key.data(), t, rope_, rope_, 1, s.shape.length, rope_table_, +1);
   if (up_project_kv) {
     const std::int64_t kv_out = heads_ * (nope_ + v_dim_);
@@ -225,6 +229,7 @@ troupe_status mla_layer::forward(const troupe_exec_context* context, std::int64_
       attend_naive(context, *s, p);
     else
       attend_absorbed(context, *s, p);
+    if (q_rank_ == 0 && path_ == mla_path::naive) s->q = std::move(p.q);  // saved_state says why
     return linear_forward(context, s->attention.data(), heads_ * v_dim_, weight_[o_proj_],
                           data_of(y), hidden_, t, heads_ * v_dim_, hidden_, false, error);
   });
@@ -243,9 +248,10 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
   d_attention.allocate(context, static_cast<std::size_t>(t * o_width));
   TROUPE_TRY(linear_backward(context, dy, hidden_, nullptr, 0, weight_[o_proj_], d_attention.data(),
                              o_width, nullptr, t, o_width, hidden_, error, false));
-  // Recompute the up-projections.
+  // Recompute the up-projections (the queries too where they were not kept).
   projections p;
-  TROUPE_TRY(project(context, s, p, true, error));
+  TROUPE_TRY(project(context, s, p, true, error, s.q.empty()));
+  if (p.q.empty()) p.q = std::move(s.q);
   // Attention backward per (sequence, head); the rope key's gradient is summed over heads.
   s.d_q.assign(context, static_cast<std::size_t>(t * q_out));
   s.d_kv.assign(context, static_cast<std::size_t>(t * kv_out));
@@ -381,10 +387,12 @@ const std::string& mla_layer::statistics() {
   std::size_t saved = 0, recomputed = 0;
   saved_.for_each([&](std::int64_t, const saved_state& s) {
     saved += s.bytes();
-    // What storing the up-projections would add: q, k (nope and the broadcast rope key) and v.
+    // What storing the up-projections would add: q (unless kept), k (nope and the broadcast rope
+    // key) and v.
     recomputed +=
-        static_cast<std::size_t>(s.shape.tokens() * heads_ * (qk_dim_ + qk_dim_ + v_dim_)) *
-        sizeof(float);
+        static_cast<std::size_t>(s.shape.tokens() * heads_ * (qk_dim_ + v_dim_)) * sizeof(float) +
+        (s.q.empty() ? static_cast<std::size_t>(s.shape.tokens() * heads_ * qk_dim_) * sizeof(float)
+                     : 0);
   });
   statistics_ = fmt::format(
       R"({{"micro_batches": {}, "saved_activation_bytes": {}, "recomputed_activation_bytes": {}}})",

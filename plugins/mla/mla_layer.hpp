@@ -63,6 +63,10 @@ class mla_layer {
     buffer kv_rstd;    // [T]
     buffer attention;  // [T, heads * v_dim]: o before o_proj
     buffer lse;        // [batch, heads, length]
+    // NOTES: without a q low-rank (DeepSeek-V2-Lite's shape) the queries are a full projection of
+    // the input, not an up-projection of a latent: recomputing them in backward costs a GEMM of
+    // hidden x heads * qk_dim per token, so they are kept (rope part rotated) instead.
+    buffer q;  // [T, heads * qk_dim] (empty with q_lora)
     // Between the input-gradient and the weight-gradient parts of backward:
     buffer d_output, d_q, d_q_latent, d_kv, d_kv_latent, q_normed, kv_normed;
     std::size_t bytes() const;
@@ -76,8 +80,10 @@ class mla_layer {
     buffer rope_key;    // [T, rope], rotated
   };
 
+  /// The queries (unless `queries` is false: p.q is left empty), the normalised latent, the
+  /// rotated rope key, and (`up_project_kv`) the keys and values.
   troupe_status project(const troupe_exec_context* context, saved_state& s, projections& p,
-                        bool up_project_kv, troupe_error* error);
+                        bool up_project_kv, troupe_error* error, bool queries = true);
   attention_problem problem(const activation_shape& shape) const;
   void attend_naive(const troupe_exec_context* context, saved_state& s, const projections& p);
   void attend_absorbed(const troupe_exec_context* context, saved_state& s, const projections& p);

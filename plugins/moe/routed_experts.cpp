@@ -14,14 +14,17 @@ routed_experts::routed_experts(const model_shape& c, std::vector<std::int64_t> i
                                parameter_list& parameters)
     : hidden_(c.hidden_size), inter_(c.moe_intermediate_size), ids_(std::move(ids)) {
   const float std_init = 0.02f;
+  // NOTES: the first Wgrad after each zeroing writes the gradients whole (backward_weight), so the
+  // runtime need not zero them (6.6 G floats a step on the medium config).
+  const std::uint32_t flags = TROUPE_PARAM_TRAINABLE | TROUPE_PARAM_GRAD_OVERWRITTEN;
   for (const std::int64_t e : ids_) {
     const std::string prefix = fmt::format("mlp.experts.{}.", e);
     gate_.push_back(parameters.add(prefix + "gate_proj.weight", {inter_, hidden_},
-                                   TROUPE_INIT_NORMAL, std_init));
-    up_.push_back(
-        parameters.add(prefix + "up_proj.weight", {inter_, hidden_}, TROUPE_INIT_NORMAL, std_init));
+                                   TROUPE_INIT_NORMAL, std_init, flags));
+    up_.push_back(parameters.add(prefix + "up_proj.weight", {inter_, hidden_}, TROUPE_INIT_NORMAL,
+                                 std_init, flags));
     down_.push_back(parameters.add(prefix + "down_proj.weight", {hidden_, inter_},
-                                   TROUPE_INIT_NORMAL, std_init));
+                                   TROUPE_INIT_NORMAL, std_init, flags));
   }
 }
 
@@ -30,7 +33,7 @@ void routed_experts::bind(std::span<float* const> weights, std::span<float* cons
   grad_ = grads;
   for (auto* table : {&gate_weights_, &up_weights_, &down_weights_}) *table = {};
   for (auto* table : {&gate_grads_, &up_grads_, &down_grads_}) *table = {};
-  rounded_valid_ = false;  // derived from the old bindings
+  copies_.reset();  // derived from the old bindings
 }
 
 const float* routed_experts::input_rows(const troupe_exec_context* context, const saved_rows& s,
@@ -198,6 +201,12 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
                                               std::int64_t micro_batch, troupe_error* error) {
   saved_rows* s = saved_.for_weight(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
+  if (!s->grouped && held_gradients(context) == ops::gradients_hold::anything)
+    for (std::size_t e = 0; e < ids_.size(); ++e)  // the GEMMs below add
+      for (const std::size_t parameter : {gate_[e], up_[e], down_[e]})
+        if (grad_[parameter] != nullptr)
+          ops::zero_bytes(context, grad_[parameter],
+                          static_cast<std::size_t>(hidden_ * inter_) * sizeof(float));
   if (s->grouped) {
     const troupe_status status = guarded(error, [&] {
       grouped_backward_weight(context, *s);
@@ -255,22 +264,22 @@ routed_experts::rounded_set routed_experts::rounded_weights(const troupe_exec_co
                                                      sizeof(context->parameter_version) &&
                          context->parameter_version != nullptr;
   if (!versioned || ops::context_math(context) != ops::gemm_math::bf16) return {};
-  const std::uint64_t version = context->parameter_version();
   const std::int64_t experts = count();
   const auto elements = [](std::size_t bytes) { return (bytes + 1) / 2; };
-  if (!rounded_valid_ || version != rounded_version_) {
-    ensure_pointer_tables(context);
+  ensure_pointer_tables(context);
+  if (copies_.unplaced()) {  // the first time, or bound anew
     rounded_gate_up_.allocate(
         context, elements(ops::rounded_expert_weights_bytes(experts, 2 * inter_, hidden_)));
     rounded_down_.allocate(context,
                            elements(ops::rounded_expert_weights_bytes(experts, hidden_, inter_)));
+    copies_.keep(context, copy_pieces());
+  }
+  if (copies_.stale(context)) {
     const ops::expert_weights gate_up{gate_weights_.data(), up_weights_.data()};
     const ops::expert_weights down{down_weights_.data()};
     ops::round_expert_weights(context, gate_up, experts, 2 * inter_, hidden_,
                               rounded_gate_up_.data());
     ops::round_expert_weights(context, down, experts, hidden_, inter_, rounded_down_.data());
-    rounded_version_ = version;
-    rounded_valid_ = true;
   }
   return {rounded_gate_up_.data(), rounded_down_.data()};
 }
@@ -344,18 +353,23 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
                      hidden_, dx_rows, hidden_, true);
 }
 
-bool routed_experts::gradients_are_zeros(const troupe_exec_context* context) {
-  if (context->struct_size <
-      offsetof(troupe_exec_context, gradient_generation) + sizeof(context->gradient_generation))
-    return false;
-  const std::uint64_t now = context->gradient_generation;
-  const bool zeros = seen_generation_.has_value() && now == *seen_generation_ + 1;
-  seen_generation_ = now;
-  return zeros;
+std::vector<bf16_weight_copies::piece> routed_experts::copy_pieces() {
+  // NOTES: each expert's weights are one contiguous piece of the copies only when their rows need
+  // no padding (rounded_expert_weights_bytes pads rows to 8 elements); otherwise the layer rounds.
+  std::vector<bf16_weight_copies::piece> pieces;
+  if (hidden_ % 8 != 0 || inter_ % 8 != 0) return pieces;
+  const std::int64_t matrix = inter_ * hidden_;
+  for (std::size_t e = 0; e < ids_.size(); ++e) {
+    const auto at = static_cast<std::int64_t>(e);
+    pieces.push_back({weight_[gate_[e]], rounded_gate_up_.data() + at * 2 * matrix, matrix});
+    pieces.push_back({weight_[up_[e]], rounded_gate_up_.data() + (at * 2 + 1) * matrix, matrix});
+    pieces.push_back({weight_[down_[e]], rounded_down_.data() + at * matrix, matrix});
+  }
+  return pieces;
 }
 
 void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {
-  const bool zeros = gradients_are_zeros(context);
+  const ops::gradients_hold zeros = held_gradients(context);
   // The activations in f32, or (s.bf16) as their producers rounded them.
   const float* d_out = s.bf16 ? nullptr : s.d_out.data();
   const float* hidden = s.bf16 ? nullptr : s.hidden.data();

@@ -15,6 +15,7 @@
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
+#include "plugins/common/weight_copies.hpp"
 
 namespace troupe::plugin {
 
@@ -95,11 +96,13 @@ class routed_experts {
   /// Whether the grouped GEMMs read BF16 activations from their producers on this context: their
   /// BF16 math, and widths the pre-rounded operands allow (multiples of 8).
   bool bf16_activations(const troupe_exec_context* context) const;
-  /// Whether this Wgrad finds the experts' gradients all zeros: the context's
-  /// gradient_generation (ABI 1.4) is one more than at this layer's previous Wgrad; a layer's
-  /// first Wgrad adds (it may have been built mid-step).
-  bool gradients_are_zeros(const troupe_exec_context* context);
-  std::optional<std::uint64_t> seen_generation_;
+  /// What the experts' gradients hold at this Wgrad (their parameters are
+  /// TROUPE_PARAM_GRAD_OVERWRITTEN: the runtime may have left them as they were).
+  ops::gradients_hold held_gradients(const troupe_exec_context* context) {
+    return generations_.overwrite(context) ? ops::gradients_hold::anything
+                                           : ops::gradients_hold::sums;
+  }
+  gradient_generations generations_;
 
   std::int64_t hidden_, inter_;
   std::vector<std::int64_t> ids_;
@@ -115,8 +118,10 @@ class routed_experts {
 
   device_array<const float*> gate_weights_, up_weights_, down_weights_;
   device_array<std::uint16_t> rounded_gate_up_, rounded_down_;
-  std::uint64_t rounded_version_ = 0;
-  bool rounded_valid_ = false;
+  /// Declared after the copies' memory: destroyed first, it withdraws the requests.
+  bf16_weight_copies copies_;
+  /// Each expert's three weights as pieces of the copies (where no row needs padding).
+  std::vector<bf16_weight_copies::piece> copy_pieces();
   device_array<float*> gate_grads_, up_grads_, down_grads_;
   std::vector<std::size_t> gate_, up_, down_;
   std::span<float*const> weight_, grad_;

@@ -1,6 +1,7 @@
 #include "plugins/moe/shared_experts.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/cpu/linear.hpp"
 #include "kernels/cpu/swiglu.hpp"
@@ -13,17 +14,94 @@ using kernels::linear_forward;
 shared_experts::shared_experts(const model_shape& c, parameter_list& parameters)
     : hidden_(c.hidden_size), inter_(c.moe_intermediate_size * c.n_shared_experts) {
   if (inter_ == 0) return;
+  // Every backward path writes the gradients whole at the first backward after each zeroing
+  // (backward_weight), so the runtime need not zero them.
+  const std::uint32_t flags = TROUPE_PARAM_TRAINABLE | TROUPE_PARAM_GRAD_OVERWRITTEN;
   gate_ = parameters.add("mlp.shared_experts.gate_proj.weight", {inter_, hidden_},
-                         TROUPE_INIT_NORMAL, 0.02f);
+                         TROUPE_INIT_NORMAL, 0.02f, flags);
   up_ = parameters.add("mlp.shared_experts.up_proj.weight", {inter_, hidden_}, TROUPE_INIT_NORMAL,
-                       0.02f);
+                       0.02f, flags);
   down_ = parameters.add("mlp.shared_experts.down_proj.weight", {hidden_, inter_},
-                         TROUPE_INIT_NORMAL, 0.02f);
+                         TROUPE_INIT_NORMAL, 0.02f, flags);
 }
 
 void shared_experts::bind(std::span<float* const> weights, std::span<float* const> grads) {
   weight_ = weights;
   grad_ = grads;
+  copies_.reset();
+}
+
+bool shared_experts::bf16_path(const troupe_exec_context* context) const {
+  return on_gpu(context) && context->gemm != nullptr && context->gemm->name != nullptr &&
+         std::strcmp(context->gemm->name, TROUPE_GEMM_CUBLASLT_BF16) == 0 &&
+         context->struct_size >= offsetof(troupe_exec_context, parameter_version) +
+                                     sizeof(context->parameter_version) &&
+         context->parameter_version != nullptr && hidden_ % 8 == 0 && inter_ % 8 == 0;
+}
+
+void shared_experts::refresh_copies(const troupe_exec_context* context) {
+  const std::int64_t matrix = inter_ * hidden_;
+  if (copies_.unplaced()) {
+    gate_up16_.allocate(context, static_cast<std::size_t>(2 * matrix));
+    down16_.allocate(context, static_cast<std::size_t>(matrix));
+    copies_.keep(context, {{weight_[gate_], gate_up16_.data(), matrix},
+                           {weight_[up_], gate_up16_.data() + matrix, matrix},
+                           {weight_[down_], down16_.data(), matrix}});
+  }
+  if (copies_.stale(context)) {
+    ops::round_to_bf16(context, weight_[gate_], gate_up16_.data(), matrix);
+    ops::round_to_bf16(context, weight_[up_], gate_up16_.data() + matrix, matrix);
+    ops::round_to_bf16(context, weight_[down_], down16_.data(), matrix);
+  }
+}
+
+void shared_experts::forward_bf16(const troupe_exec_context* context, saved_block& s, float* y) {
+  const std::int64_t t = s.tokens, i2 = 2 * inter_;
+  refresh_copies(context);
+  s.x16.allocate(context, static_cast<std::size_t>(t * hidden_));
+  ops::round_to_bf16(context, s.x, s.x16.data(), t * hidden_);
+  s.gate_up.allocate(context, static_cast<std::size_t>(t * i2));
+  ops::gemm_bf16(context, false, true, t, i2, hidden_, 1.0f, s.x16.data(), hidden_,
+                 gate_up16_.data(), hidden_, 0.0f, s.gate_up.data(), i2);
+  device_array<std::uint16_t> h16;
+  h16.allocate(context, static_cast<std::size_t>(t * inter_));
+  ops::swiglu_forward_fused_bf16(context, s.gate_up.data(), h16.data(), t, inter_);
+  ops::gemm_bf16(context, false, true, t, hidden_, inter_, 1.0f, h16.data(), inter_, down16_.data(),
+                 inter_, 0.0f, y, hidden_);
+}
+
+void shared_experts::backward_input_bf16(const troupe_exec_context* context, saved_block& s,
+                                         const float* dy, float* dx) {
+  const std::int64_t t = s.tokens, i2 = 2 * inter_;
+  refresh_copies(context);
+  s.hidden16.allocate(context, static_cast<std::size_t>(t * inter_));
+  ops::swiglu_forward_fused_bf16(context, s.gate_up.data(), s.hidden16.data(), t, inter_);
+  s.d_out16.allocate(context, static_cast<std::size_t>(t * hidden_));
+  ops::round_to_bf16(context, dy, s.d_out16.data(), t * hidden_);
+  buffer dh;
+  dh.allocate(context, static_cast<std::size_t>(t * inter_));
+  ops::gemm_bf16(context, false, false, t, inter_, hidden_, 1.0f, s.d_out16.data(), hidden_,
+                 down16_.data(), inter_, 0.0f, dh.data(), inter_);
+  s.d_gate_up16.allocate(context, static_cast<std::size_t>(t * i2));
+  ops::swiglu_backward_fused_bf16(context, dh.data(), s.gate_up.data(), s.d_gate_up16.data(), t,
+                                  inter_);
+  ops::gemm_bf16(context, false, false, t, hidden_, i2, 1.0f, s.d_gate_up16.data(), i2,
+                 gate_up16_.data(), hidden_, 1.0f, dx, hidden_);
+}
+
+void shared_experts::backward_weight_bf16(const troupe_exec_context* context, saved_block& s,
+                                          bool overwrite) {
+  const std::int64_t t = s.tokens, i2 = 2 * inter_;
+  const float beta = overwrite ? 0.0f : 1.0f;
+  if (grad_[down_] != nullptr)
+    ops::gemm_bf16(context, true, false, hidden_, inter_, t, 1.0f, s.d_out16.data(), hidden_,
+                   s.hidden16.data(), inter_, beta, grad_[down_], inter_);
+  if (grad_[gate_] != nullptr)
+    ops::gemm_bf16(context, true, false, inter_, hidden_, t, 1.0f, s.d_gate_up16.data(), i2,
+                   s.x16.data(), hidden_, beta, grad_[gate_], hidden_);
+  if (grad_[up_] != nullptr)
+    ops::gemm_bf16(context, true, false, inter_, hidden_, t, 1.0f, s.d_gate_up16.data() + inter_,
+                   i2, s.x16.data(), hidden_, beta, grad_[up_], hidden_);
 }
 
 troupe_status shared_experts::forward(const troupe_exec_context* context, std::int64_t micro_batch,
@@ -39,6 +117,11 @@ troupe_status shared_experts::forward(const troupe_exec_context* context, std::i
   const troupe_status status = guarded(error, [&]() -> troupe_status {
     s->x = x;
     s->tokens = tokens;
+    s->bf16 = bf16_path(context);
+    if (s->bf16) {
+      forward_bf16(context, *s, y);
+      return TROUPE_STATUS_OK;
+    }
     s->gate_up.allocate(context, static_cast<std::size_t>(tokens * 2 * inter_));
     TROUPE_TRY(linear_forward(context, x, hidden_, weight_[gate_], s->gate_up.data(), 2 * inter_,
                               tokens, hidden_, inter_, false, error));
@@ -62,6 +145,11 @@ troupe_status shared_experts::backward_input(const troupe_exec_context* context,
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   return guarded(error, [&]() -> troupe_status {
     const std::int64_t t = s->tokens;
+    if (s->bf16) {
+      backward_input_bf16(context, *s, dy, dx);
+      saved_.input_done(micro_batch);
+      return TROUPE_STATUS_OK;
+    }
     s->hidden.allocate(context, static_cast<std::size_t>(t * inter_));
     ops::swiglu_forward_fused(context, s->gate_up.data(), s->hidden.data(), t, inter_);
     buffer dh;
@@ -87,7 +175,17 @@ troupe_status shared_experts::backward_weight(const troupe_exec_context* context
   saved_block* s = saved_.for_weight(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t t = s->tokens;
+  const bool overwrite = generations_.overwrite(context);
   const troupe_status status = guarded(error, [&]() -> troupe_status {
+    if (s->bf16) {
+      backward_weight_bf16(context, *s, overwrite);
+      return TROUPE_STATUS_OK;
+    }
+    if (overwrite)  // the GEMMs below add: the gradients start from zeros
+      for (const std::size_t parameter : {gate_, up_, down_})
+        if (grad_[parameter] != nullptr)
+          ops::zero_bytes(context, grad_[parameter],
+                          static_cast<std::size_t>(hidden_ * inter_) * sizeof(float));
     TROUPE_TRY(linear_backward(context, s->d_out.data(), hidden_, s->hidden.data(), inter_,
                                weight_[down_], nullptr, 0, grad_[down_], t, inter_, hidden_,
                                error));
@@ -104,7 +202,8 @@ troupe_status shared_experts::backward_weight(const troupe_exec_context* context
 std::size_t shared_experts::saved_bytes() const {
   std::size_t bytes = 0;
   saved_.for_each([&](std::int64_t, const saved_block& s) {
-    bytes += s.gate_up.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() + s.d_out.bytes();
+    bytes += s.gate_up.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() + s.d_out.bytes() +
+             s.x16.bytes() + s.hidden16.bytes() + s.d_gate_up16.bytes() + s.d_out16.bytes();
   });
   return bytes;
 }

@@ -12,6 +12,7 @@
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
+#include "plugins/common/weight_copies.hpp"
 
 namespace troupe::plugin {
 
@@ -38,12 +39,32 @@ class shared_experts {
     const float* x = nullptr;
     std::int64_t tokens = 0;
     buffer gate_up, hidden, d_gate_up, d_out;
+    // NOTES: under the runtime's BF16 GEMMs (`bf16`) every GEMM operand is BF16 from its producer
+    // (the input rounded once, SwiGLU's output and gradient, the output gradient rounded once)
+    // and the weights are BF16 copies the optimizer keeps: no GEMM rounds anything, and gate and
+    // up are one GEMM each way over their stacked copy. hidden, d_gate_up and d_out stay empty.
+    bool bf16 = false;
+    device_array<std::uint16_t> x16, hidden16, d_gate_up16, d_out16;
   };
+
+  /// Whether this context runs the BF16 path: the runtime's cuBLASLt BF16 provider (not a GEMM
+  /// plugin's: fp8 keeps its own linear layers), widths that are multiples of 8.
+  bool bf16_path(const troupe_exec_context* context) const;
+  /// The weights' BF16 copies, current for the context's parameter version: [gate; up] stacked
+  /// [2I, H], and down [H, I].
+  void refresh_copies(const troupe_exec_context* context);
+  void forward_bf16(const troupe_exec_context* context, saved_block& s, float* y);
+  void backward_input_bf16(const troupe_exec_context* context, saved_block& s, const float* dy,
+                           float* dx);
+  void backward_weight_bf16(const troupe_exec_context* context, saved_block& s, bool overwrite);
 
   std::int64_t hidden_, inter_;
   std::size_t gate_ = 0, up_ = 0, down_ = 0;
   std::span<float*const> weight_, grad_;
   saved_micro_batches<saved_block> saved_{"shared experts: "};
+  device_array<std::uint16_t> gate_up16_, down16_;
+  bf16_weight_copies copies_;  // after the copies' memory: withdraws its requests first
+  gradient_generations generations_;
 };
 
 }  // namespace troupe::plugin

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define TROUPE_PLUGIN_ABI_MAJOR 1u
-#define TROUPE_PLUGIN_ABI_MINOR 4u
+#define TROUPE_PLUGIN_ABI_MINOR 5u
 
 /** The symbol every plugin exports, of type troupe_plugin_entry_fn. */
 #define TROUPE_PLUGIN_ENTRY_SYMBOL "troupe_plugin_entry"
@@ -159,6 +159,17 @@ typedef struct troupe_exec_context {
    *  mid-step or swapped in, another context). Contexts smaller than this field (struct_size)
    *  have none: always add. */
   uint64_t gradient_generation;
+  /** ABI 1.5: asks the runtime's optimizer to write `copy` (`count` BF16 values in device memory
+   *  the caller owns, on this context's device) with the parameter whose values start at `value`
+   *  rounded to nearest even, each time a step updates them, so that a layer keeping a BF16 copy
+   *  of its weights need not round them again. Returns 1 when it will, 0 when it will not (no such
+   *  parameter, another size, not updated whole here): the caller rounds on its own. `copy` NULL
+   *  withdraws the request; a caller withdraws it before it frees `copy`. */
+  int32_t (*keep_bf16_copy)(const float* value, uint16_t* copy, int64_t count);
+  /** ABI 1.5: 1 when the copy kept for `value` holds its current values (the optimizer wrote it
+   *  after every other write of the parameter, on the stream that computes next), else 0 (nothing
+   *  kept, or the parameter was written since: a checkpoint load, a new allocation). */
+  int32_t (*bf16_copy_current)(const float* value);
 } troupe_exec_context;
 
 /** How the runtime initialises a parameter before any checkpoint is loaded. */
@@ -176,6 +187,12 @@ typedef enum troupe_param_init {
 #define TROUPE_PARAM_TRAINABLE 1u
 #define TROUPE_PARAM_BUFFER 2u
 #define TROUPE_PARAM_ROUTER_BIAS 4u
+/** ABI 1.5: the layer writes this parameter's gradient whole (stores, does not add) at its first
+ *  backward after gradient_generation moved (and at its first backward ever), so a runtime that
+ *  moves gradient_generation may leave the gradient as it is instead of zeroing it. A layer that
+ *  sets it honours it on every path of its backward (zeroing the gradient itself where it would
+ *  add). */
+#define TROUPE_PARAM_GRAD_OVERWRITTEN 8u
 
 #define TROUPE_MAX_DIMS 4
 

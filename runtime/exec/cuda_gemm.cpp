@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <cstdio>
 
+#include <fmt/format.h>
+
 #include "kernels/cuda/cublaslt_gemm.hpp"
 #include "kernels/cuda/per_stream.hpp"
 #include "kernels/dispatch/op_timing.hpp"
@@ -50,7 +52,11 @@ troupe_status cuda_gemm(void* self, const troupe_exec_context* context,
       return TROUPE_STATUS_INVALID_ARGUMENT;
     }
   try {
-    const kernels::op_scope timing(context, kernels::op_class::dense_gemm);
+    kernels::op_scope timing(context, kernels::op_class::dense_gemm);
+    if (timing.wants_detail())
+      timing.detail(fmt::format("{}x{}x{} {}{} {}", m, n, k, call->transpose_a != 0 ? 'T' : 'N',
+                                call->transpose_b != 0 ? 'T' : 'N',
+                                call->a->dtype.code == kDLBfloat ? "bf16" : "f32"));
     auto& engine = all_engines().on(context->device.device_id, context->stream);
     engine.gemm(matrix(call->a), call->transpose_a != 0, matrix(call->b), call->transpose_b != 0,
                 matrix(call->c), call->alpha, call->beta,

@@ -5,6 +5,7 @@
 
 #include "runtime/device/cuda.hpp"
 #include "runtime/device/memory_pool.hpp"
+#include "runtime/exec/bf16_copies.hpp"
 #include "runtime/exec/blas_gemm.hpp"
 #include "runtime/exec/cuda_gemm.hpp"
 #include "runtime/tensor/host_pool.hpp"
@@ -47,6 +48,7 @@ std::uint64_t version_for_plugins() {
 }  // namespace
 
 void parameters_changed() {
+  bf16_copies::invalidate_all();
   parameter_writes.fetch_add(1, std::memory_order_acq_rel);
 }
 
@@ -74,6 +76,8 @@ exec_context::exec_context(device where, thread_pool& pool, const troupe_gemm_pr
   context_.pool = pool.abi();
   context_.allocator = runtime_allocator();
   context_.parameter_version = &version_for_plugins;
+  context_.keep_bf16_copy = &bf16_copies::keep;
+  context_.bf16_copy_current = &bf16_copies::current;
   // NOTES: 2^32 apart per context, so a layer never mistakes another context's count (one made
   // at a freed context's address included) for one more zeroing of its own.
   static std::atomic<std::uint64_t> contexts{0};

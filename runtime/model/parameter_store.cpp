@@ -106,14 +106,14 @@ void parameter_store::initialize(std::uint64_t seed, thread_pool* pool) {
   }
 }
 
-void parameter_store::zero_grads(thread_pool* pool) {
+void parameter_store::zero_grads(thread_pool* pool, bool leave_overwritten) {
   // NOTES: pieces of at most 1 MiB: on a GPU one block each (a block alone on the 134 MB of an
   // embedding's gradient would take milliseconds; the table is rebuilt when a gradient moved, a
   // hot swap), on the host shared among the pool's threads.
   constexpr std::uint64_t piece = std::uint64_t{1} << 20;
   std::vector<std::pair<void*, std::uint64_t>> spans;
   for (parameter* p : order_) {
-    if (!p->grad.defined()) continue;
+    if (!p->grad.defined() || (leave_overwritten && p->spec.grad_overwritten())) continue;
     auto* bytes = static_cast<unsigned char*>(p->grad.data());
     for (std::uint64_t at = 0; at < p->grad.nbytes(); at += piece)
       spans.emplace_back(bytes + at, std::min<std::uint64_t>(piece, p->grad.nbytes() - at));

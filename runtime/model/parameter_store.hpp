@@ -51,8 +51,10 @@ class parameter_store {
   /// Zeros every gradient: on the host in 1 MiB pieces over `pool` when one is given (one thread
   /// zeroing the small-512 model's 0.9 GB of gradients takes tens of milliseconds); on a GPU in one
   /// launch over a table of the gradients' memory (one cudaMemsetAsync per gradient cost about
-  /// 3 us each, thousands of them per step), then waits for the stream.
-  void zero_grads(thread_pool* pool = nullptr);
+  /// 3 us each, thousands of them per step), then waits for the stream. `leave_overwritten`: not
+  /// the gradients their layers overwrite (TROUPE_PARAM_GRAD_OVERWRITTEN), for a caller that moves
+  /// its context's gradient_generation next (exec_context::gradients_zeroed).
+  void zero_grads(thread_pool* pool = nullptr, bool leave_overwritten = false);
 
   /// (name, value) pairs for writing a checkpoint.
   std::vector<std::pair<std::string, tensor>> named_values() const;

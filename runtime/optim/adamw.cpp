@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "runtime/core/error.hpp"
+#include "runtime/exec/bf16_copies.hpp"
 #include "runtime/tensor/bf16.hpp"
 #include "troupe_build_config.h"
 
@@ -49,13 +50,20 @@ void adamw::upload_slots() {
   device_blocks_ = 0;
   if (where_.is_cpu() || slots_.empty()) return;
 #if TROUPE_HAVE_CUDA
-  // NOTES: the descriptors go to the GPU once; a step then is one launch over every tensor.
+  // NOTES: the descriptors go to the GPU once (again when a layer asks for a BF16 copy or
+  // withdraws one); a step then is one launch over every tensor.
+  copies_seen_ = bf16_copies::changes();
+  copied_.clear();
   std::vector<kernels::cuda::adamw_tensor> descriptors;
-  for (slot& s : slots_)
-    descriptors.push_back({s.p->value.data_as<float>() + s.range.begin,
-                           s.p->grad.data_as<const float>() + s.range.begin,
-                           s.exp_avg.data_as<std::uint16_t>(),
-                           s.exp_avg_sq.data_as<std::uint16_t>(), s.range.size(), s.decay ? 1 : 0});
+  for (slot& s : slots_) {
+    const float* value = s.p->value.data_as<float>();
+    std::uint16_t* copy = s.sliced ? nullptr : bf16_copies::find(value, s.p->value.numel());
+    if (copy != nullptr) copied_.push_back(value);
+    descriptors.push_back(
+        {s.p->value.data_as<float>() + s.range.begin,
+         s.p->grad.data_as<const float>() + s.range.begin, s.exp_avg.data_as<std::uint16_t>(),
+         s.exp_avg_sq.data_as<std::uint16_t>(), copy, s.range.size(), s.decay ? 1 : 0});
+  }
   device_blocks_ =
       kernels::cuda::adamw_plan(descriptors.data(), static_cast<std::int64_t>(descriptors.size()));
   const auto bytes = static_cast<std::int64_t>(descriptors.size() * sizeof(descriptors[0]));
@@ -73,6 +81,7 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, const exec_con
   if (step < 1) fail("AdamW steps count from 1, got {}", step);
   parameters_changed();
 #if TROUPE_HAVE_CUDA
+  if (bf16_copies::changes() != copies_seen_) upload_slots();
   const kernels::op_scope timing(context.abi(), kernels::op_class::optimizer);
   const double b1 = settings_.beta1, b2 = settings_.beta2;
   kernels::cuda::adamw_hyper hyper;
@@ -87,6 +96,7 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, const exec_con
   kernels::cuda::adamw_step(static_cast<const kernels::cuda::adamw_tensor*>(device_slots_.data()),
                             static_cast<std::int64_t>(slots_.size()), device_blocks_, hyper,
                             nullptr, context.stream());
+  bf16_copies::written(copied_);
 #endif
 }
 

@@ -45,7 +45,9 @@ class adamw {
   /// `step` counts from 1 (bias correction). Parameters on the host.
   void step(double lr, double grad_scale, std::int64_t step, thread_pool& pool);
   /// The same where `context` computes: on the host's pool, or on a GPU as one multi-tensor
-  /// launch on the context's stream (kernels/cuda/adamw.hpp), for parameters on that GPU.
+  /// launch on the context's stream (kernels/cuda/adamw.hpp), for parameters on that GPU; there
+  /// it also writes the BF16 copies layers keep of parameters it updates whole
+  /// (runtime/exec/bf16_copies.hpp).
   void step(double lr, double grad_scale, std::int64_t step, const exec_context& context);
 
   /// The moments for a checkpoint: "<name>.exp_avg" and "<name>.exp_avg_sq", bf16 of the
@@ -74,8 +76,10 @@ class adamw {
   adamw_settings settings_;
   std::vector<slot> slots_;
   device where_ = device::cpu();
-  tensor device_slots_;             ///< u8: the slots as kernels/cuda/adamw.hpp descriptors (GPU)
-  std::int64_t device_blocks_ = 0;  ///< the GPU step's blocks (kernels/cuda/adamw.hpp's plan)
+  tensor device_slots_;               ///< u8: the slots as kernels/cuda/adamw.hpp descriptors (GPU)
+  std::int64_t device_blocks_ = 0;    ///< the GPU step's blocks (kernels/cuda/adamw.hpp's plan)
+  std::uint64_t copies_seen_ = 0;     ///< bf16_copies::changes() when the slots were uploaded
+  std::vector<const float*> copied_;  ///< the values whose BF16 copies the GPU step writes
 };
 
 }  // namespace troupe

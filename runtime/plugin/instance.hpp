@@ -37,6 +37,8 @@ struct parameter_spec {
   bool buffer() const { return (flags & TROUPE_PARAM_BUFFER) != 0; }
   /// The MoE router's selection bias, set by the bias balancer.
   bool router_bias() const { return (flags & TROUPE_PARAM_ROUTER_BIAS) != 0; }
+  /// The layer overwrites the gradient at its first backward after each zeroing (ABI 1.5).
+  bool grad_overwritten() const { return (flags & TROUPE_PARAM_GRAD_OVERWRITTEN) != 0; }
 };
 
 struct tensor_spec {

@@ -288,10 +288,11 @@ void pipeline_rank::optimize(double lr, double grad_scale, std::int64_t step) {
   if (snapshots_) snapshots_->before_update(context_.stream());
   for (auto& c : chunks_) {
     c.optimizer->step(lr, grad_scale, step, context_);
-    c.runner->parameters().zero_grads(&context_.pool());
+    // On a GPU the gradients the layers overwrite stay as they are (the routed experts').
+    c.runner->parameters().zero_grads(&context_.pool(), gpu_context_ != nullptr);
   }
-  // Every chunk's gradients are zeros now: on a GPU (the context this rank owns) the layers' next
-  // backward may store into them (the moe plugin's expert Wgrad).
+  // Every chunk's gradients are zeros now, or (on a GPU: the context this rank owns) overwritten
+  // by their layers' next backward (the moe plugin's expert Wgrad).
   if (gpu_context_) gpu_context_->gradients_zeroed();
 }
 

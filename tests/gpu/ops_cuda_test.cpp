@@ -873,7 +873,7 @@ TEST(CudaOps, AdamwAndClippingMatchTheHostUpdate) {
   }
   // The clip scale from the global norm, on the device.
   std::vector<std::unique_ptr<device_array<float>>> gvalues, ggrads;
-  std::vector<std::unique_ptr<device_array<std::uint16_t>>> gm, gv;
+  std::vector<std::unique_ptr<device_array<std::uint16_t>>> gm, gv, gcopy;
   std::vector<gpu::gradient_tensor> norm_list;
   std::vector<gpu::adamw_tensor> adam_list;
   double norm_squared = 0.0;
@@ -882,9 +882,12 @@ TEST(CudaOps, AdamwAndClippingMatchTheHostUpdate) {
     ggrads.push_back(std::make_unique<device_array<float>>(grads[t]));
     gm.push_back(std::make_unique<device_array<std::uint16_t>>(m[t]));
     gv.push_back(std::make_unique<device_array<std::uint16_t>>(v[t]));
+    // A BF16 copy of the new values for every tensor but the second (none there).
+    gcopy.push_back(std::make_unique<device_array<std::uint16_t>>(m[t]));
     norm_list.push_back({ggrads[t]->data(), sizes[t]});
     adam_list.push_back({gvalues[t]->data() + skip[t], ggrads[t]->data() + skip[t],
-                         gm[t]->data() + skip[t], gv[t]->data() + skip[t], sizes[t] - skip[t],
+                         gm[t]->data() + skip[t], gv[t]->data() + skip[t],
+                         t != 1 ? gcopy[t]->data() + skip[t] : nullptr, sizes[t] - skip[t],
                          t != 1 ? 1 : 0});
     for (float g : grads[t]) norm_squared += static_cast<double>(g) * static_cast<double>(g);
   }
@@ -929,6 +932,13 @@ TEST(CudaOps, AdamwAndClippingMatchTheHostUpdate) {
       vt[i] = float_to_bf16(v1);
     }
     EXPECT_CLOSE(gvalues[t]->get(), p, 1e-6, "adamw values");
+    if (t != 1) {  // the copy: exactly the new values rounded (the elements skipped: untouched)
+      const auto got = gvalues[t]->get();
+      const auto copy = gcopy[t]->get();
+      for (std::size_t i = 0; i < p.size(); ++i)
+        ASSERT_EQ(copy[i], i < static_cast<std::size_t>(skip[t]) ? m[t][i] : float_to_bf16(got[i]))
+            << t << " " << i;
+    }
     // Moments: BF16 roundings of nearly equal floats; at most one unit in the last place apart.
     const auto got_m = gm[t]->get(), got_v = gv[t]->get();
     for (std::size_t i = 0; i < p.size(); ++i) {
@@ -1065,6 +1075,22 @@ TEST_P(GroupedGemms, MatchOneCpuGemmPerExpert) {
     EXPECT_LT(error, 2e-2);
   }
   EXPECT_EQ(gdw[0]->get(), dw[0]);  // an expert without rows: no gradient
+  {  // Overwriting gradients that hold anything: the products alone, zeros without rows.
+    std::vector<std::unique_ptr<device_array<float>>> junk;
+    std::vector<float*> junk_pointers;
+    for (std::int64_t g = 0; g < groups; ++g) {
+      junk.push_back(std::make_unique<device_array<float>>(
+          std::vector<float>(static_cast<std::size_t>(n * k), -3.0f)));
+      junk_pointers.push_back(junk.back()->data());
+    }
+    device_array<float*> gjunk(junk_pointers);
+    gpu::grouped_gemm_wgrad(gathered_rows, gdy.data(), n, gx.data(), k, gjunk.data(), n, k, math,
+                            nullptr, nullptr, false, nullptr, nullptr, true);
+    EXPECT_EQ(junk[0]->get(), dw[0]) << "an expert without rows, overwritten";
+    for (std::int64_t g = 1; g < groups; ++g)
+      EXPECT_CLOSE(junk[static_cast<std::size_t>(g)]->get(), dw[g], fp32_bound,
+                   "grouped wgrad overwriting");
+  }
 
   // Two tables stacked into one [2n, k] per expert (gate above up): the same products as one GEMM
   // per table, the second table's outputs in columns [n, 2n) of y, its dy read from them.
@@ -1285,6 +1311,40 @@ TEST_P(GroupedGemms, ModelSizedPassesMatchTheCpu) {
     else
       EXPECT_CLOSE(got, twice, fp32_bound, "model-sized wgrad onto zeros, then added");
   }
+  // Overwriting (TROUPE_PARAM_GRAD_OVERWRITTEN: the runtime left the gradients as they were):
+  // whatever they held is replaced, an expert without rows gets zeros; a second call adds. With
+  // no rows at all every gradient becomes zeros.
+  std::vector<std::unique_ptr<device_array<float>>> junk;
+  std::vector<float*> junk_gate, junk_up;
+  for (std::int64_t g = 0; g < 2 * groups; ++g) {
+    junk.push_back(std::make_unique<device_array<float>>(
+        std::vector<float>(static_cast<std::size_t>(half * k), 5.0f + static_cast<float>(g))));
+    (g % 2 == 0 ? junk_gate : junk_up).push_back(junk.back()->data());
+  }
+  device_array<float*> gjunk_gate(junk_gate), gjunk_up(junk_up);
+  for (const bool overwrite : {true, false})
+    gpu::grouped_gemm_wgrad(gathered_rows, gdy.data(), n, gx.data(), k,
+                            {gjunk_gate.data(), gjunk_up.data()}, n, k, math, nullptr, nullptr,
+                            false, nullptr, nullptr, overwrite);
+  for (std::int64_t g = 0; g < groups; ++g) {
+    auto got = junk[static_cast<std::size_t>(2 * g)]->get();
+    const auto second = junk[static_cast<std::size_t>(2 * g + 1)]->get();
+    got.insert(got.end(), second.begin(), second.end());
+    std::vector<float> twice = dw[g];
+    for (float& v : twice) v *= 2.0f;
+    if (counts[g] == 0)
+      EXPECT_EQ(got, twice) << "expert " << g << " without rows, overwritten";
+    else
+      EXPECT_CLOSE(got, twice, fp32_bound, "model-sized wgrad overwriting, then added");
+  }
+  const std::vector<std::int64_t> no_offsets(static_cast<std::size_t>(groups + 1), 0);
+  device_array<std::int64_t> gno_offsets(no_offsets);
+  gpu::grouped_gemm_wgrad({gno_offsets.data(), groups, 0, gorder.data(), topk}, gdy.data(), n,
+                          gx.data(), k, {gjunk_gate.data(), gjunk_up.data()}, n, k, math, nullptr,
+                          nullptr, false, nullptr, nullptr, true);
+  for (const auto& table : junk)
+    EXPECT_EQ(table->get(), std::vector<float>(static_cast<std::size_t>(half * k), 0.0f))
+        << "no rows at all, overwritten";
   // and the stores happen: expert 0 (700 rows, one block per tile in every kernel) replaces what
   // its gradient held (here not zeros, to see it).
   device_array<float> sevens(std::vector<float>(static_cast<std::size_t>(n * k), 7.0f));

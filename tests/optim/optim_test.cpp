@@ -9,6 +9,7 @@
 #include <random>
 
 #include "runtime/core/error.hpp"
+#include "runtime/exec/bf16_copies.hpp"
 #include "runtime/exec/exec_context.hpp"
 #include "runtime/exec/thread_pool.hpp"
 #include "runtime/optim/adamw.hpp"
@@ -222,6 +223,57 @@ TEST(GradientGeneration, GrowsByOneOnlyWhenTheContextSaysTheGradientsWereZeroed)
   EXPECT_GE(theirs > first ? theirs - first : first - theirs, std::uint64_t{1} << 32);
   other.gradients_zeroed();
   EXPECT_EQ(abi->gradient_generation, first + 1);  // each context its own
+}
+
+// Gradients a layer overwrites (ABI 1.5): zero_grads leaves them only when asked to, for a
+// caller that moves its context's gradient_generation next.
+TEST(GradientGeneration, OverwrittenGradientsAreLeftOnlyWhenAsked) {
+  thread_pool pool(1);
+  parameter_store store;
+  parameter& plain = store.add("plain", trainable({4}));
+  parameter_spec spec = trainable({4});
+  spec.flags |= TROUPE_PARAM_GRAD_OVERWRITTEN;
+  parameter& overwritten = store.add("overwritten", spec);
+  const auto fill = [&](float v) {
+    for (parameter* p : {&plain, &overwritten})
+      for (std::int64_t i = 0; i < 4; ++i) p->grad.data_as<float>()[i] = v;
+  };
+  fill(2.0f);
+  store.zero_grads(&pool, true);
+  EXPECT_EQ(plain.grad.data_as<float>()[3], 0.0f);
+  EXPECT_EQ(overwritten.grad.data_as<float>()[3], 2.0f);
+  fill(2.0f);
+  store.zero_grads(&pool);
+  EXPECT_EQ(overwritten.grad.data_as<float>()[3], 0.0f);
+}
+
+// The BF16 copies layers keep and the optimizer writes (ABI 1.5): recorded through the context,
+// current only after the optimizer said it wrote them and until any other write of parameters.
+TEST(Bf16Copies, CurrentFromTheOptimizersWriteUntilAnyOtherWrite) {
+  thread_pool pool(1);
+  exec_context context(device::cpu(), pool);
+  const troupe_exec_context* abi = context.abi();
+  ASSERT_GE(abi->struct_size,
+            offsetof(troupe_exec_context, bf16_copy_current) + sizeof(abi->bf16_copy_current));
+  ASSERT_NE(abi->keep_bf16_copy, nullptr);
+  std::array<float, 6> value{};
+  std::array<std::uint16_t, 6> copy{};
+  const std::uint64_t before = bf16_copies::changes();
+  EXPECT_EQ(abi->keep_bf16_copy(value.data(), copy.data(), 6), 1);
+  EXPECT_NE(bf16_copies::changes(), before);
+  EXPECT_EQ(bf16_copies::find(value.data(), 6), copy.data());
+  EXPECT_EQ(bf16_copies::find(value.data(), 5), nullptr);  // another size: not this parameter's
+  EXPECT_EQ(abi->bf16_copy_current(value.data()), 0);      // nothing written yet
+  bf16_copies::written({value.data()});
+  EXPECT_EQ(abi->bf16_copy_current(value.data()), 1);
+  parameters_changed();  // a checkpoint load, say
+  EXPECT_EQ(abi->bf16_copy_current(value.data()), 0);
+  bf16_copies::written({value.data()});
+  EXPECT_EQ(abi->keep_bf16_copy(value.data(), nullptr, 0), 1);  // withdrawn
+  EXPECT_EQ(bf16_copies::find(value.data(), 6), nullptr);
+  EXPECT_EQ(abi->bf16_copy_current(value.data()), 0);
+  EXPECT_EQ(abi->keep_bf16_copy(nullptr, copy.data(), 6), 0);
+  EXPECT_EQ(abi->keep_bf16_copy(value.data(), copy.data(), 0), 0);
 }
 
 TEST(TrainingSchedule, WarmupThenCosineToTheFloor) {

@@ -39,6 +39,9 @@ struct bench_train_options {
   int steps = 8;
   int threads = 0;
   std::string device = "cpu";  ///< where the direct loop runs
+  bool direct_only = false;    ///< skip the actors' run
+  int ops = 24;                ///< how many of the heaviest ops to print
+  bool op_shapes = false;      ///< dense GEMMs counted per shape
 };
 
 /// Seconds per step of the direct loop, and of its phases (medians).
@@ -151,7 +154,7 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
     {
       const context_stream_scope on_stream(context);
       optimizer.step(1e-4, 1.0, step + 1, context);
-      runner.parameters().zero_grads(&pool);
+      runner.parameters().zero_grads(&pool, where.is_cuda());
       context.gradients_zeroed();
       wait();
     }
@@ -209,15 +212,18 @@ int bench_train(const bench_train_options& options) {
     job_options.checkpoints = false;  // a benchmark writes none, so it needs no disk for them
     job_options.keep_steps = true;
     training_result result;
-    {  // the job's memory is given back before the direct loop builds its own model
+    if (!options.direct_only) {  // the job's memory is given back before the direct loop
       training_job job(topo, registry, job_options);
       result = job.run();
     }
     std::vector<double> times;
     for (std::size_t i = 2; i < result.steps.size(); ++i)
       times.push_back(result.steps[i].step_seconds);
-    const double actor_step = median_of(times);
-    const std::int64_t micro_batches = result.steps.back().micro_batches;
+    const double actor_step = options.direct_only ? 0.0 : median_of(times);
+    const std::int64_t micro_batches = options.direct_only
+                                           ? std::max(1, topo.schedule.micro_batches)
+                                           : result.steps.back().micro_batches;
+    kernels::op_timing::enable_details(options.op_shapes);
     const direct_timing direct =
         direct_step_seconds(topo, registry, pool, micro_batches, std::max(3, options.steps / 2),
                             parse_device(options.device));
@@ -225,7 +231,8 @@ int bench_train(const bench_train_options& options) {
     sgemm.merge(measure_sgemm(pool));
     const double reference = sgemm.best;
 
-    const double tokens = static_cast<double>(result.steps.back().tokens);
+    const double tokens = static_cast<double>(micro_batches * topo.train.micro_batch_size *
+                                              topo.train.sequence_length);
     const double flops =
         model_flops(topo.model, topo.train.sequence_length, true).training() * tokens;
     fmt::print(
@@ -241,11 +248,22 @@ int bench_train(const bench_train_options& options) {
         "sgemm on the worker pool (1024^3 and 2048^3, 8 runs each, before and after): best {:.1f} "
         "GFLOP/s, median {:.1f}, slowest {:.1f}\n",
         sgemm.best, sgemm.median, sgemm.worst);
-    fmt::print(
-        "actors: {:.1f} ms per step (median of {}), {:.0f} tokens/s, {:.2f} GFLOP/s = "
-        "{:.2f} of sgemm\n",
-        actor_step * 1e3, times.size(), tokens / actor_step, flops / actor_step / 1e9,
-        flops / actor_step / 1e9 / reference);
+    if (!options.direct_only)
+      fmt::print(
+          "actors: {:.1f} ms per step (median of {}), {:.0f} tokens/s, {:.2f} GFLOP/s = "
+          "{:.2f} of sgemm\n",
+          actor_step * 1e3, times.size(), tokens / actor_step, flops / actor_step / 1e9,
+          flops / actor_step / 1e9 / reference);
+    if (!options.direct_only) {
+      double sum = 0.0;
+      std::string each;
+      for (const double t : times) {
+        sum += t;
+        each += fmt::format("{}{:.1f}", each.empty() ? "" : " ", t * 1e3);
+      }
+      fmt::print("actors' steps (ms): {}; mean {:.1f}\n", each,
+                 sum / static_cast<double>(times.size()) * 1e3);
+    }
     fmt::print(
         "direct loop (one runner, no actors, experts in the layer): {:.1f} ms per step, "
         "{:.0f} tokens/s, {:.2f} of sgemm\n",
@@ -253,8 +271,10 @@ int bench_train(const bench_train_options& options) {
     fmt::print(
         "direct loop phases on {}: forward {:.1f} ms, backward {:.1f} ms, optimizer {:.1f} ms\n",
         options.device, direct.forward * 1e3, direct.backward * 1e3, direct.optimizer * 1e3);
-    fmt::print("actor overhead: {:.1f} ms per step ({:.1f}% of the direct step)\n",
-               (actor_step - direct_step) * 1e3, 100.0 * (actor_step - direct_step) / direct_step);
+    if (!options.direct_only)
+      fmt::print("actor overhead: {:.1f} ms per step ({:.1f}% of the direct step)\n",
+                 (actor_step - direct_step) * 1e3,
+                 100.0 * (actor_step - direct_step) / direct_step);
     if (direct.has_classes) {
       const device where = parse_device(options.device);
       const double peak = bf16_peak_tflops(where.index);
@@ -276,17 +296,19 @@ int bench_train(const bench_train_options& options) {
       const double rest = direct_step * 1e3 - accounted;
       fmt::print("  {:<30} {:8.2f} ms  {:5.1f}%\n", "other (waits, gaps, host work)", rest,
                  100.0 * rest / (direct_step * 1e3));
-      fmt::print("  {:<30} {:8.2f} ms  {:5.1f}%  (actors against the direct loop)\n",
-                 "communication with CPU roles", (actor_step - direct_step) * 1e3,
-                 100.0 * (actor_step - direct_step) / (direct_step * 1e3));
+      if (!options.direct_only)
+        fmt::print("  {:<30} {:8.2f} ms  {:5.1f}%  (actors against the direct loop)\n",
+                   "communication with CPU roles", (actor_step - direct_step) * 1e3,
+                   100.0 * (actor_step - direct_step) / (direct_step * 1e3));
       print_layer_memory(direct.layer_memory, topo, options.device);
       std::vector<std::pair<double, std::string>> heaviest;
       for (const auto& [function, time] : direct.functions) heaviest.emplace_back(time, function);
       std::sort(heaviest.rbegin(), heaviest.rend());
-      if (heaviest.size() > 24) heaviest.resize(24);
+      if (heaviest.size() > static_cast<std::size_t>(options.ops))
+        heaviest.resize(static_cast<std::size_t>(options.ops));
       fmt::print("heaviest ops on {} (GPU time per step, mean):\n", options.device);
       for (const auto& [time, function] : heaviest)
-        fmt::print("  {:<46} {:8.2f} ms  {:5.1f}%\n", function, time,
+        fmt::print("  {:<58} {:8.2f} ms  {:5.1f}%\n", function, time,
                    100.0 * time / (direct_step * 1e3));
     }
     return exit_ok;
@@ -317,6 +339,12 @@ void add_bench_train_command(CLI::App& bench_group, int& exit_code) {
   command->add_option("--device", options->device,
                       "Where the direct loop runs: cpu (default) or cuda:N (the actors run where "
                       "the topology places them)");
+  command->add_flag("--direct-only", options->direct_only,
+                    "Time only the direct loop (no actors, no actor overhead)");
+  command->add_option("--ops", options->ops, "How many of the heaviest ops to print (default 24)")
+      ->check(within({1, 1 << 20}));
+  command->add_flag("--op-shapes", options->op_shapes,
+                    "Count the dense GEMMs per shape (m x n x k, transposes, operand type)");
   command->callback([options, &exit_code] { exit_code = bench_train(*options); });
 }
 

@@ -143,8 +143,13 @@ double finite_difference_error(
 
 TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
   TROUPE_SKIP_WITHOUT_GPU();
-  for (auto [rows, dim] :
-       {std::pair<std::int64_t, std::int64_t>{37, 520}, {70, 7168}, {1000, 1024}}) {
+  // Widths for the vector kernels (float4 rows in registers: 520, 1024, 2048, 300 below) and
+  // for the scalar ones (7168: too wide; 2047: not a multiple of 4).
+  for (auto [rows, dim] : {std::pair<std::int64_t, std::int64_t>{37, 520},
+                           {70, 7168},
+                           {1000, 1024},
+                           {256, 2048},
+                           {33, 2047}}) {
     const auto x = random_values(static_cast<std::size_t>(rows * dim), 1, 2.0f);
     auto weight = random_values(static_cast<std::size_t>(dim), 2);
     const auto dy = random_values(x.size(), 3);
@@ -170,6 +175,37 @@ TEST(CudaOps, RmsNormMatchesTheCpuAndFiniteDifferences) {
     gpu::rmsnorm_backward(gdy.data(), dim, gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
                           gdw.data(), rows, dim, scratch.data(), nullptr);
     EXPECT_EQ(gdw.get(), first);
+  }
+  {  // Rows wider than the norm (MLA's latent: 512 of 576 columns), against the contiguous run.
+    const std::int64_t rows = 64, dim = 512, ld = 576;
+    const auto wide = random_values(static_cast<std::size_t>(rows * ld), 11, 2.0f);
+    const auto dy = random_values(static_cast<std::size_t>(rows * dim), 12);
+    const auto weight = random_values(static_cast<std::size_t>(dim), 13);
+    std::vector<float> x(static_cast<std::size_t>(rows * dim));
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::copy_n(wide.begin() + r * ld, dim, x.begin() + r * dim);
+    device_array<float> gwide(wide), gx(x), gw(weight), gdy(dy), gy(x.size()), gy_wide(x.size()),
+        grstd(static_cast<std::size_t>(rows)), grstd_wide(static_cast<std::size_t>(rows)),
+        gdx(std::vector<float>(x.size(), 0.0f)), gdx_wide(std::vector<float>(wide.size(), 0.0f)),
+        gdw(std::vector<float>(weight.size(), 0.0f)),
+        gdw_wide(std::vector<float>(weight.size(), 0.0f)),
+        scratch(static_cast<std::size_t>(gpu::rmsnorm_backward_scratch(rows, dim)));
+    gpu::rmsnorm_forward(gx.data(), dim, gw.data(), gy.data(), dim, grstd.data(), rows, dim, 1e-6f,
+                         nullptr);
+    gpu::rmsnorm_forward(gwide.data(), ld, gw.data(), gy_wide.data(), dim, grstd_wide.data(), rows,
+                         dim, 1e-6f, nullptr);
+    gpu::rmsnorm_backward(gdy.data(), dim, gx.data(), dim, gw.data(), grstd.data(), gdx.data(),
+                          gdw.data(), rows, dim, scratch.data(), nullptr);
+    gpu::rmsnorm_backward(gdy.data(), dim, gwide.data(), ld, gw.data(), grstd_wide.data(),
+                          gdx_wide.data(), gdw_wide.data(), rows, dim, scratch.data(), nullptr);
+    EXPECT_EQ(gy_wide.get(), gy.get());
+    EXPECT_EQ(gdw_wide.get(), gdw.get());
+    const auto dx = gdx.get(), dx_wide = gdx_wide.get();
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < ld; ++c)
+        ASSERT_EQ(dx_wide[static_cast<std::size_t>(r * ld + c)],
+                  c < dim ? dx[static_cast<std::size_t>(r * dim + c)] : 0.0f)
+            << r << " " << c;
   }
   // Finite differences of dx and dweight (zero on entry) on the GPU alone.
   const std::int64_t rows = 9, dim = 300;

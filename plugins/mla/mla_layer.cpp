@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
+#include <cstring>
 
 #include "kernels/cpu/attention.hpp"
 #include "kernels/cpu/gemm.hpp"
@@ -24,7 +26,9 @@ double yarn_mscale(double factor, double m) {
 
 std::size_t mla_layer::saved_state::bytes() const {
   return q_latent.bytes() + q_rstd.bytes() + kv_latent.bytes() + kv_rstd.bytes() +
-         attention.bytes() + lse.bytes() + q.bytes() + d_output.bytes() + d_q.bytes() +
+         attention.bytes() + lse.bytes() + q.bytes() + x16.bytes() + attention16.bytes() +
+         d_output16.bytes() + d_q16.bytes() + d_q_latent16.bytes() + d_kv16.bytes() +
+         d_kv_latent16.bytes() + q_normed16.bytes() + kv_normed16.bytes() + d_output.bytes() + d_q.bytes() +
          d_q_latent.bytes() + d_kv.bytes() + d_kv_latent.bytes() + q_normed.bytes() +
          kv_normed.bytes();
 }
@@ -81,6 +85,90 @@ troupe_status mla_layer::bind(const DLTensor* params, const DLTensor* grads, std
                               troupe_error* error) {
   TROUPE_TRY(parameters_.bind(params, grads, count, weight_, grad_, error));
   if (count > 0) weights_on_ = params[0].device;
+  copies_.reset();
+  return TROUPE_STATUS_OK;
+}
+
+bool mla_layer::bf16_path(const troupe_exec_context* context) const {
+  const auto eights = [](std::initializer_list<std::int64_t> widths) {
+    for (const std::int64_t w : widths)
+      if (w % 8 != 0) return false;
+    return true;
+  };
+  return on_gpu(context) && path_ == mla_path::naive && context->gemm != nullptr &&
+         context->gemm->name != nullptr &&
+         std::strcmp(context->gemm->name, TROUPE_GEMM_CUBLASLT_BF16) == 0 &&
+         context->struct_size >= offsetof(troupe_exec_context, parameter_version) +
+                                     sizeof(context->parameter_version) &&
+         context->parameter_version != nullptr &&
+         eights({hidden_, q_rank_, kv_rank_, kv_rank_ + rope_, heads_ * qk_dim_,
+                 heads_ * (nope_ + v_dim_), heads_ * v_dim_});
+}
+
+void mla_layer::refresh_copies(const troupe_exec_context* context) {
+  const auto& specs = parameters_.specs();
+  if (copies_.unplaced()) {
+    offset16_.assign(specs.size(), -1);
+    std::int64_t total = 0;
+    for (std::size_t i = 0; i < specs.size(); ++i)
+      if (specs[i].ndim == 2) {
+        offset16_[i] = total;
+        total += specs[i].shape[0] * specs[i].shape[1];
+      }
+    weights16_.allocate(context, static_cast<std::size_t>(total));
+    std::vector<bf16_weight_copies::piece> pieces;
+    for (std::size_t i = 0; i < specs.size(); ++i)
+      if (offset16_[i] >= 0)
+        pieces.push_back({weight_[i], weights16_.data() + offset16_[i],
+                          specs[i].shape[0] * specs[i].shape[1]});
+    copies_.keep(context, pieces);
+  }
+  if (!copies_.stale(context)) return;
+  for (std::size_t i = 0; i < specs.size(); ++i)
+    if (offset16_[i] >= 0)
+      ops::round_to_bf16(context, weight_[i], weights16_.data() + offset16_[i],
+                         specs[i].shape[0] * specs[i].shape[1]);
+}
+
+void mla_layer::round_into(const troupe_exec_context* context, const float* x, std::int64_t count,
+                           device_array<std::uint16_t>& out) {
+  out.allocate(context, static_cast<std::size_t>(count));
+  ops::round_to_bf16(context, x, out.data(), count);
+}
+
+troupe_status mla_layer::gemm_forward(const troupe_exec_context* context, bool bf16, operand x,
+                                      std::size_t w, float* y, std::int64_t ldy, std::int64_t t,
+                                      std::int64_t in, std::int64_t out, troupe_error* error) {
+  if (!bf16)
+    return linear_forward(context, x.f32, x.ld, weight_[w], y, ldy, t, in, out, false, error);
+  ops::gemm_bf16(context, false, true, t, out, in, 1.0f, x.bf16, in,
+                 weights16_.data() + offset16_[w], in, 0.0f, y, ldy);
+  return TROUPE_STATUS_OK;
+}
+
+troupe_status mla_layer::gemm_input_gradient(const troupe_exec_context* context, bool bf16,
+                                             operand dy, std::size_t w, float* dx,
+                                             std::int64_t lddx, std::int64_t t, std::int64_t in,
+                                             std::int64_t out, bool accumulate,
+                                             troupe_error* error) {
+  if (!bf16)
+    return linear_backward(context, dy.f32, dy.ld, nullptr, 0, weight_[w], dx, lddx, nullptr, t,
+                           in, out, error, accumulate);
+  ops::gemm_bf16(context, false, false, t, in, out, 1.0f, dy.bf16, out,
+                 weights16_.data() + offset16_[w], in, accumulate ? 1.0f : 0.0f, dx, lddx);
+  return TROUPE_STATUS_OK;
+}
+
+troupe_status mla_layer::gemm_weight_gradient(const troupe_exec_context* context, bool bf16,
+                                              operand dy, operand x, std::size_t w,
+                                              std::int64_t t, std::int64_t in, std::int64_t out,
+                                              troupe_error* error) {
+  if (!bf16)
+    return linear_backward(context, dy.f32, dy.ld, x.f32, x.ld, weight_[w], nullptr, 0, grad_[w],
+                           t, in, out, error);
+  if (grad_[w] != nullptr)
+    ops::gemm_bf16(context, true, false, out, in, t, 1.0f, dy.bf16, out, x.bf16, in, 1.0f,
+                   grad_[w], in);
   return TROUPE_STATUS_OK;
 }
 
@@ -95,11 +183,12 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
       p.q_normed.allocate(context, static_cast<std::size_t>(t * q_rank_));
       ops::rmsnorm_forward(context, s.q_latent.data(), q_rank_, weight_[q_norm_], p.q_normed.data(),
                            q_rank_, s.q_rstd.data(), t, q_rank_, eps_);
-      TROUPE_TRY(linear_forward(context, p.q_normed.data(), q_rank_, weight_[q_b_], p.q.data(),
-                                q_out, t, q_rank_, q_out, false, error));
+      if (s.bf16) round_into(context, p.q_normed.data(), t * q_rank_, p.q_normed16);
+      TROUPE_TRY(gemm_forward(context, s.bf16, {p.q_normed.data(), q_rank_, p.q_normed16.data()},
+                              q_b_, p.q.data(), q_out, t, q_rank_, q_out, error));
     } else {
-      TROUPE_TRY(linear_forward(context, s.x, hidden_, weight_[q_proj_], p.q.data(), q_out, t,
-                                hidden_, q_out, false, error));
+      TROUPE_TRY(gemm_forward(context, s.bf16, {s.x, hidden_, s.x16.data()}, q_proj_, p.q.data(),
+                              q_out, t, hidden_, q_out, error));
     }
   }
   // Keys and values: normalise the latent, rotate the shared rope key.
@@ -117,8 +206,9 @@ troupe_status mla_layer::project(const troupe_exec_context* context, saved_state
   if (up_project_kv) {
     const std::int64_t kv_out = heads_ * (nope_ + v_dim_);
     p.kv.allocate(context, static_cast<std::size_t>(t * kv_out));
-    TROUPE_TRY(linear_forward(context, p.kv_normed.data(), kv_rank_, weight_[kv_b_], p.kv.data(),
-                              kv_out, t, kv_rank_, kv_out, false, error));
+    if (s.bf16) round_into(context, p.kv_normed.data(), t * kv_rank_, p.kv_normed16);
+    TROUPE_TRY(gemm_forward(context, s.bf16, {p.kv_normed.data(), kv_rank_, p.kv_normed16.data()},
+                            kv_b_, p.kv.data(), kv_out, t, kv_rank_, kv_out, error));
   }
   return TROUPE_STATUS_OK;
 }
@@ -211,16 +301,22 @@ troupe_status mla_layer::forward(const troupe_exec_context* context, std::int64_
     s->x = data_of(x);
     s->shape = shape;
     const std::int64_t t = shape.tokens();
+    s->bf16 = bf16_path(context);
+    if (s->bf16) {
+      refresh_copies(context);
+      round_into(context, s->x, t * hidden_, s->x16);
+    }
+    const operand input{s->x, hidden_, s->x16.data()};
     if (q_rank_ > 0) {
       s->q_latent.allocate(context, static_cast<std::size_t>(t * q_rank_));
       s->q_rstd.allocate(context, static_cast<std::size_t>(t));
-      TROUPE_TRY(linear_forward(context, s->x, hidden_, weight_[q_a_], s->q_latent.data(), q_rank_,
-                                t, hidden_, q_rank_, false, error));
+      TROUPE_TRY(gemm_forward(context, s->bf16, input, q_a_, s->q_latent.data(), q_rank_, t,
+                              hidden_, q_rank_, error));
     }
     s->kv_latent.allocate(context, static_cast<std::size_t>(t * (kv_rank_ + rope_)));
     s->kv_rstd.allocate(context, static_cast<std::size_t>(t));
-    TROUPE_TRY(linear_forward(context, s->x, hidden_, weight_[kv_a_], s->kv_latent.data(),
-                              kv_rank_ + rope_, t, hidden_, kv_rank_ + rope_, false, error));
+    TROUPE_TRY(gemm_forward(context, s->bf16, input, kv_a_, s->kv_latent.data(), kv_rank_ + rope_,
+                            t, hidden_, kv_rank_ + rope_, error));
     projections p;
     TROUPE_TRY(project(context, *s, p, path_ == mla_path::naive, error));
     s->attention.allocate(context, static_cast<std::size_t>(t * heads_ * v_dim_));
@@ -230,8 +326,10 @@ troupe_status mla_layer::forward(const troupe_exec_context* context, std::int64_
     else
       attend_absorbed(context, *s, p);
     if (q_rank_ == 0 && path_ == mla_path::naive) s->q = std::move(p.q);  // saved_state says why
-    return linear_forward(context, s->attention.data(), heads_ * v_dim_, weight_[o_proj_],
-                          data_of(y), hidden_, t, heads_ * v_dim_, hidden_, false, error);
+    if (s->bf16) round_into(context, s->attention.data(), t * heads_ * v_dim_, s->attention16);
+    return gemm_forward(context, s->bf16,
+                        {s->attention.data(), heads_ * v_dim_, s->attention16.data()}, o_proj_,
+                        data_of(y), hidden_, t, heads_ * v_dim_, hidden_, error);
   });
   if (status != TROUPE_STATUS_OK) saved_.release(micro_batch);
   return status;
@@ -242,12 +340,17 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
   const std::int64_t t = s.shape.tokens(), length = s.shape.length;
   const std::int64_t q_out = heads_ * qk_dim_, kv_out = heads_ * (nope_ + v_dim_),
                      o_width = heads_ * v_dim_;
-  s.d_output.assign_copy(context, dy, static_cast<std::size_t>(t * hidden_));
+  if (s.bf16) {
+    refresh_copies(context);
+    round_into(context, dy, t * hidden_, s.d_output16);
+  } else {
+    s.d_output.assign_copy(context, dy, static_cast<std::size_t>(t * hidden_));
+  }
   // dO = dY W_o.
   buffer d_attention;
   d_attention.allocate(context, static_cast<std::size_t>(t * o_width));
-  TROUPE_TRY(linear_backward(context, dy, hidden_, nullptr, 0, weight_[o_proj_], d_attention.data(),
-                             o_width, nullptr, t, o_width, hidden_, error, false));
+  TROUPE_TRY(gemm_input_gradient(context, s.bf16, {dy, hidden_, s.d_output16.data()}, o_proj_,
+                                 d_attention.data(), o_width, t, o_width, hidden_, false, error));
   // Recompute the up-projections (the queries too where they were not kept).
   projections p;
   TROUPE_TRY(project(context, s, p, true, error, s.q.empty()));
@@ -264,6 +367,7 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
   TROUPE_TRY(kv_backward_input(context, s, d_rope_heads, dx, error));
   TROUPE_TRY(query_backward_input(context, s, p, dx, error));
   s.kv_normed = std::move(p.kv_normed);
+  s.kv_normed16 = std::move(p.kv_normed16);
   return TROUPE_STATUS_OK;
 }
 
@@ -301,38 +405,50 @@ troupe_status mla_layer::kv_backward_input(const troupe_exec_context* context, s
   // Back through kv_b (input part) and the latent norm.
   buffer d_kv_normed;
   d_kv_normed.allocate(context, static_cast<std::size_t>(t * kv_rank_));
-  TROUPE_TRY(linear_backward(context, s.d_kv.data(), kv_out, nullptr, 0, weight_[kv_b_],
-                             d_kv_normed.data(), kv_rank_, nullptr, t, kv_rank_, kv_out, error,
-                             false));
+  if (s.bf16) {
+    round_into(context, s.d_kv.data(), t * kv_out, s.d_kv16);
+    s.d_kv.clear();  // the weight part reads the rounding
+  }
+  TROUPE_TRY(gemm_input_gradient(context, s.bf16, {s.d_kv.data(), kv_out, s.d_kv16.data()}, kv_b_,
+                                 d_kv_normed.data(), kv_rank_, t, kv_rank_, kv_out, false, error));
   ops::rmsnorm_backward(context, d_kv_normed.data(), kv_rank_, s.kv_latent.data(), latent_width,
                         weight_[kv_norm_], s.kv_rstd.data(), s.d_kv_latent.data(), grad_[kv_norm_],
                         t, kv_rank_);
   ops::copy_2d(context, s.d_kv_latent.data() + kv_rank_, latent_width, d_rope.data(), rope_, t,
                rope_);
-  return linear_backward(context, s.d_kv_latent.data(), latent_width, nullptr, 0, weight_[kv_a_],
-                         dx, hidden_, nullptr, t, hidden_, latent_width, error);
+  if (s.bf16) round_into(context, s.d_kv_latent.data(), t * latent_width, s.d_kv_latent16);
+  return gemm_input_gradient(context, s.bf16,
+                             {s.d_kv_latent.data(), latent_width, s.d_kv_latent16.data()}, kv_a_,
+                             dx, hidden_, t, hidden_, latent_width, true, error);
 }
 
 troupe_status mla_layer::query_backward_input(const troupe_exec_context* context, saved_state& s,
                                               projections& p, float* dx, troupe_error* error) {
   const std::int64_t t = s.shape.tokens();
   const std::int64_t q_out = heads_ * qk_dim_;
+  if (s.bf16) {
+    round_into(context, s.d_q.data(), t * q_out, s.d_q16);
+    s.d_q.clear();  // the weight part reads the rounding
+  }
+  const operand d_q{s.d_q.data(), q_out, s.d_q16.data()};
   if (q_rank_ > 0) {
     buffer d_q_normed;
     d_q_normed.allocate(context, static_cast<std::size_t>(t * q_rank_));
-    TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, nullptr, 0, weight_[q_b_],
-                               d_q_normed.data(), q_rank_, nullptr, t, q_rank_, q_out, error,
-                               false));
+    TROUPE_TRY(gemm_input_gradient(context, s.bf16, d_q, q_b_, d_q_normed.data(), q_rank_, t,
+                                   q_rank_, q_out, false, error));
     s.d_q_latent.assign(context, static_cast<std::size_t>(t * q_rank_));
     ops::rmsnorm_backward(context, d_q_normed.data(), q_rank_, s.q_latent.data(), q_rank_,
                           weight_[q_norm_], s.q_rstd.data(), s.d_q_latent.data(), grad_[q_norm_], t,
                           q_rank_);
-    TROUPE_TRY(linear_backward(context, s.d_q_latent.data(), q_rank_, nullptr, 0, weight_[q_a_], dx,
-                               hidden_, nullptr, t, hidden_, q_rank_, error));
+    if (s.bf16) round_into(context, s.d_q_latent.data(), t * q_rank_, s.d_q_latent16);
+    TROUPE_TRY(gemm_input_gradient(context, s.bf16,
+                                   {s.d_q_latent.data(), q_rank_, s.d_q_latent16.data()}, q_a_, dx,
+                                   hidden_, t, hidden_, q_rank_, true, error));
     s.q_normed = std::move(p.q_normed);
+    s.q_normed16 = std::move(p.q_normed16);
   } else {
-    TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, nullptr, 0, weight_[q_proj_], dx,
-                               hidden_, nullptr, t, hidden_, q_out, error));
+    TROUPE_TRY(gemm_input_gradient(context, s.bf16, d_q, q_proj_, dx, hidden_, t, hidden_, q_out,
+                                   true, error));
   }
   return TROUPE_STATUS_OK;
 }
@@ -343,22 +459,27 @@ troupe_status mla_layer::backward_weight(const troupe_exec_context* context, sav
   const std::int64_t q_out = heads_ * qk_dim_, kv_out = heads_ * (nope_ + v_dim_),
                      o_width = heads_ * v_dim_;
   // dW += dY^T X for every projection, from the gradients the input part kept.
-  TROUPE_TRY(linear_backward(context, s.d_output.data(), hidden_, s.attention.data(), o_width,
-                             weight_[o_proj_], nullptr, 0, grad_[o_proj_], t, o_width, hidden_,
-                             error));
-  TROUPE_TRY(linear_backward(context, s.d_kv.data(), kv_out, s.kv_normed.data(), kv_rank_,
-                             weight_[kv_b_], nullptr, 0, grad_[kv_b_], t, kv_rank_, kv_out, error));
-  TROUPE_TRY(linear_backward(context, s.d_kv_latent.data(), kv_rank_ + rope_, s.x, hidden_,
-                             weight_[kv_a_], nullptr, 0, grad_[kv_a_], t, hidden_, kv_rank_ + rope_,
-                             error));
+  const bool bf16 = s.bf16;
+  const operand input{s.x, hidden_, s.x16.data()};
+  const operand d_q{s.d_q.data(), q_out, s.d_q16.data()};
+  TROUPE_TRY(gemm_weight_gradient(context, bf16, {s.d_output.data(), hidden_, s.d_output16.data()},
+                                  {s.attention.data(), o_width, s.attention16.data()}, o_proj_, t,
+                                  o_width, hidden_, error));
+  TROUPE_TRY(gemm_weight_gradient(context, bf16, {s.d_kv.data(), kv_out, s.d_kv16.data()},
+                                  {s.kv_normed.data(), kv_rank_, s.kv_normed16.data()}, kv_b_, t,
+                                  kv_rank_, kv_out, error));
+  TROUPE_TRY(gemm_weight_gradient(
+      context, bf16, {s.d_kv_latent.data(), kv_rank_ + rope_, s.d_kv_latent16.data()}, input,
+      kv_a_, t, hidden_, kv_rank_ + rope_, error));
   if (q_rank_ > 0) {
-    TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, s.q_normed.data(), q_rank_,
-                               weight_[q_b_], nullptr, 0, grad_[q_b_], t, q_rank_, q_out, error));
-    TROUPE_TRY(linear_backward(context, s.d_q_latent.data(), q_rank_, s.x, hidden_, weight_[q_a_],
-                               nullptr, 0, grad_[q_a_], t, hidden_, q_rank_, error));
+    TROUPE_TRY(gemm_weight_gradient(context, bf16, d_q,
+                                    {s.q_normed.data(), q_rank_, s.q_normed16.data()}, q_b_, t,
+                                    q_rank_, q_out, error));
+    TROUPE_TRY(gemm_weight_gradient(context, bf16,
+                                    {s.d_q_latent.data(), q_rank_, s.d_q_latent16.data()}, input,
+                                    q_a_, t, hidden_, q_rank_, error));
   } else {
-    TROUPE_TRY(linear_backward(context, s.d_q.data(), q_out, s.x, hidden_, weight_[q_proj_],
-                               nullptr, 0, grad_[q_proj_], t, hidden_, q_out, error));
+    TROUPE_TRY(gemm_weight_gradient(context, bf16, d_q, input, q_proj_, t, hidden_, q_out, error));
   }
   return TROUPE_STATUS_OK;
 }

@@ -21,6 +21,7 @@
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
+#include "plugins/common/weight_copies.hpp"
 
 namespace troupe::plugin {
 
@@ -69,11 +70,20 @@ class mla_layer {
     buffer q;  // [T, heads * qk_dim] (empty with q_lora)
     // Between the input-gradient and the weight-gradient parts of backward:
     buffer d_output, d_q, d_q_latent, d_kv, d_kv_latent, q_normed, kv_normed;
+    // NOTES: under the runtime's BF16 GEMMs (`bf16`) each GEMM operand is rounded to BF16 once,
+    // where it is made, and kept for every GEMM that reads it (the input for q or q_a, kv_a and
+    // their weight gradients; o for o_proj and its weight gradient; ...) instead of being rounded
+    // again in each GEMM; the weights are BF16 copies the optimizer keeps. The f32 gradients
+    // d_output, d_q and d_kv are not kept then.
+    bool bf16 = false;
+    device_array<std::uint16_t> x16, attention16, d_output16, d_q16, d_q_latent16, d_kv16,
+        d_kv_latent16, q_normed16, kv_normed16;
     std::size_t bytes() const;
   };
 
   struct projections {  // recomputed (or, in forward, computed once)
     buffer q_normed;    // [T, q_lora_rank]
+    device_array<std::uint16_t> q_normed16, kv_normed16;  // their BF16 roundings (s.bf16)
     buffer q;           // [T, heads * qk_dim], rope part rotated
     buffer kv_normed;   // [T, kv_lora_rank]
     buffer kv;          // [T, heads * (nope + v)] (naive path)
@@ -104,6 +114,34 @@ class mla_layer {
   troupe_status check_cache(const troupe_kv_cache& cache, std::int64_t rows,
                             troupe_error* error) const;
 
+  /// A GEMM operand: f32 rows `ld` apart, and (the BF16 path) its rounding, rows contiguous.
+  struct operand {
+    const float* f32;
+    std::int64_t ld;
+    const std::uint16_t* bf16 = nullptr;
+  };
+  /// y[t, out] = x W^T; dx[t, in] (+)= dy W; dW[out, in] += dy^T x, for the weight parameter `w`:
+  /// from the operands' BF16 roundings and W's BF16 copy where `bf16`, else through the context's
+  /// GEMM provider on the f32 operands.
+  troupe_status gemm_forward(const troupe_exec_context* context, bool bf16, operand x,
+                             std::size_t w, float* y, std::int64_t ldy, std::int64_t t,
+                             std::int64_t in, std::int64_t out, troupe_error* error);
+  troupe_status gemm_input_gradient(const troupe_exec_context* context, bool bf16, operand dy,
+                                    std::size_t w, float* dx, std::int64_t lddx, std::int64_t t,
+                                    std::int64_t in, std::int64_t out, bool accumulate,
+                                    troupe_error* error);
+  troupe_status gemm_weight_gradient(const troupe_exec_context* context, bool bf16, operand dy,
+                                     operand x, std::size_t w, std::int64_t t, std::int64_t in,
+                                     std::int64_t out, troupe_error* error);
+  /// Whether this context runs the BF16 path: the runtime's cuBLASLt BF16 provider (a GEMM
+  /// plugin's, fp8, keeps its own), the naive path, every width a multiple of 8.
+  bool bf16_path(const troupe_exec_context* context) const;
+  /// The weights' BF16 copies, current for the context's parameter version.
+  void refresh_copies(const troupe_exec_context* context);
+  /// `count` BF16 roundings of x into `out` (allocated here).
+  static void round_into(const troupe_exec_context* context, const float* x, std::int64_t count,
+                         device_array<std::uint16_t>& out);
+
   // Shape.
   std::int64_t hidden_, heads_, q_rank_, kv_rank_, nope_, rope_, v_dim_, qk_dim_;
   float eps_, scale_;
@@ -118,6 +156,12 @@ class mla_layer {
 
   saved_micro_batches<saved_state> saved_;
   std::string statistics_;
+
+  // The BF16 copies of the matrices, back to back, and each one's offset by parameter index
+  // (-1: not a matrix).
+  device_array<std::uint16_t> weights16_;
+  std::vector<std::int64_t> offset16_;
+  bf16_weight_copies copies_;  // after the copies' memory: withdraws its requests first
 };
 
 }  // namespace troupe::plugin

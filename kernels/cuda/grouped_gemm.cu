@@ -281,6 +281,14 @@ void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64
   round_weights(weights, groups, n, k, out, stream);
 }
 
+void gather_rows_bf16(const grouped_rows& rows, const float* x, std::int64_t ldx, std::int64_t k,
+                      void* out, void* stream) {
+  check_rows(rows, "gather_rows_bf16");
+  require(k % 8 == 0, "gather_rows_bf16", "k must be a multiple of 8");
+  round_rows(gathered_rows{x, ldx, rows.source, rows.divisor}, rows.rows, k, k,
+             static_cast<bf16*>(out), as_stream(stream));
+}
+
 std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k,
                                        gemm_math math) {
   return math == gemm_math::bf16 ? bf16_staging_bytes(rows, n, k) : 0;

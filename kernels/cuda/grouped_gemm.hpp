@@ -53,6 +53,12 @@ std::size_t rounded_expert_weights_bytes(std::int64_t groups, std::int64_t n, st
 void round_expert_weights(weight_tables weights, std::int64_t groups, std::int64_t n,
                           std::int64_t k, void* out, void* stream);
 
+/// out[r, :k] = BF16 of row source(r) of x (rows.source gathers, as the passes do; ldx apart), k
+/// a multiple of 8: the gathered input of Fprop and Wgrad rounded once, for both to read as
+/// pre-rounded direct rows instead of each gathering and rounding it again.
+void gather_rows_bf16(const grouped_rows& rows, const float* x, std::int64_t ldx, std::int64_t k,
+                      void* out, void* stream);
+
 /// Their gradients, in the same arrangement.
 struct gradient_tables {
   gradient_tables(float* const* first_table, float* const* second_table = nullptr)

@@ -335,6 +335,10 @@ void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows,
 /// Whether the grouped GEMMs run in the BF16 math on this context, so their activations may come
 /// pre-rounded (swiglu_*_bf16, round_to_bf16).
 bool grouped_bf16_operands(const troupe_exec_context* context);
+/// out[r] = BF16 bits of the input row rows.source(r) (kernels/cuda/grouped_gemm.hpp's
+/// gather_rows_bf16; GPU only): the gathered input rounded once for Fprop and Wgrad.
+void gather_rows_bf16(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
+                      std::int64_t ldx, std::int64_t k, std::uint16_t* out);
 /// out[i] = BF16 bits of x[i], round to nearest even (GPU only).
 void round_to_bf16(const troupe_exec_context* context, const float* x, std::uint16_t* out,
                    std::int64_t count);

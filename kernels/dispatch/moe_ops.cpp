@@ -448,6 +448,17 @@ bool grouped_bf16_operands(const troupe_exec_context* context) {
   return grouped_expert_gemms(context) && context_math(context) == gemm_math::bf16;
 }
 
+void gather_rows_bf16(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
+                      std::int64_t ldx, std::int64_t k, std::uint16_t* out) {
+  const op_scope timing(context, op_class::routing);
+  require_gpu(context, "gather_rows_bf16");
+#if TROUPE_HAVE_CUDA
+  cuda::gather_rows_bf16(to_cuda(rows), x, ldx, k, out, context->stream);
+#else
+  (void)rows, (void)x, (void)ldx, (void)k, (void)out;
+#endif
+}
+
 void round_to_bf16(const troupe_exec_context* context, const float* x, std::uint16_t* out,
                    std::int64_t count) {
   const op_scope timing(context, op_class::elementwise);

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
-#include <cstring>
 
 #include "kernels/cpu/attention.hpp"
 #include "kernels/cpu/gemm.hpp"
@@ -28,8 +27,8 @@ std::size_t mla_layer::saved_state::bytes() const {
   return q_latent.bytes() + q_rstd.bytes() + kv_latent.bytes() + kv_rstd.bytes() +
          attention.bytes() + lse.bytes() + q.bytes() + x16.bytes() + attention16.bytes() +
          d_output16.bytes() + d_q16.bytes() + d_q_latent16.bytes() + d_kv16.bytes() +
-         d_kv_latent16.bytes() + q_normed16.bytes() + kv_normed16.bytes() + d_output.bytes() + d_q.bytes() +
-         d_q_latent.bytes() + d_kv.bytes() + d_kv_latent.bytes() + q_normed.bytes() +
+         d_kv_latent16.bytes() + q_normed16.bytes() + kv_normed16.bytes() + d_output.bytes() +
+         d_q.bytes() + d_q_latent.bytes() + d_kv.bytes() + d_kv_latent.bytes() + q_normed.bytes() +
          kv_normed.bytes();
 }
 
@@ -119,8 +118,8 @@ void mla_layer::refresh_copies(const troupe_exec_context* context) {
     std::vector<bf16_weight_copies::piece> pieces;
     for (std::size_t i = 0; i < specs.size(); ++i)
       if (offset16_[i] >= 0)
-        pieces.push_back({weight_[i], weights16_.data() + offset16_[i],
-                          specs[i].shape[0] * specs[i].shape[1]});
+        pieces.push_back(
+            {weight_[i], weights16_.data() + offset16_[i], specs[i].shape[0] * specs[i].shape[1]});
     copies_.keep(context, pieces);
   }
   if (!copies_.stale(context)) return;
@@ -152,23 +151,23 @@ troupe_status mla_layer::gemm_input_gradient(const troupe_exec_context* context,
                                              std::int64_t out, bool accumulate,
                                              troupe_error* error) {
   if (!bf16)
-    return linear_backward(context, dy.f32, dy.ld, nullptr, 0, weight_[w], dx, lddx, nullptr, t,
-                           in, out, error, accumulate);
+    return linear_backward(context, dy.f32, dy.ld, nullptr, 0, weight_[w], dx, lddx, nullptr, t, in,
+                           out, error, accumulate);
   ops::gemm_bf16(context, false, false, t, in, out, 1.0f, dy.bf16, out,
                  weights16_.data() + offset16_[w], in, accumulate ? 1.0f : 0.0f, dx, lddx);
   return TROUPE_STATUS_OK;
 }
 
 troupe_status mla_layer::gemm_weight_gradient(const troupe_exec_context* context, bool bf16,
-                                              operand dy, operand x, std::size_t w,
-                                              std::int64_t t, std::int64_t in, std::int64_t out,
+                                              operand dy, operand x, std::size_t w, std::int64_t t,
+                                              std::int64_t in, std::int64_t out,
                                               troupe_error* error) {
   if (!bf16)
-    return linear_backward(context, dy.f32, dy.ld, x.f32, x.ld, weight_[w], nullptr, 0, grad_[w],
-                           t, in, out, error);
+    return linear_backward(context, dy.f32, dy.ld, x.f32, x.ld, weight_[w], nullptr, 0, grad_[w], t,
+                           in, out, error);
   if (grad_[w] != nullptr)
-    ops::gemm_bf16(context, true, false, out, in, t, 1.0f, dy.bf16, out, x.bf16, in, 1.0f,
-                   grad_[w], in);
+    ops::gemm_bf16(context, true, false, out, in, t, 1.0f, dy.bf16, out, x.bf16, in, 1.0f, grad_[w],
+                   in);
   return TROUPE_STATUS_OK;
 }
 
@@ -468,9 +467,9 @@ troupe_status mla_layer::backward_weight(const troupe_exec_context* context, sav
   TROUPE_TRY(gemm_weight_gradient(context, bf16, {s.d_kv.data(), kv_out, s.d_kv16.data()},
                                   {s.kv_normed.data(), kv_rank_, s.kv_normed16.data()}, kv_b_, t,
                                   kv_rank_, kv_out, error));
-  TROUPE_TRY(gemm_weight_gradient(
-      context, bf16, {s.d_kv_latent.data(), kv_rank_ + rope_, s.d_kv_latent16.data()}, input,
-      kv_a_, t, hidden_, kv_rank_ + rope_, error));
+  TROUPE_TRY(gemm_weight_gradient(context, bf16,
+                                  {s.d_kv_latent.data(), kv_rank_ + rope_, s.d_kv_latent16.data()},
+                                  input, kv_a_, t, hidden_, kv_rank_ + rope_, error));
   if (q_rank_ > 0) {
     TROUPE_TRY(gemm_weight_gradient(context, bf16, d_q,
                                     {s.q_normed.data(), q_rank_, s.q_normed16.data()}, q_b_, t,

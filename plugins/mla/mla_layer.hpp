@@ -84,10 +84,10 @@ class mla_layer {
   struct projections {  // recomputed (or, in forward, computed once)
     buffer q_normed;    // [T, q_lora_rank]
     device_array<std::uint16_t> q_normed16, kv_normed16;  // their BF16 roundings (s.bf16)
-    buffer q;           // [T, heads * qk_dim], rope part rotated
-    buffer kv_normed;   // [T, kv_lora_rank]
-    buffer kv;          // [T, heads * (nope + v)] (naive path)
-    buffer rope_key;    // [T, rope], rotated
+    buffer q;                                             // [T, heads * qk_dim], rope part rotated
+    buffer kv_normed;                                     // [T, kv_lora_rank]
+    buffer kv;                                            // [T, heads * (nope + v)] (naive path)
+    buffer rope_key;                                      // [T, rope], rotated
   };
 
   /// The queries (unless `queries` is false: p.q is left empty), the normalised latent, the

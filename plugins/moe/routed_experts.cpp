@@ -297,9 +297,17 @@ troupe_status routed_experts::grouped_forward(const troupe_exec_context* context
   const rounded_set rounded = rounded_weights(context);
   const std::int64_t rows = s.rows;
   s.gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
-  ops::grouped_fprop(context, grouping(s, true), s.x, hidden_,
-                     {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
-                     hidden_, s.gate_up.data(), 2 * inter_, false);
+  if (bf16_activations(context)) {
+    s.input16.allocate(context, static_cast<std::size_t>(rows * hidden_));
+    ops::gather_rows_bf16(context, grouping(s, true), s.x, hidden_, hidden_, s.input16.data());
+    ops::grouped_fprop(context, grouping(s, false), nullptr, hidden_,
+                       {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
+                       hidden_, s.gate_up.data(), 2 * inter_, false, s.input16.data());
+  } else {
+    ops::grouped_fprop(context, grouping(s, true), s.x, hidden_,
+                       {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
+                       hidden_, s.gate_up.data(), 2 * inter_, false);
+  }
   if (bf16_activations(context)) {  // h rounded by SwiGLU itself, read as it is by down's Fprop
     device_array<std::uint16_t> hidden16;
     hidden16.allocate(context, static_cast<std::size_t>(rows * inter_));
@@ -386,15 +394,20 @@ void routed_experts::grouped_backward_weight(const troupe_exec_context* context,
   const auto d_gate_up16 = [&](std::int64_t first) {
     return s.bf16 ? s.d_gate_up16.data() + first : nullptr;
   };
+  // The input rows: rounded once in forward where they were, else gathered from x by the pass.
+  const bool rounded_input = !s.input16.empty();
+  const ops::grouped_rows input_rows = grouping(s, !rounded_input);
+  const float* x = rounded_input ? nullptr : s.x;
+  const std::uint16_t* x16 = rounded_input ? s.input16.data() : nullptr;
   if (gate && up) {  // one GEMM for both: d_gate_up's halves into the two stacked tables
-    ops::grouped_wgrad(context, grouping(s, true), d_gate_up(0), 2 * inter_, s.x, hidden_,
+    ops::grouped_wgrad(context, input_rows, d_gate_up(0), 2 * inter_, x, hidden_,
                        {gate_grads_.data(), up_grads_.data()}, 2 * inter_, hidden_, zeros,
-                       d_gate_up16(0));
+                       d_gate_up16(0), x16);
   } else if (gate || up) {
     const std::int64_t first = gate ? 0 : inter_;
-    ops::grouped_wgrad(context, grouping(s, true), d_gate_up(first), 2 * inter_, s.x, hidden_,
+    ops::grouped_wgrad(context, input_rows, d_gate_up(first), 2 * inter_, x, hidden_,
                        {gate ? gate_grads_.data() : up_grads_.data()}, inter_, hidden_, zeros,
-                       d_gate_up16(first));
+                       d_gate_up16(first), x16);
   }
 }
 
@@ -402,7 +415,7 @@ std::size_t routed_experts::saved_bytes() const {
   std::size_t bytes = 0;
   saved_.for_each([&](std::int64_t, const saved_rows& s) {
     bytes += s.gate_up.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() + s.d_out.bytes() +
-             s.hidden16.bytes() + s.d_gate_up16.bytes() + s.d_out16.bytes() +
+             s.hidden16.bytes() + s.d_gate_up16.bytes() + s.d_out16.bytes() + s.input16.bytes() +
              s.offsets.size() * sizeof(std::int64_t);
   });
   return bytes;

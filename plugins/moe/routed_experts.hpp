@@ -74,6 +74,9 @@ class routed_experts {
     // per tensor: Dgrad and Wgrad read each).
     bool bf16 = false;
     device_array<std::uint16_t> hidden16, d_gate_up16, d_out16;
+    // The gathered input rows rounded once in forward (BF16 math): gate+up's Fprop and Wgrad read
+    // them as direct rows instead of each gathering and rounding x again.
+    device_array<std::uint16_t> input16;
   };
   /// Runs body(context, local expert, first row, rows) for every expert with rows: in parallel on
   /// the host's pool (each expert whole on one worker, its context a serial one), in order on a

@@ -940,6 +940,20 @@ TEST(CudaOps, AdamwAndClippingMatchTheHostUpdate) {
                              nullptr);
   gpu::clip_scale(gnorm.data(), clip, gscale.data(), nullptr);
   EXPECT_NEAR(gnorm.get()[0], norm_squared, 1e-10 * norm_squared);
+  {  // Each tensor's sum, the aligned ones by float4 and one starting a float into its array.
+    std::vector<gpu::gradient_tensor> shifted(norm_list);
+    shifted[2] = {ggrads[2]->data() + 1, sizes[2] - 1};
+    device_array<gpu::gradient_tensor> gshifted(shifted);
+    device_array<double> sums(sizes.size());
+    gpu::gradient_sums(gshifted.data(), tensors, sums.data(), scratch.data(), bytes, nullptr);
+    const auto got = sums.get();
+    for (std::size_t t = 0; t < sizes.size(); ++t) {
+      double expected = 0.0;
+      for (std::size_t i = t == 2 ? 1 : 0; i < grads[t].size(); ++i)
+        expected += static_cast<double>(grads[t][i]) * static_cast<double>(grads[t][i]);
+      EXPECT_NEAR(got[t], expected, 1e-10 * expected) << t;
+    }
+  }
   const double norm = std::sqrt(norm_squared);
   const float scale = static_cast<float>(clip / (norm + 1e-6));
   EXPECT_FLOAT_EQ(gscale.get()[0], scale);
@@ -1126,6 +1140,32 @@ TEST_P(GroupedGemms, MatchOneCpuGemmPerExpert) {
     for (std::int64_t g = 1; g < groups; ++g)
       EXPECT_CLOSE(junk[static_cast<std::size_t>(g)]->get(), dw[g], fp32_bound,
                    "grouped wgrad overwriting");
+  }
+  if (bf16 && k % 8 == 0) {  // the gathered input rounded once, read as direct rows by both passes
+    device_array<std::uint16_t> gathered16(static_cast<std::size_t>(rows * k));
+    gpu::gather_rows_bf16(gathered_rows, gx.data(), k, k, gathered16.data(), nullptr);
+    const auto got16 = gathered16.get();
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < k; ++c)
+        ASSERT_EQ(got16[static_cast<std::size_t>(r * k + c)],
+                  float_to_bf16(x[static_cast<std::size_t>(order[r] / topk * k + c)]))
+            << r << " " << c;
+    device_array<float> gy16(y.size());
+    gpu::grouped_gemm_fprop(direct, nullptr, k, gwp.data(), n, k, gy16.data(), n, false, math,
+                            nullptr, nullptr, gathered16.data());
+    EXPECT_EQ(gy16.get(), gy.get());
+    std::vector<std::unique_ptr<device_array<float>>> dw16;
+    std::vector<float*> dw16_pointers;
+    for (std::int64_t g = 0; g < groups; ++g) {
+      dw16.push_back(std::make_unique<device_array<float>>(static_cast<std::size_t>(n * k)));
+      dw16_pointers.push_back(dw16.back()->data());
+    }
+    device_array<float*> gdw16(dw16_pointers);
+    gpu::grouped_gemm_wgrad(direct, gdy.data(), n, nullptr, k, gdw16.data(), n, k, math, nullptr,
+                            nullptr, false, nullptr, gathered16.data(), true);
+    for (std::int64_t g = 1; g < groups; ++g)
+      EXPECT_CLOSE(dw16[static_cast<std::size_t>(g)]->get(), dw[g], fp32_bound,
+                   "grouped wgrad on the gathered input rounded once");
   }
 
   // Two tables stacked into one [2n, k] per expert (gate above up): the same products as one GEMM

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <random>
 #include <thread>
@@ -19,6 +20,7 @@
 #include "runtime/model/flops.hpp"
 #include "runtime/model/model_runner.hpp"
 #include "runtime/optim/adamw.hpp"
+#include "runtime/optim/gradient_norm.hpp"
 #include "runtime/plugin/instance.hpp"
 #include "runtime/train/training_job.hpp"
 #include "runtime/train/training_roles.hpp"
@@ -153,7 +155,16 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
     const auto phase = clock_type::now();
     {
       const context_stream_scope on_stream(context);
-      optimizer.step(1e-4, 1.0, step + 1, context);
+      // The global norm and its clip scale, as a pipeline rank and the coordinator compute them.
+      gradient_summary summary;
+      {
+        const kernels::op_scope timing(context.abi(), kernels::op_class::optimizer,
+                                       "gradient_norm");
+        add_gradients(runner.parameters().all(), {}, summary);
+      }
+      const double norm = std::sqrt(summary.norm_squared), clip = topo.train.grad_clip;
+      optimizer.step(1e-4, clip > 0.0 && norm > clip ? clip / (norm + 1e-6) : 1.0, step + 1,
+                     context);
       runner.parameters().zero_grads(&pool, where.is_cuda());
       context.gradients_zeroed();
       wait();

@@ -355,10 +355,11 @@ troupe_status mla_layer::backward_input(const troupe_exec_context* context, save
   TROUPE_TRY(project(context, s, p, true, error, s.q.empty()));
   if (p.q.empty()) p.q = std::move(s.q);
   // Attention backward per (sequence, head); the rope key's gradient is summed over heads.
-  s.d_q.assign(context, static_cast<std::size_t>(t * q_out));
-  s.d_kv.assign(context, static_cast<std::size_t>(t * kv_out));
+  // Written whole by attention_backward (no zero fills: 256 MB a layer on the medium config).
+  s.d_q.allocate(context, static_cast<std::size_t>(t * q_out));
+  s.d_kv.allocate(context, static_cast<std::size_t>(t * kv_out));
   buffer d_rope_heads;
-  d_rope_heads.assign(context, static_cast<std::size_t>(heads_ * t * rope_));
+  d_rope_heads.allocate(context, static_cast<std::size_t>(heads_ * t * rope_));
   attention_backward(context, s, p, d_attention, d_rope_heads);
   // Undo the rotations (rotate by the negative angle).
   ops::rope_rotate(context, s.d_q.data() + nope_, t * heads_, qk_dim_, rope_, heads_, length,

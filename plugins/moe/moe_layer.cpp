@@ -138,7 +138,10 @@ troupe_status moe_layer::backward_input(const troupe_exec_context* context,
     d_out.allocate(context, static_cast<std::size_t>(pairs * h));
     ops::combine_backward(context, dy, s.expert_out.data(), s.gates.data(), s.order.data(), k, h,
                           d_gates.data(), d_out.data(), pairs);
-    d_rows.assign(context, static_cast<std::size_t>(pairs * h));
+    if (routed_->grouped(context) && routed_->count() == experts())  // as expert_out
+      d_rows.allocate(context, static_cast<std::size_t>(pairs * h));
+    else
+      d_rows.assign(context, static_cast<std::size_t>(pairs * h));
     TROUPE_TRY(routed_->backward_input(context, micro_batch, d_out.data(), d_rows.data(), error));
     ops::scatter_add_rows(context, d_rows.data(), s.position.data(), k, h, dx, t);
     d_gates_in = d_gates.data();

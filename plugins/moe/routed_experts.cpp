@@ -345,7 +345,7 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
                                     rows, inter_);
     ops::grouped_dgrad(context, grouping(s, false), nullptr, 2 * inter_,
                        {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
-                       hidden_, dx_rows, hidden_, true, s.d_gate_up16.data());
+                       hidden_, dx_rows, hidden_, false, s.d_gate_up16.data());
     return;
   }
   ops::swiglu_forward_fused(context, s.gate_up.data(), s.hidden.data(), rows, inter_);
@@ -358,7 +358,7 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
                              false);
   ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
                      {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
-                     hidden_, dx_rows, hidden_, true);
+                     hidden_, dx_rows, hidden_, false);
 }
 
 std::vector<bf16_weight_copies::piece> routed_experts::copy_pieces() {

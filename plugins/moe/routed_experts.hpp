@@ -45,7 +45,8 @@ class routed_experts {
                         const float* x, const std::int64_t* order, std::int64_t topk,
                         std::span<const std::int64_t> offsets, const std::int64_t* device_offsets,
                         std::int64_t rows, float* y_rows, troupe_error* error);
-  /// dx_rows[r] = dL/d(input of row r) for dy_rows; keeps what the weight part needs.
+  /// dx_rows[r] = dL/d(input of row r) for dy_rows (grouped(): written whole; on the host's
+  /// per-expert path added to, so the caller zeroes it there); keeps what the weight part needs.
   troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,
                                const float* dy_rows, float* dx_rows, troupe_error* error);
   /// Accumulates the experts' weight gradients and releases the micro-batch.

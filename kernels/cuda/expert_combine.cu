@@ -2,6 +2,10 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/sort_indices.hpp"
 
+#include <cuda_bf16.h>
+
+#include <type_traits>
+
 namespace troupe::kernels::cuda {
 
 namespace {
@@ -65,21 +69,26 @@ __global__ void combine_forward_kernel(const float* rows, const float* gates,
   }
 }
 
+/// `Out` float (d_rows) or std::uint16_t (BF16 bits, round to nearest even).
+template <class Out>
 __global__ void combine_backward_kernel(const float* dy, const float* rows, const float* gates,
                                         const std::int64_t* order, std::int64_t topk,
-                                        std::int64_t width, float* d_gates, float* d_rows,
+                                        std::int64_t width, float* d_gates, Out* d_rows,
                                         std::int64_t begin) {
   __shared__ float shared[32];
   const std::int64_t r = begin + blockIdx.x;
   const std::int64_t a = order[r];
   const float* dy_row = dy + (a / topk) * width;
   const float* row = rows + r * width;
-  float* d_row = d_rows + r * width;
+  Out* d_row = d_rows + r * width;
   const float gate = gates[a];
   float dot = 0.0f;
   for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) {
     dot += dy_row[i] * row[i];
-    d_row[i] = gate * dy_row[i];
+    if constexpr (std::is_same_v<Out, float>)
+      d_row[i] = gate * dy_row[i];
+    else
+      d_row[i] = __bfloat16_as_ushort(__float2bfloat16_rn(gate * dy_row[i]));
   }
   dot = block_sum(dot, shared);
   if (threadIdx.x == 0) d_gates[a] = dot;
@@ -152,10 +161,17 @@ void combine_forward(const float* rows, const float* gates, const std::int64_t* 
 void combine_backward(const float* dy, const float* rows, const float* gates,
                       const std::int64_t* order, std::int64_t topk, std::int64_t width,
                       float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
-                      void* stream) {
+                      void* stream, std::uint16_t* d_rows16) {
   if (end <= begin) return;
-  combine_backward_kernel<<<static_cast<unsigned>(end - begin), 128, 0, as_stream(stream)>>>(
-      dy, rows, gates, order, topk, width, d_gates, d_rows, begin);
+  require((d_rows == nullptr) != (d_rows16 == nullptr), "combine_backward",
+          "exactly one of d_rows and d_rows16");
+  const unsigned blocks = static_cast<unsigned>(end - begin);
+  if (d_rows16 != nullptr)
+    combine_backward_kernel<<<blocks, 128, 0, as_stream(stream)>>>(dy, rows, gates, order, topk,
+                                                                   width, d_gates, d_rows16, begin);
+  else
+    combine_backward_kernel<<<blocks, 128, 0, as_stream(stream)>>>(dy, rows, gates, order, topk,
+                                                                   width, d_gates, d_rows, begin);
   TROUPE_CUDA_LAUNCHED();
 }
 

@@ -37,11 +37,12 @@ void combine_forward(const float* rows, const float* gates, const std::int64_t* 
                      void* stream);
 
 /// For rows [begin, end): d_gates[a] = dy[t] . rows[r], d_rows[r] = gates[a] * dy[t] with
-/// a = order[r], t = a / topk (both overwritten).
+/// a = order[r], t = a / topk (both overwritten). With `d_rows16` (BF16 bits) instead of d_rows
+/// (null), the row gradients are written rounded to BF16, as the experts' BF16 GEMMs read them.
 void combine_backward(const float* dy, const float* rows, const float* gates,
                       const std::int64_t* order, std::int64_t topk, std::int64_t width,
                       float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
-                      void* stream);
+                      void* stream, std::uint16_t* d_rows16 = nullptr);
 
 /// dx[t] += sum over slots in slot order of d_rows[position[t*K+k]], t < tokens.
 void scatter_add_rows(const float* d_rows, const std::int64_t* position, std::int64_t topk,

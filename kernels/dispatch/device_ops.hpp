@@ -269,9 +269,11 @@ void gather_expert_rows(const troupe_exec_context* context, const float* x,
 void combine_forward(const troupe_exec_context* context, const float* rows, const float* gates,
                      const std::int64_t* position, std::int64_t topk, std::int64_t width, float* y,
                      std::int64_t tokens);
+/// `d_rows16` (GPU only) instead of d_rows (null): the row gradients rounded to BF16.
 void combine_backward(const troupe_exec_context* context, const float* dy, const float* rows,
                       const float* gates, const std::int64_t* order, std::int64_t topk,
-                      std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs);
+                      std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs,
+                      std::uint16_t* d_rows16 = nullptr);
 void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
                       const std::int64_t* position, std::int64_t topk, std::int64_t width,
                       float* dx, std::int64_t tokens);

@@ -267,9 +267,12 @@ void combine_forward(const troupe_exec_context* context, const float* rows, cons
 
 void combine_backward(const troupe_exec_context* context, const float* dy, const float* rows,
                       const float* gates, const std::int64_t* order, std::int64_t topk,
-                      std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs) {
+                      std::int64_t width, float* d_gates, float* d_rows, std::int64_t pairs,
+                      std::uint16_t* d_rows16) {
   const op_scope timing(context, op_class::routing);
   if (!on_gpu(context)) {
+    if (d_rows16 != nullptr)
+      throw std::runtime_error("combine_backward: BF16 row gradients are for GPU contexts");
     parallel_for(context, pairs, 64, [&](std::int64_t begin, std::int64_t end) {
       cpu::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin, end);
     });
@@ -278,7 +281,7 @@ void combine_backward(const troupe_exec_context* context, const float* dy, const
   require_cuda();
 #if TROUPE_HAVE_CUDA
   cuda::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, 0, pairs,
-                         context->stream);
+                         context->stream, d_rows16);
 #endif
 }
 

@@ -135,14 +135,20 @@ troupe_status moe_layer::backward_input(const troupe_exec_context* context,
     const std::int64_t pairs = t * k;
     d_gates.allocate(context, static_cast<std::size_t>(pairs));  // combine_backward writes all
     buffer d_out, d_rows;
-    d_out.allocate(context, static_cast<std::size_t>(pairs * h));
+    // The experts' BF16 math reads their output gradient rounded: the combine writes it so.
+    device_array<std::uint16_t> d_out16;
+    if (routed_->bf16_inputs(context))
+      d_out16.allocate(context, static_cast<std::size_t>(pairs * h));
+    else
+      d_out.allocate(context, static_cast<std::size_t>(pairs * h));
     ops::combine_backward(context, dy, s.expert_out.data(), s.gates.data(), s.order.data(), k, h,
-                          d_gates.data(), d_out.data(), pairs);
+                          d_gates.data(), d_out.data(), pairs, d_out16.data());
     if (routed_->grouped(context) && routed_->count() == experts())  // as expert_out
       d_rows.allocate(context, static_cast<std::size_t>(pairs * h));
     else
       d_rows.assign(context, static_cast<std::size_t>(pairs * h));
-    TROUPE_TRY(routed_->backward_input(context, micro_batch, d_out.data(), d_rows.data(), error));
+    TROUPE_TRY(routed_->backward_input(context, micro_batch, d_out.data(), d_rows.data(), error,
+                                       d_out16.empty() ? nullptr : &d_out16));
     ops::scatter_add_rows(context, d_rows.data(), s.position.data(), k, h, dx, t);
     d_gates_in = d_gates.data();
   }

@@ -132,7 +132,8 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
 
 troupe_status routed_experts::backward_input(const troupe_exec_context* context,
                                              std::int64_t micro_batch, const float* dy_rows,
-                                             float* dx_rows, troupe_error* error) {
+                                             float* dx_rows, troupe_error* error,
+                                             device_array<std::uint16_t>* dy_rows16) {
   saved_rows* s = saved_.for_input(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t rows = s->rows;
@@ -142,12 +143,22 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
       return static_cast<std::size_t>(r * width);
     };
     if (s->bf16) {  // written whole before they are read
-      s->d_out16.allocate(context, count(rows, hidden_));
-      ops::round_to_bf16(context, dy_rows, s->d_out16.data(), rows * hidden_);
+      if (dy_rows16 != nullptr && dy_rows16->size() == count(rows, hidden_)) {
+        s->d_out16 = std::move(*dy_rows16);  // rounded by their producer
+      } else {
+        if (dy_rows == nullptr)
+          return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                      "experts: no output gradient (rounded rows of another size)");
+        s->d_out16.allocate(context, count(rows, hidden_));
+        ops::round_to_bf16(context, dy_rows, s->d_out16.data(), rows * hidden_);
+      }
       s->hidden16.allocate(context, count(rows, inter_));
       s->d_gate_up16.allocate(context, count(rows, 2 * inter_));
       return TROUPE_STATUS_OK;
     }
+    if (dy_rows == nullptr)
+      return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                  "experts: the output gradient in f32 is needed on this context");
     s->d_out.assign_copy(context, dy_rows, count(rows, hidden_));
     s->hidden.allocate(context, count(rows, inter_));
     s->d_gate_up.allocate(context, count(rows, 2 * inter_));  // written whole

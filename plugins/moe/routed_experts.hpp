@@ -47,8 +47,15 @@ class routed_experts {
                         std::int64_t rows, float* y_rows, troupe_error* error);
   /// dx_rows[r] = dL/d(input of row r) for dy_rows (grouped(): written whole; on the host's
   /// per-expert path added to, so the caller zeroes it there); keeps what the weight part needs.
+  /// Where bf16_inputs(), the caller may hand over dy_rows already rounded (`dy_rows16`, taken;
+  /// dy_rows is not read then).
   troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,
-                               const float* dy_rows, float* dx_rows, troupe_error* error);
+                               const float* dy_rows, float* dx_rows, troupe_error* error,
+                               device_array<std::uint16_t>* dy_rows16 = nullptr);
+  /// Whether backward_input reads its output gradient rounded to BF16 on this context.
+  bool bf16_inputs(const troupe_exec_context* context) const {
+    return grouped(context) && bf16_activations(context);
+  }
   /// Accumulates the experts' weight gradients and releases the micro-batch.
   troupe_status backward_weight(const troupe_exec_context* context, std::int64_t micro_batch,
                                 troupe_error* error);

@@ -618,6 +618,16 @@ TEST(CudaOps, ExpertPermutationMatchesTheCpuGroupingAndCombine) {
                         gdg.data(), gdr.data(), 0, pairs, nullptr);
   EXPECT_CLOSE(gdg.get(), d_gates, fp32_bound, "combine d_gates");
   EXPECT_CLOSE(gdr.get(), d_rows, fp32_bound, "combine d_rows");
+  {  // The row gradients rounded to BF16 instead: exactly the f32 ones rounded, the same d_gates.
+    device_array<float> gdg16(gates.size());
+    device_array<std::uint16_t> gdr16(rows.size());
+    gpu::combine_backward(gdy.data(), gout.data(), ggates.data(), order.data(), topk, width,
+                          gdg16.data(), nullptr, 0, pairs, nullptr, gdr16.data());
+    EXPECT_EQ(gdg16.get(), gdg.get());
+    const auto f32 = gdr.get();
+    const auto rounded = gdr16.get();
+    for (std::size_t i = 0; i < f32.size(); ++i) ASSERT_EQ(rounded[i], float_to_bf16(f32[i])) << i;
+  }
 
   const auto dx0 = random_values(x.size(), 39);
   std::vector<float> dx(dx0);

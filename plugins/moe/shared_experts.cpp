@@ -92,6 +92,14 @@ void shared_experts::backward_input_bf16(const troupe_exec_context* context, sav
 void shared_experts::backward_weight_bf16(const troupe_exec_context* context, saved_block& s,
                                           bool overwrite) {
   const std::int64_t t = s.tokens, i2 = 2 * inter_;
+  if (t == 0) {  // no products to store: an overwrite leaves zeros
+    if (overwrite)
+      for (const std::size_t parameter : {gate_, up_, down_})
+        if (grad_[parameter] != nullptr)
+          ops::zero_bytes(context, grad_[parameter],
+                          static_cast<std::size_t>(hidden_ * inter_) * sizeof(float));
+    return;
+  }
   const float beta = overwrite ? 0.0f : 1.0f;
   if (grad_[down_] != nullptr)
     ops::gemm_bf16(context, true, false, hidden_, inter_, t, 1.0f, s.d_out16.data(), hidden_,

@@ -162,9 +162,11 @@ typedef struct troupe_exec_context {
   /** ABI 1.5: asks the runtime's optimizer to write `copy` (`count` BF16 values in device memory
    *  the caller owns, on this context's device) with the parameter whose values start at `value`
    *  rounded to nearest even, each time a step updates them, so that a layer keeping a BF16 copy
-   *  of its weights need not round them again. Returns 1 when it will, 0 when it will not (no such
-   *  parameter, another size, not updated whole here): the caller rounds on its own. `copy` NULL
-   *  withdraws the request; a caller withdraws it before it frees `copy`. */
+   *  of its weights need not round them again. Returns 1 when the request is recorded, 0 when it
+   *  is malformed; whether a step did write the copy (not every parameter is updated whole by a
+   *  GPU optimizer: ZeRO-1 slices, frozen ones, the host's) only bf16_copy_current tells, so a
+   *  layer asks it before each use and rounds on its own otherwise. `copy` NULL withdraws the
+   *  request; a caller withdraws it before it frees `copy`. */
   int32_t (*keep_bf16_copy)(const float* value, uint16_t* copy, int64_t count);
   /** ABI 1.5: 1 when the copy kept for `value` holds its current values (the optimizer wrote it
    *  after every other write of the parameter, on the stream that computes next), else 0 (nothing

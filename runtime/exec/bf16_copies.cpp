@@ -68,6 +68,15 @@ void written(const std::vector<const float*>& values) {
   }
 }
 
+void invalidate(const std::vector<const float*>& values) {
+  registry& r = state();
+  const std::lock_guard lock(r.mutex);
+  for (const float* value : values) {
+    auto it = r.copies.find(value);
+    if (it != r.copies.end()) it->second.current = false;
+  }
+}
+
 void invalidate_all() {
   registry& r = state();
   const std::lock_guard lock(r.mutex);

@@ -35,4 +35,8 @@ void written(const std::vector<const float*>& values);
 /// Every copy is stale (parameters_changed calls it).
 void invalidate_all();
 
+/// The copies of these values are stale (an optimizer step about to write them, before it marks
+/// those it writes with written()); the others stay as they are.
+void invalidate(const std::vector<const float*>& values);
+
 }  // namespace troupe::bf16_copies

@@ -52,6 +52,11 @@ void parameters_changed() {
   parameter_writes.fetch_add(1, std::memory_order_acq_rel);
 }
 
+void parameters_stepped(const std::vector<const float*>& values) {
+  bf16_copies::invalidate(values);
+  parameter_writes.fetch_add(1, std::memory_order_acq_rel);
+}
+
 std::uint64_t parameter_version() {
   return version_for_plugins();
 }

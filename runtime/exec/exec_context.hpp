@@ -65,6 +65,10 @@ class context_stream_scope {
 /// before the writes are enqueued.
 void parameters_changed();
 
+/// parameters_changed() for an optimizer step on a GPU: the version moves, but of the BF16 copies
+/// (runtime/exec/bf16_copies.hpp) only those of `values` go stale, not other optimizers'.
+void parameters_stepped(const std::vector<const float*>& values);
+
 /// The number plugins read through their context's `parameter_version`.
 std::uint64_t parameter_version();
 

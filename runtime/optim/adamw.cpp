@@ -54,11 +54,13 @@ void adamw::upload_slots() {
   // withdraws one); a step then is one launch over every tensor.
   copies_seen_ = bf16_copies::changes();
   copied_.clear();
+  values_.clear();
   std::vector<kernels::cuda::adamw_tensor> descriptors;
   for (slot& s : slots_) {
     const float* value = s.p->value.data_as<float>();
     std::uint16_t* copy = s.sliced ? nullptr : bf16_copies::find(value, s.p->value.numel());
     if (copy != nullptr) copied_.push_back(value);
+    values_.push_back(value);
     descriptors.push_back(
         {s.p->value.data_as<float>() + s.range.begin,
          s.p->grad.data_as<const float>() + s.range.begin, s.exp_avg.data_as<std::uint16_t>(),
@@ -79,9 +81,11 @@ void adamw::step(double lr, double grad_scale, std::int64_t step, const exec_con
     fail("AdamW: the parameters are on {}, the step computes on {}", to_string(where_),
          to_string(context.where()));
   if (step < 1) fail("AdamW steps count from 1, got {}", step);
-  parameters_changed();
 #if TROUPE_HAVE_CUDA
   if (bf16_copies::changes() != copies_seen_) upload_slots();
+  // NOTES: only this optimizer's copies go stale (a rank with two chunks steps two optimizers:
+  // the first's copies stay current through the second's step); written() marks those it writes.
+  parameters_stepped(values_);
   const kernels::op_scope timing(context.abi(), kernels::op_class::optimizer);
   const double b1 = settings_.beta1, b2 = settings_.beta2;
   kernels::cuda::adamw_hyper hyper;

@@ -80,6 +80,7 @@ class adamw {
   std::int64_t device_blocks_ = 0;    ///< the GPU step's blocks (kernels/cuda/adamw.hpp's plan)
   std::uint64_t copies_seen_ = 0;     ///< bf16_copies::changes() when the slots were uploaded
   std::vector<const float*> copied_;  ///< the values whose BF16 copies the GPU step writes
+  std::vector<const float*> values_;  ///< every value the GPU step writes
 };
 
 }  // namespace troupe

@@ -273,6 +273,20 @@ TEST(Bf16Copies, CurrentFromTheOptimizersWriteUntilAnyOtherWrite) {
   EXPECT_EQ(bf16_copies::find(value.data(), 6), nullptr);
   EXPECT_EQ(abi->bf16_copy_current(value.data()), 0);
   EXPECT_EQ(abi->keep_bf16_copy(nullptr, copy.data(), 6), 0);
+  // An optimizer step makes its own parameters' copies stale, no other's (a rank stepping two
+  // chunks' optimizers one after the other keeps the first's copies current).
+  std::array<float, 6> other{};
+  std::array<std::uint16_t, 6> other_copy{};
+  ASSERT_EQ(abi->keep_bf16_copy(value.data(), copy.data(), 6), 1);
+  ASSERT_EQ(abi->keep_bf16_copy(other.data(), other_copy.data(), 6), 1);
+  bf16_copies::written({value.data(), other.data()});
+  const std::uint64_t version = parameter_version();
+  parameters_stepped({value.data()});
+  EXPECT_NE(parameter_version(), version);
+  EXPECT_EQ(abi->bf16_copy_current(value.data()), 0);
+  EXPECT_EQ(abi->bf16_copy_current(other.data()), 1);
+  abi->keep_bf16_copy(value.data(), nullptr, 0);
+  abi->keep_bf16_copy(other.data(), nullptr, 0);
   EXPECT_EQ(abi->keep_bf16_copy(value.data(), copy.data(), 0), 0);
 }
 

@@ -59,22 +59,26 @@ std::uint64_t changes() {
   return r.changes;
 }
 
-void written(const std::vector<const float*>& values) {
+namespace {
+
+/// Marks the copies of `values` (those recorded) current or stale.
+void mark(const std::vector<const float*>& values, bool current) {
   registry& r = state();
   const std::lock_guard lock(r.mutex);
   for (const float* value : values) {
     auto it = r.copies.find(value);
-    if (it != r.copies.end()) it->second.current = true;
+    if (it != r.copies.end()) it->second.current = current;
   }
 }
 
+}  // namespace
+
+void written(const std::vector<const float*>& values) {
+  mark(values, true);
+}
+
 void invalidate(const std::vector<const float*>& values) {
-  registry& r = state();
-  const std::lock_guard lock(r.mutex);
-  for (const float* value : values) {
-    auto it = r.copies.find(value);
-    if (it != r.copies.end()) it->second.current = false;
-  }
+  mark(values, false);
 }
 
 void invalidate_all() {

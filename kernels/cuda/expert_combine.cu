@@ -56,7 +56,16 @@ __global__ void gather_kernel(const float* x, const std::int64_t* order, std::in
 // NOTES: the per-token passes take columns from the grid's x and tokens from its y (walking
 // them with the grid's stride): a flat index split by a 64-bit division per element made them
 // bound by instructions.
-__global__ void combine_forward_kernel(const float* rows, const float* gates,
+/// A row element as f32: rows come in f32 or as BF16 bits (the experts' BF16 outputs).
+__device__ inline float value_of(float v) {
+  return v;
+}
+__device__ inline float value_of(std::uint16_t bits) {
+  return __uint_as_float(static_cast<std::uint32_t>(bits) << 16);
+}
+
+template <class Row>
+__global__ void combine_forward_kernel(const Row* rows, const float* gates,
                                        const std::int64_t* position, std::int64_t topk,
                                        std::int64_t width, float* y, std::int64_t tokens) {
   const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
@@ -64,14 +73,15 @@ __global__ void combine_forward_kernel(const float* rows, const float* gates,
   for (std::int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
     float sum = y[t * width + c];
     for (std::int64_t k = 0; k < topk; ++k)
-      sum += gates[t * topk + k] * rows[position[t * topk + k] * width + c];
+      sum += gates[t * topk + k] * value_of(rows[position[t * topk + k] * width + c]);
     y[t * width + c] = sum;
   }
 }
 
-/// `Out` float (d_rows) or std::uint16_t (BF16 bits, round to nearest even).
-template <class Out>
-__global__ void combine_backward_kernel(const float* dy, const float* rows, const float* gates,
+/// `Row` float or std::uint16_t (the rows' BF16 bits); `Out` float (d_rows) or std::uint16_t
+/// (BF16 bits, round to nearest even).
+template <class Row, class Out>
+__global__ void combine_backward_kernel(const float* dy, const Row* rows, const float* gates,
                                         const std::int64_t* order, std::int64_t topk,
                                         std::int64_t width, float* d_gates, Out* d_rows,
                                         std::int64_t begin) {
@@ -79,12 +89,12 @@ __global__ void combine_backward_kernel(const float* dy, const float* rows, cons
   const std::int64_t r = begin + blockIdx.x;
   const std::int64_t a = order[r];
   const float* dy_row = dy + (a / topk) * width;
-  const float* row = rows + r * width;
+  const Row* row = rows + r * width;
   Out* d_row = d_rows + r * width;
   const float gate = gates[a];
   float dot = 0.0f;
   for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-    dot += dy_row[i] * row[i];
+    dot += dy_row[i] * value_of(row[i]);
     if constexpr (std::is_same_v<Out, float>)
       d_row[i] = gate * dy_row[i];
     else
@@ -94,14 +104,16 @@ __global__ void combine_backward_kernel(const float* dy, const float* rows, cons
   if (threadIdx.x == 0) d_gates[a] = dot;
 }
 
-__global__ void scatter_add_kernel(const float* d_rows, const std::int64_t* position,
+template <class Row>
+__global__ void scatter_add_kernel(const Row* d_rows, const std::int64_t* position,
                                    std::int64_t topk, std::int64_t width, float* dx,
                                    std::int64_t tokens) {
   const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (c >= width) return;
   for (std::int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
     float sum = dx[t * width + c];
-    for (std::int64_t k = 0; k < topk; ++k) sum += d_rows[position[t * topk + k] * width + c];
+    for (std::int64_t k = 0; k < topk; ++k)
+      sum += value_of(d_rows[position[t * topk + k] * width + c]);
     dx[t * width + c] = sum;
   }
 }
@@ -149,19 +161,23 @@ void gather_expert_rows(const float* x, const std::int64_t* order, std::int64_t 
   TROUPE_CUDA_LAUNCHED();
 }
 
-void combine_forward(const float* rows, const float* gates, const std::int64_t* position,
-                     std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
-                     void* stream) {
+namespace {
+
+template <class Row>
+void launch_combine_forward(const Row* rows, const float* gates, const std::int64_t* position,
+                            std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
+                            void* stream) {
   if (tokens * width == 0) return;
   combine_forward_kernel<<<token_grid(tokens, width), threads, 0, as_stream(stream)>>>(
       rows, gates, position, topk, width, y, tokens);
   TROUPE_CUDA_LAUNCHED();
 }
 
-void combine_backward(const float* dy, const float* rows, const float* gates,
-                      const std::int64_t* order, std::int64_t topk, std::int64_t width,
-                      float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
-                      void* stream, std::uint16_t* d_rows16) {
+template <class Row>
+void launch_combine_backward(const float* dy, const Row* rows, const float* gates,
+                             const std::int64_t* order, std::int64_t topk, std::int64_t width,
+                             float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
+                             void* stream, std::uint16_t* d_rows16) {
   if (end <= begin) return;
   require((d_rows == nullptr) != (d_rows16 == nullptr), "combine_backward",
           "exactly one of d_rows and d_rows16");
@@ -175,12 +191,53 @@ void combine_backward(const float* dy, const float* rows, const float* gates,
   TROUPE_CUDA_LAUNCHED();
 }
 
-void scatter_add_rows(const float* d_rows, const std::int64_t* position, std::int64_t topk,
-                      std::int64_t width, float* dx, std::int64_t tokens, void* stream) {
+template <class Row>
+void launch_scatter_add(const Row* d_rows, const std::int64_t* position, std::int64_t topk,
+                        std::int64_t width, float* dx, std::int64_t tokens, void* stream) {
   if (tokens * width == 0) return;
   scatter_add_kernel<<<token_grid(tokens, width), threads, 0, as_stream(stream)>>>(
       d_rows, position, topk, width, dx, tokens);
   TROUPE_CUDA_LAUNCHED();
+}
+
+}  // namespace
+
+void combine_forward(const float* rows, const float* gates, const std::int64_t* position,
+                     std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
+                     void* stream) {
+  launch_combine_forward(rows, gates, position, topk, width, y, tokens, stream);
+}
+
+void combine_forward(const std::uint16_t* rows, const float* gates, const std::int64_t* position,
+                     std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
+                     void* stream) {
+  launch_combine_forward(rows, gates, position, topk, width, y, tokens, stream);
+}
+
+void combine_backward(const float* dy, const float* rows, const float* gates,
+                      const std::int64_t* order, std::int64_t topk, std::int64_t width,
+                      float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
+                      void* stream, std::uint16_t* d_rows16) {
+  launch_combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin, end, stream,
+                          d_rows16);
+}
+
+void combine_backward(const float* dy, const std::uint16_t* rows, const float* gates,
+                      const std::int64_t* order, std::int64_t topk, std::int64_t width,
+                      float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
+                      void* stream, std::uint16_t* d_rows16) {
+  launch_combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin, end, stream,
+                          d_rows16);
+}
+
+void scatter_add_rows(const float* d_rows, const std::int64_t* position, std::int64_t topk,
+                      std::int64_t width, float* dx, std::int64_t tokens, void* stream) {
+  launch_scatter_add(d_rows, position, topk, width, dx, tokens, stream);
+}
+
+void scatter_add_rows(const std::uint16_t* d_rows, const std::int64_t* position, std::int64_t topk,
+                      std::int64_t width, float* dx, std::int64_t tokens, void* stream) {
+  launch_scatter_add(d_rows, position, topk, width, dx, tokens, stream);
 }
 
 }  // namespace troupe::kernels::cuda

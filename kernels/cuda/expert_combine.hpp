@@ -48,4 +48,16 @@ void combine_backward(const float* dy, const float* rows, const float* gates,
 void scatter_add_rows(const float* d_rows, const std::int64_t* position, std::int64_t topk,
                       std::int64_t width, float* dx, std::int64_t tokens, void* stream);
 
+/// The same three over rows held as BF16 bits (the experts' grouped GEMMs' BF16 outputs), each
+/// element widened to f32 as it is read; the sums stay f32.
+void combine_forward(const std::uint16_t* rows, const float* gates, const std::int64_t* position,
+                     std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
+                     void* stream);
+void combine_backward(const float* dy, const std::uint16_t* rows, const float* gates,
+                      const std::int64_t* order, std::int64_t topk, std::int64_t width,
+                      float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
+                      void* stream, std::uint16_t* d_rows16 = nullptr);
+void scatter_add_rows(const std::uint16_t* d_rows, const std::int64_t* position, std::int64_t topk,
+                      std::int64_t width, float* dx, std::int64_t tokens, void* stream);
+
 }  // namespace troupe::kernels::cuda

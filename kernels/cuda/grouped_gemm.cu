@@ -129,6 +129,13 @@ void check_rounded(const void* rounded, std::int64_t ld, std::int64_t width, boo
           "a pre-rounded operand is read in row order: rows.source must be null");
 }
 
+/// Checks a BF16 output request (grouped_gemm.hpp) before any launch.
+void check_bf16_output(const void* out, bool accumulate, gemm_math math, const char* kernel) {
+  if (out == nullptr) return;
+  require(math == gemm_math::bf16, kernel, "BF16 outputs need the BF16 math");
+  require(!accumulate, kernel, "BF16 outputs cannot accumulate");
+}
+
 /// The exact kernels read one weight table; two stacked tables run as two launches on the halves.
 bool stacked(const weight_tables& w) {
   return w.second != nullptr;
@@ -297,17 +304,18 @@ std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n,
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
                         weight_tables weights, std::int64_t n, std::int64_t k, float* y,
                         std::int64_t ldy, bool accumulate, gemm_math math, void* stream,
-                        void* staging, const void* x_bf16) {
+                        void* staging, const void* x_bf16, void* y_bf16) {
   check_rows(rows, "grouped_gemm_fprop");
   check_rounded(x_bf16, ldx, k, rows.source != nullptr, math, "grouped_gemm_fprop");
+  check_bf16_output(y_bf16, accumulate, math, "grouped_gemm_fprop");
   require(!stacked(weights) || n % 2 == 0, "grouped_gemm_fprop", "stacked weights need an even n");
   if (rows.rows == 0 || n == 0) return;
   if (math == gemm_math::bf16) {
     const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
-    return launch_tensor_cores(
-        pass::fprop,
-        {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k, accumulate, x_bf16, nullptr},
-        stream, buffer.data);
+    return launch_tensor_cores(pass::fprop,
+                               {rows, x, ldx, nullptr, 0, weights, nullptr, y, ldy, n, k,
+                                accumulate, x_bf16, nullptr, y_bf16},
+                               stream, buffer.data);
   }
   if (stacked(weights)) {
     grouped_gemm_fprop(rows, x, ldx, weights.first, n / 2, k, y, ldy, accumulate, math, stream);
@@ -324,9 +332,10 @@ void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t l
 void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         weight_tables weights, std::int64_t n, std::int64_t k, float* dx,
                         std::int64_t lddx, bool accumulate, gemm_math math, void* stream,
-                        void* staging, const void* dy_bf16) {
+                        void* staging, const void* dy_bf16, void* dx_bf16) {
   check_rows(rows, "grouped_gemm_dgrad");
   check_rounded(dy_bf16, lddy, n, false, math, "grouped_gemm_dgrad");
+  check_bf16_output(dx_bf16, accumulate, math, "grouped_gemm_dgrad");
   require(!stacked(weights) || n % 2 == 0, "grouped_gemm_dgrad", "stacked weights need an even n");
   if (rows.rows == 0 || k == 0) return;
   grouped_rows direct = rows;
@@ -335,7 +344,7 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
     const stream_staging buffer(staging, bf16_staging_bytes(direct, n, k), as_stream(stream));
     return launch_tensor_cores(pass::dgrad,
                                {direct, dy, lddy, nullptr, 0, weights, nullptr, dx, lddx, n, k,
-                                accumulate, dy_bf16, nullptr},
+                                accumulate, dy_bf16, nullptr, dx_bf16},
                                stream, buffer.data);
   }
   if (stacked(weights)) {

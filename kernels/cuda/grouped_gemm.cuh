@@ -5,6 +5,8 @@
 // arguments of a pass, the row gather, and the tile scheduler that finds a block's expert from the
 // offsets on the device. Internal to kernels/cuda.
 
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
 #include "kernels/cuda/grouped_gemm.hpp"
@@ -35,6 +37,7 @@ struct arguments {
   bool accumulate;  // Fprop, Dgrad: add into c; Wgrad: false when dW holds zeros (onto_zeros)
   const void* a16 = nullptr;  // a (ld lda) already rounded to BF16 by its producer, or null
   const void* b16 = nullptr;  // wgrad: b (ld ldb) the same
+  void* c16 = nullptr;        // fprop, dgrad: the output rounded to BF16 here (ld ldc), not into c
 };
 
 __device__ inline std::int64_t source_of(const grouped_rows& rows, std::int64_t r) {
@@ -145,6 +148,19 @@ __device__ inline void store_pair(const arguments& args, float* out, std::int64_
   } else {
     out[col] = args.accumulate ? out[col] + value.x : value.x;
     if (col + 1 < out_cols) out[col + 1] = args.accumulate ? out[col + 1] + value.y : value.y;
+  }
+}
+
+/// Writes the outputs at columns col and col + 1 (when < out_cols) of Fprop's or Dgrad's output
+/// row `row` rounded to BF16 into args.c16 (the caller's BF16 outputs: never accumulating).
+__device__ inline void store_bf16_pair(const arguments& args, std::int64_t row, std::int64_t col,
+                                       std::int64_t out_cols, float2 value) {
+  __nv_bfloat16* out = static_cast<__nv_bfloat16*>(args.c16) + row * args.ldc + col;
+  if (col + 1 < out_cols && reinterpret_cast<std::uintptr_t>(out) % 4 == 0) {
+    *reinterpret_cast<__nv_bfloat162*>(out) = __float22bfloat162_rn(value);
+  } else {
+    out[0] = __float2bfloat16_rn(value.x);
+    if (col + 1 < out_cols) out[1] = __float2bfloat16_rn(value.y);
   }
 }
 

@@ -92,16 +92,23 @@ std::size_t grouped_gemm_staging_bytes(const grouped_rows& rows, std::int64_t n,
 /// lddy) a multiple of 8, its width (k for x, n for dy) a multiple of 8 and its start 16-byte
 /// aligned; the pass reads it as it is instead of rounding the f32 one (which may then be null).
 /// The exact math needs the f32 operands.
+/// BF16 outputs (`y_bf16`, `dx_bf16`): under the BF16 math Fprop and Dgrad may write their output
+/// rounded to BF16 (round to nearest even; same leading dimension) there instead of into the f32
+/// one (which may then be null), not accumulating: half the bytes of the f32 output for the GEMM
+/// to store and its consumer to read. CUTLASS's kernels run Fprop and Dgrad only this way (ldy,
+/// lddx multiples of 8, 16-byte aligned starts); f32 outputs run on troupe's own kernels.
 void grouped_gemm_fprop(const grouped_rows& rows, const float* x, std::int64_t ldx,
                         weight_tables weights, std::int64_t n, std::int64_t k, float* y,
                         std::int64_t ldy, bool accumulate, gemm_math math, void* stream,
-                        void* staging = nullptr, const void* x_bf16 = nullptr);
+                        void* staging = nullptr, const void* x_bf16 = nullptr,
+                        void* y_bf16 = nullptr);
 
 /// rows.source is ignored (dy and dx are indexed by r).
 void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         weight_tables weights, std::int64_t n, std::int64_t k, float* dx,
                         std::int64_t lddx, bool accumulate, gemm_math math, void* stream,
-                        void* staging = nullptr, const void* dy_bf16 = nullptr);
+                        void* staging = nullptr, const void* dy_bf16 = nullptr,
+                        void* dx_bf16 = nullptr);
 
 /// `onto_zeros`: dW holds zeros (nothing added since the caller zeroed it), so a block that is
 /// the only writer of its tile stores instead of adding (no read of dW); the result is the same.

@@ -5,8 +5,11 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <type_traits>
@@ -41,7 +44,8 @@ namespace {
 // atomics, and the sum is the same from run to run. An expert without rows gets M = 0 (no tiles).
 // Tiles of 128 x 256 x 64, two consumer warpgroups (CUTLASS's cooperative schedule), a producer
 // warp streaming the slabs with TMA into as many stages as shared memory holds; the epilogue
-// stores FP32 through shared memory with TMA. The per-group descriptors live in the workspace.
+// stores through shared memory with TMA, BF16 activations (Fprop, Dgrad) or FP32 gradients
+// (Wgrad). The per-group descriptors live in the workspace.
 using namespace cute;
 using element = cutlass::bfloat16_t;
 using problem_shape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;
@@ -50,7 +54,9 @@ using column_major = cutlass::layout::ColumnMajor;
 
 // NOTES: by `troupe bench experts` on the H200 (medium config, 8192 tokens; one layer's six
 // passes): this tiling 6.17 ms; the same in clusters of two along M (B multicast) 6.44; CUTLASS's
-// ping-pong schedule on 128 x 128 tiles 6.67, in pairs 6.81.
+// ping-pong schedule on 128 x 128 tiles 6.67, in pairs 6.81 (all six passes on one schedule,
+// FP32 outputs). Fprop and Dgrad stay on this one (PyTorch's grouped_mm takes it too for shapes
+// this large); Wgrad may take the ping-pong schedule (below).
 struct cooperative {
   using tile = Shape<_128, _256, _64>;
   using cluster = Shape<_1, _1, _1>;
@@ -58,13 +64,33 @@ struct cooperative {
   using epilogue_schedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 };
 
-template <class LayoutA, class LayoutB, class Config>
+// NOTES: Wgrad's reduction is an expert's rows (768 on average for the medium config), so a
+// 128 x 256 tile multiplies for 12 slabs and then stores 128 KiB of FP32 gradient, during which
+// the cooperative schedule's tensor cores wait. The ping-pong schedule gives each of its two
+// consumer warpgroups a tile of its own, so one stores while the other multiplies. By `troupe
+// bench experts` on the H200 (medium config, one call with both): gate+up Wgrad onto zeros 1.142
+// ms against the cooperative 1.179, down 0.601 against 0.640; adding, 1.390 against 1.449 and
+// 0.730 against 0.787.
+struct pingpong {
+  using tile = Shape<_128, _128, _64>;
+  using cluster = Shape<_1, _1, _1>;
+  using kernel_schedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
+  using epilogue_schedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
+};
+
+/// What pass P writes: Fprop's and Dgrad's activations in BF16 (troupe's own kernels write FP32
+/// ones), Wgrad's gradients in FP32.
+template <pass P>
+using output_of = std::conditional_t<P == pass::wgrad, float, element>;
+
+template <class LayoutA, class LayoutB, class Out, class Config>
 struct grouped_gemm_of {
+  static constexpr int out_alignment = 16 / static_cast<int>(sizeof(Out));
   using epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, typename Config::tile,
-      typename Config::cluster, cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      float, row_major*, 4, float, row_major*, 4, typename Config::epilogue_schedule,
-      cutlass::epilogue::fusion::LinearCombination<float, float>>::CollectiveOp;
+      typename Config::cluster, cutlass::epilogue::collective::EpilogueTileAuto, float, float, Out,
+      row_major*, out_alignment, Out, row_major*, out_alignment, typename Config::epilogue_schedule,
+      cutlass::epilogue::fusion::LinearCombination<Out, float>>::CollectiveOp;
   using mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, element, LayoutA*, 8, element, LayoutB*,
       8, float, typename Config::tile, typename Config::cluster,
@@ -77,14 +103,16 @@ struct grouped_gemm_of {
 
 template <pass P, class Config>
 using gemm_of = typename std::conditional_t<
-    P == pass::fprop, grouped_gemm_of<row_major, column_major, Config>,
-    std::conditional_t<P == pass::dgrad, grouped_gemm_of<row_major, row_major, Config>,
-                       grouped_gemm_of<column_major, row_major, Config>>>::gemm;
+    P == pass::fprop, grouped_gemm_of<row_major, column_major, output_of<P>, Config>,
+    std::conditional_t<P == pass::dgrad,
+                       grouped_gemm_of<row_major, row_major, output_of<P>, Config>,
+                       grouped_gemm_of<column_major, row_major, output_of<P>, Config>>>::gemm;
 
 /// The per-group arrays CUTLASS's grouped kernel reads, carved from the staging buffer.
 template <pass P, class Config>
 struct problem_arrays {
   using gemm = gemm_of<P, Config>;
+  using out = output_of<P>;
   using stride_a = typename gemm::GemmKernel::InternalStrideA;
   using stride_b = typename gemm::GemmKernel::InternalStrideB;
   using stride_c = typename gemm::GemmKernel::InternalStrideC;
@@ -92,8 +120,8 @@ struct problem_arrays {
   typename problem_shape::UnderlyingProblemShape* shapes;
   const element** a;
   const element** b;
-  const float** c;
-  float** d;
+  const out** c;
+  out** d;
   stride_a* sa;
   stride_b* sb;
   stride_c* sc;
@@ -160,12 +188,12 @@ __global__ void describe_problems(arguments args, staged o, problem_arrays<P, Co
     out.shapes[problem] = {rows, static_cast<int>(args.n), static_cast<int>(args.k)};
     out.a[problem] = a + first * o.lda;
     out.b[problem] = b + g * args.n * o.ldb;
-    out.d[problem] = args.c + first * args.ldc;
+    out.d[problem] = static_cast<element*>(args.c16) + first * args.ldc;
   } else if constexpr (P == pass::dgrad) {
     out.shapes[problem] = {rows, static_cast<int>(args.k), static_cast<int>(args.n)};
     out.a[problem] = a + first * o.lda;
     out.b[problem] = b + g * args.n * o.ldb;
-    out.d[problem] = args.c + first * args.ldc;
+    out.d[problem] = static_cast<element*>(args.c16) + first * args.ldc;
   } else {
     const std::int64_t half = args.n / tables;
     out.shapes[problem] = {rows > 0 ? static_cast<int>(half) : 0, static_cast<int>(args.k), rows};
@@ -257,33 +285,47 @@ void run(const arguments& args, const staged& o, void* space, cudaStream_t strea
   TROUPE_CUDA_LAUNCHED();
 }
 
+/// Wgrad's schedule: ping-pong unless the environment's TROUPE_CUTLASS_WGRAD=cooperative asks
+/// for the cooperative one (to measure them against each other).
+bool wgrad_pingpong() {
+  static const bool pingpong = [] {
+    const char* value = std::getenv("TROUPE_CUTLASS_WGRAD");
+    return value == nullptr || std::strcmp(value, "cooperative") != 0;
+  }();
+  return pingpong;
+}
+
 }  // namespace
 
 std::size_t cutlass_bytes(std::int64_t groups) {
   const std::int64_t problems = 2 * groups;  // Wgrad's stacked tables: two per expert
   return std::max({pass_bytes<pass::fprop, cooperative>(problems),
                    pass_bytes<pass::dgrad, cooperative>(problems),
-                   pass_bytes<pass::wgrad, cooperative>(problems)});
+                   pass_bytes<pass::wgrad, cooperative>(problems),
+                   pass_bytes<pass::wgrad, pingpong>(problems)});
 }
 
 bool cutlass_supports(pass p, const arguments& args, const void* staging) {
   // TMA: 16-byte aligned rows and starts. The staged operands are (rows padded to 8 BF16, the
   // staging buffer and the weights' copy 256-byte aligned from the allocator: checked, as the
-  // per-multiprocessor descriptors in the workspace need 64); the FP32 outputs need a leading
-  // dimension of a multiple of 4, and Wgrad's second table starts n/2 columns into dy. A reduction
-  // of length 0 would store the accumulators uncleared (no k-tile runs): those stay on troupe's
-  // kernels.
+  // per-multiprocessor descriptors in the workspace need 64); Fprop's and Dgrad's BF16 outputs
+  // (CUTLASS runs them only where the caller asked for BF16: FP32 ones go to troupe's kernels)
+  // need a leading dimension of a multiple of 8, Wgrad's FP32 gradients a k of a multiple of 4,
+  // and its second table starts n/2 columns into dy. A reduction of length 0 would store the
+  // accumulators uncleared (no k-tile runs): those stay on troupe's kernels.
   const auto at = [](const void* pointer, std::uintptr_t alignment) {
     return reinterpret_cast<std::uintptr_t>(pointer) % alignment == 0;
   };
   if (!at(staging, array_alignment) || !at(args.weights.rounded, 16) || !at(args.a16, 16) ||
       !at(args.b16, 16))
     return false;
+  const bool bf16_out =
+      args.c16 != nullptr && !args.accumulate && args.ldc % 8 == 0 && at(args.c16, 16);
   switch (p) {
     case pass::fprop:
-      return args.k > 0 && args.ldc % 4 == 0 && at(args.c, 16);
+      return args.k > 0 && bf16_out;
     case pass::dgrad:
-      return args.n > 0 && args.ldc % 4 == 0 && at(args.c, 16);
+      return args.n > 0 && bf16_out;
     case pass::wgrad:
       return args.k % 4 == 0 && (args.weight_grads.second == nullptr || args.n / 2 % 8 == 0);
   }
@@ -295,7 +337,15 @@ void launch_cutlass(pass p, const arguments& args, void* stream, void* staging) 
   const staged o = stage_operands(p, args, staging, s, "grouped_gemm (cutlass)");
   void* space =
       static_cast<unsigned char*>(staging) + aligned(staging_bytes(args.rows, args.n, args.k));
-  for_pass(p, [&](auto P) { run<decltype(P)::value, cooperative>(args, o, space, s); });
+  switch (p) {
+    case pass::fprop:
+      return run<pass::fprop, cooperative>(args, o, space, s);
+    case pass::dgrad:
+      return run<pass::dgrad, cooperative>(args, o, space, s);
+    case pass::wgrad:
+      if (wgrad_pingpong()) return run<pass::wgrad, pingpong>(args, o, space, s);
+      return run<pass::wgrad, cooperative>(args, o, space, s);
+  }
 }
 
 }  // namespace troupe::kernels::cuda::grouped

@@ -212,13 +212,18 @@ __global__ void __launch_bounds__(threads, 2) grouped_wgmma_kernel(arguments arg
   for (int half = 0; half < 2; ++half) {
     const std::int64_t row = t.m0 + group_of_warps * 64 + w4 * 16 + lane / 4 + half * 8;
     if (row >= t.m_end) continue;
-    float* out = P == pass::wgrad ? gradient_row(args, t.group, row) : args.c + row * args.ldc;
+    float* out = P == pass::wgrad      ? gradient_row(args, t.group, row)
+                 : args.c16 != nullptr ? nullptr
+                                       : args.c + row * args.ldc;
 #pragma unroll
     for (int j = 0; j < cols / 8; ++j) {
       const std::int64_t col = t.n0 + j * 8 + lane % 4 * 2;
       if (col >= t.out_cols) continue;
-      store_pair<P>(args, out, col, t.out_cols,
-                    float2{acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]}, only_writer);
+      const float2 value{acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]};
+      if (P != pass::wgrad && args.c16 != nullptr)
+        store_bf16_pair(args, row, col, t.out_cols, value);
+      else
+        store_pair<P>(args, out, col, t.out_cols, value, only_writer);
     }
   }
 }

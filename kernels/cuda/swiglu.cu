@@ -82,26 +82,37 @@ __device__ inline void put(uint2* to, float4 v) {
   *to = make_uint2(mma::pack(v.x, v.y), mma::pack(v.z, v.w));
 }
 
-template <class Index, class Out>
-__global__ void swiglu_forward_quads(const float4* gate, const float4* up, Out* h, Index rows,
-                                     Index quads, Index ld) {
+/// Four inputs from f32 (a float4) or from BF16 (one 8-byte word of four BF16s).
+__device__ inline float4 get(const float4* from) {
+  return *from;
+}
+__device__ inline float4 get(const uint2* from) {
+  const uint2 w = *from;
+  return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
+                     __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
+}
+
+/// `In` float4 (f32 gate|up) or uint2 (BF16 ones, as the grouped GEMMs write them).
+template <class Index, class In, class Out>
+__global__ void swiglu_forward_quads(const In* gate, const In* up, Out* h, Index rows, Index quads,
+                                     Index ld) {
   const Index total = rows * quads, stride = gridDim.x * blockDim.x;
   for (Index i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     const Index r = i / quads, c = i - r * quads, at = r * ld + c;
-    put(h + i, silu_times(gate[at], up[at]));
+    put(h + i, silu_times(get(gate + at), get(up + at)));
   }
 }
 
-/// The gradients of both halves rounded to BF16 into [rows, 2 * quads] words (no accumulation).
-template <class Index>
-__global__ void swiglu_backward_quads_bf16(const float4* dh, const float4* gate, const float4* up,
-                                           uint2* dgate, uint2* dup, Index rows, Index quads,
-                                           Index ld) {
+/// The gradients of both halves rounded to BF16 into [rows, 2 * quads] words (no accumulation),
+/// from f32 (float4) or BF16 (uint2) inputs.
+template <class Index, class In>
+__global__ void swiglu_backward_quads_bf16(const In* dh, const In* gate, const In* up, uint2* dgate,
+                                           uint2* dup, Index rows, Index quads, Index ld) {
   const Index total = rows * quads, stride = gridDim.x * blockDim.x;
   for (Index i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     const Index r = i / quads, c = i - r * quads, at = r * ld + c;
     float4 a, b;
-    swiglu_gradients(dh[i], gate[at], up[at], a, b);
+    swiglu_gradients(get(dh + i), get(gate + at), get(up + at), a, b);
     put(dgate + at, a);
     put(dup + at, b);
   }
@@ -184,9 +195,10 @@ void swiglu_forward_fused(const float* gate_up, float* h, std::int64_t rows, std
     auto* out = reinterpret_cast<float4*>(h);
     with_index_for(rows * 2 * quads, [&](auto zero) {
       using Index = decltype(zero);
-      swiglu_forward_quads<Index, float4><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
-          gate, up, out, static_cast<Index>(rows), static_cast<Index>(quads),
-          static_cast<Index>(2 * quads));
+      swiglu_forward_quads<Index, float4, float4>
+          <<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+              gate, up, out, static_cast<Index>(rows), static_cast<Index>(quads),
+              static_cast<Index>(2 * quads));
     });
     TROUPE_CUDA_LAUNCHED();
     return;
@@ -227,9 +239,10 @@ void swiglu_forward_fused_bf16(const float* gate_up, std::uint16_t* h, std::int6
   const auto* gate = reinterpret_cast<const float4*>(gate_up);
   with_index_for(rows * 2 * quads, [&](auto zero) {
     using Index = decltype(zero);
-    swiglu_forward_quads<Index, uint2><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
-        gate, gate + quads, reinterpret_cast<uint2*>(h), static_cast<Index>(rows),
-        static_cast<Index>(quads), static_cast<Index>(2 * quads));
+    swiglu_forward_quads<Index, float4, uint2>
+        <<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+            gate, gate + quads, reinterpret_cast<uint2*>(h), static_cast<Index>(rows),
+            static_cast<Index>(quads), static_cast<Index>(2 * quads));
   });
   TROUPE_CUDA_LAUNCHED();
 }
@@ -244,8 +257,45 @@ void swiglu_backward_fused_bf16(const float* dh, const float* gate_up, std::uint
   auto* out = reinterpret_cast<uint2*>(dgate_up);
   with_index_for(rows * 2 * quads, [&](auto zero) {
     using Index = decltype(zero);
-    swiglu_backward_quads_bf16<Index><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
-        reinterpret_cast<const float4*>(dh), gate, gate + quads, out, out + quads,
+    swiglu_backward_quads_bf16<Index, float4>
+        <<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+            reinterpret_cast<const float4*>(dh), gate, gate + quads, out, out + quads,
+            static_cast<Index>(rows), static_cast<Index>(quads), static_cast<Index>(2 * quads));
+  });
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void swiglu_forward_fused_bf16(const std::uint16_t* gate_up, std::uint16_t* h, std::int64_t rows,
+                               std::int64_t width, void* stream) {
+  require(width % 4 == 0 && aligned(gate_up, 8) && aligned(h, 8), "swiglu_forward_fused_bf16",
+          "the width must be a multiple of 4 and the buffers aligned");
+  if (rows * width == 0) return;
+  const std::int64_t quads = width / 4, total = rows * quads;
+  const auto* gate = reinterpret_cast<const uint2*>(gate_up);
+  with_index_for(rows * 2 * quads, [&](auto zero) {
+    using Index = decltype(zero);
+    swiglu_forward_quads<Index, uint2, uint2>
+        <<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+            gate, gate + quads, reinterpret_cast<uint2*>(h), static_cast<Index>(rows),
+            static_cast<Index>(quads), static_cast<Index>(2 * quads));
+  });
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void swiglu_backward_fused_bf16(const std::uint16_t* dh, const std::uint16_t* gate_up,
+                                std::uint16_t* dgate_up, std::int64_t rows, std::int64_t width,
+                                void* stream) {
+  require(width % 4 == 0 && aligned(dh, 8) && aligned(gate_up, 8) && aligned(dgate_up, 8),
+          "swiglu_backward_fused_bf16",
+          "the width must be a multiple of 4 and the buffers aligned");
+  if (rows * width == 0) return;
+  const std::int64_t quads = width / 4, total = rows * quads;
+  const auto* gate = reinterpret_cast<const uint2*>(gate_up);
+  auto* out = reinterpret_cast<uint2*>(dgate_up);
+  with_index_for(rows * 2 * quads, [&](auto zero) {
+    using Index = decltype(zero);
+    swiglu_backward_quads_bf16<Index, uint2><<<quad_blocks(total), threads, 0, as_stream(stream)>>>(
+        reinterpret_cast<const uint2*>(dh), gate, gate + quads, out, out + quads,
         static_cast<Index>(rows), static_cast<Index>(quads), static_cast<Index>(2 * quads));
   });
   TROUPE_CUDA_LAUNCHED();

@@ -29,4 +29,12 @@ void swiglu_forward_fused_bf16(const float* gate_up, std::uint16_t* h, std::int6
 void swiglu_backward_fused_bf16(const float* dh, const float* gate_up, std::uint16_t* dgate_up,
                                 std::int64_t rows, std::int64_t width, void* stream);
 
+/// The same from BF16 inputs (bits: gate_up and dh as the grouped GEMMs' BF16 outputs write
+/// them), every buffer 8-byte aligned.
+void swiglu_forward_fused_bf16(const std::uint16_t* gate_up, std::uint16_t* h, std::int64_t rows,
+                               std::int64_t width, void* stream);
+void swiglu_backward_fused_bf16(const std::uint16_t* dh, const std::uint16_t* gate_up,
+                                std::uint16_t* dgate_up, std::int64_t rows, std::int64_t width,
+                                void* stream);
+
 }  // namespace troupe::kernels::cuda

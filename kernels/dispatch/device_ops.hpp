@@ -277,6 +277,17 @@ void combine_backward(const troupe_exec_context* context, const float* dy, const
 void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
                       const std::int64_t* position, std::int64_t topk, std::int64_t width,
                       float* dx, std::int64_t tokens);
+/// The same three over rows held as BF16 bits (the experts' BF16 outputs; GPU only).
+void combine_forward(const troupe_exec_context* context, const std::uint16_t* rows,
+                     const float* gates, const std::int64_t* position, std::int64_t topk,
+                     std::int64_t width, float* y, std::int64_t tokens);
+void combine_backward(const troupe_exec_context* context, const float* dy,
+                      const std::uint16_t* rows, const float* gates, const std::int64_t* order,
+                      std::int64_t topk, std::int64_t width, float* d_gates, float* d_rows,
+                      std::int64_t pairs, std::uint16_t* d_rows16 = nullptr);
+void scatter_add_rows(const troupe_exec_context* context, const std::uint16_t* d_rows,
+                      const std::int64_t* position, std::int64_t topk, std::int64_t width,
+                      float* dx, std::int64_t tokens);
 /// Rows grouped by expert on the device (offsets [groups + 1]); row r of Fprop and Wgrad reads
 /// input row source[r] / divisor (source null: r).
 struct grouped_rows {
@@ -316,14 +327,16 @@ struct expert_gradients {
 /// Under the BF16 math (grouped_bf16_operands) an activation may come already rounded to BF16 by
 /// its producer (`x_bf16`, `dy_bf16`: bits, rows in order, with the f32 operand's leading
 /// dimension; kernels/cuda/grouped_gemm.hpp says what it must meet): then it is read as it is.
+/// Fprop and Dgrad may write their output rounded to BF16 instead (`y_bf16`, `dx_bf16`, with the
+/// f32 output's leading dimension; not accumulating; the f32 output may then be null).
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
                    std::int64_t ldx, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* y, std::int64_t ldy, bool accumulate,
-                   const std::uint16_t* x_bf16 = nullptr);
+                   const std::uint16_t* x_bf16 = nullptr, std::uint16_t* y_bf16 = nullptr);
 void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, expert_weights weights, std::int64_t n, std::int64_t k,
                    float* dx, std::int64_t lddx, bool accumulate,
-                   const std::uint16_t* dy_bf16 = nullptr);
+                   const std::uint16_t* dy_bf16 = nullptr, std::uint16_t* dx_bf16 = nullptr);
 /// What the experts' weight gradients hold when a Wgrad starts.
 enum class gradients_hold {
   sums,      ///< what earlier backwards added: add to them
@@ -359,6 +372,12 @@ void swiglu_forward_fused_bf16(const troupe_exec_context* context, const float* 
 void swiglu_backward_fused_bf16(const troupe_exec_context* context, const float* dh,
                                 const float* gate_up, std::uint16_t* dgate_up, std::int64_t rows,
                                 std::int64_t width);
+/// The same two from BF16 inputs (gate_up and dh as the grouped GEMMs' BF16 outputs write them).
+void swiglu_forward_fused_bf16(const troupe_exec_context* context, const std::uint16_t* gate_up,
+                               std::uint16_t* h, std::int64_t rows, std::int64_t width);
+void swiglu_backward_fused_bf16(const troupe_exec_context* context, const std::uint16_t* dh,
+                                const std::uint16_t* gate_up, std::uint16_t* dgate_up,
+                                std::int64_t rows, std::int64_t width);
 
 }  // namespace ops
 

@@ -249,6 +249,15 @@ void gather_expert_rows(const troupe_exec_context* context, const float* x,
 #endif
 }
 
+namespace {
+/// The BF16 rows' overloads run on a GPU only.
+void require_gpu_rows(const troupe_exec_context* context, const char* what) {
+  if (!on_gpu(context))
+    throw std::runtime_error(std::string(what) + ": BF16 rows are for GPU contexts");
+  require_cuda();
+}
+}  // namespace
+
 void combine_forward(const troupe_exec_context* context, const float* rows, const float* gates,
                      const std::int64_t* position, std::int64_t topk, std::int64_t width, float* y,
                      std::int64_t tokens) {
@@ -298,6 +307,45 @@ void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
   require_cuda();
 #if TROUPE_HAVE_CUDA
   cuda::scatter_add_rows(d_rows, position, topk, width, dx, tokens, context->stream);
+#endif
+}
+
+void combine_forward(const troupe_exec_context* context, const std::uint16_t* rows,
+                     const float* gates, const std::int64_t* position, std::int64_t topk,
+                     std::int64_t width, float* y, std::int64_t tokens) {
+  const op_scope timing(context, op_class::routing);
+  require_gpu_rows(context, "combine_forward");
+#if TROUPE_HAVE_CUDA
+  cuda::combine_forward(rows, gates, position, topk, width, y, tokens, context->stream);
+#else
+  (void)rows, (void)gates, (void)position, (void)topk, (void)width, (void)y, (void)tokens;
+#endif
+}
+
+void combine_backward(const troupe_exec_context* context, const float* dy,
+                      const std::uint16_t* rows, const float* gates, const std::int64_t* order,
+                      std::int64_t topk, std::int64_t width, float* d_gates, float* d_rows,
+                      std::int64_t pairs, std::uint16_t* d_rows16) {
+  const op_scope timing(context, op_class::routing);
+  require_gpu_rows(context, "combine_backward");
+#if TROUPE_HAVE_CUDA
+  cuda::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, 0, pairs,
+                         context->stream, d_rows16);
+#else
+  (void)dy, (void)rows, (void)gates, (void)order, (void)topk, (void)width, (void)d_gates,
+      (void)d_rows, (void)pairs, (void)d_rows16;
+#endif
+}
+
+void scatter_add_rows(const troupe_exec_context* context, const std::uint16_t* d_rows,
+                      const std::int64_t* position, std::int64_t topk, std::int64_t width,
+                      float* dx, std::int64_t tokens) {
+  const op_scope timing(context, op_class::routing);
+  require_gpu_rows(context, "scatter_add_rows");
+#if TROUPE_HAVE_CUDA
+  cuda::scatter_add_rows(d_rows, position, topk, width, dx, tokens, context->stream);
+#else
+  (void)d_rows, (void)position, (void)topk, (void)width, (void)dx, (void)tokens;
 #endif
 }
 
@@ -396,7 +444,8 @@ void round_expert_weights(const troupe_exec_context* context, expert_weights wei
 
 void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows, const float* x,
                    std::int64_t ldx, expert_weights weights, std::int64_t n, std::int64_t k,
-                   float* y, std::int64_t ldy, bool accumulate, const std::uint16_t* x_bf16) {
+                   float* y, std::int64_t ldy, bool accumulate, const std::uint16_t* x_bf16,
+                   std::uint16_t* y_bf16) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_fprop");
 #if TROUPE_HAVE_CUDA
@@ -404,16 +453,17 @@ void grouped_fprop(const troupe_exec_context* context, const grouped_rows& rows,
   auto staging = grouped_staging(context, r, n, k);
   cuda::grouped_gemm_fprop(r, x, ldx, {weights.first, weights.second, weights.rounded}, n, k, y,
                            ldy, accumulate, to_cuda(context_math(context)), context->stream,
-                           staging.data(), x_bf16);
+                           staging.data(), x_bf16, y_bf16);
 #else
   (void)rows, (void)x, (void)ldx, (void)weights, (void)n, (void)k, (void)y, (void)ldy,
-      (void)accumulate, (void)x_bf16;
+      (void)accumulate, (void)x_bf16, (void)y_bf16;
 #endif
 }
 
 void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, expert_weights weights, std::int64_t n, std::int64_t k,
-                   float* dx, std::int64_t lddx, bool accumulate, const std::uint16_t* dy_bf16) {
+                   float* dx, std::int64_t lddx, bool accumulate, const std::uint16_t* dy_bf16,
+                   std::uint16_t* dx_bf16) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_dgrad");
 #if TROUPE_HAVE_CUDA
@@ -421,10 +471,10 @@ void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows,
   auto staging = grouped_staging(context, r, n, k);
   cuda::grouped_gemm_dgrad(r, dy, lddy, {weights.first, weights.second, weights.rounded}, n, k, dx,
                            lddx, accumulate, to_cuda(context_math(context)), context->stream,
-                           staging.data(), dy_bf16);
+                           staging.data(), dy_bf16, dx_bf16);
 #else
   (void)rows, (void)dy, (void)lddy, (void)weights, (void)n, (void)k, (void)dx, (void)lddx,
-      (void)accumulate, (void)dy_bf16;
+      (void)accumulate, (void)dy_bf16, (void)dx_bf16;
 #endif
 }
 
@@ -487,6 +537,29 @@ void swiglu_forward_fused_bf16(const troupe_exec_context* context, const float* 
 void swiglu_backward_fused_bf16(const troupe_exec_context* context, const float* dh,
                                 const float* gate_up, std::uint16_t* dgate_up, std::int64_t rows,
                                 std::int64_t width) {
+  const op_scope timing(context, op_class::elementwise);
+  require_gpu(context, "swiglu_backward_fused_bf16");
+#if TROUPE_HAVE_CUDA
+  cuda::swiglu_backward_fused_bf16(dh, gate_up, dgate_up, rows, width, context->stream);
+#else
+  (void)dh, (void)gate_up, (void)dgate_up, (void)rows, (void)width;
+#endif
+}
+
+void swiglu_forward_fused_bf16(const troupe_exec_context* context, const std::uint16_t* gate_up,
+                               std::uint16_t* h, std::int64_t rows, std::int64_t width) {
+  const op_scope timing(context, op_class::elementwise);
+  require_gpu(context, "swiglu_forward_fused_bf16");
+#if TROUPE_HAVE_CUDA
+  cuda::swiglu_forward_fused_bf16(gate_up, h, rows, width, context->stream);
+#else
+  (void)gate_up, (void)h, (void)rows, (void)width;
+#endif
+}
+
+void swiglu_backward_fused_bf16(const troupe_exec_context* context, const std::uint16_t* dh,
+                                const std::uint16_t* gate_up, std::uint16_t* dgate_up,
+                                std::int64_t rows, std::int64_t width) {
   const op_scope timing(context, op_class::elementwise);
   require_gpu(context, "swiglu_backward_fused_bf16");
 #if TROUPE_HAVE_CUDA

@@ -108,12 +108,24 @@ troupe_status moe_layer::forward(const troupe_exec_context* context, std::int64_
       s->host_offsets.resize(static_cast<std::size_t>(e_count + 1));
       ops::copy_to_host(context, s->host_offsets.data(), s->offsets.data(), s->offsets.bytes());
     }
-    // The grouped GEMMs write every row when this layer holds every expert; otherwise the rows
-    // of the experts it does not hold stay zeros.
-    if (routed_->grouped(context) && routed_->count() == e_count)
-      s->expert_out.allocate(context, static_cast<std::size_t>(t * k * hidden_));
+    // The grouped GEMMs write every row when this layer holds every expert (in BF16 where their
+    // math is BF16: the combine reads them so); otherwise the rows of the experts it does not
+    // hold stay zeros.
+    const std::size_t rows = static_cast<std::size_t>(t * k * hidden_);
+    const bool whole = routed_->grouped(context) && routed_->count() == e_count;
+    if (whole && routed_->bf16_rows(context)) {
+      s->expert_out16.allocate(context, rows);
+      TROUPE_TRY(routed_->forward(context, micro_batch, in, s->order.data(), k, s->host_offsets,
+                                  s->offsets.data(), t * k, nullptr, error,
+                                  s->expert_out16.data()));
+      ops::combine_forward(context, s->expert_out16.data(), gate_values, s->position.data(), k,
+                           hidden_, out, t);
+      return TROUPE_STATUS_OK;
+    }
+    if (whole)
+      s->expert_out.allocate(context, rows);
     else
-      s->expert_out.assign(context, static_cast<std::size_t>(t * k * hidden_));
+      s->expert_out.assign(context, rows);
     TROUPE_TRY(routed_->forward(context, micro_batch, in, s->order.data(), k, s->host_offsets,
                                 s->offsets.data(), t * k, s->expert_out.data(), error));
     ops::combine_forward(context, s->expert_out.data(), gate_values, s->position.data(), k, hidden_,
@@ -134,22 +146,33 @@ troupe_status moe_layer::backward_input(const troupe_exec_context* context,
     // Routed experts first: combine backward, the experts, then each token's rows in slot order.
     const std::int64_t pairs = t * k;
     d_gates.allocate(context, static_cast<std::size_t>(pairs));  // combine_backward writes all
+    const auto rows = static_cast<std::size_t>(pairs * h);
     buffer d_out, d_rows;
     // The experts' BF16 math reads their output gradient rounded: the combine writes it so.
-    device_array<std::uint16_t> d_out16;
-    if (routed_->bf16_inputs(context))
-      d_out16.allocate(context, static_cast<std::size_t>(pairs * h));
+    device_array<std::uint16_t> d_out16, d_rows16;
+    if (routed_->bf16_rows(context))
+      d_out16.allocate(context, rows);
     else
-      d_out.allocate(context, static_cast<std::size_t>(pairs * h));
-    ops::combine_backward(context, dy, s.expert_out.data(), s.gates.data(), s.order.data(), k, h,
-                          d_gates.data(), d_out.data(), pairs, d_out16.data());
-    if (routed_->grouped(context) && routed_->count() == experts())  // as expert_out
-      d_rows.allocate(context, static_cast<std::size_t>(pairs * h));
+      d_out.allocate(context, rows);
+    if (!s.expert_out16.empty())  // BF16 rows both ways, as forward chose
+      ops::combine_backward(context, dy, s.expert_out16.data(), s.gates.data(), s.order.data(), k,
+                            h, d_gates.data(), d_out.data(), pairs, d_out16.data());
     else
-      d_rows.assign(context, static_cast<std::size_t>(pairs * h));
+      ops::combine_backward(context, dy, s.expert_out.data(), s.gates.data(), s.order.data(), k, h,
+                            d_gates.data(), d_out.data(), pairs, d_out16.data());
+    if (!s.expert_out16.empty())
+      d_rows16.allocate(context, rows);
+    else if (routed_->grouped(context) && routed_->count() == experts())  // as expert_out
+      d_rows.allocate(context, rows);
+    else
+      d_rows.assign(context, rows);
     TROUPE_TRY(routed_->backward_input(context, micro_batch, d_out.data(), d_rows.data(), error,
-                                       d_out16.empty() ? nullptr : &d_out16));
-    ops::scatter_add_rows(context, d_rows.data(), s.position.data(), k, h, dx, t);
+                                       d_out16.empty() ? nullptr : &d_out16,
+                                       d_rows16.empty() ? nullptr : d_rows16.data()));
+    if (!d_rows16.empty())
+      ops::scatter_add_rows(context, d_rows16.data(), s.position.data(), k, h, dx, t);
+    else
+      ops::scatter_add_rows(context, d_rows.data(), s.position.data(), k, h, dx, t);
     d_gates_in = d_gates.data();
   }
   TROUPE_TRY(router_.backward_input(context, micro_batch, d_gates_in, d_balance, dx, error));
@@ -206,8 +229,8 @@ const std::string& moe_layer::statistics() {
   std::size_t bytes =
       router_.saved_bytes() + shared_.saved_bytes() + (routed_ ? routed_->saved_bytes() : 0);
   saved_.for_each([&](std::int64_t, const saved_state& s) {
-    bytes += s.gates.bytes() + s.expert_out.bytes() + s.selected.bytes() + s.order.bytes() +
-             s.position.bytes() + s.offsets.bytes();
+    bytes += s.gates.bytes() + s.expert_out.bytes() + s.expert_out16.bytes() + s.selected.bytes() +
+             s.order.bytes() + s.position.bytes() + s.offsets.bytes();
   });
   statistics_ =
       fmt::format(R"({{"micro_batches": {}, "saved_activation_bytes": {}}})", saved_.size(), bytes);

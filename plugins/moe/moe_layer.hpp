@@ -63,8 +63,9 @@ class moe_layer {
     buffer gates;                         // [T, K] (whole layer)
     // The assignments grouped by expert (kernels/cpu/expert_combine.hpp), whole layer.
     device_array<std::int64_t> order, position, offsets;
-    std::vector<std::int64_t> host_offsets;  // the expert GEMMs' shapes
-    buffer expert_out;                       // [T*K, H] expert outputs, grouped by expert
+    std::vector<std::int64_t> host_offsets;    // the expert GEMMs' shapes
+    buffer expert_out;                         // [T*K, H] expert outputs, grouped by expert
+    device_array<std::uint16_t> expert_out16;  // the same in BF16, where the experts write so
   };
 
   troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,

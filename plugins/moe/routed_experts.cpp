@@ -83,7 +83,7 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
                                       const float* x, const std::int64_t* order, std::int64_t topk,
                                       std::span<const std::int64_t> offsets,
                                       const std::int64_t* device_offsets, std::int64_t rows,
-                                      float* y_rows, troupe_error* error) {
+                                      float* y_rows, troupe_error* error, std::uint16_t* y_rows16) {
   const bool use_grouped = grouped(context) && device_offsets != nullptr;
   if (!use_grouped && static_cast<std::int64_t>(offsets.size()) != count() + 1)
     return fail(error, TROUPE_STATUS_INVALID_ARGUMENT, "expected {} expert row offsets, got {}",
@@ -95,10 +95,15 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
   s->topk = topk;
   s->grouped = use_grouped;
   s->device_offsets = device_offsets;
+  if (y_rows16 != nullptr && !(use_grouped && bf16_activations(context))) {
+    saved_.release(micro_batch);
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "experts: BF16 output rows need the grouped GEMMs' BF16 math");
+  }
   if (use_grouped) {
     s->rows = rows;
     const troupe_status status =
-        guarded(error, [&] { return grouped_forward(context, *s, y_rows); });
+        guarded(error, [&] { return grouped_forward(context, *s, y_rows, y_rows16); });
     if (status != TROUPE_STATUS_OK) saved_.release(micro_batch);
     return status;
   }
@@ -133,11 +138,16 @@ troupe_status routed_experts::forward(const troupe_exec_context* context, std::i
 troupe_status routed_experts::backward_input(const troupe_exec_context* context,
                                              std::int64_t micro_batch, const float* dy_rows,
                                              float* dx_rows, troupe_error* error,
-                                             device_array<std::uint16_t>* dy_rows16) {
+                                             device_array<std::uint16_t>* dy_rows16,
+                                             std::uint16_t* dx_rows16) {
   saved_rows* s = saved_.for_input(micro_batch, error);
   if (s == nullptr) return TROUPE_STATUS_INVALID_ARGUMENT;
   const std::int64_t rows = s->rows;
-  s->bf16 = s->grouped && bf16_activations(context);
+  if (dx_rows16 != nullptr && !s->bf16) {
+    saved_.release(micro_batch);
+    return fail(error, TROUPE_STATUS_INVALID_ARGUMENT,
+                "experts: BF16 input gradient rows need the grouped GEMMs' BF16 math in forward");
+  }
   const troupe_status copied = guarded(error, [&] {
     const auto count = [](std::int64_t r, std::int64_t width) {
       return static_cast<std::size_t>(r * width);
@@ -170,7 +180,7 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
   }
   if (s->grouped) {
     const troupe_status status = guarded(error, [&] {
-      grouped_backward_input(context, *s, dx_rows);
+      grouped_backward_input(context, *s, dx_rows, dx_rows16);
       return TROUPE_STATUS_OK;
     });
     if (status != TROUPE_STATUS_OK) {
@@ -301,39 +311,39 @@ ops::grouped_rows routed_experts::grouping(const saved_rows& s, bool gathered) c
 }
 
 troupe_status routed_experts::grouped_forward(const troupe_exec_context* context, saved_rows& s,
-                                              float* y_rows) {
+                                              float* y_rows, std::uint16_t* y_rows16) {
   // NOTES: the tokens are gathered by the GEMM itself (row r reads x[order[r] / topk]): no
   // dispatch copy. gate and up write the two halves of one [R, 2I] buffer, as on the host.
   ensure_pointer_tables(context);
   const rounded_set rounded = rounded_weights(context);
   const std::int64_t rows = s.rows;
-  s.gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
-  if (bf16_activations(context)) {
+  const ops::expert_weights gate_up{gate_weights_.data(), up_weights_.data(), rounded.gate_up};
+  const ops::expert_weights down{down_weights_.data(), nullptr, rounded.down};
+  s.bf16 = bf16_activations(context);
+  if (s.bf16) {
+    // NOTES: every activation between the GEMMs is BF16, as each producer rounds it: the
+    // gathered input (once, for Fprop and Wgrad), gate|up (Fprop's own output), h (SwiGLU's),
+    // and the output rows where the caller takes them so.
     s.input16.allocate(context, static_cast<std::size_t>(rows * hidden_));
     ops::gather_rows_bf16(context, grouping(s, true), s.x, hidden_, hidden_, s.input16.data());
-    ops::grouped_fprop(context, grouping(s, false), nullptr, hidden_,
-                       {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
-                       hidden_, s.gate_up.data(), 2 * inter_, false, s.input16.data());
-  } else {
-    ops::grouped_fprop(context, grouping(s, true), s.x, hidden_,
-                       {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
-                       hidden_, s.gate_up.data(), 2 * inter_, false);
-  }
-  if (bf16_activations(context)) {  // h rounded by SwiGLU itself, read as it is by down's Fprop
+    s.gate_up16.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
+    ops::grouped_fprop(context, grouping(s, false), nullptr, hidden_, gate_up, 2 * inter_, hidden_,
+                       nullptr, 2 * inter_, false, s.input16.data(), s.gate_up16.data());
     device_array<std::uint16_t> hidden16;
     hidden16.allocate(context, static_cast<std::size_t>(rows * inter_));
-    ops::swiglu_forward_fused_bf16(context, s.gate_up.data(), hidden16.data(), rows, inter_);
-    ops::grouped_fprop(context, grouping(s, false), nullptr, inter_,
-                       {down_weights_.data(), nullptr, rounded.down}, hidden_, inter_, y_rows,
-                       hidden_, false, hidden16.data());
+    ops::swiglu_forward_fused_bf16(context, s.gate_up16.data(), hidden16.data(), rows, inter_);
+    ops::grouped_fprop(context, grouping(s, false), nullptr, inter_, down, hidden_, inter_, y_rows,
+                       hidden_, false, hidden16.data(), y_rows16);
     return TROUPE_STATUS_OK;
   }
+  s.gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
+  ops::grouped_fprop(context, grouping(s, true), s.x, hidden_, gate_up, 2 * inter_, hidden_,
+                     s.gate_up.data(), 2 * inter_, false);
   buffer hidden_rows;
   hidden_rows.allocate(context, static_cast<std::size_t>(rows * inter_));
   ops::swiglu_forward_fused(context, s.gate_up.data(), hidden_rows.data(), rows, inter_);
-  ops::grouped_fprop(context, grouping(s, false), hidden_rows.data(), inter_,
-                     {down_weights_.data(), nullptr, rounded.down}, hidden_, inter_, y_rows,
-                     hidden_, false);
+  ops::grouped_fprop(context, grouping(s, false), hidden_rows.data(), inter_, down, hidden_, inter_,
+                     y_rows, hidden_, false);
   return TROUPE_STATUS_OK;
 }
 
@@ -342,34 +352,32 @@ bool routed_experts::bf16_activations(const troupe_exec_context* context) const 
 }
 
 void routed_experts::grouped_backward_input(const troupe_exec_context* context, saved_rows& s,
-                                            float* dx_rows) {
+                                            float* dx_rows, std::uint16_t* dx_rows16) {
   const std::int64_t rows = s.rows;
   const rounded_set rounded = rounded_weights(context);
+  const ops::expert_weights gate_up{gate_weights_.data(), up_weights_.data(), rounded.gate_up};
+  const ops::expert_weights down{down_weights_.data(), nullptr, rounded.down};
   if (s.bf16) {  // the same passes over the BF16 activations (saved_rows says why)
-    ops::swiglu_forward_fused_bf16(context, s.gate_up.data(), s.hidden16.data(), rows, inter_);
-    buffer dh;
-    dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
-    ops::grouped_dgrad(context, grouping(s, false), nullptr, hidden_,
-                       {down_weights_.data(), nullptr, rounded.down}, hidden_, inter_, dh.data(),
-                       inter_, false, s.d_out16.data());
-    ops::swiglu_backward_fused_bf16(context, dh.data(), s.gate_up.data(), s.d_gate_up16.data(),
+    ops::swiglu_forward_fused_bf16(context, s.gate_up16.data(), s.hidden16.data(), rows, inter_);
+    device_array<std::uint16_t> dh16;
+    dh16.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad writes it whole
+    ops::grouped_dgrad(context, grouping(s, false), nullptr, hidden_, down, hidden_, inter_,
+                       nullptr, inter_, false, s.d_out16.data(), dh16.data());
+    ops::swiglu_backward_fused_bf16(context, dh16.data(), s.gate_up16.data(), s.d_gate_up16.data(),
                                     rows, inter_);
-    ops::grouped_dgrad(context, grouping(s, false), nullptr, 2 * inter_,
-                       {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
-                       hidden_, dx_rows, hidden_, false, s.d_gate_up16.data());
+    ops::grouped_dgrad(context, grouping(s, false), nullptr, 2 * inter_, gate_up, 2 * inter_,
+                       hidden_, dx_rows, hidden_, false, s.d_gate_up16.data(), dx_rows16);
     return;
   }
   ops::swiglu_forward_fused(context, s.gate_up.data(), s.hidden.data(), rows, inter_);
   buffer dh;
   dh.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad overwrites it
-  ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_,
-                     {down_weights_.data(), nullptr, rounded.down}, hidden_, inter_, dh.data(),
-                     inter_, false);
+  ops::grouped_dgrad(context, grouping(s, false), s.d_out.data(), hidden_, down, hidden_, inter_,
+                     dh.data(), inter_, false);
   ops::swiglu_backward_fused(context, dh.data(), s.gate_up.data(), s.d_gate_up.data(), rows, inter_,
                              false);
-  ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_,
-                     {gate_weights_.data(), up_weights_.data(), rounded.gate_up}, 2 * inter_,
-                     hidden_, dx_rows, hidden_, false);
+  ops::grouped_dgrad(context, grouping(s, false), s.d_gate_up.data(), 2 * inter_, gate_up,
+                     2 * inter_, hidden_, dx_rows, hidden_, false);
 }
 
 std::vector<bf16_weight_copies::piece> routed_experts::copy_pieces() {
@@ -425,9 +433,9 @@ void routed_experts::grouped_backward_weight(const troupe_exec_context* context,
 std::size_t routed_experts::saved_bytes() const {
   std::size_t bytes = 0;
   saved_.for_each([&](std::int64_t, const saved_rows& s) {
-    bytes += s.gate_up.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() + s.d_out.bytes() +
-             s.hidden16.bytes() + s.d_gate_up16.bytes() + s.d_out16.bytes() + s.input16.bytes() +
-             s.offsets.size() * sizeof(std::int64_t);
+    bytes += s.gate_up.bytes() + s.gate_up16.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() +
+             s.d_out.bytes() + s.hidden16.bytes() + s.d_gate_up16.bytes() + s.d_out16.bytes() +
+             s.input16.bytes() + s.offsets.size() * sizeof(std::int64_t);
   });
   return bytes;
 }

@@ -41,19 +41,26 @@ class routed_experts {
   /// per expert), or `device_offsets` with `rows` their total when grouped(). Row r's input is
   /// x[order[r] / topk] (order null: x[r]); x, order and the offsets (on the context's device)
   /// stay valid until the weight part.
+  /// Where bf16_rows(), the output rows may be written rounded to BF16 into `y_rows16` instead
+  /// (y_rows null).
   troupe_status forward(const troupe_exec_context* context, std::int64_t micro_batch,
                         const float* x, const std::int64_t* order, std::int64_t topk,
                         std::span<const std::int64_t> offsets, const std::int64_t* device_offsets,
-                        std::int64_t rows, float* y_rows, troupe_error* error);
+                        std::int64_t rows, float* y_rows, troupe_error* error,
+                        std::uint16_t* y_rows16 = nullptr);
   /// dx_rows[r] = dL/d(input of row r) for dy_rows (grouped(): written whole; on the host's
   /// per-expert path added to, so the caller zeroes it there); keeps what the weight part needs.
-  /// Where bf16_inputs(), the caller may hand over dy_rows already rounded (`dy_rows16`, taken;
-  /// dy_rows is not read then).
+  /// Where bf16_rows(), the caller may hand over dy_rows already rounded (`dy_rows16`, taken;
+  /// dy_rows is not read then), and have dx_rows written rounded to BF16 into `dx_rows16`
+  /// instead (dx_rows null).
   troupe_status backward_input(const troupe_exec_context* context, std::int64_t micro_batch,
                                const float* dy_rows, float* dx_rows, troupe_error* error,
-                               device_array<std::uint16_t>* dy_rows16 = nullptr);
-  /// Whether backward_input reads its output gradient rounded to BF16 on this context.
-  bool bf16_inputs(const troupe_exec_context* context) const {
+                               device_array<std::uint16_t>* dy_rows16 = nullptr,
+                               std::uint16_t* dx_rows16 = nullptr);
+  /// Whether the grouped GEMMs' BF16 activations reach the caller on this context: the rows'
+  /// output and input gradient may be BF16 (forward's `y_rows16`, backward's `dx_rows16`), and
+  /// backward reads its output gradient rounded to BF16.
+  bool bf16_rows(const troupe_exec_context* context) const {
     return grouped(context) && bf16_activations(context);
   }
   /// Accumulates the experts' weight gradients and releases the micro-batch.
@@ -80,8 +87,10 @@ class routed_experts {
     // backward are kept rounded to BF16 by their producers instead of in f32 (hidden, d_gate_up
     // and d_out stay empty): half the memory, and no rounding pass of its own in each GEMM (two
     // per tensor: Dgrad and Wgrad read each).
+    // Forward decides it: gate_up16 holds the pre-activations (the grouped Fprop's BF16 output)
+    // instead of gate_up.
     bool bf16 = false;
-    device_array<std::uint16_t> hidden16, d_gate_up16, d_out16;
+    device_array<std::uint16_t> gate_up16, hidden16, d_gate_up16, d_out16;
     // The gathered input rows rounded once in forward (BF16 math): gate+up's Fprop and Wgrad read
     // them as direct rows instead of each gathering and rounding x again.
     device_array<std::uint16_t> input16;
@@ -101,8 +110,10 @@ class routed_experts {
   /// The grouped GEMMs' per-expert weight and gradient pointers, on the device (made once).
   void ensure_pointer_tables(const troupe_exec_context* context);
   ops::grouped_rows grouping(const saved_rows& s, bool gathered) const;
-  troupe_status grouped_forward(const troupe_exec_context* context, saved_rows& s, float* y_rows);
-  void grouped_backward_input(const troupe_exec_context* context, saved_rows& s, float* dx_rows);
+  troupe_status grouped_forward(const troupe_exec_context* context, saved_rows& s, float* y_rows,
+                                std::uint16_t* y_rows16);
+  void grouped_backward_input(const troupe_exec_context* context, saved_rows& s, float* dx_rows,
+                              std::uint16_t* dx_rows16);
   void grouped_backward_weight(const troupe_exec_context* context, saved_rows& s);
   /// Whether the grouped GEMMs read BF16 activations from their producers on this context: their
   /// BF16 math, and widths the pre-rounded operands allow (multiples of 8).

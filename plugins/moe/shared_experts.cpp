@@ -55,61 +55,8 @@ void shared_experts::refresh_copies(const troupe_exec_context* context) {
   }
 }
 
-void shared_experts::forward_bf16(const troupe_exec_context* context, saved_block& s, float* y) {
-  const std::int64_t t = s.tokens, i2 = 2 * inter_;
-  refresh_copies(context);
-  s.x16.allocate(context, static_cast<std::size_t>(t * hidden_));
-  ops::round_to_bf16(context, s.x, s.x16.data(), t * hidden_);
-  s.gate_up.allocate(context, static_cast<std::size_t>(t * i2));
-  ops::gemm_bf16(context, false, true, t, i2, hidden_, 1.0f, s.x16.data(), hidden_,
-                 gate_up16_.data(), hidden_, 0.0f, s.gate_up.data(), i2);
-  device_array<std::uint16_t> h16;
-  h16.allocate(context, static_cast<std::size_t>(t * inter_));
-  ops::swiglu_forward_fused_bf16(context, s.gate_up.data(), h16.data(), t, inter_);
-  ops::gemm_bf16(context, false, true, t, hidden_, inter_, 1.0f, h16.data(), inter_, down16_.data(),
-                 inter_, 0.0f, y, hidden_);
-}
-
-void shared_experts::backward_input_bf16(const troupe_exec_context* context, saved_block& s,
-                                         const float* dy, float* dx) {
-  const std::int64_t t = s.tokens, i2 = 2 * inter_;
-  refresh_copies(context);
-  s.hidden16.allocate(context, static_cast<std::size_t>(t * inter_));
-  ops::swiglu_forward_fused_bf16(context, s.gate_up.data(), s.hidden16.data(), t, inter_);
-  s.d_out16.allocate(context, static_cast<std::size_t>(t * hidden_));
-  ops::round_to_bf16(context, dy, s.d_out16.data(), t * hidden_);
-  buffer dh;
-  dh.allocate(context, static_cast<std::size_t>(t * inter_));
-  ops::gemm_bf16(context, false, false, t, inter_, hidden_, 1.0f, s.d_out16.data(), hidden_,
-                 down16_.data(), inter_, 0.0f, dh.data(), inter_);
-  s.d_gate_up16.allocate(context, static_cast<std::size_t>(t * i2));
-  ops::swiglu_backward_fused_bf16(context, dh.data(), s.gate_up.data(), s.d_gate_up16.data(), t,
-                                  inter_);
-  ops::gemm_bf16(context, false, false, t, hidden_, i2, 1.0f, s.d_gate_up16.data(), i2,
-                 gate_up16_.data(), hidden_, 1.0f, dx, hidden_);
-}
-
-void shared_experts::backward_weight_bf16(const troupe_exec_context* context, saved_block& s,
-                                          bool overwrite) {
-  const std::int64_t t = s.tokens, i2 = 2 * inter_;
-  if (t == 0) {  // no products to store: an overwrite leaves zeros
-    if (overwrite)
-      for (const std::size_t parameter : {gate_, up_, down_})
-        if (grad_[parameter] != nullptr)
-          ops::zero_bytes(context, grad_[parameter],
-                          static_cast<std::size_t>(hidden_ * inter_) * sizeof(float));
-    return;
-  }
-  const float beta = overwrite ? 0.0f : 1.0f;
-  if (grad_[down_] != nullptr)
-    ops::gemm_bf16(context, true, false, hidden_, inter_, t, 1.0f, s.d_out16.data(), hidden_,
-                   s.hidden16.data(), inter_, beta, grad_[down_], inter_);
-  if (grad_[gate_] != nullptr)
-    ops::gemm_bf16(context, true, false, inter_, hidden_, t, 1.0f, s.d_gate_up16.data(), i2,
-                   s.x16.data(), hidden_, beta, grad_[gate_], hidden_);
-  if (grad_[up_] != nullptr)
-    ops::gemm_bf16(context, true, false, inter_, hidden_, t, 1.0f, s.d_gate_up16.data() + inter_,
-                   i2, s.x16.data(), hidden_, beta, grad_[up_], hidden_);
+ops::swiglu_bf16_weights shared_experts::bf16_weights() const {
+  return {hidden_, inter_, gate_up16_.data(), down16_.data()};
 }
 
 troupe_status shared_experts::forward(const troupe_exec_context* context, std::int64_t micro_batch,
@@ -127,7 +74,8 @@ troupe_status shared_experts::forward(const troupe_exec_context* context, std::i
     s->tokens = tokens;
     s->bf16 = bf16_path(context);
     if (s->bf16) {
-      forward_bf16(context, *s, y);
+      refresh_copies(context);
+      ops::swiglu_block_forward_bf16(context, bf16_weights(), x, tokens, y, s->block);
       return TROUPE_STATUS_OK;
     }
     s->gate_up.allocate(context, static_cast<std::size_t>(tokens * 2 * inter_));
@@ -154,7 +102,8 @@ troupe_status shared_experts::backward_input(const troupe_exec_context* context,
   return guarded(error, [&]() -> troupe_status {
     const std::int64_t t = s->tokens;
     if (s->bf16) {
-      backward_input_bf16(context, *s, dy, dx);
+      refresh_copies(context);
+      ops::swiglu_block_backward_input_bf16(context, bf16_weights(), dy, dx, s->block);
       saved_.input_done(micro_batch);
       return TROUPE_STATUS_OK;
     }
@@ -186,7 +135,8 @@ troupe_status shared_experts::backward_weight(const troupe_exec_context* context
   const bool overwrite = generations_.overwrite(context);
   const troupe_status status = guarded(error, [&]() -> troupe_status {
     if (s->bf16) {
-      backward_weight_bf16(context, *s, overwrite);
+      ops::swiglu_block_backward_weight_bf16(context, bf16_weights(), grad_[gate_], grad_[up_],
+                                             grad_[down_], overwrite ? 0.0f : 1.0f, s->block);
       return TROUPE_STATUS_OK;
     }
     if (overwrite)  // the GEMMs below add: the gradients start from zeros
@@ -211,7 +161,7 @@ std::size_t shared_experts::saved_bytes() const {
   std::size_t bytes = 0;
   saved_.for_each([&](std::int64_t, const saved_block& s) {
     bytes += s.gate_up.bytes() + s.hidden.bytes() + s.d_gate_up.bytes() + s.d_out.bytes() +
-             s.x16.bytes() + s.hidden16.bytes() + s.d_gate_up16.bytes() + s.d_out16.bytes();
+             s.block.bytes();
   });
   return bytes;
 }

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/dispatch/swiglu_block.hpp"
 #include "plugins/common/device_ops.hpp"
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
@@ -39,12 +40,11 @@ class shared_experts {
     const float* x = nullptr;
     std::int64_t tokens = 0;
     buffer gate_up, hidden, d_gate_up, d_out;
-    // NOTES: under the runtime's BF16 GEMMs (`bf16`) every GEMM operand is BF16 from its producer
-    // (the input rounded once, SwiGLU's output and gradient, the output gradient rounded once)
-    // and the weights are BF16 copies the optimizer keeps: no GEMM rounds anything, and gate and
-    // up are one GEMM each way over their stacked copy. hidden, d_gate_up and d_out stay empty.
+    // Under the runtime's BF16 GEMMs (`bf16`) the block runs on BF16 operands
+    // (kernels/dispatch/swiglu_block.hpp) over the weights' BF16 copies the optimizer keeps; the
+    // f32 buffers above stay empty.
     bool bf16 = false;
-    device_array<std::uint16_t> x16, hidden16, d_gate_up16, d_out16;
+    ops::swiglu_bf16_saved block;
   };
 
   /// Whether this context runs the BF16 path: the runtime's cuBLASLt BF16 provider (not a GEMM
@@ -53,10 +53,7 @@ class shared_experts {
   /// The weights' BF16 copies, current for the context's parameter version: [gate; up] stacked
   /// [2I, H], and down [H, I].
   void refresh_copies(const troupe_exec_context* context);
-  void forward_bf16(const troupe_exec_context* context, saved_block& s, float* y);
-  void backward_input_bf16(const troupe_exec_context* context, saved_block& s, const float* dy,
-                           float* dx);
-  void backward_weight_bf16(const troupe_exec_context* context, saved_block& s, bool overwrite);
+  ops::swiglu_bf16_weights bf16_weights() const;
 
   std::int64_t hidden_, inter_;
   std::size_t gate_ = 0, up_ = 0, down_ = 0;

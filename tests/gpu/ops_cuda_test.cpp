@@ -285,6 +285,25 @@ TEST(CudaOps, SwigluMatchesTheCpuAndFiniteDifferences) {
       };
       EXPECT_EQ(gh16.get(), rounded(gh.get())) << what << ": h in BF16";
       EXPECT_EQ(gd16.get(), rounded(gfresh.get())) << what << ": d(gate|up) in BF16";
+      // BF16 inputs (the grouped GEMMs' BF16 outputs): the f32 kernels on the inputs widened
+      // from the same bits, bit for bit.
+      const auto widened = [](const std::vector<std::uint16_t>& bits) {
+        std::vector<float> values;
+        for (std::uint16_t b : bits) values.push_back(bf16_to_float(b));
+        return values;
+      };
+      const auto gu_bits = rounded(gate_up), dh_bits = rounded(dh);
+      device_array<std::uint16_t> ggu16(gu_bits), gdh16(dh_bits), gh16b(h.size()), gd16b(d0.size());
+      device_array<float> ggu_wide(widened(gu_bits)), gdh_wide(widened(dh_bits)), gh_wide(h.size()),
+          gd_wide(d0.size());
+      gpu::swiglu_forward_fused_bf16(ggu16.data(), gh16b.data(), rows, width, nullptr);
+      gpu::swiglu_backward_fused_bf16(gdh16.data(), ggu16.data(), gd16b.data(), rows, width,
+                                      nullptr);
+      gpu::swiglu_forward_fused(ggu_wide.data(), gh_wide.data(), rows, width, nullptr);
+      gpu::swiglu_backward_fused(gdh_wide.data(), ggu_wide.data(), gd_wide.data(), rows, width,
+                                 nullptr, false);
+      EXPECT_EQ(gh16b.get(), rounded(gh_wide.get())) << what << ": h from BF16 inputs";
+      EXPECT_EQ(gd16b.get(), rounded(gd_wide.get())) << what << ": d(gate|up) from BF16 inputs";
     }
   }
   // Separate gate and up buffers.
@@ -635,6 +654,35 @@ TEST(CudaOps, ExpertPermutationMatchesTheCpuGroupingAndCombine) {
   device_array<float> gdx(dx0);
   gpu::scatter_add_rows(gdr.data(), position.data(), topk, width, gdx.data(), tokens, nullptr);
   EXPECT_CLOSE(gdx.get(), dx, fp32_bound, "scatter-add dx");
+
+  {  // Rows held in BF16 (the experts' BF16 outputs): the f32 passes on the rows widened from
+     // the same bits, bit for bit.
+    std::vector<std::uint16_t> out_bits, d_row_bits;
+    std::vector<float> out_wide, d_rows_wide;
+    for (float v : expert_out) out_bits.push_back(float_to_bf16(v));
+    for (float v : d_rows) d_row_bits.push_back(float_to_bf16(v));
+    for (std::uint16_t b : out_bits) out_wide.push_back(bf16_to_float(b));
+    for (std::uint16_t b : d_row_bits) d_rows_wide.push_back(bf16_to_float(b));
+    device_array<std::uint16_t> gout16(out_bits), gdrows16(d_row_bits), gdr16(rows.size());
+    device_array<float> gout_wide(out_wide), gdrows_wide(d_rows_wide);
+    device_array<float> gy16(shared), gy_wide(shared), gdx16(dx0), gdx_wide(dx0);
+    device_array<float> gdg16(gates.size()), gdg_wide(gates.size());
+    gpu::combine_forward(gout16.data(), ggates.data(), position.data(), topk, width, gy16.data(),
+                         tokens, nullptr);
+    gpu::combine_forward(gout_wide.data(), ggates.data(), position.data(), topk, width,
+                         gy_wide.data(), tokens, nullptr);
+    EXPECT_EQ(gy16.get(), gy_wide.get()) << "combine of BF16 rows";
+    gpu::combine_backward(gdy.data(), gout16.data(), ggates.data(), order.data(), topk, width,
+                          gdg16.data(), nullptr, 0, pairs, nullptr, gdr16.data());
+    gpu::combine_backward(gdy.data(), gout_wide.data(), ggates.data(), order.data(), topk, width,
+                          gdg_wide.data(), gdr.data(), 0, pairs, nullptr);
+    EXPECT_EQ(gdg16.get(), gdg_wide.get()) << "combine backward's d_gates from BF16 rows";
+    gpu::scatter_add_rows(gdrows16.data(), position.data(), topk, width, gdx16.data(), tokens,
+                          nullptr);
+    gpu::scatter_add_rows(gdrows_wide.data(), position.data(), topk, width, gdx_wide.data(), tokens,
+                          nullptr);
+    EXPECT_EQ(gdx16.get(), gdx_wide.get()) << "scatter-add of BF16 row gradients";
+  }
 }
 
 /// MLA's attention layout: q [B, L, H, qk], k_nope and v inside kv [B, L, H, nope + v], the rope
@@ -1351,6 +1399,37 @@ TEST_P(GroupedGemms, ModelSizedPassesMatchTheCpu) {
         gpu::grouped_gemm_fprop(gathered_rows, nullptr, k, {ggate.data(), gup.data()}, n, k,
                                 gy4.data(), n, false, math, nullptr, nullptr, gx16.data()),
         std::runtime_error);  // pre-rounded rows are never gathered
+  }
+  if (bf16) {
+    // BF16 outputs (what CUTLASS's Fprop and Dgrad write; troupe's kernels round the same
+    // accumulators they store in f32, bit for bit): within half a BF16 unit of the CPU's products
+    // (8 significant bits: at most 2^-8 of the largest), plus the f32 bound.
+    constexpr double bf16_output_bound = 1.0 / 256 + fp32_bound;
+    device_array<std::uint16_t> gy16(y.size()), gdx16(dx.size());
+    gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, {ggate.data(), gup.data()}, n, k, nullptr,
+                            n, false, math, nullptr, nullptr, nullptr, gy16.data());
+    gpu::grouped_gemm_dgrad(direct, gdy.data(), n, {ggate.data(), gup.data()}, n, k, nullptr, k,
+                            false, math, nullptr, nullptr, nullptr, gdx16.data());
+    const auto widened = [](const std::vector<std::uint16_t>& bits) {
+      std::vector<float> values;
+      for (std::uint16_t b : bits) values.push_back(bf16_to_float(b));
+      return values;
+    };
+    EXPECT_CLOSE(widened(gy16.get()), y, bf16_output_bound, "model-sized fprop, BF16 outputs");
+    EXPECT_CLOSE(widened(gdx16.get()), dx, bf16_output_bound, "model-sized dgrad, BF16 outputs");
+    if (GetParam().kernels != gpu::grouped_gemm_kernels::cutlass) {
+      const auto rounded = [](const std::vector<float>& values) {
+        std::vector<std::uint16_t> bits;
+        for (float v : values) bits.push_back(float_to_bf16(v));
+        return bits;
+      };
+      EXPECT_EQ(gy16.get(), rounded(gy.get())) << "fprop's BF16 outputs: its f32 ones rounded";
+      EXPECT_EQ(gdx16.get(), rounded(gdx.get())) << "dgrad's BF16 outputs: its f32 ones rounded";
+    }
+    EXPECT_THROW(
+        gpu::grouped_gemm_fprop(gathered_rows, gx.data(), k, {ggate.data(), gup.data()}, n, k,
+                                nullptr, n, true, math, nullptr, nullptr, nullptr, gy16.data()),
+        std::runtime_error);  // BF16 outputs never accumulate
   }
   if (bf16) {  // the weights rounded once beforehand: the same products, bit for bit
     device_array<std::uint16_t> rounded((gpu::rounded_expert_weights_bytes(groups, n, k) + 1) / 2);

@@ -1,10 +1,10 @@
 // `troupe bench experts`: the routed experts' grouped GEMMs of one MoE layer on the GPU, at a model
 // config's shapes (tokens x top-k rows routed uniformly at random over the experts): Fprop, Dgrad
-// and Wgrad of gate+up (two weight tables stacked) and of down, with f32 inputs and outputs as a
-// training step runs them (the BF16 rounding of the activations included; the weights' BF16
-// copy made once beforehand, as the moe plugin keeps it between optimizer steps), for each
-// tensor-core
-// kernel (mma.sync, Hopper's wgmma). The reference in the same run: cuBLASLt BF16 on one dense
+// and Wgrad of gate+up (two weight tables stacked) and of down, as a training step runs them under
+// the BF16 math: the activations BF16 in and out (the gathered input rounded once beforehand, as
+// the moe plugin does in forward; the weights' BF16 copy made once beforehand, as the optimizer
+// keeps it), the weight gradients FP32, for each tensor-core kernel (mma.sync, Hopper's wgmma,
+// CUTLASS's grouped GEMM). The reference in the same run: cuBLASLt BF16 on one dense
 // GEMM of the same rows and shapes, as if a single expert held every row. Medians of CUDA-event
 // timings. tools/reference/bench_experts_torch.py measures PyTorch's grouped_mm on the same shapes.
 #include <algorithm>
@@ -128,10 +128,18 @@ int bench_experts(const experts_bench_options& o) {
   const tensor d_gate_up = random_f32(rows * 2 * inter, 5, where);
   const tensor h = random_f32(rows * inter, 6, where);
   const tensor dy = random_f32(rows * hidden, 7, where);
-  tensor gate_up = tensor::empty(dtype::f32, {rows * 2 * inter}, where);
-  tensor dh = tensor::empty(dtype::f32, {rows * inter}, where);
-  tensor dx = tensor::empty(dtype::f32, {rows * hidden}, where);
-  tensor y = tensor::empty(dtype::f32, {rows * hidden}, where);
+  // The activations in BF16, as their producers round them in training.
+  const auto bf16_of = [&](const tensor& t) {
+    return convert(t.to(device::cpu()), dtype::bf16).to(where);
+  };
+  const auto bf16_empty = [&](std::int64_t count) {
+    return tensor::empty(dtype::bf16, {count}, where);
+  };
+  tensor x16 = bf16_empty(rows * hidden);
+  kc::gather_rows_bf16(gathered, x.data_as<float>(), hidden, hidden, x16.data(), stream.native());
+  const tensor d_gate_up16 = bf16_of(d_gate_up), h16 = bf16_of(h), dy16 = bf16_of(dy);
+  tensor gate_up = bf16_empty(rows * 2 * inter), dh = bf16_empty(rows * inter);
+  tensor dx = bf16_empty(rows * hidden), y = bf16_empty(rows * hidden);
   tensor grads = tensor::empty(dtype::f32, {3 * experts * inter * hidden}, where);
   const tensor gate_table = pointer_table(gate, experts, inter * hidden, where);
   const tensor up_table = pointer_table(up, experts, inter * hidden, where);
@@ -171,53 +179,54 @@ int bench_experts(const experts_bench_options& o) {
   const std::vector<pass_case> passes{
       {"gate+up fprop", 2 * inter, hidden,
        [&] {
-         kc::grouped_gemm_fprop(gathered, x.data_as<float>(), hidden,
+         kc::grouped_gemm_fprop(direct, nullptr, hidden,
                                 {weights(gate_table), weights(up_table), rounded_gate_up.data()},
-                                2 * inter, hidden, gate_up.data_as<float>(), 2 * inter, false, math,
-                                s, staging.data());
+                                2 * inter, hidden, nullptr, 2 * inter, false, math, s,
+                                staging.data(), x16.data(), gate_up.data());
        }},
       {"gate+up dgrad", 2 * inter, hidden,
        [&] {
-         kc::grouped_gemm_dgrad(direct, d_gate_up.data_as<float>(), 2 * inter,
+         kc::grouped_gemm_dgrad(direct, nullptr, 2 * inter,
                                 {weights(gate_table), weights(up_table), rounded_gate_up.data()},
-                                2 * inter, hidden, dx.data_as<float>(), hidden, false, math, s,
-                                staging.data());
+                                2 * inter, hidden, nullptr, hidden, false, math, s, staging.data(),
+                                d_gate_up16.data(), dx.data());
        }},
       {"gate+up wgrad", 2 * inter, hidden,
        [&] {
-         kc::grouped_gemm_wgrad(gathered, d_gate_up.data_as<float>(), 2 * inter, x.data_as<float>(),
-                                hidden, {d_tables, d_tables + experts}, 2 * inter, hidden, math, s,
-                                staging.data());
+         kc::grouped_gemm_wgrad(direct, nullptr, 2 * inter, nullptr, hidden,
+                                {d_tables, d_tables + experts}, 2 * inter, hidden, math, s,
+                                staging.data(), false, d_gate_up16.data(), x16.data());
        }},
       {"down fprop", hidden, inter,
        [&] {
-         kc::grouped_gemm_fprop(direct, h.data_as<float>(), inter,
-                                {weights(down_table), nullptr, rounded_down.data()}, hidden, inter,
-                                y.data_as<float>(), hidden, false, math, s, staging.data());
+         kc::grouped_gemm_fprop(
+             direct, nullptr, inter, {weights(down_table), nullptr, rounded_down.data()}, hidden,
+             inter, nullptr, hidden, false, math, s, staging.data(), h16.data(), y.data());
        }},
       {"down dgrad", hidden, inter,
        [&] {
-         kc::grouped_gemm_dgrad(direct, dy.data_as<float>(), hidden,
-                                {weights(down_table), nullptr, rounded_down.data()}, hidden, inter,
-                                dh.data_as<float>(), inter, false, math, s, staging.data());
+         kc::grouped_gemm_dgrad(
+             direct, nullptr, hidden, {weights(down_table), nullptr, rounded_down.data()}, hidden,
+             inter, nullptr, inter, false, math, s, staging.data(), dy16.data(), dh.data());
        }},
       {"down wgrad", hidden, inter,
        [&] {
-         kc::grouped_gemm_wgrad(direct, dy.data_as<float>(), hidden, h.data_as<float>(), inter,
-                                d_tables + 2 * experts, hidden, inter, math, s, staging.data());
+         kc::grouped_gemm_wgrad(direct, nullptr, hidden, nullptr, inter, d_tables + 2 * experts,
+                                hidden, inter, math, s, staging.data(), false, dy16.data(),
+                                h16.data());
        }},
       {"gate+up wgrad 0", 2 * inter, hidden,
        [&] {
-         kc::grouped_gemm_wgrad(gathered, d_gate_up.data_as<float>(), 2 * inter, x.data_as<float>(),
-                                hidden, {d_tables, d_tables + experts}, 2 * inter, hidden, math, s,
-                                staging.data(), true);
+         kc::grouped_gemm_wgrad(direct, nullptr, 2 * inter, nullptr, hidden,
+                                {d_tables, d_tables + experts}, 2 * inter, hidden, math, s,
+                                staging.data(), true, d_gate_up16.data(), x16.data());
        },
        false},
       {"down wgrad 0", hidden, inter,
        [&] {
-         kc::grouped_gemm_wgrad(direct, dy.data_as<float>(), hidden, h.data_as<float>(), inter,
-                                d_tables + 2 * experts, hidden, inter, math, s, staging.data(),
-                                true);
+         kc::grouped_gemm_wgrad(direct, nullptr, hidden, nullptr, inter, d_tables + 2 * experts,
+                                hidden, inter, math, s, staging.data(), true, dy16.data(),
+                                h16.data());
        },
        false}};
 
@@ -241,7 +250,7 @@ int bench_experts(const experts_bench_options& o) {
       static_cast<std::size_t>(where.index) < gpus.size() ? gpus[where.index].name : "?";
   fmt::print(
       "troupe bench experts on {} ({}): {} tokens x top-{} over {} experts (hidden {}, expert "
-      "intermediate {}), f32 in and out, medians of {} runs\n",
+      "intermediate {}), BF16 activations in and out, FP32 weight gradients, medians of {} runs\n",
       o.device, gpu_name, o.tokens, top_k, experts, hidden, inter, o.iterations);
   fmt::print("cuBLASLt BF16, one dense GEMM of the same rows: gate+up {:.3f} ms, down {:.3f} ms\n",
              dense_gate_up, dense_down);

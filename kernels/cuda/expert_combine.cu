@@ -118,6 +118,145 @@ __global__ void scatter_add_kernel(const Row* d_rows, const std::int64_t* positi
   }
 }
 
+// NOTES: the passes over BF16 rows (the experts' BF16 outputs and their gradients, 49,152 rows of
+// 2,048 per medium layer) move four columns per thread: 8 bytes of each row and a float4 of y or
+// dx. One column per thread made 2-byte loads, half a sector per warp request. The sums run in
+// the same order as the one-column kernels, so both give the same bits.
+__device__ inline float4 quad_of(const std::uint16_t* row) {
+  const uint2 w = *reinterpret_cast<const uint2*>(row);
+  return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
+                     __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
+}
+
+__global__ void combine_forward_quads(const std::uint16_t* rows, const float* gates,
+                                      const std::int64_t* position, std::int64_t topk,
+                                      std::int64_t width, float* y, std::int64_t tokens) {
+  const std::int64_t c = 4 * (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x);
+  if (c >= width) return;
+  for (std::int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
+    float4* out = reinterpret_cast<float4*>(y + t * width + c);
+    float4 sum = *out;
+    for (std::int64_t k = 0; k < topk; ++k) {
+      const float g = gates[t * topk + k];
+      const float4 r = quad_of(rows + position[t * topk + k] * width + c);
+      sum.x += g * r.x;
+      sum.y += g * r.y;
+      sum.z += g * r.z;
+      sum.w += g * r.w;
+    }
+    *out = sum;
+  }
+}
+
+__global__ void scatter_add_quads(const std::uint16_t* d_rows, const std::int64_t* position,
+                                  std::int64_t topk, std::int64_t width, float* dx,
+                                  std::int64_t tokens) {
+  const std::int64_t c = 4 * (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x);
+  if (c >= width) return;
+  for (std::int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
+    float4* out = reinterpret_cast<float4*>(dx + t * width + c);
+    float4 sum = *out;
+    for (std::int64_t k = 0; k < topk; ++k) {
+      const float4 r = quad_of(d_rows + position[t * topk + k] * width + c);
+      sum.x += r.x;
+      sum.y += r.y;
+      sum.z += r.z;
+      sum.w += r.w;
+    }
+    *out = sum;
+  }
+}
+
+/// combine_backward over BF16 rows into BF16 row gradients, four columns per thread.
+__global__ void combine_backward_quads(const float* dy, const std::uint16_t* rows,
+                                       const float* gates, const std::int64_t* order,
+                                       std::int64_t topk, std::int64_t width, float* d_gates,
+                                       std::uint16_t* d_rows, std::int64_t begin) {
+  __shared__ float shared[32];
+  const std::int64_t r = begin + blockIdx.x;
+  const std::int64_t a = order[r];
+  const float* dy_row = dy + (a / topk) * width;
+  const std::uint16_t* row = rows + r * width;
+  std::uint16_t* d_row = d_rows + r * width;
+  const float gate = gates[a];
+  float dot = 0.0f;
+  for (std::int64_t i = 4 * threadIdx.x; i < width; i += 4 * blockDim.x) {
+    const float4 d = *reinterpret_cast<const float4*>(dy_row + i);
+    const float4 v = quad_of(row + i);
+    dot += d.x * v.x;
+    dot += d.y * v.y;
+    dot += d.z * v.z;
+    dot += d.w * v.w;
+    const __nv_bfloat162 low = __floats2bfloat162_rn(gate * d.x, gate * d.y);
+    const __nv_bfloat162 high = __floats2bfloat162_rn(gate * d.z, gate * d.w);
+    *reinterpret_cast<uint2*>(d_row + i) =
+        make_uint2(*reinterpret_cast<const std::uint32_t*>(&low),
+                   *reinterpret_cast<const std::uint32_t*>(&high));
+  }
+  dot = block_sum(dot, shared);
+  if (threadIdx.x == 0) d_gates[a] = dot;
+}
+
+/// combine_backward by token (BF16 rows and row gradients): block t reads dy[t] once for its
+/// topk rows (the row-by-row kernel reads it once per row: topk times), the dot products of all
+/// its slots reduced together.
+constexpr int max_token_slots = 16;
+
+__global__ void combine_backward_tokens(const float* dy, const std::uint16_t* rows,
+                                        const float* gates, const std::int64_t* position,
+                                        std::int64_t topk, std::int64_t width, float* d_gates,
+                                        std::uint16_t* d_rows) {
+  __shared__ float partial[32][max_token_slots];
+  const std::int64_t t = blockIdx.x;
+  const float* dy_row = dy + t * width;
+  float dot[max_token_slots];
+#pragma unroll
+  for (int k = 0; k < max_token_slots; ++k) dot[k] = 0.0f;
+  for (std::int64_t i = 4 * threadIdx.x; i < width; i += 4 * blockDim.x) {
+    const float4 d = *reinterpret_cast<const float4*>(dy_row + i);
+#pragma unroll
+    for (int k = 0; k < max_token_slots; ++k) {
+      if (k >= topk) break;
+      const std::int64_t r = position[t * topk + k];
+      const float4 v = quad_of(rows + r * width + i);
+      dot[k] += d.x * v.x;
+      dot[k] += d.y * v.y;
+      dot[k] += d.z * v.z;
+      dot[k] += d.w * v.w;
+      const float gate = gates[t * topk + k];
+      const __nv_bfloat162 low = __floats2bfloat162_rn(gate * d.x, gate * d.y);
+      const __nv_bfloat162 high = __floats2bfloat162_rn(gate * d.z, gate * d.w);
+      *reinterpret_cast<uint2*>(d_rows + r * width + i) =
+          make_uint2(*reinterpret_cast<const std::uint32_t*>(&low),
+                     *reinterpret_cast<const std::uint32_t*>(&high));
+    }
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int k = 0; k < max_token_slots; ++k) {
+    if (k >= topk) break;
+    float v = dot[k];
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) partial[warp][k] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < topk) {
+    float sum = 0.0f;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) sum += partial[w][threadIdx.x];
+    d_gates[t * topk + threadIdx.x] = sum;
+  }
+}
+
+/// Whether the BF16 rows' quad kernels fit: width a multiple of 4, the f32 arrays 16-byte and
+/// the BF16 ones 8-byte aligned.
+bool quads_fit(std::int64_t width, const void* f32, const void* bf16_a,
+               const void* bf16_b = nullptr) {
+  const auto at = [](const void* p, std::uintptr_t n) {
+    return reinterpret_cast<std::uintptr_t>(p) % n == 0;
+  };
+  return width % 4 == 0 && at(f32, 16) && at(bf16_a, 8) && at(bf16_b, 8);
+}
+
 /// Columns by x, tokens by y (at most 65535 blocks).
 dim3 token_grid(std::int64_t tokens, std::int64_t width) {
   return dim3(blocks_for(width, threads), static_cast<unsigned>(tokens < 65535 ? tokens : 65535));
@@ -211,7 +350,12 @@ void combine_forward(const float* rows, const float* gates, const std::int64_t* 
 void combine_forward(const std::uint16_t* rows, const float* gates, const std::int64_t* position,
                      std::int64_t topk, std::int64_t width, float* y, std::int64_t tokens,
                      void* stream) {
-  launch_combine_forward(rows, gates, position, topk, width, y, tokens, stream);
+  if (tokens * width == 0) return;
+  if (!quads_fit(width, y, rows))
+    return launch_combine_forward(rows, gates, position, topk, width, y, tokens, stream);
+  combine_forward_quads<<<token_grid(tokens, width / 4), threads, 0, as_stream(stream)>>>(
+      rows, gates, position, topk, width, y, tokens);
+  TROUPE_CUDA_LAUNCHED();
 }
 
 void combine_backward(const float* dy, const float* rows, const float* gates,
@@ -226,6 +370,13 @@ void combine_backward(const float* dy, const std::uint16_t* rows, const float* g
                       const std::int64_t* order, std::int64_t topk, std::int64_t width,
                       float* d_gates, float* d_rows, std::int64_t begin, std::int64_t end,
                       void* stream, std::uint16_t* d_rows16) {
+  if (end > begin && d_rows == nullptr && d_rows16 != nullptr &&
+      quads_fit(width, dy, rows, d_rows16)) {
+    combine_backward_quads<<<static_cast<unsigned>(end - begin), 128, 0, as_stream(stream)>>>(
+        dy, rows, gates, order, topk, width, d_gates, d_rows16, begin);
+    TROUPE_CUDA_LAUNCHED();
+    return;
+  }
   launch_combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, begin, end, stream,
                           d_rows16);
 }
@@ -237,7 +388,32 @@ void scatter_add_rows(const float* d_rows, const std::int64_t* position, std::in
 
 void scatter_add_rows(const std::uint16_t* d_rows, const std::int64_t* position, std::int64_t topk,
                       std::int64_t width, float* dx, std::int64_t tokens, void* stream) {
-  launch_scatter_add(d_rows, position, topk, width, dx, tokens, stream);
+  if (tokens * width == 0) return;
+  if (!quads_fit(width, dx, d_rows))
+    return launch_scatter_add(d_rows, position, topk, width, dx, tokens, stream);
+  scatter_add_quads<<<token_grid(tokens, width / 4), threads, 0, as_stream(stream)>>>(
+      d_rows, position, topk, width, dx, tokens);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+void combine_backward_by_token(const float* dy, const std::uint16_t* rows, const float* gates,
+                               const std::int64_t* position, std::int64_t topk, std::int64_t width,
+                               float* d_gates, std::uint16_t* d_rows, std::int64_t tokens,
+                               void* stream) {
+  require(topk >= 1 && topk <= max_token_slots && quads_fit(width, dy, rows, d_rows),
+          "combine_backward_by_token",
+          "needs 1 to 16 slots, a width of a multiple of 4 and aligned rows");
+  if (tokens == 0) return;
+  combine_backward_tokens<<<static_cast<unsigned>(tokens), threads, 0, as_stream(stream)>>>(
+      dy, rows, gates, position, topk, width, d_gates, d_rows);
+  TROUPE_CUDA_LAUNCHED();
+}
+
+bool combine_backward_by_token_fits(const float* dy, const std::uint16_t* rows,
+                                    const std::uint16_t* d_rows, std::int64_t topk,
+                                    std::int64_t width, std::int64_t tokens) {
+  return topk >= 1 && topk <= max_token_slots && tokens < (std::int64_t{1} << 31) &&
+         quads_fit(width, dy, rows, d_rows);
 }
 
 }  // namespace troupe::kernels::cuda

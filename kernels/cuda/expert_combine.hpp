@@ -60,4 +60,16 @@ void combine_backward(const float* dy, const std::uint16_t* rows, const float* g
 void scatter_add_rows(const std::uint16_t* d_rows, const std::int64_t* position, std::int64_t topk,
                       std::int64_t width, float* dx, std::int64_t tokens, void* stream);
 
+/// combine_backward over BF16 rows into BF16 row gradients (d_rows[r] = gates[a] * dy[t] rounded,
+/// d_gates[a] = dy[t] . rows[r]) token by token: each dy row read once for its topk rows, through
+/// `position` (the row of each assignment). Needs 1 to 16 slots, a width of a multiple of 4, dy
+/// 16-byte and the BF16 rows 8-byte aligned (combine_backward_by_token_fits).
+void combine_backward_by_token(const float* dy, const std::uint16_t* rows, const float* gates,
+                               const std::int64_t* position, std::int64_t topk, std::int64_t width,
+                               float* d_gates, std::uint16_t* d_rows, std::int64_t tokens,
+                               void* stream);
+bool combine_backward_by_token_fits(const float* dy, const std::uint16_t* rows,
+                                    const std::uint16_t* d_rows, std::int64_t topk,
+                                    std::int64_t width, std::int64_t tokens);
+
 }  // namespace troupe::kernels::cuda

@@ -239,6 +239,12 @@ void gemm_bf16(const troupe_exec_context* context, bool transpose_a, bool transp
                std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const std::uint16_t* a,
                std::int64_t lda, const std::uint16_t* b, std::int64_t ldb, float beta, float* c,
                std::int64_t ldc);
+/// The same with C written rounded to BF16 (bits; cuBLASLt's epilogue rounds the FP32
+/// accumulators), never added to.
+void gemm_bf16(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
+               std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const std::uint16_t* a,
+               std::int64_t lda, const std::uint16_t* b, std::int64_t ldb, std::uint16_t* c,
+               std::int64_t ldc);
 
 // The router and the token permutation of kernels/cpu/router.hpp and expert_combine.hpp.
 void router_forward(const troupe_exec_context* context, const kernels::cpu::router_shape& shape,
@@ -277,14 +283,17 @@ void combine_backward(const troupe_exec_context* context, const float* dy, const
 void scatter_add_rows(const troupe_exec_context* context, const float* d_rows,
                       const std::int64_t* position, std::int64_t topk, std::int64_t width,
                       float* dx, std::int64_t tokens);
-/// The same three over rows held as BF16 bits (the experts' BF16 outputs; GPU only).
+/// The same three over rows held as BF16 bits (the experts' BF16 outputs; GPU only). Given
+/// `position` (the row of each assignment, [pairs]), the backward into BF16 row gradients goes
+/// token by token, reading each dy row once for its topk rows.
 void combine_forward(const troupe_exec_context* context, const std::uint16_t* rows,
                      const float* gates, const std::int64_t* position, std::int64_t topk,
                      std::int64_t width, float* y, std::int64_t tokens);
 void combine_backward(const troupe_exec_context* context, const float* dy,
                       const std::uint16_t* rows, const float* gates, const std::int64_t* order,
                       std::int64_t topk, std::int64_t width, float* d_gates, float* d_rows,
-                      std::int64_t pairs, std::uint16_t* d_rows16 = nullptr);
+                      std::int64_t pairs, std::uint16_t* d_rows16 = nullptr,
+                      const std::int64_t* position = nullptr);
 void scatter_add_rows(const troupe_exec_context* context, const std::uint16_t* d_rows,
                       const std::int64_t* position, std::int64_t topk, std::int64_t width,
                       float* dx, std::int64_t tokens);

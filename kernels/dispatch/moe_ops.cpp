@@ -76,11 +76,12 @@ cuda::cublaslt_gemm& gemm_engine(const troupe_exec_context* context) {
 void device_gemm(const troupe_exec_context* context, cuda::gemm_dtype type, bool transpose_a,
                  bool transpose_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
                  const void* a, std::int64_t lda, const void* b, std::int64_t ldb, float beta,
-                 float* c, std::int64_t ldc, cuda::gemm_math math) {
+                 void* c, std::int64_t ldc, cuda::gemm_math math,
+                 cuda::gemm_dtype c_type = cuda::gemm_dtype::f32) {
   const cuda::gemm_matrix left{a, type, transpose_a ? k : m, transpose_a ? m : k, lda};
   const cuda::gemm_matrix right{b, type, transpose_b ? n : k, transpose_b ? k : n, ldb};
-  gemm_engine(context).gemm(left, transpose_a, right, transpose_b,
-                            {c, cuda::gemm_dtype::f32, m, n, ldc}, alpha, beta, math);
+  gemm_engine(context).gemm(left, transpose_a, right, transpose_b, {c, c_type, m, n, ldc}, alpha,
+                            beta, math);
 }
 }  // namespace
 #endif
@@ -92,11 +93,23 @@ gemm_math context_math(const troupe_exec_context* context) {
                                                                      : gemm_math::bf16;
 }
 
+namespace {
+/// The GEMM's shape for `troupe bench train --op-shapes` (op_scope::detail).
+void describe_gemm(op_scope& timing, bool transpose_a, bool transpose_b, std::int64_t m,
+                   std::int64_t n, std::int64_t k, float beta, const char* operands) {
+  if (timing.wants_detail())
+    timing.detail(std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k) + " " +
+                  (transpose_a ? "T" : "N") + (transpose_b ? "T" : "N") + " " + operands +
+                  (beta != 0.0f ? " +C" : ""));
+}
+}  // namespace
+
 void gemm_f32(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
               std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
               std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
               std::int64_t ldc, gemm_math math) {
-  const op_scope timing(context, op_class::dense_gemm);
+  op_scope timing(context, op_class::dense_gemm);
+  describe_gemm(timing, transpose_a, transpose_b, m, n, k, beta, "f32");
   if (!on_gpu(context)) {
     cpu::sgemm_on_pool(context->pool, {transpose_a, transpose_b, m, n, k, lda, ldb, ldc}, alpha, a,
                        b, beta, c);
@@ -115,7 +128,8 @@ void gemm_bf16(const troupe_exec_context* context, bool transpose_a, bool transp
                std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const std::uint16_t* a,
                std::int64_t lda, const std::uint16_t* b, std::int64_t ldb, float beta, float* c,
                std::int64_t ldc) {
-  const op_scope timing(context, op_class::dense_gemm);
+  op_scope timing(context, op_class::dense_gemm);
+  describe_gemm(timing, transpose_a, transpose_b, m, n, k, beta, "bf16");
   if (!on_gpu(context)) throw std::invalid_argument("gemm_bf16: BF16 operands need a GPU context");
   require_cuda();
 #if TROUPE_HAVE_CUDA
@@ -124,6 +138,23 @@ void gemm_bf16(const troupe_exec_context* context, bool transpose_a, bool transp
 #else
   (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda;
   (void)b, (void)ldb, (void)beta, (void)c, (void)ldc;
+#endif
+}
+
+void gemm_bf16(const troupe_exec_context* context, bool transpose_a, bool transpose_b,
+               std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const std::uint16_t* a,
+               std::int64_t lda, const std::uint16_t* b, std::int64_t ldb, std::uint16_t* c,
+               std::int64_t ldc) {
+  op_scope timing(context, op_class::dense_gemm);
+  describe_gemm(timing, transpose_a, transpose_b, m, n, k, 0.0f, "bf16 -> bf16");
+  if (!on_gpu(context)) throw std::invalid_argument("gemm_bf16: BF16 operands need a GPU context");
+  require_cuda();
+#if TROUPE_HAVE_CUDA
+  device_gemm(context, cuda::gemm_dtype::bf16, transpose_a, transpose_b, m, n, k, alpha, a, lda, b,
+              ldb, 0.0f, c, ldc, cuda::gemm_math::exact, cuda::gemm_dtype::bf16);
+#else
+  (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda;
+  (void)b, (void)ldb, (void)c, (void)ldc;
 #endif
 }
 
@@ -325,15 +356,20 @@ void combine_forward(const troupe_exec_context* context, const std::uint16_t* ro
 void combine_backward(const troupe_exec_context* context, const float* dy,
                       const std::uint16_t* rows, const float* gates, const std::int64_t* order,
                       std::int64_t topk, std::int64_t width, float* d_gates, float* d_rows,
-                      std::int64_t pairs, std::uint16_t* d_rows16) {
+                      std::int64_t pairs, std::uint16_t* d_rows16, const std::int64_t* position) {
   const op_scope timing(context, op_class::routing);
   require_gpu_rows(context, "combine_backward");
 #if TROUPE_HAVE_CUDA
+  const std::int64_t tokens = topk > 0 ? pairs / topk : 0;
+  if (position != nullptr && d_rows == nullptr && d_rows16 != nullptr &&
+      cuda::combine_backward_by_token_fits(dy, rows, d_rows16, topk, width, tokens))
+    return cuda::combine_backward_by_token(dy, rows, gates, position, topk, width, d_gates,
+                                           d_rows16, tokens, context->stream);
   cuda::combine_backward(dy, rows, gates, order, topk, width, d_gates, d_rows, 0, pairs,
                          context->stream, d_rows16);
 #else
   (void)dy, (void)rows, (void)gates, (void)order, (void)topk, (void)width, (void)d_gates,
-      (void)d_rows, (void)pairs, (void)d_rows16;
+      (void)d_rows, (void)pairs, (void)d_rows16, (void)position;
 #endif
 }
 

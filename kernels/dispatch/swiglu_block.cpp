@@ -9,29 +9,25 @@ void swiglu_block_forward_bf16(const troupe_exec_context* context, const swiglu_
   s.tokens = t;
   s.x16.allocate(context, static_cast<std::size_t>(t * h));
   round_to_bf16(context, x, s.x16.data(), t * h);
-  s.gate_up.allocate(context, static_cast<std::size_t>(t * 2 * i));
-  gemm_bf16(context, false, true, t, 2 * i, h, 1.0f, s.x16.data(), h, w.gate_up, h, 0.0f,
-            s.gate_up.data(), 2 * i);
-  device_array<std::uint16_t> h16;
-  h16.allocate(context, static_cast<std::size_t>(t * i));
-  swiglu_forward_fused_bf16(context, s.gate_up.data(), h16.data(), t, i);
-  gemm_bf16(context, false, true, t, h, i, 1.0f, h16.data(), i, w.down, i, 0.0f, y, h);
+  s.gate_up16.allocate(context, static_cast<std::size_t>(t * 2 * i));
+  gemm_bf16(context, false, true, t, 2 * i, h, 1.0f, s.x16.data(), h, w.gate_up, h,
+            s.gate_up16.data(), 2 * i);
+  s.hidden16.allocate(context, static_cast<std::size_t>(t * i));
+  swiglu_forward_fused_bf16(context, s.gate_up16.data(), s.hidden16.data(), t, i);
+  gemm_bf16(context, false, true, t, h, i, 1.0f, s.hidden16.data(), i, w.down, i, 0.0f, y, h);
 }
 
 void swiglu_block_backward_input_bf16(const troupe_exec_context* context,
                                       const swiglu_bf16_weights& w, const float* dy, float* dx,
                                       swiglu_bf16_saved& s) {
   const std::int64_t t = s.tokens, h = w.hidden, i = w.inter;
-  s.hidden16.allocate(context, static_cast<std::size_t>(t * i));
-  swiglu_forward_fused_bf16(context, s.gate_up.data(), s.hidden16.data(), t, i);
   s.d_out16.allocate(context, static_cast<std::size_t>(t * h));
   round_to_bf16(context, dy, s.d_out16.data(), t * h);
-  buffer dh;
-  dh.allocate(context, static_cast<std::size_t>(t * i));
-  gemm_bf16(context, false, false, t, i, h, 1.0f, s.d_out16.data(), h, w.down, i, 0.0f, dh.data(),
-            i);
+  device_array<std::uint16_t> dh16;
+  dh16.allocate(context, static_cast<std::size_t>(t * i));
+  gemm_bf16(context, false, false, t, i, h, 1.0f, s.d_out16.data(), h, w.down, i, dh16.data(), i);
   s.d_gate_up16.allocate(context, static_cast<std::size_t>(t * 2 * i));
-  swiglu_backward_fused_bf16(context, dh.data(), s.gate_up.data(), s.d_gate_up16.data(), t, i);
+  swiglu_backward_fused_bf16(context, dh16.data(), s.gate_up16.data(), s.d_gate_up16.data(), t, i);
   gemm_bf16(context, false, false, t, h, 2 * i, 1.0f, s.d_gate_up16.data(), 2 * i, w.gate_up, h,
             1.0f, dx, h);
 }

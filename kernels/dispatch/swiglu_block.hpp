@@ -5,10 +5,10 @@
 //   y = down(silu(gate x) * up x)
 // as an explicit forward and backward pair over what forward keeps (swiglu_bf16_saved). Every
 // GEMM operand is BF16 from its producer: the input rounded once (Fprop and Wgrad read it),
-// SwiGLU's output and gradient rounded by SwiGLU, the output gradient rounded once; the weights
-// are BF16 copies the caller keeps ([gate; up] stacked [2I, H] and down [H, I]), so gate and up
-// run as one GEMM each way. cuBLASLt's BF16 GEMMs with FP32 accumulation (ops::gemm_bf16): GPU
-// contexts only.
+// SwiGLU's output and gradient rounded by SwiGLU, the output gradient rounded once, the GEMMs'
+// outputs that feed SwiGLU rounded by the GEMMs' epilogues; the weights are BF16 copies the
+// caller keeps ([gate; up] stacked [2I, H] and down [H, I]), so gate and up run as one GEMM each
+// way. cuBLASLt's BF16 GEMMs with FP32 accumulation (ops::gemm_bf16): GPU contexts only.
 
 #include <cstddef>
 #include <cstdint>
@@ -20,11 +20,13 @@ namespace troupe::kernels::ops {
 /// What forward keeps for backward, and what backward_input keeps for backward_weight.
 struct swiglu_bf16_saved {
   std::int64_t tokens = 0;
-  buffer gate_up;  ///< [T, 2I] pre-activations (cuBLASLt's f32 output)
-  device_array<std::uint16_t> x16, hidden16, d_gate_up16, d_out16;
+  /// [T, 2I] pre-activations (the GEMM's output rounded), the input, SwiGLU's output, the
+  /// pre-activations' gradient and the output gradient.
+  device_array<std::uint16_t> gate_up16, x16, hidden16, d_gate_up16, d_out16;
 
   std::size_t bytes() const {
-    return gate_up.bytes() + x16.bytes() + hidden16.bytes() + d_gate_up16.bytes() + d_out16.bytes();
+    return gate_up16.bytes() + x16.bytes() + hidden16.bytes() + d_gate_up16.bytes() +
+           d_out16.bytes();
   }
 };
 
@@ -35,12 +37,13 @@ struct swiglu_bf16_weights {
   const std::uint16_t* down = nullptr;     ///< [H, I]
 };
 
-/// y (overwritten) from x [tokens, H]; keeps the rounded input and the pre-activations in `s`.
+/// y (overwritten) from x [tokens, H]; keeps the rounded input, the pre-activations and SwiGLU's
+/// output in `s`.
 void swiglu_block_forward_bf16(const troupe_exec_context* context, const swiglu_bf16_weights& w,
                                const float* x, std::int64_t tokens, float* y, swiglu_bf16_saved& s);
 
-/// dx += dL/dx for dy; keeps the rounded output gradient, SwiGLU's recomputed output and the
-/// pre-activations' gradient in `s` for the weight part.
+/// dx += dL/dx for dy; keeps the rounded output gradient and the pre-activations' gradient in `s`
+/// for the weight part.
 void swiglu_block_backward_input_bf16(const troupe_exec_context* context,
                                       const swiglu_bf16_weights& w, const float* dy, float* dx,
                                       swiglu_bf16_saved& s);

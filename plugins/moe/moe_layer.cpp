@@ -156,7 +156,8 @@ troupe_status moe_layer::backward_input(const troupe_exec_context* context,
       d_out.allocate(context, rows);
     if (!s.expert_out16.empty())  // BF16 rows both ways, as forward chose
       ops::combine_backward(context, dy, s.expert_out16.data(), s.gates.data(), s.order.data(), k,
-                            h, d_gates.data(), d_out.data(), pairs, d_out16.data());
+                            h, d_gates.data(), d_out.data(), pairs, d_out16.data(),
+                            s.position.data());
     else
       ops::combine_backward(context, dy, s.expert_out.data(), s.gates.data(), s.order.data(), k, h,
                             d_gates.data(), d_out.data(), pairs, d_out16.data());

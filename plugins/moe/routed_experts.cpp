@@ -162,7 +162,6 @@ troupe_status routed_experts::backward_input(const troupe_exec_context* context,
         s->d_out16.allocate(context, count(rows, hidden_));
         ops::round_to_bf16(context, dy_rows, s->d_out16.data(), rows * hidden_);
       }
-      s->hidden16.allocate(context, count(rows, inter_));
       s->d_gate_up16.allocate(context, count(rows, 2 * inter_));
       return TROUPE_STATUS_OK;
     }
@@ -329,11 +328,10 @@ troupe_status routed_experts::grouped_forward(const troupe_exec_context* context
     s.gate_up16.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
     ops::grouped_fprop(context, grouping(s, false), nullptr, hidden_, gate_up, 2 * inter_, hidden_,
                        nullptr, 2 * inter_, false, s.input16.data(), s.gate_up16.data());
-    device_array<std::uint16_t> hidden16;
-    hidden16.allocate(context, static_cast<std::size_t>(rows * inter_));
-    ops::swiglu_forward_fused_bf16(context, s.gate_up16.data(), hidden16.data(), rows, inter_);
+    s.hidden16.allocate(context, static_cast<std::size_t>(rows * inter_));
+    ops::swiglu_forward_fused_bf16(context, s.gate_up16.data(), s.hidden16.data(), rows, inter_);
     ops::grouped_fprop(context, grouping(s, false), nullptr, inter_, down, hidden_, inter_, y_rows,
-                       hidden_, false, hidden16.data(), y_rows16);
+                       hidden_, false, s.hidden16.data(), y_rows16);
     return TROUPE_STATUS_OK;
   }
   s.gate_up.allocate(context, static_cast<std::size_t>(rows * 2 * inter_));
@@ -358,7 +356,6 @@ void routed_experts::grouped_backward_input(const troupe_exec_context* context, 
   const ops::expert_weights gate_up{gate_weights_.data(), up_weights_.data(), rounded.gate_up};
   const ops::expert_weights down{down_weights_.data(), nullptr, rounded.down};
   if (s.bf16) {  // the same passes over the BF16 activations (saved_rows says why)
-    ops::swiglu_forward_fused_bf16(context, s.gate_up16.data(), s.hidden16.data(), rows, inter_);
     device_array<std::uint16_t> dh16;
     dh16.allocate(context, static_cast<std::size_t>(rows * inter_));  // Dgrad writes it whole
     ops::grouped_dgrad(context, grouping(s, false), nullptr, hidden_, down, hidden_, inter_,

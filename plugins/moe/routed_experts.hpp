@@ -3,7 +3,9 @@
 // Fine-grained routed SwiGLU experts (all of a layer's, or an expert shard's subset), computing
 // rows grouped by expert (kernels/cpu/expert_combine.hpp):
 //   y_rows[r] = down_e(silu(gate_e x_r) * up_e x_r)   for the rows r of expert e
-// Backward recomputes the SwiGLU output instead of keeping it between forward and backward.
+// Backward recomputes the SwiGLU output instead of keeping it between forward and backward, except
+// under the grouped GEMMs' BF16 math, where forward keeps it in BF16 (half the bytes of the
+// pre-activations it would be recomputed from, which backward reads anyway).
 
 #include <cstdint>
 #include <optional>
@@ -88,7 +90,7 @@ class routed_experts {
     // and d_out stay empty): half the memory, and no rounding pass of its own in each GEMM (two
     // per tensor: Dgrad and Wgrad read each).
     // Forward decides it: gate_up16 holds the pre-activations (the grouped Fprop's BF16 output)
-    // instead of gate_up.
+    // instead of gate_up, and hidden16 SwiGLU's output, kept from forward.
     bool bf16 = false;
     device_array<std::uint16_t> gate_up16, hidden16, d_gate_up16, d_out16;
     // The gathered input rows rounded once in forward (BF16 math): gate+up's Fprop and Wgrad read

@@ -5,8 +5,10 @@ reference `troupe bench train --device cuda:0` is compared with (docs/benchmarks
 The model is built from the same config.json troupe trains (random initialisation), in BF16
 (parameters, activations and AdamW state, as a plain `model.to(torch.bfloat16)` user would),
 with transformers' own MoE path (`--experts grouped_mm`: tokens sorted by expert and one
-torch._grouped_mm per projection), SDPA attention and fused AdamW. Each step is forward, backward
-and the optimizer step on `--batch` x `--seq` random tokens; the median of `--steps` timed steps
+torch._grouped_mm per projection), SDPA attention and fused AdamW. Each step is forward, backward,
+the global gradient-norm clip (`--clip`, default 1.0: troupe's `train.grad_clip` default and the
+Trainer's `max_grad_norm` default; 0 leaves it out) and the optimizer step on `--batch` x `--seq`
+random tokens; the median of `--steps` timed steps
 after `--warmup` is printed with tokens/s, as one JSON line with --json. transformers has no MTP
 module; the config's MTP depth is built from its parts (mtp_reference.py), so the step does
 troupe's work, MTP included (`--no-mtp`: the main model only).
@@ -59,6 +61,8 @@ def main():
     parser.add_argument("--attention", default="sdpa")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--no-mtp", action="store_true", help="leave the MTP modules out")
+    parser.add_argument("--clip", type=float, default=1.0,
+                        help="clip the global gradient norm to this (0: no clipping)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -73,6 +77,8 @@ def main():
     def step():
         loss = step_loss(tokens)
         loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(step_loss.parameters(), args.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
@@ -105,6 +111,7 @@ def main():
         "parameters": sum(p.numel() for p in step_loss.parameters()),
         "attention": args.attention,
         "compiled": args.compile,
+        "grad_clip": args.clip,
         "batch": args.batch,
         "seq": args.seq,
         "step_ms_median": median * 1e3,
@@ -120,7 +127,8 @@ def main():
     else:
         print(
             f"transformers {result['transformers']} ({experts} experts, {args.attention}"
-            f"{', compiled' if args.compile else ''}, MTP depth {depths}) on {result['gpu']}:"
+            f"{', compiled' if args.compile else ''}, MTP depth {depths}, gradient clip"
+            f" {args.clip:g}) on {result['gpu']}:"
             f" {args.batch} x {args.seq}"
             f" tokens, {result['step_ms_median']:.1f} ms per step (median of {args.steps}; min"
             f" {result['step_ms_min']:.1f}, max {result['step_ms_max']:.1f}),"

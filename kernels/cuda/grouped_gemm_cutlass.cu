@@ -8,8 +8,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <type_traits>
@@ -42,10 +40,11 @@ namespace {
 // TMA fills what lies outside a group's extents with zeros, so an expert's last rows need no
 // masking, and each output tile has one writer: Wgrad stores (onto zeros) or adds (beta 1) without
 // atomics, and the sum is the same from run to run. An expert without rows gets M = 0 (no tiles).
-// Tiles of 128 x 256 x 64, two consumer warpgroups (CUTLASS's cooperative schedule), a producer
-// warp streaming the slabs with TMA into as many stages as shared memory holds; the epilogue
-// stores through shared memory with TMA, BF16 activations (Fprop, Dgrad) or FP32 gradients
-// (Wgrad). The per-group descriptors live in the workspace.
+// Fprop and Dgrad: tiles of 128 x 256 x 64, two consumer warpgroups (CUTLASS's cooperative
+// schedule); Wgrad: 128 x 128 tiles, one per consumer warpgroup (ping-pong, below). A producer warp
+// streams the slabs with TMA into as many stages as shared memory holds; the epilogue stores
+// through shared memory with TMA, BF16 activations (Fprop, Dgrad) or FP32 gradients (Wgrad). The
+// per-group descriptors live in the workspace.
 using namespace cute;
 using element = cutlass::bfloat16_t;
 using problem_shape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;
@@ -70,7 +69,8 @@ struct cooperative {
 // consumer warpgroups a tile of its own, so one stores while the other multiplies. By `troupe
 // bench experts` on the H200 (medium config, one call with both): gate+up Wgrad onto zeros 1.142
 // ms against the cooperative 1.179, down 0.601 against 0.640; adding, 1.390 against 1.449 and
-// 0.730 against 0.787.
+// 0.730 against 0.787. Only the ping-pong Wgrad is built (each instantiation adds about 40 s to
+// the build).
 struct pingpong {
   using tile = Shape<_128, _128, _64>;
   using cluster = Shape<_1, _1, _1>;
@@ -285,23 +285,12 @@ void run(const arguments& args, const staged& o, void* space, cudaStream_t strea
   TROUPE_CUDA_LAUNCHED();
 }
 
-/// Wgrad's schedule: ping-pong unless the environment's TROUPE_CUTLASS_WGRAD=cooperative asks
-/// for the cooperative one (to measure them against each other).
-bool wgrad_pingpong() {
-  static const bool pingpong = [] {
-    const char* value = std::getenv("TROUPE_CUTLASS_WGRAD");
-    return value == nullptr || std::strcmp(value, "cooperative") != 0;
-  }();
-  return pingpong;
-}
-
 }  // namespace
 
 std::size_t cutlass_bytes(std::int64_t groups) {
   const std::int64_t problems = 2 * groups;  // Wgrad's stacked tables: two per expert
   return std::max({pass_bytes<pass::fprop, cooperative>(problems),
                    pass_bytes<pass::dgrad, cooperative>(problems),
-                   pass_bytes<pass::wgrad, cooperative>(problems),
                    pass_bytes<pass::wgrad, pingpong>(problems)});
 }
 
@@ -343,8 +332,7 @@ void launch_cutlass(pass p, const arguments& args, void* stream, void* staging) 
     case pass::dgrad:
       return run<pass::dgrad, cooperative>(args, o, space, s);
     case pass::wgrad:
-      if (wgrad_pingpong()) return run<pass::wgrad, pingpong>(args, o, space, s);
-      return run<pass::wgrad, cooperative>(args, o, space, s);
+      return run<pass::wgrad, pingpong>(args, o, space, s);
   }
 }
 

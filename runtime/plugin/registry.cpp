@@ -122,6 +122,12 @@ fs::path plugin_registry::private_copy(const fs::path& file) {
   return copy;
 }
 
+void plugin_registry::drop_private_copy(const fs::path& copy) {
+  std::error_code ignored;
+  fs::remove(copy, ignored);
+  if (fs::remove(private_dir_, ignored)) private_dir_.clear();  // only when no other copy is there
+}
+
 namespace {
 
 /// Throws wrong_kind when a plugin of `kind` is not what the load asks for.
@@ -192,8 +198,10 @@ std::shared_ptr<const plugin_library> plugin_registry::load_file(
   try {
     check_probe(probe_plugin(file, open_path, stamp), file, options);
   } catch (const plugin_load_error&) {
-    std::error_code ignored;
-    if (options.fresh_copy) fs::remove(open_path, ignored);  // never loaded: nothing maps it
+    if (options.fresh_copy) {  // never loaded: nothing maps it
+      std::lock_guard lock(mutex_);
+      drop_private_copy(open_path);
+    }
     throw;
   }
 
@@ -211,6 +219,9 @@ std::shared_ptr<const plugin_library> plugin_registry::load_in_process(
     const fs::path& file, const fs::path& canonical, const fs::path& open_path,
     const plugin_load_options& options) {
   const troupe_plugin* api = plugin_table_of(open_plugin_library(open_path, file), file);
+  // NOTES: the mapping outlives the file: the private copy goes as soon as it is open, so a
+  // process that never runs the destructor (killed, _exit) leaves nothing in /tmp.
+  if (options.fresh_copy) drop_private_copy(open_path);
   const plugin_kind kind = check_plugin_table(api, file);
   check_name(api->name, file);
   check_kind(api->name, kind, file, options);

@@ -79,6 +79,8 @@ class plugin_registry {
   /// The library loaded from `canonical`, or null; mutex_ held.
   std::shared_ptr<plugin_library> find_loaded(const std::filesystem::path& canonical) const;
   std::filesystem::path private_copy(const std::filesystem::path& file);
+  /// Removes a private copy's file, and its folder once no other copy is in it; mutex_ held.
+  void drop_private_copy(const std::filesystem::path& copy);
 
   plugin_search_path search_path_;
   mutable std::mutex mutex_;

@@ -15,6 +15,7 @@
 #include "runtime/data/byte_tokenizer.hpp"
 #include "runtime/data/text_corpus.hpp"
 #include "runtime/data/token_stream.hpp"
+#include "tests/support/command_runs.hpp"
 
 namespace {
 
@@ -30,11 +31,7 @@ model_config byte_model() {
 }
 
 fs::path scratch(const std::string& name) {
-  const fs::path dir =
-      fs::temp_directory_path() / ("troupe-data-test-" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return troupe::testing::scratch_dir("data-test", name);
 }
 
 void write(const fs::path& file, const std::string& text) {

@@ -9,8 +9,10 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -98,10 +100,34 @@ bool eventually(double seconds, Condition condition, int interval_ms = 50) {
   return condition();
 }
 
-/// An empty directory of this test process: /tmp/troupe-SUITE-PID/NAME.
+/// The test process's scratch folders, removed when it exits normally (TROUPE_KEEP_SCRATCH=1
+/// keeps them to look at after a failure).
+class scratch_folders {
+ public:
+  static void remember(const std::filesystem::path& folder) {
+    static scratch_folders folders;
+    folders.folders_.insert(folder);
+  }
+  ~scratch_folders() {
+    const char* keep = std::getenv("TROUPE_KEEP_SCRATCH");
+    if (keep != nullptr && std::string(keep) == "1") return;
+    for (const auto& folder : folders_) {
+      std::error_code ignored;
+      std::filesystem::remove_all(folder, ignored);
+    }
+  }
+
+ private:
+  std::set<std::filesystem::path> folders_;
+};
+
+/// An empty directory of this test process: /tmp/troupe-SUITE-PID/NAME (all of
+/// /tmp/troupe-SUITE-PID goes when the process exits).
 inline std::filesystem::path scratch_dir(const std::string& suite, const std::string& name) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
-                                    ("troupe-" + suite + "-" + std::to_string(::getpid())) / name;
+  const std::filesystem::path root = std::filesystem::temp_directory_path() /
+                                     ("troupe-" + suite + "-" + std::to_string(::getpid()));
+  scratch_folders::remember(root);
+  const std::filesystem::path dir = root / name;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;

@@ -23,6 +23,7 @@
 #include "runtime/ema/ema_tracker.hpp"
 #include "runtime/topology/load.hpp"
 #include "runtime/train/training_job.hpp"
+#include "tests/support/command_runs.hpp"
 #include "tests/support/fixtures.hpp"
 #include "tests/support/markdown.hpp"
 
@@ -32,11 +33,7 @@ using namespace troupe;
 namespace fs = std::filesystem;
 
 fs::path scratch(const std::string& name) {
-  const fs::path dir =
-      fs::temp_directory_path() / fmt::format("troupe-train-test-{}", ::getpid()) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return troupe::testing::scratch_dir("train-test", name);
 }
 
 struct layout {

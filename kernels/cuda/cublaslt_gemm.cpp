@@ -1,9 +1,12 @@
 #include "kernels/cuda/cublaslt_gemm.hpp"
 #include "kernels/cuda/convert.hpp"
 
+#include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <fmt/format.h>
 #include "kernels/cuda/check.cuh"
@@ -138,28 +141,91 @@ std::size_t cublaslt_gemm::cached_algorithms() const {
 
 namespace {
 
-/// Picks cuBLASLt's first heuristic answer for the plan's descriptors.
-void choose_algorithm(cublasLtHandle_t handle, plan& p, std::size_t workspace_bytes,
-                      const std::string& problem) {
+/// cuBLASLt's heuristic answers for the plan's descriptors (at most `count`), best first.
+std::vector<cublasLtMatmulHeuristicResult_t> heuristics(cublasLtHandle_t handle, const plan& p,
+                                                        std::size_t workspace_bytes, int count,
+                                                        const std::string& problem) {
   cublasLtMatmulPreference_t preference = nullptr;
   TROUPE_CUBLAS_CHECK(cublaslt().preference_create(&preference));
   const std::uint64_t bytes = workspace_bytes;
   TROUPE_CUBLAS_CHECK(cublaslt().preference_set(
       preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &bytes, sizeof(bytes)));
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<std::size_t>(count));
   int found = 0;
-  const cublasStatus_t status = cublaslt().heuristic(
-      handle, p.operation, p.first, p.second, p.output, p.output, preference, 1, &result, &found);
+  const cublasStatus_t status =
+      cublaslt().heuristic(handle, p.operation, p.first, p.second, p.output, p.output, preference,
+                           count, results.data(), &found);
   cublaslt().preference_destroy(preference);
   if (status != CUBLAS_STATUS_SUCCESS || found == 0)
     fail_kernel(fmt::format("cuBLASLt has no algorithm for {} on cuda:{}: {}", problem,
                             current_device_for_messages(),
                             status != CUBLAS_STATUS_SUCCESS ? cublaslt().status_string(status)
                                                             : "the heuristic found none"));
-  p.algorithm = result.algo;
+  results.resize(static_cast<std::size_t>(found));
+  return results;
+}
+
+/// How many of the heuristic's answers to time (TROUPE_GEMM_TUNE=N; unset or 0: take the first).
+int tuning_candidates() {
+  static const int count = [] {
+    const char* value = std::getenv("TROUPE_GEMM_TUNE");
+    return value == nullptr ? 0 : std::clamp(std::atoi(value), 0, 32);
+  }();
+  return count;
 }
 
 }  // namespace
+
+/// One problem's operands, for timing candidates (the output goes to a scratch buffer).
+struct cublaslt_gemm::operands {
+  const void* first;
+  const void* second;
+  const void* c;
+  std::size_t c_bytes;
+  float alpha, beta;
+};
+
+/// The fastest of the heuristic's first TROUPE_GEMM_TUNE answers, by CUDA-event timing into a
+/// scratch output (the caller's C is read, never written), else the heuristic's first answer.
+void cublaslt_gemm::choose(void* plan_pointer, const operands& o, const std::string& problem) {
+  plan& p = *static_cast<plan*>(plan_pointer);
+  const int tune = tuning_candidates();
+  const auto candidates =
+      heuristics(state_->handle, p, state_->workspace_bytes, std::max(tune, 1), problem);
+  p.algorithm = candidates.front().algo;
+  if (tune <= 1 || candidates.size() == 1) return;
+  const auto s = static_cast<cudaStream_t>(stream_);
+  void* scratch = nullptr;
+  TROUPE_CUDA_CHECK(cudaMallocAsync(&scratch, o.c_bytes, s));
+  cudaEvent_t begin = nullptr, end = nullptr;
+  TROUPE_CUDA_CHECK(cudaEventCreate(&begin));
+  TROUPE_CUDA_CHECK(cudaEventCreate(&end));
+  float best = 0.0f;
+  for (const auto& candidate : candidates) {
+    const auto run = [&] {
+      return cublaslt().matmul(state_->handle, p.operation, &o.alpha, o.first, p.first, o.second,
+                               p.second, &o.beta, o.c, p.output, scratch, p.output, &candidate.algo,
+                               state_->workspace, state_->workspace_bytes, s);
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) continue;
+    constexpr int runs = 5;
+    TROUPE_CUDA_CHECK(cudaEventRecord(begin, s));
+    for (int r = 0; r < runs; ++r) (void)run();
+    TROUPE_CUDA_CHECK(cudaEventRecord(end, s));
+    TROUPE_CUDA_CHECK(cudaEventSynchronize(end));
+    float ms = 0.0f;
+    TROUPE_CUDA_CHECK(cudaEventElapsedTime(&ms, begin, end));
+    if (best == 0.0f || ms < best) {
+      best = ms;
+      p.algorithm = candidate.algo;
+    }
+  }
+  TROUPE_CUDA_CHECK(cudaEventDestroy(begin));
+  TROUPE_CUDA_CHECK(cudaEventDestroy(end));
+  TROUPE_CUDA_CHECK(cudaFreeAsync(scratch, s));
+}
+
+namespace {}  // namespace
 
 void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b,
                          bool transpose_b, gemm_matrix c, float alpha, float beta, gemm_math math) {
@@ -235,7 +301,9 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
     p->first = layout(b.type, b.cols, b.rows, b.ld);
     p->second = layout(a.type, a.cols, a.rows, a.ld);
     p->output = layout(c.type, n, m, c.ld);
-    choose_algorithm(state_->handle, *p, state_->workspace_bytes, problem());
+    const std::size_t c_bytes =
+        static_cast<std::size_t>(c.ld * (m - 1) + n) * (c.type == gemm_dtype::f32 ? 4 : 2);
+    choose(p.get(), {b.data, a.data, c.data, c_bytes, alpha, beta}, problem());
     slot = std::move(p);
   }
   const plan& p = *slot;
@@ -311,7 +379,7 @@ void cublaslt_gemm::fp8_gemm(const fp8_operand& a, const fp8_operand& b, std::in
     // Scale pointers are part of the descriptor the heuristic sees; any valid ones do.
     set(p->operation, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, static_cast<const void*>(b.scale));
     set(p->operation, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, static_cast<const void*>(a.scale));
-    choose_algorithm(state_->handle, *p, state_->workspace_bytes, problem());
+    p->algorithm = heuristics(state_->handle, *p, state_->workspace_bytes, 1, problem())[0].algo;
     slot = std::move(p);
   }
   const plan& p = *slot;

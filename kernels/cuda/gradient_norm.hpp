@@ -15,6 +15,9 @@ namespace troupe::kernels::cuda {
 struct gradient_tensor {
   const float* data = nullptr;
   std::int64_t count = 0;
+  /// When set, the tensor's sum of squares as its writer computed it (one double on the device):
+  /// read instead of the tensor.
+  const double* squares = nullptr;
 };
 
 std::size_t gradient_norm_scratch_bytes(std::int64_t tensors);

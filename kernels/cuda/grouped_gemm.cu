@@ -260,7 +260,7 @@ void launch_tensor_cores(pass p, const arguments& args, void* stream, void* stag
 std::size_t bf16_staging_bytes(const grouped_rows& rows, std::int64_t n, std::int64_t k) {
   std::size_t bytes = staging_bytes(rows, n, k);
 #if TROUPE_HAVE_CUTLASS
-  if (hopper_device()) bytes = (bytes + 255) / 256 * 256 + cutlass_bytes(rows.groups);
+  if (hopper_device()) bytes = (bytes + 255) / 256 * 256 + cutlass_bytes(rows.groups, n, k);
 #endif
   return bytes;
 }
@@ -359,33 +359,37 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
   TROUPE_CUDA_LAUNCHED();
 }
 
-void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
+bool grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, gradient_tables weight_grads,
                         std::int64_t n, std::int64_t k, gemm_math math, void* stream, void* staging,
-                        bool onto_zeros, const void* dy_bf16, const void* x_bf16, bool overwrite) {
+                        bool onto_zeros, const void* dy_bf16, const void* x_bf16, bool overwrite,
+                        double* squares) {
   check_rows(rows, "grouped_gemm_wgrad");
   check_rounded(dy_bf16, lddy, n, false, math, "grouped_gemm_wgrad");
   check_rounded(x_bf16, ldx, k, rows.source != nullptr, math, "grouped_gemm_wgrad");
   require(weight_grads.second == nullptr || n % 2 == 0, "grouped_gemm_wgrad",
           "stacked gradients need an even n");
-  if (n == 0 || k == 0) return;
+  if (n == 0 || k == 0) return false;
   if (rows.rows == 0) {
     if (overwrite) zero_gradients(rows, weight_grads, n, k, false, stream);
-    return;
+    return false;
   }
   if (math == gemm_math::bf16) {
     const stream_staging buffer(staging, bf16_staging_bytes(rows, n, k), as_stream(stream));
-    const arguments args{rows,         dy,      lddy, x, ldx, nullptr,
-                         weight_grads, nullptr, 0,    n, k,   !(onto_zeros || overwrite),
-                         dy_bf16,      x_bf16};
-    if (overwrite) {
-      // NOTES: CUTLASS's kernel stores every element of an expert's gradient that has rows and
-      // none of one without; troupe's kernels add where a tile has several writers. So only the
-      // empty experts are zeroed before CUTLASS, every expert before the others.
-      const bool cutlass = products_for(pass::wgrad, args, buffer.data) == products::cutlass;
-      zero_gradients(rows, weight_grads, n, k, cutlass, stream);
-    }
-    return launch_tensor_cores(pass::wgrad, args, stream, buffer.data);
+    arguments args{rows,         dy,      lddy, x, ldx, nullptr,
+                   weight_grads, nullptr, 0,    n, k,   !(onto_zeros || overwrite),
+                   dy_bf16,      x_bf16};
+    const bool cutlass = products_for(pass::wgrad, args, buffer.data) == products::cutlass;
+    // NOTES: CUTLASS's kernel stores every element of an expert's gradient that has rows and
+    // none of one without; troupe's kernels add where a tile has several writers. So only the
+    // empty experts are zeroed before CUTLASS, every expert before the others. The square sums
+    // come from CUTLASS's epilogue, and only where it stores the whole gradient (an expert
+    // without rows then holds zeros): not where it adds to an earlier micro-batch's.
+    if (overwrite) zero_gradients(rows, weight_grads, n, k, cutlass, stream);
+    const bool sums = squares != nullptr && cutlass && !args.accumulate;
+    if (sums) args.squares = squares;
+    launch_tensor_cores(pass::wgrad, args, stream, buffer.data);
+    return sums;
   }
   if (overwrite) {  // the FP32 kernels below add
     zero_gradients(rows, weight_grads, n, k, false, stream);
@@ -396,7 +400,7 @@ void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t 
                        onto_zeros);
     grouped_gemm_wgrad(rows, dy + n / 2, lddy, x, ldx, weight_grads.second, n / 2, k, math, stream,
                        nullptr, onto_zeros);
-    return;
+    return false;
   }
   const arguments args{rows,         dy,      lddy, x, ldx, nullptr,
                        weight_grads, nullptr, 0,    n, k,   !onto_zeros};
@@ -404,6 +408,7 @@ void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t 
       <<<dim3(blocks_for(k, tile), blocks_for(n, tile), static_cast<unsigned>(rows.groups)),
          threads, 0, as_stream(stream)>>>(args);
   TROUPE_CUDA_LAUNCHED();
+  return false;
 }
 
 }  // namespace troupe::kernels::cuda

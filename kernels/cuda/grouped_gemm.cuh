@@ -38,6 +38,7 @@ struct arguments {
   const void* a16 = nullptr;  // a (ld lda) already rounded to BF16 by its producer, or null
   const void* b16 = nullptr;  // wgrad: b (ld ldb) the same
   void* c16 = nullptr;        // fprop, dgrad: the output rounded to BF16 here (ld ldc), not into c
+  double* squares = nullptr;  // wgrad on CUTLASS: each gradient's sum of squares (problem order)
 };
 
 __device__ inline std::int64_t source_of(const grouped_rows& rows, std::int64_t r) {
@@ -185,11 +186,13 @@ void launch_wgmma(pass p, const arguments& args, void* stream, void* staging);
 
 /// The same on CUTLASS's Hopper grouped GEMM (grouped_gemm_cutlass.cu, built for sm_90a when
 /// CUTLASS's headers are found: TROUPE_HAVE_CUTLASS). Its per-expert problem arrays and workspace
-/// follow the staged operands in `staging`: cutlass_bytes(groups) more, after staging_bytes
+/// follow the staged operands in `staging`: cutlass_bytes(groups, n, k) more, after staging_bytes
 /// rounded up to 256. cutlass_supports says whether a pass's operands and outputs meet TMA's
 /// alignment (the weight gradients' pointers, on the device, are checked as the kernel starts:
-/// troupe's allocations are 256-byte aligned).
-std::size_t cutlass_bytes(std::int64_t groups);
+/// troupe's allocations are 256-byte aligned). With `squares` set, Wgrad also writes each
+/// problem's (expert's, table's) sum of squares of the gradient it stores (squares[g * tables +
+/// table]), from its epilogue.
+std::size_t cutlass_bytes(std::int64_t groups, std::int64_t n, std::int64_t k);
 bool cutlass_supports(pass p, const arguments& args, const void* staging);
 void launch_cutlass(pass p, const arguments& args, void* stream, void* staging);
 

@@ -116,11 +116,16 @@ void grouped_gemm_dgrad(const grouped_rows& rows, const float* dy, std::int64_t 
 /// without rows get zeros).
 /// On CUTLASS's kernel every gradient matrix must start 16-byte aligned (TMA stores; troupe's
 /// allocations are 256-byte aligned): one that does not stops the kernel with a message.
-void grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
+/// `squares` (device memory for groups x tables doubles, or null): where the pass stores each
+/// gradient whole (onto_zeros or overwrite) on CUTLASS's kernel, it also writes there the sum of
+/// squares of each gradient matrix as it leaves it (squares[g * tables + table], tables 2 for
+/// stacked gradients), from its epilogue, in a fixed order (the same bits every run). Returns
+/// whether it did; where it did not, `squares` is left as it was.
+bool grouped_gemm_wgrad(const grouped_rows& rows, const float* dy, std::int64_t lddy,
                         const float* x, std::int64_t ldx, gradient_tables weight_grads,
                         std::int64_t n, std::int64_t k, gemm_math math, void* stream,
                         void* staging = nullptr, bool onto_zeros = false,
                         const void* dy_bf16 = nullptr, const void* x_bf16 = nullptr,
-                        bool overwrite = false);
+                        bool overwrite = false, double* squares = nullptr);
 
 }  // namespace troupe::kernels::cuda

@@ -352,10 +352,14 @@ enum class gradients_hold {
   zeros,     ///< zeros (the runtime zeroed them): tiles with a single writer store
   anything,  ///< whatever they held (TROUPE_PARAM_GRAD_OVERWRITTEN): the products replace it
 };
-void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
+/// `squares` (device memory for one double per gradient matrix, or null): where the pass stores
+/// the gradients whole on CUTLASS's kernel it also writes their sums of squares there
+/// (squares[g * tables + table]); returns whether it did (kernels/cuda/grouped_gemm.hpp).
+bool grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
                    std::int64_t n, std::int64_t k, gradients_hold held = gradients_hold::sums,
-                   const std::uint16_t* dy_bf16 = nullptr, const std::uint16_t* x_bf16 = nullptr);
+                   const std::uint16_t* dy_bf16 = nullptr, const std::uint16_t* x_bf16 = nullptr,
+                   double* squares = nullptr);
 /// Whether the grouped GEMMs run in the BF16 math on this context, so their activations may come
 /// pre-rounded (swiglu_*_bf16, round_to_bf16).
 bool grouped_bf16_operands(const troupe_exec_context* context);

@@ -514,22 +514,23 @@ void grouped_dgrad(const troupe_exec_context* context, const grouped_rows& rows,
 #endif
 }
 
-void grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
+bool grouped_wgrad(const troupe_exec_context* context, const grouped_rows& rows, const float* dy,
                    std::int64_t lddy, const float* x, std::int64_t ldx, expert_gradients grads,
                    std::int64_t n, std::int64_t k, gradients_hold held,
-                   const std::uint16_t* dy_bf16, const std::uint16_t* x_bf16) {
+                   const std::uint16_t* dy_bf16, const std::uint16_t* x_bf16, double* squares) {
   const op_scope timing(context, op_class::expert_gemm);
   require_gpu(context, "grouped_wgrad");
 #if TROUPE_HAVE_CUDA
   const cuda::grouped_rows r = to_cuda(rows);
   auto staging = grouped_staging(context, r, n, k);
-  cuda::grouped_gemm_wgrad(r, dy, lddy, x, ldx, {grads.first, grads.second}, n, k,
-                           to_cuda(context_math(context)), context->stream, staging.data(),
-                           held == gradients_hold::zeros, dy_bf16, x_bf16,
-                           held == gradients_hold::anything);
+  return cuda::grouped_gemm_wgrad(r, dy, lddy, x, ldx, {grads.first, grads.second}, n, k,
+                                  to_cuda(context_math(context)), context->stream, staging.data(),
+                                  held == gradients_hold::zeros, dy_bf16, x_bf16,
+                                  held == gradients_hold::anything, squares);
 #else
   (void)rows, (void)dy, (void)lddy, (void)x, (void)ldx, (void)grads, (void)n, (void)k, (void)held,
-      (void)dy_bf16, (void)x_bf16;
+      (void)dy_bf16, (void)x_bf16, (void)squares;
+  return false;
 #endif
 }
 

@@ -240,11 +240,17 @@ troupe_status backward(troupe_instance* instance, const troupe_exec_context* con
                                   has_grads ? &input_grads[0] : nullptr, error);
   float d_balance = 0.0f;
   if (num_output_grads >= 3 && output_grads[2].data != nullptr) {
-    const troupe_status read = guarded(error, [&] {
-      ops::copy_to_host(context, &d_balance, output_grads[2].data, sizeof(float));
-      return TROUPE_STATUS_OK;
-    });
-    if (read != TROUPE_STATUS_OK) return read;
+    // A host scalar is read as it is (troupe's runtime passes one: no wait for the stream); one
+    // on the device is copied back.
+    if (output_grads[2].device.device_type == kDLCPU) {
+      d_balance = *static_cast<const float*>(output_grads[2].data);
+    } else {
+      const troupe_status read = guarded(error, [&] {
+        ops::copy_to_host(context, &d_balance, output_grads[2].data, sizeof(float));
+        return TROUPE_STATUS_OK;
+      });
+      if (read != TROUPE_STATUS_OK) return read;
+    }
   }
   const DLTensor* d_gates =
       num_output_grads >= 5 && output_grads[4].data != nullptr ? &output_grads[4] : nullptr;

@@ -34,6 +34,7 @@ void routed_experts::bind(std::span<float* const> weights, std::span<float* cons
   for (auto* table : {&gate_weights_, &up_weights_, &down_weights_}) *table = {};
   for (auto* table : {&gate_grads_, &up_grads_, &down_grads_}) *table = {};
   copies_.reset();  // derived from the old bindings
+  squares_reported_.withdraw();
 }
 
 const float* routed_experts::input_rows(const troupe_exec_context* context, const saved_rows& s,
@@ -235,6 +236,7 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
     saved_.release(micro_batch);
     return status;
   }
+  squares_reported_.withdraw();  // the per-expert GEMMs below sum no squares
   const troupe_status status = for_each_expert(
       context, *s,
       [&](const troupe_exec_context* on, std::size_t e, std::int64_t first, std::int64_t n,
@@ -392,16 +394,45 @@ std::vector<bf16_weight_copies::piece> routed_experts::copy_pieces() {
   return pieces;
 }
 
+void routed_experts::report_squares(const troupe_exec_context* context, bool gate_up, bool down) {
+  const bool gate = grad_[gate_[0]] != nullptr, up = grad_[up_[0]] != nullptr;
+  const bool has_down = grad_[down_[0]] != nullptr;
+  if ((gate || up) && !gate_up) squares_reported_.withdraw();
+  if (has_down && !down) squares_reported_.withdraw();
+  const std::int64_t matrix = hidden_ * inter_, local = count();
+  const double* sums = squares_.data();
+  for (std::int64_t e = 0; e < local; ++e) {
+    const auto i = static_cast<std::size_t>(e);
+    if (gate_up && gate && up) {
+      squares_reported_.report(context, grad_[gate_[i]], matrix, sums + 2 * e);
+      squares_reported_.report(context, grad_[up_[i]], matrix, sums + 2 * e + 1);
+    } else if (gate_up) {
+      squares_reported_.report(context, grad_[gate ? gate_[i] : up_[i]], matrix, sums + e);
+    }
+    if (down) squares_reported_.report(context, grad_[down_[i]], matrix, sums + 2 * local + e);
+  }
+}
+
 void routed_experts::grouped_backward_weight(const troupe_exec_context* context, saved_rows& s) {
   const ops::gradients_hold zeros = held_gradients(context);
+  // NOTES: where the runtime takes them (ABI 1.6), Wgrad's epilogue sums the squares of the
+  // gradients it stores, and the global norm reads those sums instead of the 6.6 G gradient
+  // values (medium config) once more.
+  const bool squares = gradient_square_reports::offered(context);
+  if (squares && squares_.size() != static_cast<std::size_t>(3 * count()))
+    squares_.allocate(context, static_cast<std::size_t>(3 * count()));
+  double* gate_up_squares = squares ? squares_.data() : nullptr;
+  double* down_squares = squares ? squares_.data() + 2 * count() : nullptr;
+  bool gate_up_summed = false, down_summed = false;
   // The activations in f32, or (s.bf16) as their producers rounded them.
   const float* d_out = s.bf16 ? nullptr : s.d_out.data();
   const float* hidden = s.bf16 ? nullptr : s.hidden.data();
   const std::uint16_t* d_out16 = s.bf16 ? s.d_out16.data() : nullptr;
   const std::uint16_t* hidden16 = s.bf16 ? s.hidden16.data() : nullptr;
   if (grad_[down_[0]] != nullptr)
-    ops::grouped_wgrad(context, grouping(s, false), d_out, hidden_, hidden, inter_,
-                       {down_grads_.data()}, hidden_, inter_, zeros, d_out16, hidden16);
+    down_summed = ops::grouped_wgrad(context, grouping(s, false), d_out, hidden_, hidden, inter_,
+                                     {down_grads_.data()}, hidden_, inter_, zeros, d_out16,
+                                     hidden16, down_squares);
   const bool gate = grad_[gate_[0]] != nullptr, up = grad_[up_[0]] != nullptr;
   // d_gate_up's columns from `first` on: the gate half (0) or the up half (inter_).
   const auto d_gate_up = [&](std::int64_t first) {
@@ -416,15 +447,17 @@ void routed_experts::grouped_backward_weight(const troupe_exec_context* context,
   const float* x = rounded_input ? nullptr : s.x;
   const std::uint16_t* x16 = rounded_input ? s.input16.data() : nullptr;
   if (gate && up) {  // one GEMM for both: d_gate_up's halves into the two stacked tables
-    ops::grouped_wgrad(context, input_rows, d_gate_up(0), 2 * inter_, x, hidden_,
-                       {gate_grads_.data(), up_grads_.data()}, 2 * inter_, hidden_, zeros,
-                       d_gate_up16(0), x16);
+    gate_up_summed = ops::grouped_wgrad(context, input_rows, d_gate_up(0), 2 * inter_, x, hidden_,
+                                        {gate_grads_.data(), up_grads_.data()}, 2 * inter_, hidden_,
+                                        zeros, d_gate_up16(0), x16, gate_up_squares);
   } else if (gate || up) {
     const std::int64_t first = gate ? 0 : inter_;
-    ops::grouped_wgrad(context, input_rows, d_gate_up(first), 2 * inter_, x, hidden_,
-                       {gate ? gate_grads_.data() : up_grads_.data()}, inter_, hidden_, zeros,
-                       d_gate_up16(first), x16);
+    gate_up_summed =
+        ops::grouped_wgrad(context, input_rows, d_gate_up(first), 2 * inter_, x, hidden_,
+                           {gate ? gate_grads_.data() : up_grads_.data()}, inter_, hidden_, zeros,
+                           d_gate_up16(first), x16, gate_up_squares);
   }
+  if (squares) report_squares(context, gate_up_summed, down_summed);
 }
 
 std::size_t routed_experts::saved_bytes() const {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "plugins/common/device_ops.hpp"
+#include "plugins/common/gradient_squares.hpp"
 #include "plugins/common/model_shape.hpp"
 #include "plugins/common/plugin_support.hpp"
 #include "plugins/common/split_backward.hpp"
@@ -147,6 +148,14 @@ class routed_experts {
   /// Each expert's three weights as pieces of the copies (where no row needs padding).
   std::vector<bf16_weight_copies::piece> copy_pieces();
   device_array<float*> gate_grads_, up_grads_, down_grads_;
+  /// The grouped Wgrad's sums of squares of the gradients: gate and up of expert e at 2e and
+  /// 2e + 1 (one stacked GEMM), or one table's at e, then down's from 2 * count() on.
+  device_array<double> squares_;
+  /// Declared after the sums' memory: destroyed first, it withdraws the reports.
+  gradient_square_reports squares_reported_;
+  /// Reports the sums the grouped Wgrad wrote (`gate_up`, `down`: whether each GEMM wrote them)
+  /// and withdraws the earlier reports of the gradients it wrote without.
+  void report_squares(const troupe_exec_context* context, bool gate_up, bool down);
   std::vector<std::size_t> gate_, up_, down_;
   std::span<float*const> weight_, grad_;
   saved_micro_batches<saved_rows> saved_{"experts: "};

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define TROUPE_PLUGIN_ABI_MAJOR 1u
-#define TROUPE_PLUGIN_ABI_MINOR 5u
+#define TROUPE_PLUGIN_ABI_MINOR 6u
 
 /** The symbol every plugin exports, of type troupe_plugin_entry_fn. */
 #define TROUPE_PLUGIN_ENTRY_SYMBOL "troupe_plugin_entry"
@@ -172,6 +172,18 @@ typedef struct troupe_exec_context {
    *  after every other write of the parameter, on the stream that computes next), else 0 (nothing
    *  kept, or the parameter was written since: a checkpoint load, a new allocation). */
   int32_t (*bf16_copy_current)(const float* value);
+  /** ABI 1.6: tells the runtime where the sum of squares of a weight gradient is, so that its
+   *  global gradient norm need not read the gradient again: `sum` is one double in device memory
+   *  on this context's device that the work the layer has enqueued on this context's stream
+   *  writes with the sum of squares of the `count` floats starting at `grad`, as that work leaves
+   *  them (the routed experts' Wgrad sums them in its epilogue). The runtime reads it, in stream
+   *  order, only while the context's gradient_generation is the one at this call and nothing
+   *  else wrote the gradient: the layer calls again after every later write of its own (a
+   *  later micro-batch's backward), with `sum` NULL where it has no sum for what it wrote, and
+   *  before it frees `sum` (a withdrawal may pass a NULL context). Returns 1 when recorded (or
+   *  withdrawn), 0 for a bad request. */
+  int32_t (*gradient_squares)(const struct troupe_exec_context* context, const float* grad,
+                              int64_t count, const double* sum);
 } troupe_exec_context;
 
 /** How the runtime initialises a parameter before any checkpoint is loaded. */

@@ -8,6 +8,7 @@
 #include "runtime/exec/bf16_copies.hpp"
 #include "runtime/exec/blas_gemm.hpp"
 #include "runtime/exec/cuda_gemm.hpp"
+#include "runtime/exec/gradient_squares.hpp"
 #include "runtime/tensor/host_pool.hpp"
 
 namespace troupe {
@@ -83,6 +84,7 @@ exec_context::exec_context(device where, thread_pool& pool, const troupe_gemm_pr
   context_.parameter_version = &version_for_plugins;
   context_.keep_bf16_copy = &bf16_copies::keep;
   context_.bf16_copy_current = &bf16_copies::current;
+  context_.gradient_squares = &gradient_squares::report;
   // NOTES: 2^32 apart per context, so a layer never mistakes another context's count (one made
   // at a freed context's address included) for one more zeroing of its own.
   static std::atomic<std::uint64_t> contexts{0};

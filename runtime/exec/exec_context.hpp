@@ -35,6 +35,8 @@ class exec_context {
   /// Says that the gradients of the layers running on this context were just zeroed (adds one to
   /// the context's gradient_generation): their next backward may store into them.
   void gradients_zeroed() { ++context_.gradient_generation; }
+  /// The count gradients_zeroed moves (ABI 1.4's gradient_generation).
+  std::uint64_t gradient_generation() const { return context_.gradient_generation; }
 
   /// Switches the GEMM provider (an FP8 plugin, or back to the default with nullptr).
   void set_gemm_provider(const troupe_gemm_provider* gemm);

@@ -210,24 +210,26 @@ tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_b
     if (moe_ && experts_ != nullptr) {
       d_m_in = sharded_moe_backward_input(context, micro_batch, s, dh_out, loss_scale);
     } else if (moe_) {
-      d_m_in = tensor::zeros(dtype::f32, dh_out.shape(), context.where());
+      // NOTES: on a GPU the zeros, the copy below and the loss scale (a host scalar the plugin
+      // reads as it is) are enqueued without waiting for the stream, so the host stays ahead of
+      // the GPU through backward.
+      d_m_in = tensor::zeros_async(dtype::f32, dh_out.shape(), context.where());
       tensor d_balance = tensor::empty(dtype::f32, {1});
       *d_balance.data_as<float>() = loss_scale;
-      if (context.where().is_cuda()) d_balance = d_balance.to(context.where());
       moe_->backward(context, micro_batch,
                      part == TROUPE_BACKWARD_BOTH ? TROUPE_BACKWARD_INPUT : part,
                      std::vector<tensor>{dh_out, tensor(), d_balance}, std::vector<tensor>{d_m_in});
     } else {
-      d_m_in = tensor::zeros(dtype::f32, dh_out.shape(), context.where());
+      d_m_in = tensor::zeros_async(dtype::f32, dh_out.shape(), context.where());
       dense_->backward(context, dense_weights_, micro_batch, TROUPE_BACKWARD_INPUT,
                        dh_out.data_as<float>(), d_m_in.data_as<float>());
     }
-    tensor dh_mid = dh_out.clone();
+    tensor dh_mid = dh_out.clone_async();
     rmsnorm_backward(context, d_m_in.data_as<float>(), s.h_mid.data_as<float>(), post_norm_,
                      s.rstd_post.data_as<float>(), dh_mid.data_as<float>(), d_post_norm_, rows,
                      hidden_);
     // The attention branch.
-    tensor d_a_in = tensor::zeros(dtype::f32, dh_out.shape(), context.where());
+    tensor d_a_in = tensor::zeros_async(dtype::f32, dh_out.shape(), context.where());
     attention_->backward(context, micro_batch, TROUPE_BACKWARD_INPUT, std::vector<tensor>{dh_mid},
                          std::vector<tensor>{d_a_in});
     dh_in = dh_mid;

@@ -342,7 +342,7 @@ void model_runner::head_backward(const exec_context& context, const tensor& x, c
   const std::int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   parameter& head =
       store_.at(config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-  tensor d_normed = tensor::zeros(dtype::f32, x.shape(), context.where());
+  tensor d_normed = tensor::zeros_async(dtype::f32, x.shape(), context.where());
   const auto scale =
       static_cast<float>(static_cast<double>(loss_scale) * weight / static_cast<double>(count));
   if (d_logits.defined())
@@ -366,7 +366,7 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
   const std::int64_t rows = final_hidden.numel() / h;
   const bool labelled = s.batch.targets.defined();
   // MTP depths in reverse: each passes its gradient to the representation it started from.
-  tensor d_next = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
+  tensor d_next = tensor::zeros_async(dtype::f32, final_hidden.shape(), context.where());
   const double weight = mtp_.empty() ? 0.0 : options_.mtp_weight / static_cast<double>(mtp_.size());
   for (std::size_t d = mtp_.size(); d-- > 0;) {
     parameter& embedding = store_.at("model.embed_tokens.weight");
@@ -377,8 +377,8 @@ tensor model_runner::backward_head(const exec_context& context, std::int64_t mic
     ms.d_logits = tensor();  // used: not held while the weight part waits
     const tensor d_combined =
         mtp_[d].block->backward(context, micro_batch, TROUPE_BACKWARD_BOTH, d_next, loss_scale);
-    tensor d_previous = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
-    tensor d_embedded = tensor::zeros(dtype::f32, final_hidden.shape(), context.where());
+    tensor d_previous = tensor::zeros_async(dtype::f32, final_hidden.shape(), context.where());
+    tensor d_embedded = tensor::zeros_async(dtype::f32, final_hidden.shape(), context.where());
     mtp_[d].combine->backward(context, micro_batch, TROUPE_BACKWARD_BOTH,
                               std::vector<tensor>{d_combined},
                               std::vector<tensor>{d_previous, d_embedded});

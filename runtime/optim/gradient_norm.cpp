@@ -6,6 +6,8 @@
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/device/stream.hpp"
+#include "runtime/exec/exec_context.hpp"
+#include "runtime/exec/gradient_squares.hpp"
 #include "troupe_build_config.h"
 
 #if TROUPE_HAVE_CUDA
@@ -18,7 +20,8 @@ namespace {
 
 /// Each parameter's sum of squares, for those whose gradient is on a GPU: one launch per
 /// device, one small copy back (the sums, not the gradients).
-std::vector<double> device_sums(const std::vector<parameter*>& on_gpu) {
+std::vector<double> device_sums(const std::vector<parameter*>& on_gpu,
+                                const exec_context* context) {
   std::vector<double> sums(on_gpu.size(), 0.0);
 #if TROUPE_HAVE_CUDA
   if (on_gpu.empty()) return sums;
@@ -28,8 +31,14 @@ std::vector<double> device_sums(const std::vector<parameter*>& on_gpu) {
       fail("the gradients of one holder must be on one device: {} is on {}, {} on {}",
            on_gpu.front()->name, to_string(where), p->name, to_string(p->grad.where()));
   std::vector<kernels::cuda::gradient_tensor> list;
-  for (const parameter* p : on_gpu)
-    list.push_back({p->grad.data_as<const float>(), p->grad.numel()});
+  const bool reported = context != nullptr && context->where() == where;
+  for (const parameter* p : on_gpu) {
+    const auto* grad = p->grad.data_as<const float>();
+    const std::int64_t count = p->grad.numel();
+    list.push_back(
+        {grad, count,
+         reported ? gradient_squares::find(grad, count, context->gradient_generation()) : nullptr});
+  }
   const auto count = static_cast<std::int64_t>(list.size());
   tensor host_list = tensor::empty(dtype::u8, {count * std::int64_t{sizeof(list[0])}});
   std::memcpy(host_list.data(), list.data(), list.size() * sizeof(list[0]));
@@ -50,14 +59,14 @@ std::vector<double> device_sums(const std::vector<parameter*>& on_gpu) {
 }  // namespace
 
 void add_gradients(const std::vector<parameter*>& parameters, const std::set<std::string>& skip,
-                   gradient_summary& summary) {
+                   gradient_summary& summary, const exec_context* context) {
   std::vector<parameter*> trainable, on_gpu;
   for (parameter* p : parameters)
     if (p->spec.trainable()) {
       trainable.push_back(p);
       if (!p->grad.where().is_cpu()) on_gpu.push_back(p);
     }
-  const std::vector<double> gpu_sums = device_sums(on_gpu);
+  const std::vector<double> gpu_sums = device_sums(on_gpu, context);
   std::size_t next_gpu = 0;
   for (parameter* p : trainable) {
     double sum = 0.0;

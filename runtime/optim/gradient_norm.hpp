@@ -14,6 +14,8 @@
 
 namespace troupe {
 
+class exec_context;
+
 /// A holder's part of the global gradient norm.
 struct gradient_summary {
   double norm_squared = 0.0;  ///< sum of squares, accumulated in double in parameter order
@@ -22,8 +24,10 @@ struct gradient_summary {
 };
 
 /// Adds the squared gradients of the trainable `parameters` not in `skip` to `summary` (float64,
-/// in order), and names the first non-finite gradient of any.
+/// in order), and names the first non-finite gradient of any. With the GPU `context` whose layers
+/// wrote the gradients, a gradient whose layer reported its sum of squares in this gradient
+/// generation (runtime/exec/gradient_squares.hpp) is taken from that sum instead of read.
 void add_gradients(const std::vector<parameter*>& parameters, const std::set<std::string>& skip,
-                   gradient_summary& summary);
+                   gradient_summary& summary, const exec_context* context = nullptr);
 
 }  // namespace troupe

@@ -269,7 +269,8 @@ rank_step_report pipeline_rank::take_report() {
 gradient_summary pipeline_rank::summarize_gradients(const std::set<std::string>& replicated) {
   const context_stream_scope on_stream(context_);
   gradient_summary summary;
-  for (auto& c : chunks_) add_gradients(c.runner->parameters().all(), replicated, summary);
+  for (auto& c : chunks_)
+    add_gradients(c.runner->parameters().all(), replicated, summary, gpu_context_.get());
   return summary;
 }
 

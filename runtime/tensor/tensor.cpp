@@ -116,6 +116,20 @@ tensor tensor::zeros(dtype type, std::vector<std::int64_t> shape, device where) 
   return result;
 }
 
+tensor tensor::zeros_async(dtype type, std::vector<std::int64_t> shape, device where) {
+  if (where.is_cpu()) return zeros(type, std::move(shape), where);
+  tensor result = empty(type, std::move(shape), where);
+  cuda::zero_async(result.data_, result.nbytes(), cuda::current_stream(where.index), where.index);
+  return result;
+}
+
+tensor tensor::clone_async() const {
+  if (where_.is_cpu() || !is_contiguous()) return clone();
+  tensor result = empty(type_, shape_, where_);
+  result.copy_from_async(*this);
+  return result;
+}
+
 tensor tensor::empty_pinned(dtype type, std::vector<std::int64_t> shape) {
   const std::int64_t count = checked_numel(shape);
   return over(storage::allocate_pinned(static_cast<std::size_t>(count) * size_of(type)), type,

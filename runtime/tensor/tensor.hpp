@@ -58,6 +58,10 @@ class tensor {
   static tensor empty_pinned(dtype type, std::vector<std::int64_t> shape);
   /// Contiguous tensor of zero bits (0.0 for every floating type).
   static tensor zeros(dtype type, std::vector<std::int64_t> shape, device where = device::cpu());
+  /// The same zeros on a GPU enqueued on the calling thread's current stream of `where` and not
+  /// waited for: work on that stream sees them, the host and other streams must wait for it (on
+  /// the CPU: zeros()).
+  static tensor zeros_async(dtype type, std::vector<std::int64_t> shape, device where);
 
   /// Takes ownership of a DLPack tensor without copying: its deleter runs when the last troupe
   /// tensor viewing the memory is gone. Throws troupe::error (after calling the deleter) for
@@ -95,6 +99,9 @@ class tensor {
   tensor to(device where) const;
   /// A contiguous copy on the same device.
   tensor clone() const { return to(where_); }
+  /// The same copy of a contiguous tensor on a GPU enqueued on the calling thread's current
+  /// stream and not waited for (as copy_from_async; on the CPU: clone()).
+  tensor clone_async() const;
   /// Copies `source` (same dtype and shape, any device) into this tensor's memory; returns
   /// when the copy is done.
   void copy_from(const tensor& source);

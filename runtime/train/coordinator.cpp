@@ -1,6 +1,8 @@
 #include "runtime/train/coordinator.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "runtime/balancer/balancer_messages.hpp"
 #include "runtime/job/holder_messages.hpp"
@@ -80,25 +82,38 @@ training_result coordinator::run(blocking_actor& self, const std::atomic<bool>& 
 bool coordinator::run_step(blocking_actor& self, std::int64_t step, step_record& record,
                            std::string& failure) {
   const auto start = clock::now();
+  auto mark = start;
+  const auto lap = [&mark] {
+    const auto now = clock::now();
+    return seconds_between(std::exchange(mark, now), now);
+  };
   const std::int64_t per_replica = ramp_.at(step);
   const std::int64_t micro_batches = per_replica * topo_.data;
 
   // Data: the global batch.
   data_batch batch = self.ask(roles_.data, batch_request{micro_batches}, "data");
+  const double data_seconds = lap();
   // Forward and backward of every micro-batch, on every rank at once.
   const rank_reports ranks = forward_backward(self, step, per_replica, batch, start);
   record = summarize(step, per_replica, ranks, failure);
+  record.phases.data = data_seconds;
+  record.phases.forward_backward = lap();
+  for (const auto& report : ranks.reports)
+    record.phases.rank_busy = std::max(record.phases.rank_busy, report.busy_seconds);
   if (!failure.empty()) return false;
   // Reduce, then clip by the global norm.
   const double norm_squared = reduce_gradients(self, step, failure);
+  record.phases.gradients = lap();
   if (!failure.empty()) return false;
   record.grad_norm = std::sqrt(norm_squared);
   const double grad_scale = clip_scale(record.grad_norm);
   // The same AdamW step on every holder; EMA snapshots go out asynchronously.
   record.lr = lr_.at(step);
   optimize(self, step, record.lr, grad_scale);
+  record.phases.optimizer = lap();
   // The balancer's update, in every stage before the next step.
   balance(self, record.load);
+  record.phases.balancer = lap();
 
   // Metrics.
   const auto end = clock::now();

@@ -43,6 +43,14 @@ struct step_record {
   double grad_norm = 0.0;
   double step_seconds = 0.0;
   double tokens_per_s = 0.0;
+  /// Where the step's wall time went, as the coordinator saw it (seconds): the batch from the
+  /// data loader, every rank's forward and backward, the gradient norm (and the replicated
+  /// gradients' sum), the optimizer step, the balancer's update; and the longest time a rank
+  /// spent running its forward and backward ops (the rest of forward_backward is messaging).
+  struct phase_seconds {
+    double data = 0.0, forward_backward = 0.0, gradients = 0.0, optimizer = 0.0, balancer = 0.0;
+    double rank_busy = 0.0;
+  } phases;
   expert_load load;                        ///< tokens per expert of each MoE layer
   double expert_load_max_over_mean = 0.0;  ///< of the most unbalanced layer
   /// (token, host) pairs sent to expert shards on another host than the stage's, over every

@@ -58,7 +58,7 @@ TEST(Cli, Version) {
   auto result = run("version");
   EXPECT_EQ(result.exit_code, 0);
   expect_contains(result, "troupe 0.");
-  expect_contains(result, "plugin ABI 1.5");
+  expect_contains(result, "plugin ABI 1.6");
   expect_contains(result, "CUDA:");
 }
 

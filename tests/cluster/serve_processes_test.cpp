@@ -26,6 +26,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -156,7 +157,13 @@ TEST_F(ServeProcesses, DecodeInAnotherProcessGivesTheOneProcessCompletions) {
                          dir / "two.log");
   const std::string url = url_of(dir / "two.log", two);
   ASSERT_FALSE(url.empty()) << read_file(dir / "two.log");
-  const std::string log = read_file(dir / "two.log");
+  // The decode process prints its line after the same barrier the server passes before it serves:
+  // the two processes' lines may come in either order.
+  std::string log = read_file(dir / "two.log");
+  for (int i = 0; i < 100 && log.find("decode instances ready") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    log = read_file(dir / "two.log");
+  }
   EXPECT_THAT(log, HasSubstr("decode process (rank 1, host node1) started"));
   EXPECT_THAT(log, HasSubstr("decode process (node1): 1 decode instances ready"));
   std::vector<std::future<std::string>> replies;

@@ -10,11 +10,14 @@
 #include <cstdio>
 #include <random>
 
+#include "kernels/cuda/grouped_gemm.hpp"
 #include "runtime/checkpoint/hf_checkpoint.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/exec/cuda_gemm.hpp"
+#include "runtime/exec/gradient_squares.hpp"
 #include "runtime/layers/output_head.hpp"
 #include "runtime/model/model_runner.hpp"
+#include "runtime/optim/gradient_norm.hpp"
 #include "runtime/plugin/registry.hpp"
 #include "tests/gpu/gpu_skip.hpp"
 #include "tests/support/fixtures.hpp"
@@ -192,6 +195,59 @@ TEST(OutputHeadOnCuda, TheKeptBf16GradientMatchesTheRecomputedOne) {
               kept.loss.sum, recomputed.loss.sum, dx_error, dw_error);
   EXPECT_LT(dx_error, 1e-2);
   EXPECT_LT(dw_error, 1e-2);
+}
+
+// Under BF16 math the routed experts' Wgrad sums the squares of the gradients it stores (CUTLASS's
+// epilogue) and reports them (ABI 1.6): the global norm taken from those sums equals the one read
+// from the gradients within 1e-5 relative (the epilogue's per-thread sums are FP32); a report
+// lapses when the gradients are zeroed.
+TEST(GradientNormOnCuda, TheExpertsReportedSquaresGiveTheNormOfTheGradients) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  plugin_registry registry;
+  thread_pool pool(2);
+  const model_config config =
+      hf_checkpoint::open(troupe::testing::fixture_model("q-lora")).config();
+  model_options on_gpu;
+  on_gpu.where = gpu;
+  model_runner runner(config, {}, load_model_plugins(registry, config), on_gpu);
+  runner.parameters().initialize(13);
+  std::mt19937 rng(6);
+  std::vector<std::int32_t> tokens(4 * 64);
+  for (auto& t : tokens) t = static_cast<std::int32_t>(rng() % config.vocab_size);
+  exec_context context(gpu, pool, cuda_bf16_gemm_provider());
+  context.gradients_zeroed();  // as after an optimizer step: the experts store their gradients
+  (void)runner.forward(context, 0, batch_of(tokens, 4));
+  runner.backward(context, 0, tensor(), 1.0f);
+  gradient_summary fused, read;
+  add_gradients(runner.parameters().all(), {}, fused, &context);
+  add_gradients(runner.parameters().all(), {}, read);
+  std::size_t reported = 0, experts = 0;
+  for (parameter* p : runner.parameters().all()) {
+    if (!p->grad.defined()) continue;
+    experts += p->name.find("mlp.experts.") != std::string::npos ? 1 : 0;
+    if (gradient_squares::find(p->grad.data_as<const float>(), p->grad.numel(),
+                               context.gradient_generation()) != nullptr)
+      ++reported;
+  }
+  std::printf(
+      "[ fused norm ] %zu of %zu expert gradients reported; norm^2 %.10g from the sums, %.10g "
+      "read\n",
+      reported, experts, fused.norm_squared, read.norm_squared);
+  if (kernels::cuda::cutlass_grouped_gemm_available()) {
+    EXPECT_GT(experts, 0u);
+    EXPECT_EQ(reported, experts);  // every routed expert's gate, up and down
+  }
+  EXPECT_GT(read.norm_squared, 0.0);
+  EXPECT_NEAR(fused.norm_squared, read.norm_squared, 1e-5 * read.norm_squared);
+  EXPECT_TRUE(fused.non_finite.empty());
+  context.gradients_zeroed();
+  for (parameter* p : runner.parameters().all()) {
+    if (!p->grad.defined()) continue;
+    EXPECT_EQ(gradient_squares::find(p->grad.data_as<const float>(), p->grad.numel(),
+                                     context.gradient_generation()),
+              nullptr)
+        << p->name;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelOnCuda,

@@ -1410,6 +1410,32 @@ TEST_P(GroupedGemms, ModelSizedPassesMatchTheCpu) {
       else
         EXPECT_CLOSE(got, dw[g], fp32_bound, "model-sized wgrad, pre-rounded operands");
     }
+    {  // Wgrad's sums of squares from CUTLASS's epilogue, of the gradients as it stores them whole
+      // (experts without rows: zeros), against float64 sums over the gradients read back
+      // (tolerance 1e-5 relative: the epilogue's per-thread sums are FP32)
+      device_array<double> gsquares(
+          std::vector<double>(static_cast<std::size_t>(2 * groups), -1.0));
+      const bool summed = gpu::grouped_gemm_wgrad(
+          direct, nullptr, n, nullptr, k, {gpre_gate.data(), gpre_up.data()}, n, k, math, nullptr,
+          nullptr, false, gdy16.data(), gx16.data(), true, gsquares.data());
+      EXPECT_EQ(summed, GetParam().kernels == gpu::grouped_gemm_kernels::cutlass);
+      const auto squares = gsquares.get();
+      for (std::size_t i = 0; i < squares.size(); ++i) {
+        double expected = 0.0;
+        for (float v : pre[i]->get()) expected += static_cast<double>(v) * static_cast<double>(v);
+        if (summed)
+          EXPECT_NEAR(squares[i], expected, 1e-5 * expected) << "gradient " << i;
+        else
+          EXPECT_EQ(squares[i], -1.0) << "gradient " << i;
+      }
+      // Adding to an earlier micro-batch's gradients: no sums, and the array is left alone.
+      device_array<double> untouched(
+          std::vector<double>(static_cast<std::size_t>(2 * groups), -1.0));
+      EXPECT_FALSE(gpu::grouped_gemm_wgrad(
+          direct, nullptr, n, nullptr, k, {gpre_gate.data(), gpre_up.data()}, n, k, math, nullptr,
+          nullptr, false, gdy16.data(), gx16.data(), false, untouched.data()));
+      EXPECT_EQ(untouched.get(), std::vector<double>(static_cast<std::size_t>(2 * groups), -1.0));
+    }
     EXPECT_THROW(
         gpu::grouped_gemm_fprop(gathered_rows, nullptr, k, {ggate.data(), gup.data()}, n, k,
                                 gy4.data(), n, false, math, nullptr, nullptr, gx16.data()),

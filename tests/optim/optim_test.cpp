@@ -11,6 +11,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/exec/bf16_copies.hpp"
 #include "runtime/exec/exec_context.hpp"
+#include "runtime/exec/gradient_squares.hpp"
 #include "runtime/exec/thread_pool.hpp"
 #include "runtime/optim/adamw.hpp"
 #include "runtime/optim/training_schedule.hpp"
@@ -245,6 +246,33 @@ TEST(GradientGeneration, OverwrittenGradientsAreLeftOnlyWhenAsked) {
   fill(2.0f);
   store.zero_grads(&pool);
   EXPECT_EQ(overwritten.grad.data_as<float>()[3], 0.0f);
+}
+
+// The gradients' sums of squares layers report (ABI 1.6): found for their gradient, size and the
+// context's gradient generation only; a zeroing of the gradients (the next generation) or a
+// withdrawal (no context needed) ends a report.
+TEST(GradientSquares, AReportHoldsForItsGenerationUntilWithdrawn) {
+  thread_pool pool(1);
+  exec_context context(device::cpu(), pool);
+  const troupe_exec_context* abi = context.abi();
+  ASSERT_GE(abi->struct_size,
+            offsetof(troupe_exec_context, gradient_squares) + sizeof(abi->gradient_squares));
+  ASSERT_NE(abi->gradient_squares, nullptr);
+  std::array<float, 8> grad{};
+  const double sum = 3.0;
+  const std::uint64_t now = context.gradient_generation();
+  EXPECT_EQ(abi->gradient_squares(abi, grad.data(), 8, &sum), 1);
+  EXPECT_EQ(gradient_squares::find(grad.data(), 8, now), &sum);
+  EXPECT_EQ(gradient_squares::find(grad.data(), 7, now), nullptr);  // another size
+  context.gradients_zeroed();
+  EXPECT_EQ(gradient_squares::find(grad.data(), 8, context.gradient_generation()), nullptr);
+  EXPECT_EQ(abi->gradient_squares(abi, grad.data(), 8, &sum), 1);  // the next backward's report
+  EXPECT_EQ(gradient_squares::find(grad.data(), 8, context.gradient_generation()), &sum);
+  EXPECT_EQ(abi->gradient_squares(nullptr, grad.data(), 0, nullptr), 1);  // withdrawn
+  EXPECT_EQ(gradient_squares::find(grad.data(), 8, context.gradient_generation()), nullptr);
+  EXPECT_EQ(abi->gradient_squares(nullptr, grad.data(), 8, &sum), 0);  // a report needs a context
+  EXPECT_EQ(abi->gradient_squares(abi, grad.data(), 0, &sum), 0);
+  EXPECT_EQ(abi->gradient_squares(abi, nullptr, 8, &sum), 0);
 }
 
 // The BF16 copies layers keep and the optimizer writes (ABI 1.5): recorded through the context,

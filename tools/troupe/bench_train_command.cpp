@@ -160,7 +160,7 @@ direct_timing direct_step_seconds(const topology& topo, plugin_registry& registr
       {
         const kernels::op_scope timing(context.abi(), kernels::op_class::optimizer,
                                        "gradient_norm");
-        add_gradients(runner.parameters().all(), {}, summary);
+        add_gradients(runner.parameters().all(), {}, summary, &context);
       }
       const double norm = std::sqrt(summary.norm_squared), clip = topo.train.grad_clip;
       optimizer.step(1e-4, clip > 0.0 && norm > clip ? clip / (norm + 1e-6) : 1.0, step + 1,
@@ -274,6 +274,19 @@ int bench_train(const bench_train_options& options) {
       }
       fmt::print("actors' steps (ms): {}; mean {:.1f}\n", each,
                  sum / static_cast<double>(times.size()) * 1e3);
+      // Medians per phase over the same steps, as the coordinator timed them.
+      const auto phase = [&](double step_record::phase_seconds::*field) {
+        std::vector<double> values;
+        for (std::size_t i = 2; i < result.steps.size(); ++i)
+          values.push_back(result.steps[i].phases.*field * 1e3);
+        return median_of(values);
+      };
+      using ps = step_record::phase_seconds;
+      fmt::print(
+          "actors' phases (ms, medians): data {:.2f}, forward+backward {:.1f} (the ranks' ops "
+          "{:.1f}), gradient norm {:.2f}, optimizer {:.2f}, balancer {:.2f}\n",
+          phase(&ps::data), phase(&ps::forward_backward), phase(&ps::rank_busy),
+          phase(&ps::gradients), phase(&ps::optimizer), phase(&ps::balancer));
     }
     fmt::print(
         "direct loop (one runner, no actors, experts in the layer): {:.1f} ms per step, "

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -78,7 +79,21 @@ fs::path training_checkpoints::write(blocking_actor& self) {
   fs::create_directories(root_);
   const fs::path partial = root_ / (checkpoint_name(step) + ".partial");
   try {
-    return write_partial(self, partial);
+    const auto start = std::chrono::steady_clock::now();
+    const fs::path written = write_partial(self, partial);
+    if (on_event_) {
+      // NOTES: what the step loop waited for (the holders' copies to the host and every file),
+      // for the user to weigh against the interval between checkpoints.
+      std::uintmax_t bytes = 0;
+      std::error_code ec;
+      for (const auto& entry : fs::recursive_directory_iterator(written, ec))
+        if (entry.is_regular_file(ec)) bytes += entry.file_size(ec);
+      on_event_(fmt::format(
+          "checkpoint {} ({:.2f} GB in {:.1f} s)", written.string(),
+          static_cast<double>(bytes) / 1e9,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+    }
+    return written;
   } catch (...) {
     // NOTES: a half-written checkpoint is worth nothing and, after a full disk, keeps the disk
     // full: it goes at once (an older complete checkpoint is untouched).
@@ -124,7 +139,6 @@ fs::path training_checkpoints::write_partial(blocking_actor& self, const fs::pat
   state.expert_placement = roles_.placement.layers;
   write_trainer_state(partial / "trainer_state.json", state);
   const fs::path final_dir = publish_checkpoint(root_, partial, step);
-  if (on_event_) on_event_(fmt::format("checkpoint {}", final_dir.string()));
   standing_.last_written = final_dir;
   return final_dir;
 }

@@ -21,7 +21,7 @@ namespace {
 /// Each parameter's sum of squares, for those whose gradient is on a GPU: one launch per
 /// device, one small copy back (the sums, not the gradients).
 std::vector<double> device_sums(const std::vector<parameter*>& on_gpu,
-                                const exec_context* context) {
+                                [[maybe_unused]] const exec_context* context) {
   std::vector<double> sums(on_gpu.size(), 0.0);
 #if TROUPE_HAVE_CUDA
   if (on_gpu.empty()) return sums;

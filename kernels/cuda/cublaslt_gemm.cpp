@@ -196,7 +196,10 @@ void cublaslt_gemm::choose(void* plan_pointer, const operands& o, const std::str
   if (tune <= 1 || candidates.size() == 1) return;
   const auto s = static_cast<cudaStream_t>(stream_);
   void* scratch = nullptr;
-  TROUPE_CUDA_CHECK(cudaMallocAsync(&scratch, o.c_bytes, s));
+  if (cudaMallocAsync(&scratch, o.c_bytes, s) != cudaSuccess) {
+    (void)cudaGetLastError();  // no room for a scratch output: keep the heuristic's first answer
+    return;
+  }
   cudaEvent_t begin = nullptr, end = nullptr;
   TROUPE_CUDA_CHECK(cudaEventCreate(&begin));
   TROUPE_CUDA_CHECK(cudaEventCreate(&end));
@@ -224,8 +227,6 @@ void cublaslt_gemm::choose(void* plan_pointer, const operands& o, const std::str
   TROUPE_CUDA_CHECK(cudaEventDestroy(end));
   TROUPE_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
-
-namespace {}  // namespace
 
 void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b,
                          bool transpose_b, gemm_matrix c, float alpha, float beta, gemm_math math) {

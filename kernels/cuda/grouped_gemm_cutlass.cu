@@ -85,7 +85,9 @@ struct pingpong {
 // tile, each warp adds its lanes', and lane 0 writes the warp's sum to a slot of its own (tile,
 // warp). No atomics: square_sums_kernel then adds each problem's slots in a fixed order, so the
 // sum has the same bits every run. The per-thread sums are FP32 (a tile's 128 values a thread:
-// relative error about 1e-5 at most, for a norm that only scales the update).
+// relative error about 1e-5 at most, for a norm that only scales the update; a gradient value
+// beyond 1.8e19 in magnitude, whose square overflows FP32, makes the sum infinite, and the step
+// then stops on a "non-finite gradient" although that value itself is finite).
 constexpr int slot_warps = 8;  // slots per tile: a tile's epilogue has 4 (ping-pong) or 8 warps
 
 struct square_sums {

@@ -230,7 +230,12 @@ troupe_status routed_experts::backward_weight(const troupe_exec_context* context
                           static_cast<std::size_t>(hidden_ * inter_) * sizeof(float));
   if (s->grouped) {
     const troupe_status status = guarded(error, [&] {
-      grouped_backward_weight(context, *s);
+      try {
+        grouped_backward_weight(context, *s);
+      } catch (...) {
+        squares_reported_.withdraw();  // a GEMM may have written gradients the sums do not match
+        throw;
+      }
       return TROUPE_STATUS_OK;
     });
     saved_.release(micro_batch);

@@ -211,11 +211,14 @@ tensor decoder_layer::backward(const exec_context& context, std::int64_t micro_b
       d_m_in = sharded_moe_backward_input(context, micro_batch, s, dh_out, loss_scale);
     } else if (moe_) {
       // NOTES: on a GPU the zeros, the copy below and the loss scale (a host scalar the plugin
-      // reads as it is) are enqueued without waiting for the stream, so the host stays ahead of
-      // the GPU through backward.
+      // reads as it is, ABI 1.6) are enqueued without waiting for the stream, so the host stays
+      // ahead of the GPU through backward.
       d_m_in = tensor::zeros_async(dtype::f32, dh_out.shape(), context.where());
       tensor d_balance = tensor::empty(dtype::f32, {1});
       *d_balance.data_as<float>() = loss_scale;
+      // A plugin built before ABI 1.6 reads the scalar from the context's device.
+      if (context.where().is_cuda() && moe_->library().abi_minor < 6)
+        d_balance = d_balance.to(context.where());
       moe_->backward(context, micro_batch,
                      part == TROUPE_BACKWARD_BOTH ? TROUPE_BACKWARD_INPUT : part,
                      std::vector<tensor>{dh_out, tensor(), d_balance}, std::vector<tensor>{d_m_in});

@@ -78,22 +78,10 @@ fs::path training_checkpoints::write(blocking_actor& self) {
   const std::int64_t step = standing_.last_completed;
   fs::create_directories(root_);
   const fs::path partial = root_ / (checkpoint_name(step) + ".partial");
+  const auto start = std::chrono::steady_clock::now();
+  fs::path written;
   try {
-    const auto start = std::chrono::steady_clock::now();
-    const fs::path written = write_partial(self, partial);
-    if (on_event_) {
-      // NOTES: what the step loop waited for (the holders' copies to the host and every file),
-      // for the user to weigh against the interval between checkpoints.
-      std::uintmax_t bytes = 0;
-      std::error_code ec;
-      for (const auto& entry : fs::recursive_directory_iterator(written, ec))
-        if (entry.is_regular_file(ec)) bytes += entry.file_size(ec);
-      on_event_(fmt::format(
-          "checkpoint {} ({:.2f} GB in {:.1f} s)", written.string(),
-          static_cast<double>(bytes) / 1e9,
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
-    }
-    return written;
+    written = write_partial(self, partial);
   } catch (...) {
     // NOTES: a half-written checkpoint is worth nothing and, after a full disk, keeps the disk
     // full: it goes at once (an older complete checkpoint is untouched).
@@ -101,6 +89,23 @@ fs::path training_checkpoints::write(blocking_actor& self) {
     fs::remove_all(partial, ec);
     throw;
   }
+  if (on_event_) {
+    // NOTES: what the step loop waited for (the holders' copies to the host and every file),
+    // for the user to weigh against the interval between checkpoints. The checkpoint is
+    // published: a file that cannot be measured is left out of the sum, not an error.
+    std::uintmax_t bytes = 0;
+    std::error_code ec;
+    for (fs::recursive_directory_iterator it(written, ec), end; !ec && it != end;
+         it.increment(ec)) {
+      std::error_code size_ec;
+      const std::uintmax_t size = it->is_regular_file(size_ec) ? it->file_size(size_ec) : 0;
+      if (!size_ec) bytes += size;
+    }
+    on_event_(fmt::format(
+        "checkpoint {} ({:.2f} GB in {:.1f} s)", written.string(), static_cast<double>(bytes) / 1e9,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+  }
+  return written;
 }
 
 fs::path training_checkpoints::write_partial(blocking_actor& self, const fs::path& partial) {

@@ -131,13 +131,14 @@ TEST(Cli, TopoCheckReportsEveryErrorWithFileLineColumn) {
 }
 
 TEST(Cli, TopoDotIsValidGraphviz) {
-  const fs::path dot_file = fs::temp_directory_path() / "troupe-cli-test.dot";
+  const fs::path dir = troupe::testing::scratch_dir("cli-test", "dot");
+  const fs::path dot_file = dir / "test.dot";
   auto result = run("topo dot " + source("topologies/pp2-ep4.toml") + " -o " + dot_file.string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
   ASSERT_TRUE(fs::exists(dot_file));
   if (std::system("command -v dot >/dev/null 2>&1") != 0)
     GTEST_SKIP() << "graphviz is not installed (tools/setup installs it)";
-  const fs::path svg = fs::temp_directory_path() / "troupe-cli-test.svg";
+  const fs::path svg = dir / "test.svg";
   EXPECT_EQ(std::system(("dot -Tsvg " + dot_file.string() + " -o " + svg.string()).c_str()), 0);
   EXPECT_GT(fs::file_size(svg), 1000u);
 }
@@ -272,7 +273,7 @@ TEST(Cli, LogitsWritesWhatTransformersComputes) {
   std::string tokens;
   for (const auto& t : reference["tokens"])
     tokens += (tokens.empty() ? "" : ",") + std::to_string(t.get<int>());
-  const fs::path out = fs::temp_directory_path() / "troupe-cli-logits.bin";
+  const fs::path out = troupe::testing::scratch_dir("cli-test", "logits") / "logits.bin";
   auto result = run("logits --model " + model + " --tokens " + tokens + " --out " + out.string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const auto expected = troupe::testing::read_floats(model + "/logits.bin");

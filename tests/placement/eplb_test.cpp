@@ -15,6 +15,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/placement/eplb.hpp"
 #include "runtime/placement/expert_load.hpp"
+#include "tests/support/command_runs.hpp"
 
 namespace {
 
@@ -99,7 +100,7 @@ TEST(Eplb, ShapesThatCannotBePlacedAreErrors) {
 }
 
 std::filesystem::path write(const std::string& name, const std::string& text) {
-  const auto file = std::filesystem::temp_directory_path() / ("troupe-eplb-" + name);
+  const auto file = troupe::testing::scratch_dir("eplb", name) / ("troupe-eplb-" + name);
   std::ofstream(file) << text;
   return file;
 }

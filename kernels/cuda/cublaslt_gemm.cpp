@@ -2,9 +2,11 @@
 #include "kernels/cuda/convert.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -165,11 +167,21 @@ std::vector<cublasLtMatmulHeuristicResult_t> heuristics(cublasLtHandle_t handle,
   return results;
 }
 
-/// How many of the heuristic's answers to time (TROUPE_GEMM_TUNE=N; unset or 0: take the first).
+/// How many of the heuristic's answers to time (TROUPE_GEMM_TUNE=N; unset, empty or 0: take the
+/// first). Anything but a whole number from 0 to 32 is an error that names the variable.
 int tuning_candidates() {
   static const int count = [] {
     const char* value = std::getenv("TROUPE_GEMM_TUNE");
-    return value == nullptr ? 0 : std::clamp(std::atoi(value), 0, 32);
+    if (value == nullptr || *value == '\0') return 0;
+    const std::string_view text(value);
+    int n = -1;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (error != std::errc() || end != text.data() + text.size() || n < 0 || n > 32)
+      fail_kernel(fmt::format(
+          "TROUPE_GEMM_TUNE={}: give how many of cuBLASLt's candidates to time per GEMM shape, a "
+          "whole number from 0 (off) to 32",
+          text));
+    return n;
   }();
   return count;
 }

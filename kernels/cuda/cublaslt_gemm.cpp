@@ -186,10 +186,8 @@ int tuning_candidates() {
   return count;
 }
 
-}  // namespace
-
 /// One problem's operands, for timing candidates (the output goes to a scratch buffer).
-struct cublaslt_gemm::operands {
+struct timed_operands {
   const void* first;
   const void* second;
   const void* c;
@@ -199,14 +197,12 @@ struct cublaslt_gemm::operands {
 
 /// The fastest of the heuristic's first TROUPE_GEMM_TUNE answers, by CUDA-event timing into a
 /// scratch output (the caller's C is read, never written), else the heuristic's first answer.
-void cublaslt_gemm::choose(void* plan_pointer, const operands& o, const std::string& problem) {
-  plan& p = *static_cast<plan*>(plan_pointer);
+void choose(cublasLtHandle_t handle, void* workspace, std::size_t workspace_bytes, cudaStream_t s,
+            plan& p, const timed_operands& o, const std::string& problem) {
   const int tune = tuning_candidates();
-  const auto candidates =
-      heuristics(state_->handle, p, state_->workspace_bytes, std::max(tune, 1), problem);
+  const auto candidates = heuristics(handle, p, workspace_bytes, std::max(tune, 1), problem);
   p.algorithm = candidates.front().algo;
   if (tune <= 1 || candidates.size() == 1) return;
-  const auto s = static_cast<cudaStream_t>(stream_);
   void* scratch = nullptr;
   if (cudaMallocAsync(&scratch, o.c_bytes, s) != cudaSuccess) {
     (void)cudaGetLastError();  // no room for a scratch output: keep the heuristic's first answer
@@ -218,9 +214,9 @@ void cublaslt_gemm::choose(void* plan_pointer, const operands& o, const std::str
   float best = 0.0f;
   for (const auto& candidate : candidates) {
     const auto run = [&] {
-      return cublaslt().matmul(state_->handle, p.operation, &o.alpha, o.first, p.first, o.second,
-                               p.second, &o.beta, o.c, p.output, scratch, p.output, &candidate.algo,
-                               state_->workspace, state_->workspace_bytes, s);
+      return cublaslt().matmul(handle, p.operation, &o.alpha, o.first, p.first, o.second, p.second,
+                               &o.beta, o.c, p.output, scratch, p.output, &candidate.algo,
+                               workspace, workspace_bytes, s);
     };
     if (run() != CUBLAS_STATUS_SUCCESS) continue;
     constexpr int runs = 5;
@@ -239,6 +235,8 @@ void cublaslt_gemm::choose(void* plan_pointer, const operands& o, const std::str
   TROUPE_CUDA_CHECK(cudaEventDestroy(end));
   TROUPE_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
+
+}  // namespace
 
 void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matrix& b,
                          bool transpose_b, gemm_matrix c, float alpha, float beta, gemm_math math) {
@@ -316,7 +314,9 @@ void cublaslt_gemm::gemm(const gemm_matrix& a, bool transpose_a, const gemm_matr
     p->output = layout(c.type, n, m, c.ld);
     const std::size_t c_bytes =
         static_cast<std::size_t>(c.ld * (m - 1) + n) * (c.type == gemm_dtype::f32 ? 4 : 2);
-    choose(p.get(), {b.data, a.data, c.data, c_bytes, alpha, beta}, problem());
+    choose(state_->handle, state_->workspace, state_->workspace_bytes,
+           static_cast<cudaStream_t>(stream_), *p, {b.data, a.data, c.data, c_bytes, alpha, beta},
+           problem());
     slot = std::move(p);
   }
   const plan& p = *slot;

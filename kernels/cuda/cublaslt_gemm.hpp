@@ -11,7 +11,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <string>
 
 namespace troupe::kernels::cuda {
 
@@ -83,8 +82,6 @@ class cublaslt_gemm {
 
  private:
   struct state;
-  struct operands;
-  void choose(void* plan, const operands& o, const std::string& problem);
   int ordinal_;
   void* stream_;
   std::unique_ptr<state> state_;

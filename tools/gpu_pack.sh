@@ -10,6 +10,7 @@
 # repository root (after `tar xJf .device-carry.tar.xz` where the archive was carried):
 #   .device-carry/run gpu-test
 #   .device-carry/run troupe bench train --topology topologies/gpu-1.toml --device cuda:0
+#   .device-carry/run multigpu-test   (several GPUs; NCCL's peers found through the run script)
 set -euo pipefail
 build=${1:-build}
 out=${2:-.device-carry}
@@ -21,7 +22,8 @@ prefix_in_stage=$(find "$out/stage" -path '*/bin/troupe' -printf '%h\n' | head -
 cp -a "$prefix_in_stage/.." "$out/prefix.tmp"
 rm -rf "$out/prefix" "$out/stage"
 mv "$out/prefix.tmp" "$out/prefix"
-cp "$build/tests/gpu-test" "$out/prefix/bin/"
+cp "$build/tests/gpu-test" "$build/tests/multigpu-test" "$build/tests/troupe-test-nccl-peer" \
+  "$out/prefix/bin/"
 # Libraries: everything the binaries and plugins link that is not the C/C++ runtime or CUDA's.
 libdir="$out/prefix/lib"
 mkdir -p "$libdir"
@@ -42,6 +44,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)
 export LD_LIBRARY_PATH=$here/prefix/lib:$here/prefix/lib/x86_64-linux-gnu:$site/nvidia/cu13/lib:$site/nvidia/cudnn/lib:$site/nvidia/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PATH=$here/prefix/bin:$PATH TROUPE_EXE=$here/prefix/bin/troupe
+export TROUPE_TEST_NCCL_PEER=$here/prefix/bin/troupe-test-nccl-peer
 exec "$@"
 EOF_RUN
 chmod +x "$out/run"

@@ -158,7 +158,11 @@ struct nccl_communicator::state {
   /// only the communicator's own state, as after init).
   void wait(const std::string& what, const cuda::event* pending,
             std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now()) {
-    auto pause = std::chrono::microseconds(20);
+    // NOTES: the first 200 us are polled without sleeping: most collectives of a step (counts,
+    // norms, a dispatch of a few MB) finish within that, and a sleep costs a scheduler tick of
+    // latency each time. Longer waits back off to 1 ms between polls.
+    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+    auto pause = std::chrono::microseconds(10);
     for (;;) {
       ncclResult_t progress = ncclSuccess;
       const ncclResult_t polled = api().async_error(comm, &progress);
@@ -169,8 +173,12 @@ struct nccl_communicator::state {
         abort_with(what, fmt::format("not done within {:.1f} s: a rank of the group is dead, "
                                      "hung or was never started",
                                      deadline.count() / 1000.0));
+      if (std::chrono::steady_clock::now() < spin_until) {
+        std::this_thread::yield();
+        continue;
+      }
       std::this_thread::sleep_for(pause);
-      pause = std::min(pause * 2, std::chrono::microseconds(2000));
+      pause = std::min(pause * 2, std::chrono::microseconds(1000));
     }
   }
 
@@ -307,30 +315,45 @@ void nccl_communicator::all_gather(const tensor& in, tensor& out) {
 
 void nccl_communicator::all_to_all(const tensor& in, std::span<const std::int64_t> send_rows,
                                    tensor& out, std::span<const std::int64_t> receive_rows) {
-  s_->require_on_device(in, "all_to_all's input");
-  s_->require_on_device(out, "all_to_all's output");
+  const tensor ins[1] = {in};
+  tensor outs[1] = {out};
+  all_to_all(ins, send_rows, outs, receive_rows);
+}
+
+void nccl_communicator::all_to_all(std::span<const tensor> in,
+                                   std::span<const std::int64_t> send_rows, std::span<tensor> out,
+                                   std::span<const std::int64_t> receive_rows) {
   const auto ranks = static_cast<std::size_t>(s_->ranks);
   if (send_rows.size() != ranks || receive_rows.size() != ranks)
     fail("{}: all_to_all needs a row count per rank", s_->name());
+  if (in.size() != out.size() || in.empty())
+    fail("{}: all_to_all of {} inputs into {} outputs", s_->name(), in.size(), out.size());
+  std::int64_t sent = 0, received = 0;
+  for (std::size_t p = 0; p < ranks; ++p) {
+    if (send_rows[p] < 0 || receive_rows[p] < 0)
+      fail("{}: all_to_all with a negative row count for rank {}", s_->name(), p);
+    sent += send_rows[p];
+    received += receive_rows[p];
+  }
   // A row: every dimension after the first (one element of a 1-D tensor); both sides alike.
   auto row_of = [](const tensor& t) {
     std::int64_t bytes = static_cast<std::int64_t>(size_of(t.type()));
     for (std::int64_t d = 1; d < t.dim(); ++d) bytes *= t.size(d);
     return bytes;
   };
-  const std::int64_t row_bytes = row_of(in);
-  if (in.type() != out.type() || row_of(out) != row_bytes)
-    fail("{}: all_to_all from {} into {}: rows of another shape or dtype", s_->name(),
-         in.describe(), out.describe());
-  std::int64_t sent = 0, received = 0;
-  for (std::size_t p = 0; p < ranks; ++p) {
-    sent += send_rows[p];
-    received += receive_rows[p];
+  std::vector<std::int64_t> row_bytes(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    s_->require_on_device(in[i], "all_to_all's input");
+    s_->require_on_device(out[i], "all_to_all's output");
+    row_bytes[i] = row_of(in[i]);
+    if (in[i].type() != out[i].type() || row_of(out[i]) != row_bytes[i])
+      fail("{}: all_to_all from {} into {}: rows of another shape or dtype", s_->name(),
+           in[i].describe(), out[i].describe());
+    if (sent * row_bytes[i] > static_cast<std::int64_t>(in[i].nbytes()) ||
+        received * row_bytes[i] > static_cast<std::int64_t>(out[i].nbytes()))
+      fail("{}: all_to_all of {} rows from {} into {} rows of {}", s_->name(), sent,
+           in[i].describe(), received, out[i].describe());
   }
-  if (sent * row_bytes > static_cast<std::int64_t>(in.nbytes()) ||
-      received * row_bytes > static_cast<std::int64_t>(out.nbytes()))
-    fail("{}: all_to_all of {} rows from {} into {} rows of {}", s_->name(), sent, in.describe(),
-         received, out.describe());
   s_->run("all_to_all", [&](cudaStream_t stream) {
     // NOTES: grouped point-to-point calls: NCCL posts every send and receive of the group at once
     // (the sizes differ per peer, which ncclAllToAll cannot say).
@@ -341,18 +364,20 @@ void nccl_communicator::all_to_all(const tensor& in, std::span<const std::int64_
       if (first_failure == ncclSuccess && r != ncclSuccess && r != ncclInProgress)
         first_failure = r;
     };
-    std::int64_t send_at = 0, receive_at = 0;
-    for (std::size_t p = 0; p < ranks; ++p) {
-      const auto* from = static_cast<const std::uint8_t*>(in.data()) + send_at * row_bytes;
-      auto* to = static_cast<std::uint8_t*>(out.data()) + receive_at * row_bytes;
-      if (send_rows[p] > 0)
-        note(api().send(from, static_cast<std::size_t>(send_rows[p] * row_bytes), ncclUint8,
-                        static_cast<int>(p), s_->comm, stream));
-      if (receive_rows[p] > 0)
-        note(api().recv(to, static_cast<std::size_t>(receive_rows[p] * row_bytes), ncclUint8,
-                        static_cast<int>(p), s_->comm, stream));
-      send_at += send_rows[p];
-      receive_at += receive_rows[p];
+    for (std::size_t i = 0; i < in.size(); ++i) {
+      std::int64_t send_at = 0, receive_at = 0;
+      for (std::size_t p = 0; p < ranks; ++p) {
+        const auto* from = static_cast<const std::uint8_t*>(in[i].data()) + send_at * row_bytes[i];
+        auto* to = static_cast<std::uint8_t*>(out[i].data()) + receive_at * row_bytes[i];
+        if (send_rows[p] > 0)
+          note(api().send(from, static_cast<std::size_t>(send_rows[p] * row_bytes[i]), ncclUint8,
+                          static_cast<int>(p), s_->comm, stream));
+        if (receive_rows[p] > 0)
+          note(api().recv(to, static_cast<std::size_t>(receive_rows[p] * row_bytes[i]), ncclUint8,
+                          static_cast<int>(p), s_->comm, stream));
+        send_at += send_rows[p];
+        receive_at += receive_rows[p];
+      }
     }
     const ncclResult_t ended = api().group_end();
     s_->check(first_failure, "all_to_all");

@@ -60,6 +60,10 @@ class nccl_communicator {
   /// in rank order (the counts are exchanged first, by the caller).
   void all_to_all(const tensor& in, std::span<const std::int64_t> send_rows, tensor& out,
                   std::span<const std::int64_t> receive_rows);
+  /// Several all-to-alls of rows with the same counts in one NCCL group, waited for once (FP8
+  /// codes and their scales travel together): the rows of `in[i]` go into `out[i]`.
+  void all_to_all(std::span<const tensor> in, std::span<const std::int64_t> send_rows,
+                  std::span<tensor> out, std::span<const std::int64_t> receive_rows);
   /// Point to point (pipeline neighbours): `values` to rank `peer`, or from it.
   void send(const tensor& values, int peer);
   void receive(tensor& values, int peer);

@@ -54,6 +54,10 @@ void nccl_communicator::all_to_all(const tensor&, std::span<const std::int64_t>,
                                    std::span<const std::int64_t>) {
   fail("{}", missing);
 }
+void nccl_communicator::all_to_all(std::span<const tensor>, std::span<const std::int64_t>,
+                                   std::span<tensor>, std::span<const std::int64_t>) {
+  fail("{}", missing);
+}
 void nccl_communicator::send(const tensor&, int) {
   fail("{}", missing);
 }

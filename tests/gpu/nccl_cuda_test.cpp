@@ -5,12 +5,18 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "runtime/core/error.hpp"
+#include "runtime/exec/convert.hpp"
+#include "runtime/experts/expert_payload.hpp"
+#include "runtime/experts/nccl_expert_exchange.hpp"
 #include "runtime/transport/nccl_communicator.hpp"
 #include "tests/gpu/gpu_skip.hpp"
+#include "tests/support/zero_one_scenario.hpp"
 
 namespace {
 
@@ -84,6 +90,61 @@ TEST(Nccl, AMissingRankFailsWithinTheDeadline) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(seconds, 10.0);
   std::cout << "a group missing a rank failed after " << seconds << " s\n";
+}
+
+TEST(Nccl, ExpertExchangeOfOneRankKeepsTheWiresBits) {
+  SKIP_WITHOUT_NCCL();
+  // One rank holds every expert: a dispatch gives each row back as its wire format decodes it on
+  // the host (expert_payload.hpp: the same quantizer), and a combine of those rows does the same
+  // in BF16. Several GPUs (rows crossing ranks, reordered) are the multigpu suite's.
+  nccl_communicator comm(nccl_communicator::make_id(), 1, 0, 0, std::chrono::seconds(20));
+  nccl_expert_exchange ep(comm, 0, expert_rank_layout({{0, 1, 2, 3, 4}}, 5));
+  const std::vector<std::int64_t> counts{3, 0, 17, 1, 9};
+  const std::int64_t rows = 30, width = 300;  // 300: an edge tile of 44 columns
+  tensor x = tensor::empty(dtype::f32, {rows, width});
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  for (std::int64_t i = 0; i < x.numel(); ++i) x.data_as<float>()[i] = normal(rng) * (1 + i % 5);
+  const auto plan = ep.plan(counts);
+  EXPECT_EQ(plan.expert_rows, counts);
+  EXPECT_EQ(plan.rows_to_others(), 0);
+  auto same = [](const tensor& a, const tensor& b) {
+    const tensor ha = a.to(device::cpu()), hb = b.to(device::cpu());
+    return ha.shape() == hb.shape() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
+  };
+  const tensor dispatched = ep.dispatch(plan, x.to(device::cuda(0)), wire_precision::fp8);
+  const tensor fp8_reference = decode_rows(encode_rows(x, wire_precision::fp8));
+  EXPECT_TRUE(same(dispatched, fp8_reference)) << "fp8 dispatch";
+  const tensor combined = ep.combine(plan, dispatched, wire_precision::bf16);
+  EXPECT_TRUE(same(combined, decode_rows(encode_rows(fp8_reference, wire_precision::bf16))))
+      << "bf16 combine";
+  EXPECT_TRUE(same(ep.dispatch(plan, x.to(device::cuda(0)), wire_precision::f32), x)) << "f32";
+  // Kept encoded (what an FP8 GEMM reads): the host's codes and scales; from BF16 rows: the
+  // host's quantization of the widened values; a combine from BF16 rows: those rows widened.
+  const encoded_rows codes = ep.dispatch_encoded(plan, x.to(device::cuda(0)), wire_precision::fp8);
+  const encoded_rows host_codes = encode_rows(x, wire_precision::fp8);
+  EXPECT_TRUE(same(codes.values, host_codes.values) && same(codes.scales, host_codes.scales));
+  const tensor x16 = convert(x, dtype::bf16);
+  EXPECT_TRUE(same(ep.dispatch(plan, x16.to(device::cuda(0)), wire_precision::fp8),
+                   decode_rows(encode_rows(convert(x16, dtype::f32), wire_precision::fp8))))
+      << "fp8 from bf16 rows";
+  EXPECT_TRUE(same(ep.combine(plan, x16.to(device::cuda(0)), wire_precision::bf16),
+                   convert(x16, dtype::f32)))
+      << "bf16 combine of bf16 rows";
+  EXPECT_THROW(ep.combine(plan, x16.to(device::cuda(0)), wire_precision::f32), troupe::error);
+  // A row count that does not match the plan is refused before NCCL sees it.
+  EXPECT_THROW(ep.dispatch(plan, x.narrow(0, 0, 29).to(device::cuda(0)), wire_precision::fp8),
+               troupe::error);
+  EXPECT_THROW(nccl_expert_exchange(comm, 0, expert_rank_layout({{0}, {1}}, 2)), troupe::error)
+      << "a layout of two ranks on a group of one";
+}
+
+TEST(Nccl, ZeroOneOfOneReplicaStepsAsPlainAdamw) {
+  SKIP_WITHOUT_NCCL();
+  // The whole ZeRO-1 path (packing in buckets, reduce-scatter, the norm from the slices, AdamW on
+  // the slices, all-gather) with one replica; several replicas are the multigpu suite's.
+  nccl_communicator comm(nccl_communicator::make_id(), 1, 0, 0, std::chrono::seconds(20));
+  EXPECT_EQ(troupe::testing::run_zero_one_scenario(comm, 0), "");
 }
 
 }  // namespace

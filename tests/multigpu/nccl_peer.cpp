@@ -3,18 +3,30 @@
 //   ops   an all-reduce (each rank gives rank + 1), an all-to-all of rows (rank r sends p + 1
 //         rows of value 100 r + p to rank p) and a ring of send/receive; prints "ok" when every
 //         value is right;
+//   experts  expert parallelism (nccl_expert_exchange.hpp): 4 x RANKS + 1 experts dealt round
+//         robin, uneven counts per rank; FP8 dispatch, each expert scales its rows by its index
+//         + 1, BF16 combine; prints "ok" when every rank's experts got exactly the rows the
+//         host's codecs predict (from every rank's inputs, regenerated here) and every token
+//         row came back with the host's bits;
+//   zero  ZeRO-1 over NCCL (nccl_zero_one.hpp) against plain AdamW on the replicas' summed
+//         gradients (tests/support/zero_one_scenario.hpp); prints "ok" when they agree;
 //   wait  joins, prints "joined", then waits to be killed (rank 1) or runs all-reduces until one
 //         fails (rank 0), printing the failure and the seconds it took.
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "runtime/experts/expert_payload.hpp"
+#include "runtime/experts/nccl_expert_exchange.hpp"
 #include "runtime/transport/nccl_communicator.hpp"
+#include "tests/support/zero_one_scenario.hpp"
 
 using namespace troupe;
 namespace fs = std::filesystem;
@@ -72,11 +84,96 @@ bool run_ops(nccl_communicator& comm, int rank, int ranks) {
   return ok;
 }
 
+/// Rank `rank`'s rows of every expert for the experts test: counts[e] = (rank + 3e) % 5 rows of
+/// expert e, grouped by expert; values from a seed of its own.
+std::pair<std::vector<std::int64_t>, tensor> token_rows(int rank, std::int64_t experts,
+                                                        std::int64_t width) {
+  std::vector<std::int64_t> counts;
+  std::int64_t rows = 0;
+  for (std::int64_t e = 0; e < experts; ++e) rows += counts.emplace_back((rank + 3 * e) % 5);
+  tensor x = tensor::empty(dtype::f32, {rows, width});
+  std::mt19937 rng(static_cast<std::uint32_t>(1000 + rank));
+  std::normal_distribution<float> normal;
+  for (std::int64_t i = 0; i < x.numel(); ++i)
+    x.data_as<float>()[i] = normal(rng) * static_cast<float>(1 + i % 7);
+  return {counts, x};
+}
+
+/// Scales each expert's rows of `rows` (grouped, `counts[j]` rows of `experts[j]`) by expert + 1.
+void scale_by_expert(tensor& rows, const std::vector<std::int64_t>& experts,
+                     const std::vector<std::int64_t>& counts) {
+  float* at = rows.data_as<float>();
+  for (std::size_t j = 0; j < experts.size(); ++j)
+    for (std::int64_t i = 0; i < counts[j] * rows.size(1); ++i)
+      *at++ *= static_cast<float>(experts[j] + 1);
+}
+
+bool same_bits(const tensor& a, const tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+bool run_experts(nccl_communicator& comm, int rank, int ranks) {
+  const std::int64_t experts = 4 * ranks + 1, width = 300;
+  std::vector<std::vector<std::int64_t>> placed(static_cast<std::size_t>(ranks));
+  for (std::int64_t e = 0; e < experts; ++e)
+    placed[static_cast<std::size_t>(e % ranks)].push_back(e);
+  nccl_expert_exchange ep(comm, rank, expert_rank_layout(placed, experts));
+  const auto [counts, x] = token_rows(rank, experts, width);
+  const auto plan = ep.plan(counts);
+  tensor expert_side =
+      ep.dispatch(plan, x.to(device::cuda(rank)), wire_precision::fp8).to(device::cpu());
+  // What this rank's experts must get: each source's FP8-decoded rows of each, source by source.
+  const auto& mine = placed[static_cast<std::size_t>(rank)];
+  std::vector<tensor> decoded;
+  std::vector<std::vector<std::int64_t>> firsts;
+  for (int q = 0; q < ranks; ++q) {
+    const auto [c, xq] = token_rows(q, experts, width);
+    decoded.push_back(decode_rows(encode_rows(xq, wire_precision::fp8)));
+    auto& first = firsts.emplace_back(1, 0);
+    for (std::int64_t n : c) first.push_back(first.back() + n);
+  }
+  std::vector<float> expected;
+  for (std::int64_t e : mine)
+    for (int q = 0; q < ranks; ++q) {
+      const auto& first = firsts[static_cast<std::size_t>(q)];
+      const float* from = decoded[static_cast<std::size_t>(q)].data_as<const float>();
+      expected.insert(expected.end(), from + first[static_cast<std::size_t>(e)] * width,
+                      from + first[static_cast<std::size_t>(e) + 1] * width);
+    }
+  bool ok = static_cast<std::int64_t>(expected.size()) == expert_side.numel() &&
+            std::memcmp(expected.data(), expert_side.data(), expert_side.nbytes()) == 0;
+  if (!ok) std::printf("rank %d: the experts got other rows\n", rank);
+  // The same rows kept as FP8 codes and scales (the plan serves again: the counts are the same).
+  const encoded_rows kept =
+      ep.dispatch_encoded(plan, x.to(device::cuda(rank)), wire_precision::fp8);
+  encoded_rows kept_host{wire_precision::fp8, kept.values.to(device::cpu()),
+                         kept.scales.to(device::cpu())};
+  if (!same_bits(decode_rows(kept_host), expert_side)) {
+    std::printf("rank %d: the kept FP8 rows decode to other rows\n", rank);
+    ok = false;
+  }
+  scale_by_expert(expert_side, mine, plan.expert_rows);
+  const tensor back =
+      ep.combine(plan, expert_side.to(device::cuda(rank)), wire_precision::bf16).to(device::cpu());
+  std::vector<std::int64_t> all(static_cast<std::size_t>(experts));
+  for (std::int64_t e = 0; e < experts; ++e) all[static_cast<std::size_t>(e)] = e;
+  tensor reference = decoded[static_cast<std::size_t>(rank)].clone();
+  scale_by_expert(reference, all, counts);
+  if (!same_bits(back, decode_rows(encode_rows(reference, wire_precision::bf16)))) {
+    std::printf("rank %d: the combined rows differ from the host's\n", rank);
+    ok = false;
+  }
+  std::printf("rank %d: %lld rows to other ranks, %lld bytes sent\n", rank,
+              static_cast<long long>(ep.sent().rows_sent),
+              static_cast<long long>(ep.sent().bytes_sent));
+  return ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr, "usage: troupe-test-nccl-peer ID_FILE RANKS RANK ops|wait\n");
+    std::fprintf(stderr, "usage: troupe-test-nccl-peer ID_FILE RANKS RANK ops|experts|zero|wait\n");
     return 2;
   }
   const fs::path id_file = argv[1];
@@ -97,8 +194,13 @@ int main(int argc, char** argv) {
       id.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     }
     nccl_communicator comm(id, ranks, rank, rank, std::chrono::seconds(10));
-    if (mode == "ops") {
-      const bool ok = run_ops(comm, rank, ranks);
+    if (mode == "zero") {
+      const std::string problems = troupe::testing::run_zero_one_scenario(comm, rank);
+      std::printf("%s\n", problems.empty() ? "ok" : problems.c_str());
+      return problems.empty() ? 0 : 1;
+    }
+    if (mode == "ops" || mode == "experts") {
+      const bool ok = mode == "ops" ? run_ops(comm, rank, ranks) : run_experts(comm, rank, ranks);
       std::printf("%s\n", ok ? "ok" : "wrong values");
       return ok ? 0 : 1;
     }

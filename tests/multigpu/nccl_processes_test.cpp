@@ -1,7 +1,9 @@
 // NCCL between processes, one GPU each (the multigpu suite: `meson test -C build --setup multigpu
 // --suite multigpu`; it skips with a message where fewer than two GPUs are visible). Two, four
-// and eight ranks (as many as there are GPUs) run every operation with the values they must give;
-// a rank killed with -9 is reported by the other within 10 s, and nobody hangs in a collective.
+// and eight ranks (as many as there are GPUs) run every operation with the values they must give,
+// expert parallelism's FP8 dispatch and BF16 combine with the host codecs' bits, and ZeRO-1 steps
+// as plain AdamW on the summed gradients (to 1e-6); a rank killed with -9 is reported by the other
+// within 10 s, and nobody hangs in a collective.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@ using troupe::testing::run_command;
   } while (false)
 
 std::string peer() {
+  if (const char* packed = std::getenv("TROUPE_TEST_NCCL_PEER")) return packed;  // gpu_pack.sh
   const char* build = std::getenv("TROUPE_BUILD_DIR");
   return (fs::path(build != nullptr ? build : ".") / "tests" / "troupe-test-nccl-peer").string();
 }
@@ -40,23 +43,38 @@ fs::path scratch(const std::string& name) {
   return dir;
 }
 
-TEST(NcclProcesses, EveryRankGetsTheRightValues) {
-  SKIP_WITHOUT_GPUS(2);
+/// Runs `mode` on 2, 4 and 8 ranks (as many as there are GPUs) and expects "ok" from each.
+void expect_every_rank_ok(const std::string& mode) {
   for (int ranks : {2, 4, 8}) {
     if (troupe::cuda::device_count() < ranks) break;
-    const fs::path dir = scratch(fmt::format("ops{}", ranks));
+    const fs::path dir = scratch(fmt::format("{}{}", mode, ranks));
     std::string script;
     for (int r = 0; r < ranks; ++r)
-      script += fmt::format("{} {} {} {} ops > {} 2>&1 & ", peer(), (dir / "id").string(), ranks, r,
-                            (dir / fmt::format("out{}", r)).string());
+      script += fmt::format("{} {} {} {} {} > {} 2>&1 & ", peer(), (dir / "id").string(), ranks, r,
+                            mode, (dir / fmt::format("out{}", r)).string());
     script += "wait; cat " + (dir / "out*").string();
     const auto result = run_command("bash -c '" + script + "'");
     std::size_t oks = 0;
     for (std::size_t at = result.output.find("ok\n"); at != std::string::npos;
          at = result.output.find("ok\n", at + 1))
       ++oks;
-    EXPECT_EQ(oks, static_cast<std::size_t>(ranks)) << result.output;
+    EXPECT_EQ(oks, static_cast<std::size_t>(ranks)) << ranks << " ranks\n" << result.output;
   }
+}
+
+TEST(NcclProcesses, EveryRankGetsTheRightValues) {
+  SKIP_WITHOUT_GPUS(2);
+  expect_every_rank_ok("ops");
+}
+
+TEST(NcclProcesses, ExpertDispatchInFp8AndCombineInBf16AcrossRanks) {
+  SKIP_WITHOUT_GPUS(2);
+  expect_every_rank_ok("experts");
+}
+
+TEST(NcclProcesses, ZeroOneEqualsPlainAdamwOnTheSummedGradients) {
+  SKIP_WITHOUT_GPUS(2);
+  expect_every_rank_ok("zero");
 }
 
 TEST(NcclProcesses, AKilledRankIsReportedWithin10Seconds) {

@@ -296,6 +296,7 @@ void add_bench_command(CLI::App& app, int& exit_code) {
   add_bench_experts_command(*bench_group, exit_code);
   add_bench_sgemm_command(*bench_group, exit_code);
   add_bench_transport_command(*bench_group, exit_code);
+  add_bench_dispatch_command(*bench_group, exit_code);
   add_bench_generate_command(*bench_group, exit_code);
 }
 

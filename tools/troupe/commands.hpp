@@ -55,6 +55,8 @@ void add_ctl_command(CLI::App& app, int& exit_code);
 void add_bench_train_command(CLI::App& bench_group, int& exit_code);
 /// `troupe bench transport`, under the bench group.
 void add_bench_transport_command(CLI::App& bench_group, int& exit_code);
+/// `troupe bench dispatch`: expert parallelism's all-to-all between GPUs over NCCL.
+void add_bench_dispatch_command(CLI::App& bench_group, int& exit_code);
 /// `troupe bench generate`, under the bench group.
 void add_bench_generate_command(CLI::App& bench_group, int& exit_code);
 

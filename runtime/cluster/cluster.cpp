@@ -3,6 +3,10 @@
 #include <fmt/format.h>
 #include <caf/all.hpp>
 
+#include <thread>
+
+#include "runtime/actor/blocking_actor.hpp"
+#include "runtime/actor/message.hpp"
 #include "runtime/cluster/gateway.hpp"
 
 namespace troupe {
@@ -22,7 +26,34 @@ const bool network_types_registered = [] {
   return true;
 }();
 
+/// What a process published under a name (cluster::publish), as another process asks for it.
+struct publication {
+  TROUPE_MESSAGE("troupe.publication");
+  bool found = false;
+  std::vector<std::uint8_t> bytes;
+  auto fields() { return std::tie(found, bytes); }
+};
+
+struct publication_request {
+  TROUPE_REQUEST("troupe.publication_request", publication);
+  std::string name;
+  auto fields() { return std::tie(name); }
+};
+
+/// The name every process exposes its publications under.
+constexpr const char* publications_actor = "troupe.publications";
+
 }  // namespace
+
+struct cluster::board {
+  std::mutex lock;
+  std::map<std::string, std::vector<std::uint8_t>> published;
+  publication find(const std::string& name) {
+    std::lock_guard hold(lock);
+    auto it = published.find(name);
+    return it == published.end() ? publication{} : publication{true, it->second};
+  }
+};
 
 cluster::cluster(actor_runtime& runtime, cluster_options options)
     : runtime_(runtime), options_(std::move(options)) {
@@ -60,6 +91,13 @@ cluster::cluster(actor_runtime& runtime, cluster_options options)
                    fmt::format("is unreachable over UCX: {}", why));
   });
 
+  // Every process's publications, exposed before the rendezvous: an ask that comes any time
+  // after it finds the actor.
+  board_ = std::make_shared<board>();
+  expose(publications_actor, runtime_.spawn("publications", [b = board_](event_actor&) {
+    return behavior().on<publication_request>(
+        [b](publication_request& request) { return b->find(request.name); });
+  }));
   try {
     meet();
   } catch (...) {
@@ -120,6 +158,54 @@ void cluster::barrier(std::chrono::milliseconds timeout) {
   if (!failed.empty())
     throw rendezvous_error(
         fmt::format("rank {}: not every process got ready: {}", options_.rank, failed));
+}
+
+void cluster::publish(const std::string& name, std::vector<std::uint8_t> bytes) {
+  std::lock_guard hold(board_->lock);
+  board_->published[name] = std::move(bytes);
+}
+
+std::vector<std::uint8_t> cluster::fetch(const std::string& name, int rank,
+                                         std::chrono::milliseconds timeout) {
+  if (rank < 0 || rank >= options_.world)
+    throw rendezvous_error(fmt::format("fetching '{}' from rank {}: the job has ranks 0 to {}",
+                                       name, rank, options_.world - 1));
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + timeout;
+  actor_ref source;
+  if (rank != options_.rank) {
+    std::lock_guard hold(boards_lock_);
+    auto it = boards_.find(rank);
+    if (it == boards_.end()) it = boards_.emplace(rank, remote(publications_actor, rank)).first;
+    source = it->second;
+  }
+  scoped_actor self(runtime_);
+  for (;;) {
+    const auto now = std::chrono::steady_clock::now();
+    publication got;
+    if (rank == options_.rank) {
+      got = board_->find(name);
+    } else {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+      try {
+        got = self.ask(source, publication_request{name}, fmt::format("fetching '{}'", name),
+                       std::max(left, std::chrono::milliseconds(1)));
+      } catch (const error& e) {
+        // An answer that did not come by the deadline is the timeout below; anything else (the
+        // rank died, its actor failed) is said as it is.
+        if (std::chrono::steady_clock::now() < deadline)
+          throw rendezvous_error(fmt::format("rank {}: fetching '{}' from rank {} ({}) failed: {}",
+                                             options_.rank, name, rank, host_of(rank), e.what()));
+      }
+    }
+    if (got.found) return std::move(got.bytes);
+    if (std::chrono::steady_clock::now() >= deadline)
+      throw rendezvous_error(fmt::format(
+          "rank {}: rank {} ({}) did not publish '{}' within {}", options_.rank, rank,
+          host_of(rank), name,
+          seconds_text(std::chrono::duration_cast<std::chrono::milliseconds>(timeout))));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 void cluster::on_failure(failure_handler handler) {

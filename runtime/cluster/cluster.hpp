@@ -17,7 +17,9 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -74,6 +76,16 @@ class cluster {
   /// a process fails first or `timeout` passes.
   void barrier(std::chrono::milliseconds timeout);
 
+  /// Makes `bytes` fetchable by every process under `name` (an NCCL group's unique id, made by
+  /// the group's first member): through this process's own actor, so over CAF. Publishing a name
+  /// again replaces its bytes.
+  void publish(const std::string& name, std::vector<std::uint8_t> bytes);
+  /// What process `rank` published under `name`, asked until it has (it may publish later than
+  /// this process asks). Throws rendezvous_error naming the name, the rank and the time waited
+  /// when nothing came within `timeout`, or when the rank failed.
+  std::vector<std::uint8_t> fetch(const std::string& name, int rank,
+                                  std::chrono::milliseconds timeout);
+
   /// `handler(rank, message)` runs in the gateway when a process dies or stops answering; the
   /// message names the rank, its host and its actors.
   void on_failure(failure_handler handler);
@@ -101,6 +113,10 @@ class cluster {
   actor_ref gateway_;
   std::vector<actor_ref> proxies_;
   std::shared_ptr<gateway_state> state_;
+  struct board;  // what this process published (cluster.cpp)
+  std::shared_ptr<board> board_;
+  std::map<int, actor_ref> boards_;  // the other processes' publication actors
+  std::mutex boards_lock_;
 };
 
 }  // namespace troupe

@@ -14,10 +14,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <numeric>
 #include <thread>
+#include <vector>
 
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/cluster/cluster.hpp"
+#include "runtime/transport/nccl_communicator.hpp"
 #include "tests/actor/test_messages.hpp"
 #include "tests/support/free_port.hpp"
 
@@ -307,7 +310,20 @@ TEST(CrossProcess, ATypedMessageWithATensorCrossesAndFailuresComeBackIntact) {
   options.rendezvous_timeout = 30s;
   cluster job(runtime, options);
   const actor_ref echo = job.remote("echo", 1);
+  // A real NCCL unique id where NCCL can be loaded (making one needs no GPU), else 128 bytes.
+  std::vector<std::uint8_t> id(128);
+  std::iota(id.begin(), id.end(), std::uint8_t{7});
+  if (nccl_communicator::available()) id = nccl_communicator::make_id();
   job.barrier(30s);
+  // Published after the peer may have asked for it: the peer asks until it comes.
+  std::this_thread::sleep_for(100ms);
+  job.publish("greeting", id);
+  EXPECT_EQ(job.fetch("greeting back", 1, 30s), id) << "the id through CAF and back";
+  EXPECT_EQ(job.fetch("greeting", 0, 1s), id) << "this process's own";
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THAT(failure_of([&] { job.fetch("never published", 1, 500ms); }),
+              HasSubstr("rank 0: rank 1 (test1) did not publish 'never published' within 0.5 s"));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
   {
     scoped_actor self(runtime);
     // A tensor far above anything CAF should carry: it goes over UCX, the rest through CAF.

@@ -1,6 +1,7 @@
 // troupe-test-peer: rank 1 of a two-process job for the cross-process actor tests. It joins the
-// cluster at the rendezvous port given as its argument, exposes an echo actor as "echo", and
-// leaves when rank 0 finishes the job (or after 60 seconds without a rendezvous).
+// cluster at the rendezvous port given as its argument, exposes an echo actor as "echo",
+// publishes what rank 0 published as "greeting" under "greeting back", and leaves when rank 0
+// finishes the job (or after 60 seconds without a rendezvous).
 
 #include <cstdio>
 #include <cstdlib>
@@ -40,6 +41,8 @@ int main(int argc, char** argv) {
     // Declared by this program (messages register where code names them) but handled by nobody.
     (void)message_type<test::unhandled_request>();
     job.barrier(std::chrono::seconds(30));
+    // What rank 0 published (an NCCL id, in the test) goes back to it under another name.
+    job.publish("greeting back", job.fetch("greeting", 0, std::chrono::seconds(30)));
     const auto [code, why] = job.wait_for_finish();
     return code;
   } catch (const std::exception& e) {

@@ -25,6 +25,8 @@
 #include <span>
 #include <vector>
 
+#include "runtime/tensor/tensor.hpp"
+
 namespace troupe {
 
 /// Who holds which routed experts of a layer across an expert-parallel group.
@@ -69,6 +71,9 @@ struct expert_exchange_plan {
   std::vector<std::int64_t> receive_source;          ///< expert row -> receive buffer row
   std::vector<std::int64_t> combine_send_source;     ///< buffer row -> expert row
   std::vector<std::int64_t> combine_receive_source;  ///< token row -> buffer row
+  /// The four lists above on the exchange's GPU, i64 (nccl_expert_exchange::plan uploads them
+  /// at once; an empty list stays undefined).
+  tensor send_index, receive_index, combine_send_index, combine_receive_index;
 
   /// Rows this rank sends to other ranks (not to itself) in a dispatch.
   std::int64_t rows_to_others() const;

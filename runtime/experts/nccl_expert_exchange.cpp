@@ -29,6 +29,11 @@ tensor upload(std::span<const std::int64_t> values, int ordinal) {
   return host.to(device::cuda(ordinal));
 }
 
+/// `uploaded` when the plan has it on the GPU, else `list` uploaded now (a plan made by hand).
+tensor index_of(const tensor& uploaded, std::span<const std::int64_t> list, int ordinal) {
+  return uploaded.defined() || list.empty() ? uploaded : upload(list, ordinal);
+}
+
 /// Bytes of one row (every dimension after the first).
 std::int64_t row_bytes(const tensor& t) {
   auto bytes = static_cast<std::int64_t>(size_of(t.type()));
@@ -66,25 +71,45 @@ expert_exchange_plan nccl_expert_exchange::plan(std::span<const std::int64_t> co
         back.data_as<const std::int64_t>() + (q + 1) * width);
   traffic_.bytes_sent += (ranks - 1) * width * 8;
   traffic_.bytes_received += (ranks - 1) * width * 8;
-  return plan_exchange(layout_, comm_.rank(), counts, received);
+  expert_exchange_plan plan = plan_exchange(layout_, comm_.rank(), counts, received);
+  // The reorderings go to the GPU in one copy (a copy from pageable memory waits for itself).
+  std::vector<std::int64_t> all;
+  for (const auto* list : {&plan.send_source, &plan.receive_source, &plan.combine_send_source,
+                           &plan.combine_receive_source})
+    all.insert(all.end(), list->begin(), list->end());
+  if (!all.empty()) {
+    const tensor uploaded = upload(all, ordinal_);
+    std::int64_t at = 0;
+    for (auto [list, index] : {std::pair{&plan.send_source, &plan.send_index},
+                               {&plan.receive_source, &plan.receive_index},
+                               {&plan.combine_send_source, &plan.combine_send_index},
+                               {&plan.combine_receive_source, &plan.combine_receive_index}}) {
+      const auto n = static_cast<std::int64_t>(list->size());
+      if (n > 0) *index = uploaded.narrow(0, at, n);
+      at += n;
+    }
+  }
+  return plan;
 }
 
 tensor nccl_expert_exchange::dispatch(const expert_exchange_plan& plan, const tensor& rows,
                                       wire_precision wire) {
   const encoded_rows arrived =
-      move(rows, wire, plan.send_rows, plan.receive_rows, plan.send_source, plan.received_rows);
+      move(rows, wire, plan.send_rows, plan.receive_rows,
+           index_of(plan.send_index, plan.send_source, ordinal_), plan.received_rows);
   traffic_.rows_sent += plan.rows_to_others();
-  return decode(arrived, plan.receive_source);
+  return decode(arrived, index_of(plan.receive_index, plan.receive_source, ordinal_));
 }
 
 encoded_rows nccl_expert_exchange::dispatch_encoded(const expert_exchange_plan& plan,
                                                     const tensor& rows, wire_precision wire) {
   encoded_rows arrived =
-      move(rows, wire, plan.send_rows, plan.receive_rows, plan.send_source, plan.received_rows);
+      move(rows, wire, plan.send_rows, plan.receive_rows,
+           index_of(plan.send_index, plan.send_source, ordinal_), plan.received_rows);
   traffic_.rows_sent += plan.rows_to_others();
   if (plan.receive_source.empty() || plan.received_rows == 0) return arrived;
   void* stream = cuda::current_stream(ordinal_);
-  const tensor index = upload(plan.receive_source, ordinal_);
+  const tensor index = index_of(plan.receive_index, plan.receive_source, ordinal_);
   for (tensor* t : {&arrived.values, &arrived.scales}) {
     if (!t->defined()) continue;
     tensor ordered = tensor::empty(t->type(), t->shape(), device::cuda(ordinal_));
@@ -97,16 +122,16 @@ encoded_rows nccl_expert_exchange::dispatch_encoded(const expert_exchange_plan& 
 
 tensor nccl_expert_exchange::combine(const expert_exchange_plan& plan, const tensor& rows,
                                      wire_precision wire) {
-  return decode(move(rows, wire, plan.receive_rows, plan.send_rows, plan.combine_send_source,
-                     plan.token_rows),
-                plan.combine_receive_source);
+  return decode(
+      move(rows, wire, plan.receive_rows, plan.send_rows,
+           index_of(plan.combine_send_index, plan.combine_send_source, ordinal_), plan.token_rows),
+      index_of(plan.combine_receive_index, plan.combine_receive_source, ordinal_));
 }
 
 encoded_rows nccl_expert_exchange::move(const tensor& rows, wire_precision wire,
                                         std::span<const std::int64_t> send_rows,
                                         std::span<const std::int64_t> receive_rows,
-                                        std::span<const std::int64_t> source,
-                                        std::int64_t out_rows) {
+                                        const tensor& source, std::int64_t out_rows) {
   const device at = device::cuda(ordinal_);
   const bool half = rows.defined() && rows.type() == dtype::bf16;
   if (!rows.defined() || (rows.type() != dtype::f32 && !half) || rows.dim() != 2 ||
@@ -149,21 +174,31 @@ encoded_rows nccl_expert_exchange::move(const tensor& rows, wire_precision wire,
       if (r > 0) {
         kernels::cuda::fp8_outputs out;
         out.row_tiles = {codes.data_as<std::uint8_t>(), scales.data_as<float>(), tiles, 1};
-        if (half)
-          kernels::cuda::fp8_quantize(rows.data_as<const std::uint16_t>(), h, r, h, out, stream);
-        else
-          kernels::cuda::fp8_quantize(rows.data_as<const float>(), h, r, h, out, stream);
+        // NOTES: in pieces of 2^22 rows: the cast's grid has a block row per 128 rows, and a
+        // grid's y dimension stops at 65535.
+        constexpr std::int64_t piece = std::int64_t{1} << 22;
+        for (std::int64_t first = 0; first < r; first += piece) {
+          const std::int64_t n = std::min(piece, r - first);
+          kernels::cuda::fp8_outputs part = out;
+          part.row_tiles.codes += first * h;
+          part.row_tiles.scale += first * tiles;
+          if (half)
+            kernels::cuda::fp8_quantize(rows.data_as<const std::uint16_t>() + first * h, h, n, h,
+                                        part, stream);
+          else
+            kernels::cuda::fp8_quantize(rows.data_as<const float>() + first * h, h, n, h, part,
+                                        stream);
+        }
       }
       outgoing = {codes, scales};
       break;
     }
   }
   // Peer by peer.
-  if (!source.empty() && r > 0) {
-    const tensor index = upload(source, ordinal_);
+  if (source.defined() && r > 0) {
     for (tensor& t : outgoing) {
       tensor ordered = tensor::empty(t.type(), t.shape(), at);
-      kernels::cuda::gather_rows(t.data(), row_bytes(t), index.data_as<const std::int64_t>(), r,
+      kernels::cuda::gather_rows(t.data(), row_bytes(t), source.data_as<const std::int64_t>(), r,
                                  ordered.data(), stream);
       t = std::move(ordered);
     }
@@ -187,14 +222,12 @@ encoded_rows nccl_expert_exchange::move(const tensor& rows, wire_precision wire,
   return out;
 }
 
-tensor nccl_expert_exchange::decode(const encoded_rows& rows,
-                                    std::span<const std::int64_t> landing) {
+tensor nccl_expert_exchange::decode(const encoded_rows& rows, const tensor& landing) {
   const std::int64_t n = rows.values.size(0), h = rows.values.size(1);
   const device at = device::cuda(ordinal_);
   if (n == 0) return tensor::empty(dtype::f32, {0, h}, at);
   void* stream = cuda::current_stream(ordinal_);
-  const tensor index = upload(landing, ordinal_);
-  const auto* order = index.defined() ? index.data_as<const std::int64_t>() : nullptr;
+  const auto* order = landing.defined() ? landing.data_as<const std::int64_t>() : nullptr;
   if (rows.precision == wire_precision::f32 && order == nullptr) return rows.values;
   tensor out = tensor::empty(dtype::f32, {n, h}, at);
   switch (rows.precision) {

@@ -6,7 +6,7 @@
 // combine brings the experts' outputs back in BF16. Both are all-to-all-v over grouped NCCL
 // send/receive, with the per-peer counts exchanged first (expert_exchange_plan.hpp).
 //
-//   nccl_expert_exchange ep(comm, layout);
+//   nccl_expert_exchange ep(comm, ordinal, layout);
 //   const auto plan = ep.plan(counts);                       // collective: the counts
 //   tensor x_e = ep.dispatch(plan, x_grouped, wire_precision::fp8);
 //   tensor y_e = run_my_experts(x_e, plan.expert_rows);      // grouped GEMMs
@@ -64,14 +64,15 @@ class nccl_expert_exchange {
   const traffic& sent() const { return traffic_; }
 
  private:
-  /// Encodes `rows` in `wire`, reorders them by `source` (empty: as they are) and exchanges them:
-  /// what came, in the receive buffer's order ([out_rows, ...] values, and scales for FP8).
+  /// Encodes `rows` in `wire`, reorders them by `source` (an index on the GPU; undefined: as they
+  /// are) and exchanges them: what came, in the receive buffer's order ([out_rows, ...] values,
+  /// and scales for FP8).
   encoded_rows move(const tensor& rows, wire_precision wire,
                     std::span<const std::int64_t> send_rows,
-                    std::span<const std::int64_t> receive_rows,
-                    std::span<const std::int64_t> source, std::int64_t out_rows);
-  /// `rows` decoded to FP32, reordered by `landing` (empty: as they are).
-  tensor decode(const encoded_rows& rows, std::span<const std::int64_t> landing);
+                    std::span<const std::int64_t> receive_rows, const tensor& source,
+                    std::int64_t out_rows);
+  /// `rows` decoded to FP32, reordered by `landing` (undefined: as they are).
+  tensor decode(const encoded_rows& rows, const tensor& landing);
 
   nccl_communicator& comm_;
   int ordinal_;

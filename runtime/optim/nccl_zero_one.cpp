@@ -8,6 +8,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/device/cuda.hpp"
 #include "runtime/device/stream.hpp"
+#include "runtime/exec/exec_context.hpp"
 
 namespace troupe {
 
@@ -39,33 +40,74 @@ tensor on_device(const std::vector<T>& values, int ordinal) {
 nccl_zero_one::nccl_zero_one(nccl_communicator& comm, int ordinal, parameter_store& store,
                              adamw& optimizer, std::int64_t bucket_elements)
     : comm_(comm), ordinal_(ordinal) {
-  if (store.where() != device::cuda(ordinal))
+  const device gpu = device::cuda(ordinal);
+  if (store.where() != gpu)
     fail("ZeRO-1 over NCCL: the parameters are on {}, the communicator on cuda:{}",
          to_string(store.where()), ordinal);
   if (bucket_elements < 1) fail("ZeRO-1 over NCCL: buckets of {} elements", bucket_elements);
   const std::int32_t ranks = comm_.ranks(), rank = comm_.rank();
   std::vector<kc::gradient_tensor> norm_table;
-  std::int64_t widest = 1;
   for (parameter* p : store.all()) {
-    if (!p->grad.defined()) continue;  // a buffer, not optimised
+    if (!p->spec.trainable() || !p->grad.defined()) continue;  // what adamw::attach steps
+    if (p->value.type() != dtype::f32 || p->grad.type() != dtype::f32 ||
+        !p->value.is_contiguous() || !p->grad.is_contiguous())
+      fail("ZeRO-1 over NCCL: {} must be a contiguous f32 value with an f32 gradient, got {}",
+           p->name, p->value.describe());
+    values_.push_back(p->value.data_as<const float>());
     const element_range mine = zero_slice(p->value.numel(), rank, ranks);
     ranges_[p->name] = mine;
     if (mine.size() > 0)
       norm_table.push_back({p->grad.data_as<const float>() + mine.begin, mine.size(), nullptr});
-    // Slice 0 is the longest: it sets the bucket's width.
-    const std::int64_t width = zero_slice(p->value.numel(), 0, ranks).size();
-    if (buckets_.empty() || buckets_.back().width + width > bucket_elements)
-      buckets_.emplace_back();
-    buckets_.back().params.push_back(p);
-    buckets_.back().width += width;
-    widest = std::max(widest, buckets_.back().width);
+    // Slice 0 is the longest: it fills the buckets, cut where one is full.
+    const std::int64_t longest = zero_slice(p->value.numel(), 0, ranks).size();
+    for (std::int64_t offset = 0; offset < longest;) {
+      if (buckets_.empty() || buckets_.back().filled == bucket_elements) buckets_.emplace_back();
+      bucket& b = buckets_.back();
+      const std::int64_t take = std::min(bucket_elements - b.filled, longest - offset);
+      b.pieces.push_back({p, offset, take});
+      b.filled += take;
+      offset += take;
+    }
   }
-  exchange_ = tensor::zeros(dtype::f32, {ranks * widest}, device::cuda(ordinal));
-  part_ = tensor::zeros(dtype::f32, {widest}, device::cuda(ordinal));
+  std::int64_t widest = 4;
+  for (bucket& b : buckets_) {
+    lay_out(b);
+    widest = std::max(widest, b.width);
+  }
+  exchange_ = tensor::zeros(dtype::f32, {ranks * widest}, gpu);
+  part_ = tensor::zeros(dtype::f32, {widest}, gpu);
   for (bucket& b : buckets_) build_tables(b);
   norm_count_ = static_cast<std::int64_t>(norm_table.size());
   norm_tensors_ = on_device(norm_table, ordinal);
   optimizer.keep_ranges(ranges_);
+}
+
+nccl_zero_one::~nccl_zero_one() {
+  try {
+    cuda::synchronize(ordinal_);
+  } catch (const std::exception&) {
+    // a failed device fails the next call anyway
+  }
+}
+
+void nccl_zero_one::lay_out(bucket& b) const {
+  const std::int32_t ranks = comm_.ranks();
+  // NOTES: each piece starts in the packed part at the same address modulo 16 bytes as in its
+  // parameter (the tensors' memory is 256-byte aligned), so copy_spans moves 16 bytes at a time;
+  // that costs at most 3 elements of padding a piece.
+  std::vector<std::int64_t> next(static_cast<std::size_t>(ranks), 0);
+  for (const piece& pc : b.pieces) {
+    auto& places = b.at.emplace_back(static_cast<std::size_t>(ranks), 0);
+    for (std::int32_t k = 0; k < ranks; ++k) {
+      const element_range slice = zero_slice(pc.param->value.numel(), k, ranks);
+      const std::int64_t begin = slice.begin + pc.offset;
+      std::int64_t& at = next[static_cast<std::size_t>(k)];
+      at += ((begin - at) % 4 + 4) % 4;
+      places[static_cast<std::size_t>(k)] = at;
+      at += std::max<std::int64_t>(0, std::min(pc.length, slice.size() - pc.offset));
+    }
+  }
+  for (std::int64_t at : next) b.width = std::max(b.width, (at + 3) / 4 * 4);
 }
 
 void nccl_zero_one::build_tables(bucket& b) {
@@ -73,29 +115,30 @@ void nccl_zero_one::build_tables(bucket& b) {
   std::vector<kc::copy_span> tables[4];
   float* exchange = exchange_.data_as<float>();
   float* part = part_.data_as<float>();
-  // Replica k's part of the exchange buffer: every parameter's slice k, in parameter order.
-  std::vector<std::int64_t> at(static_cast<std::size_t>(ranks), 0);
-  for (parameter* p : b.params)
+  for (std::size_t i = 0; i < b.pieces.size(); ++i) {
+    const piece& pc = b.pieces[i];
     for (std::int32_t k = 0; k < ranks; ++k) {
-      const element_range slice = zero_slice(p->value.numel(), k, ranks);
-      std::int64_t& next = at[static_cast<std::size_t>(k)];
-      float* packed = exchange + k * b.width + next;
-      add_span(tables[pack_gradients], packed, p->grad.data_as<const float>() + slice.begin,
-               slice.size());
-      add_span(tables[unpack_values], p->value.data_as<float>() + slice.begin, packed,
-               slice.size());
+      const element_range slice = zero_slice(pc.param->value.numel(), k, ranks);
+      const std::int64_t count = std::min(pc.length, slice.size() - pc.offset);
+      if (count <= 0) continue;
+      const std::int64_t begin = slice.begin + pc.offset;
+      const std::int64_t at = b.at[i][static_cast<std::size_t>(k)];
+      float* packed = exchange + k * b.width + at;
+      add_span(tables[pack_gradients], packed, pc.param->grad.data_as<const float>() + begin,
+               count);
+      add_span(tables[unpack_values], pc.param->value.data_as<float>() + begin, packed, count);
       if (k == rank) {
-        add_span(tables[unpack_sums], p->grad.data_as<float>() + slice.begin, part + next,
-                 slice.size());
-        add_span(tables[pack_values], part + next, p->value.data_as<const float>() + slice.begin,
-                 slice.size());
+        add_span(tables[unpack_sums], pc.param->grad.data_as<float>() + begin, part + at, count);
+        add_span(tables[pack_values], part + at, pc.param->value.data_as<const float>() + begin,
+                 count);
       }
-      next += slice.size();
     }
+  }
   for (int t = 0; t < 4; ++t) {
     b.spans[t] = static_cast<std::int64_t>(tables[t].size());
     b.tables[t] = on_device(tables[t], ordinal_);
   }
+  b.at.clear();
 }
 
 void nccl_zero_one::copy(const bucket& b, table which, void* stream) {
@@ -143,6 +186,8 @@ void nccl_zero_one::gather_values() {
     copy(b, pack_values, stream);
     tensor gathered = exchange_.narrow(0, 0, ranks * b.width);
     comm_.all_gather(part_.narrow(0, 0, b.width), gathered);
+    // What layers derived from these values (their BF16 copies) is derived again.
+    if (&b == &buckets_.front()) parameters_stepped(values_);
     copy(b, unpack_values, stream);
   }
 }

@@ -10,6 +10,7 @@ nccl_zero_one::nccl_zero_one(nccl_communicator& comm, int ordinal, parameter_sto
     : comm_(comm), ordinal_(ordinal) {
   fail("ZeRO-1 over NCCL needs a build with CUDA (meson setup -Dcuda=enabled)");
 }
+nccl_zero_one::~nccl_zero_one() = default;
 double nccl_zero_one::reduce_gradients() {
   return 0.0;
 }

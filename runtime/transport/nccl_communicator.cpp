@@ -159,8 +159,8 @@ struct nccl_communicator::state {
   void wait(const std::string& what, const cuda::event* pending,
             std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now()) {
     // NOTES: the first 200 us are polled without sleeping: most collectives of a step (counts,
-    // norms, a dispatch of a few MB) finish within that, and a sleep costs a scheduler tick of
-    // latency each time. Longer waits back off to 1 ms between polls.
+    // norms, a dispatch of a few MB) finish within that, and each sleep adds its timer slack
+    // (50 us or more) to the wait. Longer waits back off to 1 ms between polls.
     const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
     auto pause = std::chrono::microseconds(10);
     for (;;) {

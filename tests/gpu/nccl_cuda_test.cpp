@@ -144,7 +144,10 @@ TEST(Nccl, ZeroOneOfOneReplicaStepsAsPlainAdamw) {
   // The whole ZeRO-1 path (packing in buckets, reduce-scatter, the norm from the slices, AdamW on
   // the slices, all-gather) with one replica; several replicas are the multigpu suite's.
   nccl_communicator comm(nccl_communicator::make_id(), 1, 0, 0, std::chrono::seconds(20));
-  EXPECT_EQ(troupe::testing::run_zero_one_scenario(comm, 0), "");
+  EXPECT_EQ(troupe::testing::run_zero_one_scenario(comm, 0, 5000), "") << "small buckets";
+  EXPECT_EQ(troupe::testing::run_zero_one_scenario(comm, 0, nccl_zero_one::default_bucket_elements),
+            "")
+      << "one bucket";
 }
 
 }  // namespace

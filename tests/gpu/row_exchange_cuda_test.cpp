@@ -8,6 +8,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/fp8_quantize.hpp"
@@ -55,24 +56,28 @@ TEST(CudaRowExchange, GatherRowsMovesEveryByteForEveryCopyWidth) {
   void* stream = troupe::cuda::current_stream(0);
   const std::int64_t rows = 301;
   for (const std::int64_t row_bytes : {1, 7, 12, 24, 48, 224, 7168}) {
-    for (const std::int64_t offset : {0, 4}) {  // 4: the rows no longer 16-byte aligned
-      SCOPED_TRACE(testing::Message() << row_bytes << " bytes a row, offset " << offset);
-      std::vector<std::uint8_t> in(static_cast<std::size_t>(rows * row_bytes + offset));
+    // Offsets of the input and the output: 4 and 8 bytes break 16-byte alignment on one side or
+    // both, or keep the two sides alike.
+    for (const auto& [in_offset, out_offset] :
+         {std::pair<std::int64_t, std::int64_t>{0, 0}, {4, 0}, {0, 8}, {4, 4}, {4, 8}}) {
+      SCOPED_TRACE(testing::Message()
+                   << row_bytes << " bytes a row, offsets " << in_offset << " and " << out_offset);
+      std::vector<std::uint8_t> in(static_cast<std::size_t>(rows * row_bytes + in_offset));
       std::mt19937 rng(static_cast<std::uint32_t>(row_bytes));
       for (auto& b : in) b = static_cast<std::uint8_t>(rng());
       const auto order = shuffled(rows, 11);
       const tensor from = upload(in, dtype::u8);
       const tensor index = upload(order, dtype::i64);
-      tensor to = tensor::zeros(dtype::u8, {rows * row_bytes + offset}, device::cuda(0));
-      kc::gather_rows(from.data_as<std::uint8_t>() + offset, row_bytes,
+      tensor to = tensor::zeros(dtype::u8, {rows * row_bytes + out_offset}, device::cuda(0));
+      kc::gather_rows(from.data_as<std::uint8_t>() + in_offset, row_bytes,
                       index.data_as<const std::int64_t>(), rows,
-                      to.data_as<std::uint8_t>() + offset, stream);
+                      to.data_as<std::uint8_t>() + out_offset, stream);
       const auto got = download<std::uint8_t>(to);
       for (std::int64_t r = 0; r < rows; ++r)
-        ASSERT_EQ(0,
-                  std::memcmp(got.data() + offset + r * row_bytes,
-                              in.data() + offset + order[static_cast<std::size_t>(r)] * row_bytes,
-                              static_cast<std::size_t>(row_bytes)))
+        ASSERT_EQ(
+            0, std::memcmp(got.data() + out_offset + r * row_bytes,
+                           in.data() + in_offset + order[static_cast<std::size_t>(r)] * row_bytes,
+                           static_cast<std::size_t>(row_bytes)))
             << "row " << r;
     }
   }

@@ -195,7 +195,9 @@ int main(int argc, char** argv) {
     }
     nccl_communicator comm(id, ranks, rank, rank, std::chrono::seconds(10));
     if (mode == "zero") {
-      const std::string problems = troupe::testing::run_zero_one_scenario(comm, rank);
+      const std::string problems = troupe::testing::run_zero_one_scenario(comm, rank, 5000) +
+                                   troupe::testing::run_zero_one_scenario(
+                                       comm, rank, nccl_zero_one::default_bucket_elements);
       std::printf("%s\n", problems.empty() ? "ok" : problems.c_str());
       return problems.empty() ? 0 : 1;
     }

@@ -7,9 +7,13 @@
 // host in replica order and steps plain AdamW on them (on the same GPU). Three steps with small
 // buckets (several per step); the values must agree to 1e-6 relative (NCCL may add the replicas
 // in another order), the squared norm too, and the moments kept must be the replica's slices only.
+// A frozen parameter (neither trainable nor a buffer) has a large gradient that must not count,
+// and a parameter of 1.2 M elements is cut across buckets (small ones) or moved in several spans
+// of 4 MiB (large ones). The moments written for a checkpoint load back.
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -33,6 +37,8 @@ inline void zero_one_parameters(parameter_store& store) {
   store.add("tiny", trainable({3}));
   store.add("buffer", {"", {5}, dtype::f32, TROUPE_INIT_ZEROS, 0.0f, TROUPE_PARAM_BUFFER});
   store.add("proj", trainable({300, 17}));
+  store.add("frozen", {"", {50}, dtype::f32, TROUPE_INIT_NORMAL, 0.02f, 0});
+  store.add("large", trainable({1200, 1000}));
   store.initialize(11);
 }
 
@@ -49,6 +55,11 @@ inline void zero_one_gradients(parameter_store& store, int replica, int replicas
   for (parameter* param : store.all()) {
     if (!param->grad.defined()) continue;
     tensor host = tensor::empty(dtype::f32, param->grad.shape());
+    if (!param->spec.trainable()) {  // frozen: a gradient nobody may use
+      std::fill(host.data_as<float>(), host.data_as<float>() + host.numel(), 1e3f);
+      param->grad.copy_from(host);
+      continue;
+    }
     for (std::int64_t i = 0; i < host.numel(); ++i) {
       float sum = 0.0f;
       for (int q = replica < 0 ? 0 : replica; q < (replica < 0 ? replicas : replica + 1); ++q)
@@ -62,7 +73,8 @@ inline void zero_one_gradients(parameter_store& store, int replica, int replicas
 
 /// Runs the scenario as replica `comm.rank()` on cuda:`ordinal`; "" when everything agrees, else
 /// what did not.
-inline std::string run_zero_one_scenario(nccl_communicator& comm, int ordinal) {
+inline std::string run_zero_one_scenario(nccl_communicator& comm, int ordinal,
+                                         std::int64_t bucket_elements) {
   const device gpu = device::cuda(ordinal);
   thread_pool pool(1);
   exec_context context(gpu, pool);
@@ -75,15 +87,20 @@ inline std::string run_zero_one_scenario(nccl_communicator& comm, int ordinal) {
   zero_optimizer.attach(sharded);
   plain_optimizer.attach(plain);
   const std::int64_t whole_bytes = zero_optimizer.state_bytes();
-  nccl_zero_one zero(comm, ordinal, sharded, zero_optimizer, 5000);
+  nccl_zero_one zero(comm, ordinal, sharded, zero_optimizer, bucket_elements);
   std::string problems;
   const int ranks = comm.ranks(), rank = comm.rank();
-  if (ranks == 1 ? zero.buckets() < 3 : zero.buckets() < 2)
-    problems += fmt::format("only {} buckets of 5000 elements\n", zero.buckets());
+  std::int64_t longest = 0;  // every trainable parameter's slice 0, in buckets that fill up
+  for (const parameter* p : sharded.all())
+    if (p->spec.trainable()) longest += zero_slice(p->value.numel(), 0, ranks).size();
+  const auto buckets = static_cast<std::size_t>((longest + bucket_elements - 1) / bucket_elements);
+  if (zero.buckets() != buckets)
+    problems += fmt::format("{} buckets of {} elements, expected {}\n", zero.buckets(),
+                            bucket_elements, buckets);
   const std::int64_t kept = zero_optimizer.state_bytes();
   std::int64_t expected_kept = 0;
   for (const parameter* p : sharded.all())
-    if (p->grad.defined()) expected_kept += zero_slice(p->value.numel(), rank, ranks).size() * 4;
+    if (p->spec.trainable()) expected_kept += zero_slice(p->value.numel(), rank, ranks).size() * 4;
   if (kept != expected_kept)
     problems += fmt::format("moments of {} bytes kept, the slices need {} (all: {})\n", kept,
                             expected_kept, whole_bytes);
@@ -93,7 +110,7 @@ inline std::string run_zero_one_scenario(nccl_communicator& comm, int ordinal) {
     const double norm2 = zero.reduce_gradients();
     double reference = 0.0;
     for (const parameter* p : plain.all()) {
-      if (!p->grad.defined()) continue;
+      if (!p->spec.trainable()) continue;
       const tensor g = p->grad.to(device::cpu());
       for (std::int64_t i = 0; i < g.numel(); ++i) {
         const double x = g.data_as<const float>()[i];
@@ -118,6 +135,35 @@ inline std::string run_zero_one_scenario(nccl_communicator& comm, int ordinal) {
     if (worst > 1e-6)
       problems +=
           fmt::format("step {}: values differ from plain AdamW by {:.3g} relative\n", step, worst);
+  }
+  // The checkpoint's moments: pieces "<name>.exp_avg[BEGIN:END]" of this replica's slices, which
+  // an optimizer keeping the same slices reads back to the same bits; with one replica, the
+  // plain optimizer's moments exactly (the same gradients reached both).
+  const auto saved = zero_optimizer.state();
+  parameter_store again(gpu);
+  zero_one_parameters(again);
+  adamw reloaded(settings);
+  reloaded.attach(again);
+  reloaded.keep_ranges(zero.ranges());
+  reloaded.load_state(saved);
+  auto same = [](const std::vector<std::pair<std::string, tensor>>& a,
+                 const std::vector<std::pair<std::string, tensor>>& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const tensor x = a[i].second.to(device::cpu()), y = b[i].second.to(device::cpu());
+      if (a[i].first != b[i].first || x.nbytes() != y.nbytes() ||
+          std::memcmp(x.data(), y.data(), x.nbytes()) != 0)
+        return false;
+    }
+    return true;
+  };
+  if (!same(reloaded.state(), saved)) problems += "the saved moments load back differently\n";
+  if (ranks == 1) {
+    adamw whole(settings);
+    whole.attach(again);
+    whole.load_state(saved);
+    if (!same(whole.state(), plain_optimizer.state()))
+      problems += "the moments differ from plain AdamW's\n";
   }
   return problems;
 }

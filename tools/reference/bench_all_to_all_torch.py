@@ -4,8 +4,8 @@
 One process per GPU (torch.multiprocessing), the NCCL backend, all_to_all_single of uint8
 buffers split evenly over the ranks: the dispatch's bytes (tokens x top-k rows of hidden FP8
 codes plus one FP32 scale per 128) and the combine's (the same rows in BF16). Each iteration is
-timed on the host from its call to torch.cuda.synchronize(), as troupe's calls are (they return
-when the rows have arrived); the median of each rank, the slowest rank's printed. No casts: this
+timed on the host from its call to torch.cuda.synchronize(), as troupe's are; the median of each
+rank, the slowest rank's printed; GB/s counts the bytes sent to other GPUs (one GPU: to itself). No casts: this
 is the wire alone, the floor for troupe's dispatch and combine, which include them.
 
     troupe bench dispatch --gpus N
@@ -53,7 +53,8 @@ def rank_main(rank, a, port):
         send = torch.randint(0, 255, (per_rank * a.gpus,), dtype=torch.uint8, device="cuda")
         receive = torch.empty_like(send)
         ms = timed_ms(lambda: dist.all_to_all_single(receive, send), a.iterations)
-        figures[step] = (ms, per_rank * a.gpus)
+        # The bytes that cross to other GPUs (on one GPU: to itself), as troupe counts them.
+        figures[step] = (ms, per_rank * max(1, a.gpus - 1))
     gathered = [None] * a.gpus
     dist.all_gather_object(gathered, figures)
     if rank == 0:
@@ -61,7 +62,7 @@ def rank_main(rank, a, port):
               f"torch {torch.__version__}): {a.gpus} GPU{'s' if a.gpus > 1 else ''}, per GPU "
               f"{a.tokens} tokens x top-{a.topk} rows, hidden {a.hidden}; medians of {a.iterations}, "
               "the slowest rank's")
-        print(f"{'step':<22} {'median ms':>10} {'wire MB/GPU':>14} {'GB/s per GPU':>18}")
+        print(f"{'step':<22} {'median ms':>10} {'MB to others':>14} {'GB/s per GPU':>18}")
         for step, label in (("dispatch", "dispatch (fp8 bytes)"), ("combine", "combine (bf16 bytes)")):
             ms = max(g[step][0] for g in gathered)
             nbytes = gathered[0][step][1]

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -44,7 +45,8 @@ struct rank_figures {
   double plan_ms = 0, dispatch_ms = 0, combine_ms = 0;
   double kept_ms = 0;       ///< dispatch keeping the FP8 codes (no decode)
   double combine16_ms = 0;  ///< combine of BF16 expert outputs (no cast)
-  std::int64_t dispatch_bytes = 0, combine_bytes = 0;  ///< what the rank puts on the wire
+  /// What the rank sends to other GPUs (one GPU: to itself).
+  std::int64_t dispatch_bytes = 0, combine_bytes = 0;
 };
 
 double median(std::vector<double> v) {
@@ -135,9 +137,15 @@ rank_figures run_rank(const dispatch_bench_options& o, int rank, int id_in, int 
     kept_ms.push_back(k);
     combine16_ms.push_back(c16);
   }
+  // The rows that cross to other GPUs (on one GPU: to itself, all there is).
+  std::int64_t crossing = 0;
+  for (std::int64_t e = 0; e < o.experts; ++e)
+    if (o.gpus == 1 || e * o.gpus / o.experts != rank)
+      crossing += counts[static_cast<std::size_t>(e)];
   const std::int64_t tiles = (o.hidden + 127) / 128;
-  return {median(plan_ms),      median(dispatch_ms),           median(combine_ms), median(kept_ms),
-          median(combine16_ms), rows * (o.hidden + 4 * tiles), rows * o.hidden * 2};
+  return {median(plan_ms),        median(dispatch_ms),  median(combine_ms),
+          median(kept_ms),        median(combine16_ms), crossing * (o.hidden + 4 * tiles),
+          crossing * o.hidden * 2};
 }
 
 int bench_dispatch(const dispatch_bench_options& o) {
@@ -155,7 +163,15 @@ int bench_dispatch(const dispatch_bench_options& o) {
     const pid_t child = fork();
     if (child < 0) fail("bench dispatch: fork failed");
     if (child == 0) {
+      // Only this rank's ends stay open: a rank that fails closes them by exiting, and whoever
+      // reads from it sees the end of the pipe instead of waiting for ever.
       ::close(results[0]);
+      ::close(from_zero[0]);
+      if (rank != 0) ::close(from_zero[1]);
+      for (int other = 0; other < o.gpus; ++other) {
+        ::close(to_rank[static_cast<std::size_t>(other)][1]);
+        if (other != rank) ::close(to_rank[static_cast<std::size_t>(other)][0]);
+      }
       std::string line;
       try {
         const auto f = run_rank(o, rank, to_rank[static_cast<std::size_t>(rank)][0], from_zero[1]);
@@ -172,6 +188,7 @@ int bench_dispatch(const dispatch_bench_options& o) {
   }
   ::close(results[1]);
   ::close(from_zero[1]);
+  for (const auto& p : to_rank) ::close(p[0]);
   std::vector<std::uint8_t> id(128);
   bool have_id = true;
   try {
@@ -179,10 +196,15 @@ int bench_dispatch(const dispatch_bench_options& o) {
   } catch (const std::exception&) {
     have_id = false;
   }
+  // NOTES: a rank that failed has closed its pipe; writing to it must not kill the launcher
+  // (SIGPIPE) before it has said which rank failed and why.
+  const auto previous = std::signal(SIGPIPE, SIG_IGN);
   for (int rank = 1; rank < o.gpus; ++rank) {
-    if (have_id) write_all(to_rank[static_cast<std::size_t>(rank)][1], id.data(), id.size());
-    ::close(to_rank[static_cast<std::size_t>(rank)][1]);
+    const int to = to_rank[static_cast<std::size_t>(rank)][1];
+    if (have_id) (void)::write(to, id.data(), id.size());  // a short write: the rank reports it
+    ::close(to);
   }
+  std::signal(SIGPIPE, previous);
   std::string text;
   char buffer[4096];
   for (ssize_t n; (n = ::read(results[0], buffer, sizeof buffer)) > 0;)
@@ -223,7 +245,7 @@ int bench_dispatch(const dispatch_bench_options& o) {
       "hidden {}, {} experts (balanced); medians of {} iterations, the slowest rank's\n",
       o.gpus, o.gpus == 1 ? "" : "s", o.tokens, o.topk, std::int64_t{o.tokens} * o.topk, o.hidden,
       o.experts, o.iterations);
-  fmt::print("{:<34} {:>10} {:>14} {:>18}\n", "step", "median ms", "wire MB/GPU", "GB/s per GPU");
+  fmt::print("{:<34} {:>10} {:>14} {:>18}\n", "step", "median ms", "MB to others", "GB/s per GPU");
   fmt::print("{:<34} {:>10.3f} {:>14} {:>18}\n", "counts exchange", plan, "-", "-");
   const auto& f0 = figures.front();
   auto row = [](const char* step, double ms, std::int64_t bytes) {
@@ -251,7 +273,7 @@ void add_bench_dispatch_command(CLI::App& bench_group, int& exit_code) {
       ->check(within({1, 64}))
       ->capture_default_str();
   command->add_option("--tokens", options->tokens, "Tokens per GPU")
-      ->check(within({1, 1 << 20}))
+      ->check(within({1, 1 << 18}))
       ->capture_default_str();
   command->add_option("--hidden", options->hidden, "Hidden size")
       ->check(within({1, 1 << 16}))

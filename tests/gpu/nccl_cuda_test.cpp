@@ -10,12 +10,15 @@
 #include <random>
 #include <vector>
 
+#include "runtime/actor/actor_runtime.hpp"
+#include "runtime/cluster/nccl_group.hpp"
 #include "runtime/core/error.hpp"
 #include "runtime/exec/convert.hpp"
 #include "runtime/experts/expert_payload.hpp"
 #include "runtime/experts/nccl_expert_exchange.hpp"
 #include "runtime/transport/nccl_communicator.hpp"
 #include "tests/gpu/gpu_skip.hpp"
+#include "tests/support/free_port.hpp"
 #include "tests/support/zero_one_scenario.hpp"
 
 namespace {
@@ -137,6 +140,24 @@ TEST(Nccl, ExpertExchangeOfOneRankKeepsTheWiresBits) {
                troupe::error);
   EXPECT_THROW(nccl_expert_exchange(comm, 0, expert_rank_layout({{0}, {1}}, 2)), troupe::error)
       << "a layout of two ranks on a group of one";
+}
+
+TEST(Nccl, AGroupJoinsThroughTheJobsCluster) {
+  SKIP_WITHOUT_NCCL();
+  // A job of one process: the group's id is made, published and used; several processes (the id
+  // fetched over CAF) are the multigpu suite's and the CPU suite's (tests/actor).
+  actor_runtime runtime({1, true});
+  cluster_options options;
+  options.hosts = {"gpu0"};
+  options.rendezvous_port = troupe::test::free_tcp_port();
+  cluster job(runtime, options);
+  auto comm = join_nccl_group(job, "experts", {0}, 0, std::chrono::seconds(20));
+  tensor values = on_gpu({1.0f, 2.0f, 3.0f});
+  comm->all_reduce_sum(values);
+  EXPECT_EQ(on_host(values), (std::vector<float>{1.0f, 2.0f, 3.0f}));
+  EXPECT_EQ(job.fetch("nccl-id:experts", 0, std::chrono::seconds(1)).size(), 128u);
+  EXPECT_THROW(join_nccl_group(job, "others", {1, 2}, 0, std::chrono::seconds(1)), troupe::error)
+      << "rank 0 is not a member";
 }
 
 TEST(Nccl, ZeroOneOfOneReplicaStepsAsPlainAdamw) {

@@ -10,6 +10,10 @@
 //         row came back with the host's bits;
 //   zero  ZeRO-1 over NCCL (nccl_zero_one.hpp) against plain AdamW on the replicas' summed
 //         gradients (tests/support/zero_one_scenario.hpp); prints "ok" when they agree;
+//   group ID_FILE is a rendezvous port instead: the ranks meet as a troupe job (CAF, UCX) and
+//         join two NCCL groups through it (runtime/cluster/nccl_group.hpp), every rank and the
+//         even ranks, each id made by the group's first member and fetched by the others; an
+//         all-reduce in each; prints "ok" when the sums are right;
 //   wait  joins, prints "joined", then waits to be killed (rank 1) or runs all-reduces until one
 //         fails (rank 0), printing the failure and the seconds it took.
 #include <chrono>
@@ -23,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/actor/actor_runtime.hpp"
+#include "runtime/cluster/nccl_group.hpp"
 #include "runtime/experts/expert_payload.hpp"
 #include "runtime/experts/nccl_expert_exchange.hpp"
 #include "runtime/transport/nccl_communicator.hpp"
@@ -173,13 +179,49 @@ bool run_experts(nccl_communicator& comm, int rank, int ranks) {
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr, "usage: troupe-test-nccl-peer ID_FILE RANKS RANK ops|experts|zero|wait\n");
+    std::fprintf(stderr,
+                 "usage: troupe-test-nccl-peer ID_FILE RANKS RANK ops|experts|zero|group|wait\n");
     return 2;
   }
   const fs::path id_file = argv[1];
   const int ranks = std::stoi(argv[2]), rank = std::stoi(argv[3]);
   const std::string mode = argv[4];
   try {
+    if (mode == "group") {
+      actor_runtime runtime({1, true});
+      cluster_options options;
+      options.rank = rank;
+      options.world = ranks;
+      for (int r = 0; r < ranks; ++r) options.hosts.push_back("gpu" + std::to_string(r));
+      options.rendezvous_port = static_cast<std::uint16_t>(std::stoi(argv[1]));
+      options.rendezvous_timeout = std::chrono::seconds(60);
+      cluster job(runtime, options);
+      job.barrier(std::chrono::seconds(60));
+      std::vector<int> all, even;
+      for (int r = 0; r < ranks; ++r) {
+        all.push_back(r);
+        if (r % 2 == 0) even.push_back(r);
+      }
+      bool ok = true;
+      auto whole = join_nccl_group(job, "all", all, rank, std::chrono::seconds(30));
+      tensor sum = filled(1, 256, static_cast<float>(rank + 1), rank);
+      whole->all_reduce_sum(sum);
+      for (float v : values_of(sum)) ok = ok && v == static_cast<float>(ranks * (ranks + 1) / 2);
+      if (rank % 2 == 0) {
+        auto evens = join_nccl_group(job, "even", even, rank, std::chrono::seconds(30));
+        tensor count = filled(1, 256, 1.0f, rank);
+        evens->all_reduce_sum(count);
+        for (float v : values_of(count)) ok = ok && v == static_cast<float>(even.size());
+      }
+      std::printf("%s\n", ok ? "ok" : "wrong values");
+      std::fflush(stdout);
+      job.barrier(std::chrono::seconds(60));
+      if (rank == 0)
+        job.finish(0, "");
+      else
+        job.wait_for_finish();
+      return ok ? 0 : 1;
+    }
     std::vector<std::uint8_t> id;
     if (rank == 0) {
       id = nccl_communicator::make_id();

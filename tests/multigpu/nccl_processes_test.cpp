@@ -2,7 +2,8 @@
 // --suite multigpu`; it skips with a message where fewer than two GPUs are visible). Two, four
 // and eight ranks (as many as there are GPUs) run every operation with the values they must give,
 // expert parallelism's FP8 dispatch and BF16 combine with the host codecs' bits, and ZeRO-1 steps
-// as plain AdamW on the summed gradients (to 1e-6); a rank killed with -9 is reported by the other
+// as plain AdamW on the summed gradients (to 1e-6), and communicators per process group whose ids
+// pass through the job's rendezvous (CAF); a rank killed with -9 is reported by the other
 // within 10 s, and nobody hangs in a collective.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "runtime/device/cuda.hpp"
 #include "runtime/transport/nccl_communicator.hpp"
 #include "tests/support/command_runs.hpp"
+#include "tests/support/free_port.hpp"
 
 namespace {
 
@@ -48,10 +50,13 @@ void expect_every_rank_ok(const std::string& mode) {
   for (int ranks : {2, 4, 8}) {
     if (troupe::cuda::device_count() < ranks) break;
     const fs::path dir = scratch(fmt::format("{}{}", mode, ranks));
+    // The id's file, or for "group" the rendezvous port of the ranks' troupe job.
+    const std::string meeting =
+        mode == "group" ? std::to_string(troupe::test::free_tcp_port()) : (dir / "id").string();
     std::string script;
     for (int r = 0; r < ranks; ++r)
-      script += fmt::format("{} {} {} {} {} > {} 2>&1 & ", peer(), (dir / "id").string(), ranks, r,
-                            mode, (dir / fmt::format("out{}", r)).string());
+      script += fmt::format("{} {} {} {} {} > {} 2>&1 & ", peer(), meeting, ranks, r, mode,
+                            (dir / fmt::format("out{}", r)).string());
     script += "wait; cat " + (dir / "out*").string();
     const auto result = run_command("bash -c '" + script + "'");
     std::size_t oks = 0;
@@ -75,6 +80,11 @@ TEST(NcclProcesses, ExpertDispatchInFp8AndCombineInBf16AcrossRanks) {
 TEST(NcclProcesses, ZeroOneEqualsPlainAdamwOnTheSummedGradients) {
   SKIP_WITHOUT_GPUS(2);
   expect_every_rank_ok("zero");
+}
+
+TEST(NcclProcesses, GroupsJoinWithTheirIdsThroughTheJobsRendezvous) {
+  SKIP_WITHOUT_GPUS(2);
+  expect_every_rank_ok("group");
 }
 
 TEST(NcclProcesses, AKilledRankIsReportedWithin10Seconds) {

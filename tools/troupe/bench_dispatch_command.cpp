@@ -10,9 +10,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <array>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -207,8 +207,16 @@ int bench_dispatch(const dispatch_bench_options& o) {
   std::signal(SIGPIPE, previous);
   std::string text;
   char buffer[4096];
-  for (ssize_t n; (n = ::read(results[0], buffer, sizeof buffer)) > 0;)
+  bool stopped = false;
+  for (ssize_t n; (n = ::read(results[0], buffer, sizeof buffer)) > 0;) {
     text.append(buffer, static_cast<std::size_t>(n));
+    // A rank that failed leaves the others waiting in a collective until NCCL's deadline: they
+    // are stopped at once, and the failure reported.
+    if (!stopped && text.find(" error ") != std::string::npos) {
+      for (pid_t child : children) ::kill(child, SIGTERM);
+      stopped = true;
+    }
+  }
   for (pid_t child : children) waitpid(child, nullptr, 0);
 
   std::vector<rank_figures> figures;
@@ -230,7 +238,8 @@ int bench_dispatch(const dispatch_bench_options& o) {
     figures.push_back(f);
   }
   if (!errors.empty() || static_cast<int>(figures.size()) != o.gpus)
-    fail("{} of {} ranks finished\n{}", figures.size(), o.gpus, errors);
+    fail("{} of {} ranks finished{}\n{}", figures.size(), o.gpus,
+         stopped ? " (one failed; the others were stopped)" : "", errors);
   // A collective is as slow as its slowest rank.
   auto slowest = [&](double rank_figures::*field) {
     double worst = 0;

@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -182,12 +183,33 @@ struct nccl_communicator::state {
     }
   }
 
+  /// Sends posted and not yet known to be done (post_send), each with its tensor kept alive.
+  struct posted {
+    std::string what;
+    cuda::event done;
+    tensor values;
+  };
+  std::deque<posted> posted_sends;
+
+  /// Drops the posted sends that are done.
+  void reap() {
+    while (!posted_sends.empty() && posted_sends.front().done.done()) posted_sends.pop_front();
+  }
+
   /// Runs `enqueue` (NCCL calls on the communicator's stream) under the GPU's launch lock, then
   /// waits for it.
   template <class Enqueue>
   void run(const std::string& what, Enqueue enqueue) {
-    if (aborted) fail("{}: {} after an earlier failure: {}", name(), what, aborted_why);
     const auto start = std::chrono::steady_clock::now();
+    cuda::event done = launch(what, enqueue, start);
+    wait(what, &done, start);
+  }
+
+  /// Runs `enqueue` under the GPU's launch lock; returns an event after its work.
+  template <class Enqueue>
+  cuda::event launch(const std::string& what, Enqueue enqueue,
+                     std::chrono::steady_clock::time_point start) {
+    if (aborted) fail("{}: {} after an earlier failure: {}", name(), what, aborted_why);
     // The inputs are written, and the outputs' memory last used, on the caller's stream.
     cuda::event ready(ordinal);
     ready.record(cuda::current_stream(ordinal));
@@ -204,7 +226,7 @@ struct nccl_communicator::state {
       wait(what, nullptr, start);
       done.record(*stream);
     }
-    wait(what, &done, start);
+    return done;
   }
 
   void require_on_device(const tensor& t, const std::string& what) const {
@@ -391,6 +413,35 @@ void nccl_communicator::send(const tensor& values, int peer) {
     s_->check(api().send(values.data(), values.nbytes(), ncclUint8, peer, s_->comm, stream),
               "send");
   });
+}
+
+void nccl_communicator::post_send(const tensor& values, int peer) {
+  s_->require_on_device(values, "send's tensor");
+  s_->reap();
+  const std::string what = fmt::format("send to rank {}", peer);
+  cuda::event done = s_->launch(
+      what,
+      [&](cudaStream_t stream) {
+        s_->check(api().send(values.data(), values.nbytes(), ncclUint8, peer, s_->comm, stream),
+                  "send");
+      },
+      std::chrono::steady_clock::now());
+  s_->posted_sends.push_back({what, std::move(done), values});
+}
+
+void nccl_communicator::wait_sends() {
+  // NOTES: each send's deadline counts from here, not from its posting: a receiver may take a
+  // pipeline bubble's time to come for it, which is no failure.
+  const auto start = std::chrono::steady_clock::now();
+  while (!s_->posted_sends.empty()) {
+    s_->wait(s_->posted_sends.front().what, &s_->posted_sends.front().done, start);
+    s_->posted_sends.pop_front();
+  }
+}
+
+std::size_t nccl_communicator::sends_pending() {
+  s_->reap();
+  return s_->posted_sends.size();
 }
 
 void nccl_communicator::receive(tensor& values, int peer) {

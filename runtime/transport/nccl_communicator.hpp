@@ -67,6 +67,14 @@ class nccl_communicator {
   /// Point to point (pipeline neighbours): `values` to rank `peer`, or from it.
   void send(const tensor& values, int peer);
   void receive(tensor& values, int peer);
+  /// A send that does not wait for its receiver: enqueued on the communicator's stream (after the
+  /// caller's work on `values`), `values` kept until it is done. Later operations of this
+  /// communicator queue behind it; wait_sends() waits for every posted send (each within the
+  /// deadline from then), and a failure aborts the communicator as above.
+  void post_send(const tensor& values, int peer);
+  void wait_sends();
+  /// Posted sends not yet done.
+  std::size_t sends_pending();
 
  private:
   struct state;

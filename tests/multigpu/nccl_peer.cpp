@@ -14,23 +14,33 @@
 //         join two NCCL groups through it (runtime/cluster/nccl_group.hpp), every rank and the
 //         even ranks, each id made by the group's first member and fetched by the others; an
 //         all-reduce in each; prints "ok" when the sums are right;
+//   pipeline  ID_FILE is a rendezvous port: the ranks run 1F1B and (an even number of ranks)
+//         DualPipe plans of schedule_plan.hpp over NCCL (nccl_pipeline_links.hpp) with a toy
+//         stage per pipeline stage (y = a x + b elementwise), activations and gradients crossing
+//         as each op needs them; prints "ok" when every stage copy's gradients equal the ones
+//         computed in this process alone;
 //   wait  joins, prints "joined", then waits to be killed (rank 1) or runs all-reduces until one
 //         fails (rank 0), printing the failure and the seconds it took.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "runtime/actor/actor_runtime.hpp"
 #include "runtime/cluster/nccl_group.hpp"
 #include "runtime/experts/expert_payload.hpp"
 #include "runtime/experts/nccl_expert_exchange.hpp"
+#include "runtime/schedule/schedule_plan.hpp"
+#include "runtime/stage/nccl_pipeline_links.hpp"
 #include "runtime/transport/nccl_communicator.hpp"
 #include "tests/support/zero_one_scenario.hpp"
 
@@ -175,19 +185,148 @@ bool run_experts(nccl_communicator& comm, int rank, int ranks) {
   return ok;
 }
 
+// The pipeline test's toy stage s: y = a_s x + b_s elementwise on [4, 64] rows; the loss is the
+// sum of the last stage's outputs.
+constexpr std::int64_t toy_rows = 4, toy_width = 64;
+float toy_a(std::int32_t stage) {
+  return 1.0f + 0.25f * static_cast<float>(stage);
+}
+float toy_b(std::int32_t stage) {
+  return 0.1f * static_cast<float>(stage);
+}
+std::vector<float> toy_input(std::int64_t micro_batch) {
+  std::vector<float> x(toy_rows * toy_width);
+  for (std::size_t i = 0; i < x.size(); ++i)
+    x[i] = static_cast<float>(micro_batch + 1) * 0.01f * static_cast<float>(i % 7);
+  return x;
+}
+
+/// d loss / d a_s and d loss / d b_s of micro-batch `m` (the reference, in this process).
+std::pair<double, double> toy_gradients(std::int32_t stages, std::int32_t stage, std::int64_t m) {
+  std::vector<float> x = toy_input(m);
+  for (std::int32_t s = 0; s < stage; ++s)
+    for (float& v : x) v = toy_a(s) * v + toy_b(s);
+  float dy = 1.0f;  // d loss / d y of stage `stage`: the product of the later a's
+  for (std::int32_t s = stage + 1; s < stages; ++s) dy *= toy_a(s);
+  double da = 0, db = 0;
+  for (float v : x) {
+    da += static_cast<double>(dy) * static_cast<double>(v);
+    db += static_cast<double>(dy);
+  }
+  return {da, db};
+}
+
+bool run_pipeline(cluster& job, int rank, int ranks, schedule_kind kind) {
+  const schedule_plan plan = schedule_plan::build(kind, ranks, 2 * ranks);
+  std::vector<int> members(static_cast<std::size_t>(ranks));
+  for (int r = 0; r < ranks; ++r) members[static_cast<std::size_t>(r)] = r;
+  auto owned = join_pipeline_groups(job, plan, members, rank, std::chrono::seconds(30),
+                                    std::string(to_string(kind)));
+  std::vector<nccl_communicator*> comms;
+  for (auto& c : owned) comms.push_back(c.get());
+  nccl_pipeline_links links(plan, rank, comms);
+  using key = std::tuple<std::int32_t, std::int32_t, std::int64_t>;  // stage, copy, micro-batch
+  std::map<key, std::vector<float>> inputs, output_grads;
+  std::map<std::pair<std::int32_t, std::int32_t>, std::pair<double, double>> grads;
+  const device gpu = device::cuda(rank);
+  auto to_gpu = [&](const std::vector<float>& v) {
+    tensor host = tensor::empty(dtype::f32, {toy_rows, toy_width});
+    std::copy(v.begin(), v.end(), host.data_as<float>());
+    return host.to(gpu);
+  };
+  auto forward = [&](const stage_work& w) {
+    std::vector<float> x;
+    if (w.stage == 0) {
+      x = toy_input(w.micro_batch);
+    } else {
+      tensor in = tensor::empty(dtype::f32, {toy_rows, toy_width}, gpu);
+      links.receive(nccl_pipeline_links::kind::activations, w, in);
+      x = values_of(in);
+    }
+    inputs[{w.stage, w.copy, w.micro_batch}] = x;
+    std::vector<float> y = x;
+    for (float& v : y) v = toy_a(w.stage) * v + toy_b(w.stage);
+    links.send(nccl_pipeline_links::kind::activations, w, to_gpu(y));
+  };
+  auto backward_input = [&](const stage_work& w) {
+    std::vector<float> dy(toy_rows * toy_width, 1.0f);
+    if (w.stage + 1 < plan.stages()) {
+      tensor in = tensor::empty(dtype::f32, {toy_rows, toy_width}, gpu);
+      links.receive(nccl_pipeline_links::kind::gradients, w, in);
+      dy = values_of(in);
+    }
+    output_grads[{w.stage, w.copy, w.micro_batch}] = dy;
+    std::vector<float> dx = dy;
+    for (float& v : dx) v *= toy_a(w.stage);
+    links.send(nccl_pipeline_links::kind::gradients, w, to_gpu(dx));
+  };
+  auto backward_weight = [&](const stage_work& w) {
+    const key k{w.stage, w.copy, w.micro_batch};
+    const auto& x = inputs.at(k);
+    const auto& dy = output_grads.at(k);
+    auto& [da, db] = grads[{w.stage, w.copy}];
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      da += static_cast<double>(dy[i]) * static_cast<double>(x[i]);
+      db += static_cast<double>(dy[i]);
+    }
+  };
+  for (const pipeline_op& op : plan.ops(rank)) {
+    switch (op.kind) {
+      case op_kind::forward:
+        forward(op.work);
+        break;
+      case op_kind::backward:
+        backward_input(op.work);
+        backward_weight(op.work);
+        break;
+      case op_kind::backward_input:
+        backward_input(op.work);
+        break;
+      case op_kind::backward_weight:
+        backward_weight(op.work);
+        break;
+      case op_kind::forward_backward:
+        forward(op.work);
+        backward_input(op.backward_work);
+        backward_weight(op.backward_work);
+        break;
+    }
+  }
+  links.flush();
+  bool ok = true;
+  for (const auto& [stage, copy] : plan.chunks(rank)) {
+    double da = 0, db = 0;
+    for (std::int64_t m = 0; m < plan.micro_batches(); ++m) {
+      if (plan.copy_of(m) != copy) continue;
+      const auto [a, b] = toy_gradients(plan.stages(), stage, m);
+      da += a;
+      db += b;
+    }
+    const auto got = grads[{stage, copy}];
+    if (std::abs(got.first - da) > 1e-5 * std::abs(da) + 1e-9 ||
+        std::abs(got.second - db) > 1e-5 * std::abs(db) + 1e-9) {
+      std::printf("rank %d, %s: stage %d copy %d: gradients %.9g, %.9g against %.9g, %.9g\n", rank,
+                  std::string(to_string(kind)).c_str(), stage, copy, got.first, got.second, da, db);
+      ok = false;
+    }
+  }
+  return ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr,
-                 "usage: troupe-test-nccl-peer ID_FILE RANKS RANK ops|experts|zero|group|wait\n");
+    std::fprintf(
+        stderr,
+        "usage: troupe-test-nccl-peer ID_FILE RANKS RANK ops|experts|zero|group|pipeline|wait\n");
     return 2;
   }
   const fs::path id_file = argv[1];
   const int ranks = std::stoi(argv[2]), rank = std::stoi(argv[3]);
   const std::string mode = argv[4];
   try {
-    if (mode == "group") {
+    if (mode == "group" || mode == "pipeline") {
       actor_runtime runtime({1, true});
       cluster_options options;
       options.rank = rank;
@@ -203,6 +342,18 @@ int main(int argc, char** argv) {
         if (r % 2 == 0) even.push_back(r);
       }
       bool ok = true;
+      if (mode == "pipeline") {
+        ok = run_pipeline(job, rank, ranks, schedule_kind::one_f_one_b);
+        if (ranks % 2 == 0) ok = run_pipeline(job, rank, ranks, schedule_kind::dualpipe) && ok;
+        std::printf("%s\n", ok ? "ok" : "wrong gradients");
+        std::fflush(stdout);
+        job.barrier(std::chrono::seconds(60));
+        if (rank == 0)
+          job.finish(0, "");
+        else
+          job.wait_for_finish();
+        return ok ? 0 : 1;
+      }
       auto whole = join_nccl_group(job, "all", all, rank, std::chrono::seconds(30));
       tensor sum = filled(1, 256, static_cast<float>(rank + 1), rank);
       whole->all_reduce_sum(sum);

@@ -3,8 +3,9 @@
 // and eight ranks (as many as there are GPUs) run every operation with the values they must give,
 // expert parallelism's FP8 dispatch and BF16 combine with the host codecs' bits, and ZeRO-1 steps
 // as plain AdamW on the summed gradients (to 1e-6), and communicators per process group whose ids
-// pass through the job's rendezvous (CAF); a rank killed with -9 is reported by the other
-// within 10 s, and nobody hangs in a collective.
+// pass through the job's rendezvous (CAF), and 1F1B and DualPipe with their activations and
+// gradients over NCCL giving one process's gradients; a rank killed with -9 is reported by the
+// other within 10 s, and nobody hangs in a collective.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -51,8 +52,9 @@ void expect_every_rank_ok(const std::string& mode) {
     if (troupe::cuda::device_count() < ranks) break;
     const fs::path dir = scratch(fmt::format("{}{}", mode, ranks));
     // The id's file, or for "group" the rendezvous port of the ranks' troupe job.
-    const std::string meeting =
-        mode == "group" ? std::to_string(troupe::test::free_tcp_port()) : (dir / "id").string();
+    const std::string meeting = mode == "group" || mode == "pipeline"
+                                    ? std::to_string(troupe::test::free_tcp_port())
+                                    : (dir / "id").string();
     std::string script;
     for (int r = 0; r < ranks; ++r)
       script += fmt::format("{} {} {} {} {} > {} 2>&1 & ", peer(), meeting, ranks, r, mode,
@@ -85,6 +87,11 @@ TEST(NcclProcesses, ZeroOneEqualsPlainAdamwOnTheSummedGradients) {
 TEST(NcclProcesses, GroupsJoinWithTheirIdsThroughTheJobsRendezvous) {
   SKIP_WITHOUT_GPUS(2);
   expect_every_rank_ok("group");
+}
+
+TEST(NcclProcesses, PipelineSchedulesOverNcclGiveTheGradientsOfOneProcess) {
+  SKIP_WITHOUT_GPUS(2);
+  expect_every_rank_ok("pipeline");
 }
 
 TEST(NcclProcesses, AKilledRankIsReportedWithin10Seconds) {

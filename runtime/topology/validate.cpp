@@ -133,9 +133,12 @@ class topology_validator : validator_base {
   void check_bf16_device(const placement& place, const std::string& path, const std::string& what) {
     if (t_.train.zero == 1 && place.where.is_cuda() && path.starts_with("stages") &&
         !std::exchange(zero_on_gpu_reported_, true))
-      error("train.zero", fmt::format("train.zero = 1 exchanges the optimizer's pieces through the "
-                                      "host; {} is on {}: ZeRO-1 between GPUs needs NCCL (not yet)",
-                                      what, to_string(place.where)));
+      error("train.zero",
+            fmt::format(
+                "train.zero = 1 exchanges the optimizer's pieces through the host; {} is on {}: "
+                "ZeRO-1 between GPUs goes over NCCL with one process per GPU, which jobs do not "
+                "run yet",
+                what, to_string(place.where)));
     if (t_.gemm_precision != precision::bf16 || place.where.is_cuda()) return;
     error(path, fmt::format("{} is on the CPU, but model.precision = \"bf16\" computes on a GPU's "
                             "tensor cores and the CPU has no BF16 path: place it on cuda:N, or "

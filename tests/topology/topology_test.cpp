@@ -312,7 +312,7 @@ host = "a"
                           "[[hosts]]\nname = \"g\"\ngpus = 1\n[parallel]\ndata = 2\n"
                           "[[stages]]\nlayers = \"0-3\"\ndevice = [\"cuda:0\", \"cuda:0\"]\n"
                           "[train]\nzero = 1\n");
-  expect_error(on_gpu, "stage 0 replica 0 is on cuda:0: ZeRO-1 between GPUs needs NCCL", 15);
+  expect_error(on_gpu, "stage 0 replica 0 is on cuda:0: ZeRO-1 between GPUs goes over NCCL", 15);
   EXPECT_EQ(
       std::count_if(on_gpu.begin(), on_gpu.end(),
                     [](const auto& d) { return d.message.find("ZeRO-1") != std::string::npos; }),

@@ -18,6 +18,7 @@
 #include "runtime/tensor/e4m3.hpp"
 #include "runtime/tensor/tensor.hpp"
 #include "tests/gpu/gpu_skip.hpp"
+#include "tests/gpu/host_copies.hpp"
 
 namespace {
 
@@ -94,20 +95,8 @@ host_cast host_blocks(const std::vector<float>& in, std::int64_t rows, std::int6
   return h;
 }
 
-template <class T>
-tensor upload(const std::vector<T>& values, dtype type) {
-  tensor host = tensor::empty(type, {static_cast<std::int64_t>(values.size())});
-  std::memcpy(host.data(), values.data(), values.size() * sizeof(T));
-  return host.to(device::cuda(0));
-}
-
-template <class T>
-std::vector<T> download(const tensor& t) {
-  tensor host = t.to(device::cpu());
-  std::vector<T> out(static_cast<std::size_t>(t.numel()));
-  std::memcpy(out.data(), host.data(), out.size() * sizeof(T));
-  return out;
-}
+using troupe::testing::download;
+using troupe::testing::upload;
 
 /// Scales written with strides (s0, s1) read back as [i][j] dense with `cols` columns.
 std::vector<float> gather(const std::vector<float>& raw, std::int64_t rows, std::int64_t cols,

@@ -18,6 +18,7 @@
 #include "runtime/tensor/bf16.hpp"
 #include "runtime/tensor/tensor.hpp"
 #include "tests/gpu/gpu_skip.hpp"
+#include "tests/gpu/host_copies.hpp"
 
 namespace {
 
@@ -27,21 +28,8 @@ using troupe::tensor;
 namespace kc = troupe::kernels::cuda;
 namespace kh = troupe::kernels::cpu;
 
-template <class T>
-tensor upload(const std::vector<T>& values, dtype type) {
-  tensor host = tensor::empty(type, {static_cast<std::int64_t>(values.size())});
-  std::memcpy(host.data(), values.data(), values.size() * sizeof(T));
-  return host.to(device::cuda(0));
-}
-
-template <class T>
-std::vector<T> download(const tensor& t) {
-  troupe::cuda::synchronize(0);
-  tensor host = t.to(device::cpu());
-  std::vector<T> out(static_cast<std::size_t>(t.numel()));
-  std::memcpy(out.data(), host.data(), out.size() * sizeof(T));
-  return out;
-}
+using troupe::testing::download;
+using troupe::testing::upload;
 
 std::vector<std::int64_t> shuffled(std::int64_t n, std::uint32_t seed) {
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));

@@ -341,11 +341,9 @@ int main(int argc, char** argv) {
         all.push_back(r);
         if (r % 2 == 0) even.push_back(r);
       }
-      bool ok = true;
-      if (mode == "pipeline") {
-        ok = run_pipeline(job, rank, ranks, schedule_kind::one_f_one_b);
-        if (ranks % 2 == 0) ok = run_pipeline(job, rank, ranks, schedule_kind::dualpipe) && ok;
-        std::printf("%s\n", ok ? "ok" : "wrong gradients");
+      // Says how it went, then leaves with the others.
+      auto leave = [&](bool ok, const char* otherwise) {
+        std::printf("%s\n", ok ? "ok" : otherwise);
         std::fflush(stdout);
         job.barrier(std::chrono::seconds(60));
         if (rank == 0)
@@ -353,6 +351,12 @@ int main(int argc, char** argv) {
         else
           job.wait_for_finish();
         return ok ? 0 : 1;
+      };
+      bool ok = true;
+      if (mode == "pipeline") {
+        ok = run_pipeline(job, rank, ranks, schedule_kind::one_f_one_b);
+        if (ranks % 2 == 0) ok = run_pipeline(job, rank, ranks, schedule_kind::dualpipe) && ok;
+        return leave(ok, "wrong gradients");
       }
       auto whole = join_nccl_group(job, "all", all, rank, std::chrono::seconds(30));
       tensor sum = filled(1, 256, static_cast<float>(rank + 1), rank);
@@ -364,14 +368,7 @@ int main(int argc, char** argv) {
         evens->all_reduce_sum(count);
         for (float v : values_of(count)) ok = ok && v == static_cast<float>(even.size());
       }
-      std::printf("%s\n", ok ? "ok" : "wrong values");
-      std::fflush(stdout);
-      job.barrier(std::chrono::seconds(60));
-      if (rank == 0)
-        job.finish(0, "");
-      else
-        job.wait_for_finish();
-      return ok ? 0 : 1;
+      return leave(ok, "wrong values");
     }
     std::vector<std::uint8_t> id;
     if (rank == 0) {

@@ -26,6 +26,7 @@
 #include "runtime/exec/convert.hpp"
 #include "runtime/experts/nccl_expert_exchange.hpp"
 #include "tools/troupe/commands.hpp"
+#include "tools/troupe/pipe_io.hpp"
 
 namespace troupe::cli {
 
@@ -54,26 +55,6 @@ double median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-void write_all(int fd, const void* data, std::size_t n) {
-  const auto* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w <= 0) fail("bench dispatch: a pipe between the ranks broke");
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-}
-
-void read_all(int fd, void* data, std::size_t n) {
-  auto* p = static_cast<char*>(data);
-  while (n > 0) {
-    const ssize_t r = ::read(fd, p, n);
-    if (r <= 0) fail("bench dispatch: rank 0 never sent the NCCL id (it failed; see above)");
-    p += r;
-    n -= static_cast<std::size_t>(r);
-  }
-}
-
 /// Rank `rank`: joins the group (rank 0 makes the id and hands it to the launcher through
 /// `id_out`; the others read it from `id_in`), then times the three steps.
 rank_figures run_rank(const dispatch_bench_options& o, int rank, int id_in, int id_out) {
@@ -82,9 +63,9 @@ rank_figures run_rank(const dispatch_bench_options& o, int rank, int id_in, int 
   std::vector<std::uint8_t> id(128);
   if (rank == 0) {
     id = nccl_communicator::make_id();
-    write_all(id_out, id.data(), id.size());
+    write_all(id_out, id.data(), id.size(), "bench dispatch");
   } else {
-    read_all(id_in, id.data(), id.size());
+    read_all(id_in, id.data(), id.size(), "bench dispatch");
   }
   nccl_communicator comm(id, o.gpus, rank, rank, std::chrono::seconds(60));
   // Experts split evenly and contiguously (experts / gpus a rank), each token's top-k spread
@@ -181,7 +162,7 @@ int bench_dispatch(const dispatch_bench_options& o) {
       } catch (const std::exception& e) {
         line = fmt::format("{} error {}\n", rank, e.what());
       }
-      write_all(results[1], line.data(), line.size());
+      write_all(results[1], line.data(), line.size(), "bench dispatch");
       std::_Exit(0);
     }
     children.push_back(child);
@@ -192,7 +173,7 @@ int bench_dispatch(const dispatch_bench_options& o) {
   std::vector<std::uint8_t> id(128);
   bool have_id = true;
   try {
-    read_all(from_zero[0], id.data(), id.size());
+    read_all(from_zero[0], id.data(), id.size(), "bench dispatch");
   } catch (const std::exception&) {
     have_id = false;
   }

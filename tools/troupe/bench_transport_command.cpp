@@ -26,6 +26,7 @@
 #include "runtime/core/error.hpp"
 #include "runtime/transport/ucx_transport.hpp"
 #include "tools/troupe/commands.hpp"
+#include "tools/troupe/pipe_io.hpp"
 
 namespace troupe::cli {
 
@@ -69,35 +70,15 @@ struct side {
   }
 };
 
-void write_all(int fd, const void* data, std::size_t n) {
-  const auto* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w <= 0) fail("bench transport: the pipe to the other process broke");
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-}
-
-void read_all(int fd, void* data, std::size_t n) {
-  auto* p = static_cast<char*>(data);
-  while (n > 0) {
-    const ssize_t r = ::read(fd, p, n);
-    if (r <= 0) fail("bench transport: the pipe to the other process broke");
-    p += r;
-    n -= static_cast<std::size_t>(r);
-  }
-}
-
 /// Swaps worker addresses with the other process over `fd`.
 std::vector<std::uint8_t> swap_addresses(int fd, const std::vector<std::uint8_t>& mine) {
   const std::uint64_t n = mine.size();
-  write_all(fd, &n, sizeof n);
-  write_all(fd, mine.data(), mine.size());
+  write_all(fd, &n, sizeof n, "bench transport");
+  write_all(fd, mine.data(), mine.size(), "bench transport");
   std::uint64_t m = 0;
-  read_all(fd, &m, sizeof m);
+  read_all(fd, &m, sizeof m, "bench transport");
   std::vector<std::uint8_t> theirs(m);
-  read_all(fd, theirs.data(), m);
+  read_all(fd, theirs.data(), m, "bench transport");
   return theirs;
 }
 
@@ -130,7 +111,7 @@ void serve_transport(int fd, const transport_bench_options& options) {
       });
   }
   char done = 0;
-  read_all(fd, &done, 1);
+  read_all(fd, &done, 1, "bench transport");
 }
 
 struct transport_figures {
@@ -173,7 +154,7 @@ transport_figures measure_transport(int fd, const transport_bench_options& optio
     figures.bandwidth_mib_s.push_back(static_cast<double>(bytes) * n / seconds / (1 << 20));
   }
   const char done = 1;
-  write_all(fd, &done, 1);
+  write_all(fd, &done, 1, "bench transport");
   return figures;
 }
 

@@ -94,10 +94,11 @@ cluster::cluster(actor_runtime& runtime, cluster_options options)
   // Every process's publications, exposed before the rendezvous: an ask that comes any time
   // after it finds the actor.
   board_ = std::make_shared<board>();
-  expose(publications_actor, runtime_.spawn("publications", [b = board_](event_actor&) {
+  publications_ = runtime_.spawn("publications", [b = board_](event_actor&) {
     return behavior().on<publication_request>(
         [b](publication_request& request) { return b->find(request.name); });
-  }));
+  });
+  expose(publications_actor, publications_);
   try {
     meet();
   } catch (...) {
@@ -113,7 +114,9 @@ cluster::~cluster() {
 void cluster::leave() {
   if (!gateway_) return;
   transport_->close();
+  std::lock_guard hold(proxies_lock_);
   for (auto& proxy : proxies_) runtime_.stop(proxy);
+  if (publications_) runtime_.stop(publications_);
   runtime_.stop(gateway_);
   caf::scoped_actor self(detail::system_of(runtime_));
   // The transport goes right after: nothing may still use it.
@@ -138,6 +141,7 @@ actor_ref cluster::remote(const std::string& name, int rank) {
   caf::actor handle = detail::spawn_caf(runtime_, "proxy", proxy, gateway_handle, name,
                                         static_cast<std::int32_t>(rank));
   caf::anon_send(gateway_handle, proxy_atom_v, name, static_cast<std::int32_t>(rank), handle);
+  std::lock_guard hold(proxies_lock_);
   proxies_.push_back(actor_cell::wrap(handle));
   return proxies_.back();
 }
@@ -163,6 +167,11 @@ void cluster::barrier(std::chrono::milliseconds timeout) {
 void cluster::publish(const std::string& name, std::vector<std::uint8_t> bytes) {
   std::lock_guard hold(board_->lock);
   board_->published[name] = std::move(bytes);
+}
+
+bool cluster::has_published(const std::string& name) const {
+  std::lock_guard hold(board_->lock);
+  return board_->published.contains(name);
 }
 
 std::vector<std::uint8_t> cluster::fetch(const std::string& name, int rank,

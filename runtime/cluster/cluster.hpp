@@ -80,6 +80,8 @@ class cluster {
   /// the group's first member): through this process's own actor, so over CAF. Publishing a name
   /// again replaces its bytes.
   void publish(const std::string& name, std::vector<std::uint8_t> bytes);
+  /// Whether this process published `name`.
+  bool has_published(const std::string& name) const;
   /// What process `rank` published under `name`, asked until it has (it may publish later than
   /// this process asks). Throws rendezvous_error naming the name, the rank and the time waited
   /// when nothing came within `timeout`, or when the rank failed.
@@ -113,8 +115,10 @@ class cluster {
   actor_ref gateway_;
   std::vector<actor_ref> proxies_;
   std::shared_ptr<gateway_state> state_;
-  struct board;  // what this process published (cluster.cpp)
+  std::mutex proxies_lock_;  // remote() may be called from several threads (fetch among them)
+  struct board;              // what this process published (cluster.cpp)
   std::shared_ptr<board> board_;
+  actor_ref publications_;           // the actor that answers for board_
   std::map<int, actor_ref> boards_;  // the other processes' publication actors
   std::mutex boards_lock_;
 };

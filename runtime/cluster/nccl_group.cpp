@@ -23,6 +23,10 @@ std::unique_ptr<nccl_communicator> join_nccl_group(cluster& job, const std::stri
   const std::string key = "nccl-id:" + name;
   std::vector<std::uint8_t> id;
   if (me == members.begin()) {
+    // NOTES: a name used twice would let a late member fetch the first group's id and wait in
+    // NCCL's join until its deadline; the first member can tell, and says so.
+    if (job.has_published(key))
+      fail("NCCL group '{}' was joined before in this job: a group's name is used once", name);
     id = nccl_communicator::make_id();
     job.publish(key, id);
   } else {

@@ -19,8 +19,8 @@
 
 namespace troupe {
 
-/// Joins group `name` of the job ranks `members` (ascending, this rank among them) on
-/// cuda:`ordinal`; the communicator's ranks follow `members`' order. Throws troupe::error naming
+/// Joins group `name` (once per job) of the job ranks `members` (ascending, this rank among them)
+/// on cuda:`ordinal`; the communicator's ranks follow `members`' order. Throws troupe::error naming
 /// the group when this rank is not a member, the id does not come within `deadline`, or NCCL
 /// fails (a member missing: within `deadline` of the id).
 std::unique_ptr<nccl_communicator> join_nccl_group(cluster& job, const std::string& name,

@@ -19,10 +19,42 @@ nccl_pipeline_links::nccl_pipeline_links(const schedule_plan& plan, std::int32_t
           "pipeline over NCCL: every communicator must hold the {} pipeline ranks, this one as "
           "rank {}",
           plan.ranks(), rank);
+  connect();
 }
 
-std::int32_t nccl_pipeline_links::peer(const schedule_plan& plan, kind what,
-                                        const stage_work& work, bool sending) {
+void nccl_pipeline_links::connect() {
+  // NOTES: NCCL connects two ranks on a communicator at their first operation together, and the
+  // first rank to get there waits for the other. In DualPipe rank 0's first transfer is on one
+  // communicator and rank 1's on another: each would wait for the other's connection for ever
+  // (tests/schedule/nccl_pipeline_order_test.cpp). So every rank connects to its peers here, one
+  // communicator after the other in the same order everywhere, with one byte each way.
+  const std::int32_t ranks = plan_.ranks();
+  for (std::size_t c = 0; c < comms_.size(); ++c) {
+    std::vector<std::int64_t> send(static_cast<std::size_t>(ranks), 0), receive(send);
+    for (const auto& [stage, copy] : plan_.chunks(rank_))
+      for (const kind what : {kind::activations, kind::gradients}) {
+        const stage_work work{stage, copy, 0};
+        const std::int32_t to = peer(plan_, what, work, true);
+        if (to >= 0 && channel(plan_, what, copy, rank_) == c)
+          send[static_cast<std::size_t>(to)] = 1;
+        const std::int32_t from = peer(plan_, what, work, false);
+        if (from >= 0 && channel(plan_, what, copy, from) == c)
+          receive[static_cast<std::size_t>(from)] = 1;
+      }
+    std::int64_t sends = 0, receives = 0;
+    for (std::int32_t p = 0; p < ranks; ++p) {
+      sends += send[static_cast<std::size_t>(p)];
+      receives += receive[static_cast<std::size_t>(p)];
+    }
+    const device gpu = device::cuda(comms_[c]->ordinal());
+    const tensor out = tensor::zeros(dtype::u8, {sends, 1}, gpu);
+    tensor in = tensor::zeros(dtype::u8, {receives, 1}, gpu);
+    comms_[c]->all_to_all(out, send, in, receive);
+  }
+}
+
+std::int32_t nccl_pipeline_links::peer(const schedule_plan& plan, kind what, const stage_work& work,
+                                       bool sending) {
   // Activations go up the stages, gradients down.
   const bool up = (what == kind::activations) == sending;
   const std::int32_t stage = work.stage + (up ? 1 : -1);

@@ -11,11 +11,15 @@
 // stream (what would tie a rank's progress to its next neighbour's), and a gradient going down
 // never waits behind an activation going up, which lets DualPipe's forward and backward chunks of
 // the two directions overlap. Sends are posted (nccl_communicator::post_send) and return; receives
-// wait, within the communicator's deadline. NCCL's rule for several communicators on one GPU
-// holds: every rank launches on them in its schedule's order. tests/schedule/
-// nccl_pipeline_order_test.cpp runs every 1F1B and DualPipe plan of 2 to 8 ranks against NCCL's
-// ordering on the host: none deadlocks and every receive gets the tensor it expects (with both
-// kinds on one communicator, every plan deadlocks).
+// wait, within the communicator's deadline. The ranks connect to their peers on every
+// communicator when the links are made: NCCL connects two ranks at their first operation
+// together, and DualPipe's first transfers would otherwise each wait for the other's connection.
+// Ranks launch on the communicators in their own schedules' orders, which works because NCCL's
+// kernels on different streams run at once: nothing may synchronize the whole device while sends
+// are posted. tests/schedule/nccl_pipeline_order_test.cpp runs every 1F1B and DualPipe plan of 2
+// to 8 ranks against NCCL's ordering and connections on the host: none deadlocks and every
+// receive gets the tensor it expects (with both kinds on one communicator, or without connecting
+// first, plans deadlock).
 //
 //   auto comms = join_pipeline_groups(job, plan, pipeline_job_ranks, local_gpu, 30s);
 //   nccl_pipeline_links links(plan, rank, raw(comms));
@@ -44,7 +48,8 @@ class nccl_pipeline_links {
 
   /// `comms[(k * plan.copies() + c) * 2 + p]`: the communicator of kind k (activations 0,
   /// gradients 1), copy c and sender parity p, its ranks the plan's pipeline ranks; `rank` is this
-  /// one.
+  /// one. Collective: every pipeline rank connects to its peers on each communicator here. `plan`
+  /// and the communicators must outlive the links.
   nccl_pipeline_links(const schedule_plan& plan, std::int32_t rank,
                       std::vector<nccl_communicator*> comms);
 
@@ -65,6 +70,7 @@ class nccl_pipeline_links {
                              std::int32_t sender);
 
  private:
+  void connect();
 
   const schedule_plan& plan_;
   std::int32_t rank_;
@@ -72,7 +78,8 @@ class nccl_pipeline_links {
 };
 
 /// Joins the communicators nccl_pipeline_links needs, in its order, through the job's
-/// rendezvous (join_nccl_group): `pipeline_job_ranks[r]` is the job rank of pipeline rank r.
+/// rendezvous (join_nccl_group): `pipeline_job_ranks[r]` is the job rank of pipeline rank r
+/// (ascending). Group names start with `prefix`, used once per job.
 std::vector<std::unique_ptr<nccl_communicator>> join_pipeline_groups(
     cluster& job, const schedule_plan& plan, const std::vector<int>& pipeline_job_ranks,
     int ordinal, std::chrono::milliseconds deadline, const std::string& prefix = "pipeline");

@@ -276,17 +276,33 @@ nccl_communicator::nccl_communicator(std::span<const std::uint8_t> id, int ranks
 }
 
 nccl_communicator::~nccl_communicator() {
-  if (s_->comm == nullptr) return;
-  // A communicator that finished its work finalizes (flushes) and is destroyed; one whose
-  // finalize does not complete in time is aborted.
-  try {
-    s_->check(api().finalize(s_->comm), "finalizing");
-    s_->wait("finalizing", nullptr);
-    api().destroy(s_->comm);
-  } catch (const std::exception&) {
-    // abort_with has aborted it already
+  // Posted sends finish first (within the deadline; else the communicator is aborted): their
+  // tensors go back to the pool only once no NCCL kernel reads them.
+  if (s_->comm != nullptr && !s_->posted_sends.empty()) {
+    try {
+      wait_sends();
+    } catch (const std::exception&) {
+      // aborted: the stream is waited for below
+    }
   }
-  s_->comm = nullptr;
+  if (s_->comm != nullptr) {
+    // A communicator that finished its work finalizes (flushes) and is destroyed; one whose
+    // finalize does not complete in time is aborted.
+    try {
+      s_->check(api().finalize(s_->comm), "finalizing");
+      s_->wait("finalizing", nullptr);
+      api().destroy(s_->comm);
+    } catch (const std::exception&) {
+      // abort_with has aborted it already
+    }
+    s_->comm = nullptr;
+  }
+  if (!s_->posted_sends.empty() && s_->stream) {
+    try {
+      s_->stream->synchronize();  // an aborted communicator's kernels have ended
+    } catch (const std::exception&) {
+    }
+  }
 }
 
 int nccl_communicator::ranks() const {
@@ -294,6 +310,9 @@ int nccl_communicator::ranks() const {
 }
 int nccl_communicator::rank() const {
   return s_->rank;
+}
+int nccl_communicator::ordinal() const {
+  return s_->ordinal;
 }
 bool nccl_communicator::aborted() const {
   return s_->aborted;
@@ -432,6 +451,8 @@ void nccl_communicator::post_send(const tensor& values, int peer) {
 void nccl_communicator::wait_sends() {
   // NOTES: each send's deadline counts from here, not from its posting: a receiver may take a
   // pipeline bubble's time to come for it, which is no failure.
+  if (s_->aborted && !s_->posted_sends.empty())
+    fail("{}: waiting for posted sends after an earlier failure: {}", s_->name(), s_->aborted_why);
   const auto start = std::chrono::steady_clock::now();
   while (!s_->posted_sends.empty()) {
     s_->wait(s_->posted_sends.front().what, &s_->posted_sends.front().done, start);

@@ -46,6 +46,8 @@ class nccl_communicator {
 
   int ranks() const;
   int rank() const;
+  /// The GPU: cuda:ordinal().
+  int ordinal() const;
   /// Whether an operation failed and the communicator was aborted: every later one throws.
   bool aborted() const;
 
@@ -68,9 +70,16 @@ class nccl_communicator {
   void send(const tensor& values, int peer);
   void receive(tensor& values, int peer);
   /// A send that does not wait for its receiver: enqueued on the communicator's stream (after the
-  /// caller's work on `values`), `values` kept until it is done. Later operations of this
-  /// communicator queue behind it; wait_sends() waits for every posted send (each within the
-  /// deadline from then), and a failure aborts the communicator as above.
+  /// caller's work on `values`), `values` kept until it is done; the caller must not write into
+  /// it before then. Later operations of this communicator queue behind it; wait_sends() waits for
+  /// every posted send (all within one deadline from then: a dead receiver shows there), a failure
+  /// aborts the communicator as above, and the destructor waits for them too.
+  ///
+  /// NOTES: the first operation between two ranks on a communicator connects them, and that
+  /// waits until the peer's first operation with this rank on it: connect ahead (an all_to_all of
+  /// one row with each peer) where ranks would otherwise each wait on another communicator. And
+  /// nothing may synchronize the whole device while sends are posted (cudaDeviceSynchronize would
+  /// wait for a send whose receiver waits for this rank).
   void post_send(const tensor& values, int peer);
   void wait_sends();
   /// Posted sends not yet done.

@@ -38,6 +38,9 @@ int nccl_communicator::ranks() const {
 int nccl_communicator::rank() const {
   return 0;
 }
+int nccl_communicator::ordinal() const {
+  return 0;
+}
 bool nccl_communicator::aborted() const {
   return true;
 }

@@ -158,6 +158,8 @@ TEST(Nccl, AGroupJoinsThroughTheJobsCluster) {
   EXPECT_EQ(job.fetch("nccl-id:experts", 0, std::chrono::seconds(1)).size(), 128u);
   EXPECT_THROW(join_nccl_group(job, "others", {1, 2}, 0, std::chrono::seconds(1)), troupe::error)
       << "rank 0 is not a member";
+  EXPECT_THROW(join_nccl_group(job, "experts", {0}, 0, std::chrono::seconds(1)), troupe::error)
+      << "a group's name is used once";
 }
 
 TEST(Nccl, ZeroOneOfOneReplicaStepsAsPlainAdamw) {

@@ -16,9 +16,9 @@
 //         all-reduce in each; prints "ok" when the sums are right;
 //   pipeline  ID_FILE is a rendezvous port: the ranks run 1F1B and (an even number of ranks)
 //         DualPipe plans of schedule_plan.hpp over NCCL (nccl_pipeline_links.hpp) with a toy
-//         stage per pipeline stage (y = a x + b elementwise), activations and gradients crossing
-//         as each op needs them; prints "ok" when every stage copy's gradients equal the ones
-//         computed in this process alone;
+//         stage per pipeline stage (y = a x + b elementwise, micro-batch m's loss weighted m + 1),
+//         activations and gradients crossing as each op needs them; prints "ok" when every
+//         micro-batch's gradients of every stage copy equal the ones computed in this process;
 //   wait  joins, prints "joined", then waits to be killed (rank 1) or runs all-reduces until one
 //         fails (rank 0), printing the failure and the seconds it took.
 #include <chrono>
@@ -201,12 +201,18 @@ std::vector<float> toy_input(std::int64_t micro_batch) {
   return x;
 }
 
+/// Micro-batch m's loss is (m + 1) times the sum of the last stage's outputs: every micro-batch's
+/// gradients differ, so one that reaches another's op shows.
+float toy_loss_weight(std::int64_t m) {
+  return static_cast<float>(m + 1);
+}
+
 /// d loss / d a_s and d loss / d b_s of micro-batch `m` (the reference, in this process).
 std::pair<double, double> toy_gradients(std::int32_t stages, std::int32_t stage, std::int64_t m) {
   std::vector<float> x = toy_input(m);
   for (std::int32_t s = 0; s < stage; ++s)
     for (float& v : x) v = toy_a(s) * v + toy_b(s);
-  float dy = 1.0f;  // d loss / d y of stage `stage`: the product of the later a's
+  float dy = toy_loss_weight(m);  // d loss / d y of stage `stage`: times the later a's
   for (std::int32_t s = stage + 1; s < stages; ++s) dy *= toy_a(s);
   double da = 0, db = 0;
   for (float v : x) {
@@ -227,7 +233,7 @@ bool run_pipeline(cluster& job, int rank, int ranks, schedule_kind kind) {
   nccl_pipeline_links links(plan, rank, comms);
   using key = std::tuple<std::int32_t, std::int32_t, std::int64_t>;  // stage, copy, micro-batch
   std::map<key, std::vector<float>> inputs, output_grads;
-  std::map<std::pair<std::int32_t, std::int32_t>, std::pair<double, double>> grads;
+  std::map<key, std::pair<double, double>> grads;  // each micro-batch's, to check one by one
   const device gpu = device::cuda(rank);
   auto to_gpu = [&](const std::vector<float>& v) {
     tensor host = tensor::empty(dtype::f32, {toy_rows, toy_width});
@@ -249,7 +255,7 @@ bool run_pipeline(cluster& job, int rank, int ranks, schedule_kind kind) {
     links.send(nccl_pipeline_links::kind::activations, w, to_gpu(y));
   };
   auto backward_input = [&](const stage_work& w) {
-    std::vector<float> dy(toy_rows * toy_width, 1.0f);
+    std::vector<float> dy(toy_rows * toy_width, toy_loss_weight(w.micro_batch));
     if (w.stage + 1 < plan.stages()) {
       tensor in = tensor::empty(dtype::f32, {toy_rows, toy_width}, gpu);
       links.receive(nccl_pipeline_links::kind::gradients, w, in);
@@ -264,7 +270,7 @@ bool run_pipeline(cluster& job, int rank, int ranks, schedule_kind kind) {
     const key k{w.stage, w.copy, w.micro_batch};
     const auto& x = inputs.at(k);
     const auto& dy = output_grads.at(k);
-    auto& [da, db] = grads[{w.stage, w.copy}];
+    auto& [da, db] = grads[k];
     for (std::size_t i = 0; i < x.size(); ++i) {
       da += static_cast<double>(dy[i]) * static_cast<double>(x[i]);
       db += static_cast<double>(dy[i]);
@@ -294,22 +300,21 @@ bool run_pipeline(cluster& job, int rank, int ranks, schedule_kind kind) {
   }
   links.flush();
   bool ok = true;
-  for (const auto& [stage, copy] : plan.chunks(rank)) {
-    double da = 0, db = 0;
+  for (const auto& [stage, copy] : plan.chunks(rank))
     for (std::int64_t m = 0; m < plan.micro_batches(); ++m) {
       if (plan.copy_of(m) != copy) continue;
-      const auto [a, b] = toy_gradients(plan.stages(), stage, m);
-      da += a;
-      db += b;
+      const auto [da, db] = toy_gradients(plan.stages(), stage, m);
+      const auto got = grads[{stage, copy, m}];
+      if (std::abs(got.first - da) > 1e-5 * std::abs(da) + 1e-9 ||
+          std::abs(got.second - db) > 1e-5 * std::abs(db) + 1e-9) {
+        std::printf(
+            "rank %d, %s: stage %d copy %d micro-batch %lld: gradients %.9g, %.9g against %.9g, "
+            "%.9g\n",
+            rank, std::string(to_string(kind)).c_str(), stage, copy, static_cast<long long>(m),
+            got.first, got.second, da, db);
+        ok = false;
+      }
     }
-    const auto got = grads[{stage, copy}];
-    if (std::abs(got.first - da) > 1e-5 * std::abs(da) + 1e-9 ||
-        std::abs(got.second - db) > 1e-5 * std::abs(db) + 1e-9) {
-      std::printf("rank %d, %s: stage %d copy %d: gradients %.9g, %.9g against %.9g, %.9g\n", rank,
-                  std::string(to_string(kind)).c_str(), stage, copy, got.first, got.second, da, db);
-      ok = false;
-    }
-  }
   return ok;
 }
 

@@ -4,13 +4,17 @@
 // communicator's stream at each rank runs its operations in the order they were enqueued, and a
 // send completes only when the receiver's stream has the matching receive at its head (the worst
 // case: no buffering). Every plan must finish (no deadlock) with every receive matched to the send
-// of the micro-batch, stage, copy and kind it expects. With one communicator for both kinds most
-// plans deadlock, which shows the simulation finds what it is there to find. The multigpu suite
-// runs the same plans on GPUs.
+// of the micro-batch, stage, copy and kind it expects. NCCL connects two ranks on a communicator
+// at their first operation together: the links connect every pair first, and without that every
+// DualPipe plan deadlocks here; with one communicator for both kinds every plan does. The
+// simulation assumes NCCL's kernels on different streams run at once (nothing synchronizes the
+// whole device). The multigpu suite runs the same plans on GPUs.
 #include <gtest/gtest.h>
 
 #include <deque>
 #include <map>
+#include <optional>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -80,7 +84,10 @@ std::vector<action> actions_of(const schedule_plan& plan, std::int32_t rank) {
 enum class channels { links, kind_and_copy, copy_only };
 
 /// Runs every rank's transfers; "" when all finish and match, else what went wrong.
-std::string simulate(const schedule_plan& plan, channels split) {
+/// `connected_ahead`: the links' way (every pair connected before the plan runs); else NCCL
+/// connects a pair on a communicator at their first operation together, the first host to get
+/// there waiting for the other.
+std::string simulate(const schedule_plan& plan, channels split, bool connected_ahead = true) {
   const std::int32_t ranks = plan.ranks();
   std::vector<std::vector<action>> actions;
   for (std::int32_t r = 0; r < ranks; ++r) actions.push_back(actions_of(plan, r));
@@ -100,14 +107,33 @@ std::string simulate(const schedule_plan& plan, channels split) {
   std::map<std::pair<std::size_t, std::int32_t>, std::deque<item>> streams;
   std::vector<std::size_t> next(static_cast<std::size_t>(ranks), 0);
   std::vector<bool> blocked(static_cast<std::size_t>(ranks), false);
+  // Connections: (communicator, lower rank, higher rank); a host waiting for one names it.
+  std::set<std::tuple<std::size_t, std::int32_t, std::int32_t>> connected;
+  std::vector<std::optional<std::pair<std::size_t, std::int32_t>>> connecting(
+      static_cast<std::size_t>(ranks));
   for (bool progress = true; progress;) {
     progress = false;
     for (std::int32_t r = 0; r < ranks; ++r) {  // hosts: enqueue until a receive waits
       auto& i = next[static_cast<std::size_t>(r)];
       while (!blocked[static_cast<std::size_t>(r)] &&
              i < actions[static_cast<std::size_t>(r)].size()) {
-        const action& a = actions[static_cast<std::size_t>(r)][i++];
-        streams[{channel(a, r), r}].push_back({a.send, a.peer, a.crossing});
+        const action& a = actions[static_cast<std::size_t>(r)][i];
+        const std::size_t c = channel(a, r);
+        const auto pair = std::tuple{c, std::min(r, a.peer), std::max(r, a.peer)};
+        if (!connected_ahead && !connected.contains(pair)) {
+          auto& theirs = connecting[static_cast<std::size_t>(a.peer)];
+          if (theirs && *theirs == std::pair{c, r}) {  // the peer waits for this very connection
+            connected.insert(pair);
+            theirs.reset();
+            progress = true;
+          } else {
+            connecting[static_cast<std::size_t>(r)] = std::pair{c, a.peer};
+            break;  // this host waits for its peer to come
+          }
+        }
+        connecting[static_cast<std::size_t>(r)].reset();
+        ++i;
+        streams[{c, r}].push_back({a.send, a.peer, a.crossing});
         if (!a.send) blocked[static_cast<std::size_t>(r)] = true;
         progress = true;
       }
@@ -152,6 +178,23 @@ TEST(PipelineOverNccl, EveryPlanFinishesWithEveryTensorWhereItBelongs) {
             << "dualpipe, " << ranks << " ranks, " << micro_batches << " micro-batches";
       }
     }
+}
+
+TEST(PipelineOverNccl, WithoutConnectingFirstDualPipeWaitsOnItself) {
+  // Why the links connect every pair when they are made: at DualPipe's first transfers each rank
+  // would wait on one communicator for a peer that waits for it on another.
+  int dualpipe_plans = 0, deadlocked = 0;
+  for (std::int32_t ranks = 2; ranks <= 8; ranks += 2)
+    for (std::int64_t micro_batches = 2 * ranks; micro_batches <= 4 * ranks; micro_batches += 2) {
+      ++dualpipe_plans;
+      const auto plan = schedule_plan::build(schedule_kind::dualpipe, ranks, micro_batches);
+      if (simulate(plan, channels::links, false).starts_with("deadlock")) ++deadlocked;
+      EXPECT_EQ(simulate(schedule_plan::build(schedule_kind::one_f_one_b, ranks, micro_batches),
+                         channels::links, false),
+                "")
+          << "1f1b connects as it goes";
+    }
+  EXPECT_EQ(deadlocked, dualpipe_plans);
 }
 
 TEST(PipelineOverNccl, ActivationsAndGradientsOnOneCommunicatorDeadlock) {

@@ -135,10 +135,7 @@ void parameter_store::zero_grads(thread_pool* pool, bool leave_overwritten) {
 #if TROUPE_HAVE_CUDA
   static_assert(sizeof(kernels::cuda::zero_span) == sizeof(spans[0]));
   if (spans != grad_spans_) {
-    const auto bytes = static_cast<std::int64_t>(spans.size() * sizeof(spans[0]));
-    tensor host = tensor::empty(dtype::u8, {std::max<std::int64_t>(bytes, 1)});
-    if (bytes > 0) std::memcpy(host.data(), spans.data(), static_cast<std::size_t>(bytes));
-    grad_span_table_ = host.to(where_);
+    grad_span_table_ = tensor::from_bytes(spans.data(), spans.size() * sizeof(spans[0]), where_);
     grad_spans_ = spans;
   }
   cuda::use_device(where_.index);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <cstring>
 #include <map>
 #include <optional>
 
@@ -68,10 +67,8 @@ void adamw::upload_slots() {
   }
   device_blocks_ =
       kernels::cuda::adamw_plan(descriptors.data(), static_cast<std::int64_t>(descriptors.size()));
-  const auto bytes = static_cast<std::int64_t>(descriptors.size() * sizeof(descriptors[0]));
-  tensor host = tensor::empty(dtype::u8, {bytes});
-  std::memcpy(host.data(), descriptors.data(), static_cast<std::size_t>(bytes));
-  device_slots_ = host.to(where_);
+  device_slots_ =
+      tensor::from_bytes(descriptors.data(), descriptors.size() * sizeof(descriptors[0]), where_);
 #endif
 }
 

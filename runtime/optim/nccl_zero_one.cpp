@@ -30,9 +30,7 @@ void add_span(std::vector<kc::copy_span>& table, void* to, const void* from, std
 /// A host array copied to the device as bytes.
 template <class T>
 tensor on_device(const std::vector<T>& values, int ordinal) {
-  tensor host = tensor::empty(dtype::u8, {static_cast<std::int64_t>(values.size() * sizeof(T))});
-  if (!values.empty()) std::memcpy(host.data(), values.data(), values.size() * sizeof(T));
-  return host.to(device::cuda(ordinal));
+  return tensor::from_bytes(values.data(), values.size() * sizeof(T), device::cuda(ordinal));
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "runtime/tensor/tensor.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -102,6 +103,12 @@ tensor tensor::over(std::shared_ptr<storage> memory, dtype type, std::vector<std
   result.strides_ = contiguous_strides(shape);
   result.shape_ = std::move(shape);
   return result;
+}
+
+tensor tensor::from_bytes(const void* data, std::size_t bytes, device where) {
+  tensor host = empty(dtype::u8, {std::max<std::int64_t>(static_cast<std::int64_t>(bytes), 1)});
+  if (bytes > 0) std::memcpy(host.data_, data, bytes);
+  return host.to(where);
 }
 
 tensor tensor::zeros(dtype type, std::vector<std::int64_t> shape, device where) {

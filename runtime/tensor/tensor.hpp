@@ -62,6 +62,9 @@ class tensor {
   /// waited for: work on that stream sees them, the host and other streams must wait for it (on
   /// the CPU: zeros()).
   static tensor zeros_async(dtype type, std::vector<std::int64_t> shape, device where);
+  /// A copy of `bytes` bytes of host memory at `data` as a u8 tensor on `where`, at least one byte
+  /// long (an empty table still has an address): the descriptor tables kernels read.
+  static tensor from_bytes(const void* data, std::size_t bytes, device where);
 
   /// Takes ownership of a DLPack tensor without copying: its deleter runs when the last troupe
   /// tensor viewing the memory is gone. Throws troupe::error (after calling the deleter) for

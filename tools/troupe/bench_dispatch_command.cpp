@@ -25,6 +25,7 @@
 #include "runtime/device/cuda.hpp"
 #include "runtime/exec/convert.hpp"
 #include "runtime/experts/nccl_expert_exchange.hpp"
+#include "tools/troupe/bench_reference.hpp"
 #include "tools/troupe/commands.hpp"
 #include "tools/troupe/pipe_io.hpp"
 
@@ -49,11 +50,6 @@ struct rank_figures {
   /// What the rank sends to other GPUs (one GPU: to itself).
   std::int64_t dispatch_bytes = 0, combine_bytes = 0;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 /// Rank `rank`: joins the group (rank 0 makes the id and hands it to the launcher through
 /// `id_out`; the others read it from `id_in`), then times the three steps.
@@ -124,8 +120,8 @@ rank_figures run_rank(const dispatch_bench_options& o, int rank, int id_in, int 
     if (o.gpus == 1 || e * o.gpus / o.experts != rank)
       crossing += counts[static_cast<std::size_t>(e)];
   const std::int64_t tiles = (o.hidden + 127) / 128;
-  return {median(plan_ms),        median(dispatch_ms),  median(combine_ms),
-          median(kept_ms),        median(combine16_ms), crossing * (o.hidden + 4 * tiles),
+  return {median_of(plan_ms),     median_of(dispatch_ms),  median_of(combine_ms),
+          median_of(kept_ms),     median_of(combine16_ms), crossing * (o.hidden + 4 * tiles),
           crossing * o.hidden * 2};
 }
 
